@@ -1,0 +1,452 @@
+//! Every message that crosses a socket.
+//!
+//! Requests and replies travel inside a signed envelope (see [`crate::envelope`]); events
+//! on the PUB socket are unsigned hints (see [`Event`]). All of them are MessagePack maps
+//! (`rmp_serde::to_vec_named`), enums externally tagged with snake_case names, so a
+//! non-Rust peer sees `{"claim": {"max": 4}}`.
+
+use crate::state::{IllegalTransition, RunState, Transition};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub type RunId = String;
+
+/// What the signature covers: a request from a peer, or the broker's reply to one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Body {
+    Request { id: u64, request: Request },
+    Reply { id: u64, reply: Reply },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    // ---- from workers ----
+    Register(Register),
+    Heartbeat(Heartbeat),
+    Claim {
+        max: u32,
+    },
+    RunStarted {
+        run_id: RunId,
+        pid: u32,
+    },
+    LogChunk {
+        run_id: RunId,
+        /// Byte offset of `data` in the run's whole output stream.
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    RunFinished(RunFinished),
+    Release {
+        run_ids: Vec<RunId>,
+    },
+    Pong {
+        ping_id: u64,
+        info: WorkerInfo,
+    },
+    FetchOrders,
+    // ---- from jobcastctl (admin key) ----
+    Ping {
+        worker: Option<String>,
+        timeout_ms: u64,
+    },
+    Kill {
+        selectors: Vec<String>,
+    },
+    Enqueue {
+        job: String,
+    },
+    ListRuns(RunFilter),
+    ListJobs,
+    GetLog {
+        run: String,
+        /// `None`: the whole capped log. `Some(n)`: stored output from stream offset `n`.
+        offset: Option<u64>,
+    },
+    ApplyJobs {
+        jobs: Vec<JobSpec>,
+    },
+    Status,
+    Drain {
+        worker: String,
+    },
+}
+
+impl Request {
+    /// Requests that only the admin key may send.
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Request::Ping { .. }
+                | Request::Kill { .. }
+                | Request::Enqueue { .. }
+                | Request::ListRuns(_)
+                | Request::ListJobs
+                | Request::GetLog { .. }
+                | Request::ApplyJobs { .. }
+                | Request::Status
+                | Request::Drain { .. }
+        )
+    }
+
+    /// Requests that are safe to send twice (the client may retry them after a reconnect).
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(self, Request::Enqueue { .. } | Request::Claim { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Registered {
+        boot_id: u64,
+        heartbeat_interval_ms: u64,
+        orders: Orders,
+    },
+    Ack,
+    Orders(Orders),
+    Granted {
+        runs: Vec<Assignment>,
+    },
+    PingResult {
+        workers: Vec<PingAnswer>,
+    },
+    KillResult {
+        outcomes: Vec<KillOutcome>,
+    },
+    Enqueued {
+        run: Box<RunRecord>,
+    },
+    Runs {
+        runs: Vec<RunRecord>,
+    },
+    Jobs {
+        jobs: Vec<JobSpec>,
+    },
+    Log {
+        run: Box<RunRecord>,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        /// The stream offset to ask for next when following.
+        next_offset: u64,
+    },
+    Applied {
+        created: Vec<String>,
+        updated: Vec<String>,
+        unchanged: Vec<String>,
+    },
+    Status(Box<StatusReport>),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The worker has no session (the broker restarted or timed it out): register again.
+    NotRegistered,
+    NotFound,
+    Ambiguous,
+    BadRequest,
+    Forbidden,
+    UnsupportedVersion,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    pub hostname: String,
+    pub pid: u32,
+    pub version: String,
+    pub concurrency: u32,
+    pub pools: Vec<String>,
+    /// Runs this worker process is executing right now.
+    pub running: Vec<RunId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub running: Vec<RunId>,
+    pub free_slots: u32,
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Orders {
+    pub kill: Vec<RunId>,
+    pub drain: bool,
+}
+
+impl Orders {
+    pub fn is_empty(&self) -> bool {
+        self.kill.is_empty() && !self.drain
+    }
+}
+
+/// Everything a worker needs to execute one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub run_id: RunId,
+    pub attempt: u32,
+    pub scheduled_at_ms: u64,
+    pub job: JobSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFinished {
+    pub run_id: RunId,
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+    /// Bytes of output the run produced in all (before capping).
+    pub log_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Exited {
+        code: i32,
+    },
+    Signaled {
+        signal: i32,
+    },
+    Killed,
+    TimedOut,
+    /// The run could not be started (unreadable script, bad working directory, …).
+    FailedToStart {
+        reason: String,
+    },
+}
+
+impl Outcome {
+    pub fn final_state(&self) -> RunState {
+        match self {
+            Outcome::Exited { code: 0 } => RunState::Succeeded,
+            Outcome::Exited { .. } | Outcome::Signaled { .. } | Outcome::FailedToStart { .. } => {
+                RunState::Failed
+            }
+            Outcome::Killed => RunState::Killed,
+            Outcome::TimedOut => RunState::TimedOut,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Exited { code } => format!("exited with code {code}"),
+            Outcome::Signaled { signal } => format!("terminated by signal {signal}"),
+            Outcome::Killed => "killed on request".to_string(),
+            Outcome::TimedOut => "killed after its timeout".to_string(),
+            Outcome::FailedToStart { reason } => format!("could not start: {reason}"),
+        }
+    }
+}
+
+/// What a worker says about itself when pinged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub version: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub concurrency: u32,
+    pub pools: Vec<String>,
+    pub running: Vec<RunId>,
+    pub uptime_ms: u64,
+    pub rss_bytes: u64,
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingAnswer {
+    pub worker: String,
+    /// `None`: no answer within the timeout.
+    pub rtt_us: Option<u64>,
+    pub info: Option<WorkerInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillOutcome {
+    /// The kill order is on its way to the worker running it.
+    Killing {
+        run_id: RunId,
+        worker: String,
+    },
+    /// The run was still queued and is now cancelled.
+    Cancelled {
+        run_id: RunId,
+    },
+    AlreadyFinished {
+        run_id: RunId,
+        state: RunState,
+    },
+    Ambiguous {
+        selector: String,
+        candidates: Vec<RunId>,
+    },
+    NotFound {
+        selector: String,
+    },
+}
+
+impl KillOutcome {
+    pub fn is_error(&self) -> bool {
+        matches!(
+            self,
+            KillOutcome::Ambiguous { .. } | KillOutcome::NotFound { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunFilter {
+    pub state: Option<RunState>,
+    pub job: Option<String>,
+    pub limit: u32,
+}
+
+/// A job definition, as applied from `jobs.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub pool: String,
+    pub exec: Exec,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exec {
+    /// A script body starting with `#!`, run by its interpreter.
+    Script(String),
+    /// A program and its arguments, run without a shell.
+    Command(Vec<String>),
+}
+
+/// A run as stored by the broker and shown to operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub seq: u64,
+    pub job: String,
+    pub pool: String,
+    pub attempt: u32,
+    pub state: RunState,
+    pub worker: Option<String>,
+    pub pid: Option<u32>,
+    pub created_at_ms: u64,
+    pub scheduled_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    pub outcome: Option<Outcome>,
+    pub kill_requested: bool,
+    pub log_bytes: u64,
+    pub history: Vec<Transition>,
+    /// The job as it was when the run was created, so later edits do not change it.
+    pub spec: JobSpec,
+}
+
+impl RunRecord {
+    /// Moves the run to `to`, recording when and why; refuses illegal transitions.
+    pub fn transition(
+        &mut self,
+        to: RunState,
+        at_ms: u64,
+        cause: impl Into<String>,
+    ) -> Result<(), IllegalTransition> {
+        if !self.state.can_move_to(to) {
+            return Err(IllegalTransition {
+                from: self.state,
+                to,
+            });
+        }
+        self.state = to;
+        match to {
+            RunState::Running => self.started_at_ms = Some(at_ms),
+            RunState::Queued => self.worker = None,
+            s if s.is_terminal() => self.finished_at_ms = Some(at_ms),
+            _ => {}
+        }
+        self.history.push(Transition {
+            state: to,
+            at_ms,
+            cause: cause.into(),
+        });
+        Ok(())
+    }
+
+    pub fn duration_ms(&self) -> Option<u64> {
+        Some(self.finished_at_ms?.saturating_sub(self.started_at_ms?))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: String,
+    pub online: bool,
+    pub hostname: String,
+    pub pid: u32,
+    pub version: String,
+    pub concurrency: u32,
+    pub pools: Vec<String>,
+    pub running: Vec<RunId>,
+    pub last_seen_ms: u64,
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub boot_id: u64,
+    pub uptime_ms: u64,
+    /// Runs that are not finished, by state.
+    pub active: BTreeMap<String, u64>,
+    /// Runs stored in all.
+    pub total_runs: u64,
+    pub jobs: u64,
+    pub workers: Vec<WorkerStatus>,
+    /// Frames refused since start, by reason.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// Unsigned hints published on the PUB socket. See the topic helpers below.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    BrokerAlive { boot_id: u64, time_ms: u64 },
+    Wake { pool: String },
+    Ping { ping_id: u64 },
+    OrdersPending,
+}
+
+pub mod topic {
+    //! PUB topics. Each ends with `/` so that a subscription cannot prefix-match a
+    //! longer name (`worker/w1/` is not a prefix of `worker/w10/`).
+
+    pub const ALL: &str = "all/";
+
+    pub fn pool(pool: &str) -> String {
+        format!("pool/{pool}/")
+    }
+
+    pub fn worker(worker: &str) -> String {
+        format!("worker/{worker}/")
+    }
+}
+
+/// Encodes an event as a MessagePack map.
+pub fn encode_event(event: &Event) -> Vec<u8> {
+    // Serialising these plain types into a Vec cannot fail.
+    rmp_serde::to_vec_named(event).unwrap_or_default()
+}
+
+pub fn decode_event(bytes: &[u8]) -> Option<Event> {
+    rmp_serde::from_slice(bytes).ok()
+}

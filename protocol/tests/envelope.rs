@@ -1,0 +1,464 @@
+//! Round trips of every message kind through the signed envelope, and every way a frame
+//! is refused.
+
+use jobcast_protocol::envelope::{peek_sender, seal, Opener};
+use jobcast_protocol::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+const NOW: u64 = 1_800_000_000_000;
+const SKEW: u64 = 30_000;
+
+fn key() -> Secret {
+    Secret::new("w1-secret")
+}
+
+fn keys(name: &str) -> Option<&'static Secret> {
+    static W1: std::sync::OnceLock<Secret> = std::sync::OnceLock::new();
+    (name == "w1").then(|| W1.get_or_init(key))
+}
+
+fn spec() -> JobSpec {
+    JobSpec {
+        name: "backup".into(),
+        pool: "default".into(),
+        exec: Exec::Script("#!/bin/sh\necho hi\n".into()),
+        env: BTreeMap::from([("A".into(), "1".into())]),
+        workdir: Some("/tmp".into()),
+        timeout_ms: Some(5_000),
+        enabled: true,
+    }
+}
+
+fn record() -> RunRecord {
+    RunRecord {
+        id: "3f9a2c1b7d4e5f60".into(),
+        seq: 7,
+        job: "backup".into(),
+        pool: "default".into(),
+        attempt: 1,
+        state: RunState::Running,
+        worker: Some("w1".into()),
+        pid: Some(42),
+        created_at_ms: NOW,
+        scheduled_at_ms: NOW,
+        started_at_ms: Some(NOW + 1),
+        finished_at_ms: None,
+        outcome: Some(Outcome::Exited { code: 3 }),
+        kill_requested: false,
+        log_bytes: 12,
+        history: vec![Transition {
+            state: RunState::Queued,
+            at_ms: NOW,
+            cause: "enqueued".into(),
+        }],
+        spec: spec(),
+    }
+}
+
+fn info() -> WorkerInfo {
+    WorkerInfo {
+        version: "0.1.0".into(),
+        hostname: "h".into(),
+        pid: 1,
+        concurrency: 4,
+        pools: vec!["default".into()],
+        running: vec!["r1".into()],
+        uptime_ms: 10,
+        rss_bytes: 1 << 20,
+        draining: false,
+    }
+}
+
+fn every_request() -> Vec<Request> {
+    vec![
+        Request::Register(Register {
+            hostname: "h".into(),
+            pid: 9,
+            version: "0.1.0".into(),
+            concurrency: 4,
+            pools: vec!["default".into()],
+            running: vec!["r1".into()],
+        }),
+        Request::Heartbeat(Heartbeat {
+            running: vec![],
+            free_slots: 4,
+            draining: true,
+        }),
+        Request::Claim { max: 3 },
+        Request::RunStarted {
+            run_id: "r1".into(),
+            pid: 77,
+        },
+        Request::LogChunk {
+            run_id: "r1".into(),
+            offset: 5,
+            data: vec![0, 159, 146, 150, b'\n'],
+        },
+        Request::RunFinished(RunFinished {
+            run_id: "r1".into(),
+            outcome: Outcome::FailedToStart {
+                reason: "no such file".into(),
+            },
+            duration_ms: 3,
+            log_bytes: 0,
+        }),
+        Request::Release {
+            run_ids: vec!["r2".into()],
+        },
+        Request::Pong {
+            ping_id: 5,
+            info: info(),
+        },
+        Request::FetchOrders,
+        Request::Ping {
+            worker: Some("w1".into()),
+            timeout_ms: 1000,
+        },
+        Request::Kill {
+            selectors: vec!["3f9a".into()],
+        },
+        Request::Enqueue {
+            job: "backup".into(),
+        },
+        Request::ListRuns(RunFilter {
+            state: Some(RunState::Lost),
+            job: Some("backup".into()),
+            limit: 50,
+        }),
+        Request::ListJobs,
+        Request::GetLog {
+            run: "3f9a".into(),
+            offset: Some(10),
+        },
+        Request::ApplyJobs { jobs: vec![spec()] },
+        Request::Status,
+        Request::Drain {
+            worker: "w1".into(),
+        },
+    ]
+}
+
+fn every_reply() -> Vec<Reply> {
+    vec![
+        Reply::Registered {
+            boot_id: 1,
+            heartbeat_interval_ms: 1000,
+            orders: Orders {
+                kill: vec!["r1".into()],
+                drain: false,
+            },
+        },
+        Reply::Ack,
+        Reply::Orders(Orders {
+            kill: vec![],
+            drain: true,
+        }),
+        Reply::Granted {
+            runs: vec![Assignment {
+                run_id: "r1".into(),
+                attempt: 1,
+                scheduled_at_ms: NOW,
+                job: spec(),
+            }],
+        },
+        Reply::PingResult {
+            workers: vec![
+                PingAnswer {
+                    worker: "w1".into(),
+                    rtt_us: Some(120),
+                    info: Some(info()),
+                },
+                PingAnswer {
+                    worker: "w2".into(),
+                    rtt_us: None,
+                    info: None,
+                },
+            ],
+        },
+        Reply::KillResult {
+            outcomes: vec![
+                KillOutcome::Killing {
+                    run_id: "r1".into(),
+                    worker: "w1".into(),
+                },
+                KillOutcome::Cancelled {
+                    run_id: "r2".into(),
+                },
+                KillOutcome::AlreadyFinished {
+                    run_id: "r3".into(),
+                    state: RunState::Succeeded,
+                },
+                KillOutcome::Ambiguous {
+                    selector: "r".into(),
+                    candidates: vec!["r1".into(), "r2".into()],
+                },
+                KillOutcome::NotFound {
+                    selector: "zz".into(),
+                },
+            ],
+        },
+        Reply::Enqueued {
+            run: Box::new(record()),
+        },
+        Reply::Runs {
+            runs: vec![record()],
+        },
+        Reply::Jobs { jobs: vec![spec()] },
+        Reply::Log {
+            run: Box::new(record()),
+            data: b"hello".to_vec(),
+            next_offset: 5,
+        },
+        Reply::Applied {
+            created: vec!["a".into()],
+            updated: vec![],
+            unchanged: vec!["b".into()],
+        },
+        Reply::Status(Box::new(StatusReport {
+            version: "0.1.0".into(),
+            boot_id: 3,
+            uptime_ms: 5,
+            active: BTreeMap::from([("queued".into(), 2)]),
+            total_runs: 10,
+            jobs: 2,
+            workers: vec![WorkerStatus {
+                id: "w1".into(),
+                online: true,
+                hostname: "h".into(),
+                pid: 1,
+                version: "0.1.0".into(),
+                concurrency: 4,
+                pools: vec!["default".into()],
+                running: vec![],
+                last_seen_ms: NOW,
+                draining: false,
+            }],
+            rejected: BTreeMap::from([("bad_mac".into(), 1)]),
+        })),
+        Reply::Error {
+            code: ErrorCode::NotFound,
+            message: "no such job".into(),
+        },
+    ]
+}
+
+fn every_body() -> Vec<Body> {
+    let requests = every_request()
+        .into_iter()
+        .enumerate()
+        .map(|(i, request)| Body::Request {
+            id: i as u64,
+            request,
+        });
+    let replies = every_reply()
+        .into_iter()
+        .enumerate()
+        .map(|(i, reply)| Body::Reply {
+            id: i as u64,
+            reply,
+        });
+    requests.chain(replies).collect()
+}
+
+#[test]
+fn every_message_kind_round_trips() {
+    let mut opener = Opener::new(1 << 20, SKEW);
+    for (i, body) in every_body().into_iter().enumerate() {
+        let frame = seal("w1", &key(), &body, NOW, i as u64);
+        let opened = opener.open(&frame, NOW + 5, keys).unwrap();
+        assert_eq!(opened.body, body);
+        assert_eq!(opened.from, "w1");
+        assert_eq!(opened.ts_ms, NOW);
+    }
+}
+
+#[test]
+fn every_event_round_trips() {
+    for event in [
+        Event::BrokerAlive {
+            boot_id: 1,
+            time_ms: NOW,
+        },
+        Event::Wake {
+            pool: "default".into(),
+        },
+        Event::Ping { ping_id: 3 },
+        Event::OrdersPending,
+    ] {
+        assert_eq!(decode_event(&encode_event(&event)), Some(event));
+    }
+}
+
+#[test]
+fn frames_are_messagepack_maps_with_named_fields() {
+    let frame = seal("w1", &key(), &every_body()[2], NOW, 1);
+    // 0x83: a fixmap with three entries (from, payload, mac)
+    assert_eq!(frame[0], 0x83);
+    let text = String::from_utf8_lossy(&frame);
+    for field in ["from", "payload", "mac", "claim", "max", "nonce", "body"] {
+        assert!(text.contains(field), "{field} missing");
+    }
+}
+
+fn claim() -> Body {
+    Body::Request {
+        id: 1,
+        request: Request::Claim { max: 1 },
+    }
+}
+
+#[test]
+fn a_forged_mac_is_refused() {
+    let mut opener = Opener::new(1 << 20, SKEW);
+    let frame = seal("w1", &Secret::new("wrong"), &claim(), NOW, 1);
+    assert_eq!(
+        opener.open(&frame, NOW, keys).unwrap_err().reason(),
+        "bad_mac"
+    );
+}
+
+#[test]
+fn a_tampered_payload_is_refused() {
+    let mut opener = Opener::new(1 << 20, SKEW);
+    let mut frame = seal("w1", &key(), &claim(), NOW, 1);
+    // flip a bit inside the payload (past the outer map's keys)
+    let at = frame.len() / 2;
+    frame[at] ^= 0x01;
+    let err = opener.open(&frame, NOW, keys).unwrap_err();
+    assert!(matches!(err.reason(), "bad_mac" | "undecodable"), "{err}");
+}
+
+#[test]
+fn a_replayed_frame_is_refused() {
+    let mut opener = Opener::new(1 << 20, SKEW);
+    let frame = seal("w1", &key(), &claim(), NOW, 99);
+    assert!(opener.open(&frame, NOW, keys).is_ok());
+    assert_eq!(
+        opener.open(&frame, NOW + 10, keys).unwrap_err().reason(),
+        "replay"
+    );
+}
+
+#[test]
+fn a_stale_or_future_frame_is_refused() {
+    let mut opener = Opener::new(1 << 20, SKEW);
+    let old = seal("w1", &key(), &claim(), NOW - SKEW - 1, 1);
+    assert_eq!(
+        opener.open(&old, NOW, keys).unwrap_err().reason(),
+        "clock_skew"
+    );
+    let future = seal("w1", &key(), &claim(), NOW + SKEW + 1, 2);
+    assert_eq!(
+        opener.open(&future, NOW, keys).unwrap_err().reason(),
+        "clock_skew"
+    );
+}
+
+#[test]
+fn an_unknown_sender_is_refused_and_named() {
+    let mut opener = Opener::new(1 << 20, SKEW);
+    let frame = seal("intruder", &key(), &claim(), NOW, 1);
+    let err = opener.open(&frame, NOW, keys).unwrap_err();
+    assert_eq!(err.reason(), "unknown_sender");
+    assert!(err.to_string().contains("intruder"));
+    assert_eq!(peek_sender(&frame).as_deref(), Some("intruder"));
+}
+
+#[test]
+fn an_oversized_frame_is_refused_before_decoding() {
+    let mut opener = Opener::new(64, SKEW);
+    let frame = seal("w1", &key(), &claim(), NOW, 1);
+    assert!(frame.len() > 64);
+    assert_eq!(
+        opener.open(&frame, NOW, keys).unwrap_err().reason(),
+        "oversized"
+    );
+}
+
+#[test]
+fn another_protocol_version_is_refused_as_such() {
+    #[derive(serde::Serialize)]
+    struct FuturePayload {
+        v: u16,
+        from: &'static str,
+        ts: u64,
+        nonce: u64,
+        body: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct Frame<'a> {
+        from: &'a str,
+        #[serde(with = "serde_bytes")]
+        payload: &'a [u8],
+        #[serde(with = "serde_bytes")]
+        mac: &'a [u8],
+    }
+    use hmac::Mac;
+    let payload = rmp_serde::to_vec_named(&FuturePayload {
+        v: 99,
+        from: "w1",
+        ts: NOW,
+        nonce: 1,
+        body: "something_new",
+    })
+    .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"w1-secret").unwrap();
+    mac.update(&payload);
+    let tag = mac.finalize().into_bytes();
+    let frame = rmp_serde::to_vec_named(&Frame {
+        from: "w1",
+        payload: &payload,
+        mac: &tag,
+    })
+    .unwrap();
+    let mut opener = Opener::new(1 << 20, SKEW);
+    let err = opener.open(&frame, NOW, keys).unwrap_err();
+    assert_eq!(err.reason(), "unsupported_version", "{err}");
+}
+
+#[test]
+fn garbage_is_refused() {
+    let mut opener = Opener::new(1 << 20, SKEW);
+    for junk in [&b""[..], b"\xc1", b"hello", &[0x83; 40]] {
+        assert_eq!(
+            opener.open(junk, NOW, keys).unwrap_err().reason(),
+            "undecodable"
+        );
+    }
+}
+
+#[test]
+fn debug_output_never_shows_a_secret() {
+    let shown = format!("{:?}", Sealer::new("w1", Secret::new("hunter2")));
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+proptest! {
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let mut opener = Opener::new(1 << 20, SKEW);
+        let _ = opener.open(&bytes, NOW, keys);
+        let _ = decode_event(&bytes);
+        let _ = peek_sender(&bytes);
+    }
+
+    #[test]
+    fn mutated_valid_frames_never_panic_and_never_open_changed(
+        index in 0usize..every_body().len(),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+    ) {
+        let body = every_body().swap_remove(index);
+        let mut frame = seal("w1", &key(), &body, NOW, 1);
+        for (at, bits) in flips {
+            let at = at % frame.len();
+            frame[at] ^= bits.max(1);
+        }
+        let mut opener = Opener::new(1 << 20, SKEW);
+        if let Ok(opened) = opener.open(&frame, NOW, keys) {
+            // Only a flip outside the signed payload (e.g. in a map key that decodes the
+            // same) could still open, and then the content is unchanged.
+            prop_assert_eq!(opened.body, body);
+        }
+    }
+}
