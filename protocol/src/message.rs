@@ -167,6 +167,8 @@ pub struct Register {
     pub pools: Vec<String>,
     /// Runs this worker process is executing right now.
     pub running: Vec<RunId>,
+    /// The worker's log cap; the broker keeps stored logs of its runs to the same cap.
+    pub max_log_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,6 +350,8 @@ pub struct RunRecord {
     pub outcome: Option<Outcome>,
     pub kill_requested: bool,
     pub log_bytes: u64,
+    /// The log cap of the worker that ran it (0 until assigned).
+    pub log_cap: u64,
     pub history: Vec<Transition>,
     /// The job as it was when the run was created, so later edits do not change it.
     pub spec: JobSpec,

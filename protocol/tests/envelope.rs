@@ -47,6 +47,7 @@ fn record() -> RunRecord {
         outcome: Some(Outcome::Exited { code: 3 }),
         kill_requested: false,
         log_bytes: 12,
+        log_cap: 4096,
         history: vec![Transition {
             state: RunState::Queued,
             at_ms: NOW,
@@ -79,6 +80,7 @@ fn every_request() -> Vec<Request> {
             concurrency: 4,
             pools: vec!["default".into()],
             running: vec!["r1".into()],
+            max_log_bytes: 800 << 10,
         }),
         Request::Heartbeat(Heartbeat {
             running: vec![],

@@ -1,0 +1,1149 @@
+//! The broker's pure core: authenticated requests in; replies, events and store writes out.
+//!
+//! No sockets and no clock: the server passes the current time in microseconds and sends
+//! what the [`Outbox`] holds after the store has been flushed. Everything happens on one
+//! thread, one request at a time, which is what makes a grant atomic: a run moved to
+//! `assigned` by one `Claim` is gone from the queue for the next.
+
+use crate::store::{Store, StoreResult};
+use jobcast_protocol::envelope::random_nonce;
+use jobcast_protocol::logcap::{self, LogCap};
+use jobcast_protocol::message::topic;
+use jobcast_protocol::{
+    jobfile, names, Assignment, ErrorCode, Event, Heartbeat, JobSpec, KillOutcome, Orders,
+    PingAnswer, Register, Reply, Request, RunFilter, RunFinished, RunRecord, RunState,
+    StatusReport, Transition, WorkerInfo, WorkerStatus, JOBCAST_VERSION,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// The ZeroMQ routing identity of the connection a request came in on.
+pub type PeerId = Vec<u8>;
+
+/// The sender name of `jobcastctl`.
+pub const ADMIN: &str = "admin";
+
+/// Largest number of runs one listing returns.
+pub const MAX_LIST: u32 = 10_000;
+/// Largest log slice one `GetLog` reply carries when following.
+const MAX_LOG_SLICE: usize = 1 << 20;
+/// Most candidates shown for an ambiguous run selector.
+const MAX_CANDIDATES: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub heartbeat_interval_ms: u64,
+    pub worker_timeout_ms: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            heartbeat_interval_ms: 1_000,
+            worker_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutReply {
+    pub peer: PeerId,
+    /// The peer's name, whose secret signs the reply.
+    pub to: String,
+    pub id: u64,
+    pub reply: Reply,
+}
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub replies: Vec<OutReply>,
+    /// (topic, event), deduplicated within one batch.
+    pub events: Vec<(String, Event)>,
+}
+
+impl Outbox {
+    fn reply(&mut self, peer: &PeerId, to: &str, id: u64, reply: Reply) {
+        self.replies.push(OutReply {
+            peer: peer.clone(),
+            to: to.to_string(),
+            id,
+            reply,
+        });
+    }
+
+    fn publish(&mut self, topic: String, event: Event) {
+        if !self.events.iter().any(|(t, e)| *t == topic && *e == event) {
+            self.events.push((topic, event));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.replies.is_empty() && self.events.is_empty()
+    }
+}
+
+struct Session {
+    peer: PeerId,
+    register: Register,
+    last_seen_ms: u64,
+    /// Runs the broker has handed to this worker and not seen finish.
+    runs: BTreeSet<String>,
+    draining: bool,
+    drain_ordered: bool,
+}
+
+/// What the broker keeps of a live run's log to prune it to the cap.
+struct LogTrack {
+    cap: usize,
+    total: u64,
+    /// Stored chunks past the head, oldest first: (offset, length).
+    tail_chunks: VecDeque<(u64, u64)>,
+}
+
+struct PendingPing {
+    peer: PeerId,
+    id: u64,
+    sent_at_us: u64,
+    deadline_us: u64,
+    answers: BTreeMap<String, Option<(u64, WorkerInfo)>>,
+}
+
+pub struct Core<S: Store> {
+    store: S,
+    config: CoreConfig,
+    boot_id: u64,
+    booted_at_ms: u64,
+    next_alive_ms: u64,
+    jobs: BTreeMap<String, JobSpec>,
+    /// Runs not yet finished, by id.
+    active: HashMap<String, RunRecord>,
+    /// Queued runs per pool, oldest (lowest seq) first.
+    queues: BTreeMap<String, BTreeMap<u64, String>>,
+    sessions: BTreeMap<String, Session>,
+    workers: BTreeMap<String, WorkerStatus>,
+    logs: HashMap<String, LogTrack>,
+    pings: BTreeMap<u64, PendingPing>,
+    next_ping_id: u64,
+    next_seq: u64,
+    rejected: BTreeMap<String, u64>,
+}
+
+fn ms(now_us: u64) -> u64 {
+    now_us / 1_000
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+    Reply::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+impl<S: Store> Core<S> {
+    /// Loads jobs and unfinished runs from `store`.
+    pub fn new(store: S, config: CoreConfig, now_us: u64) -> StoreResult<Core<S>> {
+        let jobs = store
+            .jobs()?
+            .into_iter()
+            .map(|j| (j.name.clone(), j))
+            .collect();
+        let mut core = Core {
+            next_seq: store.last_run_seq()? + 1,
+            workers: store
+                .workers()?
+                .into_iter()
+                .map(|mut w| {
+                    w.online = false;
+                    w.running.clear();
+                    (w.id.clone(), w)
+                })
+                .collect(),
+            store,
+            config,
+            boot_id: random_nonce(),
+            booted_at_ms: ms(now_us),
+            next_alive_ms: 0,
+            jobs,
+            active: HashMap::new(),
+            queues: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            logs: HashMap::new(),
+            pings: BTreeMap::new(),
+            next_ping_id: 1,
+            rejected: BTreeMap::new(),
+        };
+        for run in core.store.active_runs()? {
+            if run.state == RunState::Queued {
+                core.queues
+                    .entry(run.pool.clone())
+                    .or_default()
+                    .insert(run.seq, run.id.clone());
+            }
+            core.active.insert(run.id.clone(), run);
+        }
+        Ok(core)
+    }
+
+    pub fn boot_id(&self) -> u64 {
+        self.boot_id
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Counts a frame the server refused before it reached the core.
+    pub fn note_rejection(&mut self, reason: &str) {
+        *self.rejected.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Handles one authenticated request from `from` on connection `peer`.
+    pub fn handle(
+        &mut self,
+        peer: &PeerId,
+        from: &str,
+        id: u64,
+        request: Request,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        let is_admin = from == ADMIN;
+        let reply = if request.is_admin() != is_admin {
+            error(
+                ErrorCode::Forbidden,
+                if is_admin {
+                    "the admin key cannot send worker requests"
+                } else {
+                    "this request needs the admin key"
+                },
+            )
+        } else if is_admin {
+            match self.handle_admin(peer, id, request, now_us, out)? {
+                Some(reply) => reply,
+                // answered later (ping)
+                None => return Ok(()),
+            }
+        } else {
+            self.handle_worker(peer, from, request, now_us, out)?
+        };
+        out.reply(peer, from, id, reply);
+        Ok(())
+    }
+
+    fn handle_worker(
+        &mut self,
+        peer: &PeerId,
+        worker: &str,
+        request: Request,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Reply> {
+        let now = ms(now_us);
+        if let Request::Register(register) = request {
+            return self.register(peer, worker, register, now, out);
+        }
+        let Some(session) = self.sessions.get_mut(worker) else {
+            return Ok(error(
+                ErrorCode::NotRegistered,
+                "no session for this worker: register first",
+            ));
+        };
+        session.last_seen_ms = now;
+        session.peer = peer.clone();
+        Ok(match request {
+            Request::Heartbeat(Heartbeat {
+                running, draining, ..
+            }) => {
+                session.draining = draining;
+                Reply::Orders(self.orders_for(worker, &running))
+            }
+            Request::FetchOrders => Reply::Orders(self.orders_for(worker, &[])),
+            Request::Claim { max } => self.claim(worker, max, now)?,
+            Request::RunStarted { run_id, pid } => {
+                self.run_started(worker, &run_id, pid, now)?;
+                Reply::Ack
+            }
+            Request::LogChunk {
+                run_id,
+                offset,
+                data,
+            } => {
+                self.log_chunk(worker, &run_id, offset, &data)?;
+                Reply::Ack
+            }
+            Request::RunFinished(finished) => {
+                self.run_finished(worker, finished, now)?;
+                Reply::Ack
+            }
+            Request::Release { run_ids } => {
+                self.release(worker, &run_ids, now, out)?;
+                Reply::Ack
+            }
+            Request::Pong { ping_id, info } => {
+                self.pong(worker, ping_id, info, now_us, out);
+                Reply::Ack
+            }
+            // Admin requests were filtered out by the caller.
+            _ => error(ErrorCode::BadRequest, "not a worker request"),
+        })
+    }
+
+    fn register(
+        &mut self,
+        peer: &PeerId,
+        worker: &str,
+        register: Register,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Reply> {
+        if let Err(e) = names::validate("worker id", worker) {
+            return Ok(error(ErrorCode::BadRequest, e.to_string()));
+        }
+        for pool in &register.pools {
+            if let Err(e) = names::validate("pool", pool) {
+                return Ok(error(ErrorCode::BadRequest, e.to_string()));
+            }
+        }
+        if register.concurrency == 0 {
+            return Ok(error(
+                ErrorCode::BadRequest,
+                "concurrency must be at least 1",
+            ));
+        }
+        let reported: BTreeSet<&String> = register.running.iter().collect();
+        // Runs we believe are on this worker but that it does not report are lost: they
+        // may have been half executed and must not run again silently.
+        let ours: Vec<String> = self
+            .active
+            .values()
+            .filter(|r| r.worker.as_deref() == Some(worker))
+            .map(|r| r.id.clone())
+            .collect();
+        let mut kept = BTreeSet::new();
+        for run_id in ours {
+            if reported.contains(&run_id) {
+                kept.insert(run_id);
+            } else {
+                self.finish_as(
+                    &run_id,
+                    RunState::Lost,
+                    now,
+                    format!("worker {worker} registered without it (restarted or reconnected)"),
+                )?;
+            }
+        }
+        let session = Session {
+            peer: peer.clone(),
+            last_seen_ms: now,
+            runs: kept,
+            draining: false,
+            drain_ordered: false,
+            register,
+        };
+        let status = WorkerStatus {
+            id: worker.to_string(),
+            online: true,
+            hostname: session.register.hostname.clone(),
+            pid: session.register.pid,
+            version: session.register.version.clone(),
+            concurrency: session.register.concurrency,
+            pools: session.register.pools.clone(),
+            running: session.runs.iter().cloned().collect(),
+            last_seen_ms: now,
+            draining: false,
+        };
+        self.store.put_worker(&status)?;
+        self.workers.insert(worker.to_string(), status);
+        let running = session.register.running.clone();
+        self.sessions.insert(worker.to_string(), session);
+        tracing::info!(worker, "worker registered");
+        // Work may be waiting for this worker's pools.
+        for pool in self.sessions[worker].register.pools.clone() {
+            if self.queues.get(&pool).is_some_and(|q| !q.is_empty()) {
+                out.publish(topic::pool(&pool), Event::Wake { pool });
+            }
+        }
+        Ok(Reply::Registered {
+            boot_id: self.boot_id,
+            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            orders: self.orders_for(worker, &running),
+        })
+    }
+
+    /// Kill orders for the worker's runs that were asked to die, plus any run it reports
+    /// that is not (or no longer) its own.
+    fn orders_for(&self, worker: &str, reported_running: &[String]) -> Orders {
+        let Some(session) = self.sessions.get(worker) else {
+            return Orders::default();
+        };
+        let mut kill: Vec<String> = session
+            .runs
+            .iter()
+            .filter(|id| self.active.get(*id).is_some_and(|r| r.kill_requested))
+            .cloned()
+            .collect();
+        for id in reported_running {
+            if !session.runs.contains(id) && !kill.contains(id) {
+                kill.push(id.clone());
+            }
+        }
+        Orders {
+            kill,
+            drain: session.drain_ordered,
+        }
+    }
+
+    fn claim(&mut self, worker: &str, max: u32, now: u64) -> StoreResult<Reply> {
+        let Some(session) = self.sessions.get(worker) else {
+            return Ok(Reply::Granted { runs: vec![] });
+        };
+        if session.draining || session.drain_ordered {
+            return Ok(Reply::Granted { runs: vec![] });
+        }
+        // Never more than the worker's free slots, whatever it asks for.
+        let room = (session.register.concurrency as usize)
+            .saturating_sub(session.runs.len())
+            .min(max as usize);
+        let pools = session.register.pools.clone();
+        let cap = session.register.max_log_bytes;
+        let mut granted = Vec::new();
+        while granted.len() < room {
+            // The oldest queued run across this worker's pools.
+            let next = pools
+                .iter()
+                .filter_map(|p| {
+                    self.queues
+                        .get(p)
+                        .and_then(|q| q.first_key_value())
+                        .map(|(seq, _)| (*seq, p))
+                })
+                .min();
+            let Some((seq, pool)) = next else { break };
+            let Some(run_id) = self.queues.get_mut(pool).and_then(|q| q.remove(&seq)) else {
+                break;
+            };
+            let Some(run) = self.active.get_mut(&run_id) else {
+                continue;
+            };
+            if run
+                .transition(RunState::Assigned, now, format!("granted to {worker}"))
+                .is_err()
+            {
+                continue;
+            }
+            run.worker = Some(worker.to_string());
+            run.log_cap = cap;
+            self.store.put_run(run)?;
+            granted.push(Assignment {
+                run_id: run.id.clone(),
+                attempt: run.attempt,
+                scheduled_at_ms: run.scheduled_at_ms,
+                job: run.spec.clone(),
+            });
+            if let Some(session) = self.sessions.get_mut(worker) {
+                session.runs.insert(run_id);
+            }
+        }
+        Ok(Reply::Granted { runs: granted })
+    }
+
+    fn run_started(&mut self, worker: &str, run_id: &str, pid: u32, now: u64) -> StoreResult<()> {
+        let Some(run) = self.active.get_mut(run_id) else {
+            tracing::warn!(
+                run_id,
+                worker,
+                "start reported for a run that is not active"
+            );
+            return Ok(());
+        };
+        if run.worker.as_deref() != Some(worker) || run.state != RunState::Assigned {
+            tracing::warn!(run_id, worker, state = %run.state, "ignoring a start report");
+            return Ok(());
+        }
+        run.pid = Some(pid);
+        if run
+            .transition(
+                RunState::Running,
+                now,
+                format!("started on {worker} as pid {pid}"),
+            )
+            .is_ok()
+        {
+            self.store.put_run(run)?;
+        }
+        Ok(())
+    }
+
+    fn log_chunk(
+        &mut self,
+        worker: &str,
+        run_id: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> StoreResult<()> {
+        let Some(run) = self.active.get(run_id) else {
+            return Ok(());
+        };
+        if run.worker.as_deref() != Some(worker) || data.is_empty() {
+            return Ok(());
+        }
+        let cap = (run.log_cap as usize).max(logcap::MIN_CAP);
+        if !self.logs.contains_key(run_id) {
+            // First chunk since this broker started: rebuild from what is stored.
+            let mut track = LogTrack {
+                cap,
+                total: 0,
+                tail_chunks: VecDeque::new(),
+            };
+            for (o, bytes) in self.store.log_chunks(run_id)? {
+                track.note(o, bytes.len() as u64);
+            }
+            self.logs.insert(run_id.to_string(), track);
+        }
+        let Some(track) = self.logs.get_mut(run_id) else {
+            return Ok(());
+        };
+        let end = offset + data.len() as u64;
+        if end <= track.total {
+            return Ok(()); // a retransmission
+        }
+        self.store.put_log_chunk(run_id, offset, data)?;
+        track.note(offset, data.len() as u64);
+        // Drop stored tail chunks that have wholly fallen out of the tail window.
+        let window_start = track
+            .total
+            .saturating_sub(logcap::tail_cap(track.cap) as u64);
+        while let Some(&(o, len)) = track.tail_chunks.front() {
+            if o + len > window_start {
+                break;
+            }
+            track.tail_chunks.pop_front();
+            self.store.delete_log_chunk(run_id, o)?;
+        }
+        Ok(())
+    }
+
+    fn run_finished(&mut self, worker: &str, finished: RunFinished, now: u64) -> StoreResult<()> {
+        let Some(run) = self.active.get_mut(&finished.run_id) else {
+            tracing::info!(run_id = %finished.run_id, worker, "late report for a run that already ended; ignored");
+            return Ok(());
+        };
+        if run.worker.as_deref() != Some(worker) {
+            tracing::warn!(run_id = %finished.run_id, worker, "report from a worker the run is not on; ignored");
+            return Ok(());
+        }
+        let state = finished.outcome.final_state();
+        let cause = finished.outcome.describe();
+        run.outcome = Some(finished.outcome);
+        run.log_bytes = finished.log_bytes;
+        if let Err(e) = run.transition(state, now, cause) {
+            tracing::warn!(run_id = %finished.run_id, worker, error = %e, "ignoring a finish report");
+            return Ok(());
+        }
+        if run.started_at_ms.is_none() {
+            // Never reported as started (it failed to start, or was killed first):
+            // the reported duration is all we know.
+            run.started_at_ms = Some(now.saturating_sub(finished.duration_ms));
+        }
+        let run = run.clone();
+        self.retire(&run)
+    }
+
+    /// Writes a run that reached a terminal state and forgets it from memory.
+    fn retire(&mut self, run: &RunRecord) -> StoreResult<()> {
+        self.store.put_run(run)?;
+        self.active.remove(&run.id);
+        self.logs.remove(&run.id);
+        if let Some(queue) = self.queues.get_mut(&run.pool) {
+            queue.remove(&run.seq);
+        }
+        if let Some(worker) = &run.worker {
+            if let Some(session) = self.sessions.get_mut(worker) {
+                session.runs.remove(&run.id);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_as(
+        &mut self,
+        run_id: &str,
+        state: RunState,
+        now: u64,
+        cause: String,
+    ) -> StoreResult<()> {
+        let Some(run) = self.active.get_mut(run_id) else {
+            return Ok(());
+        };
+        if let Err(e) = run.transition(state, now, cause.clone()) {
+            tracing::warn!(run_id, error = %e, "cannot end run");
+            return Ok(());
+        }
+        tracing::warn!(run_id, %state, %cause, "run ended by the broker");
+        let run = run.clone();
+        self.retire(&run)
+    }
+
+    fn release(
+        &mut self,
+        worker: &str,
+        run_ids: &[String],
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        for run_id in run_ids {
+            let Some(run) = self.active.get_mut(run_id) else {
+                continue;
+            };
+            if run.worker.as_deref() != Some(worker) || run.state != RunState::Assigned {
+                continue;
+            }
+            if run
+                .transition(
+                    RunState::Queued,
+                    now,
+                    format!("released unstarted by {worker}"),
+                )
+                .is_err()
+            {
+                continue;
+            }
+            self.store.put_run(run)?;
+            self.queues
+                .entry(run.pool.clone())
+                .or_default()
+                .insert(run.seq, run.id.clone());
+            out.publish(
+                topic::pool(&run.pool),
+                Event::Wake {
+                    pool: run.pool.clone(),
+                },
+            );
+            if let Some(session) = self.sessions.get_mut(worker) {
+                session.runs.remove(run_id);
+            }
+        }
+        Ok(())
+    }
+
+    fn pong(
+        &mut self,
+        worker: &str,
+        ping_id: u64,
+        info: WorkerInfo,
+        now_us: u64,
+        out: &mut Outbox,
+    ) {
+        if let Some(status) = self.workers.get_mut(worker) {
+            status.version = info.version.clone();
+            status.draining = info.draining;
+        }
+        let Some(ping) = self.pings.get_mut(&ping_id) else {
+            return;
+        };
+        if let Some(answer) = ping.answers.get_mut(worker) {
+            *answer = Some((now_us.saturating_sub(ping.sent_at_us), info));
+        }
+        if ping.answers.values().all(Option::is_some) {
+            self.answer_ping(ping_id, out);
+        }
+    }
+
+    fn answer_ping(&mut self, ping_id: u64, out: &mut Outbox) {
+        let Some(ping) = self.pings.remove(&ping_id) else {
+            return;
+        };
+        let workers = ping
+            .answers
+            .into_iter()
+            .map(|(worker, answer)| PingAnswer {
+                worker,
+                rtt_us: answer.as_ref().map(|(rtt, _)| *rtt),
+                info: answer.map(|(_, info)| info),
+            })
+            .collect();
+        out.reply(&ping.peer, ADMIN, ping.id, Reply::PingResult { workers });
+    }
+
+    fn handle_admin(
+        &mut self,
+        peer: &PeerId,
+        id: u64,
+        request: Request,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Option<Reply>> {
+        let now = ms(now_us);
+        Ok(Some(match request {
+            Request::Ping { worker, timeout_ms } => {
+                let targets: Vec<String> = match worker {
+                    Some(w) if self.sessions.contains_key(&w) || self.workers.contains_key(&w) => {
+                        vec![w]
+                    }
+                    Some(w) => return Ok(Some(self.unknown_worker(&w))),
+                    None => self.sessions.keys().cloned().collect(),
+                };
+                if targets.is_empty() {
+                    return Ok(Some(Reply::PingResult { workers: vec![] }));
+                }
+                let ping_id = self.next_ping_id;
+                self.next_ping_id += 1;
+                for w in &targets {
+                    if self.sessions.contains_key(w) {
+                        out.publish(topic::worker(w), Event::Ping { ping_id });
+                    }
+                }
+                self.pings.insert(
+                    ping_id,
+                    PendingPing {
+                        peer: peer.clone(),
+                        id,
+                        sent_at_us: now_us,
+                        deadline_us: now_us + timeout_ms.clamp(10, 60_000) * 1_000,
+                        answers: targets.into_iter().map(|w| (w, None)).collect(),
+                    },
+                );
+                return Ok(None);
+            }
+            Request::Kill { selectors } => {
+                if selectors.is_empty() {
+                    error(ErrorCode::BadRequest, "name at least one run to kill")
+                } else {
+                    let mut outcomes = Vec::new();
+                    for selector in selectors {
+                        outcomes.push(self.kill(&selector, now, out)?);
+                    }
+                    Reply::KillResult { outcomes }
+                }
+            }
+            Request::Enqueue { job } => self.enqueue(&job, now, out)?,
+            Request::ListRuns(filter) => {
+                let filter = RunFilter {
+                    limit: match filter.limit {
+                        0 => 50,
+                        n => n.min(MAX_LIST),
+                    },
+                    ..filter
+                };
+                Reply::Runs {
+                    runs: self.store.runs(&filter)?,
+                }
+            }
+            Request::ListJobs => Reply::Jobs {
+                jobs: self.jobs.values().cloned().collect(),
+            },
+            Request::GetLog { run, offset } => self.get_log(&run, offset)?,
+            Request::ApplyJobs { jobs } => self.apply(jobs)?,
+            Request::Status => Reply::Status(Box::new(self.status(now)?)),
+            Request::Drain { worker } => match self.sessions.get_mut(&worker) {
+                Some(session) => {
+                    session.drain_ordered = true;
+                    out.publish(topic::worker(&worker), Event::OrdersPending);
+                    Reply::Ack
+                }
+                None => self.unknown_worker(&worker),
+            },
+            _ => error(ErrorCode::BadRequest, "not an admin request"),
+        }))
+    }
+
+    fn unknown_worker(&self, worker: &str) -> Reply {
+        let online: Vec<&str> = self.sessions.keys().map(String::as_str).collect();
+        error(
+            ErrorCode::NotFound,
+            format!(
+                "no connected worker named {worker:?} (connected: {})",
+                if online.is_empty() {
+                    "none".to_string()
+                } else {
+                    online.join(", ")
+                }
+            ),
+        )
+    }
+
+    /// Resolves a full id, a unique prefix or a unique substring to one run id.
+    fn resolve(&self, selector: &str) -> StoreResult<Result<String, KillOutcome>> {
+        if self.active.contains_key(selector) || self.store.run(selector)?.is_some() {
+            return Ok(Ok(selector.to_string()));
+        }
+        let mut candidates = self.store.find_run_ids(selector, MAX_CANDIDATES + 1)?;
+        Ok(match candidates.len() {
+            0 => Err(KillOutcome::NotFound {
+                selector: selector.to_string(),
+            }),
+            1 => Ok(candidates.remove(0)),
+            _ => {
+                candidates.truncate(MAX_CANDIDATES);
+                Err(KillOutcome::Ambiguous {
+                    selector: selector.to_string(),
+                    candidates,
+                })
+            }
+        })
+    }
+
+    fn kill(&mut self, selector: &str, now: u64, out: &mut Outbox) -> StoreResult<KillOutcome> {
+        if selector.is_empty() {
+            return Ok(KillOutcome::NotFound {
+                selector: String::new(),
+            });
+        }
+        let run_id = match self.resolve(selector)? {
+            Ok(id) => id,
+            Err(outcome) => return Ok(outcome),
+        };
+        let Some(run) = self.active.get_mut(&run_id) else {
+            let state = match self.store.run(&run_id)? {
+                Some(run) => run.state,
+                None => {
+                    return Ok(KillOutcome::NotFound {
+                        selector: selector.to_string(),
+                    })
+                }
+            };
+            return Ok(KillOutcome::AlreadyFinished { run_id, state });
+        };
+        if run.state == RunState::Queued {
+            self.finish_as(
+                &run_id,
+                RunState::Cancelled,
+                now,
+                "cancelled by admin before it started".into(),
+            )?;
+            return Ok(KillOutcome::Cancelled { run_id });
+        }
+        let worker = run.worker.clone().unwrap_or_default();
+        if !run.kill_requested {
+            run.kill_requested = true;
+            run.history.push(Transition {
+                state: run.state,
+                at_ms: now,
+                cause: "kill requested by admin".into(),
+            });
+            self.store.put_run(run)?;
+        }
+        out.publish(topic::worker(&worker), Event::OrdersPending);
+        Ok(KillOutcome::Killing { run_id, worker })
+    }
+
+    fn enqueue(&mut self, job: &str, now: u64, out: &mut Outbox) -> StoreResult<Reply> {
+        let Some(spec) = self.jobs.get(job).cloned() else {
+            let known: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+            return Ok(error(
+                ErrorCode::NotFound,
+                format!(
+                    "no job named {job:?} (jobs: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        };
+        let run = self.create_run(spec, now, now, "enqueued by admin")?;
+        out.publish(
+            topic::pool(&run.pool),
+            Event::Wake {
+                pool: run.pool.clone(),
+            },
+        );
+        Ok(Reply::Enqueued { run: Box::new(run) })
+    }
+
+    fn new_run_id(&self) -> StoreResult<String> {
+        loop {
+            let id = format!("{:016x}", random_nonce());
+            if !self.active.contains_key(&id) && self.store.run(&id)?.is_none() {
+                return Ok(id);
+            }
+        }
+    }
+
+    fn create_run(
+        &mut self,
+        spec: JobSpec,
+        scheduled_at_ms: u64,
+        now: u64,
+        cause: &str,
+    ) -> StoreResult<RunRecord> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let run = RunRecord {
+            id: self.new_run_id()?,
+            seq,
+            job: spec.name.clone(),
+            pool: spec.pool.clone(),
+            attempt: 1,
+            state: RunState::Queued,
+            worker: None,
+            pid: None,
+            created_at_ms: now,
+            scheduled_at_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            outcome: None,
+            kill_requested: false,
+            log_bytes: 0,
+            log_cap: 0,
+            history: vec![Transition {
+                state: RunState::Queued,
+                at_ms: now,
+                cause: cause.to_string(),
+            }],
+            spec,
+        };
+        self.store.put_run(&run)?;
+        self.queues
+            .entry(run.pool.clone())
+            .or_default()
+            .insert(run.seq, run.id.clone());
+        self.active.insert(run.id.clone(), run.clone());
+        Ok(run)
+    }
+
+    fn get_log(&self, selector: &str, offset: Option<u64>) -> StoreResult<Reply> {
+        let run_id = match self.resolve(selector)? {
+            Ok(id) => id,
+            Err(KillOutcome::Ambiguous { candidates, .. }) => {
+                return Ok(error(
+                    ErrorCode::Ambiguous,
+                    format!(
+                        "{selector:?} matches several runs: {}",
+                        candidates.join(", ")
+                    ),
+                ))
+            }
+            Err(_) => {
+                return Ok(error(
+                    ErrorCode::NotFound,
+                    format!("no run matches {selector:?}"),
+                ))
+            }
+        };
+        let run = match self.active.get(&run_id) {
+            Some(run) => run.clone(),
+            None => match self.store.run(&run_id)? {
+                Some(run) => run,
+                None => {
+                    return Ok(error(
+                        ErrorCode::NotFound,
+                        format!("no run matches {selector:?}"),
+                    ))
+                }
+            },
+        };
+        let chunks = self.store.log_chunks(&run.id)?;
+        let end = chunks.last().map(|(o, b)| o + b.len() as u64).unwrap_or(0);
+        let (data, next_offset) = match offset {
+            None => {
+                let mut cap = LogCap::new((run.log_cap as usize).max(logcap::MIN_CAP));
+                for (o, bytes) in &chunks {
+                    cap.push(*o, bytes);
+                }
+                (cap.render(), end)
+            }
+            Some(from) => slice_from(&chunks, from),
+        };
+        Ok(Reply::Log {
+            run: Box::new(run),
+            data,
+            next_offset,
+        })
+    }
+
+    fn apply(&mut self, jobs: Vec<JobSpec>) -> StoreResult<Reply> {
+        let mut seen = BTreeSet::new();
+        for job in &jobs {
+            if let Err(problem) = jobfile::validate(job) {
+                return Ok(error(
+                    ErrorCode::BadRequest,
+                    format!("job {:?}: {problem}", job.name),
+                ));
+            }
+            if !seen.insert(job.name.clone()) {
+                return Ok(error(
+                    ErrorCode::BadRequest,
+                    format!("job {:?} is defined twice", job.name),
+                ));
+            }
+        }
+        let (mut created, mut updated, mut unchanged) = (vec![], vec![], vec![]);
+        for job in jobs {
+            match self.jobs.get(&job.name) {
+                Some(old) if *old == job => unchanged.push(job.name.clone()),
+                Some(_) => updated.push(job.name.clone()),
+                None => created.push(job.name.clone()),
+            }
+            self.store.put_job(&job)?;
+            self.jobs.insert(job.name.clone(), job);
+        }
+        Ok(Reply::Applied {
+            created,
+            updated,
+            unchanged,
+        })
+    }
+
+    fn status(&self, now: u64) -> StoreResult<StatusReport> {
+        let mut active = BTreeMap::new();
+        for run in self.active.values() {
+            *active.entry(run.state.to_string()).or_default() += 1;
+        }
+        let workers = self
+            .workers
+            .values()
+            .map(|w| {
+                let mut w = w.clone();
+                if let Some(session) = self.sessions.get(&w.id) {
+                    w.online = true;
+                    w.running = session.runs.iter().cloned().collect();
+                    w.last_seen_ms = session.last_seen_ms;
+                    w.draining = session.draining || session.drain_ordered;
+                } else {
+                    w.online = false;
+                    w.running.clear();
+                }
+                w
+            })
+            .collect();
+        Ok(StatusReport {
+            version: JOBCAST_VERSION.to_string(),
+            boot_id: self.boot_id,
+            uptime_ms: now.saturating_sub(self.booted_at_ms),
+            active,
+            total_runs: self.store.run_count()?,
+            jobs: self.jobs.len() as u64,
+            workers,
+            rejected: self.rejected.clone(),
+        })
+    }
+
+    /// Time-driven work: worker timeouts, ping deadlines, heartbeats and re-announcing
+    /// queued work. Call it often (every 100 ms or so); it does each thing when due.
+    pub fn tick(&mut self, now_us: u64, out: &mut Outbox) -> StoreResult<()> {
+        let now = ms(now_us);
+        let timeout = self.config.worker_timeout_ms;
+        let silent: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.saturating_sub(s.last_seen_ms) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for worker in silent {
+            self.worker_gone(
+                &worker,
+                now,
+                format!("worker {worker} silent for over {timeout} ms"),
+            )?;
+        }
+        // Runs left on workers that never came back after this broker started.
+        if now.saturating_sub(self.booted_at_ms) > timeout {
+            let orphans: Vec<(String, String)> = self
+                .active
+                .values()
+                .filter_map(|r| {
+                    let w = r.worker.as_ref()?;
+                    (!self.sessions.contains_key(w)).then(|| (r.id.clone(), w.clone()))
+                })
+                .collect();
+            for (run_id, worker) in orphans {
+                self.finish_as(
+                    &run_id,
+                    RunState::Lost,
+                    now,
+                    format!("worker {worker} did not come back within {timeout} ms"),
+                )?;
+            }
+        }
+        let due: Vec<u64> = self
+            .pings
+            .iter()
+            .filter(|(_, p)| p.deadline_us <= now_us)
+            .map(|(id, _)| *id)
+            .collect();
+        for ping_id in due {
+            self.answer_ping(ping_id, out);
+        }
+        if now >= self.next_alive_ms {
+            self.next_alive_ms = now + self.config.heartbeat_interval_ms;
+            out.publish(
+                topic::ALL.to_string(),
+                Event::BrokerAlive {
+                    boot_id: self.boot_id,
+                    time_ms: now,
+                },
+            );
+            // Re-announce queued work, so a lost wake-up only delays it.
+            for (pool, queue) in &self.queues {
+                if !queue.is_empty() {
+                    out.publish(topic::pool(pool), Event::Wake { pool: pool.clone() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn worker_gone(&mut self, worker: &str, now: u64, cause: String) -> StoreResult<()> {
+        let Some(session) = self.sessions.remove(worker) else {
+            return Ok(());
+        };
+        tracing::warn!(worker, %cause, "worker offline");
+        for run_id in session.runs {
+            self.finish_as(&run_id, RunState::Lost, now, cause.clone())?;
+        }
+        if let Some(status) = self.workers.get_mut(worker) {
+            status.online = false;
+            status.running.clear();
+            status.last_seen_ms = session.last_seen_ms;
+            self.store.put_worker(status)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a worker currently has a session (for tests and the server).
+    pub fn is_online(&self, worker: &str) -> bool {
+        self.sessions.contains_key(worker)
+    }
+}
+
+impl LogTrack {
+    fn note(&mut self, offset: u64, len: u64) {
+        self.total = self.total.max(offset + len);
+        if offset >= logcap::head_cap(self.cap) as u64 {
+            self.tail_chunks.push_back((offset, len));
+        }
+    }
+}
+
+/// Stored output from stream offset `from`, with a marker where bytes were cut, up to
+/// [`MAX_LOG_SLICE`]. Returns the bytes and the offset to ask for next.
+fn slice_from(chunks: &[(u64, Vec<u8>)], from: u64) -> (Vec<u8>, u64) {
+    let mut data = Vec::new();
+    let mut position = from;
+    for (offset, bytes) in chunks {
+        let end = offset + bytes.len() as u64;
+        if end <= position {
+            continue;
+        }
+        if data.len() >= MAX_LOG_SLICE {
+            break;
+        }
+        if *offset > position {
+            data.extend_from_slice(
+                format!("\n[jobcast: {} bytes cut]\n", offset - position).as_bytes(),
+            );
+            position = *offset;
+        }
+        data.extend_from_slice(&bytes[(position - offset) as usize..]);
+        position = end;
+    }
+    (data, position)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,676 @@
+use super::*;
+use crate::store::SledStore;
+use jobcast_protocol::{Exec, Outcome};
+
+const T0: u64 = 1_800_000_000_000_000; // µs
+
+fn job(name: &str, pool: &str) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        pool: pool.into(),
+        exec: Exec::Script("#!/bin/sh\necho hi\n".into()),
+        env: Default::default(),
+        workdir: None,
+        timeout_ms: None,
+        enabled: true,
+    }
+}
+
+struct Harness {
+    core: Core<SledStore>,
+    now: u64,
+    next_id: u64,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Self::with_store(SledStore::temporary().unwrap())
+    }
+
+    fn with_store(store: SledStore) -> Harness {
+        let mut h = Harness {
+            core: Core::new(store, CoreConfig::default(), T0).unwrap(),
+            now: T0,
+            next_id: 1,
+        };
+        h.admin(Request::ApplyJobs {
+            jobs: vec![job("hello", "default"), job("gpu-job", "gpu")],
+        });
+        h
+    }
+
+    fn send(&mut self, from: &str, request: Request) -> (Reply, Outbox) {
+        let mut out = Outbox::default();
+        let id = self.next_id;
+        self.next_id += 1;
+        let peer = from.as_bytes().to_vec();
+        self.core
+            .handle(&peer, from, id, request, self.now, &mut out)
+            .unwrap();
+        let reply = out
+            .replies
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.reply.clone())
+            .unwrap_or(Reply::Ack);
+        (reply, out)
+    }
+
+    fn admin(&mut self, request: Request) -> Reply {
+        self.send(ADMIN, request).0
+    }
+
+    fn worker(&mut self, worker: &str, request: Request) -> Reply {
+        self.send(worker, request).0
+    }
+
+    fn register(
+        &mut self,
+        worker: &str,
+        concurrency: u32,
+        pools: &[&str],
+        running: &[&str],
+    ) -> Orders {
+        match self.worker(
+            worker,
+            Request::Register(Register {
+                hostname: "host".into(),
+                pid: 1,
+                version: "0.1.0".into(),
+                concurrency,
+                pools: pools.iter().map(|p| p.to_string()).collect(),
+                running: running.iter().map(|r| r.to_string()).collect(),
+                max_log_bytes: 4096,
+            }),
+        ) {
+            Reply::Registered { orders, .. } => orders,
+            other => panic!("register: {other:?}"),
+        }
+    }
+
+    fn enqueue(&mut self, job: &str) -> String {
+        match self.admin(Request::Enqueue { job: job.into() }) {
+            Reply::Enqueued { run } => run.id,
+            other => panic!("enqueue: {other:?}"),
+        }
+    }
+
+    fn claim(&mut self, worker: &str, max: u32) -> Vec<String> {
+        match self.worker(worker, Request::Claim { max }) {
+            Reply::Granted { runs } => runs.into_iter().map(|a| a.run_id).collect(),
+            other => panic!("claim: {other:?}"),
+        }
+    }
+
+    fn finish(&mut self, worker: &str, run_id: &str, outcome: Outcome) {
+        self.worker(
+            worker,
+            Request::RunFinished(RunFinished {
+                run_id: run_id.into(),
+                outcome,
+                duration_ms: 5,
+                log_bytes: 0,
+            }),
+        );
+    }
+
+    fn state(&self, run_id: &str) -> RunState {
+        self.core.store().run(run_id).unwrap().unwrap().state
+    }
+
+    fn tick(&mut self) -> Outbox {
+        let mut out = Outbox::default();
+        self.core.tick(self.now, &mut out).unwrap();
+        out
+    }
+
+    fn advance_ms(&mut self, ms: u64) {
+        self.now += ms * 1_000;
+    }
+}
+
+#[test]
+fn every_run_is_granted_to_exactly_one_worker() {
+    let mut h = Harness::new();
+    for w in ["w1", "w2", "w3"] {
+        h.register(w, 4, &["default"], &[]);
+    }
+    let runs: Vec<String> = (0..100).map(|_| h.enqueue("hello")).collect();
+    let mut granted: HashMap<String, String> = HashMap::new();
+    let mut rounds = 0;
+    while granted.len() < runs.len() {
+        rounds += 1;
+        assert!(rounds < 1_000, "runs left unclaimed");
+        for w in ["w1", "w2", "w3"] {
+            // every worker asks for more than it may hold: the broker caps it
+            for run_id in h.claim(w, 10) {
+                assert!(
+                    granted.insert(run_id.clone(), w.to_string()).is_none(),
+                    "{run_id} granted twice"
+                );
+                h.worker(
+                    w,
+                    Request::RunStarted {
+                        run_id: run_id.clone(),
+                        pid: 1,
+                    },
+                );
+                h.finish(w, &run_id, Outcome::Exited { code: 0 });
+            }
+        }
+    }
+    for run_id in &runs {
+        assert_eq!(h.state(run_id), RunState::Succeeded);
+    }
+}
+
+#[test]
+fn a_worker_never_holds_more_runs_than_its_slots() {
+    let mut h = Harness::new();
+    h.register("w1", 2, &["default"], &[]);
+    for _ in 0..5 {
+        h.enqueue("hello");
+    }
+    assert_eq!(h.claim("w1", 5).len(), 2);
+    assert_eq!(h.claim("w1", 5).len(), 0);
+}
+
+#[test]
+fn runs_go_only_to_workers_of_their_pool() {
+    let mut h = Harness::new();
+    h.register("w1", 4, &["default"], &[]);
+    h.register("g1", 4, &["gpu"], &[]);
+    let gpu = h.enqueue("gpu-job");
+    assert!(h.claim("w1", 4).is_empty());
+    assert_eq!(h.claim("g1", 4), vec![gpu]);
+}
+
+#[test]
+fn a_worker_that_restarts_without_a_run_loses_it_and_it_is_not_rerun() {
+    let mut h = Harness::new();
+    h.register("w1", 4, &["default"], &[]);
+    let run = h.enqueue("hello");
+    assert_eq!(h.claim("w1", 1), vec![run.clone()]);
+    h.worker(
+        "w1",
+        Request::RunStarted {
+            run_id: run.clone(),
+            pid: 9,
+        },
+    );
+    h.register("w1", 4, &["default"], &[]);
+    assert_eq!(h.state(&run), RunState::Lost);
+    assert!(
+        h.claim("w1", 4).is_empty(),
+        "a lost run must not be handed out again"
+    );
+}
+
+#[test]
+fn a_worker_that_reports_a_run_it_does_not_own_is_told_to_kill_it() {
+    let mut h = Harness::new();
+    h.register("w1", 4, &["default"], &[]);
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    // w1 goes silent; its run is lost
+    h.advance_ms(11_000);
+    h.tick();
+    assert_eq!(h.state(&run), RunState::Lost);
+    // it comes back still running it
+    let orders = h.register("w1", 4, &["default"], &[&run]);
+    assert_eq!(orders.kill, vec![run.clone()]);
+    // and a late finish report does not change the recorded outcome
+    h.finish("w1", &run, Outcome::Exited { code: 0 });
+    assert_eq!(h.state(&run), RunState::Lost);
+}
+
+#[test]
+fn a_silent_worker_goes_offline_and_its_runs_are_lost() {
+    let mut h = Harness::new();
+    h.register("w1", 4, &["default"], &[]);
+    h.register("w2", 4, &["default"], &[]);
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    for _ in 0..12 {
+        h.advance_ms(1_000);
+        h.worker(
+            "w2",
+            Request::Heartbeat(Heartbeat {
+                running: vec![],
+                free_slots: 4,
+                draining: false,
+            }),
+        );
+        h.tick();
+    }
+    assert!(!h.core.is_online("w1"));
+    assert!(h.core.is_online("w2"));
+    assert_eq!(h.state(&run), RunState::Lost);
+    match h.worker("w1", Request::Claim { max: 1 }) {
+        Reply::Error {
+            code: ErrorCode::NotRegistered,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn kill_cancels_queued_orders_running_and_is_idempotent() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]);
+    let running = h.enqueue("hello");
+    let queued = h.enqueue("hello");
+    assert_eq!(h.claim("w1", 1), vec![running.clone()]);
+    h.worker(
+        "w1",
+        Request::RunStarted {
+            run_id: running.clone(),
+            pid: 9,
+        },
+    );
+
+    let (reply, out) = h.send(
+        ADMIN,
+        Request::Kill {
+            selectors: vec![running.clone(), queued.clone()],
+        },
+    );
+    let Reply::KillResult { outcomes } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        outcomes[0],
+        KillOutcome::Killing {
+            run_id: running.clone(),
+            worker: "w1".into()
+        }
+    );
+    assert_eq!(
+        outcomes[1],
+        KillOutcome::Cancelled {
+            run_id: queued.clone()
+        }
+    );
+    assert!(out
+        .events
+        .contains(&(topic::worker("w1"), Event::OrdersPending)));
+    assert_eq!(h.state(&queued), RunState::Cancelled);
+
+    // the order reaches the worker through its heartbeat
+    let Reply::Orders(orders) = h.worker(
+        "w1",
+        Request::Heartbeat(Heartbeat {
+            running: vec![running.clone()],
+            free_slots: 0,
+            draining: false,
+        }),
+    ) else {
+        panic!()
+    };
+    assert_eq!(orders.kill, vec![running.clone()]);
+    h.finish("w1", &running, Outcome::Killed);
+    assert_eq!(h.state(&running), RunState::Killed);
+
+    let Reply::KillResult { outcomes } = h.admin(Request::Kill {
+        selectors: vec![running.clone()],
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        outcomes[0],
+        KillOutcome::AlreadyFinished {
+            run_id: running,
+            state: RunState::Killed
+        }
+    );
+}
+
+#[test]
+fn kill_selectors_match_unique_prefixes_and_substrings() {
+    let mut h = Harness::new();
+    let a = h.enqueue("hello");
+    let b = h.enqueue("hello");
+    let unique_prefix = (1..=a.len())
+        .map(|n| &a[..n])
+        .find(|p| !b.starts_with(p))
+        .unwrap()
+        .to_string();
+    let Reply::KillResult { outcomes } = h.admin(Request::Kill {
+        selectors: vec![
+            unique_prefix,
+            a[6..].to_string(),
+            "zzzz-none".into(),
+            String::new(),
+        ],
+    }) else {
+        panic!()
+    };
+    assert_eq!(outcomes[0], KillOutcome::Cancelled { run_id: a.clone() });
+    assert_eq!(
+        outcomes[1],
+        KillOutcome::AlreadyFinished {
+            run_id: a.clone(),
+            state: RunState::Cancelled
+        }
+    );
+    assert!(matches!(outcomes[2], KillOutcome::NotFound { .. }));
+    assert!(matches!(outcomes[3], KillOutcome::NotFound { .. }));
+    // a fragment common to both is ambiguous and lists them
+    let common: String = a
+        .chars()
+        .zip(b.chars())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect();
+    if !common.is_empty() {
+        let Reply::KillResult { outcomes } = h.admin(Request::Kill {
+            selectors: vec![common],
+        }) else {
+            panic!()
+        };
+        let KillOutcome::Ambiguous { candidates, .. } = &outcomes[0] else {
+            panic!("{outcomes:?}")
+        };
+        assert!(candidates.contains(&a) && candidates.contains(&b));
+    }
+}
+
+#[test]
+fn state_survives_a_restart_of_the_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queued, running);
+    {
+        let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+        h.register("w1", 1, &["default"], &[]);
+        running = h.enqueue("hello");
+        queued = h.enqueue("hello");
+        h.claim("w1", 1);
+        h.worker(
+            "w1",
+            Request::RunStarted {
+                run_id: running.clone(),
+                pid: 3,
+            },
+        );
+        h.core.store_mut().flush().unwrap();
+    }
+    let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+    assert_eq!(h.state(&queued), RunState::Queued);
+    assert_eq!(h.state(&running), RunState::Running);
+    // the worker comes back still running its run: it keeps it
+    h.register("w1", 1, &["default"], &[&running]);
+    assert_eq!(h.state(&running), RunState::Running);
+    h.finish("w1", &running, Outcome::Exited { code: 0 });
+    assert_eq!(h.claim("w1", 1), vec![queued]);
+    // new runs get new sequence numbers
+    let later = h.enqueue("hello");
+    assert!(h.core.store().run(&later).unwrap().unwrap().seq > 2);
+}
+
+#[test]
+fn runs_of_a_worker_that_never_returns_after_a_broker_restart_are_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let run;
+    {
+        let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+        h.register("w1", 1, &["default"], &[]);
+        run = h.enqueue("hello");
+        h.claim("w1", 1);
+        h.core.store_mut().flush().unwrap();
+    }
+    let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+    h.tick();
+    assert_eq!(h.state(&run), RunState::Assigned);
+    h.advance_ms(11_000);
+    h.tick();
+    assert_eq!(h.state(&run), RunState::Lost);
+}
+
+#[test]
+fn a_draining_worker_gets_no_work_and_can_hand_runs_back() {
+    let mut h = Harness::new();
+    h.register("w1", 2, &["default"], &[]);
+    let a = h.enqueue("hello");
+    assert_eq!(h.claim("w1", 1), vec![a.clone()]);
+    assert_eq!(
+        h.admin(Request::Drain {
+            worker: "w1".into()
+        }),
+        Reply::Ack
+    );
+    h.enqueue("hello");
+    assert!(h.claim("w1", 1).is_empty());
+    let Reply::Orders(orders) = h.worker("w1", Request::FetchOrders) else {
+        panic!()
+    };
+    assert!(orders.drain);
+    let (_, out) = h.send(
+        "w1",
+        Request::Release {
+            run_ids: vec![a.clone()],
+        },
+    );
+    assert_eq!(h.state(&a), RunState::Queued);
+    assert!(out.events.contains(&(
+        topic::pool("default"),
+        Event::Wake {
+            pool: "default".into()
+        }
+    )));
+    h.register("w2", 2, &["default"], &[]);
+    assert_eq!(h.claim("w2", 2).len(), 2);
+}
+
+#[test]
+fn workers_and_admin_cannot_use_each_others_requests() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]);
+    assert!(matches!(
+        h.worker(
+            "w1",
+            Request::Enqueue {
+                job: "hello".into()
+            }
+        ),
+        Reply::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    ));
+    assert!(matches!(
+        h.admin(Request::Claim { max: 1 }),
+        Reply::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn bad_admin_input_gets_clear_errors() {
+    let mut h = Harness::new();
+    let Reply::Error { code, message } = h.admin(Request::Enqueue { job: "nope".into() }) else {
+        panic!()
+    };
+    assert_eq!(code, ErrorCode::NotFound);
+    assert!(
+        message.contains("gpu-job") && message.contains("hello"),
+        "{message}"
+    );
+    let mut bad = job("x", "default");
+    bad.exec = Exec::Script("no shebang".into());
+    assert!(matches!(
+        h.admin(Request::ApplyJobs { jobs: vec![bad] }),
+        Reply::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        }
+    ));
+    assert!(matches!(
+        h.admin(Request::ApplyJobs {
+            jobs: vec![job("d", "default"), job("d", "default")]
+        }),
+        Reply::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        }
+    ));
+    assert!(matches!(
+        h.admin(Request::Drain {
+            worker: "ghost".into()
+        }),
+        Reply::Error {
+            code: ErrorCode::NotFound,
+            ..
+        }
+    ));
+    // nothing stored was lost
+    let Reply::Jobs { jobs } = h.admin(Request::ListJobs) else {
+        panic!()
+    };
+    assert_eq!(jobs.len(), 2);
+}
+
+#[test]
+fn apply_reports_created_updated_unchanged() {
+    let mut h = Harness::new();
+    let mut changed = job("hello", "default");
+    changed.timeout_ms = Some(1_000);
+    let reply = h.admin(Request::ApplyJobs {
+        jobs: vec![changed, job("gpu-job", "gpu"), job("new", "default")],
+    });
+    assert_eq!(
+        reply,
+        Reply::Applied {
+            created: vec!["new".into()],
+            updated: vec!["hello".into()],
+            unchanged: vec!["gpu-job".into()]
+        }
+    );
+}
+
+#[test]
+fn logs_are_stored_capped_with_head_and_tail() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]); // cap 4096
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    let data: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for (i, chunk) in data.chunks(1000).enumerate() {
+        h.worker(
+            "w1",
+            Request::LogChunk {
+                run_id: run.clone(),
+                offset: (i * 1000) as u64,
+                data: chunk.to_vec(),
+            },
+        );
+    }
+    // the store holds about the cap, not the whole output
+    let stored: usize = h
+        .core
+        .store()
+        .log_chunks(&run)
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.len())
+        .sum();
+    assert!(stored <= 4096 + 1000, "{stored}");
+    let Reply::Log {
+        data: log,
+        next_offset,
+        ..
+    } = h.admin(Request::GetLog {
+        run: run.clone(),
+        offset: None,
+    })
+    else {
+        panic!()
+    };
+    assert!(log.len() <= 4096);
+    assert!(log.starts_with(&data[..logcap::head_cap(4096)]));
+    assert!(log.ends_with(&data[data.len() - 1000..]));
+    assert!(String::from_utf8_lossy(&log).contains("bytes cut]"));
+    assert_eq!(next_offset, 100_000);
+    // following from an offset that was cut says so
+    let Reply::Log { data: tail, .. } = h.admin(Request::GetLog {
+        run,
+        offset: Some(2_000),
+    }) else {
+        panic!()
+    };
+    assert!(String::from_utf8_lossy(&tail).starts_with("\n[jobcast: "));
+}
+
+#[test]
+fn ping_collects_answers_and_reports_the_silent() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]);
+    h.register("w2", 1, &["default"], &[]);
+    let (_, out) = h.send(
+        ADMIN,
+        Request::Ping {
+            worker: None,
+            timeout_ms: 500,
+        },
+    );
+    assert!(out.replies.is_empty(), "the reply waits for answers");
+    let ping_id = out
+        .events
+        .iter()
+        .find_map(|(_, e)| match e {
+            Event::Ping { ping_id } => Some(*ping_id),
+            _ => None,
+        })
+        .unwrap();
+    assert!(out.events.iter().any(|(t, _)| t == &topic::worker("w2")));
+    let info = WorkerInfo {
+        version: "9.9".into(),
+        hostname: "h".into(),
+        pid: 1,
+        concurrency: 1,
+        pools: vec![],
+        running: vec![],
+        uptime_ms: 1,
+        rss_bytes: 1,
+        draining: false,
+    };
+    h.advance_ms(2);
+    let (_, out) = h.send("w1", Request::Pong { ping_id, info });
+    assert!(
+        out.replies.iter().all(|r| r.to == "w1"),
+        "still waiting for w2"
+    );
+    h.advance_ms(600);
+    let out = h.tick();
+    let reply = out.replies.iter().find(|r| r.to == ADMIN).unwrap();
+    let Reply::PingResult { workers } = &reply.reply else {
+        panic!()
+    };
+    assert_eq!(workers.len(), 2);
+    assert_eq!(workers[0].worker, "w1");
+    assert!(workers[0].rtt_us.unwrap() >= 2_000);
+    assert_eq!(workers[0].info.as_ref().unwrap().version, "9.9");
+    assert_eq!(workers[1].rtt_us, None);
+}
+
+#[test]
+fn queued_work_is_announced_again_every_interval() {
+    let mut h = Harness::new();
+    h.enqueue("hello");
+    let wake = (
+        topic::pool("default"),
+        Event::Wake {
+            pool: "default".into(),
+        },
+    );
+    assert!(h.tick().events.contains(&wake));
+    h.advance_ms(100);
+    assert!(
+        !h.tick().events.contains(&wake),
+        "not more often than the interval"
+    );
+    h.advance_ms(1_000);
+    assert!(h.tick().events.contains(&wake));
+}

@@ -1,0 +1,6 @@
+//! The jobcast broker as a library: the pure core, the store, and the server around them.
+
+pub mod config;
+pub mod core;
+pub mod server;
+pub mod store;
