@@ -1,1 +1,236 @@
-pub struct Placeholder;
+//! Broker settings: a TOML file, overridden by command-line flags.
+
+use anyhow::{bail, Context, Result};
+use jobcast_protocol::{names, Secret};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The settings file as written by operators. Every field is optional except the keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub router: Option<String>,
+    pub publish: Option<String>,
+    pub jobs: Option<PathBuf>,
+    pub log_level: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub worker_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_clock_skew: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stalled_subscriber_timeout: Option<Duration>,
+    pub max_frame_bytes: Option<usize>,
+    #[serde(default)]
+    pub keys: KeysSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// The secret `jobcastctl` signs with.
+    pub admin: Option<String>,
+    /// One secret per worker id.
+    #[serde(default)]
+    pub workers: BTreeMap<String, String>,
+}
+
+/// Shortest secret accepted; shorter ones are too easy to guess.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Secrets by sender name.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub admin: Secret,
+    pub workers: HashMap<String, Secret>,
+}
+
+impl Keys {
+    pub fn for_sender(&self, name: &str) -> Option<&Secret> {
+        if name == crate::core::ADMIN {
+            Some(&self.admin)
+        } else {
+            self.workers.get(name)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    pub router: String,
+    pub publish: String,
+    pub jobs: Option<PathBuf>,
+    pub log_level: String,
+    pub heartbeat_interval: Duration,
+    pub worker_timeout: Duration,
+    pub max_clock_skew: Duration,
+    pub stalled_subscriber_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub keys: Keys,
+}
+
+/// Flag values that override the file.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub router: Option<String>,
+    pub publish: Option<String>,
+    pub jobs: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub heartbeat_interval: Option<Duration>,
+    pub worker_timeout: Option<Duration>,
+    pub admin_secret: Option<String>,
+}
+
+pub fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the broker config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid broker config {}", path.display()))
+}
+
+fn secret(what: &str, value: String) -> Result<Secret> {
+    if value.len() < MIN_SECRET_LEN {
+        bail!("the {what} secret is shorter than {MIN_SECRET_LEN} characters: use a long random string (e.g. `openssl rand -hex 32`)");
+    }
+    Ok(Secret::new(value))
+}
+
+pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
+    let admin = flags.admin_secret.or(file.keys.admin).context(
+        "no admin key: set `admin` under [keys] in the broker config, or JOBCAST_ADMIN_SECRET",
+    )?;
+    let mut workers = HashMap::new();
+    for (id, value) in file.keys.workers {
+        names::validate("worker id", &id)?;
+        if id == crate::core::ADMIN || id == "broker" {
+            bail!("{id:?} is reserved and cannot be a worker id");
+        }
+        workers.insert(id.clone(), secret(&format!("worker {id}"), value)?);
+    }
+    if workers.is_empty() {
+        tracing::warn!(
+            "no worker keys configured: no worker can connect until [keys.workers] lists some"
+        );
+    }
+    let config = BrokerConfig {
+        data_dir: flags
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("jobcast-data")),
+        router: flags
+            .router
+            .or(file.router)
+            .unwrap_or_else(|| "tcp://127.0.0.1:5555".into()),
+        publish: flags
+            .publish
+            .or(file.publish)
+            .unwrap_or_else(|| "tcp://127.0.0.1:5556".into()),
+        jobs: flags.jobs.or(file.jobs),
+        log_level: flags
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into()),
+        heartbeat_interval: flags
+            .heartbeat_interval
+            .or(file.heartbeat_interval)
+            .unwrap_or(Duration::from_secs(1)),
+        worker_timeout: flags
+            .worker_timeout
+            .or(file.worker_timeout)
+            .unwrap_or(Duration::from_secs(10)),
+        max_clock_skew: file.max_clock_skew.unwrap_or(Duration::from_secs(30)),
+        stalled_subscriber_timeout: file
+            .stalled_subscriber_timeout
+            .unwrap_or(Duration::from_secs(20)),
+        max_frame_bytes: file.max_frame_bytes.unwrap_or(1 << 20),
+        keys: Keys {
+            admin: secret("admin", admin)?,
+            workers,
+        },
+    };
+    if config.heartbeat_interval.is_zero() {
+        bail!("heartbeat_interval must be longer than zero");
+    }
+    if config.worker_timeout < config.heartbeat_interval * 3 {
+        bail!(
+            "worker_timeout ({:?}) must be at least three heartbeat intervals ({:?})",
+            config.worker_timeout,
+            config.heartbeat_interval * 3
+        );
+    }
+    if config.max_frame_bytes < 4096 {
+        bail!("max_frame_bytes must be at least 4096");
+    }
+    for (what, endpoint) in [("router", &config.router), ("publish", &config.publish)] {
+        parse_tcp_endpoint(endpoint).with_context(|| format!("invalid {what} endpoint"))?;
+    }
+    Ok(config)
+}
+
+/// `tcp://host:port` → (host, port).
+pub fn parse_tcp_endpoint(endpoint: &str) -> Result<(String, u16)> {
+    let rest = endpoint
+        .strip_prefix("tcp://")
+        .with_context(|| format!("{endpoint:?} must look like tcp://127.0.0.1:5555"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .with_context(|| format!("{endpoint:?} has no port"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("{endpoint:?} has a bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("{endpoint:?} has no host");
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    const KEYS: &str =
+        "[keys]\nadmin = \"0123456789abcdef0\"\n[keys.workers]\nw1 = \"0123456789abcdef1\"\n";
+
+    #[test]
+    fn defaults_and_overrides() {
+        let config = resolve(
+            file(&format!("worker_timeout = \"30s\"\n{KEYS}")),
+            Overrides {
+                router: Some("tcp://127.0.0.1:7000".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.router, "tcp://127.0.0.1:7000");
+        assert_eq!(config.publish, "tcp://127.0.0.1:5556");
+        assert_eq!(config.worker_timeout, Duration::from_secs(30));
+        assert!(config.keys.for_sender("w1").is_some());
+        assert!(config.keys.for_sender("w2").is_none());
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        let err = |text: &str| resolve(file(text), Overrides::default()).unwrap_err();
+        assert!(format!("{:#}", err("")).contains("no admin key"));
+        assert!(format!("{:#}", err("[keys]\nadmin = \"short\"")).contains("shorter than"));
+        assert!(
+            format!("{:#}", err(&format!("router = \"127.0.0.1:1\"\n{KEYS}"))).contains("tcp://")
+        );
+        assert!(
+            format!("{:#}", err(&format!("heartbeat_interval = \"5s\"\n{KEYS}")))
+                .contains("three heartbeat")
+        );
+        assert!(toml::from_str::<FileConfig>("worker_timeout = \"soon\"").is_err());
+        assert!(toml::from_str::<FileConfig>("routre = \"x\"").is_err());
+    }
+}

@@ -1,1 +1,163 @@
-fn main() {}
+use anyhow::{Context, Result};
+use clap::Parser;
+use jobcast_broker::config::{self, Overrides};
+use jobcast_broker::core::{Core, CoreConfig};
+use jobcast_broker::server::{self, now_us};
+use jobcast_broker::store::SledStore;
+use jobcast_protocol::{jobfile, Reply, Request};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The jobcast broker: stores jobs and runs, and dispatches runs to workers.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Settings file (TOML). Flags override it.
+    #[arg(long, short, env = "JOBCAST_BROKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// ROUTER endpoint for worker and jobcastctl requests [default: tcp://127.0.0.1:5555].
+    #[arg(long)]
+    router: Option<String>,
+    /// PUB endpoint for queue events [default: tcp://127.0.0.1:5556].
+    #[arg(long)]
+    publish: Option<String>,
+    /// A jobs.toml to apply at start.
+    #[arg(long)]
+    jobs: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace [default: info].
+    #[arg(long)]
+    log_level: Option<String>,
+    /// How often the broker and workers send heartbeats [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// A worker silent this long is offline and its runs lost [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    worker_timeout: Option<Duration>,
+    /// The admin secret (prefer the config file or the environment).
+    #[arg(long, env = "JOBCAST_ADMIN_SECRET", hide_env_values = true)]
+    admin_secret: Option<String>,
+    /// Write the bound endpoints to this file once listening (for scripts and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jobcast-broker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let file = match &args.config {
+        Some(path) => config::read_file(path)?,
+        None => Default::default(),
+    };
+    let config = config::resolve(
+        file,
+        Overrides {
+            data_dir: args.data_dir,
+            router: args.router,
+            publish: args.publish,
+            jobs: args.jobs,
+            log_level: args.log_level,
+            heartbeat_interval: args.heartbeat_interval,
+            worker_timeout: args.worker_timeout,
+            admin_secret: args.admin_secret,
+        },
+    )?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid log level {:?}", config.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    // Read the jobs file before touching the store, so a typo changes nothing.
+    let jobs = match &config.jobs {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read jobs file {}", path.display()))?;
+            Some(jobfile::parse(&text).with_context(|| format!("in {}", path.display()))?)
+        }
+        None => None,
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = SledStore::open(&config.data_dir.join("store"))
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let mut core = Core::new(
+        store,
+        CoreConfig {
+            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+            worker_timeout_ms: config.worker_timeout.as_millis() as u64,
+        },
+        now_us(),
+    )?;
+    if let Some(jobs) = jobs {
+        let mut out = Default::default();
+        core.handle(
+            &Vec::new(),
+            jobcast_broker::core::ADMIN,
+            0,
+            Request::ApplyJobs { jobs },
+            now_us(),
+            &mut out,
+        )?;
+        if let Some(reply) = out.replies.pop() {
+            match reply.reply {
+                Reply::Applied {
+                    created, updated, ..
+                } => {
+                    tracing::info!(?created, ?updated, "jobs file applied")
+                }
+                Reply::Error { message, .. } => anyhow::bail!("jobs file refused: {message}"),
+                _ => {}
+            }
+        }
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let ready_file = args.ready_file;
+    runtime.block_on(server::serve(
+        core,
+        &config,
+        move |bound| {
+            if let Some(path) = &ready_file {
+                let text = format!(
+                    "router = \"{}\"\npublish = \"{}\"\n",
+                    bound.router, bound.publish
+                );
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, text)
+                    .and_then(|_| std::fs::rename(&tmp, path))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(())
+        },
+        shutdown_signal(),
+    ))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+}

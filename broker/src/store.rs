@@ -57,6 +57,8 @@ pub struct SledStore {
     active: sled::Tree,
     logs: sled::Tree,
     workers: sled::Tree,
+    /// Whether anything was written since the last flush.
+    dirty: bool,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -113,6 +115,7 @@ impl SledStore {
             logs: tree("logs")?,
             workers: tree("workers")?,
             db,
+            dirty: false,
         })
     }
 
@@ -134,6 +137,7 @@ impl Store for SledStore {
     }
 
     fn put_job(&mut self, job: &JobSpec) -> StoreResult<()> {
+        self.dirty = true;
         self.jobs
             .insert(job.name.as_bytes(), encode(job))
             .map_err(backend)?;
@@ -141,6 +145,7 @@ impl Store for SledStore {
     }
 
     fn put_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        self.dirty = true;
         let seq = run.seq.to_be_bytes();
         self.runs.insert(seq, encode(run)).map_err(backend)?;
         self.run_ids
@@ -229,6 +234,7 @@ impl Store for SledStore {
     }
 
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()> {
+        self.dirty = true;
         self.logs
             .insert(log_key(run_id, offset), data)
             .map_err(backend)?;
@@ -236,6 +242,7 @@ impl Store for SledStore {
     }
 
     fn delete_log_chunk(&mut self, run_id: &str, offset: u64) -> StoreResult<()> {
+        self.dirty = true;
         self.logs.remove(log_key(run_id, offset)).map_err(backend)?;
         Ok(())
     }
@@ -267,6 +274,7 @@ impl Store for SledStore {
     }
 
     fn put_worker(&mut self, worker: &WorkerStatus) -> StoreResult<()> {
+        self.dirty = true;
         self.workers
             .insert(worker.id.as_bytes(), encode(worker))
             .map_err(backend)?;
@@ -274,7 +282,10 @@ impl Store for SledStore {
     }
 
     fn flush(&mut self) -> StoreResult<()> {
-        self.db.flush().map_err(backend)?;
+        if self.dirty {
+            self.db.flush().map_err(backend)?;
+            self.dirty = false;
+        }
         Ok(())
     }
 }
