@@ -67,7 +67,7 @@ enum Command {
 /// A handle to the client task. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::UnboundedSender<Command>,
     connected: watch::Receiver<bool>,
 }
 
@@ -86,7 +86,7 @@ impl Client {
     }
 
     fn start(config: ClientConfig, socket: Option<DealerSocket>) -> Client {
-        let (commands, receiver) = mpsc::channel(1024);
+        let (commands, receiver) = mpsc::unbounded_channel();
         let (connected_tx, connected) = watch::channel(socket.is_some());
         tokio::spawn(run(config, socket, receiver, connected_tx));
         Client {
@@ -97,25 +97,44 @@ impl Client {
 
     /// Sends `request` and waits up to `timeout` for the reply.
     pub async fn request(&self, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
+        self.submit(request).wait(timeout).await
+    }
+
+    /// Queues `request` at once and returns a handle to await its reply. Requests
+    /// submitted one after another from one task reach the broker in that order.
+    pub fn submit(&self, request: Request) -> PendingReply {
         let (reply_to, reply) = oneshot::channel();
-        self.commands
-            .send(Command::Send { request, reply_to })
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let queued = self.commands.send(Command::Send { request, reply_to });
+        PendingReply {
+            reply: queued.ok().map(|_| reply),
+        }
+    }
+
+    /// Drops the current socket and connects again (used after a long silence).
+    pub fn reconnect(&self) {
+        let _ = self.commands.send(Command::Reconnect);
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+}
+
+/// A submitted request's reply, still to come.
+pub struct PendingReply {
+    reply: Option<oneshot::Receiver<Result<Reply, ClientError>>>,
+}
+
+impl PendingReply {
+    pub async fn wait(self, timeout: Duration) -> Result<Reply, ClientError> {
+        let Some(reply) = self.reply else {
+            return Err(ClientError::Closed);
+        };
         match tokio::time::timeout(timeout, reply).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ClientError::Closed),
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
-    }
-
-    /// Drops the current socket and connects again (used after a long silence).
-    pub async fn reconnect(&self) {
-        let _ = self.commands.send(Command::Reconnect).await;
-    }
-
-    pub fn is_connected(&self) -> bool {
-        *self.connected.borrow()
     }
 }
 
@@ -153,7 +172,7 @@ type Pending = HashMap<u64, oneshot::Sender<Result<Reply, ClientError>>>;
 async fn run(
     config: ClientConfig,
     mut socket: Option<DealerSocket>,
-    mut commands: mpsc::Receiver<Command>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
     connected: watch::Sender<bool>,
 ) {
     let sealer = Sealer::new(config.name.clone(), config.secret.clone());

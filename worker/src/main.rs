@@ -1,1 +1,37 @@
-fn main() {}
+mod config;
+mod process;
+mod reporter;
+mod runner;
+mod session;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("jobcast-worker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<std::process::ExitCode> {
+    let config = config::load(config::Args::parse())?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid log level {:?}", config.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    config::prepare_script_dir(&config)?;
+    process::become_subreaper()
+        .context("cannot become a child subreaper (needed to kill whole process trees)")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(session::run(config))
+}

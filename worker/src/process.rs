@@ -1,0 +1,339 @@
+//! Starting scripts and killing whole process trees (Linux).
+//!
+//! Each run starts in a session and process group of its own. To find every process of
+//! a run, including descendants that called `setsid` and were orphaned, the worker is a
+//! child subreaper (orphans re-parent to it rather than to init) and a process belongs to
+//! a run when any of these holds: it descends from the run's pid, it is in the run's
+//! process group or session, or its environment carries the run's `JOBCAST_RUN_ID`.
+
+use jobcast_protocol::{Assignment, Exec};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Pids of the children this worker started itself; tokio waits for those, so the
+/// orphan reaper must leave them alone.
+static OWN_CHILDREN: std::sync::Mutex<Option<HashSet<i32>>> = std::sync::Mutex::new(None);
+
+fn own_children() -> HashSet<i32> {
+    OWN_CHILDREN
+        .lock()
+        .map(|set| set.clone().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Forgets a child once it has been waited for.
+pub fn forget_child(pid: i32) {
+    if let Ok(mut set) = OWN_CHILDREN.lock() {
+        if let Some(set) = set.as_mut() {
+            set.remove(&pid);
+        }
+    }
+}
+
+fn remember_child(pid: i32) {
+    if let Ok(mut set) = OWN_CHILDREN.lock() {
+        set.get_or_insert_with(HashSet::new).insert(pid);
+    }
+}
+
+/// Makes this process a child subreaper, so orphaned descendants of runs re-parent to it.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What to execute for a run: program and arguments, and the script file to remove after.
+#[derive(Debug)]
+pub struct Plan {
+    pub program: String,
+    pub args: Vec<String>,
+    pub script_file: Option<PathBuf>,
+}
+
+/// Splits a `#!` line the way Linux does: the interpreter, then at most one argument
+/// made of the rest of the line.
+pub fn parse_shebang(script: &str) -> Option<(String, Option<String>)> {
+    let line = script.lines().next()?.strip_prefix("#!")?.trim();
+    if line.is_empty() {
+        return None;
+    }
+    match line.split_once([' ', '\t']) {
+        Some((interpreter, rest)) => {
+            let rest = rest.trim();
+            Some((
+                interpreter.to_string(),
+                (!rest.is_empty()).then(|| rest.to_string()),
+            ))
+        }
+        None => Some((line.to_string(), None)),
+    }
+}
+
+/// Writes the script body (if any) and works out the command line. The script is run
+/// by its interpreter explicitly, so the file needs no execute bit.
+pub fn plan(assignment: &Assignment, script_dir: &Path) -> Result<Plan, String> {
+    match &assignment.job.exec {
+        Exec::Command(argv) => {
+            let (program, args) = argv.split_first().ok_or("the job's command is empty")?;
+            Ok(Plan {
+                program: program.clone(),
+                args: args.to_vec(),
+                script_file: None,
+            })
+        }
+        Exec::Script(body) => {
+            let (interpreter, arg) =
+                parse_shebang(body).ok_or("the script has no #! line naming its interpreter")?;
+            let path = script_dir.join(format!("{}.script", assignment.run_id));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| f.write_all(body.as_bytes()))
+                .map_err(|e| format!("cannot write the script to {}: {e}", path.display()))?;
+            let mut args: Vec<String> = arg.into_iter().collect();
+            args.push(path.to_string_lossy().into_owned());
+            Ok(Plan {
+                program: interpreter,
+                args,
+                script_file: Some(path),
+            })
+        }
+    }
+}
+
+/// Starts the plan with output (stdout and stderr on one pipe, so their order is kept)
+/// going to the returned reader.
+pub fn spawn(
+    plan: &Plan,
+    assignment: &Assignment,
+    worker_id: &str,
+) -> Result<(tokio::process::Child, tokio::net::unix::pipe::Receiver), String> {
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let writer2 = writer
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate a pipe: {e}"))?;
+    let mut command = std::process::Command::new(&plan.program);
+    command
+        .args(&plan.args)
+        .envs(&assignment.job.env)
+        .env("JOBCAST_RUN_ID", &assignment.run_id)
+        .env("JOBCAST_JOB", &assignment.job.name)
+        .env("JOBCAST_ATTEMPT", assignment.attempt.to_string())
+        .env("JOBCAST_WORKER", worker_id)
+        .env(
+            "JOBCAST_SCHEDULED_AT",
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + Duration::from_millis(assignment.scheduled_at_ms),
+            )
+            .to_string(),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer2));
+    if let Some(dir) = &assignment.job.workdir {
+        if !Path::new(dir).is_dir() {
+            return Err(format!("working directory {dir} does not exist"));
+        }
+        command.current_dir(dir);
+    }
+    // SAFETY: setsid is async-signal-safe; it gives the run its own session and process
+    // group, so signals to the group reach its ordinary children.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(false);
+    let child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", plan.program))?;
+    if let Some(pid) = child.id() {
+        remember_child(pid as i32);
+    }
+    // Dropping the command closes our copies of the pipe's write end, so the reader sees
+    // end-of-file once the run's processes close theirs.
+    drop(command);
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+        .map_err(|e| format!("cannot read the run's output: {e}"))?;
+    Ok((child, reader))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ProcInfo {
+    ppid: i32,
+    pgrp: i32,
+    session: i32,
+    zombie: bool,
+}
+
+fn read_stat(pid: i32) -> Option<ProcInfo> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: parse after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    Some(ProcInfo {
+        ppid,
+        pgrp,
+        session,
+        zombie: state == "Z",
+    })
+}
+
+fn has_run_env(pid: i32, marker: &[u8]) -> bool {
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(env) => env.split(|b| *b == 0).any(|var| var == marker),
+        Err(_) => false,
+    }
+}
+
+fn all_processes() -> HashMap<i32, ProcInfo> {
+    let mut procs = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            {
+                if let Some(info) = read_stat(pid) {
+                    procs.insert(pid, info);
+                }
+            }
+        }
+    }
+    procs
+}
+
+/// Every live process that belongs to the run whose first process is `root`.
+pub fn run_tree(root: i32, run_id: &str) -> HashSet<i32> {
+    let procs = all_processes();
+    let marker = format!("JOBCAST_RUN_ID={run_id}").into_bytes();
+    let me = std::process::id() as i32;
+    let mut tree: HashSet<i32> = procs
+        .iter()
+        .filter(|(pid, info)| {
+            **pid != me
+                && !info.zombie
+                && (**pid == root
+                    || info.pgrp == root
+                    || info.session == root
+                    || has_run_env(**pid, &marker))
+        })
+        .map(|(pid, _)| *pid)
+        .collect();
+    // Add descendants of anything found, until nothing new appears.
+    loop {
+        let before = tree.len();
+        for (pid, info) in &procs {
+            if !info.zombie && tree.contains(&info.ppid) && *pid != me {
+                tree.insert(*pid);
+            }
+        }
+        if tree.len() == before {
+            break;
+        }
+    }
+    tree
+}
+
+fn signal_all(pids: &HashSet<i32>, signal: i32) {
+    for pid in pids {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(*pid, signal);
+        }
+    }
+}
+
+/// SIGTERM to the whole tree, then SIGKILL to whatever is left after `grace`. Returns
+/// once no process of the run remains (or after a bounded wait past SIGKILL).
+pub async fn kill_tree(root: i32, run_id: &str, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut tree = run_tree(root, run_id);
+    signal_all(&tree, libc::SIGTERM);
+    while !tree.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        reap_orphans();
+        let now = run_tree(root, run_id);
+        // Processes born since the first signal get it too.
+        let fresh: HashSet<i32> = now.difference(&tree).copied().collect();
+        signal_all(&fresh, libc::SIGTERM);
+        tree = now;
+    }
+    for _ in 0..40 {
+        if tree.is_empty() {
+            return;
+        }
+        signal_all(&tree, libc::SIGKILL);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        reap_orphans();
+        tree = run_tree(root, run_id);
+    }
+    if !tree.is_empty() {
+        tracing::warn!(run_id, pids = ?tree, "processes of a killed run survive SIGKILL");
+    }
+}
+
+/// Reaps zombies that re-parented to this subreaper, leaving the children that tokio
+/// waits for itself alone.
+pub fn reap_orphans() {
+    let me = std::process::id() as i32;
+    let own = own_children();
+    for (pid, info) in all_processes() {
+        if info.zombie && info.ppid == me && !own.contains(&pid) {
+            let mut status = 0;
+            // SAFETY: waitpid on a specific zombie child of ours.
+            unsafe {
+                libc::waitpid(pid, &mut status, libc::WNOHANG);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shebangs_split_like_linux() {
+        assert_eq!(
+            parse_shebang("#!/bin/sh\necho"),
+            Some(("/bin/sh".into(), None))
+        );
+        assert_eq!(
+            parse_shebang("#! /usr/bin/env python3 -u\n"),
+            Some(("/usr/bin/env".into(), Some("python3 -u".into())))
+        );
+        assert_eq!(parse_shebang("#!\n"), None);
+        assert_eq!(parse_shebang("echo hi"), None);
+    }
+
+    #[test]
+    fn stat_parsing_handles_odd_command_names() {
+        let me = std::process::id() as i32;
+        let info = read_stat(me).unwrap();
+        assert!(info.ppid > 0);
+        assert!(!info.zombie);
+    }
+}

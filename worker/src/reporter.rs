@@ -1,0 +1,160 @@
+//! Delivers run reports (started, log chunks, finished) to the broker, in order, until
+//! each is acknowledged.
+//!
+//! Reports are pipelined: up to [`WINDOW`] are in flight at once on the one connection,
+//! which the broker handles in order. After a failure everything not acknowledged is
+//! sent again in the same order; the broker ignores what it has already seen, so a
+//! report is never lost and never applied twice.
+
+use jobcast_client::{Client, ClientError};
+use jobcast_protocol::{ErrorCode, Reply, Request};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+
+const WINDOW: usize = 64;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Default)]
+pub struct Reporter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: Mutex<VecDeque<Request>>,
+    wake: Notify,
+    log_backlog: AtomicUsize,
+}
+
+/// What the reporter tells the session.
+#[derive(Debug)]
+pub enum ReportEvent {
+    /// The broker has recorded that this run ended.
+    FinishAcked(String),
+    /// The broker does not know this worker: register again.
+    NotRegistered,
+    /// A report was acknowledged (the broker is alive).
+    Heard,
+}
+
+fn log_len(request: &Request) -> usize {
+    match request {
+        Request::LogChunk { data, .. } => data.len(),
+        _ => 0,
+    }
+}
+
+impl Reporter {
+    pub fn push(&self, request: Request) {
+        self.inner
+            .log_backlog
+            .fetch_add(log_len(&request), Ordering::Relaxed);
+        if let Ok(mut queue) = self.inner.queue.lock() {
+            queue.push_back(request);
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Log bytes queued and not yet acknowledged.
+    pub fn log_backlog(&self) -> usize {
+        self.inner.log_backlog.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner
+            .queue
+            .lock()
+            .map(|q| q.is_empty())
+            .unwrap_or(true)
+    }
+
+    fn front(&self, n: usize) -> Vec<Request> {
+        self.inner
+            .queue
+            .lock()
+            .map(|q| q.iter().take(n).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes the first `n` entries whose flag in `acked` is set.
+    fn remove_acked(&self, acked: &[bool]) {
+        if let Ok(mut queue) = self.inner.queue.lock() {
+            let mut index = 0;
+            queue.retain(|request| {
+                let keep = !acked.get(index).copied().unwrap_or(false);
+                if !keep {
+                    self.inner
+                        .log_backlog
+                        .fetch_sub(log_len(request), Ordering::Relaxed);
+                }
+                index += 1;
+                keep
+            });
+        }
+    }
+
+    /// Sends queued reports while `registered` holds; runs until the client closes.
+    pub async fn run(
+        self,
+        client: Client,
+        mut registered: watch::Receiver<bool>,
+        events: mpsc::UnboundedSender<ReportEvent>,
+    ) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.is_empty() {
+                self.inner.wake.notified().await;
+                continue;
+            }
+            if !*registered.borrow() {
+                if registered.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let batch = self.front(WINDOW);
+            // Submitted in order from this one task, so they reach the broker in order.
+            let pending: Vec<_> = batch
+                .iter()
+                .map(|request| client.submit(request.clone()))
+                .collect();
+            let mut acked = vec![false; batch.len()];
+            let mut failed = false;
+            for (i, reply) in pending.into_iter().enumerate() {
+                match reply.wait(REQUEST_TIMEOUT).await {
+                    Ok(Reply::Error {
+                        code: ErrorCode::NotRegistered,
+                        ..
+                    }) => {
+                        failed = true;
+                        let _ = events.send(ReportEvent::NotRegistered);
+                    }
+                    Ok(_) => {
+                        acked[i] = true;
+                        if let Request::RunFinished(finished) = &batch[i] {
+                            let _ = events.send(ReportEvent::FinishAcked(finished.run_id.clone()));
+                        }
+                    }
+                    Err(ClientError::Closed) => return,
+                    Err(e) => {
+                        failed = true;
+                        tracing::debug!(error = %e, "report not delivered; will retry");
+                    }
+                }
+            }
+            if acked.iter().any(|a| *a) {
+                let _ = events.send(ReportEvent::Heard);
+            }
+            self.remove_acked(&acked);
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            } else {
+                backoff = Duration::from_millis(50);
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Executes one run: start it, stream its output, enforce its timeout, kill it on
+//! request, and report each step through the [`Reporter`].
+
+use crate::config::WorkerConfig;
+use crate::process;
+use crate::reporter::Reporter;
+use jobcast_protocol::logcap::LogSpool;
+use jobcast_protocol::{Assignment, Outcome, Request, RunFinished};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+/// Output is sent at least this often while a run is live.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Largest log chunk in one request.
+const MAX_CHUNK: usize = 64 << 10;
+/// Unacknowledged log bytes above which output stays in the (trimming) spool.
+const MAX_LOG_BACKLOG: usize = 1 << 20;
+/// After the run's first process exits, how long to keep reading output that its
+/// background descendants may still write.
+const AFTER_EXIT_READ: Duration = Duration::from_millis(200);
+
+/// Runs `assignment` to the end and reports it. `stop` turning true asks for a kill.
+pub async fn execute(
+    assignment: Assignment,
+    config: Arc<WorkerConfig>,
+    reporter: Reporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let run_id = assignment.run_id.clone();
+    let started = Instant::now();
+    let mut spool = LogSpool::new(config.max_log_bytes as usize);
+    let outcome = if *stop.borrow() {
+        Outcome::Killed
+    } else {
+        run(&assignment, &config, &reporter, &mut stop, &mut spool).await
+    };
+    send_output(&run_id, &mut spool, &reporter, usize::MAX);
+    tracing::info!(run_id, job = %assignment.job.name, outcome = %outcome.describe(), "run finished");
+    reporter.push(Request::RunFinished(RunFinished {
+        run_id,
+        outcome,
+        duration_ms: started.elapsed().as_millis() as u64,
+        log_bytes: spool.total(),
+    }));
+}
+
+fn send_output(run_id: &str, spool: &mut LogSpool, reporter: &Reporter, budget: usize) {
+    let mut sent = 0;
+    while sent < budget {
+        let Some((offset, data)) = spool.take_chunk(MAX_CHUNK) else {
+            break;
+        };
+        sent += data.len();
+        reporter.push(Request::LogChunk {
+            run_id: run_id.to_string(),
+            offset,
+            data,
+        });
+    }
+}
+
+async fn run(
+    assignment: &Assignment,
+    config: &WorkerConfig,
+    reporter: &Reporter,
+    stop: &mut watch::Receiver<bool>,
+    spool: &mut LogSpool,
+) -> Outcome {
+    let run_id = &assignment.run_id;
+    let plan = match process::plan(assignment, &config.script_temp_path) {
+        Ok(plan) => plan,
+        Err(reason) => return Outcome::FailedToStart { reason },
+    };
+    let spawned = process::spawn(&plan, assignment, &config.id);
+    let outcome = match spawned {
+        Ok((child, output)) => {
+            supervise(assignment, config, reporter, stop, spool, child, output).await
+        }
+        Err(reason) => Outcome::FailedToStart { reason },
+    };
+    if let Some(file) = &plan.script_file {
+        if let Err(e) = std::fs::remove_file(file) {
+            tracing::warn!(run_id, error = %e, "cannot remove the script file");
+        }
+    }
+    outcome
+}
+
+async fn supervise(
+    assignment: &Assignment,
+    config: &WorkerConfig,
+    reporter: &Reporter,
+    stop: &mut watch::Receiver<bool>,
+    spool: &mut LogSpool,
+    mut child: tokio::process::Child,
+    mut output: tokio::net::unix::pipe::Receiver,
+) -> Outcome {
+    let run_id = assignment.run_id.clone();
+    let pid = child.id().unwrap_or(0);
+    tracing::info!(run_id, job = %assignment.job.name, pid, "run started");
+    reporter.push(Request::RunStarted {
+        run_id: run_id.clone(),
+        pid,
+    });
+    let timeout = assignment
+        .job
+        .timeout_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut exit_status = None;
+    let mut output_open = true;
+    let mut read_until: Option<tokio::time::Instant> = None;
+    let mut ended_by: Option<Outcome> = None;
+    let mut killer: Option<tokio::task::JoinHandle<()>> = None;
+    let mut stop_open = true;
+
+    loop {
+        if exit_status.is_some()
+            && (!output_open || read_until.is_some_and(|t| tokio::time::Instant::now() >= t))
+        {
+            break;
+        }
+        tokio::select! {
+            read = output.read(&mut buffer), if output_open => match read {
+                Ok(0) | Err(_) => output_open = false,
+                Ok(n) => spool.push(&buffer[..n]),
+            },
+            status = child.wait(), if exit_status.is_none() => {
+                exit_status = Some(status);
+                read_until = Some(tokio::time::Instant::now() + AFTER_EXIT_READ);
+            }
+            _ = flush.tick() => {
+                let room = MAX_LOG_BACKLOG.saturating_sub(reporter.log_backlog());
+                send_output(&run_id, spool, reporter, room);
+            }
+            changed = stop.changed(), if ended_by.is_none() && stop_open && exit_status.is_none() => {
+                if changed.is_err() {
+                    // The owner is gone; nobody can ask for a kill any more.
+                    stop_open = false;
+                } else if *stop.borrow() {
+                    tracing::info!(run_id, pid, "killing run");
+                    ended_by = Some(Outcome::Killed);
+                    killer = Some(tokio::spawn(kill(pid, run_id.clone(), config.kill_grace)));
+                }
+            }
+            _ = sleep_until(timeout), if ended_by.is_none() && timeout.is_some() && exit_status.is_none() => {
+                tracing::warn!(run_id, pid, "run exceeded its timeout; killing it");
+                ended_by = Some(Outcome::TimedOut);
+                killer = Some(tokio::spawn(kill(pid, run_id.clone(), config.kill_grace)));
+            }
+        }
+    }
+    if let Some(killer) = killer {
+        // The tree is gone (or SIGKILLed) before the run is reported as ended.
+        let _ = killer.await;
+    }
+    process::forget_child(pid as i32);
+    process::reap_orphans();
+    if let Some(outcome) = ended_by {
+        return outcome;
+    }
+    match exit_status {
+        Some(Ok(status)) => {
+            use std::os::unix::process::ExitStatusExt;
+            match (status.code(), status.signal()) {
+                (Some(code), _) => Outcome::Exited { code },
+                (None, Some(signal)) => Outcome::Signaled { signal },
+                (None, None) => Outcome::Exited { code: -1 },
+            }
+        }
+        Some(Err(e)) => Outcome::FailedToStart {
+            reason: format!("cannot wait for the process: {e}"),
+        },
+        None => Outcome::Exited { code: -1 },
+    }
+}
+
+async fn kill(pid: u32, run_id: String, grace: Duration) {
+    process::kill_tree(pid as i32, &run_id, grace).await;
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,508 @@
+//! The worker's life with the broker: register, heartbeat, claim work, follow orders,
+//! reconnect after silence, and drain on SIGTERM.
+//!
+//! One loop owns all state. Network requests run in tasks that post their results back
+//! to the loop, so the loop never waits on the broker.
+
+use crate::config::WorkerConfig;
+use crate::reporter::{ReportEvent, Reporter};
+use crate::runner;
+use anyhow::Result;
+use bytes::Bytes;
+use jobcast_client::{Client, ClientConfig, ClientError};
+use jobcast_protocol::message::{decode_event, topic};
+use jobcast_protocol::{
+    Assignment, ErrorCode, Event, Heartbeat, Orders, Register, Reply, Request, WorkerInfo,
+    JOBCAST_VERSION,
+};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to keep trying to deliver the last reports when exiting.
+const FINAL_FLUSH: Duration = Duration::from_secs(30);
+
+enum Msg {
+    Event(Event),
+    Replied(Purpose, Result<Reply, ClientError>),
+    Report(ReportEvent),
+    RunnerDone(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Register,
+    Heartbeat,
+    Claim(u32),
+    Orders,
+    Pong,
+}
+
+struct HeldRun {
+    stop: watch::Sender<bool>,
+    /// The runner has returned; the run waits for the broker to acknowledge its end.
+    done: bool,
+}
+
+struct Session {
+    config: Arc<WorkerConfig>,
+    client: Client,
+    reporter: Reporter,
+    registered: watch::Sender<bool>,
+    messages: mpsc::UnboundedSender<Msg>,
+    held: BTreeMap<String, HeldRun>,
+    boot_id: Option<u64>,
+    heartbeat: Duration,
+    last_heard: Instant,
+    started: Instant,
+    register_in_flight: bool,
+    claim_in_flight: bool,
+    want_work: bool,
+    draining: bool,
+    drain_deadline: Option<tokio::time::Instant>,
+    subscriber: tokio::task::JoinHandle<()>,
+}
+
+pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
+    let config = Arc::new(config);
+    let client = Client::connect_in_background(ClientConfig {
+        endpoint: config.broker.clone(),
+        name: config.id.clone(),
+        secret: config.secret.clone(),
+        connect_timeout: config.connect_timeout,
+        max_clock_skew: Duration::from_secs(30),
+    });
+    let (messages, mut inbox) = mpsc::unbounded_channel();
+    let (registered, registered_rx) = watch::channel(false);
+    let reporter = Reporter::default();
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        reporter
+            .clone()
+            .run(client.clone(), registered_rx, report_tx),
+    );
+    {
+        let messages = messages.clone();
+        tokio::spawn(async move {
+            while let Some(event) = report_rx.recv().await {
+                if messages.send(Msg::Report(event)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let subscriber = tokio::spawn(subscribe(config.clone(), messages.clone()));
+    let mut session = Session {
+        config: config.clone(),
+        client,
+        reporter,
+        registered,
+        messages,
+        held: BTreeMap::new(),
+        boot_id: None,
+        heartbeat: Duration::from_secs(1),
+        last_heard: Instant::now(),
+        started: Instant::now(),
+        register_in_flight: false,
+        claim_in_flight: false,
+        want_work: true,
+        draining: false,
+        drain_deadline: None,
+        subscriber,
+    };
+    tracing::info!(worker = %config.id, broker = %config.broker, pools = ?config.pools, concurrency = config.concurrency, "worker starting");
+    session.register();
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    let mut next_heartbeat = tokio::time::Instant::now();
+    let mut reap = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => session.on_signal("SIGTERM"),
+            _ = int.recv() => session.on_signal("SIGINT"),
+            Some(msg) = inbox.recv() => session.on_message(msg),
+            _ = ticker.tick() => {
+                let now = tokio::time::Instant::now();
+                if now >= next_heartbeat {
+                    next_heartbeat = now + session.heartbeat;
+                    session.on_heartbeat_timer();
+                }
+                if session.drain_deadline.is_some_and(|d| now >= d) {
+                    tracing::warn!("drain timeout reached: killing the runs still going");
+                    session.drain_deadline = None;
+                    session.kill_all();
+                }
+            }
+            _ = reap.tick() => crate::process::reap_orphans(),
+        }
+        if session.draining && session.held.values().all(|h| h.done) {
+            break;
+        }
+    }
+    // Every run has ended; make sure the broker has heard about all of them.
+    let deadline = Instant::now() + FINAL_FLUSH;
+    while !session.held.is_empty() || !session.reporter.is_empty() {
+        if Instant::now() >= deadline {
+            tracing::error!(
+                unreported = session.held.len(),
+                "could not deliver the last reports to the broker"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::select! {
+            Some(msg) = inbox.recv() => session.on_message(msg),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if !*session.registered.borrow() {
+                    session.register();
+                }
+            }
+        }
+    }
+    tracing::info!("drained: exiting");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Receives events for this worker's topics, reconnecting the SUB socket as needed.
+async fn subscribe(config: Arc<WorkerConfig>, messages: mpsc::UnboundedSender<Msg>) {
+    let mut topics = vec![topic::ALL.to_string(), topic::worker(&config.id)];
+    topics.extend(config.pools.iter().map(|p| topic::pool(p)));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut options = SocketOptions::default();
+        options.connect_timeout(config.connect_timeout);
+        let mut socket = SubSocket::with_options(options);
+        let connected = tokio::time::timeout(
+            config.connect_timeout + Duration::from_secs(1),
+            socket.connect(&config.events),
+        )
+        .await;
+        if !matches!(connected, Ok(Ok(()))) {
+            tracing::debug!(endpoint = %config.events, "event socket not connected yet");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        let mut subscribed = true;
+        for t in &topics {
+            subscribed &= socket.subscribe(t).await.is_ok();
+        }
+        if !subscribed {
+            continue;
+        }
+        loop {
+            match socket.recv().await {
+                Ok(message) => {
+                    let frames: Vec<Bytes> = message.into_vec();
+                    if let Some(event) = frames.get(1).and_then(|b| decode_event(b)) {
+                        if messages.send(Msg::Event(event)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "event socket failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let pages: u64 = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Session {
+    fn request(&self, purpose: Purpose, request: Request) {
+        let client = self.client.clone();
+        let messages = self.messages.clone();
+        tokio::spawn(async move {
+            let result = client.request(request, REQUEST_TIMEOUT).await;
+            let _ = messages.send(Msg::Replied(purpose, result));
+        });
+    }
+
+    fn running_ids(&self) -> Vec<String> {
+        self.held.keys().cloned().collect()
+    }
+
+    fn busy_slots(&self) -> u32 {
+        self.held.values().filter(|h| !h.done).count() as u32
+    }
+
+    fn free_slots(&self) -> u32 {
+        self.config.concurrency.saturating_sub(self.busy_slots())
+    }
+
+    fn register(&mut self) {
+        if self.register_in_flight {
+            return;
+        }
+        self.register_in_flight = true;
+        self.request(
+            Purpose::Register,
+            Request::Register(Register {
+                hostname: hostname(),
+                pid: std::process::id(),
+                version: JOBCAST_VERSION.to_string(),
+                concurrency: self.config.concurrency,
+                pools: self.config.pools.clone(),
+                running: self.running_ids(),
+                max_log_bytes: self.config.max_log_bytes,
+            }),
+        );
+    }
+
+    fn set_unregistered(&mut self) {
+        if *self.registered.borrow() {
+            tracing::info!("broker does not know this worker (restarted?): registering again");
+        }
+        let _ = self.registered.send(false);
+        self.register();
+    }
+
+    fn on_heartbeat_timer(&mut self) {
+        if self.last_heard.elapsed() > self.config.reconnect_after_inactivity {
+            tracing::warn!(silent_for = ?self.last_heard.elapsed(), "nothing from the broker: reconnecting");
+            self.reconnect();
+            return;
+        }
+        if !*self.registered.borrow() {
+            self.register();
+            return;
+        }
+        self.request(
+            Purpose::Heartbeat,
+            Request::Heartbeat(Heartbeat {
+                running: self.running_ids(),
+                free_slots: self.free_slots(),
+                draining: self.draining,
+            }),
+        );
+        // Poll for work now and then even without a wake-up, in case one was lost.
+        self.maybe_claim();
+    }
+
+    fn reconnect(&mut self) {
+        self.last_heard = Instant::now();
+        let _ = self.registered.send(false);
+        self.register_in_flight = false;
+        self.claim_in_flight = false;
+        self.client.reconnect();
+        self.subscriber.abort();
+        let delay = Duration::from_millis(jobcast_protocol::envelope::random_nonce() % 500);
+        let config = self.config.clone();
+        let messages = self.messages.clone();
+        self.subscriber = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            subscribe(config, messages).await
+        });
+        self.register();
+    }
+
+    fn maybe_claim(&mut self) {
+        if self.draining || self.claim_in_flight || !self.want_work || !*self.registered.borrow() {
+            return;
+        }
+        let free = self.free_slots();
+        if free == 0 {
+            return;
+        }
+        self.claim_in_flight = true;
+        self.request(Purpose::Claim(free), Request::Claim { max: free });
+    }
+
+    fn on_message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Event(event) => {
+                self.last_heard = Instant::now();
+                self.on_event(event);
+            }
+            Msg::Replied(purpose, result) => self.on_reply(purpose, result),
+            Msg::Report(ReportEvent::FinishAcked(run_id)) => {
+                self.held.remove(&run_id);
+            }
+            Msg::Report(ReportEvent::NotRegistered) => self.set_unregistered(),
+            Msg::Report(ReportEvent::Heard) => self.last_heard = Instant::now(),
+            Msg::RunnerDone(run_id) => {
+                if let Some(held) = self.held.get_mut(&run_id) {
+                    held.done = true;
+                }
+                self.want_work = true;
+                self.maybe_claim();
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::BrokerAlive { boot_id, .. } => {
+                if self.boot_id.is_some_and(|known| known != boot_id) {
+                    tracing::info!("the broker restarted");
+                    self.set_unregistered();
+                }
+            }
+            Event::Wake { .. } => {
+                self.want_work = true;
+                self.maybe_claim();
+            }
+            Event::Ping { ping_id } => {
+                let info = WorkerInfo {
+                    version: JOBCAST_VERSION.to_string(),
+                    hostname: hostname(),
+                    pid: std::process::id(),
+                    concurrency: self.config.concurrency,
+                    pools: self.config.pools.clone(),
+                    running: self.running_ids(),
+                    uptime_ms: self.started.elapsed().as_millis() as u64,
+                    rss_bytes: rss_bytes(),
+                    draining: self.draining,
+                };
+                self.request(Purpose::Pong, Request::Pong { ping_id, info });
+            }
+            Event::OrdersPending => self.request(Purpose::Orders, Request::FetchOrders),
+        }
+    }
+
+    fn on_reply(&mut self, purpose: Purpose, result: Result<Reply, ClientError>) {
+        match purpose {
+            Purpose::Register => self.register_in_flight = false,
+            Purpose::Claim(_) => self.claim_in_flight = false,
+            _ => {}
+        }
+        let reply = match result {
+            Ok(reply) => {
+                self.last_heard = Instant::now();
+                reply
+            }
+            Err(ClientError::Refused { reason, detail }) => {
+                tracing::error!(%reason, "the broker refuses this worker: {detail}");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(?purpose, error = %e, "request failed");
+                return;
+            }
+        };
+        match reply {
+            Reply::Registered {
+                boot_id,
+                heartbeat_interval_ms,
+                orders,
+            } => {
+                if self.boot_id != Some(boot_id) {
+                    tracing::info!(boot_id, "registered with the broker");
+                }
+                self.boot_id = Some(boot_id);
+                self.heartbeat = Duration::from_millis(heartbeat_interval_ms.clamp(100, 60_000));
+                let _ = self.registered.send(true);
+                self.want_work = true;
+                self.apply(orders);
+                self.maybe_claim();
+            }
+            Reply::Orders(orders) => self.apply(orders),
+            Reply::Granted { runs } => {
+                if let Purpose::Claim(asked) = purpose {
+                    self.want_work = runs.len() as u32 >= asked;
+                }
+                for assignment in runs {
+                    self.start(assignment);
+                }
+                self.maybe_claim();
+            }
+            Reply::Error {
+                code: ErrorCode::NotRegistered,
+                ..
+            } => self.set_unregistered(),
+            Reply::Error { code, message } => {
+                tracing::error!(?purpose, ?code, "broker refused a request: {message}");
+            }
+            _ => {}
+        }
+    }
+
+    fn start(&mut self, assignment: Assignment) {
+        let (stop, stop_rx) = watch::channel(false);
+        if self.draining {
+            // Claimed just as the drain began: hand it back unstarted.
+            self.request(
+                Purpose::Orders,
+                Request::Release {
+                    run_ids: vec![assignment.run_id],
+                },
+            );
+            return;
+        }
+        let run_id = assignment.run_id.clone();
+        if self.held.contains_key(&run_id) {
+            return;
+        }
+        self.held
+            .insert(run_id.clone(), HeldRun { stop, done: false });
+        let config = self.config.clone();
+        let reporter = self.reporter.clone();
+        let messages = self.messages.clone();
+        tokio::spawn(async move {
+            runner::execute(assignment, config, reporter, stop_rx).await;
+            let _ = messages.send(Msg::RunnerDone(run_id));
+        });
+    }
+
+    fn apply(&mut self, orders: Orders) {
+        for run_id in &orders.kill {
+            match self.held.get(run_id) {
+                Some(held) if !held.done => {
+                    tracing::info!(run_id, "kill ordered by the broker");
+                    let _ = held.stop.send(true);
+                }
+                _ => {}
+            }
+        }
+        if orders.drain && !self.draining {
+            tracing::info!("drain ordered by the broker");
+            self.begin_drain();
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        self.draining = true;
+        self.drain_deadline = Some(tokio::time::Instant::now() + self.config.drain_timeout);
+        tracing::info!(running = self.busy_slots(), timeout = ?self.config.drain_timeout, "draining: taking no new work");
+    }
+
+    fn kill_all(&mut self) {
+        for held in self.held.values().filter(|h| !h.done) {
+            let _ = held.stop.send(true);
+        }
+    }
+
+    fn on_signal(&mut self, name: &str) {
+        if self.draining {
+            tracing::warn!(signal = name, "second signal: killing running runs now");
+            self.kill_all();
+        } else {
+            tracing::info!(signal = name, "draining");
+            self.begin_drain();
+        }
+    }
+}
