@@ -1,1 +1,420 @@
+//! Harness for end-to-end tests: starts the real binaries on loopback, waits on
+//! conditions with deadlines, and cleans up every process it started (including the
+//! scripts of runs, found by a tag in their environment).
 
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_SECRET: &str = "integration-admin-secret";
+
+pub fn worker_secret(id: &str) -> String {
+    format!("integration-secret-for-{id}")
+}
+
+/// Path of a workspace binary, built by `cargo build --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> → target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub struct Worker {
+    pub id: String,
+    pub child: Child,
+}
+
+impl Worker {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// Waits for the worker to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = &mut self.child;
+        wait_for("the worker to exit", timeout, || {
+            child.try_wait().ok().flatten().map(|s| s.code())
+        })
+    }
+}
+
+/// A broker with its workers, in a temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    /// Marks the environment of every run started by this cluster.
+    pub tag: String,
+    pub broker: Option<Child>,
+    pub router: String,
+    pub publish: String,
+    pub workers: Vec<Worker>,
+    worker_ids: Vec<String>,
+    broker_starts: u32,
+    extra_broker_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts a broker that knows workers `w1..=wN` (none started yet).
+    pub fn start(known_workers: usize) -> Cluster {
+        Self::start_with(known_workers, &[])
+    }
+
+    pub fn start_with(known_workers: usize, broker_args: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("jobcast-it-")
+            .tempdir()
+            .expect("temp dir");
+        let tag = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let worker_ids: Vec<String> = (1..=known_workers).map(|n| format!("w{n}")).collect();
+        let mut config = format!(
+            "data_dir = \"{}\"\nworker_timeout = \"5s\"\nheartbeat_interval = \"500ms\"\n[keys]\nadmin = \"{ADMIN_SECRET}\"\n[keys.workers]\n",
+            dir.path().join("data").display()
+        );
+        for id in &worker_ids {
+            config.push_str(&format!("{id} = \"{}\"\n", worker_secret(id)));
+        }
+        std::fs::write(dir.path().join("broker.toml"), config).expect("write config");
+        let mut cluster = Cluster {
+            dir,
+            tag,
+            broker: None,
+            router: "tcp://127.0.0.1:0".into(),
+            publish: "tcp://127.0.0.1:0".into(),
+            workers: Vec::new(),
+            worker_ids,
+            broker_starts: 0,
+            extra_broker_args: broker_args.iter().map(|s| s.to_string()).collect(),
+        };
+        cluster.start_broker();
+        cluster
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts (or restarts) the broker on the same endpoints and waits until it listens.
+    pub fn start_broker(&mut self) {
+        self.broker_starts += 1;
+        let ready = self.path("broker.ready");
+        let _ = std::fs::remove_file(&ready);
+        let log = std::fs::File::create(self.path(&format!("broker-{}.log", self.broker_starts)))
+            .expect("broker log");
+        let child = Command::new(bin("jobcast-broker"))
+            .arg("--config")
+            .arg(self.path("broker.toml"))
+            .args(["--router", &self.router, "--publish", &self.publish])
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--log-level", "info"])
+            .args(&self.extra_broker_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start broker");
+        self.broker = Some(child);
+        let text = wait_for("the broker to listen", Duration::from_secs(20), || {
+            if let Some(status) = self
+                .broker
+                .as_mut()
+                .and_then(|b| b.try_wait().ok().flatten())
+            {
+                panic!("broker exited: {status}; log:\n{}", self.broker_log());
+            }
+            std::fs::read_to_string(&ready).ok()
+        });
+        for line in text.lines() {
+            if let Some((key, value)) = line.split_once(" = ") {
+                let value = value.trim_matches('"').to_string();
+                match key {
+                    "router" => self.router = value,
+                    "publish" => self.publish = value,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    pub fn broker_log(&self) -> String {
+        std::fs::read_to_string(self.path(&format!("broker-{}.log", self.broker_starts)))
+            .unwrap_or_default()
+    }
+
+    pub fn broker_pid(&self) -> i32 {
+        self.broker.as_ref().map(|b| b.id() as i32).unwrap_or(0)
+    }
+
+    pub fn kill_broker(&mut self) {
+        if let Some(mut broker) = self.broker.take() {
+            let _ = broker.kill();
+            let _ = broker.wait();
+        }
+    }
+
+    /// Starts worker `id` with the given extra flags, and waits until the broker lists it
+    /// as online.
+    pub fn start_worker(&mut self, id: &str, extra: &[&str]) -> usize {
+        let index = self.spawn_worker(id, extra);
+        self.wait_online(id);
+        index
+    }
+
+    pub fn spawn_worker(&mut self, id: &str, extra: &[&str]) -> usize {
+        assert!(
+            self.worker_ids.iter().any(|w| w == id),
+            "worker {id} has no key"
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{id}.log")))
+            .expect("worker log");
+        let child = Command::new(bin("jobcast-worker"))
+            .args([
+                "--id",
+                id,
+                "--broker",
+                &self.router,
+                "--events",
+                &self.publish,
+            ])
+            .args(["--secret", &worker_secret(id)])
+            .arg("--script-temp-path")
+            .arg(self.path(&format!("{id}-scripts")))
+            .args(["--reconnect-after-inactivity", "3s", "--kill-grace", "2s"])
+            .args(["--log-level", "debug"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start worker");
+        self.workers.push(Worker {
+            id: id.to_string(),
+            child,
+        });
+        self.workers.len() - 1
+    }
+
+    pub fn worker_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{id}.log"))).unwrap_or_default()
+    }
+
+    pub fn wait_online(&self, id: &str) {
+        wait_for(
+            &format!("worker {id} online"),
+            Duration::from_secs(20),
+            || {
+                let status = self.ctl_json(&["status"])?;
+                status["workers"]
+                    .as_array()?
+                    .iter()
+                    .any(|w| w["id"] == id && w["online"] == true)
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Runs jobcastctl against this cluster.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("jobcastctl"))
+            .args(["--broker", &self.router, "--timeout", "5s"])
+            .args(args)
+            .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run jobcastctl")
+    }
+
+    /// Runs jobcastctl and parses its `--json` output; `None` if it failed.
+    pub fn ctl_json(&self, args: &[&str]) -> Option<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Like `ctl`, but panics unless it succeeds; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "jobcastctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes a jobs file whose jobs all carry this cluster's tag, and applies it.
+    pub fn apply_jobs(&self, toml: &str) {
+        let mut text = String::new();
+        for line in toml.lines() {
+            text.push_str(line);
+            text.push('\n');
+            if line.starts_with("[jobs.") {
+                text.push_str(&format!(
+                    "env = {{ JOBCAST_TEST_TAG = \"{}\" }}\n",
+                    self.tag
+                ));
+            }
+        }
+        let path = self.path("jobs.toml");
+        std::fs::write(&path, text).expect("write jobs");
+        self.ctl_ok(&["apply", &path.to_string_lossy()]);
+    }
+
+    pub fn enqueue(&self, job: &str) -> String {
+        let run = self.ctl_json(&["enqueue", job]).expect("enqueue");
+        run["id"].as_str().expect("run id").to_string()
+    }
+
+    pub fn run(&self, id: &str) -> Option<Value> {
+        let runs = self.ctl_json(&["runs", "--limit", "10000"])?;
+        runs.as_array()?.iter().find(|r| r["id"] == id).cloned()
+    }
+
+    pub fn runs(&self) -> Vec<Value> {
+        self.ctl_json(&["runs", "--limit", "10000"])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until run `id` is in `state` and returns it.
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        wait_for(&format!("run {id} to be {state}"), timeout, || {
+            self.run(id).filter(|r| r["state"] == state)
+        })
+    }
+
+    pub fn log(&self, id: &str) -> Vec<u8> {
+        let out = self.ctl(&["logs", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Pids of live processes started by this cluster's runs.
+    pub fn tagged_processes(&self) -> Vec<i32> {
+        let marker = format!("JOBCAST_TEST_TAG={}", self.tag).into_bytes();
+        let mut pids = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                if is_zombie(pid) {
+                    continue;
+                }
+                if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+                    if env.split(|b| *b == 0).any(|v| v == marker.as_slice()) {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        pids
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    std::fs::metadata(format!("/proc/{pid}")).is_ok() && !is_zombie(pid)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Resident memory of a process in bytes.
+pub fn rss_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            // A stopped worker must be continued before it can die.
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(worker.child.id() as i32, libc::SIGCONT);
+            }
+            let _ = worker.child.kill();
+            let _ = worker.child.wait();
+        }
+        self.kill_broker();
+        for pid in self.tagged_processes() {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        if std::env::var_os("JOBCAST_KEEP_TEST_DIRS").is_some() {
+            let path = self.dir.path().to_path_buf();
+            eprintln!("keeping {}", path.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("temp dir"),
+            ));
+        }
+    }
+}
