@@ -1,0 +1,129 @@
+//! A worker stopped with SIGSTOP for two minutes while runs keep flowing: the broker's
+//! memory stays bounded, the stalled worker is marked offline, and the other workers keep
+//! running. The stall lasts `JOBCAST_STALL_SECS` seconds (default 120).
+
+use jobcast_client::{Client, ClientConfig};
+use jobcast_integration_tests::*;
+use jobcast_protocol::{Reply, Request, Secret};
+use std::time::{Duration, Instant};
+
+fn stall() -> Duration {
+    let secs = std::env::var("JOBCAST_STALL_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    Duration::from_secs(secs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_leaves_broker_memory_bounded_and_others_running() {
+    let mut cluster = Cluster::start(3);
+    cluster.apply_jobs("[jobs.tick]\ncommand = [\"echo\", \"tick\"]\n");
+    let client = Client::connect(ClientConfig {
+        endpoint: cluster.router.clone(),
+        name: "admin".into(),
+        secret: Secret::new(ADMIN_SECRET),
+        connect_timeout: Duration::from_secs(5),
+        max_clock_skew: Duration::from_secs(30),
+    })
+    .await
+    .expect("connect");
+    let enqueue = |client: Client| async move {
+        match client
+            .request(
+                Request::Enqueue { job: "tick".into() },
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(Reply::Enqueued { run }) => run.id,
+            other => panic!("enqueue: {other:?}"),
+        }
+    };
+    tokio::task::block_in_place(|| {
+        for id in ["w1", "w2", "w3"] {
+            cluster.start_worker(id, &["--concurrency", "2"]);
+        }
+    });
+    // Warm up so that the baseline includes steady-state allocations.
+    for _ in 0..100 {
+        enqueue(client.clone()).await;
+    }
+    let broker = cluster.broker_pid();
+    tokio::task::block_in_place(|| {
+        wait_for("warm-up runs to finish", Duration::from_secs(60), || {
+            let status = cluster.ctl_json(&["status"])?;
+            status["active"].as_object()?.is_empty().then_some(())
+        })
+    });
+    let baseline = rss_bytes(broker);
+
+    cluster.workers[2].signal(libc::SIGSTOP);
+    let stalled_at = Instant::now();
+    let mut peak = baseline;
+    let mut enqueued = Vec::new();
+    // 20 runs per second for the whole stall.
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    while stalled_at.elapsed() < stall() {
+        pace.tick().await;
+        enqueued.push(enqueue(client.clone()).await);
+        peak = peak.max(rss_bytes(broker));
+    }
+    let end = rss_bytes(broker);
+    eprintln!(
+        "stall {:?}: {} runs, broker RSS baseline {:.1} MB, peak {:.1} MB, end {:.1} MB",
+        stall(),
+        enqueued.len(),
+        baseline as f64 / 1e6,
+        peak as f64 / 1e6,
+        end as f64 / 1e6
+    );
+
+    tokio::task::block_in_place(|| {
+        let status = cluster.ctl_json(&["status"]).expect("status");
+        let w3 = status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == "w3")
+            .cloned()
+            .unwrap();
+        assert_eq!(w3["online"], false, "the stopped worker is offline");
+        // The other workers kept running: everything enqueued during the stall, except
+        // what w3 may have been granted just before it stopped, succeeded.
+        wait_for(
+            "the stall's runs to finish",
+            Duration::from_secs(60),
+            || {
+                let status = cluster.ctl_json(&["status"])?;
+                status["active"].as_object()?.is_empty().then_some(())
+            },
+        );
+        let runs = cluster.runs();
+        let during: Vec<_> = runs
+            .iter()
+            .filter(|r| enqueued.iter().any(|id| r["id"] == id.as_str()))
+            .collect();
+        assert_eq!(during.len(), enqueued.len());
+        let succeeded = during.iter().filter(|r| r["state"] == "succeeded").count();
+        let lost = during.iter().filter(|r| r["state"] == "lost").count();
+        assert_eq!(
+            succeeded + lost,
+            enqueued.len(),
+            "runs end succeeded or (on w3) lost"
+        );
+        assert!(lost <= 2, "at most w3's two slots were lost: {lost}");
+        assert!(during
+            .iter()
+            .filter(|r| r["state"] == "lost")
+            .all(|r| r["worker"] == "w3"));
+
+        // Bounded: a few MB over the baseline, not growing with the stall.
+        let growth = peak.saturating_sub(baseline);
+        assert!(growth < 20 << 20, "broker grew by {} MB", growth >> 20);
+
+        // The worker comes back when continued.
+        cluster.workers[2].signal(libc::SIGCONT);
+        cluster.wait_online("w3");
+    });
+}
