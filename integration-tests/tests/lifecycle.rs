@@ -51,14 +51,19 @@ echo "$JOBCAST_RUN_ID $JOBCAST_WORKER" >> {}
     }
     let runs: BTreeSet<String> = (0..100).map(|_| cluster.enqueue("count")).collect();
     assert_eq!(runs.len(), 100);
-    wait_for("all runs to succeed", Duration::from_secs(120), || {
-        let done = cluster
-            .runs()
-            .iter()
-            .filter(|r| r["state"] == "succeeded")
-            .count();
-        (done == 100).then_some(())
+    let ended = wait_for("all runs to end", Duration::from_secs(120), || {
+        let runs = cluster.runs();
+        let ended: Vec<_> = runs
+            .into_iter()
+            .filter(|r| {
+                !["queued", "assigned", "running"].contains(&r["state"].as_str().unwrap_or(""))
+            })
+            .collect();
+        (ended.len() == 100).then_some(ended)
     });
+    for run in &ended {
+        assert_eq!(run["state"], "succeeded", "{run}");
+    }
     let text = std::fs::read_to_string(&ledger).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 100, "each run executed once");
@@ -345,4 +350,103 @@ fn a_broker_restarted_under_live_workers_gets_them_all_back() {
     // and they take work again
     let run = cluster.enqueue("quick");
     cluster.wait_state(&run, "succeeded", LONG);
+}
+
+#[test]
+fn logs_follow_a_live_run_until_it_ends() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        "[jobs.ticker]\nscript = \"\"\"#!/bin/sh\nfor i in 1 2 3 4 5; do echo tick-$i; sleep 0.3; done\n\"\"\"\n",
+    );
+    cluster.start_worker("w1", &[]);
+    let run = cluster.enqueue("ticker");
+    cluster.wait_state(&run, "running", LONG);
+    // -f returns by itself once the run has ended, with every line
+    let out = cluster.ctl_ok(&["logs", "-f", &run]);
+    for i in 1..=5 {
+        assert!(out.contains(&format!("tick-{i}\n")), "{out}");
+    }
+    assert_eq!(cluster.run(&run).unwrap()["state"], "succeeded");
+}
+
+#[test]
+fn a_run_past_its_timeout_is_killed_and_recorded_as_timed_out() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        "[jobs.stuck]\ntimeout = \"500ms\"\nscript = \"\"\"#!/bin/sh\nsleep 1000\n\"\"\"\n",
+    );
+    cluster.start_worker("w1", &[]);
+    let run = cluster.enqueue("stuck");
+    let record = cluster.wait_state(&run, "timed_out", LONG);
+    let pid = record["pid"].as_i64().unwrap() as i32;
+    assert!(!is_alive(pid));
+    assert!(cluster.tagged_processes().is_empty());
+}
+
+#[test]
+fn a_run_that_cannot_start_fails_with_the_reason() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        "[jobs.nowhere]\nworkdir = \"/nonexistent/jobcast\"\ncommand = \"true\"\n[jobs.noprog]\ncommand = [\"/nonexistent/program\"]\n",
+    );
+    cluster.start_worker("w1", &[]);
+    for (job, reason) in [
+        (
+            "nowhere",
+            "working directory /nonexistent/jobcast does not exist",
+        ),
+        ("noprog", "cannot start /nonexistent/program"),
+    ] {
+        let run = cluster.enqueue(job);
+        let record = cluster.wait_state(&run, "failed", LONG);
+        let text = record["outcome"]["failed_to_start"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(text.contains(reason), "{record}");
+        let table = cluster.ctl_ok(&["runs", "--job", job]);
+        assert!(table.contains("could not start"), "{table}");
+    }
+}
+
+#[test]
+fn a_second_sigterm_kills_running_runs_at_once_and_still_reports_them() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs("[jobs.long]\nscript = \"\"\"#!/bin/sh\nsleep 1000\n\"\"\"\n");
+    let index = cluster.start_worker("w1", &[]);
+    let run = cluster.enqueue("long");
+    cluster.wait_state(&run, "running", LONG);
+    cluster.workers[index].signal(libc::SIGTERM);
+    wait_for("the worker to drain", LONG, || {
+        cluster.worker_log("w1").contains("draining").then_some(())
+    });
+    cluster.workers[index].signal(libc::SIGTERM);
+    let code = cluster.workers[index].wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "log:\n{}", cluster.worker_log("w1"));
+    assert_eq!(cluster.run(&run).unwrap()["state"], "killed");
+    assert!(cluster.tagged_processes().is_empty());
+}
+
+#[test]
+fn runs_can_be_listed_by_state_and_job() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs("[jobs.ok]\ncommand = \"true\"\n[jobs.bad]\ncommand = \"false\"\n");
+    cluster.start_worker("w1", &[]);
+    let ok = cluster.enqueue("ok");
+    let bad = cluster.enqueue("bad");
+    cluster.wait_state(&ok, "succeeded", LONG);
+    cluster.wait_state(&bad, "failed", LONG);
+    let failed = cluster.ctl_json(&["runs", "--state", "failed"]).unwrap();
+    let ids: Vec<&str> = failed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [bad.as_str()]);
+    let by_job = cluster.ctl_json(&["runs", "--job", "ok"]).unwrap();
+    assert_eq!(by_job.as_array().unwrap().len(), 1);
+    let out = cluster.ctl(&["runs", "--state", "done"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown run state"));
 }

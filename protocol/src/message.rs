@@ -91,11 +91,6 @@ impl Request {
                 | Request::Drain { .. }
         )
     }
-
-    /// Requests that are safe to send twice (the client may retry them after a reconnect).
-    pub fn is_idempotent(&self) -> bool {
-        !matches!(self, Request::Enqueue { .. } | Request::Claim { .. })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

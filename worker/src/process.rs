@@ -16,28 +16,21 @@ use std::process::Stdio;
 use std::time::Duration;
 
 /// Pids of the children this worker started itself; tokio waits for those, so the
-/// orphan reaper must leave them alone.
+/// orphan reaper must leave them alone. Spawning and reaping both hold this lock, so a
+/// child is always listed before the reaper can see it.
 static OWN_CHILDREN: std::sync::Mutex<Option<HashSet<i32>>> = std::sync::Mutex::new(None);
 
-fn own_children() -> HashSet<i32> {
+fn lock_children() -> std::sync::MutexGuard<'static, Option<HashSet<i32>>> {
+    // The set stays consistent even if a holder panicked, so a poisoned lock is usable.
     OWN_CHILDREN
         .lock()
-        .map(|set| set.clone().unwrap_or_default())
-        .unwrap_or_default()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Forgets a child once it has been waited for.
 pub fn forget_child(pid: i32) {
-    if let Ok(mut set) = OWN_CHILDREN.lock() {
-        if let Some(set) = set.as_mut() {
-            set.remove(&pid);
-        }
-    }
-}
-
-fn remember_child(pid: i32) {
-    if let Ok(mut set) = OWN_CHILDREN.lock() {
-        set.get_or_insert_with(HashSet::new).insert(pid);
+    if let Some(set) = lock_children().as_mut() {
+        set.remove(&pid);
     }
 }
 
@@ -161,12 +154,16 @@ pub fn spawn(
     }
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(false);
-    let child = command
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", plan.program))?;
-    if let Some(pid) = child.id() {
-        remember_child(pid as i32);
-    }
+    let child = {
+        let mut own = lock_children();
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", plan.program))?;
+        if let Some(pid) = child.id() {
+            own.get_or_insert_with(HashSet::new).insert(pid as i32);
+        }
+        child
+    };
     // Dropping the command closes our copies of the pipe's write end, so the reader sees
     // end-of-file once the run's processes close theirs.
     drop(command);
@@ -299,9 +296,10 @@ pub async fn kill_tree(root: i32, run_id: &str, grace: Duration) {
 /// waits for itself alone.
 pub fn reap_orphans() {
     let me = std::process::id() as i32;
-    let own = own_children();
+    let own = lock_children();
     for (pid, info) in all_processes() {
-        if info.zombie && info.ppid == me && !own.contains(&pid) {
+        let ours = own.as_ref().is_some_and(|set| set.contains(&pid));
+        if info.zombie && info.ppid == me && !ours {
             let mut status = 0;
             // SAFETY: waitpid on a specific zombie child of ours.
             unsafe {
