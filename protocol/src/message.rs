@@ -438,6 +438,18 @@ pub mod topic {
     pub fn worker(worker: &str) -> String {
         format!("worker/{worker}/")
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_subscription_never_matches_a_longer_name() {
+            assert!(!worker("w10").starts_with(&worker("w1")));
+            assert!(!pool("default-2").starts_with(&pool("default")));
+            assert!(worker("w1").starts_with(&worker("w1")));
+        }
+    }
 }
 
 /// Encodes an event as a MessagePack map.
