@@ -2,5 +2,6 @@
 
 pub mod config;
 pub mod core;
+pub mod schedule;
 pub mod server;
 pub mod store;

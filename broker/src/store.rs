@@ -305,6 +305,8 @@ mod tests {
             workdir: None,
             timeout_ms: None,
             enabled: true,
+            schedule: Default::default(),
+            policy: Default::default(),
         }
     }
 

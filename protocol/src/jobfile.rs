@@ -15,7 +15,7 @@
 //! command = ["logrotate", "/etc/logrotate.conf"]   # or a string, run by /bin/sh -c
 //! ```
 
-use crate::message::{Exec, JobSpec};
+use crate::message::{ChildSpec, Exec, JobPolicy, JobSpec, Misfire, Overlap, ScheduleSpec};
 use crate::names;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -46,6 +46,31 @@ enum CommandEntry {
 }
 
 #[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChildEntry {
+    Name(String),
+    Full {
+        job: String,
+        #[serde(default)]
+        on_error: bool,
+    },
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum BackoffKind {
+    Fixed,
+    Exponential,
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobEntry {
     pool: Option<String>,
@@ -56,6 +81,33 @@ struct JobEntry {
     workdir: Option<String>,
     timeout: Option<String>,
     enabled: Option<bool>,
+    cron: Option<OneOrMany>,
+    timezone: Option<String>,
+    every: Option<String>,
+    at: Option<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    overlap: Option<Overlap>,
+    misfire: Option<Misfire>,
+    max_catchup: Option<u32>,
+    starting_deadline: Option<String>,
+    retries: Option<u32>,
+    retry_backoff: Option<String>,
+    retry_backoff_kind: Option<BackoffKind>,
+    #[serde(default)]
+    children: Vec<ChildEntry>,
+    run_on_all_workers: Option<bool>,
+    disable_after_failures: Option<u32>,
+    late_after: Option<String>,
+}
+
+fn duration_ms(field: &str, text: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{field} {text:?} is not a duration like \"30s\" or \"10m\": {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{field} must be longer than zero"));
+    }
+    Ok(d.as_millis() as u64)
 }
 
 pub const DEFAULT_POOL: &str = "default";
@@ -87,17 +139,56 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, String> {
         (Some(_), Some(_)) => return Err("has both `script` and `command`: keep one".into()),
         (None, None) => return Err("needs a `script` (a #! script body) or a `command`".into()),
     };
-    let timeout_ms = match entry.timeout {
-        Some(text) => {
-            let d = humantime::parse_duration(&text).map_err(|e| {
-                format!("timeout {text:?} is not a duration like \"30s\" or \"10m\": {e}")
-            })?;
-            if d.is_zero() {
-                return Err("timeout must be longer than zero (leave it out for none)".into());
-            }
-            Some(d.as_millis() as u64)
-        }
-        None => None,
+    let timeout_ms = entry
+        .timeout
+        .map(|t| duration_ms("timeout", &t))
+        .transpose()?;
+    let cron = match entry.cron {
+        None => Vec::new(),
+        Some(OneOrMany::One(expr)) => vec![expr],
+        Some(OneOrMany::Many(exprs)) => exprs,
+    };
+    let schedule = ScheduleSpec {
+        cron,
+        timezone: entry.timezone,
+        every_ms: entry.every.map(|e| duration_ms("every", &e)).transpose()?,
+        at: entry.at,
+        exclude: entry.exclude,
+    };
+    let defaults = JobPolicy::default();
+    let policy = JobPolicy {
+        overlap: entry.overlap.unwrap_or_default(),
+        misfire: entry.misfire.unwrap_or_default(),
+        max_catchup: entry.max_catchup.unwrap_or(defaults.max_catchup),
+        starting_deadline_ms: entry
+            .starting_deadline
+            .map(|d| duration_ms("starting_deadline", &d))
+            .transpose()?,
+        retries: entry.retries.unwrap_or(0),
+        retry_backoff_ms: entry
+            .retry_backoff
+            .map(|d| duration_ms("retry_backoff", &d))
+            .transpose()?
+            .unwrap_or(defaults.retry_backoff_ms),
+        retry_exponential: matches!(entry.retry_backoff_kind, Some(BackoffKind::Exponential)),
+        children: entry
+            .children
+            .into_iter()
+            .map(|c| match c {
+                ChildEntry::Name(job) => ChildSpec {
+                    job,
+                    on_error: false,
+                },
+                ChildEntry::Full { job, on_error } => ChildSpec { job, on_error },
+            })
+            .collect(),
+        run_on_all_workers: entry.run_on_all_workers.unwrap_or(false),
+        disable_after_failures: entry.disable_after_failures,
+        late_after_ms: entry
+            .late_after
+            .map(|d| duration_ms("late_after", &d))
+            .transpose()?
+            .unwrap_or(defaults.late_after_ms),
     };
     let spec = JobSpec {
         name: name.to_string(),
@@ -107,6 +198,8 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, String> {
         workdir: entry.workdir,
         timeout_ms,
         enabled: entry.enabled.unwrap_or(true),
+        schedule,
+        policy,
     };
     validate(&spec)?;
     Ok(spec)
@@ -139,6 +232,28 @@ pub fn validate(spec: &JobSpec) -> Result<(), String> {
     }
     if spec.env.values().any(|v| v.contains('\0')) {
         return Err("env values cannot contain NUL bytes".into());
+    }
+    let kinds = [
+        !spec.schedule.cron.is_empty(),
+        spec.schedule.every_ms.is_some(),
+        spec.schedule.at.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        return Err("choose one of `cron`, `every` and `at`".into());
+    }
+    if spec.schedule.is_manual()
+        && (spec.schedule.timezone.is_some() || !spec.schedule.exclude.is_empty())
+    {
+        return Err("`timezone` and `exclude` need a schedule (`cron`, `every` or `at`)".into());
+    }
+    for child in &spec.policy.children {
+        names::validate("child job", &child.job).map_err(|e| e.to_string())?;
+        if child.job == spec.name {
+            return Err("a job cannot be its own child".into());
+        }
+    }
+    if spec.policy.disable_after_failures == Some(0) {
+        return Err("disable_after_failures must be at least 1".into());
     }
     if let Some(dir) = &spec.workdir {
         if dir.is_empty() {
@@ -190,6 +305,54 @@ command = ["echo", "a b"]
         assert_eq!(argv.exec, Exec::Command(vec!["echo".into(), "a b".into()]));
     }
 
+    #[test]
+    fn parses_schedules_and_policies() {
+        let jobs = parse(
+            r##"
+[jobs.nightly]
+command = "true"
+cron = ["0 2 * * *", "@hourly"]
+timezone = "Europe/Amsterdam"
+exclude = ["22:00-06:00"]
+overlap = "queue"
+misfire = "once"
+retries = 3
+retry_backoff = "30s"
+retry_backoff_kind = "exponential"
+children = ["report", { job = "cleanup", on_error = true }]
+disable_after_failures = 5
+starting_deadline = "5m"
+
+[jobs.often]
+command = "true"
+every = "90s"
+run_on_all_workers = true
+"##,
+        )
+        .unwrap();
+        let nightly = jobs.iter().find(|j| j.name == "nightly").unwrap();
+        assert_eq!(nightly.schedule.cron.len(), 2);
+        assert_eq!(
+            nightly.schedule.timezone.as_deref(),
+            Some("Europe/Amsterdam")
+        );
+        assert_eq!(nightly.policy.overlap, Overlap::Queue);
+        assert_eq!(nightly.policy.misfire, Misfire::Once);
+        assert_eq!(nightly.policy.retry_backoff_ms, 30_000);
+        assert!(nightly.policy.retry_exponential);
+        assert_eq!(
+            nightly.policy.children[1],
+            ChildSpec {
+                job: "cleanup".into(),
+                on_error: true
+            }
+        );
+        assert_eq!(nightly.policy.starting_deadline_ms, Some(300_000));
+        let often = jobs.iter().find(|j| j.name == "often").unwrap();
+        assert_eq!(often.schedule.every_ms, Some(90_000));
+        assert!(often.policy.run_on_all_workers);
+    }
+
     fn problem(text: &str) -> String {
         parse(text).unwrap_err().to_string()
     }
@@ -207,5 +370,14 @@ command = ["echo", "a b"]
         assert!(problem("[jobs.a\n").contains("not valid jobs TOML"));
         assert!(problem("[jobs.a]\ncommand=[]").contains("command is empty"));
         assert!(problem("[jobs.a]\nscript=\"#!\\necho\"").contains("names no interpreter"));
+        assert!(
+            problem("[jobs.a]\ncommand=\"x\"\ncron=\"* * * * *\"\nevery=\"1m\"").contains("one of")
+        );
+        assert!(problem("[jobs.a]\ncommand=\"x\"\nevery=\"0s\"").contains("longer than zero"));
+        assert!(
+            problem("[jobs.a]\ncommand=\"x\"\noverlap=\"sometimes\"").contains("unknown variant")
+        );
+        assert!(problem("[jobs.a]\ncommand=\"x\"\nchildren=[\"a\"]").contains("own child"));
+        assert!(problem("[jobs.a]\ncommand=\"x\"\ntimezone=\"UTC\"").contains("need a schedule"));
     }
 }

@@ -27,6 +27,8 @@ fn spec() -> JobSpec {
         workdir: Some("/tmp".into()),
         timeout_ms: Some(5_000),
         enabled: true,
+        schedule: Default::default(),
+        policy: Default::default(),
     }
 }
 

@@ -13,6 +13,8 @@ fn job(name: &str, pool: &str) -> JobSpec {
         workdir: None,
         timeout_ms: None,
         enabled: true,
+        schedule: Default::default(),
+        policy: Default::default(),
     }
 }
 
