@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub max_frame_bytes: Option<usize>,
     #[serde(default)]
     pub keys: KeysSection,
+    #[serde(default)]
+    pub webhooks: Vec<crate::notify::Webhook>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +74,7 @@ pub struct BrokerConfig {
     pub stalled_subscriber_timeout: Duration,
     pub max_frame_bytes: usize,
     pub keys: Keys,
+    pub webhooks: Vec<crate::notify::Webhook>,
 }
 
 /// Flag values that override the file.
@@ -152,6 +155,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             admin: secret("admin", admin)?,
             workers,
         },
+        webhooks: file.webhooks,
     };
     if config.heartbeat_interval.is_zero() {
         bail!("heartbeat_interval must be longer than zero");
@@ -165,6 +169,14 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
     }
     if config.max_frame_bytes < 4096 {
         bail!("max_frame_bytes must be at least 4096");
+    }
+    for hook in &config.webhooks {
+        if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+            bail!(
+                "webhook url {:?} must start with http:// or https://",
+                hook.url
+            );
+        }
     }
     for (what, endpoint) in [("router", &config.router), ("publish", &config.publish)] {
         parse_tcp_endpoint(endpoint).with_context(|| format!("invalid {what} endpoint"))?;

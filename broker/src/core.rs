@@ -5,14 +5,20 @@
 //! thread, one request at a time, which is what makes a grant atomic: a run moved to
 //! `assigned` by one `Claim` is gone from the queue for the next.
 
+mod scheduling;
+
+use scheduling::NewRun;
+pub use scheduling::{format_ms, Notification, MISFIRE_GRACE_MS};
+
+use crate::schedule::Schedule;
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::envelope::random_nonce;
 use jobcast_protocol::logcap::{self, LogCap};
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{
-    jobfile, names, Assignment, ErrorCode, Event, Heartbeat, JobSpec, KillOutcome, Orders,
-    PingAnswer, Register, Reply, Request, RunFilter, RunFinished, RunRecord, RunState,
-    StatusReport, Transition, WorkerInfo, WorkerStatus, JOBCAST_VERSION,
+    jobfile, names, Alert, AlertKind, Assignment, ErrorCode, Event, Heartbeat, JobSpec, JobState,
+    KillOutcome, Orders, Overlap, PingAnswer, Register, Reply, Request, RunFilter, RunFinished,
+    RunRecord, RunState, StatusReport, Transition, WorkerInfo, WorkerStatus, JOBCAST_VERSION,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -58,6 +64,8 @@ pub struct Outbox {
     pub replies: Vec<OutReply>,
     /// (topic, event), deduplicated within one batch.
     pub events: Vec<(String, Event)>,
+    /// For the notification webhooks.
+    pub notifications: Vec<Notification>,
 }
 
 impl Outbox {
@@ -77,7 +85,7 @@ impl Outbox {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.replies.is_empty() && self.events.is_empty()
+        self.replies.is_empty() && self.events.is_empty() && self.notifications.is_empty()
     }
 }
 
@@ -125,6 +133,17 @@ pub struct Core<S: Store> {
     next_ping_id: u64,
     next_seq: u64,
     rejected: BTreeMap<String, u64>,
+    /// The time of the latest request or tick, in ms.
+    clock_ms: u64,
+    schedules: HashMap<String, Schedule>,
+    job_states: BTreeMap<String, JobState>,
+    /// The next tick of each scheduled job.
+    next_fire: BTreeMap<String, u64>,
+    /// Queued runs waiting for their retry back-off: (not before, seq) → id.
+    delayed: BTreeMap<(u64, u64), String>,
+    disabled_pools: BTreeSet<String>,
+    /// Standing conditions, keyed by kind and job or pool.
+    alerts: BTreeMap<(AlertKind, String), Alert>,
 }
 
 fn ms(now_us: u64) -> u64 {
@@ -170,16 +189,21 @@ impl<S: Store> Core<S> {
             pings: BTreeMap::new(),
             next_ping_id: 1,
             rejected: BTreeMap::new(),
+            clock_ms: ms(now_us),
+            schedules: HashMap::new(),
+            job_states: BTreeMap::new(),
+            next_fire: BTreeMap::new(),
+            delayed: BTreeMap::new(),
+            disabled_pools: BTreeSet::new(),
+            alerts: BTreeMap::new(),
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
-                core.queues
-                    .entry(run.pool.clone())
-                    .or_default()
-                    .insert(run.seq, run.id.clone());
+                core.enqueue_existing(&run);
             }
             core.active.insert(run.id.clone(), run);
         }
+        core.load_scheduling(ms(now_us))?;
         Ok(core)
     }
 
@@ -210,6 +234,7 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
+        self.clock_ms = ms(now_us);
         let is_admin = from == ADMIN;
         let reply = if request.is_admin() != is_admin {
             error(
@@ -275,7 +300,7 @@ impl<S: Store> Core<S> {
                 Reply::Ack
             }
             Request::RunFinished(finished) => {
-                self.run_finished(worker, finished, now)?;
+                self.run_finished(worker, finished, now, out)?;
                 Reply::Ack
             }
             Request::Release { run_ids } => {
@@ -332,6 +357,7 @@ impl<S: Store> Core<S> {
                     RunState::Lost,
                     now,
                     format!("worker {worker} registered without it (restarted or reconnected)"),
+                    out,
                 )?;
             }
         }
@@ -410,19 +436,40 @@ impl<S: Store> Core<S> {
         let pools = session.register.pools.clone();
         let cap = session.register.max_log_bytes;
         let mut granted = Vec::new();
+        // Jobs with `overlap = queue` that already have a run out cannot get another.
+        let mut busy_jobs: BTreeSet<String> = self
+            .active
+            .values()
+            .filter(|r| matches!(r.state, RunState::Assigned | RunState::Running))
+            .filter(|r| r.spec.policy.overlap == Overlap::Queue)
+            .map(|r| r.job.clone())
+            .collect();
         while granted.len() < room {
-            // The oldest queued run across this worker's pools.
-            let next = pools
-                .iter()
-                .filter_map(|p| {
-                    self.queues
-                        .get(p)
-                        .and_then(|q| q.first_key_value())
-                        .map(|(seq, _)| (*seq, p))
-                })
-                .min();
-            let Some((seq, pool)) = next else { break };
-            let Some(run_id) = self.queues.get_mut(pool).and_then(|q| q.remove(&seq)) else {
+            // The oldest grantable queued run across this worker's pools.
+            let mut best: Option<(u64, String)> = None;
+            for pool in &pools {
+                let Some(queue) = self.queues.get(pool) else {
+                    continue;
+                };
+                for (seq, run_id) in queue {
+                    if best.as_ref().is_some_and(|(b, _)| *b < *seq) {
+                        break;
+                    }
+                    let Some(run) = self.active.get(run_id) else {
+                        continue;
+                    };
+                    if run.pinned_worker.as_deref().is_some_and(|w| w != worker) {
+                        continue;
+                    }
+                    if run.spec.policy.overlap == Overlap::Queue && busy_jobs.contains(&run.job) {
+                        continue;
+                    }
+                    best = Some((*seq, pool.clone()));
+                    break;
+                }
+            }
+            let Some((seq, pool)) = best else { break };
+            let Some(run_id) = self.queues.get_mut(&pool).and_then(|q| q.remove(&seq)) else {
                 break;
             };
             let Some(run) = self.active.get_mut(&run_id) else {
@@ -437,6 +484,9 @@ impl<S: Store> Core<S> {
             run.worker = Some(worker.to_string());
             run.log_cap = cap;
             self.store.put_run(run)?;
+            if run.spec.policy.overlap == Overlap::Queue {
+                busy_jobs.insert(run.job.clone());
+            }
             granted.push(Assignment {
                 run_id: run.id.clone(),
                 attempt: run.attempt,
@@ -473,6 +523,10 @@ impl<S: Store> Core<S> {
             .is_ok()
         {
             self.store.put_run(run)?;
+            let job = run.job.clone();
+            let state = self.job_states.entry(job.clone()).or_default();
+            state.last_started_ms = Some(now);
+            self.save_job_state(&job)?;
         }
         Ok(())
     }
@@ -526,7 +580,13 @@ impl<S: Store> Core<S> {
         Ok(())
     }
 
-    fn run_finished(&mut self, worker: &str, finished: RunFinished, now: u64) -> StoreResult<()> {
+    fn run_finished(
+        &mut self,
+        worker: &str,
+        finished: RunFinished,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
         let Some(run) = self.active.get_mut(&finished.run_id) else {
             tracing::info!(run_id = %finished.run_id, worker, "late report for a run that already ended; ignored");
             return Ok(());
@@ -549,23 +609,25 @@ impl<S: Store> Core<S> {
             run.started_at_ms = Some(now.saturating_sub(finished.duration_ms));
         }
         let run = run.clone();
-        self.retire(&run)
+        self.retire(&run, now, out)
     }
 
-    /// Writes a run that reached a terminal state and forgets it from memory.
-    fn retire(&mut self, run: &RunRecord) -> StoreResult<()> {
+    /// Writes a run that reached a terminal state, forgets it from memory, and does what
+    /// follows its end (retry, chain, notification).
+    fn retire(&mut self, run: &RunRecord, now: u64, out: &mut Outbox) -> StoreResult<()> {
         self.store.put_run(run)?;
         self.active.remove(&run.id);
         self.logs.remove(&run.id);
         if let Some(queue) = self.queues.get_mut(&run.pool) {
             queue.remove(&run.seq);
         }
+        self.delayed.remove(&(run.not_before_ms, run.seq));
         if let Some(worker) = &run.worker {
             if let Some(session) = self.sessions.get_mut(worker) {
                 session.runs.remove(&run.id);
             }
         }
-        Ok(())
+        self.after_end(run, now, out)
     }
 
     fn finish_as(
@@ -574,6 +636,7 @@ impl<S: Store> Core<S> {
         state: RunState,
         now: u64,
         cause: String,
+        out: &mut Outbox,
     ) -> StoreResult<()> {
         let Some(run) = self.active.get_mut(run_id) else {
             return Ok(());
@@ -584,7 +647,7 @@ impl<S: Store> Core<S> {
         }
         tracing::warn!(run_id, %state, %cause, "run ended by the broker");
         let run = run.clone();
-        self.retire(&run)
+        self.retire(&run, now, out)
     }
 
     fn release(
@@ -612,10 +675,8 @@ impl<S: Store> Core<S> {
                 continue;
             }
             self.store.put_run(run)?;
-            self.queues
-                .entry(run.pool.clone())
-                .or_default()
-                .insert(run.seq, run.id.clone());
+            let run = run.clone();
+            self.enqueue_existing(&run);
             out.publish(
                 topic::pool(&run.pool),
                 Event::Wake {
@@ -733,10 +794,11 @@ impl<S: Store> Core<S> {
                 }
             }
             Request::ListJobs => Reply::Jobs {
-                jobs: self.jobs.values().cloned().collect(),
+                jobs: self.job_views(),
             },
             Request::GetLog { run, offset } => self.get_log(&run, offset)?,
-            Request::ApplyJobs { jobs } => self.apply(jobs)?,
+            Request::ApplyJobs { jobs } => self.apply(jobs, now)?,
+            Request::SetEnabled { target, enabled } => self.set_enabled(target, enabled, now)?,
             Request::Status => Reply::Status(Box::new(self.status(now)?)),
             Request::Drain { worker } => match self.sessions.get_mut(&worker) {
                 Some(session) => {
@@ -813,6 +875,7 @@ impl<S: Store> Core<S> {
                 RunState::Cancelled,
                 now,
                 "cancelled by admin before it started".into(),
+                out,
             )?;
             return Ok(KillOutcome::Cancelled { run_id });
         }
@@ -845,14 +908,10 @@ impl<S: Store> Core<S> {
                 ),
             ));
         };
-        let run = self.create_run(spec, now, now, "enqueued by admin")?;
-        out.publish(
-            topic::pool(&run.pool),
-            Event::Wake {
-                pool: run.pool.clone(),
-            },
-        );
-        Ok(Reply::Enqueued { run: Box::new(run) })
+        match self.create_run(NewRun::of(spec, now, "enqueued by admin"), now, out)? {
+            Some(run) => Ok(Reply::Enqueued { run: Box::new(run) }),
+            None => Ok(error(ErrorCode::Internal, "the run could not be created")),
+        }
     }
 
     fn new_run_id(&self) -> StoreResult<String> {
@@ -864,46 +923,80 @@ impl<S: Store> Core<S> {
         }
     }
 
+    /// Creates a run, unless one with its derived id exists already (then `None`).
     fn create_run(
         &mut self,
-        spec: JobSpec,
-        scheduled_at_ms: u64,
+        new: NewRun,
         now: u64,
-        cause: &str,
-    ) -> StoreResult<RunRecord> {
+        out: &mut Outbox,
+    ) -> StoreResult<Option<RunRecord>> {
+        let id = match new.id {
+            Some(id) => {
+                if self.active.contains_key(&id) || self.store.run(&id)?.is_some() {
+                    return Ok(None);
+                }
+                id
+            }
+            None => self.new_run_id()?,
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         let run = RunRecord {
-            id: self.new_run_id()?,
+            id,
             seq,
-            job: spec.name.clone(),
-            pool: spec.pool.clone(),
-            attempt: 1,
+            job: new.spec.name.clone(),
+            pool: new.spec.pool.clone(),
+            attempt: new.attempt,
             state: RunState::Queued,
             worker: None,
             pid: None,
             created_at_ms: now,
-            scheduled_at_ms,
+            scheduled_at_ms: new.scheduled_at_ms,
             started_at_ms: None,
             finished_at_ms: None,
             outcome: None,
             kill_requested: false,
             log_bytes: 0,
             log_cap: 0,
+            parent: new.parent,
+            first_attempt: new.first_attempt,
+            pinned_worker: new.pinned_worker,
+            not_before_ms: new.not_before_ms,
+            schedule_id: new.schedule_id,
             history: vec![Transition {
                 state: RunState::Queued,
                 at_ms: now,
-                cause: cause.to_string(),
+                cause: new.cause,
             }],
-            spec,
+            spec: new.spec,
         };
         self.store.put_run(&run)?;
-        self.queues
-            .entry(run.pool.clone())
-            .or_default()
-            .insert(run.seq, run.id.clone());
         self.active.insert(run.id.clone(), run.clone());
-        Ok(run)
+        if self.enqueue_existing(&run) {
+            out.publish(
+                topic::pool(&run.pool),
+                Event::Wake {
+                    pool: run.pool.clone(),
+                },
+            );
+        }
+        Ok(Some(run))
+    }
+
+    /// Puts a queued run where it waits: its pool's queue, or the back-off list. Returns
+    /// whether it can be handed out now.
+    fn enqueue_existing(&mut self, run: &RunRecord) -> bool {
+        if run.not_before_ms > self.clock_ms {
+            self.delayed
+                .insert((run.not_before_ms, run.seq), run.id.clone());
+            false
+        } else {
+            self.queues
+                .entry(run.pool.clone())
+                .or_default()
+                .insert(run.seq, run.id.clone());
+            true
+        }
     }
 
     fn get_log(&self, selector: &str, offset: Option<u64>) -> StoreResult<Reply> {
@@ -956,7 +1049,7 @@ impl<S: Store> Core<S> {
         })
     }
 
-    fn apply(&mut self, jobs: Vec<JobSpec>) -> StoreResult<Reply> {
+    fn apply(&mut self, jobs: Vec<JobSpec>, now: u64) -> StoreResult<Reply> {
         let mut seen = BTreeSet::new();
         for job in &jobs {
             if let Err(problem) = jobfile::validate(job) {
@@ -972,15 +1065,41 @@ impl<S: Store> Core<S> {
                 ));
             }
         }
+        if let Err(problem) = self.check_jobs(&jobs) {
+            return Ok(error(ErrorCode::BadRequest, problem));
+        }
         let (mut created, mut updated, mut unchanged) = (vec![], vec![], vec![]);
         for job in jobs {
-            match self.jobs.get(&job.name) {
-                Some(old) if *old == job => unchanged.push(job.name.clone()),
-                Some(_) => updated.push(job.name.clone()),
-                None => created.push(job.name.clone()),
+            let name = job.name.clone();
+            match self.jobs.get(&name) {
+                Some(old) if *old == job => {
+                    unchanged.push(name);
+                    continue;
+                }
+                Some(old) => {
+                    if old.schedule != job.schedule {
+                        // A new schedule starts from now: no catch-up under it.
+                        let state = self.job_states.entry(name.clone()).or_default();
+                        state.last_tick_ms = state.last_tick_ms.max(now);
+                    }
+                    updated.push(name.clone());
+                }
+                None => {
+                    self.job_states.insert(
+                        name.clone(),
+                        JobState {
+                            created_at_ms: now,
+                            last_tick_ms: now,
+                            ..Default::default()
+                        },
+                    );
+                    created.push(name.clone());
+                }
             }
             self.store.put_job(&job)?;
-            self.jobs.insert(job.name.clone(), job);
+            self.jobs.insert(name.clone(), job);
+            self.save_job_state(&name)?;
+            self.compile_schedule(&name);
         }
         Ok(Reply::Applied {
             created,
@@ -1020,6 +1139,8 @@ impl<S: Store> Core<S> {
             jobs: self.jobs.len() as u64,
             workers,
             rejected: self.rejected.clone(),
+            alerts: self.alerts.values().cloned().collect(),
+            disabled_pools: self.disabled_pools.iter().cloned().collect(),
         })
     }
 
@@ -1027,6 +1148,9 @@ impl<S: Store> Core<S> {
     /// queued work. Call it often (every 100 ms or so); it does each thing when due.
     pub fn tick(&mut self, now_us: u64, out: &mut Outbox) -> StoreResult<()> {
         let now = ms(now_us);
+        self.clock_ms = now;
+        self.schedule_due(now, out)?;
+        self.release_delayed(now, out);
         let timeout = self.config.worker_timeout_ms;
         let silent: Vec<String> = self
             .sessions
@@ -1039,6 +1163,7 @@ impl<S: Store> Core<S> {
                 &worker,
                 now,
                 format!("worker {worker} silent for over {timeout} ms"),
+                out,
             )?;
         }
         // Runs left on workers that never came back after this broker started.
@@ -1057,6 +1182,7 @@ impl<S: Store> Core<S> {
                     RunState::Lost,
                     now,
                     format!("worker {worker} did not come back within {timeout} ms"),
+                    out,
                 )?;
             }
         }
@@ -1071,6 +1197,7 @@ impl<S: Store> Core<S> {
         }
         if now >= self.next_alive_ms {
             self.next_alive_ms = now + self.config.heartbeat_interval_ms;
+            self.check_alerts(now, out)?;
             out.publish(
                 topic::ALL.to_string(),
                 Event::BrokerAlive {
@@ -1088,13 +1215,19 @@ impl<S: Store> Core<S> {
         Ok(())
     }
 
-    fn worker_gone(&mut self, worker: &str, now: u64, cause: String) -> StoreResult<()> {
+    fn worker_gone(
+        &mut self,
+        worker: &str,
+        now: u64,
+        cause: String,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
         let Some(session) = self.sessions.remove(worker) else {
             return Ok(());
         };
         tracing::warn!(worker, %cause, "worker offline");
         for run_id in session.runs {
-            self.finish_as(&run_id, RunState::Lost, now, cause.clone())?;
+            self.finish_as(&run_id, RunState::Lost, now, cause.clone(), out)?;
         }
         if let Some(status) = self.workers.get_mut(worker) {
             status.online = false;

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod core;
+pub mod notify;
 pub mod schedule;
 pub mod server;
 pub mod store;

@@ -20,8 +20,8 @@ use zeromq::{PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage
 pub const BROKER_NAME: &str = "broker";
 /// Most requests handled between two flushes.
 const MAX_BATCH: usize = 256;
-/// How often the core's timers are checked.
-const TICK: Duration = Duration::from_millis(100);
+/// The longest the loop sleeps, so that a step of the wall clock is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// A reply that cannot be queued to its peer within this is dropped (the peer retries).
 const SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -151,8 +151,7 @@ pub async fn serve<S: Store + 'static>(
     let mut rejections = RejectionLog {
         last: HashMap::new(),
     };
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let notifier = crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1));
     tokio::pin!(shutdown);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let result: Result<()> = loop {
@@ -171,7 +170,11 @@ pub async fn serve<S: Store + 'static>(
                     }
                 }
             }
-            _ = ticker.tick() => {}
+            // Sleep until the core has something to do: the next tick of a job, a
+            // heartbeat, a deadline.
+            _ = tokio::time::sleep(
+                Duration::from_micros(core.next_wakeup_us().saturating_sub(now_us())).min(MAX_SLEEP)
+            ) => {}
         }
         let now = now_us();
         let mut fatal = None;
@@ -211,6 +214,9 @@ pub async fn serve<S: Store + 'static>(
         let flushed = tokio::task::block_in_place(|| core.store_mut().flush());
         if let Err(e) = flushed {
             break Err(e).context("store flush failed");
+        }
+        for notification in out.notifications.drain(..) {
+            notifier.send(notification);
         }
         send_all(&mut replies, &mut publisher, &config.keys, out, refusals).await;
     };

@@ -3,7 +3,7 @@
 //! Writes are applied at once but only become durable at [`Store::flush`]; the server
 //! calls it once per batch of requests (group commit) before it answers any of them.
 
-use jobcast_protocol::{JobSpec, RunFilter, RunRecord, WorkerStatus};
+use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
@@ -45,6 +45,13 @@ pub trait Store: Send {
     fn workers(&self) -> StoreResult<Vec<WorkerStatus>>;
     fn put_worker(&mut self, worker: &WorkerStatus) -> StoreResult<()>;
 
+    fn job_states(&self) -> StoreResult<Vec<(String, JobState)>>;
+    fn put_job_state(&mut self, job: &str, state: &JobState) -> StoreResult<()>;
+
+    /// Small named settings (e.g. the disabled pools).
+    fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    fn put_setting(&mut self, key: &str, value: &[u8]) -> StoreResult<()>;
+
     /// Makes every write so far durable.
     fn flush(&mut self) -> StoreResult<()>;
 }
@@ -57,6 +64,8 @@ pub struct SledStore {
     active: sled::Tree,
     logs: sled::Tree,
     workers: sled::Tree,
+    job_states: sled::Tree,
+    settings: sled::Tree,
     /// Whether anything was written since the last flush.
     dirty: bool,
 }
@@ -114,6 +123,8 @@ impl SledStore {
             active: tree("active")?,
             logs: tree("logs")?,
             workers: tree("workers")?,
+            job_states: tree("job_states")?,
+            settings: tree("settings")?,
             db,
             dirty: false,
         })
@@ -281,6 +292,43 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn job_states(&self) -> StoreResult<Vec<(String, JobState)>> {
+        self.job_states
+            .iter()
+            .map(|item| {
+                let (key, value) = item.map_err(backend)?;
+                Ok((
+                    String::from_utf8_lossy(&key).into_owned(),
+                    decode("job state", &value)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn put_job_state(&mut self, job: &str, state: &JobState) -> StoreResult<()> {
+        self.dirty = true;
+        self.job_states
+            .insert(job.as_bytes(), encode(state))
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self
+            .settings
+            .get(key.as_bytes())
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn put_setting(&mut self, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.dirty = true;
+        self.settings
+            .insert(key.as_bytes(), value)
+            .map_err(backend)?;
+        Ok(())
+    }
+
     fn flush(&mut self) -> StoreResult<()> {
         if self.dirty {
             self.db.flush().map_err(backend)?;
@@ -328,6 +376,11 @@ mod tests {
             kill_requested: false,
             log_bytes: 0,
             log_cap: 0,
+            parent: None,
+            first_attempt: None,
+            pinned_worker: None,
+            not_before_ms: 0,
+            schedule_id: None,
             history: vec![],
             spec: job("a"),
         }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use jobcast_client::{Client, ClientConfig};
 use jobcast_protocol::{
-    jobfile, Exec, KillOutcome, Reply, Request, RunFilter, RunRecord, RunState, Secret,
+    jobfile, EnableTarget, KillOutcome, Reply, Request, RunFilter, RunRecord, RunState, Secret,
 };
 use serde::Serialize;
 use std::io::Write;
@@ -88,6 +88,56 @@ enum Command {
     Status,
     /// Ask a worker to finish its runs, take no new ones, and exit.
     Drain { worker: String },
+    /// Let a job's ticks start runs again (clears an automatic disable), or a pool's jobs.
+    Enable {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Skip a job's ticks (it can still be enqueued by hand), or those of a pool's jobs.
+    Disable {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// The job.
+    job: Option<String>,
+    /// Every job of this pool instead.
+    #[arg(long)]
+    pool: Option<String>,
+}
+
+impl Target {
+    fn into_target(self) -> EnableTarget {
+        match (self.job, self.pool) {
+            (_, Some(pool)) => EnableTarget::Pool(pool),
+            (Some(job), None) => EnableTarget::Job(job),
+            (None, None) => EnableTarget::Job(String::new()),
+        }
+    }
+}
+
+fn describe_schedule(spec: &jobcast_protocol::JobSpec) -> String {
+    let s = &spec.schedule;
+    let mut text = if !s.cron.is_empty() {
+        format!("cron {}", s.cron.join(" | "))
+    } else if let Some(ms) = s.every_ms {
+        format!(
+            "every {}",
+            humantime::format_duration(Duration::from_millis(ms))
+        )
+    } else if let Some(at) = &s.at {
+        format!("at {at}")
+    } else {
+        "manual".into()
+    };
+    if let Some(tz) = &s.timezone {
+        text.push_str(&format!(" ({tz})"));
+    }
+    text
 }
 
 fn main() -> ExitCode {
@@ -209,23 +259,30 @@ async fn run(args: Args) -> Result<ExitCode> {
             if ctl.json {
                 ctl.print_json(&jobs)?;
             } else {
-                let mut table = Table::new(["JOB", "POOL", "ENABLED", "TIMEOUT", "EXEC"]);
+                let mut table =
+                    Table::new(["JOB", "POOL", "SCHEDULE", "NEXT", "STATE", "LAST STARTED"]);
                 for job in &jobs {
+                    let spec = &job.spec;
                     table.row([
-                        job.name.clone(),
-                        job.pool.clone(),
-                        if job.enabled { "yes" } else { "no" }.into(),
-                        job.timeout_ms
-                            .map(|ms| {
-                                humantime::format_duration(Duration::from_millis(ms)).to_string()
-                            })
+                        spec.name.clone(),
+                        spec.pool.clone(),
+                        describe_schedule(spec),
+                        job.next_fire_ms
+                            .map(format_time)
                             .unwrap_or_else(|| "-".into()),
-                        match &job.exec {
-                            Exec::Script(body) => {
-                                format!("script ({} lines)", body.lines().count())
-                            }
-                            Exec::Command(argv) => argv.join(" "),
+                        if job.state.auto_disabled.is_some() {
+                            "auto-disabled".into()
+                        } else if !spec.enabled {
+                            "disabled".into()
+                        } else if !job.active {
+                            "pool disabled".into()
+                        } else {
+                            "enabled".into()
                         },
+                        job.state
+                            .last_started_ms
+                            .map(format_time)
+                            .unwrap_or_else(|| "never".into()),
                     ]);
                 }
                 table.print();
@@ -261,6 +318,8 @@ async fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => status(&ctl).await,
+        Command::Enable { target } => set_enabled(&ctl, target.into_target(), true).await,
+        Command::Disable { target } => set_enabled(&ctl, target.into_target(), false).await,
         Command::Drain { worker } => {
             ctl.call(Request::Drain {
                 worker: worker.clone(),
@@ -274,6 +333,25 @@ async fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn set_enabled(ctl: &Ctl, target: EnableTarget, enabled: bool) -> Result<ExitCode> {
+    ctl.call(Request::SetEnabled {
+        target: target.clone(),
+        enabled,
+    })
+    .await?;
+    let what = match &target {
+        EnableTarget::Job(job) => format!("job {job}"),
+        EnableTarget::Pool(pool) => format!("pool {pool}"),
+    };
+    let word = if enabled { "enabled" } else { "disabled" };
+    if ctl.json {
+        ctl.print_json(&serde_json::json!({ "target": target, "enabled": enabled }))?;
+    } else {
+        println!("{what} {word}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn ping(ctl: &Ctl, worker: Option<String>, wait: Duration) -> Result<ExitCode> {
@@ -446,6 +524,12 @@ async fn status(ctl: &Ctl) -> Result<ExitCode> {
             active.join(", ")
         }
     );
+    if !report.disabled_pools.is_empty() {
+        println!("disabled pools: {}", report.disabled_pools.join(", "));
+    }
+    for alert in &report.alerts {
+        println!("ALERT {}: {}", alert.kind.as_str(), alert.message);
+    }
     if !report.rejected.is_empty() {
         let rejected: Vec<String> = report
             .rejected

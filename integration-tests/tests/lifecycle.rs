@@ -249,7 +249,8 @@ fn the_broker_killed_and_restarted_keeps_every_job_and_run() {
         assert_eq!(same["history"], run["history"]);
     }
     assert_eq!(cluster.run(&queued).unwrap()["state"], "queued");
-    let jobs = cluster.ctl_json(&["jobs"]).unwrap();
+    let jobs = cluster.ctl_ok(&["--json", "jobs"]);
+    let jobs: serde_json::Value = serde_json::from_str(&jobs).unwrap();
     assert_eq!(jobs.as_array().unwrap().len(), 2);
     assert!(String::from_utf8_lossy(&cluster.log(&finished[0])).contains("done"));
 }

@@ -73,6 +73,19 @@ pub enum Request {
     Drain {
         worker: String,
     },
+    /// Enables or disables a job, or every job of a pool. Disabled jobs' ticks are
+    /// skipped; they can still be enqueued by hand.
+    SetEnabled {
+        target: EnableTarget,
+        enabled: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnableTarget {
+    Job(String),
+    Pool(String),
 }
 
 impl Request {
@@ -89,6 +102,7 @@ impl Request {
                 | Request::ApplyJobs { .. }
                 | Request::Status
                 | Request::Drain { .. }
+                | Request::SetEnabled { .. }
         )
     }
 }
@@ -119,7 +133,7 @@ pub enum Reply {
         runs: Vec<RunRecord>,
     },
     Jobs {
-        jobs: Vec<JobSpec>,
+        jobs: Vec<JobView>,
     },
     Log {
         run: Box<RunRecord>,
@@ -450,6 +464,21 @@ pub struct RunRecord {
     pub log_bytes: u64,
     /// The log cap of the worker that ran it (0 until assigned).
     pub log_cap: u64,
+    /// The run whose end enqueued this one (chains).
+    #[serde(default)]
+    pub parent: Option<RunId>,
+    /// The first attempt, when this run is a retry.
+    #[serde(default)]
+    pub first_attempt: Option<RunId>,
+    /// Only this worker may take it (`run_on_all_workers`).
+    #[serde(default)]
+    pub pinned_worker: Option<String>,
+    /// Not to be handed out before this time (retry back-off).
+    #[serde(default)]
+    pub not_before_ms: u64,
+    /// Shared by the runs one tick created on every worker.
+    #[serde(default)]
+    pub schedule_id: Option<String>,
     pub history: Vec<Transition>,
     /// The job as it was when the run was created, so later edits do not change it.
     pub spec: JobSpec,
@@ -489,6 +518,67 @@ impl RunRecord {
     }
 }
 
+/// What the broker tracks about a job between runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobState {
+    pub created_at_ms: u64,
+    /// The latest tick that has been dealt with (run, skipped or missed).
+    pub last_tick_ms: u64,
+    pub last_started_ms: Option<u64>,
+    pub consecutive_failures: u32,
+    /// Set when the job disabled itself after too many failures.
+    pub auto_disabled: Option<String>,
+    pub skipped_ticks: u64,
+    /// The most recent skipped ticks: (tick time, reason), newest last.
+    pub recent_skips: Vec<(u64, String)>,
+}
+
+/// A job as listed: its definition, its state and when it fires next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub next_fire_ms: Option<u64>,
+    /// Whether its ticks start runs (enabled, not auto-disabled, pool enabled).
+    pub active: bool,
+}
+
+/// Something operators should look at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub job: Option<String>,
+    pub pool: Option<String>,
+    pub run_id: Option<RunId>,
+    pub since_ms: u64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    RunFailed,
+    RunLost,
+    Late,
+    NeverRun,
+    AutoDisabled,
+    NoWorker,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::RunFailed => "run_failed",
+            AlertKind::RunLost => "run_lost",
+            AlertKind::Late => "late",
+            AlertKind::NeverRun => "never_run",
+            AlertKind::AutoDisabled => "auto_disabled",
+            AlertKind::NoWorker => "no_worker",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub id: String,
@@ -516,6 +606,11 @@ pub struct StatusReport {
     pub workers: Vec<WorkerStatus>,
     /// Frames refused since start, by reason.
     pub rejected: BTreeMap<String, u64>,
+    /// Standing conditions: late or never-run jobs, pools without workers, …
+    #[serde(default)]
+    pub alerts: Vec<Alert>,
+    #[serde(default)]
+    pub disabled_pools: Vec<String>,
 }
 
 /// Unsigned hints published on the PUB socket. See the topic helpers below.

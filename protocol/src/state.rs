@@ -24,10 +24,12 @@ pub enum RunState {
     TimedOut,
     Lost,
     Cancelled,
+    /// Not started within the job's starting deadline.
+    Missed,
 }
 
 impl RunState {
-    pub const ALL: [RunState; 9] = [
+    pub const ALL: [RunState; 10] = [
         RunState::Queued,
         RunState::Assigned,
         RunState::Running,
@@ -37,6 +39,7 @@ impl RunState {
         RunState::TimedOut,
         RunState::Lost,
         RunState::Cancelled,
+        RunState::Missed,
     ];
 
     pub fn is_terminal(self) -> bool {
@@ -50,7 +53,7 @@ impl RunState {
     pub fn can_move_to(self, next: RunState) -> bool {
         use RunState::*;
         match self {
-            Queued => matches!(next, Assigned | Cancelled),
+            Queued => matches!(next, Assigned | Cancelled | Missed),
             // A worker may release an unstarted run (drain), lose it, or report that it
             // never started (killed before start, or the script could not be spawned).
             Assigned => matches!(next, Queued | Running | Lost | Killed | Failed | TimedOut),
@@ -71,6 +74,7 @@ impl RunState {
             TimedOut => "timed_out",
             Lost => "lost",
             Cancelled => "cancelled",
+            Missed => "missed",
         }
     }
 }
@@ -82,7 +86,7 @@ impl fmt::Display for RunState {
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("unknown run state {0:?}: expected one of queued, assigned, running, succeeded, failed, killed, timed_out, lost, cancelled")]
+#[error("unknown run state {0:?}: expected one of queued, assigned, running, succeeded, failed, killed, timed_out, lost, cancelled, missed")]
 pub struct UnknownState(pub String);
 
 impl FromStr for RunState {

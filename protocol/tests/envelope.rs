@@ -27,8 +27,21 @@ fn spec() -> JobSpec {
         workdir: Some("/tmp".into()),
         timeout_ms: Some(5_000),
         enabled: true,
-        schedule: Default::default(),
-        policy: Default::default(),
+        schedule: ScheduleSpec {
+            cron: vec!["0 2 * * *".into()],
+            timezone: Some("Europe/Amsterdam".into()),
+            exclude: vec!["22:00-06:00".into()],
+            ..Default::default()
+        },
+        policy: JobPolicy {
+            overlap: Overlap::Queue,
+            misfire: Misfire::All,
+            children: vec![ChildSpec {
+                job: "report".into(),
+                on_error: true,
+            }],
+            ..Default::default()
+        },
     }
 }
 
@@ -50,6 +63,11 @@ fn record() -> RunRecord {
         kill_requested: false,
         log_bytes: 12,
         log_cap: 4096,
+        parent: Some("p1".into()),
+        first_attempt: None,
+        pinned_worker: Some("w1".into()),
+        not_before_ms: 5,
+        schedule_id: None,
         history: vec![Transition {
             state: RunState::Queued,
             at_ms: NOW,
@@ -140,6 +158,10 @@ fn every_request() -> Vec<Request> {
         Request::Drain {
             worker: "w1".into(),
         },
+        Request::SetEnabled {
+            target: EnableTarget::Pool("gpu".into()),
+            enabled: false,
+        },
     ]
 }
 
@@ -208,7 +230,18 @@ fn every_reply() -> Vec<Reply> {
         Reply::Runs {
             runs: vec![record()],
         },
-        Reply::Jobs { jobs: vec![spec()] },
+        Reply::Jobs {
+            jobs: vec![JobView {
+                spec: spec(),
+                state: JobState {
+                    last_tick_ms: 3,
+                    recent_skips: vec![(3, "disabled".into())],
+                    ..Default::default()
+                },
+                next_fire_ms: Some(NOW),
+                active: true,
+            }],
+        },
         Reply::Log {
             run: Box::new(record()),
             data: b"hello".to_vec(),
@@ -239,6 +272,15 @@ fn every_reply() -> Vec<Reply> {
                 draining: false,
             }],
             rejected: BTreeMap::from([("bad_mac".into(), 1)]),
+            alerts: vec![Alert {
+                kind: AlertKind::Late,
+                job: Some("backup".into()),
+                pool: None,
+                run_id: None,
+                since_ms: NOW,
+                message: "late".into(),
+            }],
+            disabled_pools: vec!["gpu".into()],
         })),
         Reply::Error {
             code: ErrorCode::NotFound,
