@@ -249,8 +249,16 @@ impl<S: Store> Core<S> {
                 self.skip_tick(job, *tick, "missed while the broker was not running");
             }
         }
+        // Overlap is judged against the runs active before this pass, so that the
+        // catch-up runs of one pass do not skip each other.
+        let active_before: Vec<String> = self
+            .active
+            .values()
+            .filter(|r| r.job == job)
+            .map(|r| r.id.clone())
+            .collect();
         for tick in catch_up.iter().chain(on_time.iter()) {
-            self.fire(&spec, &schedule, *tick, now, out)?;
+            self.fire(&spec, &schedule, *tick, &active_before, now, out)?;
         }
         if let Some(state) = self.job_states.get_mut(job) {
             state.last_tick_ms = latest;
@@ -269,6 +277,7 @@ impl<S: Store> Core<S> {
         spec: &JobSpec,
         schedule: &Schedule,
         tick: u64,
+        active_before: &[String],
         now: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
@@ -281,11 +290,10 @@ impl<S: Store> Core<S> {
             self.skip_tick(job, tick, "inside an exclusion window");
             return Ok(());
         }
-        let active: Vec<String> = self
-            .active
-            .values()
-            .filter(|r| r.job == job)
-            .map(|r| r.id.clone())
+        let active: Vec<String> = active_before
+            .iter()
+            .filter(|id| self.active.contains_key(*id))
+            .cloned()
             .collect();
         if !active.is_empty() {
             match spec.policy.overlap {

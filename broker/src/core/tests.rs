@@ -30,8 +30,12 @@ impl Harness {
     }
 
     fn with_store(store: SledStore) -> Harness {
+        Self::with_config(store, CoreConfig::default())
+    }
+
+    fn with_config(store: SledStore, config: CoreConfig) -> Harness {
         let mut h = Harness {
-            core: Core::new(store, CoreConfig::default(), T0).unwrap(),
+            core: Core::new(store, config, T0).unwrap(),
             now: T0,
             next_id: 1,
         };
@@ -676,3 +680,5 @@ fn queued_work_is_announced_again_every_interval() {
     h.advance_ms(1_000);
     assert!(h.tick().events.contains(&wake));
 }
+
+mod scheduling;

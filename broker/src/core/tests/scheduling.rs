@@ -1,0 +1,504 @@
+//! Scheduling in the core, on a simulated clock.
+
+use super::*;
+use jobcast_protocol::{jobfile, AlertKind, EnableTarget, Outcome};
+
+const SECOND: u64 = 1_000;
+
+impl Harness {
+    fn apply_toml(&mut self, toml: &str) {
+        let jobs = jobfile::parse(toml).unwrap();
+        match self.admin(Request::ApplyJobs { jobs }) {
+            Reply::Applied { .. } => {}
+            other => panic!("apply: {other:?}"),
+        }
+    }
+
+    fn apply_error(&mut self, toml: &str) -> String {
+        let jobs = jobfile::parse(toml).unwrap();
+        match self.admin(Request::ApplyJobs { jobs }) {
+            Reply::Error { message, .. } => message,
+            other => panic!("expected an error: {other:?}"),
+        }
+    }
+
+    fn runs_of(&self, job: &str) -> Vec<RunRecord> {
+        let mut runs = self
+            .core
+            .store()
+            .runs(&RunFilter {
+                job: Some(job.into()),
+                limit: 100_000,
+                ..Default::default()
+            })
+            .unwrap();
+        runs.reverse();
+        runs
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now / 1_000
+    }
+
+    /// Advances the clock to each wake-up the core asks for, up to `ms` from now.
+    fn run_clock_for(&mut self, ms: u64) -> Vec<Notification> {
+        let end = self.now + ms * 1_000;
+        let mut notes = Vec::new();
+        loop {
+            let next = self.core.next_wakeup_us().max(self.now);
+            if next > end {
+                self.now = end;
+                break;
+            }
+            self.now = next;
+            notes.extend(self.tick().notifications);
+        }
+        notes.extend(self.tick().notifications);
+        notes
+    }
+
+    fn job_state(&self, job: &str) -> JobState {
+        self.core
+            .job_views()
+            .into_iter()
+            .find(|j| j.spec.name == job)
+            .unwrap()
+            .state
+    }
+
+    fn start_and_finish(&mut self, worker: &str, run_id: &str, code: i32) {
+        self.worker(
+            worker,
+            Request::RunStarted {
+                run_id: run_id.into(),
+                pid: 1,
+            },
+        );
+        self.finish(worker, run_id, Outcome::Exited { code });
+    }
+}
+
+/// Workers here do not send heartbeats while the simulated clock runs.
+fn patient() -> CoreConfig {
+    CoreConfig {
+        worker_timeout_ms: 365 * 86_400_000,
+        ..CoreConfig::default()
+    }
+}
+
+/// Aligns the harness clock to a whole minute so tick arithmetic is easy to read.
+fn aligned() -> Harness {
+    let mut h = Harness::with_config(SledStore::temporary().unwrap(), patient());
+    h.now = (h.now / 60_000_000 + 1) * 60_000_000;
+    h
+}
+
+#[test]
+fn an_every_job_fires_each_tick_once_on_the_grid() {
+    let mut h = aligned();
+    h.apply_toml("[jobs.tick]\ncommand = \"true\"\nevery = \"1s\"\noverlap = \"allow\"");
+    let start = h.now_ms();
+    h.tick();
+    assert_eq!(
+        h.core.next_wakeup_us(),
+        (start + SECOND) * 1_000,
+        "sleeps until the next tick"
+    );
+    h.run_clock_for(20 * SECOND);
+    let runs = h.runs_of("tick");
+    assert_eq!(runs.len(), 20);
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(run.scheduled_at_ms, start + (i as u64 + 1) * SECOND);
+        assert_eq!(run.created_at_ms, run.scheduled_at_ms, "fired at its time");
+    }
+}
+
+#[test]
+fn the_same_tick_never_makes_two_runs_even_if_decided_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let tick;
+    {
+        let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+        h.now = (h.now / 60_000_000 + 1) * 60_000_000;
+        h.apply_toml("[jobs.tick]\ncommand = \"true\"\nevery = \"1m\"\noverlap = \"allow\"");
+        h.run_clock_for(60 * SECOND);
+        assert_eq!(h.runs_of("tick").len(), 1);
+        tick = h.runs_of("tick")[0].scheduled_at_ms;
+        // As if the crash came after the run was written but before the job's state was:
+        let mut state = h.job_state("tick");
+        state.last_tick_ms = tick - 1;
+        h.core.store_mut().put_job_state("tick", &state).unwrap();
+        h.core.store_mut().flush().unwrap();
+    }
+    let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+    h.now = tick * 1_000 + 500_000;
+    h.tick();
+    let runs = h.runs_of("tick");
+    assert_eq!(
+        runs.len(),
+        1,
+        "the tick was decided again but named the same run"
+    );
+}
+
+#[test]
+fn misfire_policies_after_a_three_hour_outage() {
+    for (policy, expected_runs, expected_skips) in [("skip", 0, 3), ("once", 1, 2), ("all", 3, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let start;
+        {
+            let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+            h.now = (h.now / 3_600_000_000 + 1) * 3_600_000_000 + 1_000_000;
+            start = h.now;
+            h.apply_toml(&format!(
+                "[jobs.hourly]\ncommand = \"true\"\ncron = \"0 * * * *\"\nmisfire = \"{policy}\""
+            ));
+            h.core.store_mut().flush().unwrap();
+        }
+        // Down from just after the top of an hour until 3.5 hours later.
+        let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+        h.now = start + 3 * 3_600_000_000 + 1_800_000_000;
+        h.tick();
+        let runs = h.runs_of("hourly");
+        assert_eq!(runs.len(), expected_runs, "{policy}");
+        let state = h.job_state("hourly");
+        assert_eq!(state.skipped_ticks, expected_skips, "{policy}");
+        if policy == "once" {
+            // the catch-up is for the latest missed tick
+            assert_eq!(
+                runs[0].scheduled_at_ms,
+                (start / 1_000 / 3_600_000 + 3) * 3_600_000
+            );
+        }
+        // and the schedule carries on normally afterwards
+        let next = h
+            .core
+            .job_views()
+            .into_iter()
+            .find(|j| j.spec.name == "hourly")
+            .and_then(|j| j.next_fire_ms)
+            .unwrap();
+        assert_eq!(next % 3_600_000, 0);
+        assert!(next > h.now_ms() && next - h.now_ms() <= 3_600_000);
+    }
+}
+
+#[test]
+fn misfire_all_is_bounded_by_max_catchup() {
+    let dir = tempfile::tempdir().unwrap();
+    let start;
+    {
+        let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+        start = h.now;
+        h.apply_toml("[jobs.minutely]\ncommand = \"true\"\nevery = \"1m\"\nmisfire = \"all\"\nmax_catchup = 5\noverlap = \"allow\"");
+        h.core.store_mut().flush().unwrap();
+    }
+    let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+    h.now = start + 3 * 3_600_000_000 + 30_000_000;
+    h.tick();
+    assert_eq!(h.runs_of("minutely").len(), 5);
+    assert!(h.job_state("minutely").skipped_ticks >= 170);
+}
+
+#[test]
+fn overlap_skip_queue_allow_and_replace() {
+    for (policy, runs_after_two_ticks) in [("skip", 1), ("queue", 2), ("allow", 2), ("replace", 2)]
+    {
+        let mut h = aligned();
+        h.register("w1", 4, &["default"], &[]);
+        h.apply_toml(&format!(
+            "[jobs.slow]\ncommand = \"sleep 100\"\nevery = \"1m\"\noverlap = \"{policy}\""
+        ));
+        h.run_clock_for(60 * SECOND);
+        let first = h.claim("w1", 4);
+        assert_eq!(first.len(), 1, "{policy}");
+        h.worker(
+            "w1",
+            Request::RunStarted {
+                run_id: first[0].clone(),
+                pid: 1,
+            },
+        );
+        h.run_clock_for(60 * SECOND);
+        let runs = h.runs_of("slow");
+        assert_eq!(runs.len(), runs_after_two_ticks, "{policy}");
+        let second = h.claim("w1", 4);
+        match policy {
+            "skip" => {
+                assert!(second.is_empty());
+                assert_eq!(
+                    h.job_state("slow").recent_skips[0].1,
+                    "the previous run is still active"
+                );
+            }
+            "queue" => {
+                assert!(second.is_empty(), "queued until the first ends");
+                h.finish("w1", &first[0], Outcome::Exited { code: 0 });
+                assert_eq!(h.claim("w1", 4).len(), 1);
+            }
+            "allow" => assert_eq!(second.len(), 1),
+            "replace" => {
+                assert!(
+                    h.core
+                        .store()
+                        .run(&first[0])
+                        .unwrap()
+                        .unwrap()
+                        .kill_requested
+                );
+                assert_eq!(second.len(), 1);
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn chains_run_children_on_success_and_on_error_children_after_failure() {
+    let mut h = aligned();
+    h.register("w1", 4, &["default"], &[]);
+    h.apply_toml(
+        "[jobs.parent]\ncommand = \"x\"\nchildren = [\"report\", { job = \"cleanup\", on_error = true }]\n\
+         [jobs.report]\ncommand = \"x\"\n[jobs.cleanup]\ncommand = \"x\"\n",
+    );
+    let ok = h.enqueue("parent");
+    h.claim("w1", 1);
+    h.start_and_finish("w1", &ok, 0);
+    assert_eq!(h.runs_of("report").len(), 1);
+    assert_eq!(h.runs_of("cleanup").len(), 1);
+    assert_eq!(h.runs_of("report")[0].parent.as_deref(), Some(ok.as_str()));
+
+    let bad = h.enqueue("parent");
+    let granted = h.claim("w1", 4);
+    assert!(granted.contains(&bad));
+    h.start_and_finish("w1", &bad, 1);
+    assert_eq!(h.runs_of("report").len(), 1, "no report after a failure");
+    assert_eq!(
+        h.runs_of("cleanup").len(),
+        2,
+        "cleanup runs after a failure too"
+    );
+}
+
+#[test]
+fn chains_that_loop_or_name_unknown_jobs_are_refused() {
+    let mut h = Harness::new();
+    let err = h.apply_error("[jobs.a]\ncommand = \"x\"\nchildren = [\"b\"]\n[jobs.b]\ncommand = \"x\"\nchildren = [\"a\"]\n");
+    assert!(
+        err.contains("loops") && err.contains("a -> b -> a") || err.contains("b -> a -> b"),
+        "{err}"
+    );
+    let err = h.apply_error("[jobs.a]\ncommand = \"x\"\nchildren = [\"ghost\"]\n");
+    assert!(
+        err.contains("ghost") && err.contains("not defined"),
+        "{err}"
+    );
+    let err = h.apply_error("[jobs.a]\ncommand = \"x\"\ncron = \"61 * * * *\"\n");
+    assert!(err.contains("not valid"), "{err}");
+    // nothing of a refused apply was stored
+    let Reply::Jobs { jobs } = h.admin(Request::ListJobs) else {
+        panic!()
+    };
+    assert_eq!(jobs.len(), 2);
+}
+
+#[test]
+fn failed_runs_are_retried_with_backoff_as_new_linked_runs() {
+    let mut h = aligned();
+    h.register("w1", 4, &["default"], &[]);
+    h.apply_toml("[jobs.flaky]\ncommand = \"x\"\nretries = 2\nretry_backoff = \"10s\"\nretry_backoff_kind = \"exponential\"\nchildren = [{ job = \"cleanup\", on_error = true }]\n[jobs.cleanup]\ncommand = \"x\"");
+    let first = h.enqueue("flaky");
+    h.claim("w1", 1);
+    h.start_and_finish("w1", &first, 1);
+    assert!(h.claim("w1", 1).is_empty(), "not before the back-off");
+    h.run_clock_for(10 * SECOND);
+    let second = h.claim("w1", 1);
+    assert_eq!(second.len(), 1);
+    let retry = h.core.store().run(&second[0]).unwrap().unwrap();
+    assert_eq!(retry.attempt, 2);
+    assert_eq!(retry.first_attempt.as_deref(), Some(first.as_str()));
+    assert_eq!(
+        h.runs_of("cleanup").len(),
+        0,
+        "no chain until the last attempt"
+    );
+    h.start_and_finish("w1", &second[0], 1);
+    h.run_clock_for(19 * SECOND);
+    assert!(
+        h.claim("w1", 1).is_empty(),
+        "exponential: 20s the second time"
+    );
+    h.run_clock_for(SECOND);
+    let third = h.claim("w1", 1);
+    assert_eq!(h.core.store().run(&third[0]).unwrap().unwrap().attempt, 3);
+    h.start_and_finish("w1", &third[0], 1);
+    assert_eq!(h.runs_of("flaky").len(), 3, "two retries, no more");
+    assert_eq!(h.runs_of("cleanup").len(), 1);
+}
+
+#[test]
+fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
+    let mut h = aligned();
+    h.register("w1", 4, &["default"], &[]);
+    h.apply_toml("[jobs.broken]\ncommand = \"x\"\nevery = \"1m\"\ndisable_after_failures = 2");
+    let mut notes = Vec::new();
+    for _ in 0..2 {
+        notes.extend(h.run_clock_for(60 * SECOND));
+        let run = h.claim("w1", 1);
+        h.worker(
+            "w1",
+            Request::RunStarted {
+                run_id: run[0].clone(),
+                pid: 1,
+            },
+        );
+        let mut out = Outbox::default();
+        h.core
+            .handle(
+                &b"w1".to_vec(),
+                "w1",
+                99,
+                Request::RunFinished(RunFinished {
+                    run_id: run[0].clone(),
+                    outcome: Outcome::Exited { code: 2 },
+                    duration_ms: 1,
+                    log_bytes: 0,
+                }),
+                h.now,
+                &mut out,
+            )
+            .unwrap();
+        notes.extend(out.notifications);
+    }
+    assert!(notes.iter().any(|n| n.kind == AlertKind::AutoDisabled));
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n.kind == AlertKind::RunFailed)
+            .count(),
+        2
+    );
+    assert!(h.job_state("broken").auto_disabled.is_some());
+    h.run_clock_for(60 * SECOND);
+    assert_eq!(h.runs_of("broken").len(), 2, "no more runs while disabled");
+    assert_eq!(
+        h.job_state("broken").recent_skips.last().unwrap().1,
+        "job or pool disabled"
+    );
+    // manual enqueue still works
+    let manual = h.enqueue("broken");
+    assert_eq!(h.claim("w1", 1), vec![manual.clone()]);
+    h.start_and_finish("w1", &manual, 0);
+    assert_eq!(
+        h.admin(Request::SetEnabled {
+            target: EnableTarget::Job("broken".into()),
+            enabled: true
+        }),
+        Reply::Ack
+    );
+    assert!(h.job_state("broken").auto_disabled.is_none());
+    h.run_clock_for(60 * SECOND);
+    assert_eq!(h.runs_of("broken").len(), 4);
+}
+
+#[test]
+fn disabled_pools_skip_their_jobs_ticks() {
+    let mut h = aligned();
+    h.apply_toml(
+        "[jobs.a]\ncommand = \"x\"\nevery = \"1m\"\npool = \"batch\"\noverlap = \"allow\"",
+    );
+    h.admin(Request::SetEnabled {
+        target: EnableTarget::Pool("batch".into()),
+        enabled: false,
+    });
+    h.run_clock_for(60 * SECOND);
+    assert!(h.runs_of("a").is_empty());
+    h.admin(Request::SetEnabled {
+        target: EnableTarget::Pool("batch".into()),
+        enabled: true,
+    });
+    h.run_clock_for(60 * SECOND);
+    assert_eq!(h.runs_of("a").len(), 1);
+}
+
+#[test]
+fn run_on_all_workers_makes_one_pinned_run_per_live_worker() {
+    let mut h = aligned();
+    h.register("w1", 4, &["default"], &[]);
+    h.register("w2", 4, &["default"], &[]);
+    h.register("g1", 4, &["gpu"], &[]);
+    h.apply_toml("[jobs.everywhere]\ncommand = \"x\"\nevery = \"1m\"\nrun_on_all_workers = true");
+    h.run_clock_for(60 * SECOND);
+    let runs = h.runs_of("everywhere");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].schedule_id, runs[1].schedule_id);
+    let w1 = h.claim("w1", 4);
+    let w2 = h.claim("w2", 4);
+    assert_eq!(w1.len(), 1);
+    assert_eq!(w2.len(), 1);
+    assert_ne!(w1, w2);
+    assert!(h.claim("g1", 4).is_empty());
+}
+
+#[test]
+fn a_run_not_started_within_its_deadline_is_missed() {
+    let mut h = aligned();
+    h.apply_toml("[jobs.tight]\ncommand = \"x\"\nevery = \"1m\"\nstarting_deadline = \"10s\"");
+    h.run_clock_for(60 * SECOND);
+    let run = h.runs_of("tight")[0].id.clone();
+    h.run_clock_for(12 * SECOND);
+    assert_eq!(h.state(&run), RunState::Missed);
+    h.register("w1", 4, &["default"], &[]);
+    assert!(
+        h.claim("w1", 4).is_empty(),
+        "a missed run does not start late"
+    );
+}
+
+#[test]
+fn late_never_run_and_no_worker_are_reported_once() {
+    let mut h = aligned();
+    h.apply_toml("[jobs.nightly]\ncommand = \"x\"\nevery = \"1m\"\nlate_after = \"30s\"");
+    let mut notes = h.run_clock_for(60 * SECOND);
+    notes.extend(h.run_clock_for(31 * SECOND));
+    let Reply::Status(status) = h.admin(Request::Status) else {
+        panic!()
+    };
+    let kinds: BTreeSet<AlertKind> = status.alerts.iter().map(|a| a.kind).collect();
+    assert!(kinds.contains(&AlertKind::Late), "{status:?}");
+    assert!(kinds.contains(&AlertKind::NeverRun), "{status:?}");
+    assert!(kinds.contains(&AlertKind::NoWorker), "{status:?}");
+    notes.extend(h.run_clock_for(5 * SECOND));
+    for kind in [AlertKind::Late, AlertKind::NeverRun, AlertKind::NoWorker] {
+        assert_eq!(
+            notes.iter().filter(|n| n.kind == kind).count(),
+            1,
+            "{kind:?} notified once"
+        );
+    }
+    // a worker comes, runs it: the conditions clear
+    h.register("w1", 4, &["default"], &[]);
+    let runs = h.claim("w1", 4);
+    for run in &runs {
+        h.start_and_finish("w1", run, 0);
+    }
+    h.run_clock_for(2 * SECOND);
+    let Reply::Status(status) = h.admin(Request::Status) else {
+        panic!()
+    };
+    assert!(status.alerts.is_empty(), "{:?}", status.alerts);
+}
+
+#[test]
+fn exclusion_windows_skip_ticks() {
+    let mut h = aligned();
+    let hour = (h.now_ms() / 3_600_000) % 24;
+    let window = format!("{:02}:00-{:02}:00", hour, (hour + 1) % 24);
+    h.apply_toml(&format!("[jobs.quiet]\ncommand = \"x\"\nevery = \"1m\"\nexclude = [\"{window}\"]\noverlap = \"allow\""));
+    h.run_clock_for(60 * SECOND);
+    assert!(h.runs_of("quiet").is_empty());
+    assert_eq!(
+        h.job_state("quiet").recent_skips[0].1,
+        "inside an exclusion window"
+    );
+}
