@@ -1,0 +1,262 @@
+//! Scheduling with the real broker and workers.
+
+use jobcast_integration_tests::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn scheduled_at(run: &serde_json::Value) -> u64 {
+    run["scheduled_at_ms"].as_u64().unwrap()
+}
+
+#[test]
+fn an_every_second_job_fires_on_time_for_twenty_ticks_without_duplicates() {
+    let mut cluster = Cluster::start(1);
+    let ledger = cluster.path("ledger");
+    cluster.apply_jobs(&format!(
+        "[jobs.tick]\nevery = \"1s\"\nscript = \"\"\"#!/bin/sh\necho $JOBCAST_SCHEDULED_AT >> {}\n\"\"\"\n",
+        ledger.display()
+    ));
+    cluster.start_worker("w1", &[]);
+    let runs = wait_for("20 ticks", LONG, || {
+        let runs: Vec<_> = cluster
+            .runs()
+            .into_iter()
+            .filter(|r| r["job"] == "tick" && r["state"] == "succeeded")
+            .collect();
+        (runs.len() >= 20).then_some(runs)
+    });
+    let mut ticks: Vec<u64> = runs.iter().map(scheduled_at).collect();
+    ticks.sort();
+    for pair in ticks.windows(2) {
+        assert!(pair[1] > pair[0], "duplicate tick {}", pair[0]);
+        assert_eq!(pair[1] % 1000, 0, "ticks on whole seconds");
+    }
+    for run in &runs {
+        // the run was created (the tick fired) within 100 ms of its time
+        let late = run["created_at_ms"].as_u64().unwrap() - scheduled_at(run);
+        assert!(late < 100, "tick fired {late} ms late: {run}");
+    }
+    let executed = std::fs::read_to_string(&ledger).unwrap();
+    let lines: Vec<&str> = executed.lines().collect();
+    let unique: std::collections::BTreeSet<&str> = lines.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        lines.len(),
+        "a tick executed twice:\n{executed}"
+    );
+}
+
+#[test]
+fn overlap_skip_does_not_start_a_tick_while_the_previous_run_is_active() {
+    let mut cluster = Cluster::start(1);
+    cluster
+        .apply_jobs("[jobs.slow]\nevery = \"1s\"\nscript = \"\"\"#!/bin/sh\nsleep 2.5\n\"\"\"\n");
+    cluster.start_worker("w1", &["--concurrency", "4"]);
+    let runs = wait_for("two runs of the slow job to finish", LONG, || {
+        let runs: Vec<_> = cluster
+            .runs()
+            .into_iter()
+            .filter(|r| r["job"] == "slow")
+            .collect();
+        (runs.iter().filter(|r| r["state"] == "succeeded").count() >= 2).then_some(runs)
+    });
+    // never two at once: each run started after the previous one finished
+    let mut spans: Vec<(u64, u64)> = runs
+        .iter()
+        .filter(|r| r["state"] == "succeeded")
+        .map(|r| {
+            (
+                r["started_at_ms"].as_u64().unwrap(),
+                r["finished_at_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "runs overlapped: {spans:?}");
+    }
+    let jobs = cluster.ctl_json(&["jobs"]).unwrap();
+    let state = &jobs.as_array().unwrap()[0]["state"];
+    assert!(state["skipped_ticks"].as_u64().unwrap() >= 2, "{state}");
+    assert_eq!(
+        state["recent_skips"][0][1],
+        "the previous run is still active"
+    );
+}
+
+#[test]
+fn a_failing_parent_runs_its_on_error_child_only() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        "[jobs.parent]\nchildren = [\"report\", { job = \"cleanup\", on_error = true }]\nscript = \"\"\"#!/bin/sh\nexit 1\n\"\"\"\n\
+         [jobs.report]\ncommand = \"true\"\n\
+         [jobs.cleanup]\ncommand = [\"echo\", \"cleaning up\"]\n",
+    );
+    cluster.start_worker("w1", &[]);
+    let parent = cluster.enqueue("parent");
+    cluster.wait_state(&parent, "failed", LONG);
+    let cleanup = wait_for("the cleanup run", LONG, || {
+        cluster
+            .runs()
+            .into_iter()
+            .find(|r| r["job"] == "cleanup" && r["state"] == "succeeded")
+    });
+    assert_eq!(cleanup["parent"], parent.as_str());
+    assert!(
+        String::from_utf8_lossy(&cluster.log(cleanup["id"].as_str().unwrap()))
+            .contains("cleaning up")
+    );
+    assert!(cluster.runs().iter().all(|r| r["job"] != "report"));
+}
+
+#[test]
+fn a_broker_killed_at_random_moments_never_records_or_runs_a_tick_twice() {
+    let mut cluster = Cluster::start(1);
+    let ledger = cluster.path("ledger");
+    cluster.apply_jobs(&format!(
+        "[jobs.tick]\nevery = \"1s\"\noverlap = \"allow\"\nscript = \"\"\"#!/bin/sh\necho $JOBCAST_SCHEDULED_AT >> {}\n\"\"\"\n",
+        ledger.display()
+    ));
+    cluster.start_worker("w1", &[]);
+    // A small deterministic generator picks the moments, so a failure can be replayed.
+    let mut seed: u64 = std::env::var("JOBCAST_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    eprintln!("chaos seed {seed}");
+    for round in 0..10 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let wait = Duration::from_millis(200 + (seed >> 33) % 1300);
+        std::thread::sleep(wait);
+        cluster.kill_broker();
+        cluster.start_broker();
+        eprintln!("round {round}: killed after {wait:?}");
+    }
+    // Let the schedule run on a little after the last restart.
+    let after = cluster.runs().len();
+    wait_for("ticks after the last restart", LONG, || {
+        (cluster
+            .runs()
+            .iter()
+            .filter(|r| r["state"] == "succeeded")
+            .count()
+            > after + 2)
+            .then_some(())
+    });
+    let runs = cluster.runs();
+    let mut by_tick: BTreeMap<u64, usize> = BTreeMap::new();
+    for run in &runs {
+        *by_tick.entry(scheduled_at(run)).or_default() += 1;
+    }
+    let doubles: Vec<_> = by_tick.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubles.is_empty(), "ticks recorded twice: {doubles:?}");
+    // and none was executed twice
+    wait_for("the worker to report every run", LONG, || {
+        let status = cluster.ctl_json(&["status"])?;
+        status["active"].as_object()?.is_empty().then_some(())
+    });
+    let executed = std::fs::read_to_string(&ledger).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in executed.lines() {
+        assert!(seen.insert(line), "tick {line} executed twice");
+    }
+    assert!(seen.len() >= 5, "the job kept running: {}", seen.len());
+}
+
+/// A minimal HTTP endpoint that records request bodies.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if tx
+                .send(String::from_utf8_lossy(&body).into_owned())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn a_failed_run_is_sent_to_the_webhooks_with_slack_text() {
+    let (url, bodies) = webhook_receiver();
+    let mut cluster = Cluster::start(1);
+    let config = cluster.path("broker.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[[webhooks]]\nurl = \"{url}\"\n"));
+    std::fs::write(&config, text).unwrap();
+    cluster.kill_broker();
+    cluster.start_broker();
+    cluster.apply_jobs("[jobs.bad]\ncommand = \"false\"\n");
+    cluster.start_worker("w1", &[]);
+    let run = cluster.enqueue("bad");
+    cluster.wait_state(&run, "failed", LONG);
+    let body = bodies
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a webhook call");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["kind"], "run_failed");
+    assert_eq!(json["job"], "bad");
+    assert_eq!(json["run_id"], run.as_str());
+    assert!(json["text"].as_str().unwrap().contains("failed"), "{json}");
+}
+
+#[test]
+fn jobs_can_be_disabled_and_enabled_from_jobcastctl() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs("[jobs.tick]\nevery = \"1s\"\ncommand = \"true\"\n");
+    cluster.start_worker("w1", &[]);
+    cluster.ctl_ok(&["disable", "tick"]);
+    let before = cluster.runs().len();
+    let jobs = wait_for("ticks to be skipped", LONG, || {
+        let jobs = cluster.ctl_json(&["jobs"])?;
+        (jobs[0]["state"]["skipped_ticks"].as_u64()? >= 2).then_some(jobs)
+    });
+    assert_eq!(jobs[0]["spec"]["enabled"], false);
+    // ticks skipped meanwhile created no runs (at most one was already in flight)
+    assert!(cluster.runs().len() <= before + 1);
+    // a disabled job can still be run by hand
+    let run = cluster.enqueue("tick");
+    cluster.wait_state(&run, "succeeded", LONG);
+    let table = cluster.ctl_ok(&["jobs"]);
+    assert!(
+        table.contains("disabled") && table.contains("every 1s"),
+        "{table}"
+    );
+    cluster.ctl_ok(&["enable", "tick"]);
+    let count = cluster.runs().len();
+    wait_for("ticks to run again", LONG, || {
+        (cluster.runs().len() >= count + 2).then_some(())
+    });
+    let out = cluster.ctl(&["disable", "nope"]);
+    assert!(!out.status.success());
+}
