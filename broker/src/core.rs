@@ -124,6 +124,8 @@ pub struct Core<S: Store> {
     jobs: BTreeMap<String, JobSpec>,
     /// Runs not yet finished, by id.
     active: HashMap<String, RunRecord>,
+    /// The ids of `active`, by job.
+    active_by_job: HashMap<String, BTreeSet<String>>,
     /// Queued runs per pool, oldest (lowest seq) first.
     queues: BTreeMap<String, BTreeMap<u64, String>>,
     sessions: BTreeMap<String, Session>,
@@ -138,7 +140,9 @@ pub struct Core<S: Store> {
     schedules: HashMap<String, Schedule>,
     job_states: BTreeMap<String, JobState>,
     /// The next tick of each scheduled job.
-    next_fire: BTreeMap<String, u64>,
+    next_fire: scheduling::FireQueue,
+    /// Each scheduled job's first tick after it was created (for never-run alerts).
+    first_due: HashMap<String, u64>,
     /// Queued runs waiting for their retry back-off: (not before, seq) → id.
     delayed: BTreeMap<(u64, u64), String>,
     disabled_pools: BTreeSet<String>,
@@ -183,6 +187,7 @@ impl<S: Store> Core<S> {
             next_alive_ms: 0,
             jobs,
             active: HashMap::new(),
+            active_by_job: HashMap::new(),
             queues: BTreeMap::new(),
             sessions: BTreeMap::new(),
             logs: HashMap::new(),
@@ -192,7 +197,8 @@ impl<S: Store> Core<S> {
             clock_ms: ms(now_us),
             schedules: HashMap::new(),
             job_states: BTreeMap::new(),
-            next_fire: BTreeMap::new(),
+            next_fire: Default::default(),
+            first_due: HashMap::new(),
             delayed: BTreeMap::new(),
             disabled_pools: BTreeSet::new(),
             alerts: BTreeMap::new(),
@@ -201,7 +207,7 @@ impl<S: Store> Core<S> {
             if run.state == RunState::Queued {
                 core.enqueue_existing(&run);
             }
-            core.active.insert(run.id.clone(), run);
+            core.activate(run);
         }
         core.load_scheduling(ms(now_us))?;
         Ok(core)
@@ -616,7 +622,7 @@ impl<S: Store> Core<S> {
     /// follows its end (retry, chain, notification).
     fn retire(&mut self, run: &RunRecord, now: u64, out: &mut Outbox) -> StoreResult<()> {
         self.store.put_run(run)?;
-        self.active.remove(&run.id);
+        self.deactivate(&run.id);
         self.logs.remove(&run.id);
         if let Some(queue) = self.queues.get_mut(&run.pool) {
             queue.remove(&run.seq);
@@ -932,7 +938,14 @@ impl<S: Store> Core<S> {
     ) -> StoreResult<Option<RunRecord>> {
         let id = match new.id {
             Some(id) => {
-                if self.active.contains_key(&id) || self.store.run(&id)?.is_some() {
+                // Only a time this broker has not seen can have been decided by an
+                // earlier run of it; later decisions are this one's own, made once.
+                let maybe_decided_before = new.scheduled_at_ms <= self.booted_at_ms
+                    || new.not_before_ms > 0
+                    || new.parent.is_some();
+                if self.active.contains_key(&id)
+                    || (maybe_decided_before && self.store.run(&id)?.is_some())
+                {
                     return Ok(None);
                 }
                 id
@@ -971,7 +984,7 @@ impl<S: Store> Core<S> {
             spec: new.spec,
         };
         self.store.put_run(&run)?;
-        self.active.insert(run.id.clone(), run.clone());
+        self.activate(run.clone());
         if self.enqueue_existing(&run) {
             out.publish(
                 topic::pool(&run.pool),
@@ -981,6 +994,25 @@ impl<S: Store> Core<S> {
             );
         }
         Ok(Some(run))
+    }
+
+    fn activate(&mut self, run: RunRecord) {
+        self.active_by_job
+            .entry(run.job.clone())
+            .or_default()
+            .insert(run.id.clone());
+        self.active.insert(run.id.clone(), run);
+    }
+
+    fn deactivate(&mut self, run_id: &str) {
+        if let Some(run) = self.active.remove(run_id) {
+            if let Some(ids) = self.active_by_job.get_mut(&run.job) {
+                ids.remove(run_id);
+                if ids.is_empty() {
+                    self.active_by_job.remove(&run.job);
+                }
+            }
+        }
     }
 
     /// Puts a queued run where it waits: its pool's queue, or the back-off list. Returns

@@ -20,6 +20,8 @@ use zeromq::{PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage
 pub const BROKER_NAME: &str = "broker";
 /// Most requests handled between two flushes.
 const MAX_BATCH: usize = 256;
+/// Batches slower than this are logged with where the time went.
+const SLOW_BATCH: Duration = Duration::from_millis(20);
 /// The longest the loop sleeps, so that a step of the wall clock is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// A reply that cannot be queued to its peer within this is dropped (the peer retries).
@@ -177,6 +179,8 @@ pub async fn serve<S: Store + 'static>(
             ) => {}
         }
         let now = now_us();
+        let batch_started = Instant::now();
+        let requests = batch.len();
         let mut fatal = None;
         for (peer, payload) in batch.drain(..) {
             if fatal.is_some() {
@@ -210,8 +214,18 @@ pub async fn serve<S: Store + 'static>(
         if let Err(e) = core.tick(now, &mut out) {
             break Err(e).context("store write failed");
         }
+        let handled = batch_started.elapsed();
         // Group commit: everything the batch wrote is durable before anyone hears of it.
         let flushed = tokio::task::block_in_place(|| core.store_mut().flush());
+        let took = batch_started.elapsed();
+        if took > SLOW_BATCH {
+            tracing::info!(
+                requests,
+                handled_ms = handled.as_secs_f64() * 1e3,
+                flushed_ms = (took - handled).as_secs_f64() * 1e3,
+                "slow batch"
+            );
+        }
         if let Err(e) = flushed {
             break Err(e).context("store flush failed");
         }

@@ -20,6 +20,42 @@ const MAX_TICKS_PER_PASS: usize = 10_000;
 const RECENT_SKIPS: usize = 20;
 const DISABLED_POOLS: &str = "disabled_pools";
 
+/// Jobs by their next tick, earliest first.
+#[derive(Debug, Default)]
+pub struct FireQueue {
+    by_job: HashMap<String, u64>,
+    order: BTreeSet<(u64, String)>,
+}
+
+impl FireQueue {
+    pub fn set(&mut self, job: &str, next: Option<u64>) {
+        if let Some(old) = self.by_job.remove(job) {
+            self.order.remove(&(old, job.to_string()));
+        }
+        if let Some(next) = next {
+            self.by_job.insert(job.to_string(), next);
+            self.order.insert((next, job.to_string()));
+        }
+    }
+
+    pub fn get(&self, job: &str) -> Option<u64> {
+        self.by_job.get(job).copied()
+    }
+
+    pub fn earliest(&self) -> Option<u64> {
+        self.order.first().map(|(t, _)| *t)
+    }
+
+    /// Jobs whose next tick is at or before `now`.
+    pub fn due(&self, now: u64) -> Vec<String> {
+        self.order
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, job)| job.clone())
+            .collect()
+    }
+}
+
 /// A message for the notification webhooks.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Notification {
@@ -125,19 +161,18 @@ impl<S: Store> Core<S> {
     pub(super) fn compile_schedule(&mut self, job: &str) {
         let Some(spec) = self.jobs.get(job) else {
             self.schedules.remove(job);
-            self.next_fire.remove(job);
+            self.next_fire.set(job, None);
+            self.first_due.remove(job);
             return;
         };
         match Schedule::for_job(spec) {
             Ok(schedule) => {
-                let last = self
-                    .job_states
-                    .get(job)
-                    .map(|s| s.last_tick_ms)
-                    .unwrap_or(0);
-                match schedule.next_after(last) {
-                    Some(next) => self.next_fire.insert(job.to_string(), next),
-                    None => self.next_fire.remove(job),
+                let state = self.job_states.get(job).cloned().unwrap_or_default();
+                self.next_fire
+                    .set(job, schedule.next_after(state.last_tick_ms));
+                match schedule.next_after(state.created_at_ms) {
+                    Some(first) => self.first_due.insert(job.to_string(), first),
+                    None => self.first_due.remove(job),
                 };
                 self.schedules.insert(job.to_string(), schedule);
             }
@@ -145,7 +180,8 @@ impl<S: Store> Core<S> {
                 // Stored before a validation rule existed: keep the job, run it by hand.
                 tracing::error!(job, %problem, "job schedule cannot be used; the job runs only when enqueued");
                 self.schedules.remove(job);
-                self.next_fire.remove(job);
+                self.next_fire.set(job, None);
+                self.first_due.remove(job);
             }
         }
     }
@@ -202,13 +238,7 @@ impl<S: Store> Core<S> {
 
     /// Deals with every job whose next tick is due.
     pub(super) fn schedule_due(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
-        let due: Vec<String> = self
-            .next_fire
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(job, _)| job.clone())
-            .collect();
-        for job in due {
+        for job in self.next_fire.due(now) {
             self.schedule_job(&job, now, out)?;
         }
         Ok(())
@@ -219,7 +249,7 @@ impl<S: Store> Core<S> {
             self.jobs.get(job).cloned(),
             self.schedules.get(job).cloned(),
         ) else {
-            self.next_fire.remove(job);
+            self.next_fire.set(job, None);
             return Ok(());
         };
         let last = self
@@ -252,11 +282,10 @@ impl<S: Store> Core<S> {
         // Overlap is judged against the runs active before this pass, so that the
         // catch-up runs of one pass do not skip each other.
         let active_before: Vec<String> = self
-            .active
-            .values()
-            .filter(|r| r.job == job)
-            .map(|r| r.id.clone())
-            .collect();
+            .active_by_job
+            .get(job)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
         for tick in catch_up.iter().chain(on_time.iter()) {
             self.fire(&spec, &schedule, *tick, &active_before, now, out)?;
         }
@@ -264,10 +293,7 @@ impl<S: Store> Core<S> {
             state.last_tick_ms = latest;
         }
         self.save_job_state(job)?;
-        match schedule.next_after(latest) {
-            Some(next) => self.next_fire.insert(job.to_string(), next),
-            None => self.next_fire.remove(job),
-        };
+        self.next_fire.set(job, schedule.next_after(latest));
         Ok(())
     }
 
@@ -550,15 +576,15 @@ impl<S: Store> Core<S> {
             }
         }
         for (name, spec) in &self.jobs {
-            let (Some(schedule), Some(state)) =
-                (self.schedules.get(name), self.job_states.get(name))
+            let (Some(first_due), Some(state)) =
+                (self.first_due.get(name), self.job_states.get(name))
             else {
                 continue;
             };
             if state.last_started_ms.is_some() || !self.job_is_active(spec) {
                 continue;
             }
-            if let Some(first) = schedule.next_after(state.created_at_ms) {
+            if let Some(first) = Some(*first_due) {
                 if now > first + spec.policy.late_after_ms {
                     standing.insert(
                         (AlertKind::NeverRun, name.clone()),
@@ -615,8 +641,8 @@ impl<S: Store> Core<S> {
     /// When the core next has something to do by itself, in microseconds.
     pub fn next_wakeup_us(&self) -> u64 {
         let mut next_ms = self.next_alive_ms;
-        if let Some(t) = self.next_fire.values().min() {
-            next_ms = next_ms.min(*t);
+        if let Some(t) = self.next_fire.earliest() {
+            next_ms = next_ms.min(t);
         }
         if let Some((&(t, _), _)) = self.delayed.first_key_value() {
             next_ms = next_ms.min(t);
@@ -674,7 +700,7 @@ impl<S: Store> Core<S> {
             .map(|spec| JobView {
                 spec: spec.clone(),
                 state: self.job_states.get(&spec.name).cloned().unwrap_or_default(),
-                next_fire_ms: self.next_fire.get(&spec.name).copied(),
+                next_fire_ms: self.next_fire.get(&spec.name),
                 active: self.job_is_active(spec),
             })
             .collect()

@@ -1,0 +1,192 @@
+//! `jobcast-bench`: starts a real broker on loopback, drives it, and prints figures with
+//! the command that produced them.
+//!
+//! Build everything in release mode first (`cargo build --release`); the tool runs the
+//! `jobcast-broker` that sits next to its own executable.
+
+mod harness;
+mod stats;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use harness::{Broker, SyntheticWorker};
+use jobcast_protocol::{Exec, JobPolicy, JobSpec, Overlap, ScheduleSpec};
+use stats::Summary;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks of a real jobcast broker on loopback")]
+struct Args {
+    /// Smaller sizes, to check the tool works (CI), not to measure.
+    #[arg(long, global = true)]
+    quick: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fire-time error of scheduled ticks: from a tick's time to its run being handed to
+    /// a worker.
+    Firetime {
+        /// Jobs that all fire in the same second, every 5 s.
+        #[arg(long, default_value_t = 1_000)]
+        together: usize,
+        /// Jobs in total for the spread scenario, firing at second `i % 60` of each minute.
+        #[arg(long, default_value_t = 10_000)]
+        total: usize,
+        /// How long each scenario runs.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let command_line: Vec<String> = std::env::args().collect();
+    println!("$ {}", command_line.join(" "));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match args.command {
+            Command::Firetime {
+                together,
+                total,
+                duration,
+            } => {
+                let (together, total, duration) = if args.quick {
+                    (50, 200, Duration::from_secs(6))
+                } else {
+                    (together, total, duration)
+                };
+                firetime(together, total, duration).await
+            }
+        }
+    })
+}
+
+fn job(name: String, schedule: ScheduleSpec) -> JobSpec {
+    JobSpec {
+        name,
+        pool: "bench".into(),
+        exec: Exec::Command(vec!["true".into()]),
+        env: Default::default(),
+        workdir: None,
+        timeout_ms: None,
+        enabled: true,
+        schedule,
+        policy: JobPolicy {
+            overlap: Overlap::Allow,
+            ..Default::default()
+        },
+    }
+}
+
+async fn firetime(together: usize, total: usize, duration: Duration) -> Result<()> {
+    if together == 0 || total == 0 {
+        bail!("--together and --total must be at least 1");
+    }
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("fire-time error: tick time → run granted to a (synthetic) worker, {profile} build");
+    println!();
+    println!("| scenario | jobs | samples | p50 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
+
+    // Scenario 0: one job every second on an idle broker.
+    let broker = Broker::start().await?;
+    broker
+        .apply(vec![job(
+            "alone".into(),
+            ScheduleSpec {
+                every_ms: Some(1_000),
+                ..Default::default()
+            },
+        )])
+        .await?;
+    let samples = measure(&broker, duration).await?;
+    row("1 job every second, idle broker", 1, &samples)?;
+    drop(broker);
+
+    // Scenario 1: `together` jobs due in the same second, every 5 s.
+    let broker = Broker::start().await?;
+    let jobs = (0..together)
+        .map(|i| {
+            job(
+                format!("same-second-{i}"),
+                ScheduleSpec {
+                    every_ms: Some(5_000),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    broker.apply(jobs).await?;
+    let samples = measure(&broker, duration).await?;
+    row(
+        &format!("{together} jobs due in the same second"),
+        together,
+        &samples,
+    )?;
+    drop(broker);
+
+    // Scenario 2: `total` jobs spread over each minute (second i % 60).
+    let broker = Broker::start().await?;
+    let jobs = (0..total)
+        .map(|i| {
+            job(
+                format!("spread-{i}"),
+                ScheduleSpec {
+                    cron: vec![format!("{} * * * * *", i % 60)],
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    broker.apply(jobs).await?;
+    let samples = measure(&broker, duration).await?;
+    row(
+        &format!("{total} scheduled jobs, spread over each minute"),
+        total,
+        &samples,
+    )?;
+    Ok(())
+}
+
+/// Runs a synthetic worker for `duration` and returns tick → grant delays in µs.
+async fn measure(broker: &Broker, duration: Duration) -> Result<Vec<u64>> {
+    let worker = SyntheticWorker::start(broker, "bench").await?;
+    // Ticks before the worker was there waited for a worker, not for the scheduler.
+    let registered_ms = harness::now_us() / 1_000 + 1;
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < duration {
+        let grants = worker.next_grants(Duration::from_secs(2)).await?;
+        for (scheduled_at_ms, granted_at_us) in grants {
+            if scheduled_at_ms >= registered_ms {
+                samples.push(granted_at_us.saturating_sub(scheduled_at_ms * 1_000));
+            }
+        }
+    }
+    worker.stop().await;
+    Ok(samples)
+}
+
+fn row(name: &str, jobs: usize, samples: &[u64]) -> Result<()> {
+    let Some(summary) = Summary::of(samples) else {
+        bail!("{name}: no tick fired during the run");
+    };
+    println!(
+        "| {name} | {jobs} | {} | {} | {} | {} |",
+        samples.len(),
+        stats::ms(summary.p50),
+        stats::ms(summary.p99),
+        stats::ms(summary.max)
+    );
+    Ok(())
+}
