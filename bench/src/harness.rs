@@ -16,6 +16,8 @@ use zeromq::{Socket, SocketRecv, SubSocket};
 
 const ADMIN_SECRET: &str = "bench-admin-secret-0123456789";
 const WORKER_SECRET: &str = "bench-worker-secret-0123456789";
+/// Real workers the broker has keys for: w1..=MAX_WORKERS.
+pub const MAX_WORKERS: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn now_us() -> u64 {
@@ -38,7 +40,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 pub struct Broker {
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     child: Child,
     pub router: String,
     pub publish: String,
@@ -50,14 +52,23 @@ impl Broker {
         let dir = tempfile::Builder::new()
             .prefix("jobcast-bench-")
             .tempdir()?;
+        Self::start_in(dir).await
+    }
+
+    /// Starts a broker whose data directory is `dir/data` (which may hold a store).
+    pub async fn start_in(dir: tempfile::TempDir) -> Result<Broker> {
         let config = dir.path().join("broker.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"{}\"\nlog_level = \"warn\"\n[keys]\nadmin = \"{ADMIN_SECRET}\"\n[keys.workers]\nbench-w = \"{WORKER_SECRET}\"\n",
-                dir.path().join("data").display()
-            ),
-        )?;
+        let mut text = format!(
+            "data_dir = \"{}\"\nlog_level = \"warn\"\n[keys]\nadmin = \"{ADMIN_SECRET}\"\n[keys.workers]\n",
+            dir.path().join("data").display()
+        );
+        for i in 1..=MAX_WORKERS {
+            text.push_str(&format!("w{i} = \"{WORKER_SECRET}-w{i}\"\n"));
+        }
+        for i in 1..=SYNTHETIC_WORKERS {
+            text.push_str(&format!("bench-w{i} = \"{WORKER_SECRET}\"\n"));
+        }
+        std::fs::write(&config, text)?;
         let ready = dir.path().join("ready");
         let child = Command::new(sibling("jobcast-broker")?)
             .arg("--config")
@@ -102,7 +113,7 @@ impl Broker {
         })
         .await?;
         Ok(Broker {
-            _dir: dir,
+            dir,
             child,
             router,
             publish,
@@ -136,6 +147,151 @@ impl Drop for Broker {
     }
 }
 
+/// Synthetic workers the broker has keys for: bench-w1..=SYNTHETIC_WORKERS.
+pub const SYNTHETIC_WORKERS: usize = 8;
+
+impl Broker {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Starts real worker `wN` with `slots` slots in pool `pool`.
+    pub fn start_worker(&self, n: usize, slots: u32, pool: &str) -> Result<Child> {
+        let scripts = self.dir.path().join(format!("w{n}-scripts"));
+        Command::new(sibling("jobcast-worker")?)
+            .args([
+                "--id",
+                &format!("w{n}"),
+                "--broker",
+                &self.router,
+                "--events",
+                &self.publish,
+            ])
+            .args(["--secret", &format!("{WORKER_SECRET}-w{n}")])
+            .args([
+                "--concurrency",
+                &slots.to_string(),
+                "--pools",
+                pool,
+                "--log-level",
+                "warn",
+            ])
+            .arg("--script-temp-path")
+            .arg(scripts)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start a worker")
+    }
+
+    pub async fn status(&self) -> Result<jobcast_protocol::StatusReport> {
+        match self.admin.request(Request::Status, TIMEOUT).await? {
+            Reply::Status(status) => Ok(*status),
+            other => bail!("status: {other:?}"),
+        }
+    }
+
+    /// Waits until `n` workers are online.
+    pub async fn wait_workers(&self, n: usize) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let online = self
+                .status()
+                .await?
+                .workers
+                .iter()
+                .filter(|w| w.online)
+                .count();
+            if online >= n {
+                return Ok(());
+            }
+            if started.elapsed() > TIMEOUT {
+                bail!("only {online} of {n} workers came online");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Enqueues `n` runs of `job`, pipelined; returns when all are acknowledged.
+    pub async fn enqueue(&self, job: &str, n: usize) -> Result<()> {
+        for chunk in 0..n.div_ceil(1_000) {
+            let count = (n - chunk * 1_000).min(1_000);
+            let pending: Vec<_> = (0..count)
+                .map(|_| self.admin.submit(Request::Enqueue { job: job.into() }))
+                .collect();
+            for reply in pending {
+                match reply.wait(TIMEOUT).await? {
+                    Reply::Enqueued { .. } => {}
+                    other => bail!("enqueue: {other:?}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until no run is active; returns the runs (newest first, up to `limit`).
+    pub async fn wait_idle(&self, limit: u32) -> Result<Vec<jobcast_protocol::RunRecord>> {
+        let started = Instant::now();
+        loop {
+            if self.status().await?.active.is_empty() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("runs still active after 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match self
+            .admin
+            .request(
+                Request::ListRuns(jobcast_protocol::RunFilter {
+                    limit,
+                    ..Default::default()
+                }),
+                TIMEOUT,
+            )
+            .await?
+        {
+            Reply::Runs { runs } => Ok(runs),
+            other => bail!("runs: {other:?}"),
+        }
+    }
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Bytes used by the files under `path`.
+pub fn disk_usage(path: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => total += disk_usage(&entry.path()),
+                Ok(m) => {
+                    use std::os::unix::fs::MetadataExt;
+                    total += m.blocks() * 512;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 /// (scheduled time in ms, time granted in µs)
 type Grant = (u64, u64);
 
@@ -146,9 +302,13 @@ pub struct SyntheticWorker {
 
 impl SyntheticWorker {
     pub async fn start(broker: &Broker, pool: &str) -> Result<SyntheticWorker> {
+        Self::start_numbered(broker, pool, 1).await
+    }
+
+    pub async fn start_numbered(broker: &Broker, pool: &str, n: usize) -> Result<SyntheticWorker> {
         let client = Client::connect(ClientConfig {
             endpoint: broker.router.clone(),
-            name: "bench-w".into(),
+            name: format!("bench-w{n}"),
             secret: Secret::new(WORKER_SECRET),
             connect_timeout: Duration::from_secs(5),
             max_clock_skew: Duration::from_secs(30),

@@ -4,8 +4,13 @@
 //! Build everything in release mode first (`cargo build --release`); the tool runs the
 //! `jobcast-broker` that sits next to its own executable.
 
+mod footprint;
 mod harness;
 mod stats;
+mod throughput;
+
+use footprint::footprint;
+use throughput::{capacity, throughput};
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -39,6 +44,29 @@ enum Command {
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Shell throughput: N runs of a trivial /bin/sh script on W workers × C slots, and
+    /// the machine's raw limit for the same work with no scheduler.
+    Throughput {
+        #[arg(long, default_value_t = 2_000)]
+        runs: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+    },
+    /// Broker capacity: the whole run lifecycle with synthetic workers that spawn nothing.
+    Capacity {
+        #[arg(long, default_value_t = 20_000)]
+        runs: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Memory when idle and with 10 workers, and store size and restart time with many
+    /// finished runs.
+    Footprint {
+        #[arg(long, default_value_t = 1_000_000)]
+        stored_runs: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -62,6 +90,22 @@ fn main() -> Result<()> {
                     (together, total, duration)
                 };
                 firetime(together, total, duration).await
+            }
+            Command::Throughput {
+                runs,
+                workers,
+                slots,
+            } => {
+                let runs = if args.quick { 100 } else { runs };
+                throughput(runs, workers, slots).await
+            }
+            Command::Capacity { runs, workers } => {
+                let runs = if args.quick { 500 } else { runs };
+                capacity(runs, workers).await
+            }
+            Command::Footprint { stored_runs } => {
+                let stored_runs = if args.quick { 2_000 } else { stored_runs };
+                footprint(stored_runs).await
             }
         }
     })

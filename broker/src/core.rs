@@ -983,7 +983,7 @@ impl<S: Store> Core<S> {
             }],
             spec: new.spec,
         };
-        self.store.put_run(&run)?;
+        self.store.create_run(&run)?;
         self.activate(run.clone());
         if self.enqueue_existing(&run) {
             out.publish(

@@ -24,7 +24,9 @@ pub trait Store: Send {
     fn jobs(&self) -> StoreResult<Vec<JobSpec>>;
     fn put_job(&mut self, job: &JobSpec) -> StoreResult<()>;
 
-    /// Writes a run; keeps the id index and the index of unfinished runs in step.
+    /// Writes a new run with its id index entry, and marks it unfinished.
+    fn create_run(&mut self, run: &RunRecord) -> StoreResult<()>;
+    /// Rewrites an existing run; drops it from the unfinished index once it has ended.
     fn put_run(&mut self, run: &RunRecord) -> StoreResult<()>;
     fn run(&self, id: &str) -> StoreResult<Option<RunRecord>>;
     /// Runs that are not in a terminal state.
@@ -155,17 +157,25 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn put_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+    fn create_run(&mut self, run: &RunRecord) -> StoreResult<()> {
         self.dirty = true;
         let seq = run.seq.to_be_bytes();
         self.runs.insert(seq, encode(run)).map_err(backend)?;
         self.run_ids
             .insert(run.id.as_bytes(), &seq)
             .map_err(backend)?;
+        if !run.state.is_terminal() {
+            self.active.insert(seq, &[]).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn put_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        self.dirty = true;
+        let seq = run.seq.to_be_bytes();
+        self.runs.insert(seq, encode(run)).map_err(backend)?;
         if run.state.is_terminal() {
             self.active.remove(seq).map_err(backend)?;
-        } else {
-            self.active.insert(seq, &[]).map_err(backend)?;
         }
         Ok(())
     }
@@ -241,7 +251,9 @@ impl Store for SledStore {
     }
 
     fn run_count(&self) -> StoreResult<u64> {
-        Ok(self.runs.len() as u64)
+        // Runs are numbered from 1 and never deleted, so the last number is the count
+        // (sled's len() would walk the whole tree).
+        self.last_run_seq()
     }
 
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()> {
@@ -389,9 +401,13 @@ mod tests {
     #[test]
     fn runs_are_listed_newest_first_and_filtered() {
         let mut store = SledStore::temporary().unwrap();
-        store.put_run(&run(1, "aaa1", RunState::Succeeded)).unwrap();
-        store.put_run(&run(2, "bbb2", RunState::Queued)).unwrap();
-        store.put_run(&run(3, "ccc3", RunState::Succeeded)).unwrap();
+        store
+            .create_run(&run(1, "aaa1", RunState::Succeeded))
+            .unwrap();
+        store.create_run(&run(2, "bbb2", RunState::Queued)).unwrap();
+        store
+            .create_run(&run(3, "ccc3", RunState::Succeeded))
+            .unwrap();
         let all = store
             .runs(&RunFilter {
                 limit: 10,
@@ -415,7 +431,7 @@ mod tests {
     fn the_active_index_follows_the_state() {
         let mut store = SledStore::temporary().unwrap();
         let mut r = run(1, "aaa1", RunState::Queued);
-        store.put_run(&r).unwrap();
+        store.create_run(&r).unwrap();
         assert_eq!(store.active_runs().unwrap().len(), 1);
         r.state = RunState::Failed;
         store.put_run(&r).unwrap();
@@ -426,9 +442,15 @@ mod tests {
     #[test]
     fn run_ids_are_found_by_prefix_then_substring() {
         let mut store = SledStore::temporary().unwrap();
-        store.put_run(&run(1, "abc123", RunState::Queued)).unwrap();
-        store.put_run(&run(2, "abd456", RunState::Queued)).unwrap();
-        store.put_run(&run(3, "xyz123", RunState::Queued)).unwrap();
+        store
+            .create_run(&run(1, "abc123", RunState::Queued))
+            .unwrap();
+        store
+            .create_run(&run(2, "abd456", RunState::Queued))
+            .unwrap();
+        store
+            .create_run(&run(3, "xyz123", RunState::Queued))
+            .unwrap();
         assert_eq!(store.find_run_ids("ab", 10).unwrap().len(), 2);
         assert_eq!(store.find_run_ids("abd", 10).unwrap(), ["abd456"]);
         assert_eq!(store.find_run_ids("123", 10).unwrap().len(), 2);
@@ -461,7 +483,9 @@ mod tests {
         {
             let mut store = SledStore::open(dir.path()).unwrap();
             store.put_job(&job("nightly")).unwrap();
-            store.put_run(&run(1, "aaa1", RunState::Running)).unwrap();
+            store
+                .create_run(&run(1, "aaa1", RunState::Running))
+                .unwrap();
             store.put_log_chunk("aaa1", 0, b"hello").unwrap();
             store.flush().unwrap();
         }

@@ -1,0 +1,152 @@
+//! Memory and disk: idle broker and worker, 10 workers connected, and a store with many
+//! finished runs (size per run, restart time to serving).
+
+use crate::harness::{disk_usage, rss_bytes, Broker};
+use anyhow::Result;
+use jobcast_broker::store::{SledStore, Store};
+use jobcast_protocol::{Exec, JobPolicy, JobSpec, Outcome, RunRecord, RunState, Transition};
+use std::time::{Duration, Instant};
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn finished_run(seq: u64, job: &JobSpec) -> RunRecord {
+    let at = 1_800_000_000_000 + seq;
+    RunRecord {
+        id: format!("{:016x}", seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        seq,
+        job: job.name.clone(),
+        pool: job.pool.clone(),
+        attempt: 1,
+        state: RunState::Succeeded,
+        worker: Some("w1".into()),
+        pid: Some(4242),
+        created_at_ms: at,
+        scheduled_at_ms: at,
+        started_at_ms: Some(at + 1),
+        finished_at_ms: Some(at + 9),
+        outcome: Some(Outcome::Exited { code: 0 }),
+        kill_requested: false,
+        log_bytes: 12,
+        log_cap: 819_200,
+        parent: None,
+        first_attempt: None,
+        pinned_worker: None,
+        not_before_ms: 0,
+        schedule_id: None,
+        history: vec![
+            Transition {
+                state: RunState::Queued,
+                at_ms: at,
+                cause: "enqueued by admin".into(),
+            },
+            Transition {
+                state: RunState::Assigned,
+                at_ms: at,
+                cause: "granted to w1".into(),
+            },
+            Transition {
+                state: RunState::Running,
+                at_ms: at + 1,
+                cause: "started on w1 as pid 4242".into(),
+            },
+            Transition {
+                state: RunState::Succeeded,
+                at_ms: at + 9,
+                cause: "exited with code 0".into(),
+            },
+        ],
+        spec: job.clone(),
+    }
+}
+
+pub async fn footprint(stored_runs: usize) -> Result<()> {
+    println!("footprint: resident memory (RSS) and disk");
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+
+    let broker = Broker::start().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await; // let start-up allocations settle into idle
+    println!("| idle broker RSS | {} |", mb(rss_bytes(broker.pid())));
+    let mut workers = Vec::new();
+    workers.push(broker.start_worker(1, 4, "default")?);
+    broker.wait_workers(1).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("| idle worker RSS | {} |", mb(rss_bytes(workers[0].id())));
+    for n in 2..=10 {
+        workers.push(broker.start_worker(n, 4, "default")?);
+    }
+    broker.wait_workers(10).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "| broker RSS, 10 workers connected | {} |",
+        mb(rss_bytes(broker.pid()))
+    );
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    drop(broker);
+
+    // A store with many finished runs, written directly (as the broker would have).
+    let dir = tempfile::Builder::new()
+        .prefix("jobcast-bench-")
+        .tempdir()?;
+    let store_path = dir.path().join("data").join("store");
+    std::fs::create_dir_all(&store_path)?;
+    let job = JobSpec {
+        name: "nightly-backup".into(),
+        pool: "default".into(),
+        exec: Exec::Script("#!/bin/sh\npg_dump mydb > /backups/mydb.sql\n".into()),
+        env: Default::default(),
+        workdir: None,
+        timeout_ms: Some(3_600_000),
+        enabled: true,
+        schedule: Default::default(),
+        policy: JobPolicy::default(),
+    };
+    let fill = Instant::now();
+    {
+        let mut store = SledStore::open(&store_path)?;
+        store.put_job(&job)?;
+        for seq in 1..=stored_runs as u64 {
+            store.create_run(&finished_run(seq, &job))?;
+            if seq % 50_000 == 0 {
+                store.flush()?;
+            }
+        }
+        store.flush()?;
+    }
+    let fill_time = fill.elapsed();
+    let disk = disk_usage(&store_path);
+    println!(
+        "| finished runs stored | {stored_runs} (written in {:.1} s) |",
+        fill_time.as_secs_f64()
+    );
+    println!(
+        "| disk used | {} ({} bytes per run) |",
+        mb(disk),
+        disk / stored_runs.max(1) as u64
+    );
+    let restart = Instant::now();
+    let broker = Broker::start_in(dir).await?;
+    // Serving: it answers a request that reads the store.
+    broker
+        .admin
+        .request(jobcast_protocol::Request::ListJobs, Duration::from_secs(60))
+        .await?;
+    let restart_time = restart.elapsed();
+    let status = broker.status().await?;
+    println!(
+        "| broker start to serving, {} runs stored | {:.2} s |",
+        status.total_runs,
+        restart_time.as_secs_f64()
+    );
+    println!(
+        "| broker RSS with them, idle | {} |",
+        mb(rss_bytes(broker.pid()))
+    );
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Shell throughput against the machine's raw spawn limit, and broker capacity.
+
+use crate::harness::{Broker, SyntheticWorker, MAX_WORKERS, SYNTHETIC_WORKERS};
+use anyhow::{bail, Result};
+use jobcast_protocol::{Exec, JobPolicy, JobSpec, Overlap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+const SCRIPT: &str = "#!/bin/sh\ntrue\n";
+
+fn noop_job(pool: &str) -> JobSpec {
+    JobSpec {
+        name: "noop".into(),
+        pool: pool.into(),
+        exec: Exec::Script(SCRIPT.into()),
+        env: Default::default(),
+        workdir: None,
+        timeout_ms: None,
+        enabled: true,
+        schedule: Default::default(),
+        policy: JobPolicy {
+            overlap: Overlap::Allow,
+            ..Default::default()
+        },
+    }
+}
+
+/// The machine's limit: spawn and wait for `sh script` `runs` times, `concurrency` at once.
+async fn raw_spawn(runs: usize, concurrency: usize) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("noop.sh");
+    std::fs::write(&script, SCRIPT)?;
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let permit = permits.clone().acquire_owned().await?;
+        let script = script.clone();
+        tasks.push(tokio::spawn(async move {
+            let status = tokio::process::Command::new("/bin/sh")
+                .arg(&script)
+                .status()
+                .await;
+            drop(permit);
+            status.map(|s| s.success()).unwrap_or(false)
+        }));
+    }
+    for task in tasks {
+        if !task.await? {
+            bail!("a raw spawn failed");
+        }
+    }
+    Ok(runs as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<()> {
+    if workers == 0 || workers > MAX_WORKERS || slots == 0 || runs == 0 {
+        bail!("use 1..={MAX_WORKERS} workers, at least 1 slot and 1 run");
+    }
+    let concurrency = workers * slots as usize;
+    println!(
+        "shell throughput: {runs} runs of `{}` on {workers} workers × {slots} slots",
+        SCRIPT.replace('\n', "\\n")
+    );
+    let raw = raw_spawn(runs, concurrency).await?;
+
+    let broker = Broker::start().await?;
+    broker.apply(vec![noop_job("default")]).await?;
+    let mut children = Vec::new();
+    for n in 1..=workers {
+        children.push(broker.start_worker(n, slots, "default")?);
+    }
+    broker.wait_workers(workers).await?;
+    let first_enqueue_ms = crate::harness::now_us() / 1_000;
+    broker.enqueue("noop", runs).await?;
+    let records = broker.wait_idle(runs as u32).await?;
+    let succeeded = records
+        .iter()
+        .filter(|r| r.state == jobcast_protocol::RunState::Succeeded)
+        .count();
+    if succeeded != runs {
+        bail!("{succeeded} of {runs} runs succeeded");
+    }
+    let last_finish = records
+        .iter()
+        .filter_map(|r| r.finished_at_ms)
+        .max()
+        .unwrap_or(first_enqueue_ms);
+    let elapsed = Duration::from_millis(last_finish.saturating_sub(first_enqueue_ms).max(1));
+    let rate = runs as f64 / elapsed.as_secs_f64();
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    println!();
+    println!("| measure | runs/s |");
+    println!("|---|---|");
+    println!("| raw spawn+wait, {concurrency} at once, no scheduler | {raw:.0} |");
+    println!("| jobcast, first enqueue → last completion recorded | {rate:.0} |");
+    println!("| ratio | {:.0} % |", rate / raw * 100.0);
+    if !(rate > 0.0 && raw > 0.0) {
+        bail!("no throughput measured");
+    }
+    Ok(())
+}
+
+pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
+    if workers == 0 || workers > SYNTHETIC_WORKERS || runs == 0 {
+        bail!("use 1..={SYNTHETIC_WORKERS} synthetic workers and at least 1 run");
+    }
+    println!("broker capacity: {runs} runs through enqueue → claim → started → finished, {workers} synthetic workers, every step durable (group commit)");
+    let broker = Broker::start().await?;
+    broker.apply(vec![noop_job("bench")]).await?;
+    let mut synthetic = Vec::new();
+    for n in 1..=workers {
+        synthetic.push(SyntheticWorker::start_numbered(&broker, "bench", n).await?);
+    }
+    let started = Instant::now();
+    broker.enqueue("noop", runs).await?;
+    let records = broker.wait_idle(runs as u32).await?;
+    let elapsed = started.elapsed();
+    let succeeded = records
+        .iter()
+        .filter(|r| r.state == jobcast_protocol::RunState::Succeeded)
+        .count();
+    for worker in synthetic {
+        worker.stop().await;
+    }
+    if succeeded != runs {
+        bail!("{succeeded} of {runs} runs succeeded");
+    }
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| runs | {runs} |");
+    println!("| elapsed | {:.2} s |", elapsed.as_secs_f64());
+    println!(
+        "| runs/s (whole lifecycle, durable) | {:.0} |",
+        runs as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
