@@ -369,7 +369,7 @@ async fn serve(client: Client, mut sub: SubSocket, grants: mpsc::UnboundedSender
                 }
                 // Claim until the queue is empty.
                 loop {
-                    let Ok(Reply::Granted { runs }) = client.request(Request::Claim { max: 100_000 }, TIMEOUT).await else {
+                    let Ok(Reply::Granted { runs, .. }) = client.request(Request::Claim { max: 100_000 }, TIMEOUT).await else {
                         break;
                     };
                     let at = now_us();
@@ -387,6 +387,7 @@ async fn serve(client: Client, mut sub: SubSocket, grants: mpsc::UnboundedSender
                             outcome: Outcome::Exited { code: 0 },
                             duration_ms: 0,
                             log_bytes: 0,
+                            claim: 0,
                         })));
                     }
                 }

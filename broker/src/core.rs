@@ -306,8 +306,13 @@ impl<S: Store> Core<S> {
                 Reply::Ack
             }
             Request::RunFinished(finished) => {
+                let claim = finished.claim;
                 self.run_finished(worker, finished, now, out)?;
-                Reply::Ack
+                if claim > 0 {
+                    self.claim(worker, claim, now)?
+                } else {
+                    Reply::Ack
+                }
             }
             Request::Release { run_ids } => {
                 self.release(worker, &run_ids, now, out)?;
@@ -430,10 +435,16 @@ impl<S: Store> Core<S> {
 
     fn claim(&mut self, worker: &str, max: u32, now: u64) -> StoreResult<Reply> {
         let Some(session) = self.sessions.get(worker) else {
-            return Ok(Reply::Granted { runs: vec![] });
+            return Ok(Reply::Granted {
+                runs: vec![],
+                more_queued: false,
+            });
         };
         if session.draining || session.drain_ordered {
-            return Ok(Reply::Granted { runs: vec![] });
+            return Ok(Reply::Granted {
+                runs: vec![],
+                more_queued: false,
+            });
         }
         // Never more than the worker's free slots, whatever it asks for.
         let room = (session.register.concurrency as usize)
@@ -503,7 +514,13 @@ impl<S: Store> Core<S> {
                 session.runs.insert(run_id);
             }
         }
-        Ok(Reply::Granted { runs: granted })
+        let more_queued = pools
+            .iter()
+            .any(|p| self.queues.get(p).is_some_and(|q| !q.is_empty()));
+        Ok(Reply::Granted {
+            runs: granted,
+            more_queued,
+        })
     }
 
     fn run_started(&mut self, worker: &str, run_id: &str, pid: u32, now: u64) -> StoreResult<()> {

@@ -124,6 +124,7 @@ fn every_request() -> Vec<Request> {
             },
             duration_ms: 3,
             log_bytes: 0,
+            claim: 0,
         }),
         Request::Release {
             run_ids: vec!["r2".into()],
@@ -181,6 +182,7 @@ fn every_reply() -> Vec<Reply> {
             drain: true,
         }),
         Reply::Granted {
+            more_queued: true,
             runs: vec![Assignment {
                 run_id: "r1".into(),
                 attempt: 1,

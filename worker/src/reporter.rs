@@ -34,6 +34,11 @@ struct Inner {
 pub enum ReportEvent {
     /// The broker has recorded that this run ended.
     FinishAcked(String),
+    /// Runs granted in answer to a finish report that also claimed.
+    Granted {
+        runs: Vec<jobcast_protocol::Assignment>,
+        more_queued: bool,
+    },
     /// The broker does not know this worker: register again.
     NotRegistered,
     /// A report was acknowledged (the broker is alive).
@@ -132,10 +137,13 @@ impl Reporter {
                         failed = true;
                         let _ = events.send(ReportEvent::NotRegistered);
                     }
-                    Ok(_) => {
+                    Ok(reply) => {
                         acked[i] = true;
                         if let Request::RunFinished(finished) = &batch[i] {
                             let _ = events.send(ReportEvent::FinishAcked(finished.run_id.clone()));
+                        }
+                        if let Reply::Granted { runs, more_queued } = reply {
+                            let _ = events.send(ReportEvent::Granted { runs, more_queued });
                         }
                     }
                     Err(ClientError::Closed) => return,

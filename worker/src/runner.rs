@@ -21,13 +21,14 @@ const MAX_LOG_BACKLOG: usize = 1 << 20;
 /// background descendants may still write.
 const AFTER_EXIT_READ: Duration = Duration::from_millis(200);
 
-/// Runs `assignment` to the end and reports it. `stop` turning true asks for a kill.
+/// Runs `assignment` to the end, reporting its start and output, and returns its end
+/// for the caller to report. `stop` turning true asks for a kill.
 pub async fn execute(
     assignment: Assignment,
     config: Arc<WorkerConfig>,
     reporter: Reporter,
     mut stop: watch::Receiver<bool>,
-) {
+) -> RunFinished {
     let run_id = assignment.run_id.clone();
     let started = Instant::now();
     let mut spool = LogSpool::new(config.max_log_bytes as usize);
@@ -38,12 +39,13 @@ pub async fn execute(
     };
     send_output(&run_id, &mut spool, &reporter, usize::MAX);
     tracing::info!(run_id, job = %assignment.job.name, outcome = %outcome.describe(), "run finished");
-    reporter.push(Request::RunFinished(RunFinished {
+    RunFinished {
         run_id,
         outcome,
         duration_ms: started.elapsed().as_millis() as u64,
         log_bytes: spool.total(),
-    }));
+        claim: 0,
+    }
 }
 
 fn send_output(run_id: &str, spool: &mut LogSpool, reporter: &Reporter, budget: usize) {
@@ -158,7 +160,6 @@ async fn supervise(
         let _ = killer.await;
     }
     process::forget_child(pid as i32);
-    process::reap_orphans();
     if let Some(outcome) = ended_by {
         return outcome;
     }

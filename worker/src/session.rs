@@ -12,8 +12,8 @@ use bytes::Bytes;
 use jobcast_client::{Client, ClientConfig, ClientError};
 use jobcast_protocol::message::{decode_event, topic};
 use jobcast_protocol::{
-    Assignment, ErrorCode, Event, Heartbeat, Orders, Register, Reply, Request, WorkerInfo,
-    JOBCAST_VERSION,
+    Assignment, ErrorCode, Event, Heartbeat, Orders, Register, Reply, Request, RunFinished,
+    WorkerInfo, JOBCAST_VERSION,
 };
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -31,7 +31,7 @@ enum Msg {
     Event(Event),
     Replied(Purpose, Result<Reply, ClientError>),
     Report(ReportEvent),
-    RunnerDone(String),
+    RunnerDone(RunFinished),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,14 +342,26 @@ impl Session {
             Msg::Report(ReportEvent::FinishAcked(run_id)) => {
                 self.held.remove(&run_id);
             }
+            Msg::Report(ReportEvent::Granted { runs, more_queued }) => {
+                self.last_heard = Instant::now();
+                self.want_work = more_queued;
+                for assignment in runs {
+                    self.start(assignment);
+                }
+                self.maybe_claim();
+            }
             Msg::Report(ReportEvent::NotRegistered) => self.set_unregistered(),
             Msg::Report(ReportEvent::Heard) => self.last_heard = Instant::now(),
-            Msg::RunnerDone(run_id) => {
-                if let Some(held) = self.held.get_mut(&run_id) {
+            Msg::RunnerDone(mut finished) => {
+                if let Some(held) = self.held.get_mut(&finished.run_id) {
                     held.done = true;
                 }
-                self.want_work = true;
-                self.maybe_claim();
+                // The report that frees the slot also asks for work to fill it: one round
+                // trip from one run's end to the next run's start.
+                if !self.draining && !self.claim_in_flight && *self.registered.borrow() {
+                    finished.claim = self.free_slots();
+                }
+                self.reporter.push(Request::RunFinished(finished));
             }
         }
     }
@@ -421,9 +433,9 @@ impl Session {
                 self.maybe_claim();
             }
             Reply::Orders(orders) => self.apply(orders),
-            Reply::Granted { runs } => {
+            Reply::Granted { runs, more_queued } => {
                 if let Purpose::Claim(asked) = purpose {
-                    self.want_work = runs.len() as u32 >= asked;
+                    self.want_work = more_queued || runs.len() as u32 >= asked;
                 }
                 for assignment in runs {
                     self.start(assignment);
@@ -463,8 +475,8 @@ impl Session {
         let reporter = self.reporter.clone();
         let messages = self.messages.clone();
         tokio::spawn(async move {
-            runner::execute(assignment, config, reporter, stop_rx).await;
-            let _ = messages.send(Msg::RunnerDone(run_id));
+            let finished = runner::execute(assignment, config, reporter, stop_rx).await;
+            let _ = messages.send(Msg::RunnerDone(finished));
         });
     }
 

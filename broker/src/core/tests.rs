@@ -103,7 +103,7 @@ impl Harness {
 
     fn claim(&mut self, worker: &str, max: u32) -> Vec<String> {
         match self.worker(worker, Request::Claim { max }) {
-            Reply::Granted { runs } => runs.into_iter().map(|a| a.run_id).collect(),
+            Reply::Granted { runs, .. } => runs.into_iter().map(|a| a.run_id).collect(),
             other => panic!("claim: {other:?}"),
         }
     }
@@ -116,6 +116,7 @@ impl Harness {
                 outcome,
                 duration_ms: 5,
                 log_bytes: 0,
+                claim: 0,
             }),
         );
     }

@@ -363,6 +363,7 @@ fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
                     outcome: Outcome::Exited { code: 2 },
                     duration_ms: 1,
                     log_bytes: 0,
+                    claim: 0,
                 }),
                 h.now,
                 &mut out,
