@@ -34,6 +34,9 @@ fn finished_run(seq: u64, job: &JobSpec) -> RunRecord {
         first_attempt: None,
         pinned_worker: None,
         not_before_ms: 0,
+        created_at_us: 0,
+        spawned_at_us: None,
+        ended_at_us: None,
         schedule_id: None,
         history: vec![
             Transition {

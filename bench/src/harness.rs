@@ -148,7 +148,7 @@ impl Drop for Broker {
 }
 
 /// Synthetic workers the broker has keys for: bench-w1..=SYNTHETIC_WORKERS.
-pub const SYNTHETIC_WORKERS: usize = 8;
+pub const SYNTHETIC_WORKERS: usize = 256;
 
 impl Broker {
     pub fn pid(&self) -> u32 {
@@ -228,6 +228,23 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    pub async fn runs(&self, limit: u32) -> Result<Vec<jobcast_protocol::RunRecord>> {
+        match self
+            .admin
+            .request(
+                Request::ListRuns(jobcast_protocol::RunFilter {
+                    limit,
+                    ..Default::default()
+                }),
+                TIMEOUT,
+            )
+            .await?
+        {
+            Reply::Runs { runs } => Ok(runs),
+            other => bail!("runs: {other:?}"),
+        }
     }
 
     /// Waits until no run is active; returns the runs (newest first, up to `limit`).
@@ -334,6 +351,8 @@ impl SyntheticWorker {
         let mut sub = SubSocket::new();
         sub.connect(&broker.publish).await?;
         sub.subscribe(&topic::pool(pool)).await?;
+        sub.subscribe(&topic::worker(&format!("bench-w{n}")))
+            .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(serve(client, sub, tx));
         Ok(SyntheticWorker {
@@ -364,8 +383,23 @@ async fn serve(client: Client, mut sub: SubSocket, grants: mpsc::UnboundedSender
             message = sub.recv() => {
                 let Ok(message) = message else { return };
                 let frames: Vec<Bytes> = message.into_vec();
-                if !matches!(frames.get(1).and_then(|b| decode_event(b)), Some(Event::Wake { .. })) {
-                    continue;
+                match frames.get(1).and_then(|b| decode_event(b)) {
+                    Some(Event::Wake { .. }) => {}
+                    Some(Event::Ping { ping_id }) => {
+                        drop(client.submit(Request::Pong { ping_id, info: jobcast_protocol::WorkerInfo {
+                            version: jobcast_protocol::JOBCAST_VERSION.into(),
+                            hostname: "bench".into(),
+                            pid: std::process::id(),
+                            concurrency: 1_000_000,
+                            pools: vec![],
+                            running: vec![],
+                            uptime_ms: 0,
+                            rss_bytes: 0,
+                            draining: false,
+                        }}));
+                        continue;
+                    }
+                    _ => continue,
                 }
                 // Claim until the queue is empty.
                 loop {
@@ -381,7 +415,7 @@ async fn serve(client: Client, mut sub: SubSocket, grants: mpsc::UnboundedSender
                         return;
                     }
                     for run in runs {
-                        drop(client.submit(Request::RunStarted { run_id: run.run_id.clone(), pid: 1 }));
+                        drop(client.submit(Request::RunStarted { run_id: run.run_id.clone(), pid: 1, spawned_at_us: 0, }));
                         drop(client.submit(Request::RunFinished(RunFinished {
                             run_id: run.run_id,
                             outcome: Outcome::Exited { code: 0 },

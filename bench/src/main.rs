@@ -6,10 +6,12 @@
 
 mod footprint;
 mod harness;
+mod latency;
 mod stats;
 mod throughput;
 
 use footprint::footprint;
+use latency::{fanout, kill, latency};
 use throughput::{capacity, throughput};
 
 use anyhow::{bail, Result};
@@ -67,6 +69,23 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         stored_runs: usize,
     },
+    /// Dispatch latency on an idle system: enqueue → process spawned, and → end recorded.
+    Latency {
+        #[arg(long, default_value_t = 1_000)]
+        runs: usize,
+    },
+    /// Kill latency: from `kill` to the whole process tree (with a setsid child) gone.
+    Kill {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+    /// Fan-out: N workers on one broker, ping round trip to all of them.
+    Fanout {
+        #[arg(long, default_value_t = 200)]
+        workers: usize,
+    },
+    /// Everything above with default sizes (or --quick ones), in one run.
+    All,
 }
 
 fn main() -> Result<()> {
@@ -95,17 +114,36 @@ fn main() -> Result<()> {
                 runs,
                 workers,
                 slots,
-            } => {
-                let runs = if args.quick { 100 } else { runs };
-                throughput(runs, workers, slots).await
-            }
+            } => throughput(if args.quick { 100 } else { runs }, workers, slots).await,
             Command::Capacity { runs, workers } => {
-                let runs = if args.quick { 500 } else { runs };
-                capacity(runs, workers).await
+                capacity(if args.quick { 500 } else { runs }, workers).await
             }
             Command::Footprint { stored_runs } => {
-                let stored_runs = if args.quick { 2_000 } else { stored_runs };
-                footprint(stored_runs).await
+                footprint(if args.quick { 2_000 } else { stored_runs }).await
+            }
+            Command::Latency { runs } => latency(if args.quick { 50 } else { runs }).await,
+            Command::Kill { runs } => kill(if args.quick { 3 } else { runs }).await,
+            Command::Fanout { workers } => fanout(if args.quick { 20 } else { workers }).await,
+            Command::All => {
+                let q = args.quick;
+                let (together, total, duration) = if q {
+                    (50, 200, Duration::from_secs(6))
+                } else {
+                    (1_000, 10_000, Duration::from_secs(20))
+                };
+                throughput(if q { 100 } else { 2_000 }, 2, 2).await?;
+                println!();
+                capacity(if q { 500 } else { 20_000 }, 2).await?;
+                println!();
+                latency(if q { 50 } else { 1_000 }).await?;
+                println!();
+                kill(if q { 3 } else { 20 }).await?;
+                println!();
+                firetime(together, total, duration).await?;
+                println!();
+                fanout(if q { 20 } else { 200 }).await?;
+                println!();
+                footprint(if q { 2_000 } else { 1_000_000 }).await
             }
         }
     })

@@ -135,8 +135,9 @@ pub struct Core<S: Store> {
     next_ping_id: u64,
     next_seq: u64,
     rejected: BTreeMap<String, u64>,
-    /// The time of the latest request or tick, in ms.
+    /// The time of the latest request or tick, in ms and µs.
     clock_ms: u64,
+    clock_us: u64,
     schedules: HashMap<String, Schedule>,
     job_states: BTreeMap<String, JobState>,
     /// The next tick of each scheduled job.
@@ -195,6 +196,7 @@ impl<S: Store> Core<S> {
             next_ping_id: 1,
             rejected: BTreeMap::new(),
             clock_ms: ms(now_us),
+            clock_us: now_us,
             schedules: HashMap::new(),
             job_states: BTreeMap::new(),
             next_fire: Default::default(),
@@ -241,6 +243,7 @@ impl<S: Store> Core<S> {
         out: &mut Outbox,
     ) -> StoreResult<()> {
         self.clock_ms = ms(now_us);
+        self.clock_us = now_us;
         let is_admin = from == ADMIN;
         let reply = if request.is_admin() != is_admin {
             error(
@@ -293,8 +296,12 @@ impl<S: Store> Core<S> {
             }
             Request::FetchOrders => Reply::Orders(self.orders_for(worker, &[])),
             Request::Claim { max } => self.claim(worker, max, now)?,
-            Request::RunStarted { run_id, pid } => {
-                self.run_started(worker, &run_id, pid, now)?;
+            Request::RunStarted {
+                run_id,
+                pid,
+                spawned_at_us,
+            } => {
+                self.run_started(worker, &run_id, pid, spawned_at_us, now)?;
                 Reply::Ack
             }
             Request::LogChunk {
@@ -523,7 +530,14 @@ impl<S: Store> Core<S> {
         })
     }
 
-    fn run_started(&mut self, worker: &str, run_id: &str, pid: u32, now: u64) -> StoreResult<()> {
+    fn run_started(
+        &mut self,
+        worker: &str,
+        run_id: &str,
+        pid: u32,
+        spawned_at_us: u64,
+        now: u64,
+    ) -> StoreResult<()> {
         let Some(run) = self.active.get_mut(run_id) else {
             tracing::warn!(
                 run_id,
@@ -537,6 +551,7 @@ impl<S: Store> Core<S> {
             return Ok(());
         }
         run.pid = Some(pid);
+        run.spawned_at_us = (spawned_at_us > 0).then_some(spawned_at_us);
         if run
             .transition(
                 RunState::Running,
@@ -622,6 +637,7 @@ impl<S: Store> Core<S> {
         let cause = finished.outcome.describe();
         run.outcome = Some(finished.outcome);
         run.log_bytes = finished.log_bytes;
+        run.ended_at_us = Some(self.clock_us);
         if let Err(e) = run.transition(state, now, cause) {
             tracing::warn!(run_id = %finished.run_id, worker, error = %e, "ignoring a finish report");
             return Ok(());
@@ -992,6 +1008,9 @@ impl<S: Store> Core<S> {
             first_attempt: new.first_attempt,
             pinned_worker: new.pinned_worker,
             not_before_ms: new.not_before_ms,
+            created_at_us: self.clock_us,
+            spawned_at_us: None,
+            ended_at_us: None,
             schedule_id: new.schedule_id,
             history: vec![Transition {
                 state: RunState::Queued,
@@ -1198,6 +1217,7 @@ impl<S: Store> Core<S> {
     pub fn tick(&mut self, now_us: u64, out: &mut Outbox) -> StoreResult<()> {
         let now = ms(now_us);
         self.clock_ms = now;
+        self.clock_us = now_us;
         self.schedule_due(now, out)?;
         self.release_delayed(now, out);
         let timeout = self.config.worker_timeout_ms;

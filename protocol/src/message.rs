@@ -31,6 +31,9 @@ pub enum Request {
     RunStarted {
         run_id: RunId,
         pid: u32,
+        /// When the process was spawned, µs since the epoch (worker clock).
+        #[serde(default)]
+        spawned_at_us: u64,
     },
     LogChunk {
         run_id: RunId,
@@ -484,6 +487,14 @@ pub struct RunRecord {
     /// Not to be handed out before this time (retry back-off).
     #[serde(default)]
     pub not_before_ms: u64,
+    /// Precise times for latency measurements, µs since the epoch: when enqueued, when
+    /// the worker spawned the process, when the broker recorded the end.
+    #[serde(default)]
+    pub created_at_us: u64,
+    #[serde(default)]
+    pub spawned_at_us: Option<u64>,
+    #[serde(default)]
+    pub ended_at_us: Option<u64>,
     /// Shared by the runs one tick created on every worker.
     #[serde(default)]
     pub schedule_id: Option<String>,

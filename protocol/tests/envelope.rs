@@ -67,6 +67,9 @@ fn record() -> RunRecord {
         first_attempt: None,
         pinned_worker: Some("w1".into()),
         not_before_ms: 5,
+        created_at_us: 0,
+        spawned_at_us: None,
+        ended_at_us: None,
         schedule_id: None,
         history: vec![Transition {
             state: RunState::Queued,
@@ -111,6 +114,7 @@ fn every_request() -> Vec<Request> {
         Request::RunStarted {
             run_id: "r1".into(),
             pid: 77,
+            spawned_at_us: 0,
         },
         Request::LogChunk {
             run_id: "r1".into(),

@@ -105,6 +105,10 @@ async fn supervise(
     reporter.push(Request::RunStarted {
         run_id: run_id.clone(),
         pid,
+        spawned_at_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0),
     });
     let timeout = assignment
         .job

@@ -160,6 +160,7 @@ fn every_run_is_granted_to_exactly_one_worker() {
                     Request::RunStarted {
                         run_id: run_id.clone(),
                         pid: 1,
+                        spawned_at_us: 0,
                     },
                 );
                 h.finish(w, &run_id, Outcome::Exited { code: 0 });
@@ -203,6 +204,7 @@ fn a_worker_that_restarts_without_a_run_loses_it_and_it_is_not_rerun() {
         Request::RunStarted {
             run_id: run.clone(),
             pid: 9,
+            spawned_at_us: 0,
         },
     );
     h.register("w1", 4, &["default"], &[]);
@@ -274,6 +276,7 @@ fn kill_cancels_queued_orders_running_and_is_idempotent() {
         Request::RunStarted {
             run_id: running.clone(),
             pid: 9,
+            spawned_at_us: 0,
         },
     );
 
@@ -398,6 +401,7 @@ fn state_survives_a_restart_of_the_core() {
             Request::RunStarted {
                 run_id: running.clone(),
                 pid: 3,
+                spawned_at_us: 0,
             },
         );
         h.core.store_mut().flush().unwrap();

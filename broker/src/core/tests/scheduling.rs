@@ -72,6 +72,7 @@ impl Harness {
             Request::RunStarted {
                 run_id: run_id.into(),
                 pid: 1,
+                spawned_at_us: 0,
             },
         );
         self.finish(worker, run_id, Outcome::Exited { code });
@@ -217,6 +218,7 @@ fn overlap_skip_queue_allow_and_replace() {
             Request::RunStarted {
                 run_id: first[0].clone(),
                 pid: 1,
+                spawned_at_us: 0,
             },
         );
         h.run_clock_for(60 * SECOND);
@@ -350,6 +352,7 @@ fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
             Request::RunStarted {
                 run_id: run[0].clone(),
                 pid: 1,
+                spawned_at_us: 0,
             },
         );
         let mut out = Outbox::default();

@@ -1,0 +1,208 @@
+//! Dispatch latency, kill latency and ping fan-out.
+
+use crate::harness::{now_us, Broker, SyntheticWorker, SYNTHETIC_WORKERS};
+use crate::stats::{ms, Summary};
+use anyhow::{bail, Context, Result};
+use jobcast_protocol::{Exec, JobPolicy, JobSpec, Overlap, Reply, Request, RunState};
+use std::time::{Duration, Instant};
+
+fn script_job(name: &str, script: &str) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        pool: "default".into(),
+        exec: Exec::Script(script.into()),
+        env: Default::default(),
+        workdir: None,
+        timeout_ms: None,
+        enabled: true,
+        schedule: Default::default(),
+        policy: JobPolicy {
+            overlap: Overlap::Allow,
+            ..Default::default()
+        },
+    }
+}
+
+fn summary_row(name: &str, samples: &[u64]) -> Result<()> {
+    let s = Summary::of(samples).with_context(|| format!("{name}: no samples"))?;
+    println!(
+        "| {name} | {} | {} | {} | {} | {} |",
+        samples.len(),
+        ms(s.p50),
+        ms(s.p95),
+        ms(s.p99),
+        ms(s.max)
+    );
+    Ok(())
+}
+
+pub async fn latency(runs: usize) -> Result<()> {
+    println!("dispatch latency, idle system, one worker with one slot, `#!/bin/sh true` (times from the broker's and worker's clocks, µs)");
+    let broker = Broker::start().await?;
+    broker
+        .apply(vec![script_job("noop", "#!/bin/sh\ntrue\n")])
+        .await?;
+    let mut worker = broker.start_worker(1, 1, "default")?;
+    broker.wait_workers(1).await?;
+    for _ in 0..runs {
+        broker.enqueue("noop", 1).await?;
+        // One at a time, so each run meets an idle system.
+        let started = Instant::now();
+        while !broker.status().await?.active.is_empty() {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("a run did not finish");
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    let records = broker.runs(runs as u32).await?;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let spawn: Vec<u64> = records
+        .iter()
+        .filter_map(|r| Some(r.spawned_at_us?.saturating_sub(r.created_at_us)))
+        .collect();
+    let end: Vec<u64> = records
+        .iter()
+        .filter_map(|r| Some(r.ended_at_us?.saturating_sub(r.created_at_us)))
+        .collect();
+    println!();
+    println!("| from enqueue to | samples | p50 | p95 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
+    summary_row("process spawned", &spawn)?;
+    summary_row("end recorded", &end)?;
+    Ok(())
+}
+
+fn run_tree_pids(run_id: &str) -> Vec<i32> {
+    let marker = format!("JOBCAST_RUN_ID={run_id}").into_bytes();
+    let mut pids = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+                if env.split(|b| *b == 0).any(|v| v == marker.as_slice()) && alive(pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    pids
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| !s[i + 2..].starts_with('Z')))
+        .unwrap_or(false)
+}
+
+pub async fn kill(runs: usize) -> Result<()> {
+    println!("kill latency: `jobcastctl kill` request → every process of the run's tree gone (script + child + setsid child)");
+    let broker = Broker::start().await?;
+    let script = "#!/bin/sh\nsleep 1000 &\nsetsid sleep 1000 &\nwait\n";
+    broker.apply(vec![script_job("tree", script)]).await?;
+    let mut worker = broker.start_worker(1, 1, "default")?;
+    broker.wait_workers(1).await?;
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        broker.enqueue("tree", 1).await?;
+        let started = Instant::now();
+        let (run_id, pids) = loop {
+            let run = broker.runs(1).await?.pop().context("no run")?;
+            if run.state == RunState::Running {
+                let pids = run_tree_pids(&run.id);
+                if pids.len() >= 3 {
+                    break (run.id, pids);
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the run's tree did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let t0 = now_us();
+        match broker
+            .admin
+            .request(
+                Request::Kill {
+                    selectors: vec![run_id.clone()],
+                },
+                Duration::from_secs(10),
+            )
+            .await?
+        {
+            Reply::KillResult { .. } => {}
+            other => bail!("kill: {other:?}"),
+        }
+        while pids.iter().any(|p| alive(*p)) {
+            if now_us() - t0 > 30_000_000 {
+                bail!("the tree survived 30 s");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        samples.push(now_us() - t0);
+        while !broker.status().await?.active.is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    println!();
+    println!("| measure | samples | p50 | p95 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
+    summary_row("kill → tree gone", &samples)
+}
+
+pub async fn fanout(workers: usize) -> Result<()> {
+    if workers == 0 || workers > SYNTHETIC_WORKERS {
+        bail!("use 1..={SYNTHETIC_WORKERS} workers");
+    }
+    println!("fan-out: {workers} workers (synthetic, in one process) connected to one broker; `ping` to all of them");
+    let broker = Broker::start().await?;
+    let mut pool = Vec::new();
+    for n in 1..=workers {
+        pool.push(SyntheticWorker::start_numbered(&broker, "fanout", n).await?);
+    }
+    let mut round_trips = Vec::new();
+    let mut per_worker = Vec::new();
+    for _ in 0..5 {
+        let t0 = now_us();
+        let reply = broker
+            .admin
+            .request(
+                Request::Ping {
+                    worker: None,
+                    timeout_ms: 5_000,
+                },
+                Duration::from_secs(10),
+            )
+            .await?;
+        let Reply::PingResult { workers: answers } = reply else {
+            bail!("ping: {reply:?}")
+        };
+        round_trips.push(now_us() - t0);
+        let answered = answers.iter().filter(|a| a.rtt_us.is_some()).count();
+        if answered != workers {
+            bail!("{answered} of {workers} workers answered");
+        }
+        per_worker.extend(answers.iter().filter_map(|a| a.rtt_us));
+    }
+    for worker in pool {
+        worker.stop().await;
+    }
+    println!();
+    println!("| measure | samples | p50 | p95 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
+    summary_row(
+        &format!("ping all {workers}, whole round trip"),
+        &round_trips,
+    )?;
+    summary_row("per-worker answer time (broker's view)", &per_worker)
+}
