@@ -247,6 +247,31 @@ impl Broker {
         }
     }
 
+    /// Runs that ended in any state but succeeded (listings are capped, so by state).
+    pub async fn count_unsuccessful(&self) -> Result<usize> {
+        use jobcast_protocol::RunState;
+        let mut count = 0;
+        for state in RunState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal() && *s != RunState::Succeeded)
+        {
+            let filter = jobcast_protocol::RunFilter {
+                state: Some(state),
+                limit: 10_000,
+                ..Default::default()
+            };
+            match self
+                .admin
+                .request(Request::ListRuns(filter), TIMEOUT)
+                .await?
+            {
+                Reply::Runs { runs } => count += runs.len(),
+                other => bail!("runs: {other:?}"),
+            }
+        }
+        Ok(count)
+    }
+
     /// Waits until no run is active; returns the runs (newest first, up to `limit`).
     pub async fn wait_idle(&self, limit: u32) -> Result<Vec<jobcast_protocol::RunRecord>> {
         let started = Instant::now();
