@@ -44,6 +44,9 @@ In another terminal (export JOBCAST_ADMIN_SECRET=$JOBCAST_ADMIN_SECRET first):
   $bin/jobcastctl kill <run id or prefix>
   $bin/jobcastctl status
 
+JSON API (token from examples/broker.toml):
+  curl -H 'Authorization: Bearer quickstart-viewer-token-change-me' http://127.0.0.1:5000/api/v1/runs
+
 Ctrl-C to stop.
 MSG
 wait

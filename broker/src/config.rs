@@ -29,6 +29,51 @@ pub struct FileConfig {
     pub keys: KeysSection,
     #[serde(default)]
     pub webhooks: Vec<crate::notify::Webhook>,
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address of the dashboard and JSON API [default: 127.0.0.1:5000].
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<ApiToken>,
+}
+
+/// Who may use the HTTP API, and for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who holds it, for logs (the token itself is never logged).
+    pub name: String,
+    pub token: String,
+    pub role: Role,
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiToken({}, {})", self.name, self.role.as_str())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +120,9 @@ pub struct BrokerConfig {
     pub max_frame_bytes: usize,
     pub keys: Keys,
     pub webhooks: Vec<crate::notify::Webhook>,
+    /// The HTTP listener; `None` when turned off with `--http off`.
+    pub http_listen: Option<String>,
+    pub api_tokens: Vec<ApiToken>,
 }
 
 /// Flag values that override the file.
@@ -88,6 +136,7 @@ pub struct Overrides {
     pub heartbeat_interval: Option<Duration>,
     pub worker_timeout: Option<Duration>,
     pub admin_secret: Option<String>,
+    pub http: Option<String>,
 }
 
 pub fn read_file(path: &Path) -> Result<FileConfig> {
@@ -156,6 +205,12 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             workers,
         },
         webhooks: file.webhooks,
+        http_listen: match flags.http.or(file.http.listen) {
+            Some(off) if off == "off" => None,
+            Some(addr) => Some(addr),
+            None => Some("127.0.0.1:5000".into()),
+        },
+        api_tokens: file.http.tokens,
     };
     if config.heartbeat_interval.is_zero() {
         bail!("heartbeat_interval must be longer than zero");
@@ -169,6 +224,19 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
     }
     if config.max_frame_bytes < 4096 {
         bail!("max_frame_bytes must be at least 4096");
+    }
+    for token in &config.api_tokens {
+        if token.token.len() < MIN_SECRET_LEN {
+            bail!(
+                "the API token {:?} is shorter than {MIN_SECRET_LEN} characters",
+                token.name
+            );
+        }
+    }
+    if let Some(addr) = &config.http_listen {
+        addr.parse::<std::net::SocketAddr>().with_context(|| {
+            format!("http listen address {addr:?} must look like 127.0.0.1:5000 (or \"off\")")
+        })?;
     }
     for hook in &config.webhooks {
         if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {

@@ -838,6 +838,7 @@ impl<S: Store> Core<S> {
             Request::GetLog { run, offset } => self.get_log(&run, offset)?,
             Request::ApplyJobs { jobs } => self.apply(jobs, now)?,
             Request::SetEnabled { target, enabled } => self.set_enabled(target, enabled, now)?,
+            Request::Retry { run } => self.retry(&run, now, out)?,
             Request::Status => Reply::Status(Box::new(self.status(now)?)),
             Request::Drain { worker } => match self.sessions.get_mut(&worker) {
                 Some(session) => {
@@ -948,6 +949,53 @@ impl<S: Store> Core<S> {
             ));
         };
         match self.create_run(NewRun::of(spec, now, "enqueued by admin"), now, out)? {
+            Some(run) => Ok(Reply::Enqueued { run: Box::new(run) }),
+            None => Ok(error(ErrorCode::Internal, "the run could not be created")),
+        }
+    }
+
+    /// Runs a finished run's job again, as the next attempt of the same first run.
+    fn retry(&mut self, selector: &str, now: u64, out: &mut Outbox) -> StoreResult<Reply> {
+        let run_id = match self.resolve(selector)? {
+            Ok(id) => id,
+            Err(KillOutcome::Ambiguous { candidates, .. }) => {
+                return Ok(error(
+                    ErrorCode::Ambiguous,
+                    format!(
+                        "{selector:?} matches several runs: {}",
+                        candidates.join(", ")
+                    ),
+                ))
+            }
+            Err(_) => {
+                return Ok(error(
+                    ErrorCode::NotFound,
+                    format!("no run matches {selector:?}"),
+                ))
+            }
+        };
+        if self.active.contains_key(&run_id) {
+            return Ok(error(
+                ErrorCode::BadRequest,
+                format!("run {run_id} has not finished yet"),
+            ));
+        }
+        let Some(old) = self.store.run(&run_id)? else {
+            return Ok(error(
+                ErrorCode::NotFound,
+                format!("no run matches {selector:?}"),
+            ));
+        };
+        // The job as it is now, if it still exists; else as the run had it.
+        let spec = self.jobs.get(&old.job).cloned().unwrap_or(old.spec.clone());
+        let mut new = NewRun::of(
+            spec,
+            now,
+            format!("retry of run {} ({}) by admin", old.id, old.state),
+        );
+        new.attempt = old.attempt + 1;
+        new.first_attempt = Some(old.first_attempt.clone().unwrap_or(old.id.clone()));
+        match self.create_run(new, now, out)? {
             Some(run) => Ok(Reply::Enqueued { run: Box::new(run) }),
             None => Ok(error(ErrorCode::Internal, "the run could not be created")),
         }

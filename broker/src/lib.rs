@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod core;
+pub mod http;
 pub mod notify;
 pub mod schedule;
 pub mod server;

@@ -39,6 +39,9 @@ struct Args {
     /// The admin secret (prefer the config file or the environment).
     #[arg(long, env = "JOBCAST_ADMIN_SECRET", hide_env_values = true)]
     admin_secret: Option<String>,
+    /// Address of the dashboard and JSON API, or "off" [default: 127.0.0.1:5000].
+    #[arg(long)]
+    http: Option<String>,
     /// Write the bound endpoints to this file once listening (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -71,6 +74,7 @@ fn run() -> Result<()> {
             heartbeat_interval: args.heartbeat_interval,
             worker_timeout: args.worker_timeout,
             admin_secret: args.admin_secret,
+            http: args.http,
         },
     )?;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
@@ -135,10 +139,13 @@ fn run() -> Result<()> {
         &config,
         move |bound| {
             if let Some(path) = &ready_file {
-                let text = format!(
+                let mut text = format!(
                     "router = \"{}\"\npublish = \"{}\"\n",
                     bound.router, bound.publish
                 );
+                if let Some(http) = &bound.http {
+                    text.push_str(&format!("http = \"{http}\"\n"));
+                }
                 let tmp = path.with_extension("tmp");
                 std::fs::write(&tmp, text)
                     .and_then(|_| std::fs::rename(&tmp, path))

@@ -3,6 +3,7 @@
 
 use crate::config::{parse_tcp_endpoint, BrokerConfig, Keys};
 use crate::core::{Core, Outbox, PeerId};
+use crate::http::{CoreHandle, InternalRequest};
 use crate::store::Store;
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -39,7 +40,11 @@ pub fn now_us() -> u64 {
 pub struct Bound {
     pub router: String,
     pub publish: String,
+    pub http: Option<String>,
 }
+
+/// The peer id of requests from inside the broker; no ZeroMQ identity is empty.
+const INTERNAL_PEER: &[u8] = b"";
 
 /// Binds the PUB socket through a listener with `TCP_USER_TIMEOUT`, which accepted
 /// connections inherit: the kernel then aborts a subscriber that has stopped reading,
@@ -105,15 +110,43 @@ pub async fn serve<S: Store + 'static>(
         )?)
         .await
         .with_context(|| format!("cannot bind the publish socket to {}", config.publish))?;
-    let bound = Bound {
-        router: router_endpoint.to_string(),
-        publish: publish_endpoint.to_string(),
-    };
-    tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = core.boot_id(), "broker listening");
-    on_bound(&bound)?;
 
     let (mut replies, mut requests) = router.split();
     let (inbox_tx, mut inbox) = mpsc::channel::<(PeerId, Bytes)>(8192);
+    let (internal_tx, mut internal) = mpsc::channel::<InternalRequest>(1024);
+    let http = match &config.http_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the HTTP listener to {addr}"))?;
+            let bound_http = listener.local_addr()?;
+            tracing::info!(http = %bound_http, "dashboard and API listening");
+            let app = crate::http::router(
+                CoreHandle::new(internal_tx.clone()),
+                config.api_tokens.clone(),
+            );
+            Some((
+                bound_http,
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!(error = %e, "HTTP server stopped");
+                    }
+                }),
+            ))
+        }
+        None => None,
+    };
+    let bound = Bound {
+        router: router_endpoint.to_string(),
+        publish: publish_endpoint.to_string(),
+        http: http.as_ref().map(|(addr, _)| addr.to_string()),
+    };
+    tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = core.boot_id(), "broker listening");
+    on_bound(&bound)?;
+    // Replies to requests from inside the broker (the HTTP API), by request id.
+    let mut internal_pending: HashMap<u64, tokio::sync::oneshot::Sender<jobcast_protocol::Reply>> =
+        HashMap::new();
+    let mut next_internal_id: u64 = 1;
     let max_frame = config.max_frame_bytes;
     let receiver = tokio::spawn(async move {
         loop {
@@ -156,12 +189,22 @@ pub async fn serve<S: Store + 'static>(
     let notifier = crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1));
     tokio::pin!(shutdown);
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut internal_batch: Vec<InternalRequest> = Vec::new();
     let result: Result<()> = loop {
         let mut out = Outbox::default();
         let mut refusals: Vec<(PeerId, Refusal)> = Vec::new();
         tokio::select! {
             biased;
             _ = &mut shutdown => break Ok(()),
+            Some(request) = internal.recv() => {
+                internal_batch.push(request);
+                while internal_batch.len() < MAX_BATCH {
+                    match internal.try_recv() {
+                        Ok(next) => internal_batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+            }
             first = inbox.recv() => {
                 let Some(first) = first else { break Ok(()) };
                 batch.push(first);
@@ -208,6 +251,25 @@ pub async fn serve<S: Store + 'static>(
                 }
             }
         }
+        for InternalRequest { request, reply } in internal_batch.drain(..) {
+            if fatal.is_some() {
+                break;
+            }
+            let id = next_internal_id;
+            next_internal_id += 1;
+            internal_pending.retain(|_, waiter| !waiter.is_closed());
+            internal_pending.insert(id, reply);
+            if let Err(e) = core.handle(
+                &INTERNAL_PEER.to_vec(),
+                crate::core::ADMIN,
+                id,
+                request,
+                now,
+                &mut out,
+            ) {
+                fatal = Some(e);
+            }
+        }
         if let Some(e) = fatal {
             break Err(e).context("store write failed");
         }
@@ -232,9 +294,23 @@ pub async fn serve<S: Store + 'static>(
         for notification in out.notifications.drain(..) {
             notifier.send(notification);
         }
+        // Replies for the HTTP API go back in-process, after the flush like all others.
+        let (internal_replies, zmq_replies): (Vec<_>, Vec<_>) = out
+            .replies
+            .drain(..)
+            .partition(|r| r.peer.as_slice() == INTERNAL_PEER);
+        out.replies = zmq_replies;
+        for reply in internal_replies {
+            if let Some(waiter) = internal_pending.remove(&reply.id) {
+                let _ = waiter.send(reply.reply);
+            }
+        }
         send_all(&mut replies, &mut publisher, &config.keys, out, refusals).await;
     };
     receiver.abort();
+    if let Some((_, task)) = http {
+        task.abort();
+    }
     let flushed = tokio::task::block_in_place(|| core.store_mut().flush());
     result?;
     flushed.context("final store flush failed")?;

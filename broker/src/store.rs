@@ -199,15 +199,27 @@ impl Store for SledStore {
 
     fn runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
         let mut runs = Vec::new();
-        for value in self.runs.iter().values().rev() {
+        let iter = match filter.before_seq {
+            Some(before) => self.runs.range(..before.to_be_bytes()),
+            None => self.runs.iter(),
+        };
+        for value in iter.values().rev() {
             if runs.len() >= filter.limit as usize {
                 break;
             }
             let run: RunRecord = decode("run", &value.map_err(backend)?)?;
-            if filter.state.is_some_and(|s| s != run.state) {
-                continue;
+            if filter.since_ms.is_some_and(|t| run.created_at_ms < t) {
+                // Newest first: everything further is older still.
+                break;
             }
-            if filter.job.as_ref().is_some_and(|j| *j != run.job) {
+            if filter.until_ms.is_some_and(|t| run.created_at_ms >= t)
+                || filter.state.is_some_and(|s| s != run.state)
+                || filter.job.as_ref().is_some_and(|j| *j != run.job)
+                || filter
+                    .worker
+                    .as_ref()
+                    .is_some_and(|w| run.worker.as_ref() != Some(w))
+            {
                 continue;
             }
             runs.push(run);

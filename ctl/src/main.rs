@@ -70,9 +70,13 @@ enum Command {
         state: Option<RunState>,
         #[arg(long)]
         job: Option<String>,
+        #[arg(long)]
+        worker: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Run a finished run's job again, as its next attempt.
+    Retry { run: String },
     /// List jobs.
     Jobs,
     /// Print a run's output.
@@ -238,9 +242,34 @@ async fn run(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Runs { state, job, limit } => {
+        Command::Retry { run } => {
+            let Reply::Enqueued { run } = ctl.call(Request::Retry { run }).await? else {
+                bail!("unexpected reply");
+            };
+            if ctl.json {
+                ctl.print_json(&run)?;
+            } else {
+                println!(
+                    "queued run {} of job {} (attempt {})",
+                    run.id, run.job, run.attempt
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs {
+            state,
+            job,
+            worker,
+            limit,
+        } => {
             let Reply::Runs { runs } = ctl
-                .call(Request::ListRuns(RunFilter { state, job, limit }))
+                .call(Request::ListRuns(RunFilter {
+                    state,
+                    job,
+                    worker,
+                    limit,
+                    ..Default::default()
+                }))
                 .await?
             else {
                 bail!("unexpected reply");

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const ADMIN_SECRET: &str = "integration-admin-secret";
+pub const VIEWER_TOKEN: &str = "integration-viewer-token";
+pub const OPERATOR_TOKEN: &str = "integration-operator-token";
 
 pub fn worker_secret(id: &str) -> String {
     format!("integration-secret-for-{id}")
@@ -78,6 +80,8 @@ pub struct Cluster {
     pub broker: Option<Child>,
     pub router: String,
     pub publish: String,
+    /// The HTTP API, e.g. `http://127.0.0.1:40123`.
+    pub http: String,
     pub workers: Vec<Worker>,
     worker_ids: Vec<String>,
     broker_starts: u32,
@@ -102,7 +106,10 @@ impl Cluster {
             .unwrap_or_default();
         let worker_ids: Vec<String> = (1..=known_workers).map(|n| format!("w{n}")).collect();
         let mut config = format!(
-            "data_dir = \"{}\"\nworker_timeout = \"5s\"\nheartbeat_interval = \"500ms\"\n[keys]\nadmin = \"{ADMIN_SECRET}\"\n[keys.workers]\n",
+            "data_dir = \"{}\"\nworker_timeout = \"5s\"\nheartbeat_interval = \"500ms\"\n\
+             [[http.tokens]]\nname = \"viewer\"\ntoken = \"{VIEWER_TOKEN}\"\nrole = \"viewer\"\n\
+             [[http.tokens]]\nname = \"operator\"\ntoken = \"{OPERATOR_TOKEN}\"\nrole = \"operator\"\n\
+             [keys]\nadmin = \"{ADMIN_SECRET}\"\n[keys.workers]\n",
             dir.path().join("data").display()
         );
         for id in &worker_ids {
@@ -115,6 +122,7 @@ impl Cluster {
             broker: None,
             router: "tcp://127.0.0.1:0".into(),
             publish: "tcp://127.0.0.1:0".into(),
+            http: "127.0.0.1:0".into(),
             workers: Vec::new(),
             worker_ids,
             broker_starts: 0,
@@ -139,6 +147,7 @@ impl Cluster {
             .arg("--config")
             .arg(self.path("broker.toml"))
             .args(["--router", &self.router, "--publish", &self.publish])
+            .args(["--http", self.http.trim_start_matches("http://")])
             .arg("--ready-file")
             .arg(&ready)
             .args(["--log-level", "info"])
@@ -165,6 +174,7 @@ impl Cluster {
                 match key {
                     "router" => self.router = value,
                     "publish" => self.publish = value,
+                    "http" => self.http = format!("http://{value}"),
                     _ => {}
                 }
             }
@@ -334,6 +344,48 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
+    }
+
+    /// Calls the HTTP API: returns the status and the body.
+    pub fn api(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        self.api_with_body(method, path, token, None)
+    }
+
+    pub fn api_with_body(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        let url = format!("{}{path}", self.http);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let response = match method {
+            "GET" => {
+                let mut request = agent.get(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.call()
+            }
+            "POST" => {
+                let mut request = agent.post(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.send(body.unwrap_or_default())
+            }
+            other => panic!("method {other}"),
+        };
+        let mut response = response.expect("HTTP request");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, text)
     }
 
     /// Pids of live processes started by this cluster's runs.

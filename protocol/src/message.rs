@@ -76,6 +76,10 @@ pub enum Request {
     Drain {
         worker: String,
     },
+    /// Runs a run's job again as a new attempt of it (linked to the first attempt).
+    Retry {
+        run: String,
+    },
     /// Enables or disables a job, or every job of a pool. Disabled jobs' ticks are
     /// skipped; they can still be enqueued by hand.
     SetEnabled {
@@ -106,6 +110,7 @@ impl Request {
                 | Request::Status
                 | Request::Drain { .. }
                 | Request::SetEnabled { .. }
+                | Request::Retry { .. }
         )
     }
 }
@@ -329,6 +334,17 @@ pub struct RunFilter {
     pub state: Option<RunState>,
     pub job: Option<String>,
     pub limit: u32,
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// Only runs created at or after this time (ms since the epoch).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Only runs created before this time.
+    #[serde(default)]
+    pub until_ms: Option<u64>,
+    /// Paging: only runs older than this sequence number (the last `seq` of a page).
+    #[serde(default)]
+    pub before_seq: Option<u64>,
 }
 
 /// A job definition, as applied from `jobs.toml`.

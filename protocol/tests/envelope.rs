@@ -152,7 +152,12 @@ fn every_request() -> Vec<Request> {
             state: Some(RunState::Lost),
             job: Some("backup".into()),
             limit: 50,
+            worker: Some("w1".into()),
+            since_ms: Some(1),
+            until_ms: Some(2),
+            before_seq: Some(3),
         }),
+        Request::Retry { run: "3f9a".into() },
         Request::ListJobs,
         Request::GetLog {
             run: "3f9a".into(),

@@ -1,0 +1,510 @@
+//! The JSON API over HTTP: `/api/v1/…`, `/healthz`, and the runs CSV export.
+//!
+//! Every request is answered by the core through the same requests `jobcastctl` sends
+//! (see [`CoreHandle`]), so the API and the command line share their semantics and their
+//! errors. Access is by bearer token, each with a role: `viewer` reads, `operator` also
+//! acts (enqueue, kill, retry, enable/disable, drain), `admin` may do everything.
+
+use crate::config::{ApiToken, Role};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jobcast_protocol::{
+    EnableTarget, ErrorCode, KillOutcome, Reply, Request, RunFilter, RunRecord, RunState,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Request bodies are small (actions take no body); anything bigger is refused.
+const MAX_BODY: usize = 64 << 10;
+const CORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request for the core from inside the broker, with where to send its reply.
+pub struct InternalRequest {
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// Sends requests to the core loop and waits for the replies.
+#[derive(Clone)]
+pub struct CoreHandle {
+    sender: mpsc::Sender<InternalRequest>,
+}
+
+impl CoreHandle {
+    pub fn new(sender: mpsc::Sender<InternalRequest>) -> Self {
+        CoreHandle { sender }
+    }
+
+    pub async fn call(&self, request: Request) -> Result<Reply, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(InternalRequest { request, reply })
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        match tokio::time::timeout(CORE_TIMEOUT, answer).await {
+            Ok(Ok(Reply::Error { code, message })) => Err(ApiError::from_core(code, message)),
+            Ok(Ok(reply)) => Ok(reply),
+            _ => Err(ApiError::unavailable()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the broker is not answering",
+        )
+    }
+
+    fn from_core(code: ErrorCode, message: String) -> Self {
+        let (status, name) = match code {
+            ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorCode::Ambiguous => (StatusCode::CONFLICT, "ambiguous"),
+            ErrorCode::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
+            ErrorCode::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, name, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.message, "code": self.code })),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    core: CoreHandle,
+    tokens: Arc<Vec<ApiToken>>,
+}
+
+/// Compares without an early exit, so the time taken does not tell how much matched.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AppState {
+    /// The role of the request's bearer token, if it has at least `needed`.
+    fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<Role, ApiError> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "send a token: Authorization: Bearer <token>",
+                )
+            })?;
+        let role = self
+            .tokens
+            .iter()
+            .fold(None, |found, t| {
+                if same_secret(t.token.as_bytes(), presented.as_bytes()) {
+                    Some(t.role)
+                } else {
+                    found
+                }
+            })
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")
+            })?;
+        if role < needed {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this needs the {} role; the token has {}",
+                    needed.as_str(),
+                    role.as_str()
+                ),
+            ));
+        }
+        Ok(role)
+    }
+}
+
+pub fn router(core: CoreHandle, tokens: Vec<ApiToken>) -> Router {
+    let state = AppState {
+        core,
+        tokens: Arc::new(tokens),
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs.csv", get(runs_csv))
+        .route("/api/v1/runs/{id}", get(run_detail))
+        .route("/api/v1/runs/{id}/kill", post(kill))
+        .route("/api/v1/runs/{id}/retry", post(retry))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{name}/enqueue", post(enqueue))
+        .route("/api/v1/jobs/{name}/enable", post(enable))
+        .route("/api/v1/jobs/{name}/disable", post(disable))
+        .route("/api/v1/workers", get(workers))
+        .route("/api/v1/workers/{id}/drain", post(drain))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .with_state(state)
+}
+
+/// Refuses a request whose declared body is over the limit, whether or not its handler
+/// would read it.
+async fn refuse_large_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn status(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, Role::Viewer)?;
+    match app.core.call(Request::Status).await? {
+        Reply::Status(report) => Ok(Json(json!(report))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+async fn workers(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, Role::Viewer)?;
+    match app.core.call(Request::Status).await? {
+        Reply::Status(report) => Ok(Json(json!(report.workers))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+async fn jobs(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, Role::Viewer)?;
+    match app.core.call(Request::ListJobs).await? {
+        Reply::Jobs { jobs } => Ok(Json(json!(jobs))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    state: Option<String>,
+    job: Option<String>,
+    worker: Option<String>,
+    /// ms since the epoch
+    since: Option<u64>,
+    until: Option<u64>,
+    limit: Option<u32>,
+    /// paging: the `seq` of the last run of the previous page
+    before: Option<u64>,
+}
+
+impl RunsQuery {
+    fn filter(self) -> Result<RunFilter, ApiError> {
+        let state = match self.state {
+            Some(s) => Some(
+                s.parse::<RunState>()
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=crate::core::MAX_LIST).contains(&limit) {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {}",
+                crate::core::MAX_LIST
+            )));
+        }
+        Ok(RunFilter {
+            state,
+            job: self.job,
+            limit,
+            worker: self.worker,
+            since_ms: self.since,
+            until_ms: self.until,
+            before_seq: self.before,
+        })
+    }
+}
+
+async fn runs_matching(
+    app: &AppState,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Vec<RunRecord>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    match app.core.call(Request::ListRuns(query.filter()?)).await? {
+        Reply::Runs { runs } => Ok(runs),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+async fn list_runs(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, Role::Viewer)?;
+    Ok(Json(json!(runs_matching(&app, query).await?)))
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+fn rfc3339(ms: Option<u64>) -> String {
+    ms.map(|ms| {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .to_string()
+    })
+    .unwrap_or_default()
+}
+
+async fn runs_csv(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    app.authorize(&headers, Role::Viewer)?;
+    let runs = runs_matching(&app, query).await?;
+    let mut csv = String::from(
+        "id,job,pool,state,worker,attempt,scheduled_at,created_at,started_at,finished_at,duration_ms,exit_code,outcome\n",
+    );
+    for run in runs {
+        let exit_code = match &run.outcome {
+            Some(jobcast_protocol::Outcome::Exited { code }) => code.to_string(),
+            _ => String::new(),
+        };
+        let fields = [
+            run.id.clone(),
+            run.job.clone(),
+            run.pool.clone(),
+            run.state.to_string(),
+            run.worker.clone().unwrap_or_default(),
+            run.attempt.to_string(),
+            rfc3339(Some(run.scheduled_at_ms)),
+            rfc3339(Some(run.created_at_ms)),
+            rfc3339(run.started_at_ms),
+            rfc3339(run.finished_at_ms),
+            run.duration_ms().map(|d| d.to_string()).unwrap_or_default(),
+            exit_code,
+            run.outcome
+                .as_ref()
+                .map(|o| o.describe())
+                .unwrap_or_default(),
+        ];
+        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        csv.push_str(&line.join(","));
+        csv.push('\n');
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"runs.csv\"",
+            ),
+        ],
+        csv,
+    )
+        .into_response())
+}
+
+async fn run_detail(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, Role::Viewer)?;
+    match app
+        .core
+        .call(Request::GetLog {
+            run: id,
+            offset: None,
+        })
+        .await?
+    {
+        Reply::Log {
+            run,
+            data,
+            next_offset,
+        } => Ok(Json(json!({
+            "run": run,
+            "log": String::from_utf8_lossy(&data),
+            "next_offset": next_offset,
+        }))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+async fn kill(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, Role::Operator)?;
+    match app
+        .core
+        .call(Request::Kill {
+            selectors: vec![id],
+        })
+        .await?
+    {
+        Reply::KillResult { mut outcomes } => match outcomes.pop() {
+            Some(KillOutcome::NotFound { selector }) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no run matches {selector:?}"),
+            )),
+            Some(KillOutcome::Ambiguous {
+                selector,
+                candidates,
+            }) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "ambiguous",
+                format!(
+                    "{selector:?} matches several runs: {}",
+                    candidates.join(", ")
+                ),
+            )),
+            Some(outcome) => Ok(Json(json!(outcome))),
+            None => Err(ApiError::unavailable()),
+        },
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+async fn enqueued(app: &AppState, request: Request) -> Result<Response, ApiError> {
+    match app.core.call(request).await? {
+        Reply::Enqueued { run } => Ok((StatusCode::CREATED, Json(json!(run))).into_response()),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+async fn retry(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    app.authorize(&headers, Role::Operator)?;
+    enqueued(&app, Request::Retry { run: id }).await
+}
+
+async fn enqueue(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    app.authorize(&headers, Role::Operator)?;
+    enqueued(&app, Request::Enqueue { job: name }).await
+}
+
+async fn set_enabled(app: &AppState, name: String, enabled: bool) -> Result<Json<Value>, ApiError> {
+    app.core
+        .call(Request::SetEnabled {
+            target: EnableTarget::Job(name.clone()),
+            enabled,
+        })
+        .await?;
+    Ok(Json(json!({ "job": name, "enabled": enabled })))
+}
+
+async fn enable(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, Role::Operator)?;
+    set_enabled(&app, name, true).await
+}
+
+async fn disable(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, Role::Operator)?;
+    set_enabled(&app, name, false).await
+}
+
+async fn drain(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, Role::Operator)?;
+    app.core.call(Request::Drain { worker: id.clone() }).await?;
+    Ok(Json(json!({ "draining": id })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+    }
+}

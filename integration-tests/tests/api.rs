@@ -1,0 +1,252 @@
+//! The JSON API: every endpoint, its auth, and bad input.
+
+use jobcast_integration_tests::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn cluster_with_jobs() -> Cluster {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        "[jobs.hello]\nscript = \"\"\"#!/bin/sh\necho hello, api\n\"\"\"\n\
+         [jobs.slow]\nscript = \"\"\"#!/bin/sh\nsleep 1000\n\"\"\"\n\
+         [jobs.bad]\ncommand = \"false\"\n",
+    );
+    cluster.start_worker("w1", &[]);
+    cluster
+}
+
+#[test]
+fn healthz_needs_no_token() {
+    let cluster = Cluster::start(1);
+    let (status, body) = cluster.api("GET", "/healthz", None);
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["status"], "ok");
+}
+
+#[test]
+fn every_read_endpoint_refuses_without_a_valid_token() {
+    let cluster = Cluster::start(1);
+    for path in [
+        "/api/v1/status",
+        "/api/v1/runs",
+        "/api/v1/runs.csv",
+        "/api/v1/runs/abc",
+        "/api/v1/jobs",
+        "/api/v1/workers",
+    ] {
+        let (status, body) = cluster.api("GET", path, None);
+        assert_eq!(status, 401, "{path}: {body}");
+        assert_eq!(json(&body)["code"], "unauthorized");
+        let (status, _) = cluster.api("GET", path, Some("not-a-token-at-all"));
+        assert_eq!(status, 401, "{path}");
+    }
+    // tokens never reach the log
+    assert!(!cluster.broker_log().contains(VIEWER_TOKEN));
+}
+
+#[test]
+fn a_viewer_reads_but_cannot_act() {
+    let cluster = cluster_with_jobs();
+    let (status, body) = cluster.api("GET", "/api/v1/jobs", Some(VIEWER_TOKEN));
+    assert_eq!(status, 200);
+    assert_eq!(json(&body).as_array().unwrap().len(), 3);
+    let (status, body) = cluster.api("GET", "/api/v1/workers", Some(VIEWER_TOKEN));
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)[0]["id"], "w1");
+    for path in [
+        "/api/v1/jobs/hello/enqueue",
+        "/api/v1/runs/abc/kill",
+        "/api/v1/runs/abc/retry",
+        "/api/v1/jobs/hello/disable",
+        "/api/v1/jobs/hello/enable",
+        "/api/v1/workers/w1/drain",
+    ] {
+        let (status, body) = cluster.api("POST", path, Some(VIEWER_TOKEN));
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(json(&body)["code"], "forbidden");
+    }
+    assert!(cluster.runs().is_empty(), "nothing was done");
+}
+
+#[test]
+fn an_operator_enqueues_follows_kills_and_retries() {
+    let cluster = cluster_with_jobs();
+    let (status, body) = cluster.api("POST", "/api/v1/jobs/hello/enqueue", Some(OPERATOR_TOKEN));
+    assert_eq!(status, 201, "{body}");
+    let run = json(&body)["id"].as_str().unwrap().to_string();
+    cluster.wait_state(&run, "succeeded", LONG);
+    let (status, body) = cluster.api("GET", &format!("/api/v1/runs/{run}"), Some(VIEWER_TOKEN));
+    assert_eq!(status, 200);
+    let detail = json(&body);
+    assert_eq!(detail["run"]["state"], "succeeded");
+    assert!(detail["log"].as_str().unwrap().contains("hello, api"));
+
+    // kill a running run
+    let (_, body) = cluster.api("POST", "/api/v1/jobs/slow/enqueue", Some(OPERATOR_TOKEN));
+    let slow = json(&body)["id"].as_str().unwrap().to_string();
+    cluster.wait_state(&slow, "running", LONG);
+    let (status, body) = cluster.api(
+        "POST",
+        &format!("/api/v1/runs/{slow}/kill"),
+        Some(OPERATOR_TOKEN),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["killing"].is_object(), "{body}");
+    cluster.wait_state(&slow, "killed", LONG);
+
+    // retry it: a new attempt, linked to the first
+    let (status, body) = cluster.api(
+        "POST",
+        &format!("/api/v1/runs/{slow}/retry"),
+        Some(OPERATOR_TOKEN),
+    );
+    assert_eq!(status, 201, "{body}");
+    let again = json(&body);
+    assert_eq!(again["attempt"], 2);
+    assert_eq!(again["first_attempt"], slow.as_str());
+    let again_id = again["id"].as_str().unwrap().to_string();
+    cluster.wait_state(&again_id, "running", LONG);
+    cluster.api(
+        "POST",
+        &format!("/api/v1/runs/{again_id}/kill"),
+        Some(OPERATOR_TOKEN),
+    );
+    cluster.wait_state(&again_id, "killed", LONG);
+
+    // disable and enable
+    let (status, _) = cluster.api("POST", "/api/v1/jobs/hello/disable", Some(OPERATOR_TOKEN));
+    assert_eq!(status, 200);
+    let (_, body) = cluster.api("GET", "/api/v1/jobs", Some(VIEWER_TOKEN));
+    let hello = json(&body)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["spec"]["name"] == "hello")
+        .cloned()
+        .unwrap();
+    assert_eq!(hello["spec"]["enabled"], false);
+    let (status, _) = cluster.api("POST", "/api/v1/jobs/hello/enable", Some(OPERATOR_TOKEN));
+    assert_eq!(status, 200);
+
+    // drain the worker
+    let (status, _) = cluster.api("POST", "/api/v1/workers/w1/drain", Some(OPERATOR_TOKEN));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn runs_are_filtered_paged_and_exported() {
+    let cluster = cluster_with_jobs();
+    let mut ids = Vec::new();
+    for job in ["hello", "bad", "hello"] {
+        let (_, body) = cluster.api(
+            "POST",
+            &format!("/api/v1/jobs/{job}/enqueue"),
+            Some(OPERATOR_TOKEN),
+        );
+        ids.push(json(&body)["id"].as_str().unwrap().to_string());
+    }
+    cluster.wait_state(&ids[1], "failed", LONG);
+    cluster.wait_state(&ids[2], "succeeded", LONG);
+    cluster.wait_state(&ids[0], "succeeded", LONG);
+    let get = |q: &str| {
+        let (status, body) = cluster.api("GET", &format!("/api/v1/runs{q}"), Some(VIEWER_TOKEN));
+        assert_eq!(status, 200, "{q}: {body}");
+        json(&body)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(get("?state=failed"), vec![ids[1].clone()]);
+    assert_eq!(get("?job=hello").len(), 2);
+    assert_eq!(get("?worker=w1").len(), 3);
+    assert_eq!(get("?worker=w9").len(), 0);
+    // paging: newest first, then the page before it
+    let (_, body) = cluster.api("GET", "/api/v1/runs?limit=2", Some(VIEWER_TOKEN));
+    let page = json(&body);
+    assert_eq!(page.as_array().unwrap().len(), 2);
+    let last_seq = page[1]["seq"].as_u64().unwrap();
+    assert_eq!(
+        get(&format!("?limit=2&before={last_seq}")),
+        vec![ids[0].clone()]
+    );
+    // time range
+    let created = page[0]["created_at_ms"].as_u64().unwrap();
+    assert!(get(&format!("?since={}", created + 60_000)).is_empty());
+    assert_eq!(get(&format!("?until={}", created + 60_000)).len(), 3);
+
+    let (status, csv) = cluster.api("GET", "/api/v1/runs.csv?job=hello", Some(VIEWER_TOKEN));
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("id,job,pool,state,worker"));
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[1].contains(",hello,default,succeeded,w1,"), "{csv}");
+}
+
+#[test]
+fn bad_input_gets_clear_4xx_errors() {
+    let cluster = cluster_with_jobs();
+    let cases = [
+        ("GET", "/api/v1/runs?state=done", 400, "unknown run state"),
+        ("GET", "/api/v1/runs?limit=0", 400, "limit"),
+        ("GET", "/api/v1/runs?limit=many", 400, "limit"),
+        ("GET", "/api/v1/runs?colour=red", 400, "colour"),
+        ("GET", "/api/v1/runs/nonexistent-run", 404, "no run matches"),
+        (
+            "POST",
+            "/api/v1/runs/nonexistent-run/kill",
+            404,
+            "no run matches",
+        ),
+        (
+            "POST",
+            "/api/v1/runs/nonexistent-run/retry",
+            404,
+            "no run matches",
+        ),
+        ("POST", "/api/v1/jobs/nope/enqueue", 404, "no job named"),
+        ("POST", "/api/v1/jobs/nope/disable", 404, "no job named"),
+        (
+            "POST",
+            "/api/v1/workers/ghost/drain",
+            404,
+            "no connected worker",
+        ),
+        ("GET", "/api/v1/nothing-here", 404, "no such endpoint"),
+    ];
+    for (method, path, expected, text) in cases {
+        let (status, body) = cluster.api(method, path, Some(OPERATOR_TOKEN));
+        assert_eq!(status, expected, "{method} {path}: {body}");
+        let body = json(&body);
+        assert!(
+            body["error"].as_str().unwrap().contains(text),
+            "{method} {path}: {body}"
+        );
+    }
+    // An oversized body is refused before anything is done. Declared but not sent, so
+    // that the answer can be read before the server hangs up.
+    let before = cluster.runs().len();
+    let address = cluster.http.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "POST /api/v1/jobs/hello/enqueue HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {OPERATOR_TOKEN}\r\nContent-Length: 1048576\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("limited to"), "{answer}");
+    assert_eq!(cluster.runs().len(), before);
+}
