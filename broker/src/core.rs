@@ -149,6 +149,27 @@ pub struct Core<S: Store> {
     disabled_pools: BTreeSet<String>,
     /// Standing conditions, keyed by kind and job or pool.
     alerts: BTreeMap<(AlertKind, String), Alert>,
+    /// What changed since the last `take_changes`, for live views.
+    changes: Changes,
+}
+
+/// What changed in a batch, for the dashboard's live feed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub runs: BTreeSet<String>,
+    pub workers: bool,
+    pub jobs: bool,
+    /// Log output received: (run id, stream offset, bytes).
+    pub logs: Vec<(String, u64, Vec<u8>)>,
+}
+
+/// The changes of a batch, resolved to what a live view shows.
+#[derive(Debug, Default)]
+pub struct ChangeSet {
+    pub runs: Vec<RunRecord>,
+    pub workers: Option<Vec<WorkerStatus>>,
+    pub jobs: Option<Vec<jobcast_protocol::JobView>>,
+    pub logs: Vec<(String, u64, Vec<u8>)>,
 }
 
 fn ms(now_us: u64) -> u64 {
@@ -204,6 +225,7 @@ impl<S: Store> Core<S> {
             delayed: BTreeMap::new(),
             disabled_pools: BTreeSet::new(),
             alerts: BTreeMap::new(),
+            changes: Changes::default(),
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
@@ -225,6 +247,32 @@ impl<S: Store> Core<S> {
 
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
+    }
+
+    /// Forgets what changed (nobody is watching).
+    pub fn clear_changes(&mut self) {
+        self.changes = Changes::default();
+    }
+
+    /// What changed since the last call, as the records live views show.
+    pub fn take_changes(&mut self) -> StoreResult<ChangeSet> {
+        let changes = std::mem::take(&mut self.changes);
+        let mut runs = Vec::with_capacity(changes.runs.len());
+        for id in changes.runs {
+            match self.active.get(&id) {
+                Some(run) => runs.push(run.clone()),
+                None => runs.extend(self.store.run(&id)?),
+            }
+        }
+        Ok(ChangeSet {
+            runs,
+            workers: changes
+                .workers
+                .then(|| self.status(self.clock_ms).map(|s| s.workers))
+                .transpose()?,
+            jobs: changes.jobs.then(|| self.job_views()),
+            logs: changes.logs,
+        })
     }
 
     /// Counts a frame the server refused before it reached the core.
@@ -400,6 +448,7 @@ impl<S: Store> Core<S> {
             draining: false,
         };
         self.store.put_worker(&status)?;
+        self.changes.workers = true;
         self.workers.insert(worker.to_string(), status);
         let running = session.register.running.clone();
         self.sessions.insert(worker.to_string(), session);
@@ -508,6 +557,7 @@ impl<S: Store> Core<S> {
             run.worker = Some(worker.to_string());
             run.log_cap = cap;
             self.store.put_run(run)?;
+            self.changes.runs.insert(run.id.clone());
             if run.spec.policy.overlap == Overlap::Queue {
                 busy_jobs.insert(run.job.clone());
             }
@@ -561,6 +611,7 @@ impl<S: Store> Core<S> {
             .is_ok()
         {
             self.store.put_run(run)?;
+            self.changes.runs.insert(run.id.clone());
             let job = run.job.clone();
             let state = self.job_states.entry(job.clone()).or_default();
             state.last_started_ms = Some(now);
@@ -603,6 +654,9 @@ impl<S: Store> Core<S> {
             return Ok(()); // a retransmission
         }
         self.store.put_log_chunk(run_id, offset, data)?;
+        self.changes
+            .logs
+            .push((run_id.to_string(), offset, data.to_vec()));
         track.note(offset, data.len() as u64);
         // Drop stored tail chunks that have wholly fallen out of the tail window.
         let window_start = track
@@ -655,6 +709,7 @@ impl<S: Store> Core<S> {
     /// follows its end (retry, chain, notification).
     fn retire(&mut self, run: &RunRecord, now: u64, out: &mut Outbox) -> StoreResult<()> {
         self.store.put_run(run)?;
+        self.changes.runs.insert(run.id.clone());
         self.deactivate(&run.id);
         self.logs.remove(&run.id);
         if let Some(queue) = self.queues.get_mut(&run.pool) {
@@ -714,6 +769,7 @@ impl<S: Store> Core<S> {
                 continue;
             }
             self.store.put_run(run)?;
+            self.changes.runs.insert(run.id.clone());
             let run = run.clone();
             self.enqueue_existing(&run);
             out.publish(
@@ -928,6 +984,7 @@ impl<S: Store> Core<S> {
                 cause: "kill requested by admin".into(),
             });
             self.store.put_run(run)?;
+            self.changes.runs.insert(run.id.clone());
         }
         out.publish(topic::worker(&worker), Event::OrdersPending);
         Ok(KillOutcome::Killing { run_id, worker })
@@ -1068,6 +1125,7 @@ impl<S: Store> Core<S> {
             spec: new.spec,
         };
         self.store.create_run(&run)?;
+        self.changes.runs.insert(run.id.clone());
         self.activate(run.clone());
         if self.enqueue_existing(&run) {
             out.publish(
@@ -1213,6 +1271,7 @@ impl<S: Store> Core<S> {
                 }
             }
             self.store.put_job(&job)?;
+            self.changes.jobs = true;
             self.jobs.insert(name.clone(), job);
             self.save_job_state(&name)?;
             self.compile_schedule(&name);
@@ -1351,6 +1410,7 @@ impl<S: Store> Core<S> {
             status.running.clear();
             status.last_seen_ms = session.last_seen_ms;
             self.store.put_worker(status)?;
+            self.changes.workers = true;
         }
         Ok(())
     }

@@ -109,6 +109,89 @@ impl IntoResponse for ApiError {
 struct AppState {
     core: CoreHandle,
     tokens: Arc<Vec<ApiToken>>,
+    live: LiveFeed,
+}
+
+/// Messages for WebSocket clients (JSON text), fanned out from the core loop.
+#[derive(Clone)]
+pub struct LiveFeed {
+    sender: tokio::sync::broadcast::Sender<Arc<LiveMessage>>,
+}
+
+/// One change for live views. Log output is sent only to clients following the run.
+#[derive(Debug)]
+pub struct LiveMessage {
+    pub json: String,
+    pub log_of: Option<String>,
+}
+
+/// Messages a client may fall behind by before it is told to resync.
+pub const LIVE_QUEUE: usize = 1024;
+
+impl LiveFeed {
+    pub fn new() -> Self {
+        let (sender, _) = tokio::sync::broadcast::channel(LIVE_QUEUE);
+        LiveFeed { sender }
+    }
+
+    pub fn has_clients(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
+    /// Turns a batch's changes into messages for the clients.
+    pub fn publish(&self, changes: crate::core::ChangeSet) {
+        if !self.has_clients() {
+            return;
+        }
+        let send = |json: Value, log_of: Option<String>| {
+            let _ = self.sender.send(Arc::new(LiveMessage {
+                json: json.to_string(),
+                log_of,
+            }));
+        };
+        if !changes.runs.is_empty() {
+            let runs: Vec<Value> = changes.runs.iter().map(run_summary).collect();
+            send(json!({ "type": "runs", "runs": runs }), None);
+        }
+        if let Some(workers) = changes.workers {
+            send(json!({ "type": "workers", "workers": workers }), None);
+        }
+        if let Some(jobs) = changes.jobs {
+            send(json!({ "type": "jobs", "jobs": jobs }), None);
+        }
+        for (run_id, offset, data) in changes.logs {
+            send(
+                json!({ "type": "log", "run_id": run_id, "offset": offset, "data": String::from_utf8_lossy(&data) }),
+                Some(run_id),
+            );
+        }
+    }
+}
+
+impl Default for LiveFeed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a live view shows of a run (no script, no history: those come with the run view).
+pub fn run_summary(run: &RunRecord) -> Value {
+    json!({
+        "id": run.id,
+        "seq": run.seq,
+        "job": run.job,
+        "pool": run.pool,
+        "state": run.state,
+        "worker": run.worker,
+        "attempt": run.attempt,
+        "created_at_ms": run.created_at_ms,
+        "scheduled_at_ms": run.scheduled_at_ms,
+        "started_at_ms": run.started_at_ms,
+        "finished_at_ms": run.finished_at_ms,
+        "duration_ms": run.duration_ms(),
+        "outcome": run.outcome.as_ref().map(|o| o.describe()),
+        "exit_code": match run.outcome { Some(jobcast_protocol::Outcome::Exited { code }) => Some(code), _ => None },
+    })
 }
 
 /// Compares without an early exit, so the time taken does not tell how much matched.
@@ -158,10 +241,11 @@ impl AppState {
     }
 }
 
-pub fn router(core: CoreHandle, tokens: Vec<ApiToken>) -> Router {
+pub fn router(core: CoreHandle, tokens: Vec<ApiToken>, live: LiveFeed) -> Router {
     let state = AppState {
         core,
         tokens: Arc::new(tokens),
+        live,
     };
     Router::new()
         .route("/healthz", get(healthz))
@@ -177,6 +261,8 @@ pub fn router(core: CoreHandle, tokens: Vec<ApiToken>) -> Router {
         .route("/api/v1/jobs/{name}/disable", post(disable))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/workers/{id}/drain", post(drain))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/live", get(live_feed))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -205,6 +291,119 @@ async fn refuse_large_bodies(
         .into_response();
     }
     next.run(request).await
+}
+
+async fn whoami(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let role = app.authorize(&headers, Role::Viewer)?;
+    Ok(Json(json!({ "role": role.as_str() })))
+}
+
+#[derive(Debug, Deserialize)]
+struct LiveQuery {
+    token: Option<String>,
+}
+
+/// The WebSocket feed: a snapshot, then changes. The token comes as `?token=` (browsers
+/// cannot set headers on WebSockets); a browser's Origin must be this server's.
+async fn live_feed(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<LiveQuery>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let mut auth = HeaderMap::new();
+    if let Some(token) = &query.token {
+        if let Ok(value) = format!("Bearer {token}").parse() {
+            auth.insert(header::AUTHORIZATION, value);
+        }
+    }
+    let role = app.authorize(&auth, Role::Viewer)?;
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let origin_host = origin.split("://").nth(1).unwrap_or("");
+        if origin_host != host {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("origin {origin} is not allowed"),
+            ));
+        }
+    }
+    let receiver = app.live.sender.subscribe();
+    let snapshot = snapshot(&app, role).await?;
+    Ok(ws.on_upgrade(move |socket| serve_live(socket, receiver, snapshot)))
+}
+
+async fn snapshot(app: &AppState, role: Role) -> Result<String, ApiError> {
+    let Reply::Status(status) = app.core.call(Request::Status).await? else {
+        return Err(ApiError::unavailable());
+    };
+    let Reply::Jobs { jobs } = app.core.call(Request::ListJobs).await? else {
+        return Err(ApiError::unavailable());
+    };
+    let Reply::Runs { runs } = app
+        .core
+        .call(Request::ListRuns(RunFilter {
+            limit: 200,
+            ..Default::default()
+        }))
+        .await?
+    else {
+        return Err(ApiError::unavailable());
+    };
+    let runs: Vec<Value> = runs.iter().map(run_summary).collect();
+    Ok(json!({ "type": "snapshot", "role": role.as_str(), "status": status, "jobs": jobs, "runs": runs }).to_string())
+}
+
+async fn serve_live(
+    mut socket: axum::extract::ws::WebSocket,
+    mut feed: tokio::sync::broadcast::Receiver<Arc<LiveMessage>>,
+    snapshot: String,
+) {
+    use axum::extract::ws::Message;
+    use tokio::sync::broadcast::error::RecvError;
+    if socket.send(Message::Text(snapshot.into())).await.is_err() {
+        return;
+    }
+    let mut following: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            message = feed.recv() => match message {
+                Ok(message) => {
+                    if message.log_of.as_ref().is_some_and(|run| !following.contains(run)) {
+                        continue;
+                    }
+                    if socket.send(Message::Text(message.json.clone().into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Too slow to keep up: say so and let the client start again from a
+                    // snapshot, rather than let its backlog hold anything up.
+                    let _ = socket.send(Message::Text(json!({ "type": "resync" }).to_string().into())).await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(command) = serde_json::from_str::<Value>(&text) {
+                        if let Some(run) = command["follow"].as_str() {
+                            following.insert(run.to_string());
+                        }
+                        if let Some(run) = command["unfollow"].as_str() {
+                            following.remove(run);
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            },
+        }
+    }
 }
 
 async fn healthz() -> Json<Value> {

@@ -114,6 +114,7 @@ pub async fn serve<S: Store + 'static>(
     let (mut replies, mut requests) = router.split();
     let (inbox_tx, mut inbox) = mpsc::channel::<(PeerId, Bytes)>(8192);
     let (internal_tx, mut internal) = mpsc::channel::<InternalRequest>(1024);
+    let live = crate::http::LiveFeed::new();
     let http = match &config.http_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -124,6 +125,7 @@ pub async fn serve<S: Store + 'static>(
             let app = crate::http::router(
                 CoreHandle::new(internal_tx.clone()),
                 config.api_tokens.clone(),
+                live.clone(),
             );
             Some((
                 bound_http,
@@ -293,6 +295,15 @@ pub async fn serve<S: Store + 'static>(
         }
         for notification in out.notifications.drain(..) {
             notifier.send(notification);
+        }
+        // Live views hear of changes only once they are durable.
+        if live.has_clients() {
+            match core.take_changes() {
+                Ok(changes) => live.publish(changes),
+                Err(e) => break Err(e).context("store read failed"),
+            }
+        } else {
+            core.clear_changes();
         }
         // Replies for the HTTP API go back in-process, after the flush like all others.
         let (internal_replies, zmq_replies): (Vec<_>, Vec<_>) = out

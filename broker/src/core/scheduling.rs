@@ -668,6 +668,7 @@ impl<S: Store> Core<S> {
                 spec.enabled = enabled;
                 let spec = spec.clone();
                 self.store.put_job(&spec)?;
+                self.changes.jobs = true;
                 let state = self.job_states.entry(name.clone()).or_default();
                 if enabled {
                     state.auto_disabled = None;

@@ -1,0 +1,127 @@
+//! The WebSocket feed: snapshot, then changes; auth and Origin checks.
+
+use futures_util::{SinkExt, StreamExt};
+use jobcast_integration_tests::*;
+use serde_json::Value;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn ws_url(cluster: &Cluster, token: &str) -> String {
+    format!(
+        "{}/api/v1/live?token={token}",
+        cluster.http.replacen("http://", "ws://", 1)
+    )
+}
+
+async fn connect(cluster: &Cluster, token: &str) -> Socket {
+    let (socket, _) = tokio_tungstenite::connect_async(ws_url(cluster, token))
+        .await
+        .expect("connect");
+    socket
+}
+
+/// Next JSON message, waiting up to `timeout`.
+async fn next(socket: &mut Socket, timeout: Duration) -> Option<Value> {
+    loop {
+        let message = tokio::time::timeout(timeout, socket.next())
+            .await
+            .ok()??
+            .ok()?;
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).ok();
+        }
+    }
+}
+
+/// Waits for a message that `matches`, skipping others.
+async fn wait_message(
+    socket: &mut Socket,
+    what: &str,
+    mut matches: impl FnMut(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match next(socket, left).await {
+            Some(message) if matches(&message) => return message,
+            Some(_) => continue,
+            None => panic!("no {what} within 30 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gets_a_snapshot_then_run_changes_and_the_logs_it_follows() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs("[jobs.talk]\nscript = \"\"\"#!/bin/sh\necho first line\nsleep 0.5\necho second line\n\"\"\"\n");
+    let cluster_ref = &mut cluster;
+    tokio::task::block_in_place(|| {
+        cluster_ref.start_worker("w1", &[]);
+    });
+    let mut socket = connect(&cluster, VIEWER_TOKEN).await;
+    let snapshot = next(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("snapshot");
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["role"], "viewer");
+    assert_eq!(snapshot["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(snapshot["status"]["workers"][0]["id"], "w1");
+
+    let run = tokio::task::block_in_place(|| cluster.enqueue("talk"));
+    socket
+        .send(Message::Text(
+            serde_json::json!({ "follow": run }).to_string().into(),
+        ))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let log = wait_message(&mut socket, "log output", |m| {
+        m["type"] == "log" && m["run_id"] == run.as_str()
+    })
+    .await;
+    assert!(
+        log["data"].as_str().unwrap().contains("first line"),
+        "{log}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a live log line within a second"
+    );
+    wait_message(&mut socket, "the run's success", |m| {
+        m["type"] == "runs"
+            && m["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == run.as_str() && r["state"] == "succeeded")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_refuses_bad_tokens_and_foreign_origins() {
+    let cluster = Cluster::start(1);
+    assert!(
+        tokio_tungstenite::connect_async(ws_url(&cluster, "wrong-token-wrong-token"))
+            .await
+            .is_err()
+    );
+    let mut request = ws_url(&cluster, VIEWER_TOKEN)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "http://evil.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(request).await.is_err());
+    // the same origin is fine
+    let mut request = ws_url(&cluster, VIEWER_TOKEN)
+        .into_client_request()
+        .unwrap();
+    let own = cluster.http.clone();
+    request.headers_mut().insert("Origin", own.parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(request).await.is_ok());
+}
