@@ -248,6 +248,18 @@ pub fn router(core: CoreHandle, tokens: Vec<ApiToken>, live: LiveFeed) -> Router
         live,
     };
     Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+        )
         .route("/healthz", get(healthz))
         .route("/api/v1/status", get(status))
         .route("/api/v1/runs", get(list_runs))
@@ -291,6 +303,26 @@ async fn refuse_large_bodies(
         .into_response();
     }
     next.run(request).await
+}
+
+// The dashboard, built into the binary: no build step, nothing fetched from elsewhere.
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const STYLE_CSS: &str = include_str!("../assets/style.css");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:",
+            ),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn whoami(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
