@@ -16,6 +16,7 @@ use zeromq::{Socket, SocketRecv, SubSocket};
 
 const ADMIN_SECRET: &str = "bench-admin-secret-0123456789";
 const WORKER_SECRET: &str = "bench-worker-secret-0123456789";
+pub const VIEWER_TOKEN: &str = "bench-viewer-token-0123456789";
 /// Real workers the broker has keys for: w1..=MAX_WORKERS.
 pub const MAX_WORKERS: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,6 +45,8 @@ pub struct Broker {
     child: Child,
     pub router: String,
     pub publish: String,
+    /// The HTTP listener, `127.0.0.1:port`.
+    pub http: String,
     pub admin: Client,
 }
 
@@ -59,7 +62,9 @@ impl Broker {
     pub async fn start_in(dir: tempfile::TempDir) -> Result<Broker> {
         let config = dir.path().join("broker.toml");
         let mut text = format!(
-            "data_dir = \"{}\"\nlog_level = \"warn\"\n[keys]\nadmin = \"{ADMIN_SECRET}\"\n[keys.workers]\n",
+            "data_dir = \"{}\"\nlog_level = \"warn\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [[http.tokens]]\nname = \"bench\"\ntoken = \"{VIEWER_TOKEN}\"\nrole = \"viewer\"\n\
+             [keys]\nadmin = \"{ADMIN_SECRET}\"\n[keys.workers]\n",
             dir.path().join("data").display()
         );
         for i in 1..=MAX_WORKERS {
@@ -104,6 +109,7 @@ impl Broker {
         };
         let router = value("router")?;
         let publish = value("publish")?;
+        let http = value("http")?;
         let admin = Client::connect(ClientConfig {
             endpoint: router.clone(),
             name: "admin".into(),
@@ -117,6 +123,7 @@ impl Broker {
             child,
             router,
             publish,
+            http,
             admin,
         })
     }

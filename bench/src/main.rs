@@ -7,6 +7,7 @@
 mod footprint;
 mod harness;
 mod latency;
+mod live;
 mod stats;
 mod throughput;
 
@@ -84,6 +85,15 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         workers: usize,
     },
+    /// Live feed: many WebSocket clients while runs complete at a steady rate.
+    Live {
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// Everything above with default sizes (or --quick ones), in one run.
     All,
 }
@@ -124,6 +134,17 @@ fn main() -> Result<()> {
             Command::Latency { runs } => latency(if args.quick { 50 } else { runs }).await,
             Command::Kill { runs } => kill(if args.quick { 3 } else { runs }).await,
             Command::Fanout { workers } => fanout(if args.quick { 20 } else { workers }).await,
+            Command::Live {
+                clients,
+                rate,
+                duration,
+            } => {
+                if args.quick {
+                    live::live(20, 20, Duration::from_secs(3)).await
+                } else {
+                    live::live(clients, rate, duration).await
+                }
+            }
             Command::All => {
                 let q = args.quick;
                 let (together, total, duration) = if q {
@@ -142,6 +163,12 @@ fn main() -> Result<()> {
                 firetime(together, total, duration).await?;
                 println!();
                 fanout(if q { 20 } else { 200 }).await?;
+                println!();
+                if q {
+                    live::live(20, 20, Duration::from_secs(3)).await?;
+                } else {
+                    live::live(1_000, 50, Duration::from_secs(20)).await?;
+                }
                 println!();
                 footprint(if q { 2_000 } else { 1_000_000 }).await
             }

@@ -189,6 +189,7 @@ pub fn run_summary(run: &RunRecord) -> Value {
         "started_at_ms": run.started_at_ms,
         "finished_at_ms": run.finished_at_ms,
         "duration_ms": run.duration_ms(),
+        "ended_at_us": run.ended_at_us,
         "outcome": run.outcome.as_ref().map(|o| o.describe()),
         "exit_code": match run.outcome { Some(jobcast_protocol::Outcome::Exited { code }) => Some(code), _ => None },
     })
