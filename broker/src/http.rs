@@ -127,6 +127,10 @@ pub struct LiveMessage {
 
 /// Messages a client may fall behind by before it is told to resync.
 pub const LIVE_QUEUE: usize = 1024;
+/// A client that takes longer than this to accept one message is not reading (its TCP
+/// window is shut): it is dropped, and the page starts again from a snapshot when it
+/// reconnects. Nothing the broker does waits on it meanwhile.
+const STUCK_AFTER: Duration = Duration::from_secs(2);
 
 impl LiveFeed {
     pub fn new() -> Self {
@@ -398,7 +402,13 @@ async fn serve_live(
 ) {
     use axum::extract::ws::Message;
     use tokio::sync::broadcast::error::RecvError;
-    if socket.send(Message::Text(snapshot.into())).await.is_err() {
+    async fn send(socket: &mut axum::extract::ws::WebSocket, text: String) -> bool {
+        matches!(
+            tokio::time::timeout(STUCK_AFTER, socket.send(Message::Text(text.into()))).await,
+            Ok(Ok(()))
+        )
+    }
+    if !send(&mut socket, snapshot).await {
         return;
     }
     let mut following: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -409,14 +419,15 @@ async fn serve_live(
                     if message.log_of.as_ref().is_some_and(|run| !following.contains(run)) {
                         continue;
                     }
-                    if socket.send(Message::Text(message.json.clone().into())).await.is_err() {
+                    if !send(&mut socket, message.json.clone()).await {
+                        tracing::info!("dropping a live client that is not reading");
                         return;
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Too slow to keep up: say so and let the client start again from a
                     // snapshot, rather than let its backlog hold anything up.
-                    let _ = socket.send(Message::Text(json!({ "type": "resync" }).to_string().into())).await;
+                    send(&mut socket, json!({ "type": "resync" }).to_string()).await;
                     return;
                 }
                 Err(RecvError::Closed) => return,
