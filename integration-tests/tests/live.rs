@@ -125,3 +125,80 @@ async fn the_feed_refuses_bad_tokens_and_foreign_origins() {
     request.headers_mut().insert("Origin", own.parse().unwrap());
     assert!(tokio_tungstenite::connect_async(request).await.is_ok());
 }
+
+/// A WebSocket client with a tiny receive buffer that never reads, like a frozen tab.
+async fn frozen_client(cluster: &Cluster) -> Socket {
+    let address: std::net::SocketAddr = cluster.http.trim_start_matches("http://").parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&address.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let stream = tokio::net::TcpStream::from_std(socket.into()).unwrap();
+    let request = ws_url(cluster, VIEWER_TOKEN).into_client_request().unwrap();
+    let (socket, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .expect("handshake");
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_client_is_dropped_and_never_holds_up_the_others() {
+    let mut cluster = Cluster::start(1);
+    // A run that writes 30 MB of output over about three seconds.
+    cluster.apply_jobs(
+        "[jobs.flood]\nscript = '''#!/bin/sh\nfor i in $(seq 30); do head -c 1000000 /dev/zero | tr '\\0' x; sleep 0.1; done\n'''\n",
+    );
+    let flood = tokio::task::block_in_place(|| cluster.enqueue("flood"));
+    let mut frozen = frozen_client(&cluster).await;
+    let mut reading = connect(&cluster, VIEWER_TOKEN).await;
+    next(&mut reading, Duration::from_secs(10))
+        .await
+        .expect("snapshot");
+    // Both follow the flood's log; one of them then stops reading.
+    for socket in [&mut frozen, &mut reading] {
+        socket
+            .send(Message::Text(
+                serde_json::json!({ "follow": flood }).to_string().into(),
+            ))
+            .await
+            .unwrap();
+    }
+    let cluster_ref = &mut cluster;
+    tokio::task::block_in_place(|| {
+        cluster_ref.start_worker("w1", &[]);
+    });
+    // The reading client sees the run through to its end while the other is frozen.
+    wait_message(&mut reading, "the flood's success", |m| {
+        m["type"] == "runs"
+            && m["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == flood.as_str() && r["state"] == "succeeded")
+    })
+    .await;
+    // The frozen client was dropped: what it had buffered ends in a broken connection,
+    // not in the rest of the stream.
+    let mut received = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match frozen.next().await {
+                Some(Ok(Message::Text(text))) => received += text.len(),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the frozen client was kept ({received} bytes)"
+    );
+    assert!(received < 30_000_000, "it did not get the whole stream");
+    let log = cluster.broker_log();
+    assert!(
+        log.contains("dropping a live client that is not reading"),
+        "{log}"
+    );
+}
