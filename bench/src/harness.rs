@@ -282,29 +282,31 @@ impl Broker {
     /// Waits until no run is active; returns the runs (newest first, up to `limit`).
     pub async fn wait_idle(&self, limit: u32) -> Result<Vec<jobcast_protocol::RunRecord>> {
         let started = Instant::now();
-        loop {
-            if self.status().await?.active.is_empty() {
-                break;
-            }
+        while !self.status().await?.active.is_empty() {
             if started.elapsed() > Duration::from_secs(600) {
                 bail!("runs still active after 10 minutes");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        match self
-            .admin
-            .request(
-                Request::ListRuns(jobcast_protocol::RunFilter {
-                    limit,
-                    ..Default::default()
-                }),
-                TIMEOUT,
-            )
-            .await?
-        {
-            Reply::Runs { runs } => Ok(runs),
-            other => bail!("runs: {other:?}"),
-        }
+        self.runs(limit).await
+    }
+}
+
+/// A job for benchmarks: no schedule, runs may overlap.
+pub fn bench_job(name: &str, pool: &str, exec: jobcast_protocol::Exec) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        pool: pool.into(),
+        exec,
+        env: Default::default(),
+        workdir: None,
+        timeout_ms: None,
+        enabled: true,
+        schedule: Default::default(),
+        policy: jobcast_protocol::JobPolicy {
+            overlap: jobcast_protocol::Overlap::Allow,
+            ..Default::default()
+        },
     }
 }
 

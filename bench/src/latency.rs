@@ -1,26 +1,13 @@
 //! Dispatch latency, kill latency and ping fan-out.
 
-use crate::harness::{now_us, Broker, SyntheticWorker, SYNTHETIC_WORKERS};
+use crate::harness::{bench_job, now_us, Broker, SyntheticWorker, SYNTHETIC_WORKERS};
 use crate::stats::{ms, Summary};
 use anyhow::{bail, Context, Result};
-use jobcast_protocol::{Exec, JobPolicy, JobSpec, Overlap, Reply, Request, RunState};
+use jobcast_protocol::{Exec, JobSpec, Reply, Request, RunState};
 use std::time::{Duration, Instant};
 
 fn script_job(name: &str, script: &str) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        pool: "default".into(),
-        exec: Exec::Script(script.into()),
-        env: Default::default(),
-        workdir: None,
-        timeout_ms: None,
-        enabled: true,
-        schedule: Default::default(),
-        policy: JobPolicy {
-            overlap: Overlap::Allow,
-            ..Default::default()
-        },
-    }
+    bench_job(name, "default", Exec::Script(script.into()))
 }
 
 fn summary_row(name: &str, samples: &[u64]) -> Result<()> {

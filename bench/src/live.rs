@@ -1,10 +1,10 @@
 //! WebSocket fan-out: many dashboard clients on one broker while runs complete steadily.
 
-use crate::harness::{now_us, rss_bytes, Broker, SyntheticWorker, VIEWER_TOKEN};
+use crate::harness::{bench_job, now_us, rss_bytes, Broker, SyntheticWorker, VIEWER_TOKEN};
 use crate::stats::{ms, Summary};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use jobcast_protocol::{Exec, JobPolicy, JobSpec, Overlap};
+use jobcast_protocol::Exec;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -32,20 +32,11 @@ pub async fn live(clients: usize, rate: u32, duration: Duration) -> Result<()> {
     println!("live feed: {clients} WebSocket clients on one broker, {rate} runs/s completing for {duration:?}; latency from the end being recorded to each client receiving it");
     let broker = Broker::start().await?;
     broker
-        .apply(vec![JobSpec {
-            name: "tick".into(),
-            pool: "bench".into(),
-            exec: Exec::Command(vec!["true".into()]),
-            env: Default::default(),
-            workdir: None,
-            timeout_ms: None,
-            enabled: true,
-            schedule: Default::default(),
-            policy: JobPolicy {
-                overlap: Overlap::Allow,
-                ..Default::default()
-            },
-        }])
+        .apply(vec![bench_job(
+            "tick",
+            "bench",
+            Exec::Command(vec!["true".into()]),
+        )])
         .await?;
     let worker = SyntheticWorker::start(&broker, "bench").await?;
     let idle_rss = rss_bytes(broker.pid());

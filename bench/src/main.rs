@@ -18,7 +18,7 @@ use throughput::{capacity, throughput};
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use harness::{Broker, SyntheticWorker};
-use jobcast_protocol::{Exec, JobPolicy, JobSpec, Overlap, ScheduleSpec};
+use jobcast_protocol::{Exec, JobSpec, ScheduleSpec};
 use stats::Summary;
 use std::time::{Duration, Instant};
 
@@ -178,18 +178,8 @@ fn main() -> Result<()> {
 
 fn job(name: String, schedule: ScheduleSpec) -> JobSpec {
     JobSpec {
-        name,
-        pool: "bench".into(),
-        exec: Exec::Command(vec!["true".into()]),
-        env: Default::default(),
-        workdir: None,
-        timeout_ms: None,
-        enabled: true,
         schedule,
-        policy: JobPolicy {
-            overlap: Overlap::Allow,
-            ..Default::default()
-        },
+        ..harness::bench_job(&name, "bench", Exec::Command(vec!["true".into()]))
     }
 }
 

@@ -1,8 +1,8 @@
 //! Shell throughput against the machine's raw spawn limit, and broker capacity.
 
-use crate::harness::{Broker, SyntheticWorker, MAX_WORKERS, SYNTHETIC_WORKERS};
+use crate::harness::{bench_job, Broker, SyntheticWorker, MAX_WORKERS, SYNTHETIC_WORKERS};
 use anyhow::{bail, Result};
-use jobcast_protocol::{Exec, JobPolicy, JobSpec, Overlap};
+use jobcast_protocol::{Exec, JobSpec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -10,20 +10,7 @@ use tokio::sync::Semaphore;
 const SCRIPT: &str = "#!/bin/sh\ntrue\n";
 
 fn noop_job(pool: &str) -> JobSpec {
-    JobSpec {
-        name: "noop".into(),
-        pool: pool.into(),
-        exec: Exec::Script(SCRIPT.into()),
-        env: Default::default(),
-        workdir: None,
-        timeout_ms: None,
-        enabled: true,
-        schedule: Default::default(),
-        policy: JobPolicy {
-            overlap: Overlap::Allow,
-            ..Default::default()
-        },
-    }
+    bench_job("noop", pool, Exec::Script(SCRIPT.into()))
 }
 
 /// The machine's limit: spawn and wait for `sh script` `runs` times, `concurrency` at once.

@@ -923,6 +923,20 @@ impl<S: Store> Core<S> {
         )
     }
 
+    /// Like [`Self::resolve`], with the error as the reply to send.
+    fn resolve_one(&self, selector: &str) -> StoreResult<Result<String, Reply>> {
+        Ok(self.resolve(selector)?.map_err(|outcome| match outcome {
+            KillOutcome::Ambiguous { candidates, .. } => error(
+                ErrorCode::Ambiguous,
+                format!(
+                    "{selector:?} matches several runs: {}",
+                    candidates.join(", ")
+                ),
+            ),
+            _ => error(ErrorCode::NotFound, format!("no run matches {selector:?}")),
+        }))
+    }
+
     /// Resolves a full id, a unique prefix or a unique substring to one run id.
     fn resolve(&self, selector: &str) -> StoreResult<Result<String, KillOutcome>> {
         if self.active.contains_key(selector) || self.store.run(selector)?.is_some() {
@@ -1013,23 +1027,9 @@ impl<S: Store> Core<S> {
 
     /// Runs a finished run's job again, as the next attempt of the same first run.
     fn retry(&mut self, selector: &str, now: u64, out: &mut Outbox) -> StoreResult<Reply> {
-        let run_id = match self.resolve(selector)? {
+        let run_id = match self.resolve_one(selector)? {
             Ok(id) => id,
-            Err(KillOutcome::Ambiguous { candidates, .. }) => {
-                return Ok(error(
-                    ErrorCode::Ambiguous,
-                    format!(
-                        "{selector:?} matches several runs: {}",
-                        candidates.join(", ")
-                    ),
-                ))
-            }
-            Err(_) => {
-                return Ok(error(
-                    ErrorCode::NotFound,
-                    format!("no run matches {selector:?}"),
-                ))
-            }
+            Err(reply) => return Ok(reply),
         };
         if self.active.contains_key(&run_id) {
             return Ok(error(
@@ -1174,23 +1174,9 @@ impl<S: Store> Core<S> {
     }
 
     fn get_log(&self, selector: &str, offset: Option<u64>) -> StoreResult<Reply> {
-        let run_id = match self.resolve(selector)? {
+        let run_id = match self.resolve_one(selector)? {
             Ok(id) => id,
-            Err(KillOutcome::Ambiguous { candidates, .. }) => {
-                return Ok(error(
-                    ErrorCode::Ambiguous,
-                    format!(
-                        "{selector:?} matches several runs: {}",
-                        candidates.join(", ")
-                    ),
-                ))
-            }
-            Err(_) => {
-                return Ok(error(
-                    ErrorCode::NotFound,
-                    format!("no run matches {selector:?}"),
-                ))
-            }
+            Err(reply) => return Ok(reply),
         };
         let run = match self.active.get(&run_id) {
             Some(run) => run.clone(),

@@ -97,13 +97,28 @@ fn log_key(run_id: &str, offset: u64) -> Vec<u8> {
 
 impl SledStore {
     pub fn open(path: &Path) -> StoreResult<SledStore> {
-        let db = sled::Config::new()
-            .path(path)
-            // Durability comes from explicit flushes (group commit), not a timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(backend)?;
-        Self::with_db(db)
+        // sled releases its file lock when the last handle to a database is dropped, which
+        // its own background thread may do a moment after the owner did (a store closed
+        // and reopened in one process). Wait for the lock, within a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let opened = sled::Config::new()
+                .path(path)
+                // Durability comes from explicit flushes (group commit), not a timer.
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Ok(db) => return Self::with_db(db),
+                // sled 0.34 reports it as an `Other` I/O error with this text.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
     }
 
     /// A store that lives in a temporary directory, for tests.
