@@ -33,6 +33,7 @@ pids+=($!)
 cat <<MSG
 
 jobcast is running: broker on tcp://127.0.0.1:5555, workers w1 and w2, example jobs applied.
+Dashboard: http://127.0.0.1:5000  (token: quickstart-operator-token-change-me)
 Logs: .jobcast/broker.log, .jobcast/w1.log, .jobcast/w2.log   Store: .jobcast/broker/
 
 In another terminal (export JOBCAST_ADMIN_SECRET=$JOBCAST_ADMIN_SECRET first):
