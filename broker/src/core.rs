@@ -83,10 +83,6 @@ impl Outbox {
             self.events.push((topic, event));
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.replies.is_empty() && self.events.is_empty() && self.notifications.is_empty()
-    }
 }
 
 struct Session {
@@ -1313,6 +1309,41 @@ impl<S: Store> Core<S> {
         self.clock_us = now_us;
         self.schedule_due(now, out)?;
         self.release_delayed(now, out);
+        let due: Vec<u64> = self
+            .pings
+            .iter()
+            .filter(|(_, p)| p.deadline_us <= now_us)
+            .map(|(id, _)| *id)
+            .collect();
+        for ping_id in due {
+            self.answer_ping(ping_id, out);
+        }
+        if now >= self.next_alive_ms {
+            // Once per heartbeat interval, not per batch: these look at every session
+            // and every active run, and timeouts are several intervals long anyway.
+            self.next_alive_ms = now + self.config.heartbeat_interval_ms;
+            self.check_liveness(now, out)?;
+            self.check_alerts(now, out)?;
+            out.publish(
+                topic::ALL.to_string(),
+                Event::BrokerAlive {
+                    boot_id: self.boot_id,
+                    time_ms: now,
+                },
+            );
+            // Re-announce queued work, so a lost wake-up only delays it.
+            for (pool, queue) in &self.queues {
+                if !queue.is_empty() {
+                    out.publish(topic::pool(pool), Event::Wake { pool: pool.clone() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Workers silent past the timeout go offline; runs of workers that never came back
+    /// after this broker started are lost.
+    fn check_liveness(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
         let timeout = self.config.worker_timeout_ms;
         let silent: Vec<String> = self
             .sessions
@@ -1346,32 +1377,6 @@ impl<S: Store> Core<S> {
                     format!("worker {worker} did not come back within {timeout} ms"),
                     out,
                 )?;
-            }
-        }
-        let due: Vec<u64> = self
-            .pings
-            .iter()
-            .filter(|(_, p)| p.deadline_us <= now_us)
-            .map(|(id, _)| *id)
-            .collect();
-        for ping_id in due {
-            self.answer_ping(ping_id, out);
-        }
-        if now >= self.next_alive_ms {
-            self.next_alive_ms = now + self.config.heartbeat_interval_ms;
-            self.check_alerts(now, out)?;
-            out.publish(
-                topic::ALL.to_string(),
-                Event::BrokerAlive {
-                    boot_id: self.boot_id,
-                    time_ms: now,
-                },
-            );
-            // Re-announce queued work, so a lost wake-up only delays it.
-            for (pool, queue) in &self.queues {
-                if !queue.is_empty() {
-                    out.publish(topic::pool(pool), Event::Wake { pool: pool.clone() });
-                }
             }
         }
         Ok(())

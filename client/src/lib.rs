@@ -13,7 +13,7 @@ use jobcast_protocol::{Body, Reply, Request, Sealer, Secret};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 /// The name the broker signs its replies with.
@@ -68,7 +68,6 @@ enum Command {
 #[derive(Clone)]
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
-    connected: watch::Receiver<bool>,
 }
 
 impl Client {
@@ -87,12 +86,8 @@ impl Client {
 
     fn start(config: ClientConfig, socket: Option<DealerSocket>) -> Client {
         let (commands, receiver) = mpsc::unbounded_channel();
-        let (connected_tx, connected) = watch::channel(socket.is_some());
-        tokio::spawn(run(config, socket, receiver, connected_tx));
-        Client {
-            commands,
-            connected,
-        }
+        tokio::spawn(run(config, socket, receiver));
+        Client { commands }
     }
 
     /// Sends `request` and waits up to `timeout` for the reply.
@@ -113,10 +108,6 @@ impl Client {
     /// Drops the current socket and connects again (used after a long silence).
     pub fn reconnect(&self) {
         let _ = self.commands.send(Command::Reconnect);
-    }
-
-    pub fn is_connected(&self) -> bool {
-        *self.connected.borrow()
     }
 }
 
@@ -173,7 +164,6 @@ async fn run(
     config: ClientConfig,
     mut socket: Option<DealerSocket>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    connected: watch::Sender<bool>,
 ) {
     let sealer = Sealer::new(config.name.clone(), config.secret.clone());
     let mut opener = Opener::new(MAX_REPLY_BYTES, config.max_clock_skew.as_millis() as u64);
@@ -182,13 +172,11 @@ async fn run(
 
     loop {
         let Some(dealer) = socket.take() else {
-            let _ = connected.send(false);
             match open_socket(&config).await {
                 Ok(s) => {
                     tracing::debug!(endpoint = %config.endpoint, "connected to broker");
                     socket = Some(s);
                     backoff = Duration::from_millis(100);
-                    let _ = connected.send(true);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "broker not reachable yet");
@@ -245,7 +233,6 @@ async fn run(
         for (_, waiter) in pending.drain() {
             let _ = waiter.send(Err(ClientError::Disconnected));
         }
-        let _ = connected.send(false);
         tokio::time::sleep(jitter(Duration::from_millis(50))).await;
     }
 }

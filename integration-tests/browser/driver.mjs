@@ -62,8 +62,10 @@ const commands = {
   async operator_buttons() {
     await showRuns();
     await page.click("#runs tbody tr");
+    // The run view is open and filled in, so the buttons' absence means something.
+    await page.waitForSelector("#run-view:not([hidden]) #run-facts dd", { timeout: 15000 });
     const visible = await page.isVisible("#run-kill");
-    return { visible };
+    return { visible, title: await page.textContent("#run-title") };
   },
   async api_kill({ id, token }) {
     const status = await page.evaluate(async ({ id, token }) => {

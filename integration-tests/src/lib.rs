@@ -318,15 +318,19 @@ impl Cluster {
         run["id"].as_str().expect("run id").to_string()
     }
 
+    /// The run with this id, if the broker has it.
     pub fn run(&self, id: &str) -> Option<Value> {
-        let runs = self.ctl_json(&["runs", "--limit", "10000"])?;
-        runs.as_array()?.iter().find(|r| r["id"] == id).cloned()
+        self.runs().into_iter().find(|r| r["id"] == id)
     }
 
+    /// Every run, newest first. Panics if jobcastctl fails, so that an assertion about
+    /// runs (none, one, unchanged) can never pass on an empty answer to a failed call.
     pub fn runs(&self) -> Vec<Value> {
-        self.ctl_json(&["runs", "--limit", "10000"])
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
+        let out = self.ctl_ok(&["--json", "runs", "--limit", "10000"]);
+        match serde_json::from_str::<Value>(&out) {
+            Ok(Value::Array(runs)) => runs,
+            other => panic!("jobcastctl runs printed {other:?}"),
+        }
     }
 
     /// Waits until run `id` is in `state` and returns it.

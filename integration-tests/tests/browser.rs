@@ -126,6 +126,10 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     let opened = driver.send(json!({ "cmd": "open", "token": VIEWER_TOKEN }));
     assert_eq!(opened["role"], "viewer");
     let buttons = driver.send(json!({ "cmd": "operator_buttons" }));
+    assert!(
+        buttons["title"].as_str().unwrap().starts_with("Run "),
+        "{buttons}"
+    );
     assert_eq!(buttons["visible"], false);
     let target = cluster.enqueue("long");
     cluster.wait_state(&target, "running", LONG);

@@ -205,12 +205,6 @@ pub struct Orders {
     pub drain: bool,
 }
 
-impl Orders {
-    pub fn is_empty(&self) -> bool {
-        self.kill.is_empty() && !self.drain
-    }
-}
-
 /// Everything a worker needs to execute one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {

@@ -101,7 +101,8 @@ pub struct WorkerConfig {
     pub connect_timeout: Duration,
 }
 
-fn hostname() -> String {
+/// This machine's host name, from the kernel.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "worker".to_string())

@@ -40,6 +40,7 @@ enum Purpose {
     Heartbeat,
     Claim(u32),
     Orders,
+    Release,
     Pong,
 }
 
@@ -226,12 +227,6 @@ fn rss_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 impl Session {
     fn request(&self, purpose: Purpose, request: Request) {
         let client = self.client.clone();
@@ -262,7 +257,7 @@ impl Session {
         self.request(
             Purpose::Register,
             Request::Register(Register {
-                hostname: hostname(),
+                hostname: crate::config::hostname(),
                 pid: std::process::id(),
                 version: JOBCAST_VERSION.to_string(),
                 concurrency: self.config.concurrency,
@@ -381,7 +376,7 @@ impl Session {
             Event::Ping { ping_id } => {
                 let info = WorkerInfo {
                     version: JOBCAST_VERSION.to_string(),
-                    hostname: hostname(),
+                    hostname: crate::config::hostname(),
                     pid: std::process::id(),
                     concurrency: self.config.concurrency,
                     pools: self.config.pools.clone(),
@@ -458,7 +453,7 @@ impl Session {
         if self.draining {
             // Claimed just as the drain began: hand it back unstarted.
             self.request(
-                Purpose::Orders,
+                Purpose::Release,
                 Request::Release {
                     run_ids: vec![assignment.run_id],
                 },
