@@ -2,17 +2,16 @@
 //! completes runs without spawning processes.
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use jobcast_client::{Client, ClientConfig};
 use jobcast_protocol::message::{decode_event, topic};
 use jobcast_protocol::{
     Event, Heartbeat, JobSpec, Outcome, Register, Reply, Request, RunFinished, Secret,
 };
+use jobcast_transport::{AsyncSocket, Limits, Received};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
-use zeromq::{Socket, SocketRecv, SubSocket};
 
 const ADMIN_SECRET: &str = "bench-admin-secret-0123456789";
 const WORKER_SECRET: &str = "bench-worker-secret-0123456789";
@@ -382,11 +381,11 @@ impl SyntheticWorker {
         if !matches!(reply, Reply::Registered { .. }) {
             bail!("register refused: {reply:?}");
         }
-        let mut sub = SubSocket::new();
-        sub.connect(&broker.publish).await?;
-        sub.subscribe(&topic::pool(pool)).await?;
-        sub.subscribe(&topic::worker(&format!("bench-w{n}")))
-            .await?;
+        let sub = jobcast_transport::subscriber(
+            &broker.publish,
+            &[topic::pool(pool), topic::worker(&format!("bench-w{n}"))],
+            &Limits::default(),
+        )?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(serve(client, sub, tx));
         Ok(SyntheticWorker {
@@ -410,13 +409,12 @@ impl SyntheticWorker {
     }
 }
 
-async fn serve(client: Client, mut sub: SubSocket, grants: mpsc::UnboundedSender<Vec<Grant>>) {
+async fn serve(client: Client, sub: AsyncSocket, grants: mpsc::UnboundedSender<Vec<Grant>>) {
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            message = sub.recv() => {
-                let Ok(message) = message else { return };
-                let frames: Vec<Bytes> = message.into_vec();
+            message = sub.recv(2) => {
+                let Ok(Received::Parts(frames)) = message else { return };
                 match frames.get(1).and_then(|b| decode_event(b)) {
                     Some(Event::Wake { .. }) => {}
                     Some(Event::Ping { ping_id }) => {

@@ -1,21 +1,19 @@
 //! The broker's I/O shell: binds the sockets, checks every frame, feeds the core in
 //! batches, flushes the store once per batch (group commit), then answers and publishes.
 
-use crate::config::{parse_tcp_endpoint, BrokerConfig, Keys};
+use crate::config::{BrokerConfig, Keys};
 use crate::core::{Core, Outbox, PeerId};
 use crate::http::{CoreHandle, InternalRequest};
 use crate::store::Store;
+use crate::transport::{Incoming, Outgoing, Settings, Transport};
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use jobcast_protocol::envelope::{random_nonce, seal, Opener, Refusal};
 use jobcast_protocol::message::encode_event;
 use jobcast_protocol::Body;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
-use zeromq::{PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 /// The name the broker signs its replies with.
 pub const BROKER_NAME: &str = "broker";
@@ -25,8 +23,6 @@ const MAX_BATCH: usize = 256;
 const SLOW_BATCH: Duration = Duration::from_millis(20);
 /// The longest the loop sleeps, so that a step of the wall clock is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-/// A reply that cannot be queued to its peer within this is dropped (the peer retries).
-const SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -45,31 +41,6 @@ pub struct Bound {
 
 /// The peer id of requests from inside the broker; no ZeroMQ identity is empty.
 const INTERNAL_PEER: &[u8] = b"";
-
-/// Binds the PUB socket through a listener with `TCP_USER_TIMEOUT`, which accepted
-/// connections inherit: the kernel then aborts a subscriber that has stopped reading,
-/// freeing what was queued for it (the crate's PUB has no working high-water mark).
-fn pub_listener(endpoint: &str, user_timeout: Duration) -> Result<std::net::TcpListener> {
-    let (host, port) = parse_tcp_endpoint(endpoint)?;
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {endpoint}"))?
-        .next()
-        .with_context(|| format!("{endpoint} resolves to no address"))?;
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_tcp_user_timeout(Some(user_timeout))?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("cannot bind the publish socket to {endpoint}"))?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
 
 /// Logs refused frames without letting a flood of garbage flood the log too.
 struct RejectionLog {
@@ -97,22 +68,13 @@ pub async fn serve<S: Store + 'static>(
     on_bound: impl FnOnce(&Bound) -> Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let mut router = RouterSocket::new();
-    let router_endpoint = router
-        .bind(&config.router)
-        .await
-        .with_context(|| format!("cannot bind the request socket to {}", config.router))?;
-    let mut publisher = PubSocket::new();
-    let publish_endpoint = publisher
-        .bind_listener(pub_listener(
-            &config.publish,
-            config.stalled_subscriber_timeout,
-        )?)
-        .await
-        .with_context(|| format!("cannot bind the publish socket to {}", config.publish))?;
-
-    let (mut replies, mut requests) = router.split();
-    let (inbox_tx, mut inbox) = mpsc::channel::<(PeerId, Bytes)>(8192);
+    let mut transport = Transport::start(&Settings {
+        router: config.router.clone(),
+        publish: config.publish.clone(),
+        max_frame_bytes: config.max_frame_bytes,
+        heartbeat_interval: config.heartbeat_interval,
+        peer_timeout: config.stalled_subscriber_timeout,
+    })?;
     let (internal_tx, mut internal) = mpsc::channel::<InternalRequest>(1024);
     let live = crate::http::LiveFeed::new();
     let http = match &config.http_listen {
@@ -139,8 +101,8 @@ pub async fn serve<S: Store + 'static>(
         None => None,
     };
     let bound = Bound {
-        router: router_endpoint.to_string(),
-        publish: publish_endpoint.to_string(),
+        router: transport.router_endpoint.clone(),
+        publish: transport.publish_endpoint.clone(),
         http: http.as_ref().map(|(addr, _)| addr.to_string()),
     };
     tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = core.boot_id(), "broker listening");
@@ -149,38 +111,6 @@ pub async fn serve<S: Store + 'static>(
     let mut internal_pending: HashMap<u64, tokio::sync::oneshot::Sender<jobcast_protocol::Reply>> =
         HashMap::new();
     let mut next_internal_id: u64 = 1;
-    let max_frame = config.max_frame_bytes;
-    let receiver = tokio::spawn(async move {
-        loop {
-            let message = match requests.recv().await {
-                Ok(message) => message,
-                Err(e) => {
-                    tracing::warn!(error = %e, "request socket receive failed");
-                    continue;
-                }
-            };
-            let mut frames = message.into_vec();
-            if frames.len() != 2 {
-                tracing::debug!(
-                    frames = frames.len(),
-                    "ignoring a message with an unexpected frame count"
-                );
-                continue;
-            }
-            let payload = frames.pop().unwrap_or_default();
-            let peer = frames.pop().unwrap_or_default().to_vec();
-            // Oversized frames are refused by the opener; cut the copy short here.
-            let payload = if payload.len() > max_frame + 1 {
-                payload.slice(..max_frame + 1)
-            } else {
-                payload
-            };
-            if inbox_tx.send((peer, payload)).await.is_err() {
-                return;
-            }
-        }
-    });
-
     let mut opener = Opener::new(
         config.max_frame_bytes,
         config.max_clock_skew.as_millis() as u64,
@@ -207,11 +137,11 @@ pub async fn serve<S: Store + 'static>(
                     }
                 }
             }
-            first = inbox.recv() => {
+            first = transport.incoming.recv() => {
                 let Some(first) = first else { break Ok(()) };
                 batch.push(first);
                 while batch.len() < MAX_BATCH {
-                    match inbox.try_recv() {
+                    match transport.incoming.try_recv() {
                         Ok(next) => batch.push(next),
                         Err(_) => break,
                     }
@@ -227,10 +157,18 @@ pub async fn serve<S: Store + 'static>(
         let batch_started = Instant::now();
         let requests = batch.len();
         let mut fatal = None;
-        for (peer, payload) in batch.drain(..) {
+        for incoming in batch.drain(..) {
             if fatal.is_some() {
                 continue;
             }
+            let (peer, payload) = match incoming {
+                Incoming::Request { peer, payload, .. } => (peer, payload),
+                Incoming::Refused { reason, detail } => {
+                    core.note_rejection(reason);
+                    rejections.note(reason, &detail);
+                    continue;
+                }
+            };
             match opener.open(&payload, now / 1_000, |name| config.keys.for_sender(name)) {
                 Ok(opened) => match opened.body {
                     Body::Request { id, request } => {
@@ -316,9 +254,9 @@ pub async fn serve<S: Store + 'static>(
                 let _ = waiter.send(reply.reply);
             }
         }
-        send_all(&mut replies, &mut publisher, &config.keys, out, refusals).await;
+        send_all(&transport.outgoing, &config.keys, out, refusals);
     };
-    receiver.abort();
+    drop(transport);
     if let Some((_, task)) = http {
         task.abort();
     }
@@ -329,9 +267,9 @@ pub async fn serve<S: Store + 'static>(
     Ok(())
 }
 
-async fn send_all(
-    replies: &mut zeromq::RouterSendHalf,
-    publisher: &mut PubSocket,
+/// Hands the batch's replies, refusals and events to the transport.
+fn send_all(
+    outgoing: &mpsc::UnboundedSender<Outgoing>,
     keys: &Keys,
     out: Outbox,
     refusals: Vec<(PeerId, Refusal)>,
@@ -351,35 +289,23 @@ async fn send_all(
             now_ms,
             random_nonce(),
         );
-        send_to_peer(replies, reply.peer, frame, &reply.to).await;
+        let _ = outgoing.send(Outgoing::Reply {
+            peer: reply.peer,
+            frame,
+            to: reply.to,
+        });
     }
     for (peer, refusal) in refusals {
-        send_to_peer(replies, peer, refusal.encode(), "unauthenticated peer").await;
+        let _ = outgoing.send(Outgoing::Reply {
+            peer,
+            frame: refusal.encode(),
+            to: "unauthenticated peer".to_string(),
+        });
     }
     for (topic, event) in out.events {
-        let message =
-            ZmqMessage::try_from(vec![Bytes::from(topic), Bytes::from(encode_event(&event))]);
-        if let Ok(message) = message {
-            if let Err(e) = publisher.send(message).await {
-                tracing::warn!(error = %e, "publish failed");
-            }
-        }
-    }
-}
-
-async fn send_to_peer(
-    replies: &mut zeromq::RouterSendHalf,
-    peer: PeerId,
-    frame: Vec<u8>,
-    to: &str,
-) {
-    let Ok(message) = ZmqMessage::try_from(vec![Bytes::from(peer), Bytes::from(frame)]) else {
-        return;
-    };
-    match tokio::time::timeout(SEND_TIMEOUT, replies.send(message)).await {
-        Ok(Ok(())) => {}
-        // The peer disconnected: it will retry on its new connection.
-        Ok(Err(e)) => tracing::debug!(to, error = %e, "reply not delivered"),
-        Err(_) => tracing::warn!(to, "reply dropped: the peer is not reading"),
+        let _ = outgoing.send(Outgoing::Publish {
+            topic,
+            event: encode_event(&event),
+        });
     }
 }

@@ -1,20 +1,20 @@
-//! The authenticated request client: a ZeroMQ DEALER connected to the broker's ROUTER.
+//! The authenticated request client: a libzmq DEALER connected to the broker's ROUTER.
 //!
 //! A background task owns the socket. Callers send a [`Request`] and await its [`Reply`];
-//! many requests may be in flight at once and replies are matched by id. When a send
-//! fails (the `zeromq` crate's DEALER does not reconnect after the broker restarts) or
-//! when the owner asks for it, the task drops the socket, builds a new one and connects
-//! again with a jittered back-off. Requests in flight at that moment fail with
-//! [`ClientError::Disconnected`]; the caller decides whether to retry.
+//! many requests may be in flight at once and replies are matched by id. libzmq connects
+//! and reconnects by itself (with ZMTP heartbeats to notice a dead broker); the task
+//! watches the socket's connection events, and when the connection drops, the requests
+//! already handed to it fail with [`ClientError::Disconnected`] at once rather than at
+//! their timeout, since the broker cannot answer them any more. The caller decides
+//! whether to retry. Requests made while no connection is up wait in the task's queue.
 
-use bytes::Bytes;
 use jobcast_protocol::envelope::{random_nonce, Opener, Refusal};
 use jobcast_protocol::{Body, Reply, Request, Sealer, Secret};
-use std::collections::HashMap;
+use jobcast_transport::{zmq, AsyncSocket, Limits, Monitor, PeerEvent, Received};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 /// The name the broker signs its replies with.
 pub const BROKER_NAME: &str = "broker";
@@ -74,8 +74,18 @@ impl Client {
     /// Starts the client task and waits for the first connection, up to the connect
     /// timeout.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
-        let socket = open_socket(&config).await?;
-        Ok(Self::start(config, Some(socket)))
+        let connection = Connection::open(&config)?;
+        let connected =
+            tokio::time::timeout(config.connect_timeout, connection.socket.wait(zmq::POLLOUT))
+                .await;
+        match connected {
+            Ok(Ok(())) => Ok(Self::start(config, Some(connection))),
+            Ok(Err(e)) => Err(unreachable(&config, e)),
+            Err(_) => Err(ClientError::Unreachable {
+                endpoint: config.endpoint.clone(),
+                reason: format!("no connection within {:?}", config.connect_timeout),
+            }),
+        }
     }
 
     /// Starts the client task without waiting: it connects in the background, retrying
@@ -84,9 +94,9 @@ impl Client {
         Self::start(config, None)
     }
 
-    fn start(config: ClientConfig, socket: Option<DealerSocket>) -> Client {
+    fn start(config: ClientConfig, connection: Option<Connection>) -> Client {
         let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(config, socket, receiver));
+        tokio::spawn(run(config, connection, receiver));
         Client { commands }
     }
 
@@ -129,28 +139,48 @@ impl PendingReply {
     }
 }
 
-async fn open_socket(config: &ClientConfig) -> Result<DealerSocket, ClientError> {
-    let mut options = SocketOptions::default();
-    options.connect_timeout(config.connect_timeout);
-    let mut socket = DealerSocket::with_options(options);
-    // connect() itself waits up to the connect timeout; the outer timeout is a guard in
-    // case name resolution or the handshake stalls.
-    match tokio::time::timeout(
-        config.connect_timeout + Duration::from_secs(1),
-        socket.connect(&config.endpoint),
-    )
-    .await
-    {
-        Ok(Ok(())) => Ok(socket),
-        Ok(Err(e)) => Err(ClientError::Unreachable {
-            endpoint: config.endpoint.clone(),
-            reason: e.to_string(),
-        }),
-        Err(_) => Err(ClientError::Unreachable {
-            endpoint: config.endpoint.clone(),
-            reason: format!("no connection within {:?}", config.connect_timeout),
-        }),
+/// The DEALER and its connection events.
+struct Connection {
+    socket: AsyncSocket,
+    events: Monitor,
+}
+
+fn unreachable(config: &ClientConfig, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Unreachable {
+        endpoint: config.endpoint.clone(),
+        reason: e.to_string(),
     }
+}
+
+impl Connection {
+    /// Creates the socket and starts connecting; libzmq completes the connection (and
+    /// any later reconnection) in the background.
+    fn open(config: &ClientConfig) -> Result<Connection, ClientError> {
+        let open = || -> jobcast_transport::Result<Connection> {
+            let limits = Limits {
+                max_message_bytes: MAX_REPLY_BYTES,
+                ..Limits::default()
+            };
+            let socket = jobcast_transport::socket(zmq::DEALER, &limits)?;
+            // Queue only to a connected broker, so that nothing waits in a pipe that
+            // dies with a connection attempt; the task keeps the backlog instead.
+            socket.set_immediate(true)?;
+            socket.set_reconnect_ivl(100)?;
+            socket.set_reconnect_ivl_max(5_000)?;
+            socket.set_connect_timeout(millis(config.connect_timeout))?;
+            let events = Monitor::attach(&socket)?;
+            socket.connect(&config.endpoint)?;
+            Ok(Connection {
+                socket: AsyncSocket::new(socket)?,
+                events,
+            })
+        };
+        open().map_err(|e| unreachable(config, e))
+    }
+}
+
+fn millis(d: Duration) -> i32 {
+    d.as_millis().min(i32::MAX as u128) as i32
 }
 
 fn jitter(base: Duration) -> Duration {
@@ -158,28 +188,37 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(0.5 + spread)
 }
 
-type Pending = HashMap<u64, oneshot::Sender<Result<Reply, ClientError>>>;
+struct Waiter {
+    reply_to: oneshot::Sender<Result<Reply, ClientError>>,
+    /// Handed to libzmq: lost if the connection drops before the reply.
+    sent: bool,
+}
+
+type Pending = HashMap<u64, Waiter>;
 
 async fn run(
     config: ClientConfig,
-    mut socket: Option<DealerSocket>,
+    mut connection: Option<Connection>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let sealer = Sealer::new(config.name.clone(), config.secret.clone());
     let mut opener = Opener::new(MAX_REPLY_BYTES, config.max_clock_skew.as_millis() as u64);
     let mut next_id: u64 = 1;
     let mut backoff = Duration::from_millis(100);
+    let mut pending: Pending = HashMap::new();
+    // Sealed requests not yet accepted by the socket, in order.
+    let mut backlog: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
 
     loop {
-        let Some(dealer) = socket.take() else {
-            match open_socket(&config).await {
-                Ok(s) => {
-                    tracing::debug!(endpoint = %config.endpoint, "connected to broker");
-                    socket = Some(s);
+        let Some(current) = connection.take() else {
+            match Connection::open(&config) {
+                Ok(opened) => {
+                    connection = Some(opened);
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "broker not reachable yet");
+                    // Only a malformed endpoint or an exhausted process gets here.
+                    tracing::warn!(error = %e, "cannot create the broker connection");
                     if commands.is_closed() {
                         return;
                     }
@@ -189,75 +228,108 @@ async fn run(
             }
             continue;
         };
-        let (mut tx, mut rx) = dealer.split();
-        let mut pending: Pending = HashMap::new();
+        let socket = &current.socket;
 
-        // Serve this socket until it breaks or a reconnect is asked for.
+        // Serve this socket until a reconnect is asked for or it fails.
         let reason = 'serve: loop {
-            let command = tokio::select! {
+            tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => Some(command),
                     None => return,
+                    Some(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
+                    Some(Command::Send { request, reply_to }) => {
+                        let id = next_id;
+                        next_id += 1;
+                        let frame = sealer.seal(&Body::Request { id, request }, now_ms());
+                        pending.retain(|_, waiter| !waiter.reply_to.is_closed());
+                        backlog.retain(|(id, _)| pending.contains_key(id));
+                        pending.insert(id, Waiter { reply_to, sent: false });
+                        backlog.push_back((id, frame));
+                    }
                 },
-                incoming = rx.recv() => {
-                    match incoming {
-                        Ok(message) => deliver(message, &mut opener, &config.secret, &mut pending),
-                        Err(e) => break 'serve format!("receive failed: {e}"),
+                ready = socket.wait(zmq::POLLIN) => {
+                    if let Err(e) = ready {
+                        break 'serve format!("socket failed: {e}");
                     }
-                    None
+                    loop {
+                        match socket.try_recv(1) {
+                            Ok(Some(Received::Parts(mut parts))) => {
+                                if let Some(frame) = parts.pop() {
+                                    deliver(&frame, &mut opener, &config.secret, &mut pending);
+                                }
+                            }
+                            Ok(Some(Received::TooManyParts(_))) => {
+                                tracing::warn!("ignoring a multi-part message from the broker");
+                            }
+                            Ok(None) => break,
+                            Err(e) => break 'serve format!("receive failed: {e}"),
+                        }
+                    }
                 }
-            };
-            match command {
-                None => {}
-                Some(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
-                Some(Command::Send { request, reply_to }) => {
-                    let id = next_id;
-                    next_id += 1;
-                    let frame = sealer.seal(&Body::Request { id, request }, now_ms());
-                    pending.retain(|_, waiter| !waiter.is_closed());
-                    pending.insert(id, reply_to);
-                    let sent = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        tx.send(ZmqMessage::from(Bytes::from(frame))),
-                    )
-                    .await;
-                    match sent {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => break 'serve format!("send failed: {e}"),
-                        Err(_) => break 'serve "send stalled".to_string(),
+                ready = socket.wait(zmq::POLLOUT), if !backlog.is_empty() => {
+                    if let Err(e) = ready {
+                        break 'serve format!("socket failed: {e}");
                     }
+                }
+                event = current.events.next() => match event {
+                    Ok(PeerEvent::Disconnected) => {
+                        tracing::debug!(endpoint = %config.endpoint, "broker connection lost; libzmq reconnects");
+                        fail_sent(&mut pending);
+                    }
+                    Ok(_) => {}
+                    Err(e) => break 'serve format!("monitor failed: {e}"),
+                },
+            }
+            // Hand over whatever the socket takes now.
+            while let Some((id, frame)) = backlog.front() {
+                match socket.try_send([&frame[..]]) {
+                    Ok(true) => {
+                        if let Some(waiter) = pending.get_mut(id) {
+                            waiter.sent = true;
+                        }
+                        backlog.pop_front();
+                    }
+                    Ok(false) => break,
+                    Err(e) => break 'serve format!("send failed: {e}"),
                 }
             }
         };
         tracing::debug!(%reason, "dropping broker connection");
-        for (_, waiter) in pending.drain() {
-            let _ = waiter.send(Err(ClientError::Disconnected));
-        }
+        fail_sent(&mut pending);
+        drop(current);
         tokio::time::sleep(jitter(Duration::from_millis(50))).await;
     }
 }
 
-fn deliver(message: ZmqMessage, opener: &mut Opener, key: &Secret, pending: &mut Pending) {
-    let Some(frame) = message.into_vec().pop() else {
-        return;
-    };
-    if let Some(refusal) = Refusal::decode(&frame) {
+/// Fails the requests the broker can no longer answer; unsent ones keep waiting.
+fn fail_sent(pending: &mut Pending) {
+    let lost: Vec<u64> = pending
+        .iter()
+        .filter(|(_, waiter)| waiter.sent)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in lost {
+        if let Some(waiter) = pending.remove(&id) {
+            let _ = waiter.reply_to.send(Err(ClientError::Disconnected));
+        }
+    }
+}
+
+fn deliver(frame: &[u8], opener: &mut Opener, key: &Secret, pending: &mut Pending) {
+    if let Some(refusal) = Refusal::decode(frame) {
         // A refusal cannot say which request it answers: fail them all.
         for (_, waiter) in pending.drain() {
-            let _ = waiter.send(Err(ClientError::Refused {
+            let _ = waiter.reply_to.send(Err(ClientError::Refused {
                 reason: refusal.refused.clone(),
                 detail: refusal.detail.clone(),
             }));
         }
         return;
     }
-    match opener.open(&frame, now_ms(), |name| {
-        (name == BROKER_NAME).then_some(key)
-    }) {
+    match opener.open(frame, now_ms(), |name| (name == BROKER_NAME).then_some(key)) {
         Ok(opened) => match opened.body {
             Body::Reply { id, reply } => {
                 if let Some(waiter) = pending.remove(&id) {
-                    let _ = waiter.send(Ok(reply));
+                    let _ = waiter.reply_to.send(Ok(reply));
                 }
             }
             Body::Request { .. } => tracing::warn!("ignoring a request sent by the broker"),

@@ -8,20 +8,19 @@ use crate::config::WorkerConfig;
 use crate::reporter::{ReportEvent, Reporter};
 use crate::runner;
 use anyhow::Result;
-use bytes::Bytes;
 use jobcast_client::{Client, ClientConfig, ClientError};
 use jobcast_protocol::message::{decode_event, topic};
 use jobcast_protocol::{
     Assignment, ErrorCode, Event, Heartbeat, Orders, Register, Reply, Request, RunFinished,
     WorkerInfo, JOBCAST_VERSION,
 };
+use jobcast_transport::{AsyncSocket, Limits, Received};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
-use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to keep trying to deliver the last reports when exiting.
@@ -170,48 +169,42 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Receives events for this worker's topics, reconnecting the SUB socket as needed.
-async fn subscribe(config: Arc<WorkerConfig>, messages: mpsc::UnboundedSender<Msg>) {
+/// Events are a topic and a few dozen bytes; anything larger is not from a broker.
+const MAX_EVENT_BYTES: usize = 64 << 10;
+
+fn open_subscriber(config: &WorkerConfig) -> jobcast_transport::Result<AsyncSocket> {
+    let limits = Limits {
+        max_message_bytes: MAX_EVENT_BYTES,
+        ..Limits::default()
+    };
     let mut topics = vec![topic::ALL.to_string(), topic::worker(&config.id)];
     topics.extend(config.pools.iter().map(|p| topic::pool(p)));
-    let mut backoff = Duration::from_millis(100);
+    jobcast_transport::subscriber(&config.events, &topics, &limits)
+}
+
+/// Receives events for this worker's topics. libzmq connects, and reconnects after the
+/// broker restarts, by itself.
+async fn subscribe(config: Arc<WorkerConfig>, messages: mpsc::UnboundedSender<Msg>) {
+    let socket = match open_subscriber(&config) {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::error!(endpoint = %config.events, error = %e, "cannot open the event socket");
+            return;
+        }
+    };
     loop {
-        let mut options = SocketOptions::default();
-        options.connect_timeout(config.connect_timeout);
-        let mut socket = SubSocket::with_options(options);
-        let connected = tokio::time::timeout(
-            config.connect_timeout + Duration::from_secs(1),
-            socket.connect(&config.events),
-        )
-        .await;
-        if !matches!(connected, Ok(Ok(()))) {
-            tracing::debug!(endpoint = %config.events, "event socket not connected yet");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            continue;
-        }
-        backoff = Duration::from_millis(100);
-        let mut subscribed = true;
-        for t in &topics {
-            subscribed &= socket.subscribe(t).await.is_ok();
-        }
-        if !subscribed {
-            continue;
-        }
-        loop {
-            match socket.recv().await {
-                Ok(message) => {
-                    let frames: Vec<Bytes> = message.into_vec();
-                    if let Some(event) = frames.get(1).and_then(|b| decode_event(b)) {
-                        if messages.send(Msg::Event(event)).is_err() {
-                            return;
-                        }
+        match socket.recv(2).await {
+            Ok(Received::Parts(parts)) => {
+                if let Some(event) = parts.get(1).and_then(|b| decode_event(b)) {
+                    if messages.send(Msg::Event(event)).is_err() {
+                        return;
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "event socket failed; reconnecting");
-                    break;
-                }
+            }
+            Ok(Received::TooManyParts(_)) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "event socket failed");
+                return;
             }
         }
     }

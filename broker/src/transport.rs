@@ -1,0 +1,299 @@
+//! The broker's sockets: a ROUTER for requests and a PUB for hints, both libzmq, owned by
+//! one task. The rest of the broker sees only [`Incoming`] and [`Outgoing`] values.
+//!
+//! Every limit that protects the broker's memory from the network is set here:
+//! libzmq refuses a message over `max_frame_bytes` before allocating it and disconnects
+//! the peer; a message with extra parts is read to its end and dropped; a connection that
+//! has not finished its handshake after [`HANDSHAKE_TIMEOUT`] is closed; a peer that
+//! answers no ZMTP heartbeat for `peer_timeout` is disconnected and what was queued for it
+//! is freed; at most [`HIGH_WATER_MARK`] messages wait per peer in each direction; and
+//! requests read but not yet handled by the core hold at most [`INBOX_BUDGET`] bytes.
+
+use crate::core::PeerId;
+use jobcast_transport::{zmq, AsyncSocket, Limits, Monitor, PeerEvent, Received};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Messages queued per peer and direction inside libzmq.
+pub const HIGH_WATER_MARK: i32 = 1000;
+/// Bytes of requests read from the network and not yet handled.
+pub const INBOX_BUDGET: usize = 64 << 20;
+/// A connection must finish the ZMTP handshake within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Subscriptions are short topics; nothing else travels towards a PUB.
+const MAX_SUBSCRIPTION_BYTES: usize = 1024;
+/// Messages read in one go before replies get a turn.
+const READ_BURST: usize = 256;
+
+pub struct Settings {
+    pub router: String,
+    pub publish: String,
+    pub max_frame_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub peer_timeout: Duration,
+}
+
+/// What the network brought.
+#[derive(Debug)]
+pub enum Incoming {
+    Request {
+        peer: PeerId,
+        payload: Vec<u8>,
+        /// Returns the payload's bytes to the inbox budget when dropped.
+        budget: OwnedSemaphorePermit,
+    },
+    /// Something refused before it could be read as a request.
+    Refused {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// What to send.
+pub enum Outgoing {
+    Reply {
+        peer: PeerId,
+        frame: Vec<u8>,
+        /// Who the reply is for, for logs.
+        to: String,
+    },
+    Publish {
+        topic: String,
+        event: Vec<u8>,
+    },
+}
+
+pub struct Transport {
+    pub incoming: mpsc::Receiver<Incoming>,
+    pub outgoing: mpsc::UnboundedSender<Outgoing>,
+    pub router_endpoint: String,
+    pub publish_endpoint: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot bind the {what} socket to {endpoint}: {source}")]
+    Bind {
+        what: &'static str,
+        endpoint: String,
+        source: jobcast_transport::TransportError,
+    },
+}
+
+struct Sockets {
+    router: AsyncSocket,
+    router_events: Option<Monitor>,
+    publisher: AsyncSocket,
+    publisher_events: Option<Monitor>,
+}
+
+/// The next connection event, or never once the monitor has failed.
+async fn next_event(monitor: &Option<Monitor>) -> jobcast_transport::Result<PeerEvent> {
+    match monitor {
+        Some(monitor) => monitor.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn bind(
+    what: &'static str,
+    endpoint: &str,
+    kind: zmq::SocketType,
+    limits: &Limits,
+) -> Result<(AsyncSocket, Monitor), TransportError> {
+    let open = || -> jobcast_transport::Result<(AsyncSocket, Monitor)> {
+        let socket = jobcast_transport::socket(kind, limits)?;
+        if kind == zmq::ROUTER {
+            // A reply to a peer that has gone is an error to log, not a silent drop.
+            socket.set_router_mandatory(true)?;
+        }
+        let events = Monitor::attach(&socket)?;
+        socket.bind(&jobcast_transport::bindable(endpoint))?;
+        Ok((AsyncSocket::new(socket)?, events))
+    };
+    open().map_err(|source| TransportError::Bind {
+        what,
+        endpoint: endpoint.to_string(),
+        source,
+    })
+}
+
+impl Transport {
+    /// Binds both sockets and starts the task that owns them. Inside a tokio runtime.
+    pub fn start(settings: &Settings) -> Result<Transport, TransportError> {
+        let router_limits = Limits {
+            max_message_bytes: settings.max_frame_bytes,
+            high_water_mark: HIGH_WATER_MARK,
+            heartbeat_interval: settings.heartbeat_interval,
+            heartbeat_timeout: settings.peer_timeout,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        };
+        let publisher_limits = Limits {
+            max_message_bytes: MAX_SUBSCRIPTION_BYTES,
+            ..router_limits
+        };
+        let (router, router_events) =
+            bind("request", &settings.router, zmq::ROUTER, &router_limits)?;
+        let (publisher, publisher_events) =
+            bind("publish", &settings.publish, zmq::PUB, &publisher_limits)?;
+        let endpoint = |socket: &AsyncSocket, asked: &str| {
+            socket.last_endpoint().unwrap_or_else(|_| asked.to_string())
+        };
+        let router_endpoint = endpoint(&router, &settings.router);
+        let publish_endpoint = endpoint(&publisher, &settings.publish);
+        let (incoming_tx, incoming) = mpsc::channel(READ_BURST * 4);
+        let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
+        let sockets = Sockets {
+            router,
+            router_events: Some(router_events),
+            publisher,
+            publisher_events: Some(publisher_events),
+        };
+        let task = tokio::spawn(run(sockets, incoming_tx, outgoing_rx));
+        Ok(Transport {
+            incoming,
+            outgoing,
+            router_endpoint,
+            publish_endpoint,
+            task,
+        })
+    }
+}
+
+async fn run(
+    mut sockets: Sockets,
+    incoming: mpsc::Sender<Incoming>,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let budget = Arc::new(Semaphore::new(INBOX_BUDGET));
+    loop {
+        tokio::select! {
+            biased;
+            out = outgoing.recv() => {
+                let Some(out) = out else { return };
+                send(&sockets, out);
+                while let Ok(out) = outgoing.try_recv() {
+                    send(&sockets, out);
+                }
+            }
+            ready = sockets.router.wait(zmq::POLLIN) => {
+                if let Err(e) = ready {
+                    tracing::error!(error = %e, "request socket failed");
+                    return;
+                }
+                for _ in 0..READ_BURST {
+                    let next = match sockets.router.try_recv(2) {
+                        Ok(Some(received)) => received,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "request socket receive failed");
+                            break;
+                        }
+                    };
+                    let item = match next {
+                        Received::Parts(mut parts) if parts.len() == 2 => {
+                            let payload = parts.pop().unwrap_or_default();
+                            let peer = parts.pop().unwrap_or_default();
+                            // A frame is at most max_frame_bytes (libzmq enforces it),
+                            // far below u32::MAX; an empty one still takes a permit.
+                            let cost = payload.len().clamp(1, INBOX_BUDGET) as u32;
+                            let Ok(budget) = budget.clone().acquire_many_owned(cost).await else {
+                                return;
+                            };
+                            Incoming::Request { peer, payload, budget }
+                        }
+                        Received::Parts(parts) => Incoming::Refused {
+                            reason: "multipart",
+                            detail: format!("a message of {} parts", parts.len()),
+                        },
+                        Received::TooManyParts(count) => Incoming::Refused {
+                            reason: "multipart",
+                            detail: format!("a message of {count} parts"),
+                        },
+                    };
+                    if incoming.send(item).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            event = next_event(&sockets.router_events) => {
+                match note(&incoming, "request", event).await {
+                    Noted::Yes => {}
+                    Noted::MonitorFailed => sockets.router_events = None,
+                    Noted::BrokerGone => return,
+                }
+            }
+            event = next_event(&sockets.publisher_events) => {
+                match note(&incoming, "publish", event).await {
+                    Noted::Yes => {}
+                    Noted::MonitorFailed => sockets.publisher_events = None,
+                    Noted::BrokerGone => return,
+                }
+            }
+        }
+    }
+}
+
+enum Noted {
+    Yes,
+    MonitorFailed,
+    BrokerGone,
+}
+
+/// Counts connections refused during the handshake.
+async fn note(
+    incoming: &mpsc::Sender<Incoming>,
+    socket: &'static str,
+    event: jobcast_transport::Result<PeerEvent>,
+) -> Noted {
+    let refused = match event {
+        Ok(PeerEvent::HandshakeFailed) => Incoming::Refused {
+            reason: "handshake_failed",
+            detail: format!(
+                "a connection to the {socket} socket did not complete the ZMTP handshake"
+            ),
+        },
+        Ok(PeerEvent::Disconnected) => {
+            tracing::debug!(socket, "a peer connection closed");
+            return Noted::Yes;
+        }
+        Ok(PeerEvent::Connected) => return Noted::Yes,
+        Err(e) => {
+            // Serve on without connection events rather than stop the broker.
+            tracing::error!(socket, error = %e, "socket monitor failed");
+            return Noted::MonitorFailed;
+        }
+    };
+    match incoming.send(refused).await {
+        Ok(()) => Noted::Yes,
+        Err(_) => Noted::BrokerGone,
+    }
+}
+
+fn send(sockets: &Sockets, out: Outgoing) {
+    match out {
+        Outgoing::Reply { peer, frame, to } => {
+            match sockets.router.try_send([&peer[..], &frame[..]]) {
+                Ok(true) => {}
+                // The peer's queue is full: it is not reading. It retries on its own.
+                Ok(false) => tracing::warn!(to, "reply dropped: the peer is not reading"),
+                // The peer disconnected: it will ask again on its new connection.
+                Err(e) => tracing::debug!(to, error = %e, "reply not delivered"),
+            }
+        }
+        Outgoing::Publish { topic, event } => {
+            // A PUB drops for a subscriber at its high-water mark and never blocks.
+            if let Err(e) = sockets.publisher.try_send([topic.as_bytes(), &event[..]]) {
+                tracing::warn!(error = %e, "publish failed");
+            }
+        }
+    }
+}

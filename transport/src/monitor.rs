@@ -1,0 +1,97 @@
+//! Connection events of a socket (libzmq's socket monitor), read by the socket's owner.
+
+use crate::{context, AsyncSocket, Received, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What happened to one connection of the monitored socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A peer completed the ZMTP handshake.
+    Connected,
+    /// A connection closed: the peer left, stopped answering heartbeats, or broke a
+    /// limit (an oversized message, a malformed frame).
+    Disconnected,
+    /// A connection was closed before its handshake completed (garbage, or too slow).
+    HandshakeFailed,
+}
+
+/// Reads connection events of one socket.
+pub struct Monitor {
+    events: AsyncSocket,
+}
+
+impl Monitor {
+    /// Starts monitoring `target`. Must be called inside a tokio runtime.
+    pub fn attach(target: &zmq::Socket) -> Result<Monitor> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let endpoint = format!(
+            "inproc://jobcast-monitor-{}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let wanted = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32
+            | zmq::SocketEvent::DISCONNECTED as i32
+            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
+            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32
+            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32;
+        target.monitor(&endpoint, wanted)?;
+        let events = context().socket(zmq::PAIR)?;
+        events.set_linger(0)?;
+        events.connect(&endpoint)?;
+        Ok(Monitor {
+            events: AsyncSocket::new(events)?,
+        })
+    }
+
+    /// The next event; waits for one.
+    pub async fn next(&self) -> Result<PeerEvent> {
+        loop {
+            self.events.wait(zmq::POLLIN).await?;
+            while let Some(received) = self.events.try_recv(2)? {
+                if let Some(event) = decode(&received) {
+                    return Ok(event);
+                }
+            }
+        }
+    }
+}
+
+/// An event is two parts: 2 bytes of event number and 4 of value (native order), then
+/// the endpoint.
+fn decode(received: &Received) -> Option<PeerEvent> {
+    let Received::Parts(parts) = received else {
+        return None;
+    };
+    let head = parts.first()?;
+    let number = u16::from_ne_bytes([*head.first()?, *head.get(1)?]);
+    match zmq::SocketEvent::from_raw(number) {
+        zmq::SocketEvent::HANDSHAKE_SUCCEEDED => Some(PeerEvent::Connected),
+        zmq::SocketEvent::DISCONNECTED => Some(PeerEvent::Disconnected),
+        zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL
+        | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL
+        | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH => Some(PeerEvent::HandshakeFailed),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{socket, Limits};
+
+    #[tokio::test]
+    async fn a_peer_coming_and_going_is_seen() {
+        let limits = Limits::default();
+        let router = socket(zmq::ROUTER, &limits).unwrap();
+        router.bind("tcp://127.0.0.1:*").unwrap();
+        let monitor = Monitor::attach(&router).unwrap();
+        let endpoint = router.get_last_endpoint().unwrap().unwrap();
+        let dealer = socket(zmq::DEALER, &limits).unwrap();
+        dealer.connect(&endpoint).unwrap();
+        let deadline = std::time::Duration::from_secs(10);
+        let first = tokio::time::timeout(deadline, monitor.next()).await;
+        assert_eq!(first.unwrap().unwrap(), PeerEvent::Connected);
+        drop(dealer);
+        let second = tokio::time::timeout(deadline, monitor.next()).await;
+        assert_eq!(second.unwrap().unwrap(), PeerEvent::Disconnected);
+    }
+}
