@@ -385,6 +385,7 @@ impl SyntheticWorker {
             &broker.publish,
             &[topic::pool(pool), topic::worker(&format!("bench-w{n}"))],
             &Limits::default(),
+            &jobcast_client::credentials(&format!("bench-w{n}"), &Secret::new(WORKER_SECRET)),
         )?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(serve(client, sub, tx));

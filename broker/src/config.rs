@@ -22,8 +22,14 @@ pub struct FileConfig {
     pub worker_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub max_clock_skew: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub stalled_subscriber_timeout: Option<Duration>,
+    /// A peer that answers no ZMTP heartbeat for this long is disconnected and what was
+    /// queued for it is freed (the older name is still read).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        alias = "stalled_subscriber_timeout"
+    )]
+    pub peer_timeout: Option<Duration>,
     pub max_frame_bytes: Option<usize>,
     #[serde(default)]
     pub keys: KeysSection,
@@ -116,7 +122,7 @@ pub struct BrokerConfig {
     pub heartbeat_interval: Duration,
     pub worker_timeout: Duration,
     pub max_clock_skew: Duration,
-    pub stalled_subscriber_timeout: Duration,
+    pub peer_timeout: Duration,
     pub max_frame_bytes: usize,
     pub keys: Keys,
     pub webhooks: Vec<crate::notify::Webhook>,
@@ -196,9 +202,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             .or(file.worker_timeout)
             .unwrap_or(Duration::from_secs(10)),
         max_clock_skew: file.max_clock_skew.unwrap_or(Duration::from_secs(30)),
-        stalled_subscriber_timeout: file
-            .stalled_subscriber_timeout
-            .unwrap_or(Duration::from_secs(20)),
+        peer_timeout: file.peer_timeout.unwrap_or(Duration::from_secs(20)),
         max_frame_bytes: file.max_frame_bytes.unwrap_or(1 << 20),
         keys: Keys {
             admin: secret("admin", admin)?,
@@ -221,6 +225,9 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             config.worker_timeout,
             config.heartbeat_interval * 3
         );
+    }
+    if config.peer_timeout < Duration::from_secs(1) {
+        bail!("peer_timeout must be at least 1s");
     }
     if config.max_frame_bytes < 4096 {
         bail!("max_frame_bytes must be at least 4096");

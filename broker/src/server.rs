@@ -72,8 +72,12 @@ pub async fn serve<S: Store + 'static>(
         router: config.router.clone(),
         publish: config.publish.clone(),
         max_frame_bytes: config.max_frame_bytes,
-        heartbeat_interval: config.heartbeat_interval,
-        peer_timeout: config.stalled_subscriber_timeout,
+        // ZMTP PINGs need not be as frequent as the application's heartbeat.
+        heartbeat_interval: config
+            .heartbeat_interval
+            .clamp(Duration::from_millis(100), config.peer_timeout / 2),
+        peer_timeout: config.peer_timeout,
+        keys: config.keys.clone(),
     })?;
     let (internal_tx, mut internal) = mpsc::channel::<InternalRequest>(1024);
     let live = crate::http::LiveFeed::new();

@@ -1,6 +1,13 @@
 //! The broker's sockets: a ROUTER for requests and a PUB for hints, both libzmq, owned by
 //! one task. The rest of the broker sees only [`Incoming`] and [`Outgoing`] values.
 //!
+//! Both sockets take only connections that authenticate in the ZMTP handshake (PLAIN: a
+//! known sender name and the password derived from its secret, checked by the ZAP handler
+//! here), so a peer without a key never gets a message read, whatever it sends. libzmq
+//! bounds each frame but not the number of parts of one message, and it keeps the parts of
+//! an unfinished message until the last one arrives: this gate is what keeps an endless
+//! multi-part message from anyone but a key holder.
+//!
 //! Every limit that protects the broker's memory from the network is set here:
 //! libzmq refuses a message over `max_frame_bytes` before allocating it and disconnects
 //! the peer; a message with extra parts is read to its end and dropped; a connection that
@@ -9,7 +16,9 @@
 //! is freed; at most [`HIGH_WATER_MARK`] messages wait per peer in each direction; and
 //! requests read but not yet handled by the core hold at most [`INBOX_BUDGET`] bytes.
 
+use crate::config::Keys;
 use crate::core::PeerId;
+use jobcast_protocol::envelope::check_connection_password;
 use jobcast_transport::{zmq, AsyncSocket, Limits, Monitor, PeerEvent, Received};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +34,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_SUBSCRIPTION_BYTES: usize = 1024;
 /// Messages read in one go before replies get a turn.
 const READ_BURST: usize = 256;
+/// Where libzmq asks a context's authentication handler (ZAP, RFC 27).
+const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
+const ZAP_DOMAIN: &str = "jobcast";
 
 pub struct Settings {
     pub router: String,
@@ -32,6 +44,8 @@ pub struct Settings {
     pub max_frame_bytes: usize,
     pub heartbeat_interval: Duration,
     pub peer_timeout: Duration,
+    /// Who may connect.
+    pub keys: Keys,
 }
 
 /// What the network brought.
@@ -89,6 +103,8 @@ pub enum TransportError {
 }
 
 struct Sockets {
+    zap: AsyncSocket,
+    keys: Keys,
     router: AsyncSocket,
     router_events: Option<Monitor>,
     publisher: AsyncSocket,
@@ -115,6 +131,8 @@ fn bind(
             // A reply to a peer that has gone is an error to log, not a silent drop.
             socket.set_router_mandatory(true)?;
         }
+        socket.set_plain_server(true)?;
+        socket.set_zap_domain(ZAP_DOMAIN)?;
         let events = Monitor::attach(&socket)?;
         socket.bind(&jobcast_transport::bindable(endpoint))?;
         Ok((AsyncSocket::new(socket)?, events))
@@ -140,6 +158,21 @@ impl Transport {
             max_message_bytes: MAX_SUBSCRIPTION_BYTES,
             ..router_limits
         };
+        // The handler must listen before any connection can start its handshake.
+        let zap = jobcast_transport::context()
+            .socket(zmq::REP)
+            .and_then(|zap| {
+                zap.set_linger(0)?;
+                zap.bind(ZAP_ENDPOINT)?;
+                Ok(zap)
+            })
+            .map_err(jobcast_transport::TransportError::from)
+            .and_then(AsyncSocket::new)
+            .map_err(|source| TransportError::Bind {
+                what: "authentication",
+                endpoint: ZAP_ENDPOINT.to_string(),
+                source,
+            })?;
         let (router, router_events) =
             bind("request", &settings.router, zmq::ROUTER, &router_limits)?;
         let (publisher, publisher_events) =
@@ -152,6 +185,8 @@ impl Transport {
         let (incoming_tx, incoming) = mpsc::channel(READ_BURST * 4);
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let sockets = Sockets {
+            zap,
+            keys: settings.keys.clone(),
             router,
             router_events: Some(router_events),
             publisher,
@@ -224,6 +259,19 @@ async fn run(
                     }
                 }
             }
+            ready = sockets.zap.wait(zmq::POLLIN) => {
+                if let Err(e) = ready {
+                    tracing::error!(error = %e, "authentication socket failed");
+                    return;
+                }
+                // Stops at the first refusal or accepted request; the loop comes back here
+                // while more are waiting.
+                while let Some(refused) = answer_zap(&sockets) {
+                    if incoming.send(refused).await.is_err() {
+                        return;
+                    }
+                }
+            }
             event = next_event(&sockets.router_events) => {
                 match note(&incoming, "request", event).await {
                     Noted::Yes => {}
@@ -265,7 +313,8 @@ async fn note(
             tracing::debug!(socket, "a peer connection closed");
             return Noted::Yes;
         }
-        Ok(PeerEvent::Connected) => return Noted::Yes,
+        // Counted by the authentication handler, which knows the name.
+        Ok(PeerEvent::Connected | PeerEvent::AuthFailed) => return Noted::Yes,
         Err(e) => {
             // Serve on without connection events rather than stop the broker.
             tracing::error!(socket, error = %e, "socket monitor failed");
@@ -276,6 +325,54 @@ async fn note(
         Ok(()) => Noted::Yes,
         Err(_) => Noted::BrokerGone,
     }
+}
+
+/// Answers pending authentication requests; returns a refusal to count, if any, after
+/// answering the request it refused (REP must answer before it reads the next).
+fn answer_zap(sockets: &Sockets) -> Option<Incoming> {
+    let parts = match sockets.zap.try_recv(8) {
+        Ok(Some(Received::Parts(parts))) => parts,
+        Ok(Some(Received::TooManyParts(_))) => Vec::new(),
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "authentication request unreadable");
+            return None;
+        }
+    };
+    // version, request id, domain, address, routing id, mechanism, username, password
+    let field = |n: usize| parts.get(n).map(Vec::as_slice).unwrap_or_default();
+    let name = String::from_utf8_lossy(field(6))
+        .chars()
+        .take(64)
+        .collect::<String>();
+    let accepted = parts.len() == 8
+        && field(0) == b"1.0"
+        && field(5) == b"PLAIN"
+        && sockets
+            .keys
+            .for_sender(&name)
+            .is_some_and(|secret| check_connection_password(secret, field(7)));
+    let (code, text, user): (&[u8], &[u8], &[u8]) = if accepted {
+        (b"200", b"OK", name.as_bytes())
+    } else {
+        (b"400", b"unknown sender or wrong password", b"")
+    };
+    let reply: [&[u8]; 6] = [b"1.0", field(1), code, text, user, b""];
+    if let Err(e) = sockets.zap.try_send(reply) {
+        tracing::warn!(error = %e, "authentication answer not sent");
+    }
+    (!accepted).then(|| Incoming::Refused {
+        reason: "auth_failed",
+        detail: format!(
+            "connection from {} refused: {}",
+            String::from_utf8_lossy(field(3)),
+            if field(5) == b"PLAIN" {
+                format!("unknown sender or wrong password for {name:?}")
+            } else {
+                format!("mechanism {:?}", String::from_utf8_lossy(field(5)))
+            }
+        ),
+    })
 }
 
 fn send(sockets: &Sockets, out: Outgoing) {

@@ -10,7 +10,7 @@
 
 use jobcast_protocol::envelope::{random_nonce, Opener, Refusal};
 use jobcast_protocol::{Body, Reply, Request, Sealer, Secret};
-use jobcast_transport::{zmq, AsyncSocket, Limits, Monitor, PeerEvent, Received};
+use jobcast_transport::{zmq, AsyncSocket, Credentials, Limits, Monitor, PeerEvent, Received};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -44,6 +44,21 @@ pub enum ClientError {
     Closed,
 }
 
+impl ClientConfig {
+    /// What this peer authenticates its connections with.
+    pub fn credentials(&self) -> Credentials {
+        credentials(&self.name, &self.secret)
+    }
+}
+
+/// The connection credentials of sender `name` with `secret`.
+pub fn credentials(name: &str, secret: &Secret) -> Credentials {
+    Credentials {
+        username: name.to_string(),
+        password: jobcast_protocol::envelope::connection_password(secret),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The broker's ROUTER endpoint, e.g. `tcp://127.0.0.1:5555`.
@@ -75,12 +90,24 @@ impl Client {
     /// timeout.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let connection = Connection::open(&config)?;
-        let connected =
-            tokio::time::timeout(config.connect_timeout, connection.socket.wait(zmq::POLLOUT))
-                .await;
+        let connected = tokio::time::timeout(config.connect_timeout, async {
+            loop {
+                tokio::select! {
+                    ready = connection.socket.wait(zmq::POLLOUT) => {
+                        return ready.map_err(|e| unreachable(&config, e));
+                    }
+                    event = connection.events.next() => match event {
+                        Ok(PeerEvent::AuthFailed) => return Err(auth_refused(&config)),
+                        Ok(_) => {}
+                        Err(e) => return Err(unreachable(&config, e)),
+                    },
+                }
+            }
+        })
+        .await;
         match connected {
             Ok(Ok(())) => Ok(Self::start(config, Some(connection))),
-            Ok(Err(e)) => Err(unreachable(&config, e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Unreachable {
                 endpoint: config.endpoint.clone(),
                 reason: format!("no connection within {:?}", config.connect_timeout),
@@ -152,6 +179,17 @@ fn unreachable(config: &ClientConfig, e: impl std::fmt::Display) -> ClientError 
     }
 }
 
+/// The broker's handshake turned the connection down: the name or its secret is wrong.
+fn auth_refused(config: &ClientConfig) -> ClientError {
+    ClientError::Refused {
+        reason: "auth_failed".to_string(),
+        detail: format!(
+            "the broker at {} refused the connection for {:?}: unknown sender or wrong secret",
+            config.endpoint, config.name
+        ),
+    }
+}
+
 impl Connection {
     /// Creates the socket and starts connecting; libzmq completes the connection (and
     /// any later reconnection) in the background.
@@ -168,6 +206,7 @@ impl Connection {
             socket.set_reconnect_ivl(100)?;
             socket.set_reconnect_ivl_max(5_000)?;
             socket.set_connect_timeout(millis(config.connect_timeout))?;
+            config.credentials().apply(&socket)?;
             let events = Monitor::attach(&socket)?;
             socket.connect(&config.endpoint)?;
             Ok(Connection {
@@ -274,6 +313,16 @@ async fn run(
                     Ok(PeerEvent::Disconnected) => {
                         tracing::debug!(endpoint = %config.endpoint, "broker connection lost; libzmq reconnects");
                         fail_sent(&mut pending);
+                    }
+                    Ok(PeerEvent::AuthFailed) => {
+                        // Nothing can be sent with these credentials: say so to everyone
+                        // waiting rather than let them time out.
+                        let refused = auth_refused(&config);
+                        tracing::error!("{refused}");
+                        backlog.clear();
+                        for (_, waiter) in pending.drain() {
+                            let _ = waiter.reply_to.send(Err(refused.clone()));
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => break 'serve format!("monitor failed: {e}"),

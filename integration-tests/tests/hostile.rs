@@ -43,6 +43,9 @@ async fn hostile_frames_are_refused_and_the_broker_keeps_serving() {
     cluster.apply_jobs("[jobs.quick]\ncommand = [\"echo\", \"still working\"]\n");
     let dealer = jobcast_transport::socket(zmq::DEALER, &Limits::default()).unwrap();
     dealer.set_immediate(true).unwrap();
+    jobcast_client::credentials("admin", &Secret::new(ADMIN_SECRET))
+        .apply(&dealer)
+        .unwrap();
     dealer.connect(&cluster.router).unwrap();
     let mut socket = AsyncSocket::new(dealer).unwrap();
     let admin = Secret::new(ADMIN_SECRET);

@@ -320,7 +320,10 @@ fn jobcastctl_explains_an_unreachable_broker_and_a_wrong_key() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refused") && err.contains("bad_mac"), "{err}");
+    assert!(
+        err.contains("refused the connection") && err.contains("wrong secret"),
+        "{err}"
+    );
 
     let out = cluster.ctl(&["enqueue", "no-such-job"]);
     assert!(!out.status.success());

@@ -1,10 +1,13 @@
-//! A worker stopped with SIGSTOP for two minutes while runs keep flowing: the broker's
-//! memory stays bounded, the stalled worker is marked offline, and the other workers keep
-//! running. The stall lasts `JOBCAST_STALL_SECS` seconds (default 120).
+//! A worker stopped with SIGSTOP while runs keep flowing and the broker publishes over
+//! 200 events a second (its heartbeat every 4 ms, plus a wake-up per enqueue): the
+//! broker's memory stays bounded, the stalled worker is marked offline, and the other
+//! workers keep running. The stall lasts `JOBCAST_STALL_SECS` seconds (default 120; CI
+//! runs 300).
 
-use jobcast_client::{Client, ClientConfig};
+use jobcast_client::{credentials, Client, ClientConfig};
 use jobcast_integration_tests::*;
 use jobcast_protocol::{Reply, Request, Secret};
+use jobcast_transport::{Limits, Received};
 use std::time::{Duration, Instant};
 
 fn stall() -> Duration {
@@ -17,7 +20,7 @@ fn stall() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_leaves_broker_memory_bounded_and_others_running() {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_with(3, &["--heartbeat-interval", "4ms"]);
     cluster.apply_jobs("[jobs.tick]\ncommand = [\"echo\", \"tick\"]\n");
     let client = Client::connect(ClientConfig {
         endpoint: cluster.router.clone(),
@@ -58,6 +61,28 @@ async fn a_stopped_worker_leaves_broker_memory_bounded_and_others_running() {
     });
     let baseline = rss_bytes(broker);
 
+    // What the stalled worker's subscription receives, counted on a subscription of its
+    // own: the broker's heartbeats alone are 250 a second.
+    let events = jobcast_transport::subscriber(
+        &cluster.publish,
+        &["all/".to_string()],
+        &Limits::default(),
+        &credentials("w1", &Secret::new(worker_secret("w1"))),
+    )
+    .expect("subscribe");
+    let counted_from = Instant::now();
+    let mut count = 0u32;
+    while counted_from.elapsed() < Duration::from_secs(2) {
+        if let Ok(Ok(Received::Parts(_))) =
+            tokio::time::timeout(Duration::from_millis(100), events.recv(2)).await
+        {
+            count += 1;
+        }
+    }
+    let rate = f64::from(count) / counted_from.elapsed().as_secs_f64();
+    assert!(rate >= 200.0, "only {rate:.0} events/s on all/");
+    drop(events);
+
     cluster.workers[2].signal(libc::SIGSTOP);
     let stalled_at = Instant::now();
     let mut peak = baseline;
@@ -71,7 +96,7 @@ async fn a_stopped_worker_leaves_broker_memory_bounded_and_others_running() {
     }
     let end = rss_bytes(broker);
     eprintln!(
-        "stall {:?}: {} runs, broker RSS baseline {:.1} MB, peak {:.1} MB, end {:.1} MB",
+        "stall {:?} at {rate:.0} broker heartbeats/s: {} runs, broker RSS baseline {:.1} MB, peak {:.1} MB, end {:.1} MB",
         stall(),
         enqueued.len(),
         baseline as f64 / 1e6,

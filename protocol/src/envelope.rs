@@ -95,6 +95,41 @@ pub fn seal(from: &str, secret: &Secret, body: &Body, now_ms: u64, nonce: u64) -
     .unwrap_or_default()
 }
 
+/// What a peer's connection password is derived from; a separate label keeps it from
+/// ever equalling a message MAC.
+const CONNECTION_PASSWORD_LABEL: &[u8] = b"jobcast connection password v1";
+
+/// The ZMTP PLAIN password a peer connects with: HMAC-SHA256(secret, label), in lower-case
+/// hex. It opens a connection and nothing else: every message is still authenticated on
+/// its own, so a password seen on the wire lets an observer connect but not speak.
+pub fn connection_password(secret: &Secret) -> String {
+    let mut mac = secret.mac();
+    mac.update(CONNECTION_PASSWORD_LABEL);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `password` is `secret`'s connection password, compared in constant time.
+pub fn check_connection_password(secret: &Secret, password: &[u8]) -> bool {
+    if password.len() != 64 {
+        return false;
+    }
+    let mut tag = [0u8; 32];
+    for (i, pair) in password.chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => tag[i] = (hi * 16 + lo) as u8,
+            _ => return false,
+        }
+    }
+    let mut mac = secret.mac();
+    mac.update(CONNECTION_PASSWORD_LABEL);
+    mac.verify_slice(&tag).is_ok()
+}
+
 /// A random nonce from the operating system.
 pub fn random_nonce() -> u64 {
     let mut bytes = [0u8; 8];

@@ -519,3 +519,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn connection_passwords_are_derived_and_checked() {
+    use jobcast_protocol::envelope::{check_connection_password, connection_password};
+    let password = connection_password(&key());
+    assert_eq!(password.len(), 64);
+    assert!(password.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(check_connection_password(&key(), password.as_bytes()));
+    assert!(!check_connection_password(
+        &Secret::new("another"),
+        password.as_bytes()
+    ));
+    let mut wrong = password.clone().into_bytes();
+    wrong[10] = if wrong[10] == b'0' { b'1' } else { b'0' };
+    assert!(!check_connection_password(&key(), &wrong));
+    assert!(!check_connection_password(&key(), b"short"));
+    assert!(!check_connection_password(&key(), &[b'z'; 64]));
+}

@@ -86,6 +86,29 @@ impl Limits {
     }
 }
 
+/// Who a connecting socket says it is (ZMTP PLAIN). The broker's handshake refuses a
+/// connection without a known name and its password, before any message is read.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <redacted>)", self.username)
+    }
+}
+
+impl Credentials {
+    /// Applies them to a socket that connects (before `connect`).
+    pub fn apply(&self, socket: &zmq::Socket) -> Result<()> {
+        socket.set_plain_username(Some(&self.username))?;
+        socket.set_plain_password(Some(&self.password))?;
+        Ok(())
+    }
+}
+
 /// Creates a socket of `kind` with `limits` applied.
 pub fn socket(kind: zmq::SocketType, limits: &Limits) -> Result<zmq::Socket> {
     let socket = context().socket(kind)?;
@@ -95,8 +118,14 @@ pub fn socket(kind: zmq::SocketType, limits: &Limits) -> Result<zmq::Socket> {
 
 /// A SUB socket connecting to `endpoint` with `topics`; libzmq reconnects it by itself
 /// (first after 100 ms, backing off to 5 s).
-pub fn subscriber(endpoint: &str, topics: &[String], limits: &Limits) -> Result<AsyncSocket> {
+pub fn subscriber(
+    endpoint: &str,
+    topics: &[String],
+    limits: &Limits,
+    credentials: &Credentials,
+) -> Result<AsyncSocket> {
     let socket = socket(zmq::SUB, limits)?;
+    credentials.apply(&socket)?;
     socket.set_reconnect_ivl(100)?;
     socket.set_reconnect_ivl_max(5_000)?;
     for topic in topics {

@@ -13,6 +13,8 @@ pub enum PeerEvent {
     Disconnected,
     /// A connection was closed before its handshake completed (garbage, or too slow).
     HandshakeFailed,
+    /// A connection was refused for its credentials.
+    AuthFailed,
 }
 
 /// Reads connection events of one socket.
@@ -67,8 +69,8 @@ fn decode(received: &Received) -> Option<PeerEvent> {
         zmq::SocketEvent::HANDSHAKE_SUCCEEDED => Some(PeerEvent::Connected),
         zmq::SocketEvent::DISCONNECTED => Some(PeerEvent::Disconnected),
         zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL
-        | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL
-        | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH => Some(PeerEvent::HandshakeFailed),
+        | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL => Some(PeerEvent::HandshakeFailed),
+        zmq::SocketEvent::HANDSHAKE_FAILED_AUTH => Some(PeerEvent::AuthFailed),
         _ => None,
     }
 }

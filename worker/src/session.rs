@@ -179,7 +179,8 @@ fn open_subscriber(config: &WorkerConfig) -> jobcast_transport::Result<AsyncSock
     };
     let mut topics = vec![topic::ALL.to_string(), topic::worker(&config.id)];
     topics.extend(config.pools.iter().map(|p| topic::pool(p)));
-    jobcast_transport::subscriber(&config.events, &topics, &limits)
+    let credentials = jobcast_client::credentials(&config.id, &config.secret);
+    jobcast_transport::subscriber(&config.events, &topics, &limits, &credentials)
 }
 
 /// Receives events for this worker's topics. libzmq connects, and reconnects after the
