@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use jobcast_protocol::{names, Secret};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct FileConfig {
     )]
     pub peer_timeout: Option<Duration>,
     pub max_frame_bytes: Option<usize>,
+    /// The most log stored per run, whatever a worker declares [default: 1 MiB].
+    pub max_log_bytes: Option<u64>,
     #[serde(default)]
     pub keys: KeysSection,
     #[serde(default)]
@@ -87,9 +89,27 @@ impl std::fmt::Debug for ApiToken {
 pub struct KeysSection {
     /// The secret `jobcastctl` signs with.
     pub admin: Option<String>,
-    /// One secret per worker id.
+    /// One entry per worker id: its secret, or a table with the secret and the pools it
+    /// may serve.
     #[serde(default)]
-    pub workers: BTreeMap<String, String>,
+    pub workers: BTreeMap<String, WorkerKey>,
+}
+
+/// A worker's key: `w1 = "secret"` (any pool), or
+/// `w1 = { secret = "…", pools = ["etl", "reports"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum WorkerKey {
+    Secret(String),
+    Limited(LimitedWorkerKey),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitedWorkerKey {
+    pub secret: String,
+    /// The pools this key may register for; absent means any.
+    pub pools: Option<Vec<String>>,
 }
 
 /// Shortest secret accepted; shorter ones are too easy to guess.
@@ -100,6 +120,8 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub struct Keys {
     pub admin: Secret,
     pub workers: HashMap<String, Secret>,
+    /// The pools each restricted worker key may serve; keys not listed may serve any.
+    pub worker_pools: HashMap<String, BTreeSet<String>>,
 }
 
 impl Keys {
@@ -124,6 +146,7 @@ pub struct BrokerConfig {
     pub max_clock_skew: Duration,
     pub peer_timeout: Duration,
     pub max_frame_bytes: usize,
+    pub max_log_bytes: u64,
     pub keys: Keys,
     pub webhooks: Vec<crate::notify::Webhook>,
     /// The HTTP listener; `None` when turned off with `--http off`.
@@ -163,11 +186,25 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
         "no admin key: set `admin` under [keys] in the broker config, or JOBCAST_ADMIN_SECRET",
     )?;
     let mut workers = HashMap::new();
-    for (id, value) in file.keys.workers {
+    let mut worker_pools = HashMap::new();
+    for (id, key) in file.keys.workers {
         names::validate("worker id", &id)?;
         if id == crate::core::ADMIN || id == "broker" {
             bail!("{id:?} is reserved and cannot be a worker id");
         }
+        let value = match key {
+            WorkerKey::Secret(value) => value,
+            WorkerKey::Limited(LimitedWorkerKey { secret, pools }) => {
+                if let Some(pools) = pools {
+                    for pool in &pools {
+                        names::validate("pool", pool)
+                            .with_context(|| format!("in the key of worker {id}"))?;
+                    }
+                    worker_pools.insert(id.clone(), pools.into_iter().collect());
+                }
+                secret
+            }
+        };
         workers.insert(id.clone(), secret(&format!("worker {id}"), value)?);
     }
     if workers.is_empty() {
@@ -204,9 +241,11 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
         max_clock_skew: file.max_clock_skew.unwrap_or(Duration::from_secs(30)),
         peer_timeout: file.peer_timeout.unwrap_or(Duration::from_secs(20)),
         max_frame_bytes: file.max_frame_bytes.unwrap_or(1 << 20),
+        max_log_bytes: file.max_log_bytes.unwrap_or(1 << 20),
         keys: Keys {
             admin: secret("admin", admin)?,
             workers,
+            worker_pools,
         },
         webhooks: file.webhooks,
         http_listen: match flags.http.or(file.http.listen) {
@@ -228,6 +267,12 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
     }
     if config.peer_timeout < Duration::from_secs(1) {
         bail!("peer_timeout must be at least 1s");
+    }
+    if config.max_log_bytes < jobcast_protocol::logcap::MIN_CAP as u64 {
+        bail!(
+            "max_log_bytes must be at least {}",
+            jobcast_protocol::logcap::MIN_CAP
+        );
     }
     if config.max_frame_bytes < 4096 {
         bail!("max_frame_bytes must be at least 4096");
@@ -303,6 +348,40 @@ mod tests {
         assert_eq!(config.worker_timeout, Duration::from_secs(30));
         assert!(config.keys.for_sender("w1").is_some());
         assert!(config.keys.for_sender("w2").is_none());
+        assert!(config.keys.worker_pools.is_empty());
+        assert_eq!(config.max_log_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_worker_key_can_be_limited_to_pools() {
+        let config = resolve(
+            file(
+                "[keys]\nadmin = \"0123456789abcdef0\"\n[keys.workers]\n\
+                  w1 = \"0123456789abcdef1\"\n\
+                  w2 = { secret = \"0123456789abcdef2\", pools = [\"etl\", \"reports\"] }\n",
+            ),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(config.keys.for_sender("w2").is_some());
+        assert!(!config.keys.worker_pools.contains_key("w1"));
+        assert_eq!(
+            config.keys.worker_pools["w2"],
+            BTreeSet::from(["etl".to_string(), "reports".to_string()])
+        );
+        let err = resolve(
+            file(
+                "[keys]\nadmin = \"0123456789abcdef0\"\n[keys.workers]\n\
+                  w2 = { secret = \"0123456789abcdef2\", pools = [\"no spaces\"] }\n",
+            ),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("worker w2"), "{err:#}");
+        assert!(toml::from_str::<FileConfig>(
+            "[keys.workers]\nw2 = { secret = \"0123456789abcdef2\", pool = [\"x\"] }\n"
+        )
+        .is_err());
     }
 
     #[test]

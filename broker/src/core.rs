@@ -39,6 +39,10 @@ const MAX_CANDIDATES: usize = 20;
 pub struct CoreConfig {
     pub heartbeat_interval_ms: u64,
     pub worker_timeout_ms: u64,
+    /// The pools each restricted worker key may register for; others may use any.
+    pub worker_pools: HashMap<String, BTreeSet<String>>,
+    /// The most log stored per run, whatever a worker declares.
+    pub max_log_bytes: u64,
 }
 
 impl Default for CoreConfig {
@@ -46,6 +50,8 @@ impl Default for CoreConfig {
         CoreConfig {
             heartbeat_interval_ms: 1_000,
             worker_timeout_ms: 10_000,
+            worker_pools: HashMap::new(),
+            max_log_bytes: 1 << 20,
         }
     }
 }
@@ -400,6 +406,25 @@ impl<S: Store> Core<S> {
                 "concurrency must be at least 1",
             ));
         }
+        if let Some(allowed) = self.config.worker_pools.get(worker) {
+            if let Some(pool) = register.pools.iter().find(|p| !allowed.contains(*p)) {
+                tracing::warn!(
+                    worker,
+                    pool,
+                    "register refused: pool not allowed for this key"
+                );
+                return Ok(error(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the key of worker {worker:?} may not serve pool {pool:?} (allowed: {})",
+                        allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+        // The broker decides how much log it stores, not the worker.
+        let mut register = register;
+        register.max_log_bytes = register.max_log_bytes.min(self.config.max_log_bytes);
         let reported: BTreeSet<&String> = register.running.iter().collect();
         // Runs we believe are on this worker but that it does not report are lost: they
         // may have been half executed and must not run again silently.

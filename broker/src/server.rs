@@ -118,7 +118,8 @@ pub async fn serve<S: Store + 'static>(
     let mut opener = Opener::new(
         config.max_frame_bytes,
         config.max_clock_skew.as_millis() as u64,
-    );
+    )
+    .not_before(now_us() / 1_000);
     let mut rejections = RejectionLog {
         last: HashMap::new(),
     };

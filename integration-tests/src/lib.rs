@@ -95,6 +95,15 @@ impl Cluster {
     }
 
     pub fn start_with(known_workers: usize, broker_args: &[&str]) -> Cluster {
+        Self::start_restricted(known_workers, broker_args, &[])
+    }
+
+    /// Like [`Cluster::start_with`], with the keys of some workers limited to pools.
+    pub fn start_restricted(
+        known_workers: usize,
+        broker_args: &[&str],
+        pools_of: &[(&str, &[&str])],
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("jobcast-it-")
             .tempdir()
@@ -113,7 +122,13 @@ impl Cluster {
             dir.path().join("data").display()
         );
         for id in &worker_ids {
-            config.push_str(&format!("{id} = \"{}\"\n", worker_secret(id)));
+            let secret = worker_secret(id);
+            match pools_of.iter().find(|(w, _)| w == id) {
+                Some((_, pools)) => config.push_str(&format!(
+                    "{id} = {{ secret = \"{secret}\", pools = {pools:?} }}\n"
+                )),
+                None => config.push_str(&format!("{id} = \"{secret}\"\n")),
+            }
         }
         std::fs::write(dir.path().join("broker.toml"), config).expect("write config");
         let mut cluster = Cluster {

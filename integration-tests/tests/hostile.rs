@@ -146,3 +146,70 @@ async fn hostile_frames_are_refused_and_the_broker_keeps_serving() {
         cluster_ref.wait_state(&run, "succeeded", Duration::from_secs(30));
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_captured_before_a_restart_is_refused_after_it() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs("[jobs.quick]\ncommand = [\"true\"]\n");
+    let admin = Secret::new(ADMIN_SECRET);
+    let connect = |router: &str| {
+        let dealer = jobcast_transport::socket(zmq::DEALER, &Limits::default()).unwrap();
+        dealer.set_immediate(true).unwrap();
+        jobcast_client::credentials("admin", &admin)
+            .apply(&dealer)
+            .unwrap();
+        dealer.connect(router).unwrap();
+        AsyncSocket::new(dealer).unwrap()
+    };
+    // An enqueue, sealed and sent once: it creates one run.
+    let enqueue = Body::Request {
+        id: 1,
+        request: Request::Enqueue {
+            job: "quick".into(),
+        },
+    };
+    let captured = seal("admin", &admin, &enqueue, now_ms(), 42);
+    let mut socket = connect(&cluster.router);
+    send(&mut socket, captured.clone()).await;
+    let answer = recv(&mut socket).await.expect("enqueued");
+    assert!(Refusal::decode(&answer).is_none());
+    drop(socket);
+    assert_eq!(cluster.runs().len(), 1);
+
+    // The broker restarts; the same bytes, well inside the clock-skew window, are refused.
+    tokio::task::block_in_place(|| {
+        cluster.kill_broker();
+        cluster.start_broker();
+    });
+    let mut socket = connect(&cluster.router);
+    send(&mut socket, captured).await;
+    let refusal = Refusal::decode(&recv(&mut socket).await.expect("an answer")).expect("refused");
+    assert_eq!(refusal.refused, "before_start");
+    tokio::task::block_in_place(|| {
+        assert_eq!(cluster.runs().len(), 1, "the replay created no run");
+    });
+}
+
+#[test]
+fn a_worker_key_serves_only_its_pools() {
+    let mut cluster = Cluster::start_restricted(1, &[], &[("w1", &["default"])]);
+    cluster.apply_jobs(
+        "[jobs.open]\ncommand = [\"true\"]\n[jobs.payroll]\npool = \"payroll\"\ncommand = [\"true\"]\n",
+    );
+    // Asking for a pool its key does not allow: refused, explained, and the worker exits
+    // non-zero (a supervisor then shows it as failing) instead of retrying for ever.
+    let index = cluster.spawn_worker("w1", &["--pools", "default,payroll"]);
+    let code = cluster.workers[index].wait_exit(Duration::from_secs(20));
+    assert_ne!(code, Some(0));
+    let log = cluster.worker_log("w1");
+    assert!(
+        log.contains("may not serve pool \"payroll\""),
+        "the worker says why: {log}"
+    );
+    // With the pools it may serve, it works; the other pool's run stays queued.
+    cluster.start_worker("w1", &["--pools", "default"]);
+    let open = cluster.enqueue("open");
+    let payroll = cluster.enqueue("payroll");
+    cluster.wait_state(&open, "succeeded", Duration::from_secs(30));
+    assert_eq!(cluster.run(&payroll).unwrap()["state"], "queued");
+}

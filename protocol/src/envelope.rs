@@ -191,6 +191,10 @@ pub enum Rejection {
     ClockSkew { from: String, skew_ms: u64 },
     #[error("replayed nonce from {0:?}")]
     Replay(String),
+    #[error(
+        "frame from {from:?} was sealed {early_ms} ms before this side started; send it again"
+    )]
+    BeforeStart { from: String, early_ms: u64 },
 }
 
 impl Rejection {
@@ -203,15 +207,18 @@ impl Rejection {
             Rejection::UnsupportedVersion { .. } => "unsupported_version",
             Rejection::ClockSkew { .. } => "clock_skew",
             Rejection::Replay(_) => "replay",
+            Rejection::BeforeStart { .. } => "before_start",
         }
     }
 }
 
-/// Checks frames: size, decoding, MAC, version, clock skew, replay — in that order.
+/// Checks frames: size, decoding, MAC, version, clock skew, start time, replay — in that
+/// order.
 #[derive(Debug)]
 pub struct Opener {
     max_frame_bytes: usize,
     max_skew_ms: u64,
+    not_before_ms: u64,
     replay: ReplayGuard,
 }
 
@@ -227,8 +234,17 @@ impl Opener {
         Opener {
             max_frame_bytes,
             max_skew_ms,
+            not_before_ms: 0,
             replay: ReplayGuard::new(max_skew_ms),
         }
+    }
+
+    /// Refuses frames sealed before `started_ms`. The replay guard's memory starts empty
+    /// with the process, so without this a frame captured before a restart would be
+    /// accepted again after it, within the skew window.
+    pub fn not_before(mut self, started_ms: u64) -> Self {
+        self.not_before_ms = started_ms;
+        self
     }
 
     pub fn open<'k>(
@@ -275,6 +291,12 @@ impl Opener {
                 skew_ms,
             });
         }
+        if payload.ts < self.not_before_ms {
+            return Err(Rejection::BeforeStart {
+                from: payload.from,
+                early_ms: self.not_before_ms - payload.ts,
+            });
+        }
         if !self
             .replay
             .check_and_record(&payload.from, payload.ts, payload.nonce, now_ms)
@@ -315,7 +337,8 @@ impl Refusal {
             Rejection::UnknownSender(_)
             | Rejection::BadMac(_)
             | Rejection::UnsupportedVersion { .. }
-            | Rejection::ClockSkew { .. } => Some(Refusal {
+            | Rejection::ClockSkew { .. }
+            | Rejection::BeforeStart { .. } => Some(Refusal {
                 refused: rejection.reason().to_string(),
                 detail: rejection.to_string(),
             }),

@@ -413,6 +413,25 @@ fn a_stale_or_future_frame_is_refused() {
 }
 
 #[test]
+fn a_frame_sealed_before_the_receiver_started_is_refused_and_answered() {
+    // Captured before a restart, replayed after it: still inside the skew window, and the
+    // new process remembers no nonces, so only the start time catches it.
+    let captured = seal("w1", &key(), &claim(), NOW - 1_000, 1);
+    let mut opener = Opener::new(1 << 20, SKEW).not_before(NOW - 500);
+    let err = opener.open(&captured, NOW, keys).unwrap_err();
+    assert_eq!(err.reason(), "before_start");
+    let refusal = jobcast_protocol::envelope::Refusal::for_rejection(&err).expect("answered");
+    assert!(
+        refusal.detail.contains("500 ms before"),
+        "{}",
+        refusal.detail
+    );
+    // A fresh frame is fine.
+    let fresh = seal("w1", &key(), &claim(), NOW, 2);
+    assert!(opener.open(&fresh, NOW, keys).is_ok());
+}
+
+#[test]
 fn an_unknown_sender_is_refused_and_named() {
     let mut opener = Opener::new(1 << 20, SKEW);
     let frame = seal("intruder", &key(), &claim(), NOW, 1);

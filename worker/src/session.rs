@@ -66,6 +66,9 @@ struct Session {
     draining: bool,
     drain_deadline: Option<tokio::time::Instant>,
     subscriber: tokio::task::JoinHandle<()>,
+    /// The broker refused this worker's registration for a reason that retrying cannot
+    /// fix (its key may not serve a configured pool): exit once nothing is running.
+    refused: Option<String>,
 }
 
 pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
@@ -114,6 +117,7 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
         draining: false,
         drain_deadline: None,
         subscriber,
+        refused: None,
     };
     tracing::info!(worker = %config.id, broker = %config.broker, pools = ?config.pools, concurrency = config.concurrency, "worker starting");
     session.register();
@@ -141,6 +145,12 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
                 }
             }
             _ = reap.tick() => crate::process::reap_orphans(),
+        }
+        if let Some(reason) = &session.refused {
+            if session.held.is_empty() {
+                tracing::error!("the broker refuses this worker: {reason}");
+                return Ok(ExitCode::FAILURE);
+            }
         }
         if session.draining && session.held.values().all(|h| h.done) {
             break;
@@ -435,6 +445,15 @@ impl Session {
                 code: ErrorCode::NotRegistered,
                 ..
             } => self.set_unregistered(),
+            Reply::Error {
+                code: ErrorCode::Forbidden,
+                message,
+            } if purpose == Purpose::Register => {
+                self.refused = Some(message);
+                if !self.draining {
+                    self.begin_drain();
+                }
+            }
             Reply::Error { code, message } => {
                 tracing::error!(?purpose, ?code, "broker refused a request: {message}");
             }

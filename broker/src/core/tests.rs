@@ -615,6 +615,100 @@ fn logs_are_stored_capped_with_head_and_tail() {
 }
 
 #[test]
+fn the_broker_caps_stored_logs_whatever_the_worker_declares() {
+    let mut h = Harness::with_config(
+        SledStore::temporary().unwrap(),
+        CoreConfig {
+            max_log_bytes: 4096,
+            ..CoreConfig::default()
+        },
+    );
+    // A worker that declares a terabyte of log per run.
+    let reply = h.worker(
+        "w1",
+        Request::Register(Register {
+            hostname: "host".into(),
+            pid: 1,
+            version: "0.1.0".into(),
+            concurrency: 1,
+            pools: vec!["default".into()],
+            running: vec![],
+            max_log_bytes: 1 << 40,
+        }),
+    );
+    assert!(matches!(reply, Reply::Registered { .. }), "{reply:?}");
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    for i in 0..100u64 {
+        h.worker(
+            "w1",
+            Request::LogChunk {
+                run_id: run.clone(),
+                offset: i * 1000,
+                data: vec![b'x'; 1000],
+            },
+        );
+    }
+    let stored: usize = h
+        .core
+        .store()
+        .log_chunks(&run)
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.len())
+        .sum();
+    assert!(stored <= 4096 + 1000, "stored {stored} bytes");
+}
+
+#[test]
+fn a_worker_key_limited_to_pools_cannot_register_for_another() {
+    let mut h = Harness::with_config(
+        SledStore::temporary().unwrap(),
+        CoreConfig {
+            worker_pools: HashMap::from([(
+                "w1".to_string(),
+                BTreeSet::from(["default".to_string()]),
+            )]),
+            ..CoreConfig::default()
+        },
+    );
+    let reply = h.worker(
+        "w1",
+        Request::Register(Register {
+            hostname: "host".into(),
+            pid: 1,
+            version: "0.1.0".into(),
+            concurrency: 1,
+            pools: vec!["default".into(), "gpu".into()],
+            running: vec![],
+            max_log_bytes: 4096,
+        }),
+    );
+    let Reply::Error { code, message } = reply else {
+        panic!("registered for a pool it may not serve: {reply:?}");
+    };
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(
+        message.contains("\"w1\"") && message.contains("\"gpu\""),
+        "{message}"
+    );
+    // It never got a session, so it can claim nothing, not even from its own pool.
+    h.enqueue("gpu-job");
+    assert!(matches!(
+        h.worker("w1", Request::Claim { max: 1 }),
+        Reply::Error {
+            code: ErrorCode::NotRegistered,
+            ..
+        }
+    ));
+    // Its own pool is fine; an unrestricted key may serve any pool.
+    h.register("w1", 1, &["default"], &[]);
+    h.register("w2", 1, &["gpu"], &[]);
+    assert_eq!(h.claim("w1", 1), Vec::<String>::new());
+    assert_eq!(h.claim("w2", 1).len(), 1);
+}
+
+#[test]
 fn ping_collects_answers_and_reports_the_silent() {
     let mut h = Harness::new();
     h.register("w1", 1, &["default"], &[]);
