@@ -48,6 +48,11 @@ pub struct HttpSection {
     pub listen: Option<String>,
     #[serde(default)]
     pub tokens: Vec<ApiToken>,
+    /// Where the dashboard is served from as browsers see it, e.g.
+    /// `["https://jobs.example.com"]`: the live feed accepts pages of these origins only
+    /// [default: the listen address, as `http://`].
+    #[serde(default)]
+    pub public_origins: Vec<String>,
 }
 
 /// Who may use the HTTP API, and for what.
@@ -152,6 +157,8 @@ pub struct BrokerConfig {
     /// The HTTP listener; `None` when turned off with `--http off`.
     pub http_listen: Option<String>,
     pub api_tokens: Vec<ApiToken>,
+    /// Browser origins allowed on the live feed; empty means the listen address.
+    pub public_origins: Vec<String>,
 }
 
 /// Flag values that override the file.
@@ -254,6 +261,12 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             None => Some("127.0.0.1:5000".into()),
         },
         api_tokens: file.http.tokens,
+        public_origins: file
+            .http
+            .public_origins
+            .into_iter()
+            .map(|o| o.trim_end_matches('/').to_string())
+            .collect(),
     };
     if config.heartbeat_interval.is_zero() {
         bail!("heartbeat_interval must be longer than zero");
@@ -283,6 +296,14 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
                 "the API token {:?} is shorter than {MIN_SECRET_LEN} characters",
                 token.name
             );
+        }
+    }
+    for origin in &config.public_origins {
+        let Some((scheme, host)) = origin.split_once("://") else {
+            bail!("public origin {origin:?} must look like https://jobs.example.com");
+        };
+        if !matches!(scheme, "http" | "https") || host.is_empty() || host.contains('/') {
+            bail!("public origin {origin:?} must look like https://jobs.example.com (scheme and host, no path)");
         }
     }
     if let Some(addr) = &config.http_listen {

@@ -292,6 +292,23 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
+        let actor = format!("key {from}");
+        self.handle_as(peer, from, &actor, id, request, now_us, out)
+    }
+
+    /// Like [`Core::handle`], recording `actor` (who asked: `key admin`, `token alice`) in
+    /// the history of what the request changes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_as(
+        &mut self,
+        peer: &PeerId,
+        from: &str,
+        actor: &str,
+        id: u64,
+        request: Request,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
         self.clock_ms = ms(now_us);
         self.clock_us = now_us;
         let is_admin = from == ADMIN;
@@ -305,7 +322,7 @@ impl<S: Store> Core<S> {
                 },
             )
         } else if is_admin {
-            match self.handle_admin(peer, id, request, now_us, out)? {
+            match self.handle_admin(peer, actor, id, request, now_us, out)? {
                 Some(reply) => reply,
                 // answered later (ping)
                 None => return Ok(()),
@@ -848,6 +865,7 @@ impl<S: Store> Core<S> {
     fn handle_admin(
         &mut self,
         peer: &PeerId,
+        actor: &str,
         id: u64,
         request: Request,
         now_us: u64,
@@ -891,12 +909,12 @@ impl<S: Store> Core<S> {
                 } else {
                     let mut outcomes = Vec::new();
                     for selector in selectors {
-                        outcomes.push(self.kill(&selector, now, out)?);
+                        outcomes.push(self.kill(&selector, actor, now, out)?);
                     }
                     Reply::KillResult { outcomes }
                 }
             }
-            Request::Enqueue { job } => self.enqueue(&job, now, out)?,
+            Request::Enqueue { job } => self.enqueue(&job, actor, now, out)?,
             Request::ListRuns(filter) => {
                 let filter = RunFilter {
                     limit: match filter.limit {
@@ -913,12 +931,19 @@ impl<S: Store> Core<S> {
                 jobs: self.job_views(),
             },
             Request::GetLog { run, offset } => self.get_log(&run, offset)?,
-            Request::ApplyJobs { jobs } => self.apply(jobs, now)?,
-            Request::SetEnabled { target, enabled } => self.set_enabled(target, enabled, now)?,
-            Request::Retry { run } => self.retry(&run, now, out)?,
+            Request::ApplyJobs { jobs } => {
+                tracing::info!(actor, jobs = jobs.len(), "applying jobs");
+                self.apply(jobs, now)?
+            }
+            Request::SetEnabled { target, enabled } => {
+                tracing::info!(actor, ?target, enabled, "enable/disable");
+                self.set_enabled(target, enabled, now)?
+            }
+            Request::Retry { run } => self.retry(&run, actor, now, out)?,
             Request::Status => Reply::Status(Box::new(self.status(now)?)),
             Request::Drain { worker } => match self.sessions.get_mut(&worker) {
                 Some(session) => {
+                    tracing::info!(actor, worker, "drain ordered");
                     session.drain_ordered = true;
                     out.publish(topic::worker(&worker), Event::OrdersPending);
                     Reply::Ack
@@ -979,7 +1004,13 @@ impl<S: Store> Core<S> {
         })
     }
 
-    fn kill(&mut self, selector: &str, now: u64, out: &mut Outbox) -> StoreResult<KillOutcome> {
+    fn kill(
+        &mut self,
+        selector: &str,
+        actor: &str,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<KillOutcome> {
         if selector.is_empty() {
             return Ok(KillOutcome::NotFound {
                 selector: String::new(),
@@ -1005,7 +1036,7 @@ impl<S: Store> Core<S> {
                 &run_id,
                 RunState::Cancelled,
                 now,
-                "cancelled by admin before it started".into(),
+                format!("cancelled by {actor} before it started"),
                 out,
             )?;
             return Ok(KillOutcome::Cancelled { run_id });
@@ -1016,7 +1047,7 @@ impl<S: Store> Core<S> {
             run.history.push(Transition {
                 state: run.state,
                 at_ms: now,
-                cause: "kill requested by admin".into(),
+                cause: format!("kill requested by {actor}"),
             });
             self.store.put_run(run)?;
             self.changes.runs.insert(run.id.clone());
@@ -1025,7 +1056,13 @@ impl<S: Store> Core<S> {
         Ok(KillOutcome::Killing { run_id, worker })
     }
 
-    fn enqueue(&mut self, job: &str, now: u64, out: &mut Outbox) -> StoreResult<Reply> {
+    fn enqueue(
+        &mut self,
+        job: &str,
+        actor: &str,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Reply> {
         let Some(spec) = self.jobs.get(job).cloned() else {
             let known: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
             return Ok(error(
@@ -1040,14 +1077,24 @@ impl<S: Store> Core<S> {
                 ),
             ));
         };
-        match self.create_run(NewRun::of(spec, now, "enqueued by admin"), now, out)? {
+        match self.create_run(
+            NewRun::of(spec, now, format!("enqueued by {actor}")),
+            now,
+            out,
+        )? {
             Some(run) => Ok(Reply::Enqueued { run: Box::new(run) }),
             None => Ok(error(ErrorCode::Internal, "the run could not be created")),
         }
     }
 
     /// Runs a finished run's job again, as the next attempt of the same first run.
-    fn retry(&mut self, selector: &str, now: u64, out: &mut Outbox) -> StoreResult<Reply> {
+    fn retry(
+        &mut self,
+        selector: &str,
+        actor: &str,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Reply> {
         let run_id = match self.resolve_one(selector)? {
             Ok(id) => id,
             Err(reply) => return Ok(reply),
@@ -1069,7 +1116,7 @@ impl<S: Store> Core<S> {
         let mut new = NewRun::of(
             spec,
             now,
-            format!("retry of run {} ({}) by admin", old.id, old.state),
+            format!("retry of run {} ({}) by {actor}", old.id, old.state),
         );
         new.attempt = old.attempt + 1;
         new.first_attempt = Some(old.first_attempt.clone().unwrap_or(old.id.clone()));

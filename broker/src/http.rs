@@ -27,6 +27,8 @@ const CORE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request for the core from inside the broker, with where to send its reply.
 pub struct InternalRequest {
     pub request: Request,
+    /// Who asked, as the run history records it (`token alice`).
+    pub actor: String,
     pub reply: oneshot::Sender<Reply>,
 }
 
@@ -41,10 +43,16 @@ impl CoreHandle {
         CoreHandle { sender }
     }
 
-    pub async fn call(&self, request: Request) -> Result<Reply, ApiError> {
+    /// Sends a request on behalf of `caller`, whose token name the core records.
+    async fn call(&self, caller: &Caller, request: Request) -> Result<Reply, ApiError> {
         let (reply, answer) = oneshot::channel();
+        let actor = format!("token {}", caller.name);
         self.sender
-            .send(InternalRequest { request, reply })
+            .send(InternalRequest {
+                request,
+                actor,
+                reply,
+            })
             .await
             .map_err(|_| ApiError::unavailable())?;
         match tokio::time::timeout(CORE_TIMEOUT, answer).await {
@@ -110,7 +118,49 @@ struct AppState {
     core: CoreHandle,
     tokens: Arc<Vec<ApiToken>>,
     live: LiveFeed,
+    /// Browser origins allowed on the live feed (scheme://host[:port]).
+    origins: Arc<Vec<String>>,
 }
+
+/// Who is asking: the name and role of their token.
+struct Caller {
+    name: String,
+    role: Role,
+}
+
+impl Caller {
+    /// What this caller may see of `value`: viewers get env variable names without
+    /// their values (they may hold passwords).
+    fn view(&self, mut value: Value) -> Value {
+        if self.role < Role::Operator {
+            hide_env_values(&mut value);
+        }
+        value
+    }
+}
+
+/// Replaces the value of every variable under any `env` object with a placeholder.
+pub fn hide_env_values(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                match inner {
+                    Value::Object(env) if key == "env" => {
+                        for variable in env.values_mut() {
+                            *variable = Value::String(HIDDEN.to_string());
+                        }
+                    }
+                    _ => hide_env_values(inner),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(hide_env_values),
+        _ => {}
+    }
+}
+
+/// What viewers see instead of an env value.
+pub const HIDDEN: &str = "(hidden)";
 
 /// Messages for WebSocket clients (JSON text), fanned out from the core loop.
 #[derive(Clone)]
@@ -122,6 +172,8 @@ pub struct LiveFeed {
 #[derive(Debug)]
 pub struct LiveMessage {
     pub json: String,
+    /// What viewers get instead, when it differs (env values hidden).
+    pub for_viewers: Option<String>,
     pub log_of: Option<String>,
 }
 
@@ -148,8 +200,12 @@ impl LiveFeed {
             return;
         }
         let send = |json: Value, log_of: Option<String>| {
+            let mut hidden = json.clone();
+            hide_env_values(&mut hidden);
+            let for_viewers = (hidden != json).then(|| hidden.to_string());
             let _ = self.sender.send(Arc::new(LiveMessage {
                 json: json.to_string(),
+                for_viewers,
                 log_of,
             }));
         };
@@ -205,8 +261,8 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl AppState {
-    /// The role of the request's bearer token, if it has at least `needed`.
-    fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<Role, ApiError> {
+    /// The caller behind the request's bearer token, if its role is at least `needed`.
+    fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<Caller, ApiError> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -218,12 +274,12 @@ impl AppState {
                     "send a token: Authorization: Bearer <token>",
                 )
             })?;
-        let role = self
+        let (name, role) = self
             .tokens
             .iter()
             .fold(None, |found, t| {
                 if same_secret(t.token.as_bytes(), presented.as_bytes()) {
-                    Some(t.role)
+                    Some((t.name.clone(), t.role))
                 } else {
                     found
                 }
@@ -242,15 +298,21 @@ impl AppState {
                 ),
             ));
         }
-        Ok(role)
+        Ok(Caller { name, role })
     }
 }
 
-pub fn router(core: CoreHandle, tokens: Vec<ApiToken>, live: LiveFeed) -> Router {
+pub fn router(
+    core: CoreHandle,
+    tokens: Vec<ApiToken>,
+    live: LiveFeed,
+    origins: Vec<String>,
+) -> Router {
     let state = AppState {
         core,
         tokens: Arc::new(tokens),
         live,
+        origins: Arc::new(origins),
     };
     Router::new()
         .route(
@@ -331,8 +393,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 async fn whoami(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let role = app.authorize(&headers, Role::Viewer)?;
-    Ok(Json(json!({ "role": role.as_str() })))
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    Ok(Json(
+        json!({ "role": caller.role.as_str(), "name": caller.name }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,7 +405,9 @@ struct LiveQuery {
 }
 
 /// The WebSocket feed: a snapshot, then changes. The token comes as `?token=` (browsers
-/// cannot set headers on WebSockets); a browser's Origin must be this server's.
+/// cannot set headers on WebSockets). A browser always sends its page's Origin, which
+/// must be one of the configured public origins, compared whole (scheme, host and port):
+/// never the request's own Host header, which a DNS-rebinding page controls.
 async fn live_feed(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -354,51 +420,55 @@ async fn live_feed(
             auth.insert(header::AUTHORIZATION, value);
         }
     }
-    let role = app.authorize(&auth, Role::Viewer)?;
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        let origin_host = origin.split("://").nth(1).unwrap_or("");
-        if origin_host != host {
+    let caller = app.authorize(&auth, Role::Viewer)?;
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+        if !app.origins.iter().any(|allowed| allowed == origin) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("origin {origin} is not allowed"),
+                format!(
+                    "origin {origin:?} is not allowed (set [http] public_origins in the broker config)"
+                ),
             ));
         }
     }
     let receiver = app.live.sender.subscribe();
-    let snapshot = snapshot(&app, role).await?;
-    Ok(ws.on_upgrade(move |socket| serve_live(socket, receiver, snapshot)))
+    let snapshot = snapshot(&app, &caller).await?;
+    let viewer = caller.role < Role::Operator;
+    Ok(ws.on_upgrade(move |socket| serve_live(socket, receiver, snapshot, viewer)))
 }
 
-async fn snapshot(app: &AppState, role: Role) -> Result<String, ApiError> {
-    let Reply::Status(status) = app.core.call(Request::Status).await? else {
+async fn snapshot(app: &AppState, caller: &Caller) -> Result<String, ApiError> {
+    let Reply::Status(status) = app.core.call(caller, Request::Status).await? else {
         return Err(ApiError::unavailable());
     };
-    let Reply::Jobs { jobs } = app.core.call(Request::ListJobs).await? else {
+    let Reply::Jobs { jobs } = app.core.call(caller, Request::ListJobs).await? else {
         return Err(ApiError::unavailable());
     };
     let Reply::Runs { runs } = app
         .core
-        .call(Request::ListRuns(RunFilter {
-            limit: 200,
-            ..Default::default()
-        }))
+        .call(
+            caller,
+            Request::ListRuns(RunFilter {
+                limit: 200,
+                ..Default::default()
+            }),
+        )
         .await?
     else {
         return Err(ApiError::unavailable());
     };
     let runs: Vec<Value> = runs.iter().map(run_summary).collect();
-    Ok(json!({ "type": "snapshot", "role": role.as_str(), "status": status, "jobs": jobs, "runs": runs }).to_string())
+    let snapshot = json!({ "type": "snapshot", "role": caller.role.as_str(), "status": status, "jobs": jobs, "runs": runs });
+    Ok(caller.view(snapshot).to_string())
 }
 
 async fn serve_live(
     mut socket: axum::extract::ws::WebSocket,
     mut feed: tokio::sync::broadcast::Receiver<Arc<LiveMessage>>,
     snapshot: String,
+    viewer: bool,
 ) {
     use axum::extract::ws::Message;
     use tokio::sync::broadcast::error::RecvError;
@@ -419,7 +489,11 @@ async fn serve_live(
                     if message.log_of.as_ref().is_some_and(|run| !following.contains(run)) {
                         continue;
                     }
-                    if !send(&mut socket, message.json.clone()).await {
+                    let text = match &message.for_viewers {
+                        Some(hidden) if viewer => hidden,
+                        _ => &message.json,
+                    };
+                    if !send(&mut socket, text.clone()).await {
                         tracing::info!("dropping a live client that is not reading");
                         return;
                     }
@@ -455,25 +529,25 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn status(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, Role::Viewer)?;
-    match app.core.call(Request::Status).await? {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    match app.core.call(&caller, Request::Status).await? {
         Reply::Status(report) => Ok(Json(json!(report))),
         _ => Err(ApiError::unavailable()),
     }
 }
 
 async fn workers(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, Role::Viewer)?;
-    match app.core.call(Request::Status).await? {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    match app.core.call(&caller, Request::Status).await? {
         Reply::Status(report) => Ok(Json(json!(report.workers))),
         _ => Err(ApiError::unavailable()),
     }
 }
 
 async fn jobs(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, Role::Viewer)?;
-    match app.core.call(Request::ListJobs).await? {
-        Reply::Jobs { jobs } => Ok(Json(json!(jobs))),
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    match app.core.call(&caller, Request::ListJobs).await? {
+        Reply::Jobs { jobs } => Ok(Json(caller.view(json!(jobs)))),
         _ => Err(ApiError::unavailable()),
     }
 }
@@ -522,10 +596,15 @@ impl RunsQuery {
 
 async fn runs_matching(
     app: &AppState,
+    caller: &Caller,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Vec<RunRecord>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    match app.core.call(Request::ListRuns(query.filter()?)).await? {
+    match app
+        .core
+        .call(caller, Request::ListRuns(query.filter()?))
+        .await?
+    {
         Reply::Runs { runs } => Ok(runs),
         _ => Err(ApiError::unavailable()),
     }
@@ -536,8 +615,9 @@ async fn list_runs(
     headers: HeaderMap,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, Role::Viewer)?;
-    Ok(Json(json!(runs_matching(&app, query).await?)))
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    let runs = runs_matching(&app, &caller, query).await?;
+    Ok(Json(caller.view(json!(runs))))
 }
 
 fn csv_field(text: &str) -> String {
@@ -561,8 +641,8 @@ async fn runs_csv(
     headers: HeaderMap,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers, Role::Viewer)?;
-    let runs = runs_matching(&app, query).await?;
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    let runs = runs_matching(&app, &caller, query).await?;
     let mut csv = String::from(
         "id,job,pool,state,worker,attempt,scheduled_at,created_at,started_at,finished_at,duration_ms,exit_code,outcome\n",
     );
@@ -611,24 +691,27 @@ async fn run_detail(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, Role::Viewer)?;
+    let caller = app.authorize(&headers, Role::Viewer)?;
     match app
         .core
-        .call(Request::GetLog {
-            run: id,
-            offset: None,
-        })
+        .call(
+            &caller,
+            Request::GetLog {
+                run: id,
+                offset: None,
+            },
+        )
         .await?
     {
         Reply::Log {
             run,
             data,
             next_offset,
-        } => Ok(Json(json!({
+        } => Ok(Json(caller.view(json!({
             "run": run,
             "log": String::from_utf8_lossy(&data),
             "next_offset": next_offset,
-        }))),
+        })))),
         _ => Err(ApiError::unavailable()),
     }
 }
@@ -638,12 +721,15 @@ async fn kill(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, Role::Operator)?;
+    let caller = app.authorize(&headers, Role::Operator)?;
     match app
         .core
-        .call(Request::Kill {
-            selectors: vec![id],
-        })
+        .call(
+            &caller,
+            Request::Kill {
+                selectors: vec![id],
+            },
+        )
         .await?
     {
         Reply::KillResult { mut outcomes } => match outcomes.pop() {
@@ -670,8 +756,8 @@ async fn kill(
     }
 }
 
-async fn enqueued(app: &AppState, request: Request) -> Result<Response, ApiError> {
-    match app.core.call(request).await? {
+async fn enqueued(app: &AppState, caller: &Caller, request: Request) -> Result<Response, ApiError> {
+    match app.core.call(caller, request).await? {
         Reply::Enqueued { run } => Ok((StatusCode::CREATED, Json(json!(run))).into_response()),
         _ => Err(ApiError::unavailable()),
     }
@@ -682,8 +768,8 @@ async fn retry(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers, Role::Operator)?;
-    enqueued(&app, Request::Retry { run: id }).await
+    let caller = app.authorize(&headers, Role::Operator)?;
+    enqueued(&app, &caller, Request::Retry { run: id }).await
 }
 
 async fn enqueue(
@@ -691,16 +777,24 @@ async fn enqueue(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers, Role::Operator)?;
-    enqueued(&app, Request::Enqueue { job: name }).await
+    let caller = app.authorize(&headers, Role::Operator)?;
+    enqueued(&app, &caller, Request::Enqueue { job: name }).await
 }
 
-async fn set_enabled(app: &AppState, name: String, enabled: bool) -> Result<Json<Value>, ApiError> {
+async fn set_enabled(
+    app: &AppState,
+    caller: &Caller,
+    name: String,
+    enabled: bool,
+) -> Result<Json<Value>, ApiError> {
     app.core
-        .call(Request::SetEnabled {
-            target: EnableTarget::Job(name.clone()),
-            enabled,
-        })
+        .call(
+            caller,
+            Request::SetEnabled {
+                target: EnableTarget::Job(name.clone()),
+                enabled,
+            },
+        )
         .await?;
     Ok(Json(json!({ "job": name, "enabled": enabled })))
 }
@@ -710,8 +804,8 @@ async fn enable(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, Role::Operator)?;
-    set_enabled(&app, name, true).await
+    let caller = app.authorize(&headers, Role::Operator)?;
+    set_enabled(&app, &caller, name, true).await
 }
 
 async fn disable(
@@ -719,8 +813,8 @@ async fn disable(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, Role::Operator)?;
-    set_enabled(&app, name, false).await
+    let caller = app.authorize(&headers, Role::Operator)?;
+    set_enabled(&app, &caller, name, false).await
 }
 
 async fn drain(
@@ -728,8 +822,10 @@ async fn drain(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, Role::Operator)?;
-    app.core.call(Request::Drain { worker: id.clone() }).await?;
+    let caller = app.authorize(&headers, Role::Operator)?;
+    app.core
+        .call(&caller, Request::Drain { worker: id.clone() })
+        .await?;
     Ok(Json(json!({ "draining": id })))
 }
 

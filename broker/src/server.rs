@@ -42,6 +42,16 @@ pub struct Bound {
 /// The peer id of requests from inside the broker; no ZeroMQ identity is empty.
 const INTERNAL_PEER: &[u8] = b"";
 
+/// The origins of the dashboard when none are configured: the listen address itself
+/// (and `localhost` for a loopback one), as plain `http://`.
+fn default_origins(listen: std::net::SocketAddr) -> Vec<String> {
+    let mut origins = vec![format!("http://{listen}")];
+    if listen.ip().is_loopback() {
+        origins.push(format!("http://localhost:{}", listen.port()));
+    }
+    origins
+}
+
 /// Logs refused frames without letting a flood of garbage flood the log too.
 struct RejectionLog {
     last: HashMap<&'static str, (Instant, u64)>,
@@ -88,10 +98,16 @@ pub async fn serve<S: Store + 'static>(
                 .with_context(|| format!("cannot bind the HTTP listener to {addr}"))?;
             let bound_http = listener.local_addr()?;
             tracing::info!(http = %bound_http, "dashboard and API listening");
+            let origins = if config.public_origins.is_empty() {
+                default_origins(bound_http)
+            } else {
+                config.public_origins.clone()
+            };
             let app = crate::http::router(
                 CoreHandle::new(internal_tx.clone()),
                 config.api_tokens.clone(),
                 live.clone(),
+                origins,
             );
             Some((
                 bound_http,
@@ -196,7 +212,12 @@ pub async fn serve<S: Store + 'static>(
                 }
             }
         }
-        for InternalRequest { request, reply } in internal_batch.drain(..) {
+        for InternalRequest {
+            request,
+            actor,
+            reply,
+        } in internal_batch.drain(..)
+        {
             if fatal.is_some() {
                 break;
             }
@@ -204,9 +225,10 @@ pub async fn serve<S: Store + 'static>(
             next_internal_id += 1;
             internal_pending.retain(|_, waiter| !waiter.is_closed());
             internal_pending.insert(id, reply);
-            if let Err(e) = core.handle(
+            if let Err(e) = core.handle_as(
                 &INTERNAL_PEER.to_vec(),
                 crate::core::ADMIN,
+                &actor,
                 id,
                 request,
                 now,

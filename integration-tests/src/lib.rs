@@ -317,10 +317,7 @@ impl Cluster {
             text.push_str(line);
             text.push('\n');
             if line.starts_with("[jobs.") {
-                text.push_str(&format!(
-                    "env = {{ JOBCAST_TEST_TAG = \"{}\" }}\n",
-                    self.tag
-                ));
+                text.push_str(&format!("env.JOBCAST_TEST_TAG = \"{}\"\n", self.tag));
             }
         }
         let path = self.path("jobs.toml");

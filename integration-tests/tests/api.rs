@@ -14,7 +14,8 @@ fn json(body: &str) -> Value {
 fn cluster_with_jobs() -> Cluster {
     let mut cluster = Cluster::start(1);
     cluster.apply_jobs(
-        "[jobs.hello]\nscript = \"\"\"#!/bin/sh\necho hello, api\n\"\"\"\n\
+        "[jobs.hello]\nenv.DB_PASSWORD = \"hunter2-in-env\"\n\
+         script = \"\"\"#!/bin/sh\necho hello, api\n\"\"\"\n\
          [jobs.slow]\nscript = \"\"\"#!/bin/sh\nsleep 1000\n\"\"\"\n\
          [jobs.bad]\ncommand = \"false\"\n",
     );
@@ -73,6 +74,58 @@ fn a_viewer_reads_but_cannot_act() {
         assert_eq!(json(&body)["code"], "forbidden");
     }
     assert!(cluster.runs().is_empty(), "nothing was done");
+}
+
+#[test]
+fn viewers_see_env_names_but_not_values() {
+    let cluster = cluster_with_jobs();
+    let (_, body) = cluster.api("POST", "/api/v1/jobs/hello/enqueue", Some(OPERATOR_TOKEN));
+    let run = json(&body)["id"].as_str().unwrap().to_string();
+    cluster.wait_state(&run, "succeeded", LONG);
+    for path in [
+        "/api/v1/jobs".to_string(),
+        format!("/api/v1/runs/{run}"),
+        "/api/v1/runs".to_string(),
+    ] {
+        let (status, body) = cluster.api("GET", &path, Some(VIEWER_TOKEN));
+        assert_eq!(status, 200, "{path}");
+        assert!(body.contains("DB_PASSWORD"), "{path}: the name is shown");
+        assert!(!body.contains("hunter2-in-env"), "{path}: the value is not");
+        let (_, body) = cluster.api("GET", &path, Some(OPERATOR_TOKEN));
+        assert!(body.contains("hunter2-in-env"), "{path}: operators see it");
+    }
+}
+
+#[test]
+fn actions_are_recorded_with_the_name_of_the_token_that_asked() {
+    let cluster = cluster_with_jobs();
+    let (_, body) = cluster.api("POST", "/api/v1/jobs/slow/enqueue", Some(OPERATOR_TOKEN));
+    let run = json(&body)["id"].as_str().unwrap().to_string();
+    cluster.wait_state(&run, "running", LONG);
+    cluster.api(
+        "POST",
+        &format!("/api/v1/runs/{run}/kill"),
+        Some(OPERATOR_TOKEN),
+    );
+    let record = cluster.wait_state(&run, "killed", LONG);
+    let causes: Vec<String> = record["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["cause"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        causes.contains(&"enqueued by token operator".to_string()),
+        "{causes:?}"
+    );
+    assert!(
+        causes.contains(&"kill requested by token operator".to_string()),
+        "{causes:?}"
+    );
+    // jobcastctl acts with the admin key, and is recorded so
+    let again = cluster.enqueue("hello");
+    let record = cluster.wait_state(&again, "succeeded", LONG);
+    assert_eq!(record["history"][0]["cause"], "enqueued by key admin");
 }
 
 #[test]

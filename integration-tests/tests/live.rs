@@ -70,6 +70,10 @@ async fn a_client_gets_a_snapshot_then_run_changes_and_the_logs_it_follows() {
     assert_eq!(snapshot["role"], "viewer");
     assert_eq!(snapshot["jobs"].as_array().unwrap().len(), 1);
     assert_eq!(snapshot["status"]["workers"][0]["id"], "w1");
+    // a viewer sees which env variables a job sets, not their values
+    let env = &snapshot["jobs"][0]["spec"]["env"];
+    assert_eq!(env["JOBCAST_TEST_TAG"], "(hidden)", "{env}");
+    assert!(!snapshot.to_string().contains(&cluster.tag));
 
     let run = tokio::task::block_in_place(|| cluster.enqueue("talk"));
     socket
@@ -116,6 +120,29 @@ async fn the_feed_refuses_bad_tokens_and_foreign_origins() {
     request
         .headers_mut()
         .insert("Origin", "http://evil.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(request).await.is_err());
+    // a DNS-rebinding page: its origin names the same host as the Host header it sends,
+    // which must not make it trusted
+    let port = cluster.http.rsplit(':').next().unwrap().to_string();
+    let mut request = ws_url(&cluster, VIEWER_TOKEN)
+        .into_client_request()
+        .unwrap();
+    let rebound = format!("evil.example:{port}");
+    request
+        .headers_mut()
+        .insert("Origin", format!("http://{rebound}").parse().unwrap());
+    request
+        .headers_mut()
+        .insert("Host", rebound.parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(request).await.is_err());
+    // the right host with another scheme is another origin
+    let mut request = ws_url(&cluster, VIEWER_TOKEN)
+        .into_client_request()
+        .unwrap();
+    let https = cluster.http.replace("http://", "https://");
+    request
+        .headers_mut()
+        .insert("Origin", https.parse().unwrap());
     assert!(tokio_tungstenite::connect_async(request).await.is_err());
     // the same origin is fine
     let mut request = ws_url(&cluster, VIEWER_TOKEN)

@@ -329,7 +329,7 @@ impl<S: Store> Core<S> {
                 }
                 Overlap::Replace => {
                     for run_id in active {
-                        self.kill(&run_id, now, out)?;
+                        self.kill(&run_id, "the scheduler (overlap = replace)", now, out)?;
                     }
                 }
                 Overlap::Queue | Overlap::Allow => {}
