@@ -104,6 +104,7 @@ pub async fn footprint(stored_runs: usize) -> Result<()> {
         pool: "default".into(),
         exec: Exec::Script("#!/bin/sh\npg_dump mydb > /backups/mydb.sql\n".into()),
         env: Default::default(),
+        worker_env: Vec::new(),
         workdir: None,
         timeout_ms: Some(3_600_000),
         enabled: true,

@@ -298,6 +298,7 @@ pub fn bench_job(name: &str, pool: &str, exec: jobcast_protocol::Exec) -> JobSpe
         pool: pool.into(),
         exec,
         env: Default::default(),
+        worker_env: Vec::new(),
         workdir: None,
         timeout_ms: None,
         enabled: true,

@@ -389,6 +389,7 @@ mod tests {
             pool: "default".into(),
             exec: Exec::Command(vec!["true".into()]),
             env: BTreeMap::new(),
+            worker_env: Vec::new(),
             workdir: None,
             timeout_ms: None,
             enabled: true,

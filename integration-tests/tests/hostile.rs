@@ -213,3 +213,62 @@ fn a_worker_key_serves_only_its_pools() {
     cluster.wait_state(&open, "succeeded", Duration::from_secs(30));
     assert_eq!(cluster.run(&payroll).unwrap()["state"], "queued");
 }
+
+#[test]
+fn secrets_filled_by_the_worker_never_reach_the_broker() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        "[jobs.uses-secret]\nworker_env = [\"DB_TOKEN\"]\n\
+         script = \"\"\"#!/bin/sh\ncase \"$DB_TOKEN\" in tok-*) [ ${#DB_TOKEN} -eq 10 ] && echo token matched;; esac\n\"\"\"\n\
+         [jobs.wants-the-key]\nworker_env = [\"JOBCAST_WORKER_SECRET\"]\ncommand = \"true\"\n",
+    );
+    let secret_file = cluster.path("db-token");
+    std::fs::write(&secret_file, "tok-7f3a91\n").unwrap();
+    let flag = format!("DB_TOKEN=file:{}", secret_file.display());
+    cluster.start_worker("w1", &["--worker-env", &flag]);
+
+    let run = cluster.enqueue("uses-secret");
+    cluster.wait_state(&run, "succeeded", Duration::from_secs(30));
+    let log = String::from_utf8_lossy(&cluster.log(&run)).into_owned();
+    assert!(log.contains("token matched"), "the run got it: {log}");
+    // (The script checks the value without naming it, so that only the worker's file
+    // holds it.) Nothing the broker keeps or says holds the value: not the job, the run,
+    // nor any byte of the store.
+    let jobs = cluster.ctl_ok(&["jobs", "--json"]);
+    assert!(jobs.contains("DB_TOKEN") && !jobs.contains("tok-7f3a91"));
+    let record = cluster.run(&run).unwrap().to_string();
+    assert!(!record.contains("tok-7f3a91"));
+    let store = cluster.path("data");
+    assert!(
+        !contains_bytes_under(&store, b"tok-7f3a91"),
+        "the store holds it"
+    );
+
+    // A job cannot reach what the worker does not list, such as the worker's own key.
+    let run = cluster.enqueue("wants-the-key");
+    let record = cluster.wait_state(&run, "failed", Duration::from_secs(30));
+    assert!(
+        record["outcome"]
+            .to_string()
+            .contains("does not provide it"),
+        "{record}"
+    );
+}
+
+/// Whether any file under `dir` contains `needle` (the store is small here).
+fn contains_bytes_under(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                contains_bytes_under(&path, needle)
+            } else {
+                std::fs::read(&path)
+                    .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                    .unwrap_or(false)
+            }
+        })
+}

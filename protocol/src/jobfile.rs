@@ -7,6 +7,7 @@
 //! pg_dump mydb > /backups/mydb.sql
 //! """
 //! env = { PGHOST = "db1" }    # optional
+//! worker_env = ["PGPASSWORD"] # optional: filled by the worker; only names leave it
 //! workdir = "/var/backups"    # optional
 //! timeout = "30m"             # optional, humantime
 //! enabled = true              # optional, default true
@@ -78,6 +79,8 @@ struct JobEntry {
     command: Option<CommandEntry>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    worker_env: Vec<String>,
     workdir: Option<String>,
     timeout: Option<String>,
     enabled: Option<bool>,
@@ -195,6 +198,7 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, String> {
         pool,
         exec,
         env: entry.env,
+        worker_env: entry.worker_env,
         workdir: entry.workdir,
         timeout_ms,
         enabled: entry.enabled.unwrap_or(true),
@@ -232,6 +236,18 @@ pub fn validate(spec: &JobSpec) -> Result<(), String> {
     }
     if spec.env.values().any(|v| v.contains('\0')) {
         return Err("env values cannot contain NUL bytes".into());
+    }
+    for key in &spec.worker_env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(format!(
+                "worker_env name {key:?} is not a valid variable name"
+            ));
+        }
+        if spec.env.contains_key(key) {
+            return Err(format!(
+                "{key} is in both env and worker_env: a secret filled by the worker must not also be stored"
+            ));
+        }
     }
     let kinds = [
         !spec.schedule.cron.is_empty(),

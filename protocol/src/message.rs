@@ -348,6 +348,10 @@ pub struct JobSpec {
     pub pool: String,
     pub exec: Exec,
     pub env: BTreeMap<String, String>,
+    /// Variables the worker fills from its own environment or files (secrets): only
+    /// their names reach the broker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worker_env: Vec<String>,
     pub workdir: Option<String>,
     pub timeout_ms: Option<u64>,
     pub enabled: bool,

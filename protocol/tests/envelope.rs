@@ -24,6 +24,7 @@ fn spec() -> JobSpec {
         pool: "default".into(),
         exec: Exec::Script("#!/bin/sh\necho hi\n".into()),
         env: BTreeMap::from([("A".into(), "1".into())]),
+        worker_env: Vec::new(),
         workdir: Some("/tmp".into()),
         timeout_ms: Some(5_000),
         enabled: true,

@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use jobcast_protocol::{logcap, names, Secret};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -59,6 +60,10 @@ pub struct Args {
     /// How long to wait for the broker when connecting [default: 5s].
     #[arg(long, env = "JOBCAST_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
+    /// A variable jobs may ask this worker to fill (`worker_env`): NAME (from this
+    /// process's variable of that name), NAME=env:OTHER or NAME=file:/path. Repeatable.
+    #[arg(long = "worker-env", value_parser = crate::worker_env::parse_flag)]
+    pub worker_env: Vec<(String, crate::worker_env::Source)>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +87,10 @@ pub struct FileConfig {
     pub kill_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
+    /// Variables jobs may ask this worker to fill: `NAME = { env = "VAR" }` or
+    /// `NAME = { file = "/path" }`.
+    #[serde(default)]
+    pub worker_env: BTreeMap<String, crate::worker_env::Source>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +108,7 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     pub kill_grace: Duration,
     pub connect_timeout: Duration,
+    pub worker_env: BTreeMap<String, crate::worker_env::Source>,
 }
 
 /// This machine's host name, from the kernel.
@@ -202,6 +212,8 @@ pub fn resolve(args: Args, file: FileConfig) -> Result<WorkerConfig> {
             .connect_timeout
             .or(file.connect_timeout)
             .unwrap_or(Duration::from_secs(5)),
+        // Flags add to (and override) the file's list.
+        worker_env: file.worker_env.into_iter().chain(args.worker_env).collect(),
         id,
     })
 }

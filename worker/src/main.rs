@@ -3,6 +3,7 @@ mod process;
 mod reporter;
 mod runner;
 mod session;
+mod worker_env;
 
 use anyhow::{Context, Result};
 use clap::Parser;

@@ -113,6 +113,7 @@ pub fn spawn(
     plan: &Plan,
     assignment: &Assignment,
     worker_id: &str,
+    worker_env: &[(String, String)],
 ) -> Result<(tokio::process::Child, tokio::net::unix::pipe::Receiver), String> {
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let writer2 = writer
@@ -122,6 +123,7 @@ pub fn spawn(
     command
         .args(&plan.args)
         .envs(&assignment.job.env)
+        .envs(worker_env.iter().map(|(k, v)| (k, v)))
         .env("JOBCAST_RUN_ID", &assignment.run_id)
         .env("JOBCAST_JOB", &assignment.job.name)
         .env("JOBCAST_ATTEMPT", assignment.attempt.to_string())

@@ -71,11 +71,16 @@ async fn run(
     spool: &mut LogSpool,
 ) -> Outcome {
     let run_id = &assignment.run_id;
+    let worker_env =
+        match crate::worker_env::fill(&assignment.job.worker_env, &config.worker_env, &config.id) {
+            Ok(values) => values,
+            Err(reason) => return Outcome::FailedToStart { reason },
+        };
     let plan = match process::plan(assignment, &config.script_temp_path) {
         Ok(plan) => plan,
         Err(reason) => return Outcome::FailedToStart { reason },
     };
-    let spawned = process::spawn(&plan, assignment, &config.id);
+    let spawned = process::spawn(&plan, assignment, &config.id, &worker_env);
     let outcome = match spawned {
         Ok((child, output)) => {
             supervise(assignment, config, reporter, stop, spool, child, output).await

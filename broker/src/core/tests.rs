@@ -10,6 +10,7 @@ fn job(name: &str, pool: &str) -> JobSpec {
         pool: pool.into(),
         exec: Exec::Script("#!/bin/sh\necho hi\n".into()),
         env: Default::default(),
+        worker_env: Vec::new(),
         workdir: None,
         timeout_ms: None,
         enabled: true,
