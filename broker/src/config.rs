@@ -22,8 +22,8 @@ pub struct FileConfig {
     pub worker_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub max_clock_skew: Option<Duration>,
-    /// A peer that answers no ZMTP heartbeat for this long is disconnected and what was
-    /// queued for it is freed (the older name is still read).
+    /// A peer whose host stops answering TCP keepalives for about this long is
+    /// disconnected and what was queued for it is freed (the older name is still read).
     #[serde(
         default,
         with = "humantime_serde",
@@ -278,8 +278,8 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             config.heartbeat_interval * 3
         );
     }
-    if config.peer_timeout < Duration::from_secs(1) {
-        bail!("peer_timeout must be at least 1s");
+    if config.peer_timeout < Duration::from_secs(4) {
+        bail!("peer_timeout must be at least 4s");
     }
     if config.max_log_bytes < jobcast_protocol::logcap::MIN_CAP as u64 {
         bail!(

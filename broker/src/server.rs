@@ -7,7 +7,7 @@ use crate::http::{CoreHandle, InternalRequest};
 use crate::store::Store;
 use crate::transport::{Incoming, Outgoing, Settings, Transport};
 use anyhow::{Context, Result};
-use jobcast_protocol::envelope::{random_nonce, seal, Opener, Refusal};
+use jobcast_protocol::envelope::{random_nonce, seal, Opener, Refusal, BROKER};
 use jobcast_protocol::message::encode_event;
 use jobcast_protocol::Body;
 use std::collections::HashMap;
@@ -15,8 +15,6 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
-/// The name the broker signs its replies with.
-pub const BROKER_NAME: &str = "broker";
 /// Most requests handled between two flushes.
 const MAX_BATCH: usize = 256;
 /// Batches slower than this are logged with where the time went.
@@ -82,10 +80,6 @@ pub async fn serve<S: Store + 'static>(
         router: config.router.clone(),
         publish: config.publish.clone(),
         max_frame_bytes: config.max_frame_bytes,
-        // ZMTP PINGs need not be as frequent as the application's heartbeat.
-        heartbeat_interval: config
-            .heartbeat_interval
-            .clamp(Duration::from_millis(100), config.peer_timeout / 2),
         peer_timeout: config.peer_timeout,
         keys: config.keys.clone(),
     })?;
@@ -307,7 +301,8 @@ fn send_all(
             continue;
         };
         let frame = seal(
-            BROKER_NAME,
+            BROKER,
+            &reply.to,
             secret,
             &Body::Reply {
                 id: reply.id,

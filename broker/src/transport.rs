@@ -11,9 +11,9 @@
 //! Every limit that protects the broker's memory from the network is set here:
 //! libzmq refuses a message over `max_frame_bytes` before allocating it and disconnects
 //! the peer; a message with extra parts is read to its end and dropped; a connection that
-//! has not finished its handshake after [`HANDSHAKE_TIMEOUT`] is closed; a peer that
-//! answers no ZMTP heartbeat for `peer_timeout` is disconnected and what was queued for it
-//! is freed; at most [`HIGH_WATER_MARK`] messages wait per peer in each direction; and
+//! has not finished its handshake after [`HANDSHAKE_TIMEOUT`] is closed; a peer whose host
+//! stops answering TCP keepalives for `peer_timeout` is disconnected and what was queued
+//! for it is freed; at most [`HIGH_WATER_MARK`] messages wait per peer in each direction; and
 //! requests read but not yet handled by the core hold at most [`INBOX_BUDGET`] bytes.
 
 use crate::config::Keys;
@@ -42,7 +42,6 @@ pub struct Settings {
     pub router: String,
     pub publish: String,
     pub max_frame_bytes: usize,
-    pub heartbeat_interval: Duration,
     pub peer_timeout: Duration,
     /// Who may connect.
     pub keys: Keys,
@@ -150,8 +149,7 @@ impl Transport {
         let router_limits = Limits {
             max_message_bytes: settings.max_frame_bytes,
             high_water_mark: HIGH_WATER_MARK,
-            heartbeat_interval: settings.heartbeat_interval,
-            heartbeat_timeout: settings.peer_timeout,
+            dead_peer_timeout: settings.peer_timeout,
             handshake_timeout: HANDSHAKE_TIMEOUT,
         };
         let publisher_limits = Limits {

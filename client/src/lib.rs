@@ -8,16 +8,13 @@
 //! their timeout, since the broker cannot answer them any more. The caller decides
 //! whether to retry. Requests made while no connection is up wait in the task's queue.
 
-use jobcast_protocol::envelope::{random_nonce, Opener, Refusal};
+use jobcast_protocol::envelope::{random_nonce, Opener, Refusal, BROKER};
 use jobcast_protocol::{Body, Reply, Request, Sealer, Secret};
 use jobcast_transport::{zmq, AsyncSocket, Credentials, Limits, Monitor, PeerEvent, Received};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-
-/// The name the broker signs its replies with.
-pub const BROKER_NAME: &str = "broker";
 
 /// Replies can be much larger than requests (a whole log); accept up to this.
 const MAX_REPLY_BYTES: usize = 64 << 20;
@@ -240,8 +237,9 @@ async fn run(
     mut connection: Option<Connection>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    let sealer = Sealer::new(config.name.clone(), config.secret.clone());
-    let mut opener = Opener::new(MAX_REPLY_BYTES, config.max_clock_skew.as_millis() as u64);
+    let sealer = Sealer::new(config.name.clone(), BROKER, config.secret.clone());
+    let mut opener = Opener::new(MAX_REPLY_BYTES, config.max_clock_skew.as_millis() as u64)
+        .receiving_as(config.name.clone());
     let mut next_id: u64 = 1;
     let mut backoff = Duration::from_millis(100);
     let mut pending: Pending = HashMap::new();
@@ -374,7 +372,7 @@ fn deliver(frame: &[u8], opener: &mut Opener, key: &Secret, pending: &mut Pendin
         }
         return;
     }
-    match opener.open(frame, now_ms(), |name| (name == BROKER_NAME).then_some(key)) {
+    match opener.open(frame, now_ms(), |name| (name == BROKER).then_some(key)) {
         Ok(opened) => match opened.body {
             Body::Reply { id, reply } => {
                 if let Some(waiter) = pending.remove(&id) {

@@ -1,37 +1,97 @@
-//! The signed envelope around every request and reply.
+//! The sealed envelope around every request and reply (protocol version 2).
 //!
 //! ```text
-//! Frame   = { from: str, payload: bin, mac: bin }
+//! Frame   = { from: str, nonce: bin(24), sealed: bin }
+//! sealed  = XChaCha20-Poly1305(key(from → to), nonce, Payload bytes, aad = "jobcast/2")
 //! Payload = { v: u16, from: str, ts: u64, nonce: u64, body: Body }
-//! mac     = HMAC-SHA256(secret of `from`, payload bytes)
+//! key(from → to) = HKDF-SHA256(salt = "jobcast/2", ikm = secret, info = from ‖ 0x00 ‖ to)
 //! ```
 //!
-//! The MAC covers the exact payload bytes, so no canonical encoding is needed. The outer
-//! `from` only selects the key and must equal the signed inner one.
+//! Every peer shares one secret with the broker; each direction gets its own key derived
+//! from it, so a reply can never be passed off as a request. The AEAD nonce is 24 random
+//! bytes per message: XChaCha20's nonce is long enough that random nonces stay unique far
+//! beyond any number of messages one key will see (2^80 before a collision becomes
+//! likely), with no counter to keep across restarts. The outer `from` only selects the
+//! key and must equal the sealed inner one. `docs/PROTOCOL.md` has the whole construction
+//! and test vectors.
 
 use crate::message::Body;
 use crate::replay::ReplayGuard;
 use crate::PROTOCOL_VERSION;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The name the broker seals its replies with and that peers seal requests to.
+pub const BROKER: &str = "broker";
+/// Bytes of the AEAD nonce.
+pub const AEAD_NONCE_LEN: usize = 24;
+/// The HKDF salt and the AEAD's associated data: they name the protocol version, so a
+/// key or a sealed payload of one version is useless in another.
+const KDF_SALT: &[u8] = b"jobcast/2";
+const AAD: &[u8] = b"jobcast/2";
+
+/// A 256-bit message key for one direction.
+type MessageKey = [u8; 32];
+
 /// A shared secret. Its `Debug` never shows the bytes, so it cannot leak into logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
+#[derive(Clone)]
+pub struct Secret {
+    bytes: Arc<[u8]>,
+    /// Derived message keys by (from, to), so that sealing costs no key derivation.
+    keys: Arc<Mutex<HashMap<(String, String), MessageKey>>>,
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into())
+        Secret {
+            bytes: bytes.into().into(),
+            keys: Arc::default(),
+        }
     }
 
     fn mac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
-        HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length")
+        <HmacSha256 as Mac>::new_from_slice(&self.bytes).expect("HMAC takes keys of any length")
+    }
+
+    /// The key for messages from `from` to `to`.
+    pub fn message_key(&self, from: &str, to: &str) -> MessageKey {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = keys.get(&(from.to_string(), to.to_string())) {
+            return *key;
+        }
+        let mut info = Vec::with_capacity(from.len() + 1 + to.len());
+        info.extend_from_slice(from.as_bytes());
+        info.push(0);
+        info.extend_from_slice(to.as_bytes());
+        let mut key = [0u8; 32];
+        hkdf::Hkdf::<Sha256>::new(Some(KDF_SALT), &self.bytes)
+            .expand(&info, &mut key)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        // Names come from configuration and authenticated peers, so the memo stays small;
+        // still, never let it grow without bound.
+        if keys.len() >= 4096 {
+            keys.clear();
+        }
+        keys.insert((from.to_string(), to.to_string()), key);
+        key
     }
 }
 
@@ -41,13 +101,28 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Frame<'a> {
+#[derive(Serialize)]
+struct FrameOut<'a> {
     from: &'a str,
     #[serde(with = "serde_bytes")]
-    payload: &'a [u8],
+    nonce: &'a [u8],
     #[serde(with = "serde_bytes")]
-    mac: &'a [u8],
+    sealed: &'a [u8],
+}
+
+/// A frame of this version (`nonce`, `sealed`) or of version 1 (`payload`, `mac`), which
+/// is recognised only to be refused as such.
+#[derive(Deserialize)]
+struct FrameIn<'a> {
+    from: &'a str,
+    #[serde(default, with = "serde_bytes", borrow)]
+    nonce: Option<&'a [u8]>,
+    #[serde(default, with = "serde_bytes", borrow)]
+    sealed: Option<&'a [u8]>,
+    #[serde(default, with = "serde_bytes", borrow)]
+    payload: Option<&'a [u8]>,
+    #[serde(default, with = "serde_bytes", borrow)]
+    mac: Option<&'a [u8]>,
 }
 
 #[derive(Serialize)]
@@ -74,8 +149,31 @@ struct PayloadIn {
     body: Body,
 }
 
-/// Signs `body` as `from`. `nonce` must be unique per sender (use [`random_nonce`]).
-pub fn seal(from: &str, secret: &Secret, body: &Body, now_ms: u64, nonce: u64) -> Vec<u8> {
+/// Seals `body` from `from` to `to`. `nonce` (the replay nonce) must be unique per sender
+/// within the clock-skew window (use [`random_nonce`]).
+pub fn seal(
+    from: &str,
+    to: &str,
+    secret: &Secret,
+    body: &Body,
+    now_ms: u64,
+    nonce: u64,
+) -> Vec<u8> {
+    let mut aead_nonce = [0u8; AEAD_NONCE_LEN];
+    fill_random(&mut aead_nonce);
+    seal_with_nonce(from, to, secret, body, now_ms, nonce, aead_nonce)
+}
+
+/// [`seal`] with a given AEAD nonce: for test vectors only. Never reuse a nonce.
+pub fn seal_with_nonce(
+    from: &str,
+    to: &str,
+    secret: &Secret,
+    body: &Body,
+    now_ms: u64,
+    nonce: u64,
+    aead_nonce: [u8; AEAD_NONCE_LEN],
+) -> Vec<u8> {
     let payload = rmp_serde::to_vec_named(&PayloadOut {
         v: PROTOCOL_VERSION,
         from,
@@ -84,15 +182,39 @@ pub fn seal(from: &str, secret: &Secret, body: &Body, now_ms: u64, nonce: u64) -
         body,
     })
     .unwrap_or_default();
-    let mut mac = secret.mac();
-    mac.update(&payload);
-    let tag = mac.finalize().into_bytes();
-    rmp_serde::to_vec_named(&Frame {
+    let cipher = XChaCha20Poly1305::new(&secret.message_key(from, to).into());
+    // Encryption only fails for messages longer than the cipher allows (256 GiB).
+    let sealed = cipher
+        .encrypt(
+            XNonce::from_slice(&aead_nonce),
+            Payload {
+                msg: &payload,
+                aad: AAD,
+            },
+        )
+        .unwrap_or_default();
+    rmp_serde::to_vec_named(&FrameOut {
         from,
-        payload: &payload,
-        mac: &tag,
+        nonce: &aead_nonce,
+        sealed: &sealed,
     })
     .unwrap_or_default()
+}
+
+/// Fills `bytes` from the operating system's random source.
+fn fill_random(bytes: &mut [u8]) {
+    // getrandom only fails on platforms without an entropy source; fall back to the time
+    // mixed with an address rather than panicking (such a platform is not supported).
+    if getrandom::fill(bytes).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let mixed = (t ^ (bytes.as_ptr() as u128)).to_le_bytes();
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = mixed[i % mixed.len()];
+        }
+    }
 }
 
 /// What a peer's connection password is derived from; a separate label keeps it from
@@ -133,35 +255,36 @@ pub fn check_connection_password(secret: &Secret, password: &[u8]) -> bool {
 /// A random nonce from the operating system.
 pub fn random_nonce() -> u64 {
     let mut bytes = [0u8; 8];
-    // getrandom only fails on platforms without an entropy source; fall back to the
-    // address of a stack value mixed with the time rather than panicking.
-    if getrandom::fill(&mut bytes).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        return t ^ (&bytes as *const _ as u64);
-    }
+    fill_random(&mut bytes);
     u64::from_le_bytes(bytes)
 }
 
-/// Signs bodies for one sender.
+/// Seals bodies from one sender to one receiver.
 #[derive(Debug, Clone)]
 pub struct Sealer {
     pub from: String,
+    pub to: String,
     pub secret: Secret,
 }
 
 impl Sealer {
-    pub fn new(from: impl Into<String>, secret: Secret) -> Self {
+    pub fn new(from: impl Into<String>, to: impl Into<String>, secret: Secret) -> Self {
         Sealer {
             from: from.into(),
+            to: to.into(),
             secret,
         }
     }
 
     pub fn seal(&self, body: &Body, now_ms: u64) -> Vec<u8> {
-        seal(&self.from, &self.secret, body, now_ms, random_nonce())
+        seal(
+            &self.from,
+            &self.to,
+            &self.secret,
+            body,
+            now_ms,
+            random_nonce(),
+        )
     }
 }
 
@@ -183,7 +306,7 @@ pub enum Rejection {
     Undecodable(String),
     #[error("unknown sender {0:?}")]
     UnknownSender(String),
-    #[error("bad MAC from {0:?}")]
+    #[error("frame from {0:?} does not open with its key (wrong secret, or tampered)")]
     BadMac(String),
     #[error("{from:?} speaks protocol version {version}, this side speaks {PROTOCOL_VERSION}")]
     UnsupportedVersion { from: String, version: u16 },
@@ -212,10 +335,12 @@ impl Rejection {
     }
 }
 
-/// Checks frames: size, decoding, MAC, version, clock skew, start time, replay — in that
-/// order.
+/// Checks frames: size, decoding, decryption, version, clock skew, start time, replay —
+/// in that order.
 #[derive(Debug)]
 pub struct Opener {
+    /// Who this side is: frames are opened with the key for (sender → this).
+    me: String,
     max_frame_bytes: usize,
     max_skew_ms: u64,
     not_before_ms: u64,
@@ -232,11 +357,18 @@ fn shorten(name: &str) -> String {
 impl Opener {
     pub fn new(max_frame_bytes: usize, max_skew_ms: u64) -> Self {
         Opener {
+            me: BROKER.to_string(),
             max_frame_bytes,
             max_skew_ms,
             not_before_ms: 0,
             replay: ReplayGuard::new(max_skew_ms),
         }
+    }
+
+    /// Opens frames sealed to `name` (the broker is the default receiver).
+    pub fn receiving_as(mut self, name: impl Into<String>) -> Self {
+        self.me = name.into();
+        self
     }
 
     /// Refuses frames sealed before `started_ms`. The replay guard's memory starts empty
@@ -259,17 +391,39 @@ impl Opener {
                 max: self.max_frame_bytes,
             });
         }
-        let frame: Frame = rmp_serde::from_slice(bytes)
+        let frame: FrameIn = rmp_serde::from_slice(bytes)
             .map_err(|e| Rejection::Undecodable(format!("envelope: {e}")))?;
+        let (nonce, sealed) = match (frame.nonce, frame.sealed) {
+            (Some(nonce), Some(sealed)) if nonce.len() == AEAD_NONCE_LEN => (nonce, sealed),
+            (Some(_), Some(_)) => {
+                return Err(Rejection::Undecodable(format!(
+                    "the nonce must be {AEAD_NONCE_LEN} bytes"
+                )))
+            }
+            // Version 1 signed a clear payload; say so rather than "garbage".
+            _ if frame.payload.is_some() && frame.mac.is_some() => {
+                return Err(Rejection::UnsupportedVersion {
+                    from: shorten(frame.from),
+                    version: 1,
+                })
+            }
+            _ => return Err(Rejection::Undecodable("no sealed payload".into())),
+        };
         let secret =
             key_for(frame.from).ok_or_else(|| Rejection::UnknownSender(shorten(frame.from)))?;
-        let mut mac = secret.mac();
-        mac.update(frame.payload);
-        // verify_slice compares in constant time.
-        mac.verify_slice(frame.mac)
+        let cipher = XChaCha20Poly1305::new(&secret.message_key(frame.from, &self.me).into());
+        // The tag is checked in constant time before anything is decrypted.
+        let payload = cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: AAD,
+                },
+            )
             .map_err(|_| Rejection::BadMac(shorten(frame.from)))?;
 
-        let header: PayloadHeader = rmp_serde::from_slice(frame.payload)
+        let header: PayloadHeader = rmp_serde::from_slice(&payload)
             .map_err(|e| Rejection::Undecodable(format!("payload header: {e}")))?;
         if header.v != PROTOCOL_VERSION {
             return Err(Rejection::UnsupportedVersion {
@@ -277,7 +431,7 @@ impl Opener {
                 version: header.v,
             });
         }
-        let payload: PayloadIn = rmp_serde::from_slice(frame.payload)
+        let payload: PayloadIn = rmp_serde::from_slice(&payload)
             .map_err(|e| Rejection::Undecodable(format!("payload: {e}")))?;
         if payload.from != frame.from {
             return Err(Rejection::Undecodable(
@@ -315,7 +469,7 @@ impl Opener {
 /// The sender name of a frame, before any check, or `None` if it is not a frame. Used to
 /// answer a version mismatch to the right peer.
 pub fn peek_sender(bytes: &[u8]) -> Option<String> {
-    rmp_serde::from_slice::<Frame>(bytes)
+    rmp_serde::from_slice::<FrameIn>(bytes)
         .ok()
         .map(|f| f.from.to_string())
 }

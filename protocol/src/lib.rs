@@ -17,7 +17,7 @@ pub use message::*;
 pub use state::{IllegalTransition, RunState, Transition};
 
 /// The version every envelope carries; peers with another version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The version of the jobcast programs, reported in pings and registrations.
 pub const JOBCAST_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,7 +1,7 @@
 //! Round trips of every message kind through the signed envelope, and every way a frame
 //! is refused.
 
-use jobcast_protocol::envelope::{peek_sender, seal, Opener};
+use jobcast_protocol::envelope::{peek_sender, seal, Opener, BROKER};
 use jobcast_protocol::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -323,7 +323,7 @@ fn every_body() -> Vec<Body> {
 fn every_message_kind_round_trips() {
     let mut opener = Opener::new(1 << 20, SKEW);
     for (i, body) in every_body().into_iter().enumerate() {
-        let frame = seal("w1", &key(), &body, NOW, i as u64);
+        let frame = seal("w1", BROKER, &key(), &body, NOW, i as u64);
         let opened = opener.open(&frame, NOW + 5, keys).unwrap();
         assert_eq!(opened.body, body);
         assert_eq!(opened.from, "w1");
@@ -349,14 +349,49 @@ fn every_event_round_trips() {
 }
 
 #[test]
-fn frames_are_messagepack_maps_with_named_fields() {
-    let frame = seal("w1", &key(), &every_body()[2], NOW, 1);
-    // 0x83: a fixmap with three entries (from, payload, mac)
+fn frames_are_messagepack_maps_and_their_content_is_sealed() {
+    // An assignment carries a script and env values: none of it may cross in clear.
+    let body = every_body()
+        .into_iter()
+        .find(|b| format!("{b:?}").contains("Granted"))
+        .expect("a grant");
+    let frame = seal("w1", BROKER, &key(), &body, NOW, 1);
+    // 0x83: a fixmap with three entries (from, nonce, sealed)
     assert_eq!(frame[0], 0x83);
     let text = String::from_utf8_lossy(&frame);
-    for field in ["from", "payload", "mac", "claim", "max", "nonce", "body"] {
+    for field in ["from", "nonce", "sealed", "w1"] {
         assert!(text.contains(field), "{field} missing");
     }
+    for secret_part in ["echo hi", "PGHOST", "granted", "body", "runs"] {
+        assert!(
+            !text.contains(secret_part),
+            "{secret_part} is readable on the wire"
+        );
+    }
+}
+
+#[test]
+fn each_direction_has_its_own_key() {
+    // A frame sealed for w1 (as a reply would be) does not open at the broker, even
+    // though both keys come from the same secret.
+    let reflected = seal("w1", "w1", &key(), &claim(), NOW, 1);
+    let mut opener = Opener::new(1 << 20, SKEW);
+    assert_eq!(
+        opener.open(&reflected, NOW, keys).unwrap_err().reason(),
+        "bad_mac"
+    );
+    assert_ne!(
+        key().message_key("w1", BROKER),
+        key().message_key(BROKER, "w1")
+    );
+}
+
+#[test]
+fn the_same_body_sealed_twice_differs() {
+    // Random nonces: equal messages are not recognisable on the wire.
+    let a = seal("w1", BROKER, &key(), &claim(), NOW, 1);
+    let b = seal("w1", BROKER, &key(), &claim(), NOW, 1);
+    assert_ne!(a, b);
 }
 
 fn claim() -> Body {
@@ -369,7 +404,7 @@ fn claim() -> Body {
 #[test]
 fn a_forged_mac_is_refused() {
     let mut opener = Opener::new(1 << 20, SKEW);
-    let frame = seal("w1", &Secret::new("wrong"), &claim(), NOW, 1);
+    let frame = seal("w1", BROKER, &Secret::new("wrong"), &claim(), NOW, 1);
     assert_eq!(
         opener.open(&frame, NOW, keys).unwrap_err().reason(),
         "bad_mac"
@@ -379,7 +414,7 @@ fn a_forged_mac_is_refused() {
 #[test]
 fn a_tampered_payload_is_refused() {
     let mut opener = Opener::new(1 << 20, SKEW);
-    let mut frame = seal("w1", &key(), &claim(), NOW, 1);
+    let mut frame = seal("w1", BROKER, &key(), &claim(), NOW, 1);
     // flip a bit inside the payload (past the outer map's keys)
     let at = frame.len() / 2;
     frame[at] ^= 0x01;
@@ -390,7 +425,7 @@ fn a_tampered_payload_is_refused() {
 #[test]
 fn a_replayed_frame_is_refused() {
     let mut opener = Opener::new(1 << 20, SKEW);
-    let frame = seal("w1", &key(), &claim(), NOW, 99);
+    let frame = seal("w1", BROKER, &key(), &claim(), NOW, 99);
     assert!(opener.open(&frame, NOW, keys).is_ok());
     assert_eq!(
         opener.open(&frame, NOW + 10, keys).unwrap_err().reason(),
@@ -401,12 +436,12 @@ fn a_replayed_frame_is_refused() {
 #[test]
 fn a_stale_or_future_frame_is_refused() {
     let mut opener = Opener::new(1 << 20, SKEW);
-    let old = seal("w1", &key(), &claim(), NOW - SKEW - 1, 1);
+    let old = seal("w1", BROKER, &key(), &claim(), NOW - SKEW - 1, 1);
     assert_eq!(
         opener.open(&old, NOW, keys).unwrap_err().reason(),
         "clock_skew"
     );
-    let future = seal("w1", &key(), &claim(), NOW + SKEW + 1, 2);
+    let future = seal("w1", BROKER, &key(), &claim(), NOW + SKEW + 1, 2);
     assert_eq!(
         opener.open(&future, NOW, keys).unwrap_err().reason(),
         "clock_skew"
@@ -417,7 +452,7 @@ fn a_stale_or_future_frame_is_refused() {
 fn a_frame_sealed_before_the_receiver_started_is_refused_and_answered() {
     // Captured before a restart, replayed after it: still inside the skew window, and the
     // new process remembers no nonces, so only the start time catches it.
-    let captured = seal("w1", &key(), &claim(), NOW - 1_000, 1);
+    let captured = seal("w1", BROKER, &key(), &claim(), NOW - 1_000, 1);
     let mut opener = Opener::new(1 << 20, SKEW).not_before(NOW - 500);
     let err = opener.open(&captured, NOW, keys).unwrap_err();
     assert_eq!(err.reason(), "before_start");
@@ -428,14 +463,14 @@ fn a_frame_sealed_before_the_receiver_started_is_refused_and_answered() {
         refusal.detail
     );
     // A fresh frame is fine.
-    let fresh = seal("w1", &key(), &claim(), NOW, 2);
+    let fresh = seal("w1", BROKER, &key(), &claim(), NOW, 2);
     assert!(opener.open(&fresh, NOW, keys).is_ok());
 }
 
 #[test]
 fn an_unknown_sender_is_refused_and_named() {
     let mut opener = Opener::new(1 << 20, SKEW);
-    let frame = seal("intruder", &key(), &claim(), NOW, 1);
+    let frame = seal("intruder", BROKER, &key(), &claim(), NOW, 1);
     let err = opener.open(&frame, NOW, keys).unwrap_err();
     assert_eq!(err.reason(), "unknown_sender");
     assert!(err.to_string().contains("intruder"));
@@ -445,7 +480,7 @@ fn an_unknown_sender_is_refused_and_named() {
 #[test]
 fn an_oversized_frame_is_refused_before_decoding() {
     let mut opener = Opener::new(64, SKEW);
-    let frame = seal("w1", &key(), &claim(), NOW, 1);
+    let frame = seal("w1", BROKER, &key(), &claim(), NOW, 1);
     assert!(frame.len() > 64);
     assert_eq!(
         opener.open(&frame, NOW, keys).unwrap_err().reason(),
@@ -507,7 +542,7 @@ fn garbage_is_refused() {
 
 #[test]
 fn debug_output_never_shows_a_secret() {
-    let shown = format!("{:?}", Sealer::new("w1", Secret::new("hunter2")));
+    let shown = format!("{:?}", Sealer::new("w1", BROKER, Secret::new("hunter2")));
     assert!(!shown.contains("hunter2"), "{shown}");
 }
 
@@ -526,7 +561,7 @@ proptest! {
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
     ) {
         let body = every_body().swap_remove(index);
-        let mut frame = seal("w1", &key(), &body, NOW, 1);
+        let mut frame = seal("w1", BROKER, &key(), &body, NOW, 1);
         for (at, bits) in flips {
             let at = at % frame.len();
             frame[at] ^= bits.max(1);

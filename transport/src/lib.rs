@@ -46,9 +46,15 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Messages queued per peer in each direction; past it a PUB drops, a ROUTER refuses.
     pub high_water_mark: i32,
-    /// ZMTP PING interval; a peer silent for `heartbeat_timeout` is disconnected.
-    pub heartbeat_interval: Duration,
-    pub heartbeat_timeout: Duration,
+    /// A connection whose peer host stops answering TCP keepalive probes is closed after
+    /// about this long.
+    ///
+    /// ZMTP heartbeats (`ZMQ_HEARTBEAT_IVL`) are deliberately left off: libzmq 4.3.4
+    /// aborts the whole process (`Assertion failed: !_io_error`, stream_engine_base.cpp)
+    /// when a heartbeat falls due on a connection whose receive queue is full and whose
+    /// peer has sent more meanwhile (libzmq issues 4364 and 4767, open). A stopped
+    /// worker's SUB reaches that state; so could a busy broker's ROUTER.
+    pub dead_peer_timeout: Duration,
     /// A connection that has not completed the ZMTP handshake by then is closed.
     pub handshake_timeout: Duration,
 }
@@ -58,8 +64,7 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 1 << 20,
             high_water_mark: 1000,
-            heartbeat_interval: Duration::from_secs(1),
-            heartbeat_timeout: Duration::from_secs(10),
+            dead_peer_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(5),
         }
     }
@@ -75,10 +80,12 @@ impl Limits {
         socket.set_maxmsgsize(self.max_message_bytes as i64)?;
         socket.set_sndhwm(self.high_water_mark)?;
         socket.set_rcvhwm(self.high_water_mark)?;
-        socket.set_heartbeat_ivl(millis(self.heartbeat_interval))?;
-        socket.set_heartbeat_timeout(millis(self.heartbeat_timeout))?;
-        // Tells the peer to drop us too if it hears nothing for that long.
-        socket.set_heartbeat_ttl(millis(self.heartbeat_timeout))?;
+        // Idle for half the timeout, then four probes over the other half.
+        let secs = self.dead_peer_timeout.as_secs().clamp(4, 86_400) as i32;
+        socket.set_tcp_keepalive(1)?;
+        socket.set_tcp_keepalive_idle((secs / 2).max(1))?;
+        socket.set_tcp_keepalive_intvl((secs / 8).max(1))?;
+        socket.set_tcp_keepalive_cnt(4)?;
         socket.set_handshake_ivl(millis(self.handshake_timeout))?;
         // Nothing is worth waiting for at close: the peers retry.
         socket.set_linger(0)?;
