@@ -196,6 +196,19 @@ impl Cluster {
         }
     }
 
+    /// A request client with the admin key, connected to this cluster's broker.
+    pub async fn admin_client(&self) -> jobcast_client::Client {
+        jobcast_client::Client::connect(jobcast_client::ClientConfig {
+            endpoint: self.router.clone(),
+            name: "admin".into(),
+            secret: jobcast_protocol::Secret::new(ADMIN_SECRET),
+            connect_timeout: Duration::from_secs(5),
+            max_clock_skew: Duration::from_secs(30),
+        })
+        .await
+        .expect("connect to the broker")
+    }
+
     pub fn broker_log(&self) -> String {
         std::fs::read_to_string(self.path(&format!("broker-{}.log", self.broker_starts)))
             .unwrap_or_default()

@@ -5,7 +5,7 @@
 //! Throughout, the broker stays up, its memory grows by less than 20 MB, and an ordinary
 //! client's requests keep a p99 under 10 ms.
 
-use jobcast_client::{Client, ClientConfig};
+use jobcast_client::Client;
 use jobcast_integration_tests::*;
 use jobcast_protocol::envelope::connection_password;
 use jobcast_protocol::{Reply, Request, Secret};
@@ -249,15 +249,7 @@ fn attack(router: &str, publish: &str) {
 async fn raw_tcp_attacks_on_both_ports_cost_little_memory_and_no_latency() {
     let cluster = Cluster::start(1);
     let broker = cluster.broker_pid();
-    let client = Client::connect(ClientConfig {
-        endpoint: cluster.router.clone(),
-        name: "admin".into(),
-        secret: Secret::new(ADMIN_SECRET),
-        connect_timeout: Duration::from_secs(5),
-        max_clock_skew: Duration::from_secs(30),
-    })
-    .await
-    .expect("connect");
+    let client = cluster.admin_client().await;
     // Warm up the request path so the baseline includes its allocations.
     for _ in 0..50 {
         client

@@ -4,7 +4,7 @@
 //! workers keep running. The stall lasts `JOBCAST_STALL_SECS` seconds (default 120; CI
 //! runs 300).
 
-use jobcast_client::{credentials, Client, ClientConfig};
+use jobcast_client::{credentials, Client};
 use jobcast_integration_tests::*;
 use jobcast_protocol::{Reply, Request, Secret};
 use jobcast_transport::{Limits, Received};
@@ -22,15 +22,7 @@ fn stall() -> Duration {
 async fn a_stopped_worker_leaves_broker_memory_bounded_and_others_running() {
     let mut cluster = Cluster::start_with(3, &["--heartbeat-interval", "4ms"]);
     cluster.apply_jobs("[jobs.tick]\ncommand = [\"echo\", \"tick\"]\n");
-    let client = Client::connect(ClientConfig {
-        endpoint: cluster.router.clone(),
-        name: "admin".into(),
-        secret: Secret::new(ADMIN_SECRET),
-        connect_timeout: Duration::from_secs(5),
-        max_clock_skew: Duration::from_secs(30),
-    })
-    .await
-    .expect("connect");
+    let client = cluster.admin_client().await;
     let enqueue = |client: Client| async move {
         match client
             .request(

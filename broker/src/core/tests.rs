@@ -19,6 +19,19 @@ fn job(name: &str, pool: &str) -> JobSpec {
     }
 }
 
+/// A one-slot worker's registration for `pools`, declaring `max_log_bytes`.
+fn registration(pools: &[&str], max_log_bytes: u64) -> Register {
+    Register {
+        hostname: "host".into(),
+        pid: 1,
+        version: "0.1.0".into(),
+        concurrency: 1,
+        pools: pools.iter().map(|p| p.to_string()).collect(),
+        running: vec![],
+        max_log_bytes,
+    }
+}
+
 struct Harness {
     core: Core<SledStore>,
     now: u64,
@@ -78,18 +91,10 @@ impl Harness {
         pools: &[&str],
         running: &[&str],
     ) -> Orders {
-        match self.worker(
-            worker,
-            Request::Register(Register {
-                hostname: "host".into(),
-                pid: 1,
-                version: "0.1.0".into(),
-                concurrency,
-                pools: pools.iter().map(|p| p.to_string()).collect(),
-                running: running.iter().map(|r| r.to_string()).collect(),
-                max_log_bytes: 4096,
-            }),
-        ) {
+        let mut register = registration(pools, 4096);
+        register.concurrency = concurrency;
+        register.running = running.iter().map(|r| r.to_string()).collect();
+        match self.worker(worker, Request::Register(register)) {
             Reply::Registered { orders, .. } => orders,
             other => panic!("register: {other:?}"),
         }
@@ -625,18 +630,7 @@ fn the_broker_caps_stored_logs_whatever_the_worker_declares() {
         },
     );
     // A worker that declares a terabyte of log per run.
-    let reply = h.worker(
-        "w1",
-        Request::Register(Register {
-            hostname: "host".into(),
-            pid: 1,
-            version: "0.1.0".into(),
-            concurrency: 1,
-            pools: vec!["default".into()],
-            running: vec![],
-            max_log_bytes: 1 << 40,
-        }),
-    );
+    let reply = h.worker("w1", Request::Register(registration(&["default"], 1 << 40)));
     assert!(matches!(reply, Reply::Registered { .. }), "{reply:?}");
     let run = h.enqueue("hello");
     h.claim("w1", 1);
@@ -675,15 +669,7 @@ fn a_worker_key_limited_to_pools_cannot_register_for_another() {
     );
     let reply = h.worker(
         "w1",
-        Request::Register(Register {
-            hostname: "host".into(),
-            pid: 1,
-            version: "0.1.0".into(),
-            concurrency: 1,
-            pools: vec!["default".into(), "gpu".into()],
-            running: vec![],
-            max_log_bytes: 4096,
-        }),
+        Request::Register(registration(&["default", "gpu"], 4096)),
     );
     let Reply::Error { code, message } = reply else {
         panic!("registered for a pool it may not serve: {reply:?}");
