@@ -91,6 +91,13 @@ impl Outbox {
     }
 }
 
+/// Connections seen by the sockets, for `status`.
+#[derive(Debug, Default)]
+struct ConnectionCounts {
+    opened: u64,
+    closed: u64,
+}
+
 struct Session {
     peer: PeerId,
     register: Register,
@@ -137,6 +144,7 @@ pub struct Core<S: Store> {
     next_ping_id: u64,
     next_seq: u64,
     rejected: BTreeMap<String, u64>,
+    connections: ConnectionCounts,
     /// The time of the latest request or tick, in ms and µs.
     clock_ms: u64,
     clock_us: u64,
@@ -218,6 +226,7 @@ impl<S: Store> Core<S> {
             pings: BTreeMap::new(),
             next_ping_id: 1,
             rejected: BTreeMap::new(),
+            connections: ConnectionCounts::default(),
             clock_ms: ms(now_us),
             clock_us: now_us,
             schedules: HashMap::new(),
@@ -280,6 +289,15 @@ impl<S: Store> Core<S> {
     /// Counts a frame the server refused before it reached the core.
     pub fn note_rejection(&mut self, reason: &str) {
         *self.rejected.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Counts a connection to the broker's sockets opening or closing.
+    pub fn note_connection(&mut self, opened: bool) {
+        if opened {
+            self.connections.opened += 1;
+        } else {
+            self.connections.closed += 1;
+        }
     }
 
     /// Handles one authenticated request from `from` on connection `peer`.
@@ -1368,6 +1386,16 @@ impl<S: Store> Core<S> {
             jobs: self.jobs.len() as u64,
             workers,
             rejected: self.rejected.clone(),
+            connections: BTreeMap::from([
+                (
+                    "open".to_string(),
+                    self.connections
+                        .opened
+                        .saturating_sub(self.connections.closed),
+                ),
+                ("opened".to_string(), self.connections.opened),
+                ("closed".to_string(), self.connections.closed),
+            ]),
             alerts: self.alerts.values().cloned().collect(),
             disabled_pools: self.disabled_pools.iter().cloned().collect(),
         })

@@ -7,7 +7,7 @@ use crate::http::{CoreHandle, InternalRequest};
 use crate::store::Store;
 use crate::transport::{Incoming, Outgoing, Settings, Transport};
 use anyhow::{Context, Result};
-use jobcast_protocol::envelope::{random_nonce, seal, Opener, Refusal, BROKER};
+use jobcast_protocol::envelope::{seal, Opener, Refusal, BROKER};
 use jobcast_protocol::message::encode_event;
 use jobcast_protocol::Body;
 use std::collections::HashMap;
@@ -183,6 +183,10 @@ pub async fn serve<S: Store + 'static>(
                     rejections.note(reason, &detail);
                     continue;
                 }
+                Incoming::Connection { opened } => {
+                    core.note_connection(opened);
+                    continue;
+                }
             };
             match opener.open(&payload, now / 1_000, |name| config.keys.for_sender(name)) {
                 Ok(opened) => match opened.body {
@@ -309,7 +313,6 @@ fn send_all(
                 reply: reply.reply,
             },
             now_ms,
-            random_nonce(),
         );
         let _ = outgoing.send(Outgoing::Reply {
             peer: reply.peer,

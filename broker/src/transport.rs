@@ -61,6 +61,8 @@ pub enum Incoming {
         reason: &'static str,
         detail: String,
     },
+    /// A connection was accepted (`true`) or closed (`false`).
+    Connection { opened: bool },
 }
 
 /// What to send.
@@ -294,32 +296,30 @@ enum Noted {
     BrokerGone,
 }
 
-/// Counts connections refused during the handshake.
+/// Passes connection events on, to be counted.
 async fn note(
     incoming: &mpsc::Sender<Incoming>,
     socket: &'static str,
     event: jobcast_transport::Result<PeerEvent>,
 ) -> Noted {
-    let refused = match event {
+    let noted = match event {
         Ok(PeerEvent::HandshakeFailed) => Incoming::Refused {
             reason: "handshake_failed",
             detail: format!(
                 "a connection to the {socket} socket did not complete the ZMTP handshake"
             ),
         },
-        Ok(PeerEvent::Disconnected) => {
-            tracing::debug!(socket, "a peer connection closed");
-            return Noted::Yes;
-        }
+        Ok(PeerEvent::Disconnected) => Incoming::Connection { opened: false },
+        Ok(PeerEvent::Connected) => Incoming::Connection { opened: true },
         // Counted by the authentication handler, which knows the name.
-        Ok(PeerEvent::Connected | PeerEvent::AuthFailed) => return Noted::Yes,
+        Ok(PeerEvent::AuthFailed) => return Noted::Yes,
         Err(e) => {
             // Serve on without connection events rather than stop the broker.
             tracing::error!(socket, error = %e, "socket monitor failed");
             return Noted::MonitorFailed;
         }
     };
-    match incoming.send(refused).await {
+    match incoming.send(noted).await {
         Ok(()) => Noted::Yes,
         Err(_) => Noted::BrokerGone,
     }

@@ -243,8 +243,8 @@ async fn run(
     let mut next_id: u64 = 1;
     let mut backoff = Duration::from_millis(100);
     let mut pending: Pending = HashMap::new();
-    // Sealed requests not yet accepted by the socket, in order.
-    let mut backlog: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    // Requests not yet accepted by the socket, in order.
+    let mut backlog: VecDeque<(u64, Body)> = VecDeque::new();
 
     loop {
         let Some(current) = connection.take() else {
@@ -276,11 +276,11 @@ async fn run(
                     Some(Command::Send { request, reply_to }) => {
                         let id = next_id;
                         next_id += 1;
-                        let frame = sealer.seal(&Body::Request { id, request }, now_ms());
+                        // Forget waiters that gave up; their requests are still sent
+                        // (a caller may submit without waiting for the reply).
                         pending.retain(|_, waiter| !waiter.reply_to.is_closed());
-                        backlog.retain(|(id, _)| pending.contains_key(id));
                         pending.insert(id, Waiter { reply_to, sent: false });
-                        backlog.push_back((id, frame));
+                        backlog.push_back((id, Body::Request { id, request }));
                     }
                 },
                 ready = socket.wait(zmq::POLLIN) => {
@@ -326,8 +326,11 @@ async fn run(
                     Err(e) => break 'serve format!("monitor failed: {e}"),
                 },
             }
-            // Hand over whatever the socket takes now.
-            while let Some((id, frame)) = backlog.front() {
+            // Hand over whatever the socket takes now, sealed as it goes: a request that
+            // waited for a connection carries the time it was sent, not queued (the broker
+            // refuses frames older than its start or than the clock-skew window).
+            while let Some((id, body)) = backlog.front() {
+                let frame = sealer.seal(body, now_ms());
                 match socket.try_send([&frame[..]]) {
                     Ok(true) => {
                         if let Some(waiter) = pending.get_mut(id) {

@@ -565,7 +565,14 @@ async fn status(ctl: &Ctl) -> Result<ExitCode> {
             .iter()
             .map(|(r, n)| format!("{r} {n}"))
             .collect();
-        println!("refused frames: {}", rejected.join(", "));
+        println!("refused: {}", rejected.join(", "));
+    }
+    if let Some(open) = report.connections.get("open") {
+        println!(
+            "connections: {open} open, {} opened and {} closed since start",
+            report.connections.get("opened").unwrap_or(&0),
+            report.connections.get("closed").unwrap_or(&0)
+        );
     }
     println!();
     let mut table = Table::new([

@@ -3,7 +3,7 @@
 //! `hostile_transport.rs`.)
 
 use jobcast_integration_tests::*;
-use jobcast_protocol::envelope::{seal, Refusal, BROKER};
+use jobcast_protocol::envelope::{seal_with_replay_nonce, Refusal, BROKER};
 use jobcast_protocol::{Body, Request, Secret};
 use jobcast_transport::{zmq, AsyncSocket, Limits, Received};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,7 +56,7 @@ async fn hostile_frames_are_refused_and_the_broker_keeps_serving() {
     // forged MAC: answered with a refusal that says why
     send(
         &mut socket,
-        seal(
+        seal_with_replay_nonce(
             "admin",
             BROKER,
             &Secret::new("guessed-secret"),
@@ -71,7 +71,7 @@ async fn hostile_frames_are_refused_and_the_broker_keeps_serving() {
     // an unknown sender
     send(
         &mut socket,
-        seal("mallory", BROKER, &admin, &status_request(), now_ms(), 2),
+        seal_with_replay_nonce("mallory", BROKER, &admin, &status_request(), now_ms(), 2),
     )
     .await;
     assert_eq!(
@@ -83,7 +83,7 @@ async fn hostile_frames_are_refused_and_the_broker_keeps_serving() {
     // a stale frame
     send(
         &mut socket,
-        seal(
+        seal_with_replay_nonce(
             "admin",
             BROKER,
             &admin,
@@ -100,7 +100,7 @@ async fn hostile_frames_are_refused_and_the_broker_keeps_serving() {
         "clock_skew"
     );
     // a valid frame is answered once; its replay is not
-    let valid = seal("admin", BROKER, &admin, &status_request(), now_ms(), 4);
+    let valid = seal_with_replay_nonce("admin", BROKER, &admin, &status_request(), now_ms(), 4);
     send(&mut socket, valid.clone()).await;
     let answer = recv(&mut socket)
         .await
@@ -118,7 +118,7 @@ async fn hostile_frames_are_refused_and_the_broker_keeps_serving() {
     // the broker still answers this peer after it reconnected
     send(
         &mut socket,
-        seal("admin", BROKER, &admin, &status_request(), now_ms(), 5),
+        seal_with_replay_nonce("admin", BROKER, &admin, &status_request(), now_ms(), 5),
     )
     .await;
     let answer = recv(&mut socket)
@@ -176,7 +176,7 @@ async fn a_request_captured_before_a_restart_is_refused_after_it() {
             job: "quick".into(),
         },
     };
-    let captured = seal("admin", BROKER, &admin, &enqueue, now_ms(), 42);
+    let captured = seal_with_replay_nonce("admin", BROKER, &admin, &enqueue, now_ms(), 42);
     let mut socket = connect(&cluster.router);
     send(&mut socket, captured.clone()).await;
     let answer = recv(&mut socket).await.expect("enqueued");

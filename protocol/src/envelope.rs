@@ -8,10 +8,10 @@
 //! ```
 //!
 //! Every peer shares one secret with the broker; each direction gets its own key derived
-//! from it, so a reply can never be passed off as a request. The AEAD nonce is 24 random
-//! bytes per message: XChaCha20's nonce is long enough that random nonces stay unique far
-//! beyond any number of messages one key will see (2^80 before a collision becomes
-//! likely), with no counter to keep across restarts. The outer `from` only selects the
+//! from it, so a reply can never be passed off as a request. The 24-byte AEAD nonce is
+//! unique per message without any state kept across restarts: 16 random bytes per process
+//! and a message counter (see [`seal`]); XChaCha20's nonce is long enough for random
+//! nonces too, which other implementations may use. The outer `from` only selects the
 //! key and must equal the sealed inner one. `docs/PROTOCOL.md` has the whole construction
 //! and test vectors.
 
@@ -23,7 +23,6 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
@@ -46,8 +45,9 @@ type MessageKey = [u8; 32];
 #[derive(Clone)]
 pub struct Secret {
     bytes: Arc<[u8]>,
-    /// Derived message keys by (from, to), so that sealing costs no key derivation.
-    keys: Arc<Mutex<HashMap<(String, String), MessageKey>>>,
+    /// Derived message keys by (from, to), so that sealing costs no key derivation. A
+    /// secret belongs to one peer, so this holds its two directions.
+    keys: Arc<Mutex<Vec<(String, String, MessageKey)>>>,
 }
 
 impl PartialEq for Secret {
@@ -74,7 +74,7 @@ impl Secret {
     /// The key for messages from `from` to `to`.
     pub fn message_key(&self, from: &str, to: &str) -> MessageKey {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(key) = keys.get(&(from.to_string(), to.to_string())) {
+        if let Some((_, _, key)) = keys.iter().find(|(f, t, _)| f == from && t == to) {
             return *key;
         }
         let mut info = Vec::with_capacity(from.len() + 1 + to.len());
@@ -85,12 +85,12 @@ impl Secret {
         hkdf::Hkdf::<Sha256>::new(Some(KDF_SALT), &self.bytes)
             .expand(&info, &mut key)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        // Names come from configuration and authenticated peers, so the memo stays small;
-        // still, never let it grow without bound.
-        if keys.len() >= 4096 {
+        // Only names whose secret this is get here, so the memo stays tiny; still, never
+        // let it grow without bound.
+        if keys.len() >= 16 {
             keys.clear();
         }
-        keys.insert((from.to_string(), to.to_string()), key);
+        keys.push((from.to_string(), to.to_string(), key));
         key
     }
 }
@@ -149,9 +149,14 @@ struct PayloadIn {
     body: Body,
 }
 
-/// Seals `body` from `from` to `to`. `nonce` (the replay nonce) must be unique per sender
-/// within the clock-skew window (use [`random_nonce`]).
-pub fn seal(
+/// Seals `body` from `from` to `to` with fresh nonces.
+pub fn seal(from: &str, to: &str, secret: &Secret, body: &Body, now_ms: u64) -> Vec<u8> {
+    let (aead_nonce, nonce) = MessageNonces::next();
+    seal_with_nonce(from, to, secret, body, now_ms, nonce, aead_nonce)
+}
+
+/// [`seal`] with a chosen replay nonce (tests that replay or reuse one).
+pub fn seal_with_replay_nonce(
     from: &str,
     to: &str,
     secret: &Secret,
@@ -159,12 +164,45 @@ pub fn seal(
     now_ms: u64,
     nonce: u64,
 ) -> Vec<u8> {
-    let mut aead_nonce = [0u8; AEAD_NONCE_LEN];
-    fill_random(&mut aead_nonce);
+    let (aead_nonce, _) = MessageNonces::next();
     seal_with_nonce(from, to, secret, body, now_ms, nonce, aead_nonce)
 }
 
-/// [`seal`] with a given AEAD nonce: for test vectors only. Never reuse a nonce.
+/// Nonces for sealing without a system call per message: 16 random bytes drawn once per
+/// process, then a counter. The AEAD nonce is the prefix followed by the counter, unique
+/// within the process by the counter and across processes by the prefix (two processes
+/// share one with probability 2^-128). The replay nonce is the prefix's first 8 bytes
+/// plus the counter: unique within the process, and as unlikely to meet another
+/// process's inside the skew window as two random numbers.
+struct MessageNonces {
+    prefix: [u8; 16],
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl MessageNonces {
+    fn next() -> ([u8; AEAD_NONCE_LEN], u64) {
+        static SOURCE: std::sync::OnceLock<MessageNonces> = std::sync::OnceLock::new();
+        let source = SOURCE.get_or_init(|| {
+            let mut prefix = [0u8; 16];
+            fill_random(&mut prefix);
+            MessageNonces {
+                prefix,
+                counter: std::sync::atomic::AtomicU64::new(0),
+            }
+        });
+        let n = source
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut aead = [0u8; AEAD_NONCE_LEN];
+        aead[..16].copy_from_slice(&source.prefix);
+        aead[16..].copy_from_slice(&n.to_le_bytes());
+        let mut base = [0u8; 8];
+        base.copy_from_slice(&source.prefix[..8]);
+        (aead, u64::from_le_bytes(base).wrapping_add(n))
+    }
+}
+
+/// [`seal`] with both nonces given: for test vectors only. Never reuse a nonce.
 pub fn seal_with_nonce(
     from: &str,
     to: &str,
@@ -277,14 +315,7 @@ impl Sealer {
     }
 
     pub fn seal(&self, body: &Body, now_ms: u64) -> Vec<u8> {
-        seal(
-            &self.from,
-            &self.to,
-            &self.secret,
-            body,
-            now_ms,
-            random_nonce(),
-        )
+        seal(&self.from, &self.to, &self.secret, body, now_ms)
     }
 }
 

@@ -637,8 +637,13 @@ pub struct StatusReport {
     pub total_runs: u64,
     pub jobs: u64,
     pub workers: Vec<WorkerStatus>,
-    /// Frames refused since start, by reason.
+    /// Frames and connections refused since start, by reason.
     pub rejected: BTreeMap<String, u64>,
+    /// TCP connections to the broker's sockets: `open` now, and `opened` and `closed`
+    /// since start, whether or not they got through the handshake (a connection libzmq
+    /// drops for an oversized frame shows only as `closed`).
+    #[serde(default)]
+    pub connections: BTreeMap<String, u64>,
     /// Standing conditions: late or never-run jobs, pools without workers, …
     #[serde(default)]
     pub alerts: Vec<Alert>,

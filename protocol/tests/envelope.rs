@@ -1,7 +1,7 @@
 //! Round trips of every message kind through the signed envelope, and every way a frame
 //! is refused.
 
-use jobcast_protocol::envelope::{peek_sender, seal, Opener, BROKER};
+use jobcast_protocol::envelope::{peek_sender, seal_with_replay_nonce, Opener, BROKER};
 use jobcast_protocol::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -284,6 +284,7 @@ fn every_reply() -> Vec<Reply> {
                 draining: false,
             }],
             rejected: BTreeMap::from([("bad_mac".into(), 1)]),
+            connections: BTreeMap::from([("open".into(), 2)]),
             alerts: vec![Alert {
                 kind: AlertKind::Late,
                 job: Some("backup".into()),
@@ -323,7 +324,7 @@ fn every_body() -> Vec<Body> {
 fn every_message_kind_round_trips() {
     let mut opener = Opener::new(1 << 20, SKEW);
     for (i, body) in every_body().into_iter().enumerate() {
-        let frame = seal("w1", BROKER, &key(), &body, NOW, i as u64);
+        let frame = seal_with_replay_nonce("w1", BROKER, &key(), &body, NOW, i as u64);
         let opened = opener.open(&frame, NOW + 5, keys).unwrap();
         assert_eq!(opened.body, body);
         assert_eq!(opened.from, "w1");
@@ -355,7 +356,7 @@ fn frames_are_messagepack_maps_and_their_content_is_sealed() {
         .into_iter()
         .find(|b| format!("{b:?}").contains("Granted"))
         .expect("a grant");
-    let frame = seal("w1", BROKER, &key(), &body, NOW, 1);
+    let frame = seal_with_replay_nonce("w1", BROKER, &key(), &body, NOW, 1);
     // 0x83: a fixmap with three entries (from, nonce, sealed)
     assert_eq!(frame[0], 0x83);
     let text = String::from_utf8_lossy(&frame);
@@ -374,7 +375,7 @@ fn frames_are_messagepack_maps_and_their_content_is_sealed() {
 fn each_direction_has_its_own_key() {
     // A frame sealed for w1 (as a reply would be) does not open at the broker, even
     // though both keys come from the same secret.
-    let reflected = seal("w1", "w1", &key(), &claim(), NOW, 1);
+    let reflected = seal_with_replay_nonce("w1", "w1", &key(), &claim(), NOW, 1);
     let mut opener = Opener::new(1 << 20, SKEW);
     assert_eq!(
         opener.open(&reflected, NOW, keys).unwrap_err().reason(),
@@ -389,8 +390,8 @@ fn each_direction_has_its_own_key() {
 #[test]
 fn the_same_body_sealed_twice_differs() {
     // Random nonces: equal messages are not recognisable on the wire.
-    let a = seal("w1", BROKER, &key(), &claim(), NOW, 1);
-    let b = seal("w1", BROKER, &key(), &claim(), NOW, 1);
+    let a = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW, 1);
+    let b = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW, 1);
     assert_ne!(a, b);
 }
 
@@ -404,7 +405,7 @@ fn claim() -> Body {
 #[test]
 fn a_forged_mac_is_refused() {
     let mut opener = Opener::new(1 << 20, SKEW);
-    let frame = seal("w1", BROKER, &Secret::new("wrong"), &claim(), NOW, 1);
+    let frame = seal_with_replay_nonce("w1", BROKER, &Secret::new("wrong"), &claim(), NOW, 1);
     assert_eq!(
         opener.open(&frame, NOW, keys).unwrap_err().reason(),
         "bad_mac"
@@ -414,7 +415,7 @@ fn a_forged_mac_is_refused() {
 #[test]
 fn a_tampered_payload_is_refused() {
     let mut opener = Opener::new(1 << 20, SKEW);
-    let mut frame = seal("w1", BROKER, &key(), &claim(), NOW, 1);
+    let mut frame = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW, 1);
     // flip a bit inside the payload (past the outer map's keys)
     let at = frame.len() / 2;
     frame[at] ^= 0x01;
@@ -425,7 +426,7 @@ fn a_tampered_payload_is_refused() {
 #[test]
 fn a_replayed_frame_is_refused() {
     let mut opener = Opener::new(1 << 20, SKEW);
-    let frame = seal("w1", BROKER, &key(), &claim(), NOW, 99);
+    let frame = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW, 99);
     assert!(opener.open(&frame, NOW, keys).is_ok());
     assert_eq!(
         opener.open(&frame, NOW + 10, keys).unwrap_err().reason(),
@@ -436,12 +437,12 @@ fn a_replayed_frame_is_refused() {
 #[test]
 fn a_stale_or_future_frame_is_refused() {
     let mut opener = Opener::new(1 << 20, SKEW);
-    let old = seal("w1", BROKER, &key(), &claim(), NOW - SKEW - 1, 1);
+    let old = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW - SKEW - 1, 1);
     assert_eq!(
         opener.open(&old, NOW, keys).unwrap_err().reason(),
         "clock_skew"
     );
-    let future = seal("w1", BROKER, &key(), &claim(), NOW + SKEW + 1, 2);
+    let future = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW + SKEW + 1, 2);
     assert_eq!(
         opener.open(&future, NOW, keys).unwrap_err().reason(),
         "clock_skew"
@@ -452,7 +453,7 @@ fn a_stale_or_future_frame_is_refused() {
 fn a_frame_sealed_before_the_receiver_started_is_refused_and_answered() {
     // Captured before a restart, replayed after it: still inside the skew window, and the
     // new process remembers no nonces, so only the start time catches it.
-    let captured = seal("w1", BROKER, &key(), &claim(), NOW - 1_000, 1);
+    let captured = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW - 1_000, 1);
     let mut opener = Opener::new(1 << 20, SKEW).not_before(NOW - 500);
     let err = opener.open(&captured, NOW, keys).unwrap_err();
     assert_eq!(err.reason(), "before_start");
@@ -463,14 +464,14 @@ fn a_frame_sealed_before_the_receiver_started_is_refused_and_answered() {
         refusal.detail
     );
     // A fresh frame is fine.
-    let fresh = seal("w1", BROKER, &key(), &claim(), NOW, 2);
+    let fresh = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW, 2);
     assert!(opener.open(&fresh, NOW, keys).is_ok());
 }
 
 #[test]
 fn an_unknown_sender_is_refused_and_named() {
     let mut opener = Opener::new(1 << 20, SKEW);
-    let frame = seal("intruder", BROKER, &key(), &claim(), NOW, 1);
+    let frame = seal_with_replay_nonce("intruder", BROKER, &key(), &claim(), NOW, 1);
     let err = opener.open(&frame, NOW, keys).unwrap_err();
     assert_eq!(err.reason(), "unknown_sender");
     assert!(err.to_string().contains("intruder"));
@@ -480,7 +481,7 @@ fn an_unknown_sender_is_refused_and_named() {
 #[test]
 fn an_oversized_frame_is_refused_before_decoding() {
     let mut opener = Opener::new(64, SKEW);
-    let frame = seal("w1", BROKER, &key(), &claim(), NOW, 1);
+    let frame = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW, 1);
     assert!(frame.len() > 64);
     assert_eq!(
         opener.open(&frame, NOW, keys).unwrap_err().reason(),
@@ -561,7 +562,7 @@ proptest! {
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
     ) {
         let body = every_body().swap_remove(index);
-        let mut frame = seal("w1", BROKER, &key(), &body, NOW, 1);
+        let mut frame = seal_with_replay_nonce("w1", BROKER, &key(), &body, NOW, 1);
         for (at, bits) in flips {
             let at = at % frame.len();
             frame[at] ^= bits.max(1);

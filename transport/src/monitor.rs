@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// What happened to one connection of the monitored socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerEvent {
-    /// A peer completed the ZMTP handshake.
+    /// A TCP connection was accepted (a bound socket) or made (a connecting one); its
+    /// handshake is still to come.
     Connected,
     /// A connection closed: the peer left, stopped answering heartbeats, or broke a
     /// limit (an oversized message, a malformed frame).
@@ -30,7 +31,8 @@ impl Monitor {
             "inproc://jobcast-monitor-{}",
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let wanted = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32
+        let wanted = zmq::SocketEvent::ACCEPTED as i32
+            | zmq::SocketEvent::CONNECTED as i32
             | zmq::SocketEvent::DISCONNECTED as i32
             | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
             | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32
@@ -66,7 +68,7 @@ fn decode(received: &Received) -> Option<PeerEvent> {
     let head = parts.first()?;
     let number = u16::from_ne_bytes([*head.first()?, *head.get(1)?]);
     match zmq::SocketEvent::from_raw(number) {
-        zmq::SocketEvent::HANDSHAKE_SUCCEEDED => Some(PeerEvent::Connected),
+        zmq::SocketEvent::ACCEPTED | zmq::SocketEvent::CONNECTED => Some(PeerEvent::Connected),
         zmq::SocketEvent::DISCONNECTED => Some(PeerEvent::Disconnected),
         zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL
         | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL => Some(PeerEvent::HandshakeFailed),
@@ -87,11 +89,17 @@ mod tests {
         router.bind("tcp://127.0.0.1:*").unwrap();
         let monitor = Monitor::attach(&router).unwrap();
         let endpoint = router.get_last_endpoint().unwrap().unwrap();
+        let router = AsyncSocket::new(router).unwrap();
         let dealer = socket(zmq::DEALER, &limits).unwrap();
         dealer.connect(&endpoint).unwrap();
         let deadline = std::time::Duration::from_secs(10);
         let first = tokio::time::timeout(deadline, monitor.next()).await;
         assert_eq!(first.unwrap().unwrap(), PeerEvent::Connected);
+        // A message through proves the handshake is over, so closing is a disconnect
+        // rather than a failed handshake.
+        dealer.send("hello", 0).unwrap();
+        let received = tokio::time::timeout(deadline, router.recv(2)).await;
+        assert!(matches!(received, Ok(Ok(Received::Parts(_)))));
         drop(dealer);
         let second = tokio::time::timeout(deadline, monitor.next()).await;
         assert_eq!(second.unwrap().unwrap(), PeerEvent::Disconnected);
