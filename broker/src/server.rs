@@ -279,7 +279,7 @@ pub async fn serve<S: Store + 'static>(
                 let _ = waiter.send(reply.reply);
             }
         }
-        send_all(&transport.outgoing, &config.keys, out, refusals);
+        transport.send(outgoing(&config.keys, out, refusals));
     };
     drop(transport);
     if let Some((_, task)) = http {
@@ -292,14 +292,10 @@ pub async fn serve<S: Store + 'static>(
     Ok(())
 }
 
-/// Hands the batch's replies, refusals and events to the transport.
-fn send_all(
-    outgoing: &mpsc::UnboundedSender<Outgoing>,
-    keys: &Keys,
-    out: Outbox,
-    refusals: Vec<(PeerId, Refusal)>,
-) {
+/// The batch's replies (sealed), refusals and events, to send.
+fn outgoing(keys: &Keys, out: Outbox, refusals: Vec<(PeerId, Refusal)>) -> Vec<Outgoing> {
     let now_ms = now_us() / 1_000;
+    let mut batch = Vec::with_capacity(out.replies.len() + refusals.len() + out.events.len());
     for reply in out.replies {
         let Some(secret) = keys.for_sender(&reply.to) else {
             continue;
@@ -314,23 +310,24 @@ fn send_all(
             },
             now_ms,
         );
-        let _ = outgoing.send(Outgoing::Reply {
+        batch.push(Outgoing::Reply {
             peer: reply.peer,
             frame,
             to: reply.to,
         });
     }
     for (peer, refusal) in refusals {
-        let _ = outgoing.send(Outgoing::Reply {
+        batch.push(Outgoing::Reply {
             peer,
             frame: refusal.encode(),
             to: "unauthenticated peer".to_string(),
         });
     }
     for (topic, event) in out.events {
-        let _ = outgoing.send(Outgoing::Publish {
+        batch.push(Outgoing::Publish {
             topic,
             event: encode_event(&event),
         });
     }
+    batch
 }

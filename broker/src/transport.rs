@@ -1,5 +1,13 @@
-//! The broker's sockets: a ROUTER for requests and a PUB for hints, both libzmq, owned by
-//! one task. The rest of the broker sees only [`Incoming`] and [`Outgoing`] values.
+//! The broker's sockets: a ROUTER for requests and a PUB for hints, both libzmq. One task
+//! reads the ROUTER (and answers the authentication handler and the connection monitors)
+//! and hands [`Incoming`] values to the server loop, which sends [`Outgoing`] values
+//! itself, straight after its group commit, without a hop through that task. The rest of
+//! the broker sees no socket type.
+//!
+//! The ROUTER is therefore used from two tasks. libzmq allows that when the uses never
+//! overlap and each handover is a full memory barrier, which the socket's mutex
+//! ([`AsyncSocket`]) provides. A send can consume the readiness signal the reader waits
+//! for, so every batch of sends ends by checking for waiting input and waking the reader.
 //!
 //! Both sockets take only connections that authenticate in the ZMTP handshake (PLAIN: a
 //! known sender name and the password derived from its secret, checked by the ZAP handler
@@ -22,7 +30,7 @@ use jobcast_protocol::envelope::check_connection_password;
 use jobcast_transport::{zmq, AsyncSocket, Limits, Monitor, PeerEvent, Received};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Messages queued per peer and direction inside libzmq.
 pub const HIGH_WATER_MARK: i32 = 1000;
@@ -52,7 +60,8 @@ pub struct Settings {
 pub enum Incoming {
     Request {
         peer: PeerId,
-        payload: Vec<u8>,
+        /// libzmq's buffer, not a copy.
+        payload: zmq::Message,
         /// Returns the payload's bytes to the inbox budget when dropped.
         budget: OwnedSemaphorePermit,
     },
@@ -81,9 +90,12 @@ pub enum Outgoing {
 
 pub struct Transport {
     pub incoming: mpsc::Receiver<Incoming>,
-    pub outgoing: mpsc::UnboundedSender<Outgoing>,
     pub router_endpoint: String,
     pub publish_endpoint: String,
+    router: Arc<AsyncSocket>,
+    publisher: AsyncSocket,
+    /// Tells the reader to look at the ROUTER again (a send may have taken its signal).
+    reader_wake: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -103,12 +115,13 @@ pub enum TransportError {
     },
 }
 
-struct Sockets {
+/// What the reader task owns or shares.
+struct Reader {
     zap: AsyncSocket,
     keys: Keys,
-    router: AsyncSocket,
+    router: Arc<AsyncSocket>,
+    wake: Arc<Notify>,
     router_events: Option<Monitor>,
-    publisher: AsyncSocket,
     publisher_events: Option<Monitor>,
 }
 
@@ -183,49 +196,80 @@ impl Transport {
         let router_endpoint = endpoint(&router, &settings.router);
         let publish_endpoint = endpoint(&publisher, &settings.publish);
         let (incoming_tx, incoming) = mpsc::channel(READ_BURST * 4);
-        let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
-        let sockets = Sockets {
+        let router = Arc::new(router);
+        let reader_wake = Arc::new(Notify::new());
+        let reader = Reader {
             zap,
             keys: settings.keys.clone(),
-            router,
+            router: router.clone(),
+            wake: reader_wake.clone(),
             router_events: Some(router_events),
-            publisher,
             publisher_events: Some(publisher_events),
         };
-        let task = tokio::spawn(run(sockets, incoming_tx, outgoing_rx));
+        let task = tokio::spawn(run(reader, incoming_tx));
         Ok(Transport {
             incoming,
-            outgoing,
             router_endpoint,
             publish_endpoint,
+            router,
+            publisher,
+            reader_wake,
             task,
         })
     }
+
+    /// Sends a batch's replies and events, without waiting: a reply to a peer whose queue
+    /// is full is dropped (it is not reading; it asks again), a PUB drops for a
+    /// subscriber at its high-water mark.
+    pub fn send(&self, batch: impl IntoIterator<Item = Outgoing>) {
+        let mut replied = false;
+        for out in batch {
+            match out {
+                Outgoing::Reply { peer, frame, to } => {
+                    replied = true;
+                    match self.router.try_send([peer, frame]) {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(to, "reply dropped: the peer is not reading"),
+                        // The peer disconnected: it will ask again on its new connection.
+                        Err(e) => tracing::debug!(to, error = %e, "reply not delivered"),
+                    }
+                }
+                Outgoing::Publish { topic, event } => {
+                    if let Err(e) = self.publisher.try_send([topic.into_bytes(), event]) {
+                        tracing::warn!(error = %e, "publish failed");
+                    }
+                }
+            }
+        }
+        // A send processes libzmq's pending commands and may take the signal the reader
+        // sleeps on; if input is waiting, make sure the reader looks.
+        let waiting = replied
+            && self
+                .router
+                .with(|s| s.get_events())
+                .is_ok_and(|events| events.contains(zmq::POLLIN));
+        if waiting {
+            self.reader_wake.notify_one();
+        }
+    }
 }
 
-async fn run(
-    mut sockets: Sockets,
-    incoming: mpsc::Sender<Incoming>,
-    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
-) {
+async fn run(mut reader: Reader, incoming: mpsc::Sender<Incoming>) {
     let budget = Arc::new(Semaphore::new(INBOX_BUDGET));
     loop {
         tokio::select! {
-            biased;
-            out = outgoing.recv() => {
-                let Some(out) = out else { return };
-                send(&sockets, out);
-                while let Ok(out) = outgoing.try_recv() {
-                    send(&sockets, out);
+            ready = async {
+                tokio::select! {
+                    ready = reader.router.wait(zmq::POLLIN) => ready,
+                    _ = reader.wake.notified() => Ok(()),
                 }
-            }
-            ready = sockets.router.wait(zmq::POLLIN) => {
+            } => {
                 if let Err(e) = ready {
                     tracing::error!(error = %e, "request socket failed");
                     return;
                 }
                 for _ in 0..READ_BURST {
-                    let next = match sockets.router.try_recv(2) {
+                    let next = match reader.router.try_recv(2) {
                         Ok(Some(received)) => received,
                         Ok(None) => break,
                         Err(e) => {
@@ -235,15 +279,16 @@ async fn run(
                     };
                     let item = match next {
                         Received::Parts(mut parts) if parts.len() == 2 => {
-                            let payload = parts.pop().unwrap_or_default();
-                            let peer = parts.pop().unwrap_or_default();
+                            let (Some(payload), Some(peer)) = (parts.pop(), parts.pop()) else {
+                                continue;
+                            };
                             // A frame is at most max_frame_bytes (libzmq enforces it),
                             // far below u32::MAX; an empty one still takes a permit.
                             let cost = payload.len().clamp(1, INBOX_BUDGET) as u32;
                             let Ok(budget) = budget.clone().acquire_many_owned(cost).await else {
                                 return;
                             };
-                            Incoming::Request { peer, payload, budget }
+                            Incoming::Request { peer: peer.to_vec(), payload, budget }
                         }
                         Received::Parts(parts) => Incoming::Refused {
                             reason: "multipart",
@@ -259,30 +304,30 @@ async fn run(
                     }
                 }
             }
-            ready = sockets.zap.wait(zmq::POLLIN) => {
+            ready = reader.zap.wait(zmq::POLLIN) => {
                 if let Err(e) = ready {
                     tracing::error!(error = %e, "authentication socket failed");
                     return;
                 }
                 // Stops at the first refusal or accepted request; the loop comes back here
                 // while more are waiting.
-                while let Some(refused) = answer_zap(&sockets) {
+                while let Some(refused) = answer_zap(&reader) {
                     if incoming.send(refused).await.is_err() {
                         return;
                     }
                 }
             }
-            event = next_event(&sockets.router_events) => {
+            event = next_event(&reader.router_events) => {
                 match note(&incoming, "request", event).await {
                     Noted::Yes => {}
-                    Noted::MonitorFailed => sockets.router_events = None,
+                    Noted::MonitorFailed => reader.router_events = None,
                     Noted::BrokerGone => return,
                 }
             }
-            event = next_event(&sockets.publisher_events) => {
+            event = next_event(&reader.publisher_events) => {
                 match note(&incoming, "publish", event).await {
                     Noted::Yes => {}
-                    Noted::MonitorFailed => sockets.publisher_events = None,
+                    Noted::MonitorFailed => reader.publisher_events = None,
                     Noted::BrokerGone => return,
                 }
             }
@@ -327,8 +372,8 @@ async fn note(
 
 /// Answers pending authentication requests; returns a refusal to count, if any, after
 /// answering the request it refused (REP must answer before it reads the next).
-fn answer_zap(sockets: &Sockets) -> Option<Incoming> {
-    let parts = match sockets.zap.try_recv(8) {
+fn answer_zap(reader: &Reader) -> Option<Incoming> {
+    let parts = match reader.zap.try_recv(8) {
         Ok(Some(Received::Parts(parts))) => parts,
         Ok(Some(Received::TooManyParts(_))) => Vec::new(),
         Ok(None) => return None,
@@ -338,7 +383,7 @@ fn answer_zap(sockets: &Sockets) -> Option<Incoming> {
         }
     };
     // version, request id, domain, address, routing id, mechanism, username, password
-    let field = |n: usize| parts.get(n).map(Vec::as_slice).unwrap_or_default();
+    let field = |n: usize| parts.get(n).map(|part| &part[..]).unwrap_or_default();
     let name = String::from_utf8_lossy(field(6))
         .chars()
         .take(64)
@@ -346,7 +391,7 @@ fn answer_zap(sockets: &Sockets) -> Option<Incoming> {
     let accepted = parts.len() == 8
         && field(0) == b"1.0"
         && field(5) == b"PLAIN"
-        && sockets
+        && reader
             .keys
             .for_sender(&name)
             .is_some_and(|secret| check_connection_password(secret, field(7)));
@@ -356,7 +401,7 @@ fn answer_zap(sockets: &Sockets) -> Option<Incoming> {
         (b"400", b"unknown sender or wrong password", b"")
     };
     let reply: [&[u8]; 6] = [b"1.0", field(1), code, text, user, b""];
-    if let Err(e) = sockets.zap.try_send(reply) {
+    if let Err(e) = reader.zap.try_send(reply) {
         tracing::warn!(error = %e, "authentication answer not sent");
     }
     (!accepted).then(|| Incoming::Refused {
@@ -371,24 +416,4 @@ fn answer_zap(sockets: &Sockets) -> Option<Incoming> {
             }
         ),
     })
-}
-
-fn send(sockets: &Sockets, out: Outgoing) {
-    match out {
-        Outgoing::Reply { peer, frame, to } => {
-            match sockets.router.try_send([&peer[..], &frame[..]]) {
-                Ok(true) => {}
-                // The peer's queue is full: it is not reading. It retries on its own.
-                Ok(false) => tracing::warn!(to, "reply dropped: the peer is not reading"),
-                // The peer disconnected: it will ask again on its new connection.
-                Err(e) => tracing::debug!(to, error = %e, "reply not delivered"),
-            }
-        }
-        Outgoing::Publish { topic, event } => {
-            // A PUB drops for a subscriber at its high-water mark and never blocks.
-            if let Err(e) = sockets.publisher.try_send([topic.as_bytes(), &event[..]]) {
-                tracing::warn!(error = %e, "publish failed");
-            }
-        }
-    }
 }

@@ -32,7 +32,7 @@ async fn send(socket: &mut AsyncSocket, frame: Vec<u8>) {
 
 async fn recv(socket: &mut AsyncSocket) -> Option<Vec<u8>> {
     match tokio::time::timeout(Duration::from_secs(5), socket.recv(1)).await {
-        Ok(Ok(Received::Parts(mut parts))) => parts.pop(),
+        Ok(Ok(Received::Parts(mut parts))) => parts.pop().map(|p| p.to_vec()),
         _ => None,
     }
 }
