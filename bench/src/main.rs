@@ -10,6 +10,7 @@ mod latency;
 mod live;
 mod stats;
 mod throughput;
+mod transport;
 
 use footprint::footprint;
 use latency::{fanout, kill, latency};
@@ -94,6 +95,11 @@ enum Command {
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Round trips through the transport alone, against blocking libzmq calls.
+    Transport {
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: usize,
+    },
     /// Everything above with default sizes (or --quick ones), in one run.
     All,
 }
@@ -128,6 +134,9 @@ fn main() -> Result<()> {
             Command::Capacity { runs, workers } => {
                 capacity(if args.quick { 500 } else { runs }, workers).await
             }
+            Command::Transport { round_trips } => {
+                transport::transport(if args.quick { 200 } else { round_trips }).await
+            }
             Command::Footprint { stored_runs } => {
                 footprint(if args.quick { 2_000 } else { stored_runs }).await
             }
@@ -157,6 +166,8 @@ fn main() -> Result<()> {
                 capacity(if q { 500 } else { 20_000 }, 2).await?;
                 println!();
                 latency(if q { 50 } else { 1_000 }).await?;
+                println!();
+                transport::transport(if q { 200 } else { 20_000 }).await?;
                 println!();
                 kill(if q { 3 } else { 20 }).await?;
                 println!();
