@@ -152,11 +152,17 @@ pub async fn serve<S: Store + 'static>(
                     }
                 }
             }
-            first = transport.incoming.recv() => {
+            ready = transport.sockets.readable() => {
+                if let Err(e) = ready {
+                    break Err(e).context("the request socket failed");
+                }
+                transport.sockets.read_into(&mut batch, MAX_BATCH);
+            }
+            first = transport.events.recv() => {
                 let Some(first) = first else { break Ok(()) };
                 batch.push(first);
                 while batch.len() < MAX_BATCH {
-                    match transport.incoming.try_recv() {
+                    match transport.events.try_recv() {
                         Ok(next) => batch.push(next),
                         Err(_) => break,
                     }
@@ -177,7 +183,7 @@ pub async fn serve<S: Store + 'static>(
                 continue;
             }
             let (peer, payload) = match incoming {
-                Incoming::Request { peer, payload, .. } => (peer, payload),
+                Incoming::Request { peer, payload } => (peer, payload),
                 Incoming::Refused { reason, detail } => {
                     core.note_rejection(reason);
                     rejections.note(reason, &detail);
@@ -279,7 +285,9 @@ pub async fn serve<S: Store + 'static>(
                 let _ = waiter.send(reply.reply);
             }
         }
-        transport.send(outgoing(&config.keys, out, refusals));
+        transport
+            .sockets
+            .send(outgoing(&config.keys, out, refusals));
     };
     drop(transport);
     if let Some((_, task)) = http {

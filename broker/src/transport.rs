@@ -1,13 +1,9 @@
-//! The broker's sockets: a ROUTER for requests and a PUB for hints, both libzmq. One task
-//! reads the ROUTER (and answers the authentication handler and the connection monitors)
-//! and hands [`Incoming`] values to the server loop, which sends [`Outgoing`] values
-//! itself, straight after its group commit, without a hop through that task. The rest of
-//! the broker sees no socket type.
-//!
-//! The ROUTER is therefore used from two tasks. libzmq allows that when the uses never
-//! overlap and each handover is a full memory barrier, which the socket's mutex
-//! ([`AsyncSocket`]) provides. A send can consume the readiness signal the reader waits
-//! for, so every batch of sends ends by checking for waiting input and waking the reader.
+//! The broker's sockets: a ROUTER for requests and a PUB for hints, both libzmq. The
+//! server loop owns them ([`Sockets`]): it reads requests straight into its batch and
+//! sends the batch's replies and events itself after the group commit, so a request
+//! crosses no task or thread on its way in or out. A side task answers the authentication
+//! handler and reads the connection monitors, and passes what it counts as [`Incoming`]
+//! values. The rest of the broker sees no socket type.
 //!
 //! Both sockets take only connections that authenticate in the ZMTP handshake (PLAIN: a
 //! known sender name and the password derived from its secret, checked by the ZAP handler
@@ -22,26 +18,23 @@
 //! has not finished its handshake after [`HANDSHAKE_TIMEOUT`] is closed; a peer whose host
 //! stops answering TCP keepalives for `peer_timeout` is disconnected and what was queued
 //! for it is freed; at most [`HIGH_WATER_MARK`] messages wait per peer in each direction; and
-//! requests read but not yet handled by the core hold at most [`INBOX_BUDGET`] bytes.
+//! one batch reads at most [`BATCH_BYTES`] of requests before the core handles them.
 
 use crate::config::Keys;
 use crate::core::PeerId;
 use jobcast_protocol::envelope::check_connection_password;
 use jobcast_transport::{zmq, AsyncSocket, Limits, Monitor, PeerEvent, Received};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 
 /// Messages queued per peer and direction inside libzmq.
 pub const HIGH_WATER_MARK: i32 = 1000;
-/// Bytes of requests read from the network and not yet handled.
-pub const INBOX_BUDGET: usize = 64 << 20;
+/// Bytes of requests one batch reads before the core handles them.
+pub const BATCH_BYTES: usize = 64 << 20;
 /// A connection must finish the ZMTP handshake within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Subscriptions are short topics; nothing else travels towards a PUB.
 const MAX_SUBSCRIPTION_BYTES: usize = 1024;
-/// Messages read in one go before replies get a turn.
-const READ_BURST: usize = 256;
 /// Where libzmq asks a context's authentication handler (ZAP, RFC 27).
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 const ZAP_DOMAIN: &str = "jobcast";
@@ -62,8 +55,6 @@ pub enum Incoming {
         peer: PeerId,
         /// libzmq's buffer, not a copy.
         payload: zmq::Message,
-        /// Returns the payload's bytes to the inbox budget when dropped.
-        budget: OwnedSemaphorePermit,
     },
     /// Something refused before it could be read as a request.
     Refused {
@@ -89,14 +80,18 @@ pub enum Outgoing {
 }
 
 pub struct Transport {
-    pub incoming: mpsc::Receiver<Incoming>,
+    /// Refusals and connection events from the side task.
+    pub events: mpsc::Receiver<Incoming>,
+    pub sockets: Sockets,
     pub router_endpoint: String,
     pub publish_endpoint: String,
-    router: Arc<AsyncSocket>,
-    publisher: AsyncSocket,
-    /// Tells the reader to look at the ROUTER again (a send may have taken its signal).
-    reader_wake: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The two sockets, used by the server loop only.
+pub struct Sockets {
+    router: AsyncSocket,
+    publisher: AsyncSocket,
 }
 
 impl Drop for Transport {
@@ -115,12 +110,10 @@ pub enum TransportError {
     },
 }
 
-/// What the reader task owns or shares.
-struct Reader {
+/// What the side task owns.
+struct Side {
     zap: AsyncSocket,
     keys: Keys,
-    router: Arc<AsyncSocket>,
-    wake: Arc<Notify>,
     router_events: Option<Monitor>,
     publisher_events: Option<Monitor>,
 }
@@ -195,38 +188,74 @@ impl Transport {
         };
         let router_endpoint = endpoint(&router, &settings.router);
         let publish_endpoint = endpoint(&publisher, &settings.publish);
-        let (incoming_tx, incoming) = mpsc::channel(READ_BURST * 4);
-        let router = Arc::new(router);
-        let reader_wake = Arc::new(Notify::new());
-        let reader = Reader {
+        let (events_tx, events) = mpsc::channel(1024);
+        let side = Side {
             zap,
             keys: settings.keys.clone(),
-            router: router.clone(),
-            wake: reader_wake.clone(),
             router_events: Some(router_events),
             publisher_events: Some(publisher_events),
         };
-        let task = tokio::spawn(run(reader, incoming_tx));
+        let task = tokio::spawn(run(side, events_tx));
         Ok(Transport {
-            incoming,
+            events,
+            sockets: Sockets { router, publisher },
             router_endpoint,
             publish_endpoint,
-            router,
-            publisher,
-            reader_wake,
             task,
         })
+    }
+}
+
+impl Sockets {
+    /// Waits until requests are waiting to be read.
+    pub async fn readable(&self) -> jobcast_transport::Result<()> {
+        self.router.wait(zmq::POLLIN).await
+    }
+
+    /// Reads waiting requests into `batch` without waiting, until it holds `max` items
+    /// or [`BATCH_BYTES`] of requests. A message of more than one frame is read to its
+    /// end and counted as refused.
+    pub fn read_into(&self, batch: &mut Vec<Incoming>, max: usize) {
+        let mut bytes = 0;
+        while batch.len() < max && bytes < BATCH_BYTES {
+            let next = match self.router.try_recv(2) {
+                Ok(Some(received)) => received,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "request socket receive failed");
+                    return;
+                }
+            };
+            batch.push(match next {
+                Received::Parts(mut parts) if parts.len() == 2 => {
+                    let (Some(payload), Some(peer)) = (parts.pop(), parts.pop()) else {
+                        continue;
+                    };
+                    bytes += payload.len();
+                    Incoming::Request {
+                        peer: peer.to_vec(),
+                        payload,
+                    }
+                }
+                Received::Parts(parts) => Incoming::Refused {
+                    reason: "multipart",
+                    detail: format!("a message of {} parts", parts.len()),
+                },
+                Received::TooManyParts(count) => Incoming::Refused {
+                    reason: "multipart",
+                    detail: format!("a message of {count} parts"),
+                },
+            });
+        }
     }
 
     /// Sends a batch's replies and events, without waiting: a reply to a peer whose queue
     /// is full is dropped (it is not reading; it asks again), a PUB drops for a
     /// subscriber at its high-water mark.
     pub fn send(&self, batch: impl IntoIterator<Item = Outgoing>) {
-        let mut replied = false;
         for out in batch {
             match out {
                 Outgoing::Reply { peer, frame, to } => {
-                    replied = true;
                     match self.router.try_send([peer, frame]) {
                         Ok(true) => {}
                         Ok(false) => tracing::warn!(to, "reply dropped: the peer is not reading"),
@@ -241,93 +270,37 @@ impl Transport {
                 }
             }
         }
-        // A send processes libzmq's pending commands and may take the signal the reader
-        // sleeps on; if input is waiting, make sure the reader looks.
-        let waiting = replied
-            && self
-                .router
-                .with(|s| s.get_events())
-                .is_ok_and(|events| events.contains(zmq::POLLIN));
-        if waiting {
-            self.reader_wake.notify_one();
-        }
     }
 }
 
-async fn run(mut reader: Reader, incoming: mpsc::Sender<Incoming>) {
-    let budget = Arc::new(Semaphore::new(INBOX_BUDGET));
+/// Answers the authentication handler and passes on connection events.
+async fn run(mut side: Side, incoming: mpsc::Sender<Incoming>) {
     loop {
         tokio::select! {
-            ready = async {
-                tokio::select! {
-                    ready = reader.router.wait(zmq::POLLIN) => ready,
-                    _ = reader.wake.notified() => Ok(()),
-                }
-            } => {
-                if let Err(e) = ready {
-                    tracing::error!(error = %e, "request socket failed");
-                    return;
-                }
-                for _ in 0..READ_BURST {
-                    let next = match reader.router.try_recv(2) {
-                        Ok(Some(received)) => received,
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "request socket receive failed");
-                            break;
-                        }
-                    };
-                    let item = match next {
-                        Received::Parts(mut parts) if parts.len() == 2 => {
-                            let (Some(payload), Some(peer)) = (parts.pop(), parts.pop()) else {
-                                continue;
-                            };
-                            // A frame is at most max_frame_bytes (libzmq enforces it),
-                            // far below u32::MAX; an empty one still takes a permit.
-                            let cost = payload.len().clamp(1, INBOX_BUDGET) as u32;
-                            let Ok(budget) = budget.clone().acquire_many_owned(cost).await else {
-                                return;
-                            };
-                            Incoming::Request { peer: peer.to_vec(), payload, budget }
-                        }
-                        Received::Parts(parts) => Incoming::Refused {
-                            reason: "multipart",
-                            detail: format!("a message of {} parts", parts.len()),
-                        },
-                        Received::TooManyParts(count) => Incoming::Refused {
-                            reason: "multipart",
-                            detail: format!("a message of {count} parts"),
-                        },
-                    };
-                    if incoming.send(item).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            ready = reader.zap.wait(zmq::POLLIN) => {
+            ready = side.zap.wait(zmq::POLLIN) => {
                 if let Err(e) = ready {
                     tracing::error!(error = %e, "authentication socket failed");
                     return;
                 }
                 // Stops at the first refusal or accepted request; the loop comes back here
                 // while more are waiting.
-                while let Some(refused) = answer_zap(&reader) {
+                while let Some(refused) = answer_zap(&side) {
                     if incoming.send(refused).await.is_err() {
                         return;
                     }
                 }
             }
-            event = next_event(&reader.router_events) => {
+            event = next_event(&side.router_events) => {
                 match note(&incoming, "request", event).await {
                     Noted::Yes => {}
-                    Noted::MonitorFailed => reader.router_events = None,
+                    Noted::MonitorFailed => side.router_events = None,
                     Noted::BrokerGone => return,
                 }
             }
-            event = next_event(&reader.publisher_events) => {
+            event = next_event(&side.publisher_events) => {
                 match note(&incoming, "publish", event).await {
                     Noted::Yes => {}
-                    Noted::MonitorFailed => reader.publisher_events = None,
+                    Noted::MonitorFailed => side.publisher_events = None,
                     Noted::BrokerGone => return,
                 }
             }
@@ -372,8 +345,8 @@ async fn note(
 
 /// Answers pending authentication requests; returns a refusal to count, if any, after
 /// answering the request it refused (REP must answer before it reads the next).
-fn answer_zap(reader: &Reader) -> Option<Incoming> {
-    let parts = match reader.zap.try_recv(8) {
+fn answer_zap(side: &Side) -> Option<Incoming> {
+    let parts = match side.zap.try_recv(8) {
         Ok(Some(Received::Parts(parts))) => parts,
         Ok(Some(Received::TooManyParts(_))) => Vec::new(),
         Ok(None) => return None,
@@ -391,7 +364,7 @@ fn answer_zap(reader: &Reader) -> Option<Incoming> {
     let accepted = parts.len() == 8
         && field(0) == b"1.0"
         && field(5) == b"PLAIN"
-        && reader
+        && side
             .keys
             .for_sender(&name)
             .is_some_and(|secret| check_connection_password(secret, field(7)));
@@ -401,7 +374,7 @@ fn answer_zap(reader: &Reader) -> Option<Incoming> {
         (b"400", b"unknown sender or wrong password", b"")
     };
     let reply: [&[u8]; 6] = [b"1.0", field(1), code, text, user, b""];
-    if let Err(e) = reader.zap.try_send(reply) {
+    if let Err(e) = side.zap.try_send(reply) {
         tracing::warn!(error = %e, "authentication answer not sent");
     }
     (!accepted).then(|| Incoming::Refused {
