@@ -348,6 +348,8 @@ type Grant = (u64, u64);
 
 pub struct SyntheticWorker {
     grants: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<Grant>>>,
+    /// Becomes true with the first event received: the subscriptions are in place.
+    live: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -382,18 +384,40 @@ impl SyntheticWorker {
         if !matches!(reply, Reply::Registered { .. }) {
             bail!("register refused: {reply:?}");
         }
+        // `all/` last: once its heartbeats arrive, the others are in place too (libzmq
+        // sends subscriptions in order).
         let sub = jobcast_transport::subscriber(
             &broker.publish,
-            &[topic::pool(pool), topic::worker(&format!("bench-w{n}"))],
+            &[
+                topic::pool(pool),
+                topic::worker(&format!("bench-w{n}")),
+                topic::ALL.to_string(),
+            ],
             &Limits::default(),
             &jobcast_client::credentials(&format!("bench-w{n}"), &Secret::new(WORKER_SECRET)),
         )?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(serve(client, sub, tx));
+        let (live_tx, live) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(serve(client, sub, tx, live_tx));
         Ok(SyntheticWorker {
             grants: tokio::sync::Mutex::new(rx),
+            live,
             task,
         })
+    }
+
+    /// Waits until the worker hears the broker's events (a subscription reaches the
+    /// broker a moment after the connection: a hint sent before is not seen).
+    pub async fn wait_live(&self, timeout: Duration) -> Result<()> {
+        let mut live = self.live.clone();
+        let heard =
+            tokio::time::timeout(timeout, async { live.wait_for(|live| *live).await.is_ok() })
+                .await
+                .unwrap_or(false);
+        if !heard {
+            bail!("the synthetic worker heard nothing from the broker within {timeout:?}");
+        }
+        Ok(())
     }
 
     /// Grants received since the last call, waiting up to `timeout` for some.
@@ -411,12 +435,18 @@ impl SyntheticWorker {
     }
 }
 
-async fn serve(client: Client, sub: AsyncSocket, grants: mpsc::UnboundedSender<Vec<Grant>>) {
+async fn serve(
+    client: Client,
+    sub: AsyncSocket,
+    grants: mpsc::UnboundedSender<Vec<Grant>>,
+    live: tokio::sync::watch::Sender<bool>,
+) {
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             message = sub.recv(2) => {
                 let Ok(Received::Parts(frames)) = message else { return };
+                live.send_if_modified(|live| !std::mem::replace(live, true));
                 match frames.get(1).and_then(|b| decode_event(b)) {
                     Some(Event::Wake { .. }) => {}
                     Some(Event::Ping { ping_id }) => {

@@ -10,7 +10,8 @@ fn script_job(name: &str, script: &str) -> JobSpec {
     bench_job(name, "default", Exec::Script(script.into()))
 }
 
-fn summary_row(name: &str, samples: &[u64]) -> Result<()> {
+/// Prints one table row: the samples' count and percentiles.
+pub fn summary_row(name: &str, samples: &[u64]) -> Result<()> {
     let s = Summary::of(samples).with_context(|| format!("{name}: no samples"))?;
     println!(
         "| {name} | {} | {} | {} | {} | {} |",
@@ -156,6 +157,9 @@ pub async fn fanout(workers: usize) -> Result<()> {
     let mut pool = Vec::new();
     for n in 1..=workers {
         pool.push(SyntheticWorker::start_numbered(&broker, "fanout", n).await?);
+    }
+    for worker in &pool {
+        worker.wait_live(Duration::from_secs(10)).await?;
     }
     let mut round_trips = Vec::new();
     let mut per_worker = Vec::new();

@@ -3,7 +3,7 @@
 //! threads (the floor), once through `jobcast_transport::AsyncSocket` on tokio (what the
 //! broker, worker and jobcastctl use).
 
-use crate::stats::{ms, Summary};
+use crate::latency::summary_row;
 use anyhow::{Context, Result};
 use jobcast_transport::{zmq, AsyncSocket, Limits, Received};
 use std::time::Instant;
@@ -80,20 +80,6 @@ pub async fn transport(round_trips: usize) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     let floor = tokio::task::spawn_blocking(move || blocking(round_trips)).await??;
     let ours = through_tokio(round_trips).await?;
-    for (path, samples) in [
-        ("libzmq, blocking calls on threads", floor),
-        ("jobcast-transport on tokio", ours),
-    ] {
-        if let Some(s) = Summary::of(&samples) {
-            println!(
-                "| {path} | {} | {} | {} | {} | {} |",
-                samples.len(),
-                ms(s.p50),
-                ms(s.p95),
-                ms(s.p99),
-                ms(s.max)
-            );
-        }
-    }
-    Ok(())
+    summary_row("libzmq, blocking calls on threads", &floor)?;
+    summary_row("jobcast-transport on tokio", &ours)
 }

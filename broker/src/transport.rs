@@ -285,20 +285,20 @@ async fn run(mut side: Side, incoming: mpsc::Sender<Incoming>) {
                 // Stops at the first refusal or accepted request; the loop comes back here
                 // while more are waiting.
                 while let Some(refused) = answer_zap(&side) {
-                    if incoming.send(refused).await.is_err() {
+                    if !pass_on(&incoming, refused) {
                         return;
                     }
                 }
             }
             event = next_event(&side.router_events) => {
-                match note(&incoming, "request", event).await {
+                match note(&incoming, "request", event) {
                     Noted::Yes => {}
                     Noted::MonitorFailed => side.router_events = None,
                     Noted::BrokerGone => return,
                 }
             }
             event = next_event(&side.publisher_events) => {
-                match note(&incoming, "publish", event).await {
+                match note(&incoming, "publish", event) {
                     Noted::Yes => {}
                     Noted::MonitorFailed => side.publisher_events = None,
                     Noted::BrokerGone => return,
@@ -315,7 +315,7 @@ enum Noted {
 }
 
 /// Passes connection events on, to be counted.
-async fn note(
+fn note(
     incoming: &mpsc::Sender<Incoming>,
     socket: &'static str,
     event: jobcast_transport::Result<PeerEvent>,
@@ -337,9 +337,20 @@ async fn note(
             return Noted::MonitorFailed;
         }
     };
-    match incoming.send(noted).await {
-        Ok(()) => Noted::Yes,
-        Err(_) => Noted::BrokerGone,
+    if pass_on(incoming, noted) {
+        Noted::Yes
+    } else {
+        Noted::BrokerGone
+    }
+}
+
+/// Hands a count to the server loop without waiting: this task must keep reading the
+/// monitors (libzmq's I/O thread waits on them), so when the loop is behind by a whole
+/// channel, counts are dropped rather than waited for. False once the loop is gone.
+fn pass_on(incoming: &mpsc::Sender<Incoming>, item: Incoming) -> bool {
+    match incoming.try_send(item) {
+        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 

@@ -268,6 +268,26 @@ fn recv_bounded(socket: &zmq::Socket, max_parts: usize) -> Result<Option<Receive
     Ok(Some(Received::Parts(parts)))
 }
 
+impl Drop for AsyncSocket {
+    fn drop(&mut self) {
+        // libzmq sends a socket's monitor events with a blocking send, from its own I/O
+        // thread, and keeps a closed socket alive (and emitting events) until its reaper
+        // gets to it. Should the events' reader be gone by then, that send would block
+        // the I/O thread for good, and with it every socket of the process. So monitoring
+        // stops here, synchronously, before the socket closes; for a socket that is not
+        // monitored this does nothing.
+        let socket = self
+            .socket
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // SAFETY: the socket is open (it is closed only after this, when the field is
+        // dropped) and a null endpoint is how libzmq is told to stop monitoring.
+        unsafe {
+            zmq_sys::zmq_socket_monitor(socket.as_mut_ptr(), std::ptr::null(), 0);
+        }
+    }
+}
+
 /// libzmq's wildcard port is `*`; jobcast's configs say `0` like every other program.
 pub fn bindable(endpoint: &str) -> String {
     match endpoint.strip_suffix(":0") {

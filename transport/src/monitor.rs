@@ -18,7 +18,8 @@ pub enum PeerEvent {
     AuthFailed,
 }
 
-/// Reads connection events of one socket.
+/// Reads connection events of one socket. Keep reading them promptly, and drop the
+/// monitored socket before (or with) this: see [`crate::AsyncSocket`]'s `Drop`.
 pub struct Monitor {
     events: AsyncSocket,
 }
@@ -40,6 +41,9 @@ impl Monitor {
         target.monitor(&endpoint, wanted)?;
         let events = context().socket(zmq::PAIR)?;
         events.set_linger(0)?;
+        // libzmq sends events with a blocking send: a bounded queue here would let a
+        // burst of connections stall libzmq's I/O thread while the reader catches up.
+        events.set_rcvhwm(0)?;
         events.connect(&endpoint)?;
         Ok(Monitor {
             events: AsyncSocket::new(events)?,

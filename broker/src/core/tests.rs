@@ -137,6 +137,17 @@ impl Harness {
         out
     }
 
+    /// Bytes of log the store holds for `run_id`.
+    fn stored_log_bytes(&self, run_id: &str) -> usize {
+        self.core
+            .store()
+            .log_chunks(run_id)
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.len())
+            .sum()
+    }
+
     fn advance_ms(&mut self, ms: u64) {
         self.now += ms * 1_000;
     }
@@ -585,14 +596,7 @@ fn logs_are_stored_capped_with_head_and_tail() {
         );
     }
     // the store holds about the cap, not the whole output
-    let stored: usize = h
-        .core
-        .store()
-        .log_chunks(&run)
-        .unwrap()
-        .iter()
-        .map(|(_, b)| b.len())
-        .sum();
+    let stored = h.stored_log_bytes(&run);
     assert!(stored <= 4096 + 1000, "{stored}");
     let Reply::Log {
         data: log,
@@ -644,14 +648,7 @@ fn the_broker_caps_stored_logs_whatever_the_worker_declares() {
             },
         );
     }
-    let stored: usize = h
-        .core
-        .store()
-        .log_chunks(&run)
-        .unwrap()
-        .iter()
-        .map(|(_, b)| b.len())
-        .sum();
+    let stored = h.stored_log_bytes(&run);
     assert!(stored <= 4096 + 1000, "stored {stored} bytes");
 }
 
