@@ -467,7 +467,7 @@ async fn serve(
                 }
                 // Claim until the queue is empty.
                 loop {
-                    let Ok(Reply::Granted { runs, .. }) = client.request(Request::Claim { max: 100_000 }, TIMEOUT).await else {
+                    let Ok(Reply::Granted { runs, .. }) = client.request(Request::Claim { max: 100_000, wait_ms: 0 }, TIMEOUT).await else {
                         break;
                     };
                     let at = now_us();

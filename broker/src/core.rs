@@ -6,9 +6,11 @@
 //! `assigned` by one `Claim` is gone from the queue for the next.
 
 mod scheduling;
+mod waiting_claims;
 
 use scheduling::NewRun;
 pub use scheduling::{format_ms, Notification, MISFIRE_GRACE_MS};
+use waiting_claims::{WaitingClaim, WaitingClaims, MAX_CLAIM_WAIT_MS};
 
 use crate::schedule::Schedule;
 use crate::store::{Store, StoreResult};
@@ -161,6 +163,8 @@ pub struct Core<S: Store> {
     alerts: BTreeMap<(AlertKind, String), Alert>,
     /// What changed since the last `take_changes`, for live views.
     changes: Changes,
+    /// Claims held until runs arrive for them.
+    waiting: WaitingClaims,
 }
 
 /// What changed in a batch, for the dashboard's live feed.
@@ -184,6 +188,13 @@ pub struct ChangeSet {
 
 fn ms(now_us: u64) -> u64 {
     now_us / 1_000
+}
+
+fn nothing_granted() -> Reply {
+    Reply::Granted {
+        runs: vec![],
+        more_queued: false,
+    }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
@@ -237,6 +248,7 @@ impl<S: Store> Core<S> {
             disabled_pools: BTreeSet::new(),
             alerts: BTreeMap::new(),
             changes: Changes::default(),
+            waiting: WaitingClaims::default(),
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
@@ -346,41 +358,82 @@ impl<S: Store> Core<S> {
                 None => return Ok(()),
             }
         } else {
-            self.handle_worker(peer, from, request, now_us, out)?
+            match self.handle_worker(peer, from, id, request, now_us, out)? {
+                Some(reply) => reply,
+                // held until runs arrive (a waiting claim)
+                None => return Ok(()),
+            }
         };
         out.reply(peer, from, id, reply);
         Ok(())
     }
 
+    /// Handles a request from a worker; `None` when the answer comes later (a claim
+    /// waiting for runs).
     fn handle_worker(
         &mut self,
         peer: &PeerId,
         worker: &str,
+        id: u64,
         request: Request,
         now_us: u64,
         out: &mut Outbox,
-    ) -> StoreResult<Reply> {
+    ) -> StoreResult<Option<Reply>> {
         let now = ms(now_us);
         if let Request::Register(register) = request {
-            return self.register(peer, worker, register, now, out);
+            self.cancel_waiting_claim(worker, out);
+            return self.register(peer, worker, register, now, out).map(Some);
         }
         let Some(session) = self.sessions.get_mut(worker) else {
-            return Ok(error(
+            return Ok(Some(error(
                 ErrorCode::NotRegistered,
                 "no session for this worker: register first",
-            ));
+            )));
         };
         session.last_seen_ms = now;
         session.peer = peer.clone();
-        Ok(match request {
+        if self
+            .waiting
+            .get(worker)
+            .is_some_and(|claim| claim.peer != *peer)
+        {
+            // The worker reconnected: its old connection cannot take the answer.
+            self.waiting.remove(worker);
+        }
+        Ok(Some(match request {
             Request::Heartbeat(Heartbeat {
                 running, draining, ..
             }) => {
                 session.draining = draining;
+                if draining {
+                    self.cancel_waiting_claim(worker, out);
+                }
                 Reply::Orders(self.orders_for(worker, &running))
             }
             Request::FetchOrders => Reply::Orders(self.orders_for(worker, &[])),
-            Request::Claim { max } => self.claim(worker, max, now)?,
+            Request::Claim { max, wait_ms } => {
+                // A newer claim stands for the worker's current free slots.
+                self.cancel_waiting_claim(worker, out);
+                let reply = self.claim(worker, max, now)?;
+                let nothing = matches!(&reply, Reply::Granted { runs, .. } if runs.is_empty());
+                let may_wait = self
+                    .sessions
+                    .get(worker)
+                    .is_some_and(|s| !s.draining && !s.drain_ordered);
+                if nothing && wait_ms > 0 && max > 0 && may_wait {
+                    self.waiting.insert(
+                        worker,
+                        WaitingClaim {
+                            peer: peer.clone(),
+                            id,
+                            max,
+                            deadline_ms: now + wait_ms.min(MAX_CLAIM_WAIT_MS),
+                        },
+                    );
+                    return Ok(None);
+                }
+                reply
+            }
             Request::RunStarted {
                 run_id,
                 pid,
@@ -416,7 +469,7 @@ impl<S: Store> Core<S> {
             }
             // Admin requests were filtered out by the caller.
             _ => error(ErrorCode::BadRequest, "not a worker request"),
-        })
+        }))
     }
 
     fn register(
@@ -512,7 +565,7 @@ impl<S: Store> Core<S> {
         // Work may be waiting for this worker's pools.
         for pool in self.sessions[worker].register.pools.clone() {
             if self.queues.get(&pool).is_some_and(|q| !q.is_empty()) {
-                out.publish(topic::pool(&pool), Event::Wake { pool });
+                self.wake(&pool, out);
             }
         }
         Ok(Reply::Registered {
@@ -775,8 +828,14 @@ impl<S: Store> Core<S> {
         if let Some(worker) = &run.worker {
             if let Some(session) = self.sessions.get_mut(worker) {
                 session.runs.remove(&run.id);
+                // The slot it frees, or the end of an `overlap = queue` run, may make
+                // queued runs grantable to a waiting claim.
+                for pool in &session.register.pools {
+                    self.waiting.mark_dirty(pool);
+                }
             }
         }
+        self.waiting.mark_dirty(&run.pool);
         self.after_end(run, now, out)
     }
 
@@ -828,12 +887,7 @@ impl<S: Store> Core<S> {
             self.changes.runs.insert(run.id.clone());
             let run = run.clone();
             self.enqueue_existing(&run);
-            out.publish(
-                topic::pool(&run.pool),
-                Event::Wake {
-                    pool: run.pool.clone(),
-                },
-            );
+            self.wake(&run.pool, out);
             if let Some(session) = self.sessions.get_mut(worker) {
                 session.runs.remove(run_id);
             }
@@ -964,6 +1018,7 @@ impl<S: Store> Core<S> {
                     tracing::info!(actor, worker, "drain ordered");
                     session.drain_ordered = true;
                     out.publish(topic::worker(&worker), Event::OrdersPending);
+                    self.cancel_waiting_claim(&worker, out);
                     Reply::Ack
                 }
                 None => self.unknown_worker(&worker),
@@ -1214,12 +1269,7 @@ impl<S: Store> Core<S> {
         self.changes.runs.insert(run.id.clone());
         self.activate(run.clone());
         if self.enqueue_existing(&run) {
-            out.publish(
-                topic::pool(&run.pool),
-                Event::Wake {
-                    pool: run.pool.clone(),
-                },
-            );
+            self.wake(&run.pool, out);
         }
         Ok(Some(run))
     }
@@ -1432,13 +1482,83 @@ impl<S: Store> Core<S> {
                 },
             );
             // Re-announce queued work, so a lost wake-up only delays it.
-            for (pool, queue) in &self.queues {
-                if !queue.is_empty() {
-                    out.publish(topic::pool(pool), Event::Wake { pool: pool.clone() });
+            let queued: Vec<String> = self
+                .queues
+                .iter()
+                .filter(|(_, queue)| !queue.is_empty())
+                .map(|(pool, _)| pool.clone())
+                .collect();
+            for pool in queued {
+                self.wake(&pool, out);
+            }
+        }
+        self.serve_waiting_claims(now, out)
+    }
+
+    /// Tells `pool`'s workers that it has runs to hand out: the waiting claims first (at
+    /// the end of the batch), then a wake-up event for whatever is left.
+    fn wake(&mut self, pool: &str, out: &mut Outbox) {
+        self.waiting.mark_dirty(pool);
+        out.publish(
+            topic::pool(pool),
+            Event::Wake {
+                pool: pool.to_string(),
+            },
+        );
+    }
+
+    /// Answers the claims whose wait is over (with nothing), then grants runs queued in
+    /// this batch to waiting claims, longest waiting first. Runs granted here are written
+    /// in this batch, so they are durable when the answer goes out, as with any claim.
+    fn serve_waiting_claims(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
+        for (worker, claim) in self.waiting.take_expired(now) {
+            out.reply(&claim.peer, &worker, claim.id, nothing_granted());
+        }
+        let dirty = self.waiting.take_dirty();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let mut granted_any = false;
+        for worker in self.waiting.oldest_first() {
+            if dirty
+                .iter()
+                .all(|pool| self.queues.get(pool).is_none_or(|q| q.is_empty()))
+            {
+                break;
+            }
+            let Some(session) = self.sessions.get(&worker) else {
+                self.waiting.remove(&worker);
+                continue;
+            };
+            if !session.register.pools.iter().any(|p| dirty.contains(p)) {
+                continue;
+            }
+            let Some(max) = self.waiting.get(&worker).map(|c| c.max) else {
+                continue;
+            };
+            let reply = self.claim(&worker, max, now)?;
+            if matches!(&reply, Reply::Granted { runs, .. } if !runs.is_empty()) {
+                if let Some(claim) = self.waiting.remove(&worker) {
+                    out.reply(&claim.peer, &worker, claim.id, reply);
+                    granted_any = true;
                 }
             }
         }
+        if granted_any {
+            // Wake-ups for pools the waiting claims emptied would only cause idle claims.
+            out.events.retain(|(_, event)| match event {
+                Event::Wake { pool } => self.queues.get(pool).is_some_and(|q| !q.is_empty()),
+                _ => true,
+            });
+        }
         Ok(())
+    }
+
+    /// Answers `worker`'s waiting claim, if any, with nothing.
+    fn cancel_waiting_claim(&mut self, worker: &str, out: &mut Outbox) {
+        if let Some(claim) = self.waiting.remove(worker) {
+            out.reply(&claim.peer, worker, claim.id, nothing_granted());
+        }
     }
 
     /// Workers silent past the timeout go offline; runs of workers that never came back
@@ -1492,6 +1612,7 @@ impl<S: Store> Core<S> {
         let Some(session) = self.sessions.remove(worker) else {
             return Ok(());
         };
+        self.waiting.remove(worker);
         tracing::warn!(worker, %cause, "worker offline");
         for run_id in session.runs {
             self.finish_as(&run_id, RunState::Lost, now, cause.clone(), out)?;

@@ -9,6 +9,7 @@ nobody). CI runs this through integration-tests/tests/python_client.rs.
 import argparse
 import os
 import sys
+import threading
 import time
 
 import jobcast
@@ -60,6 +61,17 @@ def main():
     check("its output reached the broker", b"hello from python" in log["data"], log["data"])
     runs = jobcast.list_runs(admin)
     check("list_runs shows it", any(r["id"] == run["id"] for r in runs), len(runs))
+
+    started = time.monotonic()
+    empty = worker.work_once(wait_ms=300)
+    held = time.monotonic() - started
+    check("a claim that may wait is held, then answered empty", empty is None and held >= 0.29, (empty, held))
+    result = {}
+    waiting = threading.Thread(target=lambda: result.update(done=worker.work_once(wait_ms=10_000)))
+    waiting.start()
+    queued = jobcast.enqueue(admin, "py-hello")
+    waiting.join(20)
+    check("a waiting claim is answered with the run queued", result.get("done") == queued["id"], result)
 
     parked = jobcast.enqueue(admin, "py-parked")
     outcome = jobcast.kill(admin, parked["id"])

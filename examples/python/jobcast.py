@@ -115,17 +115,18 @@ class Connection:
         self.socket.connect(endpoint)
         self.next_id = 1
 
-    def request(self, request):
+    def request(self, request, timeout_ms=None):
         """Sends one request and returns its reply (a decoded Reply value)."""
+        timeout_ms = timeout_ms or self.timeout_ms
         request_id = self.next_id
         self.next_id += 1
         body = {"request": {"id": request_id, "request": request}}
         self.socket.send(seal(self.name, BROKER, self.secret, body))
-        deadline = time.monotonic() + self.timeout_ms / 1000
+        deadline = time.monotonic() + timeout_ms / 1000
         while True:
             left = int((deadline - time.monotonic()) * 1000)
             if left <= 0 or not self.socket.poll(left):
-                raise TimeoutError(f"no reply within {self.timeout_ms} ms")
+                raise TimeoutError(f"no reply within {timeout_ms} ms")
             reply = open_frame(self.socket.recv(), self.name, self.secret)["reply"]
             if reply["id"] != request_id:
                 continue  # a late reply to an earlier request
@@ -222,9 +223,13 @@ class Worker:
     def heartbeat(self):
         self.conn.request({"heartbeat": {"running": [], "free_slots": 1, "draining": False}})
 
-    def work_once(self):
-        """Claims one run and executes it; returns its id, or None if nothing was queued."""
-        granted = self.conn.request({"claim": {"max": 1}})["granted"]["runs"]
+    def work_once(self, wait_ms=0):
+        """Claims one run and executes it; returns its id, or None if nothing was queued
+        (or, with `wait_ms`, if nothing came within that time: the broker holds the claim)."""
+        claim = {"max": 1, "wait_ms": wait_ms} if wait_ms else {"max": 1}
+        granted = self.conn.request(
+            {"claim": claim}, timeout_ms=self.conn.timeout_ms + wait_ms
+        )["granted"]["runs"]
         if not granted:
             return None
         assignment = granted[0]

@@ -25,8 +25,13 @@ pub enum Request {
     // ---- from workers ----
     Register(Register),
     Heartbeat(Heartbeat),
+    /// Up to `max` runs from the worker's pools. With `wait_ms` > 0 and nothing to
+    /// grant, the broker holds the request and answers it as soon as runs arrive (in the
+    /// same group commit that queued them) or, with no runs, when the wait is over.
     Claim {
         max: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        wait_ms: u64,
     },
     RunStarted {
         run_id: RunId,
@@ -93,6 +98,10 @@ pub enum Request {
 pub enum EnableTarget {
     Job(String),
     Pool(String),
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Request {

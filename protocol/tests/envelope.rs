@@ -111,7 +111,7 @@ fn every_request() -> Vec<Request> {
             free_slots: 4,
             draining: true,
         }),
-        Request::Claim { max: 3 },
+        Request::Claim { max: 3, wait_ms: 0 },
         Request::RunStarted {
             run_id: "r1".into(),
             pid: 77,
@@ -398,7 +398,7 @@ fn the_same_body_sealed_twice_differs() {
 fn claim() -> Body {
     Body::Request {
         id: 1,
-        request: Request::Claim { max: 1 },
+        request: Request::Claim { max: 1, wait_ms: 0 },
     }
 }
 

@@ -25,7 +25,7 @@ fn keys(name: &str) -> Option<&'static Secret> {
 fn request() -> Body {
     Body::Request {
         id: 7,
-        request: Request::Claim { max: 2 },
+        request: Request::Claim { max: 2, wait_ms: 0 },
     }
 }
 

@@ -37,7 +37,6 @@ pub enum ReportEvent {
     /// Runs granted in answer to a finish report that also claimed.
     Granted {
         runs: Vec<jobcast_protocol::Assignment>,
-        more_queued: bool,
     },
     /// The broker does not know this worker: register again.
     NotRegistered,
@@ -142,8 +141,8 @@ impl Reporter {
                         if let Request::RunFinished(finished) = &batch[i] {
                             let _ = events.send(ReportEvent::FinishAcked(finished.run_id.clone()));
                         }
-                        if let Reply::Granted { runs, more_queued } = reply {
-                            let _ = events.send(ReportEvent::Granted { runs, more_queued });
+                        if let Reply::Granted { runs, .. } = reply {
+                            let _ = events.send(ReportEvent::Granted { runs });
                         }
                     }
                     Err(ClientError::Closed) => return,

@@ -23,6 +23,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the broker may hold a claim before answering that nothing came. While it
+/// waits, a run queued for this worker's pools is granted in the batch that queued it.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
 /// How long to keep trying to deliver the last reports when exiting.
 const FINAL_FLUSH: Duration = Duration::from_secs(30);
 
@@ -37,7 +40,7 @@ enum Msg {
 enum Purpose {
     Register,
     Heartbeat,
-    Claim(u32),
+    Claim { sent: Instant },
     Orders,
     Release,
     Pong,
@@ -233,10 +236,14 @@ fn rss_bytes() -> u64 {
 
 impl Session {
     fn request(&self, purpose: Purpose, request: Request) {
+        self.request_within(purpose, request, REQUEST_TIMEOUT);
+    }
+
+    fn request_within(&self, purpose: Purpose, request: Request, timeout: Duration) {
         let client = self.client.clone();
         let messages = self.messages.clone();
         tokio::spawn(async move {
-            let result = client.request(request, REQUEST_TIMEOUT).await;
+            let result = client.request(request, timeout).await;
             let _ = messages.send(Msg::Replied(purpose, result));
         });
     }
@@ -328,7 +335,16 @@ impl Session {
             return;
         }
         self.claim_in_flight = true;
-        self.request(Purpose::Claim(free), Request::Claim { max: free });
+        self.request_within(
+            Purpose::Claim {
+                sent: Instant::now(),
+            },
+            Request::Claim {
+                max: free,
+                wait_ms: CLAIM_WAIT.as_millis() as u64,
+            },
+            CLAIM_WAIT + REQUEST_TIMEOUT,
+        );
     }
 
     fn on_message(&mut self, msg: Msg) {
@@ -341,9 +357,10 @@ impl Session {
             Msg::Report(ReportEvent::FinishAcked(run_id)) => {
                 self.held.remove(&run_id);
             }
-            Msg::Report(ReportEvent::Granted { runs, more_queued }) => {
+            Msg::Report(ReportEvent::Granted { runs }) => {
                 self.last_heard = Instant::now();
-                self.want_work = more_queued;
+                // Slots still free after this wait in a claim the broker holds.
+                self.want_work = true;
                 for assignment in runs {
                     self.start(assignment);
                 }
@@ -398,7 +415,7 @@ impl Session {
     fn on_reply(&mut self, purpose: Purpose, result: Result<Reply, ClientError>) {
         match purpose {
             Purpose::Register => self.register_in_flight = false,
-            Purpose::Claim(_) => self.claim_in_flight = false,
+            Purpose::Claim { .. } => self.claim_in_flight = false,
             _ => {}
         }
         let reply = match result {
@@ -433,8 +450,13 @@ impl Session {
             }
             Reply::Orders(orders) => self.apply(orders),
             Reply::Granted { runs, more_queued } => {
-                if let Purpose::Claim(asked) = purpose {
-                    self.want_work = more_queued || runs.len() as u32 >= asked;
+                if let Purpose::Claim { sent } = purpose {
+                    // Slots left free wait in a new claim, unless the broker answered
+                    // "nothing" at once instead of holding the claim (it is draining this
+                    // worker, or does not hold claims): then a wake-up or the heartbeat
+                    // asks again.
+                    self.want_work =
+                        !runs.is_empty() || more_queued || sent.elapsed() >= CLAIM_WAIT / 2;
                 }
                 for assignment in runs {
                     self.start(assignment);

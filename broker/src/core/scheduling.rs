@@ -505,7 +505,7 @@ impl<S: Store> Core<S> {
                     .entry(pool.clone())
                     .or_default()
                     .insert(seq, run_id);
-                out.publish(topic::pool(&pool), Event::Wake { pool });
+                self.wake(&pool, out);
             }
         }
     }
@@ -650,6 +650,9 @@ impl<S: Store> Core<S> {
         let mut next_us = next_ms.saturating_mul(1_000);
         if let Some(deadline) = self.pings.values().map(|p| p.deadline_us).min() {
             next_us = next_us.min(deadline);
+        }
+        if let Some(deadline) = self.waiting.earliest_deadline_ms() {
+            next_us = next_us.min(deadline.saturating_mul(1_000));
         }
         next_us
     }
