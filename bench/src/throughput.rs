@@ -1,6 +1,8 @@
 //! Shell throughput against the machine's raw spawn limit, and broker capacity.
 
-use crate::harness::{bench_job, Broker, SyntheticWorker, MAX_WORKERS, SYNTHETIC_WORKERS};
+use crate::harness::{
+    bench_job, cpu_time, Broker, SyntheticWorker, MAX_WORKERS, SYNTHETIC_WORKERS,
+};
 use anyhow::{bail, Result};
 use jobcast_protocol::{Exec, JobSpec};
 use std::sync::Arc;
@@ -103,10 +105,13 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     for n in 1..=workers {
         synthetic.push(SyntheticWorker::start_numbered(&broker, "bench", n).await?);
     }
+    let broker_pid = broker.pid().to_string();
+    let cpu_before = (cpu_time(&broker_pid), cpu_time("self"));
     let started = Instant::now();
     broker.enqueue("noop", runs).await?;
     broker.wait_idle(1).await?;
     let elapsed = started.elapsed();
+    let cpu_after = (cpu_time(&broker_pid), cpu_time("self"));
     for worker in synthetic {
         worker.stop().await;
     }
@@ -123,6 +128,20 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     println!(
         "| runs/s (whole lifecycle, durable) | {:.0} |",
         runs as f64 / elapsed.as_secs_f64()
+    );
+    // CPU per run says what the figure would be on a machine of its own: the bench's
+    // synthetic workers share these cores with the broker.
+    let per_run = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
+        (Some(b), Some(a)) => format!("{:.0} µs", (a - b).as_secs_f64() * 1e6 / runs as f64),
+        _ => "unknown".to_string(),
+    };
+    println!(
+        "| broker CPU per run | {} |",
+        per_run(cpu_before.0, cpu_after.0)
+    );
+    println!(
+        "| synthetic workers' CPU per run (bench process) | {} |",
+        per_run(cpu_before.1, cpu_after.1)
     );
     Ok(())
 }

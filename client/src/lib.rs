@@ -224,6 +224,9 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(0.5 + spread)
 }
 
+/// The smallest number of waiters at which the task sweeps out abandoned ones.
+const MIN_SWEEP: usize = 256;
+
 struct Waiter {
     reply_to: oneshot::Sender<Result<Reply, ClientError>>,
     /// Handed to libzmq: lost if the connection drops before the reply.
@@ -243,6 +246,9 @@ async fn run(
     let mut next_id: u64 = 1;
     let mut backoff = Duration::from_millis(100);
     let mut pending: Pending = HashMap::new();
+    // Sweep waiters that gave up when `pending` reaches this size (amortised: a sweep per
+    // request would cost O(pending) each time).
+    let mut sweep_at = MIN_SWEEP;
     // Requests not yet accepted by the socket, in order.
     let mut backlog: VecDeque<(u64, Body)> = VecDeque::new();
 
@@ -274,13 +280,25 @@ async fn run(
                     None => return,
                     Some(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
                     Some(Command::Send { request, reply_to }) => {
-                        let id = next_id;
-                        next_id += 1;
-                        // Forget waiters that gave up; their requests are still sent
-                        // (a caller may submit without waiting for the reply).
-                        pending.retain(|_, waiter| !waiter.reply_to.is_closed());
-                        pending.insert(id, Waiter { reply_to, sent: false });
-                        backlog.push_back((id, Body::Request { id, request }));
+                        let mut next = Some((request, reply_to));
+                        // Take every request already waiting, then hand them over together.
+                        while let Some((request, reply_to)) = next.take() {
+                            let id = next_id;
+                            next_id += 1;
+                            if pending.len() >= sweep_at {
+                                // Forget waiters that gave up; their requests are still
+                                // sent (a caller may submit without waiting for the reply).
+                                pending.retain(|_, waiter| !waiter.reply_to.is_closed());
+                                sweep_at = (pending.len() * 2).max(MIN_SWEEP);
+                            }
+                            pending.insert(id, Waiter { reply_to, sent: false });
+                            backlog.push_back((id, Body::Request { id, request }));
+                            match commands.try_recv() {
+                                Ok(Command::Send { request, reply_to }) => next = Some((request, reply_to)),
+                                Ok(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
+                                Err(_) => {}
+                            }
+                        }
                     }
                 },
                 ready = socket.wait(zmq::POLLIN) => {
