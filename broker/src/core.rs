@@ -272,6 +272,11 @@ impl<S: Store> Core<S> {
         &mut self.store
     }
 
+    /// Stops the core, handing back its store (as a broker that stops leaves it).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     /// Forgets what changed (nobody is watching).
     pub fn clear_changes(&mut self) {
         self.changes = Changes::default();

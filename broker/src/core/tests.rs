@@ -1,5 +1,5 @@
 use super::*;
-use crate::store::SledStore;
+use crate::store::MemoryStore;
 use jobcast_protocol::{Exec, Outcome};
 
 const T0: u64 = 1_800_000_000_000_000; // µs
@@ -33,21 +33,21 @@ fn registration(pools: &[&str], max_log_bytes: u64) -> Register {
 }
 
 struct Harness {
-    core: Core<SledStore>,
+    core: Core<MemoryStore>,
     now: u64,
     next_id: u64,
 }
 
 impl Harness {
     fn new() -> Harness {
-        Self::with_store(SledStore::temporary().unwrap())
+        Self::with_store(MemoryStore::default())
     }
 
-    fn with_store(store: SledStore) -> Harness {
+    fn with_store(store: MemoryStore) -> Harness {
         Self::with_config(store, CoreConfig::default())
     }
 
-    fn with_config(store: SledStore, config: CoreConfig) -> Harness {
+    fn with_config(store: MemoryStore, config: CoreConfig) -> Harness {
         let mut h = Harness {
             core: Core::new(store, config, T0).unwrap(),
             now: T0,
@@ -405,10 +405,10 @@ fn kill_selectors_match_unique_prefixes_and_substrings() {
 
 #[test]
 fn state_survives_a_restart_of_the_core() {
-    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryStore::default();
     let (queued, running);
     {
-        let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+        let mut h = Harness::with_store(std::mem::take(&mut store));
         h.register("w1", 1, &["default"], &[]);
         running = h.enqueue("hello");
         queued = h.enqueue("hello");
@@ -421,9 +421,10 @@ fn state_survives_a_restart_of_the_core() {
                 spawned_at_us: 0,
             },
         );
-        h.core.store_mut().flush().unwrap();
+        // The broker stops; the next one opens what it stored.
+        store = h.core.into_store();
     }
-    let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+    let mut h = Harness::with_store(std::mem::take(&mut store));
     assert_eq!(h.state(&queued), RunState::Queued);
     assert_eq!(h.state(&running), RunState::Running);
     // the worker comes back still running its run: it keeps it
@@ -438,16 +439,17 @@ fn state_survives_a_restart_of_the_core() {
 
 #[test]
 fn runs_of_a_worker_that_never_returns_after_a_broker_restart_are_lost() {
-    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryStore::default();
     let run;
     {
-        let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+        let mut h = Harness::with_store(std::mem::take(&mut store));
         h.register("w1", 1, &["default"], &[]);
         run = h.enqueue("hello");
         h.claim("w1", 1);
-        h.core.store_mut().flush().unwrap();
+        // The broker stops; the next one opens what it stored.
+        store = h.core.into_store();
     }
-    let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+    let mut h = Harness::with_store(std::mem::take(&mut store));
     h.tick();
     assert_eq!(h.state(&run), RunState::Assigned);
     h.advance_ms(11_000);
@@ -627,7 +629,7 @@ fn logs_are_stored_capped_with_head_and_tail() {
 #[test]
 fn the_broker_caps_stored_logs_whatever_the_worker_declares() {
     let mut h = Harness::with_config(
-        SledStore::temporary().unwrap(),
+        MemoryStore::default(),
         CoreConfig {
             max_log_bytes: 4096,
             ..CoreConfig::default()
@@ -655,7 +657,7 @@ fn the_broker_caps_stored_logs_whatever_the_worker_declares() {
 #[test]
 fn a_worker_key_limited_to_pools_cannot_register_for_another() {
     let mut h = Harness::with_config(
-        SledStore::temporary().unwrap(),
+        MemoryStore::default(),
         CoreConfig {
             worker_pools: HashMap::from([(
                 "w1".to_string(),
@@ -834,7 +836,7 @@ fn a_waiting_claim_is_answered_with_nothing_when_its_wait_ends() {
         worker_timeout_ms: 2 * waiting_claims::MAX_CLAIM_WAIT_MS,
         ..CoreConfig::default()
     };
-    let mut h = Harness::with_config(SledStore::temporary().unwrap(), config);
+    let mut h = Harness::with_config(MemoryStore::default(), config);
     h.register("w1", 1, &["default"], &[]);
     h.tick();
     let (claim_id, _) = h.waiting_claim("w1", 1, 500);

@@ -89,7 +89,7 @@ fn patient() -> CoreConfig {
 
 /// Aligns the harness clock to a whole minute so tick arithmetic is easy to read.
 fn aligned() -> Harness {
-    let mut h = Harness::with_config(SledStore::temporary().unwrap(), patient());
+    let mut h = Harness::with_config(MemoryStore::default(), patient());
     h.now = (h.now / 60_000_000 + 1) * 60_000_000;
     h
 }
@@ -116,10 +116,10 @@ fn an_every_job_fires_each_tick_once_on_the_grid() {
 
 #[test]
 fn the_same_tick_never_makes_two_runs_even_if_decided_twice() {
-    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryStore::default();
     let tick;
     {
-        let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+        let mut h = Harness::with_store(std::mem::take(&mut store));
         h.now = (h.now / 60_000_000 + 1) * 60_000_000;
         h.apply_toml("[jobs.tick]\ncommand = \"true\"\nevery = \"1m\"\noverlap = \"allow\"");
         h.run_clock_for(60 * SECOND);
@@ -129,9 +129,10 @@ fn the_same_tick_never_makes_two_runs_even_if_decided_twice() {
         let mut state = h.job_state("tick");
         state.last_tick_ms = tick - 1;
         h.core.store_mut().put_job_state("tick", &state).unwrap();
-        h.core.store_mut().flush().unwrap();
+        // The broker stops; the next one opens what it stored.
+        store = h.core.into_store();
     }
-    let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+    let mut h = Harness::with_store(std::mem::take(&mut store));
     h.now = tick * 1_000 + 500_000;
     h.tick();
     let runs = h.runs_of("tick");
@@ -145,19 +146,20 @@ fn the_same_tick_never_makes_two_runs_even_if_decided_twice() {
 #[test]
 fn misfire_policies_after_a_three_hour_outage() {
     for (policy, expected_runs, expected_skips) in [("skip", 0, 3), ("once", 1, 2), ("all", 3, 0)] {
-        let dir = tempfile::tempdir().unwrap();
+        let mut store = MemoryStore::default();
         let start;
         {
-            let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+            let mut h = Harness::with_store(std::mem::take(&mut store));
             h.now = (h.now / 3_600_000_000 + 1) * 3_600_000_000 + 1_000_000;
             start = h.now;
             h.apply_toml(&format!(
                 "[jobs.hourly]\ncommand = \"true\"\ncron = \"0 * * * *\"\nmisfire = \"{policy}\""
             ));
-            h.core.store_mut().flush().unwrap();
+            // The broker stops; the next one opens what it stored.
+            store = h.core.into_store();
         }
         // Down from just after the top of an hour until 3.5 hours later.
-        let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+        let mut h = Harness::with_store(std::mem::take(&mut store));
         h.now = start + 3 * 3_600_000_000 + 1_800_000_000;
         h.tick();
         let runs = h.runs_of("hourly");
@@ -186,15 +188,16 @@ fn misfire_policies_after_a_three_hour_outage() {
 
 #[test]
 fn misfire_all_is_bounded_by_max_catchup() {
-    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryStore::default();
     let start;
     {
-        let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+        let mut h = Harness::with_store(std::mem::take(&mut store));
         start = h.now;
         h.apply_toml("[jobs.minutely]\ncommand = \"true\"\nevery = \"1m\"\nmisfire = \"all\"\nmax_catchup = 5\noverlap = \"allow\"");
-        h.core.store_mut().flush().unwrap();
+        // The broker stops; the next one opens what it stored.
+        store = h.core.into_store();
     }
-    let mut h = Harness::with_store(SledStore::open(dir.path()).unwrap());
+    let mut h = Harness::with_store(std::mem::take(&mut store));
     h.now = start + 3 * 3_600_000_000 + 30_000_000;
     h.tick();
     assert_eq!(h.runs_of("minutely").len(), 5);

@@ -1,0 +1,157 @@
+//! A store in memory, with the sled backend's behaviour (the contract tests run on both):
+//! for tests of the core, which then need no disk. `flush` makes nothing more durable.
+
+use super::{list_newest_first, Store, StoreResult};
+use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    jobs: BTreeMap<String, JobSpec>,
+    /// By sequence number.
+    runs: BTreeMap<u64, RunRecord>,
+    run_ids: BTreeMap<String, u64>,
+    /// Sequence numbers of unfinished runs.
+    active: BTreeSet<u64>,
+    logs: BTreeMap<(String, u64), Vec<u8>>,
+    workers: BTreeMap<String, WorkerStatus>,
+    job_states: BTreeMap<String, JobState>,
+    settings: BTreeMap<String, Vec<u8>>,
+}
+
+impl Store for MemoryStore {
+    fn jobs(&self) -> StoreResult<Vec<JobSpec>> {
+        Ok(self.jobs.values().cloned().collect())
+    }
+
+    fn put_job(&mut self, job: &JobSpec) -> StoreResult<()> {
+        self.jobs.insert(job.name.clone(), job.clone());
+        Ok(())
+    }
+
+    fn create_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        self.run_ids.insert(run.id.clone(), run.seq);
+        if !run.state.is_terminal() {
+            self.active.insert(run.seq);
+        }
+        self.runs.insert(run.seq, run.clone());
+        Ok(())
+    }
+
+    fn put_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        if run.state.is_terminal() {
+            self.active.remove(&run.seq);
+        }
+        self.runs.insert(run.seq, run.clone());
+        Ok(())
+    }
+
+    fn run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
+        Ok(self
+            .run_ids
+            .get(id)
+            .and_then(|seq| self.runs.get(seq))
+            .cloned())
+    }
+
+    fn active_runs(&self) -> StoreResult<Vec<RunRecord>> {
+        Ok(self
+            .active
+            .iter()
+            .filter_map(|seq| self.runs.get(seq))
+            .cloned()
+            .collect())
+    }
+
+    fn runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
+        let newest_first = self
+            .runs
+            .range(..filter.before_seq.unwrap_or(u64::MAX))
+            .rev()
+            .map(|(_, run)| Ok(run.clone()));
+        list_newest_first(newest_first, filter)
+    }
+
+    fn find_run_ids(&self, fragment: &str, limit: usize) -> StoreResult<Vec<String>> {
+        let by_prefix: Vec<String> = self
+            .run_ids
+            .range(fragment.to_string()..)
+            .map(|(id, _)| id)
+            .take_while(|id| id.starts_with(fragment))
+            .take(limit)
+            .cloned()
+            .collect();
+        if !by_prefix.is_empty() {
+            return Ok(by_prefix);
+        }
+        Ok(self
+            .run_ids
+            .keys()
+            .filter(|id| id.contains(fragment))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn last_run_seq(&self) -> StoreResult<u64> {
+        Ok(self.runs.keys().next_back().copied().unwrap_or(0))
+    }
+
+    fn run_count(&self) -> StoreResult<u64> {
+        Ok(self.runs.len() as u64)
+    }
+
+    fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()> {
+        self.logs
+            .insert((run_id.to_string(), offset), data.to_vec());
+        Ok(())
+    }
+
+    fn delete_log_chunk(&mut self, run_id: &str, offset: u64) -> StoreResult<()> {
+        self.logs.remove(&(run_id.to_string(), offset));
+        Ok(())
+    }
+
+    fn log_chunks(&self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        Ok(self
+            .logs
+            .range((run_id.to_string(), 0)..=(run_id.to_string(), u64::MAX))
+            .map(|((_, offset), data)| (*offset, data.clone()))
+            .collect())
+    }
+
+    fn workers(&self) -> StoreResult<Vec<WorkerStatus>> {
+        Ok(self.workers.values().cloned().collect())
+    }
+
+    fn put_worker(&mut self, worker: &WorkerStatus) -> StoreResult<()> {
+        self.workers.insert(worker.id.clone(), worker.clone());
+        Ok(())
+    }
+
+    fn job_states(&self) -> StoreResult<Vec<(String, JobState)>> {
+        Ok(self
+            .job_states
+            .iter()
+            .map(|(job, state)| (job.clone(), state.clone()))
+            .collect())
+    }
+
+    fn put_job_state(&mut self, job: &str, state: &JobState) -> StoreResult<()> {
+        self.job_states.insert(job.to_string(), state.clone());
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.settings.get(key).cloned())
+    }
+
+    fn put_setting(&mut self, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.settings.insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
+}

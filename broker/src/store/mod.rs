@@ -1,0 +1,96 @@
+//! Durable state: the [`Store`] trait, its sled backend, and an in-memory one for tests
+//! of the core.
+//!
+//! Writes are applied at once but only become durable at [`Store::flush`]; the server
+//! calls it once per batch of requests (group commit) before it answers any of them.
+
+mod memory;
+mod sled_store;
+
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Backend(String),
+    #[error("store holds an unreadable {what} record: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What the broker needs from a store. Kept small so a second backend is easy to add.
+pub trait Store: Send {
+    fn jobs(&self) -> StoreResult<Vec<JobSpec>>;
+    fn put_job(&mut self, job: &JobSpec) -> StoreResult<()>;
+
+    /// Writes a new run with its id index entry, and marks it unfinished.
+    fn create_run(&mut self, run: &RunRecord) -> StoreResult<()>;
+    /// Rewrites an existing run; drops it from the unfinished index once it has ended.
+    fn put_run(&mut self, run: &RunRecord) -> StoreResult<()>;
+    fn run(&self, id: &str) -> StoreResult<Option<RunRecord>>;
+    /// Runs that are not in a terminal state.
+    fn active_runs(&self) -> StoreResult<Vec<RunRecord>>;
+    /// Newest first, filtered, at most `filter.limit`.
+    fn runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>>;
+    /// Ids starting with `prefix`, or else containing it; at most `limit`.
+    fn find_run_ids(&self, fragment: &str, limit: usize) -> StoreResult<Vec<String>>;
+    /// The highest run sequence number stored, 0 if none.
+    fn last_run_seq(&self) -> StoreResult<u64>;
+    fn run_count(&self) -> StoreResult<u64>;
+
+    fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()>;
+    fn delete_log_chunk(&mut self, run_id: &str, offset: u64) -> StoreResult<()>;
+    /// Chunks of a run's log in stream order: (offset, bytes).
+    fn log_chunks(&self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>>;
+
+    fn workers(&self) -> StoreResult<Vec<WorkerStatus>>;
+    fn put_worker(&mut self, worker: &WorkerStatus) -> StoreResult<()>;
+
+    fn job_states(&self) -> StoreResult<Vec<(String, JobState)>>;
+    fn put_job_state(&mut self, job: &str, state: &JobState) -> StoreResult<()>;
+
+    /// Small named settings (e.g. the disabled pools).
+    fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    fn put_setting(&mut self, key: &str, value: &[u8]) -> StoreResult<()>;
+
+    /// Makes every write so far durable.
+    fn flush(&mut self) -> StoreResult<()>;
+}
+
+/// Applies `filter` to runs given newest first: the listing both backends return.
+fn list_newest_first(
+    runs: impl Iterator<Item = StoreResult<RunRecord>>,
+    filter: &RunFilter,
+) -> StoreResult<Vec<RunRecord>> {
+    let mut listed = Vec::new();
+    for run in runs {
+        if listed.len() >= filter.limit as usize {
+            break;
+        }
+        let run = run?;
+        if filter.since_ms.is_some_and(|t| run.created_at_ms < t) {
+            // Newest first: everything further is older still.
+            break;
+        }
+        if filter.until_ms.is_some_and(|t| run.created_at_ms >= t)
+            || filter.state.is_some_and(|s| s != run.state)
+            || filter.job.as_ref().is_some_and(|j| *j != run.job)
+            || filter
+                .worker
+                .as_ref()
+                .is_some_and(|w| run.worker.as_ref() != Some(w))
+        {
+            continue;
+        }
+        listed.push(run);
+    }
+    Ok(listed)
+}
+
+#[cfg(test)]
+mod tests;

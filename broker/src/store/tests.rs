@@ -1,0 +1,239 @@
+//! The contract every backend keeps, run on each of them.
+
+use super::*;
+use jobcast_protocol::{Exec, RunState};
+use std::collections::BTreeMap;
+
+/// Runs each contract test on a fresh store of every backend.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[test]
+                fn sled() {
+                    super::$name(SledStore::temporary().unwrap());
+                }
+
+                #[test]
+                fn memory() {
+                    super::$name(MemoryStore::default());
+                }
+            }
+        )*
+    };
+}
+
+on_every_backend!(
+    runs_are_listed_newest_first_and_filtered,
+    the_active_index_follows_the_state,
+    run_ids_are_found_by_prefix_then_substring,
+    log_chunks_come_back_in_stream_order,
+    listings_page_by_sequence_and_filter_by_time_job_and_worker,
+    settings_workers_and_job_states_read_back,
+);
+
+fn job(name: &str) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        pool: "default".into(),
+        exec: Exec::Command(vec!["true".into()]),
+        env: BTreeMap::new(),
+        worker_env: Vec::new(),
+        workdir: None,
+        timeout_ms: None,
+        enabled: true,
+        schedule: Default::default(),
+        policy: Default::default(),
+    }
+}
+
+fn run(seq: u64, id: &str, state: RunState) -> RunRecord {
+    RunRecord {
+        id: id.into(),
+        seq,
+        job: "a".into(),
+        pool: "default".into(),
+        attempt: 1,
+        state,
+        worker: None,
+        pid: None,
+        created_at_ms: seq,
+        scheduled_at_ms: seq,
+        started_at_ms: None,
+        finished_at_ms: None,
+        outcome: None,
+        kill_requested: false,
+        log_bytes: 0,
+        log_cap: 0,
+        parent: None,
+        first_attempt: None,
+        pinned_worker: None,
+        not_before_ms: 0,
+        created_at_us: 0,
+        spawned_at_us: None,
+        ended_at_us: None,
+        schedule_id: None,
+        history: vec![],
+        spec: job("a"),
+    }
+}
+
+fn runs_are_listed_newest_first_and_filtered(mut store: impl Store) {
+    store
+        .create_run(&run(1, "aaa1", RunState::Succeeded))
+        .unwrap();
+    store.create_run(&run(2, "bbb2", RunState::Queued)).unwrap();
+    store
+        .create_run(&run(3, "ccc3", RunState::Succeeded))
+        .unwrap();
+    let all = store
+        .runs(&RunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 2, 1]);
+    let done = store
+        .runs(&RunFilter {
+            state: Some(RunState::Succeeded),
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(done.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+    assert_eq!(store.last_run_seq().unwrap(), 3);
+    assert_eq!(store.run_count().unwrap(), 3);
+}
+
+fn the_active_index_follows_the_state(mut store: impl Store) {
+    let mut r = run(1, "aaa1", RunState::Queued);
+    store.create_run(&r).unwrap();
+    assert_eq!(store.active_runs().unwrap().len(), 1);
+    r.state = RunState::Failed;
+    store.put_run(&r).unwrap();
+    assert!(store.active_runs().unwrap().is_empty());
+    assert_eq!(store.run("aaa1").unwrap().unwrap().state, RunState::Failed);
+}
+
+fn run_ids_are_found_by_prefix_then_substring(mut store: impl Store) {
+    store
+        .create_run(&run(1, "abc123", RunState::Queued))
+        .unwrap();
+    store
+        .create_run(&run(2, "abd456", RunState::Queued))
+        .unwrap();
+    store
+        .create_run(&run(3, "xyz123", RunState::Queued))
+        .unwrap();
+    assert_eq!(store.find_run_ids("ab", 10).unwrap().len(), 2);
+    assert_eq!(store.find_run_ids("abd", 10).unwrap(), ["abd456"]);
+    assert_eq!(store.find_run_ids("123", 10).unwrap().len(), 2);
+    assert!(store.find_run_ids("nope", 10).unwrap().is_empty());
+}
+
+fn log_chunks_come_back_in_stream_order(mut store: impl Store) {
+    store.put_log_chunk("r1", 300, b"c").unwrap();
+    store.put_log_chunk("r1", 0, b"a").unwrap();
+    store.put_log_chunk("r1", 256, b"b").unwrap();
+    store.put_log_chunk("r10", 0, b"other run").unwrap();
+    let chunks = store.log_chunks("r1").unwrap();
+    assert_eq!(
+        chunks,
+        vec![
+            (0, b"a".to_vec()),
+            (256, b"b".to_vec()),
+            (300, b"c".to_vec())
+        ]
+    );
+    store.delete_log_chunk("r1", 256).unwrap();
+    assert_eq!(store.log_chunks("r1").unwrap().len(), 2);
+}
+
+#[test]
+fn everything_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = SledStore::open(dir.path()).unwrap();
+        store.put_job(&job("nightly")).unwrap();
+        store
+            .create_run(&run(1, "aaa1", RunState::Running))
+            .unwrap();
+        store.put_log_chunk("aaa1", 0, b"hello").unwrap();
+        store.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.jobs().unwrap(), vec![job("nightly")]);
+    assert_eq!(store.active_runs().unwrap()[0].id, "aaa1");
+    assert_eq!(store.log_chunks("aaa1").unwrap()[0].1, b"hello");
+}
+
+fn listings_page_by_sequence_and_filter_by_time_job_and_worker(mut store: impl Store) {
+    for seq in 1..=6 {
+        let mut r = run(seq, &format!("run{seq}"), RunState::Succeeded);
+        r.job = if seq % 2 == 0 { "even" } else { "odd" }.into();
+        r.worker = (seq > 3).then(|| "w1".to_string());
+        store.create_run(&r).unwrap();
+    }
+    let seqs = |filter: RunFilter| -> Vec<u64> {
+        store.runs(&filter).unwrap().iter().map(|r| r.seq).collect()
+    };
+    let all = || RunFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        seqs(RunFilter {
+            before_seq: Some(4),
+            ..all()
+        }),
+        [3, 2, 1]
+    );
+    // created_at_ms is the sequence number in these records.
+    assert_eq!(
+        seqs(RunFilter {
+            since_ms: Some(2),
+            until_ms: Some(5),
+            ..all()
+        }),
+        [4, 3, 2]
+    );
+    assert_eq!(
+        seqs(RunFilter {
+            job: Some("even".into()),
+            ..all()
+        }),
+        [6, 4, 2]
+    );
+    assert_eq!(
+        seqs(RunFilter {
+            worker: Some("w1".into()),
+            limit: 2,
+            ..all()
+        }),
+        [6, 5]
+    );
+}
+
+fn settings_workers_and_job_states_read_back(mut store: impl Store) {
+    assert_eq!(store.setting("disabled_pools").unwrap(), None);
+    store.put_setting("disabled_pools", b"[]").unwrap();
+    assert_eq!(
+        store.setting("disabled_pools").unwrap().as_deref(),
+        Some(&b"[]"[..])
+    );
+    let state = JobState {
+        last_tick_ms: 42,
+        ..Default::default()
+    };
+    store.put_job_state("b", &state).unwrap();
+    store.put_job_state("a", &JobState::default()).unwrap();
+    let states = store.job_states().unwrap();
+    assert_eq!(
+        states.iter().map(|(j, _)| j.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(states[1].1, state);
+    store.flush().unwrap();
+}
