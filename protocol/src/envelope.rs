@@ -15,11 +15,10 @@
 //! key and must equal the sealed inner one. `docs/PROTOCOL.md` has the whole construction
 //! and test vectors.
 
+use crate::aead;
 use crate::message::Body;
 use crate::replay::ReplayGuard;
 use crate::PROTOCOL_VERSION;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -220,17 +219,7 @@ pub fn seal_with_nonce(
         body,
     })
     .unwrap_or_default();
-    let cipher = XChaCha20Poly1305::new(&secret.message_key(from, to).into());
-    // Encryption only fails for messages longer than the cipher allows (256 GiB).
-    let sealed = cipher
-        .encrypt(
-            XNonce::from_slice(&aead_nonce),
-            Payload {
-                msg: &payload,
-                aad: AAD,
-            },
-        )
-        .unwrap_or_default();
+    let sealed = aead::seal(&secret.message_key(from, to), &aead_nonce, AAD, &payload);
     rmp_serde::to_vec_named(&FrameOut {
         from,
         nonce: &aead_nonce,
@@ -442,17 +431,11 @@ impl Opener {
         };
         let secret =
             key_for(frame.from).ok_or_else(|| Rejection::UnknownSender(shorten(frame.from)))?;
-        let cipher = XChaCha20Poly1305::new(&secret.message_key(frame.from, &self.me).into());
-        // The tag is checked in constant time before anything is decrypted.
-        let payload = cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: AAD,
-                },
-            )
-            .map_err(|_| Rejection::BadMac(shorten(frame.from)))?;
+        let mut aead_nonce = [0u8; AEAD_NONCE_LEN];
+        aead_nonce.copy_from_slice(nonce);
+        let key = secret.message_key(frame.from, &self.me);
+        let payload = aead::open(&key, &aead_nonce, AAD, sealed)
+            .ok_or_else(|| Rejection::BadMac(shorten(frame.from)))?;
 
         let header: PayloadHeader = rmp_serde::from_slice(&payload)
             .map_err(|e| Rejection::Undecodable(format!("payload header: {e}")))?;

@@ -4,6 +4,7 @@
 //! log-capping rule, the run state machine and the job file format. Callers pass the
 //! current time in; nothing here reads a clock, a socket or a file.
 
+mod aead;
 pub mod envelope;
 pub mod jobfile;
 pub mod logcap;
