@@ -6,9 +6,14 @@
 //! tick decided twice (say, after a crash before the flush) names the same run, which is
 //! never created twice.
 
-use super::*;
+use crate::core::{error, Core, Outbox};
 use crate::schedule::{derived_run_id, Schedule};
-use jobcast_protocol::{Alert, AlertKind, EnableTarget, JobState, JobView, Misfire, Overlap};
+use crate::store::{Store, StoreResult};
+use jobcast_protocol::{
+    names, Alert, AlertKind, EnableTarget, ErrorCode, JobSpec, JobState, JobView, Misfire, Overlap,
+    Reply, RunRecord, RunState,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Ticks older than this when the broker gets to them were missed (the broker was down
 /// or stalled) and follow the job's misfire policy.

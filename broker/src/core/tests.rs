@@ -1,6 +1,8 @@
 use super::*;
 use crate::store::MemoryStore;
-use jobcast_protocol::{Exec, Outcome};
+use jobcast_protocol::logcap;
+use jobcast_protocol::message::topic;
+use jobcast_protocol::{Event, Exec, Heartbeat, KillOutcome, Orders, Outcome, RunFinished};
 
 const T0: u64 = 1_800_000_000_000_000; // µs
 

@@ -1,7 +1,7 @@
 //! Scheduling in the core, on a simulated clock.
 
 use super::*;
-use jobcast_protocol::{jobfile, AlertKind, EnableTarget, Outcome};
+use jobcast_protocol::{jobfile, AlertKind, EnableTarget, Outcome, RunFilter, RunFinished};
 
 const SECOND: u64 = 1_000;
 

@@ -1,0 +1,68 @@
+//! `ApplyJobs`: creates and updates jobs from a jobs file.
+
+use crate::core::{error, Core};
+use crate::store::{Store, StoreResult};
+use jobcast_protocol::{jobfile, ErrorCode, JobSpec, JobState, Reply};
+use std::collections::BTreeSet;
+
+impl<S: Store> Core<S> {
+    pub(in crate::core) fn apply(&mut self, jobs: Vec<JobSpec>, now: u64) -> StoreResult<Reply> {
+        let mut seen = BTreeSet::new();
+        for job in &jobs {
+            if let Err(problem) = jobfile::validate(job) {
+                return Ok(error(
+                    ErrorCode::BadRequest,
+                    format!("job {:?}: {problem}", job.name),
+                ));
+            }
+            if !seen.insert(job.name.clone()) {
+                return Ok(error(
+                    ErrorCode::BadRequest,
+                    format!("job {:?} is defined twice", job.name),
+                ));
+            }
+        }
+        if let Err(problem) = self.check_jobs(&jobs) {
+            return Ok(error(ErrorCode::BadRequest, problem));
+        }
+        let (mut created, mut updated, mut unchanged) = (vec![], vec![], vec![]);
+        for job in jobs {
+            let name = job.name.clone();
+            match self.jobs.get(&name) {
+                Some(old) if *old == job => {
+                    unchanged.push(name);
+                    continue;
+                }
+                Some(old) => {
+                    if old.schedule != job.schedule {
+                        // A new schedule starts from now: no catch-up under it.
+                        let state = self.job_states.entry(name.clone()).or_default();
+                        state.last_tick_ms = state.last_tick_ms.max(now);
+                    }
+                    updated.push(name.clone());
+                }
+                None => {
+                    self.job_states.insert(
+                        name.clone(),
+                        JobState {
+                            created_at_ms: now,
+                            last_tick_ms: now,
+                            ..Default::default()
+                        },
+                    );
+                    created.push(name.clone());
+                }
+            }
+            self.store.put_job(&job)?;
+            self.changes.jobs = true;
+            self.jobs.insert(name.clone(), job);
+            self.save_job_state(&name)?;
+            self.compile_schedule(&name);
+        }
+        Ok(Reply::Applied {
+            created,
+            updated,
+            unchanged,
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! `Kill`: cancels queued runs and orders running ones killed; selectors resolve to runs.
+
+use crate::core::{error, Core, Outbox, MAX_CANDIDATES};
+use crate::store::{Store, StoreResult};
+use jobcast_protocol::message::topic;
+use jobcast_protocol::{ErrorCode, Event, KillOutcome, Reply, RunState, Transition};
+
+impl<S: Store> Core<S> {
+    /// Kills every run the selectors name; each gets its own outcome.
+    pub(super) fn kill_all(
+        &mut self,
+        selectors: Vec<String>,
+        actor: &str,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Reply> {
+        if selectors.is_empty() {
+            return Ok(error(
+                ErrorCode::BadRequest,
+                "name at least one run to kill",
+            ));
+        }
+        let mut outcomes = Vec::new();
+        for selector in selectors {
+            outcomes.push(self.kill(&selector, actor, now, out)?);
+        }
+        Ok(Reply::KillResult { outcomes })
+    }
+
+    pub(in crate::core) fn kill(
+        &mut self,
+        selector: &str,
+        actor: &str,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<KillOutcome> {
+        if selector.is_empty() {
+            return Ok(KillOutcome::NotFound {
+                selector: String::new(),
+            });
+        }
+        let run_id = match self.resolve(selector)? {
+            Ok(id) => id,
+            Err(outcome) => return Ok(outcome),
+        };
+        let Some(run) = self.active.get_mut(&run_id) else {
+            let state = match self.store.run(&run_id)? {
+                Some(run) => run.state,
+                None => {
+                    return Ok(KillOutcome::NotFound {
+                        selector: selector.to_string(),
+                    })
+                }
+            };
+            return Ok(KillOutcome::AlreadyFinished { run_id, state });
+        };
+        if run.state == RunState::Queued {
+            self.finish_as(
+                &run_id,
+                RunState::Cancelled,
+                now,
+                format!("cancelled by {actor} before it started"),
+                out,
+            )?;
+            return Ok(KillOutcome::Cancelled { run_id });
+        }
+        let worker = run.worker.clone().unwrap_or_default();
+        if !run.kill_requested {
+            run.kill_requested = true;
+            run.history.push(Transition {
+                state: run.state,
+                at_ms: now,
+                cause: format!("kill requested by {actor}"),
+            });
+            self.store.put_run(run)?;
+            self.changes.runs.insert(run.id.clone());
+        }
+        out.publish(topic::worker(&worker), Event::OrdersPending);
+        Ok(KillOutcome::Killing { run_id, worker })
+    }
+
+    /// Resolves a full id, a unique prefix or a unique substring to one run id.
+    pub(in crate::core) fn resolve(
+        &self,
+        selector: &str,
+    ) -> StoreResult<Result<String, KillOutcome>> {
+        if self.active.contains_key(selector) || self.store.run(selector)?.is_some() {
+            return Ok(Ok(selector.to_string()));
+        }
+        let mut candidates = self.store.find_run_ids(selector, MAX_CANDIDATES + 1)?;
+        Ok(match candidates.len() {
+            0 => Err(KillOutcome::NotFound {
+                selector: selector.to_string(),
+            }),
+            1 => Ok(candidates.remove(0)),
+            _ => {
+                candidates.truncate(MAX_CANDIDATES);
+                Err(KillOutcome::Ambiguous {
+                    selector: selector.to_string(),
+                    candidates,
+                })
+            }
+        })
+    }
+
+    /// Like [`Self::resolve`], with the error as the reply to send.
+    pub(in crate::core) fn resolve_one(
+        &self,
+        selector: &str,
+    ) -> StoreResult<Result<String, Reply>> {
+        Ok(self.resolve(selector)?.map_err(|outcome| match outcome {
+            KillOutcome::Ambiguous { candidates, .. } => error(
+                ErrorCode::Ambiguous,
+                format!(
+                    "{selector:?} matches several runs: {}",
+                    candidates.join(", ")
+                ),
+            ),
+            _ => error(ErrorCode::NotFound, format!("no run matches {selector:?}")),
+        }))
+    }
+}

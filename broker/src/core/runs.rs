@@ -1,0 +1,169 @@
+//! The run table: creating runs, queueing them, and retiring them when they end.
+
+use crate::core::scheduling::NewRun;
+use crate::core::{Core, Outbox};
+use crate::store::{Store, StoreResult};
+use jobcast_protocol::envelope::random_nonce;
+use jobcast_protocol::{RunRecord, RunState, Transition};
+
+impl<S: Store> Core<S> {
+    pub(in crate::core) fn new_run_id(&self) -> StoreResult<String> {
+        loop {
+            let id = format!("{:016x}", random_nonce());
+            if !self.active.contains_key(&id) && self.store.run(&id)?.is_none() {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Creates a run, unless one with its derived id exists already (then `None`).
+    pub(in crate::core) fn create_run(
+        &mut self,
+        new: NewRun,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Option<RunRecord>> {
+        let id = match new.id {
+            Some(id) => {
+                // Only a time this broker has not seen can have been decided by an
+                // earlier run of it; later decisions are this one's own, made once.
+                let maybe_decided_before = new.scheduled_at_ms <= self.booted_at_ms
+                    || new.not_before_ms > 0
+                    || new.parent.is_some();
+                if self.active.contains_key(&id)
+                    || (maybe_decided_before && self.store.run(&id)?.is_some())
+                {
+                    return Ok(None);
+                }
+                id
+            }
+            None => self.new_run_id()?,
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let run = RunRecord {
+            id,
+            seq,
+            job: new.spec.name.clone(),
+            pool: new.spec.pool.clone(),
+            attempt: new.attempt,
+            state: RunState::Queued,
+            worker: None,
+            pid: None,
+            created_at_ms: now,
+            scheduled_at_ms: new.scheduled_at_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            outcome: None,
+            kill_requested: false,
+            log_bytes: 0,
+            log_cap: 0,
+            parent: new.parent,
+            first_attempt: new.first_attempt,
+            pinned_worker: new.pinned_worker,
+            not_before_ms: new.not_before_ms,
+            created_at_us: self.clock_us,
+            spawned_at_us: None,
+            ended_at_us: None,
+            schedule_id: new.schedule_id,
+            history: vec![Transition {
+                state: RunState::Queued,
+                at_ms: now,
+                cause: new.cause,
+            }],
+            spec: new.spec,
+        };
+        self.store.create_run(&run)?;
+        self.changes.runs.insert(run.id.clone());
+        self.activate(run.clone());
+        if self.enqueue_existing(&run) {
+            self.wake(&run.pool, out);
+        }
+        Ok(Some(run))
+    }
+
+    pub(in crate::core) fn activate(&mut self, run: RunRecord) {
+        self.active_by_job
+            .entry(run.job.clone())
+            .or_default()
+            .insert(run.id.clone());
+        self.active.insert(run.id.clone(), run);
+    }
+
+    pub(in crate::core) fn deactivate(&mut self, run_id: &str) {
+        if let Some(run) = self.active.remove(run_id) {
+            if let Some(ids) = self.active_by_job.get_mut(&run.job) {
+                ids.remove(run_id);
+                if ids.is_empty() {
+                    self.active_by_job.remove(&run.job);
+                }
+            }
+        }
+    }
+
+    /// Puts a queued run where it waits: its pool's queue, or the back-off list. Returns
+    /// whether it can be handed out now.
+    pub(in crate::core) fn enqueue_existing(&mut self, run: &RunRecord) -> bool {
+        if run.not_before_ms > self.clock_ms {
+            self.delayed
+                .insert((run.not_before_ms, run.seq), run.id.clone());
+            false
+        } else {
+            self.queues
+                .entry(run.pool.clone())
+                .or_default()
+                .insert(run.seq, run.id.clone());
+            true
+        }
+    }
+
+    /// Writes a run that reached a terminal state, forgets it from memory, and does what
+    /// follows its end (retry, chain, notification).
+    pub(in crate::core) fn retire(
+        &mut self,
+        run: &RunRecord,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        self.store.put_run(run)?;
+        self.changes.runs.insert(run.id.clone());
+        self.deactivate(&run.id);
+        self.logs.remove(&run.id);
+        if let Some(queue) = self.queues.get_mut(&run.pool) {
+            queue.remove(&run.seq);
+        }
+        self.delayed.remove(&(run.not_before_ms, run.seq));
+        if let Some(worker) = &run.worker {
+            if let Some(session) = self.sessions.get_mut(worker) {
+                session.runs.remove(&run.id);
+                // The slot it frees, or the end of an `overlap = queue` run, may make
+                // queued runs grantable to a waiting claim.
+                for pool in &session.register.pools {
+                    self.waiting.mark_dirty(pool);
+                }
+            }
+        }
+        self.waiting.mark_dirty(&run.pool);
+        self.after_end(run, now, out)
+    }
+
+    pub(in crate::core) fn finish_as(
+        &mut self,
+        run_id: &str,
+        state: RunState,
+        now: u64,
+        cause: String,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        let Some(run) = self.active.get_mut(run_id) else {
+            return Ok(());
+        };
+        if let Err(e) = run.transition(state, now, cause.clone()) {
+            tracing::warn!(run_id, error = %e, "cannot end run");
+            return Ok(());
+        }
+        tracing::warn!(run_id, %state, %cause, "run ended by the broker");
+        let run = run.clone();
+        self.retire(&run, now, out)
+    }
+}

@@ -1,0 +1,215 @@
+//! `Claim`: runs granted to a worker, at once or to its waiting claim when they arrive.
+
+use crate::core::waiting_claims::{WaitingClaim, MAX_CLAIM_WAIT_MS};
+use crate::core::{nothing_granted, Core, Outbox, PeerId};
+use crate::store::{Store, StoreResult};
+use jobcast_protocol::message::topic;
+use jobcast_protocol::{Assignment, Event, Overlap, Reply, RunState};
+use std::collections::BTreeSet;
+
+/// A `Claim` as it arrived: the connection and request id to answer, when it waits.
+pub(super) struct ClaimRequest<'a> {
+    pub peer: &'a PeerId,
+    pub id: u64,
+    pub max: u32,
+    pub wait_ms: u64,
+}
+
+impl<S: Store> Core<S> {
+    /// Answers a claim with runs, or holds it until runs arrive or its wait ends (`None`).
+    pub(super) fn claim_request(
+        &mut self,
+        worker: &str,
+        request: ClaimRequest<'_>,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Option<Reply>> {
+        // A newer claim stands for the worker's current free slots.
+        self.cancel_waiting_claim(worker, out);
+        let reply = self.claim(worker, request.max, now)?;
+        let nothing = matches!(&reply, Reply::Granted { runs, .. } if runs.is_empty());
+        let may_wait = self
+            .sessions
+            .get(worker)
+            .is_some_and(|s| !s.draining && !s.drain_ordered);
+        if nothing && request.wait_ms > 0 && request.max > 0 && may_wait {
+            self.waiting.insert(
+                worker,
+                WaitingClaim {
+                    peer: request.peer.clone(),
+                    id: request.id,
+                    max: request.max,
+                    deadline_ms: now + request.wait_ms.min(MAX_CLAIM_WAIT_MS),
+                },
+            );
+            return Ok(None);
+        }
+        Ok(Some(reply))
+    }
+
+    pub(in crate::core) fn claim(
+        &mut self,
+        worker: &str,
+        max: u32,
+        now: u64,
+    ) -> StoreResult<Reply> {
+        let Some(session) = self.sessions.get(worker) else {
+            return Ok(Reply::Granted {
+                runs: vec![],
+                more_queued: false,
+            });
+        };
+        if session.draining || session.drain_ordered {
+            return Ok(Reply::Granted {
+                runs: vec![],
+                more_queued: false,
+            });
+        }
+        // Never more than the worker's free slots, whatever it asks for.
+        let room = (session.register.concurrency as usize)
+            .saturating_sub(session.runs.len())
+            .min(max as usize);
+        let pools = session.register.pools.clone();
+        let cap = session.register.max_log_bytes;
+        let mut granted = Vec::new();
+        // Jobs with `overlap = queue` that already have a run out cannot get another.
+        let mut busy_jobs: BTreeSet<String> = self
+            .active
+            .values()
+            .filter(|r| matches!(r.state, RunState::Assigned | RunState::Running))
+            .filter(|r| r.spec.policy.overlap == Overlap::Queue)
+            .map(|r| r.job.clone())
+            .collect();
+        while granted.len() < room {
+            // The oldest grantable queued run across this worker's pools.
+            let mut best: Option<(u64, String)> = None;
+            for pool in &pools {
+                let Some(queue) = self.queues.get(pool) else {
+                    continue;
+                };
+                for (seq, run_id) in queue {
+                    if best.as_ref().is_some_and(|(b, _)| *b < *seq) {
+                        break;
+                    }
+                    let Some(run) = self.active.get(run_id) else {
+                        continue;
+                    };
+                    if run.pinned_worker.as_deref().is_some_and(|w| w != worker) {
+                        continue;
+                    }
+                    if run.spec.policy.overlap == Overlap::Queue && busy_jobs.contains(&run.job) {
+                        continue;
+                    }
+                    best = Some((*seq, pool.clone()));
+                    break;
+                }
+            }
+            let Some((seq, pool)) = best else { break };
+            let Some(run_id) = self.queues.get_mut(&pool).and_then(|q| q.remove(&seq)) else {
+                break;
+            };
+            let Some(run) = self.active.get_mut(&run_id) else {
+                continue;
+            };
+            if run
+                .transition(RunState::Assigned, now, format!("granted to {worker}"))
+                .is_err()
+            {
+                continue;
+            }
+            run.worker = Some(worker.to_string());
+            run.log_cap = cap;
+            self.store.put_run(run)?;
+            self.changes.runs.insert(run.id.clone());
+            if run.spec.policy.overlap == Overlap::Queue {
+                busy_jobs.insert(run.job.clone());
+            }
+            granted.push(Assignment {
+                run_id: run.id.clone(),
+                attempt: run.attempt,
+                scheduled_at_ms: run.scheduled_at_ms,
+                job: run.spec.clone(),
+            });
+            if let Some(session) = self.sessions.get_mut(worker) {
+                session.runs.insert(run_id);
+            }
+        }
+        let more_queued = pools
+            .iter()
+            .any(|p| self.queues.get(p).is_some_and(|q| !q.is_empty()));
+        Ok(Reply::Granted {
+            runs: granted,
+            more_queued,
+        })
+    }
+
+    /// Tells `pool`'s workers that it has runs to hand out: the waiting claims first (at
+    /// the end of the batch), then a wake-up event for whatever is left.
+    pub(in crate::core) fn wake(&mut self, pool: &str, out: &mut Outbox) {
+        self.waiting.mark_dirty(pool);
+        out.publish(
+            topic::pool(pool),
+            Event::Wake {
+                pool: pool.to_string(),
+            },
+        );
+    }
+
+    /// Answers the claims whose wait is over (with nothing), then grants runs queued in
+    /// this batch to waiting claims, longest waiting first. Runs granted here are written
+    /// in this batch, so they are durable when the answer goes out, as with any claim.
+    pub(in crate::core) fn serve_waiting_claims(
+        &mut self,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        for (worker, claim) in self.waiting.take_expired(now) {
+            out.reply(&claim.peer, &worker, claim.id, nothing_granted());
+        }
+        let dirty = self.waiting.take_dirty();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let mut granted_any = false;
+        for worker in self.waiting.oldest_first() {
+            if dirty
+                .iter()
+                .all(|pool| self.queues.get(pool).is_none_or(|q| q.is_empty()))
+            {
+                break;
+            }
+            let Some(session) = self.sessions.get(&worker) else {
+                self.waiting.remove(&worker);
+                continue;
+            };
+            if !session.register.pools.iter().any(|p| dirty.contains(p)) {
+                continue;
+            }
+            let Some(max) = self.waiting.get(&worker).map(|c| c.max) else {
+                continue;
+            };
+            let reply = self.claim(&worker, max, now)?;
+            if matches!(&reply, Reply::Granted { runs, .. } if !runs.is_empty()) {
+                if let Some(claim) = self.waiting.remove(&worker) {
+                    out.reply(&claim.peer, &worker, claim.id, reply);
+                    granted_any = true;
+                }
+            }
+        }
+        if granted_any {
+            // Wake-ups for pools the waiting claims emptied would only cause idle claims.
+            out.events.retain(|(_, event)| match event {
+                Event::Wake { pool } => self.queues.get(pool).is_some_and(|q| !q.is_empty()),
+                _ => true,
+            });
+        }
+        Ok(())
+    }
+
+    /// Answers `worker`'s waiting claim, if any, with nothing.
+    pub(in crate::core) fn cancel_waiting_claim(&mut self, worker: &str, out: &mut Outbox) {
+        if let Some(claim) = self.waiting.remove(worker) {
+            out.reply(&claim.peer, worker, claim.id, nothing_granted());
+        }
+    }
+}

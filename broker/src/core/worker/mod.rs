@@ -1,0 +1,99 @@
+//! Requests from workers, one module each; this one routes them.
+
+mod claim;
+mod log_chunk;
+mod orders;
+mod pong;
+mod register;
+mod release;
+mod run_finished;
+mod run_started;
+
+use crate::core::{error, ms, Core, Outbox, PeerId};
+use crate::store::{Store, StoreResult};
+use claim::ClaimRequest;
+use jobcast_protocol::{ErrorCode, Reply, Request};
+
+impl<S: Store> Core<S> {
+    /// Handles a request from a worker; `None` when the answer comes later (a claim
+    /// waiting for runs).
+    pub(in crate::core) fn handle_worker(
+        &mut self,
+        peer: &PeerId,
+        worker: &str,
+        id: u64,
+        request: Request,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Option<Reply>> {
+        let now = ms(now_us);
+        if let Request::Register(register) = request {
+            self.cancel_waiting_claim(worker, out);
+            return self.register(peer, worker, register, now, out).map(Some);
+        }
+        let Some(session) = self.sessions.get_mut(worker) else {
+            return Ok(Some(error(
+                ErrorCode::NotRegistered,
+                "no session for this worker: register first",
+            )));
+        };
+        session.last_seen_ms = now;
+        session.peer = peer.clone();
+        if self
+            .waiting
+            .get(worker)
+            .is_some_and(|claim| claim.peer != *peer)
+        {
+            // The worker reconnected: its old connection cannot take the answer.
+            self.waiting.remove(worker);
+        }
+        Ok(Some(match request {
+            Request::Heartbeat(heartbeat) => self.heartbeat(worker, heartbeat, out),
+            Request::FetchOrders => Reply::Orders(self.orders_for(worker, &[])),
+            Request::Claim { max, wait_ms } => {
+                let claim = ClaimRequest {
+                    peer,
+                    id,
+                    max,
+                    wait_ms,
+                };
+                return self.claim_request(worker, claim, now, out);
+            }
+            Request::RunStarted {
+                run_id,
+                pid,
+                spawned_at_us,
+            } => {
+                self.run_started(worker, &run_id, pid, spawned_at_us, now)?;
+                Reply::Ack
+            }
+            Request::LogChunk {
+                run_id,
+                offset,
+                data,
+            } => {
+                self.log_chunk(worker, &run_id, offset, &data)?;
+                Reply::Ack
+            }
+            Request::RunFinished(finished) => {
+                let claim = finished.claim;
+                self.run_finished(worker, finished, now, out)?;
+                if claim > 0 {
+                    self.claim(worker, claim, now)?
+                } else {
+                    Reply::Ack
+                }
+            }
+            Request::Release { run_ids } => {
+                self.release(worker, &run_ids, now, out)?;
+                Reply::Ack
+            }
+            Request::Pong { ping_id, info } => {
+                self.pong(worker, ping_id, info, now_us, out);
+                Reply::Ack
+            }
+            // Admin requests were filtered out by the caller.
+            _ => error(ErrorCode::BadRequest, "not a worker request"),
+        }))
+    }
+}

@@ -1,0 +1,49 @@
+//! `Heartbeat` and `FetchOrders`: the kill and drain orders a worker has to follow.
+
+use crate::core::{Core, Outbox};
+use crate::store::Store;
+use jobcast_protocol::{Heartbeat, Orders, Reply};
+
+impl<S: Store> Core<S> {
+    /// Keeps the session alive (the caller noted the time) and answers with its orders.
+    pub(super) fn heartbeat(
+        &mut self,
+        worker: &str,
+        heartbeat: Heartbeat,
+        out: &mut Outbox,
+    ) -> Reply {
+        let Heartbeat {
+            running, draining, ..
+        } = heartbeat;
+        if let Some(session) = self.sessions.get_mut(worker) {
+            session.draining = draining;
+        }
+        if draining {
+            self.cancel_waiting_claim(worker, out);
+        }
+        Reply::Orders(self.orders_for(worker, &running))
+    }
+
+    /// Kill orders for the worker's runs that were asked to die, plus any run it reports
+    /// that is not (or no longer) its own.
+    pub(in crate::core) fn orders_for(&self, worker: &str, reported_running: &[String]) -> Orders {
+        let Some(session) = self.sessions.get(worker) else {
+            return Orders::default();
+        };
+        let mut kill: Vec<String> = session
+            .runs
+            .iter()
+            .filter(|id| self.active.get(*id).is_some_and(|r| r.kill_requested))
+            .cloned()
+            .collect();
+        for id in reported_running {
+            if !session.runs.contains(id) && !kill.contains(id) {
+                kill.push(id.clone());
+            }
+        }
+        Orders {
+            kill,
+            drain: session.drain_ordered,
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! `Register`: a worker starts a session; the runs it reports are reconciled.
+
+use crate::core::{error, Core, Outbox, PeerId, Session};
+use crate::store::{Store, StoreResult};
+use jobcast_protocol::{names, ErrorCode, Register, Reply, RunState, WorkerStatus};
+use std::collections::BTreeSet;
+
+impl<S: Store> Core<S> {
+    pub(in crate::core) fn register(
+        &mut self,
+        peer: &PeerId,
+        worker: &str,
+        register: Register,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Reply> {
+        if let Err(e) = names::validate("worker id", worker) {
+            return Ok(error(ErrorCode::BadRequest, e.to_string()));
+        }
+        for pool in &register.pools {
+            if let Err(e) = names::validate("pool", pool) {
+                return Ok(error(ErrorCode::BadRequest, e.to_string()));
+            }
+        }
+        if register.concurrency == 0 {
+            return Ok(error(
+                ErrorCode::BadRequest,
+                "concurrency must be at least 1",
+            ));
+        }
+        if let Some(allowed) = self.config.worker_pools.get(worker) {
+            if let Some(pool) = register.pools.iter().find(|p| !allowed.contains(*p)) {
+                tracing::warn!(
+                    worker,
+                    pool,
+                    "register refused: pool not allowed for this key"
+                );
+                return Ok(error(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the key of worker {worker:?} may not serve pool {pool:?} (allowed: {})",
+                        allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+        // The broker decides how much log it stores, not the worker.
+        let mut register = register;
+        register.max_log_bytes = register.max_log_bytes.min(self.config.max_log_bytes);
+        let reported: BTreeSet<&String> = register.running.iter().collect();
+        // Runs we believe are on this worker but that it does not report are lost: they
+        // may have been half executed and must not run again silently.
+        let ours: Vec<String> = self
+            .active
+            .values()
+            .filter(|r| r.worker.as_deref() == Some(worker))
+            .map(|r| r.id.clone())
+            .collect();
+        let mut kept = BTreeSet::new();
+        for run_id in ours {
+            if reported.contains(&run_id) {
+                kept.insert(run_id);
+            } else {
+                self.finish_as(
+                    &run_id,
+                    RunState::Lost,
+                    now,
+                    format!("worker {worker} registered without it (restarted or reconnected)"),
+                    out,
+                )?;
+            }
+        }
+        let session = Session {
+            peer: peer.clone(),
+            last_seen_ms: now,
+            runs: kept,
+            draining: false,
+            drain_ordered: false,
+            register,
+        };
+        let status = WorkerStatus {
+            id: worker.to_string(),
+            online: true,
+            hostname: session.register.hostname.clone(),
+            pid: session.register.pid,
+            version: session.register.version.clone(),
+            concurrency: session.register.concurrency,
+            pools: session.register.pools.clone(),
+            running: session.runs.iter().cloned().collect(),
+            last_seen_ms: now,
+            draining: false,
+        };
+        self.store.put_worker(&status)?;
+        self.changes.workers = true;
+        self.workers.insert(worker.to_string(), status);
+        let running = session.register.running.clone();
+        self.sessions.insert(worker.to_string(), session);
+        tracing::info!(worker, "worker registered");
+        // Work may be waiting for this worker's pools.
+        for pool in self.sessions[worker].register.pools.clone() {
+            if self.queues.get(&pool).is_some_and(|q| !q.is_empty()) {
+                self.wake(&pool, out);
+            }
+        }
+        Ok(Reply::Registered {
+            boot_id: self.boot_id,
+            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            orders: self.orders_for(worker, &running),
+        })
+    }
+}
