@@ -139,7 +139,10 @@ pub async fn footprint(stored_runs: usize) -> Result<()> {
     // Serving: it answers a request that reads the store.
     broker
         .admin
-        .request(jobcast_protocol::Request::ListJobs, Duration::from_secs(60))
+        .request(
+            jobcast_protocol::AdminRequest::ListJobs,
+            Duration::from_secs(60),
+        )
         .await?;
     let restart_time = restart.elapsed();
     let status = broker.status().await?;

@@ -5,7 +5,8 @@ use anyhow::{bail, Context, Result};
 use jobcast_client::{Client, ClientConfig};
 use jobcast_protocol::message::{decode_event, topic};
 use jobcast_protocol::{
-    Event, Heartbeat, JobSpec, Outcome, Register, Reply, Request, RunFinished, Secret,
+    AdminRequest, Event, Heartbeat, JobSpec, Outcome, Register, Reply, RunFinished, Secret,
+    WorkerRequest,
 };
 use jobcast_transport::{AsyncSocket, Limits, Received};
 use std::path::PathBuf;
@@ -132,7 +133,7 @@ impl Broker {
             let reply = self
                 .admin
                 .request(
-                    Request::ApplyJobs {
+                    AdminRequest::ApplyJobs {
                         jobs: chunk.to_vec(),
                     },
                     TIMEOUT,
@@ -192,7 +193,7 @@ impl Broker {
     }
 
     pub async fn status(&self) -> Result<jobcast_protocol::StatusReport> {
-        match self.admin.request(Request::Status, TIMEOUT).await? {
+        match self.admin.request(AdminRequest::Status, TIMEOUT).await? {
             Reply::Status(status) => Ok(*status),
             other => bail!("status: {other:?}"),
         }
@@ -224,7 +225,7 @@ impl Broker {
         for chunk in 0..n.div_ceil(1_000) {
             let count = (n - chunk * 1_000).min(1_000);
             let pending: Vec<_> = (0..count)
-                .map(|_| self.admin.submit(Request::Enqueue { job: job.into() }))
+                .map(|_| self.admin.submit(AdminRequest::Enqueue { job: job.into() }))
                 .collect();
             for reply in pending {
                 match reply.wait(TIMEOUT).await? {
@@ -240,7 +241,7 @@ impl Broker {
         match self
             .admin
             .request(
-                Request::ListRuns(jobcast_protocol::RunFilter {
+                AdminRequest::ListRuns(jobcast_protocol::RunFilter {
                     limit,
                     ..Default::default()
                 }),
@@ -268,7 +269,7 @@ impl Broker {
             };
             match self
                 .admin
-                .request(Request::ListRuns(filter), TIMEOUT)
+                .request(AdminRequest::ListRuns(filter), TIMEOUT)
                 .await?
             {
                 Reply::Runs { runs } => count += runs.len(),
@@ -381,7 +382,7 @@ impl SyntheticWorker {
         .await?;
         let reply = client
             .request(
-                Request::Register(Register {
+                WorkerRequest::Register(Register {
                     hostname: "bench".into(),
                     pid: std::process::id(),
                     version: jobcast_protocol::JOBCAST_VERSION.into(),
@@ -462,7 +463,7 @@ async fn serve(
                 match frames.get(1).and_then(|b| decode_event(b)) {
                     Some(Event::Wake { .. }) => {}
                     Some(Event::Ping { ping_id }) => {
-                        drop(client.submit(Request::Pong { ping_id, info: jobcast_protocol::WorkerInfo {
+                        drop(client.submit(WorkerRequest::Pong { ping_id, info: jobcast_protocol::WorkerInfo {
                             version: jobcast_protocol::JOBCAST_VERSION.into(),
                             hostname: "bench".into(),
                             pid: std::process::id(),
@@ -479,7 +480,7 @@ async fn serve(
                 }
                 // Claim until the queue is empty.
                 loop {
-                    let Ok(Reply::Granted { runs, .. }) = client.request(Request::Claim { max: 100_000, wait_ms: 0 }, TIMEOUT).await else {
+                    let Ok(Reply::Granted { runs, .. }) = client.request(WorkerRequest::Claim { max: 100_000, wait_ms: 0 }, TIMEOUT).await else {
                         break;
                     };
                     let at = now_us();
@@ -491,8 +492,8 @@ async fn serve(
                         return;
                     }
                     for run in runs {
-                        drop(client.submit(Request::RunStarted { run_id: run.run_id.clone(), pid: 1, spawned_at_us: 0, }));
-                        drop(client.submit(Request::RunFinished(RunFinished {
+                        drop(client.submit(WorkerRequest::RunStarted { run_id: run.run_id.clone(), pid: 1, spawned_at_us: 0, }));
+                        drop(client.submit(WorkerRequest::RunFinished(RunFinished {
                             run_id: run.run_id,
                             outcome: Outcome::Exited { code: 0 },
                             duration_ms: 0,
@@ -503,7 +504,7 @@ async fn serve(
                 }
             }
             _ = heartbeat.tick() => {
-                let _ = client.submit(Request::Heartbeat(Heartbeat { running: vec![], free_slots: 1_000_000, draining: false }));
+                let _ = client.submit(WorkerRequest::Heartbeat(Heartbeat { running: vec![], free_slots: 1_000_000, draining: false }));
             }
         }
     }

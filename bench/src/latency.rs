@@ -3,7 +3,7 @@
 use crate::harness::{bench_job, now_us, Broker, SyntheticWorker, SYNTHETIC_WORKERS};
 use crate::stats::{ms, Summary};
 use anyhow::{bail, Context, Result};
-use jobcast_protocol::{Exec, JobSpec, Reply, Request, RunState};
+use jobcast_protocol::{AdminRequest, Exec, JobSpec, Reply, RunState};
 use std::time::{Duration, Instant};
 
 fn script_job(name: &str, script: &str) -> JobSpec {
@@ -119,7 +119,7 @@ pub async fn kill(runs: usize) -> Result<()> {
         match broker
             .admin
             .request(
-                Request::Kill {
+                AdminRequest::Kill {
                     selectors: vec![run_id.clone()],
                 },
                 Duration::from_secs(10),
@@ -168,7 +168,7 @@ pub async fn fanout(workers: usize) -> Result<()> {
         let reply = broker
             .admin
             .request(
-                Request::Ping {
+                AdminRequest::Ping {
                     worker: None,
                     timeout_ms: 5_000,
                 },

@@ -290,7 +290,7 @@ impl<S: Store> Core<S> {
         peer: &PeerId,
         from: &str,
         id: u64,
-        request: Request,
+        request: impl Into<Request>,
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
@@ -307,34 +307,31 @@ impl<S: Store> Core<S> {
         from: &str,
         actor: &str,
         id: u64,
-        request: Request,
+        request: impl Into<Request>,
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
         self.clock_ms = ms(now_us);
         self.clock_us = now_us;
-        let is_admin = from == ADMIN;
-        let reply = if request.is_admin() != is_admin {
-            error(
+        let answer = match (request.into(), from == ADMIN) {
+            (Request::Admin(request), true) => {
+                self.handle_admin(peer, actor, id, request, now_us, out)?
+            }
+            (Request::Worker(request), false) => {
+                self.handle_worker(peer, from, id, request, now_us, out)?
+            }
+            (Request::Worker(_), true) => Some(error(
                 ErrorCode::Forbidden,
-                if is_admin {
-                    "the admin key cannot send worker requests"
-                } else {
-                    "this request needs the admin key"
-                },
-            )
-        } else if is_admin {
-            match self.handle_admin(peer, actor, id, request, now_us, out)? {
-                Some(reply) => reply,
-                // answered later (ping)
-                None => return Ok(()),
-            }
-        } else {
-            match self.handle_worker(peer, from, id, request, now_us, out)? {
-                Some(reply) => reply,
-                // held until runs arrive (a waiting claim)
-                None => return Ok(()),
-            }
+                "the admin key cannot send worker requests",
+            )),
+            (Request::Admin(_), false) => Some(error(
+                ErrorCode::Forbidden,
+                "this request needs the admin key",
+            )),
+        };
+        // `None`: answered later (a ping's answers, a waiting claim's runs).
+        let Some(reply) = answer else {
+            return Ok(());
         };
         out.reply(peer, from, id, reply);
         Ok(())

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use jobcast_protocol::{
-    EnableTarget, ErrorCode, KillOutcome, Reply, Request, RunFilter, RunRecord, RunState,
+    AdminRequest, EnableTarget, ErrorCode, KillOutcome, Reply, RunFilter, RunRecord, RunState,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -26,7 +26,7 @@ const CORE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request for the core from inside the broker, with where to send its reply.
 pub struct InternalRequest {
-    pub request: Request,
+    pub request: AdminRequest,
     /// Who asked, as the run history records it (`token alice`).
     pub actor: String,
     pub reply: oneshot::Sender<Reply>,
@@ -44,7 +44,7 @@ impl CoreHandle {
     }
 
     /// Sends a request on behalf of `caller`, whose token name the core records.
-    async fn call(&self, caller: &Caller, request: Request) -> Result<Reply, ApiError> {
+    async fn call(&self, caller: &Caller, request: AdminRequest) -> Result<Reply, ApiError> {
         let (reply, answer) = oneshot::channel();
         let actor = format!("token {}", caller.name);
         self.sender
@@ -440,17 +440,17 @@ async fn live_feed(
 }
 
 async fn snapshot(app: &AppState, caller: &Caller) -> Result<String, ApiError> {
-    let Reply::Status(status) = app.core.call(caller, Request::Status).await? else {
+    let Reply::Status(status) = app.core.call(caller, AdminRequest::Status).await? else {
         return Err(ApiError::unavailable());
     };
-    let Reply::Jobs { jobs } = app.core.call(caller, Request::ListJobs).await? else {
+    let Reply::Jobs { jobs } = app.core.call(caller, AdminRequest::ListJobs).await? else {
         return Err(ApiError::unavailable());
     };
     let Reply::Runs { runs } = app
         .core
         .call(
             caller,
-            Request::ListRuns(RunFilter {
+            AdminRequest::ListRuns(RunFilter {
                 limit: 200,
                 ..Default::default()
             }),
@@ -530,7 +530,7 @@ async fn healthz() -> Json<Value> {
 
 async fn status(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
-    match app.core.call(&caller, Request::Status).await? {
+    match app.core.call(&caller, AdminRequest::Status).await? {
         Reply::Status(report) => Ok(Json(json!(report))),
         _ => Err(ApiError::unavailable()),
     }
@@ -538,7 +538,7 @@ async fn status(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<
 
 async fn workers(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
-    match app.core.call(&caller, Request::Status).await? {
+    match app.core.call(&caller, AdminRequest::Status).await? {
         Reply::Status(report) => Ok(Json(json!(report.workers))),
         _ => Err(ApiError::unavailable()),
     }
@@ -546,7 +546,7 @@ async fn workers(State(app): State<AppState>, headers: HeaderMap) -> Result<Json
 
 async fn jobs(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
-    match app.core.call(&caller, Request::ListJobs).await? {
+    match app.core.call(&caller, AdminRequest::ListJobs).await? {
         Reply::Jobs { jobs } => Ok(Json(caller.view(json!(jobs)))),
         _ => Err(ApiError::unavailable()),
     }
@@ -602,7 +602,7 @@ async fn runs_matching(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     match app
         .core
-        .call(caller, Request::ListRuns(query.filter()?))
+        .call(caller, AdminRequest::ListRuns(query.filter()?))
         .await?
     {
         Reply::Runs { runs } => Ok(runs),
@@ -696,7 +696,7 @@ async fn run_detail(
         .core
         .call(
             &caller,
-            Request::GetLog {
+            AdminRequest::GetLog {
                 run: id,
                 offset: None,
             },
@@ -726,7 +726,7 @@ async fn kill(
         .core
         .call(
             &caller,
-            Request::Kill {
+            AdminRequest::Kill {
                 selectors: vec![id],
             },
         )
@@ -756,7 +756,11 @@ async fn kill(
     }
 }
 
-async fn enqueued(app: &AppState, caller: &Caller, request: Request) -> Result<Response, ApiError> {
+async fn enqueued(
+    app: &AppState,
+    caller: &Caller,
+    request: AdminRequest,
+) -> Result<Response, ApiError> {
     match app.core.call(caller, request).await? {
         Reply::Enqueued { run } => Ok((StatusCode::CREATED, Json(json!(run))).into_response()),
         _ => Err(ApiError::unavailable()),
@@ -769,7 +773,7 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
-    enqueued(&app, &caller, Request::Retry { run: id }).await
+    enqueued(&app, &caller, AdminRequest::Retry { run: id }).await
 }
 
 async fn enqueue(
@@ -778,7 +782,7 @@ async fn enqueue(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
-    enqueued(&app, &caller, Request::Enqueue { job: name }).await
+    enqueued(&app, &caller, AdminRequest::Enqueue { job: name }).await
 }
 
 async fn set_enabled(
@@ -790,7 +794,7 @@ async fn set_enabled(
     app.core
         .call(
             caller,
-            Request::SetEnabled {
+            AdminRequest::SetEnabled {
                 target: EnableTarget::Job(name.clone()),
                 enabled,
             },
@@ -824,7 +828,7 @@ async fn drain(
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
     app.core
-        .call(&caller, Request::Drain { worker: id.clone() })
+        .call(&caller, AdminRequest::Drain { worker: id.clone() })
         .await?;
     Ok(Json(json!({ "draining": id })))
 }

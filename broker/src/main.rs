@@ -4,7 +4,7 @@ use jobcast_broker::config::{self, Overrides};
 use jobcast_broker::core::{Core, CoreConfig};
 use jobcast_broker::server::{self, now_us};
 use jobcast_broker::store::SledStore;
-use jobcast_protocol::{jobfile, Reply, Request};
+use jobcast_protocol::{jobfile, AdminRequest, Reply};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -113,7 +113,7 @@ fn run() -> Result<()> {
             &Vec::new(),
             jobcast_broker::core::ADMIN,
             0,
-            Request::ApplyJobs { jobs },
+            AdminRequest::ApplyJobs { jobs },
             now_us(),
             &mut out,
         )?;

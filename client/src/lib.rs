@@ -125,15 +125,22 @@ impl Client {
     }
 
     /// Sends `request` and waits up to `timeout` for the reply.
-    pub async fn request(&self, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
+    pub async fn request(
+        &self,
+        request: impl Into<Request>,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
         self.submit(request).wait(timeout).await
     }
 
     /// Queues `request` at once and returns a handle to await its reply. Requests
     /// submitted one after another from one task reach the broker in that order.
-    pub fn submit(&self, request: Request) -> PendingReply {
+    pub fn submit(&self, request: impl Into<Request>) -> PendingReply {
         let (reply_to, reply) = oneshot::channel();
-        let queued = self.commands.send(Command::Send { request, reply_to });
+        let queued = self.commands.send(Command::Send {
+            request: request.into(),
+            reply_to,
+        });
         PendingReply {
             reply: queued.ok().map(|_| reply),
         }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use jobcast_client::{Client, ClientConfig};
 use jobcast_protocol::{
-    jobfile, EnableTarget, KillOutcome, Reply, Request, RunFilter, RunRecord, RunState, Secret,
+    jobfile, AdminRequest, EnableTarget, KillOutcome, Reply, RunFilter, RunRecord, RunState, Secret,
 };
 use serde::Serialize;
 use std::io::Write;
@@ -190,7 +190,7 @@ struct Ctl {
 }
 
 impl Ctl {
-    async fn call(&self, request: Request) -> Result<Reply> {
+    async fn call(&self, request: AdminRequest) -> Result<Reply> {
         let reply = self.client.request(request, self.timeout).await?;
         if let Reply::Error { code, message } = reply {
             bail!("{message} ({code:?})");
@@ -232,7 +232,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         Command::Ping { worker, wait } => ping(&ctl, worker, wait).await,
         Command::Kill { runs } => kill(&ctl, runs).await,
         Command::Enqueue { job } => {
-            let Reply::Enqueued { run } = ctl.call(Request::Enqueue { job }).await? else {
+            let Reply::Enqueued { run } = ctl.call(AdminRequest::Enqueue { job }).await? else {
                 bail!("unexpected reply");
             };
             if ctl.json {
@@ -243,7 +243,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Retry { run } => {
-            let Reply::Enqueued { run } = ctl.call(Request::Retry { run }).await? else {
+            let Reply::Enqueued { run } = ctl.call(AdminRequest::Retry { run }).await? else {
                 bail!("unexpected reply");
             };
             if ctl.json {
@@ -263,7 +263,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             limit,
         } => {
             let Reply::Runs { runs } = ctl
-                .call(Request::ListRuns(RunFilter {
+                .call(AdminRequest::ListRuns(RunFilter {
                     state,
                     job,
                     worker,
@@ -282,7 +282,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs => {
-            let Reply::Jobs { jobs } = ctl.call(Request::ListJobs).await? else {
+            let Reply::Jobs { jobs } = ctl.call(AdminRequest::ListJobs).await? else {
                 bail!("unexpected reply");
             };
             if ctl.json {
@@ -321,7 +321,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         Command::Logs { run, follow } => logs(&ctl, run, follow).await,
         Command::Apply { .. } => {
             let jobs = apply_jobs.unwrap_or_default();
-            let reply = ctl.call(Request::ApplyJobs { jobs }).await?;
+            let reply = ctl.call(AdminRequest::ApplyJobs { jobs }).await?;
             let Reply::Applied {
                 created,
                 updated,
@@ -350,7 +350,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         Command::Enable { target } => set_enabled(&ctl, target.into_target(), true).await,
         Command::Disable { target } => set_enabled(&ctl, target.into_target(), false).await,
         Command::Drain { worker } => {
-            ctl.call(Request::Drain {
+            ctl.call(AdminRequest::Drain {
                 worker: worker.clone(),
             })
             .await?;
@@ -365,7 +365,7 @@ async fn run(args: Args) -> Result<ExitCode> {
 }
 
 async fn set_enabled(ctl: &Ctl, target: EnableTarget, enabled: bool) -> Result<ExitCode> {
-    ctl.call(Request::SetEnabled {
+    ctl.call(AdminRequest::SetEnabled {
         target: target.clone(),
         enabled,
     })
@@ -387,7 +387,7 @@ async fn ping(ctl: &Ctl, worker: Option<String>, wait: Duration) -> Result<ExitC
     let reply = ctl
         .client
         .request(
-            Request::Ping {
+            AdminRequest::Ping {
                 worker,
                 timeout_ms: wait.as_millis() as u64,
             },
@@ -440,7 +440,8 @@ async fn ping(ctl: &Ctl, worker: Option<String>, wait: Duration) -> Result<ExitC
 }
 
 async fn kill(ctl: &Ctl, runs: Vec<String>) -> Result<ExitCode> {
-    let Reply::KillResult { outcomes } = ctl.call(Request::Kill { selectors: runs }).await? else {
+    let Reply::KillResult { outcomes } = ctl.call(AdminRequest::Kill { selectors: runs }).await?
+    else {
         bail!("unexpected reply");
     };
     let failed = outcomes.iter().any(KillOutcome::is_error);
@@ -483,7 +484,7 @@ async fn logs(ctl: &Ctl, run: String, follow: bool) -> Result<ExitCode> {
         run: record,
         data,
         next_offset,
-    } = ctl.call(Request::GetLog { run, offset: None }).await?
+    } = ctl.call(AdminRequest::GetLog { run, offset: None }).await?
     else {
         bail!("unexpected reply");
     };
@@ -502,7 +503,7 @@ async fn logs(ctl: &Ctl, run: String, follow: bool) -> Result<ExitCode> {
             data,
             next_offset,
         } = ctl
-            .call(Request::GetLog {
+            .call(AdminRequest::GetLog {
                 run: id.clone(),
                 offset: Some(offset),
             })
@@ -525,7 +526,7 @@ async fn logs(ctl: &Ctl, run: String, follow: bool) -> Result<ExitCode> {
 }
 
 async fn status(ctl: &Ctl) -> Result<ExitCode> {
-    let reply = ctl.call(Request::Status).await?;
+    let reply = ctl.call(AdminRequest::Status).await?;
     let Reply::Status(report) = &reply else {
         bail!("unexpected reply");
     };

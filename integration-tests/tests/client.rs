@@ -2,7 +2,7 @@
 
 use jobcast_client::{Client, ClientConfig};
 use jobcast_integration_tests::*;
-use jobcast_protocol::{Reply, Request, Secret};
+use jobcast_protocol::{AdminRequest, Reply, Secret};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,11 +20,11 @@ async fn requests_made_while_the_broker_is_down_are_all_delivered_in_order() {
     // More than libzmq queues at once (its high-water mark is 1,000), none waited for,
     // all made while nothing listens: they wait in the client's own queue.
     for _ in 0..3_000 {
-        drop(client.submit(Request::Enqueue {
+        drop(client.submit(AdminRequest::Enqueue {
             job: "parked".into(),
         }));
     }
-    let status = client.submit(Request::Status);
+    let status = client.submit(AdminRequest::Status);
     tokio::task::block_in_place(|| cluster.start_broker());
     // Requests on one connection are handled in order: when this one is answered, every
     // enqueue before it has been, and none was refused for being older than the broker.

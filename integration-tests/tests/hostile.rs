@@ -4,7 +4,7 @@
 
 use jobcast_integration_tests::*;
 use jobcast_protocol::envelope::{seal_with_replay_nonce, Refusal, BROKER};
-use jobcast_protocol::{Body, Request, Secret};
+use jobcast_protocol::{AdminRequest, Body, Secret};
 use jobcast_transport::{zmq, AsyncSocket, Limits, Received};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +18,7 @@ fn now_ms() -> u64 {
 fn status_request() -> Body {
     Body::Request {
         id: 1,
-        request: Request::Status,
+        request: AdminRequest::Status.into(),
     }
 }
 
@@ -172,9 +172,10 @@ async fn a_request_captured_before_a_restart_is_refused_after_it() {
     // An enqueue, sealed and sent once: it creates one run.
     let enqueue = Body::Request {
         id: 1,
-        request: Request::Enqueue {
+        request: AdminRequest::Enqueue {
             job: "quick".into(),
-        },
+        }
+        .into(),
     };
     let captured = seal_with_replay_nonce("admin", BROKER, &admin, &enqueue, now_ms(), 42);
     let mut socket = connect(&cluster.router);

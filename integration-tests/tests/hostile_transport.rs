@@ -8,7 +8,7 @@
 use jobcast_client::Client;
 use jobcast_integration_tests::*;
 use jobcast_protocol::envelope::connection_password;
-use jobcast_protocol::{Reply, Request, Secret};
+use jobcast_protocol::{AdminRequest, Reply, Secret};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -140,7 +140,7 @@ async fn probe(client: Client, stop: Arc<AtomicBool>) -> Vec<Duration> {
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let reply = client
-            .request(Request::Status, Duration::from_secs(5))
+            .request(AdminRequest::Status, Duration::from_secs(5))
             .await
             .expect("the broker answers an ordinary client during the attack");
         assert!(matches!(reply, Reply::Status(_)), "{reply:?}");
@@ -253,7 +253,7 @@ async fn raw_tcp_attacks_on_both_ports_cost_little_memory_and_no_latency() {
     // Warm up the request path so the baseline includes its allocations.
     for _ in 0..50 {
         client
-            .request(Request::Status, Duration::from_secs(5))
+            .request(AdminRequest::Status, Duration::from_secs(5))
             .await
             .unwrap();
     }

@@ -6,7 +6,7 @@
 
 use jobcast_client::{credentials, Client};
 use jobcast_integration_tests::*;
-use jobcast_protocol::{Reply, Request, Secret};
+use jobcast_protocol::{AdminRequest, Reply, Secret};
 use jobcast_transport::{Limits, Received};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ async fn a_stopped_worker_leaves_broker_memory_bounded_and_others_running() {
     let enqueue = |client: Client| async move {
         match client
             .request(
-                Request::Enqueue { job: "tick".into() },
+                AdminRequest::Enqueue { job: "tick".into() },
                 Duration::from_secs(5),
             )
             .await

@@ -11,10 +11,12 @@ pub mod logcap;
 pub mod message;
 pub mod names;
 pub mod replay;
+pub mod request;
 pub mod state;
 
 pub use envelope::{Opened, Rejection, Sealer, Secret};
 pub use message::*;
+pub use request::{AdminRequest, EnableTarget, Request, WorkerRequest};
 pub use state::{IllegalTransition, RunState, Transition};
 
 /// The version every envelope carries; peers with another version are refused.

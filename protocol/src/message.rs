@@ -5,6 +5,7 @@
 //! (`rmp_serde::to_vec_named`), enums externally tagged with snake_case names, so a
 //! non-Rust peer sees `{"claim": {"max": 4}}`.
 
+use crate::request::Request;
 use crate::state::{IllegalTransition, RunState, Transition};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -17,111 +18,6 @@ pub type RunId = String;
 pub enum Body {
     Request { id: u64, request: Request },
     Reply { id: u64, reply: Reply },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Request {
-    // ---- from workers ----
-    Register(Register),
-    Heartbeat(Heartbeat),
-    /// Up to `max` runs from the worker's pools. With `wait_ms` > 0 and nothing to
-    /// grant, the broker holds the request and answers it as soon as runs arrive (in the
-    /// same group commit that queued them) or, with no runs, when the wait is over.
-    Claim {
-        max: u32,
-        #[serde(default, skip_serializing_if = "is_zero")]
-        wait_ms: u64,
-    },
-    RunStarted {
-        run_id: RunId,
-        pid: u32,
-        /// When the process was spawned, µs since the epoch (worker clock).
-        #[serde(default)]
-        spawned_at_us: u64,
-    },
-    LogChunk {
-        run_id: RunId,
-        /// Byte offset of `data` in the run's whole output stream.
-        offset: u64,
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
-    },
-    RunFinished(RunFinished),
-    Release {
-        run_ids: Vec<RunId>,
-    },
-    Pong {
-        ping_id: u64,
-        info: WorkerInfo,
-    },
-    FetchOrders,
-    // ---- from jobcastctl (admin key) ----
-    Ping {
-        worker: Option<String>,
-        timeout_ms: u64,
-    },
-    Kill {
-        selectors: Vec<String>,
-    },
-    Enqueue {
-        job: String,
-    },
-    ListRuns(RunFilter),
-    ListJobs,
-    GetLog {
-        run: String,
-        /// `None`: the whole capped log. `Some(n)`: stored output from stream offset `n`.
-        offset: Option<u64>,
-    },
-    ApplyJobs {
-        jobs: Vec<JobSpec>,
-    },
-    Status,
-    Drain {
-        worker: String,
-    },
-    /// Runs a run's job again as a new attempt of it (linked to the first attempt).
-    Retry {
-        run: String,
-    },
-    /// Enables or disables a job, or every job of a pool. Disabled jobs' ticks are
-    /// skipped; they can still be enqueued by hand.
-    SetEnabled {
-        target: EnableTarget,
-        enabled: bool,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EnableTarget {
-    Job(String),
-    Pool(String),
-}
-
-fn is_zero(value: &u64) -> bool {
-    *value == 0
-}
-
-impl Request {
-    /// Requests that only the admin key may send.
-    pub fn is_admin(&self) -> bool {
-        matches!(
-            self,
-            Request::Ping { .. }
-                | Request::Kill { .. }
-                | Request::Enqueue { .. }
-                | Request::ListRuns(_)
-                | Request::ListJobs
-                | Request::GetLog { .. }
-                | Request::ApplyJobs { .. }
-                | Request::Status
-                | Request::Drain { .. }
-                | Request::SetEnabled { .. }
-                | Request::Retry { .. }
-        )
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,6 +2,8 @@
 //! is refused.
 
 use jobcast_protocol::envelope::{peek_sender, seal_with_replay_nonce, Opener, BROKER};
+use jobcast_protocol::AdminRequest;
+use jobcast_protocol::WorkerRequest;
 use jobcast_protocol::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -95,9 +97,18 @@ fn info() -> WorkerInfo {
     }
 }
 
+/// A `Vec<Request>` of worker and admin requests alike.
+macro_rules! requests {
+    ($($request:expr),* $(,)?) => {
+        vec![$(Request::from($request)),*]
+    };
+}
+
+/// One of every request (the round trip below then proves each one's tag is read as the
+/// right kind).
 fn every_request() -> Vec<Request> {
-    vec![
-        Request::Register(Register {
+    requests![
+        WorkerRequest::Register(Register {
             hostname: "h".into(),
             pid: 9,
             version: "0.1.0".into(),
@@ -106,23 +117,23 @@ fn every_request() -> Vec<Request> {
             running: vec!["r1".into()],
             max_log_bytes: 800 << 10,
         }),
-        Request::Heartbeat(Heartbeat {
+        WorkerRequest::Heartbeat(Heartbeat {
             running: vec![],
             free_slots: 4,
             draining: true,
         }),
-        Request::Claim { max: 3, wait_ms: 0 },
-        Request::RunStarted {
+        WorkerRequest::Claim { max: 3, wait_ms: 0 },
+        WorkerRequest::RunStarted {
             run_id: "r1".into(),
             pid: 77,
             spawned_at_us: 0,
         },
-        Request::LogChunk {
+        WorkerRequest::LogChunk {
             run_id: "r1".into(),
             offset: 5,
             data: vec![0, 159, 146, 150, b'\n'],
         },
-        Request::RunFinished(RunFinished {
+        WorkerRequest::RunFinished(RunFinished {
             run_id: "r1".into(),
             outcome: Outcome::FailedToStart {
                 reason: "no such file".into(),
@@ -131,25 +142,25 @@ fn every_request() -> Vec<Request> {
             log_bytes: 0,
             claim: 0,
         }),
-        Request::Release {
+        WorkerRequest::Release {
             run_ids: vec!["r2".into()],
         },
-        Request::Pong {
+        WorkerRequest::Pong {
             ping_id: 5,
             info: info(),
         },
-        Request::FetchOrders,
-        Request::Ping {
+        WorkerRequest::FetchOrders,
+        AdminRequest::Ping {
             worker: Some("w1".into()),
             timeout_ms: 1000,
         },
-        Request::Kill {
+        AdminRequest::Kill {
             selectors: vec!["3f9a".into()],
         },
-        Request::Enqueue {
+        AdminRequest::Enqueue {
             job: "backup".into(),
         },
-        Request::ListRuns(RunFilter {
+        AdminRequest::ListRuns(RunFilter {
             state: Some(RunState::Lost),
             job: Some("backup".into()),
             limit: 50,
@@ -158,18 +169,18 @@ fn every_request() -> Vec<Request> {
             until_ms: Some(2),
             before_seq: Some(3),
         }),
-        Request::Retry { run: "3f9a".into() },
-        Request::ListJobs,
-        Request::GetLog {
+        AdminRequest::Retry { run: "3f9a".into() },
+        AdminRequest::ListJobs,
+        AdminRequest::GetLog {
             run: "3f9a".into(),
             offset: Some(10),
         },
-        Request::ApplyJobs { jobs: vec![spec()] },
-        Request::Status,
-        Request::Drain {
+        AdminRequest::ApplyJobs { jobs: vec![spec()] },
+        AdminRequest::Status,
+        AdminRequest::Drain {
             worker: "w1".into(),
         },
-        Request::SetEnabled {
+        AdminRequest::SetEnabled {
             target: EnableTarget::Pool("gpu".into()),
             enabled: false,
         },
@@ -398,7 +409,7 @@ fn the_same_body_sealed_twice_differs() {
 fn claim() -> Body {
     Body::Request {
         id: 1,
-        request: Request::Claim { max: 1, wait_ms: 0 },
+        request: WorkerRequest::Claim { max: 1, wait_ms: 0 }.into(),
     }
 }
 

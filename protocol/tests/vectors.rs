@@ -3,6 +3,7 @@
 //! from the document alone, so the document and the code cannot drift apart.
 
 use jobcast_protocol::envelope::{connection_password, seal_with_nonce, Opener, BROKER};
+use jobcast_protocol::WorkerRequest;
 use jobcast_protocol::*;
 
 const SECRET: &str = "jobcast-test-vector-secret";
@@ -25,7 +26,7 @@ fn keys(name: &str) -> Option<&'static Secret> {
 fn request() -> Body {
     Body::Request {
         id: 7,
-        request: Request::Claim { max: 2, wait_ms: 0 },
+        request: WorkerRequest::Claim { max: 2, wait_ms: 0 }.into(),
     }
 }
 

@@ -7,7 +7,7 @@
 //! report is never lost and never applied twice.
 
 use jobcast_client::{Client, ClientError};
-use jobcast_protocol::{ErrorCode, Reply, Request};
+use jobcast_protocol::{ErrorCode, Reply, WorkerRequest};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,7 @@ pub struct Reporter {
 
 #[derive(Default)]
 struct Inner {
-    queue: Mutex<VecDeque<Request>>,
+    queue: Mutex<VecDeque<WorkerRequest>>,
     wake: Notify,
     log_backlog: AtomicUsize,
 }
@@ -44,15 +44,15 @@ pub enum ReportEvent {
     Heard,
 }
 
-fn log_len(request: &Request) -> usize {
+fn log_len(request: &WorkerRequest) -> usize {
     match request {
-        Request::LogChunk { data, .. } => data.len(),
+        WorkerRequest::LogChunk { data, .. } => data.len(),
         _ => 0,
     }
 }
 
 impl Reporter {
-    pub fn push(&self, request: Request) {
+    pub fn push(&self, request: WorkerRequest) {
         self.inner
             .log_backlog
             .fetch_add(log_len(&request), Ordering::Relaxed);
@@ -75,7 +75,7 @@ impl Reporter {
             .unwrap_or(true)
     }
 
-    fn front(&self, n: usize) -> Vec<Request> {
+    fn front(&self, n: usize) -> Vec<WorkerRequest> {
         self.inner
             .queue
             .lock()
@@ -138,7 +138,7 @@ impl Reporter {
                     }
                     Ok(reply) => {
                         acked[i] = true;
-                        if let Request::RunFinished(finished) = &batch[i] {
+                        if let WorkerRequest::RunFinished(finished) = &batch[i] {
                             let _ = events.send(ReportEvent::FinishAcked(finished.run_id.clone()));
                         }
                         if let Reply::Granted { runs, .. } = reply {

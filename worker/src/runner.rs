@@ -5,7 +5,7 @@ use crate::config::WorkerConfig;
 use crate::process;
 use crate::reporter::Reporter;
 use jobcast_protocol::logcap::LogSpool;
-use jobcast_protocol::{Assignment, Outcome, Request, RunFinished};
+use jobcast_protocol::{Assignment, Outcome, RunFinished, WorkerRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -55,7 +55,7 @@ fn send_output(run_id: &str, spool: &mut LogSpool, reporter: &Reporter, budget: 
             break;
         };
         sent += data.len();
-        reporter.push(Request::LogChunk {
+        reporter.push(WorkerRequest::LogChunk {
             run_id: run_id.to_string(),
             offset,
             data,
@@ -107,7 +107,7 @@ async fn supervise(
     let run_id = assignment.run_id.clone();
     let pid = child.id().unwrap_or(0);
     tracing::info!(run_id, job = %assignment.job.name, pid, "run started");
-    reporter.push(Request::RunStarted {
+    reporter.push(WorkerRequest::RunStarted {
         run_id: run_id.clone(),
         pid,
         spawned_at_us: std::time::SystemTime::now()

@@ -11,8 +11,8 @@ use anyhow::Result;
 use jobcast_client::{Client, ClientConfig, ClientError};
 use jobcast_protocol::message::{decode_event, topic};
 use jobcast_protocol::{
-    Assignment, ErrorCode, Event, Heartbeat, Orders, Register, Reply, Request, RunFinished,
-    WorkerInfo, JOBCAST_VERSION,
+    Assignment, ErrorCode, Event, Heartbeat, Orders, Register, Reply, RunFinished, WorkerInfo,
+    WorkerRequest, JOBCAST_VERSION,
 };
 use jobcast_transport::{AsyncSocket, Limits, Received};
 use std::collections::BTreeMap;
@@ -235,11 +235,11 @@ fn rss_bytes() -> u64 {
 }
 
 impl Session {
-    fn request(&self, purpose: Purpose, request: Request) {
+    fn request(&self, purpose: Purpose, request: WorkerRequest) {
         self.request_within(purpose, request, REQUEST_TIMEOUT);
     }
 
-    fn request_within(&self, purpose: Purpose, request: Request, timeout: Duration) {
+    fn request_within(&self, purpose: Purpose, request: WorkerRequest, timeout: Duration) {
         let client = self.client.clone();
         let messages = self.messages.clone();
         tokio::spawn(async move {
@@ -267,7 +267,7 @@ impl Session {
         self.register_in_flight = true;
         self.request(
             Purpose::Register,
-            Request::Register(Register {
+            WorkerRequest::Register(Register {
                 hostname: crate::config::hostname(),
                 pid: std::process::id(),
                 version: JOBCAST_VERSION.to_string(),
@@ -299,7 +299,7 @@ impl Session {
         }
         self.request(
             Purpose::Heartbeat,
-            Request::Heartbeat(Heartbeat {
+            WorkerRequest::Heartbeat(Heartbeat {
                 running: self.running_ids(),
                 free_slots: self.free_slots(),
                 draining: self.draining,
@@ -339,7 +339,7 @@ impl Session {
             Purpose::Claim {
                 sent: Instant::now(),
             },
-            Request::Claim {
+            WorkerRequest::Claim {
                 max: free,
                 wait_ms: CLAIM_WAIT.as_millis() as u64,
             },
@@ -377,7 +377,7 @@ impl Session {
                 if !self.draining && !self.claim_in_flight && *self.registered.borrow() {
                     finished.claim = self.free_slots();
                 }
-                self.reporter.push(Request::RunFinished(finished));
+                self.reporter.push(WorkerRequest::RunFinished(finished));
             }
         }
     }
@@ -406,9 +406,9 @@ impl Session {
                     rss_bytes: rss_bytes(),
                     draining: self.draining,
                 };
-                self.request(Purpose::Pong, Request::Pong { ping_id, info });
+                self.request(Purpose::Pong, WorkerRequest::Pong { ping_id, info });
             }
-            Event::OrdersPending => self.request(Purpose::Orders, Request::FetchOrders),
+            Event::OrdersPending => self.request(Purpose::Orders, WorkerRequest::FetchOrders),
         }
     }
 
@@ -489,7 +489,7 @@ impl Session {
             // Claimed just as the drain began: hand it back unstarted.
             self.request(
                 Purpose::Release,
-                Request::Release {
+                WorkerRequest::Release {
                     run_ids: vec![assignment.run_id],
                 },
             );

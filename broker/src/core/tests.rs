@@ -2,7 +2,9 @@ use super::*;
 use crate::store::MemoryStore;
 use jobcast_protocol::logcap;
 use jobcast_protocol::message::topic;
-use jobcast_protocol::{Event, Exec, Heartbeat, KillOutcome, Orders, Outcome, RunFinished};
+use jobcast_protocol::{
+    AdminRequest, Event, Exec, Heartbeat, KillOutcome, Orders, Outcome, RunFinished, WorkerRequest,
+};
 
 const T0: u64 = 1_800_000_000_000_000; // µs
 
@@ -55,13 +57,13 @@ impl Harness {
             now: T0,
             next_id: 1,
         };
-        h.admin(Request::ApplyJobs {
+        h.admin(AdminRequest::ApplyJobs {
             jobs: vec![job("hello", "default"), job("gpu-job", "gpu")],
         });
         h
     }
 
-    fn send(&mut self, from: &str, request: Request) -> (Reply, Outbox) {
+    fn send(&mut self, from: &str, request: impl Into<Request>) -> (Reply, Outbox) {
         let mut out = Outbox::default();
         let id = self.next_id;
         self.next_id += 1;
@@ -78,11 +80,11 @@ impl Harness {
         (reply, out)
     }
 
-    fn admin(&mut self, request: Request) -> Reply {
+    fn admin(&mut self, request: AdminRequest) -> Reply {
         self.send(ADMIN, request).0
     }
 
-    fn worker(&mut self, worker: &str, request: Request) -> Reply {
+    fn worker(&mut self, worker: &str, request: WorkerRequest) -> Reply {
         self.send(worker, request).0
     }
 
@@ -96,21 +98,21 @@ impl Harness {
         let mut register = registration(pools, 4096);
         register.concurrency = concurrency;
         register.running = running.iter().map(|r| r.to_string()).collect();
-        match self.worker(worker, Request::Register(register)) {
+        match self.worker(worker, WorkerRequest::Register(register)) {
             Reply::Registered { orders, .. } => orders,
             other => panic!("register: {other:?}"),
         }
     }
 
     fn enqueue(&mut self, job: &str) -> String {
-        match self.admin(Request::Enqueue { job: job.into() }) {
+        match self.admin(AdminRequest::Enqueue { job: job.into() }) {
             Reply::Enqueued { run } => run.id,
             other => panic!("enqueue: {other:?}"),
         }
     }
 
     fn claim(&mut self, worker: &str, max: u32) -> Vec<String> {
-        match self.worker(worker, Request::Claim { max, wait_ms: 0 }) {
+        match self.worker(worker, WorkerRequest::Claim { max, wait_ms: 0 }) {
             Reply::Granted { runs, .. } => runs.into_iter().map(|a| a.run_id).collect(),
             other => panic!("claim: {other:?}"),
         }
@@ -119,7 +121,7 @@ impl Harness {
     fn finish(&mut self, worker: &str, run_id: &str, outcome: Outcome) {
         self.worker(
             worker,
-            Request::RunFinished(RunFinished {
+            WorkerRequest::RunFinished(RunFinished {
                 run_id: run_id.into(),
                 outcome,
                 duration_ms: 5,
@@ -176,7 +178,7 @@ fn every_run_is_granted_to_exactly_one_worker() {
                 );
                 h.worker(
                     w,
-                    Request::RunStarted {
+                    WorkerRequest::RunStarted {
                         run_id: run_id.clone(),
                         pid: 1,
                         spawned_at_us: 0,
@@ -220,7 +222,7 @@ fn a_worker_that_restarts_without_a_run_loses_it_and_it_is_not_rerun() {
     assert_eq!(h.claim("w1", 1), vec![run.clone()]);
     h.worker(
         "w1",
-        Request::RunStarted {
+        WorkerRequest::RunStarted {
             run_id: run.clone(),
             pid: 9,
             spawned_at_us: 0,
@@ -263,7 +265,7 @@ fn a_silent_worker_goes_offline_and_its_runs_are_lost() {
         h.advance_ms(1_000);
         h.worker(
             "w2",
-            Request::Heartbeat(Heartbeat {
+            WorkerRequest::Heartbeat(Heartbeat {
                 running: vec![],
                 free_slots: 4,
                 draining: false,
@@ -274,7 +276,7 @@ fn a_silent_worker_goes_offline_and_its_runs_are_lost() {
     assert!(!h.core.is_online("w1"));
     assert!(h.core.is_online("w2"));
     assert_eq!(h.state(&run), RunState::Lost);
-    match h.worker("w1", Request::Claim { max: 1, wait_ms: 0 }) {
+    match h.worker("w1", WorkerRequest::Claim { max: 1, wait_ms: 0 }) {
         Reply::Error {
             code: ErrorCode::NotRegistered,
             ..
@@ -292,7 +294,7 @@ fn kill_cancels_queued_orders_running_and_is_idempotent() {
     assert_eq!(h.claim("w1", 1), vec![running.clone()]);
     h.worker(
         "w1",
-        Request::RunStarted {
+        WorkerRequest::RunStarted {
             run_id: running.clone(),
             pid: 9,
             spawned_at_us: 0,
@@ -301,7 +303,7 @@ fn kill_cancels_queued_orders_running_and_is_idempotent() {
 
     let (reply, out) = h.send(
         ADMIN,
-        Request::Kill {
+        AdminRequest::Kill {
             selectors: vec![running.clone(), queued.clone()],
         },
     );
@@ -329,7 +331,7 @@ fn kill_cancels_queued_orders_running_and_is_idempotent() {
     // the order reaches the worker through its heartbeat
     let Reply::Orders(orders) = h.worker(
         "w1",
-        Request::Heartbeat(Heartbeat {
+        WorkerRequest::Heartbeat(Heartbeat {
             running: vec![running.clone()],
             free_slots: 0,
             draining: false,
@@ -341,7 +343,7 @@ fn kill_cancels_queued_orders_running_and_is_idempotent() {
     h.finish("w1", &running, Outcome::Killed);
     assert_eq!(h.state(&running), RunState::Killed);
 
-    let Reply::KillResult { outcomes } = h.admin(Request::Kill {
+    let Reply::KillResult { outcomes } = h.admin(AdminRequest::Kill {
         selectors: vec![running.clone()],
     }) else {
         panic!()
@@ -365,7 +367,7 @@ fn kill_selectors_match_unique_prefixes_and_substrings() {
         .find(|p| !b.starts_with(p))
         .unwrap()
         .to_string();
-    let Reply::KillResult { outcomes } = h.admin(Request::Kill {
+    let Reply::KillResult { outcomes } = h.admin(AdminRequest::Kill {
         selectors: vec![
             unique_prefix,
             a[6..].to_string(),
@@ -393,7 +395,7 @@ fn kill_selectors_match_unique_prefixes_and_substrings() {
         .map(|(x, _)| x)
         .collect();
     if !common.is_empty() {
-        let Reply::KillResult { outcomes } = h.admin(Request::Kill {
+        let Reply::KillResult { outcomes } = h.admin(AdminRequest::Kill {
             selectors: vec![common],
         }) else {
             panic!()
@@ -417,7 +419,7 @@ fn state_survives_a_restart_of_the_core() {
         h.claim("w1", 1);
         h.worker(
             "w1",
-            Request::RunStarted {
+            WorkerRequest::RunStarted {
                 run_id: running.clone(),
                 pid: 3,
                 spawned_at_us: 0,
@@ -466,20 +468,20 @@ fn a_draining_worker_gets_no_work_and_can_hand_runs_back() {
     let a = h.enqueue("hello");
     assert_eq!(h.claim("w1", 1), vec![a.clone()]);
     assert_eq!(
-        h.admin(Request::Drain {
+        h.admin(AdminRequest::Drain {
             worker: "w1".into()
         }),
         Reply::Ack
     );
     h.enqueue("hello");
     assert!(h.claim("w1", 1).is_empty());
-    let Reply::Orders(orders) = h.worker("w1", Request::FetchOrders) else {
+    let Reply::Orders(orders) = h.worker("w1", WorkerRequest::FetchOrders) else {
         panic!()
     };
     assert!(orders.drain);
     let (_, out) = h.send(
         "w1",
-        Request::Release {
+        WorkerRequest::Release {
             run_ids: vec![a.clone()],
         },
     );
@@ -499,19 +501,20 @@ fn workers_and_admin_cannot_use_each_others_requests() {
     let mut h = Harness::new();
     h.register("w1", 1, &["default"], &[]);
     assert!(matches!(
-        h.worker(
+        h.send(
             "w1",
-            Request::Enqueue {
+            AdminRequest::Enqueue {
                 job: "hello".into()
             }
-        ),
+        )
+        .0,
         Reply::Error {
             code: ErrorCode::Forbidden,
             ..
         }
     ));
     assert!(matches!(
-        h.admin(Request::Claim { max: 1, wait_ms: 0 }),
+        h.send(ADMIN, WorkerRequest::Claim { max: 1, wait_ms: 0 }).0,
         Reply::Error {
             code: ErrorCode::Forbidden,
             ..
@@ -522,7 +525,8 @@ fn workers_and_admin_cannot_use_each_others_requests() {
 #[test]
 fn bad_admin_input_gets_clear_errors() {
     let mut h = Harness::new();
-    let Reply::Error { code, message } = h.admin(Request::Enqueue { job: "nope".into() }) else {
+    let Reply::Error { code, message } = h.admin(AdminRequest::Enqueue { job: "nope".into() })
+    else {
         panic!()
     };
     assert_eq!(code, ErrorCode::NotFound);
@@ -533,14 +537,14 @@ fn bad_admin_input_gets_clear_errors() {
     let mut bad = job("x", "default");
     bad.exec = Exec::Script("no shebang".into());
     assert!(matches!(
-        h.admin(Request::ApplyJobs { jobs: vec![bad] }),
+        h.admin(AdminRequest::ApplyJobs { jobs: vec![bad] }),
         Reply::Error {
             code: ErrorCode::BadRequest,
             ..
         }
     ));
     assert!(matches!(
-        h.admin(Request::ApplyJobs {
+        h.admin(AdminRequest::ApplyJobs {
             jobs: vec![job("d", "default"), job("d", "default")]
         }),
         Reply::Error {
@@ -549,7 +553,7 @@ fn bad_admin_input_gets_clear_errors() {
         }
     ));
     assert!(matches!(
-        h.admin(Request::Drain {
+        h.admin(AdminRequest::Drain {
             worker: "ghost".into()
         }),
         Reply::Error {
@@ -558,7 +562,7 @@ fn bad_admin_input_gets_clear_errors() {
         }
     ));
     // nothing stored was lost
-    let Reply::Jobs { jobs } = h.admin(Request::ListJobs) else {
+    let Reply::Jobs { jobs } = h.admin(AdminRequest::ListJobs) else {
         panic!()
     };
     assert_eq!(jobs.len(), 2);
@@ -569,7 +573,7 @@ fn apply_reports_created_updated_unchanged() {
     let mut h = Harness::new();
     let mut changed = job("hello", "default");
     changed.timeout_ms = Some(1_000);
-    let reply = h.admin(Request::ApplyJobs {
+    let reply = h.admin(AdminRequest::ApplyJobs {
         jobs: vec![changed, job("gpu-job", "gpu"), job("new", "default")],
     });
     assert_eq!(
@@ -592,7 +596,7 @@ fn logs_are_stored_capped_with_head_and_tail() {
     for (i, chunk) in data.chunks(1000).enumerate() {
         h.worker(
             "w1",
-            Request::LogChunk {
+            WorkerRequest::LogChunk {
                 run_id: run.clone(),
                 offset: (i * 1000) as u64,
                 data: chunk.to_vec(),
@@ -606,7 +610,7 @@ fn logs_are_stored_capped_with_head_and_tail() {
         data: log,
         next_offset,
         ..
-    } = h.admin(Request::GetLog {
+    } = h.admin(AdminRequest::GetLog {
         run: run.clone(),
         offset: None,
     })
@@ -619,7 +623,7 @@ fn logs_are_stored_capped_with_head_and_tail() {
     assert!(String::from_utf8_lossy(&log).contains("bytes cut]"));
     assert_eq!(next_offset, 100_000);
     // following from an offset that was cut says so
-    let Reply::Log { data: tail, .. } = h.admin(Request::GetLog {
+    let Reply::Log { data: tail, .. } = h.admin(AdminRequest::GetLog {
         run,
         offset: Some(2_000),
     }) else {
@@ -638,14 +642,17 @@ fn the_broker_caps_stored_logs_whatever_the_worker_declares() {
         },
     );
     // A worker that declares a terabyte of log per run.
-    let reply = h.worker("w1", Request::Register(registration(&["default"], 1 << 40)));
+    let reply = h.worker(
+        "w1",
+        WorkerRequest::Register(registration(&["default"], 1 << 40)),
+    );
     assert!(matches!(reply, Reply::Registered { .. }), "{reply:?}");
     let run = h.enqueue("hello");
     h.claim("w1", 1);
     for i in 0..100u64 {
         h.worker(
             "w1",
-            Request::LogChunk {
+            WorkerRequest::LogChunk {
                 run_id: run.clone(),
                 offset: i * 1000,
                 data: vec![b'x'; 1000],
@@ -670,7 +677,7 @@ fn a_worker_key_limited_to_pools_cannot_register_for_another() {
     );
     let reply = h.worker(
         "w1",
-        Request::Register(registration(&["default", "gpu"], 4096)),
+        WorkerRequest::Register(registration(&["default", "gpu"], 4096)),
     );
     let Reply::Error { code, message } = reply else {
         panic!("registered for a pool it may not serve: {reply:?}");
@@ -683,7 +690,7 @@ fn a_worker_key_limited_to_pools_cannot_register_for_another() {
     // It never got a session, so it can claim nothing, not even from its own pool.
     h.enqueue("gpu-job");
     assert!(matches!(
-        h.worker("w1", Request::Claim { max: 1, wait_ms: 0 }),
+        h.worker("w1", WorkerRequest::Claim { max: 1, wait_ms: 0 }),
         Reply::Error {
             code: ErrorCode::NotRegistered,
             ..
@@ -703,7 +710,7 @@ fn ping_collects_answers_and_reports_the_silent() {
     h.register("w2", 1, &["default"], &[]);
     let (_, out) = h.send(
         ADMIN,
-        Request::Ping {
+        AdminRequest::Ping {
             worker: None,
             timeout_ms: 500,
         },
@@ -730,7 +737,7 @@ fn ping_collects_answers_and_reports_the_silent() {
         draining: false,
     };
     h.advance_ms(2);
-    let (_, out) = h.send("w1", Request::Pong { ping_id, info });
+    let (_, out) = h.send("w1", WorkerRequest::Pong { ping_id, info });
     assert!(
         out.replies.iter().all(|r| r.to == "w1"),
         "still waiting for w2"
@@ -786,7 +793,7 @@ impl Harness {
     /// Sends a claim that may wait; returns its request id and whether it was answered.
     fn waiting_claim(&mut self, worker: &str, max: u32, wait_ms: u64) -> (u64, Outbox) {
         let id = self.next_id;
-        let (_, out) = self.send(worker, Request::Claim { max, wait_ms });
+        let (_, out) = self.send(worker, WorkerRequest::Claim { max, wait_ms });
         (id, out)
     }
 }
@@ -804,7 +811,7 @@ fn a_waiting_claim_gets_a_run_in_the_batch_that_queues_it() {
     // The enqueue and the end of its batch (the tick), as the server runs them.
     let (reply, mut out) = h.send(
         ADMIN,
-        Request::Enqueue {
+        AdminRequest::Enqueue {
             job: "hello".into(),
         },
     );
@@ -893,7 +900,7 @@ fn runs_queued_while_every_slot_is_busy_reach_the_waiting_claim_when_one_frees()
     assert!(grants_for(&h.tick(), "w1").is_empty(), "no room yet");
     h.worker(
         "w1",
-        Request::RunStarted {
+        WorkerRequest::RunStarted {
             run_id: first.clone(),
             pid: 1,
             spawned_at_us: 0,
@@ -915,7 +922,7 @@ fn a_waiting_claim_ends_when_the_worker_claims_again_drains_or_registers() {
     // A worker that starts draining is answered at once and not held again.
     let (_, out) = h.send(
         "w1",
-        Request::Heartbeat(Heartbeat {
+        WorkerRequest::Heartbeat(Heartbeat {
             running: vec![],
             free_slots: 1,
             draining: true,
@@ -927,7 +934,10 @@ fn a_waiting_claim_ends_when_the_worker_claims_again_drains_or_registers() {
     // Registering again ends the old session's claim.
     h.register("w1", 1, &["default"], &[]);
     let (held, _) = h.waiting_claim("w1", 1, 10_000);
-    let (_, out) = h.send("w1", Request::Register(registration(&["default"], 4096)));
+    let (_, out) = h.send(
+        "w1",
+        WorkerRequest::Register(registration(&["default"], 4096)),
+    );
     assert_eq!(grants_for(&out, "w1"), vec![(held, vec![])]);
     let run = h.enqueue("hello");
     assert!(grants_for(&h.tick(), "w1").is_empty());
@@ -941,7 +951,7 @@ fn a_drain_order_answers_the_waiting_claim() {
     let (held, _) = h.waiting_claim("w1", 1, 10_000);
     let (_, out) = h.send(
         ADMIN,
-        Request::Drain {
+        AdminRequest::Drain {
             worker: "w1".into(),
         },
     );
@@ -958,7 +968,7 @@ fn a_claim_left_on_an_old_connection_is_dropped_not_granted() {
     h.waiting_claim("w1", 1, 10_000);
     // The worker reconnected: the same name on a new connection.
     let mut out = Outbox::default();
-    let heartbeat = Request::Heartbeat(Heartbeat {
+    let heartbeat = WorkerRequest::Heartbeat(Heartbeat {
         running: vec![],
         free_slots: 1,
         draining: false,

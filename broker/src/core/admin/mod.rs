@@ -13,7 +13,7 @@ mod status;
 
 use crate::core::{error, ms, Core, Outbox, PeerId};
 use crate::store::{Store, StoreResult};
-use jobcast_protocol::{ErrorCode, Reply, Request};
+use jobcast_protocol::{AdminRequest, ErrorCode, Reply};
 
 /// Names for an error message: "a, b, c", or "none".
 fn listed<'a>(names: impl Iterator<Item = &'a String>) -> String {
@@ -31,13 +31,13 @@ impl<S: Store> Core<S> {
         peer: &PeerId,
         actor: &str,
         id: u64,
-        request: Request,
+        request: AdminRequest,
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<Option<Reply>> {
         let now = ms(now_us);
         Ok(Some(match request {
-            Request::Ping { worker, timeout_ms } => {
+            AdminRequest::Ping { worker, timeout_ms } => {
                 let asked = ping::Asked {
                     peer,
                     id,
@@ -46,25 +46,24 @@ impl<S: Store> Core<S> {
                 };
                 return Ok(self.ping(asked, now_us, out));
             }
-            Request::Kill { selectors } => self.kill_all(selectors, actor, now, out)?,
-            Request::Enqueue { job } => self.enqueue(&job, actor, now, out)?,
-            Request::ListRuns(filter) => self.list_runs(filter)?,
-            Request::ListJobs => Reply::Jobs {
+            AdminRequest::Kill { selectors } => self.kill_all(selectors, actor, now, out)?,
+            AdminRequest::Enqueue { job } => self.enqueue(&job, actor, now, out)?,
+            AdminRequest::ListRuns(filter) => self.list_runs(filter)?,
+            AdminRequest::ListJobs => Reply::Jobs {
                 jobs: self.job_views(),
             },
-            Request::GetLog { run, offset } => self.get_log(&run, offset)?,
-            Request::ApplyJobs { jobs } => {
+            AdminRequest::GetLog { run, offset } => self.get_log(&run, offset)?,
+            AdminRequest::ApplyJobs { jobs } => {
                 tracing::info!(actor, jobs = jobs.len(), "applying jobs");
                 self.apply(jobs, now)?
             }
-            Request::SetEnabled { target, enabled } => {
+            AdminRequest::SetEnabled { target, enabled } => {
                 tracing::info!(actor, ?target, enabled, "enable/disable");
                 self.set_enabled(target, enabled, now)?
             }
-            Request::Retry { run } => self.retry(&run, actor, now, out)?,
-            Request::Status => Reply::Status(Box::new(self.status(now)?)),
-            Request::Drain { worker } => self.drain(&worker, actor, out),
-            _ => error(ErrorCode::BadRequest, "not an admin request"),
+            AdminRequest::Retry { run } => self.retry(&run, actor, now, out)?,
+            AdminRequest::Status => Reply::Status(Box::new(self.status(now)?)),
+            AdminRequest::Drain { worker } => self.drain(&worker, actor, out),
         }))
     }
 

@@ -1,14 +1,16 @@
 //! Scheduling in the core, on a simulated clock.
 
 use super::*;
-use jobcast_protocol::{jobfile, AlertKind, EnableTarget, Outcome, RunFilter, RunFinished};
+use jobcast_protocol::{
+    jobfile, AdminRequest, AlertKind, EnableTarget, Outcome, RunFilter, RunFinished, WorkerRequest,
+};
 
 const SECOND: u64 = 1_000;
 
 impl Harness {
     fn apply_toml(&mut self, toml: &str) {
         let jobs = jobfile::parse(toml).unwrap();
-        match self.admin(Request::ApplyJobs { jobs }) {
+        match self.admin(AdminRequest::ApplyJobs { jobs }) {
             Reply::Applied { .. } => {}
             other => panic!("apply: {other:?}"),
         }
@@ -16,7 +18,7 @@ impl Harness {
 
     fn apply_error(&mut self, toml: &str) -> String {
         let jobs = jobfile::parse(toml).unwrap();
-        match self.admin(Request::ApplyJobs { jobs }) {
+        match self.admin(AdminRequest::ApplyJobs { jobs }) {
             Reply::Error { message, .. } => message,
             other => panic!("expected an error: {other:?}"),
         }
@@ -69,7 +71,7 @@ impl Harness {
     fn start_and_finish(&mut self, worker: &str, run_id: &str, code: i32) {
         self.worker(
             worker,
-            Request::RunStarted {
+            WorkerRequest::RunStarted {
                 run_id: run_id.into(),
                 pid: 1,
                 spawned_at_us: 0,
@@ -218,7 +220,7 @@ fn overlap_skip_queue_allow_and_replace() {
         assert_eq!(first.len(), 1, "{policy}");
         h.worker(
             "w1",
-            Request::RunStarted {
+            WorkerRequest::RunStarted {
                 run_id: first[0].clone(),
                 pid: 1,
                 spawned_at_us: 0,
@@ -301,7 +303,7 @@ fn chains_that_loop_or_name_unknown_jobs_are_refused() {
     let err = h.apply_error("[jobs.a]\ncommand = \"x\"\ncron = \"61 * * * *\"\n");
     assert!(err.contains("not valid"), "{err}");
     // nothing of a refused apply was stored
-    let Reply::Jobs { jobs } = h.admin(Request::ListJobs) else {
+    let Reply::Jobs { jobs } = h.admin(AdminRequest::ListJobs) else {
         panic!()
     };
     assert_eq!(jobs.len(), 2);
@@ -352,7 +354,7 @@ fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
         let run = h.claim("w1", 1);
         h.worker(
             "w1",
-            Request::RunStarted {
+            WorkerRequest::RunStarted {
                 run_id: run[0].clone(),
                 pid: 1,
                 spawned_at_us: 0,
@@ -364,7 +366,7 @@ fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
                 &b"w1".to_vec(),
                 "w1",
                 99,
-                Request::RunFinished(RunFinished {
+                WorkerRequest::RunFinished(RunFinished {
                     run_id: run[0].clone(),
                     outcome: Outcome::Exited { code: 2 },
                     duration_ms: 1,
@@ -397,7 +399,7 @@ fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
     assert_eq!(h.claim("w1", 1), vec![manual.clone()]);
     h.start_and_finish("w1", &manual, 0);
     assert_eq!(
-        h.admin(Request::SetEnabled {
+        h.admin(AdminRequest::SetEnabled {
             target: EnableTarget::Job("broken".into()),
             enabled: true
         }),
@@ -414,13 +416,13 @@ fn disabled_pools_skip_their_jobs_ticks() {
     h.apply_toml(
         "[jobs.a]\ncommand = \"x\"\nevery = \"1m\"\npool = \"batch\"\noverlap = \"allow\"",
     );
-    h.admin(Request::SetEnabled {
+    h.admin(AdminRequest::SetEnabled {
         target: EnableTarget::Pool("batch".into()),
         enabled: false,
     });
     h.run_clock_for(60 * SECOND);
     assert!(h.runs_of("a").is_empty());
-    h.admin(Request::SetEnabled {
+    h.admin(AdminRequest::SetEnabled {
         target: EnableTarget::Pool("batch".into()),
         enabled: true,
     });
@@ -468,7 +470,7 @@ fn late_never_run_and_no_worker_are_reported_once() {
     h.apply_toml("[jobs.nightly]\ncommand = \"x\"\nevery = \"1m\"\nlate_after = \"30s\"");
     let mut notes = h.run_clock_for(60 * SECOND);
     notes.extend(h.run_clock_for(31 * SECOND));
-    let Reply::Status(status) = h.admin(Request::Status) else {
+    let Reply::Status(status) = h.admin(AdminRequest::Status) else {
         panic!()
     };
     let kinds: BTreeSet<AlertKind> = status.alerts.iter().map(|a| a.kind).collect();
@@ -490,7 +492,7 @@ fn late_never_run_and_no_worker_are_reported_once() {
         h.start_and_finish("w1", run, 0);
     }
     h.run_clock_for(2 * SECOND);
-    let Reply::Status(status) = h.admin(Request::Status) else {
+    let Reply::Status(status) = h.admin(AdminRequest::Status) else {
         panic!()
     };
     assert!(status.alerts.is_empty(), "{:?}", status.alerts);

@@ -12,30 +12,14 @@ mod run_started;
 use crate::core::{error, ms, Core, Outbox, PeerId};
 use crate::store::{Store, StoreResult};
 use claim::ClaimRequest;
-use jobcast_protocol::{ErrorCode, Reply, Request};
+use jobcast_protocol::{ErrorCode, Reply, WorkerRequest};
 
 impl<S: Store> Core<S> {
-    /// Handles a request from a worker; `None` when the answer comes later (a claim
-    /// waiting for runs).
-    pub(in crate::core) fn handle_worker(
-        &mut self,
-        peer: &PeerId,
-        worker: &str,
-        id: u64,
-        request: Request,
-        now_us: u64,
-        out: &mut Outbox,
-    ) -> StoreResult<Option<Reply>> {
-        let now = ms(now_us);
-        if let Request::Register(register) = request {
-            self.cancel_waiting_claim(worker, out);
-            return self.register(peer, worker, register, now, out).map(Some);
-        }
+    /// Notes that `worker` was heard from on connection `peer`; false if it has no
+    /// session.
+    fn touch_session(&mut self, peer: &PeerId, worker: &str, now: u64) -> bool {
         let Some(session) = self.sessions.get_mut(worker) else {
-            return Ok(Some(error(
-                ErrorCode::NotRegistered,
-                "no session for this worker: register first",
-            )));
+            return false;
         };
         session.last_seen_ms = now;
         session.peer = peer.clone();
@@ -47,10 +31,36 @@ impl<S: Store> Core<S> {
             // The worker reconnected: its old connection cannot take the answer.
             self.waiting.remove(worker);
         }
+        true
+    }
+
+    /// Handles a request from a worker; `None` when the answer comes later (a claim
+    /// waiting for runs).
+    pub(in crate::core) fn handle_worker(
+        &mut self,
+        peer: &PeerId,
+        worker: &str,
+        id: u64,
+        request: WorkerRequest,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Option<Reply>> {
+        let now = ms(now_us);
+        let registering = matches!(request, WorkerRequest::Register(_));
+        if !registering && !self.touch_session(peer, worker, now) {
+            return Ok(Some(error(
+                ErrorCode::NotRegistered,
+                "no session for this worker: register first",
+            )));
+        }
         Ok(Some(match request {
-            Request::Heartbeat(heartbeat) => self.heartbeat(worker, heartbeat, out),
-            Request::FetchOrders => Reply::Orders(self.orders_for(worker, &[])),
-            Request::Claim { max, wait_ms } => {
+            WorkerRequest::Register(register) => {
+                self.cancel_waiting_claim(worker, out);
+                self.register(peer, worker, register, now, out)?
+            }
+            WorkerRequest::Heartbeat(heartbeat) => self.heartbeat(worker, heartbeat, out),
+            WorkerRequest::FetchOrders => Reply::Orders(self.orders_for(worker, &[])),
+            WorkerRequest::Claim { max, wait_ms } => {
                 let claim = ClaimRequest {
                     peer,
                     id,
@@ -59,7 +69,7 @@ impl<S: Store> Core<S> {
                 };
                 return self.claim_request(worker, claim, now, out);
             }
-            Request::RunStarted {
+            WorkerRequest::RunStarted {
                 run_id,
                 pid,
                 spawned_at_us,
@@ -67,7 +77,7 @@ impl<S: Store> Core<S> {
                 self.run_started(worker, &run_id, pid, spawned_at_us, now)?;
                 Reply::Ack
             }
-            Request::LogChunk {
+            WorkerRequest::LogChunk {
                 run_id,
                 offset,
                 data,
@@ -75,7 +85,7 @@ impl<S: Store> Core<S> {
                 self.log_chunk(worker, &run_id, offset, &data)?;
                 Reply::Ack
             }
-            Request::RunFinished(finished) => {
+            WorkerRequest::RunFinished(finished) => {
                 let claim = finished.claim;
                 self.run_finished(worker, finished, now, out)?;
                 if claim > 0 {
@@ -84,16 +94,14 @@ impl<S: Store> Core<S> {
                     Reply::Ack
                 }
             }
-            Request::Release { run_ids } => {
+            WorkerRequest::Release { run_ids } => {
                 self.release(worker, &run_ids, now, out)?;
                 Reply::Ack
             }
-            Request::Pong { ping_id, info } => {
+            WorkerRequest::Pong { ping_id, info } => {
                 self.pong(worker, ping_id, info, now_us, out);
                 Reply::Ack
             }
-            // Admin requests were filtered out by the caller.
-            _ => error(ErrorCode::BadRequest, "not a worker request"),
         }))
     }
 }

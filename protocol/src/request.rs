@@ -1,0 +1,290 @@
+//! Requests, by who may send them: a worker key can only express [`WorkerRequest`]s and
+//! the admin key only [`AdminRequest`]s, so the broker's handlers for each never see the
+//! other kind.
+//!
+//! On the wire a request is one externally tagged MessagePack value, `{"claim": {...}}`
+//! or `"status"`, whichever kind it is; [`Request`] reads the tag first and decodes the
+//! rest as the kind that tag belongs to.
+
+use crate::message::{Heartbeat, JobSpec, Register, RunFilter, RunFinished, RunId, WorkerInfo};
+use serde::de::{self, DeserializeSeed, EnumAccess, IntoDeserializer, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+
+/// A request as it travels: from a worker or from an operator.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Request {
+    Worker(WorkerRequest),
+    Admin(AdminRequest),
+}
+
+/// What a worker key may ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerRequest {
+    Register(Register),
+    Heartbeat(Heartbeat),
+    /// Up to `max` runs from the worker's pools. With `wait_ms` > 0 and nothing to
+    /// grant, the broker holds the request and answers it as soon as runs arrive (in the
+    /// same group commit that queued them) or, with no runs, when the wait is over.
+    Claim {
+        max: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        wait_ms: u64,
+    },
+    RunStarted {
+        run_id: RunId,
+        pid: u32,
+        /// When the process was spawned, µs since the epoch (worker clock).
+        #[serde(default)]
+        spawned_at_us: u64,
+    },
+    LogChunk {
+        run_id: RunId,
+        /// Byte offset of `data` in the run's whole output stream.
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    RunFinished(RunFinished),
+    Release {
+        run_ids: Vec<RunId>,
+    },
+    Pong {
+        ping_id: u64,
+        info: WorkerInfo,
+    },
+    FetchOrders,
+}
+
+/// What the admin key (`jobcastctl`, the HTTP API) may ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRequest {
+    Ping {
+        worker: Option<String>,
+        timeout_ms: u64,
+    },
+    Kill {
+        selectors: Vec<String>,
+    },
+    Enqueue {
+        job: String,
+    },
+    ListRuns(RunFilter),
+    ListJobs,
+    GetLog {
+        run: String,
+        /// `None`: the whole capped log. `Some(n)`: stored output from stream offset `n`.
+        offset: Option<u64>,
+    },
+    ApplyJobs {
+        jobs: Vec<JobSpec>,
+    },
+    Status,
+    Drain {
+        worker: String,
+    },
+    /// Runs a run's job again as a new attempt of it (linked to the first attempt).
+    Retry {
+        run: String,
+    },
+    /// Enables or disables a job, or every job of a pool. Disabled jobs' ticks are
+    /// skipped; they can still be enqueued by hand.
+    SetEnabled {
+        target: EnableTarget,
+        enabled: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnableTarget {
+    Job(String),
+    Pool(String),
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+impl From<WorkerRequest> for Request {
+    fn from(request: WorkerRequest) -> Request {
+        Request::Worker(request)
+    }
+}
+
+impl From<AdminRequest> for Request {
+    fn from(request: AdminRequest) -> Request {
+        Request::Admin(request)
+    }
+}
+
+/// The wire tags of [`WorkerRequest`]'s variants (a test keeps this in step).
+const WORKER_TAGS: &[&str] = &[
+    "register",
+    "heartbeat",
+    "claim",
+    "run_started",
+    "log_chunk",
+    "run_finished",
+    "release",
+    "pong",
+    "fetch_orders",
+];
+/// The wire tags of [`AdminRequest`]'s variants (a test keeps this in step).
+const ADMIN_TAGS: &[&str] = &[
+    "ping",
+    "kill",
+    "enqueue",
+    "list_runs",
+    "list_jobs",
+    "get_log",
+    "apply_jobs",
+    "status",
+    "drain",
+    "retry",
+    "set_enabled",
+];
+const ALL_TAGS: &[&str] = &[
+    "register",
+    "heartbeat",
+    "claim",
+    "run_started",
+    "log_chunk",
+    "run_finished",
+    "release",
+    "pong",
+    "fetch_orders",
+    "ping",
+    "kill",
+    "enqueue",
+    "list_runs",
+    "list_jobs",
+    "get_log",
+    "apply_jobs",
+    "status",
+    "drain",
+    "retry",
+    "set_enabled",
+];
+
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Request, D::Error> {
+        deserializer.deserialize_enum("Request", ALL_TAGS, RequestVisitor)
+    }
+}
+
+struct RequestVisitor;
+
+impl<'de> Visitor<'de> for RequestVisitor {
+    type Value = Request;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a request")
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Request, A::Error> {
+        let (tag, variant) = data.variant::<String>()?;
+        let tagged = Tagged { tag: &tag, variant };
+        if WORKER_TAGS.contains(&tag.as_str()) {
+            WorkerRequest::deserialize(tagged).map(Request::Worker)
+        } else if ADMIN_TAGS.contains(&tag.as_str()) {
+            AdminRequest::deserialize(tagged).map(Request::Admin)
+        } else {
+            Err(de::Error::unknown_variant(&tag, ALL_TAGS))
+        }
+    }
+}
+
+/// An enum whose tag has been read already: hands the derived decoder of one kind the
+/// tag, then the rest as it comes.
+struct Tagged<'t, V> {
+    tag: &'t str,
+    variant: V,
+}
+
+impl<'de, A: de::VariantAccess<'de>> Deserializer<'de> for Tagged<'_, A> {
+    type Error = A::Error;
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, A::Error> {
+        visitor.visit_enum(self)
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, A::Error> {
+        Err(de::Error::custom("a request can only be read as an enum"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
+        ignored_any
+    }
+}
+
+impl<'de, A: de::VariantAccess<'de>> EnumAccess<'de> for Tagged<'_, A> {
+    type Error = A::Error;
+    type Variant = A;
+
+    fn variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, A), A::Error> {
+        let tag: de::value::StrDeserializer<'_, A::Error> = self.tag.into_deserializer();
+        Ok((seed.deserialize(tag)?, self.variant))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tag_lists_agree() {
+        let both: Vec<&str> = WORKER_TAGS.iter().chain(ADMIN_TAGS).copied().collect();
+        assert_eq!(both, ALL_TAGS);
+        let mut unique = both.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), both.len(), "a tag in both kinds");
+    }
+
+    #[test]
+    fn the_wire_form_is_one_tagged_value() {
+        let bytes =
+            rmp_serde::to_vec_named(&Request::from(WorkerRequest::Claim { max: 2, wait_ms: 0 }))
+                .unwrap();
+        // {"claim": {"max": 2}}: no trace of the kind.
+        assert_eq!(
+            bytes,
+            [0x81, 0xa5, b'c', b'l', b'a', b'i', b'm', 0x81, 0xa3, b'm', b'a', b'x', 0x02]
+        );
+        let status = rmp_serde::to_vec_named(&Request::from(AdminRequest::Status)).unwrap();
+        assert_eq!(status, [0xa6, b's', b't', b'a', b't', b'u', b's']);
+        assert_eq!(
+            rmp_serde::from_slice::<Request>(&status).unwrap(),
+            Request::Admin(AdminRequest::Status)
+        );
+    }
+
+    #[test]
+    fn unknown_and_malformed_requests_are_errors_not_panics() {
+        let unknown = rmp_serde::to_vec_named(&std::collections::BTreeMap::from([(
+            "launch_missiles",
+            1u8,
+        )]))
+        .unwrap();
+        let err = rmp_serde::from_slice::<Request>(&unknown).unwrap_err();
+        assert!(err.to_string().contains("launch_missiles"), "{err}");
+        // A known tag with the wrong content.
+        let wrong = rmp_serde::to_vec_named(&std::collections::BTreeMap::from([("claim", "many")]))
+            .unwrap();
+        assert!(rmp_serde::from_slice::<Request>(&wrong).is_err());
+        for bytes in [&[][..], &[0xc1], &[0x81], &[0x92, 0x01, 0x02]] {
+            assert!(rmp_serde::from_slice::<Request>(bytes).is_err());
+        }
+    }
+}
