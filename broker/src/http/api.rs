@@ -1,0 +1,267 @@
+//! The JSON endpoints under `/api/v1/`: each turns an HTTP request into a core request.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::AppState;
+use crate::config::Role;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use jobcast_protocol::{
+    AdminRequest, EnableTarget, KillOutcome, Reply, RunFilter, RunRecord, RunState,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub(super) async fn status(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    match app.core.call(&caller, AdminRequest::Status).await? {
+        Reply::Status(report) => Ok(Json(json!(report))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+pub(super) async fn workers(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    match app.core.call(&caller, AdminRequest::Status).await? {
+        Reply::Status(report) => Ok(Json(json!(report.workers))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+pub(super) async fn jobs(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    match app.core.call(&caller, AdminRequest::ListJobs).await? {
+        Reply::Jobs { jobs } => Ok(Json(caller.view(json!(jobs)))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunsQuery {
+    state: Option<String>,
+    job: Option<String>,
+    worker: Option<String>,
+    /// ms since the epoch
+    since: Option<u64>,
+    until: Option<u64>,
+    limit: Option<u32>,
+    /// paging: the `seq` of the last run of the previous page
+    before: Option<u64>,
+}
+
+impl RunsQuery {
+    pub(super) fn filter(self) -> Result<RunFilter, ApiError> {
+        let state = match self.state {
+            Some(s) => Some(
+                s.parse::<RunState>()
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=crate::core::MAX_LIST).contains(&limit) {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {}",
+                crate::core::MAX_LIST
+            )));
+        }
+        Ok(RunFilter {
+            state,
+            job: self.job,
+            limit,
+            worker: self.worker,
+            since_ms: self.since,
+            until_ms: self.until,
+            before_seq: self.before,
+        })
+    }
+}
+
+pub(super) async fn runs_matching(
+    app: &AppState,
+    caller: &Caller,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Vec<RunRecord>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    match app
+        .core
+        .call(caller, AdminRequest::ListRuns(query.filter()?))
+        .await?
+    {
+        Reply::Runs { runs } => Ok(runs),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+pub(super) async fn list_runs(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    let runs = runs_matching(&app, &caller, query).await?;
+    Ok(Json(caller.view(json!(runs))))
+}
+
+pub(super) async fn run_detail(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    match app
+        .core
+        .call(
+            &caller,
+            AdminRequest::GetLog {
+                run: id,
+                offset: None,
+            },
+        )
+        .await?
+    {
+        Reply::Log {
+            run,
+            data,
+            next_offset,
+        } => Ok(Json(caller.view(json!({
+            "run": run,
+            "log": String::from_utf8_lossy(&data),
+            "next_offset": next_offset,
+        })))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+pub(super) async fn kill(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    match app
+        .core
+        .call(
+            &caller,
+            AdminRequest::Kill {
+                selectors: vec![id],
+            },
+        )
+        .await?
+    {
+        Reply::KillResult { mut outcomes } => match outcomes.pop() {
+            Some(KillOutcome::NotFound { selector }) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no run matches {selector:?}"),
+            )),
+            Some(KillOutcome::Ambiguous {
+                selector,
+                candidates,
+            }) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "ambiguous",
+                format!(
+                    "{selector:?} matches several runs: {}",
+                    candidates.join(", ")
+                ),
+            )),
+            Some(outcome) => Ok(Json(json!(outcome))),
+            None => Err(ApiError::unavailable()),
+        },
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+pub(super) async fn enqueued(
+    app: &AppState,
+    caller: &Caller,
+    request: AdminRequest,
+) -> Result<Response, ApiError> {
+    match app.core.call(caller, request).await? {
+        Reply::Enqueued { run } => Ok((StatusCode::CREATED, Json(json!(run))).into_response()),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+pub(super) async fn retry(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    enqueued(&app, &caller, AdminRequest::Retry { run: id }).await
+}
+
+pub(super) async fn enqueue(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    enqueued(&app, &caller, AdminRequest::Enqueue { job: name }).await
+}
+
+pub(super) async fn set_enabled(
+    app: &AppState,
+    caller: &Caller,
+    name: String,
+    enabled: bool,
+) -> Result<Json<Value>, ApiError> {
+    app.core
+        .call(
+            caller,
+            AdminRequest::SetEnabled {
+                target: EnableTarget::Job(name.clone()),
+                enabled,
+            },
+        )
+        .await?;
+    Ok(Json(json!({ "job": name, "enabled": enabled })))
+}
+
+pub(super) async fn enable(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    set_enabled(&app, &caller, name, true).await
+}
+
+pub(super) async fn disable(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    set_enabled(&app, &caller, name, false).await
+}
+
+pub(super) async fn drain(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    app.core
+        .call(&caller, AdminRequest::Drain { worker: id.clone() })
+        .await?;
+    Ok(Json(json!({ "draining": id })))
+}

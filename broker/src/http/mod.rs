@@ -1,0 +1,135 @@
+//! The JSON API over HTTP: `/api/v1/…`, `/healthz`, and the runs CSV export.
+//!
+//! Every request is answered by the core through the same requests `jobcastctl` sends
+//! (see [`CoreHandle`]), so the API and the command line share their semantics and their
+//! errors. Access is by bearer token, each with a role: `viewer` reads, `operator` also
+//! acts (enqueue, kill, retry, enable/disable, drain), `admin` may do everything.
+
+mod api;
+mod auth;
+mod core_handle;
+mod csv;
+mod error;
+mod live;
+
+pub use auth::{hide_env_values, HIDDEN};
+pub use core_handle::{CoreHandle, InternalRequest};
+pub use live::{run_summary, LiveFeed, LiveMessage, LIVE_QUEUE};
+
+use crate::config::ApiToken;
+use api::{
+    disable, drain, enable, enqueue, healthz, jobs, kill, list_runs, retry, run_detail, status,
+    workers,
+};
+use auth::whoami;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use csv::runs_csv;
+use error::ApiError;
+use live::live_feed;
+use std::sync::Arc;
+
+/// Request bodies are small (actions take no body); anything bigger is refused.
+const MAX_BODY: usize = 64 << 10;
+
+#[derive(Clone)]
+struct AppState {
+    core: CoreHandle,
+    tokens: Arc<Vec<ApiToken>>,
+    live: LiveFeed,
+    /// Browser origins allowed on the live feed (scheme://host[:port]).
+    origins: Arc<Vec<String>>,
+}
+
+pub fn router(
+    core: CoreHandle,
+    tokens: Vec<ApiToken>,
+    live: LiveFeed,
+    origins: Vec<String>,
+) -> Router {
+    let state = AppState {
+        core,
+        tokens: Arc::new(tokens),
+        live,
+        origins: Arc::new(origins),
+    };
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+        )
+        .route("/healthz", get(healthz))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs.csv", get(runs_csv))
+        .route("/api/v1/runs/{id}", get(run_detail))
+        .route("/api/v1/runs/{id}/kill", post(kill))
+        .route("/api/v1/runs/{id}/retry", post(retry))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{name}/enqueue", post(enqueue))
+        .route("/api/v1/jobs/{name}/enable", post(enable))
+        .route("/api/v1/jobs/{name}/disable", post(disable))
+        .route("/api/v1/workers", get(workers))
+        .route("/api/v1/workers/{id}/drain", post(drain))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/live", get(live_feed))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .with_state(state)
+}
+
+/// Refuses a request whose declared body is over the limit, whether or not its handler
+/// would read it.
+pub(super) async fn refuse_large_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+// The dashboard, built into the binary: no build step, nothing fetched from elsewhere.
+pub(super) const INDEX_HTML: &str = include_str!("../../assets/index.html");
+pub(super) const APP_JS: &str = include_str!("../../assets/app.js");
+pub(super) const STYLE_CSS: &str = include_str!("../../assets/style.css");
+
+pub(super) fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:",
+            ),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
