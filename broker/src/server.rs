@@ -71,49 +71,21 @@ impl RejectionLog {
 }
 
 pub async fn serve<S: Store + 'static>(
-    mut core: Core<S>,
+    core: Core<S>,
     config: &BrokerConfig,
     on_bound: impl FnOnce(&Bound) -> Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let mut transport = Transport::start(&Settings {
+    let transport = Transport::start(&Settings {
         router: config.router.clone(),
         publish: config.publish.clone(),
         max_frame_bytes: config.max_frame_bytes,
         peer_timeout: config.peer_timeout,
         keys: config.keys.clone(),
     })?;
-    let (internal_tx, mut internal) = mpsc::channel::<InternalRequest>(1024);
+    let (internal_tx, internal) = mpsc::channel::<InternalRequest>(1024);
     let live = crate::http::LiveFeed::new();
-    let http = match &config.http_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot bind the HTTP listener to {addr}"))?;
-            let bound_http = listener.local_addr()?;
-            tracing::info!(http = %bound_http, "dashboard and API listening");
-            let origins = if config.public_origins.is_empty() {
-                default_origins(bound_http)
-            } else {
-                config.public_origins.clone()
-            };
-            let app = crate::http::router(
-                CoreHandle::new(internal_tx.clone()),
-                config.api_tokens.clone(),
-                live.clone(),
-                origins,
-            );
-            Some((
-                bound_http,
-                tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, app).await {
-                        tracing::error!(error = %e, "HTTP server stopped");
-                    }
-                }),
-            ))
-        }
-        None => None,
-    };
+    let http = start_http(config, CoreHandle::new(internal_tx), live.clone()).await?;
     let bound = Bound {
         router: transport.router_endpoint.clone(),
         publish: transport.publish_endpoint.clone(),
@@ -121,174 +93,33 @@ pub async fn serve<S: Store + 'static>(
     };
     tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = core.boot_id(), "broker listening");
     on_bound(&bound)?;
-    // Replies to requests from inside the broker (the HTTP API), by request id.
-    let mut internal_pending: HashMap<u64, tokio::sync::oneshot::Sender<jobcast_protocol::Reply>> =
-        HashMap::new();
-    let mut next_internal_id: u64 = 1;
-    let mut opener = Opener::new(
-        config.max_frame_bytes,
-        config.max_clock_skew.as_millis() as u64,
-    )
-    .not_before(now_us() / 1_000);
-    let mut rejections = RejectionLog {
-        last: HashMap::new(),
+    let mut server = Server {
+        opener: Opener::new(
+            config.max_frame_bytes,
+            config.max_clock_skew.as_millis() as u64,
+        )
+        .not_before(now_us() / 1_000),
+        notifier: crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1)),
+        core,
+        config,
+        transport,
+        internal,
+        live,
+        internal_pending: HashMap::new(),
+        next_internal_id: 1,
+        rejections: RejectionLog {
+            last: HashMap::new(),
+        },
+        batch: Vec::with_capacity(MAX_BATCH),
+        internal_batch: Vec::new(),
     };
-    let notifier = crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1));
     tokio::pin!(shutdown);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut internal_batch: Vec<InternalRequest> = Vec::new();
-    let result: Result<()> = loop {
-        let mut out = Outbox::default();
-        let mut refusals: Vec<(PeerId, Refusal)> = Vec::new();
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break Ok(()),
-            Some(request) = internal.recv() => {
-                internal_batch.push(request);
-                while internal_batch.len() < MAX_BATCH {
-                    match internal.try_recv() {
-                        Ok(next) => internal_batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-            }
-            ready = transport.sockets.readable() => {
-                if let Err(e) = ready {
-                    break Err(e).context("the request socket failed");
-                }
-                transport.sockets.read_into(&mut batch, MAX_BATCH);
-            }
-            first = transport.events.recv() => {
-                let Some(first) = first else { break Ok(()) };
-                batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    match transport.events.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-            }
-            // Sleep until the core has something to do: the next tick of a job, a
-            // heartbeat, a deadline.
-            _ = tokio::time::sleep(
-                Duration::from_micros(core.next_wakeup_us().saturating_sub(now_us())).min(MAX_SLEEP)
-            ) => {}
-        }
-        let now = now_us();
-        let batch_started = Instant::now();
-        let requests = batch.len();
-        let mut fatal = None;
-        for incoming in batch.drain(..) {
-            if fatal.is_some() {
-                continue;
-            }
-            let (peer, payload) = match incoming {
-                Incoming::Request { peer, payload } => (peer, payload),
-                Incoming::Refused { reason, detail } => {
-                    core.note_rejection(reason);
-                    rejections.note(reason, &detail);
-                    continue;
-                }
-                Incoming::Connection { opened } => {
-                    core.note_connection(opened);
-                    continue;
-                }
-            };
-            match opener.open(&payload, now / 1_000, |name| config.keys.for_sender(name)) {
-                Ok(opened) => match opened.body {
-                    Body::Request { id, request } => {
-                        if let Err(e) = core.handle(&peer, &opened.from, id, request, now, &mut out)
-                        {
-                            fatal = Some(e);
-                        }
-                    }
-                    Body::Reply { .. } => {
-                        core.note_rejection("undecodable");
-                        rejections.note("undecodable", "a reply sent to the broker");
-                    }
-                },
-                Err(rejection) => {
-                    core.note_rejection(rejection.reason());
-                    rejections.note(rejection.reason(), &rejection.to_string());
-                    if let Some(refusal) = Refusal::for_rejection(&rejection) {
-                        refusals.push((peer, refusal));
-                    }
-                }
-            }
-        }
-        for InternalRequest {
-            request,
-            actor,
-            reply,
-        } in internal_batch.drain(..)
-        {
-            if fatal.is_some() {
-                break;
-            }
-            let id = next_internal_id;
-            next_internal_id += 1;
-            internal_pending.retain(|_, waiter| !waiter.is_closed());
-            internal_pending.insert(id, reply);
-            if let Err(e) = core.handle_as(
-                &INTERNAL_PEER.to_vec(),
-                crate::core::ADMIN,
-                &actor,
-                id,
-                request,
-                now,
-                &mut out,
-            ) {
-                fatal = Some(e);
-            }
-        }
-        if let Some(e) = fatal {
-            break Err(e).context("store write failed");
-        }
-        if let Err(e) = core.tick(now, &mut out) {
-            break Err(e).context("store write failed");
-        }
-        let handled = batch_started.elapsed();
-        // Group commit: everything the batch wrote is durable before anyone hears of it.
-        let flushed = tokio::task::block_in_place(|| core.store_mut().flush());
-        let took = batch_started.elapsed();
-        if took > SLOW_BATCH {
-            tracing::info!(
-                requests,
-                handled_ms = handled.as_secs_f64() * 1e3,
-                flushed_ms = (took - handled).as_secs_f64() * 1e3,
-                "slow batch"
-            );
-        }
-        if let Err(e) = flushed {
-            break Err(e).context("store flush failed");
-        }
-        for notification in out.notifications.drain(..) {
-            notifier.send(notification);
-        }
-        // Live views hear of changes only once they are durable.
-        if live.has_clients() {
-            match core.take_changes() {
-                Ok(changes) => live.publish(changes),
-                Err(e) => break Err(e).context("store read failed"),
-            }
-        } else {
-            core.clear_changes();
-        }
-        // Replies for the HTTP API go back in-process, after the flush like all others.
-        let (internal_replies, zmq_replies): (Vec<_>, Vec<_>) = out
-            .replies
-            .drain(..)
-            .partition(|r| r.peer.as_slice() == INTERNAL_PEER);
-        out.replies = zmq_replies;
-        for reply in internal_replies {
-            if let Some(waiter) = internal_pending.remove(&reply.id) {
-                let _ = waiter.send(reply.reply);
-            }
-        }
-        transport
-            .sockets
-            .send(outgoing(&config.keys, out, refusals));
-    };
+    let result = server.run(shutdown).await;
+    let Server {
+        mut core,
+        transport,
+        ..
+    } = server;
     drop(transport);
     if let Some((_, task)) = http {
         task.abort();
@@ -298,6 +129,241 @@ pub async fn serve<S: Store + 'static>(
     flushed.context("final store flush failed")?;
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// Binds the dashboard and API listener, if configured, and serves it on a task.
+async fn start_http(
+    config: &BrokerConfig,
+    core: CoreHandle,
+    live: crate::http::LiveFeed,
+) -> Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>> {
+    let Some(addr) = &config.http_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the HTTP listener to {addr}"))?;
+    let bound_http = listener.local_addr()?;
+    tracing::info!(http = %bound_http, "dashboard and API listening");
+    let origins = if config.public_origins.is_empty() {
+        default_origins(bound_http)
+    } else {
+        config.public_origins.clone()
+    };
+    let app = crate::http::router(core, config.api_tokens.clone(), live, origins);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(Some((bound_http, task)))
+}
+
+/// The server loop's state: the core, the sockets, and what a batch needs on its way
+/// through.
+struct Server<'a, S: Store> {
+    core: Core<S>,
+    config: &'a BrokerConfig,
+    transport: Transport,
+    /// Requests from the HTTP API.
+    internal: mpsc::Receiver<InternalRequest>,
+    live: crate::http::LiveFeed,
+    notifier: crate::notify::Notifier,
+    opener: Opener,
+    rejections: RejectionLog,
+    /// Replies owed to the HTTP API, by request id.
+    internal_pending: HashMap<u64, tokio::sync::oneshot::Sender<jobcast_protocol::Reply>>,
+    next_internal_id: u64,
+    batch: Vec<Incoming>,
+    internal_batch: Vec<InternalRequest>,
+}
+
+/// What one batch produced, to send once it is durable.
+struct Produced {
+    out: Outbox,
+    refusals: Vec<(PeerId, Refusal)>,
+}
+
+impl<S: Store> Server<'_, S> {
+    /// Take a batch, apply it, commit it, send what it produced; until shutdown.
+    async fn run(
+        &mut self,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<()> {
+        loop {
+            if !self.take_batch(shutdown.as_mut()).await? {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let requests = self.batch.len();
+            let produced = self.apply(now_us())?;
+            self.commit(started, requests)?;
+            self.send(produced)?;
+        }
+    }
+
+    /// Waits for requests (or the next deadline of the core) and takes what is waiting,
+    /// up to a batch; false at shutdown.
+    async fn take_batch(
+        &mut self,
+        shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool> {
+        let sleep = Duration::from_micros(self.core.next_wakeup_us().saturating_sub(now_us()))
+            .min(MAX_SLEEP);
+        tokio::select! {
+            biased;
+            _ = shutdown => return Ok(false),
+            Some(request) = self.internal.recv() => {
+                self.internal_batch.push(request);
+                while self.internal_batch.len() < MAX_BATCH {
+                    match self.internal.try_recv() {
+                        Ok(next) => self.internal_batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+            }
+            ready = self.transport.sockets.readable() => {
+                ready.context("the request socket failed")?;
+                self.transport.sockets.read_into(&mut self.batch, MAX_BATCH);
+            }
+            first = self.transport.events.recv() => {
+                let Some(first) = first else { return Ok(false) };
+                self.batch.push(first);
+                while self.batch.len() < MAX_BATCH {
+                    match self.transport.events.try_recv() {
+                        Ok(next) => self.batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+            }
+            // Sleep until the core has something to do: the next tick of a job, a
+            // heartbeat, a deadline.
+            _ = tokio::time::sleep(sleep) => {}
+        }
+        Ok(true)
+    }
+
+    /// Opens every frame of the batch and hands the requests to the core, then lets the
+    /// core do its time-driven work. Nothing is durable or sent yet.
+    fn apply(&mut self, now: u64) -> Result<Produced> {
+        let mut out = Outbox::default();
+        let mut refusals = Vec::new();
+        // Taken out and put back, so that its allocation is reused batch after batch.
+        let mut batch = std::mem::take(&mut self.batch);
+        for incoming in batch.drain(..) {
+            let (peer, payload) = match incoming {
+                Incoming::Request { peer, payload } => (peer, payload),
+                Incoming::Refused { reason, detail } => {
+                    self.core.note_rejection(reason);
+                    self.rejections.note(reason, &detail);
+                    continue;
+                }
+                Incoming::Connection { opened } => {
+                    self.core.note_connection(opened);
+                    continue;
+                }
+            };
+            let keys = &self.config.keys;
+            match self
+                .opener
+                .open(&payload, now / 1_000, |name| keys.for_sender(name))
+            {
+                Ok(opened) => match opened.body {
+                    Body::Request { id, request } => self
+                        .core
+                        .handle(&peer, &opened.from, id, request, now, &mut out)
+                        .context("store write failed")?,
+                    Body::Reply { .. } => {
+                        self.core.note_rejection("undecodable");
+                        self.rejections
+                            .note("undecodable", "a reply sent to the broker");
+                    }
+                },
+                Err(rejection) => {
+                    self.core.note_rejection(rejection.reason());
+                    self.rejections
+                        .note(rejection.reason(), &rejection.to_string());
+                    if let Some(refusal) = Refusal::for_rejection(&rejection) {
+                        refusals.push((peer, refusal));
+                    }
+                }
+            }
+        }
+        self.batch = batch;
+        for InternalRequest {
+            request,
+            actor,
+            reply,
+        } in std::mem::take(&mut self.internal_batch)
+        {
+            let id = self.next_internal_id;
+            self.next_internal_id += 1;
+            self.internal_pending
+                .retain(|_, waiter| !waiter.is_closed());
+            self.internal_pending.insert(id, reply);
+            self.core
+                .handle_as(
+                    &INTERNAL_PEER.to_vec(),
+                    crate::core::ADMIN,
+                    &actor,
+                    id,
+                    request,
+                    now,
+                    &mut out,
+                )
+                .context("store write failed")?;
+        }
+        self.core
+            .tick(now, &mut out)
+            .context("store write failed")?;
+        Ok(Produced { out, refusals })
+    }
+
+    /// Group commit: everything the batch wrote is durable before anyone hears of it.
+    fn commit(&mut self, started: Instant, requests: usize) -> Result<()> {
+        let handled = started.elapsed();
+        let flushed = tokio::task::block_in_place(|| self.core.store_mut().flush());
+        let took = started.elapsed();
+        if took > SLOW_BATCH {
+            tracing::info!(
+                requests,
+                handled_ms = handled.as_secs_f64() * 1e3,
+                flushed_ms = (took - handled).as_secs_f64() * 1e3,
+                "slow batch"
+            );
+        }
+        flushed.context("store flush failed")
+    }
+
+    /// Sends what the batch produced: notifications, live-view changes, the API's
+    /// replies in-process, and the rest over the sockets.
+    fn send(&mut self, produced: Produced) -> Result<()> {
+        let Produced { mut out, refusals } = produced;
+        for notification in out.notifications.drain(..) {
+            self.notifier.send(notification);
+        }
+        // Live views hear of changes only once they are durable.
+        if self.live.has_clients() {
+            let changes = self.core.take_changes().context("store read failed")?;
+            self.live.publish(changes);
+        } else {
+            self.core.clear_changes();
+        }
+        let (internal_replies, zmq_replies): (Vec<_>, Vec<_>) = out
+            .replies
+            .drain(..)
+            .partition(|r| r.peer.as_slice() == INTERNAL_PEER);
+        out.replies = zmq_replies;
+        for reply in internal_replies {
+            if let Some(waiter) = self.internal_pending.remove(&reply.id) {
+                let _ = waiter.send(reply.reply);
+            }
+        }
+        self.transport
+            .sockets
+            .send(outgoing(&self.config.keys, out, refusals));
+        Ok(())
+    }
 }
 
 /// The batch's replies (sealed), refusals and events, to send.
