@@ -3,6 +3,7 @@ mod process;
 mod reporter;
 mod runner;
 mod session;
+mod state;
 mod worker_env;
 
 use anyhow::{Context, Result};

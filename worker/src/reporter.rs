@@ -6,6 +6,7 @@
 //! sent again in the same order; the broker ignores what it has already seen, so a
 //! report is never lost and never applied twice.
 
+use crate::state::ReportAnswer;
 use jobcast_client::{Client, ClientError};
 use jobcast_protocol::{ErrorCode, Reply, WorkerRequest};
 use std::collections::VecDeque;
@@ -27,21 +28,6 @@ struct Inner {
     queue: Mutex<VecDeque<WorkerRequest>>,
     wake: Notify,
     log_backlog: AtomicUsize,
-}
-
-/// What the reporter tells the session.
-#[derive(Debug)]
-pub enum ReportEvent {
-    /// The broker has recorded that this run ended.
-    FinishAcked(String),
-    /// Runs granted in answer to a finish report that also claimed.
-    Granted {
-        runs: Vec<jobcast_protocol::Assignment>,
-    },
-    /// The broker does not know this worker: register again.
-    NotRegistered,
-    /// A report was acknowledged (the broker is alive).
-    Heard,
 }
 
 fn log_len(request: &WorkerRequest) -> usize {
@@ -105,7 +91,7 @@ impl Reporter {
         self,
         client: Client,
         mut registered: watch::Receiver<bool>,
-        events: mpsc::UnboundedSender<ReportEvent>,
+        events: mpsc::UnboundedSender<ReportAnswer>,
     ) {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -134,15 +120,15 @@ impl Reporter {
                         ..
                     }) => {
                         failed = true;
-                        let _ = events.send(ReportEvent::NotRegistered);
+                        let _ = events.send(ReportAnswer::NotRegistered);
                     }
                     Ok(reply) => {
                         acked[i] = true;
                         if let WorkerRequest::RunFinished(finished) = &batch[i] {
-                            let _ = events.send(ReportEvent::FinishAcked(finished.run_id.clone()));
+                            let _ = events.send(ReportAnswer::FinishAcked(finished.run_id.clone()));
                         }
                         if let Reply::Granted { runs, .. } = reply {
-                            let _ = events.send(ReportEvent::Granted { runs });
+                            let _ = events.send(ReportAnswer::Granted(runs));
                         }
                     }
                     Err(ClientError::Closed) => return,
@@ -153,7 +139,7 @@ impl Reporter {
                 }
             }
             if acked.iter().any(|a| *a) {
-                let _ = events.send(ReportEvent::Heard);
+                let _ = events.send(ReportAnswer::Heard);
             }
             self.remove_acked(&acked);
             if failed {

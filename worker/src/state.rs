@@ -1,0 +1,460 @@
+//! The worker's decisions, without sockets, processes or clocks: events in (broker
+//! replies and hints, runs ending, signals, the passing of time), actions out (requests,
+//! reports, runs to start or stop). The session (`session.rs`) carries the actions out.
+//!
+//! Time is milliseconds on a monotonic clock with any origin, passed in by the caller.
+
+use jobcast_protocol::{
+    Assignment, ErrorCode, Event, Heartbeat, Orders, Register, Reply, RunFinished, WorkerRequest,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long the broker may hold a claim before answering that nothing came. While it
+/// waits, a run queued for this worker's pools is granted in the batch that queued it.
+pub const CLAIM_WAIT: Duration = Duration::from_secs(10);
+/// How long a request may take before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a request was for, so that its answer can be dealt with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Register,
+    Heartbeat,
+    Claim { sent_ms: u64 },
+    Orders,
+    Release,
+    Pong,
+}
+
+/// How a request ended, as far as the worker's decisions go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Reply(Reply),
+    /// The broker refused the connection or the frame (`reason` is its code).
+    Refused {
+        reason: String,
+        detail: String,
+    },
+    /// Timed out, connection lost, …: nothing was learnt.
+    Failed(String),
+}
+
+/// What the reporter (the reliable outbox of run reports) tells the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportAnswer {
+    /// The broker has recorded that this run ended.
+    FinishAcked(String),
+    /// Runs granted in answer to a finish report that also claimed.
+    Granted(Vec<Assignment>),
+    /// The broker does not know this worker: register again.
+    NotRegistered,
+    /// A report was acknowledged (the broker is alive).
+    Heard,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send a request; its answer comes back through [`WorkerState::on_answer`].
+    Request {
+        purpose: Purpose,
+        request: WorkerRequest,
+        timeout: Duration,
+    },
+    /// Hand a report to the reliable outbox (resent until acknowledged).
+    Report(WorkerRequest),
+    Start(Box<Assignment>),
+    Stop(String),
+    /// Answer a ping with this worker's details.
+    AnswerPing(u64),
+    /// Drop the connection to the broker and make a new one (after a jittered delay).
+    Reconnect,
+}
+
+/// What does not change while the worker runs.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub hostname: String,
+    pub pid: u32,
+    pub version: String,
+    pub concurrency: u32,
+    pub pools: Vec<String>,
+    pub max_log_bytes: u64,
+    pub reconnect_after: Duration,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct WorkerState {
+    identity: Identity,
+    /// Runs this worker holds, and whether each one's process has ended (it stays held
+    /// until the broker has acknowledged its end).
+    held: BTreeMap<String, bool>,
+    registered: bool,
+    boot_id: Option<u64>,
+    heartbeat_ms: u64,
+    next_heartbeat_ms: u64,
+    last_heard_ms: u64,
+    register_in_flight: bool,
+    claim_in_flight: bool,
+    want_work: bool,
+    draining: bool,
+    drain_deadline_ms: Option<u64>,
+    /// The broker refused this worker for a reason retrying cannot fix.
+    refused: Option<String>,
+}
+
+impl WorkerState {
+    pub fn new(identity: Identity, now_ms: u64) -> WorkerState {
+        WorkerState {
+            identity,
+            held: BTreeMap::new(),
+            registered: false,
+            boot_id: None,
+            heartbeat_ms: 1_000,
+            next_heartbeat_ms: now_ms,
+            last_heard_ms: now_ms,
+            register_in_flight: false,
+            claim_in_flight: false,
+            want_work: true,
+            draining: false,
+            drain_deadline_ms: None,
+            refused: None,
+        }
+    }
+
+    /// The first actions: register.
+    pub fn start(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.register(&mut actions);
+        actions
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.registered
+    }
+
+    pub fn running_ids(&self) -> Vec<String> {
+        self.held.keys().cloned().collect()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Draining and every run's process has ended: time to deliver the last reports and
+    /// exit.
+    pub fn drained(&self) -> bool {
+        self.draining && self.held.values().all(|done| *done)
+    }
+
+    /// Nothing is held any more (every end acknowledged).
+    pub fn holds_nothing(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Why the worker must exit with a failure, once nothing runs any more.
+    pub fn refused_with_nothing_running(&self) -> Option<&str> {
+        self.refused.as_deref().filter(|_| self.held.is_empty())
+    }
+
+    fn busy_slots(&self) -> u32 {
+        self.held.values().filter(|done| !**done).count() as u32
+    }
+
+    fn free_slots(&self) -> u32 {
+        self.identity.concurrency.saturating_sub(self.busy_slots())
+    }
+
+    fn request(actions: &mut Vec<Action>, purpose: Purpose, request: WorkerRequest) {
+        actions.push(Action::Request {
+            purpose,
+            request,
+            timeout: REQUEST_TIMEOUT,
+        });
+    }
+
+    fn register(&mut self, actions: &mut Vec<Action>) {
+        if self.register_in_flight {
+            return;
+        }
+        self.register_in_flight = true;
+        let identity = &self.identity;
+        Self::request(
+            actions,
+            Purpose::Register,
+            WorkerRequest::Register(Register {
+                hostname: identity.hostname.clone(),
+                pid: identity.pid,
+                version: identity.version.clone(),
+                concurrency: identity.concurrency,
+                pools: identity.pools.clone(),
+                running: self.running_ids(),
+                max_log_bytes: identity.max_log_bytes,
+            }),
+        );
+    }
+
+    fn set_unregistered(&mut self, actions: &mut Vec<Action>) {
+        if self.registered {
+            tracing::info!("broker does not know this worker (restarted?): registering again");
+        }
+        self.registered = false;
+        self.register(actions);
+    }
+
+    fn maybe_claim(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        if self.draining || self.claim_in_flight || !self.want_work || !self.registered {
+            return;
+        }
+        let free = self.free_slots();
+        if free == 0 {
+            return;
+        }
+        self.claim_in_flight = true;
+        actions.push(Action::Request {
+            purpose: Purpose::Claim { sent_ms: now_ms },
+            request: WorkerRequest::Claim {
+                max: free,
+                wait_ms: CLAIM_WAIT.as_millis() as u64,
+            },
+            timeout: CLAIM_WAIT + REQUEST_TIMEOUT,
+        });
+    }
+
+    /// Time passing: heartbeats, reconnecting after silence, the drain deadline. Call it
+    /// every few hundred milliseconds.
+    pub fn on_timer(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.drain_deadline_ms.is_some_and(|d| now_ms >= d) {
+            tracing::warn!("drain timeout reached: killing the runs still going");
+            self.drain_deadline_ms = None;
+            self.stop_all(&mut actions);
+        }
+        if now_ms < self.next_heartbeat_ms {
+            return actions;
+        }
+        self.next_heartbeat_ms = now_ms + self.heartbeat_ms;
+        let silent_ms = now_ms.saturating_sub(self.last_heard_ms);
+        if silent_ms > self.identity.reconnect_after.as_millis() as u64 {
+            tracing::warn!(silent_ms, "nothing from the broker: reconnecting");
+            self.last_heard_ms = now_ms;
+            self.registered = false;
+            self.register_in_flight = false;
+            self.claim_in_flight = false;
+            actions.push(Action::Reconnect);
+            self.register(&mut actions);
+            return actions;
+        }
+        if !self.registered {
+            self.register(&mut actions);
+            return actions;
+        }
+        Self::request(
+            &mut actions,
+            Purpose::Heartbeat,
+            WorkerRequest::Heartbeat(Heartbeat {
+                running: self.running_ids(),
+                free_slots: self.free_slots(),
+                draining: self.draining,
+            }),
+        );
+        // Poll for work now and then even without a wake-up, in case one was lost.
+        self.maybe_claim(now_ms, &mut actions);
+        actions
+    }
+
+    /// A hint from the broker's PUB socket.
+    pub fn on_event(&mut self, event: Event, now_ms: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.last_heard_ms = now_ms;
+        match event {
+            Event::BrokerAlive { boot_id, .. } => {
+                if self.boot_id.is_some_and(|known| known != boot_id) {
+                    tracing::info!("the broker restarted");
+                    self.set_unregistered(&mut actions);
+                }
+            }
+            Event::Wake { .. } => {
+                self.want_work = true;
+                self.maybe_claim(now_ms, &mut actions);
+            }
+            Event::Ping { ping_id } => actions.push(Action::AnswerPing(ping_id)),
+            Event::OrdersPending => {
+                Self::request(&mut actions, Purpose::Orders, WorkerRequest::FetchOrders)
+            }
+        }
+        actions
+    }
+
+    /// The end of a request sent through [`Action::Request`].
+    pub fn on_answer(&mut self, purpose: Purpose, answer: Answer, now_ms: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match purpose {
+            Purpose::Register => self.register_in_flight = false,
+            Purpose::Claim { .. } => self.claim_in_flight = false,
+            _ => {}
+        }
+        let reply = match answer {
+            Answer::Reply(reply) => {
+                self.last_heard_ms = now_ms;
+                reply
+            }
+            Answer::Refused { reason, detail } => {
+                tracing::error!(%reason, "the broker refuses this worker: {detail}");
+                return actions;
+            }
+            Answer::Failed(why) => {
+                tracing::debug!(?purpose, %why, "request failed");
+                return actions;
+            }
+        };
+        match reply {
+            Reply::Registered {
+                boot_id,
+                heartbeat_interval_ms,
+                orders,
+            } => {
+                if self.boot_id != Some(boot_id) {
+                    tracing::info!(boot_id, "registered with the broker");
+                }
+                self.boot_id = Some(boot_id);
+                self.heartbeat_ms = heartbeat_interval_ms.clamp(100, 60_000);
+                self.registered = true;
+                self.want_work = true;
+                self.apply(orders, now_ms, &mut actions);
+                self.maybe_claim(now_ms, &mut actions);
+            }
+            Reply::Orders(orders) => self.apply(orders, now_ms, &mut actions),
+            Reply::Granted { runs, more_queued } => {
+                if let Purpose::Claim { sent_ms } = purpose {
+                    // Slots left free wait in a new claim, unless the broker answered
+                    // "nothing" at once instead of holding the claim (it is draining this
+                    // worker, or does not hold claims): then a wake-up or the heartbeat
+                    // asks again.
+                    let held_ms = now_ms.saturating_sub(sent_ms);
+                    self.want_work = !runs.is_empty()
+                        || more_queued
+                        || held_ms >= CLAIM_WAIT.as_millis() as u64 / 2;
+                }
+                self.granted(runs, now_ms, &mut actions);
+            }
+            Reply::Error {
+                code: ErrorCode::NotRegistered,
+                ..
+            } => self.set_unregistered(&mut actions),
+            Reply::Error {
+                code: ErrorCode::Forbidden,
+                message,
+            } if purpose == Purpose::Register => {
+                self.refused = Some(message);
+                if !self.draining {
+                    self.begin_drain(now_ms);
+                }
+            }
+            Reply::Error { code, message } => {
+                tracing::error!(?purpose, ?code, "broker refused a request: {message}");
+            }
+            _ => {}
+        }
+        actions
+    }
+
+    /// What the reporter learnt delivering a report.
+    pub fn on_report(&mut self, answer: ReportAnswer, now_ms: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match answer {
+            ReportAnswer::FinishAcked(run_id) => {
+                self.held.remove(&run_id);
+            }
+            ReportAnswer::Granted(runs) => {
+                self.last_heard_ms = now_ms;
+                // Slots still free after this wait in a claim the broker holds.
+                self.want_work = true;
+                self.granted(runs, now_ms, &mut actions);
+            }
+            ReportAnswer::NotRegistered => self.set_unregistered(&mut actions),
+            ReportAnswer::Heard => self.last_heard_ms = now_ms,
+        }
+        actions
+    }
+
+    /// Runs granted by a claim or by a finish report that claimed: the same rules for
+    /// both.
+    fn granted(&mut self, runs: Vec<Assignment>, now_ms: u64, actions: &mut Vec<Action>) {
+        let mut released = Vec::new();
+        for assignment in runs {
+            if self.draining {
+                // Claimed just as the drain began: hand it back unstarted.
+                released.push(assignment.run_id);
+            } else if !self.held.contains_key(&assignment.run_id) {
+                self.held.insert(assignment.run_id.clone(), false);
+                actions.push(Action::Start(Box::new(assignment)));
+            }
+        }
+        if !released.is_empty() {
+            Self::request(
+                actions,
+                Purpose::Release,
+                WorkerRequest::Release { run_ids: released },
+            );
+        }
+        self.maybe_claim(now_ms, actions);
+    }
+
+    /// A run's process ended; its report goes to the outbox.
+    pub fn on_run_done(&mut self, mut finished: RunFinished) -> Vec<Action> {
+        if let Some(done) = self.held.get_mut(&finished.run_id) {
+            *done = true;
+        }
+        // The report that frees the slot also asks for work to fill it: one round trip
+        // from one run's end to the next run's start.
+        if !self.draining && !self.claim_in_flight && self.registered {
+            finished.claim = self.free_slots();
+        }
+        vec![Action::Report(WorkerRequest::RunFinished(finished))]
+    }
+
+    /// SIGTERM or SIGINT: drain; a second one stops the runs at once.
+    pub fn on_signal(&mut self, name: &str, now_ms: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.draining {
+            tracing::warn!(signal = name, "second signal: killing running runs now");
+            self.stop_all(&mut actions);
+        } else {
+            tracing::info!(signal = name, "draining");
+            self.begin_drain(now_ms);
+        }
+        actions
+    }
+
+    fn apply(&mut self, orders: Orders, now_ms: u64, actions: &mut Vec<Action>) {
+        for run_id in orders.kill {
+            if self.held.get(&run_id) == Some(&false) {
+                tracing::info!(run_id, "kill ordered by the broker");
+                actions.push(Action::Stop(run_id));
+            }
+        }
+        if orders.drain && !self.draining {
+            tracing::info!("drain ordered by the broker");
+            self.begin_drain(now_ms);
+        }
+    }
+
+    fn begin_drain(&mut self, now_ms: u64) {
+        self.draining = true;
+        self.drain_deadline_ms = Some(now_ms + self.identity.drain_timeout.as_millis() as u64);
+        tracing::info!(running = self.busy_slots(), timeout = ?self.identity.drain_timeout, "draining: taking no new work");
+    }
+
+    fn stop_all(&self, actions: &mut Vec<Action>) {
+        for (run_id, done) in &self.held {
+            if !done {
+                actions.push(Action::Stop(run_id.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

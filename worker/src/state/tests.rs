@@ -1,0 +1,342 @@
+//! The worker's decisions, event by event, in the orders that matter.
+
+use super::*;
+use jobcast_protocol::{JobSpec, Outcome};
+
+fn identity(concurrency: u32) -> Identity {
+    Identity {
+        hostname: "host".into(),
+        pid: 42,
+        version: "test".into(),
+        concurrency,
+        pools: vec!["default".into()],
+        max_log_bytes: 1 << 20,
+        reconnect_after: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(60),
+    }
+}
+
+fn assignment(run_id: &str) -> Assignment {
+    Assignment {
+        run_id: run_id.into(),
+        attempt: 1,
+        scheduled_at_ms: 0,
+        job: JobSpec {
+            name: "job".into(),
+            pool: "default".into(),
+            exec: jobcast_protocol::Exec::Command(vec!["true".into()]),
+            env: Default::default(),
+            worker_env: Vec::new(),
+            workdir: None,
+            timeout_ms: None,
+            enabled: true,
+            schedule: Default::default(),
+            policy: Default::default(),
+        },
+    }
+}
+
+fn registered_reply() -> Answer {
+    Answer::Reply(Reply::Registered {
+        boot_id: 7,
+        heartbeat_interval_ms: 1_000,
+        orders: Orders::default(),
+    })
+}
+
+fn granted(runs: &[&str], more_queued: bool) -> Answer {
+    Answer::Reply(Reply::Granted {
+        runs: runs.iter().map(|r| assignment(r)).collect(),
+        more_queued,
+    })
+}
+
+fn finished(run_id: &str) -> RunFinished {
+    RunFinished {
+        run_id: run_id.into(),
+        outcome: Outcome::Exited { code: 0 },
+        duration_ms: 1,
+        log_bytes: 0,
+        claim: 0,
+    }
+}
+
+/// The purpose of the claim among `actions`, and how many runs it asks for.
+fn claim_in(actions: &[Action]) -> Option<(Purpose, u32, u64)> {
+    actions.iter().find_map(|a| match a {
+        Action::Request {
+            purpose,
+            request: WorkerRequest::Claim { max, wait_ms },
+            ..
+        } => Some((*purpose, *max, *wait_ms)),
+        _ => None,
+    })
+}
+
+fn started(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start(assignment) => Some(assignment.run_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stopped(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Stop(run_id) => Some(run_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A worker that has registered and sent its first (waiting) claim at `t` = 0.
+fn registered(concurrency: u32) -> (WorkerState, Purpose) {
+    let mut state = WorkerState::new(identity(concurrency), 0);
+    let actions = state.start();
+    assert!(matches!(
+        &actions[..],
+        [Action::Request {
+            purpose: Purpose::Register,
+            ..
+        }]
+    ));
+    let actions = state.on_answer(Purpose::Register, registered_reply(), 0);
+    let (purpose, max, wait_ms) = claim_in(&actions).expect("a claim after registering");
+    assert_eq!((max, wait_ms), (concurrency, CLAIM_WAIT.as_millis() as u64));
+    assert!(state.is_registered());
+    (state, purpose)
+}
+
+#[test]
+fn registers_then_keeps_one_waiting_claim_for_its_free_slots() {
+    let (mut state, claim) = registered(2);
+    // A wake-up while the claim waits sends no second claim.
+    let actions = state.on_event(
+        Event::Wake {
+            pool: "default".into(),
+        },
+        10,
+    );
+    assert_eq!(claim_in(&actions), None);
+    // One run comes; the claim is renewed for the slot still free.
+    let actions = state.on_answer(claim, granted(&["r1"], false), 20);
+    assert_eq!(started(&actions), ["r1"]);
+    assert_eq!(claim_in(&actions).map(|(_, max, _)| max), Some(1));
+}
+
+#[test]
+fn a_claim_held_to_its_end_is_renewed_but_one_answered_at_once_is_not() {
+    let (mut state, claim) = registered(1);
+    let held_until = CLAIM_WAIT.as_millis() as u64;
+    let actions = state.on_answer(claim, granted(&[], false), held_until);
+    let (renewed, ..) = claim_in(&actions).expect("waits again");
+    // A broker that answers "nothing" at once (not holding claims, or draining this
+    // worker): no spinning; the next wake-up asks again.
+    let actions = state.on_answer(renewed, granted(&[], false), held_until + 5);
+    assert_eq!(claim_in(&actions), None);
+    let actions = state.on_event(
+        Event::Wake {
+            pool: "default".into(),
+        },
+        held_until + 10,
+    );
+    assert!(claim_in(&actions).is_some());
+}
+
+#[test]
+fn a_finished_run_reports_and_claims_its_slot_in_one_message() {
+    let (mut state, claim) = registered(1);
+    let actions = state.on_answer(claim, granted(&["r1"], false), 5);
+    assert_eq!(started(&actions), ["r1"]);
+    assert_eq!(claim_in(&actions), None, "no free slot");
+    let actions = state.on_run_done(finished("r1"));
+    match &actions[..] {
+        [Action::Report(WorkerRequest::RunFinished(report))] => assert_eq!(report.claim, 1),
+        other => panic!("{other:?}"),
+    }
+    // Granted in answer to the report: the same rules as a claim's answer.
+    let actions = state.on_report(ReportAnswer::Granted(vec![assignment("r2")]), 30);
+    assert_eq!(started(&actions), ["r2"]);
+    // Held until the broker acknowledges the end.
+    assert_eq!(state.running_ids(), ["r1", "r2"]);
+    state.on_report(ReportAnswer::FinishAcked("r1".into()), 40);
+    assert_eq!(state.running_ids(), ["r2"]);
+}
+
+#[test]
+fn a_run_granted_twice_starts_once() {
+    let (mut state, claim) = registered(2);
+    let actions = state.on_answer(claim, granted(&["r1"], false), 5);
+    assert_eq!(started(&actions), ["r1"]);
+    let actions = state.on_report(ReportAnswer::Granted(vec![assignment("r1")]), 6);
+    assert!(started(&actions).is_empty());
+}
+
+#[test]
+fn draining_takes_no_new_work_and_hands_back_late_grants() {
+    let (mut state, claim) = registered(2);
+    let actions = state.on_answer(claim, granted(&["r1"], false), 5);
+    let (renewed, ..) = claim_in(&actions).expect("claims the second slot");
+    assert!(state.on_signal("SIGTERM", 10).is_empty());
+    assert!(state.is_draining());
+    // The waiting claim comes back with a run after the drain began: released.
+    let actions = state.on_answer(renewed, granted(&["r2"], false), 20);
+    assert!(started(&actions).is_empty());
+    assert!(
+        actions.iter().any(|a| matches!(a,
+        Action::Request { request: WorkerRequest::Release { run_ids }, .. } if run_ids == &["r2"]))
+    );
+    // Heartbeats tell the broker; no claims while draining.
+    let actions = state.on_timer(2_000);
+    assert!(actions.iter().any(|a| matches!(a,
+        Action::Request { request: WorkerRequest::Heartbeat(h), .. } if h.draining)));
+    assert_eq!(claim_in(&actions), None);
+    // The finish report claims nothing.
+    match &state.on_run_done(finished("r1"))[..] {
+        [Action::Report(WorkerRequest::RunFinished(report))] => assert_eq!(report.claim, 0),
+        other => panic!("{other:?}"),
+    }
+    assert!(state.drained());
+}
+
+#[test]
+fn the_drain_deadline_and_a_second_signal_stop_what_still_runs() {
+    let (mut state, claim) = registered(2);
+    state.on_answer(claim, granted(&["r1", "r2"], false), 5);
+    state.on_signal("SIGTERM", 10);
+    assert!(stopped(&state.on_timer(59_000)).is_empty());
+    assert_eq!(stopped(&state.on_timer(60_010)), ["r1", "r2"]);
+    // And at once on a second signal.
+    let (mut state, claim) = registered(1);
+    state.on_answer(claim, granted(&["r1"], false), 5);
+    state.on_signal("SIGTERM", 10);
+    assert_eq!(stopped(&state.on_signal("SIGINT", 20)), ["r1"]);
+}
+
+#[test]
+fn kill_orders_stop_only_runs_still_going() {
+    let (mut state, claim) = registered(2);
+    state.on_answer(claim, granted(&["r1", "r2"], false), 5);
+    state.on_run_done(finished("r2"));
+    let orders = Answer::Reply(Reply::Orders(Orders {
+        kill: vec!["r1".into(), "r2".into(), "unknown".into()],
+        drain: false,
+    }));
+    let actions = state.on_answer(Purpose::Orders, orders, 10);
+    assert_eq!(stopped(&actions), ["r1"]);
+    // A drain order drains.
+    let orders = Answer::Reply(Reply::Orders(Orders {
+        kill: vec![],
+        drain: true,
+    }));
+    state.on_answer(Purpose::Orders, orders, 20);
+    assert!(state.is_draining());
+}
+
+#[test]
+fn an_unknown_worker_registers_again_listing_what_it_runs() {
+    let (mut state, claim) = registered(2);
+    state.on_answer(claim, granted(&["r1"], false), 5);
+    let not_registered = Answer::Reply(Reply::Error {
+        code: ErrorCode::NotRegistered,
+        message: "register first".into(),
+    });
+    let actions = state.on_answer(Purpose::Heartbeat, not_registered, 10);
+    match &actions[..] {
+        [Action::Request {
+            request: WorkerRequest::Register(register),
+            ..
+        }] => assert_eq!(register.running, ["r1"]),
+        other => panic!("{other:?}"),
+    }
+    assert!(!state.is_registered());
+    // One registration at a time: the reporter's NotRegistered adds none.
+    assert!(state.on_report(ReportAnswer::NotRegistered, 11).is_empty());
+}
+
+#[test]
+fn a_broker_restart_seen_on_pub_means_registering_again() {
+    let (mut state, _) = registered(1);
+    let same = Event::BrokerAlive {
+        boot_id: 7,
+        time_ms: 0,
+    };
+    assert!(state.on_event(same, 10).is_empty());
+    let restarted = Event::BrokerAlive {
+        boot_id: 8,
+        time_ms: 0,
+    };
+    let actions = state.on_event(restarted, 20);
+    assert!(matches!(
+        &actions[..],
+        [Action::Request {
+            purpose: Purpose::Register,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn silence_past_the_limit_reconnects_and_registers() {
+    let (mut state, _) = registered(1);
+    // Heartbeats are due every second; only silence longer than 30 s reconnects.
+    let actions = state.on_timer(29_000);
+    assert!(!actions.contains(&Action::Reconnect));
+    let actions = state.on_timer(31_000);
+    assert_eq!(actions.first(), Some(&Action::Reconnect));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Request {
+            purpose: Purpose::Register,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_refused_registration_drains_and_exits_once_nothing_runs() {
+    let mut state = WorkerState::new(identity(1), 0);
+    state.start();
+    let forbidden = Answer::Reply(Reply::Error {
+        code: ErrorCode::Forbidden,
+        message: "the key of worker \"w1\" may not serve pool \"gpu\"".into(),
+    });
+    state.on_answer(Purpose::Register, forbidden, 5);
+    assert!(state.is_draining());
+    assert_eq!(
+        state.refused_with_nothing_running(),
+        Some("the key of worker \"w1\" may not serve pool \"gpu\"")
+    );
+}
+
+#[test]
+fn pings_and_pending_orders_are_answered() {
+    let (mut state, _) = registered(1);
+    assert_eq!(
+        state.on_event(Event::Ping { ping_id: 9 }, 5),
+        [Action::AnswerPing(9)]
+    );
+    let actions = state.on_event(Event::OrdersPending, 6);
+    assert!(matches!(
+        &actions[..],
+        [Action::Request {
+            purpose: Purpose::Orders,
+            request: WorkerRequest::FetchOrders,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn failed_requests_change_nothing_but_their_in_flight_flag() {
+    let (mut state, claim) = registered(1);
+    let actions = state.on_answer(claim, Answer::Failed("timed out".into()), 5);
+    assert!(actions.is_empty());
+    // The next heartbeat claims again.
+    let actions = state.on_timer(1_000);
+    assert!(claim_in(&actions).is_some());
+}
