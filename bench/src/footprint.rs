@@ -4,7 +4,7 @@
 use crate::harness::{disk_usage, rss_bytes, Broker};
 use anyhow::Result;
 use jobcast_broker::store::{SledStore, Store};
-use jobcast_protocol::{Exec, JobPolicy, JobSpec, Outcome, RunRecord, RunState, Transition};
+use jobcast_protocol::{Exec, JobSpec, Outcome, RunRecord, RunState, Transition};
 use std::time::{Duration, Instant};
 
 fn mb(bytes: u64) -> String {
@@ -100,16 +100,12 @@ pub async fn footprint(stored_runs: usize) -> Result<()> {
     let store_path = dir.path().join("data").join("store");
     std::fs::create_dir_all(&store_path)?;
     let job = JobSpec {
-        name: "nightly-backup".into(),
-        pool: "default".into(),
-        exec: Exec::Script("#!/bin/sh\npg_dump mydb > /backups/mydb.sql\n".into()),
-        env: Default::default(),
-        worker_env: Vec::new(),
-        workdir: None,
         timeout_ms: Some(3_600_000),
-        enabled: true,
-        schedule: Default::default(),
-        policy: JobPolicy::default(),
+        ..JobSpec::new(
+            "nightly-backup",
+            "default",
+            Exec::Script("#!/bin/sh\npg_dump mydb > /backups/mydb.sql\n".into()),
+        )
     };
     let fill = Instant::now();
     {

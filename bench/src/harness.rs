@@ -295,19 +295,11 @@ impl Broker {
 /// A job for benchmarks: no schedule, runs may overlap.
 pub fn bench_job(name: &str, pool: &str, exec: jobcast_protocol::Exec) -> JobSpec {
     JobSpec {
-        name: name.into(),
-        pool: pool.into(),
-        exec,
-        env: Default::default(),
-        worker_env: Vec::new(),
-        workdir: None,
-        timeout_ms: None,
-        enabled: true,
-        schedule: Default::default(),
         policy: jobcast_protocol::JobPolicy {
             overlap: jobcast_protocol::Overlap::Allow,
             ..Default::default()
         },
+        ..JobSpec::new(name, pool, exec)
     }
 }
 

@@ -267,6 +267,25 @@ pub struct JobSpec {
     pub policy: JobPolicy,
 }
 
+impl JobSpec {
+    /// An enabled job with no schedule, env, working directory or timeout, and the
+    /// default policy: it runs when enqueued.
+    pub fn new(name: impl Into<String>, pool: impl Into<String>, exec: Exec) -> JobSpec {
+        JobSpec {
+            name: name.into(),
+            pool: pool.into(),
+            exec,
+            env: BTreeMap::new(),
+            worker_env: Vec::new(),
+            workdir: None,
+            timeout_ms: None,
+            enabled: true,
+            schedule: ScheduleSpec::default(),
+            policy: JobPolicy::default(),
+        }
+    }
+}
+
 /// When a job runs. At most one of `cron`, `every_ms` and `at` is set; none means the job
 /// runs only when enqueued.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -9,18 +9,7 @@ use jobcast_protocol::{
 const T0: u64 = 1_800_000_000_000_000; // µs
 
 fn job(name: &str, pool: &str) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        pool: pool.into(),
-        exec: Exec::Script("#!/bin/sh\necho hi\n".into()),
-        env: Default::default(),
-        worker_env: Vec::new(),
-        workdir: None,
-        timeout_ms: None,
-        enabled: true,
-        schedule: Default::default(),
-        policy: Default::default(),
-    }
+    JobSpec::new(name, pool, Exec::Script("#!/bin/sh\necho hi\n".into()))
 }
 
 /// A one-slot worker's registration for `pools`, declaring `max_log_bytes`.

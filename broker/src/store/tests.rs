@@ -2,7 +2,6 @@
 
 use super::*;
 use jobcast_protocol::{Exec, RunState};
-use std::collections::BTreeMap;
 
 /// Runs each contract test on a fresh store of every backend.
 macro_rules! on_every_backend {
@@ -35,18 +34,7 @@ on_every_backend!(
 );
 
 fn job(name: &str) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        pool: "default".into(),
-        exec: Exec::Command(vec!["true".into()]),
-        env: BTreeMap::new(),
-        worker_env: Vec::new(),
-        workdir: None,
-        timeout_ms: None,
-        enabled: true,
-        schedule: Default::default(),
-        policy: Default::default(),
-    }
+    JobSpec::new(name, "default", Exec::Command(vec!["true".into()]))
 }
 
 fn run(seq: u64, id: &str, state: RunState) -> RunRecord {

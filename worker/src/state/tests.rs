@@ -21,18 +21,11 @@ fn assignment(run_id: &str) -> Assignment {
         run_id: run_id.into(),
         attempt: 1,
         scheduled_at_ms: 0,
-        job: JobSpec {
-            name: "job".into(),
-            pool: "default".into(),
-            exec: jobcast_protocol::Exec::Command(vec!["true".into()]),
-            env: Default::default(),
-            worker_env: Vec::new(),
-            workdir: None,
-            timeout_ms: None,
-            enabled: true,
-            schedule: Default::default(),
-            policy: Default::default(),
-        },
+        job: JobSpec::new(
+            "job",
+            "default",
+            jobcast_protocol::Exec::Command(vec!["true".into()]),
+        ),
     }
 }
 
