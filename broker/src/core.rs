@@ -6,6 +6,8 @@
 //! `assigned` by one `Claim` is gone from the queue for the next.
 
 mod admin;
+mod after_end;
+mod alerts;
 mod liveness;
 mod outbox;
 mod runs;
@@ -13,8 +15,9 @@ mod scheduling;
 mod waiting_claims;
 mod worker;
 
+pub use after_end::Notification;
 pub use outbox::{OutReply, Outbox};
-pub use scheduling::{format_ms, Notification, MISFIRE_GRACE_MS};
+pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
 use waiting_claims::WaitingClaims;
 
 use crate::schedule::Schedule;

@@ -6,13 +6,10 @@
 //! tick decided twice (say, after a crash before the flush) names the same run, which is
 //! never created twice.
 
-use crate::core::{error, Core, Outbox};
+use crate::core::{Core, Notification, Outbox};
 use crate::schedule::{derived_run_id, Schedule};
-use crate::store::{Store, StoreResult};
-use jobcast_protocol::{
-    names, Alert, AlertKind, EnableTarget, ErrorCode, JobSpec, JobState, JobView, Misfire, Overlap,
-    Reply, RunRecord, RunState,
-};
+use crate::store::{Store, StoreError, StoreResult};
+use jobcast_protocol::{AlertKind, JobSpec, JobState, Misfire, Overlap};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Ticks older than this when the broker gets to them were missed (the broker was down
@@ -22,8 +19,8 @@ pub const MISFIRE_GRACE_MS: u64 = 5_000;
 /// caught up in bounded steps.
 const MAX_TICKS_PER_PASS: usize = 10_000;
 /// Skipped ticks remembered per job.
-const RECENT_SKIPS: usize = 20;
-const DISABLED_POOLS: &str = "disabled_pools";
+pub(super) const RECENT_SKIPS: usize = 20;
+pub(super) const DISABLED_POOLS: &str = "disabled_pools";
 
 /// Jobs by their next tick, earliest first.
 #[derive(Debug, Default)]
@@ -59,18 +56,6 @@ impl FireQueue {
             .map(|(_, job)| job.clone())
             .collect()
     }
-}
-
-/// A message for the notification webhooks.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Notification {
-    pub kind: AlertKind,
-    pub job: Option<String>,
-    pub pool: Option<String>,
-    pub run_id: Option<String>,
-    pub at_ms: u64,
-    /// One line for people (and Slack's `text`).
-    pub text: String,
 }
 
 /// Everything needed to create a run.
@@ -146,7 +131,13 @@ impl<S: Store> Core<S> {
     pub(super) fn load_scheduling(&mut self, now: u64) -> StoreResult<()> {
         self.job_states = self.store.job_states()?.into_iter().collect();
         if let Some(bytes) = self.store.setting(DISABLED_POOLS)? {
-            self.disabled_pools = rmp_serde::from_slice(&bytes).unwrap_or_default();
+            // A setting that cannot be read is an error, not "no pool disabled": reading it
+            // as empty would quietly re-enable every disabled pool.
+            self.disabled_pools =
+                rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    what: "disabled pools setting",
+                    detail: e.to_string(),
+                })?;
         }
         let names: Vec<String> = self.jobs.keys().cloned().collect();
         for name in names {
@@ -380,121 +371,6 @@ impl<S: Store> Core<S> {
         Ok(())
     }
 
-    /// What follows the end of a run: retry, chain, failure count, notification.
-    pub(super) fn after_end(
-        &mut self,
-        run: &RunRecord,
-        now: u64,
-        out: &mut Outbox,
-    ) -> StoreResult<()> {
-        let failed = matches!(
-            run.state,
-            RunState::Failed | RunState::TimedOut | RunState::Lost
-        );
-        let spec = self
-            .jobs
-            .get(&run.job)
-            .cloned()
-            .unwrap_or_else(|| run.spec.clone());
-        if failed && run.attempt <= spec.policy.retries {
-            let backoff = if spec.policy.retry_exponential {
-                spec.policy
-                    .retry_backoff_ms
-                    .saturating_mul(1u64 << (run.attempt - 1).min(20))
-            } else {
-                spec.policy.retry_backoff_ms
-            };
-            let first = run.first_attempt.clone().unwrap_or_else(|| run.id.clone());
-            let attempt = run.attempt + 1;
-            let mut new = NewRun::of(
-                spec.clone(),
-                run.scheduled_at_ms,
-                format!(
-                    "retry {} of {} after run {} {}",
-                    attempt - 1,
-                    spec.policy.retries,
-                    run.id,
-                    run.state
-                ),
-            );
-            new.id = Some(derived_run_id(&[&first, &attempt.to_string()]));
-            new.attempt = attempt;
-            new.first_attempt = Some(first);
-            new.parent = run.parent.clone();
-            new.pinned_worker = run.pinned_worker.clone();
-            new.schedule_id = run.schedule_id.clone();
-            new.not_before_ms = now + backoff;
-            self.create_run(new, now, out)?;
-            return Ok(());
-        }
-        // The final outcome of this run (and its attempts).
-        if run.state == RunState::Succeeded {
-            if let Some(state) = self.job_states.get_mut(&run.job) {
-                state.consecutive_failures = 0;
-            }
-        } else if failed {
-            let (kind, word) = if run.state == RunState::Lost {
-                (AlertKind::RunLost, "was lost")
-            } else {
-                (AlertKind::RunFailed, "failed")
-            };
-            let detail = run
-                .outcome
-                .as_ref()
-                .map(|o| o.describe())
-                .or_else(|| run.history.last().map(|t| t.cause.clone()))
-                .unwrap_or_default();
-            out.notifications.push(Notification {
-                kind,
-                job: Some(run.job.clone()),
-                pool: Some(run.pool.clone()),
-                run_id: Some(run.id.clone()),
-                at_ms: now,
-                text: format!("job {}: run {} {word} ({detail})", run.job, run.id),
-            });
-            let state = self.job_states.entry(run.job.clone()).or_default();
-            state.consecutive_failures += 1;
-            let failures = state.consecutive_failures;
-            if let Some(limit) = spec.policy.disable_after_failures {
-                if failures >= limit && state.auto_disabled.is_none() {
-                    let reason = format!(
-                        "disabled after {failures} failures in a row (last: run {})",
-                        run.id
-                    );
-                    state.auto_disabled = Some(reason.clone());
-                    tracing::warn!(job = %run.job, %reason, "job disabled itself");
-                    out.notifications.push(Notification {
-                        kind: AlertKind::AutoDisabled,
-                        job: Some(run.job.clone()),
-                        pool: Some(run.pool.clone()),
-                        run_id: Some(run.id.clone()),
-                        at_ms: now,
-                        text: format!("job {}: {reason}", run.job),
-                    });
-                }
-            }
-        }
-        self.save_job_state(&run.job)?;
-        let parent_ok = run.state == RunState::Succeeded;
-        for child in &spec.policy.children {
-            if !(parent_ok || (failed && child.on_error)) {
-                continue;
-            }
-            let Some(child_spec) = self.jobs.get(&child.job).cloned() else {
-                continue;
-            };
-            let mut new = NewRun::of(
-                child_spec,
-                now,
-                format!("after {} run {} {}", run.job, run.id, run.state),
-            );
-            new.id = Some(derived_run_id(&[&child.job, "after", &run.id]));
-            new.parent = Some(run.id.clone());
-            self.create_run(new, now, out)?;
-        }
-        Ok(())
-    }
-
     /// Moves retries whose back-off has passed into their pool's queue.
     pub(super) fn release_delayed(&mut self, now: u64, out: &mut Outbox) {
         while let Some((&(at, seq), _)) = self.delayed.first_key_value() {
@@ -515,134 +391,6 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Starting deadlines, late runs, never-run jobs and pools without workers.
-    pub(super) fn check_alerts(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
-        // Runs that could not start in time are missed, not started late.
-        let expired: Vec<String> = self
-            .active
-            .values()
-            .filter(|r| r.state == RunState::Queued)
-            .filter(|r| {
-                r.spec
-                    .policy
-                    .starting_deadline_ms
-                    .is_some_and(|d| now > r.scheduled_at_ms.max(r.not_before_ms) + d)
-            })
-            .map(|r| r.id.clone())
-            .collect();
-        for run_id in expired {
-            self.finish_as(
-                &run_id,
-                RunState::Missed,
-                now,
-                "not started within its starting deadline".into(),
-                out,
-            )?;
-        }
-
-        let mut standing: BTreeMap<(AlertKind, String), Alert> = BTreeMap::new();
-        for run in self.active.values().filter(|r| r.state == RunState::Queued) {
-            let due = run.scheduled_at_ms.max(run.not_before_ms);
-            if now > due + run.spec.policy.late_after_ms {
-                standing
-                    .entry((AlertKind::Late, run.job.clone()))
-                    .or_insert_with(|| Alert {
-                        kind: AlertKind::Late,
-                        job: Some(run.job.clone()),
-                        pool: Some(run.pool.clone()),
-                        run_id: Some(run.id.clone()),
-                        since_ms: due,
-                        message: format!(
-                            "job {}: run {} due at {} has not started",
-                            run.job,
-                            run.id,
-                            format_ms(due)
-                        ),
-                    });
-            }
-            let served = self
-                .sessions
-                .values()
-                .any(|s| s.register.pools.contains(&run.pool));
-            if !served {
-                standing
-                    .entry((AlertKind::NoWorker, run.pool.clone()))
-                    .or_insert_with(|| Alert {
-                        kind: AlertKind::NoWorker,
-                        job: None,
-                        pool: Some(run.pool.clone()),
-                        run_id: None,
-                        since_ms: run.created_at_ms,
-                        message: format!(
-                            "pool {} has queued runs and no worker available that can handle them",
-                            run.pool
-                        ),
-                    });
-            }
-        }
-        for (name, spec) in &self.jobs {
-            let (Some(first_due), Some(state)) =
-                (self.first_due.get(name), self.job_states.get(name))
-            else {
-                continue;
-            };
-            if state.last_started_ms.is_some() || !self.job_is_active(spec) {
-                continue;
-            }
-            if let Some(first) = Some(*first_due) {
-                if now > first + spec.policy.late_after_ms {
-                    standing.insert(
-                        (AlertKind::NeverRun, name.clone()),
-                        Alert {
-                            kind: AlertKind::NeverRun,
-                            job: Some(name.clone()),
-                            pool: Some(spec.pool.clone()),
-                            run_id: None,
-                            since_ms: first,
-                            message: format!(
-                                "job {name} has never run since it was created (first due {})",
-                                format_ms(first)
-                            ),
-                        },
-                    );
-                }
-            }
-            if let Some(reason) = &state.auto_disabled {
-                standing.insert(
-                    (AlertKind::AutoDisabled, name.clone()),
-                    Alert {
-                        kind: AlertKind::AutoDisabled,
-                        job: Some(name.clone()),
-                        pool: Some(spec.pool.clone()),
-                        run_id: None,
-                        since_ms: now,
-                        message: format!("job {name}: {reason}"),
-                    },
-                );
-            }
-        }
-        // Notify each condition once, when it appears.
-        let new: Vec<Alert> = standing
-            .iter()
-            .filter(|(key, _)| !self.alerts.contains_key(*key))
-            .map(|(_, alert)| alert.clone())
-            .collect();
-        for alert in new {
-            if alert.kind != AlertKind::AutoDisabled {
-                out.notifications.push(Notification {
-                    kind: alert.kind,
-                    job: alert.job.clone(),
-                    pool: alert.pool.clone(),
-                    run_id: alert.run_id.clone(),
-                    at_ms: now,
-                    text: alert.message.clone(),
-                });
-            }
-        }
-        self.alerts = standing;
-        Ok(())
-    }
-
     /// When the core next has something to do by itself, in microseconds.
     pub fn next_wakeup_us(&self) -> u64 {
         let mut next_ms = self.next_alive_ms;
@@ -660,59 +408,6 @@ impl<S: Store> Core<S> {
             next_us = next_us.min(deadline.saturating_mul(1_000));
         }
         next_us
-    }
-
-    pub(super) fn set_enabled(
-        &mut self,
-        target: EnableTarget,
-        enabled: bool,
-        now: u64,
-    ) -> StoreResult<Reply> {
-        match target {
-            EnableTarget::Job(name) => {
-                let Some(spec) = self.jobs.get_mut(&name) else {
-                    return Ok(error(ErrorCode::NotFound, format!("no job named {name:?}")));
-                };
-                spec.enabled = enabled;
-                let spec = spec.clone();
-                self.store.put_job(&spec)?;
-                self.changes.jobs = true;
-                let state = self.job_states.entry(name.clone()).or_default();
-                if enabled {
-                    state.auto_disabled = None;
-                    state.consecutive_failures = 0;
-                    // Ticks that passed while disabled are not caught up.
-                    state.last_tick_ms = state.last_tick_ms.max(now);
-                }
-                self.save_job_state(&name)?;
-                self.compile_schedule(&name);
-            }
-            EnableTarget::Pool(pool) => {
-                if let Err(e) = names::validate("pool", &pool) {
-                    return Ok(error(ErrorCode::BadRequest, e.to_string()));
-                }
-                if enabled {
-                    self.disabled_pools.remove(&pool);
-                } else {
-                    self.disabled_pools.insert(pool);
-                }
-                let bytes = rmp_serde::to_vec(&self.disabled_pools).unwrap_or_default();
-                self.store.put_setting(DISABLED_POOLS, &bytes)?;
-            }
-        }
-        Ok(Reply::Ack)
-    }
-
-    pub(super) fn job_views(&self) -> Vec<JobView> {
-        self.jobs
-            .values()
-            .map(|spec| JobView {
-                spec: spec.clone(),
-                state: self.job_states.get(&spec.name).cloned().unwrap_or_default(),
-                next_fire_ms: self.next_fire.get(&spec.name),
-                active: self.job_is_active(spec),
-            })
-            .collect()
     }
 }
 

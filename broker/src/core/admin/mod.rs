@@ -6,9 +6,11 @@ mod drain;
 mod enqueue;
 mod get_log;
 mod kill;
+mod list_jobs;
 mod list_runs;
 mod ping;
 mod retry;
+mod set_enabled;
 mod status;
 
 use crate::core::{error, ms, Core, Outbox, PeerId};

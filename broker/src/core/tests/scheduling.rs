@@ -1,6 +1,7 @@
 //! Scheduling in the core, on a simulated clock.
 
 use super::*;
+use crate::store::StoreError;
 use jobcast_protocol::{
     jobfile, AdminRequest, AlertKind, EnableTarget, Outcome, RunFilter, RunFinished, WorkerRequest,
 };
@@ -510,4 +511,20 @@ fn exclusion_windows_skip_ticks() {
         h.job_state("quiet").recent_skips[0].1,
         "inside an exclusion window"
     );
+}
+
+#[test]
+fn a_corrupt_disabled_pools_setting_stops_the_core_instead_of_enabling_every_pool() {
+    let mut store = MemoryStore::default();
+    store
+        .put_setting(
+            super::super::scheduling::DISABLED_POOLS,
+            b"\xc1 not msgpack",
+        )
+        .unwrap();
+    match Core::new(store, CoreConfig::default(), T0) {
+        Err(StoreError::Corrupt { what, .. }) => assert_eq!(what, "disabled pools setting"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a corrupt setting was read as a default"),
+    }
 }

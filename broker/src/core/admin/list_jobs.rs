@@ -1,0 +1,19 @@
+//! `ListJobs`: every job with its schedule state.
+
+use crate::core::Core;
+use crate::store::Store;
+use jobcast_protocol::JobView;
+
+impl<S: Store> Core<S> {
+    pub(in crate::core) fn job_views(&self) -> Vec<JobView> {
+        self.jobs
+            .values()
+            .map(|spec| JobView {
+                spec: spec.clone(),
+                state: self.job_states.get(&spec.name).cloned().unwrap_or_default(),
+                next_fire_ms: self.next_fire.get(&spec.name),
+                active: self.job_is_active(spec),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,49 @@
+//! `SetEnabled`: a job, or every job of a pool, enabled or disabled.
+
+use crate::core::scheduling::DISABLED_POOLS;
+use crate::core::{error, Core};
+use crate::store::{Store, StoreResult};
+use jobcast_protocol::{names, EnableTarget, ErrorCode, Reply};
+
+impl<S: Store> Core<S> {
+    pub(in crate::core) fn set_enabled(
+        &mut self,
+        target: EnableTarget,
+        enabled: bool,
+        now: u64,
+    ) -> StoreResult<Reply> {
+        match target {
+            EnableTarget::Job(name) => {
+                let Some(spec) = self.jobs.get_mut(&name) else {
+                    return Ok(error(ErrorCode::NotFound, format!("no job named {name:?}")));
+                };
+                spec.enabled = enabled;
+                let spec = spec.clone();
+                self.store.put_job(&spec)?;
+                self.changes.jobs = true;
+                let state = self.job_states.entry(name.clone()).or_default();
+                if enabled {
+                    state.auto_disabled = None;
+                    state.consecutive_failures = 0;
+                    // Ticks that passed while disabled are not caught up.
+                    state.last_tick_ms = state.last_tick_ms.max(now);
+                }
+                self.save_job_state(&name)?;
+                self.compile_schedule(&name);
+            }
+            EnableTarget::Pool(pool) => {
+                if let Err(e) = names::validate("pool", &pool) {
+                    return Ok(error(ErrorCode::BadRequest, e.to_string()));
+                }
+                if enabled {
+                    self.disabled_pools.remove(&pool);
+                } else {
+                    self.disabled_pools.insert(pool);
+                }
+                let bytes = rmp_serde::to_vec(&self.disabled_pools).unwrap_or_default();
+                self.store.put_setting(DISABLED_POOLS, &bytes)?;
+            }
+        }
+        Ok(Reply::Ack)
+    }
+}
