@@ -6,12 +6,15 @@
 
 mod aead;
 pub mod envelope;
+pub mod event;
+pub mod job;
 pub mod jobfile;
 pub mod logcap;
 pub mod message;
 pub mod names;
 pub mod replay;
 pub mod request;
+pub mod run;
 pub mod state;
 
 pub use envelope::{Opened, Rejection, Sealer, Secret};

@@ -1,0 +1,146 @@
+//! Runs: the record the broker keeps of each, how one ended, and how listings filter them.
+
+use crate::job::JobSpec;
+use crate::message::RunId;
+use crate::state::{IllegalTransition, RunState, Transition};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Exited {
+        code: i32,
+    },
+    Signaled {
+        signal: i32,
+    },
+    Killed,
+    TimedOut,
+    /// The run could not be started (unreadable script, bad working directory, …).
+    FailedToStart {
+        reason: String,
+    },
+}
+
+impl Outcome {
+    pub fn final_state(&self) -> RunState {
+        match self {
+            Outcome::Exited { code: 0 } => RunState::Succeeded,
+            Outcome::Exited { .. } | Outcome::Signaled { .. } | Outcome::FailedToStart { .. } => {
+                RunState::Failed
+            }
+            Outcome::Killed => RunState::Killed,
+            Outcome::TimedOut => RunState::TimedOut,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Exited { code } => format!("exited with code {code}"),
+            Outcome::Signaled { signal } => format!("terminated by signal {signal}"),
+            Outcome::Killed => "killed on request".to_string(),
+            Outcome::TimedOut => "killed after its timeout".to_string(),
+            Outcome::FailedToStart { reason } => format!("could not start: {reason}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunFilter {
+    pub state: Option<RunState>,
+    pub job: Option<String>,
+    pub limit: u32,
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// Only runs created at or after this time (ms since the epoch).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Only runs created before this time.
+    #[serde(default)]
+    pub until_ms: Option<u64>,
+    /// Paging: only runs older than this sequence number (the last `seq` of a page).
+    #[serde(default)]
+    pub before_seq: Option<u64>,
+}
+
+/// A run as stored by the broker and shown to operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub seq: u64,
+    pub job: String,
+    pub pool: String,
+    pub attempt: u32,
+    pub state: RunState,
+    pub worker: Option<String>,
+    pub pid: Option<u32>,
+    pub created_at_ms: u64,
+    pub scheduled_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    pub outcome: Option<Outcome>,
+    pub kill_requested: bool,
+    pub log_bytes: u64,
+    /// The log cap of the worker that ran it (0 until assigned).
+    pub log_cap: u64,
+    /// The run whose end enqueued this one (chains).
+    #[serde(default)]
+    pub parent: Option<RunId>,
+    /// The first attempt, when this run is a retry.
+    #[serde(default)]
+    pub first_attempt: Option<RunId>,
+    /// Only this worker may take it (`run_on_all_workers`).
+    #[serde(default)]
+    pub pinned_worker: Option<String>,
+    /// Not to be handed out before this time (retry back-off).
+    #[serde(default)]
+    pub not_before_ms: u64,
+    /// Precise times for latency measurements, µs since the epoch: when enqueued, when
+    /// the worker spawned the process, when the broker recorded the end.
+    #[serde(default)]
+    pub created_at_us: u64,
+    #[serde(default)]
+    pub spawned_at_us: Option<u64>,
+    #[serde(default)]
+    pub ended_at_us: Option<u64>,
+    /// Shared by the runs one tick created on every worker.
+    #[serde(default)]
+    pub schedule_id: Option<String>,
+    pub history: Vec<Transition>,
+    /// The job as it was when the run was created, so later edits do not change it.
+    pub spec: JobSpec,
+}
+
+impl RunRecord {
+    /// Moves the run to `to`, recording when and why; refuses illegal transitions.
+    pub fn transition(
+        &mut self,
+        to: RunState,
+        at_ms: u64,
+        cause: impl Into<String>,
+    ) -> Result<(), IllegalTransition> {
+        if !self.state.can_move_to(to) {
+            return Err(IllegalTransition {
+                from: self.state,
+                to,
+            });
+        }
+        self.state = to;
+        match to {
+            RunState::Running => self.started_at_ms = Some(at_ms),
+            RunState::Queued => self.worker = None,
+            s if s.is_terminal() => self.finished_at_ms = Some(at_ms),
+            _ => {}
+        }
+        self.history.push(Transition {
+            state: to,
+            at_ms,
+            cause: cause.into(),
+        });
+        Ok(())
+    }
+
+    pub fn duration_ms(&self) -> Option<u64> {
+        Some(self.finished_at_ms?.saturating_sub(self.started_at_ms?))
+    }
+}
