@@ -1,0 +1,115 @@
+//! The command line: every command and option.
+
+use clap::{Parser, Subcommand};
+use jobcast_protocol::{EnableTarget, RunState};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Control a jobcast broker.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub(crate) struct Args {
+    /// The broker's request endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCAST_BROKER",
+        default_value = "tcp://127.0.0.1:5555"
+    )]
+    pub(crate) broker: String,
+    /// The admin secret (prefer --secret-file or the environment).
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCAST_ADMIN_SECRET",
+        hide_env_values = true
+    )]
+    pub(crate) secret: Option<String>,
+    /// A file holding the admin secret.
+    #[arg(long, global = true, env = "JOBCAST_ADMIN_SECRET_FILE")]
+    pub(crate) secret_file: Option<PathBuf>,
+    /// How long to wait for the broker.
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Ping every connected worker, or one.
+    Ping {
+        worker: Option<String>,
+        /// How long workers have to answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Kill runs (or cancel queued ones) by id, unique prefix or unique substring.
+    Kill {
+        #[arg(required = true)]
+        runs: Vec<String>,
+    },
+    /// Queue a run of a job now.
+    Enqueue { job: String },
+    /// List runs, newest first.
+    Runs {
+        #[arg(long)]
+        state: Option<RunState>,
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        worker: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Run a finished run's job again, as its next attempt.
+    Retry { run: String },
+    /// List jobs.
+    Jobs,
+    /// Print a run's output.
+    Logs {
+        run: String,
+        /// Keep printing until the run ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Create or update the jobs of a jobs.toml file.
+    Apply { file: PathBuf },
+    /// The broker's state: runs by state, workers, refused frames.
+    Status,
+    /// Ask a worker to finish its runs, take no new ones, and exit.
+    Drain { worker: String },
+    /// Let a job's ticks start runs again (clears an automatic disable), or a pool's jobs.
+    Enable {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Skip a job's ticks (it can still be enqueued by hand), or those of a pool's jobs.
+    Disable {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct Target {
+    /// The job.
+    pub(crate) job: Option<String>,
+    /// Every job of this pool instead.
+    #[arg(long)]
+    pub(crate) pool: Option<String>,
+}
+
+impl Target {
+    pub(crate) fn into_target(self) -> EnableTarget {
+        match (self.job, self.pool) {
+            (_, Some(pool)) => EnableTarget::Pool(pool),
+            (Some(job), None) => EnableTarget::Job(job),
+            (None, None) => EnableTarget::Job(String::new()),
+        }
+    }
+}
