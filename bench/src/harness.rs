@@ -317,17 +317,7 @@ pub fn cpu_time(pid: &str) -> Option<Duration> {
 
 /// Resident memory of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    jobcast_worker::procfs::rss_bytes(pid as i32)
 }
 
 /// Bytes used by the files under `path`.

@@ -62,35 +62,6 @@ pub async fn latency(runs: usize) -> Result<()> {
     Ok(())
 }
 
-fn run_tree_pids(run_id: &str) -> Vec<i32> {
-    let marker = format!("JOBCAST_RUN_ID={run_id}").into_bytes();
-    let mut pids = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-                if env.split(|b| *b == 0).any(|v| v == marker.as_slice()) && alive(pid) {
-                    pids.push(pid);
-                }
-            }
-        }
-    }
-    pids
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| !s[i + 2..].starts_with('Z')))
-        .unwrap_or(false)
-}
-
 pub async fn kill(runs: usize) -> Result<()> {
     println!("kill latency: `jobcastctl kill` request → every process of the run's tree gone (script + child + setsid child)");
     let broker = Broker::start().await?;
@@ -105,7 +76,7 @@ pub async fn kill(runs: usize) -> Result<()> {
         let (run_id, pids) = loop {
             let run = broker.runs(1).await?.pop().context("no run")?;
             if run.state == RunState::Running {
-                let pids = run_tree_pids(&run.id);
+                let pids = jobcast_worker::procfs::processes_with_env("JOBCAST_RUN_ID", &run.id);
                 if pids.len() >= 3 {
                     break (run.id, pids);
                 }
@@ -129,7 +100,7 @@ pub async fn kill(runs: usize) -> Result<()> {
             Reply::KillResult { .. } => {}
             other => bail!("kill: {other:?}"),
         }
-        while pids.iter().any(|p| alive(*p)) {
+        while pids.iter().any(|p| jobcast_worker::procfs::is_alive(*p)) {
             if now_us() - t0 > 30_000_000 {
                 bail!("the tree survived 30 s");
             }

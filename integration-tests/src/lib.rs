@@ -419,57 +419,11 @@ impl Cluster {
 
     /// Pids of live processes started by this cluster's runs.
     pub fn tagged_processes(&self) -> Vec<i32> {
-        let marker = format!("JOBCAST_TEST_TAG={}", self.tag).into_bytes();
-        let mut pids = Vec::new();
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for entry in dir.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<i32>().ok())
-                else {
-                    continue;
-                };
-                if is_zombie(pid) {
-                    continue;
-                }
-                if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-                    if env.split(|b| *b == 0).any(|v| v == marker.as_slice()) {
-                        pids.push(pid);
-                    }
-                }
-            }
-        }
-        pids
+        jobcast_worker::procfs::processes_with_env("JOBCAST_TEST_TAG", &self.tag)
     }
 }
 
-/// Whether a process exists and is not a zombie.
-pub fn is_alive(pid: i32) -> bool {
-    std::fs::metadata(format!("/proc/{pid}")).is_ok() && !is_zombie(pid)
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
-        .unwrap_or(false)
-}
-
-/// Resident memory of a process in bytes.
-pub fn rss_bytes(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
+pub use jobcast_worker::procfs::{is_alive, rss_bytes};
 
 impl Drop for Cluster {
     fn drop(&mut self) {

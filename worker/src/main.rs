@@ -1,10 +1,4 @@
-mod config;
-mod process;
-mod reporter;
-mod runner;
-mod session;
-mod state;
-mod worker_env;
+use jobcast_worker::{config, process, session};
 
 use anyhow::{Context, Result};
 use clap::Parser;

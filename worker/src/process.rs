@@ -6,8 +6,9 @@
 //! a run when any of these holds: it descends from the run's pid, it is in the run's
 //! process group or session, or its environment carries the run's `JOBCAST_RUN_ID`.
 
+use crate::procfs;
 use jobcast_protocol::{Assignment, Exec};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -174,59 +175,9 @@ pub fn spawn(
     Ok((child, reader))
 }
 
-#[derive(Debug, Clone, Copy)]
-struct ProcInfo {
-    ppid: i32,
-    pgrp: i32,
-    session: i32,
-    zombie: bool,
-}
-
-fn read_stat(pid: i32) -> Option<ProcInfo> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces: parse after the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    let session = fields.next()?.parse().ok()?;
-    Some(ProcInfo {
-        ppid,
-        pgrp,
-        session,
-        zombie: state == "Z",
-    })
-}
-
-fn has_run_env(pid: i32, marker: &[u8]) -> bool {
-    match std::fs::read(format!("/proc/{pid}/environ")) {
-        Ok(env) => env.split(|b| *b == 0).any(|var| var == marker),
-        Err(_) => false,
-    }
-}
-
-fn all_processes() -> HashMap<i32, ProcInfo> {
-    let mut procs = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            {
-                if let Some(info) = read_stat(pid) {
-                    procs.insert(pid, info);
-                }
-            }
-        }
-    }
-    procs
-}
-
 /// Every live process that belongs to the run whose first process is `root`.
 pub fn run_tree(root: i32, run_id: &str) -> HashSet<i32> {
-    let procs = all_processes();
+    let procs = procfs::all_processes();
     let marker = format!("JOBCAST_RUN_ID={run_id}").into_bytes();
     let me = std::process::id() as i32;
     let mut tree: HashSet<i32> = procs
@@ -237,7 +188,7 @@ pub fn run_tree(root: i32, run_id: &str) -> HashSet<i32> {
                 && (**pid == root
                     || info.pgrp == root
                     || info.session == root
-                    || has_run_env(**pid, &marker))
+                    || procfs::has_env(**pid, &marker))
         })
         .map(|(pid, _)| *pid)
         .collect();
@@ -299,7 +250,7 @@ pub async fn kill_tree(root: i32, run_id: &str, grace: Duration) {
 pub fn reap_orphans() {
     let me = std::process::id() as i32;
     let own = lock_children();
-    for (pid, info) in all_processes() {
+    for (pid, info) in procfs::all_processes() {
         let ours = own.as_ref().is_some_and(|set| set.contains(&pid));
         if info.zombie && info.ppid == me && !ours {
             let mut status = 0;
@@ -327,13 +278,5 @@ mod tests {
         );
         assert_eq!(parse_shebang("#!\n"), None);
         assert_eq!(parse_shebang("echo hi"), None);
-    }
-
-    #[test]
-    fn stat_parsing_handles_odd_command_names() {
-        let me = std::process::id() as i32;
-        let info = read_stat(me).unwrap();
-        assert!(info.ppid > 0);
-        assert!(!info.zombie);
     }
 }

@@ -244,7 +244,7 @@ impl Shell {
             pools: self.config.pools.clone(),
             running: state.running_ids(),
             uptime_ms: self.now_ms(),
-            rss_bytes: rss_bytes(),
+            rss_bytes: crate::procfs::rss_bytes(std::process::id() as i32),
             draining: state.is_draining(),
         }
     }
@@ -290,14 +290,4 @@ async fn subscribe(config: Arc<WorkerConfig>, messages: mpsc::UnboundedSender<Ms
             }
         }
     }
-}
-
-fn rss_bytes() -> u64 {
-    let pages: u64 = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * page.max(0) as u64
 }

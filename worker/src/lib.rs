@@ -1,0 +1,13 @@
+//! The jobcast worker: claims runs from the broker and executes them as child processes.
+//!
+//! A library so that the binary, the tests and the bench share one copy of what they all
+//! need (the `/proc` helpers above all); the daemon itself is `jobcast-worker`.
+
+pub mod config;
+pub mod process;
+pub mod procfs;
+mod reporter;
+mod runner;
+pub mod session;
+mod state;
+mod worker_env;

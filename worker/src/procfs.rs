@@ -1,0 +1,115 @@
+//! What `/proc` says about processes: parents, groups and sessions, zombies, environment
+//! markers and memory. Used by the worker to find a run's processes, and by the tests and
+//! the bench to check on them.
+
+use std::collections::HashMap;
+
+/// The fields of `/proc/<pid>/stat` the worker needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub zombie: bool,
+}
+
+pub fn read_stat(pid: i32) -> Option<ProcInfo> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: parse after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    Some(ProcInfo {
+        ppid,
+        pgrp,
+        session,
+        zombie: state == "Z",
+    })
+}
+
+/// The pids listed in `/proc`.
+fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse().ok()))
+}
+
+pub fn all_processes() -> HashMap<i32, ProcInfo> {
+    pids()
+        .filter_map(|pid| read_stat(pid).map(|info| (pid, info)))
+        .collect()
+}
+
+/// Whether the process's environment holds exactly `marker` (`NAME=value`).
+pub fn has_env(pid: i32, marker: &[u8]) -> bool {
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(env) => env.split(|b| *b == 0).any(|var| var == marker),
+        Err(_) => false,
+    }
+}
+
+/// Live (not zombie) processes whose environment has `name=value`.
+pub fn processes_with_env(name: &str, value: &str) -> Vec<i32> {
+    let marker = format!("{name}={value}").into_bytes();
+    pids()
+        .filter(|pid| is_alive(*pid) && has_env(*pid, &marker))
+        .collect()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    read_stat(pid).is_some_and(|info| !info.zombie)
+}
+
+/// Resident memory of a process in bytes (0 if it cannot be read).
+pub fn rss_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_reads_as_alive_with_its_parent_and_memory() {
+        let me = std::process::id() as i32;
+        let info = read_stat(me).expect("own stat");
+        assert!(!info.zombie);
+        assert!(info.ppid > 0);
+        assert!(is_alive(me));
+        assert!(rss_bytes(me) > 0);
+        assert!(all_processes().contains_key(&me));
+    }
+
+    #[test]
+    fn a_child_is_found_by_its_environment_until_it_is_reaped() {
+        let value = format!("procfs-test-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("JOBCAST_PROCFS_TEST", &value)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        assert_eq!(processes_with_env("JOBCAST_PROCFS_TEST", &value), [pid]);
+        assert!(processes_with_env("JOBCAST_PROCFS_TEST", "other").is_empty());
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert!(!is_alive(pid));
+        assert!(processes_with_env("JOBCAST_PROCFS_TEST", &value).is_empty());
+    }
+}
