@@ -22,11 +22,12 @@ use waiting_claims::WaitingClaims;
 
 use crate::schedule::Schedule;
 use crate::store::{Store, StoreResult};
-use jobcast_protocol::envelope::random_nonce;
 use jobcast_protocol::{
     Alert, AlertKind, ErrorCode, JobSpec, JobState, Register, Reply, Request, RunRecord, RunState,
     WorkerInfo, WorkerStatus,
 };
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// The ZeroMQ routing identity of the connection a request came in on.
@@ -50,6 +51,9 @@ pub struct CoreConfig {
     pub worker_pools: HashMap<String, BTreeSet<String>>,
     /// The most log stored per run, whatever a worker declares.
     pub max_log_bytes: u64,
+    /// Seeds the core's random source (run ids, the boot id); `None` seeds it from the
+    /// operating system. Tests fix it, so that every run of them names the same runs.
+    pub seed: Option<u64>,
 }
 
 impl Default for CoreConfig {
@@ -59,6 +63,7 @@ impl Default for CoreConfig {
             worker_timeout_ms: 10_000,
             worker_pools: HashMap::new(),
             max_log_bytes: 1 << 20,
+            seed: None,
         }
     }
 }
@@ -135,6 +140,8 @@ pub struct Core<S: Store> {
     changes: Changes,
     /// Claims held until runs arrive for them.
     waiting: WaitingClaims,
+    /// The one random source: run ids and the boot id.
+    rng: StdRng,
 }
 
 /// What changed in a batch, for the dashboard's live feed.
@@ -177,6 +184,10 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
 impl<S: Store> Core<S> {
     /// Loads jobs and unfinished runs from `store`.
     pub fn new(store: S, config: CoreConfig, now_us: u64) -> StoreResult<Core<S>> {
+        let mut rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
         let jobs = store
             .jobs()?
             .into_iter()
@@ -195,7 +206,8 @@ impl<S: Store> Core<S> {
                 .collect(),
             store,
             config,
-            boot_id: random_nonce(),
+            boot_id: rng.next_u64(),
+            rng,
             booted_at_ms: ms(now_us),
             next_alive_ms: 0,
             jobs,

@@ -104,6 +104,7 @@ fn run() -> Result<()> {
             worker_timeout_ms: config.worker_timeout.as_millis() as u64,
             worker_pools: config.keys.worker_pools.clone(),
             max_log_bytes: config.max_log_bytes,
+            seed: None,
         },
         now_us(),
     )?;

@@ -3,13 +3,13 @@
 use crate::core::scheduling::NewRun;
 use crate::core::{Core, Outbox};
 use crate::store::{Store, StoreResult};
-use jobcast_protocol::envelope::random_nonce;
 use jobcast_protocol::{RunRecord, RunState, Transition};
+use rand::RngCore;
 
 impl<S: Store> Core<S> {
-    pub(in crate::core) fn new_run_id(&self) -> StoreResult<String> {
+    pub(in crate::core) fn new_run_id(&mut self) -> StoreResult<String> {
         loop {
-            let id = format!("{:016x}", random_nonce());
+            let id = format!("{:016x}", self.rng.next_u64());
             if !self.active.contains_key(&id) && self.store.run(&id)?.is_none() {
                 return Ok(id);
             }

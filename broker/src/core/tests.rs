@@ -41,6 +41,11 @@ impl Harness {
     }
 
     fn with_config(store: MemoryStore, config: CoreConfig) -> Harness {
+        // A fixed seed: the same run ids on every run of the tests.
+        let config = CoreConfig {
+            seed: config.seed.or(Some(1)),
+            ..config
+        };
         let mut h = Harness {
             core: Core::new(store, config, T0).unwrap(),
             now: T0,
@@ -981,6 +986,24 @@ fn a_silent_workers_waiting_claim_goes_with_it() {
     let run = h.enqueue("hello");
     assert!(grants_for(&h.tick(), "w1").is_empty());
     assert_eq!(h.state(&run), RunState::Queued);
+}
+
+#[test]
+fn run_ids_come_from_the_seeded_source_and_never_repeat() {
+    let ids = |seed: u64| -> Vec<String> {
+        let config = CoreConfig {
+            seed: Some(seed),
+            ..CoreConfig::default()
+        };
+        let mut h = Harness::with_config(MemoryStore::default(), config);
+        (0..20).map(|_| h.enqueue("hello")).collect()
+    };
+    let first = ids(7);
+    assert_eq!(first, ids(7), "the same seed names the same runs");
+    assert_ne!(first, ids(8));
+    let unique: BTreeSet<&String> = first.iter().collect();
+    assert_eq!(unique.len(), first.len());
+    assert!(first.iter().all(|id| id.len() == 16));
 }
 
 mod scheduling;
