@@ -16,15 +16,15 @@ mod waiting_claims;
 mod worker;
 
 pub use after_end::Notification;
-pub use outbox::{OutReply, Outbox};
+pub use outbox::{OutReply, Outbox, ReplyTo};
 pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
 use waiting_claims::WaitingClaims;
 
 use crate::schedule::Schedule;
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::{
-    Alert, AlertKind, ErrorCode, JobSpec, JobState, Register, Reply, Request, RunRecord, RunState,
-    WorkerInfo, WorkerStatus,
+    AdminRequest, Alert, AlertKind, ErrorCode, JobSpec, JobState, Register, Reply, Request,
+    RunRecord, RunState, WorkerInfo, WorkerStatus,
 };
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -94,7 +94,7 @@ struct LogTrack {
 }
 
 struct PendingPing {
-    peer: PeerId,
+    reply_to: ReplyTo,
     id: u64,
     sent_at_us: u64,
     deadline_us: u64,
@@ -299,7 +299,8 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Handles one authenticated request from `from` on connection `peer`.
+    /// Handles one authenticated request from the key `from` on connection `peer`. What
+    /// it changes is recorded as done "by key <from>".
     pub fn handle(
         &mut self,
         peer: &PeerId,
@@ -309,28 +310,12 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let actor = format!("key {from}");
-        self.handle_as(peer, from, &actor, id, request, now_us, out)
-    }
-
-    /// Like [`Core::handle`], recording `actor` (who asked: `key admin`, `token alice`) in
-    /// the history of what the request changes.
-    #[allow(clippy::too_many_arguments)]
-    pub fn handle_as(
-        &mut self,
-        peer: &PeerId,
-        from: &str,
-        actor: &str,
-        id: u64,
-        request: impl Into<Request>,
-        now_us: u64,
-        out: &mut Outbox,
-    ) -> StoreResult<()> {
-        self.clock_ms = ms(now_us);
-        self.clock_us = now_us;
+        self.set_clock(now_us);
+        let reply_to = ReplyTo::peer(peer, from);
         let answer = match (request.into(), from == ADMIN) {
             (Request::Admin(request), true) => {
-                self.handle_admin(peer, actor, id, request, now_us, out)?
+                let actor = format!("key {from}");
+                self.handle_admin(&reply_to, &actor, id, request, now_us, out)?
             }
             (Request::Worker(request), false) => {
                 self.handle_worker(peer, from, id, request, now_us, out)?
@@ -345,11 +330,32 @@ impl<S: Store> Core<S> {
             )),
         };
         // `None`: answered later (a ping's answers, a waiting claim's runs).
-        let Some(reply) = answer else {
-            return Ok(());
-        };
-        out.reply(peer, from, id, reply);
+        if let Some(reply) = answer {
+            out.reply(&reply_to, id, reply);
+        }
         Ok(())
+    }
+
+    /// Handles an operator request from the HTTP API, recording `actor` (`token alice`)
+    /// as who asked; the reply is addressed to [`ReplyTo::Api`] with the same `id`.
+    pub fn handle_api(
+        &mut self,
+        actor: &str,
+        id: u64,
+        request: AdminRequest,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        self.set_clock(now_us);
+        if let Some(reply) = self.handle_admin(&ReplyTo::Api, actor, id, request, now_us, out)? {
+            out.reply(&ReplyTo::Api, id, reply);
+        }
+        Ok(())
+    }
+
+    fn set_clock(&mut self, now_us: u64) {
+        self.clock_ms = ms(now_us);
+        self.clock_us = now_us;
     }
 
     /// Whether a worker currently has a session (for tests and the server).

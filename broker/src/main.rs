@@ -110,9 +110,8 @@ fn run() -> Result<()> {
     )?;
     if let Some(jobs) = jobs {
         let mut out = Default::default();
-        core.handle(
-            &Vec::new(),
-            jobcast_broker::core::ADMIN,
+        core.handle_api(
+            "the jobs file given at start",
             0,
             AdminRequest::ApplyJobs { jobs },
             now_us(),

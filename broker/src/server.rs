@@ -2,7 +2,7 @@
 //! batches, flushes the store once per batch (group commit), then answers and publishes.
 
 use crate::config::{BrokerConfig, Keys};
-use crate::core::{Core, Outbox, PeerId};
+use crate::core::{Core, Outbox, PeerId, ReplyTo};
 use crate::http::{CoreHandle, InternalRequest};
 use crate::store::Store;
 use crate::transport::{Incoming, Outgoing, Settings, Transport};
@@ -36,9 +36,6 @@ pub struct Bound {
     pub publish: String,
     pub http: Option<String>,
 }
-
-/// The peer id of requests from inside the broker; no ZeroMQ identity is empty.
-const INTERNAL_PEER: &[u8] = b"";
 
 /// The origins of the dashboard when none are configured: the listen address itself
 /// (and `localhost` for a loopback one), as plain `http://`.
@@ -302,15 +299,7 @@ impl<S: Store> Server<'_, S> {
                 .retain(|_, waiter| !waiter.is_closed());
             self.internal_pending.insert(id, reply);
             self.core
-                .handle_as(
-                    &INTERNAL_PEER.to_vec(),
-                    crate::core::ADMIN,
-                    &actor,
-                    id,
-                    request,
-                    now,
-                    &mut out,
-                )
+                .handle_api(&actor, id, request, now, &mut out)
                 .context("store write failed")?;
         }
         self.core
@@ -349,12 +338,11 @@ impl<S: Store> Server<'_, S> {
         } else {
             self.core.clear_changes();
         }
-        let (internal_replies, zmq_replies): (Vec<_>, Vec<_>) = out
-            .replies
-            .drain(..)
-            .partition(|r| r.peer.as_slice() == INTERNAL_PEER);
-        out.replies = zmq_replies;
-        for reply in internal_replies {
+        // The API's replies go back in-process; the rest are sealed and sent.
+        let (api_replies, peer_replies): (Vec<_>, Vec<_>) =
+            out.replies.drain(..).partition(|r| r.to == ReplyTo::Api);
+        out.replies = peer_replies;
+        for reply in api_replies {
             if let Some(waiter) = self.internal_pending.remove(&reply.id) {
                 let _ = waiter.send(reply.reply);
             }
@@ -371,12 +359,15 @@ fn outgoing(keys: &Keys, out: Outbox, refusals: Vec<(PeerId, Refusal)>) -> Vec<O
     let now_ms = now_us() / 1_000;
     let mut batch = Vec::with_capacity(out.replies.len() + refusals.len() + out.events.len());
     for reply in out.replies {
-        let Some(secret) = keys.for_sender(&reply.to) else {
+        let ReplyTo::Peer { peer, name } = reply.to else {
+            continue;
+        };
+        let Some(secret) = keys.for_sender(&name) else {
             continue;
         };
         let frame = seal(
             BROKER,
-            &reply.to,
+            &name,
             secret,
             &Body::Reply {
                 id: reply.id,
@@ -385,9 +376,9 @@ fn outgoing(keys: &Keys, out: Outbox, refusals: Vec<(PeerId, Refusal)>) -> Vec<O
             now_ms,
         );
         batch.push(Outgoing::Reply {
-            peer: reply.peer,
+            peer,
             frame,
-            to: reply.to,
+            to: name,
         });
     }
     for (peer, refusal) in refusals {

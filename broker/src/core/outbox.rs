@@ -4,11 +4,35 @@
 use crate::core::{Notification, PeerId};
 use jobcast_protocol::{Event, Reply};
 
+/// Where a reply goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// A connection to the broker's socket; the reply is sealed for `name`.
+    Peer { peer: PeerId, name: String },
+    /// A call from the HTTP API, answered in-process.
+    Api,
+}
+
+impl ReplyTo {
+    pub fn peer(peer: &PeerId, name: &str) -> ReplyTo {
+        ReplyTo::Peer {
+            peer: peer.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The sender name the reply is for: a key's name, or `admin` for the API.
+    pub fn name(&self) -> &str {
+        match self {
+            ReplyTo::Peer { name, .. } => name,
+            ReplyTo::Api => crate::core::ADMIN,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutReply {
-    pub peer: PeerId,
-    /// The peer's name, whose secret signs the reply.
-    pub to: String,
+    pub to: ReplyTo,
     pub id: u64,
     pub reply: Reply,
 }
@@ -23,10 +47,9 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub(in crate::core) fn reply(&mut self, peer: &PeerId, to: &str, id: u64, reply: Reply) {
+    pub(in crate::core) fn reply(&mut self, to: &ReplyTo, id: u64, reply: Reply) {
         self.replies.push(OutReply {
-            peer: peer.clone(),
-            to: to.to_string(),
+            to: to.clone(),
             id,
             reply,
         });

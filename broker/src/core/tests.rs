@@ -733,12 +733,12 @@ fn ping_collects_answers_and_reports_the_silent() {
     h.advance_ms(2);
     let (_, out) = h.send("w1", WorkerRequest::Pong { ping_id, info });
     assert!(
-        out.replies.iter().all(|r| r.to == "w1"),
+        out.replies.iter().all(|r| r.to.name() == "w1"),
         "still waiting for w2"
     );
     h.advance_ms(600);
     let out = h.tick();
-    let reply = out.replies.iter().find(|r| r.to == ADMIN).unwrap();
+    let reply = out.replies.iter().find(|r| r.to.name() == ADMIN).unwrap();
     let Reply::PingResult { workers } = &reply.reply else {
         panic!()
     };
@@ -773,7 +773,7 @@ fn queued_work_is_announced_again_every_interval() {
 fn grants_for(out: &Outbox, worker: &str) -> Vec<(u64, Vec<String>)> {
     out.replies
         .iter()
-        .filter(|r| r.to == worker)
+        .filter(|r| r.to.name() == worker)
         .filter_map(|r| match &r.reply {
             Reply::Granted { runs, .. } => {
                 Some((r.id, runs.iter().map(|a| a.run_id.clone()).collect()))
@@ -1004,6 +1004,42 @@ fn run_ids_come_from_the_seeded_source_and_never_repeat() {
     let unique: BTreeSet<&String> = first.iter().collect();
     assert_eq!(unique.len(), first.len());
     assert!(first.iter().all(|id| id.len() == 16));
+}
+
+#[test]
+fn an_api_call_is_answered_in_process_and_recorded_under_its_token() {
+    let mut h = Harness::new();
+    let mut out = Outbox::default();
+    h.core
+        .handle_api(
+            "token alice",
+            41,
+            AdminRequest::Enqueue {
+                job: "hello".into(),
+            },
+            h.now,
+            &mut out,
+        )
+        .unwrap();
+    let [reply] = &out.replies[..] else {
+        panic!("{:?}", out.replies)
+    };
+    assert_eq!((reply.to.clone(), reply.id), (ReplyTo::Api, 41));
+    let Reply::Enqueued { run } = &reply.reply else {
+        panic!("{:?}", reply.reply)
+    };
+    assert_eq!(run.history[0].cause, "enqueued by token alice");
+    // The same request over a socket is sealed for the key that sent it.
+    let (_, out) = h.send(
+        ADMIN,
+        AdminRequest::Enqueue {
+            job: "hello".into(),
+        },
+    );
+    assert_eq!(
+        out.replies[0].to,
+        ReplyTo::peer(&ADMIN.as_bytes().to_vec(), ADMIN)
+    );
 }
 
 mod scheduling;

@@ -13,7 +13,7 @@ mod retry;
 mod set_enabled;
 mod status;
 
-use crate::core::{error, ms, Core, Outbox, PeerId};
+use crate::core::{error, ms, Core, Outbox, ReplyTo};
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::{AdminRequest, ErrorCode, Reply};
 
@@ -30,7 +30,7 @@ fn listed<'a>(names: impl Iterator<Item = &'a String>) -> String {
 impl<S: Store> Core<S> {
     pub(in crate::core) fn handle_admin(
         &mut self,
-        peer: &PeerId,
+        reply_to: &ReplyTo,
         actor: &str,
         id: u64,
         request: AdminRequest,
@@ -41,7 +41,7 @@ impl<S: Store> Core<S> {
         Ok(Some(match request {
             AdminRequest::Ping { worker, timeout_ms } => {
                 let asked = ping::Asked {
-                    peer,
+                    reply_to,
                     id,
                     worker,
                     timeout_ms,

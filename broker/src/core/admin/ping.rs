@@ -1,13 +1,13 @@
 //! `Ping`: asks workers to answer over PUB, and collects the answers until a deadline.
 
-use crate::core::{Core, Outbox, PeerId, PendingPing, ADMIN};
+use crate::core::{Core, Outbox, PendingPing, ReplyTo};
 use crate::store::Store;
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Event, PingAnswer, Reply};
 
 /// A `Ping` as asked: whom, how long to wait, and where the answer goes.
 pub(super) struct Asked<'a> {
-    pub peer: &'a PeerId,
+    pub reply_to: &'a ReplyTo,
     pub id: u64,
     /// One worker, or all connected ones.
     pub worker: Option<String>,
@@ -41,7 +41,7 @@ impl<S: Store> Core<S> {
         self.pings.insert(
             ping_id,
             PendingPing {
-                peer: asked.peer.clone(),
+                reply_to: asked.reply_to.clone(),
                 id: asked.id,
                 sent_at_us: now_us,
                 deadline_us: now_us + asked.timeout_ms.clamp(10, 60_000) * 1_000,
@@ -64,6 +64,6 @@ impl<S: Store> Core<S> {
                 info: answer.map(|(_, info)| info),
             })
             .collect();
-        out.reply(&ping.peer, ADMIN, ping.id, Reply::PingResult { workers });
+        out.reply(&ping.reply_to, ping.id, Reply::PingResult { workers });
     }
 }

@@ -1,7 +1,7 @@
 //! `Claim`: runs granted to a worker, at once or to its waiting claim when they arrive.
 
 use crate::core::waiting_claims::{WaitingClaim, MAX_CLAIM_WAIT_MS};
-use crate::core::{nothing_granted, Core, Outbox, PeerId};
+use crate::core::{nothing_granted, Core, Outbox, PeerId, ReplyTo};
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Assignment, Event, Overlap, Reply, RunState};
@@ -164,7 +164,11 @@ impl<S: Store> Core<S> {
         out: &mut Outbox,
     ) -> StoreResult<()> {
         for (worker, claim) in self.waiting.take_expired(now) {
-            out.reply(&claim.peer, &worker, claim.id, nothing_granted());
+            out.reply(
+                &ReplyTo::peer(&claim.peer, &worker),
+                claim.id,
+                nothing_granted(),
+            );
         }
         let dirty = self.waiting.take_dirty();
         if dirty.is_empty() {
@@ -191,7 +195,7 @@ impl<S: Store> Core<S> {
             let reply = self.claim(&worker, max, now)?;
             if matches!(&reply, Reply::Granted { runs, .. } if !runs.is_empty()) {
                 if let Some(claim) = self.waiting.remove(&worker) {
-                    out.reply(&claim.peer, &worker, claim.id, reply);
+                    out.reply(&ReplyTo::peer(&claim.peer, &worker), claim.id, reply);
                     granted_any = true;
                 }
             }
@@ -209,7 +213,11 @@ impl<S: Store> Core<S> {
     /// Answers `worker`'s waiting claim, if any, with nothing.
     pub(in crate::core) fn cancel_waiting_claim(&mut self, worker: &str, out: &mut Outbox) {
         if let Some(claim) = self.waiting.remove(worker) {
-            out.reply(&claim.peer, worker, claim.id, nothing_granted());
+            out.reply(
+                &ReplyTo::peer(&claim.peer, worker),
+                claim.id,
+                nothing_granted(),
+            );
         }
     }
 }
