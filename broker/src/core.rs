@@ -10,6 +10,7 @@ mod after_end;
 mod alerts;
 mod liveness;
 mod outbox;
+mod run_table;
 mod runs;
 mod scheduling;
 mod waiting_claims;
@@ -108,12 +109,8 @@ pub struct Core<S: Store> {
     booted_at_ms: u64,
     next_alive_ms: u64,
     jobs: BTreeMap<String, JobSpec>,
-    /// Runs not yet finished, by id.
-    active: HashMap<String, RunRecord>,
-    /// The ids of `active`, by job.
-    active_by_job: HashMap<String, BTreeSet<String>>,
-    /// Queued runs per pool, oldest (lowest seq) first.
-    queues: BTreeMap<String, BTreeMap<u64, String>>,
+    /// Runs not yet finished, and where the queued ones wait.
+    runs: run_table::RunTable,
     sessions: BTreeMap<String, Session>,
     workers: BTreeMap<String, WorkerStatus>,
     logs: HashMap<String, LogTrack>,
@@ -131,8 +128,6 @@ pub struct Core<S: Store> {
     next_fire: scheduling::FireQueue,
     /// Each scheduled job's first tick after it was created (for never-run alerts).
     first_due: HashMap<String, u64>,
-    /// Queued runs waiting for their retry back-off: (not before, seq) → id.
-    delayed: BTreeMap<(u64, u64), String>,
     disabled_pools: BTreeSet<String>,
     /// Standing conditions, keyed by kind and job or pool.
     alerts: BTreeMap<(AlertKind, String), Alert>,
@@ -211,9 +206,7 @@ impl<S: Store> Core<S> {
             booted_at_ms: ms(now_us),
             next_alive_ms: 0,
             jobs,
-            active: HashMap::new(),
-            active_by_job: HashMap::new(),
-            queues: BTreeMap::new(),
+            runs: run_table::RunTable::default(),
             sessions: BTreeMap::new(),
             logs: HashMap::new(),
             pings: BTreeMap::new(),
@@ -226,7 +219,6 @@ impl<S: Store> Core<S> {
             job_states: BTreeMap::new(),
             next_fire: Default::default(),
             first_due: HashMap::new(),
-            delayed: BTreeMap::new(),
             disabled_pools: BTreeSet::new(),
             alerts: BTreeMap::new(),
             changes: Changes::default(),
@@ -234,9 +226,9 @@ impl<S: Store> Core<S> {
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
-                core.enqueue_existing(&run);
+                core.runs.enqueue(&run, core.clock_ms);
             }
-            core.activate(run);
+            core.runs.activate(run);
         }
         core.load_scheduling(ms(now_us))?;
         Ok(core)
@@ -269,7 +261,7 @@ impl<S: Store> Core<S> {
         let changes = std::mem::take(&mut self.changes);
         let mut runs = Vec::with_capacity(changes.runs.len());
         for id in changes.runs {
-            match self.active.get(&id) {
+            match self.runs.active.get(&id) {
                 Some(run) => runs.push(run.clone()),
                 None => runs.extend(self.store.run(&id)?),
             }

@@ -12,6 +12,7 @@ impl<S: Store> Core<S> {
     pub(in crate::core) fn check_alerts(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
         // Runs that could not start in time are missed, not started late.
         let expired: Vec<String> = self
+            .runs
             .active
             .values()
             .filter(|r| r.state == RunState::Queued)
@@ -34,7 +35,12 @@ impl<S: Store> Core<S> {
         }
 
         let mut standing: BTreeMap<(AlertKind, String), Alert> = BTreeMap::new();
-        for run in self.active.values().filter(|r| r.state == RunState::Queued) {
+        for run in self
+            .runs
+            .active
+            .values()
+            .filter(|r| r.state == RunState::Queued)
+        {
             let due = run.scheduled_at_ms.max(run.not_before_ms);
             if now > due + run.spec.policy.late_after_ms {
                 standing

@@ -37,13 +37,7 @@ impl<S: Store> Core<S> {
                 },
             );
             // Re-announce queued work, so a lost wake-up only delays it.
-            let queued: Vec<String> = self
-                .queues
-                .iter()
-                .filter(|(_, queue)| !queue.is_empty())
-                .map(|(pool, _)| pool.clone())
-                .collect();
-            for pool in queued {
+            for pool in self.runs.pools_with_queued() {
                 self.wake(&pool, out);
             }
         }
@@ -75,6 +69,7 @@ impl<S: Store> Core<S> {
         // Runs left on workers that never came back after this broker started.
         if now.saturating_sub(self.booted_at_ms) > timeout {
             let orphans: Vec<(String, String)> = self
+                .runs
                 .active
                 .values()
                 .filter_map(|r| {

@@ -10,7 +10,7 @@ impl<S: Store> Core<S> {
     pub(in crate::core) fn new_run_id(&mut self) -> StoreResult<String> {
         loop {
             let id = format!("{:016x}", self.rng.next_u64());
-            if !self.active.contains_key(&id) && self.store.run(&id)?.is_none() {
+            if !self.runs.active.contains_key(&id) && self.store.run(&id)?.is_none() {
                 return Ok(id);
             }
         }
@@ -30,7 +30,7 @@ impl<S: Store> Core<S> {
                 let maybe_decided_before = new.scheduled_at_ms <= self.booted_at_ms
                     || new.not_before_ms > 0
                     || new.parent.is_some();
-                if self.active.contains_key(&id)
+                if self.runs.active.contains_key(&id)
                     || (maybe_decided_before && self.store.run(&id)?.is_some())
                 {
                     return Ok(None);
@@ -75,46 +75,11 @@ impl<S: Store> Core<S> {
         };
         self.store.create_run(&run)?;
         self.changes.runs.insert(run.id.clone());
-        self.activate(run.clone());
-        if self.enqueue_existing(&run) {
+        self.runs.activate(run.clone());
+        if self.runs.enqueue(&run, self.clock_ms) {
             self.wake(&run.pool, out);
         }
         Ok(Some(run))
-    }
-
-    pub(in crate::core) fn activate(&mut self, run: RunRecord) {
-        self.active_by_job
-            .entry(run.job.clone())
-            .or_default()
-            .insert(run.id.clone());
-        self.active.insert(run.id.clone(), run);
-    }
-
-    pub(in crate::core) fn deactivate(&mut self, run_id: &str) {
-        if let Some(run) = self.active.remove(run_id) {
-            if let Some(ids) = self.active_by_job.get_mut(&run.job) {
-                ids.remove(run_id);
-                if ids.is_empty() {
-                    self.active_by_job.remove(&run.job);
-                }
-            }
-        }
-    }
-
-    /// Puts a queued run where it waits: its pool's queue, or the back-off list. Returns
-    /// whether it can be handed out now.
-    pub(in crate::core) fn enqueue_existing(&mut self, run: &RunRecord) -> bool {
-        if run.not_before_ms > self.clock_ms {
-            self.delayed
-                .insert((run.not_before_ms, run.seq), run.id.clone());
-            false
-        } else {
-            self.queues
-                .entry(run.pool.clone())
-                .or_default()
-                .insert(run.seq, run.id.clone());
-            true
-        }
     }
 
     /// Writes a run that reached a terminal state, forgets it from memory, and does what
@@ -127,12 +92,8 @@ impl<S: Store> Core<S> {
     ) -> StoreResult<()> {
         self.store.put_run(run)?;
         self.changes.runs.insert(run.id.clone());
-        self.deactivate(&run.id);
+        self.runs.deactivate(run);
         self.logs.remove(&run.id);
-        if let Some(queue) = self.queues.get_mut(&run.pool) {
-            queue.remove(&run.seq);
-        }
-        self.delayed.remove(&(run.not_before_ms, run.seq));
         if let Some(worker) = &run.worker {
             if let Some(session) = self.sessions.get_mut(worker) {
                 session.runs.remove(&run.id);
@@ -155,7 +116,7 @@ impl<S: Store> Core<S> {
         cause: String,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(run) = self.active.get_mut(run_id) else {
+        let Some(run) = self.runs.active.get_mut(run_id) else {
             return Ok(());
         };
         if let Err(e) = run.transition(state, now, cause.clone()) {

@@ -278,7 +278,8 @@ impl<S: Store> Core<S> {
         // Overlap is judged against the runs active before this pass, so that the
         // catch-up runs of one pass do not skip each other.
         let active_before: Vec<String> = self
-            .active_by_job
+            .runs
+            .by_job
             .get(job)
             .map(|ids| ids.iter().cloned().collect())
             .unwrap_or_default();
@@ -314,7 +315,7 @@ impl<S: Store> Core<S> {
         }
         let active: Vec<String> = active_before
             .iter()
-            .filter(|id| self.active.contains_key(*id))
+            .filter(|id| self.runs.active.contains_key(*id))
             .cloned()
             .collect();
         if !active.is_empty() {
@@ -373,21 +374,8 @@ impl<S: Store> Core<S> {
 
     /// Moves retries whose back-off has passed into their pool's queue.
     pub(super) fn release_delayed(&mut self, now: u64, out: &mut Outbox) {
-        while let Some((&(at, seq), _)) = self.delayed.first_key_value() {
-            if at > now {
-                break;
-            }
-            let Some(run_id) = self.delayed.remove(&(at, seq)) else {
-                break;
-            };
-            if let Some(run) = self.active.get(&run_id) {
-                let pool = run.pool.clone();
-                self.queues
-                    .entry(pool.clone())
-                    .or_default()
-                    .insert(seq, run_id);
-                self.wake(&pool, out);
-            }
+        for pool in self.runs.release_due(now) {
+            self.wake(&pool, out);
         }
     }
 
@@ -397,7 +385,7 @@ impl<S: Store> Core<S> {
         if let Some(t) = self.next_fire.earliest() {
             next_ms = next_ms.min(t);
         }
-        if let Some((&(t, _), _)) = self.delayed.first_key_value() {
+        if let Some(t) = self.runs.next_release_ms() {
             next_ms = next_ms.min(t);
         }
         let mut next_us = next_ms.saturating_mul(1_000);

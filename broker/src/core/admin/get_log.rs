@@ -40,7 +40,7 @@ impl<S: Store> Core<S> {
             Ok(id) => id,
             Err(reply) => return Ok(reply),
         };
-        let run = match self.active.get(&run_id) {
+        let run = match self.runs.active.get(&run_id) {
             Some(run) => run.clone(),
             None => match self.store.run(&run_id)? {
                 Some(run) => run,

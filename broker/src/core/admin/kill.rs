@@ -43,7 +43,7 @@ impl<S: Store> Core<S> {
             Ok(id) => id,
             Err(outcome) => return Ok(outcome),
         };
-        let Some(run) = self.active.get_mut(&run_id) else {
+        let Some(run) = self.runs.active.get_mut(&run_id) else {
             let state = match self.store.run(&run_id)? {
                 Some(run) => run.state,
                 None => {
@@ -84,7 +84,7 @@ impl<S: Store> Core<S> {
         &self,
         selector: &str,
     ) -> StoreResult<Result<String, KillOutcome>> {
-        if self.active.contains_key(selector) || self.store.run(selector)?.is_some() {
+        if self.runs.active.contains_key(selector) || self.store.run(selector)?.is_some() {
             return Ok(Ok(selector.to_string()));
         }
         let mut candidates = self.store.find_run_ids(selector, MAX_CANDIDATES + 1)?;

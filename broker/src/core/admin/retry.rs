@@ -18,7 +18,7 @@ impl<S: Store> Core<S> {
             Ok(id) => id,
             Err(reply) => return Ok(reply),
         };
-        if self.active.contains_key(&run_id) {
+        if self.runs.active.contains_key(&run_id) {
             return Ok(error(
                 ErrorCode::BadRequest,
                 format!("run {run_id} has not finished yet"),

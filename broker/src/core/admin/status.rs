@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 impl<S: Store> Core<S> {
     pub(in crate::core) fn status(&self, now: u64) -> StoreResult<StatusReport> {
         let mut active = BTreeMap::new();
-        for run in self.active.values() {
+        for run in self.runs.active.values() {
             *active.entry(run.state.to_string()).or_default() += 1;
         }
         let workers = self

@@ -74,6 +74,7 @@ impl<S: Store> Core<S> {
         let mut granted = Vec::new();
         // Jobs with `overlap = queue` that already have a run out cannot get another.
         let mut busy_jobs: BTreeSet<String> = self
+            .runs
             .active
             .values()
             .filter(|r| matches!(r.state, RunState::Assigned | RunState::Running))
@@ -84,14 +85,14 @@ impl<S: Store> Core<S> {
             // The oldest grantable queued run across this worker's pools.
             let mut best: Option<(u64, String)> = None;
             for pool in &pools {
-                let Some(queue) = self.queues.get(pool) else {
+                let Some(queue) = self.runs.queues.get(pool) else {
                     continue;
                 };
                 for (seq, run_id) in queue {
                     if best.as_ref().is_some_and(|(b, _)| *b < *seq) {
                         break;
                     }
-                    let Some(run) = self.active.get(run_id) else {
+                    let Some(run) = self.runs.active.get(run_id) else {
                         continue;
                     };
                     if run.pinned_worker.as_deref().is_some_and(|w| w != worker) {
@@ -105,10 +106,10 @@ impl<S: Store> Core<S> {
                 }
             }
             let Some((seq, pool)) = best else { break };
-            let Some(run_id) = self.queues.get_mut(&pool).and_then(|q| q.remove(&seq)) else {
+            let Some(run_id) = self.runs.queues.get_mut(&pool).and_then(|q| q.remove(&seq)) else {
                 break;
             };
-            let Some(run) = self.active.get_mut(&run_id) else {
+            let Some(run) = self.runs.active.get_mut(&run_id) else {
                 continue;
             };
             if run
@@ -134,9 +135,7 @@ impl<S: Store> Core<S> {
                 session.runs.insert(run_id);
             }
         }
-        let more_queued = pools
-            .iter()
-            .any(|p| self.queues.get(p).is_some_and(|q| !q.is_empty()));
+        let more_queued = pools.iter().any(|p| self.runs.has_queued(p));
         Ok(Reply::Granted {
             runs: granted,
             more_queued,
@@ -176,10 +175,7 @@ impl<S: Store> Core<S> {
         }
         let mut granted_any = false;
         for worker in self.waiting.oldest_first() {
-            if dirty
-                .iter()
-                .all(|pool| self.queues.get(pool).is_none_or(|q| q.is_empty()))
-            {
+            if dirty.iter().all(|pool| !self.runs.has_queued(pool)) {
                 break;
             }
             let Some(session) = self.sessions.get(&worker) else {
@@ -203,7 +199,7 @@ impl<S: Store> Core<S> {
         if granted_any {
             // Wake-ups for pools the waiting claims emptied would only cause idle claims.
             out.events.retain(|(_, event)| match event {
-                Event::Wake { pool } => self.queues.get(pool).is_some_and(|q| !q.is_empty()),
+                Event::Wake { pool } => self.runs.has_queued(pool),
                 _ => true,
             });
         }

@@ -22,7 +22,7 @@ impl<S: Store> Core<S> {
         offset: u64,
         data: &[u8],
     ) -> StoreResult<()> {
-        let Some(run) = self.active.get(run_id) else {
+        let Some(run) = self.runs.active.get(run_id) else {
             return Ok(());
         };
         if run.worker.as_deref() != Some(worker) || data.is_empty() {

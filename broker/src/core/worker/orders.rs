@@ -33,7 +33,7 @@ impl<S: Store> Core<S> {
         let mut kill: Vec<String> = session
             .runs
             .iter()
-            .filter(|id| self.active.get(*id).is_some_and(|r| r.kill_requested))
+            .filter(|id| self.runs.active.get(*id).is_some_and(|r| r.kill_requested))
             .cloned()
             .collect();
         for id in reported_running {

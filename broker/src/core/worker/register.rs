@@ -51,6 +51,7 @@ impl<S: Store> Core<S> {
         // Runs we believe are on this worker but that it does not report are lost: they
         // may have been half executed and must not run again silently.
         let ours: Vec<String> = self
+            .runs
             .active
             .values()
             .filter(|r| r.worker.as_deref() == Some(worker))
@@ -98,7 +99,7 @@ impl<S: Store> Core<S> {
         tracing::info!(worker, "worker registered");
         // Work may be waiting for this worker's pools.
         for pool in self.sessions[worker].register.pools.clone() {
-            if self.queues.get(&pool).is_some_and(|q| !q.is_empty()) {
+            if self.runs.has_queued(&pool) {
                 self.wake(&pool, out);
             }
         }

@@ -13,7 +13,7 @@ impl<S: Store> Core<S> {
         out: &mut Outbox,
     ) -> StoreResult<()> {
         for run_id in run_ids {
-            let Some(run) = self.active.get_mut(run_id) else {
+            let Some(run) = self.runs.active.get_mut(run_id) else {
                 continue;
             };
             if run.worker.as_deref() != Some(worker) || run.state != RunState::Assigned {
@@ -32,7 +32,7 @@ impl<S: Store> Core<S> {
             self.store.put_run(run)?;
             self.changes.runs.insert(run.id.clone());
             let run = run.clone();
-            self.enqueue_existing(&run);
+            self.runs.enqueue(&run, self.clock_ms);
             self.wake(&run.pool, out);
             if let Some(session) = self.sessions.get_mut(worker) {
                 session.runs.remove(run_id);

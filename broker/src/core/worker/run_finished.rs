@@ -12,7 +12,7 @@ impl<S: Store> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(run) = self.active.get_mut(&finished.run_id) else {
+        let Some(run) = self.runs.active.get_mut(&finished.run_id) else {
             tracing::info!(run_id = %finished.run_id, worker, "late report for a run that already ended; ignored");
             return Ok(());
         };

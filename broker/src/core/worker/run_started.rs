@@ -13,7 +13,7 @@ impl<S: Store> Core<S> {
         spawned_at_us: u64,
         now: u64,
     ) -> StoreResult<()> {
-        let Some(run) = self.active.get_mut(run_id) else {
+        let Some(run) = self.runs.active.get_mut(run_id) else {
             tracing::warn!(
                 run_id,
                 worker,

@@ -1,0 +1,175 @@
+//! The runs not yet finished, and where the queued ones wait: in their pool's queue,
+//! oldest first, or in the back-off list until their retry may start.
+
+use jobcast_protocol::RunRecord;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+#[derive(Debug, Default)]
+pub(in crate::core) struct RunTable {
+    /// Runs not yet finished, by id.
+    pub active: HashMap<String, RunRecord>,
+    /// The ids of `active`, by job.
+    pub by_job: HashMap<String, BTreeSet<String>>,
+    /// Queued runs per pool, oldest (lowest seq) first.
+    pub queues: BTreeMap<String, BTreeMap<u64, String>>,
+    /// Queued runs waiting for their retry back-off: (not before, seq) → id.
+    pub delayed: BTreeMap<(u64, u64), String>,
+}
+
+impl RunTable {
+    pub fn activate(&mut self, run: RunRecord) {
+        self.by_job
+            .entry(run.job.clone())
+            .or_default()
+            .insert(run.id.clone());
+        self.active.insert(run.id.clone(), run);
+    }
+
+    /// Forgets a run that ended, wherever it waited.
+    pub fn deactivate(&mut self, run: &RunRecord) {
+        self.active.remove(&run.id);
+        if let Some(ids) = self.by_job.get_mut(&run.job) {
+            ids.remove(&run.id);
+            if ids.is_empty() {
+                self.by_job.remove(&run.job);
+            }
+        }
+        if let Some(queue) = self.queues.get_mut(&run.pool) {
+            queue.remove(&run.seq);
+        }
+        self.delayed.remove(&(run.not_before_ms, run.seq));
+    }
+
+    /// Puts a queued run where it waits at `now_ms`: its pool's queue, or the back-off
+    /// list. Returns whether it can be handed out now.
+    pub fn enqueue(&mut self, run: &RunRecord, now_ms: u64) -> bool {
+        if run.not_before_ms > now_ms {
+            self.delayed
+                .insert((run.not_before_ms, run.seq), run.id.clone());
+            false
+        } else {
+            self.queues
+                .entry(run.pool.clone())
+                .or_default()
+                .insert(run.seq, run.id.clone());
+            true
+        }
+    }
+
+    /// Moves the retries whose back-off has passed into their pools' queues; returns the
+    /// pools that gained runs.
+    pub fn release_due(&mut self, now_ms: u64) -> BTreeSet<String> {
+        let mut pools = BTreeSet::new();
+        while let Some((&(at, seq), _)) = self.delayed.first_key_value() {
+            if at > now_ms {
+                break;
+            }
+            let Some(run_id) = self.delayed.remove(&(at, seq)) else {
+                break;
+            };
+            if let Some(run) = self.active.get(&run_id) {
+                let pool = run.pool.clone();
+                self.queues
+                    .entry(pool.clone())
+                    .or_default()
+                    .insert(seq, run_id);
+                pools.insert(pool);
+            }
+        }
+        pools
+    }
+
+    pub fn has_queued(&self, pool: &str) -> bool {
+        self.queues.get(pool).is_some_and(|q| !q.is_empty())
+    }
+
+    /// The pools with runs in their queues.
+    pub fn pools_with_queued(&self) -> Vec<String> {
+        self.queues
+            .iter()
+            .filter(|(_, queue)| !queue.is_empty())
+            .map(|(pool, _)| pool.clone())
+            .collect()
+    }
+
+    /// When the first back-off ends, if any run waits in one.
+    pub fn next_release_ms(&self) -> Option<u64> {
+        self.delayed.first_key_value().map(|(&(at, _), _)| at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobcast_protocol::{JobSpec, RunState};
+
+    fn run(id: &str, seq: u64, pool: &str, not_before_ms: u64) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            seq,
+            job: "job".into(),
+            pool: pool.into(),
+            attempt: 1,
+            state: RunState::Queued,
+            worker: None,
+            pid: None,
+            created_at_ms: 0,
+            scheduled_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            outcome: None,
+            kill_requested: false,
+            log_bytes: 0,
+            log_cap: 0,
+            parent: None,
+            first_attempt: None,
+            pinned_worker: None,
+            not_before_ms,
+            created_at_us: 0,
+            spawned_at_us: None,
+            ended_at_us: None,
+            schedule_id: None,
+            history: vec![],
+            spec: JobSpec::new("job", pool, jobcast_protocol::Exec::Command(vec![])),
+        }
+    }
+
+    #[test]
+    fn queued_runs_wait_in_their_pool_and_retries_until_their_back_off_ends() {
+        let mut table = RunTable::default();
+        let now_run = run("a", 1, "default", 0);
+        let later = run("b", 2, "gpu", 500);
+        for r in [&now_run, &later] {
+            table.activate(r.clone());
+        }
+        assert!(table.enqueue(&now_run, 100));
+        assert!(!table.enqueue(&later, 100));
+        assert_eq!(table.pools_with_queued(), ["default"]);
+        assert!(!table.has_queued("gpu"));
+        assert_eq!(table.next_release_ms(), Some(500));
+        assert!(table.release_due(499).is_empty());
+        assert_eq!(
+            table.release_due(500).into_iter().collect::<Vec<_>>(),
+            ["gpu"]
+        );
+        assert!(table.has_queued("gpu"));
+        assert_eq!(table.next_release_ms(), None);
+    }
+
+    #[test]
+    fn a_run_that_ends_is_forgotten_everywhere() {
+        let mut table = RunTable::default();
+        let queued = run("a", 1, "default", 0);
+        let delayed = run("b", 2, "default", 900);
+        for r in [&queued, &delayed] {
+            table.activate(r.clone());
+            table.enqueue(r, 0);
+        }
+        table.deactivate(&queued);
+        table.deactivate(&delayed);
+        assert!(table.active.is_empty());
+        assert!(table.by_job.is_empty());
+        assert!(!table.has_queued("default"));
+        assert_eq!(table.next_release_ms(), None);
+    }
+}
