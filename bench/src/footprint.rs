@@ -13,31 +13,16 @@ fn mb(bytes: u64) -> String {
 
 fn finished_run(seq: u64, job: &JobSpec) -> RunRecord {
     let at = 1_800_000_000_000 + seq;
+    let id = format!("{:016x}", seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     RunRecord {
-        id: format!("{:016x}", seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        seq,
-        job: job.name.clone(),
-        pool: job.pool.clone(),
-        attempt: 1,
         state: RunState::Succeeded,
         worker: Some("w1".into()),
         pid: Some(4242),
-        created_at_ms: at,
-        scheduled_at_ms: at,
         started_at_ms: Some(at + 1),
         finished_at_ms: Some(at + 9),
         outcome: Some(Outcome::Exited { code: 0 }),
-        kill_requested: false,
         log_bytes: 12,
         log_cap: 819_200,
-        parent: None,
-        first_attempt: None,
-        pinned_worker: None,
-        not_before_ms: 0,
-        created_at_us: 0,
-        spawned_at_us: None,
-        ended_at_us: None,
-        schedule_id: None,
         history: vec![
             Transition {
                 state: RunState::Queued,
@@ -60,7 +45,7 @@ fn finished_run(seq: u64, job: &JobSpec) -> RunRecord {
                 cause: "exited with code 0".into(),
             },
         ],
-        spec: job.clone(),
+        ..RunRecord::queued(id, seq, job.clone(), at, "enqueued by admin")
     }
 }
 

@@ -112,6 +112,49 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// A new run of `spec`, queued at `created_at_ms` (its only transition so far, with
+    /// `cause`): first attempt, no worker, no links, no back-off.
+    pub fn queued(
+        id: RunId,
+        seq: u64,
+        spec: JobSpec,
+        created_at_ms: u64,
+        cause: impl Into<String>,
+    ) -> RunRecord {
+        RunRecord {
+            id,
+            seq,
+            job: spec.name.clone(),
+            pool: spec.pool.clone(),
+            attempt: 1,
+            state: RunState::Queued,
+            worker: None,
+            pid: None,
+            created_at_ms,
+            scheduled_at_ms: created_at_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            outcome: None,
+            kill_requested: false,
+            log_bytes: 0,
+            log_cap: 0,
+            parent: None,
+            first_attempt: None,
+            pinned_worker: None,
+            not_before_ms: 0,
+            created_at_us: 0,
+            spawned_at_us: None,
+            ended_at_us: None,
+            schedule_id: None,
+            history: vec![Transition {
+                state: RunState::Queued,
+                at_ms: created_at_ms,
+                cause: cause.into(),
+            }],
+            spec,
+        }
+    }
+
     /// Moves the run to `to`, recording when and why; refuses illegal transitions.
     pub fn transition(
         &mut self,

@@ -101,36 +101,13 @@ impl RunTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jobcast_protocol::{JobSpec, RunState};
+    use jobcast_protocol::JobSpec;
 
     fn run(id: &str, seq: u64, pool: &str, not_before_ms: u64) -> RunRecord {
+        let spec = JobSpec::new("job", pool, jobcast_protocol::Exec::Command(vec![]));
         RunRecord {
-            id: id.into(),
-            seq,
-            job: "job".into(),
-            pool: pool.into(),
-            attempt: 1,
-            state: RunState::Queued,
-            worker: None,
-            pid: None,
-            created_at_ms: 0,
-            scheduled_at_ms: 0,
-            started_at_ms: None,
-            finished_at_ms: None,
-            outcome: None,
-            kill_requested: false,
-            log_bytes: 0,
-            log_cap: 0,
-            parent: None,
-            first_attempt: None,
-            pinned_worker: None,
             not_before_ms,
-            created_at_us: 0,
-            spawned_at_us: None,
-            ended_at_us: None,
-            schedule_id: None,
-            history: vec![],
-            spec: JobSpec::new("job", pool, jobcast_protocol::Exec::Command(vec![])),
+            ..RunRecord::queued(id.into(), seq, spec, 0, "test")
         }
     }
 

@@ -3,7 +3,7 @@
 use crate::core::scheduling::NewRun;
 use crate::core::{Core, Outbox};
 use crate::store::{Store, StoreResult};
-use jobcast_protocol::{RunRecord, RunState, Transition};
+use jobcast_protocol::{RunRecord, RunState};
 use rand::RngCore;
 
 impl<S: Store> Core<S> {
@@ -42,36 +42,15 @@ impl<S: Store> Core<S> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let run = RunRecord {
-            id,
-            seq,
-            job: new.spec.name.clone(),
-            pool: new.spec.pool.clone(),
             attempt: new.attempt,
-            state: RunState::Queued,
-            worker: None,
-            pid: None,
-            created_at_ms: now,
             scheduled_at_ms: new.scheduled_at_ms,
-            started_at_ms: None,
-            finished_at_ms: None,
-            outcome: None,
-            kill_requested: false,
-            log_bytes: 0,
-            log_cap: 0,
             parent: new.parent,
             first_attempt: new.first_attempt,
             pinned_worker: new.pinned_worker,
             not_before_ms: new.not_before_ms,
             created_at_us: self.clock_us,
-            spawned_at_us: None,
-            ended_at_us: None,
             schedule_id: new.schedule_id,
-            history: vec![Transition {
-                state: RunState::Queued,
-                at_ms: now,
-                cause: new.cause,
-            }],
-            spec: new.spec,
+            ..RunRecord::queued(id, seq, new.spec, now, new.cause)
         };
         self.store.create_run(&run)?;
         self.changes.runs.insert(run.id.clone());

@@ -39,32 +39,9 @@ fn job(name: &str) -> JobSpec {
 
 fn run(seq: u64, id: &str, state: RunState) -> RunRecord {
     RunRecord {
-        id: id.into(),
-        seq,
-        job: "a".into(),
-        pool: "default".into(),
-        attempt: 1,
         state,
-        worker: None,
-        pid: None,
-        created_at_ms: seq,
-        scheduled_at_ms: seq,
-        started_at_ms: None,
-        finished_at_ms: None,
-        outcome: None,
-        kill_requested: false,
-        log_bytes: 0,
-        log_cap: 0,
-        parent: None,
-        first_attempt: None,
-        pinned_worker: None,
-        not_before_ms: 0,
-        created_at_us: 0,
-        spawned_at_us: None,
-        ended_at_us: None,
-        schedule_id: None,
         history: vec![],
-        spec: job("a"),
+        ..RunRecord::queued(id.into(), seq, job("a"), seq, "")
     }
 }
 
