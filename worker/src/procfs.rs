@@ -105,7 +105,14 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let pid = child.id() as i32;
-        assert_eq!(processes_with_env("JOBCAST_PROCFS_TEST", &value), [pid]);
+        // Until the child has exec'd, /proc shows the environment it inherited.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut found = processes_with_env("JOBCAST_PROCFS_TEST", &value);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            found = processes_with_env("JOBCAST_PROCFS_TEST", &value);
+        }
+        assert_eq!(found, [pid]);
         assert!(processes_with_env("JOBCAST_PROCFS_TEST", "other").is_empty());
         child.kill().expect("kill");
         child.wait().expect("reap");
