@@ -11,6 +11,24 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 use jobcast_protocol::{JobSpec, ScheduleSpec};
+use thiserror::Error;
+
+/// Why a schedule cannot be used; the message says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ScheduleError {
+    #[error("exclusion window {0:?} must look like \"22:00-06:00\"")]
+    WindowFormat(String),
+    #[error("exclusion window {0:?} is empty")]
+    EmptyWindow(String),
+    #[error("cron expression {expr:?} is not valid: {reason}")]
+    Cron { expr: String, reason: String },
+    #[error("`at` {text:?} is not an RFC 3339 time like 2026-12-01T09:00:00Z: {reason}")]
+    At { text: String, reason: String },
+    #[error("unknown time zone {0:?}: use an IANA name like Europe/Amsterdam")]
+    TimeZone(String),
+    #[error("`every` must be at least 1s")]
+    IntervalTooShort,
+}
 
 #[derive(Debug, Clone)]
 enum Kind {
@@ -28,8 +46,8 @@ pub struct Window {
 }
 
 impl Window {
-    pub fn parse(text: &str) -> Result<Window, String> {
-        let err = || format!("exclusion window {text:?} must look like \"22:00-06:00\"");
+    pub fn parse(text: &str) -> Result<Window, ScheduleError> {
+        let err = || ScheduleError::WindowFormat(text.to_string());
         let (a, b) = text.split_once('-').ok_or_else(err)?;
         let time = |t: &str| {
             NaiveTime::parse_from_str(t.trim(), "%H:%M")
@@ -38,7 +56,7 @@ impl Window {
         };
         let (start, end) = (time(a)?, time(b)?);
         if start == end {
-            return Err(format!("exclusion window {text:?} is empty"));
+            return Err(ScheduleError::EmptyWindow(text.to_string()));
         }
         Ok(Window {
             start_s: start.num_seconds_from_midnight(),
@@ -115,29 +133,33 @@ fn gap_matches(cron: &Cron, at_ms: u64, tz: Tz) -> bool {
 }
 
 /// Parses one cron expression: 5 fields, 6 with seconds, or a macro like `@daily`.
-pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+pub fn parse_cron(expr: &str) -> Result<Cron, ScheduleError> {
     CronParser::builder()
         .seconds(Seconds::Optional)
         .build()
         .parse(expr)
-        .map_err(|e| format!("cron expression {expr:?} is not valid: {e}"))
+        .map_err(|e| ScheduleError::Cron {
+            expr: expr.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// Parses an RFC 3339 time (`2026-12-01T09:00:00Z`, or with an offset).
-pub fn parse_at(text: &str) -> Result<u64, String> {
+pub fn parse_at(text: &str) -> Result<u64, ScheduleError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis().max(0) as u64)
-        .map_err(|e| {
-            format!("`at` {text:?} is not an RFC 3339 time like 2026-12-01T09:00:00Z: {e}")
+        .map_err(|e| ScheduleError::At {
+            text: text.to_string(),
+            reason: e.to_string(),
         })
 }
 
 impl Schedule {
-    pub fn compile(spec: &ScheduleSpec) -> Result<Schedule, String> {
+    pub fn compile(spec: &ScheduleSpec) -> Result<Schedule, ScheduleError> {
         let tz = match &spec.timezone {
-            Some(name) => name.parse::<Tz>().map_err(|_| {
-                format!("unknown time zone {name:?}: use an IANA name like Europe/Amsterdam")
-            })?,
+            Some(name) => name
+                .parse::<Tz>()
+                .map_err(|_| ScheduleError::TimeZone(name.clone()))?,
             None => Tz::UTC,
         };
         let kind = if !spec.cron.is_empty() {
@@ -149,7 +171,7 @@ impl Schedule {
             )
         } else if let Some(interval_ms) = spec.every_ms {
             if interval_ms < 1_000 {
-                return Err("`every` must be at least 1s".into());
+                return Err(ScheduleError::IntervalTooShort);
             }
             Kind::Every { interval_ms }
         } else if let Some(at) = &spec.at {
@@ -165,7 +187,7 @@ impl Schedule {
         Ok(Schedule { kind, tz, exclude })
     }
 
-    pub fn for_job(job: &JobSpec) -> Result<Schedule, String> {
+    pub fn for_job(job: &JobSpec) -> Result<Schedule, ScheduleError> {
         Self::compile(&job.schedule)
     }
 
@@ -314,33 +336,51 @@ mod tests {
     #[test]
     fn bad_schedules_are_explained() {
         let err = |spec: ScheduleSpec| Schedule::compile(&spec).unwrap_err();
-        assert!(err(ScheduleSpec {
+        let bad_cron = err(ScheduleSpec {
             cron: vec!["61 * * * *".into()],
             ..Default::default()
-        })
-        .contains("not valid"));
-        assert!(err(ScheduleSpec {
-            cron: vec!["* * * * *".into()],
-            timezone: Some("Mars/Olympus".into()),
-            ..Default::default()
-        })
-        .contains("unknown time zone"));
-        assert!(err(ScheduleSpec {
-            at: Some("tomorrow".into()),
-            ..Default::default()
-        })
-        .contains("RFC 3339"));
-        assert!(err(ScheduleSpec {
-            every_ms: Some(10),
-            ..Default::default()
-        })
-        .contains("at least 1s"));
-        assert!(err(ScheduleSpec {
-            every_ms: Some(60_000),
-            exclude: vec!["22-06".into()],
-            ..Default::default()
-        })
-        .contains("22:00-06:00"));
+        });
+        assert!(matches!(&bad_cron, ScheduleError::Cron { expr, .. } if expr == "61 * * * *"));
+        assert!(bad_cron.to_string().contains("not valid"));
+        assert_eq!(
+            err(ScheduleSpec {
+                cron: vec!["* * * * *".into()],
+                timezone: Some("Mars/Olympus".into()),
+                ..Default::default()
+            })
+            .to_string(),
+            "unknown time zone \"Mars/Olympus\": use an IANA name like Europe/Amsterdam"
+        );
+        assert!(matches!(
+            err(ScheduleSpec {
+                at: Some("tomorrow".into()),
+                ..Default::default()
+            }),
+            ScheduleError::At { .. }
+        ));
+        assert_eq!(
+            err(ScheduleSpec {
+                every_ms: Some(10),
+                ..Default::default()
+            }),
+            ScheduleError::IntervalTooShort
+        );
+        assert_eq!(
+            err(ScheduleSpec {
+                every_ms: Some(60_000),
+                exclude: vec!["22-06".into()],
+                ..Default::default()
+            }),
+            ScheduleError::WindowFormat("22-06".into())
+        );
+        assert_eq!(
+            err(ScheduleSpec {
+                every_ms: Some(60_000),
+                exclude: vec!["10:00-10:00".into()],
+                ..Default::default()
+            }),
+            ScheduleError::EmptyWindow("10:00-10:00".into())
+        );
     }
 
     #[test]
