@@ -303,18 +303,6 @@ pub fn bench_job(name: &str, pool: &str, exec: jobcast_protocol::Exec) -> JobSpe
     }
 }
 
-/// CPU time (user + system) a process has used so far; `None` if it cannot be read.
-/// `pid` "self" is this process.
-pub fn cpu_time(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
-}
-
 /// Resident memory of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
     jobcast_worker::procfs::rss_bytes(pid as i32)

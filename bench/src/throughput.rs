@@ -1,10 +1,9 @@
 //! Shell throughput against the machine's raw spawn limit, and broker capacity.
 
-use crate::harness::{
-    bench_job, cpu_time, Broker, SyntheticWorker, MAX_WORKERS, SYNTHETIC_WORKERS,
-};
+use crate::harness::{bench_job, Broker, SyntheticWorker, MAX_WORKERS, SYNTHETIC_WORKERS};
 use anyhow::{bail, Result};
 use jobcast_protocol::{Exec, JobSpec};
+use jobcast_worker::procfs::cpu_time;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -105,13 +104,13 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     for n in 1..=workers {
         synthetic.push(SyntheticWorker::start_numbered(&broker, "bench", n).await?);
     }
-    let broker_pid = broker.pid().to_string();
-    let cpu_before = (cpu_time(&broker_pid), cpu_time("self"));
+    let (broker_pid, me) = (broker.pid() as i32, std::process::id() as i32);
+    let cpu_before = (cpu_time(broker_pid), cpu_time(me));
     let started = Instant::now();
     broker.enqueue("noop", runs).await?;
     broker.wait_idle(1).await?;
     let elapsed = started.elapsed();
-    let cpu_after = (cpu_time(&broker_pid), cpu_time("self"));
+    let cpu_after = (cpu_time(broker_pid), cpu_time(me));
     for worker in synthetic {
         worker.stop().await;
     }

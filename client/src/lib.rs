@@ -287,25 +287,16 @@ async fn run(
                     None => return,
                     Some(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
                     Some(Command::Send { request, reply_to }) => {
-                        let mut next = Some((request, reply_to));
-                        // Take every request already waiting, then hand them over together.
-                        while let Some((request, reply_to)) = next.take() {
-                            let id = next_id;
-                            next_id += 1;
-                            if pending.len() >= sweep_at {
-                                // Forget waiters that gave up; their requests are still
-                                // sent (a caller may submit without waiting for the reply).
-                                pending.retain(|_, waiter| !waiter.reply_to.is_closed());
-                                sweep_at = (pending.len() * 2).max(MIN_SWEEP);
-                            }
-                            pending.insert(id, Waiter { reply_to, sent: false });
-                            backlog.push_back((id, Body::Request { id, request }));
-                            match commands.try_recv() {
-                                Ok(Command::Send { request, reply_to }) => next = Some((request, reply_to)),
-                                Ok(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
-                                Err(_) => {}
-                            }
+                        let id = next_id;
+                        next_id += 1;
+                        if pending.len() >= sweep_at {
+                            // Forget waiters that gave up; their requests are still sent
+                            // (a caller may submit without waiting for the reply).
+                            pending.retain(|_, waiter| !waiter.reply_to.is_closed());
+                            sweep_at = (pending.len() * 2).max(MIN_SWEEP);
                         }
+                        pending.insert(id, Waiter { reply_to, sent: false });
+                        backlog.push_back((id, Body::Request { id, request }));
                     }
                 },
                 ready = socket.wait(zmq::POLLIN) => {

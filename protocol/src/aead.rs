@@ -27,12 +27,12 @@ fn subkey(key: &[u8; 32], nonce: &[u8; NONCE_LEN]) -> Option<(LessSafeKey, Nonce
 
 /// `plaintext` encrypted, followed by the 16-byte tag.
 pub fn seal(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let mut sealed = Vec::with_capacity(plaintext.len() + TAG_LEN);
-    sealed.extend_from_slice(plaintext);
     let Some((key, nonce)) = subkey(key, nonce) else {
         // A 32-byte key is always accepted; an empty result fails every open.
         return Vec::new();
     };
+    let mut sealed = Vec::with_capacity(plaintext.len() + TAG_LEN);
+    sealed.extend_from_slice(plaintext);
     if key
         .seal_in_place_append_tag(nonce, Aad::from(aad), &mut sealed)
         .is_err()

@@ -3,6 +3,7 @@
 //! the bench to check on them.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// The fields of `/proc/<pid>/stat` the worker needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,21 +14,41 @@ pub struct ProcInfo {
     pub zombie: bool,
 }
 
-pub fn read_stat(pid: i32) -> Option<ProcInfo> {
+/// Reads `/proc/<pid>/stat` and hands `read` its fields from the third (the state) on.
+fn with_stat<T>(
+    pid: i32,
+    read: impl FnOnce(&mut std::str::SplitWhitespace<'_>) -> Option<T>,
+) -> Option<T> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces: parse after the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    let session = fields.next()?.parse().ok()?;
-    Some(ProcInfo {
-        ppid,
-        pgrp,
-        session,
-        zombie: state == "Z",
+    read(&mut text[text.rfind(')')? + 2..].split_whitespace())
+}
+
+pub fn read_stat(pid: i32) -> Option<ProcInfo> {
+    with_stat(pid, |fields| {
+        let state = fields.next()?;
+        let ppid = fields.next()?.parse().ok()?;
+        let pgrp = fields.next()?.parse().ok()?;
+        let session = fields.next()?.parse().ok()?;
+        Some(ProcInfo {
+            ppid,
+            pgrp,
+            session,
+            zombie: state == "Z",
+        })
     })
+}
+
+/// CPU time (user + system) a process has used so far; `None` if it is gone.
+pub fn cpu_time(pid: i32) -> Option<Duration> {
+    // utime and stime are fields 14 and 15: the 12th and 13th from the state on.
+    let ticks = with_stat(pid, |fields| {
+        let mut fields = fields.skip(11);
+        Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
+    })?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 /// The pids listed in `/proc`.
@@ -93,6 +114,15 @@ mod tests {
         assert!(info.ppid > 0);
         assert!(is_alive(me));
         assert!(rss_bytes(me) > 0);
+        // Spin until the kernel has counted some CPU time for this process.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cpu_time(me).unwrap_or_default() == Duration::ZERO
+            && std::time::Instant::now() < deadline
+        {
+            std::hint::black_box((0..10_000u64).sum::<u64>());
+        }
+        assert!(cpu_time(me).is_some_and(|t| t > Duration::ZERO));
+        assert_eq!(cpu_time(i32::MAX), None);
         assert!(all_processes().contains_key(&me));
     }
 

@@ -6,7 +6,7 @@
 //! sent again in the same order; the broker ignores what it has already seen, so a
 //! report is never lost and never applied twice.
 
-use crate::state::ReportAnswer;
+use crate::state::{ReportAnswer, REQUEST_TIMEOUT};
 use jobcast_client::{Client, ClientError};
 use jobcast_protocol::{ErrorCode, Reply, WorkerRequest};
 use std::collections::VecDeque;
@@ -16,7 +16,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 
 const WINDOW: usize = 64;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Default)]
 pub struct Reporter {

@@ -20,14 +20,6 @@ impl ReplyTo {
             name: name.to_string(),
         }
     }
-
-    /// The sender name the reply is for: a key's name, or `admin` for the API.
-    pub fn name(&self) -> &str {
-        match self {
-            ReplyTo::Peer { name, .. } => name,
-            ReplyTo::Api => crate::core::ADMIN,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -25,6 +25,14 @@ fn registration(pools: &[&str], max_log_bytes: u64) -> Register {
     }
 }
 
+/// The key a reply is sealed for (`admin` for an API call).
+fn sealed_for(to: &ReplyTo) -> &str {
+    match to {
+        ReplyTo::Peer { name, .. } => name,
+        ReplyTo::Api => ADMIN,
+    }
+}
+
 struct Harness {
     core: Core<MemoryStore>,
     now: u64,
@@ -733,12 +741,16 @@ fn ping_collects_answers_and_reports_the_silent() {
     h.advance_ms(2);
     let (_, out) = h.send("w1", WorkerRequest::Pong { ping_id, info });
     assert!(
-        out.replies.iter().all(|r| r.to.name() == "w1"),
+        out.replies.iter().all(|r| sealed_for(&r.to) == "w1"),
         "still waiting for w2"
     );
     h.advance_ms(600);
     let out = h.tick();
-    let reply = out.replies.iter().find(|r| r.to.name() == ADMIN).unwrap();
+    let reply = out
+        .replies
+        .iter()
+        .find(|r| sealed_for(&r.to) == ADMIN)
+        .unwrap();
     let Reply::PingResult { workers } = &reply.reply else {
         panic!()
     };
@@ -773,7 +785,7 @@ fn queued_work_is_announced_again_every_interval() {
 fn grants_for(out: &Outbox, worker: &str) -> Vec<(u64, Vec<String>)> {
     out.replies
         .iter()
-        .filter(|r| r.to.name() == worker)
+        .filter(|r| sealed_for(&r.to) == worker)
         .filter_map(|r| match &r.reply {
             Reply::Granted { runs, .. } => {
                 Some((r.id, runs.iter().map(|a| a.run_id.clone()).collect()))

@@ -12,9 +12,8 @@ mod csv;
 mod error;
 mod live;
 
-pub use auth::{hide_env_values, HIDDEN};
 pub use core_handle::{CoreHandle, InternalRequest};
-pub use live::{run_summary, LiveFeed, LiveMessage, LIVE_QUEUE};
+pub use live::LiveFeed;
 
 use crate::config::ApiToken;
 use api::{

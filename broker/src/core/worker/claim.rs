@@ -54,16 +54,10 @@ impl<S: Store> Core<S> {
         now: u64,
     ) -> StoreResult<Reply> {
         let Some(session) = self.sessions.get(worker) else {
-            return Ok(Reply::Granted {
-                runs: vec![],
-                more_queued: false,
-            });
+            return Ok(nothing_granted());
         };
         if session.draining || session.drain_ordered {
-            return Ok(Reply::Granted {
-                runs: vec![],
-                more_queued: false,
-            });
+            return Ok(nothing_granted());
         }
         // Never more than the worker's free slots, whatever it asks for.
         let room = (session.register.concurrency as usize)
