@@ -8,6 +8,7 @@
 mod admin;
 mod after_end;
 mod alerts;
+mod error;
 mod liveness;
 mod outbox;
 mod run_table;
@@ -17,6 +18,7 @@ mod waiting_claims;
 mod worker;
 
 pub use after_end::Notification;
+pub use error::{CoreError, Handled};
 pub use outbox::{OutReply, Outbox, ReplyTo};
 pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
 use waiting_claims::WaitingClaims;
@@ -24,8 +26,8 @@ use waiting_claims::WaitingClaims;
 use crate::schedule::Schedule;
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::{
-    AdminRequest, Alert, AlertKind, ErrorCode, JobSpec, JobState, Register, Reply, Request,
-    RunRecord, RunState, WorkerInfo, WorkerStatus,
+    AdminRequest, Alert, AlertKind, JobSpec, JobState, Register, Reply, Request, RunRecord,
+    RunState, WorkerInfo, WorkerStatus,
 };
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -169,13 +171,6 @@ fn nothing_granted() -> Reply {
     }
 }
 
-fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
-    Reply::Error {
-        code,
-        message: message.into(),
-    }
-}
-
 impl<S: Store> Core<S> {
     /// Loads jobs and unfinished runs from `store`.
     pub fn new(store: S, config: CoreConfig, now_us: u64) -> StoreResult<Core<S>> {
@@ -312,14 +307,13 @@ impl<S: Store> Core<S> {
             (Request::Worker(request), false) => {
                 self.handle_worker(peer, from, id, request, now_us, out)?
             }
-            (Request::Worker(_), true) => Some(error(
-                ErrorCode::Forbidden,
-                "the admin key cannot send worker requests",
-            )),
-            (Request::Admin(_), false) => Some(error(
-                ErrorCode::Forbidden,
-                "this request needs the admin key",
-            )),
+            (Request::Worker(_), true) => Some(
+                CoreError::Forbidden("the admin key cannot send worker requests".into())
+                    .into_reply()?,
+            ),
+            (Request::Admin(_), false) => {
+                Some(CoreError::Forbidden("this request needs the admin key".into()).into_reply()?)
+            }
         };
         // `None`: answered later (a ping's answers, a waiting claim's runs).
         if let Some(reply) = answer {

@@ -62,7 +62,8 @@ pub(crate) enum Command {
         job: Option<String>,
         #[arg(long)]
         worker: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        /// How many runs, newest first (at most 10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
     /// Run a finished run's job again, as its next attempt.

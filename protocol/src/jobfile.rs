@@ -17,7 +17,7 @@
 //! ```
 
 use crate::message::{ChildSpec, Exec, JobPolicy, JobSpec, Misfire, Overlap, ScheduleSpec};
-use crate::names;
+use crate::names::{self, InvalidName};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use thiserror::Error;
@@ -27,9 +27,50 @@ pub enum JobFileError {
     #[error("not valid jobs TOML: {0}")]
     Toml(String),
     #[error("job {job:?}: {problem}")]
-    Job { job: String, problem: String },
+    Job { job: String, problem: JobProblem },
     #[error("the file defines no jobs: add a [jobs.NAME] table")]
     Empty,
+}
+
+/// What is wrong with one job, however it arrived (file or network).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum JobProblem {
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    #[error("has both `script` and `command`: keep one")]
+    ScriptAndCommand,
+    #[error("needs a `script` (a #! script body) or a `command`")]
+    NoScriptOrCommand,
+    #[error("{field} {text:?} is not a duration like \"30s\" or \"10m\": {reason}")]
+    NotADuration {
+        field: &'static str,
+        text: String,
+        reason: String,
+    },
+    #[error("{field} must be longer than zero")]
+    ZeroDuration { field: &'static str },
+    #[error("script must start with a #! line naming its interpreter, e.g. #!/bin/sh")]
+    NoShebang,
+    #[error("script's #! line names no interpreter")]
+    NoInterpreter,
+    #[error("command is empty")]
+    EmptyCommand,
+    #[error("{field} name {key:?} is not a valid variable name")]
+    BadVariableName { field: &'static str, key: String },
+    #[error("env values cannot contain NUL bytes")]
+    NulInEnvValue,
+    #[error("{key} is in both env and worker_env: a secret filled by the worker must not also be stored")]
+    SecretAlsoStored { key: String },
+    #[error("choose one of `cron`, `every` and `at`")]
+    SeveralSchedules,
+    #[error("`timezone` and `exclude` need a schedule (`cron`, `every` or `at`)")]
+    NeedsSchedule,
+    #[error("a job cannot be its own child")]
+    OwnChild,
+    #[error("disable_after_failures must be at least 1")]
+    DisableAfterZero,
+    #[error("workdir is empty: leave it out to use the worker's")]
+    EmptyWorkdir,
 }
 
 #[derive(Deserialize)]
@@ -104,11 +145,14 @@ struct JobEntry {
     late_after: Option<String>,
 }
 
-fn duration_ms(field: &str, text: &str) -> Result<u64, String> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("{field} {text:?} is not a duration like \"30s\" or \"10m\": {e}"))?;
+fn duration_ms(field: &'static str, text: &str) -> Result<u64, JobProblem> {
+    let d = humantime::parse_duration(text).map_err(|e| JobProblem::NotADuration {
+        field,
+        text: text.to_string(),
+        reason: e.to_string(),
+    })?;
     if d.is_zero() {
-        return Err(format!("{field} must be longer than zero"));
+        return Err(JobProblem::ZeroDuration { field });
     }
     Ok(d.as_millis() as u64)
 }
@@ -129,18 +173,18 @@ pub fn parse(text: &str) -> Result<Vec<JobSpec>, JobFileError> {
         .collect()
 }
 
-fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, String> {
-    names::validate("job name", name).map_err(|e| e.to_string())?;
+fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, JobProblem> {
+    names::validate("job name", name)?;
     let pool = entry.pool.unwrap_or_else(|| DEFAULT_POOL.to_string());
-    names::validate("pool", &pool).map_err(|e| e.to_string())?;
+    names::validate("pool", &pool)?;
     let exec = match (entry.script, entry.command) {
         (Some(script), None) => Exec::Script(script),
         (None, Some(CommandEntry::Shell(line))) => {
             Exec::Command(vec!["/bin/sh".into(), "-c".into(), line])
         }
         (None, Some(CommandEntry::Argv(argv))) => Exec::Command(argv),
-        (Some(_), Some(_)) => return Err("has both `script` and `command`: keep one".into()),
-        (None, None) => return Err("needs a `script` (a #! script body) or a `command`".into()),
+        (Some(_), Some(_)) => return Err(JobProblem::ScriptAndCommand),
+        (None, None) => return Err(JobProblem::NoScriptOrCommand),
     };
     let timeout_ms = entry
         .timeout
@@ -210,43 +254,40 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, String> {
 }
 
 /// Checks a job however it arrived (file or network).
-pub fn validate(spec: &JobSpec) -> Result<(), String> {
-    names::validate("job name", &spec.name).map_err(|e| e.to_string())?;
-    names::validate("pool", &spec.pool).map_err(|e| e.to_string())?;
+pub fn validate(spec: &JobSpec) -> Result<(), JobProblem> {
+    names::validate("job name", &spec.name)?;
+    names::validate("pool", &spec.pool)?;
     match &spec.exec {
-        Exec::Script(body) if !body.starts_with("#!") => {
-            return Err(
-                "script must start with a #! line naming its interpreter, e.g. #!/bin/sh".into(),
-            )
-        }
+        Exec::Script(body) if !body.starts_with("#!") => return Err(JobProblem::NoShebang),
         Exec::Script(body)
             if body.lines().next().map(|l| l[2..].trim().is_empty()) == Some(true) =>
         {
-            return Err("script's #! line names no interpreter".into())
+            return Err(JobProblem::NoInterpreter)
         }
         Exec::Command(argv) if argv.is_empty() || argv[0].is_empty() => {
-            return Err("command is empty".into())
+            return Err(JobProblem::EmptyCommand)
         }
         _ => {}
     }
-    for key in spec.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(format!("env name {key:?} is not a valid variable name"));
-        }
+    let bad_name = |key: &str| key.is_empty() || key.contains('=') || key.contains('\0');
+    if let Some(key) = spec.env.keys().find(|k| bad_name(k)) {
+        return Err(JobProblem::BadVariableName {
+            field: "env",
+            key: key.clone(),
+        });
     }
     if spec.env.values().any(|v| v.contains('\0')) {
-        return Err("env values cannot contain NUL bytes".into());
+        return Err(JobProblem::NulInEnvValue);
     }
     for key in &spec.worker_env {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(format!(
-                "worker_env name {key:?} is not a valid variable name"
-            ));
+        if bad_name(key) {
+            return Err(JobProblem::BadVariableName {
+                field: "worker_env",
+                key: key.clone(),
+            });
         }
         if spec.env.contains_key(key) {
-            return Err(format!(
-                "{key} is in both env and worker_env: a secret filled by the worker must not also be stored"
-            ));
+            return Err(JobProblem::SecretAlsoStored { key: key.clone() });
         }
     }
     let kinds = [
@@ -255,26 +296,24 @@ pub fn validate(spec: &JobSpec) -> Result<(), String> {
         spec.schedule.at.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() > 1 {
-        return Err("choose one of `cron`, `every` and `at`".into());
+        return Err(JobProblem::SeveralSchedules);
     }
     if spec.schedule.is_manual()
         && (spec.schedule.timezone.is_some() || !spec.schedule.exclude.is_empty())
     {
-        return Err("`timezone` and `exclude` need a schedule (`cron`, `every` or `at`)".into());
+        return Err(JobProblem::NeedsSchedule);
     }
     for child in &spec.policy.children {
-        names::validate("child job", &child.job).map_err(|e| e.to_string())?;
+        names::validate("child job", &child.job)?;
         if child.job == spec.name {
-            return Err("a job cannot be its own child".into());
+            return Err(JobProblem::OwnChild);
         }
     }
     if spec.policy.disable_after_failures == Some(0) {
-        return Err("disable_after_failures must be at least 1".into());
+        return Err(JobProblem::DisableAfterZero);
     }
-    if let Some(dir) = &spec.workdir {
-        if dir.is_empty() {
-            return Err("workdir is empty: leave it out to use the worker's".into());
-        }
+    if spec.workdir.as_deref() == Some("") {
+        return Err(JobProblem::EmptyWorkdir);
     }
     Ok(())
 }

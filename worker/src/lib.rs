@@ -9,5 +9,6 @@ pub mod procfs;
 mod reporter;
 mod runner;
 pub mod session;
+mod start_error;
 mod state;
 mod worker_env;

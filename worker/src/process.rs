@@ -7,6 +7,7 @@
 //! process group or session, or its environment carries the run's `JOBCAST_RUN_ID`.
 
 use crate::procfs;
+use crate::start_error::StartError;
 use jobcast_protocol::{Assignment, Exec};
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -75,10 +76,10 @@ pub fn parse_shebang(script: &str) -> Option<(String, Option<String>)> {
 
 /// Writes the script body (if any) and works out the command line. The script is run
 /// by its interpreter explicitly, so the file needs no execute bit.
-pub fn plan(assignment: &Assignment, script_dir: &Path) -> Result<Plan, String> {
+pub fn plan(assignment: &Assignment, script_dir: &Path) -> Result<Plan, StartError> {
     match &assignment.job.exec {
         Exec::Command(argv) => {
-            let (program, args) = argv.split_first().ok_or("the job's command is empty")?;
+            let (program, args) = argv.split_first().ok_or(StartError::EmptyCommand)?;
             Ok(Plan {
                 program: program.clone(),
                 args: args.to_vec(),
@@ -86,8 +87,7 @@ pub fn plan(assignment: &Assignment, script_dir: &Path) -> Result<Plan, String> 
             })
         }
         Exec::Script(body) => {
-            let (interpreter, arg) =
-                parse_shebang(body).ok_or("the script has no #! line naming its interpreter")?;
+            let (interpreter, arg) = parse_shebang(body).ok_or(StartError::NoInterpreter)?;
             let path = script_dir.join(format!("{}.script", assignment.run_id));
             std::fs::OpenOptions::new()
                 .write(true)
@@ -96,7 +96,10 @@ pub fn plan(assignment: &Assignment, script_dir: &Path) -> Result<Plan, String> 
                 .mode(0o600)
                 .open(&path)
                 .and_then(|mut f| f.write_all(body.as_bytes()))
-                .map_err(|e| format!("cannot write the script to {}: {e}", path.display()))?;
+                .map_err(|source| StartError::WriteScript {
+                    path: path.clone(),
+                    source,
+                })?;
             let mut args: Vec<String> = arg.into_iter().collect();
             args.push(path.to_string_lossy().into_owned());
             Ok(Plan {
@@ -115,11 +118,9 @@ pub fn spawn(
     assignment: &Assignment,
     worker_id: &str,
     worker_env: &[(String, String)],
-) -> Result<(tokio::process::Child, tokio::net::unix::pipe::Receiver), String> {
-    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let writer2 = writer
-        .try_clone()
-        .map_err(|e| format!("cannot duplicate a pipe: {e}"))?;
+) -> Result<(tokio::process::Child, tokio::net::unix::pipe::Receiver), StartError> {
+    let (reader, writer) = std::io::pipe().map_err(StartError::Output)?;
+    let writer2 = writer.try_clone().map_err(StartError::Output)?;
     let mut command = std::process::Command::new(&plan.program);
     command
         .args(&plan.args)
@@ -141,7 +142,7 @@ pub fn spawn(
         .stderr(Stdio::from(writer2));
     if let Some(dir) = &assignment.job.workdir {
         if !Path::new(dir).is_dir() {
-            return Err(format!("working directory {dir} does not exist"));
+            return Err(StartError::NoWorkdir { dir: dir.clone() });
         }
         command.current_dir(dir);
     }
@@ -159,9 +160,10 @@ pub fn spawn(
     command.kill_on_drop(false);
     let child = {
         let mut own = lock_children();
-        let child = command
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", plan.program))?;
+        let child = command.spawn().map_err(|source| StartError::Spawn {
+            program: plan.program.clone(),
+            source,
+        })?;
         if let Some(pid) = child.id() {
             own.get_or_insert_with(HashSet::new).insert(pid as i32);
         }
@@ -171,7 +173,7 @@ pub fn spawn(
     // end-of-file once the run's processes close theirs.
     drop(command);
     let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
-        .map_err(|e| format!("cannot read the run's output: {e}"))?;
+        .map_err(StartError::Output)?;
     Ok((child, reader))
 }
 

@@ -4,6 +4,7 @@
 use crate::config::WorkerConfig;
 use crate::process;
 use crate::reporter::Reporter;
+use crate::start_error::StartError;
 use jobcast_protocol::logcap::LogSpool;
 use jobcast_protocol::{Assignment, Outcome, RunFinished, WorkerRequest};
 use std::sync::Arc;
@@ -74,18 +75,18 @@ async fn run(
     let worker_env =
         match crate::worker_env::fill(&assignment.job.worker_env, &config.worker_env, &config.id) {
             Ok(values) => values,
-            Err(reason) => return Outcome::FailedToStart { reason },
+            Err(error) => return failed_to_start(error),
         };
     let plan = match process::plan(assignment, &config.script_temp_path) {
         Ok(plan) => plan,
-        Err(reason) => return Outcome::FailedToStart { reason },
+        Err(error) => return failed_to_start(error),
     };
     let spawned = process::spawn(&plan, assignment, &config.id, &worker_env);
     let outcome = match spawned {
         Ok((child, output)) => {
             supervise(assignment, config, reporter, stop, spool, child, output).await
         }
-        Err(reason) => Outcome::FailedToStart { reason },
+        Err(error) => failed_to_start(error),
     };
     if let Some(file) = &plan.script_file {
         if let Err(e) = std::fs::remove_file(file) {
@@ -93,6 +94,12 @@ async fn run(
         }
     }
     outcome
+}
+
+fn failed_to_start(error: StartError) -> Outcome {
+    Outcome::FailedToStart {
+        reason: error.to_string(),
+    }
 }
 
 async fn supervise(

@@ -6,6 +6,7 @@
 //! without a restart). A job cannot reach anything else of the worker's environment, such
 //! as the worker's own key.
 
+use crate::start_error::StartError;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -53,31 +54,31 @@ pub fn fill(
     names: &[String],
     sources: &BTreeMap<String, Source>,
     worker: &str,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, StartError> {
     names
         .iter()
         .map(|name| {
-            let source = sources.get(name).ok_or_else(|| {
-                format!(
-                    "the job needs {name} from the worker, and worker {worker} does not provide it \
-                     (list it under [worker_env] in the worker config, or pass --worker-env {name})"
-                )
+            let source = sources.get(name).ok_or_else(|| StartError::NotProvided {
+                name: name.clone(),
+                worker: worker.to_string(),
             })?;
             let value = match source {
-                Source::Env(var) => std::env::var(var).map_err(|_| {
-                    format!("worker {worker} provides {name} from ${var}, which is not set")
+                Source::Env(var) => std::env::var(var).map_err(|_| StartError::VariableUnset {
+                    name: name.clone(),
+                    worker: worker.to_string(),
+                    var: var.clone(),
                 })?,
                 Source::File(path) => std::fs::read_to_string(path)
                     .map(|text| text.trim_end_matches(['\n', '\r']).to_string())
-                    .map_err(|e| {
-                        format!(
-                            "worker {worker} provides {name} from {}, which cannot be read: {e}",
-                            path.display()
-                        )
+                    .map_err(|source| StartError::Unreadable {
+                        name: name.clone(),
+                        worker: worker.to_string(),
+                        path: path.clone(),
+                        source,
                     })?,
             };
             if value.contains('\0') {
-                return Err(format!("the value of {name} contains a NUL byte"));
+                return Err(StartError::NulInValue { name: name.clone() });
             }
             Ok((name.clone(), value))
         })
@@ -118,11 +119,15 @@ mod tests {
         let filled = fill(&["TOKEN".into()], &sources, "w1").unwrap();
         assert_eq!(filled, vec![("TOKEN".to_string(), "s3cret".to_string())]);
         // The worker's own environment is not open to jobs: PATH is set, but not listed.
-        let err = fill(&["PATH".into()], &sources, "w1").unwrap_err();
+        let err = fill(&["PATH".into()], &sources, "w1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not provide it"), "{err}");
         let missing =
             BTreeMap::from([("GONE".to_string(), Source::File(dir.path().join("absent")))]);
-        let err = fill(&["GONE".into()], &missing, "w1").unwrap_err();
+        let err = fill(&["GONE".into()], &missing, "w1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot be read"), "{err}");
     }
 }

@@ -6,7 +6,7 @@
 //! tick decided twice (say, after a crash before the flush) names the same run, which is
 //! never created twice.
 
-use crate::core::{Core, Notification, Outbox};
+use crate::core::{Core, CoreError, Notification, Outbox};
 use crate::schedule::{derived_run_id, Schedule};
 use crate::store::{Store, StoreError, StoreResult};
 use jobcast_protocol::{AlertKind, JobSpec, JobState, Misfire, Overlap};
@@ -183,24 +183,27 @@ impl<S: Store> Core<S> {
     }
 
     /// Checks a set of jobs for apply: schedules compile, children exist, no cycles.
-    pub(super) fn check_jobs(&self, jobs: &[JobSpec]) -> Result<(), String> {
+    pub(super) fn check_jobs(&self, jobs: &[JobSpec]) -> Result<(), CoreError> {
         let mut all = self.jobs.clone();
         for job in jobs {
-            Schedule::for_job(job).map_err(|e| format!("job {:?}: {e}", job.name))?;
+            Schedule::for_job(job).map_err(|error| CoreError::BadSchedule {
+                job: job.name.clone(),
+                error,
+            })?;
             all.insert(job.name.clone(), job.clone());
         }
         for job in jobs {
             for child in &job.policy.children {
                 if !all.contains_key(&child.job) {
-                    return Err(format!(
-                        "job {:?} lists child {:?}, which is not defined",
-                        job.name, child.job
-                    ));
+                    return Err(CoreError::NoSuchChild {
+                        job: job.name.clone(),
+                        child: child.job.clone(),
+                    });
                 }
             }
         }
         if let Some(cycle) = find_cycle(&all) {
-            return Err(format!("the job chain loops: {}", cycle.join(" -> ")));
+            return Err(CoreError::ChainLoops { cycle });
         }
         Ok(())
     }

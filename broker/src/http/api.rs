@@ -60,7 +60,8 @@ pub(super) struct RunsQuery {
     /// ms since the epoch
     since: Option<u64>,
     until: Option<u64>,
-    limit: Option<u32>,
+    /// at most the core's listing limit, which the core checks
+    limit: Option<std::num::NonZeroU32>,
     /// paging: the `seq` of the last run of the previous page
     before: Option<u64>,
 }
@@ -74,17 +75,11 @@ impl RunsQuery {
             ),
             None => None,
         };
-        let limit = self.limit.unwrap_or(50);
-        if !(1..=crate::core::MAX_LIST).contains(&limit) {
-            return Err(ApiError::bad_request(format!(
-                "limit must be between 1 and {}",
-                crate::core::MAX_LIST
-            )));
-        }
         Ok(RunFilter {
             state,
             job: self.job,
-            limit,
+            // None given is 0 on the wire: the core's default.
+            limit: self.limit.map_or(0, u32::from),
             worker: self.worker,
             since_ms: self.since,
             until_ms: self.until,

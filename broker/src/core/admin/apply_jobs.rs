@@ -1,30 +1,25 @@
 //! `ApplyJobs`: creates and updates jobs from a jobs file.
 
-use crate::core::{error, Core};
-use crate::store::{Store, StoreResult};
-use jobcast_protocol::{jobfile, ErrorCode, JobSpec, JobState, Reply};
+use crate::core::{Core, CoreError, Handled};
+use crate::store::Store;
+use jobcast_protocol::{jobfile, JobSpec, JobState, Reply};
 use std::collections::BTreeSet;
 
 impl<S: Store> Core<S> {
-    pub(in crate::core) fn apply(&mut self, jobs: Vec<JobSpec>, now: u64) -> StoreResult<Reply> {
+    pub(in crate::core) fn apply(&mut self, jobs: Vec<JobSpec>, now: u64) -> Handled {
         let mut seen = BTreeSet::new();
         for job in &jobs {
-            if let Err(problem) = jobfile::validate(job) {
-                return Ok(error(
-                    ErrorCode::BadRequest,
-                    format!("job {:?}: {problem}", job.name),
-                ));
-            }
+            jobfile::validate(job).map_err(|problem| CoreError::InvalidJob {
+                job: job.name.clone(),
+                problem,
+            })?;
             if !seen.insert(job.name.clone()) {
-                return Ok(error(
-                    ErrorCode::BadRequest,
-                    format!("job {:?} is defined twice", job.name),
-                ));
+                return Err(CoreError::DefinedTwice {
+                    job: job.name.clone(),
+                });
             }
         }
-        if let Err(problem) = self.check_jobs(&jobs) {
-            return Ok(error(ErrorCode::BadRequest, problem));
-        }
+        self.check_jobs(&jobs)?;
         let (mut created, mut updated, mut unchanged) = (vec![], vec![], vec![]);
         for job in jobs {
             let name = job.name.clone();

@@ -1,19 +1,19 @@
 //! `Drain`: a worker is told to finish its runs and take no more.
 
-use crate::core::{Core, Outbox};
+use crate::core::{Core, Handled, Outbox};
 use crate::store::Store;
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Event, Reply};
 
 impl<S: Store> Core<S> {
-    pub(super) fn drain(&mut self, worker: &str, actor: &str, out: &mut Outbox) -> Reply {
+    pub(super) fn drain(&mut self, worker: &str, actor: &str, out: &mut Outbox) -> Handled {
         let Some(session) = self.sessions.get_mut(worker) else {
-            return self.unknown_worker(worker);
+            return Err(self.unknown_worker(worker));
         };
         tracing::info!(actor, worker, "drain ordered");
         session.drain_ordered = true;
         out.publish(topic::worker(worker), Event::OrdersPending);
         self.cancel_waiting_claim(worker, out);
-        Reply::Ack
+        Ok(Reply::Ack)
     }
 }

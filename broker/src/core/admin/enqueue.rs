@@ -1,24 +1,28 @@
 //! `Enqueue`: a run of a job, now.
 
-use super::listed;
+use crate::core::error::listed;
 use crate::core::scheduling::NewRun;
-use crate::core::{error, Core, Outbox};
-use crate::store::{Store, StoreResult};
-use jobcast_protocol::{ErrorCode, Reply};
+use crate::core::{Core, CoreError, Handled, Outbox};
+use crate::store::Store;
+use jobcast_protocol::Reply;
 
 impl<S: Store> Core<S> {
+    pub(in crate::core) fn no_such_job(&self, name: &str) -> CoreError {
+        CoreError::NoSuchJob {
+            name: name.to_string(),
+            known: listed(self.jobs.keys()),
+        }
+    }
+
     pub(in crate::core) fn enqueue(
         &mut self,
         job: &str,
         actor: &str,
         now: u64,
         out: &mut Outbox,
-    ) -> StoreResult<Reply> {
+    ) -> Handled {
         let Some(spec) = self.jobs.get(job).cloned() else {
-            return Ok(error(
-                ErrorCode::NotFound,
-                format!("no job named {job:?} (jobs: {})", listed(self.jobs.keys())),
-            ));
+            return Err(self.no_such_job(job));
         };
         match self.create_run(
             NewRun::of(spec, now, format!("enqueued by {actor}")),
@@ -26,7 +30,7 @@ impl<S: Store> Core<S> {
             out,
         )? {
             Some(run) => Ok(Reply::Enqueued { run: Box::new(run) }),
-            None => Ok(error(ErrorCode::Internal, "the run could not be created")),
+            None => Err(CoreError::RunNotCreated),
         }
     }
 }

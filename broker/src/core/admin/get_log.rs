@@ -1,9 +1,9 @@
 //! `GetLog`: a run's stored output, whole or from an offset (for following).
 
-use crate::core::{error, Core, MAX_LOG_SLICE};
-use crate::store::{Store, StoreResult};
+use crate::core::{Core, CoreError, Handled, MAX_LOG_SLICE};
+use crate::store::Store;
 use jobcast_protocol::logcap::{self, LogCap};
-use jobcast_protocol::{ErrorCode, Reply};
+use jobcast_protocol::Reply;
 
 /// Stored output from stream offset `from`, with a marker where bytes were cut, up to
 /// [`MAX_LOG_SLICE`]. Returns the bytes and the offset to ask for next.
@@ -31,24 +31,16 @@ pub(in crate::core) fn slice_from(chunks: &[(u64, Vec<u8>)], from: u64) -> (Vec<
 }
 
 impl<S: Store> Core<S> {
-    pub(in crate::core) fn get_log(
-        &self,
-        selector: &str,
-        offset: Option<u64>,
-    ) -> StoreResult<Reply> {
-        let run_id = match self.resolve_one(selector)? {
-            Ok(id) => id,
-            Err(reply) => return Ok(reply),
-        };
+    pub(in crate::core) fn get_log(&self, selector: &str, offset: Option<u64>) -> Handled {
+        let run_id = self.resolve_one(selector)?;
         let run = match self.runs.active.get(&run_id) {
             Some(run) => run.clone(),
             None => match self.store.run(&run_id)? {
                 Some(run) => run,
                 None => {
-                    return Ok(error(
-                        ErrorCode::NotFound,
-                        format!("no run matches {selector:?}"),
-                    ))
+                    return Err(CoreError::NoSuchRun {
+                        selector: selector.to_string(),
+                    })
                 }
             },
         };

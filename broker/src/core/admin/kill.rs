@@ -1,9 +1,9 @@
 //! `Kill`: cancels queued runs and orders running ones killed; selectors resolve to runs.
 
-use crate::core::{error, Core, Outbox, MAX_CANDIDATES};
+use crate::core::{Core, CoreError, Handled, Outbox, MAX_CANDIDATES};
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::message::topic;
-use jobcast_protocol::{ErrorCode, Event, KillOutcome, Reply, RunState, Transition};
+use jobcast_protocol::{Event, KillOutcome, Reply, RunState, Transition};
 
 impl<S: Store> Core<S> {
     /// Kills every run the selectors name; each gets its own outcome.
@@ -13,11 +13,10 @@ impl<S: Store> Core<S> {
         actor: &str,
         now: u64,
         out: &mut Outbox,
-    ) -> StoreResult<Reply> {
+    ) -> Handled {
         if selectors.is_empty() {
-            return Ok(error(
-                ErrorCode::BadRequest,
-                "name at least one run to kill",
+            return Err(CoreError::BadRequest(
+                "name at least one run to kill".into(),
             ));
         }
         let mut outcomes = Vec::new();
@@ -103,20 +102,19 @@ impl<S: Store> Core<S> {
         })
     }
 
-    /// Like [`Self::resolve`], with the error as the reply to send.
-    pub(in crate::core) fn resolve_one(
-        &self,
-        selector: &str,
-    ) -> StoreResult<Result<String, Reply>> {
-        Ok(self.resolve(selector)?.map_err(|outcome| match outcome {
-            KillOutcome::Ambiguous { candidates, .. } => error(
-                ErrorCode::Ambiguous,
-                format!(
-                    "{selector:?} matches several runs: {}",
-                    candidates.join(", ")
-                ),
-            ),
-            _ => error(ErrorCode::NotFound, format!("no run matches {selector:?}")),
-        }))
+    /// Like [`Self::resolve`], with the outcome as a refusal.
+    pub(in crate::core) fn resolve_one(&self, selector: &str) -> Handled<String> {
+        self.resolve(selector)?.map_err(|outcome| match outcome {
+            KillOutcome::Ambiguous {
+                selector,
+                candidates,
+            } => CoreError::Ambiguous {
+                selector,
+                candidates,
+            },
+            _ => CoreError::NoSuchRun {
+                selector: selector.to_string(),
+            },
+        })
     }
 }

@@ -1,21 +1,26 @@
 //! `ListRuns`: stored runs, newest first, filtered.
 
-use crate::core::{Core, MAX_LIST};
-use crate::store::{Store, StoreResult};
+use crate::core::{Core, CoreError, Handled, MAX_LIST};
+use crate::store::Store;
 use jobcast_protocol::{Reply, RunFilter};
 
 /// Runs a listing returns when it names no limit.
 const DEFAULT_LIMIT: u32 = 50;
 
 impl<S: Store> Core<S> {
-    pub(super) fn list_runs(&self, filter: RunFilter) -> StoreResult<Reply> {
-        let filter = RunFilter {
-            limit: match filter.limit {
-                0 => DEFAULT_LIMIT,
-                n => n.min(MAX_LIST),
-            },
-            ..filter
+    /// The one rule for listing limits, whoever asks (socket or HTTP): none given (0)
+    /// means the default, more than [`MAX_LIST`] is refused rather than cut silently.
+    pub(super) fn list_runs(&self, filter: RunFilter) -> Handled {
+        let limit = match filter.limit {
+            0 => DEFAULT_LIMIT,
+            n if n <= MAX_LIST => n,
+            n => {
+                return Err(CoreError::BadRequest(format!(
+                    "limit {n} is over {MAX_LIST}, the most one listing returns: page with `before`"
+                )))
+            }
         };
+        let filter = RunFilter { limit, ..filter };
         Ok(Reply::Runs {
             runs: self.store.runs(&filter)?,
         })

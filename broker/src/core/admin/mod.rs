@@ -13,19 +13,10 @@ mod retry;
 mod set_enabled;
 mod status;
 
-use crate::core::{error, ms, Core, Outbox, ReplyTo};
+use crate::core::error::listed;
+use crate::core::{ms, Core, CoreError, Handled, Outbox, ReplyTo};
 use crate::store::{Store, StoreResult};
-use jobcast_protocol::{AdminRequest, ErrorCode, Reply};
-
-/// Names for an error message: "a, b, c", or "none".
-fn listed<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let names: Vec<&str> = names.map(String::as_str).collect();
-    if names.is_empty() {
-        "none".to_string()
-    } else {
-        names.join(", ")
-    }
-}
+use jobcast_protocol::{AdminRequest, Reply};
 
 impl<S: Store> Core<S> {
     pub(in crate::core) fn handle_admin(
@@ -37,6 +28,22 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<Option<Reply>> {
+        match self.apply_admin(reply_to, actor, id, request, now_us, out) {
+            Ok(answer) => Ok(answer),
+            Err(refusal) => refusal.into_reply().map(Some),
+        }
+    }
+
+    /// `None`: the answer comes later (a ping's).
+    fn apply_admin(
+        &mut self,
+        reply_to: &ReplyTo,
+        actor: &str,
+        id: u64,
+        request: AdminRequest,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> Handled<Option<Reply>> {
         let now = ms(now_us);
         Ok(Some(match request {
             AdminRequest::Ping { worker, timeout_ms } => {
@@ -46,7 +53,7 @@ impl<S: Store> Core<S> {
                     worker,
                     timeout_ms,
                 };
-                return Ok(self.ping(asked, now_us, out));
+                return self.ping(asked, now_us, out);
             }
             AdminRequest::Kill { selectors } => self.kill_all(selectors, actor, now, out)?,
             AdminRequest::Enqueue { job } => self.enqueue(&job, actor, now, out)?,
@@ -65,17 +72,14 @@ impl<S: Store> Core<S> {
             }
             AdminRequest::Retry { run } => self.retry(&run, actor, now, out)?,
             AdminRequest::Status => Reply::Status(Box::new(self.status(now)?)),
-            AdminRequest::Drain { worker } => self.drain(&worker, actor, out),
+            AdminRequest::Drain { worker } => self.drain(&worker, actor, out)?,
         }))
     }
 
-    pub(in crate::core) fn unknown_worker(&self, worker: &str) -> Reply {
-        error(
-            ErrorCode::NotFound,
-            format!(
-                "no connected worker named {worker:?} (connected: {})",
-                listed(self.sessions.keys())
-            ),
-        )
+    pub(in crate::core) fn unknown_worker(&self, worker: &str) -> CoreError {
+        CoreError::NoSuchWorker {
+            name: worker.to_string(),
+            connected: listed(self.sessions.keys()),
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! `Ping`: asks workers to answer over PUB, and collects the answers until a deadline.
 
-use crate::core::{Core, Outbox, PendingPing, ReplyTo};
+use crate::core::{Core, Handled, Outbox, PendingPing, ReplyTo};
 use crate::store::Store;
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Event, PingAnswer, Reply};
@@ -22,14 +22,14 @@ impl<S: Store> Core<S> {
         asked: Asked<'_>,
         now_us: u64,
         out: &mut Outbox,
-    ) -> Option<Reply> {
+    ) -> Handled<Option<Reply>> {
         let targets: Vec<String> = match asked.worker {
             Some(w) if self.sessions.contains_key(&w) || self.workers.contains_key(&w) => vec![w],
-            Some(w) => return Some(self.unknown_worker(&w)),
+            Some(w) => return Err(self.unknown_worker(&w)),
             None => self.sessions.keys().cloned().collect(),
         };
         if targets.is_empty() {
-            return Some(Reply::PingResult { workers: vec![] });
+            return Ok(Some(Reply::PingResult { workers: vec![] }));
         }
         let ping_id = self.next_ping_id;
         self.next_ping_id += 1;
@@ -48,7 +48,7 @@ impl<S: Store> Core<S> {
                 answers: targets.into_iter().map(|w| (w, None)).collect(),
             },
         );
-        None
+        Ok(None)
     }
 
     pub(in crate::core) fn answer_ping(&mut self, ping_id: u64, out: &mut Outbox) {

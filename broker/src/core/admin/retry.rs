@@ -1,9 +1,9 @@
 //! `Retry`: a finished run's job again, as the next attempt of the same first run.
 
 use crate::core::scheduling::NewRun;
-use crate::core::{error, Core, Outbox};
-use crate::store::{Store, StoreResult};
-use jobcast_protocol::{ErrorCode, Reply};
+use crate::core::{Core, CoreError, Handled, Outbox};
+use crate::store::Store;
+use jobcast_protocol::Reply;
 
 impl<S: Store> Core<S> {
     /// Runs a finished run's job again, as the next attempt of the same first run.
@@ -13,22 +13,15 @@ impl<S: Store> Core<S> {
         actor: &str,
         now: u64,
         out: &mut Outbox,
-    ) -> StoreResult<Reply> {
-        let run_id = match self.resolve_one(selector)? {
-            Ok(id) => id,
-            Err(reply) => return Ok(reply),
-        };
+    ) -> Handled {
+        let run_id = self.resolve_one(selector)?;
         if self.runs.active.contains_key(&run_id) {
-            return Ok(error(
-                ErrorCode::BadRequest,
-                format!("run {run_id} has not finished yet"),
-            ));
+            return Err(CoreError::NotFinished { run_id });
         }
         let Some(old) = self.store.run(&run_id)? else {
-            return Ok(error(
-                ErrorCode::NotFound,
-                format!("no run matches {selector:?}"),
-            ));
+            return Err(CoreError::NoSuchRun {
+                selector: selector.to_string(),
+            });
         };
         // The job as it is now, if it still exists; else as the run had it.
         let spec = self.jobs.get(&old.job).cloned().unwrap_or(old.spec.clone());
@@ -41,7 +34,7 @@ impl<S: Store> Core<S> {
         new.first_attempt = Some(old.first_attempt.clone().unwrap_or(old.id.clone()));
         match self.create_run(new, now, out)? {
             Some(run) => Ok(Reply::Enqueued { run: Box::new(run) }),
-            None => Ok(error(ErrorCode::Internal, "the run could not be created")),
+            None => Err(CoreError::RunNotCreated),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! `SetEnabled`: a job, or every job of a pool, enabled or disabled.
 
 use crate::core::scheduling::DISABLED_POOLS;
-use crate::core::{error, Core};
-use crate::store::{Store, StoreResult};
-use jobcast_protocol::{names, EnableTarget, ErrorCode, Reply};
+use crate::core::{Core, Handled};
+use crate::store::Store;
+use jobcast_protocol::{names, EnableTarget, Reply};
 
 impl<S: Store> Core<S> {
     pub(in crate::core) fn set_enabled(
@@ -11,11 +11,11 @@ impl<S: Store> Core<S> {
         target: EnableTarget,
         enabled: bool,
         now: u64,
-    ) -> StoreResult<Reply> {
+    ) -> Handled {
         match target {
             EnableTarget::Job(name) => {
                 let Some(spec) = self.jobs.get_mut(&name) else {
-                    return Ok(error(ErrorCode::NotFound, format!("no job named {name:?}")));
+                    return Err(self.no_such_job(&name));
                 };
                 spec.enabled = enabled;
                 let spec = spec.clone();
@@ -32,9 +32,7 @@ impl<S: Store> Core<S> {
                 self.compile_schedule(&name);
             }
             EnableTarget::Pool(pool) => {
-                if let Err(e) = names::validate("pool", &pool) {
-                    return Ok(error(ErrorCode::BadRequest, e.to_string()));
-                }
+                names::validate("pool", &pool)?;
                 if enabled {
                     self.disabled_pools.remove(&pool);
                 } else {

@@ -9,10 +9,10 @@ mod release;
 mod run_finished;
 mod run_started;
 
-use crate::core::{error, ms, Core, Outbox, PeerId};
+use crate::core::{ms, Core, CoreError, Handled, Outbox, PeerId};
 use crate::store::{Store, StoreResult};
 use claim::ClaimRequest;
-use jobcast_protocol::{ErrorCode, Reply, WorkerRequest};
+use jobcast_protocol::{Reply, WorkerRequest};
 
 impl<S: Store> Core<S> {
     /// Notes that `worker` was heard from on connection `peer`; false if it has no
@@ -45,13 +45,25 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<Option<Reply>> {
+        match self.apply_worker(peer, worker, id, request, now_us, out) {
+            Ok(answer) => Ok(answer),
+            Err(refusal) => refusal.into_reply().map(Some),
+        }
+    }
+
+    fn apply_worker(
+        &mut self,
+        peer: &PeerId,
+        worker: &str,
+        id: u64,
+        request: WorkerRequest,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> Handled<Option<Reply>> {
         let now = ms(now_us);
         let registering = matches!(request, WorkerRequest::Register(_));
         if !registering && !self.touch_session(peer, worker, now) {
-            return Ok(Some(error(
-                ErrorCode::NotRegistered,
-                "no session for this worker: register first",
-            )));
+            return Err(CoreError::NotRegistered);
         }
         Ok(Some(match request {
             WorkerRequest::Register(register) => {
@@ -67,7 +79,7 @@ impl<S: Store> Core<S> {
                     max,
                     wait_ms,
                 };
-                return self.claim_request(worker, claim, now, out);
+                return Ok(self.claim_request(worker, claim, now, out)?);
             }
             WorkerRequest::RunStarted {
                 run_id,

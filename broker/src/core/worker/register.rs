@@ -1,8 +1,9 @@
 //! `Register`: a worker starts a session; the runs it reports are reconciled.
 
-use crate::core::{error, Core, Outbox, PeerId, Session};
-use crate::store::{Store, StoreResult};
-use jobcast_protocol::{names, ErrorCode, Register, Reply, RunState, WorkerStatus};
+use crate::core::error::listed;
+use crate::core::{Core, CoreError, Handled, Outbox, PeerId, Session};
+use crate::store::Store;
+use jobcast_protocol::{names, Register, Reply, RunState, WorkerStatus};
 use std::collections::BTreeSet;
 
 impl<S: Store> Core<S> {
@@ -13,19 +14,14 @@ impl<S: Store> Core<S> {
         register: Register,
         now: u64,
         out: &mut Outbox,
-    ) -> StoreResult<Reply> {
-        if let Err(e) = names::validate("worker id", worker) {
-            return Ok(error(ErrorCode::BadRequest, e.to_string()));
-        }
+    ) -> Handled {
+        names::validate("worker id", worker)?;
         for pool in &register.pools {
-            if let Err(e) = names::validate("pool", pool) {
-                return Ok(error(ErrorCode::BadRequest, e.to_string()));
-            }
+            names::validate("pool", pool)?;
         }
         if register.concurrency == 0 {
-            return Ok(error(
-                ErrorCode::BadRequest,
-                "concurrency must be at least 1",
+            return Err(CoreError::BadRequest(
+                "concurrency must be at least 1".into(),
             ));
         }
         if let Some(allowed) = self.config.worker_pools.get(worker) {
@@ -35,13 +31,10 @@ impl<S: Store> Core<S> {
                     pool,
                     "register refused: pool not allowed for this key"
                 );
-                return Ok(error(
-                    ErrorCode::Forbidden,
-                    format!(
-                        "the key of worker {worker:?} may not serve pool {pool:?} (allowed: {})",
-                        allowed.iter().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
+                return Err(CoreError::Forbidden(format!(
+                    "the key of worker {worker:?} may not serve pool {pool:?} (allowed: {})",
+                    listed(allowed.iter())
+                )));
             }
         }
         // The broker decides how much log it stores, not the worker.
