@@ -9,6 +9,7 @@ mod admin;
 mod after_end;
 mod alerts;
 mod error;
+mod job_table;
 mod liveness;
 mod outbox;
 mod run_table;
@@ -16,22 +17,25 @@ mod runs;
 mod scheduling;
 mod waiting_claims;
 mod worker;
+mod worker_table;
 
+use admin::Pings;
 pub use after_end::Notification;
 pub use error::{CoreError, Handled};
+use job_table::JobTable;
 pub use outbox::{OutReply, Outbox, ReplyTo};
+use run_table::RunTable;
 pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
-use waiting_claims::WaitingClaims;
+use worker::LogTrack;
+use worker_table::{Session, WorkerTable};
 
-use crate::schedule::Schedule;
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::{
-    AdminRequest, Alert, AlertKind, JobSpec, JobState, Register, Reply, Request, RunRecord,
-    RunState, WorkerInfo, WorkerStatus,
+    AdminRequest, Alert, AlertKind, Reply, Request, RunRecord, RunState, WorkerStatus,
 };
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The ZeroMQ routing identity of the connection a request came in on.
 pub type PeerId = Vec<u8>;
@@ -78,65 +82,30 @@ struct ConnectionCounts {
     closed: u64,
 }
 
-struct Session {
-    peer: PeerId,
-    register: Register,
-    last_seen_ms: u64,
-    /// Runs the broker has handed to this worker and not seen finish.
-    runs: BTreeSet<String>,
-    draining: bool,
-    drain_ordered: bool,
-}
-
-/// What the broker keeps of a live run's log to prune it to the cap.
-struct LogTrack {
-    cap: usize,
-    total: u64,
-    /// Stored chunks past the head, oldest first: (offset, length).
-    tail_chunks: VecDeque<(u64, u64)>,
-}
-
-struct PendingPing {
-    reply_to: ReplyTo,
-    id: u64,
-    sent_at_us: u64,
-    deadline_us: u64,
-    answers: BTreeMap<String, Option<(u64, WorkerInfo)>>,
-}
-
 pub struct Core<S: Store> {
     store: S,
     config: CoreConfig,
     boot_id: u64,
     booted_at_ms: u64,
     next_alive_ms: u64,
-    jobs: BTreeMap<String, JobSpec>,
+    /// Jobs, their schedules and scheduling state.
+    jobs: JobTable,
     /// Runs not yet finished, and where the queued ones wait.
-    runs: run_table::RunTable,
-    sessions: BTreeMap<String, Session>,
-    workers: BTreeMap<String, WorkerStatus>,
+    runs: RunTable,
+    /// Connected workers, every worker's status, claims held open.
+    workers: WorkerTable,
+    /// Live runs' logs, as far as pruning them to the cap needs.
     logs: HashMap<String, LogTrack>,
-    pings: BTreeMap<u64, PendingPing>,
-    next_ping_id: u64,
+    pings: Pings,
     next_seq: u64,
     rejected: BTreeMap<String, u64>,
     connections: ConnectionCounts,
-    /// The time of the latest request or tick, in ms and µs.
-    clock_ms: u64,
+    /// The time of the latest request or tick (µs): the one clock, set from `now`.
     clock_us: u64,
-    schedules: HashMap<String, Schedule>,
-    job_states: BTreeMap<String, JobState>,
-    /// The next tick of each scheduled job.
-    next_fire: scheduling::FireQueue,
-    /// Each scheduled job's first tick after it was created (for never-run alerts).
-    first_due: HashMap<String, u64>,
-    disabled_pools: BTreeSet<String>,
     /// Standing conditions, keyed by kind and job or pool.
     alerts: BTreeMap<(AlertKind, String), Alert>,
     /// What changed since the last `take_changes`, for live views.
     changes: Changes,
-    /// Claims held until runs arrive for them.
-    waiting: WaitingClaims,
     /// The one random source: run ids and the boot id.
     rng: StdRng,
 }
@@ -178,22 +147,17 @@ impl<S: Store> Core<S> {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        let jobs = store
-            .jobs()?
-            .into_iter()
-            .map(|j| (j.name.clone(), j))
-            .collect();
+        let jobs = JobTable {
+            specs: store
+                .jobs()?
+                .into_iter()
+                .map(|j| (j.name.clone(), j))
+                .collect(),
+            ..Default::default()
+        };
         let mut core = Core {
             next_seq: store.last_run_seq()? + 1,
-            workers: store
-                .workers()?
-                .into_iter()
-                .map(|mut w| {
-                    w.online = false;
-                    w.running.clear();
-                    (w.id.clone(), w)
-                })
-                .collect(),
+            workers: WorkerTable::restored(store.workers()?),
             store,
             config,
             boot_id: rng.next_u64(),
@@ -201,27 +165,18 @@ impl<S: Store> Core<S> {
             booted_at_ms: ms(now_us),
             next_alive_ms: 0,
             jobs,
-            runs: run_table::RunTable::default(),
-            sessions: BTreeMap::new(),
+            runs: RunTable::default(),
             logs: HashMap::new(),
-            pings: BTreeMap::new(),
-            next_ping_id: 1,
+            pings: Pings::default(),
             rejected: BTreeMap::new(),
             connections: ConnectionCounts::default(),
-            clock_ms: ms(now_us),
             clock_us: now_us,
-            schedules: HashMap::new(),
-            job_states: BTreeMap::new(),
-            next_fire: Default::default(),
-            first_due: HashMap::new(),
-            disabled_pools: BTreeSet::new(),
             alerts: BTreeMap::new(),
             changes: Changes::default(),
-            waiting: WaitingClaims::default(),
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
-                core.runs.enqueue(&run, core.clock_ms);
+                core.runs.enqueue(&run, core.clock_ms());
             }
             core.runs.activate(run);
         }
@@ -265,7 +220,7 @@ impl<S: Store> Core<S> {
             runs,
             workers: changes
                 .workers
-                .then(|| self.status(self.clock_ms).map(|s| s.workers))
+                .then(|| self.status(self.clock_ms()).map(|s| s.workers))
                 .transpose()?,
             jobs: changes.jobs.then(|| self.job_views()),
             logs: changes.logs,
@@ -340,13 +295,16 @@ impl<S: Store> Core<S> {
     }
 
     fn set_clock(&mut self, now_us: u64) {
-        self.clock_ms = ms(now_us);
         self.clock_us = now_us;
+    }
+
+    fn clock_ms(&self) -> u64 {
+        ms(self.clock_us)
     }
 
     /// Whether a worker currently has a session (for tests and the server).
     pub fn is_online(&self, worker: &str) -> bool {
-        self.sessions.contains_key(worker)
+        self.workers.sessions.contains_key(worker)
     }
 }
 

@@ -33,6 +33,7 @@ impl<S: Store> Core<S> {
         );
         let spec = self
             .jobs
+            .specs
             .get(&run.job)
             .cloned()
             .unwrap_or_else(|| run.spec.clone());
@@ -69,7 +70,7 @@ impl<S: Store> Core<S> {
         }
         // The final outcome of this run (and its attempts).
         if run.state == RunState::Succeeded {
-            if let Some(state) = self.job_states.get_mut(&run.job) {
+            if let Some(state) = self.jobs.states.get_mut(&run.job) {
                 state.consecutive_failures = 0;
             }
         } else if failed {
@@ -92,7 +93,7 @@ impl<S: Store> Core<S> {
                 at_ms: now,
                 text: format!("job {}: run {} {word} ({detail})", run.job, run.id),
             });
-            let state = self.job_states.entry(run.job.clone()).or_default();
+            let state = self.jobs.states.entry(run.job.clone()).or_default();
             state.consecutive_failures += 1;
             let failures = state.consecutive_failures;
             if let Some(limit) = spec.policy.disable_after_failures {
@@ -120,7 +121,7 @@ impl<S: Store> Core<S> {
             if !(parent_ok || (failed && child.on_error)) {
                 continue;
             }
-            let Some(child_spec) = self.jobs.get(&child.job).cloned() else {
+            let Some(child_spec) = self.jobs.specs.get(&child.job).cloned() else {
                 continue;
             };
             let mut new = NewRun::of(

@@ -60,6 +60,7 @@ impl<S: Store> Core<S> {
                     });
             }
             let served = self
+                .workers
                 .sessions
                 .values()
                 .any(|s| s.register.pools.contains(&run.pool));
@@ -79,13 +80,13 @@ impl<S: Store> Core<S> {
                     });
             }
         }
-        for (name, spec) in &self.jobs {
+        for (name, spec) in &self.jobs.specs {
             let (Some(first_due), Some(state)) =
-                (self.first_due.get(name), self.job_states.get(name))
+                (self.jobs.first_due.get(name), self.jobs.states.get(name))
             else {
                 continue;
             };
-            if state.last_started_ms.is_some() || !self.job_is_active(spec) {
+            if state.last_started_ms.is_some() || !self.jobs.is_active(spec) {
                 continue;
             }
             if let Some(first) = Some(*first_due) {

@@ -10,12 +10,12 @@ impl<S: Store> Core<S> {
     /// queued work. Call it often (every 100 ms or so); it does each thing when due.
     pub fn tick(&mut self, now_us: u64, out: &mut Outbox) -> StoreResult<()> {
         let now = ms(now_us);
-        self.clock_ms = now;
-        self.clock_us = now_us;
+        self.set_clock(now_us);
         self.schedule_due(now, out)?;
         self.release_delayed(now, out);
         let due: Vec<u64> = self
             .pings
+            .pending
             .iter()
             .filter(|(_, p)| p.deadline_us <= now_us)
             .map(|(id, _)| *id)
@@ -53,6 +53,7 @@ impl<S: Store> Core<S> {
     ) -> StoreResult<()> {
         let timeout = self.config.worker_timeout_ms;
         let silent: Vec<String> = self
+            .workers
             .sessions
             .iter()
             .filter(|(_, s)| now.saturating_sub(s.last_seen_ms) > timeout)
@@ -74,7 +75,7 @@ impl<S: Store> Core<S> {
                 .values()
                 .filter_map(|r| {
                     let w = r.worker.as_ref()?;
-                    (!self.sessions.contains_key(w)).then(|| (r.id.clone(), w.clone()))
+                    (!self.workers.sessions.contains_key(w)).then(|| (r.id.clone(), w.clone()))
                 })
                 .collect();
             for (run_id, worker) in orphans {
@@ -97,15 +98,15 @@ impl<S: Store> Core<S> {
         cause: String,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(session) = self.sessions.remove(worker) else {
+        let Some(session) = self.workers.sessions.remove(worker) else {
             return Ok(());
         };
-        self.waiting.remove(worker);
+        self.workers.waiting.remove(worker);
         tracing::warn!(worker, %cause, "worker offline");
         for run_id in session.runs {
             self.finish_as(&run_id, RunState::Lost, now, cause.clone(), out)?;
         }
-        if let Some(status) = self.workers.get_mut(worker) {
+        if let Some(status) = self.workers.statuses.get_mut(worker) {
             status.online = false;
             status.running.clear();
             status.last_seen_ms = session.last_seen_ms;

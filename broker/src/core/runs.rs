@@ -55,7 +55,7 @@ impl<S: Store> Core<S> {
         self.store.create_run(&run)?;
         self.changes.runs.insert(run.id.clone());
         self.runs.activate(run.clone());
-        if self.runs.enqueue(&run, self.clock_ms) {
+        if self.runs.enqueue(&run, self.clock_ms()) {
             self.wake(&run.pool, out);
         }
         Ok(Some(run))
@@ -74,16 +74,16 @@ impl<S: Store> Core<S> {
         self.runs.deactivate(run);
         self.logs.remove(&run.id);
         if let Some(worker) = &run.worker {
-            if let Some(session) = self.sessions.get_mut(worker) {
+            if let Some(session) = self.workers.sessions.get_mut(worker) {
                 session.runs.remove(&run.id);
                 // The slot it frees, or the end of an `overlap = queue` run, may make
                 // queued runs grantable to a waiting claim.
                 for pool in &session.register.pools {
-                    self.waiting.mark_dirty(pool);
+                    self.workers.waiting.mark_dirty(pool);
                 }
             }
         }
-        self.waiting.mark_dirty(&run.pool);
+        self.workers.waiting.mark_dirty(&run.pool);
         self.after_end(run, now, out)
     }
 

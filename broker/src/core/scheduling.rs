@@ -6,11 +6,10 @@
 //! tick decided twice (say, after a crash before the flush) names the same run, which is
 //! never created twice.
 
-use crate::core::{Core, CoreError, Notification, Outbox};
+use crate::core::{Core, Notification, Outbox};
 use crate::schedule::{derived_run_id, Schedule};
 use crate::store::{Store, StoreError, StoreResult};
 use jobcast_protocol::{AlertKind, JobSpec, JobState, Misfire, Overlap};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Ticks older than this when the broker gets to them were missed (the broker was down
 /// or stalled) and follow the job's misfire policy.
@@ -21,42 +20,6 @@ const MAX_TICKS_PER_PASS: usize = 10_000;
 /// Skipped ticks remembered per job.
 pub(super) const RECENT_SKIPS: usize = 20;
 pub(super) const DISABLED_POOLS: &str = "disabled_pools";
-
-/// Jobs by their next tick, earliest first.
-#[derive(Debug, Default)]
-pub struct FireQueue {
-    by_job: HashMap<String, u64>,
-    order: BTreeSet<(u64, String)>,
-}
-
-impl FireQueue {
-    pub fn set(&mut self, job: &str, next: Option<u64>) {
-        if let Some(old) = self.by_job.remove(job) {
-            self.order.remove(&(old, job.to_string()));
-        }
-        if let Some(next) = next {
-            self.by_job.insert(job.to_string(), next);
-            self.order.insert((next, job.to_string()));
-        }
-    }
-
-    pub fn get(&self, job: &str) -> Option<u64> {
-        self.by_job.get(job).copied()
-    }
-
-    pub fn earliest(&self) -> Option<u64> {
-        self.order.first().map(|(t, _)| *t)
-    }
-
-    /// Jobs whose next tick is at or before `now`.
-    pub fn due(&self, now: u64) -> Vec<String> {
-        self.order
-            .iter()
-            .take_while(|(t, _)| *t <= now)
-            .map(|(_, job)| job.clone())
-            .collect()
-    }
-}
 
 /// Everything needed to create a run.
 pub(super) struct NewRun {
@@ -90,136 +53,35 @@ impl NewRun {
     }
 }
 
-/// Finds a cycle in the child links of `jobs`, returning it as a path.
-pub(super) fn find_cycle(jobs: &BTreeMap<String, JobSpec>) -> Option<Vec<String>> {
-    fn visit(
-        job: &str,
-        jobs: &BTreeMap<String, JobSpec>,
-        path: &mut Vec<String>,
-        done: &mut BTreeSet<String>,
-    ) -> Option<Vec<String>> {
-        if let Some(start) = path.iter().position(|j| j == job) {
-            let mut cycle = path[start..].to_vec();
-            cycle.push(job.to_string());
-            return Some(cycle);
-        }
-        if done.contains(job) {
-            return None;
-        }
-        path.push(job.to_string());
-        if let Some(spec) = jobs.get(job) {
-            for child in &spec.policy.children {
-                if let Some(cycle) = visit(&child.job, jobs, path, done) {
-                    return Some(cycle);
-                }
-            }
-        }
-        path.pop();
-        done.insert(job.to_string());
-        None
-    }
-    let mut done = BTreeSet::new();
-    for job in jobs.keys() {
-        if let Some(cycle) = visit(job, jobs, &mut Vec::new(), &mut done) {
-            return Some(cycle);
-        }
-    }
-    None
-}
-
 impl<S: Store> Core<S> {
     pub(super) fn load_scheduling(&mut self, now: u64) -> StoreResult<()> {
-        self.job_states = self.store.job_states()?.into_iter().collect();
+        self.jobs.states = self.store.job_states()?.into_iter().collect();
         if let Some(bytes) = self.store.setting(DISABLED_POOLS)? {
             // A setting that cannot be read is an error, not "no pool disabled": reading it
             // as empty would quietly re-enable every disabled pool.
-            self.disabled_pools =
+            self.jobs.disabled_pools =
                 rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                     what: "disabled pools setting",
                     detail: e.to_string(),
                 })?;
         }
-        let names: Vec<String> = self.jobs.keys().cloned().collect();
+        let names: Vec<String> = self.jobs.specs.keys().cloned().collect();
         for name in names {
-            self.job_states
+            self.jobs
+                .states
                 .entry(name.clone())
                 .or_insert_with(|| JobState {
                     created_at_ms: now,
                     last_tick_ms: now,
                     ..Default::default()
                 });
-            self.compile_schedule(&name);
+            self.jobs.compile(&name);
         }
         Ok(())
-    }
-
-    /// (Re)compiles a job's schedule and its next fire time.
-    pub(super) fn compile_schedule(&mut self, job: &str) {
-        let Some(spec) = self.jobs.get(job) else {
-            self.schedules.remove(job);
-            self.next_fire.set(job, None);
-            self.first_due.remove(job);
-            return;
-        };
-        match Schedule::for_job(spec) {
-            Ok(schedule) => {
-                let state = self.job_states.get(job).cloned().unwrap_or_default();
-                self.next_fire
-                    .set(job, schedule.next_after(state.last_tick_ms));
-                match schedule.next_after(state.created_at_ms) {
-                    Some(first) => self.first_due.insert(job.to_string(), first),
-                    None => self.first_due.remove(job),
-                };
-                self.schedules.insert(job.to_string(), schedule);
-            }
-            Err(problem) => {
-                // Stored before a validation rule existed: keep the job, run it by hand.
-                tracing::error!(job, %problem, "job schedule cannot be used; the job runs only when enqueued");
-                self.schedules.remove(job);
-                self.next_fire.set(job, None);
-                self.first_due.remove(job);
-            }
-        }
-    }
-
-    /// Checks a set of jobs for apply: schedules compile, children exist, no cycles.
-    pub(super) fn check_jobs(&self, jobs: &[JobSpec]) -> Result<(), CoreError> {
-        let mut all = self.jobs.clone();
-        for job in jobs {
-            Schedule::for_job(job).map_err(|error| CoreError::BadSchedule {
-                job: job.name.clone(),
-                error,
-            })?;
-            all.insert(job.name.clone(), job.clone());
-        }
-        for job in jobs {
-            for child in &job.policy.children {
-                if !all.contains_key(&child.job) {
-                    return Err(CoreError::NoSuchChild {
-                        job: job.name.clone(),
-                        child: child.job.clone(),
-                    });
-                }
-            }
-        }
-        if let Some(cycle) = find_cycle(&all) {
-            return Err(CoreError::ChainLoops { cycle });
-        }
-        Ok(())
-    }
-
-    /// Whether ticks of `job` start runs now.
-    pub(super) fn job_is_active(&self, job: &JobSpec) -> bool {
-        job.enabled
-            && !self.disabled_pools.contains(&job.pool)
-            && self
-                .job_states
-                .get(&job.name)
-                .is_none_or(|s| s.auto_disabled.is_none())
     }
 
     pub(super) fn save_job_state(&mut self, job: &str) -> StoreResult<()> {
-        if let Some(state) = self.job_states.get(job) {
+        if let Some(state) = self.jobs.states.get(job) {
             self.store.put_job_state(job, state)?;
         }
         Ok(())
@@ -227,7 +89,7 @@ impl<S: Store> Core<S> {
 
     fn skip_tick(&mut self, job: &str, tick: u64, reason: &str) {
         tracing::info!(job, tick_ms = tick, reason, "tick skipped");
-        let state = self.job_states.entry(job.to_string()).or_default();
+        let state = self.jobs.states.entry(job.to_string()).or_default();
         state.skipped_ticks += 1;
         state.recent_skips.push((tick, reason.to_string()));
         if state.recent_skips.len() > RECENT_SKIPS {
@@ -237,7 +99,7 @@ impl<S: Store> Core<S> {
 
     /// Deals with every job whose next tick is due.
     pub(super) fn schedule_due(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
-        for job in self.next_fire.due(now) {
+        for job in self.jobs.next_fire.due(now) {
             self.schedule_job(&job, now, out)?;
         }
         Ok(())
@@ -245,20 +107,21 @@ impl<S: Store> Core<S> {
 
     fn schedule_job(&mut self, job: &str, now: u64, out: &mut Outbox) -> StoreResult<()> {
         let (Some(spec), Some(schedule)) = (
-            self.jobs.get(job).cloned(),
-            self.schedules.get(job).cloned(),
+            self.jobs.specs.get(job).cloned(),
+            self.jobs.schedules.get(job).cloned(),
         ) else {
-            self.next_fire.set(job, None);
+            self.jobs.next_fire.set(job, None);
             return Ok(());
         };
         let last = self
-            .job_states
+            .jobs
+            .states
             .get(job)
             .map(|s| s.last_tick_ms)
             .unwrap_or(0);
         let ticks = schedule.ticks_between(last, now, MAX_TICKS_PER_PASS);
         let Some(&latest) = ticks.last() else {
-            self.compile_schedule(job);
+            self.jobs.compile(job);
             return Ok(());
         };
         let (missed, on_time): (Vec<u64>, Vec<u64>) = ticks
@@ -289,11 +152,11 @@ impl<S: Store> Core<S> {
         for tick in catch_up.iter().chain(on_time.iter()) {
             self.fire(&spec, &schedule, *tick, &active_before, now, out)?;
         }
-        if let Some(state) = self.job_states.get_mut(job) {
+        if let Some(state) = self.jobs.states.get_mut(job) {
             state.last_tick_ms = latest;
         }
         self.save_job_state(job)?;
-        self.next_fire.set(job, schedule.next_after(latest));
+        self.jobs.next_fire.set(job, schedule.next_after(latest));
         Ok(())
     }
 
@@ -308,7 +171,7 @@ impl<S: Store> Core<S> {
         out: &mut Outbox,
     ) -> StoreResult<()> {
         let job = spec.name.as_str();
-        if !self.job_is_active(spec) {
+        if !self.jobs.is_active(spec) {
             self.skip_tick(job, tick, "job or pool disabled");
             return Ok(());
         }
@@ -339,6 +202,7 @@ impl<S: Store> Core<S> {
         let cause = format!("scheduled for {}", format_ms(tick));
         if spec.policy.run_on_all_workers {
             let workers: Vec<String> = self
+                .workers
                 .sessions
                 .iter()
                 .filter(|(_, s)| s.register.pools.contains(&spec.pool))
@@ -385,17 +249,17 @@ impl<S: Store> Core<S> {
     /// When the core next has something to do by itself, in microseconds.
     pub fn next_wakeup_us(&self) -> u64 {
         let mut next_ms = self.next_alive_ms;
-        if let Some(t) = self.next_fire.earliest() {
+        if let Some(t) = self.jobs.next_fire.earliest() {
             next_ms = next_ms.min(t);
         }
         if let Some(t) = self.runs.next_release_ms() {
             next_ms = next_ms.min(t);
         }
         let mut next_us = next_ms.saturating_mul(1_000);
-        if let Some(deadline) = self.pings.values().map(|p| p.deadline_us).min() {
+        if let Some(deadline) = self.pings.pending.values().map(|p| p.deadline_us).min() {
             next_us = next_us.min(deadline);
         }
-        if let Some(deadline) = self.waiting.earliest_deadline_ms() {
+        if let Some(deadline) = self.workers.waiting.earliest_deadline_ms() {
             next_us = next_us.min(deadline.saturating_mul(1_000));
         }
         next_us

@@ -3,8 +3,8 @@ use crate::store::MemoryStore;
 use jobcast_protocol::logcap;
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{
-    AdminRequest, ErrorCode, Event, Exec, Heartbeat, KillOutcome, Orders, Outcome, RunFilter,
-    RunFinished, WorkerRequest,
+    AdminRequest, ErrorCode, Event, Exec, Heartbeat, JobSpec, KillOutcome, Orders, Outcome,
+    Register, RunFilter, RunFinished, WorkerInfo, WorkerRequest,
 };
 
 const T0: u64 = 1_800_000_000_000_000; // µs

@@ -19,11 +19,11 @@ impl<S: Store> Core<S> {
                 });
             }
         }
-        self.check_jobs(&jobs)?;
+        self.jobs.check(&jobs)?;
         let (mut created, mut updated, mut unchanged) = (vec![], vec![], vec![]);
         for job in jobs {
             let name = job.name.clone();
-            match self.jobs.get(&name) {
+            match self.jobs.specs.get(&name) {
                 Some(old) if *old == job => {
                     unchanged.push(name);
                     continue;
@@ -31,13 +31,13 @@ impl<S: Store> Core<S> {
                 Some(old) => {
                     if old.schedule != job.schedule {
                         // A new schedule starts from now: no catch-up under it.
-                        let state = self.job_states.entry(name.clone()).or_default();
+                        let state = self.jobs.states.entry(name.clone()).or_default();
                         state.last_tick_ms = state.last_tick_ms.max(now);
                     }
                     updated.push(name.clone());
                 }
                 None => {
-                    self.job_states.insert(
+                    self.jobs.states.insert(
                         name.clone(),
                         JobState {
                             created_at_ms: now,
@@ -50,9 +50,9 @@ impl<S: Store> Core<S> {
             }
             self.store.put_job(&job)?;
             self.changes.jobs = true;
-            self.jobs.insert(name.clone(), job);
+            self.jobs.specs.insert(name.clone(), job);
             self.save_job_state(&name)?;
-            self.compile_schedule(&name);
+            self.jobs.compile(&name);
         }
         Ok(Reply::Applied {
             created,

@@ -7,8 +7,8 @@ use jobcast_protocol::{Event, Reply};
 
 impl<S: Store> Core<S> {
     pub(super) fn drain(&mut self, worker: &str, actor: &str, out: &mut Outbox) -> Handled {
-        let Some(session) = self.sessions.get_mut(worker) else {
-            return Err(self.unknown_worker(worker));
+        let Some(session) = self.workers.sessions.get_mut(worker) else {
+            return Err(self.workers.unknown(worker));
         };
         tracing::info!(actor, worker, "drain ordered");
         session.drain_ordered = true;

@@ -10,7 +10,7 @@ impl<S: Store> Core<S> {
     pub(in crate::core) fn no_such_job(&self, name: &str) -> CoreError {
         CoreError::NoSuchJob {
             name: name.to_string(),
-            known: listed(self.jobs.keys()),
+            known: listed(self.jobs.specs.keys()),
         }
     }
 
@@ -21,7 +21,7 @@ impl<S: Store> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) -> Handled {
-        let Some(spec) = self.jobs.get(job).cloned() else {
+        let Some(spec) = self.jobs.specs.get(job).cloned() else {
             return Err(self.no_such_job(job));
         };
         match self.create_run(

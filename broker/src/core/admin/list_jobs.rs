@@ -7,12 +7,18 @@ use jobcast_protocol::JobView;
 impl<S: Store> Core<S> {
     pub(in crate::core) fn job_views(&self) -> Vec<JobView> {
         self.jobs
+            .specs
             .values()
             .map(|spec| JobView {
                 spec: spec.clone(),
-                state: self.job_states.get(&spec.name).cloned().unwrap_or_default(),
-                next_fire_ms: self.next_fire.get(&spec.name),
-                active: self.job_is_active(spec),
+                state: self
+                    .jobs
+                    .states
+                    .get(&spec.name)
+                    .cloned()
+                    .unwrap_or_default(),
+                next_fire_ms: self.jobs.next_fire.get(&spec.name),
+                active: self.jobs.is_active(spec),
             })
             .collect()
     }

@@ -9,12 +9,13 @@ mod kill;
 mod list_jobs;
 mod list_runs;
 mod ping;
+
+pub(in crate::core) use ping::Pings;
 mod retry;
 mod set_enabled;
 mod status;
 
-use crate::core::error::listed;
-use crate::core::{ms, Core, CoreError, Handled, Outbox, ReplyTo};
+use crate::core::{ms, Core, Handled, Outbox, ReplyTo};
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::{AdminRequest, Reply};
 
@@ -74,12 +75,5 @@ impl<S: Store> Core<S> {
             AdminRequest::Status => Reply::Status(Box::new(self.status(now)?)),
             AdminRequest::Drain { worker } => self.drain(&worker, actor, out)?,
         }))
-    }
-
-    pub(in crate::core) fn unknown_worker(&self, worker: &str) -> CoreError {
-        CoreError::NoSuchWorker {
-            name: worker.to_string(),
-            connected: listed(self.sessions.keys()),
-        }
     }
 }

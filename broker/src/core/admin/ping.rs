@@ -1,9 +1,34 @@
 //! `Ping`: asks workers to answer over PUB, and collects the answers until a deadline.
 
-use crate::core::{Core, Handled, Outbox, PendingPing, ReplyTo};
+use crate::core::{Core, Handled, Outbox, ReplyTo};
 use crate::store::Store;
 use jobcast_protocol::message::topic;
-use jobcast_protocol::{Event, PingAnswer, Reply};
+use jobcast_protocol::{Event, PingAnswer, Reply, WorkerInfo};
+use std::collections::BTreeMap;
+
+/// Pings waiting for their answers, by ping id.
+pub(in crate::core) struct Pings {
+    pub pending: BTreeMap<u64, PendingPing>,
+    pub next_id: u64,
+}
+
+impl Default for Pings {
+    fn default() -> Self {
+        Pings {
+            pending: BTreeMap::new(),
+            next_id: 1,
+        }
+    }
+}
+
+pub(in crate::core) struct PendingPing {
+    reply_to: ReplyTo,
+    id: u64,
+    pub sent_at_us: u64,
+    pub deadline_us: u64,
+    /// Each asked worker's round trip and answer, once it answered.
+    pub answers: BTreeMap<String, Option<(u64, WorkerInfo)>>,
+}
 
 /// A `Ping` as asked: whom, how long to wait, and where the answer goes.
 pub(super) struct Asked<'a> {
@@ -24,21 +49,26 @@ impl<S: Store> Core<S> {
         out: &mut Outbox,
     ) -> Handled<Option<Reply>> {
         let targets: Vec<String> = match asked.worker {
-            Some(w) if self.sessions.contains_key(&w) || self.workers.contains_key(&w) => vec![w],
-            Some(w) => return Err(self.unknown_worker(&w)),
-            None => self.sessions.keys().cloned().collect(),
+            Some(w)
+                if self.workers.sessions.contains_key(&w)
+                    || self.workers.statuses.contains_key(&w) =>
+            {
+                vec![w]
+            }
+            Some(w) => return Err(self.workers.unknown(&w)),
+            None => self.workers.sessions.keys().cloned().collect(),
         };
         if targets.is_empty() {
             return Ok(Some(Reply::PingResult { workers: vec![] }));
         }
-        let ping_id = self.next_ping_id;
-        self.next_ping_id += 1;
+        let ping_id = self.pings.next_id;
+        self.pings.next_id += 1;
         for w in &targets {
-            if self.sessions.contains_key(w) {
+            if self.workers.sessions.contains_key(w) {
                 out.publish(topic::worker(w), Event::Ping { ping_id });
             }
         }
-        self.pings.insert(
+        self.pings.pending.insert(
             ping_id,
             PendingPing {
                 reply_to: asked.reply_to.clone(),
@@ -52,7 +82,7 @@ impl<S: Store> Core<S> {
     }
 
     pub(in crate::core) fn answer_ping(&mut self, ping_id: u64, out: &mut Outbox) {
-        let Some(ping) = self.pings.remove(&ping_id) else {
+        let Some(ping) = self.pings.pending.remove(&ping_id) else {
             return;
         };
         let workers = ping

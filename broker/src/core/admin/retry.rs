@@ -24,7 +24,12 @@ impl<S: Store> Core<S> {
             });
         };
         // The job as it is now, if it still exists; else as the run had it.
-        let spec = self.jobs.get(&old.job).cloned().unwrap_or(old.spec.clone());
+        let spec = self
+            .jobs
+            .specs
+            .get(&old.job)
+            .cloned()
+            .unwrap_or(old.spec.clone());
         let mut new = NewRun::of(
             spec,
             now,

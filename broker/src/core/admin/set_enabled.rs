@@ -14,14 +14,14 @@ impl<S: Store> Core<S> {
     ) -> Handled {
         match target {
             EnableTarget::Job(name) => {
-                let Some(spec) = self.jobs.get_mut(&name) else {
+                let Some(spec) = self.jobs.specs.get_mut(&name) else {
                     return Err(self.no_such_job(&name));
                 };
                 spec.enabled = enabled;
                 let spec = spec.clone();
                 self.store.put_job(&spec)?;
                 self.changes.jobs = true;
-                let state = self.job_states.entry(name.clone()).or_default();
+                let state = self.jobs.states.entry(name.clone()).or_default();
                 if enabled {
                     state.auto_disabled = None;
                     state.consecutive_failures = 0;
@@ -29,16 +29,16 @@ impl<S: Store> Core<S> {
                     state.last_tick_ms = state.last_tick_ms.max(now);
                 }
                 self.save_job_state(&name)?;
-                self.compile_schedule(&name);
+                self.jobs.compile(&name);
             }
             EnableTarget::Pool(pool) => {
                 names::validate("pool", &pool)?;
                 if enabled {
-                    self.disabled_pools.remove(&pool);
+                    self.jobs.disabled_pools.remove(&pool);
                 } else {
-                    self.disabled_pools.insert(pool);
+                    self.jobs.disabled_pools.insert(pool);
                 }
-                let bytes = rmp_serde::to_vec(&self.disabled_pools).unwrap_or_default();
+                let bytes = rmp_serde::to_vec(&self.jobs.disabled_pools).unwrap_or_default();
                 self.store.put_setting(DISABLED_POOLS, &bytes)?;
             }
         }

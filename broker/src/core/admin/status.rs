@@ -13,10 +13,11 @@ impl<S: Store> Core<S> {
         }
         let workers = self
             .workers
+            .statuses
             .values()
             .map(|w| {
                 let mut w = w.clone();
-                if let Some(session) = self.sessions.get(&w.id) {
+                if let Some(session) = self.workers.sessions.get(&w.id) {
                     w.online = true;
                     w.running = session.runs.iter().cloned().collect();
                     w.last_seen_ms = session.last_seen_ms;
@@ -34,7 +35,7 @@ impl<S: Store> Core<S> {
             uptime_ms: now.saturating_sub(self.booted_at_ms),
             active,
             total_runs: self.store.run_count()?,
-            jobs: self.jobs.len() as u64,
+            jobs: self.jobs.specs.len() as u64,
             workers,
             rejected: self.rejected.clone(),
             connections: BTreeMap::from([
@@ -48,7 +49,7 @@ impl<S: Store> Core<S> {
                 ("closed".to_string(), self.connections.closed),
             ]),
             alerts: self.alerts.values().cloned().collect(),
-            disabled_pools: self.disabled_pools.iter().cloned().collect(),
+            disabled_pools: self.jobs.disabled_pools.iter().cloned().collect(),
         })
     }
 }

@@ -3,7 +3,8 @@
 use super::*;
 use crate::store::StoreError;
 use jobcast_protocol::{
-    jobfile, AdminRequest, AlertKind, EnableTarget, Outcome, RunFilter, RunFinished, WorkerRequest,
+    jobfile, AdminRequest, AlertKind, EnableTarget, JobState, Outcome, RunFilter, RunFinished,
+    WorkerRequest,
 };
 
 const SECOND: u64 = 1_000;

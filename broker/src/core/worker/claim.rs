@@ -29,11 +29,12 @@ impl<S: Store> Core<S> {
         let reply = self.claim(worker, request.max, now)?;
         let nothing = matches!(&reply, Reply::Granted { runs, .. } if runs.is_empty());
         let may_wait = self
+            .workers
             .sessions
             .get(worker)
             .is_some_and(|s| !s.draining && !s.drain_ordered);
         if nothing && request.wait_ms > 0 && request.max > 0 && may_wait {
-            self.waiting.insert(
+            self.workers.waiting.insert(
                 worker,
                 WaitingClaim {
                     peer: request.peer.clone(),
@@ -53,7 +54,7 @@ impl<S: Store> Core<S> {
         max: u32,
         now: u64,
     ) -> StoreResult<Reply> {
-        let Some(session) = self.sessions.get(worker) else {
+        let Some(session) = self.workers.sessions.get(worker) else {
             return Ok(nothing_granted());
         };
         if session.draining || session.drain_ordered {
@@ -125,7 +126,7 @@ impl<S: Store> Core<S> {
                 scheduled_at_ms: run.scheduled_at_ms,
                 job: run.spec.clone(),
             });
-            if let Some(session) = self.sessions.get_mut(worker) {
+            if let Some(session) = self.workers.sessions.get_mut(worker) {
                 session.runs.insert(run_id);
             }
         }
@@ -139,7 +140,7 @@ impl<S: Store> Core<S> {
     /// Tells `pool`'s workers that it has runs to hand out: the waiting claims first (at
     /// the end of the batch), then a wake-up event for whatever is left.
     pub(in crate::core) fn wake(&mut self, pool: &str, out: &mut Outbox) {
-        self.waiting.mark_dirty(pool);
+        self.workers.waiting.mark_dirty(pool);
         out.publish(
             topic::pool(pool),
             Event::Wake {
@@ -156,35 +157,35 @@ impl<S: Store> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        for (worker, claim) in self.waiting.take_expired(now) {
+        for (worker, claim) in self.workers.waiting.take_expired(now) {
             out.reply(
                 &ReplyTo::peer(&claim.peer, &worker),
                 claim.id,
                 nothing_granted(),
             );
         }
-        let dirty = self.waiting.take_dirty();
+        let dirty = self.workers.waiting.take_dirty();
         if dirty.is_empty() {
             return Ok(());
         }
         let mut granted_any = false;
-        for worker in self.waiting.oldest_first() {
+        for worker in self.workers.waiting.oldest_first() {
             if dirty.iter().all(|pool| !self.runs.has_queued(pool)) {
                 break;
             }
-            let Some(session) = self.sessions.get(&worker) else {
-                self.waiting.remove(&worker);
+            let Some(session) = self.workers.sessions.get(&worker) else {
+                self.workers.waiting.remove(&worker);
                 continue;
             };
             if !session.register.pools.iter().any(|p| dirty.contains(p)) {
                 continue;
             }
-            let Some(max) = self.waiting.get(&worker).map(|c| c.max) else {
+            let Some(max) = self.workers.waiting.get(&worker).map(|c| c.max) else {
                 continue;
             };
             let reply = self.claim(&worker, max, now)?;
             if matches!(&reply, Reply::Granted { runs, .. } if !runs.is_empty()) {
-                if let Some(claim) = self.waiting.remove(&worker) {
+                if let Some(claim) = self.workers.waiting.remove(&worker) {
                     out.reply(&ReplyTo::peer(&claim.peer, &worker), claim.id, reply);
                     granted_any = true;
                 }
@@ -202,7 +203,7 @@ impl<S: Store> Core<S> {
 
     /// Answers `worker`'s waiting claim, if any, with nothing.
     pub(in crate::core) fn cancel_waiting_claim(&mut self, worker: &str, out: &mut Outbox) {
-        if let Some(claim) = self.waiting.remove(worker) {
+        if let Some(claim) = self.workers.waiting.remove(worker) {
             out.reply(
                 &ReplyTo::peer(&claim.peer, worker),
                 claim.id,

@@ -1,9 +1,17 @@
 //! `LogChunk`: a run's output, stored within the log cap (head kept, tail rolling).
 
-use crate::core::{Core, LogTrack};
+use crate::core::Core;
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::logcap::{self};
 use std::collections::VecDeque;
+
+/// What the broker keeps of a live run's log to prune it to the cap.
+pub(in crate::core) struct LogTrack {
+    cap: usize,
+    total: u64,
+    /// Stored chunks past the head, oldest first: (offset, length).
+    tail_chunks: VecDeque<(u64, u64)>,
+}
 
 impl LogTrack {
     pub(in crate::core) fn note(&mut self, offset: u64, len: u64) {

@@ -2,6 +2,8 @@
 
 mod claim;
 mod log_chunk;
+
+pub(in crate::core) use log_chunk::LogTrack;
 mod orders;
 mod pong;
 mod register;
@@ -15,25 +17,6 @@ use claim::ClaimRequest;
 use jobcast_protocol::{Reply, WorkerRequest};
 
 impl<S: Store> Core<S> {
-    /// Notes that `worker` was heard from on connection `peer`; false if it has no
-    /// session.
-    fn touch_session(&mut self, peer: &PeerId, worker: &str, now: u64) -> bool {
-        let Some(session) = self.sessions.get_mut(worker) else {
-            return false;
-        };
-        session.last_seen_ms = now;
-        session.peer = peer.clone();
-        if self
-            .waiting
-            .get(worker)
-            .is_some_and(|claim| claim.peer != *peer)
-        {
-            // The worker reconnected: its old connection cannot take the answer.
-            self.waiting.remove(worker);
-        }
-        true
-    }
-
     /// Handles a request from a worker; `None` when the answer comes later (a claim
     /// waiting for runs).
     pub(in crate::core) fn handle_worker(
@@ -62,7 +45,7 @@ impl<S: Store> Core<S> {
     ) -> Handled<Option<Reply>> {
         let now = ms(now_us);
         let registering = matches!(request, WorkerRequest::Register(_));
-        if !registering && !self.touch_session(peer, worker, now) {
+        if !registering && !self.workers.touch(peer, worker, now) {
             return Err(CoreError::NotRegistered);
         }
         Ok(Some(match request {

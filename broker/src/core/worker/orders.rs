@@ -15,7 +15,7 @@ impl<S: Store> Core<S> {
         let Heartbeat {
             running, draining, ..
         } = heartbeat;
-        if let Some(session) = self.sessions.get_mut(worker) {
+        if let Some(session) = self.workers.sessions.get_mut(worker) {
             session.draining = draining;
         }
         if draining {
@@ -27,7 +27,7 @@ impl<S: Store> Core<S> {
     /// Kill orders for the worker's runs that were asked to die, plus any run it reports
     /// that is not (or no longer) its own.
     pub(in crate::core) fn orders_for(&self, worker: &str, reported_running: &[String]) -> Orders {
-        let Some(session) = self.sessions.get(worker) else {
+        let Some(session) = self.workers.sessions.get(worker) else {
             return Orders::default();
         };
         let mut kill: Vec<String> = session

@@ -13,11 +13,11 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) {
-        if let Some(status) = self.workers.get_mut(worker) {
+        if let Some(status) = self.workers.statuses.get_mut(worker) {
             status.version = info.version.clone();
             status.draining = info.draining;
         }
-        let Some(ping) = self.pings.get_mut(&ping_id) else {
+        let Some(ping) = self.pings.pending.get_mut(&ping_id) else {
             return;
         };
         if let Some(answer) = ping.answers.get_mut(worker) {

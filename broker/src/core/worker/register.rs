@@ -86,12 +86,12 @@ impl<S: Store> Core<S> {
         };
         self.store.put_worker(&status)?;
         self.changes.workers = true;
-        self.workers.insert(worker.to_string(), status);
+        self.workers.statuses.insert(worker.to_string(), status);
         let running = session.register.running.clone();
-        self.sessions.insert(worker.to_string(), session);
+        self.workers.sessions.insert(worker.to_string(), session);
         tracing::info!(worker, "worker registered");
         // Work may be waiting for this worker's pools.
-        for pool in self.sessions[worker].register.pools.clone() {
+        for pool in self.workers.sessions[worker].register.pools.clone() {
             if self.runs.has_queued(&pool) {
                 self.wake(&pool, out);
             }

@@ -32,9 +32,9 @@ impl<S: Store> Core<S> {
             self.store.put_run(run)?;
             self.changes.runs.insert(run.id.clone());
             let run = run.clone();
-            self.runs.enqueue(&run, self.clock_ms);
+            self.runs.enqueue(&run, self.clock_ms());
             self.wake(&run.pool, out);
-            if let Some(session) = self.sessions.get_mut(worker) {
+            if let Some(session) = self.workers.sessions.get_mut(worker) {
                 session.runs.remove(run_id);
             }
         }

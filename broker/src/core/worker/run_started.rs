@@ -38,7 +38,7 @@ impl<S: Store> Core<S> {
             self.store.put_run(run)?;
             self.changes.runs.insert(run.id.clone());
             let job = run.job.clone();
-            let state = self.job_states.entry(job.clone()).or_default();
+            let state = self.jobs.states.entry(job.clone()).or_default();
             state.last_started_ms = Some(now);
             self.save_job_state(&job)?;
         }

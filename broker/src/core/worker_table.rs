@@ -1,0 +1,72 @@
+//! The worker table: who is connected (a session per registered worker), what each worker
+//! last told us (its status, kept across restarts), and the claims held open for runs.
+
+use crate::core::error::listed;
+use crate::core::waiting_claims::WaitingClaims;
+use crate::core::{CoreError, PeerId};
+use jobcast_protocol::{Register, WorkerStatus};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A registered worker, from its `Register` until it goes silent or registers again.
+pub(in crate::core) struct Session {
+    pub peer: PeerId,
+    pub register: Register,
+    pub last_seen_ms: u64,
+    /// Runs the broker has handed to this worker and not seen finish.
+    pub runs: BTreeSet<String>,
+    pub draining: bool,
+    pub drain_ordered: bool,
+}
+
+#[derive(Default)]
+pub(in crate::core) struct WorkerTable {
+    pub sessions: BTreeMap<String, Session>,
+    /// Every worker ever registered, as shown by `status` (offline ones too).
+    pub statuses: BTreeMap<String, WorkerStatus>,
+    /// Claims held until runs arrive for them.
+    pub waiting: WaitingClaims,
+}
+
+impl WorkerTable {
+    /// Starts from the statuses a store kept: nobody is connected yet.
+    pub fn restored(statuses: Vec<WorkerStatus>) -> WorkerTable {
+        WorkerTable {
+            statuses: statuses
+                .into_iter()
+                .map(|mut w| {
+                    w.online = false;
+                    w.running.clear();
+                    (w.id.clone(), w)
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Notes that `worker` was heard from on connection `peer`; false if it has no
+    /// session.
+    pub fn touch(&mut self, peer: &PeerId, worker: &str, now: u64) -> bool {
+        let Some(session) = self.sessions.get_mut(worker) else {
+            return false;
+        };
+        session.last_seen_ms = now;
+        session.peer = peer.clone();
+        if self
+            .waiting
+            .get(worker)
+            .is_some_and(|claim| claim.peer != *peer)
+        {
+            // The worker reconnected: its old connection cannot take the answer.
+            self.waiting.remove(worker);
+        }
+        true
+    }
+
+    /// The refusal for a worker that is not connected, naming those that are.
+    pub fn unknown(&self, worker: &str) -> CoreError {
+        CoreError::NoSuchWorker {
+            name: worker.to_string(),
+            connected: listed(self.sessions.keys()),
+        }
+    }
+}
