@@ -10,6 +10,8 @@ mod list_jobs;
 mod list_runs;
 mod ping;
 
+#[cfg(test)]
+pub(in crate::core) use get_log::slice_from;
 pub(in crate::core) use ping::Pings;
 mod retry;
 mod set_enabled;

@@ -1,0 +1,60 @@
+//! `Claim`: each run to exactly one worker, within its slots and pools.
+
+use super::*;
+
+#[test]
+fn every_run_is_granted_to_exactly_one_worker() {
+    let mut h = Harness::new();
+    for w in ["w1", "w2", "w3"] {
+        h.register(w, 4, &["default"], &[]);
+    }
+    let runs: Vec<String> = (0..100).map(|_| h.enqueue("hello")).collect();
+    let mut granted: HashMap<String, String> = HashMap::new();
+    let mut rounds = 0;
+    while granted.len() < runs.len() {
+        rounds += 1;
+        assert!(rounds < 1_000, "runs left unclaimed");
+        for w in ["w1", "w2", "w3"] {
+            // every worker asks for more than it may hold: the broker caps it
+            for run_id in h.claim(w, 10) {
+                assert!(
+                    granted.insert(run_id.clone(), w.to_string()).is_none(),
+                    "{run_id} granted twice"
+                );
+                h.worker(
+                    w,
+                    WorkerRequest::RunStarted {
+                        run_id: run_id.clone(),
+                        pid: 1,
+                        spawned_at_us: 0,
+                    },
+                );
+                h.finish(w, &run_id, Outcome::Exited { code: 0 });
+            }
+        }
+    }
+    for run_id in &runs {
+        assert_eq!(h.state(run_id), RunState::Succeeded);
+    }
+}
+
+#[test]
+fn a_worker_never_holds_more_runs_than_its_slots() {
+    let mut h = Harness::new();
+    h.register("w1", 2, &["default"], &[]);
+    for _ in 0..5 {
+        h.enqueue("hello");
+    }
+    assert_eq!(h.claim("w1", 5).len(), 2);
+    assert_eq!(h.claim("w1", 5).len(), 0);
+}
+
+#[test]
+fn runs_go_only_to_workers_of_their_pool() {
+    let mut h = Harness::new();
+    h.register("w1", 4, &["default"], &[]);
+    h.register("g1", 4, &["gpu"], &[]);
+    let gpu = h.enqueue("gpu-job");
+    assert!(h.claim("w1", 4).is_empty());
+    assert_eq!(h.claim("g1", 4), vec![gpu]);
+}

@@ -1,0 +1,80 @@
+//! `LogChunk`: stored logs within the cap.
+
+use super::*;
+
+#[test]
+fn logs_are_stored_capped_with_head_and_tail() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]); // cap 4096
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    let data: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for (i, chunk) in data.chunks(1000).enumerate() {
+        h.worker(
+            "w1",
+            WorkerRequest::LogChunk {
+                run_id: run.clone(),
+                offset: (i * 1000) as u64,
+                data: chunk.to_vec(),
+            },
+        );
+    }
+    // the store holds about the cap, not the whole output
+    let stored = h.stored_log_bytes(&run);
+    assert!(stored <= 4096 + 1000, "{stored}");
+    let Reply::Log {
+        data: log,
+        next_offset,
+        ..
+    } = h.admin(AdminRequest::GetLog {
+        run: run.clone(),
+        offset: None,
+    })
+    else {
+        panic!()
+    };
+    assert!(log.len() <= 4096);
+    assert!(log.starts_with(&data[..logcap::head_cap(4096)]));
+    assert!(log.ends_with(&data[data.len() - 1000..]));
+    assert!(String::from_utf8_lossy(&log).contains("bytes cut]"));
+    assert_eq!(next_offset, 100_000);
+    // following from an offset that was cut says so
+    let Reply::Log { data: tail, .. } = h.admin(AdminRequest::GetLog {
+        run,
+        offset: Some(2_000),
+    }) else {
+        panic!()
+    };
+    assert!(String::from_utf8_lossy(&tail).starts_with("\n[jobcast: "));
+}
+
+#[test]
+fn the_broker_caps_stored_logs_whatever_the_worker_declares() {
+    let mut h = Harness::with_config(
+        MemoryStore::default(),
+        CoreConfig {
+            max_log_bytes: 4096,
+            ..CoreConfig::default()
+        },
+    );
+    // A worker that declares a terabyte of log per run.
+    let reply = h.worker(
+        "w1",
+        WorkerRequest::Register(registration(&["default"], 1 << 40)),
+    );
+    assert!(matches!(reply, Reply::Registered { .. }), "{reply:?}");
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    for i in 0..100u64 {
+        h.worker(
+            "w1",
+            WorkerRequest::LogChunk {
+                run_id: run.clone(),
+                offset: i * 1000,
+                data: vec![b'x'; 1000],
+            },
+        );
+    }
+    let stored = h.stored_log_bytes(&run);
+    assert!(stored <= 4096 + 1000, "stored {stored} bytes");
+}

@@ -1,0 +1,60 @@
+//! `RunFinished`: a run's outcome is recorded, and the freed slot can claim at once.
+
+use super::*;
+
+#[test]
+fn a_finish_records_the_outcome_and_its_claim_takes_the_next_run() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]);
+    let first = h.enqueue("hello");
+    let second = h.enqueue("hello");
+    assert_eq!(h.claim("w1", 1), vec![first.clone()]);
+    let reply = h.worker(
+        "w1",
+        WorkerRequest::RunFinished(RunFinished {
+            run_id: first.clone(),
+            outcome: Outcome::Exited { code: 3 },
+            duration_ms: 5,
+            log_bytes: 12,
+            claim: 1,
+        }),
+    );
+    let Reply::Granted { runs, more_queued } = reply else {
+        panic!("the finish report's claim was not answered with a grant: {reply:?}")
+    };
+    assert_eq!(
+        runs.iter().map(|a| a.run_id.clone()).collect::<Vec<_>>(),
+        vec![second.clone()]
+    );
+    assert!(!more_queued);
+    let stored = h.core.store().run(&first).unwrap().unwrap();
+    assert_eq!(stored.state, RunState::Failed);
+    assert_eq!(stored.outcome, Some(Outcome::Exited { code: 3 }));
+    assert_eq!(stored.log_bytes, 12);
+    // Never reported as started: the start is worked out from the duration.
+    assert!(stored.started_at_ms.is_some());
+}
+
+#[test]
+fn reports_from_another_worker_or_for_an_ended_run_change_nothing() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]);
+    h.register("w2", 1, &["default"], &[]);
+    let run = h.enqueue("hello");
+    assert_eq!(h.claim("w1", 1), vec![run.clone()]);
+    h.worker(
+        "w1",
+        WorkerRequest::RunStarted {
+            run_id: run.clone(),
+            pid: 7,
+            spawned_at_us: 0,
+        },
+    );
+    h.finish("w2", &run, Outcome::Exited { code: 0 });
+    assert_eq!(h.state(&run), RunState::Running);
+    h.finish("w1", &run, Outcome::Exited { code: 0 });
+    assert_eq!(h.state(&run), RunState::Succeeded);
+    // A late duplicate (say, resent after a reconnect) cannot rewrite the outcome.
+    h.finish("w1", &run, Outcome::Killed);
+    assert_eq!(h.state(&run), RunState::Succeeded);
+}
