@@ -1,19 +1,28 @@
 //! The runs not yet finished, and where the queued ones wait: in their pool's queue,
-//! oldest first, or in the back-off list until their retry may start.
+//! oldest first, or in the back-off list until their retry may start. It also remembers
+//! the ids of the runs that ended most recently, so that a run selector can match a
+//! substring without reading every stored id.
 
 use jobcast_protocol::RunRecord;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// Ended runs whose ids a substring selector still finds (about 30 bytes each). Older
+/// runs are found by their id or a prefix of it, which the store looks up by range.
+pub(in crate::core) const RECENTLY_ENDED: usize = 10_000;
 
 #[derive(Debug, Default)]
 pub(in crate::core) struct RunTable {
-    /// Runs not yet finished, by id.
-    pub active: HashMap<String, RunRecord>,
+    /// Runs not yet finished, by id (ordered, so that every walk over them, and what it
+    /// decides, is the same from one run of the broker to the next).
+    pub active: BTreeMap<String, RunRecord>,
     /// The ids of `active`, by job.
     pub by_job: HashMap<String, BTreeSet<String>>,
     /// Queued runs per pool, oldest (lowest seq) first.
     pub queues: BTreeMap<String, BTreeMap<u64, String>>,
     /// Queued runs waiting for their retry back-off: (not before, seq) → id.
     pub delayed: BTreeMap<(u64, u64), String>,
+    /// The ids of the runs that ended last, oldest first, at most [`RECENTLY_ENDED`].
+    recently_ended: VecDeque<String>,
 }
 
 impl RunTable {
@@ -38,6 +47,22 @@ impl RunTable {
             queue.remove(&run.seq);
         }
         self.delayed.remove(&(run.not_before_ms, run.seq));
+        if self.recently_ended.len() == RECENTLY_ENDED {
+            self.recently_ended.pop_front();
+        }
+        self.recently_ended.push_back(run.id.clone());
+    }
+
+    /// Ids of unfinished and recently ended runs that contain `fragment`, in id order,
+    /// at most `limit`.
+    pub fn ids_containing(&self, fragment: &str, limit: usize) -> Vec<String> {
+        let found: BTreeSet<&String> = self
+            .active
+            .keys()
+            .chain(self.recently_ended.iter())
+            .filter(|id| id.contains(fragment))
+            .collect();
+        found.into_iter().take(limit).cloned().collect()
     }
 
     /// Puts a queued run where it waits at `now_ms`: its pool's queue, or the back-off
@@ -148,5 +173,25 @@ mod tests {
         assert!(table.by_job.is_empty());
         assert!(!table.has_queued("default"));
         assert_eq!(table.next_release_ms(), None);
+    }
+
+    #[test]
+    fn substrings_find_unfinished_and_recently_ended_runs_only() {
+        let mut table = RunTable::default();
+        let ended = run("old-x1", 1, "default", 0);
+        table.activate(ended.clone());
+        table.deactivate(&ended);
+        table.activate(run("new-x2", 2, "default", 0));
+        assert_eq!(table.ids_containing("x", 10), ["new-x2", "old-x1"]);
+        assert_eq!(table.ids_containing("x", 1), ["new-x2"]);
+        assert_eq!(table.ids_containing("x1", 10), ["old-x1"]);
+        // Once RECENTLY_ENDED newer runs have ended, the old one is out of reach.
+        for seq in 0..RECENTLY_ENDED as u64 {
+            let r = run(&format!("r{seq}"), 10 + seq, "default", 0);
+            table.activate(r.clone());
+            table.deactivate(&r);
+        }
+        assert!(table.ids_containing("x1", 10).is_empty());
+        assert_eq!(table.ids_containing("x2", 10), ["new-x2"]);
     }
 }

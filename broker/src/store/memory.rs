@@ -72,22 +72,12 @@ impl Store for MemoryStore {
         list_newest_first(newest_first, filter)
     }
 
-    fn find_run_ids(&self, fragment: &str, limit: usize) -> StoreResult<Vec<String>> {
-        let by_prefix: Vec<String> = self
-            .run_ids
-            .range(fragment.to_string()..)
-            .map(|(id, _)| id)
-            .take_while(|id| id.starts_with(fragment))
-            .take(limit)
-            .cloned()
-            .collect();
-        if !by_prefix.is_empty() {
-            return Ok(by_prefix);
-        }
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
         Ok(self
             .run_ids
-            .keys()
-            .filter(|id| id.contains(fragment))
+            .range(prefix.to_string()..)
+            .map(|(id, _)| id)
+            .take_while(|id| id.starts_with(prefix))
             .take(limit)
             .cloned()
             .collect())

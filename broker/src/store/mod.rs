@@ -38,7 +38,9 @@ pub trait Store: Send {
     /// Newest first, filtered, at most `filter.limit`.
     fn runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>>;
     /// Ids starting with `prefix`, or else containing it; at most `limit`.
-    fn find_run_ids(&self, fragment: &str, limit: usize) -> StoreResult<Vec<String>>;
+    /// Ids of stored runs that start with `prefix`, in id order, at most `limit` (a range
+    /// read: it costs `limit`, not the number of runs).
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>>;
     /// The highest run sequence number stored, 0 if none.
     fn last_run_seq(&self) -> StoreResult<u64>;
     fn run_count(&self) -> StoreResult<u64>;

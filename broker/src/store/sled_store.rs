@@ -173,26 +173,13 @@ impl Store for SledStore {
         )
     }
 
-    fn find_run_ids(&self, fragment: &str, limit: usize) -> StoreResult<Vec<String>> {
-        let ids = |iter: sled::Iter| -> StoreResult<Vec<String>> {
-            let mut found = Vec::new();
-            for key in iter.keys() {
-                let key = key.map_err(backend)?;
-                let id = String::from_utf8_lossy(&key);
-                if id.contains(fragment) {
-                    found.push(id.into_owned());
-                    if found.len() >= limit {
-                        break;
-                    }
-                }
-            }
-            Ok(found)
-        };
-        let by_prefix = ids(self.run_ids.scan_prefix(fragment.as_bytes()))?;
-        if !by_prefix.is_empty() {
-            return Ok(by_prefix);
-        }
-        ids(self.run_ids.iter())
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
+        self.run_ids
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .take(limit)
+            .map(|key| Ok(String::from_utf8_lossy(&key.map_err(backend)?).into_owned()))
+            .collect()
     }
 
     fn last_run_seq(&self) -> StoreResult<u64> {

@@ -27,7 +27,7 @@ macro_rules! on_every_backend {
 on_every_backend!(
     runs_are_listed_newest_first_and_filtered,
     the_active_index_follows_the_state,
-    run_ids_are_found_by_prefix_then_substring,
+    run_ids_are_found_by_prefix,
     log_chunks_come_back_in_stream_order,
     listings_page_by_sequence_and_filter_by_time_job_and_worker,
     settings_workers_and_job_states_read_back,
@@ -82,7 +82,7 @@ fn the_active_index_follows_the_state(mut store: impl Store) {
     assert_eq!(store.run("aaa1").unwrap().unwrap().state, RunState::Failed);
 }
 
-fn run_ids_are_found_by_prefix_then_substring(mut store: impl Store) {
+fn run_ids_are_found_by_prefix(mut store: impl Store) {
     store
         .create_run(&run(1, "abc123", RunState::Queued))
         .unwrap();
@@ -92,10 +92,15 @@ fn run_ids_are_found_by_prefix_then_substring(mut store: impl Store) {
     store
         .create_run(&run(3, "xyz123", RunState::Queued))
         .unwrap();
-    assert_eq!(store.find_run_ids("ab", 10).unwrap().len(), 2);
-    assert_eq!(store.find_run_ids("abd", 10).unwrap(), ["abd456"]);
-    assert_eq!(store.find_run_ids("123", 10).unwrap().len(), 2);
-    assert!(store.find_run_ids("nope", 10).unwrap().is_empty());
+    assert_eq!(
+        store.run_ids_with_prefix("ab", 10).unwrap(),
+        ["abc123", "abd456"]
+    );
+    assert_eq!(store.run_ids_with_prefix("ab", 1).unwrap(), ["abc123"]);
+    assert_eq!(store.run_ids_with_prefix("abd", 10).unwrap(), ["abd456"]);
+    // A substring is not a prefix: the store does not walk every id for it.
+    assert!(store.run_ids_with_prefix("123", 10).unwrap().is_empty());
+    assert!(store.run_ids_with_prefix("nope", 10).unwrap().is_empty());
 }
 
 fn log_chunks_come_back_in_stream_order(mut store: impl Store) {

@@ -78,7 +78,9 @@ impl<S: Store> Core<S> {
         Ok(KillOutcome::Killing { run_id, worker })
     }
 
-    /// Resolves a full id, a unique prefix or a unique substring to one run id.
+    /// Resolves a full id, a unique prefix (of any stored run) or a unique substring (of
+    /// an unfinished or recently ended run) to one run id. Each step is a lookup, a range
+    /// or a bounded walk: no step reads every stored id.
     pub(in crate::core) fn resolve(
         &self,
         selector: &str,
@@ -86,7 +88,12 @@ impl<S: Store> Core<S> {
         if self.runs.active.contains_key(selector) || self.store.run(selector)?.is_some() {
             return Ok(Ok(selector.to_string()));
         }
-        let mut candidates = self.store.find_run_ids(selector, MAX_CANDIDATES + 1)?;
+        let mut candidates = self
+            .store
+            .run_ids_with_prefix(selector, MAX_CANDIDATES + 1)?;
+        if candidates.is_empty() {
+            candidates = self.runs.ids_containing(selector, MAX_CANDIDATES + 1);
+        }
         Ok(match candidates.len() {
             0 => Err(KillOutcome::NotFound {
                 selector: selector.to_string(),
