@@ -15,6 +15,7 @@ pub mod names;
 pub mod replay;
 pub mod request;
 pub mod run;
+pub mod secret;
 pub mod state;
 
 pub use envelope::{Opened, Rejection, Sealer, Secret};
