@@ -403,3 +403,6 @@ fn deliver(frame: &[u8], opener: &mut Opener, key: &Secret, pending: &mut Pendin
         Err(why) => tracing::warn!(%why, "ignoring an invalid frame from the broker"),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -60,7 +60,8 @@ impl Reporter {
             .unwrap_or(true)
     }
 
-    fn front(&self, n: usize) -> Vec<WorkerRequest> {
+    /// The first `n` reports still to be acknowledged, oldest first.
+    pub(crate) fn front(&self, n: usize) -> Vec<WorkerRequest> {
         self.inner
             .queue
             .lock()
@@ -148,5 +149,64 @@ impl Reporter {
                 backoff = Duration::from_millis(50);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(offset: u64, bytes: usize) -> WorkerRequest {
+        WorkerRequest::LogChunk {
+            run_id: "r1".into(),
+            offset,
+            data: vec![b'x'; bytes],
+        }
+    }
+
+    fn started() -> WorkerRequest {
+        WorkerRequest::RunStarted {
+            run_id: "r1".into(),
+            pid: 1,
+            spawned_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn reports_wait_in_order_and_count_their_log_bytes() {
+        let reporter = Reporter::default();
+        assert!(reporter.is_empty());
+        reporter.push(started());
+        reporter.push(chunk(0, 10));
+        reporter.push(chunk(10, 5));
+        assert_eq!(reporter.log_backlog(), 15);
+        assert_eq!(reporter.front(2), vec![started(), chunk(0, 10)]);
+        assert_eq!(reporter.front(10).len(), 3);
+    }
+
+    #[test]
+    fn only_acknowledged_reports_leave_the_queue_and_the_rest_keep_their_order() {
+        let reporter = Reporter::default();
+        reporter.push(started());
+        reporter.push(chunk(0, 10));
+        reporter.push(chunk(10, 5));
+        // The middle one timed out: it stays, ahead of anything pushed later.
+        reporter.remove_acked(&[true, false, true]);
+        assert_eq!(reporter.front(10), vec![chunk(0, 10)]);
+        assert_eq!(reporter.log_backlog(), 10);
+        reporter.push(chunk(15, 1));
+        assert_eq!(reporter.front(10), vec![chunk(0, 10), chunk(15, 1)]);
+        reporter.remove_acked(&[true, true]);
+        assert!(reporter.is_empty());
+        assert_eq!(reporter.log_backlog(), 0);
+    }
+
+    #[test]
+    fn clones_share_one_queue() {
+        let reporter = Reporter::default();
+        let runner_side = reporter.clone();
+        runner_side.push(chunk(0, 3));
+        assert_eq!(reporter.front(1), vec![chunk(0, 3)]);
+        assert_eq!(reporter.log_backlog(), 3);
     }
 }

@@ -205,3 +205,184 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{resolve, Args, FileConfig};
+    use crate::procfs;
+    use jobcast_protocol::{Exec, JobSpec};
+
+    fn config(scripts: &std::path::Path) -> Arc<WorkerConfig> {
+        let args = Args {
+            id: Some("w1".into()),
+            secret: Some("s3cret-s3cret-s3cret".into()),
+            ..Default::default()
+        };
+        let mut config = resolve(args, FileConfig::default()).unwrap();
+        config.script_temp_path = scripts.to_path_buf();
+        config.kill_grace = Duration::from_millis(500);
+        Arc::new(config)
+    }
+
+    fn assignment(run_id: &str, exec: Exec) -> Assignment {
+        Assignment {
+            run_id: run_id.into(),
+            attempt: 1,
+            scheduled_at_ms: 0,
+            job: JobSpec::new("job", "default", exec),
+        }
+    }
+
+    fn shell(line: &str) -> Exec {
+        Exec::Command(vec!["/bin/sh".into(), "-c".into(), line.into()])
+    }
+
+    /// A run id no other test (or test process) uses, so process lookups by it are exact.
+    fn unique_run_id(name: &str) -> String {
+        format!("{name}-{}-{}", std::process::id(), random_suffix())
+    }
+
+    fn random_suffix() -> u64 {
+        jobcast_protocol::envelope::random_nonce()
+    }
+
+    fn log_text(reports: &[WorkerRequest]) -> String {
+        let mut text = Vec::new();
+        for report in reports {
+            if let WorkerRequest::LogChunk { offset, data, .. } = report {
+                assert_eq!(*offset as usize, text.len(), "chunks arrive in order");
+                text.extend_from_slice(data);
+            }
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// Waits (bounded) until `check` holds.
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_reports_its_start_then_its_output_and_ends_with_its_exit_code() {
+        let scripts = tempfile::tempdir().unwrap();
+        let reporter = Reporter::default();
+        let (_stop, stop_rx) = watch::channel(false);
+        let run_id = unique_run_id("exit");
+        let finished = execute(
+            assignment(&run_id, shell("echo hello; echo world >&2; exit 3")),
+            config(scripts.path()),
+            reporter.clone(),
+            stop_rx,
+        )
+        .await;
+        assert_eq!(finished.run_id, run_id);
+        assert_eq!(finished.outcome, Outcome::Exited { code: 3 });
+        assert_eq!(finished.log_bytes, 12);
+        let reports = reporter.front(usize::MAX);
+        assert!(
+            matches!(&reports[0], WorkerRequest::RunStarted { run_id: id, pid, .. } if *id == run_id && *pid > 0),
+            "{reports:?}"
+        );
+        // stdout and stderr share one pipe, in the order they were written.
+        assert_eq!(log_text(&reports), "hello\nworld\n");
+    }
+
+    #[tokio::test]
+    async fn a_script_runs_by_its_interpreter_and_its_file_is_removed() {
+        let scripts = tempfile::tempdir().unwrap();
+        let reporter = Reporter::default();
+        let (_stop, stop_rx) = watch::channel(false);
+        let finished = execute(
+            assignment(
+                &unique_run_id("script"),
+                Exec::Script(
+                    "#!/bin/sh\necho \"run $JOBCAST_RUN_ID attempt $JOBCAST_ATTEMPT\"\n".into(),
+                ),
+            ),
+            config(scripts.path()),
+            reporter.clone(),
+            stop_rx,
+        )
+        .await;
+        assert_eq!(finished.outcome, Outcome::Exited { code: 0 });
+        let text = log_text(&reporter.front(usize::MAX));
+        assert_eq!(text, format!("run {} attempt 1\n", finished.run_id));
+        assert_eq!(std::fs::read_dir(scripts.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_run_over_its_timeout_is_killed_with_every_process_it_started() {
+        let scripts = tempfile::tempdir().unwrap();
+        let run_id = unique_run_id("timeout");
+        let mut job = assignment(&run_id, shell("sleep 30 & setsid sleep 30 & sleep 30"));
+        job.job.timeout_ms = Some(300);
+        let (_stop, stop_rx) = watch::channel(false);
+        let finished = execute(job, config(scripts.path()), Reporter::default(), stop_rx).await;
+        assert_eq!(finished.outcome, Outcome::TimedOut);
+        assert!(
+            procfs::processes_with_env("JOBCAST_RUN_ID", &run_id).is_empty(),
+            "a process of the run outlived it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_request_kills_the_run() {
+        let scripts = tempfile::tempdir().unwrap();
+        let run_id = unique_run_id("stop");
+        let reporter = Reporter::default();
+        let (stop, stop_rx) = watch::channel(false);
+        let running = tokio::spawn(execute(
+            assignment(&run_id, shell("sleep 30")),
+            config(scripts.path()),
+            reporter.clone(),
+            stop_rx,
+        ));
+        eventually("the run to start", || {
+            !procfs::processes_with_env("JOBCAST_RUN_ID", &run_id).is_empty()
+        })
+        .await;
+        stop.send(true).unwrap();
+        let finished = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the killed run did not end")
+            .unwrap();
+        assert_eq!(finished.outcome, Outcome::Killed);
+        assert!(procfs::processes_with_env("JOBCAST_RUN_ID", &run_id).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_run_asked_to_stop_before_it_starts_never_starts() {
+        let scripts = tempfile::tempdir().unwrap();
+        let reporter = Reporter::default();
+        let (_stop, stop_rx) = watch::channel(true);
+        let finished = execute(
+            assignment(&unique_run_id("never"), shell("echo should-not-run")),
+            config(scripts.path()),
+            reporter.clone(),
+            stop_rx,
+        )
+        .await;
+        assert_eq!(finished.outcome, Outcome::Killed);
+        assert!(reporter.front(usize::MAX).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_run_that_cannot_start_says_why() {
+        let scripts = tempfile::tempdir().unwrap();
+        let mut job = assignment(&unique_run_id("nostart"), shell("true"));
+        job.job.workdir = Some("/no/such/dir".into());
+        let (_stop, stop_rx) = watch::channel(false);
+        let finished = execute(job, config(scripts.path()), Reporter::default(), stop_rx).await;
+        assert_eq!(
+            finished.outcome,
+            Outcome::FailedToStart {
+                reason: "working directory /no/such/dir does not exist".into()
+            }
+        );
+    }
+}
