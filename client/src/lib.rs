@@ -231,6 +231,9 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(0.5 + spread)
 }
 
+/// Most requests taken from the queue in one go before the socket is served again.
+const MAX_TAKEN: usize = 1_024;
+
 /// The smallest number of waiters at which the task sweeps out abandoned ones.
 const MIN_SWEEP: usize = 256;
 
@@ -287,16 +290,31 @@ async fn run(
                     None => return,
                     Some(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
                     Some(Command::Send { request, reply_to }) => {
-                        let id = next_id;
-                        next_id += 1;
-                        if pending.len() >= sweep_at {
-                            // Forget waiters that gave up; their requests are still sent
-                            // (a caller may submit without waiting for the reply).
-                            pending.retain(|_, waiter| !waiter.reply_to.is_closed());
-                            sweep_at = (pending.len() * 2).max(MIN_SWEEP);
+                        // Take every request already queued before going back to the
+                        // socket: a burst (a worker's reports) then leaves as a burst,
+                        // and reaches the broker's same batch and flush.
+                        let mut next = Some((request, reply_to));
+                        let mut taken = 0;
+                        while let Some((request, reply_to)) = next.take() {
+                            let id = next_id;
+                            next_id += 1;
+                            if pending.len() >= sweep_at {
+                                // Forget waiters that gave up; their requests are still
+                                // sent (a caller may submit without waiting for the reply).
+                                pending.retain(|_, waiter| !waiter.reply_to.is_closed());
+                                sweep_at = (pending.len() * 2).max(MIN_SWEEP);
+                            }
+                            pending.insert(id, Waiter { reply_to, sent: false });
+                            backlog.push_back((id, Body::Request { id, request }));
+                            taken += 1;
+                            if taken < MAX_TAKEN {
+                                match commands.try_recv() {
+                                    Ok(Command::Send { request, reply_to }) => next = Some((request, reply_to)),
+                                    Ok(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
+                                    Err(_) => {}
+                                }
+                            }
                         }
-                        pending.insert(id, Waiter { reply_to, sent: false });
-                        backlog.push_back((id, Body::Request { id, request }));
                     }
                 },
                 ready = socket.wait(zmq::POLLIN) => {
