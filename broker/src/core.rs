@@ -54,6 +54,10 @@ const MAX_CANDIDATES: usize = 20;
 pub struct CoreConfig {
     pub heartbeat_interval_ms: u64,
     pub worker_timeout_ms: u64,
+    /// After a start, how long workers have to register again before their absence
+    /// counts (no `no_worker` alert, jobs for every worker wait). The broker sets it to
+    /// the worker timeout: a live worker has re-registered by then.
+    pub restart_grace_ms: u64,
     /// The pools each restricted worker key may register for; others may use any.
     pub worker_pools: HashMap<String, BTreeSet<String>>,
     /// The most log stored per run, whatever a worker declares.
@@ -68,6 +72,7 @@ impl Default for CoreConfig {
         CoreConfig {
             heartbeat_interval_ms: 1_000,
             worker_timeout_ms: 10_000,
+            restart_grace_ms: 10_000,
             worker_pools: HashMap::new(),
             max_log_bytes: 1 << 20,
             seed: None,

@@ -59,11 +59,8 @@ impl<S: Store> Core<S> {
                         ),
                     });
             }
-            let served = self
-                .workers
-                .sessions
-                .values()
-                .any(|s| s.register.pools.contains(&run.pool));
+            // Just after a start, workers are still registering again: no alarm yet.
+            let served = self.workers.serve_pool(&run.pool) || now < self.worker_grace_end();
             if !served {
                 standing
                     .entry((AlertKind::NoWorker, run.pool.clone()))

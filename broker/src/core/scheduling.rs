@@ -124,9 +124,28 @@ impl<S: Store> Core<S> {
             self.jobs.compile(job);
             return Ok(());
         };
+        // A job for every worker waits, after a broker start, until the workers have had
+        // the time to register again (or one of its pool has): deciding at once would find
+        // none and lose the tick.
+        let waits_for_workers = spec.policy.run_on_all_workers;
+        let grace_end = self.worker_grace_end();
+        if waits_for_workers && now < grace_end && !self.workers.serve_pool(&spec.pool) {
+            self.jobs
+                .next_fire
+                .set(job, Some((now + 1_000).min(grace_end)));
+            return Ok(());
+        }
+        // Ticks that waited for the workers are on time until the grace has ended.
+        let due = |tick: u64| {
+            if waits_for_workers && tick >= self.booted_at_ms {
+                tick.max(grace_end.min(now))
+            } else {
+                tick
+            }
+        };
         let (missed, on_time): (Vec<u64>, Vec<u64>) = ticks
             .iter()
-            .partition(|t| now.saturating_sub(**t) > MISFIRE_GRACE_MS);
+            .partition(|t| now.saturating_sub(due(**t)) > MISFIRE_GRACE_MS);
         // Which missed ticks still get a run, by the misfire policy.
         let catch_up: Vec<u64> = match spec.policy.misfire {
             Misfire::Skip => vec![],
@@ -141,16 +160,11 @@ impl<S: Store> Core<S> {
                 self.skip_tick(job, *tick, "missed while the broker was not running");
             }
         }
-        // Overlap is judged against the runs active before this pass, so that the
-        // catch-up runs of one pass do not skip each other.
-        let active_before: Vec<String> = self
-            .runs
-            .by_job
-            .get(job)
-            .map(|ids| ids.iter().cloned().collect())
-            .unwrap_or_default();
+        // Each tick is judged against the runs active when it is decided, including the
+        // ones earlier ticks of this pass started: `skip` never has two runs out, even
+        // when a pass catches up several ticks.
         for tick in catch_up.iter().chain(on_time.iter()) {
-            self.fire(&spec, &schedule, *tick, &active_before, now, out)?;
+            self.fire(&spec, &schedule, *tick, now, out)?;
         }
         if let Some(state) = self.jobs.states.get_mut(job) {
             state.last_tick_ms = latest;
@@ -160,13 +174,18 @@ impl<S: Store> Core<S> {
         Ok(())
     }
 
+    /// Until when, after a broker start, the absence of workers is not yet news: they
+    /// reconnect and register within about a worker timeout.
+    pub(super) fn worker_grace_end(&self) -> u64 {
+        self.booted_at_ms + self.config.restart_grace_ms
+    }
+
     /// One tick of a job: start a run, or record why not.
     fn fire(
         &mut self,
         spec: &JobSpec,
         schedule: &Schedule,
         tick: u64,
-        active_before: &[String],
         now: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
@@ -179,11 +198,12 @@ impl<S: Store> Core<S> {
             self.skip_tick(job, tick, "inside an exclusion window");
             return Ok(());
         }
-        let active: Vec<String> = active_before
-            .iter()
-            .filter(|id| self.runs.active.contains_key(*id))
-            .cloned()
-            .collect();
+        let active: Vec<String> = self
+            .runs
+            .by_job
+            .get(job)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
         if !active.is_empty() {
             match spec.policy.overlap {
                 Overlap::Skip => {

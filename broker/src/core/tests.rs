@@ -50,14 +50,19 @@ impl Harness {
     }
 
     fn with_config(store: MemoryStore, config: CoreConfig) -> Harness {
+        Self::started_at(store, config, T0)
+    }
+
+    /// A core that starts (or restarts, on a store an earlier one left) at `now` (µs).
+    fn started_at(store: MemoryStore, config: CoreConfig, now: u64) -> Harness {
         // A fixed seed: the same run ids on every run of the tests.
         let config = CoreConfig {
             seed: config.seed.or(Some(1)),
             ..config
         };
         let mut h = Harness {
-            core: Core::new(store, config, T0).unwrap(),
-            now: T0,
+            core: Core::new(store, config, now).unwrap(),
+            now,
             next_id: 1,
         };
         h.admin(AdminRequest::ApplyJobs {

@@ -62,6 +62,13 @@ impl WorkerTable {
         true
     }
 
+    /// Whether some connected worker serves `pool`.
+    pub fn serve_pool(&self, pool: &str) -> bool {
+        self.sessions
+            .values()
+            .any(|s| s.register.pools.iter().any(|p| p == pool))
+    }
+
     /// The refusal for a worker that is not connected, naming those that are.
     pub fn unknown(&self, worker: &str) -> CoreError {
         CoreError::NoSuchWorker {

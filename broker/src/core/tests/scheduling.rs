@@ -157,7 +157,7 @@ fn misfire_policies_after_a_three_hour_outage() {
             h.now = (h.now / 3_600_000_000 + 1) * 3_600_000_000 + 1_000_000;
             start = h.now;
             h.apply_toml(&format!(
-                "[jobs.hourly]\ncommand = \"true\"\ncron = \"0 * * * *\"\nmisfire = \"{policy}\""
+                "[jobs.hourly]\ncommand = \"true\"\ncron = \"0 * * * *\"\nmisfire = \"{policy}\"\noverlap = \"allow\""
             ));
             // The broker stops; the next one opens what it stored.
             store = h.core.into_store();
@@ -206,6 +206,68 @@ fn misfire_all_is_bounded_by_max_catchup() {
     h.tick();
     assert_eq!(h.runs_of("minutely").len(), 5);
     assert!(h.job_state("minutely").skipped_ticks >= 170);
+}
+
+#[test]
+fn overlap_holds_across_the_ticks_one_pass_catches_up() {
+    // An every-second job, 16 ticks behind when the broker comes back (11 of them missed,
+    // caught up by misfire = "all"): overlap judges each tick against the runs the earlier
+    // ones of the same pass made.
+    for (overlap, runs_out, skipped) in [("skip", 1, 15), ("queue", 16, 0), ("allow", 16, 0)] {
+        let mut store = MemoryStore::default();
+        let start;
+        {
+            let mut h = Harness::with_store(std::mem::take(&mut store));
+            h.now = (h.now / 60_000_000 + 1) * 60_000_000 + 500_000;
+            start = h.now;
+            h.apply_toml(&format!(
+                "[jobs.sec]\ncommand = \"true\"\nevery = \"1s\"\nmisfire = \"all\"\nmax_catchup = 100\noverlap = \"{overlap}\""
+            ));
+            store = h.core.into_store();
+        }
+        let mut h = Harness::with_store(std::mem::take(&mut store));
+        // Ten ticks were missed (more than the misfire grace ago), none is on time.
+        h.now = start + 10 * 1_000_000 + MISFIRE_GRACE_MS * 1_000 + 600_000;
+        h.tick();
+        let active = h
+            .runs_of("sec")
+            .iter()
+            .filter(|r| !r.state.is_terminal())
+            .count();
+        assert!(active <= runs_out, "{overlap}: {active} runs out");
+        assert_eq!(h.runs_of("sec").len(), runs_out, "{overlap}");
+        assert_eq!(h.job_state("sec").skipped_ticks, skipped, "{overlap}");
+    }
+}
+
+#[test]
+fn a_cron_job_applied_in_the_second_pass_of_a_repeated_hour_keeps_firing() {
+    // Amsterdam, 2026-10-25: 02:00-03:00 local happens twice; 01:05 UTC is 02:05 in the
+    // second pass.
+    let mut h = Harness::with_config(MemoryStore::default(), patient());
+    h.now = 1_792_890_300_000_000; // 2026-10-25T01:05:00Z
+    h.apply_toml(
+        "[jobs.half]\ncommand = \"x\"\ncron = \"*/30 * * * *\"\ntimezone = \"Europe/Amsterdam\"\noverlap = \"allow\"\n\
+         [jobs.fixed]\ncommand = \"x\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Amsterdam\"",
+    );
+    let next = |h: &Harness, job: &str| {
+        h.core
+            .job_views()
+            .into_iter()
+            .find(|j| j.spec.name == job)
+            .and_then(|j| j.next_fire_ms)
+    };
+    // */30: 02:30 of the second pass (01:30 UTC); 30 2: the next day's 02:30 (01:30 UTC).
+    assert_eq!(next(&h, "half"), Some(1_792_891_800_000));
+    assert_eq!(next(&h, "fixed"), Some(1_792_891_800_000 + 86_400_000));
+    h.run_clock_for(3_600 * SECOND);
+    let fired: Vec<u64> = h
+        .runs_of("half")
+        .iter()
+        .map(|r| r.scheduled_at_ms)
+        .collect();
+    assert_eq!(fired, [1_792_891_800_000, 1_792_893_600_000]);
+    assert!(h.runs_of("fixed").is_empty());
 }
 
 #[test]
@@ -449,6 +511,72 @@ fn run_on_all_workers_makes_one_pinned_run_per_live_worker() {
     assert_eq!(w2.len(), 1);
     assert_ne!(w1, w2);
     assert!(h.claim("g1", 4).is_empty());
+}
+
+#[test]
+fn after_a_restart_jobs_for_every_worker_wait_for_the_workers_to_register_again() {
+    let mut store = MemoryStore::default();
+    let start;
+    {
+        let mut h = Harness::with_config(std::mem::take(&mut store), patient());
+        h.now = (h.now / 60_000_000 + 1) * 60_000_000 - 2_000_000; // 2 s before a minute
+        start = h.now;
+        h.register("w1", 4, &["default"], &[]);
+        h.register("w2", 4, &["default"], &[]);
+        h.apply_toml(
+            "[jobs.everywhere]\ncommand = \"x\"\nevery = \"1m\"\nrun_on_all_workers = true",
+        );
+        store = h.core.into_store();
+    }
+    // The broker restarts a second before the tick; the workers are back 4 s after it.
+    let mut h = Harness::started_at(std::mem::take(&mut store), patient(), start + 1_000_000);
+    let mut notes = h.run_clock_for(5 * SECOND);
+    assert!(
+        h.runs_of("everywhere").is_empty(),
+        "decided before the workers came back"
+    );
+    h.register("w1", 4, &["default"], &[]);
+    h.register("w2", 4, &["default"], &[]);
+    notes.extend(h.run_clock_for(2 * SECOND));
+    let runs = h.runs_of("everywhere");
+    assert_eq!(
+        runs.len(),
+        2,
+        "one run per worker for the tick they were away for"
+    );
+    assert_eq!(runs[0].scheduled_at_ms, (start + 2_000_000) / 1_000);
+    assert!(
+        notes.iter().all(|n| n.kind != AlertKind::NoWorker),
+        "no alarm for workers that were only registering again: {notes:?}"
+    );
+    assert_eq!(h.job_state("everywhere").skipped_ticks, 0);
+}
+
+#[test]
+fn with_no_worker_back_within_the_grace_the_tick_is_skipped_and_reported() {
+    let mut store = MemoryStore::default();
+    let start;
+    {
+        let mut h = Harness::with_config(std::mem::take(&mut store), patient());
+        h.now = (h.now / 60_000_000 + 1) * 60_000_000 - 2_000_000;
+        start = h.now;
+        h.apply_toml(
+            "[jobs.everywhere]\ncommand = \"x\"\nevery = \"1m\"\nrun_on_all_workers = true",
+        );
+        store = h.core.into_store();
+    }
+    let mut h = Harness::started_at(std::mem::take(&mut store), patient(), start + 1_000_000);
+    let notes = h.run_clock_for(12 * SECOND);
+    assert!(h.runs_of("everywhere").is_empty());
+    assert_eq!(h.job_state("everywhere").skipped_ticks, 1);
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n.kind == AlertKind::NoWorker)
+            .count(),
+        1,
+        "{notes:?}"
+    );
 }
 
 #[test]
