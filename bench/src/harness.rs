@@ -360,6 +360,7 @@ impl SyntheticWorker {
                     pools: vec![pool.to_string()],
                     running: vec![],
                     max_log_bytes: 1 << 20,
+                    instance: jobcast_protocol::envelope::random_nonce().max(1),
                 }),
                 TIMEOUT,
             )

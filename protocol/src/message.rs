@@ -33,6 +33,11 @@ pub enum Reply {
         boot_id: u64,
         heartbeat_interval_ms: u64,
         orders: Orders,
+        /// Runs granted to this worker process (same `instance`) that its registration did
+        /// not report: their `Granted` answer was lost or is still on its way. Start each
+        /// one unless it is already started (the late answer names the same runs).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resume: Vec<Assignment>,
     },
     Ack,
     Orders(Orders),
@@ -101,6 +106,16 @@ pub struct Register {
     pub running: Vec<RunId>,
     /// The worker's log cap; the broker keeps stored logs of its runs to the same cap.
     pub max_log_bytes: u64,
+    /// Chosen at random when the worker process starts, the same in each of its
+    /// registrations: a grant to this very process that it does not report was never
+    /// started (its answer has not arrived), rather than lost with a dead process. 0: not
+    /// known (every unreported run is then lost).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub instance: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +138,18 @@ pub struct Assignment {
     pub attempt: u32,
     pub scheduled_at_ms: u64,
     pub job: JobSpec,
+}
+
+impl Assignment {
+    /// What a worker needs of `run` to execute it.
+    pub fn of(run: &crate::run::RunRecord) -> Assignment {
+        Assignment {
+            run_id: run.id.clone(),
+            attempt: run.attempt,
+            scheduled_at_ms: run.scheduled_at_ms,
+            job: run.spec.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -106,6 +106,10 @@ pub struct RunRecord {
     /// Shared by the runs one tick created on every worker.
     #[serde(default)]
     pub schedule_id: Option<String>,
+    /// The worker process (its `Register::instance`) the run was granted to, while it is
+    /// assigned or running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_instance: Option<u64>,
     pub history: Vec<Transition>,
     /// The job as it was when the run was created, so later edits do not change it.
     pub spec: JobSpec,
@@ -146,6 +150,7 @@ impl RunRecord {
             spawned_at_us: None,
             ended_at_us: None,
             schedule_id: None,
+            worker_instance: None,
             history: vec![Transition {
                 state: RunState::Queued,
                 at_ms: created_at_ms,

@@ -74,6 +74,7 @@ fn record() -> RunRecord {
         spawned_at_us: None,
         ended_at_us: None,
         schedule_id: None,
+        worker_instance: Some(77),
         history: vec![Transition {
             state: RunState::Queued,
             at_ms: NOW,
@@ -116,6 +117,7 @@ fn every_request() -> Vec<Request> {
             pools: vec!["default".into()],
             running: vec!["r1".into()],
             max_log_bytes: 800 << 10,
+            instance: 77,
         }),
         WorkerRequest::Heartbeat(Heartbeat {
             running: vec![],
@@ -196,6 +198,7 @@ fn every_reply() -> Vec<Reply> {
                 kill: vec!["r1".into()],
                 drain: false,
             },
+            resume: vec![],
         },
         Reply::Ack,
         Reply::Orders(Orders {

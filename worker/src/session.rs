@@ -90,6 +90,8 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
         Identity {
             hostname: crate::config::hostname(),
             pid: std::process::id(),
+            // Never 0, which means "not known" to the broker.
+            instance: jobcast_protocol::envelope::random_nonce().max(1),
             version: JOBCAST_VERSION.to_string(),
             concurrency: config.concurrency,
             pools: config.pools.clone(),

@@ -76,6 +76,9 @@ pub enum Action {
 pub struct Identity {
     pub hostname: String,
     pub pid: u32,
+    /// Random, chosen when the process starts: tells the broker that a registration comes
+    /// from the process it granted runs to, which never starts a run it does not hold.
+    pub instance: u64,
     pub version: String,
     pub concurrency: u32,
     pub pools: Vec<String>,
@@ -191,6 +194,7 @@ impl WorkerState {
                 pools: identity.pools.clone(),
                 running: self.running_ids(),
                 max_log_bytes: identity.max_log_bytes,
+                instance: identity.instance,
             }),
         );
     }
@@ -314,6 +318,7 @@ impl WorkerState {
                 boot_id,
                 heartbeat_interval_ms,
                 orders,
+                resume,
             } => {
                 if self.boot_id != Some(boot_id) {
                     tracing::info!(boot_id, "registered with the broker");
@@ -323,7 +328,15 @@ impl WorkerState {
                 self.registered = true;
                 self.want_work = true;
                 self.apply(orders, now_ms, &mut actions);
-                self.maybe_claim(now_ms, &mut actions);
+                if !resume.is_empty() {
+                    tracing::info!(
+                        runs = resume.len(),
+                        "the broker resends grants whose answer did not arrive"
+                    );
+                }
+                // The same rules as any grant: a run already held (its late answer came
+                // first) is not started twice.
+                self.granted(resume, now_ms, &mut actions);
             }
             Reply::Orders(orders) => self.apply(orders, now_ms, &mut actions),
             Reply::Granted { runs, more_queued } => {

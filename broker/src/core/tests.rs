@@ -23,6 +23,8 @@ fn registration(pools: &[&str], max_log_bytes: u64) -> Register {
         pools: pools.iter().map(|p| p.to_string()).collect(),
         running: vec![],
         max_log_bytes,
+        // The same worker process in every registration, unless a test says otherwise.
+        instance: 7,
     }
 }
 

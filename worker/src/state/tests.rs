@@ -7,6 +7,7 @@ fn identity(concurrency: u32) -> Identity {
     Identity {
         hostname: "host".into(),
         pid: 42,
+        instance: 7,
         version: "test".into(),
         concurrency,
         pools: vec!["default".into()],
@@ -30,10 +31,16 @@ fn assignment(run_id: &str) -> Assignment {
 }
 
 fn registered_reply() -> Answer {
+    registered_resuming(&[])
+}
+
+/// The broker's answer to a registration, resending grants whose answer was lost.
+fn registered_resuming(runs: &[&str]) -> Answer {
     Answer::Reply(Reply::Registered {
         boot_id: 7,
         heartbeat_interval_ms: 1_000,
         orders: Orders::default(),
+        resume: runs.iter().map(|r| assignment(r)).collect(),
     })
 }
 
@@ -332,4 +339,69 @@ fn failed_requests_change_nothing_but_their_in_flight_flag() {
     // The next heartbeat claims again.
     let actions = state.on_timer(1_000);
     assert!(claim_in(&actions).is_some());
+}
+
+#[test]
+fn a_grant_resent_at_registration_starts_once_whichever_answer_comes_first() {
+    // The worker registers twice (a stale "not registered" answer crossed its first
+    // registration); a claim's grant is on its way when the second one is answered.
+    let (mut state, claim) = registered(2);
+    let again = state.on_answer(
+        Purpose::Heartbeat,
+        Answer::Reply(Reply::Error {
+            code: ErrorCode::NotRegistered,
+            message: "register first".into(),
+        }),
+        5,
+    );
+    let Some(Action::Request {
+        request: WorkerRequest::Register(register),
+        ..
+    }) = again.first()
+    else {
+        panic!("no second registration: {again:?}")
+    };
+    assert_eq!(register.instance, 7, "the same process says so");
+    assert!(register.running.is_empty());
+    // The broker resends the grant with its answer: the run starts now...
+    let actions = state.on_answer(Purpose::Register, registered_resuming(&["r1"]), 6);
+    assert_eq!(started(&actions), ["r1"]);
+    // ...and the late answer to the claim, naming the same run, starts nothing more.
+    let actions = state.on_answer(claim, granted(&["r1"], false), 7);
+    assert!(started(&actions).is_empty(), "{actions:?}");
+    assert_eq!(state.running_ids(), ["r1"]);
+}
+
+#[test]
+fn a_grant_whose_answer_came_first_is_not_started_again_when_resent() {
+    let (mut state, claim) = registered(2);
+    assert_eq!(
+        started(&state.on_answer(claim, granted(&["r1"], false), 5)),
+        ["r1"]
+    );
+    state.on_answer(
+        Purpose::Heartbeat,
+        Answer::Reply(Reply::Error {
+            code: ErrorCode::NotRegistered,
+            message: "register first".into(),
+        }),
+        6,
+    );
+    let actions = state.on_answer(Purpose::Register, registered_resuming(&["r1"]), 7);
+    assert!(started(&actions).is_empty(), "{actions:?}");
+}
+
+#[test]
+fn a_draining_worker_hands_resent_grants_back() {
+    let (mut state, _claim) = registered(1);
+    state.on_signal("SIGTERM", 1);
+    let actions = state.on_answer(Purpose::Register, registered_resuming(&["r9"]), 2);
+    assert!(started(&actions).is_empty());
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Request {
+            request: WorkerRequest::Release { run_ids },
+            ..
+        } if run_ids == &["r9".to_string()]
+    )));
 }

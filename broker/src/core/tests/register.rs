@@ -81,3 +81,103 @@ fn a_worker_key_limited_to_pools_cannot_register_for_another() {
     assert_eq!(h.claim("w1", 1), Vec::<String>::new());
     assert_eq!(h.claim("w2", 1).len(), 1);
 }
+
+/// Registers `worker` as process `instance`, reporting `running`; the whole answer.
+fn register_as(h: &mut Harness, worker: &str, instance: u64, running: &[&str]) -> Reply {
+    let mut register = registration(&["default"], 4096);
+    register.concurrency = 4;
+    register.instance = instance;
+    register.running = running.iter().map(|r| r.to_string()).collect();
+    h.worker(worker, WorkerRequest::Register(register))
+}
+
+fn resumed(reply: &Reply) -> Vec<String> {
+    match reply {
+        Reply::Registered { resume, .. } => resume.iter().map(|a| a.run_id.clone()).collect(),
+        other => panic!("not registered: {other:?}"),
+    }
+}
+
+#[test]
+fn a_second_registration_crossing_a_grant_gets_the_grant_again_not_a_lost_run() {
+    // The race from a broker restart: the worker registers, claims, and registers again
+    // (a stale "not registered" answer) before the grant's answer reaches it. In order,
+    // as the broker sees them:
+    let mut h = Harness::new();
+    assert!(resumed(&register_as(&mut h, "w1", 7, &[])).is_empty());
+    let run = h.enqueue("hello");
+    assert_eq!(h.claim("w1", 1), vec![run.clone()]); // the answer is still travelling
+    let again = register_as(&mut h, "w1", 7, &[]);
+    // Not lost: the same process never started it, and gets it with this answer.
+    assert_eq!(h.state(&run), RunState::Assigned);
+    assert_eq!(resumed(&again), vec![run.clone()]);
+    // It starts and finishes as any run.
+    h.worker(
+        "w1",
+        WorkerRequest::RunStarted {
+            run_id: run.clone(),
+            pid: 9,
+            spawned_at_us: 0,
+        },
+    );
+    h.finish("w1", &run, Outcome::Exited { code: 0 });
+    assert_eq!(h.state(&run), RunState::Succeeded);
+    let history: Vec<String> = h
+        .core
+        .store()
+        .run(&run)
+        .unwrap()
+        .unwrap()
+        .history
+        .iter()
+        .map(|t| t.state.to_string())
+        .collect();
+    assert_eq!(history, ["queued", "assigned", "running", "succeeded"]);
+}
+
+#[test]
+fn a_grant_whose_answer_died_with_the_broker_is_resent_after_the_restart() {
+    let mut h = Harness::new();
+    register_as(&mut h, "w1", 7, &[]);
+    let run = h.enqueue("hello");
+    h.claim("w1", 1); // committed; the broker is killed before the answer leaves
+    let mut h = Harness::with_store(h.core.into_store());
+    let reply = register_as(&mut h, "w1", 7, &[]);
+    assert_eq!(h.state(&run), RunState::Assigned);
+    assert_eq!(resumed(&reply), vec![run]);
+}
+
+#[test]
+fn a_new_worker_process_or_an_unknown_one_loses_what_the_old_one_was_granted() {
+    for instance in [8, 0] {
+        let mut h = Harness::new();
+        register_as(&mut h, "w1", 7, &[]);
+        let run = h.enqueue("hello");
+        h.claim("w1", 1);
+        // A different process (the worker restarted), or one that does not say: the old
+        // one may have started the run before it died.
+        let reply = register_as(&mut h, "w1", instance, &[]);
+        assert!(resumed(&reply).is_empty());
+        assert_eq!(h.state(&run), RunState::Lost, "instance {instance}");
+    }
+}
+
+#[test]
+fn a_run_handed_back_is_not_the_workers_any_more() {
+    let mut h = Harness::new();
+    register_as(&mut h, "w1", 7, &[]);
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.worker(
+        "w1",
+        WorkerRequest::Release {
+            run_ids: vec![run.clone()],
+        },
+    );
+    // Registering again (another process) does not touch the queued run.
+    let reply = register_as(&mut h, "w1", 8, &[]);
+    assert!(resumed(&reply).is_empty());
+    assert_eq!(h.state(&run), RunState::Queued);
+    let stored = h.core.store().run(&run).unwrap().unwrap();
+    assert_eq!((stored.worker, stored.worker_instance), (None, None));
+}

@@ -66,6 +66,7 @@ impl<S: Store> Core<S> {
             .min(max as usize);
         let pools = session.register.pools.clone();
         let cap = session.register.max_log_bytes;
+        let instance = (session.register.instance != 0).then_some(session.register.instance);
         let mut granted = Vec::new();
         // Jobs with `overlap = queue` that already have a run out cannot get another.
         let mut busy_jobs: BTreeSet<String> = self
@@ -114,18 +115,14 @@ impl<S: Store> Core<S> {
                 continue;
             }
             run.worker = Some(worker.to_string());
+            run.worker_instance = instance;
             run.log_cap = cap;
             self.store.put_run(run)?;
             self.changes.runs.insert(run.id.clone());
             if run.spec.policy.overlap == Overlap::Queue {
                 busy_jobs.insert(run.job.clone());
             }
-            granted.push(Assignment {
-                run_id: run.id.clone(),
-                attempt: run.attempt,
-                scheduled_at_ms: run.scheduled_at_ms,
-                job: run.spec.clone(),
-            });
+            granted.push(Assignment::of(run));
             if let Some(session) = self.workers.sessions.get_mut(worker) {
                 session.runs.insert(run_id);
             }

@@ -3,7 +3,7 @@
 use crate::core::error::listed;
 use crate::core::{Core, CoreError, Handled, Outbox, PeerId, Session};
 use crate::store::Store;
-use jobcast_protocol::{names, Register, Reply, RunState, WorkerStatus};
+use jobcast_protocol::{names, Assignment, Register, Reply, RunState, WorkerStatus};
 use std::collections::BTreeSet;
 
 impl<S: Store> Core<S> {
@@ -41,20 +41,33 @@ impl<S: Store> Core<S> {
         let mut register = register;
         register.max_log_bytes = register.max_log_bytes.min(self.config.max_log_bytes);
         let reported: BTreeSet<&String> = register.running.iter().collect();
-        // Runs we believe are on this worker but that it does not report are lost: they
-        // may have been half executed and must not run again silently.
-        let ours: Vec<String> = self
+        let ours: Vec<(String, RunState, Option<u64>)> = self
             .runs
             .active
             .values()
             .filter(|r| r.worker.as_deref() == Some(worker))
-            .map(|r| r.id.clone())
+            .filter(|r| matches!(r.state, RunState::Assigned | RunState::Running))
+            .map(|r| (r.id.clone(), r.state, r.worker_instance))
             .collect();
         let mut kept = BTreeSet::new();
-        for run_id in ours {
+        let mut resume = Vec::new();
+        for (run_id, state, instance) in ours {
+            let same_process = register.instance != 0 && instance == Some(register.instance);
             if reported.contains(&run_id) {
                 kept.insert(run_id);
+            } else if state == RunState::Assigned && same_process {
+                // Granted to this very process, which does not hold it: the answer to its
+                // claim was lost or is still on its way, and the process starts only runs
+                // it holds. Nothing ran; it gets the grant again (a late answer names the
+                // same run, which it starts once).
+                tracing::info!(worker, run_id, "grant resent at registration");
+                if let Some(run) = self.runs.active.get(&run_id) {
+                    resume.push(Assignment::of(run));
+                }
+                kept.insert(run_id);
             } else {
+                // Started, or granted to a process that is gone: it may have been half
+                // executed and must not run again silently.
                 self.finish_as(
                     &run_id,
                     RunState::Lost,
@@ -100,6 +113,7 @@ impl<S: Store> Core<S> {
             boot_id: self.boot_id,
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
             orders: self.orders_for(worker, &running),
+            resume,
         })
     }
 }

@@ -29,6 +29,8 @@ impl<S: Store> Core<S> {
             {
                 continue;
             }
+            run.worker = None;
+            run.worker_instance = None;
             self.store.put_run(run)?;
             self.changes.runs.insert(run.id.clone());
             let run = run.clone();
