@@ -225,7 +225,12 @@ impl Broker {
         for chunk in 0..n.div_ceil(1_000) {
             let count = (n - chunk * 1_000).min(1_000);
             let pending: Vec<_> = (0..count)
-                .map(|_| self.admin.submit(AdminRequest::Enqueue { job: job.into() }))
+                .map(|_| {
+                    self.admin.submit(AdminRequest::Enqueue {
+                        job: job.into(),
+                        key: None,
+                    })
+                })
                 .collect();
             for reply in pending {
                 match reply.wait(TIMEOUT).await? {

@@ -52,8 +52,16 @@ pub(crate) enum Command {
         #[arg(required = true)]
         runs: Vec<String>,
     },
-    /// Queue a run of a job now.
-    Enqueue { job: String },
+    /// Queue a run of a job now. If the broker's answer does not come (a lost connection,
+    /// a broker restart), the request is sent again with the same idempotency key, so it
+    /// creates one run however often it is sent.
+    Enqueue {
+        job: String,
+        /// The idempotency key (default: a random one for this call). A script that may
+        /// run `enqueue` twice for the same reason passes its own.
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// List runs, newest first.
     Runs {
         #[arg(long)]

@@ -11,7 +11,8 @@ mod table;
 use anyhow::{bail, Context, Result};
 use args::{Args, Command};
 use clap::Parser;
-use jobcast_client::{Client, ClientConfig};
+use jobcast_client::{Client, ClientConfig, ClientError};
+use jobcast_protocol::envelope::random_nonce;
 use jobcast_protocol::{jobfile, AdminRequest, EnableTarget, Reply, RunFilter, Secret};
 use serde::Serialize;
 use show::{describe_schedule, format_time, print_runs};
@@ -73,6 +74,27 @@ impl Ctl {
         Ok(reply)
     }
 
+    /// Like [`Self::call`] for a request that is safe to repeat (it carries an idempotency
+    /// key): sent again, up to `ATTEMPTS` times in all, when no answer came.
+    pub(crate) async fn call_again_if_unanswered(&self, request: AdminRequest) -> Result<Reply> {
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            match self.client.request(request.clone(), self.timeout).await {
+                Ok(Reply::Error { code, message }) => bail!("{message} ({code:?})"),
+                Ok(reply) => return Ok(reply),
+                Err(e @ (ClientError::Disconnected | ClientError::Timeout(_)))
+                    if attempt < ATTEMPTS =>
+                {
+                    eprintln!("jobcastctl: {e}; asking again (attempt {})", attempt + 1);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn print_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);
         Ok(())
@@ -106,8 +128,13 @@ async fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Ping { worker, wait } => ping::ping(&ctl, worker, wait).await,
         Command::Kill { runs } => kill::kill(&ctl, runs).await,
-        Command::Enqueue { job } => {
-            let Reply::Enqueued { run } = ctl.call(AdminRequest::Enqueue { job }).await? else {
+        Command::Enqueue { job, key } => {
+            let key = key.unwrap_or_else(|| format!("{:016x}", random_nonce()));
+            let request = AdminRequest::Enqueue {
+                job,
+                key: Some(key),
+            };
+            let Reply::Enqueued { run } = ctl.call_again_if_unanswered(request).await? else {
                 bail!("unexpected reply");
             };
             if ctl.json {

@@ -387,6 +387,18 @@ impl Cluster {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (u16, String) {
+        self.api_request(method, path, token, &[], body)
+    }
+
+    /// An API call with extra headers.
+    pub fn api_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> (u16, String) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))
@@ -400,12 +412,18 @@ impl Cluster {
                 if let Some(auth) = &auth {
                     request = request.header("Authorization", auth);
                 }
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
                 request.call()
             }
             "POST" => {
                 let mut request = agent.post(&url);
                 if let Some(auth) = &auth {
                     request = request.header("Authorization", auth);
+                }
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
                 }
                 request.send(body.unwrap_or_default())
             }

@@ -129,6 +129,35 @@ fn actions_are_recorded_with_the_name_of_the_token_that_asked() {
 }
 
 #[test]
+fn an_enqueue_retried_with_its_idempotency_key_makes_one_run() {
+    let cluster = cluster_with_jobs();
+    let call = || {
+        cluster.api_request(
+            "POST",
+            "/api/v1/jobs/hello/enqueue",
+            Some(OPERATOR_TOKEN),
+            &[("Idempotency-Key", "order-4711")],
+            None,
+        )
+    };
+    let (status, first) = call();
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = call();
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(json(&first)["id"], json(&again)["id"]);
+    // jobcastctl: the key it is given, or its own, reused when it asks again.
+    let out = cluster.ctl(&["enqueue", "hello", "--key", "order-4711"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        printed.contains(json(&first)["id"].as_str().unwrap()),
+        "{printed}"
+    );
+    let (_, body) = cluster.api("GET", "/api/v1/runs?job=hello", Some(VIEWER_TOKEN));
+    assert_eq!(json(&body).as_array().map(Vec::len), Some(1), "{body}");
+}
+
+#[test]
 fn an_operator_enqueues_follows_kills_and_retries() {
     let cluster = cluster_with_jobs();
     let (status, body) = cluster.api("POST", "/api/v1/jobs/hello/enqueue", Some(OPERATOR_TOKEN));

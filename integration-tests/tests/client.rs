@@ -22,6 +22,7 @@ async fn requests_made_while_the_broker_is_down_are_all_delivered_in_order() {
     for _ in 0..3_000 {
         drop(client.submit(AdminRequest::Enqueue {
             job: "parked".into(),
+            key: None,
         }));
     }
     let status = client.submit(AdminRequest::Status);

@@ -174,6 +174,7 @@ async fn a_request_captured_before_a_restart_is_refused_after_it() {
         id: 1,
         request: AdminRequest::Enqueue {
             job: "quick".into(),
+            key: None,
         }
         .into(),
     };

@@ -26,7 +26,10 @@ async fn a_stopped_worker_leaves_broker_memory_bounded_and_others_running() {
     let enqueue = |client: Client| async move {
         match client
             .request(
-                AdminRequest::Enqueue { job: "tick".into() },
+                AdminRequest::Enqueue {
+                    job: "tick".into(),
+                    key: None,
+                },
                 Duration::from_secs(5),
             )
             .await

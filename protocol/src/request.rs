@@ -71,6 +71,10 @@ pub enum AdminRequest {
     },
     Enqueue {
         job: String,
+        /// An idempotency key chosen by the client and reused when it retries: a second
+        /// `Enqueue` of the job with the same key answers with the run the first created.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     ListRuns(RunFilter),
     ListJobs,

@@ -161,6 +161,7 @@ fn every_request() -> Vec<Request> {
         },
         AdminRequest::Enqueue {
             job: "backup".into(),
+            key: None
         },
         AdminRequest::ListRuns(RunFilter {
             state: Some(RunState::Lost),

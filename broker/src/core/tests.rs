@@ -115,7 +115,10 @@ impl Harness {
     }
 
     fn enqueue(&mut self, job: &str) -> String {
-        match self.admin(AdminRequest::Enqueue { job: job.into() }) {
+        match self.admin(AdminRequest::Enqueue {
+            job: job.into(),
+            key: None,
+        }) {
             Reply::Enqueued { run } => run.id,
             other => panic!("enqueue: {other:?}"),
         }

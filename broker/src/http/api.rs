@@ -210,7 +210,18 @@ pub(super) async fn enqueue(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
-    enqueued(&app, &caller, AdminRequest::Enqueue { job: name }).await
+    // The usual header for it: a client that retries sends the same value, and gets the
+    // run the first request created.
+    let key = match headers.get("idempotency-key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    enqueued(&app, &caller, AdminRequest::Enqueue { job: name, key }).await
 }
 
 pub(super) async fn set_enabled(

@@ -1,10 +1,14 @@
-//! `Enqueue`: a run of a job, now.
+//! `Enqueue`: a run of a job, now; once per idempotency key.
 
 use crate::core::error::listed;
 use crate::core::scheduling::NewRun;
 use crate::core::{Core, CoreError, Handled, Outbox};
+use crate::schedule::derived_run_id;
 use crate::store::Store;
 use jobcast_protocol::Reply;
+
+/// Longest idempotency key accepted.
+pub(in crate::core) const MAX_KEY_LEN: usize = 128;
 
 impl<S: Store> Core<S> {
     pub(in crate::core) fn no_such_job(&self, name: &str) -> CoreError {
@@ -14,9 +18,12 @@ impl<S: Store> Core<S> {
         }
     }
 
+    /// With a `key`, the run's id is derived from (job, key): a retried request finds
+    /// the run the first one created, finished or not, and answers with it.
     pub(in crate::core) fn enqueue(
         &mut self,
         job: &str,
+        key: Option<&str>,
         actor: &str,
         now: u64,
         out: &mut Outbox,
@@ -24,11 +31,25 @@ impl<S: Store> Core<S> {
         let Some(spec) = self.jobs.specs.get(job).cloned() else {
             return Err(self.no_such_job(job));
         };
-        match self.create_run(
-            NewRun::of(spec, now, format!("enqueued by {actor}")),
-            now,
-            out,
-        )? {
+        let mut new = NewRun::of(spec, now, format!("enqueued by {actor}"));
+        if let Some(key) = key {
+            if key.is_empty() || key.len() > MAX_KEY_LEN {
+                return Err(CoreError::BadRequest(format!(
+                    "an idempotency key has 1 to {MAX_KEY_LEN} bytes"
+                )));
+            }
+            let id = derived_run_id(&["enqueue", job, key]);
+            let existing = match self.runs.active.get(&id) {
+                Some(run) => Some(run.clone()),
+                None => self.store.run(&id)?,
+            };
+            if let Some(run) = existing {
+                tracing::info!(job, run_id = %run.id, "enqueue repeated with the same key");
+                return Ok(Reply::Enqueued { run: Box::new(run) });
+            }
+            new.id = Some(id);
+        }
+        match self.create_run(new, now, out)? {
             Some(run) => Ok(Reply::Enqueued { run: Box::new(run) }),
             None => Err(CoreError::RunNotCreated),
         }

@@ -59,7 +59,9 @@ impl<S: Store> Core<S> {
                 return self.ping(asked, now_us, out);
             }
             AdminRequest::Kill { selectors } => self.kill_all(selectors, actor, now, out)?,
-            AdminRequest::Enqueue { job } => self.enqueue(&job, actor, now, out)?,
+            AdminRequest::Enqueue { job, key } => {
+                self.enqueue(&job, key.as_deref(), actor, now, out)?
+            }
             AdminRequest::ListRuns(filter) => self.list_runs(filter)?,
             AdminRequest::ListJobs => Reply::Jobs {
                 jobs: self.job_views(),

@@ -44,7 +44,8 @@ fn workers_and_admin_cannot_use_each_others_requests() {
         h.send(
             "w1",
             AdminRequest::Enqueue {
-                job: "hello".into()
+                job: "hello".into(),
+                key: None
             }
         )
         .0,
@@ -65,8 +66,10 @@ fn workers_and_admin_cannot_use_each_others_requests() {
 #[test]
 fn bad_admin_input_gets_clear_errors() {
     let mut h = Harness::new();
-    let Reply::Error { code, message } = h.admin(AdminRequest::Enqueue { job: "nope".into() })
-    else {
+    let Reply::Error { code, message } = h.admin(AdminRequest::Enqueue {
+        job: "nope".into(),
+        key: None,
+    }) else {
         panic!()
     };
     assert_eq!(code, ErrorCode::NotFound);
@@ -136,6 +139,7 @@ fn an_api_call_is_answered_in_process_and_recorded_under_its_token() {
             41,
             AdminRequest::Enqueue {
                 job: "hello".into(),
+                key: None,
             },
             h.now,
             &mut out,
@@ -154,6 +158,7 @@ fn an_api_call_is_answered_in_process_and_recorded_under_its_token() {
         ADMIN,
         AdminRequest::Enqueue {
             job: "hello".into(),
+            key: None,
         },
     );
     assert_eq!(

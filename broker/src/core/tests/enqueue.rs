@@ -9,6 +9,7 @@ fn an_enqueued_run_is_queued_for_its_jobs_pool_and_says_who_asked() {
         ADMIN,
         AdminRequest::Enqueue {
             job: "gpu-job".into(),
+            key: None,
         },
     );
     let Reply::Enqueued { run } = reply else {
@@ -30,11 +31,70 @@ fn an_enqueued_run_is_queued_for_its_jobs_pool_and_says_who_asked() {
 fn enqueueing_an_unknown_job_lists_the_known_ones_and_stores_nothing() {
     let mut h = Harness::new();
     let before = h.core.store().run_count().unwrap();
-    let Reply::Error { code, message } = h.admin(AdminRequest::Enqueue { job: "nope".into() })
-    else {
+    let Reply::Error { code, message } = h.admin(AdminRequest::Enqueue {
+        job: "nope".into(),
+        key: None,
+    }) else {
         panic!("an unknown job was enqueued")
     };
     assert_eq!(code, ErrorCode::NotFound);
     assert_eq!(message, "no job named \"nope\" (jobs: gpu-job, hello)");
     assert_eq!(h.core.store().run_count().unwrap(), before);
+}
+
+fn enqueue_with_key(h: &mut Harness, job: &str, key: &str) -> Reply {
+    h.admin(AdminRequest::Enqueue {
+        job: job.into(),
+        key: Some(key.into()),
+    })
+}
+
+fn run_id(reply: Reply) -> String {
+    match reply {
+        Reply::Enqueued { run } => run.id,
+        other => panic!("not enqueued: {other:?}"),
+    }
+}
+
+#[test]
+fn a_repeated_enqueue_with_the_same_key_answers_with_the_first_run() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]);
+    let first = run_id(enqueue_with_key(&mut h, "hello", "k-1"));
+    // A client that did not hear the answer asks again: the same run, nothing new.
+    assert_eq!(run_id(enqueue_with_key(&mut h, "hello", "k-1")), first);
+    assert_eq!(h.core.store().run_count().unwrap(), 1);
+    // Still so once the run has ended, and after a broker restart.
+    h.claim("w1", 1);
+    h.worker(
+        "w1",
+        WorkerRequest::RunStarted {
+            run_id: first.clone(),
+            pid: 3,
+            spawned_at_us: 0,
+        },
+    );
+    h.finish("w1", &first, Outcome::Exited { code: 0 });
+    let mut h = Harness::with_store(h.core.into_store());
+    assert_eq!(run_id(enqueue_with_key(&mut h, "hello", "k-1")), first);
+    assert_eq!(h.core.store().run_count().unwrap(), 1);
+    // Another key, or the same key for another job, is another request.
+    let second = run_id(enqueue_with_key(&mut h, "hello", "k-2"));
+    let other_job = run_id(enqueue_with_key(&mut h, "gpu-job", "k-1"));
+    assert_ne!(second, first);
+    assert_ne!(other_job, first);
+    assert_eq!(h.core.store().run_count().unwrap(), 3);
+}
+
+#[test]
+fn an_empty_or_overlong_key_is_refused() {
+    let mut h = Harness::new();
+    for key in [String::new(), "k".repeat(129)] {
+        let Reply::Error { code, message } = enqueue_with_key(&mut h, "hello", &key) else {
+            panic!("a bad key was accepted")
+        };
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert!(message.contains("idempotency key"), "{message}");
+    }
+    assert_eq!(h.core.store().run_count().unwrap(), 0);
 }

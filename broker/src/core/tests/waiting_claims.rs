@@ -41,6 +41,7 @@ fn a_waiting_claim_gets_a_run_in_the_batch_that_queues_it() {
         ADMIN,
         AdminRequest::Enqueue {
             job: "hello".into(),
+            key: None,
         },
     );
     let Reply::Enqueued { run } = reply else {
