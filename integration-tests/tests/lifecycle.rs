@@ -256,6 +256,62 @@ fn the_broker_killed_and_restarted_keeps_every_job_and_run() {
 }
 
 #[test]
+fn a_restarted_worker_ends_what_its_killed_predecessor_left_before_the_retry_starts() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        "[jobs.long]\nscript = \"\"\"#!/bin/sh\nsleep 300 &\nsetsid sleep 300 &\nsleep 300\n\"\"\"\nretries = 1\nretry_backoff = \"1s\"\n",
+    );
+    let index = cluster.start_worker("w1", &[]);
+    let first = cluster.enqueue("long");
+    cluster.wait_state(&first, "running", LONG);
+    // sh and its three sleeps, one of them in a session of its own.
+    let old = wait_for("the run's four processes", LONG, || {
+        let found = cluster.tagged_processes();
+        (found.len() >= 4).then_some(found)
+    });
+    cluster.workers[index].signal(libc::SIGKILL);
+    cluster.workers[index].wait_exit(LONG);
+    assert!(
+        old.iter().all(|pid| is_alive(*pid)),
+        "the run's processes outlive a SIGKILLed worker (what this test is about)"
+    );
+    // The worker comes back. It ends what is left before it registers, and only its
+    // registration makes the first attempt lost and so creates the retry: once the first
+    // attempt is lost, nothing of it may be left.
+    cluster.spawn_worker("w1", &[]);
+    cluster.wait_state(&first, "lost", LONG);
+    let survivors: Vec<i32> = old.iter().copied().filter(|pid| is_alive(*pid)).collect();
+    assert!(
+        survivors.is_empty(),
+        "old processes survive: {survivors:?}\n{}",
+        cluster.worker_log("w1")
+    );
+    assert!(
+        cluster
+            .worker_log("w1")
+            .contains("ended processes left by an earlier run"),
+        "{}",
+        cluster.worker_log("w1")
+    );
+    let retry = wait_for("the retry", LONG, || {
+        cluster
+            .runs()
+            .into_iter()
+            .find(|r| r["first_attempt"].as_str() == Some(first.as_str()))
+    });
+    assert_eq!(retry["attempt"], 2);
+    let retry_id = retry["id"].as_str().unwrap().to_string();
+    cluster.wait_state(&retry_id, "running", LONG);
+    let now = wait_for("the retry's processes", LONG, || {
+        let found = cluster.tagged_processes();
+        (found.len() >= 4).then_some(found)
+    });
+    assert!(now.iter().all(|pid| !old.contains(pid)));
+    cluster.ctl_ok(&["kill", &retry_id]);
+    cluster.wait_state(&retry_id, "killed", LONG);
+}
+
+#[test]
 fn sigterm_on_a_busy_worker_lets_its_runs_finish_and_exits_zero() {
     let mut cluster = Cluster::start(1);
     cluster.apply_jobs("[jobs.work]\nscript = \"\"\"#!/bin/sh\nsleep 2\necho finished\n\"\"\"\n");

@@ -24,6 +24,19 @@ fn run() -> Result<std::process::ExitCode> {
     config::prepare_script_dir(&config)?;
     process::become_subreaper()
         .context("cannot become a child subreaper (needed to kill whole process trees)")?;
+    // Before taking work: nothing an earlier process of this worker started may still run
+    // when the broker hands out the retry of its run.
+    match process::end_leftovers(&config.id, config.kill_grace) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            processes = n,
+            "ended processes left by an earlier run of this worker"
+        ),
+        Err(survivors) => anyhow::bail!(
+            "processes {survivors:?} of an earlier run of worker {} survive SIGKILL; not starting",
+            config.id
+        ),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

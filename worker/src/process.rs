@@ -247,6 +247,48 @@ pub async fn kill_tree(root: i32, run_id: &str, grace: Duration) {
     }
 }
 
+/// Processes of runs started by an earlier process of this worker (same worker id, on
+/// this host) that outlived it: it was SIGKILLed or crashed, so nobody ended them, and
+/// they re-parented to init. Found by the `JOBCAST_WORKER` every run's processes carry.
+pub fn leftovers(worker_id: &str) -> HashSet<i32> {
+    let me = std::process::id() as i32;
+    procfs::processes_with_env("JOBCAST_WORKER", worker_id)
+        .into_iter()
+        .filter(|pid| *pid != me)
+        .collect()
+}
+
+/// Ends the processes an earlier process of this worker left behind, before this one
+/// takes work: SIGTERM, then SIGKILL after `grace`. A run the broker will retry must
+/// never overlap its old attempt on this host. Returns how many there were; an error
+/// names those that survive SIGKILL (the worker must not start then).
+pub fn end_leftovers(worker_id: &str, grace: Duration) -> Result<usize, Vec<i32>> {
+    let found = leftovers(worker_id);
+    if found.is_empty() {
+        return Ok(0);
+    }
+    tracing::warn!(pids = ?found, "processes of runs from an earlier worker process are still running: ending them");
+    signal_all(&found, libc::SIGTERM);
+    let wait_until_gone = |until: std::time::Instant| loop {
+        let alive = leftovers(worker_id);
+        if alive.is_empty() || std::time::Instant::now() >= until {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let alive = wait_until_gone(std::time::Instant::now() + grace);
+    if alive.is_empty() {
+        return Ok(found.len());
+    }
+    signal_all(&alive, libc::SIGKILL);
+    let alive = wait_until_gone(std::time::Instant::now() + Duration::from_secs(5));
+    if alive.is_empty() {
+        Ok(found.len())
+    } else {
+        Err(alive.into_iter().collect())
+    }
+}
+
 /// Reaps zombies that re-parented to this subreaper, leaving the children that tokio
 /// waits for itself alone.
 pub fn reap_orphans() {
