@@ -350,6 +350,29 @@ impl Cluster {
 
     /// Every run, newest first. Panics if jobcastctl fails, so that an assertion about
     /// runs (none, one, unchanged) can never pass on an empty answer to a failed call.
+    /// Every stored run, newest first, however many: pages through the HTTP API.
+    pub fn all_runs(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut before = String::new();
+        loop {
+            let (status, body) = self.api(
+                "GET",
+                &format!("/api/v1/runs?limit=1000{before}"),
+                Some(VIEWER_TOKEN),
+            );
+            assert_eq!(status, 200, "{body}");
+            let page: Vec<Value> = match serde_json::from_str(&body) {
+                Ok(Value::Array(runs)) => runs,
+                other => panic!("the runs API answered {other:?}"),
+            };
+            let Some(last) = page.last().and_then(|r| r["seq"].as_u64()) else {
+                return all;
+            };
+            before = format!("&before={last}");
+            all.extend(page);
+        }
+    }
+
     pub fn runs(&self) -> Vec<Value> {
         let out = self.ctl_ok(&["--json", "runs", "--limit", "10000"]);
         match serde_json::from_str::<Value>(&out) {

@@ -33,11 +33,6 @@ pub enum Reply {
         boot_id: u64,
         heartbeat_interval_ms: u64,
         orders: Orders,
-        /// Runs granted to this worker process (same `instance`) that its registration did
-        /// not report: their `Granted` answer was lost or is still on its way. Start each
-        /// one unless it is already started (the late answer names the same runs).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        resume: Vec<Assignment>,
     },
     Ack,
     Orders(Orders),
@@ -129,6 +124,12 @@ pub struct Heartbeat {
 pub struct Orders {
     pub kill: Vec<RunId>,
     pub drain: bool,
+    /// Runs granted to this worker process (same `Register::instance`) that it did not
+    /// report (in its registration or heartbeat) and never reported started: their
+    /// `Granted` answer was lost, or is still on its way. Start each one unless it is
+    /// already held (the late answer names the same runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resume: Vec<Assignment>,
 }
 
 /// Everything a worker needs to execute one run.

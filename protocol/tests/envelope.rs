@@ -198,13 +198,14 @@ fn every_reply() -> Vec<Reply> {
             orders: Orders {
                 kill: vec!["r1".into()],
                 drain: false,
+                resume: vec![],
             },
-            resume: vec![],
         },
         Reply::Ack,
         Reply::Orders(Orders {
             kill: vec![],
             drain: true,
+            resume: vec![],
         }),
         Reply::Granted {
             more_queued: true,

@@ -26,7 +26,11 @@ fn run() -> Result<std::process::ExitCode> {
         .context("cannot become a child subreaper (needed to kill whole process trees)")?;
     // Before taking work: nothing an earlier process of this worker started may still run
     // when the broker hands out the retry of its run.
-    match process::end_leftovers(&config.id, config.kill_grace) {
+    let mark = process::WorkerMark {
+        id: &config.id,
+        home: &config.script_temp_path,
+    };
+    match process::end_leftovers(&mark, config.kill_grace) {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
             processes = n,

@@ -116,7 +116,7 @@ pub fn plan(assignment: &Assignment, script_dir: &Path) -> Result<Plan, StartErr
 pub fn spawn(
     plan: &Plan,
     assignment: &Assignment,
-    worker_id: &str,
+    worker: &WorkerMark<'_>,
     worker_env: &[(String, String)],
 ) -> Result<(tokio::process::Child, tokio::net::unix::pipe::Receiver), StartError> {
     let (reader, writer) = std::io::pipe().map_err(StartError::Output)?;
@@ -129,7 +129,8 @@ pub fn spawn(
         .env("JOBCAST_RUN_ID", &assignment.run_id)
         .env("JOBCAST_JOB", &assignment.job.name)
         .env("JOBCAST_ATTEMPT", assignment.attempt.to_string())
-        .env("JOBCAST_WORKER", worker_id)
+        .env("JOBCAST_WORKER", worker.id)
+        .env(WORKER_HOME, worker.home)
         .env(
             "JOBCAST_SCHEDULED_AT",
             humantime::format_rfc3339_millis(
@@ -247,14 +248,28 @@ pub async fn kill_tree(root: i32, run_id: &str, grace: Duration) {
     }
 }
 
-/// Processes of runs started by an earlier process of this worker (same worker id, on
-/// this host) that outlived it: it was SIGKILLed or crashed, so nobody ended them, and
-/// they re-parented to init. Found by the `JOBCAST_WORKER` every run's processes carry.
-pub fn leftovers(worker_id: &str) -> HashSet<i32> {
+/// The environment variable naming the worker's script directory in every run: with
+/// `JOBCAST_WORKER`, it tells one worker's runs from another's on the same host (two
+/// workers may share an id when they serve different brokers).
+const WORKER_HOME: &str = "JOBCAST_WORKER_HOME";
+
+/// How a worker marks the processes of its runs, to find them again after a crash.
+pub struct WorkerMark<'a> {
+    pub id: &'a str,
+    /// Its script directory.
+    pub home: &'a Path,
+}
+
+/// Processes of runs started by an earlier process of this worker (same id and script
+/// directory, on this host) that outlived it: it was SIGKILLed or crashed, so nobody
+/// ended them, and they re-parented to init. Found by the marks every run's processes
+/// carry in their environment.
+pub fn leftovers(worker: &WorkerMark<'_>) -> HashSet<i32> {
     let me = std::process::id() as i32;
-    procfs::processes_with_env("JOBCAST_WORKER", worker_id)
+    let home = format!("{WORKER_HOME}={}", worker.home.display()).into_bytes();
+    procfs::processes_with_env("JOBCAST_WORKER", worker.id)
         .into_iter()
-        .filter(|pid| *pid != me)
+        .filter(|pid| *pid != me && procfs::has_env(*pid, &home))
         .collect()
 }
 
@@ -262,15 +277,15 @@ pub fn leftovers(worker_id: &str) -> HashSet<i32> {
 /// takes work: SIGTERM, then SIGKILL after `grace`. A run the broker will retry must
 /// never overlap its old attempt on this host. Returns how many there were; an error
 /// names those that survive SIGKILL (the worker must not start then).
-pub fn end_leftovers(worker_id: &str, grace: Duration) -> Result<usize, Vec<i32>> {
-    let found = leftovers(worker_id);
+pub fn end_leftovers(worker: &WorkerMark<'_>, grace: Duration) -> Result<usize, Vec<i32>> {
+    let found = leftovers(worker);
     if found.is_empty() {
         return Ok(0);
     }
     tracing::warn!(pids = ?found, "processes of runs from an earlier worker process are still running: ending them");
     signal_all(&found, libc::SIGTERM);
     let wait_until_gone = |until: std::time::Instant| loop {
-        let alive = leftovers(worker_id);
+        let alive = leftovers(worker);
         if alive.is_empty() || std::time::Instant::now() >= until {
             return alive;
         }

@@ -81,7 +81,11 @@ async fn run(
         Ok(plan) => plan,
         Err(error) => return failed_to_start(error),
     };
-    let spawned = process::spawn(&plan, assignment, &config.id, &worker_env);
+    let mark = process::WorkerMark {
+        id: &config.id,
+        home: &config.script_temp_path,
+    };
+    let spawned = process::spawn(&plan, assignment, &mark, &worker_env);
     let outcome = match spawned {
         Ok((child, output)) => {
             supervise(assignment, config, reporter, stop, spool, child, output).await

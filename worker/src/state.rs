@@ -7,8 +7,11 @@
 use jobcast_protocol::{
     Assignment, ErrorCode, Event, Heartbeat, Orders, Register, Reply, RunFinished, WorkerRequest,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
+
+/// Ended runs remembered so that a grant of one arriving late is never started again.
+const REMEMBERED_ENDS: usize = 4_096;
 
 /// How long the broker may hold a claim before answering that nothing came. While it
 /// waits, a run queued for this worker's pools is granted in the batch that queued it.
@@ -93,6 +96,10 @@ pub struct WorkerState {
     /// Runs this worker holds, and whether each one's process has ended (it stays held
     /// until the broker has acknowledged its end).
     held: BTreeMap<String, bool>,
+    /// Runs whose end the broker has acknowledged, newest last: a resent grant can cross
+    /// the acknowledgement (answers reach this state through different tasks), and must
+    /// not start the run a second time.
+    ended: (VecDeque<String>, HashSet<String>),
     registered: bool,
     boot_id: Option<u64>,
     heartbeat_ms: u64,
@@ -112,6 +119,7 @@ impl WorkerState {
         WorkerState {
             identity,
             held: BTreeMap::new(),
+            ended: Default::default(),
             registered: false,
             boot_id: None,
             heartbeat_ms: 1_000,
@@ -318,7 +326,6 @@ impl WorkerState {
                 boot_id,
                 heartbeat_interval_ms,
                 orders,
-                resume,
             } => {
                 if self.boot_id != Some(boot_id) {
                     tracing::info!(boot_id, "registered with the broker");
@@ -328,15 +335,7 @@ impl WorkerState {
                 self.registered = true;
                 self.want_work = true;
                 self.apply(orders, now_ms, &mut actions);
-                if !resume.is_empty() {
-                    tracing::info!(
-                        runs = resume.len(),
-                        "the broker resends grants whose answer did not arrive"
-                    );
-                }
-                // The same rules as any grant: a run already held (its late answer came
-                // first) is not started twice.
-                self.granted(resume, now_ms, &mut actions);
+                self.maybe_claim(now_ms, &mut actions);
             }
             Reply::Orders(orders) => self.apply(orders, now_ms, &mut actions),
             Reply::Granted { runs, more_queued } => {
@@ -378,7 +377,9 @@ impl WorkerState {
         let mut actions = Vec::new();
         match answer {
             ReportAnswer::FinishAcked(run_id) => {
-                self.held.remove(&run_id);
+                if self.held.remove(&run_id).is_some() {
+                    self.remember_end(run_id);
+                }
             }
             ReportAnswer::Granted(runs) => {
                 self.last_heard_ms = now_ms;
@@ -400,6 +401,8 @@ impl WorkerState {
             if self.draining {
                 // Claimed just as the drain began: hand it back unstarted.
                 released.push(assignment.run_id);
+            } else if self.ended.1.contains(&assignment.run_id) {
+                tracing::info!(run_id = %assignment.run_id, "a late grant of a run that has ended: not started again");
             } else if !self.held.contains_key(&assignment.run_id) {
                 self.held.insert(assignment.run_id.clone(), false);
                 actions.push(Action::Start(Box::new(assignment)));
@@ -413,6 +416,17 @@ impl WorkerState {
             );
         }
         self.maybe_claim(now_ms, actions);
+    }
+
+    fn remember_end(&mut self, run_id: String) {
+        let (order, set) = &mut self.ended;
+        if order.len() == REMEMBERED_ENDS {
+            if let Some(oldest) = order.pop_front() {
+                set.remove(&oldest);
+            }
+        }
+        set.insert(run_id.clone());
+        order.push_back(run_id);
     }
 
     /// A run's process ended; its report goes to the outbox.
@@ -442,6 +456,15 @@ impl WorkerState {
     }
 
     fn apply(&mut self, orders: Orders, now_ms: u64, actions: &mut Vec<Action>) {
+        if !orders.resume.is_empty() {
+            tracing::info!(
+                runs = orders.resume.len(),
+                "the broker resends grants whose answer did not arrive"
+            );
+            // The same rules as any grant: a run already held (its late answer came
+            // first) is not started twice; a draining worker hands them back.
+            self.granted(orders.resume, now_ms, actions);
+        }
         for run_id in orders.kill {
             if self.held.get(&run_id) == Some(&false) {
                 tracing::info!(run_id, "kill ordered by the broker");

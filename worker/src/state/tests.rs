@@ -39,8 +39,10 @@ fn registered_resuming(runs: &[&str]) -> Answer {
     Answer::Reply(Reply::Registered {
         boot_id: 7,
         heartbeat_interval_ms: 1_000,
-        orders: Orders::default(),
-        resume: runs.iter().map(|r| assignment(r)).collect(),
+        orders: Orders {
+            resume: runs.iter().map(|r| assignment(r)).collect(),
+            ..Orders::default()
+        },
     })
 }
 
@@ -225,6 +227,7 @@ fn kill_orders_stop_only_runs_still_going() {
     let orders = Answer::Reply(Reply::Orders(Orders {
         kill: vec!["r1".into(), "r2".into(), "unknown".into()],
         drain: false,
+        resume: vec![],
     }));
     let actions = state.on_answer(Purpose::Orders, orders, 10);
     assert_eq!(stopped(&actions), ["r1"]);
@@ -232,6 +235,7 @@ fn kill_orders_stop_only_runs_still_going() {
     let orders = Answer::Reply(Reply::Orders(Orders {
         kill: vec![],
         drain: true,
+        resume: vec![],
     }));
     state.on_answer(Purpose::Orders, orders, 20);
     assert!(state.is_draining());
@@ -404,4 +408,39 @@ fn a_draining_worker_hands_resent_grants_back() {
             ..
         } if run_ids == &["r9".to_string()]
     )));
+}
+
+#[test]
+fn a_grant_resent_with_a_heartbeats_orders_starts_once() {
+    let (mut state, claim) = registered(2);
+    // The claim's answer was lost: the worker only learns of the run from its orders.
+    state.on_answer(claim, Answer::Failed("connection lost".into()), 3);
+    let orders = Answer::Reply(Reply::Orders(Orders {
+        resume: vec![assignment("r1")],
+        ..Orders::default()
+    }));
+    let actions = state.on_answer(Purpose::Heartbeat, orders.clone(), 4);
+    assert_eq!(started(&actions), ["r1"]);
+    // The same orders again (the next heartbeat crossed the start report): no second start.
+    assert!(started(&state.on_answer(Purpose::Heartbeat, orders, 5)).is_empty());
+}
+
+#[test]
+fn a_resent_grant_that_crosses_the_end_of_its_run_does_not_start_it_again() {
+    // The heartbeat's answer (resending r1) and the acknowledgement of r1's end reach the
+    // state through different tasks: the acknowledgement may come first.
+    let (mut state, claim) = registered(1);
+    assert_eq!(
+        started(&state.on_answer(claim, granted(&["r1"], false), 1)),
+        ["r1"]
+    );
+    state.on_run_done(finished("r1"));
+    state.on_report(ReportAnswer::FinishAcked("r1".into()), 2);
+    assert!(state.holds_nothing());
+    let orders = Answer::Reply(Reply::Orders(Orders {
+        resume: vec![assignment("r1")],
+        ..Orders::default()
+    }));
+    let actions = state.on_answer(Purpose::Heartbeat, orders, 3);
+    assert!(started(&actions).is_empty(), "{actions:?}");
 }

@@ -93,7 +93,9 @@ fn register_as(h: &mut Harness, worker: &str, instance: u64, running: &[&str]) -
 
 fn resumed(reply: &Reply) -> Vec<String> {
     match reply {
-        Reply::Registered { resume, .. } => resume.iter().map(|a| a.run_id.clone()).collect(),
+        Reply::Registered { orders, .. } => {
+            orders.resume.iter().map(|a| a.run_id.clone()).collect()
+        }
         other => panic!("not registered: {other:?}"),
     }
 }

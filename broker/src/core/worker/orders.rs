@@ -2,7 +2,7 @@
 
 use crate::core::{Core, Outbox};
 use crate::store::Store;
-use jobcast_protocol::{Heartbeat, Orders, Reply};
+use jobcast_protocol::{Assignment, Heartbeat, Orders, Reply, RunState};
 
 impl<S: Store> Core<S> {
     /// Keeps the session alive (the caller noted the time) and answers with its orders.
@@ -25,11 +25,35 @@ impl<S: Store> Core<S> {
     }
 
     /// Kill orders for the worker's runs that were asked to die, plus any run it reports
-    /// that is not (or no longer) its own.
+    /// that is not (or no longer) its own; and the grants to this worker process that it
+    /// does not report, to start again (their answer was lost or is still travelling:
+    /// either way the worker starts each once).
     pub(in crate::core) fn orders_for(&self, worker: &str, reported_running: &[String]) -> Orders {
         let Some(session) = self.workers.sessions.get(worker) else {
             return Orders::default();
         };
+        let instance = session.register.instance;
+        let resume: Vec<Assignment> = session
+            .runs
+            .iter()
+            .filter(|id| !reported_running.contains(id))
+            .filter_map(|id| self.runs.active.get(id))
+            .filter(|run| {
+                run.state == RunState::Assigned
+                    && !run.kill_requested
+                    && instance != 0
+                    && run.worker_instance == Some(instance)
+            })
+            .map(Assignment::of)
+            .collect();
+        if !resume.is_empty() {
+            let runs: Vec<&str> = resume.iter().map(|a| a.run_id.as_str()).collect();
+            tracing::info!(
+                worker,
+                ?runs,
+                "grants resent: the worker does not report them"
+            );
+        }
         let mut kill: Vec<String> = session
             .runs
             .iter()
@@ -44,6 +68,7 @@ impl<S: Store> Core<S> {
         Orders {
             kill,
             drain: session.drain_ordered,
+            resume,
         }
     }
 }

@@ -3,7 +3,7 @@
 use crate::core::error::listed;
 use crate::core::{Core, CoreError, Handled, Outbox, PeerId, Session};
 use crate::store::Store;
-use jobcast_protocol::{names, Assignment, Register, Reply, RunState, WorkerStatus};
+use jobcast_protocol::{names, Register, Reply, RunState, WorkerStatus};
 use std::collections::BTreeSet;
 
 impl<S: Store> Core<S> {
@@ -50,7 +50,6 @@ impl<S: Store> Core<S> {
             .map(|r| (r.id.clone(), r.state, r.worker_instance))
             .collect();
         let mut kept = BTreeSet::new();
-        let mut resume = Vec::new();
         for (run_id, state, instance) in ours {
             let same_process = register.instance != 0 && instance == Some(register.instance);
             if reported.contains(&run_id) {
@@ -58,12 +57,8 @@ impl<S: Store> Core<S> {
             } else if state == RunState::Assigned && same_process {
                 // Granted to this very process, which does not hold it: the answer to its
                 // claim was lost or is still on its way, and the process starts only runs
-                // it holds. Nothing ran; it gets the grant again (a late answer names the
-                // same run, which it starts once).
-                tracing::info!(worker, run_id, "grant resent at registration");
-                if let Some(run) = self.runs.active.get(&run_id) {
-                    resume.push(Assignment::of(run));
-                }
+                // it holds. Nothing ran; the orders below resend the grant (a late answer
+                // names the same run, which the worker starts once).
                 kept.insert(run_id);
             } else {
                 // Started, or granted to a process that is gone: it may have been half
@@ -113,7 +108,6 @@ impl<S: Store> Core<S> {
             boot_id: self.boot_id,
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
             orders: self.orders_for(worker, &running),
-            resume,
         })
     }
 }
