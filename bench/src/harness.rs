@@ -15,11 +15,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 const ADMIN_SECRET: &str = "bench-admin-secret-0123456789";
-const WORKER_SECRET: &str = "bench-worker-secret-0123456789";
+pub const WORKER_SECRET: &str = "bench-worker-secret-0123456789";
 pub const VIEWER_TOKEN: &str = "bench-viewer-token-0123456789";
 /// Real workers the broker has keys for: w1..=MAX_WORKERS.
 pub const MAX_WORKERS: usize = 16;
-const TIMEOUT: Duration = Duration::from_secs(30);
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -155,7 +155,7 @@ impl Drop for Broker {
 }
 
 /// Synthetic workers the broker has keys for: bench-w1..=SYNTHETIC_WORKERS.
-pub const SYNTHETIC_WORKERS: usize = 256;
+pub const SYNTHETIC_WORKERS: usize = 1_024;
 
 impl Broker {
     pub fn pid(&self) -> u32 {

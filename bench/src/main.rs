@@ -11,6 +11,7 @@ mod live;
 mod stats;
 mod throughput;
 mod transport;
+mod workers;
 
 use footprint::footprint;
 use latency::{fanout, kill, latency};
@@ -70,6 +71,17 @@ enum Command {
     Footprint {
         #[arg(long, default_value_t = 1_000_000)]
         stored_runs: usize,
+    },
+    /// Broker cost per run as workers grow: N one-slot synthetic workers claiming as real
+    /// ones do, broker CPU and claims per run for each N.
+    Workers {
+        /// Worker counts to measure, one broker each. At most about 300: the synthetic
+        /// workers share this process's libzmq context, which holds 1,023 sockets, and
+        /// each worker's client takes three.
+        #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 300])]
+        counts: Vec<usize>,
+        #[arg(long, default_value_t = 10_000)]
+        runs: usize,
     },
     /// Dispatch latency on an idle system: enqueue → process spawned, and → end recorded.
     Latency {
@@ -141,6 +153,13 @@ fn main() -> Result<()> {
                 footprint(if args.quick { 2_000 } else { stored_runs }).await
             }
             Command::Latency { runs } => latency(if args.quick { 50 } else { runs }).await,
+            Command::Workers { counts, runs } => {
+                if args.quick {
+                    workers::many_workers(&[5, 20], 200).await
+                } else {
+                    workers::many_workers(&counts, runs).await
+                }
+            }
             Command::Kill { runs } => kill(if args.quick { 3 } else { runs }).await,
             Command::Fanout { workers } => fanout(if args.quick { 20 } else { workers }).await,
             Command::Live {
@@ -174,6 +193,12 @@ fn main() -> Result<()> {
                 firetime(together, total, duration).await?;
                 println!();
                 fanout(if q { 20 } else { 200 }).await?;
+                println!();
+                if q {
+                    workers::many_workers(&[5, 20], 200).await?;
+                } else {
+                    workers::many_workers(&[10, 100, 300], 10_000).await?;
+                }
                 println!();
                 if q {
                     live::live(20, 20, Duration::from_secs(3)).await?;
