@@ -39,6 +39,47 @@ pub struct FileConfig {
     pub webhooks: Vec<crate::notify::Webhook>,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub retention: RetentionSection,
+}
+
+/// `[retention]`: how long finished runs and their logs are kept, and how many.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// A duration like "30d", or "off" to keep runs whatever their age [default: 30d].
+    pub max_age: Option<String>,
+    /// The most finished runs kept, or 0 for no limit [default: 1000000].
+    pub max_runs: Option<u64>,
+}
+
+impl RetentionSection {
+    fn resolve(self) -> Result<crate::core::Retention> {
+        let max_age_ms = match self.max_age.as_deref() {
+            None => Some(30 * 86_400_000),
+            Some("off") => None,
+            Some(text) => {
+                let age = humantime::parse_duration(text).with_context(|| {
+                    format!(
+                        "[retention] max_age {text:?} is not a duration like \"30d\" (or \"off\")"
+                    )
+                })?;
+                if age.is_zero() {
+                    anyhow::bail!("[retention] max_age must be longer than zero (or \"off\")");
+                }
+                Some(age.as_millis() as u64)
+            }
+        };
+        let max_runs = match self.max_runs {
+            None => Some(1_000_000),
+            Some(0) => None,
+            Some(n) => Some(n),
+        };
+        Ok(crate::core::Retention {
+            max_age_ms,
+            max_runs,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +200,7 @@ pub struct BrokerConfig {
     pub api_tokens: Vec<ApiToken>,
     /// Browser origins allowed on the live feed; empty means the listen address.
     pub public_origins: Vec<String>,
+    pub retention: crate::core::Retention,
 }
 
 /// Flag values that override the file.
@@ -267,6 +309,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             .into_iter()
             .map(|o| o.trim_end_matches('/').to_string())
             .collect(),
+        retention: file.retention.resolve()?,
     };
     if config.heartbeat_interval.is_zero() {
         bail!("heartbeat_interval must be longer than zero");
@@ -371,6 +414,33 @@ mod tests {
         assert!(config.keys.for_sender("w2").is_none());
         assert!(config.keys.worker_pools.is_empty());
         assert_eq!(config.max_log_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn retention_has_defaults_can_be_turned_off_and_explains_mistakes() {
+        let retention = |section: &str| {
+            resolve(file(&format!("{KEYS}{section}")), Overrides::default())
+                .map(|c| c.retention)
+                .map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(
+            retention(""),
+            Ok(crate::core::Retention {
+                max_age_ms: Some(30 * 86_400_000),
+                max_runs: Some(1_000_000)
+            })
+        );
+        assert_eq!(
+            retention("[retention]\nmax_age = \"off\"\nmax_runs = 0\n"),
+            Ok(crate::core::Retention::default())
+        );
+        assert_eq!(
+            retention("[retention]\nmax_age = \"12h\"\n").map(|r| r.max_age_ms),
+            Ok(Some(12 * 3_600_000))
+        );
+        let bad = retention("[retention]\nmax_age = \"a month\"\n").unwrap_err();
+        assert!(bad.contains("max_age") && bad.contains("off"), "{bad}");
+        assert!(retention("[retention]\nmax_age = \"0s\"\n").is_err());
     }
 
     #[test]

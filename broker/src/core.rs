@@ -12,6 +12,7 @@ mod error;
 mod job_table;
 mod liveness;
 mod outbox;
+mod retention;
 mod run_table;
 mod runs;
 mod scheduling;
@@ -24,6 +25,7 @@ pub use after_end::Notification;
 pub use error::{CoreError, Handled};
 use job_table::JobTable;
 pub use outbox::{OutReply, Outbox, ReplyTo};
+pub use retention::Retention;
 use run_table::RunTable;
 pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
 use worker::LogTrack;
@@ -58,6 +60,8 @@ pub struct CoreConfig {
     /// counts (no `no_worker` alert, jobs for every worker wait). The broker sets it to
     /// the worker timeout: a live worker has re-registered by then.
     pub restart_grace_ms: u64,
+    /// How long finished runs are kept, and how many.
+    pub retention: Retention,
     /// The pools each restricted worker key may register for; others may use any.
     pub worker_pools: HashMap<String, BTreeSet<String>>,
     /// The most log stored per run, whatever a worker declares.
@@ -73,6 +77,7 @@ impl Default for CoreConfig {
             heartbeat_interval_ms: 1_000,
             worker_timeout_ms: 10_000,
             restart_grace_ms: 10_000,
+            retention: Retention::default(),
             worker_pools: HashMap::new(),
             max_log_bytes: 1 << 20,
             seed: None,
@@ -102,6 +107,8 @@ pub struct Core<S: Store> {
     /// Live runs' logs, as far as pruning them to the cap needs.
     logs: HashMap<String, LogTrack>,
     pings: Pings,
+    /// Where retention's walk over the stored runs is.
+    pruning: retention::Pruning,
     next_seq: u64,
     rejected: BTreeMap<String, u64>,
     connections: ConnectionCounts,
@@ -173,6 +180,7 @@ impl<S: Store> Core<S> {
             runs: RunTable::default(),
             logs: HashMap::new(),
             pings: Pings::default(),
+            pruning: Default::default(),
             rejected: BTreeMap::new(),
             connections: ConnectionCounts::default(),
             clock_us: now_us,

@@ -91,6 +91,13 @@ pub(crate) enum Command {
     Status,
     /// Ask a worker to finish its runs, take no new ones, and exit.
     Drain { worker: String },
+    /// Delete what retention deletes ([retention] in the broker config, `retention` per
+    /// job) now, among the oldest runs; the broker also does it by itself, bit by bit.
+    Prune {
+        /// Only count what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Let a job's ticks start runs again (clears an automatic disable), or a pool's jobs.
     Enable {
         #[command(flatten)]

@@ -251,6 +251,30 @@ async fn run(args: Args) -> Result<ExitCode> {
         Command::Status => status::status(&ctl).await,
         Command::Enable { target } => set_enabled(&ctl, target.into_target(), true).await,
         Command::Disable { target } => set_enabled(&ctl, target.into_target(), false).await,
+        Command::Prune { dry_run } => {
+            let Reply::Pruned {
+                runs,
+                scanned,
+                complete,
+            } = ctl.call(AdminRequest::Prune { dry_run }).await?
+            else {
+                bail!("unexpected reply");
+            };
+            if ctl.json {
+                ctl.print_json(&serde_json::json!({
+                    "runs": runs, "scanned": scanned, "complete": complete, "dry_run": dry_run
+                }))?;
+            } else {
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                let among = if complete {
+                    format!("all {scanned} stored runs")
+                } else {
+                    format!("the oldest {scanned} runs (run it again for more)")
+                };
+                println!("{verb} {runs} finished runs, looking at {among}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Drain { worker } => {
             ctl.call(AdminRequest::Drain {
                 worker: worker.clone(),

@@ -122,6 +122,10 @@ pub struct JobPolicy {
     pub disable_after_failures: Option<u32>,
     /// A run not started this long after its time makes the job late.
     pub late_after_ms: u64,
+    /// Keep this job's finished runs (and their logs) this long, instead of the broker's
+    /// `retention.max_age`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
 }
 
 impl Default for JobPolicy {
@@ -138,6 +142,7 @@ impl Default for JobPolicy {
             run_on_all_workers: false,
             disable_after_failures: None,
             late_after_ms: 60_000,
+            retention_ms: None,
         }
     }
 }

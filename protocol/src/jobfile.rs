@@ -143,6 +143,7 @@ struct JobEntry {
     run_on_all_workers: Option<bool>,
     disable_after_failures: Option<u32>,
     late_after: Option<String>,
+    retention: Option<String>,
 }
 
 fn duration_ms(field: &'static str, text: &str) -> Result<u64, JobProblem> {
@@ -236,6 +237,10 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, JobProblem> {
             .map(|d| duration_ms("late_after", &d))
             .transpose()?
             .unwrap_or(defaults.late_after_ms),
+        retention_ms: entry
+            .retention
+            .map(|d| duration_ms("retention", &d))
+            .transpose()?,
     };
     let spec = JobSpec {
         name: name.to_string(),
@@ -377,6 +382,7 @@ retry_backoff_kind = "exponential"
 children = ["report", { job = "cleanup", on_error = true }]
 disable_after_failures = 5
 starting_deadline = "5m"
+retention = "7d"
 
 [jobs.often]
 command = "true"
@@ -403,6 +409,7 @@ run_on_all_workers = true
             }
         );
         assert_eq!(nightly.policy.starting_deadline_ms, Some(300_000));
+        assert_eq!(nightly.policy.retention_ms, Some(7 * 86_400_000));
         let often = jobs.iter().find(|j| j.name == "often").unwrap();
         assert_eq!(often.schedule.every_ms, Some(90_000));
         assert!(often.policy.run_on_all_workers);
@@ -434,5 +441,6 @@ run_on_all_workers = true
         );
         assert!(problem("[jobs.a]\ncommand=\"x\"\nchildren=[\"a\"]").contains("own child"));
         assert!(problem("[jobs.a]\ncommand=\"x\"\ntimezone=\"UTC\"").contains("need a schedule"));
+        assert!(problem("[jobs.a]\ncommand=\"x\"\nretention=\"0s\"").contains("longer than zero"));
     }
 }

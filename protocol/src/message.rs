@@ -71,6 +71,13 @@ pub enum Reply {
         unchanged: Vec<String>,
     },
     Status(Box<StatusReport>),
+    /// What `Prune` found: runs deleted (or, dry, to delete) among those looked at;
+    /// `complete` when it looked at every stored run.
+    Pruned {
+        runs: u64,
+        scanned: u64,
+        complete: bool,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -294,4 +301,7 @@ pub struct StatusReport {
     pub alerts: Vec<Alert>,
     #[serde(default)]
     pub disabled_pools: Vec<String>,
+    /// Finished runs retention has deleted since the broker started.
+    #[serde(default)]
+    pub pruned_runs: u64,
 }

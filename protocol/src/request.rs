@@ -100,6 +100,12 @@ pub enum AdminRequest {
         target: EnableTarget,
         enabled: bool,
     },
+    /// What retention deletes: with `dry_run`, counts what it would delete now (looking
+    /// at up to 100,000 of the oldest runs); without, deletes it now, a bounded step at a
+    /// time as the broker does by itself.
+    Prune {
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +156,7 @@ const ADMIN_TAGS: &[&str] = &[
     "drain",
     "retry",
     "set_enabled",
+    "prune",
 ];
 /// Every request tag, worker ones first.
 const ALL_TAGS: &[&str] = &ALL_TAG_ARRAY;

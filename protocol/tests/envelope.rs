@@ -187,6 +187,7 @@ fn every_request() -> Vec<Request> {
             target: EnableTarget::Pool("gpu".into()),
             enabled: false,
         },
+        AdminRequest::Prune { dry_run: true },
     ]
 }
 
@@ -310,7 +311,13 @@ fn every_reply() -> Vec<Reply> {
                 message: "late".into(),
             }],
             disabled_pools: vec!["gpu".into()],
+            pruned_runs: 7,
         })),
+        Reply::Pruned {
+            runs: 3,
+            scanned: 40,
+            complete: true,
+        },
         Reply::Error {
             code: ErrorCode::NotFound,
             message: "no such job".into(),

@@ -75,6 +75,13 @@ impl JobTable {
         Ok(())
     }
 
+    /// Whether some job keeps its runs for a time of its own.
+    pub fn any_retention(&self) -> bool {
+        self.specs
+            .values()
+            .any(|job| job.policy.retention_ms.is_some())
+    }
+
     /// Whether ticks of `job` start runs now.
     pub fn is_active(&self, job: &JobSpec) -> bool {
         job.enabled

@@ -13,6 +13,7 @@ impl<S: Store> Core<S> {
         self.set_clock(now_us);
         self.schedule_due(now, out)?;
         self.release_delayed(now, out);
+        self.prune_step(now)?;
         let due: Vec<u64> = self
             .pings
             .pending

@@ -183,6 +183,7 @@ mod log_chunk;
 mod orders;
 mod ping;
 mod register;
+mod retention;
 mod retry;
 mod run_finished;
 mod run_started;

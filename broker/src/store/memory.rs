@@ -91,6 +91,30 @@ impl Store for MemoryStore {
         Ok(self.runs.len() as u64)
     }
 
+    fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>> {
+        Ok(self
+            .runs
+            .range(from_seq..)
+            .take(limit)
+            .map(|(_, run)| run.clone())
+            .collect())
+    }
+
+    fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        self.runs.remove(&run.seq);
+        self.run_ids.remove(&run.id);
+        self.active.remove(&run.seq);
+        let offsets: Vec<u64> = self
+            .logs
+            .range((run.id.clone(), 0)..=(run.id.clone(), u64::MAX))
+            .map(|((_, offset), _)| *offset)
+            .collect();
+        for offset in offsets {
+            self.logs.remove(&(run.id.clone(), offset));
+        }
+        Ok(())
+    }
+
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()> {
         self.logs
             .insert((run_id.to_string(), offset), data.to_vec());

@@ -37,13 +37,17 @@ pub trait Store: Send {
     fn active_runs(&self) -> StoreResult<Vec<RunRecord>>;
     /// Newest first, filtered, at most `filter.limit`.
     fn runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>>;
-    /// Ids starting with `prefix`, or else containing it; at most `limit`.
     /// Ids of stored runs that start with `prefix`, in id order, at most `limit` (a range
     /// read: it costs `limit`, not the number of runs).
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>>;
     /// The highest run sequence number stored, 0 if none.
     fn last_run_seq(&self) -> StoreResult<u64>;
     fn run_count(&self) -> StoreResult<u64>;
+    /// Runs with a sequence number of at least `from_seq`, oldest first, at most `limit`.
+    fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>>;
+    /// Removes a finished run, its id and its log. Never called for the newest run, so
+    /// `last_run_seq` only grows.
+    fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()>;
 
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()>;
     fn delete_log_chunk(&mut self, run_id: &str, offset: u64) -> StoreResult<()>;

@@ -16,9 +16,15 @@ pub struct SledStore {
     workers: sled::Tree,
     job_states: sled::Tree,
     settings: sled::Tree,
+    /// Runs deleted by retention, kept as a setting: the count of stored runs is the last
+    /// sequence number less these (sled's `len()` would walk the whole tree).
+    pruned: u64,
     /// Whether anything was written since the last flush.
     dirty: bool,
 }
+
+/// The settings key of the pruned-runs count.
+const PRUNED: &[u8] = b"pruned_runs";
 
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -81,6 +87,16 @@ impl SledStore {
 
     fn with_db(db: sled::Db) -> StoreResult<SledStore> {
         let tree = |name: &str| db.open_tree(name).map_err(backend);
+        let settings = tree("settings")?;
+        let pruned = match settings.get(PRUNED).map_err(backend)? {
+            Some(bytes) => {
+                u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "pruned-runs count",
+                    detail: format!("{} bytes", bytes.len()),
+                })?)
+            }
+            None => 0,
+        };
         Ok(SledStore {
             jobs: tree("jobs")?,
             runs: tree("runs")?,
@@ -89,7 +105,8 @@ impl SledStore {
             logs: tree("logs")?,
             workers: tree("workers")?,
             job_states: tree("job_states")?,
-            settings: tree("settings")?,
+            settings,
+            pruned,
             db,
             dirty: false,
         })
@@ -196,9 +213,37 @@ impl Store for SledStore {
     }
 
     fn run_count(&self) -> StoreResult<u64> {
-        // Runs are numbered from 1 and never deleted, so the last number is the count
-        // (sled's len() would walk the whole tree).
-        self.last_run_seq()
+        // Runs are numbered from 1, and only retention deletes them (never the newest).
+        Ok(self.last_run_seq()?.saturating_sub(self.pruned))
+    }
+
+    fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>> {
+        self.runs
+            .range(from_seq.to_be_bytes()..)
+            .values()
+            .take(limit)
+            .map(|value| decode("run", &value.map_err(backend)?))
+            .collect()
+    }
+
+    fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        self.dirty = true;
+        let seq = run.seq.to_be_bytes();
+        if self.runs.remove(seq).map_err(backend)?.is_none() {
+            return Ok(());
+        }
+        self.run_ids.remove(run.id.as_bytes()).map_err(backend)?;
+        self.active.remove(seq).map_err(backend)?;
+        let mut prefix = run.id.as_bytes().to_vec();
+        prefix.push(0);
+        for key in self.logs.scan_prefix(&prefix).keys() {
+            self.logs.remove(key.map_err(backend)?).map_err(backend)?;
+        }
+        self.pruned += 1;
+        self.settings
+            .insert(PRUNED, &self.pruned.to_be_bytes())
+            .map_err(backend)?;
+        Ok(())
     }
 
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()> {

@@ -31,6 +31,7 @@ on_every_backend!(
     log_chunks_come_back_in_stream_order,
     listings_page_by_sequence_and_filter_by_time_job_and_worker,
     settings_workers_and_job_states_read_back,
+    deleted_runs_take_their_id_and_log_with_them,
 );
 
 fn job(name: &str) -> JobSpec {
@@ -131,12 +132,20 @@ fn everything_survives_reopening() {
             .create_run(&run(1, "aaa1", RunState::Running))
             .unwrap();
         store.put_log_chunk("aaa1", 0, b"hello").unwrap();
+        for seq in 2..=4 {
+            store
+                .create_run(&run(seq, &format!("old{seq}"), RunState::Failed))
+                .unwrap();
+        }
+        store.delete_run(&run(2, "old2", RunState::Failed)).unwrap();
         store.flush().unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.jobs().unwrap(), vec![job("nightly")]);
     assert_eq!(store.active_runs().unwrap()[0].id, "aaa1");
     assert_eq!(store.log_chunks("aaa1").unwrap()[0].1, b"hello");
+    // The count of stored runs keeps what retention deleted.
+    assert_eq!(store.run_count().unwrap(), 3);
 }
 
 fn listings_page_by_sequence_and_filter_by_time_job_and_worker(mut store: impl Store) {
@@ -206,4 +215,36 @@ fn settings_workers_and_job_states_read_back(mut store: impl Store) {
     );
     assert_eq!(states[1].1, state);
     store.flush().unwrap();
+}
+
+fn deleted_runs_take_their_id_and_log_with_them(mut store: impl Store) {
+    for seq in 1..=5 {
+        store
+            .create_run(&run(seq, &format!("r{seq}"), RunState::Succeeded))
+            .unwrap();
+        store.put_log_chunk(&format!("r{seq}"), 0, b"out").unwrap();
+    }
+    let oldest = store.oldest_runs(0, 2).unwrap();
+    assert_eq!(
+        oldest.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2],
+        "oldest first"
+    );
+    assert_eq!(store.oldest_runs(4, 10).unwrap().len(), 2);
+    for old in &oldest {
+        store.delete_run(old).unwrap();
+    }
+    // Deleting twice changes nothing.
+    store.delete_run(&oldest[0]).unwrap();
+    assert_eq!(store.run_count().unwrap(), 3);
+    assert_eq!(store.last_run_seq().unwrap(), 5);
+    assert!(store.run("r1").unwrap().is_none());
+    assert!(store.log_chunks("r1").unwrap().is_empty());
+    assert!(store.run_ids_with_prefix("r1", 5).unwrap().is_empty());
+    assert_eq!(
+        store.log_chunks("r3").unwrap().len(),
+        1,
+        "others keep theirs"
+    );
+    assert_eq!(store.oldest_runs(0, 10).unwrap()[0].seq, 3);
 }

@@ -78,6 +78,10 @@ impl<S: Store> Core<S> {
             AdminRequest::Retry { run } => self.retry(&run, actor, now, out)?,
             AdminRequest::Status => Reply::Status(Box::new(self.status(now)?)),
             AdminRequest::Drain { worker } => self.drain(&worker, actor, out)?,
+            AdminRequest::Prune { dry_run } => {
+                tracing::info!(actor, dry_run, "prune");
+                self.prune(dry_run, now)?
+            }
         }))
     }
 }

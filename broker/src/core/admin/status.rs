@@ -50,6 +50,7 @@ impl<S: Store> Core<S> {
             ]),
             alerts: self.alerts.values().cloned().collect(),
             disabled_pools: self.jobs.disabled_pools.iter().cloned().collect(),
+            pruned_runs: self.pruning.pruned,
         })
     }
 }
