@@ -11,7 +11,7 @@ fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
-fn finished_run(seq: u64, job: &JobSpec) -> RunRecord {
+pub fn finished_run(seq: u64, job: &JobSpec) -> RunRecord {
     let at = 1_800_000_000_000 + seq;
     let id = format!("{:016x}", seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     RunRecord {
@@ -49,6 +49,30 @@ fn finished_run(seq: u64, job: &JobSpec) -> RunRecord {
     }
 }
 
+/// Writes `runs` finished runs of a typical job into a store at `path`, as the broker
+/// would have; returns how long it took.
+pub fn fill_store(path: &std::path::Path, runs: usize) -> Result<Duration> {
+    let job = JobSpec {
+        timeout_ms: Some(3_600_000),
+        ..JobSpec::new(
+            "nightly-backup",
+            "default",
+            Exec::Script("#!/bin/sh\npg_dump mydb > /backups/mydb.sql\n".into()),
+        )
+    };
+    let fill = Instant::now();
+    let mut store = SledStore::open(path)?;
+    store.put_job(&job)?;
+    for seq in 1..=runs as u64 {
+        store.create_run(&finished_run(seq, &job))?;
+        if seq % 50_000 == 0 {
+            store.flush()?;
+        }
+    }
+    store.flush()?;
+    Ok(fill.elapsed())
+}
+
 pub async fn footprint(stored_runs: usize) -> Result<()> {
     println!("footprint: resident memory (RSS) and disk");
     println!();
@@ -84,27 +108,7 @@ pub async fn footprint(stored_runs: usize) -> Result<()> {
         .tempdir()?;
     let store_path = dir.path().join("data").join("store");
     std::fs::create_dir_all(&store_path)?;
-    let job = JobSpec {
-        timeout_ms: Some(3_600_000),
-        ..JobSpec::new(
-            "nightly-backup",
-            "default",
-            Exec::Script("#!/bin/sh\npg_dump mydb > /backups/mydb.sql\n".into()),
-        )
-    };
-    let fill = Instant::now();
-    {
-        let mut store = SledStore::open(&store_path)?;
-        store.put_job(&job)?;
-        for seq in 1..=stored_runs as u64 {
-            store.create_run(&finished_run(seq, &job))?;
-            if seq % 50_000 == 0 {
-                store.flush()?;
-            }
-        }
-        store.flush()?;
-    }
-    let fill_time = fill.elapsed();
+    let fill_time = fill_store(&store_path, stored_runs)?;
     let disk = disk_usage(&store_path);
     println!(
         "| finished runs stored | {stored_runs} (written in {:.1} s) |",

@@ -60,6 +60,11 @@ impl Broker {
 
     /// Starts a broker whose data directory is `dir/data` (which may hold a store).
     pub async fn start_in(dir: tempfile::TempDir) -> Result<Broker> {
+        Self::start_configured(dir, "").await
+    }
+
+    /// Like [`Broker::start_in`], with `extra` (TOML tables) appended to its config.
+    pub async fn start_configured(dir: tempfile::TempDir, extra: &str) -> Result<Broker> {
         let config = dir.path().join("broker.toml");
         let mut text = format!(
             "data_dir = \"{}\"\nlog_level = \"warn\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
@@ -73,6 +78,7 @@ impl Broker {
         for i in 1..=SYNTHETIC_WORKERS {
             text.push_str(&format!("bench-w{i} = \"{WORKER_SECRET}\"\n"));
         }
+        text.push_str(extra);
         std::fs::write(&config, text)?;
         let ready = dir.path().join("ready");
         let child = Command::new(sibling("jobcast-broker")?)

@@ -8,6 +8,7 @@ mod footprint;
 mod harness;
 mod latency;
 mod live;
+mod retention;
 mod stats;
 mod throughput;
 mod transport;
@@ -83,6 +84,12 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         runs: usize,
     },
+    /// Retention under load: a store of N finished runs pruned to N/2 while runs flow;
+    /// the prune rate and the round trip of requests meanwhile.
+    Retention {
+        #[arg(long, default_value_t = 1_000_000)]
+        stored_runs: usize,
+    },
     /// Dispatch latency on an idle system: enqueue → process spawned, and → end recorded.
     Latency {
         #[arg(long, default_value_t = 1_000)]
@@ -153,6 +160,9 @@ fn main() -> Result<()> {
                 footprint(if args.quick { 2_000 } else { stored_runs }).await
             }
             Command::Latency { runs } => latency(if args.quick { 50 } else { runs }).await,
+            Command::Retention { stored_runs } => {
+                retention::retention(if args.quick { 5_000 } else { stored_runs }).await
+            }
             Command::Workers { counts, runs } => {
                 if args.quick {
                     workers::many_workers(&[5, 20], 200).await

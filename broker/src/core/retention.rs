@@ -7,14 +7,18 @@ use crate::core::Core;
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::{Reply, RunRecord};
 
-/// Records looked at in one step of the loop.
-const STEP: usize = 256;
+/// Records looked at in one step of the loop (each step a batch and a flush of its own
+/// when it deletes: 64 keeps a batch to a few milliseconds).
+const STEP: usize = 64;
 /// Records a dry `Prune` looks at, and records a `Prune` deletes among, at most: both
 /// run on the loop, so both are bounded (a dry look at 20,000 records takes tens of ms).
 const DRY_SCAN: usize = 20_000;
 const DELETE_SCAN: usize = 2_048;
 /// How long the loop waits before looking again once a pass found nothing to delete.
 const IDLE_MS: u64 = 10_000;
+/// Between two steps of a pass that delete nothing: walking a large store where little
+/// is due costs little.
+const WALK_MS: u64 = 100;
 
 /// How long finished runs are kept, and how many.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,8 +74,15 @@ impl<S: Store> Core<S> {
         })
     }
 
+    /// When the loop should take the next step, if retention applies at all.
+    pub(in crate::core) fn next_prune_ms(&self) -> Option<u64> {
+        self.retention_applies()
+            .then_some(self.pruning.next_step_ms)
+    }
+
     /// One bounded step of the walk, from the loop: deletes what is due among the next
-    /// `STEP` records. Returns how many it deleted.
+    /// `STEP` records. Returns how many it deleted. A step that deleted something is
+    /// followed by the next at once (a batch of its own, committed like any other).
     pub(in crate::core) fn prune_step(&mut self, now: u64) -> StoreResult<u64> {
         if now < self.pruning.next_step_ms || !self.retention_applies() {
             return Ok(0);
@@ -88,17 +99,26 @@ impl<S: Store> Core<S> {
         }
         self.pruning.pruned += deleted;
         self.pruning.pass_deleted |= deleted > 0;
-        match batch.last() {
-            Some(last) if batch.len() == STEP => self.pruning.cursor = last.seq + 1,
+        self.pruning.next_step_ms = match batch.last() {
+            Some(last) if batch.len() == STEP => {
+                self.pruning.cursor = last.seq + 1;
+                if deleted > 0 {
+                    now
+                } else {
+                    now + WALK_MS
+                }
+            }
             _ => {
                 // The end of a pass: start again from the oldest, at once if this pass
                 // found work (more may be due), else after a while.
                 self.pruning.cursor = 0;
-                if !std::mem::take(&mut self.pruning.pass_deleted) {
-                    self.pruning.next_step_ms = now + IDLE_MS;
+                if std::mem::take(&mut self.pruning.pass_deleted) {
+                    now
+                } else {
+                    now + IDLE_MS
                 }
             }
-        }
+        };
         if deleted > 0 {
             tracing::info!(deleted, "retention: finished runs deleted");
         }

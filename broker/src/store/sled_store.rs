@@ -19,6 +19,7 @@ pub struct SledStore {
     /// Runs deleted by retention, kept as a setting: the count of stored runs is the last
     /// sequence number less these (sled's `len()` would walk the whole tree).
     pruned: u64,
+    pruned_changed: bool,
     /// Whether anything was written since the last flush.
     dirty: bool,
 }
@@ -107,6 +108,7 @@ impl SledStore {
             job_states: tree("job_states")?,
             settings,
             pruned,
+            pruned_changed: false,
             db,
             dirty: false,
         })
@@ -240,9 +242,8 @@ impl Store for SledStore {
             self.logs.remove(key.map_err(backend)?).map_err(backend)?;
         }
         self.pruned += 1;
-        self.settings
-            .insert(PRUNED, &self.pruned.to_be_bytes())
-            .map_err(backend)?;
+        // Written once per commit, in it (see `flush`).
+        self.pruned_changed = true;
         Ok(())
     }
 
@@ -332,6 +333,11 @@ impl Store for SledStore {
     }
 
     fn flush(&mut self) -> StoreResult<()> {
+        if std::mem::take(&mut self.pruned_changed) {
+            self.settings
+                .insert(PRUNED, &self.pruned.to_be_bytes())
+                .map_err(backend)?;
+        }
         if self.dirty {
             self.db.flush().map_err(backend)?;
             self.dirty = false;
