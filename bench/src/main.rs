@@ -210,6 +210,8 @@ fn main() -> Result<()> {
                     workers::many_workers(&[10, 100, 300], 10_000).await?;
                 }
                 println!();
+                retention::retention(if q { 5_000 } else { 1_000_000 }).await?;
+                println!();
                 if q {
                     live::live(20, 20, Duration::from_secs(3)).await?;
                 } else {
