@@ -347,6 +347,20 @@ pub struct SyntheticWorker {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The registration of a synthetic worker with `slots` slots in `pool`.
+pub fn synthetic_registration(pool: &str, slots: u32) -> Register {
+    Register {
+        hostname: "bench".into(),
+        pid: std::process::id(),
+        version: jobcast_protocol::JOBCAST_VERSION.into(),
+        concurrency: slots,
+        pools: vec![pool.to_string()],
+        running: vec![],
+        max_log_bytes: 1 << 20,
+        instance: jobcast_protocol::envelope::random_nonce().max(1),
+    }
+}
+
 impl SyntheticWorker {
     pub async fn start(broker: &Broker, pool: &str) -> Result<SyntheticWorker> {
         Self::start_numbered(broker, pool, 1).await
@@ -363,16 +377,7 @@ impl SyntheticWorker {
         .await?;
         let reply = client
             .request(
-                WorkerRequest::Register(Register {
-                    hostname: "bench".into(),
-                    pid: std::process::id(),
-                    version: jobcast_protocol::JOBCAST_VERSION.into(),
-                    concurrency: 1_000_000,
-                    pools: vec![pool.to_string()],
-                    running: vec![],
-                    max_log_bytes: 1 << 20,
-                    instance: jobcast_protocol::envelope::random_nonce().max(1),
-                }),
+                WorkerRequest::Register(synthetic_registration(pool, 1_000_000)),
                 TIMEOUT,
             )
             .await?;

@@ -2,12 +2,10 @@
 //! ones do (a waiting claim while idle; the finish report claims the freed slot), a burst
 //! of runs, and what each run cost the broker in CPU time and in claims.
 
-use crate::harness::{bench_job, Broker, SYNTHETIC_WORKERS, TIMEOUT};
+use crate::harness::{bench_job, synthetic_registration, Broker, SYNTHETIC_WORKERS, TIMEOUT};
 use anyhow::{bail, Context, Result};
 use jobcast_client::{Client, ClientConfig};
-use jobcast_protocol::{
-    Assignment, Exec, Outcome, Register, Reply, RunFinished, Secret, WorkerRequest,
-};
+use jobcast_protocol::{Assignment, Exec, Outcome, Reply, RunFinished, Secret, WorkerRequest};
 use jobcast_worker::procfs::cpu_time;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -120,16 +118,7 @@ async fn register(broker: &Broker, n: usize) -> Result<Client> {
     .await?;
     let reply = client
         .request(
-            WorkerRequest::Register(Register {
-                hostname: "bench".into(),
-                pid: std::process::id(),
-                version: jobcast_protocol::JOBCAST_VERSION.into(),
-                concurrency: 1,
-                pools: vec!["bench".into()],
-                running: vec![],
-                max_log_bytes: 1 << 20,
-                instance: n as u64,
-            }),
+            WorkerRequest::Register(synthetic_registration("bench", 1)),
             TIMEOUT,
         )
         .await

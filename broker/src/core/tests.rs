@@ -131,6 +131,18 @@ impl Harness {
         }
     }
 
+    /// `worker` reports `run_id` started (as pid 1).
+    fn start(&mut self, worker: &str, run_id: &str) -> Reply {
+        self.worker(
+            worker,
+            WorkerRequest::RunStarted {
+                run_id: run_id.into(),
+                pid: 1,
+                spawned_at_us: 0,
+            },
+        )
+    }
+
     fn finish(&mut self, worker: &str, run_id: &str, outcome: Outcome) {
         self.worker(
             worker,

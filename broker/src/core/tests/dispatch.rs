@@ -12,14 +12,7 @@ fn state_survives_a_restart_of_the_core() {
         running = h.enqueue("hello");
         queued = h.enqueue("hello");
         h.claim("w1", 1);
-        h.worker(
-            "w1",
-            WorkerRequest::RunStarted {
-                run_id: running.clone(),
-                pid: 3,
-                spawned_at_us: 0,
-            },
-        );
+        h.start("w1", &running);
         // The broker stops; the next one opens what it stored.
         store = h.core.into_store();
     }

@@ -66,14 +66,7 @@ fn a_repeated_enqueue_with_the_same_key_answers_with_the_first_run() {
     assert_eq!(h.core.store().run_count().unwrap(), 1);
     // Still so once the run has ended, and after a broker restart.
     h.claim("w1", 1);
-    h.worker(
-        "w1",
-        WorkerRequest::RunStarted {
-            run_id: first.clone(),
-            pid: 3,
-            spawned_at_us: 0,
-        },
-    );
+    h.start("w1", &first);
     h.finish("w1", &first, Outcome::Exited { code: 0 });
     let mut h = Harness::with_store(h.core.into_store());
     assert_eq!(run_id(enqueue_with_key(&mut h, "hello", "k-1")), first);

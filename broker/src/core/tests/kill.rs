@@ -9,14 +9,7 @@ fn kill_cancels_queued_orders_running_and_is_idempotent() {
     let running = h.enqueue("hello");
     let queued = h.enqueue("hello");
     assert_eq!(h.claim("w1", 1), vec![running.clone()]);
-    h.worker(
-        "w1",
-        WorkerRequest::RunStarted {
-            run_id: running.clone(),
-            pid: 9,
-            spawned_at_us: 0,
-        },
-    );
+    h.start("w1", &running);
 
     let (reply, out) = h.send(
         ADMIN,

@@ -88,14 +88,7 @@ fn a_grant_the_worker_does_not_report_is_resent_with_its_orders() {
     // Once the worker holds it, nothing more is resent.
     assert!(resumed(&orders(h.worker("w1", heartbeat(&[&run])))).is_empty());
     // Nor once it is reported started (the heartbeat may have crossed that report).
-    h.worker(
-        "w1",
-        WorkerRequest::RunStarted {
-            run_id: run.clone(),
-            pid: 5,
-            spawned_at_us: 0,
-        },
-    );
+    h.start("w1", &run);
     assert!(resumed(&orders(h.worker("w1", heartbeat(&[])))).is_empty());
 }
 

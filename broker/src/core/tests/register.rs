@@ -8,14 +8,7 @@ fn a_worker_that_restarts_without_a_run_loses_it_and_it_is_not_rerun() {
     h.register("w1", 4, &["default"], &[]);
     let run = h.enqueue("hello");
     assert_eq!(h.claim("w1", 1), vec![run.clone()]);
-    h.worker(
-        "w1",
-        WorkerRequest::RunStarted {
-            run_id: run.clone(),
-            pid: 9,
-            spawned_at_us: 0,
-        },
-    );
+    h.start("w1", &run);
     h.register("w1", 4, &["default"], &[]);
     assert_eq!(h.state(&run), RunState::Lost);
     assert!(
@@ -114,14 +107,7 @@ fn a_second_registration_crossing_a_grant_gets_the_grant_again_not_a_lost_run() 
     assert_eq!(h.state(&run), RunState::Assigned);
     assert_eq!(resumed(&again), vec![run.clone()]);
     // It starts and finishes as any run.
-    h.worker(
-        "w1",
-        WorkerRequest::RunStarted {
-            run_id: run.clone(),
-            pid: 9,
-            spawned_at_us: 0,
-        },
-    );
+    h.start("w1", &run);
     h.finish("w1", &run, Outcome::Exited { code: 0 });
     assert_eq!(h.state(&run), RunState::Succeeded);
     let history: Vec<String> = h

@@ -42,14 +42,7 @@ fn reports_from_another_worker_or_for_an_ended_run_change_nothing() {
     h.register("w2", 1, &["default"], &[]);
     let run = h.enqueue("hello");
     assert_eq!(h.claim("w1", 1), vec![run.clone()]);
-    h.worker(
-        "w1",
-        WorkerRequest::RunStarted {
-            run_id: run.clone(),
-            pid: 7,
-            spawned_at_us: 0,
-        },
-    );
+    h.start("w1", &run);
     h.finish("w2", &run, Outcome::Exited { code: 0 });
     assert_eq!(h.state(&run), RunState::Running);
     h.finish("w1", &run, Outcome::Exited { code: 0 });

@@ -71,14 +71,7 @@ impl Harness {
     }
 
     fn start_and_finish(&mut self, worker: &str, run_id: &str, code: i32) {
-        self.worker(
-            worker,
-            WorkerRequest::RunStarted {
-                run_id: run_id.into(),
-                pid: 1,
-                spawned_at_us: 0,
-            },
-        );
+        self.start(worker, run_id);
         self.finish(worker, run_id, Outcome::Exited { code });
     }
 }
@@ -282,14 +275,7 @@ fn overlap_skip_queue_allow_and_replace() {
         h.run_clock_for(60 * SECOND);
         let first = h.claim("w1", 4);
         assert_eq!(first.len(), 1, "{policy}");
-        h.worker(
-            "w1",
-            WorkerRequest::RunStarted {
-                run_id: first[0].clone(),
-                pid: 1,
-                spawned_at_us: 0,
-            },
-        );
+        h.start("w1", &first[0]);
         h.run_clock_for(60 * SECOND);
         let runs = h.runs_of("slow");
         assert_eq!(runs.len(), runs_after_two_ticks, "{policy}");
@@ -416,14 +402,7 @@ fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
     for _ in 0..2 {
         notes.extend(h.run_clock_for(60 * SECOND));
         let run = h.claim("w1", 1);
-        h.worker(
-            "w1",
-            WorkerRequest::RunStarted {
-                run_id: run[0].clone(),
-                pid: 1,
-                spawned_at_us: 0,
-            },
-        );
+        h.start("w1", &run[0]);
         let mut out = Outbox::default();
         h.core
             .handle(

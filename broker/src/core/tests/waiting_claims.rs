@@ -127,14 +127,7 @@ fn runs_queued_while_every_slot_is_busy_reach_the_waiting_claim_when_one_frees()
     assert!(out.replies.is_empty());
     let second = h.enqueue("hello");
     assert!(grants_for(&h.tick(), "w1").is_empty(), "no room yet");
-    h.worker(
-        "w1",
-        WorkerRequest::RunStarted {
-            run_id: first.clone(),
-            pid: 1,
-            spawned_at_us: 0,
-        },
-    );
+    h.start("w1", &first);
     h.finish("w1", &first, Outcome::Exited { code: 0 });
     assert_eq!(h.state(&first), RunState::Succeeded);
     assert_eq!(grants_for(&h.tick(), "w1"), vec![(claim_id, vec![second])]);
