@@ -64,9 +64,26 @@ fn local(at: i64, offset: i64) -> Option<NaiveDateTime> {
     Some(DateTime::from_timestamp(at.checked_add(offset)?, 0)?.naive_utc())
 }
 
+/// Whether the wall-clock times skipped when the offset jumps from `before` to `after`
+/// at `change` hold a match of `expr`.
+fn gap_matches(expr: &CronExpr, change: i64, before: i64, after: i64) -> Option<bool> {
+    let gap_start = local(change, before)?;
+    let gap_end = local(change, after)?;
+    Some(
+        expr.next_match(gap_start, 1)
+            .is_some_and(|skipped| skipped < gap_end),
+    )
+}
+
 /// The first tick of `expr` in `tz` at or after `from` (seconds since the epoch).
 pub fn tick_at_or_after(expr: &CronExpr, tz: Tz, from: i64) -> Option<i64> {
     let horizon = from + i64::from(HORIZON_YEARS) * 366 * DAY;
+    // Searching from the very instant the clock jumps forward: the gap just skipped
+    // ticks here, if it holds a match (the walk below sees only changes after `from`).
+    let (before, now) = (offset_at(tz, from - 1)?, offset_at(tz, from)?);
+    if now > before && gap_matches(expr, from, before, now)? {
+        return Some(from);
+    }
     let mut at = from;
     while at < horizon {
         let offset = offset_at(tz, at)?;
@@ -91,15 +108,8 @@ pub fn tick_at_or_after(expr: &CronExpr, tz: Tz, from: i64) -> Option<i64> {
                 // times from here to the new offset do not exist: a match among them
                 // ticks once, at the change.
                 let after = offset_at(tz, change)?;
-                if after > offset {
-                    let gap_start = local(change, offset)?;
-                    let gap_end = local(change, after)?;
-                    if expr
-                        .next_match(gap_start, 1)
-                        .is_some_and(|skipped| skipped < gap_end)
-                    {
-                        return Some(change);
-                    }
+                if after > offset && gap_matches(expr, change, offset, after)? {
+                    return Some(change);
                 }
                 at = change;
             }
@@ -184,6 +194,21 @@ mod tests {
                 "2026-10-03 15:30:00",
                 "2026-10-03 16:00:00"
             ]
+        );
+    }
+
+    #[test]
+    fn a_search_from_the_instant_of_a_jump_sees_the_gap_it_skipped() {
+        // Found by the brute-force comparison: Lord Howe jumps at 2024-10-05 15:30 UTC
+        // (02:00 → 02:30); seconds 1-59 of 02:xx lie in the gap and tick at the jump.
+        assert_eq!(
+            ticks(
+                "1-59 * 0-2 * * *",
+                "Australia/Lord_Howe",
+                "2024-10-05 15:30:00",
+                2
+            ),
+            ["2024-10-05 15:30:00", "2024-10-05 15:30:01"]
         );
     }
 
