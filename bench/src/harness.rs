@@ -228,8 +228,12 @@ impl Broker {
 
     /// Enqueues `n` runs of `job`, pipelined; returns when all are acknowledged.
     pub async fn enqueue(&self, job: &str, n: usize) -> Result<()> {
-        for chunk in 0..n.div_ceil(1_000) {
-            let count = (n - chunk * 1_000).min(1_000);
+        // At most 500 in flight: the broker keeps up to 1,000 replies queued for a peer
+        // (its high-water mark) and drops what comes beyond, so a client must not have
+        // more outstanding than that, other requests included.
+        const IN_FLIGHT: usize = 500;
+        for chunk in 0..n.div_ceil(IN_FLIGHT) {
+            let count = (n - chunk * IN_FLIGHT).min(IN_FLIGHT);
             let pending: Vec<_> = (0..count)
                 .map(|_| {
                     self.admin.submit(AdminRequest::Enqueue {

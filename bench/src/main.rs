@@ -76,10 +76,9 @@ enum Command {
     /// Broker cost per run as workers grow: N one-slot synthetic workers claiming as real
     /// ones do, broker CPU and claims per run for each N.
     Workers {
-        /// Worker counts to measure, one broker each. At most about 300: the synthetic
-        /// workers share this process's libzmq context, which holds 1,023 sockets, and
-        /// each worker's client takes three.
-        #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 300])]
+        /// Worker counts to measure, one broker each (beyond 250, the synthetic workers
+        /// run in child processes of the bench).
+        #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1_000])]
         counts: Vec<usize>,
         #[arg(long, default_value_t = 10_000)]
         runs: usize,
@@ -121,6 +120,16 @@ enum Command {
     },
     /// Everything above with default sizes (or --quick ones), in one run.
     All,
+    /// One-slot synthetic workers for `workers`, run by the bench in a child process.
+    #[command(hide = true)]
+    SyntheticWorkers {
+        #[arg(long)]
+        router: String,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -163,6 +172,11 @@ fn main() -> Result<()> {
             Command::Retention { stored_runs } => {
                 retention::retention(if args.quick { 5_000 } else { stored_runs }).await
             }
+            Command::SyntheticWorkers {
+                router,
+                first,
+                count,
+            } => workers::serve_workers(router, first, count).await,
             Command::Workers { counts, runs } => {
                 if args.quick {
                     workers::many_workers(&[5, 20], 200).await
@@ -207,7 +221,7 @@ fn main() -> Result<()> {
                 if q {
                     workers::many_workers(&[5, 20], 200).await?;
                 } else {
-                    workers::many_workers(&[10, 100, 300], 10_000).await?;
+                    workers::many_workers(&[10, 100, 1_000], 10_000).await?;
                 }
                 println!();
                 retention::retention(if q { 5_000 } else { 1_000_000 }).await?;
