@@ -119,6 +119,12 @@ pub async fn footprint(stored_runs: usize) -> Result<()> {
         mb(disk),
         disk / stored_runs.max(1) as u64
     );
+    crate::goals::at_most(
+        "disk per finished run",
+        500.0,
+        (disk / stored_runs.max(1) as u64) as f64,
+        "bytes",
+    );
     let restart = Instant::now();
     let broker = Broker::start_in(dir).await?;
     // Serving: it answers a request that reads the store.
@@ -136,9 +142,13 @@ pub async fn footprint(stored_runs: usize) -> Result<()> {
         status.total_runs,
         restart_time.as_secs_f64()
     );
-    println!(
-        "| broker RSS with them, idle | {} |",
-        mb(rss_bytes(broker.pid()))
+    let rss = rss_bytes(broker.pid());
+    println!("| broker RSS with them, idle | {} |", mb(rss));
+    crate::goals::at_most(
+        &format!("broker RSS with {} runs stored", status.total_runs),
+        64.0,
+        rss as f64 / 1e6,
+        "MB",
     );
     Ok(())
 }

@@ -59,6 +59,10 @@ pub async fn latency(runs: usize) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     summary_row("process spawned", &spawn)?;
     summary_row("end recorded", &end)?;
+    if let Some(s) = crate::stats::Summary::of(&spawn) {
+        crate::goals::at_most("enqueue → spawned, p50", 0.4, s.p50 as f64 / 1e3, "ms");
+        crate::goals::at_most("enqueue → spawned, p99", 1.0, s.p99 as f64 / 1e3, "ms");
+    }
     Ok(())
 }
 

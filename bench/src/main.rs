@@ -5,6 +5,7 @@
 //! `jobcast-broker` that sits next to its own executable.
 
 mod footprint;
+mod goals;
 mod harness;
 mod latency;
 mod live;
@@ -232,7 +233,10 @@ fn main() -> Result<()> {
                     live::live(1_000, 50, Duration::from_secs(20)).await?;
                 }
                 println!();
-                footprint(if q { 2_000 } else { 1_000_000 }).await
+                footprint(if q { 2_000 } else { 1_000_000 }).await?;
+                println!();
+                goals::print();
+                Ok(())
             }
         }
     })
@@ -294,6 +298,14 @@ async fn firetime(together: usize, total: usize, duration: Duration) -> Result<(
         together,
         &samples,
     )?;
+    if let Some(s) = Summary::of(&samples) {
+        goals::at_most(
+            &format!("fire-time error p99, {together} jobs due in one second"),
+            10.0,
+            s.p99 as f64 / 1e3,
+            "ms",
+        );
+    }
     drop(broker);
 
     // Scenario 2: `total` jobs spread over each minute (second i % 60).

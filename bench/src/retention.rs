@@ -81,5 +81,11 @@ pub async fn retention(stored: usize) -> Result<()> {
         "| goal: no batch over 20 ms (a request waits at most one batch) | max {} |",
         ms(rtt.max)
     );
+    crate::goals::at_most(
+        "longest request wait while pruning",
+        20.0,
+        rtt.max as f64 / 1e3,
+        "ms",
+    );
     Ok(())
 }

@@ -87,6 +87,12 @@ pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<()> {
     println!("| raw spawn+wait, {concurrency} at once, no scheduler | {raw:.0} |");
     println!("| jobcast, first enqueue → last completion recorded | {rate:.0} |");
     println!("| ratio | {:.0} % |", rate / raw * 100.0);
+    crate::goals::at_least(
+        "shell runs/s as a share of the raw limit",
+        90.0,
+        rate / raw * 100.0,
+        "%",
+    );
     if !(rate > 0.0 && raw > 0.0) {
         bail!("no throughput measured");
     }
@@ -127,6 +133,12 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     println!(
         "| runs/s (whole lifecycle, durable) | {:.0} |",
         runs as f64 / elapsed.as_secs_f64()
+    );
+    crate::goals::at_least(
+        "whole lifecycle, durable",
+        25_000.0,
+        runs as f64 / elapsed.as_secs_f64(),
+        "runs/s",
     );
     // CPU per run says what the figure would be on a machine of its own: the bench's
     // synthetic workers share these cores with the broker.

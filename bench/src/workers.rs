@@ -37,6 +37,20 @@ pub async fn many_workers(counts: &[usize], runs: usize) -> Result<()> {
     for &workers in counts {
         rows.push(one_case(workers, runs).await?);
     }
+    // Flat: the broker's CPU per run with the most workers within 25 % of the fewest's.
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        if let (Some(few), Some(many)) = (first.broker_us_per_run, last.broker_us_per_run) {
+            crate::goals::at_most(
+                &format!(
+                    "broker CPU per run, {} workers against {}, as a share",
+                    last.workers, first.workers
+                ),
+                125.0,
+                many / few * 100.0,
+                "%",
+            );
+        }
+    }
     println!();
     println!("| workers | runs/s | broker CPU per run | claims per run |");
     println!("|---|---|---|---|");
