@@ -3,7 +3,7 @@
 //! the ids of the runs that ended most recently, so that a run selector can match a
 //! substring without reading every stored id.
 
-use jobcast_protocol::RunRecord;
+use jobcast_protocol::{RunRecord, RunState};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -110,6 +110,17 @@ impl RunTable {
             }
         }
         pools
+    }
+
+    /// Whether a run of `job` is assigned or running.
+    pub fn has_run_out(&self, job: &str) -> bool {
+        self.by_job.get(job).is_some_and(|ids| {
+            ids.iter().any(|id| {
+                self.active
+                    .get(id)
+                    .is_some_and(|r| matches!(r.state, RunState::Assigned | RunState::Running))
+            })
+        })
     }
 
     pub fn has_queued(&self, pool: &str) -> bool {

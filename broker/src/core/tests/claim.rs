@@ -58,3 +58,23 @@ fn runs_go_only_to_workers_of_their_pool() {
     assert!(h.claim("w1", 4).is_empty());
     assert_eq!(h.claim("g1", 4), vec![gpu]);
 }
+
+#[test]
+fn one_claim_takes_one_run_of_a_queue_job_and_the_next_only_after_it_ends() {
+    let mut h = Harness::new();
+    let mut queued = job("serial", "default");
+    queued.policy.overlap = jobcast_protocol::Overlap::Queue;
+    h.admin(AdminRequest::ApplyJobs {
+        jobs: vec![job("hello", "default"), queued],
+    });
+    h.register("w1", 4, &["default"], &[]);
+    let first = h.enqueue("serial");
+    let second = h.enqueue("serial");
+    let other = h.enqueue("hello");
+    // In one claim with room for all: one run of the queue job, and the other job's run.
+    assert_eq!(h.claim("w1", 4), vec![first.clone(), other]);
+    assert!(h.claim("w1", 4).is_empty(), "the second waits for the first");
+    h.start("w1", &first);
+    h.finish("w1", &first, Outcome::Exited { code: 0 });
+    assert_eq!(h.claim("w1", 4), vec![second]);
+}

@@ -5,7 +5,6 @@ use crate::core::{nothing_granted, Core, Outbox, PeerId, ReplyTo};
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Assignment, Event, Overlap, Reply, RunState};
-use std::collections::BTreeSet;
 
 /// A `Claim` as it arrived: the connection and request id to answer, when it waits.
 pub(super) struct ClaimRequest<'a> {
@@ -68,15 +67,6 @@ impl<S: Store> Core<S> {
         let cap = session.register.max_log_bytes;
         let instance = (session.register.instance != 0).then_some(session.register.instance);
         let mut granted = Vec::new();
-        // Jobs with `overlap = queue` that already have a run out cannot get another.
-        let mut busy_jobs: BTreeSet<String> = self
-            .runs
-            .active
-            .values()
-            .filter(|r| matches!(r.state, RunState::Assigned | RunState::Running))
-            .filter(|r| r.spec.policy.overlap == Overlap::Queue)
-            .map(|r| r.job.clone())
-            .collect();
         while granted.len() < room {
             // The oldest grantable queued run across this worker's pools.
             let mut best: Option<(u64, String)> = None;
@@ -94,7 +84,10 @@ impl<S: Store> Core<S> {
                     if run.pinned_worker.as_deref().is_some_and(|w| w != worker) {
                         continue;
                     }
-                    if run.spec.policy.overlap == Overlap::Queue && busy_jobs.contains(&run.job) {
+                    // A job with `overlap = queue` gets no second run out (looked up among
+                    // that job's active runs, not by walking every run).
+                    if run.spec.policy.overlap == Overlap::Queue && self.runs.has_run_out(&run.job)
+                    {
                         continue;
                     }
                     best = Some((*seq, pool.clone()));
@@ -119,9 +112,6 @@ impl<S: Store> Core<S> {
             run.log_cap = cap;
             self.store.put_run(run)?;
             self.changes.runs.insert(run.id.clone());
-            if run.spec.policy.overlap == Overlap::Queue {
-                busy_jobs.insert(run.job.clone());
-            }
             granted.push(Assignment::of(run));
             if let Some(session) = self.workers.sessions.get_mut(worker) {
                 session.runs.insert(run_id);
