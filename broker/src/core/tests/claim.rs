@@ -73,7 +73,10 @@ fn one_claim_takes_one_run_of_a_queue_job_and_the_next_only_after_it_ends() {
     let other = h.enqueue("hello");
     // In one claim with room for all: one run of the queue job, and the other job's run.
     assert_eq!(h.claim("w1", 4), vec![first.clone(), other]);
-    assert!(h.claim("w1", 4).is_empty(), "the second waits for the first");
+    assert!(
+        h.claim("w1", 4).is_empty(),
+        "the second waits for the first"
+    );
     h.start("w1", &first);
     h.finish("w1", &first, Outcome::Exited { code: 0 });
     assert_eq!(h.claim("w1", 4), vec![second]);
