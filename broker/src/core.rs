@@ -224,10 +224,7 @@ impl<S: Store> Core<S> {
         let changes = std::mem::take(&mut self.changes);
         let mut runs = Vec::with_capacity(changes.runs.len());
         for id in changes.runs {
-            match self.runs.active.get(&id) {
-                Some(run) => runs.push(run.clone()),
-                None => runs.extend(self.store.run(&id)?),
-            }
+            runs.extend(self.find_run(&id)?);
         }
         Ok(ChangeSet {
             runs,
@@ -270,22 +267,36 @@ impl<S: Store> Core<S> {
         let answer = match (request.into(), from == ADMIN) {
             (Request::Admin(request), true) => {
                 let actor = format!("key {from}");
-                self.handle_admin(&reply_to, &actor, id, request, now_us, out)?
+                self.handle_admin(&reply_to, &actor, id, request, now_us, out)
             }
             (Request::Worker(request), false) => {
-                self.handle_worker(peer, from, id, request, now_us, out)?
+                self.handle_worker(peer, from, id, request, now_us, out)
             }
-            (Request::Worker(_), true) => Some(
-                CoreError::Forbidden("the admin key cannot send worker requests".into())
-                    .into_reply()?,
-            ),
-            (Request::Admin(_), false) => {
-                Some(CoreError::Forbidden("this request needs the admin key".into()).into_reply()?)
-            }
+            (Request::Worker(_), true) => Err(CoreError::Forbidden(
+                "the admin key cannot send worker requests".into(),
+            )),
+            (Request::Admin(_), false) => Err(CoreError::Forbidden(
+                "this request needs the admin key".into(),
+            )),
         };
-        // `None`: answered later (a ping's answers, a waiting claim's runs).
-        if let Some(reply) = answer {
-            out.reply(&reply_to, id, reply);
+        Self::answer(&reply_to, id, answer, out)
+    }
+
+    /// Sends what a request module decided: its reply, or its refusal as an error reply.
+    /// `None` is answered later (a ping's answers, a waiting claim's runs); a store failure
+    /// goes back to the server.
+    fn answer(
+        reply_to: &ReplyTo,
+        id: u64,
+        answer: Handled<Option<Reply>>,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        let reply = match answer {
+            Ok(reply) => reply,
+            Err(refusal) => Some(refusal.into_reply()?),
+        };
+        if let Some(reply) = reply {
+            out.reply(reply_to, id, reply);
         }
         Ok(())
     }
@@ -301,10 +312,8 @@ impl<S: Store> Core<S> {
         out: &mut Outbox,
     ) -> StoreResult<()> {
         self.set_clock(now_us);
-        if let Some(reply) = self.handle_admin(&ReplyTo::Api, actor, id, request, now_us, out)? {
-            out.reply(&ReplyTo::Api, id, reply);
-        }
-        Ok(())
+        let answer = self.handle_admin(&ReplyTo::Api, actor, id, request, now_us, out);
+        Self::answer(&ReplyTo::Api, id, answer, out)
     }
 
     fn set_clock(&mut self, now_us: u64) {

@@ -11,6 +11,38 @@ pub const ADMIN_SECRET: &str = "integration-admin-secret";
 pub const VIEWER_TOKEN: &str = "integration-viewer-token";
 pub const OPERATOR_TOKEN: &str = "integration-operator-token";
 
+/// A number from the environment variable `name`, or `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The moments chaos tests kill something at: a small deterministic generator seeded
+/// from `JOBCAST_CHAOS_SEED` (or `default`), so a failure's moments can be replayed.
+pub struct Chaos {
+    seed: u64,
+}
+
+impl Chaos {
+    pub fn from_env(default: u64) -> Chaos {
+        let seed = env_number("JOBCAST_CHAOS_SEED", default);
+        eprintln!("chaos seed {seed}");
+        Chaos { seed }
+    }
+
+    /// The next pause, between `min` and `min + spread`.
+    pub fn next_pause(&mut self, min: Duration, spread: Duration) -> Duration {
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let spread_ms = (spread.as_millis() as u64).max(1);
+        min + Duration::from_millis((self.seed >> 33) % spread_ms)
+    }
+}
+
 pub fn worker_secret(id: &str) -> String {
     format!("integration-secret-for-{id}")
 }

@@ -13,13 +13,6 @@ use std::time::{Duration, Instant};
 const LONG: Duration = Duration::from_secs(120);
 const REQUESTS_PER_ROUND: usize = 40;
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn a_broker_killed_during_an_enqueue_storm_runs_every_request_exactly_once() {
     let mut cluster = Cluster::start(2);
@@ -102,13 +95,10 @@ fn a_broker_killed_during_an_enqueue_storm_runs_every_request_exactly_once() {
     });
 
     // Kill the broker at moments a small deterministic generator picks.
-    let mut seed = env_number("JOBCAST_CHAOS_SEED", 0xc4a5);
-    eprintln!("chaos seed {seed}, {rounds} rounds");
+    let mut chaos = Chaos::from_env(0xc4a5);
+    eprintln!("{rounds} rounds");
     for round in 0..rounds {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let wait = Duration::from_millis(100 + (seed >> 33) % 700);
+        let wait = chaos.next_pause(Duration::from_millis(100), Duration::from_millis(700));
         std::thread::sleep(wait);
         // Then the first moment a burst is in flight (they come every 50 ms).
         wait_for("a burst in flight", LONG, || {

@@ -123,16 +123,9 @@ fn a_broker_killed_at_random_moments_never_records_or_runs_a_tick_twice() {
     ));
     cluster.start_worker("w1", &[]);
     // A small deterministic generator picks the moments, so a failure can be replayed.
-    let mut seed: u64 = std::env::var("JOBCAST_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed);
-    eprintln!("chaos seed {seed}");
+    let mut chaos = Chaos::from_env(0x5eed);
     for round in 0..10 {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let wait = Duration::from_millis(200 + (seed >> 33) % 1300);
+        let wait = chaos.next_pause(Duration::from_millis(200), Duration::from_millis(1300));
         std::thread::sleep(wait);
         cluster.kill_broker();
         cluster.start_broker();

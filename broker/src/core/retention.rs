@@ -74,17 +74,21 @@ impl<S: Store> Core<S> {
         })
     }
 
-    /// When the loop should take the next step, if retention applies at all.
-    pub(in crate::core) fn next_prune_ms(&self) -> Option<u64> {
-        self.retention_applies()
-            .then_some(self.pruning.next_step_ms)
+    /// When the loop should take the next step (a step that finds retention off rests
+    /// like one that found nothing, so no batch pays for looking at every job).
+    pub(in crate::core) fn next_prune_ms(&self) -> u64 {
+        self.pruning.next_step_ms
     }
 
     /// One bounded step of the walk, from the loop: deletes what is due among the next
     /// `STEP` records. Returns how many it deleted. A step that deleted something is
     /// followed by the next at once (a batch of its own, committed like any other).
     pub(in crate::core) fn prune_step(&mut self, now: u64) -> StoreResult<u64> {
-        if now < self.pruning.next_step_ms || !self.retention_applies() {
+        if now < self.pruning.next_step_ms {
+            return Ok(0);
+        }
+        if !self.retention_applies() {
+            self.pruning.next_step_ms = now + IDLE_MS;
             return Ok(0);
         }
         let newest = self.store.last_run_seq()?;

@@ -6,7 +6,22 @@ use crate::store::{Store, StoreResult};
 use jobcast_protocol::{RunRecord, RunState};
 use rand::RngCore;
 
+/// Whether `run` is a grant to worker process `instance` that was never reported
+/// started: such a run provably did not run, and is resent rather than lost. The one rule
+/// for registrations and heartbeats alike.
+pub(in crate::core) fn unstarted_grant_to(run: &RunRecord, instance: u64) -> bool {
+    run.state == RunState::Assigned && instance != 0 && run.worker_instance == Some(instance)
+}
+
 impl<S: Store> Core<S> {
+    /// A run by id, unfinished (in memory) or stored.
+    pub(in crate::core) fn find_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
+        match self.runs.active.get(id) {
+            Some(run) => Ok(Some(run.clone())),
+            None => self.store.run(id),
+        }
+    }
+
     pub(in crate::core) fn new_run_id(&mut self) -> StoreResult<String> {
         loop {
             let id = format!("{:016x}", self.rng.next_u64());

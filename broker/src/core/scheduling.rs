@@ -275,9 +275,7 @@ impl<S: Store> Core<S> {
         if let Some(t) = self.runs.next_release_ms() {
             next_ms = next_ms.min(t);
         }
-        if let Some(t) = self.next_prune_ms() {
-            next_ms = next_ms.min(t);
-        }
+        next_ms = next_ms.min(self.next_prune_ms());
         let mut next_us = next_ms.saturating_mul(1_000);
         if let Some(deadline) = self.pings.pending.values().map(|p| p.deadline_us).min() {
             next_us = next_us.min(deadline);

@@ -39,11 +39,7 @@ impl<S: Store> Core<S> {
                 )));
             }
             let id = derived_run_id(&["enqueue", job, key]);
-            let existing = match self.runs.active.get(&id) {
-                Some(run) => Some(run.clone()),
-                None => self.store.run(&id)?,
-            };
-            if let Some(run) = existing {
+            if let Some(run) = self.find_run(&id)? {
                 tracing::info!(job, run_id = %run.id, "enqueue repeated with the same key");
                 return Ok(Reply::Enqueued { run: Box::new(run) });
             }

@@ -33,16 +33,10 @@ pub(in crate::core) fn slice_from(chunks: &[(u64, Vec<u8>)], from: u64) -> (Vec<
 impl<S: Store> Core<S> {
     pub(in crate::core) fn get_log(&self, selector: &str, offset: Option<u64>) -> Handled {
         let run_id = self.resolve_one(selector)?;
-        let run = match self.runs.active.get(&run_id) {
-            Some(run) => run.clone(),
-            None => match self.store.run(&run_id)? {
-                Some(run) => run,
-                None => {
-                    return Err(CoreError::NoSuchRun {
-                        selector: selector.to_string(),
-                    })
-                }
-            },
+        let Some(run) = self.find_run(&run_id)? else {
+            return Err(CoreError::NoSuchRun {
+                selector: selector.to_string(),
+            });
         };
         let chunks = self.store.log_chunks(&run.id)?;
         let end = chunks.last().map(|(o, b)| o + b.len() as u64).unwrap_or(0);

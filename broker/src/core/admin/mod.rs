@@ -18,27 +18,12 @@ mod set_enabled;
 mod status;
 
 use crate::core::{ms, Core, Handled, Outbox, ReplyTo};
-use crate::store::{Store, StoreResult};
+use crate::store::Store;
 use jobcast_protocol::{AdminRequest, Reply};
 
 impl<S: Store> Core<S> {
-    pub(in crate::core) fn handle_admin(
-        &mut self,
-        reply_to: &ReplyTo,
-        actor: &str,
-        id: u64,
-        request: AdminRequest,
-        now_us: u64,
-        out: &mut Outbox,
-    ) -> StoreResult<Option<Reply>> {
-        match self.apply_admin(reply_to, actor, id, request, now_us, out) {
-            Ok(answer) => Ok(answer),
-            Err(refusal) => refusal.into_reply().map(Some),
-        }
-    }
-
     /// `None`: the answer comes later (a ping's).
-    fn apply_admin(
+    pub(in crate::core) fn handle_admin(
         &mut self,
         reply_to: &ReplyTo,
         actor: &str,

@@ -12,7 +12,7 @@ mod run_finished;
 mod run_started;
 
 use crate::core::{ms, Core, CoreError, Handled, Outbox, PeerId};
-use crate::store::{Store, StoreResult};
+use crate::store::Store;
 use claim::ClaimRequest;
 use jobcast_protocol::{Reply, WorkerRequest};
 
@@ -20,21 +20,6 @@ impl<S: Store> Core<S> {
     /// Handles a request from a worker; `None` when the answer comes later (a claim
     /// waiting for runs).
     pub(in crate::core) fn handle_worker(
-        &mut self,
-        peer: &PeerId,
-        worker: &str,
-        id: u64,
-        request: WorkerRequest,
-        now_us: u64,
-        out: &mut Outbox,
-    ) -> StoreResult<Option<Reply>> {
-        match self.apply_worker(peer, worker, id, request, now_us, out) {
-            Ok(answer) => Ok(answer),
-            Err(refusal) => refusal.into_reply().map(Some),
-        }
-    }
-
-    fn apply_worker(
         &mut self,
         peer: &PeerId,
         worker: &str,

@@ -1,8 +1,9 @@
 //! `Heartbeat` and `FetchOrders`: the kill and drain orders a worker has to follow.
 
+use crate::core::runs::unstarted_grant_to;
 use crate::core::{Core, Outbox};
 use crate::store::Store;
-use jobcast_protocol::{Assignment, Heartbeat, Orders, Reply, RunState};
+use jobcast_protocol::{Assignment, Heartbeat, Orders, Reply};
 
 impl<S: Store> Core<S> {
     /// Keeps the session alive (the caller noted the time) and answers with its orders.
@@ -38,12 +39,7 @@ impl<S: Store> Core<S> {
             .iter()
             .filter(|id| !reported_running.contains(id))
             .filter_map(|id| self.runs.active.get(id))
-            .filter(|run| {
-                run.state == RunState::Assigned
-                    && !run.kill_requested
-                    && instance != 0
-                    && run.worker_instance == Some(instance)
-            })
+            .filter(|run| !run.kill_requested && unstarted_grant_to(run, instance))
             .map(Assignment::of)
             .collect();
         if !resume.is_empty() {

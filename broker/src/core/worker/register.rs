@@ -1,6 +1,7 @@
 //! `Register`: a worker starts a session; the runs it reports are reconciled.
 
 use crate::core::error::listed;
+use crate::core::runs::unstarted_grant_to;
 use crate::core::{Core, CoreError, Handled, Outbox, PeerId, Session};
 use crate::store::Store;
 use jobcast_protocol::{names, Register, Reply, RunState, WorkerStatus};
@@ -41,20 +42,19 @@ impl<S: Store> Core<S> {
         let mut register = register;
         register.max_log_bytes = register.max_log_bytes.min(self.config.max_log_bytes);
         let reported: BTreeSet<&String> = register.running.iter().collect();
-        let ours: Vec<(String, RunState, Option<u64>)> = self
+        let ours: Vec<(String, bool)> = self
             .runs
             .active
             .values()
             .filter(|r| r.worker.as_deref() == Some(worker))
             .filter(|r| matches!(r.state, RunState::Assigned | RunState::Running))
-            .map(|r| (r.id.clone(), r.state, r.worker_instance))
+            .map(|r| (r.id.clone(), unstarted_grant_to(r, register.instance)))
             .collect();
         let mut kept = BTreeSet::new();
-        for (run_id, state, instance) in ours {
-            let same_process = register.instance != 0 && instance == Some(register.instance);
+        for (run_id, unstarted_grant) in ours {
             if reported.contains(&run_id) {
                 kept.insert(run_id);
-            } else if state == RunState::Assigned && same_process {
+            } else if unstarted_grant {
                 // Granted to this very process, which does not hold it: the answer to its
                 // claim was lost or is still on its way, and the process starts only runs
                 // it holds. Nothing ran; the orders below resend the grant (a late answer
