@@ -33,6 +33,9 @@ pub struct FileConfig {
     pub max_frame_bytes: Option<usize>,
     /// The most log stored per run, whatever a worker declares [default: 1 MiB].
     pub max_log_bytes: Option<u64>,
+    /// Free space kept in the data directory: under it the broker takes no new work
+    /// until space is freed; 0 turns the check off [default: 64 MiB].
+    pub min_free_bytes: Option<u64>,
     #[serde(default)]
     pub keys: KeysSection,
     #[serde(default)]
@@ -193,6 +196,7 @@ pub struct BrokerConfig {
     pub peer_timeout: Duration,
     pub max_frame_bytes: usize,
     pub max_log_bytes: u64,
+    pub min_free_bytes: u64,
     pub keys: Keys,
     pub webhooks: Vec<crate::notify::Webhook>,
     /// The HTTP listener; `None` when turned off with `--http off`.
@@ -291,6 +295,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
         peer_timeout: file.peer_timeout.unwrap_or(Duration::from_secs(20)),
         max_frame_bytes: file.max_frame_bytes.unwrap_or(1 << 20),
         max_log_bytes: file.max_log_bytes.unwrap_or(1 << 20),
+        min_free_bytes: file.min_free_bytes.unwrap_or(64 << 20),
         keys: Keys {
             admin: secret("admin", admin)?,
             workers,

@@ -8,6 +8,7 @@
 mod admin;
 mod after_end;
 mod alerts;
+mod disk;
 mod error;
 mod job_table;
 mod liveness;
@@ -22,6 +23,7 @@ mod worker_table;
 
 use admin::Pings;
 pub use after_end::Notification;
+pub use disk::{DiskChange, LowDisk};
 pub use error::{CoreError, Handled};
 use job_table::JobTable;
 pub use outbox::{OutReply, Outbox, ReplyTo};
@@ -120,6 +122,8 @@ pub struct Core<S: Store> {
     changes: Changes,
     /// The one random source: run ids and the boot id.
     rng: StdRng,
+    /// Set while free space in the data directory is under the reserve.
+    low_disk: Option<LowDisk>,
 }
 
 /// What changed in a batch, for the dashboard's live feed.
@@ -186,6 +190,7 @@ impl<S: Store> Core<S> {
             clock_us: now_us,
             alerts: BTreeMap::new(),
             changes: Changes::default(),
+            low_disk: None,
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {

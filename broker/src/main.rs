@@ -95,21 +95,24 @@ fn run() -> Result<()> {
     };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let store = SledStore::open(&config.data_dir.join("store"))
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let mut core = Core::new(
-        store,
-        CoreConfig {
-            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
-            worker_timeout_ms: config.worker_timeout.as_millis() as u64,
-            restart_grace_ms: config.worker_timeout.as_millis() as u64,
-            retention: config.retention,
-            worker_pools: config.keys.worker_pools.clone(),
-            max_log_bytes: config.max_log_bytes,
-            seed: None,
-        },
-        now_us(),
-    )?;
+    let core_config = CoreConfig {
+        heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+        worker_timeout_ms: config.worker_timeout.as_millis() as u64,
+        restart_grace_ms: config.worker_timeout.as_millis() as u64,
+        retention: config.retention,
+        worker_pools: config.keys.worker_pools.clone(),
+        max_log_bytes: config.max_log_bytes,
+        seed: None,
+    };
+    let data_dir = config.data_dir.clone();
+    // At start, and again after a store failure (a full disk): the state is what the
+    // store holds.
+    let open_core = move |now_us: u64| -> Result<Core<SledStore>> {
+        let store = SledStore::open(&data_dir.join("store"))
+            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+        Ok(Core::new(store, core_config.clone(), now_us)?)
+    };
+    let mut core = open_core(now_us())?;
     if let Some(jobs) = jobs {
         let mut out = Default::default();
         core.handle_api(
@@ -140,6 +143,7 @@ fn run() -> Result<()> {
     let ready_file = args.ready_file;
     runtime.block_on(server::serve(
         core,
+        open_core,
         &config,
         move |bound| {
             if let Some(path) = &ready_file {

@@ -18,7 +18,7 @@ const ATTEMPTS: u32 = 5;
 pub struct Webhook {
     pub url: String,
     /// Only these kinds (run_failed, run_lost, late, never_run, auto_disabled,
-    /// no_worker); all when empty.
+    /// no_worker, disk_low); all when empty.
     #[serde(default)]
     pub events: Vec<String>,
 }

@@ -2,9 +2,9 @@
 //! batches, flushes the store once per batch (group commit), then answers and publishes.
 
 use crate::config::{BrokerConfig, Keys};
-use crate::core::{Core, Outbox, PeerId, ReplyTo};
+use crate::core::{Core, DiskChange, Outbox, PeerId, ReplyTo};
 use crate::http::{CoreHandle, InternalRequest};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::transport::{Incoming, Outgoing, Settings, Transport};
 use anyhow::{Context, Result};
 use jobcast_protocol::envelope::{seal, Opener, Refusal, BROKER};
@@ -67,8 +67,11 @@ impl RejectionLog {
     }
 }
 
+/// Runs the broker until `shutdown`. `reopen` builds the core again from the store, as a
+/// start does: after a failed write the broker answers "unavailable" until it succeeds.
 pub async fn serve<S: Store + 'static>(
     core: Core<S>,
+    mut reopen: impl FnMut(u64) -> Result<Core<S>>,
     config: &BrokerConfig,
     on_bound: impl FnOnce(&Bound) -> Result<()>,
     shutdown: impl Future<Output = ()>,
@@ -91,13 +94,14 @@ pub async fn serve<S: Store + 'static>(
     tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = core.boot_id(), "broker listening");
     on_bound(&bound)?;
     let mut server = Server {
+        space: SpaceCheck::new(config),
+        reopen_delay: ReopenDelay::new(),
         opener: Opener::new(
             config.max_frame_bytes,
             config.max_clock_skew.as_millis() as u64,
         )
         .not_before(now_us() / 1_000),
         notifier: crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1)),
-        core,
         config,
         transport,
         internal,
@@ -111,21 +115,135 @@ pub async fn serve<S: Store + 'static>(
         internal_batch: Vec::new(),
     };
     tokio::pin!(shutdown);
-    let result = server.run(shutdown).await;
-    let Server {
-        mut core,
-        transport,
-        ..
-    } = server;
-    drop(transport);
+    let mut core = core;
+    let result = loop {
+        match server.run(&mut core, shutdown.as_mut()).await {
+            Ok(Stopped::StoreFailed(error)) => {
+                // Like a kill at this point, without the exit: what the failed batch
+                // did is not acknowledged, and the state is read again from the store.
+                drop(core);
+                match server.outage(&error, &mut reopen, shutdown.as_mut()).await {
+                    Ok(Some(reopened)) => core = reopened,
+                    Ok(None) => break Ok(None),
+                    Err(e) => break Err(e),
+                }
+            }
+            Ok(Stopped::Shutdown) => break Ok(Some(core)),
+            Err(e) => break Err(e),
+        }
+    };
+    drop(server);
     if let Some((_, task)) = http {
         task.abort();
     }
-    let flushed = tokio::task::block_in_place(|| core.store_mut().flush());
-    result?;
-    flushed.context("final store flush failed")?;
+    if let Some(mut core) = result? {
+        tokio::task::block_in_place(|| core.store_mut().flush())
+            .context("final store flush failed")?;
+    }
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// Why the serving loop returned.
+enum Stopped {
+    Shutdown,
+    /// A store write or flush failed: the core's state may be ahead of the store.
+    StoreFailed(StoreError),
+}
+
+/// How often free space in the data directory is looked at while requests flow.
+const SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How soon to try opening the store again after a failure: doubling while it fails, and
+/// carried over to a failure soon after a recovery, so that a disk that fills up again at
+/// once does not have the broker reopen its store in a tight loop.
+struct ReopenDelay {
+    after_recovery: Duration,
+    recovered_at: Option<Instant>,
+}
+
+impl ReopenDelay {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+    /// A store that has worked this long since its recovery starts over at `FIRST`.
+    const STABLE: Duration = Duration::from_secs(60);
+
+    fn new() -> ReopenDelay {
+        ReopenDelay {
+            after_recovery: Self::FIRST,
+            recovered_at: None,
+        }
+    }
+
+    /// The wait before the first attempt of an outage.
+    fn first(&self) -> Duration {
+        match self.recovered_at {
+            Some(at) if at.elapsed() < Self::STABLE => self.after_recovery,
+            _ => Self::FIRST,
+        }
+    }
+
+    fn after_failure(delay: Duration) -> Duration {
+        (delay * 2).min(Self::MAX)
+    }
+
+    fn recovered(&mut self, last_delay: Duration) {
+        self.recovered_at = Some(Instant::now());
+        self.after_recovery = Self::after_failure(last_delay);
+    }
+}
+
+/// Free space in the data directory, read now and then (a `statvfs` call).
+struct SpaceCheck {
+    dir: std::path::PathBuf,
+    reserve_bytes: u64,
+    next: Instant,
+    /// The last failure to read it, logged once.
+    failing: bool,
+}
+
+impl SpaceCheck {
+    fn new(config: &BrokerConfig) -> SpaceCheck {
+        SpaceCheck {
+            dir: config.data_dir.clone(),
+            reserve_bytes: config.min_free_bytes,
+            next: Instant::now(),
+            failing: false,
+        }
+    }
+
+    /// Reads the free space if it is time, and tells the core.
+    fn check<S: Store>(&mut self, core: &mut Core<S>) {
+        let now = Instant::now();
+        if self.reserve_bytes == 0 || now < self.next {
+            return;
+        }
+        self.next = now + SPACE_CHECK_INTERVAL;
+        let free = match rustix::fs::statvfs(&self.dir) {
+            Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the free space of the data directory");
+                }
+                return;
+            }
+        };
+        self.failing = false;
+        match core.note_free_space(free, self.reserve_bytes) {
+            DiskChange::BecameLow(low) => tracing::error!(
+                free_bytes = low.free_bytes,
+                reserve_bytes = low.reserve_bytes,
+                "{}",
+                low.describe()
+            ),
+            DiskChange::Recovered { free_bytes } => {
+                tracing::warn!(
+                    free_bytes,
+                    "free space is back over the reserve: taking new work again"
+                )
+            }
+            DiskChange::Unchanged => {}
+        }
+    }
 }
 
 /// Binds the dashboard and API listener, if configured, and serves it on a task.
@@ -158,8 +276,7 @@ async fn start_http(
 
 /// The server loop's state: the core, the sockets, and what a batch needs on its way
 /// through.
-struct Server<'a, S: Store> {
-    core: Core<S>,
+struct Server<'a> {
     config: &'a BrokerConfig,
     transport: Transport,
     /// Requests from the HTTP API.
@@ -173,6 +290,8 @@ struct Server<'a, S: Store> {
     next_internal_id: u64,
     batch: Vec<Incoming>,
     internal_batch: Vec<InternalRequest>,
+    space: SpaceCheck,
+    reopen_delay: ReopenDelay,
 }
 
 /// What one batch produced, to send once it is durable.
@@ -181,32 +300,140 @@ struct Produced {
     refusals: Vec<(PeerId, Refusal)>,
 }
 
-impl<S: Store> Server<'_, S> {
-    /// Take a batch, apply it, commit it, send what it produced; until shutdown.
-    async fn run(
+impl Server<'_> {
+    /// Take a batch, apply it, commit it, send what it produced; until shutdown or a
+    /// store failure.
+    async fn run<S: Store>(
         &mut self,
+        core: &mut Core<S>,
         mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<()> {
+    ) -> Result<Stopped> {
         loop {
-            if !self.take_batch(shutdown.as_mut()).await? {
-                return Ok(());
+            if !self.take_batch(core, shutdown.as_mut()).await? {
+                return Ok(Stopped::Shutdown);
             }
+            self.space.check(core);
             let started = Instant::now();
             let requests = self.batch.len();
-            let produced = self.apply(now_us())?;
-            self.commit(started, requests)?;
-            self.send(produced)?;
+            let produced = match self.apply(core, now_us()) {
+                Ok(produced) => produced,
+                Err(e) => return Ok(Stopped::StoreFailed(e)),
+            };
+            if let Err(e) = self.commit(core, started, requests) {
+                return Ok(Stopped::StoreFailed(e));
+            }
+            if let Err(e) = self.send(core, produced) {
+                return Ok(Stopped::StoreFailed(e));
+            }
+        }
+    }
+
+    /// After a store failure: answers every request "unavailable" (nothing is done, so
+    /// retrying later is safe) while trying to open the store again, more slowly each
+    /// time; the core built from it is returned, or `None` at shutdown.
+    async fn outage<S: Store>(
+        &mut self,
+        error: &StoreError,
+        reopen: &mut impl FnMut(u64) -> Result<Core<S>>,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Option<Core<S>>> {
+        tracing::error!(
+            error = %error,
+            "store write failed: nothing of the batch was acknowledged; answering \"unavailable\" until the store opens again"
+        );
+        let message = format!(
+            "the broker's store failed ({error}); nothing was done: try again once it is back"
+        );
+        let mut retry_in = self.reopen_delay.first();
+        let mut next_try = tokio::time::Instant::now() + retry_in;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => return Ok(None),
+                Some(request) = self.internal.recv() => {
+                    let _ = request.reply.send(jobcast_protocol::Reply::Error {
+                        code: jobcast_protocol::ErrorCode::Unavailable,
+                        message: message.clone(),
+                    });
+                }
+                ready = self.transport.sockets.readable() => {
+                    ready.context("the request socket failed")?;
+                    self.transport.sockets.read_into(&mut self.batch, MAX_BATCH);
+                }
+                first = self.transport.events.recv() => {
+                    let Some(first) = first else { return Ok(None) };
+                    self.batch.push(first);
+                }
+                _ = tokio::time::sleep_until(next_try) => {
+                    let now = now_us();
+                    match tokio::task::block_in_place(|| reopen(now)) {
+                        Ok(core) => {
+                            tracing::warn!("store open again: state read back from it, taking requests");
+                            self.reopen_delay.recovered(retry_in);
+                            self.space.next = Instant::now();
+                            return Ok(Some(core));
+                        }
+                        Err(e) => {
+                            retry_in = ReopenDelay::after_failure(retry_in);
+                            tracing::warn!(error = %format!("{e:#}"), retry_in = ?retry_in, "store still unavailable");
+                            next_try = tokio::time::Instant::now() + retry_in;
+                        }
+                    }
+                }
+            }
+            self.answer_unavailable(&message);
+        }
+    }
+
+    /// Answers each request of the batch with `Unavailable`.
+    fn answer_unavailable(&mut self, message: &str) {
+        let mut out = Outbox::default();
+        let mut refusals = Vec::new();
+        let now_ms = now_us() / 1_000;
+        let keys = &self.config.keys;
+        for incoming in self.batch.drain(..) {
+            let Incoming::Request { peer, payload } = incoming else {
+                continue;
+            };
+            match self
+                .opener
+                .open(&payload, now_ms, |name| keys.for_sender(name))
+            {
+                Ok(opened) => {
+                    if let Body::Request { id, .. } = opened.body {
+                        out.reply(
+                            &ReplyTo::peer(&peer, &opened.from),
+                            id,
+                            jobcast_protocol::Reply::Error {
+                                code: jobcast_protocol::ErrorCode::Unavailable,
+                                message: message.to_string(),
+                            },
+                        );
+                    }
+                }
+                Err(rejection) => {
+                    self.rejections
+                        .note(rejection.reason(), &rejection.to_string());
+                    if let Some(refusal) = Refusal::for_rejection(&rejection) {
+                        refusals.push((peer, refusal));
+                    }
+                }
+            }
+        }
+        if !out.replies.is_empty() || !refusals.is_empty() {
+            self.transport.sockets.send(outgoing(keys, out, refusals));
         }
     }
 
     /// Waits for requests (or the next deadline of the core) and takes what is waiting,
     /// up to a batch; false at shutdown.
-    async fn take_batch(
+    async fn take_batch<S: Store>(
         &mut self,
+        core: &Core<S>,
         shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<bool> {
-        let sleep = Duration::from_micros(self.core.next_wakeup_us().saturating_sub(now_us()))
-            .min(MAX_SLEEP);
+        let sleep =
+            Duration::from_micros(core.next_wakeup_us().saturating_sub(now_us())).min(MAX_SLEEP);
         tokio::select! {
             biased;
             _ = shutdown => return Ok(false),
@@ -242,7 +469,7 @@ impl<S: Store> Server<'_, S> {
 
     /// Opens every frame of the batch and hands the requests to the core, then lets the
     /// core do its time-driven work. Nothing is durable or sent yet.
-    fn apply(&mut self, now: u64) -> Result<Produced> {
+    fn apply<S: Store>(&mut self, core: &mut Core<S>, now: u64) -> Result<Produced, StoreError> {
         let mut out = Outbox::default();
         let mut refusals = Vec::new();
         // Taken out and put back, so that its allocation is reused batch after batch.
@@ -251,12 +478,12 @@ impl<S: Store> Server<'_, S> {
             let (peer, payload) = match incoming {
                 Incoming::Request { peer, payload } => (peer, payload),
                 Incoming::Refused { reason, detail } => {
-                    self.core.note_rejection(reason);
+                    core.note_rejection(reason);
                     self.rejections.note(reason, &detail);
                     continue;
                 }
                 Incoming::Connection { opened } => {
-                    self.core.note_connection(opened);
+                    core.note_connection(opened);
                     continue;
                 }
             };
@@ -266,18 +493,17 @@ impl<S: Store> Server<'_, S> {
                 .open(&payload, now / 1_000, |name| keys.for_sender(name))
             {
                 Ok(opened) => match opened.body {
-                    Body::Request { id, request } => self
-                        .core
-                        .handle(&peer, &opened.from, id, request, now, &mut out)
-                        .context("store write failed")?,
+                    Body::Request { id, request } => {
+                        core.handle(&peer, &opened.from, id, request, now, &mut out)?
+                    }
                     Body::Reply { .. } => {
-                        self.core.note_rejection("undecodable");
+                        core.note_rejection("undecodable");
                         self.rejections
                             .note("undecodable", "a reply sent to the broker");
                     }
                 },
                 Err(rejection) => {
-                    self.core.note_rejection(rejection.reason());
+                    core.note_rejection(rejection.reason());
                     self.rejections
                         .note(rejection.reason(), &rejection.to_string());
                     if let Some(refusal) = Refusal::for_rejection(&rejection) {
@@ -298,20 +524,21 @@ impl<S: Store> Server<'_, S> {
             self.internal_pending
                 .retain(|_, waiter| !waiter.is_closed());
             self.internal_pending.insert(id, reply);
-            self.core
-                .handle_api(&actor, id, request, now, &mut out)
-                .context("store write failed")?;
+            core.handle_api(&actor, id, request, now, &mut out)?;
         }
-        self.core
-            .tick(now, &mut out)
-            .context("store write failed")?;
+        core.tick(now, &mut out)?;
         Ok(Produced { out, refusals })
     }
 
     /// Group commit: everything the batch wrote is durable before anyone hears of it.
-    fn commit(&mut self, started: Instant, requests: usize) -> Result<()> {
+    fn commit<S: Store>(
+        &mut self,
+        core: &mut Core<S>,
+        started: Instant,
+        requests: usize,
+    ) -> Result<(), StoreError> {
         let handled = started.elapsed();
-        let flushed = tokio::task::block_in_place(|| self.core.store_mut().flush());
+        let flushed = tokio::task::block_in_place(|| core.store_mut().flush());
         let took = started.elapsed();
         if took > SLOW_BATCH {
             tracing::info!(
@@ -321,22 +548,22 @@ impl<S: Store> Server<'_, S> {
                 "slow batch"
             );
         }
-        flushed.context("store flush failed")
+        flushed
     }
 
     /// Sends what the batch produced: notifications, live-view changes, the API's
     /// replies in-process, and the rest over the sockets.
-    fn send(&mut self, produced: Produced) -> Result<()> {
+    fn send<S: Store>(&mut self, core: &mut Core<S>, produced: Produced) -> Result<(), StoreError> {
         let Produced { mut out, refusals } = produced;
         for notification in out.notifications.drain(..) {
             self.notifier.send(notification);
         }
         // Live views hear of changes only once they are durable.
         if self.live.has_clients() {
-            let changes = self.core.take_changes().context("store read failed")?;
+            let changes = core.take_changes()?;
             self.live.publish(changes);
         } else {
-            self.core.clear_changes();
+            core.clear_changes();
         }
         // The API's replies go back in-process; the rest are sealed and sent.
         let (api_replies, peer_replies): (Vec<_>, Vec<_>) =

@@ -136,6 +136,17 @@ impl Cluster {
         broker_args: &[&str],
         pools_of: &[(&str, &[&str])],
     ) -> Cluster {
+        Self::start_configured(known_workers, broker_args, pools_of, "")
+    }
+
+    /// The most general start: `settings` are extra top-level lines of the broker's
+    /// config file (e.g. `min_free_bytes = 0`).
+    pub fn start_configured(
+        known_workers: usize,
+        broker_args: &[&str],
+        pools_of: &[(&str, &[&str])],
+        settings: &str,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("jobcast-it-")
             .tempdir()
@@ -147,7 +158,7 @@ impl Cluster {
             .unwrap_or_default();
         let worker_ids: Vec<String> = (1..=known_workers).map(|n| format!("w{n}")).collect();
         let mut config = format!(
-            "data_dir = \"{}\"\nworker_timeout = \"5s\"\nheartbeat_interval = \"500ms\"\n\
+            "data_dir = \"{}\"\nworker_timeout = \"5s\"\nheartbeat_interval = \"500ms\"\n{settings}\n\
              [[http.tokens]]\nname = \"viewer\"\ntoken = \"{VIEWER_TOKEN}\"\nrole = \"viewer\"\n\
              [[http.tokens]]\nname = \"operator\"\ntoken = \"{OPERATOR_TOKEN}\"\nrole = \"operator\"\n\
              [keys]\nadmin = \"{ADMIN_SECRET}\"\n[keys.workers]\n",

@@ -95,6 +95,9 @@ pub enum ErrorCode {
     Forbidden,
     UnsupportedVersion,
     Internal,
+    /// The broker cannot take this request now (its disk is full, or its store failed
+    /// and is being reopened); nothing was done. Try again later.
+    Unavailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +252,8 @@ pub enum AlertKind {
     NeverRun,
     AutoDisabled,
     NoWorker,
+    /// Free space in the broker's data directory is under its reserve.
+    DiskLow,
 }
 
 impl AlertKind {
@@ -260,6 +265,7 @@ impl AlertKind {
             AlertKind::NeverRun => "never_run",
             AlertKind::AutoDisabled => "auto_disabled",
             AlertKind::NoWorker => "no_worker",
+            AlertKind::DiskLow => "disk_low",
         }
     }
 }

@@ -113,14 +113,27 @@ impl Reporter {
                 .collect();
             let mut acked = vec![false; batch.len()];
             let mut failed = false;
+            // One deadline for the window: a broker that died with several of these
+            // unanswered costs one timeout, not one per report.
+            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
             for (i, reply) in pending.into_iter().enumerate() {
-                match reply.wait(REQUEST_TIMEOUT).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match reply.wait(left).await {
                     Ok(Reply::Error {
                         code: ErrorCode::NotRegistered,
                         ..
                     }) => {
                         failed = true;
                         let _ = events.send(ReportAnswer::NotRegistered);
+                    }
+                    Ok(Reply::Error {
+                        code: ErrorCode::Unavailable,
+                        message,
+                    }) => {
+                        // Not recorded (the broker's disk is full or its store is being
+                        // reopened): kept, and sent again after the back-off.
+                        failed = true;
+                        tracing::debug!("report not taken: {message}; will retry");
                     }
                     Ok(reply) => {
                         acked[i] = true;

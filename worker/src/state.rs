@@ -112,6 +112,8 @@ pub struct WorkerState {
     drain_deadline_ms: Option<u64>,
     /// The broker refused this worker for a reason retrying cannot fix.
     refused: Option<String>,
+    /// The broker answers that it cannot take requests now (logged once, not per answer).
+    broker_unavailable: bool,
 }
 
 impl WorkerState {
@@ -131,6 +133,7 @@ impl WorkerState {
             draining: false,
             drain_deadline_ms: None,
             refused: None,
+            broker_unavailable: false,
         }
     }
 
@@ -310,6 +313,16 @@ impl WorkerState {
         let reply = match answer {
             Answer::Reply(reply) => {
                 self.last_heard_ms = now_ms;
+                let unavailable = matches!(
+                    reply,
+                    Reply::Error {
+                        code: ErrorCode::Unavailable,
+                        ..
+                    }
+                );
+                if !unavailable && std::mem::take(&mut self.broker_unavailable) {
+                    tracing::info!("the broker takes requests again");
+                }
                 reply
             }
             Answer::Refused { reason, detail } => {
@@ -329,6 +342,9 @@ impl WorkerState {
             } => {
                 if self.boot_id != Some(boot_id) {
                     tracing::info!(boot_id, "registered with the broker");
+                    // A claim held by an earlier broker process (or core) is never
+                    // answered: ask anew instead of waiting for its timeout.
+                    self.claim_in_flight = false;
                 }
                 self.boot_id = Some(boot_id);
                 self.heartbeat_ms = heartbeat_interval_ms.clamp(100, 60_000);
@@ -364,6 +380,18 @@ impl WorkerState {
                     self.begin_drain(now_ms);
                 }
             }
+            // Passing (a full disk at the broker): the heartbeat, registration or claim is
+            // sent again at its usual time. Logged once, not per answer.
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                message,
+            } if !std::mem::replace(&mut self.broker_unavailable, true) => {
+                tracing::warn!(?purpose, "broker cannot take requests now: {message}");
+            }
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            } => {}
             Reply::Error { code, message } => {
                 tracing::error!(?purpose, ?code, "broker refused a request: {message}");
             }

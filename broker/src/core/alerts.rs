@@ -1,5 +1,5 @@
 //! Standing conditions: runs that could not start in time (missed), late jobs, jobs that
-//! never ran, pools without workers.
+//! never ran, pools without workers, a data directory short of space.
 
 use crate::core::scheduling::format_ms;
 use crate::core::{Core, Notification, Outbox};
@@ -117,6 +117,22 @@ impl<S: Store> Core<S> {
                     },
                 );
             }
+        }
+        if let Some(low) = self.low_disk {
+            let key = (AlertKind::DiskLow, String::new());
+            // Since when: kept from the standing alert, not reset by each reading.
+            let since_ms = self.alerts.get(&key).map_or(now, |a| a.since_ms);
+            standing.insert(
+                key,
+                Alert {
+                    kind: AlertKind::DiskLow,
+                    job: None,
+                    pool: None,
+                    run_id: None,
+                    since_ms,
+                    message: low.describe(),
+                },
+            );
         }
         // Notify each condition once, when it appears.
         let new: Vec<Alert> = standing

@@ -47,6 +47,8 @@ pub enum CoreError {
     NotRegistered,
     #[error("the run could not be created")]
     RunNotCreated,
+    #[error("{}", .0.describe())]
+    DiskLow(crate::core::LowDisk),
 }
 
 /// What a request module returns: its reply, or why it refused.
@@ -70,6 +72,7 @@ impl CoreError {
             CoreError::Ambiguous { .. } => ErrorCode::Ambiguous,
             CoreError::Forbidden(_) => ErrorCode::Forbidden,
             CoreError::NotRegistered => ErrorCode::NotRegistered,
+            CoreError::DiskLow(_) => ErrorCode::Unavailable,
         }
     }
 

@@ -39,7 +39,7 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub(in crate::core) fn reply(&mut self, to: &ReplyTo, id: u64, reply: Reply) {
+    pub fn reply(&mut self, to: &ReplyTo, id: u64, reply: Reply) {
         self.replies.push(OutReply {
             to: to.clone(),
             id,

@@ -99,6 +99,11 @@ impl<S: Store> Core<S> {
 
     /// Deals with every job whose next tick is due.
     pub(super) fn schedule_due(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
+        if self.low_disk.is_some() {
+            // Held, not skipped: once space returns, each job's misfire policy judges
+            // the ticks that came due meanwhile.
+            return Ok(());
+        }
         for job in self.jobs.next_fire.due(now) {
             self.schedule_job(&job, now, out)?;
         }
@@ -269,7 +274,12 @@ impl<S: Store> Core<S> {
     /// When the core next has something to do by itself, in microseconds.
     pub fn next_wakeup_us(&self) -> u64 {
         let mut next_ms = self.next_alive_ms;
-        if let Some(t) = self.jobs.next_fire.earliest() {
+        if let Some(t) = self
+            .jobs
+            .next_fire
+            .earliest()
+            .filter(|_| self.low_disk.is_none())
+        {
             next_ms = next_ms.min(t);
         }
         if let Some(t) = self.runs.next_release_ms() {

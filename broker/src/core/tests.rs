@@ -184,6 +184,7 @@ impl Harness {
 
 mod apply_jobs;
 mod claim;
+mod disk;
 mod dispatch;
 mod drain;
 mod enqueue;

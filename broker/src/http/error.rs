@@ -41,6 +41,7 @@ impl ApiError {
             ErrorCode::Ambiguous => (StatusCode::CONFLICT, "ambiguous"),
             ErrorCode::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
             ErrorCode::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         Self::new(status, name, message)

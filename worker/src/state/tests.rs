@@ -444,3 +444,41 @@ fn a_resent_grant_that_crosses_the_end_of_its_run_does_not_start_it_again() {
     let actions = state.on_answer(Purpose::Heartbeat, orders, 3);
     assert!(started(&actions).is_empty(), "{actions:?}");
 }
+
+#[test]
+fn a_claim_held_by_a_broker_that_restarted_is_asked_again_at_registration() {
+    let (mut state, _held) = registered(1);
+    // The broker's core restarts (a new boot id) while holding the claim: that claim will
+    // never be answered.
+    let restarted = Event::BrokerAlive {
+        boot_id: 8,
+        time_ms: 0,
+    };
+    state.on_event(restarted, 10);
+    let reply = Answer::Reply(Reply::Registered {
+        boot_id: 8,
+        heartbeat_interval_ms: 1_000,
+        orders: Orders::default(),
+    });
+    let actions = state.on_answer(Purpose::Register, reply, 20);
+    assert_eq!(
+        claim_in(&actions).map(|(_, max, _)| max),
+        Some(1),
+        "a new claim at once, not after the old one's timeout"
+    );
+}
+
+#[test]
+fn an_unavailable_broker_is_heard_and_changes_nothing_else() {
+    let (mut state, claim) = registered(1);
+    let unavailable = Answer::Reply(Reply::Error {
+        code: ErrorCode::Unavailable,
+        message: "the broker's store failed".into(),
+    });
+    let actions = state.on_answer(claim, unavailable, 10);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(state.is_registered());
+    // The next heartbeat asks for work again.
+    let actions = state.on_timer(1_000);
+    assert!(claim_in(&actions).is_some(), "{actions:?}");
+}

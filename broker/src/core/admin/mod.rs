@@ -45,6 +45,7 @@ impl<S: Store> Core<S> {
             }
             AdminRequest::Kill { selectors } => self.kill_all(selectors, actor, now, out)?,
             AdminRequest::Enqueue { job, key } => {
+                self.check_room_for_new_work()?;
                 self.enqueue(&job, key.as_deref(), actor, now, out)?
             }
             AdminRequest::ListRuns(filter) => self.list_runs(filter)?,
@@ -60,7 +61,10 @@ impl<S: Store> Core<S> {
                 tracing::info!(actor, ?target, enabled, "enable/disable");
                 self.set_enabled(target, enabled, now)?
             }
-            AdminRequest::Retry { run } => self.retry(&run, actor, now, out)?,
+            AdminRequest::Retry { run } => {
+                self.check_room_for_new_work()?;
+                self.retry(&run, actor, now, out)?
+            }
             AdminRequest::Status => Reply::Status(Box::new(self.status(now)?)),
             AdminRequest::Drain { worker } => self.drain(&worker, actor, out)?,
             AdminRequest::Prune { dry_run } => {

@@ -56,7 +56,7 @@ impl<S: Store> Core<S> {
         let Some(session) = self.workers.sessions.get(worker) else {
             return Ok(nothing_granted());
         };
-        if session.draining || session.drain_ordered {
+        if session.draining || session.drain_ordered || self.low_disk.is_some() {
             return Ok(nothing_granted());
         }
         // Never more than the worker's free slots, whatever it asks for.
