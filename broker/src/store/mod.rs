@@ -5,6 +5,7 @@
 //! calls it once per batch of requests (group commit) before it answers any of them.
 
 mod memory;
+mod run_codec;
 mod sled_store;
 
 pub use memory::MemoryStore;

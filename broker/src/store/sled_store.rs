@@ -1,5 +1,7 @@
-//! The sled backend: one tree per kind of record, runs keyed by sequence number.
+//! The sled backend: one tree per kind of record, runs keyed by sequence number (in the
+//! layout of `run_codec`), job spec versions by content.
 
+use super::run_codec::{self, SpecCache, SpecKey};
 use super::{list_newest_first, Store, StoreError, StoreResult};
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
@@ -10,6 +12,9 @@ pub struct SledStore {
     db: sled::Db,
     jobs: sled::Tree,
     runs: sled::Tree,
+    /// Job spec versions that runs refer to, by `SpecKey`.
+    specs: sled::Tree,
+    spec_cache: std::cell::RefCell<SpecCache>,
     run_ids: sled::Tree,
     active: sled::Tree,
     logs: sled::Tree,
@@ -101,6 +106,8 @@ impl SledStore {
         Ok(SledStore {
             jobs: tree("jobs")?,
             runs: tree("runs")?,
+            specs: tree("specs")?,
+            spec_cache: Default::default(),
             run_ids: tree("run_ids")?,
             active: tree("active")?,
             logs: tree("logs")?,
@@ -116,9 +123,43 @@ impl SledStore {
 
     fn run_by_seq(&self, seq: &[u8]) -> StoreResult<Option<RunRecord>> {
         match self.runs.get(seq).map_err(backend)? {
-            Some(bytes) => Ok(Some(decode("run", &bytes)?)),
+            Some(bytes) => Ok(Some(self.decode_run(&bytes)?)),
             None => Ok(None),
         }
+    }
+
+    fn decode_run(&self, bytes: &[u8]) -> StoreResult<RunRecord> {
+        run_codec::decode_run(bytes, |key| self.spec(key))
+    }
+
+    /// A job spec version, from the cache or the specs tree.
+    fn spec(&self, key: &SpecKey) -> StoreResult<JobSpec> {
+        if let Some(spec) = self.spec_cache.borrow().get(key) {
+            return Ok(spec.clone());
+        }
+        let bytes = self
+            .specs
+            .get(key)
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "run",
+                detail: format!(
+                    "it refers to a job spec version {} not stored",
+                    hex::encode(key)
+                ),
+            })?;
+        let spec = run_codec::decode_spec(&bytes)?;
+        self.spec_cache.borrow_mut().remember(*key, spec.clone());
+        Ok(spec)
+    }
+
+    /// The run as stored, its job spec version written first if it is new.
+    fn encode_run(&mut self, run: &RunRecord) -> StoreResult<Vec<u8>> {
+        let (key, new_version) = self.spec_cache.get_mut().key_of(&run.spec);
+        if let Some(bytes) = new_version {
+            self.specs.insert(key, bytes).map_err(backend)?;
+        }
+        Ok(run_codec::encode_run(run, key))
     }
 }
 
@@ -142,7 +183,8 @@ impl Store for SledStore {
     fn create_run(&mut self, run: &RunRecord) -> StoreResult<()> {
         self.dirty = true;
         let seq = run.seq.to_be_bytes();
-        self.runs.insert(seq, encode(run)).map_err(backend)?;
+        let bytes = self.encode_run(run)?;
+        self.runs.insert(seq, bytes).map_err(backend)?;
         self.run_ids
             .insert(run.id.as_bytes(), &seq)
             .map_err(backend)?;
@@ -155,7 +197,8 @@ impl Store for SledStore {
     fn put_run(&mut self, run: &RunRecord) -> StoreResult<()> {
         self.dirty = true;
         let seq = run.seq.to_be_bytes();
-        self.runs.insert(seq, encode(run)).map_err(backend)?;
+        let bytes = self.encode_run(run)?;
+        self.runs.insert(seq, bytes).map_err(backend)?;
         if run.state.is_terminal() {
             self.active.remove(seq).map_err(backend)?;
         }
@@ -187,7 +230,7 @@ impl Store for SledStore {
         list_newest_first(
             iter.values()
                 .rev()
-                .map(|value| decode("run", &value.map_err(backend)?)),
+                .map(|value| self.decode_run(&value.map_err(backend)?)),
             filter,
         )
     }
@@ -224,7 +267,7 @@ impl Store for SledStore {
             .range(from_seq.to_be_bytes()..)
             .values()
             .take(limit)
-            .map(|value| decode("run", &value.map_err(backend)?))
+            .map(|value| self.decode_run(&value.map_err(backend)?))
             .collect()
     }
 
@@ -343,5 +386,39 @@ impl Store for SledStore {
             self.dirty = false;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobcast_protocol::{Exec, RunState};
+
+    #[test]
+    fn runs_written_in_the_older_layout_are_read_beside_new_ones() {
+        let mut store = SledStore::temporary().unwrap();
+        let spec = JobSpec::new("old-job", "default", Exec::Command(vec!["true".into()]));
+        let old = RunRecord::queued("oldrun".into(), 1, spec.clone(), 1, "enqueued");
+        // As brokers before the compact layout wrote it: a map, spec inline.
+        store
+            .runs
+            .insert(1u64.to_be_bytes(), rmp_serde::to_vec_named(&old).unwrap())
+            .unwrap();
+        store
+            .run_ids
+            .insert("oldrun".as_bytes(), &1u64.to_be_bytes())
+            .unwrap();
+        let mut new = RunRecord::queued("newrun".into(), 2, spec, 2, "enqueued");
+        new.state = RunState::Succeeded;
+        store.create_run(&new).unwrap();
+        assert_eq!(store.run("oldrun").unwrap(), Some(old.clone()));
+        assert_eq!(store.run("newrun").unwrap(), Some(new.clone()));
+        let listed = store
+            .runs(&RunFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(listed, vec![new, old]);
     }
 }

@@ -248,3 +248,42 @@ fn deleted_runs_take_their_id_and_log_with_them(mut store: impl Store) {
     );
     assert_eq!(store.oldest_runs(0, 10).unwrap()[0].seq, 3);
 }
+
+#[test]
+fn each_run_keeps_the_job_version_it_was_created_with_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = job("nightly");
+    let edited = JobSpec {
+        timeout_ms: Some(60_000),
+        ..job("nightly")
+    };
+    let run_of = |seq: u64, id: &str, spec: &JobSpec| RunRecord {
+        history: vec![],
+        ..RunRecord::queued(id.into(), seq, spec.clone(), seq, "")
+    };
+    {
+        let mut store = SledStore::open(dir.path()).unwrap();
+        store.create_run(&run_of(1, "before", &first)).unwrap();
+        store.create_run(&run_of(2, "after", &edited)).unwrap();
+        // A rewrite of the first run after the edit still names its own version.
+        let mut rewritten = run_of(1, "before", &first);
+        rewritten.state = RunState::Assigned;
+        store.put_run(&rewritten).unwrap();
+        store.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let before = store.run("before").unwrap().unwrap();
+    assert_eq!(before.spec, first);
+    assert_eq!(before.state, RunState::Assigned);
+    assert_eq!(store.run("after").unwrap().unwrap().spec, edited);
+    let listed: Vec<JobSpec> = store
+        .runs(&RunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|r| r.spec)
+        .collect();
+    assert_eq!(listed, vec![edited, first]);
+}
