@@ -11,6 +11,7 @@ mod latency;
 mod live;
 mod retention;
 mod stats;
+mod store_engines;
 mod throughput;
 mod transport;
 mod workers;
@@ -121,6 +122,32 @@ enum Command {
     },
     /// Everything above with default sizes (or --quick ones), in one run.
     All,
+    /// Store engines on the broker's records: durable lifecycles/s, disk per run, memory,
+    /// reopening, and SIGKILLs during writes (fjall with `--features store-fjall`).
+    Store {
+        #[arg(long, default_value_t = 200_000)]
+        runs: u64,
+        #[arg(long, default_value_t = 200)]
+        kills: u32,
+    },
+    /// One engine's figures for `store`, in a child process.
+    #[command(hide = true)]
+    StoreEngine {
+        #[arg(long)]
+        engine: String,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        runs: u64,
+    },
+    /// The writer `store` kills, in a child process.
+    #[command(hide = true)]
+    StoreWriter {
+        #[arg(long)]
+        engine: String,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// One-slot synthetic workers for `workers`, run by the bench in a child process.
     #[command(hide = true)]
     SyntheticWorkers {
@@ -178,6 +205,19 @@ fn main() -> Result<()> {
                 first,
                 count,
             } => workers::serve_workers(router, first, count).await,
+            Command::Store { runs, kills } => {
+                if args.quick {
+                    store_engines::compare(2_000, 3)
+                } else {
+                    store_engines::compare(runs, kills)
+                }
+            }
+            Command::StoreEngine { engine, dir, runs } => {
+                store_engines::measure_one(&engine, &dir, runs)
+            }
+            Command::StoreWriter { engine, dir } => {
+                store_engines::write_until_killed(&engine, &dir)
+            }
             Command::Workers { counts, runs } => {
                 if args.quick {
                     workers::many_workers(&[5, 20], 200).await
@@ -234,6 +274,8 @@ fn main() -> Result<()> {
                 }
                 println!();
                 footprint(if q { 2_000 } else { 1_000_000 }).await?;
+                println!();
+                store_engines::compare(if q { 2_000 } else { 200_000 }, if q { 3 } else { 200 })?;
                 println!();
                 goals::print();
                 Ok(())

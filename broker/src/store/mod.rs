@@ -4,12 +4,41 @@
 //! Writes are applied at once but only become durable at [`Store::flush`]; the server
 //! calls it once per batch of requests (group commit) before it answers any of them.
 
+mod engine;
+#[cfg(feature = "store-fjall")]
+mod fjall_engine;
+mod kv;
 mod memory;
 mod run_codec;
-mod sled_store;
+mod sled_engine;
 
+#[cfg(feature = "store-fjall")]
+pub use fjall_engine::FjallEngine;
+pub use kv::KvStore;
 pub use memory::MemoryStore;
-pub use sled_store::SledStore;
+pub use sled_engine::SledEngine;
+
+/// The broker's store: its records in sled.
+pub type SledStore = KvStore<SledEngine>;
+
+/// Page cache of the store when the config names none.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+impl SledStore {
+    /// Opens (or creates) the store at `path`, with at most `cache_bytes` of page cache.
+    pub fn open_with_cache(path: &std::path::Path, cache_bytes: u64) -> StoreResult<SledStore> {
+        KvStore::with_engine(SledEngine::open(path, cache_bytes)?)
+    }
+
+    pub fn open(path: &std::path::Path) -> StoreResult<SledStore> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// A store that lives in a temporary directory, for tests.
+    pub fn temporary() -> StoreResult<SledStore> {
+        KvStore::with_engine(SledEngine::temporary()?)
+    }
+}
 
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use thiserror::Error;

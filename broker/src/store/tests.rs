@@ -19,6 +19,14 @@ macro_rules! on_every_backend {
                 fn memory() {
                     super::$name(MemoryStore::default());
                 }
+
+                #[cfg(feature = "store-fjall")]
+                #[test]
+                fn fjall() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let engine = FjallEngine::open(dir.path(), 8 << 20).unwrap();
+                    super::$name(KvStore::with_engine(engine).unwrap());
+                }
             }
         )*
     };

@@ -1,28 +1,30 @@
-//! The sled backend: one tree per kind of record, runs keyed by sequence number (in the
-//! layout of `run_codec`), job spec versions by content.
+//! The broker's records in any ordered key-value [`Engine`]: one tree per kind of record,
+//! runs keyed by sequence number (in the layout of `run_codec`), job spec versions by
+//! content.
 
+use super::engine::{Engine, Tree};
 use super::run_codec::{self, SpecCache, SpecKey};
 use super::{list_newest_first, Store, StoreError, StoreResult};
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::path::Path;
+use std::ops::Bound;
 
-pub struct SledStore {
-    db: sled::Db,
-    jobs: sled::Tree,
-    runs: sled::Tree,
+pub struct KvStore<E: Engine> {
+    engine: E,
+    jobs: E::Tree,
+    runs: E::Tree,
     /// Job spec versions that runs refer to, by `SpecKey`.
-    specs: sled::Tree,
+    specs: E::Tree,
     spec_cache: std::cell::RefCell<SpecCache>,
-    run_ids: sled::Tree,
-    active: sled::Tree,
-    logs: sled::Tree,
-    workers: sled::Tree,
-    job_states: sled::Tree,
-    settings: sled::Tree,
+    run_ids: E::Tree,
+    active: E::Tree,
+    logs: E::Tree,
+    workers: E::Tree,
+    job_states: E::Tree,
+    settings: E::Tree,
     /// Runs deleted by retention, kept as a setting: the count of stored runs is the last
-    /// sequence number less these (sled's `len()` would walk the whole tree).
+    /// sequence number less these (counting a tree would walk it).
     pruned: u64,
     pruned_changed: bool,
     /// Whether anything was written since the last flush.
@@ -31,10 +33,6 @@ pub struct SledStore {
 
 /// The settings key of the pruned-runs count.
 const PRUNED: &[u8] = b"pruned_runs";
-
-fn backend(e: sled::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(value).unwrap_or_default()
@@ -55,74 +53,44 @@ fn log_key(run_id: &str, offset: u64) -> Vec<u8> {
     key
 }
 
-impl SledStore {
-    pub fn open(path: &Path) -> StoreResult<SledStore> {
-        // sled releases its file lock when the last handle to a database is dropped, which
-        // its own background thread may do a moment after the owner did (a store closed
-        // and reopened in one process). Wait for the lock, within a deadline.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let opened = sled::Config::new()
-                .path(path)
-                // Durability comes from explicit flushes (group commit), not a timer.
-                .flush_every_ms(None)
-                .open();
-            match opened {
-                Ok(db) => return Self::with_db(db),
-                // sled 0.34 reports it as an `Other` I/O error with this text.
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => return Err(backend(e)),
-            }
-        }
-    }
+fn log_prefix(run_id: &str) -> Vec<u8> {
+    let mut prefix = run_id.as_bytes().to_vec();
+    prefix.push(0);
+    prefix
+}
 
-    /// A store that lives in a temporary directory, for tests.
-    pub fn temporary() -> StoreResult<SledStore> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .flush_every_ms(None)
-            .open()
-            .map_err(backend)?;
-        Self::with_db(db)
-    }
-
-    fn with_db(db: sled::Db) -> StoreResult<SledStore> {
-        let tree = |name: &str| db.open_tree(name).map_err(backend);
-        let settings = tree("settings")?;
-        let pruned = match settings.get(PRUNED).map_err(backend)? {
-            Some(bytes) => {
-                u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+impl<E: Engine> KvStore<E> {
+    pub fn with_engine(engine: E) -> StoreResult<KvStore<E>> {
+        let settings = engine.tree("settings")?;
+        let pruned = match settings.get(PRUNED)? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt {
                     what: "pruned-runs count",
                     detail: format!("{} bytes", bytes.len()),
-                })?)
-            }
+                }
+            })?),
             None => 0,
         };
-        Ok(SledStore {
-            jobs: tree("jobs")?,
-            runs: tree("runs")?,
-            specs: tree("specs")?,
+        Ok(KvStore {
+            jobs: engine.tree("jobs")?,
+            runs: engine.tree("runs")?,
+            specs: engine.tree("specs")?,
             spec_cache: Default::default(),
-            run_ids: tree("run_ids")?,
-            active: tree("active")?,
-            logs: tree("logs")?,
-            workers: tree("workers")?,
-            job_states: tree("job_states")?,
+            run_ids: engine.tree("run_ids")?,
+            active: engine.tree("active")?,
+            logs: engine.tree("logs")?,
+            workers: engine.tree("workers")?,
+            job_states: engine.tree("job_states")?,
             settings,
             pruned,
             pruned_changed: false,
-            db,
+            engine,
             dirty: false,
         })
     }
 
     fn run_by_seq(&self, seq: &[u8]) -> StoreResult<Option<RunRecord>> {
-        match self.runs.get(seq).map_err(backend)? {
+        match self.runs.get(seq)? {
             Some(bytes) => Ok(Some(self.decode_run(&bytes)?)),
             None => Ok(None),
         }
@@ -137,17 +105,13 @@ impl SledStore {
         if let Some(spec) = self.spec_cache.borrow().get(key) {
             return Ok(spec.clone());
         }
-        let bytes = self
-            .specs
-            .get(key)
-            .map_err(backend)?
-            .ok_or_else(|| StoreError::Corrupt {
-                what: "run",
-                detail: format!(
-                    "it refers to a job spec version {} not stored",
-                    hex::encode(key)
-                ),
-            })?;
+        let bytes = self.specs.get(key)?.ok_or_else(|| StoreError::Corrupt {
+            what: "run",
+            detail: format!(
+                "it refers to a job spec version {} not stored",
+                hex::encode(key)
+            ),
+        })?;
         let spec = run_codec::decode_spec(&bytes)?;
         self.spec_cache.borrow_mut().remember(*key, spec.clone());
         Ok(spec)
@@ -157,39 +121,46 @@ impl SledStore {
     fn encode_run(&mut self, run: &RunRecord) -> StoreResult<Vec<u8>> {
         let (key, new_version) = self.spec_cache.get_mut().key_of(&run.spec);
         if let Some(bytes) = new_version {
-            self.specs.insert(key, bytes).map_err(backend)?;
+            self.specs.insert(&key, &bytes)?;
         }
         Ok(run_codec::encode_run(run, key))
     }
 }
 
-impl Store for SledStore {
+/// The values of a scan, decoded.
+fn decoded<T: DeserializeOwned>(
+    what: &'static str,
+    scan: super::engine::Scan<'_>,
+) -> StoreResult<Vec<T>> {
+    scan.map(|item| decode(what, &item?.1)).collect()
+}
+
+fn seq_of(key: &[u8]) -> StoreResult<u64> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt {
+        what: "run key",
+        detail: format!("{} bytes", key.len()),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+impl<E: Engine> Store for KvStore<E> {
     fn jobs(&self) -> StoreResult<Vec<JobSpec>> {
-        self.jobs
-            .iter()
-            .values()
-            .map(|v| decode("job", &v.map_err(backend)?))
-            .collect()
+        decoded("job", self.jobs.iter())
     }
 
     fn put_job(&mut self, job: &JobSpec) -> StoreResult<()> {
         self.dirty = true;
-        self.jobs
-            .insert(job.name.as_bytes(), encode(job))
-            .map_err(backend)?;
-        Ok(())
+        self.jobs.insert(job.name.as_bytes(), &encode(job))
     }
 
     fn create_run(&mut self, run: &RunRecord) -> StoreResult<()> {
         self.dirty = true;
         let seq = run.seq.to_be_bytes();
         let bytes = self.encode_run(run)?;
-        self.runs.insert(seq, bytes).map_err(backend)?;
-        self.run_ids
-            .insert(run.id.as_bytes(), &seq)
-            .map_err(backend)?;
+        self.runs.insert(&seq, &bytes)?;
+        self.run_ids.insert(run.id.as_bytes(), &seq)?;
         if !run.state.is_terminal() {
-            self.active.insert(seq, &[]).map_err(backend)?;
+            self.active.insert(&seq, &[])?;
         }
         Ok(())
     }
@@ -198,15 +169,15 @@ impl Store for SledStore {
         self.dirty = true;
         let seq = run.seq.to_be_bytes();
         let bytes = self.encode_run(run)?;
-        self.runs.insert(seq, bytes).map_err(backend)?;
+        self.runs.insert(&seq, &bytes)?;
         if run.state.is_terminal() {
-            self.active.remove(seq).map_err(backend)?;
+            self.active.remove(&seq)?;
         }
         Ok(())
     }
 
     fn run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
-        match self.run_ids.get(id.as_bytes()).map_err(backend)? {
+        match self.run_ids.get(id.as_bytes())? {
             Some(seq) => self.run_by_seq(&seq),
             None => Ok(None),
         }
@@ -214,8 +185,8 @@ impl Store for SledStore {
 
     fn active_runs(&self) -> StoreResult<Vec<RunRecord>> {
         let mut runs = Vec::new();
-        for key in self.active.iter().keys() {
-            if let Some(run) = self.run_by_seq(&key.map_err(backend)?)? {
+        for item in self.active.iter() {
+            if let Some(run) = self.run_by_seq(&item?.0)? {
                 runs.push(run);
             }
         }
@@ -223,38 +194,33 @@ impl Store for SledStore {
     }
 
     fn runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
-        let iter = match filter.before_seq {
-            Some(before) => self.runs.range(..before.to_be_bytes()),
-            None => self.runs.iter(),
+        let before = filter.before_seq.map(u64::to_be_bytes);
+        let to = match &before {
+            Some(before) => Bound::Excluded(&before[..]),
+            None => Bound::Unbounded,
         };
         list_newest_first(
-            iter.values()
+            self.runs
+                .range(Bound::Unbounded, to)
                 .rev()
-                .map(|value| self.decode_run(&value.map_err(backend)?)),
+                .map(|item| self.decode_run(&item?.1)),
             filter,
         )
     }
 
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
         self.run_ids
-            .scan_prefix(prefix.as_bytes())
-            .keys()
+            .prefix(prefix.as_bytes())
             .take(limit)
-            .map(|key| Ok(String::from_utf8_lossy(&key.map_err(backend)?).into_owned()))
+            .map(|item| Ok(String::from_utf8_lossy(&item?.0).into_owned()))
             .collect()
     }
 
     fn last_run_seq(&self) -> StoreResult<u64> {
-        Ok(match self.runs.last().map_err(backend)? {
-            Some((key, _)) => {
-                let bytes: [u8; 8] = key.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                    what: "run key",
-                    detail: format!("{} bytes", key.len()),
-                })?;
-                u64::from_be_bytes(bytes)
-            }
-            None => 0,
-        })
+        match self.runs.last()? {
+            Some((key, _)) => seq_of(&key),
+            None => Ok(0),
+        }
     }
 
     fn run_count(&self) -> StoreResult<u64> {
@@ -263,26 +229,30 @@ impl Store for SledStore {
     }
 
     fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>> {
+        let from = from_seq.to_be_bytes();
         self.runs
-            .range(from_seq.to_be_bytes()..)
-            .values()
+            .range(Bound::Included(&from[..]), Bound::Unbounded)
             .take(limit)
-            .map(|value| self.decode_run(&value.map_err(backend)?))
+            .map(|item| self.decode_run(&item?.1))
             .collect()
     }
 
     fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()> {
         self.dirty = true;
         let seq = run.seq.to_be_bytes();
-        if self.runs.remove(seq).map_err(backend)?.is_none() {
+        if self.runs.get(&seq)?.is_none() {
             return Ok(());
         }
-        self.run_ids.remove(run.id.as_bytes()).map_err(backend)?;
-        self.active.remove(seq).map_err(backend)?;
-        let mut prefix = run.id.as_bytes().to_vec();
-        prefix.push(0);
-        for key in self.logs.scan_prefix(&prefix).keys() {
-            self.logs.remove(key.map_err(backend)?).map_err(backend)?;
+        self.runs.remove(&seq)?;
+        self.run_ids.remove(run.id.as_bytes())?;
+        self.active.remove(&seq)?;
+        let chunks: Vec<Vec<u8>> = self
+            .logs
+            .prefix(&log_prefix(&run.id))
+            .map(|item| item.map(|(key, _)| key))
+            .collect::<StoreResult<_>>()?;
+        for key in chunks {
+            self.logs.remove(&key)?;
         }
         self.pruned += 1;
         // Written once per commit, in it (see `flush`).
@@ -292,24 +262,19 @@ impl Store for SledStore {
 
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()> {
         self.dirty = true;
-        self.logs
-            .insert(log_key(run_id, offset), data)
-            .map_err(backend)?;
-        Ok(())
+        self.logs.insert(&log_key(run_id, offset), data)
     }
 
     fn delete_log_chunk(&mut self, run_id: &str, offset: u64) -> StoreResult<()> {
         self.dirty = true;
-        self.logs.remove(log_key(run_id, offset)).map_err(backend)?;
-        Ok(())
+        self.logs.remove(&log_key(run_id, offset))
     }
 
     fn log_chunks(&self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
-        let mut prefix = run_id.as_bytes().to_vec();
-        prefix.push(0);
+        let prefix = log_prefix(run_id);
         let mut chunks = Vec::new();
-        for item in self.logs.scan_prefix(&prefix) {
-            let (key, value) = item.map_err(backend)?;
+        for item in self.logs.prefix(&prefix) {
+            let (key, value) = item?;
             let offset: [u8; 8] =
                 key[prefix.len()..]
                     .try_into()
@@ -317,32 +282,25 @@ impl Store for SledStore {
                         what: "log key",
                         detail: format!("{} bytes", key.len()),
                     })?;
-            chunks.push((u64::from_be_bytes(offset), value.to_vec()));
+            chunks.push((u64::from_be_bytes(offset), value));
         }
         Ok(chunks)
     }
 
     fn workers(&self) -> StoreResult<Vec<WorkerStatus>> {
-        self.workers
-            .iter()
-            .values()
-            .map(|v| decode("worker", &v.map_err(backend)?))
-            .collect()
+        decoded("worker", self.workers.iter())
     }
 
     fn put_worker(&mut self, worker: &WorkerStatus) -> StoreResult<()> {
         self.dirty = true;
-        self.workers
-            .insert(worker.id.as_bytes(), encode(worker))
-            .map_err(backend)?;
-        Ok(())
+        self.workers.insert(worker.id.as_bytes(), &encode(worker))
     }
 
     fn job_states(&self) -> StoreResult<Vec<(String, JobState)>> {
         self.job_states
             .iter()
             .map(|item| {
-                let (key, value) = item.map_err(backend)?;
+                let (key, value) = item?;
                 Ok((
                     String::from_utf8_lossy(&key).into_owned(),
                     decode("job state", &value)?,
@@ -353,36 +311,24 @@ impl Store for SledStore {
 
     fn put_job_state(&mut self, job: &str, state: &JobState) -> StoreResult<()> {
         self.dirty = true;
-        self.job_states
-            .insert(job.as_bytes(), encode(state))
-            .map_err(backend)?;
-        Ok(())
+        self.job_states.insert(job.as_bytes(), &encode(state))
     }
 
     fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self
-            .settings
-            .get(key.as_bytes())
-            .map_err(backend)?
-            .map(|v| v.to_vec()))
+        self.settings.get(key.as_bytes())
     }
 
     fn put_setting(&mut self, key: &str, value: &[u8]) -> StoreResult<()> {
         self.dirty = true;
-        self.settings
-            .insert(key.as_bytes(), value)
-            .map_err(backend)?;
-        Ok(())
+        self.settings.insert(key.as_bytes(), value)
     }
 
     fn flush(&mut self) -> StoreResult<()> {
         if std::mem::take(&mut self.pruned_changed) {
-            self.settings
-                .insert(PRUNED, &self.pruned.to_be_bytes())
-                .map_err(backend)?;
+            self.settings.insert(PRUNED, &self.pruned.to_be_bytes())?;
         }
         if self.dirty {
-            self.db.flush().map_err(backend)?;
+            self.engine.flush()?;
             self.dirty = false;
         }
         Ok(())
@@ -392,6 +338,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SledStore;
     use jobcast_protocol::{Exec, RunState};
 
     #[test]
@@ -400,14 +347,9 @@ mod tests {
         let spec = JobSpec::new("old-job", "default", Exec::Command(vec!["true".into()]));
         let old = RunRecord::queued("oldrun".into(), 1, spec.clone(), 1, "enqueued");
         // As brokers before the compact layout wrote it: a map, spec inline.
-        store
-            .runs
-            .insert(1u64.to_be_bytes(), rmp_serde::to_vec_named(&old).unwrap())
-            .unwrap();
-        store
-            .run_ids
-            .insert("oldrun".as_bytes(), &1u64.to_be_bytes())
-            .unwrap();
+        let old_bytes = rmp_serde::to_vec_named(&old).unwrap();
+        Tree::insert(&store.runs, &1u64.to_be_bytes(), &old_bytes).unwrap();
+        Tree::insert(&store.run_ids, b"oldrun", &1u64.to_be_bytes()).unwrap();
         let mut new = RunRecord::queued("newrun".into(), 2, spec, 2, "enqueued");
         new.state = RunState::Succeeded;
         store.create_run(&new).unwrap();

@@ -1,0 +1,34 @@
+//! The little an embedded key-value engine must offer for [`super::KvStore`] to keep the
+//! broker's records in it: named ordered trees of byte keys and values, and one call that
+//! makes every write so far durable. One adapter per engine (`sled_engine.rs`,
+//! `fjall_engine.rs`), so the record layout and its tests are written once.
+
+use super::StoreResult;
+use std::ops::Bound;
+
+/// Key and value of one record, copied out of the engine.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A range read, in key order or reversed; it ends at the first error.
+pub type Scan<'a> = Box<dyn DoubleEndedIterator<Item = StoreResult<Entry>> + 'a>;
+
+pub trait Tree {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
+    fn insert(&self, key: &[u8], value: &[u8]) -> StoreResult<()>;
+    fn remove(&self, key: &[u8]) -> StoreResult<()>;
+    fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Scan<'_>;
+    fn prefix(&self, prefix: &[u8]) -> Scan<'_>;
+    /// The record with the highest key.
+    fn last(&self) -> StoreResult<Option<Entry>>;
+
+    fn iter(&self) -> Scan<'_> {
+        self.range(Bound::Unbounded, Bound::Unbounded)
+    }
+}
+
+pub trait Engine: Send {
+    type Tree: Tree + Send;
+    fn tree(&self, name: &str) -> StoreResult<Self::Tree>;
+    /// Makes every write so far durable.
+    fn flush(&self) -> StoreResult<()>;
+}

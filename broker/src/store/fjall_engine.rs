@@ -1,0 +1,93 @@
+//! fjall 3 (a log-structured merge tree) as an [`Engine`], built with the `store-fjall`
+//! feature for the store comparison of docs/BENCHMARKS.md.
+
+use super::engine::{Engine, Entry, Scan, Tree};
+use super::{StoreError, StoreResult};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::ops::Bound;
+use std::path::Path;
+
+fn backend(e: fjall::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+const MEMTABLE_BYTES: u64 = 8 << 20;
+
+pub struct FjallEngine {
+    db: Database,
+}
+
+impl FjallEngine {
+    /// Opens (or creates) the store at `path`, with at most `cache_bytes` of block cache.
+    pub fn open(path: &Path, cache_bytes: u64) -> StoreResult<FjallEngine> {
+        let db = Database::builder(path)
+            .cache_size(cache_bytes)
+            // Durability comes from explicit flushes (group commit).
+            .manual_journal_persist(true)
+            // The smallest journal it allows (default 512 MiB): a reopen replays it.
+            .max_journaling_size(64 << 20)
+            .open()
+            .map_err(backend)?;
+        Ok(FjallEngine { db })
+    }
+}
+
+impl Engine for FjallEngine {
+    type Tree = Keyspace;
+
+    fn tree(&self, name: &str) -> StoreResult<Keyspace> {
+        // Memtables of 8 MiB (default 64 MiB each, for nine trees).
+        self.db
+            .keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+            .map_err(backend)
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        self.db.persist(PersistMode::SyncAll).map_err(backend)
+    }
+}
+
+fn entries(iter: fjall::Iter) -> Scan<'static> {
+    Box::new(iter.map(|guard| {
+        guard
+            .into_inner()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .map_err(backend)
+    }))
+}
+
+impl Tree for Keyspace {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        Ok(Keyspace::get(self, key)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn insert(&self, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        Keyspace::insert(self, key, value).map_err(backend)
+    }
+
+    fn remove(&self, key: &[u8]) -> StoreResult<()> {
+        Keyspace::remove(self, key).map_err(backend)
+    }
+
+    fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Scan<'_> {
+        entries(Keyspace::range::<&[u8], _>(self, (from, to)))
+    }
+
+    fn prefix(&self, prefix: &[u8]) -> Scan<'_> {
+        entries(Keyspace::prefix(self, prefix))
+    }
+
+    fn last(&self) -> StoreResult<Option<Entry>> {
+        match self.last_key_value() {
+            Some(guard) => {
+                let (k, v) = guard.into_inner().map_err(backend)?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+}
