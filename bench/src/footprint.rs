@@ -3,7 +3,7 @@
 
 use crate::harness::{disk_usage, rss_bytes, Broker};
 use anyhow::Result;
-use jobcast_broker::store::{SledStore, Store};
+use jobcast_broker::store::{self, Store};
 use jobcast_protocol::{Exec, JobSpec, Outcome, RunRecord, RunState, Transition};
 use std::time::{Duration, Instant};
 
@@ -49,9 +49,9 @@ pub fn finished_run(seq: u64, job: &JobSpec) -> RunRecord {
     }
 }
 
-/// Writes `runs` finished runs of a typical job into a store at `path`, as the broker
-/// would have; returns how long it took.
-pub fn fill_store(path: &std::path::Path, runs: usize) -> Result<Duration> {
+/// Writes `runs` finished runs of a typical job into the store of the data directory
+/// `data_dir`, as the broker would have; returns how long it took.
+pub fn fill_store(data_dir: &std::path::Path, runs: usize) -> Result<Duration> {
     let job = JobSpec {
         timeout_ms: Some(3_600_000),
         ..JobSpec::new(
@@ -61,7 +61,7 @@ pub fn fill_store(path: &std::path::Path, runs: usize) -> Result<Duration> {
         )
     };
     let fill = Instant::now();
-    let mut store = SledStore::open(path)?;
+    let mut store = store::open_in(data_dir, store::DEFAULT_CACHE_BYTES)?;
     store.put_job(&job)?;
     for seq in 1..=runs as u64 {
         store.create_run(&finished_run(seq, &job))?;
@@ -106,10 +106,10 @@ pub async fn footprint(stored_runs: usize) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("jobcast-bench-")
         .tempdir()?;
-    let store_path = dir.path().join("data").join("store");
-    std::fs::create_dir_all(&store_path)?;
-    let fill_time = fill_store(&store_path, stored_runs)?;
-    let disk = disk_usage(&store_path);
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let fill_time = fill_store(&data_dir, stored_runs)?;
+    let disk = disk_usage(&data_dir);
     println!(
         "| finished runs stored | {stored_runs} (written in {:.1} s) |",
         fill_time.as_secs_f64()

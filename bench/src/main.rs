@@ -123,7 +123,7 @@ enum Command {
     /// Everything above with default sizes (or --quick ones), in one run.
     All,
     /// Store engines on the broker's records: durable lifecycles/s, disk per run, memory,
-    /// reopening, and SIGKILLs during writes (fjall with `--features store-fjall`).
+    /// reopening, and SIGKILLs during writes.
     Store {
         #[arg(long, default_value_t = 200_000)]
         runs: u64,

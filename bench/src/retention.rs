@@ -19,9 +19,9 @@ pub async fn retention(stored: usize) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("jobcast-bench-")
         .tempdir()?;
-    let store_path = dir.path().join("data").join("store");
-    std::fs::create_dir_all(&store_path)?;
-    let fill = fill_store(&store_path, stored)?;
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let fill = fill_store(&data_dir, stored)?;
     println!("(store written in {:.1} s)", fill.as_secs_f64());
     let extra = format!("[retention]\nmax_age = \"off\"\nmax_runs = {keep}\n");
     let started = Instant::now();

@@ -2,12 +2,10 @@
 //! durable run lifecycles per second, disk per run, memory, reopening, and SIGKILLs in
 //! the middle of writes. Each engine is measured in a child process of its own, so that
 //! one's memory and threads do not weigh on the other's figures.
-//!
-//! fjall is measured when the tool is built with `--features store-fjall`.
 
 use crate::harness::{disk_usage, rss_bytes};
 use anyhow::{bail, Context, Result};
-use jobcast_broker::store::{KvStore, SledEngine, Store};
+use jobcast_broker::store::{FjallEngine, KvStore, SledEngine, Store};
 use jobcast_protocol::{Exec, JobSpec, Outcome, RunRecord, RunState, Transition};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -19,24 +17,13 @@ const RUNS_PER_COMMIT: u64 = 64;
 /// Page or block cache given to each engine.
 const CACHE_BYTES: u64 = 64 << 20;
 
-pub fn engines() -> Vec<&'static str> {
-    let mut names = vec!["sled"];
-    if cfg!(feature = "store-fjall") {
-        names.push("fjall");
-    }
-    names
-}
+const ENGINES: [&str; 2] = ["sled", "fjall"];
 
 fn open(engine: &str, path: &Path) -> Result<Box<dyn Store>> {
     Ok(match engine {
         "sled" => Box::new(KvStore::with_engine(SledEngine::open(path, CACHE_BYTES)?)?),
-        #[cfg(feature = "store-fjall")]
-        "fjall" => Box::new(KvStore::with_engine(
-            jobcast_broker::store::FjallEngine::open(path, CACHE_BYTES)?,
-        )?),
-        other => {
-            bail!("no store engine {other:?} in this build (fjall needs --features store-fjall)")
-        }
+        "fjall" => Box::new(KvStore::with_engine(FjallEngine::open(path, CACHE_BYTES)?)?),
+        other => bail!("no store engine {other:?} (sled or fjall)"),
     })
 }
 
@@ -249,7 +236,7 @@ pub fn compare(runs: u64, kills: u32) -> Result<()> {
     println!();
     println!("| engine | durable lifecycles/s | RSS after | disk per run | reopen | SIGKILLs during writes: runs lost / acknowledged |");
     println!("|---|---|---|---|---|---|");
-    for engine in engines() {
+    for engine in ENGINES {
         let figures = measure(engine, runs)?;
         let (lost, acknowledged) = kill_rounds(engine, kills)?;
         println!(

@@ -36,6 +36,9 @@ pub struct FileConfig {
     /// Free space kept in the data directory: under it the broker takes no new work
     /// until space is freed; 0 turns the check off [default: 64 MiB].
     pub min_free_bytes: Option<u64>,
+    /// Bytes of the store's block cache: with the write buffers, what bounds the
+    /// broker's memory for its store [default: 64 MiB].
+    pub cache_size: Option<u64>,
     #[serde(default)]
     pub keys: KeysSection,
     #[serde(default)]
@@ -197,6 +200,7 @@ pub struct BrokerConfig {
     pub max_frame_bytes: usize,
     pub max_log_bytes: u64,
     pub min_free_bytes: u64,
+    pub cache_size: u64,
     pub keys: Keys,
     pub webhooks: Vec<crate::notify::Webhook>,
     /// The HTTP listener; `None` when turned off with `--http off`.
@@ -296,6 +300,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
         max_frame_bytes: file.max_frame_bytes.unwrap_or(1 << 20),
         max_log_bytes: file.max_log_bytes.unwrap_or(1 << 20),
         min_free_bytes: file.min_free_bytes.unwrap_or(64 << 20),
+        cache_size: file.cache_size.unwrap_or(crate::store::DEFAULT_CACHE_BYTES),
         keys: Keys {
             admin: secret("admin", admin)?,
             workers,
@@ -334,6 +339,9 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             "max_log_bytes must be at least {}",
             jobcast_protocol::logcap::MIN_CAP
         );
+    }
+    if config.cache_size < 1 << 20 {
+        bail!("cache_size must be at least 1048576 (1 MiB)");
     }
     if config.max_frame_bytes < 4096 {
         bail!("max_frame_bytes must be at least 4096");

@@ -3,7 +3,7 @@ use clap::Parser;
 use jobcast_broker::config::{self, Overrides};
 use jobcast_broker::core::{Core, CoreConfig};
 use jobcast_broker::server::{self, now_us};
-use jobcast_broker::store::SledStore;
+use jobcast_broker::store::{self, BrokerStore};
 use jobcast_protocol::{jobfile, AdminRequest, Reply};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -104,11 +104,11 @@ fn run() -> Result<()> {
         max_log_bytes: config.max_log_bytes,
         seed: None,
     };
-    let data_dir = config.data_dir.clone();
+    let (data_dir, cache_size) = (config.data_dir.clone(), config.cache_size);
     // At start, and again after a store failure (a full disk): the state is what the
     // store holds.
-    let open_core = move |now_us: u64| -> Result<Core<SledStore>> {
-        let store = SledStore::open(&data_dir.join("store"))
+    let open_core = move |now_us: u64| -> Result<Core<BrokerStore>> {
+        let store = store::open_in(&data_dir, cache_size)
             .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
         Ok(Core::new(store, core_config.clone(), now_us)?)
     };

@@ -1,5 +1,4 @@
-//! fjall 3 (a log-structured merge tree) as an [`Engine`], built with the `store-fjall`
-//! feature for the store comparison of docs/BENCHMARKS.md.
+//! fjall 3 (a log-structured merge tree) as an [`Engine`]: the broker's store.
 
 use super::engine::{Engine, Entry, Scan, Tree};
 use super::{StoreError, StoreResult};

@@ -31,6 +31,35 @@ pub struct KvStore<E: Engine> {
     dirty: bool,
 }
 
+/// The trees of a store, by name.
+const TREES: [&str; 9] = [
+    "jobs",
+    "runs",
+    "specs",
+    "run_ids",
+    "active",
+    "logs",
+    "workers",
+    "job_states",
+    "settings",
+];
+
+/// Copies every record of a store from one engine to another, as they are; returns how
+/// many. The copy is durable when this returns.
+pub fn copy_records(from: &impl Engine, to: &impl Engine) -> StoreResult<u64> {
+    let mut copied = 0;
+    for name in TREES {
+        let (source, target) = (from.tree(name)?, to.tree(name)?);
+        for item in source.iter() {
+            let (key, value) = item?;
+            target.insert(&key, &value)?;
+            copied += 1;
+        }
+    }
+    to.flush()?;
+    Ok(copied)
+}
+
 /// The settings key of the pruned-runs count.
 const PRUNED: &[u8] = b"pruned_runs";
 

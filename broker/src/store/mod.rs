@@ -1,39 +1,27 @@
-//! Durable state: the [`Store`] trait, its sled backend, and an in-memory one for tests
-//! of the core.
+//! Durable state: the [`Store`] trait, the broker's records in an embedded key-value
+//! engine (fjall; sled before), and an in-memory store for tests of the core.
 //!
 //! Writes are applied at once but only become durable at [`Store::flush`]; the server
 //! calls it once per batch of requests (group commit) before it answers any of them.
 
 mod engine;
-#[cfg(feature = "store-fjall")]
 mod fjall_engine;
 mod kv;
+mod location;
 mod memory;
 mod run_codec;
 mod sled_engine;
 
-#[cfg(feature = "store-fjall")]
 pub use fjall_engine::FjallEngine;
 pub use kv::KvStore;
+pub use location::{open_in, BrokerStore, DEFAULT_CACHE_BYTES};
 pub use memory::MemoryStore;
 pub use sled_engine::SledEngine;
 
-/// The broker's store: its records in sled.
+/// The records in sled, as brokers before the switch to fjall kept them.
 pub type SledStore = KvStore<SledEngine>;
 
-/// Page cache of the store when the config names none.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
-
 impl SledStore {
-    /// Opens (or creates) the store at `path`, with at most `cache_bytes` of page cache.
-    pub fn open_with_cache(path: &std::path::Path, cache_bytes: u64) -> StoreResult<SledStore> {
-        KvStore::with_engine(SledEngine::open(path, cache_bytes)?)
-    }
-
-    pub fn open(path: &std::path::Path) -> StoreResult<SledStore> {
-        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
-    }
-
     /// A store that lives in a temporary directory, for tests.
     pub fn temporary() -> StoreResult<SledStore> {
         KvStore::with_engine(SledEngine::temporary()?)

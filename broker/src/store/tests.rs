@@ -20,7 +20,6 @@ macro_rules! on_every_backend {
                     super::$name(MemoryStore::default());
                 }
 
-                #[cfg(feature = "store-fjall")]
                 #[test]
                 fn fjall() {
                     let dir = tempfile::tempdir().unwrap();
@@ -134,7 +133,7 @@ fn log_chunks_come_back_in_stream_order(mut store: impl Store) {
 fn everything_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut store = SledStore::open(dir.path()).unwrap();
+        let mut store = open_in(dir.path(), 8 << 20).unwrap();
         store.put_job(&job("nightly")).unwrap();
         store
             .create_run(&run(1, "aaa1", RunState::Running))
@@ -148,7 +147,7 @@ fn everything_survives_reopening() {
         store.delete_run(&run(2, "old2", RunState::Failed)).unwrap();
         store.flush().unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = open_in(dir.path(), 8 << 20).unwrap();
     assert_eq!(store.jobs().unwrap(), vec![job("nightly")]);
     assert_eq!(store.active_runs().unwrap()[0].id, "aaa1");
     assert_eq!(store.log_chunks("aaa1").unwrap()[0].1, b"hello");
@@ -270,7 +269,7 @@ fn each_run_keeps_the_job_version_it_was_created_with_across_reopening() {
         ..RunRecord::queued(id.into(), seq, spec.clone(), seq, "")
     };
     {
-        let mut store = SledStore::open(dir.path()).unwrap();
+        let mut store = open_in(dir.path(), 8 << 20).unwrap();
         store.create_run(&run_of(1, "before", &first)).unwrap();
         store.create_run(&run_of(2, "after", &edited)).unwrap();
         // A rewrite of the first run after the edit still names its own version.
@@ -279,7 +278,7 @@ fn each_run_keeps_the_job_version_it_was_created_with_across_reopening() {
         store.put_run(&rewritten).unwrap();
         store.flush().unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = open_in(dir.path(), 8 << 20).unwrap();
     let before = store.run("before").unwrap().unwrap();
     assert_eq!(before.spec, first);
     assert_eq!(before.state, RunState::Assigned);
