@@ -91,6 +91,12 @@ impl<S: Store> Core<S> {
             self.pruning.next_step_ms = now + IDLE_MS;
             return Ok(0);
         }
+        if self.store.is_backlogged() {
+            // Deleting now would add to a backlog the engine is still writing out, and
+            // its writes (ours included) would be held back until it catches up.
+            self.pruning.next_step_ms = now + WALK_MS;
+            return Ok(0);
+        }
         let newest = self.store.last_run_seq()?;
         let mut excess = self.excess_runs()?;
         let batch = self.store.oldest_runs(self.pruning.cursor, STEP)?;

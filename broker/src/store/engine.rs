@@ -31,4 +31,8 @@ pub trait Engine: Send {
     fn tree(&self, name: &str) -> StoreResult<Self::Tree>;
     /// Makes every write so far durable.
     fn flush(&self) -> StoreResult<()>;
+    /// See [`super::Store::is_backlogged`].
+    fn is_backlogged(&self) -> bool {
+        false
+    }
 }

@@ -12,8 +12,16 @@ fn backend(e: fjall::Error) -> StoreError {
 
 const MEMTABLE_BYTES: u64 = 8 << 20;
 
+/// fjall holds every write back (sleeps of 100 ms) at 4 sealed memtables of one tree
+/// waiting to be written out, and slows them from 20 level-0 tables: retention waits well
+/// before either.
+const BACKLOG_SEALED_MEMTABLES: usize = 2;
+const BACKLOG_L0_TABLES: usize = 12;
+
 pub struct FjallEngine {
     db: Database,
+    /// The trees opened, to look at their backlog.
+    trees: std::sync::Mutex<Vec<Keyspace>>,
 }
 
 impl FjallEngine {
@@ -27,7 +35,10 @@ impl FjallEngine {
             .max_journaling_size(64 << 20)
             .open()
             .map_err(backend)?;
-        Ok(FjallEngine { db })
+        Ok(FjallEngine {
+            db,
+            trees: Default::default(),
+        })
     }
 }
 
@@ -35,16 +46,29 @@ impl Engine for FjallEngine {
     type Tree = Keyspace;
 
     fn tree(&self, name: &str) -> StoreResult<Keyspace> {
-        // Memtables of 8 MiB (default 64 MiB each, for nine trees).
-        self.db
+        let tree = self
+            .db
             .keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
             })
-            .map_err(backend)
+            .map_err(backend)?;
+        if let Ok(mut trees) = self.trees.lock() {
+            trees.push(tree.clone());
+        }
+        Ok(tree)
     }
 
     fn flush(&self) -> StoreResult<()> {
         self.db.persist(PersistMode::SyncAll).map_err(backend)
+    }
+
+    fn is_backlogged(&self) -> bool {
+        self.trees.lock().is_ok_and(|trees| {
+            trees.iter().any(|t| {
+                t.sealed_memtable_count() >= BACKLOG_SEALED_MEMTABLES
+                    || t.l0_table_count() >= BACKLOG_L0_TABLES
+            })
+        })
     }
 }
 

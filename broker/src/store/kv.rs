@@ -352,6 +352,10 @@ impl<E: Engine> Store for KvStore<E> {
         self.settings.insert(key.as_bytes(), value)
     }
 
+    fn is_backlogged(&self) -> bool {
+        self.engine.is_backlogged()
+    }
+
     fn flush(&mut self) -> StoreResult<()> {
         if std::mem::take(&mut self.pruned_changed) {
             self.settings.insert(PRUNED, &self.pruned.to_be_bytes())?;

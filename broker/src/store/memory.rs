@@ -17,6 +17,8 @@ pub struct MemoryStore {
     workers: BTreeMap<String, WorkerStatus>,
     job_states: BTreeMap<String, JobState>,
     settings: BTreeMap<String, Vec<u8>>,
+    /// What `is_backlogged` answers, set by tests.
+    pub backlogged: bool,
 }
 
 impl Store for MemoryStore {
@@ -167,5 +169,9 @@ impl Store for MemoryStore {
 
     fn flush(&mut self) -> StoreResult<()> {
         Ok(())
+    }
+
+    fn is_backlogged(&self) -> bool {
+        self.backlogged
     }
 }

@@ -84,6 +84,12 @@ pub trait Store: Send {
 
     /// Makes every write so far durable.
     fn flush(&mut self) -> StoreResult<()>;
+
+    /// Whether the engine is behind on writing out what it was given, so that more
+    /// optional writes now (retention's deletes) would hold up the rest.
+    fn is_backlogged(&self) -> bool {
+        false
+    }
 }
 
 /// Applies `filter` to runs given newest first: the listing both backends return.

@@ -154,3 +154,24 @@ fn prune_dry_run_counts_and_prune_deletes() {
     assert!(matches!(real, Reply::Pruned { runs: 3, .. }), "{real:?}");
     assert_eq!(h.core.store().run_count().unwrap(), 1);
 }
+
+#[test]
+fn retention_waits_while_the_store_is_behind_on_its_writes() {
+    let mut h = keeping(Retention {
+        max_age_ms: None,
+        max_runs: Some(2),
+    });
+    for _ in 0..5 {
+        ended_run(&mut h, "hello");
+    }
+    h.core.store_mut().backlogged = true;
+    for _ in 0..10 {
+        h.advance_ms(1_000);
+        h.tick();
+    }
+    assert_eq!(stored(&h).len(), 5, "nothing deleted while backlogged");
+    h.core.store_mut().backlogged = false;
+    h.advance_ms(1_000);
+    h.tick();
+    assert_eq!(stored(&h).len(), 2);
+}
