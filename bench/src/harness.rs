@@ -362,6 +362,7 @@ pub fn synthetic_registration(pool: &str, slots: u32) -> Register {
         running: vec![],
         max_log_bytes: 1 << 20,
         instance: jobcast_protocol::envelope::random_nonce().max(1),
+        prefetch: 0,
     }
 }
 

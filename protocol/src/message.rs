@@ -117,6 +117,14 @@ pub struct Register {
     /// known (every unreported run is then lost).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub instance: u64,
+    /// Runs the worker may hold granted but not started, beyond its `concurrency`: it
+    /// starts one the moment a slot frees. 0 (or absent): none.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub prefetch: u32,
+}
+
+fn is_zero_u32(value: &u32) -> bool {
+    *value == 0
 }
 
 fn is_zero(value: &u64) -> bool {

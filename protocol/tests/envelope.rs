@@ -118,6 +118,7 @@ fn every_request() -> Vec<Request> {
             running: vec!["r1".into()],
             max_log_bytes: 800 << 10,
             instance: 77,
+            prefetch: 0,
         }),
         WorkerRequest::Heartbeat(Heartbeat {
             running: vec![],

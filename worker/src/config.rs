@@ -36,6 +36,10 @@ pub struct Args {
     /// Runs executed at once [default: 4].
     #[arg(long, env = "JOBCAST_CONCURRENCY")]
     pub concurrency: Option<u32>,
+    /// Runs held ready beyond the busy slots, started the moment a slot frees (no round
+    /// trip to the broker between runs); 0 turns it off [default: the concurrency].
+    #[arg(long, env = "JOBCAST_PREFETCH")]
+    pub prefetch: Option<u32>,
     /// Pools to take work from, comma-separated [default: default].
     #[arg(long, env = "JOBCAST_POOLS", value_delimiter = ',')]
     pub pools: Option<Vec<String>>,
@@ -75,6 +79,7 @@ pub struct FileConfig {
     pub secret: Option<String>,
     pub secret_file: Option<PathBuf>,
     pub concurrency: Option<u32>,
+    pub prefetch: Option<u32>,
     pub pools: Option<Vec<String>>,
     pub log_level: Option<String>,
     pub max_log_bytes: Option<u64>,
@@ -100,6 +105,7 @@ pub struct WorkerConfig {
     pub id: String,
     pub secret: Secret,
     pub concurrency: u32,
+    pub prefetch: u32,
     pub pools: Vec<String>,
     pub log_level: String,
     pub max_log_bytes: u64,
@@ -163,6 +169,10 @@ pub fn resolve(args: Args, file: FileConfig) -> Result<WorkerConfig> {
     if !(1..=1024).contains(&concurrency) {
         bail!("concurrency must be between 1 and 1024, not {concurrency}");
     }
+    let prefetch = args.prefetch.or(file.prefetch).unwrap_or(concurrency);
+    if prefetch > 1024 {
+        bail!("prefetch must be between 0 and 1024, not {prefetch}");
+    }
     let max_log_bytes = args
         .max_log_bytes
         .or(file.max_log_bytes)
@@ -192,6 +202,7 @@ pub fn resolve(args: Args, file: FileConfig) -> Result<WorkerConfig> {
             .unwrap_or_else(|| "tcp://127.0.0.1:5556".into()),
         secret: Secret::new(secret),
         concurrency,
+        prefetch,
         pools,
         log_level: args
             .log_level

@@ -94,6 +94,7 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
             instance: jobcast_protocol::envelope::random_nonce().max(1),
             version: JOBCAST_VERSION.to_string(),
             concurrency: config.concurrency,
+            prefetch: config.prefetch,
             pools: config.pools.clone(),
             max_log_bytes: config.max_log_bytes,
             reconnect_after: config.reconnect_after_inactivity,

@@ -5,13 +5,17 @@
 //! Time is milliseconds on a monotonic clock with any origin, passed in by the caller.
 
 use jobcast_protocol::{
-    Assignment, ErrorCode, Event, Heartbeat, Orders, Register, Reply, RunFinished, WorkerRequest,
+    Assignment, ErrorCode, Event, Heartbeat, Orders, Outcome, Register, Reply, RunFinished,
+    WorkerRequest,
 };
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// Ended runs remembered so that a grant of one arriving late is never started again.
 const REMEMBERED_ENDS: usize = 4_096;
+/// The longest a ready run waits for a slot before it is handed back: ready runs are for
+/// short runs back to back, not for holding work while long runs fill the slots.
+pub const READY_HOLD: Duration = Duration::from_secs(1);
 
 /// How long the broker may hold a claim before answering that nothing came. While it
 /// waits, a run queued for this worker's pools is granted in the batch that queued it.
@@ -84,6 +88,8 @@ pub struct Identity {
     pub instance: u64,
     pub version: String,
     pub concurrency: u32,
+    /// Runs held ready beyond the busy slots (granted, not started).
+    pub prefetch: u32,
     pub pools: Vec<String>,
     pub max_log_bytes: u64,
     pub reconnect_after: Duration,
@@ -96,6 +102,14 @@ pub struct WorkerState {
     /// Runs this worker holds, and whether each one's process has ended (it stays held
     /// until the broker has acknowledged its end).
     held: BTreeMap<String, bool>,
+    /// Runs granted beyond the free slots (at most `prefetch`), oldest first, with when
+    /// they were granted: each starts the moment a slot frees, without a round trip to
+    /// the broker, or is handed back after `READY_HOLD` (the slots hold long runs: another
+    /// worker may be free for it).
+    ready: VecDeque<(Assignment, u64)>,
+    /// Set when a ready run was handed back for waiting too long: no more ready runs are
+    /// asked for until a run ends (a sign that slots turn over again).
+    ready_paused: bool,
     /// Runs whose end the broker has acknowledged, newest last: a resent grant can cross
     /// the acknowledgement (answers reach this state through different tasks), and must
     /// not start the run a second time.
@@ -121,6 +135,8 @@ impl WorkerState {
         WorkerState {
             identity,
             held: BTreeMap::new(),
+            ready: VecDeque::new(),
+            ready_paused: false,
             ended: Default::default(),
             registered: false,
             boot_id: None,
@@ -148,8 +164,14 @@ impl WorkerState {
         self.registered
     }
 
+    /// Runs this process holds: started, and granted ready to start (reported to the
+    /// broker as its own, so that it does not send their grants again).
     pub fn running_ids(&self) -> Vec<String> {
-        self.held.keys().cloned().collect()
+        self.held
+            .keys()
+            .cloned()
+            .chain(self.ready.iter().map(|(a, _)| a.run_id.clone()))
+            .collect()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -159,17 +181,17 @@ impl WorkerState {
     /// Draining and every run's process has ended: time to deliver the last reports and
     /// exit.
     pub fn drained(&self) -> bool {
-        self.draining && self.held.values().all(|done| *done)
+        self.draining && self.held.values().all(|done| *done) && self.ready.is_empty()
     }
 
     /// Nothing is held any more (every end acknowledged).
     pub fn holds_nothing(&self) -> bool {
-        self.held.is_empty()
+        self.held.is_empty() && self.ready.is_empty()
     }
 
     /// Why the worker must exit with a failure, once nothing runs any more.
     pub fn refused_with_nothing_running(&self) -> Option<&str> {
-        self.refused.as_deref().filter(|_| self.held.is_empty())
+        self.refused.as_deref().filter(|_| self.holds_nothing())
     }
 
     fn busy_slots(&self) -> u32 {
@@ -178,6 +200,18 @@ impl WorkerState {
 
     fn free_slots(&self) -> u32 {
         self.identity.concurrency.saturating_sub(self.busy_slots())
+    }
+
+    /// Runs to ask the broker for: the free slots, and room among the ready runs.
+    fn wanted(&self) -> u32 {
+        let ready_room = if self.ready_paused {
+            0
+        } else {
+            self.identity
+                .prefetch
+                .saturating_sub(self.ready.len() as u32)
+        };
+        self.free_slots() + ready_room
     }
 
     fn request(actions: &mut Vec<Action>, purpose: Purpose, request: WorkerRequest) {
@@ -206,6 +240,7 @@ impl WorkerState {
                 running: self.running_ids(),
                 max_log_bytes: identity.max_log_bytes,
                 instance: identity.instance,
+                prefetch: identity.prefetch,
             }),
         );
     }
@@ -222,15 +257,15 @@ impl WorkerState {
         if self.draining || self.claim_in_flight || !self.want_work || !self.registered {
             return;
         }
-        let free = self.free_slots();
-        if free == 0 {
+        let wanted = self.wanted();
+        if wanted == 0 {
             return;
         }
         self.claim_in_flight = true;
         actions.push(Action::Request {
             purpose: Purpose::Claim { sent_ms: now_ms },
             request: WorkerRequest::Claim {
-                max: free,
+                max: wanted,
                 wait_ms: CLAIM_WAIT.as_millis() as u64,
             },
             timeout: CLAIM_WAIT + REQUEST_TIMEOUT,
@@ -246,6 +281,7 @@ impl WorkerState {
             self.drain_deadline_ms = None;
             self.stop_all(&mut actions);
         }
+        self.release_overdue_ready(now_ms, &mut actions);
         if now_ms < self.next_heartbeat_ms {
             return actions;
         }
@@ -377,7 +413,7 @@ impl WorkerState {
             } if purpose == Purpose::Register => {
                 self.refused = Some(message);
                 if !self.draining {
-                    self.begin_drain(now_ms);
+                    self.begin_drain(now_ms, &mut actions);
                 }
             }
             // Passing (a full disk at the broker): the heartbeat, registration or claim is
@@ -431,9 +467,17 @@ impl WorkerState {
                 released.push(assignment.run_id);
             } else if self.ended.1.contains(&assignment.run_id) {
                 tracing::info!(run_id = %assignment.run_id, "a late grant of a run that has ended: not started again");
-            } else if !self.held.contains_key(&assignment.run_id) {
-                self.held.insert(assignment.run_id.clone(), false);
-                actions.push(Action::Start(Box::new(assignment)));
+            } else if self.held.contains_key(&assignment.run_id)
+                || self
+                    .ready
+                    .iter()
+                    .any(|(r, _)| r.run_id == assignment.run_id)
+            {
+                // A grant resent while its first answer was on its way: held once.
+            } else if self.free_slots() > 0 {
+                self.start_run(assignment, actions);
+            } else {
+                self.ready.push_back((assignment, now_ms));
             }
         }
         if !released.is_empty() {
@@ -444,6 +488,34 @@ impl WorkerState {
             );
         }
         self.maybe_claim(now_ms, actions);
+    }
+
+    /// Hands back the ready runs that waited longer than `READY_HOLD` for a slot.
+    fn release_overdue_ready(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let hold = READY_HOLD.as_millis() as u64;
+        let mut run_ids = Vec::new();
+        while let Some((_, since)) = self.ready.front() {
+            if now_ms.saturating_sub(*since) < hold {
+                break;
+            }
+            if let Some((run, _)) = self.ready.pop_front() {
+                run_ids.push(run.run_id);
+            }
+        }
+        if !run_ids.is_empty() {
+            tracing::debug!(runs = ?run_ids, "ready runs waited too long for a slot: handed back");
+            self.ready_paused = true;
+            Self::request(
+                actions,
+                Purpose::Release,
+                WorkerRequest::Release { run_ids },
+            );
+        }
+    }
+
+    fn start_run(&mut self, assignment: Assignment, actions: &mut Vec<Action>) {
+        self.held.insert(assignment.run_id.clone(), false);
+        actions.push(Action::Start(Box::new(assignment)));
     }
 
     fn remember_end(&mut self, run_id: String) {
@@ -459,15 +531,24 @@ impl WorkerState {
 
     /// A run's process ended; its report goes to the outbox.
     pub fn on_run_done(&mut self, mut finished: RunFinished) -> Vec<Action> {
+        let mut actions = Vec::new();
         if let Some(done) = self.held.get_mut(&finished.run_id) {
             *done = true;
         }
-        // The report that frees the slot also asks for work to fill it: one round trip
-        // from one run's end to the next run's start.
-        if !self.draining && !self.claim_in_flight && self.registered {
-            finished.claim = self.free_slots();
+        // A ready run takes the slot at once; the report asks for work to refill what is
+        // free (one round trip from a run's end to the next start only when none was
+        // ready).
+        if self.free_slots() > 0 {
+            if let Some((next, _)) = self.ready.pop_front() {
+                self.start_run(next, &mut actions);
+            }
         }
-        vec![Action::Report(WorkerRequest::RunFinished(finished))]
+        self.ready_paused = false;
+        if !self.draining && !self.claim_in_flight && self.registered {
+            finished.claim = self.wanted();
+        }
+        actions.push(Action::Report(WorkerRequest::RunFinished(finished)));
+        actions
     }
 
     /// SIGTERM or SIGINT: drain; a second one stops the runs at once.
@@ -478,7 +559,7 @@ impl WorkerState {
             self.stop_all(&mut actions);
         } else {
             tracing::info!(signal = name, "draining");
-            self.begin_drain(now_ms);
+            self.begin_drain(now_ms, &mut actions);
         }
         actions
     }
@@ -497,16 +578,37 @@ impl WorkerState {
             if self.held.get(&run_id) == Some(&false) {
                 tracing::info!(run_id, "kill ordered by the broker");
                 actions.push(Action::Stop(run_id));
+            } else if let Some(at) = self.ready.iter().position(|(r, _)| r.run_id == run_id) {
+                // Never started: it ends here, killed, with nothing to stop.
+                self.ready.remove(at);
+                tracing::info!(run_id, "kill ordered by the broker before the run started");
+                self.remember_end(run_id.clone());
+                actions.push(Action::Report(WorkerRequest::RunFinished(RunFinished {
+                    run_id,
+                    outcome: Outcome::Killed,
+                    duration_ms: 0,
+                    log_bytes: 0,
+                    claim: 0,
+                })));
             }
         }
         if orders.drain && !self.draining {
             tracing::info!("drain ordered by the broker");
-            self.begin_drain(now_ms);
+            self.begin_drain(now_ms, actions);
         }
     }
 
-    fn begin_drain(&mut self, now_ms: u64) {
+    fn begin_drain(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         self.draining = true;
+        if !self.ready.is_empty() {
+            // Handed back unstarted: the broker queues them for other workers.
+            let run_ids = self.ready.drain(..).map(|(r, _)| r.run_id).collect();
+            Self::request(
+                actions,
+                Purpose::Release,
+                WorkerRequest::Release { run_ids },
+            );
+        }
         self.drain_deadline_ms = Some(now_ms + self.identity.drain_timeout.as_millis() as u64);
         tracing::info!(running = self.busy_slots(), timeout = ?self.identity.drain_timeout, "draining: taking no new work");
     }

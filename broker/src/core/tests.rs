@@ -25,6 +25,7 @@ fn registration(pools: &[&str], max_log_bytes: u64) -> Register {
         max_log_bytes,
         // The same worker process in every registration, unless a test says otherwise.
         instance: 7,
+        prefetch: 0,
     }
 }
 

@@ -50,6 +50,11 @@ impl WaitingClaims {
         Some(claim)
     }
 
+    /// How many claims wait.
+    pub fn len(&self) -> usize {
+        self.by_worker.len()
+    }
+
     pub fn get(&self, worker: &str) -> Option<&WaitingClaim> {
         self.by_worker.get(worker).map(|(_, claim)| claim)
     }

@@ -10,6 +10,7 @@ fn identity(concurrency: u32) -> Identity {
         instance: 7,
         version: "test".into(),
         concurrency,
+        prefetch: 0,
         pools: vec!["default".into()],
         max_log_bytes: 1 << 20,
         reconnect_after: Duration::from_secs(30),
@@ -481,4 +482,138 @@ fn an_unavailable_broker_is_heard_and_changes_nothing_else() {
     // The next heartbeat asks for work again.
     let actions = state.on_timer(1_000);
     assert!(claim_in(&actions).is_some(), "{actions:?}");
+}
+
+/// A registered worker of one slot that may hold one run ready beyond it.
+fn registered_with_prefetch() -> (WorkerState, Purpose) {
+    let mut state = WorkerState::new(
+        Identity {
+            prefetch: 1,
+            ..identity(1)
+        },
+        0,
+    );
+    state.start();
+    let actions = state.on_answer(Purpose::Register, registered_reply(), 0);
+    let (purpose, max, _) = claim_in(&actions).expect("a claim after registering");
+    assert_eq!(max, 2, "its slot and one ready run");
+    (state, purpose)
+}
+
+fn reported_finish(actions: &[Action]) -> Option<&RunFinished> {
+    actions.iter().find_map(|a| match a {
+        Action::Report(WorkerRequest::RunFinished(finished)) => Some(finished),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_ready_run_starts_the_moment_a_slot_frees_without_a_round_trip() {
+    let (mut state, claim) = registered_with_prefetch();
+    let actions = state.on_answer(claim, granted(&["r1", "r2"], false), 10);
+    assert_eq!(
+        started(&actions),
+        ["r1"],
+        "one slot: the second waits ready"
+    );
+    let mut held = state.running_ids();
+    held.sort();
+    assert_eq!(held, ["r1", "r2"], "both reported as this worker's");
+
+    let actions = state.on_run_done(finished("r1"));
+    assert_eq!(started(&actions), ["r2"]);
+    // The report that frees the slot asks for one run: the ready place r2 left.
+    assert_eq!(reported_finish(&actions).map(|f| f.claim), Some(1));
+}
+
+#[test]
+fn a_draining_worker_hands_back_its_ready_runs_unstarted() {
+    let (mut state, claim) = registered_with_prefetch();
+    state.on_answer(claim, granted(&["r1", "r2"], false), 10);
+    let actions = state.on_signal("SIGTERM", 20);
+    let released: Vec<&Vec<String>> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Request {
+                request: WorkerRequest::Release { run_ids },
+                ..
+            } => Some(run_ids),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, [&vec!["r2".to_string()]]);
+    assert!(!state.drained(), "r1 still runs");
+    let actions = state.on_run_done(finished("r1"));
+    assert!(
+        started(&actions).is_empty(),
+        "nothing new starts while draining"
+    );
+    assert!(state.drained());
+}
+
+#[test]
+fn a_kill_order_for_a_ready_run_ends_it_without_starting_it() {
+    let (mut state, claim) = registered_with_prefetch();
+    state.on_answer(claim, granted(&["r1", "r2"], false), 10);
+    let orders = Answer::Reply(Reply::Orders(Orders {
+        kill: vec!["r2".into()],
+        ..Orders::default()
+    }));
+    let actions = state.on_answer(Purpose::Heartbeat, orders, 20);
+    assert!(stopped(&actions).is_empty(), "nothing runs to stop");
+    let finish = reported_finish(&actions).expect("its end reported");
+    assert_eq!(
+        (finish.run_id.as_str(), &finish.outcome),
+        ("r2", &Outcome::Killed)
+    );
+    // Neither the freed ready place nor a resent grant starts it.
+    let actions = state.on_run_done(finished("r1"));
+    assert!(started(&actions).is_empty());
+    let actions = state.on_answer(Purpose::Heartbeat, registered_resuming(&["r2"]), 30);
+    assert!(started(&actions).is_empty());
+}
+
+#[test]
+fn a_grant_resent_for_a_ready_run_is_held_once() {
+    let (mut state, claim) = registered_with_prefetch();
+    state.on_answer(claim, granted(&["r1", "r2"], false), 10);
+    let actions = state.on_answer(Purpose::Register, registered_resuming(&["r2"]), 20);
+    assert!(started(&actions).is_empty());
+    assert_eq!(state.running_ids().len(), 2);
+    let actions = state.on_run_done(finished("r1"));
+    assert_eq!(started(&actions), ["r2"]);
+    let actions = state.on_run_done(finished("r2"));
+    assert!(started(&actions).is_empty(), "r2 was held once");
+}
+
+#[test]
+fn a_ready_run_kept_waiting_by_a_long_run_is_handed_back_and_none_asked_for_until_a_run_ends() {
+    let (mut state, claim) = registered_with_prefetch();
+    state.on_answer(claim, granted(&["r1", "r2"], false), 10);
+    let hold = READY_HOLD.as_millis() as u64;
+    assert!(state.on_timer(10 + hold - 1).iter().all(|a| !matches!(
+        a,
+        Action::Request {
+            purpose: Purpose::Release,
+            ..
+        }
+    )));
+    let actions = state.on_timer(10 + hold);
+    let released: Vec<&Vec<String>> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Request {
+                request: WorkerRequest::Release { run_ids },
+                ..
+            } => Some(run_ids),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, [&vec!["r2".to_string()]]);
+    assert_eq!(state.running_ids(), ["r1"]);
+    // The slot is still busy: no claim for ready runs while the long run goes on.
+    assert_eq!(claim_in(&state.on_timer(10 + 5 * hold)), None);
+    // Its end asks for the slot and ready runs again.
+    let actions = state.on_run_done(finished("r1"));
+    assert_eq!(reported_finish(&actions).map(|f| f.claim), Some(2));
 }

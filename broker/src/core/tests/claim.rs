@@ -81,3 +81,62 @@ fn one_claim_takes_one_run_of_a_queue_job_and_the_next_only_after_it_ends() {
     h.finish("w1", &first, Outcome::Exited { code: 0 });
     assert_eq!(h.claim("w1", 4), vec![second]);
 }
+
+/// Registers a one-slot worker that may hold `prefetch` runs ready beyond its slot.
+fn register_with_prefetch(h: &mut Harness, worker: &str, prefetch: u32) {
+    let register = Register {
+        prefetch,
+        ..registration(&["default"], 4096)
+    };
+    assert!(matches!(
+        h.worker(worker, WorkerRequest::Register(register)),
+        Reply::Registered { .. }
+    ));
+}
+
+#[test]
+fn a_worker_may_hold_its_ready_runs_beyond_its_slots_and_no_more() {
+    let mut h = Harness::new();
+    register_with_prefetch(&mut h, "w1", 2);
+    for _ in 0..5 {
+        h.enqueue("hello");
+    }
+    assert_eq!(h.claim("w1", 10).len(), 3, "one slot and two ready");
+    assert!(h.claim("w1", 10).is_empty(), "all it may hold");
+}
+
+#[test]
+fn no_ready_runs_are_granted_while_another_worker_waits_for_work() {
+    let mut h = Harness::new();
+    register_with_prefetch(&mut h, "w1", 2);
+    h.register("w2", 1, &["gpu"], &[]);
+    // w2 waits for work (of another pool: the rule is kept simple and cheap).
+    let (reply, _) = h.send(
+        "w2",
+        WorkerRequest::Claim {
+            max: 1,
+            wait_ms: 30_000,
+        },
+    );
+    assert_eq!(reply, Reply::Ack, "held");
+    for _ in 0..3 {
+        h.enqueue("hello");
+    }
+    assert_eq!(h.claim("w1", 10).len(), 1, "its slot only");
+}
+
+#[test]
+fn a_registration_declaring_more_than_1024_slots_or_ready_runs_is_refused() {
+    let mut h = Harness::new();
+    let register = Register {
+        prefetch: 5_000,
+        ..registration(&["default"], 4096)
+    };
+    match h.worker("w1", WorkerRequest::Register(register)) {
+        Reply::Error { code, message } => {
+            assert_eq!(code, ErrorCode::BadRequest);
+            assert!(message.contains("at most 1024"), "{message}");
+        }
+        other => panic!("registered: {other:?}"),
+    }
+}

@@ -59,8 +59,17 @@ impl<S: Store> Core<S> {
         if session.draining || session.drain_ordered || self.low_disk.is_some() {
             return Ok(nothing_granted());
         }
-        // Never more than the worker's free slots, whatever it asks for.
-        let room = (session.register.concurrency as usize)
+        // Never more than the worker's free slots and the ready runs it may hold, whatever
+        // it asks for; ready runs only while no other worker waits for work (they would
+        // sit on this one while another idles).
+        let others_waiting =
+            self.workers.waiting.len() > usize::from(self.workers.waiting.get(worker).is_some());
+        let prefetch = if others_waiting {
+            0
+        } else {
+            session.register.prefetch as usize
+        };
+        let room = (session.register.concurrency as usize + prefetch)
             .saturating_sub(session.runs.len())
             .min(max as usize);
         let pools = session.register.pools.clone();

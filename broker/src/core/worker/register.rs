@@ -16,6 +16,7 @@ impl<S: Store> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) -> Handled {
+        const MAX_SLOTS: u32 = 1024;
         names::validate("worker id", worker)?;
         for pool in &register.pools {
             names::validate("pool", pool)?;
@@ -24,6 +25,13 @@ impl<S: Store> Core<S> {
             return Err(CoreError::BadRequest(
                 "concurrency must be at least 1".into(),
             ));
+        }
+        // A worker holds at most this many runs at once (running and ready), whatever it
+        // declares: the same bounds its own configuration enforces.
+        if register.concurrency > MAX_SLOTS || register.prefetch > MAX_SLOTS {
+            return Err(CoreError::BadRequest(format!(
+                "concurrency and prefetch must be at most {MAX_SLOTS}"
+            )));
         }
         if let Some(allowed) = self.config.worker_pools.get(worker) {
             if let Some(pool) = register.pools.iter().find(|p| !allowed.contains(*p)) {
