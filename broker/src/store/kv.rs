@@ -100,7 +100,7 @@ impl<E: Engine> KvStore<E> {
             })?),
             None => 0,
         };
-        Ok(KvStore {
+        let store = KvStore {
             jobs: engine.tree("jobs")?,
             runs: engine.tree("runs")?,
             specs: engine.tree("specs")?,
@@ -115,7 +115,31 @@ impl<E: Engine> KvStore<E> {
             pruned_changed: false,
             engine,
             dirty: false,
-        })
+        };
+        store.clear_stale_active_entries()?;
+        Ok(store)
+    }
+
+    /// Removes the unfinished-index entries a broker killed mid-batch can leave: for a
+    /// record never written, or for a run that has ended.
+    fn clear_stale_active_entries(&self) -> StoreResult<()> {
+        let mut stale = Vec::new();
+        for item in self.active.iter() {
+            let (seq, _) = item?;
+            if self
+                .run_by_seq(&seq)?
+                .is_none_or(|run| run.state.is_terminal())
+            {
+                stale.push(seq);
+            }
+        }
+        if !stale.is_empty() {
+            for seq in &stale {
+                self.active.remove(seq)?;
+            }
+            self.engine.flush()?;
+        }
+        Ok(())
     }
 
     fn run_by_seq(&self, seq: &[u8]) -> StoreResult<Option<RunRecord>> {
@@ -186,18 +210,22 @@ impl<E: Engine> Store for KvStore<E> {
         self.dirty = true;
         let seq = run.seq.to_be_bytes();
         let bytes = self.encode_run(run)?;
-        self.runs.insert(&seq, &bytes)?;
+        // The indexes first and the record last: a broker killed in between leaves
+        // index entries without a record (skipped, and cleared at the next open), never
+        // a record the indexes do not know (listed, but lost to the broker).
         self.run_ids.insert(run.id.as_bytes(), &seq)?;
         if !run.state.is_terminal() {
             self.active.insert(&seq, &[])?;
         }
-        Ok(())
+        self.runs.insert(&seq, &bytes)
     }
 
     fn put_run(&mut self, run: &RunRecord) -> StoreResult<()> {
         self.dirty = true;
         let seq = run.seq.to_be_bytes();
         let bytes = self.encode_run(run)?;
+        // The record first: killed in between, an ended run keeps its unfinished-index
+        // entry (cleared at the next open), rather than an unfinished run losing it.
         self.runs.insert(&seq, &bytes)?;
         if run.state.is_terminal() {
             self.active.remove(&seq)?;
@@ -207,7 +235,9 @@ impl<E: Engine> Store for KvStore<E> {
 
     fn run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
         match self.run_ids.get(id.as_bytes())? {
-            Some(seq) => self.run_by_seq(&seq),
+            // An entry whose record was never written may name a number a later run
+            // took: only a record of this id counts.
+            Some(seq) => Ok(self.run_by_seq(&seq)?.filter(|run| run.id == id)),
             None => Ok(None),
         }
     }
@@ -216,7 +246,9 @@ impl<E: Engine> Store for KvStore<E> {
         let mut runs = Vec::new();
         for item in self.active.iter() {
             if let Some(run) = self.run_by_seq(&item?.0)? {
-                runs.push(run);
+                if !run.state.is_terminal() {
+                    runs.push(run);
+                }
             }
         }
         Ok(runs)
@@ -272,9 +304,8 @@ impl<E: Engine> Store for KvStore<E> {
         if self.runs.get(&seq)?.is_none() {
             return Ok(());
         }
-        self.runs.remove(&seq)?;
-        self.run_ids.remove(run.id.as_bytes())?;
-        self.active.remove(&seq)?;
+        // The log first and the record near the end: killed in between, the record is
+        // still there for retention to delete again, and nothing is left unreachable.
         let chunks: Vec<Vec<u8>> = self
             .logs
             .prefix(&log_prefix(&run.id))
@@ -283,6 +314,9 @@ impl<E: Engine> Store for KvStore<E> {
         for key in chunks {
             self.logs.remove(&key)?;
         }
+        self.active.remove(&seq)?;
+        self.runs.remove(&seq)?;
+        self.run_ids.remove(run.id.as_bytes())?;
         self.pruned += 1;
         // Written once per commit, in it (see `flush`).
         self.pruned_changed = true;
@@ -371,8 +405,13 @@ impl<E: Engine> Store for KvStore<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::engine::{Entry, Scan};
     use crate::store::SledStore;
     use jobcast_protocol::{Exec, RunState};
+    use std::collections::{BTreeMap, HashMap};
+    use std::ops::RangeBounds;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn runs_written_in_the_older_layout_are_read_beside_new_ones() {
@@ -395,5 +434,183 @@ mod tests {
             })
             .unwrap();
         assert_eq!(listed, vec![new, old]);
+    }
+
+    type SharedMap = Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>;
+
+    /// An engine in memory whose writes stop reaching "disk" after a budget: the state
+    /// a broker killed at that point leaves.
+    #[derive(Clone, Default)]
+    struct CutEngine {
+        trees: Arc<Mutex<HashMap<String, SharedMap>>>,
+        /// Writes still kept; negative: all.
+        budget: Arc<AtomicI64>,
+    }
+
+    struct CutTree {
+        map: SharedMap,
+        budget: Arc<AtomicI64>,
+    }
+
+    impl CutTree {
+        fn write(&self, apply: impl FnOnce(&mut BTreeMap<Vec<u8>, Vec<u8>>)) {
+            let left = self.budget.load(Ordering::SeqCst);
+            if left == 0 {
+                return;
+            }
+            if left > 0 {
+                self.budget.store(left - 1, Ordering::SeqCst);
+            }
+            apply(&mut self.map.lock().unwrap());
+        }
+
+        fn entries(&self, keep: impl Fn(&Vec<u8>) -> bool) -> Scan<'_> {
+            let entries: Vec<_> = self
+                .map
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| Ok((k.clone(), v.clone())))
+                .collect();
+            Box::new(entries.into_iter())
+        }
+    }
+
+    impl Tree for CutTree {
+        fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+            Ok(self.map.lock().unwrap().get(key).cloned())
+        }
+        fn insert(&self, key: &[u8], value: &[u8]) -> StoreResult<()> {
+            self.write(|m| {
+                m.insert(key.to_vec(), value.to_vec());
+            });
+            Ok(())
+        }
+        fn remove(&self, key: &[u8]) -> StoreResult<()> {
+            self.write(|m| {
+                m.remove(key);
+            });
+            Ok(())
+        }
+        fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Scan<'_> {
+            self.entries(|k| RangeBounds::<[u8]>::contains(&(from, to), k.as_slice()))
+        }
+        fn prefix(&self, prefix: &[u8]) -> Scan<'_> {
+            self.entries(|k| k.starts_with(prefix))
+        }
+        fn last(&self) -> StoreResult<Option<Entry>> {
+            let map = self.map.lock().unwrap();
+            Ok(map.iter().next_back().map(|(k, v)| (k.clone(), v.clone())))
+        }
+    }
+
+    impl Engine for CutEngine {
+        type Tree = CutTree;
+        fn tree(&self, name: &str) -> StoreResult<CutTree> {
+            let map = self
+                .trees
+                .lock()
+                .unwrap()
+                .entry(name.to_string())
+                .or_default()
+                .clone();
+            Ok(CutTree {
+                map,
+                budget: self.budget.clone(),
+            })
+        }
+        fn flush(&self) -> StoreResult<()> {
+            Ok(())
+        }
+    }
+
+    fn queued(seq: u64, id: &str) -> RunRecord {
+        let spec = JobSpec::new("job", "default", Exec::Command(vec!["true".into()]));
+        RunRecord::queued(id.into(), seq, spec, seq, "enqueued")
+    }
+
+    fn with_state(mut run: RunRecord, state: RunState) -> RunRecord {
+        run.state = state;
+        run
+    }
+
+    /// The batch a broker may be killed in the middle of: its writes, in order.
+    fn unflushed_batch(store: &mut KvStore<CutEngine>) {
+        store.create_run(&queued(2, "run-2")).unwrap();
+        let r1 = queued(1, "run-1");
+        store
+            .put_run(&with_state(r1.clone(), RunState::Assigned))
+            .unwrap();
+        store.put_run(&with_state(r1, RunState::Succeeded)).unwrap();
+        store
+            .create_run(&with_state(queued(3, "run-3"), RunState::Missed))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_broker_killed_after_any_write_of_a_batch_leaves_a_store_it_can_trust() {
+        let writes = {
+            let engine = CutEngine::default();
+            engine.budget.store(-1, Ordering::SeqCst);
+            let mut store = KvStore::with_engine(engine.clone()).unwrap();
+            store.create_run(&queued(1, "run-1")).unwrap();
+            engine.budget.store(1_000, Ordering::SeqCst);
+            unflushed_batch(&mut store);
+            1_000 - engine.budget.load(Ordering::SeqCst)
+        };
+        assert!(writes >= 8, "{writes} writes");
+        for cut in 0..=writes {
+            let engine = CutEngine::default();
+            engine.budget.store(-1, Ordering::SeqCst);
+            let mut store = KvStore::with_engine(engine.clone()).unwrap();
+            store.create_run(&queued(1, "run-1")).unwrap();
+            engine.budget.store(cut, Ordering::SeqCst);
+            unflushed_batch(&mut store);
+
+            // Killed there; the next broker opens what reached the disk, and the client
+            // of the unanswered enqueue of run-2 asks again (same id, as with a key).
+            engine.budget.store(-1, Ordering::SeqCst);
+            let mut store = KvStore::with_engine(engine.clone()).unwrap();
+            if store.run("run-2").unwrap().is_none() {
+                let seq = store.last_run_seq().unwrap() + 1;
+                store.create_run(&queued(seq, "run-2")).unwrap();
+            }
+
+            let listed = store
+                .runs(&RunFilter {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .unwrap();
+            for run in &listed {
+                assert_eq!(
+                    store.run(&run.id).unwrap().as_ref(),
+                    Some(run),
+                    "cut {cut}: {} listed but not found by its id",
+                    run.id
+                );
+            }
+            let ids: Vec<&str> = listed.iter().map(|r| r.id.as_str()).collect();
+            assert_eq!(
+                ids.iter().filter(|id| **id == "run-2").count(),
+                1,
+                "cut {cut}: {ids:?}"
+            );
+            let mut active: Vec<String> = store
+                .active_runs()
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            let mut unfinished: Vec<String> = listed
+                .iter()
+                .filter(|r| !r.state.is_terminal())
+                .map(|r| r.id.clone())
+                .collect();
+            active.sort();
+            unfinished.sort();
+            assert_eq!(active, unfinished, "cut {cut}");
+        }
     }
 }
