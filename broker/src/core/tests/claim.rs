@@ -126,7 +126,7 @@ fn no_ready_runs_are_granted_while_another_worker_waits_for_work() {
 }
 
 #[test]
-fn a_registration_declaring_more_than_1024_slots_or_ready_runs_is_refused() {
+fn a_registration_declaring_more_than_1024_ready_runs_is_refused() {
     let mut h = Harness::new();
     let register = Register {
         prefetch: 5_000,

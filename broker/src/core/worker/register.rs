@@ -16,7 +16,7 @@ impl<S: Store> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) -> Handled {
-        const MAX_SLOTS: u32 = 1024;
+        const MAX_PREFETCH: u32 = 1024;
         names::validate("worker id", worker)?;
         for pool in &register.pools {
             names::validate("pool", pool)?;
@@ -26,11 +26,11 @@ impl<S: Store> Core<S> {
                 "concurrency must be at least 1".into(),
             ));
         }
-        // A worker holds at most this many runs at once (running and ready), whatever it
-        // declares: the same bounds its own configuration enforces.
-        if register.concurrency > MAX_SLOTS || register.prefetch > MAX_SLOTS {
+        // Ready runs sit on one worker while others may be free: at most this many,
+        // whatever it declares (the bound its own configuration enforces).
+        if register.prefetch > MAX_PREFETCH {
             return Err(CoreError::BadRequest(format!(
-                "concurrency and prefetch must be at most {MAX_SLOTS}"
+                "prefetch must be at most {MAX_PREFETCH}"
             )));
         }
         if let Some(allowed) = self.config.worker_pools.get(worker) {
