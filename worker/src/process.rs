@@ -1,10 +1,10 @@
 //! Starting scripts and killing whole process trees (Linux).
 //!
-//! Each run starts in a session and process group of its own. To find every process of
-//! a run, including descendants that called `setsid` and were orphaned, the worker is a
-//! child subreaper (orphans re-parent to it rather than to init) and a process belongs to
-//! a run when any of these holds: it descends from the run's pid, it is in the run's
-//! process group or session, or its environment carries the run's `JOBCAST_RUN_ID`.
+//! Each run starts in a process group of its own. To find every process of a run,
+//! including descendants that called `setsid` and were orphaned, the worker is a child
+//! subreaper (orphans re-parent to it rather than to init) and a process belongs to a run
+//! when any of these holds: it descends from the run's pid, it is in the run's process
+//! group or a session it started, or its environment carries the run's `JOBCAST_RUN_ID`.
 
 use crate::procfs;
 use crate::start_error::StartError;
@@ -147,16 +147,12 @@ pub fn spawn(
         }
         command.current_dir(dir);
     }
-    // SAFETY: setsid is async-signal-safe; it gives the run its own session and process
-    // group, so signals to the group reach its ordinary children.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // A process group of its own, so that signals to the group reach its ordinary
+    // children (and a terminal's Ctrl-C, sent to the foreground group, does not). Not
+    // `setsid` in a `pre_exec` hook: any hook makes the standard library `fork` the whole
+    // worker for each run, where a process group lets it use `posix_spawn` (no page-table
+    // copy): +47 % shell runs a second (docs/BENCHMARKS.md).
+    command.process_group(0);
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(false);
     let child = {
