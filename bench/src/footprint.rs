@@ -11,9 +11,26 @@ fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
+/// The id of the bench's run number `seq`: spread like the broker's random ids.
+pub fn run_id(seq: u64) -> String {
+    format!("{:016x}", seq.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// The job the store benchmarks' runs belong to: a short script with a timeout.
+pub fn typical_job() -> JobSpec {
+    JobSpec {
+        timeout_ms: Some(3_600_000),
+        ..JobSpec::new(
+            "nightly-backup",
+            "default",
+            Exec::Script("#!/bin/sh\npg_dump mydb > /backups/mydb.sql\n".into()),
+        )
+    }
+}
+
 pub fn finished_run(seq: u64, job: &JobSpec) -> RunRecord {
     let at = 1_800_000_000_000 + seq;
-    let id = format!("{:016x}", seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let id = run_id(seq);
     RunRecord {
         state: RunState::Succeeded,
         worker: Some("w1".into()),
@@ -52,14 +69,7 @@ pub fn finished_run(seq: u64, job: &JobSpec) -> RunRecord {
 /// Writes `runs` finished runs of a typical job into the store of the data directory
 /// `data_dir`, as the broker would have; returns how long it took.
 pub fn fill_store(data_dir: &std::path::Path, runs: usize) -> Result<Duration> {
-    let job = JobSpec {
-        timeout_ms: Some(3_600_000),
-        ..JobSpec::new(
-            "nightly-backup",
-            "default",
-            Exec::Script("#!/bin/sh\npg_dump mydb > /backups/mydb.sql\n".into()),
-        )
-    };
+    let job = typical_job();
     let fill = Instant::now();
     let mut store = store::open_in(data_dir, store::DEFAULT_CACHE_BYTES)?;
     store.put_job(&job)?;

@@ -3,10 +3,11 @@
 //! the middle of writes. Each engine is measured in a child process of its own, so that
 //! one's memory and threads do not weigh on the other's figures.
 
+use crate::footprint::{run_id, typical_job};
 use crate::harness::{disk_usage, rss_bytes};
 use anyhow::{bail, Context, Result};
 use jobcast_broker::store::{FjallEngine, KvStore, SledEngine, Store};
-use jobcast_protocol::{Exec, JobSpec, Outcome, RunRecord, RunState, Transition};
+use jobcast_protocol::{JobSpec, Outcome, RunRecord, RunState, Transition};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -27,22 +28,11 @@ fn open(engine: &str, path: &Path) -> Result<Box<dyn Store>> {
     })
 }
 
-fn job() -> JobSpec {
-    JobSpec {
-        timeout_ms: Some(3_600_000),
-        ..JobSpec::new(
-            "nightly-backup",
-            "default",
-            Exec::Script("#!/bin/sh\npg_dump mydb > /backups/mydb.sql\n".into()),
-        )
-    }
-}
-
 /// One run's life as the broker writes it: created queued, granted, started, a line of
 /// log, finished.
 fn write_lifecycle(store: &mut dyn Store, seq: u64, job: &JobSpec) -> Result<()> {
     let at = 1_800_000_000_000 + seq;
-    let id = format!("{:016x}", seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let id = run_id(seq);
     let mut run = RunRecord::queued(id.clone(), seq, job.clone(), at, "enqueued by admin");
     store.create_run(&run)?;
     let step = |store: &mut dyn Store, run: &mut RunRecord, state: RunState, cause: &str| {
@@ -75,7 +65,7 @@ fn write_lifecycle(store: &mut dyn Store, seq: u64, job: &JobSpec) -> Result<()>
 /// In the child: fills a store with `runs` lifecycles and prints one line of figures.
 pub fn measure_one(engine: &str, dir: &Path, runs: u64) -> Result<()> {
     let path = dir.join("store");
-    let job = job();
+    let job = typical_job();
     let started = Instant::now();
     {
         let mut store = open(engine, &path)?;
@@ -108,7 +98,7 @@ pub fn measure_one(engine: &str, dir: &Path, runs: u64) -> Result<()> {
 /// printing the last run made durable after each commit, until killed.
 pub fn write_until_killed(engine: &str, dir: &Path) -> Result<()> {
     let mut store = open(engine, &dir.join("store"))?;
-    let job = job();
+    let job = typical_job();
     store.put_job(&job)?;
     let mut seq = store.last_run_seq()?;
     loop {
@@ -221,8 +211,7 @@ fn kill_rounds(engine: &str, kills: u32) -> Result<(u32, u64)> {
             lost += acknowledged - stored;
         }
         for seq in (acknowledged.saturating_sub(RUNS_PER_COMMIT) + 1)..=acknowledged {
-            let id = format!("{:016x}", seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            match store.run(&id)? {
+            match store.run(&run_id(seq))? {
                 Some(run) if run.state == RunState::Succeeded => {}
                 _ => lost += 1,
             }

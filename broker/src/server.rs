@@ -390,38 +390,59 @@ impl Server<'_> {
         let mut out = Outbox::default();
         let mut refusals = Vec::new();
         let now_ms = now_us() / 1_000;
-        let keys = &self.config.keys;
-        for incoming in self.batch.drain(..) {
+        for incoming in std::mem::take(&mut self.batch) {
             let Incoming::Request { peer, payload } = incoming else {
                 continue;
             };
-            match self
-                .opener
-                .open(&payload, now_ms, |name| keys.for_sender(name))
-            {
-                Ok(opened) => {
-                    if let Body::Request { id, .. } = opened.body {
-                        out.reply(
-                            &ReplyTo::peer(&peer, &opened.from),
-                            id,
-                            jobcast_protocol::Reply::Error {
-                                code: jobcast_protocol::ErrorCode::Unavailable,
-                                message: message.to_string(),
-                            },
-                        );
-                    }
-                }
-                Err(rejection) => {
-                    self.rejections
-                        .note(rejection.reason(), &rejection.to_string());
-                    if let Some(refusal) = Refusal::for_rejection(&rejection) {
-                        refusals.push((peer, refusal));
-                    }
-                }
+            if let Ok((from, id, _)) = self.open_request(&peer, &payload, now_ms, &mut refusals) {
+                out.reply(
+                    &ReplyTo::peer(&peer, &from),
+                    id,
+                    jobcast_protocol::Reply::Error {
+                        code: jobcast_protocol::ErrorCode::Unavailable,
+                        message: message.to_string(),
+                    },
+                );
             }
         }
         if !out.replies.is_empty() || !refusals.is_empty() {
-            self.transport.sockets.send(outgoing(keys, out, refusals));
+            self.transport
+                .sockets
+                .send(outgoing(&self.config.keys, out, refusals));
+        }
+    }
+
+    /// Opens a frame as a request: its sender, id and request. A frame refused is logged
+    /// (rate-limited) and, when its peer needs to learn why, answered through
+    /// `refusals`; the reason comes back for the core's counts.
+    fn open_request(
+        &mut self,
+        peer: &PeerId,
+        payload: &[u8],
+        now_ms: u64,
+        refusals: &mut Vec<(PeerId, Refusal)>,
+    ) -> Result<(String, u64, jobcast_protocol::Request), &'static str> {
+        let keys = &self.config.keys;
+        match self
+            .opener
+            .open(payload, now_ms, |name| keys.for_sender(name))
+        {
+            Ok(opened) => match opened.body {
+                Body::Request { id, request } => Ok((opened.from, id, request)),
+                Body::Reply { .. } => {
+                    self.rejections
+                        .note("undecodable", "a reply sent to the broker");
+                    Err("undecodable")
+                }
+            },
+            Err(rejection) => {
+                self.rejections
+                    .note(rejection.reason(), &rejection.to_string());
+                if let Some(refusal) = Refusal::for_rejection(&rejection) {
+                    refusals.push((peer.clone(), refusal));
+                }
+                Err(rejection.reason())
+            }
         }
     }
 
@@ -487,29 +508,9 @@ impl Server<'_> {
                     continue;
                 }
             };
-            let keys = &self.config.keys;
-            match self
-                .opener
-                .open(&payload, now / 1_000, |name| keys.for_sender(name))
-            {
-                Ok(opened) => match opened.body {
-                    Body::Request { id, request } => {
-                        core.handle(&peer, &opened.from, id, request, now, &mut out)?
-                    }
-                    Body::Reply { .. } => {
-                        core.note_rejection("undecodable");
-                        self.rejections
-                            .note("undecodable", "a reply sent to the broker");
-                    }
-                },
-                Err(rejection) => {
-                    core.note_rejection(rejection.reason());
-                    self.rejections
-                        .note(rejection.reason(), &rejection.to_string());
-                    if let Some(refusal) = Refusal::for_rejection(&rejection) {
-                        refusals.push((peer, refusal));
-                    }
-                }
+            match self.open_request(&peer, &payload, now / 1_000, &mut refusals) {
+                Ok((from, id, request)) => core.handle(&peer, &from, id, request, now, &mut out)?,
+                Err(reason) => core.note_rejection(reason),
             }
         }
         self.batch = batch;

@@ -100,28 +100,47 @@ fn mount_point(name: &str) -> tempfile::TempDir {
         .expect("temp dir")
 }
 
+/// A cluster whose broker keeps its store on a tmpfs of `bytes`, with `settings` in its
+/// config, the job `echo` applied and worker w1 started with `worker_args`; `None` where
+/// no tmpfs can be mounted. Fields drop in order: the processes, then the mount, then
+/// its directory.
+struct OnTmpfs {
+    cluster: Cluster,
+    disk: Tmpfs,
+    _dir: tempfile::TempDir,
+}
+
+fn cluster_on_tmpfs(
+    name: &str,
+    bytes: u64,
+    settings: &str,
+    worker_args: &[&str],
+) -> Option<OnTmpfs> {
+    let dir = mount_point(name);
+    let disk = Tmpfs::mount(dir.path(), bytes)?;
+    let data = disk.path.join("data").to_string_lossy().into_owned();
+    let mut cluster = Cluster::start_configured(1, &["--data-dir", &data], &[], settings);
+    cluster.apply_jobs("[jobs.echo]\noverlap = \"allow\"\ncommand = \"echo hi\"\n");
+    cluster.start_worker("w1", worker_args);
+    Some(OnTmpfs {
+        cluster,
+        disk,
+        _dir: dir,
+    })
+}
+
 #[test]
 fn under_the_reserve_new_work_is_refused_reads_go_on_and_space_coming_back_resumes_work() {
-    let dir = mount_point("disk-low");
-    let Some(disk) = Tmpfs::mount(dir.path(), 32 * MIB) else {
+    let settings = format!("min_free_bytes = {}", 8 * MIB);
+    let Some(mut t) = cluster_on_tmpfs("disk-low", 32 * MIB, &settings, &[]) else {
         return;
     };
-    let data = disk.path.join("data");
-    let data_arg = data.to_string_lossy().into_owned();
-    let mut cluster = Cluster::start_configured(
-        1,
-        &["--data-dir", &data_arg],
-        &[],
-        &format!("min_free_bytes = {}", 8 * MIB),
-    );
-    cluster.apply_jobs("[jobs.echo]\noverlap = \"allow\"\ncommand = \"echo hi\"\n");
-    cluster.start_worker("w1", &[]);
-    let before = cluster.enqueue("echo");
-    cluster.wait_state(&before, "succeeded", LONG);
+    let before = t.cluster.enqueue("echo");
+    t.cluster.wait_state(&before, "succeeded", LONG);
 
-    let filler = disk.fill_leaving(4 * MIB);
+    let filler = t.disk.fill_leaving(4 * MIB);
     let refusal = wait_for("enqueues to be refused", LONG, || {
-        let out = cluster.ctl(&["enqueue", "echo"]);
+        let out = t.cluster.ctl(&["enqueue", "echo"]);
         (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
     });
     assert!(
@@ -129,30 +148,34 @@ fn under_the_reserve_new_work_is_refused_reads_go_on_and_space_coming_back_resum
         "{refusal}"
     );
     // The API says the same, as 503.
-    let (status, body) = cluster.api("POST", "/api/v1/jobs/echo/enqueue", Some(OPERATOR_TOKEN));
+    let (status, body) = t
+        .cluster
+        .api("POST", "/api/v1/jobs/echo/enqueue", Some(OPERATOR_TOKEN));
     assert_eq!(status, 503, "{body}");
     // Reads go on: runs, the run itself, its log, the status with a standing alert.
-    assert_eq!(cluster.run(&before).expect("run")["state"], "succeeded");
-    assert_eq!(String::from_utf8_lossy(&cluster.log(&before)), "hi\n");
-    let (status, body) = cluster.api("GET", "/api/v1/runs", Some(VIEWER_TOKEN));
+    assert_eq!(t.cluster.run(&before).expect("run")["state"], "succeeded");
+    assert_eq!(String::from_utf8_lossy(&t.cluster.log(&before)), "hi\n");
+    let (status, body) = t.cluster.api("GET", "/api/v1/runs", Some(VIEWER_TOKEN));
     assert_eq!(status, 200, "{body}");
     wait_for("a disk_low alert", LONG, || {
-        let status = cluster.ctl_json(&["status"])?;
+        let status = t.cluster.ctl_json(&["status"])?;
         let alerts = status["alerts"].as_array()?.clone();
         alerts.iter().any(|a| a["kind"] == "disk_low").then_some(())
     });
-    assert!(cluster.broker_log().contains("under its reserve"));
+    assert!(t.cluster.broker_log().contains("under its reserve"));
 
     std::fs::remove_file(filler).expect("free the space");
     let after = wait_for("enqueues to be taken again", LONG, || {
-        cluster.ctl_json(&["enqueue", "echo"])
+        t.cluster.ctl_json(&["enqueue", "echo"])
     });
     let after = after["id"].as_str().expect("run id").to_string();
-    cluster.wait_state(&after, "succeeded", LONG);
-    assert!(cluster
+    t.cluster.wait_state(&after, "succeeded", LONG);
+    assert!(t
+        .cluster
         .broker_log()
         .contains("free space is back over the reserve"));
-    assert!(cluster
+    assert!(t
+        .cluster
         .broker
         .as_mut()
         .unwrap()
@@ -163,22 +186,17 @@ fn under_the_reserve_new_work_is_refused_reads_go_on_and_space_coming_back_resum
 
 #[test]
 fn a_failed_write_is_survived_and_nothing_acknowledged_is_lost() {
-    let dir = mount_point("disk-full");
-    let Some(disk) = Tmpfs::mount(dir.path(), 24 * MIB) else {
+    // No reserve: the broker writes until the disk refuses.
+    let settings = "min_free_bytes = 0";
+    let Some(mut t) = cluster_on_tmpfs("disk-full", 24 * MIB, settings, &["--concurrency", "4"])
+    else {
         return;
     };
-    let data = disk.path.join("data");
-    let data_arg = data.to_string_lossy().into_owned();
-    // No reserve: the broker writes until the disk refuses.
-    let mut cluster =
-        Cluster::start_configured(1, &["--data-dir", &data_arg], &[], "min_free_bytes = 0");
-    cluster.apply_jobs("[jobs.echo]\noverlap = \"allow\"\ncommand = \"echo hi\"\n");
-    cluster.start_worker("w1", &["--concurrency", "4"]);
-    let filler = disk.fill_leaving(MIB);
+    let filler = t.disk.fill_leaving(MIB);
 
     let runtime = runtime();
     let acked: Vec<String> = runtime.block_on(async {
-        let client = cluster.admin_client().await;
+        let client = t.cluster.admin_client().await;
         let deadline = Instant::now() + LONG;
         let mut acked = Vec::new();
         // Enqueue until a write fails: then the broker answers "unavailable". The request
@@ -230,7 +248,7 @@ fn a_failed_write_is_survived_and_nothing_acknowledged_is_lost() {
     assert!(!acked.is_empty(), "the disk filled before any enqueue");
     eprintln!("{} runs acknowledged before a write failed", acked.len());
     assert!(
-        cluster
+        t.cluster
             .broker
             .as_mut()
             .unwrap()
@@ -238,16 +256,16 @@ fn a_failed_write_is_survived_and_nothing_acknowledged_is_lost() {
             .unwrap()
             .is_none(),
         "the broker exited:\n{}",
-        cluster.broker_log()
+        t.cluster.broker_log()
     );
 
     std::fs::remove_file(filler).expect("free the space");
     // The broker reopens its store by itself; every acknowledged run is there and runs.
     wait_for("the broker to take requests again", LONG, || {
-        cluster.ctl_json(&["status"])
+        t.cluster.ctl_json(&["status"])
     });
     wait_for("every acknowledged run to succeed", LONG, || {
-        let runs = cluster.runs();
+        let runs = t.cluster.runs();
         let succeeded: std::collections::BTreeSet<&str> = runs
             .iter()
             .filter(|r| r["state"] == "succeeded")
@@ -258,8 +276,7 @@ fn a_failed_write_is_survived_and_nothing_acknowledged_is_lost() {
             .all(|id| succeeded.contains(id.as_str()))
             .then_some(())
     });
-    let log = cluster.broker_log();
-    eprintln!("{log}\n{}", cluster.worker_log("w1"));
+    let log = t.cluster.broker_log();
     assert!(log.contains("store write failed"), "{log}");
     assert!(log.contains("store open again"), "{log}");
 }

@@ -37,6 +37,20 @@ fn sealed_for(to: &ReplyTo) -> &str {
     }
 }
 
+/// The `Granted` answers in `out` for `worker`, by request id.
+fn grants_for(out: &Outbox, worker: &str) -> Vec<(u64, Vec<String>)> {
+    out.replies
+        .iter()
+        .filter(|r| sealed_for(&r.to) == worker)
+        .filter_map(|r| match &r.reply {
+            Reply::Granted { runs, .. } => {
+                Some((r.id, runs.iter().map(|a| a.run_id.clone()).collect()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 struct Harness {
     core: Core<MemoryStore>,
     now: u64,
@@ -155,6 +169,14 @@ impl Harness {
                 claim: 0,
             }),
         );
+    }
+
+    /// Sends a claim that may wait; returns its request id and what the request produced
+    /// (no answer while it waits).
+    fn waiting_claim(&mut self, worker: &str, max: u32, wait_ms: u64) -> (u64, Outbox) {
+        let id = self.next_id;
+        let (_, out) = self.send(worker, WorkerRequest::Claim { max, wait_ms });
+        (id, out)
     }
 
     fn state(&self, run_id: &str) -> RunState {

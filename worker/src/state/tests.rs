@@ -86,6 +86,21 @@ fn started(actions: &[Action]) -> Vec<String> {
         .collect()
 }
 
+/// The runs handed back to the broker among `actions`.
+fn released(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Request {
+                request: WorkerRequest::Release { run_ids },
+                ..
+            } => Some(run_ids.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 fn stopped(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
@@ -189,10 +204,7 @@ fn draining_takes_no_new_work_and_hands_back_late_grants() {
     // The waiting claim comes back with a run after the drain began: released.
     let actions = state.on_answer(renewed, granted(&["r2"], false), 20);
     assert!(started(&actions).is_empty());
-    assert!(
-        actions.iter().any(|a| matches!(a,
-        Action::Request { request: WorkerRequest::Release { run_ids }, .. } if run_ids == &["r2"]))
-    );
+    assert_eq!(released(&actions), ["r2"]);
     // Heartbeats tell the broker; no claims while draining.
     let actions = state.on_timer(2_000);
     assert!(actions.iter().any(|a| matches!(a,
@@ -402,13 +414,7 @@ fn a_draining_worker_hands_resent_grants_back() {
     state.on_signal("SIGTERM", 1);
     let actions = state.on_answer(Purpose::Register, registered_resuming(&["r9"]), 2);
     assert!(started(&actions).is_empty());
-    assert!(actions.iter().any(|a| matches!(
-        a,
-        Action::Request {
-            request: WorkerRequest::Release { run_ids },
-            ..
-        } if run_ids == &["r9".to_string()]
-    )));
+    assert_eq!(released(&actions), ["r9"]);
 }
 
 #[test]
@@ -531,17 +537,7 @@ fn a_draining_worker_hands_back_its_ready_runs_unstarted() {
     let (mut state, claim) = registered_with_prefetch();
     state.on_answer(claim, granted(&["r1", "r2"], false), 10);
     let actions = state.on_signal("SIGTERM", 20);
-    let released: Vec<&Vec<String>> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Request {
-                request: WorkerRequest::Release { run_ids },
-                ..
-            } => Some(run_ids),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(released, [&vec!["r2".to_string()]]);
+    assert_eq!(released(&actions), ["r2"]);
     assert!(!state.drained(), "r1 still runs");
     let actions = state.on_run_done(finished("r1"));
     assert!(
@@ -591,25 +587,9 @@ fn a_ready_run_kept_waiting_by_a_long_run_is_handed_back_and_none_asked_for_unti
     let (mut state, claim) = registered_with_prefetch();
     state.on_answer(claim, granted(&["r1", "r2"], false), 10);
     let hold = READY_HOLD.as_millis() as u64;
-    assert!(state.on_timer(10 + hold - 1).iter().all(|a| !matches!(
-        a,
-        Action::Request {
-            purpose: Purpose::Release,
-            ..
-        }
-    )));
+    assert!(released(&state.on_timer(10 + hold - 1)).is_empty());
     let actions = state.on_timer(10 + hold);
-    let released: Vec<&Vec<String>> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Request {
-                request: WorkerRequest::Release { run_ids },
-                ..
-            } => Some(run_ids),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(released, [&vec!["r2".to_string()]]);
+    assert_eq!(released(&actions), ["r2"]);
     assert_eq!(state.running_ids(), ["r1"]);
     // The slot is still busy: no claim for ready runs while the long run goes on.
     assert_eq!(claim_in(&state.on_timer(10 + 5 * hold)), None);

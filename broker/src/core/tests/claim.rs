@@ -111,14 +111,8 @@ fn no_ready_runs_are_granted_while_another_worker_waits_for_work() {
     register_with_prefetch(&mut h, "w1", 2);
     h.register("w2", 1, &["gpu"], &[]);
     // w2 waits for work (of another pool: the rule is kept simple and cheap).
-    let (reply, _) = h.send(
-        "w2",
-        WorkerRequest::Claim {
-            max: 1,
-            wait_ms: 30_000,
-        },
-    );
-    assert_eq!(reply, Reply::Ack, "held");
+    let (_, out) = h.waiting_claim("w2", 1, 30_000);
+    assert!(out.replies.is_empty(), "held, not answered");
     for _ in 0..3 {
         h.enqueue("hello");
     }

@@ -89,21 +89,11 @@ fn a_waiting_claim_gets_the_queued_runs_as_soon_as_space_returns() {
     h.register("w1", 1, &["default"], &[]);
     let run = h.enqueue("hello");
     h.core.note_free_space(MIB, RESERVE);
-    let (reply, _) = h.send(
-        "w1",
-        WorkerRequest::Claim {
-            max: 1,
-            wait_ms: 30_000,
-        },
-    );
-    assert_eq!(reply, Reply::Ack, "held, not answered");
+    let (id, out) = h.waiting_claim("w1", 1, 30_000);
+    assert!(out.replies.is_empty(), "held, not answered");
     h.core.note_free_space(RESERVE * 2, RESERVE);
     let out = h.tick();
-    let granted: Vec<&Reply> = out.replies.iter().map(|r| &r.reply).collect();
-    assert!(
-        matches!(granted.as_slice(), [Reply::Granted { runs, .. }] if runs[0].run_id == run),
-        "{granted:?}"
-    );
+    assert_eq!(grants_for(&out, "w1"), vec![(id, vec![run])]);
 }
 
 #[test]

@@ -3,29 +3,6 @@
 use super::*;
 use crate::core::waiting_claims::MAX_CLAIM_WAIT_MS;
 
-/// The `Granted` answers in `out` for `worker`, by request id.
-fn grants_for(out: &Outbox, worker: &str) -> Vec<(u64, Vec<String>)> {
-    out.replies
-        .iter()
-        .filter(|r| sealed_for(&r.to) == worker)
-        .filter_map(|r| match &r.reply {
-            Reply::Granted { runs, .. } => {
-                Some((r.id, runs.iter().map(|a| a.run_id.clone()).collect()))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-impl Harness {
-    /// Sends a claim that may wait; returns its request id and whether it was answered.
-    fn waiting_claim(&mut self, worker: &str, max: u32, wait_ms: u64) -> (u64, Outbox) {
-        let id = self.next_id;
-        let (_, out) = self.send(worker, WorkerRequest::Claim { max, wait_ms });
-        (id, out)
-    }
-}
-
 #[test]
 fn a_waiting_claim_gets_a_run_in_the_batch_that_queues_it() {
     let mut h = Harness::new();
