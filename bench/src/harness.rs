@@ -66,8 +66,12 @@ impl Broker {
     /// Like [`Broker::start_in`], with `extra` (TOML tables) appended to its config.
     pub async fn start_configured(dir: tempfile::TempDir, extra: &str) -> Result<Broker> {
         let config = dir.path().join("broker.toml");
+        // The broker's own log, for reading a run's slow batches: warnings only unless
+        // JOBCAST_BENCH_BROKER_LOG names a level.
+        let log_level =
+            std::env::var("JOBCAST_BENCH_BROKER_LOG").unwrap_or_else(|_| "warn".to_string());
         let mut text = format!(
-            "data_dir = \"{}\"\nlog_level = \"warn\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+            "data_dir = \"{}\"\nlog_level = \"{log_level}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
              [[http.tokens]]\nname = \"bench\"\ntoken = \"{VIEWER_TOKEN}\"\nrole = \"viewer\"\n\
              [keys]\nadmin = \"{ADMIN_SECRET}\"\n[keys.workers]\n",
             dir.path().join("data").display()

@@ -8,6 +8,11 @@ use jobcast_protocol::{jobfile, AdminRequest, Reply};
 use std::path::PathBuf;
 use std::time::Duration;
 
+// The loop allocates for every message and store record; mimalloc halves what glibc's
+// allocator cost it (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The jobcast broker: stores jobs and runs, and dispatches runs to workers.
 #[derive(Debug, Parser)]
 #[command(version, about)]

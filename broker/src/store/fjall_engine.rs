@@ -49,7 +49,11 @@ impl Engine for FjallEngine {
         let tree = self
             .db
             .keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(MEMTABLE_BYTES)
+                    // Without this each write is a system call of its own; the journal
+                    // reaches the disk at `flush` (fsync) either way.
+                    .manual_journal_persist(true)
             })
             .map_err(backend)?;
         if let Ok(mut trees) = self.trees.lock() {
