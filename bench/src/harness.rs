@@ -348,6 +348,20 @@ pub fn disk_usage(path: &std::path::Path) -> u64 {
 /// (scheduled time in ms, time granted in µs)
 type Grant = (u64, u64);
 
+/// How a synthetic worker asks for runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claiming {
+    /// Claims everything queued when a wake-up hint arrives.
+    OnWake,
+    /// Keeps a claim waiting at the broker, as a real worker with free slots does, so a
+    /// run is granted in the batch that creates it.
+    Waiting,
+}
+
+/// How long a waiting claim waits before it is asked again.
+const CLAIM_WAIT: Duration = Duration::from_secs(1);
+
+/// A worker that runs nothing: what it is granted it reports started and ended at once.
 pub struct SyntheticWorker {
     grants: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<Grant>>>,
     /// Becomes true with the first event received: the subscriptions are in place.
@@ -376,6 +390,15 @@ impl SyntheticWorker {
     }
 
     pub async fn start_numbered(broker: &Broker, pool: &str, n: usize) -> Result<SyntheticWorker> {
+        Self::start_claiming(broker, pool, n, Claiming::OnWake).await
+    }
+
+    pub async fn start_claiming(
+        broker: &Broker,
+        pool: &str,
+        n: usize,
+        claiming: Claiming,
+    ) -> Result<SyntheticWorker> {
         let client = Client::connect(ClientConfig {
             endpoint: broker.router.clone(),
             name: format!("bench-w{n}"),
@@ -407,7 +430,7 @@ impl SyntheticWorker {
         )?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (live_tx, live) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(serve(client, sub, tx, live_tx));
+        let task = tokio::spawn(serve(client, sub, tx, live_tx, claiming));
         Ok(SyntheticWorker {
             grants: tokio::sync::Mutex::new(rx),
             live,
@@ -449,7 +472,16 @@ async fn serve(
     sub: AsyncSocket,
     grants: mpsc::UnboundedSender<Vec<Grant>>,
     live: tokio::sync::watch::Sender<bool>,
+    claiming: Claiming,
 ) {
+    // Ended with this task (the waiting claims hold a sender of `grants` only).
+    let _claims = match claiming {
+        Claiming::Waiting => Some(AbortOnDrop(tokio::spawn(claim_waiting(
+            client.clone(),
+            grants.clone(),
+        )))),
+        Claiming::OnWake => None,
+    };
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -457,7 +489,7 @@ async fn serve(
                 let Ok(Received::Parts(frames)) = message else { return };
                 live.send_if_modified(|live| !std::mem::replace(live, true));
                 match frames.get(1).and_then(|b| decode_event(b)) {
-                    Some(Event::Wake { .. }) => {}
+                    Some(Event::Wake { .. }) if claiming == Claiming::OnWake => {}
                     Some(Event::Ping { ping_id }) => {
                         drop(client.submit(WorkerRequest::Pong { ping_id, info: jobcast_protocol::WorkerInfo {
                             version: jobcast_protocol::JOBCAST_VERSION.into(),
@@ -487,21 +519,63 @@ async fn serve(
                     if grants.send(batch).is_err() {
                         return;
                     }
-                    for run in runs {
-                        drop(client.submit(WorkerRequest::RunStarted { run_id: run.run_id.clone(), pid: 1, spawned_at_us: 0, }));
-                        drop(client.submit(WorkerRequest::RunFinished(RunFinished {
-                            run_id: run.run_id,
-                            outcome: Outcome::Exited { code: 0 },
-                            duration_ms: 0,
-                            log_bytes: 0,
-                            claim: 0,
-                        })));
-                    }
+                    report_done(&client, runs);
                 }
             }
             _ = heartbeat.tick() => {
                 let _ = client.submit(WorkerRequest::Heartbeat(Heartbeat { running: vec![], free_slots: 1_000_000, draining: false }));
             }
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `Claiming::Waiting`: a claim for everything always waiting at the broker.
+async fn claim_waiting(client: Client, grants: mpsc::UnboundedSender<Vec<Grant>>) {
+    loop {
+        let claim = WorkerRequest::Claim {
+            max: 100_000,
+            wait_ms: CLAIM_WAIT.as_millis() as u64,
+        };
+        let Ok(Reply::Granted { runs, .. }) = client.request(claim, CLAIM_WAIT + TIMEOUT).await
+        else {
+            return;
+        };
+        let at = now_us();
+        if runs.is_empty() {
+            continue;
+        }
+        if grants
+            .send(runs.iter().map(|r| (r.scheduled_at_ms, at)).collect())
+            .is_err()
+        {
+            return;
+        }
+        report_done(&client, runs);
+    }
+}
+
+/// Reports granted runs started and ended at once (without waiting for the answers).
+fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>) {
+    for run in runs {
+        drop(client.submit(WorkerRequest::RunStarted {
+            run_id: run.run_id.clone(),
+            pid: 1,
+            spawned_at_us: 0,
+        }));
+        drop(client.submit(WorkerRequest::RunFinished(RunFinished {
+            run_id: run.run_id,
+            outcome: Outcome::Exited { code: 0 },
+            duration_ms: 0,
+            log_bytes: 0,
+            claim: 0,
+        })));
     }
 }

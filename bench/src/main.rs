@@ -22,7 +22,7 @@ use throughput::{capacity, throughput};
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use harness::{Broker, SyntheticWorker};
+use harness::{Broker, Claiming, SyntheticWorker};
 use jobcast_protocol::{Exec, JobSpec, ScheduleSpec};
 use stats::Summary;
 use std::time::{Duration, Instant};
@@ -300,7 +300,9 @@ async fn firetime(together: usize, total: usize, duration: Duration) -> Result<(
     } else {
         "release"
     };
-    println!("fire-time error: tick time → run granted to a (synthetic) worker, {profile} build");
+    println!(
+        "fire-time error: tick time → run granted to a (synthetic) worker waiting in a claim, {profile} build"
+    );
     println!();
     println!("| scenario | jobs | samples | p50 | p99 | max |");
     println!("|---|---|---|---|---|---|");
@@ -375,7 +377,8 @@ async fn firetime(together: usize, total: usize, duration: Duration) -> Result<(
 
 /// Runs a synthetic worker for `duration` and returns tick → grant delays in µs.
 async fn measure(broker: &Broker, duration: Duration) -> Result<Vec<u64>> {
-    let worker = SyntheticWorker::start(broker, "bench").await?;
+    // Claiming as a real worker with free slots does: a claim always waiting.
+    let worker = SyntheticWorker::start_claiming(broker, "bench", 1, Claiming::Waiting).await?;
     // Ticks before the worker was there waited for a worker, not for the scheduler.
     let registered_ms = harness::now_us() / 1_000 + 1;
     let started = Instant::now();

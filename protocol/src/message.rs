@@ -9,7 +9,7 @@ pub use crate::event::{decode_event, encode_event, topic, Event};
 pub use crate::job::{
     ChildSpec, Exec, JobPolicy, JobSpec, JobState, JobView, Misfire, Overlap, ScheduleSpec,
 };
-pub use crate::run::{Outcome, RunFilter, RunRecord};
+pub use crate::run::{Outcome, RunFilter, RunRecord, RunRef};
 
 use crate::request::Request;
 use crate::state::RunState;
@@ -50,7 +50,7 @@ pub enum Reply {
         outcomes: Vec<KillOutcome>,
     },
     Enqueued {
-        run: Box<RunRecord>,
+        run: RunRef,
     },
     Runs {
         runs: Vec<RunRecord>,

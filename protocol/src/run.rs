@@ -115,6 +115,27 @@ pub struct RunRecord {
     pub spec: JobSpec,
 }
 
+/// What an enqueue or a retry answers with: the run's identity and where it stands, not
+/// the whole record (which carries the job; ask for it with `Runs` when needed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRef {
+    pub id: RunId,
+    pub job: String,
+    pub attempt: u32,
+    pub state: RunState,
+}
+
+impl RunRef {
+    pub fn of(run: &RunRecord) -> RunRef {
+        RunRef {
+            id: run.id.clone(),
+            job: run.job.clone(),
+            attempt: run.attempt,
+            state: run.state,
+        }
+    }
+}
+
 impl RunRecord {
     /// A new run of `spec`, queued at `created_at_ms` (its only transition so far, with
     /// `cause`): first attempt, no worker, no links, no back-off.

@@ -255,7 +255,7 @@ fn every_reply() -> Vec<Reply> {
             ],
         },
         Reply::Enqueued {
-            run: Box::new(record()),
+            run: RunRef::of(&record()),
         },
         Reply::Runs {
             runs: vec![record()],

@@ -180,7 +180,12 @@ impl Harness {
     }
 
     fn state(&self, run_id: &str) -> RunState {
-        self.core.store().run(run_id).unwrap().unwrap().state
+        self.stored(run_id).state
+    }
+
+    /// The whole stored record of a run (replies name runs, they do not carry them).
+    fn stored(&self, run_id: &str) -> RunRecord {
+        self.core.store().run(run_id).unwrap().unwrap()
     }
 
     fn tick(&mut self) -> Outbox {

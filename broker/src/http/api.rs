@@ -190,7 +190,15 @@ pub(super) async fn enqueued(
     request: AdminRequest,
 ) -> Result<Response, ApiError> {
     match app.core.call(caller, request).await? {
-        Reply::Enqueued { run } => Ok((StatusCode::CREATED, Json(json!(run))).into_response()),
+        Reply::Enqueued { run } => {
+            let location = format!("/api/v1/runs/{}", run.id);
+            Ok((
+                StatusCode::CREATED,
+                [(axum::http::header::LOCATION, location)],
+                Json(json!(run)),
+            )
+                .into_response())
+        }
         _ => Err(ApiError::unavailable()),
     }
 }

@@ -5,7 +5,7 @@ use crate::core::scheduling::NewRun;
 use crate::core::{Core, CoreError, Handled, Outbox};
 use crate::schedule::derived_run_id;
 use crate::store::Store;
-use jobcast_protocol::Reply;
+use jobcast_protocol::{Reply, RunRef};
 
 /// Longest idempotency key accepted.
 pub(in crate::core) const MAX_KEY_LEN: usize = 128;
@@ -41,12 +41,16 @@ impl<S: Store> Core<S> {
             let id = derived_run_id(&["enqueue", job, key]);
             if let Some(run) = self.find_run(&id)? {
                 tracing::info!(job, run_id = %run.id, "enqueue repeated with the same key");
-                return Ok(Reply::Enqueued { run: Box::new(run) });
+                return Ok(Reply::Enqueued {
+                    run: RunRef::of(&run),
+                });
             }
             new.id = Some(id);
         }
         match self.create_run(new, now, out)? {
-            Some(run) => Ok(Reply::Enqueued { run: Box::new(run) }),
+            Some(run) => Ok(Reply::Enqueued {
+                run: RunRef::of(&run),
+            }),
             None => Err(CoreError::RunNotCreated),
         }
     }

@@ -3,7 +3,7 @@
 use crate::core::scheduling::NewRun;
 use crate::core::{Core, CoreError, Handled, Outbox};
 use crate::store::Store;
-use jobcast_protocol::Reply;
+use jobcast_protocol::{Reply, RunRef};
 
 impl<S: Store> Core<S> {
     /// Runs a finished run's job again, as the next attempt of the same first run.
@@ -38,7 +38,9 @@ impl<S: Store> Core<S> {
         new.attempt = old.attempt + 1;
         new.first_attempt = Some(old.first_attempt.clone().unwrap_or(old.id.clone()));
         match self.create_run(new, now, out)? {
-            Some(run) => Ok(Reply::Enqueued { run: Box::new(run) }),
+            Some(run) => Ok(Reply::Enqueued {
+                run: RunRef::of(&run),
+            }),
             None => Err(CoreError::RunNotCreated),
         }
     }

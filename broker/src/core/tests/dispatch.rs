@@ -145,7 +145,10 @@ fn an_api_call_is_answered_in_process_and_recorded_under_its_token() {
     let Reply::Enqueued { run } = &reply.reply else {
         panic!("{:?}", reply.reply)
     };
-    assert_eq!(run.history[0].cause, "enqueued by token alice");
+    assert_eq!(
+        h.stored(&run.id).history[0].cause,
+        "enqueued by token alice"
+    );
     // The same request over a socket is sealed for the key that sent it.
     let (_, out) = h.send(
         ADMIN,

@@ -16,9 +16,10 @@ fn an_enqueued_run_is_queued_for_its_jobs_pool_and_says_who_asked() {
         panic!("{reply:?}")
     };
     assert_eq!(run.state, RunState::Queued);
-    assert_eq!(run.pool, "gpu");
     assert_eq!(run.attempt, 1);
-    assert_eq!(run.history[0].cause, "enqueued by key admin");
+    let stored = h.stored(&run.id);
+    assert_eq!(stored.pool, "gpu");
+    assert_eq!(stored.history[0].cause, "enqueued by key admin");
     assert_eq!(h.state(&run.id), RunState::Queued);
     // Workers of its pool hear of it; no waiting claim took it.
     assert!(out
