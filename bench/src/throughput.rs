@@ -3,7 +3,7 @@
 use crate::harness::{bench_job, Broker, SyntheticWorker, MAX_WORKERS, SYNTHETIC_WORKERS};
 use anyhow::{bail, Result};
 use jobcast_protocol::{Exec, JobSpec};
-use jobcast_worker::procfs::cpu_time;
+use jobcast_worker::procfs::{children_cpu_time, cpu_time};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -14,8 +14,25 @@ fn noop_job(pool: &str) -> JobSpec {
     bench_job("noop", pool, Exec::Script(SCRIPT.into()))
 }
 
+/// CPU used per run, µs, by each process of a throughput run.
+#[derive(Debug, Default)]
+struct CpuPerRun {
+    /// The scheduler's own processes (the bench process itself for the raw limit).
+    spawner: f64,
+    broker: f64,
+    /// The scripts (`sh`), as their parents account for them once waited for.
+    scripts: f64,
+}
+
+/// CPU time of `pid` and of its waited-for children, µs.
+fn cpu_us(pid: u32) -> (f64, f64) {
+    let us = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    (us(cpu_time(pid as i32)), us(children_cpu_time(pid as i32)))
+}
+
 /// The machine's limit: spawn and wait for `sh script` `runs` times, `concurrency` at once.
-async fn raw_spawn(runs: usize, concurrency: usize) -> Result<f64> {
+async fn raw_spawn(runs: usize, concurrency: usize) -> Result<(f64, CpuPerRun)> {
+    let before = cpu_us(std::process::id());
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("noop.sh");
     std::fs::write(&script, SCRIPT)?;
@@ -39,7 +56,14 @@ async fn raw_spawn(runs: usize, concurrency: usize) -> Result<f64> {
             bail!("a raw spawn failed");
         }
     }
-    Ok(runs as f64 / started.elapsed().as_secs_f64())
+    let rate = runs as f64 / started.elapsed().as_secs_f64();
+    let after = cpu_us(std::process::id());
+    let cpu = CpuPerRun {
+        spawner: (after.0 - before.0) / runs as f64,
+        broker: 0.0,
+        scripts: (after.1 - before.1) / runs as f64,
+    };
+    Ok((rate, cpu))
 }
 
 pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<()> {
@@ -51,7 +75,7 @@ pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<()> {
         "shell throughput: {runs} runs of `{}` on {workers} workers × {slots} slots",
         SCRIPT.replace('\n', "\\n")
     );
-    let raw = raw_spawn(runs, concurrency).await?;
+    let (raw, raw_cpu) = raw_spawn(runs, concurrency).await?;
 
     let broker = Broker::start().await?;
     broker.apply(vec![noop_job("default")]).await?;
@@ -60,6 +84,14 @@ pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<()> {
         children.push(broker.start_worker(n, slots, "default")?);
     }
     broker.wait_workers(workers).await?;
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let cpu_of = |pids: &[u32]| {
+        pids.iter()
+            .map(|&pid| cpu_us(pid))
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let workers_before = cpu_of(&pids);
+    let broker_before = cpu_us(broker.pid()).0;
     let first_enqueue_ms = crate::harness::now_us() / 1_000;
     broker.enqueue("noop", runs).await?;
     let records = broker.wait_idle(runs as u32).await?;
@@ -77,6 +109,12 @@ pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<()> {
         .unwrap_or(first_enqueue_ms);
     let elapsed = Duration::from_millis(last_finish.saturating_sub(first_enqueue_ms).max(1));
     let rate = runs as f64 / elapsed.as_secs_f64();
+    let workers_after = cpu_of(&pids);
+    let jobcast_cpu = CpuPerRun {
+        spawner: (workers_after.0 - workers_before.0) / runs as f64,
+        broker: (cpu_us(broker.pid()).0 - broker_before) / runs as f64,
+        scripts: (workers_after.1 - workers_before.1) / runs as f64,
+    };
     for mut child in children {
         let _ = child.kill();
         let _ = child.wait();
@@ -87,6 +125,21 @@ pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<()> {
     println!("| raw spawn+wait, {concurrency} at once, no scheduler | {raw:.0} |");
     println!("| jobcast, first enqueue → last completion recorded | {rate:.0} |");
     println!("| ratio | {:.0} % |", rate / raw * 100.0);
+    println!();
+    println!("CPU per run (all processes share the machine's cores: what jobcast's own processes");
+    println!("take, the scripts cannot have)");
+    println!();
+    println!("| | spawner's own | broker | scripts (`sh`) | total |");
+    println!("|---|---|---|---|---|");
+    for (name, cpu) in [("raw", &raw_cpu), ("jobcast (workers)", &jobcast_cpu)] {
+        println!(
+            "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
+            cpu.spawner,
+            cpu.broker,
+            cpu.scripts,
+            cpu.spawner + cpu.broker + cpu.scripts
+        );
+    }
     crate::goals::at_least(
         "shell runs/s as a share of the raw limit",
         90.0,

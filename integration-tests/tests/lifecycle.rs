@@ -25,12 +25,16 @@ echo "to stderr" >&2
     let log = String::from_utf8(cluster.log(&run[..8])).unwrap();
     assert!(log.contains("hello from w1 job=hello attempt=1"), "{log}");
     assert!(log.contains("to stderr"), "{log}");
-    // the script file is run through its interpreter, so it needs no x bit, and it is
-    // removed afterwards
-    let scripts = std::fs::read_dir(cluster.path("w1-scripts"))
+    // the script file is run through its interpreter, so it needs no x bit; it is kept
+    // for the job's next runs, and readable by the worker's user only
+    let scripts: Vec<_> = std::fs::read_dir(cluster.path("w1-scripts"))
         .unwrap()
-        .count();
-    assert_eq!(scripts, 0);
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(scripts.len(), 1, "{scripts:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&scripts[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod process;
 pub mod procfs;
 mod reporter;
 mod runner;
+pub mod scripts;
 pub mod session;
 mod start_error;
 mod state;

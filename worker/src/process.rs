@@ -7,13 +7,13 @@
 //! group or a session it started, or its environment carries the run's `JOBCAST_RUN_ID`.
 
 use crate::procfs;
+use crate::scripts::{ScriptFile, ScriptFiles};
 use crate::start_error::StartError;
 use jobcast_protocol::{Assignment, Exec};
 use std::collections::HashSet;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -47,12 +47,13 @@ pub fn become_subreaper() -> io::Result<()> {
     }
 }
 
-/// What to execute for a run: program and arguments, and the script file to remove after.
+/// What to execute for a run: program and arguments, and the script file it uses (kept
+/// on disk while the plan lives).
 #[derive(Debug)]
 pub struct Plan {
     pub program: String,
     pub args: Vec<String>,
-    pub script_file: Option<PathBuf>,
+    pub script: Option<ScriptFile>,
 }
 
 /// Splits a `#!` line the way Linux does: the interpreter, then at most one argument
@@ -74,38 +75,32 @@ pub fn parse_shebang(script: &str) -> Option<(String, Option<String>)> {
     }
 }
 
-/// Writes the script body (if any) and works out the command line. The script is run
-/// by its interpreter explicitly, so the file needs no execute bit.
-pub fn plan(assignment: &Assignment, script_dir: &Path) -> Result<Plan, StartError> {
+/// Finds (or writes) the script file (if any) and works out the command line. The
+/// script is run by its interpreter explicitly, so the file needs no execute bit.
+pub fn plan(assignment: &Assignment, scripts: &ScriptFiles) -> Result<Plan, StartError> {
     match &assignment.job.exec {
         Exec::Command(argv) => {
             let (program, args) = argv.split_first().ok_or(StartError::EmptyCommand)?;
             Ok(Plan {
                 program: program.clone(),
                 args: args.to_vec(),
-                script_file: None,
+                script: None,
             })
         }
         Exec::Script(body) => {
             let (interpreter, arg) = parse_shebang(body).ok_or(StartError::NoInterpreter)?;
-            let path = script_dir.join(format!("{}.script", assignment.run_id));
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
-                .and_then(|mut f| f.write_all(body.as_bytes()))
+            let script = scripts
+                .acquire(body)
                 .map_err(|source| StartError::WriteScript {
-                    path: path.clone(),
+                    dir: scripts.dir(),
                     source,
                 })?;
             let mut args: Vec<String> = arg.into_iter().collect();
-            args.push(path.to_string_lossy().into_owned());
+            args.push(script.path().to_string_lossy().into_owned());
             Ok(Plan {
                 program: interpreter,
                 args,
-                script_file: Some(path),
+                script: Some(script),
             })
         }
     }

@@ -42,8 +42,20 @@ pub fn read_stat(pid: i32) -> Option<ProcInfo> {
 /// CPU time (user + system) a process has used so far; `None` if it is gone.
 pub fn cpu_time(pid: i32) -> Option<Duration> {
     // utime and stime are fields 14 and 15: the 12th and 13th from the state on.
+    cpu_ticks_from(pid, 11)
+}
+
+/// CPU time (user + system) of the children a process has waited for so far.
+pub fn children_cpu_time(pid: i32) -> Option<Duration> {
+    // cutime and cstime are fields 16 and 17.
+    cpu_ticks_from(pid, 13)
+}
+
+/// Two CPU-time fields of `/proc/PID/stat` in clock ticks, summed, as a duration: the
+/// pair `skip` fields after the state.
+fn cpu_ticks_from(pid: i32, skip: usize) -> Option<Duration> {
     let ticks = with_stat(pid, |fields| {
-        let mut fields = fields.skip(11);
+        let mut fields = fields.skip(skip);
         Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
     })?;
     // SAFETY: sysconf has no preconditions.

@@ -4,6 +4,7 @@
 use crate::config::WorkerConfig;
 use crate::process;
 use crate::reporter::Reporter;
+use crate::scripts::ScriptFiles;
 use crate::start_error::StartError;
 use jobcast_protocol::logcap::LogSpool;
 use jobcast_protocol::{Assignment, Outcome, RunFinished, WorkerRequest};
@@ -27,6 +28,7 @@ const AFTER_EXIT_READ: Duration = Duration::from_millis(200);
 pub async fn execute(
     assignment: Assignment,
     config: Arc<WorkerConfig>,
+    scripts: ScriptFiles,
     reporter: Reporter,
     mut stop: watch::Receiver<bool>,
 ) -> RunFinished {
@@ -36,7 +38,15 @@ pub async fn execute(
     let outcome = if *stop.borrow() {
         Outcome::Killed
     } else {
-        run(&assignment, &config, &reporter, &mut stop, &mut spool).await
+        run(
+            &assignment,
+            &config,
+            &scripts,
+            &reporter,
+            &mut stop,
+            &mut spool,
+        )
+        .await
     };
     send_output(&run_id, &mut spool, &reporter, usize::MAX);
     tracing::info!(run_id, job = %assignment.job.name, outcome = %outcome.describe(), "run finished");
@@ -67,17 +77,17 @@ fn send_output(run_id: &str, spool: &mut LogSpool, reporter: &Reporter, budget: 
 async fn run(
     assignment: &Assignment,
     config: &WorkerConfig,
+    scripts: &ScriptFiles,
     reporter: &Reporter,
     stop: &mut watch::Receiver<bool>,
     spool: &mut LogSpool,
 ) -> Outcome {
-    let run_id = &assignment.run_id;
     let worker_env =
         match crate::worker_env::fill(&assignment.job.worker_env, &config.worker_env, &config.id) {
             Ok(values) => values,
             Err(error) => return failed_to_start(error),
         };
-    let plan = match process::plan(assignment, &config.script_temp_path) {
+    let plan = match process::plan(assignment, scripts) {
         Ok(plan) => plan,
         Err(error) => return failed_to_start(error),
     };
@@ -92,11 +102,8 @@ async fn run(
         }
         Err(error) => failed_to_start(error),
     };
-    if let Some(file) = &plan.script_file {
-        if let Err(e) = std::fs::remove_file(file) {
-            tracing::warn!(run_id, error = %e, "cannot remove the script file");
-        }
-    }
+    // The script file is kept for the next run of the same script (see `scripts`).
+    drop(plan);
     outcome
 }
 
@@ -229,6 +236,10 @@ mod tests {
         Arc::new(config)
     }
 
+    fn files(scripts: &std::path::Path) -> ScriptFiles {
+        ScriptFiles::new(scripts, crate::scripts::DEFAULT_KEPT).unwrap()
+    }
+
     fn assignment(run_id: &str, exec: Exec) -> Assignment {
         Assignment {
             run_id: run_id.into(),
@@ -280,6 +291,7 @@ mod tests {
         let finished = execute(
             assignment(&run_id, shell("echo hello; echo world >&2; exit 3")),
             config(scripts.path()),
+            files(scripts.path()),
             reporter.clone(),
             stop_rx,
         )
@@ -297,25 +309,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_script_runs_by_its_interpreter_and_its_file_is_removed() {
+    async fn a_script_runs_by_its_interpreter_from_one_file_kept_for_its_next_runs() {
         let scripts = tempfile::tempdir().unwrap();
-        let reporter = Reporter::default();
-        let (_stop, stop_rx) = watch::channel(false);
-        let finished = execute(
-            assignment(
-                &unique_run_id("script"),
-                Exec::Script(
-                    "#!/bin/sh\necho \"run $JOBCAST_RUN_ID attempt $JOBCAST_ATTEMPT\"\n".into(),
-                ),
-            ),
-            config(scripts.path()),
-            reporter.clone(),
-            stop_rx,
-        )
-        .await;
-        assert_eq!(finished.outcome, Outcome::Exited { code: 0 });
-        let text = log_text(&reporter.front(usize::MAX));
-        assert_eq!(text, format!("run {} attempt 1\n", finished.run_id));
+        let files = files(scripts.path());
+        let body = "#!/bin/sh\necho \"run $JOBCAST_RUN_ID attempt $JOBCAST_ATTEMPT\"\n";
+        for _ in 0..2 {
+            let reporter = Reporter::default();
+            let (_stop, stop_rx) = watch::channel(false);
+            let finished = execute(
+                assignment(&unique_run_id("script"), Exec::Script(body.into())),
+                config(scripts.path()),
+                files.clone(),
+                reporter.clone(),
+                stop_rx,
+            )
+            .await;
+            assert_eq!(finished.outcome, Outcome::Exited { code: 0 });
+            let text = log_text(&reporter.front(usize::MAX));
+            assert_eq!(text, format!("run {} attempt 1\n", finished.run_id));
+            assert_eq!(std::fs::read_dir(scripts.path()).unwrap().count(), 1);
+        }
+        files.clear();
         assert_eq!(std::fs::read_dir(scripts.path()).unwrap().count(), 0);
     }
 
@@ -326,7 +340,14 @@ mod tests {
         let mut job = assignment(&run_id, shell("sleep 30 & setsid sleep 30 & sleep 30"));
         job.job.timeout_ms = Some(300);
         let (_stop, stop_rx) = watch::channel(false);
-        let finished = execute(job, config(scripts.path()), Reporter::default(), stop_rx).await;
+        let finished = execute(
+            job,
+            config(scripts.path()),
+            files(scripts.path()),
+            Reporter::default(),
+            stop_rx,
+        )
+        .await;
         assert_eq!(finished.outcome, Outcome::TimedOut);
         assert!(
             procfs::processes_with_env("JOBCAST_RUN_ID", &run_id).is_empty(),
@@ -343,6 +364,7 @@ mod tests {
         let running = tokio::spawn(execute(
             assignment(&run_id, shell("sleep 30")),
             config(scripts.path()),
+            files(scripts.path()),
             reporter.clone(),
             stop_rx,
         ));
@@ -367,6 +389,7 @@ mod tests {
         let finished = execute(
             assignment(&unique_run_id("never"), shell("echo should-not-run")),
             config(scripts.path()),
+            files(scripts.path()),
             reporter.clone(),
             stop_rx,
         )
@@ -381,7 +404,14 @@ mod tests {
         let mut job = assignment(&unique_run_id("nostart"), shell("true"));
         job.job.workdir = Some("/no/such/dir".into());
         let (_stop, stop_rx) = watch::channel(false);
-        let finished = execute(job, config(scripts.path()), Reporter::default(), stop_rx).await;
+        let finished = execute(
+            job,
+            config(scripts.path()),
+            files(scripts.path()),
+            Reporter::default(),
+            stop_rx,
+        )
+        .await;
         assert_eq!(
             finished.outcome,
             Outcome::FailedToStart {

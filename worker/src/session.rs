@@ -8,8 +8,9 @@
 use crate::config::WorkerConfig;
 use crate::reporter::Reporter;
 use crate::runner;
+use crate::scripts::{self, ScriptFiles};
 use crate::state::{Action, Answer, Identity, Purpose, ReportAnswer, WorkerState};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use jobcast_client::{Client, ClientConfig, ClientError};
 use jobcast_protocol::message::{decode_event, topic};
 use jobcast_protocol::{
@@ -37,6 +38,7 @@ enum Msg {
 
 struct Shell {
     config: Arc<WorkerConfig>,
+    scripts: ScriptFiles,
     client: Client,
     reporter: Reporter,
     registered: watch::Sender<bool>,
@@ -75,9 +77,17 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
             }
         });
     }
+    let scripts =
+        ScriptFiles::new(&config.script_temp_path, scripts::DEFAULT_KEPT).with_context(|| {
+            format!(
+                "cannot clear the script directory {}",
+                config.script_temp_path.display()
+            )
+        })?;
     let subscriber = tokio::spawn(subscribe(config.clone(), messages.clone()));
     let mut shell = Shell {
         config: config.clone(),
+        scripts,
         client,
         reporter,
         registered,
@@ -150,6 +160,13 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+impl Drop for Shell {
+    fn drop(&mut self) {
+        // However the worker ends, it leaves no script file that no run uses.
+        self.scripts.clear();
+    }
+}
+
 impl Shell {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -218,10 +235,11 @@ impl Shell {
         let (stop, stop_rx) = watch::channel(false);
         self.stops.insert(assignment.run_id.clone(), stop);
         let config = self.config.clone();
+        let scripts = self.scripts.clone();
         let reporter = self.reporter.clone();
         let messages = self.messages.clone();
         tokio::spawn(async move {
-            let finished = runner::execute(assignment, config, reporter, stop_rx).await;
+            let finished = runner::execute(assignment, config, scripts, reporter, stop_rx).await;
             let _ = messages.send(Msg::RunnerDone(finished));
         });
     }

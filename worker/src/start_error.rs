@@ -31,8 +31,8 @@ pub enum StartError {
     EmptyCommand,
     #[error("the script has no #! line naming its interpreter")]
     NoInterpreter,
-    #[error("cannot write the script to {}: {source}", path.display())]
-    WriteScript { path: PathBuf, source: io::Error },
+    #[error("cannot write the script in {}: {source}", dir.display())]
+    WriteScript { dir: PathBuf, source: io::Error },
     #[error("working directory {dir} does not exist")]
     NoWorkdir { dir: String },
     #[error("cannot start {program}: {source}")]

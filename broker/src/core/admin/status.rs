@@ -2,15 +2,21 @@
 
 use crate::core::Core;
 use crate::store::{Store, StoreResult};
-use jobcast_protocol::{StatusReport, JOBCAST_VERSION};
+use jobcast_protocol::{RunState, StatusReport, JOBCAST_VERSION};
 use std::collections::BTreeMap;
 
 impl<S: Store> Core<S> {
     pub(in crate::core) fn status(&self, now: u64) -> StoreResult<StatusReport> {
-        let mut active = BTreeMap::new();
+        // Counted by state first: a name per run would cost a string per active run, and
+        // status is asked for often (dashboards, scripts waiting for a queue to drain).
+        let mut by_state: BTreeMap<RunState, u64> = BTreeMap::new();
         for run in self.runs.active.values() {
-            *active.entry(run.state.to_string()).or_default() += 1;
+            *by_state.entry(run.state).or_default() += 1;
         }
+        let active = by_state
+            .into_iter()
+            .map(|(state, count)| (state.to_string(), count))
+            .collect();
         let workers = self
             .workers
             .statuses
