@@ -331,6 +331,8 @@ fn note(
         Ok(PeerEvent::Connected) => Incoming::Connection { opened: true },
         // Counted by the authentication handler, which knows the name.
         Ok(PeerEvent::AuthFailed) => return Noted::Yes,
+        // Only connecting sockets see these; the broker's are bound.
+        Ok(PeerEvent::ConnectFailed) => return Noted::Yes,
         Err(e) => {
             // Serve on without connection events rather than stop the broker.
             tracing::error!(socket, error = %e, "socket monitor failed");

@@ -95,6 +95,13 @@ impl Client {
                     }
                     event = connection.events.next() => match event {
                         Ok(PeerEvent::AuthFailed) => return Err(auth_refused(&config)),
+                        // Waiting out the timeout would only repeat these.
+                        Ok(PeerEvent::ConnectFailed) => {
+                            return Err(unreachable(&config, "nothing answers there (connection refused or no route)"));
+                        }
+                        Ok(PeerEvent::HandshakeFailed) => {
+                            return Err(unreachable(&config, "what answers there does not speak jobcast's request protocol (is it the broker's HTTP or events port?)"));
+                        }
                         Ok(_) => {}
                         Err(e) => return Err(unreachable(&config, e)),
                     },

@@ -1,6 +1,7 @@
 //! The command line: every command and option.
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use jobcast_protocol::{EnableTarget, RunState};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,8 +29,8 @@ pub(crate) struct Args {
     /// A file holding the admin secret.
     #[arg(long, global = true, env = "JOBCAST_ADMIN_SECRET_FILE")]
     pub(crate) secret_file: Option<PathBuf>,
-    /// How long to wait for the broker.
-    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How long to wait for the broker's answer (`5s`, `500ms`; a bare number is seconds).
+    #[arg(long, global = true, default_value = "5s", value_parser = duration)]
     pub(crate) timeout: Duration,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -38,13 +39,40 @@ pub(crate) struct Args {
     pub(crate) command: Command,
 }
 
+/// The command line, where a secret given as a flag beats one from the environment
+/// (clap would otherwise take `JOBCAST_ADMIN_SECRET` over an explicit `--secret-file`).
+pub(crate) fn parse() -> Args {
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    if given("secret_file") && !given("secret") {
+        args.secret = None;
+    }
+    if given("secret") && !given("secret_file") {
+        args.secret_file = None;
+    }
+    args
+}
+
+/// A duration as humantime writes it (`30s`, `1m 30s`), or a bare number of seconds.
+fn duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.trim().parse::<f64>() {
+        return if seconds.is_finite() && seconds >= 0.0 {
+            Ok(Duration::from_secs_f64(seconds))
+        } else {
+            Err(format!("{text:?} is not a duration"))
+        };
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Ping every connected worker, or one.
     Ping {
         worker: Option<String>,
-        /// How long workers have to answer.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        /// How long workers have to answer (a bare number is seconds).
+        #[arg(long, default_value = "2s", value_parser = duration)]
         wait: Duration,
     },
     /// Kill runs (or cancel queued ones) by id, unique prefix or unique substring.
@@ -78,12 +106,19 @@ pub(crate) enum Command {
     Retry { run: String },
     /// List jobs.
     Jobs,
-    /// Print a run's output.
+    /// Print a run's output (with --json: a JSON line per piece).
     Logs {
+        /// The run: its id, a unique prefix or a unique substring.
         run: String,
-        /// Keep printing until the run ends.
+        /// Keep printing until the run ends; then exit with how it ended (0 succeeded,
+        /// 10 failed, 11 killed, 12 timed out, 13 lost, 14 cancelled, 15 missed).
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Wait until a run ends, and exit with how it ended (as `logs --follow` does).
+    Wait {
+        /// The run: its id, a unique prefix or a unique substring.
+        run: String,
     },
     /// Create or update the jobs of a jobs.toml file.
     Apply { file: PathBuf },
@@ -127,5 +162,25 @@ impl Target {
             (Some(job), None) => EnableTarget::Job(job),
             (None, None) => EnableTarget::Job(String::new()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_or_bare_seconds() {
+        assert_eq!(duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(duration("-1").is_err());
+        assert!(duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
     }
 }

@@ -1,54 +1,117 @@
-//! `jobcastctl logs`: a run's output, or following it as it grows.
+//! `jobcastctl logs`: a run's output, or following it as it grows; and `jobcastctl wait`.
+//! Following (and waiting) ends with the run, and the exit code says how it ended.
 
+use crate::failure::run_exit_code;
 use crate::Ctl;
 use anyhow::{bail, Result};
-use jobcast_protocol::{AdminRequest, Reply};
+use jobcast_protocol::{AdminRequest, Reply, RunRecord};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub(crate) async fn logs(ctl: &Ctl, run: String, follow: bool) -> Result<ExitCode> {
+/// How often a follower or a waiter asks again while nothing changes.
+const POLL: Duration = Duration::from_millis(200);
+
+/// One read of a run's log from `offset` (`None`: the whole stored log, capped).
+async fn read(ctl: &Ctl, run: &str, offset: Option<u64>) -> Result<(RunRecord, Vec<u8>, u64)> {
     let Reply::Log {
-        run: record,
+        run,
         data,
         next_offset,
-    } = ctl.call(AdminRequest::GetLog { run, offset: None }).await?
+    } = ctl
+        .call(AdminRequest::GetLog {
+            run: run.to_string(),
+            offset,
+        })
+        .await?
     else {
         bail!("unexpected reply");
     };
-    let mut out = std::io::stdout().lock();
-    out.write_all(&data)?;
+    Ok((*run, data, next_offset))
+}
+
+/// Prints a piece of the log: the bytes as they are, or a JSON line.
+fn print(ctl: &Ctl, out: &mut impl Write, run: &str, offset: u64, data: &[u8]) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if ctl.json {
+        let line = serde_json::json!({
+            "run": run,
+            "offset": offset.to_string(),
+            "text": String::from_utf8_lossy(data),
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        out.write_all(data)?;
+    }
     out.flush()?;
+    Ok(())
+}
+
+/// How the run ended, to stderr (or as the last JSON line), and the exit code for it.
+fn ended(ctl: &Ctl, out: &mut impl Write, record: &RunRecord) -> Result<ExitCode> {
+    let outcome = record
+        .outcome
+        .as_ref()
+        .map(|o| o.describe())
+        .unwrap_or_else(|| record.state.to_string());
+    if ctl.json {
+        let line = serde_json::json!({
+            "run": record.id,
+            "state": record.state,
+            "outcome": outcome,
+        });
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    } else if record.state != jobcast_protocol::RunState::Succeeded {
+        eprintln!("jobcastctl: run {} ended: {outcome}", record.id);
+    }
+    Ok(run_exit_code(record.state))
+}
+
+pub(crate) async fn logs(ctl: &Ctl, run: String, follow: bool) -> Result<ExitCode> {
+    let (record, data, next_offset) = read(ctl, &run, None).await?;
+    let mut out = std::io::stdout().lock();
+    print(ctl, &mut out, &record.id, 0, &data)?;
     if !follow {
         return Ok(ExitCode::SUCCESS);
     }
     let id = record.id.clone();
     let mut offset = next_offset;
-    let mut ended = record.state.is_terminal();
+    let mut ended_before = record.state.is_terminal();
     loop {
-        let Reply::Log {
-            run: record,
-            data,
-            next_offset,
-        } = ctl
-            .call(AdminRequest::GetLog {
-                run: id.clone(),
-                offset: Some(offset),
-            })
-            .await?
-        else {
-            bail!("unexpected reply");
-        };
-        out.write_all(&data)?;
-        out.flush()?;
+        let (record, data, next_offset) = read(ctl, &id, Some(offset)).await?;
+        print(ctl, &mut out, &id, offset, &data)?;
         offset = next_offset;
         // One more read after the run ends picks up its last output.
-        if ended && data.is_empty() {
-            return Ok(ExitCode::SUCCESS);
+        if ended_before && data.is_empty() {
+            return ended(ctl, &mut out, &record);
         }
-        ended = record.state.is_terminal();
+        ended_before = record.state.is_terminal();
         if data.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(POLL).await;
         }
+    }
+}
+
+/// `jobcastctl wait RUN`: until the run ends; exits with how it ended.
+pub(crate) async fn wait(ctl: &Ctl, run: String) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    loop {
+        // From the end of any log: the record, without the output.
+        let (record, _, _) = read(ctl, &run, Some(u64::MAX)).await?;
+        if record.state.is_terminal() {
+            if !ctl.json {
+                let outcome = record
+                    .outcome
+                    .as_ref()
+                    .map(|o| o.describe())
+                    .unwrap_or_else(|| record.state.to_string());
+                writeln!(out, "run {} {}: {outcome}", record.id, record.state)?;
+            }
+            return ended(ctl, &mut out, &record);
+        }
+        tokio::time::sleep(POLL).await;
     }
 }

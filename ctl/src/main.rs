@@ -1,6 +1,7 @@
 //! `jobcastctl`: the operator's command line for a jobcast broker.
 
 mod args;
+mod failure;
 mod kill;
 mod logs;
 mod ping;
@@ -8,9 +9,9 @@ mod show;
 mod status;
 mod table;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use args::{Args, Command};
-use clap::Parser;
+use failure::Failure;
 use jobcast_client::{Client, ClientConfig, ClientError};
 use jobcast_protocol::envelope::random_nonce;
 use jobcast_protocol::{jobfile, AdminRequest, EnableTarget, Reply, RunFilter, Secret};
@@ -27,7 +28,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let args = Args::parse();
+    let args = args::parse();
+    let endpoint = args.broker.clone();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,7 +44,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("jobcastctl: {e:#}");
-            ExitCode::FAILURE
+            if let Some(hint) = failure::hint(&e, &endpoint) {
+                eprintln!("jobcastctl: {hint}");
+            }
+            ExitCode::from(failure::exit_code(&e))
         }
     }
 }
@@ -51,10 +56,20 @@ fn admin_secret(args: &Args) -> Result<Secret> {
     let secret = match (&args.secret, &args.secret_file) {
         (Some(secret), _) => secret.clone(),
         (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the secret file {}", path.display()))?
+            .map_err(|e| {
+                Failure::Usage(format!(
+                    "cannot read the secret file {}: {e}",
+                    path.display()
+                ))
+            })?
             .trim()
             .to_string(),
-        (None, None) => bail!("no admin secret: pass --secret-file, or set JOBCAST_ADMIN_SECRET"),
+        (None, None) => {
+            return Err(Failure::Usage(
+                "no admin secret: pass --secret-file, or set JOBCAST_ADMIN_SECRET_FILE or JOBCAST_ADMIN_SECRET".into(),
+            )
+            .into())
+        }
     };
     Ok(Secret::new(secret))
 }
@@ -69,7 +84,7 @@ impl Ctl {
     pub(crate) async fn call(&self, request: AdminRequest) -> Result<Reply> {
         let reply = self.client.request(request, self.timeout).await?;
         if let Reply::Error { code, message } = reply {
-            bail!("{message} ({code:?})");
+            return Err(Failure::Broker { code, message }.into());
         }
         Ok(reply)
     }
@@ -81,7 +96,9 @@ impl Ctl {
         let mut attempt = 1;
         loop {
             match self.client.request(request.clone(), self.timeout).await {
-                Ok(Reply::Error { code, message }) => bail!("{message} ({code:?})"),
+                Ok(Reply::Error { code, message }) => {
+                    return Err(Failure::Broker { code, message }.into())
+                }
                 Ok(reply) => return Ok(reply),
                 Err(e @ (ClientError::Disconnected | ClientError::Timeout(_)))
                     if attempt < ATTEMPTS =>
@@ -96,8 +113,30 @@ impl Ctl {
     }
 
     fn print_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        let mut value = serde_json::to_value(value)?;
+        ids_as_strings(&mut value);
+        println!("{}", serde_json::to_string_pretty(&value)?);
         Ok(())
+    }
+}
+
+/// Fields holding random 64-bit ids: JSON readers that keep numbers as doubles (jq,
+/// JavaScript) would round them, so they are printed as strings.
+const ID_FIELDS: [&str; 3] = ["boot_id", "instance", "worker_instance"];
+
+fn ids_as_strings(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                if ID_FIELDS.contains(&key.as_str()) && field.is_u64() {
+                    *field = serde_json::Value::String(field.to_string());
+                } else {
+                    ids_as_strings(field);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(ids_as_strings),
+        _ => {}
     }
 }
 
@@ -106,8 +145,10 @@ async fn run(args: Args) -> Result<ExitCode> {
     let apply_jobs = match &args.command {
         Command::Apply { file } => {
             let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            Some(jobfile::parse(&text).with_context(|| format!("in {}", file.display()))?)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let jobs = jobfile::parse(&text)
+                .map_err(|e| Failure::Usage(format!("in {}: {e:#}", file.display())))?;
+            Some(jobs)
         }
         _ => None,
     };
@@ -221,6 +262,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { run, follow } => logs::logs(&ctl, run, follow).await,
+        Command::Wait { run } => logs::wait(&ctl, run).await,
         Command::Apply { .. } => {
             let jobs = apply_jobs.unwrap_or_default();
             let reply = ctl.call(AdminRequest::ApplyJobs { jobs }).await?;
@@ -307,4 +349,23 @@ async fn set_enabled(ctl: &Ctl, target: EnableTarget, enabled: bool) -> Result<E
         println!("{what} {word}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_become_strings_wherever_they_are() {
+        let mut value = serde_json::json!({
+            "boot_id": 18446744073709551615u64,
+            "workers": [{"instance": 9007199254740993u64, "pid": 42}],
+            "total_runs": 7,
+        });
+        ids_as_strings(&mut value);
+        assert_eq!(value["boot_id"], "18446744073709551615");
+        assert_eq!(value["workers"][0]["instance"], "9007199254740993");
+        assert_eq!(value["workers"][0]["pid"], 42);
+        assert_eq!(value["total_runs"], 7);
+    }
 }

@@ -48,6 +48,15 @@ pub fn worker_secret(id: &str) -> String {
 }
 
 /// Path of a workspace binary, built by `cargo build --workspace`.
+/// A loopback endpoint nothing listens on (its port was free a moment ago).
+pub fn unused_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    format!("tcp://127.0.0.1:{port}")
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/<test> → target/debug/<name>
@@ -281,6 +290,11 @@ impl Cluster {
             self.worker_ids.iter().any(|w| w == id),
             "worker {id} has no key"
         );
+        self.spawn_worker_unchecked(id, extra)
+    }
+
+    /// Starts worker `id` whether or not the broker has a key for it (to see a refusal).
+    pub fn spawn_worker_unchecked(&mut self, id: &str, extra: &[&str]) -> usize {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

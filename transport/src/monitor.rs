@@ -16,6 +16,9 @@ pub enum PeerEvent {
     HandshakeFailed,
     /// A connection was refused for its credentials.
     AuthFailed,
+    /// A connecting socket's attempt failed (nothing listens there, or the host is
+    /// unreachable); libzmq tries again later.
+    ConnectFailed,
 }
 
 /// Reads connection events of one socket. Keep reading them promptly, and drop the
@@ -37,7 +40,8 @@ impl Monitor {
             | zmq::SocketEvent::DISCONNECTED as i32
             | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
             | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32
-            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32;
+            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32
+            | zmq::SocketEvent::CONNECT_RETRIED as i32;
         target.monitor(&endpoint, wanted)?;
         let events = context().socket(zmq::PAIR)?;
         events.set_linger(0)?;
@@ -77,6 +81,7 @@ fn decode(received: &Received) -> Option<PeerEvent> {
         zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL
         | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL => Some(PeerEvent::HandshakeFailed),
         zmq::SocketEvent::HANDSHAKE_FAILED_AUTH => Some(PeerEvent::AuthFailed),
+        zmq::SocketEvent::CONNECT_RETRIED => Some(PeerEvent::ConnectFailed),
         _ => None,
     }
 }
@@ -107,5 +112,20 @@ mod tests {
         drop(dealer);
         let second = tokio::time::timeout(deadline, monitor.next()).await;
         assert_eq!(second.unwrap().unwrap(), PeerEvent::Disconnected);
+    }
+
+    #[tokio::test]
+    async fn a_connection_to_a_port_nobody_listens_on_is_seen_to_fail() {
+        // A port that was free a moment ago: nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dealer = socket(zmq::DEALER, &Limits::default()).unwrap();
+        let monitor = Monitor::attach(&dealer).unwrap();
+        dealer.connect(&format!("tcp://127.0.0.1:{port}")).unwrap();
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), monitor.next()).await;
+        assert_eq!(event.unwrap().unwrap(), PeerEvent::ConnectFailed);
     }
 }

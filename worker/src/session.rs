@@ -29,6 +29,10 @@ const FINAL_FLUSH: Duration = Duration::from_secs(30);
 /// How often the state hears the time.
 const TIMER: Duration = Duration::from_millis(250);
 
+/// The exit code of a worker the broker refuses (unknown id, wrong secret, a pool its key
+/// may not serve): restarting it changes nothing until the configuration does.
+pub const EXIT_REFUSED: u8 = 3;
+
 enum Msg {
     Event(Event),
     Answered(Purpose, Answer),
@@ -134,7 +138,7 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
         shell.carry_out(actions, &state);
         if let Some(reason) = state.refused_with_nothing_running() {
             tracing::error!("the broker refuses this worker: {reason}");
-            return Ok(ExitCode::FAILURE);
+            return Ok(ExitCode::from(EXIT_REFUSED));
         }
         if state.drained() {
             break;

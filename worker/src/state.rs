@@ -22,6 +22,9 @@ pub const READY_HOLD: Duration = Duration::from_secs(1);
 pub const CLAIM_WAIT: Duration = Duration::from_secs(10);
 /// How long a request may take before it counts as failed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Registrations refused at the connection, in a row, before the worker gives up (one
+/// a heartbeat interval: a few seconds).
+const MAX_AUTH_REFUSALS: u32 = 3;
 
 /// What a request was for, so that its answer can be dealt with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +129,9 @@ pub struct WorkerState {
     drain_deadline_ms: Option<u64>,
     /// The broker refused this worker for a reason retrying cannot fix.
     refused: Option<String>,
+    /// Registrations turned down at the connection (unknown id or wrong secret) in a row:
+    /// a few are waited out (the broker may be reloading its keys), then the worker ends.
+    auth_refusals: u32,
     /// The broker answers that it cannot take requests now (logged once, not per answer).
     broker_unavailable: bool,
 }
@@ -149,6 +155,7 @@ impl WorkerState {
             draining: false,
             drain_deadline_ms: None,
             refused: None,
+            auth_refusals: 0,
             broker_unavailable: false,
         }
     }
@@ -363,6 +370,17 @@ impl WorkerState {
             }
             Answer::Refused { reason, detail } => {
                 tracing::error!(%reason, "the broker refuses this worker: {detail}");
+                if purpose == Purpose::Register {
+                    self.auth_refusals += 1;
+                    if self.auth_refusals >= MAX_AUTH_REFUSALS && self.refused.is_none() {
+                        self.refused = Some(format!(
+                            "{detail}. Add this worker's id and secret under [keys.workers] in the broker's config (then reload or restart the broker), or correct this worker's secret"
+                        ));
+                        if !self.draining {
+                            self.begin_drain(now_ms, &mut actions);
+                        }
+                    }
+                }
                 return actions;
             }
             Answer::Failed(why) => {
@@ -376,6 +394,7 @@ impl WorkerState {
                 heartbeat_interval_ms,
                 orders,
             } => {
+                self.auth_refusals = 0;
                 if self.boot_id != Some(boot_id) {
                     tracing::info!(boot_id, "registered with the broker");
                     // A claim held by an earlier broker process (or core) is never

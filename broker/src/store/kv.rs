@@ -314,7 +314,12 @@ impl<E: Engine> Store for KvStore<E> {
         for key in chunks {
             self.logs.remove(&key)?;
         }
-        self.active.remove(&seq)?;
+        // An ended run left the unfinished index when it ended (and a stale entry is
+        // cleared at open): removing it again would only add a tombstone for the engine
+        // to write out and compact.
+        if !run.state.is_terminal() {
+            self.active.remove(&seq)?;
+        }
         self.runs.remove(&seq)?;
         self.run_ids.remove(run.id.as_bytes())?;
         self.pruned += 1;

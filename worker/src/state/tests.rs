@@ -330,6 +330,45 @@ fn a_refused_registration_drains_and_exits_once_nothing_runs() {
     );
 }
 
+/// What a registration gets when the broker's handshake turns the connection down.
+fn auth_refused() -> Answer {
+    Answer::Refused {
+        reason: "auth_failed".into(),
+        detail: "unknown sender or wrong secret".into(),
+    }
+}
+
+#[test]
+fn refusals_at_the_connection_are_retried_a_few_times_then_the_worker_ends() {
+    let mut state = WorkerState::new(identity(1), 0);
+    state.start();
+    state.on_answer(Purpose::Register, auth_refused(), 5);
+    state.on_answer(Purpose::Register, auth_refused(), 1_005);
+    assert!(!state.is_draining(), "two refusals are waited out");
+    assert_eq!(state.refused_with_nothing_running(), None);
+    state.on_answer(Purpose::Register, auth_refused(), 2_005);
+    assert!(state.is_draining());
+    let reason = state.refused_with_nothing_running().unwrap();
+    assert!(reason.contains("[keys.workers]"), "{reason}");
+}
+
+#[test]
+fn a_registration_resets_the_count_of_refusals() {
+    let mut state = WorkerState::new(identity(1), 0);
+    state.start();
+    state.on_answer(Purpose::Register, auth_refused(), 5);
+    state.on_answer(Purpose::Register, auth_refused(), 1_005);
+    let registered = Answer::Reply(Reply::Registered {
+        boot_id: 7,
+        heartbeat_interval_ms: 1_000,
+        orders: Default::default(),
+    });
+    state.on_answer(Purpose::Register, registered, 1_500);
+    state.on_answer(Purpose::Register, auth_refused(), 2_005);
+    state.on_answer(Purpose::Register, auth_refused(), 3_005);
+    assert!(!state.is_draining());
+}
+
 #[test]
 fn pings_and_pending_orders_are_answered() {
     let (mut state, _) = registered(1);

@@ -1,0 +1,202 @@
+//! `jobcastctl` as scripts use it: how it fails (at once, in plain words, with an exit
+//! code per kind of failure), `--json` on every command, and `wait` / `logs --follow`
+//! exiting with how the run ended.
+
+use jobcast_integration_tests::{bin, unused_endpoint, Cluster, ADMIN_SECRET};
+use serde_json::Value;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// jobcastctl with only the arguments and environment given (no cluster defaults).
+fn ctl_bare(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(bin("jobcastctl"));
+    command
+        .args(args)
+        .env_remove("JOBCAST_ADMIN_SECRET")
+        .env_remove("JOBCAST_ADMIN_SECRET_FILE")
+        .env_remove("JOBCAST_BROKER")
+        .stdin(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("run jobcastctl")
+}
+
+#[test]
+fn with_nothing_listening_it_fails_at_once_and_says_where_it_looked() {
+    let endpoint = unused_endpoint();
+    let started = Instant::now();
+    let out = ctl_bare(
+        &["--broker", &endpoint, "--timeout", "10", "status"],
+        &[("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)],
+    );
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?}: {}",
+        text(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("is the broker running at {endpoint}?")),
+        "{stderr}"
+    );
+    assert!(stderr.starts_with("jobcastctl: "), "{stderr}");
+}
+
+#[test]
+fn refusals_are_plain_words_with_their_own_exit_codes() {
+    let cluster = Cluster::start(0);
+    // The broker says no: exit 1, the message without internal names.
+    let out = cluster.ctl(&["enqueue", "no-such-job"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("jobcastctl: "), "{stderr}");
+    assert!(stderr.contains("no-such-job"), "{stderr}");
+    assert!(!stderr.contains("NotFound"), "{stderr}");
+
+    // A wrong secret: exit 4, and where to look.
+    let out = ctl_bare(
+        &["--broker", &cluster.router, "status"],
+        &[("JOBCAST_ADMIN_SECRET", "not-the-admin-secret")],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("check the admin secret"),
+        "{}",
+        text(&out)
+    );
+
+    // A secret file named on the command line beats the environment's secret.
+    let file = cluster.path("admin.secret");
+    std::fs::write(&file, ADMIN_SECRET).unwrap();
+    let out = ctl_bare(
+        &[
+            "--broker",
+            &cluster.router,
+            "--secret-file",
+            &file.to_string_lossy(),
+            "--json",
+            "status",
+        ],
+        &[("JOBCAST_ADMIN_SECRET", "not-the-admin-secret")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // No secret at all, or a bad flag: usage, exit 2.
+    let out = ctl_bare(&["--broker", &cluster.router, "status"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = ctl_bare(
+        &["--broker", &cluster.router, "--timeout", "soon", "status"],
+        &[("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "{}", text(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+}
+
+#[test]
+fn every_command_answers_in_json_and_wait_and_follow_exit_with_the_outcome() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        r##"
+[jobs.fine]
+script = """#!/bin/sh
+echo all good
+"""
+
+[jobs.broken]
+script = """#!/bin/sh
+echo about to fail
+exit 3
+"""
+"##,
+    );
+    cluster.start_worker("w1", &[]);
+    let jobs_file = cluster.path("jobs.toml").to_string_lossy().into_owned();
+
+    let fine = json(&cluster.ctl(&["--json", "enqueue", "fine"]));
+    let fine_id = fine["id"].as_str().unwrap().to_string();
+    assert_eq!(fine["job"], "fine");
+    let out = cluster.ctl(&["wait", &fine_id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let broken = json(&cluster.ctl(&["--json", "enqueue", "broken"]));
+    let broken_id = broken["id"].as_str().unwrap().to_string();
+    let out = cluster.ctl(&["--json", "wait", &broken_id]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    let end: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(end["state"], "failed", "{end}");
+
+    // logs --follow: the output, then the exit code of the end; as JSON lines too.
+    let out = cluster.ctl(&["logs", "--follow", &broken_id]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("about to fail"));
+    let out = cluster.ctl(&["--json", "logs", "--follow", &fine_id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines[0]["text"].as_str().unwrap().contains("all good"));
+    assert_eq!(lines.last().unwrap()["state"], "succeeded");
+
+    // Every other command parses as JSON.
+    for args in [
+        vec!["status"],
+        vec!["runs"],
+        vec!["jobs"],
+        vec!["ping"],
+        vec!["logs", &fine_id],
+        vec!["kill", &fine_id],
+        vec!["retry", &broken_id],
+        vec!["apply", &jobs_file],
+        vec!["disable", "fine"],
+        vec!["enable", "fine"],
+        vec!["prune", "--dry-run"],
+    ] {
+        let mut all = vec!["--json"];
+        all.extend(args.iter().copied());
+        let out = cluster.ctl(&all);
+        if args[0] == "logs" {
+            // JSON lines.
+            assert!(out.status.success(), "{}", text(&out));
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                serde_json::from_str::<Value>(line)
+                    .unwrap_or_else(|e| panic!("{args:?}: {e}: {line}"));
+            }
+        } else {
+            json(&out);
+        }
+    }
+    // Random 64-bit ids are strings, which jq and JavaScript keep exact.
+    let status = json(&cluster.ctl(&["--json", "status"]));
+    assert!(status["boot_id"].is_string(), "{status}");
+
+    let drained = json(&cluster.ctl(&["--json", "drain", "w1"]));
+    assert_eq!(drained["draining"], "w1");
+}
+
+#[test]
+fn a_worker_the_broker_does_not_know_ends_with_its_own_code_and_says_what_to_add() {
+    let mut cluster = Cluster::start(1);
+    // The broker knows w1 only.
+    let index = cluster.spawn_worker_unchecked("w9", &[]);
+    let code = cluster.workers[index].wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{}", cluster.worker_log("w9"));
+    let log = cluster.worker_log("w9");
+    assert!(log.contains("[keys.workers]"), "{log}");
+}
