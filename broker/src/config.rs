@@ -1,6 +1,7 @@
 //! Broker settings: a TOML file, overridden by command-line flags.
 
 use anyhow::{bail, Context, Result};
+use jobcast_daemon::LogFormat;
 use jobcast_protocol::{names, Secret};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -16,6 +17,8 @@ pub struct FileConfig {
     pub publish: Option<String>,
     pub jobs: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// `text` (default) or `json` (a JSON object per line).
+    pub log_format: Option<LogFormat>,
     #[serde(default, with = "humantime_serde")]
     pub heartbeat_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -193,6 +196,7 @@ pub struct BrokerConfig {
     pub publish: String,
     pub jobs: Option<PathBuf>,
     pub log_level: String,
+    pub log_format: LogFormat,
     pub heartbeat_interval: Duration,
     pub worker_timeout: Duration,
     pub max_clock_skew: Duration,
@@ -219,10 +223,21 @@ pub struct Overrides {
     pub publish: Option<String>,
     pub jobs: Option<PathBuf>,
     pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
     pub heartbeat_interval: Option<Duration>,
     pub worker_timeout: Option<Duration>,
     pub admin_secret: Option<String>,
     pub http: Option<String>,
+}
+
+/// Where the store lives unless configured: the directory systemd made for the service
+/// (`StateDirectory=`, passed as `$STATE_DIRECTORY`, the first if several), else
+/// `jobcast-data` in the working directory.
+pub fn default_data_dir(state_directory: Option<&str>) -> PathBuf {
+    state_directory
+        .and_then(|dirs| dirs.split(':').find(|dir| !dir.is_empty()))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("jobcast-data"))
 }
 
 pub fn read_file(path: &Path) -> Result<FileConfig> {
@@ -273,7 +288,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
         data_dir: flags
             .data_dir
             .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("jobcast-data")),
+            .unwrap_or_else(|| default_data_dir(std::env::var("STATE_DIRECTORY").ok().as_deref())),
         router: flags
             .router
             .or(file.router)
@@ -287,6 +302,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             .log_level
             .or(file.log_level)
             .unwrap_or_else(|| "info".into()),
+        log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
         heartbeat_interval: flags
             .heartbeat_interval
             .or(file.heartbeat_interval)
@@ -502,5 +518,29 @@ mod tests {
         );
         assert!(toml::from_str::<FileConfig>("worker_timeout = \"soon\"").is_err());
         assert!(toml::from_str::<FileConfig>("routre = \"x\"").is_err());
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let example = file(include_str!("../../examples/broker.toml"));
+        let config = resolve(example, Overrides::default()).unwrap();
+        assert_eq!(config.log_format, LogFormat::Text);
+        let json = file("log_format = \"json\"");
+        assert_eq!(json.log_format, Some(LogFormat::Json));
+        assert!(toml::from_str::<FileConfig>("log_format = \"xml\"").is_err());
+    }
+
+    #[test]
+    fn the_data_dir_defaults_to_systemds_state_directory() {
+        assert_eq!(
+            default_data_dir(Some("/var/lib/jobcast")),
+            PathBuf::from("/var/lib/jobcast")
+        );
+        assert_eq!(
+            default_data_dir(Some("/var/lib/jobcast:/var/lib/other")),
+            PathBuf::from("/var/lib/jobcast")
+        );
+        assert_eq!(default_data_dir(Some("")), PathBuf::from("jobcast-data"));
+        assert_eq!(default_data_dir(None), PathBuf::from("jobcast-data"));
     }
 }

@@ -4,6 +4,7 @@ use jobcast_broker::config::{self, Overrides};
 use jobcast_broker::core::{Core, CoreConfig};
 use jobcast_broker::server::{self, now_us};
 use jobcast_broker::store::{self, BrokerStore};
+use jobcast_daemon::LogFormat;
 use jobcast_protocol::{jobfile, AdminRequest, Reply};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +36,13 @@ struct Args {
     /// Log level: error, warn, info, debug or trace [default: info].
     #[arg(long)]
     log_level: Option<String>,
+    /// Log lines as `text` (coloured on a terminal only) or `json` [default: text].
+    #[arg(long)]
+    log_format: Option<LogFormat>,
+    /// Check the settings (and the jobs file, if one is named) and exit: 0 if they are
+    /// valid, 1 with what is wrong if not. Touches no store and no port.
+    #[arg(long)]
+    check_config: bool,
     /// How often the broker and workers send heartbeats [default: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
@@ -64,6 +72,7 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let args = Args::parse();
+    let args_check_config = args.check_config;
     let file = match &args.config {
         Some(path) => config::read_file(path)?,
         None => Default::default(),
@@ -76,18 +85,14 @@ fn run() -> Result<()> {
             publish: args.publish,
             jobs: args.jobs,
             log_level: args.log_level,
+            log_format: args.log_format,
             heartbeat_interval: args.heartbeat_interval,
             worker_timeout: args.worker_timeout,
             admin_secret: args.admin_secret,
             http: args.http,
         },
     )?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .with_context(|| format!("invalid log level {:?}", config.log_level))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    jobcast_daemon::init_logging(&config.log_level, config.log_format)?;
 
     // Read the jobs file before touching the store, so a typo changes nothing.
     let jobs = match &config.jobs {
@@ -98,6 +103,20 @@ fn run() -> Result<()> {
         }
         None => None,
     };
+    if args_check_config {
+        println!(
+            "config is valid: data_dir {}, requests on {}, events on {}, HTTP {}, {} worker keys{}",
+            config.data_dir.display(),
+            config.router,
+            config.publish,
+            config.http_listen.as_deref().unwrap_or("off"),
+            config.keys.workers.len(),
+            jobs.as_ref()
+                .map(|jobs| format!(", {} jobs in the jobs file", jobs.len()))
+                .unwrap_or_default()
+        );
+        return Ok(());
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let core_config = CoreConfig {

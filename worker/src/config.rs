@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use jobcast_daemon::LogFormat;
 use jobcast_protocol::{logcap, names, Secret};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -46,6 +47,9 @@ pub struct Args {
     /// Log level: error, warn, info, debug or trace [default: info].
     #[arg(long, env = "JOBCAST_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Log lines as `text` (coloured on a terminal only) or `json` [default: text].
+    #[arg(long, env = "JOBCAST_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Most bytes of output kept per run: the first 20% and the last 80% [default: 819200].
     #[arg(long, env = "JOBCAST_MAX_LOG_BYTES")]
     pub max_log_bytes: Option<u64>,
@@ -82,6 +86,7 @@ pub struct FileConfig {
     pub prefetch: Option<u32>,
     pub pools: Option<Vec<String>>,
     pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
     pub max_log_bytes: Option<u64>,
     pub script_temp_path: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
@@ -108,6 +113,7 @@ pub struct WorkerConfig {
     pub prefetch: u32,
     pub pools: Vec<String>,
     pub log_level: String,
+    pub log_format: LogFormat,
     pub max_log_bytes: u64,
     pub script_temp_path: PathBuf,
     pub reconnect_after_inactivity: Duration,
@@ -208,6 +214,7 @@ pub fn resolve(args: Args, file: FileConfig) -> Result<WorkerConfig> {
             .log_level
             .or(file.log_level)
             .unwrap_or_else(|| "info".into()),
+        log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         max_log_bytes,
         script_temp_path,
         reconnect_after_inactivity,
@@ -315,5 +322,17 @@ mod tests {
         })
         .contains("max_log_bytes"));
         assert!(toml::from_str::<FileConfig>("concurency = 2").is_err());
+    }
+
+    #[test]
+    fn the_shipped_example_configs_are_valid() {
+        for text in [
+            include_str!("../../examples/worker-1.toml"),
+            include_str!("../../examples/worker-2.toml"),
+        ] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let config = resolve(args(), file).unwrap();
+            assert_eq!(config.log_format, LogFormat::Text);
+        }
     }
 }

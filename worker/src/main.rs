@@ -15,12 +15,7 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<std::process::ExitCode> {
     let config = config::load(config::Args::parse())?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .with_context(|| format!("invalid log level {:?}", config.log_level))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    jobcast_daemon::init_logging(&config.log_level, config.log_format)?;
     config::prepare_script_dir(&config)?;
     process::become_subreaper()
         .context("cannot become a child subreaper (needed to kill whole process trees)")?;

@@ -1,0 +1,87 @@
+//! What the broker and the worker share about the place they run in, apart from the
+//! protocol: how they log (level, text or JSON lines, colour only on a terminal).
+
+use serde::Deserialize;
+use std::io::IsTerminal;
+use std::str::FromStr;
+use thiserror::Error;
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event (coloured when stderr is a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, with the event's fields: for log collectors.
+    Json,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LogError {
+    #[error("unknown log format {0:?}: use \"text\" or \"json\"")]
+    UnknownFormat(String),
+    #[error("invalid log level {level:?}: {reason}")]
+    BadLevel { level: String, reason: String },
+    #[error("logging was set up already")]
+    AlreadySet,
+}
+
+impl FromStr for LogFormat {
+    type Err = LogError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(LogError::UnknownFormat(other.to_string())),
+        }
+    }
+}
+
+/// Sends the process's log events at `level` (a filter such as `info` or
+/// `warn,jobcast_broker=debug`) to stderr in `format`.
+pub fn init_logging(level: &str, format: LogFormat) -> Result<(), LogError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| LogError::BadLevel {
+        level: level.to_string(),
+        reason: e.to_string(),
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let set = match format {
+        // Colour codes only where a person reads them; files and journals get plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+    set.map_err(|_| LogError::AlreadySet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_named_and_anything_else_is_refused_by_name() {
+        assert_eq!("text".parse(), Ok(LogFormat::Text));
+        assert_eq!("json".parse(), Ok(LogFormat::Json));
+        assert_eq!(
+            "xml".parse::<LogFormat>(),
+            Err(LogError::UnknownFormat("xml".into()))
+        );
+    }
+
+    #[test]
+    fn a_bad_level_is_an_error_not_a_panic() {
+        assert!(matches!(
+            init_logging("info,=[", LogFormat::Text),
+            Err(LogError::BadLevel { .. })
+        ));
+    }
+}

@@ -1,0 +1,55 @@
+//! `jobcast-broker --check-config`: settings checked without touching a store or a port.
+
+use jobcast_integration_tests::bin;
+use std::process::Command;
+
+fn check(config: &std::path::Path, jobs: Option<&std::path::Path>) -> std::process::Output {
+    let mut command = Command::new(bin("jobcast-broker"));
+    command.arg("--config").arg(config).arg("--check-config");
+    if let Some(jobs) = jobs {
+        command.arg("--jobs").arg(jobs);
+    }
+    command.output().expect("run jobcast-broker")
+}
+
+#[test]
+fn the_shipped_config_checks_and_a_broken_one_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/broker.toml");
+    // The example's data_dir is relative: a check creates nothing there.
+    let out = Command::new(bin("jobcast-broker"))
+        .current_dir(dir.path())
+        .args(["--config", example, "--check-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config is valid"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing created"
+    );
+
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "worker_timeout = \"soon\"\n").unwrap();
+    let out = check(&broken, None);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("worker_timeout"),
+        "{out:?}"
+    );
+
+    // A jobs file is checked too.
+    let jobs = dir.path().join("jobs.toml");
+    std::fs::write(
+        &jobs,
+        "[jobs.x]\nscript = \"no shebang\"\nevery = \"often\"\n",
+    )
+    .unwrap();
+    let out = check(std::path::Path::new(example), Some(&jobs));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("jobs.toml"),
+        "{out:?}"
+    );
+}
