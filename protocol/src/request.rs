@@ -51,6 +51,9 @@ pub enum WorkerRequest {
     Release {
         run_ids: Vec<RunId>,
     },
+    /// The worker is exiting and holds no runs: it is offline now, not after the
+    /// broker's worker timeout. Refused (`bad_request`) while it still holds runs.
+    Leaving,
     Pong {
         ping_id: u64,
         info: WorkerInfo,
@@ -140,6 +143,7 @@ const WORKER_TAGS: &[&str] = &[
     "log_chunk",
     "run_finished",
     "release",
+    "leaving",
     "pong",
     "fetch_orders",
 ];

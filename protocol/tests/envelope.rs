@@ -148,6 +148,7 @@ fn every_request() -> Vec<Request> {
         WorkerRequest::Release {
             run_ids: vec!["r2".into()],
         },
+        WorkerRequest::Leaving,
         WorkerRequest::Pong {
             ping_id: 5,
             info: info(),

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use jobcast_client::{Client, ClientConfig, ClientError};
 use jobcast_protocol::message::{decode_event, topic};
 use jobcast_protocol::{
-    Assignment, Event, RunFinished, WorkerInfo, WorkerRequest, JOBCAST_VERSION,
+    Assignment, Event, Reply, RunFinished, WorkerInfo, WorkerRequest, JOBCAST_VERSION,
 };
 use jobcast_transport::{AsyncSocket, Limits, Received};
 use std::collections::HashMap;
@@ -32,6 +32,9 @@ const TIMER: Duration = Duration::from_millis(250);
 /// The exit code of a worker the broker refuses (unknown id, wrong secret, a pool its key
 /// may not serve): restarting it changes nothing until the configuration does.
 pub const EXIT_REFUSED: u8 = 3;
+
+/// How long a drained worker waits for the broker to take its leaving notice.
+const LEAVING_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Msg {
     Event(Event),
@@ -159,6 +162,16 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
             _ = timer.tick() => state.on_timer(shell.now_ms()),
         };
         shell.carry_out(actions, &state);
+    }
+    // Offline at the broker now rather than after its worker timeout; an old broker
+    // that does not know the request, or no answer, changes nothing but that.
+    match shell
+        .client
+        .request(WorkerRequest::Leaving, LEAVING_TIMEOUT)
+        .await
+    {
+        Ok(Reply::Ack) => tracing::debug!("the broker knows this worker left"),
+        other => tracing::debug!(answer = ?other, "the broker did not take the leaving notice"),
     }
     tracing::info!("drained: exiting");
     Ok(ExitCode::SUCCESS)

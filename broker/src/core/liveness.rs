@@ -61,6 +61,7 @@ impl<S: Store> Core<S> {
             .map(|(id, _)| id.clone())
             .collect();
         for worker in silent {
+            tracing::warn!(worker, "worker offline: silent past the timeout");
             self.worker_gone(
                 &worker,
                 now,
@@ -103,7 +104,6 @@ impl<S: Store> Core<S> {
             return Ok(());
         };
         self.workers.waiting.remove(worker);
-        tracing::warn!(worker, %cause, "worker offline");
         for run_id in session.runs {
             self.finish_as(&run_id, RunState::Lost, now, cause.clone(), out)?;
         }

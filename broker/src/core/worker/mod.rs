@@ -1,6 +1,7 @@
 //! Requests from workers, one module each; this one routes them.
 
 mod claim;
+mod leaving;
 mod log_chunk;
 
 pub(in crate::core) use log_chunk::LogTrack;
@@ -82,6 +83,7 @@ impl<S: Store> Core<S> {
                 self.pong(worker, ping_id, info, now_us, out);
                 Reply::Ack
             }
+            WorkerRequest::Leaving => self.leaving(worker, now, out)?,
         }))
     }
 }
