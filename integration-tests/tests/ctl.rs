@@ -189,7 +189,10 @@ exit 3
     let drained = json(&cluster.ctl(&["--json", "drain", "w1"]));
     assert_eq!(drained["draining"], "w1");
     // It exits 0, and is offline at once rather than after the broker's worker timeout.
-    assert_eq!(cluster.workers[0].wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(
+        cluster.workers[0].wait_exit(Duration::from_secs(30)),
+        Some(0)
+    );
     let status = json(&cluster.ctl(&["--json", "status"]));
     let w1 = status["workers"]
         .as_array()
@@ -198,7 +201,13 @@ exit 3
         .find(|w| w["id"] == "w1")
         .cloned()
         .unwrap();
-    assert_eq!(w1["online"], false, "{w1}\n{}\n{}", cluster.worker_log("w1"), cluster.broker_log());
+    assert_eq!(
+        w1["online"],
+        false,
+        "{w1}\n{}\n{}",
+        cluster.worker_log("w1"),
+        cluster.broker_log()
+    );
 }
 
 #[test]

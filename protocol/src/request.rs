@@ -134,7 +134,7 @@ impl From<AdminRequest> for Request {
     }
 }
 
-/// The wire tags of [`WorkerRequest`]'s variants (a test keeps this in step).
+/// The wire tags of [`WorkerRequest`]'s variants (a test checks them against serde's).
 const WORKER_TAGS: &[&str] = &[
     "register",
     "heartbeat",
@@ -147,7 +147,7 @@ const WORKER_TAGS: &[&str] = &[
     "pong",
     "fetch_orders",
 ];
-/// The wire tags of [`AdminRequest`]'s variants (a test keeps this in step).
+/// The wire tags of [`AdminRequest`]'s variants (a test checks them against serde's).
 const ADMIN_TAGS: &[&str] = &[
     "ping",
     "kill",
@@ -249,6 +249,64 @@ impl<'de, A: de::VariantAccess<'de>> EnumAccess<'de> for Tagged<'_, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The variant names serde's derive gives an enum, read by asking it to decode from a
+    /// deserializer that only records what `deserialize_enum` is told.
+    fn variants_of<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
+        struct Recorder(Option<&'static [&'static str]>);
+        #[derive(Debug)]
+        struct Stop;
+        impl fmt::Display for Stop {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("stop")
+            }
+        }
+        impl std::error::Error for Stop {}
+        impl de::Error for Stop {
+            fn custom<M: fmt::Display>(_: M) -> Self {
+                Stop
+            }
+        }
+        impl<'de> Deserializer<'de> for &mut Recorder {
+            type Error = Stop;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+                Err(Stop)
+            }
+            fn deserialize_enum<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                variants: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Stop> {
+                self.0 = Some(variants);
+                Err(Stop)
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+                struct identifier ignored_any
+            }
+        }
+        let mut recorder = Recorder(None);
+        let _ = T::deserialize(&mut recorder);
+        recorder.0.unwrap_or_default().to_vec()
+    }
+
+    #[test]
+    fn the_tag_lists_are_exactly_the_variants_of_each_kind() {
+        let sorted = |mut tags: Vec<&'static str>| {
+            tags.sort_unstable();
+            tags
+        };
+        assert_eq!(
+            sorted(WORKER_TAGS.to_vec()),
+            sorted(variants_of::<WorkerRequest>())
+        );
+        assert_eq!(
+            sorted(ADMIN_TAGS.to_vec()),
+            sorted(variants_of::<AdminRequest>())
+        );
+    }
 
     #[test]
     fn no_tag_belongs_to_both_kinds() {
