@@ -133,6 +133,9 @@ pub(crate) enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print a completion script for a shell, e.g.
+    /// `jobcastctl completions bash > /etc/bash_completion.d/jobcastctl`.
+    Completions { shell: clap_complete::Shell },
     /// Let a job's ticks start runs again (clears an automatic disable), or a pool's jobs.
     Enable {
         #[command(flatten)]

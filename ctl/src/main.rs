@@ -141,6 +141,16 @@ fn ids_as_strings(value: &mut serde_json::Value) {
 }
 
 async fn run(args: Args) -> Result<ExitCode> {
+    if let Command::Completions { shell } = args.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Args::command(),
+            "jobcastctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     // Check what can be checked before reaching for the network.
     let apply_jobs = match &args.command {
         Command::Apply { file } => {
@@ -263,6 +273,8 @@ async fn run(args: Args) -> Result<ExitCode> {
         }
         Command::Logs { run, follow } => logs::logs(&ctl, run, follow).await,
         Command::Wait { run } => logs::wait(&ctl, run).await,
+        // Answered above, before any connection.
+        Command::Completions { .. } => Ok(ExitCode::SUCCESS),
         Command::Apply { .. } => {
             let jobs = apply_jobs.unwrap_or_default();
             let reply = ctl.call(AdminRequest::ApplyJobs { jobs }).await?;

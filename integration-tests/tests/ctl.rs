@@ -220,3 +220,21 @@ fn a_worker_the_broker_does_not_know_ends_with_its_own_code_and_says_what_to_add
     let log = cluster.worker_log("w9");
     assert!(log.contains("[keys.workers]"), "{log}");
 }
+
+#[test]
+fn completions_need_no_broker_and_bashs_is_valid_bash() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ctl_bare(&["completions", shell], &[]);
+        assert!(out.status.success(), "{shell}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("jobcastctl"),
+            "{shell}"
+        );
+    }
+    let script = ctl_bare(&["completions", "bash"], &[]).stdout;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobcastctl.bash");
+    std::fs::write(&path, script).unwrap();
+    let checked = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(checked.status.success(), "{}", text(&checked));
+}
