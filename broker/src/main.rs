@@ -14,9 +14,12 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The version `--version` prints: the release and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("JOBCAST_COMMIT"), ")");
+
 /// The jobcast broker: stores jobs and runs, and dispatches runs to workers.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Args {
     /// Settings file (TOML). Flags override it.
     #[arg(long, short, env = "JOBCAST_BROKER_CONFIG")]

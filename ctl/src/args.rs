@@ -6,9 +6,12 @@ use jobcast_protocol::{EnableTarget, RunState};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The version `--version` prints: the release and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("JOBCAST_COMMIT"), ")");
+
 /// Control a jobcast broker.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 pub(crate) struct Args {
     /// The broker's request endpoint.
     #[arg(

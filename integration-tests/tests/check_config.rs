@@ -53,3 +53,28 @@ fn the_shipped_config_checks_and_a_broken_one_says_what_is_wrong() {
         "{out:?}"
     );
 }
+
+#[test]
+fn each_program_says_which_commit_it_was_built_from() {
+    let Some(head) = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    else {
+        eprintln!("skipped: not built from a git checkout");
+        return;
+    };
+    for program in ["jobcast-broker", "jobcast-worker", "jobcastctl"] {
+        let out = Command::new(bin(program)).arg("--version").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{program}: {text}");
+        assert!(
+            text.starts_with(&format!("{program} {}", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
+        assert!(text.contains(&format!("({head})")), "{program}: {text} (HEAD {head})");
+    }
+}

@@ -9,12 +9,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The version `--version` prints: the release and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("JOBCAST_COMMIT"), ")");
+
 /// The jobcast worker: claims runs from the broker and executes them.
 ///
 /// Every setting can come from the config file, an environment variable or a flag;
 /// flags win over the environment, which wins over the file.
 #[derive(Debug, Parser, Default)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 pub struct Args {
     /// Settings file (TOML) with the keys below in snake_case.
     #[arg(long, short, env = "JOBCAST_WORKER_CONFIG")]
