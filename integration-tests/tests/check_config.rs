@@ -68,13 +68,19 @@ fn each_program_says_which_commit_it_was_built_from() {
         return;
     };
     for program in ["jobcast-broker", "jobcast-worker", "jobcastctl"] {
-        let out = Command::new(bin(program)).arg("--version").output().unwrap();
+        let out = Command::new(bin(program))
+            .arg("--version")
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{program}: {text}");
         assert!(
             text.starts_with(&format!("{program} {}", env!("CARGO_PKG_VERSION"))),
             "{text}"
         );
-        assert!(text.contains(&format!("({head})")), "{program}: {text} (HEAD {head})");
+        assert!(
+            text.contains(&format!("({head})")),
+            "{program}: {text} (HEAD {head})"
+        );
     }
 }
