@@ -49,13 +49,18 @@ fn print(ctl: &Ctl, out: &mut impl Write, run: &str, offset: u64, data: &[u8]) -
     Ok(())
 }
 
-/// How the run ended, to stderr (or as the last JSON line), and the exit code for it.
-fn ended(ctl: &Ctl, out: &mut impl Write, record: &RunRecord) -> Result<ExitCode> {
-    let outcome = record
+/// The run's end in words: its outcome, or its state when it has none (cancelled, …).
+fn end_of(record: &RunRecord) -> String {
+    record
         .outcome
         .as_ref()
         .map(|o| o.describe())
-        .unwrap_or_else(|| record.state.to_string());
+        .unwrap_or_else(|| record.state.to_string())
+}
+
+/// How the run ended, to stderr (or as the last JSON line), and the exit code for it.
+fn ended(ctl: &Ctl, out: &mut impl Write, record: &RunRecord) -> Result<ExitCode> {
+    let outcome = end_of(record);
     if ctl.json {
         let line = serde_json::json!({
             "run": record.id,
@@ -103,12 +108,13 @@ pub(crate) async fn wait(ctl: &Ctl, run: String) -> Result<ExitCode> {
         let (record, _, _) = read(ctl, &run, Some(u64::MAX)).await?;
         if record.state.is_terminal() {
             if !ctl.json {
-                let outcome = record
-                    .outcome
-                    .as_ref()
-                    .map(|o| o.describe())
-                    .unwrap_or_else(|| record.state.to_string());
-                writeln!(out, "run {} {}: {outcome}", record.id, record.state)?;
+                writeln!(
+                    out,
+                    "run {} {}: {}",
+                    record.id,
+                    record.state,
+                    end_of(&record)
+                )?;
             }
             return ended(ctl, &mut out, &record);
         }

@@ -236,6 +236,17 @@ mod tests {
         Arc::new(config)
     }
 
+    /// `execute` with the settings and script files of a worker whose script
+    /// directory is `scripts`.
+    async fn execute_in(
+        scripts: &std::path::Path,
+        job: Assignment,
+        reporter: Reporter,
+        stop: watch::Receiver<bool>,
+    ) -> RunFinished {
+        execute(job, config(scripts), files(scripts), reporter, stop).await
+    }
+
     fn files(scripts: &std::path::Path) -> ScriptFiles {
         ScriptFiles::new(scripts, crate::scripts::DEFAULT_KEPT).unwrap()
     }
@@ -288,10 +299,9 @@ mod tests {
         let reporter = Reporter::default();
         let (_stop, stop_rx) = watch::channel(false);
         let run_id = unique_run_id("exit");
-        let finished = execute(
+        let finished = execute_in(
+            scripts.path(),
             assignment(&run_id, shell("echo hello; echo world >&2; exit 3")),
-            config(scripts.path()),
-            files(scripts.path()),
             reporter.clone(),
             stop_rx,
         )
@@ -340,14 +350,7 @@ mod tests {
         let mut job = assignment(&run_id, shell("sleep 30 & setsid sleep 30 & sleep 30"));
         job.job.timeout_ms = Some(300);
         let (_stop, stop_rx) = watch::channel(false);
-        let finished = execute(
-            job,
-            config(scripts.path()),
-            files(scripts.path()),
-            Reporter::default(),
-            stop_rx,
-        )
-        .await;
+        let finished = execute_in(scripts.path(), job, Reporter::default(), stop_rx).await;
         assert_eq!(finished.outcome, Outcome::TimedOut);
         assert!(
             procfs::processes_with_env("JOBCAST_RUN_ID", &run_id).is_empty(),
@@ -361,6 +364,7 @@ mod tests {
         let run_id = unique_run_id("stop");
         let reporter = Reporter::default();
         let (stop, stop_rx) = watch::channel(false);
+        // Spawned, so it owns its settings rather than borrowing the directory.
         let running = tokio::spawn(execute(
             assignment(&run_id, shell("sleep 30")),
             config(scripts.path()),
@@ -386,10 +390,9 @@ mod tests {
         let scripts = tempfile::tempdir().unwrap();
         let reporter = Reporter::default();
         let (_stop, stop_rx) = watch::channel(true);
-        let finished = execute(
+        let finished = execute_in(
+            scripts.path(),
             assignment(&unique_run_id("never"), shell("echo should-not-run")),
-            config(scripts.path()),
-            files(scripts.path()),
             reporter.clone(),
             stop_rx,
         )
@@ -404,14 +407,7 @@ mod tests {
         let mut job = assignment(&unique_run_id("nostart"), shell("true"));
         job.job.workdir = Some("/no/such/dir".into());
         let (_stop, stop_rx) = watch::channel(false);
-        let finished = execute(
-            job,
-            config(scripts.path()),
-            files(scripts.path()),
-            Reporter::default(),
-            stop_rx,
-        )
-        .await;
+        let finished = execute_in(scripts.path(), job, Reporter::default(), stop_rx).await;
         assert_eq!(
             finished.outcome,
             Outcome::FailedToStart {

@@ -154,12 +154,9 @@ impl ScriptFiles {
     }
 
     /// How many files are on disk now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         lock(&self.inner).by_hash.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
