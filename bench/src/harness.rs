@@ -474,14 +474,11 @@ async fn serve(
     live: tokio::sync::watch::Sender<bool>,
     claiming: Claiming,
 ) {
-    // Ended with this task (the waiting claims hold a sender of `grants` only).
-    let _claims = match claiming {
-        Claiming::Waiting => Some(AbortOnDrop(tokio::spawn(claim_waiting(
-            client.clone(),
-            grants.clone(),
-        )))),
-        Claiming::OnWake => None,
-    };
+    // Ended with this task: a JoinSet aborts what it holds when dropped.
+    let mut claims = tokio::task::JoinSet::new();
+    if claiming == Claiming::Waiting {
+        claims.spawn(claim_waiting(client.clone(), grants.clone()));
+    }
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -526,14 +523,6 @@ async fn serve(
                 let _ = client.submit(WorkerRequest::Heartbeat(Heartbeat { running: vec![], free_slots: 1_000_000, draining: false }));
             }
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
