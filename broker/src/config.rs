@@ -216,7 +216,7 @@ pub struct BrokerConfig {
 }
 
 /// Flag values that override the file.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub router: Option<String>,

@@ -26,7 +26,7 @@ pub use after_end::Notification;
 pub use disk::{DiskChange, LowDisk};
 pub use error::{CoreError, Handled};
 use job_table::JobTable;
-pub use outbox::{OutReply, Outbox, ReplyTo};
+pub use outbox::{OutReply, Outbox, ReloadAsked, ReplyTo};
 pub use retention::Retention;
 use run_table::RunTable;
 pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
@@ -327,6 +327,12 @@ impl<S: Store> Core<S> {
 
     fn clock_ms(&self) -> u64 {
         ms(self.clock_us)
+    }
+
+    /// The pools each restricted worker key may serve, as a reload found them; they apply
+    /// from each worker's next registration.
+    pub fn set_worker_pools(&mut self, worker_pools: HashMap<String, BTreeSet<String>>) {
+        self.config.worker_pools = worker_pools;
     }
 
     /// Whether a worker currently has a session (for tests and the server).

@@ -4,6 +4,7 @@ pub mod config;
 pub mod core;
 pub mod http;
 pub mod notify;
+pub mod reload;
 pub mod schedule;
 pub mod server;
 pub mod store;

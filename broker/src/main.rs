@@ -2,6 +2,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use jobcast_broker::config::{self, Overrides};
 use jobcast_broker::core::{Core, CoreConfig};
+use jobcast_broker::reload::Reloading;
 use jobcast_broker::server::{self, now_us};
 use jobcast_broker::store::{self, BrokerStore};
 use jobcast_daemon::LogFormat;
@@ -76,25 +77,28 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     let args = Args::parse();
     let args_check_config = args.check_config;
-    let file = match &args.config {
-        Some(path) => config::read_file(path)?,
-        None => Default::default(),
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        router: args.router,
+        publish: args.publish,
+        jobs: args.jobs,
+        log_level: args.log_level,
+        log_format: args.log_format,
+        heartbeat_interval: args.heartbeat_interval,
+        worker_timeout: args.worker_timeout,
+        admin_secret: args.admin_secret,
+        http: args.http,
     };
-    let config = config::resolve(
-        file,
-        Overrides {
-            data_dir: args.data_dir,
-            router: args.router,
-            publish: args.publish,
-            jobs: args.jobs,
-            log_level: args.log_level,
-            log_format: args.log_format,
-            heartbeat_interval: args.heartbeat_interval,
-            worker_timeout: args.worker_timeout,
-            admin_secret: args.admin_secret,
-            http: args.http,
-        },
-    )?;
+    // The settings as at start; a reload builds them again the same way.
+    let config_path = args.config;
+    let read_settings = move || -> Result<config::BrokerConfig> {
+        let file = match &config_path {
+            Some(path) => config::read_file(path)?,
+            None => Default::default(),
+        };
+        config::resolve(file, overrides.clone())
+    };
+    let config = read_settings()?;
     jobcast_daemon::init_logging(&config.log_level, config.log_format)?;
 
     // Read the jobs file before touching the store, so a typo changes nothing.
@@ -168,28 +172,51 @@ fn run() -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let ready_file = args.ready_file;
-    runtime.block_on(server::serve(
-        core,
-        open_core,
-        &config,
-        move |bound| {
-            if let Some(path) = &ready_file {
-                let mut text = format!(
-                    "router = \"{}\"\npublish = \"{}\"\n",
-                    bound.router, bound.publish
-                );
-                if let Some(http) = &bound.http {
-                    text.push_str(&format!("http = \"{http}\"\n"));
+    runtime.block_on(async {
+        let reloading = Reloading {
+            read: Box::new(read_settings),
+            hangups: hangups()?,
+        };
+        server::serve(
+            core,
+            open_core,
+            &config,
+            reloading,
+            move |bound| {
+                if let Some(path) = &ready_file {
+                    let mut text = format!(
+                        "router = \"{}\"\npublish = \"{}\"\n",
+                        bound.router, bound.publish
+                    );
+                    if let Some(http) = &bound.http {
+                        text.push_str(&format!("http = \"{http}\"\n"));
+                    }
+                    let tmp = path.with_extension("tmp");
+                    std::fs::write(&tmp, text)
+                        .and_then(|_| std::fs::rename(&tmp, path))
+                        .with_context(|| format!("cannot write {}", path.display()))?;
                 }
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, text)
-                    .and_then(|_| std::fs::rename(&tmp, path))
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            Ok(())
-        },
-        shutdown_signal(),
-    ))
+                Ok(())
+            },
+            shutdown_signal(),
+        )
+        .await
+    })
+}
+
+/// A message per SIGHUP. Listening starts here, before the broker says it is ready, so a
+/// SIGHUP never finds it with the default action (which would end it).
+fn hangups() -> Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let (asked, hangups) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            // One pending reload covers any number of signals sent meanwhile.
+            let _ = asked.try_send(());
+        }
+    });
+    Ok(hangups)
 }
 
 async fn shutdown_signal() {

@@ -4,6 +4,7 @@
 use crate::config::{BrokerConfig, Keys};
 use crate::core::{Core, DiskChange, Outbox, PeerId, ReplyTo};
 use crate::http::{CoreHandle, InternalRequest};
+use crate::reload::{LiveSettings, Reloading};
 use crate::store::{Store, StoreError};
 use crate::transport::{Incoming, Outgoing, Settings, Transport};
 use anyhow::{Context, Result};
@@ -74,19 +75,27 @@ pub async fn serve<S: Store + 'static>(
     core: Core<S>,
     mut reopen: impl FnMut(u64) -> Result<Core<S>>,
     config: &BrokerConfig,
+    reloading: Reloading,
     on_bound: impl FnOnce(&Bound) -> Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let live_settings = LiveSettings::new(config);
     let transport = Transport::start(&Settings {
         router: config.router.clone(),
         publish: config.publish.clone(),
         max_frame_bytes: config.max_frame_bytes,
         peer_timeout: config.peer_timeout,
-        keys: config.keys.clone(),
+        keys: live_settings.keys.subscribe(),
     })?;
     let (internal_tx, internal) = mpsc::channel::<InternalRequest>(1024);
     let live = crate::http::LiveFeed::new();
-    let http = start_http(config, CoreHandle::new(internal_tx), live.clone()).await?;
+    let http = start_http(
+        config,
+        CoreHandle::new(internal_tx),
+        live.clone(),
+        live_settings.api_tokens.subscribe(),
+    )
+    .await?;
     let bound = Bound {
         router: transport.router_endpoint.clone(),
         publish: transport.publish_endpoint.clone(),
@@ -103,7 +112,12 @@ pub async fn serve<S: Store + 'static>(
         )
         .not_before(now_us() / 1_000),
         notifier: crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1)),
-        config,
+        keys: config.keys.clone(),
+        running: config.clone(),
+        reloading,
+        live_settings,
+        hangup: false,
+        new_keys: None,
         transport,
         internal,
         live,
@@ -252,6 +266,7 @@ async fn start_http(
     config: &BrokerConfig,
     core: CoreHandle,
     live: crate::http::LiveFeed,
+    tokens: tokio::sync::watch::Receiver<std::sync::Arc<Vec<crate::config::ApiToken>>>,
 ) -> Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>> {
     let Some(addr) = &config.http_listen else {
         return Ok(None);
@@ -266,7 +281,7 @@ async fn start_http(
     } else {
         config.public_origins.clone()
     };
-    let app = crate::http::router(core, config.api_tokens.clone(), live, origins);
+    let app = crate::http::router(core, tokens, live, origins);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");
@@ -277,8 +292,18 @@ async fn start_http(
 
 /// The server loop's state: the core, the sockets, and what a batch needs on its way
 /// through.
-struct Server<'a> {
-    config: &'a BrokerConfig,
+struct Server {
+    /// The keys replies are sealed with and requests opened with.
+    keys: Keys,
+    /// The settings in force: as at start, with what reloads changed.
+    running: BrokerConfig,
+    reloading: Reloading,
+    live_settings: LiveSettings,
+    /// A SIGHUP came: reload with the next batch.
+    hangup: bool,
+    /// Keys a reload read, put in force once the batch's replies are sealed with the
+    /// keys their requests came under.
+    new_keys: Option<Keys>,
     transport: Transport,
     /// Requests from the HTTP API.
     internal: mpsc::Receiver<InternalRequest>,
@@ -301,7 +326,7 @@ struct Produced {
     refusals: Vec<(PeerId, Refusal)>,
 }
 
-impl Server<'_> {
+impl Server {
     /// Take a batch, apply it, commit it, send what it produced; until shutdown or a
     /// store failure.
     async fn run<S: Store>(
@@ -409,7 +434,7 @@ impl Server<'_> {
         if !out.replies.is_empty() || !refusals.is_empty() {
             self.transport
                 .sockets
-                .send(outgoing(&self.config.keys, out, refusals));
+                .send(outgoing(&self.keys, out, refusals));
         }
     }
 
@@ -423,7 +448,7 @@ impl Server<'_> {
         now_ms: u64,
         refusals: &mut Vec<(PeerId, Refusal)>,
     ) -> Result<(String, u64, jobcast_protocol::Request), &'static str> {
-        let keys = &self.config.keys;
+        let keys = &self.keys;
         match self
             .opener
             .open(payload, now_ms, |name| keys.for_sender(name))
@@ -482,6 +507,10 @@ impl Server<'_> {
                     }
                 }
             }
+            Some(()) = self.reloading.hangups.recv() => {
+                tracing::info!("SIGHUP: reading the settings again");
+                self.hangup = true;
+            }
             // Sleep until the core has something to do: the next tick of a job, a
             // heartbeat, a deadline.
             _ = tokio::time::sleep(sleep) => {}
@@ -528,8 +557,59 @@ impl Server<'_> {
             self.internal_pending.insert(id, reply);
             core.handle_api(&actor, id, request, now, &mut out)?;
         }
+        if std::mem::take(&mut self.hangup) || !out.reloads.is_empty() {
+            self.reload(core, &mut out);
+        }
         core.tick(now, &mut out)?;
         Ok(Produced { out, refusals })
+    }
+
+    /// Reads the settings again and takes their keys, API tokens and webhooks; answers
+    /// those who asked with what changed, or why nothing did.
+    fn reload<S: Store>(&mut self, core: &mut Core<S>, out: &mut Outbox) {
+        let asked = std::mem::take(&mut out.reloads);
+        let by: Vec<&str> = asked.iter().map(|a| a.actor.as_str()).collect();
+        let reply = match tokio::task::block_in_place(&mut self.reloading.read) {
+            Ok(new) => {
+                let report = crate::reload::compare(&self.running, &new);
+                tracing::info!(
+                    ?by,
+                    workers_added = ?report.workers_added,
+                    workers_removed = ?report.workers_removed,
+                    workers_changed = ?report.workers_changed,
+                    admin_changed = report.admin_changed,
+                    api_tokens = report.api_tokens,
+                    webhooks = report.webhooks,
+                    "settings reloaded"
+                );
+                if !report.needs_restart.is_empty() {
+                    tracing::warn!(settings = ?report.needs_restart, "these settings changed in the file but only take effect at the next start");
+                }
+                core.set_worker_pools(new.keys.worker_pools.clone());
+                self.live_settings
+                    .api_tokens
+                    .send_replace(std::sync::Arc::new(new.api_tokens.clone()));
+                self.notifier =
+                    crate::notify::Notifier::start(new.webhooks.clone(), Duration::from_secs(1));
+                self.new_keys = Some(new.keys.clone());
+                self.running.keys = new.keys;
+                self.running.api_tokens = new.api_tokens;
+                self.running.webhooks = new.webhooks;
+                jobcast_protocol::Reply::Reloaded(report)
+            }
+            Err(e) => {
+                tracing::error!(?by, error = %format!("{e:#}"), "reload refused: the settings in force are unchanged");
+                jobcast_protocol::Reply::Error {
+                    code: jobcast_protocol::ErrorCode::BadRequest,
+                    message: format!(
+                        "the settings were not reloaded, those in force are unchanged: {e:#}"
+                    ),
+                }
+            }
+        };
+        for asked in asked {
+            out.reply(&asked.to, asked.id, reply.clone());
+        }
     }
 
     /// Group commit: everything the batch wrote is durable before anyone hears of it.
@@ -586,7 +666,11 @@ impl Server<'_> {
         }
         self.transport
             .sockets
-            .send(outgoing(&self.config.keys, out, refusals));
+            .send(outgoing(&self.keys, out, refusals));
+        if let Some(keys) = self.new_keys.take() {
+            self.live_settings.keys.send_replace(keys.clone());
+            self.keys = keys;
+        }
         Ok(())
     }
 }

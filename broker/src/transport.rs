@@ -44,8 +44,8 @@ pub struct Settings {
     pub publish: String,
     pub max_frame_bytes: usize,
     pub peer_timeout: Duration,
-    /// Who may connect.
-    pub keys: Keys,
+    /// Who may connect; a reload sends new keys.
+    pub keys: tokio::sync::watch::Receiver<Keys>,
 }
 
 /// What the network brought.
@@ -113,7 +113,7 @@ pub enum TransportError {
 /// What the side task owns.
 struct Side {
     zap: AsyncSocket,
-    keys: Keys,
+    keys: tokio::sync::watch::Receiver<Keys>,
     router_events: Option<Monitor>,
     publisher_events: Option<Monitor>,
 }
@@ -379,6 +379,7 @@ fn answer_zap(side: &Side) -> Option<Incoming> {
         && field(5) == b"PLAIN"
         && side
             .keys
+            .borrow()
             .for_sender(&name)
             .is_some_and(|secret| check_connection_password(secret, field(7)));
     let (code, text, user): (&[u8], &[u8], &[u8]) = if accepted {

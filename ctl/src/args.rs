@@ -129,6 +129,10 @@ pub(crate) enum Command {
     Status,
     /// Ask a worker to finish its runs, take no new ones, and exit.
     Drain { worker: String },
+    /// Make the broker read its settings file again and take its worker keys, API
+    /// tokens and webhooks without a restart (as SIGHUP does); prints what changed.
+    /// A file the broker cannot read or accept changes nothing (exit 1).
+    Reload,
     /// Delete what retention deletes ([retention] in the broker config, `retention` per
     /// job) now, among the oldest runs; the broker also does it by itself, bit by bit.
     Prune {

@@ -14,7 +14,9 @@ use args::{Args, Command};
 use failure::Failure;
 use jobcast_client::{Client, ClientConfig, ClientError};
 use jobcast_protocol::envelope::random_nonce;
-use jobcast_protocol::{jobfile, AdminRequest, EnableTarget, Reply, RunFilter, Secret};
+use jobcast_protocol::{
+    jobfile, AdminRequest, EnableTarget, ReloadReport, Reply, RunFilter, Secret,
+};
 use serde::Serialize;
 use show::{describe_schedule, format_time, print_runs};
 use std::process::ExitCode;
@@ -289,13 +291,6 @@ async fn run(args: Args) -> Result<ExitCode> {
             if ctl.json {
                 ctl.print_json(&reply)?;
             } else {
-                let list = |names: &[String]| {
-                    if names.is_empty() {
-                        "-".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                };
                 println!("created:   {}", list(created));
                 println!("updated:   {}", list(updated));
                 println!("unchanged: {}", list(unchanged));
@@ -329,6 +324,17 @@ async fn run(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reload => {
+            let Reply::Reloaded(report) = ctl.call(AdminRequest::Reload).await? else {
+                bail!("unexpected reply");
+            };
+            if ctl.json {
+                ctl.print_json(&report)?;
+            } else {
+                print_reload(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Drain { worker } => {
             ctl.call(AdminRequest::Drain {
                 worker: worker.clone(),
@@ -341,6 +347,35 @@ async fn run(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Names joined with commas, or `-` for none.
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "-".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn print_reload(report: &ReloadReport) {
+    println!("settings reloaded");
+    println!("worker keys added:   {}", list(&report.workers_added));
+    println!("worker keys removed: {}", list(&report.workers_removed));
+    println!("worker keys changed: {}", list(&report.workers_changed));
+    if report.admin_changed {
+        println!("admin key changed: use the new one from now on");
+    }
+    println!(
+        "API tokens: {}, webhooks: {}",
+        report.api_tokens, report.webhooks
+    );
+    if !report.needs_restart.is_empty() {
+        println!(
+            "changed in the file, in force after a restart: {}",
+            report.needs_restart.join(", ")
+        );
     }
 }
 

@@ -229,3 +229,54 @@ async fn a_frozen_client_is_dropped_and_never_holds_up_the_others() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_revokes_a_token_closes_its_live_clients_only() {
+    let cluster = Cluster::start(1);
+    let mut viewer = connect(&cluster, VIEWER_TOKEN).await;
+    let mut operator = connect(&cluster, OPERATOR_TOKEN).await;
+    wait_message(&mut viewer, "a snapshot", |m| m["type"] == "snapshot").await;
+    wait_message(&mut operator, "a snapshot", |m| m["type"] == "snapshot").await;
+
+    // The viewer token leaves the settings; the operator's stays.
+    let path = cluster.path("broker.toml");
+    let config = std::fs::read_to_string(&path).expect("read config");
+    let without_viewer = config.replace(
+        &format!(
+            "[[http.tokens]]\nname = \"viewer\"\ntoken = \"{VIEWER_TOKEN}\"\nrole = \"viewer\"\n"
+        ),
+        "",
+    );
+    assert_ne!(config, without_viewer, "the config names the viewer token");
+    std::fs::write(&path, without_viewer).expect("write config");
+    let report = cluster.ctl_json(&["reload"]).expect("reload");
+    assert_eq!(report["api_tokens"], 1, "{report}");
+
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match viewer.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("the feed ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the revoked client is closed");
+    let code: u16 = close.expect("a close frame with a code").code.into();
+    assert_eq!(code, 4001);
+    assert!(
+        tokio_tungstenite::connect_async(ws_url(&cluster, VIEWER_TOKEN))
+            .await
+            .is_err(),
+        "the revoked token cannot reconnect"
+    );
+    // The operator's feed goes on: a change still reaches it.
+    cluster.apply_jobs("[jobs.after]\nscript = \"#!/bin/sh\\ntrue\\n\"\n");
+    let run = cluster.enqueue("after");
+    wait_message(&mut operator, "the new run", |m| {
+        m.to_string().contains(&run)
+    })
+    .await;
+    let _ = operator.send(Message::Close(None)).await;
+}

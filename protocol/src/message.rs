@@ -78,10 +78,28 @@ pub enum Reply {
         scanned: u64,
         complete: bool,
     },
+    /// What a `Reload` took from the settings file.
+    Reloaded(ReloadReport),
     Error {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// The result of a reload: which worker keys came, went or changed, how many API tokens
+/// and webhooks are now in force, and settings that changed in the file but only take
+/// effect at the next start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub workers_added: Vec<String>,
+    pub workers_removed: Vec<String>,
+    /// Worker ids whose secret or pools changed.
+    pub workers_changed: Vec<String>,
+    pub admin_changed: bool,
+    pub api_tokens: u64,
+    pub webhooks: u64,
+    /// Names of settings whose new values wait for a restart.
+    pub needs_restart: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

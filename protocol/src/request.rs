@@ -109,6 +109,9 @@ pub enum AdminRequest {
     Prune {
         dry_run: bool,
     },
+    /// Reads the broker's settings file again and takes its keys, API tokens and
+    /// webhooks (as SIGHUP does); other settings need a restart and are reported.
+    Reload,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +164,7 @@ const ADMIN_TAGS: &[&str] = &[
     "retry",
     "set_enabled",
     "prune",
+    "reload",
 ];
 /// Every request tag, worker ones first.
 const ALL_TAGS: &[&str] = &ALL_TAG_ARRAY;

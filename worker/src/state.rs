@@ -22,8 +22,8 @@ pub const READY_HOLD: Duration = Duration::from_secs(1);
 pub const CLAIM_WAIT: Duration = Duration::from_secs(10);
 /// How long a request may take before it counts as failed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Registrations refused at the connection, in a row, before the worker gives up (one
-/// a heartbeat interval: a few seconds).
+/// Requests refused for the worker's key, in a row, before the worker gives up (one a
+/// heartbeat interval at least: a few seconds).
 const MAX_AUTH_REFUSALS: u32 = 3;
 
 /// What a request was for, so that its answer can be dealt with.
@@ -129,8 +129,9 @@ pub struct WorkerState {
     drain_deadline_ms: Option<u64>,
     /// The broker refused this worker for a reason retrying cannot fix.
     refused: Option<String>,
-    /// Registrations turned down at the connection (unknown id or wrong secret) in a row:
-    /// a few are waited out (the broker may be reloading its keys), then the worker ends.
+    /// Requests turned down for the key (unknown id or wrong secret: at the connection,
+    /// or after a reload removed or changed the key) in a row: a few are waited out (the
+    /// broker may be reloading its keys), then the worker ends.
     auth_refusals: u32,
     /// The broker answers that it cannot take requests now (logged once, not per answer).
     broker_unavailable: bool,
@@ -356,6 +357,7 @@ impl WorkerState {
         let reply = match answer {
             Answer::Reply(reply) => {
                 self.last_heard_ms = now_ms;
+                self.auth_refusals = 0;
                 let unavailable = matches!(
                     reply,
                     Reply::Error {
@@ -369,16 +371,14 @@ impl WorkerState {
                 reply
             }
             Answer::Refused { reason, detail } => {
-                tracing::error!(%reason, "the broker refuses this worker: {detail}");
-                if purpose == Purpose::Register {
-                    self.auth_refusals += 1;
-                    if self.auth_refusals >= MAX_AUTH_REFUSALS && self.refused.is_none() {
-                        self.refused = Some(format!(
-                            "{detail}. Add this worker's id and secret under [keys.workers] in the broker's config (then reload or restart the broker), or correct this worker's secret"
-                        ));
-                        if !self.draining {
-                            self.begin_drain(now_ms, &mut actions);
-                        }
+                tracing::error!(%reason, ?purpose, "the broker refuses this worker: {detail}");
+                self.auth_refusals += 1;
+                if self.auth_refusals >= MAX_AUTH_REFUSALS && self.refused.is_none() {
+                    self.refused = Some(format!(
+                        "{detail}. Add this worker's id and secret under [keys.workers] in the broker's config (then reload or restart the broker), or correct this worker's secret"
+                    ));
+                    if !self.draining {
+                        self.begin_drain(now_ms, &mut actions);
                     }
                 }
                 return actions;
@@ -394,7 +394,6 @@ impl WorkerState {
                 heartbeat_interval_ms,
                 orders,
             } => {
-                self.auth_refusals = 0;
                 if self.boot_id != Some(boot_id) {
                     tracing::info!(boot_id, "registered with the broker");
                     // A claim held by an earlier broker process (or core) is never

@@ -36,6 +36,16 @@ pub struct Outbox {
     pub events: Vec<(String, Event)>,
     /// For the notification webhooks.
     pub notifications: Vec<Notification>,
+    /// `Reload` requests: the server reads the settings and answers them.
+    pub reloads: Vec<ReloadAsked>,
+}
+
+/// Someone asked for the settings to be read again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadAsked {
+    pub to: ReplyTo,
+    pub id: u64,
+    pub actor: String,
 }
 
 impl Outbox {

@@ -2,7 +2,7 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::config::Role;
+use crate::config::{ApiToken, Role};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
@@ -45,6 +45,18 @@ pub fn hide_env_values(value: &mut Value) {
     }
 }
 
+/// The name and role of the token `presented`, if it is one of `tokens`. Every token is
+/// compared, so the time taken does not tell which one matched.
+pub(super) fn identify(tokens: &[ApiToken], presented: &str) -> Option<(String, Role)> {
+    tokens.iter().fold(None, |found, t| {
+        if same_secret(t.token.as_bytes(), presented.as_bytes()) {
+            Some((t.name.clone(), t.role))
+        } else {
+            found
+        }
+    })
+}
+
 /// What viewers see instead of an env value.
 pub const HIDDEN: &str = "(hidden)";
 
@@ -67,19 +79,9 @@ impl AppState {
                     "send a token: Authorization: Bearer <token>",
                 )
             })?;
-        let (name, role) = self
-            .tokens
-            .iter()
-            .fold(None, |found, t| {
-                if same_secret(t.token.as_bytes(), presented.as_bytes()) {
-                    Some((t.name.clone(), t.role))
-                } else {
-                    found
-                }
-            })
-            .ok_or_else(|| {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")
-            })?;
+        let (name, role) = identify(&self.tokens.borrow(), presented).ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")
+        })?;
         if role < needed {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

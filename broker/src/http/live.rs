@@ -1,7 +1,7 @@
 //! The live feed: changes pushed to dashboards over WebSockets, each client with a bounded
 //! queue.
 
-use super::auth::{hide_env_values, Caller};
+use super::auth::{hide_env_values, identify, Caller};
 use super::error::ApiError;
 use super::AppState;
 use crate::config::Role;
@@ -129,6 +129,7 @@ pub(super) async fn live_feed(
         }
     }
     let caller = app.authorize(&auth, Role::Viewer)?;
+    let presented = query.token.clone().unwrap_or_default();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
         if !app.origins.iter().any(|allowed| allowed == origin) {
@@ -144,7 +145,12 @@ pub(super) async fn live_feed(
     let receiver = app.live.sender.subscribe();
     let snapshot = snapshot(&app, &caller).await?;
     let viewer = caller.role < Role::Operator;
-    Ok(ws.on_upgrade(move |socket| serve_live(socket, receiver, snapshot, viewer)))
+    let access = Access {
+        tokens: app.tokens.clone(),
+        presented,
+        granted: (caller.name, caller.role),
+    };
+    Ok(ws.on_upgrade(move |socket| serve_live(socket, receiver, snapshot, viewer, access)))
 }
 
 pub(super) async fn snapshot(app: &AppState, caller: &Caller) -> Result<String, ApiError> {
@@ -172,11 +178,32 @@ pub(super) async fn snapshot(app: &AppState, caller: &Caller) -> Result<String, 
     Ok(caller.view(snapshot).to_string())
 }
 
+/// What a live client was let in with, checked again when a reload changes the tokens.
+pub(super) struct Access {
+    tokens: tokio::sync::watch::Receiver<Arc<Vec<crate::config::ApiToken>>>,
+    presented: String,
+    granted: (String, Role),
+}
+
+impl Access {
+    /// False once the token is gone or its name or role changed: the client must come
+    /// back (and be asked for a token if it no longer has one).
+    fn still_granted(&mut self) -> bool {
+        let tokens = self.tokens.borrow_and_update();
+        identify(&tokens, &self.presented).as_ref() == Some(&self.granted)
+    }
+}
+
+/// Close code for a client whose token stopped working (4000–4999 are the
+/// application's own).
+pub const CLOSE_TOKEN_REVOKED: u16 = 4001;
+
 pub(super) async fn serve_live(
     mut socket: axum::extract::ws::WebSocket,
     mut feed: tokio::sync::broadcast::Receiver<Arc<LiveMessage>>,
     snapshot: String,
     viewer: bool,
+    mut access: Access,
 ) {
     use axum::extract::ws::Message;
     use tokio::sync::broadcast::error::RecvError;
@@ -214,6 +241,17 @@ pub(super) async fn serve_live(
                 }
                 Err(RecvError::Closed) => return,
             },
+            changed = access.tokens.changed() => {
+                if changed.is_err() || !access.still_granted() {
+                    tracing::info!(token = %access.granted.0, "closing a live client: its token was revoked or changed");
+                    let close = axum::extract::ws::CloseFrame {
+                        code: CLOSE_TOKEN_REVOKED,
+                        reason: "token revoked or changed".into(),
+                    };
+                    let _ = tokio::time::timeout(STUCK_AFTER, socket.send(Message::Close(Some(close)))).await;
+                    return;
+                }
+            }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     if let Ok(command) = serde_json::from_str::<Value>(&text) {

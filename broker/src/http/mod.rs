@@ -30,6 +30,7 @@ use csv::runs_csv;
 use error::ApiError;
 use live::live_feed;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// Request bodies are small (actions take no body); anything bigger is refused.
 const MAX_BODY: usize = 64 << 10;
@@ -37,7 +38,8 @@ const MAX_BODY: usize = 64 << 10;
 #[derive(Clone)]
 struct AppState {
     core: CoreHandle,
-    tokens: Arc<Vec<ApiToken>>,
+    /// Replaced by a reload.
+    tokens: watch::Receiver<Arc<Vec<ApiToken>>>,
     live: LiveFeed,
     /// Browser origins allowed on the live feed (scheme://host[:port]).
     origins: Arc<Vec<String>>,
@@ -45,13 +47,13 @@ struct AppState {
 
 pub fn router(
     core: CoreHandle,
-    tokens: Vec<ApiToken>,
+    tokens: watch::Receiver<Arc<Vec<ApiToken>>>,
     live: LiveFeed,
     origins: Vec<String>,
 ) -> Router {
     let state = AppState {
         core,
-        tokens: Arc::new(tokens),
+        tokens,
         live,
         origins: Arc::new(origins),
     };

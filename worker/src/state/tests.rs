@@ -370,6 +370,24 @@ fn a_registration_resets_the_count_of_refusals() {
 }
 
 #[test]
+fn a_key_removed_while_registered_ends_the_worker_after_a_few_refusals() {
+    // A reload at the broker took this worker's key away: its heartbeats are refused.
+    let (mut state, _) = registered(1);
+    state.on_answer(Purpose::Heartbeat, auth_refused(), 1_000);
+    state.on_answer(Purpose::Heartbeat, auth_refused(), 2_000);
+    assert!(!state.is_draining(), "two refusals are waited out");
+    // Any answer in between shows the key works again.
+    state.on_answer(Purpose::Heartbeat, Answer::Reply(Reply::Ack), 2_500);
+    state.on_answer(Purpose::Heartbeat, auth_refused(), 3_000);
+    state.on_answer(Purpose::Orders, auth_refused(), 3_500);
+    assert!(!state.is_draining());
+    state.on_answer(Purpose::Heartbeat, auth_refused(), 4_000);
+    assert!(state.is_draining());
+    let reason = state.refused_with_nothing_running().unwrap();
+    assert!(reason.contains("[keys.workers]"), "{reason}");
+}
+
+#[test]
 fn pings_and_pending_orders_are_answered() {
     let (mut state, _) = registered(1);
     assert_eq!(

@@ -17,7 +17,7 @@ mod retry;
 mod set_enabled;
 mod status;
 
-use crate::core::{ms, Core, Handled, Outbox, ReplyTo};
+use crate::core::{ms, Core, Handled, Outbox, ReloadAsked, ReplyTo};
 use crate::store::Store;
 use jobcast_protocol::{AdminRequest, Reply};
 
@@ -67,6 +67,15 @@ impl<S: Store> Core<S> {
             }
             AdminRequest::Status => Reply::Status(Box::new(self.status(now)?)),
             AdminRequest::Drain { worker } => self.drain(&worker, actor, out)?,
+            AdminRequest::Reload => {
+                // Reading files is the server's: it answers once it has.
+                out.reloads.push(ReloadAsked {
+                    to: reply_to.clone(),
+                    id,
+                    actor: actor.to_string(),
+                });
+                return Ok(None);
+            }
             AdminRequest::Prune { dry_run } => {
                 tracing::info!(actor, dry_run, "prune");
                 self.prune(dry_run, now)?
