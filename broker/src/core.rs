@@ -26,7 +26,7 @@ pub use after_end::Notification;
 pub use disk::{DiskChange, LowDisk};
 pub use error::{CoreError, Handled};
 use job_table::JobTable;
-pub use outbox::{OutReply, Outbox, ReloadAsked, ReplyTo};
+pub use outbox::{Observation, OutReply, Outbox, ReloadAsked, ReplyTo};
 pub use retention::Retention;
 use run_table::RunTable;
 pub use scheduling::{format_ms, MISFIRE_GRACE_MS};

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod reload;
 pub mod schedule;

@@ -89,11 +89,13 @@ pub async fn serve<S: Store + 'static>(
     })?;
     let (internal_tx, internal) = mpsc::channel::<InternalRequest>(1024);
     let live = crate::http::LiveFeed::new();
+    let metrics = crate::metrics::Metrics::default();
     let http = start_http(
         config,
         CoreHandle::new(internal_tx),
         live.clone(),
         live_settings.api_tokens.subscribe(),
+        metrics.clone(),
     )
     .await?;
     let bound = Bound {
@@ -113,6 +115,7 @@ pub async fn serve<S: Store + 'static>(
         .not_before(now_us() / 1_000),
         notifier: crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1)),
         keys: config.keys.clone(),
+        metrics,
         running: config.clone(),
         reloading,
         live_settings,
@@ -267,6 +270,7 @@ async fn start_http(
     core: CoreHandle,
     live: crate::http::LiveFeed,
     tokens: tokio::sync::watch::Receiver<std::sync::Arc<Vec<crate::config::ApiToken>>>,
+    metrics: crate::metrics::Metrics,
 ) -> Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>> {
     let Some(addr) = &config.http_listen else {
         return Ok(None);
@@ -281,7 +285,12 @@ async fn start_http(
     } else {
         config.public_origins.clone()
     };
-    let app = crate::http::router(core, tokens, live, origins);
+    let extras = crate::http::Extras {
+        origins,
+        metrics,
+        data_dir: config.data_dir.clone(),
+    };
+    let app = crate::http::router(core, tokens, live, extras);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");
@@ -295,6 +304,7 @@ async fn start_http(
 struct Server {
     /// The keys replies are sealed with and requests opened with.
     keys: Keys,
+    metrics: crate::metrics::Metrics,
     /// The settings in force: as at start, with what reloads changed.
     running: BrokerConfig,
     reloading: Reloading,
@@ -622,6 +632,7 @@ impl Server {
         let handled = started.elapsed();
         let flushed = tokio::task::block_in_place(|| core.store_mut().flush());
         let took = started.elapsed();
+        self.metrics.observe_flush(took - handled);
         // Batches over 20 ms happen on a busy disk (docs/BENCHMARKS.md): worth a look
         // when tuning, not an operator's attention, unless one takes far longer.
         let (handled_us, flushed_us) = (
@@ -647,6 +658,9 @@ impl Server {
         let Produced { mut out, refusals } = produced;
         for notification in out.notifications.drain(..) {
             self.notifier.send(notification);
+        }
+        for observation in out.observations.drain(..) {
+            self.metrics.observe(&observation);
         }
         // Live views hear of changes only once they are durable.
         if self.live.has_clients() {

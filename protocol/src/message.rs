@@ -336,4 +336,11 @@ pub struct StatusReport {
     /// Finished runs retention has deleted since the broker started.
     #[serde(default)]
     pub pruned_runs: u64,
+    /// Runs not yet finished, by job, then by state.
+    #[serde(default)]
+    pub active_by_job: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Runs waiting in each pool's queue to be handed out (not those waiting for a
+    /// retry's back-off).
+    #[serde(default)]
+    pub queued_by_pool: BTreeMap<String, u64>,
 }

@@ -190,6 +190,7 @@ fn every_request() -> Vec<Request> {
             enabled: false,
         },
         AdminRequest::Prune { dry_run: true },
+        AdminRequest::Reload,
     ]
 }
 
@@ -314,7 +315,21 @@ fn every_reply() -> Vec<Reply> {
             }],
             disabled_pools: vec!["gpu".into()],
             pruned_runs: 7,
+            active_by_job: BTreeMap::from([(
+                "backup".into(),
+                BTreeMap::from([("queued".into(), 2)]),
+            )]),
+            queued_by_pool: BTreeMap::from([("default".into(), 2)]),
         })),
+        Reply::Reloaded(ReloadReport {
+            workers_added: vec!["w3".into()],
+            workers_removed: vec![],
+            workers_changed: vec!["w1".into()],
+            admin_changed: false,
+            api_tokens: 2,
+            webhooks: 1,
+            needs_restart: vec!["router".into()],
+        }),
         Reply::Pruned {
             runs: 3,
             scanned: 40,

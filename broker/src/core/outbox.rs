@@ -2,7 +2,7 @@
 //! store is flushed.
 
 use crate::core::{Notification, PeerId};
-use jobcast_protocol::{Event, Reply};
+use jobcast_protocol::{Event, Reply, RunState};
 
 /// Where a reply goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,21 @@ pub struct Outbox {
     pub notifications: Vec<Notification>,
     /// `Reload` requests: the server reads the settings and answers them.
     pub reloads: Vec<ReloadAsked>,
+    /// What the metrics count, as it happened.
+    pub observations: Vec<Observation>,
+}
+
+/// A fact for the metrics, in milliseconds of the broker's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// A run's start was reported, `waited_ms` after it could first be handed out.
+    Started { pool: String, waited_ms: u64 },
+    /// A run ended; `ran_ms` if it had started.
+    Ended {
+        job: String,
+        state: RunState,
+        ran_ms: Option<u64>,
+    },
 }
 
 /// Someone asked for the settings to be read again.

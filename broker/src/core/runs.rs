@@ -1,7 +1,7 @@
 //! The run table: creating runs, queueing them, and retiring them when they end.
 
 use crate::core::scheduling::NewRun;
-use crate::core::{Core, Outbox};
+use crate::core::{Core, Observation, Outbox};
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::{RunRecord, RunState};
 use rand::RngCore;
@@ -86,6 +86,11 @@ impl<S: Store> Core<S> {
     ) -> StoreResult<()> {
         self.store.put_run(run)?;
         self.changes.runs.insert(run.id.clone());
+        out.observations.push(Observation::Ended {
+            job: run.job.clone(),
+            state: run.state,
+            ran_ms: run.duration_ms(),
+        });
         self.runs.deactivate(run);
         self.logs.remove(&run.id);
         if let Some(worker) = &run.worker {

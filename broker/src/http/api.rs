@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::config::Role;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jobcast_protocol::{
@@ -27,6 +27,28 @@ pub(super) async fn status(
         Reply::Status(report) => Ok(Json(json!(report))),
         _ => Err(ApiError::unavailable()),
     }
+}
+
+/// Prometheus metrics (a viewer token: a scrape config's `authorization`).
+pub(super) async fn metrics(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    let Reply::Status(report) = app.core.call(&caller, AdminRequest::Status).await? else {
+        return Err(ApiError::unavailable());
+    };
+    let data_dir = app.data_dir.clone();
+    let store_bytes = tokio::task::spawn_blocking(move || {
+        crate::metrics::directory_size(&data_dir)
+            .map_err(|e| tracing::debug!(error = %e, "cannot measure the store"))
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten();
+    let text = app.metrics.encode(&report, store_bytes);
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 pub(super) async fn workers(

@@ -17,8 +17,8 @@ pub use live::LiveFeed;
 
 use crate::config::ApiToken;
 use api::{
-    disable, drain, enable, enqueue, healthz, jobs, kill, list_runs, retry, run_detail, status,
-    workers,
+    disable, drain, enable, enqueue, healthz, jobs, kill, list_runs, metrics, retry, run_detail,
+    status, workers,
 };
 use auth::whoami;
 use axum::extract::DefaultBodyLimit;
@@ -43,19 +43,32 @@ struct AppState {
     live: LiveFeed,
     /// Browser origins allowed on the live feed (scheme://host[:port]).
     origins: Arc<Vec<String>>,
+    metrics: crate::metrics::Metrics,
+    /// Where the store is, to report its size.
+    data_dir: Arc<std::path::PathBuf>,
+}
+
+/// What the router serves besides the core's answers.
+pub struct Extras {
+    /// Browser origins allowed on the live feed (scheme://host[:port]).
+    pub origins: Vec<String>,
+    pub metrics: crate::metrics::Metrics,
+    pub data_dir: std::path::PathBuf,
 }
 
 pub fn router(
     core: CoreHandle,
     tokens: watch::Receiver<Arc<Vec<ApiToken>>>,
     live: LiveFeed,
-    origins: Vec<String>,
+    extras: Extras,
 ) -> Router {
     let state = AppState {
         core,
         tokens,
         live,
-        origins: Arc::new(origins),
+        origins: Arc::new(extras.origins),
+        metrics: extras.metrics,
+        data_dir: Arc::new(extras.data_dir),
     };
     Router::new()
         .route(
@@ -71,6 +84,7 @@ pub fn router(
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
         )
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs.csv", get(runs_csv))

@@ -3,19 +3,31 @@
 use crate::core::Core;
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::{RunState, StatusReport, JOBCAST_VERSION};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 impl<S: Store> Core<S> {
     pub(in crate::core) fn status(&self, now: u64) -> StoreResult<StatusReport> {
-        // Counted by state first: a name per run would cost a string per active run, and
-        // status is asked for often (dashboards, scripts waiting for a queue to drain).
-        let mut by_state: BTreeMap<RunState, u64> = BTreeMap::new();
+        // Counted by (job, state) with borrowed names first: a string per active run would
+        // cost an allocation each, and status is asked for often (dashboards, metrics
+        // scrapes, scripts waiting for a queue to drain).
+        let mut by_job_state: HashMap<(&str, RunState), u64> = HashMap::new();
         for run in self.runs.active.values() {
-            *by_state.entry(run.state).or_default() += 1;
+            *by_job_state.entry((&run.job, run.state)).or_default() += 1;
         }
-        let active = by_state
-            .into_iter()
-            .map(|(state, count)| (state.to_string(), count))
+        let mut active: BTreeMap<String, u64> = BTreeMap::new();
+        let mut active_by_job: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for ((job, state), count) in by_job_state {
+            *active.entry(state.to_string()).or_default() += count;
+            active_by_job
+                .entry(job.to_string())
+                .or_default()
+                .insert(state.to_string(), count);
+        }
+        let queued_by_pool = self
+            .runs
+            .queues
+            .iter()
+            .map(|(pool, queue)| (pool.clone(), queue.len() as u64))
             .collect();
         let workers = self
             .workers
@@ -57,6 +69,8 @@ impl<S: Store> Core<S> {
             alerts: self.alerts.values().cloned().collect(),
             disabled_pools: self.jobs.disabled_pools.iter().cloned().collect(),
             pruned_runs: self.pruning.pruned,
+            active_by_job,
+            queued_by_pool,
         })
     }
 }

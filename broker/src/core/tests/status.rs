@@ -22,6 +22,19 @@ fn status_counts_runs_by_state_workers_refusals_and_connections() {
         status.active,
         BTreeMap::from([("assigned".to_string(), 1), ("queued".to_string(), 1)])
     );
+    assert_eq!(
+        status.active_by_job,
+        BTreeMap::from([(
+            "hello".to_string(),
+            BTreeMap::from([("assigned".to_string(), 1), ("queued".to_string(), 1)])
+        )])
+    );
+    assert_eq!(
+        status.queued_by_pool.get("default"),
+        Some(&1),
+        "{:?}",
+        status.queued_by_pool
+    );
     assert_eq!(status.total_runs, 2);
     assert_eq!(status.jobs, 2);
     assert_eq!(status.uptime_ms, 1_500);
@@ -41,4 +54,89 @@ fn status_counts_runs_by_state_workers_refusals_and_connections() {
             ("closed".to_string(), 1)
         ])
     );
+}
+
+#[test]
+fn starts_and_ends_are_observed_for_the_metrics() {
+    let mut h = Harness::new();
+    h.register("w1", 2, &["default"], &[]);
+    let run = h.enqueue("hello");
+    let queued = h.enqueue("hello");
+    h.advance_ms(40);
+    h.claim("w1", 1);
+    h.advance_ms(10);
+    let (_, out) = h.send(
+        "w1",
+        WorkerRequest::RunStarted {
+            run_id: run.clone(),
+            pid: 1,
+            spawned_at_us: 0,
+        },
+    );
+    assert_eq!(
+        out.observations,
+        [Observation::Started {
+            pool: "default".into(),
+            waited_ms: 50
+        }]
+    );
+    h.advance_ms(250);
+    let (_, out) = h.send(
+        "w1",
+        WorkerRequest::RunFinished(RunFinished {
+            run_id: run.clone(),
+            outcome: Outcome::Exited { code: 1 },
+            duration_ms: 250,
+            log_bytes: 0,
+            claim: 0,
+        }),
+    );
+    assert!(
+        out.observations.contains(&Observation::Ended {
+            job: "hello".into(),
+            state: RunState::Failed,
+            ran_ms: Some(250)
+        }),
+        "{:?}",
+        out.observations
+    );
+    // A queued run cancelled never ran: it ends without a duration.
+    let (_, out) = h.send(
+        ADMIN,
+        AdminRequest::Kill {
+            selectors: vec![queued],
+        },
+    );
+    assert_eq!(
+        out.observations,
+        [Observation::Ended {
+            job: "hello".into(),
+            state: RunState::Cancelled,
+            ran_ms: None
+        }]
+    );
+}
+
+#[test]
+fn a_reload_is_handed_to_the_server_and_answered_by_it() {
+    let mut h = Harness::new();
+    let (reply, out) = h.send(ADMIN, AdminRequest::Reload);
+    assert_eq!(reply, Reply::Ack, "no answer from the core itself");
+    assert!(out.replies.is_empty());
+    assert_eq!(out.reloads.len(), 1);
+    assert_eq!(out.reloads[0].actor, "key admin");
+    // Worker keys cannot ask for it.
+    h.register("w1", 1, &["default"], &[]);
+    let (reply, out) = h.send("w1", AdminRequest::Reload);
+    assert!(
+        matches!(
+            reply,
+            Reply::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    assert!(out.reloads.is_empty());
 }

@@ -55,7 +55,7 @@ impl<S: Store> Core<S> {
                 pid,
                 spawned_at_us,
             } => {
-                self.run_started(worker, &run_id, pid, spawned_at_us, now)?;
+                self.run_started(worker, &run_id, pid, spawned_at_us, now, out)?;
                 Reply::Ack
             }
             WorkerRequest::LogChunk {

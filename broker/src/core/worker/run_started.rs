@@ -1,6 +1,6 @@
 //! `RunStarted`: a granted run is running.
 
-use crate::core::Core;
+use crate::core::{Core, Observation, Outbox};
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::RunState;
 
@@ -12,6 +12,7 @@ impl<S: Store> Core<S> {
         pid: u32,
         spawned_at_us: u64,
         now: u64,
+        out: &mut Outbox,
     ) -> StoreResult<()> {
         let Some(run) = self.runs.active.get_mut(run_id) else {
             tracing::warn!(
@@ -37,6 +38,13 @@ impl<S: Store> Core<S> {
         {
             self.store.put_run(run)?;
             self.changes.runs.insert(run.id.clone());
+            // From when it could first be handed out: its creation, or the end of its
+            // retry back-off.
+            let due_ms = run.created_at_ms.max(run.not_before_ms);
+            out.observations.push(Observation::Started {
+                pool: run.pool.clone(),
+                waited_ms: now.saturating_sub(due_ms),
+            });
             let job = run.job.clone();
             let state = self.jobs.states.entry(job.clone()).or_default();
             state.last_started_ms = Some(now);

@@ -1,0 +1,370 @@
+//! The Prometheus exposition at `/metrics`: counters and histograms fed as things happen
+//! (from the core's observations and the server's flushes), and gauges read from the
+//! core's status at each scrape. Encoded by `prometheus-client` in the Prometheus text
+//! format (0.0.4), which every scraper reads.
+
+use crate::core::Observation;
+use jobcast_protocol::StatusReport;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use std::time::Duration;
+
+/// What `/metrics` answers with.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabel {
+    job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobStateLabels {
+    job: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+/// Run durations from 10 ms to about 11.6 days, ×4 a bucket.
+fn run_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.01, 4.0, 14)
+}
+
+/// Dispatch waits from 0.5 ms to about 2.3 hours, ×4 a bucket.
+fn dispatch_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 4.0, 13)
+}
+
+/// Store flushes (fsync) from 50 µs to about 3.3 s, ×2 a bucket.
+fn flush_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.00005, 2.0, 17)
+}
+
+/// The metrics kept between scrapes; clones share them.
+#[derive(Clone)]
+pub struct Metrics {
+    runs_ended: Family<JobStateLabels, Counter>,
+    run_duration: Family<JobLabel, Histogram>,
+    dispatch_latency: Family<PoolLabel, Histogram>,
+    flush_time: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            runs_ended: Family::default(),
+            run_duration: Family::new_with_constructor(|| Histogram::new(run_buckets())),
+            dispatch_latency: Family::new_with_constructor(|| Histogram::new(dispatch_buckets())),
+            flush_time: Histogram::new(flush_buckets()),
+        }
+    }
+}
+
+fn seconds(ms: u64) -> f64 {
+    ms as f64 / 1_000.0
+}
+
+impl Metrics {
+    pub fn observe(&self, observation: &Observation) {
+        match observation {
+            Observation::Started { pool, waited_ms } => {
+                self.dispatch_latency
+                    .get_or_create(&PoolLabel { pool: pool.clone() })
+                    .observe(seconds(*waited_ms));
+            }
+            Observation::Ended { job, state, ran_ms } => {
+                self.runs_ended
+                    .get_or_create(&JobStateLabels {
+                        job: job.clone(),
+                        state: state.to_string(),
+                    })
+                    .inc();
+                if let Some(ran_ms) = ran_ms {
+                    self.run_duration
+                        .get_or_create(&JobLabel { job: job.clone() })
+                        .observe(seconds(*ran_ms));
+                }
+            }
+        }
+    }
+
+    pub fn observe_flush(&self, took: Duration) {
+        self.flush_time.observe(took.as_secs_f64());
+    }
+
+    /// The exposition: the kept metrics, and gauges from `status` (and the store's size
+    /// on disk, when it could be measured).
+    pub fn encode(&self, status: &StatusReport, store_bytes: Option<u64>) -> String {
+        let mut registry = Registry::with_prefix("jobcast");
+        registry.register(
+            "runs_ended",
+            "Runs that reached an end, by job and end state, since the broker started",
+            self.runs_ended.clone(),
+        );
+        registry.register_with_unit(
+            "run_duration",
+            "How long runs ran, from start to end, by job",
+            Unit::Seconds,
+            self.run_duration.clone(),
+        );
+        registry.register_with_unit(
+            "dispatch_latency",
+            "From when a run could be handed out to its reported start, by pool",
+            Unit::Seconds,
+            self.dispatch_latency.clone(),
+        );
+        registry.register_with_unit(
+            "store_flush",
+            "Time of each group commit (the store's flush to disk)",
+            Unit::Seconds,
+            self.flush_time.clone(),
+        );
+
+        let runs_active = Family::<JobStateLabels, Gauge>::default();
+        for (job, states) in &status.active_by_job {
+            for (state, count) in states {
+                runs_active
+                    .get_or_create(&JobStateLabels {
+                        job: job.clone(),
+                        state: state.clone(),
+                    })
+                    .set(*count as i64);
+            }
+        }
+        registry.register(
+            "runs_active",
+            "Runs not yet ended (queued, assigned, running), by job and state",
+            runs_active,
+        );
+        let queued = Family::<PoolLabel, Gauge>::default();
+        for (pool, count) in &status.queued_by_pool {
+            queued
+                .get_or_create(&PoolLabel { pool: pool.clone() })
+                .set(*count as i64);
+        }
+        registry.register(
+            "queue_depth",
+            "Runs waiting in each pool's queue to be handed out",
+            queued,
+        );
+        let stored = Gauge::<i64>::default();
+        stored.set(status.total_runs as i64);
+        registry.register("runs_stored", "Runs in the store, ended or not", stored);
+        let online = Gauge::<i64>::default();
+        online.set(status.workers.iter().filter(|w| w.online).count() as i64);
+        registry.register("workers_online", "Workers with a session", online);
+        let slots = Gauge::<i64>::default();
+        slots.set(
+            status
+                .workers
+                .iter()
+                .filter(|w| w.online)
+                .map(|w| i64::from(w.concurrency))
+                .sum(),
+        );
+        registry.register(
+            "worker_slots",
+            "Runs the online workers may run at once, together",
+            slots,
+        );
+        // Counts the core keeps from its start: counters, as Prometheus expects.
+        let refused = Family::<ReasonLabel, Counter>::default();
+        for (reason, count) in &status.rejected {
+            refused
+                .get_or_create(&ReasonLabel {
+                    reason: reason.clone(),
+                })
+                .inc_by(*count);
+        }
+        registry.register(
+            "refused_frames",
+            "Frames and connections refused since the broker started, by reason",
+            refused,
+        );
+        let pruned = Counter::<u64>::default();
+        pruned.inc_by(status.pruned_runs);
+        registry.register(
+            "runs_pruned",
+            "Ended runs retention deleted since the broker started",
+            pruned,
+        );
+        let alerts = Family::<KindLabel, Gauge>::default();
+        for alert in &status.alerts {
+            alerts
+                .get_or_create(&KindLabel {
+                    kind: alert.kind.as_str().to_string(),
+                })
+                .inc();
+        }
+        registry.register(
+            "alerts",
+            "Standing alerts, by kind (late, never_run, no_worker, disk_low, …)",
+            alerts,
+        );
+        let uptime = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        uptime.set(seconds(status.uptime_ms));
+        registry.register_with_unit(
+            "uptime",
+            "Time since the broker started",
+            Unit::Seconds,
+            uptime,
+        );
+        if let Some(bytes) = store_bytes {
+            let size = Gauge::<i64>::default();
+            size.set(bytes as i64);
+            registry.register_with_unit(
+                "store_size",
+                "Bytes the store's files take in the data directory",
+                Unit::Bytes,
+                size,
+            );
+        }
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+        text
+    }
+}
+
+/// Bytes of the files under `dir`, recursively (the store's size on disk).
+pub fn directory_size(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                total += entry.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobcast_protocol::RunState;
+    use std::collections::BTreeMap;
+
+    fn status() -> StatusReport {
+        StatusReport {
+            version: "test".into(),
+            boot_id: 1,
+            uptime_ms: 1_500,
+            active: BTreeMap::from([("queued".into(), 3)]),
+            total_runs: 10,
+            jobs: 2,
+            workers: Vec::new(),
+            rejected: BTreeMap::from([("bad_mac".into(), 4)]),
+            connections: BTreeMap::new(),
+            alerts: Vec::new(),
+            disabled_pools: Vec::new(),
+            pruned_runs: 0,
+            active_by_job: BTreeMap::from([(
+                "backup".into(),
+                BTreeMap::from([("queued".into(), 3)]),
+            )]),
+            queued_by_pool: BTreeMap::from([("default".into(), 3)]),
+        }
+    }
+
+    /// The value of the sample `name{labels}` in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    }
+
+    #[test]
+    fn observations_and_status_become_samples() {
+        let metrics = Metrics::default();
+        metrics.observe(&Observation::Started {
+            pool: "default".into(),
+            waited_ms: 2,
+        });
+        for (state, ran_ms) in [
+            (RunState::Succeeded, Some(1_000)),
+            (RunState::Failed, Some(30)),
+            (RunState::Cancelled, None),
+        ] {
+            metrics.observe(&Observation::Ended {
+                job: "backup".into(),
+                state,
+                ran_ms,
+            });
+        }
+        metrics.observe_flush(Duration::from_micros(300));
+        let text = metrics.encode(&status(), Some(4096));
+        let value =
+            |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
+        assert_eq!(
+            value(r#"jobcast_runs_ended_total{job="backup",state="succeeded"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(r#"jobcast_runs_ended_total{job="backup",state="cancelled"}"#),
+            1.0
+        );
+        // Only runs that started have a duration.
+        assert_eq!(
+            value(r#"jobcast_run_duration_seconds_count{job="backup"}"#),
+            2.0
+        );
+        assert_eq!(
+            value(r#"jobcast_run_duration_seconds_sum{job="backup"}"#),
+            1.03
+        );
+        assert_eq!(
+            value(r#"jobcast_dispatch_latency_seconds_count{pool="default"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(r#"jobcast_dispatch_latency_seconds_bucket{pool="default",le="0.002"}"#),
+            1.0
+        );
+        assert_eq!(value("jobcast_store_flush_seconds_count"), 1.0);
+        assert_eq!(
+            value(r#"jobcast_runs_active{job="backup",state="queued"}"#),
+            3.0
+        );
+        assert_eq!(value(r#"jobcast_queue_depth{pool="default"}"#), 3.0);
+        assert_eq!(
+            value(r#"jobcast_refused_frames_total{reason="bad_mac"}"#),
+            4.0
+        );
+        assert_eq!(value("jobcast_store_size_bytes"), 4096.0);
+        assert_eq!(value("jobcast_uptime_seconds"), 1.5);
+        assert_eq!(value("jobcast_workers_online"), 0.0);
+    }
+
+    #[test]
+    fn the_store_size_counts_files_in_subdirectories() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), [0u8; 100]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub").join("b"), [0u8; 50]).unwrap();
+        assert_eq!(directory_size(dir.path()).unwrap(), 150);
+        assert!(directory_size(&dir.path().join("missing")).is_err());
+    }
+}

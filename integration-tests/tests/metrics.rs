@@ -1,0 +1,168 @@
+//! `/metrics`: the Prometheus exposition of a real broker, read by a Prometheus text
+//! parser after runs that succeeded, failed and were cancelled.
+
+use jobcast_integration_tests::{wait_for, Cluster, VIEWER_TOKEN};
+use prometheus_parse::{Sample, Scrape, Value};
+use std::time::Duration;
+
+fn scrape_metrics(cluster: &Cluster) -> Scrape {
+    let (status, body) = cluster.api("GET", "/metrics", Some(VIEWER_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    Scrape::parse(body.lines().map(|line| Ok(line.to_string()))).expect("Prometheus text")
+}
+
+/// The samples of `metric` whose labels include all of `labels`.
+fn find<'a>(scrape: &'a Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect()
+}
+
+fn number(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = find(scrape, metric, labels);
+    assert_eq!(
+        found.len(),
+        1,
+        "one {metric}{labels:?} in {:#?}",
+        scrape.samples
+    );
+    match found[0].value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+        ref other => panic!("{metric} is {other:?}"),
+    }
+}
+
+#[test]
+fn metrics_count_runs_workers_refusals_and_time_and_need_a_token() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        "[jobs.fine]\nscript = \"#!/bin/sh\\ntrue\\n\"\n\
+         [jobs.broken]\nscript = \"#!/bin/sh\\nexit 2\\n\"\n",
+    );
+    // Queued and cancelled before any worker takes it.
+    let cancelled = cluster.enqueue("fine");
+    cluster.ctl_ok(&["kill", &cancelled]);
+    cluster.start_worker("w1", &[]);
+    let fine = cluster.enqueue("fine");
+    cluster.wait_state(&fine, "succeeded", Duration::from_secs(30));
+    let broken = cluster.enqueue("broken");
+    cluster.wait_state(&broken, "failed", Duration::from_secs(30));
+    // A connection with a wrong admin secret is refused, and counted.
+    let out = std::process::Command::new(jobcast_integration_tests::bin("jobcastctl"))
+        .args(["--broker", &cluster.router, "--timeout", "5s", "status"])
+        .env("JOBCAST_ADMIN_SECRET", "not-the-admin-secret-at-all")
+        .output()
+        .expect("run jobcastctl");
+    assert_eq!(out.status.code(), Some(4));
+
+    let (status, _) = cluster.api("GET", "/metrics", None);
+    assert_eq!(status, 401, "metrics need a token");
+
+    let scrape = scrape_metrics(&cluster);
+    let ended = |job: &str, state: &str| {
+        number(
+            &scrape,
+            "jobcast_runs_ended_total",
+            &[("job", job), ("state", state)],
+        )
+    };
+    assert_eq!(ended("fine", "succeeded"), 1.0);
+    assert_eq!(ended("fine", "cancelled"), 1.0);
+    assert_eq!(ended("broken", "failed"), 1.0);
+    assert_eq!(number(&scrape, "jobcast_workers_online", &[]), 1.0);
+    assert_eq!(number(&scrape, "jobcast_runs_stored", &[]), 3.0);
+    assert!(number(&scrape, "jobcast_store_size_bytes", &[]) > 0.0);
+    assert!(number(&scrape, "jobcast_uptime_seconds", &[]) > 0.0);
+    assert!(
+        number(
+            &scrape,
+            "jobcast_refused_frames_total",
+            &[("reason", "auth_failed")]
+        ) >= 1.0
+    );
+
+    // Histograms: both started runs have a duration and a dispatch latency; the
+    // cancelled one has neither.
+    let histogram = |metric: &str, labels: &[(&str, &str)]| {
+        let found = find(&scrape, metric, labels);
+        assert_eq!(
+            found.len(),
+            1,
+            "one {metric}{labels:?} in {:#?}",
+            scrape.samples
+        );
+        match &found[0].value {
+            Value::Histogram(buckets) => buckets.clone(),
+            other => panic!("{metric} is {other:?}"),
+        }
+    };
+    for job in ["fine", "broken"] {
+        let buckets = histogram("jobcast_run_duration_seconds", &[("job", job)]);
+        let total = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
+        assert_eq!(total, 1.0, "{job}: {buckets:?}");
+    }
+    let dispatch = histogram("jobcast_dispatch_latency_seconds", &[("pool", "default")]);
+    assert_eq!(dispatch.iter().map(|b| b.count).fold(0.0, f64::max), 2.0);
+    let flushes = histogram("jobcast_store_flush_seconds", &[]);
+    assert!(flushes.iter().map(|b| b.count).fold(0.0, f64::max) >= 3.0);
+
+    // Gauges follow the present: a queued run shows in its pool's depth and by job.
+    cluster.ctl_ok(&["drain", "w1"]);
+    wait_for("w1 to leave", Duration::from_secs(30), || {
+        let scrape = scrape_metrics(&cluster);
+        (number(&scrape, "jobcast_workers_online", &[]) == 0.0).then_some(())
+    });
+    cluster.enqueue("fine");
+    let first = scrape;
+    // With no worker left for the pool, a standing alert comes (after the grace the
+    // broker gives workers to come back).
+    let scrape = wait_for("a no_worker alert", Duration::from_secs(30), || {
+        let scrape = scrape_metrics(&cluster);
+        find(&scrape, "jobcast_alerts", &[("kind", "no_worker")])
+            .first()
+            .is_some_and(|s| matches!(s.value, Value::Gauge(v) if v == 1.0))
+            .then_some(scrape)
+    });
+    assert_eq!(
+        number(&scrape, "jobcast_queue_depth", &[("pool", "default")]),
+        1.0
+    );
+    assert_eq!(
+        number(
+            &scrape,
+            "jobcast_runs_active",
+            &[("job", "fine"), ("state", "queued")]
+        ),
+        1.0
+    );
+    // The shipped Grafana dashboard asks only for metrics the broker has.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../examples/grafana/jobcast.json"))
+            .expect("the dashboard is JSON");
+    let mut asked = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (at, _) in expr.match_indices("jobcast_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                asked.push(name);
+            }
+        }
+    }
+    assert!(asked.len() >= 10, "{asked:?}");
+    for name in asked {
+        let metric = name.strip_suffix("_bucket").unwrap_or(&name);
+        // Described (HELP) even while a family has no samples.
+        assert!(
+            scrape.docs.contains_key(metric) || first.docs.contains_key(metric),
+            "the dashboard asks for {name}, which /metrics lacks: {:?}",
+            scrape.docs.keys()
+        );
+    }
+}
