@@ -115,30 +115,9 @@ impl Ctl {
     }
 
     fn print_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        let mut value = serde_json::to_value(value)?;
-        ids_as_strings(&mut value);
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        // Random 64-bit ids come out as strings (`jobcast_protocol::id64`).
+        println!("{}", serde_json::to_string_pretty(value)?);
         Ok(())
-    }
-}
-
-/// Fields holding random 64-bit ids: JSON readers that keep numbers as doubles (jq,
-/// JavaScript) would round them, so they are printed as strings.
-const ID_FIELDS: [&str; 3] = ["boot_id", "instance", "worker_instance"];
-
-fn ids_as_strings(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, field) in map.iter_mut() {
-                if ID_FIELDS.contains(&key.as_str()) && field.is_u64() {
-                    *field = serde_json::Value::String(field.to_string());
-                } else {
-                    ids_as_strings(field);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(ids_as_strings),
-        _ => {}
     }
 }
 
@@ -396,23 +375,4 @@ async fn set_enabled(ctl: &Ctl, target: EnableTarget, enabled: bool) -> Result<E
         println!("{what} {word}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn random_ids_become_strings_wherever_they_are() {
-        let mut value = serde_json::json!({
-            "boot_id": 18446744073709551615u64,
-            "workers": [{"instance": 9007199254740993u64, "pid": 42}],
-            "total_runs": 7,
-        });
-        ids_as_strings(&mut value);
-        assert_eq!(value["boot_id"], "18446744073709551615");
-        assert_eq!(value["workers"][0]["instance"], "9007199254740993");
-        assert_eq!(value["workers"][0]["pid"], 42);
-        assert_eq!(value["total_runs"], 7);
-    }
 }

@@ -174,6 +174,15 @@ fn an_operator_enqueues_follows_kills_and_retries() {
     let (_, body) = cluster.api("POST", "/api/v1/jobs/slow/enqueue", Some(OPERATOR_TOKEN));
     let slow = json(&body)["id"].as_str().unwrap().to_string();
     cluster.wait_state(&slow, "running", LONG);
+    // Random 64-bit ids are strings in JSON, so that JavaScript and jq keep every digit.
+    let (_, body) = cluster.api("GET", &format!("/api/v1/runs/{slow}"), Some(VIEWER_TOKEN));
+    let instance = &json(&body)["run"]["worker_instance"];
+    assert!(
+        instance.as_str().is_some_and(|s| s.parse::<u64>().is_ok()),
+        "{body}"
+    );
+    let (_, body) = cluster.api("GET", "/api/v1/status", Some(VIEWER_TOKEN));
+    assert!(json(&body)["boot_id"].is_string(), "{body}");
     let (status, body) = cluster.api(
         "POST",
         &format!("/api/v1/runs/{slow}/kill"),

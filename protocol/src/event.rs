@@ -6,9 +6,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
-    BrokerAlive { boot_id: u64, time_ms: u64 },
-    Wake { pool: String },
-    Ping { ping_id: u64 },
+    BrokerAlive {
+        #[serde(with = "crate::id64")]
+        boot_id: u64,
+        time_ms: u64,
+    },
+    Wake {
+        pool: String,
+    },
+    Ping {
+        ping_id: u64,
+    },
     OrdersPending,
 }
 

@@ -7,6 +7,7 @@
 mod aead;
 pub mod envelope;
 pub mod event;
+pub mod id64;
 pub mod job;
 pub mod jobfile;
 pub mod logcap;

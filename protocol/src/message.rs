@@ -30,6 +30,7 @@ pub enum Body {
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
     Registered {
+        #[serde(with = "crate::id64")]
         boot_id: u64,
         heartbeat_interval_ms: u64,
         orders: Orders,
@@ -133,7 +134,7 @@ pub struct Register {
     /// registrations: a grant to this very process that it does not report was never
     /// started (its answer has not arrived), rather than lost with a dead process. 0: not
     /// known (every unreported run is then lost).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero", with = "crate::id64")]
     pub instance: u64,
     /// Runs the worker may hold granted but not started, beyond its `concurrency`: it
     /// starts one the moment a slot frees. 0 (or absent): none.
@@ -313,6 +314,7 @@ pub struct WorkerStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub version: String,
+    #[serde(with = "crate::id64")]
     pub boot_id: u64,
     pub uptime_ms: u64,
     /// Runs that are not finished, by state.

@@ -108,7 +108,11 @@ pub struct RunRecord {
     pub schedule_id: Option<String>,
     /// The worker process (its `Register::instance`) the run was granted to, while it is
     /// assigned or running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::id64::option"
+    )]
     pub worker_instance: Option<u64>,
     pub history: Vec<Transition>,
     /// The job as it was when the run was created, so later edits do not change it.
