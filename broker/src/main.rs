@@ -18,9 +18,22 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The version `--version` prints: the release and the commit it was built from.
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("JOBCAST_COMMIT"), ")");
 
+/// The end of `--help` and of the man page.
+const SIGNALS: &str = "\
+Signals:
+  SIGTERM, SIGINT  flush the store and exit 0 (workers keep their runs going and report
+                   them when a broker is back)
+  SIGHUP           read the settings file again and take its worker keys, API tokens and
+                   webhooks (as `jobcastctl reload`); a file with a mistake changes nothing
+
+Exit codes: 0 stopped by a signal, or --check-config found the settings valid; 1 the
+settings are wrong, or the broker could not start (a port in use, a store it cannot open).
+
+Settings: examples/broker.toml lists them all; docs/DEPLOY.md shows a production set-up.";
+
 /// The jobcast broker: stores jobs and runs, and dispatches runs to workers.
 #[derive(Debug, Parser)]
-#[command(version = VERSION, about)]
+#[command(version = VERSION, about, after_long_help = SIGNALS)]
 struct Args {
     /// Settings file (TOML). Flags override it.
     #[arg(long, short, env = "JOBCAST_BROKER_CONFIG")]
@@ -62,6 +75,9 @@ struct Args {
     /// Write the bound endpoints to this file once listening (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Write this program's man page into this directory and exit.
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_man: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +92,14 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.generate_man {
+        use clap::CommandFactory;
+        // The release alone: the page is committed, and must not change with each commit.
+        let command = Args::command().version(env!("CARGO_PKG_VERSION"));
+        clap_mangen::generate_to(command, dir)
+            .with_context(|| format!("cannot write the man page into {}", dir.display()))?;
+        return Ok(());
+    }
     let args_check_config = args.check_config;
     let overrides = Overrides {
         data_dir: args.data_dir,

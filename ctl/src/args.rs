@@ -11,7 +11,7 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("JOBCAST_COM
 
 /// Control a jobcast broker.
 #[derive(Debug, Parser)]
-#[command(version = VERSION, about)]
+#[command(version = VERSION, about, after_long_help = EXIT_CODES)]
 pub(crate) struct Args {
     /// The broker's request endpoint.
     #[arg(
@@ -41,6 +41,21 @@ pub(crate) struct Args {
     #[command(subcommand)]
     pub(crate) command: Command,
 }
+
+/// The end of `--help` and of the man page.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0      done (wait, logs -f: the run succeeded)
+  1      the broker refused the request (unknown job, ambiguous run, …), or another error
+  2      the command line or a local file is wrong (a flag, the jobs file, no secret)
+  3      no broker answered: nothing listens at --broker (said at once), or not within --timeout
+  4      the broker refused the admin key (wrong secret)
+  5      the broker cannot take work now (its disk is low, its store is reopening): try later
+  10-15  wait, logs -f: the run failed (10), was killed (11), timed out (12), was lost (13),
+         was cancelled (14), was missed (15)
+
+Errors go to stderr as `jobcastctl: …`. With --json, results go to stdout as JSON (logs:
+one object per line); random 64-bit ids are strings.";
 
 /// The command line, where a secret given as a flag beats one from the environment
 /// (clap would otherwise take `JOBCAST_ADMIN_SECRET` over an explicit `--secret-file`).
@@ -83,9 +98,11 @@ pub(crate) enum Command {
         #[arg(required = true)]
         runs: Vec<String>,
     },
-    /// Queue a run of a job now. If the broker's answer does not come (a lost connection,
-    /// a broker restart), the request is sent again with the same idempotency key, so it
-    /// creates one run however often it is sent.
+    /// Queue a run of a job now.
+    ///
+    /// If the broker's answer does not come (a lost connection, a broker restart), the
+    /// request is sent again with the same idempotency key, so it creates one run however
+    /// often it is sent.
     Enqueue {
         job: String,
         /// The idempotency key (default: a random one for this call). A script that may
@@ -129,20 +146,28 @@ pub(crate) enum Command {
     Status,
     /// Ask a worker to finish its runs, take no new ones, and exit.
     Drain { worker: String },
-    /// Make the broker read its settings file again and take its worker keys, API
-    /// tokens and webhooks without a restart (as SIGHUP does); prints what changed.
-    /// A file the broker cannot read or accept changes nothing (exit 1).
+    /// Make the broker take new worker keys, API tokens and webhooks from its settings.
+    ///
+    /// The broker reads its settings file again (as on SIGHUP) and prints what changed,
+    /// and which changed settings wait for a restart. A file the broker cannot read or
+    /// accept changes nothing (exit 1).
     Reload,
-    /// Delete what retention deletes ([retention] in the broker config, `retention` per
-    /// job) now, among the oldest runs; the broker also does it by itself, bit by bit.
+    /// Delete what retention deletes now, among the oldest runs.
+    ///
+    /// Retention is `[retention]` in the broker config and `retention` per job; the
+    /// broker also deletes by itself, bit by bit.
     Prune {
         /// Only count what would be deleted.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Print a completion script for a shell, e.g.
-    /// `jobcastctl completions bash > /etc/bash_completion.d/jobcastctl`.
+    /// Print a completion script for a shell.
+    ///
+    /// E.g. `jobcastctl completions bash > /etc/bash_completion.d/jobcastctl`.
     Completions { shell: clap_complete::Shell },
+    /// Write the man pages of jobcastctl and each command into a directory.
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
     /// Let a job's ticks start runs again (clears an automatic disable), or a pool's jobs.
     Enable {
         #[command(flatten)]

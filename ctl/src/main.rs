@@ -122,15 +122,32 @@ impl Ctl {
 }
 
 async fn run(args: Args) -> Result<ExitCode> {
-    if let Command::Completions { shell } = args.command {
-        use clap::CommandFactory;
-        clap_complete::generate(
-            shell,
-            &mut Args::command(),
-            "jobcastctl",
-            &mut std::io::stdout(),
-        );
-        return Ok(ExitCode::SUCCESS);
+    // Commands that need no broker.
+    match args.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Args::command(),
+                "jobcastctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::GenerateMan { dir } => {
+            use clap::CommandFactory;
+            // The release alone: the pages are committed, and must not change with each
+            // commit.
+            let command = Args::command().version(env!("CARGO_PKG_VERSION"));
+            clap_mangen::generate_to(command, &dir).map_err(|e| {
+                Failure::Usage(format!(
+                    "cannot write man pages into {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     // Check what can be checked before reaching for the network.
     let apply_jobs = match &args.command {
@@ -255,7 +272,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         Command::Logs { run, follow } => logs::logs(&ctl, run, follow).await,
         Command::Wait { run } => logs::wait(&ctl, run).await,
         // Answered above, before any connection.
-        Command::Completions { .. } => Ok(ExitCode::SUCCESS),
+        Command::Completions { .. } | Command::GenerateMan { .. } => Ok(ExitCode::SUCCESS),
         Command::Apply { .. } => {
             let jobs = apply_jobs.unwrap_or_default();
             let reply = ctl.call(AdminRequest::ApplyJobs { jobs }).await?;

@@ -12,12 +12,24 @@ use std::time::Duration;
 /// The version `--version` prints: the release and the commit it was built from.
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("JOBCAST_COMMIT"), ")");
 
+/// The end of `--help` and of the man page.
+const SIGNALS: &str = "\
+Signals:
+  SIGTERM   drain: take no new runs, hand back those not started, let running ones finish
+            (up to drain_timeout, then kill them), report everything, exit 0
+  SIGINT, or a second SIGTERM
+            kill running runs now, report them, exit
+
+Exit codes: 0 drained; 1 a setting is wrong or the worker failed; 3 the broker refuses this
+worker (an id it has no key for, a wrong secret, a pool its key may not serve): the log
+names the setting to add.";
+
 /// The jobcast worker: claims runs from the broker and executes them.
 ///
 /// Every setting can come from the config file, an environment variable or a flag;
 /// flags win over the environment, which wins over the file.
 #[derive(Debug, Parser, Default)]
-#[command(version = VERSION, about)]
+#[command(version = VERSION, about, after_long_help = SIGNALS)]
 pub struct Args {
     /// Settings file (TOML) with the keys below in snake_case.
     #[arg(long, short, env = "JOBCAST_WORKER_CONFIG")]
@@ -75,6 +87,9 @@ pub struct Args {
     /// process's variable of that name), NAME=env:OTHER or NAME=file:/path. Repeatable.
     #[arg(long = "worker-env", value_parser = crate::worker_env::parse_flag)]
     pub worker_env: Vec<(String, crate::worker_env::Source)>,
+    /// Write this program's man page into this directory and exit.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub generate_man: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

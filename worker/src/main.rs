@@ -14,7 +14,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<std::process::ExitCode> {
-    let config = config::load(config::Args::parse())?;
+    let args = config::Args::parse();
+    if let Some(dir) = &args.generate_man {
+        use clap::CommandFactory;
+        // The release alone: the page is committed, and must not change with each commit.
+        let command = config::Args::command().version(env!("CARGO_PKG_VERSION"));
+        clap_mangen::generate_to(command, dir)
+            .with_context(|| format!("cannot write the man page into {}", dir.display()))?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let config = config::load(args)?;
     jobcast_daemon::init_logging(&config.log_level, config.log_format)?;
     config::prepare_script_dir(&config)?;
     process::become_subreaper()
