@@ -215,6 +215,20 @@ pub struct BrokerConfig {
     pub retention: crate::core::Retention,
 }
 
+impl BrokerConfig {
+    /// Settings that are valid but probably not what the operator wants, to log once
+    /// logging is set up.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        if self.keys.workers.is_empty() {
+            warnings.push(
+                "no worker keys configured: no worker can connect until [keys.workers] lists some",
+            );
+        }
+        warnings
+    }
+}
+
 /// Flag values that override the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -278,11 +292,6 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             }
         };
         workers.insert(id.clone(), secret(&format!("worker {id}"), value)?);
-    }
-    if workers.is_empty() {
-        tracing::warn!(
-            "no worker keys configured: no worker can connect until [keys.workers] lists some"
-        );
     }
     let config = BrokerConfig {
         data_dir: flags
@@ -443,6 +452,13 @@ mod tests {
         assert!(config.keys.for_sender("w2").is_none());
         assert!(config.keys.worker_pools.is_empty());
         assert_eq!(config.max_log_bytes, 1 << 20);
+        assert!(config.warnings().is_empty());
+        let keyless = resolve(
+            file("[keys]\nadmin = \"0123456789abcdef0\"\n"),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(keyless.warnings()[0].contains("[keys.workers]"));
     }
 
     #[test]

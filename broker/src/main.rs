@@ -124,6 +124,9 @@ fn run() -> Result<()> {
     };
     let config = read_settings()?;
     jobcast_daemon::init_logging(&config.log_level, config.log_format)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
 
     // Read the jobs file before touching the store, so a typo changes nothing.
     let jobs = match &config.jobs {

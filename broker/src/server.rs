@@ -592,6 +592,9 @@ impl Server {
                     webhooks = report.webhooks,
                     "settings reloaded"
                 );
+                for warning in new.warnings() {
+                    tracing::warn!("{warning}");
+                }
                 if !report.needs_restart.is_empty() {
                     tracing::warn!(settings = ?report.needs_restart, "these settings changed in the file but only take effect at the next start");
                 }
