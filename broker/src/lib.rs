@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod core;
+pub mod deadline;
 pub mod http;
 pub mod metrics;
 pub mod notify;

@@ -21,7 +21,7 @@ const MAX_BATCH: usize = 256;
 /// Batches slower than this are logged with where the time went.
 const SLOW_BATCH: Duration = Duration::from_millis(20);
 const VERY_SLOW_BATCH: Duration = Duration::from_secs(1);
-/// The longest the loop sleeps, so that a step of the wall clock is noticed.
+/// The longest the loop sleeps (a step of the wall clock also wakes it).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 pub fn now_us() -> u64 {
@@ -106,6 +106,7 @@ pub async fn serve<S: Store + 'static>(
     tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = core.boot_id(), "broker listening");
     on_bound(&bound)?;
     let mut server = Server {
+        deadline: crate::deadline::Deadline::new().context("cannot create the loop's timer")?,
         space: SpaceCheck::new(config),
         reopen_delay: ReopenDelay::new(),
         opener: Opener::new(
@@ -328,6 +329,8 @@ struct Server {
     internal_batch: Vec<InternalRequest>,
     space: SpaceCheck,
     reopen_delay: ReopenDelay,
+    /// Wakes the loop at the core's next deadline, to the microsecond.
+    deadline: crate::deadline::Deadline,
 }
 
 /// What one batch produced, to send once it is durable.
@@ -489,8 +492,9 @@ impl Server {
         core: &Core<S>,
         shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<bool> {
-        let sleep =
-            Duration::from_micros(core.next_wakeup_us().saturating_sub(now_us())).min(MAX_SLEEP);
+        let wake_at_us = core
+            .next_wakeup_us()
+            .min(now_us() + MAX_SLEEP.as_micros() as u64);
         tokio::select! {
             biased;
             _ = shutdown => return Ok(false),
@@ -523,7 +527,14 @@ impl Server {
             }
             // Sleep until the core has something to do: the next tick of a job, a
             // heartbeat, a deadline.
-            _ = tokio::time::sleep(sleep) => {}
+            woke = self.deadline.until(wake_at_us) => {
+                if let Err(e) = woke {
+                    // Not expected of a timerfd; the millisecond timer still keeps time.
+                    tracing::warn!(error = %e, "the precise timer failed; using tokio's");
+                    let left = wake_at_us.saturating_sub(now_us());
+                    tokio::time::sleep(Duration::from_micros(left)).await;
+                }
+            }
         }
         Ok(true)
     }

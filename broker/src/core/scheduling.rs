@@ -203,19 +203,20 @@ impl<S: Store> Core<S> {
             self.skip_tick(job, tick, "inside an exclusion window");
             return Ok(());
         }
-        let active: Vec<String> = self
-            .runs
-            .by_job
-            .get(job)
-            .map(|ids| ids.iter().cloned().collect())
-            .unwrap_or_default();
-        if !active.is_empty() {
+        let has_active = self.runs.by_job.get(job).is_some_and(|ids| !ids.is_empty());
+        if has_active {
             match spec.policy.overlap {
                 Overlap::Skip => {
                     self.skip_tick(job, tick, "the previous run is still active");
                     return Ok(());
                 }
                 Overlap::Replace => {
+                    let active: Vec<String> = self
+                        .runs
+                        .by_job
+                        .get(job)
+                        .map(|ids| ids.iter().cloned().collect())
+                        .unwrap_or_default();
                     for run_id in active {
                         self.kill(&run_id, "the scheduler (overlap = replace)", now, out)?;
                     }

@@ -207,7 +207,7 @@ pub fn derived_run_id(parts: &[&str]) -> String {
         hash.update([0]);
     }
     let digest = hash.finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..8])
 }
 
 #[cfg(test)]
