@@ -45,11 +45,8 @@ fn run() -> Result<std::process::ExitCode> {
             config.id
         ),
     }
-    // One thread: the worker's tasks hand messages to each other for every run, and on
-    // one thread that costs no cross-thread wake-ups (measured, `jobcast-bench
-    // throughput`: worker CPU 320-347 -> 263-293 µs a run). Nothing in it blocks for
-    // long: spawning returns once the child has exec'd, and /proc is read in small steps.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
