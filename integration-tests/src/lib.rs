@@ -479,6 +479,19 @@ impl Cluster {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> (u16, String) {
+        let (status, _, text) = self.api_exchange(method, path, token, headers, body);
+        (status, text)
+    }
+
+    /// An API call: its status, the response's headers (names lower-case) and body.
+    pub fn api_exchange(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> (u16, Vec<(String, String)>, String) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))
@@ -511,8 +524,18 @@ impl Cluster {
         };
         let mut response = response.expect("HTTP request");
         let status = response.status().as_u16();
+        let returned = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_ascii_lowercase(),
+                    value.to_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, text)
+        (status, returned, text)
     }
 
     /// Pids of live processes started by this cluster's runs.

@@ -160,9 +160,25 @@ fn an_enqueue_retried_with_its_idempotency_key_makes_one_run() {
 #[test]
 fn an_operator_enqueues_follows_kills_and_retries() {
     let cluster = cluster_with_jobs();
-    let (status, body) = cluster.api("POST", "/api/v1/jobs/hello/enqueue", Some(OPERATOR_TOKEN));
+    let (status, headers, body) = cluster.api_exchange(
+        "POST",
+        "/api/v1/jobs/hello/enqueue",
+        Some(OPERATOR_TOKEN),
+        &[],
+        None,
+    );
     assert_eq!(status, 201, "{body}");
     let run = json(&body)["id"].as_str().unwrap().to_string();
+    // The new run's address, which answers with it.
+    let location = headers
+        .iter()
+        .find(|(name, _)| name == "location")
+        .map(|(_, value)| value.clone())
+        .unwrap_or_else(|| panic!("no Location in {headers:?}"));
+    assert_eq!(location, format!("/api/v1/runs/{run}"));
+    let (status, body) = cluster.api("GET", &location, Some(VIEWER_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["run"]["id"], run.as_str());
     cluster.wait_state(&run, "succeeded", LONG);
     let (status, body) = cluster.api("GET", &format!("/api/v1/runs/{run}"), Some(VIEWER_TOKEN));
     assert_eq!(status, 200);
