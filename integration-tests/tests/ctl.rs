@@ -238,3 +238,37 @@ fn completions_need_no_broker_and_bashs_is_valid_bash() {
     let checked = Command::new("bash").arg("-n").arg(&path).output().unwrap();
     assert!(checked.status.success(), "{}", text(&checked));
 }
+
+#[test]
+fn a_known_worker_with_a_wrong_secret_ends_with_the_refusal_code_too() {
+    let cluster = Cluster::start(1);
+    let scripts = cluster.path("w1-wrong-scripts");
+    // A file, not a pipe: a pipe nobody reads could fill up and hold the worker.
+    let log_path = cluster.path("w1-wrong.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let mut worker = Command::new(bin("jobcast-worker"))
+        .args(["--id", "w1", "--broker", &cluster.router])
+        .args(["--events", &cluster.publish])
+        .args(["--secret", "not-the-secret-of-w1-at-all"])
+        .arg("--script-temp-path")
+        .arg(&scripts)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("start worker");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = worker.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = worker.kill();
+            panic!("the refused worker did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("correct this worker's secret"), "{log}");
+}
