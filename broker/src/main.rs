@@ -200,9 +200,10 @@ fn run() -> Result<()> {
         .context("cannot start the async runtime")?;
     let ready_file = args.ready_file;
     runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
         let reloading = Reloading {
             read: Box::new(read_settings),
-            hangups: hangups()?,
+            hangups: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
         };
         server::serve(
             core,
@@ -229,21 +230,6 @@ fn run() -> Result<()> {
         )
         .await
     })
-}
-
-/// A message per SIGHUP. Listening starts here, before the broker says it is ready, so a
-/// SIGHUP never finds it with the default action (which would end it).
-fn hangups() -> Result<tokio::sync::mpsc::Receiver<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    let (asked, hangups) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            // One pending reload covers any number of signals sent meanwhile.
-            let _ = asked.try_send(());
-        }
-    });
-    Ok(hangups)
 }
 
 async fn shutdown_signal() {

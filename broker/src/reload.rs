@@ -7,7 +7,8 @@ use anyhow::Result;
 use jobcast_protocol::ReloadReport;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::signal::unix::Signal;
+use tokio::sync::watch;
 
 /// Builds the settings again as a start would (file, then flags).
 pub type ReadSettings = Box<dyn FnMut() -> Result<BrokerConfig> + Send>;
@@ -15,8 +16,9 @@ pub type ReadSettings = Box<dyn FnMut() -> Result<BrokerConfig> + Send>;
 /// What the server needs to reload: how to read the settings, and the SIGHUPs.
 pub struct Reloading {
     pub read: ReadSettings,
-    /// One message per SIGHUP.
-    pub hangups: mpsc::Receiver<()>,
+    /// SIGHUPs; several sent before the loop looks are one reload. Listening must start
+    /// before the broker says it is ready: SIGHUP's default action would end it.
+    pub hangups: Signal,
 }
 
 /// The settings that change while the broker runs, where their users read them.

@@ -115,7 +115,6 @@ pub async fn serve<S: Store + 'static>(
         )
         .not_before(now_us() / 1_000),
         notifier: crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1)),
-        keys: config.keys.clone(),
         metrics,
         running: config.clone(),
         reloading,
@@ -303,10 +302,9 @@ async fn start_http(
 /// The server loop's state: the core, the sockets, and what a batch needs on its way
 /// through.
 struct Server {
-    /// The keys replies are sealed with and requests opened with.
-    keys: Keys,
     metrics: crate::metrics::Metrics,
-    /// The settings in force: as at start, with what reloads changed.
+    /// The settings in force: as at start, with what reloads changed. Its keys are those
+    /// replies are sealed with and requests opened with.
     running: BrokerConfig,
     reloading: Reloading,
     live_settings: LiveSettings,
@@ -447,7 +445,7 @@ impl Server {
         if !out.replies.is_empty() || !refusals.is_empty() {
             self.transport
                 .sockets
-                .send(outgoing(&self.keys, out, refusals));
+                .send(outgoing(&self.running.keys, out, refusals));
         }
     }
 
@@ -461,7 +459,7 @@ impl Server {
         now_ms: u64,
         refusals: &mut Vec<(PeerId, Refusal)>,
     ) -> Result<(String, u64, jobcast_protocol::Request), &'static str> {
-        let keys = &self.keys;
+        let keys = &self.running.keys;
         match self
             .opener
             .open(payload, now_ms, |name| keys.for_sender(name))
@@ -615,8 +613,7 @@ impl Server {
                     .send_replace(std::sync::Arc::new(new.api_tokens.clone()));
                 self.notifier =
                     crate::notify::Notifier::start(new.webhooks.clone(), Duration::from_secs(1));
-                self.new_keys = Some(new.keys.clone());
-                self.running.keys = new.keys;
+                self.new_keys = Some(new.keys);
                 self.running.api_tokens = new.api_tokens;
                 self.running.webhooks = new.webhooks;
                 jobcast_protocol::Reply::Reloaded(report)
@@ -674,7 +671,7 @@ impl Server {
             self.notifier.send(notification);
         }
         for observation in out.observations.drain(..) {
-            self.metrics.observe(&observation);
+            self.metrics.observe(observation);
         }
         // Live views hear of changes only once they are durable.
         if self.live.has_clients() {
@@ -694,10 +691,10 @@ impl Server {
         }
         self.transport
             .sockets
-            .send(outgoing(&self.keys, out, refusals));
+            .send(outgoing(&self.running.keys, out, refusals));
         if let Some(keys) = self.new_keys.take() {
             self.live_settings.keys.send_replace(keys.clone());
-            self.keys = keys;
+            self.running.keys = keys;
         }
         Ok(())
     }

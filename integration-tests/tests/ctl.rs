@@ -2,7 +2,7 @@
 //! code per kind of failure), `--json` on every command, and `wait` / `logs --follow`
 //! exiting with how the run ended.
 
-use jobcast_integration_tests::{bin, unused_endpoint, Cluster, ADMIN_SECRET};
+use jobcast_integration_tests::{bin, unused_endpoint, Cluster, Worker, ADMIN_SECRET};
 use serde_json::Value;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -241,12 +241,12 @@ fn completions_need_no_broker_and_bashs_is_valid_bash() {
 
 #[test]
 fn a_known_worker_with_a_wrong_secret_ends_with_the_refusal_code_too() {
-    let cluster = Cluster::start(1);
+    let mut cluster = Cluster::start(1);
     let scripts = cluster.path("w1-wrong-scripts");
     // A file, not a pipe: a pipe nobody reads could fill up and hold the worker.
     let log_path = cluster.path("w1-wrong.log");
     let log_file = std::fs::File::create(&log_path).expect("log file");
-    let mut worker = Command::new(bin("jobcast-worker"))
+    let child = Command::new(bin("jobcast-worker"))
         .args(["--id", "w1", "--broker", &cluster.router])
         .args(["--events", &cluster.publish])
         .args(["--secret", "not-the-secret-of-w1-at-all"])
@@ -257,18 +257,13 @@ fn a_known_worker_with_a_wrong_secret_ends_with_the_refusal_code_too() {
         .stderr(log_file)
         .spawn()
         .expect("start worker");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = worker.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = worker.kill();
-            panic!("the refused worker did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    // The cluster ends it, should it not exit by itself.
+    cluster.workers.push(Worker {
+        id: "w1".into(),
+        child,
+    });
+    let code = cluster.workers[0].wait_exit(Duration::from_secs(30));
     let log = std::fs::read_to_string(&log_path).expect("read log");
-    assert_eq!(status.code(), Some(3), "{log}");
+    assert_eq!(code, Some(3), "{log}");
     assert!(log.contains("correct this worker's secret"), "{log}");
 }

@@ -6,7 +6,7 @@
 //! `.ci/run` installs supervisor; elsewhere the test says it was skipped, except under
 //! `CI=true`, where a missing supervisord is a failure.
 
-use jobcast_integration_tests::{bin, wait_for, ADMIN_SECRET};
+use jobcast_integration_tests::{bin, poll_until, wait_for, ADMIN_SECRET};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -54,15 +54,9 @@ impl Drop for Supervisor {
     }
 }
 
+/// Whether `done` holds within `timeout` (the caller explains a timeout, with logs).
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+    poll_until(timeout, || done().then_some(())).is_some()
 }
 
 impl Supervisor {
