@@ -15,8 +15,9 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The version `--version` prints: the release and the commit it was built from.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("JOBCAST_COMMIT"), ")");
+/// The version `--version` prints: the release and the commit it was built from
+/// (`build/version.rs`).
+const VERSION: &str = env!("JOBCAST_VERSION_LONG");
 
 /// The end of `--help` and of the man page.
 const SIGNALS: &str = "\

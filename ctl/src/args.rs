@@ -6,8 +6,9 @@ use jobcast_protocol::{EnableTarget, RunState};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The version `--version` prints: the release and the commit it was built from.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("JOBCAST_COMMIT"), ")");
+/// The version `--version` prints: the release and the commit it was built from
+/// (`build/version.rs`).
+const VERSION: &str = env!("JOBCAST_VERSION_LONG");
 
 /// Control a jobcast broker.
 #[derive(Debug, Parser)]
