@@ -5,6 +5,7 @@ use crate::harness::{disk_usage, rss_bytes, Broker};
 use anyhow::Result;
 use jobcast_broker::store::{self, Store};
 use jobcast_protocol::{Exec, JobSpec, Outcome, RunRecord, RunState, Transition};
+use jobcast_worker::procfs::cpu_time;
 use std::time::{Duration, Instant};
 
 fn mb(bytes: u64) -> String {
@@ -154,6 +155,20 @@ pub async fn footprint(stored_runs: usize) -> Result<()> {
     );
     let rss = rss_bytes(broker.pid());
     println!("| broker RSS with them, idle | {} |", mb(rss));
+    // With the default retention (30 days) none of them is due: an idle broker on a big
+    // store should cost next to nothing.
+    let idle = Duration::from_secs(5);
+    let before = cpu_time(broker.pid() as i32);
+    tokio::time::sleep(idle).await;
+    let after = cpu_time(broker.pid() as i32);
+    if let (Some(before), Some(after)) = (before, after) {
+        println!(
+            "| broker CPU while idle with them, over {} s | {:.1} ms ({:.2} %) |",
+            idle.as_secs(),
+            (after - before).as_secs_f64() * 1e3,
+            (after - before).as_secs_f64() / idle.as_secs_f64() * 100.0
+        );
+    }
     crate::goals::at_most(
         &format!("broker RSS with {} runs stored", status.total_runs),
         64.0,

@@ -77,9 +77,14 @@ impl JobTable {
 
     /// Whether some job keeps its runs for a time of its own.
     pub fn any_retention(&self) -> bool {
+        self.retentions().next().is_some()
+    }
+
+    /// The times jobs keep their runs for, where they set one.
+    pub fn retentions(&self) -> impl Iterator<Item = u64> + '_ {
         self.specs
             .values()
-            .any(|job| job.policy.retention_ms.is_some())
+            .filter_map(|job| job.policy.retention_ms)
     }
 
     /// Whether ticks of `job` start runs now.

@@ -67,6 +67,19 @@ impl<S: Store> Core<S> {
         r.max_age_ms.is_some() || r.max_runs.is_some() || self.jobs.any_retention()
     }
 
+    /// The shortest time any run is kept by age (the broker's or a job's), if any rule
+    /// keeps by age. A run created less than this ago cannot be due by age, and neither
+    /// can any run after it (numbered later, created later): a walk can stop there.
+    fn shortest_keep_ms(&self) -> Option<u64> {
+        let jobs = self.jobs.retentions();
+        self.config
+            .retention
+            .max_age_ms
+            .into_iter()
+            .chain(jobs)
+            .min()
+    }
+
     fn excess_runs(&self) -> StoreResult<u64> {
         Ok(match self.config.retention.max_runs {
             Some(max) => self.store.run_count()?.saturating_sub(max),
@@ -99,9 +112,24 @@ impl<S: Store> Core<S> {
         }
         let newest = self.store.last_run_seq()?;
         let mut excess = self.excess_runs()?;
+        let shortest_keep = self.shortest_keep_ms();
+        if excess == 0 && shortest_keep.is_none() {
+            // Nothing beyond the count and no rule by age: no record to look at.
+            self.pruning.cursor = 0;
+            self.pruning.next_step_ms = now + IDLE_MS;
+            return Ok(0);
+        }
         let batch = self.store.oldest_runs(self.pruning.cursor, STEP)?;
         let mut deleted = 0;
+        let mut too_young = false;
         for run in &batch {
+            too_young = excess == 0
+                && shortest_keep.is_none_or(|keep| run.created_at_ms.saturating_add(keep) > now);
+            if too_young {
+                // Neither this run nor any later one is due: the pass ends here, so a
+                // store of young runs costs one record's look per pass.
+                break;
+            }
             if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
                 self.store.delete_run(run)?;
                 deleted += 1;
@@ -110,7 +138,7 @@ impl<S: Store> Core<S> {
         self.pruning.pruned += deleted;
         self.pruning.pass_deleted |= deleted > 0;
         self.pruning.next_step_ms = match batch.last() {
-            Some(last) if batch.len() == STEP => {
+            Some(last) if batch.len() == STEP && !too_young => {
                 self.pruning.cursor = last.seq + 1;
                 if deleted > 0 {
                     now

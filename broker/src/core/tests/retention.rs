@@ -175,3 +175,39 @@ fn retention_waits_while_the_store_is_behind_on_its_writes() {
     h.tick();
     assert_eq!(stored(&h).len(), 2);
 }
+
+#[test]
+fn a_walk_over_runs_too_young_to_be_due_ends_at_the_first_one() {
+    let mut h = keeping(Retention {
+        max_age_ms: Some(HOUR_MS),
+        max_runs: None,
+    });
+    // More than one step's worth, all younger than the hour.
+    for _ in 0..200 {
+        ended_run(&mut h, "hello");
+    }
+    h.tick();
+    // The pass ended at once: the next look is the idle wait, not the next step's.
+    assert_eq!(h.core.next_prune_ms(), h.now / 1_000 + 10_000);
+    assert_eq!(stored(&h).len(), 200);
+    // Once they are due, the same walk deletes them, a step at a time.
+    h.advance_ms(2 * HOUR_MS);
+    for _ in 0..10 {
+        h.tick();
+    }
+    assert_eq!(stored(&h).len(), 1, "only the newest stays");
+}
+
+#[test]
+fn a_count_already_within_max_runs_and_no_age_rule_looks_at_nothing() {
+    let mut h = keeping(Retention {
+        max_age_ms: None,
+        max_runs: Some(1_000),
+    });
+    for _ in 0..100 {
+        ended_run(&mut h, "hello");
+    }
+    h.tick();
+    assert_eq!(h.core.next_prune_ms(), h.now / 1_000 + 10_000);
+    assert_eq!(stored(&h).len(), 100);
+}
