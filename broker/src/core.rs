@@ -17,6 +17,7 @@ mod retention;
 mod run_table;
 mod runs;
 mod scheduling;
+mod totals;
 mod waiting_claims;
 mod worker;
 mod worker_table;
@@ -120,6 +121,8 @@ pub struct Core<S: Store> {
     alerts: BTreeMap<(AlertKind, String), Alert>,
     /// What changed since the last `take_changes`, for live views.
     changes: Changes,
+    /// Finished runs stored, by state.
+    finished: totals::FinishedCounts,
     /// The one random source: run ids and the boot id.
     rng: StdRng,
     /// Set while free space in the data directory is under the reserve.
@@ -131,7 +134,10 @@ pub struct Core<S: Store> {
 pub struct Changes {
     pub runs: BTreeSet<String>,
     pub workers: bool,
+    /// Every job (definitions applied, pools enabled or disabled).
     pub jobs: bool,
+    /// Jobs whose state changed (a tick, a start, an end), when not every job did.
+    pub job_names: BTreeSet<String>,
     /// Log output received: (run id, stream offset, bytes).
     pub logs: Vec<(String, u64, Vec<u8>)>,
 }
@@ -141,7 +147,12 @@ pub struct Changes {
 pub struct ChangeSet {
     pub runs: Vec<RunRecord>,
     pub workers: Option<Vec<WorkerStatus>>,
+    /// Every job, when all may have changed.
     pub jobs: Option<Vec<jobcast_protocol::JobView>>,
+    /// Only the jobs that changed, otherwise.
+    pub changed_jobs: Vec<jobcast_protocol::JobView>,
+    /// Every stored run by state, when runs changed.
+    pub runs_by_state: Option<BTreeMap<String, u64>>,
     pub logs: Vec<(String, u64, Vec<u8>)>,
 }
 
@@ -171,6 +182,7 @@ impl<S: Store> Core<S> {
                 .collect(),
             ..Default::default()
         };
+        let finished = totals::FinishedCounts::load(&store)?;
         let mut core = Core {
             next_seq: store.last_run_seq()? + 1,
             workers: WorkerTable::restored(store.workers()?),
@@ -190,6 +202,7 @@ impl<S: Store> Core<S> {
             clock_us: now_us,
             alerts: BTreeMap::new(),
             changes: Changes::default(),
+            finished,
             low_disk: None,
         };
         for run in core.store.active_runs()? {
@@ -231,13 +244,20 @@ impl<S: Store> Core<S> {
         for id in changes.runs {
             runs.extend(self.find_run(&id)?);
         }
+        let changed_jobs = if changes.jobs {
+            Vec::new()
+        } else {
+            self.job_views_of(changes.job_names.iter())
+        };
         Ok(ChangeSet {
+            runs_by_state: (!runs.is_empty()).then(|| self.runs_by_state()),
             runs,
             workers: changes
                 .workers
                 .then(|| self.status(self.clock_ms()).map(|s| s.workers))
                 .transpose()?,
             jobs: changes.jobs.then(|| self.job_views()),
+            changed_jobs,
             logs: changes.logs,
         })
     }

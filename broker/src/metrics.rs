@@ -295,6 +295,7 @@ mod tests {
                 BTreeMap::from([("queued".into(), 3)]),
             )]),
             queued_by_pool: BTreeMap::from([("default".into(), 3)]),
+            runs_by_state: BTreeMap::from([("queued".into(), 3), ("succeeded".into(), 7)]),
         }
     }
 

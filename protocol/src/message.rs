@@ -345,4 +345,8 @@ pub struct StatusReport {
     /// retry's back-off).
     #[serde(default)]
     pub queued_by_pool: BTreeMap<String, u64>,
+    /// Every stored run by state, finished ones included (every state listed, 0 when
+    /// none): what a dashboard's counts show.
+    #[serde(default)]
+    pub runs_by_state: BTreeMap<String, u64>,
 }

@@ -320,6 +320,7 @@ fn every_reply() -> Vec<Reply> {
                 BTreeMap::from([("queued".into(), 2)]),
             )]),
             queued_by_pool: BTreeMap::from([("default".into(), 2)]),
+            runs_by_state: BTreeMap::from([("queued".into(), 2), ("failed".into(), 8)]),
         })),
         Reply::Reloaded(ReloadReport {
             workers_added: vec!["w3".into()],

@@ -42,7 +42,9 @@ impl<S: Store> Core<S> {
                 self.wake(&pool, out);
             }
         }
-        self.serve_waiting_claims(now, out)
+        self.serve_waiting_claims(now, out)?;
+        // Last in every batch: whatever ended or went in it is counted in the same commit.
+        self.finished.save(&mut self.store)
     }
 
     /// Workers silent past the timeout go offline; runs of workers that never came back

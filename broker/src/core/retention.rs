@@ -132,6 +132,7 @@ impl<S: Store> Core<S> {
             }
             if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
                 self.store.delete_run(run)?;
+                self.finished.deleted(run.state);
                 deleted += 1;
             }
         }
@@ -176,6 +177,7 @@ impl<S: Store> Core<S> {
                 if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
                     if !dry_run {
                         self.store.delete_run(run)?;
+                        self.finished.deleted(run.state);
                         self.pruning.pruned += 1;
                     }
                     runs += 1;

@@ -86,6 +86,7 @@ impl<S: Store> Core<S> {
     ) -> StoreResult<()> {
         self.store.put_run(run)?;
         self.changes.runs.insert(run.id.clone());
+        self.finished.ended(run.state);
         out.observations.push(Observation::Ended {
             job: run.job.clone(),
             state: run.state,

@@ -83,6 +83,10 @@ impl<S: Store> Core<S> {
     pub(super) fn save_job_state(&mut self, job: &str) -> StoreResult<()> {
         if let Some(state) = self.jobs.states.get(job) {
             self.store.put_job_state(job, state)?;
+            // Its state (and so its next fire time) is what live views show of it.
+            if !self.changes.jobs {
+                self.changes.job_names.insert(job.to_string());
+            }
         }
         Ok(())
     }

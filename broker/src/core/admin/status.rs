@@ -71,6 +71,7 @@ impl<S: Store> Core<S> {
             pruned_runs: self.pruning.pruned,
             active_by_job,
             queued_by_pool,
+            runs_by_state: self.runs_by_state(),
         })
     }
 }

@@ -140,3 +140,90 @@ fn a_reload_is_handed_to_the_server_and_answered_by_it() {
     );
     assert!(out.reloads.is_empty());
 }
+
+fn runs_by_state(h: &mut Harness) -> BTreeMap<String, u64> {
+    let Reply::Status(status) = h.admin(AdminRequest::Status) else {
+        panic!("no status")
+    };
+    status
+        .runs_by_state
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .collect()
+}
+
+fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+}
+
+#[test]
+fn every_stored_run_is_counted_by_state_across_a_restart_and_retention() {
+    let mut h = Harness::new();
+    h.register("w1", 2, &["default"], &[]);
+    let done = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.start("w1", &done);
+    h.finish("w1", &done, Outcome::Exited { code: 0 });
+    let cancelled = h.enqueue("hello");
+    h.admin(AdminRequest::Kill {
+        selectors: vec![cancelled],
+    });
+    h.enqueue("hello");
+    h.tick();
+    let expected = counts(&[("cancelled", 1), ("queued", 1), ("succeeded", 1)]);
+    assert_eq!(runs_by_state(&mut h), expected);
+    // Every state is listed, with 0 where there is none.
+    let Reply::Status(status) = h.admin(AdminRequest::Status) else {
+        panic!()
+    };
+    assert_eq!(status.runs_by_state.len(), RunState::ALL.len());
+
+    // A restart reads the counts back (the finished ones are not in memory).
+    let mut h = Harness::with_store(h.core.into_store());
+    assert_eq!(runs_by_state(&mut h), expected);
+
+    // Retention's deletions come off the count (the oldest finished run goes).
+    let mut h = Harness::with_config(
+        h.core.into_store(),
+        CoreConfig {
+            retention: crate::core::Retention {
+                max_age_ms: None,
+                max_runs: Some(2),
+            },
+            ..CoreConfig::default()
+        },
+    );
+    h.tick();
+    assert_eq!(
+        runs_by_state(&mut h),
+        counts(&[("cancelled", 1), ("queued", 1)])
+    );
+}
+
+#[test]
+fn a_store_from_before_the_counts_is_counted_once_at_start() {
+    let mut store = MemoryStore::default();
+    let spec = job("hello", "default");
+    for (seq, state) in [
+        (1, RunState::Succeeded),
+        (2, RunState::Failed),
+        (3, RunState::Succeeded),
+        (4, RunState::Queued),
+    ] {
+        let mut run = RunRecord::queued(format!("r{seq}"), seq, spec.clone(), 1, "test");
+        run.state = state;
+        store.create_run(&run).unwrap();
+    }
+    let mut h = Harness::with_store(store);
+    assert_eq!(
+        runs_by_state(&mut h),
+        counts(&[("failed", 1), ("queued", 1), ("succeeded", 2)])
+    );
+    h.tick();
+    assert!(h
+        .core
+        .store()
+        .setting("finished_runs_by_state")
+        .unwrap()
+        .is_some());
+}
