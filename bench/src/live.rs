@@ -58,7 +58,7 @@ pub async fn live(clients: usize, rate: u32, duration: Duration) -> Result<()> {
                 let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
                     continue;
                 };
-                if value["type"] != "runs" {
+                if value["type"] != "changes" {
                     continue;
                 }
                 for run in value["runs"].as_array().into_iter().flatten() {

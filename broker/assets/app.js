@@ -1,32 +1,62 @@
-// The jobcast dashboard: a snapshot over a WebSocket, then live changes. No framework, no
-// build step. The token is asked for once and kept in this browser's localStorage.
+// The jobcast dashboard: a snapshot over a WebSocket, then coalesced changes (at most one
+// message per ~100 ms) that patch only what changed. No framework, no build step. The
+// token is asked for once and kept in this browser's localStorage.
 "use strict";
 
 const TERMINAL = ["succeeded", "failed", "killed", "timed_out", "lost", "cancelled", "missed"];
-const SHOWN_STATES = ["queued", "running", "succeeded", "failed", "killed", "timed_out", "lost"];
-const MAX_RUNS = 500;
+const STATES = ["queued", "assigned", "running", "succeeded", "failed", "killed", "timed_out", "lost", "cancelled", "missed"];
+/// Runs the live first page shows.
+const PAGE = 50;
+/// The page is "behind" when the newest change it shows is older than this.
+const BEHIND_MS = 2000;
 
 const state = {
   token: localStorage.getItem("jobcast-token"),
   role: null,
-  runs: new Map(),        // id → run summary
+  runs: new Map(),        // id → run summary: the live first page
+  page: null,             // runs fetched for a filtered or older page, or null when live
   workers: [],
-  jobs: [],
+  jobs: new Map(),        // name → job view
   status: null,
-  tab: "runs",
+  counts: null,
+  route: { view: "runs", params: new URLSearchParams() },
   following: null,        // run id shown in the run view
+  detail: null,
+  log: null,
   socket: null,
   retry: 500,
+  clockOffset: 0,         // broker time − browser time, ms
+  lastMessage: 0,
+  newestAt: 0,
+  dirty: { runs: false, counts: false, workers: false, jobs: false, alerts: false, facts: false },
+  frame: 0,
 };
 
 const $ = (selector) => document.querySelector(selector);
 
 function text(value) {
-  return value === null || value === undefined ? "-" : String(value);
+  return value === null || value === undefined || value === "" ? "-" : String(value);
 }
 
-function time(ms) {
-  return ms ? new Date(ms).toLocaleString() : "-";
+function zoneName() {
+  return Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+}
+
+/// "3 min ago", with the absolute time and zone for the title.
+function relative(ms) {
+  if (!ms) return { shown: "-", title: "" };
+  const now = Date.now() + state.clockOffset;
+  const diff = Math.round((now - ms) / 1000);
+  const ahead = diff < 0;
+  const s = Math.abs(diff);
+  let shown;
+  if (s < 5) shown = "now";
+  else if (s < 60) shown = s + " s";
+  else if (s < 3600) shown = Math.floor(s / 60) + " min";
+  else if (s < 86400) shown = Math.floor(s / 3600) + " h";
+  else shown = Math.floor(s / 86400) + " d";
+  if (shown !== "now") shown = ahead ? "in " + shown : shown + " ago";
+  return { shown, title: new Date(ms).toLocaleString() + " (" + zoneName() + ")" };
 }
 
 function duration(ms) {
@@ -36,19 +66,58 @@ function duration(ms) {
   return Math.floor(ms / 60000) + " m " + Math.round((ms % 60000) / 1000) + " s";
 }
 
-function cell(row, value, className) {
-  const td = document.createElement("td");
-  td.textContent = text(value);
-  if (className) td.className = className;
-  row.appendChild(td);
-  return td;
+function setCell(td, value, title) {
+  const shown = text(value);
+  if (td.textContent !== shown) td.textContent = shown;
+  if (title !== undefined && td.title !== title) td.title = title;
+}
+
+function timeCell(td, ms) {
+  const { shown, title } = relative(ms);
+  setCell(td, shown, title);
+}
+
+function showMessage(message) {
+  $("#message").textContent = message || "";
+}
+
+class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
 }
 
 async function api(method, path) {
-  const response = await fetch(path, { method, headers: { Authorization: "Bearer " + state.token } });
+  let response;
+  try {
+    response = await fetch(path, { method, headers: { Authorization: "Bearer " + state.token } });
+  } catch (error) {
+    throw new HttpError(0, "The broker cannot be reached.");
+  }
+  if (response.status === 401) {
+    tokenStopped();
+    throw new HttpError(401, "The token no longer works.");
+  }
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.error || response.statusText);
+  if (!response.ok) throw new HttpError(response.status, body.error || response.statusText);
   return body;
+}
+
+/// Fetches `path` with the token and saves it as `name`.
+async function download(path, name) {
+  try {
+    const response = await fetch(path, { headers: { Authorization: "Bearer " + state.token } });
+    if (!response.ok) throw new Error(response.statusText);
+    const url = URL.createObjectURL(await response.blob());
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (error) {
+    showMessage("Download failed: " + error.message);
+  }
 }
 
 // ---- login ----
@@ -58,6 +127,14 @@ function showLogin(message) {
   $("#app").hidden = true;
   $("#login-error").textContent = message || "";
   $("#token").focus();
+}
+
+function tokenStopped() {
+  localStorage.removeItem("jobcast-token");
+  state.token = null;
+  if (state.socket) state.socket.close();
+  setLive("off");
+  showLogin("This token no longer works (revoked or changed): enter a current one.");
 }
 
 $("#login-form").addEventListener("submit", (event) => {
@@ -87,14 +164,16 @@ async function start() {
   $("#login").hidden = true;
   $("#app").hidden = false;
   connect();
+  route();
 }
 
 // ---- live feed ----
 
-function setLive(live) {
+function setLive(mode) {
   const badge = $("#live");
-  badge.textContent = live ? "live" : "not live";
-  badge.className = "badge " + (live ? "on" : "off");
+  const label = { on: "live", behind: "behind", off: "not live" }[mode];
+  if (badge.textContent !== label) badge.textContent = label;
+  badge.className = "badge " + mode;
 }
 
 function connect() {
@@ -103,152 +182,229 @@ function connect() {
   state.socket = socket;
   socket.onopen = () => { state.retry = 500; };
   socket.onmessage = (event) => handle(JSON.parse(event.data));
-  socket.onclose = () => {
-    setLive(false);
+  socket.onclose = (event) => {
+    setLive("off");
     if (state.socket !== socket || !state.token) return;
+    if (event.code === 4001) return tokenStopped();
     setTimeout(connect, state.retry);
     state.retry = Math.min(state.retry * 2, 5000);
   };
 }
 
+/// Whether the page still shows the present: changes arrive at least every second (the
+/// broker's status), and the newest is recent.
+setInterval(() => {
+  if (!state.socket || state.socket.readyState !== WebSocket.OPEN || !state.lastMessage) return;
+  const silent = Date.now() - state.lastMessage > 3 * 1000;
+  const lag = Date.now() + state.clockOffset - state.newestAt;
+  setLive(silent || lag > BEHIND_MS ? "behind" : "on");
+  // Relative times move on by themselves.
+  markDirty("runs", "workers", "jobs", "facts");
+}, 1000);
+
+function markDirty(...parts) {
+  for (const part of parts) state.dirty[part] = true;
+  if (!state.frame) state.frame = requestAnimationFrame(render);
+}
+
 function handle(message) {
+  state.lastMessage = Date.now();
   switch (message.type) {
     case "snapshot":
-      setLive(true);
-      state.status = message.status;
-      state.workers = message.status.workers;
-      state.jobs = message.jobs;
-      state.runs = new Map(message.runs.map((run) => [run.id, run]));
+      state.clockOffset = message.at_ms - Date.now();
+      state.newestAt = message.at_ms;
+      setLive("on");
+      applyStatus(message.status);
+      state.jobs = new Map(message.jobs.map((job) => [job.spec.name, job]));
+      state.runs = new Map(message.runs.slice(0, PAGE).map((run) => [run.id, run]));
       if (state.following) follow(state.following);
-      renderAll();
+      markDirty("runs", "counts", "workers", "jobs", "alerts", "facts");
       break;
-    case "runs":
-      for (const run of message.runs) state.runs.set(run.id, run);
-      trimRuns();
-      renderRuns();
-      renderCounts();
-      renderJobs();
-      if (state.following && message.runs.some((run) => run.id === state.following)) refreshRunFacts();
-      break;
-    case "workers":
-      state.workers = message.workers;
-      renderWorkers();
-      break;
-    case "jobs":
-      state.jobs = message.jobs;
-      renderJobs();
+    case "changes":
+      state.newestAt = Math.max(state.newestAt, message.at_ms);
+      if (message.status) applyStatus(message.status);
+      if (message.workers) { state.workers = message.workers; markDirty("workers", "alerts"); }
+      if (message.runs_by_state) { state.counts = message.runs_by_state; markDirty("counts"); }
+      if (message.jobs) { state.jobs = new Map(message.jobs.map((job) => [job.spec.name, job])); markDirty("jobs"); }
+      for (const job of message.changed_jobs || []) { state.jobs.set(job.spec.name, job); markDirty("jobs"); }
+      if (message.runs) applyRuns(message.runs);
+      setLive(Date.now() + state.clockOffset - state.newestAt > BEHIND_MS ? "behind" : "on");
       break;
     case "log":
-      if (message.run_id === state.following) appendLog(message.data);
+      if (message.run_id === state.following && state.log) state.log.push(message.offset, message.data);
       break;
     case "resync":
-      // We fell behind: start again from a fresh snapshot.
+      // Fell behind: start again from a fresh snapshot.
       state.socket.close();
       break;
   }
 }
 
-function trimRuns() {
-  if (state.runs.size <= MAX_RUNS) return;
-  const sorted = [...state.runs.values()].sort((a, b) => b.seq - a.seq);
-  state.runs = new Map(sorted.slice(0, MAX_RUNS).map((run) => [run.id, run]));
+function applyStatus(status) {
+  state.status = status;
+  state.workers = status.workers;
+  state.counts = status.runs_by_state;
+  markDirty("workers", "counts", "alerts");
 }
 
-// ---- rendering ----
+function applyRuns(runs) {
+  for (const run of runs) {
+    const shown = state.runs.get(run.id);
+    const newest = state.runs.size === 0 || run.seq > Math.min(...[...state.runs.values()].map((r) => r.seq));
+    if (shown || newest || state.runs.size < PAGE) state.runs.set(run.id, run);
+    if (state.page) {
+      const index = state.page.findIndex((r) => r.id === run.id);
+      if (index >= 0) state.page[index] = run;
+    }
+    if (run.id === state.following) markDirty("facts");
+  }
+  if (state.runs.size > PAGE) {
+    const kept = [...state.runs.values()].sort((a, b) => b.seq - a.seq).slice(0, PAGE);
+    state.runs = new Map(kept.map((run) => [run.id, run]));
+  }
+  markDirty("runs", "jobs", "alerts");
+}
 
-function renderAll() {
-  renderCounts();
-  renderRuns();
-  renderWorkers();
-  renderJobs();
-  renderAlerts();
+// ---- rendering: only what changed, once per frame ----
+
+function render() {
+  state.frame = 0;
+  const dirty = state.dirty;
+  state.dirty = { runs: false, counts: false, workers: false, jobs: false, alerts: false, facts: false };
+  if (dirty.counts) renderCounts();
+  if (dirty.runs && state.route.view === "runs") renderRuns();
+  if (dirty.workers && state.route.view === "workers") renderWorkers();
+  if (dirty.jobs && state.route.view === "jobs") renderJobs();
+  if (dirty.alerts) renderAlerts();
+  if (dirty.facts && state.route.view === "run") refreshRunFacts();
 }
 
 function renderCounts() {
-  const counts = Object.fromEntries(SHOWN_STATES.map((s) => [s, 0]));
-  for (const run of state.runs.values()) {
-    const key = run.state === "assigned" ? "running" : run.state;
-    if (key in counts) counts[key] += 1;
-  }
   const box = $("#counts");
-  box.replaceChildren();
-  for (const name of SHOWN_STATES) {
-    const div = document.createElement("div");
-    div.className = "count state " + name;
-    div.dataset.state = name;
-    const b = document.createElement("b");
-    b.textContent = counts[name];
-    div.append(b, name.replace("_", " "));
-    box.appendChild(div);
+  const counts = state.counts || {};
+  if (!box.childElementCount) {
+    for (const name of STATES) {
+      const div = document.createElement("a");
+      div.className = "count state " + name;
+      div.dataset.state = name;
+      div.href = "#/runs?state=" + name;
+      const b = document.createElement("b");
+      div.append(b, " " + name.replace("_", " "));
+      box.appendChild(div);
+    }
   }
+  for (const div of box.children) {
+    const value = String(counts[div.dataset.state] || 0);
+    const b = div.firstChild;
+    if (b.textContent !== value) b.textContent = value;
+  }
+}
+
+/// Keeps `body`'s rows equal to `items` (in order), reusing the row of each key: rows
+/// are patched, not rebuilt, so focus, selection and scroll stay where they are.
+function syncRows(body, items, key, build, fill) {
+  const existing = new Map([...body.children].map((tr) => [tr.dataset.key, tr]));
+  let previous = null;
+  for (const item of items) {
+    const id = key(item);
+    let row = existing.get(id);
+    if (row) existing.delete(id);
+    else { row = build(item); row.dataset.key = id; }
+    fill(row, item);
+    const expected = previous ? previous.nextSibling : body.firstChild;
+    if (row !== expected) body.insertBefore(row, expected);
+    previous = row;
+  }
+  for (const row of existing.values()) row.remove();
+}
+
+function emptyRow(cells) {
+  const tr = document.createElement("tr");
+  for (let i = 0; i < cells; i++) tr.appendChild(document.createElement("td"));
+  return tr;
+}
+
+function shownRuns() {
+  const list = state.page || [...state.runs.values()].sort((a, b) => b.seq - a.seq);
+  const query = $("#search").value.trim().toLowerCase();
+  if (!query) return list;
+  return list.filter((run) => [run.id, run.job, run.state, run.worker, run.outcome].join(" ").toLowerCase().includes(query));
 }
 
 function renderRuns() {
-  const query = $("#search").value.trim().toLowerCase();
-  const body = $("#runs tbody");
-  body.replaceChildren();
-  const runs = [...state.runs.values()].sort((a, b) => b.seq - a.seq);
-  for (const run of runs) {
-    const haystack = [run.id, run.job, run.state, run.worker, run.outcome].join(" ").toLowerCase();
-    if (query && !haystack.includes(query)) continue;
-    const row = document.createElement("tr");
+  syncRows($("#runs tbody"), shownRuns(), (run) => run.id, (run) => {
+    const row = emptyRow(7);
     row.className = "clickable";
     row.tabIndex = 0;
     row.dataset.run = run.id;
-    cell(row, run.id);
-    cell(row, run.job);
-    cell(row, run.state, "state " + run.state);
-    cell(row, run.worker);
-    cell(row, time(run.created_at_ms));
-    cell(row, duration(run.duration_ms));
-    cell(row, run.outcome, "result");
-    row.addEventListener("click", () => openRun(run.id));
-    row.addEventListener("keydown", (event) => { if (event.key === "Enter") openRun(run.id); });
-    body.appendChild(row);
-  }
+    const open = () => { location.hash = "#/run/" + encodeURIComponent(row.dataset.run); };
+    row.addEventListener("click", open);
+    row.addEventListener("keydown", (event) => { if (event.key === "Enter") open(); });
+    return row;
+  }, (row, run) => {
+    const c = row.children;
+    setCell(c[0], run.id);
+    setCell(c[1], run.job);
+    setCell(c[2], run.state.replace("_", " "));
+    const cls = "state " + run.state;
+    if (c[2].className !== cls) c[2].className = cls;
+    setCell(c[3], run.worker);
+    timeCell(c[4], run.created_at_ms);
+    setCell(c[5], duration(run.duration_ms));
+    setCell(c[6], run.outcome);
+    c[6].className = "result";
+  });
+  const info = state.page ? (state.page.length + " runs on this page") : "newest runs, live";
+  $("#page-info").textContent = info;
+  $("#newer").disabled = !state.route.params.get("before");
+  const list = state.page || [...state.runs.values()];
+  $("#older").disabled = list.length < PAGE;
 }
 
 function renderWorkers() {
-  const body = $("#workers tbody");
-  body.replaceChildren();
-  for (const worker of state.workers) {
-    const row = document.createElement("tr");
-    row.dataset.worker = worker.id;
-    cell(row, worker.id);
-    cell(row, worker.online ? (worker.draining ? "draining" : "online") : "not answering", worker.online ? "" : "offline");
-    cell(row, worker.version);
-    cell(row, worker.hostname);
-    cell(row, worker.pools.join(", "));
-    cell(row, worker.concurrency);
-    cell(row, worker.running.length);
-    cell(row, time(worker.last_seen_ms));
-    body.appendChild(row);
-  }
-  renderAlerts();
+  const now = Date.now() + state.clockOffset;
+  syncRows($("#workers tbody"), state.workers, (w) => w.id, () => {
+    const row = emptyRow(9);
+    const drain = document.createElement("button");
+    drain.type = "button";
+    drain.textContent = "Drain";
+    drain.addEventListener("click", () => drainWorker(row.dataset.key));
+    row.lastChild.className = "operator-only";
+    row.lastChild.appendChild(drain);
+    return row;
+  }, (row, worker) => {
+    const c = row.children;
+    setCell(c[0], worker.id);
+    setCell(c[1], worker.online ? (worker.draining ? "draining" : "online") : "not answering");
+    c[1].className = worker.online ? "" : "offline";
+    setCell(c[2], worker.version);
+    setCell(c[3], worker.hostname);
+    setCell(c[4], worker.pools.join(", "));
+    setCell(c[5], worker.concurrency);
+    setCell(c[6], worker.running.length);
+    const age = worker.last_seen_ms ? Math.max(0, Math.round((now - worker.last_seen_ms) / 1000)) + " s ago" : "-";
+    setCell(c[7], age, worker.last_seen_ms ? new Date(worker.last_seen_ms).toLocaleString() + " (" + zoneName() + ")" : "");
+    c[8].firstChild.disabled = !worker.online || worker.draining;
+  });
 }
 
 function renderAlerts() {
   const alerts = (state.status && state.status.alerts) || [];
   const box = $("#alerts");
-  box.replaceChildren();
-  for (const alert of alerts) {
+  syncRows(box, alerts, (a) => a.message, () => {
     const div = document.createElement("div");
     div.className = "warning";
-    div.textContent = alert.message;
-    box.appendChild(div);
-  }
+    return div;
+  }, (div, alert) => { setCell(div, alert.message); });
   // A pool with queued runs and no live worker to take them.
-  const warnings = $("#pool-warnings");
-  warnings.replaceChildren();
   const live = new Set(state.workers.filter((w) => w.online).flatMap((w) => w.pools));
-  const waiting = new Set([...state.runs.values()].filter((r) => r.state === "queued").map((r) => r.pool));
-  for (const pool of waiting) {
-    if (live.has(pool)) continue;
+  const queued = (state.status && state.status.queued_by_pool) || {};
+  const stuck = Object.keys(queued).filter((pool) => queued[pool] > 0 && !live.has(pool));
+  syncRows($("#pool-warnings"), stuck, (pool) => pool, () => {
     const div = document.createElement("div");
     div.className = "warning";
-    div.textContent = `Pool ${pool} has queued runs and no live worker that can take them.`;
-    warnings.appendChild(div);
-  }
+    return div;
+  }, (div, pool) => setCell(div, `Pool ${pool} has queued runs and no live worker that can take them.`));
 }
 
 function describeSchedule(spec) {
@@ -261,34 +417,49 @@ function describeSchedule(spec) {
   return out;
 }
 
+function jobState(job) {
+  if (job.state.auto_disabled) return "auto-disabled";
+  if (!job.spec.enabled) return "disabled";
+  return job.active ? "enabled" : "pool disabled";
+}
+
 function renderJobs() {
-  const body = $("#jobs tbody");
-  body.replaceChildren();
-  for (const job of state.jobs) {
-    const spec = job.spec;
-    const row = document.createElement("tr");
-    row.dataset.job = spec.name;
-    cell(row, spec.name);
-    cell(row, spec.pool);
-    cell(row, describeSchedule(spec));
-    cell(row, time(job.next_fire_ms));
-    cell(row, job.state.auto_disabled ? "auto-disabled" : spec.enabled ? (job.active ? "enabled" : "pool disabled") : "disabled");
-    const chart = cell(row, "");
-    chart.replaceChildren(sparkline(spec.name));
-    const actions = cell(row, "");
-    actions.className = "operator-only";
-    actions.textContent = "";
+  const jobs = [...state.jobs.values()].sort((a, b) => a.spec.name.localeCompare(b.spec.name));
+  syncRows($("#jobs tbody"), jobs, (job) => job.spec.name, () => {
+    const row = emptyRow(7);
+    const actions = row.lastChild;
+    actions.className = "operator-only actions-cell";
     const run = document.createElement("button");
+    run.type = "button";
     run.textContent = "Run now";
-    run.addEventListener("click", () => enqueue(spec.name));
-    actions.appendChild(run);
-    body.appendChild(row);
-  }
+    run.addEventListener("click", () => enqueue(row.dataset.key));
+    const toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.addEventListener("click", () => setEnabled(row.dataset.key, toggle.dataset.enable === "true"));
+    actions.append(run, toggle);
+    return row;
+  }, (row, job) => {
+    const c = row.children;
+    const spec = job.spec;
+    setCell(c[0], spec.name);
+    setCell(c[1], spec.pool);
+    setCell(c[2], describeSchedule(spec));
+    // A job whose ticks start nothing has no next run to show.
+    if (job.active && job.next_fire_ms) timeCell(c[3], job.next_fire_ms);
+    else setCell(c[3], "-", "");
+    setCell(c[4], jobState(job));
+    c[5].replaceChildren(sparkline(spec.name));
+    const toggle = c[6].lastChild;
+    const enable = !spec.enabled;
+    toggle.dataset.enable = String(enable);
+    setCell(toggle, enable ? "Enable" : "Disable");
+  });
 }
 
 function sparkline(job) {
   const span = document.createElement("span");
   span.className = "spark";
+  span.setAttribute("role", "img");
   span.setAttribute("aria-label", "durations of the last runs");
   const runs = [...state.runs.values()]
     .filter((r) => r.job === job && TERMINAL.includes(r.state) && r.duration_ms !== null)
@@ -305,26 +476,101 @@ function sparkline(job) {
   return span;
 }
 
-// ---- tabs ----
+// ---- views and URLs: #/runs?state=…&job=…&before=…, #/workers, #/jobs, #/run/<id> ----
 
-function showTab(tab) {
-  state.tab = tab;
-  for (const button of document.querySelectorAll("button.tab")) {
-    button.classList.toggle("active", button.dataset.tab === tab);
+function route() {
+  const hash = location.hash.replace(/^#\/?/, "") || "runs";
+  const [path, query] = hash.split("?");
+  const [view, arg] = path.split("/");
+  state.route = { view: view === "run" ? "run" : (["runs", "workers", "jobs"].includes(view) ? view : "runs"), arg: arg && decodeURIComponent(arg), params: new URLSearchParams(query || "") };
+  for (const link of document.querySelectorAll("a.tab")) {
+    const current = link.dataset.tab === state.route.view;
+    link.classList.toggle("active", current);
+    if (current) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
-  for (const name of ["runs", "workers", "jobs"]) $("#tab-" + name).hidden = name !== tab;
-  $("#run-view").hidden = true;
+  for (const name of ["runs", "workers", "jobs"]) $("#tab-" + name).hidden = name !== state.route.view;
+  $("#run-view").hidden = state.route.view !== "run";
+  showMessage("");
+  if (state.route.view === "run") return openRun(state.route.arg);
   unfollow();
+  if (state.route.view === "runs") loadRunsPage();
+  markDirty("runs", "workers", "jobs", "alerts");
 }
 
-for (const button of document.querySelectorAll("button.tab")) {
-  button.addEventListener("click", () => showTab(button.dataset.tab));
+window.addEventListener("hashchange", route);
+
+/// The filters of the URL, as the API's query.
+function runsQuery(extra) {
+  const params = new URLSearchParams();
+  for (const name of ["state", "job", "worker", "before"]) {
+    const value = state.route.params.get(name);
+    if (value) params.set(name, value);
+  }
+  for (const [name, value] of Object.entries(extra || {})) params.set(name, value);
+  return params;
 }
-$("#search").addEventListener("input", renderRuns);
+
+async function loadRunsPage() {
+  const params = state.route.params;
+  $("#filter-state").value = params.get("state") || "";
+  $("#filter-job").value = params.get("job") || "";
+  $("#filter-worker").value = params.get("worker") || "";
+  const filtered = ["state", "job", "worker", "before"].some((name) => params.get(name));
+  if (!filtered) {
+    state.page = null;
+    markDirty("runs");
+    return;
+  }
+  try {
+    state.page = await api("GET", "/api/v1/runs?" + runsQuery({ limit: PAGE }));
+    markDirty("runs");
+  } catch (error) {
+    showMessage("Cannot list runs: " + error.message);
+  }
+}
+
+for (const name of STATES) {
+  const option = document.createElement("option");
+  option.value = name;
+  option.textContent = name.replace("_", " ");
+  $("#filter-state").appendChild(option);
+}
+
+function applyFilters() {
+  const params = new URLSearchParams();
+  for (const [name, id] of [["state", "#filter-state"], ["job", "#filter-job"], ["worker", "#filter-worker"]]) {
+    const value = $(id).value.trim();
+    if (value) params.set(name, value);
+  }
+  const query = params.toString();
+  location.hash = "#/runs" + (query ? "?" + query : "");
+}
+
+$("#filters").addEventListener("submit", (event) => { event.preventDefault(); applyFilters(); });
+$("#filter-state").addEventListener("change", applyFilters);
+for (const id of ["#filter-job", "#filter-worker"]) $(id).addEventListener("change", applyFilters);
+$("#search").addEventListener("input", () => markDirty("runs"));
+$("#csv").addEventListener("click", (event) => {
+  event.preventDefault();
+  const params = runsQuery();
+  params.delete("before");
+  download("/api/v1/runs.csv?" + params, "runs.csv");
+});
+$("#older").addEventListener("click", () => {
+  const list = shownRuns();
+  if (!list.length) return;
+  const params = runsQuery({ before: list[list.length - 1].seq });
+  location.hash = "#/runs?" + params;
+});
+$("#newer").addEventListener("click", () => {
+  const params = runsQuery();
+  params.delete("before");
+  location.hash = "#/runs" + (params.toString() ? "?" + params : "");
+});
 document.addEventListener("keydown", (event) => {
-  if (event.key === "/" && document.activeElement.tagName !== "INPUT") {
+  if (event.key === "/" && !["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName)) {
     event.preventDefault();
-    showTab("runs");
+    if (state.route.view !== "runs") location.hash = "#/runs";
     $("#search").focus();
   }
 });
@@ -344,28 +590,144 @@ function unfollow() {
   state.following = null;
 }
 
-function appendLog(data) {
-  const pre = $("#run-log");
-  const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-  pre.textContent += data;
-  if (atBottom) pre.scrollTop = pre.scrollHeight;
+/// The shown log, held to the same rule as the stored one: the first 20 % of the cap and
+/// the newest 80 %, with a marker saying how much was cut between them. ANSI colours
+/// (SGR) become styled spans; other escape sequences are dropped.
+class LogView {
+  constructor(pre, cap) {
+    this.cap = Math.max(cap || 1048576, 1024);
+    this.headCap = Math.floor(this.cap / 5);
+    this.tailCap = this.cap - this.headCap;
+    this.head = document.createElement("span");
+    this.marker = document.createElement("span");
+    this.marker.className = "cut";
+    this.tail = document.createElement("span");
+    pre.replaceChildren(this.head, this.marker, this.tail);
+    this.pre = pre;
+    this.headLen = 0;
+    this.tailLen = 0;
+    this.total = 0;   // stream bytes accounted for
+    this.cut = 0;
+    this.style = { fg: null, bold: false };
+    this.encoder = new TextEncoder();
+  }
+
+  /// Starts from the stored log (already capped) and the stream offset it ends at.
+  reset(stored, nextOffset) {
+    const match = stored.match(/\n\[jobcast: (\d+) bytes cut\]\n/);
+    if (match) {
+      this.add(this.head, stored.slice(0, match.index), "head");
+      this.cut = Number(match[1]);
+      this.add(this.tail, stored.slice(match.index + match[0].length), "tail");
+    } else {
+      const head = stored.slice(0, this.headCap);
+      this.add(this.head, head, "head");
+      this.add(this.tail, stored.slice(head.length), "tail");
+    }
+    this.total = nextOffset;
+    this.showMarker();
+  }
+
+  push(offset, data) {
+    const bytes = this.encoder.encode(data).length;
+    if (offset + bytes <= this.total) return;
+    if (offset > this.total) this.cut += offset - this.total;
+    const atBottom = this.pre.scrollTop + this.pre.clientHeight >= this.pre.scrollHeight - 4;
+    let rest = data;
+    if (this.cut === 0 && this.headLen < this.headCap) {
+      const room = this.headCap - this.headLen;
+      this.add(this.head, rest.slice(0, room), "head");
+      rest = rest.slice(room);
+    }
+    if (rest) this.add(this.tail, rest, "tail");
+    this.trimTail();
+    this.total = Math.max(this.total, offset + bytes);
+    this.showMarker();
+    if (atBottom) this.pre.scrollTop = this.pre.scrollHeight;
+  }
+
+  add(into, data, part) {
+    if (!data) return;
+    into.appendChild(this.colour(data));
+    if (part === "head") this.headLen += data.length; else this.tailLen += data.length;
+  }
+
+  trimTail() {
+    let excess = this.tailLen - this.tailCap;
+    while (excess > 0 && this.tail.firstChild) {
+      const node = this.tail.firstChild;
+      const length = node.textContent.length;
+      if (length <= excess) {
+        node.remove();
+        this.tailLen -= length;
+        this.cut += length;
+        excess -= length;
+      } else {
+        const textNode = node.nodeType === Node.TEXT_NODE ? node : node.firstChild;
+        textNode.deleteData(0, excess);
+        this.tailLen -= excess;
+        this.cut += excess;
+        excess = 0;
+      }
+    }
+  }
+
+  showMarker() {
+    const shown = this.cut > 0 ? `\n[jobcast: ${this.cut} bytes cut]\n` : "";
+    if (this.marker.textContent !== shown) this.marker.textContent = shown;
+  }
+
+  /// Text with SGR colour codes as a fragment of spans.
+  colour(data) {
+    const fragment = document.createDocumentFragment();
+    const pattern = /\x1b\[([0-9;]*)([A-Za-z])/g;
+    let last = 0;
+    let match;
+    const emit = (piece) => {
+      if (!piece) return;
+      if (!this.style.fg && !this.style.bold) return fragment.appendChild(document.createTextNode(piece));
+      const span = document.createElement("span");
+      span.textContent = piece;
+      span.className = [this.style.fg ? "ansi-" + this.style.fg : "", this.style.bold ? "ansi-bold" : ""].join(" ").trim();
+      fragment.appendChild(span);
+    };
+    while ((match = pattern.exec(data)) !== null) {
+      emit(data.slice(last, match.index));
+      last = pattern.lastIndex;
+      if (match[2] !== "m") continue;
+      for (const code of (match[1] || "0").split(";").map(Number)) {
+        if (code === 0) this.style = { fg: null, bold: false };
+        else if (code === 1) this.style.bold = true;
+        else if (code === 22) this.style.bold = false;
+        else if (code === 39) this.style.fg = null;
+        else if ((code >= 30 && code <= 37) || (code >= 90 && code <= 97)) this.style.fg = String(code);
+      }
+    }
+    emit(data.slice(last).replace(/\x1b[^a-zA-Z]*$/, ""));
+    return fragment;
+  }
 }
 
 async function openRun(id) {
   unfollow();
-  for (const name of ["runs", "workers", "jobs"]) $("#tab-" + name).hidden = true;
-  $("#run-view").hidden = false;
   $("#run-message").textContent = "";
+  $("#kill-confirm").hidden = true;
   state.following = id;
+  state.detail = null;
+  $("#run-title").textContent = "Run " + id;
+  $("#run-facts").replaceChildren();
+  $("#run-log").replaceChildren();
   follow(id);
   try {
     const detail = await api("GET", "/api/v1/runs/" + encodeURIComponent(id));
+    if (state.following !== id) return;
     state.detail = detail.run;
-    $("#run-log").textContent = detail.log;
+    state.log = new LogView($("#run-log"), detail.run.log_cap);
+    state.log.reset(detail.log, detail.next_offset || 0);
     const exec = detail.run.spec.exec;
     $("#run-script").textContent = exec.script !== undefined ? exec.script : (exec.command || []).join(" ");
     refreshRunFacts();
-    $("#back").focus();
+    $("#run-title").focus();
   } catch (error) {
     $("#run-message").textContent = error.message;
   }
@@ -377,28 +739,45 @@ function refreshRunFacts() {
   const live = state.runs.get(detail.id) || {};
   const run = { ...detail, ...live };
   $("#run-title").textContent = `Run ${run.id} of ${run.job}`;
+  const now = Date.now() + state.clockOffset;
+  const elapsed = run.started_at_ms && !run.finished_at_ms ? duration(now - run.started_at_ms) + " so far" : duration(run.duration_ms !== undefined ? run.duration_ms : null);
   const facts = [
     ["State", run.state],
     ["Worker", run.worker],
     ["Attempt", run.attempt],
-    ["Scheduled", time(run.scheduled_at_ms)],
-    ["Created", time(run.created_at_ms)],
-    ["Started", time(run.started_at_ms)],
-    ["Finished", time(run.finished_at_ms)],
-    ["Duration", duration(run.duration_ms !== undefined ? run.duration_ms : null)],
+    ["Scheduled", run.scheduled_at_ms, "time"],
+    ["Created", run.created_at_ms, "time"],
+    ["Started", run.started_at_ms, "time"],
+    ["Finished", run.finished_at_ms, "time"],
+    ["Duration", elapsed],
     ["Exit code", run.exit_code],
     ["Result", typeof run.outcome === "string" ? run.outcome : (run.outcome ? JSON.stringify(run.outcome) : null)],
+    ["Retry of", run.first_attempt, "run"],
+    ["Started by", run.parent, "run"],
   ];
   const dl = $("#run-facts");
-  dl.replaceChildren();
-  for (const [name, value] of facts) {
-    const dt = document.createElement("dt");
-    dt.textContent = name;
-    const dd = document.createElement("dd");
-    dd.textContent = text(value);
-    if (name === "State") dd.className = "state " + value;
-    dl.append(dt, dd);
+  if (dl.childElementCount !== facts.length * 2) {
+    dl.replaceChildren();
+    for (const [name] of facts) {
+      const dt = document.createElement("dt");
+      dt.textContent = name;
+      dl.append(dt, document.createElement("dd"));
+    }
   }
+  facts.forEach(([name, value, kind], i) => {
+    const dd = dl.children[i * 2 + 1];
+    if (kind === "time") timeCell(dd, value);
+    else if (kind === "run" && value) {
+      if (dd.dataset.run !== value) {
+        const a = document.createElement("a");
+        a.href = "#/run/" + encodeURIComponent(value);
+        a.textContent = value;
+        dd.replaceChildren(a);
+        dd.dataset.run = value;
+      }
+    } else setCell(dd, value);
+    if (name === "State") dd.className = "state " + value;
+  });
   $("#run-kill").disabled = TERMINAL.includes(run.state);
   $("#run-retry").disabled = !TERMINAL.includes(run.state);
 }
@@ -415,17 +794,48 @@ async function act(path, done) {
 async function enqueue(job) {
   try {
     const run = await api("POST", "/api/v1/jobs/" + encodeURIComponent(job) + "/enqueue");
-    openRun(run.id);
+    location.hash = "#/run/" + encodeURIComponent(run.id);
   } catch (error) {
-    alert(error.message);
+    showMessage(`Cannot run ${job}: ${error.message}`);
   }
 }
 
-$("#back").addEventListener("click", () => showTab(state.tab));
-$("#run-kill").addEventListener("click", () =>
-  act("/api/v1/runs/" + state.following + "/kill", () => "Kill sent."));
+async function setEnabled(job, enabled) {
+  try {
+    await api("POST", "/api/v1/jobs/" + encodeURIComponent(job) + (enabled ? "/enable" : "/disable"));
+    showMessage("");
+  } catch (error) {
+    showMessage(`Cannot ${enabled ? "enable" : "disable"} ${job}: ${error.message}`);
+  }
+}
+
+async function drainWorker(worker) {
+  try {
+    await api("POST", "/api/v1/workers/" + encodeURIComponent(worker) + "/drain");
+    showMessage("");
+  } catch (error) {
+    showMessage(`Cannot drain ${worker}: ${error.message}`);
+  }
+}
+
+$("#run-kill").addEventListener("click", () => {
+  $("#kill-confirm").hidden = false;
+  $("#kill-no").focus();
+});
+$("#kill-no").addEventListener("click", () => {
+  $("#kill-confirm").hidden = true;
+  $("#run-kill").focus();
+});
+$("#kill-yes").addEventListener("click", () => {
+  $("#kill-confirm").hidden = true;
+  act("/api/v1/runs/" + encodeURIComponent(state.following) + "/kill", () => "Kill sent.");
+});
 $("#run-retry").addEventListener("click", () =>
-  act("/api/v1/runs/" + state.following + "/retry", (run) => `Queued run ${run.id}.`));
+  act("/api/v1/runs/" + encodeURIComponent(state.following) + "/retry", (run) => `Queued run ${run.id}.`));
 $("#run-again").addEventListener("click", () => state.detail && enqueue(state.detail.job));
+$("#run-download").addEventListener("click", (event) => {
+  event.preventDefault();
+  if (state.following) download("/api/v1/runs/" + encodeURIComponent(state.following) + "/log", state.following + ".log");
+});
 
 start();

@@ -676,7 +676,7 @@ impl Server {
         // Live views hear of changes only once they are durable.
         if self.live.has_clients() {
             let changes = core.take_changes()?;
-            self.live.publish(changes);
+            self.live.publish(changes, now_us() / 1_000);
         } else {
             core.clear_changes();
         }

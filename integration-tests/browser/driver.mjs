@@ -23,8 +23,8 @@ async function open(token) {
 }
 
 async function showRuns() {
-  if (await page.isVisible("#run-view")) await page.click("#back");
-  await page.click("button[data-tab=runs]");
+  await page.click("a[data-tab=runs]");
+  await page.waitForSelector("#tab-runs:not([hidden])");
 }
 
 const commands = {
@@ -56,6 +56,9 @@ const commands = {
     await page.click(`#runs tr[data-run="${id}"]`);
     await page.waitForSelector("#run-kill:not([disabled])", { timeout: 15000 });
     await page.click("#run-kill");
+    // Nothing happens before the kill is confirmed.
+    await page.waitForSelector("#kill-confirm:not([hidden])");
+    await page.click("#kill-yes");
     await page.waitForSelector("#run-facts dd.state.killed", { timeout: 30000 });
     return {};
   },
@@ -80,8 +83,8 @@ const commands = {
   },
   async screenshot({ name, tab }) {
     if (tab) {
-      if (await page.isVisible("#run-view")) await page.click("#back");
-      await page.click(`button[data-tab=${tab}]`);
+      await page.click(`a[data-tab=${tab}]`);
+      await page.waitForSelector(`#tab-${tab}:not([hidden])`);
     }
     await page.screenshot({ path: `${artifacts}/${name}.png` });
     return {};

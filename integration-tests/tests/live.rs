@@ -96,12 +96,11 @@ async fn a_client_gets_a_snapshot_then_run_changes_and_the_logs_it_follows() {
         "a live log line within a second"
     );
     wait_message(&mut socket, "the run's success", |m| {
-        m["type"] == "runs"
-            && m["runs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["id"] == run.as_str() && r["state"] == "succeeded")
+        m["type"] == "changes"
+            && m["runs"].as_array().is_some_and(|runs| {
+                runs.iter()
+                    .any(|r| r["id"] == run.as_str() && r["state"] == "succeeded")
+            })
     })
     .await;
 }
@@ -197,12 +196,11 @@ async fn a_frozen_client_is_dropped_and_never_holds_up_the_others() {
     });
     // The reading client sees the run through to its end while the other is frozen.
     wait_message(&mut reading, "the flood's success", |m| {
-        m["type"] == "runs"
-            && m["runs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["id"] == flood.as_str() && r["state"] == "succeeded")
+        m["type"] == "changes"
+            && m["runs"].as_array().is_some_and(|runs| {
+                runs.iter()
+                    .any(|r| r["id"] == flood.as_str() && r["state"] == "succeeded")
+            })
     })
     .await;
     // The frozen client was dropped: what it had buffered ends in a broken connection,
@@ -279,4 +277,90 @@ async fn a_reload_that_revokes_a_token_closes_its_live_clients_only() {
     })
     .await;
     let _ = operator.send(Message::Close(None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reaches_a_client_as_few_messages_ending_at_the_brokers_totals() {
+    const RUNS: u64 = 300;
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs("[jobs.quick]\ncommand = [\"true\"]\n");
+    let cluster_ref = &mut cluster;
+    tokio::task::block_in_place(|| {
+        cluster_ref.start_worker("w1", &[]);
+    });
+    let mut socket = connect(&cluster, VIEWER_TOKEN).await;
+    let snapshot = next(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("snapshot");
+    assert_eq!(snapshot["status"]["runs_by_state"]["succeeded"], 0);
+    let started = std::time::Instant::now();
+    let cluster_ref = &cluster;
+    let enqueuing = tokio::task::spawn_blocking({
+        let http = cluster_ref.http.clone();
+        move || {
+            for _ in 0..RUNS {
+                let response = ureq::post(&format!("{http}/api/v1/jobs/quick/enqueue"))
+                    .header("Authorization", &format!("Bearer {OPERATOR_TOKEN}"))
+                    .send_empty()
+                    .expect("enqueue");
+                assert_eq!(response.status(), 201);
+            }
+        }
+    });
+    let mut messages = 0u128;
+    let mut last_at = 0;
+    let last = loop {
+        let message = next(&mut socket, Duration::from_secs(60))
+            .await
+            .expect("changes until every run succeeded");
+        if message["type"] != "changes" {
+            continue;
+        }
+        messages += 1;
+        let at = message["at_ms"].as_u64().expect("at_ms");
+        assert!(at >= last_at, "changes come in order");
+        last_at = at;
+        if message["runs_by_state"]["succeeded"] == RUNS {
+            break message;
+        }
+    };
+    enqueuing.await.expect("enqueued");
+    let elapsed = started.elapsed().as_millis();
+    // At most one message per 100 ms, however many batches the broker made.
+    assert!(
+        messages <= elapsed / 100 + 2,
+        "{messages} messages in {elapsed} ms"
+    );
+    // The counts are the broker's own, over every stored run.
+    let (code, body) =
+        tokio::task::block_in_place(|| cluster.api("GET", "/api/v1/status", Some(VIEWER_TOKEN)));
+    assert_eq!(code, 200);
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["runs_by_state"], last["runs_by_state"]);
+    assert_eq!(status["total_runs"], RUNS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_heartbeats_reach_a_client_without_any_run_changing() {
+    let mut cluster = Cluster::start(1);
+    let cluster_ref = &mut cluster;
+    tokio::task::block_in_place(|| {
+        cluster_ref.start_worker("w1", &[]);
+    });
+    let mut socket = connect(&cluster, VIEWER_TOKEN).await;
+    let snapshot = next(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("snapshot");
+    let seen_at = snapshot["status"]["workers"][0]["last_seen_ms"]
+        .as_u64()
+        .expect("the worker in the snapshot");
+    let later = wait_message(&mut socket, "a newer heartbeat", |m| {
+        m["type"] == "changes"
+            && m["workers"][0]["last_seen_ms"]
+                .as_u64()
+                .is_some_and(|at| at > seen_at)
+    })
+    .await;
+    assert!(later.get("runs").is_none(), "no run changed: {later}");
+    assert!(later["status"]["alerts"].is_array(), "{later}");
 }

@@ -166,6 +166,42 @@ pub(super) async fn run_detail(
     }
 }
 
+/// The stored log of a run, whole (as capped when stored), as a file to save.
+pub(super) async fn run_log(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    match app
+        .core
+        .call(
+            &caller,
+            AdminRequest::GetLog {
+                run: id,
+                offset: None,
+            },
+        )
+        .await?
+    {
+        Reply::Log { run, data, .. } => {
+            let disposition = format!("attachment; filename=\"{}.log\"", run.id);
+            Ok((
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        "text/plain; charset=utf-8".to_string(),
+                    ),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                data,
+            )
+                .into_response())
+        }
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
 pub(super) async fn kill(
     State(app): State<AppState>,
     headers: HeaderMap,

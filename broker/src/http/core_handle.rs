@@ -28,6 +28,11 @@ impl CoreHandle {
         CoreHandle { sender }
     }
 
+    /// Whether the core loop has gone (the broker is stopping).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// Sends a request on behalf of `caller`, whose token name the core records.
     pub(super) async fn call(
         &self,

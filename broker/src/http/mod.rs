@@ -18,7 +18,7 @@ pub use live::LiveFeed;
 use crate::config::ApiToken;
 use api::{
     disable, drain, enable, enqueue, healthz, jobs, kill, list_runs, metrics, retry, run_detail,
-    status, workers,
+    run_log, status, workers,
 };
 use auth::whoami;
 use axum::extract::DefaultBodyLimit;
@@ -62,6 +62,7 @@ pub fn router(
     live: LiveFeed,
     extras: Extras,
 ) -> Router {
+    tokio::spawn(live::pump_status(core.clone(), live.clone()));
     let state = AppState {
         core,
         tokens,
@@ -89,6 +90,7 @@ pub fn router(
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs.csv", get(runs_csv))
         .route("/api/v1/runs/{id}", get(run_detail))
+        .route("/api/v1/runs/{id}/log", get(run_log))
         .route("/api/v1/runs/{id}/kill", post(kill))
         .route("/api/v1/runs/{id}/retry", post(retry))
         .route("/api/v1/jobs", get(jobs))
