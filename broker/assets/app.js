@@ -23,6 +23,7 @@ const state = {
   following: null,        // run id shown in the run view
   detail: null,
   log: null,
+  early: [],              // its output that came before its stored log
   socket: null,
   retry: 500,
   clockOffset: 0,         // broker time − browser time, ms
@@ -231,13 +232,23 @@ function handle(message) {
       setLive(Date.now() + state.clockOffset - state.newestAt > BEHIND_MS ? "behind" : "on");
       break;
     case "log":
-      if (message.run_id === state.following && state.log) state.log.push(message.offset, message.data);
+      if (message.run_id !== state.following) break;
+      if (state.log) state.log.push(message.offset, message.data);
+      else keepEarly(message);
       break;
     case "resync":
       // Fell behind: start again from a fresh snapshot.
       state.socket.close();
       break;
   }
+}
+
+/// Output that arrives before the stored log does: applied after it (what the stored log
+/// already has is skipped by offset). Bounded like the view itself.
+function keepEarly(message) {
+  state.early.push(message);
+  let held = state.early.reduce((sum, m) => sum + m.data.length, 0);
+  while (held > 2 * 1048576 && state.early.length > 1) held -= state.early.shift().data.length;
 }
 
 function applyStatus(status) {
@@ -631,6 +642,11 @@ class LogView {
   push(offset, data) {
     const bytes = this.encoder.encode(data).length;
     if (offset + bytes <= this.total) return;
+    if (offset > this.total && this.cut === 0 && this.headLen < this.headCap && this.onHeadGap) {
+      // Output missing from what should be the head (the feed kept only the newest of a
+      // fast burst): the stored log has it.
+      return this.onHeadGap();
+    }
     if (offset > this.total) this.cut += offset - this.total;
     const atBottom = this.pre.scrollTop + this.pre.clientHeight >= this.pre.scrollHeight - 4;
     let rest = data;
@@ -708,22 +724,39 @@ class LogView {
   }
 }
 
+/// Reads the stored log of the followed run and shows it, then what came meanwhile.
+async function loadLog(id) {
+  state.log = null;
+  const detail = await api("GET", "/api/v1/runs/" + encodeURIComponent(id));
+  if (state.following !== id) return null;
+  state.log = new LogView($("#run-log"), detail.run.log_cap);
+  state.log.reset(detail.log, detail.next_offset || 0);
+  let reloaded = false;
+  state.log.onHeadGap = () => {
+    if (reloaded) return;
+    reloaded = true;
+    loadLog(id).catch((error) => { $("#run-message").textContent = error.message; });
+  };
+  for (const message of state.early.splice(0)) state.log.push(message.offset, message.data);
+  return detail;
+}
+
 async function openRun(id) {
   unfollow();
   $("#run-message").textContent = "";
   $("#kill-confirm").hidden = true;
   state.following = id;
   state.detail = null;
+  state.log = null;
+  state.early = [];
   $("#run-title").textContent = "Run " + id;
   $("#run-facts").replaceChildren();
   $("#run-log").replaceChildren();
   follow(id);
   try {
-    const detail = await api("GET", "/api/v1/runs/" + encodeURIComponent(id));
-    if (state.following !== id) return;
+    const detail = await loadLog(id);
+    if (!detail) return;
     state.detail = detail.run;
-    state.log = new LogView($("#run-log"), detail.run.log_cap);
-    state.log.reset(detail.log, detail.next_offset || 0);
     const exec = detail.run.spec.exec;
     $("#run-script").textContent = exec.script !== undefined ? exec.script : (exec.command || []).join(" ");
     refreshRunFacts();

@@ -21,10 +21,32 @@ fn prerequisites() -> Result<(), String> {
     if !Path::new(&chromium).exists() {
         return Err(format!("{chromium} is missing (apt-get install chromium)"));
     }
-    if !browser_dir().join("node_modules/playwright-core").exists() {
-        return Err("playwright-core is missing (cd integration-tests/browser && npm install --no-package-lock)".into());
+    for package in ["playwright-core", "axe-core"] {
+        if !browser_dir().join("node_modules").join(package).exists() {
+            return Err(format!("{package} is missing (cd integration-tests/browser && npm install --no-package-lock)"));
+        }
     }
     Ok(())
+}
+
+/// Whether the browser tests can run here; under CI they must.
+fn browser_available() -> bool {
+    match prerequisites() {
+        Ok(()) => true,
+        Err(missing) if std::env::var_os("CI").is_some() => {
+            panic!("browser tests cannot run: {missing}")
+        }
+        Err(missing) => {
+            eprintln!("SKIPPED browser tests: {missing}");
+            false
+        }
+    }
+}
+
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 struct Driver {
@@ -78,11 +100,7 @@ impl Drop for Driver {
 
 #[test]
 fn the_dashboard_is_live_and_lets_the_right_people_act() {
-    if let Err(missing) = prerequisites() {
-        if std::env::var_os("CI").is_some() {
-            panic!("browser tests cannot run: {missing}");
-        }
-        eprintln!("SKIPPED browser tests: {missing}");
+    if !browser_available() {
         return;
     }
     let mut cluster = Cluster::start(1);
@@ -92,9 +110,7 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
          [jobs.long]\nscript = \"\"\"#!/bin/sh\nsleep 1000\n\"\"\"\n",
     );
     cluster.start_worker("w1", &[]);
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let mut driver = Driver::start(&cluster.http, &artifacts);
+    let mut driver = Driver::start(&cluster.http, &artifacts());
 
     // The page loads with a token and goes live.
     let opened = driver.send(json!({ "cmd": "open", "token": OPERATOR_TOKEN }));
@@ -145,4 +161,190 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     cluster.start_broker();
     let answer = driver.send(json!({ "cmd": "wait_live", "live": true }));
     assert_eq!(answer["text"], "live");
+}
+
+/// The broker's status, from the API.
+fn status(cluster: &Cluster) -> Value {
+    let (code, body) = cluster.api("GET", "/api/v1/status", Some(VIEWER_TOKEN));
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A JS expression: the text of the `column`th cell of the row keyed `key` in `table`.
+fn cell_text(table: &str, key: &str, column: usize) -> String {
+    format!(
+        "(document.querySelector('#{table} tr[data-key=\"{key}\"]')?.children[{column}]?.textContent ?? '')"
+    )
+}
+
+const LOUD_JOB: &str = r#"[jobs.loud]
+script = '''#!/bin/sh
+printf '\033[31mred start\033[0m\n'
+head -c 5000000 /dev/zero | tr '\0' y
+echo
+echo loud-end
+'''
+"#;
+
+#[test]
+fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
+    if !browser_available() {
+        return;
+    }
+    const BURST: usize = 3_000;
+    let mut cluster = Cluster::start(2);
+    cluster.apply_jobs(&format!(
+        "[jobs.quick]\ncommand = [\"true\"]\n\
+         [jobs.stranded]\npool = \"elsewhere\"\ncommand = [\"true\"]\n\
+         [jobs.ticking]\nevery = \"1h\"\ncommand = [\"true\"]\n{LOUD_JOB}"
+    ));
+    cluster.start_worker("w1", &[]);
+    let mut driver = Driver::start(&cluster.http, &artifacts());
+    driver.send(json!({ "cmd": "open", "token": OPERATOR_TOKEN }));
+
+    // Workers: one that comes online appears, with its heartbeat, without a reload.
+    driver.send(json!({ "cmd": "goto", "hash": "#/workers" }));
+    cluster.start_worker("w2", &[]);
+    let heartbeat = cell_text("workers", "w2", 7);
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("{heartbeat}.endsWith('ago')") }));
+
+    // Jobs: the next fire time goes when the job is disabled and comes back with it.
+    driver.send(json!({ "cmd": "goto", "hash": "#/jobs" }));
+    let next = cell_text("jobs", "ticking", 3);
+    let state = cell_text("jobs", "ticking", 4);
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("{next}.startsWith('in ')") }));
+    let (code, _) = cluster.api("POST", "/api/v1/jobs/ticking/disable", Some(OPERATOR_TOKEN));
+    assert_eq!(code, 200);
+    driver.send(
+        json!({ "cmd": "wait_js", "expr": format!("{next} === '-' && {state} === 'disabled'") }),
+    );
+    let (code, _) = cluster.api("POST", "/api/v1/jobs/ticking/enable", Some(OPERATOR_TOKEN));
+    assert_eq!(code, 200);
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("{next}.startsWith('in ') && {state} === 'enabled'") }));
+
+    // Alerts: a run no worker can take raises one; it goes when the run does.
+    let stranded = cluster.enqueue("stranded");
+    let alert = "document.querySelector('#alerts').textContent.includes('pool elsewhere')";
+    driver.send(json!({ "cmd": "wait_js", "expr": alert }));
+    driver.send(json!({ "cmd": "screenshot", "name": "alert" }));
+    cluster.ctl_ok(&["kill", &stranded]);
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("!({alert})") }));
+
+    // A burst of runs: the page matches the broker's counts within 2 s of the broker
+    // finishing, and never freezes meanwhile.
+    driver.send(json!({ "cmd": "goto", "hash": "#/runs" }));
+    driver.send(json!({ "cmd": "long_tasks" }));
+    let enqueuers: Vec<_> = (0..4)
+        .map(|_| {
+            let http = cluster.http.clone();
+            std::thread::spawn(move || {
+                for _ in 0..BURST / 4 {
+                    let response = ureq::post(&format!("{http}/api/v1/jobs/quick/enqueue"))
+                        .header("Authorization", &format!("Bearer {OPERATOR_TOKEN}"))
+                        .send_empty()
+                        .expect("enqueue");
+                    assert_eq!(response.status(), 201);
+                }
+            })
+        })
+        .collect();
+    for enqueuer in enqueuers {
+        enqueuer.join().unwrap();
+    }
+    let finished = wait_for("the burst to finish", Duration::from_secs(300), || {
+        let status = status(&cluster);
+        let done = status["runs_by_state"]["succeeded"].as_u64() == Some(BURST as u64)
+            && status["active"].as_object().is_some_and(|a| a.is_empty());
+        done.then_some(status)
+    });
+    let counts = &finished["runs_by_state"];
+    let matches = format!(
+        "[...document.querySelectorAll('#counts [data-state]')].every(c => \
+         String(({counts})[c.dataset.state] ?? 0) === c.querySelector('b').textContent)"
+    );
+    let caught_up = driver.send(json!({ "cmd": "wait_js", "expr": matches, "timeout": 2000 }));
+    eprintln!(
+        "the page matched the broker {} ms after it finished",
+        caught_up["waited_ms"]
+    );
+    let long = driver.send(json!({ "cmd": "long_tasks" }));
+    eprintln!("long tasks during the burst: {long}");
+    assert!(
+        long["max_ms"].as_f64().unwrap() < 200.0,
+        "the page froze: {long}"
+    );
+    driver.send(json!({ "cmd": "screenshot", "name": "after-burst", "tab": "runs" }));
+
+    // All history, a page at a time.
+    let paged = driver.send(json!({ "cmd": "page_all" }));
+    assert_eq!(paged["runs"], finished["total_runs"], "{paged}");
+
+    // A filtered view has its own URL: a reload keeps it, Back leaves it.
+    driver.send(json!({ "cmd": "goto", "hash": "#/runs?state=cancelled" }));
+    let one_row = "document.querySelectorAll('#runs tbody tr').length === 1 && \
+                   document.querySelector('#runs tbody tr').dataset.run";
+    let shown = driver.send(json!({ "cmd": "wait_js", "expr": one_row }));
+    assert_eq!(shown["value"], stranded.as_str());
+    let reloaded = driver.send(json!({ "cmd": "reload" }));
+    assert_eq!(reloaded["hash"], "#/runs?state=cancelled");
+    driver.send(json!({ "cmd": "wait_js", "expr": one_row }));
+    let back = driver.send(json!({ "cmd": "back" }));
+    assert_ne!(back["hash"], "#/runs?state=cancelled");
+
+    // A 5 MB log, followed live: the page holds no more than the cap, with colours.
+    let loud = cluster.enqueue("loud");
+    driver.send(json!({ "cmd": "goto", "hash": format!("#/run/{loud}") }));
+    cluster.wait_state(&loud, "succeeded", LONG);
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#run-log').textContent.includes('loud-end')" }));
+    let held = driver.send(
+        json!({ "cmd": "eval_js", "expr": "document.querySelector('#run-log').textContent" }),
+    );
+    let held = held["value"].as_str().unwrap();
+    assert!(
+        held.len() <= (1 << 20) + 64,
+        "the page holds {} bytes",
+        held.len()
+    );
+    assert!(held.contains("bytes cut]"), "no cut marker");
+    assert!(!held.contains('\u{1b}'), "raw escape codes shown");
+    let red = driver.send(json!({ "cmd": "eval_js", "expr": "document.querySelector('#run-log .ansi-31')?.textContent" }));
+    let start = driver.send(json!({ "cmd": "eval_js", "expr": "document.querySelector('#run-log').innerHTML.slice(0, 300)" }));
+    let stored = String::from_utf8_lossy(&cluster.log(&loud)).into_owned();
+    assert_eq!(
+        red["value"],
+        "red start",
+        "the log starts {start}; stored: {:?}",
+        &stored[..100]
+    );
+    assert_eq!(
+        &held[held.len() - 200..],
+        &stored[stored.len() - 200..],
+        "the live tail is the stored one"
+    );
+    driver.send(json!({ "cmd": "screenshot", "name": "run-log" }));
+
+    // No serious accessibility problem on any view, wide or narrow, and nothing wider
+    // than a phone's screen.
+    let run_view = format!("#/run/{loud}");
+    for width in [1400u64, 390] {
+        for view in ["#/runs", "#/workers", "#/jobs", run_view.as_str()] {
+            driver.send(json!({ "cmd": "goto", "hash": view }));
+            let report = driver.send(json!({ "cmd": "axe", "width": width }));
+            assert_eq!(
+                report["violations"],
+                json!([]),
+                "{view} at {width} px: {report}"
+            );
+            assert!(
+                report["scroll_width"].as_u64().unwrap() <= width,
+                "{view} at {width} px is {} px wide: {}",
+                report["scroll_width"],
+                report["too_wide"]
+            );
+            let name = view.trim_start_matches("#/").split('/').next().unwrap();
+            driver.send(
+                json!({ "cmd": "screenshot", "name": format!("{name}-{width}"), "full": true }),
+            );
+        }
+    }
 }
