@@ -73,6 +73,17 @@ function setCell(td, value, title) {
   if (title !== undefined && td.title !== title) td.title = title;
 }
 
+/// A cell holding one link (made once, then only its text and target change).
+function linkCell(td, href, label) {
+  let a = td.firstChild;
+  if (!a || a.tagName !== "A") {
+    a = document.createElement("a");
+    td.replaceChildren(a);
+  }
+  if (a.getAttribute("href") !== href) a.setAttribute("href", href);
+  if (a.textContent !== label) a.textContent = label;
+}
+
 function timeCell(td, ms) {
   const { shown, title } = relative(ms);
   setCell(td, shown, title);
@@ -228,7 +239,8 @@ function handle(message) {
       if (message.runs_by_state) { state.counts = message.runs_by_state; markDirty("counts"); }
       if (message.jobs) { state.jobs = new Map(message.jobs.map((job) => [job.spec.name, job])); markDirty("jobs"); }
       for (const job of message.changed_jobs || []) { state.jobs.set(job.spec.name, job); markDirty("jobs"); }
-      if (message.runs) applyRuns(message.runs);
+      if (message.jobs || (message.changed_jobs || []).some((job) => job.spec.name === jobPage.name)) jobChanged();
+      if (message.runs) { applyRuns(message.runs); jobChanged(message.runs); }
       setLive(Date.now() + state.clockOffset - state.newestAt > BEHIND_MS ? "behind" : "on");
       break;
     case "log":
@@ -288,6 +300,8 @@ function render() {
   if (dirty.jobs && state.route.view === "jobs") renderJobs();
   if (dirty.alerts) renderAlerts();
   if (dirty.facts && state.route.view === "run") refreshRunFacts();
+  if (dirty.workers && state.route.view === "worker") renderWorker();
+  if (dirty.jobs && state.route.view === "job") renderJob();
 }
 
 function renderCounts() {
@@ -385,7 +399,7 @@ function renderWorkers() {
     return row;
   }, (row, worker) => {
     const c = row.children;
-    setCell(c[0], worker.id);
+    linkCell(c[0], "#/worker/" + encodeURIComponent(worker.id), worker.id);
     setCell(c[1], worker.online ? (worker.draining ? "draining" : "online") : "not answering");
     c[1].className = worker.online ? "" : "offline";
     setCell(c[2], worker.version);
@@ -428,6 +442,17 @@ function describeSchedule(spec) {
   return out;
 }
 
+/// A stored outcome in words, as live summaries give it (those are words already).
+function describeOutcome(outcome) {
+  if (!outcome || typeof outcome === "string") {
+    return { killed: "killed on request", timed_out: "killed after its timeout" }[outcome] || outcome || null;
+  }
+  if (outcome.exited) return "exited with code " + outcome.exited.code;
+  if (outcome.signaled) return "terminated by signal " + outcome.signaled.signal;
+  if (outcome.failed_to_start) return "could not start: " + outcome.failed_to_start.reason;
+  return JSON.stringify(outcome);
+}
+
 function jobState(job) {
   if (job.state.auto_disabled) return "auto-disabled";
   if (!job.spec.enabled) return "disabled";
@@ -452,7 +477,7 @@ function renderJobs() {
   }, (row, job) => {
     const c = row.children;
     const spec = job.spec;
-    setCell(c[0], spec.name);
+    linkCell(c[0], "#/job/" + encodeURIComponent(spec.name), spec.name);
     setCell(c[1], spec.pool);
     setCell(c[2], describeSchedule(spec));
     // A job whose ticks start nothing has no next run to show.
@@ -493,17 +518,21 @@ function route() {
   const hash = location.hash.replace(/^#\/?/, "") || "runs";
   const [path, query] = hash.split("?");
   const [view, arg] = path.split("/");
-  state.route = { view: view === "run" ? "run" : (["runs", "workers", "jobs"].includes(view) ? view : "runs"), arg: arg && decodeURIComponent(arg), params: new URLSearchParams(query || "") };
+  const known = ["runs", "workers", "jobs", "run", "job", "worker"];
+  state.route = { view: known.includes(view) ? view : "runs", arg: arg && decodeURIComponent(arg), params: new URLSearchParams(query || "") };
+  const section = { run: "runs", job: "jobs", worker: "workers" }[state.route.view] || state.route.view;
   for (const link of document.querySelectorAll("a.tab")) {
-    const current = link.dataset.tab === state.route.view;
+    const current = link.dataset.tab === section;
     link.classList.toggle("active", current);
     if (current) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
   for (const name of ["runs", "workers", "jobs"]) $("#tab-" + name).hidden = name !== state.route.view;
-  $("#run-view").hidden = state.route.view !== "run";
+  for (const name of ["run", "job", "worker"]) $("#" + name + "-view").hidden = state.route.view !== name;
   showMessage("");
   if (state.route.view === "run") return openRun(state.route.arg);
   unfollow();
+  if (state.route.view === "job") return openJob(state.route.arg);
+  if (state.route.view === "worker") return openWorker(state.route.arg);
   if (state.route.view === "runs") loadRunsPage();
   markDirty("runs", "workers", "jobs", "alerts");
 }
@@ -585,6 +614,156 @@ document.addEventListener("keydown", (event) => {
     $("#search").focus();
   }
 });
+
+// ---- job page ----
+
+const jobPage = { name: null, detail: null, runs: [], refetch: 0 };
+
+async function openJob(name) {
+  jobPage.name = name;
+  jobPage.detail = null;
+  jobPage.runs = [];
+  $("#job-title").textContent = "Job " + name;
+  await loadJob(name);
+  $("#job-title").focus();
+}
+
+async function loadJob(name) {
+  try {
+    const [detail, runs] = await Promise.all([
+      api("GET", "/api/v1/jobs/" + encodeURIComponent(name)),
+      api("GET", "/api/v1/runs?" + new URLSearchParams({ job: name, limit: 200 })),
+    ]);
+    if (jobPage.name !== name) return;
+    jobPage.detail = detail;
+    jobPage.runs = runs;
+    renderJob();
+  } catch (error) {
+    showMessage(`Cannot show job ${name}: ${error.message}`);
+  }
+}
+
+/// Live changes to the job (its state, its runs) fetch its page again, at most once a second.
+function jobChanged(runs) {
+  if (state.route.view !== "job" || jobPage.refetch) return;
+  if (runs && !runs.some((run) => run.job === jobPage.name)) return;
+  jobPage.refetch = setTimeout(() => {
+    jobPage.refetch = 0;
+    if (state.route.view === "job") loadJob(jobPage.name);
+  }, 1000);
+}
+
+function renderJob() {
+  const detail = jobPage.detail;
+  if (!detail) return;
+  const job = state.jobs.get(jobPage.name) || detail.job;
+  const spec = job.spec;
+  const zone = detail.timezone || "UTC";
+  const facts = [["Pool", spec.pool], ["Schedule", describeSchedule(spec)], ["State", jobState(job)],
+    ["Overlap", spec.policy && spec.policy.overlap], ["Timeout", spec.timeout_ms ? duration(spec.timeout_ms) : "none"]];
+  fillFacts($("#job-facts"), facts);
+  $("#job-zone").textContent = "(" + zone + ")";
+  const format = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium", timeZone: zone });
+  syncRows($("#job-next"), detail.next_fires_ms.length ? detail.next_fires_ms : [0], (t) => String(t), () => document.createElement("li"),
+    (li, t) => setCell(li, t ? format.format(new Date(t)) : "none: the job runs only when enqueued or is disabled"));
+  setCell($("#job-toggle"), spec.enabled ? "Disable" : "Enable");
+  const ended = jobPage.runs.filter((r) => TERMINAL.includes(r.state));
+  const ok = ended.filter((r) => r.state === "succeeded").length;
+  $("#job-rate").textContent = ended.length ? `(${Math.round((ok / ended.length) * 100)} % of the last ${ended.length} succeeded)` : "(no finished run yet)";
+  drawChart(ended);
+  syncRows($("#job-runs tbody"), jobPage.runs.slice(0, PAGE), (run) => run.id, () => emptyRow(6), (row, run) => {
+    const c = row.children;
+    linkCell(c[0], "#/run/" + encodeURIComponent(run.id), run.id);
+    setCell(c[1], run.state.replace("_", " "));
+    c[1].className = "state " + run.state;
+    setCell(c[2], run.worker);
+    timeCell(c[3], run.created_at_ms);
+    setCell(c[4], duration(run.finished_at_ms && run.started_at_ms ? run.finished_at_ms - run.started_at_ms : null));
+    setCell(c[5], describeOutcome(run.outcome));
+  });
+}
+
+/// Durations of finished runs over time: one bar each, oldest on the left, red when not
+/// successful.
+function drawChart(runs) {
+  const svg = $("#job-chart");
+  const points = runs.filter((r) => r.started_at_ms && r.finished_at_ms).sort((a, b) => a.seq - b.seq);
+  const ns = "http://www.w3.org/2000/svg";
+  svg.replaceChildren();
+  const title = document.createElementNS(ns, "title");
+  title.textContent = points.length ? `Durations of the last ${points.length} finished runs` : "No finished run yet";
+  svg.appendChild(title);
+  if (!points.length) return;
+  const longest = Math.max(1, ...points.map((r) => r.finished_at_ms - r.started_at_ms));
+  const width = 600 / points.length;
+  points.forEach((run, i) => {
+    const took = run.finished_at_ms - run.started_at_ms;
+    const height = Math.max(2, (took / longest) * 110);
+    const bar = document.createElementNS(ns, "rect");
+    bar.setAttribute("x", String(i * width));
+    bar.setAttribute("y", String(120 - height));
+    bar.setAttribute("width", String(Math.max(1, width - 1)));
+    bar.setAttribute("height", String(height));
+    bar.setAttribute("class", run.state === "succeeded" ? "ok" : "bad");
+    svg.appendChild(bar);
+  });
+}
+
+function fillFacts(dl, facts) {
+  if (dl.childElementCount !== facts.length * 2) {
+    dl.replaceChildren();
+    for (const [name] of facts) {
+      const dt = document.createElement("dt");
+      dt.textContent = name;
+      dl.append(dt, document.createElement("dd"));
+    }
+  }
+  facts.forEach(([, value], i) => setCell(dl.children[i * 2 + 1], value));
+}
+
+$("#job-run").addEventListener("click", () => jobPage.name && enqueue(jobPage.name));
+$("#job-toggle").addEventListener("click", async () => {
+  const job = jobPage.detail && (state.jobs.get(jobPage.name) || jobPage.detail.job);
+  if (job) await setEnabled(jobPage.name, !job.spec.enabled);
+  jobChanged();
+});
+
+// ---- worker page ----
+
+const workerPage = { id: null };
+
+function openWorker(id) {
+  workerPage.id = id;
+  $("#worker-title").textContent = "Worker " + id;
+  renderWorker();
+  $("#worker-title").focus();
+}
+
+function renderWorker() {
+  const worker = state.workers.find((w) => w.id === workerPage.id);
+  if (!worker) {
+    fillFacts($("#worker-facts"), [["State", "unknown to the broker"]]);
+    $("#worker-running").replaceChildren();
+    $("#worker-drain").disabled = true;
+    return;
+  }
+  const now = Date.now() + state.clockOffset;
+  fillFacts($("#worker-facts"), [
+    ["State", worker.online ? (worker.draining ? "draining" : "online") : "not answering"],
+    ["Version", worker.version],
+    ["Host", worker.hostname + " (pid " + worker.pid + ")"],
+    ["Pools", worker.pools.join(", ")],
+    ["Slots", worker.running.length + " of " + worker.concurrency + " in use"],
+    ["Last heartbeat", worker.last_seen_ms ? Math.max(0, Math.round((now - worker.last_seen_ms) / 1000)) + " s ago" : "-"],
+  ]);
+  $("#worker-drain").disabled = !worker.online || worker.draining;
+  syncRows($("#worker-running"), worker.running.length ? worker.running : [""], (id) => id, () => document.createElement("li"), (li, id) => {
+    if (id) linkCell(li, "#/run/" + encodeURIComponent(id), id);
+    else setCell(li, "nothing");
+  });
+}
+
+$("#worker-drain").addEventListener("click", () => workerPage.id && drainWorker(workerPage.id));
 
 // ---- run view ----
 
@@ -776,7 +955,8 @@ function refreshRunFacts() {
   const elapsed = run.started_at_ms && !run.finished_at_ms ? duration(now - run.started_at_ms) + " so far" : duration(run.duration_ms !== undefined ? run.duration_ms : null);
   const facts = [
     ["State", run.state],
-    ["Worker", run.worker],
+    ["Job", run.job, "job"],
+    ["Worker", run.worker, "worker"],
     ["Attempt", run.attempt],
     ["Scheduled", run.scheduled_at_ms, "time"],
     ["Created", run.created_at_ms, "time"],
@@ -784,7 +964,7 @@ function refreshRunFacts() {
     ["Finished", run.finished_at_ms, "time"],
     ["Duration", elapsed],
     ["Exit code", run.exit_code],
-    ["Result", typeof run.outcome === "string" ? run.outcome : (run.outcome ? JSON.stringify(run.outcome) : null)],
+    ["Result", describeOutcome(run.outcome)],
     ["Retry of", run.first_attempt, "run"],
     ["Started by", run.parent, "run"],
   ];
@@ -800,15 +980,8 @@ function refreshRunFacts() {
   facts.forEach(([name, value, kind], i) => {
     const dd = dl.children[i * 2 + 1];
     if (kind === "time") timeCell(dd, value);
-    else if (kind === "run" && value) {
-      if (dd.dataset.run !== value) {
-        const a = document.createElement("a");
-        a.href = "#/run/" + encodeURIComponent(value);
-        a.textContent = value;
-        dd.replaceChildren(a);
-        dd.dataset.run = value;
-      }
-    } else setCell(dd, value);
+    else if (kind && value) linkCell(dd, "#/" + kind + "/" + encodeURIComponent(value), value);
+    else setCell(dd, value);
     if (name === "State") dd.className = "state " + value;
   });
   $("#run-kill").disabled = TERMINAL.includes(run.state);

@@ -129,9 +129,16 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     assert!(latency < 1_000, "log line took {latency} ms to show");
     driver.send(json!({ "cmd": "screenshot", "name": "run-view" }));
 
-    // An operator kills a running run from the page.
+    // An operator kills a running run from the page; first, the worker's page shows it
+    // running there.
     let long = cluster.enqueue("long");
     driver.send(json!({ "cmd": "wait_run", "id": long, "state": "running" }));
+    driver.send(json!({ "cmd": "goto", "hash": "#/worker/w1" }));
+    let running_there = format!(
+        "[...document.querySelectorAll('#worker-running a')].some(a => a.textContent === '{long}')"
+    );
+    driver.send(json!({ "cmd": "wait_js", "expr": running_there }));
+    driver.send(json!({ "cmd": "screenshot", "name": "worker-page" }));
     driver.send(json!({ "cmd": "kill", "id": long }));
     assert_eq!(cluster.run(&long).unwrap()["state"], "killed");
     driver.send(json!({ "cmd": "screenshot", "name": "workers", "tab": "workers" }));
@@ -275,6 +282,18 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
     );
     driver.send(json!({ "cmd": "screenshot", "name": "after-burst", "tab": "runs" }));
 
+    // The job's page: its success rate and durations over its runs, and when a
+    // scheduled job fires next.
+    driver.send(json!({ "cmd": "goto", "hash": "#/job/quick" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#job-rate').textContent.includes('100 % of the last 200')" }));
+    let bars = driver.send(
+        json!({ "cmd": "eval_js", "expr": "document.querySelectorAll('#job-chart rect').length" }),
+    );
+    assert_eq!(bars["value"], 200);
+    driver.send(json!({ "cmd": "screenshot", "name": "job-page" }));
+    driver.send(json!({ "cmd": "goto", "hash": "#/job/ticking" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelectorAll('#job-next li').length === 5 && document.querySelector('#job-zone').textContent === '(UTC)'" }));
+
     // All history, a page at a time.
     let paged = driver.send(json!({ "cmd": "page_all" }));
     assert_eq!(paged["runs"], finished["total_runs"], "{paged}");
@@ -327,7 +346,14 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
     // than a phone's screen.
     let run_view = format!("#/run/{loud}");
     for width in [1400u64, 390] {
-        for view in ["#/runs", "#/workers", "#/jobs", run_view.as_str()] {
+        for view in [
+            "#/runs",
+            "#/workers",
+            "#/jobs",
+            run_view.as_str(),
+            "#/job/quick",
+            "#/worker/w1",
+        ] {
             driver.send(json!({ "cmd": "goto", "hash": view }));
             let report = driver.send(json!({ "cmd": "axe", "width": width }));
             assert_eq!(
@@ -341,7 +367,7 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
                 report["scroll_width"],
                 report["too_wide"]
             );
-            let name = view.trim_start_matches("#/").split('/').next().unwrap();
+            let name = view.trim_start_matches("#/").replace('/', "-");
             driver.send(
                 json!({ "cmd": "screenshot", "name": format!("{name}-{width}"), "full": true }),
             );

@@ -81,6 +81,12 @@ pub enum Reply {
     },
     /// What a `Reload` took from the settings file.
     Reloaded(ReloadReport),
+    /// A job's next fire times (ms since the epoch) and the zone its schedule is in.
+    NextFires {
+        job: String,
+        times_ms: Vec<u64>,
+        timezone: Option<String>,
+    },
     Error {
         code: ErrorCode,
         message: String,

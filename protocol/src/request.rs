@@ -112,6 +112,12 @@ pub enum AdminRequest {
     /// Reads the broker's settings file again and takes its keys, API tokens and
     /// webhooks (as SIGHUP does); other settings need a restart and are reported.
     Reload,
+    /// The next times a job's schedule starts runs (at most 100), skipping ticks that
+    /// fall in its exclusion windows; none when it is manual, disabled or done.
+    NextFires {
+        job: String,
+        count: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

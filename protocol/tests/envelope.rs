@@ -191,6 +191,10 @@ fn every_request() -> Vec<Request> {
         },
         AdminRequest::Prune { dry_run: true },
         AdminRequest::Reload,
+        AdminRequest::NextFires {
+            job: "nightly".into(),
+            count: 5,
+        },
     ]
 }
 
@@ -335,6 +339,11 @@ fn every_reply() -> Vec<Reply> {
             runs: 3,
             scanned: 40,
             complete: true,
+        },
+        Reply::NextFires {
+            job: "nightly".into(),
+            times_ms: vec![1_800_000_000_000, 1_800_086_400_000],
+            timezone: Some("Europe/Paris".into()),
         },
         Reply::Error {
             code: ErrorCode::NotFound,

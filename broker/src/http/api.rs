@@ -73,6 +73,40 @@ pub(super) async fn jobs(
     }
 }
 
+/// Fire times a job's page shows.
+const NEXT_FIRES_SHOWN: u32 = 5;
+
+/// One job: its view, and when it fires next (in its schedule's zone).
+pub(super) async fn job_detail(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    let request = AdminRequest::NextFires {
+        job: name.clone(),
+        count: NEXT_FIRES_SHOWN,
+    };
+    let Reply::NextFires {
+        times_ms, timezone, ..
+    } = app.core.call(&caller, request).await?
+    else {
+        return Err(ApiError::unavailable());
+    };
+    let Reply::Jobs { jobs } = app.core.call(&caller, AdminRequest::ListJobs).await? else {
+        return Err(ApiError::unavailable());
+    };
+    let job = jobs
+        .into_iter()
+        .find(|job| job.spec.name == name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such job"))?;
+    Ok(Json(caller.view(json!({
+        "job": job,
+        "next_fires_ms": times_ms,
+        "timezone": timezone,
+    }))))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RunsQuery {

@@ -17,8 +17,8 @@ pub use live::LiveFeed;
 
 use crate::config::ApiToken;
 use api::{
-    disable, drain, enable, enqueue, healthz, jobs, kill, list_runs, metrics, retry, run_detail,
-    run_log, status, workers,
+    disable, drain, enable, enqueue, healthz, job_detail, jobs, kill, list_runs, metrics, retry,
+    run_detail, run_log, status, workers,
 };
 use auth::whoami;
 use axum::extract::DefaultBodyLimit;
@@ -94,6 +94,7 @@ pub fn router(
         .route("/api/v1/runs/{id}/kill", post(kill))
         .route("/api/v1/runs/{id}/retry", post(retry))
         .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{name}", get(job_detail))
         .route("/api/v1/jobs/{name}/enqueue", post(enqueue))
         .route("/api/v1/jobs/{name}/enable", post(enable))
         .route("/api/v1/jobs/{name}/disable", post(disable))

@@ -1,10 +1,47 @@
-//! `ListJobs`: every job with its schedule state.
+//! `ListJobs`: every job with its schedule state; `NextFires`: when one fires next.
 
-use crate::core::Core;
+use crate::core::{Core, Handled};
 use crate::store::Store;
-use jobcast_protocol::{JobSpec, JobView};
+use jobcast_protocol::{JobSpec, JobView, Reply};
+
+/// Most fire times one `NextFires` answers with.
+const MAX_NEXT_FIRES: u32 = 100;
 
 impl<S: Store> Core<S> {
+    /// The next `count` ticks of `job` that start runs (excluded ones skipped).
+    pub(in crate::core) fn next_fires(&self, job: &str, count: u32) -> Handled<Reply> {
+        let Some(spec) = self.jobs.specs.get(job) else {
+            return Err(self.no_such_job(job));
+        };
+        let mut times_ms = Vec::new();
+        let schedule = self.jobs.schedules.get(job);
+        if let (Some(schedule), Some(mut next), true) = (
+            schedule,
+            self.jobs.next_fire.get(job),
+            self.jobs.is_active(spec),
+        ) {
+            let wanted = count.min(MAX_NEXT_FIRES) as usize;
+            // Bounded however much of the schedule an exclusion window covers.
+            for _ in 0..wanted * 20 {
+                if times_ms.len() == wanted {
+                    break;
+                }
+                if !schedule.is_excluded(next) {
+                    times_ms.push(next);
+                }
+                match schedule.next_after(next) {
+                    Some(after) => next = after,
+                    None => break,
+                }
+            }
+        }
+        Ok(Reply::NextFires {
+            job: job.to_string(),
+            times_ms,
+            timezone: spec.schedule.timezone.clone(),
+        })
+    }
+
     pub(in crate::core) fn job_views(&self) -> Vec<JobView> {
         self.jobs
             .specs

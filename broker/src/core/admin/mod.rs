@@ -52,6 +52,7 @@ impl<S: Store> Core<S> {
             AdminRequest::ListJobs => Reply::Jobs {
                 jobs: self.job_views(),
             },
+            AdminRequest::NextFires { job, count } => self.next_fires(&job, count)?,
             AdminRequest::GetLog { run, offset } => self.get_log(&run, offset)?,
             AdminRequest::ApplyJobs { jobs } => {
                 tracing::info!(actor, jobs = jobs.len(), "applying jobs");

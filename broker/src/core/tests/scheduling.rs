@@ -636,3 +636,69 @@ fn a_corrupt_disabled_pools_setting_stops_the_core_instead_of_enabling_every_poo
         Ok(_) => panic!("a corrupt setting was read as a default"),
     }
 }
+
+fn next_fires(h: &mut Harness, job: &str, count: u32) -> Reply {
+    h.admin(AdminRequest::NextFires {
+        job: job.into(),
+        count,
+    })
+}
+
+#[test]
+fn next_fires_list_the_ticks_that_start_runs_in_the_jobs_zone() {
+    let mut h = aligned();
+    let hour_ms = 3_600_000;
+    let this_hour = h.now_ms() / hour_ms * hour_ms;
+    let hour = (this_hour / hour_ms) % 24;
+    // Every 30 minutes, in a zone, except during the next hour.
+    let window = format!("{:02}:00-{:02}:00", (hour + 1) % 24, (hour + 2) % 24);
+    h.apply_toml(&format!(
+        "[jobs.half]\ncommand = \"x\"\nevery = \"30m\"\nexclude = [\"{window}\"]\n\
+         [jobs.by-hand]\ncommand = \"x\"\n"
+    ));
+    let Reply::NextFires {
+        times_ms, timezone, ..
+    } = next_fires(&mut h, "half", 4)
+    else {
+        panic!("no fire times")
+    };
+    assert_eq!(timezone, None);
+    let half = hour_ms / 2;
+    let first = (h.now_ms() / half + 1) * half;
+    let expected: Vec<u64> = (0..8)
+        .map(|i| first + i * half)
+        .filter(|t| !(this_hour + hour_ms..this_hour + 2 * hour_ms).contains(t))
+        .take(4)
+        .collect();
+    assert_eq!(times_ms, expected);
+
+    // A manual job, and a disabled one, fire never.
+    let Reply::NextFires { times_ms, .. } = next_fires(&mut h, "by-hand", 4) else {
+        panic!()
+    };
+    assert!(times_ms.is_empty());
+    h.admin(AdminRequest::SetEnabled {
+        target: jobcast_protocol::EnableTarget::Job("half".into()),
+        enabled: false,
+    });
+    let Reply::NextFires { times_ms, .. } = next_fires(&mut h, "half", 4) else {
+        panic!()
+    };
+    assert!(times_ms.is_empty());
+    // Asking for more than 100 gets 100; an unknown job is an error.
+    h.admin(AdminRequest::SetEnabled {
+        target: jobcast_protocol::EnableTarget::Job("half".into()),
+        enabled: true,
+    });
+    let Reply::NextFires { times_ms, .. } = next_fires(&mut h, "half", 1_000) else {
+        panic!()
+    };
+    assert_eq!(times_ms.len(), 100);
+    assert!(matches!(
+        next_fires(&mut h, "nope", 1),
+        Reply::Error {
+            code: jobcast_protocol::ErrorCode::NotFound,
+            ..
+        }
+    ));
+}
