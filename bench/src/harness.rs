@@ -268,7 +268,7 @@ impl Broker {
             )
             .await?
         {
-            Reply::Runs { runs } => Ok(runs),
+            Reply::Runs { runs, .. } => Ok(runs),
             other => bail!("runs: {other:?}"),
         }
     }
@@ -291,7 +291,7 @@ impl Broker {
                 .request(AdminRequest::ListRuns(filter), TIMEOUT)
                 .await?
             {
-                Reply::Runs { runs } => count += runs.len(),
+                Reply::Runs { runs, .. } => count += runs.len(),
                 other => bail!("runs: {other:?}"),
             }
         }

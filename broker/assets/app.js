@@ -15,6 +15,7 @@ const state = {
   role: null,
   runs: new Map(),        // id → run summary: the live first page
   page: null,             // runs fetched for a filtered or older page, or null when live
+  resume: null,           // where the broker stopped looking, when it did before a full page
   workers: [],
   jobs: new Map(),        // name → job view
   status: null,
@@ -350,10 +351,7 @@ function emptyRow(cells) {
 }
 
 function shownRuns() {
-  const list = state.page || [...state.runs.values()].sort((a, b) => b.seq - a.seq);
-  const query = $("#search").value.trim().toLowerCase();
-  if (!query) return list;
-  return list.filter((run) => [run.id, run.job, run.state, run.worker, run.outcome].join(" ").toLowerCase().includes(query));
+  return state.page || [...state.runs.values()].sort((a, b) => b.seq - a.seq);
 }
 
 function renderRuns() {
@@ -379,11 +377,12 @@ function renderRuns() {
     setCell(c[6], run.outcome);
     c[6].className = "result";
   });
-  const info = state.page ? (state.page.length + " runs on this page") : "newest runs, live";
+  let info = state.page ? (state.page.length + " runs on this page") : "newest runs, live";
+  if (state.resume) info += " (the broker stopped looking here: Older looks further back)";
   $("#page-info").textContent = info;
   $("#newer").disabled = !state.route.params.get("before");
   const list = state.page || [...state.runs.values()];
-  $("#older").disabled = list.length < PAGE;
+  $("#older").disabled = list.length < PAGE && !state.resume;
 }
 
 function renderWorkers() {
@@ -539,10 +538,12 @@ function route() {
 
 window.addEventListener("hashchange", route);
 
-/// The filters of the URL, as the API's query.
+/// The URL's run filters, which are also the API's query parameters.
+const FILTERS = ["state", "job", "worker", "since", "until", "text", "before"];
+
 function runsQuery(extra) {
   const params = new URLSearchParams();
-  for (const name of ["state", "job", "worker", "before"]) {
+  for (const name of FILTERS) {
     const value = state.route.params.get(name);
     if (value) params.set(name, value);
   }
@@ -550,19 +551,39 @@ function runsQuery(extra) {
   return params;
 }
 
+/// A time for a datetime-local input (the browser's zone) and back.
+function toLocalInput(ms) {
+  if (!ms) return "";
+  const date = new Date(Number(ms));
+  return new Date(date.getTime() - date.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+}
+
+function fromLocalInput(value) {
+  return value ? String(new Date(value).getTime()) : "";
+}
+
 async function loadRunsPage() {
   const params = state.route.params;
   $("#filter-state").value = params.get("state") || "";
   $("#filter-job").value = params.get("job") || "";
   $("#filter-worker").value = params.get("worker") || "";
-  const filtered = ["state", "job", "worker", "before"].some((name) => params.get(name));
-  if (!filtered) {
+  $("#filter-since").value = toLocalInput(params.get("since"));
+  $("#filter-until").value = toLocalInput(params.get("until"));
+  $("#search").value = params.get("text") || "";
+  state.resume = null;
+  if (!FILTERS.some((name) => params.get(name))) {
     state.page = null;
     markDirty("runs");
     return;
   }
   try {
-    state.page = await api("GET", "/api/v1/runs?" + runsQuery({ limit: PAGE }));
+    const response = await fetch("/api/v1/runs?" + runsQuery({ limit: PAGE }), { headers: { Authorization: "Bearer " + state.token } });
+    if (response.status === 401) return tokenStopped();
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error || response.statusText);
+    state.page = body;
+    // The broker looks at a bounded number of runs per listing: where to go on from.
+    state.resume = response.headers.get("jobcast-resume-before");
     markDirty("runs");
   } catch (error) {
     showMessage("Cannot list runs: " + error.message);
@@ -578,8 +599,12 @@ for (const name of STATES) {
 
 function applyFilters() {
   const params = new URLSearchParams();
-  for (const [name, id] of [["state", "#filter-state"], ["job", "#filter-job"], ["worker", "#filter-worker"]]) {
+  for (const [name, id] of [["state", "#filter-state"], ["job", "#filter-job"], ["worker", "#filter-worker"], ["text", "#search"]]) {
     const value = $(id).value.trim();
+    if (value) params.set(name, value);
+  }
+  for (const [name, id] of [["since", "#filter-since"], ["until", "#filter-until"]]) {
+    const value = fromLocalInput($(id).value);
     if (value) params.set(name, value);
   }
   const query = params.toString();
@@ -588,8 +613,7 @@ function applyFilters() {
 
 $("#filters").addEventListener("submit", (event) => { event.preventDefault(); applyFilters(); });
 $("#filter-state").addEventListener("change", applyFilters);
-for (const id of ["#filter-job", "#filter-worker"]) $(id).addEventListener("change", applyFilters);
-$("#search").addEventListener("input", () => markDirty("runs"));
+for (const id of ["#filter-job", "#filter-worker", "#filter-since", "#filter-until", "#search"]) $(id).addEventListener("change", applyFilters);
 $("#csv").addEventListener("click", (event) => {
   event.preventDefault();
   const params = runsQuery();
@@ -598,9 +622,9 @@ $("#csv").addEventListener("click", (event) => {
 });
 $("#older").addEventListener("click", () => {
   const list = shownRuns();
-  if (!list.length) return;
-  const params = runsQuery({ before: list[list.length - 1].seq });
-  location.hash = "#/runs?" + params;
+  const before = list.length < PAGE && state.resume ? state.resume : (list.length ? list[list.length - 1].seq : null);
+  if (!before) return;
+  location.hash = "#/runs?" + runsQuery({ before });
 });
 $("#newer").addEventListener("click", () => {
   const params = runsQuery();

@@ -122,6 +122,13 @@ pub(crate) enum Command {
         /// How many runs, newest first (at most 10000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
+        /// Only runs whose id, job, worker, state or result contains this text (any case).
+        #[arg(long)]
+        search: Option<String>,
+        /// Only runs older than this sequence number (paging: the `seq` of the last run
+        /// listed, or the number a listing that stopped early names).
+        #[arg(long)]
+        before: Option<u64>,
     },
     /// Run a finished run's job again, as its next attempt.
     Retry { run: String },

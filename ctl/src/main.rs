@@ -212,13 +212,20 @@ async fn run(args: Args) -> Result<ExitCode> {
             job,
             worker,
             limit,
+            search,
+            before,
         } => {
-            let Reply::Runs { runs } = ctl
+            let Reply::Runs {
+                runs,
+                resume_before,
+            } = ctl
                 .call(AdminRequest::ListRuns(RunFilter {
                     state,
                     job,
                     worker,
                     limit,
+                    text: search,
+                    before_seq: before,
                     ..Default::default()
                 }))
                 .await?
@@ -229,6 +236,11 @@ async fn run(args: Args) -> Result<ExitCode> {
                 ctl.print_json(&runs)?;
             } else {
                 print_runs(&runs);
+            }
+            if let Some(resume) = resume_before {
+                eprintln!(
+                    "jobcastctl: the broker stopped looking before finding {limit} runs; older ones: add --before {resume}"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -309,6 +309,12 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
     driver.send(json!({ "cmd": "wait_js", "expr": one_row }));
     let back = driver.send(json!({ "cmd": "back" }));
     assert_ne!(back["hash"], "#/runs?state=cancelled");
+    // Text search is the broker's, over every stored run.
+    driver.send(
+        json!({ "cmd": "goto", "hash": format!("#/runs?text={}", &stranded[..8].to_uppercase()) }),
+    );
+    let shown = driver.send(json!({ "cmd": "wait_js", "expr": one_row }));
+    assert_eq!(shown["value"], stranded.as_str());
 
     // A 5 MB log, followed live: the page holds no more than the cap, with colours.
     let loud = cluster.enqueue("loud");

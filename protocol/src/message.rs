@@ -55,6 +55,11 @@ pub enum Reply {
     },
     Runs {
         runs: Vec<RunRecord>,
+        /// Set when the broker stopped looking before finding `limit` runs (it looks at a
+        /// bounded number of stored runs per listing): list again with this as
+        /// `before_seq` to go on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_before: Option<u64>,
     },
     Jobs {
         jobs: Vec<JobView>,

@@ -171,6 +171,7 @@ const ADMIN_TAGS: &[&str] = &[
     "set_enabled",
     "prune",
     "reload",
+    "next_fires",
 ];
 /// Every request tag, worker ones first.
 const ALL_TAGS: &[&str] = &ALL_TAG_ARRAY;

@@ -61,6 +61,42 @@ pub struct RunFilter {
     /// Paging: only runs older than this sequence number (the last `seq` of a page).
     #[serde(default)]
     pub before_seq: Option<u64>,
+    /// Only runs whose id, job, worker, state or result contains this text (any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+impl RunFilter {
+    /// Whether `run` passes every condition but the time range and paging.
+    pub fn matches(&self, run: &RunRecord) -> bool {
+        if self.state.is_some_and(|s| s != run.state)
+            || self.job.as_ref().is_some_and(|j| *j != run.job)
+            || self
+                .worker
+                .as_ref()
+                .is_some_and(|w| run.worker.as_ref() != Some(w))
+        {
+            return false;
+        }
+        let Some(text) = &self.text else {
+            return true;
+        };
+        let text = text.to_lowercase();
+        let outcome = run.outcome.as_ref().map(Outcome::describe);
+        let fields = [
+            Some(run.id.as_str()),
+            Some(run.job.as_str()),
+            run.worker.as_deref(),
+            Some(run.state.as_str()),
+            outcome.as_deref(),
+        ];
+        for field in fields.into_iter().flatten() {
+            if field.to_lowercase().contains(&text) {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// A run as stored by the broker and shown to operators.

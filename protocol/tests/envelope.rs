@@ -173,6 +173,7 @@ fn every_request() -> Vec<Request> {
             since_ms: Some(1),
             until_ms: Some(2),
             before_seq: Some(3),
+            text: Some("disk full".into()),
         }),
         AdminRequest::Retry { run: "3f9a".into() },
         AdminRequest::ListJobs,
@@ -265,6 +266,7 @@ fn every_reply() -> Vec<Reply> {
         },
         Reply::Runs {
             runs: vec![record()],
+            resume_before: Some(40_001),
         },
         Reply::Jobs {
             jobs: vec![JobView {

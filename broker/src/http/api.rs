@@ -120,7 +120,12 @@ pub(super) struct RunsQuery {
     limit: Option<std::num::NonZeroU32>,
     /// paging: the `seq` of the last run of the previous page
     before: Option<u64>,
+    /// text the run's id, job, worker, state or result contains (any case)
+    text: Option<String>,
 }
+
+/// Names the `before` to go on with when a listing stopped looking early.
+pub(super) const RESUME_HEADER: &str = "jobcast-resume-before";
 
 impl RunsQuery {
     pub(super) fn filter(self) -> Result<RunFilter, ApiError> {
@@ -140,34 +145,53 @@ impl RunsQuery {
             since_ms: self.since,
             until_ms: self.until,
             before_seq: self.before,
+            text: self.text.filter(|t| !t.is_empty()),
         })
     }
 }
 
+/// The runs a query lists, and the `before` to go on with if the broker stopped looking
+/// early (sent as the [`RESUME_HEADER`] header).
 pub(super) async fn runs_matching(
     app: &AppState,
     caller: &Caller,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Vec<RunRecord>, ApiError> {
+) -> Result<(Vec<RunRecord>, Option<u64>), ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     match app
         .core
         .call(caller, AdminRequest::ListRuns(query.filter()?))
         .await?
     {
-        Reply::Runs { runs } => Ok(runs),
+        Reply::Runs {
+            runs,
+            resume_before,
+        } => Ok((runs, resume_before)),
         _ => Err(ApiError::unavailable()),
     }
+}
+
+/// `response` with the [`RESUME_HEADER`], when there is a place to go on from.
+pub(super) fn with_resume(mut response: Response, resume_before: Option<u64>) -> Response {
+    if let Some(seq) = resume_before {
+        response
+            .headers_mut()
+            .insert(RESUME_HEADER, axum::http::HeaderValue::from(seq));
+    }
+    response
 }
 
 pub(super) async fn list_runs(
     State(app): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
-    let runs = runs_matching(&app, &caller, query).await?;
-    Ok(Json(caller.view(json!(runs))))
+    let (runs, resume_before) = runs_matching(&app, &caller, query).await?;
+    Ok(with_resume(
+        Json(caller.view(json!(runs))).into_response(),
+        resume_before,
+    ))
 }
 
 pub(super) async fn run_detail(

@@ -31,7 +31,7 @@ pub(super) async fn runs_csv(
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
-    let runs = runs_matching(&app, &caller, query).await?;
+    let (runs, resume_before) = runs_matching(&app, &caller, query).await?;
     let mut csv = String::from(
         "id,job,pool,state,worker,attempt,scheduled_at,created_at,started_at,finished_at,duration_ms,exit_code,outcome\n",
     );
@@ -62,7 +62,7 @@ pub(super) async fn runs_csv(
         csv.push_str(&line.join(","));
         csv.push('\n');
     }
-    Ok((
+    let response = (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
             (
@@ -72,7 +72,8 @@ pub(super) async fn runs_csv(
         ],
         csv,
     )
-        .into_response())
+        .into_response();
+    Ok(super::api::with_resume(response, resume_before))
 }
 
 #[cfg(test)]

@@ -349,7 +349,7 @@ pub(super) async fn snapshot(app: &AppState, caller: &Caller) -> Result<String, 
     let Reply::Jobs { jobs } = app.core.call(caller, AdminRequest::ListJobs).await? else {
         return Err(ApiError::unavailable());
     };
-    let Reply::Runs { runs } = app
+    let Reply::Runs { runs, .. } = app
         .core
         .call(
             caller,

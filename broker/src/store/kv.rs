@@ -4,7 +4,7 @@
 
 use super::engine::{Engine, Tree};
 use super::run_codec::{self, SpecCache, SpecKey};
-use super::{list_newest_first, Store, StoreError, StoreResult};
+use super::{list_newest_first, Listing, Store, StoreError, StoreResult};
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -254,7 +254,7 @@ impl<E: Engine> Store for KvStore<E> {
         Ok(runs)
     }
 
-    fn runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
+    fn runs(&self, filter: &RunFilter) -> StoreResult<Listing> {
         let before = filter.before_seq.map(u64::to_be_bytes);
         let to = match &before {
             Some(before) => Bound::Excluded(&before[..]),
@@ -437,7 +437,8 @@ mod tests {
                 limit: 10,
                 ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+            .runs;
         assert_eq!(listed, vec![new, old]);
     }
 
@@ -587,7 +588,8 @@ mod tests {
                     limit: 100,
                     ..Default::default()
                 })
-                .unwrap();
+                .unwrap()
+                .runs;
             for run in &listed {
                 assert_eq!(
                     store.run(&run.id).unwrap().as_ref(),

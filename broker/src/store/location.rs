@@ -104,7 +104,8 @@ mod tests {
                 limit: 10,
                 ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+            .runs;
         listed.reverse();
         assert_eq!(listed, runs);
         assert_eq!(store.run_count().unwrap(), 4, "the pruned count came along");

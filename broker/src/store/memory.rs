@@ -1,7 +1,7 @@
 //! A store in memory, with the sled backend's behaviour (the contract tests run on both):
 //! for tests of the core, which then need no disk. `flush` makes nothing more durable.
 
-use super::{list_newest_first, Store, StoreResult};
+use super::{list_newest_first, Listing, Store, StoreResult};
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -65,7 +65,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
+    fn runs(&self, filter: &RunFilter) -> StoreResult<Listing> {
         let newest_first = self
             .runs
             .range(..filter.before_seq.unwrap_or(u64::MAX))

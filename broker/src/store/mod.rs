@@ -53,8 +53,9 @@ pub trait Store: Send {
     fn run(&self, id: &str) -> StoreResult<Option<RunRecord>>;
     /// Runs that are not in a terminal state.
     fn active_runs(&self) -> StoreResult<Vec<RunRecord>>;
-    /// Newest first, filtered, at most `filter.limit`.
-    fn runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>>;
+    /// Newest first, filtered, at most `filter.limit`, looking at no more than
+    /// [`LISTING_SCAN`] records (see [`Listing`]).
+    fn runs(&self, filter: &RunFilter) -> StoreResult<Listing>;
     /// Ids of stored runs that start with `prefix`, in id order, at most `limit` (a range
     /// read: it costs `limit`, not the number of runs).
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>>;
@@ -92,34 +93,48 @@ pub trait Store: Send {
     }
 }
 
+/// Stored records one listing looks at, at most: a filter that matches little must not
+/// hold the loop for a walk over the whole store (a few tens of ms at most).
+pub const LISTING_SCAN: usize = 20_000;
+
+/// A listing's runs, and where it stopped when it looked at [`LISTING_SCAN`] records
+/// before finding `limit` runs: the sequence number to go on from (as `before_seq`).
+#[derive(Debug, Default, PartialEq)]
+pub struct Listing {
+    pub runs: Vec<RunRecord>,
+    pub resume_before: Option<u64>,
+}
+
 /// Applies `filter` to runs given newest first: the listing both backends return.
 fn list_newest_first(
     runs: impl Iterator<Item = StoreResult<RunRecord>>,
     filter: &RunFilter,
-) -> StoreResult<Vec<RunRecord>> {
+) -> StoreResult<Listing> {
     let mut listed = Vec::new();
-    for run in runs {
+    for (looked, run) in runs.enumerate() {
         if listed.len() >= filter.limit as usize {
             break;
         }
         let run = run?;
+        if looked == LISTING_SCAN {
+            return Ok(Listing {
+                runs: listed,
+                resume_before: Some(run.seq + 1),
+            });
+        }
         if filter.since_ms.is_some_and(|t| run.created_at_ms < t) {
             // Newest first: everything further is older still.
             break;
         }
-        if filter.until_ms.is_some_and(|t| run.created_at_ms >= t)
-            || filter.state.is_some_and(|s| s != run.state)
-            || filter.job.as_ref().is_some_and(|j| *j != run.job)
-            || filter
-                .worker
-                .as_ref()
-                .is_some_and(|w| run.worker.as_ref() != Some(w))
-        {
+        if filter.until_ms.is_some_and(|t| run.created_at_ms >= t) || !filter.matches(&run) {
             continue;
         }
         listed.push(run);
     }
-    Ok(listed)
+    Ok(Listing {
+        runs: listed,
+        resume_before: None,
+    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ on_every_backend!(
     listings_page_by_sequence_and_filter_by_time_job_and_worker,
     settings_workers_and_job_states_read_back,
     deleted_runs_take_their_id_and_log_with_them,
+    a_listing_looks_at_a_bounded_number_of_runs_and_says_where_to_go_on,
 );
 
 fn job(name: &str) -> JobSpec {
@@ -66,7 +67,8 @@ fn runs_are_listed_newest_first_and_filtered(mut store: impl Store) {
             limit: 10,
             ..Default::default()
         })
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 2, 1]);
     let done = store
         .runs(&RunFilter {
@@ -74,7 +76,8 @@ fn runs_are_listed_newest_first_and_filtered(mut store: impl Store) {
             limit: 1,
             ..Default::default()
         })
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(done.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
     assert_eq!(store.last_run_seq().unwrap(), 3);
     assert_eq!(store.run_count().unwrap(), 3);
@@ -163,7 +166,13 @@ fn listings_page_by_sequence_and_filter_by_time_job_and_worker(mut store: impl S
         store.create_run(&r).unwrap();
     }
     let seqs = |filter: RunFilter| -> Vec<u64> {
-        store.runs(&filter).unwrap().iter().map(|r| r.seq).collect()
+        store
+            .runs(&filter)
+            .unwrap()
+            .runs
+            .iter()
+            .map(|r| r.seq)
+            .collect()
     };
     let all = || RunFilter {
         limit: 100,
@@ -289,8 +298,55 @@ fn each_run_keeps_the_job_version_it_was_created_with_across_reopening() {
             ..Default::default()
         })
         .unwrap()
+        .runs
         .into_iter()
         .map(|r| r.spec)
         .collect();
     assert_eq!(listed, vec![edited, first]);
+}
+
+fn a_listing_looks_at_a_bounded_number_of_runs_and_says_where_to_go_on(mut store: impl Store) {
+    // One failed run, far below more succeeded ones than a listing looks at.
+    let total = LISTING_SCAN as u64 + 100;
+    let mut failed = run(1, "the-one-that-failed", RunState::Failed);
+    failed.outcome = Some(jobcast_protocol::Outcome::Exited { code: 3 });
+    store.create_run(&failed).unwrap();
+    for seq in 2..=total {
+        store
+            .create_run(&run(seq, &format!("run{seq}"), RunState::Succeeded))
+            .unwrap();
+    }
+    let failed_only = RunFilter {
+        state: Some(RunState::Failed),
+        limit: 10,
+        ..Default::default()
+    };
+    let first = store.runs(&failed_only).unwrap();
+    assert!(first.runs.is_empty());
+    // It stopped after looking at LISTING_SCAN runs, newest first.
+    let resume = first.resume_before.expect("a place to go on from");
+    assert_eq!(resume, total - LISTING_SCAN as u64 + 1);
+    let rest = store
+        .runs(&RunFilter {
+            before_seq: Some(resume),
+            ..failed_only
+        })
+        .unwrap();
+    assert_eq!(rest.resume_before, None, "the rest was looked at whole");
+    assert_eq!(rest.runs.len(), 1);
+    assert_eq!(rest.runs[0].id, "the-one-that-failed");
+
+    // Text matches the id, job, worker, state or result, in any case.
+    for text in ["ONE-THAT", "code 3", "failed"] {
+        let found = store
+            .runs(&RunFilter {
+                text: Some(text.into()),
+                limit: 5,
+                before_seq: Some(resume),
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = found.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["the-one-that-failed"], "{text}");
+    }
 }

@@ -21,8 +21,10 @@ impl<S: Store> Core<S> {
             }
         };
         let filter = RunFilter { limit, ..filter };
+        let listing = self.store.runs(&filter)?;
         Ok(Reply::Runs {
-            runs: self.store.runs(&filter)?,
+            runs: listing.runs,
+            resume_before: listing.resume_before,
         })
     }
 }

@@ -12,7 +12,7 @@ fn a_listing_names_its_limit_within_the_maximum_or_gets_the_default() {
         limit,
         ..Default::default()
     })) {
-        Reply::Runs { runs } => Ok(runs.len()),
+        Reply::Runs { runs, .. } => Ok(runs.len()),
         Reply::Error { code, message } => Err((code, message)),
         other => panic!("{other:?}"),
     };

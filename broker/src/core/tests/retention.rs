@@ -35,6 +35,7 @@ fn stored(h: &Harness) -> Vec<String> {
             ..Default::default()
         })
         .unwrap()
+        .runs
         .into_iter()
         .map(|r| r.id)
         .collect()

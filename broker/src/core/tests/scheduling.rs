@@ -35,7 +35,8 @@ impl Harness {
                 limit: 100_000,
                 ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+            .runs;
         runs.reverse();
         runs
     }
