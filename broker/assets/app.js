@@ -963,7 +963,32 @@ async function openRun(id) {
     const exec = detail.run.spec.exec;
     $("#run-script").textContent = exec.script !== undefined ? exec.script : (exec.command || []).join(" ");
     refreshRunFacts();
+    showLinkedRuns(detail.run);
     $("#run-title").focus();
+  } catch (error) {
+    $("#run-message").textContent = error.message;
+  }
+}
+
+/// Links to the runs this run started: its retries and its chain's next runs (created
+/// after it, so the listing stops at its creation).
+async function showLinkedRuns(run) {
+  const box = $("#run-links");
+  box.hidden = true;
+  try {
+    const query = new URLSearchParams({ linked_to: run.id, since: run.created_at_ms, limit: 20 });
+    const linked = await api("GET", "/api/v1/runs?" + query);
+    if (state.following !== run.id || !linked.length) return;
+    const links = linked.map((r) => {
+      const a = document.createElement("a");
+      a.href = "#/run/" + encodeURIComponent(r.id);
+      a.textContent = `${r.id} (${r.job}, ${r.state.replace("_", " ")})`;
+      return a;
+    });
+    const span = box.querySelector("span");
+    span.replaceChildren();
+    links.forEach((a, i) => { if (i) span.append(", "); span.append(a); });
+    box.hidden = false;
   } catch (error) {
     $("#run-message").textContent = error.message;
   }

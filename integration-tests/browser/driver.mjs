@@ -159,8 +159,9 @@ const commands = {
     return { runs: seen.size, pages };
   },
   // axe-core's serious and critical violations at `width` px, and how wide the page is.
-  async axe({ width, height }) {
+  async axe({ width, height, dark }) {
     await page.setViewportSize({ width, height: height || 800 });
+    await page.emulateMedia({ colorScheme: dark ? "dark" : "light" });
     const source = await readFile(require.resolve("axe-core/axe.min.js"), "utf8");
     await page.evaluate(source);
     const violations = await page.evaluate(async () => {

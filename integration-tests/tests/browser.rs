@@ -168,6 +168,24 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     cluster.start_broker();
     let answer = driver.send(json!({ "cmd": "wait_live", "live": true }));
     assert_eq!(answer["text"], "live");
+
+    // A token taken away by a reload brings back the login prompt, saying why.
+    let path = cluster.path("broker.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let without_viewer = config.replace(
+        &format!(
+            "[[http.tokens]]\nname = \"viewer\"\ntoken = \"{VIEWER_TOKEN}\"\nrole = \"viewer\"\n"
+        ),
+        "",
+    );
+    assert_ne!(config, without_viewer, "the config names the viewer token");
+    std::fs::write(&path, without_viewer).unwrap();
+    cluster.ctl_ok(&["reload"]);
+    driver.send(
+        json!({ "cmd": "wait_js", "expr": "!document.querySelector('#login').hidden && \
+        document.querySelector('#login-error').textContent.includes('no longer works')" }),
+    );
+    driver.send(json!({ "cmd": "screenshot", "name": "token-revoked" }));
 }
 
 /// The broker's status, from the API.
@@ -238,8 +256,18 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
     driver.send(json!({ "cmd": "wait_js", "expr": format!("!({alert})") }));
 
     // A burst of runs: the page matches the broker's counts within 2 s of the broker
-    // finishing, and never freezes meanwhile.
-    driver.send(json!({ "cmd": "goto", "hash": "#/runs" }));
+    // finishing, and never freezes meanwhile. It is watched from the workers' view, with
+    // keyboard focus on a button of a row the burst keeps changing: the focus stays.
+    driver.send(json!({ "cmd": "goto", "hash": "#/workers" }));
+    driver.send(json!({ "cmd": "eval_js", "expr": "(() => {
+        const row = document.querySelector('#workers tr[data-key=\"w1\"]');
+        window.__focused = row.querySelector('button');
+        window.__focused.focus();
+        window.__changes = 0;
+        new MutationObserver((m) => { window.__changes += m.length; })
+            .observe(row, { subtree: true, childList: true, characterData: true });
+        return true;
+    })()" }));
     driver.send(json!({ "cmd": "long_tasks" }));
     let enqueuers: Vec<_> = (0..4)
         .map(|_| {
@@ -279,6 +307,12 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
     assert!(
         long["max_ms"].as_f64().unwrap() < 200.0,
         "the page froze: {long}"
+    );
+    let focus = driver.send(json!({ "cmd": "eval_js", "expr": "[document.activeElement === window.__focused, window.__changes]" }));
+    assert_eq!(focus["value"][0], true, "focus moved: {focus}");
+    assert!(
+        focus["value"][1].as_u64().unwrap() > 0,
+        "the row never changed: {focus}"
     );
     driver.send(json!({ "cmd": "screenshot", "name": "after-burst", "tab": "runs" }));
 
@@ -348,10 +382,24 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
     );
     driver.send(json!({ "cmd": "screenshot", "name": "run-log" }));
 
+    // The run view links to the runs a run started: its retry here.
+    let retry = cluster.ctl_ok(&["retry", &loud]);
+    let retry_id = retry
+        .split_whitespace()
+        .nth(2)
+        .expect("queued run ID of job …")
+        .to_string();
+    driver.send(json!({ "cmd": "goto", "hash": "#/runs" }));
+    driver.send(json!({ "cmd": "goto", "hash": format!("#/run/{loud}") }));
+    driver.send(
+        json!({ "cmd": "wait_js", "expr": format!("!document.querySelector('#run-links').hidden && \
+        document.querySelector('#run-links').textContent.includes('{retry_id}')") }),
+    );
+
     // No serious accessibility problem on any view, wide or narrow, and nothing wider
     // than a phone's screen.
     let run_view = format!("#/run/{loud}");
-    for width in [1400u64, 390] {
+    for (width, dark) in [(1400u64, false), (390, false), (1400, true)] {
         for view in [
             "#/runs",
             "#/workers",
@@ -361,11 +409,11 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
             "#/worker/w1",
         ] {
             driver.send(json!({ "cmd": "goto", "hash": view }));
-            let report = driver.send(json!({ "cmd": "axe", "width": width }));
+            let report = driver.send(json!({ "cmd": "axe", "width": width, "dark": dark }));
             assert_eq!(
                 report["violations"],
                 json!([]),
-                "{view} at {width} px: {report}"
+                "{view} at {width} px (dark: {dark}): {report}"
             );
             assert!(
                 report["scroll_width"].as_u64().unwrap() <= width,
@@ -374,9 +422,8 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
                 report["too_wide"]
             );
             let name = view.trim_start_matches("#/").replace('/', "-");
-            driver.send(
-                json!({ "cmd": "screenshot", "name": format!("{name}-{width}"), "full": true }),
-            );
+            let scheme = if dark { "-dark" } else { "" };
+            driver.send(json!({ "cmd": "screenshot", "name": format!("{name}-{width}{scheme}"), "full": true }));
         }
     }
 }

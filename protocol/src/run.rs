@@ -64,11 +64,20 @@ pub struct RunFilter {
     /// Only runs whose id, job, worker, state or result contains this text (any case).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Only runs that this run started: its retries (their first attempt) and the chain's
+    /// next runs (their parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_to: Option<String>,
 }
 
 impl RunFilter {
     /// Whether `run` passes every condition but the time range and paging.
     pub fn matches(&self, run: &RunRecord) -> bool {
+        if let Some(origin) = &self.linked_to {
+            if run.parent.as_ref() != Some(origin) && run.first_attempt.as_ref() != Some(origin) {
+                return false;
+            }
+        }
         if self.state.is_some_and(|s| s != run.state)
             || self.job.as_ref().is_some_and(|j| *j != run.job)
             || self

@@ -174,6 +174,7 @@ fn every_request() -> Vec<Request> {
             until_ms: Some(2),
             before_seq: Some(3),
             text: Some("disk full".into()),
+            linked_to: Some("3f9a".into()),
         }),
         AdminRequest::Retry { run: "3f9a".into() },
         AdminRequest::ListJobs,

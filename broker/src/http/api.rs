@@ -122,6 +122,8 @@ pub(super) struct RunsQuery {
     before: Option<u64>,
     /// text the run's id, job, worker, state or result contains (any case)
     text: Option<String>,
+    /// runs this run started (retries, chain)
+    linked_to: Option<String>,
 }
 
 /// Names the `before` to go on with when a listing stopped looking early.
@@ -146,6 +148,7 @@ impl RunsQuery {
             until_ms: self.until,
             before_seq: self.before,
             text: self.text.filter(|t| !t.is_empty()),
+            linked_to: self.linked_to,
         })
     }
 }

@@ -40,6 +40,7 @@ on_every_backend!(
     settings_workers_and_job_states_read_back,
     deleted_runs_take_their_id_and_log_with_them,
     a_listing_looks_at_a_bounded_number_of_runs_and_says_where_to_go_on,
+    runs_linked_to_a_run_are_its_retries_and_the_runs_it_started,
 );
 
 fn job(name: &str) -> JobSpec {
@@ -349,4 +350,28 @@ fn a_listing_looks_at_a_bounded_number_of_runs_and_says_where_to_go_on(mut store
         let ids: Vec<&str> = found.runs.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["the-one-that-failed"], "{text}");
     }
+}
+
+fn runs_linked_to_a_run_are_its_retries_and_the_runs_it_started(mut store: impl Store) {
+    store
+        .create_run(&run(1, "first", RunState::Failed))
+        .unwrap();
+    let mut retry = run(2, "retry", RunState::Succeeded);
+    retry.first_attempt = Some("first".into());
+    let mut next = run(3, "next", RunState::Queued);
+    next.parent = Some("first".into());
+    store.create_run(&retry).unwrap();
+    store.create_run(&next).unwrap();
+    store
+        .create_run(&run(4, "other", RunState::Queued))
+        .unwrap();
+    let linked = store
+        .runs(&RunFilter {
+            linked_to: Some("first".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let ids: Vec<&str> = linked.runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["next", "retry"]);
 }
