@@ -243,6 +243,7 @@ impl Broker {
                     self.admin.submit(AdminRequest::Enqueue {
                         job: job.into(),
                         key: None,
+                        params: Default::default(),
                     })
                 })
                 .collect();

@@ -110,6 +110,10 @@ pub(crate) enum Command {
         /// run `enqueue` twice for the same reason passes its own.
         #[arg(long)]
         key: Option<String>,
+        /// A parameter value, NAME=VALUE (repeat for several); the broker checks them
+        /// against the job's declaration.
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
     },
     /// List runs, newest first.
     Runs {
@@ -205,6 +209,14 @@ impl Target {
             (Some(job), None) => EnableTarget::Job(job),
             (None, None) => EnableTarget::Job(String::new()),
         }
+    }
+}
+
+/// `NAME=VALUE`, split at the first `=`.
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
     }
 }
 

@@ -177,11 +177,18 @@ async fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Ping { worker, wait } => ping::ping(&ctl, worker, wait).await,
         Command::Kill { runs } => kill::kill(&ctl, runs).await,
-        Command::Enqueue { job, key } => {
+        Command::Enqueue { job, key, params } => {
             let key = key.unwrap_or_else(|| format!("{:016x}", random_nonce()));
+            let mut values = std::collections::BTreeMap::new();
+            for (name, value) in params {
+                if values.insert(name.clone(), value).is_some() {
+                    bail!("parameter {name:?} is given twice");
+                }
+            }
             let request = AdminRequest::Enqueue {
                 job,
                 key: Some(key),
+                params: values,
             };
             let Reply::Enqueued { run } = ctl.call_again_if_unanswered(request).await? else {
                 bail!("unexpected reply");
@@ -232,6 +239,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             else {
                 bail!("unexpected reply");
             };
+            let runs: Vec<_> = runs.into_iter().map(|r| r.with_secrets_masked()).collect();
             if ctl.json {
                 ctl.print_json(&runs)?;
             } else {

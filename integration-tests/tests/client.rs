@@ -23,6 +23,7 @@ async fn requests_made_while_the_broker_is_down_are_all_delivered_in_order() {
         drop(client.submit(AdminRequest::Enqueue {
             job: "parked".into(),
             key: None,
+            params: Default::default(),
         }));
     }
     let status = client.submit(AdminRequest::Status);

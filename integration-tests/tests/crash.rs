@@ -70,6 +70,7 @@ fn a_broker_killed_during_an_enqueue_storm_runs_every_request_exactly_once() {
                             client.submit(jobcast_protocol::AdminRequest::Enqueue {
                                 job: "storm".into(),
                                 key: Some(key.to_string()),
+                                params: Default::default(),
                             })
                         })
                         .collect();

@@ -210,6 +210,7 @@ fn a_failed_write_is_survived_and_nothing_acknowledged_is_lost() {
                     AdminRequest::Enqueue {
                         job: "echo".into(),
                         key: Some(format!("fill-{i}")),
+                        params: Default::default(),
                     },
                     Duration::from_secs(2),
                 )

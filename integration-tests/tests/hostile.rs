@@ -175,6 +175,7 @@ async fn a_request_captured_before_a_restart_is_refused_after_it() {
         request: AdminRequest::Enqueue {
             job: "quick".into(),
             key: None,
+            params: Default::default(),
         }
         .into(),
     };

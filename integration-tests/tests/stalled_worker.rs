@@ -29,6 +29,7 @@ async fn a_stopped_worker_leaves_broker_memory_bounded_and_others_running() {
                 AdminRequest::Enqueue {
                     job: "tick".into(),
                     key: None,
+                    params: Default::default(),
                 },
                 Duration::from_secs(5),
             )

@@ -23,6 +23,9 @@ pub struct JobSpec {
     pub schedule: ScheduleSpec,
     #[serde(default)]
     pub policy: JobPolicy,
+    /// What a run may be given (`-p name=value`), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, crate::params::ParamSpec>,
 }
 
 impl JobSpec {
@@ -40,6 +43,7 @@ impl JobSpec {
             enabled: true,
             schedule: ScheduleSpec::default(),
             policy: JobPolicy::default(),
+            params: BTreeMap::new(),
         }
     }
 }

@@ -71,6 +71,10 @@ pub enum JobProblem {
     DisableAfterZero,
     #[error("workdir is empty: leave it out to use the worker's")]
     EmptyWorkdir,
+    #[error(transparent)]
+    Param(#[from] crate::params::ParamError),
+    #[error("parameter {name:?} is required, but a scheduled run has no one to give it: give it a default instead")]
+    ScheduledRequiredParam { name: String },
 }
 
 #[derive(Deserialize)]
@@ -144,6 +148,8 @@ struct JobEntry {
     disable_after_failures: Option<u32>,
     late_after: Option<String>,
     retention: Option<String>,
+    #[serde(default)]
+    params: BTreeMap<String, crate::params::ParamSpec>,
 }
 
 fn duration_ms(field: &'static str, text: &str) -> Result<u64, JobProblem> {
@@ -253,6 +259,7 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, JobProblem> {
         enabled: entry.enabled.unwrap_or(true),
         schedule,
         policy,
+        params: entry.params,
     };
     validate(&spec)?;
     Ok(spec)
@@ -319,6 +326,12 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobProblem> {
     }
     if spec.workdir.as_deref() == Some("") {
         return Err(JobProblem::EmptyWorkdir);
+    }
+    crate::params::check_declarations(&spec.params)?;
+    if !spec.schedule.is_manual() {
+        if let Some((name, _)) = spec.params.iter().find(|(_, p)| p.required) {
+            return Err(JobProblem::ScheduledRequiredParam { name: name.clone() });
+        }
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod jobfile;
 pub mod logcap;
 pub mod message;
 pub mod names;
+pub mod params;
 pub mod replay;
 pub mod request;
 pub mod run;

@@ -187,6 +187,9 @@ pub struct Assignment {
     pub attempt: u32,
     pub scheduled_at_ms: u64,
     pub job: JobSpec,
+    /// The run's parameter values: `JOBCAST_PARAM_<NAME>` in its environment.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: crate::params::Params,
 }
 
 impl Assignment {
@@ -197,6 +200,7 @@ impl Assignment {
             attempt: run.attempt,
             scheduled_at_ms: run.scheduled_at_ms,
             job: run.spec.clone(),
+            params: run.params.clone(),
         }
     }
 }

@@ -78,6 +78,9 @@ pub enum AdminRequest {
         /// `Enqueue` of the job with the same key answers with the run the first created.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+        /// Parameter values, checked against the job's declaration.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        params: crate::params::Params,
     },
     ListRuns(RunFilter),
     ListJobs,

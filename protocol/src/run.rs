@@ -162,6 +162,9 @@ pub struct RunRecord {
     pub history: Vec<Transition>,
     /// The job as it was when the run was created, so later edits do not change it.
     pub spec: JobSpec,
+    /// Its parameter values, checked against `spec.params` (defaults filled in).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: crate::params::Params,
 }
 
 /// What an enqueue or a retry answers with: the run's identity and where it stands, not
@@ -186,6 +189,15 @@ impl RunRef {
 }
 
 impl RunRecord {
+    /// The run as anyone may see it: secret parameter values replaced by
+    /// [`crate::params::SECRET_MASK`].
+    pub fn with_secrets_masked(mut self) -> RunRecord {
+        if !self.params.is_empty() {
+            self.params = crate::params::masked(&self.spec.params, &self.params);
+        }
+        self
+    }
+
     /// A new run of `spec`, queued at `created_at_ms` (its only transition so far, with
     /// `cause`): first attempt, no worker, no links, no back-off.
     pub fn queued(
@@ -227,6 +239,7 @@ impl RunRecord {
                 cause: cause.into(),
             }],
             spec,
+            params: Default::default(),
         }
     }
 

@@ -45,6 +45,17 @@ fn spec() -> JobSpec {
             }],
             ..Default::default()
         },
+        params: BTreeMap::from([(
+            "target".into(),
+            jobcast_protocol::params::ParamSpec {
+                kind: jobcast_protocol::params::ParamType::Choice,
+                choices: vec!["db".into(), "files".into()],
+                default: Some("db".into()),
+                required: false,
+                description: Some("what to back up".into()),
+                secret: false,
+            },
+        )]),
     }
 }
 
@@ -81,6 +92,7 @@ fn record() -> RunRecord {
             cause: "enqueued".into(),
         }],
         spec: spec(),
+        params: BTreeMap::from([("target".into(), "files".into())]),
     }
 }
 
@@ -163,7 +175,8 @@ fn every_request() -> Vec<Request> {
         },
         AdminRequest::Enqueue {
             job: "backup".into(),
-            key: None
+            key: None,
+            params: Default::default(),
         },
         AdminRequest::ListRuns(RunFilter {
             state: Some(RunState::Lost),
@@ -224,6 +237,7 @@ fn every_reply() -> Vec<Reply> {
                 attempt: 1,
                 scheduled_at_ms: NOW,
                 job: spec(),
+                params: BTreeMap::from([("target".into(), "files".into())]),
             }],
         },
         Reply::PingResult {

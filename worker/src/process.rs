@@ -121,6 +121,13 @@ pub fn spawn(
         .args(&plan.args)
         .envs(&assignment.job.env)
         .envs(worker_env.iter().map(|(k, v)| (k, v)))
+        // Values as data in the environment, never in the script's text.
+        .envs(
+            assignment
+                .params
+                .iter()
+                .map(|(name, value)| (jobcast_protocol::params::env_name(name), value)),
+        )
         .env("JOBCAST_RUN_ID", &assignment.run_id)
         .env("JOBCAST_JOB", &assignment.job.name)
         .env("JOBCAST_ATTEMPT", assignment.attempt.to_string())

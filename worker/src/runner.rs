@@ -257,6 +257,7 @@ mod tests {
             attempt: 1,
             scheduled_at_ms: 0,
             job: JobSpec::new("job", "default", exec),
+            params: Default::default(),
         }
     }
 
@@ -341,6 +342,45 @@ mod tests {
         }
         files.clear();
         assert_eq!(std::fs::read_dir(scripts.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn parameters_reach_the_script_as_variables_and_are_never_run_as_code() {
+        let scripts = tempfile::tempdir().unwrap();
+        let marker = scripts.path().join("pwned");
+        let reporter = Reporter::default();
+        let (_stop, stop_rx) = watch::channel(false);
+        let hostile = format!(
+            "$(touch {}); `touch {}`",
+            marker.display(),
+            marker.display()
+        );
+        let mut run = assignment(
+            &unique_run_id("params"),
+            Exec::Script(
+                "#!/bin/sh\nprintf '%s|%s' \"$JOBCAST_PARAM_TARGET\" \"$JOBCAST_PARAM_NOTE\"\n"
+                    .into(),
+            ),
+        );
+        run.params = [
+            ("target".to_string(), "db".to_string()),
+            ("note".to_string(), hostile.clone()),
+        ]
+        .into();
+        let finished = execute(
+            run,
+            config(scripts.path()),
+            files(scripts.path()),
+            reporter.clone(),
+            stop_rx,
+        )
+        .await;
+        assert_eq!(finished.outcome, Outcome::Exited { code: 0 });
+        assert_eq!(
+            log_text(&reporter.front(usize::MAX)),
+            format!("db|{hostile}")
+        );
+        assert!(!marker.exists(), "a parameter value was run");
     }
 
     #[tokio::test]

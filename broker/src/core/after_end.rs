@@ -60,6 +60,7 @@ impl<S: Store> Core<S> {
             );
             new.id = Some(derived_run_id(&[&first, &attempt.to_string()]));
             new.attempt = attempt;
+            new.params = jobcast_protocol::params::carried(&new.spec.params, &run.params);
             new.first_attempt = Some(first);
             new.parent = run.parent.clone();
             new.pinned_worker = run.pinned_worker.clone();
@@ -131,6 +132,7 @@ impl<S: Store> Core<S> {
             );
             new.id = Some(derived_run_id(&[&child.job, "after", &run.id]));
             new.parent = Some(run.id.clone());
+            new.params = jobcast_protocol::params::carried(&new.spec.params, &run.params);
             self.create_run(new, now, out)?;
         }
         Ok(())

@@ -65,6 +65,7 @@ impl<S: Store> Core<S> {
             not_before_ms: new.not_before_ms,
             created_at_us: self.clock_us,
             schedule_id: new.schedule_id,
+            params: new.params,
             ..RunRecord::queued(id, seq, new.spec, now, new.cause)
         };
         self.store.create_run(&run)?;

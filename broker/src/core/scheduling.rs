@@ -34,11 +34,15 @@ pub(super) struct NewRun {
     pub pinned_worker: Option<String>,
     pub not_before_ms: u64,
     pub schedule_id: Option<String>,
+    /// Parameter values; the job's defaults unless set otherwise.
+    pub params: jobcast_protocol::params::Params,
 }
 
 impl NewRun {
+    /// A run of `spec` with its parameters' defaults.
     pub fn of(spec: JobSpec, scheduled_at_ms: u64, cause: impl Into<String>) -> NewRun {
         NewRun {
+            params: jobcast_protocol::params::carried(&spec.params, &Default::default()),
             spec,
             id: None,
             scheduled_at_ms,

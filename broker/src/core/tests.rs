@@ -133,6 +133,7 @@ impl Harness {
         match self.admin(AdminRequest::Enqueue {
             job: job.into(),
             key: None,
+            params: Default::default(),
         }) {
             Reply::Enqueued { run } => run.id,
             other => panic!("enqueue: {other:?}"),

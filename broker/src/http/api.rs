@@ -191,6 +191,10 @@ pub(super) async fn list_runs(
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
     let (runs, resume_before) = runs_matching(&app, &caller, query).await?;
+    let runs: Vec<RunRecord> = runs
+        .into_iter()
+        .map(RunRecord::with_secrets_masked)
+        .collect();
     Ok(with_resume(
         Json(caller.view(json!(runs))).into_response(),
         resume_before,
@@ -219,7 +223,7 @@ pub(super) async fn run_detail(
             data,
             next_offset,
         } => Ok(Json(caller.view(json!({
-            "run": run,
+            "run": run.with_secrets_masked(),
             "log": String::from_utf8_lossy(&data),
             "next_offset": next_offset,
         })))),
@@ -331,12 +335,45 @@ pub(super) async fn retry(
     enqueued(&app, &caller, AdminRequest::Retry { run: id }).await
 }
 
+/// An enqueue's optional JSON body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueBody {
+    /// Parameter values: text, numbers and booleans (taken as their text).
+    #[serde(default)]
+    params: std::collections::BTreeMap<String, Value>,
+}
+
+impl EnqueueBody {
+    fn parse(body: &[u8]) -> Result<jobcast_protocol::params::Params, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Default::default());
+        }
+        let body: EnqueueBody = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the body is not {{\"params\": {{…}}}}: {e}"))
+        })?;
+        body.params
+            .into_iter()
+            .map(|(name, value)| match value {
+                Value::String(text) => Ok((name, text)),
+                Value::Number(n) => Ok((name, n.to_string())),
+                Value::Bool(b) => Ok((name, b.to_string())),
+                _ => Err(ApiError::bad_request(format!(
+                    "parameter {name:?}: give text, a number or true/false"
+                ))),
+            })
+            .collect()
+    }
+}
+
 pub(super) async fn enqueue(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
+    let params = EnqueueBody::parse(&body)?;
     // The usual header for it: a client that retries sends the same value, and gets the
     // run the first request created.
     let key = match headers.get("idempotency-key") {
@@ -348,7 +385,16 @@ pub(super) async fn enqueue(
         ),
         None => None,
     };
-    enqueued(&app, &caller, AdminRequest::Enqueue { job: name, key }).await
+    enqueued(
+        &app,
+        &caller,
+        AdminRequest::Enqueue {
+            job: name,
+            key,
+            params,
+        },
+    )
+    .await
 }
 
 pub(super) async fn set_enabled(

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 /// MessagePack value, so a record of the older format (a map) cannot be taken for one.
 const TAG: u8 = 0xc1;
 /// The layout after the tag; a new layout gets a new number and its own reader.
-const VERSION: u8 = 1;
+/// 2 appended the run's parameter values; a record of layout 1 reads with none (its last
+/// field is optional for that).
+const VERSION: u8 = 2;
 
 /// A job spec version's name in the specs tree: the start of the SHA-256 of its stored
 /// bytes.
@@ -52,6 +54,7 @@ struct StoredRunRef<'a> {
     worker_instance: Option<u64>,
     history: &'a [Transition],
     spec: SpecKey,
+    params: &'a jobcast_protocol::params::Params,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +86,9 @@ struct StoredRun {
     worker_instance: Option<u64>,
     history: Vec<Transition>,
     spec: SpecKey,
+    /// Not in layout 1.
+    #[serde(default)]
+    params: jobcast_protocol::params::Params,
 }
 
 /// A spec as stored: a map with field names (written once per version, so size matters
@@ -135,6 +141,7 @@ pub fn encode_run(run: &RunRecord, spec: SpecKey) -> Vec<u8> {
         worker_instance: run.worker_instance,
         history: &run.history,
         spec,
+        params: &run.params,
     };
     let mut bytes = Vec::with_capacity(320);
     bytes.push(TAG);
@@ -150,7 +157,7 @@ pub fn decode_run(
     spec: impl FnOnce(&SpecKey) -> StoreResult<JobSpec>,
 ) -> StoreResult<RunRecord> {
     match bytes {
-        [TAG, VERSION, rest @ ..] => {
+        [TAG, 1 | VERSION, rest @ ..] => {
             let s: StoredRun = rmp_serde::from_slice(rest).map_err(|e| corrupt("run", e))?;
             Ok(RunRecord {
                 spec: spec(&s.spec)?,
@@ -180,6 +187,7 @@ pub fn decode_run(
                 schedule_id: s.schedule_id,
                 worker_instance: s.worker_instance,
                 history: s.history,
+                params: s.params,
             })
         }
         [TAG, version, ..] => Err(corrupt(
@@ -281,6 +289,7 @@ mod tests {
                 cause: "enqueued".into(),
             }],
             spec: spec(),
+            params: [("target".to_string(), "db".to_string())].into(),
         }
     }
 
@@ -302,6 +311,22 @@ mod tests {
         let run = full_run();
         let old = rmp_serde::to_vec_named(&run).unwrap();
         let back = decode_run(&old, |_| panic!("the old format has its spec inline")).unwrap();
+        assert_eq!(back, run);
+    }
+
+    #[test]
+    fn records_of_layout_1_read_with_no_parameters() {
+        let run = RunRecord {
+            params: Default::default(),
+            ..full_run()
+        };
+        let mut bytes = encode_run(&run, [7; 16]);
+        // Layout 1 is layout 2 without the last field: an array of 27, not 28.
+        assert_eq!(&bytes[2..5], &[0xdc, 0, 28], "an array16 header");
+        assert_eq!(bytes.pop(), Some(0x80), "the empty map of parameters");
+        bytes[1] = 1;
+        bytes[4] = 27;
+        let back = decode_run(&bytes, |_| Ok(spec())).unwrap();
         assert_eq!(back, run);
     }
 

@@ -28,6 +28,7 @@ fn assignment(run_id: &str) -> Assignment {
             "default",
             jobcast_protocol::Exec::Command(vec!["true".into()]),
         ),
+        params: Default::default(),
     }
 }
 

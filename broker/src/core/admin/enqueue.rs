@@ -5,6 +5,7 @@ use crate::core::scheduling::NewRun;
 use crate::core::{Core, CoreError, Handled, Outbox};
 use crate::schedule::derived_run_id;
 use crate::store::Store;
+use jobcast_protocol::params::{self, Params};
 use jobcast_protocol::{Reply, RunRef};
 
 /// Longest idempotency key accepted.
@@ -24,6 +25,7 @@ impl<S: Store> Core<S> {
         &mut self,
         job: &str,
         key: Option<&str>,
+        params: &Params,
         actor: &str,
         now: u64,
         out: &mut Outbox,
@@ -31,7 +33,10 @@ impl<S: Store> Core<S> {
         let Some(spec) = self.jobs.specs.get(job).cloned() else {
             return Err(self.no_such_job(job));
         };
+        let values = params::resolve(&spec.params, params)
+            .map_err(|e| CoreError::BadRequest(format!("job {job}: {e}")))?;
         let mut new = NewRun::of(spec, now, format!("enqueued by {actor}"));
+        new.params = values;
         if let Some(key) = key {
             if key.is_empty() || key.len() > MAX_KEY_LEN {
                 return Err(CoreError::BadRequest(format!(

@@ -44,9 +44,9 @@ impl<S: Store> Core<S> {
                 return self.ping(asked, now_us, out);
             }
             AdminRequest::Kill { selectors } => self.kill_all(selectors, actor, now, out)?,
-            AdminRequest::Enqueue { job, key } => {
+            AdminRequest::Enqueue { job, key, params } => {
                 self.check_room_for_new_work()?;
-                self.enqueue(&job, key.as_deref(), actor, now, out)?
+                self.enqueue(&job, key.as_deref(), &params, actor, now, out)?
             }
             AdminRequest::ListRuns(filter) => self.list_runs(filter)?,
             AdminRequest::ListJobs => Reply::Jobs {

@@ -42,6 +42,7 @@ fn under_the_reserve_enqueues_and_retries_are_refused_and_nothing_is_stored() {
     let (code, message) = refusal(h.admin(AdminRequest::Enqueue {
         job: "hello".into(),
         key: None,
+        params: Default::default(),
     }));
     assert_eq!(code, ErrorCode::Unavailable);
     assert_eq!(

@@ -38,7 +38,8 @@ fn workers_and_admin_cannot_use_each_others_requests() {
             "w1",
             AdminRequest::Enqueue {
                 job: "hello".into(),
-                key: None
+                key: None,
+                params: Default::default(),
             }
         )
         .0,
@@ -62,6 +63,7 @@ fn bad_admin_input_gets_clear_errors() {
     let Reply::Error { code, message } = h.admin(AdminRequest::Enqueue {
         job: "nope".into(),
         key: None,
+        params: Default::default(),
     }) else {
         panic!()
     };
@@ -133,6 +135,7 @@ fn an_api_call_is_answered_in_process_and_recorded_under_its_token() {
             AdminRequest::Enqueue {
                 job: "hello".into(),
                 key: None,
+                params: Default::default(),
             },
             h.now,
             &mut out,
@@ -155,6 +158,7 @@ fn an_api_call_is_answered_in_process_and_recorded_under_its_token() {
         AdminRequest::Enqueue {
             job: "hello".into(),
             key: None,
+            params: Default::default(),
         },
     );
     assert_eq!(

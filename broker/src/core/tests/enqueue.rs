@@ -10,6 +10,7 @@ fn an_enqueued_run_is_queued_for_its_jobs_pool_and_says_who_asked() {
         AdminRequest::Enqueue {
             job: "gpu-job".into(),
             key: None,
+            params: Default::default(),
         },
     );
     let Reply::Enqueued { run } = reply else {
@@ -35,6 +36,7 @@ fn enqueueing_an_unknown_job_lists_the_known_ones_and_stores_nothing() {
     let Reply::Error { code, message } = h.admin(AdminRequest::Enqueue {
         job: "nope".into(),
         key: None,
+        params: Default::default(),
     }) else {
         panic!("an unknown job was enqueued")
     };
@@ -47,6 +49,7 @@ fn enqueue_with_key(h: &mut Harness, job: &str, key: &str) -> Reply {
     h.admin(AdminRequest::Enqueue {
         job: job.into(),
         key: Some(key.into()),
+        params: Default::default(),
     })
 }
 

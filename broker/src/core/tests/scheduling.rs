@@ -703,3 +703,152 @@ fn next_fires_list_the_ticks_that_start_runs_in_the_jobs_zone() {
         }
     ));
 }
+
+fn enqueue_with(h: &mut Harness, job: &str, params: &[(&str, &str)]) -> Reply {
+    h.admin(AdminRequest::Enqueue {
+        job: job.into(),
+        key: None,
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    })
+}
+
+fn values(pairs: &[(&str, &str)]) -> jobcast_protocol::params::Params {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn enqueued_parameters_are_checked_and_stored_with_the_defaults_and_ticks_use_the_defaults() {
+    let mut h = aligned();
+    h.apply_toml(
+        "[jobs.backup]\ncommand = \"x\"\n\
+         params.target = { type = \"choice\", choices = [\"db\", \"files\"], default = \"db\" }\n\
+         params.token = { type = \"string\", required = true, secret = true }\n\
+         [jobs.tick]\ncommand = \"x\"\nevery = \"1m\"\noverlap = \"allow\"\n\
+         params.depth = { type = \"integer\", default = \"2\" }\n",
+    );
+    let before = h.core.store().run_count().unwrap();
+    for (given, message) in [
+        (
+            vec![("target", "tape"), ("token", "x")],
+            "job backup: parameter \"target\": \"tape\" is not one of db, files",
+        ),
+        (vec![], "job backup: parameter \"token\" is required"),
+        (
+            vec![("token", "x"), ("colour", "red")],
+            "job backup: no parameter named \"colour\" (the job declares: target, token)",
+        ),
+    ] {
+        match enqueue_with(&mut h, "backup", &given) {
+            Reply::Error { code, message: m } => {
+                assert_eq!(code, ErrorCode::BadRequest);
+                assert_eq!(m, message);
+            }
+            other => panic!("{given:?} was taken: {other:?}"),
+        }
+    }
+    assert_eq!(
+        h.core.store().run_count().unwrap(),
+        before,
+        "nothing stored"
+    );
+    let Reply::Enqueued { run } = enqueue_with(&mut h, "backup", &[("token", "s3cr3t")]) else {
+        panic!()
+    };
+    let stored = h.stored(&run.id);
+    assert_eq!(
+        stored.params,
+        values(&[("target", "db"), ("token", "s3cr3t")])
+    );
+    // Shown to no one: the secret is masked wherever a run is listed.
+    assert_eq!(
+        stored.clone().with_secrets_masked().params,
+        values(&[("target", "db"), ("token", "(secret)")])
+    );
+    // A scheduled tick has no one to give values: the defaults.
+    h.run_clock_for(60 * SECOND);
+    let ticks = h.runs_of("tick");
+    assert!(!ticks.is_empty());
+    assert!(ticks.iter().all(|r| r.params == values(&[("depth", "2")])));
+    // A job that is scheduled cannot have a required parameter, from a file or not.
+    let file = "[jobs.bad]\ncommand = \"x\"\nevery = \"1m\"\nparams.who = { type = \"string\", required = true }\n";
+    let err = jobfile::parse(file).unwrap_err().to_string();
+    assert!(
+        err.contains("a scheduled run has no one to give it"),
+        "{err}"
+    );
+    let mut bad = jobfile::parse("[jobs.bad]\ncommand = \"x\"\nevery = \"1m\"\n").unwrap();
+    bad[0].params.insert(
+        "who".into(),
+        jobcast_protocol::params::ParamSpec {
+            kind: jobcast_protocol::params::ParamType::String,
+            choices: vec![],
+            default: None,
+            required: true,
+            description: None,
+            secret: false,
+        },
+    );
+    let Reply::Error { message, .. } = h.admin(AdminRequest::ApplyJobs { jobs: bad }) else {
+        panic!("applied")
+    };
+    assert!(
+        message.contains("a scheduled run has no one to give it"),
+        "{message}"
+    );
+}
+
+#[test]
+fn retries_keep_their_values_and_chains_pass_those_their_next_job_declares() {
+    let mut h = aligned();
+    h.register("w1", 4, &["default"], &[]);
+    h.apply_toml(
+        "[jobs.load]\ncommand = \"x\"\nretries = 1\nretry_backoff = \"1s\"\nchildren = [\"report\"]\n\
+         params.day = { type = \"string\", default = \"today\" }\n\
+         params.size = { type = \"integer\", default = \"1\" }\n\
+         [jobs.report]\ncommand = \"x\"\n\
+         params.day = { type = \"string\", default = \"never\" }\n\
+         params.format = { type = \"choice\", choices = [\"csv\", \"pdf\"], default = \"pdf\" }\n",
+    );
+    let Reply::Enqueued { run } =
+        enqueue_with(&mut h, "load", &[("day", "2026-11-25"), ("size", "9")])
+    else {
+        panic!()
+    };
+    h.claim("w1", 1);
+    h.start_and_finish("w1", &run.id, 1);
+    // The automatic retry, once its back-off is over, runs with the same values.
+    h.run_clock_for(2 * SECOND);
+    let attempts = h.runs_of("load");
+    assert_eq!(attempts.len(), 2);
+    let retry = &attempts[1];
+    assert_eq!(
+        retry.params,
+        values(&[("day", "2026-11-25"), ("size", "9")])
+    );
+    let granted = h.claim("w1", 1);
+    assert_eq!(granted, std::slice::from_ref(&retry.id));
+    h.start_and_finish("w1", &retry.id, 0);
+    // The chain's next run gets `day` (declared by both), its own default for the rest.
+    let reports = h.runs_of("report");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        reports[0].params,
+        values(&[("day", "2026-11-25"), ("format", "pdf")])
+    );
+    // A retry by hand keeps them too.
+    let Reply::Enqueued { run: again } = h.admin(AdminRequest::Retry {
+        run: retry.id.clone(),
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        h.stored(&again.id).params,
+        values(&[("day", "2026-11-25"), ("size", "9")])
+    );
+}

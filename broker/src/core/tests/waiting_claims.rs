@@ -19,6 +19,7 @@ fn a_waiting_claim_gets_a_run_in_the_batch_that_queues_it() {
         AdminRequest::Enqueue {
             job: "hello".into(),
             key: None,
+            params: Default::default(),
         },
     );
     let Reply::Enqueued { run } = reply else {
