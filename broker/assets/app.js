@@ -101,10 +101,12 @@ class HttpError extends Error {
   }
 }
 
-async function api(method, path) {
+async function api(method, path, payload) {
   let response;
+  const headers = { Authorization: "Bearer " + state.token };
+  if (payload !== undefined) headers["Content-Type"] = "application/json";
   try {
-    response = await fetch(path, { method, headers: { Authorization: "Bearer " + state.token } });
+    response = await fetch(path, { method, headers, body: payload === undefined ? undefined : JSON.stringify(payload) });
   } catch (error) {
     throw new HttpError(0, "The broker cannot be reached.");
   }
@@ -647,9 +649,12 @@ async function openJob(name) {
   jobPage.name = name;
   jobPage.detail = null;
   jobPage.runs = [];
+  $("#job-form").hidden = true;
   $("#job-title").textContent = "Job " + name;
   await loadJob(name);
-  $("#job-title").focus();
+  const spec = jobPage.detail && jobPage.detail.job.spec;
+  if (state.route.params.has("run") && spec && state.role !== "viewer") showParamForm(spec);
+  else $("#job-title").focus();
 }
 
 async function loadJob(name) {
@@ -746,6 +751,58 @@ function fillFacts(dl, facts) {
 }
 
 $("#job-run").addEventListener("click", () => jobPage.name && enqueue(jobPage.name));
+
+/// The form for a job's parameters, built from its declaration.
+function showParamForm(spec) {
+  const fields = $("#job-form-fields");
+  fields.replaceChildren();
+  for (const [name, param] of Object.entries(spec.params || {})) {
+    const label = document.createElement("label");
+    const title = document.createElement("span");
+    title.textContent = name + (param.required ? " (required)" : "");
+    let input;
+    if (param.type === "choice" || param.type === "boolean") {
+      input = document.createElement("select");
+      const options = param.type === "choice" ? param.choices : ["true", "false"];
+      if (!param.default) options.unshift("");
+      for (const value of options) {
+        const option = document.createElement("option");
+        option.value = value;
+        option.textContent = value || "(none)";
+        input.appendChild(option);
+      }
+    } else {
+      input = document.createElement("input");
+      input.type = param.secret ? "password" : (param.type === "integer" ? "number" : "text");
+      if (param.type === "integer") input.step = "1";
+      input.autocomplete = "off";
+    }
+    input.name = name;
+    input.value = param.default || "";
+    input.required = !!param.required;
+    label.append(title, input);
+    if (param.description) {
+      const hint = document.createElement("span");
+      hint.className = "hint";
+      hint.textContent = param.description;
+      label.appendChild(hint);
+    }
+    fields.appendChild(label);
+  }
+  $("#job-form").hidden = false;
+  const first = fields.querySelector("input, select");
+  if (first) first.focus();
+}
+
+$("#job-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const params = {};
+  for (const input of $("#job-form-fields").querySelectorAll("input, select")) {
+    if (input.value !== "") params[input.name] = input.value;
+  }
+  enqueue(jobPage.name, params);
+});
+$("#job-form-cancel").addEventListener("click", () => { $("#job-form").hidden = true; });
 $("#job-toggle").addEventListener("click", async () => {
   const job = jobPage.detail && (state.jobs.get(jobPage.name) || jobPage.detail.job);
   if (job) await setEnabled(jobPage.name, !job.spec.enabled);
@@ -1014,6 +1071,7 @@ function refreshRunFacts() {
     ["Duration", elapsed],
     ["Exit code", run.exit_code],
     ["Result", describeOutcome(run.outcome)],
+    ["Parameters", Object.entries(run.params || {}).map(([k, v]) => k + "=" + v).join(", ") || null],
     ["Retry of", run.first_attempt, "run"],
     ["Started by", run.parent, "run"],
   ];
@@ -1046,9 +1104,15 @@ async function act(path, done) {
   }
 }
 
-async function enqueue(job) {
+async function enqueue(job, params) {
+  const spec = state.jobs.get(job) && state.jobs.get(job).spec;
+  // A job with parameters is run from the form on its page.
+  if (!params && spec && spec.params && Object.keys(spec.params).length) {
+    location.hash = "#/job/" + encodeURIComponent(job) + "?run";
+    return;
+  }
   try {
-    const run = await api("POST", "/api/v1/jobs/" + encodeURIComponent(job) + "/enqueue");
+    const run = await api("POST", "/api/v1/jobs/" + encodeURIComponent(job) + "/enqueue", params ? { params } : undefined);
     location.hash = "#/run/" + encodeURIComponent(run.id);
   } catch (error) {
     showMessage(`Cannot run ${job}: ${error.message}`);

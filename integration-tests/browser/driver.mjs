@@ -129,6 +129,14 @@ const commands = {
     await page.click(selector);
     return {};
   },
+  async fill({ selector, value }) {
+    await page.fill(selector, value);
+    return {};
+  },
+  async select({ selector, value }) {
+    await page.selectOption(selector, value);
+    return {};
+  },
   async back() {
     await page.goBack();
     return { hash: await page.evaluate(() => location.hash) };

@@ -107,7 +107,10 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     cluster.apply_jobs(
         "[jobs.quick]\ncommand = [\"echo\", \"quick\"]\n\
          [jobs.stamp]\nscript = \"\"\"#!/bin/sh\necho started\nsleep 1\necho \"TS:$(date +%s%3N)\"\nsleep 1\n\"\"\"\n\
-         [jobs.long]\nscript = \"\"\"#!/bin/sh\nsleep 1000\n\"\"\"\n",
+         [jobs.long]\nscript = \"\"\"#!/bin/sh\nsleep 1000\n\"\"\"\n\
+         [jobs.greet]\nscript = \"\"\"#!/bin/sh\necho \"hello $JOBCAST_PARAM_WHO in $JOBCAST_PARAM_LANG\"\n\"\"\"\n\
+         params.who = { type = \"string\", required = true, description = \"whom to greet\" }\n\
+         params.lang = { type = \"choice\", choices = [\"en\", \"fr\"], default = \"en\" }\n",
     );
     cluster.start_worker("w1", &[]);
     let mut driver = Driver::start(&cluster.http, &artifacts());
@@ -120,6 +123,23 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     let run = cluster.enqueue("quick");
     driver.send(json!({ "cmd": "wait_run", "id": run, "state": "succeeded" }));
     driver.send(json!({ "cmd": "screenshot", "name": "runs", "tab": "runs" }));
+
+    // A job with parameters runs from a form built from its declaration.
+    driver.send(json!({ "cmd": "goto", "hash": "#/jobs" }));
+    driver.send(json!({ "cmd": "click", "selector": "#jobs tr[data-key=\"greet\"] button" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "!document.querySelector('#job-form').hidden" }));
+    driver.send(json!({ "cmd": "screenshot", "name": "param-form" }));
+    driver.send(json!({ "cmd": "fill", "selector": "#job-form [name=who]", "value": "the world; rm -rf /" }));
+    driver.send(json!({ "cmd": "select", "selector": "#job-form [name=lang]", "value": "fr" }));
+    driver.send(json!({ "cmd": "click", "selector": "#job-form button[type=submit]" }));
+    let greeted = driver.send(json!({ "cmd": "wait_js", "expr": "location.hash.startsWith('#/run/') && location.hash.slice(6)" }));
+    let greet_run = greeted["value"].as_str().unwrap().to_string();
+    cluster.wait_state(&greet_run, "succeeded", LONG);
+    assert_eq!(
+        String::from_utf8_lossy(&cluster.log(&greet_run)),
+        "hello the world; rm -rf / in fr\n"
+    );
+    driver.send(json!({ "cmd": "wait_js", "expr": "[...document.querySelectorAll('#run-facts dd')].some(d => d.textContent === 'lang=fr, who=the world; rm -rf /')" }));
 
     // A live log line appears within a second of being written.
     let stamp = cluster.enqueue("stamp");
