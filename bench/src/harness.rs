@@ -244,6 +244,7 @@ impl Broker {
                         job: job.into(),
                         key: None,
                         params: Default::default(),
+                        priority: None,
                     })
                 })
                 .collect();

@@ -114,6 +114,10 @@ pub(crate) enum Command {
         /// against the job's declaration.
         #[arg(long = "param", short = 'p', value_name = "NAME=VALUE", value_parser = parse_param)]
         params: Vec<(String, String)>,
+        /// This run's priority instead of the job's: -100 to 100, or high (10), normal
+        /// (0), low (-10).
+        #[arg(long, value_parser = jobcast_protocol::job::parse_priority, allow_hyphen_values = true)]
+        priority: Option<i32>,
     },
     /// List runs, newest first.
     Runs {

@@ -177,7 +177,12 @@ async fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Ping { worker, wait } => ping::ping(&ctl, worker, wait).await,
         Command::Kill { runs } => kill::kill(&ctl, runs).await,
-        Command::Enqueue { job, key, params } => {
+        Command::Enqueue {
+            job,
+            key,
+            params,
+            priority,
+        } => {
             let key = key.unwrap_or_else(|| format!("{:016x}", random_nonce()));
             let mut values = std::collections::BTreeMap::new();
             for (name, value) in params {
@@ -189,6 +194,7 @@ async fn run(args: Args) -> Result<ExitCode> {
                 job,
                 key: Some(key),
                 params: values,
+                priority,
             };
             let Reply::Enqueued { run } = ctl.call_again_if_unanswered(request).await? else {
                 bail!("unexpected reply");

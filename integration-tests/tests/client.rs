@@ -24,6 +24,7 @@ async fn requests_made_while_the_broker_is_down_are_all_delivered_in_order() {
             job: "parked".into(),
             key: None,
             params: Default::default(),
+            priority: None,
         }));
     }
     let status = client.submit(AdminRequest::Status);

@@ -71,6 +71,7 @@ fn a_broker_killed_during_an_enqueue_storm_runs_every_request_exactly_once() {
                                 job: "storm".into(),
                                 key: Some(key.to_string()),
                                 params: Default::default(),
+                                priority: None,
                             })
                         })
                         .collect();

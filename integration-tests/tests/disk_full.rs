@@ -211,6 +211,7 @@ fn a_failed_write_is_survived_and_nothing_acknowledged_is_lost() {
                         job: "echo".into(),
                         key: Some(format!("fill-{i}")),
                         params: Default::default(),
+                        priority: None,
                     },
                     Duration::from_secs(2),
                 )

@@ -176,6 +176,7 @@ async fn a_request_captured_before_a_restart_is_refused_after_it() {
             job: "quick".into(),
             key: None,
             params: Default::default(),
+            priority: None,
         }
         .into(),
     };

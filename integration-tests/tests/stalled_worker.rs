@@ -30,6 +30,7 @@ async fn a_stopped_worker_leaves_broker_memory_bounded_and_others_running() {
                     job: "tick".into(),
                     key: None,
                     params: Default::default(),
+                    priority: None,
                 },
                 Duration::from_secs(5),
             )

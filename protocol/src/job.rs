@@ -26,6 +26,42 @@ pub struct JobSpec {
     /// What a run may be given (`-p name=value`), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, crate::params::ParamSpec>,
+    /// Its runs' place in their pool's queue: higher first ([`MIN_PRIORITY`] to
+    /// [`MAX_PRIORITY`]; an enqueue may set its own).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+pub const MIN_PRIORITY: i32 = -100;
+pub const MAX_PRIORITY: i32 = 100;
+
+fn is_zero(value: &i32) -> bool {
+    *value == 0
+}
+
+/// A priority as written in a jobs file or on a command line: a number from
+/// [`MIN_PRIORITY`] to [`MAX_PRIORITY`], or `high` (10), `normal` (0), `low` (-10).
+pub fn parse_priority(text: &str) -> Result<i32, String> {
+    let value = match text {
+        "high" => 10,
+        "normal" => 0,
+        "low" => -10,
+        number => number
+            .parse::<i32>()
+            .map_err(|_| format!("priority {text:?} is not a number, high, normal or low"))?,
+    };
+    check_priority(value)?;
+    Ok(value)
+}
+
+pub fn check_priority(value: i32) -> Result<(), String> {
+    if (MIN_PRIORITY..=MAX_PRIORITY).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "priority {value} is outside {MIN_PRIORITY} to {MAX_PRIORITY}"
+        ))
+    }
 }
 
 impl JobSpec {
@@ -44,6 +80,7 @@ impl JobSpec {
             schedule: ScheduleSpec::default(),
             policy: JobPolicy::default(),
             params: BTreeMap::new(),
+            priority: 0,
         }
     }
 }

@@ -75,6 +75,8 @@ pub enum JobProblem {
     Param(#[from] crate::params::ParamError),
     #[error("parameter {name:?} is required, but a scheduled run has no one to give it: give it a default instead")]
     ScheduledRequiredParam { name: String },
+    #[error("{0}")]
+    Priority(String),
 }
 
 #[derive(Deserialize)]
@@ -150,6 +152,14 @@ struct JobEntry {
     retention: Option<String>,
     #[serde(default)]
     params: BTreeMap<String, crate::params::ParamSpec>,
+    priority: Option<PriorityEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PriorityEntry {
+    Number(i32),
+    Name(String),
 }
 
 fn duration_ms(field: &'static str, text: &str) -> Result<u64, JobProblem> {
@@ -260,6 +270,13 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, JobProblem> {
         schedule,
         policy,
         params: entry.params,
+        priority: match entry.priority {
+            None => 0,
+            Some(PriorityEntry::Number(n)) => n,
+            Some(PriorityEntry::Name(name)) => {
+                crate::job::parse_priority(&name).map_err(JobProblem::Priority)?
+            }
+        },
     };
     validate(&spec)?;
     Ok(spec)
@@ -328,6 +345,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobProblem> {
         return Err(JobProblem::EmptyWorkdir);
     }
     crate::params::check_declarations(&spec.params)?;
+    crate::job::check_priority(spec.priority).map_err(JobProblem::Priority)?;
     if !spec.schedule.is_manual() {
         if let Some((name, _)) = spec.params.iter().find(|(_, p)| p.required) {
             return Err(JobProblem::ScheduledRequiredParam { name: name.clone() });
@@ -455,5 +473,27 @@ run_on_all_workers = true
         assert!(problem("[jobs.a]\ncommand=\"x\"\nchildren=[\"a\"]").contains("own child"));
         assert!(problem("[jobs.a]\ncommand=\"x\"\ntimezone=\"UTC\"").contains("need a schedule"));
         assert!(problem("[jobs.a]\ncommand=\"x\"\nretention=\"0s\"").contains("longer than zero"));
+        assert!(problem("[jobs.a]\ncommand=\"x\"\npriority=\"urgent\"")
+            .contains("not a number, high, normal or low"));
+        assert!(problem("[jobs.a]\ncommand=\"x\"\npriority=101").contains("outside -100 to 100"));
+        assert!(
+            problem("[jobs.a]\ncommand=\"x\"\nparams.x={type=\"integer\",default=\"1.5\"}")
+                .contains("is not an integer")
+        );
+        assert!(problem("[jobs.a]\ncommand=\"x\"\nparams.x={type=\"text\"}")
+            .contains("unknown variant"));
+    }
+
+    #[test]
+    fn priorities_and_parameters_are_read() {
+        let jobs = parse(
+            "[jobs.a]\ncommand=\"x\"\npriority=\"high\"\n\
+             params.day={type=\"string\",default=\"today\",description=\"which day\"}\n\
+             [jobs.b]\ncommand=\"x\"\npriority=-5\n",
+        )
+        .unwrap();
+        assert_eq!((jobs[0].priority, jobs[1].priority), (10, -5));
+        assert_eq!(jobs[0].params["day"].default.as_deref(), Some("today"));
+        assert_eq!(jobs[0].params["day"].kind, crate::params::ParamType::String);
     }
 }

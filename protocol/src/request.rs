@@ -81,6 +81,9 @@ pub enum AdminRequest {
         /// Parameter values, checked against the job's declaration.
         #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
         params: crate::params::Params,
+        /// This run's priority instead of the job's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        priority: Option<i32>,
     },
     ListRuns(RunFilter),
     ListJobs,

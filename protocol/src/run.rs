@@ -165,6 +165,9 @@ pub struct RunRecord {
     /// Its parameter values, checked against `spec.params` (defaults filled in).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub params: crate::params::Params,
+    /// Its place in its pool's queue: higher first, then older first.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// What an enqueue or a retry answers with: the run's identity and where it stands, not
@@ -238,6 +241,7 @@ impl RunRecord {
                 at_ms: created_at_ms,
                 cause: cause.into(),
             }],
+            priority: spec.priority,
             spec,
             params: Default::default(),
         }

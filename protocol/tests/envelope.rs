@@ -56,6 +56,7 @@ fn spec() -> JobSpec {
                 secret: false,
             },
         )]),
+        priority: 5,
     }
 }
 
@@ -93,6 +94,7 @@ fn record() -> RunRecord {
         }],
         spec: spec(),
         params: BTreeMap::from([("target".into(), "files".into())]),
+        priority: -3,
     }
 }
 
@@ -177,6 +179,7 @@ fn every_request() -> Vec<Request> {
             job: "backup".into(),
             key: None,
             params: Default::default(),
+            priority: None,
         },
         AdminRequest::ListRuns(RunFilter {
             state: Some(RunState::Lost),

@@ -61,6 +61,7 @@ impl<S: Store> Core<S> {
             new.id = Some(derived_run_id(&[&first, &attempt.to_string()]));
             new.attempt = attempt;
             new.params = jobcast_protocol::params::carried(&new.spec.params, &run.params);
+            new.priority = run.priority;
             new.first_attempt = Some(first);
             new.parent = run.parent.clone();
             new.pinned_worker = run.pinned_worker.clone();

@@ -1,5 +1,6 @@
 //! The runs not yet finished, and where the queued ones wait: in their pool's queue,
-//! oldest first, or in the back-off list until their retry may start. It also remembers
+//! highest priority first and oldest first within a priority, or in the back-off list
+//! until their retry may start. It also remembers
 //! the ids of the runs that ended most recently, so that a run selector can match a
 //! substring without reading every stored id.
 
@@ -19,14 +20,32 @@ pub(in crate::core) type RunMap = HashMap<String, RunRecord, BuildHasherDefault<
 /// runs are found by their id or a prefix of it, which the store looks up by range.
 pub(in crate::core) const RECENTLY_ENDED: usize = 10_000;
 
+/// A queued run's place in its pool's queue: higher priority first, then lower sequence
+/// number (older) first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(in crate::core) struct QueueKey {
+    /// The priority, negated so that the map's first key is the highest.
+    rank: i64,
+    pub seq: u64,
+}
+
+impl QueueKey {
+    pub fn of(run: &RunRecord) -> QueueKey {
+        QueueKey {
+            rank: -i64::from(run.priority),
+            seq: run.seq,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(in crate::core) struct RunTable {
     /// Runs not yet finished, by id.
     pub active: RunMap,
     /// The ids of `active`, by job.
     pub by_job: HashMap<String, BTreeSet<String>>,
-    /// Queued runs per pool, oldest (lowest seq) first.
-    pub queues: BTreeMap<String, BTreeMap<u64, String>>,
+    /// Queued runs per pool, in the order they are handed out.
+    pub queues: BTreeMap<String, BTreeMap<QueueKey, String>>,
     /// Queued runs waiting for their retry back-off: (not before, seq) → id.
     pub delayed: BTreeMap<(u64, u64), String>,
     /// The ids of the runs that ended last, oldest first, at most [`RECENTLY_ENDED`].
@@ -52,7 +71,7 @@ impl RunTable {
             }
         }
         if let Some(queue) = self.queues.get_mut(&run.pool) {
-            queue.remove(&run.seq);
+            queue.remove(&QueueKey::of(run));
         }
         self.delayed.remove(&(run.not_before_ms, run.seq));
         if self.recently_ended.len() == RECENTLY_ENDED {
@@ -84,7 +103,7 @@ impl RunTable {
             self.queues
                 .entry(run.pool.clone())
                 .or_default()
-                .insert(run.seq, run.id.clone());
+                .insert(QueueKey::of(run), run.id.clone());
             true
         }
     }
@@ -102,10 +121,11 @@ impl RunTable {
             };
             if let Some(run) = self.active.get(&run_id) {
                 let pool = run.pool.clone();
+                let key = QueueKey::of(run);
                 self.queues
                     .entry(pool.clone())
                     .or_default()
-                    .insert(seq, run_id);
+                    .insert(key, run_id);
                 pools.insert(pool);
             }
         }

@@ -66,6 +66,7 @@ impl<S: Store> Core<S> {
             created_at_us: self.clock_us,
             schedule_id: new.schedule_id,
             params: new.params,
+            priority: new.priority,
             ..RunRecord::queued(id, seq, new.spec, now, new.cause)
         };
         self.store.create_run(&run)?;

@@ -36,6 +36,8 @@ pub(super) struct NewRun {
     pub schedule_id: Option<String>,
     /// Parameter values; the job's defaults unless set otherwise.
     pub params: jobcast_protocol::params::Params,
+    /// The job's, unless set otherwise.
+    pub priority: i32,
 }
 
 impl NewRun {
@@ -43,6 +45,7 @@ impl NewRun {
     pub fn of(spec: JobSpec, scheduled_at_ms: u64, cause: impl Into<String>) -> NewRun {
         NewRun {
             params: jobcast_protocol::params::carried(&spec.params, &Default::default()),
+            priority: spec.priority,
             spec,
             id: None,
             scheduled_at_ms,

@@ -134,6 +134,7 @@ impl Harness {
             job: job.into(),
             key: None,
             params: Default::default(),
+            priority: None,
         }) {
             Reply::Enqueued { run } => run.id,
             other => panic!("enqueue: {other:?}"),

@@ -342,17 +342,41 @@ struct EnqueueBody {
     /// Parameter values: text, numbers and booleans (taken as their text).
     #[serde(default)]
     params: std::collections::BTreeMap<String, Value>,
+    /// A number, or high, normal or low.
+    priority: Option<Value>,
 }
 
 impl EnqueueBody {
-    fn parse(body: &[u8]) -> Result<jobcast_protocol::params::Params, ApiError> {
+    /// The parameter values and priority of an enqueue's body (none when it is empty).
+    fn parse(body: &[u8]) -> Result<(jobcast_protocol::params::Params, Option<i32>), ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Default::default());
         }
         let body: EnqueueBody = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the body is not {{\"params\": {{…}}}}: {e}"))
+            ApiError::bad_request(format!(
+                "the body is not {{\"params\": {{…}}, \"priority\": …}}: {e}"
+            ))
         })?;
-        body.params
+        let priority = match body.priority {
+            None => None,
+            Some(Value::String(name)) => {
+                Some(jobcast_protocol::job::parse_priority(&name).map_err(ApiError::bad_request)?)
+            }
+            Some(Value::Number(n)) => Some(
+                n.as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("priority {n} is not a whole number"))
+                    })?,
+            ),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "priority {other} is not a number, high, normal or low"
+                )))
+            }
+        };
+        let params = body
+            .params
             .into_iter()
             .map(|(name, value)| match value {
                 Value::String(text) => Ok((name, text)),
@@ -362,7 +386,8 @@ impl EnqueueBody {
                     "parameter {name:?}: give text, a number or true/false"
                 ))),
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((params, priority))
     }
 }
 
@@ -373,7 +398,7 @@ pub(super) async fn enqueue(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
-    let params = EnqueueBody::parse(&body)?;
+    let (params, priority) = EnqueueBody::parse(&body)?;
     // The usual header for it: a client that retries sends the same value, and gets the
     // run the first request created.
     let key = match headers.get("idempotency-key") {
@@ -392,6 +417,7 @@ pub(super) async fn enqueue(
             job: name,
             key,
             params,
+            priority,
         },
     )
     .await

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 /// MessagePack value, so a record of the older format (a map) cannot be taken for one.
 const TAG: u8 = 0xc1;
 /// The layout after the tag; a new layout gets a new number and its own reader.
-/// 2 appended the run's parameter values; a record of layout 1 reads with none (its last
-/// field is optional for that).
+/// 2 appended the run's parameter values and priority; a record of layout 1 reads with
+/// none (those last fields are optional for that).
 const VERSION: u8 = 2;
 
 /// A job spec version's name in the specs tree: the start of the SHA-256 of its stored
@@ -55,6 +55,7 @@ struct StoredRunRef<'a> {
     history: &'a [Transition],
     spec: SpecKey,
     params: &'a jobcast_protocol::params::Params,
+    priority: i32,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +90,9 @@ struct StoredRun {
     /// Not in layout 1.
     #[serde(default)]
     params: jobcast_protocol::params::Params,
+    /// Not in layout 1.
+    #[serde(default)]
+    priority: i32,
 }
 
 /// A spec as stored: a map with field names (written once per version, so size matters
@@ -142,6 +146,7 @@ pub fn encode_run(run: &RunRecord, spec: SpecKey) -> Vec<u8> {
         history: &run.history,
         spec,
         params: &run.params,
+        priority: run.priority,
     };
     let mut bytes = Vec::with_capacity(320);
     bytes.push(TAG);
@@ -188,6 +193,7 @@ pub fn decode_run(
                 worker_instance: s.worker_instance,
                 history: s.history,
                 params: s.params,
+                priority: s.priority,
             })
         }
         [TAG, version, ..] => Err(corrupt(
@@ -290,6 +296,7 @@ mod tests {
             }],
             spec: spec(),
             params: [("target".to_string(), "db".to_string())].into(),
+            priority: -28,
         }
     }
 
@@ -318,11 +325,13 @@ mod tests {
     fn records_of_layout_1_read_with_no_parameters() {
         let run = RunRecord {
             params: Default::default(),
+            priority: 0,
             ..full_run()
         };
         let mut bytes = encode_run(&run, [7; 16]);
-        // Layout 1 is layout 2 without the last field: an array of 27, not 28.
-        assert_eq!(&bytes[2..5], &[0xdc, 0, 28], "an array16 header");
+        // Layout 1 is layout 2 without the last two fields: an array of 27, not 29.
+        assert_eq!(&bytes[2..5], &[0xdc, 0, 29], "an array16 header");
+        assert_eq!(bytes.pop(), Some(0), "priority 0");
         assert_eq!(bytes.pop(), Some(0x80), "the empty map of parameters");
         bytes[1] = 1;
         bytes[4] = 27;

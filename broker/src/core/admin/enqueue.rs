@@ -5,8 +5,17 @@ use crate::core::scheduling::NewRun;
 use crate::core::{Core, CoreError, Handled, Outbox};
 use crate::schedule::derived_run_id;
 use crate::store::Store;
+use jobcast_protocol::job::check_priority;
 use jobcast_protocol::params::{self, Params};
 use jobcast_protocol::{Reply, RunRef};
+
+/// What an `Enqueue` asks for.
+pub(in crate::core) struct Asked<'a> {
+    pub job: &'a str,
+    pub key: Option<&'a str>,
+    pub params: &'a Params,
+    pub priority: Option<i32>,
+}
 
 /// Longest idempotency key accepted.
 pub(in crate::core) const MAX_KEY_LEN: usize = 128;
@@ -23,20 +32,28 @@ impl<S: Store> Core<S> {
     /// the run the first one created, finished or not, and answers with it.
     pub(in crate::core) fn enqueue(
         &mut self,
-        job: &str,
-        key: Option<&str>,
-        params: &Params,
+        asked: Asked<'_>,
         actor: &str,
         now: u64,
         out: &mut Outbox,
     ) -> Handled {
+        let Asked {
+            job,
+            key,
+            params,
+            priority,
+        } = asked;
         let Some(spec) = self.jobs.specs.get(job).cloned() else {
             return Err(self.no_such_job(job));
         };
         let values = params::resolve(&spec.params, params)
             .map_err(|e| CoreError::BadRequest(format!("job {job}: {e}")))?;
+        if let Some(priority) = priority {
+            check_priority(priority).map_err(CoreError::BadRequest)?;
+        }
         let mut new = NewRun::of(spec, now, format!("enqueued by {actor}"));
         new.params = values;
+        new.priority = priority.unwrap_or(new.priority);
         if let Some(key) = key {
             if key.is_empty() || key.len() > MAX_KEY_LEN {
                 return Err(CoreError::BadRequest(format!(

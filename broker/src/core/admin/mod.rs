@@ -44,9 +44,20 @@ impl<S: Store> Core<S> {
                 return self.ping(asked, now_us, out);
             }
             AdminRequest::Kill { selectors } => self.kill_all(selectors, actor, now, out)?,
-            AdminRequest::Enqueue { job, key, params } => {
+            AdminRequest::Enqueue {
+                job,
+                key,
+                params,
+                priority,
+            } => {
                 self.check_room_for_new_work()?;
-                self.enqueue(&job, key.as_deref(), &params, actor, now, out)?
+                let asked = enqueue::Asked {
+                    job: &job,
+                    key: key.as_deref(),
+                    params: &params,
+                    priority,
+                };
+                self.enqueue(asked, actor, now, out)?
             }
             AdminRequest::ListRuns(filter) => self.list_runs(filter)?,
             AdminRequest::ListJobs => Reply::Jobs {

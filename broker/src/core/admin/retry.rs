@@ -38,6 +38,7 @@ impl<S: Store> Core<S> {
         new.attempt = old.attempt + 1;
         new.first_attempt = Some(old.first_attempt.clone().unwrap_or(old.id.clone()));
         new.params = jobcast_protocol::params::carried(&new.spec.params, &old.params);
+        new.priority = old.priority;
         match self.create_run(new, now, out)? {
             Some(run) => Ok(Reply::Enqueued {
                 run: RunRef::of(&run),

@@ -134,3 +134,59 @@ fn a_registration_declaring_more_than_1024_ready_runs_is_refused() {
         other => panic!("registered: {other:?}"),
     }
 }
+
+fn enqueue_at(h: &mut Harness, job: &str, priority: Option<i32>) -> String {
+    match h.admin(AdminRequest::Enqueue {
+        job: job.into(),
+        key: None,
+        params: Default::default(),
+        priority,
+    }) {
+        Reply::Enqueued { run } => run.id,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_claim_takes_the_oldest_run_of_the_highest_priority_first() {
+    let mut h = Harness::new();
+    let mut urgent = job("urgent", "default");
+    urgent.priority = 50;
+    h.admin(AdminRequest::ApplyJobs {
+        jobs: vec![job("hello", "default"), urgent],
+    });
+    h.register("w1", 1, &["default"], &[]);
+    let low1 = enqueue_at(&mut h, "hello", Some(-10));
+    let normal = enqueue_at(&mut h, "hello", None);
+    let low2 = enqueue_at(&mut h, "hello", Some(-10));
+    let high1 = enqueue_at(&mut h, "hello", Some(10));
+    let by_job = enqueue_at(&mut h, "urgent", None);
+    let high2 = enqueue_at(&mut h, "hello", Some(10));
+    let demoted = enqueue_at(&mut h, "urgent", Some(-100));
+    let mut order = Vec::new();
+    for _ in 0..7 {
+        let granted = h.claim("w1", 1);
+        assert_eq!(granted.len(), 1);
+        h.start("w1", &granted[0]);
+        h.finish("w1", &granted[0], Outcome::Exited { code: 0 });
+        order.push(granted[0].clone());
+    }
+    assert_eq!(
+        order,
+        [by_job, high1, high2, normal, low1, low2, demoted],
+        "priority first, then age"
+    );
+    // Out of range is refused, nothing queued.
+    assert!(matches!(
+        h.admin(AdminRequest::Enqueue {
+            job: "hello".into(),
+            key: None,
+            params: Default::default(),
+            priority: Some(101),
+        }),
+        Reply::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        }
+    ));
+}

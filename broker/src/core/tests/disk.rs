@@ -43,6 +43,7 @@ fn under_the_reserve_enqueues_and_retries_are_refused_and_nothing_is_stored() {
         job: "hello".into(),
         key: None,
         params: Default::default(),
+        priority: None,
     }));
     assert_eq!(code, ErrorCode::Unavailable);
     assert_eq!(

@@ -40,6 +40,7 @@ fn workers_and_admin_cannot_use_each_others_requests() {
                 job: "hello".into(),
                 key: None,
                 params: Default::default(),
+                priority: None,
             }
         )
         .0,
@@ -64,6 +65,7 @@ fn bad_admin_input_gets_clear_errors() {
         job: "nope".into(),
         key: None,
         params: Default::default(),
+        priority: None,
     }) else {
         panic!()
     };
@@ -136,6 +138,7 @@ fn an_api_call_is_answered_in_process_and_recorded_under_its_token() {
                 job: "hello".into(),
                 key: None,
                 params: Default::default(),
+                priority: None,
             },
             h.now,
             &mut out,
@@ -159,6 +162,7 @@ fn an_api_call_is_answered_in_process_and_recorded_under_its_token() {
             job: "hello".into(),
             key: None,
             params: Default::default(),
+            priority: None,
         },
     );
     assert_eq!(

@@ -11,6 +11,7 @@ fn an_enqueued_run_is_queued_for_its_jobs_pool_and_says_who_asked() {
             job: "gpu-job".into(),
             key: None,
             params: Default::default(),
+            priority: None,
         },
     );
     let Reply::Enqueued { run } = reply else {
@@ -37,6 +38,7 @@ fn enqueueing_an_unknown_job_lists_the_known_ones_and_stores_nothing() {
         job: "nope".into(),
         key: None,
         params: Default::default(),
+        priority: None,
     }) else {
         panic!("an unknown job was enqueued")
     };
@@ -50,6 +52,7 @@ fn enqueue_with_key(h: &mut Harness, job: &str, key: &str) -> Reply {
         job: job.into(),
         key: Some(key.into()),
         params: Default::default(),
+        priority: None,
     })
 }
 

@@ -712,6 +712,7 @@ fn enqueue_with(h: &mut Harness, job: &str, params: &[(&str, &str)]) -> Reply {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        priority: None,
     })
 }
 

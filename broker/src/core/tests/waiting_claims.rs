@@ -20,6 +20,7 @@ fn a_waiting_claim_gets_a_run_in_the_batch_that_queues_it() {
             job: "hello".into(),
             key: None,
             params: Default::default(),
+            priority: None,
         },
     );
     let Reply::Enqueued { run } = reply else {

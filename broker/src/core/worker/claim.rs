@@ -1,5 +1,6 @@
 //! `Claim`: runs granted to a worker, at once or to its waiting claim when they arrive.
 
+use crate::core::run_table::QueueKey;
 use crate::core::waiting_claims::{WaitingClaim, MAX_CLAIM_WAIT_MS};
 use crate::core::{nothing_granted, Core, Outbox, PeerId, ReplyTo};
 use crate::store::{Store, StoreResult};
@@ -77,14 +78,15 @@ impl<S: Store> Core<S> {
         let instance = (session.register.instance != 0).then_some(session.register.instance);
         let mut granted = Vec::new();
         while granted.len() < room {
-            // The oldest grantable queued run across this worker's pools.
-            let mut best: Option<(u64, String)> = None;
+            // The first grantable queued run across this worker's pools: highest
+            // priority, then oldest.
+            let mut best: Option<(QueueKey, String)> = None;
             for pool in &pools {
                 let Some(queue) = self.runs.queues.get(pool) else {
                     continue;
                 };
-                for (seq, run_id) in queue {
-                    if best.as_ref().is_some_and(|(b, _)| *b < *seq) {
+                for (key, run_id) in queue {
+                    if best.as_ref().is_some_and(|(b, _)| *b < *key) {
                         break;
                     }
                     let Some(run) = self.runs.active.get(run_id) else {
@@ -99,12 +101,12 @@ impl<S: Store> Core<S> {
                     {
                         continue;
                     }
-                    best = Some((*seq, pool.clone()));
+                    best = Some((*key, pool.clone()));
                     break;
                 }
             }
-            let Some((seq, pool)) = best else { break };
-            let Some(run_id) = self.runs.queues.get_mut(&pool).and_then(|q| q.remove(&seq)) else {
+            let Some((key, pool)) = best else { break };
+            let Some(run_id) = self.runs.queues.get_mut(&pool).and_then(|q| q.remove(&key)) else {
                 break;
             };
             let Some(run) = self.runs.active.get_mut(&run_id) else {
