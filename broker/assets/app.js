@@ -376,7 +376,7 @@ function renderRuns() {
     setCell(c[3], run.worker);
     timeCell(c[4], run.created_at_ms);
     setCell(c[5], duration(run.duration_ms));
-    setCell(c[6], run.outcome);
+    setCell(c[6], run.outcome || (run.waiting_for ? "waiting: " + run.waiting_for : null));
     c[6].className = "result";
   });
   let info = state.page ? (state.page.length + " runs on this page") : "newest runs, live";
@@ -1072,6 +1072,8 @@ function refreshRunFacts() {
     ["Exit code", run.exit_code],
     ["Result", describeOutcome(run.outcome)],
     ["Parameters", Object.entries(run.params || {}).map(([k, v]) => k + "=" + v).join(", ") || null],
+    ["Priority", run.priority || 0],
+    ["Waiting for", run.state === "queued" ? run.waiting_for : null],
     ["Retry of", run.first_attempt, "run"],
     ["Started by", run.parent, "run"],
   ];

@@ -50,6 +50,17 @@ pub struct FileConfig {
     pub http: HttpSection,
     #[serde(default)]
     pub retention: RetentionSection,
+    /// `[pools.NAME]`: settings of a pool.
+    #[serde(default)]
+    pub pools: std::collections::BTreeMap<String, PoolSection>,
+}
+
+/// `[pools.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// The most runs of the pool assigned or running at once, across all its workers.
+    pub max_concurrent: Option<u32>,
 }
 
 /// `[retention]`: how long finished runs and their logs are kept, and how many.
@@ -213,6 +224,8 @@ pub struct BrokerConfig {
     /// Browser origins allowed on the live feed; empty means the listen address.
     pub public_origins: Vec<String>,
     pub retention: crate::core::Retention,
+    /// The most runs assigned or running at once, by pool (where set).
+    pub pool_limits: std::collections::BTreeMap<String, u32>,
 }
 
 impl BrokerConfig {
@@ -227,6 +240,24 @@ impl BrokerConfig {
         }
         warnings
     }
+}
+
+fn pool_limits(
+    pools: std::collections::BTreeMap<String, PoolSection>,
+) -> Result<std::collections::BTreeMap<String, u32>> {
+    let mut limits = std::collections::BTreeMap::new();
+    for (pool, section) in pools {
+        jobcast_protocol::names::validate("pool", &pool)
+            .map_err(|e| anyhow::anyhow!("[pools.{pool}]: {e}"))?;
+        match section.max_concurrent {
+            Some(0) => anyhow::bail!("[pools.{pool}] max_concurrent must be at least 1"),
+            Some(limit) => {
+                limits.insert(pool, limit);
+            }
+            None => {}
+        }
+    }
+    Ok(limits)
 }
 
 /// Flag values that override the file.
@@ -345,6 +376,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             .map(|o| o.trim_end_matches('/').to_string())
             .collect(),
         retention: file.retention.resolve()?,
+        pool_limits: pool_limits(file.pools)?,
     };
     if config.heartbeat_interval.is_zero() {
         bail!("heartbeat_interval must be longer than zero");
@@ -518,6 +550,27 @@ mod tests {
             "[keys.workers]\nw2 = { secret = \"0123456789abcdef2\", pool = [\"x\"] }\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn pools_may_limit_their_runs_at_once() {
+        let keys = "[keys]\nadmin = \"0123456789abcdef0\"\n";
+        let config = resolve(
+            file(&format!(
+                "{keys}[pools.gpu]\nmax_concurrent = 2\n[pools.cpu]\n"
+            )),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.pool_limits, BTreeMap::from([("gpu".to_string(), 2)]));
+        for (text, said) in [
+            ("[pools.gpu]\nmax_concurrent = 0\n", "at least 1"),
+            ("[pools.\"a b\"]\nmax_concurrent = 1\n", "[pools.a b]"),
+        ] {
+            let err = resolve(file(&format!("{keys}{text}")), Overrides::default()).unwrap_err();
+            assert!(format!("{err:#}").contains(said), "{err:#}");
+        }
+        assert!(toml::from_str::<FileConfig>("[pools.gpu]\nmax = 1\n").is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod alerts;
 mod disk;
 mod error;
 mod job_table;
+mod limits;
 mod liveness;
 mod outbox;
 mod retention;
@@ -69,6 +70,8 @@ pub struct CoreConfig {
     pub worker_pools: HashMap<String, BTreeSet<String>>,
     /// The most log stored per run, whatever a worker declares.
     pub max_log_bytes: u64,
+    /// The most runs assigned or running at once, by pool (where set).
+    pub pool_limits: BTreeMap<String, u32>,
     /// Seeds the core's random source (run ids, the boot id); `None` seeds it from the
     /// operating system. Tests fix it, so that every run of them names the same runs.
     pub seed: Option<u64>,
@@ -83,6 +86,7 @@ impl Default for CoreConfig {
             retention: Retention::default(),
             worker_pools: HashMap::new(),
             max_log_bytes: 1 << 20,
+            pool_limits: BTreeMap::new(),
             seed: None,
         }
     }
@@ -244,6 +248,7 @@ impl<S: Store> Core<S> {
         for id in changes.runs {
             runs.extend(self.find_run(&id)?);
         }
+        self.mark_held(&mut runs);
         let changed_jobs = if changes.jobs {
             Vec::new()
         } else {

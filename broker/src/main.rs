@@ -161,6 +161,7 @@ fn run() -> Result<()> {
         retention: config.retention,
         worker_pools: config.keys.worker_pools.clone(),
         max_log_bytes: config.max_log_bytes,
+        pool_limits: config.pool_limits.clone(),
         seed: None,
     };
     let (data_dir, cache_size) = (config.data_dir.clone(), config.cache_size);

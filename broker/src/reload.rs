@@ -91,6 +91,7 @@ fn needs_restart(running: &BrokerConfig, new: &BrokerConfig) -> Vec<String> {
         ("http.listen", a.http_listen != b.http_listen),
         ("http.public_origins", a.public_origins != b.public_origins),
         ("retention", a.retention != b.retention),
+        ("pools", a.pool_limits != b.pool_limits),
     ]
     .into_iter()
     .filter(|(_, differs)| *differs)

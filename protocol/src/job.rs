@@ -167,6 +167,9 @@ pub struct JobPolicy {
     /// `retention.max_age`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_ms: Option<u64>,
+    /// The most runs of the job assigned or running at once, across all workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
 }
 
 impl Default for JobPolicy {
@@ -184,6 +187,7 @@ impl Default for JobPolicy {
             disable_after_failures: None,
             late_after_ms: 60_000,
             retention_ms: None,
+            max_concurrent: None,
         }
     }
 }

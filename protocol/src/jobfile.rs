@@ -69,6 +69,8 @@ pub enum JobProblem {
     OwnChild,
     #[error("disable_after_failures must be at least 1")]
     DisableAfterZero,
+    #[error("max_concurrent must be at least 1")]
+    MaxConcurrentZero,
     #[error("workdir is empty: leave it out to use the worker's")]
     EmptyWorkdir,
     #[error(transparent)]
@@ -153,6 +155,7 @@ struct JobEntry {
     #[serde(default)]
     params: BTreeMap<String, crate::params::ParamSpec>,
     priority: Option<PriorityEntry>,
+    max_concurrent: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +260,7 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, JobProblem> {
             .retention
             .map(|d| duration_ms("retention", &d))
             .transpose()?,
+        max_concurrent: entry.max_concurrent,
     };
     let spec = JobSpec {
         name: name.to_string(),
@@ -340,6 +344,9 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobProblem> {
     }
     if spec.policy.disable_after_failures == Some(0) {
         return Err(JobProblem::DisableAfterZero);
+    }
+    if spec.policy.max_concurrent == Some(0) {
+        return Err(JobProblem::MaxConcurrentZero);
     }
     if spec.workdir.as_deref() == Some("") {
         return Err(JobProblem::EmptyWorkdir);

@@ -168,6 +168,10 @@ pub struct RunRecord {
     /// Its place in its pool's queue: higher first, then older first.
     #[serde(default)]
     pub priority: i32,
+    /// Set in listings while the run is queued and a concurrency limit holds it (what it
+    /// waits for); never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// What an enqueue or a retry answers with: the run's identity and where it stands, not
@@ -244,6 +248,7 @@ impl RunRecord {
             priority: spec.priority,
             spec,
             params: Default::default(),
+            waiting_for: None,
         }
     }
 

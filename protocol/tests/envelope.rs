@@ -95,6 +95,7 @@ fn record() -> RunRecord {
         spec: spec(),
         params: BTreeMap::from([("target".into(), "files".into())]),
         priority: -3,
+        waiting_for: Some("job limit: 2 of 2 running".into()),
     }
 }
 

@@ -80,6 +80,13 @@ impl JobTable {
         self.retentions().next().is_some()
     }
 
+    /// Whether some job limits its runs at once.
+    pub fn any_limit(&self) -> bool {
+        self.specs
+            .values()
+            .any(|job| job.policy.max_concurrent.is_some())
+    }
+
     /// The times jobs keep their runs for, where they set one.
     pub fn retentions(&self) -> impl Iterator<Item = u64> + '_ {
         self.specs

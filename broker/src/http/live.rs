@@ -294,6 +294,8 @@ pub fn run_summary(run: &RunRecord) -> Value {
         "outcome": run.outcome.as_ref().map(|o| o.describe()),
         "exit_code": match run.outcome { Some(jobcast_protocol::Outcome::Exited { code }) => Some(code), _ => None },
         "params": jobcast_protocol::params::masked(&run.spec.params, &run.params),
+        "priority": run.priority,
+        "waiting_for": run.waiting_for,
     })
 }
 

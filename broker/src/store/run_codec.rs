@@ -194,6 +194,7 @@ pub fn decode_run(
                 history: s.history,
                 params: s.params,
                 priority: s.priority,
+                waiting_for: None,
             })
         }
         [TAG, version, ..] => Err(corrupt(
@@ -297,6 +298,7 @@ mod tests {
             spec: spec(),
             params: [("target".to_string(), "db".to_string())].into(),
             priority: -28,
+            waiting_for: None,
         }
     }
 

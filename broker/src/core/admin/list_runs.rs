@@ -21,7 +21,8 @@ impl<S: Store> Core<S> {
             }
         };
         let filter = RunFilter { limit, ..filter };
-        let listing = self.store.runs(&filter)?;
+        let mut listing = self.store.runs(&filter)?;
+        self.mark_held(&mut listing.runs);
         Ok(Reply::Runs {
             runs: listing.runs,
             resume_before: listing.resume_before,

@@ -190,3 +190,93 @@ fn a_claim_takes_the_oldest_run_of_the_highest_priority_first() {
         }
     ));
 }
+
+fn listed(h: &mut Harness, job: &str) -> Vec<RunRecord> {
+    match h.admin(AdminRequest::ListRuns(jobcast_protocol::RunFilter {
+        job: Some(job.into()),
+        limit: 100,
+        ..Default::default()
+    })) {
+        Reply::Runs { runs, .. } => runs,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_jobs_limit_holds_across_workers_and_a_restart_and_says_what_runs_wait_for() {
+    let mut h = Harness::new();
+    let mut limited = job("limited", "default");
+    limited.policy.max_concurrent = Some(2);
+    h.admin(AdminRequest::ApplyJobs {
+        jobs: vec![limited, job("hello", "default")],
+    });
+    for w in ["w1", "w2", "w3"] {
+        h.register(w, 2, &["default"], &[]);
+    }
+    let runs: Vec<String> = (0..5).map(|_| h.enqueue("limited")).collect();
+    let free = h.enqueue("hello");
+    let mut out: Vec<String> = Vec::new();
+    for w in ["w1", "w2", "w3"] {
+        out.extend(h.claim(w, 2));
+    }
+    // Two of the job across all three workers; the other job is not held.
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(out.contains(&free));
+    let limited_out: Vec<&String> = out.iter().filter(|id| runs.contains(id)).collect();
+    assert_eq!(limited_out.len(), 2);
+    let waiting: Vec<Option<String>> = listed(&mut h, "limited")
+        .into_iter()
+        .filter(|r| r.state == RunState::Queued)
+        .map(|r| r.waiting_for)
+        .collect();
+    assert_eq!(waiting.len(), 3);
+    assert!(waiting
+        .iter()
+        .all(|w| w.as_deref() == Some("job limit: 2 of 2 running")));
+
+    // After a restart the two are still out (the workers come back with them): still held.
+    let mut h = Harness::with_store(h.core.into_store());
+    let mut limited = job("limited", "default");
+    limited.policy.max_concurrent = Some(2);
+    h.admin(AdminRequest::ApplyJobs {
+        jobs: vec![limited, job("hello", "default")],
+    });
+    let on_w1: Vec<String> = out.iter().filter(|id| runs.contains(id)).cloned().collect();
+    let ids: Vec<&str> = on_w1.iter().map(String::as_str).collect();
+    h.register("w1", 4, &["default"], &ids);
+    assert!(
+        h.claim("w1", 4).is_empty(),
+        "the limit held across the restart"
+    );
+    // One ends: one more may go.
+    h.start("w1", &on_w1[0]);
+    h.finish("w1", &on_w1[0], Outcome::Exited { code: 0 });
+    assert_eq!(h.claim("w1", 4).len(), 1);
+}
+
+#[test]
+fn a_pools_limit_counts_every_job_of_the_pool() {
+    let mut h = Harness::with_config(
+        MemoryStore::default(),
+        CoreConfig {
+            pool_limits: [("default".to_string(), 1)].into(),
+            ..CoreConfig::default()
+        },
+    );
+    h.register("w1", 4, &["default", "gpu"], &[]);
+    let first = h.enqueue("hello");
+    h.enqueue("hello");
+    let gpu = h.enqueue("gpu-job");
+    let granted = h.claim("w1", 4);
+    assert_eq!(
+        granted.len(),
+        2,
+        "one of the limited pool, and the other pool's"
+    );
+    assert!(granted.contains(&first) && granted.contains(&gpu));
+    let held = listed(&mut h, "hello")
+        .into_iter()
+        .find(|r| r.state == RunState::Queued)
+        .and_then(|r| r.waiting_for);
+    assert_eq!(held.as_deref(), Some("pool default limit: 1 of 1 running"));
+}

@@ -77,6 +77,7 @@ impl<S: Store> Core<S> {
         let cap = session.register.max_log_bytes;
         let instance = (session.register.instance != 0).then_some(session.register.instance);
         let mut granted = Vec::new();
+        let mut out_counts = self.out_counts();
         while granted.len() < room {
             // The first grantable queued run across this worker's pools: highest
             // priority, then oldest.
@@ -101,6 +102,12 @@ impl<S: Store> Core<S> {
                     {
                         continue;
                     }
+                    if out_counts
+                        .as_ref()
+                        .is_some_and(|counts| self.held_by_limit(run, counts).is_some())
+                    {
+                        continue;
+                    }
                     best = Some((*key, pool.clone()));
                     break;
                 }
@@ -121,6 +128,9 @@ impl<S: Store> Core<S> {
             run.worker = Some(worker.to_string());
             run.worker_instance = instance;
             run.log_cap = cap;
+            if let Some(counts) = out_counts.as_mut() {
+                counts.add(run);
+            }
             self.store.put_run(run)?;
             self.changes.runs.insert(run.id.clone());
             granted.push(Assignment::of(run));
