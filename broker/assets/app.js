@@ -461,9 +461,12 @@ function jobState(job) {
 }
 
 function renderJobs() {
-  const jobs = [...state.jobs.values()].sort((a, b) => a.spec.name.localeCompare(b.spec.name));
+  const tag = state.route.params.get("tag");
+  const jobs = [...state.jobs.values()]
+    .filter((job) => !tag || (job.spec.tags || []).includes(tag))
+    .sort((a, b) => a.spec.name.localeCompare(b.spec.name));
   syncRows($("#jobs tbody"), jobs, (job) => job.spec.name, () => {
-    const row = emptyRow(7);
+    const row = emptyRow(8);
     const actions = row.lastChild;
     actions.className = "operator-only actions-cell";
     const run = document.createElement("button");
@@ -480,13 +483,14 @@ function renderJobs() {
     const spec = job.spec;
     linkCell(c[0], "#/job/" + encodeURIComponent(spec.name), spec.name);
     setCell(c[1], spec.pool);
-    setCell(c[2], describeSchedule(spec));
+    setCell(c[2], (spec.tags || []).join(", "));
+    setCell(c[3], describeSchedule(spec));
     // A job whose ticks start nothing has no next run to show.
-    if (job.active && job.next_fire_ms) timeCell(c[3], job.next_fire_ms);
-    else setCell(c[3], "-", "");
-    setCell(c[4], jobState(job));
-    c[5].replaceChildren(sparkline(spec.name));
-    const toggle = c[6].lastChild;
+    if (job.active && job.next_fire_ms) timeCell(c[4], job.next_fire_ms);
+    else setCell(c[4], "-", "");
+    setCell(c[5], jobState(job));
+    c[6].replaceChildren(sparkline(spec.name));
+    const toggle = c[7].lastChild;
     const enable = !spec.enabled;
     toggle.dataset.enable = String(enable);
     setCell(toggle, enable ? "Enable" : "Disable");
@@ -535,6 +539,7 @@ function route() {
   if (state.route.view === "job") return openJob(state.route.arg);
   if (state.route.view === "worker") return openWorker(state.route.arg);
   if (state.route.view === "runs") loadRunsPage();
+  if (state.route.view === "jobs") $("#jobs-tag").value = state.route.params.get("tag") || "";
   markDirty("runs", "workers", "jobs", "alerts");
 }
 
@@ -751,6 +756,11 @@ function fillFacts(dl, facts) {
 }
 
 $("#job-run").addEventListener("click", () => jobPage.name && enqueue(jobPage.name));
+$("#jobs-filter").addEventListener("submit", (event) => event.preventDefault());
+$("#jobs-tag").addEventListener("change", () => {
+  const tag = $("#jobs-tag").value.trim();
+  location.hash = "#/jobs" + (tag ? "?tag=" + encodeURIComponent(tag) : "");
+});
 
 /// The form for a job's parameters, built from its declaration.
 function showParamForm(spec) {

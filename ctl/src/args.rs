@@ -141,7 +141,11 @@ pub(crate) enum Command {
     /// Run a finished run's job again, as its next attempt.
     Retry { run: String },
     /// List jobs.
-    Jobs,
+    Jobs {
+        /// Only jobs with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+    },
     /// Print a run's output (with --json: a JSON line per piece).
     Logs {
         /// The run: its id, a unique prefix or a unique substring.

@@ -258,10 +258,13 @@ async fn run(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Jobs => {
-            let Reply::Jobs { jobs } = ctl.call(AdminRequest::ListJobs).await? else {
+        Command::Jobs { tag } => {
+            let Reply::Jobs { mut jobs } = ctl.call(AdminRequest::ListJobs).await? else {
                 bail!("unexpected reply");
             };
+            if let Some(tag) = &tag {
+                jobs.retain(|job| job.spec.tags.contains(tag));
+            }
             if ctl.json {
                 ctl.print_json(&jobs)?;
             } else {

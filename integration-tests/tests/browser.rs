@@ -241,7 +241,7 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
     cluster.apply_jobs(&format!(
         "[jobs.quick]\ncommand = [\"true\"]\n\
          [jobs.stranded]\npool = \"elsewhere\"\ncommand = [\"true\"]\n\
-         [jobs.ticking]\nevery = \"1h\"\ncommand = [\"true\"]\n{LOUD_JOB}"
+         [jobs.ticking]\nevery = \"1h\"\ncommand = [\"true\"]\ntags = [\"hourly\"]\n{LOUD_JOB}"
     ));
     cluster.start_worker("w1", &[]);
     let mut driver = Driver::start(&cluster.http, &artifacts());
@@ -255,8 +255,8 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
 
     // Jobs: the next fire time goes when the job is disabled and comes back with it.
     driver.send(json!({ "cmd": "goto", "hash": "#/jobs" }));
-    let next = cell_text("jobs", "ticking", 3);
-    let state = cell_text("jobs", "ticking", 4);
+    let next = cell_text("jobs", "ticking", 4);
+    let state = cell_text("jobs", "ticking", 5);
     driver.send(json!({ "cmd": "wait_js", "expr": format!("{next}.startsWith('in ')") }));
     let (code, _) = cluster.api("POST", "/api/v1/jobs/ticking/disable", Some(OPERATOR_TOKEN));
     assert_eq!(code, 200);
@@ -266,6 +266,10 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
     let (code, _) = cluster.api("POST", "/api/v1/jobs/ticking/enable", Some(OPERATOR_TOKEN));
     assert_eq!(code, 200);
     driver.send(json!({ "cmd": "wait_js", "expr": format!("{next}.startsWith('in ') && {state} === 'enabled'") }));
+    // Jobs filtered by tag, with its own URL.
+    driver.send(json!({ "cmd": "goto", "hash": "#/jobs?tag=hourly" }));
+    let only = "[...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.key).join(',')";
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("{only} === 'ticking'") }));
 
     // Alerts: a run no worker can take raises one; it goes when the run does.
     let stranded = cluster.enqueue("stranded");
@@ -429,6 +433,16 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
             "#/worker/w1",
         ] {
             driver.send(json!({ "cmd": "goto", "hash": view }));
+            // The view drawn, not on its way.
+            let drawn = match view.trim_start_matches("#/").split('/').next().unwrap() {
+                "run" => "#run-facts dd".to_string(),
+                "job" => "#job-facts dd".to_string(),
+                "worker" => "#worker-facts dd".to_string(),
+                table => format!("#{table} tbody tr"),
+            };
+            driver.send(
+                json!({ "cmd": "wait_js", "expr": format!("!!document.querySelector('{drawn}')") }),
+            );
             let report = driver.send(json!({ "cmd": "axe", "width": width, "dark": dark }));
             assert_eq!(
                 report["violations"],

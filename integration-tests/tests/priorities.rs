@@ -1,5 +1,5 @@
 //! Priorities with real binaries: a burst queued before any worker is there starts with
-//! its high-priority runs.
+//! its high-priority runs. Tags: jobs found by them from the command line and the API.
 
 use jobcast_integration_tests::*;
 use std::time::Duration;
@@ -42,4 +42,29 @@ fn high_priority_runs_of_a_burst_start_first() {
     started.sort();
     assert_eq!(started, expected, "the high ones first: {runs:?}");
     assert!(runs.iter().all(|r| r["priority"].is_i64()), "{runs:?}");
+}
+
+#[test]
+fn jobs_are_found_by_their_tags() {
+    let cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        "[jobs.a]\ncommand = [\"true\"]\ntags = [\"nightly\", \"db\"]\n\
+         [jobs.b]\ncommand = [\"true\"]\ntags = [\"db\"]\n[jobs.c]\ncommand = [\"true\"]\n",
+    );
+    let names = |jobs: serde_json::Value| -> Vec<String> {
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["spec"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let db = cluster.ctl_json(&["jobs", "--tag", "db"]).expect("jobs");
+    assert_eq!(names(db), ["a", "b"]);
+    let (code, body) = cluster.api("GET", "/api/v1/jobs?tag=nightly", Some(VIEWER_TOKEN));
+    assert_eq!(code, 200);
+    assert_eq!(names(serde_json::from_str(&body).unwrap()), ["a"]);
+    let none = cluster
+        .ctl_json(&["jobs", "--tag", "weekly"])
+        .expect("jobs");
+    assert!(names(none).is_empty());
 }

@@ -30,6 +30,9 @@ pub struct JobSpec {
     /// [`MAX_PRIORITY`]; an enqueue may set its own).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// Free-form labels to find it by (`jobcastctl jobs --tag`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 pub const MIN_PRIORITY: i32 = -100;
@@ -81,6 +84,7 @@ impl JobSpec {
             policy: JobPolicy::default(),
             params: BTreeMap::new(),
             priority: 0,
+            tags: Vec::new(),
         }
     }
 }

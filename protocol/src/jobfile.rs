@@ -156,6 +156,8 @@ struct JobEntry {
     params: BTreeMap<String, crate::params::ParamSpec>,
     priority: Option<PriorityEntry>,
     max_concurrent: Option<u32>,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +283,7 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, JobProblem> {
                 crate::job::parse_priority(&name).map_err(JobProblem::Priority)?
             }
         },
+        tags: entry.tags,
     };
     validate(&spec)?;
     Ok(spec)
@@ -353,6 +356,9 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobProblem> {
     }
     crate::params::check_declarations(&spec.params)?;
     crate::job::check_priority(spec.priority).map_err(JobProblem::Priority)?;
+    for tag in &spec.tags {
+        names::validate("tag", tag)?;
+    }
     if !spec.schedule.is_manual() {
         if let Some((name, _)) = spec.params.iter().find(|(_, p)| p.required) {
             return Err(JobProblem::ScheduledRequiredParam { name: name.clone() });
@@ -502,5 +508,11 @@ run_on_all_workers = true
         assert_eq!((jobs[0].priority, jobs[1].priority), (10, -5));
         assert_eq!(jobs[0].params["day"].default.as_deref(), Some("today"));
         assert_eq!(jobs[0].params["day"].kind, crate::params::ParamType::String);
+        let tagged = parse("[jobs.a]\ncommand=\"x\"\ntags=[\"nightly\",\"db\"]\n").unwrap();
+        assert_eq!(tagged[0].tags, ["nightly", "db"]);
+        assert!(parse("[jobs.a]\ncommand=\"x\"\ntags=[\"a b\"]\n")
+            .unwrap_err()
+            .to_string()
+            .contains("tag"));
     }
 }

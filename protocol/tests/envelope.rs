@@ -57,6 +57,7 @@ fn spec() -> JobSpec {
             },
         )]),
         priority: 5,
+        tags: vec!["nightly".into()],
     }
 }
 

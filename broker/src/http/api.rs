@@ -62,13 +62,27 @@ pub(super) async fn workers(
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JobsQuery {
+    /// only jobs with this tag
+    tag: Option<String>,
+}
+
 pub(super) async fn jobs(
     State(app): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<JobsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     match app.core.call(&caller, AdminRequest::ListJobs).await? {
-        Reply::Jobs { jobs } => Ok(Json(caller.view(json!(jobs)))),
+        Reply::Jobs { mut jobs } => {
+            if let Some(tag) = &query.tag {
+                jobs.retain(|job| job.spec.tags.contains(tag));
+            }
+            Ok(Json(caller.view(json!(jobs))))
+        }
         _ => Err(ApiError::unavailable()),
     }
 }
