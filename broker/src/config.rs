@@ -142,6 +142,10 @@ pub struct ApiToken {
     pub name: String,
     pub token: String,
     pub role: Role,
+    /// The teams whose jobs and runs it may see and act on; none: all (an admin token
+    /// sees all whatever it lists).
+    #[serde(default)]
+    pub teams: Vec<String>,
 }
 
 impl std::fmt::Debug for ApiToken {

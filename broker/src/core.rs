@@ -18,6 +18,7 @@ mod retention;
 mod run_table;
 mod runs;
 mod scheduling;
+mod scope;
 mod totals;
 mod waiting_claims;
 mod worker;
@@ -32,6 +33,7 @@ pub use outbox::{Observation, OutReply, Outbox, ReloadAsked, ReplyTo};
 pub use retention::Retention;
 use run_table::RunTable;
 pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
+pub use scope::Scope;
 use worker::LogTrack;
 use worker_table::{Session, WorkerTable};
 
@@ -338,11 +340,20 @@ impl<S: Store> Core<S> {
         actor: &str,
         id: u64,
         request: AdminRequest,
+        scope: &Scope,
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
         self.set_clock(now_us);
-        let answer = self.handle_admin(&ReplyTo::Api, actor, id, request, now_us, out);
+        let answer = match self.scoped_request(request, scope) {
+            Ok(request) => {
+                match self.handle_admin(&ReplyTo::Api, actor, id, request, now_us, out) {
+                    Ok(Some(reply)) => Ok(Some(self.scoped_reply(reply, scope)?)),
+                    other => other,
+                }
+            }
+            Err(refused) => Err(refused),
+        };
         Self::answer(&ReplyTo::Api, id, answer, out)
     }
 

@@ -179,6 +179,7 @@ fn run() -> Result<()> {
             "the jobs file given at start",
             0,
             AdminRequest::ApplyJobs { jobs },
+            &jobcast_broker::core::Scope::all(),
             now_us(),
             &mut out,
         )?;

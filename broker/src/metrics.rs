@@ -119,20 +119,29 @@ impl Metrics {
     }
 
     /// The exposition: the kept metrics, and gauges from `status` (and the store's size
-    /// on disk, when it could be measured).
-    pub fn encode(&self, status: &StatusReport, store_bytes: Option<u64>) -> String {
+    /// on disk, when it could be measured). Without `every_job`, the series kept since
+    /// start for every job (ends, durations) are left out: `status` is then a caller's
+    /// view limited to some teams, and those series name other teams' jobs.
+    pub fn encode(
+        &self,
+        status: &StatusReport,
+        store_bytes: Option<u64>,
+        every_job: bool,
+    ) -> String {
         let mut registry = Registry::with_prefix("jobcast");
-        registry.register(
-            "runs_ended",
-            "Runs that reached an end, by job and end state, since the broker started",
-            self.runs_ended.clone(),
-        );
-        registry.register_with_unit(
-            "run_duration",
-            "How long runs ran, from start to end, by job",
-            Unit::Seconds,
-            self.run_duration.clone(),
-        );
+        if every_job {
+            registry.register(
+                "runs_ended",
+                "Runs that reached an end, by job and end state, since the broker started",
+                self.runs_ended.clone(),
+            );
+            registry.register_with_unit(
+                "run_duration",
+                "How long runs ran, from start to end, by job",
+                Unit::Seconds,
+                self.run_duration.clone(),
+            );
+        }
         registry.register_with_unit(
             "dispatch_latency",
             "From when a run could be handed out to its reported start, by pool",
@@ -325,7 +334,13 @@ mod tests {
             });
         }
         metrics.observe_flush(Duration::from_micros(300));
-        let text = metrics.encode(&status(), Some(4096));
+        let text = metrics.encode(&status(), Some(4096), true);
+        // A caller limited to teams gets no series kept for every job (its status, and so
+        // its gauges, are already its teams' only).
+        let limited = metrics.encode(&status(), Some(4096), false);
+        assert!(!limited.contains("jobcast_runs_ended"), "{limited}");
+        assert!(!limited.contains("jobcast_run_duration"), "{limited}");
+        assert!(limited.contains("jobcast_queue_depth"), "{limited}");
         let value =
             |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
         assert_eq!(

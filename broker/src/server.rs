@@ -566,6 +566,7 @@ impl Server {
         for InternalRequest {
             request,
             actor,
+            scope,
             reply,
         } in std::mem::take(&mut self.internal_batch)
         {
@@ -574,7 +575,7 @@ impl Server {
             self.internal_pending
                 .retain(|_, waiter| !waiter.is_closed());
             self.internal_pending.insert(id, reply);
-            core.handle_api(&actor, id, request, now, &mut out)?;
+            core.handle_api(&actor, id, request, &scope, now, &mut out)?;
         }
         if std::mem::take(&mut self.hangup) || !out.reloads.is_empty() {
             self.reload(core, &mut out);

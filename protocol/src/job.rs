@@ -33,6 +33,10 @@ pub struct JobSpec {
     /// Free-form labels to find it by (`jobcastctl jobs --tag`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The team it belongs to: API tokens limited to teams see and act on their teams'
+    /// jobs and runs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
 }
 
 pub const MIN_PRIORITY: i32 = -100;
@@ -85,6 +89,7 @@ impl JobSpec {
             params: BTreeMap::new(),
             priority: 0,
             tags: Vec::new(),
+            team: None,
         }
     }
 }

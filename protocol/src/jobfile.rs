@@ -158,6 +158,7 @@ struct JobEntry {
     max_concurrent: Option<u32>,
     #[serde(default)]
     tags: Vec<String>,
+    team: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +285,7 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, JobProblem> {
             }
         },
         tags: entry.tags,
+        team: entry.team,
     };
     validate(&spec)?;
     Ok(spec)
@@ -358,6 +360,9 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobProblem> {
     crate::job::check_priority(spec.priority).map_err(JobProblem::Priority)?;
     for tag in &spec.tags {
         names::validate("tag", tag)?;
+    }
+    if let Some(team) = &spec.team {
+        names::validate("team", team)?;
     }
     if !spec.schedule.is_manual() {
         if let Some((name, _)) = spec.params.iter().find(|(_, p)| p.required) {

@@ -68,11 +68,19 @@ pub struct RunFilter {
     /// next runs (their parent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linked_to: Option<String>,
+    /// Only runs of jobs of these teams (as the job was when the run was made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Vec<String>>,
 }
 
 impl RunFilter {
     /// Whether `run` passes every condition but the time range and paging.
     pub fn matches(&self, run: &RunRecord) -> bool {
+        if let Some(teams) = &self.teams {
+            if !run.spec.team.as_ref().is_some_and(|t| teams.contains(t)) {
+                return false;
+            }
+        }
         if let Some(origin) = &self.linked_to {
             if run.parent.as_ref() != Some(origin) && run.first_attempt.as_ref() != Some(origin) {
                 return false;

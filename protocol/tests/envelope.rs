@@ -58,6 +58,7 @@ fn spec() -> JobSpec {
         )]),
         priority: 5,
         tags: vec!["nightly".into()],
+        team: Some("data".into()),
     }
 }
 
@@ -193,6 +194,7 @@ fn every_request() -> Vec<Request> {
             before_seq: Some(3),
             text: Some("disk full".into()),
             linked_to: Some("3f9a".into()),
+            teams: Some(vec!["data".into()]),
         }),
         AdminRequest::Retry { run: "3f9a".into() },
         AdminRequest::ListJobs,

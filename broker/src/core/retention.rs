@@ -132,7 +132,7 @@ impl<S: Store> Core<S> {
             }
             if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
                 self.store.delete_run(run)?;
-                self.finished.deleted(run.state);
+                self.finished.deleted(run.spec.team.as_deref(), run.state);
                 deleted += 1;
             }
         }
@@ -177,7 +177,7 @@ impl<S: Store> Core<S> {
                 if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
                     if !dry_run {
                         self.store.delete_run(run)?;
-                        self.finished.deleted(run.state);
+                        self.finished.deleted(run.spec.team.as_deref(), run.state);
                         self.pruning.pruned += 1;
                     }
                     runs += 1;

@@ -88,7 +88,7 @@ impl<S: Store> Core<S> {
     ) -> StoreResult<()> {
         self.store.put_run(run)?;
         self.changes.runs.insert(run.id.clone());
-        self.finished.ended(run.state);
+        self.finished.ended(run.spec.team.as_deref(), run.state);
         out.observations.push(Observation::Ended {
             job: run.job.clone(),
             state: run.state,

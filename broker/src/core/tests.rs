@@ -231,6 +231,7 @@ mod retry;
 mod run_finished;
 mod run_started;
 mod scheduling;
+mod scope;
 mod set_enabled;
 mod status;
 mod waiting_claims;

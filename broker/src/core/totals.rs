@@ -3,32 +3,37 @@
 //! the batch that changed them, so a dashboard's counts cover every stored run, not the
 //! few it holds.
 
-use crate::core::Core;
+use crate::core::{Core, Scope};
 use crate::store::{Store, StoreError, StoreResult};
 use jobcast_protocol::RunState;
 use std::collections::BTreeMap;
 
-/// The setting the finished counts are kept in (a MessagePack map, state → count).
-const SETTING: &str = "finished_runs_by_state";
+/// The setting the finished counts are kept in (a MessagePack map, team → state →
+/// count; the team of jobs without one is "").
+const SETTING: &str = "finished_runs_by_team";
 /// Records read at a time when a store written before these counts is counted once.
 const COUNT_PAGE: usize = 4_096;
 
 #[derive(Debug, Default)]
 pub(in crate::core) struct FinishedCounts {
-    by_state: BTreeMap<RunState, u64>,
+    by_team: BTreeMap<String, BTreeMap<RunState, u64>>,
     changed: bool,
+}
+
+fn team_key(team: Option<&str>) -> String {
+    team.unwrap_or_default().to_string()
 }
 
 impl FinishedCounts {
     /// The counts a store keeps; a store from before them is counted once, here.
     pub fn load(store: &impl Store) -> StoreResult<FinishedCounts> {
         if let Some(bytes) = store.setting(SETTING)? {
-            let by_state = rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            let by_team = rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                 what: "finished-run counts",
                 detail: e.to_string(),
             })?;
             return Ok(FinishedCounts {
-                by_state,
+                by_team,
                 changed: false,
             });
         }
@@ -38,7 +43,7 @@ impl FinishedCounts {
             let page = store.oldest_runs(from, COUNT_PAGE)?;
             for run in &page {
                 if run.state.is_terminal() {
-                    *counts.by_state.entry(run.state).or_default() += 1;
+                    counts.ended(run.spec.team.as_deref(), run.state);
                 }
             }
             match page.last() {
@@ -51,13 +56,22 @@ impl FinishedCounts {
         Ok(counts)
     }
 
-    pub fn ended(&mut self, state: RunState) {
-        *self.by_state.entry(state).or_default() += 1;
+    pub fn ended(&mut self, team: Option<&str>, state: RunState) {
+        *self
+            .by_team
+            .entry(team_key(team))
+            .or_default()
+            .entry(state)
+            .or_default() += 1;
         self.changed = true;
     }
 
-    pub fn deleted(&mut self, state: RunState) {
-        if let Some(count) = self.by_state.get_mut(&state) {
+    pub fn deleted(&mut self, team: Option<&str>, state: RunState) {
+        let count = self
+            .by_team
+            .get_mut(&team_key(team))
+            .and_then(|states| states.get_mut(&state));
+        if let Some(count) = count {
             *count = count.saturating_sub(1);
             self.changed = true;
         }
@@ -66,7 +80,7 @@ impl FinishedCounts {
     /// Writes the counts if the batch changed them.
     pub fn save(&mut self, store: &mut impl Store) -> StoreResult<()> {
         if std::mem::take(&mut self.changed) {
-            let bytes = rmp_serde::to_vec(&self.by_state).unwrap_or_default();
+            let bytes = rmp_serde::to_vec(&self.by_team).unwrap_or_default();
             store.put_setting(SETTING, &bytes)?;
         }
         Ok(())
@@ -77,12 +91,25 @@ impl<S: Store> Core<S> {
     /// Every stored run by state (snake_case names), unfinished and finished; states with
     /// no run are listed with 0, so a view can show them all.
     pub fn runs_by_state(&self) -> BTreeMap<String, u64> {
+        self.runs_by_state_in(&Scope::all())
+    }
+
+    /// Like [`Core::runs_by_state`], of the runs `scope` may see.
+    pub(in crate::core) fn runs_by_state_in(&self, scope: &Scope) -> BTreeMap<String, u64> {
         let mut counts: BTreeMap<RunState, u64> = RunState::ALL.iter().map(|s| (*s, 0)).collect();
         for run in self.runs.active.values() {
-            *counts.entry(run.state).or_default() += 1;
+            if scope.allows(run.spec.team.as_deref()) {
+                *counts.entry(run.state).or_default() += 1;
+            }
         }
-        for (state, count) in &self.finished.by_state {
-            *counts.entry(*state).or_default() += count;
+        for (team, states) in &self.finished.by_team {
+            let team = (!team.is_empty()).then_some(team.as_str());
+            if !scope.allows(team) {
+                continue;
+            }
+            for (state, count) in states {
+                *counts.entry(*state).or_default() += count;
+            }
         }
         counts
             .into_iter()

@@ -47,7 +47,9 @@ pub(super) async fn metrics(
     .await
     .ok()
     .flatten();
-    let text = app.metrics.encode(&report, store_bytes);
+    let text = app
+        .metrics
+        .encode(&report, store_bytes, !caller.scope().is_limited());
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -163,6 +165,8 @@ impl RunsQuery {
             before_seq: self.before,
             text: self.text.filter(|t| !t.is_empty()),
             linked_to: self.linked_to,
+            // The caller's teams, set by the core from who asks.
+            teams: None,
         })
     }
 }

@@ -3,18 +3,30 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::config::{ApiToken, Role};
+use crate::core::Scope;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 
-/// Who is asking: the name and role of their token.
+/// Who is asking: the name, role and teams of their token.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Caller {
     pub(super) name: String,
     pub(super) role: Role,
+    pub(super) teams: Vec<String>,
 }
 
 impl Caller {
+    /// Whose jobs and runs the caller may see and act on.
+    pub(super) fn scope(&self) -> Scope {
+        if self.role == Role::Admin || self.teams.is_empty() {
+            Scope::all()
+        } else {
+            Scope::teams(self.teams.iter().cloned())
+        }
+    }
+
     /// What this caller may see of `value`: viewers get env variable names without
     /// their values (they may hold passwords).
     pub(super) fn view(&self, mut value: Value) -> Value {
@@ -45,12 +57,16 @@ pub fn hide_env_values(value: &mut Value) {
     }
 }
 
-/// The name and role of the token `presented`, if it is one of `tokens`. Every token is
-/// compared, so the time taken does not tell which one matched.
-pub(super) fn identify(tokens: &[ApiToken], presented: &str) -> Option<(String, Role)> {
+/// Who holds the token `presented`, if it is one of `tokens`. Every token is compared,
+/// so the time taken does not tell which one matched.
+pub(super) fn identify(tokens: &[ApiToken], presented: &str) -> Option<Caller> {
     tokens.iter().fold(None, |found, t| {
         if same_secret(t.token.as_bytes(), presented.as_bytes()) {
-            Some((t.name.clone(), t.role))
+            Some(Caller {
+                name: t.name.clone(),
+                role: t.role,
+                teams: t.teams.clone(),
+            })
         } else {
             found
         }
@@ -79,9 +95,10 @@ impl AppState {
                     "send a token: Authorization: Bearer <token>",
                 )
             })?;
-        let (name, role) = identify(&self.tokens.borrow(), presented).ok_or_else(|| {
+        let caller = identify(&self.tokens.borrow(), presented).ok_or_else(|| {
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")
         })?;
+        let role = caller.role;
         if role < needed {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -93,7 +110,7 @@ impl AppState {
                 ),
             ));
         }
-        Ok(Caller { name, role })
+        Ok(caller)
     }
 }
 
@@ -103,7 +120,7 @@ pub(super) async fn whoami(
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
     Ok(Json(
-        json!({ "role": caller.role.as_str(), "name": caller.name }),
+        json!({ "role": caller.role.as_str(), "name": caller.name, "teams": caller.teams }),
     ))
 }
 

@@ -14,6 +14,8 @@ pub struct InternalRequest {
     pub request: AdminRequest,
     /// Who asked, as the run history records it (`token alice`).
     pub actor: String,
+    /// Whose jobs and runs they may see and act on.
+    pub scope: crate::core::Scope,
     pub reply: oneshot::Sender<Reply>,
 }
 
@@ -45,6 +47,7 @@ impl CoreHandle {
             .send(InternalRequest {
                 request,
                 actor,
+                scope: caller.scope(),
                 reply,
             })
             .await

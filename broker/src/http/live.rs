@@ -135,6 +135,7 @@ pub(super) async fn pump_status(core: super::CoreHandle, live: LiveFeed) {
     let caller = Caller {
         name: "live feed".into(),
         role: Role::Viewer,
+        teams: Vec::new(),
     };
     let mut every = tokio::time::interval(STATUS_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -162,6 +163,18 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What one client may be sent: env values or not, and whose jobs and runs.
+pub(super) struct View {
+    pub viewer: bool,
+    pub scope: crate::core::Scope,
+}
+
+impl View {
+    fn shows_job(&self, job: &Value) -> bool {
+        self.scope.allows(job["spec"]["team"].as_str())
+    }
+}
+
 /// What one client has yet to be sent: the latest of each changed thing.
 #[derive(Default)]
 struct Pending {
@@ -177,28 +190,37 @@ struct Pending {
 }
 
 impl Pending {
-    fn merge(&mut self, batch: &LiveBatch, viewer: bool, following: &HashSet<String>) {
+    fn merge(&mut self, batch: &LiveBatch, view: &View, following: &HashSet<String>) {
         self.at_ms = self.at_ms.max(batch.at_ms);
+        let limited = view.scope.is_limited();
         for (id, run) in &batch.runs {
-            self.runs.insert(id.clone(), run.clone());
+            if view.scope.allows(run["team"].as_str()) {
+                self.runs.insert(id.clone(), run.clone());
+            }
         }
-        if let Some(status) = &batch.status {
-            self.workers = Some(status["workers"].clone());
-            self.runs_by_state = Some(status["runs_by_state"].clone());
-            self.status = Some(status.clone());
+        // Status, workers and counts of the whole broker: a client limited to teams gets
+        // its own instead (see `own_status`).
+        if let Some(status) = batch.status.as_ref().filter(|_| !limited) {
+            self.status(status.clone());
         }
-        if let Some(workers) = &batch.workers {
+        if let Some(workers) = batch.workers.as_ref().filter(|_| !limited) {
             self.workers = Some(workers.clone());
         }
         if let Some(jobs) = &batch.jobs {
-            self.jobs = Some(jobs.seen_by(viewer).clone());
+            let mut shown = jobs.seen_by(view.viewer).clone();
+            if let Value::Array(list) = &mut shown {
+                list.retain(|job| view.shows_job(job));
+            }
+            self.jobs = Some(shown);
             self.changed_jobs.clear();
         }
         for (name, job) in &batch.changed_jobs {
-            self.changed_jobs
-                .insert(name.clone(), job.seen_by(viewer).clone());
+            let shown = job.seen_by(view.viewer);
+            if view.shows_job(shown) {
+                self.changed_jobs.insert(name.clone(), shown.clone());
+            }
         }
-        if let Some(counts) = &batch.runs_by_state {
+        if let Some(counts) = batch.runs_by_state.as_ref().filter(|_| !limited) {
             self.runs_by_state = Some(counts.clone());
         }
         for (run_id, offset, data) in &batch.logs {
@@ -207,6 +229,13 @@ impl Pending {
                 append_log(pieces, *offset, data);
             }
         }
+    }
+
+    /// A whole status: its workers and counts are the newest too.
+    fn status(&mut self, status: Value) {
+        self.workers = Some(status["workers"].clone());
+        self.runs_by_state = Some(status["runs_by_state"].clone());
+        self.status = Some(status);
     }
 
     /// The messages to send now (none when nothing changed), emptying `self`.
@@ -294,6 +323,7 @@ pub fn run_summary(run: &RunRecord) -> Value {
         "outcome": run.outcome.as_ref().map(|o| o.describe()),
         "exit_code": match run.outcome { Some(jobcast_protocol::Outcome::Exited { code }) => Some(code), _ => None },
         "params": jobcast_protocol::params::masked(&run.spec.params, &run.params),
+        "team": run.spec.team,
         "priority": run.priority,
         "waiting_for": run.waiting_for,
     })
@@ -336,13 +366,17 @@ pub(super) async fn live_feed(
     }
     let receiver = app.live.sender.subscribe();
     let snapshot = snapshot(&app, &caller).await?;
-    let viewer = caller.role < Role::Operator;
+    let view = View {
+        viewer: caller.role < Role::Operator,
+        scope: caller.scope(),
+    };
     let access = Access {
         tokens: app.tokens.clone(),
         presented,
-        granted: (caller.name, caller.role),
+        granted: caller,
+        core: app.core.clone(),
     };
-    Ok(ws.on_upgrade(move |socket| serve_live(socket, receiver, snapshot, viewer, access)))
+    Ok(ws.on_upgrade(move |socket| serve_live(socket, receiver, snapshot, view, access)))
 }
 
 pub(super) async fn snapshot(app: &AppState, caller: &Caller) -> Result<String, ApiError> {
@@ -374,12 +408,14 @@ pub(super) async fn snapshot(app: &AppState, caller: &Caller) -> Result<String, 
 pub(super) struct Access {
     tokens: tokio::sync::watch::Receiver<Arc<Vec<crate::config::ApiToken>>>,
     presented: String,
-    granted: (String, Role),
+    granted: Caller,
+    /// To ask, as the client, what it may see (its own status, a run it would follow).
+    core: super::CoreHandle,
 }
 
 impl Access {
-    /// False once the token is gone or its name or role changed: the client must come
-    /// back (and be asked for a token if it no longer has one).
+    /// False once the token is gone or its name, role or teams changed: the client must
+    /// come back (and be asked for a token if it no longer has one).
     fn still_granted(&mut self) -> bool {
         let tokens = self.tokens.borrow_and_update();
         identify(&tokens, &self.presented).as_ref() == Some(&self.granted)
@@ -394,7 +430,7 @@ pub(super) async fn serve_live(
     mut socket: axum::extract::ws::WebSocket,
     mut feed: tokio::sync::broadcast::Receiver<Arc<LiveBatch>>,
     snapshot: String,
-    viewer: bool,
+    view: View,
     mut access: Access,
 ) {
     use axum::extract::ws::Message;
@@ -412,10 +448,13 @@ pub(super) async fn serve_live(
     let mut pending = Pending::default();
     let mut flush = tokio::time::interval(COALESCE);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut own_status = tokio::time::interval(STATUS_EVERY);
+    own_status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let limited = view.scope.is_limited();
     loop {
         tokio::select! {
             message = feed.recv() => match message {
-                Ok(batch) => pending.merge(&batch, viewer, &following),
+                Ok(batch) => pending.merge(&batch, &view, &following),
                 Err(RecvError::Lagged(_)) => {
                     // Starved so long the feed moved on: say so and let the client start
                     // again from a snapshot, rather than let its backlog hold anything up.
@@ -432,9 +471,16 @@ pub(super) async fn serve_live(
                     }
                 }
             }
+            _ = own_status.tick(), if limited => {
+                // The status as this client's teams see it.
+                if let Ok(Reply::Status(status)) = access.core.call(&access.granted, AdminRequest::Status).await {
+                    pending.at_ms = pending.at_ms.max(now_ms());
+                    pending.status(json!(status));
+                }
+            }
             changed = access.tokens.changed() => {
                 if changed.is_err() || !access.still_granted() {
-                    tracing::info!(token = %access.granted.0, "closing a live client: its token was revoked or changed");
+                    tracing::info!(token = %access.granted.name, "closing a live client: its token was revoked or changed");
                     let close = axum::extract::ws::CloseFrame {
                         code: CLOSE_TOKEN_REVOKED,
                         reason: "token revoked or changed".into(),
@@ -451,7 +497,13 @@ pub(super) async fn serve_live(
                             pending.logs.remove(run);
                         }
                         if let Some(run) = command["follow"].as_str() {
-                            if following.len() < MAX_FOLLOWED {
+                            // Only a run the client may see (asked as it: another team's
+                            // run answers "no such run").
+                            let allowed = !limited || access.core.call(&access.granted, AdminRequest::GetLog {
+                                run: run.to_string(),
+                                offset: Some(u64::MAX),
+                            }).await.is_ok();
+                            if allowed && following.len() < MAX_FOLLOWED {
                                 following.insert(run.to_string());
                             }
                         }
@@ -494,7 +546,10 @@ mod tests {
                     runs_by_state: Some(json!({ "queued": at_ms })),
                     ..Default::default()
                 },
-                false,
+                &View {
+                    viewer: false,
+                    scope: crate::core::Scope::all(),
+                },
                 &none,
             );
         }
@@ -524,7 +579,10 @@ mod tests {
                 changed_jobs: vec![("j".into(), Shown::new(job.clone()))],
                 ..Default::default()
             },
-            true,
+            &View {
+                viewer: true,
+                scope: crate::core::Scope::all(),
+            },
             &none,
         );
         pending.merge(
@@ -532,7 +590,10 @@ mod tests {
                 workers: Some(json!(["new"])),
                 ..Default::default()
             },
-            true,
+            &View {
+                viewer: true,
+                scope: crate::core::Scope::all(),
+            },
             &none,
         );
         let changes = &parsed(pending.take())[0];
@@ -559,7 +620,10 @@ mod tests {
                 logs,
                 ..Default::default()
             },
-            false,
+            &View {
+                viewer: false,
+                scope: crate::core::Scope::all(),
+            },
             &following,
         );
         let messages = parsed(pending.take());

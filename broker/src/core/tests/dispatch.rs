@@ -140,6 +140,7 @@ fn an_api_call_is_answered_in_process_and_recorded_under_its_token() {
                 params: Default::default(),
                 priority: None,
             },
+            &crate::core::Scope::all(),
             h.now,
             &mut out,
         )

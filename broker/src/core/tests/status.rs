@@ -223,7 +223,7 @@ fn a_store_from_before_the_counts_is_counted_once_at_start() {
     assert!(h
         .core
         .store()
-        .setting("finished_runs_by_state")
+        .setting("finished_runs_by_team")
         .unwrap()
         .is_some());
 }
