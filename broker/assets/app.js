@@ -13,6 +13,7 @@ const BEHIND_MS = 2000;
 const state = {
   token: localStorage.getItem("jobcast-token"),
   role: null,
+  teams: [],
   runs: new Map(),        // id → run summary: the live first page
   page: null,             // runs fetched for a filtered or older page, or null when live
   resume: null,           // where the broker stopped looking, when it did before a full page
@@ -170,12 +171,14 @@ async function start() {
   try {
     const me = await api("GET", "/api/v1/whoami");
     state.role = me.role;
+    state.teams = me.teams || [];
   } catch (error) {
     return showLogin("Token refused: " + error.message);
   }
   localStorage.setItem("jobcast-token", state.token);
   document.body.classList.toggle("viewer", state.role === "viewer");
-  $("#role").textContent = state.role;
+  // A token limited to teams sees their jobs and runs only: say so.
+  $("#role").textContent = state.role + (state.teams.length ? " · teams " + state.teams.join(", ") : "");
   $("#login").hidden = true;
   $("#app").hidden = false;
   connect();
@@ -693,7 +696,9 @@ function renderJob() {
   const job = state.jobs.get(jobPage.name) || detail.job;
   const spec = job.spec;
   const zone = detail.timezone || "UTC";
-  const facts = [["Pool", spec.pool], ["Schedule", describeSchedule(spec)], ["State", jobState(job)],
+  const facts = [["Pool", spec.pool], ["Team", spec.team], ["Tags", (spec.tags || []).join(", ")],
+    ["Priority", spec.priority || 0], ["At once", spec.policy && spec.policy.max_concurrent ? "at most " + spec.policy.max_concurrent : "no limit"],
+    ["Schedule", describeSchedule(spec)], ["State", jobState(job)],
     ["Overlap", spec.policy && spec.policy.overlap], ["Timeout", spec.timeout_ms ? duration(spec.timeout_ms) : "none"]];
   fillFacts($("#job-facts"), facts);
   $("#job-zone").textContent = "(" + zone + ")";

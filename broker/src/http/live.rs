@@ -651,3 +651,64 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+    use crate::core::Scope;
+
+    #[test]
+    fn a_client_limited_to_teams_gets_its_teams_runs_and_jobs_and_no_broker_wide_state() {
+        let view = View {
+            viewer: false,
+            scope: Scope::teams(["data".to_string()]),
+        };
+        let mut pending = Pending::default();
+        let job = |name: &str, team: &str| json!({ "spec": { "name": name, "team": team } });
+        pending.merge(
+            &LiveBatch {
+                at_ms: 5,
+                runs: vec![
+                    (
+                        "ours".into(),
+                        json!({ "id": "ours", "seq": 1, "team": "data" }),
+                    ),
+                    (
+                        "theirs".into(),
+                        json!({ "id": "theirs", "seq": 2, "team": "web" }),
+                    ),
+                    (
+                        "nobodys".into(),
+                        json!({ "id": "nobodys", "seq": 3, "team": null }),
+                    ),
+                ],
+                jobs: Some(Shown::new(json!([job("a", "data"), job("b", "web")]))),
+                changed_jobs: vec![("b".into(), Shown::new(job("b", "web")))],
+                workers: Some(json!([{ "id": "w1", "running": ["theirs"] }])),
+                runs_by_state: Some(json!({ "queued": 3 })),
+                status: Some(json!({ "workers": [], "runs_by_state": {}, "alerts": [] })),
+                logs: vec![("theirs".into(), 0, b"secret".to_vec())],
+            },
+            &view,
+            &HashSet::new(),
+        );
+        let messages: Vec<Value> = pending
+            .take()
+            .iter()
+            .map(|m| serde_json::from_str(m).unwrap())
+            .collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        let changes = &messages[0];
+        let ids: Vec<&str> = changes["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["ours"]);
+        assert_eq!(changes["jobs"], json!([job("a", "data")]));
+        for field in ["changed_jobs", "workers", "runs_by_state", "status"] {
+            assert!(changes.get(field).is_none(), "{field} in {changes}");
+        }
+    }
+}
