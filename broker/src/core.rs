@@ -34,6 +34,7 @@ pub use retention::Retention;
 use run_table::RunTable;
 pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
 pub use scope::Scope;
+pub use totals::count_stored_runs;
 use worker::LogTrack;
 use worker_table::{Session, WorkerTable};
 

@@ -87,6 +87,15 @@ impl FinishedCounts {
     }
 }
 
+/// Counts the finished runs of a store written without the counts (as a broker's first
+/// start on it would) and keeps the counts in it: a store filled by other means (a bench,
+/// a migration) then starts as fast as one a broker wrote.
+pub fn count_stored_runs(store: &mut impl Store) -> StoreResult<()> {
+    let mut counts = FinishedCounts::load(store)?;
+    counts.save(store)?;
+    store.flush()
+}
+
 impl<S: Store> Core<S> {
     /// Every stored run by state (snake_case names), unfinished and finished; states with
     /// no run are listed with 0, so a view can show them all.
