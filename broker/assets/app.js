@@ -748,6 +748,8 @@ function drawChart(runs) {
   });
 }
 
+/// Keeps a list of facts, `[name, value, kind]` each: a `time` shows relative with the
+/// absolute time as its title; `run`, `job` and `worker` link to their pages.
 function fillFacts(dl, facts) {
   if (dl.childElementCount !== facts.length * 2) {
     dl.replaceChildren();
@@ -757,7 +759,12 @@ function fillFacts(dl, facts) {
       dl.append(dt, document.createElement("dd"));
     }
   }
-  facts.forEach(([, value], i) => setCell(dl.children[i * 2 + 1], value));
+  facts.forEach(([, value, kind], i) => {
+    const dd = dl.children[i * 2 + 1];
+    if (kind === "time") timeCell(dd, value);
+    else if (kind && value) linkCell(dd, "#/" + kind + "/" + encodeURIComponent(value), value);
+    else setCell(dd, value);
+  });
 }
 
 $("#job-run").addEventListener("click", () => jobPage.name && enqueue(jobPage.name));
@@ -1092,22 +1099,9 @@ function refreshRunFacts() {
     ["Retry of", run.first_attempt, "run"],
     ["Started by", run.parent, "run"],
   ];
-  const dl = $("#run-facts");
-  if (dl.childElementCount !== facts.length * 2) {
-    dl.replaceChildren();
-    for (const [name] of facts) {
-      const dt = document.createElement("dt");
-      dt.textContent = name;
-      dl.append(dt, document.createElement("dd"));
-    }
-  }
-  facts.forEach(([name, value, kind], i) => {
-    const dd = dl.children[i * 2 + 1];
-    if (kind === "time") timeCell(dd, value);
-    else if (kind && value) linkCell(dd, "#/" + kind + "/" + encodeURIComponent(value), value);
-    else setCell(dd, value);
-    if (name === "State") dd.className = "state " + value;
-  });
+  fillFacts($("#run-facts"), facts);
+  // The state is coloured like everywhere else.
+  $("#run-facts").children[1].className = "state " + run.state;
   $("#run-kill").disabled = TERMINAL.includes(run.state);
   $("#run-retry").disabled = !TERMINAL.includes(run.state);
 }

@@ -219,34 +219,38 @@ pub(super) async fn list_runs(
     ))
 }
 
+/// A run and its stored log (as capped when stored), as `caller` may see them.
+async fn stored_log(
+    app: &AppState,
+    caller: &Caller,
+    id: String,
+) -> Result<(RunRecord, Vec<u8>, u64), ApiError> {
+    let request = AdminRequest::GetLog {
+        run: id,
+        offset: None,
+    };
+    match app.core.call(caller, request).await? {
+        Reply::Log {
+            run,
+            data,
+            next_offset,
+        } => Ok((run.with_secrets_masked(), data, next_offset)),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
 pub(super) async fn run_detail(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
-    match app
-        .core
-        .call(
-            &caller,
-            AdminRequest::GetLog {
-                run: id,
-                offset: None,
-            },
-        )
-        .await?
-    {
-        Reply::Log {
-            run,
-            data,
-            next_offset,
-        } => Ok(Json(caller.view(json!({
-            "run": run.with_secrets_masked(),
-            "log": String::from_utf8_lossy(&data),
-            "next_offset": next_offset,
-        })))),
-        _ => Err(ApiError::unavailable()),
-    }
+    let (run, data, next_offset) = stored_log(&app, &caller, id).await?;
+    Ok(Json(caller.view(json!({
+        "run": run,
+        "log": String::from_utf8_lossy(&data),
+        "next_offset": next_offset,
+    }))))
 }
 
 /// The stored log of a run, whole (as capped when stored), as a file to save.
@@ -256,33 +260,19 @@ pub(super) async fn run_log(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
-    match app
-        .core
-        .call(
-            &caller,
-            AdminRequest::GetLog {
-                run: id,
-                offset: None,
-            },
-        )
-        .await?
-    {
-        Reply::Log { run, data, .. } => {
-            let disposition = format!("attachment; filename=\"{}.log\"", run.id);
-            Ok((
-                [
-                    (
-                        header::CONTENT_TYPE,
-                        "text/plain; charset=utf-8".to_string(),
-                    ),
-                    (header::CONTENT_DISPOSITION, disposition),
-                ],
-                data,
-            )
-                .into_response())
-        }
-        _ => Err(ApiError::unavailable()),
-    }
+    let (run, data, _) = stored_log(&app, &caller, id).await?;
+    let disposition = format!("attachment; filename=\"{}.log\"", run.id);
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        data,
+    )
+        .into_response())
 }
 
 pub(super) async fn kill(
