@@ -21,7 +21,7 @@ async fn a_team_token_cannot_see_or_kill_another_teams_run() {
         ),
     );
     cluster.apply_jobs(
-        "[jobs.ours]\nteam = \"data\"\nscript = \"\"\"#!/bin/sh\necho our-output\nsleep 1000\n\"\"\"\n\
+        "[jobs.ours]\nteam = \"data\"\nscript = \"\"\"#!/bin/sh\nwhile true; do echo our-output; sleep 0.2; done\n\"\"\"\n\
          [jobs.theirs]\nteam = \"web\"\nscript = \"\"\"#!/bin/sh\necho their-secret-output\nsleep 1000\n\"\"\"\n",
     );
     let cluster_ref = &mut cluster;
@@ -44,12 +44,32 @@ async fn a_team_token_cannot_see_or_kill_another_teams_run() {
     let (mut socket, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("connect");
-    socket
-        .send(Message::Text(
-            serde_json::json!({ "follow": theirs }).to_string().into(),
-        ))
-        .await
-        .unwrap();
+    for run in [&theirs, &ours] {
+        socket
+            .send(Message::Text(
+                serde_json::json!({ "follow": run }).to_string().into(),
+            ))
+            .await
+            .unwrap();
+    }
+    // It may follow its own run's output.
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(Ok(Message::Text(text))) = tokio::time::timeout(left, socket.next())
+            .await
+            .expect("the team's own run's output in the feed")
+        else {
+            continue;
+        };
+        seen.push_str(&text);
+        let value: Value = serde_json::from_str(&text).unwrap();
+        if value["type"] == "log" && value["run_id"] == ours.as_str() {
+            assert!(value["data"].as_str().unwrap().contains("our-output"));
+            break;
+        }
+    }
 
     let ours_after = tokio::task::block_in_place(|| {
         let api = |method: &str, path: &str| cluster.api(method, path, Some(DATA_TOKEN));
@@ -109,7 +129,6 @@ async fn a_team_token_cannot_see_or_kill_another_teams_run() {
     });
 
     // The feed told the team of its runs, and never of the other team's.
-    let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

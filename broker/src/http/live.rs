@@ -76,6 +76,9 @@ pub(super) const STUCK_AFTER: Duration = Duration::from_secs(2);
 pub const COALESCE: Duration = Duration::from_millis(100);
 /// Runs one client may follow the logs of at once (a page follows one).
 pub const MAX_FOLLOWED: usize = 16;
+/// Follows a client limited to teams may have checked per [`STATUS_EVERY`] (each asks
+/// the core whether the client may see the run); more are ignored.
+pub const MAX_FOLLOW_CHECKS: u32 = 8;
 /// How often live views get the broker's whole status (worker heartbeats, alerts).
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Log output a client holds for one run between two sends; beyond it the oldest goes
@@ -451,6 +454,7 @@ pub(super) async fn serve_live(
     let mut own_status = tokio::time::interval(STATUS_EVERY);
     own_status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let limited = view.scope.is_limited();
+    let mut follow_checks = 0;
     loop {
         tokio::select! {
             message = feed.recv() => match message {
@@ -472,6 +476,7 @@ pub(super) async fn serve_live(
                 }
             }
             _ = own_status.tick(), if limited => {
+                follow_checks = 0;
                 // The status as this client's teams see it.
                 if let Ok(Reply::Status(status)) = access.core.call(&access.granted, AdminRequest::Status).await {
                     pending.at_ms = pending.at_ms.max(now_ms());
@@ -496,14 +501,19 @@ pub(super) async fn serve_live(
                             following.remove(run);
                             pending.logs.remove(run);
                         }
-                        if let Some(run) = command["follow"].as_str() {
+                        if let Some(run) = command["follow"].as_str().filter(|_| following.len() < MAX_FOLLOWED) {
                             // Only a run the client may see (asked as it: another team's
-                            // run answers "no such run").
-                            let allowed = !limited || access.core.call(&access.granted, AdminRequest::GetLog {
-                                run: run.to_string(),
-                                offset: Some(u64::MAX),
-                            }).await.is_ok();
-                            if allowed && following.len() < MAX_FOLLOWED {
+                            // run answers "no such run"), and only a few asked a second,
+                            // so that a client sending follows cannot keep the core busy.
+                            let allowed = !limited
+                                || (follow_checks < MAX_FOLLOW_CHECKS && {
+                                    follow_checks += 1;
+                                    access.core.call(&access.granted, AdminRequest::GetLog {
+                                        run: run.to_string(),
+                                        offset: Some(u64::MAX),
+                                    }).await.is_ok()
+                                });
+                            if allowed {
                                 following.insert(run.to_string());
                             }
                         }
