@@ -79,16 +79,29 @@ async fn a_team_token_cannot_see_or_kill_another_teams_run() {
         let runs: Vec<Value> = serde_json::from_str(&body).unwrap();
         let ids: Vec<&str> = runs.iter().map(|r| r["id"].as_str().unwrap()).collect();
         assert_eq!(ids, [ours.as_str()]);
-        let (_, body) = api("GET", "/api/v1/jobs");
+        let (code, body) = api("GET", "/api/v1/jobs");
+        assert_eq!(code, 200);
         assert!(
             body.contains("\"ours\"") && !body.contains("theirs"),
             "{body}"
         );
-        let (_, csv) = api("GET", "/api/v1/runs.csv");
+        let (code, csv) = api("GET", "/api/v1/runs.csv");
+        assert_eq!(code, 200);
         assert!(csv.contains(&ours) && !csv.contains(&theirs), "{csv}");
-        let (_, metrics) = api("GET", "/metrics");
+        // Metrics of its own jobs only: its running run counted, the other team's not.
+        let (code, metrics) = api("GET", "/metrics");
+        assert_eq!(code, 200);
+        assert!(
+            metrics.contains("jobcast_runs_active{job=\"ours\",state=\"running\"} 1"),
+            "{metrics}"
+        );
         assert!(!metrics.contains("theirs"), "{metrics}");
-        let (_, status) = api("GET", "/api/v1/status");
+        // Its status counts its one run, and names no other.
+        let (code, status) = api("GET", "/api/v1/status");
+        assert_eq!(code, 200);
+        let parsed: Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(parsed["total_runs"], 1, "{status}");
+        assert_eq!(parsed["runs_by_state"]["running"], 1, "{status}");
         assert!(!status.contains(&theirs), "{status}");
 
         // Another team's run and job: as if they did not exist.
