@@ -103,6 +103,11 @@ class HttpError extends Error {
 }
 
 async function api(method, path, payload) {
+  return (await apiResponse(method, path, payload)).body;
+}
+
+/// An API call's body and headers; errors (and a token that stopped working) as `api`.
+async function apiResponse(method, path, payload) {
   let response;
   const headers = { Authorization: "Bearer " + state.token };
   if (payload !== undefined) headers["Content-Type"] = "application/json";
@@ -117,7 +122,7 @@ async function api(method, path, payload) {
   }
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new HttpError(response.status, body.error || response.statusText);
-  return body;
+  return { body, headers: response.headers };
 }
 
 /// Fetches `path` with the token and saves it as `name`.
@@ -587,13 +592,10 @@ async function loadRunsPage() {
     return;
   }
   try {
-    const response = await fetch("/api/v1/runs?" + runsQuery({ limit: PAGE }), { headers: { Authorization: "Bearer " + state.token } });
-    if (response.status === 401) return tokenStopped();
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(body.error || response.statusText);
+    const { body, headers } = await apiResponse("GET", "/api/v1/runs?" + runsQuery({ limit: PAGE }));
     state.page = body;
     // The broker looks at a bounded number of runs per listing: where to go on from.
-    state.resume = response.headers.get("jobcast-resume-before");
+    state.resume = headers.get("jobcast-resume-before");
     markDirty("runs");
   } catch (error) {
     showMessage("Cannot list runs: " + error.message);
