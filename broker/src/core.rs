@@ -249,7 +249,7 @@ impl<S: Store> Core<S> {
         let changes = std::mem::take(&mut self.changes);
         let mut runs = Vec::with_capacity(changes.runs.len());
         for id in changes.runs {
-            runs.extend(self.find_run(&id)?);
+            runs.extend(self.find_run(&id)?.map(RunRecord::with_secrets_masked));
         }
         self.mark_held(&mut runs);
         let changed_jobs = if changes.jobs {
@@ -346,14 +346,12 @@ impl<S: Store> Core<S> {
         out: &mut Outbox,
     ) -> StoreResult<()> {
         self.set_clock(now_us);
-        let answer = match self.scoped_request(request, scope) {
-            Ok(request) => {
-                match self.handle_admin(&ReplyTo::Api, actor, id, request, now_us, out) {
-                    Ok(Some(reply)) => Ok(Some(self.scoped_reply(reply, scope)?)),
-                    other => other,
-                }
-            }
-            Err(refused) => Err(refused),
+        let answer = self
+            .scoped_request(request, scope)
+            .and_then(|request| self.handle_admin(&ReplyTo::Api, actor, id, request, now_us, out));
+        let answer = match answer {
+            Ok(Some(reply)) => Ok(Some(self.scoped_reply(reply, scope)?)),
+            other => other,
         };
         Self::answer(&ReplyTo::Api, id, answer, out)
     }

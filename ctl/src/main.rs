@@ -245,7 +245,6 @@ async fn run(args: Args) -> Result<ExitCode> {
             else {
                 bail!("unexpected reply");
             };
-            let runs: Vec<_> = runs.into_iter().map(|r| r.with_secrets_masked()).collect();
             if ctl.json {
                 ctl.print_json(&runs)?;
             } else {

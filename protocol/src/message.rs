@@ -86,11 +86,11 @@ pub enum Reply {
     },
     /// What a `Reload` took from the settings file.
     Reloaded(ReloadReport),
-    /// A job's next fire times (ms since the epoch) and the zone its schedule is in.
+    /// A job as `ListJobs` shows it, and its next fire times (ms since the epoch; its
+    /// schedule names the zone they fall in).
     NextFires {
-        job: String,
+        job: Box<JobView>,
         times_ms: Vec<u64>,
-        timezone: Option<String>,
     },
     Error {
         code: ErrorCode,

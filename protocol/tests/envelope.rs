@@ -365,9 +365,13 @@ fn every_reply() -> Vec<Reply> {
             complete: true,
         },
         Reply::NextFires {
-            job: "nightly".into(),
+            job: Box::new(JobView {
+                spec: spec(),
+                state: JobState::default(),
+                next_fire_ms: Some(NOW),
+                active: true,
+            }),
             times_ms: vec![1_800_000_000_000, 1_800_086_400_000],
-            timezone: Some("Europe/Paris".into()),
         },
         Reply::Error {
             code: ErrorCode::NotFound,

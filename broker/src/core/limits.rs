@@ -9,6 +9,24 @@ use crate::store::Store;
 use jobcast_protocol::{RunRecord, RunState};
 use std::collections::HashMap;
 
+/// The limit that holds a queued run: which, and how many are out against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::core) enum Held<'a> {
+    Job { out: u32, limit: u32 },
+    Pool { pool: &'a str, out: u32, limit: u32 },
+}
+
+impl std::fmt::Display for Held<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Held::Job { out, limit } => write!(f, "job limit: {out} of {limit} running"),
+            Held::Pool { pool, out, limit } => {
+                write!(f, "pool {pool} limit: {out} of {limit} running")
+            }
+        }
+    }
+}
+
 /// Runs assigned or running, by job and by pool.
 #[derive(Debug, Default)]
 pub(in crate::core) struct OutCounts {
@@ -44,12 +62,13 @@ impl<S: Store> Core<S> {
         Some(counts)
     }
 
-    /// Why a queued `run` may not be handed out now, if a limit holds it.
-    pub(in crate::core) fn held_by_limit(
+    /// Why a queued `run` may not be handed out now, if a limit holds it (nothing is
+    /// formatted here: the claim asks this of every run it passes over).
+    pub(in crate::core) fn held_by_limit<'r>(
         &self,
-        run: &RunRecord,
+        run: &'r RunRecord,
         counts: &OutCounts,
-    ) -> Option<String> {
+    ) -> Option<Held<'r>> {
         // The job's limit as it is now (an edit applies to runs already queued).
         let job_limit = self
             .jobs
@@ -59,13 +78,17 @@ impl<S: Store> Core<S> {
         if let Some(limit) = job_limit {
             let out = counts.by_job.get(&run.job).copied().unwrap_or(0);
             if out >= limit {
-                return Some(format!("job limit: {out} of {limit} running"));
+                return Some(Held::Job { out, limit });
             }
         }
         if let Some(&limit) = self.config.pool_limits.get(&run.pool) {
             let out = counts.by_pool.get(&run.pool).copied().unwrap_or(0);
             if out >= limit {
-                return Some(format!("pool {} limit: {out} of {limit} running", run.pool));
+                return Some(Held::Pool {
+                    pool: &run.pool,
+                    out,
+                    limit,
+                });
             }
         }
         None
@@ -77,7 +100,9 @@ impl<S: Store> Core<S> {
             return;
         };
         for run in runs.iter_mut().filter(|r| r.state == RunState::Queued) {
-            run.waiting_for = self.held_by_limit(run, &counts);
+            run.waiting_for = self
+                .held_by_limit(run, &counts)
+                .map(|held| held.to_string());
         }
     }
 }

@@ -100,22 +100,13 @@ pub(super) async fn job_detail(
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
     let request = AdminRequest::NextFires {
-        job: name.clone(),
+        job: name,
         count: NEXT_FIRES_SHOWN,
     };
-    let Reply::NextFires {
-        times_ms, timezone, ..
-    } = app.core.call(&caller, request).await?
-    else {
+    let Reply::NextFires { job, times_ms } = app.core.call(&caller, request).await? else {
         return Err(ApiError::unavailable());
     };
-    let Reply::Jobs { jobs } = app.core.call(&caller, AdminRequest::ListJobs).await? else {
-        return Err(ApiError::unavailable());
-    };
-    let job = jobs
-        .into_iter()
-        .find(|job| job.spec.name == name)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such job"))?;
+    let timezone = job.spec.schedule.timezone.clone();
     Ok(Json(caller.view(json!({
         "job": job,
         "next_fires_ms": times_ms,
@@ -209,10 +200,6 @@ pub(super) async fn list_runs(
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
     let (runs, resume_before) = runs_matching(&app, &caller, query).await?;
-    let runs: Vec<RunRecord> = runs
-        .into_iter()
-        .map(RunRecord::with_secrets_masked)
-        .collect();
     Ok(with_resume(
         Json(caller.view(json!(runs))).into_response(),
         resume_before,
@@ -234,7 +221,7 @@ async fn stored_log(
             run,
             data,
             next_offset,
-        } => Ok((run.with_secrets_masked(), data, next_offset)),
+        } => Ok((*run, data, next_offset)),
         _ => Err(ApiError::unavailable()),
     }
 }

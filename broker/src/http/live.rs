@@ -325,7 +325,7 @@ pub fn run_summary(run: &RunRecord) -> Value {
         "ended_at_us": run.ended_at_us,
         "outcome": run.outcome.as_ref().map(|o| o.describe()),
         "exit_code": match run.outcome { Some(jobcast_protocol::Outcome::Exited { code }) => Some(code), _ => None },
-        "params": jobcast_protocol::params::masked(&run.spec.params, &run.params),
+        "params": run.params,
         "team": run.spec.team,
         "priority": run.priority,
         "waiting_for": run.waiting_for,

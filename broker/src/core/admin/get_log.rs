@@ -51,7 +51,7 @@ impl<S: Store> Core<S> {
             Some(from) => slice_from(&chunks, from),
         };
         Ok(Reply::Log {
-            run: Box::new(run),
+            run: Box::new(run.with_secrets_masked()),
             data,
             next_offset,
         })

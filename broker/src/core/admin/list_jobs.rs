@@ -36,9 +36,8 @@ impl<S: Store> Core<S> {
             }
         }
         Ok(Reply::NextFires {
-            job: job.to_string(),
+            job: Box::new(self.view_of(spec)),
             times_ms,
-            timezone: spec.schedule.timezone.clone(),
         })
     }
 

@@ -2,7 +2,7 @@
 
 use crate::core::{Core, CoreError, Handled, MAX_LIST};
 use crate::store::Store;
-use jobcast_protocol::{Reply, RunFilter};
+use jobcast_protocol::{Reply, RunFilter, RunRecord};
 
 /// Runs a listing returns when it names no limit.
 const DEFAULT_LIMIT: u32 = 50;
@@ -24,7 +24,12 @@ impl<S: Store> Core<S> {
         let mut listing = self.store.runs(&filter)?;
         self.mark_held(&mut listing.runs);
         Ok(Reply::Runs {
-            runs: listing.runs,
+            // Listings are for people: secret parameter values stay with the run.
+            runs: listing
+                .runs
+                .into_iter()
+                .map(RunRecord::with_secrets_masked)
+                .collect(),
             resume_before: listing.resume_before,
         })
     }

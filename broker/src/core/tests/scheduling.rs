@@ -657,13 +657,11 @@ fn next_fires_list_the_ticks_that_start_runs_in_the_jobs_zone() {
         "[jobs.half]\ncommand = \"x\"\nevery = \"30m\"\nexclude = [\"{window}\"]\n\
          [jobs.by-hand]\ncommand = \"x\"\n"
     ));
-    let Reply::NextFires {
-        times_ms, timezone, ..
-    } = next_fires(&mut h, "half", 4)
-    else {
+    let Reply::NextFires { times_ms, job } = next_fires(&mut h, "half", 4) else {
         panic!("no fire times")
     };
-    assert_eq!(timezone, None);
+    assert_eq!(job.spec.name, "half");
+    assert_eq!(job.spec.schedule.timezone, None);
     let half = hour_ms / 2;
     let first = (h.now_ms() / half + 1) * half;
     let expected: Vec<u64> = (0..8)
@@ -771,6 +769,22 @@ fn enqueued_parameters_are_checked_and_stored_with_the_defaults_and_ticks_use_th
         stored.clone().with_secrets_masked().params,
         values(&[("target", "db"), ("token", "(secret)")])
     );
+    // Every reply that lists or shows the run masks it; the stored run keeps it.
+    let Reply::Runs { runs, .. } = h.admin(AdminRequest::ListRuns(RunFilter {
+        job: Some("backup".into()),
+        limit: 10,
+        ..Default::default()
+    })) else {
+        panic!()
+    };
+    assert_eq!(runs[0].params["token"], "(secret)");
+    let Reply::Log { run: shown, .. } = h.admin(AdminRequest::GetLog {
+        run: run.id.clone(),
+        offset: None,
+    }) else {
+        panic!()
+    };
+    assert_eq!(shown.params["token"], "(secret)");
     // A scheduled tick has no one to give values: the defaults.
     h.run_clock_for(60 * SECOND);
     let ticks = h.runs_of("tick");
