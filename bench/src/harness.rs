@@ -383,6 +383,7 @@ pub fn synthetic_registration(pool: &str, slots: u32) -> Register {
         max_log_bytes: 1 << 20,
         instance: jobcast_protocol::envelope::random_nonce().max(1),
         prefetch: 0,
+        kill_grace_ms: jobcast_protocol::DEFAULT_KILL_GRACE_MS,
     }
 }
 

@@ -459,6 +459,7 @@ function describeOutcome(outcome) {
   if (outcome.exited) return "exited with code " + outcome.exited.code;
   if (outcome.signaled) return "terminated by signal " + outcome.signaled.signal;
   if (outcome.failed_to_start) return "could not start: " + outcome.failed_to_start.reason;
+  if (outcome.lease_expired) return "stopped by its worker: no answer from the broker for " + outcome.lease_expired.silent_ms + " ms (its lease)";
   return JSON.stringify(outcome);
 }
 
@@ -1095,6 +1096,8 @@ function refreshRunFacts() {
     ["Duration", elapsed],
     ["Exit code", run.exit_code],
     ["Result", describeOutcome(run.outcome)],
+    // Reported after the broker had given the run up: kept, not dropped.
+    ["Late result", run.late_result ? describeOutcome(run.late_result.outcome) + ", reported " + new Date(run.late_result.reported_at_ms).toISOString() : null],
     ["Parameters", Object.entries(run.params || {}).map(([k, v]) => k + "=" + v).join(", ") || null],
     ["Priority", run.priority || 0],
     ["Waiting for", run.state === "queued" ? run.waiting_for : null],

@@ -23,6 +23,11 @@ pub struct FileConfig {
     pub heartbeat_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub worker_timeout: Option<Duration>,
+    /// How long a run granted to a worker that went silent, never reported started, waits
+    /// for that worker to come back and hand it back (queued again) before it is lost
+    /// [default: 10m].
+    #[serde(default, with = "humantime_serde")]
+    pub unstarted_grant_hold: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub max_clock_skew: Option<Duration>,
     /// A peer whose host stops answering TCP keepalives for about this long is
@@ -214,6 +219,7 @@ pub struct BrokerConfig {
     pub log_format: LogFormat,
     pub heartbeat_interval: Duration,
     pub worker_timeout: Duration,
+    pub unstarted_grant_hold: Duration,
     pub max_clock_skew: Duration,
     pub peer_timeout: Duration,
     pub max_frame_bytes: usize,
@@ -355,6 +361,9 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             .worker_timeout
             .or(file.worker_timeout)
             .unwrap_or(Duration::from_secs(10)),
+        unstarted_grant_hold: file
+            .unstarted_grant_hold
+            .unwrap_or(Duration::from_secs(600)),
         max_clock_skew: file.max_clock_skew.unwrap_or(Duration::from_secs(30)),
         peer_timeout: file.peer_timeout.unwrap_or(Duration::from_secs(20)),
         max_frame_bytes: file.max_frame_bytes.unwrap_or(1 << 20),

@@ -71,6 +71,9 @@ pub struct CoreConfig {
     pub retention: Retention,
     /// The pools each restricted worker key may register for; others may use any.
     pub worker_pools: HashMap<String, BTreeSet<String>>,
+    /// How long a run granted to a worker that went silent, and never reported started,
+    /// waits for that worker to come back and say whether it started it.
+    pub unstarted_grant_hold_ms: u64,
     /// The most log stored per run, whatever a worker declares.
     pub max_log_bytes: u64,
     /// The most runs assigned or running at once, by pool (where set).
@@ -88,6 +91,7 @@ impl Default for CoreConfig {
             restart_grace_ms: 10_000,
             retention: Retention::default(),
             worker_pools: HashMap::new(),
+            unstarted_grant_hold_ms: 600_000,
             max_log_bytes: 1 << 20,
             pool_limits: BTreeMap::new(),
             seed: None,

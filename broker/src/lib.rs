@@ -7,6 +7,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod reload;
+pub mod replay_floors;
 pub mod schedule;
 pub mod server;
 pub mod store;

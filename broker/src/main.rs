@@ -158,6 +158,7 @@ fn run() -> Result<()> {
         heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
         worker_timeout_ms: config.worker_timeout.as_millis() as u64,
         restart_grace_ms: config.worker_timeout.as_millis() as u64,
+        unstarted_grant_hold_ms: config.unstarted_grant_hold.as_millis() as u64,
         retention: config.retention,
         worker_pools: config.keys.worker_pools.clone(),
         max_log_bytes: config.max_log_bytes,

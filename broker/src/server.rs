@@ -105,6 +105,8 @@ pub async fn serve<S: Store + 'static>(
     };
     tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = core.boot_id(), "broker listening");
     on_bound(&bound)?;
+    let replay_floors = crate::replay_floors::ReplayFloors::load(core.store())
+        .context("cannot read the replay floors from the store")?;
     let mut server = Server {
         deadline: crate::deadline::Deadline::new().context("cannot create the loop's timer")?,
         space: SpaceCheck::new(config),
@@ -113,7 +115,9 @@ pub async fn serve<S: Store + 'static>(
             config.max_frame_bytes,
             config.max_clock_skew.as_millis() as u64,
         )
-        .not_before(now_us() / 1_000),
+        .not_before(now_us() / 1_000)
+        .sender_floors(replay_floors.floors()),
+        replay_floors,
         notifier: crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1)),
         metrics,
         running: config.clone(),
@@ -319,6 +323,8 @@ struct Server {
     live: crate::http::LiveFeed,
     notifier: crate::notify::Notifier,
     opener: Opener,
+    /// Kept past frames sealed ahead of this clock, so that no next process takes them again.
+    replay_floors: crate::replay_floors::ReplayFloors,
     rejections: RejectionLog,
     /// Replies owed to the HTTP API, by request id.
     internal_pending: HashMap<u64, tokio::sync::oneshot::Sender<jobcast_protocol::Reply>>,
@@ -431,7 +437,8 @@ impl Server {
             let Incoming::Request { peer, payload } = incoming else {
                 continue;
             };
-            if let Ok((from, id, _)) = self.open_request(&peer, &payload, now_ms, &mut refusals) {
+            if let Ok((from, id, _, _)) = self.open_request(&peer, &payload, now_ms, &mut refusals)
+            {
                 out.reply(
                     &ReplyTo::peer(&peer, &from),
                     id,
@@ -449,7 +456,7 @@ impl Server {
         }
     }
 
-    /// Opens a frame as a request: its sender, id and request. A frame refused is logged
+    /// Opens a frame as a request: its sender, id, request and sealing time. A frame refused is logged
     /// (rate-limited) and, when its peer needs to learn why, answered through
     /// `refusals`; the reason comes back for the core's counts.
     fn open_request(
@@ -458,14 +465,14 @@ impl Server {
         payload: &[u8],
         now_ms: u64,
         refusals: &mut Vec<(PeerId, Refusal)>,
-    ) -> Result<(String, u64, jobcast_protocol::Request), &'static str> {
+    ) -> Result<(String, u64, jobcast_protocol::Request, u64), &'static str> {
         let keys = &self.running.keys;
         match self
             .opener
             .open(payload, now_ms, |name| keys.for_sender(name))
         {
             Ok(opened) => match opened.body {
-                Body::Request { id, request } => Ok((opened.from, id, request)),
+                Body::Request { id, request } => Ok((opened.from, id, request, opened.ts_ms)),
                 Body::Reply { .. } => {
                     self.rejections
                         .note("undecodable", "a reply sent to the broker");
@@ -558,7 +565,11 @@ impl Server {
                 }
             };
             match self.open_request(&peer, &payload, now / 1_000, &mut refusals) {
-                Ok((from, id, request)) => core.handle(&peer, &from, id, request, now, &mut out)?,
+                Ok((from, id, request, sealed_ms)) => {
+                    self.replay_floors
+                        .accepted(core.store_mut(), &from, sealed_ms, now / 1_000)?;
+                    core.handle(&peer, &from, id, request, now, &mut out)?
+                }
                 Err(reason) => core.note_rejection(reason),
             }
         }

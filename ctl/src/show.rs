@@ -31,6 +31,25 @@ pub(crate) fn format_time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// How a run ended, in words; a result its worker reported after the run was given up as
+/// lost is shown beside it.
+fn result(run: &RunRecord) -> String {
+    let ended = run
+        .outcome
+        .as_ref()
+        .map(|o| o.describe())
+        .or_else(|| run.history.last().map(|t| t.cause.clone()))
+        .unwrap_or_default();
+    match &run.late_result {
+        Some(late) => format!(
+            "{ended}; reported late ({}): {}",
+            format_time(late.reported_at_ms),
+            late.outcome.describe()
+        ),
+        None => ended,
+    }
+}
+
 pub(crate) fn print_runs(runs: &[RunRecord]) {
     let mut table = Table::new([
         "RUN", "JOB", "STATE", "WORKER", "CREATED", "DURATION", "RESULT",
@@ -45,11 +64,7 @@ pub(crate) fn print_runs(runs: &[RunRecord]) {
             run.duration_ms()
                 .map(|ms| humantime::format_duration(Duration::from_millis(ms)).to_string())
                 .unwrap_or_else(|| "-".into()),
-            run.outcome
-                .as_ref()
-                .map(|o| o.describe())
-                .or_else(|| run.history.last().map(|t| t.cause.clone()))
-                .unwrap_or_default(),
+            result(run),
         ]);
     }
     table.print();

@@ -2,6 +2,8 @@
 //! conditions with deadlines, and cleans up every process it started (including the
 //! scripts of runs, found by a tag in their environment).
 
+pub mod relay;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -302,20 +304,25 @@ impl Cluster {
 
     /// Starts worker `id` whether or not the broker has a key for it (to see a refusal).
     pub fn spawn_worker_unchecked(&mut self, id: &str, extra: &[&str]) -> usize {
+        let (router, publish) = (self.router.clone(), self.publish.clone());
+        self.spawn_worker_to(id, &router, &publish, extra)
+    }
+
+    /// Starts worker `id` connecting to the broker through other endpoints (a relay).
+    pub fn spawn_worker_to(
+        &mut self,
+        id: &str,
+        router: &str,
+        publish: &str,
+        extra: &[&str],
+    ) -> usize {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path(&format!("{id}.log")))
             .expect("worker log");
         let child = Command::new(bin("jobcast-worker"))
-            .args([
-                "--id",
-                id,
-                "--broker",
-                &self.router,
-                "--events",
-                &self.publish,
-            ])
+            .args(["--id", id, "--broker", router, "--events", publish])
             .args(["--secret", &worker_secret(id)])
             .arg("--script-temp-path")
             .arg(self.path(&format!("{id}-scripts")))

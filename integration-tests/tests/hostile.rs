@@ -157,6 +157,20 @@ async fn hostile_frames_are_refused_and_the_broker_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_captured_before_a_restart_is_refused_after_it() {
+    replayed_after_a_restart(0).await;
+}
+
+/// Sealed 25 s ahead of the broker's clock (inside the 30 s skew window), so its time is
+/// after the restarted broker's start: only the floor the broker kept for the sender
+/// refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sealed_ahead_of_the_clock_is_refused_after_a_restart() {
+    replayed_after_a_restart(25_000).await;
+}
+
+/// An enqueue sealed `ahead_ms` after now is sent once, the broker restarts, and the same
+/// bytes are sent again: refused, and only one run exists.
+async fn replayed_after_a_restart(ahead_ms: u64) {
     let mut cluster = Cluster::start(1);
     cluster.apply_jobs("[jobs.quick]\ncommand = [\"true\"]\n");
     let admin = Secret::new(ADMIN_SECRET);
@@ -180,7 +194,8 @@ async fn a_request_captured_before_a_restart_is_refused_after_it() {
         }
         .into(),
     };
-    let captured = seal_with_replay_nonce("admin", BROKER, &admin, &enqueue, now_ms(), 42);
+    let captured =
+        seal_with_replay_nonce("admin", BROKER, &admin, &enqueue, now_ms() + ahead_ms, 42);
     let mut socket = connect(&cluster.router);
     send(&mut socket, captured.clone()).await;
     let answer = recv(&mut socket).await.expect("enqueued");
@@ -198,7 +213,10 @@ async fn a_request_captured_before_a_restart_is_refused_after_it() {
     let refusal = Refusal::decode(&recv(&mut socket).await.expect("an answer")).expect("refused");
     assert_eq!(refusal.refused, "before_start");
     tokio::task::block_in_place(|| {
-        assert_eq!(cluster.runs().len(), 1, "the replay created no run");
+        // Counted over HTTP: the admin key itself is held to the floor its frame sealed
+        // ahead set, until the clock passes it (the documented price of a shared key
+        // used from a clock that runs ahead).
+        assert_eq!(cluster.all_runs().len(), 1, "the replay created no run");
     });
 }
 

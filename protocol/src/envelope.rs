@@ -260,6 +260,9 @@ pub struct Opener {
     max_frame_bytes: usize,
     max_skew_ms: u64,
     not_before_ms: u64,
+    /// Per sender, the first timestamp this side may accept: past every frame of that
+    /// sender an earlier process accepted (see [`Opener::sender_floors`]).
+    sender_floors: std::collections::HashMap<String, u64>,
     replay: ReplayGuard,
 }
 
@@ -277,6 +280,7 @@ impl Opener {
             max_frame_bytes,
             max_skew_ms,
             not_before_ms: 0,
+            sender_floors: Default::default(),
             replay: ReplayGuard::new(max_skew_ms),
         }
     }
@@ -293,6 +297,22 @@ impl Opener {
     pub fn not_before(mut self, started_ms: u64) -> Self {
         self.not_before_ms = started_ms;
         self
+    }
+
+    /// Refuses, per sender, frames sealed before that sender's floor. The start time alone
+    /// does not cover a frame sealed *ahead* of this side's clock (inside the skew window)
+    /// and accepted before a restart: its timestamp is still after the new start. The
+    /// receiver keeps, durably, a floor past each such frame ([`floor_after`]) and hands
+    /// the floors it kept to the next process.
+    pub fn sender_floors(mut self, floors: impl IntoIterator<Item = (String, u64)>) -> Self {
+        self.sender_floors = floors.into_iter().collect();
+        self
+    }
+
+    fn not_before_for(&self, sender: &str) -> u64 {
+        self.sender_floors
+            .get(sender)
+            .map_or(self.not_before_ms, |floor| (*floor).max(self.not_before_ms))
     }
 
     pub fn open<'k>(
@@ -355,10 +375,11 @@ impl Opener {
                 skew_ms,
             });
         }
-        if payload.ts < self.not_before_ms {
+        let not_before_ms = self.not_before_for(&payload.from);
+        if payload.ts < not_before_ms {
             return Err(Rejection::BeforeStart {
                 from: payload.from,
-                early_ms: self.not_before_ms - payload.ts,
+                early_ms: not_before_ms - payload.ts,
             });
         }
         if !self
@@ -374,6 +395,15 @@ impl Opener {
             body: payload.body,
         })
     }
+}
+
+/// The floor to keep for a sender after accepting its frame sealed at `ts_ms`, when the
+/// receiver's clock read `now_ms`: `None` when the frame was not sealed ahead of the clock
+/// (a restart's own start time already refuses it), else the next whole second after its
+/// timestamp. Rounding up means a sender whose clock runs a little ahead raises its floor
+/// (a store write) about once a second, not with every frame.
+pub fn floor_after(ts_ms: u64, now_ms: u64) -> Option<u64> {
+    (ts_ms > now_ms).then(|| (ts_ms / 1_000 + 1) * 1_000)
 }
 
 /// The sender name of a frame, before any check, or `None` if it is not a frame. Used to

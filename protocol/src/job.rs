@@ -132,6 +132,25 @@ pub enum Overlap {
     Replace,
 }
 
+/// What a worker does with a run of the job when it loses the broker for its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBrokerLoss {
+    /// Stop the run (its whole process tree) before the broker may give it up: a retry
+    /// never overlaps it.
+    #[default]
+    Stop,
+    /// Let it go on. The broker still gives the run up after the lease (a retry may then
+    /// run beside it); its result is kept on the run when it comes.
+    Keep,
+}
+
+impl OnBrokerLoss {
+    fn is_stop(&self) -> bool {
+        *self == OnBrokerLoss::Stop
+    }
+}
+
 /// What to do with ticks missed while the broker was down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -179,6 +198,8 @@ pub struct JobPolicy {
     /// The most runs of the job assigned or running at once, across all workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    #[serde(default, skip_serializing_if = "OnBrokerLoss::is_stop")]
+    pub on_broker_loss: OnBrokerLoss,
 }
 
 impl Default for JobPolicy {
@@ -197,6 +218,7 @@ impl Default for JobPolicy {
             late_after_ms: 60_000,
             retention_ms: None,
             max_concurrent: None,
+            on_broker_loss: OnBrokerLoss::Stop,
         }
     }
 }

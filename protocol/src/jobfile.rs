@@ -156,6 +156,7 @@ struct JobEntry {
     params: BTreeMap<String, crate::params::ParamSpec>,
     priority: Option<PriorityEntry>,
     max_concurrent: Option<u32>,
+    on_broker_loss: Option<crate::job::OnBrokerLoss>,
     #[serde(default)]
     tags: Vec<String>,
     team: Option<String>,
@@ -264,6 +265,7 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, JobProblem> {
             .map(|d| duration_ms("retention", &d))
             .transpose()?,
         max_concurrent: entry.max_concurrent,
+        on_broker_loss: entry.on_broker_loss.unwrap_or_default(),
     };
     let spec = JobSpec {
         name: name.to_string(),
@@ -437,6 +439,7 @@ retention = "7d"
 command = "true"
 every = "90s"
 run_on_all_workers = true
+on_broker_loss = "keep"
 "##,
         )
         .unwrap();
@@ -447,6 +450,13 @@ run_on_all_workers = true
             Some("Europe/Amsterdam")
         );
         assert_eq!(nightly.policy.overlap, Overlap::Queue);
+        assert_eq!(
+            nightly.policy.on_broker_loss,
+            crate::job::OnBrokerLoss::Stop,
+            "stop unless the job says keep"
+        );
+        let often = jobs.iter().find(|j| j.name == "often").unwrap();
+        assert_eq!(often.policy.on_broker_loss, crate::job::OnBrokerLoss::Keep);
         assert_eq!(nightly.policy.misfire, Misfire::Once);
         assert_eq!(nightly.policy.retry_backoff_ms, 30_000);
         assert!(nightly.policy.retry_exponential);

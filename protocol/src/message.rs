@@ -7,9 +7,10 @@
 
 pub use crate::event::{decode_event, encode_event, topic, Event};
 pub use crate::job::{
-    ChildSpec, Exec, JobPolicy, JobSpec, JobState, JobView, Misfire, Overlap, ScheduleSpec,
+    ChildSpec, Exec, JobPolicy, JobSpec, JobState, JobView, Misfire, OnBrokerLoss, Overlap,
+    ScheduleSpec,
 };
-pub use crate::run::{Outcome, RunFilter, RunRecord, RunRef};
+pub use crate::run::{LateResult, Outcome, RunFilter, RunRecord, RunRef};
 
 use crate::request::Request;
 use crate::state::RunState;
@@ -34,6 +35,12 @@ pub enum Reply {
         boot_id: u64,
         heartbeat_interval_ms: u64,
         orders: Orders,
+        /// The worker's lease: a worker that has had no answer to any request sent in the
+        /// last `lease_ms` stops its runs (those whose job says `on_broker_loss = "stop"`)
+        /// and starts no grant, before the broker may give them to anyone else. 0 (an
+        /// older broker): no lease.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        lease_ms: u64,
     },
     Ack,
     Orders(Orders),
@@ -151,6 +158,18 @@ pub struct Register {
     /// starts one the moment a slot frees. 0 (or absent): none.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub prefetch: u32,
+    /// Between SIGTERM and SIGKILL when this worker stops a run: the broker waits its
+    /// lease and this long (and a margin) before it gives a silent worker's runs up.
+    /// Absent: [`DEFAULT_KILL_GRACE_MS`].
+    #[serde(default = "default_kill_grace_ms")]
+    pub kill_grace_ms: u64,
+}
+
+/// The kill grace assumed of a worker that does not declare one.
+pub const DEFAULT_KILL_GRACE_MS: u64 = 5_000;
+
+fn default_kill_grace_ms() -> u64 {
+    DEFAULT_KILL_GRACE_MS
 }
 
 fn is_zero_u32(value: &u32) -> bool {
@@ -324,6 +343,10 @@ pub struct WorkerStatus {
     pub running: Vec<RunId>,
     pub last_seen_ms: u64,
     pub draining: bool,
+    /// What its last registration declared (kept across broker restarts, so that a
+    /// restarted broker waits as long before giving its runs up).
+    #[serde(default = "default_kill_grace_ms")]
+    pub kill_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,11 @@ pub enum Outcome {
     FailedToStart {
         reason: String,
     },
+    /// The worker stopped it (or never started it) because no answer from the broker came
+    /// within its lease: the broker may give the run up, so it must not go on unseen.
+    LeaseExpired {
+        silent_ms: u64,
+    },
 }
 
 impl Outcome {
@@ -31,6 +36,7 @@ impl Outcome {
             }
             Outcome::Killed => RunState::Killed,
             Outcome::TimedOut => RunState::TimedOut,
+            Outcome::LeaseExpired { .. } => RunState::Lost,
         }
     }
 
@@ -41,6 +47,9 @@ impl Outcome {
             Outcome::Killed => "killed on request".to_string(),
             Outcome::TimedOut => "killed after its timeout".to_string(),
             Outcome::FailedToStart { reason } => format!("could not start: {reason}"),
+            Outcome::LeaseExpired { silent_ms } => format!(
+                "stopped by its worker: no answer from the broker for {silent_ms} ms (its lease)"
+            ),
         }
     }
 }
@@ -176,10 +185,26 @@ pub struct RunRecord {
     /// Its place in its pool's queue: higher first, then older first.
     #[serde(default)]
     pub priority: i32,
+    /// What the worker reported after the broker had already given the run up (`lost`):
+    /// kept and shown, never dropped; the run's state stays `lost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_result: Option<LateResult>,
     /// Set in listings while the run is queued and a concurrency limit holds it (what it
     /// waits for); never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+}
+
+/// A run's end as its worker reported it after the broker had recorded the run `lost`
+/// (the worker was cut off longer than its lease and the broker's margins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateResult {
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+    /// Bytes of output the run produced in all (its stored log keeps what arrived).
+    pub log_bytes: u64,
+    /// When the report reached the broker.
+    pub reported_at_ms: u64,
 }
 
 /// What an enqueue or a retry answers with: the run's identity and where it stands, not
@@ -256,6 +281,7 @@ impl RunRecord {
             priority: spec.priority,
             spec,
             params: Default::default(),
+            late_result: None,
             waiting_for: None,
         }
     }

@@ -17,7 +17,7 @@ fn key() -> Secret {
 
 fn keys(name: &str) -> Option<&'static Secret> {
     static W1: std::sync::OnceLock<Secret> = std::sync::OnceLock::new();
-    (name == "w1").then(|| W1.get_or_init(key))
+    (name == "w1" || name == "w2").then(|| W1.get_or_init(key))
 }
 
 fn spec() -> JobSpec {
@@ -97,6 +97,12 @@ fn record() -> RunRecord {
         spec: spec(),
         params: BTreeMap::from([("target".into(), "files".into())]),
         priority: -3,
+        late_result: Some(jobcast_protocol::LateResult {
+            outcome: Outcome::LeaseExpired { silent_ms: 10_250 },
+            duration_ms: 10_300,
+            log_bytes: 40,
+            reported_at_ms: NOW + 30_000,
+        }),
         waiting_for: Some("job limit: 2 of 2 running".into()),
     }
 }
@@ -136,6 +142,7 @@ fn every_request() -> Vec<Request> {
             max_log_bytes: 800 << 10,
             instance: 77,
             prefetch: 0,
+            kill_grace_ms: 5_000,
         }),
         WorkerRequest::Heartbeat(Heartbeat {
             running: vec![],
@@ -230,6 +237,7 @@ fn every_reply() -> Vec<Reply> {
                 drain: false,
                 resume: vec![],
             },
+            lease_ms: 10_000,
         },
         Reply::Ack,
         Reply::Orders(Orders {
@@ -330,6 +338,7 @@ fn every_reply() -> Vec<Reply> {
                 running: vec![],
                 last_seen_ms: NOW,
                 draining: false,
+                kill_grace_ms: 5_000,
             }],
             rejected: BTreeMap::from([("bad_mac".into(), 1)]),
             connections: BTreeMap::from([("open".into(), 2)]),
@@ -544,6 +553,39 @@ fn a_frame_sealed_before_the_receiver_started_is_refused_and_answered() {
     // A fresh frame is fine.
     let fresh = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW, 2);
     assert!(opener.open(&fresh, NOW, keys).is_ok());
+}
+
+#[test]
+fn a_frame_sealed_ahead_and_accepted_before_a_restart_is_refused_after_it() {
+    use jobcast_protocol::envelope::floor_after;
+    // Sealed 25 s ahead of the receiver's clock: inside the skew window, and after any
+    // start time the next process could have, so only a kept floor refuses its replay.
+    let ahead = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW + 25_000, 1);
+    let mut first = Opener::new(1 << 20, SKEW).not_before(NOW - 60_000);
+    assert!(first.open(&ahead, NOW, keys).is_ok());
+    let floor = floor_after(NOW + 25_000, NOW).expect("a frame sealed ahead raises the floor");
+    assert!(floor > NOW + 25_000);
+    // A frame sealed behind the clock needs no floor: the next start time refuses it.
+    assert_eq!(floor_after(NOW - 1, NOW), None);
+
+    // The next process, started 2 s later with the floor kept for w1.
+    let restarted = || {
+        Opener::new(1 << 20, SKEW)
+            .not_before(NOW + 2_000)
+            .sender_floors([("w1".to_string(), floor)])
+    };
+    let mut second = restarted();
+    let err = second.open(&ahead, NOW + 3_000, keys).unwrap_err();
+    assert_eq!(err.reason(), "before_start");
+    // Without the floor the replay would have been taken: the floor is what refuses it.
+    let mut forgetful = Opener::new(1 << 20, SKEW).not_before(NOW + 2_000);
+    assert!(forgetful.open(&ahead, NOW + 3_000, keys).is_ok());
+    // Another sender is held only to the start time; w1's newer frames pass its floor.
+    let mut second = restarted();
+    let other = seal_with_replay_nonce("w2", BROKER, &key(), &claim(), NOW + 2_500, 2);
+    assert!(second.open(&other, NOW + 3_000, keys).is_ok());
+    let newer = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), floor, 3);
+    assert!(second.open(&newer, NOW + 3_000, keys).is_ok());
 }
 
 #[test]

@@ -38,7 +38,8 @@ const LEAVING_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Msg {
     Event(Event),
-    Answered(Purpose, Answer),
+    /// A request's answer, with when it was sent (the worker's lease runs from there).
+    Answered(Purpose, u64, Answer),
     Report(ReportAnswer),
     RunnerDone(RunFinished),
 }
@@ -116,6 +117,7 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
             max_log_bytes: config.max_log_bytes,
             reconnect_after: config.reconnect_after_inactivity,
             drain_timeout: config.drain_timeout,
+            kill_grace: config.kill_grace,
         },
         shell.now_ms(),
     );
@@ -194,7 +196,9 @@ impl Shell {
         let now = self.now_ms();
         match msg {
             Msg::Event(event) => state.on_event(event, now),
-            Msg::Answered(purpose, answer) => state.on_answer(purpose, answer, now),
+            Msg::Answered(purpose, sent_ms, answer) => {
+                state.on_answer_to(purpose, sent_ms, answer, now)
+            }
             Msg::Report(answer) => state.on_report(answer, now),
             Msg::RunnerDone(finished) => {
                 self.stops.remove(&finished.run_id);
@@ -238,13 +242,14 @@ impl Shell {
     fn request(&self, purpose: Purpose, request: WorkerRequest, timeout: Duration) {
         let client = self.client.clone();
         let messages = self.messages.clone();
+        let sent_ms = self.now_ms();
         tokio::spawn(async move {
             let answer = match client.request(request, timeout).await {
                 Ok(reply) => Answer::Reply(reply),
                 Err(ClientError::Refused { reason, detail }) => Answer::Refused { reason, detail },
                 Err(e) => Answer::Failed(e.to_string()),
             };
-            let _ = messages.send(Msg::Answered(purpose, answer));
+            let _ = messages.send(Msg::Answered(purpose, sent_ms, answer));
         });
     }
 

@@ -5,8 +5,8 @@
 //! Time is milliseconds on a monotonic clock with any origin, passed in by the caller.
 
 use jobcast_protocol::{
-    Assignment, ErrorCode, Event, Heartbeat, Orders, Outcome, Register, Reply, RunFinished,
-    WorkerRequest,
+    Assignment, ErrorCode, Event, Heartbeat, OnBrokerLoss, Orders, Outcome, Register, Reply,
+    RunFinished, WorkerRequest,
 };
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -97,6 +97,9 @@ pub struct Identity {
     pub max_log_bytes: u64,
     pub reconnect_after: Duration,
     pub drain_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when it stops a run (declared to the broker, which
+    /// waits for it before giving a silent worker's runs up).
+    pub kill_grace: Duration,
 }
 
 #[derive(Debug)]
@@ -135,6 +138,20 @@ pub struct WorkerState {
     auth_refusals: u32,
     /// The broker answers that it cannot take requests now (logged once, not per answer).
     broker_unavailable: bool,
+    /// The lease the broker gave at registration; `None` before (or from a broker that
+    /// gives none).
+    lease_ms: Option<u64>,
+    /// When the newest request that was answered was sent: the broker heard this worker
+    /// at or after it, so it gives nothing of this worker's up before this + the lease.
+    lease_from_ms: u64,
+    /// The lease ran out: runs were stopped, and grants are not started, until an answer
+    /// to a request sent within the lease arrives.
+    lease_lost: bool,
+    /// Runs whose job says `on_broker_loss = "keep"`.
+    kept_on_broker_loss: HashSet<String>,
+    /// Runs stopped because the lease ran out, with how long the broker had been silent:
+    /// their end is reported as such, not as a kill on request.
+    stopped_for_lease: BTreeMap<String, u64>,
 }
 
 impl WorkerState {
@@ -158,6 +175,11 @@ impl WorkerState {
             refused: None,
             auth_refusals: 0,
             broker_unavailable: false,
+            lease_ms: None,
+            lease_from_ms: now_ms,
+            lease_lost: false,
+            kept_on_broker_loss: HashSet::new(),
+            stopped_for_lease: BTreeMap::new(),
         }
     }
 
@@ -249,6 +271,7 @@ impl WorkerState {
                 max_log_bytes: identity.max_log_bytes,
                 instance: identity.instance,
                 prefetch: identity.prefetch,
+                kill_grace_ms: identity.kill_grace.as_millis() as u64,
             }),
         );
     }
@@ -290,6 +313,7 @@ impl WorkerState {
             self.stop_all(&mut actions);
         }
         self.release_overdue_ready(now_ms, &mut actions);
+        self.check_lease(now_ms, &mut actions);
         if now_ms < self.next_heartbeat_ms {
             return actions;
         }
@@ -346,8 +370,20 @@ impl WorkerState {
         actions
     }
 
-    /// The end of a request sent through [`Action::Request`].
+    /// The answer to a request sent at once (tests: a broker that answers in no time).
+    #[cfg(test)]
     pub fn on_answer(&mut self, purpose: Purpose, answer: Answer, now_ms: u64) -> Vec<Action> {
+        self.on_answer_to(purpose, now_ms, answer, now_ms)
+    }
+
+    /// The end of a request sent through [`Action::Request`] at `sent_ms`.
+    pub fn on_answer_to(
+        &mut self,
+        purpose: Purpose,
+        sent_ms: u64,
+        answer: Answer,
+        now_ms: u64,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         match purpose {
             Purpose::Register => self.register_in_flight = false,
@@ -357,6 +393,7 @@ impl WorkerState {
         let reply = match answer {
             Answer::Reply(reply) => {
                 self.last_heard_ms = now_ms;
+                self.renew_lease(sent_ms, now_ms);
                 self.auth_refusals = 0;
                 let unavailable = matches!(
                     reply,
@@ -393,7 +430,9 @@ impl WorkerState {
                 boot_id,
                 heartbeat_interval_ms,
                 orders,
+                lease_ms,
             } => {
+                self.lease_ms = (lease_ms > 0).then_some(lease_ms);
                 if self.boot_id != Some(boot_id) {
                     tracing::info!(boot_id, "registered with the broker");
                     // A claim held by an earlier broker process (or core) is never
@@ -479,9 +518,16 @@ impl WorkerState {
     /// both.
     fn granted(&mut self, runs: Vec<Assignment>, now_ms: u64, actions: &mut Vec<Action>) {
         let mut released = Vec::new();
+        let lease_out = self.lease_expired(now_ms);
         for assignment in runs {
             if self.draining {
                 // Claimed just as the drain began: hand it back unstarted.
+                released.push(assignment.run_id);
+            } else if lease_out {
+                // An answer that came after the lease ran out (the worker was stopped or
+                // cut off): the broker may have given the run up, so it is not started,
+                // and handed back (queued again if the broker still holds it here).
+                tracing::warn!(run_id = %assignment.run_id, "a grant that arrived after the lease ran out: not started, handed back");
                 released.push(assignment.run_id);
             } else if self.ended.1.contains(&assignment.run_id) {
                 tracing::info!(run_id = %assignment.run_id, "a late grant of a run that has ended: not started again");
@@ -533,10 +579,56 @@ impl WorkerState {
 
     fn start_run(&mut self, assignment: Assignment, actions: &mut Vec<Action>) {
         self.held.insert(assignment.run_id.clone(), false);
+        if assignment.job.policy.on_broker_loss == OnBrokerLoss::Keep {
+            self.kept_on_broker_loss.insert(assignment.run_id.clone());
+        }
         actions.push(Action::Start(Box::new(assignment)));
     }
 
+    /// An answer arrived to a request sent at `sent_ms`: the broker heard this worker
+    /// after that, so the lease runs from there.
+    fn renew_lease(&mut self, sent_ms: u64, now_ms: u64) {
+        self.lease_from_ms = self.lease_from_ms.max(sent_ms);
+        if self.lease_lost && !self.lease_expired(now_ms) {
+            self.lease_lost = false;
+            tracing::info!("the broker answers again: lease renewed");
+        }
+    }
+
+    fn lease_expired(&self, now_ms: u64) -> bool {
+        self.lease_ms
+            .is_some_and(|lease| now_ms.saturating_sub(self.lease_from_ms) > lease)
+    }
+
+    /// Once the lease runs out, the runs going are stopped (unless their job says keep):
+    /// the broker gives them up after the lease, the kill grace and a margin, and may
+    /// then start their retries elsewhere.
+    fn check_lease(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        if self.lease_lost || !self.lease_expired(now_ms) {
+            return;
+        }
+        self.lease_lost = true;
+        let silent_ms = now_ms.saturating_sub(self.lease_from_ms);
+        let mut stopped = Vec::new();
+        for (run_id, done) in &self.held {
+            if !done && !self.kept_on_broker_loss.contains(run_id) {
+                stopped.push(run_id.clone());
+            }
+        }
+        tracing::error!(
+            silent_ms,
+            stopped = stopped.len(),
+            kept = self.busy_slots() as usize - stopped.len(),
+            "no answer from the broker within the lease: stopping runs"
+        );
+        for run_id in stopped {
+            self.stopped_for_lease.insert(run_id.clone(), silent_ms);
+            actions.push(Action::Stop(run_id));
+        }
+    }
+
     fn remember_end(&mut self, run_id: String) {
+        self.kept_on_broker_loss.remove(&run_id);
         let (order, set) = &mut self.ended;
         if order.len() == REMEMBERED_ENDS {
             if let Some(oldest) = order.pop_front() {
@@ -553,10 +645,15 @@ impl WorkerState {
         if let Some(done) = self.held.get_mut(&finished.run_id) {
             *done = true;
         }
+        if let Some(silent_ms) = self.stopped_for_lease.remove(&finished.run_id) {
+            if finished.outcome == Outcome::Killed {
+                finished.outcome = Outcome::LeaseExpired { silent_ms };
+            }
+        }
         // A ready run takes the slot at once; the report asks for work to refill what is
         // free (one round trip from a run's end to the next start only when none was
-        // ready).
-        if self.free_slots() > 0 {
+        // ready). Not while the lease is out: the broker may have given it up.
+        if self.free_slots() > 0 && !self.lease_lost {
             if let Some((next, _)) = self.ready.pop_front() {
                 self.start_run(next, &mut actions);
             }

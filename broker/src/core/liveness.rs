@@ -1,9 +1,14 @@
 //! Time-driven work: the tick, worker timeouts, and workers going offline.
 
-use crate::core::{ms, Core, Outbox};
+use crate::core::{format_ms, ms, Core, Outbox};
 use crate::store::{Store, StoreResult};
 use jobcast_protocol::message::topic;
-use jobcast_protocol::{Event, RunState};
+use jobcast_protocol::{Event, RunState, DEFAULT_KILL_GRACE_MS};
+
+/// Beyond a silent worker's lease and kill grace, before its running runs are given up:
+/// the worker looks at its lease every quarter second, a killed tree takes a moment to be
+/// reaped, and the two clocks may run at slightly different rates.
+pub const LEASE_MARGIN_MS: u64 = 2_000;
 
 impl<S: Store> Core<S> {
     /// Time-driven work: worker timeouts, ping deadlines, heartbeats and re-announcing
@@ -47,8 +52,8 @@ impl<S: Store> Core<S> {
         self.finished.save(&mut self.store)
     }
 
-    /// Workers silent past the timeout go offline; runs of workers that never came back
-    /// after this broker started are lost.
+    /// Workers silent past the timeout go offline; the runs of workers that are not
+    /// connected are given up once their worker cannot be running them any more.
     pub(in crate::core) fn check_liveness(
         &mut self,
         now: u64,
@@ -63,52 +68,65 @@ impl<S: Store> Core<S> {
             .map(|(id, _)| id.clone())
             .collect();
         for worker in silent {
-            tracing::warn!(worker, "worker offline: silent past the timeout");
-            self.worker_gone(
-                &worker,
-                now,
-                format!("worker {worker} silent for over {timeout} ms"),
-                out,
-            )?;
+            tracing::warn!(
+                worker,
+                "worker offline: silent past the timeout; its runs are given up when its lease has passed"
+            );
+            self.worker_gone(&worker)?;
         }
-        // Runs left on workers that never came back after this broker started.
-        if now.saturating_sub(self.booted_at_ms) > timeout {
-            let orphans: Vec<(String, String)> = self
-                .runs
-                .active
-                .values()
-                .filter_map(|r| {
-                    let w = r.worker.as_ref()?;
-                    (!self.workers.sessions.contains_key(w)).then(|| (r.id.clone(), w.clone()))
-                })
-                .collect();
-            for (run_id, worker) in orphans {
-                self.finish_as(
-                    &run_id,
-                    RunState::Lost,
-                    now,
-                    format!("worker {worker} did not come back within {timeout} ms"),
-                    out,
-                )?;
+        self.give_up_runs_of_absent_workers(now, out)
+    }
+
+    /// When the runs of a worker that is not connected are given up (`lost`), counted from
+    /// when it was last heard, or from this broker's start (it may have been heard just
+    /// before a restart):
+    /// - a running run after the worker's lease, its kill grace and [`LEASE_MARGIN_MS`]:
+    ///   by then a worker cut off has stopped it (unless its job keeps it), so its retry
+    ///   never overlaps it;
+    /// - a run granted and never reported started after `unstarted_grant_hold_ms`: the
+    ///   worker may still come back (a stopped process, a long partition) and tell that it
+    ///   never started it, and it is then queued again, not lost.
+    fn give_up_runs_of_absent_workers(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
+        let lease = self.config.worker_timeout_ms;
+        let hold = self.config.unstarted_grant_hold_ms;
+        let mut given_up = Vec::new();
+        for run in self.runs.active.values() {
+            let Some(worker) = run.worker.as_deref() else {
+                continue;
+            };
+            if self.workers.sessions.contains_key(worker) {
+                continue;
             }
+            let status = self.workers.statuses.get(worker);
+            let since = status.map_or(0, |s| s.last_seen_ms).max(self.booted_at_ms);
+            let kill_grace = status.map_or(DEFAULT_KILL_GRACE_MS, |s| s.kill_grace_ms);
+            let cause = match run.state {
+                RunState::Running if now > since + lease + kill_grace + LEASE_MARGIN_MS => {
+                    format!(
+                        "worker {worker} silent since {}: its lease ({lease} ms) and kill grace ({kill_grace} ms) have passed",
+                        format_ms(since)
+                    )
+                }
+                RunState::Assigned if now > since + hold => format!(
+                    "granted to worker {worker}, which did not come back within {hold} ms to start it or hand it back"
+                ),
+                _ => continue,
+            };
+            given_up.push((run.id.clone(), cause));
+        }
+        for (run_id, cause) in given_up {
+            self.finish_as(&run_id, RunState::Lost, now, cause, out)?;
         }
         Ok(())
     }
 
-    pub(in crate::core) fn worker_gone(
-        &mut self,
-        worker: &str,
-        now: u64,
-        cause: String,
-        out: &mut Outbox,
-    ) -> StoreResult<()> {
+    /// The worker's session ends (silent, or it left); runs still on it stay until
+    /// [`Self::give_up_runs_of_absent_workers`] or its next registration decides them.
+    pub(in crate::core) fn worker_gone(&mut self, worker: &str) -> StoreResult<()> {
         let Some(session) = self.workers.sessions.remove(worker) else {
             return Ok(());
         };
         self.workers.waiting.remove(worker);
-        for run_id in session.runs {
-            self.finish_as(&run_id, RunState::Lost, now, cause.clone(), out)?;
-        }
         if let Some(status) = self.workers.statuses.get_mut(worker) {
             status.online = false;
             status.running.clear();

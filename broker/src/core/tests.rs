@@ -26,6 +26,7 @@ fn registration(pools: &[&str], max_log_bytes: u64) -> Register {
         // The same worker process in every registration, unless a test says otherwise.
         instance: 7,
         prefetch: 0,
+        kill_grace_ms: 5_000,
     }
 }
 

@@ -16,8 +16,9 @@ use std::collections::HashMap;
 const TAG: u8 = 0xc1;
 /// The layout after the tag; a new layout gets a new number and its own reader.
 /// 2 appended the run's parameter values and priority; a record of layout 1 reads with
-/// none (those last fields are optional for that).
-const VERSION: u8 = 2;
+/// none (those last fields are optional for that). 3 appended the late result of a run
+/// given up as lost.
+const VERSION: u8 = 3;
 
 /// A job spec version's name in the specs tree: the start of the SHA-256 of its stored
 /// bytes.
@@ -56,6 +57,7 @@ struct StoredRunRef<'a> {
     spec: SpecKey,
     params: &'a jobcast_protocol::params::Params,
     priority: i32,
+    late_result: &'a Option<jobcast_protocol::LateResult>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +95,9 @@ struct StoredRun {
     /// Not in layout 1.
     #[serde(default)]
     priority: i32,
+    /// Not in layouts 1 and 2.
+    #[serde(default)]
+    late_result: Option<jobcast_protocol::LateResult>,
 }
 
 /// A spec as stored: a map with field names (written once per version, so size matters
@@ -147,6 +152,7 @@ pub fn encode_run(run: &RunRecord, spec: SpecKey) -> Vec<u8> {
         spec,
         params: &run.params,
         priority: run.priority,
+        late_result: &run.late_result,
     };
     let mut bytes = Vec::with_capacity(320);
     bytes.push(TAG);
@@ -162,7 +168,7 @@ pub fn decode_run(
     spec: impl FnOnce(&SpecKey) -> StoreResult<JobSpec>,
 ) -> StoreResult<RunRecord> {
     match bytes {
-        [TAG, 1 | VERSION, rest @ ..] => {
+        [TAG, 1 | 2 | VERSION, rest @ ..] => {
             let s: StoredRun = rmp_serde::from_slice(rest).map_err(|e| corrupt("run", e))?;
             Ok(RunRecord {
                 spec: spec(&s.spec)?,
@@ -194,6 +200,7 @@ pub fn decode_run(
                 history: s.history,
                 params: s.params,
                 priority: s.priority,
+                late_result: s.late_result,
                 waiting_for: None,
             })
         }
@@ -298,6 +305,12 @@ mod tests {
             spec: spec(),
             params: [("target".to_string(), "db".to_string())].into(),
             priority: -28,
+            late_result: Some(jobcast_protocol::LateResult {
+                outcome: Outcome::Exited { code: 29 },
+                duration_ms: 30,
+                log_bytes: 31,
+                reported_at_ms: 32,
+            }),
             waiting_for: None,
         }
     }
@@ -324,15 +337,33 @@ mod tests {
     }
 
     #[test]
+    fn records_of_layout_2_read_with_no_late_result() {
+        let run = RunRecord {
+            late_result: None,
+            ..full_run()
+        };
+        let mut bytes = encode_run(&run, [7; 16]);
+        // Layout 2 is layout 3 without its last field: an array of 29, not 30.
+        assert_eq!(&bytes[2..5], &[0xdc, 0, 30], "an array16 header");
+        assert_eq!(bytes.pop(), Some(0xc0), "no late result");
+        bytes[1] = 2;
+        bytes[4] = 29;
+        let back = decode_run(&bytes, |_| Ok(spec())).unwrap();
+        assert_eq!(back, run);
+    }
+
+    #[test]
     fn records_of_layout_1_read_with_no_parameters() {
         let run = RunRecord {
             params: Default::default(),
             priority: 0,
+            late_result: None,
             ..full_run()
         };
         let mut bytes = encode_run(&run, [7; 16]);
-        // Layout 1 is layout 2 without the last two fields: an array of 27, not 29.
-        assert_eq!(&bytes[2..5], &[0xdc, 0, 29], "an array16 header");
+        // Layout 1 is layout 3 without the last three fields: an array of 27, not 30.
+        assert_eq!(&bytes[2..5], &[0xdc, 0, 30], "an array16 header");
+        assert_eq!(bytes.pop(), Some(0xc0), "no late result");
         assert_eq!(bytes.pop(), Some(0), "priority 0");
         assert_eq!(bytes.pop(), Some(0x80), "the empty map of parameters");
         bytes[1] = 1;

@@ -15,6 +15,7 @@ fn identity(concurrency: u32) -> Identity {
         max_log_bytes: 1 << 20,
         reconnect_after: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(60),
+        kill_grace: Duration::from_secs(5),
     }
 }
 
@@ -45,6 +46,7 @@ fn registered_resuming(runs: &[&str]) -> Answer {
             resume: runs.iter().map(|r| assignment(r)).collect(),
             ..Orders::default()
         },
+        lease_ms: 0,
     })
 }
 
@@ -363,6 +365,7 @@ fn a_registration_resets_the_count_of_refusals() {
         boot_id: 7,
         heartbeat_interval_ms: 1_000,
         orders: Default::default(),
+        lease_ms: 0,
     });
     state.on_answer(Purpose::Register, registered, 1_500);
     state.on_answer(Purpose::Register, auth_refused(), 2_005);
@@ -524,6 +527,7 @@ fn a_claim_held_by_a_broker_that_restarted_is_asked_again_at_registration() {
         boot_id: 8,
         heartbeat_interval_ms: 1_000,
         orders: Orders::default(),
+        lease_ms: 0,
     });
     let actions = state.on_answer(Purpose::Register, reply, 20);
     assert_eq!(
@@ -654,4 +658,125 @@ fn a_ready_run_kept_waiting_by_a_long_run_is_handed_back_and_none_asked_for_unti
     // Its end asks for the slot and ready runs again.
     let actions = state.on_run_done(finished("r1"));
     assert_eq!(reported_finish(&actions).map(|f| f.claim), Some(2));
+}
+
+/// The lease the broker gives in the lease tests.
+const LEASE: u64 = 10_000;
+
+/// A worker registered at `t` = 0 with a lease, running `r1` (its job stops on broker
+/// loss) and `r2` (its job keeps going).
+fn leased_with_runs() -> WorkerState {
+    let mut state = WorkerState::new(identity(2), 0);
+    state.start();
+    let registered = Answer::Reply(Reply::Registered {
+        boot_id: 7,
+        heartbeat_interval_ms: 1_000,
+        orders: Orders::default(),
+        lease_ms: LEASE,
+    });
+    let actions = state.on_answer(Purpose::Register, registered, 0);
+    let (claim, _, _) = claim_in(&actions).expect("a claim");
+    let mut keep = assignment("r2");
+    keep.job.policy.on_broker_loss = OnBrokerLoss::Keep;
+    let grant = Answer::Reply(Reply::Granted {
+        runs: vec![assignment("r1"), keep],
+        more_queued: false,
+    });
+    let actions = state.on_answer(claim, grant, 5);
+    assert_eq!(started(&actions), ["r1", "r2"]);
+    state
+}
+
+#[test]
+fn a_worker_cut_off_for_its_lease_stops_its_runs_unless_their_job_keeps_them() {
+    let mut state = leased_with_runs();
+    // Heartbeats go out and nothing comes back (a partition).
+    for t in (1_000..=LEASE).step_by(1_000) {
+        let actions = state.on_timer(t);
+        assert!(
+            stopped(&actions).is_empty(),
+            "still within the lease at {t}"
+        );
+    }
+    let actions = state.on_timer(LEASE + 250);
+    assert_eq!(stopped(&actions), ["r1"], "r2's job says keep");
+    // Stopped once, not at every tick.
+    assert!(stopped(&state.on_timer(LEASE + 500)).is_empty());
+    // Its end is reported as the lease's doing, not as a kill someone asked for.
+    let mut end = finished("r1");
+    end.outcome = Outcome::Killed;
+    let actions = state.on_run_done(end);
+    let reported = actions.iter().find_map(|a| match a {
+        Action::Report(WorkerRequest::RunFinished(f)) => Some(f.outcome.clone()),
+        _ => None,
+    });
+    // Silent since the claim answered at 5 ms was sent.
+    assert_eq!(
+        reported,
+        Some(Outcome::LeaseExpired {
+            silent_ms: LEASE + 245
+        })
+    );
+}
+
+#[test]
+fn the_lease_runs_from_when_the_answered_request_was_sent_not_when_its_answer_came() {
+    let mut state = leased_with_runs();
+    // A heartbeat sent at 1 s is answered only at 9 s: the broker heard it at or after 1 s,
+    // so the lease now ends at 11 s, not 19 s.
+    state.on_answer_to(Purpose::Heartbeat, 1_000, Answer::Reply(Reply::Ack), 9_000);
+    assert!(stopped(&state.on_timer(LEASE + 1_000)).is_empty());
+    assert_eq!(stopped(&state.on_timer(LEASE + 1_001)), ["r1"]);
+}
+
+#[test]
+fn answers_within_the_lease_keep_runs_going() {
+    let mut state = leased_with_runs();
+    for t in (1_000..60_000).step_by(1_000) {
+        let actions = state.on_timer(t);
+        assert!(stopped(&actions).is_empty(), "stopped at {t}");
+        state.on_answer_to(Purpose::Heartbeat, t, Answer::Reply(Reply::Ack), t + 3);
+    }
+}
+
+#[test]
+fn a_grant_that_arrives_after_the_lease_is_handed_back_unstarted() {
+    // A worker stopped (SIGSTOP) for minutes reads a claim's answer when it resumes: the
+    // broker may have given those runs up, so it starts none and hands them back.
+    let mut state = WorkerState::new(identity(2), 0);
+    state.start();
+    let registered = Answer::Reply(Reply::Registered {
+        boot_id: 7,
+        heartbeat_interval_ms: 1_000,
+        orders: Orders::default(),
+        lease_ms: LEASE,
+    });
+    let actions = state.on_answer(Purpose::Register, registered, 0);
+    let (claim, _, _) = claim_in(&actions).expect("a claim");
+    let actions = state.on_answer_to(claim, 5, granted(&["r1", "r2"], false), 300_000);
+    assert!(started(&actions).is_empty(), "{actions:?}");
+    assert_eq!(released(&actions), ["r1", "r2"]);
+    // A fresh answer renews the lease, and grants start again.
+    state.on_answer_to(
+        Purpose::Heartbeat,
+        300_100,
+        Answer::Reply(Reply::Ack),
+        300_105,
+    );
+    let actions = state.on_answer_to(
+        Purpose::Claim { sent_ms: 300_200 },
+        300_200,
+        granted(&["r3"], false),
+        300_205,
+    );
+    assert_eq!(started(&actions), ["r3"]);
+}
+
+#[test]
+fn a_worker_without_a_lease_from_its_broker_never_stops_runs_for_silence() {
+    let (mut state, claim) = registered(1);
+    state.on_answer(claim, granted(&["r1"], false), 5);
+    for t in (1_000..120_000).step_by(1_000) {
+        assert!(stopped(&state.on_timer(t)).is_empty());
+    }
 }

@@ -23,16 +23,35 @@ fn a_worker_that_reports_a_run_it_does_not_own_is_told_to_kill_it() {
     h.register("w1", 4, &["default"], &[]);
     let run = h.enqueue("hello");
     h.claim("w1", 1);
-    // w1 goes silent; its run is lost
-    h.advance_ms(11_000);
+    h.start("w1", &run);
+    // w1 goes silent past its lease, kill grace and margin; its run is lost
+    h.advance_ms(18_000);
     h.tick();
     assert_eq!(h.state(&run), RunState::Lost);
-    // it comes back still running it
+    // it comes back still running it (its job keeps runs going without the broker)
     let orders = h.register("w1", 4, &["default"], &[&run]);
     assert_eq!(orders.kill, vec![run.clone()]);
-    // and a late finish report does not change the recorded outcome
+    // its output and end, arriving late, are kept on the run; the state stays lost
+    h.worker(
+        "w1",
+        WorkerRequest::LogChunk {
+            run_id: run.clone(),
+            offset: 0,
+            data: b"done\n".to_vec(),
+        },
+    );
     h.finish("w1", &run, Outcome::Exited { code: 0 });
-    assert_eq!(h.state(&run), RunState::Lost);
+    let stored = h.stored(&run);
+    assert_eq!(stored.state, RunState::Lost);
+    let late = stored.late_result.expect("the late result is kept");
+    assert_eq!(late.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(late.reported_at_ms, h.now / 1_000);
+    assert_eq!(h.stored_log_bytes(&run), 5, "its late output is kept too");
+    // a second copy of the report changes nothing
+    h.advance_ms(1_000);
+    h.finish("w1", &run, Outcome::Exited { code: 3 });
+    let again = h.stored(&run).late_result.unwrap();
+    assert_eq!(again.outcome, Outcome::Exited { code: 0 });
 }
 
 #[test]

@@ -6,7 +6,7 @@ use crate::store::Store;
 use jobcast_protocol::Reply;
 
 impl<S: Store> Core<S> {
-    pub(super) fn leaving(&mut self, worker: &str, now: u64, out: &mut Outbox) -> Handled {
+    pub(super) fn leaving(&mut self, worker: &str, out: &mut Outbox) -> Handled {
         if let Some(session) = self.workers.sessions.get(worker) {
             if !session.runs.is_empty() {
                 // Its runs would be marked lost: the worker reports their ends first.
@@ -18,7 +18,7 @@ impl<S: Store> Core<S> {
         }
         tracing::info!(worker, "worker left");
         self.cancel_waiting_claim(worker, out);
-        self.worker_gone(worker, now, format!("worker {worker} left"), out)?;
+        self.worker_gone(worker)?;
         Ok(Reply::Ack)
     }
 }

@@ -30,13 +30,20 @@ impl<S: Store> Core<S> {
         offset: u64,
         data: &[u8],
     ) -> StoreResult<()> {
-        let Some(run) = self.runs.active.get(run_id) else {
-            return Ok(());
-        };
-        if run.worker.as_deref() != Some(worker) || data.is_empty() {
+        if data.is_empty() {
             return Ok(());
         }
-        let cap = (run.log_cap as usize).max(logcap::MIN_CAP);
+        let log_cap = match self.runs.active.get(run_id) {
+            Some(run) if run.worker.as_deref() == Some(worker) => run.log_cap,
+            Some(_) => return Ok(()),
+            // Output of a run given up as lost, arriving late: kept with it, to the cap,
+            // until its late result comes.
+            None => match self.given_up_run(worker, run_id)? {
+                Some(run) => run.log_cap,
+                None => return Ok(()),
+            },
+        };
+        let cap = (log_cap as usize).max(logcap::MIN_CAP);
         if !self.logs.contains_key(run_id) {
             // First chunk since this broker started: rebuild from what is stored.
             let mut track = LogTrack {

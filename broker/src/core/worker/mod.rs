@@ -83,7 +83,7 @@ impl<S: Store> Core<S> {
                 self.pong(worker, ping_id, info, now_us, out);
                 Reply::Ack
             }
-            WorkerRequest::Leaving => self.leaving(worker, now, out)?,
+            WorkerRequest::Leaving => self.leaving(worker, out)?,
         }))
     }
 }

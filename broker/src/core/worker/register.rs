@@ -99,6 +99,7 @@ impl<S: Store> Core<S> {
             running: session.runs.iter().cloned().collect(),
             last_seen_ms: now,
             draining: false,
+            kill_grace_ms: session.register.kill_grace_ms,
         };
         self.store.put_worker(&status)?;
         self.changes.workers = true;
@@ -116,6 +117,7 @@ impl<S: Store> Core<S> {
             boot_id: self.boot_id,
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
             orders: self.orders_for(worker, &running),
+            lease_ms: self.config.worker_timeout_ms,
         })
     }
 }
