@@ -162,6 +162,65 @@ fn a_broker_killed_at_random_moments_never_records_or_runs_a_tick_twice() {
     assert!(seen.len() >= 5, "the job kept running: {}", seen.len());
 }
 
+#[test]
+fn a_job_for_every_worker_runs_each_tick_on_both_workers_across_broker_kills() {
+    let mut cluster = Cluster::start(2);
+    let ledger = cluster.path("ledger");
+    cluster.apply_jobs(&format!(
+        "[jobs.everywhere]\nevery = \"2s\"\nrun_on_all_workers = true\nmisfire = \"once\"\nscript = \"\"\"#!/bin/sh\necho $JOBCAST_SCHEDULED_AT $JOBCAST_WORKER >> {}\n\"\"\"\n",
+        ledger.display()
+    ));
+    cluster.start_worker("w1", &[]);
+    cluster.start_worker("w2", &[]);
+    wait_for("the first tick", LONG, || {
+        (cluster.runs().len() >= 2).then_some(())
+    });
+    // Each round the broker is down across a tick (caught up by `misfire = "once"`) and
+    // w2 comes back a second after w1: the tick must wait for it, not go to w1 alone.
+    let mut chaos = Chaos::from_env(0xa11);
+    for round in 0..3 {
+        let wait = chaos.next_pause(Duration::from_millis(500), Duration::from_millis(2000));
+        std::thread::sleep(wait);
+        cluster.workers[1].signal(libc::SIGSTOP);
+        cluster.kill_broker();
+        std::thread::sleep(Duration::from_millis(2_100));
+        cluster.start_broker();
+        std::thread::sleep(Duration::from_secs(1));
+        cluster.workers[1].signal(libc::SIGCONT);
+        eprintln!("round {round}: killed after {wait:?}");
+    }
+    let after = cluster.runs().len();
+    wait_for("ticks after the last restart", LONG, || {
+        (cluster.runs().len() >= after + 6).then_some(())
+    });
+    wait_for("every run to end", LONG, || {
+        let status = cluster.ctl_json(&["status"])?;
+        status["active"].as_object()?.is_empty().then_some(())
+    });
+    let mut by_tick: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for run in cluster.runs() {
+        assert_eq!(run["state"], "succeeded", "{run}");
+        by_tick
+            .entry(scheduled_at(&run))
+            .or_default()
+            .push(run["pinned_worker"].as_str().unwrap().to_string());
+    }
+    for (tick, workers) in &mut by_tick {
+        workers.sort();
+        assert_eq!(
+            workers,
+            &["w1", "w2"],
+            "tick {tick} did not run once on each worker"
+        );
+    }
+    let executed = std::fs::read_to_string(&ledger).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in executed.lines() {
+        assert!(seen.insert(line), "{line} executed twice");
+    }
+    assert_eq!(seen.len(), by_tick.len() * 2, "{executed}");
+}
+
 /// A minimal HTTP endpoint that records request bodies.
 fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

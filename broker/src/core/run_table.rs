@@ -132,15 +132,27 @@ impl RunTable {
         pools
     }
 
-    /// Whether a run of `job` is assigned or running.
-    pub fn has_run_out(&self, job: &str) -> bool {
-        self.by_job.get(job).is_some_and(|ids| {
-            ids.iter().any(|id| {
-                self.active
-                    .get(id)
-                    .is_some_and(|r| matches!(r.state, RunState::Assigned | RunState::Running))
-            })
-        })
+    /// The unfinished runs of `job` whose overlap counts against a run pinned to
+    /// `pinned`: all of them, or, for a job run on every worker (`pinned` set), those
+    /// pinned to the same worker: each worker's copy overlaps only its own.
+    pub fn overlapping<'a>(
+        &'a self,
+        job: &str,
+        pinned: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a RunRecord> + 'a {
+        self.by_job
+            .get(job)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.active.get(id))
+            .filter(move |r| pinned.is_none() || r.pinned_worker.as_deref() == pinned)
+    }
+
+    /// Whether a run that overlaps one pinned to `pinned` (see [`Self::overlapping`]) is
+    /// assigned or running.
+    pub fn has_run_out(&self, job: &str, pinned: Option<&str>) -> bool {
+        self.overlapping(job, pinned)
+            .any(|r| matches!(r.state, RunState::Assigned | RunState::Running))
     }
 
     pub fn has_queued(&self, pool: &str) -> bool {

@@ -140,12 +140,12 @@ impl<S: Store> Core<S> {
             self.jobs.compile(job);
             return Ok(());
         };
-        // A job for every worker waits, after a broker start, until the workers have had
-        // the time to register again (or one of its pool has): deciding at once would find
-        // none and lose the tick.
+        // A job for every worker waits, after a broker start, until its pool's workers
+        // that were online before have registered again (or the grace has passed):
+        // deciding at the first one would give the tick to that worker alone.
         let waits_for_workers = spec.policy.run_on_all_workers;
         let grace_end = self.worker_grace_end();
-        if waits_for_workers && now < grace_end && !self.workers.serve_pool(&spec.pool) {
+        if waits_for_workers && now < grace_end && !self.workers.back_for_pool(&spec.pool) {
             self.jobs
                 .next_fire
                 .set(job, Some((now + 1_000).min(grace_end)));
@@ -214,66 +214,89 @@ impl<S: Store> Core<S> {
             self.skip_tick(job, tick, "inside an exclusion window");
             return Ok(());
         }
-        let has_active = self.runs.by_job.get(job).is_some_and(|ids| !ids.is_empty());
-        if has_active {
-            match spec.policy.overlap {
-                Overlap::Skip => {
-                    self.skip_tick(job, tick, "the previous run is still active");
-                    return Ok(());
-                }
-                Overlap::Replace => {
-                    let active: Vec<String> = self
-                        .runs
-                        .by_job
-                        .get(job)
-                        .map(|ids| ids.iter().cloned().collect())
-                        .unwrap_or_default();
-                    for run_id in active {
-                        self.kill(&run_id, "the scheduler (overlap = replace)", now, out)?;
-                    }
-                }
-                Overlap::Queue | Overlap::Allow => {}
-            }
-        }
         let tick_text = tick.to_string();
         let cause = format!("scheduled for {}", format_ms(tick));
-        if spec.policy.run_on_all_workers {
-            let workers: Vec<String> = self
-                .workers
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.register.pools.contains(&spec.pool))
-                .map(|(id, _)| id.clone())
-                .collect();
-            if workers.is_empty() {
-                self.skip_tick(job, tick, "no live worker in the pool");
-                out.notifications.push(Notification {
-                    kind: AlertKind::NoWorker,
-                    job: Some(job.to_string()),
-                    pool: Some(spec.pool.clone()),
-                    run_id: None,
-                    at_ms: now,
-                    text: format!(
-                        "job {job}: no live worker in pool {} to run it on",
-                        spec.pool
-                    ),
-                });
-                return Ok(());
-            }
-            let schedule_id = derived_run_id(&[job, &tick_text]);
-            for worker in workers {
-                let mut new = NewRun::of(spec.clone(), tick, format!("{cause}, on every worker"));
-                new.id = Some(derived_run_id(&[job, &tick_text, &worker]));
-                new.pinned_worker = Some(worker);
-                new.schedule_id = Some(schedule_id.clone());
+        if !spec.policy.run_on_all_workers {
+            if self.overlap_allows(spec, None, tick, now, out)? {
+                let mut new = NewRun::of(spec.clone(), tick, cause);
+                new.id = Some(derived_run_id(&[job, &tick_text]));
                 self.create_run(new, now, out)?;
             }
-        } else {
-            let mut new = NewRun::of(spec.clone(), tick, cause);
-            new.id = Some(derived_run_id(&[job, &tick_text]));
+            return Ok(());
+        }
+        let workers: Vec<String> = self
+            .workers
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.register.pools.contains(&spec.pool))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if workers.is_empty() {
+            self.skip_tick(job, tick, "no live worker in the pool");
+            out.notifications.push(Notification {
+                kind: AlertKind::NoWorker,
+                job: Some(job.to_string()),
+                pool: Some(spec.pool.clone()),
+                run_id: None,
+                at_ms: now,
+                text: format!(
+                    "job {job}: no live worker in pool {} to run it on",
+                    spec.pool
+                ),
+            });
+            return Ok(());
+        }
+        let schedule_id = derived_run_id(&[job, &tick_text]);
+        for worker in workers {
+            // Each worker's copy overlaps only that worker's earlier copy.
+            if !self.overlap_allows(spec, Some(&worker), tick, now, out)? {
+                continue;
+            }
+            let mut new = NewRun::of(spec.clone(), tick, format!("{cause}, on every worker"));
+            new.id = Some(derived_run_id(&[job, &tick_text, &worker]));
+            new.pinned_worker = Some(worker);
+            new.schedule_id = Some(schedule_id.clone());
             self.create_run(new, now, out)?;
         }
         Ok(())
+    }
+
+    /// Whether a tick may start a run (pinned to `pinned`, for a job run on every worker)
+    /// by the job's overlap policy, given the runs it overlaps; `replace` kills those.
+    fn overlap_allows(
+        &mut self,
+        spec: &JobSpec,
+        pinned: Option<&str>,
+        tick: u64,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<bool> {
+        let job = spec.name.as_str();
+        let overlapped: Vec<String> = self
+            .runs
+            .overlapping(job, pinned)
+            .map(|r| r.id.clone())
+            .collect();
+        if overlapped.is_empty() {
+            return Ok(true);
+        }
+        match spec.policy.overlap {
+            Overlap::Skip => {
+                let reason = match pinned {
+                    Some(worker) => format!("the previous run on {worker} is still active"),
+                    None => "the previous run is still active".to_string(),
+                };
+                self.skip_tick(job, tick, &reason);
+                Ok(false)
+            }
+            Overlap::Replace => {
+                for run_id in overlapped {
+                    self.kill(&run_id, "the scheduler (overlap = replace)", now, out)?;
+                }
+                Ok(true)
+            }
+            Overlap::Queue | Overlap::Allow => Ok(true),
+        }
     }
 
     /// Moves retries whose back-off has passed into their pool's queue.

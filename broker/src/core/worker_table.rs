@@ -25,12 +25,20 @@ pub(in crate::core) struct WorkerTable {
     pub statuses: BTreeMap<String, WorkerStatus>,
     /// Claims held until runs arrive for them.
     pub waiting: WaitingClaims,
+    /// Workers that were online when the previous broker process stopped: after a start,
+    /// jobs run on every worker wait for these to register again (or for the grace).
+    pub online_before_start: BTreeSet<String>,
 }
 
 impl WorkerTable {
     /// Starts from the statuses a store kept: nobody is connected yet.
     pub fn restored(statuses: Vec<WorkerStatus>) -> WorkerTable {
         WorkerTable {
+            online_before_start: statuses
+                .iter()
+                .filter(|w| w.online)
+                .map(|w| w.id.clone())
+                .collect(),
             statuses: statuses
                 .into_iter()
                 .map(|mut w| {
@@ -60,6 +68,21 @@ impl WorkerTable {
             self.waiting.remove(worker);
         }
         true
+    }
+
+    /// Whether every worker of `pool` that was online before this broker started has
+    /// registered again, and some worker of it is connected.
+    pub fn back_for_pool(&self, pool: &str) -> bool {
+        self.serve_pool(pool)
+            && self
+                .online_before_start
+                .iter()
+                .filter(|w| {
+                    self.statuses
+                        .get(*w)
+                        .is_some_and(|s| s.pools.iter().any(|p| p == pool))
+                })
+                .all(|w| self.sessions.contains_key(w))
     }
 
     /// Whether some connected worker serves `pool`.

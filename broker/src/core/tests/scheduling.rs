@@ -533,6 +533,72 @@ fn after_a_restart_jobs_for_every_worker_wait_for_the_workers_to_register_again(
 }
 
 #[test]
+fn after_a_restart_a_job_for_every_worker_waits_for_each_worker_that_was_online() {
+    let mut store = MemoryStore::default();
+    let start;
+    {
+        let mut h = Harness::with_config(std::mem::take(&mut store), patient());
+        h.now = (h.now / 60_000_000 + 1) * 60_000_000 - 2_000_000; // 2 s before a minute
+        start = h.now;
+        h.register("w1", 4, &["default"], &[]);
+        h.register("w2", 4, &["default"], &[]);
+        h.apply_toml(
+            "[jobs.everywhere]\ncommand = \"x\"\nevery = \"1m\"\nrun_on_all_workers = true",
+        );
+        store = h.core.into_store();
+    }
+    // The broker restarts a second before the tick; w1 is back at once, w2 6 s later.
+    let mut h = Harness::started_at(std::mem::take(&mut store), patient(), start + 1_000_000);
+    h.register("w1", 4, &["default"], &[]);
+    h.run_clock_for(6 * SECOND);
+    assert!(
+        h.runs_of("everywhere").is_empty(),
+        "decided before w2, online before the restart, came back"
+    );
+    h.register("w2", 4, &["default"], &[]);
+    h.run_clock_for(SECOND);
+    let mut pinned: Vec<_> = h
+        .runs_of("everywhere")
+        .into_iter()
+        .map(|r| r.pinned_worker.unwrap())
+        .collect();
+    pinned.sort();
+    assert_eq!(pinned, ["w1", "w2"], "the tick runs once on each worker");
+    assert_eq!(h.job_state("everywhere").skipped_ticks, 0);
+}
+
+#[test]
+fn a_job_for_every_worker_judges_overlap_on_each_worker_alone() {
+    let mut h = aligned();
+    h.register("w1", 4, &["default"], &[]);
+    h.register("w2", 4, &["default"], &[]);
+    h.apply_toml("[jobs.everywhere]\ncommand = \"x\"\nevery = \"1m\"\nrun_on_all_workers = true");
+    h.run_clock_for(60 * SECOND);
+    assert_eq!(h.runs_of("everywhere").len(), 2);
+    // w1 runs its copy to the end; w2's is still going at the next tick.
+    let [r1] = h.claim("w1", 4).try_into().unwrap();
+    let [r2] = h.claim("w2", 4).try_into().unwrap();
+    h.start("w1", &r1);
+    h.start("w2", &r2);
+    h.finish("w1", &r1, Outcome::Exited { code: 0 });
+    h.run_clock_for(60 * SECOND);
+    let second: Vec<_> = h
+        .runs_of("everywhere")
+        .into_iter()
+        .filter(|r| r.id != r1 && r.id != r2)
+        .collect();
+    assert_eq!(second.len(), 1, "w1 is free: its copy of the tick runs");
+    assert_eq!(second[0].pinned_worker.as_deref(), Some("w1"));
+    let state = h.job_state("everywhere");
+    assert_eq!(state.skipped_ticks, 1);
+    assert!(
+        state.recent_skips[0].1.contains("on w2 is still active"),
+        "{:?}",
+        state.recent_skips
+    );
+}
+
+#[test]
 fn with_no_worker_back_within_the_grace_the_tick_is_skipped_and_reported() {
     let mut store = MemoryStore::default();
     let start;

@@ -98,7 +98,10 @@ impl<S: Store> Core<S> {
                     }
                     // A job with `overlap = queue` gets no second run out (looked up among
                     // that job's active runs, not by walking every run).
-                    if run.spec.policy.overlap == Overlap::Queue && self.runs.has_run_out(&run.job)
+                    if run.spec.policy.overlap == Overlap::Queue
+                        && self
+                            .runs
+                            .has_run_out(&run.job, run.pinned_worker.as_deref())
                     {
                         continue;
                     }
