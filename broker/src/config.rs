@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use jobcast_daemon::LogFormat;
+use jobcast_protocol::envelope::check_connection_password;
 use jobcast_protocol::{names, Secret};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -171,7 +172,8 @@ pub struct KeysSection {
 }
 
 /// A worker's key: `w1 = "secret"` (any pool), or
-/// `w1 = { secret = "…", pools = ["etl", "reports"] }`.
+/// `w1 = { secret = "…", pools = ["etl", "reports"] }`, and while a secret is rotated
+/// `w1 = { secret = "new…", previous_secret = "old…" }` (both accepted).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum WorkerKey {
@@ -185,6 +187,9 @@ pub struct LimitedWorkerKey {
     pub secret: String,
     /// The pools this key may register for; absent means any.
     pub pools: Option<Vec<String>>,
+    /// The secret being replaced, still accepted (and answered with) until it is removed
+    /// from here: workers move to `secret` one by one without a refused request.
+    pub previous_secret: Option<String>,
 }
 
 /// Shortest secret accepted; shorter ones are too easy to guess.
@@ -197,6 +202,13 @@ pub struct Keys {
     pub workers: HashMap<String, Secret>,
     /// The pools each restricted worker key may serve; keys not listed may serve any.
     pub worker_pools: HashMap<String, BTreeSet<String>>,
+    /// Secrets being replaced (`previous_secret`), by worker id: accepted beside the
+    /// worker's secret.
+    pub previous: HashMap<String, Secret>,
+    /// Secrets a reload removed or replaced (not by a rotation), by worker id: a frame
+    /// sealed with one is opened only to answer, sealed with it, that it is revoked.
+    /// Kept while this process runs; not read from the file.
+    pub revoked: HashMap<String, Secret>,
 }
 
 impl Keys {
@@ -206,6 +218,50 @@ impl Keys {
         } else {
             self.workers.get(name)
         }
+    }
+
+    /// The secrets a sender's frames may be sealed with: its secret, then the one it
+    /// replaces (or, for a revoked key, the revoked secret alone).
+    pub fn secrets_of(&self, name: &str) -> (Option<&Secret>, Option<&Secret>) {
+        match self.for_sender(name) {
+            Some(current) => (Some(current), self.previous.get(name)),
+            None => (None, self.revoked.get(name)),
+        }
+    }
+
+    /// Whether a connection's password comes from one of the sender's secrets, revoked
+    /// ones included (so that the worker hears it is revoked).
+    pub fn accepts_password(&self, name: &str, password: &[u8]) -> bool {
+        let (first, second) = self.secrets_of(name);
+        [first, second]
+            .into_iter()
+            .flatten()
+            .any(|secret| check_connection_password(secret, password))
+    }
+
+    /// These keys, as they replace `running`: the worker secrets `running` held that are
+    /// no longer accepted (removed, or changed without keeping the old one as
+    /// `previous_secret`) become revoked, along with those revoked before and not given a
+    /// key again. Returns the workers revoked by this change.
+    pub fn replacing(mut self, running: &Keys) -> (Keys, Vec<String>) {
+        let mut newly = Vec::new();
+        for (id, old) in &running.workers {
+            let still_accepted =
+                self.workers.get(id) == Some(old) || self.previous.get(id) == Some(old);
+            if !still_accepted {
+                self.revoked.insert(id.clone(), old.clone());
+                newly.push(id.clone());
+            }
+        }
+        for (id, old) in &running.revoked {
+            if !self.workers.contains_key(id) {
+                self.revoked
+                    .entry(id.clone())
+                    .or_insert_with(|| old.clone());
+            }
+        }
+        newly.sort();
+        (self, newly)
     }
 }
 
@@ -314,6 +370,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
     )?;
     let mut workers = HashMap::new();
     let mut worker_pools = HashMap::new();
+    let mut previous_secrets = HashMap::new();
     for (id, key) in file.keys.workers {
         names::validate("worker id", &id)?;
         if id == crate::core::ADMIN || id == "broker" {
@@ -321,7 +378,17 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
         }
         let value = match key {
             WorkerKey::Secret(value) => value,
-            WorkerKey::Limited(LimitedWorkerKey { secret, pools }) => {
+            WorkerKey::Limited(LimitedWorkerKey {
+                secret,
+                pools,
+                previous_secret,
+            }) => {
+                if let Some(previous) = previous_secret {
+                    previous_secrets.insert(
+                        id.clone(),
+                        self::secret(&format!("worker {id} (previous)"), previous)?,
+                    );
+                }
                 if let Some(pools) = pools {
                     for pool in &pools {
                         names::validate("pool", pool)
@@ -374,6 +441,8 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             admin: secret("admin", admin)?,
             workers,
             worker_pools,
+            previous: previous_secrets,
+            revoked: HashMap::new(),
         },
         webhooks: file.webhooks,
         http_listen: match flags.http.or(file.http.listen) {
@@ -624,5 +693,58 @@ mod tests {
         );
         assert_eq!(default_data_dir(Some("")), PathBuf::from("jobcast-data"));
         assert_eq!(default_data_dir(None), PathBuf::from("jobcast-data"));
+    }
+
+    #[test]
+    fn a_rotated_key_accepts_both_secrets_and_a_reload_revokes_what_it_stops_accepting() {
+        let rotating = resolve(
+            toml::from_str(
+                "[keys]\nadmin = \"0123456789abcdef0\"\n[keys.workers]\n\
+                 w1 = { secret = \"new-secret-0123456789\", previous_secret = \"old-secret-0123456789\" }\n\
+                 w2 = \"w2-secret-0123456789\"\n",
+            )
+            .unwrap(),
+            Overrides::default(),
+        )
+        .unwrap();
+        let (current, previous) = rotating.keys.secrets_of("w1");
+        assert_eq!(current, Some(&Secret::new("new-secret-0123456789")));
+        assert_eq!(previous, Some(&Secret::new("old-secret-0123456789")));
+        let old = Secret::new("old-secret-0123456789");
+        assert!(rotating.keys.accepts_password(
+            "w1",
+            jobcast_protocol::envelope::connection_password(&old).as_bytes()
+        ));
+
+        // The old secret alone was in force: moving to the rotation revokes nothing.
+        let mut before = rotating.keys.clone();
+        before.workers.insert("w1".into(), old.clone());
+        before.previous.clear();
+        let (_, revoked) = rotating.keys.clone().replacing(&before);
+        assert!(revoked.is_empty(), "{revoked:?}");
+        // Dropping the previous secret revokes nothing either (the new one was in force).
+        let mut finished = rotating.keys.clone();
+        finished.previous.clear();
+        let (_, revoked) = finished.clone().replacing(&rotating.keys);
+        assert!(revoked.is_empty(), "{revoked:?}");
+        // Removing w2 and replacing w1's secret outright revoke both.
+        let mut hard = finished.clone();
+        hard.workers.remove("w2");
+        hard.workers
+            .insert("w1".into(), Secret::new("another-secret-0123456789"));
+        let (keys, revoked) = hard.replacing(&finished);
+        assert_eq!(revoked, ["w1", "w2"]);
+        assert_eq!(
+            keys.secrets_of("w2"),
+            (None, Some(&Secret::new("w2-secret-0123456789")))
+        );
+        // A revoked worker given a key again is no longer revoked at the next reload.
+        let mut back = keys.clone();
+        back.revoked.clear();
+        back.workers
+            .insert("w2".into(), Secret::new("w2-secret-0123456789"));
+        let (keys, revoked) = back.replacing(&keys);
+        assert!(revoked.is_empty());
+        assert!(!keys.revoked.contains_key("w2"));
     }
 }

@@ -44,6 +44,7 @@ pub fn compare(running: &BrokerConfig, new: &BrokerConfig) -> ReloadReport {
     let new_ids: BTreeSet<&String> = new.keys.workers.keys().collect();
     let changed = |id: &String| {
         running.keys.workers.get(id) != new.keys.workers.get(id)
+            || running.keys.previous.get(id) != new.keys.previous.get(id)
             || running.keys.worker_pools.get(id) != new.keys.worker_pools.get(id)
     };
     ReloadReport {

@@ -118,6 +118,7 @@ pub async fn serve<S: Store + 'static>(
         .not_before(now_us() / 1_000)
         .sender_floors(replay_floors.floors()),
         replay_floors,
+        previous_key_peers: PreviousKeyPeers::default(),
         notifier: crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1)),
         metrics,
         running: config.clone(),
@@ -323,6 +324,7 @@ struct Server {
     live: crate::http::LiveFeed,
     notifier: crate::notify::Notifier,
     opener: Opener,
+    previous_key_peers: PreviousKeyPeers,
     /// Kept past frames sealed ahead of this clock, so that no next process takes them again.
     replay_floors: crate::replay_floors::ReplayFloors,
     rejections: RejectionLog,
@@ -335,6 +337,44 @@ struct Server {
     reopen_delay: ReopenDelay,
     /// Wakes the loop at the core's next deadline, to the microsecond.
     deadline: crate::deadline::Deadline,
+}
+
+/// A frame opened as a request.
+struct OpenedRequest {
+    from: String,
+    id: u64,
+    request: jobcast_protocol::Request,
+    /// When the peer sealed it (its clock).
+    sealed_ms: u64,
+    /// Sealed with a key a reload revoked: answered only with that news.
+    revoked: bool,
+}
+
+/// Peers (connections) whose last request was sealed with a worker's previous secret,
+/// during a rotation: their answers are sealed with it too. Bounded; when full it starts
+/// over (a peer then left out gets an answer it cannot open, and asks again).
+#[derive(Default)]
+struct PreviousKeyPeers(std::collections::HashSet<PeerId>);
+
+impl PreviousKeyPeers {
+    const MAX: usize = 4_096;
+
+    fn note(&mut self, peer: &PeerId, by_previous: bool) {
+        if !by_previous {
+            if !self.0.is_empty() {
+                self.0.remove(peer);
+            }
+            return;
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(peer.clone());
+    }
+
+    fn contains(&self, peer: &PeerId) -> bool {
+        self.0.contains(peer)
+    }
 }
 
 /// What one batch produced, to send once it is durable.
@@ -437,11 +477,10 @@ impl Server {
             let Incoming::Request { peer, payload } = incoming else {
                 continue;
             };
-            if let Ok((from, id, _, _)) = self.open_request(&peer, &payload, now_ms, &mut refusals)
-            {
+            if let Ok(opened) = self.open_request(&peer, &payload, now_ms, &mut refusals) {
                 out.reply(
-                    &ReplyTo::peer(&peer, &from),
-                    id,
+                    &ReplyTo::peer(&peer, &opened.from),
+                    opened.id,
                     jobcast_protocol::Reply::Error {
                         code: jobcast_protocol::ErrorCode::Unavailable,
                         message: message.to_string(),
@@ -450,9 +489,12 @@ impl Server {
             }
         }
         if !out.replies.is_empty() || !refusals.is_empty() {
-            self.transport
-                .sockets
-                .send(outgoing(&self.running.keys, out, refusals));
+            self.transport.sockets.send(outgoing(
+                &self.running.keys,
+                &self.previous_key_peers,
+                out,
+                refusals,
+            ));
         }
     }
 
@@ -465,14 +507,24 @@ impl Server {
         payload: &[u8],
         now_ms: u64,
         refusals: &mut Vec<(PeerId, Refusal)>,
-    ) -> Result<(String, u64, jobcast_protocol::Request, u64), &'static str> {
+    ) -> Result<OpenedRequest, &'static str> {
         let keys = &self.running.keys;
         match self
             .opener
-            .open(payload, now_ms, |name| keys.for_sender(name))
+            .open_with_either(payload, now_ms, |name| keys.secrets_of(name))
         {
-            Ok(opened) => match opened.body {
-                Body::Request { id, request } => Ok((opened.from, id, request, opened.ts_ms)),
+            Ok((opened, by_second)) => match opened.body {
+                Body::Request { id, request } => {
+                    let revoked = keys.for_sender(&opened.from).is_none();
+                    self.previous_key_peers.note(peer, by_second && !revoked);
+                    Ok(OpenedRequest {
+                        from: opened.from,
+                        id,
+                        request,
+                        sealed_ms: opened.ts_ms,
+                        revoked,
+                    })
+                }
                 Body::Reply { .. } => {
                     self.rejections
                         .note("undecodable", "a reply sent to the broker");
@@ -565,10 +617,36 @@ impl Server {
                 }
             };
             match self.open_request(&peer, &payload, now / 1_000, &mut refusals) {
-                Ok((from, id, request, sealed_ms)) => {
-                    self.replay_floors
-                        .accepted(core.store_mut(), &from, sealed_ms, now / 1_000)?;
-                    core.handle(&peer, &from, id, request, now, &mut out)?
+                Ok(opened) if opened.revoked => {
+                    core.note_rejection("revoked");
+                    core.revoked_worker_told(&opened.from, now);
+                    out.reply(
+                        &ReplyTo::peer(&peer, &opened.from),
+                        opened.id,
+                        jobcast_protocol::Reply::Error {
+                            code: jobcast_protocol::ErrorCode::Revoked,
+                            message: format!(
+                                "the key of worker {} was revoked by a reload of the broker's settings",
+                                opened.from
+                            ),
+                        },
+                    );
+                }
+                Ok(opened) => {
+                    self.replay_floors.accepted(
+                        core.store_mut(),
+                        &opened.from,
+                        opened.sealed_ms,
+                        now / 1_000,
+                    )?;
+                    core.handle(
+                        &peer,
+                        &opened.from,
+                        opened.id,
+                        opened.request,
+                        now,
+                        &mut out,
+                    )?
                 }
                 Err(reason) => core.note_rejection(reason),
             }
@@ -589,7 +667,7 @@ impl Server {
             core.handle_api(&actor, id, request, &scope, now, &mut out)?;
         }
         if std::mem::take(&mut self.hangup) || !out.reloads.is_empty() {
-            self.reload(core, &mut out);
+            self.reload(core, &mut out)?;
         }
         core.tick(now, &mut out)?;
         Ok(Produced { out, refusals })
@@ -597,7 +675,7 @@ impl Server {
 
     /// Reads the settings again and takes their keys, API tokens and webhooks; answers
     /// those who asked with what changed, or why nothing did.
-    fn reload<S: Store>(&mut self, core: &mut Core<S>, out: &mut Outbox) {
+    fn reload<S: Store>(&mut self, core: &mut Core<S>, out: &mut Outbox) -> Result<(), StoreError> {
         let asked = std::mem::take(&mut out.reloads);
         let by: Vec<&str> = asked.iter().map(|a| a.actor.as_str()).collect();
         let reply = match tokio::task::block_in_place(&mut self.reloading.read) {
@@ -625,7 +703,12 @@ impl Server {
                     .send_replace(std::sync::Arc::new(new.api_tokens.clone()));
                 self.notifier =
                     crate::notify::Notifier::start(new.webhooks.clone(), Duration::from_secs(1));
-                self.new_keys = Some(new.keys);
+                let (keys, revoked) = new.keys.replacing(&self.running.keys);
+                for worker in revoked {
+                    tracing::warn!(worker, "worker key revoked: the worker is told at its next request, and its runs are given up");
+                    core.revoke_worker(&worker)?;
+                }
+                self.new_keys = Some(keys);
                 self.running.api_tokens = new.api_tokens;
                 self.running.webhooks = new.webhooks;
                 jobcast_protocol::Reply::Reloaded(report)
@@ -643,6 +726,7 @@ impl Server {
         for asked in asked {
             out.reply(&asked.to, asked.id, reply.clone());
         }
+        Ok(())
     }
 
     /// Group commit: everything the batch wrote is durable before anyone hears of it.
@@ -701,9 +785,12 @@ impl Server {
                 let _ = waiter.send(reply.reply);
             }
         }
-        self.transport
-            .sockets
-            .send(outgoing(&self.running.keys, out, refusals));
+        self.transport.sockets.send(outgoing(
+            &self.running.keys,
+            &self.previous_key_peers,
+            out,
+            refusals,
+        ));
         if let Some(keys) = self.new_keys.take() {
             self.live_settings.keys.send_replace(keys.clone());
             self.running.keys = keys;
@@ -713,14 +800,25 @@ impl Server {
 }
 
 /// The batch's replies (sealed), refusals and events, to send.
-fn outgoing(keys: &Keys, out: Outbox, refusals: Vec<(PeerId, Refusal)>) -> Vec<Outgoing> {
+fn outgoing(
+    keys: &Keys,
+    previous_key_peers: &PreviousKeyPeers,
+    out: Outbox,
+    refusals: Vec<(PeerId, Refusal)>,
+) -> Vec<Outgoing> {
     let now_ms = now_us() / 1_000;
     let mut batch = Vec::with_capacity(out.replies.len() + refusals.len() + out.events.len());
     for reply in out.replies {
         let ReplyTo::Peer { peer, name } = reply.to else {
             continue;
         };
-        let Some(secret) = keys.for_sender(&name) else {
+        // Sealed with the secret the peer's request came under.
+        let secret = if previous_key_peers.contains(&peer) {
+            keys.previous.get(&name)
+        } else {
+            keys.for_sender(&name).or_else(|| keys.revoked.get(&name))
+        };
+        let Some(secret) = secret else {
             continue;
         };
         let frame = seal(

@@ -22,7 +22,6 @@
 
 use crate::config::Keys;
 use crate::core::PeerId;
-use jobcast_protocol::envelope::check_connection_password;
 use jobcast_transport::{zmq, AsyncSocket, Limits, Monitor, PeerEvent, Received};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -377,11 +376,7 @@ fn answer_zap(side: &Side) -> Option<Incoming> {
     let accepted = parts.len() == 8
         && field(0) == b"1.0"
         && field(5) == b"PLAIN"
-        && side
-            .keys
-            .borrow()
-            .for_sender(&name)
-            .is_some_and(|secret| check_connection_password(secret, field(7)));
+        && side.keys.borrow().accepts_password(&name, field(7));
     let (code, text, user): (&[u8], &[u8], &[u8]) = if accepted {
         (b"200", b"OK", name.as_bytes())
     } else {

@@ -34,7 +34,7 @@ pub(crate) fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(failure) = error.downcast_ref::<Failure>() {
         return match failure {
             Failure::Broker { code, .. } => match code {
-                ErrorCode::Forbidden | ErrorCode::NotRegistered => DENIED,
+                ErrorCode::Forbidden | ErrorCode::NotRegistered | ErrorCode::Revoked => DENIED,
                 ErrorCode::Unavailable => UNAVAILABLE,
                 _ => REFUSED,
             },

@@ -305,7 +305,13 @@ impl Cluster {
     /// Starts worker `id` whether or not the broker has a key for it (to see a refusal).
     pub fn spawn_worker_unchecked(&mut self, id: &str, extra: &[&str]) -> usize {
         let (router, publish) = (self.router.clone(), self.publish.clone());
-        self.spawn_worker_to(id, &router, &publish, extra)
+        self.spawn_worker_to(id, &router, &publish, &worker_secret(id), extra)
+    }
+
+    /// Starts worker `id` with a secret of the test's choosing (a rotated key).
+    pub fn spawn_worker_with_secret(&mut self, id: &str, secret: &str, extra: &[&str]) -> usize {
+        let (router, publish) = (self.router.clone(), self.publish.clone());
+        self.spawn_worker_to(id, &router, &publish, secret, extra)
     }
 
     /// Starts worker `id` connecting to the broker through other endpoints (a relay).
@@ -314,6 +320,7 @@ impl Cluster {
         id: &str,
         router: &str,
         publish: &str,
+        secret: &str,
         extra: &[&str],
     ) -> usize {
         let log = std::fs::OpenOptions::new()
@@ -323,7 +330,7 @@ impl Cluster {
             .expect("worker log");
         let child = Command::new(bin("jobcast-worker"))
             .args(["--id", id, "--broker", router, "--events", publish])
-            .args(["--secret", &worker_secret(id)])
+            .args(["--secret", secret])
             .arg("--script-temp-path")
             .arg(self.path(&format!("{id}-scripts")))
             .args(["--reconnect-after-inactivity", "3s", "--kill-grace", "2s"])

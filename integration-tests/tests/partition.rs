@@ -3,7 +3,7 @@
 //! results that arrive after the heal are kept on the runs.
 
 use jobcast_integration_tests::relay::Relay;
-use jobcast_integration_tests::{wait_for, Cluster};
+use jobcast_integration_tests::{wait_for, worker_secret, Cluster};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -54,7 +54,13 @@ echo short-done
     let router = Relay::start(&cluster.router);
     let events = Relay::start(&cluster.publish);
     let (via_router, via_events) = (router.endpoint.clone(), events.endpoint.clone());
-    cluster.spawn_worker_to("w1", &via_router, &via_events, &["--concurrency", "2"]);
+    cluster.spawn_worker_to(
+        "w1",
+        &via_router,
+        &via_events,
+        &worker_secret("w1"),
+        &["--concurrency", "2"],
+    );
     cluster.wait_online("w1");
     let long = cluster.enqueue("long");
     cluster.wait_state(&long, "running", LONG);

@@ -120,3 +120,111 @@ fn a_settings_file_the_broker_cannot_take_changes_nothing() {
         .as_mut()
         .is_some_and(|b| b.try_wait().ok().flatten().is_none()));
 }
+
+/// Replaces worker `id`'s line under [keys.workers] with `line`, or removes it.
+fn set_worker_key(cluster: &Cluster, id: &str, line: Option<&str>) {
+    let path = cluster.path("broker.toml");
+    let config = std::fs::read_to_string(&path).expect("read config");
+    let mut text: String = config
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{id} = ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(line) = line {
+        text.push_str(line);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).expect("write config");
+}
+
+/// Frames refused for a key (unknown sender or bad seal) since the broker started.
+fn key_refusals(cluster: &Cluster) -> u64 {
+    let status = cluster.ctl_json(&["status"]).expect("status");
+    ["unknown_sender", "bad_mac", "auth_failed"]
+        .iter()
+        .filter_map(|reason| status["rejected"][reason].as_u64())
+        .sum()
+}
+
+#[test]
+fn a_worker_key_is_rotated_without_a_refused_request() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs("[jobs.quick]\nscript = \"#!/bin/sh\\ntrue\\n\"\n");
+    let old = worker_secret("w1");
+    let new = "a-new-secret-for-w1-0123456789";
+    let first = cluster.start_worker("w1", &[]);
+    // Step 1: the broker takes the new secret and keeps the old one.
+    set_worker_key(
+        &cluster,
+        "w1",
+        Some(&format!(
+            "w1 = {{ secret = \"{new}\", previous_secret = \"{old}\" }}"
+        )),
+    );
+    cluster.ctl_ok(&["reload"]);
+    let run = cluster.enqueue("quick");
+    cluster.wait_state(&run, "succeeded", Duration::from_secs(30));
+    // Step 2: the worker moves to the new secret.
+    cluster.workers[first].signal(libc::SIGTERM);
+    assert_eq!(
+        cluster.workers[first].wait_exit(Duration::from_secs(30)),
+        Some(0)
+    );
+    cluster.spawn_worker_with_secret("w1", new, &[]);
+    cluster.wait_online("w1");
+    let run = cluster.enqueue("quick");
+    cluster.wait_state(&run, "succeeded", Duration::from_secs(30));
+    // Step 3: the old secret is dropped.
+    set_worker_key(&cluster, "w1", Some(&format!("w1 = \"{new}\"")));
+    let report = cluster.ctl_json(&["reload"]).expect("reload report");
+    assert_eq!(
+        report["workers_changed"],
+        serde_json::json!(["w1"]),
+        "{report}"
+    );
+    let run = cluster.enqueue("quick");
+    cluster.wait_state(&run, "succeeded", Duration::from_secs(30));
+    assert_eq!(
+        key_refusals(&cluster),
+        0,
+        "a request was refused during the rotation"
+    );
+    assert!(!cluster.worker_log("w1").contains("revoked"));
+}
+
+#[test]
+fn a_busy_worker_whose_key_is_removed_stops_its_run_and_exits_3_at_once() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs("[jobs.long]\nscript = \"#!/bin/sh\\nsleep 300\\n\"\n");
+    let index = cluster.start_worker("w1", &[]);
+    let run = cluster.enqueue("long");
+    cluster.wait_state(&run, "running", Duration::from_secs(30));
+    set_worker_key(&cluster, "w1", None);
+    let report = cluster.ctl_json(&["reload"]).expect("reload report");
+    assert_eq!(
+        report["workers_removed"],
+        serde_json::json!(["w1"]),
+        "{report}"
+    );
+    let revoked_at = std::time::Instant::now();
+    // Told at its next request (every 500 ms here), it kills the run (grace 2 s) and exits.
+    let code = cluster.workers[index].wait_exit(Duration::from_secs(30));
+    let took = revoked_at.elapsed();
+    assert_eq!(code, Some(3), "{}", cluster.worker_log("w1"));
+    assert!(
+        took < Duration::from_secs(6),
+        "exited {took:?} after the reload"
+    );
+    assert!(
+        cluster.tagged_processes().is_empty(),
+        "the run's processes outlive the revoked worker"
+    );
+    let record = cluster.wait_state(&run, "lost", Duration::from_secs(30));
+    let cause = record["history"].as_array().unwrap().last().unwrap()["cause"].clone();
+    assert_eq!(cause, "the key of worker w1 was revoked", "{record}");
+    assert!(
+        cluster.worker_log("w1").contains("was revoked"),
+        "{}",
+        cluster.worker_log("w1")
+    );
+}

@@ -321,6 +321,19 @@ impl Opener {
         now_ms: u64,
         key_for: impl Fn(&str) -> Option<&'k Secret>,
     ) -> Result<Opened, Rejection> {
+        self.open_with_either(bytes, now_ms, |name| (key_for(name), None))
+            .map(|(opened, _)| opened)
+    }
+
+    /// Like [`Opener::open`], for a sender that may hold either of two secrets (a key
+    /// being rotated: the new one and the one it replaces). Also says whether the second
+    /// opened the frame, so that the answer is sealed with the secret the peer holds.
+    pub fn open_with_either<'k>(
+        &mut self,
+        bytes: &[u8],
+        now_ms: u64,
+        keys_for: impl Fn(&str) -> (Option<&'k Secret>, Option<&'k Secret>),
+    ) -> Result<(Opened, bool), Rejection> {
         if bytes.len() > self.max_frame_bytes {
             return Err(Rejection::Oversized {
                 len: bytes.len(),
@@ -345,13 +358,25 @@ impl Opener {
             }
             _ => return Err(Rejection::Undecodable("no sealed payload".into())),
         };
-        let secret =
-            key_for(frame.from).ok_or_else(|| Rejection::UnknownSender(shorten(frame.from)))?;
+        let (first, second) = keys_for(frame.from);
+        if first.is_none() && second.is_none() {
+            return Err(Rejection::UnknownSender(shorten(frame.from)));
+        }
         let mut aead_nonce = [0u8; AEAD_NONCE_LEN];
         aead_nonce.copy_from_slice(nonce);
-        let key = secret.message_key(frame.from, &self.me);
-        let payload = aead::open(&key, &aead_nonce, AAD, sealed)
-            .ok_or_else(|| Rejection::BadMac(shorten(frame.from)))?;
+        let open_with = |secret: &Secret| {
+            let key = secret.message_key(frame.from, &self.me);
+            aead::open(&key, &aead_nonce, AAD, sealed)
+        };
+        let (payload, by_second) = match first.and_then(open_with) {
+            Some(payload) => (payload, false),
+            None => (
+                second
+                    .and_then(open_with)
+                    .ok_or_else(|| Rejection::BadMac(shorten(frame.from)))?,
+                true,
+            ),
+        };
 
         let header: PayloadHeader = rmp_serde::from_slice(&payload)
             .map_err(|e| Rejection::Undecodable(format!("payload header: {e}")))?;
@@ -388,12 +413,15 @@ impl Opener {
         {
             return Err(Rejection::Replay(payload.from));
         }
-        Ok(Opened {
-            from: payload.from,
-            ts_ms: payload.ts,
-            nonce: payload.nonce,
-            body: payload.body,
-        })
+        Ok((
+            Opened {
+                from: payload.from,
+                ts_ms: payload.ts,
+                nonce: payload.nonce,
+                body: payload.body,
+            },
+            by_second,
+        ))
     }
 }
 

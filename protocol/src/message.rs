@@ -135,6 +135,10 @@ pub enum ErrorCode {
     /// The broker cannot take this request now (its disk is full, or its store failed
     /// and is being reopened); nothing was done. Try again later.
     Unavailable,
+    /// The key the request was sealed with was removed or replaced by a reload: the
+    /// worker stops its runs and exits (the answer is sealed with that key, so only the
+    /// broker can send it).
+    Revoked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

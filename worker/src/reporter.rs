@@ -127,6 +127,13 @@ impl Reporter {
                         let _ = events.send(ReportAnswer::NotRegistered);
                     }
                     Ok(Reply::Error {
+                        code: ErrorCode::Revoked,
+                        message,
+                    }) => {
+                        failed = true;
+                        let _ = events.send(ReportAnswer::Revoked(message));
+                    }
+                    Ok(Reply::Error {
                         code: ErrorCode::Unavailable,
                         message,
                     }) => {

@@ -61,6 +61,8 @@ pub enum ReportAnswer {
     NotRegistered,
     /// A report was acknowledged (the broker is alive).
     Heard,
+    /// The broker answered that this worker's key was revoked.
+    Revoked(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +134,11 @@ pub struct WorkerState {
     drain_deadline_ms: Option<u64>,
     /// The broker refused this worker for a reason retrying cannot fix.
     refused: Option<String>,
+    /// Its key was revoked: runs are stopped at once and their ends cannot be reported.
+    revoked: bool,
+    /// The broker refuses this worker's key (revoked, unknown or wrong): the ends of its
+    /// runs cannot be reported.
+    reports_refused: bool,
     /// Requests turned down for the key (unknown id or wrong secret: at the connection,
     /// or after a reload removed or changed the key) in a row: a few are waited out (the
     /// broker may be reloading its keys), then the worker ends.
@@ -173,6 +180,8 @@ impl WorkerState {
             draining: false,
             drain_deadline_ms: None,
             refused: None,
+            revoked: false,
+            reports_refused: false,
             auth_refusals: 0,
             broker_unavailable: false,
             lease_ms: None,
@@ -221,7 +230,13 @@ impl WorkerState {
 
     /// Why the worker must exit with a failure, once nothing runs any more.
     pub fn refused_with_nothing_running(&self) -> Option<&str> {
-        self.refused.as_deref().filter(|_| self.holds_nothing())
+        // A refused key can report nothing more: done once every process has ended.
+        let done = if self.reports_refused {
+            self.held.values().all(|ended| *ended)
+        } else {
+            self.holds_nothing()
+        };
+        self.refused.as_deref().filter(|_| done)
     }
 
     fn busy_slots(&self) -> u32 {
@@ -414,6 +429,9 @@ impl WorkerState {
                     self.refused = Some(format!(
                         "{detail}. Add this worker's id and secret under [keys.workers] in the broker's config (then reload or restart the broker), or correct this worker's secret"
                     ));
+                    // Its reports are refused too: the worker waits for its runs'
+                    // processes, not for acknowledgements that cannot come.
+                    self.reports_refused = true;
                     if !self.draining {
                         self.begin_drain(now_ms, &mut actions);
                     }
@@ -465,6 +483,10 @@ impl WorkerState {
                 ..
             } => self.set_unregistered(&mut actions),
             Reply::Error {
+                code: ErrorCode::Revoked,
+                message,
+            } => self.revoke(message, &mut actions),
+            Reply::Error {
                 code: ErrorCode::Forbidden,
                 message,
             } if purpose == Purpose::Register => {
@@ -510,8 +532,28 @@ impl WorkerState {
             }
             ReportAnswer::NotRegistered => self.set_unregistered(&mut actions),
             ReportAnswer::Heard => self.last_heard_ms = now_ms,
+            ReportAnswer::Revoked(message) => self.revoke(message, &mut actions),
         }
         actions
+    }
+
+    /// The broker answered, sealed with this worker's key, that a reload revoked the key:
+    /// nothing this worker does counts any more. Every run is stopped now (the broker
+    /// gives them up once they are), ready runs are dropped, and the worker exits with
+    /// [`crate::session::EXIT_REFUSED`] as soon as the processes have ended.
+    fn revoke(&mut self, message: String, actions: &mut Vec<Action>) {
+        if self.revoked {
+            return;
+        }
+        tracing::error!("{message}: stopping every run and exiting");
+        self.revoked = true;
+        self.reports_refused = true;
+        self.draining = true;
+        self.ready.clear();
+        self.refused = Some(format!(
+            "{message}. Give this worker its new secret (or add its key back under [keys.workers] in the broker's config)"
+        ));
+        self.stop_all(actions);
     }
 
     /// Runs granted by a claim or by a finish report that claimed: the same rules for

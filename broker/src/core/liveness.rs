@@ -100,6 +100,20 @@ impl<S: Store> Core<S> {
             let status = self.workers.statuses.get(worker);
             let since = status.map_or(0, |s| s.last_seen_ms).max(self.booted_at_ms);
             let kill_grace = status.map_or(DEFAULT_KILL_GRACE_MS, |s| s.kill_grace_ms);
+            if let Some(told) = self.workers.revoked.get(worker) {
+                // Told, the worker stops everything at once; untold, its lease does.
+                let stopped_by = match told {
+                    Some(at) => at + kill_grace + LEASE_MARGIN_MS,
+                    None => since + lease + kill_grace + LEASE_MARGIN_MS,
+                };
+                if now > stopped_by {
+                    given_up.push((
+                        run.id.clone(),
+                        format!("the key of worker {worker} was revoked"),
+                    ));
+                }
+                continue;
+            }
             let cause = match run.state {
                 RunState::Running if now > since + lease + kill_grace + LEASE_MARGIN_MS => {
                     format!(
@@ -118,6 +132,21 @@ impl<S: Store> Core<S> {
             self.finish_as(&run_id, RunState::Lost, now, cause, out)?;
         }
         Ok(())
+    }
+
+    /// A reload removed or replaced the worker's key: its session ends, and its runs are
+    /// given up once it has stopped them (told at its next request, or by its lease).
+    pub fn revoke_worker(&mut self, worker: &str) -> StoreResult<()> {
+        self.worker_gone(worker)?;
+        self.workers.revoked.insert(worker.to_string(), None);
+        Ok(())
+    }
+
+    /// A request of a revoked worker was answered that its key is revoked.
+    pub fn revoked_worker_told(&mut self, worker: &str, now_us: u64) {
+        if let Some(told @ None) = self.workers.revoked.get_mut(worker) {
+            *told = Some(ms(now_us));
+        }
     }
 
     /// The worker's session ends (silent, or it left); runs still on it stay until

@@ -28,6 +28,9 @@ pub(in crate::core) struct WorkerTable {
     /// Workers that were online when the previous broker process stopped: after a start,
     /// jobs run on every worker wait for these to register again (or for the grace).
     pub online_before_start: BTreeSet<String>,
+    /// Workers whose key a reload revoked, with when one of their requests was answered
+    /// so (the worker then stops its runs at once); until they register with a key again.
+    pub revoked: BTreeMap<String, Option<u64>>,
 }
 
 impl WorkerTable {

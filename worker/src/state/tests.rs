@@ -780,3 +780,47 @@ fn a_worker_without_a_lease_from_its_broker_never_stops_runs_for_silence() {
         assert!(stopped(&state.on_timer(t)).is_empty());
     }
 }
+
+#[test]
+fn a_revoked_key_stops_every_run_at_once_and_ends_the_worker_when_they_have_ended() {
+    let mut state = leased_with_runs();
+    let revoked = Answer::Reply(Reply::Error {
+        code: ErrorCode::Revoked,
+        message: "the key of worker w1 was revoked".into(),
+    });
+    let actions = state.on_answer(Purpose::Heartbeat, revoked, 1_000);
+    let mut stopped = stopped(&actions);
+    stopped.sort();
+    assert_eq!(
+        stopped,
+        ["r1", "r2"],
+        "busy or not, kept or not: everything stops"
+    );
+    assert!(
+        state.refused_with_nothing_running().is_none(),
+        "r1, r2 still going"
+    );
+    state.on_run_done(finished("r1"));
+    assert!(state.refused_with_nothing_running().is_none());
+    state.on_run_done(finished("r2"));
+    // Their ends can never be acknowledged (the key is gone): the worker ends anyway.
+    let reason = state.refused_with_nothing_running().expect("exits");
+    assert!(reason.contains("revoked"), "{reason}");
+    // A grant that crosses the revocation is not started.
+    let actions = state.on_answer(
+        Purpose::Claim { sent_ms: 1_000 },
+        granted(&["r3"], false),
+        1_100,
+    );
+    assert!(started(&actions).is_empty());
+}
+
+#[test]
+fn an_idle_worker_whose_key_is_revoked_ends_at_once() {
+    let (mut state, _) = registered(2);
+    state.on_report(
+        ReportAnswer::Revoked("the key of worker w1 was revoked".into()),
+        10,
+    );
+    assert!(state.refused_with_nothing_running().is_some());
+}

@@ -183,3 +183,47 @@ fn queued_work_is_announced_again_every_interval() {
     h.advance_ms(1_000);
     assert!(h.tick().events.contains(&wake));
 }
+
+#[test]
+fn a_revoked_workers_runs_are_given_up_as_revoked_once_it_has_been_told_and_had_its_kill_grace() {
+    let mut h = Harness::new();
+    h.register("w1", 4, &["default"], &[]);
+    h.register("w2", 4, &["default"], &[]);
+    let running = h.enqueue("hello");
+    let granted = h.enqueue("hello");
+    h.claim("w1", 2);
+    h.start("w1", &running);
+    h.core.revoke_worker("w1").unwrap();
+    assert!(!h.core.is_online("w1"));
+    // Its next heartbeat is answered "revoked" (by the server) a second later.
+    h.advance_ms(1_000);
+    h.core.revoked_worker_told("w1", h.now);
+    only_w2_speaks(&mut h, (5_000 + LEASE_MARGIN_MS) / 1_000);
+    assert_eq!(
+        h.state(&running),
+        RunState::Running,
+        "within its kill grace"
+    );
+    only_w2_speaks(&mut h, 1);
+    for run in [&running, &granted] {
+        let stored = h.stored(run);
+        assert_eq!(stored.state, RunState::Lost);
+        let cause = &stored.history.last().unwrap().cause;
+        assert_eq!(cause, "the key of worker w1 was revoked");
+    }
+}
+
+#[test]
+fn a_revoked_worker_never_told_has_its_runs_given_up_after_its_lease() {
+    let mut h = Harness::new();
+    h.register("w1", 4, &["default"], &[]);
+    h.register("w2", 4, &["default"], &[]);
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.start("w1", &run);
+    h.core.revoke_worker("w1").unwrap();
+    only_w2_speaks(&mut h, GIVE_UP_MS / 1_000);
+    assert_eq!(h.state(&run), RunState::Running);
+    only_w2_speaks(&mut h, 1);
+    assert_eq!(h.state(&run), RunState::Lost);
+}

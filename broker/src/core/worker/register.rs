@@ -106,6 +106,8 @@ impl<S: Store> Core<S> {
         self.workers.statuses.insert(worker.to_string(), status);
         let running = session.register.running.clone();
         self.workers.sessions.insert(worker.to_string(), session);
+        // Registered with a key in force: any earlier revocation is over.
+        self.workers.revoked.remove(worker);
         tracing::info!(worker, "worker registered");
         // Work may be waiting for this worker's pools.
         for pool in self.workers.sessions[worker].register.pools.clone() {
