@@ -8,6 +8,7 @@
 mod admin;
 mod after_end;
 mod alerts;
+mod clock_step;
 mod disk;
 mod error;
 mod job_table;

@@ -119,6 +119,7 @@ pub async fn serve<S: Store + 'static>(
         .sender_floors(replay_floors.floors()),
         replay_floors,
         previous_key_peers: PreviousKeyPeers::default(),
+        clock: ClockWatch::new(),
         notifier: crate::notify::Notifier::start(config.webhooks.clone(), Duration::from_secs(1)),
         metrics,
         running: config.clone(),
@@ -325,6 +326,7 @@ struct Server {
     notifier: crate::notify::Notifier,
     opener: Opener,
     previous_key_peers: PreviousKeyPeers,
+    clock: ClockWatch,
     /// Kept past frames sealed ahead of this clock, so that no next process takes them again.
     replay_floors: crate::replay_floors::ReplayFloors,
     rejections: RejectionLog,
@@ -337,6 +339,34 @@ struct Server {
     reopen_delay: ReopenDelay,
     /// Wakes the loop at the core's next deadline, to the microsecond.
     deadline: crate::deadline::Deadline,
+}
+
+/// Notices steps of the wall clock: between two readings, the wall clock should move as
+/// much as the monotonic clock did.
+struct ClockWatch {
+    at: Instant,
+    wall_us: u64,
+}
+
+impl ClockWatch {
+    /// Differences under this are drift and scheduling, not a step.
+    const STEP_US: i64 = 1_000_000;
+
+    fn new() -> ClockWatch {
+        ClockWatch {
+            at: Instant::now(),
+            wall_us: now_us(),
+        }
+    }
+
+    /// How far (ms, negative: back) the wall clock stepped since the last reading.
+    fn step(&mut self, wall_us: u64) -> Option<i64> {
+        let expected = self.wall_us as i64 + self.at.elapsed().as_micros() as i64;
+        self.at = Instant::now();
+        self.wall_us = wall_us;
+        let step_us = wall_us as i64 - expected;
+        (step_us.abs() >= Self::STEP_US).then_some(step_us / 1_000)
+    }
 }
 
 /// A frame opened as a request.
@@ -600,6 +630,10 @@ impl Server {
     /// core do its time-driven work. Nothing is durable or sent yet.
     fn apply<S: Store>(&mut self, core: &mut Core<S>, now: u64) -> Result<Produced, StoreError> {
         let mut out = Outbox::default();
+        if let Some(step_ms) = self.clock.step(now) {
+            self.opener.clock_stepped(step_ms);
+            core.clock_stepped(step_ms, now)?;
+        }
         let mut refusals = Vec::new();
         // Taken out and put back, so that its allocation is reused batch after batch.
         let mut batch = std::mem::take(&mut self.batch);

@@ -136,6 +136,9 @@ pub struct Cluster {
     worker_ids: Vec<String>,
     broker_starts: u32,
     extra_broker_args: Vec<String>,
+    /// Set in the environment of every process the cluster starts (broker, workers,
+    /// jobcastctl): what the host they share has in common (a faked clock).
+    host_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -203,9 +206,16 @@ impl Cluster {
             worker_ids,
             broker_starts: 0,
             extra_broker_args: broker_args.iter().map(|s| s.to_string()).collect(),
+            host_env: Vec::new(),
         };
         cluster.start_broker();
         cluster
+    }
+
+    /// Sets `key` in the environment of every process started from now on (restart the
+    /// broker to give it to the broker too).
+    pub fn set_host_env(&mut self, key: &str, value: &str) {
+        self.host_env.push((key.to_string(), value.to_string()));
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -220,6 +230,7 @@ impl Cluster {
         let log = std::fs::File::create(self.path(&format!("broker-{}.log", self.broker_starts)))
             .expect("broker log");
         let child = Command::new(bin("jobcast-broker"))
+            .envs(self.host_env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(self.path("broker.toml"))
             .args(["--router", &self.router, "--publish", &self.publish])
@@ -329,6 +340,7 @@ impl Cluster {
             .open(self.path(&format!("{id}.log")))
             .expect("worker log");
         let child = Command::new(bin("jobcast-worker"))
+            .envs(self.host_env.iter().map(|(k, v)| (k, v)))
             .args(["--id", id, "--broker", router, "--events", publish])
             .args(["--secret", secret])
             .arg("--script-temp-path")
@@ -370,6 +382,7 @@ impl Cluster {
     /// Runs jobcastctl against this cluster.
     pub fn ctl(&self, args: &[&str]) -> Output {
         Command::new(bin("jobcastctl"))
+            .envs(self.host_env.iter().map(|(k, v)| (k, v)))
             .args(["--broker", &self.router, "--timeout", "5s"])
             .args(args)
             .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)

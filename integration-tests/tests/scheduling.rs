@@ -221,6 +221,94 @@ fn a_job_for_every_worker_runs_each_tick_on_both_workers_across_broker_kills() {
     assert_eq!(seen.len(), by_tick.len() * 2, "{executed}");
 }
 
+/// Debian's libfaketime, which `.ci/run` installs; `None` (the test is skipped, loudly)
+/// on a developer's machine without it. In CI its absence fails the test.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    let found = ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+        .iter()
+        .map(|arch| std::path::PathBuf::from(format!("/usr/lib/{arch}/faketime/libfaketime.so.1")))
+        .find(|path| path.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "libfaketime is missing (apt-get install faketime)"
+        );
+        eprintln!("SKIPPED: libfaketime is not installed (apt-get install faketime)");
+    }
+    found
+}
+
+#[test]
+fn a_wall_clock_stepped_back_an_hour_leaves_frequent_jobs_firing_at_the_new_time() {
+    let Some(library) = libfaketime() else {
+        return;
+    };
+    // Every process of the cluster reads the wall clock through libfaketime, from one
+    // offset file: a step of the host's clock, as NTP makes one. Monotonic clocks stay true.
+    let mut cluster = Cluster::start(1);
+    let offset = cluster.path("clock-offset");
+    std::fs::write(&offset, "+0").unwrap();
+    for (key, value) in [
+        ("LD_PRELOAD", library.to_string_lossy().into_owned()),
+        (
+            "FAKETIME_TIMESTAMP_FILE",
+            offset.to_string_lossy().into_owned(),
+        ),
+        ("FAKETIME_NO_CACHE", "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+    ] {
+        cluster.set_host_env(key, &value);
+    }
+    cluster.kill_broker();
+    cluster.start_broker();
+    cluster.apply_jobs(
+        "[jobs.interval]\nevery = \"2s\"\noverlap = \"allow\"\ncommand = \"true\"\n\
+         [jobs.wildcard]\ncron = \"*/2 * * * * *\"\noverlap = \"allow\"\ncommand = \"true\"\n",
+    );
+    cluster.start_worker("w1", &[]);
+    let count = |cluster: &Cluster, job: &str| {
+        cluster
+            .all_runs()
+            .into_iter()
+            .filter(|r| r["job"] == job && r["state"] == "succeeded")
+            .count()
+    };
+    wait_for("both jobs to run", LONG, || {
+        (count(&cluster, "interval") >= 2 && count(&cluster, "wildcard") >= 2).then_some(())
+    });
+    let before = (count(&cluster, "interval"), count(&cluster, "wildcard"));
+    // Written whole and renamed into place: libfaketime reads the file at every clock
+    // reading, and a file caught half written reads as no offset.
+    let next = cluster.path("clock-offset.next");
+    std::fs::write(&next, "-1h").unwrap();
+    std::fs::rename(&next, &offset).unwrap();
+    // Both go on within seconds (before the fix: not for an hour).
+    let went_on = poll_until(Duration::from_secs(30), || {
+        (count(&cluster, "interval") >= before.0 + 3 && count(&cluster, "wildcard") >= before.1 + 3)
+            .then_some(())
+    });
+    assert!(
+        went_on.is_some(),
+        "no ticks after the step back: {:?} runs before, {} and {} now\nbroker:\n{}\nworker:\n{}",
+        before,
+        count(&cluster, "interval"),
+        count(&cluster, "wildcard"),
+        cluster.broker_log(),
+        cluster.worker_log("w1")
+    );
+    assert!(
+        cluster.broker_log().contains("the wall clock stepped"),
+        "{}",
+        cluster.broker_log()
+    );
+    let runs = cluster.all_runs();
+    let ids: std::collections::BTreeSet<&str> =
+        runs.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids.len(), runs.len(), "a run id used twice");
+    // The worker stayed online through the step.
+    cluster.wait_online("w1");
+}
+
 /// A minimal HTTP endpoint that records request bodies.
 fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -309,6 +309,21 @@ impl Opener {
         self
     }
 
+    /// The receiver's wall clock stepped by `step_ms` (negative: back), and so, on a host
+    /// kept in step by NTP, did its peers': the start time and the senders' floors move
+    /// with it, or every peer would be refused as "before start" for the length of a step
+    /// back. (What this gives up: a frame sealed about `-step_ms` before the step, which
+    /// the replay memory has forgotten, could be taken again within the skew window right
+    /// after it.)
+    pub fn clock_stepped(&mut self, step_ms: i64) {
+        let shift = |t: u64| t.saturating_add_signed(step_ms);
+        self.not_before_ms = shift(self.not_before_ms);
+        for floor in self.sender_floors.values_mut() {
+            *floor = shift(*floor);
+        }
+        self.replay.clock_stepped(step_ms);
+    }
+
     fn not_before_for(&self, sender: &str) -> u64 {
         self.sender_floors
             .get(sender)

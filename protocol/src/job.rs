@@ -246,6 +246,15 @@ pub struct JobState {
     pub skipped_ticks: u64,
     /// The most recent skipped ticks: (tick time, reason), newest last.
     pub recent_skips: Vec<(u64, String)>,
+    /// How many times the wall clock stepped back and this job went on at the new time:
+    /// part of its ticks' run ids, so that a tick at a time it already had once makes a
+    /// run of its own.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub clock_era: u32,
+}
+
+fn is_zero_u32(value: &u32) -> bool {
+    *value == 0
 }
 
 /// A job as listed: its definition, its state and when it fires next.

@@ -50,6 +50,18 @@ impl ReplayGuard {
         true
     }
 
+    /// The receiver's wall clock stepped by `step_ms` (negative: back): the remembered
+    /// frames' times move with it, so that they are forgotten when their window has
+    /// passed on the new clock (not an hour later after a step back of an hour).
+    pub fn clock_stepped(&mut self, step_ms: i64) {
+        let shift = |ts: u64| ts.saturating_add_signed(step_ms);
+        for sender in self.senders.values_mut() {
+            for entry in sender.order.iter_mut() {
+                entry.0 = shift(entry.0);
+            }
+        }
+    }
+
     /// Number of nonces remembered (for tests and status).
     pub fn len(&self) -> usize {
         self.senders.values().map(|s| s.seen.len()).sum()

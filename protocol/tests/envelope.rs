@@ -589,6 +589,36 @@ fn a_frame_sealed_ahead_and_accepted_before_a_restart_is_refused_after_it() {
 }
 
 #[test]
+fn after_a_step_back_of_the_clock_fresh_frames_are_taken_and_a_replay_still_is_not() {
+    const HOUR: u64 = 3_600_000;
+    let mut opener = Opener::new(1 << 20, SKEW).not_before(NOW - 1_000);
+    let before = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW, 1);
+    assert!(opener.open(&before, NOW, keys).is_ok());
+    // The host's clock steps back an hour; peers on it seal with the new time.
+    opener.clock_stepped(-(HOUR as i64));
+    let fresh = seal_with_replay_nonce("w1", BROKER, &key(), &claim(), NOW - HOUR + 5, 2);
+    assert!(
+        opener.open(&fresh, NOW - HOUR + 10, keys).is_ok(),
+        "not refused as sealed before the start"
+    );
+    assert_eq!(
+        opener
+            .open(&fresh, NOW - HOUR + 20, keys)
+            .unwrap_err()
+            .reason(),
+        "replay"
+    );
+    // The frame from before the step is an hour ahead of the new clock.
+    assert_eq!(
+        opener
+            .open(&before, NOW - HOUR + 30, keys)
+            .unwrap_err()
+            .reason(),
+        "clock_skew"
+    );
+}
+
+#[test]
 fn an_unknown_sender_is_refused_and_named() {
     let mut opener = Opener::new(1 << 20, SKEW);
     let frame = seal_with_replay_nonce("intruder", BROKER, &key(), &claim(), NOW, 1);

@@ -89,6 +89,11 @@ impl<S: Store> Core<S> {
 
     /// When the loop should take the next step (a step that finds retention off rests
     /// like one that found nothing, so no batch pays for looking at every job).
+    /// Moves the next step with a step of the wall clock.
+    pub(in crate::core) fn shift_pruning(&mut self, shift: impl Fn(u64) -> u64) {
+        self.pruning.next_step_ms = shift(self.pruning.next_step_ms);
+    }
+
     pub(in crate::core) fn next_prune_ms(&self) -> u64 {
         self.pruning.next_step_ms
     }

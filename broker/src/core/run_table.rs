@@ -168,6 +168,19 @@ impl RunTable {
             .collect()
     }
 
+    /// Moves the ends of back-offs with a step of the wall clock (in memory: the stored
+    /// records keep the time they were given).
+    pub fn shift_back_offs(&mut self, shift: impl Fn(u64) -> u64) {
+        let delayed = std::mem::take(&mut self.delayed);
+        for ((at, seq), id) in delayed {
+            let at = shift(at);
+            if let Some(run) = self.active.get_mut(&id) {
+                run.not_before_ms = at;
+            }
+            self.delayed.insert((at, seq), id);
+        }
+    }
+
     /// When the first back-off ends, if any run waits in one.
     pub fn next_release_ms(&self) -> Option<u64> {
         self.delayed.first_key_value().map(|(&(at, _), _)| at)

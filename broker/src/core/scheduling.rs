@@ -214,7 +214,12 @@ impl<S: Store> Core<S> {
             self.skip_tick(job, tick, "inside an exclusion window");
             return Ok(());
         }
-        let tick_text = tick.to_string();
+        // The tick's name: its time, and after the wall clock stepped back past ticks the
+        // job had, which pass of those times it is.
+        let tick_text = match self.jobs.states.get(job).map_or(0, |s| s.clock_era) {
+            0 => tick.to_string(),
+            era => format!("{tick}/{era}"),
+        };
         let cause = format!("scheduled for {}", format_ms(tick));
         if !spec.policy.run_on_all_workers {
             if self.overlap_allows(spec, None, tick, now, out)? {

@@ -208,6 +208,15 @@ impl Harness {
             .sum()
     }
 
+    fn job_state_of(&self, job: &str) -> jobcast_protocol::JobState {
+        self.core
+            .job_views()
+            .into_iter()
+            .find(|j| j.spec.name == job)
+            .unwrap()
+            .state
+    }
+
     fn advance_ms(&mut self, ms: u64) {
         self.now += ms * 1_000;
     }
@@ -215,6 +224,7 @@ impl Harness {
 
 mod apply_jobs;
 mod claim;
+mod clock_step;
 mod disk;
 mod dispatch;
 mod drain;

@@ -77,6 +77,18 @@ impl WaitingClaims {
         expired
     }
 
+    /// Moves every deadline with a step of the wall clock.
+    pub fn shift(&mut self, shift: impl Fn(u64) -> u64) {
+        self.deadlines = self
+            .deadlines
+            .iter()
+            .map(|&(deadline, order)| (shift(deadline), order))
+            .collect();
+        for (_, claim) in self.by_worker.values_mut() {
+            claim.deadline_ms = shift(claim.deadline_ms);
+        }
+    }
+
     pub fn earliest_deadline_ms(&self) -> Option<u64> {
         self.deadlines.first().map(|&(deadline, _)| deadline)
     }

@@ -43,6 +43,21 @@ enum Kind {
     At(u64),
 }
 
+/// What a job's schedule does when the wall clock steps (see [`Schedule::on_clock_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockStepRule {
+    /// Ticks go on from the new time whichever way the clock stepped: elapsed time, not
+    /// the wall clock, is what the interval measures.
+    FollowElapsedTime,
+    /// After a step back, ticks go on from the new time (a tick may repeat a time the job
+    /// had before, as a run of its own); after a step forward, the ticks passed over are
+    /// missed and the misfire policy decides.
+    GoOnAtTheNewTime,
+    /// Ticks already had are not had again after a step back (the job waits until the
+    /// clock passes its last tick); after a step forward, the misfire policy decides.
+    KeepTicksHad,
+}
+
 /// A local time-of-day range; wraps past midnight when `start > end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -167,6 +182,30 @@ impl Schedule {
                     .map(|t| t * 1_000)
                     .min()
             }
+        }
+    }
+
+    /// How the schedule meets a step of the wall clock, after `now_ms`: `every` follows
+    /// elapsed time, not the wall clock; a cron schedule that fires at least hourly (a
+    /// wildcard or a step in its minute or hour field) goes on at the new time, as
+    /// cron(8) does; a fixed time of day (or rarer, or a one-off) keeps the ticks it has
+    /// had, so none runs twice.
+    pub fn on_clock_step(&self, now_ms: u64) -> ClockStepRule {
+        const HOUR_MS: u64 = 3_600_000;
+        match &self.kind {
+            Kind::Every { .. } => ClockStepRule::FollowElapsedTime,
+            Kind::Cron(_) => {
+                let frequent = self
+                    .next_after(now_ms)
+                    .and_then(|first| Some((first, self.next_after(first)?)))
+                    .is_some_and(|(first, second)| second - first <= HOUR_MS);
+                if frequent {
+                    ClockStepRule::GoOnAtTheNewTime
+                } else {
+                    ClockStepRule::KeepTicksHad
+                }
+            }
+            Kind::Manual | Kind::At(_) => ClockStepRule::KeepTicksHad,
         }
     }
 
