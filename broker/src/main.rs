@@ -61,6 +61,12 @@ struct Args {
     /// valid, 1 with what is wrong if not. Touches no store and no port.
     #[arg(long)]
     check_config: bool,
+    /// Open a store that was refused as damaged (acknowledged writes missing) as far as it
+    /// can be read, end every unfinished run (a run the damage may have finished never
+    /// runs again), print what changed, and exit. Never done without asking. Keep a copy
+    /// of the data directory first.
+    #[arg(long)]
+    repair: bool,
     /// How often the broker and workers send heartbeats [default: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
@@ -102,6 +108,7 @@ fn run() -> Result<()> {
         return Ok(());
     }
     let args_check_config = args.check_config;
+    let args_repair = args.repair;
     let overrides = Overrides {
         data_dir: args.data_dir,
         router: args.router,
@@ -151,6 +158,9 @@ fn run() -> Result<()> {
                 .unwrap_or_default()
         );
         return Ok(());
+    }
+    if args_repair {
+        return repair(&config);
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -234,6 +244,46 @@ fn run() -> Result<()> {
         )
         .await
     })
+}
+
+/// `--repair`: what was wrong with the store and what was changed, on standard output.
+fn repair(config: &config::BrokerConfig) -> Result<()> {
+    let report = store::repair_in(&config.data_dir, config.cache_size).with_context(|| {
+        format!(
+            "cannot open the store in {} even to repair it",
+            config.data_dir.display()
+        )
+    })?;
+    let Some(problem) = &report.problem else {
+        println!(
+            "{}: no damage found (the store agrees with its marker); nothing changed",
+            report.store.display()
+        );
+        return Ok(());
+    };
+    println!("{}: {problem}", report.store.display());
+    println!("ended {} unfinished runs:", report.runs_ended.len());
+    for (run, job, was) in &report.runs_ended {
+        let now = if *was == jobcast_protocol::RunState::Queued {
+            "cancelled"
+        } else {
+            "lost"
+        };
+        println!("  {run}  {job}  {was} -> {now}");
+    }
+    println!(
+        "moved the last tick of {} jobs to when the store was last known whole:",
+        report.jobs_advanced.len()
+    );
+    for (job, from, to) in &report.jobs_advanced {
+        println!(
+            "  {job}  {} -> {}",
+            jobcast_broker::core::format_ms(*from),
+            jobcast_broker::core::format_ms(*to)
+        );
+    }
+    println!("the store is marked whole again: start the broker");
+    Ok(())
 }
 
 async fn shutdown_signal() {

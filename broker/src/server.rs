@@ -161,7 +161,7 @@ pub async fn serve<S: Store + 'static>(
         task.abort();
     }
     if let Some(mut core) = result? {
-        tokio::task::block_in_place(|| core.store_mut().flush())
+        tokio::task::block_in_place(|| core.store_mut().close_cleanly())
             .context("final store flush failed")?;
     }
     tracing::info!("broker stopped");

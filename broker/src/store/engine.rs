@@ -31,6 +31,10 @@ pub trait Engine: Send {
     fn tree(&self, name: &str) -> StoreResult<Self::Tree>;
     /// Makes every write so far durable.
     fn flush(&self) -> StoreResult<()>;
+    /// Writes everything out of the journal into the engine's tables (for a clean stop).
+    fn flush_journal(&self) -> StoreResult<()> {
+        self.flush()
+    }
     /// See [`super::Store::is_backlogged`].
     fn is_backlogged(&self) -> bool {
         false

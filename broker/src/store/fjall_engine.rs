@@ -66,6 +66,19 @@ impl Engine for FjallEngine {
         self.db.persist(PersistMode::SyncAll).map_err(backend)
     }
 
+    fn flush_journal(&self) -> StoreResult<()> {
+        self.flush()?;
+        let trees = self
+            .trees
+            .lock()
+            .map(|trees| trees.clone())
+            .unwrap_or_default();
+        for tree in trees {
+            tree.rotate_memtable_and_wait().map_err(backend)?;
+        }
+        self.flush()
+    }
+
     fn is_backlogged(&self) -> bool {
         self.trees.lock().is_ok_and(|trees| {
             trees.iter().any(|t| {

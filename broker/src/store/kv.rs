@@ -29,6 +29,10 @@ pub struct KvStore<E: Engine> {
     pruned_changed: bool,
     /// Whether anything was written since the last flush.
     dirty: bool,
+    /// Batches flushed over the store's life (a setting written with each).
+    commit: u64,
+    /// The marker beside the store, for a broker's store (`integrity.rs`).
+    marker: Option<super::integrity::MarkerKeeper>,
 }
 
 /// The trees of a store, by name.
@@ -58,6 +62,12 @@ pub fn copy_records(from: &impl Engine, to: &impl Engine) -> StoreResult<u64> {
     }
     to.flush()?;
     Ok(copied)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The settings key of the pruned-runs count.
@@ -100,6 +110,15 @@ impl<E: Engine> KvStore<E> {
             })?),
             None => 0,
         };
+        let commit = match settings.get(super::integrity::COMMIT_KEY)? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    what: "commit count",
+                    detail: format!("{} bytes", bytes.len()),
+                }
+            })?),
+            None => 0,
+        };
         let store = KvStore {
             jobs: engine.tree("jobs")?,
             runs: engine.tree("runs")?,
@@ -115,9 +134,22 @@ impl<E: Engine> KvStore<E> {
             pruned_changed: false,
             engine,
             dirty: false,
+            commit,
+            marker: None,
         };
         store.clear_stale_active_entries()?;
         Ok(store)
+    }
+
+    /// Batches flushed over the store's life.
+    pub fn commit(&self) -> u64 {
+        self.commit
+    }
+
+    /// Keeps `marker` up to date from now on (a broker's store).
+    pub fn with_marker(mut self, marker: super::integrity::MarkerKeeper) -> Self {
+        self.marker = Some(marker);
+        self
     }
 
     /// Removes the unfinished-index entries a broker killed mid-batch can leave: for a
@@ -400,8 +432,23 @@ impl<E: Engine> Store for KvStore<E> {
             self.settings.insert(PRUNED, &self.pruned.to_be_bytes())?;
         }
         if self.dirty {
+            self.commit += 1;
+            self.settings
+                .insert(super::integrity::COMMIT_KEY, &self.commit.to_be_bytes())?;
             self.engine.flush()?;
             self.dirty = false;
+        }
+        if let Some(marker) = &mut self.marker {
+            marker.durable(self.commit, wall_ms())?;
+        }
+        Ok(())
+    }
+
+    fn close_cleanly(&mut self) -> StoreResult<()> {
+        self.flush()?;
+        self.engine.flush_journal()?;
+        if let Some(marker) = &mut self.marker {
+            marker.stopped(self.commit, wall_ms())?;
         }
         Ok(())
     }

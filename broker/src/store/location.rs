@@ -2,9 +2,12 @@
 //! an earlier broker kept in sled into fjall (docs/ARCHITECTURE.md says why the engine
 //! changed).
 
+use super::engine::{Engine, Tree};
+use super::integrity::{self, MarkerKeeper, COMMIT_KEY};
 use super::kv::copy_records;
-use super::{FjallEngine, KvStore, SledEngine, StoreError, StoreResult};
-use std::path::Path;
+use super::{FjallEngine, KvStore, SledEngine, Store, StoreError, StoreResult};
+use jobcast_protocol::RunState;
+use std::path::{Path, PathBuf};
 
 /// The broker's store: its records in fjall.
 pub type BrokerStore = KvStore<FjallEngine>;
@@ -25,14 +28,113 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Backend(format!("cannot {what} {}: {e}", path.display()))
 }
 
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The commit count an engine's store holds, read before anything writes to it.
+fn stored_commit(engine: &FjallEngine) -> StoreResult<u64> {
+    let settings = engine.tree("settings")?;
+    Ok(Tree::get(&settings, COMMIT_KEY)?
+        .and_then(|bytes| bytes.as_slice().try_into().ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
 /// Opens the store in `data_dir`, first copying a sled store left by an earlier broker.
+/// A store that disagrees with its marker (damage that is not a crash's torn tail, see
+/// `integrity.rs`) is refused with [`StoreError::Damaged`], before anything is written.
 pub fn open_in(data_dir: &Path, cache_bytes: u64) -> StoreResult<BrokerStore> {
     let current = data_dir.join(CURRENT);
     let sled = data_dir.join(SLED);
     if !current.exists() && sled.join("conf").exists() {
         copy_from_sled(data_dir, cache_bytes)?;
     }
-    KvStore::with_engine(FjallEngine::open(&current, cache_bytes)?)
+    let marker = integrity::read_marker(data_dir)?;
+    let engine = FjallEngine::open(&current, cache_bytes)?;
+    integrity::check(marker.as_ref(), stored_commit(&engine)?, &current, data_dir)
+        .map_err(|problem| {
+            StoreError::Damaged(format!(
+                "{problem}. Not started. `jobcast-broker --repair` opens what can be read and records every unfinished run as lost (none runs again); keep a copy of {} first",
+                data_dir.display()
+            ))
+        })?;
+    let store = KvStore::with_engine(engine)?;
+    let keeper = MarkerKeeper::start(data_dir, store.commit(), wall_ms())?;
+    Ok(store.with_marker(keeper))
+}
+
+/// What `--repair` found and changed.
+#[derive(Debug, Default)]
+pub struct RepairReport {
+    pub store: PathBuf,
+    /// What was wrong; `None`: the store agreed with its marker and nothing was changed.
+    pub problem: Option<String>,
+    /// Unfinished runs (id, job, state they were in), now lost (cancelled if queued):
+    /// any of them may have ended in a write the damage took.
+    pub runs_ended: Vec<(String, String, RunState)>,
+    /// Jobs whose last tick moved to the marker's time (job, from, to), so that no tick
+    /// before it fires again.
+    pub jobs_advanced: Vec<(String, u64, u64)>,
+}
+
+/// Opens a damaged store as far as it can be read and makes it safe to start on: every
+/// unfinished run is ended (a finished run whose end the damage took is never run
+/// again), every job's last tick moves up to when the marker was written. Never run by
+/// itself: the operator asks for it (`jobcast-broker --repair`).
+pub fn repair_in(data_dir: &Path, cache_bytes: u64) -> StoreResult<RepairReport> {
+    let current = data_dir.join(CURRENT);
+    let (marker, unreadable) = match integrity::read_marker(data_dir) {
+        Ok(marker) => (marker, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let engine = FjallEngine::open(&current, cache_bytes)?;
+    let problem = unreadable.or_else(|| {
+        integrity::check(
+            marker.as_ref(),
+            stored_commit(&engine).ok()?,
+            &current,
+            data_dir,
+        )
+        .err()
+    });
+    let mut report = RepairReport {
+        store: current,
+        problem,
+        ..Default::default()
+    };
+    let mut store = KvStore::with_engine(engine)?;
+    if report.problem.is_none() {
+        return Ok(report);
+    }
+    let now = wall_ms();
+    let cause = "store repaired: acknowledged writes were missing, so this run may have ended already; not run again";
+    for mut run in store.active_runs()? {
+        let was = run.state;
+        let to = match was {
+            RunState::Queued => RunState::Cancelled,
+            _ => RunState::Lost,
+        };
+        if run.transition(to, now, cause).is_ok() {
+            store.put_run(&run)?;
+            report.runs_ended.push((run.id, run.job, was));
+        }
+    }
+    let since = marker.map_or(now, |m| m.at_ms);
+    for (job, mut state) in store.job_states()? {
+        if state.last_tick_ms < since {
+            report
+                .jobs_advanced
+                .push((job.clone(), state.last_tick_ms, since));
+            state.last_tick_ms = since;
+            store.put_job_state(&job, &state)?;
+        }
+    }
+    let keeper = MarkerKeeper::start(data_dir, store.commit(), now)?;
+    let mut store = store.with_marker(keeper);
+    store.close_cleanly()?;
+    Ok(report)
 }
 
 /// Copies the sled store into a new fjall store, then moves the sled one aside. A copy
@@ -48,11 +150,20 @@ fn copy_from_sled(data_dir: &Path, cache_bytes: u64) -> StoreResult<()> {
         std::fs::remove_dir_all(&partial)
             .map_err(|e| io_error("remove the unfinished copy", &partial, e))?;
     }
-    let copied = {
+    let (copied, commit) = {
         let from = SledEngine::open(&sled, cache_bytes)?;
         let to = FjallEngine::open(&partial, cache_bytes)?;
-        copy_records(&from, &to)?
+        (copy_records(&from, &to)?, stored_commit(&to)?)
     };
+    // The copy is durable: the marker starts from it.
+    integrity::write_marker(
+        data_dir,
+        &integrity::Marker {
+            commit,
+            clean: false,
+            at_ms: wall_ms(),
+        },
+    )?;
     let current = data_dir.join(CURRENT);
     std::fs::rename(&partial, &current)
         .map_err(|e| io_error("rename the copied store to", &current, e))?;
@@ -122,5 +233,164 @@ mod tests {
         // Later starts open the copy and leave the kept sled store alone.
         let again = open_in(dir.path(), 8 << 20).unwrap();
         assert_eq!(again.run_count().unwrap(), 4);
+    }
+}
+
+#[cfg(test)]
+mod damage_tests {
+    use super::*;
+    use jobcast_protocol::{Exec, JobSpec, RunRecord};
+
+    fn journal_files(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "jnl") {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    /// How much of a journal holds records: fjall allocates the file ahead, in zeros.
+    fn written_len(journal: &Path) -> u64 {
+        let bytes = std::fs::read(journal).unwrap();
+        bytes
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(0, |at| at as u64 + 1)
+    }
+
+    /// A broker's store with `runs` runs, created in batches of their own, then ended in
+    /// batches of their own (so a store that lost the later half has them unfinished);
+    /// the marker has caught up. Left without a clean stop (as by a SIGKILL) unless
+    /// `clean`.
+    fn store_with_runs(dir: &Path, runs: u64, clean: bool) {
+        let mut store = open_in(dir, 8 << 20).unwrap();
+        let job = JobSpec::new("job", "default", Exec::Command(vec!["true".into()]));
+        store.put_job(&job).unwrap();
+        let all: Vec<RunRecord> = (1..=runs)
+            .map(|seq| RunRecord::queued(format!("run{seq}"), seq, job.clone(), seq, "q"))
+            .collect();
+        for run in &all {
+            store.create_run(run).unwrap();
+            store.flush().unwrap();
+        }
+        for mut run in all {
+            run.transition(RunState::Assigned, 1, "granted").unwrap();
+            run.transition(RunState::Running, 1, "started").unwrap();
+            run.transition(RunState::Succeeded, 1, "exited 0").unwrap();
+            store.put_run(&run).unwrap();
+            store.flush().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        store.flush().unwrap();
+        if clean {
+            store.close_cleanly().unwrap();
+        }
+        // Dropped: without `close_cleanly`, what only the journal holds stays there.
+    }
+
+    fn refused(dir: &Path) -> String {
+        let err = open_in(dir, 8 << 20)
+            .err()
+            .expect("a damaged store is refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("store.fjall") && text.contains("store.marker"),
+            "{text}"
+        );
+        text
+    }
+
+    /// `--repair` ends what the damage left unfinished, and the store opens after it with
+    /// nothing to run again.
+    fn repaired(dir: &Path) -> RepairReport {
+        let report = repair_in(dir, 8 << 20).unwrap();
+        assert!(report.problem.is_some());
+        let store = open_in(dir, 8 << 20).expect("opens after the repair");
+        assert!(
+            store.active_runs().unwrap().is_empty(),
+            "nothing left to run again"
+        );
+        for (id, _, was) in &report.runs_ended {
+            let run = store.run(id).unwrap().unwrap();
+            assert!(run.state.is_terminal(), "{id} was {was}");
+        }
+        report
+    }
+
+    #[test]
+    fn a_journal_cut_in_half_is_refused_and_repair_ends_what_went_back() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_runs(dir.path(), 200, false);
+        for journal in journal_files(dir.path()) {
+            let data = written_len(&journal);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&journal)
+                .unwrap();
+            file.set_len(data / 2).unwrap();
+        }
+        assert!(refused(dir.path()).contains("acknowledged writes are missing"));
+        let report = repaired(dir.path());
+        assert!(report.runs_ended.len() > 50, "{report:?}");
+    }
+
+    #[test]
+    fn four_kib_zeroed_in_the_middle_of_the_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_runs(dir.path(), 200, false);
+        for journal in journal_files(dir.path()) {
+            let data = written_len(&journal) as usize;
+            let mut bytes = std::fs::read(&journal).unwrap();
+            bytes[data / 2..data / 2 + 4096].fill(0);
+            std::fs::write(&journal, bytes).unwrap();
+        }
+        assert!(refused(dir.path()).contains("acknowledged writes are missing"));
+        repaired(dir.path());
+    }
+
+    #[test]
+    fn a_deleted_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_runs(dir.path(), 50, false);
+        for journal in journal_files(dir.path()) {
+            std::fs::remove_file(journal).unwrap();
+        }
+        refused(dir.path());
+        repaired(dir.path());
+    }
+
+    #[test]
+    fn after_a_clean_stop_nothing_only_the_journal_holds_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_runs(dir.path(), 50, true);
+        for journal in journal_files(dir.path()) {
+            std::fs::remove_file(journal).unwrap();
+        }
+        let store = open_in(dir.path(), 8 << 20).expect("a clean stop needs no journal");
+        assert_eq!(store.run_count().unwrap(), 50);
+        assert!(store.active_runs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_torn_tail_after_a_crash_is_the_normal_case() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_runs(dir.path(), 20, false);
+        // Garbage after the last record, as a write cut by a power loss leaves.
+        for journal in journal_files(dir.path()) {
+            let data = written_len(&journal) as usize;
+            let mut bytes = std::fs::read(&journal).unwrap();
+            bytes[data..data + 100].fill(0x5a);
+            std::fs::write(&journal, bytes).unwrap();
+        }
+        let store = open_in(dir.path(), 8 << 20).expect("a torn tail opens silently");
+        assert_eq!(store.run_count().unwrap(), 20);
     }
 }

@@ -6,6 +6,7 @@
 
 mod engine;
 mod fjall_engine;
+pub mod integrity;
 mod kv;
 mod location;
 mod memory;
@@ -14,7 +15,7 @@ mod sled_engine;
 
 pub use fjall_engine::FjallEngine;
 pub use kv::KvStore;
-pub use location::{open_in, BrokerStore, DEFAULT_CACHE_BYTES};
+pub use location::{open_in, repair_in, BrokerStore, RepairReport, DEFAULT_CACHE_BYTES};
 pub use memory::MemoryStore;
 pub use sled_engine::SledEngine;
 
@@ -37,6 +38,9 @@ pub enum StoreError {
     Backend(String),
     #[error("store holds an unreadable {what} record: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// Damage that is not a crash's torn tail (`integrity.rs`): the store is not opened.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -85,6 +89,12 @@ pub trait Store: Send {
 
     /// Makes every write so far durable.
     fn flush(&mut self) -> StoreResult<()>;
+
+    /// A clean stop: every write durable and, where the engine keeps a journal, nothing
+    /// left that only the journal holds.
+    fn close_cleanly(&mut self) -> StoreResult<()> {
+        self.flush()
+    }
 
     /// Whether the engine is behind on writing out what it was given, so that more
     /// optional writes now (retention's deletes) would hold up the rest.

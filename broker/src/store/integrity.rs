@@ -1,0 +1,255 @@
+//! Telling a crash's torn tail from a damaged store.
+//!
+//! The engine (fjall) recovers its journal by cutting it at the first record it cannot
+//! read. After a crash that is right: only the last, unacknowledged writes can be torn.
+//! But the same cut silently drops every acknowledged write after a damaged record in
+//! the middle, and a deleted journal loses whatever only it held; the broker would then
+//! start on an older state and run finished runs again. So the store counts its commits
+//! (a setting written in each flushed batch), and a marker file beside it records a
+//! commit known to be durable:
+//!
+//! - while the broker runs, at most once a second after a flush: `clean = false` and the
+//!   commit just made durable;
+//! - at a clean stop, after every write is in the engine's tables (nothing only the journal
+//!   holds): `clean = true` and the last commit.
+//!
+//! At open the store's commit must be at least the marker's (exactly it after a clean
+//! stop). Anything else is damage: the broker refuses to start and names the files;
+//! `jobcast-broker --repair` is the explicit way on.
+
+use super::{StoreError, StoreResult};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The marker, in the data directory beside the store.
+pub const MARKER_FILE: &str = "store.marker";
+/// The settings key of the commit count.
+pub const COMMIT_KEY: &[u8] = b"commit_seq";
+/// How often, at most, a running broker writes the marker.
+const MARKER_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    /// A commit known to be durable.
+    pub commit: u64,
+    /// Written by a clean stop: `commit` is the last one, and the tables hold it all.
+    pub clean: bool,
+    /// When it was written (ms since the epoch).
+    pub at_ms: u64,
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("cannot {what} {}: {e}", path.display()))
+}
+
+pub fn marker_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(MARKER_FILE)
+}
+
+/// The marker in `data_dir`, if there is one.
+pub fn read_marker(data_dir: &Path) -> StoreResult<Option<Marker>> {
+    let path = marker_path(data_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("read", &path, e)),
+    };
+    toml::from_str(&text).map(Some).map_err(|e| {
+        StoreError::Damaged(format!(
+            "the store marker {} is unreadable ({e}); the store cannot be checked",
+            path.display()
+        ))
+    })
+}
+
+/// Writes the marker durably: a whole new file renamed over the old, then the directory
+/// synced.
+pub fn write_marker(data_dir: &Path, marker: &Marker) -> StoreResult<()> {
+    let path = marker_path(data_dir);
+    let tmp = path.with_extension("marker.tmp");
+    let text = toml::to_string(marker).unwrap_or_default();
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(data_dir)?.sync_all()
+    };
+    write().map_err(|e| io_error("write the store marker", &path, e))
+}
+
+/// Whether a store whose commit count is `stored` agrees with `marker`: `Err` says what is
+/// wrong, naming `store` and the marker's file.
+pub fn check(
+    marker: Option<&Marker>,
+    stored: u64,
+    store: &Path,
+    data_dir: &Path,
+) -> Result<(), String> {
+    let marker_file = marker_path(data_dir);
+    let Some(marker) = marker else {
+        // A store from before commits were counted has no count and no marker.
+        return match stored {
+            0 => Ok(()),
+            _ => Err(format!(
+                "the store {} has {stored} commits but its marker {} is missing: it cannot be told whether acknowledged writes were lost",
+                store.display(),
+                marker_file.display()
+            )),
+        };
+    };
+    if marker.clean && stored != marker.commit {
+        return Err(format!(
+            "the store {} holds commit {stored}, but it was stopped cleanly at commit {} ({}): its journal or tables were changed or lost after the stop",
+            store.display(),
+            marker.commit,
+            marker_file.display()
+        ));
+    }
+    if stored < marker.commit {
+        return Err(format!(
+            "the store {} holds commit {stored}, but commit {} was durable before ({}): acknowledged writes are missing (a damaged or deleted journal, not a crash's torn tail)",
+            store.display(),
+            marker.commit,
+            marker_file.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The marker of a running store: written after flushes, at most once a second.
+pub struct MarkerKeeper {
+    data_dir: PathBuf,
+    written: u64,
+    written_at: Instant,
+}
+
+impl MarkerKeeper {
+    /// Marks the store in `data_dir` as running from durable commit `commit`.
+    pub fn start(data_dir: &Path, commit: u64, now_ms: u64) -> StoreResult<MarkerKeeper> {
+        write_marker(
+            data_dir,
+            &Marker {
+                commit,
+                clean: false,
+                at_ms: now_ms,
+            },
+        )?;
+        Ok(MarkerKeeper {
+            data_dir: data_dir.to_path_buf(),
+            written: commit,
+            written_at: Instant::now(),
+        })
+    }
+
+    /// `commit` is durable: recorded if the marker lags and a second has passed.
+    pub fn durable(&mut self, commit: u64, now_ms: u64) -> StoreResult<()> {
+        if commit <= self.written || self.written_at.elapsed() < MARKER_EVERY {
+            return Ok(());
+        }
+        write_marker(
+            &self.data_dir,
+            &Marker {
+                commit,
+                clean: false,
+                at_ms: now_ms,
+            },
+        )?;
+        self.written = commit;
+        self.written_at = Instant::now();
+        Ok(())
+    }
+
+    /// A clean stop: `commit` is the last, and nothing of it is only in the journal.
+    pub fn stopped(&mut self, commit: u64, now_ms: u64) -> StoreResult<()> {
+        write_marker(
+            &self.data_dir,
+            &Marker {
+                commit,
+                clean: true,
+                at_ms: now_ms,
+            },
+        )?;
+        self.written = commit;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(commit: u64, clean: bool) -> Marker {
+        Marker {
+            commit,
+            clean,
+            at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_store_behind_its_marker_or_off_a_clean_stop_is_damaged() {
+        let (store, dir) = (Path::new("/data/store.fjall"), Path::new("/data"));
+        // Running: the store may be ahead of the marker (it lags a second), never behind.
+        assert!(check(Some(&marker(10, false)), 10, store, dir).is_ok());
+        assert!(check(Some(&marker(10, false)), 12, store, dir).is_ok());
+        let behind = check(Some(&marker(10, false)), 7, store, dir).unwrap_err();
+        assert!(
+            behind.contains("/data/store.fjall") && behind.contains("/data/store.marker"),
+            "{behind}"
+        );
+        assert!(
+            behind.contains("commit 7") && behind.contains("commit 10"),
+            "{behind}"
+        );
+        // Stopped cleanly: exactly.
+        assert!(check(Some(&marker(10, true)), 10, store, dir).is_ok());
+        assert!(check(Some(&marker(10, true)), 9, store, dir).is_err());
+        assert!(check(Some(&marker(10, true)), 11, store, dir).is_err());
+        // No marker: only a store from before the count.
+        assert!(check(None, 0, store, dir).is_ok());
+        assert!(check(None, 3, store, dir).unwrap_err().contains("missing"));
+    }
+
+    #[test]
+    fn the_marker_is_written_at_most_once_a_second_while_running_and_at_a_clean_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keeper = MarkerKeeper::start(dir.path(), 5, 100).unwrap();
+        assert_eq!(
+            read_marker(dir.path()).unwrap(),
+            Some(marker_at(5, false, 100))
+        );
+        keeper.durable(6, 200).unwrap();
+        assert_eq!(
+            read_marker(dir.path()).unwrap().unwrap().commit,
+            5,
+            "within the second"
+        );
+        keeper.written_at -= MARKER_EVERY;
+        keeper.durable(7, 300).unwrap();
+        assert_eq!(
+            read_marker(dir.path()).unwrap(),
+            Some(marker_at(7, false, 300))
+        );
+        keeper.stopped(8, 400).unwrap();
+        assert_eq!(
+            read_marker(dir.path()).unwrap(),
+            Some(marker_at(8, true, 400))
+        );
+        std::fs::write(marker_path(dir.path()), "commit = \"x\"").unwrap();
+        assert!(matches!(
+            read_marker(dir.path()),
+            Err(StoreError::Damaged(_))
+        ));
+    }
+
+    fn marker_at(commit: u64, clean: bool, at_ms: u64) -> Marker {
+        Marker {
+            commit,
+            clean,
+            at_ms,
+        }
+    }
+}
