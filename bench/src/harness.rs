@@ -384,6 +384,7 @@ pub fn synthetic_registration(pool: &str, slots: u32) -> Register {
         instance: jobcast_protocol::envelope::random_nonce().max(1),
         prefetch: 0,
         kill_grace_ms: jobcast_protocol::DEFAULT_KILL_GRACE_MS,
+        earlier_started: None,
     }
 }
 
@@ -501,6 +502,7 @@ async fn serve(
                             uptime_ms: 0,
                             rss_bytes: 0,
                             draining: false,
+                            containment: String::new(),
                         }}));
                         continue;
                     }
@@ -568,6 +570,7 @@ fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>) {
             duration_ms: 0,
             log_bytes: 0,
             claim: 0,
+            usage: None,
         })));
     }
 }

@@ -160,6 +160,7 @@ async fn one_slot(client: Client, claims: Arc<AtomicU64>) {
                 duration_ms: 0,
                 log_bytes: 0,
                 claim: 1,
+                usage: None,
             });
             match client.request(finished, TIMEOUT).await {
                 Ok(Reply::Granted { runs, .. }) => next.extend(runs),

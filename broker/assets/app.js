@@ -1096,6 +1096,8 @@ function refreshRunFacts() {
     ["Duration", elapsed],
     ["Exit code", run.exit_code],
     ["Result", describeOutcome(run.outcome)],
+    ["CPU time", run.usage && run.usage.cpu_us !== undefined ? duration(Math.round(run.usage.cpu_us / 1000)) : null],
+    ["Peak memory", run.usage && run.usage.peak_memory_bytes !== undefined ? (run.usage.peak_memory_bytes / 1048576).toFixed(1) + " MiB" : null],
     // Reported after the broker had given the run up: kept, not dropped.
     ["Late result", run.late_result ? describeOutcome(run.late_result.outcome) + ", reported " + new Date(run.late_result.reported_at_ms).toISOString() : null],
     ["Parameters", Object.entries(run.params || {}).map(([k, v]) => k + "=" + v).join(", ") || null],

@@ -592,6 +592,26 @@ impl Drop for Cluster {
             let _ = worker.child.wait();
         }
         self.kill_broker();
+        // Run cgroups a killed worker left (where it made them): emptied, then removed.
+        if let Some(mount) = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|info| jobcast_worker::cgroup::v2_mount(&info))
+        {
+            for id in &self.worker_ids {
+                let scripts = self.path(&format!("{id}-scripts"));
+                let dir = mount.join(jobcast_worker::cgroup::runs_dir_name(id, &scripts));
+                for run in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let _ = std::fs::write(run.path().join("cgroup.kill"), "1");
+                    for _ in 0..100 {
+                        if std::fs::remove_dir(run.path()).is_ok() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
         for pid in self.tagged_processes() {
             // SAFETY: as above.
             unsafe {

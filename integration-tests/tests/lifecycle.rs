@@ -261,11 +261,13 @@ fn the_broker_killed_and_restarted_keeps_every_job_and_run() {
 
 #[test]
 fn a_restarted_worker_ends_what_its_killed_predecessor_left_before_the_retry_starts() {
+    // The process-tree path (the environment mark), as on hosts without cgroups; the
+    // cgroup path has its own test (`containment.rs`).
     let mut cluster = Cluster::start(1);
     cluster.apply_jobs(
         "[jobs.long]\nscript = \"\"\"#!/bin/sh\nsleep 300 &\nsetsid sleep 300 &\nsleep 300\n\"\"\"\nretries = 1\nretry_backoff = \"1s\"\n",
     );
-    let index = cluster.start_worker("w1", &[]);
+    let index = cluster.start_worker("w1", &["--containment", "process-tree"]);
     let first = cluster.enqueue("long");
     cluster.wait_state(&first, "running", LONG);
     // sh and its three sleeps, one of them in a session of its own.
@@ -282,7 +284,7 @@ fn a_restarted_worker_ends_what_its_killed_predecessor_left_before_the_retry_sta
     // The worker comes back. It ends what is left before it registers, and only its
     // registration makes the first attempt lost and so creates the retry: once the first
     // attempt is lost, nothing of it may be left.
-    cluster.spawn_worker("w1", &[]);
+    cluster.spawn_worker("w1", &["--containment", "process-tree"]);
     cluster.wait_state(&first, "lost", LONG);
     let survivors: Vec<i32> = old.iter().copied().filter(|pid| is_alive(*pid)).collect();
     assert!(
@@ -513,4 +515,41 @@ fn runs_can_be_listed_by_state_and_job() {
     let out = cluster.ctl(&["runs", "--state", "done"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown run state"));
+}
+
+#[test]
+fn a_grant_a_killed_worker_never_started_runs_once_after_its_restart() {
+    let mut cluster = Cluster::start(1);
+    let ledger = cluster.path("ledger");
+    cluster.apply_jobs(&format!(
+        "[jobs.long]\nscript = \"\"\"#!/bin/sh\nsleep 300\n\"\"\"\n\
+         [jobs.quick]\nscript = \"\"\"#!/bin/sh\necho $JOBCAST_RUN_ID >> {}\n\"\"\"\n",
+        ledger.display()
+    ));
+    // One slot, busy with `long`; `quick` is granted to it ready (held, not started).
+    let index = cluster.start_worker("w1", &["--concurrency", "1", "--prefetch", "1"]);
+    let long = cluster.enqueue("long");
+    cluster.wait_state(&long, "running", LONG);
+    let quick = cluster.enqueue("quick");
+    cluster.wait_state(&quick, "assigned", LONG);
+    // Frozen at once (a ready run is handed back after a second), then killed.
+    cluster.workers[index].signal(libc::SIGSTOP);
+    cluster.workers[index].signal(libc::SIGKILL);
+    cluster.workers[index].wait_exit(LONG);
+    // Its successor proves from its start ledger that `quick` never started.
+    cluster.spawn_worker("w1", &["--concurrency", "1", "--prefetch", "1"]);
+    let done = cluster.wait_state(&quick, "succeeded", LONG);
+    let causes: Vec<&str> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["cause"].as_str())
+        .collect();
+    assert!(
+        causes.iter().any(|c| c.contains("never started it")),
+        "{causes:?}"
+    );
+    cluster.wait_state(&long, "lost", LONG);
+    let executed = std::fs::read_to_string(&ledger).unwrap();
+    assert_eq!(executed.lines().collect::<Vec<_>>(), [quick.as_str()]);
 }

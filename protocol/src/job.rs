@@ -37,6 +37,14 @@ pub struct JobSpec {
     /// jobs and runs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    /// The most memory its runs' processes may hold together (bytes; `memory.max` of the
+    /// run's cgroup). A worker that cannot enforce it does not start the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// The CPU its runs may use, in thousandths of a CPU (`cpus = 1.5` → 1,500; `cpu.max`
+    /// of the run's cgroup). A worker that cannot enforce it does not start the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus_milli: Option<u32>,
 }
 
 pub const MIN_PRIORITY: i32 = -100;
@@ -90,6 +98,8 @@ impl JobSpec {
             priority: 0,
             tags: Vec::new(),
             team: None,
+            memory_max: None,
+            cpus_milli: None,
         }
     }
 }

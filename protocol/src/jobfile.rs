@@ -71,6 +71,10 @@ pub enum JobProblem {
     DisableAfterZero,
     #[error("max_concurrent must be at least 1")]
     MaxConcurrentZero,
+    #[error("memory_max {text:?} is not a size: a number of bytes, or with K, M or G (1024-based), at least 1M")]
+    NotASize { text: String },
+    #[error("cpus must be more than 0 and at most 1024 (1.5 is one and a half CPUs)")]
+    BadCpus,
     #[error("workdir is empty: leave it out to use the worker's")]
     EmptyWorkdir,
     #[error(transparent)]
@@ -157,9 +161,56 @@ struct JobEntry {
     priority: Option<PriorityEntry>,
     max_concurrent: Option<u32>,
     on_broker_loss: Option<crate::job::OnBrokerLoss>,
+    memory_max: Option<SizeEntry>,
+    cpus: Option<f64>,
     #[serde(default)]
     tags: Vec<String>,
     team: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeEntry {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A size as written in a jobs file: bytes, or a number with K, M or G (powers of 1024).
+fn size_bytes(entry: SizeEntry) -> Result<u64, JobProblem> {
+    let text = match entry {
+        SizeEntry::Bytes(bytes) => bytes.to_string(),
+        SizeEntry::Text(text) => text,
+    };
+    let problem = || JobProblem::NotASize { text: text.clone() };
+    let trimmed = text.trim();
+    let (number, unit) = match trimmed
+        .char_indices()
+        .find(|(_, c)| c.is_ascii_alphabetic())
+    {
+        Some((at, _)) => (&trimmed[..at], trimmed[at..].trim()),
+        None => (trimmed, ""),
+    };
+    let factor: u64 = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return Err(problem()),
+    };
+    let bytes = number
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(problem)?;
+    if bytes < 1 << 20 {
+        return Err(problem());
+    }
+    Ok(bytes)
 }
 
 #[derive(Deserialize)]
@@ -288,6 +339,17 @@ fn to_spec(name: &str, entry: JobEntry) -> Result<JobSpec, JobProblem> {
         },
         tags: entry.tags,
         team: entry.team,
+        memory_max: entry.memory_max.map(size_bytes).transpose()?,
+        cpus_milli: entry
+            .cpus
+            .map(|cpus| {
+                if cpus > 0.0 && cpus <= 1024.0 {
+                    Ok((cpus * 1000.0).round().max(1.0) as u32)
+                } else {
+                    Err(JobProblem::BadCpus)
+                }
+            })
+            .transpose()?,
     };
     validate(&spec)?;
     Ok(spec)
@@ -440,6 +502,8 @@ command = "true"
 every = "90s"
 run_on_all_workers = true
 on_broker_loss = "keep"
+memory_max = "512M"
+cpus = 1.5
 "##,
         )
         .unwrap();
@@ -457,6 +521,21 @@ on_broker_loss = "keep"
         );
         let often = jobs.iter().find(|j| j.name == "often").unwrap();
         assert_eq!(often.policy.on_broker_loss, crate::job::OnBrokerLoss::Keep);
+        assert_eq!(often.memory_max, Some(512 << 20));
+        assert_eq!(often.cpus_milli, Some(1_500));
+        assert_eq!(nightly.memory_max, None);
+        for (bad, says) in [
+            ("memory_max = \"lots\"", "not a size"),
+            ("memory_max = 1000", "not a size"),
+            ("memory_max = \"2T\"", "not a size"),
+            ("cpus = 0", "cpus must be"),
+            ("cpus = -1.0", "cpus must be"),
+        ] {
+            let text = problem(&format!("[jobs.a]\ncommand=\"x\"\n{bad}"));
+            assert!(text.contains(says), "{bad}: {text}");
+        }
+        let g = parse("[jobs.a]\ncommand=\"x\"\nmemory_max = \"2GiB\"").unwrap();
+        assert_eq!(g[0].memory_max, Some(2 << 30));
         assert_eq!(nightly.policy.misfire, Misfire::Once);
         assert_eq!(nightly.policy.retry_backoff_ms, 30_000);
         assert!(nightly.policy.retry_exponential);

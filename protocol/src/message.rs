@@ -167,6 +167,11 @@ pub struct Register {
     /// Absent: [`DEFAULT_KILL_GRACE_MS`].
     #[serde(default = "default_kill_grace_ms")]
     pub kill_grace_ms: u64,
+    /// The runs earlier processes of this worker (same id, same host, since its boot)
+    /// started, from the worker's start ledger: a grant to such a process that is not
+    /// listed never started, and is queued again rather than lost. Absent: not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earlier_started: Option<Vec<RunId>>,
 }
 
 /// The kill grace assumed of a worker that does not declare one.
@@ -239,6 +244,20 @@ pub struct RunFinished {
     /// `Granted`. Saves a round trip per run.
     #[serde(default)]
     pub claim: u32,
+    /// What the run used, where its worker measures it (a cgroup per run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<RunUsage>,
+}
+
+/// What a run used, read from its cgroup at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunUsage {
+    /// CPU time of all its processes (user and system), µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us: Option<u64>,
+    /// The most memory its processes held at once (needs the memory controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// What a worker says about itself when pinged.
@@ -253,6 +272,9 @@ pub struct WorkerInfo {
     pub uptime_ms: u64,
     pub rss_bytes: u64,
     pub draining: bool,
+    /// How its runs' processes are kept together: a cgroup per run, or the process tree.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub containment: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -185,6 +185,9 @@ pub struct RunRecord {
     /// Its place in its pool's queue: higher first, then older first.
     #[serde(default)]
     pub priority: i32,
+    /// What its processes used (CPU time, peak memory), where its worker measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::message::RunUsage>,
     /// What the worker reported after the broker had already given the run up (`lost`):
     /// kept and shown, never dropped; the run's state stays `lost`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,6 +284,7 @@ impl RunRecord {
             priority: spec.priority,
             spec,
             params: Default::default(),
+            usage: None,
             late_result: None,
             waiting_for: None,
         }

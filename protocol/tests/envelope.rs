@@ -59,6 +59,8 @@ fn spec() -> JobSpec {
         priority: 5,
         tags: vec!["nightly".into()],
         team: Some("data".into()),
+        memory_max: Some(256 << 20),
+        cpus_milli: Some(500),
     }
 }
 
@@ -97,6 +99,10 @@ fn record() -> RunRecord {
         spec: spec(),
         params: BTreeMap::from([("target".into(), "files".into())]),
         priority: -3,
+        usage: Some(jobcast_protocol::RunUsage {
+            cpu_us: Some(1_200),
+            peak_memory_bytes: None,
+        }),
         late_result: Some(jobcast_protocol::LateResult {
             outcome: Outcome::LeaseExpired { silent_ms: 10_250 },
             duration_ms: 10_300,
@@ -118,6 +124,7 @@ fn info() -> WorkerInfo {
         uptime_ms: 10,
         rss_bytes: 1 << 20,
         draining: false,
+        containment: "cgroup v2 per run".into(),
     }
 }
 
@@ -143,6 +150,7 @@ fn every_request() -> Vec<Request> {
             instance: 77,
             prefetch: 0,
             kill_grace_ms: 5_000,
+            earlier_started: None,
         }),
         WorkerRequest::Heartbeat(Heartbeat {
             running: vec![],
@@ -168,6 +176,7 @@ fn every_request() -> Vec<Request> {
             duration_ms: 3,
             log_bytes: 0,
             claim: 0,
+            usage: None,
         }),
         WorkerRequest::Release {
             run_ids: vec!["r2".into()],

@@ -84,6 +84,11 @@ pub struct Args {
     /// How long to wait for the broker when connecting [default: 5s].
     #[arg(long, env = "JOBCAST_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
+    /// How runs' processes are kept together: `auto` (a cgroup per run where the worker
+    /// may create cgroups, else the process tree), `cgroup` (required: refuse to start
+    /// without), `process-tree` [default: auto].
+    #[arg(long, value_enum)]
+    pub containment: Option<ContainmentChoice>,
     /// A variable jobs may ask this worker to fill (`worker_env`): NAME (from this
     /// process's variable of that name), NAME=env:OTHER or NAME=file:/path. Repeatable.
     #[arg(long = "worker-env", value_parser = crate::worker_env::parse_flag)]
@@ -91,6 +96,10 @@ pub struct Args {
     /// Write this program's man page into this directory and exit.
     #[arg(long, hide = true, value_name = "DIR")]
     pub generate_man: Option<PathBuf>,
+    /// Check the settings, say how runs' processes will be contained (a cgroup per run,
+    /// or the process tree), and exit: 0 if the settings are valid, 1 if not.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +125,7 @@ pub struct FileConfig {
     pub kill_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
+    pub containment: Option<ContainmentChoice>,
     /// Variables jobs may ask this worker to fill: `NAME = { env = "VAR" }` or
     /// `NAME = { file = "/path" }`.
     #[serde(default)]
@@ -140,6 +150,19 @@ pub struct WorkerConfig {
     pub kill_grace: Duration,
     pub connect_timeout: Duration,
     pub worker_env: BTreeMap<String, crate::worker_env::Source>,
+    /// How runs' processes are kept together: found at start (`cgroup.rs`).
+    pub containment: crate::cgroup::Containment,
+    pub containment_choice: ContainmentChoice,
+}
+
+/// The `containment` setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainmentChoice {
+    #[default]
+    Auto,
+    Cgroup,
+    ProcessTree,
 }
 
 /// This machine's host name, from the kernel.
@@ -251,6 +274,10 @@ pub fn resolve(args: Args, file: FileConfig) -> Result<WorkerConfig> {
             .unwrap_or(Duration::from_secs(5)),
         // Flags add to (and override) the file's list.
         worker_env: file.worker_env.into_iter().chain(args.worker_env).collect(),
+        containment: crate::cgroup::Containment::ProcessTree {
+            why: "cgroups not looked for yet".into(),
+        },
+        containment_choice: args.containment.or(file.containment).unwrap_or_default(),
         id,
     })
 }

@@ -3,6 +3,7 @@
 //! A library so that the binary, the tests and the bench share one copy of what they all
 //! need (the `/proc` helpers above all); the daemon itself is `jobcast-worker`.
 
+pub mod cgroup;
 pub mod config;
 pub mod process;
 pub mod procfs;
@@ -11,5 +12,6 @@ mod runner;
 pub mod scripts;
 pub mod session;
 mod start_error;
+pub mod start_ledger;
 mod state;
 mod worker_env;

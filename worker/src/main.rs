@@ -1,4 +1,4 @@
-use jobcast_worker::{config, process, session};
+use jobcast_worker::{cgroup, config, process, session};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -23,8 +23,34 @@ fn run() -> Result<std::process::ExitCode> {
             .with_context(|| format!("cannot write the man page into {}", dir.display()))?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let config = config::load(args)?;
+    let check_config = args.check_config;
+    let mut config = config::load(args)?;
+    config.containment = match config.containment_choice {
+        config::ContainmentChoice::ProcessTree => cgroup::Containment::ProcessTree {
+            why: "chosen (containment = \"process-tree\")".into(),
+        },
+        choice => match cgroup::Containment::detect(&config.id, &config.script_temp_path) {
+            cgroup::Containment::ProcessTree { why }
+                if choice == config::ContainmentChoice::Cgroup =>
+            {
+                anyhow::bail!("containment = \"cgroup\" is set, but {why}")
+            }
+            found => found,
+        },
+    };
+    if check_config {
+        println!(
+            "config is valid: worker {} for broker {}, pools {:?}, concurrency {}; runs contained by {}",
+            config.id,
+            config.broker,
+            config.pools,
+            config.concurrency,
+            config.containment.describe()
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     jobcast_daemon::init_logging(&config.log_level, config.log_format)?;
+    tracing::info!(containment = %config.containment.describe(), "how runs are contained");
     config::prepare_script_dir(&config)?;
     process::become_subreaper()
         .context("cannot become a child subreaper (needed to kill whole process trees)")?;
@@ -34,6 +60,19 @@ fn run() -> Result<std::process::ExitCode> {
         id: &config.id,
         home: &config.script_temp_path,
     };
+    if let Some(cgroups) = config.containment.cgroups() {
+        match cgroups.end_leftovers() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                cgroups = n,
+                "ended what runs of an earlier process of this worker left in their cgroups"
+            ),
+            Err(stuck) => anyhow::bail!(
+                "processes in cgroups {stuck:?} of an earlier run of worker {} would not end; not starting",
+                config.id
+            ),
+        }
+    }
     match process::end_leftovers(&mark, config.kill_grace) {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -50,5 +89,11 @@ fn run() -> Result<std::process::ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(session::run(config))
+    let cgroups = config.containment.cgroups().cloned();
+    let code = runtime.block_on(session::run(config));
+    // Every run has ended (drained, or refused with its processes ended).
+    if let Some(cgroups) = cgroups {
+        cgroups.remove_dir();
+    }
+    code
 }

@@ -113,6 +113,7 @@ pub fn spawn(
     assignment: &Assignment,
     worker: &WorkerMark<'_>,
     worker_env: &[(String, String)],
+    cgroup: Option<&crate::cgroup::RunCgroup>,
 ) -> Result<(tokio::process::Child, tokio::net::unix::pipe::Receiver), StartError> {
     let (reader, writer) = std::io::pipe().map_err(StartError::Output)?;
     let writer2 = writer.try_clone().map_err(StartError::Output)?;
@@ -155,6 +156,34 @@ pub fn spawn(
     // worker for each run, where a process group lets it use `posix_spawn` (no page-table
     // copy): +47 % shell runs a second (docs/BENCHMARKS.md).
     command.process_group(0);
+    // With a cgroup per run, the child joins it between fork and exec: moved in after the
+    // spawn, a fast script could fork (and escape) before the move. This hook makes the
+    // standard library fork instead of posix_spawn (see above), the price of containment
+    // until a spawn with CLONE_INTO_CGROUP replaces both.
+    let procs = match cgroup {
+        Some(cgroup) => Some(
+            cgroup
+                .procs_file()
+                .map_err(|source| StartError::Cgroup { source })?,
+        ),
+        None => None,
+    };
+    if let Some(procs) = &procs {
+        use std::os::fd::AsRawFd;
+        let fd = procs.as_raw_fd();
+        // SAFETY: the hook runs in the forked child before exec and only calls write(2),
+        // which is async-signal-safe; `fd` stays open in the parent until the spawn
+        // returns.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+    }
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(false);
     let child = {
@@ -171,6 +200,7 @@ pub fn spawn(
     // Dropping the command closes our copies of the pipe's write end, so the reader sees
     // end-of-file once the run's processes close theirs.
     drop(command);
+    drop(procs);
     let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
         .map_err(StartError::Output)?;
     Ok((child, reader))

@@ -1,13 +1,15 @@
 //! Executes one run: start it, stream its output, enforce its timeout, kill it on
 //! request, and report each step through the [`Reporter`].
 
+use crate::cgroup::RunCgroup;
 use crate::config::WorkerConfig;
 use crate::process;
 use crate::reporter::Reporter;
 use crate::scripts::ScriptFiles;
 use crate::start_error::StartError;
+use crate::start_ledger::StartLedger;
 use jobcast_protocol::logcap::LogSpool;
-use jobcast_protocol::{Assignment, Outcome, RunFinished, WorkerRequest};
+use jobcast_protocol::{Assignment, Outcome, RunFinished, RunUsage, WorkerRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -31,12 +33,13 @@ pub async fn execute(
     scripts: ScriptFiles,
     reporter: Reporter,
     mut stop: watch::Receiver<bool>,
+    ledger: Option<Arc<std::sync::Mutex<StartLedger>>>,
 ) -> RunFinished {
     let run_id = assignment.run_id.clone();
     let started = Instant::now();
     let mut spool = LogSpool::new(config.max_log_bytes as usize);
-    let outcome = if *stop.borrow() {
-        Outcome::Killed
+    let (outcome, usage) = if *stop.borrow() {
+        (Outcome::Killed, None)
     } else {
         run(
             &assignment,
@@ -45,6 +48,7 @@ pub async fn execute(
             &reporter,
             &mut stop,
             &mut spool,
+            ledger.as_deref(),
         )
         .await
     };
@@ -56,6 +60,7 @@ pub async fn execute(
         duration_ms: started.elapsed().as_millis() as u64,
         log_bytes: spool.total(),
         claim: 0,
+        usage,
     }
 }
 
@@ -81,30 +86,103 @@ async fn run(
     reporter: &Reporter,
     stop: &mut watch::Receiver<bool>,
     spool: &mut LogSpool,
-) -> Outcome {
+    ledger: Option<&std::sync::Mutex<StartLedger>>,
+) -> (Outcome, Option<RunUsage>) {
     let worker_env =
         match crate::worker_env::fill(&assignment.job.worker_env, &config.worker_env, &config.id) {
             Ok(values) => values,
-            Err(error) => return failed_to_start(error),
+            Err(error) => return (failed_to_start(error), None),
         };
     let plan = match process::plan(assignment, scripts) {
         Ok(plan) => plan,
-        Err(error) => return failed_to_start(error),
+        Err(error) => return (failed_to_start(error), None),
+    };
+    let cgroup = match run_cgroup(assignment, config) {
+        Ok(cgroup) => cgroup.map(Arc::new),
+        Err(reason) => return (Outcome::FailedToStart { reason }, None),
     };
     let mark = process::WorkerMark {
         id: &config.id,
         home: &config.script_temp_path,
     };
-    let spawned = process::spawn(&plan, assignment, &mark, &worker_env);
+    // Recorded before the process exists: a later worker process may then prove that a
+    // grant its predecessor held never started (`start_ledger.rs`).
+    if let Some(ledger) = ledger {
+        let recorded = match ledger.lock() {
+            Ok(mut ledger) => ledger.starting(&assignment.run_id),
+            Err(_) => Err(std::io::Error::other("the start ledger's lock is poisoned")),
+        };
+        if let Err(e) = recorded {
+            let reason = format!("cannot record the run's start in the worker's start ledger: {e}");
+            if let Some(cgroup) = &cgroup {
+                cgroup.remove();
+            }
+            return (Outcome::FailedToStart { reason }, None);
+        }
+    }
+    let spawned = process::spawn(&plan, assignment, &mark, &worker_env, cgroup.as_deref());
     let outcome = match spawned {
-        Ok((child, output)) => {
-            supervise(assignment, config, reporter, stop, spool, child, output).await
+        Ok(spawned) => {
+            supervise(
+                assignment,
+                config,
+                reporter,
+                stop,
+                spool,
+                spawned,
+                cgroup.clone(),
+            )
+            .await
         }
         Err(error) => failed_to_start(error),
     };
     // The script file is kept for the next run of the same script (see `scripts`).
     drop(plan);
-    outcome
+    let usage = match cgroup {
+        Some(cgroup) => Some(end_cgroup(&cgroup).await),
+        None => None,
+    };
+    (outcome, usage)
+}
+
+/// The run's cgroup, where the worker has them; `Err` when the job sets a limit this
+/// worker cannot enforce, or the cgroup cannot be made.
+fn run_cgroup(assignment: &Assignment, config: &WorkerConfig) -> Result<Option<RunCgroup>, String> {
+    let job = &assignment.job;
+    match config.containment.cgroups() {
+        Some(cgroups) => cgroups
+            .for_run(&assignment.run_id, job.memory_max, job.cpus_milli)
+            .map(Some),
+        None if job.memory_max.is_some() || job.cpus_milli.is_some() => Err(format!(
+            "the job sets memory_max or cpus, but this worker has no cgroups to enforce them ({})",
+            config.containment.describe()
+        )),
+        None => Ok(None),
+    }
+}
+
+/// At a run's end, whatever it left running in its cgroup ends with it; what it used is
+/// read and the cgroup removed.
+async fn end_cgroup(cgroup: &RunCgroup) -> RunUsage {
+    if !cgroup.is_empty() {
+        cgroup.kill();
+        wait_empty(cgroup).await;
+    }
+    let used = cgroup.usage();
+    cgroup.remove();
+    RunUsage {
+        cpu_us: used.cpu_us,
+        peak_memory_bytes: used.peak_memory_bytes,
+    }
+}
+
+/// Waits (a bounded time) until the cgroup has no process left.
+async fn wait_empty(cgroup: &RunCgroup) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cgroup.is_empty() && tokio::time::Instant::now() < deadline {
+        process::reap_orphans();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn failed_to_start(error: StartError) -> Outcome {
@@ -119,8 +197,8 @@ async fn supervise(
     reporter: &Reporter,
     stop: &mut watch::Receiver<bool>,
     spool: &mut LogSpool,
-    mut child: tokio::process::Child,
-    mut output: tokio::net::unix::pipe::Receiver,
+    (mut child, mut output): (tokio::process::Child, tokio::net::unix::pipe::Receiver),
+    cgroup: Option<Arc<RunCgroup>>,
 ) -> Outcome {
     let run_id = assignment.run_id.clone();
     let pid = child.id().unwrap_or(0);
@@ -172,13 +250,13 @@ async fn supervise(
                 } else if *stop.borrow() {
                     tracing::info!(run_id, pid, "killing run");
                     ended_by = Some(Outcome::Killed);
-                    killer = Some(tokio::spawn(kill(pid, run_id.clone(), config.kill_grace)));
+                    killer = Some(tokio::spawn(kill(pid, run_id.clone(), config.kill_grace, cgroup.clone())));
                 }
             }
             _ = sleep_until(timeout), if ended_by.is_none() && timeout.is_some() && exit_status.is_none() => {
                 tracing::warn!(run_id, pid, "run exceeded its timeout; killing it");
                 ended_by = Some(Outcome::TimedOut);
-                killer = Some(tokio::spawn(kill(pid, run_id.clone(), config.kill_grace)));
+                killer = Some(tokio::spawn(kill(pid, run_id.clone(), config.kill_grace, cgroup.clone())));
             }
         }
     }
@@ -206,8 +284,25 @@ async fn supervise(
     }
 }
 
-async fn kill(pid: u32, run_id: String, grace: Duration) {
+/// SIGTERM to the run's tree, SIGKILL after the grace; then, with a cgroup, every process
+/// still in it (one that left the tree by `setsid` and a cleared environment) is killed
+/// too.
+async fn kill(pid: u32, run_id: String, grace: Duration, cgroup: Option<Arc<RunCgroup>>) {
+    if let Some(cgroup) = &cgroup {
+        // The whole cgroup hears SIGTERM with the tree, so an escaped process too may
+        // end cleanly within the grace.
+        for pid in cgroup.pids() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
     process::kill_tree(pid as i32, &run_id, grace).await;
+    if let Some(cgroup) = cgroup {
+        cgroup.kill();
+        wait_empty(&cgroup).await;
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -244,7 +339,7 @@ mod tests {
         reporter: Reporter,
         stop: watch::Receiver<bool>,
     ) -> RunFinished {
-        execute(job, config(scripts), files(scripts), reporter, stop).await
+        execute(job, config(scripts), files(scripts), reporter, stop, None).await
     }
 
     fn files(scripts: &std::path::Path) -> ScriptFiles {
@@ -333,6 +428,7 @@ mod tests {
                 files.clone(),
                 reporter.clone(),
                 stop_rx,
+                None,
             )
             .await;
             assert_eq!(finished.outcome, Outcome::Exited { code: 0 });
@@ -373,6 +469,7 @@ mod tests {
             files(scripts.path()),
             reporter.clone(),
             stop_rx,
+            None,
         )
         .await;
         assert_eq!(finished.outcome, Outcome::Exited { code: 0 });
@@ -411,6 +508,7 @@ mod tests {
             files(scripts.path()),
             reporter.clone(),
             stop_rx,
+            None,
         ));
         eventually("the run to start", || {
             !procfs::processes_with_env("JOBCAST_RUN_ID", &run_id).is_empty()

@@ -9,6 +9,7 @@ use crate::config::WorkerConfig;
 use crate::reporter::Reporter;
 use crate::runner;
 use crate::scripts::{self, ScriptFiles};
+use crate::start_ledger::StartLedger;
 use crate::state::{Action, Answer, Identity, Purpose, ReportAnswer, WorkerState};
 use anyhow::{Context, Result};
 use jobcast_client::{Client, ClientConfig, ClientError};
@@ -55,6 +56,8 @@ struct Shell {
     stops: HashMap<String, watch::Sender<bool>>,
     subscriber: tokio::task::JoinHandle<()>,
     started: Instant,
+    /// The runs this worker's processes started, on disk (`start_ledger.rs`).
+    ledger: Arc<std::sync::Mutex<StartLedger>>,
 }
 
 pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
@@ -92,6 +95,13 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
                 config.script_temp_path.display()
             )
         })?;
+    let (ledger, earlier_started) =
+        StartLedger::open(&config.script_temp_path).with_context(|| {
+            format!(
+                "cannot open the start ledger in {}",
+                config.script_temp_path.display()
+            )
+        })?;
     let subscriber = tokio::spawn(subscribe(config.clone(), messages.clone()));
     let mut shell = Shell {
         config: config.clone(),
@@ -103,6 +113,7 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
         stops: HashMap::new(),
         subscriber,
         started: Instant::now(),
+        ledger: Arc::new(std::sync::Mutex::new(ledger)),
     };
     let mut state = WorkerState::new(
         Identity {
@@ -118,6 +129,7 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
             reconnect_after: config.reconnect_after_inactivity,
             drain_timeout: config.drain_timeout,
             kill_grace: config.kill_grace,
+            earlier_started,
         },
         shell.now_ms(),
     );
@@ -260,8 +272,10 @@ impl Shell {
         let scripts = self.scripts.clone();
         let reporter = self.reporter.clone();
         let messages = self.messages.clone();
+        let ledger = Some(self.ledger.clone());
         tokio::spawn(async move {
-            let finished = runner::execute(assignment, config, scripts, reporter, stop_rx).await;
+            let finished =
+                runner::execute(assignment, config, scripts, reporter, stop_rx, ledger).await;
             let _ = messages.send(Msg::RunnerDone(finished));
         });
     }
@@ -289,6 +303,7 @@ impl Shell {
             uptime_ms: self.now_ms(),
             rss_bytes: crate::procfs::rss_bytes(std::process::id() as i32),
             draining: state.is_draining(),
+            containment: self.config.containment.describe(),
         }
     }
 }

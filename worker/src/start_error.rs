@@ -37,6 +37,8 @@ pub enum StartError {
     NoWorkdir { dir: String },
     #[error("cannot start {program}: {source}")]
     Spawn { program: String, source: io::Error },
+    #[error("cannot open the run's cgroup: {source}")]
+    Cgroup { source: io::Error },
     #[error("cannot set up the run's output: {0}")]
     Output(#[source] io::Error),
 }

@@ -102,6 +102,9 @@ pub struct Identity {
     /// Between SIGTERM and SIGKILL when it stops a run (declared to the broker, which
     /// waits for it before giving a silent worker's runs up).
     pub kill_grace: Duration,
+    /// What earlier processes of this worker started since the host booted (its start
+    /// ledger), told at registration; `None` when that cannot be proven.
+    pub earlier_started: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -287,6 +290,7 @@ impl WorkerState {
                 instance: identity.instance,
                 prefetch: identity.prefetch,
                 kill_grace_ms: identity.kill_grace.as_millis() as u64,
+                earlier_started: identity.earlier_started.clone(),
             }),
         );
     }
@@ -746,6 +750,7 @@ impl WorkerState {
                     duration_ms: 0,
                     log_bytes: 0,
                     claim: 0,
+                    usage: None,
                 })));
             }
         }

@@ -27,6 +27,7 @@ fn registration(pools: &[&str], max_log_bytes: u64) -> Register {
         instance: 7,
         prefetch: 0,
         kill_grace_ms: 5_000,
+        earlier_started: None,
     }
 }
 
@@ -170,6 +171,7 @@ impl Harness {
                 duration_ms: 5,
                 log_bytes: 0,
                 claim: 0,
+                usage: None,
             }),
         );
     }

@@ -17,8 +17,8 @@ const TAG: u8 = 0xc1;
 /// The layout after the tag; a new layout gets a new number and its own reader.
 /// 2 appended the run's parameter values and priority; a record of layout 1 reads with
 /// none (those last fields are optional for that). 3 appended the late result of a run
-/// given up as lost.
-const VERSION: u8 = 3;
+/// given up as lost; 4 what the run used.
+const VERSION: u8 = 4;
 
 /// A job spec version's name in the specs tree: the start of the SHA-256 of its stored
 /// bytes.
@@ -58,6 +58,7 @@ struct StoredRunRef<'a> {
     params: &'a jobcast_protocol::params::Params,
     priority: i32,
     late_result: &'a Option<jobcast_protocol::LateResult>,
+    usage: &'a Option<jobcast_protocol::RunUsage>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +99,9 @@ struct StoredRun {
     /// Not in layouts 1 and 2.
     #[serde(default)]
     late_result: Option<jobcast_protocol::LateResult>,
+    /// Not in layouts 1 to 3.
+    #[serde(default)]
+    usage: Option<jobcast_protocol::RunUsage>,
 }
 
 /// A spec as stored: a map with field names (written once per version, so size matters
@@ -153,6 +157,7 @@ pub fn encode_run(run: &RunRecord, spec: SpecKey) -> Vec<u8> {
         params: &run.params,
         priority: run.priority,
         late_result: &run.late_result,
+        usage: &run.usage,
     };
     let mut bytes = Vec::with_capacity(320);
     bytes.push(TAG);
@@ -168,7 +173,7 @@ pub fn decode_run(
     spec: impl FnOnce(&SpecKey) -> StoreResult<JobSpec>,
 ) -> StoreResult<RunRecord> {
     match bytes {
-        [TAG, 1 | 2 | VERSION, rest @ ..] => {
+        [TAG, 1..=VERSION, rest @ ..] => {
             let s: StoredRun = rmp_serde::from_slice(rest).map_err(|e| corrupt("run", e))?;
             Ok(RunRecord {
                 spec: spec(&s.spec)?,
@@ -200,6 +205,7 @@ pub fn decode_run(
                 history: s.history,
                 params: s.params,
                 priority: s.priority,
+                usage: s.usage,
                 late_result: s.late_result,
                 waiting_for: None,
             })
@@ -311,6 +317,10 @@ mod tests {
                 log_bytes: 31,
                 reported_at_ms: 32,
             }),
+            usage: Some(jobcast_protocol::RunUsage {
+                cpu_us: Some(33),
+                peak_memory_bytes: Some(34),
+            }),
             waiting_for: None,
         }
     }
@@ -340,11 +350,13 @@ mod tests {
     fn records_of_layout_2_read_with_no_late_result() {
         let run = RunRecord {
             late_result: None,
+            usage: None,
             ..full_run()
         };
         let mut bytes = encode_run(&run, [7; 16]);
-        // Layout 2 is layout 3 without its last field: an array of 29, not 30.
-        assert_eq!(&bytes[2..5], &[0xdc, 0, 30], "an array16 header");
+        // Layout 2 is layout 4 without its last two fields: an array of 29, not 31.
+        assert_eq!(&bytes[2..5], &[0xdc, 0, 31], "an array16 header");
+        assert_eq!(bytes.pop(), Some(0xc0), "no usage");
         assert_eq!(bytes.pop(), Some(0xc0), "no late result");
         bytes[1] = 2;
         bytes[4] = 29;
@@ -358,11 +370,13 @@ mod tests {
             params: Default::default(),
             priority: 0,
             late_result: None,
+            usage: None,
             ..full_run()
         };
         let mut bytes = encode_run(&run, [7; 16]);
-        // Layout 1 is layout 3 without the last three fields: an array of 27, not 30.
-        assert_eq!(&bytes[2..5], &[0xdc, 0, 30], "an array16 header");
+        // Layout 1 is layout 4 without the last four fields: an array of 27, not 31.
+        assert_eq!(&bytes[2..5], &[0xdc, 0, 31], "an array16 header");
+        assert_eq!(bytes.pop(), Some(0xc0), "no usage");
         assert_eq!(bytes.pop(), Some(0xc0), "no late result");
         assert_eq!(bytes.pop(), Some(0), "priority 0");
         assert_eq!(bytes.pop(), Some(0x80), "the empty map of parameters");

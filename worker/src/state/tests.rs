@@ -16,6 +16,7 @@ fn identity(concurrency: u32) -> Identity {
         reconnect_after: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(60),
         kill_grace: Duration::from_secs(5),
+        earlier_started: None,
     }
 }
 
@@ -64,6 +65,7 @@ fn finished(run_id: &str) -> RunFinished {
         duration_ms: 1,
         log_bytes: 0,
         claim: 0,
+        usage: None,
     }
 }
 

@@ -34,6 +34,7 @@ fn ping_collects_answers_and_reports_the_silent() {
         uptime_ms: 1,
         rss_bytes: 1,
         draining: false,
+        containment: String::new(),
     };
     h.advance_ms(2);
     let (_, out) = h.send("w1", WorkerRequest::Pong { ping_id, info });

@@ -188,3 +188,51 @@ fn a_run_handed_back_is_not_the_workers_any_more() {
     let stored = h.core.store().run(&run).unwrap().unwrap();
     assert_eq!((stored.worker, stored.worker_instance), (None, None));
 }
+
+#[test]
+fn a_grant_a_killed_worker_never_started_is_queued_again_when_its_successor_proves_it() {
+    let mut h = Harness::new();
+    h.register("w1", 2, &["default"], &[]);
+    let started = h.enqueue("hello");
+    let unstarted = h.enqueue("hello");
+    assert_eq!(h.claim("w1", 2).len(), 2);
+    h.start("w1", &started);
+    // w1 is SIGKILLed; its next process (another instance) registers with the ledger of
+    // what its predecessor started: only `started`.
+    let mut register = registration(&["default"], 4096);
+    register.instance = 8;
+    register.concurrency = 2;
+    register.earlier_started = Some(vec![started.clone()]);
+    assert!(matches!(
+        h.worker("w1", WorkerRequest::Register(register)),
+        Reply::Registered { .. }
+    ));
+    assert_eq!(h.state(&started), RunState::Lost, "it may have half run");
+    let requeued = h.stored(&unstarted);
+    assert_eq!(requeued.state, RunState::Queued);
+    assert!(
+        requeued
+            .history
+            .last()
+            .unwrap()
+            .cause
+            .contains("never started it"),
+        "{:?}",
+        requeued.history
+    );
+    assert_eq!(h.claim("w1", 2), vec![unstarted], "and runs, once");
+}
+
+#[test]
+fn without_a_ledger_a_killed_workers_grants_are_lost() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]);
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    let mut register = registration(&["default"], 4096);
+    register.instance = 8;
+    // Another boot, or no ledger: nothing can be proven.
+    register.earlier_started = None;
+    h.worker("w1", WorkerRequest::Register(register));
+    assert_eq!(h.state(&run), RunState::Lost);
+}

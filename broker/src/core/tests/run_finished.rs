@@ -17,6 +17,7 @@ fn a_finish_records_the_outcome_and_its_claim_takes_the_next_run() {
             duration_ms: 5,
             log_bytes: 12,
             claim: 1,
+            usage: None,
         }),
     );
     let Reply::Granted { runs, more_queued } = reply else {

@@ -416,6 +416,7 @@ fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
                     duration_ms: 1,
                     log_bytes: 0,
                     claim: 0,
+                    usage: None,
                 }),
                 h.now,
                 &mut out,

@@ -89,6 +89,7 @@ fn starts_and_ends_are_observed_for_the_metrics() {
             duration_ms: 250,
             log_bytes: 0,
             claim: 0,
+            usage: None,
         }),
     );
     assert!(

@@ -50,16 +50,33 @@ impl<S: Store> Core<S> {
         let mut register = register;
         register.max_log_bytes = register.max_log_bytes.min(self.config.max_log_bytes);
         let reported: BTreeSet<&String> = register.running.iter().collect();
-        let ours: Vec<(String, bool)> = self
+        // What earlier processes of this worker started (their ledger on the host), if
+        // the worker can tell.
+        let earlier_started: Option<BTreeSet<&str>> = register
+            .earlier_started
+            .as_ref()
+            .map(|ids| ids.iter().map(String::as_str).collect());
+        let ours: Vec<(String, bool, bool)> = self
             .runs
             .active
             .values()
             .filter(|r| r.worker.as_deref() == Some(worker))
             .filter(|r| matches!(r.state, RunState::Assigned | RunState::Running))
-            .map(|r| (r.id.clone(), unstarted_grant_to(r, register.instance)))
+            .map(|r| {
+                let never_started = r.state == RunState::Assigned
+                    && earlier_started
+                        .as_ref()
+                        .is_some_and(|started| !started.contains(r.id.as_str()));
+                (
+                    r.id.clone(),
+                    unstarted_grant_to(r, register.instance),
+                    never_started,
+                )
+            })
             .collect();
         let mut kept = BTreeSet::new();
-        for (run_id, unstarted_grant) in ours {
+        let mut requeued = Vec::new();
+        for (run_id, unstarted_grant, never_started) in ours {
             if reported.contains(&run_id) {
                 kept.insert(run_id);
             } else if unstarted_grant {
@@ -68,6 +85,10 @@ impl<S: Store> Core<S> {
                 // it holds. Nothing ran; the orders below resend the grant (a late answer
                 // names the same run, which the worker starts once).
                 kept.insert(run_id);
+            } else if never_started {
+                // Granted to an earlier process of this worker, which its ledger says
+                // never started it: queued again, for any worker.
+                requeued.push(run_id);
             } else {
                 // Started, or granted to a process that is gone: it may have been half
                 // executed and must not run again silently.
@@ -79,6 +100,15 @@ impl<S: Store> Core<S> {
                     out,
                 )?;
             }
+        }
+        for run_id in requeued {
+            self.requeue_unstarted(
+                worker,
+                &run_id,
+                format!("granted to an earlier process of {worker}, which never started it (its start ledger says so)"),
+                now,
+                out,
+            )?;
         }
         let session = Session {
             peer: peer.clone(),

@@ -23,6 +23,7 @@ impl<S: Store> Core<S> {
         let cause = finished.outcome.describe();
         run.outcome = Some(finished.outcome);
         run.log_bytes = finished.log_bytes;
+        run.usage = finished.usage;
         run.ended_at_us = Some(self.clock_us);
         if let Err(e) = run.transition(state, now, cause) {
             tracing::warn!(run_id = %finished.run_id, worker, error = %e, "ignoring a finish report");
