@@ -210,7 +210,23 @@ impl Harness {
             .sum()
     }
 
-    fn job_state_of(&self, job: &str) -> jobcast_protocol::JobState {
+    /// The job's runs, oldest first.
+    fn runs_of(&self, job: &str) -> Vec<RunRecord> {
+        let mut runs = self
+            .core
+            .store()
+            .runs(&jobcast_protocol::RunFilter {
+                job: Some(job.into()),
+                limit: 100_000,
+                ..Default::default()
+            })
+            .unwrap()
+            .runs;
+        runs.reverse();
+        runs
+    }
+
+    fn job_state(&self, job: &str) -> jobcast_protocol::JobState {
         self.core
             .job_views()
             .into_iter()

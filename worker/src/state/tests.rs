@@ -665,9 +665,8 @@ fn a_ready_run_kept_waiting_by_a_long_run_is_handed_back_and_none_asked_for_unti
 /// The lease the broker gives in the lease tests.
 const LEASE: u64 = 10_000;
 
-/// A worker registered at `t` = 0 with a lease, running `r1` (its job stops on broker
-/// loss) and `r2` (its job keeps going).
-fn leased_with_runs() -> WorkerState {
+/// A two-slot worker registered at `t` = 0 with a lease, and its first claim.
+fn leased() -> (WorkerState, Purpose) {
     let mut state = WorkerState::new(identity(2), 0);
     state.start();
     let registered = Answer::Reply(Reply::Registered {
@@ -678,6 +677,13 @@ fn leased_with_runs() -> WorkerState {
     });
     let actions = state.on_answer(Purpose::Register, registered, 0);
     let (claim, _, _) = claim_in(&actions).expect("a claim");
+    (state, claim)
+}
+
+/// A worker registered at `t` = 0 with a lease, running `r1` (its job stops on broker
+/// loss) and `r2` (its job keeps going).
+fn leased_with_runs() -> WorkerState {
+    let (mut state, claim) = leased();
     let mut keep = assignment("r2");
     keep.job.policy.on_broker_loss = OnBrokerLoss::Keep;
     let grant = Answer::Reply(Reply::Granted {
@@ -745,16 +751,7 @@ fn answers_within_the_lease_keep_runs_going() {
 fn a_grant_that_arrives_after_the_lease_is_handed_back_unstarted() {
     // A worker stopped (SIGSTOP) for minutes reads a claim's answer when it resumes: the
     // broker may have given those runs up, so it starts none and hands them back.
-    let mut state = WorkerState::new(identity(2), 0);
-    state.start();
-    let registered = Answer::Reply(Reply::Registered {
-        boot_id: 7,
-        heartbeat_interval_ms: 1_000,
-        orders: Orders::default(),
-        lease_ms: LEASE,
-    });
-    let actions = state.on_answer(Purpose::Register, registered, 0);
-    let (claim, _, _) = claim_in(&actions).expect("a claim");
+    let (mut state, claim) = leased();
     let actions = state.on_answer_to(claim, 5, granted(&["r1", "r2"], false), 300_000);
     assert!(started(&actions).is_empty(), "{actions:?}");
     assert_eq!(released(&actions), ["r1", "r2"]);

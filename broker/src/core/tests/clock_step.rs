@@ -22,22 +22,6 @@ fn run_for(h: &mut Harness, ms: u64) {
     }
 }
 
-/// Ids of the job's runs, oldest first.
-fn runs_of(h: &Harness, job: &str) -> Vec<RunRecord> {
-    let mut runs = h
-        .core
-        .store()
-        .runs(&RunFilter {
-            job: Some(job.into()),
-            limit: 100_000,
-            ..Default::default()
-        })
-        .unwrap()
-        .runs;
-    runs.reverse();
-    runs
-}
-
 /// The wall clock steps by `step_ms`, as the server tells the core.
 fn step(h: &mut Harness, step_ms: i64) {
     if step_ms < 0 {
@@ -62,19 +46,19 @@ fn at_three_with_jobs() -> Harness {
     );
     // Up to 03:00:05: the nightly job has had its 03:00 tick.
     run_for(&mut h, 20 * SECOND);
-    assert_eq!(runs_of(&h, "nightly").len(), 1);
+    assert_eq!(h.runs_of("nightly").len(), 1);
     h
 }
 
 #[test]
 fn after_a_step_back_frequent_jobs_go_on_at_the_new_time_and_a_fixed_time_job_does_not_run_twice() {
     let mut h = at_three_with_jobs();
-    let (interval, wildcard) = (runs_of(&h, "interval").len(), runs_of(&h, "wildcard").len());
+    let (interval, wildcard) = (h.runs_of("interval").len(), h.runs_of("wildcard").len());
     step(&mut h, -(HOUR as i64));
     // 02:00:05 → 03:00:35 on the wall clock: the frequent jobs fire every 10 s all along,
     // the nightly job not again at 03:00.
     run_for(&mut h, HOUR + 30 * SECOND);
-    let fired = |h: &Harness, job: &str, before: usize| runs_of(h, job).len() - before;
+    let fired = |h: &Harness, job: &str, before: usize| h.runs_of(job).len() - before;
     for (job, before) in [("interval", interval), ("wildcard", wildcard)] {
         let fired = fired(&h, job, before);
         assert!(
@@ -82,29 +66,29 @@ fn after_a_step_back_frequent_jobs_go_on_at_the_new_time_and_a_fixed_time_job_do
             "{job}: every 10 s for an hour and 30 s: {fired}"
         );
     }
-    assert_eq!(runs_of(&h, "nightly").len(), 1, "03:00 had its run already");
+    assert_eq!(h.runs_of("nightly").len(), 1, "03:00 had its run already");
     // Ticks at times the jobs had before the step are runs of their own.
     let ids: std::collections::BTreeSet<String> =
-        runs_of(&h, "wildcard").into_iter().map(|r| r.id).collect();
-    assert_eq!(ids.len(), runs_of(&h, "wildcard").len());
+        h.runs_of("wildcard").into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), h.runs_of("wildcard").len());
     // The next night runs as usual: from 03:00:35 to 02:59:50 the next day at once (the
     // frequent jobs skip what they missed), then on to 03:00:10.
     h.advance_ms(24 * HOUR - 45 * SECOND);
     h.tick();
     run_for(&mut h, 20 * SECOND);
-    assert_eq!(runs_of(&h, "nightly").len(), 2);
+    assert_eq!(h.runs_of("nightly").len(), 2);
 }
 
 #[test]
 fn after_a_step_forward_interval_jobs_go_on_and_cron_jobs_follow_their_misfire_policy() {
     let mut h = at_three_with_jobs();
-    let interval = runs_of(&h, "interval").len();
+    let interval = h.runs_of("interval").len();
     step(&mut h, HOUR as i64);
     run_for(&mut h, 30 * SECOND);
     // An hour of wall clock passed in a moment: the interval is elapsed time.
-    let fired = runs_of(&h, "interval").len() - interval;
+    let fired = h.runs_of("interval").len() - interval;
     assert!((2..=4).contains(&fired), "{fired}");
-    let wildcard = h.job_state_of("wildcard");
+    let wildcard = h.job_state("wildcard");
     assert!(
         wildcard.skipped_ticks >= 359,
         "the hour passed over is missed (misfire = skip): {}",

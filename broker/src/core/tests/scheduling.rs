@@ -3,8 +3,7 @@
 use super::*;
 use crate::store::StoreError;
 use jobcast_protocol::{
-    jobfile, AdminRequest, AlertKind, EnableTarget, JobState, Outcome, RunFilter, RunFinished,
-    WorkerRequest,
+    jobfile, AdminRequest, AlertKind, EnableTarget, Outcome, RunFilter, RunFinished, WorkerRequest,
 };
 
 const SECOND: u64 = 1_000;
@@ -26,21 +25,6 @@ impl Harness {
         }
     }
 
-    fn runs_of(&self, job: &str) -> Vec<RunRecord> {
-        let mut runs = self
-            .core
-            .store()
-            .runs(&RunFilter {
-                job: Some(job.into()),
-                limit: 100_000,
-                ..Default::default()
-            })
-            .unwrap()
-            .runs;
-        runs.reverse();
-        runs
-    }
-
     fn now_ms(&self) -> u64 {
         self.now / 1_000
     }
@@ -60,15 +44,6 @@ impl Harness {
         }
         notes.extend(self.tick().notifications);
         notes
-    }
-
-    fn job_state(&self, job: &str) -> JobState {
-        self.core
-            .job_views()
-            .into_iter()
-            .find(|j| j.spec.name == job)
-            .unwrap()
-            .state
     }
 
     fn start_and_finish(&mut self, worker: &str, run_id: &str, code: i32) {
