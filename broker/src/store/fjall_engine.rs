@@ -34,7 +34,16 @@ impl FjallEngine {
             // The smallest journal it allows (default 512 MiB): a reopen replays it.
             .max_journaling_size(64 << 20)
             .open()
-            .map_err(backend)?;
+            .map_err(|e| match e {
+                // What fjall says when a file its manifest names is gone or unreadable.
+                fjall::Error::Storage(fjall::LsmError::Unrecoverable) => {
+                    StoreError::Damaged(format!(
+                        "the store {} cannot be opened: a file of it is missing or damaged ({e}), which no crash leaves: restore the data directory from a backup",
+                        path.display()
+                    ))
+                }
+                e => backend(e),
+            })?;
         Ok(FjallEngine {
             db,
             trees: Default::default(),

@@ -380,6 +380,36 @@ mod damage_tests {
     }
 
     #[test]
+    fn a_missing_table_is_refused_naming_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_runs(dir.path(), 20, true);
+        let table = {
+            let mut found = None;
+            let mut stack = vec![dir.path().to_path_buf()];
+            while let Some(d) = stack.pop() {
+                for entry in std::fs::read_dir(&d).unwrap().flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if path.parent().is_some_and(|p| p.ends_with("tables")) {
+                        found = Some(path);
+                    }
+                }
+            }
+            found.expect("a table file")
+        };
+        std::fs::remove_file(&table).unwrap();
+        let text = open_in(dir.path(), 8 << 20)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            text.contains("store.fjall") && text.contains("missing or damaged"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_torn_tail_after_a_crash_is_the_normal_case() {
         let dir = tempfile::tempdir().unwrap();
         store_with_runs(dir.path(), 20, false);
