@@ -385,6 +385,27 @@ fn supervisord_runs_the_shipped_configs_drains_restarts_and_leaves_nothing_behin
     let out = sv.jobcastctl(&["wait", &id]);
     assert_eq!(out.status.code(), Some(0), "{}", sv.logs());
 
+    // w2's key removed by a reload: the worker exits 3, which the shipped config expects,
+    // and supervisord leaves it EXITED rather than restarting it for ever.
+    let broker_toml = sv.path("broker.toml");
+    let text = std::fs::read_to_string(&broker_toml).expect("read broker.toml");
+    let without_w2: String = text
+        .lines()
+        .filter(|l| !l.starts_with("w2 = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&broker_toml, without_w2).expect("write broker.toml");
+    assert!(sv.jobcastctl(&["reload"]).status.success(), "{}", sv.logs());
+    assert!(
+        wait_until(Duration::from_secs(30), || sv
+            .log("supervisord.log")
+            .contains("exited: jobcast-worker-2 (exit status 3; expected)")),
+        "worker 2 did not exit 3:\n{}",
+        sv.logs()
+    );
+    assert_eq!(sv.state("jobcast-worker-2"), "EXITED", "{}", sv.logs());
+    let programs = ["jobcast-broker", "jobcast-worker-1"];
+
     // Shutting supervisord down stops everything: no daemon is left.
     let pids: Vec<i32> = programs.iter().map(|p| sv.pid(p)).collect();
     assert!(pids.iter().all(|&pid| alive(pid)), "{pids:?}");

@@ -69,7 +69,12 @@ pub enum CronProblem {
         field: &'static str,
     },
     NeverFires,
+    TooLong(usize),
 }
+
+/// The longest cron expression taken: every value of every field written out fits well
+/// within it; anything longer is not a schedule someone wrote.
+pub const MAX_CRON_LEN: usize = 1_024;
 
 impl fmt::Display for CronProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,6 +111,10 @@ impl fmt::Display for CronProblem {
             CronProblem::NeverFires => write!(
                 f,
                 "it can never fire: no month it names has the day of the month it names"
+            ),
+            CronProblem::TooLong(len) => write!(
+                f,
+                "it is {len} characters long: at most {MAX_CRON_LEN}"
             ),
         }
     }
@@ -174,6 +183,9 @@ pub struct CronExpr {
 
 impl CronExpr {
     pub fn parse(text: &str) -> Result<CronExpr, CronProblem> {
+        if text.len() > MAX_CRON_LEN {
+            return Err(CronProblem::TooLong(text.len()));
+        }
         let text = text.trim();
         let expanded;
         let fields: Vec<&str> = match text.strip_prefix('@') {
@@ -409,6 +421,21 @@ mod tests {
             .next_match(at(from), 50)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_expression_longer_than_any_schedule_is_refused_before_it_is_read() {
+        let long = format!("{} * * * *", vec!["1"; 300_000].join(","));
+        assert_eq!(
+            CronExpr::parse(&long).err(),
+            Some(CronProblem::TooLong(long.len()))
+        );
+        // Every minute listed one by one still fits.
+        let listed = format!(
+            "{} * * * *",
+            (0..60).map(|m| m.to_string()).collect::<Vec<_>>().join(",")
+        );
+        assert!(CronExpr::parse(&listed).is_ok());
     }
 
     #[test]
