@@ -27,9 +27,11 @@ echo "to stderr" >&2
     assert!(log.contains("to stderr"), "{log}");
     // the script file is run through its interpreter, so it needs no x bit; it is kept
     // for the job's next runs, and readable by the worker's user only
+    // (Beside them the worker keeps its start ledger, `started-runs`.)
     let scripts: Vec<_> = std::fs::read_dir(cluster.path("w1-scripts"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "script"))
         .collect();
     assert_eq!(scripts.len(), 1, "{scripts:?}");
     use std::os::unix::fs::PermissionsExt;
