@@ -600,7 +600,9 @@ impl Drop for Cluster {
             for id in &self.worker_ids {
                 let scripts = self.path(&format!("{id}-scripts"));
                 let dir = mount.join(jobcast_worker::cgroup::runs_dir_name(id, &scripts));
-                for run in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                // The cgroups are the subdirectories (beside the control files).
+                let runs = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+                for run in runs.filter(|entry| entry.path().is_dir()) {
                     let _ = std::fs::write(run.path().join("cgroup.kill"), "1");
                     for _ in 0..100 {
                         if std::fs::remove_dir(run.path()).is_ok() {
