@@ -33,6 +33,17 @@ impl Containment {
         }
     }
 
+    /// As [`Containment::detect`], leaving nothing behind that was not there (for
+    /// `--check-config`, which may run beside a live worker of the same id).
+    pub fn probe(worker_id: &str, home: &Path) -> Containment {
+        let existed = RunCgroups::path_for(worker_id, home).is_some_and(|dir| dir.exists());
+        let found = Containment::detect(worker_id, home);
+        if let (Containment::Cgroups(cgroups), false) = (&found, existed) {
+            cgroups.remove_dir();
+        }
+        found
+    }
+
     pub fn cgroups(&self) -> Option<&RunCgroups> {
         match self {
             Containment::Cgroups(cgroups) => Some(cgroups),
@@ -142,7 +153,8 @@ fn controllers(dir: &Path) -> Vec<String> {
 }
 
 impl RunCgroups {
-    fn create(worker_id: &str, home: &Path) -> Result<RunCgroups, String> {
+    /// This process's cgroup (the v2 mount and its own path) and its runs directory.
+    fn locate(worker_id: &str, home: &Path) -> Result<(PathBuf, String, PathBuf), String> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
         let mount = v2_mount(&mountinfo).ok_or("no cgroup v2 hierarchy is mounted")?;
@@ -151,10 +163,19 @@ impl RunCgroups {
             .and_then(|text| own_v2_path(&text))
             .ok_or("this process has no cgroup v2 path")?;
         let own_dir = mount.join(own.trim_start_matches('/'));
+        let dir = own_dir.join(runs_dir_name(worker_id, home));
+        Ok((own_dir, own, dir))
+    }
+
+    fn path_for(worker_id: &str, home: &Path) -> Option<PathBuf> {
+        Self::locate(worker_id, home).ok().map(|(_, _, dir)| dir)
+    }
+
+    fn create(worker_id: &str, home: &Path) -> Result<RunCgroups, String> {
+        let (own_dir, own, dir) = Self::locate(worker_id, home)?;
         if own != "/" {
             leave_room_for_controllers(&own_dir);
         }
-        let dir = own_dir.join(runs_dir_name(worker_id, home));
         std::fs::create_dir_all(&dir).map_err(|e| {
             format!(
                 "cannot create {} ({e}): run as root, or under systemd with Delegate=yes",

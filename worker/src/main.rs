@@ -25,11 +25,16 @@ fn run() -> Result<std::process::ExitCode> {
     }
     let check_config = args.check_config;
     let mut config = config::load(args)?;
+    let find = if check_config {
+        cgroup::Containment::probe
+    } else {
+        cgroup::Containment::detect
+    };
     config.containment = match config.containment_choice {
         config::ContainmentChoice::ProcessTree => cgroup::Containment::ProcessTree {
             why: "chosen (containment = \"process-tree\")".into(),
         },
-        choice => match cgroup::Containment::detect(&config.id, &config.script_temp_path) {
+        choice => match find(&config.id, &config.script_temp_path) {
             cgroup::Containment::ProcessTree { why }
                 if choice == config::ContainmentChoice::Cgroup =>
             {
