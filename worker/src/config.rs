@@ -87,7 +87,7 @@ pub struct Args {
     /// How runs' processes are kept together: `auto` (a cgroup per run where the worker
     /// may create cgroups, else the process tree), `cgroup` (required: refuse to start
     /// without), `process-tree` [default: auto].
-    #[arg(long, value_enum)]
+    #[arg(long, env = "JOBCAST_CONTAINMENT", value_enum)]
     pub containment: Option<ContainmentChoice>,
     /// A variable jobs may ask this worker to fill (`worker_env`): NAME (from this
     /// process's variable of that name), NAME=env:OTHER or NAME=file:/path. Repeatable.
