@@ -23,15 +23,24 @@ fn only_w2_speaks(h: &mut Harness, seconds: u64) {
     }
 }
 
-#[test]
-fn a_silent_worker_goes_offline_at_the_timeout_and_its_run_is_lost_only_after_lease_and_kill_grace()
-{
+/// Workers w1 and w2 registered, and a run granted to w1 (and reported started when
+/// `started`): the run, and the harness.
+fn w1_holds_a_run(started: bool) -> (Harness, String) {
     let mut h = Harness::new();
     h.register("w1", 4, &["default"], &[]);
     h.register("w2", 4, &["default"], &[]);
     let run = h.enqueue("hello");
-    h.claim("w1", 1);
-    h.start("w1", &run);
+    assert_eq!(h.claim("w1", 1), vec![run.clone()]);
+    if started {
+        h.start("w1", &run);
+    }
+    (h, run)
+}
+
+#[test]
+fn a_silent_worker_goes_offline_at_the_timeout_and_its_run_is_lost_only_after_lease_and_kill_grace()
+{
+    let (mut h, run) = w1_holds_a_run(true);
     only_w2_speaks(&mut h, 11);
     assert!(!h.core.is_online("w1"), "offline after the worker timeout");
     assert!(h.core.is_online("w2"));
@@ -81,11 +90,7 @@ fn the_registration_tells_the_worker_its_lease_and_the_broker_waits_for_its_kill
 
 #[test]
 fn a_grant_never_started_on_a_worker_stopped_for_minutes_is_queued_again_not_lost() {
-    let mut h = Harness::new();
-    h.register("w1", 4, &["default"], &[]);
-    h.register("w2", 4, &["default"], &[]);
-    let run = h.enqueue("hello");
-    assert_eq!(h.claim("w1", 1), vec![run.clone()]);
+    let (mut h, run) = w1_holds_a_run(false);
     // w1 is stopped (SIGSTOP) for five minutes: the grant's answer waits unread.
     only_w2_speaks(&mut h, 300);
     assert!(!h.core.is_online("w1"));
@@ -118,11 +123,7 @@ fn a_grant_never_started_on_a_worker_stopped_for_minutes_is_queued_again_not_los
 
 #[test]
 fn a_grant_never_started_is_lost_when_its_worker_does_not_come_back_within_the_hold() {
-    let mut h = Harness::new();
-    h.register("w1", 4, &["default"], &[]);
-    h.register("w2", 4, &["default"], &[]);
-    let run = h.enqueue("hello");
-    h.claim("w1", 1);
+    let (mut h, run) = w1_holds_a_run(false);
     only_w2_speaks(&mut h, 600);
     assert_eq!(h.state(&run), RunState::Assigned);
     only_w2_speaks(&mut h, 1);
@@ -215,12 +216,7 @@ fn a_revoked_workers_runs_are_given_up_as_revoked_once_it_has_been_told_and_had_
 
 #[test]
 fn a_revoked_worker_never_told_has_its_runs_given_up_after_its_lease() {
-    let mut h = Harness::new();
-    h.register("w1", 4, &["default"], &[]);
-    h.register("w2", 4, &["default"], &[]);
-    let run = h.enqueue("hello");
-    h.claim("w1", 1);
-    h.start("w1", &run);
+    let (mut h, run) = w1_holds_a_run(true);
     h.core.revoke_worker("w1").unwrap();
     only_w2_speaks(&mut h, GIVE_UP_MS / 1_000);
     assert_eq!(h.state(&run), RunState::Running);
