@@ -46,6 +46,10 @@ fn containment(cluster: &Cluster) -> String {
     let out = std::process::Command::new(bin("jobcast-worker"))
         .args(["--id", "w1", "--broker", &cluster.router])
         .args(["--secret", &worker_secret("w1"), "--check-config"])
+        // The same script directory as the cluster's w1: the same cgroup directory, and
+        // none shared with another test's probe.
+        .arg("--script-temp-path")
+        .arg(cluster.path("w1-scripts"))
         .output()
         .unwrap();
     assert!(

@@ -176,17 +176,25 @@ impl RunCgroups {
         if own != "/" {
             leave_room_for_controllers(&own_dir);
         }
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            format!(
-                "cannot create {} ({e}): run as root, or under systemd with Delegate=yes",
-                dir.display()
-            )
-        })?;
-        // Proof that cgroups can be made and removed here.
-        let probe = dir.join(format!("probe-{}", std::process::id()));
-        std::fs::create_dir(&probe)
-            .and_then(|_| std::fs::remove_dir(&probe))
-            .map_err(|e| format!("cannot create cgroups in {} ({e})", dir.display()))?;
+        // Proof that cgroups can be made and removed here. A `--check-config` of the same
+        // worker may remove the directory between the two steps: then make it again.
+        static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nth = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = dir.join(format!("probe-{}-{nth}", std::process::id()));
+        let mut attempts = 0;
+        loop {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                format!(
+                    "cannot create {} ({e}): run as root, or under systemd with Delegate=yes",
+                    dir.display()
+                )
+            })?;
+            match std::fs::create_dir(&probe).and_then(|_| std::fs::remove_dir(&probe)) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                Err(e) => return Err(format!("cannot create cgroups in {} ({e})", dir.display())),
+            }
+        }
         // Controllers for the runs' limits, where the parent lets this directory have them.
         let wanted: Vec<&str> = ["memory", "cpu"]
             .into_iter()
@@ -397,5 +405,41 @@ mod tests {
             Some("/system.slice/jobcast-worker.service")
         );
         assert_eq!(own_v2_path("4:memory:/x\n"), None);
+    }
+
+    /// Two `--check-config` of one worker at once: one removes the directory the other
+    /// is proving; neither may conclude that cgroups cannot be made (a CI failure once).
+    #[test]
+    fn probes_of_one_worker_at_the_same_time_agree() {
+        let home = std::env::temp_dir().join(format!("jobcast-probe-{}", std::process::id()));
+        if Containment::probe("probe-race", &home).cgroups().is_none() {
+            eprintln!("SKIPPED: no cgroups for this process here");
+            return;
+        }
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let home = home.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .filter_map(|_| match Containment::probe("probe-race", &home) {
+                            Containment::Cgroups(_) => None,
+                            Containment::ProcessTree { why } => Some(why),
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let failed: Vec<String> = racers
+            .into_iter()
+            .flat_map(|r| r.join().unwrap_or_else(|_| vec!["a probe panicked".into()]))
+            .collect();
+        // A probe that found the directory made by the other leaves it: remove it here.
+        if let Some(dir) = RunCgroups::path_for("probe-race", &home) {
+            let _ = std::fs::remove_dir(dir);
+        }
+        assert!(
+            failed.is_empty(),
+            "probes that found no cgroups: {failed:?}"
+        );
     }
 }
