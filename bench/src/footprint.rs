@@ -82,7 +82,7 @@ pub fn fill_store(data_dir: &std::path::Path, runs: usize) -> Result<Duration> {
     }
     store.flush()?;
     // What a broker keeps with the runs it writes: the counts by state.
-    jobcast_broker::core::count_stored_runs(&mut store)?;
+    jobcast_core::count_stored_runs(&mut store)?;
     Ok(fill.elapsed())
 }
 

@@ -80,7 +80,7 @@ pub struct RetentionSection {
 }
 
 impl RetentionSection {
-    fn resolve(self) -> Result<crate::core::Retention> {
+    fn resolve(self) -> Result<jobcast_core::Retention> {
         let max_age_ms = match self.max_age.as_deref() {
             None => Some(30 * 86_400_000),
             Some("off") => None,
@@ -101,7 +101,7 @@ impl RetentionSection {
             Some(0) => None,
             Some(n) => Some(n),
         };
-        Ok(crate::core::Retention {
+        Ok(jobcast_core::Retention {
             max_age_ms,
             max_runs,
         })
@@ -213,7 +213,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn for_sender(&self, name: &str) -> Option<&Secret> {
-        if name == crate::core::ADMIN {
+        if name == jobcast_core::ADMIN {
             Some(&self.admin)
         } else {
             self.workers.get(name)
@@ -289,7 +289,7 @@ pub struct BrokerConfig {
     pub api_tokens: Vec<ApiToken>,
     /// Browser origins allowed on the live feed; empty means the listen address.
     pub public_origins: Vec<String>,
-    pub retention: crate::core::Retention,
+    pub retention: jobcast_core::Retention,
     /// The most runs assigned or running at once, by pool (where set).
     pub pool_limits: std::collections::BTreeMap<String, u32>,
 }
@@ -373,7 +373,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
     let mut previous_secrets = HashMap::new();
     for (id, key) in file.keys.workers {
         names::validate("worker id", &id)?;
-        if id == crate::core::ADMIN || id == "broker" {
+        if id == jobcast_core::ADMIN || id == "broker" {
             bail!("{id:?} is reserved and cannot be a worker id");
         }
         let value = match key {
@@ -584,14 +584,14 @@ mod tests {
         };
         assert_eq!(
             retention(""),
-            Ok(crate::core::Retention {
+            Ok(jobcast_core::Retention {
                 max_age_ms: Some(30 * 86_400_000),
                 max_runs: Some(1_000_000)
             })
         );
         assert_eq!(
             retention("[retention]\nmax_age = \"off\"\nmax_runs = 0\n"),
-            Ok(crate::core::Retention::default())
+            Ok(jobcast_core::Retention::default())
         );
         assert_eq!(
             retention("[retention]\nmax_age = \"12h\"\n").map(|r| r.max_age_ms),

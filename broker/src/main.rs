@@ -1,10 +1,10 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use jobcast_broker::config::{self, Overrides};
-use jobcast_broker::core::{Core, CoreConfig};
 use jobcast_broker::reload::Reloading;
 use jobcast_broker::server::{self, now_us};
 use jobcast_broker::store::{self, BrokerStore};
+use jobcast_core::{Core, CoreConfig};
 use jobcast_daemon::LogFormat;
 use jobcast_protocol::{jobfile, AdminRequest, Reply};
 use std::path::PathBuf;
@@ -190,7 +190,7 @@ fn run() -> Result<()> {
             "the jobs file given at start",
             0,
             AdminRequest::ApplyJobs { jobs },
-            &jobcast_broker::core::Scope::all(),
+            &jobcast_core::Scope::all(),
             now_us(),
             &mut out,
         )?;
@@ -278,8 +278,8 @@ fn repair(config: &config::BrokerConfig) -> Result<()> {
     for (job, from, to) in &report.jobs_advanced {
         println!(
             "  {job}  {} -> {}",
-            jobcast_broker::core::format_ms(*from),
-            jobcast_broker::core::format_ms(*to)
+            jobcast_core::format_ms(*from),
+            jobcast_core::format_ms(*to)
         );
     }
     println!("the store is marked whole again: start the broker");

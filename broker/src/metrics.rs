@@ -3,7 +3,7 @@
 //! core's status at each scrape. Encoded by `prometheus-client` in the Prometheus text
 //! format (0.0.4), which every scraper reads.
 
-use crate::core::Observation;
+use jobcast_core::Observation;
 use jobcast_protocol::StatusReport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -5,7 +5,7 @@
 //! A failed delivery is retried with exponential back-off; the queue is bounded and drops
 //! (and logs) notifications when a webhook has been down long enough to fill it.
 
-use crate::core::Notification;
+use jobcast_core::Notification;
 use serde::Deserialize;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::Duration;

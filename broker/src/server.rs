@@ -2,12 +2,12 @@
 //! batches, flushes the store once per batch (group commit), then answers and publishes.
 
 use crate::config::{BrokerConfig, Keys};
-use crate::core::{Core, DiskChange, Outbox, PeerId, ReplyTo};
 use crate::http::{CoreHandle, InternalRequest};
 use crate::reload::{LiveSettings, Reloading};
 use crate::store::{Store, StoreError};
 use crate::transport::{Incoming, Outgoing, Settings, Transport};
 use anyhow::{Context, Result};
+use jobcast_core::{Core, DiskChange, Outbox, PeerId, ReplyTo};
 use jobcast_protocol::envelope::{seal, Opener, Refusal, BROKER};
 use jobcast_protocol::message::encode_event;
 use jobcast_protocol::Body;

@@ -21,7 +21,7 @@
 //! one batch reads at most [`BATCH_BYTES`] of requests before the core handles them.
 
 use crate::config::Keys;
-use crate::core::PeerId;
+use jobcast_core::PeerId;
 use jobcast_transport::{zmq, AsyncSocket, Limits, Monitor, PeerEvent, Received};
 use std::time::Duration;
 use tokio::sync::mpsc;

@@ -3,10 +3,10 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::config::{ApiToken, Role};
-use crate::core::Scope;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
+use jobcast_core::Scope;
 use serde_json::{json, Value};
 
 /// Who is asking: the name, role and teams of their token.

@@ -15,7 +15,7 @@ pub struct InternalRequest {
     /// Who asked, as the run history records it (`token alice`).
     pub actor: String,
     /// Whose jobs and runs they may see and act on.
-    pub scope: crate::core::Scope,
+    pub scope: jobcast_core::Scope,
     pub reply: oneshot::Sender<Reply>,
 }
 

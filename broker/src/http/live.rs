@@ -100,7 +100,7 @@ impl LiveFeed {
     }
 
     /// Turns a batch's changes into a [`LiveBatch`] for the clients.
-    pub fn publish(&self, changes: crate::core::ChangeSet, at_ms: u64) {
+    pub fn publish(&self, changes: jobcast_core::ChangeSet, at_ms: u64) {
         if !self.has_clients() {
             return;
         }
@@ -169,7 +169,7 @@ fn now_ms() -> u64 {
 /// What one client may be sent: env values or not, and whose jobs and runs.
 pub(super) struct View {
     pub viewer: bool,
-    pub scope: crate::core::Scope,
+    pub scope: jobcast_core::Scope,
 }
 
 impl View {
@@ -558,7 +558,7 @@ mod tests {
                 },
                 &View {
                     viewer: false,
-                    scope: crate::core::Scope::all(),
+                    scope: jobcast_core::Scope::all(),
                 },
                 &none,
             );
@@ -591,7 +591,7 @@ mod tests {
             },
             &View {
                 viewer: true,
-                scope: crate::core::Scope::all(),
+                scope: jobcast_core::Scope::all(),
             },
             &none,
         );
@@ -602,7 +602,7 @@ mod tests {
             },
             &View {
                 viewer: true,
-                scope: crate::core::Scope::all(),
+                scope: jobcast_core::Scope::all(),
             },
             &none,
         );
@@ -632,7 +632,7 @@ mod tests {
             },
             &View {
                 viewer: false,
-                scope: crate::core::Scope::all(),
+                scope: jobcast_core::Scope::all(),
             },
             &following,
         );
@@ -665,7 +665,7 @@ mod tests {
 #[cfg(test)]
 mod scope_tests {
     use super::*;
-    use crate::core::Scope;
+    use jobcast_core::Scope;
 
     #[test]
     fn a_client_limited_to_teams_gets_its_teams_runs_and_jobs_and_no_broker_wide_state() {

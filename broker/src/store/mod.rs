@@ -1,5 +1,5 @@
-//! Durable state: the [`Store`] trait, the broker's records in an embedded key-value
-//! engine (fjall; sled before), and an in-memory store for tests of the core.
+//! Durable state: the broker's records in an embedded key-value engine (fjall; sled
+//! before). The [`Store`] trait they implement is the core's (`jobcast_core::store`).
 //!
 //! Writes are applied at once but only become durable at [`Store::flush`]; the server
 //! calls it once per batch of requests (group commit) before it answers any of them.
@@ -9,14 +9,15 @@ mod fjall_engine;
 pub mod integrity;
 mod kv;
 mod location;
-mod memory;
 mod run_codec;
 mod sled_engine;
 
 pub use fjall_engine::FjallEngine;
+pub use jobcast_core::store::{
+    list_newest_first, Listing, MemoryStore, Store, StoreError, StoreResult, LISTING_SCAN,
+};
 pub use kv::KvStore;
 pub use location::{open_in, repair_in, BrokerStore, RepairReport, DEFAULT_CACHE_BYTES};
-pub use memory::MemoryStore;
 pub use sled_engine::SledEngine;
 
 /// The records in sled, as brokers before the switch to fjall kept them.
@@ -27,124 +28,6 @@ impl SledStore {
     pub fn temporary() -> StoreResult<SledStore> {
         KvStore::with_engine(SledEngine::temporary()?)
     }
-}
-
-use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
-use thiserror::Error;
-
-#[derive(Debug, Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Backend(String),
-    #[error("store holds an unreadable {what} record: {detail}")]
-    Corrupt { what: &'static str, detail: String },
-    /// Damage that is not a crash's torn tail (`integrity.rs`): the store is not opened.
-    #[error("{0}")]
-    Damaged(String),
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
-
-/// What the broker needs from a store. Kept small so a second backend is easy to add.
-pub trait Store: Send {
-    fn jobs(&self) -> StoreResult<Vec<JobSpec>>;
-    fn put_job(&mut self, job: &JobSpec) -> StoreResult<()>;
-
-    /// Writes a new run with its id index entry, and marks it unfinished.
-    fn create_run(&mut self, run: &RunRecord) -> StoreResult<()>;
-    /// Rewrites an existing run; drops it from the unfinished index once it has ended.
-    fn put_run(&mut self, run: &RunRecord) -> StoreResult<()>;
-    fn run(&self, id: &str) -> StoreResult<Option<RunRecord>>;
-    /// Runs that are not in a terminal state.
-    fn active_runs(&self) -> StoreResult<Vec<RunRecord>>;
-    /// Newest first, filtered, at most `filter.limit`, looking at no more than
-    /// [`LISTING_SCAN`] records (see [`Listing`]).
-    fn runs(&self, filter: &RunFilter) -> StoreResult<Listing>;
-    /// Ids of stored runs that start with `prefix`, in id order, at most `limit` (a range
-    /// read: it costs `limit`, not the number of runs).
-    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>>;
-    /// The highest run sequence number stored, 0 if none.
-    fn last_run_seq(&self) -> StoreResult<u64>;
-    fn run_count(&self) -> StoreResult<u64>;
-    /// Runs with a sequence number of at least `from_seq`, oldest first, at most `limit`.
-    fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>>;
-    /// Removes a finished run, its id and its log. Never called for the newest run, so
-    /// `last_run_seq` only grows.
-    fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()>;
-
-    fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()>;
-    fn delete_log_chunk(&mut self, run_id: &str, offset: u64) -> StoreResult<()>;
-    /// Chunks of a run's log in stream order: (offset, bytes).
-    fn log_chunks(&self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>>;
-
-    fn workers(&self) -> StoreResult<Vec<WorkerStatus>>;
-    fn put_worker(&mut self, worker: &WorkerStatus) -> StoreResult<()>;
-
-    fn job_states(&self) -> StoreResult<Vec<(String, JobState)>>;
-    fn put_job_state(&mut self, job: &str, state: &JobState) -> StoreResult<()>;
-
-    /// Small named settings (e.g. the disabled pools).
-    fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
-    fn put_setting(&mut self, key: &str, value: &[u8]) -> StoreResult<()>;
-
-    /// Makes every write so far durable.
-    fn flush(&mut self) -> StoreResult<()>;
-
-    /// A clean stop: every write durable and, where the engine keeps a journal, nothing
-    /// left that only the journal holds.
-    fn close_cleanly(&mut self) -> StoreResult<()> {
-        self.flush()
-    }
-
-    /// Whether the engine is behind on writing out what it was given, so that more
-    /// optional writes now (retention's deletes) would hold up the rest.
-    fn is_backlogged(&self) -> bool {
-        false
-    }
-}
-
-/// Stored records one listing looks at, at most: a filter that matches little must not
-/// hold the loop for a walk over the whole store (a few tens of ms at most).
-pub const LISTING_SCAN: usize = 20_000;
-
-/// A listing's runs, and where it stopped when it looked at [`LISTING_SCAN`] records
-/// before finding `limit` runs: the sequence number to go on from (as `before_seq`).
-#[derive(Debug, Default, PartialEq)]
-pub struct Listing {
-    pub runs: Vec<RunRecord>,
-    pub resume_before: Option<u64>,
-}
-
-/// Applies `filter` to runs given newest first: the listing both backends return.
-fn list_newest_first(
-    runs: impl Iterator<Item = StoreResult<RunRecord>>,
-    filter: &RunFilter,
-) -> StoreResult<Listing> {
-    let mut listed = Vec::new();
-    for (looked, run) in runs.enumerate() {
-        if listed.len() >= filter.limit as usize {
-            break;
-        }
-        let run = run?;
-        if looked == LISTING_SCAN {
-            return Ok(Listing {
-                runs: listed,
-                resume_before: Some(run.seq + 1),
-            });
-        }
-        if filter.since_ms.is_some_and(|t| run.created_at_ms < t) {
-            // Newest first: everything further is older still.
-            break;
-        }
-        if filter.until_ms.is_some_and(|t| run.created_at_ms >= t) || !filter.matches(&run) {
-            continue;
-        }
-        listed.push(run);
-    }
-    Ok(Listing {
-        runs: listed,
-        resume_before: None,
-    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The contract every backend keeps, run on each of them.
 
 use super::*;
-use jobcast_protocol::{Exec, RunState};
+use jobcast_protocol::{Exec, JobSpec, JobState, RunFilter, RunRecord, RunState};
 
 /// Runs each contract test on a fresh store of every backend.
 macro_rules! on_every_backend {

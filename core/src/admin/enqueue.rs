@@ -1,0 +1,79 @@
+//! `Enqueue`: a run of a job, now; once per idempotency key.
+
+use crate::error::listed;
+use crate::schedule::derived_run_id;
+use crate::scheduling::NewRun;
+use crate::store::Store;
+use crate::{Core, CoreError, Handled, Outbox};
+use jobcast_protocol::job::check_priority;
+use jobcast_protocol::params::{self, Params};
+use jobcast_protocol::{Reply, RunRef};
+
+/// What an `Enqueue` asks for.
+pub(crate) struct Asked<'a> {
+    pub job: &'a str,
+    pub key: Option<&'a str>,
+    pub params: &'a Params,
+    pub priority: Option<i32>,
+}
+
+/// Longest idempotency key accepted.
+pub(crate) const MAX_KEY_LEN: usize = 128;
+
+impl<S: Store> Core<S> {
+    pub(crate) fn no_such_job(&self, name: &str) -> CoreError {
+        CoreError::NoSuchJob {
+            name: name.to_string(),
+            known: listed(self.jobs.specs.keys()),
+        }
+    }
+
+    /// With a `key`, the run's id is derived from (job, key): a retried request finds
+    /// the run the first one created, finished or not, and answers with it.
+    pub(crate) fn enqueue(
+        &mut self,
+        asked: Asked<'_>,
+        actor: &str,
+        now: u64,
+        out: &mut Outbox,
+    ) -> Handled {
+        let Asked {
+            job,
+            key,
+            params,
+            priority,
+        } = asked;
+        let Some(spec) = self.jobs.specs.get(job).cloned() else {
+            return Err(self.no_such_job(job));
+        };
+        let values = params::resolve(&spec.params, params)
+            .map_err(|e| CoreError::BadRequest(format!("job {job}: {e}")))?;
+        if let Some(priority) = priority {
+            check_priority(priority).map_err(CoreError::BadRequest)?;
+        }
+        let mut new = NewRun::of(spec, now, format!("enqueued by {actor}"));
+        new.params = values;
+        new.priority = priority.unwrap_or(new.priority);
+        if let Some(key) = key {
+            if key.is_empty() || key.len() > MAX_KEY_LEN {
+                return Err(CoreError::BadRequest(format!(
+                    "an idempotency key has 1 to {MAX_KEY_LEN} bytes"
+                )));
+            }
+            let id = derived_run_id(&["enqueue", job, key]);
+            if let Some(run) = self.find_run(&id)? {
+                tracing::info!(job, run_id = %run.id, "enqueue repeated with the same key");
+                return Ok(Reply::Enqueued {
+                    run: RunRef::of(&run),
+                });
+            }
+            new.id = Some(id);
+        }
+        match self.create_run(new, now, out)? {
+            Some(run) => Ok(Reply::Enqueued {
+                run: RunRef::of(&run),
+            }),
+            None => Err(CoreError::RunNotCreated),
+        }
+    }
+}

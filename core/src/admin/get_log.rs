@@ -1,0 +1,59 @@
+//! `GetLog`: a run's stored output, whole or from an offset (for following).
+
+use crate::store::Store;
+use crate::{Core, CoreError, Handled, MAX_LOG_SLICE};
+use jobcast_protocol::logcap::{self, LogCap};
+use jobcast_protocol::Reply;
+
+/// Stored output from stream offset `from`, with a marker where bytes were cut, up to
+/// [`MAX_LOG_SLICE`]. Returns the bytes and the offset to ask for next.
+pub(crate) fn slice_from(chunks: &[(u64, Vec<u8>)], from: u64) -> (Vec<u8>, u64) {
+    let mut data = Vec::new();
+    let mut position = from;
+    for (offset, bytes) in chunks {
+        let end = offset + bytes.len() as u64;
+        if end <= position {
+            continue;
+        }
+        if data.len() >= MAX_LOG_SLICE {
+            break;
+        }
+        if *offset > position {
+            data.extend_from_slice(
+                format!("\n[jobcast: {} bytes cut]\n", offset - position).as_bytes(),
+            );
+            position = *offset;
+        }
+        data.extend_from_slice(&bytes[(position - offset) as usize..]);
+        position = end;
+    }
+    (data, position)
+}
+
+impl<S: Store> Core<S> {
+    pub(crate) fn get_log(&self, selector: &str, offset: Option<u64>) -> Handled {
+        let run_id = self.resolve_one(selector)?;
+        let Some(run) = self.find_run(&run_id)? else {
+            return Err(CoreError::NoSuchRun {
+                selector: selector.to_string(),
+            });
+        };
+        let chunks = self.store.log_chunks(&run.id)?;
+        let end = chunks.last().map(|(o, b)| o + b.len() as u64).unwrap_or(0);
+        let (data, next_offset) = match offset {
+            None => {
+                let mut cap = LogCap::new((run.log_cap as usize).max(logcap::MIN_CAP));
+                for (o, bytes) in &chunks {
+                    cap.push(*o, bytes);
+                }
+                (cap.render(), end)
+            }
+            Some(from) => slice_from(&chunks, from),
+        };
+        Ok(Reply::Log {
+            run: Box::new(run.with_secrets_masked()),
+            data,
+            next_offset,
+        })
+    }
+}

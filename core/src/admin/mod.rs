@@ -1,0 +1,97 @@
+//! Requests from operators (`jobcastctl` and the HTTP API), one module each; this one routes
+//! them.
+
+mod apply_jobs;
+mod drain;
+mod enqueue;
+mod get_log;
+mod kill;
+mod list_jobs;
+mod list_runs;
+mod ping;
+
+#[cfg(test)]
+pub(crate) use get_log::slice_from;
+pub(crate) use ping::Pings;
+mod retry;
+mod set_enabled;
+mod status;
+
+use crate::store::Store;
+use crate::{ms, Core, Handled, Outbox, ReloadAsked, ReplyTo};
+use jobcast_protocol::{AdminRequest, Reply};
+
+impl<S: Store> Core<S> {
+    /// `None`: the answer comes later (a ping's).
+    pub(crate) fn handle_admin(
+        &mut self,
+        reply_to: &ReplyTo,
+        actor: &str,
+        id: u64,
+        request: AdminRequest,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> Handled<Option<Reply>> {
+        let now = ms(now_us);
+        Ok(Some(match request {
+            AdminRequest::Ping { worker, timeout_ms } => {
+                let asked = ping::Asked {
+                    reply_to,
+                    id,
+                    worker,
+                    timeout_ms,
+                };
+                return self.ping(asked, now_us, out);
+            }
+            AdminRequest::Kill { selectors } => self.kill_all(selectors, actor, now, out)?,
+            AdminRequest::Enqueue {
+                job,
+                key,
+                params,
+                priority,
+            } => {
+                self.check_room_for_new_work()?;
+                let asked = enqueue::Asked {
+                    job: &job,
+                    key: key.as_deref(),
+                    params: &params,
+                    priority,
+                };
+                self.enqueue(asked, actor, now, out)?
+            }
+            AdminRequest::ListRuns(filter) => self.list_runs(filter)?,
+            AdminRequest::ListJobs => Reply::Jobs {
+                jobs: self.job_views(),
+            },
+            AdminRequest::NextFires { job, count } => self.next_fires(&job, count)?,
+            AdminRequest::GetLog { run, offset } => self.get_log(&run, offset)?,
+            AdminRequest::ApplyJobs { jobs } => {
+                tracing::info!(actor, jobs = jobs.len(), "applying jobs");
+                self.apply(jobs, now)?
+            }
+            AdminRequest::SetEnabled { target, enabled } => {
+                tracing::info!(actor, ?target, enabled, "enable/disable");
+                self.set_enabled(target, enabled, now)?
+            }
+            AdminRequest::Retry { run } => {
+                self.check_room_for_new_work()?;
+                self.retry(&run, actor, now, out)?
+            }
+            AdminRequest::Status => Reply::Status(Box::new(self.status(now)?)),
+            AdminRequest::Drain { worker } => self.drain(&worker, actor, out)?,
+            AdminRequest::Reload => {
+                // Reading files is the server's: it answers once it has.
+                out.reloads.push(ReloadAsked {
+                    to: reply_to.clone(),
+                    id,
+                    actor: actor.to_string(),
+                });
+                return Ok(None);
+            }
+            AdminRequest::Prune { dry_run } => {
+                tracing::info!(actor, dry_run, "prune");
+                self.prune(dry_run, now)?
+            }
+        }))
+    }
+}

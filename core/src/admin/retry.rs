@@ -1,0 +1,49 @@
+//! `Retry`: a finished run's job again, as the next attempt of the same first run.
+
+use crate::scheduling::NewRun;
+use crate::store::Store;
+use crate::{Core, CoreError, Handled, Outbox};
+use jobcast_protocol::{Reply, RunRef};
+
+impl<S: Store> Core<S> {
+    /// Runs a finished run's job again, as the next attempt of the same first run.
+    pub(crate) fn retry(
+        &mut self,
+        selector: &str,
+        actor: &str,
+        now: u64,
+        out: &mut Outbox,
+    ) -> Handled {
+        let run_id = self.resolve_one(selector)?;
+        if self.runs.active.contains_key(&run_id) {
+            return Err(CoreError::NotFinished { run_id });
+        }
+        let Some(old) = self.store.run(&run_id)? else {
+            return Err(CoreError::NoSuchRun {
+                selector: selector.to_string(),
+            });
+        };
+        // The job as it is now, if it still exists; else as the run had it.
+        let spec = self
+            .jobs
+            .specs
+            .get(&old.job)
+            .cloned()
+            .unwrap_or(old.spec.clone());
+        let mut new = NewRun::of(
+            spec,
+            now,
+            format!("retry of run {} ({}) by {actor}", old.id, old.state),
+        );
+        new.attempt = old.attempt + 1;
+        new.first_attempt = Some(old.first_attempt.clone().unwrap_or(old.id.clone()));
+        new.params = jobcast_protocol::params::carried(&new.spec.params, &old.params);
+        new.priority = old.priority;
+        match self.create_run(new, now, out)? {
+            Some(run) => Ok(Reply::Enqueued {
+                run: RunRef::of(&run),
+            }),
+            None => Err(CoreError::RunNotCreated),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `Status`: the broker's counters, workers and queues.
+
+use crate::store::{Store, StoreResult};
+use crate::Core;
+use jobcast_protocol::{RunState, StatusReport, JOBCAST_VERSION};
+use std::collections::{BTreeMap, HashMap};
+
+impl<S: Store> Core<S> {
+    pub(crate) fn status(&self, now: u64) -> StoreResult<StatusReport> {
+        // Counted by (job, state) with borrowed names first: a string per active run would
+        // cost an allocation each, and status is asked for often (dashboards, metrics
+        // scrapes, scripts waiting for a queue to drain).
+        let mut by_job_state: HashMap<(&str, RunState), u64> = HashMap::new();
+        for run in self.runs.active.values() {
+            *by_job_state.entry((&run.job, run.state)).or_default() += 1;
+        }
+        let mut active: BTreeMap<String, u64> = BTreeMap::new();
+        let mut active_by_job: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for ((job, state), count) in by_job_state {
+            *active.entry(state.to_string()).or_default() += count;
+            active_by_job
+                .entry(job.to_string())
+                .or_default()
+                .insert(state.to_string(), count);
+        }
+        let queued_by_pool = self
+            .runs
+            .queues
+            .iter()
+            .map(|(pool, queue)| (pool.clone(), queue.len() as u64))
+            .collect();
+        let workers = self
+            .workers
+            .statuses
+            .values()
+            .map(|w| {
+                let mut w = w.clone();
+                if let Some(session) = self.workers.sessions.get(&w.id) {
+                    w.online = true;
+                    w.running = session.runs.iter().cloned().collect();
+                    w.last_seen_ms = session.last_seen_ms;
+                    w.draining = session.draining || session.drain_ordered;
+                } else {
+                    w.online = false;
+                    w.running.clear();
+                }
+                w
+            })
+            .collect();
+        Ok(StatusReport {
+            version: JOBCAST_VERSION.to_string(),
+            boot_id: self.boot_id,
+            uptime_ms: now.saturating_sub(self.booted_at_ms),
+            active,
+            total_runs: self.store.run_count()?,
+            jobs: self.jobs.specs.len() as u64,
+            workers,
+            rejected: self.rejected.clone(),
+            connections: BTreeMap::from([
+                (
+                    "open".to_string(),
+                    self.connections
+                        .opened
+                        .saturating_sub(self.connections.closed),
+                ),
+                ("opened".to_string(), self.connections.opened),
+                ("closed".to_string(), self.connections.closed),
+            ]),
+            alerts: self.alerts.values().cloned().collect(),
+            disabled_pools: self.jobs.disabled_pools.iter().cloned().collect(),
+            pruned_runs: self.pruning.pruned,
+            active_by_job,
+            queued_by_pool,
+            runs_by_state: self.runs_by_state(),
+        })
+    }
+}

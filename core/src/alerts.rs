@@ -1,0 +1,158 @@
+//! Standing conditions: runs that could not start in time (missed), late jobs, jobs that
+//! never ran, pools without workers, a data directory short of space.
+
+use crate::scheduling::format_ms;
+use crate::store::{Store, StoreResult};
+use crate::{Core, Notification, Outbox};
+use jobcast_protocol::{Alert, AlertKind, RunState};
+use std::collections::BTreeMap;
+
+impl<S: Store> Core<S> {
+    /// Starting deadlines, late runs, never-run jobs and pools without workers.
+    pub(crate) fn check_alerts(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
+        // Runs that could not start in time are missed, not started late.
+        let expired: Vec<String> = self
+            .runs
+            .active
+            .values()
+            .filter(|r| r.state == RunState::Queued)
+            .filter(|r| {
+                r.spec
+                    .policy
+                    .starting_deadline_ms
+                    .is_some_and(|d| now > r.scheduled_at_ms.max(r.not_before_ms) + d)
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        for run_id in expired {
+            self.finish_as(
+                &run_id,
+                RunState::Missed,
+                now,
+                "not started within its starting deadline".into(),
+                out,
+            )?;
+        }
+
+        let mut standing: BTreeMap<(AlertKind, String), Alert> = BTreeMap::new();
+        for run in self
+            .runs
+            .active
+            .values()
+            .filter(|r| r.state == RunState::Queued)
+        {
+            let due = run.scheduled_at_ms.max(run.not_before_ms);
+            if now > due + run.spec.policy.late_after_ms {
+                standing
+                    .entry((AlertKind::Late, run.job.clone()))
+                    .or_insert_with(|| Alert {
+                        kind: AlertKind::Late,
+                        job: Some(run.job.clone()),
+                        pool: Some(run.pool.clone()),
+                        run_id: Some(run.id.clone()),
+                        since_ms: due,
+                        message: format!(
+                            "job {}: run {} due at {} has not started",
+                            run.job,
+                            run.id,
+                            format_ms(due)
+                        ),
+                    });
+            }
+            // Just after a start, workers are still registering again: no alarm yet.
+            let served = self.workers.serve_pool(&run.pool) || now < self.worker_grace_end();
+            if !served {
+                standing
+                    .entry((AlertKind::NoWorker, run.pool.clone()))
+                    .or_insert_with(|| Alert {
+                        kind: AlertKind::NoWorker,
+                        job: None,
+                        pool: Some(run.pool.clone()),
+                        run_id: None,
+                        since_ms: run.created_at_ms,
+                        message: format!(
+                            "pool {} has queued runs and no worker available that can handle them",
+                            run.pool
+                        ),
+                    });
+            }
+        }
+        for (name, spec) in &self.jobs.specs {
+            let (Some(first_due), Some(state)) =
+                (self.jobs.first_due.get(name), self.jobs.states.get(name))
+            else {
+                continue;
+            };
+            if state.last_started_ms.is_some() || !self.jobs.is_active(spec) {
+                continue;
+            }
+            if let Some(first) = Some(*first_due) {
+                if now > first + spec.policy.late_after_ms {
+                    standing.insert(
+                        (AlertKind::NeverRun, name.clone()),
+                        Alert {
+                            kind: AlertKind::NeverRun,
+                            job: Some(name.clone()),
+                            pool: Some(spec.pool.clone()),
+                            run_id: None,
+                            since_ms: first,
+                            message: format!(
+                                "job {name} has never run since it was created (first due {})",
+                                format_ms(first)
+                            ),
+                        },
+                    );
+                }
+            }
+            if let Some(reason) = &state.auto_disabled {
+                standing.insert(
+                    (AlertKind::AutoDisabled, name.clone()),
+                    Alert {
+                        kind: AlertKind::AutoDisabled,
+                        job: Some(name.clone()),
+                        pool: Some(spec.pool.clone()),
+                        run_id: None,
+                        since_ms: now,
+                        message: format!("job {name}: {reason}"),
+                    },
+                );
+            }
+        }
+        if let Some(low) = self.low_disk {
+            let key = (AlertKind::DiskLow, String::new());
+            // Since when: kept from the standing alert, not reset by each reading.
+            let since_ms = self.alerts.get(&key).map_or(now, |a| a.since_ms);
+            standing.insert(
+                key,
+                Alert {
+                    kind: AlertKind::DiskLow,
+                    job: None,
+                    pool: None,
+                    run_id: None,
+                    since_ms,
+                    message: low.describe(),
+                },
+            );
+        }
+        // Notify each condition once, when it appears.
+        let new: Vec<Alert> = standing
+            .iter()
+            .filter(|(key, _)| !self.alerts.contains_key(*key))
+            .map(|(_, alert)| alert.clone())
+            .collect();
+        for alert in new {
+            if alert.kind != AlertKind::AutoDisabled {
+                out.notifications.push(Notification {
+                    kind: alert.kind,
+                    job: alert.job.clone(),
+                    pool: alert.pool.clone(),
+                    run_id: alert.run_id.clone(),
+                    at_ms: now,
+                    text: alert.message.clone(),
+                });
+            }
+        }
+        self.alerts = standing;
+        Ok(())
+    }
+}

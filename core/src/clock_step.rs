@@ -1,0 +1,94 @@
+//! A step of the wall clock (NTP, an operator, a resumed virtual machine), as the server
+//! notices it against the monotonic clock.
+//!
+//! Everything the core measures as elapsed time moves with the step, so that a step back
+//! neither freezes heartbeats, timeouts and back-offs for its length nor a step forward
+//! makes every worker look silent. Jobs follow cron(8) for steps under 3 hours: after a
+//! step back, jobs at a fixed time of day do not run the ticks they already had again,
+//! and jobs that fire at least hourly go on at the new time; `every` jobs follow elapsed
+//! time both ways; after a step forward the ticks passed over are missed, and each job's
+//! misfire policy decides. A step of 3 hours or more is taken as the clock being set:
+//! every job goes on at the new time.
+
+use crate::schedule::ClockStepRule;
+use crate::store::{Store, StoreResult};
+use crate::{ms, Core};
+
+/// Steps from this size on are the clock being set, not corrected (cron(8)'s limit).
+pub const SET_NOT_STEPPED_MS: u64 = 3 * 3_600_000;
+
+impl<S: Store> Core<S> {
+    /// The wall clock moved by `step_ms` (negative: back) more than time passed; `now_us`
+    /// is the new reading.
+    pub fn clock_stepped(&mut self, step_ms: i64, now_us: u64) -> StoreResult<()> {
+        let now = ms(now_us);
+        let size = step_ms.unsigned_abs();
+        let shift = |t: u64| {
+            if step_ms < 0 {
+                t.saturating_sub(size)
+            } else {
+                t.saturating_add(size)
+            }
+        };
+        tracing::warn!(
+            step_ms,
+            "the wall clock stepped: timeouts and back-offs move with it, jobs follow cron's rules"
+        );
+        self.set_clock(now_us);
+        self.next_alive_ms = shift(self.next_alive_ms);
+        self.booted_at_ms = shift(self.booted_at_ms);
+        for session in self.workers.sessions.values_mut() {
+            session.last_seen_ms = shift(session.last_seen_ms);
+        }
+        for status in self.workers.statuses.values_mut() {
+            status.last_seen_ms = shift(status.last_seen_ms);
+        }
+        for told in self.workers.revoked.values_mut().flatten() {
+            *told = shift(*told);
+        }
+        self.workers.waiting.shift(shift);
+        for ping in self.pings.pending.values_mut() {
+            ping.deadline_us = if step_ms < 0 {
+                ping.deadline_us.saturating_sub(size * 1_000)
+            } else {
+                ping.deadline_us.saturating_add(size * 1_000)
+            };
+        }
+        self.runs.shift_back_offs(shift);
+        self.shift_pruning(shift);
+
+        let set_not_stepped = size >= SET_NOT_STEPPED_MS;
+        let jobs: Vec<(String, ClockStepRule)> = self
+            .jobs
+            .schedules
+            .iter()
+            .map(|(job, schedule)| (job.clone(), schedule.on_clock_step(now)))
+            .collect();
+        for (job, rule) in jobs {
+            let go_on_now = match rule {
+                ClockStepRule::FollowElapsedTime => true,
+                ClockStepRule::GoOnAtTheNewTime => step_ms < 0,
+                ClockStepRule::KeepTicksHad => step_ms < 0 && set_not_stepped,
+            };
+            if !go_on_now {
+                continue;
+            }
+            let Some(state) = self.jobs.states.get_mut(&job) else {
+                continue;
+            };
+            if step_ms < 0 {
+                // Ticks it had at times it will pass again get runs of their own.
+                state.clock_era += 1;
+            }
+            state.last_tick_ms = now;
+            let next = self
+                .jobs
+                .schedules
+                .get(&job)
+                .and_then(|s| s.next_after(now));
+            self.jobs.next_fire.set(&job, next);
+            self.save_job_state(&job)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! Why the core refused a request: one type, mapped once to the protocol's error code (the
+//! HTTP API maps that code to a status in `http/error.rs`).
+
+use crate::schedule::ScheduleError;
+use crate::store::StoreError;
+use jobcast_protocol::jobfile::JobProblem;
+use jobcast_protocol::names::InvalidName;
+use jobcast_protocol::{ErrorCode, Reply};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CoreError {
+    /// The store failed: not the requester's fault, and not answered as a refusal (the
+    /// server stops the batch).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    #[error("job {job:?}: {problem}")]
+    InvalidJob { job: String, problem: JobProblem },
+    #[error("job {job:?} is defined twice")]
+    DefinedTwice { job: String },
+    #[error("job {job:?}: {error}")]
+    BadSchedule { job: String, error: ScheduleError },
+    #[error("job {job:?} lists child {child:?}, which is not defined")]
+    NoSuchChild { job: String, child: String },
+    #[error("the job chain loops: {}", cycle.join(" -> "))]
+    ChainLoops { cycle: Vec<String> },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no job named {name:?} (jobs: {known})")]
+    NoSuchJob { name: String, known: String },
+    #[error("no run matches {selector:?}")]
+    NoSuchRun { selector: String },
+    #[error("{selector:?} matches several runs: {}", candidates.join(", "))]
+    Ambiguous {
+        selector: String,
+        candidates: Vec<String>,
+    },
+    #[error("no connected worker named {name:?} (connected: {connected})")]
+    NoSuchWorker { name: String, connected: String },
+    #[error("run {run_id} has not finished yet")]
+    NotFinished { run_id: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("no session for this worker: register first")]
+    NotRegistered,
+    #[error("the run could not be created")]
+    RunNotCreated,
+    #[error("{}", .0.describe())]
+    DiskLow(crate::LowDisk),
+}
+
+/// What a request module returns: its reply, or why it refused.
+pub type Handled<T = Reply> = Result<T, CoreError>;
+
+impl CoreError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CoreError::Store(_) | CoreError::RunNotCreated => ErrorCode::Internal,
+            CoreError::InvalidName(_)
+            | CoreError::InvalidJob { .. }
+            | CoreError::DefinedTwice { .. }
+            | CoreError::BadSchedule { .. }
+            | CoreError::NoSuchChild { .. }
+            | CoreError::ChainLoops { .. }
+            | CoreError::BadRequest(_)
+            | CoreError::NotFinished { .. } => ErrorCode::BadRequest,
+            CoreError::NoSuchJob { .. }
+            | CoreError::NoSuchRun { .. }
+            | CoreError::NoSuchWorker { .. } => ErrorCode::NotFound,
+            CoreError::Ambiguous { .. } => ErrorCode::Ambiguous,
+            CoreError::Forbidden(_) => ErrorCode::Forbidden,
+            CoreError::NotRegistered => ErrorCode::NotRegistered,
+            CoreError::DiskLow(_) => ErrorCode::Unavailable,
+        }
+    }
+
+    /// The refusal as the reply to send; a store failure stays an error for the server.
+    pub fn into_reply(self) -> Result<Reply, StoreError> {
+        match self {
+            CoreError::Store(e) => Err(e),
+            refusal => Ok(Reply::Error {
+                code: refusal.code(),
+                message: refusal.to_string(),
+            }),
+        }
+    }
+}
+
+/// Names for an error message: "a, b, c", or "none".
+pub(crate) fn listed<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_its_code_and_a_plain_message() {
+        let cases = [
+            (
+                CoreError::NoSuchJob {
+                    name: "x".into(),
+                    known: listed(["a".to_string(), "b".to_string()].iter()),
+                },
+                ErrorCode::NotFound,
+                "no job named \"x\" (jobs: a, b)",
+            ),
+            (
+                CoreError::Ambiguous {
+                    selector: "ab".into(),
+                    candidates: vec!["ab1".into(), "ab2".into()],
+                },
+                ErrorCode::Ambiguous,
+                "\"ab\" matches several runs: ab1, ab2",
+            ),
+            (
+                CoreError::NoSuchWorker {
+                    name: "w9".into(),
+                    connected: listed(std::iter::empty()),
+                },
+                ErrorCode::NotFound,
+                "no connected worker named \"w9\" (connected: none)",
+            ),
+            (
+                CoreError::NotFinished {
+                    run_id: "r1".into(),
+                },
+                ErrorCode::BadRequest,
+                "run r1 has not finished yet",
+            ),
+            (
+                CoreError::InvalidJob {
+                    job: "j".into(),
+                    problem: JobProblem::OwnChild,
+                },
+                ErrorCode::BadRequest,
+                "job \"j\": a job cannot be its own child",
+            ),
+            (
+                CoreError::NotRegistered,
+                ErrorCode::NotRegistered,
+                "no session for this worker: register first",
+            ),
+        ];
+        for (error, code, message) in cases {
+            assert_eq!(
+                error.into_reply().ok(),
+                Some(Reply::Error {
+                    code,
+                    message: message.into()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_store_failure_is_not_a_refusal() {
+        let failure = CoreError::Store(StoreError::Backend("disk gone".into()));
+        assert_eq!(failure.code(), ErrorCode::Internal);
+        assert!(failure.into_reply().is_err());
+    }
+}

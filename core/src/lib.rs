@@ -1,0 +1,388 @@
+//! The broker's pure core: authenticated requests in; replies, events and store writes out.
+//!
+//! No sockets and no clock: the server passes the current time in microseconds and sends
+//! what the [`Outbox`] holds after the store has been flushed. Everything happens on one
+//! thread, one request at a time, which is what makes a grant atomic: a run moved to
+//! `assigned` by one `Claim` is gone from the queue for the next.
+
+pub mod schedule;
+pub mod store;
+
+mod admin;
+mod after_end;
+mod alerts;
+mod clock_step;
+mod disk;
+mod error;
+mod job_table;
+mod limits;
+mod liveness;
+mod outbox;
+mod retention;
+mod run_table;
+mod runs;
+mod scheduling;
+mod scope;
+mod totals;
+mod waiting_claims;
+mod worker;
+mod worker_table;
+
+use admin::Pings;
+pub use after_end::Notification;
+pub use disk::{DiskChange, LowDisk};
+pub use error::{CoreError, Handled};
+use job_table::JobTable;
+pub use outbox::{Observation, OutReply, Outbox, ReloadAsked, ReplyTo};
+pub use retention::Retention;
+use run_table::RunTable;
+pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
+pub use scope::Scope;
+pub use totals::count_stored_runs;
+use worker::LogTrack;
+use worker_table::{Session, WorkerTable};
+
+use crate::store::{Store, StoreResult};
+use jobcast_protocol::{
+    AdminRequest, Alert, AlertKind, Reply, Request, RunRecord, RunState, WorkerStatus,
+};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The ZeroMQ routing identity of the connection a request came in on.
+pub type PeerId = Vec<u8>;
+
+/// The sender name of `jobcastctl`.
+pub const ADMIN: &str = "admin";
+
+/// Largest number of runs one listing returns.
+pub const MAX_LIST: u32 = 10_000;
+/// Largest log slice one `GetLog` reply carries when following.
+const MAX_LOG_SLICE: usize = 1 << 20;
+/// Most candidates shown for an ambiguous run selector.
+const MAX_CANDIDATES: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub heartbeat_interval_ms: u64,
+    pub worker_timeout_ms: u64,
+    /// After a start, how long workers have to register again before their absence
+    /// counts (no `no_worker` alert, jobs for every worker wait). The broker sets it to
+    /// the worker timeout: a live worker has re-registered by then.
+    pub restart_grace_ms: u64,
+    /// How long finished runs are kept, and how many.
+    pub retention: Retention,
+    /// The pools each restricted worker key may register for; others may use any.
+    pub worker_pools: HashMap<String, BTreeSet<String>>,
+    /// How long a run granted to a worker that went silent, and never reported started,
+    /// waits for that worker to come back and say whether it started it.
+    pub unstarted_grant_hold_ms: u64,
+    /// The most log stored per run, whatever a worker declares.
+    pub max_log_bytes: u64,
+    /// The most runs assigned or running at once, by pool (where set).
+    pub pool_limits: BTreeMap<String, u32>,
+    /// Seeds the core's random source (run ids, the boot id); `None` seeds it from the
+    /// operating system. Tests fix it, so that every run of them names the same runs.
+    pub seed: Option<u64>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            heartbeat_interval_ms: 1_000,
+            worker_timeout_ms: 10_000,
+            restart_grace_ms: 10_000,
+            retention: Retention::default(),
+            worker_pools: HashMap::new(),
+            unstarted_grant_hold_ms: 600_000,
+            max_log_bytes: 1 << 20,
+            pool_limits: BTreeMap::new(),
+            seed: None,
+        }
+    }
+}
+
+/// Connections seen by the sockets, for `status`.
+#[derive(Debug, Default)]
+struct ConnectionCounts {
+    opened: u64,
+    closed: u64,
+}
+
+pub struct Core<S: Store> {
+    store: S,
+    config: CoreConfig,
+    boot_id: u64,
+    booted_at_ms: u64,
+    next_alive_ms: u64,
+    /// Jobs, their schedules and scheduling state.
+    jobs: JobTable,
+    /// Runs not yet finished, and where the queued ones wait.
+    runs: RunTable,
+    /// Connected workers, every worker's status, claims held open.
+    workers: WorkerTable,
+    /// Live runs' logs, as far as pruning them to the cap needs.
+    logs: HashMap<String, LogTrack>,
+    pings: Pings,
+    /// Where retention's walk over the stored runs is.
+    pruning: retention::Pruning,
+    next_seq: u64,
+    rejected: BTreeMap<String, u64>,
+    connections: ConnectionCounts,
+    /// The time of the latest request or tick (µs): the one clock, set from `now`.
+    clock_us: u64,
+    /// Standing conditions, keyed by kind and job or pool.
+    alerts: BTreeMap<(AlertKind, String), Alert>,
+    /// What changed since the last `take_changes`, for live views.
+    changes: Changes,
+    /// Finished runs stored, by state.
+    finished: totals::FinishedCounts,
+    /// The one random source: run ids and the boot id.
+    rng: StdRng,
+    /// Set while free space in the data directory is under the reserve.
+    low_disk: Option<LowDisk>,
+}
+
+/// What changed in a batch, for the dashboard's live feed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub runs: BTreeSet<String>,
+    pub workers: bool,
+    /// Every job (definitions applied, pools enabled or disabled).
+    pub jobs: bool,
+    /// Jobs whose state changed (a tick, a start, an end), when not every job did.
+    pub job_names: BTreeSet<String>,
+    /// Log output received: (run id, stream offset, bytes).
+    pub logs: Vec<(String, u64, Vec<u8>)>,
+}
+
+/// The changes of a batch, resolved to what a live view shows.
+#[derive(Debug, Default)]
+pub struct ChangeSet {
+    pub runs: Vec<RunRecord>,
+    pub workers: Option<Vec<WorkerStatus>>,
+    /// Every job, when all may have changed.
+    pub jobs: Option<Vec<jobcast_protocol::JobView>>,
+    /// Only the jobs that changed, otherwise.
+    pub changed_jobs: Vec<jobcast_protocol::JobView>,
+    /// Every stored run by state, when runs changed.
+    pub runs_by_state: Option<BTreeMap<String, u64>>,
+    pub logs: Vec<(String, u64, Vec<u8>)>,
+}
+
+fn ms(now_us: u64) -> u64 {
+    now_us / 1_000
+}
+
+fn nothing_granted() -> Reply {
+    Reply::Granted {
+        runs: vec![],
+        more_queued: false,
+    }
+}
+
+impl<S: Store> Core<S> {
+    /// Loads jobs and unfinished runs from `store`.
+    pub fn new(store: S, config: CoreConfig, now_us: u64) -> StoreResult<Core<S>> {
+        let mut rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let jobs = JobTable {
+            specs: store
+                .jobs()?
+                .into_iter()
+                .map(|j| (j.name.clone(), j))
+                .collect(),
+            ..Default::default()
+        };
+        let finished = totals::FinishedCounts::load(&store)?;
+        let mut core = Core {
+            next_seq: store.last_run_seq()? + 1,
+            workers: WorkerTable::restored(store.workers()?),
+            store,
+            config,
+            boot_id: rng.next_u64(),
+            rng,
+            booted_at_ms: ms(now_us),
+            next_alive_ms: 0,
+            jobs,
+            runs: RunTable::default(),
+            logs: HashMap::new(),
+            pings: Pings::default(),
+            pruning: Default::default(),
+            rejected: BTreeMap::new(),
+            connections: ConnectionCounts::default(),
+            clock_us: now_us,
+            alerts: BTreeMap::new(),
+            changes: Changes::default(),
+            finished,
+            low_disk: None,
+        };
+        for run in core.store.active_runs()? {
+            if run.state == RunState::Queued {
+                core.runs.enqueue(&run, core.clock_ms());
+            }
+            core.runs.activate(run);
+        }
+        core.load_scheduling(ms(now_us))?;
+        Ok(core)
+    }
+
+    pub fn boot_id(&self) -> u64 {
+        self.boot_id
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Stops the core, handing back its store (as a broker that stops leaves it).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Forgets what changed (nobody is watching).
+    pub fn clear_changes(&mut self) {
+        self.changes = Changes::default();
+    }
+
+    /// What changed since the last call, as the records live views show.
+    pub fn take_changes(&mut self) -> StoreResult<ChangeSet> {
+        let changes = std::mem::take(&mut self.changes);
+        let mut runs = Vec::with_capacity(changes.runs.len());
+        for id in changes.runs {
+            runs.extend(self.find_run(&id)?.map(RunRecord::with_secrets_masked));
+        }
+        self.mark_held(&mut runs);
+        let changed_jobs = if changes.jobs {
+            Vec::new()
+        } else {
+            self.job_views_of(changes.job_names.iter())
+        };
+        Ok(ChangeSet {
+            runs_by_state: (!runs.is_empty()).then(|| self.runs_by_state()),
+            runs,
+            workers: changes
+                .workers
+                .then(|| self.status(self.clock_ms()).map(|s| s.workers))
+                .transpose()?,
+            jobs: changes.jobs.then(|| self.job_views()),
+            changed_jobs,
+            logs: changes.logs,
+        })
+    }
+
+    /// Counts a frame the server refused before it reached the core.
+    pub fn note_rejection(&mut self, reason: &str) {
+        *self.rejected.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Counts a connection to the broker's sockets opening or closing.
+    pub fn note_connection(&mut self, opened: bool) {
+        if opened {
+            self.connections.opened += 1;
+        } else {
+            self.connections.closed += 1;
+        }
+    }
+
+    /// Handles one authenticated request from the key `from` on connection `peer`. What
+    /// it changes is recorded as done "by key <from>".
+    pub fn handle(
+        &mut self,
+        peer: &PeerId,
+        from: &str,
+        id: u64,
+        request: impl Into<Request>,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        self.set_clock(now_us);
+        let reply_to = ReplyTo::peer(peer, from);
+        let answer = match (request.into(), from == ADMIN) {
+            (Request::Admin(request), true) => {
+                let actor = format!("key {from}");
+                self.handle_admin(&reply_to, &actor, id, request, now_us, out)
+            }
+            (Request::Worker(request), false) => {
+                self.handle_worker(peer, from, id, request, now_us, out)
+            }
+            (Request::Worker(_), true) => Err(CoreError::Forbidden(
+                "the admin key cannot send worker requests".into(),
+            )),
+            (Request::Admin(_), false) => Err(CoreError::Forbidden(
+                "this request needs the admin key".into(),
+            )),
+        };
+        Self::answer(&reply_to, id, answer, out)
+    }
+
+    /// Sends what a request module decided: its reply, or its refusal as an error reply.
+    /// `None` is answered later (a ping's answers, a waiting claim's runs); a store failure
+    /// goes back to the server.
+    fn answer(
+        reply_to: &ReplyTo,
+        id: u64,
+        answer: Handled<Option<Reply>>,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        let reply = match answer {
+            Ok(reply) => reply,
+            Err(refusal) => Some(refusal.into_reply()?),
+        };
+        if let Some(reply) = reply {
+            out.reply(reply_to, id, reply);
+        }
+        Ok(())
+    }
+
+    /// Handles an operator request from the HTTP API, recording `actor` (`token alice`)
+    /// as who asked; the reply is addressed to [`ReplyTo::Api`] with the same `id`.
+    pub fn handle_api(
+        &mut self,
+        actor: &str,
+        id: u64,
+        request: AdminRequest,
+        scope: &Scope,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        self.set_clock(now_us);
+        let answer = self
+            .scoped_request(request, scope)
+            .and_then(|request| self.handle_admin(&ReplyTo::Api, actor, id, request, now_us, out));
+        let answer = match answer {
+            Ok(Some(reply)) => Ok(Some(self.scoped_reply(reply, scope)?)),
+            other => other,
+        };
+        Self::answer(&ReplyTo::Api, id, answer, out)
+    }
+
+    fn set_clock(&mut self, now_us: u64) {
+        self.clock_us = now_us;
+    }
+
+    fn clock_ms(&self) -> u64 {
+        ms(self.clock_us)
+    }
+
+    /// The pools each restricted worker key may serve, as a reload found them; they apply
+    /// from each worker's next registration.
+    pub fn set_worker_pools(&mut self, worker_pools: HashMap<String, BTreeSet<String>>) {
+        self.config.worker_pools = worker_pools;
+    }
+
+    /// Whether a worker currently has a session (for tests and the server).
+    pub fn is_online(&self, worker: &str) -> bool {
+        self.workers.sessions.contains_key(worker)
+    }
+}
+
+#[cfg(test)]
+mod tests;

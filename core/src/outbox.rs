@@ -1,0 +1,80 @@
+//! What a batch of requests produces: replies, events and notifications, sent after the
+//! store is flushed.
+
+use crate::{Notification, PeerId};
+use jobcast_protocol::{Event, Reply, RunState};
+
+/// Where a reply goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// A connection to the broker's socket; the reply is sealed for `name`.
+    Peer { peer: PeerId, name: String },
+    /// A call from the HTTP API, answered in-process.
+    Api,
+}
+
+impl ReplyTo {
+    pub fn peer(peer: &PeerId, name: &str) -> ReplyTo {
+        ReplyTo::Peer {
+            peer: peer.clone(),
+            name: name.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutReply {
+    pub to: ReplyTo,
+    pub id: u64,
+    pub reply: Reply,
+}
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub replies: Vec<OutReply>,
+    /// (topic, event), deduplicated within one batch.
+    pub events: Vec<(String, Event)>,
+    /// For the notification webhooks.
+    pub notifications: Vec<Notification>,
+    /// `Reload` requests: the server reads the settings and answers them.
+    pub reloads: Vec<ReloadAsked>,
+    /// What the metrics count, as it happened.
+    pub observations: Vec<Observation>,
+}
+
+/// A fact for the metrics, in milliseconds of the broker's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// A run's start was reported, `waited_ms` after it could first be handed out.
+    Started { pool: String, waited_ms: u64 },
+    /// A run ended; `ran_ms` if it had started.
+    Ended {
+        job: String,
+        state: RunState,
+        ran_ms: Option<u64>,
+    },
+}
+
+/// Someone asked for the settings to be read again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadAsked {
+    pub to: ReplyTo,
+    pub id: u64,
+    pub actor: String,
+}
+
+impl Outbox {
+    pub fn reply(&mut self, to: &ReplyTo, id: u64, reply: Reply) {
+        self.replies.push(OutReply {
+            to: to.clone(),
+            id,
+            reply,
+        });
+    }
+
+    pub(crate) fn publish(&mut self, topic: String, event: Event) {
+        if !self.events.iter().any(|(t, e)| *t == topic && *e == event) {
+            self.events.push((topic, event));
+        }
+    }
+}

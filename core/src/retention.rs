@@ -1,0 +1,207 @@
+//! Retention: finished runs and their logs are deleted when they are older than the job's
+//! `retention` (or the broker's `max_age`), and the oldest finished ones when more than
+//! `max_runs` are stored. In small steps (a few hundred records looked at per batch), so
+//! pruning a large store never stalls the loop; never an unfinished run, never the newest.
+
+use crate::store::{Store, StoreResult};
+use crate::Core;
+use jobcast_protocol::{Reply, RunRecord};
+
+/// Records looked at in one step of the loop (each step a batch and a flush of its own
+/// when it deletes: 64 keeps a batch to a few milliseconds).
+const STEP: usize = 64;
+/// Records a dry `Prune` looks at, and records a `Prune` deletes among, at most: both
+/// run on the loop, so both are bounded (a dry look at 20,000 records takes tens of ms).
+const DRY_SCAN: usize = 20_000;
+const DELETE_SCAN: usize = 2_048;
+/// How long the loop waits before looking again once a pass found nothing to delete.
+const IDLE_MS: u64 = 10_000;
+/// Between two steps of a pass that delete nothing: walking a large store where little
+/// is due costs little.
+const WALK_MS: u64 = 100;
+
+/// How long finished runs are kept, and how many.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age_ms: Option<u64>,
+    pub max_runs: Option<u64>,
+}
+
+/// Where the pruning walk is.
+#[derive(Debug, Default)]
+pub(crate) struct Pruning {
+    /// The next sequence number to look at; back to the oldest after the newest.
+    cursor: u64,
+    next_step_ms: u64,
+    /// Runs deleted since the broker started.
+    pub pruned: u64,
+    /// Whether the current pass (from the oldest) has deleted anything.
+    pass_deleted: bool,
+}
+
+impl Retention {
+    /// Whether `run` is to go: finished, and older than its job's retention or the
+    /// broker's, or one of the oldest beyond `max_runs` (`excess` of them left to pick).
+    fn expired(&self, run: &RunRecord, now: u64, excess: &mut u64) -> bool {
+        if !run.state.is_terminal() {
+            return false;
+        }
+        let keep_ms = run.spec.policy.retention_ms.or(self.max_age_ms);
+        let ended = run.finished_at_ms.unwrap_or(run.created_at_ms);
+        let too_old = keep_ms.is_some_and(|keep| now.saturating_sub(ended) > keep);
+        if too_old {
+            *excess = excess.saturating_sub(1);
+            return true;
+        }
+        if *excess > 0 {
+            *excess -= 1;
+            return true;
+        }
+        false
+    }
+}
+
+impl<S: Store> Core<S> {
+    fn retention_applies(&self) -> bool {
+        let r = self.config.retention;
+        r.max_age_ms.is_some() || r.max_runs.is_some() || self.jobs.any_retention()
+    }
+
+    /// The shortest time any run is kept by age (the broker's or a job's), if any rule
+    /// keeps by age. A run created less than this ago cannot be due by age, and neither
+    /// can any run after it (numbered later, created later): a walk can stop there.
+    fn shortest_keep_ms(&self) -> Option<u64> {
+        let jobs = self.jobs.retentions();
+        self.config
+            .retention
+            .max_age_ms
+            .into_iter()
+            .chain(jobs)
+            .min()
+    }
+
+    fn excess_runs(&self) -> StoreResult<u64> {
+        Ok(match self.config.retention.max_runs {
+            Some(max) => self.store.run_count()?.saturating_sub(max),
+            None => 0,
+        })
+    }
+
+    /// When the loop should take the next step (a step that finds retention off rests
+    /// like one that found nothing, so no batch pays for looking at every job).
+    /// Moves the next step with a step of the wall clock.
+    pub(crate) fn shift_pruning(&mut self, shift: impl Fn(u64) -> u64) {
+        self.pruning.next_step_ms = shift(self.pruning.next_step_ms);
+    }
+
+    pub(crate) fn next_prune_ms(&self) -> u64 {
+        self.pruning.next_step_ms
+    }
+
+    /// One bounded step of the walk, from the loop: deletes what is due among the next
+    /// `STEP` records. Returns how many it deleted. A step that deleted something is
+    /// followed by the next at once (a batch of its own, committed like any other).
+    pub(crate) fn prune_step(&mut self, now: u64) -> StoreResult<u64> {
+        if now < self.pruning.next_step_ms {
+            return Ok(0);
+        }
+        if !self.retention_applies() {
+            self.pruning.next_step_ms = now + IDLE_MS;
+            return Ok(0);
+        }
+        if self.store.is_backlogged() {
+            // Deleting now would add to a backlog the engine is still writing out, and
+            // its writes (ours included) would be held back until it catches up.
+            self.pruning.next_step_ms = now + WALK_MS;
+            return Ok(0);
+        }
+        let newest = self.store.last_run_seq()?;
+        let mut excess = self.excess_runs()?;
+        let shortest_keep = self.shortest_keep_ms();
+        if excess == 0 && shortest_keep.is_none() {
+            // Nothing beyond the count and no rule by age: no record to look at.
+            self.pruning.cursor = 0;
+            self.pruning.next_step_ms = now + IDLE_MS;
+            return Ok(0);
+        }
+        let batch = self.store.oldest_runs(self.pruning.cursor, STEP)?;
+        let mut deleted = 0;
+        let mut too_young = false;
+        for run in &batch {
+            too_young = excess == 0
+                && shortest_keep.is_none_or(|keep| run.created_at_ms.saturating_add(keep) > now);
+            if too_young {
+                // Neither this run nor any later one is due: the pass ends here, so a
+                // store of young runs costs one record's look per pass.
+                break;
+            }
+            if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
+                self.store.delete_run(run)?;
+                self.finished.deleted(run.spec.team.as_deref(), run.state);
+                deleted += 1;
+            }
+        }
+        self.pruning.pruned += deleted;
+        self.pruning.pass_deleted |= deleted > 0;
+        self.pruning.next_step_ms = match batch.last() {
+            Some(last) if batch.len() == STEP && !too_young => {
+                self.pruning.cursor = last.seq + 1;
+                if deleted > 0 {
+                    now
+                } else {
+                    now + WALK_MS
+                }
+            }
+            _ => {
+                // The end of a pass: start again from the oldest, at once if this pass
+                // found work (more may be due), else after a while.
+                self.pruning.cursor = 0;
+                if std::mem::take(&mut self.pruning.pass_deleted) {
+                    now
+                } else {
+                    now + IDLE_MS
+                }
+            }
+        };
+        if deleted > 0 {
+            tracing::info!(deleted, "retention: finished runs deleted");
+        }
+        Ok(deleted)
+    }
+
+    /// `Prune`: counts (dry) or deletes what retention would delete now, among the oldest
+    /// `DRY_SCAN` (or `DELETE_SCAN`) runs.
+    pub(crate) fn prune(&mut self, dry_run: bool, now: u64) -> StoreResult<Reply> {
+        let newest = self.store.last_run_seq()?;
+        let mut excess = self.excess_runs()?;
+        let limit = if dry_run { DRY_SCAN } else { DELETE_SCAN };
+        let (mut cursor, mut scanned, mut runs) = (0, 0u64, 0u64);
+        loop {
+            let batch = self.store.oldest_runs(cursor, STEP)?;
+            for run in &batch {
+                if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
+                    if !dry_run {
+                        self.store.delete_run(run)?;
+                        self.finished.deleted(run.spec.team.as_deref(), run.state);
+                        self.pruning.pruned += 1;
+                    }
+                    runs += 1;
+                }
+            }
+            scanned += batch.len() as u64;
+            match batch.last() {
+                Some(last) if batch.len() == STEP && (scanned as usize) < limit => {
+                    cursor = last.seq + 1;
+                }
+                _ => {
+                    let complete = batch.len() < STEP;
+                    return Ok(Reply::Pruned {
+                        runs,
+                        scanned,
+                        complete,
+                    });
+                }
+            }
+        }
+    }
+}

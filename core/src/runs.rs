@@ -1,0 +1,132 @@
+//! The run table: creating runs, queueing them, and retiring them when they end.
+
+use crate::scheduling::NewRun;
+use crate::store::{Store, StoreResult};
+use crate::{Core, Observation, Outbox};
+use jobcast_protocol::{RunRecord, RunState};
+use rand::RngCore;
+
+/// Whether `run` is a grant to worker process `instance` that was never reported
+/// started: such a run provably did not run, and is resent rather than lost. The one rule
+/// for registrations and heartbeats alike.
+pub(crate) fn unstarted_grant_to(run: &RunRecord, instance: u64) -> bool {
+    run.state == RunState::Assigned && instance != 0 && run.worker_instance == Some(instance)
+}
+
+impl<S: Store> Core<S> {
+    /// A run by id, unfinished (in memory) or stored.
+    pub(crate) fn find_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
+        match self.runs.active.get(id) {
+            Some(run) => Ok(Some(run.clone())),
+            None => self.store.run(id),
+        }
+    }
+
+    pub(crate) fn new_run_id(&mut self) -> StoreResult<String> {
+        loop {
+            let id = format!("{:016x}", self.rng.next_u64());
+            if !self.runs.active.contains_key(&id) && self.store.run(&id)?.is_none() {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Creates a run, unless one with its derived id exists already (then `None`).
+    pub(crate) fn create_run(
+        &mut self,
+        new: NewRun,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<Option<RunRecord>> {
+        let id = match new.id {
+            Some(id) => {
+                // Only a time this broker has not seen can have been decided by an
+                // earlier run of it; later decisions are this one's own, made once.
+                let maybe_decided_before = new.scheduled_at_ms <= self.booted_at_ms
+                    || new.not_before_ms > 0
+                    || new.parent.is_some();
+                if self.runs.active.contains_key(&id)
+                    || (maybe_decided_before && self.store.run(&id)?.is_some())
+                {
+                    return Ok(None);
+                }
+                id
+            }
+            None => self.new_run_id()?,
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let run = RunRecord {
+            attempt: new.attempt,
+            scheduled_at_ms: new.scheduled_at_ms,
+            parent: new.parent,
+            first_attempt: new.first_attempt,
+            pinned_worker: new.pinned_worker,
+            not_before_ms: new.not_before_ms,
+            created_at_us: self.clock_us,
+            schedule_id: new.schedule_id,
+            params: new.params,
+            priority: new.priority,
+            ..RunRecord::queued(id, seq, new.spec, now, new.cause)
+        };
+        self.store.create_run(&run)?;
+        self.changes.runs.insert(run.id.clone());
+        self.runs.activate(run.clone());
+        if self.runs.enqueue(&run, self.clock_ms()) {
+            self.wake(&run.pool, out);
+        }
+        Ok(Some(run))
+    }
+
+    /// Writes a run that reached a terminal state, forgets it from memory, and does what
+    /// follows its end (retry, chain, notification).
+    pub(crate) fn retire(
+        &mut self,
+        run: &RunRecord,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        self.store.put_run(run)?;
+        self.changes.runs.insert(run.id.clone());
+        self.finished.ended(run.spec.team.as_deref(), run.state);
+        out.observations.push(Observation::Ended {
+            job: run.job.clone(),
+            state: run.state,
+            ran_ms: run.duration_ms(),
+        });
+        self.runs.deactivate(run);
+        self.logs.remove(&run.id);
+        if let Some(worker) = &run.worker {
+            if let Some(session) = self.workers.sessions.get_mut(worker) {
+                session.runs.remove(&run.id);
+                // The slot it frees, or the end of an `overlap = queue` run, may make
+                // queued runs grantable to a waiting claim.
+                for pool in &session.register.pools {
+                    self.workers.waiting.mark_dirty(pool);
+                }
+            }
+        }
+        self.workers.waiting.mark_dirty(&run.pool);
+        self.after_end(run, now, out)
+    }
+
+    pub(crate) fn finish_as(
+        &mut self,
+        run_id: &str,
+        state: RunState,
+        now: u64,
+        cause: String,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        let Some(run) = self.runs.active.get_mut(run_id) else {
+            return Ok(());
+        };
+        if let Err(e) = run.transition(state, now, cause.clone()) {
+            tracing::warn!(run_id, error = %e, "cannot end run");
+            return Ok(());
+        }
+        tracing::warn!(run_id, %state, %cause, "run ended by the broker");
+        let run = run.clone();
+        self.retire(&run, now, out)
+    }
+}

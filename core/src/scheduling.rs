@@ -1,0 +1,344 @@
+//! The scheduling half of the core: ticks, misfires, overlap, retries, chains,
+//! auto-disable, enable/disable, and late or never-run detection.
+//!
+//! A tick is dealt with exactly once: the job's `last_tick_ms` moves past it in the same
+//! group commit that records its run, and the run's id is derived from (job, tick), so a
+//! tick decided twice (say, after a crash before the flush) names the same run, which is
+//! never created twice.
+
+use crate::schedule::{derived_run_id, Schedule};
+use crate::store::{Store, StoreError, StoreResult};
+use crate::{Core, Notification, Outbox};
+use jobcast_protocol::{AlertKind, JobSpec, JobState, Misfire, Overlap};
+
+/// Ticks older than this when the broker gets to them were missed (the broker was down
+/// or stalled) and follow the job's misfire policy.
+pub const MISFIRE_GRACE_MS: u64 = 5_000;
+/// Most ticks looked at per job in one pass, so a long outage of a frequent job is
+/// caught up in bounded steps.
+const MAX_TICKS_PER_PASS: usize = 10_000;
+/// Skipped ticks remembered per job.
+pub(super) const RECENT_SKIPS: usize = 20;
+pub(super) const DISABLED_POOLS: &str = "disabled_pools";
+
+/// Everything needed to create a run.
+pub(super) struct NewRun {
+    pub spec: JobSpec,
+    /// A derived id, or `None` for a random one.
+    pub id: Option<String>,
+    pub scheduled_at_ms: u64,
+    pub cause: String,
+    pub attempt: u32,
+    pub parent: Option<String>,
+    pub first_attempt: Option<String>,
+    pub pinned_worker: Option<String>,
+    pub not_before_ms: u64,
+    pub schedule_id: Option<String>,
+    /// Parameter values; the job's defaults unless set otherwise.
+    pub params: jobcast_protocol::params::Params,
+    /// The job's, unless set otherwise.
+    pub priority: i32,
+}
+
+impl NewRun {
+    /// A run of `spec` with its parameters' defaults.
+    pub fn of(spec: JobSpec, scheduled_at_ms: u64, cause: impl Into<String>) -> NewRun {
+        NewRun {
+            params: jobcast_protocol::params::carried(&spec.params, &Default::default()),
+            priority: spec.priority,
+            spec,
+            id: None,
+            scheduled_at_ms,
+            cause: cause.into(),
+            attempt: 1,
+            parent: None,
+            first_attempt: None,
+            pinned_worker: None,
+            not_before_ms: 0,
+            schedule_id: None,
+        }
+    }
+}
+
+impl<S: Store> Core<S> {
+    pub(super) fn load_scheduling(&mut self, now: u64) -> StoreResult<()> {
+        self.jobs.states = self.store.job_states()?.into_iter().collect();
+        if let Some(bytes) = self.store.setting(DISABLED_POOLS)? {
+            // A setting that cannot be read is an error, not "no pool disabled": reading it
+            // as empty would quietly re-enable every disabled pool.
+            self.jobs.disabled_pools =
+                rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    what: "disabled pools setting",
+                    detail: e.to_string(),
+                })?;
+        }
+        let names: Vec<String> = self.jobs.specs.keys().cloned().collect();
+        for name in names {
+            self.jobs
+                .states
+                .entry(name.clone())
+                .or_insert_with(|| JobState {
+                    created_at_ms: now,
+                    last_tick_ms: now,
+                    ..Default::default()
+                });
+            self.jobs.compile(&name);
+        }
+        Ok(())
+    }
+
+    pub(super) fn save_job_state(&mut self, job: &str) -> StoreResult<()> {
+        if let Some(state) = self.jobs.states.get(job) {
+            self.store.put_job_state(job, state)?;
+            // Its state (and so its next fire time) is what live views show of it.
+            if !self.changes.jobs {
+                self.changes.job_names.insert(job.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn skip_tick(&mut self, job: &str, tick: u64, reason: &str) {
+        tracing::info!(job, tick_ms = tick, reason, "tick skipped");
+        let state = self.jobs.states.entry(job.to_string()).or_default();
+        state.skipped_ticks += 1;
+        state.recent_skips.push((tick, reason.to_string()));
+        if state.recent_skips.len() > RECENT_SKIPS {
+            state.recent_skips.remove(0);
+        }
+    }
+
+    /// Deals with every job whose next tick is due.
+    pub(super) fn schedule_due(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
+        if self.low_disk.is_some() {
+            // Held, not skipped: once space returns, each job's misfire policy judges
+            // the ticks that came due meanwhile.
+            return Ok(());
+        }
+        for job in self.jobs.next_fire.due(now) {
+            self.schedule_job(&job, now, out)?;
+        }
+        Ok(())
+    }
+
+    fn schedule_job(&mut self, job: &str, now: u64, out: &mut Outbox) -> StoreResult<()> {
+        let (Some(spec), Some(schedule)) = (
+            self.jobs.specs.get(job).cloned(),
+            self.jobs.schedules.get(job).cloned(),
+        ) else {
+            self.jobs.next_fire.set(job, None);
+            return Ok(());
+        };
+        let last = self
+            .jobs
+            .states
+            .get(job)
+            .map(|s| s.last_tick_ms)
+            .unwrap_or(0);
+        let ticks = schedule.ticks_between(last, now, MAX_TICKS_PER_PASS);
+        let Some(&latest) = ticks.last() else {
+            self.jobs.compile(job);
+            return Ok(());
+        };
+        // A job for every worker waits, after a broker start, until its pool's workers
+        // that were online before have registered again (or the grace has passed):
+        // deciding at the first one would give the tick to that worker alone.
+        let waits_for_workers = spec.policy.run_on_all_workers;
+        let grace_end = self.worker_grace_end();
+        if waits_for_workers && now < grace_end && !self.workers.back_for_pool(&spec.pool) {
+            self.jobs
+                .next_fire
+                .set(job, Some((now + 1_000).min(grace_end)));
+            return Ok(());
+        }
+        // Ticks that waited for the workers are on time until the grace has ended.
+        let due = |tick: u64| {
+            if waits_for_workers && tick >= self.booted_at_ms {
+                tick.max(grace_end.min(now))
+            } else {
+                tick
+            }
+        };
+        let (missed, on_time): (Vec<u64>, Vec<u64>) = ticks
+            .iter()
+            .partition(|t| now.saturating_sub(due(**t)) > MISFIRE_GRACE_MS);
+        // Which missed ticks still get a run, by the misfire policy.
+        let catch_up: Vec<u64> = match spec.policy.misfire {
+            Misfire::Skip => vec![],
+            Misfire::Once => missed.last().copied().into_iter().collect(),
+            Misfire::All => {
+                let max = spec.policy.max_catchup as usize;
+                missed[missed.len().saturating_sub(max)..].to_vec()
+            }
+        };
+        for tick in &missed {
+            if !catch_up.contains(tick) {
+                self.skip_tick(job, *tick, "missed while the broker was not running");
+            }
+        }
+        // Each tick is judged against the runs active when it is decided, including the
+        // ones earlier ticks of this pass started: `skip` never has two runs out, even
+        // when a pass catches up several ticks.
+        for tick in catch_up.iter().chain(on_time.iter()) {
+            self.fire(&spec, &schedule, *tick, now, out)?;
+        }
+        if let Some(state) = self.jobs.states.get_mut(job) {
+            state.last_tick_ms = latest;
+        }
+        self.save_job_state(job)?;
+        self.jobs.next_fire.set(job, schedule.next_after(latest));
+        Ok(())
+    }
+
+    /// Until when, after a broker start, the absence of workers is not yet news: they
+    /// reconnect and register within about a worker timeout.
+    pub(super) fn worker_grace_end(&self) -> u64 {
+        self.booted_at_ms + self.config.restart_grace_ms
+    }
+
+    /// One tick of a job: start a run, or record why not.
+    fn fire(
+        &mut self,
+        spec: &JobSpec,
+        schedule: &Schedule,
+        tick: u64,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        let job = spec.name.as_str();
+        if !self.jobs.is_active(spec) {
+            self.skip_tick(job, tick, "job or pool disabled");
+            return Ok(());
+        }
+        if schedule.is_excluded(tick) {
+            self.skip_tick(job, tick, "inside an exclusion window");
+            return Ok(());
+        }
+        // The tick's name: its time, and after the wall clock stepped back past ticks the
+        // job had, which pass of those times it is.
+        let tick_text = match self.jobs.states.get(job).map_or(0, |s| s.clock_era) {
+            0 => tick.to_string(),
+            era => format!("{tick}/{era}"),
+        };
+        let cause = format!("scheduled for {}", format_ms(tick));
+        if !spec.policy.run_on_all_workers {
+            if self.overlap_allows(spec, None, tick, now, out)? {
+                let mut new = NewRun::of(spec.clone(), tick, cause);
+                new.id = Some(derived_run_id(&[job, &tick_text]));
+                self.create_run(new, now, out)?;
+            }
+            return Ok(());
+        }
+        let workers: Vec<String> = self
+            .workers
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.register.pools.contains(&spec.pool))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if workers.is_empty() {
+            self.skip_tick(job, tick, "no live worker in the pool");
+            out.notifications.push(Notification {
+                kind: AlertKind::NoWorker,
+                job: Some(job.to_string()),
+                pool: Some(spec.pool.clone()),
+                run_id: None,
+                at_ms: now,
+                text: format!(
+                    "job {job}: no live worker in pool {} to run it on",
+                    spec.pool
+                ),
+            });
+            return Ok(());
+        }
+        let schedule_id = derived_run_id(&[job, &tick_text]);
+        for worker in workers {
+            // Each worker's copy overlaps only that worker's earlier copy.
+            if !self.overlap_allows(spec, Some(&worker), tick, now, out)? {
+                continue;
+            }
+            let mut new = NewRun::of(spec.clone(), tick, format!("{cause}, on every worker"));
+            new.id = Some(derived_run_id(&[job, &tick_text, &worker]));
+            new.pinned_worker = Some(worker);
+            new.schedule_id = Some(schedule_id.clone());
+            self.create_run(new, now, out)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a tick may start a run (pinned to `pinned`, for a job run on every worker)
+    /// by the job's overlap policy, given the runs it overlaps; `replace` kills those.
+    fn overlap_allows(
+        &mut self,
+        spec: &JobSpec,
+        pinned: Option<&str>,
+        tick: u64,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<bool> {
+        let job = spec.name.as_str();
+        let overlapped: Vec<String> = self
+            .runs
+            .overlapping(job, pinned)
+            .map(|r| r.id.clone())
+            .collect();
+        if overlapped.is_empty() {
+            return Ok(true);
+        }
+        match spec.policy.overlap {
+            Overlap::Skip => {
+                let reason = match pinned {
+                    Some(worker) => format!("the previous run on {worker} is still active"),
+                    None => "the previous run is still active".to_string(),
+                };
+                self.skip_tick(job, tick, &reason);
+                Ok(false)
+            }
+            Overlap::Replace => {
+                for run_id in overlapped {
+                    self.kill(&run_id, "the scheduler (overlap = replace)", now, out)?;
+                }
+                Ok(true)
+            }
+            Overlap::Queue | Overlap::Allow => Ok(true),
+        }
+    }
+
+    /// Moves retries whose back-off has passed into their pool's queue.
+    pub(super) fn release_delayed(&mut self, now: u64, out: &mut Outbox) {
+        for pool in self.runs.release_due(now) {
+            self.wake(&pool, out);
+        }
+    }
+
+    /// When the core next has something to do by itself, in microseconds.
+    pub fn next_wakeup_us(&self) -> u64 {
+        let mut next_ms = self.next_alive_ms;
+        if let Some(t) = self
+            .jobs
+            .next_fire
+            .earliest()
+            .filter(|_| self.low_disk.is_none())
+        {
+            next_ms = next_ms.min(t);
+        }
+        if let Some(t) = self.runs.next_release_ms() {
+            next_ms = next_ms.min(t);
+        }
+        next_ms = next_ms.min(self.next_prune_ms());
+        let mut next_us = next_ms.saturating_mul(1_000);
+        if let Some(deadline) = self.pings.pending.values().map(|p| p.deadline_us).min() {
+            next_us = next_us.min(deadline);
+        }
+        if let Some(deadline) = self.workers.waiting.earliest_deadline_ms() {
+            next_us = next_us.min(deadline.saturating_mul(1_000));
+        }
+        next_us
+    }
+}
+
+/// An RFC 3339 rendering of a time in milliseconds, for causes and messages.
+pub fn format_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}

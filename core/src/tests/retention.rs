@@ -1,0 +1,214 @@
+//! Retention: finished runs deleted by age (the job's or the broker's) and by count, in
+//! bounded steps; `Prune` dry and not.
+
+use super::*;
+use crate::Retention;
+use jobcast_protocol::RunFilter;
+
+const HOUR_MS: u64 = 3_600_000;
+
+fn keeping(retention: Retention) -> Harness {
+    Harness::with_config(
+        MemoryStore::default(),
+        CoreConfig {
+            retention,
+            ..CoreConfig::default()
+        },
+    )
+}
+
+/// A run of `job` that ended (cancelled before it started).
+fn ended_run(h: &mut Harness, job: &str) -> String {
+    let id = h.enqueue(job);
+    h.admin(AdminRequest::Kill {
+        selectors: vec![id.clone()],
+    });
+    assert_eq!(h.state(&id), RunState::Cancelled);
+    id
+}
+
+fn stored(h: &Harness) -> Vec<String> {
+    h.core
+        .store()
+        .runs(&RunFilter {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .unwrap()
+        .runs
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+#[test]
+fn beyond_max_runs_the_oldest_finished_runs_go_with_their_logs() {
+    let mut h = keeping(Retention {
+        max_age_ms: None,
+        max_runs: Some(5),
+    });
+    h.register("w1", 1, &["default"], &[]);
+    let running = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.worker(
+        "w1",
+        WorkerRequest::LogChunk {
+            run_id: running.clone(),
+            offset: 0,
+            data: b"still going".to_vec(),
+        },
+    );
+    let ended: Vec<String> = (0..7).map(|_| ended_run(&mut h, "hello")).collect();
+    h.core
+        .store_mut()
+        .put_log_chunk(&ended[0], 0, b"old output")
+        .unwrap();
+    h.tick();
+    let kept = stored(&h);
+    assert_eq!(kept.len(), 5, "{kept:?}");
+    // The unfinished run stays, however old; the oldest finished ones went.
+    assert!(kept.contains(&running));
+    for gone in &ended[..3] {
+        assert!(!kept.contains(gone), "{gone} kept");
+    }
+    assert!(h.core.store().log_chunks(&ended[0]).unwrap().is_empty());
+    assert_eq!(h.core.store().run_count().unwrap(), 5);
+    let Reply::Status(status) = h.admin(AdminRequest::Status) else {
+        panic!()
+    };
+    assert_eq!((status.total_runs, status.pruned_runs), (5, 3));
+}
+
+#[test]
+fn a_jobs_own_retention_wins_over_the_brokers_age() {
+    let mut h = keeping(Retention {
+        max_age_ms: Some(24 * HOUR_MS),
+        max_runs: None,
+    });
+    let mut short = job("short", "default");
+    short.policy.retention_ms = Some(HOUR_MS);
+    h.admin(AdminRequest::ApplyJobs {
+        jobs: vec![job("hello", "default"), short],
+    });
+    let brief = ended_run(&mut h, "short");
+    let normal = ended_run(&mut h, "hello");
+    let newest = ended_run(&mut h, "hello");
+    h.advance_ms(2 * HOUR_MS);
+    h.tick();
+    assert_eq!(stored(&h), [newest.clone(), normal.clone()], "{brief} went");
+    h.advance_ms(23 * HOUR_MS);
+    h.tick();
+    // Past the broker's day; the newest run always stays (its number is the count's base).
+    assert_eq!(stored(&h), [newest]);
+}
+
+#[test]
+fn a_large_backlog_is_pruned_a_bounded_step_per_batch() {
+    let mut h = keeping(Retention {
+        max_age_ms: None,
+        max_runs: Some(10),
+    });
+    for _ in 0..1_000 {
+        ended_run(&mut h, "hello");
+    }
+    h.tick();
+    let after_one = h.core.store().run_count().unwrap();
+    assert!(
+        after_one >= 1_000 - 64,
+        "one step deleted {}",
+        1_000 - after_one
+    );
+    assert!(after_one < 1_000, "nothing deleted");
+    // Each step deleting something is followed by the next at once (no wait).
+    assert_eq!(h.core.next_wakeup_us(), h.now);
+    for _ in 0..20 {
+        h.tick();
+    }
+    assert_eq!(h.core.store().run_count().unwrap(), 10);
+}
+
+#[test]
+fn prune_dry_run_counts_and_prune_deletes() {
+    let mut h = keeping(Retention {
+        max_age_ms: Some(HOUR_MS),
+        max_runs: None,
+    });
+    for _ in 0..4 {
+        ended_run(&mut h, "hello");
+    }
+    h.advance_ms(2 * HOUR_MS);
+    let dry = h.admin(AdminRequest::Prune { dry_run: true });
+    assert_eq!(
+        dry,
+        Reply::Pruned {
+            runs: 3,
+            scanned: 4,
+            complete: true
+        }
+    );
+    assert_eq!(
+        h.core.store().run_count().unwrap(),
+        4,
+        "a dry run deletes nothing"
+    );
+    let real = h.admin(AdminRequest::Prune { dry_run: false });
+    assert!(matches!(real, Reply::Pruned { runs: 3, .. }), "{real:?}");
+    assert_eq!(h.core.store().run_count().unwrap(), 1);
+}
+
+#[test]
+fn retention_waits_while_the_store_is_behind_on_its_writes() {
+    let mut h = keeping(Retention {
+        max_age_ms: None,
+        max_runs: Some(2),
+    });
+    for _ in 0..5 {
+        ended_run(&mut h, "hello");
+    }
+    h.core.store_mut().backlogged = true;
+    for _ in 0..10 {
+        h.advance_ms(1_000);
+        h.tick();
+    }
+    assert_eq!(stored(&h).len(), 5, "nothing deleted while backlogged");
+    h.core.store_mut().backlogged = false;
+    h.advance_ms(1_000);
+    h.tick();
+    assert_eq!(stored(&h).len(), 2);
+}
+
+#[test]
+fn a_walk_over_runs_too_young_to_be_due_ends_at_the_first_one() {
+    let mut h = keeping(Retention {
+        max_age_ms: Some(HOUR_MS),
+        max_runs: None,
+    });
+    // More than one step's worth, all younger than the hour.
+    for _ in 0..200 {
+        ended_run(&mut h, "hello");
+    }
+    h.tick();
+    // The pass ended at once: the next look is the idle wait, not the next step's.
+    assert_eq!(h.core.next_prune_ms(), h.now / 1_000 + 10_000);
+    assert_eq!(stored(&h).len(), 200);
+    // Once they are due, the same walk deletes them, a step at a time.
+    h.advance_ms(2 * HOUR_MS);
+    for _ in 0..10 {
+        h.tick();
+    }
+    assert_eq!(stored(&h).len(), 1, "only the newest stays");
+}
+
+#[test]
+fn a_count_already_within_max_runs_and_no_age_rule_looks_at_nothing() {
+    let mut h = keeping(Retention {
+        max_age_ms: None,
+        max_runs: Some(1_000),
+    });
+    for _ in 0..100 {
+        ended_run(&mut h, "hello");
+    }
+    h.tick();
+    assert_eq!(h.core.next_prune_ms(), h.now / 1_000 + 10_000);
+    assert_eq!(stored(&h).len(), 100);
+}

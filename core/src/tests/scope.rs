@@ -1,0 +1,140 @@
+//! Ownership: a caller limited to teams sees and acts on its teams' jobs and runs only.
+
+use super::*;
+use crate::Scope;
+
+fn as_team(h: &mut Harness, scope: &Scope, request: AdminRequest) -> Reply {
+    let mut out = Outbox::default();
+    let id = h.next_id;
+    h.next_id += 1;
+    h.core
+        .handle_api("token team", id, request, scope, h.now, &mut out)
+        .unwrap();
+    out.replies
+        .into_iter()
+        .find(|r| r.id == id)
+        .map(|r| r.reply)
+        .expect("an answer")
+}
+
+fn owned(name: &str, team: Option<&str>) -> jobcast_protocol::JobSpec {
+    let mut spec = job(name, "default");
+    spec.team = team.map(str::to_string);
+    spec
+}
+
+fn refused(reply: Reply) -> (ErrorCode, String) {
+    match reply {
+        Reply::Error { code, message } => (code, message),
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_team_sees_and_acts_on_its_own_jobs_and_runs_only() {
+    let mut h = Harness::new();
+    h.admin(AdminRequest::ApplyJobs {
+        jobs: vec![
+            owned("ours", Some("data")),
+            owned("theirs", Some("web")),
+            owned("nobodys", None),
+        ],
+    });
+    h.register("w1", 4, &["default"], &[]);
+    let our_run = h.enqueue("ours");
+    let their_run = h.enqueue("theirs");
+    h.claim("w1", 4);
+    let data = Scope::teams(["data".to_string()]);
+
+    // Listings: its jobs, its runs.
+    let Reply::Jobs { jobs } = as_team(&mut h, &data, AdminRequest::ListJobs) else {
+        panic!()
+    };
+    let names: Vec<&str> = jobs.iter().map(|j| j.spec.name.as_str()).collect();
+    assert_eq!(names, ["ours"]);
+    let Reply::Runs { runs, .. } = as_team(
+        &mut h,
+        &data,
+        AdminRequest::ListRuns(jobcast_protocol::RunFilter {
+            limit: 100,
+            ..Default::default()
+        }),
+    ) else {
+        panic!()
+    };
+    let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, [our_run.as_str()]);
+
+    // Another team's run and job answer as if they did not exist; no names leak.
+    for request in [
+        AdminRequest::Kill {
+            selectors: vec![their_run.clone()],
+        },
+        AdminRequest::GetLog {
+            run: their_run.clone(),
+            offset: None,
+        },
+        AdminRequest::Kill {
+            selectors: vec![their_run[..4].to_string()],
+        },
+    ] {
+        let (code, message) = refused(as_team(&mut h, &data, request));
+        assert_eq!(code, ErrorCode::NotFound);
+        assert!(!message.contains("theirs"), "{message}");
+    }
+    let (code, message) = refused(as_team(
+        &mut h,
+        &data,
+        AdminRequest::Enqueue {
+            job: "theirs".into(),
+            key: None,
+            params: Default::default(),
+            priority: None,
+        },
+    ));
+    assert_eq!(code, ErrorCode::NotFound);
+    assert_eq!(message, "no job named \"theirs\" (jobs: ours)");
+    assert_eq!(h.state(&their_run), RunState::Assigned, "untouched");
+
+    // What every team shares is not one team's to act on.
+    for request in [
+        AdminRequest::Drain {
+            worker: "w1".into(),
+        },
+        AdminRequest::SetEnabled {
+            target: jobcast_protocol::EnableTarget::Pool("default".into()),
+            enabled: false,
+        },
+    ] {
+        assert_eq!(
+            refused(as_team(&mut h, &data, request)).0,
+            ErrorCode::Forbidden
+        );
+    }
+
+    // Its own run: it may act.
+    assert!(matches!(
+        as_team(
+            &mut h,
+            &data,
+            AdminRequest::Kill {
+                selectors: vec![our_run.clone()]
+            }
+        ),
+        Reply::KillResult { .. }
+    ));
+
+    // The status counts its runs only, and shows no other team's run on a worker.
+    let Reply::Status(status) = as_team(&mut h, &data, AdminRequest::Status) else {
+        panic!()
+    };
+    assert_eq!(status.total_runs, 1);
+    assert_eq!(status.jobs, 1);
+    assert!(!status.active_by_job.contains_key("theirs"));
+    assert!(status.workers[0].running.iter().all(|id| *id != their_run));
+    // Unlimited callers see everything.
+    let Reply::Status(all) = as_team(&mut h, &Scope::all(), AdminRequest::Status) else {
+        panic!()
+    };
+    assert_eq!(all.total_runs, 2);
+}

@@ -1,0 +1,89 @@
+//! Requests from workers, one module each; this one routes them.
+
+mod claim;
+mod leaving;
+mod log_chunk;
+
+pub(crate) use log_chunk::LogTrack;
+mod orders;
+mod pong;
+mod register;
+mod release;
+mod run_finished;
+mod run_started;
+
+use crate::store::Store;
+use crate::{ms, Core, CoreError, Handled, Outbox, PeerId};
+use claim::ClaimRequest;
+use jobcast_protocol::{Reply, WorkerRequest};
+
+impl<S: Store> Core<S> {
+    /// Handles a request from a worker; `None` when the answer comes later (a claim
+    /// waiting for runs).
+    pub(crate) fn handle_worker(
+        &mut self,
+        peer: &PeerId,
+        worker: &str,
+        id: u64,
+        request: WorkerRequest,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> Handled<Option<Reply>> {
+        let now = ms(now_us);
+        let registering = matches!(request, WorkerRequest::Register(_));
+        if !registering && !self.workers.touch(peer, worker, now) {
+            return Err(CoreError::NotRegistered);
+        }
+        Ok(Some(match request {
+            WorkerRequest::Register(register) => {
+                self.cancel_waiting_claim(worker, out);
+                self.register(peer, worker, register, now, out)?
+            }
+            WorkerRequest::Heartbeat(heartbeat) => self.heartbeat(worker, heartbeat, out),
+            WorkerRequest::FetchOrders => Reply::Orders(self.orders_for(worker, &[])),
+            WorkerRequest::Claim { max, wait_ms } => {
+                let claim = ClaimRequest {
+                    peer,
+                    id,
+                    max,
+                    wait_ms,
+                };
+                return Ok(self.claim_request(worker, claim, now, out)?);
+            }
+            WorkerRequest::RunStarted {
+                run_id,
+                pid,
+                spawned_at_us,
+            } => {
+                self.run_started(worker, &run_id, pid, spawned_at_us, now, out)?;
+                Reply::Ack
+            }
+            WorkerRequest::LogChunk {
+                run_id,
+                offset,
+                data,
+            } => {
+                self.log_chunk(worker, &run_id, offset, &data)?;
+                Reply::Ack
+            }
+            WorkerRequest::RunFinished(finished) => {
+                let claim = finished.claim;
+                self.run_finished(worker, finished, now, out)?;
+                if claim > 0 {
+                    self.claim(worker, claim, now)?
+                } else {
+                    Reply::Ack
+                }
+            }
+            WorkerRequest::Release { run_ids } => {
+                self.release(worker, &run_ids, now, out)?;
+                Reply::Ack
+            }
+            WorkerRequest::Pong { ping_id, info } => {
+                self.pong(worker, ping_id, info, now_us, out);
+                Reply::Ack
+            }
+            WorkerRequest::Leaving => self.leaving(worker, out)?,
+        }))
+    }
+}

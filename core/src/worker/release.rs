@@ -1,0 +1,58 @@
+//! `Release`: a draining worker hands back runs it never started.
+
+use crate::store::{Store, StoreResult};
+use crate::{Core, Outbox};
+use jobcast_protocol::RunState;
+
+impl<S: Store> Core<S> {
+    pub(crate) fn release(
+        &mut self,
+        worker: &str,
+        run_ids: &[String],
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        for run_id in run_ids {
+            self.requeue_unstarted(
+                worker,
+                run_id,
+                format!("released unstarted by {worker}"),
+                now,
+                out,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A run granted to `worker` that never started goes back to its pool's queue (for
+    /// any worker); nothing if it is not such a run.
+    pub(crate) fn requeue_unstarted(
+        &mut self,
+        worker: &str,
+        run_id: &str,
+        cause: String,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        let Some(run) = self.runs.active.get_mut(run_id) else {
+            return Ok(());
+        };
+        if run.worker.as_deref() != Some(worker) || run.state != RunState::Assigned {
+            return Ok(());
+        }
+        if run.transition(RunState::Queued, now, cause).is_err() {
+            return Ok(());
+        }
+        run.worker = None;
+        run.worker_instance = None;
+        self.store.put_run(run)?;
+        self.changes.runs.insert(run.id.clone());
+        let run = run.clone();
+        self.runs.enqueue(&run, self.clock_ms());
+        self.wake(&run.pool, out);
+        if let Some(session) = self.workers.sessions.get_mut(worker) {
+            session.runs.remove(run_id);
+        }
+        Ok(())
+    }
+}

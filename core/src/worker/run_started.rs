@@ -1,0 +1,55 @@
+//! `RunStarted`: a granted run is running.
+
+use crate::store::{Store, StoreResult};
+use crate::{Core, Observation, Outbox};
+use jobcast_protocol::RunState;
+
+impl<S: Store> Core<S> {
+    pub(crate) fn run_started(
+        &mut self,
+        worker: &str,
+        run_id: &str,
+        pid: u32,
+        spawned_at_us: u64,
+        now: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
+        let Some(run) = self.runs.active.get_mut(run_id) else {
+            tracing::warn!(
+                run_id,
+                worker,
+                "start reported for a run that is not active"
+            );
+            return Ok(());
+        };
+        if run.worker.as_deref() != Some(worker) || run.state != RunState::Assigned {
+            tracing::warn!(run_id, worker, state = %run.state, "ignoring a start report");
+            return Ok(());
+        }
+        run.pid = Some(pid);
+        run.spawned_at_us = (spawned_at_us > 0).then_some(spawned_at_us);
+        if run
+            .transition(
+                RunState::Running,
+                now,
+                format!("started on {worker} as pid {pid}"),
+            )
+            .is_ok()
+        {
+            self.store.put_run(run)?;
+            self.changes.runs.insert(run.id.clone());
+            // From when it could first be handed out: its creation, or the end of its
+            // retry back-off.
+            let due_ms = run.created_at_ms.max(run.not_before_ms);
+            out.observations.push(Observation::Started {
+                pool: run.pool.clone(),
+                waited_ms: now.saturating_sub(due_ms),
+            });
+            let job = run.job.clone();
+            let state = self.jobs.states.entry(job.clone()).or_default();
+            state.last_started_ms = Some(now);
+            self.save_job_state(&job)?;
+        }
+        Ok(())
+    }
+}
