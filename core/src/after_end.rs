@@ -33,8 +33,7 @@ impl<S: Store> Core<S> {
         );
         let spec = self
             .jobs
-            .specs
-            .get(&run.job)
+            .spec(&run.job)
             .cloned()
             .unwrap_or_else(|| run.spec.clone());
         if failed && run.attempt <= spec.policy.retries {
@@ -72,7 +71,7 @@ impl<S: Store> Core<S> {
         }
         // The final outcome of this run (and its attempts).
         if run.state == RunState::Succeeded {
-            if let Some(state) = self.jobs.states.get_mut(&run.job) {
+            if let Some(state) = self.jobs.state_mut(&run.job) {
                 state.consecutive_failures = 0;
             }
         } else if failed {
@@ -95,7 +94,7 @@ impl<S: Store> Core<S> {
                 at_ms: now,
                 text: format!("job {}: run {} {word} ({detail})", run.job, run.id),
             });
-            let state = self.jobs.states.entry(run.job.clone()).or_default();
+            let state = self.jobs.state_entry(&run.job);
             state.consecutive_failures += 1;
             let failures = state.consecutive_failures;
             if let Some(limit) = spec.policy.disable_after_failures {
@@ -123,7 +122,7 @@ impl<S: Store> Core<S> {
             if !(parent_ok || (failed && child.on_error)) {
                 continue;
             }
-            let Some(child_spec) = self.jobs.specs.get(&child.job).cloned() else {
+            let Some(child_spec) = self.jobs.spec(&child.job).cloned() else {
                 continue;
             };
             let mut new = NewRun::of(

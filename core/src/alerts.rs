@@ -13,8 +13,7 @@ impl<S: Store> Core<S> {
         // Runs that could not start in time are missed, not started late.
         let expired: Vec<String> = self
             .runs
-            .active
-            .values()
+            .iter()
             .filter(|r| r.state == RunState::Queued)
             .filter(|r| {
                 r.spec
@@ -35,12 +34,7 @@ impl<S: Store> Core<S> {
         }
 
         let mut standing: BTreeMap<(AlertKind, String), Alert> = BTreeMap::new();
-        for run in self
-            .runs
-            .active
-            .values()
-            .filter(|r| r.state == RunState::Queued)
-        {
+        for run in self.runs.iter().filter(|r| r.state == RunState::Queued) {
             let due = run.scheduled_at_ms.max(run.not_before_ms);
             if now > due + run.spec.policy.late_after_ms {
                 standing
@@ -77,16 +71,16 @@ impl<S: Store> Core<S> {
                     });
             }
         }
-        for (name, spec) in &self.jobs.specs {
-            let (Some(first_due), Some(state)) =
-                (self.jobs.first_due.get(name), self.jobs.states.get(name))
+        for spec in self.jobs.specs() {
+            let name = &spec.name;
+            let (Some(first_due), Some(state)) = (self.jobs.first_due(name), self.jobs.state(name))
             else {
                 continue;
             };
             if state.last_started_ms.is_some() || !self.jobs.is_active(spec) {
                 continue;
             }
-            if let Some(first) = Some(*first_due) {
+            if let Some(first) = Some(first_due) {
                 if now > first + spec.policy.late_after_ms {
                     standing.insert(
                         (AlertKind::NeverRun, name.clone()),

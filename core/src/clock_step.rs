@@ -37,31 +37,15 @@ impl<S: Store> Core<S> {
         self.set_clock(now_us);
         self.next_alive_ms = shift(self.next_alive_ms);
         self.booted_at_ms = shift(self.booted_at_ms);
-        for session in self.workers.sessions.values_mut() {
-            session.last_seen_ms = shift(session.last_seen_ms);
-        }
-        for status in self.workers.statuses.values_mut() {
-            status.last_seen_ms = shift(status.last_seen_ms);
-        }
-        for told in self.workers.revoked.values_mut().flatten() {
-            *told = shift(*told);
-        }
-        self.workers.waiting.shift(shift);
-        for ping in self.pings.pending.values_mut() {
-            ping.deadline_us = if step_ms < 0 {
-                ping.deadline_us.saturating_sub(size * 1_000)
-            } else {
-                ping.deadline_us.saturating_add(size * 1_000)
-            };
-        }
+        self.workers.shift_times(shift);
+        self.pings.shift(step_ms.saturating_mul(1_000));
         self.runs.shift_back_offs(shift);
         self.shift_pruning(shift);
 
         let set_not_stepped = size >= SET_NOT_STEPPED_MS;
         let jobs: Vec<(String, ClockStepRule)> = self
             .jobs
-            .schedules
-            .iter()
+            .schedules()
             .map(|(job, schedule)| (job.clone(), schedule.on_clock_step(now)))
             .collect();
         for (job, rule) in jobs {
@@ -73,7 +57,7 @@ impl<S: Store> Core<S> {
             if !go_on_now {
                 continue;
             }
-            let Some(state) = self.jobs.states.get_mut(&job) else {
+            let Some(state) = self.jobs.state_mut(&job) else {
                 continue;
             };
             if step_ms < 0 {
@@ -81,12 +65,8 @@ impl<S: Store> Core<S> {
                 state.clock_era += 1;
             }
             state.last_tick_ms = now;
-            let next = self
-                .jobs
-                .schedules
-                .get(&job)
-                .and_then(|s| s.next_after(now));
-            self.jobs.next_fire.set(&job, next);
+            let next = self.jobs.schedule(&job).and_then(|s| s.next_after(now));
+            self.jobs.set_next_fire(&job, next);
             self.save_job_state(&job)?;
         }
         Ok(())

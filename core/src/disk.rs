@@ -59,7 +59,7 @@ impl<S: Store> Core<S> {
                 // Queued runs may start again: workers' held claims are answered at once
                 // instead of at the next heartbeat's wake-up.
                 for pool in self.runs.pools_with_queued() {
-                    self.workers.waiting.mark_dirty(&pool);
+                    self.workers.waiting_mut().mark_dirty(&pool);
                 }
                 DiskChange::Recovered { free_bytes }
             }

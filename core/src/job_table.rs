@@ -9,17 +9,143 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Default)]
 pub(crate) struct JobTable {
-    pub specs: BTreeMap<String, JobSpec>,
-    pub states: BTreeMap<String, JobState>,
-    pub schedules: HashMap<String, Schedule>,
+    specs: BTreeMap<String, JobSpec>,
+    states: BTreeMap<String, JobState>,
+    schedules: HashMap<String, Schedule>,
     /// The next tick of each scheduled job.
-    pub next_fire: FireQueue,
+    next_fire: FireQueue,
     /// Each scheduled job's first tick after it was created (for never-run alerts).
-    pub first_due: HashMap<String, u64>,
-    pub disabled_pools: BTreeSet<String>,
+    first_due: HashMap<String, u64>,
+    disabled_pools: BTreeSet<String>,
 }
 
 impl JobTable {
+    /// The definitions a store kept; their states and schedules come with
+    /// [`Self::restore_scheduling`].
+    pub fn restored(specs: Vec<JobSpec>) -> JobTable {
+        JobTable {
+            specs: specs.into_iter().map(|j| (j.name.clone(), j)).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The scheduling state a store kept: job states (a job without one starts at
+    /// `now`) and the disabled pools; every schedule is compiled.
+    pub fn restore_scheduling(
+        &mut self,
+        states: Vec<(String, JobState)>,
+        disabled_pools: BTreeSet<String>,
+        now: u64,
+    ) {
+        self.states = states.into_iter().collect();
+        self.disabled_pools = disabled_pools;
+        let names: Vec<String> = self.specs.keys().cloned().collect();
+        for name in names {
+            self.states.entry(name.clone()).or_insert_with(|| JobState {
+                created_at_ms: now,
+                last_tick_ms: now,
+                ..Default::default()
+            });
+            self.compile(&name);
+        }
+    }
+
+    pub fn spec(&self, job: &str) -> Option<&JobSpec> {
+        self.specs.get(job)
+    }
+
+    /// Every job's definition, by name.
+    pub fn specs(&self) -> impl Iterator<Item = &JobSpec> {
+        self.specs.values()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.specs.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    /// Adds or replaces a job's definition, and compiles its schedule.
+    pub fn put_spec(&mut self, spec: JobSpec) {
+        let name = spec.name.clone();
+        self.specs.insert(name.clone(), spec);
+        self.compile(&name);
+    }
+
+    /// Turns a job on or off; turned on, its failures are forgotten and ticks that passed
+    /// while it was off are not caught up. Returns the definition to store.
+    pub fn set_enabled(&mut self, job: &str, enabled: bool, now: u64) -> Option<&JobSpec> {
+        self.specs.get_mut(job)?.enabled = enabled;
+        if enabled {
+            let state = self.state_entry(job);
+            state.auto_disabled = None;
+            state.consecutive_failures = 0;
+            state.last_tick_ms = state.last_tick_ms.max(now);
+        }
+        self.compile(job);
+        self.specs.get(job)
+    }
+
+    pub fn state(&self, job: &str) -> Option<&JobState> {
+        self.states.get(job)
+    }
+
+    pub fn state_mut(&mut self, job: &str) -> Option<&mut JobState> {
+        self.states.get_mut(job)
+    }
+
+    /// `job`'s state, a fresh one if it has none yet.
+    pub fn state_entry(&mut self, job: &str) -> &mut JobState {
+        self.states.entry(job.to_string()).or_default()
+    }
+
+    pub fn schedule(&self, job: &str) -> Option<&Schedule> {
+        self.schedules.get(job)
+    }
+
+    /// Every compiled schedule, by job (in no set order).
+    pub fn schedules(&self) -> impl Iterator<Item = (&String, &Schedule)> {
+        self.schedules.iter()
+    }
+
+    /// When `job` ticks next, if it is scheduled.
+    pub fn next_fire(&self, job: &str) -> Option<u64> {
+        self.next_fire.get(job)
+    }
+
+    pub fn set_next_fire(&mut self, job: &str, next: Option<u64>) {
+        self.next_fire.set(job, next);
+    }
+
+    /// The jobs whose next tick is at or before `now`.
+    pub fn due(&self, now: u64) -> Vec<String> {
+        self.next_fire.due(now)
+    }
+
+    /// The earliest next tick of any job.
+    pub fn earliest_fire(&self) -> Option<u64> {
+        self.next_fire.earliest()
+    }
+
+    /// `job`'s first tick after it was created, if it is scheduled.
+    pub fn first_due(&self, job: &str) -> Option<u64> {
+        self.first_due.get(job).copied()
+    }
+
+    pub fn disabled_pools(&self) -> &BTreeSet<String> {
+        &self.disabled_pools
+    }
+
+    pub fn set_pool_enabled(&mut self, pool: &str, enabled: bool) {
+        if enabled {
+            self.disabled_pools.remove(pool);
+        } else {
+            self.disabled_pools.insert(pool.to_string());
+        }
+    }
+
     /// (Re)compiles a job's schedule and its next fire time.
     pub fn compile(&mut self, job: &str) {
         let Some(spec) = self.specs.get(job) else {
@@ -81,6 +207,13 @@ impl JobTable {
     }
 
     /// Whether some job limits its runs at once.
+    /// The most runs of `job` out at once, if its definition sets it.
+    pub fn max_concurrent(&self, job: &str) -> Option<u32> {
+        self.specs
+            .get(job)
+            .and_then(|spec| spec.policy.max_concurrent)
+    }
+
     pub fn any_limit(&self) -> bool {
         self.specs
             .values()

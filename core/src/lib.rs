@@ -17,7 +17,9 @@ mod error;
 mod job_table;
 mod limits;
 mod liveness;
+mod log_table;
 mod outbox;
+mod ping_table;
 mod retention;
 mod run_table;
 mod runs;
@@ -28,18 +30,18 @@ mod waiting_claims;
 mod worker;
 mod worker_table;
 
-use admin::Pings;
 pub use after_end::Notification;
 pub use disk::{DiskChange, LowDisk};
 pub use error::{CoreError, Handled};
 use job_table::JobTable;
+use log_table::LogTable;
 pub use outbox::{Observation, OutReply, Outbox, ReloadAsked, ReplyTo};
+use ping_table::PingTable;
 pub use retention::Retention;
 use run_table::RunTable;
 pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
 pub use scope::Scope;
 pub use totals::count_stored_runs;
-use worker::LogTrack;
 use worker_table::{Session, WorkerTable};
 
 use crate::store::{Store, StoreResult};
@@ -123,8 +125,9 @@ pub struct Core<S: Store> {
     /// Connected workers, every worker's status, claims held open.
     workers: WorkerTable,
     /// Live runs' logs, as far as pruning them to the cap needs.
-    logs: HashMap<String, LogTrack>,
-    pings: Pings,
+    logs: LogTable,
+    /// Pings waiting for their answers.
+    pings: PingTable,
     /// Where retention's walk over the stored runs is.
     pruning: retention::Pruning,
     next_seq: u64,
@@ -189,14 +192,7 @@ impl<S: Store> Core<S> {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        let jobs = JobTable {
-            specs: store
-                .jobs()?
-                .into_iter()
-                .map(|j| (j.name.clone(), j))
-                .collect(),
-            ..Default::default()
-        };
+        let jobs = JobTable::restored(store.jobs()?);
         let finished = totals::FinishedCounts::load(&store)?;
         let mut core = Core {
             next_seq: store.last_run_seq()? + 1,
@@ -209,8 +205,8 @@ impl<S: Store> Core<S> {
             next_alive_ms: 0,
             jobs,
             runs: RunTable::default(),
-            logs: HashMap::new(),
-            pings: Pings::default(),
+            logs: LogTable::default(),
+            pings: PingTable::default(),
             pruning: Default::default(),
             rejected: BTreeMap::new(),
             connections: ConnectionCounts::default(),
@@ -380,7 +376,7 @@ impl<S: Store> Core<S> {
 
     /// Whether a worker currently has a session (for tests and the server).
     pub fn is_online(&self, worker: &str) -> bool {
-        self.workers.sessions.contains_key(worker)
+        self.workers.is_connected(worker)
     }
 }
 

@@ -4,10 +4,11 @@
 //! says what it waits for. The counts come from the run table (rebuilt from the store's
 //! unfinished runs at start), so a restart keeps the limits.
 
-use crate::Core;
+use crate::job_table::JobTable;
 use crate::store::Store;
+use crate::Core;
 use jobcast_protocol::{RunRecord, RunState};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The limit that holds a queued run: which, and how many are out against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,34 @@ impl OutCounts {
         *self.by_job.entry(run.job.clone()).or_default() += 1;
         *self.by_pool.entry(run.pool.clone()).or_default() += 1;
     }
+
+    /// Why a queued `run` may not be handed out now, if a limit holds it: its job's
+    /// limit as the job is defined now (an edit applies to runs already queued), or its
+    /// pool's. Nothing is formatted here: a claim asks this of every run it passes over.
+    pub fn holding<'r>(
+        &self,
+        run: &'r RunRecord,
+        jobs: &JobTable,
+        pool_limits: &BTreeMap<String, u32>,
+    ) -> Option<Held<'r>> {
+        if let Some(limit) = jobs.max_concurrent(&run.job) {
+            let out = self.by_job.get(&run.job).copied().unwrap_or(0);
+            if out >= limit {
+                return Some(Held::Job { out, limit });
+            }
+        }
+        if let Some(&limit) = pool_limits.get(&run.pool) {
+            let out = self.by_pool.get(&run.pool).copied().unwrap_or(0);
+            if out >= limit {
+                return Some(Held::Pool {
+                    pool: &run.pool,
+                    out,
+                    limit,
+                });
+            }
+        }
+        None
+    }
 }
 
 impl<S: Store> Core<S> {
@@ -54,44 +83,14 @@ impl<S: Store> Core<S> {
             return None;
         }
         let mut counts = OutCounts::default();
-        for run in self.runs.active.values() {
-            if matches!(run.state, RunState::Assigned | RunState::Running) {
-                counts.add(run);
-            }
+        for run in self
+            .runs
+            .iter()
+            .filter(|r| matches!(r.state, RunState::Assigned | RunState::Running))
+        {
+            counts.add(run);
         }
         Some(counts)
-    }
-
-    /// Why a queued `run` may not be handed out now, if a limit holds it (nothing is
-    /// formatted here: the claim asks this of every run it passes over).
-    pub(crate) fn held_by_limit<'r>(
-        &self,
-        run: &'r RunRecord,
-        counts: &OutCounts,
-    ) -> Option<Held<'r>> {
-        // The job's limit as it is now (an edit applies to runs already queued).
-        let job_limit = self
-            .jobs
-            .specs
-            .get(&run.job)
-            .and_then(|spec| spec.policy.max_concurrent);
-        if let Some(limit) = job_limit {
-            let out = counts.by_job.get(&run.job).copied().unwrap_or(0);
-            if out >= limit {
-                return Some(Held::Job { out, limit });
-            }
-        }
-        if let Some(&limit) = self.config.pool_limits.get(&run.pool) {
-            let out = counts.by_pool.get(&run.pool).copied().unwrap_or(0);
-            if out >= limit {
-                return Some(Held::Pool {
-                    pool: &run.pool,
-                    out,
-                    limit,
-                });
-            }
-        }
-        None
     }
 
     /// Marks the queued runs among `runs` that a limit holds, for listings.
@@ -100,8 +99,8 @@ impl<S: Store> Core<S> {
             return;
         };
         for run in runs.iter_mut().filter(|r| r.state == RunState::Queued) {
-            run.waiting_for = self
-                .held_by_limit(run, &counts)
+            run.waiting_for = counts
+                .holding(run, &self.jobs, &self.config.pool_limits)
                 .map(|held| held.to_string());
         }
     }

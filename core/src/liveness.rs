@@ -19,15 +19,8 @@ impl<S: Store> Core<S> {
         self.schedule_due(now, out)?;
         self.release_delayed(now, out);
         self.prune_step(now)?;
-        let due: Vec<u64> = self
-            .pings
-            .pending
-            .iter()
-            .filter(|(_, p)| p.deadline_us <= now_us)
-            .map(|(id, _)| *id)
-            .collect();
-        for ping_id in due {
-            self.answer_ping(ping_id, out);
+        for result in self.pings.expired(now_us) {
+            result.send(out);
         }
         if now >= self.next_alive_ms {
             // Once per heartbeat interval, not per batch: these look at every session
@@ -56,13 +49,7 @@ impl<S: Store> Core<S> {
     /// connected are given up once their worker cannot be running them any more.
     pub(crate) fn check_liveness(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
         let timeout = self.config.worker_timeout_ms;
-        let silent: Vec<String> = self
-            .workers
-            .sessions
-            .iter()
-            .filter(|(_, s)| now.saturating_sub(s.last_seen_ms) > timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let silent = self.workers.silent_for(timeout, now);
         for worker in silent {
             tracing::warn!(
                 worker,
@@ -86,17 +73,17 @@ impl<S: Store> Core<S> {
         let lease = self.config.worker_timeout_ms;
         let hold = self.config.unstarted_grant_hold_ms;
         let mut given_up = Vec::new();
-        for run in self.runs.active.values() {
+        for run in self.runs.iter() {
             let Some(worker) = run.worker.as_deref() else {
                 continue;
             };
-            if self.workers.sessions.contains_key(worker) {
+            if self.workers.is_connected(worker) {
                 continue;
             }
-            let status = self.workers.statuses.get(worker);
+            let status = self.workers.status(worker);
             let since = status.map_or(0, |s| s.last_seen_ms).max(self.booted_at_ms);
             let kill_grace = status.map_or(DEFAULT_KILL_GRACE_MS, |s| s.kill_grace_ms);
-            if let Some(told) = self.workers.revoked.get(worker) {
+            if let Some(told) = self.workers.revocation(worker) {
                 // Told, the worker stops everything at once; untold, its lease does.
                 let stopped_by = match told {
                     Some(at) => at + kill_grace + LEASE_MARGIN_MS,
@@ -134,28 +121,19 @@ impl<S: Store> Core<S> {
     /// given up once it has stopped them (told at its next request, or by its lease).
     pub fn revoke_worker(&mut self, worker: &str) -> StoreResult<()> {
         self.worker_gone(worker)?;
-        self.workers.revoked.insert(worker.to_string(), None);
+        self.workers.revoke(worker);
         Ok(())
     }
 
     /// A request of a revoked worker was answered that its key is revoked.
     pub fn revoked_worker_told(&mut self, worker: &str, now_us: u64) {
-        if let Some(told @ None) = self.workers.revoked.get_mut(worker) {
-            *told = Some(ms(now_us));
-        }
+        self.workers.revocation_told(worker, ms(now_us));
     }
 
     /// The worker's session ends (silent, or it left); runs still on it stay until
     /// [`Self::give_up_runs_of_absent_workers`] or its next registration decides them.
     pub(crate) fn worker_gone(&mut self, worker: &str) -> StoreResult<()> {
-        let Some(session) = self.workers.sessions.remove(worker) else {
-            return Ok(());
-        };
-        self.workers.waiting.remove(worker);
-        if let Some(status) = self.workers.statuses.get_mut(worker) {
-            status.online = false;
-            status.running.clear();
-            status.last_seen_ms = session.last_seen_ms;
+        if let Some(status) = self.workers.disconnect(worker) {
             self.store.put_worker(status)?;
             self.changes.workers = true;
         }

@@ -4,7 +4,7 @@
 //! the ids of the runs that ended most recently, so that a run selector can match a
 //! substring without reading every stored id.
 
-use jobcast_protocol::{RunRecord, RunState};
+use jobcast_protocol::{Overlap, RunRecord, RunState};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -38,21 +38,112 @@ impl QueueKey {
     }
 }
 
+/// The fields of a run its place in the table depends on (`id`, `job`, `pool`,
+/// `priority`, `seq`, `not_before_ms`) change only through the table's own methods;
+/// `get_mut` is for the rest (state, worker, times).
 #[derive(Debug, Default)]
 pub(crate) struct RunTable {
     /// Runs not yet finished, by id.
-    pub active: RunMap,
+    active: RunMap,
     /// The ids of `active`, by job.
-    pub by_job: HashMap<String, BTreeSet<String>>,
+    by_job: HashMap<String, BTreeSet<String>>,
     /// Queued runs per pool, in the order they are handed out.
-    pub queues: BTreeMap<String, BTreeMap<QueueKey, String>>,
+    queues: BTreeMap<String, BTreeMap<QueueKey, String>>,
     /// Queued runs waiting for their retry back-off: (not before, seq) → id.
-    pub delayed: BTreeMap<(u64, u64), String>,
+    delayed: BTreeMap<(u64, u64), String>,
     /// The ids of the runs that ended last, oldest first, at most [`RECENTLY_ENDED`].
     recently_ended: VecDeque<String>,
 }
 
 impl RunTable {
+    pub fn get(&self, id: &str) -> Option<&RunRecord> {
+        self.active.get(id)
+    }
+
+    /// A run to change in place: not the fields its place in the table depends on.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut RunRecord> {
+        self.active.get_mut(id)
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.active.contains_key(id)
+    }
+
+    /// Every unfinished run, in the table's fixed order.
+    pub fn iter(&self) -> impl Iterator<Item = &RunRecord> {
+        self.active.values()
+    }
+
+    /// The runs assigned to or running on `worker`.
+    pub fn out_on<'a>(&'a self, worker: &'a str) -> impl Iterator<Item = &'a RunRecord> + 'a {
+        self.active.values().filter(move |r| {
+            r.worker.as_deref() == Some(worker)
+                && matches!(r.state, RunState::Assigned | RunState::Running)
+        })
+    }
+
+    /// Takes out of its queue the first run `worker` may be handed from `pools`:
+    /// highest priority, then oldest, across the pools. It passes over runs pinned to
+    /// another worker, runs of an `overlap = queue` job that has a run out (looked up
+    /// among that job's runs, not by walking every run), and runs `admit` refuses (a
+    /// concurrency limit). The run stays active, as queued: [`Self::assign`] hands it out.
+    pub fn take_next_grantable(
+        &mut self,
+        pools: &[String],
+        worker: &str,
+        mut admit: impl FnMut(&RunRecord) -> bool,
+    ) -> Option<String> {
+        let mut best: Option<(QueueKey, &String)> = None;
+        for pool in pools {
+            let Some(queue) = self.queues.get(pool) else {
+                continue;
+            };
+            for (key, run_id) in queue {
+                if best.as_ref().is_some_and(|(b, _)| *b < *key) {
+                    break;
+                }
+                let Some(run) = self.active.get(run_id) else {
+                    continue;
+                };
+                if run.pinned_worker.as_deref().is_some_and(|w| w != worker) {
+                    continue;
+                }
+                if run.spec.policy.overlap == Overlap::Queue
+                    && self.has_run_out(&run.job, run.pinned_worker.as_deref())
+                {
+                    continue;
+                }
+                if !admit(run) {
+                    continue;
+                }
+                best = Some((*key, pool));
+                break;
+            }
+        }
+        let (key, pool) = best?;
+        let pool = pool.clone();
+        self.queues.get_mut(&pool).and_then(|q| q.remove(&key))
+    }
+
+    /// Hands queued run `run_id` to `worker`: assigned, with the worker's instance and
+    /// log cap. `None` if the run is not active or may not be assigned.
+    pub fn assign(
+        &mut self,
+        run_id: &str,
+        worker: &str,
+        instance: Option<u64>,
+        log_cap: u64,
+        now: u64,
+    ) -> Option<&RunRecord> {
+        let run = self.active.get_mut(run_id)?;
+        run.transition(RunState::Assigned, now, format!("granted to {worker}"))
+            .ok()?;
+        run.worker = Some(worker.to_string());
+        run.worker_instance = instance;
+        run.log_cap = log_cap;
+        Some(run)
+    }
+
     pub fn activate(&mut self, run: RunRecord) {
         self.by_job
             .entry(run.job.clone())
@@ -157,6 +248,14 @@ impl RunTable {
 
     pub fn has_queued(&self, pool: &str) -> bool {
         self.queues.get(pool).is_some_and(|q| !q.is_empty())
+    }
+
+    /// How many runs each pool's queue holds (pools whose queue emptied included).
+    pub fn queued_by_pool(&self) -> BTreeMap<String, u64> {
+        self.queues
+            .iter()
+            .map(|(pool, queue)| (pool.clone(), queue.len() as u64))
+            .collect()
     }
 
     /// The pools with runs in their queues.

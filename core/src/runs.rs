@@ -16,7 +16,7 @@ pub(crate) fn unstarted_grant_to(run: &RunRecord, instance: u64) -> bool {
 impl<S: Store> Core<S> {
     /// A run by id, unfinished (in memory) or stored.
     pub(crate) fn find_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
-        match self.runs.active.get(id) {
+        match self.runs.get(id) {
             Some(run) => Ok(Some(run.clone())),
             None => self.store.run(id),
         }
@@ -25,7 +25,7 @@ impl<S: Store> Core<S> {
     pub(crate) fn new_run_id(&mut self) -> StoreResult<String> {
         loop {
             let id = format!("{:016x}", self.rng.next_u64());
-            if !self.runs.active.contains_key(&id) && self.store.run(&id)?.is_none() {
+            if !self.runs.contains(&id) && self.store.run(&id)?.is_none() {
                 return Ok(id);
             }
         }
@@ -45,7 +45,7 @@ impl<S: Store> Core<S> {
                 let maybe_decided_before = new.scheduled_at_ms <= self.booted_at_ms
                     || new.not_before_ms > 0
                     || new.parent.is_some();
-                if self.runs.active.contains_key(&id)
+                if self.runs.contains(&id)
                     || (maybe_decided_before && self.store.run(&id)?.is_some())
                 {
                     return Ok(None);
@@ -95,18 +95,11 @@ impl<S: Store> Core<S> {
             ran_ms: run.duration_ms(),
         });
         self.runs.deactivate(run);
-        self.logs.remove(&run.id);
+        self.logs.forget(&run.id);
         if let Some(worker) = &run.worker {
-            if let Some(session) = self.workers.sessions.get_mut(worker) {
-                session.runs.remove(&run.id);
-                // The slot it frees, or the end of an `overlap = queue` run, may make
-                // queued runs grantable to a waiting claim.
-                for pool in &session.register.pools {
-                    self.workers.waiting.mark_dirty(pool);
-                }
-            }
+            self.workers.run_ended(worker, &run.id);
         }
-        self.workers.waiting.mark_dirty(&run.pool);
+        self.workers.waiting_mut().mark_dirty(&run.pool);
         self.after_end(run, now, out)
     }
 
@@ -118,7 +111,7 @@ impl<S: Store> Core<S> {
         cause: String,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(run) = self.runs.active.get_mut(run_id) else {
+        let Some(run) = self.runs.get_mut(run_id) else {
             return Ok(());
         };
         if let Err(e) = run.transition(state, now, cause.clone()) {

@@ -9,7 +9,7 @@
 use crate::schedule::{derived_run_id, Schedule};
 use crate::store::{Store, StoreError, StoreResult};
 use crate::{Core, Notification, Outbox};
-use jobcast_protocol::{AlertKind, JobSpec, JobState, Misfire, Overlap};
+use jobcast_protocol::{AlertKind, JobSpec, Misfire, Overlap};
 
 /// Ticks older than this when the broker gets to them were missed (the broker was down
 /// or stalled) and follow the job's misfire policy.
@@ -62,33 +62,22 @@ impl NewRun {
 
 impl<S: Store> Core<S> {
     pub(super) fn load_scheduling(&mut self, now: u64) -> StoreResult<()> {
-        self.jobs.states = self.store.job_states()?.into_iter().collect();
-        if let Some(bytes) = self.store.setting(DISABLED_POOLS)? {
+        let disabled_pools = match self.store.setting(DISABLED_POOLS)? {
             // A setting that cannot be read is an error, not "no pool disabled": reading it
             // as empty would quietly re-enable every disabled pool.
-            self.jobs.disabled_pools =
-                rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    what: "disabled pools setting",
-                    detail: e.to_string(),
-                })?;
-        }
-        let names: Vec<String> = self.jobs.specs.keys().cloned().collect();
-        for name in names {
-            self.jobs
-                .states
-                .entry(name.clone())
-                .or_insert_with(|| JobState {
-                    created_at_ms: now,
-                    last_tick_ms: now,
-                    ..Default::default()
-                });
-            self.jobs.compile(&name);
-        }
+            Some(bytes) => rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                what: "disabled pools setting",
+                detail: e.to_string(),
+            })?,
+            None => Default::default(),
+        };
+        let states = self.store.job_states()?;
+        self.jobs.restore_scheduling(states, disabled_pools, now);
         Ok(())
     }
 
     pub(super) fn save_job_state(&mut self, job: &str) -> StoreResult<()> {
-        if let Some(state) = self.jobs.states.get(job) {
+        if let Some(state) = self.jobs.state(job) {
             self.store.put_job_state(job, state)?;
             // Its state (and so its next fire time) is what live views show of it.
             if !self.changes.jobs {
@@ -100,7 +89,7 @@ impl<S: Store> Core<S> {
 
     fn skip_tick(&mut self, job: &str, tick: u64, reason: &str) {
         tracing::info!(job, tick_ms = tick, reason, "tick skipped");
-        let state = self.jobs.states.entry(job.to_string()).or_default();
+        let state = self.jobs.state_entry(job);
         state.skipped_ticks += 1;
         state.recent_skips.push((tick, reason.to_string()));
         if state.recent_skips.len() > RECENT_SKIPS {
@@ -115,7 +104,7 @@ impl<S: Store> Core<S> {
             // the ticks that came due meanwhile.
             return Ok(());
         }
-        for job in self.jobs.next_fire.due(now) {
+        for job in self.jobs.due(now) {
             self.schedule_job(&job, now, out)?;
         }
         Ok(())
@@ -123,18 +112,13 @@ impl<S: Store> Core<S> {
 
     fn schedule_job(&mut self, job: &str, now: u64, out: &mut Outbox) -> StoreResult<()> {
         let (Some(spec), Some(schedule)) = (
-            self.jobs.specs.get(job).cloned(),
-            self.jobs.schedules.get(job).cloned(),
+            self.jobs.spec(job).cloned(),
+            self.jobs.schedule(job).cloned(),
         ) else {
-            self.jobs.next_fire.set(job, None);
+            self.jobs.set_next_fire(job, None);
             return Ok(());
         };
-        let last = self
-            .jobs
-            .states
-            .get(job)
-            .map(|s| s.last_tick_ms)
-            .unwrap_or(0);
+        let last = self.jobs.state(job).map(|s| s.last_tick_ms).unwrap_or(0);
         let ticks = schedule.ticks_between(last, now, MAX_TICKS_PER_PASS);
         let Some(&latest) = ticks.last() else {
             self.jobs.compile(job);
@@ -147,8 +131,7 @@ impl<S: Store> Core<S> {
         let grace_end = self.worker_grace_end();
         if waits_for_workers && now < grace_end && !self.workers.back_for_pool(&spec.pool) {
             self.jobs
-                .next_fire
-                .set(job, Some((now + 1_000).min(grace_end)));
+                .set_next_fire(job, Some((now + 1_000).min(grace_end)));
             return Ok(());
         }
         // Ticks that waited for the workers are on time until the grace has ended.
@@ -182,11 +165,11 @@ impl<S: Store> Core<S> {
         for tick in catch_up.iter().chain(on_time.iter()) {
             self.fire(&spec, &schedule, *tick, now, out)?;
         }
-        if let Some(state) = self.jobs.states.get_mut(job) {
+        if let Some(state) = self.jobs.state_mut(job) {
             state.last_tick_ms = latest;
         }
         self.save_job_state(job)?;
-        self.jobs.next_fire.set(job, schedule.next_after(latest));
+        self.jobs.set_next_fire(job, schedule.next_after(latest));
         Ok(())
     }
 
@@ -216,7 +199,7 @@ impl<S: Store> Core<S> {
         }
         // The tick's name: its time, and after the wall clock stepped back past ticks the
         // job had, which pass of those times it is.
-        let tick_text = match self.jobs.states.get(job).map_or(0, |s| s.clock_era) {
+        let tick_text = match self.jobs.state(job).map_or(0, |s| s.clock_era) {
             0 => tick.to_string(),
             era => format!("{tick}/{era}"),
         };
@@ -229,13 +212,7 @@ impl<S: Store> Core<S> {
             }
             return Ok(());
         }
-        let workers: Vec<String> = self
-            .workers
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.register.pools.contains(&spec.pool))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let workers = self.workers.serving(&spec.pool);
         if workers.is_empty() {
             self.skip_tick(job, tick, "no live worker in the pool");
             out.notifications.push(Notification {
@@ -316,8 +293,7 @@ impl<S: Store> Core<S> {
         let mut next_ms = self.next_alive_ms;
         if let Some(t) = self
             .jobs
-            .next_fire
-            .earliest()
+            .earliest_fire()
             .filter(|_| self.low_disk.is_none())
         {
             next_ms = next_ms.min(t);
@@ -327,10 +303,10 @@ impl<S: Store> Core<S> {
         }
         next_ms = next_ms.min(self.next_prune_ms());
         let mut next_us = next_ms.saturating_mul(1_000);
-        if let Some(deadline) = self.pings.pending.values().map(|p| p.deadline_us).min() {
+        if let Some(deadline) = self.pings.earliest_deadline_us() {
             next_us = next_us.min(deadline);
         }
-        if let Some(deadline) = self.workers.waiting.earliest_deadline_ms() {
+        if let Some(deadline) = self.workers.waiting().earliest_deadline_ms() {
             next_us = next_us.min(deadline.saturating_mul(1_000));
         }
         next_us

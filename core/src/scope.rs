@@ -46,8 +46,7 @@ impl Scope {
 impl<S: Store> Core<S> {
     fn job_allowed(&self, job: &str, scope: &Scope) -> bool {
         self.jobs
-            .specs
-            .get(job)
+            .spec(job)
             .is_some_and(|spec| scope.allows(spec.team.as_deref()))
     }
 
@@ -57,8 +56,7 @@ impl<S: Store> Core<S> {
             name: job.to_string(),
             known: listed(
                 self.jobs
-                    .specs
-                    .values()
+                    .specs()
                     .filter(|spec| scope.allows(spec.team.as_deref()))
                     .map(|spec| &spec.name),
             ),
@@ -157,7 +155,7 @@ impl<S: Store> Core<S> {
         let mut active_by_job: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let mut queued_by_pool: BTreeMap<String, u64> = BTreeMap::new();
         let mut shown_runs: BTreeSet<&str> = BTreeSet::new();
-        for run in self.runs.active.values() {
+        for run in self.runs.iter() {
             if !visible(run.spec.team.as_deref()) {
                 continue;
             }
@@ -180,8 +178,7 @@ impl<S: Store> Core<S> {
         report.total_runs = report.runs_by_state.values().sum();
         report.jobs = self
             .jobs
-            .specs
-            .values()
+            .specs()
             .filter(|spec| visible(spec.team.as_deref()))
             .count() as u64;
         for worker in &mut report.workers {

@@ -20,17 +20,17 @@ pub(crate) struct Session {
 
 #[derive(Default)]
 pub(crate) struct WorkerTable {
-    pub sessions: BTreeMap<String, Session>,
+    sessions: BTreeMap<String, Session>,
     /// Every worker ever registered, as shown by `status` (offline ones too).
-    pub statuses: BTreeMap<String, WorkerStatus>,
+    statuses: BTreeMap<String, WorkerStatus>,
     /// Claims held until runs arrive for them.
-    pub waiting: WaitingClaims,
+    waiting: WaitingClaims,
     /// Workers that were online when the previous broker process stopped: after a start,
     /// jobs run on every worker wait for these to register again (or for the grace).
-    pub online_before_start: BTreeSet<String>,
+    online_before_start: BTreeSet<String>,
     /// Workers whose key a reload revoked, with when one of their requests was answered
     /// so (the worker then stops its runs at once); until they register with a key again.
-    pub revoked: BTreeMap<String, Option<u64>>,
+    revoked: BTreeMap<String, Option<u64>>,
 }
 
 impl WorkerTable {
@@ -51,6 +51,137 @@ impl WorkerTable {
                 })
                 .collect(),
             ..Default::default()
+        }
+    }
+
+    pub fn session(&self, worker: &str) -> Option<&Session> {
+        self.sessions.get(worker)
+    }
+
+    pub fn session_mut(&mut self, worker: &str) -> Option<&mut Session> {
+        self.sessions.get_mut(worker)
+    }
+
+    pub fn is_connected(&self, worker: &str) -> bool {
+        self.sessions.contains_key(worker)
+    }
+
+    /// The connected workers, by name.
+    pub fn connected(&self) -> impl Iterator<Item = &String> {
+        self.sessions.keys()
+    }
+
+    /// What `worker` last told, connected or not.
+    pub fn status(&self, worker: &str) -> Option<&WorkerStatus> {
+        self.statuses.get(worker)
+    }
+
+    /// Every worker ever registered, offline ones too.
+    pub fn statuses(&self) -> impl Iterator<Item = &WorkerStatus> {
+        self.statuses.values()
+    }
+
+    /// Notes a pong's round trip (`status` shows it until the next ping).
+    pub fn status_mut(&mut self, worker: &str) -> Option<&mut WorkerStatus> {
+        self.statuses.get_mut(worker)
+    }
+
+    /// Whether the broker knows `worker` at all: connected now or registered before.
+    pub fn is_known(&self, worker: &str) -> bool {
+        self.sessions.contains_key(worker) || self.statuses.contains_key(worker)
+    }
+
+    pub fn waiting(&self) -> &WaitingClaims {
+        &self.waiting
+    }
+
+    pub fn waiting_mut(&mut self) -> &mut WaitingClaims {
+        &mut self.waiting
+    }
+
+    /// `worker` registered on `session`, as `status` says: any session before it is
+    /// replaced, and registered with a key in force, any earlier revocation is over.
+    pub fn register(&mut self, worker: &str, session: Session, status: WorkerStatus) {
+        self.statuses.insert(worker.to_string(), status);
+        self.sessions.insert(worker.to_string(), session);
+        self.revoked.remove(worker);
+    }
+
+    /// Ends `worker`'s session (silent, left, or revoked) and drops its waiting claim;
+    /// its status turns offline. Returns the status to store, if it had a session.
+    pub fn disconnect(&mut self, worker: &str) -> Option<&WorkerStatus> {
+        let session = self.sessions.remove(worker)?;
+        self.waiting.remove(worker);
+        let status = self.statuses.get_mut(worker)?;
+        status.online = false;
+        status.running.clear();
+        status.last_seen_ms = session.last_seen_ms;
+        Some(status)
+    }
+
+    /// A reload removed or replaced `worker`'s key (its session is ended separately).
+    pub fn revoke(&mut self, worker: &str) {
+        self.revoked.insert(worker.to_string(), None);
+    }
+
+    /// A request of revoked `worker` was answered so at `now` (the first time counts).
+    pub fn revocation_told(&mut self, worker: &str, now: u64) {
+        if let Some(told @ None) = self.revoked.get_mut(worker) {
+            *told = Some(now);
+        }
+    }
+
+    /// If `worker`'s key is revoked: when it was told so, if it was.
+    pub fn revocation(&self, worker: &str) -> Option<Option<u64>> {
+        self.revoked.get(worker).copied()
+    }
+
+    /// Moves every time the table keeps with a step of the wall clock.
+    pub fn shift_times(&mut self, shift: impl Fn(u64) -> u64) {
+        for session in self.sessions.values_mut() {
+            session.last_seen_ms = shift(session.last_seen_ms);
+        }
+        for status in self.statuses.values_mut() {
+            status.last_seen_ms = shift(status.last_seen_ms);
+        }
+        for told in self.revoked.values_mut().flatten() {
+            *told = shift(*told);
+        }
+        self.waiting.shift(&shift);
+    }
+
+    /// The connected workers not heard from for more than `timeout` at `now`.
+    pub fn silent_for(&self, timeout: u64, now: u64) -> Vec<String> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| now.saturating_sub(s.last_seen_ms) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Notes that `worker`'s session has given `run_id` up (or finished it).
+    pub fn drop_run(&mut self, worker: &str, run_id: &str) {
+        if let Some(session) = self.sessions.get_mut(worker) {
+            session.runs.remove(run_id);
+        }
+    }
+
+    /// `run_id`, on `worker`, ended: the slot it frees, or the end of an `overlap =
+    /// queue` run, may make queued runs of the worker's pools grantable to a waiting
+    /// claim.
+    pub fn run_ended(&mut self, worker: &str, run_id: &str) {
+        if let Some(session) = self.sessions.get_mut(worker) {
+            session.runs.remove(run_id);
+            for pool in &session.register.pools {
+                self.waiting.mark_dirty(pool);
+            }
+        }
+    }
+
+    /// Notes that `worker`'s session holds `run_id`.
+    pub fn hold_run(&mut self, worker: &str, run_id: String) {
+        if let Some(session) = self.sessions.get_mut(worker) {
+            session.runs.insert(run_id);
         }
     }
 
@@ -86,6 +217,15 @@ impl WorkerTable {
                         .is_some_and(|s| s.pools.iter().any(|p| p == pool))
                 })
                 .all(|w| self.sessions.contains_key(w))
+    }
+
+    /// The connected workers that serve `pool`.
+    pub fn serving(&self, pool: &str) -> Vec<String> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.register.pools.iter().any(|p| p == pool))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Whether some connected worker serves `pool`.

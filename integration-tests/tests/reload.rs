@@ -2,7 +2,7 @@
 //! SIGHUP and `jobcastctl reload`, a bad file changing nothing, a removed key ending the
 //! worker that used it.
 
-use jobcast_integration_tests::{wait_for, worker_secret, Cluster};
+use jobcast_integration_tests::{poll_until, wait_for, worker_secret, Cluster};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -23,12 +23,21 @@ fn sighup_adds_a_worker_key_and_reload_removes_it_without_a_restart() {
     append_to_config(&cluster, &format!("w2 = \"{}\"\n", worker_secret("w2")));
     // SAFETY: kill(2) on the broker this test started.
     unsafe { libc::kill(broker_pid, libc::SIGHUP) };
-    wait_for("the reload to be logged", Duration::from_secs(20), || {
+    let reloaded = poll_until(Duration::from_secs(20), || {
         let log = cluster.broker_log();
         log.lines()
             .any(|l| l.contains("settings reloaded") && l.contains("w2"))
             .then_some(())
     });
+    assert!(
+        reloaded.is_some(),
+        "no reload logged 20 s after SIGHUP (broker alive: {}); broker log:\n{}",
+        cluster
+            .broker
+            .as_mut()
+            .is_some_and(|b| b.try_wait().ok().flatten().is_none()),
+        cluster.broker_log()
+    );
     let index = cluster.spawn_worker_unchecked("w2", &[]);
     cluster.wait_online("w2");
     let run = cluster.enqueue("hello");

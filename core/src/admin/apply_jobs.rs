@@ -23,7 +23,7 @@ impl<S: Store> Core<S> {
         let (mut created, mut updated, mut unchanged) = (vec![], vec![], vec![]);
         for job in jobs {
             let name = job.name.clone();
-            match self.jobs.specs.get(&name) {
+            match self.jobs.spec(&name) {
                 Some(old) if *old == job => {
                     unchanged.push(name);
                     continue;
@@ -31,28 +31,24 @@ impl<S: Store> Core<S> {
                 Some(old) => {
                     if old.schedule != job.schedule {
                         // A new schedule starts from now: no catch-up under it.
-                        let state = self.jobs.states.entry(name.clone()).or_default();
+                        let state = self.jobs.state_entry(&name);
                         state.last_tick_ms = state.last_tick_ms.max(now);
                     }
                     updated.push(name.clone());
                 }
                 None => {
-                    self.jobs.states.insert(
-                        name.clone(),
-                        JobState {
-                            created_at_ms: now,
-                            last_tick_ms: now,
-                            ..Default::default()
-                        },
-                    );
+                    *self.jobs.state_entry(&name) = JobState {
+                        created_at_ms: now,
+                        last_tick_ms: now,
+                        ..Default::default()
+                    };
                     created.push(name.clone());
                 }
             }
             self.store.put_job(&job)?;
             self.changes.jobs = true;
-            self.jobs.specs.insert(name.clone(), job);
             self.save_job_state(&name)?;
-            self.jobs.compile(&name);
+            self.jobs.put_spec(job);
         }
         Ok(Reply::Applied {
             created,

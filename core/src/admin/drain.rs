@@ -7,7 +7,7 @@ use jobcast_protocol::{Event, Reply};
 
 impl<S: Store> Core<S> {
     pub(super) fn drain(&mut self, worker: &str, actor: &str, out: &mut Outbox) -> Handled {
-        let Some(session) = self.workers.sessions.get_mut(worker) else {
+        let Some(session) = self.workers.session_mut(worker) else {
             return Err(self.workers.unknown(worker));
         };
         tracing::info!(actor, worker, "drain ordered");

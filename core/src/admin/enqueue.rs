@@ -24,7 +24,7 @@ impl<S: Store> Core<S> {
     pub(crate) fn no_such_job(&self, name: &str) -> CoreError {
         CoreError::NoSuchJob {
             name: name.to_string(),
-            known: listed(self.jobs.specs.keys()),
+            known: listed(self.jobs.names()),
         }
     }
 
@@ -43,7 +43,7 @@ impl<S: Store> Core<S> {
             params,
             priority,
         } = asked;
-        let Some(spec) = self.jobs.specs.get(job).cloned() else {
+        let Some(spec) = self.jobs.spec(job).cloned() else {
             return Err(self.no_such_job(job));
         };
         let values = params::resolve(&spec.params, params)

@@ -42,7 +42,7 @@ impl<S: Store> Core<S> {
             Ok(id) => id,
             Err(outcome) => return Ok(outcome),
         };
-        let Some(run) = self.runs.active.get_mut(&run_id) else {
+        let Some(run) = self.runs.get_mut(&run_id) else {
             let state = match self.store.run(&run_id)? {
                 Some(run) => run.state,
                 None => {
@@ -82,7 +82,7 @@ impl<S: Store> Core<S> {
     /// an unfinished or recently ended run) to one run id. Each step is a lookup, a range
     /// or a bounded walk: no step reads every stored id.
     pub(crate) fn resolve(&self, selector: &str) -> StoreResult<Result<String, KillOutcome>> {
-        if self.runs.active.contains_key(selector) || self.store.run(selector)?.is_some() {
+        if self.runs.contains(selector) || self.store.run(selector)?.is_some() {
             return Ok(Ok(selector.to_string()));
         }
         let mut candidates = self

@@ -10,14 +10,14 @@ const MAX_NEXT_FIRES: u32 = 100;
 impl<S: Store> Core<S> {
     /// The next `count` ticks of `job` that start runs (excluded ones skipped).
     pub(crate) fn next_fires(&self, job: &str, count: u32) -> Handled<Reply> {
-        let Some(spec) = self.jobs.specs.get(job) else {
+        let Some(spec) = self.jobs.spec(job) else {
             return Err(self.no_such_job(job));
         };
         let mut times_ms = Vec::new();
-        let schedule = self.jobs.schedules.get(job);
+        let schedule = self.jobs.schedule(job);
         if let (Some(schedule), Some(mut next), true) = (
             schedule,
-            self.jobs.next_fire.get(job),
+            self.jobs.next_fire(job),
             self.jobs.is_active(spec),
         ) {
             let wanted = count.min(MAX_NEXT_FIRES) as usize;
@@ -42,17 +42,13 @@ impl<S: Store> Core<S> {
     }
 
     pub(crate) fn job_views(&self) -> Vec<JobView> {
-        self.jobs
-            .specs
-            .values()
-            .map(|spec| self.view_of(spec))
-            .collect()
+        self.jobs.specs().map(|spec| self.view_of(spec)).collect()
     }
 
     /// The views of the named jobs that exist.
     pub(crate) fn job_views_of<'a>(&self, names: impl Iterator<Item = &'a String>) -> Vec<JobView> {
         names
-            .filter_map(|name| self.jobs.specs.get(name))
+            .filter_map(|name| self.jobs.spec(name))
             .map(|spec| self.view_of(spec))
             .collect()
     }
@@ -60,13 +56,8 @@ impl<S: Store> Core<S> {
     fn view_of(&self, spec: &JobSpec) -> JobView {
         JobView {
             spec: spec.clone(),
-            state: self
-                .jobs
-                .states
-                .get(&spec.name)
-                .cloned()
-                .unwrap_or_default(),
-            next_fire_ms: self.jobs.next_fire.get(&spec.name),
+            state: self.jobs.state(&spec.name).cloned().unwrap_or_default(),
+            next_fire_ms: self.jobs.next_fire(&spec.name),
             active: self.jobs.is_active(spec),
         }
     }

@@ -12,7 +12,6 @@ mod ping;
 
 #[cfg(test)]
 pub(crate) use get_log::slice_from;
-pub(crate) use ping::Pings;
 mod retry;
 mod set_enabled;
 mod status;

@@ -15,7 +15,7 @@ impl<S: Store> Core<S> {
         out: &mut Outbox,
     ) -> Handled {
         let run_id = self.resolve_one(selector)?;
-        if self.runs.active.contains_key(&run_id) {
+        if self.runs.contains(&run_id) {
             return Err(CoreError::NotFinished { run_id });
         }
         let Some(old) = self.store.run(&run_id)? else {
@@ -26,8 +26,7 @@ impl<S: Store> Core<S> {
         // The job as it is now, if it still exists; else as the run had it.
         let spec = self
             .jobs
-            .specs
-            .get(&old.job)
+            .spec(&old.job)
             .cloned()
             .unwrap_or(old.spec.clone());
         let mut new = NewRun::of(

@@ -11,7 +11,7 @@ impl<S: Store> Core<S> {
         // cost an allocation each, and status is asked for often (dashboards, metrics
         // scrapes, scripts waiting for a queue to drain).
         let mut by_job_state: HashMap<(&str, RunState), u64> = HashMap::new();
-        for run in self.runs.active.values() {
+        for run in self.runs.iter() {
             *by_job_state.entry((&run.job, run.state)).or_default() += 1;
         }
         let mut active: BTreeMap<String, u64> = BTreeMap::new();
@@ -23,19 +23,13 @@ impl<S: Store> Core<S> {
                 .or_default()
                 .insert(state.to_string(), count);
         }
-        let queued_by_pool = self
-            .runs
-            .queues
-            .iter()
-            .map(|(pool, queue)| (pool.clone(), queue.len() as u64))
-            .collect();
+        let queued_by_pool = self.runs.queued_by_pool();
         let workers = self
             .workers
-            .statuses
-            .values()
+            .statuses()
             .map(|w| {
                 let mut w = w.clone();
-                if let Some(session) = self.workers.sessions.get(&w.id) {
+                if let Some(session) = self.workers.session(&w.id) {
                     w.online = true;
                     w.running = session.runs.iter().cloned().collect();
                     w.last_seen_ms = session.last_seen_ms;
@@ -53,7 +47,7 @@ impl<S: Store> Core<S> {
             uptime_ms: now.saturating_sub(self.booted_at_ms),
             active,
             total_runs: self.store.run_count()?,
-            jobs: self.jobs.specs.len() as u64,
+            jobs: self.jobs.len() as u64,
             workers,
             rejected: self.rejected.clone(),
             connections: BTreeMap::from([
@@ -67,7 +61,7 @@ impl<S: Store> Core<S> {
                 ("closed".to_string(), self.connections.closed),
             ]),
             alerts: self.alerts.values().cloned().collect(),
-            disabled_pools: self.jobs.disabled_pools.iter().cloned().collect(),
+            disabled_pools: self.jobs.disabled_pools().iter().cloned().collect(),
             pruned_runs: self.pruning.pruned,
             active_by_job,
             queued_by_pool,

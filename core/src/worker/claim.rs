@@ -1,11 +1,10 @@
 //! `Claim`: runs granted to a worker, at once or to its waiting claim when they arrive.
 
-use crate::run_table::QueueKey;
 use crate::store::{Store, StoreResult};
 use crate::waiting_claims::{WaitingClaim, MAX_CLAIM_WAIT_MS};
 use crate::{nothing_granted, Core, Outbox, PeerId, ReplyTo};
 use jobcast_protocol::message::topic;
-use jobcast_protocol::{Assignment, Event, Overlap, Reply, RunState};
+use jobcast_protocol::{Assignment, Event, Reply};
 
 /// A `Claim` as it arrived: the connection and request id to answer, when it waits.
 pub(super) struct ClaimRequest<'a> {
@@ -30,11 +29,10 @@ impl<S: Store> Core<S> {
         let nothing = matches!(&reply, Reply::Granted { runs, .. } if runs.is_empty());
         let may_wait = self
             .workers
-            .sessions
-            .get(worker)
+            .session(worker)
             .is_some_and(|s| !s.draining && !s.drain_ordered);
         if nothing && request.wait_ms > 0 && request.max > 0 && may_wait {
-            self.workers.waiting.insert(
+            self.workers.waiting_mut().insert(
                 worker,
                 WaitingClaim {
                     peer: request.peer.clone(),
@@ -49,7 +47,7 @@ impl<S: Store> Core<S> {
     }
 
     pub(crate) fn claim(&mut self, worker: &str, max: u32, now: u64) -> StoreResult<Reply> {
-        let Some(session) = self.workers.sessions.get(worker) else {
+        let Some(session) = self.workers.session(worker) else {
             return Ok(nothing_granted());
         };
         if session.draining || session.drain_ordered || self.low_disk.is_some() {
@@ -58,8 +56,8 @@ impl<S: Store> Core<S> {
         // Never more than the worker's free slots and the ready runs it may hold, whatever
         // it asks for; ready runs only while no other worker waits for work (they would
         // sit on this one while another idles).
-        let others_waiting =
-            self.workers.waiting.len() > usize::from(self.workers.waiting.get(worker).is_some());
+        let others_waiting = self.workers.waiting().len()
+            > usize::from(self.workers.waiting().get(worker).is_some());
         let prefetch = if others_waiting {
             0
         } else {
@@ -74,67 +72,25 @@ impl<S: Store> Core<S> {
         let mut granted = Vec::new();
         let mut out_counts = self.out_counts();
         while granted.len() < room {
-            // The first grantable queued run across this worker's pools: highest
-            // priority, then oldest.
-            let mut best: Option<(QueueKey, String)> = None;
-            for pool in &pools {
-                let Some(queue) = self.runs.queues.get(pool) else {
-                    continue;
-                };
-                for (key, run_id) in queue {
-                    if best.as_ref().is_some_and(|(b, _)| *b < *key) {
-                        break;
-                    }
-                    let Some(run) = self.runs.active.get(run_id) else {
-                        continue;
-                    };
-                    if run.pinned_worker.as_deref().is_some_and(|w| w != worker) {
-                        continue;
-                    }
-                    // A job with `overlap = queue` gets no second run out (looked up among
-                    // that job's active runs, not by walking every run).
-                    if run.spec.policy.overlap == Overlap::Queue
-                        && self
-                            .runs
-                            .has_run_out(&run.job, run.pinned_worker.as_deref())
-                    {
-                        continue;
-                    }
-                    if out_counts
-                        .as_ref()
-                        .is_some_and(|counts| self.held_by_limit(run, counts).is_some())
-                    {
-                        continue;
-                    }
-                    best = Some((*key, pool.clone()));
-                    break;
-                }
-            }
-            let Some((key, pool)) = best else { break };
-            let Some(run_id) = self.runs.queues.get_mut(&pool).and_then(|q| q.remove(&key)) else {
+            let limits = (&self.jobs, &self.config.pool_limits);
+            let admit = |run: &_| {
+                out_counts
+                    .as_ref()
+                    .is_none_or(|counts| counts.holding(run, limits.0, limits.1).is_none())
+            };
+            let Some(run_id) = self.runs.take_next_grantable(&pools, worker, admit) else {
                 break;
             };
-            let Some(run) = self.runs.active.get_mut(&run_id) else {
+            let Some(run) = self.runs.assign(&run_id, worker, instance, cap, now) else {
                 continue;
             };
-            if run
-                .transition(RunState::Assigned, now, format!("granted to {worker}"))
-                .is_err()
-            {
-                continue;
-            }
-            run.worker = Some(worker.to_string());
-            run.worker_instance = instance;
-            run.log_cap = cap;
             if let Some(counts) = out_counts.as_mut() {
                 counts.add(run);
             }
             self.store.put_run(run)?;
-            self.changes.runs.insert(run.id.clone());
+            self.changes.runs.insert(run_id.clone());
             granted.push(Assignment::of(run));
-            if let Some(session) = self.workers.sessions.get_mut(worker) {
-                session.runs.insert(run_id);
-            }
+            self.workers.hold_run(worker, run_id);
         }
         let more_queued = pools.iter().any(|p| self.runs.has_queued(p));
         Ok(Reply::Granted {
@@ -146,7 +102,7 @@ impl<S: Store> Core<S> {
     /// Tells `pool`'s workers that it has runs to hand out: the waiting claims first (at
     /// the end of the batch), then a wake-up event for whatever is left.
     pub(crate) fn wake(&mut self, pool: &str, out: &mut Outbox) {
-        self.workers.waiting.mark_dirty(pool);
+        self.workers.waiting_mut().mark_dirty(pool);
         out.publish(
             topic::pool(pool),
             Event::Wake {
@@ -159,35 +115,35 @@ impl<S: Store> Core<S> {
     /// this batch to waiting claims, longest waiting first. Runs granted here are written
     /// in this batch, so they are durable when the answer goes out, as with any claim.
     pub(crate) fn serve_waiting_claims(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
-        for (worker, claim) in self.workers.waiting.take_expired(now) {
+        for (worker, claim) in self.workers.waiting_mut().take_expired(now) {
             out.reply(
                 &ReplyTo::peer(&claim.peer, &worker),
                 claim.id,
                 nothing_granted(),
             );
         }
-        let dirty = self.workers.waiting.take_dirty();
+        let dirty = self.workers.waiting_mut().take_dirty();
         if dirty.is_empty() {
             return Ok(());
         }
         let mut granted_any = false;
-        for worker in self.workers.waiting.oldest_first() {
+        for worker in self.workers.waiting().oldest_first() {
             if dirty.iter().all(|pool| !self.runs.has_queued(pool)) {
                 break;
             }
-            let Some(session) = self.workers.sessions.get(&worker) else {
-                self.workers.waiting.remove(&worker);
+            let Some(session) = self.workers.session(&worker) else {
+                self.workers.waiting_mut().remove(&worker);
                 continue;
             };
             if !session.register.pools.iter().any(|p| dirty.contains(p)) {
                 continue;
             }
-            let Some(max) = self.workers.waiting.get(&worker).map(|c| c.max) else {
+            let Some(max) = self.workers.waiting().get(&worker).map(|c| c.max) else {
                 continue;
             };
             let reply = self.claim(&worker, max, now)?;
             if matches!(&reply, Reply::Granted { runs, .. } if !runs.is_empty()) {
-                if let Some(claim) = self.workers.waiting.remove(&worker) {
+                if let Some(claim) = self.workers.waiting_mut().remove(&worker) {
                     out.reply(&ReplyTo::peer(&claim.peer, &worker), claim.id, reply);
                     granted_any = true;
                 }
@@ -205,7 +161,7 @@ impl<S: Store> Core<S> {
 
     /// Answers `worker`'s waiting claim, if any, with nothing.
     pub(crate) fn cancel_waiting_claim(&mut self, worker: &str, out: &mut Outbox) {
-        if let Some(claim) = self.workers.waiting.remove(worker) {
+        if let Some(claim) = self.workers.waiting_mut().remove(worker) {
             out.reply(
                 &ReplyTo::peer(&claim.peer, worker),
                 claim.id,

@@ -4,7 +4,6 @@ mod claim;
 mod leaving;
 mod log_chunk;
 
-pub(crate) use log_chunk::LogTrack;
 mod orders;
 mod pong;
 mod register;

@@ -13,18 +13,12 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) {
-        if let Some(status) = self.workers.statuses.get_mut(worker) {
+        if let Some(status) = self.workers.status_mut(worker) {
             status.version = info.version.clone();
             status.draining = info.draining;
         }
-        let Some(ping) = self.pings.pending.get_mut(&ping_id) else {
-            return;
-        };
-        if let Some(answer) = ping.answers.get_mut(worker) {
-            *answer = Some((now_us.saturating_sub(ping.sent_at_us), info));
-        }
-        if ping.answers.values().all(Option::is_some) {
-            self.answer_ping(ping_id, out);
+        if let Some(result) = self.pings.answer(ping_id, worker, info, now_us) {
+            result.send(out);
         }
     }
 }

@@ -58,10 +58,7 @@ impl<S: Store> Core<S> {
             .map(|ids| ids.iter().map(String::as_str).collect());
         let ours: Vec<(String, bool, bool)> = self
             .runs
-            .active
-            .values()
-            .filter(|r| r.worker.as_deref() == Some(worker))
-            .filter(|r| matches!(r.state, RunState::Assigned | RunState::Running))
+            .out_on(worker)
             .map(|r| {
                 let never_started = r.state == RunState::Assigned
                     && earlier_started
@@ -133,14 +130,12 @@ impl<S: Store> Core<S> {
         };
         self.store.put_worker(&status)?;
         self.changes.workers = true;
-        self.workers.statuses.insert(worker.to_string(), status);
         let running = session.register.running.clone();
-        self.workers.sessions.insert(worker.to_string(), session);
-        // Registered with a key in force: any earlier revocation is over.
-        self.workers.revoked.remove(worker);
+        let pools = session.register.pools.clone();
+        self.workers.register(worker, session, status);
         tracing::info!(worker, "worker registered");
         // Work may be waiting for this worker's pools.
-        for pool in self.workers.sessions[worker].register.pools.clone() {
+        for pool in pools {
             if self.runs.has_queued(&pool) {
                 self.wake(&pool, out);
             }

@@ -34,7 +34,7 @@ impl<S: Store> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(run) = self.runs.active.get_mut(run_id) else {
+        let Some(run) = self.runs.get_mut(run_id) else {
             return Ok(());
         };
         if run.worker.as_deref() != Some(worker) || run.state != RunState::Assigned {
@@ -50,9 +50,7 @@ impl<S: Store> Core<S> {
         let run = run.clone();
         self.runs.enqueue(&run, self.clock_ms());
         self.wake(&run.pool, out);
-        if let Some(session) = self.workers.sessions.get_mut(worker) {
-            session.runs.remove(run_id);
-        }
+        self.workers.drop_run(worker, run_id);
         Ok(())
     }
 }

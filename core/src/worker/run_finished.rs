@@ -12,7 +12,7 @@ impl<S: Store> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(run) = self.runs.active.get_mut(&finished.run_id) else {
+        let Some(run) = self.runs.get_mut(&finished.run_id) else {
             return self.late_result(worker, finished, now);
         };
         if run.worker.as_deref() != Some(worker) {
@@ -68,7 +68,7 @@ impl<S: Store> Core<S> {
             reported_at_ms: now,
         });
         self.store.put_run(&run)?;
-        self.logs.remove(&run.id);
+        self.logs.forget(&run.id);
         self.changes.runs.insert(run.id);
         Ok(())
     }

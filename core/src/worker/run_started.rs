@@ -14,7 +14,7 @@ impl<S: Store> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(run) = self.runs.active.get_mut(run_id) else {
+        let Some(run) = self.runs.get_mut(run_id) else {
             tracing::warn!(
                 run_id,
                 worker,
@@ -46,7 +46,7 @@ impl<S: Store> Core<S> {
                 waited_ms: now.saturating_sub(due_ms),
             });
             let job = run.job.clone();
-            let state = self.jobs.states.entry(job.clone()).or_default();
+            let state = self.jobs.state_entry(&job);
             state.last_started_ms = Some(now);
             self.save_job_state(&job)?;
         }
