@@ -9,5 +9,5 @@ pub mod notify;
 pub mod reload;
 pub mod replay_floors;
 pub mod server;
+pub mod sockets;
 pub mod store;
-pub mod transport;

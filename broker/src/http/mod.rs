@@ -16,6 +16,7 @@ pub use core_handle::{CoreHandle, InternalRequest};
 pub use live::LiveFeed;
 
 use crate::config::ApiToken;
+use anyhow::{Context, Result};
 use api::{
     disable, drain, enable, enqueue, healthz, job_detail, jobs, kill, list_runs, metrics, retry,
     run_detail, run_log, status, workers,
@@ -150,4 +151,49 @@ pub(super) fn asset(content_type: &'static str, body: &'static str) -> Response 
         body,
     )
         .into_response()
+}
+
+/// The origins of the dashboard when none are configured: the listen address itself
+/// (and `localhost` for a loopback one), as plain `http://`.
+fn default_origins(listen: std::net::SocketAddr) -> Vec<String> {
+    let mut origins = vec![format!("http://{listen}")];
+    if listen.ip().is_loopback() {
+        origins.push(format!("http://localhost:{}", listen.port()));
+    }
+    origins
+}
+
+/// Binds the dashboard and API listener, if configured, and serves it on a task.
+pub async fn start(
+    config: &crate::config::BrokerConfig,
+    core: CoreHandle,
+    live: LiveFeed,
+    tokens: tokio::sync::watch::Receiver<std::sync::Arc<Vec<crate::config::ApiToken>>>,
+    metrics: crate::metrics::Metrics,
+) -> Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>> {
+    let Some(addr) = &config.http_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the HTTP listener to {addr}"))?;
+    let bound_http = listener.local_addr()?;
+    tracing::info!(http = %bound_http, "dashboard and API listening");
+    let origins = if config.public_origins.is_empty() {
+        default_origins(bound_http)
+    } else {
+        config.public_origins.clone()
+    };
+    let extras = Extras {
+        origins,
+        metrics,
+        data_dir: config.data_dir.clone(),
+    };
+    let app = router(core, tokens, live, extras);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(Some((bound_http, task)))
 }

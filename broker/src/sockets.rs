@@ -78,7 +78,8 @@ pub enum Outgoing {
     },
 }
 
-pub struct Transport {
+/// The broker's listening sockets and the side task that watches them.
+pub struct Listeners {
     /// Refusals and connection events from the side task.
     pub events: mpsc::Receiver<Incoming>,
     pub sockets: Sockets,
@@ -93,14 +94,14 @@ pub struct Sockets {
     publisher: AsyncSocket,
 }
 
-impl Drop for Transport {
+impl Drop for Listeners {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TransportError {
+pub enum SocketError {
     #[error("cannot bind the {what} socket to {endpoint}: {source}")]
     Bind {
         what: &'static str,
@@ -130,7 +131,7 @@ fn bind(
     endpoint: &str,
     kind: zmq::SocketType,
     limits: &Limits,
-) -> Result<(AsyncSocket, Monitor), TransportError> {
+) -> Result<(AsyncSocket, Monitor), SocketError> {
     let open = || -> jobcast_transport::Result<(AsyncSocket, Monitor)> {
         let socket = jobcast_transport::socket(kind, limits)?;
         if kind == zmq::ROUTER {
@@ -143,16 +144,16 @@ fn bind(
         socket.bind(&jobcast_transport::bindable(endpoint))?;
         Ok((AsyncSocket::new(socket)?, events))
     };
-    open().map_err(|source| TransportError::Bind {
+    open().map_err(|source| SocketError::Bind {
         what,
         endpoint: endpoint.to_string(),
         source,
     })
 }
 
-impl Transport {
+impl Listeners {
     /// Binds both sockets and starts the task that owns them. Inside a tokio runtime.
-    pub fn start(settings: &Settings) -> Result<Transport, TransportError> {
+    pub fn start(settings: &Settings) -> Result<Listeners, SocketError> {
         let router_limits = Limits {
             max_message_bytes: settings.max_frame_bytes,
             high_water_mark: HIGH_WATER_MARK,
@@ -173,7 +174,7 @@ impl Transport {
             })
             .map_err(jobcast_transport::TransportError::from)
             .and_then(AsyncSocket::new)
-            .map_err(|source| TransportError::Bind {
+            .map_err(|source| SocketError::Bind {
                 what: "authentication",
                 endpoint: ZAP_ENDPOINT.to_string(),
                 source,
@@ -195,7 +196,7 @@ impl Transport {
             publisher_events: Some(publisher_events),
         };
         let task = tokio::spawn(run(side, events_tx));
-        Ok(Transport {
+        Ok(Listeners {
             events,
             sockets: Sockets { router, publisher },
             router_endpoint,

@@ -1,0 +1,340 @@
+//! The broker's I/O shell: the loop that takes a batch of requests (sockets and HTTP
+//! API), opens and hands them to the core, flushes the store once for the batch (group
+//! commit), then answers and publishes. Everything else the shell does has a module:
+//! `start` (binding), `frames` (opening and sealing), `outage` (a failed store),
+//! `space` (free disk), `reload` (new settings), `clock_watch` (steps of the wall
+//! clock), `api_calls` (the HTTP API's requests).
+
+mod api_calls;
+mod clock_watch;
+mod frames;
+mod outage;
+mod reload;
+mod space;
+mod start;
+
+use crate::config::{BrokerConfig, Keys};
+use crate::reload::{LiveSettings, Reloading};
+use crate::sockets::{Incoming, Listeners};
+use crate::store::{Store, StoreError};
+use anyhow::{Context, Result};
+use api_calls::ApiCalls;
+use clock_watch::ClockWatch;
+use frames::{outgoing, PreviousKeyPeers, RejectionLog};
+use jobcast_core::{Core, Outbox, PeerId, ReplyTo};
+use jobcast_protocol::envelope::{Opener, Refusal};
+use outage::ReopenDelay;
+use space::SpaceCheck;
+pub use start::Bound;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Most requests handled between two flushes.
+const MAX_BATCH: usize = 256;
+/// Batches slower than this are logged with where the time went.
+const SLOW_BATCH: Duration = Duration::from_millis(20);
+const VERY_SLOW_BATCH: Duration = Duration::from_secs(1);
+/// The longest the loop sleeps (a step of the wall clock also wakes it).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the broker until `shutdown`. `reopen` builds the core again from the store, as a
+/// start does: after a failed write the broker answers "unavailable" until it succeeds.
+pub async fn serve<S: Store + 'static>(
+    core: Core<S>,
+    mut reopen: impl FnMut(u64) -> Result<Core<S>>,
+    config: &BrokerConfig,
+    reloading: Reloading,
+    on_bound: impl FnOnce(&Bound) -> Result<()>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let (mut server, http) = Server::start(&core, config, reloading, on_bound).await?;
+    tokio::pin!(shutdown);
+    let mut core = core;
+    let result = loop {
+        match server.run(&mut core, shutdown.as_mut()).await {
+            Ok(Stopped::StoreFailed(error)) => {
+                // Like a kill at this point, without the exit: what the failed batch
+                // did is not acknowledged, and the state is read again from the store.
+                drop(core);
+                match server.outage(&error, &mut reopen, shutdown.as_mut()).await {
+                    Ok(Some(reopened)) => core = reopened,
+                    Ok(None) => break Ok(None),
+                    Err(e) => break Err(e),
+                }
+            }
+            Ok(Stopped::Shutdown) => break Ok(Some(core)),
+            Err(e) => break Err(e),
+        }
+    };
+    drop(server);
+    if let Some((_, task)) = http {
+        task.abort();
+    }
+    if let Some(mut core) = result? {
+        tokio::task::block_in_place(|| core.store_mut().close_cleanly())
+            .context("final store flush failed")?;
+    }
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+/// Why the serving loop returned.
+enum Stopped {
+    Shutdown,
+    /// A store write or flush failed: the core's state may be ahead of the store.
+    StoreFailed(StoreError),
+}
+
+/// The server loop's state: the core, the sockets, and what a batch needs on its way
+/// through.
+struct Server {
+    metrics: crate::metrics::Metrics,
+    /// The settings in force: as at start, with what reloads changed. Its keys are those
+    /// replies are sealed with and requests opened with.
+    running: BrokerConfig,
+    reloading: Reloading,
+    live_settings: LiveSettings,
+    /// A SIGHUP came: reload with the next batch.
+    hangup: bool,
+    /// Keys a reload read, put in force once the batch's replies are sealed with the
+    /// keys their requests came under.
+    new_keys: Option<Keys>,
+    listeners: Listeners,
+    /// Calls from the HTTP API.
+    api_calls: ApiCalls,
+    live: crate::http::LiveFeed,
+    notifier: crate::notify::Notifier,
+    opener: Opener,
+    previous_key_peers: PreviousKeyPeers,
+    clock: ClockWatch,
+    /// Kept past frames sealed ahead of this clock, so that no next process takes them again.
+    replay_floors: crate::replay_floors::ReplayFloors,
+    rejections: RejectionLog,
+    batch: Vec<Incoming>,
+    space: SpaceCheck,
+    reopen_delay: ReopenDelay,
+    /// Wakes the loop at the core's next deadline, to the microsecond.
+    deadline: crate::deadline::Deadline,
+}
+
+/// What one batch produced, to send once it is durable.
+struct Produced {
+    out: Outbox,
+    refusals: Vec<(PeerId, Refusal)>,
+}
+
+impl Server {
+    /// Take a batch, apply it, commit it, send what it produced; until shutdown or a
+    /// store failure.
+    async fn run<S: Store>(
+        &mut self,
+        core: &mut Core<S>,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Stopped> {
+        loop {
+            if !self.take_batch(core, shutdown.as_mut()).await? {
+                return Ok(Stopped::Shutdown);
+            }
+            self.space.check(core);
+            let started = Instant::now();
+            let requests = self.batch.len();
+            let produced = match self.apply(core, now_us()) {
+                Ok(produced) => produced,
+                Err(e) => return Ok(Stopped::StoreFailed(e)),
+            };
+            if let Err(e) = self.commit(core, started, requests) {
+                return Ok(Stopped::StoreFailed(e));
+            }
+            if let Err(e) = self.send(core, produced) {
+                return Ok(Stopped::StoreFailed(e));
+            }
+        }
+    }
+
+    /// Waits for requests (or the next deadline of the core) and takes what is waiting,
+    /// up to a batch; false at shutdown.
+    async fn take_batch<S: Store>(
+        &mut self,
+        core: &Core<S>,
+        shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool> {
+        let wake_at_us = core
+            .next_wakeup_us()
+            .min(now_us() + MAX_SLEEP.as_micros() as u64);
+        tokio::select! {
+            biased;
+            _ = shutdown => return Ok(false),
+            Some(()) = self.api_calls.take(MAX_BATCH) => {}
+            // Before the sockets: however busy they are, a reload is not put off.
+            Some(()) = self.reloading.hangups.recv() => {
+                tracing::info!("SIGHUP: reading the settings again");
+                self.hangup = true;
+            }
+            ready = self.listeners.sockets.readable() => {
+                ready.context("the request socket failed")?;
+                self.listeners.sockets.read_into(&mut self.batch, MAX_BATCH);
+            }
+            first = self.listeners.events.recv() => {
+                let Some(first) = first else { return Ok(false) };
+                self.batch.push(first);
+                while self.batch.len() < MAX_BATCH {
+                    match self.listeners.events.try_recv() {
+                        Ok(next) => self.batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+            }
+            // Sleep until the core has something to do: the next tick of a job, a
+            // heartbeat, a deadline.
+            woke = self.deadline.until(wake_at_us) => {
+                if let Err(e) = woke {
+                    // Not expected of a timerfd; the millisecond timer still keeps time.
+                    tracing::warn!(error = %e, "the precise timer failed; using tokio's");
+                    let left = wake_at_us.saturating_sub(now_us());
+                    tokio::time::sleep(Duration::from_micros(left)).await;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Opens every frame of the batch and hands the requests to the core, then lets the
+    /// core do its time-driven work. Nothing is durable or sent yet.
+    fn apply<S: Store>(&mut self, core: &mut Core<S>, now: u64) -> Result<Produced, StoreError> {
+        let mut out = Outbox::default();
+        if let Some(step_ms) = self.clock.step(now) {
+            self.opener.clock_stepped(step_ms);
+            core.clock_stepped(step_ms, now)?;
+        }
+        let mut refusals = Vec::new();
+        // Taken out and put back, so that its allocation is reused batch after batch.
+        let mut batch = std::mem::take(&mut self.batch);
+        for incoming in batch.drain(..) {
+            let (peer, payload) = match incoming {
+                Incoming::Request { peer, payload } => (peer, payload),
+                Incoming::Refused { reason, detail } => {
+                    core.note_rejection(reason);
+                    self.rejections.note(reason, &detail);
+                    continue;
+                }
+                Incoming::Connection { opened } => {
+                    core.note_connection(opened);
+                    continue;
+                }
+            };
+            match self.open_request(&peer, &payload, now / 1_000, &mut refusals) {
+                Ok(opened) if opened.revoked => {
+                    core.note_rejection("revoked");
+                    core.revoked_worker_told(&opened.from, now);
+                    out.reply(
+                        &ReplyTo::peer(&peer, &opened.from),
+                        opened.id,
+                        jobcast_protocol::Reply::Error {
+                            code: jobcast_protocol::ErrorCode::Revoked,
+                            message: format!(
+                                "the key of worker {} was revoked by a reload of the broker's settings",
+                                opened.from
+                            ),
+                        },
+                    );
+                }
+                Ok(opened) => {
+                    self.replay_floors.accepted(
+                        core.store_mut(),
+                        &opened.from,
+                        opened.sealed_ms,
+                        now / 1_000,
+                    )?;
+                    core.handle(
+                        &peer,
+                        &opened.from,
+                        opened.id,
+                        opened.request,
+                        now,
+                        &mut out,
+                    )?
+                }
+                Err(reason) => core.note_rejection(reason),
+            }
+        }
+        self.batch = batch;
+        self.api_calls.hand_to(core, now, &mut out)?;
+        if std::mem::take(&mut self.hangup) || !out.reloads.is_empty() {
+            self.reload(core, &mut out)?;
+        }
+        core.tick(now, &mut out)?;
+        Ok(Produced { out, refusals })
+    }
+
+    /// Group commit: everything the batch wrote is durable before anyone hears of it.
+    fn commit<S: Store>(
+        &mut self,
+        core: &mut Core<S>,
+        started: Instant,
+        requests: usize,
+    ) -> Result<(), StoreError> {
+        let handled = started.elapsed();
+        let flushed = tokio::task::block_in_place(|| core.store_mut().flush());
+        let took = started.elapsed();
+        self.metrics.observe_flush(took - handled);
+        // Batches over 20 ms happen on a busy disk (docs/BENCHMARKS.md): worth a look
+        // when tuning, not an operator's attention, unless one takes far longer.
+        let (handled_us, flushed_us) = (
+            handled.as_micros() as u64,
+            (took - handled).as_micros() as u64,
+        );
+        if took > VERY_SLOW_BATCH {
+            tracing::warn!(
+                requests,
+                handled_us,
+                flushed_us,
+                "very slow batch: is the disk overloaded?"
+            );
+        } else if took > SLOW_BATCH {
+            tracing::debug!(requests, handled_us, flushed_us, "slow batch");
+        }
+        flushed
+    }
+
+    /// Sends what the batch produced: notifications, live-view changes, the API's
+    /// replies in-process, and the rest over the sockets.
+    fn send<S: Store>(&mut self, core: &mut Core<S>, produced: Produced) -> Result<(), StoreError> {
+        let Produced { mut out, refusals } = produced;
+        for notification in out.notifications.drain(..) {
+            self.notifier.send(notification);
+        }
+        for observation in out.observations.drain(..) {
+            self.metrics.observe(observation);
+        }
+        // Live views hear of changes only once they are durable.
+        if self.live.has_clients() {
+            let changes = core.take_changes()?;
+            self.live.publish(changes, now_us() / 1_000);
+        } else {
+            core.clear_changes();
+        }
+        // The API's replies go back in-process; the rest are sealed and sent.
+        let (api_replies, peer_replies): (Vec<_>, Vec<_>) =
+            out.replies.drain(..).partition(|r| r.to == ReplyTo::Api);
+        out.replies = peer_replies;
+        self.api_calls.answer(api_replies.into_iter());
+        self.listeners.sockets.send(outgoing(
+            &self.running.keys,
+            &self.previous_key_peers,
+            out,
+            refusals,
+        ));
+        if let Some(keys) = self.new_keys.take() {
+            self.live_settings.keys.send_replace(keys.clone());
+            self.running.keys = keys;
+        }
+        Ok(())
+    }
+}

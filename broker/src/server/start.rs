@@ -1,0 +1,99 @@
+//! Starting the server: the sockets bound, the HTTP side started, the replay floors read,
+//! and the loop's state put together.
+
+use super::api_calls::ApiCalls;
+use super::clock_watch::ClockWatch;
+use super::frames::{PreviousKeyPeers, RejectionLog};
+use super::outage::ReopenDelay;
+use super::space::SpaceCheck;
+use super::{now_us, Server, MAX_BATCH};
+use crate::config::BrokerConfig;
+use crate::http::{CoreHandle, InternalRequest};
+use crate::reload::{LiveSettings, Reloading};
+use crate::sockets::{Listeners, Settings};
+use crate::store::Store;
+use anyhow::{Context, Result};
+use jobcast_core::Core;
+use jobcast_protocol::envelope::Opener;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Where the broker ended up listening (ports resolved when 0 was asked for).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub router: String,
+    pub publish: String,
+    pub http: Option<String>,
+}
+
+/// The HTTP side's task, to stop with the broker.
+pub(super) type HttpTask = Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>;
+
+impl Server {
+    /// Binds everything, tells `on_bound` where, and returns the loop's state.
+    pub(super) async fn start<S: Store>(
+        core: &Core<S>,
+        config: &BrokerConfig,
+        reloading: Reloading,
+        on_bound: impl FnOnce(&Bound) -> Result<()>,
+    ) -> Result<(Server, HttpTask)> {
+        let live_settings = LiveSettings::new(config);
+        let listeners = Listeners::start(&Settings {
+            router: config.router.clone(),
+            publish: config.publish.clone(),
+            max_frame_bytes: config.max_frame_bytes,
+            peer_timeout: config.peer_timeout,
+            keys: live_settings.keys.subscribe(),
+        })?;
+        let (internal_tx, internal) = mpsc::channel::<InternalRequest>(1024);
+        let live = crate::http::LiveFeed::new();
+        let metrics = crate::metrics::Metrics::default();
+        let http = crate::http::start(
+            config,
+            CoreHandle::new(internal_tx),
+            live.clone(),
+            live_settings.api_tokens.subscribe(),
+            metrics.clone(),
+        )
+        .await?;
+        let bound = Bound {
+            router: listeners.router_endpoint.clone(),
+            publish: listeners.publish_endpoint.clone(),
+            http: http.as_ref().map(|(addr, _)| addr.to_string()),
+        };
+        tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = core.boot_id(), "broker listening");
+        on_bound(&bound)?;
+        let replay_floors = crate::replay_floors::ReplayFloors::load(core.store())
+            .context("cannot read the replay floors from the store")?;
+        let server = Server {
+            deadline: crate::deadline::Deadline::new().context("cannot create the loop's timer")?,
+            space: SpaceCheck::new(config),
+            reopen_delay: ReopenDelay::new(),
+            opener: Opener::new(
+                config.max_frame_bytes,
+                config.max_clock_skew.as_millis() as u64,
+            )
+            .not_before(now_us() / 1_000)
+            .sender_floors(replay_floors.floors()),
+            replay_floors,
+            previous_key_peers: PreviousKeyPeers::default(),
+            clock: ClockWatch::new(),
+            notifier: crate::notify::Notifier::start(
+                config.webhooks.clone(),
+                Duration::from_secs(1),
+            ),
+            metrics,
+            running: config.clone(),
+            reloading,
+            live_settings,
+            hangup: false,
+            new_keys: None,
+            listeners,
+            api_calls: ApiCalls::new(internal),
+            live,
+            rejections: RejectionLog::default(),
+            batch: Vec::with_capacity(MAX_BATCH),
+        };
+        Ok((server, http))
+    }
+}
