@@ -295,6 +295,22 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// What the core is told of these settings.
+    pub fn core_config(&self) -> jobcast_core::CoreConfig {
+        jobcast_core::CoreConfig {
+            heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
+            worker_timeout_ms: self.worker_timeout.as_millis() as u64,
+            // A live worker has registered again by its timeout.
+            restart_grace_ms: self.worker_timeout.as_millis() as u64,
+            unstarted_grant_hold_ms: self.unstarted_grant_hold.as_millis() as u64,
+            retention: self.retention,
+            worker_pools: self.keys.worker_pools.clone(),
+            max_log_bytes: self.max_log_bytes,
+            pool_limits: self.pool_limits.clone(),
+            seed: None,
+        }
+    }
+
     /// Settings that are valid but probably not what the operator wants, to log once
     /// logging is set up.
     pub fn warnings(&self) -> Vec<&'static str> {
@@ -326,18 +342,39 @@ fn pool_limits(
     Ok(limits)
 }
 
-/// Flag values that override the file.
-#[derive(Debug, Default, Clone)]
+/// The command line's settings, each overriding the file's: the one place a flag meets
+/// the file (`resolve`). The broker's `Args` takes them whole (`#[command(flatten)]`).
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
+    /// Directory of the embedded store.
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// ROUTER endpoint for worker and jobcastctl requests [default: tcp://127.0.0.1:5555].
+    #[arg(long)]
     pub router: Option<String>,
+    /// PUB endpoint for queue events [default: tcp://127.0.0.1:5556].
+    #[arg(long)]
     pub publish: Option<String>,
+    /// A jobs.toml to apply at start.
+    #[arg(long)]
     pub jobs: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace [default: info].
+    #[arg(long)]
     pub log_level: Option<String>,
+    /// Log lines as `text` (coloured on a terminal only) or `json` [default: text].
+    #[arg(long)]
     pub log_format: Option<LogFormat>,
+    /// How often the broker and workers send heartbeats [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
+    /// A worker silent this long is offline and its runs lost [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub worker_timeout: Option<Duration>,
+    /// The admin secret (prefer the config file or the environment).
+    #[arg(long, env = "JOBCAST_ADMIN_SECRET", hide_env_values = true)]
     pub admin_secret: Option<String>,
+    /// Address of the dashboard and JSON API, or "off" [default: 127.0.0.1:5000].
+    #[arg(long)]
     pub http: Option<String>,
 }
 

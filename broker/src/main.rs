@@ -4,11 +4,9 @@ use jobcast_broker::config::{self, Overrides};
 use jobcast_broker::reload::Reloading;
 use jobcast_broker::server::{self, now_us};
 use jobcast_broker::store::{self, BrokerStore};
-use jobcast_core::{Core, CoreConfig};
-use jobcast_daemon::LogFormat;
+use jobcast_core::Core;
 use jobcast_protocol::{jobfile, AdminRequest, Reply};
 use std::path::PathBuf;
-use std::time::Duration;
 
 // The loop allocates for every message and store record; mimalloc halves what glibc's
 // allocator cost it (docs/BENCHMARKS.md).
@@ -39,24 +37,8 @@ struct Args {
     /// Settings file (TOML). Flags override it.
     #[arg(long, short, env = "JOBCAST_BROKER_CONFIG")]
     config: Option<PathBuf>,
-    /// Directory of the embedded store.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// ROUTER endpoint for worker and jobcastctl requests [default: tcp://127.0.0.1:5555].
-    #[arg(long)]
-    router: Option<String>,
-    /// PUB endpoint for queue events [default: tcp://127.0.0.1:5556].
-    #[arg(long)]
-    publish: Option<String>,
-    /// A jobs.toml to apply at start.
-    #[arg(long)]
-    jobs: Option<PathBuf>,
-    /// Log level: error, warn, info, debug or trace [default: info].
-    #[arg(long)]
-    log_level: Option<String>,
-    /// Log lines as `text` (coloured on a terminal only) or `json` [default: text].
-    #[arg(long)]
-    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    overrides: Overrides,
     /// Check the settings (and the jobs file, if one is named) and exit: 0 if they are
     /// valid, 1 with what is wrong if not. Touches no store and no port.
     #[arg(long)]
@@ -67,18 +49,6 @@ struct Args {
     /// of the data directory first.
     #[arg(long)]
     repair: bool,
-    /// How often the broker and workers send heartbeats [default: 1s].
-    #[arg(long, value_parser = humantime::parse_duration)]
-    heartbeat_interval: Option<Duration>,
-    /// A worker silent this long is offline and its runs lost [default: 10s].
-    #[arg(long, value_parser = humantime::parse_duration)]
-    worker_timeout: Option<Duration>,
-    /// The admin secret (prefer the config file or the environment).
-    #[arg(long, env = "JOBCAST_ADMIN_SECRET", hide_env_values = true)]
-    admin_secret: Option<String>,
-    /// Address of the dashboard and JSON API, or "off" [default: 127.0.0.1:5000].
-    #[arg(long)]
-    http: Option<String>,
     /// Write the bound endpoints to this file once listening (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -107,20 +77,8 @@ fn run() -> Result<()> {
             .with_context(|| format!("cannot write the man page into {}", dir.display()))?;
         return Ok(());
     }
-    let args_check_config = args.check_config;
-    let args_repair = args.repair;
-    let overrides = Overrides {
-        data_dir: args.data_dir,
-        router: args.router,
-        publish: args.publish,
-        jobs: args.jobs,
-        log_level: args.log_level,
-        log_format: args.log_format,
-        heartbeat_interval: args.heartbeat_interval,
-        worker_timeout: args.worker_timeout,
-        admin_secret: args.admin_secret,
-        http: args.http,
-    };
+    let (args_check_config, args_repair) = (args.check_config, args.repair);
+    let overrides = args.overrides;
     // The settings as at start; a reload builds them again the same way.
     let config_path = args.config;
     let read_settings = move || -> Result<config::BrokerConfig> {
@@ -164,17 +122,7 @@ fn run() -> Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let core_config = CoreConfig {
-        heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
-        worker_timeout_ms: config.worker_timeout.as_millis() as u64,
-        restart_grace_ms: config.worker_timeout.as_millis() as u64,
-        unstarted_grant_hold_ms: config.unstarted_grant_hold.as_millis() as u64,
-        retention: config.retention,
-        worker_pools: config.keys.worker_pools.clone(),
-        max_log_bytes: config.max_log_bytes,
-        pool_limits: config.pool_limits.clone(),
-        seed: None,
-    };
+    let core_config = config.core_config();
     let (data_dir, cache_size) = (config.data_dir.clone(), config.cache_size);
     // At start, and again after a store failure (a full disk): the state is what the
     // store holds.

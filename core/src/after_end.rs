@@ -4,6 +4,7 @@
 use crate::schedule::derived_run_id;
 use crate::scheduling::NewRun;
 use crate::store::{Store, StoreResult};
+use crate::Now;
 use crate::{Core, Outbox};
 use jobcast_protocol::{AlertKind, RunRecord, RunState};
 
@@ -24,7 +25,7 @@ impl<S: Store> Core<S> {
     pub(crate) fn after_end(
         &mut self,
         run: &RunRecord,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
         let failed = matches!(
@@ -65,7 +66,7 @@ impl<S: Store> Core<S> {
             new.parent = run.parent.clone();
             new.pinned_worker = run.pinned_worker.clone();
             new.schedule_id = run.schedule_id.clone();
-            new.not_before_ms = now + backoff;
+            new.not_before_ms = now.ms() + backoff;
             self.create_run(new, now, out)?;
             return Ok(());
         }
@@ -91,7 +92,7 @@ impl<S: Store> Core<S> {
                 job: Some(run.job.clone()),
                 pool: Some(run.pool.clone()),
                 run_id: Some(run.id.clone()),
-                at_ms: now,
+                at_ms: now.ms(),
                 text: format!("job {}: run {} {word} ({detail})", run.job, run.id),
             });
             let state = self.jobs.state_entry(&run.job);
@@ -110,7 +111,7 @@ impl<S: Store> Core<S> {
                         job: Some(run.job.clone()),
                         pool: Some(run.pool.clone()),
                         run_id: Some(run.id.clone()),
-                        at_ms: now,
+                        at_ms: now.ms(),
                         text: format!("job {}: {reason}", run.job),
                     });
                 }
@@ -127,7 +128,7 @@ impl<S: Store> Core<S> {
             };
             let mut new = NewRun::of(
                 child_spec,
-                now,
+                now.ms(),
                 format!("after {} run {} {}", run.job, run.id, run.state),
             );
             new.id = Some(derived_run_id(&[&child.job, "after", &run.id]));

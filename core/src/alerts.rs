@@ -3,13 +3,14 @@
 
 use crate::scheduling::format_ms;
 use crate::store::{Store, StoreResult};
+use crate::Now;
 use crate::{Core, Notification, Outbox};
 use jobcast_protocol::{Alert, AlertKind, RunState};
 use std::collections::BTreeMap;
 
 impl<S: Store> Core<S> {
     /// Starting deadlines, late runs, never-run jobs and pools without workers.
-    pub(crate) fn check_alerts(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
+    pub(crate) fn check_alerts(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
         // Runs that could not start in time are missed, not started late.
         let expired: Vec<String> = self
             .runs
@@ -19,7 +20,7 @@ impl<S: Store> Core<S> {
                 r.spec
                     .policy
                     .starting_deadline_ms
-                    .is_some_and(|d| now > r.scheduled_at_ms.max(r.not_before_ms) + d)
+                    .is_some_and(|d| now.ms() > r.scheduled_at_ms.max(r.not_before_ms) + d)
             })
             .map(|r| r.id.clone())
             .collect();
@@ -36,7 +37,7 @@ impl<S: Store> Core<S> {
         let mut standing: BTreeMap<(AlertKind, String), Alert> = BTreeMap::new();
         for run in self.runs.iter().filter(|r| r.state == RunState::Queued) {
             let due = run.scheduled_at_ms.max(run.not_before_ms);
-            if now > due + run.spec.policy.late_after_ms {
+            if now.ms() > due + run.spec.policy.late_after_ms {
                 standing
                     .entry((AlertKind::Late, run.job.clone()))
                     .or_insert_with(|| Alert {
@@ -54,7 +55,7 @@ impl<S: Store> Core<S> {
                     });
             }
             // Just after a start, workers are still registering again: no alarm yet.
-            let served = self.workers.serve_pool(&run.pool) || now < self.worker_grace_end();
+            let served = self.workers.serve_pool(&run.pool) || now.ms() < self.worker_grace_end();
             if !served {
                 standing
                     .entry((AlertKind::NoWorker, run.pool.clone()))
@@ -81,7 +82,7 @@ impl<S: Store> Core<S> {
                 continue;
             }
             if let Some(first) = Some(first_due) {
-                if now > first + spec.policy.late_after_ms {
+                if now.ms() > first + spec.policy.late_after_ms {
                     standing.insert(
                         (AlertKind::NeverRun, name.clone()),
                         Alert {
@@ -106,7 +107,7 @@ impl<S: Store> Core<S> {
                         job: Some(name.clone()),
                         pool: Some(spec.pool.clone()),
                         run_id: None,
-                        since_ms: now,
+                        since_ms: now.ms(),
                         message: format!("job {name}: {reason}"),
                     },
                 );
@@ -115,7 +116,7 @@ impl<S: Store> Core<S> {
         if let Some(low) = self.low_disk {
             let key = (AlertKind::DiskLow, String::new());
             // Since when: kept from the standing alert, not reset by each reading.
-            let since_ms = self.alerts.get(&key).map_or(now, |a| a.since_ms);
+            let since_ms = self.alerts.get(&key).map_or(now.ms(), |a| a.since_ms);
             standing.insert(
                 key,
                 Alert {
@@ -141,7 +142,7 @@ impl<S: Store> Core<S> {
                     job: alert.job.clone(),
                     pool: alert.pool.clone(),
                     run_id: alert.run_id.clone(),
-                    at_ms: now,
+                    at_ms: now.ms(),
                     text: alert.message.clone(),
                 });
             }

@@ -12,7 +12,8 @@
 
 use crate::schedule::ClockStepRule;
 use crate::store::{Store, StoreResult};
-use crate::{ms, Core};
+use crate::Core;
+use crate::Now;
 
 /// Steps from this size on are the clock being set, not corrected (cron(8)'s limit).
 pub const SET_NOT_STEPPED_MS: u64 = 3 * 3_600_000;
@@ -21,7 +22,7 @@ impl<S: Store> Core<S> {
     /// The wall clock moved by `step_ms` (negative: back) more than time passed; `now_us`
     /// is the new reading.
     pub fn clock_stepped(&mut self, step_ms: i64, now_us: u64) -> StoreResult<()> {
-        let now = ms(now_us);
+        let now = Now::from_us(now_us);
         let size = step_ms.unsigned_abs();
         let shift = |t: u64| {
             if step_ms < 0 {
@@ -34,7 +35,6 @@ impl<S: Store> Core<S> {
             step_ms,
             "the wall clock stepped: timeouts and back-offs move with it, jobs follow cron's rules"
         );
-        self.set_clock(now_us);
         self.next_alive_ms = shift(self.next_alive_ms);
         self.booted_at_ms = shift(self.booted_at_ms);
         self.workers.shift_times(shift);
@@ -46,7 +46,7 @@ impl<S: Store> Core<S> {
         let jobs: Vec<(String, ClockStepRule)> = self
             .jobs
             .schedules()
-            .map(|(job, schedule)| (job.clone(), schedule.on_clock_step(now)))
+            .map(|(job, schedule)| (job.clone(), schedule.on_clock_step(now.ms())))
             .collect();
         for (job, rule) in jobs {
             let go_on_now = match rule {
@@ -64,8 +64,11 @@ impl<S: Store> Core<S> {
                 // Ticks it had at times it will pass again get runs of their own.
                 state.clock_era += 1;
             }
-            state.last_tick_ms = now;
-            let next = self.jobs.schedule(&job).and_then(|s| s.next_after(now));
+            state.last_tick_ms = now.ms();
+            let next = self
+                .jobs
+                .schedule(&job)
+                .and_then(|s| s.next_after(now.ms()));
             self.jobs.set_next_fire(&job, next);
             self.save_job_state(&job)?;
         }

@@ -3,8 +3,10 @@
 
 use crate::schedule::ScheduleError;
 use crate::store::StoreError;
+use jobcast_protocol::job::PriorityError;
 use jobcast_protocol::jobfile::JobProblem;
 use jobcast_protocol::names::InvalidName;
+use jobcast_protocol::params::ParamError;
 use jobcast_protocol::{ErrorCode, Reply};
 use thiserror::Error;
 
@@ -26,8 +28,22 @@ pub enum CoreError {
     NoSuchChild { job: String, child: String },
     #[error("the job chain loops: {}", cycle.join(" -> "))]
     ChainLoops { cycle: Vec<String> },
-    #[error("{0}")]
-    BadRequest(String),
+    #[error("limit {limit} is over {max}, the most one listing returns: page with `before`")]
+    ListTooLong { limit: u32, max: u32 },
+    #[error("name at least one run to kill")]
+    NothingToKill,
+    #[error("job {job}: {error}")]
+    BadParams { job: String, error: ParamError },
+    #[error(transparent)]
+    BadPriority(#[from] PriorityError),
+    #[error("an idempotency key has 1 to {max} bytes")]
+    BadIdempotencyKey { max: usize },
+    #[error("worker {worker} still holds runs ({}): report their ends before leaving", runs.join(", "))]
+    StillHoldsRuns { worker: String, runs: Vec<String> },
+    #[error("concurrency must be at least 1")]
+    NoConcurrency,
+    #[error("prefetch must be at most {max}")]
+    TooMuchPrefetch { max: u32 },
     #[error("no job named {name:?} (jobs: {known})")]
     NoSuchJob { name: String, known: String },
     #[error("no run matches {selector:?}")]
@@ -41,8 +57,18 @@ pub enum CoreError {
     NoSuchWorker { name: String, connected: String },
     #[error("run {run_id} has not finished yet")]
     NotFinished { run_id: String },
-    #[error("{0}")]
-    Forbidden(String),
+    #[error("the key of worker {worker:?} may not serve pool {pool:?} (allowed: {allowed})")]
+    PoolNotAllowed {
+        worker: String,
+        pool: String,
+        allowed: String,
+    },
+    #[error("the admin key cannot send worker requests")]
+    AdminKeyForWorkerRequest,
+    #[error("this request needs the admin key")]
+    NeedsAdminKey,
+    #[error("a token limited to teams cannot {what}: it is every team's")]
+    EveryTeamsOnly { what: &'static str },
     #[error("no session for this worker: register first")]
     NotRegistered,
     #[error("the run could not be created")]
@@ -64,13 +90,23 @@ impl CoreError {
             | CoreError::BadSchedule { .. }
             | CoreError::NoSuchChild { .. }
             | CoreError::ChainLoops { .. }
-            | CoreError::BadRequest(_)
+            | CoreError::ListTooLong { .. }
+            | CoreError::NothingToKill
+            | CoreError::BadParams { .. }
+            | CoreError::BadPriority(_)
+            | CoreError::BadIdempotencyKey { .. }
+            | CoreError::StillHoldsRuns { .. }
+            | CoreError::NoConcurrency
+            | CoreError::TooMuchPrefetch { .. }
             | CoreError::NotFinished { .. } => ErrorCode::BadRequest,
             CoreError::NoSuchJob { .. }
             | CoreError::NoSuchRun { .. }
             | CoreError::NoSuchWorker { .. } => ErrorCode::NotFound,
             CoreError::Ambiguous { .. } => ErrorCode::Ambiguous,
-            CoreError::Forbidden(_) => ErrorCode::Forbidden,
+            CoreError::PoolNotAllowed { .. }
+            | CoreError::AdminKeyForWorkerRequest
+            | CoreError::NeedsAdminKey
+            | CoreError::EveryTeamsOnly { .. } => ErrorCode::Forbidden,
             CoreError::NotRegistered => ErrorCode::NotRegistered,
             CoreError::DiskLow(_) => ErrorCode::Unavailable,
         }
@@ -163,7 +199,7 @@ mod tests {
 
     #[test]
     fn a_store_failure_is_not_a_refusal() {
-        let failure = CoreError::Store(StoreError::Backend("disk gone".into()));
+        let failure = CoreError::Store(StoreError::Engine("disk gone".into()));
         assert_eq!(failure.code(), ErrorCode::Internal);
         assert!(failure.into_reply().is_err());
     }

@@ -18,6 +18,7 @@ mod job_table;
 mod limits;
 mod liveness;
 mod log_table;
+mod now;
 mod outbox;
 mod ping_table;
 mod retention;
@@ -35,6 +36,7 @@ pub use disk::{DiskChange, LowDisk};
 pub use error::{CoreError, Handled};
 use job_table::JobTable;
 use log_table::LogTable;
+pub use now::Now;
 pub use outbox::{Observation, OutReply, Outbox, ReloadAsked, ReplyTo};
 use ping_table::PingTable;
 pub use retention::Retention;
@@ -133,8 +135,6 @@ pub struct Core<S: Store> {
     next_seq: u64,
     rejected: BTreeMap<String, u64>,
     connections: ConnectionCounts,
-    /// The time of the latest request or tick (µs): the one clock, set from `now`.
-    clock_us: u64,
     /// Standing conditions, keyed by kind and job or pool.
     alerts: BTreeMap<(AlertKind, String), Alert>,
     /// What changed since the last `take_changes`, for live views.
@@ -210,7 +210,6 @@ impl<S: Store> Core<S> {
             pruning: Default::default(),
             rejected: BTreeMap::new(),
             connections: ConnectionCounts::default(),
-            clock_us: now_us,
             alerts: BTreeMap::new(),
             changes: Changes::default(),
             finished,
@@ -218,11 +217,11 @@ impl<S: Store> Core<S> {
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
-                core.runs.enqueue(&run, core.clock_ms());
+                core.runs.enqueue(&run, ms(now_us));
             }
             core.runs.activate(run);
         }
-        core.load_scheduling(ms(now_us))?;
+        core.load_scheduling(Now::from_us(now_us))?;
         Ok(core)
     }
 
@@ -249,7 +248,7 @@ impl<S: Store> Core<S> {
     }
 
     /// What changed since the last call, as the records live views show.
-    pub fn take_changes(&mut self) -> StoreResult<ChangeSet> {
+    pub fn take_changes(&mut self, now_us: u64) -> StoreResult<ChangeSet> {
         let changes = std::mem::take(&mut self.changes);
         let mut runs = Vec::with_capacity(changes.runs.len());
         for id in changes.runs {
@@ -266,7 +265,7 @@ impl<S: Store> Core<S> {
             runs,
             workers: changes
                 .workers
-                .then(|| self.status(self.clock_ms()).map(|s| s.workers))
+                .then(|| self.status(Now::from_us(now_us)).map(|s| s.workers))
                 .transpose()?,
             jobs: changes.jobs.then(|| self.job_views()),
             changed_jobs,
@@ -299,7 +298,6 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        self.set_clock(now_us);
         let reply_to = ReplyTo::peer(peer, from);
         let answer = match (request.into(), from == ADMIN) {
             (Request::Admin(request), true) => {
@@ -309,12 +307,8 @@ impl<S: Store> Core<S> {
             (Request::Worker(request), false) => {
                 self.handle_worker(peer, from, id, request, now_us, out)
             }
-            (Request::Worker(_), true) => Err(CoreError::Forbidden(
-                "the admin key cannot send worker requests".into(),
-            )),
-            (Request::Admin(_), false) => Err(CoreError::Forbidden(
-                "this request needs the admin key".into(),
-            )),
+            (Request::Worker(_), true) => Err(CoreError::AdminKeyForWorkerRequest),
+            (Request::Admin(_), false) => Err(CoreError::NeedsAdminKey),
         };
         Self::answer(&reply_to, id, answer, out)
     }
@@ -349,7 +343,6 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        self.set_clock(now_us);
         let answer = self
             .scoped_request(request, scope)
             .and_then(|request| self.handle_admin(&ReplyTo::Api, actor, id, request, now_us, out));
@@ -358,14 +351,6 @@ impl<S: Store> Core<S> {
             other => other,
         };
         Self::answer(&ReplyTo::Api, id, answer, out)
-    }
-
-    fn set_clock(&mut self, now_us: u64) {
-        self.clock_us = now_us;
-    }
-
-    fn clock_ms(&self) -> u64 {
-        ms(self.clock_us)
     }
 
     /// The pools each restricted worker key may serve, as a reload found them; they apply

@@ -1,6 +1,7 @@
 //! Time-driven work: the tick, worker timeouts, and workers going offline.
 
 use crate::store::{Store, StoreResult};
+use crate::Now;
 use crate::{format_ms, ms, Core, Outbox};
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Event, RunState, DEFAULT_KILL_GRACE_MS};
@@ -14,25 +15,24 @@ impl<S: Store> Core<S> {
     /// Time-driven work: worker timeouts, ping deadlines, heartbeats and re-announcing
     /// queued work. Call it often (every 100 ms or so); it does each thing when due.
     pub fn tick(&mut self, now_us: u64, out: &mut Outbox) -> StoreResult<()> {
-        let now = ms(now_us);
-        self.set_clock(now_us);
+        let now = Now::from_us(now_us);
         self.schedule_due(now, out)?;
         self.release_delayed(now, out);
         self.prune_step(now)?;
         for result in self.pings.expired(now_us) {
             result.send(out);
         }
-        if now >= self.next_alive_ms {
+        if now.ms() >= self.next_alive_ms {
             // Once per heartbeat interval, not per batch: these look at every session
             // and every active run, and timeouts are several intervals long anyway.
-            self.next_alive_ms = now + self.config.heartbeat_interval_ms;
+            self.next_alive_ms = now.ms() + self.config.heartbeat_interval_ms;
             self.check_liveness(now, out)?;
             self.check_alerts(now, out)?;
             out.publish(
                 topic::ALL.to_string(),
                 Event::BrokerAlive {
                     boot_id: self.boot_id,
-                    time_ms: now,
+                    time_ms: now.ms(),
                 },
             );
             // Re-announce queued work, so a lost wake-up only delays it.
@@ -47,9 +47,9 @@ impl<S: Store> Core<S> {
 
     /// Workers silent past the timeout go offline; the runs of workers that are not
     /// connected are given up once their worker cannot be running them any more.
-    pub(crate) fn check_liveness(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
+    pub(crate) fn check_liveness(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
         let timeout = self.config.worker_timeout_ms;
-        let silent = self.workers.silent_for(timeout, now);
+        let silent = self.workers.silent_for(timeout, now.ms());
         for worker in silent {
             tracing::warn!(
                 worker,
@@ -69,7 +69,7 @@ impl<S: Store> Core<S> {
     /// - a run granted and never reported started after `unstarted_grant_hold_ms`: the
     ///   worker may still come back (a stopped process, a long partition) and tell that it
     ///   never started it, and it is then queued again, not lost.
-    fn give_up_runs_of_absent_workers(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
+    fn give_up_runs_of_absent_workers(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
         let lease = self.config.worker_timeout_ms;
         let hold = self.config.unstarted_grant_hold_ms;
         let mut given_up = Vec::new();
@@ -89,7 +89,7 @@ impl<S: Store> Core<S> {
                     Some(at) => at + kill_grace + LEASE_MARGIN_MS,
                     None => since + lease + kill_grace + LEASE_MARGIN_MS,
                 };
-                if now > stopped_by {
+                if now.ms() > stopped_by {
                     given_up.push((
                         run.id.clone(),
                         format!("the key of worker {worker} was revoked"),
@@ -98,13 +98,13 @@ impl<S: Store> Core<S> {
                 continue;
             }
             let cause = match run.state {
-                RunState::Running if now > since + lease + kill_grace + LEASE_MARGIN_MS => {
+                RunState::Running if now.ms() > since + lease + kill_grace + LEASE_MARGIN_MS => {
                     format!(
                         "worker {worker} silent since {}: its lease ({lease} ms) and kill grace ({kill_grace} ms) have passed",
                         format_ms(since)
                     )
                 }
-                RunState::Assigned if now > since + hold => format!(
+                RunState::Assigned if now.ms() > since + hold => format!(
                     "granted to worker {worker}, which did not come back within {hold} ms to start it or hand it back"
                 ),
                 _ => continue,

@@ -5,6 +5,7 @@
 
 use crate::store::{Store, StoreResult};
 use crate::Core;
+use crate::Now;
 use jobcast_protocol::{Reply, RunRecord};
 
 /// Records looked at in one step of the loop (each step a batch and a flush of its own
@@ -42,13 +43,13 @@ pub(crate) struct Pruning {
 impl Retention {
     /// Whether `run` is to go: finished, and older than its job's retention or the
     /// broker's, or one of the oldest beyond `max_runs` (`excess` of them left to pick).
-    fn expired(&self, run: &RunRecord, now: u64, excess: &mut u64) -> bool {
+    fn expired(&self, run: &RunRecord, now: Now, excess: &mut u64) -> bool {
         if !run.state.is_terminal() {
             return false;
         }
         let keep_ms = run.spec.policy.retention_ms.or(self.max_age_ms);
         let ended = run.finished_at_ms.unwrap_or(run.created_at_ms);
-        let too_old = keep_ms.is_some_and(|keep| now.saturating_sub(ended) > keep);
+        let too_old = keep_ms.is_some_and(|keep| now.ms().saturating_sub(ended) > keep);
         if too_old {
             *excess = excess.saturating_sub(1);
             return true;
@@ -101,18 +102,18 @@ impl<S: Store> Core<S> {
     /// One bounded step of the walk, from the loop: deletes what is due among the next
     /// `STEP` records. Returns how many it deleted. A step that deleted something is
     /// followed by the next at once (a batch of its own, committed like any other).
-    pub(crate) fn prune_step(&mut self, now: u64) -> StoreResult<u64> {
-        if now < self.pruning.next_step_ms {
+    pub(crate) fn prune_step(&mut self, now: Now) -> StoreResult<u64> {
+        if now.ms() < self.pruning.next_step_ms {
             return Ok(0);
         }
         if !self.retention_applies() {
-            self.pruning.next_step_ms = now + IDLE_MS;
+            self.pruning.next_step_ms = now.ms() + IDLE_MS;
             return Ok(0);
         }
         if self.store.is_backlogged() {
             // Deleting now would add to a backlog the engine is still writing out, and
             // its writes (ours included) would be held back until it catches up.
-            self.pruning.next_step_ms = now + WALK_MS;
+            self.pruning.next_step_ms = now.ms() + WALK_MS;
             return Ok(0);
         }
         let newest = self.store.last_run_seq()?;
@@ -121,7 +122,7 @@ impl<S: Store> Core<S> {
         if excess == 0 && shortest_keep.is_none() {
             // Nothing beyond the count and no rule by age: no record to look at.
             self.pruning.cursor = 0;
-            self.pruning.next_step_ms = now + IDLE_MS;
+            self.pruning.next_step_ms = now.ms() + IDLE_MS;
             return Ok(0);
         }
         let batch = self.store.oldest_runs(self.pruning.cursor, STEP)?;
@@ -129,7 +130,8 @@ impl<S: Store> Core<S> {
         let mut too_young = false;
         for run in &batch {
             too_young = excess == 0
-                && shortest_keep.is_none_or(|keep| run.created_at_ms.saturating_add(keep) > now);
+                && shortest_keep
+                    .is_none_or(|keep| run.created_at_ms.saturating_add(keep) > now.ms());
             if too_young {
                 // Neither this run nor any later one is due: the pass ends here, so a
                 // store of young runs costs one record's look per pass.
@@ -147,9 +149,9 @@ impl<S: Store> Core<S> {
             Some(last) if batch.len() == STEP && !too_young => {
                 self.pruning.cursor = last.seq + 1;
                 if deleted > 0 {
-                    now
+                    now.ms()
                 } else {
-                    now + WALK_MS
+                    now.ms() + WALK_MS
                 }
             }
             _ => {
@@ -157,9 +159,9 @@ impl<S: Store> Core<S> {
                 // found work (more may be due), else after a while.
                 self.pruning.cursor = 0;
                 if std::mem::take(&mut self.pruning.pass_deleted) {
-                    now
+                    now.ms()
                 } else {
-                    now + IDLE_MS
+                    now.ms() + IDLE_MS
                 }
             }
         };
@@ -171,7 +173,7 @@ impl<S: Store> Core<S> {
 
     /// `Prune`: counts (dry) or deletes what retention would delete now, among the oldest
     /// `DRY_SCAN` (or `DELETE_SCAN`) runs.
-    pub(crate) fn prune(&mut self, dry_run: bool, now: u64) -> StoreResult<Reply> {
+    pub(crate) fn prune(&mut self, dry_run: bool, now: Now) -> StoreResult<Reply> {
         let newest = self.store.last_run_seq()?;
         let mut excess = self.excess_runs()?;
         let limit = if dry_run { DRY_SCAN } else { DELETE_SCAN };

@@ -2,6 +2,7 @@
 
 use crate::scheduling::NewRun;
 use crate::store::{Store, StoreResult};
+use crate::Now;
 use crate::{Core, Observation, Outbox};
 use jobcast_protocol::{RunRecord, RunState};
 use rand::RngCore;
@@ -35,7 +36,7 @@ impl<S: Store> Core<S> {
     pub(crate) fn create_run(
         &mut self,
         new: NewRun,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<Option<RunRecord>> {
         let id = match new.id {
@@ -63,16 +64,16 @@ impl<S: Store> Core<S> {
             first_attempt: new.first_attempt,
             pinned_worker: new.pinned_worker,
             not_before_ms: new.not_before_ms,
-            created_at_us: self.clock_us,
+            created_at_us: now.us(),
             schedule_id: new.schedule_id,
             params: new.params,
             priority: new.priority,
-            ..RunRecord::queued(id, seq, new.spec, now, new.cause)
+            ..RunRecord::queued(id, seq, new.spec, now.ms(), new.cause)
         };
         self.store.create_run(&run)?;
         self.changes.runs.insert(run.id.clone());
         self.runs.activate(run.clone());
-        if self.runs.enqueue(&run, self.clock_ms()) {
+        if self.runs.enqueue(&run, now.ms()) {
             self.wake(&run.pool, out);
         }
         Ok(Some(run))
@@ -83,7 +84,7 @@ impl<S: Store> Core<S> {
     pub(crate) fn retire(
         &mut self,
         run: &RunRecord,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
         self.store.put_run(run)?;
@@ -107,14 +108,14 @@ impl<S: Store> Core<S> {
         &mut self,
         run_id: &str,
         state: RunState,
-        now: u64,
+        now: Now,
         cause: String,
         out: &mut Outbox,
     ) -> StoreResult<()> {
         let Some(run) = self.runs.get_mut(run_id) else {
             return Ok(());
         };
-        if let Err(e) = run.transition(state, now, cause.clone()) {
+        if let Err(e) = run.transition(state, now.ms(), cause.clone()) {
             tracing::warn!(run_id, error = %e, "cannot end run");
             return Ok(());
         }

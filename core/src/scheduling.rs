@@ -8,6 +8,7 @@
 
 use crate::schedule::{derived_run_id, Schedule};
 use crate::store::{Store, StoreError, StoreResult};
+use crate::Now;
 use crate::{Core, Notification, Outbox};
 use jobcast_protocol::{AlertKind, JobSpec, Misfire, Overlap};
 
@@ -61,7 +62,7 @@ impl NewRun {
 }
 
 impl<S: Store> Core<S> {
-    pub(super) fn load_scheduling(&mut self, now: u64) -> StoreResult<()> {
+    pub(super) fn load_scheduling(&mut self, now: Now) -> StoreResult<()> {
         let disabled_pools = match self.store.setting(DISABLED_POOLS)? {
             // A setting that cannot be read is an error, not "no pool disabled": reading it
             // as empty would quietly re-enable every disabled pool.
@@ -72,7 +73,8 @@ impl<S: Store> Core<S> {
             None => Default::default(),
         };
         let states = self.store.job_states()?;
-        self.jobs.restore_scheduling(states, disabled_pools, now);
+        self.jobs
+            .restore_scheduling(states, disabled_pools, now.ms());
         Ok(())
     }
 
@@ -98,19 +100,19 @@ impl<S: Store> Core<S> {
     }
 
     /// Deals with every job whose next tick is due.
-    pub(super) fn schedule_due(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
+    pub(super) fn schedule_due(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
         if self.low_disk.is_some() {
             // Held, not skipped: once space returns, each job's misfire policy judges
             // the ticks that came due meanwhile.
             return Ok(());
         }
-        for job in self.jobs.due(now) {
+        for job in self.jobs.due(now.ms()) {
             self.schedule_job(&job, now, out)?;
         }
         Ok(())
     }
 
-    fn schedule_job(&mut self, job: &str, now: u64, out: &mut Outbox) -> StoreResult<()> {
+    fn schedule_job(&mut self, job: &str, now: Now, out: &mut Outbox) -> StoreResult<()> {
         let (Some(spec), Some(schedule)) = (
             self.jobs.spec(job).cloned(),
             self.jobs.schedule(job).cloned(),
@@ -119,7 +121,7 @@ impl<S: Store> Core<S> {
             return Ok(());
         };
         let last = self.jobs.state(job).map(|s| s.last_tick_ms).unwrap_or(0);
-        let ticks = schedule.ticks_between(last, now, MAX_TICKS_PER_PASS);
+        let ticks = schedule.ticks_between(last, now.ms(), MAX_TICKS_PER_PASS);
         let Some(&latest) = ticks.last() else {
             self.jobs.compile(job);
             return Ok(());
@@ -129,22 +131,22 @@ impl<S: Store> Core<S> {
         // deciding at the first one would give the tick to that worker alone.
         let waits_for_workers = spec.policy.run_on_all_workers;
         let grace_end = self.worker_grace_end();
-        if waits_for_workers && now < grace_end && !self.workers.back_for_pool(&spec.pool) {
+        if waits_for_workers && now.ms() < grace_end && !self.workers.back_for_pool(&spec.pool) {
             self.jobs
-                .set_next_fire(job, Some((now + 1_000).min(grace_end)));
+                .set_next_fire(job, Some((now.ms() + 1_000).min(grace_end)));
             return Ok(());
         }
         // Ticks that waited for the workers are on time until the grace has ended.
         let due = |tick: u64| {
             if waits_for_workers && tick >= self.booted_at_ms {
-                tick.max(grace_end.min(now))
+                tick.max(grace_end.min(now.ms()))
             } else {
                 tick
             }
         };
         let (missed, on_time): (Vec<u64>, Vec<u64>) = ticks
             .iter()
-            .partition(|t| now.saturating_sub(due(**t)) > MISFIRE_GRACE_MS);
+            .partition(|t| now.ms().saturating_sub(due(**t)) > MISFIRE_GRACE_MS);
         // Which missed ticks still get a run, by the misfire policy.
         let catch_up: Vec<u64> = match spec.policy.misfire {
             Misfire::Skip => vec![],
@@ -185,7 +187,7 @@ impl<S: Store> Core<S> {
         spec: &JobSpec,
         schedule: &Schedule,
         tick: u64,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
         let job = spec.name.as_str();
@@ -220,7 +222,7 @@ impl<S: Store> Core<S> {
                 job: Some(job.to_string()),
                 pool: Some(spec.pool.clone()),
                 run_id: None,
-                at_ms: now,
+                at_ms: now.ms(),
                 text: format!(
                     "job {job}: no live worker in pool {} to run it on",
                     spec.pool
@@ -250,7 +252,7 @@ impl<S: Store> Core<S> {
         spec: &JobSpec,
         pinned: Option<&str>,
         tick: u64,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<bool> {
         let job = spec.name.as_str();
@@ -282,8 +284,8 @@ impl<S: Store> Core<S> {
     }
 
     /// Moves retries whose back-off has passed into their pool's queue.
-    pub(super) fn release_delayed(&mut self, now: u64, out: &mut Outbox) {
-        for pool in self.runs.release_due(now) {
+    pub(super) fn release_delayed(&mut self, now: Now, out: &mut Outbox) {
+        for pool in self.runs.release_due(now.ms()) {
             self.wake(&pool, out);
         }
     }

@@ -87,11 +87,7 @@ impl<S: Store> Core<S> {
         if !scope.is_limited() {
             return Ok(request);
         }
-        let shared = |what: &str| {
-            Err(CoreError::Forbidden(format!(
-                "a token limited to teams cannot {what}: it is every team's"
-            )))
-        };
+        let shared = |what: &'static str| Err(CoreError::EveryTeamsOnly { what });
         match request {
             AdminRequest::Enqueue { ref job, .. }
             | AdminRequest::NextFires { ref job, .. }

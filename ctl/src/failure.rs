@@ -27,6 +27,19 @@ pub(crate) enum Failure {
     /// Something on this side is wrong: a flag, a file.
     #[error("{0}")]
     Usage(String),
+    /// The broker answered with a reply of another kind than the request calls for (a
+    /// broker of another version).
+    #[error("the broker answered {0:?}, which is not an answer to this request: is it of another version?")]
+    UnexpectedReply(String),
+}
+
+/// The kind of a reply, as it is named on the wire (`enqueued`, `runs`, …).
+pub(crate) fn reply_kind(reply: &jobcast_protocol::Reply) -> String {
+    match serde_json::to_value(reply) {
+        Ok(serde_json::Value::String(kind)) => kind,
+        Ok(serde_json::Value::Object(fields)) => fields.keys().next().cloned().unwrap_or_default(),
+        _ => "an unreadable reply".to_string(),
+    }
 }
 
 /// The exit code for an error that ended the command.
@@ -39,6 +52,7 @@ pub(crate) fn exit_code(error: &anyhow::Error) -> u8 {
                 _ => REFUSED,
             },
             Failure::Usage(_) => USAGE,
+            Failure::UnexpectedReply(_) => REFUSED,
         };
     }
     match error.downcast_ref::<ClientError>() {
@@ -104,6 +118,9 @@ mod tests {
         assert!(hint(&unreachable, "tcp://127.0.0.1:1")
             .unwrap()
             .contains("is the broker running at tcp://127.0.0.1:1?"));
+        let other = Failure::UnexpectedReply(reply_kind(&jobcast_protocol::Reply::Ack));
+        assert_eq!(exit_code(&anyhow::Error::new(other)), REFUSED);
+        assert_eq!(reply_kind(&jobcast_protocol::Reply::Ack), "ack");
         // Context added on the way keeps the kind.
         let wrapped = unreachable.context("while asking for the runs");
         assert_eq!(exit_code(&wrapped), UNREACHABLE);

@@ -56,27 +56,34 @@ fn is_zero(value: &i32) -> bool {
 
 /// A priority as written in a jobs file or on a command line: a number from
 /// [`MIN_PRIORITY`] to [`MAX_PRIORITY`], or `high` (10), `normal` (0), `low` (-10).
-pub fn parse_priority(text: &str) -> Result<i32, String> {
+pub fn parse_priority(text: &str) -> Result<i32, PriorityError> {
     let value = match text {
         "high" => 10,
         "normal" => 0,
         "low" => -10,
         number => number
             .parse::<i32>()
-            .map_err(|_| format!("priority {text:?} is not a number, high, normal or low"))?,
+            .map_err(|_| PriorityError::NotAPriority(text.to_string()))?,
     };
     check_priority(value)?;
     Ok(value)
 }
 
-pub fn check_priority(value: i32) -> Result<(), String> {
+pub fn check_priority(value: i32) -> Result<(), PriorityError> {
     if (MIN_PRIORITY..=MAX_PRIORITY).contains(&value) {
         Ok(())
     } else {
-        Err(format!(
-            "priority {value} is outside {MIN_PRIORITY} to {MAX_PRIORITY}"
-        ))
+        Err(PriorityError::OutOfRange(value))
     }
+}
+
+/// A priority that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PriorityError {
+    #[error("priority {0:?} is not a number, high, normal or low")]
+    NotAPriority(String),
+    #[error("priority {0} is outside {MIN_PRIORITY} to {MAX_PRIORITY}")]
+    OutOfRange(i32),
 }
 
 impl JobSpec {

@@ -81,8 +81,8 @@ pub enum JobProblem {
     Param(#[from] crate::params::ParamError),
     #[error("parameter {name:?} is required, but a scheduled run has no one to give it: give it a default instead")]
     ScheduledRequiredParam { name: String },
-    #[error("{0}")]
-    Priority(String),
+    #[error(transparent)]
+    Priority(#[from] crate::job::PriorityError),
 }
 
 #[derive(Deserialize)]

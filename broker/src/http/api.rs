@@ -354,9 +354,10 @@ impl EnqueueBody {
         })?;
         let priority = match body.priority {
             None => None,
-            Some(Value::String(name)) => {
-                Some(jobcast_protocol::job::parse_priority(&name).map_err(ApiError::bad_request)?)
-            }
+            Some(Value::String(name)) => Some(
+                jobcast_protocol::job::parse_priority(&name)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
             Some(Value::Number(n)) => Some(
                 n.as_i64()
                     .and_then(|n| i32::try_from(n).ok())

@@ -315,8 +315,9 @@ impl Server {
         }
         // Live views hear of changes only once they are durable.
         if self.live.has_clients() {
-            let changes = core.take_changes()?;
-            self.live.publish(changes, now_us() / 1_000);
+            let now = now_us();
+            let changes = core.take_changes(now)?;
+            self.live.publish(changes, now / 1_000);
         } else {
             core.clear_changes();
         }

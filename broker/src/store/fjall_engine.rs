@@ -7,7 +7,7 @@ use std::ops::Bound;
 use std::path::Path;
 
 fn backend(e: fjall::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::Engine(Box::new(e))
 }
 
 const MEMTABLE_BYTES: u64 = 8 << 20;

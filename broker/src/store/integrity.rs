@@ -39,8 +39,12 @@ pub struct Marker {
     pub at_ms: u64,
 }
 
-fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Backend(format!("cannot {what} {}: {e}", path.display()))
+fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub fn marker_path(data_dir: &Path) -> PathBuf {

@@ -24,8 +24,12 @@ const SLED: &str = "store";
 /// Where that sled store is moved once copied: kept, not deleted.
 const SLED_KEPT: &str = "store.sled-before-upgrade";
 
-fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Backend(format!("cannot {what} {}: {e}", path.display()))
+fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn wall_ms() -> u64 {

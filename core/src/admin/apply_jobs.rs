@@ -1,12 +1,13 @@
 //! `ApplyJobs`: creates and updates jobs from a jobs file.
 
 use crate::store::Store;
+use crate::Now;
 use crate::{Core, CoreError, Handled};
 use jobcast_protocol::{jobfile, JobSpec, JobState, Reply};
 use std::collections::BTreeSet;
 
 impl<S: Store> Core<S> {
-    pub(crate) fn apply(&mut self, jobs: Vec<JobSpec>, now: u64) -> Handled {
+    pub(crate) fn apply(&mut self, jobs: Vec<JobSpec>, now: Now) -> Handled {
         let mut seen = BTreeSet::new();
         for job in &jobs {
             jobfile::validate(job).map_err(|problem| CoreError::InvalidJob {
@@ -32,14 +33,14 @@ impl<S: Store> Core<S> {
                     if old.schedule != job.schedule {
                         // A new schedule starts from now: no catch-up under it.
                         let state = self.jobs.state_entry(&name);
-                        state.last_tick_ms = state.last_tick_ms.max(now);
+                        state.last_tick_ms = state.last_tick_ms.max(now.ms());
                     }
                     updated.push(name.clone());
                 }
                 None => {
                     *self.jobs.state_entry(&name) = JobState {
-                        created_at_ms: now,
-                        last_tick_ms: now,
+                        created_at_ms: now.ms(),
+                        last_tick_ms: now.ms(),
                         ..Default::default()
                     };
                     created.push(name.clone());

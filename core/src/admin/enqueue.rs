@@ -4,6 +4,7 @@ use crate::error::listed;
 use crate::schedule::derived_run_id;
 use crate::scheduling::NewRun;
 use crate::store::Store;
+use crate::Now;
 use crate::{Core, CoreError, Handled, Outbox};
 use jobcast_protocol::job::check_priority;
 use jobcast_protocol::params::{self, Params};
@@ -34,7 +35,7 @@ impl<S: Store> Core<S> {
         &mut self,
         asked: Asked<'_>,
         actor: &str,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> Handled {
         let Asked {
@@ -46,19 +47,20 @@ impl<S: Store> Core<S> {
         let Some(spec) = self.jobs.spec(job).cloned() else {
             return Err(self.no_such_job(job));
         };
-        let values = params::resolve(&spec.params, params)
-            .map_err(|e| CoreError::BadRequest(format!("job {job}: {e}")))?;
+        let values =
+            params::resolve(&spec.params, params).map_err(|error| CoreError::BadParams {
+                job: job.to_string(),
+                error,
+            })?;
         if let Some(priority) = priority {
-            check_priority(priority).map_err(CoreError::BadRequest)?;
+            check_priority(priority)?;
         }
-        let mut new = NewRun::of(spec, now, format!("enqueued by {actor}"));
+        let mut new = NewRun::of(spec, now.ms(), format!("enqueued by {actor}"));
         new.params = values;
         new.priority = priority.unwrap_or(new.priority);
         if let Some(key) = key {
             if key.is_empty() || key.len() > MAX_KEY_LEN {
-                return Err(CoreError::BadRequest(format!(
-                    "an idempotency key has 1 to {MAX_KEY_LEN} bytes"
-                )));
+                return Err(CoreError::BadIdempotencyKey { max: MAX_KEY_LEN });
             }
             let id = derived_run_id(&["enqueue", job, key]);
             if let Some(run) = self.find_run(&id)? {

@@ -1,6 +1,7 @@
 //! `Kill`: cancels queued runs and orders running ones killed; selectors resolve to runs.
 
 use crate::store::{Store, StoreResult};
+use crate::Now;
 use crate::{Core, CoreError, Handled, Outbox, MAX_CANDIDATES};
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Event, KillOutcome, Reply, RunState, Transition};
@@ -11,13 +12,11 @@ impl<S: Store> Core<S> {
         &mut self,
         selectors: Vec<String>,
         actor: &str,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> Handled {
         if selectors.is_empty() {
-            return Err(CoreError::BadRequest(
-                "name at least one run to kill".into(),
-            ));
+            return Err(CoreError::NothingToKill);
         }
         let mut outcomes = Vec::new();
         for selector in selectors {
@@ -30,7 +29,7 @@ impl<S: Store> Core<S> {
         &mut self,
         selector: &str,
         actor: &str,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<KillOutcome> {
         if selector.is_empty() {
@@ -68,7 +67,7 @@ impl<S: Store> Core<S> {
             run.kill_requested = true;
             run.history.push(Transition {
                 state: run.state,
-                at_ms: now,
+                at_ms: now.ms(),
                 cause: format!("kill requested by {actor}"),
             });
             self.store.put_run(run)?;

@@ -15,9 +15,10 @@ impl<S: Store> Core<S> {
             0 => DEFAULT_LIMIT,
             n if n <= MAX_LIST => n,
             n => {
-                return Err(CoreError::BadRequest(format!(
-                    "limit {n} is over {MAX_LIST}, the most one listing returns: page with `before`"
-                )))
+                return Err(CoreError::ListTooLong {
+                    limit: n,
+                    max: MAX_LIST,
+                })
             }
         };
         let filter = RunFilter { limit, ..filter };

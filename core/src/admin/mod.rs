@@ -17,7 +17,8 @@ mod set_enabled;
 mod status;
 
 use crate::store::Store;
-use crate::{ms, Core, Handled, Outbox, ReloadAsked, ReplyTo};
+use crate::Now;
+use crate::{Core, Handled, Outbox, ReloadAsked, ReplyTo};
 use jobcast_protocol::{AdminRequest, Reply};
 
 impl<S: Store> Core<S> {
@@ -31,7 +32,7 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) -> Handled<Option<Reply>> {
-        let now = ms(now_us);
+        let now = Now::from_us(now_us);
         Ok(Some(match request {
             AdminRequest::Ping { worker, timeout_ms } => {
                 let asked = ping::Asked {

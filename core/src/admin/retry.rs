@@ -2,6 +2,7 @@
 
 use crate::scheduling::NewRun;
 use crate::store::Store;
+use crate::Now;
 use crate::{Core, CoreError, Handled, Outbox};
 use jobcast_protocol::{Reply, RunRef};
 
@@ -11,7 +12,7 @@ impl<S: Store> Core<S> {
         &mut self,
         selector: &str,
         actor: &str,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> Handled {
         let run_id = self.resolve_one(selector)?;
@@ -31,7 +32,7 @@ impl<S: Store> Core<S> {
             .unwrap_or(old.spec.clone());
         let mut new = NewRun::of(
             spec,
-            now,
+            now.ms(),
             format!("retry of run {} ({}) by {actor}", old.id, old.state),
         );
         new.attempt = old.attempt + 1;

@@ -2,14 +2,15 @@
 
 use crate::scheduling::DISABLED_POOLS;
 use crate::store::Store;
+use crate::Now;
 use crate::{Core, Handled};
 use jobcast_protocol::{names, EnableTarget, Reply};
 
 impl<S: Store> Core<S> {
-    pub(crate) fn set_enabled(&mut self, target: EnableTarget, enabled: bool, now: u64) -> Handled {
+    pub(crate) fn set_enabled(&mut self, target: EnableTarget, enabled: bool, now: Now) -> Handled {
         match target {
             EnableTarget::Job(name) => {
-                let Some(spec) = self.jobs.set_enabled(&name, enabled, now) else {
+                let Some(spec) = self.jobs.set_enabled(&name, enabled, now.ms()) else {
                     return Err(self.no_such_job(&name));
                 };
                 self.store.put_job(spec)?;

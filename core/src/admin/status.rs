@@ -2,11 +2,12 @@
 
 use crate::store::{Store, StoreResult};
 use crate::Core;
+use crate::Now;
 use jobcast_protocol::{RunState, StatusReport, JOBCAST_VERSION};
 use std::collections::{BTreeMap, HashMap};
 
 impl<S: Store> Core<S> {
-    pub(crate) fn status(&self, now: u64) -> StoreResult<StatusReport> {
+    pub(crate) fn status(&self, now: Now) -> StoreResult<StatusReport> {
         // Counted by (job, state) with borrowed names first: a string per active run would
         // cost an allocation each, and status is asked for often (dashboards, metrics
         // scrapes, scripts waiting for a queue to drain).
@@ -44,7 +45,7 @@ impl<S: Store> Core<S> {
         Ok(StatusReport {
             version: JOBCAST_VERSION.to_string(),
             boot_id: self.boot_id,
-            uptime_ms: now.saturating_sub(self.booted_at_ms),
+            uptime_ms: now.ms().saturating_sub(self.booted_at_ms),
             active,
             total_runs: self.store.run_count()?,
             jobs: self.jobs.len() as u64,

@@ -13,8 +13,16 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// The storage engine failed (its own error, kept as the source).
     #[error("store: {0}")]
-    Backend(String),
+    Engine(Box<dyn std::error::Error + Send + Sync>),
+    /// A file of the store could not be read or written.
+    #[error("store: cannot {what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("store holds an unreadable {what} record: {detail}")]
     Corrupt { what: &'static str, detail: String },
     /// Damage that is not a crash's torn tail (`integrity.rs`): the store is not opened.

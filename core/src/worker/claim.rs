@@ -2,6 +2,7 @@
 
 use crate::store::{Store, StoreResult};
 use crate::waiting_claims::{WaitingClaim, MAX_CLAIM_WAIT_MS};
+use crate::Now;
 use crate::{nothing_granted, Core, Outbox, PeerId, ReplyTo};
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Assignment, Event, Reply};
@@ -20,7 +21,7 @@ impl<S: Store> Core<S> {
         &mut self,
         worker: &str,
         request: ClaimRequest<'_>,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<Option<Reply>> {
         // A newer claim stands for the worker's current free slots.
@@ -38,7 +39,7 @@ impl<S: Store> Core<S> {
                     peer: request.peer.clone(),
                     id: request.id,
                     max: request.max,
-                    deadline_ms: now + request.wait_ms.min(MAX_CLAIM_WAIT_MS),
+                    deadline_ms: now.ms() + request.wait_ms.min(MAX_CLAIM_WAIT_MS),
                 },
             );
             return Ok(None);
@@ -46,7 +47,7 @@ impl<S: Store> Core<S> {
         Ok(Some(reply))
     }
 
-    pub(crate) fn claim(&mut self, worker: &str, max: u32, now: u64) -> StoreResult<Reply> {
+    pub(crate) fn claim(&mut self, worker: &str, max: u32, now: Now) -> StoreResult<Reply> {
         let Some(session) = self.workers.session(worker) else {
             return Ok(nothing_granted());
         };
@@ -81,7 +82,7 @@ impl<S: Store> Core<S> {
             let Some(run_id) = self.runs.take_next_grantable(&pools, worker, admit) else {
                 break;
             };
-            let Some(run) = self.runs.assign(&run_id, worker, instance, cap, now) else {
+            let Some(run) = self.runs.assign(&run_id, worker, instance, cap, now.ms()) else {
                 continue;
             };
             if let Some(counts) = out_counts.as_mut() {
@@ -114,8 +115,8 @@ impl<S: Store> Core<S> {
     /// Answers the claims whose wait is over (with nothing), then grants runs queued in
     /// this batch to waiting claims, longest waiting first. Runs granted here are written
     /// in this batch, so they are durable when the answer goes out, as with any claim.
-    pub(crate) fn serve_waiting_claims(&mut self, now: u64, out: &mut Outbox) -> StoreResult<()> {
-        for (worker, claim) in self.workers.waiting_mut().take_expired(now) {
+    pub(crate) fn serve_waiting_claims(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
+        for (worker, claim) in self.workers.waiting_mut().take_expired(now.ms()) {
             out.reply(
                 &ReplyTo::peer(&claim.peer, &worker),
                 claim.id,

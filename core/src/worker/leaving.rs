@@ -10,10 +10,10 @@ impl<S: Store> Core<S> {
         if let Some(session) = self.workers.session(worker) {
             if !session.runs.is_empty() {
                 // Its runs would be marked lost: the worker reports their ends first.
-                return Err(CoreError::BadRequest(format!(
-                    "worker {worker} still holds runs ({}): report their ends before leaving",
-                    session.runs.iter().cloned().collect::<Vec<_>>().join(", ")
-                )));
+                return Err(CoreError::StillHoldsRuns {
+                    worker: worker.to_string(),
+                    runs: session.runs.iter().cloned().collect(),
+                });
             }
         }
         tracing::info!(worker, "worker left");

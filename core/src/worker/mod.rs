@@ -12,7 +12,8 @@ mod run_finished;
 mod run_started;
 
 use crate::store::Store;
-use crate::{ms, Core, CoreError, Handled, Outbox, PeerId};
+use crate::Now;
+use crate::{Core, CoreError, Handled, Outbox, PeerId};
 use claim::ClaimRequest;
 use jobcast_protocol::{Reply, WorkerRequest};
 
@@ -28,9 +29,9 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) -> Handled<Option<Reply>> {
-        let now = ms(now_us);
+        let now = Now::from_us(now_us);
         let registering = matches!(request, WorkerRequest::Register(_));
-        if !registering && !self.workers.touch(peer, worker, now) {
+        if !registering && !self.workers.touch(peer, worker, now.ms()) {
             return Err(CoreError::NotRegistered);
         }
         Ok(Some(match request {

@@ -3,6 +3,7 @@
 use crate::error::listed;
 use crate::runs::unstarted_grant_to;
 use crate::store::Store;
+use crate::Now;
 use crate::{Core, CoreError, Handled, Outbox, PeerId, Session};
 use jobcast_protocol::{names, Register, Reply, RunState, WorkerStatus};
 use std::collections::BTreeSet;
@@ -13,7 +14,7 @@ impl<S: Store> Core<S> {
         peer: &PeerId,
         worker: &str,
         register: Register,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> Handled {
         const MAX_PREFETCH: u32 = 1024;
@@ -22,16 +23,12 @@ impl<S: Store> Core<S> {
             names::validate("pool", pool)?;
         }
         if register.concurrency == 0 {
-            return Err(CoreError::BadRequest(
-                "concurrency must be at least 1".into(),
-            ));
+            return Err(CoreError::NoConcurrency);
         }
         // Ready runs sit on one worker while others may be free: at most this many,
         // whatever it declares (the bound its own configuration enforces).
         if register.prefetch > MAX_PREFETCH {
-            return Err(CoreError::BadRequest(format!(
-                "prefetch must be at most {MAX_PREFETCH}"
-            )));
+            return Err(CoreError::TooMuchPrefetch { max: MAX_PREFETCH });
         }
         if let Some(allowed) = self.config.worker_pools.get(worker) {
             if let Some(pool) = register.pools.iter().find(|p| !allowed.contains(*p)) {
@@ -40,10 +37,11 @@ impl<S: Store> Core<S> {
                     pool,
                     "register refused: pool not allowed for this key"
                 );
-                return Err(CoreError::Forbidden(format!(
-                    "the key of worker {worker:?} may not serve pool {pool:?} (allowed: {})",
-                    listed(allowed.iter())
-                )));
+                return Err(CoreError::PoolNotAllowed {
+                    worker: worker.to_string(),
+                    pool: pool.clone(),
+                    allowed: listed(allowed.iter()),
+                });
             }
         }
         // The broker decides how much log it stores, not the worker.
@@ -109,7 +107,7 @@ impl<S: Store> Core<S> {
         }
         let session = Session {
             peer: peer.clone(),
-            last_seen_ms: now,
+            last_seen_ms: now.ms(),
             runs: kept,
             draining: false,
             drain_ordered: false,
@@ -124,7 +122,7 @@ impl<S: Store> Core<S> {
             concurrency: session.register.concurrency,
             pools: session.register.pools.clone(),
             running: session.runs.iter().cloned().collect(),
-            last_seen_ms: now,
+            last_seen_ms: now.ms(),
             draining: false,
             kill_grace_ms: session.register.kill_grace_ms,
         };

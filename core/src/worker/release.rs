@@ -1,6 +1,7 @@
 //! `Release`: a draining worker hands back runs it never started.
 
 use crate::store::{Store, StoreResult};
+use crate::Now;
 use crate::{Core, Outbox};
 use jobcast_protocol::RunState;
 
@@ -9,7 +10,7 @@ impl<S: Store> Core<S> {
         &mut self,
         worker: &str,
         run_ids: &[String],
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
         for run_id in run_ids {
@@ -31,7 +32,7 @@ impl<S: Store> Core<S> {
         worker: &str,
         run_id: &str,
         cause: String,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
         let Some(run) = self.runs.get_mut(run_id) else {
@@ -40,7 +41,7 @@ impl<S: Store> Core<S> {
         if run.worker.as_deref() != Some(worker) || run.state != RunState::Assigned {
             return Ok(());
         }
-        if run.transition(RunState::Queued, now, cause).is_err() {
+        if run.transition(RunState::Queued, now.ms(), cause).is_err() {
             return Ok(());
         }
         run.worker = None;
@@ -48,7 +49,7 @@ impl<S: Store> Core<S> {
         self.store.put_run(run)?;
         self.changes.runs.insert(run.id.clone());
         let run = run.clone();
-        self.runs.enqueue(&run, self.clock_ms());
+        self.runs.enqueue(&run, now.ms());
         self.wake(&run.pool, out);
         self.workers.drop_run(worker, run_id);
         Ok(())

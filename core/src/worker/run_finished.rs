@@ -1,6 +1,7 @@
 //! `RunFinished`: a run ended on its worker.
 
 use crate::store::{Store, StoreResult};
+use crate::Now;
 use crate::{Core, Outbox};
 use jobcast_protocol::{LateResult, RunFinished, RunRecord, RunState};
 
@@ -9,7 +10,7 @@ impl<S: Store> Core<S> {
         &mut self,
         worker: &str,
         finished: RunFinished,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
         let Some(run) = self.runs.get_mut(&finished.run_id) else {
@@ -24,15 +25,15 @@ impl<S: Store> Core<S> {
         run.outcome = Some(finished.outcome);
         run.log_bytes = finished.log_bytes;
         run.usage = finished.usage;
-        run.ended_at_us = Some(self.clock_us);
-        if let Err(e) = run.transition(state, now, cause) {
+        run.ended_at_us = Some(now.us());
+        if let Err(e) = run.transition(state, now.ms(), cause) {
             tracing::warn!(run_id = %finished.run_id, worker, error = %e, "ignoring a finish report");
             return Ok(());
         }
         if run.started_at_ms.is_none() {
             // Never reported as started (it failed to start, or was killed first):
             // the reported duration is all we know.
-            run.started_at_ms = Some(now.saturating_sub(finished.duration_ms));
+            run.started_at_ms = Some(now.ms().saturating_sub(finished.duration_ms));
         }
         let run = run.clone();
         self.retire(&run, now, out)
@@ -55,7 +56,7 @@ impl<S: Store> Core<S> {
     /// The end of a run reported after the broker gave the run up: kept on the run as
     /// its late result (shown, never dropped); its state stays `lost`, and what followed
     /// that (a retry) stands.
-    fn late_result(&mut self, worker: &str, finished: RunFinished, now: u64) -> StoreResult<()> {
+    fn late_result(&mut self, worker: &str, finished: RunFinished, now: Now) -> StoreResult<()> {
         let Some(mut run) = self.given_up_run(worker, &finished.run_id)? else {
             tracing::info!(run_id = %finished.run_id, worker, "report for a run that already ended, or again; ignored");
             return Ok(());
@@ -65,7 +66,7 @@ impl<S: Store> Core<S> {
             outcome: finished.outcome,
             duration_ms: finished.duration_ms,
             log_bytes: finished.log_bytes,
-            reported_at_ms: now,
+            reported_at_ms: now.ms(),
         });
         self.store.put_run(&run)?;
         self.logs.forget(&run.id);

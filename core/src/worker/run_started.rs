@@ -1,6 +1,7 @@
 //! `RunStarted`: a granted run is running.
 
 use crate::store::{Store, StoreResult};
+use crate::Now;
 use crate::{Core, Observation, Outbox};
 use jobcast_protocol::RunState;
 
@@ -11,7 +12,7 @@ impl<S: Store> Core<S> {
         run_id: &str,
         pid: u32,
         spawned_at_us: u64,
-        now: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
         let Some(run) = self.runs.get_mut(run_id) else {
@@ -31,7 +32,7 @@ impl<S: Store> Core<S> {
         if run
             .transition(
                 RunState::Running,
-                now,
+                now.ms(),
                 format!("started on {worker} as pid {pid}"),
             )
             .is_ok()
@@ -43,11 +44,11 @@ impl<S: Store> Core<S> {
             let due_ms = run.created_at_ms.max(run.not_before_ms);
             out.observations.push(Observation::Started {
                 pool: run.pool.clone(),
-                waited_ms: now.saturating_sub(due_ms),
+                waited_ms: now.ms().saturating_sub(due_ms),
             });
             let job = run.job.clone();
             let state = self.jobs.state_entry(&job);
-            state.last_started_ms = Some(now);
+            state.last_started_ms = Some(now.ms());
             self.save_job_state(&job)?;
         }
         Ok(())

@@ -1,9 +1,9 @@
 //! `jobcastctl logs`: a run's output, or following it as it grows; and `jobcastctl wait`.
 //! Following (and waiting) ends with the run, and the exit code says how it ended.
 
+use crate::ctl::{expect_reply, Ctl};
 use crate::failure::run_exit_code;
-use crate::Ctl;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use jobcast_protocol::{AdminRequest, Reply, RunRecord};
 use std::io::Write;
 use std::process::ExitCode;
@@ -14,20 +14,17 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// One read of a run's log from `offset` (`None`: the whole stored log, capped).
 async fn read(ctl: &Ctl, run: &str, offset: Option<u64>) -> Result<(RunRecord, Vec<u8>, u64)> {
-    let Reply::Log {
-        run,
-        data,
-        next_offset,
-    } = ctl
+    let reply = ctl
         .call(AdminRequest::GetLog {
             run: run.to_string(),
             offset,
         })
-        .await?
-    else {
-        bail!("unexpected reply");
-    };
-    Ok((*run, data, next_offset))
+        .await?;
+    Ok(expect_reply!(reply, Reply::Log {
+        run,
+        data,
+        next_offset,
+    } => (*run, data, next_offset)))
 }
 
 /// Prints a piece of the log: the bytes as they are, or a JSON line.
@@ -35,7 +32,7 @@ fn print(ctl: &Ctl, out: &mut impl Write, run: &str, offset: u64, data: &[u8]) -
     if data.is_empty() {
         return Ok(());
     }
-    if ctl.json {
+    if ctl.json() {
         let line = serde_json::json!({
             "run": run,
             "offset": offset.to_string(),
@@ -61,7 +58,7 @@ fn end_of(record: &RunRecord) -> String {
 /// How the run ended, to stderr (or as the last JSON line), and the exit code for it.
 fn ended(ctl: &Ctl, out: &mut impl Write, record: &RunRecord) -> Result<ExitCode> {
     let outcome = end_of(record);
-    if ctl.json {
+    if ctl.json() {
         let line = serde_json::json!({
             "run": record.id,
             "state": record.state,
@@ -107,7 +104,7 @@ pub(crate) async fn wait(ctl: &Ctl, run: String) -> Result<ExitCode> {
         // From the end of any log: the record, without the output.
         let (record, _, _) = read(ctl, &run, Some(u64::MAX)).await?;
         if record.state.is_terminal() {
-            if !ctl.json {
+            if !ctl.json() {
                 writeln!(
                     out,
                     "run {} {}: {}",

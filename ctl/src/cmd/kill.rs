@@ -1,20 +1,16 @@
 //! `jobcastctl kill`: runs ended by id, unique prefix or substring; idempotent.
 
-use crate::Ctl;
-use anyhow::{bail, Result};
+use crate::ctl::{expect_reply, Ctl};
+use anyhow::Result;
 use jobcast_protocol::{AdminRequest, KillOutcome, Reply};
 use std::process::ExitCode;
 
 pub(crate) async fn kill(ctl: &Ctl, runs: Vec<String>) -> Result<ExitCode> {
-    let Reply::KillResult { outcomes } = ctl.call(AdminRequest::Kill { selectors: runs }).await?
-    else {
-        bail!("unexpected reply");
-    };
+    let reply = ctl.call(AdminRequest::Kill { selectors: runs }).await?;
+    let outcomes = expect_reply!(reply, Reply::KillResult { outcomes } => outcomes);
     let failed = outcomes.iter().any(KillOutcome::is_error);
-    if ctl.json {
-        ctl.print_json(&outcomes)?;
-    } else {
-        for outcome in &outcomes {
+    ctl.print(&outcomes, |outcomes| {
+        for outcome in outcomes {
             match outcome {
                 KillOutcome::Killing { run_id, worker } => {
                     println!("{run_id}: killing on {worker}")
@@ -37,7 +33,7 @@ pub(crate) async fn kill(ctl: &Ctl, runs: Vec<String>) -> Result<ExitCode> {
                 KillOutcome::NotFound { selector } => eprintln!("{selector:?}: no such run"),
             }
         }
-    }
+    })?;
     Ok(if failed {
         ExitCode::FAILURE
     } else {

@@ -1,19 +1,17 @@
 //! `jobcastctl status`: the broker, its workers and its queues.
 
+use crate::ctl::{expect_reply, Ctl};
 use crate::show::format_time;
 use crate::table::Table;
-use crate::Ctl;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use jobcast_protocol::{AdminRequest, Reply};
 use std::process::ExitCode;
 use std::time::Duration;
 
 pub(crate) async fn status(ctl: &Ctl) -> Result<ExitCode> {
     let reply = ctl.call(AdminRequest::Status).await?;
-    let Reply::Status(report) = &reply else {
-        bail!("unexpected reply");
-    };
-    if ctl.json {
+    let report = expect_reply!(&reply, Reply::Status(report) => report);
+    if ctl.json() {
         ctl.print_json(report)?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -1,30 +1,22 @@
 //! `jobcastctl ping`: which workers answer, with their versions and load.
 
+use crate::ctl::{expect_reply, Ctl};
 use crate::table::Table;
-use crate::Ctl;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use jobcast_protocol::{AdminRequest, Reply};
 use std::process::ExitCode;
 use std::time::Duration;
 
 pub(crate) async fn ping(ctl: &Ctl, worker: Option<String>, wait: Duration) -> Result<ExitCode> {
-    let reply = ctl
-        .client
-        .request(
-            AdminRequest::Ping {
-                worker,
-                timeout_ms: wait.as_millis() as u64,
-            },
-            wait + ctl.timeout,
-        )
-        .await?;
-    let workers = match reply {
-        Reply::PingResult { workers } => workers,
-        Reply::Error { message, .. } => bail!("{message}"),
-        _ => bail!("unexpected reply"),
+    let request = AdminRequest::Ping {
+        worker,
+        timeout_ms: wait.as_millis() as u64,
     };
+    // The broker answers after waiting for the workers: that long, and the usual timeout.
+    let reply = ctl.call_within(request, wait + ctl.timeout()).await?;
+    let workers = expect_reply!(reply, Reply::PingResult { workers } => workers);
     let silent = workers.iter().filter(|w| w.rtt_us.is_none()).count();
-    if ctl.json {
+    if ctl.json() {
         ctl.print_json(&workers)?;
     } else if workers.is_empty() {
         println!("no worker is connected");

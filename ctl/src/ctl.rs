@@ -1,0 +1,146 @@
+//! The connection to the broker as commands use it: a request and its answer, the
+//! broker's refusals turned into [`Failure`]s, and output as a table or as JSON.
+
+use crate::args::Args;
+use crate::failure::Failure;
+use anyhow::Result;
+use jobcast_client::{Client, ClientConfig, ClientError};
+use jobcast_protocol::{AdminRequest, Reply, Secret};
+use serde::Serialize;
+use std::time::Duration;
+
+/// The value a reply of the expected kind carries; a reply of any other kind ends the
+/// command with [`Failure::UnexpectedReply`].
+macro_rules! expect_reply {
+    ($reply:expr, $pattern:pat => $value:expr) => {
+        match $reply {
+            $pattern => $value,
+            other => {
+                return Err(
+                    $crate::failure::Failure::UnexpectedReply($crate::failure::reply_kind(&other))
+                        .into(),
+                )
+            }
+        }
+    };
+}
+pub(crate) use expect_reply;
+
+pub(crate) struct Ctl {
+    client: Client,
+    timeout: Duration,
+    json: bool,
+}
+
+impl Ctl {
+    /// Connects with the admin key the command line names.
+    pub(crate) async fn connect(args: &Args) -> Result<Ctl> {
+        let client = Client::connect(ClientConfig {
+            endpoint: args.broker.clone(),
+            name: "admin".into(),
+            secret: admin_secret(args)?,
+            connect_timeout: args.timeout,
+            max_clock_skew: Duration::from_secs(30),
+        })
+        .await?;
+        Ok(Ctl {
+            client,
+            timeout: args.timeout,
+            json: args.json,
+        })
+    }
+
+    /// How long a request waits for its answer (`--timeout`).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether output is JSON (`--json`).
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
+
+    pub(crate) async fn call(&self, request: AdminRequest) -> Result<Reply> {
+        self.call_within(request, self.timeout).await
+    }
+
+    /// As [`Self::call`], waiting `timeout` for the answer (a request that itself waits).
+    pub(crate) async fn call_within(
+        &self,
+        request: AdminRequest,
+        timeout: Duration,
+    ) -> Result<Reply> {
+        let reply = self.client.request(request, timeout).await?;
+        if let Reply::Error { code, message } = reply {
+            return Err(Failure::Broker { code, message }.into());
+        }
+        Ok(reply)
+    }
+
+    /// Like [`Self::call`] for a request that is safe to repeat (it carries an idempotency
+    /// key): sent again, up to `ATTEMPTS` times in all, when no answer came.
+    pub(crate) async fn call_again_if_unanswered(&self, request: AdminRequest) -> Result<Reply> {
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            match self.call(request.clone()).await {
+                Err(e) if attempt < ATTEMPTS && unanswered(&e) => {
+                    eprintln!("jobcastctl: {e}; asking again (attempt {})", attempt + 1);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Prints `value` as JSON with `--json`, and as `human` says otherwise.
+    pub(crate) fn print<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        human: impl FnOnce(&T),
+    ) -> Result<()> {
+        if self.json {
+            self.print_json(value)
+        } else {
+            human(value);
+            Ok(())
+        }
+    }
+
+    pub(crate) fn print_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        // Random 64-bit ids come out as strings (`jobcast_protocol::id64`).
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+}
+
+/// Whether a request failed without an answer (a lost connection, no reply in time).
+fn unanswered(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<ClientError>(),
+        Some(ClientError::Disconnected | ClientError::Timeout(_))
+    )
+}
+
+fn admin_secret(args: &Args) -> Result<Secret> {
+    let secret = match (&args.secret, &args.secret_file) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                Failure::Usage(format!(
+                    "cannot read the secret file {}: {e}",
+                    path.display()
+                ))
+            })?
+            .trim()
+            .to_string(),
+        (None, None) => {
+            return Err(Failure::Usage(
+                "no admin secret: pass --secret-file, or set JOBCAST_ADMIN_SECRET_FILE or JOBCAST_ADMIN_SECRET".into(),
+            )
+            .into())
+        }
+    };
+    Ok(Secret::new(secret))
+}
