@@ -428,7 +428,8 @@ fn supervisord_runs_the_shipped_configs_drains_restarts_and_leaves_nothing_behin
     for program in programs {
         assert!(
             log.contains(&format!("stopped: {program} (exit status 0)")),
-            "{program} did not stop cleanly:\n{log}"
+            "{program} did not stop cleanly:\n{}",
+            sv.logs()
         );
     }
 }

@@ -183,15 +183,29 @@ impl RunCgroups {
         let probe = dir.join(format!("probe-{}-{nth}", std::process::id()));
         let mut attempts = 0;
         loop {
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                format!(
-                    "cannot create {} ({e}): run as root, or under systemd with Delegate=yes",
-                    dir.display()
+            // "Exists" while the other removes it, or "not found" once it has: try again.
+            let raced = |e: &io::Error| {
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
                 )
-            })?;
+            };
+            match std::fs::create_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if raced(&e) && attempts < 3 => {
+                    attempts += 1;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot create {} ({e}): run as root, or under systemd with Delegate=yes",
+                        dir.display()
+                    ))
+                }
+            }
             match std::fs::create_dir(&probe).and_then(|_| std::fs::remove_dir(&probe)) {
                 Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                Err(e) if raced(&e) && attempts < 3 => attempts += 1,
                 Err(e) => return Err(format!("cannot create cgroups in {} ({e})", dir.display())),
             }
         }

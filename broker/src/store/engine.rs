@@ -31,9 +31,10 @@ pub trait Engine: Send {
     fn tree(&self, name: &str) -> StoreResult<Self::Tree>;
     /// Makes every write so far durable.
     fn flush(&self) -> StoreResult<()>;
-    /// Writes everything out of the journal into the engine's tables (for a clean stop).
-    fn flush_journal(&self) -> StoreResult<()> {
-        self.flush()
+    /// Writes everything out of the journal into the engine's tables (for a clean stop);
+    /// false if that did not finish in time (everything is durable all the same).
+    fn flush_journal(&self) -> StoreResult<bool> {
+        self.flush().map(|()| true)
     }
     /// See [`super::Store::is_backlogged`].
     fn is_backlogged(&self) -> bool {

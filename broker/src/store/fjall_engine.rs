@@ -11,6 +11,8 @@ fn backend(e: fjall::Error) -> StoreError {
 }
 
 const MEMTABLE_BYTES: u64 = 8 << 20;
+/// The longest a clean stop waits for the journal to be written into the tables.
+const JOURNAL_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// fjall holds every write back (sleeps of 100 ms) at 4 sealed memtables of one tree
 /// waiting to be written out, and slows them from 20 level-0 tables: retention waits well
@@ -75,17 +77,32 @@ impl Engine for FjallEngine {
         self.db.persist(PersistMode::SyncAll).map_err(backend)
     }
 
-    fn flush_journal(&self) -> StoreResult<()> {
+    fn flush_journal(&self) -> StoreResult<bool> {
         self.flush()?;
         let trees = self
             .trees
             .lock()
             .map(|trees| trees.clone())
             .unwrap_or_default();
-        for tree in trees {
-            tree.rotate_memtable_and_wait().map_err(backend)?;
+        // fjall waits for its flush workers with no bound: a stop must not hang on it
+        // (a supervisor would kill the broker), so the wait has one of its own.
+        let (done, waited) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("journal-flush".into())
+            .spawn(move || {
+                let result = trees
+                    .iter()
+                    .try_for_each(|tree| tree.rotate_memtable_and_wait());
+                let _ = done.send(result);
+            });
+        if spawned.is_err() {
+            return Ok(false);
         }
-        self.flush()
+        match waited.recv_timeout(JOURNAL_FLUSH_WAIT) {
+            Ok(result) => result.map_err(backend)?,
+            Err(_) => return Ok(false),
+        }
+        self.flush().map(|()| true)
     }
 
     fn is_backlogged(&self) -> bool {

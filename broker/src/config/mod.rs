@@ -1,269 +1,17 @@
 //! Broker settings: a TOML file, overridden by command-line flags.
 
+mod file;
+mod keys;
+
+pub use file::*;
+pub use keys::*;
+
 use anyhow::{bail, Context, Result};
 use jobcast_daemon::LogFormat;
-use jobcast_protocol::envelope::check_connection_password;
 use jobcast_protocol::{names, Secret};
-use serde::Deserialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// The settings file as written by operators. Every field is optional except the keys.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub data_dir: Option<PathBuf>,
-    pub router: Option<String>,
-    pub publish: Option<String>,
-    pub jobs: Option<PathBuf>,
-    pub log_level: Option<String>,
-    /// `text` (default) or `json` (a JSON object per line).
-    pub log_format: Option<LogFormat>,
-    #[serde(default, with = "humantime_serde")]
-    pub heartbeat_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub worker_timeout: Option<Duration>,
-    /// How long a run granted to a worker that went silent, never reported started, waits
-    /// for that worker to come back and hand it back (queued again) before it is lost
-    /// [default: 10m].
-    #[serde(default, with = "humantime_serde")]
-    pub unstarted_grant_hold: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub max_clock_skew: Option<Duration>,
-    /// A peer whose host stops answering TCP keepalives for about this long is
-    /// disconnected and what was queued for it is freed (the older name is still read).
-    #[serde(
-        default,
-        with = "humantime_serde",
-        alias = "stalled_subscriber_timeout"
-    )]
-    pub peer_timeout: Option<Duration>,
-    pub max_frame_bytes: Option<usize>,
-    /// The most log stored per run, whatever a worker declares [default: 1 MiB].
-    pub max_log_bytes: Option<u64>,
-    /// Free space kept in the data directory: under it the broker takes no new work
-    /// until space is freed; 0 turns the check off [default: 64 MiB].
-    pub min_free_bytes: Option<u64>,
-    /// Bytes of the store's block cache: with the write buffers, what bounds the
-    /// broker's memory for its store [default: 64 MiB].
-    pub cache_size: Option<u64>,
-    #[serde(default)]
-    pub keys: KeysSection,
-    #[serde(default)]
-    pub webhooks: Vec<crate::notify::Webhook>,
-    #[serde(default)]
-    pub http: HttpSection,
-    #[serde(default)]
-    pub retention: RetentionSection,
-    /// `[pools.NAME]`: settings of a pool.
-    #[serde(default)]
-    pub pools: std::collections::BTreeMap<String, PoolSection>,
-}
-
-/// `[pools.NAME]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolSection {
-    /// The most runs of the pool assigned or running at once, across all its workers.
-    pub max_concurrent: Option<u32>,
-}
-
-/// `[retention]`: how long finished runs and their logs are kept, and how many.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionSection {
-    /// A duration like "30d", or "off" to keep runs whatever their age [default: 30d].
-    pub max_age: Option<String>,
-    /// The most finished runs kept, or 0 for no limit [default: 1000000].
-    pub max_runs: Option<u64>,
-}
-
-impl RetentionSection {
-    fn resolve(self) -> Result<jobcast_core::Retention> {
-        let max_age_ms = match self.max_age.as_deref() {
-            None => Some(30 * 86_400_000),
-            Some("off") => None,
-            Some(text) => {
-                let age = humantime::parse_duration(text).with_context(|| {
-                    format!(
-                        "[retention] max_age {text:?} is not a duration like \"30d\" (or \"off\")"
-                    )
-                })?;
-                if age.is_zero() {
-                    anyhow::bail!("[retention] max_age must be longer than zero (or \"off\")");
-                }
-                Some(age.as_millis() as u64)
-            }
-        };
-        let max_runs = match self.max_runs {
-            None => Some(1_000_000),
-            Some(0) => None,
-            Some(n) => Some(n),
-        };
-        Ok(jobcast_core::Retention {
-            max_age_ms,
-            max_runs,
-        })
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSection {
-    /// Address of the dashboard and JSON API [default: 127.0.0.1:5000].
-    pub listen: Option<String>,
-    #[serde(default)]
-    pub tokens: Vec<ApiToken>,
-    /// Where the dashboard is served from as browsers see it, e.g.
-    /// `["https://jobs.example.com"]`: the live feed accepts pages of these origins only
-    /// [default: the listen address, as `http://`].
-    #[serde(default)]
-    pub public_origins: Vec<String>,
-}
-
-/// Who may use the HTTP API, and for what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Viewer,
-    Operator,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiToken {
-    /// Who holds it, for logs (the token itself is never logged).
-    pub name: String,
-    pub token: String,
-    pub role: Role,
-    /// The teams whose jobs and runs it may see and act on; none: all (an admin token
-    /// sees all whatever it lists).
-    #[serde(default)]
-    pub teams: Vec<String>,
-}
-
-impl std::fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiToken({}, {})", self.name, self.role.as_str())
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeysSection {
-    /// The secret `jobcastctl` signs with.
-    pub admin: Option<String>,
-    /// One entry per worker id: its secret, or a table with the secret and the pools it
-    /// may serve.
-    #[serde(default)]
-    pub workers: BTreeMap<String, WorkerKey>,
-}
-
-/// A worker's key: `w1 = "secret"` (any pool), or
-/// `w1 = { secret = "…", pools = ["etl", "reports"] }`, and while a secret is rotated
-/// `w1 = { secret = "new…", previous_secret = "old…" }` (both accepted).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum WorkerKey {
-    Secret(String),
-    Limited(LimitedWorkerKey),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitedWorkerKey {
-    pub secret: String,
-    /// The pools this key may register for; absent means any.
-    pub pools: Option<Vec<String>>,
-    /// The secret being replaced, still accepted (and answered with) until it is removed
-    /// from here: workers move to `secret` one by one without a refused request.
-    pub previous_secret: Option<String>,
-}
-
-/// Shortest secret accepted; shorter ones are too easy to guess.
-pub const MIN_SECRET_LEN: usize = 16;
-
-/// Secrets by sender name.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    pub admin: Secret,
-    pub workers: HashMap<String, Secret>,
-    /// The pools each restricted worker key may serve; keys not listed may serve any.
-    pub worker_pools: HashMap<String, BTreeSet<String>>,
-    /// Secrets being replaced (`previous_secret`), by worker id: accepted beside the
-    /// worker's secret.
-    pub previous: HashMap<String, Secret>,
-    /// Secrets a reload removed or replaced (not by a rotation), by worker id: a frame
-    /// sealed with one is opened only to answer, sealed with it, that it is revoked.
-    /// Kept while this process runs; not read from the file.
-    pub revoked: HashMap<String, Secret>,
-}
-
-impl Keys {
-    pub fn for_sender(&self, name: &str) -> Option<&Secret> {
-        if name == jobcast_core::ADMIN {
-            Some(&self.admin)
-        } else {
-            self.workers.get(name)
-        }
-    }
-
-    /// The secrets a sender's frames may be sealed with: its secret, then the one it
-    /// replaces (or, for a revoked key, the revoked secret alone).
-    pub fn secrets_of(&self, name: &str) -> (Option<&Secret>, Option<&Secret>) {
-        match self.for_sender(name) {
-            Some(current) => (Some(current), self.previous.get(name)),
-            None => (None, self.revoked.get(name)),
-        }
-    }
-
-    /// Whether a connection's password comes from one of the sender's secrets, revoked
-    /// ones included (so that the worker hears it is revoked).
-    pub fn accepts_password(&self, name: &str, password: &[u8]) -> bool {
-        let (first, second) = self.secrets_of(name);
-        [first, second]
-            .into_iter()
-            .flatten()
-            .any(|secret| check_connection_password(secret, password))
-    }
-
-    /// These keys, as they replace `running`: the worker secrets `running` held that are
-    /// no longer accepted (removed, or changed without keeping the old one as
-    /// `previous_secret`) become revoked, along with those revoked before and not given a
-    /// key again. Returns the workers revoked by this change.
-    pub fn replacing(mut self, running: &Keys) -> (Keys, Vec<String>) {
-        let mut newly = Vec::new();
-        for (id, old) in &running.workers {
-            let still_accepted =
-                self.workers.get(id) == Some(old) || self.previous.get(id) == Some(old);
-            if !still_accepted {
-                self.revoked.insert(id.clone(), old.clone());
-                newly.push(id.clone());
-            }
-        }
-        for (id, old) in &running.revoked {
-            if !self.workers.contains_key(id) {
-                self.revoked
-                    .entry(id.clone())
-                    .or_insert_with(|| old.clone());
-            }
-        }
-        newly.sort();
-        (self, newly)
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -578,6 +326,7 @@ pub fn parse_tcp_endpoint(endpoint: &str) -> Result<(String, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn file(text: &str) -> FileConfig {
         toml::from_str(text).unwrap()
@@ -710,7 +459,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_config_is_valid() {
-        let example = file(include_str!("../../examples/broker.toml"));
+        let example = file(include_str!("../../../examples/broker.toml"));
         let config = resolve(example, Overrides::default()).unwrap();
         assert_eq!(config.log_format, LogFormat::Text);
         let json = file("log_format = \"json\"");

@@ -1,0 +1,233 @@
+//! A worker that runs nothing: it claims runs the way a real one does (at once, or with a
+//! claim left waiting at the broker) and reports each started and ended at once, so that
+//! what is measured is the broker.
+
+use super::*;
+
+/// (scheduled time in ms, time granted in µs)
+type Grant = (u64, u64);
+
+/// How a synthetic worker asks for runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claiming {
+    /// Claims everything queued when a wake-up hint arrives.
+    OnWake,
+    /// Keeps a claim waiting at the broker, as a real worker with free slots does, so a
+    /// run is granted in the batch that creates it.
+    Waiting,
+}
+
+/// How long a waiting claim waits before it is asked again.
+const CLAIM_WAIT: Duration = Duration::from_secs(1);
+
+/// A worker that runs nothing: what it is granted it reports started and ended at once.
+pub struct SyntheticWorker {
+    grants: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<Grant>>>,
+    /// Becomes true with the first event received: the subscriptions are in place.
+    live: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The registration of a synthetic worker with `slots` slots in `pool`.
+pub fn synthetic_registration(pool: &str, slots: u32) -> Register {
+    Register {
+        hostname: "bench".into(),
+        pid: std::process::id(),
+        version: jobcast_protocol::JOBCAST_VERSION.into(),
+        concurrency: slots,
+        pools: vec![pool.to_string()],
+        running: vec![],
+        max_log_bytes: 1 << 20,
+        instance: jobcast_protocol::envelope::random_nonce().max(1),
+        prefetch: 0,
+        kill_grace_ms: jobcast_protocol::DEFAULT_KILL_GRACE_MS,
+        earlier_started: None,
+    }
+}
+
+impl SyntheticWorker {
+    pub async fn start(broker: &Broker, pool: &str) -> Result<SyntheticWorker> {
+        Self::start_numbered(broker, pool, 1).await
+    }
+
+    pub async fn start_numbered(broker: &Broker, pool: &str, n: usize) -> Result<SyntheticWorker> {
+        Self::start_claiming(broker, pool, n, Claiming::OnWake).await
+    }
+
+    pub async fn start_claiming(
+        broker: &Broker,
+        pool: &str,
+        n: usize,
+        claiming: Claiming,
+    ) -> Result<SyntheticWorker> {
+        let client = Client::connect(ClientConfig {
+            endpoint: broker.router.clone(),
+            name: format!("bench-w{n}"),
+            secret: Secret::new(WORKER_SECRET),
+            connect_timeout: Duration::from_secs(5),
+            max_clock_skew: Duration::from_secs(30),
+        })
+        .await?;
+        let reply = client
+            .request(
+                WorkerRequest::Register(synthetic_registration(pool, 1_000_000)),
+                TIMEOUT,
+            )
+            .await?;
+        if !matches!(reply, Reply::Registered { .. }) {
+            bail!("register refused: {reply:?}");
+        }
+        // `all/` last: once its heartbeats arrive, the others are in place too (libzmq
+        // sends subscriptions in order).
+        let sub = jobcast_transport::subscriber(
+            &broker.publish,
+            &[
+                topic::pool(pool),
+                topic::worker(&format!("bench-w{n}")),
+                topic::ALL.to_string(),
+            ],
+            &Limits::default(),
+            &jobcast_client::credentials(&format!("bench-w{n}"), &Secret::new(WORKER_SECRET)),
+        )?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (live_tx, live) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(serve(client, sub, tx, live_tx, claiming));
+        Ok(SyntheticWorker {
+            grants: tokio::sync::Mutex::new(rx),
+            live,
+            task,
+        })
+    }
+
+    /// Waits until the worker hears the broker's events (a subscription reaches the
+    /// broker a moment after the connection: a hint sent before is not seen).
+    pub async fn wait_live(&self, timeout: Duration) -> Result<()> {
+        let mut live = self.live.clone();
+        let heard =
+            tokio::time::timeout(timeout, async { live.wait_for(|live| *live).await.is_ok() })
+                .await
+                .unwrap_or(false);
+        if !heard {
+            bail!("the synthetic worker heard nothing from the broker within {timeout:?}");
+        }
+        Ok(())
+    }
+
+    /// Grants received since the last call, waiting up to `timeout` for some.
+    pub async fn next_grants(&self, timeout: Duration) -> Result<Vec<Grant>> {
+        let mut rx = self.grants.lock().await;
+        match tokio::time::timeout(timeout, rx.recv()).await {
+            Ok(Some(batch)) => Ok(batch),
+            Ok(None) => bail!("the synthetic worker stopped"),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    pub async fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    client: Client,
+    sub: AsyncSocket,
+    grants: mpsc::UnboundedSender<Vec<Grant>>,
+    live: tokio::sync::watch::Sender<bool>,
+    claiming: Claiming,
+) {
+    // Ended with this task: a JoinSet aborts what it holds when dropped.
+    let mut claims = tokio::task::JoinSet::new();
+    if claiming == Claiming::Waiting {
+        claims.spawn(claim_waiting(client.clone(), grants.clone()));
+    }
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            message = sub.recv(2) => {
+                let Ok(Received::Parts(frames)) = message else { return };
+                live.send_if_modified(|live| !std::mem::replace(live, true));
+                match frames.get(1).and_then(|b| decode_event(b)) {
+                    Some(Event::Wake { .. }) if claiming == Claiming::OnWake => {}
+                    Some(Event::Ping { ping_id }) => {
+                        drop(client.submit(WorkerRequest::Pong { ping_id, info: jobcast_protocol::WorkerInfo {
+                            version: jobcast_protocol::JOBCAST_VERSION.into(),
+                            hostname: "bench".into(),
+                            pid: std::process::id(),
+                            concurrency: 1_000_000,
+                            pools: vec![],
+                            running: vec![],
+                            uptime_ms: 0,
+                            rss_bytes: 0,
+                            draining: false,
+                            containment: String::new(),
+                        }}));
+                        continue;
+                    }
+                    _ => continue,
+                }
+                // Claim until the queue is empty.
+                loop {
+                    let Ok(Reply::Granted { runs, .. }) = client.request(WorkerRequest::Claim { max: 100_000, wait_ms: 0 }, TIMEOUT).await else {
+                        break;
+                    };
+                    let at = now_us();
+                    if runs.is_empty() {
+                        break;
+                    }
+                    let batch = runs.iter().map(|r| (r.scheduled_at_ms, at)).collect();
+                    if grants.send(batch).is_err() {
+                        return;
+                    }
+                    report_done(&client, runs);
+                }
+            }
+            _ = heartbeat.tick() => {
+                let _ = client.submit(WorkerRequest::Heartbeat(Heartbeat { running: vec![], free_slots: 1_000_000, draining: false }));
+            }
+        }
+    }
+}
+
+/// `Claiming::Waiting`: a claim for everything always waiting at the broker.
+async fn claim_waiting(client: Client, grants: mpsc::UnboundedSender<Vec<Grant>>) {
+    loop {
+        let claim = WorkerRequest::Claim {
+            max: 100_000,
+            wait_ms: CLAIM_WAIT.as_millis() as u64,
+        };
+        let Ok(Reply::Granted { runs, .. }) = client.request(claim, CLAIM_WAIT + TIMEOUT).await
+        else {
+            return;
+        };
+        let at = now_us();
+        if runs.is_empty() {
+            continue;
+        }
+        if grants
+            .send(runs.iter().map(|r| (r.scheduled_at_ms, at)).collect())
+            .is_err()
+        {
+            return;
+        }
+        report_done(&client, runs);
+    }
+}
+
+/// Reports granted runs started and ended at once (without waiting for the answers).
+fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>) {
+    for run in runs {
+        drop(client.submit(WorkerRequest::RunStarted {
+            run_id: run.run_id.clone(),
+            pid: 1,
+            spawned_at_us: 0,
+        }));
+        drop(client.submit(WorkerRequest::RunFinished(RunFinished {
+            run_id: run.run_id,
+            outcome: Outcome::Exited { code: 0 },
+            duration_ms: 0,
+            log_bytes: 0,
+            claim: 0,
+            usage: None,
+        })));
+    }
+}

@@ -1,0 +1,140 @@
+//! Runs granted, waiting for a slot, started and ended: what is claimed, held and
+//! handed back.
+
+use super::*;
+
+impl WorkerState {
+    pub(super) fn maybe_claim(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        if self.draining || self.claim_in_flight || !self.want_work || !self.registered {
+            return;
+        }
+        let wanted = self.wanted();
+        if wanted == 0 {
+            return;
+        }
+        self.claim_in_flight = true;
+        actions.push(Action::Request {
+            purpose: Purpose::Claim { sent_ms: now_ms },
+            request: WorkerRequest::Claim {
+                max: wanted,
+                wait_ms: CLAIM_WAIT.as_millis() as u64,
+            },
+            timeout: CLAIM_WAIT + REQUEST_TIMEOUT,
+        });
+    }
+
+    /// Runs granted by a claim or by a finish report that claimed: the same rules for
+    /// both.
+    pub(super) fn granted(
+        &mut self,
+        runs: Vec<Assignment>,
+        now_ms: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let mut released = Vec::new();
+        let lease_out = self.lease_expired(now_ms);
+        for assignment in runs {
+            if self.draining {
+                // Claimed just as the drain began: hand it back unstarted.
+                released.push(assignment.run_id);
+            } else if lease_out {
+                // An answer that came after the lease ran out (the worker was stopped or
+                // cut off): the broker may have given the run up, so it is not started,
+                // and handed back (queued again if the broker still holds it here).
+                tracing::warn!(run_id = %assignment.run_id, "a grant that arrived after the lease ran out: not started, handed back");
+                released.push(assignment.run_id);
+            } else if self.ended.1.contains(&assignment.run_id) {
+                tracing::info!(run_id = %assignment.run_id, "a late grant of a run that has ended: not started again");
+            } else if self.held.contains_key(&assignment.run_id)
+                || self
+                    .ready
+                    .iter()
+                    .any(|(r, _)| r.run_id == assignment.run_id)
+            {
+                // A grant resent while its first answer was on its way: held once.
+            } else if self.free_slots() > 0 {
+                self.start_run(assignment, actions);
+            } else {
+                self.ready.push_back((assignment, now_ms));
+            }
+        }
+        if !released.is_empty() {
+            Self::request(
+                actions,
+                Purpose::Release,
+                WorkerRequest::Release { run_ids: released },
+            );
+        }
+        self.maybe_claim(now_ms, actions);
+    }
+
+    /// Hands back the ready runs that waited longer than `READY_HOLD` for a slot.
+    pub(super) fn release_overdue_ready(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let hold = READY_HOLD.as_millis() as u64;
+        let mut run_ids = Vec::new();
+        while let Some((_, since)) = self.ready.front() {
+            if now_ms.saturating_sub(*since) < hold {
+                break;
+            }
+            if let Some((run, _)) = self.ready.pop_front() {
+                run_ids.push(run.run_id);
+            }
+        }
+        if !run_ids.is_empty() {
+            tracing::debug!(runs = ?run_ids, "ready runs waited too long for a slot: handed back");
+            self.ready_paused = true;
+            Self::request(
+                actions,
+                Purpose::Release,
+                WorkerRequest::Release { run_ids },
+            );
+        }
+    }
+
+    pub(super) fn start_run(&mut self, assignment: Assignment, actions: &mut Vec<Action>) {
+        self.held.insert(assignment.run_id.clone(), false);
+        if assignment.job.policy.on_broker_loss == OnBrokerLoss::Keep {
+            self.kept_on_broker_loss.insert(assignment.run_id.clone());
+        }
+        actions.push(Action::Start(Box::new(assignment)));
+    }
+
+    pub(super) fn remember_end(&mut self, run_id: String) {
+        self.kept_on_broker_loss.remove(&run_id);
+        let (order, set) = &mut self.ended;
+        if order.len() == REMEMBERED_ENDS {
+            if let Some(oldest) = order.pop_front() {
+                set.remove(&oldest);
+            }
+        }
+        set.insert(run_id.clone());
+        order.push_back(run_id);
+    }
+
+    /// A run's process ended; its report goes to the outbox.
+    pub fn on_run_done(&mut self, mut finished: RunFinished) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(done) = self.held.get_mut(&finished.run_id) {
+            *done = true;
+        }
+        if let Some(silent_ms) = self.stopped_for_lease.remove(&finished.run_id) {
+            if finished.outcome == Outcome::Killed {
+                finished.outcome = Outcome::LeaseExpired { silent_ms };
+            }
+        }
+        // A ready run takes the slot at once; the report asks for work to refill what is
+        // free (one round trip from a run's end to the next start only when none was
+        // ready). Not while the lease is out: the broker may have given it up.
+        if self.free_slots() > 0 && !self.lease_lost {
+            if let Some((next, _)) = self.ready.pop_front() {
+                self.start_run(next, &mut actions);
+            }
+        }
+        self.ready_paused = false;
+        if !self.draining && !self.claim_in_flight && self.registered {
+            finished.claim = self.wanted();
+        }
+        actions.push(Action::Report(WorkerRequest::RunFinished(finished)));
+        actions
+    }
+}
