@@ -200,7 +200,10 @@ impl AsyncSocket {
         loop {
             // Asked after every wake-up: the descriptor is edge-like and a send or a
             // receive may have consumed its signal.
-            if self.with(|s| s.get_events())?.intersects(events) {
+            if self
+                .with(|s| again_if_interrupted(|| s.get_events()))?
+                .intersects(events)
+            {
                 return Ok(());
             }
             let mut guard = self.notify.readable().await?;
@@ -245,8 +248,19 @@ impl AsyncSocket {
     }
 }
 
+/// Runs a libzmq call again while a signal interrupts it (`EINTR`: the broker takes
+/// SIGHUP and SIGTERM while it reads and writes; an interruption is never a failure).
+fn again_if_interrupted<T>(mut call: impl FnMut() -> zmq::Result<T>) -> zmq::Result<T> {
+    loop {
+        match call() {
+            Err(zmq::Error::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
 fn recv_bounded(socket: &zmq::Socket, max_parts: usize) -> Result<Option<Received>> {
-    let first = match socket.recv_msg(zmq::DONTWAIT) {
+    let first = match again_if_interrupted(|| socket.recv_msg(zmq::DONTWAIT)) {
         Ok(message) => message,
         Err(zmq::Error::EAGAIN) => return Ok(None),
         Err(e) => return Err(e.into()),
@@ -254,9 +268,9 @@ fn recv_bounded(socket: &zmq::Socket, max_parts: usize) -> Result<Option<Receive
     let mut parts = vec![first];
     let mut count = 1;
     // libzmq delivers a multi-part message whole, so its parts are all here.
-    while socket.get_rcvmore()? {
+    while again_if_interrupted(|| socket.get_rcvmore())? {
         let mut part = zmq::Message::new();
-        socket.recv(&mut part, zmq::DONTWAIT)?;
+        again_if_interrupted(|| socket.recv(&mut part, zmq::DONTWAIT))?;
         count += 1;
         if parts.len() < max_parts {
             parts.push(part);
