@@ -2,9 +2,10 @@
 //! (last tick, failures, auto-disable), the fire queue and disabled pools. Ticking them
 //! into runs is `scheduling.rs`; this table only keeps them consistent.
 
+use crate::error::listed;
 use crate::schedule::Schedule;
 use crate::CoreError;
-use jobcast_protocol::{JobSpec, JobState};
+use jobcast_protocol::{JobSpec, JobState, JobView};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Default)]
@@ -65,6 +66,38 @@ impl JobTable {
 
     pub fn len(&self) -> usize {
         self.specs.len()
+    }
+
+    /// What a listing shows of a job: its definition, state, next tick and whether it is
+    /// active.
+    pub fn view_of(&self, spec: &JobSpec) -> JobView {
+        JobView {
+            spec: spec.clone(),
+            state: self.state(&spec.name).cloned().unwrap_or_default(),
+            next_fire_ms: self.next_fire(&spec.name),
+            active: self.is_active(spec),
+        }
+    }
+
+    /// Every job's view, by name.
+    pub fn views(&self) -> Vec<JobView> {
+        self.specs().map(|spec| self.view_of(spec)).collect()
+    }
+
+    /// The views of the named jobs that exist.
+    pub fn views_of<'a>(&self, names: impl Iterator<Item = &'a String>) -> Vec<JobView> {
+        names
+            .filter_map(|name| self.spec(name))
+            .map(|spec| self.view_of(spec))
+            .collect()
+    }
+
+    /// The refusal for a job that does not exist, naming those that do.
+    pub fn unknown(&self, name: &str) -> CoreError {
+        CoreError::NoSuchJob {
+            name: name.to_string(),
+            known: listed(self.names()),
+        }
     }
 
     /// Adds or replaces a job's definition, and compiles its schedule.

@@ -26,6 +26,7 @@ mod run_table;
 mod runs;
 mod scheduling;
 mod scope;
+mod selector;
 mod totals;
 mod waiting_claims;
 mod worker;
@@ -252,13 +253,16 @@ impl<S: Store> Core<S> {
         let changes = std::mem::take(&mut self.changes);
         let mut runs = Vec::with_capacity(changes.runs.len());
         for id in changes.runs {
-            runs.extend(self.find_run(&id)?.map(RunRecord::with_secrets_masked));
+            runs.extend(
+                crate::selector::find_run(&self.runs, &self.store, &id)?
+                    .map(RunRecord::with_secrets_masked),
+            );
         }
-        self.mark_held(&mut runs);
+        self.limits().mark_held(&self.runs, &mut runs);
         let changed_jobs = if changes.jobs {
             Vec::new()
         } else {
-            self.job_views_of(changes.job_names.iter())
+            self.jobs.views_of(changes.job_names.iter())
         };
         Ok(ChangeSet {
             runs_by_state: (!runs.is_empty()).then(|| self.runs_by_state()),
@@ -267,7 +271,7 @@ impl<S: Store> Core<S> {
                 .workers
                 .then(|| self.status(Now::from_us(now_us)).map(|s| s.workers))
                 .transpose()?,
-            jobs: changes.jobs.then(|| self.job_views()),
+            jobs: changes.jobs.then(|| self.jobs.views()),
             changed_jobs,
             logs: changes.logs,
         })

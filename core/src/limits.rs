@@ -5,6 +5,7 @@
 //! unfinished runs at start), so a restart keeps the limits.
 
 use crate::job_table::JobTable;
+use crate::run_table::RunTable;
 use crate::store::Store;
 use crate::Core;
 use jobcast_protocol::{RunRecord, RunState};
@@ -71,20 +72,26 @@ impl OutCounts {
     }
 }
 
-impl<S: Store> Core<S> {
+/// The limits in force: each job's (as its definition is now) and each pool's.
+#[derive(Clone, Copy)]
+pub(crate) struct Limits<'a> {
+    pub jobs: &'a JobTable,
+    pub pools: &'a BTreeMap<String, u32>,
+}
+
+impl Limits<'_> {
     /// Whether any limit is set (counting costs a walk over the unfinished runs).
-    pub(crate) fn limits_apply(&self) -> bool {
-        !self.config.pool_limits.is_empty() || self.jobs.any_limit()
+    pub fn apply(self) -> bool {
+        !self.pools.is_empty() || self.jobs.any_limit()
     }
 
     /// What is handed out now, when limits apply.
-    pub(crate) fn out_counts(&self) -> Option<OutCounts> {
-        if !self.limits_apply() {
+    pub fn out_counts(self, runs: &RunTable) -> Option<OutCounts> {
+        if !self.apply() {
             return None;
         }
         let mut counts = OutCounts::default();
-        for run in self
-            .runs
+        for run in runs
             .iter()
             .filter(|r| matches!(r.state, RunState::Assigned | RunState::Running))
         {
@@ -93,15 +100,28 @@ impl<S: Store> Core<S> {
         Some(counts)
     }
 
-    /// Marks the queued runs among `runs` that a limit holds, for listings.
-    pub(crate) fn mark_held(&self, runs: &mut [RunRecord]) {
-        let Some(counts) = self.out_counts() else {
+    /// Why queued `run` may not be handed out now, if a limit holds it.
+    pub fn holding<'r>(self, run: &'r RunRecord, counts: &OutCounts) -> Option<Held<'r>> {
+        counts.holding(run, self.jobs, self.pools)
+    }
+
+    /// Marks the queued runs among `listed` that a limit holds, for listings.
+    pub fn mark_held(self, runs: &RunTable, listed: &mut [RunRecord]) {
+        let Some(counts) = self.out_counts(runs) else {
             return;
         };
-        for run in runs.iter_mut().filter(|r| r.state == RunState::Queued) {
-            run.waiting_for = counts
-                .holding(run, &self.jobs, &self.config.pool_limits)
-                .map(|held| held.to_string());
+        for run in listed.iter_mut().filter(|r| r.state == RunState::Queued) {
+            run.waiting_for = self.holding(run, &counts).map(|held| held.to_string());
+        }
+    }
+}
+
+impl<S: Store> Core<S> {
+    /// The limits in force.
+    pub(crate) fn limits(&self) -> Limits<'_> {
+        Limits {
+            jobs: &self.jobs,
+            pools: &self.config.pool_limits,
         }
     }
 }

@@ -16,13 +16,6 @@ pub(crate) fn unstarted_grant_to(run: &RunRecord, instance: u64) -> bool {
 
 impl<S: Store> Core<S> {
     /// A run by id, unfinished (in memory) or stored.
-    pub(crate) fn find_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
-        match self.runs.get(id) {
-            Some(run) => Ok(Some(run.clone())),
-            None => self.store.run(id),
-        }
-    }
-
     pub(crate) fn new_run_id(&mut self) -> StoreResult<String> {
         loop {
             let id = format!("{:016x}", self.rng.next_u64());

@@ -6,10 +6,11 @@
 //! tick decided twice (say, after a crash before the flush) names the same run, which is
 //! never created twice.
 
+use crate::job_table::JobTable;
 use crate::schedule::{derived_run_id, Schedule};
 use crate::store::{Store, StoreError, StoreResult};
 use crate::Now;
-use crate::{Core, Notification, Outbox};
+use crate::{Changes, Core, Notification, Outbox};
 use jobcast_protocol::{AlertKind, JobSpec, Misfire, Overlap};
 
 /// Ticks older than this when the broker gets to them were missed (the broker was down
@@ -61,6 +62,23 @@ impl NewRun {
     }
 }
 
+/// Writes `job`'s state, and notes it changed for live views (its state, and so its next
+/// fire time, is what they show of it).
+pub(crate) fn save_job_state(
+    jobs: &JobTable,
+    store: &mut impl Store,
+    changes: &mut Changes,
+    job: &str,
+) -> StoreResult<()> {
+    if let Some(state) = jobs.state(job) {
+        store.put_job_state(job, state)?;
+        if !changes.jobs {
+            changes.job_names.insert(job.to_string());
+        }
+    }
+    Ok(())
+}
+
 impl<S: Store> Core<S> {
     pub(super) fn load_scheduling(&mut self, now: Now) -> StoreResult<()> {
         let disabled_pools = match self.store.setting(DISABLED_POOLS)? {
@@ -79,14 +97,7 @@ impl<S: Store> Core<S> {
     }
 
     pub(super) fn save_job_state(&mut self, job: &str) -> StoreResult<()> {
-        if let Some(state) = self.jobs.state(job) {
-            self.store.put_job_state(job, state)?;
-            // Its state (and so its next fire time) is what live views show of it.
-            if !self.changes.jobs {
-                self.changes.job_names.insert(job.to_string());
-            }
-        }
-        Ok(())
+        save_job_state(&self.jobs, &mut self.store, &mut self.changes, job)
     }
 
     fn skip_tick(&mut self, job: &str, tick: u64, reason: &str) {

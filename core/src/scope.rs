@@ -66,8 +66,7 @@ impl<S: Store> Core<S> {
     /// A run named by its exact id that the caller may see (no prefixes or substrings: a
     /// match among other teams' runs would say they exist).
     fn check_run(&self, selector: &str, scope: &Scope) -> Handled<()> {
-        let visible = self
-            .find_run(selector)?
+        let visible = crate::selector::find_run(&self.runs, &self.store, selector)?
             .is_some_and(|run| scope.allows(run.spec.team.as_deref()));
         if visible {
             Ok(())

@@ -228,7 +228,8 @@ impl Harness {
 
     fn job_state(&self, job: &str) -> jobcast_protocol::JobState {
         self.core
-            .job_views()
+            .jobs
+            .views()
             .into_iter()
             .find(|j| j.spec.name == job)
             .unwrap()

@@ -1,6 +1,5 @@
 //! `Enqueue`: a run of a job, now; once per idempotency key.
 
-use crate::error::listed;
 use crate::schedule::derived_run_id;
 use crate::scheduling::NewRun;
 use crate::store::Store;
@@ -22,13 +21,6 @@ pub(crate) struct Asked<'a> {
 pub(crate) const MAX_KEY_LEN: usize = 128;
 
 impl<S: Store> Core<S> {
-    pub(crate) fn no_such_job(&self, name: &str) -> CoreError {
-        CoreError::NoSuchJob {
-            name: name.to_string(),
-            known: listed(self.jobs.names()),
-        }
-    }
-
     /// With a `key`, the run's id is derived from (job, key): a retried request finds
     /// the run the first one created, finished or not, and answers with it.
     pub(crate) fn enqueue(
@@ -45,7 +37,7 @@ impl<S: Store> Core<S> {
             priority,
         } = asked;
         let Some(spec) = self.jobs.spec(job).cloned() else {
-            return Err(self.no_such_job(job));
+            return Err(self.jobs.unknown(job));
         };
         let values =
             params::resolve(&spec.params, params).map_err(|error| CoreError::BadParams {
@@ -63,7 +55,7 @@ impl<S: Store> Core<S> {
                 return Err(CoreError::BadIdempotencyKey { max: MAX_KEY_LEN });
             }
             let id = derived_run_id(&["enqueue", job, key]);
-            if let Some(run) = self.find_run(&id)? {
+            if let Some(run) = crate::selector::find_run(&self.runs, &self.store, &id)? {
                 tracing::info!(job, run_id = %run.id, "enqueue repeated with the same key");
                 return Ok(Reply::Enqueued {
                     run: RunRef::of(&run),

@@ -1,7 +1,9 @@
 //! `GetLog`: a run's stored output, whole or from an offset (for following).
 
+use crate::run_table::RunTable;
+use crate::selector;
 use crate::store::Store;
-use crate::{Core, CoreError, Handled, MAX_LOG_SLICE};
+use crate::{CoreError, Handled, MAX_LOG_SLICE};
 use jobcast_protocol::logcap::{self, LogCap};
 use jobcast_protocol::Reply;
 
@@ -30,30 +32,34 @@ pub(crate) fn slice_from(chunks: &[(u64, Vec<u8>)], from: u64) -> (Vec<u8>, u64)
     (data, position)
 }
 
-impl<S: Store> Core<S> {
-    pub(crate) fn get_log(&self, selector: &str, offset: Option<u64>) -> Handled {
-        let run_id = self.resolve_one(selector)?;
-        let Some(run) = self.find_run(&run_id)? else {
-            return Err(CoreError::NoSuchRun {
-                selector: selector.to_string(),
-            });
-        };
-        let chunks = self.store.log_chunks(&run.id)?;
-        let end = chunks.last().map(|(o, b)| o + b.len() as u64).unwrap_or(0);
-        let (data, next_offset) = match offset {
-            None => {
-                let mut cap = LogCap::new((run.log_cap as usize).max(logcap::MIN_CAP));
-                for (o, bytes) in &chunks {
-                    cap.push(*o, bytes);
-                }
-                (cap.render(), end)
+/// Handed the run table and the store: the run's record, and its output from the store.
+pub(super) fn get_log(
+    runs: &RunTable,
+    store: &impl Store,
+    selector: &str,
+    offset: Option<u64>,
+) -> Handled {
+    let run_id = selector::resolve_one(runs, store, selector)?;
+    let Some(run) = selector::find_run(runs, store, &run_id)? else {
+        return Err(CoreError::NoSuchRun {
+            selector: selector.to_string(),
+        });
+    };
+    let chunks = store.log_chunks(&run.id)?;
+    let end = chunks.last().map(|(o, b)| o + b.len() as u64).unwrap_or(0);
+    let (data, next_offset) = match offset {
+        None => {
+            let mut cap = LogCap::new((run.log_cap as usize).max(logcap::MIN_CAP));
+            for (o, bytes) in &chunks {
+                cap.push(*o, bytes);
             }
-            Some(from) => slice_from(&chunks, from),
-        };
-        Ok(Reply::Log {
-            run: Box::new(run.with_secrets_masked()),
-            data,
-            next_offset,
-        })
-    }
+            (cap.render(), end)
+        }
+        Some(from) => slice_from(&chunks, from),
+    };
+    Ok(Reply::Log {
+        run: Box::new(run.with_secrets_masked()),
+        data,
+        next_offset,
+    })
 }

@@ -1,8 +1,9 @@
 //! `Kill`: cancels queued runs and orders running ones killed; selectors resolve to runs.
 
+use crate::selector;
 use crate::store::{Store, StoreResult};
 use crate::Now;
-use crate::{Core, CoreError, Handled, Outbox, MAX_CANDIDATES};
+use crate::{Core, CoreError, Handled, Outbox};
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Event, KillOutcome, Reply, RunState, Transition};
 
@@ -37,7 +38,7 @@ impl<S: Store> Core<S> {
                 selector: String::new(),
             });
         }
-        let run_id = match self.resolve(selector)? {
+        let run_id = match selector::resolve(&self.runs, &self.store, selector)? {
             Ok(id) => id,
             Err(outcome) => return Ok(outcome),
         };
@@ -75,49 +76,5 @@ impl<S: Store> Core<S> {
         }
         out.publish(topic::worker(&worker), Event::OrdersPending);
         Ok(KillOutcome::Killing { run_id, worker })
-    }
-
-    /// Resolves a full id, a unique prefix (of any stored run) or a unique substring (of
-    /// an unfinished or recently ended run) to one run id. Each step is a lookup, a range
-    /// or a bounded walk: no step reads every stored id.
-    pub(crate) fn resolve(&self, selector: &str) -> StoreResult<Result<String, KillOutcome>> {
-        if self.runs.contains(selector) || self.store.run(selector)?.is_some() {
-            return Ok(Ok(selector.to_string()));
-        }
-        let mut candidates = self
-            .store
-            .run_ids_with_prefix(selector, MAX_CANDIDATES + 1)?;
-        if candidates.is_empty() {
-            candidates = self.runs.ids_containing(selector, MAX_CANDIDATES + 1);
-        }
-        Ok(match candidates.len() {
-            0 => Err(KillOutcome::NotFound {
-                selector: selector.to_string(),
-            }),
-            1 => Ok(candidates.remove(0)),
-            _ => {
-                candidates.truncate(MAX_CANDIDATES);
-                Err(KillOutcome::Ambiguous {
-                    selector: selector.to_string(),
-                    candidates,
-                })
-            }
-        })
-    }
-
-    /// Like [`Self::resolve`], with the outcome as a refusal.
-    pub(crate) fn resolve_one(&self, selector: &str) -> Handled<String> {
-        self.resolve(selector)?.map_err(|outcome| match outcome {
-            KillOutcome::Ambiguous {
-                selector,
-                candidates,
-            } => CoreError::Ambiguous {
-                selector,
-                candidates,
-            },
-            _ => CoreError::NoSuchRun {
-                selector: selector.to_string(),
-            },
-        })
     }
 }

@@ -41,7 +41,7 @@ impl<S: Store> Core<S> {
                     worker,
                     timeout_ms,
                 };
-                return self.ping(asked, now_us, out);
+                return ping::ping(&self.workers, &mut self.pings, asked, now_us, out);
             }
             AdminRequest::Kill { selectors } => self.kill_all(selectors, actor, now, out)?,
             AdminRequest::Enqueue {
@@ -59,26 +59,34 @@ impl<S: Store> Core<S> {
                 };
                 self.enqueue(asked, actor, now, out)?
             }
-            AdminRequest::ListRuns(filter) => self.list_runs(filter)?,
+            AdminRequest::ListRuns(filter) => {
+                list_runs::list_runs(&self.store, &self.runs, self.limits(), filter)?
+            }
             AdminRequest::ListJobs => Reply::Jobs {
-                jobs: self.job_views(),
+                jobs: self.jobs.views(),
             },
-            AdminRequest::NextFires { job, count } => self.next_fires(&job, count)?,
-            AdminRequest::GetLog { run, offset } => self.get_log(&run, offset)?,
+            AdminRequest::NextFires { job, count } => {
+                list_jobs::next_fires(&self.jobs, &job, count)?
+            }
+            AdminRequest::GetLog { run, offset } => {
+                get_log::get_log(&self.runs, &self.store, &run, offset)?
+            }
             AdminRequest::ApplyJobs { jobs } => {
                 tracing::info!(actor, jobs = jobs.len(), "applying jobs");
-                self.apply(jobs, now)?
+                let tables = (&mut self.jobs, &mut self.store, &mut self.changes);
+                apply_jobs::apply(tables, jobs, now)?
             }
             AdminRequest::SetEnabled { target, enabled } => {
                 tracing::info!(actor, ?target, enabled, "enable/disable");
-                self.set_enabled(target, enabled, now)?
+                let tables = (&mut self.jobs, &mut self.store, &mut self.changes);
+                set_enabled::set_enabled(tables, target, enabled, now)?
             }
             AdminRequest::Retry { run } => {
                 self.check_room_for_new_work()?;
                 self.retry(&run, actor, now, out)?
             }
             AdminRequest::Status => Reply::Status(Box::new(self.status(now)?)),
-            AdminRequest::Drain { worker } => self.drain(&worker, actor, out)?,
+            AdminRequest::Drain { worker } => drain::drain(&mut self.workers, &worker, actor, out)?,
             AdminRequest::Reload => {
                 // Reading files is the server's: it answers once it has.
                 out.reloads.push(ReloadAsked {

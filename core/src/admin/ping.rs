@@ -1,8 +1,9 @@
 //! `Ping`: asks workers to answer over PUB; the answers are collected in the
 //! [`crate::ping_table::PingTable`] until every worker answered or the wait ended.
 
-use crate::store::Store;
-use crate::{Core, Handled, Outbox, ReplyTo};
+use crate::ping_table::PingTable;
+use crate::worker_table::WorkerTable;
+use crate::{Handled, Outbox, ReplyTo};
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Event, Reply};
 
@@ -15,35 +16,35 @@ pub(super) struct Asked<'a> {
     pub timeout_ms: u64,
 }
 
-impl<S: Store> Core<S> {
-    /// Publishes the ping; the answer goes out when every target answered or the
-    /// deadline passed (`None` now), or at once when there is nobody to ask.
-    pub(super) fn ping(
-        &mut self,
-        asked: Asked<'_>,
-        now_us: u64,
-        out: &mut Outbox,
-    ) -> Handled<Option<Reply>> {
-        let targets: Vec<String> = match asked.worker {
-            Some(w) if self.workers.is_known(&w) => vec![w],
-            Some(w) => return Err(self.workers.unknown(&w)),
-            None => self.workers.connected().cloned().collect(),
-        };
-        if targets.is_empty() {
-            return Ok(Some(Reply::PingResult { workers: vec![] }));
-        }
-        let ping_id = self.pings.start(
-            asked.reply_to,
-            asked.id,
-            targets.clone(),
-            now_us,
-            asked.timeout_ms,
-        );
-        for w in &targets {
-            if self.workers.is_connected(w) {
-                out.publish(topic::worker(w), Event::Ping { ping_id });
-            }
-        }
-        Ok(None)
+/// Handed the worker table and the pings: publishes the ping; the answer goes out when
+/// every target answered or the deadline passed (`None` now), or at once when there is
+/// nobody to ask.
+pub(super) fn ping(
+    workers: &WorkerTable,
+    pings: &mut PingTable,
+    asked: Asked<'_>,
+    now_us: u64,
+    out: &mut Outbox,
+) -> Handled<Option<Reply>> {
+    let targets: Vec<String> = match asked.worker {
+        Some(w) if workers.is_known(&w) => vec![w],
+        Some(w) => return Err(workers.unknown(&w)),
+        None => workers.connected().cloned().collect(),
+    };
+    if targets.is_empty() {
+        return Ok(Some(Reply::PingResult { workers: vec![] }));
     }
+    let ping_id = pings.start(
+        asked.reply_to,
+        asked.id,
+        targets.clone(),
+        now_us,
+        asked.timeout_ms,
+    );
+    for w in &targets {
+        if workers.is_connected(w) {
+            out.publish(topic::worker(w), Event::Ping { ping_id });
+        }
+    }
+    Ok(None)
 }

@@ -15,7 +15,7 @@ impl<S: Store> Core<S> {
         now: Now,
         out: &mut Outbox,
     ) -> Handled {
-        let run_id = self.resolve_one(selector)?;
+        let run_id = crate::selector::resolve_one(&self.runs, &self.store, selector)?;
         if self.runs.contains(&run_id) {
             return Err(CoreError::NotFinished { run_id });
         }

@@ -149,7 +149,8 @@ fn misfire_policies_after_a_three_hour_outage() {
         // and the schedule carries on normally afterwards
         let next = h
             .core
-            .job_views()
+            .jobs
+            .views()
             .into_iter()
             .find(|j| j.spec.name == "hourly")
             .and_then(|j| j.next_fire_ms)
@@ -221,7 +222,8 @@ fn a_cron_job_applied_in_the_second_pass_of_a_repeated_hour_keeps_firing() {
     );
     let next = |h: &Harness, job: &str| {
         h.core
-            .job_views()
+            .jobs
+            .views()
             .into_iter()
             .find(|j| j.spec.name == job)
             .and_then(|j| j.next_fire_ms)

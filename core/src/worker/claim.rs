@@ -1,7 +1,9 @@
 //! `Claim`: runs granted to a worker, at once or to its waiting claim when they arrive.
 
+use crate::limits::Limits;
 use crate::store::{Store, StoreResult};
 use crate::waiting_claims::{WaitingClaim, MAX_CLAIM_WAIT_MS};
+use crate::worker_table::WorkerTable;
 use crate::Now;
 use crate::{nothing_granted, Core, Outbox, PeerId, ReplyTo};
 use jobcast_protocol::message::topic;
@@ -71,13 +73,16 @@ impl<S: Store> Core<S> {
         let cap = session.register.max_log_bytes;
         let instance = (session.register.instance != 0).then_some(session.register.instance);
         let mut granted = Vec::new();
-        let mut out_counts = self.out_counts();
+        let limits = Limits {
+            jobs: &self.jobs,
+            pools: &self.config.pool_limits,
+        };
+        let mut out_counts = limits.out_counts(&self.runs);
         while granted.len() < room {
-            let limits = (&self.jobs, &self.config.pool_limits);
             let admit = |run: &_| {
                 out_counts
                     .as_ref()
-                    .is_none_or(|counts| counts.holding(run, limits.0, limits.1).is_none())
+                    .is_none_or(|counts| limits.holding(run, counts).is_none())
             };
             let Some(run_id) = self.runs.take_next_grantable(&pools, worker, admit) else {
                 break;
@@ -162,12 +167,17 @@ impl<S: Store> Core<S> {
 
     /// Answers `worker`'s waiting claim, if any, with nothing.
     pub(crate) fn cancel_waiting_claim(&mut self, worker: &str, out: &mut Outbox) {
-        if let Some(claim) = self.workers.waiting_mut().remove(worker) {
-            out.reply(
-                &ReplyTo::peer(&claim.peer, worker),
-                claim.id,
-                nothing_granted(),
-            );
-        }
+        cancel_waiting_claim(&mut self.workers, worker, out);
+    }
+}
+
+/// Answers `worker`'s waiting claim, if any, with nothing (handed the worker table only).
+pub(crate) fn cancel_waiting_claim(workers: &mut WorkerTable, worker: &str, out: &mut Outbox) {
+    if let Some(claim) = workers.waiting_mut().remove(worker) {
+        out.reply(
+            &ReplyTo::peer(&claim.peer, worker),
+            claim.id,
+            nothing_granted(),
+        );
     }
 }

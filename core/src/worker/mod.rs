@@ -3,7 +3,6 @@
 mod claim;
 mod leaving;
 mod log_chunk;
-
 mod orders;
 mod pong;
 mod register;
@@ -14,6 +13,7 @@ mod run_started;
 use crate::store::Store;
 use crate::Now;
 use crate::{Core, CoreError, Handled, Outbox, PeerId};
+pub(crate) use claim::cancel_waiting_claim;
 use claim::ClaimRequest;
 use jobcast_protocol::{Reply, WorkerRequest};
 
@@ -80,7 +80,14 @@ impl<S: Store> Core<S> {
                 Reply::Ack
             }
             WorkerRequest::Pong { ping_id, info } => {
-                self.pong(worker, ping_id, info, now_us, out);
+                pong::pong(
+                    &mut self.workers,
+                    &mut self.pings,
+                    worker,
+                    (ping_id, info),
+                    now_us,
+                    out,
+                );
                 Reply::Ack
             }
             WorkerRequest::Leaving => self.leaving(worker, out)?,
