@@ -35,9 +35,16 @@ pub(crate) struct Pruning {
     cursor: u64,
     next_step_ms: u64,
     /// Runs deleted since the broker started.
-    pub pruned: u64,
+    pruned: u64,
     /// Whether the current pass (from the oldest) has deleted anything.
     pass_deleted: bool,
+}
+
+impl Pruning {
+    /// Runs deleted since the broker started.
+    pub fn pruned(&self) -> u64 {
+        self.pruned
+    }
 }
 
 impl Retention {

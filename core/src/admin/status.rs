@@ -63,7 +63,7 @@ impl<S: Store> Core<S> {
             ]),
             alerts: self.alerts.values().cloned().collect(),
             disabled_pools: self.jobs.disabled_pools().iter().cloned().collect(),
-            pruned_runs: self.pruning.pruned,
+            pruned_runs: self.pruning.pruned(),
             active_by_job,
             queued_by_pool,
             runs_by_state: self.runs_by_state(),
