@@ -4,7 +4,8 @@
 //! format (0.0.4), which every scraper reads.
 
 use jobcast_core::Observation;
-use jobcast_protocol::StatusReport;
+use jobcast_protocol::envelope::Rejection;
+use jobcast_protocol::{AlertKind, StatusReport};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +40,37 @@ struct EndedLabels {
 struct PoolLabel {
     pool: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    commit: String,
+}
+
+/// The commit in `--version`'s "0.1.0 (abcdef012345)" (`build/version.rs`).
+fn commit_built_from() -> &'static str {
+    let long = env!("JOBCAST_VERSION_LONG");
+    long.split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or("unknown")
+}
+
+/// Every reason a frame or a connection is refused for: the envelope's, and those of the
+/// sockets (`sockets.rs`) and the server (`revoked`).
+const REFUSAL_REASONS: [&str; 12] = [
+    Rejection::REASONS[0],
+    Rejection::REASONS[1],
+    Rejection::REASONS[2],
+    Rejection::REASONS[3],
+    Rejection::REASONS[4],
+    Rejection::REASONS[5],
+    Rejection::REASONS[6],
+    Rejection::REASONS[7],
+    "multipart",
+    "handshake_failed",
+    "auth_failed",
+    "revoked",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -202,8 +234,17 @@ impl Metrics {
             "Runs the online workers may run at once, together",
             slots,
         );
-        // Counts the core keeps from its start: counters, as Prometheus expects.
+        // Counts the core keeps from its start: counters, as Prometheus expects. Every
+        // known reason is there from the start, at zero: a family that appears only with
+        // its first event has no HELP or TYPE before it, and `rate()` misses that event.
         let refused = Family::<ReasonLabel, Counter>::default();
+        for reason in REFUSAL_REASONS {
+            refused
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_string(),
+                })
+                .inc_by(0);
+        }
         for (reason, count) in &status.rejected {
             refused
                 .get_or_create(&ReasonLabel {
@@ -224,6 +265,13 @@ impl Metrics {
             pruned,
         );
         let alerts = Family::<KindLabel, Gauge>::default();
+        for kind in AlertKind::STANDING {
+            alerts
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str().to_string(),
+                })
+                .set(0);
+        }
         for alert in &status.alerts {
             alerts
                 .get_or_create(&KindLabel {
@@ -235,6 +283,18 @@ impl Metrics {
             "alerts",
             "Standing alerts, by kind (late, never_run, no_worker, disk_low, …)",
             alerts,
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: status.version.clone(),
+                commit: commit_built_from().to_string(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The broker's release and the commit it was built from (always 1)",
+            build,
         );
         let uptime = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         uptime.set(seconds(status.uptime_ms));
@@ -381,6 +441,34 @@ mod tests {
         assert_eq!(value("jobcast_store_size_bytes"), 4096.0);
         assert_eq!(value("jobcast_uptime_seconds"), 1.5);
         assert_eq!(value("jobcast_workers_online"), 0.0);
+    }
+
+    /// A family that appears only with its first event has no HELP or TYPE before it, and
+    /// `rate()` over it misses that event: every known label value is there at zero.
+    #[test]
+    fn counted_reasons_and_alert_kinds_are_there_at_zero_with_the_build() {
+        let mut quiet = status();
+        quiet.rejected.clear();
+        quiet.alerts.clear();
+        let text = Metrics::default().encode(&quiet, None, true);
+        let value =
+            |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
+        for reason in REFUSAL_REASONS {
+            let series = format!(r#"jobcast_refused_frames_total{{reason="{reason}"}}"#);
+            assert_eq!(value(&series), 0.0);
+        }
+        for kind in AlertKind::STANDING {
+            let series = format!(r#"jobcast_alerts{{kind="{}"}}"#, kind.as_str());
+            assert_eq!(value(&series), 0.0);
+        }
+        assert!(text.contains("# TYPE jobcast_alerts gauge"), "{text}");
+        let build = format!(
+            r#"jobcast_build_info{{version="{}",commit="{}"}}"#,
+            quiet.version,
+            commit_built_from()
+        );
+        assert_eq!(value(&build), 1.0);
+        assert_ne!(commit_built_from(), "", "{text}");
     }
 
     #[test]

@@ -121,10 +121,14 @@ pub(crate) enum Command {
     },
     /// List runs, newest first.
     Runs {
+        /// Only runs in this state: queued, assigned, running, succeeded, failed, killed,
+        /// timed_out, lost, cancelled or missed.
         #[arg(long)]
         state: Option<RunState>,
+        /// Only runs of this job.
         #[arg(long)]
         job: Option<String>,
+        /// Only runs given to this worker.
         #[arg(long)]
         worker: Option<String>,
         /// How many runs, newest first (at most 10000).

@@ -39,9 +39,37 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The levels a log filter may name.
+const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Checks a log filter: a level (`info`), or levels by module (`warn,jobcast_broker=debug`).
+/// A bare word that is not a level is refused: the filter syntax would read `verbose` as
+/// the name of a module and log everything of it, which is never what was meant.
+pub fn check_log_level(level: &str) -> Result<(), LogError> {
+    let bad = |reason: String| LogError::BadLevel {
+        level: level.to_string(),
+        reason,
+    };
+    for directive in level.split(',').map(str::trim) {
+        let named = match directive.split_once('=') {
+            Some((target, named)) if !target.is_empty() => named,
+            Some(_) => return Err(bad(format!("{directive:?} names no module"))),
+            None => directive,
+        };
+        if !LEVELS.contains(&named.to_ascii_lowercase().as_str()) {
+            return Err(bad(format!(
+                "{named:?} is not a level: use {}",
+                LEVELS.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Sends the process's log events at `level` (a filter such as `info` or
 /// `warn,jobcast_broker=debug`) to stderr in `format`.
 pub fn init_logging(level: &str, format: LogFormat) -> Result<(), LogError> {
+    check_log_level(level)?;
     let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| LogError::BadLevel {
         level: level.to_string(),
         reason: e.to_string(),
@@ -75,6 +103,27 @@ mod tests {
             "xml".parse::<LogFormat>(),
             Err(LogError::UnknownFormat("xml".into()))
         );
+    }
+
+    #[test]
+    fn levels_and_levels_by_module_are_taken_and_other_words_refused() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "warn,jobcast_broker=debug",
+            "a=trace, b=error",
+        ] {
+            assert_eq!(check_log_level(good), Ok(()), "{good}");
+        }
+        for bad in ["verbose", "info,verbose", "jobcast=loud", "=info", ""] {
+            assert!(
+                matches!(check_log_level(bad), Err(LogError::BadLevel { .. })),
+                "{bad}"
+            );
+        }
+        let said = check_log_level("verbose").unwrap_err().to_string();
+        assert!(said.contains("\"verbose\" is not a level"), "{said}");
     }
 
     #[test]

@@ -39,6 +39,34 @@ fn the_shipped_config_checks_and_a_broken_one_says_what_is_wrong() {
         "{out:?}"
     );
 
+    // A log level that is not one is refused, by the broker and by the worker alike.
+    let out = Command::new(bin("jobcast-broker"))
+        .current_dir(dir.path())
+        .args([
+            "--config",
+            example,
+            "--check-config",
+            "--log-level",
+            "verbose",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"verbose\" is not a level"),
+        "{out:?}"
+    );
+    let out = Command::new(bin("jobcast-worker"))
+        .args(["--id", "w1", "--secret", "a-worker-secret-of-some-length"])
+        .args(["--check-config", "--log-level", "verbose"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"verbose\" is not a level"),
+        "{out:?}"
+    );
+
     // A jobs file is checked too.
     let jobs = dir.path().join("jobs.toml");
     std::fs::write(

@@ -237,6 +237,18 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason [`Self::reason`] gives, for counters that start at zero.
+    pub const REASONS: [&'static str; 8] = [
+        "oversized",
+        "undecodable",
+        "unknown_sender",
+        "bad_mac",
+        "unsupported_version",
+        "clock_skew",
+        "replay",
+        "before_start",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::Oversized { .. } => "oversized",

@@ -344,6 +344,14 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// The kinds that stand while their condition lasts (the others are events).
+    pub const STANDING: [AlertKind; 4] = [
+        AlertKind::Late,
+        AlertKind::NeverRun,
+        AlertKind::NoWorker,
+        AlertKind::DiskLow,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::RunFailed => "run_failed",

@@ -252,10 +252,15 @@ pub fn resolve(args: Args, file: FileConfig) -> Result<WorkerConfig> {
         concurrency,
         prefetch,
         pools,
-        log_level: args
-            .log_level
-            .or(file.log_level)
-            .unwrap_or_else(|| "info".into()),
+        log_level: {
+            // Checked with the rest, so that `--check-config` refuses what a start would.
+            let level = args
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into());
+            jobcast_daemon::check_log_level(&level)?;
+            level
+        },
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         max_log_bytes,
         script_temp_path,

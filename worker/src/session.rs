@@ -133,7 +133,7 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
         },
         shell.now_ms(),
     );
-    tracing::info!(worker = %config.id, broker = %config.broker, pools = ?config.pools, concurrency = config.concurrency, "worker starting");
+    tracing::info!(worker = %config.id, broker = %config.broker, pools = %config.pools.join(","), concurrency = config.concurrency, "worker starting");
     let actions = state.start();
     shell.carry_out(actions, &state);
 

@@ -16,6 +16,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub data_dir: PathBuf,
+    /// Neither the file, a flag nor systemd named the data directory: the default, in
+    /// the working directory, was taken (warned about at start).
+    pub data_dir_defaulted: bool,
     pub router: String,
     pub publish: String,
     pub jobs: Option<PathBuf>,
@@ -66,6 +69,11 @@ impl BrokerConfig {
         if self.keys.workers.is_empty() {
             warnings.push(
                 "no worker keys configured: no worker can connect until [keys.workers] lists some",
+            );
+        }
+        if self.data_dir_defaulted {
+            warnings.push(
+                "no data_dir set: the store is in ./jobcast-data, under the directory the broker was started from; set data_dir (or --data-dir) to keep it in one place",
             );
         }
         warnings
@@ -149,6 +157,14 @@ fn secret(what: &str, value: String) -> Result<Secret> {
     Ok(Secret::new(value))
 }
 
+/// The log filter, `info` unless set; checked with the rest of the settings, so that
+/// `--check-config` refuses a filter the broker would refuse at start.
+fn checked_log_level(level: Option<String>) -> Result<String> {
+    let level = level.unwrap_or_else(|| "info".into());
+    jobcast_daemon::check_log_level(&level)?;
+    Ok(level)
+}
+
 pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
     let admin = flags.admin_secret.or(file.keys.admin).context(
         "no admin key: set `admin` under [keys] in the broker config, or JOBCAST_ADMIN_SECRET",
@@ -186,11 +202,16 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
         };
         workers.insert(id.clone(), secret(&format!("worker {id}"), value)?);
     }
+    let state_directory = std::env::var("STATE_DIRECTORY").ok();
+    let data_dir_defaulted = flags.data_dir.is_none()
+        && file.data_dir.is_none()
+        && state_directory.as_deref().is_none_or(str::is_empty);
     let config = BrokerConfig {
         data_dir: flags
             .data_dir
             .or(file.data_dir)
-            .unwrap_or_else(|| default_data_dir(std::env::var("STATE_DIRECTORY").ok().as_deref())),
+            .unwrap_or_else(|| default_data_dir(state_directory.as_deref())),
+        data_dir_defaulted,
         router: flags
             .router
             .or(file.router)
@@ -200,10 +221,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             .or(file.publish)
             .unwrap_or_else(|| "tcp://127.0.0.1:5556".into()),
         jobs: flags.jobs.or(file.jobs),
-        log_level: flags
-            .log_level
-            .or(file.log_level)
-            .unwrap_or_else(|| "info".into()),
+        log_level: checked_log_level(flags.log_level.or(file.log_level))?,
         log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
         heartbeat_interval: flags
             .heartbeat_interval
@@ -341,6 +359,7 @@ mod tests {
             file(&format!("worker_timeout = \"30s\"\n{KEYS}")),
             Overrides {
                 router: Some("tcp://127.0.0.1:7000".into()),
+                data_dir: Some("/srv/jobcast".into()),
                 ..Default::default()
             },
         )
@@ -479,6 +498,27 @@ mod tests {
         );
         assert_eq!(default_data_dir(Some("")), PathBuf::from("jobcast-data"));
         assert_eq!(default_data_dir(None), PathBuf::from("jobcast-data"));
+    }
+
+    #[test]
+    fn a_data_dir_taken_by_default_is_warned_about() {
+        let warned = |config: &BrokerConfig| {
+            config
+                .warnings()
+                .iter()
+                .any(|w| w.starts_with("no data_dir set"))
+        };
+        let named = resolve(
+            file(&format!("data_dir = \"/srv/jobcast\"\n{KEYS}")),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(!named.data_dir_defaulted && !warned(&named));
+        if std::env::var_os("STATE_DIRECTORY").is_none() {
+            let defaulted = resolve(file(KEYS), Overrides::default()).unwrap();
+            assert_eq!(defaulted.data_dir, PathBuf::from("jobcast-data"));
+            assert!(warned(&defaulted));
+        }
     }
 
     #[test]

@@ -20,10 +20,10 @@ impl Server {
             Ok(new) => {
                 let report = crate::reload::compare(&self.running, &new);
                 tracing::info!(
-                    ?by,
-                    workers_added = ?report.workers_added,
-                    workers_removed = ?report.workers_removed,
-                    workers_changed = ?report.workers_changed,
+                    by = %by.join(","),
+                    workers_added = %report.workers_added.join(","),
+                    workers_removed = %report.workers_removed.join(","),
+                    workers_changed = %report.workers_changed.join(","),
                     admin_changed = report.admin_changed,
                     api_tokens = report.api_tokens,
                     webhooks = report.webhooks,
@@ -33,7 +33,7 @@ impl Server {
                     tracing::warn!("{warning}");
                 }
                 if !report.needs_restart.is_empty() {
-                    tracing::warn!(settings = ?report.needs_restart, "these settings changed in the file but only take effect at the next start");
+                    tracing::warn!(settings = %report.needs_restart.join(","), "these settings changed in the file but only take effect at the next start");
                 }
                 core.set_worker_pools(new.keys.worker_pools.clone());
                 self.live_settings
@@ -52,7 +52,7 @@ impl Server {
                 jobcast_protocol::Reply::Reloaded(report)
             }
             Err(e) => {
-                tracing::error!(?by, error = %format!("{e:#}"), "reload refused: the settings in force are unchanged");
+                tracing::error!(by = %by.join(","), error = %format!("{e:#}"), "reload refused: the settings in force are unchanged");
                 jobcast_protocol::Reply::Error {
                     code: jobcast_protocol::ErrorCode::BadRequest,
                     message: format!(

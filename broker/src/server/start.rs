@@ -61,7 +61,7 @@ impl Server {
             publish: listeners.publish_endpoint.clone(),
             http: http.as_ref().map(|(addr, _)| addr.to_string()),
         };
-        tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = core.boot_id(), "broker listening");
+        tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = %core.boot_id(), "broker listening");
         on_bound(&bound)?;
         let replay_floors = crate::replay_floors::ReplayFloors::load(core.store())
             .context("cannot read the replay floors from the store")?;

@@ -65,7 +65,7 @@ impl WorkerState {
             } => {
                 self.lease_ms = (lease_ms > 0).then_some(lease_ms);
                 if self.boot_id != Some(boot_id) {
-                    tracing::info!(boot_id, "registered with the broker");
+                    tracing::info!(boot_id = %boot_id, "registered with the broker");
                     // A claim held by an earlier broker process (or core) is never
                     // answered: ask anew instead of waiting for its timeout.
                     self.claim_in_flight = false;
