@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds jobcast, then runs a broker with its store under .jobcast/, two workers, and the
-# example jobs. Ctrl-C stops everything in order: the workers drain first (they finish
+# example jobs. Ctrl-C (or closing the terminal) stops everything in order: the workers drain first (they finish
 # what they run; Ctrl-C again stops those runs now), then the broker. If one of them
 # dies meanwhile, the script says which, and stops the rest.
 set -euo pipefail
@@ -62,7 +62,13 @@ cleanup() {
   echo "stopped" >&2
   exit 0
 }
+# A closed terminal (SIGHUP) stops everything as Ctrl-C does, with nothing more said there.
+hangup() {
+  exec >>.jobcast/quickstart.log 2>&1
+  cleanup
+}
 trap cleanup INT TERM EXIT
+trap hangup HUP
 
 rm -f .jobcast/broker.ready
 start broker .jobcast/broker.log "$bin/jobcast-broker" --config examples/broker.toml \
