@@ -57,7 +57,7 @@ fn commit_built_from() -> &'static str {
 
 /// Every reason a frame or a connection is refused for: the envelope's, and those of the
 /// sockets (`sockets.rs`) and the server (`revoked`).
-const REFUSAL_REASONS: [&str; 12] = [
+const REFUSAL_REASONS: [&str; 13] = [
     Rejection::REASONS[0],
     Rejection::REASONS[1],
     Rejection::REASONS[2],
@@ -66,6 +66,7 @@ const REFUSAL_REASONS: [&str; 12] = [
     Rejection::REASONS[5],
     Rejection::REASONS[6],
     Rejection::REASONS[7],
+    Rejection::REASONS[8],
     "multipart",
     "handshake_failed",
     "auth_failed",

@@ -3,8 +3,8 @@
 //! `hostile_transport.rs`.)
 
 use jobcast_integration_tests::*;
-use jobcast_protocol::envelope::{seal_with_replay_nonce, Refusal, BROKER};
-use jobcast_protocol::{AdminRequest, Body, Secret};
+use jobcast_protocol::envelope::{seal_any, seal_with_replay_nonce, Opener, Refusal, BROKER};
+use jobcast_protocol::{AdminRequest, Body, ErrorCode, Reply, Secret};
 use jobcast_transport::{zmq, AsyncSocket, Limits, Received};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -126,6 +126,45 @@ async fn hostile_frames_are_refused_and_the_broker_keeps_serving() {
         .expect("an answer after the oversized frame");
     assert!(Refusal::decode(&answer).is_none());
 
+    // a request this broker does not know (a newer peer's): answered bad_request, sealed,
+    // under its id
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum NewerBody {
+        Request { id: u64, request: NewerRequest },
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum NewerRequest {
+        Teleport { to: String },
+    }
+    let newer = NewerBody::Request {
+        id: 77,
+        request: NewerRequest::Teleport { to: "mars".into() },
+    };
+    send(
+        &mut socket,
+        seal_any("admin", BROKER, &admin, &newer, now_ms()),
+    )
+    .await;
+    let answer = recv(&mut socket)
+        .await
+        .expect("an answer to an unknown request");
+    let mut opener = Opener::new(1 << 20, 30_000).receiving_as("admin");
+    let opened = opener
+        .open(&answer, now_ms(), |_| Some(&admin))
+        .expect("a sealed answer");
+    match opened.body {
+        Body::Reply {
+            id: 77,
+            reply: Reply::Error { code, message },
+        } => {
+            assert_eq!(code, ErrorCode::BadRequest);
+            assert!(message.contains("does not know this request"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+
     let status = wait_for(
         "the rejections to be counted",
         Duration::from_secs(10),
@@ -140,6 +179,7 @@ async fn hostile_frames_are_refused_and_the_broker_keeps_serving() {
     assert_eq!(rejected["unknown_sender"], 1, "{rejected}");
     assert_eq!(rejected["clock_skew"], 1, "{rejected}");
     assert_eq!(rejected["replay"], 1, "{rejected}");
+    assert_eq!(rejected["unknown_request"], 1, "{rejected}");
 
     // secrets never reach the log
     let log = cluster.broker_log();

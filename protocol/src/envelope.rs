@@ -56,12 +56,12 @@ struct FrameIn<'a> {
 }
 
 #[derive(Serialize)]
-struct PayloadOut<'a> {
+struct PayloadOut<'a, B> {
     v: u16,
     from: &'a str,
     ts: u64,
     nonce: u64,
-    body: &'a Body,
+    body: &'a B,
 }
 
 /// The header alone, decoded before the body so that a newer peer's unknown message
@@ -79,8 +79,40 @@ struct PayloadIn {
     body: Body,
 }
 
+/// A payload whose request this side cannot read (a newer peer's), read as far as its id.
+#[derive(Deserialize)]
+struct PayloadOfUnknownRequest {
+    from: String,
+    ts: u64,
+    nonce: u64,
+    body: BodyOfUnknownRequest,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum BodyOfUnknownRequest {
+    Request {
+        id: u64,
+        #[allow(dead_code)]
+        request: serde::de::IgnoredAny,
+    },
+}
+
 /// Seals `body` from `from` to `to` with fresh nonces.
 pub fn seal(from: &str, to: &str, secret: &Secret, body: &Body, now_ms: u64) -> Vec<u8> {
+    let (aead_nonce, nonce) = MessageNonces::next();
+    seal_with_nonce(from, to, secret, body, now_ms, nonce, aead_nonce)
+}
+
+/// [`seal`] for any body that serializes as a [`Body`] does: a peer's own message types,
+/// or one this version does not know (to test how it is answered).
+pub fn seal_any<B: Serialize>(
+    from: &str,
+    to: &str,
+    secret: &Secret,
+    body: &B,
+    now_ms: u64,
+) -> Vec<u8> {
     let (aead_nonce, nonce) = MessageNonces::next();
     seal_with_nonce(from, to, secret, body, now_ms, nonce, aead_nonce)
 }
@@ -133,11 +165,11 @@ impl MessageNonces {
 }
 
 /// [`seal`] with both nonces given: for test vectors only. Never reuse a nonce.
-pub fn seal_with_nonce(
+pub fn seal_with_nonce<B: Serialize>(
     from: &str,
     to: &str,
     secret: &Secret,
-    body: &Body,
+    body: &B,
     now_ms: u64,
     nonce: u64,
     aead_nonce: [u8; AEAD_NONCE_LEN],
@@ -234,11 +266,19 @@ pub enum Rejection {
         "frame from {from:?} was sealed {early_ms} ms before this side started; send it again"
     )]
     BeforeStart { from: String, early_ms: u64 },
+    /// A frame that opened, from a known sender, whose request this side does not know (a
+    /// peer of a newer version): answered `bad_request` under request `id`.
+    #[error("request {id} from {from:?} is not one this side knows: {detail}")]
+    UnknownRequest {
+        from: String,
+        id: u64,
+        detail: String,
+    },
 }
 
 impl Rejection {
     /// Every reason [`Self::reason`] gives, for counters that start at zero.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 9] = [
         "oversized",
         "undecodable",
         "unknown_sender",
@@ -247,6 +287,7 @@ impl Rejection {
         "clock_skew",
         "replay",
         "before_start",
+        "unknown_request",
     ];
 
     pub fn reason(&self) -> &'static str {
@@ -259,6 +300,7 @@ impl Rejection {
             Rejection::ClockSkew { .. } => "clock_skew",
             Rejection::Replay(_) => "replay",
             Rejection::BeforeStart { .. } => "before_start",
+            Rejection::UnknownRequest { .. } => "unknown_request",
         }
     }
 }
@@ -413,33 +455,35 @@ impl Opener {
                 version: header.v,
             });
         }
-        let payload: PayloadIn = rmp_serde::from_slice(&payload)
-            .map_err(|e| Rejection::Undecodable(format!("payload: {e}")))?;
-        if payload.from != frame.from {
-            return Err(Rejection::Undecodable(
-                "signed sender differs from the envelope's".to_string(),
-            ));
-        }
-        let skew_ms = payload.ts.abs_diff(now_ms);
-        if skew_ms > self.max_skew_ms {
-            return Err(Rejection::ClockSkew {
-                from: payload.from,
-                skew_ms,
-            });
-        }
-        let not_before_ms = self.not_before_for(&payload.from);
-        if payload.ts < not_before_ms {
-            return Err(Rejection::BeforeStart {
-                from: payload.from,
-                early_ms: not_before_ms - payload.ts,
-            });
-        }
-        if !self
-            .replay
-            .check_and_record(&payload.from, payload.ts, payload.nonce, now_ms)
-        {
-            return Err(Rejection::Replay(payload.from));
-        }
+        let payload: PayloadIn = match rmp_serde::from_slice(&payload) {
+            Ok(payload) => payload,
+            Err(e) => {
+                // Readable as far as a request's id: a peer asks for what this side does
+                // not know. It is answered (after the same checks), not dropped.
+                let unknown: PayloadOfUnknownRequest = rmp_serde::from_slice(&payload)
+                    .map_err(|_| Rejection::Undecodable(format!("payload: {e}")))?;
+                self.check_sender_time_and_nonce(
+                    frame.from,
+                    &unknown.from,
+                    unknown.ts,
+                    unknown.nonce,
+                    now_ms,
+                )?;
+                let BodyOfUnknownRequest::Request { id, .. } = unknown.body;
+                return Err(Rejection::UnknownRequest {
+                    from: unknown.from,
+                    id,
+                    detail: e.to_string(),
+                });
+            }
+        };
+        self.check_sender_time_and_nonce(
+            frame.from,
+            &payload.from,
+            payload.ts,
+            payload.nonce,
+            now_ms,
+        )?;
         Ok((
             Opened {
                 from: payload.from,
@@ -449,6 +493,42 @@ impl Opener {
             },
             by_second,
         ))
+    }
+
+    /// What every opened frame passes after its seal: the signed sender is the envelope's,
+    /// its clock is near this one, it was sealed after this side started, and its nonce
+    /// is new (recorded).
+    fn check_sender_time_and_nonce(
+        &mut self,
+        envelope_from: &str,
+        from: &str,
+        ts: u64,
+        nonce: u64,
+        now_ms: u64,
+    ) -> Result<(), Rejection> {
+        if from != envelope_from {
+            return Err(Rejection::Undecodable(
+                "signed sender differs from the envelope's".to_string(),
+            ));
+        }
+        let skew_ms = ts.abs_diff(now_ms);
+        if skew_ms > self.max_skew_ms {
+            return Err(Rejection::ClockSkew {
+                from: from.to_string(),
+                skew_ms,
+            });
+        }
+        let not_before_ms = self.not_before_for(from);
+        if ts < not_before_ms {
+            return Err(Rejection::BeforeStart {
+                from: from.to_string(),
+                early_ms: not_before_ms - ts,
+            });
+        }
+        if !self.replay.check_and_record(from, ts, nonce, now_ms) {
+            return Err(Rejection::Replay(from.to_string()));
+        }
+        Ok(())
     }
 }
 
@@ -501,5 +581,65 @@ impl Refusal {
 
     pub fn decode(bytes: &[u8]) -> Option<Refusal> {
         rmp_serde::from_slice(bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a peer of a newer version might send: a request this side has no variant for.
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum NewerBody {
+        Request { id: u64, request: NewerRequest },
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum NewerRequest {
+        Teleport { to: String },
+    }
+
+    fn sealed_by_newer_peer(secret: &Secret, id: u64, now_ms: u64, nonce: u64) -> Vec<u8> {
+        let body = NewerBody::Request {
+            id,
+            request: NewerRequest::Teleport { to: "mars".into() },
+        };
+        let (aead_nonce, _) = MessageNonces::next();
+        seal_with_nonce("w1", BROKER, secret, &body, now_ms, nonce, aead_nonce)
+    }
+
+    #[test]
+    fn an_unknown_request_in_a_frame_that_opens_is_named_with_its_id_and_checked_like_any() {
+        let secret = Secret::new("a-secret-of-sixteen-bytes");
+        let mut opener = Opener::new(1 << 20, 30_000);
+        let now = 1_000_000;
+        let frame = sealed_by_newer_peer(&secret, 42, now, 7);
+        match opener.open(&frame, now, |_| Some(&secret)) {
+            Err(Rejection::UnknownRequest { from, id, detail }) => {
+                assert_eq!((from.as_str(), id), ("w1", 42));
+                assert!(detail.contains("teleport"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same frame again is a replay: the nonce was recorded.
+        assert!(matches!(
+            opener.open(&frame, now, |_| Some(&secret)),
+            Err(Rejection::Replay(_))
+        ));
+        // Without the right key it is what any such frame is.
+        let other = Secret::new("another-secret-of-16-bytes");
+        let frame = sealed_by_newer_peer(&secret, 43, now, 8);
+        assert!(matches!(
+            opener.open(&frame, now, |_| Some(&other)),
+            Err(Rejection::BadMac(_))
+        ));
+        // Far from this clock, it is refused for that first.
+        let frame = sealed_by_newer_peer(&secret, 44, now - 60_000, 9);
+        assert!(matches!(
+            opener.open(&frame, now, |_| Some(&secret)),
+            Err(Rejection::ClockSkew { .. })
+        ));
     }
 }

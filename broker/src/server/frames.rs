@@ -6,7 +6,7 @@ use super::{now_us, Server};
 use crate::config::Keys;
 use crate::sockets::Outgoing;
 use jobcast_core::{Outbox, PeerId, ReplyTo};
-use jobcast_protocol::envelope::{seal, Refusal, BROKER};
+use jobcast_protocol::envelope::{seal, Refusal, Rejection, BROKER};
 use jobcast_protocol::message::encode_event;
 use jobcast_protocol::Body;
 use std::collections::HashMap;
@@ -72,15 +72,17 @@ impl PreviousKeyPeers {
 }
 
 impl Server {
-    /// Opens a frame as a request: its sender, id, request and sealing time. A frame refused is logged
-    /// (rate-limited) and, when its peer needs to learn why, answered through
-    /// `refusals`; the reason comes back for the core's counts.
+    /// Opens a frame as a request: its sender, id, request and sealing time. A frame
+    /// refused is logged (rate-limited) and, when its peer needs to learn why, answered
+    /// through `refusals`, or in `out` (`bad_request`) for a request this broker does not
+    /// know; the reason comes back for the core's counts.
     pub(super) fn open_request(
         &mut self,
         peer: &PeerId,
         payload: &[u8],
         now_ms: u64,
         refusals: &mut Vec<(PeerId, Refusal)>,
+        out: &mut Outbox,
     ) -> Result<OpenedRequest, &'static str> {
         let keys = &self.running.keys;
         match self
@@ -108,6 +110,19 @@ impl Server {
             Err(rejection) => {
                 self.rejections
                     .note(rejection.reason(), &rejection.to_string());
+                if let Rejection::UnknownRequest { from, id, detail } = &rejection {
+                    out.reply(
+                        &ReplyTo::peer(peer, from),
+                        *id,
+                        jobcast_protocol::Reply::Error {
+                            code: jobcast_protocol::ErrorCode::BadRequest,
+                            message: format!(
+                                "this broker ({}) does not know this request: {detail}",
+                                jobcast_protocol::JOBCAST_VERSION
+                            ),
+                        },
+                    );
+                }
                 if let Some(refusal) = Refusal::for_rejection(&rejection) {
                     refusals.push((peer.clone(), refusal));
                 }

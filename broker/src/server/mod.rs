@@ -229,7 +229,7 @@ impl Server {
                     continue;
                 }
             };
-            match self.open_request(&peer, &payload, now / 1_000, &mut refusals) {
+            match self.open_request(&peer, &payload, now / 1_000, &mut refusals, &mut out) {
                 Ok(opened) if opened.revoked => {
                     core.note_rejection("revoked");
                     core.revoked_worker_told(&opened.from, now);

@@ -116,7 +116,8 @@ impl Server {
             let Incoming::Request { peer, payload } = incoming else {
                 continue;
             };
-            if let Ok(opened) = self.open_request(&peer, &payload, now_ms, &mut refusals) {
+            if let Ok(opened) = self.open_request(&peer, &payload, now_ms, &mut refusals, &mut out)
+            {
                 out.reply(
                     &ReplyTo::peer(&peer, &opened.from),
                     opened.id,
