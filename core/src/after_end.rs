@@ -33,6 +33,7 @@ impl<S: Store> Core<S> {
             RunState::Failed | RunState::TimedOut | RunState::Lost
         );
         let spec = self
+            .tables
             .jobs
             .spec(&run.job)
             .cloned()
@@ -72,7 +73,7 @@ impl<S: Store> Core<S> {
         }
         // The final outcome of this run (and its attempts).
         if run.state == RunState::Succeeded {
-            if let Some(state) = self.jobs.state_mut(&run.job) {
+            if let Some(state) = self.tables.jobs.state_mut(&run.job) {
                 state.consecutive_failures = 0;
             }
         } else if failed {
@@ -95,7 +96,7 @@ impl<S: Store> Core<S> {
                 at_ms: now.ms(),
                 text: format!("job {}: run {} {word} ({detail})", run.job, run.id),
             });
-            let state = self.jobs.state_entry(&run.job);
+            let state = self.tables.jobs.state_entry(&run.job);
             state.consecutive_failures += 1;
             let failures = state.consecutive_failures;
             if let Some(limit) = spec.policy.disable_after_failures {
@@ -123,7 +124,7 @@ impl<S: Store> Core<S> {
             if !(parent_ok || (failed && child.on_error)) {
                 continue;
             }
-            let Some(child_spec) = self.jobs.spec(&child.job).cloned() else {
+            let Some(child_spec) = self.tables.jobs.spec(&child.job).cloned() else {
                 continue;
             };
             let mut new = NewRun::of(

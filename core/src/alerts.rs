@@ -13,6 +13,7 @@ impl<S: Store> Core<S> {
     pub(crate) fn check_alerts(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
         // Runs that could not start in time are missed, not started late.
         let expired: Vec<String> = self
+            .tables
             .runs
             .iter()
             .filter(|r| r.state == RunState::Queued)
@@ -35,7 +36,12 @@ impl<S: Store> Core<S> {
         }
 
         let mut standing: BTreeMap<(AlertKind, String), Alert> = BTreeMap::new();
-        for run in self.runs.iter().filter(|r| r.state == RunState::Queued) {
+        for run in self
+            .tables
+            .runs
+            .iter()
+            .filter(|r| r.state == RunState::Queued)
+        {
             let due = run.scheduled_at_ms.max(run.not_before_ms);
             if now.ms() > due + run.spec.policy.late_after_ms {
                 standing
@@ -55,7 +61,8 @@ impl<S: Store> Core<S> {
                     });
             }
             // Just after a start, workers are still registering again: no alarm yet.
-            let served = self.workers.serve_pool(&run.pool) || now.ms() < self.worker_grace_end();
+            let served =
+                self.tables.workers.serve_pool(&run.pool) || now.ms() < self.worker_grace_end();
             if !served {
                 standing
                     .entry((AlertKind::NoWorker, run.pool.clone()))
@@ -72,13 +79,15 @@ impl<S: Store> Core<S> {
                     });
             }
         }
-        for spec in self.jobs.specs() {
+        for spec in self.tables.jobs.specs() {
             let name = &spec.name;
-            let (Some(first_due), Some(state)) = (self.jobs.first_due(name), self.jobs.state(name))
-            else {
+            let (Some(first_due), Some(state)) = (
+                self.tables.jobs.first_due(name),
+                self.tables.jobs.state(name),
+            ) else {
                 continue;
             };
-            if state.last_started_ms.is_some() || !self.jobs.is_active(spec) {
+            if state.last_started_ms.is_some() || !self.tables.jobs.is_active(spec) {
                 continue;
             }
             if let Some(first) = Some(first_due) {
@@ -113,10 +122,14 @@ impl<S: Store> Core<S> {
                 );
             }
         }
-        if let Some(low) = self.low_disk {
+        if let Some(low) = self.process.low_disk {
             let key = (AlertKind::DiskLow, String::new());
             // Since when: kept from the standing alert, not reset by each reading.
-            let since_ms = self.alerts.get(&key).map_or(now.ms(), |a| a.since_ms);
+            let since_ms = self
+                .tables
+                .alerts
+                .get(&key)
+                .map_or(now.ms(), |a| a.since_ms);
             standing.insert(
                 key,
                 Alert {
@@ -132,7 +145,7 @@ impl<S: Store> Core<S> {
         // Notify each condition once, when it appears.
         let new: Vec<Alert> = standing
             .iter()
-            .filter(|(key, _)| !self.alerts.contains_key(*key))
+            .filter(|(key, _)| !self.tables.alerts.contains_key(*key))
             .map(|(_, alert)| alert.clone())
             .collect();
         for alert in new {
@@ -147,7 +160,7 @@ impl<S: Store> Core<S> {
                 });
             }
         }
-        self.alerts = standing;
+        self.tables.alerts = standing;
         Ok(())
     }
 }

@@ -35,15 +35,16 @@ impl<S: Store> Core<S> {
             step_ms,
             "the wall clock stepped: timeouts and back-offs move with it, jobs follow cron's rules"
         );
-        self.next_alive_ms = shift(self.next_alive_ms);
-        self.booted_at_ms = shift(self.booted_at_ms);
-        self.workers.shift_times(shift);
-        self.pings.shift(step_ms.saturating_mul(1_000));
-        self.runs.shift_back_offs(shift);
+        self.process.next_alive_ms = shift(self.process.next_alive_ms);
+        self.process.booted_at_ms = shift(self.process.booted_at_ms);
+        self.tables.workers.shift_times(shift);
+        self.tables.pings.shift(step_ms.saturating_mul(1_000));
+        self.tables.runs.shift_back_offs(shift);
         self.shift_pruning(shift);
 
         let set_not_stepped = size >= SET_NOT_STEPPED_MS;
         let jobs: Vec<(String, ClockStepRule)> = self
+            .tables
             .jobs
             .schedules()
             .map(|(job, schedule)| (job.clone(), schedule.on_clock_step(now.ms())))
@@ -57,7 +58,7 @@ impl<S: Store> Core<S> {
             if !go_on_now {
                 continue;
             }
-            let Some(state) = self.jobs.state_mut(&job) else {
+            let Some(state) = self.tables.jobs.state_mut(&job) else {
                 continue;
             };
             if step_ms < 0 {
@@ -66,10 +67,11 @@ impl<S: Store> Core<S> {
             }
             state.last_tick_ms = now.ms();
             let next = self
+                .tables
                 .jobs
                 .schedule(&job)
                 .and_then(|s| s.next_after(now.ms()));
-            self.jobs.set_next_fire(&job, next);
+            self.tables.jobs.set_next_fire(&job, next);
             self.save_job_state(&job)?;
         }
         Ok(())

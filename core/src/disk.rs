@@ -43,23 +43,23 @@ impl<S: Store> Core<S> {
     /// Takes a reading of the free space in the data directory. A reserve of 0 turns the
     /// check off.
     pub fn note_free_space(&mut self, free_bytes: u64, reserve_bytes: u64) -> DiskChange {
-        let was_low = self.low_disk.is_some();
+        let was_low = self.process.low_disk.is_some();
         let low = if was_low {
             free_bytes < reserve_bytes.saturating_add(reserve_bytes / RELEASE_MARGIN_DIVISOR)
         } else {
             free_bytes < reserve_bytes
         };
-        self.low_disk = low.then_some(LowDisk {
+        self.process.low_disk = low.then_some(LowDisk {
             free_bytes,
             reserve_bytes,
         });
-        match (was_low, self.low_disk) {
+        match (was_low, self.process.low_disk) {
             (false, Some(low)) => DiskChange::BecameLow(low),
             (true, None) => {
                 // Queued runs may start again: workers' held claims are answered at once
                 // instead of at the next heartbeat's wake-up.
-                for pool in self.runs.pools_with_queued() {
-                    self.workers.waiting_mut().mark_dirty(&pool);
+                for pool in self.tables.runs.pools_with_queued() {
+                    self.tables.workers.waiting_mut().mark_dirty(&pool);
                 }
                 DiskChange::Recovered { free_bytes }
             }
@@ -69,13 +69,13 @@ impl<S: Store> Core<S> {
 
     /// Refuses a request that creates work while free space is under the reserve.
     pub(crate) fn check_room_for_new_work(&self) -> Result<(), CoreError> {
-        match self.low_disk {
+        match self.process.low_disk {
             Some(low) => Err(CoreError::DiskLow(low)),
             None => Ok(()),
         }
     }
 
     pub fn low_disk(&self) -> Option<LowDisk> {
-        self.low_disk
+        self.process.low_disk
     }
 }

@@ -115,37 +115,71 @@ struct ConnectionCounts {
     closed: u64,
 }
 
+/// The state the core's rules keep, each table with its own (a request handler is handed
+/// the tables it uses).
+#[derive(Default)]
+pub(crate) struct Tables {
+    /// Jobs, their schedules and scheduling state.
+    pub jobs: JobTable,
+    /// Runs not yet finished, and where the queued ones wait.
+    pub runs: RunTable,
+    /// Connected workers, every worker's status, claims held open.
+    pub workers: WorkerTable,
+    /// Live runs' logs, as far as pruning them to the cap needs.
+    pub logs: LogTable,
+    /// Pings waiting for their answers.
+    pub pings: PingTable,
+    /// Standing conditions, keyed by kind and job or pool.
+    pub alerts: BTreeMap<(AlertKind, String), Alert>,
+}
+
 pub struct Core<S: Store> {
     store: S,
     config: CoreConfig,
-    boot_id: u64,
-    booted_at_ms: u64,
-    next_alive_ms: u64,
-    /// Jobs, their schedules and scheduling state.
-    jobs: JobTable,
-    /// Runs not yet finished, and where the queued ones wait.
-    runs: RunTable,
-    /// Connected workers, every worker's status, claims held open.
-    workers: WorkerTable,
-    /// Live runs' logs, as far as pruning them to the cap needs.
-    logs: LogTable,
-    /// Pings waiting for their answers.
-    pings: PingTable,
-    /// Where retention's walk over the stored runs is.
-    pruning: retention::Pruning,
-    next_seq: u64,
-    rejected: BTreeMap<String, u64>,
-    connections: ConnectionCounts,
-    /// Standing conditions, keyed by kind and job or pool.
-    alerts: BTreeMap<(AlertKind, String), Alert>,
+    /// The state the core's rules keep: jobs, runs, workers, live logs, pings, alerts.
+    tables: Tables,
+    /// Where new runs' sequence numbers and ids come from.
+    ids: RunIds,
+    /// This broker process: who it is, since when, and the state of its host.
+    process: Process,
+    /// What the sockets saw.
+    seen: Seen,
+    /// The stored runs as a whole: finished ones counted by state, and where pruning is.
+    stored: StoredRuns,
     /// What changed since the last `take_changes`, for live views.
     changes: Changes,
-    /// Finished runs stored, by state.
-    finished: totals::FinishedCounts,
-    /// The one random source: run ids and the boot id.
+}
+
+/// The one source of run sequence numbers and of randomness (run ids, the boot id),
+/// seeded once: tests fix the seed so that every run of them names the same runs.
+struct RunIds {
+    next_seq: u64,
     rng: StdRng,
+}
+
+/// This broker process.
+struct Process {
+    boot_id: u64,
+    booted_at_ms: u64,
+    /// When worker liveness is next looked at (once per heartbeat interval).
+    next_alive_ms: u64,
     /// Set while free space in the data directory is under the reserve.
     low_disk: Option<LowDisk>,
+}
+
+/// Frames refused by reason, and connections opened and closed, for `status`.
+#[derive(Default)]
+struct Seen {
+    rejected: BTreeMap<String, u64>,
+    connections: ConnectionCounts,
+}
+
+/// The stored runs as a whole.
+struct StoredRuns {
+    /// Finished runs stored, by state.
+    finished: totals::FinishedCounts,
+    /// Where retention's walk over the stored runs is.
+    pruning: retention::Pruning,
 }
 
 /// What changed in a batch, for the dashboard's live feed.
@@ -195,39 +229,45 @@ impl<S: Store> Core<S> {
         };
         let jobs = JobTable::restored(store.jobs()?);
         let finished = totals::FinishedCounts::load(&store)?;
+        // The boot id is the random source's first draw; run ids come after.
+        let boot_id = rng.next_u64();
         let mut core = Core {
-            next_seq: store.last_run_seq()? + 1,
-            workers: WorkerTable::restored(store.workers()?),
+            ids: RunIds {
+                next_seq: store.last_run_seq()? + 1,
+                rng,
+            },
+            process: Process {
+                boot_id,
+                booted_at_ms: ms(now_us),
+                next_alive_ms: 0,
+                low_disk: None,
+            },
+            tables: Tables {
+                workers: WorkerTable::restored(store.workers()?),
+                jobs,
+                ..Default::default()
+            },
             store,
             config,
-            boot_id: rng.next_u64(),
-            rng,
-            booted_at_ms: ms(now_us),
-            next_alive_ms: 0,
-            jobs,
-            runs: RunTable::default(),
-            logs: LogTable::default(),
-            pings: PingTable::default(),
-            pruning: Default::default(),
-            rejected: BTreeMap::new(),
-            connections: ConnectionCounts::default(),
-            alerts: BTreeMap::new(),
+            seen: Seen::default(),
+            stored: StoredRuns {
+                finished,
+                pruning: Default::default(),
+            },
             changes: Changes::default(),
-            finished,
-            low_disk: None,
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
-                core.runs.enqueue(&run, ms(now_us));
+                core.tables.runs.enqueue(&run, ms(now_us));
             }
-            core.runs.activate(run);
+            core.tables.runs.activate(run);
         }
         core.load_scheduling(Now::from_us(now_us))?;
         Ok(core)
     }
 
     pub fn boot_id(&self) -> u64 {
-        self.boot_id
+        self.process.boot_id
     }
 
     pub fn store(&self) -> &S {
@@ -254,15 +294,15 @@ impl<S: Store> Core<S> {
         let mut runs = Vec::with_capacity(changes.runs.len());
         for id in changes.runs {
             runs.extend(
-                crate::selector::find_run(&self.runs, &self.store, &id)?
+                crate::selector::find_run(&self.tables.runs, &self.store, &id)?
                     .map(RunRecord::with_secrets_masked),
             );
         }
-        self.limits().mark_held(&self.runs, &mut runs);
+        self.limits().mark_held(&self.tables.runs, &mut runs);
         let changed_jobs = if changes.jobs {
             Vec::new()
         } else {
-            self.jobs.views_of(changes.job_names.iter())
+            self.tables.jobs.views_of(changes.job_names.iter())
         };
         Ok(ChangeSet {
             runs_by_state: (!runs.is_empty()).then(|| self.runs_by_state()),
@@ -271,7 +311,7 @@ impl<S: Store> Core<S> {
                 .workers
                 .then(|| self.status(Now::from_us(now_us)).map(|s| s.workers))
                 .transpose()?,
-            jobs: changes.jobs.then(|| self.jobs.views()),
+            jobs: changes.jobs.then(|| self.tables.jobs.views()),
             changed_jobs,
             logs: changes.logs,
         })
@@ -279,15 +319,15 @@ impl<S: Store> Core<S> {
 
     /// Counts a frame the server refused before it reached the core.
     pub fn note_rejection(&mut self, reason: &str) {
-        *self.rejected.entry(reason.to_string()).or_default() += 1;
+        *self.seen.rejected.entry(reason.to_string()).or_default() += 1;
     }
 
     /// Counts a connection to the broker's sockets opening or closing.
     pub fn note_connection(&mut self, opened: bool) {
         if opened {
-            self.connections.opened += 1;
+            self.seen.connections.opened += 1;
         } else {
-            self.connections.closed += 1;
+            self.seen.connections.closed += 1;
         }
     }
 
@@ -365,7 +405,7 @@ impl<S: Store> Core<S> {
 
     /// Whether a worker currently has a session (for tests and the server).
     pub fn is_online(&self, worker: &str) -> bool {
-        self.workers.is_connected(worker)
+        self.tables.workers.is_connected(worker)
     }
 }
 

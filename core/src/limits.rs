@@ -120,7 +120,7 @@ impl<S: Store> Core<S> {
     /// The limits in force.
     pub(crate) fn limits(&self) -> Limits<'_> {
         Limits {
-            jobs: &self.jobs,
+            jobs: &self.tables.jobs,
             pools: &self.config.pool_limits,
         }
     }

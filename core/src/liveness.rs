@@ -19,37 +19,37 @@ impl<S: Store> Core<S> {
         self.schedule_due(now, out)?;
         self.release_delayed(now, out);
         self.prune_step(now)?;
-        for result in self.pings.expired(now_us) {
+        for result in self.tables.pings.expired(now_us) {
             result.send(out);
         }
-        if now.ms() >= self.next_alive_ms {
+        if now.ms() >= self.process.next_alive_ms {
             // Once per heartbeat interval, not per batch: these look at every session
             // and every active run, and timeouts are several intervals long anyway.
-            self.next_alive_ms = now.ms() + self.config.heartbeat_interval_ms;
+            self.process.next_alive_ms = now.ms() + self.config.heartbeat_interval_ms;
             self.check_liveness(now, out)?;
             self.check_alerts(now, out)?;
             out.publish(
                 topic::ALL.to_string(),
                 Event::BrokerAlive {
-                    boot_id: self.boot_id,
+                    boot_id: self.process.boot_id,
                     time_ms: now.ms(),
                 },
             );
             // Re-announce queued work, so a lost wake-up only delays it.
-            for pool in self.runs.pools_with_queued() {
+            for pool in self.tables.runs.pools_with_queued() {
                 self.wake(&pool, out);
             }
         }
         self.serve_waiting_claims(now, out)?;
         // Last in every batch: whatever ended or went in it is counted in the same commit.
-        self.finished.save(&mut self.store)
+        self.stored.finished.save(&mut self.store)
     }
 
     /// Workers silent past the timeout go offline; the runs of workers that are not
     /// connected are given up once their worker cannot be running them any more.
     pub(crate) fn check_liveness(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
         let timeout = self.config.worker_timeout_ms;
-        let silent = self.workers.silent_for(timeout, now.ms());
+        let silent = self.tables.workers.silent_for(timeout, now.ms());
         for worker in silent {
             tracing::warn!(
                 worker,
@@ -73,17 +73,19 @@ impl<S: Store> Core<S> {
         let lease = self.config.worker_timeout_ms;
         let hold = self.config.unstarted_grant_hold_ms;
         let mut given_up = Vec::new();
-        for run in self.runs.iter() {
+        for run in self.tables.runs.iter() {
             let Some(worker) = run.worker.as_deref() else {
                 continue;
             };
-            if self.workers.is_connected(worker) {
+            if self.tables.workers.is_connected(worker) {
                 continue;
             }
-            let status = self.workers.status(worker);
-            let since = status.map_or(0, |s| s.last_seen_ms).max(self.booted_at_ms);
+            let status = self.tables.workers.status(worker);
+            let since = status
+                .map_or(0, |s| s.last_seen_ms)
+                .max(self.process.booted_at_ms);
             let kill_grace = status.map_or(DEFAULT_KILL_GRACE_MS, |s| s.kill_grace_ms);
-            if let Some(told) = self.workers.revocation(worker) {
+            if let Some(told) = self.tables.workers.revocation(worker) {
                 // Told, the worker stops everything at once; untold, its lease does.
                 let stopped_by = match told {
                     Some(at) => at + kill_grace + LEASE_MARGIN_MS,
@@ -121,19 +123,19 @@ impl<S: Store> Core<S> {
     /// given up once it has stopped them (told at its next request, or by its lease).
     pub fn revoke_worker(&mut self, worker: &str) -> StoreResult<()> {
         self.worker_gone(worker)?;
-        self.workers.revoke(worker);
+        self.tables.workers.revoke(worker);
         Ok(())
     }
 
     /// A request of a revoked worker was answered that its key is revoked.
     pub fn revoked_worker_told(&mut self, worker: &str, now_us: u64) {
-        self.workers.revocation_told(worker, ms(now_us));
+        self.tables.workers.revocation_told(worker, ms(now_us));
     }
 
     /// The worker's session ends (silent, or it left); runs still on it stay until
     /// [`Self::give_up_runs_of_absent_workers`] or its next registration decides them.
     pub(crate) fn worker_gone(&mut self, worker: &str) -> StoreResult<()> {
-        if let Some(status) = self.workers.disconnect(worker) {
+        if let Some(status) = self.tables.workers.disconnect(worker) {
             self.store.put_worker(status)?;
             self.changes.workers = true;
         }

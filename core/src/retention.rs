@@ -72,14 +72,14 @@ impl Retention {
 impl<S: Store> Core<S> {
     fn retention_applies(&self) -> bool {
         let r = self.config.retention;
-        r.max_age_ms.is_some() || r.max_runs.is_some() || self.jobs.any_retention()
+        r.max_age_ms.is_some() || r.max_runs.is_some() || self.tables.jobs.any_retention()
     }
 
     /// The shortest time any run is kept by age (the broker's or a job's), if any rule
     /// keeps by age. A run created less than this ago cannot be due by age, and neither
     /// can any run after it (numbered later, created later): a walk can stop there.
     fn shortest_keep_ms(&self) -> Option<u64> {
-        let jobs = self.jobs.retentions();
+        let jobs = self.tables.jobs.retentions();
         self.config
             .retention
             .max_age_ms
@@ -99,28 +99,28 @@ impl<S: Store> Core<S> {
     /// like one that found nothing, so no batch pays for looking at every job).
     /// Moves the next step with a step of the wall clock.
     pub(crate) fn shift_pruning(&mut self, shift: impl Fn(u64) -> u64) {
-        self.pruning.next_step_ms = shift(self.pruning.next_step_ms);
+        self.stored.pruning.next_step_ms = shift(self.stored.pruning.next_step_ms);
     }
 
     pub(crate) fn next_prune_ms(&self) -> u64 {
-        self.pruning.next_step_ms
+        self.stored.pruning.next_step_ms
     }
 
     /// One bounded step of the walk, from the loop: deletes what is due among the next
     /// `STEP` records. Returns how many it deleted. A step that deleted something is
     /// followed by the next at once (a batch of its own, committed like any other).
     pub(crate) fn prune_step(&mut self, now: Now) -> StoreResult<u64> {
-        if now.ms() < self.pruning.next_step_ms {
+        if now.ms() < self.stored.pruning.next_step_ms {
             return Ok(0);
         }
         if !self.retention_applies() {
-            self.pruning.next_step_ms = now.ms() + IDLE_MS;
+            self.stored.pruning.next_step_ms = now.ms() + IDLE_MS;
             return Ok(0);
         }
         if self.store.is_backlogged() {
             // Deleting now would add to a backlog the engine is still writing out, and
             // its writes (ours included) would be held back until it catches up.
-            self.pruning.next_step_ms = now.ms() + WALK_MS;
+            self.stored.pruning.next_step_ms = now.ms() + WALK_MS;
             return Ok(0);
         }
         let newest = self.store.last_run_seq()?;
@@ -128,11 +128,11 @@ impl<S: Store> Core<S> {
         let shortest_keep = self.shortest_keep_ms();
         if excess == 0 && shortest_keep.is_none() {
             // Nothing beyond the count and no rule by age: no record to look at.
-            self.pruning.cursor = 0;
-            self.pruning.next_step_ms = now.ms() + IDLE_MS;
+            self.stored.pruning.cursor = 0;
+            self.stored.pruning.next_step_ms = now.ms() + IDLE_MS;
             return Ok(0);
         }
-        let batch = self.store.oldest_runs(self.pruning.cursor, STEP)?;
+        let batch = self.store.oldest_runs(self.stored.pruning.cursor, STEP)?;
         let mut deleted = 0;
         let mut too_young = false;
         for run in &batch {
@@ -146,15 +146,17 @@ impl<S: Store> Core<S> {
             }
             if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
                 self.store.delete_run(run)?;
-                self.finished.deleted(run.spec.team.as_deref(), run.state);
+                self.stored
+                    .finished
+                    .deleted(run.spec.team.as_deref(), run.state);
                 deleted += 1;
             }
         }
-        self.pruning.pruned += deleted;
-        self.pruning.pass_deleted |= deleted > 0;
-        self.pruning.next_step_ms = match batch.last() {
+        self.stored.pruning.pruned += deleted;
+        self.stored.pruning.pass_deleted |= deleted > 0;
+        self.stored.pruning.next_step_ms = match batch.last() {
             Some(last) if batch.len() == STEP && !too_young => {
-                self.pruning.cursor = last.seq + 1;
+                self.stored.pruning.cursor = last.seq + 1;
                 if deleted > 0 {
                     now.ms()
                 } else {
@@ -164,8 +166,8 @@ impl<S: Store> Core<S> {
             _ => {
                 // The end of a pass: start again from the oldest, at once if this pass
                 // found work (more may be due), else after a while.
-                self.pruning.cursor = 0;
-                if std::mem::take(&mut self.pruning.pass_deleted) {
+                self.stored.pruning.cursor = 0;
+                if std::mem::take(&mut self.stored.pruning.pass_deleted) {
                     now.ms()
                 } else {
                     now.ms() + IDLE_MS
@@ -191,8 +193,10 @@ impl<S: Store> Core<S> {
                 if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
                     if !dry_run {
                         self.store.delete_run(run)?;
-                        self.finished.deleted(run.spec.team.as_deref(), run.state);
-                        self.pruning.pruned += 1;
+                        self.stored
+                            .finished
+                            .deleted(run.spec.team.as_deref(), run.state);
+                        self.stored.pruning.pruned += 1;
                     }
                     runs += 1;
                 }

@@ -18,8 +18,8 @@ impl<S: Store> Core<S> {
     /// A run by id, unfinished (in memory) or stored.
     pub(crate) fn new_run_id(&mut self) -> StoreResult<String> {
         loop {
-            let id = format!("{:016x}", self.rng.next_u64());
-            if !self.runs.contains(&id) && self.store.run(&id)?.is_none() {
+            let id = format!("{:016x}", self.ids.rng.next_u64());
+            if !self.tables.runs.contains(&id) && self.store.run(&id)?.is_none() {
                 return Ok(id);
             }
         }
@@ -36,10 +36,10 @@ impl<S: Store> Core<S> {
             Some(id) => {
                 // Only a time this broker has not seen can have been decided by an
                 // earlier run of it; later decisions are this one's own, made once.
-                let maybe_decided_before = new.scheduled_at_ms <= self.booted_at_ms
+                let maybe_decided_before = new.scheduled_at_ms <= self.process.booted_at_ms
                     || new.not_before_ms > 0
                     || new.parent.is_some();
-                if self.runs.contains(&id)
+                if self.tables.runs.contains(&id)
                     || (maybe_decided_before && self.store.run(&id)?.is_some())
                 {
                     return Ok(None);
@@ -48,8 +48,8 @@ impl<S: Store> Core<S> {
             }
             None => self.new_run_id()?,
         };
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.ids.next_seq;
+        self.ids.next_seq += 1;
         let run = RunRecord {
             attempt: new.attempt,
             scheduled_at_ms: new.scheduled_at_ms,
@@ -65,8 +65,8 @@ impl<S: Store> Core<S> {
         };
         self.store.create_run(&run)?;
         self.changes.runs.insert(run.id.clone());
-        self.runs.activate(run.clone());
-        if self.runs.enqueue(&run, now.ms()) {
+        self.tables.runs.activate(run.clone());
+        if self.tables.runs.enqueue(&run, now.ms()) {
             self.wake(&run.pool, out);
         }
         Ok(Some(run))
@@ -82,18 +82,20 @@ impl<S: Store> Core<S> {
     ) -> StoreResult<()> {
         self.store.put_run(run)?;
         self.changes.runs.insert(run.id.clone());
-        self.finished.ended(run.spec.team.as_deref(), run.state);
+        self.stored
+            .finished
+            .ended(run.spec.team.as_deref(), run.state);
         out.observations.push(Observation::Ended {
             job: run.job.clone(),
             state: run.state,
             ran_ms: run.duration_ms(),
         });
-        self.runs.deactivate(run);
-        self.logs.forget(&run.id);
+        self.tables.runs.deactivate(run);
+        self.tables.logs.forget(&run.id);
         if let Some(worker) = &run.worker {
-            self.workers.run_ended(worker, &run.id);
+            self.tables.workers.run_ended(worker, &run.id);
         }
-        self.workers.waiting_mut().mark_dirty(&run.pool);
+        self.tables.workers.waiting_mut().mark_dirty(&run.pool);
         self.after_end(run, now, out)
     }
 
@@ -105,7 +107,7 @@ impl<S: Store> Core<S> {
         cause: String,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(run) = self.runs.get_mut(run_id) else {
+        let Some(run) = self.tables.runs.get_mut(run_id) else {
             return Ok(());
         };
         if let Err(e) = run.transition(state, now.ms(), cause.clone()) {

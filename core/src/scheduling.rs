@@ -91,18 +91,19 @@ impl<S: Store> Core<S> {
             None => Default::default(),
         };
         let states = self.store.job_states()?;
-        self.jobs
+        self.tables
+            .jobs
             .restore_scheduling(states, disabled_pools, now.ms());
         Ok(())
     }
 
     pub(super) fn save_job_state(&mut self, job: &str) -> StoreResult<()> {
-        save_job_state(&self.jobs, &mut self.store, &mut self.changes, job)
+        save_job_state(&self.tables.jobs, &mut self.store, &mut self.changes, job)
     }
 
     fn skip_tick(&mut self, job: &str, tick: u64, reason: &str) {
         tracing::info!(job, tick_ms = tick, reason, "tick skipped");
-        let state = self.jobs.state_entry(job);
+        let state = self.tables.jobs.state_entry(job);
         state.skipped_ticks += 1;
         state.recent_skips.push((tick, reason.to_string()));
         if state.recent_skips.len() > RECENT_SKIPS {
@@ -112,12 +113,12 @@ impl<S: Store> Core<S> {
 
     /// Deals with every job whose next tick is due.
     pub(super) fn schedule_due(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
-        if self.low_disk.is_some() {
+        if self.process.low_disk.is_some() {
             // Held, not skipped: once space returns, each job's misfire policy judges
             // the ticks that came due meanwhile.
             return Ok(());
         }
-        for job in self.jobs.due(now.ms()) {
+        for job in self.tables.jobs.due(now.ms()) {
             self.schedule_job(&job, now, out)?;
         }
         Ok(())
@@ -125,16 +126,21 @@ impl<S: Store> Core<S> {
 
     fn schedule_job(&mut self, job: &str, now: Now, out: &mut Outbox) -> StoreResult<()> {
         let (Some(spec), Some(schedule)) = (
-            self.jobs.spec(job).cloned(),
-            self.jobs.schedule(job).cloned(),
+            self.tables.jobs.spec(job).cloned(),
+            self.tables.jobs.schedule(job).cloned(),
         ) else {
-            self.jobs.set_next_fire(job, None);
+            self.tables.jobs.set_next_fire(job, None);
             return Ok(());
         };
-        let last = self.jobs.state(job).map(|s| s.last_tick_ms).unwrap_or(0);
+        let last = self
+            .tables
+            .jobs
+            .state(job)
+            .map(|s| s.last_tick_ms)
+            .unwrap_or(0);
         let ticks = schedule.ticks_between(last, now.ms(), MAX_TICKS_PER_PASS);
         let Some(&latest) = ticks.last() else {
-            self.jobs.compile(job);
+            self.tables.jobs.compile(job);
             return Ok(());
         };
         // A job for every worker waits, after a broker start, until its pool's workers
@@ -142,14 +148,18 @@ impl<S: Store> Core<S> {
         // deciding at the first one would give the tick to that worker alone.
         let waits_for_workers = spec.policy.run_on_all_workers;
         let grace_end = self.worker_grace_end();
-        if waits_for_workers && now.ms() < grace_end && !self.workers.back_for_pool(&spec.pool) {
-            self.jobs
+        if waits_for_workers
+            && now.ms() < grace_end
+            && !self.tables.workers.back_for_pool(&spec.pool)
+        {
+            self.tables
+                .jobs
                 .set_next_fire(job, Some((now.ms() + 1_000).min(grace_end)));
             return Ok(());
         }
         // Ticks that waited for the workers are on time until the grace has ended.
         let due = |tick: u64| {
-            if waits_for_workers && tick >= self.booted_at_ms {
+            if waits_for_workers && tick >= self.process.booted_at_ms {
                 tick.max(grace_end.min(now.ms()))
             } else {
                 tick
@@ -178,18 +188,20 @@ impl<S: Store> Core<S> {
         for tick in catch_up.iter().chain(on_time.iter()) {
             self.fire(&spec, &schedule, *tick, now, out)?;
         }
-        if let Some(state) = self.jobs.state_mut(job) {
+        if let Some(state) = self.tables.jobs.state_mut(job) {
             state.last_tick_ms = latest;
         }
         self.save_job_state(job)?;
-        self.jobs.set_next_fire(job, schedule.next_after(latest));
+        self.tables
+            .jobs
+            .set_next_fire(job, schedule.next_after(latest));
         Ok(())
     }
 
     /// Until when, after a broker start, the absence of workers is not yet news: they
     /// reconnect and register within about a worker timeout.
     pub(super) fn worker_grace_end(&self) -> u64 {
-        self.booted_at_ms + self.config.restart_grace_ms
+        self.process.booted_at_ms + self.config.restart_grace_ms
     }
 
     /// One tick of a job: start a run, or record why not.
@@ -202,7 +214,7 @@ impl<S: Store> Core<S> {
         out: &mut Outbox,
     ) -> StoreResult<()> {
         let job = spec.name.as_str();
-        if !self.jobs.is_active(spec) {
+        if !self.tables.jobs.is_active(spec) {
             self.skip_tick(job, tick, "job or pool disabled");
             return Ok(());
         }
@@ -212,7 +224,7 @@ impl<S: Store> Core<S> {
         }
         // The tick's name: its time, and after the wall clock stepped back past ticks the
         // job had, which pass of those times it is.
-        let tick_text = match self.jobs.state(job).map_or(0, |s| s.clock_era) {
+        let tick_text = match self.tables.jobs.state(job).map_or(0, |s| s.clock_era) {
             0 => tick.to_string(),
             era => format!("{tick}/{era}"),
         };
@@ -225,7 +237,7 @@ impl<S: Store> Core<S> {
             }
             return Ok(());
         }
-        let workers = self.workers.serving(&spec.pool);
+        let workers = self.tables.workers.serving(&spec.pool);
         if workers.is_empty() {
             self.skip_tick(job, tick, "no live worker in the pool");
             out.notifications.push(Notification {
@@ -268,6 +280,7 @@ impl<S: Store> Core<S> {
     ) -> StoreResult<bool> {
         let job = spec.name.as_str();
         let overlapped: Vec<String> = self
+            .tables
             .runs
             .overlapping(job, pinned)
             .map(|r| r.id.clone())
@@ -296,30 +309,31 @@ impl<S: Store> Core<S> {
 
     /// Moves retries whose back-off has passed into their pool's queue.
     pub(super) fn release_delayed(&mut self, now: Now, out: &mut Outbox) {
-        for pool in self.runs.release_due(now.ms()) {
+        for pool in self.tables.runs.release_due(now.ms()) {
             self.wake(&pool, out);
         }
     }
 
     /// When the core next has something to do by itself, in microseconds.
     pub fn next_wakeup_us(&self) -> u64 {
-        let mut next_ms = self.next_alive_ms;
+        let mut next_ms = self.process.next_alive_ms;
         if let Some(t) = self
+            .tables
             .jobs
             .earliest_fire()
-            .filter(|_| self.low_disk.is_none())
+            .filter(|_| self.process.low_disk.is_none())
         {
             next_ms = next_ms.min(t);
         }
-        if let Some(t) = self.runs.next_release_ms() {
+        if let Some(t) = self.tables.runs.next_release_ms() {
             next_ms = next_ms.min(t);
         }
         next_ms = next_ms.min(self.next_prune_ms());
         let mut next_us = next_ms.saturating_mul(1_000);
-        if let Some(deadline) = self.pings.earliest_deadline_us() {
+        if let Some(deadline) = self.tables.pings.earliest_deadline_us() {
             next_us = next_us.min(deadline);
         }
-        if let Some(deadline) = self.workers.waiting().earliest_deadline_ms() {
+        if let Some(deadline) = self.tables.workers.waiting().earliest_deadline_ms() {
             next_us = next_us.min(deadline.saturating_mul(1_000));
         }
         next_us

@@ -45,7 +45,8 @@ impl Scope {
 
 impl<S: Store> Core<S> {
     fn job_allowed(&self, job: &str, scope: &Scope) -> bool {
-        self.jobs
+        self.tables
+            .jobs
             .spec(job)
             .is_some_and(|spec| scope.allows(spec.team.as_deref()))
     }
@@ -55,7 +56,8 @@ impl<S: Store> Core<S> {
         CoreError::NoSuchJob {
             name: job.to_string(),
             known: listed(
-                self.jobs
+                self.tables
+                    .jobs
                     .specs()
                     .filter(|spec| scope.allows(spec.team.as_deref()))
                     .map(|spec| &spec.name),
@@ -66,7 +68,7 @@ impl<S: Store> Core<S> {
     /// A run named by its exact id that the caller may see (no prefixes or substrings: a
     /// match among other teams' runs would say they exist).
     fn check_run(&self, selector: &str, scope: &Scope) -> Handled<()> {
-        let visible = crate::selector::find_run(&self.runs, &self.store, selector)?
+        let visible = crate::selector::find_run(&self.tables.runs, &self.store, selector)?
             .is_some_and(|run| scope.allows(run.spec.team.as_deref()));
         if visible {
             Ok(())
@@ -150,7 +152,7 @@ impl<S: Store> Core<S> {
         let mut active_by_job: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let mut queued_by_pool: BTreeMap<String, u64> = BTreeMap::new();
         let mut shown_runs: BTreeSet<&str> = BTreeSet::new();
-        for run in self.runs.iter() {
+        for run in self.tables.runs.iter() {
             if !visible(run.spec.team.as_deref()) {
                 continue;
             }
@@ -172,6 +174,7 @@ impl<S: Store> Core<S> {
         report.runs_by_state = self.runs_by_state_in(scope);
         report.total_runs = report.runs_by_state.values().sum();
         report.jobs = self
+            .tables
             .jobs
             .specs()
             .filter(|spec| visible(spec.team.as_deref()))

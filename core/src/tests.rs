@@ -228,6 +228,7 @@ impl Harness {
 
     fn job_state(&self, job: &str) -> jobcast_protocol::JobState {
         self.core
+            .tables
             .jobs
             .views()
             .into_iter()

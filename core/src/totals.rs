@@ -106,12 +106,12 @@ impl<S: Store> Core<S> {
     /// Like [`Core::runs_by_state`], of the runs `scope` may see.
     pub(crate) fn runs_by_state_in(&self, scope: &Scope) -> BTreeMap<String, u64> {
         let mut counts: BTreeMap<RunState, u64> = RunState::ALL.iter().map(|s| (*s, 0)).collect();
-        for run in self.runs.iter() {
+        for run in self.tables.runs.iter() {
             if scope.allows(run.spec.team.as_deref()) {
                 *counts.entry(run.state).or_default() += 1;
             }
         }
-        for (team, states) in &self.finished.by_team {
+        for (team, states) in &self.stored.finished.by_team {
             let team = (!team.is_empty()).then_some(team.as_str());
             if !scope.allows(team) {
                 continue;

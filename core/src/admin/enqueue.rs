@@ -36,8 +36,8 @@ impl<S: Store> Core<S> {
             params,
             priority,
         } = asked;
-        let Some(spec) = self.jobs.spec(job).cloned() else {
-            return Err(self.jobs.unknown(job));
+        let Some(spec) = self.tables.jobs.spec(job).cloned() else {
+            return Err(self.tables.jobs.unknown(job));
         };
         let values =
             params::resolve(&spec.params, params).map_err(|error| CoreError::BadParams {
@@ -55,7 +55,7 @@ impl<S: Store> Core<S> {
                 return Err(CoreError::BadIdempotencyKey { max: MAX_KEY_LEN });
             }
             let id = derived_run_id(&["enqueue", job, key]);
-            if let Some(run) = crate::selector::find_run(&self.runs, &self.store, &id)? {
+            if let Some(run) = crate::selector::find_run(&self.tables.runs, &self.store, &id)? {
                 tracing::info!(job, run_id = %run.id, "enqueue repeated with the same key");
                 return Ok(Reply::Enqueued {
                     run: RunRef::of(&run),

@@ -38,11 +38,11 @@ impl<S: Store> Core<S> {
                 selector: String::new(),
             });
         }
-        let run_id = match selector::resolve(&self.runs, &self.store, selector)? {
+        let run_id = match selector::resolve(&self.tables.runs, &self.store, selector)? {
             Ok(id) => id,
             Err(outcome) => return Ok(outcome),
         };
-        let Some(run) = self.runs.get_mut(&run_id) else {
+        let Some(run) = self.tables.runs.get_mut(&run_id) else {
             let state = match self.store.run(&run_id)? {
                 Some(run) => run.state,
                 None => {

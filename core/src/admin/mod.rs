@@ -41,7 +41,13 @@ impl<S: Store> Core<S> {
                     worker,
                     timeout_ms,
                 };
-                return ping::ping(&self.workers, &mut self.pings, asked, now_us, out);
+                return ping::ping(
+                    &self.tables.workers,
+                    &mut self.tables.pings,
+                    asked,
+                    now_us,
+                    out,
+                );
             }
             AdminRequest::Kill { selectors } => self.kill_all(selectors, actor, now, out)?,
             AdminRequest::Enqueue {
@@ -60,25 +66,25 @@ impl<S: Store> Core<S> {
                 self.enqueue(asked, actor, now, out)?
             }
             AdminRequest::ListRuns(filter) => {
-                list_runs::list_runs(&self.store, &self.runs, self.limits(), filter)?
+                list_runs::list_runs(&self.store, &self.tables.runs, self.limits(), filter)?
             }
             AdminRequest::ListJobs => Reply::Jobs {
-                jobs: self.jobs.views(),
+                jobs: self.tables.jobs.views(),
             },
             AdminRequest::NextFires { job, count } => {
-                list_jobs::next_fires(&self.jobs, &job, count)?
+                list_jobs::next_fires(&self.tables.jobs, &job, count)?
             }
             AdminRequest::GetLog { run, offset } => {
-                get_log::get_log(&self.runs, &self.store, &run, offset)?
+                get_log::get_log(&self.tables.runs, &self.store, &run, offset)?
             }
             AdminRequest::ApplyJobs { jobs } => {
                 tracing::info!(actor, jobs = jobs.len(), "applying jobs");
-                let tables = (&mut self.jobs, &mut self.store, &mut self.changes);
+                let tables = (&mut self.tables.jobs, &mut self.store, &mut self.changes);
                 apply_jobs::apply(tables, jobs, now)?
             }
             AdminRequest::SetEnabled { target, enabled } => {
                 tracing::info!(actor, ?target, enabled, "enable/disable");
-                let tables = (&mut self.jobs, &mut self.store, &mut self.changes);
+                let tables = (&mut self.tables.jobs, &mut self.store, &mut self.changes);
                 set_enabled::set_enabled(tables, target, enabled, now)?
             }
             AdminRequest::Retry { run } => {
@@ -86,7 +92,9 @@ impl<S: Store> Core<S> {
                 self.retry(&run, actor, now, out)?
             }
             AdminRequest::Status => Reply::Status(Box::new(self.status(now)?)),
-            AdminRequest::Drain { worker } => drain::drain(&mut self.workers, &worker, actor, out)?,
+            AdminRequest::Drain { worker } => {
+                drain::drain(&mut self.tables.workers, &worker, actor, out)?
+            }
             AdminRequest::Reload => {
                 // Reading files is the server's: it answers once it has.
                 out.reloads.push(ReloadAsked {

@@ -15,8 +15,8 @@ impl<S: Store> Core<S> {
         now: Now,
         out: &mut Outbox,
     ) -> Handled {
-        let run_id = crate::selector::resolve_one(&self.runs, &self.store, selector)?;
-        if self.runs.contains(&run_id) {
+        let run_id = crate::selector::resolve_one(&self.tables.runs, &self.store, selector)?;
+        if self.tables.runs.contains(&run_id) {
             return Err(CoreError::NotFinished { run_id });
         }
         let Some(old) = self.store.run(&run_id)? else {
@@ -26,6 +26,7 @@ impl<S: Store> Core<S> {
         };
         // The job as it is now, if it still exists; else as the run had it.
         let spec = self
+            .tables
             .jobs
             .spec(&old.job)
             .cloned()

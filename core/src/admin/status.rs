@@ -12,7 +12,7 @@ impl<S: Store> Core<S> {
         // cost an allocation each, and status is asked for often (dashboards, metrics
         // scrapes, scripts waiting for a queue to drain).
         let mut by_job_state: HashMap<(&str, RunState), u64> = HashMap::new();
-        for run in self.runs.iter() {
+        for run in self.tables.runs.iter() {
             *by_job_state.entry((&run.job, run.state)).or_default() += 1;
         }
         let mut active: BTreeMap<String, u64> = BTreeMap::new();
@@ -24,13 +24,14 @@ impl<S: Store> Core<S> {
                 .or_default()
                 .insert(state.to_string(), count);
         }
-        let queued_by_pool = self.runs.queued_by_pool();
+        let queued_by_pool = self.tables.runs.queued_by_pool();
         let workers = self
+            .tables
             .workers
             .statuses()
             .map(|w| {
                 let mut w = w.clone();
-                if let Some(session) = self.workers.session(&w.id) {
+                if let Some(session) = self.tables.workers.session(&w.id) {
                     w.online = true;
                     w.running = session.runs.iter().cloned().collect();
                     w.last_seen_ms = session.last_seen_ms;
@@ -44,26 +45,27 @@ impl<S: Store> Core<S> {
             .collect();
         Ok(StatusReport {
             version: JOBCAST_VERSION.to_string(),
-            boot_id: self.boot_id,
-            uptime_ms: now.ms().saturating_sub(self.booted_at_ms),
+            boot_id: self.process.boot_id,
+            uptime_ms: now.ms().saturating_sub(self.process.booted_at_ms),
             active,
             total_runs: self.store.run_count()?,
-            jobs: self.jobs.len() as u64,
+            jobs: self.tables.jobs.len() as u64,
             workers,
-            rejected: self.rejected.clone(),
+            rejected: self.seen.rejected.clone(),
             connections: BTreeMap::from([
                 (
                     "open".to_string(),
-                    self.connections
+                    self.seen
+                        .connections
                         .opened
-                        .saturating_sub(self.connections.closed),
+                        .saturating_sub(self.seen.connections.closed),
                 ),
-                ("opened".to_string(), self.connections.opened),
-                ("closed".to_string(), self.connections.closed),
+                ("opened".to_string(), self.seen.connections.opened),
+                ("closed".to_string(), self.seen.connections.closed),
             ]),
-            alerts: self.alerts.values().cloned().collect(),
-            disabled_pools: self.jobs.disabled_pools().iter().cloned().collect(),
-            pruned_runs: self.pruning.pruned(),
+            alerts: self.tables.alerts.values().cloned().collect(),
+            disabled_pools: self.tables.jobs.disabled_pools().iter().cloned().collect(),
+            pruned_runs: self.stored.pruning.pruned(),
             active_by_job,
             queued_by_pool,
             runs_by_state: self.runs_by_state(),

@@ -149,6 +149,7 @@ fn misfire_policies_after_a_three_hour_outage() {
         // and the schedule carries on normally afterwards
         let next = h
             .core
+            .tables
             .jobs
             .views()
             .into_iter()
@@ -222,6 +223,7 @@ fn a_cron_job_applied_in_the_second_pass_of_a_repeated_hour_keeps_firing() {
     );
     let next = |h: &Harness, job: &str| {
         h.core
+            .tables
             .jobs
             .views()
             .into_iter()

@@ -31,11 +31,12 @@ impl<S: Store> Core<S> {
         let reply = self.claim(worker, request.max, now)?;
         let nothing = matches!(&reply, Reply::Granted { runs, .. } if runs.is_empty());
         let may_wait = self
+            .tables
             .workers
             .session(worker)
             .is_some_and(|s| !s.draining && !s.drain_ordered);
         if nothing && request.wait_ms > 0 && request.max > 0 && may_wait {
-            self.workers.waiting_mut().insert(
+            self.tables.workers.waiting_mut().insert(
                 worker,
                 WaitingClaim {
                     peer: request.peer.clone(),
@@ -50,17 +51,17 @@ impl<S: Store> Core<S> {
     }
 
     pub(crate) fn claim(&mut self, worker: &str, max: u32, now: Now) -> StoreResult<Reply> {
-        let Some(session) = self.workers.session(worker) else {
+        let Some(session) = self.tables.workers.session(worker) else {
             return Ok(nothing_granted());
         };
-        if session.draining || session.drain_ordered || self.low_disk.is_some() {
+        if session.draining || session.drain_ordered || self.process.low_disk.is_some() {
             return Ok(nothing_granted());
         }
         // Never more than the worker's free slots and the ready runs it may hold, whatever
         // it asks for; ready runs only while no other worker waits for work (they would
         // sit on this one while another idles).
-        let others_waiting = self.workers.waiting().len()
-            > usize::from(self.workers.waiting().get(worker).is_some());
+        let others_waiting = self.tables.workers.waiting().len()
+            > usize::from(self.tables.workers.waiting().get(worker).is_some());
         let prefetch = if others_waiting {
             0
         } else {
@@ -74,20 +75,24 @@ impl<S: Store> Core<S> {
         let instance = (session.register.instance != 0).then_some(session.register.instance);
         let mut granted = Vec::new();
         let limits = Limits {
-            jobs: &self.jobs,
+            jobs: &self.tables.jobs,
             pools: &self.config.pool_limits,
         };
-        let mut out_counts = limits.out_counts(&self.runs);
+        let mut out_counts = limits.out_counts(&self.tables.runs);
         while granted.len() < room {
             let admit = |run: &_| {
                 out_counts
                     .as_ref()
                     .is_none_or(|counts| limits.holding(run, counts).is_none())
             };
-            let Some(run_id) = self.runs.take_next_grantable(&pools, worker, admit) else {
+            let Some(run_id) = self.tables.runs.take_next_grantable(&pools, worker, admit) else {
                 break;
             };
-            let Some(run) = self.runs.assign(&run_id, worker, instance, cap, now.ms()) else {
+            let Some(run) = self
+                .tables
+                .runs
+                .assign(&run_id, worker, instance, cap, now.ms())
+            else {
                 continue;
             };
             if let Some(counts) = out_counts.as_mut() {
@@ -96,9 +101,9 @@ impl<S: Store> Core<S> {
             self.store.put_run(run)?;
             self.changes.runs.insert(run_id.clone());
             granted.push(Assignment::of(run));
-            self.workers.hold_run(worker, run_id);
+            self.tables.workers.hold_run(worker, run_id);
         }
-        let more_queued = pools.iter().any(|p| self.runs.has_queued(p));
+        let more_queued = pools.iter().any(|p| self.tables.runs.has_queued(p));
         Ok(Reply::Granted {
             runs: granted,
             more_queued,
@@ -108,7 +113,7 @@ impl<S: Store> Core<S> {
     /// Tells `pool`'s workers that it has runs to hand out: the waiting claims first (at
     /// the end of the batch), then a wake-up event for whatever is left.
     pub(crate) fn wake(&mut self, pool: &str, out: &mut Outbox) {
-        self.workers.waiting_mut().mark_dirty(pool);
+        self.tables.workers.waiting_mut().mark_dirty(pool);
         out.publish(
             topic::pool(pool),
             Event::Wake {
@@ -121,35 +126,35 @@ impl<S: Store> Core<S> {
     /// this batch to waiting claims, longest waiting first. Runs granted here are written
     /// in this batch, so they are durable when the answer goes out, as with any claim.
     pub(crate) fn serve_waiting_claims(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
-        for (worker, claim) in self.workers.waiting_mut().take_expired(now.ms()) {
+        for (worker, claim) in self.tables.workers.waiting_mut().take_expired(now.ms()) {
             out.reply(
                 &ReplyTo::peer(&claim.peer, &worker),
                 claim.id,
                 nothing_granted(),
             );
         }
-        let dirty = self.workers.waiting_mut().take_dirty();
+        let dirty = self.tables.workers.waiting_mut().take_dirty();
         if dirty.is_empty() {
             return Ok(());
         }
         let mut granted_any = false;
-        for worker in self.workers.waiting().oldest_first() {
-            if dirty.iter().all(|pool| !self.runs.has_queued(pool)) {
+        for worker in self.tables.workers.waiting().oldest_first() {
+            if dirty.iter().all(|pool| !self.tables.runs.has_queued(pool)) {
                 break;
             }
-            let Some(session) = self.workers.session(&worker) else {
-                self.workers.waiting_mut().remove(&worker);
+            let Some(session) = self.tables.workers.session(&worker) else {
+                self.tables.workers.waiting_mut().remove(&worker);
                 continue;
             };
             if !session.register.pools.iter().any(|p| dirty.contains(p)) {
                 continue;
             }
-            let Some(max) = self.workers.waiting().get(&worker).map(|c| c.max) else {
+            let Some(max) = self.tables.workers.waiting().get(&worker).map(|c| c.max) else {
                 continue;
             };
             let reply = self.claim(&worker, max, now)?;
             if matches!(&reply, Reply::Granted { runs, .. } if !runs.is_empty()) {
-                if let Some(claim) = self.workers.waiting_mut().remove(&worker) {
+                if let Some(claim) = self.tables.workers.waiting_mut().remove(&worker) {
                     out.reply(&ReplyTo::peer(&claim.peer, &worker), claim.id, reply);
                     granted_any = true;
                 }
@@ -158,7 +163,7 @@ impl<S: Store> Core<S> {
         if granted_any {
             // Wake-ups for pools the waiting claims emptied would only cause idle claims.
             out.events.retain(|(_, event)| match event {
-                Event::Wake { pool } => self.runs.has_queued(pool),
+                Event::Wake { pool } => self.tables.runs.has_queued(pool),
                 _ => true,
             });
         }
@@ -167,7 +172,7 @@ impl<S: Store> Core<S> {
 
     /// Answers `worker`'s waiting claim, if any, with nothing.
     pub(crate) fn cancel_waiting_claim(&mut self, worker: &str, out: &mut Outbox) {
-        cancel_waiting_claim(&mut self.workers, worker, out);
+        cancel_waiting_claim(&mut self.tables.workers, worker, out);
     }
 }
 

@@ -7,7 +7,7 @@ use jobcast_protocol::Reply;
 
 impl<S: Store> Core<S> {
     pub(super) fn leaving(&mut self, worker: &str, out: &mut Outbox) -> Handled {
-        if let Some(session) = self.workers.session(worker) {
+        if let Some(session) = self.tables.workers.session(worker) {
             if !session.runs.is_empty() {
                 // Its runs would be marked lost: the worker reports their ends first.
                 return Err(CoreError::StillHoldsRuns {

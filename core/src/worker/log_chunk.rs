@@ -15,7 +15,7 @@ impl<S: Store> Core<S> {
         if data.is_empty() {
             return Ok(());
         }
-        let log_cap = match self.runs.get(run_id) {
+        let log_cap = match self.tables.runs.get(run_id) {
             Some(run) if run.worker.as_deref() == Some(worker) => run.log_cap,
             Some(_) => return Ok(()),
             // Output of a run given up as lost, arriving late: kept with it, to the cap,
@@ -25,14 +25,14 @@ impl<S: Store> Core<S> {
                 None => return Ok(()),
             },
         };
-        if !self.logs.is_tracked(run_id) {
+        if !self.tables.logs.is_tracked(run_id) {
             // First chunk since this broker started: rebuild from what is stored.
             let stored = self.store.log_chunks(run_id)?;
             let stored = stored.iter().map(|(o, bytes)| (*o, bytes.len() as u64));
-            self.logs.track(run_id, log_cap as usize, stored);
+            self.tables.logs.track(run_id, log_cap as usize, stored);
         }
         let ChunkFate::Store { drop_offsets } =
-            self.logs.arrived(run_id, offset, data.len() as u64)
+            self.tables.logs.arrived(run_id, offset, data.len() as u64)
         else {
             return Ok(());
         };

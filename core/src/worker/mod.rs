@@ -31,7 +31,7 @@ impl<S: Store> Core<S> {
     ) -> Handled<Option<Reply>> {
         let now = Now::from_us(now_us);
         let registering = matches!(request, WorkerRequest::Register(_));
-        if !registering && !self.workers.touch(peer, worker, now.ms()) {
+        if !registering && !self.tables.workers.touch(peer, worker, now.ms()) {
             return Err(CoreError::NotRegistered);
         }
         Ok(Some(match request {
@@ -81,8 +81,8 @@ impl<S: Store> Core<S> {
             }
             WorkerRequest::Pong { ping_id, info } => {
                 pong::pong(
-                    &mut self.workers,
-                    &mut self.pings,
+                    &mut self.tables.workers,
+                    &mut self.tables.pings,
                     worker,
                     (ping_id, info),
                     now_us,

@@ -16,7 +16,7 @@ impl<S: Store> Core<S> {
         let Heartbeat {
             running, draining, ..
         } = heartbeat;
-        if let Some(session) = self.workers.session_mut(worker) {
+        if let Some(session) = self.tables.workers.session_mut(worker) {
             session.draining = draining;
         }
         if draining {
@@ -30,7 +30,7 @@ impl<S: Store> Core<S> {
     /// does not report, to start again (their answer was lost or is still travelling:
     /// either way the worker starts each once).
     pub(crate) fn orders_for(&self, worker: &str, reported_running: &[String]) -> Orders {
-        let Some(session) = self.workers.session(worker) else {
+        let Some(session) = self.tables.workers.session(worker) else {
             return Orders::default();
         };
         let instance = session.register.instance;
@@ -38,7 +38,7 @@ impl<S: Store> Core<S> {
             .runs
             .iter()
             .filter(|id| !reported_running.contains(id))
-            .filter_map(|id| self.runs.get(id))
+            .filter_map(|id| self.tables.runs.get(id))
             .filter(|run| !run.kill_requested && unstarted_grant_to(run, instance))
             .map(Assignment::of)
             .collect();
@@ -53,7 +53,7 @@ impl<S: Store> Core<S> {
         let mut kill: Vec<String> = session
             .runs
             .iter()
-            .filter(|id| self.runs.get(id).is_some_and(|r| r.kill_requested))
+            .filter(|id| self.tables.runs.get(id).is_some_and(|r| r.kill_requested))
             .cloned()
             .collect();
         for id in reported_running {

@@ -55,6 +55,7 @@ impl<S: Store> Core<S> {
             .as_ref()
             .map(|ids| ids.iter().map(String::as_str).collect());
         let ours: Vec<(String, bool, bool)> = self
+            .tables
             .runs
             .out_on(worker)
             .map(|r| {
@@ -130,16 +131,16 @@ impl<S: Store> Core<S> {
         self.changes.workers = true;
         let running = session.register.running.clone();
         let pools = session.register.pools.clone();
-        self.workers.register(worker, session, status);
+        self.tables.workers.register(worker, session, status);
         tracing::info!(worker, "worker registered");
         // Work may be waiting for this worker's pools.
         for pool in pools {
-            if self.runs.has_queued(&pool) {
+            if self.tables.runs.has_queued(&pool) {
                 self.wake(&pool, out);
             }
         }
         Ok(Reply::Registered {
-            boot_id: self.boot_id,
+            boot_id: self.process.boot_id,
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
             orders: self.orders_for(worker, &running),
             lease_ms: self.config.worker_timeout_ms,

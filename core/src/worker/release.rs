@@ -35,7 +35,7 @@ impl<S: Store> Core<S> {
         now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(run) = self.runs.get_mut(run_id) else {
+        let Some(run) = self.tables.runs.get_mut(run_id) else {
             return Ok(());
         };
         if run.worker.as_deref() != Some(worker) || run.state != RunState::Assigned {
@@ -49,9 +49,9 @@ impl<S: Store> Core<S> {
         self.store.put_run(run)?;
         self.changes.runs.insert(run.id.clone());
         let run = run.clone();
-        self.runs.enqueue(&run, now.ms());
+        self.tables.runs.enqueue(&run, now.ms());
         self.wake(&run.pool, out);
-        self.workers.drop_run(worker, run_id);
+        self.tables.workers.drop_run(worker, run_id);
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ impl<S: Store> Core<S> {
         now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(run) = self.runs.get_mut(&finished.run_id) else {
+        let Some(run) = self.tables.runs.get_mut(&finished.run_id) else {
             return self.late_result(worker, finished, now);
         };
         if run.worker.as_deref() != Some(worker) {
@@ -69,7 +69,7 @@ impl<S: Store> Core<S> {
             reported_at_ms: now.ms(),
         });
         self.store.put_run(&run)?;
-        self.logs.forget(&run.id);
+        self.tables.logs.forget(&run.id);
         self.changes.runs.insert(run.id);
         Ok(())
     }

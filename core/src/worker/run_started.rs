@@ -15,7 +15,7 @@ impl<S: Store> Core<S> {
         now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        let Some(run) = self.runs.get_mut(run_id) else {
+        let Some(run) = self.tables.runs.get_mut(run_id) else {
             tracing::warn!(
                 run_id,
                 worker,
@@ -47,7 +47,7 @@ impl<S: Store> Core<S> {
                 waited_ms: now.ms().saturating_sub(due_ms),
             });
             let job = run.job.clone();
-            let state = self.jobs.state_entry(&job);
+            let state = self.tables.jobs.state_entry(&job);
             state.last_started_ms = Some(now.ms());
             self.save_job_state(&job)?;
         }
