@@ -6,6 +6,7 @@ pub mod deadline;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod process_stats;
 pub mod reload;
 pub mod replay_floors;
 pub mod server;

@@ -318,8 +318,63 @@ impl Metrics {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+        if let Some(stats) = crate::process_stats::read() {
+            let _ = prometheus_client::encoding::prometheus_text::encode(
+                &mut text,
+                &process_registry(&stats),
+            );
+        }
         text
     }
+}
+
+/// The process's own figures, under the names every Prometheus client uses (no prefix).
+fn process_registry(stats: &crate::process_stats::ProcessStats) -> Registry {
+    let mut registry = Registry::default();
+    let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+    cpu.inc_by(stats.cpu_seconds);
+    registry.register_with_unit(
+        "process_cpu",
+        "User and system CPU time the broker has used",
+        Unit::Seconds,
+        cpu,
+    );
+    let gauge = |value: u64| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        gauge
+    };
+    registry.register_with_unit(
+        "process_resident_memory",
+        "Resident memory of the broker",
+        Unit::Bytes,
+        gauge(stats.resident_bytes),
+    );
+    registry.register_with_unit(
+        "process_virtual_memory",
+        "Virtual memory of the broker",
+        Unit::Bytes,
+        gauge(stats.virtual_bytes),
+    );
+    registry.register(
+        "process_open_fds",
+        "File descriptors the broker has open",
+        gauge(stats.open_fds),
+    );
+    registry.register(
+        "process_max_fds",
+        "The most file descriptors the broker may open (its soft limit)",
+        gauge(stats.max_fds),
+    );
+    let start = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    start.set(stats.start_time_seconds);
+    registry.register_with_unit(
+        "process_start_time",
+        "When the broker started, in seconds since the Unix epoch",
+        Unit::Seconds,
+        start,
+    );
+    registry
 }
 
 /// Bytes of the files under `dir`, recursively (the store's size on disk).
@@ -469,6 +524,15 @@ mod tests {
             commit_built_from()
         );
         assert_eq!(value(&build), 1.0);
+        // The process's own figures, under the names every client library uses.
+        assert!(value("process_resident_memory_bytes") > 0.0, "{text}");
+        assert!(value("process_open_fds") > 0.0);
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(value("process_start_time_seconds") > 1.7e9);
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
         assert_ne!(commit_built_from(), "", "{text}");
     }
 
