@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --bins
+# The three programs only (not the benchmark tool). The first build compiles a few
+# hundred crates, libzmq among them: several minutes on a small machine.
+[ -x target/debug/jobcast-broker ] || echo "building jobcast (the first build takes several minutes)..." >&2
+cargo build -p jobcast-broker -p jobcast-worker -p jobcastctl
 bin=target/debug
 mkdir -p .jobcast
 export JOBCAST_ADMIN_SECRET=quickstart-admin-secret-change-me
