@@ -45,6 +45,20 @@ impl Chaos {
     }
 }
 
+/// How a test's client speaks to `router` with the admin key.
+pub fn admin_client_config(
+    router: &str,
+    connect_timeout: Duration,
+) -> jobcast_client::ClientConfig {
+    jobcast_client::ClientConfig {
+        endpoint: router.to_string(),
+        name: "admin".into(),
+        secret: jobcast_protocol::Secret::new(ADMIN_SECRET),
+        connect_timeout,
+        max_clock_skew: Duration::from_secs(30),
+    }
+}
+
 pub fn worker_secret(id: &str) -> String {
     format!("integration-secret-for-{id}")
 }
@@ -270,15 +284,9 @@ impl Cluster {
 
     /// A request client with the admin key, connected to this cluster's broker.
     pub async fn admin_client(&self) -> jobcast_client::Client {
-        jobcast_client::Client::connect(jobcast_client::ClientConfig {
-            endpoint: self.router.clone(),
-            name: "admin".into(),
-            secret: jobcast_protocol::Secret::new(ADMIN_SECRET),
-            connect_timeout: Duration::from_secs(5),
-            max_clock_skew: Duration::from_secs(30),
-        })
-        .await
-        .expect("connect to the broker")
+        jobcast_client::Client::connect(admin_client_config(&self.router, Duration::from_secs(5)))
+            .await
+            .expect("connect to the broker")
     }
 
     pub fn broker_log(&self) -> String {

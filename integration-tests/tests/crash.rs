@@ -43,14 +43,10 @@ fn a_broker_killed_during_an_enqueue_storm_runs_every_request_exactly_once() {
             .build()
             .expect("a runtime");
         runtime.block_on(async move {
-            let client =
-                jobcast_client::Client::connect_in_background(jobcast_client::ClientConfig {
-                    endpoint: router,
-                    name: "admin".into(),
-                    secret: jobcast_protocol::Secret::new(ADMIN_SECRET),
-                    connect_timeout: Duration::from_secs(2),
-                    max_clock_skew: Duration::from_secs(30),
-                });
+            let client = jobcast_client::Client::connect_in_background(admin_client_config(
+                &router,
+                Duration::from_secs(2),
+            ));
             let deadline = Instant::now() + LONG;
             let (mut sent, mut sent_again) = (0, 0);
             while still_storming.load(std::sync::atomic::Ordering::Relaxed) || sent < minimum {

@@ -32,14 +32,10 @@ fn a_broker_stopped_hundreds_of_times_under_load_stops_cleanly_each_time() {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async move {
-                let client =
-                    jobcast_client::Client::connect_in_background(jobcast_client::ClientConfig {
-                        endpoint: router,
-                        name: "admin".into(),
-                        secret: jobcast_protocol::Secret::new(ADMIN_SECRET),
-                        connect_timeout: Duration::from_secs(2),
-                        max_clock_skew: Duration::from_secs(30),
-                    });
+                let client = jobcast_client::Client::connect_in_background(admin_client_config(
+                    &router,
+                    Duration::from_secs(2),
+                ));
                 let mut keys = Vec::new();
                 let mut next = 0;
                 while loading.load(Ordering::Relaxed) {
