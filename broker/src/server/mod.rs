@@ -10,6 +10,7 @@ mod clock_watch;
 mod frames;
 mod outage;
 mod reload;
+mod service_manager;
 mod space;
 mod start;
 
@@ -73,6 +74,7 @@ pub async fn serve<S: Store + 'static>(
             Err(e) => break Err(e),
         }
     };
+    server.service_manager.stopping();
     drop(server);
     if let Some((_, task)) = http {
         task.abort();
@@ -96,6 +98,8 @@ enum Stopped {
 /// through.
 struct Server {
     metrics: crate::metrics::Metrics,
+    /// systemd (or another manager speaking its notify protocol), when there is one.
+    service_manager: service_manager::ServiceManager,
     /// The settings in force: as at start, with what reloads changed. Its keys are those
     /// replies are sealed with and requests opened with.
     running: BrokerConfig,
@@ -139,6 +143,7 @@ impl Server {
         mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<Stopped> {
         loop {
+            self.service_manager.alive();
             if !self.take_batch(core, shutdown.as_mut()).await? {
                 return Ok(Stopped::Shutdown);
             }
@@ -165,9 +170,10 @@ impl Server {
         core: &Core<S>,
         shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<bool> {
+        let longest = self.service_manager.longest_sleep(MAX_SLEEP);
         let wake_at_us = core
             .next_wakeup_us()
-            .min(now_us() + MAX_SLEEP.as_micros() as u64);
+            .min(now_us() + longest.as_micros() as u64);
         tokio::select! {
             biased;
             _ = shutdown => return Ok(false),

@@ -66,6 +66,7 @@ impl Server {
         let replay_floors = crate::replay_floors::ReplayFloors::load(core.store())
             .context("cannot read the replay floors from the store")?;
         let server = Server {
+            service_manager: super::service_manager::ServiceManager::new(),
             deadline: crate::deadline::Deadline::new().context("cannot create the loop's timer")?,
             space: SpaceCheck::new(config),
             reopen_delay: ReopenDelay::new(),
@@ -94,6 +95,8 @@ impl Server {
             rejections: RejectionLog::default(),
             batch: Vec::with_capacity(MAX_BATCH),
         };
+        // Everything is in place: the loop starts next.
+        server.service_manager.ready(&bound);
         Ok((server, http))
     }
 }
