@@ -45,6 +45,45 @@ impl Chaos {
     }
 }
 
+/// Runs `work` on a thread of its own with an admin client of `router` that connects in
+/// the background (and again after a broker restart): load generators beside a test.
+pub fn with_admin_client_on_a_thread<T, F>(
+    router: &str,
+    work: impl FnOnce(jobcast_client::Client) -> F + Send + 'static,
+) -> std::thread::JoinHandle<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
+    let config = admin_client_config(router, Duration::from_secs(2));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            work(jobcast_client::Client::connect_in_background(config)).await
+        })
+    })
+}
+
+/// Every file under `dir`, in its subdirectories too (none if it cannot be read).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 /// How a test's client speaks to `router` with the admin key.
 pub fn admin_client_config(
     router: &str,

@@ -2,6 +2,7 @@
 //! dependencies (direct or not), and no clock, file or network call in its source. The
 //! compiler keeps the first once the crates are absent; this test keeps them absent.
 
+use jobcast_integration_tests::files_under;
 use std::path::Path;
 use std::process::Command;
 
@@ -74,21 +75,16 @@ const IMPURE_CALLS: &[&str] = &[
 fn the_core_reads_no_clock_file_or_network() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/src");
     let mut offences = Vec::new();
-    let mut files = 0;
-    let mut dirs = vec![src];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("core/src is readable") {
-            let path = entry.expect("directory entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files += 1;
-                let text = std::fs::read_to_string(&path).expect("source is readable");
-                for (n, line) in text.lines().enumerate() {
-                    if let Some(call) = IMPURE_CALLS.iter().find(|c| line.contains(*c)) {
-                        offences.push(format!("{}:{}: {call}", path.display(), n + 1));
-                    }
-                }
+    let sources: Vec<_> = files_under(&src)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    let files = sources.len();
+    for path in sources {
+        let text = std::fs::read_to_string(&path).expect("source is readable");
+        for (n, line) in text.lines().enumerate() {
+            if let Some(call) = IMPURE_CALLS.iter().find(|c| line.contains(*c)) {
+                offences.push(format!("{}:{}: {call}", path.display(), n + 1));
             }
         }
     }

@@ -37,59 +37,48 @@ fn a_broker_killed_during_an_enqueue_storm_runs_every_request_exactly_once() {
     // Set while a burst waits for its answers: the kills are timed to land then.
     let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let burst_in_flight = in_flight.clone();
-    let enqueuer = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(async move {
-            let client = jobcast_client::Client::connect_in_background(admin_client_config(
-                &router,
-                Duration::from_secs(2),
-            ));
-            let deadline = Instant::now() + LONG;
-            let (mut sent, mut sent_again) = (0, 0);
-            while still_storming.load(std::sync::atomic::Ordering::Relaxed) || sent < minimum {
-                let started = Instant::now();
-                let burst: Vec<String> = (sent..sent + 10).map(|i| format!("storm-{i}")).collect();
-                sent += burst.len();
-                let mut waiting: Vec<&String> = burst.iter().collect();
-                while !waiting.is_empty() {
-                    assert!(
-                        Instant::now() < deadline,
-                        "requests never answered: {waiting:?}"
-                    );
-                    burst_in_flight.store(true, std::sync::atomic::Ordering::Relaxed);
-                    let pending: Vec<_> = waiting
-                        .iter()
-                        .map(|key| {
-                            client.submit(jobcast_protocol::AdminRequest::Enqueue {
-                                job: "storm".into(),
-                                key: Some(key.to_string()),
-                                params: Default::default(),
-                                priority: None,
-                            })
+    let enqueuer = with_admin_client_on_a_thread(&router, move |client| async move {
+        let deadline = Instant::now() + LONG;
+        let (mut sent, mut sent_again) = (0, 0);
+        while still_storming.load(std::sync::atomic::Ordering::Relaxed) || sent < minimum {
+            let started = Instant::now();
+            let burst: Vec<String> = (sent..sent + 10).map(|i| format!("storm-{i}")).collect();
+            sent += burst.len();
+            let mut waiting: Vec<&String> = burst.iter().collect();
+            while !waiting.is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "requests never answered: {waiting:?}"
+                );
+                burst_in_flight.store(true, std::sync::atomic::Ordering::Relaxed);
+                let pending: Vec<_> = waiting
+                    .iter()
+                    .map(|key| {
+                        client.submit(jobcast_protocol::AdminRequest::Enqueue {
+                            job: "storm".into(),
+                            key: Some(key.to_string()),
+                            params: Default::default(),
+                            priority: None,
                         })
-                        .collect();
-                    let mut unanswered = Vec::new();
-                    for (key, reply) in waiting.iter().zip(pending) {
-                        match reply.wait(Duration::from_secs(2)).await {
-                            Ok(jobcast_protocol::Reply::Enqueued { .. }) => {}
-                            Ok(other) => panic!("enqueue {key}: {other:?}"),
-                            Err(_) => unanswered.push(*key),
-                        }
+                    })
+                    .collect();
+                let mut unanswered = Vec::new();
+                for (key, reply) in waiting.iter().zip(pending) {
+                    match reply.wait(Duration::from_secs(2)).await {
+                        Ok(jobcast_protocol::Reply::Enqueued { .. }) => {}
+                        Ok(other) => panic!("enqueue {key}: {other:?}"),
+                        Err(_) => unanswered.push(*key),
                     }
-                    burst_in_flight.store(false, std::sync::atomic::Ordering::Relaxed);
-                    sent_again += unanswered.len();
-                    waiting = unanswered;
                 }
-                // Pacing: the storm is to last through the kills, not to exhaust the
-                // workers (the runs all execute before the checks).
-                tokio::time::sleep(Duration::from_millis(50).saturating_sub(started.elapsed()))
-                    .await;
+                burst_in_flight.store(false, std::sync::atomic::Ordering::Relaxed);
+                sent_again += unanswered.len();
+                waiting = unanswered;
             }
-            (sent, sent_again)
-        })
+            // Pacing: the storm is to last through the kills, not to exhaust the
+            // workers (the runs all execute before the checks).
+            tokio::time::sleep(Duration::from_millis(50).saturating_sub(started.elapsed())).await;
+        }
+        (sent, sent_again)
     });
 
     // Kill the broker at moments a small deterministic generator picks.

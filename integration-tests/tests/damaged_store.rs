@@ -11,18 +11,10 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_secs(60);
 
 fn journals(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "jnl") {
-                found.push(path);
-            }
-        }
-    }
+    let found: Vec<PathBuf> = files_under(dir)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "jnl"))
+        .collect();
     assert!(!found.is_empty(), "no journal under {}", dir.display());
     found
 }

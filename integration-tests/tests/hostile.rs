@@ -327,18 +327,7 @@ fn secrets_filled_by_the_worker_never_reach_the_broker() {
 
 /// Whether any file under `dir` contains `needle` (the store is small here).
 fn contains_bytes_under(dir: &std::path::Path, needle: &[u8]) -> bool {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|entry| {
-            let path = entry.path();
-            if path.is_dir() {
-                contains_bytes_under(&path, needle)
-            } else {
-                std::fs::read(&path)
-                    .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
-                    .unwrap_or(false)
-            }
-        })
+    files_under(dir).iter().any(|path| {
+        std::fs::read(path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+    })
 }

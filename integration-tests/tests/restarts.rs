@@ -26,38 +26,28 @@ fn a_broker_stopped_hundreds_of_times_under_load_stops_cleanly_each_time() {
     let answered = Arc::new(AtomicU64::new(0));
     let load = {
         let (loading, answered) = (loading.clone(), answered.clone());
-        std::thread::spawn(move || -> Vec<String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let client = jobcast_client::Client::connect_in_background(admin_client_config(
-                    &router,
-                    Duration::from_secs(2),
-                ));
-                let mut keys = Vec::new();
-                let mut next = 0;
-                while loading.load(Ordering::Relaxed) {
-                    let key = format!("load-{next}");
-                    let request = jobcast_protocol::AdminRequest::Enqueue {
-                        job: "quick".into(),
-                        key: Some(key.clone()),
-                        params: Default::default(),
-                        priority: None,
-                    };
-                    match client.request(request, Duration::from_secs(2)).await {
-                        Ok(jobcast_protocol::Reply::Enqueued { .. }) => {
-                            keys.push(key);
-                            next += 1;
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        // The broker is stopping or starting: ask again with the same key.
-                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        with_admin_client_on_a_thread(&router, move |client| async move {
+            let mut keys = Vec::new();
+            let mut next = 0;
+            while loading.load(Ordering::Relaxed) {
+                let key = format!("load-{next}");
+                let request = jobcast_protocol::AdminRequest::Enqueue {
+                    job: "quick".into(),
+                    key: Some(key.clone()),
+                    params: Default::default(),
+                    priority: None,
+                };
+                match client.request(request, Duration::from_secs(2)).await {
+                    Ok(jobcast_protocol::Reply::Enqueued { .. }) => {
+                        keys.push(key);
+                        next += 1;
+                        answered.fetch_add(1, Ordering::Relaxed);
                     }
+                    // The broker is stopping or starting: ask again with the same key.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
-                keys
-            })
+            }
+            keys
         })
     };
 
