@@ -3,7 +3,8 @@ use clap::Parser;
 use jobcast_broker::config::{self, Overrides};
 use jobcast_broker::reload::Reloading;
 use jobcast_broker::server::{self, now_us};
-use jobcast_broker::store::{self, BrokerStore};
+use jobcast_broker::store::postgres::{PgSettings, PgStore};
+use jobcast_broker::store::{self, Store};
 use jobcast_core::Core;
 use jobcast_protocol::{jobfile, AdminRequest, Reply};
 use std::path::PathBuf;
@@ -103,10 +104,26 @@ fn run() -> Result<()> {
         }
         None => None,
     };
+    // Read (not connected to) before anything else, so a bad URL or an unreadable
+    // password file is a settings error.
+    let postgres = match &config.postgres {
+        Some(section) => Some(
+            PgSettings::new(
+                &section.url,
+                section.password_file.as_deref(),
+                section.ca_file.as_deref(),
+            )
+            .context("in [postgres]")?,
+        ),
+        None => None,
+    };
     if args_check_config {
+        let store = match &postgres {
+            Some(settings) => format!("store {}", settings.describe()),
+            None => format!("data_dir {}", config.data_dir.display()),
+        };
         println!(
-            "config is valid: data_dir {}, requests on {}, events on {}, HTTP {}, {} worker keys{}",
-            config.data_dir.display(),
+            "config is valid: {store}, requests on {}, events on {}, HTTP {}, {} worker keys{}",
             config.router,
             config.publish,
             config.http_listen.as_deref().unwrap_or("off"),
@@ -117,81 +134,124 @@ fn run() -> Result<()> {
         );
         return Ok(());
     }
+    let core_config = config.core_config();
+    let serving = Serving {
+        config,
+        jobs,
+        read_settings: Box::new(read_settings),
+        ready_file: args.ready_file,
+    };
+    if let Some(settings) = postgres {
+        if args_repair {
+            anyhow::bail!("--repair is for the embedded store; a PostgreSQL store is repaired with PostgreSQL's own tools");
+        }
+        // At start, and again after a store failure (the database gone): the state is
+        // what the store holds.
+        return serving.serve(move |now_us: u64| -> Result<Core<PgStore>> {
+            let store = PgStore::open(&settings)
+                .with_context(|| format!("cannot open the store at {}", settings.describe()))?;
+            Ok(Core::new(store, core_config.clone(), now_us)?)
+        });
+    }
+    let config = &serving.config;
     if args_repair {
-        return repair(&config);
+        return repair(config);
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let core_config = config.core_config();
     let (data_dir, cache_size) = (config.data_dir.clone(), config.cache_size);
     // At start, and again after a store failure (a full disk): the state is what the
     // store holds.
-    let open_core = move |now_us: u64| -> Result<Core<BrokerStore>> {
+    serving.serve(move |now_us: u64| {
         let store = store::open_in(&data_dir, cache_size)
             .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
         Ok(Core::new(store, core_config.clone(), now_us)?)
-    };
-    let mut core = open_core(now_us())?;
-    if let Some(jobs) = jobs {
-        let mut out = Default::default();
-        core.handle_api(
-            "the jobs file given at start",
-            0,
-            AdminRequest::ApplyJobs { jobs },
-            &jobcast_core::Scope::all(),
-            now_us(),
-            &mut out,
-        )?;
-        if let Some(reply) = out.replies.pop() {
-            match reply.reply {
-                Reply::Applied {
-                    created, updated, ..
-                } => {
-                    tracing::info!(?created, ?updated, "jobs file applied")
+    })
+}
+
+/// What serving needs besides the store: the settings, the jobs file read at start, how
+/// to read the settings again (SIGHUP), and where to say the broker is listening.
+struct Serving {
+    config: config::BrokerConfig,
+    jobs: Option<Vec<jobcast_protocol::JobSpec>>,
+    read_settings: jobcast_broker::reload::ReadSettings,
+    ready_file: Option<PathBuf>,
+}
+
+impl Serving {
+    /// Opens the core (`open_core`, again after a store failure), applies the jobs file,
+    /// and serves until a signal stops the broker.
+    fn serve<S: Store + 'static>(
+        self,
+        mut open_core: impl FnMut(u64) -> Result<Core<S>> + 'static,
+    ) -> Result<()> {
+        let Serving {
+            config,
+            jobs,
+            read_settings,
+            ready_file,
+        } = self;
+        let mut core = open_core(now_us())?;
+        if let Some(jobs) = jobs {
+            let mut out = Default::default();
+            core.handle_api(
+                "the jobs file given at start",
+                0,
+                AdminRequest::ApplyJobs { jobs },
+                &jobcast_core::Scope::all(),
+                now_us(),
+                &mut out,
+            )?;
+            if let Some(reply) = out.replies.pop() {
+                match reply.reply {
+                    Reply::Applied {
+                        created, updated, ..
+                    } => {
+                        tracing::info!(?created, ?updated, "jobs file applied")
+                    }
+                    Reply::Error { message, .. } => anyhow::bail!("jobs file refused: {message}"),
+                    _ => {}
                 }
-                Reply::Error { message, .. } => anyhow::bail!("jobs file refused: {message}"),
-                _ => {}
             }
         }
-    }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let ready_file = args.ready_file;
-    runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let reloading = Reloading {
-            read: Box::new(read_settings),
-            hangups: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
-        };
-        server::serve(
-            core,
-            open_core,
-            &config,
-            reloading,
-            move |bound| {
-                if let Some(path) = &ready_file {
-                    let mut text = format!(
-                        "router = \"{}\"\npublish = \"{}\"\n",
-                        bound.router, bound.publish
-                    );
-                    if let Some(http) = &bound.http {
-                        text.push_str(&format!("http = \"{http}\"\n"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let reloading = Reloading {
+                read: read_settings,
+                hangups: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+            };
+            server::serve(
+                core,
+                open_core,
+                &config,
+                reloading,
+                move |bound| {
+                    if let Some(path) = &ready_file {
+                        let mut text = format!(
+                            "router = \"{}\"\npublish = \"{}\"\n",
+                            bound.router, bound.publish
+                        );
+                        if let Some(http) = &bound.http {
+                            text.push_str(&format!("http = \"{http}\"\n"));
+                        }
+                        let tmp = path.with_extension("tmp");
+                        std::fs::write(&tmp, text)
+                            .and_then(|_| std::fs::rename(&tmp, path))
+                            .with_context(|| format!("cannot write {}", path.display()))?;
                     }
-                    let tmp = path.with_extension("tmp");
-                    std::fs::write(&tmp, text)
-                        .and_then(|_| std::fs::rename(&tmp, path))
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                }
-                Ok(())
-            },
-            shutdown_signal(),
-        )
-        .await
-    })
+                    Ok(())
+                },
+                shutdown_signal(),
+            )
+            .await
+        })
+    }
 }
 
 /// `--repair`: what was wrong with the store and what was changed, on standard output.

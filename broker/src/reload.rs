@@ -73,6 +73,7 @@ fn needs_restart(running: &BrokerConfig, new: &BrokerConfig) -> Vec<String> {
     let (a, b) = (running, new);
     [
         ("data_dir", a.data_dir != b.data_dir),
+        ("postgres", a.postgres != b.postgres),
         ("router", a.router != b.router),
         ("publish", a.publish != b.publish),
         ("jobs", a.jobs != b.jobs),

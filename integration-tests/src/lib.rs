@@ -629,6 +629,16 @@ pub use jobcast_worker::procfs::{is_alive, rss_bytes};
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What a failed test needs to be understood from CI's output alone.
+            let log = self.broker_log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- the broker's log (start {}, last 40 lines) ---\n{}",
+                self.broker_starts,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
         for worker in &mut self.workers {
             // A stopped worker must be continued before it can die.
             // SAFETY: kill has no memory-safety preconditions.
@@ -675,5 +685,43 @@ impl Drop for Cluster {
                 tempfile::tempdir().expect("temp dir"),
             ));
         }
+    }
+}
+
+/// A throwaway PostgreSQL with one database for a broker's store, and the settings line
+/// that points a cluster's broker at it (`Cluster::start_configured`).
+pub struct PostgresStore {
+    pub server: jobcast_test_postgres::TestPostgres,
+    pub url: String,
+    password_file: tempfile::NamedTempFile,
+}
+
+impl PostgresStore {
+    /// `None` only where the host has no PostgreSQL and the tests were told to skip it.
+    pub fn start() -> Option<PostgresStore> {
+        let server = jobcast_test_postgres::TestPostgres::start()?;
+        let url = server.create_database("jobcast");
+        let password_file = tempfile::NamedTempFile::new().expect("a password file");
+        std::fs::write(password_file.path(), jobcast_test_postgres::PASSWORD)
+            .expect("write the password file");
+        Some(PostgresStore {
+            server,
+            url,
+            password_file,
+        })
+    }
+
+    /// The broker's `[postgres]` settings, as one top-level line.
+    pub fn settings(&self) -> String {
+        format!(
+            "postgres = {{ url = \"{}\", password_file = \"{}\" }}",
+            self.url,
+            self.password_file.path().display()
+        )
+    }
+
+    /// Runs `sql` on the broker's database; its output.
+    pub fn query(&self, sql: &str) -> String {
+        self.server.psql("jobcast", sql)
     }
 }

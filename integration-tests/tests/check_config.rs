@@ -112,3 +112,47 @@ fn each_program_says_which_commit_it_was_built_from() {
         );
     }
 }
+
+#[test]
+fn a_postgres_store_is_checked_without_connecting_and_its_password_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("pg-password");
+    std::fs::write(&password, "hunter2-of-the-database\n").unwrap();
+    let config = dir.path().join("broker.toml");
+    let write = |postgres: &str| {
+        std::fs::write(
+            &config,
+            format!("{postgres}\n[keys]\nadmin = \"an-admin-secret-long-enough\"\n"),
+        )
+        .unwrap()
+    };
+    // Nothing listens there: a check does not connect.
+    write(&format!(
+        "[postgres]\nurl = \"postgres://jobcast@127.0.0.1:9/jobs\"\npassword_file = \"{}\"",
+        password.display()
+    ));
+    let out = check(&config, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("store postgres://jobcast@127.0.0.1:9/jobs"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+
+    write("[postgres]\nurl = \"postgres://jobcast@db/jobs\"\npassword_file = \"/nonexistent/pw\"");
+    let out = check(&config, None);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[postgres]") && stderr.contains("/nonexistent/pw"),
+        "{stderr}"
+    );
+
+    write("[postgres]\nurl = \"postgres://jobcast:inline-secret@db:notaport/jobs\"");
+    let out = check(&config, None);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("URL cannot be read"), "{stderr}");
+    assert!(!stderr.contains("inline-secret"), "{stderr}");
+}

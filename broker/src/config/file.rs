@@ -13,6 +13,8 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
+    /// `[postgres]`: keep the broker's records in PostgreSQL instead of `data_dir`.
+    pub postgres: Option<PostgresSection>,
     pub router: Option<String>,
     pub publish: Option<String>,
     pub jobs: Option<PathBuf>,
@@ -58,6 +60,20 @@ pub struct FileConfig {
     /// `[pools.NAME]`: settings of a pool.
     #[serde(default)]
     pub pools: std::collections::BTreeMap<String, PoolSection>,
+}
+
+/// `[postgres]`: where the PostgreSQL store is.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSection {
+    /// A connection URL (`postgres://user@host:port/database?sslmode=require`) or
+    /// libpq's `key=value` form. Better without the password: see `password_file`.
+    pub url: String,
+    /// A file holding the password (its first line); else `PGPASSWORD`, else none.
+    pub password_file: Option<PathBuf>,
+    /// PEM certificates of the CA that signed the server's certificate, for TLS
+    /// (`sslmode=require`); without it, the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[pools.NAME]`.

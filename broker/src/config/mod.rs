@@ -19,6 +19,8 @@ pub struct BrokerConfig {
     /// Neither the file, a flag nor systemd named the data directory: the default, in
     /// the working directory, was taken (warned about at start).
     pub data_dir_defaulted: bool,
+    /// The PostgreSQL store, when the records are kept there rather than in `data_dir`.
+    pub postgres: Option<PostgresSection>,
     pub router: String,
     pub publish: String,
     pub jobs: Option<PathBuf>,
@@ -71,7 +73,7 @@ impl BrokerConfig {
                 "no worker keys configured: no worker can connect until [keys.workers] lists some",
             );
         }
-        if self.data_dir_defaulted {
+        if self.data_dir_defaulted && self.postgres.is_none() {
             warnings.push(
                 "no data_dir set: the store is in ./jobcast-data, under the directory the broker was started from; set data_dir (or --data-dir) to keep it in one place",
             );
@@ -105,6 +107,10 @@ pub struct Overrides {
     /// Directory of the embedded store.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Keep the records in PostgreSQL at this URL instead of the embedded store (the
+    /// password from `[postgres] password_file` or PGPASSWORD, not the URL).
+    #[arg(long, env = "JOBCAST_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
     /// ROUTER endpoint for worker and jobcastctl requests [default: tcp://127.0.0.1:5555].
     #[arg(long)]
     pub router: Option<String>,
@@ -212,6 +218,15 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
             .or(file.data_dir)
             .unwrap_or_else(|| default_data_dir(state_directory.as_deref())),
         data_dir_defaulted,
+        postgres: match (flags.postgres_url, file.postgres) {
+            (Some(url), Some(section)) => Some(PostgresSection { url, ..section }),
+            (Some(url), None) => Some(PostgresSection {
+                url,
+                password_file: None,
+                ca_file: None,
+            }),
+            (None, section) => section,
+        },
         router: flags
             .router
             .or(file.router)

@@ -21,7 +21,12 @@ impl SpaceCheck {
     pub(super) fn new(config: &BrokerConfig) -> SpaceCheck {
         SpaceCheck {
             dir: config.data_dir.clone(),
-            reserve_bytes: config.min_free_bytes,
+            // The records are on the database's disk, not this one.
+            reserve_bytes: if config.postgres.is_some() {
+                0
+            } else {
+                config.min_free_bytes
+            },
             next: Instant::now(),
             failing: false,
         }

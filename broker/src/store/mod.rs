@@ -9,6 +9,7 @@ mod fjall_engine;
 pub mod integrity;
 mod kv;
 mod location;
+pub mod postgres;
 mod run_codec;
 mod sled_engine;
 

@@ -41,7 +41,119 @@ on_every_backend!(
     deleted_runs_take_their_id_and_log_with_them,
     a_listing_looks_at_a_bounded_number_of_runs_and_says_where_to_go_on,
     runs_linked_to_a_run_are_its_retries_and_the_runs_it_started,
+    writes_are_read_back_before_and_after_they_are_flushed,
 );
+
+/// PostgreSQL keeps the same contract: every test above on a fresh database of one
+/// throwaway cluster (started by the test, stopped at its end).
+#[test]
+fn postgres() {
+    use super::postgres::{PgSettings, PgStore};
+    let Some(pg) = jobcast_test_postgres::TestPostgres::start() else {
+        return;
+    };
+    let password = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(password.path(), jobcast_test_postgres::PASSWORD).unwrap();
+    let mut databases = 0;
+    let mut fresh = || {
+        databases += 1;
+        let url = pg.create_database(&format!("contract{databases}"));
+        PgSettings::new(&url, Some(password.path()), None).unwrap()
+    };
+    type Contract = fn(PgStore);
+    let tests: [(&str, Contract); 10] = [
+        ("listed", runs_are_listed_newest_first_and_filtered),
+        ("active", the_active_index_follows_the_state),
+        ("prefix", run_ids_are_found_by_prefix),
+        ("logs", log_chunks_come_back_in_stream_order),
+        (
+            "paging",
+            listings_page_by_sequence_and_filter_by_time_job_and_worker,
+        ),
+        ("small", settings_workers_and_job_states_read_back),
+        ("deleted", deleted_runs_take_their_id_and_log_with_them),
+        (
+            "bounded",
+            a_listing_looks_at_a_bounded_number_of_runs_and_says_where_to_go_on,
+        ),
+        (
+            "linked",
+            runs_linked_to_a_run_are_its_retries_and_the_runs_it_started,
+        ),
+        (
+            "pending",
+            writes_are_read_back_before_and_after_they_are_flushed,
+        ),
+    ];
+    for (name, test) in tests {
+        eprintln!("postgres: {name}");
+        test(PgStore::open(&fresh()).unwrap());
+    }
+    let settings = fresh();
+    everything_survives_reopening(|| PgStore::open(&settings).unwrap());
+    let settings = fresh();
+    each_run_keeps_the_job_version_it_was_created_with_across_reopening(|| {
+        PgStore::open(&settings).unwrap()
+    });
+    // Opened again, nothing is migrated twice; migrated by a newer broker, refused.
+    let schema = |sql: &str| pg.psql(&format!("contract{databases}"), sql);
+    assert_eq!(schema("SELECT count(*) FROM jobcast_schema"), "1");
+    schema("INSERT INTO jobcast_schema (version, name) VALUES (99, 'from_the_future')");
+    let error = PgStore::open(&settings).err().expect("refused").to_string();
+    assert!(
+        error.contains("schema is at version 99, newer than this broker knows (version 1)"),
+        "{error}"
+    );
+}
+
+/// What a batch wrote is read back before its flush, and the same after it.
+fn writes_are_read_back_before_and_after_they_are_flushed(mut store: impl Store) {
+    let check = |store: &mut dyn Store, flushed: bool| {
+        let what = if flushed {
+            "after the flush"
+        } else {
+            "before it"
+        };
+        assert_eq!(
+            store.run("w1").unwrap().unwrap().state,
+            RunState::Running,
+            "{what}"
+        );
+        assert!(store.run("gone").unwrap().is_none(), "{what}");
+        let chunks: Vec<u64> = store
+            .log_chunks("w1")
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(chunks, vec![0, 10], "{what}");
+        assert!(store.log_chunks("gone").unwrap().is_empty(), "{what}");
+        assert_eq!(
+            store.setting("k").unwrap().as_deref(),
+            Some(&b"v2"[..]),
+            "{what}"
+        );
+        assert_eq!(store.jobs().unwrap(), vec![job("a"), job("b")], "{what}");
+    };
+    store.put_job(&job("a")).unwrap();
+    store.create_run(&run(1, "gone", RunState::Failed)).unwrap();
+    store.put_log_chunk("gone", 0, b"old").unwrap();
+    store.flush().unwrap();
+    store.put_job(&job("b")).unwrap();
+    store.create_run(&run(2, "w1", RunState::Queued)).unwrap();
+    store.put_run(&run(2, "w1", RunState::Running)).unwrap();
+    store.put_log_chunk("w1", 0, b"first").unwrap();
+    store.put_log_chunk("w1", 5, b"dropped").unwrap();
+    store.put_log_chunk("w1", 10, b"second").unwrap();
+    store.delete_log_chunk("w1", 5).unwrap();
+    store.delete_run(&run(1, "gone", RunState::Failed)).unwrap();
+    store.put_setting("k", b"v1").unwrap();
+    store.put_setting("k", b"v2").unwrap();
+    check(&mut store, false);
+    store.flush().unwrap();
+    check(&mut store, true);
+    assert_eq!(store.run_count().unwrap(), 1);
+}
 
 fn job(name: &str) -> JobSpec {
     JobSpec::new(name, "default", Exec::Command(vec!["true".into()]))
@@ -134,10 +246,14 @@ fn log_chunks_come_back_in_stream_order(mut store: impl Store) {
 }
 
 #[test]
-fn everything_survives_reopening() {
+fn everything_survives_reopening_fjall() {
     let dir = tempfile::tempdir().unwrap();
+    everything_survives_reopening(|| open_in(dir.path(), 8 << 20).unwrap());
+}
+
+fn everything_survives_reopening<S: Store>(open: impl Fn() -> S) {
     {
-        let mut store = open_in(dir.path(), 8 << 20).unwrap();
+        let mut store = open();
         store.put_job(&job("nightly")).unwrap();
         store
             .create_run(&run(1, "aaa1", RunState::Running))
@@ -151,7 +267,7 @@ fn everything_survives_reopening() {
         store.delete_run(&run(2, "old2", RunState::Failed)).unwrap();
         store.flush().unwrap();
     }
-    let store = open_in(dir.path(), 8 << 20).unwrap();
+    let store = open();
     assert_eq!(store.jobs().unwrap(), vec![job("nightly")]);
     assert_eq!(store.active_runs().unwrap()[0].id, "aaa1");
     assert_eq!(store.log_chunks("aaa1").unwrap()[0].1, b"hello");
@@ -267,8 +383,16 @@ fn deleted_runs_take_their_id_and_log_with_them(mut store: impl Store) {
 }
 
 #[test]
-fn each_run_keeps_the_job_version_it_was_created_with_across_reopening() {
+fn each_run_keeps_the_job_version_it_was_created_with_across_reopening_fjall() {
     let dir = tempfile::tempdir().unwrap();
+    each_run_keeps_the_job_version_it_was_created_with_across_reopening(|| {
+        open_in(dir.path(), 8 << 20).unwrap()
+    });
+}
+
+fn each_run_keeps_the_job_version_it_was_created_with_across_reopening<S: Store>(
+    open: impl Fn() -> S,
+) {
     let first = job("nightly");
     let edited = JobSpec {
         timeout_ms: Some(60_000),
@@ -279,7 +403,7 @@ fn each_run_keeps_the_job_version_it_was_created_with_across_reopening() {
         ..RunRecord::queued(id.into(), seq, spec.clone(), seq, "")
     };
     {
-        let mut store = open_in(dir.path(), 8 << 20).unwrap();
+        let mut store = open();
         store.create_run(&run_of(1, "before", &first)).unwrap();
         store.create_run(&run_of(2, "after", &edited)).unwrap();
         // A rewrite of the first run after the edit still names its own version.
@@ -288,7 +412,7 @@ fn each_run_keeps_the_job_version_it_was_created_with_across_reopening() {
         store.put_run(&rewritten).unwrap();
         store.flush().unwrap();
     }
-    let store = open_in(dir.path(), 8 << 20).unwrap();
+    let store = open();
     let before = store.run("before").unwrap().unwrap();
     assert_eq!(before.spec, first);
     assert_eq!(before.state, RunState::Assigned);

@@ -1,0 +1,415 @@
+//! The broker's records in PostgreSQL: the same records as the embedded store (runs in
+//! `run_codec`'s layout, job versions by content, logs in chunks, settings), one table
+//! per kind (`broker/migrations/`).
+//!
+//! Writes wait in memory ([`pending::Pending`]) and go to the database together at
+//! [`Store::flush`], as one transaction of a few multi-row statements: one round trip
+//! per batch, not per write. Reads see them: a read by key looks at the pending writes
+//! first; a read over a range (a listing, the unfinished runs) commits them first.
+
+mod connection;
+mod pending;
+pub mod schema;
+mod settings;
+
+use super::run_codec::{self, SpecCache, SpecKey};
+use super::{list_newest_first, Listing, Store, StoreError, StoreResult};
+use connection::Connection;
+use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
+use pending::{Pending, PendingRun};
+use serde::de::DeserializeOwned;
+pub use settings::PgSettings;
+use std::cell::RefCell;
+
+pub struct PgStore {
+    connection: Connection,
+    settings: PgSettings,
+    /// Writes not yet committed (a cell: a read over a range commits them first).
+    pending: RefCell<Pending>,
+    spec_cache: RefCell<SpecCache>,
+    /// Runs deleted by retention (a setting, as in the embedded store): the count of
+    /// stored runs is the last sequence number less these.
+    pruned: u64,
+}
+
+/// The settings key of the pruned-runs count (the embedded store's).
+const PRUNED: &str = "pruned_runs";
+/// Runs read per query when a listing walks back through history.
+const LISTING_PAGE: i64 = 500;
+
+impl PgStore {
+    /// Connects, brings the schema up to date, and reads what the store keeps in memory.
+    pub fn open(settings: &PgSettings) -> StoreResult<PgStore> {
+        let connection = Connection::open(settings)?;
+        let applied = schema::migrate(&connection)?;
+        if !applied.is_empty() {
+            tracing::info!(versions = ?applied, store = %settings.describe(), "schema migrated");
+        }
+        let mut store = PgStore {
+            connection,
+            settings: settings.clone(),
+            pending: Default::default(),
+            spec_cache: Default::default(),
+            pruned: 0,
+        };
+        if let Some(bytes) = store.setting(PRUNED)? {
+            store.pruned = u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    what: "pruned-runs count",
+                    detail: format!("{} bytes", bytes.len()),
+                }
+            })?);
+        }
+        Ok(store)
+    }
+
+    /// Host, port, database and user (never the password).
+    pub fn describe(&self) -> String {
+        self.settings.describe()
+    }
+
+    fn decode_run(&self, bytes: &[u8]) -> StoreResult<RunRecord> {
+        run_codec::decode_run(bytes, |key| self.spec(key))
+    }
+
+    /// A job spec version, from the cache, the pending writes or the database.
+    fn spec(&self, key: &SpecKey) -> StoreResult<JobSpec> {
+        if let Some(spec) = self.spec_cache.borrow().get(key) {
+            return Ok(spec.clone());
+        }
+        let pending = self.pending.borrow().spec(key).map(<[u8]>::to_vec);
+        let bytes = match pending {
+            Some(bytes) => bytes,
+            None => {
+                let wanted = key.to_vec();
+                self.connection
+                    .call(move |session| {
+                        let statement = session
+                            .statement("SELECT spec FROM jobcast_job_specs WHERE key = $1")?;
+                        Ok(session
+                            .client
+                            .query_opt(&statement, &[&wanted])?
+                            .map(|row| row.get::<_, Vec<u8>>(0)))
+                    })?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: "run",
+                        detail: format!(
+                            "it refers to a job spec version {} not stored",
+                            hex::encode(key)
+                        ),
+                    })?
+            }
+        };
+        let spec = run_codec::decode_spec(&bytes)?;
+        self.spec_cache.borrow_mut().remember(*key, spec.clone());
+        Ok(spec)
+    }
+
+    /// Records of a query that returns `record` alone, decoded.
+    fn query_runs(
+        &self,
+        sql: &'static str,
+        params: impl FnOnce() -> Vec<Box<dyn postgres::types::ToSql + Sync + Send>> + Send + 'static,
+    ) -> StoreResult<Vec<RunRecord>> {
+        let rows: Vec<Vec<u8>> = self.connection.call(move |session| {
+            let statement = session.statement(sql)?;
+            let params = params();
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                params.iter().map(|p| p.as_ref() as _).collect();
+            Ok(session
+                .client
+                .query(&statement, &refs)?
+                .into_iter()
+                .map(|row| row.get(0))
+                .collect())
+        })?;
+        rows.iter().map(|bytes| self.decode_run(bytes)).collect()
+    }
+
+    /// Rows of (key, value) of one of the small tables, with the pending writes over them.
+    fn keyed_values(&self, sql: &'static str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.connection.call(move |session| {
+            let statement = session.statement(sql)?;
+            Ok(session
+                .client
+                .query(&statement, &[])?
+                .into_iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect())
+        })
+    }
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> StoreResult<T> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).unwrap_or_default()
+}
+
+/// `prefix` as a LIKE pattern that matches what starts with it.
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+impl Store for PgStore {
+    fn jobs(&self) -> StoreResult<Vec<JobSpec>> {
+        let stored = self.keyed_values("SELECT name, spec FROM jobcast_jobs ORDER BY name")?;
+        Pending::over(stored, &self.pending.borrow().jobs)
+            .iter()
+            .map(|(_, bytes)| decode("job", bytes))
+            .collect()
+    }
+
+    fn put_job(&mut self, job: &JobSpec) -> StoreResult<()> {
+        self.pending
+            .get_mut()
+            .jobs
+            .insert(job.name.clone(), encode(job));
+        Ok(())
+    }
+
+    fn create_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        self.put_run(run)
+    }
+
+    fn put_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        let (key, new_version) = self.spec_cache.get_mut().key_of(&run.spec);
+        if let Some(bytes) = new_version {
+            self.pending.get_mut().specs.push((key, bytes));
+        }
+        let bytes = run_codec::encode_run(run, key);
+        self.pending.get_mut().put_run(run.clone(), bytes);
+        Ok(())
+    }
+
+    fn run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
+        if let Some(pending) = self.pending.borrow().run(id) {
+            return Ok(match pending {
+                PendingRun::Put { run, .. } => Some(run.as_ref().clone()),
+                PendingRun::Deleted { .. } => None,
+            });
+        }
+        let id = id.to_string();
+        let bytes: Option<Vec<u8>> = self.connection.call(move |session| {
+            let statement = session.statement("SELECT record FROM jobcast_runs WHERE id = $1")?;
+            Ok(session
+                .client
+                .query_opt(&statement, &[&id])?
+                .map(|row| row.get(0)))
+        })?;
+        bytes.map(|bytes| self.decode_run(&bytes)).transpose()
+    }
+
+    fn active_runs(&self) -> StoreResult<Vec<RunRecord>> {
+        self.committed()?;
+        self.query_runs(
+            "SELECT record FROM jobcast_runs WHERE NOT finished ORDER BY seq",
+            Vec::new,
+        )
+    }
+
+    fn runs(&self, filter: &RunFilter) -> StoreResult<Listing> {
+        self.committed()?;
+        let mut before = filter.before_seq.map_or(i64::MAX, |seq| seq as i64);
+        let mut page: std::vec::IntoIter<RunRecord> = Vec::new().into_iter();
+        let mut done = false;
+        // Pages read as the listing walks back, until it has enough or the scan's bound.
+        let newest_first = std::iter::from_fn(move || loop {
+            if let Some(run) = page.next() {
+                return Some(Ok(run));
+            }
+            if done {
+                return None;
+            }
+            let from = before;
+            let runs = self.query_runs(
+                "SELECT record FROM jobcast_runs WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                move || vec![Box::new(from), Box::new(LISTING_PAGE)],
+            );
+            match runs {
+                Ok(runs) => {
+                    done = (runs.len() as i64) < LISTING_PAGE;
+                    if let Some(last) = runs.last() {
+                        before = last.seq as i64;
+                    }
+                    page = runs.into_iter();
+                }
+                Err(e) => {
+                    done = true;
+                    return Some(Err(e));
+                }
+            }
+        });
+        list_newest_first(newest_first, filter)
+    }
+
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
+        self.committed()?;
+        let pattern = like_prefix(prefix);
+        let limit = limit as i64;
+        self.connection.call(move |session| {
+            let statement = session
+                .statement("SELECT id FROM jobcast_runs WHERE id LIKE $1 ORDER BY id LIMIT $2")?;
+            Ok(session
+                .client
+                .query(&statement, &[&pattern, &limit])?
+                .into_iter()
+                .map(|row| row.get(0))
+                .collect())
+        })
+    }
+
+    fn last_run_seq(&self) -> StoreResult<u64> {
+        self.committed()?;
+        let last: i64 = self.connection.call(|session| {
+            let statement = session.statement("SELECT coalesce(max(seq), 0) FROM jobcast_runs")?;
+            Ok(session.client.query_one(&statement, &[])?.get(0))
+        })?;
+        Ok(last as u64)
+    }
+
+    fn run_count(&self) -> StoreResult<u64> {
+        // Runs are numbered from 1, and only retention deletes them (never the newest).
+        Ok(self.last_run_seq()?.saturating_sub(self.pruned))
+    }
+
+    fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>> {
+        self.committed()?;
+        let (from, limit) = (from_seq as i64, limit as i64);
+        self.query_runs(
+            "SELECT record FROM jobcast_runs WHERE seq >= $1 ORDER BY seq LIMIT $2",
+            move || vec![Box::new(from), Box::new(limit)],
+        )
+    }
+
+    fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        if self.run(&run.id)?.is_none() {
+            return Ok(());
+        }
+        let pending = self.pending.get_mut();
+        pending.delete_run(run);
+        self.pruned += 1;
+        pending
+            .settings
+            .insert(PRUNED.into(), self.pruned.to_be_bytes().to_vec());
+        Ok(())
+    }
+
+    fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()> {
+        self.pending
+            .get_mut()
+            .put_log_chunk(run_id, offset, Some(data.to_vec()));
+        Ok(())
+    }
+
+    fn delete_log_chunk(&mut self, run_id: &str, offset: u64) -> StoreResult<()> {
+        self.pending.get_mut().put_log_chunk(run_id, offset, None);
+        Ok(())
+    }
+
+    fn log_chunks(&self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        let dropped = self.pending.borrow().logs_dropped.contains(run_id);
+        let stored = if dropped {
+            Vec::new()
+        } else {
+            let id = run_id.to_string();
+            self.connection.call(move |session| {
+                let statement = session.statement(
+                    "SELECT \"offset\", data FROM jobcast_log_chunks WHERE run_id = $1 ORDER BY \"offset\"",
+                )?;
+                Ok(session
+                    .client
+                    .query(&statement, &[&id])?
+                    .into_iter()
+                    .map(|row| (row.get::<_, i64>(0) as u64, row.get(1)))
+                    .collect())
+            })?
+        };
+        Ok(self.pending.borrow().log_chunks_over(run_id, stored))
+    }
+
+    fn workers(&self) -> StoreResult<Vec<WorkerStatus>> {
+        let stored = self.keyed_values("SELECT id, status FROM jobcast_workers ORDER BY id")?;
+        Pending::over(stored, &self.pending.borrow().workers)
+            .iter()
+            .map(|(_, bytes)| decode("worker", bytes))
+            .collect()
+    }
+
+    fn put_worker(&mut self, worker: &WorkerStatus) -> StoreResult<()> {
+        self.pending
+            .get_mut()
+            .workers
+            .insert(worker.id.clone(), encode(worker));
+        Ok(())
+    }
+
+    fn job_states(&self) -> StoreResult<Vec<(String, JobState)>> {
+        let stored = self.keyed_values("SELECT job, state FROM jobcast_job_states ORDER BY job")?;
+        Pending::over(stored, &self.pending.borrow().job_states)
+            .into_iter()
+            .map(|(job, bytes)| Ok((job, decode("job state", &bytes)?)))
+            .collect()
+    }
+
+    fn put_job_state(&mut self, job: &str, state: &JobState) -> StoreResult<()> {
+        self.pending
+            .get_mut()
+            .job_states
+            .insert(job.to_string(), encode(state));
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        if let Some(value) = self.pending.borrow().settings.get(key) {
+            return Ok(Some(value.clone()));
+        }
+        let key = key.to_string();
+        self.connection.call(move |session| {
+            let statement =
+                session.statement("SELECT value FROM jobcast_settings WHERE key = $1")?;
+            Ok(session
+                .client
+                .query_opt(&statement, &[&key])?
+                .map(|row| row.get(0)))
+        })
+    }
+
+    fn put_setting(&mut self, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.pending
+            .get_mut()
+            .settings
+            .insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StoreResult<()> {
+        self.committed()
+    }
+}
+
+impl PgStore {
+    /// Commits the pending writes (one transaction), so that a read over a range sees
+    /// them. Taken out first: if the commit fails, the broker's outage rebuilds
+    /// everything from the database, and nothing of this batch was acknowledged.
+    fn committed(&self) -> StoreResult<()> {
+        let writes = self.pending.take();
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.connection.call(move |session| writes.commit(session))
+    }
+}

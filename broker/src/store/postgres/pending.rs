@@ -1,0 +1,253 @@
+//! Writes waiting for the next commit, and the one transaction that commits them: a
+//! multi-row statement per table (`unnest` of arrays), so a batch of any size is one
+//! round trip per kind of record rather than one per record.
+
+use super::connection::Session;
+use crate::store::run_codec::SpecKey;
+use jobcast_protocol::RunRecord;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+pub enum PendingRun {
+    /// Created or rewritten: the record, and its stored bytes.
+    Put { run: Box<RunRecord>, bytes: Vec<u8> },
+    /// Deleted by retention, with its log.
+    Deleted { id: String },
+}
+
+#[derive(Default)]
+pub struct Pending {
+    /// Job spec versions new to the store.
+    pub specs: Vec<(SpecKey, Vec<u8>)>,
+    runs: BTreeMap<u64, PendingRun>,
+    /// Sequence numbers of the pending runs, by id.
+    ids: HashMap<String, u64>,
+    /// Log chunks written (`Some`) or deleted (`None`).
+    logs: BTreeMap<(String, u64), Option<Vec<u8>>>,
+    /// Runs whose stored logs are deleted with them.
+    pub logs_dropped: HashSet<String>,
+    pub jobs: BTreeMap<String, Vec<u8>>,
+    pub job_states: BTreeMap<String, Vec<u8>>,
+    pub workers: BTreeMap<String, Vec<u8>>,
+    pub settings: BTreeMap<String, Vec<u8>>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+            && self.runs.is_empty()
+            && self.logs.is_empty()
+            && self.logs_dropped.is_empty()
+            && self.jobs.is_empty()
+            && self.job_states.is_empty()
+            && self.workers.is_empty()
+            && self.settings.is_empty()
+    }
+
+    pub fn spec(&self, key: &SpecKey) -> Option<&[u8]> {
+        self.specs
+            .iter()
+            .find(|(pending, _)| pending == key)
+            .map(|(_, bytes)| bytes.as_slice())
+    }
+
+    pub fn put_run(&mut self, run: RunRecord, bytes: Vec<u8>) {
+        self.ids.insert(run.id.clone(), run.seq);
+        self.runs.insert(
+            run.seq,
+            PendingRun::Put {
+                run: Box::new(run),
+                bytes,
+            },
+        );
+    }
+
+    pub fn delete_run(&mut self, run: &RunRecord) {
+        self.ids.insert(run.id.clone(), run.seq);
+        self.runs
+            .insert(run.seq, PendingRun::Deleted { id: run.id.clone() });
+        let chunks: Vec<(String, u64)> = self
+            .logs
+            .range((run.id.clone(), 0)..=(run.id.clone(), u64::MAX))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in chunks {
+            self.logs.remove(&key);
+        }
+        self.logs_dropped.insert(run.id.clone());
+    }
+
+    pub fn run(&self, id: &str) -> Option<&PendingRun> {
+        self.ids.get(id).and_then(|seq| self.runs.get(seq))
+    }
+
+    pub fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: Option<Vec<u8>>) {
+        self.logs.insert((run_id.to_string(), offset), data);
+    }
+
+    /// A run's stored chunks with the pending writes over them, in stream order.
+    pub fn log_chunks_over(
+        &self,
+        run_id: &str,
+        stored: Vec<(u64, Vec<u8>)>,
+    ) -> Vec<(u64, Vec<u8>)> {
+        let mut chunks: BTreeMap<u64, Vec<u8>> = stored.into_iter().collect();
+        let id = run_id.to_string();
+        for ((_, offset), data) in self.logs.range((id.clone(), 0)..=(id, u64::MAX)) {
+            match data {
+                Some(data) => chunks.insert(*offset, data.clone()),
+                None => chunks.remove(offset),
+            };
+        }
+        chunks.into_iter().collect()
+    }
+
+    /// Stored (key, value) rows with the pending writes of that table over them, by key.
+    pub fn over(
+        stored: Vec<(String, Vec<u8>)>,
+        pending: &BTreeMap<String, Vec<u8>>,
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut merged: BTreeMap<String, Vec<u8>> = stored.into_iter().collect();
+        for (key, value) in pending {
+            merged.insert(key.clone(), value.clone());
+        }
+        merged.into_iter().collect()
+    }
+
+    /// Writes everything in one transaction.
+    pub fn commit(self, session: &mut Session) -> Result<(), postgres::Error> {
+        let statements = [
+            UPSERT_SPECS,
+            UPSERT_RUNS,
+            DELETE_RUNS,
+            DELETE_LOGS_OF_RUNS,
+            DELETE_LOG_CHUNKS,
+            UPSERT_LOG_CHUNKS,
+            UPSERT_JOBS,
+            UPSERT_JOB_STATES,
+            UPSERT_WORKERS,
+            UPSERT_SETTINGS,
+        ]
+        .map(|sql| session.statement(sql));
+        let [specs, runs, delete_runs, delete_logs_of_runs, delete_chunks, chunks, jobs, job_states, workers, settings] =
+            statements;
+        let mut transaction = session.client.transaction()?;
+        if !self.specs.is_empty() {
+            let (keys, bytes): (Vec<Vec<u8>>, Vec<Vec<u8>>) = self
+                .specs
+                .into_iter()
+                .map(|(key, bytes)| (key.to_vec(), bytes))
+                .unzip();
+            transaction.execute(&specs?, &[&keys, &bytes])?;
+        }
+        let mut put = RunColumns::default();
+        let (mut deleted_seqs, mut deleted_ids) = (Vec::new(), Vec::new());
+        for (seq, run) in self.runs {
+            match run {
+                PendingRun::Put { run, bytes } => put.push(*run, bytes),
+                PendingRun::Deleted { id } => {
+                    deleted_seqs.push(seq as i64);
+                    deleted_ids.push(id);
+                }
+            }
+        }
+        if !put.seq.is_empty() {
+            transaction.execute(
+                &runs?,
+                &[
+                    &put.seq,
+                    &put.id,
+                    &put.job,
+                    &put.state,
+                    &put.finished,
+                    &put.created_at_ms,
+                    &put.record,
+                ],
+            )?;
+        }
+        if !deleted_seqs.is_empty() {
+            transaction.execute(&delete_runs?, &[&deleted_seqs])?;
+        }
+        if !self.logs_dropped.is_empty() {
+            let ids: Vec<String> = self.logs_dropped.into_iter().collect();
+            transaction.execute(&delete_logs_of_runs?, &[&ids])?;
+        }
+        let (mut gone_ids, mut gone_offsets) = (Vec::new(), Vec::new());
+        let (mut run_ids, mut offsets, mut data) = (Vec::new(), Vec::new(), Vec::new());
+        for ((run_id, offset), chunk) in self.logs {
+            match chunk {
+                Some(chunk) => {
+                    run_ids.push(run_id);
+                    offsets.push(offset as i64);
+                    data.push(chunk);
+                }
+                None => {
+                    gone_ids.push(run_id);
+                    gone_offsets.push(offset as i64);
+                }
+            }
+        }
+        if !gone_ids.is_empty() {
+            transaction.execute(&delete_chunks?, &[&gone_ids, &gone_offsets])?;
+        }
+        if !run_ids.is_empty() {
+            transaction.execute(&chunks?, &[&run_ids, &offsets, &data])?;
+        }
+        for (statement, rows) in [
+            (jobs, self.jobs),
+            (job_states, self.job_states),
+            (workers, self.workers),
+            (settings, self.settings),
+        ] {
+            if !rows.is_empty() {
+                let (keys, values): (Vec<String>, Vec<Vec<u8>>) = rows.into_iter().unzip();
+                transaction.execute(&statement?, &[&keys, &values])?;
+            }
+        }
+        transaction.commit()
+    }
+}
+
+/// The runs of a commit, column by column (each column is one array parameter).
+#[derive(Default)]
+struct RunColumns {
+    seq: Vec<i64>,
+    id: Vec<String>,
+    job: Vec<String>,
+    state: Vec<String>,
+    finished: Vec<bool>,
+    created_at_ms: Vec<i64>,
+    record: Vec<Vec<u8>>,
+}
+
+impl RunColumns {
+    fn push(&mut self, run: RunRecord, bytes: Vec<u8>) {
+        self.seq.push(run.seq as i64);
+        self.state.push(run.state.as_str().to_string());
+        self.finished.push(run.state.is_terminal());
+        self.created_at_ms.push(run.created_at_ms as i64);
+        self.id.push(run.id);
+        self.job.push(run.job);
+        self.record.push(bytes);
+    }
+}
+
+const UPSERT_SPECS: &str = "INSERT INTO jobcast_job_specs (key, spec)
+     SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT (key) DO NOTHING";
+const UPSERT_RUNS: &str = "INSERT INTO jobcast_runs (seq, id, job, state, finished, created_at_ms, record)
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[], $7::bytea[])
+     ON CONFLICT (seq) DO UPDATE SET state = excluded.state, finished = excluded.finished, record = excluded.record";
+const DELETE_RUNS: &str = "DELETE FROM jobcast_runs WHERE seq = ANY($1::bigint[])";
+const DELETE_LOGS_OF_RUNS: &str = "DELETE FROM jobcast_log_chunks WHERE run_id = ANY($1::text[])";
+const DELETE_LOG_CHUNKS: &str = "DELETE FROM jobcast_log_chunks WHERE (run_id, \"offset\") IN
+     (SELECT * FROM unnest($1::text[], $2::bigint[]))";
+const UPSERT_LOG_CHUNKS: &str = "INSERT INTO jobcast_log_chunks (run_id, \"offset\", data)
+     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
+     ON CONFLICT (run_id, \"offset\") DO UPDATE SET data = excluded.data";
+const UPSERT_JOBS: &str = "INSERT INTO jobcast_jobs (name, spec)
+     SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec";
+const UPSERT_JOB_STATES: &str = "INSERT INTO jobcast_job_states (job, state)
+     SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT (job) DO UPDATE SET state = excluded.state";
+const UPSERT_WORKERS: &str = "INSERT INTO jobcast_workers (id, status)
+     SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT (id) DO UPDATE SET status = excluded.status";
+const UPSERT_SETTINGS: &str = "INSERT INTO jobcast_settings (key, value)
+     SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
