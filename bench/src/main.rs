@@ -9,6 +9,7 @@ mod goals;
 mod harness;
 mod latency;
 mod live;
+mod postgres;
 mod retention;
 mod stats;
 mod store_engines;
@@ -61,6 +62,16 @@ enum Command {
         workers: usize,
         #[arg(long, default_value_t = 2)]
         slots: u32,
+    },
+    /// The broker on PostgreSQL (a server of the host's, started by the bench): pgbench
+    /// beside the capacity and dispatch-latency parts.
+    Postgres {
+        #[arg(long, default_value_t = 20_000)]
+        runs: usize,
+        #[arg(long, default_value_t = 1_000)]
+        latency_runs: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        pgbench_time: Duration,
     },
     /// Broker capacity: the whole run lifecycle with synthetic workers that spawn nothing.
     Capacity {
@@ -187,6 +198,19 @@ fn main() -> Result<()> {
                 workers,
                 slots,
             } => throughput(if args.quick { 100 } else { runs }, workers, slots).await,
+            Command::Postgres {
+                runs,
+                latency_runs,
+                pgbench_time,
+            } => {
+                if args.quick {
+                    postgres::postgres(500, 50, Duration::from_secs(1)).await?;
+                } else {
+                    postgres::postgres(runs, latency_runs, pgbench_time).await?;
+                }
+                goals::print();
+                Ok(())
+            }
             Command::Capacity { runs, workers } => {
                 capacity(if args.quick { 500 } else { runs }, workers).await
             }

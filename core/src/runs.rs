@@ -19,7 +19,7 @@ impl<S: Store> Core<S> {
     pub(crate) fn new_run_id(&mut self) -> StoreResult<String> {
         loop {
             let id = format!("{:016x}", self.ids.rng.next_u64());
-            if !self.tables.runs.contains(&id) && self.store.run(&id)?.is_none() {
+            if !self.tables.runs.contains(&id) && !self.store.run_id_taken(&id)? {
                 return Ok(id);
             }
         }

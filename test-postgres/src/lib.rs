@@ -135,6 +135,17 @@ impl TestPostgres {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// Runs one of PostgreSQL's client programs (`pgbench`, `psql`) on `database`,
+    /// connected over the Unix socket as the superuser, with `args` after those.
+    pub fn client(&self, program: &str, database: &str, args: &[&str]) -> Output {
+        let port = self.port.to_string();
+        let socket = self.socket_dir();
+        let mut all = vec!["-h", &socket, "-p", &port, "-U", "postgres"];
+        all.extend_from_slice(args);
+        all.push(database);
+        self.program_output(program, &all)
+    }
+
     /// Stops the server as a crash would (`pg_ctl stop -m immediate`) and starts it again
     /// on the same port.
     pub fn restart_immediate(&self) {

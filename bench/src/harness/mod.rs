@@ -44,6 +44,29 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The PostgreSQL the brokers of this bench keep their records in (the `postgres` part),
+/// and what `pgbench` made of it in the same run.
+pub struct PostgresUnderTest {
+    /// The broker's `postgres = { … }` settings line.
+    pub settings: String,
+    /// `pgbench -N -c 8 -j 2` transactions per second on the same server.
+    pub pgbench_tps: f64,
+}
+
+static POSTGRES: std::sync::OnceLock<PostgresUnderTest> = std::sync::OnceLock::new();
+
+/// Brokers started from now on keep their records in this PostgreSQL.
+pub fn use_postgres(postgres: PostgresUnderTest) -> Result<()> {
+    POSTGRES
+        .set(postgres)
+        .map_err(|_| anyhow::anyhow!("the bench's PostgreSQL is already set"))
+}
+
+/// The PostgreSQL in use, if the brokers are on one.
+pub fn postgres() -> Option<&'static PostgresUnderTest> {
+    POSTGRES.get()
+}
+
 pub struct Broker {
     pub dir: tempfile::TempDir,
     child: Child,
@@ -74,8 +97,9 @@ impl Broker {
         // JOBCAST_BENCH_BROKER_LOG names a level.
         let log_level =
             std::env::var("JOBCAST_BENCH_BROKER_LOG").unwrap_or_else(|_| "warn".to_string());
+        let store = postgres().map(|p| p.settings.as_str()).unwrap_or_default();
         let mut text = format!(
-            "data_dir = \"{}\"\nlog_level = \"{log_level}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+            "data_dir = \"{}\"\nlog_level = \"{log_level}\"\n{store}\n[http]\nlisten = \"127.0.0.1:0\"\n\
              [[http.tokens]]\nname = \"bench\"\ntoken = \"{VIEWER_TOKEN}\"\nrole = \"viewer\"\n\
              [keys]\nadmin = \"{ADMIN_SECRET}\"\n[keys.workers]\n",
             dir.path().join("data").display()

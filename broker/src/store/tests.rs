@@ -95,6 +95,29 @@ fn postgres() {
     each_run_keeps_the_job_version_it_was_created_with_across_reopening(|| {
         PgStore::open(&settings).unwrap()
     });
+    // A commit is all or nothing, although its statements are sent together: a run
+    // that takes a stored id fails it, and the job written beside it is not kept.
+    let settings = fresh();
+    {
+        let mut store = PgStore::open(&settings).unwrap();
+        store
+            .create_run(&run(1, "taken", RunState::Queued))
+            .unwrap();
+        store.flush().unwrap();
+        store.put_job(&job("beside")).unwrap();
+        store
+            .create_run(&run(2, "taken", RunState::Queued))
+            .unwrap();
+        let error = store.flush().expect_err("a duplicate id is refused");
+        assert!(error.to_string().contains("duplicate key"), "{error}");
+    }
+    let store = PgStore::open(&settings).unwrap();
+    assert!(
+        store.jobs().unwrap().is_empty(),
+        "nothing of the failed commit"
+    );
+    assert_eq!(store.last_run_seq().unwrap(), 1);
+    drop(store);
     // Opened again, nothing is migrated twice; migrated by a newer broker, refused.
     let schema = |sql: &str| pg.psql(&format!("contract{databases}"), sql);
     assert_eq!(schema("SELECT count(*) FROM jobcast_schema"), "1");

@@ -42,6 +42,11 @@ pub trait Store: Send {
     /// Rewrites an existing run; drops it from the unfinished index once it has ended.
     fn put_run(&mut self, run: &RunRecord) -> StoreResult<()>;
     fn run(&self, id: &str) -> StoreResult<Option<RunRecord>>;
+    /// Whether a new random run id is taken. A store whose commit refuses a duplicate id
+    /// by itself (a unique index) may answer from what it has not committed alone.
+    fn run_id_taken(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.run(id)?.is_some())
+    }
     /// Runs that are not in a terminal state.
     fn active_runs(&self) -> StoreResult<Vec<RunRecord>>;
     /// Newest first, filtered, at most `filter.limit`, looking at no more than

@@ -1,16 +1,18 @@
 //! One connection to PostgreSQL, on a thread of its own.
 //!
 //! The store is called synchronously from the broker's loop, which runs on tokio; the
-//! `postgres` client blocks on a runtime of its own and must not be driven from inside
-//! another. So the client lives on a plain thread, and each call is a closure sent to it
-//! and waited for (a channel each way: tens of microseconds beside a round trip to the
-//! database).
+//! client is `tokio-postgres`, driven by a single-threaded runtime on this connection's
+//! own thread. Each call is a closure sent to that thread and waited for (a channel each
+//! way: tens of microseconds beside a round trip to the database). Inside a call,
+//! statements issued together are pipelined by the client: a commit of many statements
+//! costs one round trip, not one per statement.
 
 use super::settings::PgSettings;
 use crate::store::{StoreError, StoreResult};
-use postgres::{Client, Statement};
+use futures_util::future::LocalBoxFuture;
 use std::collections::HashMap;
 use std::sync::mpsc;
+use tokio_postgres::{Client, Statement};
 
 /// The client, and the statements prepared on it (each is prepared once per connection).
 pub struct Session {
@@ -20,17 +22,39 @@ pub struct Session {
 
 impl Session {
     /// `sql`, prepared on this connection the first time it is asked for.
-    pub fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+    pub async fn statement(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.prepared.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.client.prepare(sql)?;
+        let statement = self.client.prepare(sql).await?;
         self.prepared.insert(sql, statement.clone());
         Ok(statement)
     }
+
+    /// Every statement of `sqls`, prepared (those not prepared yet, together).
+    pub async fn statements<const N: usize>(
+        &mut self,
+        sqls: [&'static str; N],
+    ) -> Result<[Statement; N], tokio_postgres::Error> {
+        let missing: Vec<&'static str> = sqls
+            .iter()
+            .copied()
+            .filter(|sql| !self.prepared.contains_key(sql))
+            .collect();
+        let prepared =
+            futures_util::future::try_join_all(missing.iter().map(|sql| self.client.prepare(sql)))
+                .await?;
+        for (sql, statement) in missing.into_iter().zip(prepared) {
+            self.prepared.insert(sql, statement);
+        }
+        Ok(sqls.map(|sql| self.prepared[sql].clone()))
+    }
 }
 
-type Call = Box<dyn FnOnce(&mut Session) + Send>;
+type Call = Box<dyn for<'a> FnOnce(&'a mut Session) -> LocalBoxFuture<'a, ()> + Send>;
 
 pub struct Connection {
     calls: mpsc::Sender<Call>,
@@ -45,7 +69,17 @@ impl Connection {
         std::thread::Builder::new()
             .name("jobcast-postgres".into())
             .spawn(move || {
-                let client = match settings.connect() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = opened.send(Err(StoreError::Engine(Box::new(e))));
+                        return;
+                    }
+                };
+                let client = match runtime.block_on(settings.connect()) {
                     Ok(client) => client,
                     Err(e) => {
                         let _ = opened.send(Err(e));
@@ -59,7 +93,7 @@ impl Connection {
                 };
                 // Ends when the store drops its sender.
                 while let Ok(call) = incoming.recv() {
-                    call(&mut session);
+                    runtime.block_on(call(&mut session));
                 }
             })
             .map_err(|e| StoreError::Engine(Box::new(e)))?;
@@ -71,24 +105,42 @@ impl Connection {
     }
 
     /// Runs `work` on the connection and waits for its result.
-    pub fn call<R: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Session) -> Result<R, postgres::Error> + Send + 'static,
-    ) -> StoreResult<R> {
+    pub fn call<R, W>(&self, work: W) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        W: for<'a> FnOnce(&'a mut Session) -> LocalBoxFuture<'a, Result<R, tokio_postgres::Error>>
+            + Send
+            + 'static,
+    {
         let (answer, answered) = mpsc::sync_channel(1);
         let call: Call = Box::new(move |session| {
-            let _ = answer.send(work(session));
+            Box::pin(async move {
+                let _ = answer.send(work(session).await);
+            })
         });
         self.calls
             .send(call)
             .map_err(|_| engine_error("the PostgreSQL connection's thread ended"))?;
         match answered.recv() {
-            Ok(result) => result.map_err(|e| StoreError::Engine(Box::new(e))),
+            Ok(result) => result.map_err(|e| database_error(&e)),
             Err(_) => Err(engine_error(
                 "the PostgreSQL connection's thread ended during a call",
             )),
         }
     }
+}
+
+/// The client's error with what the server or the network said: its own text names only
+/// the kind ("db error").
+pub fn database_error(error: &tokio_postgres::Error) -> StoreError {
+    let message = match error.as_db_error() {
+        Some(db) => format!("PostgreSQL: {} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("PostgreSQL: {error}: {source}"),
+            None => format!("PostgreSQL: {error}"),
+        },
+    };
+    StoreError::Engine(message.into())
 }
 
 pub fn engine_error(message: &str) -> StoreError {

@@ -20,6 +20,7 @@ use pending::{Pending, PendingRun};
 use serde::de::DeserializeOwned;
 pub use settings::PgSettings;
 use std::cell::RefCell;
+use tokio_postgres::types::ToSql;
 
 pub struct PgStore {
     connection: Connection,
@@ -30,6 +31,8 @@ pub struct PgStore {
     /// Runs deleted by retention (a setting, as in the embedded store): the count of
     /// stored runs is the last sequence number less these.
     pruned: u64,
+    /// The highest run sequence number stored or pending (it only grows).
+    last_seq: u64,
 }
 
 /// The settings key of the pruned-runs count (the embedded store's).
@@ -51,7 +54,16 @@ impl PgStore {
             pending: Default::default(),
             spec_cache: Default::default(),
             pruned: 0,
+            last_seq: 0,
         };
+        store.last_seq = store
+            .rows(
+                "SELECT coalesce(max(seq), 0) FROM jobcast_runs",
+                Vec::new(),
+                |row| row.get::<_, i64>(0),
+            )?
+            .pop()
+            .unwrap_or(0) as u64;
         if let Some(bytes) = store.setting(PRUNED)? {
             store.pruned = u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
                 StoreError::Corrupt {
@@ -80,65 +92,63 @@ impl PgStore {
         let pending = self.pending.borrow().spec(key).map(<[u8]>::to_vec);
         let bytes = match pending {
             Some(bytes) => bytes,
-            None => {
-                let wanted = key.to_vec();
-                self.connection
-                    .call(move |session| {
-                        let statement = session
-                            .statement("SELECT spec FROM jobcast_job_specs WHERE key = $1")?;
-                        Ok(session
-                            .client
-                            .query_opt(&statement, &[&wanted])?
-                            .map(|row| row.get::<_, Vec<u8>>(0)))
-                    })?
-                    .ok_or_else(|| StoreError::Corrupt {
-                        what: "run",
-                        detail: format!(
-                            "it refers to a job spec version {} not stored",
-                            hex::encode(key)
-                        ),
-                    })?
-            }
+            None => self
+                .rows(
+                    "SELECT spec FROM jobcast_job_specs WHERE key = $1",
+                    vec![Box::new(key.to_vec())],
+                    |row| row.get::<_, Vec<u8>>(0),
+                )?
+                .pop()
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: "run",
+                    detail: format!(
+                        "it refers to a job spec version {} not stored",
+                        hex::encode(key)
+                    ),
+                })?,
         };
         let spec = run_codec::decode_spec(&bytes)?;
         self.spec_cache.borrow_mut().remember(*key, spec.clone());
         Ok(spec)
     }
 
-    /// Records of a query that returns `record` alone, decoded.
-    fn query_runs(
+    /// The rows of one query (prepared once per connection), each read by `read`.
+    fn rows<R: Send + 'static>(
         &self,
         sql: &'static str,
-        params: impl FnOnce() -> Vec<Box<dyn postgres::types::ToSql + Sync + Send>> + Send + 'static,
-    ) -> StoreResult<Vec<RunRecord>> {
-        let rows: Vec<Vec<u8>> = self.connection.call(move |session| {
-            let statement = session.statement(sql)?;
-            let params = params();
-            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p.as_ref() as _).collect();
-            Ok(session
-                .client
-                .query(&statement, &refs)?
-                .into_iter()
-                .map(|row| row.get(0))
-                .collect())
-        })?;
+        params: Vec<Param>,
+        read: fn(&tokio_postgres::Row) -> R,
+    ) -> StoreResult<Vec<R>> {
+        self.connection.call(move |session| {
+            Box::pin(async move {
+                let statement = session.statement(sql).await?;
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| p.as_ref() as _).collect();
+                Ok(session
+                    .client
+                    .query(&statement, &refs)
+                    .await?
+                    .iter()
+                    .map(read)
+                    .collect())
+            })
+        })
+    }
+
+    /// Records of a query that returns `record` alone, decoded.
+    fn query_runs(&self, sql: &'static str, params: Vec<Param>) -> StoreResult<Vec<RunRecord>> {
+        let rows = self.rows(sql, params, |row| row.get::<_, Vec<u8>>(0))?;
         rows.iter().map(|bytes| self.decode_run(bytes)).collect()
     }
 
-    /// Rows of (key, value) of one of the small tables, with the pending writes over them.
+    /// Rows of (key, value) of one of the small tables.
     fn keyed_values(&self, sql: &'static str) -> StoreResult<Vec<(String, Vec<u8>)>> {
-        self.connection.call(move |session| {
-            let statement = session.statement(sql)?;
-            Ok(session
-                .client
-                .query(&statement, &[])?
-                .into_iter()
-                .map(|row| (row.get(0), row.get(1)))
-                .collect())
-        })
+        self.rows(sql, Vec::new(), |row| (row.get(0), row.get(1)))
     }
 }
+
+/// One parameter of a query, owned (the query runs on the connection's thread).
+type Param = Box<dyn ToSql + Sync + Send>;
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> StoreResult<T> {
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
@@ -191,6 +201,7 @@ impl Store for PgStore {
             self.pending.get_mut().specs.push((key, bytes));
         }
         let bytes = run_codec::encode_run(run, key);
+        self.last_seq = self.last_seq.max(run.seq);
         self.pending.get_mut().put_run(run.clone(), bytes);
         Ok(())
     }
@@ -202,22 +213,31 @@ impl Store for PgStore {
                 PendingRun::Deleted { .. } => None,
             });
         }
-        let id = id.to_string();
-        let bytes: Option<Vec<u8>> = self.connection.call(move |session| {
-            let statement = session.statement("SELECT record FROM jobcast_runs WHERE id = $1")?;
-            Ok(session
-                .client
-                .query_opt(&statement, &[&id])?
-                .map(|row| row.get(0)))
-        })?;
-        bytes.map(|bytes| self.decode_run(&bytes)).transpose()
+        let bytes = self.rows(
+            "SELECT record FROM jobcast_runs WHERE id = $1",
+            vec![Box::new(id.to_string())],
+            |row| row.get::<_, Vec<u8>>(0),
+        )?;
+        bytes
+            .first()
+            .map(|bytes| self.decode_run(bytes))
+            .transpose()
+    }
+
+    /// Taken only if a pending write has it. A new id is 64 random bits, so a stored run
+    /// with the same one is next to impossible, and the unique index on `id` refuses it
+    /// should it happen: the commit fails, nothing of its batch is acknowledged, and the
+    /// request is asked again (a new id). Not asking the database saves a round trip on
+    /// every run created.
+    fn run_id_taken(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.pending.borrow().run(id).is_some())
     }
 
     fn active_runs(&self) -> StoreResult<Vec<RunRecord>> {
         self.committed()?;
         self.query_runs(
             "SELECT record FROM jobcast_runs WHERE NOT finished ORDER BY seq",
-            Vec::new,
+            Vec::new(),
         )
     }
 
@@ -234,10 +254,9 @@ impl Store for PgStore {
             if done {
                 return None;
             }
-            let from = before;
             let runs = self.query_runs(
                 "SELECT record FROM jobcast_runs WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
-                move || vec![Box::new(from), Box::new(LISTING_PAGE)],
+                vec![Box::new(before), Box::new(LISTING_PAGE)],
             );
             match runs {
                 Ok(runs) => {
@@ -258,40 +277,27 @@ impl Store for PgStore {
 
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
         self.committed()?;
-        let pattern = like_prefix(prefix);
-        let limit = limit as i64;
-        self.connection.call(move |session| {
-            let statement = session
-                .statement("SELECT id FROM jobcast_runs WHERE id LIKE $1 ORDER BY id LIMIT $2")?;
-            Ok(session
-                .client
-                .query(&statement, &[&pattern, &limit])?
-                .into_iter()
-                .map(|row| row.get(0))
-                .collect())
-        })
+        self.rows(
+            "SELECT id FROM jobcast_runs WHERE id LIKE $1 ORDER BY id LIMIT $2",
+            vec![Box::new(like_prefix(prefix)), Box::new(limit as i64)],
+            |row| row.get(0),
+        )
     }
 
     fn last_run_seq(&self) -> StoreResult<u64> {
-        self.committed()?;
-        let last: i64 = self.connection.call(|session| {
-            let statement = session.statement("SELECT coalesce(max(seq), 0) FROM jobcast_runs")?;
-            Ok(session.client.query_one(&statement, &[])?.get(0))
-        })?;
-        Ok(last as u64)
+        Ok(self.last_seq)
     }
 
     fn run_count(&self) -> StoreResult<u64> {
         // Runs are numbered from 1, and only retention deletes them (never the newest).
-        Ok(self.last_run_seq()?.saturating_sub(self.pruned))
+        Ok(self.last_seq.saturating_sub(self.pruned))
     }
 
     fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>> {
         self.committed()?;
-        let (from, limit) = (from_seq as i64, limit as i64);
         self.query_runs(
             "SELECT record FROM jobcast_runs WHERE seq >= $1 ORDER BY seq LIMIT $2",
-            move || vec![Box::new(from), Box::new(limit)],
+            vec![Box::new(from_seq as i64), Box::new(limit as i64)],
         )
     }
 
@@ -325,18 +331,11 @@ impl Store for PgStore {
         let stored = if dropped {
             Vec::new()
         } else {
-            let id = run_id.to_string();
-            self.connection.call(move |session| {
-                let statement = session.statement(
-                    "SELECT \"offset\", data FROM jobcast_log_chunks WHERE run_id = $1 ORDER BY \"offset\"",
-                )?;
-                Ok(session
-                    .client
-                    .query(&statement, &[&id])?
-                    .into_iter()
-                    .map(|row| (row.get::<_, i64>(0) as u64, row.get(1)))
-                    .collect())
-            })?
+            self.rows(
+                "SELECT \"offset\", data FROM jobcast_log_chunks WHERE run_id = $1 ORDER BY \"offset\"",
+                vec![Box::new(run_id.to_string())],
+                |row| (row.get::<_, i64>(0) as u64, row.get(1)),
+            )?
         };
         Ok(self.pending.borrow().log_chunks_over(run_id, stored))
     }
@@ -377,15 +376,13 @@ impl Store for PgStore {
         if let Some(value) = self.pending.borrow().settings.get(key) {
             return Ok(Some(value.clone()));
         }
-        let key = key.to_string();
-        self.connection.call(move |session| {
-            let statement =
-                session.statement("SELECT value FROM jobcast_settings WHERE key = $1")?;
-            Ok(session
-                .client
-                .query_opt(&statement, &[&key])?
-                .map(|row| row.get(0)))
-        })
+        Ok(self
+            .rows(
+                "SELECT value FROM jobcast_settings WHERE key = $1",
+                vec![Box::new(key.to_string())],
+                |row| row.get::<_, Vec<u8>>(0),
+            )?
+            .pop())
     }
 
     fn put_setting(&mut self, key: &str, value: &[u8]) -> StoreResult<()> {
@@ -402,14 +399,15 @@ impl Store for PgStore {
 }
 
 impl PgStore {
-    /// Commits the pending writes (one transaction), so that a read over a range sees
-    /// them. Taken out first: if the commit fails, the broker's outage rebuilds
-    /// everything from the database, and nothing of this batch was acknowledged.
+    /// Commits the pending writes (one transaction, one round trip), so that a read over
+    /// a range sees them. Taken out first: if the commit fails, the broker's outage
+    /// rebuilds everything from the database, and nothing of this batch was acknowledged.
     fn committed(&self) -> StoreResult<()> {
         let writes = self.pending.take();
         if writes.is_empty() {
             return Ok(());
         }
-        self.connection.call(move |session| writes.commit(session))
+        self.connection
+            .call(move |session| Box::pin(writes.commit(session)))
     }
 }

@@ -4,8 +4,10 @@
 
 use super::connection::Session;
 use crate::store::run_codec::SpecKey;
+use futures_util::future::LocalBoxFuture;
 use jobcast_protocol::RunRecord;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use tokio_postgres::types::ToSql;
 
 pub enum PendingRun {
     /// Created or rewritten: the record, and its stored bytes.
@@ -113,32 +115,30 @@ impl Pending {
         merged.into_iter().collect()
     }
 
-    /// Writes everything in one transaction.
-    pub fn commit(self, session: &mut Session) -> Result<(), postgres::Error> {
-        let statements = [
-            UPSERT_SPECS,
-            UPSERT_RUNS,
-            DELETE_RUNS,
-            DELETE_LOGS_OF_RUNS,
-            DELETE_LOG_CHUNKS,
-            UPSERT_LOG_CHUNKS,
-            UPSERT_JOBS,
-            UPSERT_JOB_STATES,
-            UPSERT_WORKERS,
-            UPSERT_SETTINGS,
-        ]
-        .map(|sql| session.statement(sql));
-        let [specs, runs, delete_runs, delete_logs_of_runs, delete_chunks, chunks, jobs, job_states, workers, settings] =
-            statements;
-        let mut transaction = session.client.transaction()?;
-        if !self.specs.is_empty() {
-            let (keys, bytes): (Vec<Vec<u8>>, Vec<Vec<u8>>) = self
-                .specs
-                .into_iter()
-                .map(|(key, bytes)| (key.to_vec(), bytes))
-                .unzip();
-            transaction.execute(&specs?, &[&keys, &bytes])?;
-        }
+    /// Writes everything in one transaction. The statements, BEGIN to COMMIT, are sent
+    /// together and answered together (the client pipelines requests made at once): one
+    /// round trip per batch.
+    pub async fn commit(self, session: &mut Session) -> Result<(), tokio_postgres::Error> {
+        let [specs_sql, runs_sql, delete_runs_sql, delete_logs_of_runs_sql, delete_chunks_sql, chunks_sql, jobs_sql, job_states_sql, workers_sql, settings_sql] =
+            session
+                .statements([
+                    UPSERT_SPECS,
+                    UPSERT_RUNS,
+                    DELETE_RUNS,
+                    DELETE_LOGS_OF_RUNS,
+                    DELETE_LOG_CHUNKS,
+                    UPSERT_LOG_CHUNKS,
+                    UPSERT_JOBS,
+                    UPSERT_JOB_STATES,
+                    UPSERT_WORKERS,
+                    UPSERT_SETTINGS,
+                ])
+                .await?;
+        let (spec_keys, spec_bytes): (Vec<Vec<u8>>, Vec<Vec<u8>>) = self
+            .specs
+            .into_iter()
+            .map(|(key, bytes)| (key.to_vec(), bytes))
+            .unzip();
         let mut put = RunColumns::default();
         let (mut deleted_seqs, mut deleted_ids) = (Vec::new(), Vec::new());
         for (seq, run) in self.runs {
@@ -150,27 +150,7 @@ impl Pending {
                 }
             }
         }
-        if !put.seq.is_empty() {
-            transaction.execute(
-                &runs?,
-                &[
-                    &put.seq,
-                    &put.id,
-                    &put.job,
-                    &put.state,
-                    &put.finished,
-                    &put.created_at_ms,
-                    &put.record,
-                ],
-            )?;
-        }
-        if !deleted_seqs.is_empty() {
-            transaction.execute(&delete_runs?, &[&deleted_seqs])?;
-        }
-        if !self.logs_dropped.is_empty() {
-            let ids: Vec<String> = self.logs_dropped.into_iter().collect();
-            transaction.execute(&delete_logs_of_runs?, &[&ids])?;
-        }
+        let logs_dropped: Vec<String> = self.logs_dropped.into_iter().collect();
         let (mut gone_ids, mut gone_offsets) = (Vec::new(), Vec::new());
         let (mut run_ids, mut offsets, mut data) = (Vec::new(), Vec::new(), Vec::new());
         for ((run_id, offset), chunk) in self.logs {
@@ -186,24 +166,83 @@ impl Pending {
                 }
             }
         }
+        let keyed: Vec<(Vec<String>, Vec<Vec<u8>>)> =
+            [self.jobs, self.job_states, self.workers, self.settings]
+                .into_iter()
+                .map(|rows| rows.into_iter().unzip())
+                .collect();
+
+        let client = &session.client;
+        let mut statements: Vec<LocalBoxFuture<'_, Result<u64, tokio_postgres::Error>>> =
+            vec![Box::pin(async {
+                client.batch_execute("BEGIN").await.map(|()| 0)
+            })];
+        if !spec_keys.is_empty() {
+            statements.push(Box::pin(async {
+                client.execute(&specs_sql, &[&spec_keys, &spec_bytes]).await
+            }));
+        }
+        if !put.seq.is_empty() {
+            let put = &put;
+            statements.push(Box::pin(async move {
+                let columns: [&(dyn ToSql + Sync); 7] = [
+                    &put.seq,
+                    &put.id,
+                    &put.job,
+                    &put.state,
+                    &put.finished,
+                    &put.created_at_ms,
+                    &put.record,
+                ];
+                client.execute(&runs_sql, &columns).await
+            }));
+        }
+        if !deleted_seqs.is_empty() {
+            statements.push(Box::pin(async {
+                client.execute(&delete_runs_sql, &[&deleted_seqs]).await
+            }));
+        }
+        if !logs_dropped.is_empty() {
+            statements.push(Box::pin(async {
+                client
+                    .execute(&delete_logs_of_runs_sql, &[&logs_dropped])
+                    .await
+            }));
+        }
         if !gone_ids.is_empty() {
-            transaction.execute(&delete_chunks?, &[&gone_ids, &gone_offsets])?;
+            statements.push(Box::pin(async {
+                client
+                    .execute(&delete_chunks_sql, &[&gone_ids, &gone_offsets])
+                    .await
+            }));
         }
         if !run_ids.is_empty() {
-            transaction.execute(&chunks?, &[&run_ids, &offsets, &data])?;
+            statements.push(Box::pin(async {
+                client
+                    .execute(&chunks_sql, &[&run_ids, &offsets, &data])
+                    .await
+            }));
         }
-        for (statement, rows) in [
-            (jobs, self.jobs),
-            (job_states, self.job_states),
-            (workers, self.workers),
-            (settings, self.settings),
-        ] {
-            if !rows.is_empty() {
-                let (keys, values): (Vec<String>, Vec<Vec<u8>>) = rows.into_iter().unzip();
-                transaction.execute(&statement?, &[&keys, &values])?;
+        for (sql, (keys, values)) in [&jobs_sql, &job_states_sql, &workers_sql, &settings_sql]
+            .into_iter()
+            .zip(&keyed)
+        {
+            if !keys.is_empty() {
+                statements.push(Box::pin(async move {
+                    client.execute(sql, &[keys, values]).await
+                }));
             }
         }
-        transaction.commit()
+        // Sent with the rest: after a statement that failed, the server turns the
+        // COMMIT into a ROLLBACK, and that statement's error is the commit's.
+        statements.push(Box::pin(async {
+            client.batch_execute("COMMIT").await.map(|()| 0)
+        }));
+        let outcomes = futures_util::future::join_all(statements).await;
+        match outcomes.into_iter().find_map(Result::err) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 

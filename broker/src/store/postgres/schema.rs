@@ -27,32 +27,41 @@ const MIGRATION_LOCK: i64 = 0x006a_6f62_6361_7374;
 /// already past it.
 pub fn migrate(connection: &Connection) -> StoreResult<Vec<i32>> {
     let applied = connection.call(|session| {
-        let mut applied = Vec::new();
-        let mut transaction = session.client.transaction()?;
-        transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-        transaction.batch_execute(
-            "CREATE TABLE IF NOT EXISTS jobcast_schema (
-                 version    integer     PRIMARY KEY,
-                 name       text        NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
-        )?;
-        let current: i32 = transaction
-            .query_one("SELECT coalesce(max(version), 0) FROM jobcast_schema", &[])?
-            .get(0);
-        if current > latest() {
-            return Ok(Err(current));
-        }
-        for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
-            transaction.batch_execute(sql)?;
-            transaction.execute(
-                "INSERT INTO jobcast_schema (version, name) VALUES ($1, $2)",
-                &[version, name],
-            )?;
-            applied.push(*version);
-        }
-        transaction.commit()?;
-        Ok(Ok(applied))
+        Box::pin(async move {
+            let mut applied = Vec::new();
+            let transaction = session.client.transaction().await?;
+            transaction
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            transaction
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS jobcast_schema (
+                         version    integer     PRIMARY KEY,
+                         name       text        NOT NULL,
+                         applied_at timestamptz NOT NULL DEFAULT now()
+                     )",
+                )
+                .await?;
+            let current: i32 = transaction
+                .query_one("SELECT coalesce(max(version), 0) FROM jobcast_schema", &[])
+                .await?
+                .get(0);
+            if current > latest() {
+                return Ok(Err(current));
+            }
+            for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
+                transaction.batch_execute(sql).await?;
+                transaction
+                    .execute(
+                        "INSERT INTO jobcast_schema (version, name) VALUES ($1, $2)",
+                        &[version, name],
+                    )
+                    .await?;
+                applied.push(*version);
+            }
+            transaction.commit().await?;
+            Ok(Ok(applied))
+        })
     })?;
     applied.map_err(|current| {
         engine_error(&format!(
@@ -60,23 +69,6 @@ pub fn migrate(connection: &Connection) -> StoreResult<Vec<i32>> {
              (version {}): it was migrated by a newer jobcast-broker; run that version",
             latest()
         ))
-    })
-}
-
-/// The schema version of the database (0 before the first migration).
-pub fn version(connection: &Connection) -> StoreResult<i32> {
-    connection.call(|session| {
-        let exists: bool = session
-            .client
-            .query_one("SELECT to_regclass('jobcast_schema') IS NOT NULL", &[])?
-            .get(0);
-        if !exists {
-            return Ok(0);
-        }
-        Ok(session
-            .client
-            .query_one("SELECT coalesce(max(version), 0) FROM jobcast_schema", &[])?
-            .get(0))
     })
 }
 

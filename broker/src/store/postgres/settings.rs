@@ -4,12 +4,12 @@
 //! CA file given or the Mozilla roots.
 
 use crate::store::{StoreError, StoreResult};
-use postgres::config::SslMode;
-use postgres::{Client, Config};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, Config};
 
 #[derive(Clone)]
 pub struct PgSettings {
@@ -62,8 +62,8 @@ impl PgSettings {
             .get_hosts()
             .first()
             .map(|host| match host {
-                postgres::config::Host::Tcp(name) => name.clone(),
-                postgres::config::Host::Unix(path) => path.display().to_string(),
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
             })
             .unwrap_or_else(|| "localhost".into());
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
@@ -74,8 +74,9 @@ impl PgSettings {
         )
     }
 
-    pub fn connect(&self) -> StoreResult<Client> {
-        let failed = |e: postgres::Error| {
+    /// Connects, and spawns the connection's driver on the current runtime.
+    pub async fn connect(&self) -> StoreResult<Client> {
+        let failed = |e: tokio_postgres::Error| {
             // The client's error names the step; its source says what went wrong.
             let cause = std::error::Error::source(&e)
                 .map(|source| format!(": {source}"))
@@ -83,10 +84,18 @@ impl PgSettings {
             StoreError::Engine(format!("cannot connect to {}: {e}{cause}", self.describe()).into())
         };
         if self.config.get_ssl_mode() == SslMode::Disable {
-            return self.config.connect(postgres::NoTls).map_err(failed);
+            let (client, connection) = self
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(connection);
+            return Ok(client);
         }
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
-        self.config.connect(tls).map_err(failed)
+        let (client, connection) = self.config.connect(tls).await.map_err(failed)?;
+        tokio::spawn(connection);
+        Ok(client)
     }
 
     fn tls_config(&self) -> StoreResult<rustls::ClientConfig> {

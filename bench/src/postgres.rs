@@ -1,0 +1,60 @@
+//! The broker on PostgreSQL: a server of the host's own (started here, in a temporary
+//! directory, stopped at the end), `pgbench -N -c 8 -j 2` on it for the yardstick, then
+//! the capacity and dispatch-latency parts with the broker's records in it.
+
+use crate::harness::{use_postgres, PostgresUnderTest};
+use anyhow::{bail, Context, Result};
+use std::time::Duration;
+
+pub async fn postgres(runs: usize, latency_runs: usize, pgbench_time: Duration) -> Result<()> {
+    let server = jobcast_test_postgres::TestPostgres::start()
+        .context("no PostgreSQL on this host (Debian's `postgresql` package)")?;
+    let url = server.create_database("jobcast");
+    let password = tempfile::NamedTempFile::new()?;
+    std::fs::write(password.path(), jobcast_test_postgres::PASSWORD)?;
+    let version = server.psql("jobcast", "SHOW server_version");
+    let fsync = server.psql("jobcast", "SHOW synchronous_commit");
+    println!("PostgreSQL {version} on this host, synchronous_commit = {fsync}, one database for pgbench and the broker");
+
+    let init = server.client("pgbench", "jobcast", &["-i", "-q"]);
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let seconds = pgbench_time.as_secs().max(1).to_string();
+    let run = server.client(
+        "pgbench",
+        "jobcast",
+        &["-N", "-c", "8", "-j", "2", "-T", &seconds],
+    );
+    let output = String::from_utf8_lossy(&run.stdout);
+    let tps = output
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix("tps = ")?;
+            rest.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .with_context(|| {
+            format!(
+                "no tps in pgbench's output: {output}{}",
+                String::from_utf8_lossy(&run.stderr)
+            )
+        })?;
+    println!();
+    println!("| pgbench -N -c 8 -j 2 -T {seconds} | {tps:.0} tps |");
+    println!();
+    use_postgres(PostgresUnderTest {
+        settings: format!(
+            "postgres = {{ url = \"{url}\", password_file = \"{}\" }}",
+            password.path().display()
+        ),
+        pgbench_tps: tps,
+    })?;
+    crate::throughput::capacity(runs, 2).await?;
+    println!();
+    crate::latency::latency(latency_runs).await?;
+    drop(server);
+    Ok(())
+}
