@@ -1,6 +1,7 @@
 //! The broker's I/O shell: the loop that takes a batch of requests (sockets and HTTP
-//! API), opens and hands them to the core, flushes the store once for the batch (group
-//! commit), then answers and publishes. Everything else the shell does has a module:
+//! API), opens and hands them to the core, hands the batch's writes to the store to
+//! commit (group commit), and takes the next batch while they commit; a batch's answers
+//! and events go out once it is durable. Everything else the shell does has a module:
 //! `start` (binding), `frames` (opening and sealing), `outage` (a failed store),
 //! `space` (free disk), `reload` (new settings), `clock_watch` (steps of the wall
 //! clock), `api_calls` (the HTTP API's requests).
@@ -32,6 +33,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Most requests handled between two flushes.
 const MAX_BATCH: usize = 256;
+/// Batches handed to the store and not yet durable, at most: one committing while the
+/// next is applied. A third waits, so a slow store slows intake rather than growing
+/// queues.
+const MAX_IN_FLIGHT: usize = 2;
 /// Batches slower than this are logged with where the time went.
 const SLOW_BATCH: Duration = Duration::from_millis(20);
 const VERY_SLOW_BATCH: Duration = Duration::from_secs(1);
@@ -62,7 +67,9 @@ pub async fn serve<S: Store + 'static>(
         match server.run(&mut core, shutdown.as_mut()).await {
             Ok(Stopped::StoreFailed(error)) => {
                 // Like a kill at this point, without the exit: what the failed batch
-                // did is not acknowledged, and the state is read again from the store.
+                // and the batches after it did is not acknowledged, and the state is
+                // read again from the store.
+                server.forget_in_flight();
                 drop(core);
                 match server.outage(&error, &mut reopen, shutdown.as_mut()).await {
                     Ok(Some(reopened)) => core = reopened,
@@ -126,17 +133,47 @@ struct Server {
     reopen_delay: ReopenDelay,
     /// Wakes the loop at the core's next deadline, to the microsecond.
     deadline: crate::deadline::Deadline,
+    /// Batches handed to the store, oldest first, with what they produced.
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// The store tells each commit's outcome here, in order.
+    commits_told: tokio::sync::mpsc::UnboundedSender<Result<(), StoreError>>,
+    commits: tokio::sync::mpsc::UnboundedReceiver<Result<(), StoreError>>,
 }
 
 /// What one batch produced, to send once it is durable.
 struct Produced {
     out: Outbox,
     refusals: Vec<(PeerId, Refusal)>,
+    /// The live views' changes as of this batch (taken when it was applied: a later
+    /// batch's are not durable yet when this one is sent).
+    changes: Option<jobcast_core::ChangeSet>,
+}
+
+/// A batch handed to the store, waiting to be durable before what it produced is sent.
+struct InFlight {
+    produced: Produced,
+    started: Instant,
+    /// How long applying it took.
+    handled: Duration,
+    requests: usize,
+    /// Keys a reload in this batch read, put in force once its replies are sealed with
+    /// the keys their requests came under. The next batch is opened with them, so it
+    /// waits until this one is sent.
+    new_keys: Option<Keys>,
+}
+
+/// What woke the loop.
+enum Woke {
+    Shutdown,
+    /// Requests, or a deadline of the core.
+    Work,
+    /// The oldest batch in flight is durable (or failed).
+    Committed(Result<(), StoreError>),
 }
 
 impl Server {
-    /// Take a batch, apply it, commit it, send what it produced; until shutdown or a
-    /// store failure.
+    /// Take a batch, apply it, hand it to the store to commit, and send what each batch
+    /// produced once it is durable; until shutdown or a store failure.
     async fn run<S: Store>(
         &mut self,
         core: &mut Core<S>,
@@ -144,8 +181,35 @@ impl Server {
     ) -> Result<Stopped> {
         loop {
             self.service_manager.alive();
-            if !self.take_batch(core, shutdown.as_mut()).await? {
-                return Ok(Stopped::Shutdown);
+            while self.in_flight.len() >= MAX_IN_FLIGHT
+                || self
+                    .in_flight
+                    .back()
+                    .is_some_and(|batch| batch.new_keys.is_some())
+            {
+                let outcome = self.next_commit().await;
+                if let Err(e) = self.release(outcome) {
+                    return Ok(Stopped::StoreFailed(e));
+                }
+            }
+            match self.take_batch(core, shutdown.as_mut()).await? {
+                Woke::Shutdown => {
+                    // What was acknowledged to the store is answered before stopping.
+                    while !self.in_flight.is_empty() {
+                        let outcome = self.next_commit().await;
+                        if let Err(e) = self.release(outcome) {
+                            return Ok(Stopped::StoreFailed(e));
+                        }
+                    }
+                    return Ok(Stopped::Shutdown);
+                }
+                Woke::Committed(outcome) => {
+                    if let Err(e) = self.release(outcome) {
+                        return Ok(Stopped::StoreFailed(e));
+                    }
+                    continue;
+                }
+                Woke::Work => {}
             }
             self.space.check(core);
             let started = Instant::now();
@@ -154,13 +218,79 @@ impl Server {
                 Ok(produced) => produced,
                 Err(e) => return Ok(Stopped::StoreFailed(e)),
             };
-            if let Err(e) = self.commit(core, started, requests) {
-                return Ok(Stopped::StoreFailed(e));
-            }
-            if let Err(e) = self.send(core, produced) {
-                return Ok(Stopped::StoreFailed(e));
-            }
+            self.start_commit(core, produced, started, requests);
         }
+    }
+
+    /// The outcome of the oldest commit in flight, when it comes.
+    async fn next_commit(&mut self) -> Result<(), StoreError> {
+        match self.commits.recv().await {
+            Some(outcome) => outcome,
+            // The sender is ours: not expected.
+            None => Err(StoreError::Engine("the commit channel closed".into())),
+        }
+    }
+
+    /// Group commit: the batch's writes go to the store, which makes them durable while
+    /// the loop goes on; what the batch produced waits for that.
+    fn start_commit<S: Store>(
+        &mut self,
+        core: &mut Core<S>,
+        produced: Produced,
+        started: Instant,
+        requests: usize,
+    ) {
+        let handled = started.elapsed();
+        let told = self.commits_told.clone();
+        core.store_mut().start_flush(Box::new(move |outcome| {
+            let _ = told.send(outcome);
+        }));
+        self.in_flight.push_back(InFlight {
+            produced,
+            started,
+            handled,
+            requests,
+            new_keys: self.new_keys.take(),
+        });
+    }
+
+    /// The oldest batch in flight is durable (or failed): sends what it produced.
+    fn release(&mut self, outcome: Result<(), StoreError>) -> Result<(), StoreError> {
+        let Some(batch) = self.in_flight.pop_front() else {
+            return outcome;
+        };
+        let took = batch.started.elapsed();
+        let flushed = took.saturating_sub(batch.handled);
+        self.metrics.observe_flush(flushed);
+        // Batches over 20 ms happen on a busy disk (docs/BENCHMARKS.md): worth a look
+        // when tuning, not an operator's attention, unless one takes far longer.
+        let (requests, handled_us, flushed_us) = (
+            batch.requests,
+            batch.handled.as_micros() as u64,
+            flushed.as_micros() as u64,
+        );
+        if took > VERY_SLOW_BATCH {
+            tracing::warn!(
+                requests,
+                handled_us,
+                flushed_us,
+                "very slow batch: is the store overloaded?"
+            );
+        } else if took > SLOW_BATCH {
+            tracing::debug!(requests, handled_us, flushed_us, "slow batch");
+        }
+        outcome?;
+        self.send(batch.produced, batch.new_keys);
+        Ok(())
+    }
+
+    /// After a store failure: the batches in flight are never sent, and outcomes still to
+    /// come for them go to a channel no one reads.
+    fn forget_in_flight(&mut self) {
+        self.in_flight.clear();
+        let (told, commits) = tokio::sync::mpsc::unbounded_channel();
+        self.commits_told = told;
+        self.commits = commits;
     }
 
     /// Waits for requests (or the next deadline of the core) and takes what is waiting,
@@ -169,14 +299,19 @@ impl Server {
         &mut self,
         core: &Core<S>,
         shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<bool> {
+    ) -> Result<Woke> {
         let longest = self.service_manager.longest_sleep(MAX_SLEEP);
         let wake_at_us = core
             .next_wakeup_us()
             .min(now_us() + longest.as_micros() as u64);
+        let waiting_for_commit = !self.in_flight.is_empty();
         tokio::select! {
             biased;
-            _ = shutdown => return Ok(false),
+            _ = shutdown => return Ok(Woke::Shutdown),
+            // First: however busy the sockets are, answers that are ready go out.
+            Some(outcome) = self.commits.recv(), if waiting_for_commit => {
+                return Ok(Woke::Committed(outcome));
+            }
             Some(()) = self.api_calls.take(MAX_BATCH) => {}
             // Before the sockets: however busy they are, a reload is not put off.
             Some(()) = self.reloading.hangups.recv() => {
@@ -188,7 +323,7 @@ impl Server {
                 self.listeners.sockets.read_into(&mut self.batch, MAX_BATCH);
             }
             first = self.listeners.events.recv() => {
-                let Some(first) = first else { return Ok(false) };
+                let Some(first) = first else { return Ok(Woke::Shutdown) };
                 self.batch.push(first);
                 while self.batch.len() < MAX_BATCH {
                     match self.listeners.events.try_recv() {
@@ -208,7 +343,7 @@ impl Server {
                 }
             }
         }
-        Ok(true)
+        Ok(Woke::Work)
     }
 
     /// Opens every frame of the batch and hands the requests to the core, then lets the
@@ -276,43 +411,27 @@ impl Server {
             self.reload(core, &mut out)?;
         }
         core.tick(now, &mut out)?;
-        Ok(Produced { out, refusals })
-    }
-
-    /// Group commit: everything the batch wrote is durable before anyone hears of it.
-    fn commit<S: Store>(
-        &mut self,
-        core: &mut Core<S>,
-        started: Instant,
-        requests: usize,
-    ) -> Result<(), StoreError> {
-        let handled = started.elapsed();
-        let flushed = tokio::task::block_in_place(|| core.store_mut().flush());
-        let took = started.elapsed();
-        self.metrics.observe_flush(took - handled);
-        // Batches over 20 ms happen on a busy disk (docs/BENCHMARKS.md): worth a look
-        // when tuning, not an operator's attention, unless one takes far longer.
-        let (handled_us, flushed_us) = (
-            handled.as_micros() as u64,
-            (took - handled).as_micros() as u64,
-        );
-        if took > VERY_SLOW_BATCH {
-            tracing::warn!(
-                requests,
-                handled_us,
-                flushed_us,
-                "very slow batch: is the disk overloaded?"
-            );
-        } else if took > SLOW_BATCH {
-            tracing::debug!(requests, handled_us, flushed_us, "slow batch");
-        }
-        flushed
+        let changes = if self.live.has_clients() {
+            Some(core.take_changes(now)?)
+        } else {
+            core.clear_changes();
+            None
+        };
+        Ok(Produced {
+            out,
+            refusals,
+            changes,
+        })
     }
 
     /// Sends what the batch produced: notifications, live-view changes, the API's
     /// replies in-process, and the rest over the sockets.
-    fn send<S: Store>(&mut self, core: &mut Core<S>, produced: Produced) -> Result<(), StoreError> {
-        let Produced { mut out, refusals } = produced;
+    fn send(&mut self, produced: Produced, new_keys: Option<Keys>) {
+        let Produced {
+            mut out,
+            refusals,
+            changes,
+        } = produced;
         for notification in out.notifications.drain(..) {
             self.notifier.send(notification);
         }
@@ -320,12 +439,8 @@ impl Server {
             self.metrics.observe(observation);
         }
         // Live views hear of changes only once they are durable.
-        if self.live.has_clients() {
-            let now = now_us();
-            let changes = core.take_changes(now)?;
-            self.live.publish(changes, now / 1_000);
-        } else {
-            core.clear_changes();
+        if let Some(changes) = changes {
+            self.live.publish(changes, now_us() / 1_000);
         }
         // The API's replies go back in-process; the rest are sealed and sent.
         let (api_replies, peer_replies): (Vec<_>, Vec<_>) =
@@ -338,10 +453,9 @@ impl Server {
             out,
             refusals,
         ));
-        if let Some(keys) = self.new_keys.take() {
+        if let Some(keys) = new_keys {
             self.live_settings.keys.send_replace(keys.clone());
             self.running.keys = keys;
         }
-        Ok(())
     }
 }

@@ -65,11 +65,15 @@ impl Server {
         on_bound(&bound)?;
         let replay_floors = crate::replay_floors::ReplayFloors::load(core.store())
             .context("cannot read the replay floors from the store")?;
+        let (commits_told, commits) = tokio::sync::mpsc::unbounded_channel();
         let server = Server {
             service_manager: super::service_manager::ServiceManager::new(),
             deadline: crate::deadline::Deadline::new().context("cannot create the loop's timer")?,
             space: SpaceCheck::new(config),
             reopen_delay: ReopenDelay::new(),
+            in_flight: Default::default(),
+            commits_told,
+            commits,
             opener: Opener::new(
                 config.max_frame_bytes,
                 config.max_clock_skew.as_millis() as u64,

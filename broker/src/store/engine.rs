@@ -26,11 +26,16 @@ pub trait Tree {
     }
 }
 
+/// What [`Engine::flush`] does, callable from the committer's thread.
+pub type Flusher = Box<dyn Fn() -> StoreResult<()> + Send + Sync>;
+
 pub trait Engine: Send {
     type Tree: Tree + Send;
     fn tree(&self, name: &str) -> StoreResult<Self::Tree>;
     /// Makes every write so far durable.
     fn flush(&self) -> StoreResult<()>;
+    /// The same as [`Engine::flush`], for another thread.
+    fn flusher(&self) -> Flusher;
     /// Writes everything out of the journal into the engine's tables (for a clean stop);
     /// false if that did not finish in time (everything is durable all the same).
     fn flush_journal(&self) -> StoreResult<bool> {

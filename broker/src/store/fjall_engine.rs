@@ -77,6 +77,11 @@ impl Engine for FjallEngine {
         self.db.persist(PersistMode::SyncAll).map_err(backend)
     }
 
+    fn flusher(&self) -> super::engine::Flusher {
+        let db = self.db.clone();
+        Box::new(move || db.persist(PersistMode::SyncAll).map_err(backend))
+    }
+
     fn flush_journal(&self) -> StoreResult<bool> {
         self.flush()?;
         let trees = self

@@ -2,13 +2,16 @@
 //! runs keyed by sequence number (in the layout of `run_codec`), job spec versions by
 //! content.
 
+use super::committer::{Commit, Committer};
 use super::engine::{Engine, Tree};
 use super::run_codec::{self, SpecCache, SpecKey};
+use super::FlushDone;
 use super::{list_newest_first, Listing, Store, StoreError, StoreResult};
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::ops::Bound;
+use std::sync::{Arc, Mutex};
 
 pub struct KvStore<E: Engine> {
     engine: E,
@@ -31,8 +34,12 @@ pub struct KvStore<E: Engine> {
     dirty: bool,
     /// Batches flushed over the store's life (a setting written with each).
     commit: u64,
-    /// The marker beside the store, for a broker's store (`integrity.rs`).
-    marker: Option<super::integrity::MarkerKeeper>,
+    /// The marker beside the store, for a broker's store (`integrity.rs`): written by
+    /// the commits, on the committer's thread.
+    marker: Option<Arc<Mutex<super::integrity::MarkerKeeper>>>,
+    /// Makes batches durable on a thread of its own (`committer.rs`).
+    committer: Committer,
+    flusher: Arc<super::engine::Flusher>,
 }
 
 /// The trees of a store, by name.
@@ -120,6 +127,8 @@ impl<E: Engine> KvStore<E> {
             None => 0,
         };
         let store = KvStore {
+            committer: Committer::start()?,
+            flusher: Arc::new(engine.flusher()),
             jobs: engine.tree("jobs")?,
             runs: engine.tree("runs")?,
             specs: engine.tree("specs")?,
@@ -148,8 +157,34 @@ impl<E: Engine> KvStore<E> {
 
     /// Keeps `marker` up to date from now on (a broker's store).
     pub fn with_marker(mut self, marker: super::integrity::MarkerKeeper) -> Self {
-        self.marker = Some(marker);
+        self.marker = Some(Arc::new(Mutex::new(marker)));
         self
+    }
+
+    /// Writes what a commit records with it (the pruned count, the commit number), and
+    /// returns the work that makes it all durable, for the committer.
+    fn seal(&mut self) -> StoreResult<Commit> {
+        if std::mem::take(&mut self.pruned_changed) {
+            self.settings.insert(PRUNED, &self.pruned.to_be_bytes())?;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        if dirty {
+            self.commit += 1;
+            self.settings
+                .insert(super::integrity::COMMIT_KEY, &self.commit.to_be_bytes())?;
+        }
+        let (flusher, marker, commit) = (self.flusher.clone(), self.marker.clone(), self.commit);
+        Ok(Box::new(move || {
+            if dirty {
+                flusher()?;
+            }
+            if let Some(marker) = marker {
+                if let Ok(mut marker) = marker.lock() {
+                    marker.durable(commit, wall_ms())?;
+                }
+            }
+            Ok(())
+        }))
     }
 
     /// Removes the unfinished-index entries a broker killed mid-batch can leave: for a
@@ -427,21 +462,17 @@ impl<E: Engine> Store for KvStore<E> {
         self.engine.is_backlogged()
     }
 
+    /// Through the committer, after whatever it still has: commits stay in order.
     fn flush(&mut self) -> StoreResult<()> {
-        if std::mem::take(&mut self.pruned_changed) {
-            self.settings.insert(PRUNED, &self.pruned.to_be_bytes())?;
+        let commit = self.seal()?;
+        self.committer.wait(commit)
+    }
+
+    fn start_flush(&mut self, done: FlushDone) {
+        match self.seal() {
+            Ok(commit) => self.committer.submit(commit, done),
+            Err(e) => done(Err(e)),
         }
-        if self.dirty {
-            self.commit += 1;
-            self.settings
-                .insert(super::integrity::COMMIT_KEY, &self.commit.to_be_bytes())?;
-            self.engine.flush()?;
-            self.dirty = false;
-        }
-        if let Some(marker) = &mut self.marker {
-            marker.durable(self.commit, wall_ms())?;
-        }
-        Ok(())
     }
 
     fn close_cleanly(&mut self) -> StoreResult<()> {
@@ -451,8 +482,10 @@ impl<E: Engine> Store for KvStore<E> {
             tracing::warn!("the journal was not written into the store's tables in time: the next start replays it");
             return Ok(());
         }
-        if let Some(marker) = &mut self.marker {
-            marker.stopped(self.commit, wall_ms())?;
+        if let Some(marker) = &self.marker {
+            if let Ok(mut marker) = marker.lock() {
+                marker.stopped(self.commit, wall_ms())?;
+            }
         }
         tracing::info!(commit = self.commit, "store closed cleanly");
         Ok(())
@@ -580,6 +613,9 @@ mod tests {
         }
         fn flush(&self) -> StoreResult<()> {
             Ok(())
+        }
+        fn flusher(&self) -> crate::store::engine::Flusher {
+            Box::new(|| Ok(()))
         }
     }
 

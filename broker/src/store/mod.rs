@@ -4,6 +4,7 @@
 //! Writes are applied at once but only become durable at [`Store::flush`]; the server
 //! calls it once per batch of requests (group commit) before it answers any of them.
 
+pub mod committer;
 mod engine;
 mod fjall_engine;
 pub mod integrity;
@@ -15,7 +16,8 @@ mod sled_engine;
 
 pub use fjall_engine::FjallEngine;
 pub use jobcast_core::store::{
-    list_newest_first, Listing, MemoryStore, Store, StoreError, StoreResult, LISTING_SCAN,
+    list_newest_first, FlushDone, Listing, MemoryStore, Store, StoreError, StoreResult,
+    LISTING_SCAN,
 };
 pub use kv::KvStore;
 pub use location::{open_in, repair_in, BrokerStore, RepairReport, DEFAULT_CACHE_BYTES};

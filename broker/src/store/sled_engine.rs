@@ -64,6 +64,11 @@ impl Engine for SledEngine {
         self.db.flush().map_err(backend)?;
         Ok(())
     }
+
+    fn flusher(&self) -> super::engine::Flusher {
+        let db = self.db.clone();
+        Box::new(move || db.flush().map(|_| ()).map_err(backend))
+    }
 }
 
 fn entries(iter: sled::Iter) -> Scan<'static> {

@@ -110,6 +110,15 @@ fn postgres() {
             .unwrap();
         let error = store.flush().expect_err("a duplicate id is refused");
         assert!(error.to_string().contains("duplicate key"), "{error}");
+        // And nothing after it commits: a later batch may build on the failed one.
+        store.put_job(&job("after")).unwrap();
+        let (told, outcome) = std::sync::mpsc::channel();
+        store.start_flush(Box::new(move |result| told.send(result).unwrap()));
+        let error = outcome.recv().unwrap().expect_err("refused");
+        assert!(
+            error.to_string().contains("an earlier commit failed"),
+            "{error}"
+        );
     }
     let store = PgStore::open(&settings).unwrap();
     assert!(

@@ -32,6 +32,9 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Told the outcome of a [`Store::start_flush`].
+pub type FlushDone = Box<dyn FnOnce(StoreResult<()>) + Send>;
+
 /// What the broker needs from a store. Kept small so a second backend is easy to add.
 pub trait Store: Send {
     fn jobs(&self) -> StoreResult<Vec<JobSpec>>;
@@ -81,6 +84,15 @@ pub trait Store: Send {
 
     /// Makes every write so far durable.
     fn flush(&mut self) -> StoreResult<()>;
+
+    /// Starts making every write so far durable and returns without waiting; `done` is
+    /// called with the outcome, from whatever thread commits. Outcomes come in the order
+    /// the calls were made, and once one has failed every later one fails too (a later
+    /// batch may build on the failed one). The loop hands a batch over this way and goes
+    /// on with the next while it commits. By default, a flush now.
+    fn start_flush(&mut self, done: FlushDone) {
+        done(self.flush());
+    }
 
     /// A clean stop: every write durable and, where the engine keeps a journal, nothing
     /// left that only the journal holds.

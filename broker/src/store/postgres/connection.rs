@@ -18,6 +18,8 @@ use tokio_postgres::{Client, Statement};
 pub struct Session {
     pub client: Client,
     prepared: HashMap<&'static str, Statement>,
+    /// Why a commit failed, once one has: no later commit runs (it may build on it).
+    pub commit_failed: Option<String>,
 }
 
 impl Session {
@@ -90,6 +92,7 @@ impl Connection {
                 let mut session = Session {
                     client,
                     prepared: HashMap::new(),
+                    commit_failed: None,
                 };
                 // Ends when the store drops its sender.
                 while let Ok(call) = incoming.recv() {
@@ -113,20 +116,58 @@ impl Connection {
             + 'static,
     {
         let (answer, answered) = mpsc::sync_channel(1);
+        self.submit(
+            move |session| {
+                Box::pin(async move { work(session).await.map_err(|e| database_error(&e)) })
+            },
+            move |result| {
+                let _ = answer.send(result);
+            },
+        );
+        answered.recv().unwrap_or_else(|_| {
+            Err(engine_error(
+                "the PostgreSQL connection's thread ended during a call",
+            ))
+        })
+    }
+
+    /// Queues `work` on the connection without waiting; `done` is told its result, on the
+    /// connection's thread. Work runs in the order it was queued.
+    pub fn submit<R, W, D>(&self, work: W, done: D)
+    where
+        R: Send + 'static,
+        W: for<'a> FnOnce(&'a mut Session) -> LocalBoxFuture<'a, StoreResult<R>> + Send + 'static,
+        D: FnOnce(StoreResult<R>) + Send + 'static,
+    {
+        let mut done = Told(Some(done), std::marker::PhantomData);
         let call: Call = Box::new(move |session| {
             Box::pin(async move {
-                let _ = answer.send(work(session).await);
+                let outcome = work(session).await;
+                done.tell(outcome);
             })
         });
-        self.calls
-            .send(call)
-            .map_err(|_| engine_error("the PostgreSQL connection's thread ended"))?;
-        match answered.recv() {
-            Ok(result) => result.map_err(|e| database_error(&e)),
-            Err(_) => Err(engine_error(
-                "the PostgreSQL connection's thread ended during a call",
-            )),
+        // Not sent (the thread has ended): dropped here, which tells `done` so.
+        let _ = self.calls.send(call);
+    }
+}
+
+/// A `done` that is told for certain: dropped untold (the connection's thread ended
+/// before the work ran), it is told that.
+struct Told<R, D: FnOnce(StoreResult<R>)>(Option<D>, std::marker::PhantomData<fn(R)>);
+
+impl<R, D: FnOnce(StoreResult<R>)> Told<R, D> {
+    fn tell(&mut self, outcome: StoreResult<R>) {
+        if let Some(done) = self.0.take() {
+            done(outcome);
         }
+    }
+}
+
+impl<R, D: FnOnce(StoreResult<R>)> Drop for Told<R, D> {
+    fn drop(&mut self) {
+        self.tell(Err(engine_error(
+            "the PostgreSQL connection's thread ended",
+        )));
     }
 }
 

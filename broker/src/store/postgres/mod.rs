@@ -13,8 +13,8 @@ pub mod schema;
 mod settings;
 
 use super::run_codec::{self, SpecCache, SpecKey};
-use super::{list_newest_first, Listing, Store, StoreError, StoreResult};
-use connection::Connection;
+use super::{list_newest_first, FlushDone, Listing, Store, StoreError, StoreResult};
+use connection::{database_error, Connection, Session};
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use pending::{Pending, PendingRun};
 use serde::de::DeserializeOwned;
@@ -396,6 +396,30 @@ impl Store for PgStore {
     fn flush(&mut self) -> StoreResult<()> {
         self.committed()
     }
+
+    fn start_flush(&mut self, done: FlushDone) {
+        let writes = self.pending.take();
+        self.connection
+            .submit(move |session| Box::pin(commit(writes, session)), done);
+    }
+}
+
+/// Commits `writes` on `session`, unless an earlier commit failed there (a later batch
+/// may build on it: nothing after a failed commit may be acknowledged).
+async fn commit(writes: Pending, session: &mut Session) -> StoreResult<()> {
+    if let Some(why) = &session.commit_failed {
+        return Err(StoreError::Engine(
+            format!("not committed: an earlier commit failed ({why})").into(),
+        ));
+    }
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let outcome = writes.commit(session).await.map_err(|e| database_error(&e));
+    if let Err(e) = &outcome {
+        session.commit_failed = Some(e.to_string());
+    }
+    outcome
 }
 
 impl PgStore {
@@ -405,9 +429,20 @@ impl PgStore {
     fn committed(&self) -> StoreResult<()> {
         let writes = self.pending.take();
         if writes.is_empty() {
+            // A read queued now comes after every commit queued before it anyway.
             return Ok(());
         }
-        self.connection
-            .call(move |session| Box::pin(writes.commit(session)))
+        let (told, outcome) = std::sync::mpsc::sync_channel(1);
+        self.connection.submit(
+            move |session| Box::pin(commit(writes, session)),
+            move |result| {
+                let _ = told.send(result);
+            },
+        );
+        outcome.recv().unwrap_or_else(|_| {
+            Err(StoreError::Engine(
+                "the PostgreSQL connection's thread ended during a commit".into(),
+            ))
+        })
     }
 }
