@@ -5,6 +5,7 @@ pub mod config;
 pub mod deadline;
 pub mod http;
 pub mod metrics;
+pub mod migrate;
 pub mod notify;
 pub mod process_stats;
 pub mod reload;

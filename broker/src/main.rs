@@ -56,6 +56,27 @@ struct Args {
     /// Write this program's man page into this directory and exit.
     #[arg(long, hide = true, value_name = "DIR")]
     generate_man: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<BrokerCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BrokerCommand {
+    /// Copy the store the settings name (data_dir, or [postgres]) into another, empty
+    /// one, every record, and check that both hold the same; the broker must be stopped.
+    /// Then point the settings at the new store.
+    Migrate {
+        /// The new store: a PostgreSQL URL (`postgres://user@host/db`), or a directory
+        /// for an embedded store.
+        #[arg(long, value_name = "URL|DIR")]
+        to: String,
+        /// The new PostgreSQL store's password file (else PGPASSWORD).
+        #[arg(long, value_name = "FILE")]
+        to_password_file: Option<PathBuf>,
+        /// The CA certificates for the new PostgreSQL store's TLS.
+        #[arg(long, value_name = "FILE")]
+        to_ca_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -133,6 +154,33 @@ fn run() -> Result<()> {
                 .unwrap_or_default()
         );
         return Ok(());
+    }
+    if let Some(BrokerCommand::Migrate {
+        to,
+        to_password_file,
+        to_ca_file,
+    }) = &args.command
+    {
+        let target = match to.starts_with("postgres://") || to.starts_with("postgresql://") {
+            true => Target::Postgres(Box::new(
+                PgSettings::new(to, to_password_file.as_deref(), to_ca_file.as_deref())
+                    .context("in --to")?,
+            )),
+            false => Target::Dir(PathBuf::from(to)),
+        };
+        return match postgres {
+            Some(settings) => migrate(
+                PgStore::open(&settings)
+                    .with_context(|| format!("cannot open the store at {}", settings.describe()))?,
+                &target,
+            ),
+            None => migrate(
+                store::open_in(&config.data_dir, config.cache_size).with_context(|| {
+                    format!("cannot open the store in {}", config.data_dir.display())
+                })?,
+                &target,
+            ),
+        };
     }
     let core_config = config.core_config();
     let serving = Serving {
@@ -252,6 +300,56 @@ impl Serving {
             .await
         })
     }
+}
+
+/// Where `migrate` copies to.
+enum Target {
+    Postgres(Box<PgSettings>),
+    Dir(PathBuf),
+}
+
+/// `migrate`: copies `from` into the target, then counts both (the target opened again)
+/// and says whether they agree.
+fn migrate(from: impl Store, target: &Target) -> Result<()> {
+    let before =
+        jobcast_broker::migrate::tally(&from).context("cannot count the store's records")?;
+    println!("from: {before}");
+    let after = match target {
+        Target::Postgres(settings) => {
+            let open = || {
+                PgStore::open(settings)
+                    .with_context(|| format!("cannot open the store at {}", settings.describe()))
+            };
+            copy_and_count(&from, open()?, open)?
+        }
+        Target::Dir(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let open = || {
+                store::open_in(dir, store::DEFAULT_CACHE_BYTES)
+                    .with_context(|| format!("cannot open the store in {}", dir.display()))
+            };
+            copy_and_count(&from, open()?, open)?
+        }
+    };
+    println!("to:   {after}");
+    if before != after {
+        anyhow::bail!("the copy does not hold what the store held (see above): do not use it");
+    }
+    println!("done: the new store holds every record; point the broker's settings at it");
+    Ok(())
+}
+
+/// Copies into `to`, closes it, opens it again with `reopen`, and counts what it holds.
+fn copy_and_count<S: Store>(
+    from: &impl Store,
+    mut to: S,
+    reopen: impl Fn() -> Result<S>,
+) -> Result<jobcast_broker::migrate::Tally> {
+    jobcast_broker::migrate::copy(from, &mut to)?;
+    to.close_cleanly().context("cannot close the new store")?;
+    drop(to);
+    Ok(jobcast_broker::migrate::tally(&reopen()?)?)
 }
 
 /// `--repair`: what was wrong with the store and what was changed, on standard output.

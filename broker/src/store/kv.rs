@@ -458,6 +458,16 @@ impl<E: Engine> Store for KvStore<E> {
         self.settings.insert(key.as_bytes(), value)
     }
 
+    fn settings(&self) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.settings
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), value))
+            })
+            .collect()
+    }
+
     fn is_backlogged(&self) -> bool {
         self.engine.is_backlogged()
     }

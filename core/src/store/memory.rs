@@ -167,6 +167,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn settings(&self) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let mut settings: Vec<_> = self
+            .settings
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        settings.sort();
+        Ok(settings)
+    }
+
     fn flush(&mut self) -> StoreResult<()> {
         Ok(())
     }

@@ -81,6 +81,8 @@ pub trait Store: Send {
     /// Small named settings (e.g. the disabled pools).
     fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     fn put_setting(&mut self, key: &str, value: &[u8]) -> StoreResult<()>;
+    /// Every setting, by key (moving a store whole).
+    fn settings(&self) -> StoreResult<Vec<(String, Vec<u8>)>>;
 
     /// Makes every write so far durable.
     fn flush(&mut self) -> StoreResult<()>;

@@ -393,6 +393,11 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn settings(&self) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let stored = self.keyed_values("SELECT key, value FROM jobcast_settings ORDER BY key")?;
+        Ok(Pending::over(stored, &self.pending.borrow().settings))
+    }
+
     fn flush(&mut self) -> StoreResult<()> {
         self.committed()
     }
