@@ -1,0 +1,80 @@
+//! What an operator does with a broker whose store is PostgreSQL: runs, logs, listings
+//! and their paging, retention and `prune`, the CSV export, `/metrics` and the dashboard,
+//! checked against what the database holds.
+
+use jobcast_integration_tests::*;
+use serde_json::Value;
+use std::time::Duration;
+
+#[test]
+fn retention_listings_csv_metrics_and_the_dashboard_work_on_postgres() {
+    let Some(postgres) = PostgresStore::start() else {
+        return;
+    };
+    let settings = format!("{}\n[retention]\nmax_runs = 10", postgres.settings());
+    let mut cluster = Cluster::start_configured(1, &[], &[], &settings);
+    cluster.apply_jobs("[jobs.say]\nscript = \"#!/bin/sh\\necho said by $JOBCAST_RUN_ID\\n\"\n");
+    cluster.start_worker("w1", &["--concurrency", "4"]);
+    let ids: Vec<String> = (0..25).map(|_| cluster.enqueue("say")).collect();
+    for id in &ids {
+        cluster.wait_state(id, "succeeded", Duration::from_secs(60));
+    }
+    let newest = ids.last().expect("runs");
+    let log = String::from_utf8_lossy(&cluster.log(newest)).into_owned();
+    assert!(log.contains(&format!("said by {newest}")), "{log}");
+
+    // Retention keeps the newest 10 (the broker prunes by itself; prune makes it now).
+    cluster.ctl_ok(&["prune"]);
+    let count = |sql: &str| -> u64 { postgres.query(sql).parse().expect("a count") };
+    wait_for("retention to keep 10 runs", Duration::from_secs(30), || {
+        (count("SELECT count(*) FROM jobcast_runs") == 10).then_some(())
+    });
+    assert!(
+        count("SELECT count(DISTINCT run_id) FROM jobcast_log_chunks") <= 10,
+        "the deleted runs' logs went with them"
+    );
+    let status = cluster.ctl_json(&["status"]).expect("status");
+    assert_eq!(status["total_runs"], 10, "{status}");
+    let kept: Vec<String> = cluster
+        .all_runs()
+        .iter()
+        .filter_map(|run| run["id"].as_str().map(str::to_string))
+        .collect();
+    let mut newest_ten: Vec<String> = ids[15..].to_vec();
+    newest_ten.reverse();
+    assert_eq!(kept, newest_ten, "the newest ten, newest first");
+
+    // The API's listing pages back through them.
+    let (status, body) = cluster.api("GET", "/api/v1/runs?limit=4", Some(VIEWER_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).expect("JSON");
+    let page = page.as_array().expect("a list");
+    assert_eq!(page.len(), 4);
+    let before = page[3]["seq"].as_u64().expect("seq");
+    let (_, body) = cluster.api(
+        "GET",
+        &format!("/api/v1/runs?limit=10&before={before}"),
+        Some(VIEWER_TOKEN),
+    );
+    let rest: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(rest.as_array().expect("a list").len(), 6);
+
+    // The CSV export: a header and the ten runs.
+    let (status, csv) = cluster.api("GET", "/api/v1/runs.csv", Some(VIEWER_TOKEN));
+    assert_eq!(status, 200);
+    assert_eq!(csv.lines().count(), 11, "{csv}");
+
+    // /metrics counts what ended.
+    let (status, metrics) = cluster.api("GET", "/metrics", Some(VIEWER_TOKEN));
+    assert_eq!(status, 200);
+    let succeeded = metrics
+        .lines()
+        .find(|l| l.starts_with("jobcast_runs_ended_total{") && l.contains("succeeded"))
+        .unwrap_or_else(|| panic!("no succeeded count in:\n{metrics}"));
+    assert!(succeeded.ends_with(" 25"), "{succeeded}");
+
+    // And the dashboard is served.
+    let (status, page) = cluster.api("GET", "/", None);
+    assert_eq!(status, 200);
+    assert!(page.contains("jobcast"), "{page}");
+}
