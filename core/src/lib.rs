@@ -38,7 +38,7 @@ pub use error::{CoreError, Handled};
 use job_table::JobTable;
 use log_table::LogTable;
 pub use now::Now;
-pub use outbox::{Observation, OutReply, Outbox, ReloadAsked, ReplyTo};
+pub use outbox::{ListingAsked, Observation, OutReply, Outbox, ReloadAsked, ReplyTo};
 use ping_table::PingTable;
 pub use retention::Retention;
 use run_table::RunTable;
@@ -401,6 +401,22 @@ impl<S: Store> Core<S> {
     /// from each worker's next registration.
     pub fn set_worker_pools(&mut self, worker_pools: HashMap<String, BTreeSet<String>>) {
         self.config.worker_pools = worker_pools;
+    }
+
+    /// What a listing found in the store, as its reply: queued runs marked with the limit
+    /// that holds them (as the tables are now), secret parameter values masked.
+    pub fn listing_reply(&self, listing: store::Listing) -> Reply {
+        admin::listing_reply(&self.tables.runs, self.limits(), listing)
+    }
+
+    /// Answers the listings `out` holds by reading the store here, on the caller's thread
+    /// (the core's tests; a store that cannot be read from another thread).
+    pub fn answer_listings(&self, out: &mut Outbox) -> StoreResult<()> {
+        for asked in std::mem::take(&mut out.listings) {
+            let listing = self.store.runs(&asked.filter)?;
+            out.reply(&asked.to, asked.id, self.listing_reply(listing));
+        }
+        Ok(())
     }
 
     /// Whether a worker currently has a session (for tests and the server).

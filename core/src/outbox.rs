@@ -40,6 +40,17 @@ pub struct Outbox {
     pub reloads: Vec<ReloadAsked>,
     /// What the metrics count, as it happened.
     pub observations: Vec<Observation>,
+    /// Listings of stored runs, answered once the batch that asked is durable, away from
+    /// the loop where the store allows it ([`crate::Core::listing_reply`]).
+    pub listings: Vec<ListingAsked>,
+}
+
+/// Someone asked for stored runs: the filter, checked and with its limit set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListingAsked {
+    pub to: ReplyTo,
+    pub id: u64,
+    pub filter: jobcast_protocol::RunFilter,
 }
 
 /// A fact for the metrics, in milliseconds of the broker's clock.

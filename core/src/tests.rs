@@ -98,6 +98,8 @@ impl Harness {
         self.core
             .handle(&peer, from, id, request, self.now, &mut out)
             .unwrap();
+        // As the server does once the batch is durable.
+        self.core.answer_listings(&mut out).unwrap();
         let reply = out
             .replies
             .iter()

@@ -9,6 +9,7 @@
 mod api_calls;
 mod clock_watch;
 mod frames;
+mod listings;
 mod outage;
 mod reload;
 mod service_manager;
@@ -138,6 +139,8 @@ struct Server {
     /// The store tells each commit's outcome here, in order.
     commits_told: tokio::sync::mpsc::UnboundedSender<Result<(), StoreError>>,
     commits: tokio::sync::mpsc::UnboundedReceiver<Result<(), StoreError>>,
+    /// Listings read away from the loop.
+    listings: listings::Listings,
 }
 
 /// What one batch produced, to send once it is durable.
@@ -147,6 +150,8 @@ struct Produced {
     /// The live views' changes as of this batch (taken when it was applied: a later
     /// batch's are not durable yet when this one is sent).
     changes: Option<jobcast_core::ChangeSet>,
+    /// A reader of the store as this batch left it, for its listings (`out.listings`).
+    reader: Option<Box<dyn jobcast_core::store::RunReader>>,
 }
 
 /// A batch handed to the store, waiting to be durable before what it produced is sent.
@@ -169,6 +174,8 @@ enum Woke {
     Work,
     /// The oldest batch in flight is durable (or failed).
     Committed(Result<(), StoreError>),
+    /// A listing read away from the loop is ready to answer.
+    Listed(Box<listings::Found>),
 }
 
 impl Server {
@@ -188,7 +195,7 @@ impl Server {
                     .is_some_and(|batch| batch.new_keys.is_some())
             {
                 let outcome = self.next_commit().await;
-                if let Err(e) = self.release(outcome) {
+                if let Err(e) = self.release(core, outcome) {
                     return Ok(Stopped::StoreFailed(e));
                 }
             }
@@ -197,16 +204,20 @@ impl Server {
                     // What was acknowledged to the store is answered before stopping.
                     while !self.in_flight.is_empty() {
                         let outcome = self.next_commit().await;
-                        if let Err(e) = self.release(outcome) {
+                        if let Err(e) = self.release(core, outcome) {
                             return Ok(Stopped::StoreFailed(e));
                         }
                     }
                     return Ok(Stopped::Shutdown);
                 }
                 Woke::Committed(outcome) => {
-                    if let Err(e) = self.release(outcome) {
+                    if let Err(e) = self.release(core, outcome) {
                         return Ok(Stopped::StoreFailed(e));
                     }
+                    continue;
+                }
+                Woke::Listed(found) => {
+                    self.answer_listing(core, *found);
                     continue;
                 }
                 Woke::Work => {}
@@ -255,7 +266,11 @@ impl Server {
     }
 
     /// The oldest batch in flight is durable (or failed): sends what it produced.
-    fn release(&mut self, outcome: Result<(), StoreError>) -> Result<(), StoreError> {
+    fn release<S: Store>(
+        &mut self,
+        core: &Core<S>,
+        outcome: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let Some(batch) = self.in_flight.pop_front() else {
             return outcome;
         };
@@ -280,8 +295,42 @@ impl Server {
             tracing::debug!(requests, handled_us, flushed_us, "slow batch");
         }
         outcome?;
-        self.send(batch.produced, batch.new_keys);
+        let mut produced = batch.produced;
+        if !produced.out.listings.is_empty() {
+            match produced.reader.take() {
+                Some(reader) => self
+                    .listings
+                    .read(reader, std::mem::take(&mut produced.out.listings)),
+                None => core.answer_listings(&mut produced.out)?,
+            }
+        }
+        self.send(produced, batch.new_keys);
         Ok(())
+    }
+
+    /// Answers a listing read away from the loop.
+    fn answer_listing<S: Store>(&mut self, core: &Core<S>, (asked, found): listings::Found) {
+        let reply = match found {
+            Ok(listing) => core.listing_reply(listing),
+            Err(e) => {
+                tracing::warn!(error = %e, "a listing could not be read");
+                jobcast_protocol::Reply::Error {
+                    code: jobcast_protocol::ErrorCode::Unavailable,
+                    message: format!("the runs could not be read ({e}); try again"),
+                }
+            }
+        };
+        let mut out = Outbox::default();
+        out.reply(&asked.to, asked.id, reply);
+        self.send(
+            Produced {
+                out,
+                refusals: Vec::new(),
+                changes: None,
+                reader: None,
+            },
+            None,
+        );
     }
 
     /// After a store failure: the batches in flight are never sent, and outcomes still to
@@ -312,6 +361,7 @@ impl Server {
             Some(outcome) = self.commits.recv(), if waiting_for_commit => {
                 return Ok(Woke::Committed(outcome));
             }
+            Some(found) = self.listings.found.recv() => return Ok(Woke::Listed(Box::new(found))),
             Some(()) = self.api_calls.take(MAX_BATCH) => {}
             // Before the sockets: however busy they are, a reload is not put off.
             Some(()) = self.reloading.hangups.recv() => {
@@ -417,10 +467,16 @@ impl Server {
             core.clear_changes();
             None
         };
+        // Taken now: the store as this batch leaves it, before the next one writes.
+        let reader = match out.listings.is_empty() {
+            true => None,
+            false => core.store().reader(),
+        };
         Ok(Produced {
             out,
             refusals,
             changes,
+            reader,
         })
     }
 
@@ -431,6 +487,7 @@ impl Server {
             mut out,
             refusals,
             changes,
+            ..
         } = produced;
         for notification in out.notifications.drain(..) {
             self.notifier.send(notification);

@@ -41,8 +41,21 @@ pub trait Engine: Send {
     fn flush_journal(&self) -> StoreResult<bool> {
         self.flush().map(|()| true)
     }
+    /// A consistent read-only view of the trees as they are now, for another thread;
+    /// `None` where the engine has none.
+    fn view(&self) -> Option<Box<dyn View>> {
+        None
+    }
     /// See [`super::Store::is_backlogged`].
     fn is_backlogged(&self) -> bool {
         false
     }
+}
+
+/// A read-only view of an engine's trees at one moment (a snapshot), readable from any
+/// thread.
+pub trait View: Send {
+    fn get(&self, tree: &str, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
+    /// The records of `tree` below `to`, highest key first.
+    fn newest_first(&self, tree: &str, to: Bound<Vec<u8>>) -> Scan<'_>;
 }

@@ -77,6 +77,14 @@ impl Engine for FjallEngine {
         self.db.persist(PersistMode::SyncAll).map_err(backend)
     }
 
+    fn view(&self) -> Option<Box<dyn super::engine::View>> {
+        let trees = self.trees.lock().ok()?.clone();
+        Some(Box::new(FjallView {
+            snapshot: self.db.snapshot(),
+            trees,
+        }))
+    }
+
     fn flusher(&self) -> super::engine::Flusher {
         let db = self.db.clone();
         Box::new(move || db.persist(PersistMode::SyncAll).map_err(backend))
@@ -117,6 +125,44 @@ impl Engine for FjallEngine {
                     || t.l0_table_count() >= BACKLOG_L0_TABLES
             })
         })
+    }
+}
+
+/// A snapshot of the database and its trees: what was written when it was taken.
+struct FjallView {
+    snapshot: fjall::Snapshot,
+    trees: Vec<Keyspace>,
+}
+
+impl FjallView {
+    fn tree(&self, name: &str) -> StoreResult<&Keyspace> {
+        self.trees
+            .iter()
+            .find(|tree| **tree.name() == *name)
+            .ok_or_else(|| StoreError::Engine(format!("no tree {name} in the store").into()))
+    }
+}
+
+impl super::engine::View for FjallView {
+    fn get(&self, tree: &str, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        use fjall::Readable;
+        Ok(self
+            .snapshot
+            .get(self.tree(tree)?, key)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn newest_first(&self, tree: &str, to: Bound<Vec<u8>>) -> Scan<'_> {
+        use fjall::Readable;
+        let tree = match self.tree(tree) {
+            Ok(tree) => tree,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        let iter = self
+            .snapshot
+            .range::<Vec<u8>, _>(tree, (Bound::Unbounded, to));
+        Box::new(entries(iter).rev())
     }
 }
 

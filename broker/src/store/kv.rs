@@ -7,6 +7,7 @@ use super::engine::{Engine, Tree};
 use super::run_codec::{self, SpecCache, SpecKey};
 use super::FlushDone;
 use super::{list_newest_first, Listing, Store, StoreError, StoreResult};
+use jobcast_core::store::RunReader;
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -247,6 +248,40 @@ impl<E: Engine> KvStore<E> {
     }
 }
 
+/// Listings read from a snapshot of the engine, on another thread.
+struct KvReader {
+    view: Box<dyn super::engine::View>,
+    specs: SpecCache,
+}
+
+impl RunReader for KvReader {
+    fn runs(&mut self, filter: &RunFilter) -> StoreResult<Listing> {
+        let to = match filter.before_seq {
+            Some(before) => Bound::Excluded(before.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let (view, specs) = (&self.view, &mut self.specs);
+        let decoded = view.newest_first("runs", to).map(|item| {
+            run_codec::decode_run(&item?.1, |key| {
+                if let Some(spec) = specs.get(key) {
+                    return Ok(spec.clone());
+                }
+                let bytes = view.get("specs", key)?.ok_or_else(|| StoreError::Corrupt {
+                    what: "run",
+                    detail: format!(
+                        "it refers to a job spec version {} not stored",
+                        hex::encode(key)
+                    ),
+                })?;
+                let spec = run_codec::decode_spec(&bytes)?;
+                specs.remember(*key, spec.clone());
+                Ok(spec)
+            })
+        });
+        list_newest_first(decoded, filter)
+    }
+}
+
 /// The values of a scan, decoded.
 fn decoded<T: DeserializeOwned>(
     what: &'static str,
@@ -470,6 +505,13 @@ impl<E: Engine> Store for KvStore<E> {
 
     fn is_backlogged(&self) -> bool {
         self.engine.is_backlogged()
+    }
+
+    fn reader(&self) -> Option<Box<dyn RunReader>> {
+        Some(Box::new(KvReader {
+            view: self.engine.view()?,
+            specs: SpecCache::default(),
+        }))
     }
 
     /// Through the committer, after whatever it still has: commits stay in order.

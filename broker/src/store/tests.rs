@@ -95,6 +95,29 @@ fn postgres() {
     each_run_keeps_the_job_version_it_was_created_with_across_reopening(|| {
         PgStore::open(&settings).unwrap()
     });
+    // A reader (listings away from the loop) sees what is committed.
+    {
+        let mut store = PgStore::open(&fresh()).unwrap();
+        store
+            .create_run(&run(1, "first", RunState::Queued))
+            .unwrap();
+        store.flush().unwrap();
+        let mut reader = store.reader().expect("a second connection");
+        store
+            .create_run(&run(2, "second", RunState::Queued))
+            .unwrap();
+        let all = RunFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            reader.runs(&all).unwrap().runs.len(),
+            1,
+            "not before its commit"
+        );
+        store.flush().unwrap();
+        assert_eq!(reader.runs(&all).unwrap().runs.len(), 2, "once committed");
+    }
     // A commit is all or nothing, although its statements are sent together: a run
     // that takes a stored id fails it, and the job written beside it is not kept.
     let settings = fresh();
@@ -136,6 +159,35 @@ fn postgres() {
         error.contains("schema is at version 99, newer than this broker knows (version 1)"),
         "{error}"
     );
+}
+
+/// A reader (listings away from the loop) sees the store as it was when it was taken,
+/// not what later batches write.
+#[test]
+fn a_fjall_reader_sees_the_store_as_it_was_when_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_in(dir.path(), 8 << 20).unwrap();
+    store
+        .create_run(&run(1, "first", RunState::Queued))
+        .unwrap();
+    let mut reader = store
+        .reader()
+        .expect("fjall can be read from another thread");
+    store
+        .create_run(&run(2, "second", RunState::Queued))
+        .unwrap();
+    store.put_run(&run(1, "first", RunState::Running)).unwrap();
+    let all = RunFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    let asked = all.clone();
+    let seen = std::thread::spawn(move || reader.runs(&asked).unwrap())
+        .join()
+        .unwrap();
+    let seen: Vec<(String, RunState)> = seen.runs.into_iter().map(|r| (r.id, r.state)).collect();
+    assert_eq!(seen, vec![("first".to_string(), RunState::Queued)]);
+    assert_eq!(store.runs(&all).unwrap().runs.len(), 2);
 }
 
 /// What a batch wrote is read back before its flush, and the same after it.

@@ -1,23 +1,19 @@
-//! `ListRuns`: stored runs, newest first, filtered.
+//! `ListRuns`: stored runs, newest first, filtered. Checked here, read from the store
+//! once the batch is durable (away from the loop where the store allows), and answered by
+//! [`listing_reply`].
 
 use crate::limits::Limits;
 use crate::run_table::RunTable;
-use crate::store::Store;
-use crate::{CoreError, Handled, MAX_LIST};
+use crate::store::Listing;
+use crate::{CoreError, MAX_LIST};
 use jobcast_protocol::{Reply, RunFilter, RunRecord};
 
 /// Runs a listing returns when it names no limit.
 const DEFAULT_LIMIT: u32 = 50;
 
-/// Handed the store, the run table and the limits (which say why queued runs wait). The
-/// one rule for listing limits, whoever asks (socket or HTTP): none given (0) means the
-/// default, more than [`MAX_LIST`] is refused rather than cut silently.
-pub(super) fn list_runs(
-    store: &impl Store,
-    runs: &RunTable,
-    limits: Limits<'_>,
-    filter: RunFilter,
-) -> Handled {
+/// The one rule for listing limits, whoever asks (socket or HTTP): none given (0) means
+/// the default, more than [`MAX_LIST`] is refused rather than cut silently.
+pub(super) fn checked(filter: RunFilter) -> Result<RunFilter, CoreError> {
     let limit = match filter.limit {
         0 => DEFAULT_LIMIT,
         n if n <= MAX_LIST => n,
@@ -28,10 +24,15 @@ pub(super) fn list_runs(
             })
         }
     };
-    let filter = RunFilter { limit, ..filter };
-    let mut listing = store.runs(&filter)?;
+    Ok(RunFilter { limit, ..filter })
+}
+
+/// What the store found, as the reply: handed the run table and the limits, which say
+/// why queued runs wait.
+pub(crate) fn listing_reply(runs: &RunTable, limits: Limits<'_>, listing: Listing) -> Reply {
+    let mut listing = listing;
     limits.mark_held(runs, &mut listing.runs);
-    Ok(Reply::Runs {
+    Reply::Runs {
         // Listings are for people: secret parameter values stay with the run.
         runs: listing
             .runs
@@ -39,5 +40,5 @@ pub(super) fn list_runs(
             .map(RunRecord::with_secrets_masked)
             .collect(),
         resume_before: listing.resume_before,
-    })
+    }
 }

@@ -18,11 +18,12 @@ mod status;
 
 use crate::store::Store;
 use crate::Now;
-use crate::{Core, Handled, Outbox, ReloadAsked, ReplyTo};
+use crate::{Core, Handled, ListingAsked, Outbox, ReloadAsked, ReplyTo};
 use jobcast_protocol::{AdminRequest, Reply};
+pub(crate) use list_runs::listing_reply;
 
 impl<S: Store> Core<S> {
-    /// `None`: the answer comes later (a ping's).
+    /// `None`: the answer comes later (a ping's, a reload's, a listing's).
     pub(crate) fn handle_admin(
         &mut self,
         reply_to: &ReplyTo,
@@ -66,7 +67,12 @@ impl<S: Store> Core<S> {
                 self.enqueue(asked, actor, now, out)?
             }
             AdminRequest::ListRuns(filter) => {
-                list_runs::list_runs(&self.store, &self.tables.runs, self.limits(), filter)?
+                out.listings.push(ListingAsked {
+                    to: reply_to.clone(),
+                    id,
+                    filter: list_runs::checked(filter)?,
+                });
+                return Ok(None);
             }
             AdminRequest::ListJobs => Reply::Jobs {
                 jobs: self.tables.jobs.views(),

@@ -102,11 +102,24 @@ pub trait Store: Send {
         self.flush()
     }
 
+    /// A reader of the stored runs as they are now (the writes made so far included),
+    /// for another thread: listings are read there rather than on the loop. `None` if
+    /// the store cannot be read from another thread (then the loop reads it).
+    fn reader(&self) -> Option<Box<dyn RunReader>> {
+        None
+    }
+
     /// Whether the engine is behind on writing out what it was given, so that more
     /// optional writes now (retention's deletes) would hold up the rest.
     fn is_backlogged(&self) -> bool {
         false
     }
+}
+
+/// Reads stored runs on a thread other than the loop's (see [`Store::reader`]).
+pub trait RunReader: Send {
+    /// As [`Store::runs`].
+    fn runs(&mut self, filter: &RunFilter) -> StoreResult<Listing>;
 }
 
 /// Stored records one listing looks at, at most: a filter that matches little must not

@@ -131,6 +131,29 @@ impl Connection {
         })
     }
 
+    /// The rows of one query (prepared once per connection), each read by `read`.
+    pub fn rows<R: Send + 'static>(
+        &self,
+        sql: &'static str,
+        params: Vec<super::Param>,
+        read: fn(&tokio_postgres::Row) -> R,
+    ) -> StoreResult<Vec<R>> {
+        self.call(move |session| {
+            Box::pin(async move {
+                let statement = session.statement(sql).await?;
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    params.iter().map(|p| p.as_ref() as _).collect();
+                Ok(session
+                    .client
+                    .query(&statement, &refs)
+                    .await?
+                    .iter()
+                    .map(read)
+                    .collect())
+            })
+        })
+    }
+
     /// Queues `work` on the connection without waiting; `done` is told its result, on the
     /// connection's thread. Work runs in the order it was queued.
     pub fn submit<R, W, D>(&self, work: W, done: D)

@@ -15,11 +15,13 @@ mod settings;
 use super::run_codec::{self, SpecCache, SpecKey};
 use super::{list_newest_first, FlushDone, Listing, Store, StoreError, StoreResult};
 use connection::{database_error, Connection, Session};
+use jobcast_core::store::RunReader;
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use pending::{Pending, PendingRun};
 use serde::de::DeserializeOwned;
 pub use settings::PgSettings;
 use std::cell::RefCell;
+use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 
 pub struct PgStore {
@@ -33,6 +35,9 @@ pub struct PgStore {
     pruned: u64,
     /// The highest run sequence number stored or pending (it only grows).
     last_seq: u64,
+    /// A second connection, for listings read away from the loop (opened when first
+    /// needed).
+    reader: RefCell<Option<Arc<Connection>>>,
 }
 
 /// The settings key of the pruned-runs count (the embedded store's).
@@ -55,6 +60,7 @@ impl PgStore {
             spec_cache: Default::default(),
             pruned: 0,
             last_seq: 0,
+            reader: RefCell::new(None),
         };
         store.last_seq = store
             .rows(
@@ -119,20 +125,7 @@ impl PgStore {
         params: Vec<Param>,
         read: fn(&tokio_postgres::Row) -> R,
     ) -> StoreResult<Vec<R>> {
-        self.connection.call(move |session| {
-            Box::pin(async move {
-                let statement = session.statement(sql).await?;
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    params.iter().map(|p| p.as_ref() as _).collect();
-                Ok(session
-                    .client
-                    .query(&statement, &refs)
-                    .await?
-                    .iter()
-                    .map(read)
-                    .collect())
-            })
-        })
+        self.connection.rows(sql, params, read)
     }
 
     /// Records of a query that returns `record` alone, decoded.
@@ -148,7 +141,87 @@ impl PgStore {
 }
 
 /// One parameter of a query, owned (the query runs on the connection's thread).
-type Param = Box<dyn ToSql + Sync + Send>;
+pub type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A listing: runs newest first, read a page at a time as the listing walks back, until
+/// it has enough or has looked at as many as a listing may.
+fn newest_first(
+    connection: &Connection,
+    filter: &RunFilter,
+    mut decode: impl FnMut(&[u8]) -> StoreResult<RunRecord>,
+) -> StoreResult<Listing> {
+    let mut before = filter.before_seq.map_or(i64::MAX, |seq| seq as i64);
+    let mut page: std::vec::IntoIter<Vec<u8>> = Vec::new().into_iter();
+    let mut done = false;
+    let records = std::iter::from_fn(move || loop {
+        if let Some(bytes) = page.next() {
+            return Some(Ok(bytes));
+        }
+        if done {
+            return None;
+        }
+        let rows = connection.rows(
+            "SELECT seq, record FROM jobcast_runs WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+            vec![Box::new(before), Box::new(LISTING_PAGE)],
+            |row| (row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)),
+        );
+        match rows {
+            Ok(rows) => {
+                done = (rows.len() as i64) < LISTING_PAGE;
+                if let Some((seq, _)) = rows.last() {
+                    before = *seq;
+                }
+                page = rows
+                    .into_iter()
+                    .map(|(_, bytes)| bytes)
+                    .collect::<Vec<_>>()
+                    .into_iter();
+            }
+            Err(e) => {
+                done = true;
+                return Some(Err(e));
+            }
+        }
+    });
+    list_newest_first(records.map(|bytes| decode(&bytes?)), filter)
+}
+
+/// Listings on a connection of their own, away from the loop. They see what is
+/// committed, which includes the batch that asked (it is durable before it is read).
+struct PgReader {
+    connection: Arc<Connection>,
+    specs: SpecCache,
+}
+
+impl RunReader for PgReader {
+    fn runs(&mut self, filter: &RunFilter) -> StoreResult<Listing> {
+        let (connection, specs) = (&self.connection, &mut self.specs);
+        newest_first(connection, filter, |bytes| {
+            run_codec::decode_run(bytes, |key| {
+                if let Some(spec) = specs.get(key) {
+                    return Ok(spec.clone());
+                }
+                let bytes = connection
+                    .rows(
+                        "SELECT spec FROM jobcast_job_specs WHERE key = $1",
+                        vec![Box::new(key.to_vec())],
+                        |row| row.get::<_, Vec<u8>>(0),
+                    )?
+                    .pop()
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: "run",
+                        detail: format!(
+                            "it refers to a job spec version {} not stored",
+                            hex::encode(key)
+                        ),
+                    })?;
+                let spec = run_codec::decode_spec(&bytes)?;
+                specs.remember(*key, spec.clone());
+                Ok(spec)
+            })
+        })
+    }
+}
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> StoreResult<T> {
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
@@ -243,36 +316,24 @@ impl Store for PgStore {
 
     fn runs(&self, filter: &RunFilter) -> StoreResult<Listing> {
         self.committed()?;
-        let mut before = filter.before_seq.map_or(i64::MAX, |seq| seq as i64);
-        let mut page: std::vec::IntoIter<RunRecord> = Vec::new().into_iter();
-        let mut done = false;
-        // Pages read as the listing walks back, until it has enough or the scan's bound.
-        let newest_first = std::iter::from_fn(move || loop {
-            if let Some(run) = page.next() {
-                return Some(Ok(run));
-            }
-            if done {
-                return None;
-            }
-            let runs = self.query_runs(
-                "SELECT record FROM jobcast_runs WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
-                vec![Box::new(before), Box::new(LISTING_PAGE)],
-            );
-            match runs {
-                Ok(runs) => {
-                    done = (runs.len() as i64) < LISTING_PAGE;
-                    if let Some(last) = runs.last() {
-                        before = last.seq as i64;
-                    }
-                    page = runs.into_iter();
-                }
+        newest_first(&self.connection, filter, |bytes| self.decode_run(bytes))
+    }
+
+    fn reader(&self) -> Option<Box<dyn RunReader>> {
+        let mut reader = self.reader.borrow_mut();
+        if reader.is_none() {
+            match Connection::open(&self.settings) {
+                Ok(connection) => *reader = Some(Arc::new(connection)),
                 Err(e) => {
-                    done = true;
-                    return Some(Err(e));
+                    tracing::warn!(error = %e, "no second connection for listings: they are read on the loop");
+                    return None;
                 }
             }
-        });
-        list_newest_first(newest_first, filter)
+        }
+        Some(Box::new(PgReader {
+            connection: reader.clone()?,
+            specs: SpecCache::default(),
+        }))
     }
 
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
