@@ -146,6 +146,29 @@ impl TestPostgres {
         self.program_output(program, &all)
     }
 
+    /// Turns TLS on with this certificate and key (PEM files, copied into the cluster's
+    /// directory for the server to own) and reloads the server's settings.
+    pub fn enable_tls(&self, certificate: &Path, key: &Path) {
+        let data = self.data();
+        for (from, name) in [(certificate, "server.crt"), (key, "server.key")] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).expect("copy a TLS file into the cluster");
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                .expect("the TLS file's mode");
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        let mut tries = 0;
+        while self.psql("postgres", "SHOW ssl") != "on" {
+            tries += 1;
+            assert!(tries < 100, "TLS did not come on");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Stops the server as a crash would (`pg_ctl stop -m immediate`) and starts it again
     /// on the same port.
     pub fn restart_immediate(&self) {

@@ -190,6 +190,108 @@ fn a_fjall_reader_sees_the_store_as_it_was_when_taken() {
     assert_eq!(store.runs(&all).unwrap().runs.len(), 2);
 }
 
+/// TLS as the URL's sslmode asks, the server's certificate checked against the CA file:
+/// the connection is encrypted (the server says so), and a certificate signed by another
+/// CA is refused.
+#[test]
+fn postgres_over_tls() {
+    use super::postgres::{PgSettings, PgStore};
+    let Some(pg) = jobcast_test_postgres::TestPostgres::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl (Debian's openssl package)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ca = |name: &str| {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ])
+    };
+    ca("test-ca");
+    ca("other-ca");
+    std::fs::write(
+        dir.path().join("san.ext"),
+        "subjectAltName=IP:127.0.0.1
+",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "test-ca.pem",
+        "-CAkey",
+        "test-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    pg.enable_tls(
+        &dir.path().join("server.crt"),
+        &dir.path().join("server.key"),
+    );
+    let password = dir.path().join("password");
+    std::fs::write(&password, jobcast_test_postgres::PASSWORD).unwrap();
+    let url = format!("{}?sslmode=require", pg.create_database("tls"));
+
+    let settings =
+        PgSettings::new(&url, Some(&password), Some(&dir.path().join("test-ca.pem"))).unwrap();
+    let mut store = PgStore::open(&settings).unwrap();
+    store.put_job(&job("over-tls")).unwrap();
+    store.flush().unwrap();
+    let encrypted = pg.psql(
+        "tls",
+        "SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE application_name = 'jobcast-broker'",
+    );
+    assert_eq!(encrypted, "t", "the broker's connections are encrypted");
+
+    let wrong = PgSettings::new(
+        &url,
+        Some(&password),
+        Some(&dir.path().join("other-ca.pem")),
+    )
+    .unwrap();
+    let error = PgStore::open(&wrong).err().expect("refused").to_string();
+    assert!(error.contains("invalid peer certificate"), "{error}");
+}
+
 /// What a batch wrote is read back before its flush, and the same after it.
 fn writes_are_read_back_before_and_after_they_are_flushed(mut store: impl Store) {
     let check = |store: &mut dyn Store, flushed: bool| {
