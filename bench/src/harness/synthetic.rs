@@ -213,21 +213,56 @@ async fn claim_waiting(client: Client, grants: mpsc::UnboundedSender<Vec<Grant>>
     }
 }
 
-/// Reports granted runs started and ended at once (without waiting for the answers).
+/// Reports granted runs started and then ended, as a real worker's outbox does: a
+/// window of reports in flight at a time, each sent again until it is answered (a
+/// reply the broker had to drop, its queue to this worker full while the bench's
+/// process was busy, would otherwise leave the run unfinished and the bench waiting).
 fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>) {
-    for run in runs {
-        drop(client.submit(WorkerRequest::RunStarted {
-            run_id: run.run_id.clone(),
-            pid: 1,
-            spawned_at_us: 0,
-        }));
-        drop(client.submit(WorkerRequest::RunFinished(RunFinished {
-            run_id: run.run_id,
-            outcome: Outcome::Exited { code: 0 },
-            duration_ms: 0,
-            log_bytes: 0,
-            claim: 0,
-            usage: None,
-        })));
+    let client = client.clone();
+    tokio::spawn(async move {
+        for window in runs.chunks(REPORT_WINDOW) {
+            let started = window.iter().map(|run| WorkerRequest::RunStarted {
+                run_id: run.run_id.clone(),
+                pid: 1,
+                spawned_at_us: 0,
+            });
+            report_until_answered(&client, started.collect()).await;
+            let finished = window.iter().map(|run| {
+                WorkerRequest::RunFinished(RunFinished {
+                    run_id: run.run_id.clone(),
+                    outcome: Outcome::Exited { code: 0 },
+                    duration_ms: 0,
+                    log_bytes: 0,
+                    claim: 0,
+                    usage: None,
+                })
+            });
+            report_until_answered(&client, finished.collect()).await;
+        }
+    });
+}
+
+/// Reports in flight at once, per synthetic worker.
+const REPORT_WINDOW: usize = 256;
+/// How long a report waits for its answer before it is sent again.
+const REPORT_WAIT: Duration = Duration::from_secs(2);
+
+/// Sends every request (together), then again those not answered, until all are.
+async fn report_until_answered(client: &Client, mut requests: Vec<WorkerRequest>) {
+    for _ in 0..30 {
+        let pending: Vec<_> = requests
+            .iter()
+            .map(|request| client.submit(request.clone()))
+            .collect();
+        let mut unanswered = Vec::new();
+        for (request, reply) in requests.into_iter().zip(pending) {
+            if reply.wait(REPORT_WAIT).await.is_err() {
+                unanswered.push(request);
+            }
+        }
+        if unanswered.is_empty() {
+            return;
+        }
+        requests = unanswered;
     }
 }
