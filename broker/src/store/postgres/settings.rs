@@ -19,6 +19,10 @@ pub struct PgSettings {
 
 /// How long a connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before the first keepalive probe.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// The longest data sent may stay unacknowledged before the connection counts as lost.
+const UNACKNOWLEDGED: Duration = Duration::from_secs(20);
 
 impl PgSettings {
     /// From the store's URL; `password_file` (or `PGPASSWORD`) when the URL carries no
@@ -45,6 +49,16 @@ impl PgSettings {
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // A database host that vanishes (no reset, no answer) is noticed in seconds rather
+        // than when the kernel gives up on the connection (minutes): keepalives while
+        // idle, and a bound on data left unacknowledged while a commit is sent.
+        config.keepalives(true);
+        if config.get_keepalives_idle() > KEEPALIVE_IDLE {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(UNACKNOWLEDGED);
         }
         if config.get_application_name().is_none() {
             config.application_name("jobcast-broker");
@@ -154,6 +168,28 @@ mod tests {
         .unwrap();
         assert_eq!(with_password.config.get_password(), Some(&b"inline"[..]));
         assert!(!with_password.describe().contains("inline"));
+    }
+
+    #[test]
+    fn a_vanished_database_host_is_noticed_in_seconds_unless_the_url_says_sooner() {
+        let settings = PgSettings::new("postgres://jobcast@db/jobs", None, None).unwrap();
+        assert!(settings.config.get_keepalives());
+        assert_eq!(settings.config.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(
+            settings.config.get_tcp_user_timeout(),
+            Some(&UNACKNOWLEDGED)
+        );
+        let sooner = PgSettings::new(
+            "postgres://jobcast@db/jobs?keepalives_idle=3&tcp_user_timeout=5",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(sooner.config.get_keepalives_idle(), Duration::from_secs(3));
+        assert_eq!(
+            sooner.config.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(5))
+        );
     }
 
     #[test]
