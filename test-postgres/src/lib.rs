@@ -179,8 +179,18 @@ impl TestPostgres {
 
     /// Stops the server as a crash would; [`TestPostgres::start_again`] brings it back.
     pub fn stop_immediate(&self) {
+        let output = self.immediate_stop();
+        assert!(
+            output.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// `pg_ctl stop -m immediate`, waiting for the server to be gone.
+    fn immediate_stop(&self) -> Output {
         let data = self.data();
-        self.program(
+        self.program_output(
             "pg_ctl",
             &[
                 "-D".as_ref(),
@@ -190,7 +200,7 @@ impl TestPostgres {
                 "-w".as_ref(),
                 "stop".as_ref(),
             ],
-        );
+        )
     }
 
     /// Starts a stopped server again on its port.
@@ -297,20 +307,7 @@ impl Drop for TestPostgres {
             );
         }
         if self.port != 0 {
-            let data = self.data();
-            let _ = self
-                .command("pg_ctl")
-                .args([
-                    "-D".as_ref(),
-                    data.as_os_str(),
-                    "-m".as_ref(),
-                    "immediate".as_ref(),
-                    "-w".as_ref(),
-                    "stop".as_ref(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = self.immediate_stop();
         }
     }
 }

@@ -223,19 +223,9 @@ impl<E: Engine> KvStore<E> {
 
     /// A job spec version, from the cache or the specs tree.
     fn spec(&self, key: &SpecKey) -> StoreResult<JobSpec> {
-        if let Some(spec) = self.spec_cache.borrow().get(key) {
-            return Ok(spec.clone());
-        }
-        let bytes = self.specs.get(key)?.ok_or_else(|| StoreError::Corrupt {
-            what: "run",
-            detail: format!(
-                "it refers to a job spec version {} not stored",
-                hex::encode(key)
-            ),
-        })?;
-        let spec = run_codec::decode_spec(&bytes)?;
-        self.spec_cache.borrow_mut().remember(*key, spec.clone());
-        Ok(spec)
+        self.spec_cache
+            .borrow_mut()
+            .get_or_read(key, || self.specs.get(key))
     }
 
     /// The run as stored, its job spec version written first if it is new.
@@ -263,19 +253,7 @@ impl RunReader for KvReader {
         let (view, specs) = (&self.view, &mut self.specs);
         let decoded = view.newest_first("runs", to).map(|item| {
             run_codec::decode_run(&item?.1, |key| {
-                if let Some(spec) = specs.get(key) {
-                    return Ok(spec.clone());
-                }
-                let bytes = view.get("specs", key)?.ok_or_else(|| StoreError::Corrupt {
-                    what: "run",
-                    detail: format!(
-                        "it refers to a job spec version {} not stored",
-                        hex::encode(key)
-                    ),
-                })?;
-                let spec = run_codec::decode_spec(&bytes)?;
-                specs.remember(*key, spec.clone());
-                Ok(spec)
+                specs.get_or_read(key, || view.get("specs", key))
             })
         });
         list_newest_first(decoded, filter)

@@ -250,6 +250,28 @@ impl SpecCache {
         self.by_key.get(key)
     }
 
+    /// The version `key` names: from the cache, else read by `stored` (its bytes), decoded
+    /// and remembered. A run naming a version the store does not hold is corrupt.
+    pub fn get_or_read(
+        &mut self,
+        key: &SpecKey,
+        stored: impl FnOnce() -> StoreResult<Option<Vec<u8>>>,
+    ) -> StoreResult<JobSpec> {
+        if let Some(spec) = self.get(key) {
+            return Ok(spec.clone());
+        }
+        let bytes = stored()?.ok_or_else(|| StoreError::Corrupt {
+            what: "run",
+            detail: format!(
+                "it refers to a job spec version {} not stored",
+                hex::encode(key)
+            ),
+        })?;
+        let spec = decode_spec(&bytes)?;
+        self.remember(*key, spec.clone());
+        Ok(spec)
+    }
+
     pub fn remember(&mut self, key: SpecKey, spec: JobSpec) {
         if self.by_key.len() >= MAX_CACHED_SPECS {
             self.by_key.clear();

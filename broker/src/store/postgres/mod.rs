@@ -92,30 +92,12 @@ impl PgStore {
 
     /// A job spec version, from the cache, the pending writes or the database.
     fn spec(&self, key: &SpecKey) -> StoreResult<JobSpec> {
-        if let Some(spec) = self.spec_cache.borrow().get(key) {
-            return Ok(spec.clone());
-        }
-        let pending = self.pending.borrow().spec(key).map(<[u8]>::to_vec);
-        let bytes = match pending {
-            Some(bytes) => bytes,
-            None => self
-                .rows(
-                    "SELECT spec FROM jobcast_job_specs WHERE key = $1",
-                    vec![Box::new(key.to_vec())],
-                    |row| row.get::<_, Vec<u8>>(0),
-                )?
-                .pop()
-                .ok_or_else(|| StoreError::Corrupt {
-                    what: "run",
-                    detail: format!(
-                        "it refers to a job spec version {} not stored",
-                        hex::encode(key)
-                    ),
-                })?,
-        };
-        let spec = run_codec::decode_spec(&bytes)?;
-        self.spec_cache.borrow_mut().remember(*key, spec.clone());
-        Ok(spec)
+        self.spec_cache.borrow_mut().get_or_read(key, || {
+            if let Some(bytes) = self.pending.borrow().spec(key) {
+                return Ok(Some(bytes.to_vec()));
+            }
+            read_spec(&self.connection, key)
+        })
     }
 
     /// The rows of one query (prepared once per connection), each read by `read`.
@@ -186,6 +168,17 @@ fn newest_first(
     list_newest_first(records.map(|bytes| decode(&bytes?)), filter)
 }
 
+/// The stored bytes of a job spec version.
+fn read_spec(connection: &Connection, key: &SpecKey) -> StoreResult<Option<Vec<u8>>> {
+    Ok(connection
+        .rows(
+            "SELECT spec FROM jobcast_job_specs WHERE key = $1",
+            vec![Box::new(key.to_vec())],
+            |row| row.get::<_, Vec<u8>>(0),
+        )?
+        .pop())
+}
+
 /// Listings on a connection of their own, away from the loop. They see what is
 /// committed, which includes the batch that asked (it is durable before it is read).
 struct PgReader {
@@ -198,26 +191,7 @@ impl RunReader for PgReader {
         let (connection, specs) = (&self.connection, &mut self.specs);
         newest_first(connection, filter, |bytes| {
             run_codec::decode_run(bytes, |key| {
-                if let Some(spec) = specs.get(key) {
-                    return Ok(spec.clone());
-                }
-                let bytes = connection
-                    .rows(
-                        "SELECT spec FROM jobcast_job_specs WHERE key = $1",
-                        vec![Box::new(key.to_vec())],
-                        |row| row.get::<_, Vec<u8>>(0),
-                    )?
-                    .pop()
-                    .ok_or_else(|| StoreError::Corrupt {
-                        what: "run",
-                        detail: format!(
-                            "it refers to a job spec version {} not stored",
-                            hex::encode(key)
-                        ),
-                    })?;
-                let spec = run_codec::decode_spec(&bytes)?;
-                specs.remember(*key, spec.clone());
-                Ok(spec)
+                specs.get_or_read(key, || read_spec(connection, key))
             })
         })
     }
