@@ -32,13 +32,14 @@ mod waiting_claims;
 mod worker;
 mod worker_table;
 
+pub use admin::log_reply;
 pub use after_end::Notification;
 pub use disk::{DiskChange, LowDisk};
 pub use error::{CoreError, Handled};
 use job_table::JobTable;
 use log_table::LogTable;
 pub use now::Now;
-pub use outbox::{ListingAsked, Observation, OutReply, Outbox, ReloadAsked, ReplyTo};
+pub use outbox::{ListingAsked, LogAsked, Observation, OutReply, Outbox, ReloadAsked, ReplyTo};
 use ping_table::PingTable;
 pub use retention::Retention;
 use run_table::RunTable;
@@ -409,12 +410,21 @@ impl<S: Store> Core<S> {
         admin::listing_reply(&self.tables.runs, self.limits(), listing)
     }
 
-    /// Answers the listings `out` holds by reading the store here, on the caller's thread
-    /// (the core's tests; a store that cannot be read from another thread).
-    pub fn answer_listings(&self, out: &mut Outbox) -> StoreResult<()> {
+    /// Answers the listings and logs `out` holds by reading the store here, on the
+    /// caller's thread (the core's tests; a store that cannot be read from another
+    /// thread).
+    pub fn answer_reads(&self, out: &mut Outbox) -> StoreResult<()> {
         for asked in std::mem::take(&mut out.listings) {
             let listing = self.store.runs(&asked.filter)?;
             out.reply(&asked.to, asked.id, self.listing_reply(listing));
+        }
+        for asked in std::mem::take(&mut out.logs) {
+            let chunks = self.store.log_chunks(&asked.run.id)?;
+            out.reply(
+                &asked.to,
+                asked.id,
+                log_reply(*asked.run, &chunks, asked.offset),
+            );
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! store is flushed.
 
 use crate::{Notification, PeerId};
-use jobcast_protocol::{Event, Reply, RunState};
+use jobcast_protocol::{Event, Reply, RunRecord, RunState};
 
 /// Where a reply goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,17 @@ pub struct Outbox {
     /// Listings of stored runs, answered once the batch that asked is durable, away from
     /// the loop where the store allows it ([`crate::Core::listing_reply`]).
     pub listings: Vec<ListingAsked>,
+    /// Stored logs to read, answered like the listings ([`crate::log_reply`]).
+    pub logs: Vec<LogAsked>,
+}
+
+/// Someone asked for a run's stored output: the run (found when asked), and where from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogAsked {
+    pub to: ReplyTo,
+    pub id: u64,
+    pub run: Box<RunRecord>,
+    pub offset: Option<u64>,
 }
 
 /// Someone asked for stored runs: the filter, checked and with its limit set.

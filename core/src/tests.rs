@@ -99,7 +99,7 @@ impl Harness {
             .handle(&peer, from, id, request, self.now, &mut out)
             .unwrap();
         // As the server does once the batch is durable.
-        self.core.answer_listings(&mut out).unwrap();
+        self.core.answer_reads(&mut out).unwrap();
         let reply = out
             .replies
             .iter()

@@ -9,8 +9,8 @@
 mod api_calls;
 mod clock_watch;
 mod frames;
-mod listings;
 mod outage;
+mod reads;
 mod reload;
 mod service_manager;
 mod space;
@@ -139,8 +139,8 @@ struct Server {
     /// The store tells each commit's outcome here, in order.
     commits_told: tokio::sync::mpsc::UnboundedSender<Result<(), StoreError>>,
     commits: tokio::sync::mpsc::UnboundedReceiver<Result<(), StoreError>>,
-    /// Listings read away from the loop.
-    listings: listings::Listings,
+    /// Listings and logs read away from the loop.
+    reads: reads::Reads,
 }
 
 /// What one batch produced, to send once it is durable.
@@ -150,7 +150,8 @@ struct Produced {
     /// The live views' changes as of this batch (taken when it was applied: a later
     /// batch's are not durable yet when this one is sent).
     changes: Option<jobcast_core::ChangeSet>,
-    /// A reader of the store as this batch left it, for its listings (`out.listings`).
+    /// A reader of the store as this batch left it, for its reads (`out.listings`,
+    /// `out.logs`).
     reader: Option<Box<dyn jobcast_core::store::RunReader>>,
 }
 
@@ -174,8 +175,8 @@ enum Woke {
     Work,
     /// The oldest batch in flight is durable (or failed).
     Committed(Result<(), StoreError>),
-    /// A listing read away from the loop is ready to answer.
-    Listed(Box<listings::Found>),
+    /// A read made away from the loop is ready to answer.
+    Read(Box<reads::Found>),
 }
 
 impl Server {
@@ -216,8 +217,8 @@ impl Server {
                     }
                     continue;
                 }
-                Woke::Listed(found) => {
-                    self.answer_listing(core, *found);
+                Woke::Read(found) => {
+                    self.answer_read(core, *found);
                     continue;
                 }
                 Woke::Work => {}
@@ -296,32 +297,47 @@ impl Server {
         }
         outcome?;
         let mut produced = batch.produced;
-        if !produced.out.listings.is_empty() {
+        if !produced.out.listings.is_empty() || !produced.out.logs.is_empty() {
             match produced.reader.take() {
-                Some(reader) => self
-                    .listings
-                    .read(reader, std::mem::take(&mut produced.out.listings)),
-                None => core.answer_listings(&mut produced.out)?,
+                Some(reader) => {
+                    let asked = reads::Asked {
+                        listings: std::mem::take(&mut produced.out.listings),
+                        logs: std::mem::take(&mut produced.out.logs),
+                    };
+                    self.reads.read(reader, asked);
+                }
+                None => core.answer_reads(&mut produced.out)?,
             }
         }
         self.send(produced, batch.new_keys);
         Ok(())
     }
 
-    /// Answers a listing read away from the loop.
-    fn answer_listing<S: Store>(&mut self, core: &Core<S>, (asked, found): listings::Found) {
-        let reply = match found {
-            Ok(listing) => core.listing_reply(listing),
-            Err(e) => {
-                tracing::warn!(error = %e, "a listing could not be read");
-                jobcast_protocol::Reply::Error {
-                    code: jobcast_protocol::ErrorCode::Unavailable,
-                    message: format!("the runs could not be read ({e}); try again"),
-                }
+    /// Answers a read made away from the loop.
+    fn answer_read<S: Store>(&mut self, core: &Core<S>, found: reads::Found) {
+        let unreadable = |e: StoreError| {
+            tracing::warn!(error = %e, "a read of the store failed");
+            jobcast_protocol::Reply::Error {
+                code: jobcast_protocol::ErrorCode::Unavailable,
+                message: format!("the store could not be read ({e}); try again"),
             }
         };
+        let (to, id, reply) = match found {
+            reads::Found::Listing(asked, found) => (
+                asked.to,
+                asked.id,
+                found.map_or_else(unreadable, |listing| core.listing_reply(listing)),
+            ),
+            reads::Found::Log(asked, found) => (
+                asked.to,
+                asked.id,
+                found.map_or_else(unreadable, |chunks| {
+                    jobcast_core::log_reply(*asked.run, &chunks, asked.offset)
+                }),
+            ),
+        };
         let mut out = Outbox::default();
-        out.reply(&asked.to, asked.id, reply);
+        out.reply(&to, id, reply);
         self.send(
             Produced {
                 out,
@@ -361,7 +377,7 @@ impl Server {
             Some(outcome) = self.commits.recv(), if waiting_for_commit => {
                 return Ok(Woke::Committed(outcome));
             }
-            Some(found) = self.listings.found.recv() => return Ok(Woke::Listed(Box::new(found))),
+            Some(found) = self.reads.found.recv() => return Ok(Woke::Read(Box::new(found))),
             Some(()) = self.api_calls.take(MAX_BATCH) => {}
             // Before the sockets: however busy they are, a reload is not put off.
             Some(()) = self.reloading.hangups.recv() => {
@@ -468,7 +484,7 @@ impl Server {
             None
         };
         // Taken now: the store as this batch leaves it, before the next one writes.
-        let reader = match out.listings.is_empty() {
+        let reader = match out.listings.is_empty() && out.logs.is_empty() {
             true => None,
             false => core.store().reader(),
         };

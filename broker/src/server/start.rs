@@ -74,7 +74,7 @@ impl Server {
             in_flight: Default::default(),
             commits_told,
             commits,
-            listings: super::listings::Listings::start()?,
+            reads: super::reads::Reads::start()?,
             opener: Opener::new(
                 config.max_frame_bytes,
                 config.max_clock_skew.as_millis() as u64,

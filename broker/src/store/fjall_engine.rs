@@ -164,6 +164,14 @@ impl super::engine::View for FjallView {
             .range::<Vec<u8>, _>(tree, (Bound::Unbounded, to));
         Box::new(entries(iter).rev())
     }
+
+    fn with_prefix(&self, tree: &str, prefix: &[u8]) -> Scan<'_> {
+        use fjall::Readable;
+        match self.tree(tree) {
+            Ok(tree) => entries(self.snapshot.prefix(tree, prefix)),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
 }
 
 fn entries(iter: fjall::Iter) -> Scan<'static> {

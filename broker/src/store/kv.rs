@@ -238,6 +238,22 @@ impl<E: Engine> KvStore<E> {
     }
 }
 
+/// A run's log chunks from a scan of its keys (`log_key`): (offset, bytes).
+fn chunks_of(prefix_len: usize, scan: super::engine::Scan<'_>) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+    scan.map(|item| {
+        let (key, value) = item?;
+        let offset: [u8; 8] = key
+            .get(prefix_len..)
+            .and_then(|offset| offset.try_into().ok())
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "log key",
+                detail: format!("{} bytes", key.len()),
+            })?;
+        Ok((u64::from_be_bytes(offset), value))
+    })
+    .collect()
+}
+
 /// Listings read from a snapshot of the engine, on another thread.
 struct KvReader {
     view: Box<dyn super::engine::View>,
@@ -257,6 +273,11 @@ impl RunReader for KvReader {
             })
         });
         list_newest_first(decoded, filter)
+    }
+
+    fn log_chunks(&mut self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        let prefix = log_prefix(run_id);
+        chunks_of(prefix.len(), self.view.with_prefix("logs", &prefix))
     }
 }
 
@@ -420,19 +441,7 @@ impl<E: Engine> Store for KvStore<E> {
 
     fn log_chunks(&self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         let prefix = log_prefix(run_id);
-        let mut chunks = Vec::new();
-        for item in self.logs.prefix(&prefix) {
-            let (key, value) = item?;
-            let offset: [u8; 8] =
-                key[prefix.len()..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt {
-                        what: "log key",
-                        detail: format!("{} bytes", key.len()),
-                    })?;
-            chunks.push((u64::from_be_bytes(offset), value));
-        }
-        Ok(chunks)
+        chunks_of(prefix.len(), self.logs.prefix(&prefix))
     }
 
     fn workers(&self) -> StoreResult<Vec<WorkerStatus>> {

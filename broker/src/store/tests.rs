@@ -110,13 +110,19 @@ fn postgres() {
             limit: 10,
             ..Default::default()
         };
+        store.put_log_chunk("first", 0, b"output").unwrap();
         assert_eq!(
             reader.runs(&all).unwrap().runs.len(),
             1,
             "not before its commit"
         );
+        assert!(reader.log_chunks("first").unwrap().is_empty());
         store.flush().unwrap();
         assert_eq!(reader.runs(&all).unwrap().runs.len(), 2, "once committed");
+        assert_eq!(
+            reader.log_chunks("first").unwrap(),
+            vec![(0, b"output".to_vec())]
+        );
     }
     // A commit is all or nothing, although its statements are sent together: a run
     // that takes a stored id fails it, and the job written beside it is not kept.
@@ -170,6 +176,7 @@ fn a_fjall_reader_sees_the_store_as_it_was_when_taken() {
     store
         .create_run(&run(1, "first", RunState::Queued))
         .unwrap();
+    store.put_log_chunk("first", 0, b"before").unwrap();
     let mut reader = store
         .reader()
         .expect("fjall can be read from another thread");
@@ -177,14 +184,21 @@ fn a_fjall_reader_sees_the_store_as_it_was_when_taken() {
         .create_run(&run(2, "second", RunState::Queued))
         .unwrap();
     store.put_run(&run(1, "first", RunState::Running)).unwrap();
+    store.put_log_chunk("first", 6, b"after").unwrap();
     let all = RunFilter {
         limit: 10,
         ..Default::default()
     };
     let asked = all.clone();
-    let seen = std::thread::spawn(move || reader.runs(&asked).unwrap())
-        .join()
-        .unwrap();
+    let (seen, log) = std::thread::spawn(move || {
+        (
+            reader.runs(&asked).unwrap(),
+            reader.log_chunks("first").unwrap(),
+        )
+    })
+    .join()
+    .unwrap();
+    assert_eq!(log, vec![(0, b"before".to_vec())]);
     let seen: Vec<(String, RunState)> = seen.runs.into_iter().map(|r| (r.id, r.state)).collect();
     assert_eq!(seen, vec![("first".to_string(), RunState::Queued)]);
     assert_eq!(store.runs(&all).unwrap().runs.len(), 2);

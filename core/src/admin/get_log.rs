@@ -1,11 +1,13 @@
-//! `GetLog`: a run's stored output, whole or from an offset (for following).
+//! `GetLog`: a run's stored output, whole or from an offset (for following). The run is
+//! found when asked; its output is read once the batch is durable, away from the loop
+//! where the store allows, and answered by [`log_reply`].
 
 use crate::run_table::RunTable;
 use crate::selector;
 use crate::store::Store;
-use crate::{CoreError, Handled, MAX_LOG_SLICE};
+use crate::{CoreError, MAX_LOG_SLICE};
 use jobcast_protocol::logcap::{self, LogCap};
-use jobcast_protocol::Reply;
+use jobcast_protocol::{Reply, RunRecord};
 
 /// Stored output from stream offset `from`, with a marker where bytes were cut, up to
 /// [`MAX_LOG_SLICE`]. Returns the bytes and the offset to ask for next.
@@ -32,34 +34,36 @@ pub(crate) fn slice_from(chunks: &[(u64, Vec<u8>)], from: u64) -> (Vec<u8>, u64)
     (data, position)
 }
 
-/// Handed the run table and the store: the run's record, and its output from the store.
-pub(super) fn get_log(
+/// Handed the run table and the store: the run a `GetLog` means (its output is read
+/// once the batch is durable, away from the loop where the store allows).
+pub(super) fn find(
     runs: &RunTable,
     store: &impl Store,
     selector: &str,
-    offset: Option<u64>,
-) -> Handled {
+) -> Result<RunRecord, CoreError> {
     let run_id = selector::resolve_one(runs, store, selector)?;
-    let Some(run) = selector::find_run(runs, store, &run_id)? else {
-        return Err(CoreError::NoSuchRun {
-            selector: selector.to_string(),
-        });
-    };
-    let chunks = store.log_chunks(&run.id)?;
+    selector::find_run(runs, store, &run_id)?.ok_or_else(|| CoreError::NoSuchRun {
+        selector: selector.to_string(),
+    })
+}
+
+/// The reply to a `GetLog`: the run, and its stored output whole (capped as stored) or
+/// from `offset` on.
+pub fn log_reply(run: RunRecord, chunks: &[(u64, Vec<u8>)], offset: Option<u64>) -> Reply {
     let end = chunks.last().map(|(o, b)| o + b.len() as u64).unwrap_or(0);
     let (data, next_offset) = match offset {
         None => {
             let mut cap = LogCap::new((run.log_cap as usize).max(logcap::MIN_CAP));
-            for (o, bytes) in &chunks {
+            for (o, bytes) in chunks {
                 cap.push(*o, bytes);
             }
             (cap.render(), end)
         }
-        Some(from) => slice_from(&chunks, from),
+        Some(from) => slice_from(chunks, from),
     };
-    Ok(Reply::Log {
+    Reply::Log {
         run: Box::new(run.with_secrets_masked()),
         data,
         next_offset,
-    })
+    }
 }

@@ -18,7 +18,8 @@ mod status;
 
 use crate::store::Store;
 use crate::Now;
-use crate::{Core, Handled, ListingAsked, Outbox, ReloadAsked, ReplyTo};
+use crate::{Core, Handled, ListingAsked, LogAsked, Outbox, ReloadAsked, ReplyTo};
+pub use get_log::log_reply;
 use jobcast_protocol::{AdminRequest, Reply};
 pub(crate) use list_runs::listing_reply;
 
@@ -81,7 +82,13 @@ impl<S: Store> Core<S> {
                 list_jobs::next_fires(&self.tables.jobs, &job, count)?
             }
             AdminRequest::GetLog { run, offset } => {
-                get_log::get_log(&self.tables.runs, &self.store, &run, offset)?
+                out.logs.push(LogAsked {
+                    to: reply_to.clone(),
+                    id,
+                    run: Box::new(get_log::find(&self.tables.runs, &self.store, &run)?),
+                    offset,
+                });
+                return Ok(None);
             }
             AdminRequest::ApplyJobs { jobs } => {
                 tracing::info!(actor, jobs = jobs.len(), "applying jobs");

@@ -120,6 +120,8 @@ pub trait Store: Send {
 pub trait RunReader: Send {
     /// As [`Store::runs`].
     fn runs(&mut self, filter: &RunFilter) -> StoreResult<Listing>;
+    /// As [`Store::log_chunks`].
+    fn log_chunks(&mut self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>>;
 }
 
 /// Stored records one listing looks at, at most: a filter that matches little must not

@@ -10,7 +10,7 @@ fn as_team(h: &mut Harness, scope: &Scope, request: AdminRequest) -> Reply {
     h.core
         .handle_api("token team", id, request, scope, h.now, &mut out)
         .unwrap();
-    h.core.answer_listings(&mut out).unwrap();
+    h.core.answer_reads(&mut out).unwrap();
     out.replies
         .into_iter()
         .find(|r| r.id == id)

@@ -179,7 +179,16 @@ fn read_spec(connection: &Connection, key: &SpecKey) -> StoreResult<Option<Vec<u
         .pop())
 }
 
-/// Listings on a connection of their own, away from the loop. They see what is
+/// A run's stored log chunks, in stream order.
+fn read_log_chunks(connection: &Connection, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+    connection.rows(
+        "SELECT \"offset\", data FROM jobcast_log_chunks WHERE run_id = $1 ORDER BY \"offset\"",
+        vec![Box::new(run_id.to_string())],
+        |row| (row.get::<_, i64>(0) as u64, row.get(1)),
+    )
+}
+
+/// Listings and logs on a connection of their own, away from the loop. They see what is
 /// committed, which includes the batch that asked (it is durable before it is read).
 struct PgReader {
     connection: Arc<Connection>,
@@ -194,6 +203,10 @@ impl RunReader for PgReader {
                 specs.get_or_read(key, || read_spec(connection, key))
             })
         })
+    }
+
+    fn log_chunks(&mut self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        read_log_chunks(&self.connection, run_id)
     }
 }
 
@@ -366,11 +379,7 @@ impl Store for PgStore {
         let stored = if dropped {
             Vec::new()
         } else {
-            self.rows(
-                "SELECT \"offset\", data FROM jobcast_log_chunks WHERE run_id = $1 ORDER BY \"offset\"",
-                vec![Box::new(run_id.to_string())],
-                |row| (row.get::<_, i64>(0) as u64, row.get(1)),
-            )?
+            read_log_chunks(&self.connection, run_id)?
         };
         Ok(self.pending.borrow().log_chunks_over(run_id, stored))
     }

@@ -1,0 +1,61 @@
+//! Reads of stored history (listings of runs, a run's log), made on a thread of their
+//! own: a listing that walks far back (up to `LISTING_SCAN` records) or a log of a
+//! megabyte must not hold up the loop. A batch's reads are handed over once the batch is
+//! durable, each with a reader of the store as it was when the batch was applied (a
+//! snapshot, or a connection of its own that sees what is committed); what they find
+//! comes back to the loop, which answers.
+
+use crate::store::{Listing, StoreResult};
+use anyhow::{Context, Result};
+use jobcast_core::store::RunReader;
+use jobcast_core::{ListingAsked, LogAsked};
+
+/// Reads a batch asked for.
+pub(super) struct Asked {
+    pub(super) listings: Vec<ListingAsked>,
+    pub(super) logs: Vec<LogAsked>,
+}
+
+/// What a read found, for the loop to answer with.
+pub(super) enum Found {
+    Listing(ListingAsked, StoreResult<Listing>),
+    Log(LogAsked, StoreResult<Vec<(u64, Vec<u8>)>>),
+}
+
+pub(super) struct Reads {
+    asked: std::sync::mpsc::Sender<(Box<dyn RunReader>, Asked)>,
+    pub(super) found: tokio::sync::mpsc::UnboundedReceiver<Found>,
+}
+
+impl Reads {
+    pub(super) fn start() -> Result<Reads> {
+        let (asked, incoming) = std::sync::mpsc::channel::<(Box<dyn RunReader>, Asked)>();
+        let (tell, found) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("jobcast-reads".into())
+            .spawn(move || {
+                for (mut reader, asked) in incoming {
+                    for listing in asked.listings {
+                        let runs = reader.runs(&listing.filter);
+                        if tell.send(Found::Listing(listing, runs)).is_err() {
+                            return;
+                        }
+                    }
+                    for log in asked.logs {
+                        let chunks = reader.log_chunks(&log.run.id);
+                        if tell.send(Found::Log(log, chunks)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .context("cannot start the reads' thread")?;
+        Ok(Reads { asked, found })
+    }
+
+    /// Reads what `asked` holds with `reader`, away from the loop.
+    pub(super) fn read(&self, reader: Box<dyn RunReader>, asked: Asked) {
+        // The thread ends only with the broker.
+        let _ = self.asked.send((reader, asked));
+    }
+}
