@@ -165,11 +165,17 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     }
     let (broker_pid, me) = (broker.pid() as i32, std::process::id() as i32);
     let cpu_before = (cpu_time(broker_pid), cpu_time(me));
+    const COMMITS: &str = "jobcast_store_flush_seconds_count";
+    let commits_before = broker.metric(COMMITS).ok();
     let started = Instant::now();
     broker.enqueue("noop", runs).await?;
     broker.wait_idle(1).await?;
     let elapsed = started.elapsed();
     let cpu_after = (cpu_time(broker_pid), cpu_time(me));
+    let commits = match (commits_before, broker.metric(COMMITS).ok()) {
+        (Some(before), Some(after)) if after > before => Some(after - before),
+        _ => None,
+    };
     for worker in synthetic {
         worker.stop().await;
     }
@@ -215,5 +221,14 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
         "| synthetic workers' CPU per run (bench process) | {} |",
         per_run(cpu_before.1, cpu_after.1)
     );
+    // Each run is at least two requests (started, finished) besides its share of the
+    // enqueue and the claims: how full the group commits were.
+    match commits {
+        Some(commits) => println!(
+            "| group commits (batches) | {commits:.0}, {:.1} runs a commit |",
+            runs as f64 / commits
+        ),
+        None => println!("| group commits (batches) | unknown (the broker's /metrics) |"),
+    }
     Ok(())
 }

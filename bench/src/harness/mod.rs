@@ -230,6 +230,27 @@ impl Broker {
             .context("cannot start a worker")
     }
 
+    /// The value of a sample of the broker's `/metrics` (a line starting with `sample`,
+    /// e.g. `jobcast_store_flush_seconds_count`), read with the bench's viewer token.
+    pub fn metric(&self, sample: &str) -> Result<f64> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.http)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {VIEWER_TOKEN}\r\nConnection: close\r\n\r\n",
+            self.http
+        )?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        text.lines()
+            .find_map(|line| {
+                let value = line.strip_prefix(sample)?.strip_prefix(' ')?;
+                value.trim().parse().ok()
+            })
+            .with_context(|| format!("no {sample} in the broker's /metrics"))
+    }
+
     pub async fn status(&self) -> Result<jobcast_protocol::StatusReport> {
         match self.admin.request(AdminRequest::Status, TIMEOUT).await? {
             Reply::Status(status) => Ok(*status),
