@@ -57,20 +57,33 @@ pub fn tally(store: &impl Store) -> StoreResult<Tally> {
         log_chunks: 0,
         log_bytes: 0,
     };
-    let mut from = 0;
-    loop {
-        let runs = store.oldest_runs(from, RUNS_PER_COMMIT)?;
-        let Some(last) = runs.last() else { break };
-        from = last.seq + 1;
-        for run in &runs {
+    each_page_of_runs(store, |runs| {
+        for run in runs {
             tally.runs += 1;
             for (_, chunk) in store.log_chunks(&run.id)? {
                 tally.log_chunks += 1;
                 tally.log_bytes += chunk.len() as u64;
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(tally)
+}
+
+/// Every stored run, oldest first, a page at a time.
+fn each_page_of_runs(
+    store: &impl Store,
+    mut page: impl FnMut(&[jobcast_protocol::RunRecord]) -> StoreResult<()>,
+) -> StoreResult<()> {
+    let mut from = 0;
+    loop {
+        let runs = store.oldest_runs(from, RUNS_PER_COMMIT)?;
+        let Some(last) = runs.last() else {
+            return Ok(());
+        };
+        from = last.seq + 1;
+        page(&runs)?;
+    }
 }
 
 fn broker_settings(store: &impl Store) -> StoreResult<Vec<(String, Vec<u8>)>> {
@@ -115,19 +128,15 @@ pub fn copy(from: &impl Store, to: &mut impl Store) -> Result<(), MigrateError> 
         to.put_setting(&key, &value)?;
     }
     to.flush()?;
-    let mut next = 0;
-    loop {
-        let runs = from.oldest_runs(next, RUNS_PER_COMMIT)?;
-        let Some(last) = runs.last() else { break };
-        next = last.seq + 1;
-        for run in &runs {
+    each_page_of_runs(from, |runs| {
+        for run in runs {
             to.create_run(run)?;
             for (offset, chunk) in from.log_chunks(&run.id)? {
                 to.put_log_chunk(&run.id, offset, &chunk)?;
             }
         }
-        to.flush()?;
-    }
+        to.flush()
+    })?;
     to.flush()?;
     Ok(())
 }

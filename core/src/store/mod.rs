@@ -63,8 +63,9 @@ pub trait Store: Send {
     fn run_count(&self) -> StoreResult<u64>;
     /// Runs with a sequence number of at least `from_seq`, oldest first, at most `limit`.
     fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>>;
-    /// Removes a finished run, its id and its log. Never called for the newest run, so
-    /// `last_run_seq` only grows.
+    /// Removes a finished run, its id and its log. `run` is one read from this store
+    /// (retention's `oldest_runs`); deleting it again changes nothing. Never called for
+    /// the newest run, so `last_run_seq` only grows.
     fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()>;
 
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()>;

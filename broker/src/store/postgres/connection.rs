@@ -115,15 +115,21 @@ impl Connection {
             + Send
             + 'static,
     {
+        self.wait(move |session| {
+            Box::pin(async move { work(session).await.map_err(|e| database_error(&e)) })
+        })
+    }
+
+    /// Like [`Connection::submit`], waiting for the result.
+    pub fn wait<R, W>(&self, work: W) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        W: for<'a> FnOnce(&'a mut Session) -> LocalBoxFuture<'a, StoreResult<R>> + Send + 'static,
+    {
         let (answer, answered) = mpsc::sync_channel(1);
-        self.submit(
-            move |session| {
-                Box::pin(async move { work(session).await.map_err(|e| database_error(&e)) })
-            },
-            move |result| {
-                let _ = answer.send(result);
-            },
-        );
+        self.submit(work, move |result| {
+            let _ = answer.send(result);
+        });
         answered.recv().unwrap_or_else(|_| {
             Err(engine_error(
                 "the PostgreSQL connection's thread ended during a call",

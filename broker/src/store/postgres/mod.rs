@@ -116,6 +116,20 @@ impl PgStore {
         rows.iter().map(|bytes| self.decode_run(bytes)).collect()
     }
 
+    /// One of the small tables, with its pending writes over it, values decoded.
+    fn keyed<T: DeserializeOwned>(
+        &self,
+        sql: &'static str,
+        pending: fn(&Pending) -> &std::collections::BTreeMap<String, Vec<u8>>,
+        what: &'static str,
+    ) -> StoreResult<Vec<(String, T)>> {
+        let stored = self.keyed_values(sql)?;
+        Pending::over(stored, pending(&self.pending.borrow()))
+            .into_iter()
+            .map(|(key, bytes)| Ok((key, decode(what, &bytes)?)))
+            .collect()
+    }
+
     /// Rows of (key, value) of one of the small tables.
     fn keyed_values(&self, sql: &'static str) -> StoreResult<Vec<(String, Vec<u8>)>> {
         self.rows(sql, Vec::new(), |row| (row.get(0), row.get(1)))
@@ -236,11 +250,12 @@ fn like_prefix(prefix: &str) -> String {
 
 impl Store for PgStore {
     fn jobs(&self) -> StoreResult<Vec<JobSpec>> {
-        let stored = self.keyed_values("SELECT name, spec FROM jobcast_jobs ORDER BY name")?;
-        Pending::over(stored, &self.pending.borrow().jobs)
-            .iter()
-            .map(|(_, bytes)| decode("job", bytes))
-            .collect()
+        self.keyed(
+            "SELECT name, spec FROM jobcast_jobs ORDER BY name",
+            |p| &p.jobs,
+            "job",
+        )
+        .map(|rows| rows.into_iter().map(|(_, job)| job).collect())
     }
 
     fn put_job(&mut self, job: &JobSpec) -> StoreResult<()> {
@@ -350,7 +365,13 @@ impl Store for PgStore {
     }
 
     fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()> {
-        if self.run(&run.id)?.is_none() {
+        // The run was read from the store (retention's `oldest_runs`, which commits
+        // first), so only a deletion pending since can have taken it: no round trip per
+        // deleted run. Deleting it again in the database changes nothing.
+        if matches!(
+            self.pending.get_mut().run(&run.id),
+            Some(PendingRun::Deleted { .. })
+        ) {
             return Ok(());
         }
         let pending = self.pending.get_mut();
@@ -385,11 +406,12 @@ impl Store for PgStore {
     }
 
     fn workers(&self) -> StoreResult<Vec<WorkerStatus>> {
-        let stored = self.keyed_values("SELECT id, status FROM jobcast_workers ORDER BY id")?;
-        Pending::over(stored, &self.pending.borrow().workers)
-            .iter()
-            .map(|(_, bytes)| decode("worker", bytes))
-            .collect()
+        self.keyed(
+            "SELECT id, status FROM jobcast_workers ORDER BY id",
+            |p| &p.workers,
+            "worker",
+        )
+        .map(|rows| rows.into_iter().map(|(_, worker)| worker).collect())
     }
 
     fn put_worker(&mut self, worker: &WorkerStatus) -> StoreResult<()> {
@@ -401,11 +423,11 @@ impl Store for PgStore {
     }
 
     fn job_states(&self) -> StoreResult<Vec<(String, JobState)>> {
-        let stored = self.keyed_values("SELECT job, state FROM jobcast_job_states ORDER BY job")?;
-        Pending::over(stored, &self.pending.borrow().job_states)
-            .into_iter()
-            .map(|(job, bytes)| Ok((job, decode("job state", &bytes)?)))
-            .collect()
+        self.keyed(
+            "SELECT job, state FROM jobcast_job_states ORDER BY job",
+            |p| &p.job_states,
+            "job state",
+        )
     }
 
     fn put_job_state(&mut self, job: &str, state: &JobState) -> StoreResult<()> {
@@ -481,17 +503,7 @@ impl PgStore {
             // A read queued now comes after every commit queued before it anyway.
             return Ok(());
         }
-        let (told, outcome) = std::sync::mpsc::sync_channel(1);
-        self.connection.submit(
-            move |session| Box::pin(commit(writes, session)),
-            move |result| {
-                let _ = told.send(result);
-            },
-        );
-        outcome.recv().unwrap_or_else(|_| {
-            Err(StoreError::Engine(
-                "the PostgreSQL connection's thread ended during a commit".into(),
-            ))
-        })
+        self.connection
+            .wait(move |session| Box::pin(commit(writes, session)))
     }
 }
