@@ -53,6 +53,14 @@ pub async fn postgres(runs: usize, latency_runs: usize, pgbench_time: Duration) 
         pgbench_tps: tps,
     })?;
     crate::throughput::capacity(runs, 2).await?;
+    // What the database did for those runs (statistics reach the view within a second of
+    // the broker's connection going idle).
+    let versions = server.psql(
+        "jobcast",
+        "SELECT n_tup_ins || ' inserted, ' || n_tup_upd || ' updated (' || n_tup_hot_upd || ' in place)' \
+         FROM pg_stat_user_tables WHERE relname = 'jobcast_runs'",
+    );
+    println!("| row versions of jobcast_runs | {versions} |");
     println!();
     crate::latency::latency(latency_runs).await?;
     drop(server);

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod deadline;
 pub mod http;
+pub mod leadership;
 pub mod metrics;
 pub mod migrate;
 pub mod notify;

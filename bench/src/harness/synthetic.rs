@@ -3,6 +3,8 @@
 //! what is measured is the broker.
 
 use super::*;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// (scheduled time in ms, time granted in µs)
 type Grant = (u64, u64);
@@ -137,8 +139,13 @@ async fn serve(
 ) {
     // Ended with this task: a JoinSet aborts what it holds when dropped.
     let mut claims = tokio::task::JoinSet::new();
+    let reports = Arc::new(Semaphore::new(REPORTS_IN_FLIGHT));
     if claiming == Claiming::Waiting {
-        claims.spawn(claim_waiting(client.clone(), grants.clone()));
+        claims.spawn(claim_waiting(
+            client.clone(),
+            grants.clone(),
+            reports.clone(),
+        ));
     }
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -178,7 +185,7 @@ async fn serve(
                     if grants.send(batch).is_err() {
                         return;
                     }
-                    report_done(&client, runs);
+                    report_done(&client, runs, &reports);
                 }
             }
             _ = heartbeat.tick() => {
@@ -189,7 +196,11 @@ async fn serve(
 }
 
 /// `Claiming::Waiting`: a claim for everything always waiting at the broker.
-async fn claim_waiting(client: Client, grants: mpsc::UnboundedSender<Vec<Grant>>) {
+async fn claim_waiting(
+    client: Client,
+    grants: mpsc::UnboundedSender<Vec<Grant>>,
+    reports: Arc<Semaphore>,
+) {
     loop {
         let claim = WorkerRequest::Claim {
             max: 100_000,
@@ -209,7 +220,7 @@ async fn claim_waiting(client: Client, grants: mpsc::UnboundedSender<Vec<Grant>>
         {
             return;
         }
-        report_done(&client, runs);
+        report_done(&client, runs, &reports);
     }
 }
 
@@ -217,10 +228,14 @@ async fn claim_waiting(client: Client, grants: mpsc::UnboundedSender<Vec<Grant>>
 /// window of reports in flight at a time, each sent again until it is answered (a
 /// reply the broker had to drop, its queue to this worker full while the bench's
 /// process was busy, would otherwise leave the run unfinished and the bench waiting).
-fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>) {
+fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>, reports: &Arc<Semaphore>) {
     let client = client.clone();
+    let reports = reports.clone();
     tokio::spawn(async move {
         for window in runs.chunks(REPORT_WINDOW) {
+            let Ok(_room) = reports.acquire_many(window.len() as u32).await else {
+                return;
+            };
             let started = window.iter().map(|run| WorkerRequest::RunStarted {
                 run_id: run.run_id.clone(),
                 pid: 1,
@@ -242,8 +257,13 @@ fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>) {
     });
 }
 
-/// Reports in flight at once, per synthetic worker.
+/// Reports sent together, per grant.
 const REPORT_WINDOW: usize = 256;
+/// Reports in flight at once, per synthetic worker, over all its grants: fewer than the
+/// broker queues for one peer (`HIGH_WATER_MARK`, 1,000), so that the answers to
+/// everything in flight always fit and none is dropped (a dropped answer stalls its
+/// window for `REPORT_WAIT`).
+const REPORTS_IN_FLIGHT: usize = 3 * REPORT_WINDOW;
 /// How long a report waits for its answer before it is sent again.
 const REPORT_WAIT: Duration = Duration::from_secs(2);
 

@@ -32,8 +32,12 @@ pub use start::Bound;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Most requests handled between two flushes.
+/// Most requests taken at once when the store is keeping up.
 const MAX_BATCH: usize = 256;
+/// Most requests in a batch that grew while the store was busy: requests that arrive
+/// while both commits are in flight join the next batch, so a slower store (a database
+/// a round trip away) gets more per commit instead of a queue in front of it.
+const MAX_GROWN_BATCH: usize = 512;
 /// Batches handed to the store and not yet durable, at most: one committing while the
 /// next is applied. A third waits, so a slow store slows intake rather than growing
 /// queues.
@@ -195,7 +199,10 @@ impl Server {
                     .back()
                     .is_some_and(|batch| batch.new_keys.is_some())
             {
-                let outcome = self.next_commit().await;
+                let outcome = match self.grow_batch().await? {
+                    Some(outcome) => outcome,
+                    None => continue,
+                };
                 if let Err(e) = self.release(core, outcome) {
                     return Ok(Stopped::StoreFailed(e));
                 }
@@ -231,6 +238,25 @@ impl Server {
                 Err(e) => return Ok(Stopped::StoreFailed(e)),
             };
             self.start_commit(core, produced, started, requests);
+        }
+    }
+
+    /// While the store is busy: requests that arrive join the next batch (up to
+    /// [`MAX_GROWN_BATCH`]) until the oldest commit in flight ends, whose outcome is
+    /// returned; `None` when requests were read instead.
+    async fn grow_batch(&mut self) -> Result<Option<Result<(), StoreError>>> {
+        let room = self.batch.len() < MAX_GROWN_BATCH;
+        tokio::select! {
+            biased;
+            outcome = self.commits.recv() => Ok(Some(outcome.unwrap_or_else(|| {
+                // The sender is ours: not expected.
+                Err(StoreError::Engine("the commit channel closed".into()))
+            }))),
+            ready = self.listeners.sockets.readable(), if room => {
+                ready.context("the request socket failed")?;
+                self.listeners.sockets.read_into(&mut self.batch, MAX_GROWN_BATCH);
+                Ok(None)
+            }
         }
     }
 
@@ -370,6 +396,9 @@ impl Server {
             .next_wakeup_us()
             .min(now_us() + longest.as_micros() as u64);
         let waiting_for_commit = !self.in_flight.is_empty();
+        // Requests that arrived while the store was busy are taken with what is waiting
+        // now, without waiting for more.
+        let grown = !self.batch.is_empty();
         tokio::select! {
             biased;
             _ = shutdown => return Ok(Woke::Shutdown),
@@ -383,6 +412,9 @@ impl Server {
             Some(()) = self.reloading.hangups.recv() => {
                 tracing::info!("SIGHUP: reading the settings again");
                 self.hangup = true;
+            }
+            () = std::future::ready(()), if grown => {
+                self.listeners.sockets.read_into(&mut self.batch, MAX_GROWN_BATCH);
             }
             ready = self.listeners.sockets.readable() => {
                 ready.context("the request socket failed")?;

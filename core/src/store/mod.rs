@@ -28,6 +28,11 @@ pub enum StoreError {
     /// Damage that is not a crash's torn tail (`integrity.rs`): the store is not opened.
     #[error("{0}")]
     Damaged(String),
+    /// The commit was refused because this broker no longer holds the leader's lease
+    /// (several brokers on one database): another broker may be acting, so this one must
+    /// stop at once. Nothing of the refused commit was written.
+    #[error("not the leader any more: {0}")]
+    Fenced(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

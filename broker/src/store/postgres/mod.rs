@@ -8,6 +8,7 @@
 //! first; a read over a range (a listing, the unfinished runs) commits them first.
 
 mod connection;
+pub mod lease;
 mod pending;
 pub mod schema;
 mod settings;
@@ -38,8 +39,12 @@ pub struct PgStore {
     /// A second connection, for listings read away from the loop (opened when first
     /// needed).
     reader: RefCell<Option<Arc<Connection>>>,
+    /// The leader's epoch every commit is fenced with (several brokers), if any.
+    fence: Option<u64>,
 }
 
+/// The SQLSTATE `jobcast_fence` raises (migration 0002).
+const FENCED: &str = "JC001";
 /// The settings key of the pruned-runs count (the embedded store's).
 const PRUNED: &str = "pruned_runs";
 /// Runs read per query when a listing walks back through history.
@@ -48,7 +53,30 @@ const LISTING_PAGE: i64 = 500;
 impl PgStore {
     /// Connects, brings the schema up to date, and reads what the store keeps in memory.
     pub fn open(settings: &PgSettings) -> StoreResult<PgStore> {
+        Self::open_with(settings, None)
+    }
+
+    /// As [`PgStore::open`], for the holder of the leader's lease at `epoch`: every
+    /// commit first checks, in its transaction, that `epoch` still holds an unexpired
+    /// lease, and fails with [`StoreError::Fenced`] (nothing written) otherwise.
+    pub fn open_fenced(settings: &PgSettings, epoch: u64) -> StoreResult<PgStore> {
+        Self::open_with(settings, Some(epoch))
+    }
+
+    fn open_with(settings: &PgSettings, fence: Option<u64>) -> StoreResult<PgStore> {
         let connection = Connection::open(settings)?;
+        if fence.is_some() {
+            // A leader stopped (SIGSTOP) halfway through sending a commit would hold the
+            // lease row and stall a takeover; the server ends such a transaction itself.
+            connection.call(|session| {
+                Box::pin(async move {
+                    session
+                        .client
+                        .batch_execute("SET idle_in_transaction_session_timeout = '2s'")
+                        .await
+                })
+            })?;
+        }
         let applied = schema::migrate(&connection)?;
         if !applied.is_empty() {
             tracing::info!(versions = ?applied, store = %settings.describe(), "schema migrated");
@@ -61,6 +89,7 @@ impl PgStore {
             pruned: 0,
             last_seq: 0,
             reader: RefCell::new(None),
+            fence,
         };
         store.last_seq = store
             .rows(
@@ -470,14 +499,17 @@ impl Store for PgStore {
 
     fn start_flush(&mut self, done: FlushDone) {
         let writes = self.pending.take();
-        self.connection
-            .submit(move |session| Box::pin(commit(writes, session)), done);
+        let fence = self.fence;
+        self.connection.submit(
+            move |session| Box::pin(commit(writes, fence, session)),
+            done,
+        );
     }
 }
 
 /// Commits `writes` on `session`, unless an earlier commit failed there (a later batch
 /// may build on it: nothing after a failed commit may be acknowledged).
-async fn commit(writes: Pending, session: &mut Session) -> StoreResult<()> {
+async fn commit(writes: Pending, fence: Option<u64>, session: &mut Session) -> StoreResult<()> {
     if let Some(why) = &session.commit_failed {
         return Err(StoreError::Engine(
             format!("not committed: an earlier commit failed ({why})").into(),
@@ -486,7 +518,13 @@ async fn commit(writes: Pending, session: &mut Session) -> StoreResult<()> {
     if writes.is_empty() {
         return Ok(());
     }
-    let outcome = writes.commit(session).await.map_err(|e| database_error(&e));
+    let outcome = writes
+        .commit(fence, session)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) if db.code().code() == FENCED => StoreError::Fenced(db.message().to_string()),
+            _ => database_error(&e),
+        });
     if let Err(e) = &outcome {
         session.commit_failed = Some(e.to_string());
     }
@@ -503,7 +541,8 @@ impl PgStore {
             // A read queued now comes after every commit queued before it anyway.
             return Ok(());
         }
+        let fence = self.fence;
         self.connection
-            .wait(move |session| Box::pin(commit(writes, session)))
+            .wait(move |session| Box::pin(commit(writes, fence, session)))
     }
 }

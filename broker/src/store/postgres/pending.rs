@@ -118,10 +118,17 @@ impl Pending {
     /// Writes everything in one transaction. The statements, BEGIN to COMMIT, are sent
     /// together and answered together (the client pipelines requests made at once): one
     /// round trip per batch.
-    pub async fn commit(self, session: &mut Session) -> Result<(), tokio_postgres::Error> {
-        let [specs_sql, runs_sql, delete_runs_sql, delete_logs_of_runs_sql, delete_chunks_sql, chunks_sql, jobs_sql, job_states_sql, workers_sql, settings_sql] =
+    /// With `fence`, the first statement checks that this epoch still holds the
+    /// leader's lease, keeping the lease row shared-locked until the commit ends.
+    pub async fn commit(
+        self,
+        fence: Option<u64>,
+        session: &mut Session,
+    ) -> Result<(), tokio_postgres::Error> {
+        let [fence_sql, specs_sql, runs_sql, delete_runs_sql, delete_logs_of_runs_sql, delete_chunks_sql, chunks_sql, jobs_sql, job_states_sql, workers_sql, settings_sql] =
             session
                 .statements([
+                    FENCE,
                     UPSERT_SPECS,
                     UPSERT_RUNS,
                     DELETE_RUNS,
@@ -172,11 +179,17 @@ impl Pending {
                 .map(|rows| rows.into_iter().unzip())
                 .collect();
 
+        let fence = fence.map(|epoch| epoch as i64);
         let client = &session.client;
         let mut statements: Vec<LocalBoxFuture<'_, Result<u64, tokio_postgres::Error>>> =
             vec![Box::pin(async {
                 client.batch_execute("BEGIN").await.map(|()| 0)
             })];
+        if let Some(epoch) = &fence {
+            statements.push(Box::pin(async {
+                client.execute(&fence_sql, &[epoch]).await
+            }));
+        }
         if !spec_keys.is_empty() {
             statements.push(Box::pin(async {
                 client.execute(&specs_sql, &[&spec_keys, &spec_bytes]).await
@@ -270,6 +283,7 @@ impl RunColumns {
     }
 }
 
+const FENCE: &str = "SELECT jobcast_fence($1::bigint)";
 const UPSERT_SPECS: &str = "INSERT INTO jobcast_job_specs (key, spec)
      SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT (key) DO NOTHING";
 const UPSERT_RUNS: &str = "INSERT INTO jobcast_runs (seq, id, job, state, finished, created_at_ms, record)

@@ -8,11 +8,18 @@ use super::connection::{engine_error, Connection};
 use crate::store::StoreResult;
 
 /// Every migration this binary knows, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../../migrations/0001_initial.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "leader",
+        include_str!("../../../migrations/0002_leader.sql"),
+    ),
+];
 
 /// The schema version this binary writes.
 pub fn latest() -> i32 {
