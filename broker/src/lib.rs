@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod deadline;
+pub mod election;
 pub mod http;
 pub mod leadership;
 pub mod metrics;

@@ -1,8 +1,10 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use jobcast_broker::config::{self, Overrides};
+use jobcast_broker::election::{Election, Elector};
 use jobcast_broker::reload::Reloading;
 use jobcast_broker::server::{self, now_us};
+use jobcast_broker::store::postgres::lease::Candidate;
 use jobcast_broker::store::postgres::{PgSettings, PgStore};
 use jobcast_broker::store::{self, Store};
 use jobcast_core::Core;
@@ -193,13 +195,12 @@ fn run() -> Result<()> {
         if args_repair {
             anyhow::bail!("--repair is for the embedded store; a PostgreSQL store is repaired with PostgreSQL's own tools");
         }
-        // At start, and again after a store failure (the database gone): the state is
-        // what the store holds.
-        return serving.serve(move |now_us: u64| -> Result<Core<PgStore>> {
-            let store = PgStore::open(&settings)
-                .with_context(|| format!("cannot open the store at {}", settings.describe()))?;
-            Ok(Core::new(store, core_config.clone(), now_us)?)
-        });
+        // The schema in place (and a database that answers) before anything else.
+        drop(
+            PgStore::open(&settings)
+                .with_context(|| format!("cannot open the store at {}", settings.describe()))?,
+        );
+        return serving.serve_elected(settings, core_config);
     }
     let config = &serving.config;
     if args_repair {
@@ -241,65 +242,160 @@ impl Serving {
         } = self;
         let mut core = open_core(now_us())?;
         if let Some(jobs) = jobs {
-            let mut out = Default::default();
-            core.handle_api(
-                "the jobs file given at start",
-                0,
-                AdminRequest::ApplyJobs { jobs },
-                &jobcast_core::Scope::all(),
-                now_us(),
-                &mut out,
-            )?;
-            if let Some(reply) = out.replies.pop() {
-                match reply.reply {
-                    Reply::Applied {
-                        created, updated, ..
-                    } => {
-                        tracing::info!(?created, ?updated, "jobs file applied")
-                    }
-                    Reply::Error { message, .. } => anyhow::bail!("jobs file refused: {message}"),
-                    _ => {}
-                }
-            }
+            apply_jobs_file(&mut core, jobs)?;
         }
-
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        runtime.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let reloading = Reloading {
-                read: read_settings,
-                hangups: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
-            };
+        runtime()?.block_on(async {
             server::serve(
                 core,
                 open_core,
                 &config,
-                reloading,
-                move |bound| {
-                    if let Some(path) = &ready_file {
-                        let mut text = format!(
-                            "router = \"{}\"\npublish = \"{}\"\n",
-                            bound.router, bound.publish
-                        );
-                        if let Some(http) = &bound.http {
-                            text.push_str(&format!("http = \"{http}\"\n"));
-                        }
-                        let tmp = path.with_extension("tmp");
-                        std::fs::write(&tmp, text)
-                            .and_then(|_| std::fs::rename(&tmp, path))
-                            .with_context(|| format!("cannot write {}", path.display()))?;
-                    }
-                    Ok(())
-                },
+                reloading(read_settings)?,
+                move |bound| write_ready_file(ready_file.as_deref(), bound),
                 shutdown_signal(),
             )
             .await
         })
     }
+
+    /// Several brokers may share the database: this one acts only while it holds the
+    /// leader's lease, and stands by otherwise (`server::serve_elected`).
+    fn serve_elected(
+        self,
+        settings: PgSettings,
+        core_config: jobcast_core::CoreConfig,
+    ) -> Result<()> {
+        let Serving {
+            config,
+            jobs,
+            read_settings,
+            ready_file,
+        } = self;
+        let section = config
+            .postgres
+            .clone()
+            .unwrap_or_else(|| config::PostgresSection::with_url(String::new()));
+        let mut elector = Elector::new(
+            settings,
+            section.lease(),
+            Candidate {
+                holder: Candidate::holder_name(),
+                router: String::new(),
+                publish: String::new(),
+                http: String::new(),
+            },
+        );
+        let try_every = elector.try_every();
+        let elect = move |bound: &server::Bound, now_us: u64| -> Result<Election<Core<PgStore>>> {
+            elector.set_addresses(advertised(&section, bound));
+            elector.try_once(|store| -> Result<Core<PgStore>> {
+                let mut core = Core::new(store, core_config.clone(), now_us)?;
+                if let Some(jobs) = &jobs {
+                    apply_jobs_file(&mut core, jobs.clone())?;
+                }
+                Ok(core)
+            })
+        };
+        runtime()?.block_on(async {
+            server::serve_elected(
+                elect,
+                try_every,
+                &config,
+                reloading(read_settings)?,
+                move |bound| write_ready_file(ready_file.as_deref(), bound),
+                shutdown_signal(),
+            )
+            .await
+        })
+    }
+}
+
+/// The addresses written with the lease: as configured, else as bound (an address bound
+/// on every interface named by this host's name).
+fn advertised(
+    section: &config::PostgresSection,
+    bound: &server::Bound,
+) -> (String, String, String) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let named = |address: &str| address.replace("0.0.0.0", &host).replace("[::]", &host);
+    (
+        section
+            .advertise_router
+            .clone()
+            .unwrap_or_else(|| named(&bound.router)),
+        section
+            .advertise_publish
+            .clone()
+            .unwrap_or_else(|| named(&bound.publish)),
+        section
+            .advertise_http
+            .clone()
+            .or_else(|| bound.http.as_deref().map(named))
+            .unwrap_or_default(),
+    )
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn reloading(read: jobcast_broker::reload::ReadSettings) -> Result<Reloading> {
+    use tokio::signal::unix::{signal, SignalKind};
+    Ok(Reloading {
+        read,
+        hangups: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+    })
+}
+
+/// Applies the jobs file given at start (at each takeover, for several brokers).
+fn apply_jobs_file<S: Store>(
+    core: &mut Core<S>,
+    jobs: Vec<jobcast_protocol::JobSpec>,
+) -> Result<()> {
+    let mut out = Default::default();
+    core.handle_api(
+        "the jobs file given at start",
+        0,
+        AdminRequest::ApplyJobs { jobs },
+        &jobcast_core::Scope::all(),
+        now_us(),
+        &mut out,
+    )?;
+    if let Some(reply) = out.replies.pop() {
+        match reply.reply {
+            Reply::Applied {
+                created, updated, ..
+            } => {
+                tracing::info!(?created, ?updated, "jobs file applied")
+            }
+            Reply::Error { message, .. } => anyhow::bail!("jobs file refused: {message}"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `--ready-file`: where the broker listens, written whole (renamed into place).
+fn write_ready_file(path: Option<&std::path::Path>, bound: &server::Bound) -> Result<()> {
+    if let Some(path) = path {
+        let mut text = format!(
+            "router = \"{}\"\npublish = \"{}\"\n",
+            bound.router, bound.publish
+        );
+        if let Some(http) = &bound.http {
+            text.push_str(&format!("http = \"{http}\"\n"));
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Where `migrate` copies to.

@@ -70,11 +70,32 @@ impl Ctl {
         request: AdminRequest,
         timeout: Duration,
     ) -> Result<Reply> {
-        let reply = self.client.request(request, timeout).await?;
-        if let Reply::Error { code, message } = reply {
-            return Err(Failure::Broker { code, message }.into());
+        // A standby did nothing, so asking again is safe for any request: during a
+        // failover (or while a restarted broker waits for its predecessor's lease to run
+        // out) ask again until a broker acts, for a while.
+        let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
+        let mut said = false;
+        loop {
+            match self.client.request(request.clone(), timeout).await? {
+                Reply::Error { code, message } => {
+                    return Err(Failure::Broker { code, message }.into())
+                }
+                Reply::NotLeader { leader } => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Failure::NotLeader(leader).into());
+                    }
+                    if !said {
+                        eprintln!(
+                            "jobcastctl: {}; waiting for a leader",
+                            Failure::NotLeader(leader)
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                reply => return Ok(reply),
+            }
         }
-        Ok(reply)
     }
 
     /// Like [`Self::call`] for a request that is safe to repeat (it carries an idempotency
@@ -114,6 +135,10 @@ impl Ctl {
         Ok(())
     }
 }
+
+/// How long a request answered "not the leader" is asked again: a failover takes about
+/// a lease (5 s by default).
+const FAILOVER_WAIT: Duration = Duration::from_secs(15);
 
 /// Whether a request failed without an answer (a lost connection, no reply in time).
 fn unanswered(error: &anyhow::Error) -> bool {

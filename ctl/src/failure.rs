@@ -31,6 +31,19 @@ pub(crate) enum Failure {
     /// broker of another version).
     #[error("the broker answered {0:?}, which is not an answer to this request: is it of another version?")]
     UnexpectedReply(String),
+    /// The broker is a standby (several brokers on one database); nothing was done.
+    #[error("{}", not_leader_message(.0))]
+    NotLeader(Option<jobcast_protocol::LeaderAddress>),
+}
+
+fn not_leader_message(leader: &Option<jobcast_protocol::LeaderAddress>) -> String {
+    match leader {
+        Some(leader) => format!(
+            "this broker is a standby; the leader (epoch {}) is at {}: ask it there (--broker)",
+            leader.epoch, leader.router
+        ),
+        None => "this broker is a standby and no broker leads right now; nothing was done: try again in a moment".into(),
+    }
 }
 
 /// The kind of a reply, as it is named on the wire (`enqueued`, `runs`, …).
@@ -53,6 +66,7 @@ pub(crate) fn exit_code(error: &anyhow::Error) -> u8 {
             },
             Failure::Usage(_) => USAGE,
             Failure::UnexpectedReply(_) => REFUSED,
+            Failure::NotLeader(_) => UNAVAILABLE,
         };
     }
     match error.downcast_ref::<ClientError>() {

@@ -337,6 +337,16 @@ impl Cluster {
         self.broker.as_ref().map(|b| b.id() as i32).unwrap_or(0)
     }
 
+    /// Sends `signal` to the broker (it stays this cluster's: `kill_broker` reaps it).
+    pub fn signal_broker(&self, signal: i32) {
+        if let Some(broker) = &self.broker {
+            // SAFETY: a signal to a child process this cluster started and has not reaped.
+            unsafe {
+                libc::kill(broker.id() as i32, signal);
+            }
+        }
+    }
+
     pub fn kill_broker(&mut self) {
         if let Some(mut broker) = self.broker.take() {
             let _ = broker.kill();
@@ -711,10 +721,11 @@ impl PostgresStore {
         })
     }
 
-    /// The broker's `[postgres]` settings, as one top-level line.
+    /// The broker's `[postgres]` settings, as one top-level line. A short lease: a
+    /// broker killed by a test is followed by the next within a second.
     pub fn settings(&self) -> String {
         format!(
-            "postgres = {{ url = \"{}\", password_file = \"{}\" }}",
+            "postgres = {{ url = \"{}\", password_file = \"{}\", lease = \"1s\" }}",
             self.url,
             self.password_file.path().display()
         )

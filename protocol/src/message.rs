@@ -103,6 +103,26 @@ pub enum Reply {
         code: ErrorCode,
         message: String,
     },
+    /// This broker is a standby (several brokers share one database and another one
+    /// acts): nothing was done. Ask the leader when one is named, else another broker
+    /// of the list, a moment later.
+    NotLeader {
+        leader: Option<LeaderAddress>,
+    },
+}
+
+/// Where the acting broker is reached, as it wrote it in the database with its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderAddress {
+    /// Its request (ROUTER) endpoint.
+    pub router: String,
+    /// Its event (PUB) endpoint.
+    pub publish: String,
+    /// Its HTTP address ('' when it serves none).
+    pub http: String,
+    /// The lease's epoch: rises at each takeover, so of two answers naming different
+    /// leaders the higher epoch is the newer.
+    pub epoch: u64,
 }
 
 /// The result of a reload: which worker keys came, went or changed, how many API tokens

@@ -142,6 +142,14 @@ impl Reporter {
                         failed = true;
                         tracing::debug!("report not taken: {message}; will retry");
                     }
+                    Ok(Reply::NotLeader { .. }) => {
+                        // A standby (several brokers, a failover under way) took nothing:
+                        // kept, and sent again to whichever broker leads next.
+                        failed = true;
+                        tracing::debug!(
+                            "report not taken: the broker is not the leader; will retry"
+                        );
+                    }
                     Ok(reply) => {
                         acked[i] = true;
                         if let WorkerRequest::RunFinished(finished) = &batch[i] {

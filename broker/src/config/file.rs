@@ -74,6 +74,39 @@ pub struct PostgresSection {
     /// PEM certificates of the CA that signed the server's certificate, for TLS
     /// (`sslmode=require`); without it, the Mozilla roots.
     pub ca_file: Option<PathBuf>,
+    /// How long the leader's lease lasts: of the brokers on this database one acts, and
+    /// one that dies is replaced within about this long [default: 5s].
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
+    /// Where workers reach this broker's request socket, as written with the lease for
+    /// the other brokers to name [default: the address it is bound to].
+    pub advertise_router: Option<String>,
+    /// Likewise its event socket.
+    pub advertise_publish: Option<String>,
+    /// Likewise its HTTP address.
+    pub advertise_http: Option<String>,
+}
+
+impl PostgresSection {
+    /// The lease's length when not set.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
+    /// With only a URL: every other setting at its default.
+    pub fn with_url(url: String) -> PostgresSection {
+        PostgresSection {
+            url,
+            password_file: None,
+            ca_file: None,
+            lease: None,
+            advertise_router: None,
+            advertise_publish: None,
+            advertise_http: None,
+        }
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease.unwrap_or(Self::DEFAULT_LEASE)
+    }
 }
 
 /// `[pools.NAME]`.

@@ -220,11 +220,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
         data_dir_defaulted,
         postgres: match (flags.postgres_url, file.postgres) {
             (Some(url), Some(section)) => Some(PostgresSection { url, ..section }),
-            (Some(url), None) => Some(PostgresSection {
-                url,
-                password_file: None,
-                ca_file: None,
-            }),
+            (Some(url), None) => Some(PostgresSection::with_url(url)),
             (None, section) => section,
         },
         router: flags
@@ -290,6 +286,11 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<BrokerConfig> {
     }
     if config.peer_timeout < Duration::from_secs(4) {
         bail!("peer_timeout must be at least 4s");
+    }
+    if let Some(lease) = config.postgres.as_ref().and_then(|pg| pg.lease) {
+        if lease < Duration::from_secs(1) {
+            bail!("[postgres] lease must be at least 1s (it is renewed three times a lease)");
+        }
     }
     if config.max_log_bytes < jobcast_protocol::logcap::MIN_CAP as u64 {
         bail!(

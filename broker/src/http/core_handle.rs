@@ -54,6 +54,7 @@ impl CoreHandle {
             .map_err(|_| ApiError::unavailable())?;
         match tokio::time::timeout(CORE_TIMEOUT, answer).await {
             Ok(Ok(Reply::Error { code, message })) => Err(ApiError::from_core(code, message)),
+            Ok(Ok(Reply::NotLeader { leader })) => Err(ApiError::not_leader(leader)),
             Ok(Ok(reply)) => Ok(reply),
             _ => Err(ApiError::unavailable()),
         }

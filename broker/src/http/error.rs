@@ -35,6 +35,24 @@ impl ApiError {
         )
     }
 
+    /// A standby (several brokers on one database): 503, naming the leader's HTTP
+    /// address when it has one.
+    pub(super) fn not_leader(leader: Option<jobcast_protocol::LeaderAddress>) -> Self {
+        let message = match leader {
+            Some(leader) if !leader.http.is_empty() => format!(
+                "this broker is a standby; the leader (epoch {}) is at http://{}",
+                leader.epoch, leader.http
+            ),
+            Some(leader) => format!(
+                "this broker is a standby; the leader (epoch {}) is at {}",
+                leader.epoch, leader.router
+            ),
+            None => "this broker is a standby and no broker leads right now; try again in a moment"
+                .into(),
+        };
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
+    }
+
     pub(super) fn from_core(code: ErrorCode, message: String) -> Self {
         let (status, name) = match code {
             ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),

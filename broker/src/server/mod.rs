@@ -14,6 +14,7 @@ mod reads;
 mod reload;
 mod service_manager;
 mod space;
+mod standby;
 mod start;
 
 use crate::config::{BrokerConfig, Keys};
@@ -28,6 +29,7 @@ use jobcast_core::{Core, Outbox, PeerId, ReplyTo};
 use jobcast_protocol::envelope::{Opener, Refusal};
 use outage::ReopenDelay;
 use space::SpaceCheck;
+pub use standby::serve_elected;
 pub use start::Bound;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -65,7 +67,10 @@ pub async fn serve<S: Store + 'static>(
     on_bound: impl FnOnce(&Bound) -> Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let (mut server, http) = Server::start(&core, config, reloading, on_bound).await?;
+    let replay_floors = crate::replay_floors::ReplayFloors::load(core.store())
+        .context("cannot read the replay floors from the store")?;
+    tracing::info!(boot_id = %core.boot_id(), "state read from the store");
+    let (mut server, http) = Server::start(replay_floors, config, reloading, on_bound).await?;
     tokio::pin!(shutdown);
     let mut core = core;
     let result = loop {
@@ -83,6 +88,8 @@ pub async fn serve<S: Store + 'static>(
                 }
             }
             Ok(Stopped::Shutdown) => break Ok(Some(core)),
+            // Without a tenure the lease is never lost.
+            Ok(Stopped::LeaseLost) => break Ok(Some(core)),
             Err(e) => break Err(e),
         }
     };
@@ -104,6 +111,9 @@ enum Stopped {
     Shutdown,
     /// A store write or flush failed: the core's state may be ahead of the store.
     StoreFailed(StoreError),
+    /// This broker's lease as the leader was lost, or could have run out: it must stop
+    /// acting at once.
+    LeaseLost,
 }
 
 /// The server loop's state: the core, the sockets, and what a batch needs on its way
@@ -145,6 +155,9 @@ struct Server {
     commits: tokio::sync::mpsc::UnboundedReceiver<Result<(), StoreError>>,
     /// Listings and logs read away from the loop.
     reads: reads::Reads,
+    /// Several brokers: until when this one may act as the leader (the lease's keeper
+    /// moves it on; `None` inside: lost). `None`: one broker, always acting.
+    acting_until: Option<tokio::sync::watch::Receiver<Option<Instant>>>,
 }
 
 /// What one batch produced, to send once it is durable.
@@ -181,6 +194,8 @@ enum Woke {
     Committed(Result<(), StoreError>),
     /// A read made away from the loop is ready to answer.
     Read(Box<reads::Found>),
+    /// The leader's lease is lost, or could have run out.
+    LeaseLost,
 }
 
 impl Server {
@@ -228,6 +243,7 @@ impl Server {
                     self.answer_read(core, *found);
                     continue;
                 }
+                Woke::LeaseLost => return Ok(Stopped::LeaseLost),
                 Woke::Work => {}
             }
             self.space.check(core);
@@ -402,6 +418,8 @@ impl Server {
         tokio::select! {
             biased;
             _ = shutdown => return Ok(Woke::Shutdown),
+            // A leader that may no longer act stops before anything else.
+            () = standby::lease_ends(&mut self.acting_until) => return Ok(Woke::LeaseLost),
             // First: however busy the sockets are, answers that are ready go out.
             Some(outcome) = self.commits.recv(), if waiting_for_commit => {
                 return Ok(Woke::Committed(outcome));

@@ -103,12 +103,15 @@ impl Server {
                     }
                 }
             }
-            self.answer_unavailable(&message);
+            self.answer_each(&jobcast_protocol::Reply::Error {
+                code: jobcast_protocol::ErrorCode::Unavailable,
+                message: message.clone(),
+            });
         }
     }
 
-    /// Answers each request of the batch with `Unavailable`.
-    fn answer_unavailable(&mut self, message: &str) {
+    /// Answers each request of the batch with `reply` (nothing is done).
+    pub(super) fn answer_each(&mut self, reply: &jobcast_protocol::Reply) {
         let mut out = Outbox::default();
         let mut refusals = Vec::new();
         let now_ms = now_us() / 1_000;
@@ -121,10 +124,7 @@ impl Server {
                 out.reply(
                     &ReplyTo::peer(&peer, &opened.from),
                     opened.id,
-                    jobcast_protocol::Reply::Error {
-                        code: jobcast_protocol::ErrorCode::Unavailable,
-                        message: message.to_string(),
-                    },
+                    reply.clone(),
                 );
             }
         }

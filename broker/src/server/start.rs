@@ -10,6 +10,7 @@ use super::{now_us, Server, MAX_BATCH};
 use crate::config::BrokerConfig;
 use crate::http::{CoreHandle, InternalRequest};
 use crate::reload::{LiveSettings, Reloading};
+use crate::replay_floors::ReplayFloors;
 use crate::sockets::{Listeners, Settings};
 use crate::store::Store;
 use anyhow::{Context, Result};
@@ -31,8 +32,8 @@ pub(super) type HttpTask = Option<(std::net::SocketAddr, tokio::task::JoinHandle
 
 impl Server {
     /// Binds everything, tells `on_bound` where, and returns the loop's state.
-    pub(super) async fn start<S: Store>(
-        core: &Core<S>,
+    pub(super) async fn start(
+        replay_floors: ReplayFloors,
         config: &BrokerConfig,
         reloading: Reloading,
         on_bound: impl FnOnce(&Bound) -> Result<()>,
@@ -61,10 +62,8 @@ impl Server {
             publish: listeners.publish_endpoint.clone(),
             http: http.as_ref().map(|(addr, _)| addr.to_string()),
         };
-        tracing::info!(router = %bound.router, publish = %bound.publish, boot_id = %core.boot_id(), "broker listening");
+        tracing::info!(router = %bound.router, publish = %bound.publish, "broker listening");
         on_bound(&bound)?;
-        let replay_floors = crate::replay_floors::ReplayFloors::load(core.store())
-            .context("cannot read the replay floors from the store")?;
         let (commits_told, commits) = tokio::sync::mpsc::unbounded_channel();
         let server = Server {
             service_manager: super::service_manager::ServiceManager::new(),
@@ -75,12 +74,7 @@ impl Server {
             commits_told,
             commits,
             reads: super::reads::Reads::start()?,
-            opener: Opener::new(
-                config.max_frame_bytes,
-                config.max_clock_skew.as_millis() as u64,
-            )
-            .not_before(now_us() / 1_000)
-            .sender_floors(replay_floors.floors()),
+            opener: opener(config, &replay_floors),
             replay_floors,
             previous_key_peers: PreviousKeyPeers::default(),
             clock: ClockWatch::new(),
@@ -99,9 +93,35 @@ impl Server {
             live,
             rejections: RejectionLog::default(),
             batch: Vec::with_capacity(MAX_BATCH),
+            acting_until: None,
         };
         // Everything is in place: the loop starts next.
         server.service_manager.ready(&bound);
         Ok((server, http))
+    }
+}
+
+/// The frame opener of a broker that starts acting now: frames sealed before now are
+/// refused (they may have been taken by an earlier process or another broker), and so are
+/// those at or below each sender's floor kept in the store.
+fn opener(config: &BrokerConfig, replay_floors: &ReplayFloors) -> Opener {
+    Opener::new(
+        config.max_frame_bytes,
+        config.max_clock_skew.as_millis() as u64,
+    )
+    .not_before(now_us() / 1_000)
+    .sender_floors(replay_floors.floors())
+}
+
+impl Server {
+    /// This broker starts acting on `core` (it took the leader's lease): frames are
+    /// opened as at a start, with the replay floors the store keeps.
+    pub(super) fn acting_on<S: Store>(&mut self, core: &Core<S>) -> Result<()> {
+        let replay_floors = ReplayFloors::load(core.store())
+            .context("cannot read the replay floors from the store")?;
+        self.opener = opener(&self.running, &replay_floors);
+        self.replay_floors = replay_floors;
+        tracing::info!(boot_id = %core.boot_id(), "acting on the store's state");
+        Ok(())
     }
 }

@@ -19,6 +19,19 @@ impl WorkerState {
             _ => {}
         }
         let reply = match answer {
+            // A standby (several brokers on one database) did nothing and decides
+            // nothing: it is not heard as the broker (the lease is the leader's to renew),
+            // and what was asked is asked again at its usual time.
+            Answer::Reply(Reply::NotLeader { leader }) => {
+                if !std::mem::replace(&mut self.broker_unavailable, true) {
+                    tracing::warn!(
+                        ?purpose,
+                        leader = ?leader.map(|leader| leader.router),
+                        "the broker is a standby, not the leader"
+                    );
+                }
+                return actions;
+            }
             Answer::Reply(reply) => {
                 self.last_heard_ms = now_ms;
                 self.renew_lease(sent_ms, now_ms);

@@ -738,6 +738,29 @@ fn the_lease_runs_from_when_the_answered_request_was_sent_not_when_its_answer_ca
 }
 
 #[test]
+fn a_standby_answering_not_leader_does_not_renew_the_lease() {
+    // Several brokers: the leader is cut off from this worker, a standby still answers.
+    // Its answers decide nothing; the lease runs out as if nobody answered.
+    let mut state = leased_with_runs();
+    for t in (1_000..=LEASE).step_by(1_000) {
+        state.on_answer_to(
+            Purpose::Heartbeat,
+            t,
+            Answer::Reply(Reply::NotLeader {
+                leader: Some(jobcast_protocol::LeaderAddress {
+                    router: "tcp://elsewhere:5555".into(),
+                    publish: "tcp://elsewhere:5556".into(),
+                    http: String::new(),
+                    epoch: 2,
+                }),
+            }),
+            t + 3,
+        );
+    }
+    assert_eq!(stopped(&state.on_timer(LEASE + 250)), ["r1"]);
+}
+
+#[test]
 fn answers_within_the_lease_keep_runs_going() {
     let mut state = leased_with_runs();
     for t in (1_000..60_000).step_by(1_000) {

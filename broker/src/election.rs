@@ -1,0 +1,237 @@
+//! Several brokers on one PostgreSQL database: which of them acts. A broker tries to
+//! take the leader's lease ([`Elector`]); once it has, a thread keeps renewing it
+//! ([`Tenure`]) and tells the loop until when it may act, by its own monotonic clock
+//! ([`SelfFence`]). The database has the last word: every commit is fenced with the
+//! epoch (`PgStore::open_fenced`).
+
+use crate::leadership::SelfFence;
+use crate::store::postgres::lease::{Candidate, Lease, LeaseRow};
+use crate::store::postgres::{PgSettings, PgStore};
+use jobcast_protocol::LeaderAddress;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What one try at the lease found.
+pub enum Election<C> {
+    /// Taken: what to act on (built from the database under the new epoch), and the
+    /// tenure that keeps the lease.
+    Leader(C, Tenure),
+    /// Another broker holds it (where it is reached), or nobody does.
+    Standby(Option<LeaderAddress>),
+}
+
+/// Tries to take the lease for this broker, and opens the store fenced with the epoch
+/// it got.
+pub struct Elector {
+    settings: PgSettings,
+    length: Duration,
+    candidate: Candidate,
+    /// Kept between tries (opened again after an error).
+    lease: Option<Lease>,
+}
+
+impl Elector {
+    pub fn new(settings: PgSettings, length: Duration, candidate: Candidate) -> Elector {
+        Elector {
+            settings,
+            length,
+            candidate,
+            lease: None,
+        }
+    }
+
+    /// Where this broker is reached, written with the lease when it takes it.
+    pub fn set_addresses(&mut self, (router, publish, http): (String, String, String)) {
+        self.candidate.router = router;
+        self.candidate.publish = publish;
+        self.candidate.http = http;
+    }
+
+    /// How often a standby tries: ten times a lease, so that a lease handed over at a
+    /// clean stop is taken within a tenth of it.
+    pub fn try_every(&self) -> Duration {
+        (self.length / 10).max(Duration::from_millis(50))
+    }
+
+    /// One try: takes the lease if it has expired or was handed over, and then opens
+    /// the store under the new epoch and builds on it with `build`; if that fails, the
+    /// lease is handed straight back.
+    pub fn try_once<C, E>(
+        &mut self,
+        build: impl FnOnce(PgStore) -> Result<C, E>,
+    ) -> anyhow::Result<Election<C>>
+    where
+        E: Into<anyhow::Error>,
+    {
+        let lease = match &mut self.lease {
+            Some(lease) => lease,
+            empty => empty.insert(Lease::open(&self.settings, self.length)?),
+        };
+        let sent = Instant::now();
+        let taken = match lease.take(&self.candidate) {
+            Ok(taken) => taken,
+            Err(e) => {
+                self.lease = None;
+                return Err(e.into());
+            }
+        };
+        let Some(epoch) = taken else {
+            let row = lease.read()?;
+            return Ok(Election::Standby(address(&row)));
+        };
+        tracing::info!(epoch, holder = %self.candidate.holder, "took the leader's lease");
+        let built = PgStore::open_fenced(&self.settings, epoch)
+            .map_err(anyhow::Error::from)
+            .and_then(|store| build(store).map_err(Into::into));
+        match built {
+            Ok(acting) => Ok(Election::Leader(
+                acting,
+                Tenure::start(self.settings.clone(), self.length, epoch, sent),
+            )),
+            Err(e) => {
+                if let Err(handing) = lease.hand_over(epoch) {
+                    tracing::warn!(epoch, error = %handing, "could not hand the lease back");
+                }
+                Err(e.context("took the lease but could not read the state"))
+            }
+        }
+    }
+}
+
+/// Where the lease row says its holder is reached, while someone holds it.
+pub fn address(row: &LeaseRow) -> Option<LeaderAddress> {
+    row.is_held().then(|| LeaderAddress {
+        router: row.router.clone(),
+        publish: row.publish.clone(),
+        http: row.http.clone(),
+        epoch: row.epoch,
+    })
+}
+
+/// How a tenure ends.
+enum Ending {
+    /// A clean stop, or a failure: give the lease up so that another broker (or this
+    /// one, again) takes it at once.
+    HandOver,
+}
+
+/// The lease held: a thread renews it three times a lease and publishes until when this
+/// broker may act (`None` once it is lost).
+pub struct Tenure {
+    pub epoch: u64,
+    acting_until: watch::Receiver<Option<Instant>>,
+    ending: mpsc::Sender<Ending>,
+    keeper: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tenure {
+    /// The lease of `epoch` was taken by a statement sent at `taken_sent_at`.
+    fn start(settings: PgSettings, length: Duration, epoch: u64, taken_sent_at: Instant) -> Tenure {
+        let mut fence = SelfFence::new(length);
+        fence.held(taken_sent_at);
+        let (tell, acting_until) = watch::channel(fence.acting_until());
+        let (ending, endings) = mpsc::channel();
+        let keeper = std::thread::Builder::new()
+            .name("jobcast-lease".into())
+            .spawn(move || keep(settings, length, epoch, fence, tell, endings))
+            .ok();
+        if keeper.is_none() {
+            tracing::error!("cannot start the lease's thread: the lease will run out");
+        }
+        Tenure {
+            epoch,
+            acting_until,
+            ending,
+            keeper,
+        }
+    }
+
+    /// Until when this broker may act, as the keeper last said (`None`: not at all).
+    pub fn acting_until(&self) -> watch::Receiver<Option<Instant>> {
+        self.acting_until.clone()
+    }
+
+    /// Stops renewing and gives the lease up (if this epoch still holds it), waiting
+    /// for that at most a few seconds.
+    pub fn hand_over(mut self) {
+        let _ = self.ending.send(Ending::HandOver);
+        if let Some(keeper) = self.keeper.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !keeper.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for Tenure {
+    fn drop(&mut self) {
+        // A tenure dropped without a hand-over stops renewing: the lease runs out.
+        let _ = self.ending.send(Ending::HandOver);
+    }
+}
+
+/// The keeper's thread: renews until the lease is lost or the tenure ends.
+fn keep(
+    settings: PgSettings,
+    length: Duration,
+    epoch: u64,
+    mut fence: SelfFence,
+    tell: watch::Sender<Option<Instant>>,
+    endings: mpsc::Receiver<Ending>,
+) {
+    let mut lease: Option<Lease> = None;
+    loop {
+        match endings.recv_timeout(fence.renew_every()) {
+            Ok(Ending::HandOver) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                hand_over(&settings, length, epoch, lease.as_ref());
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let sent = Instant::now();
+        let renewed = match &lease {
+            Some(lease) => lease.renew(epoch),
+            None => Lease::open(&settings, length).and_then(|opened| {
+                let renewed = opened.renew(epoch);
+                lease = Some(opened);
+                renewed
+            }),
+        };
+        match renewed {
+            Ok(true) => {
+                fence.held(sent);
+                tell.send_replace(fence.acting_until());
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    epoch,
+                    "the leader's lease was lost: another broker took it, or it ran out"
+                );
+                fence.lost();
+                tell.send_replace(None);
+                return;
+            }
+            Err(e) => {
+                // The loop stops acting by itself when the lease could have run out.
+                tracing::warn!(epoch, error = %e, "could not renew the leader's lease");
+                lease = None;
+            }
+        }
+    }
+}
+
+fn hand_over(settings: &PgSettings, length: Duration, epoch: u64, lease: Option<&Lease>) {
+    let handed = match lease {
+        Some(lease) => lease.hand_over(epoch),
+        None => Lease::open(settings, length).and_then(|lease| lease.hand_over(epoch)),
+    };
+    match handed {
+        Ok(true) => tracing::info!(epoch, "handed the leader's lease over"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(epoch, error = %e, "could not hand the leader's lease over; it runs out by itself")
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Several brokers on one database: a broker that does not hold the leader's lease
+//! answers every request `NotLeader`, naming the broker the lease row names, and tries
+//! to take the lease again and again; once it has it, it acts on the state it reads from
+//! the database, until it stops, its store fails, or the lease is lost.
+
+use super::{now_us, Bound, Server, Stopped, MAX_BATCH};
+use crate::config::BrokerConfig;
+use crate::election::{Election, Tenure};
+use crate::reload::Reloading;
+use crate::store::{Store, StoreError};
+use anyhow::{Context, Result};
+use jobcast_core::Core;
+use jobcast_protocol::{LeaderAddress, Reply};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Serves as a standby until the lease is taken (`elect`, tried every `try_every`), then
+/// as the leader; again a standby after a lost lease or a store failure; until shutdown.
+///
+/// `elect` is given where this broker is bound (the lease names it). `on_bound` is told
+/// once the first try has settled whether this broker leads: a client that waits for it
+/// (a test, a script) and then asks finds a leader that took over before it asked.
+pub async fn serve_elected<S: Store + 'static>(
+    mut elect: impl FnMut(&Bound, u64) -> Result<Election<Core<S>>>,
+    try_every: Duration,
+    config: &BrokerConfig,
+    reloading: Reloading,
+    on_bound: impl FnOnce(&Bound) -> Result<()>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let mut bound_at = None;
+    let (mut server, http) = Server::start(Default::default(), config, reloading, |bound| {
+        bound_at = Some(bound.clone());
+        Ok(())
+    })
+    .await?;
+    let bound = bound_at.context("the server did not say where it is bound")?;
+    let elect_bound = bound.clone();
+    let mut elect = move |now_us: u64| elect(&elect_bound, now_us);
+    // Told after the first try.
+    let mut on_bound = Some(move || on_bound(&bound));
+    tokio::pin!(shutdown);
+    let result = loop {
+        let (mut core, tenure) = match server
+            .standby(&mut elect, try_every, &mut on_bound, shutdown.as_mut())
+            .await
+        {
+            Ok(Some(elected)) => elected,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        if let Err(e) = server.acting_on(&core) {
+            tracing::error!(error = %format!("{e:#}"), "cannot act on the store's state; handing the lease over");
+            tokio::task::block_in_place(|| tenure.hand_over());
+            continue;
+        }
+        server.acting_until = Some(tenure.acting_until());
+        let stopped = server.run(&mut core, shutdown.as_mut()).await;
+        server.acting_until = None;
+        match stopped {
+            Ok(Stopped::Shutdown) => {
+                let closed = tokio::task::block_in_place(|| core.store_mut().close_cleanly());
+                // Only once everything is durable: a successor reads it all.
+                tokio::task::block_in_place(|| tenure.hand_over());
+                break closed.context("final store flush failed");
+            }
+            Ok(Stopped::StoreFailed(error)) => {
+                // As after a kill: nothing of the batches in flight is answered, and the
+                // next leader (perhaps this broker again) reads the state afresh.
+                server.forget_in_flight();
+                drop(core);
+                match &error {
+                    StoreError::Fenced(why) => {
+                        tracing::warn!(epoch = tenure.epoch, why = %why, "another broker leads now: standing by");
+                    }
+                    other => {
+                        tracing::error!(epoch = tenure.epoch, error = %other, "store write failed: nothing of the batch was acknowledged; handing the lease over and standing by");
+                    }
+                }
+                tokio::task::block_in_place(|| tenure.hand_over());
+            }
+            Ok(Stopped::LeaseLost) => {
+                server.forget_in_flight();
+                drop(core);
+                tracing::warn!(
+                    epoch = tenure.epoch,
+                    "the lease could have run out: no longer acting, standing by"
+                );
+                tokio::task::block_in_place(|| tenure.hand_over());
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    server.service_manager.stopping();
+    drop(server);
+    if let Some((_, task)) = http {
+        task.abort();
+    }
+    result?;
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+impl Server {
+    /// Answers every request `NotLeader` while trying to take the lease; what to act on
+    /// once taken, or `None` at shutdown.
+    async fn standby<S: Store>(
+        &mut self,
+        elect: &mut impl FnMut(u64) -> Result<Election<Core<S>>>,
+        try_every: Duration,
+        after_first_try: &mut Option<impl FnOnce() -> Result<()>>,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Option<(Core<S>, Tenure)>> {
+        let mut leader: Option<LeaderAddress> = None;
+        let mut next_try = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => return Ok(None),
+                Some(()) = self.api_calls.refuse_next(Reply::NotLeader { leader: leader.clone() }) => {}
+                ready = self.listeners.sockets.readable() => {
+                    ready.context("the request socket failed")?;
+                    self.listeners.sockets.read_into(&mut self.batch, MAX_BATCH);
+                }
+                first = self.listeners.events.recv() => {
+                    let Some(first) = first else { return Ok(None) };
+                    self.batch.push(first);
+                }
+                _ = tokio::time::sleep_until(next_try) => {
+                    self.service_manager.alive();
+                    let elected = tokio::task::block_in_place(|| elect(now_us()));
+                    if let Some(tell) = after_first_try.take() {
+                        tell()?;
+                    }
+                    match elected {
+                        Ok(Election::Leader(core, tenure)) => {
+                            self.batch.clear();
+                            return Ok(Some((core, tenure)));
+                        }
+                        Ok(Election::Standby(now)) => {
+                            if now != leader {
+                                match &now {
+                                    Some(at) => tracing::info!(leader = %at.router, epoch = at.epoch, "standing by"),
+                                    None => tracing::info!("no broker leads; trying to take the lease"),
+                                }
+                            }
+                            leader = now;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot reach the leader's lease");
+                            leader = None;
+                        }
+                    }
+                    next_try = tokio::time::Instant::now() + try_every;
+                }
+            }
+            self.answer_each(&Reply::NotLeader {
+                leader: leader.clone(),
+            });
+        }
+    }
+}
+
+/// Returns once the lease could have run out (the keeper's last word, counted on this
+/// host's monotonic clock) or is known lost. Never, without a tenure.
+pub(super) async fn lease_ends(
+    acting_until: &mut Option<tokio::sync::watch::Receiver<Option<Instant>>>,
+) {
+    let Some(receiver) = acting_until else {
+        return std::future::pending().await;
+    };
+    loop {
+        let Some(until) = *receiver.borrow_and_update() else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(until.into()) => return,
+            changed = receiver.changed() => {
+                if changed.is_err() {
+                    // The keeper is gone: the last word stands.
+                    tokio::time::sleep_until(until.into()).await;
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Several brokers on one PostgreSQL database (started by the test): one acts, the
+//! others stand by and name it; a clean stop hands the lease over at once, a kill lets
+//! it run out first, and a leader stopped (SIGSTOP) past its lease stops acting when it
+//! resumes, leaving nothing of its own behind.
+
+use jobcast_integration_tests::*;
+use jobcast_protocol::{AdminRequest, LeaderAddress, Reply};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A broker process beside the cluster's own, on the same settings (and database), on
+/// ports of its own; killed when dropped.
+struct OtherBroker {
+    child: Child,
+    router: String,
+    log: PathBuf,
+}
+
+impl OtherBroker {
+    fn start(cluster: &Cluster, name: &str) -> OtherBroker {
+        let ready = cluster.path(&format!("{name}.ready"));
+        let log = cluster.path(&format!("{name}.log"));
+        let child = Command::new(bin("jobcast-broker"))
+            .arg("--config")
+            .arg(cluster.path("broker.toml"))
+            .args([
+                "--router",
+                "tcp://127.0.0.1:0",
+                "--publish",
+                "tcp://127.0.0.1:0",
+            ])
+            .args(["--http", "127.0.0.1:0", "--log-level", "info"])
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("start a broker");
+        let mut broker = OtherBroker {
+            child,
+            router: String::new(),
+            log,
+        };
+        let text = wait_for(&format!("broker {name} to listen"), LONG, || {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!("broker {name} exited: {status}\n{}", broker.log());
+            }
+            std::fs::read_to_string(&ready).ok()
+        });
+        broker.router = text
+            .lines()
+            .find_map(|line| line.strip_prefix("router = "))
+            .map(|value| value.trim_matches('"').to_string())
+            .expect("the router endpoint in the ready file");
+        broker
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: a signal to a child process this test started and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for OtherBroker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// One admin request to the broker at `router`; `None` if it did not answer.
+fn ask(router: &str, request: AdminRequest) -> Option<Reply> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client =
+            jobcast_client::Client::connect(admin_client_config(router, Duration::from_secs(2)))
+                .await
+                .ok()?;
+        client.request(request, Duration::from_secs(2)).await.ok()
+    })
+}
+
+/// The leader a standby at `router` names.
+fn named_leader(router: &str) -> Option<LeaderAddress> {
+    match ask(router, AdminRequest::Status)? {
+        Reply::NotLeader { leader } => leader,
+        _ => None,
+    }
+}
+
+/// Waits until the broker at `router` acts (answers a status), and how long that took.
+fn until_acting(router: &str, since: Instant) -> Duration {
+    wait_for(&format!("the broker at {router} to act"), LONG, || {
+        matches!(ask(router, AdminRequest::Status), Some(Reply::Status(_))).then_some(())
+    });
+    since.elapsed()
+}
+
+fn enqueue(router: &str, key: &str) {
+    let reply = ask(
+        router,
+        AdminRequest::Enqueue {
+            job: "hello".into(),
+            key: Some(key.into()),
+            params: Default::default(),
+            priority: None,
+        },
+    );
+    assert!(
+        matches!(reply, Some(Reply::Enqueued { .. })),
+        "enqueue {key} at {router}: {reply:?}"
+    );
+}
+
+#[test]
+fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
+    let Some(postgres) = PostgresStore::start() else {
+        return;
+    };
+    let cluster = Cluster::start_configured(0, &[], &[], &postgres.settings());
+    cluster.apply_jobs("[jobs.hello]\nscript = \"#!/bin/sh\\necho hello\\n\"\n");
+    let a = cluster.router.clone();
+    enqueue(&a, "first");
+    let lease = |sql: &str| postgres.query(&format!("SELECT {sql} FROM jobcast_leader"));
+    assert_eq!(lease("epoch"), "1");
+
+    // A second broker stands by, and names the first.
+    let b = OtherBroker::start(&cluster, "b");
+    let named = named_leader(&b.router).expect("the standby names the leader");
+    assert_eq!((named.router.as_str(), named.epoch), (a.as_str(), 1));
+    assert!(
+        matches!(
+            ask(&b.router, AdminRequest::ListJobs),
+            Some(Reply::NotLeader { .. })
+        ),
+        "a standby does nothing"
+    );
+
+    // Its HTTP API says so too, naming the leader's.
+    let b_http = std::fs::read_to_string(cluster.path("b.ready"))
+        .expect("b's ready file")
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("http = ")
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .expect("b's HTTP address");
+    let refused = ureq::get(&format!("http://{b_http}/api/v1/jobs"))
+        .header("Authorization", &format!("Bearer {VIEWER_TOKEN}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .expect("b answers HTTP");
+    assert_eq!(refused.status(), 503);
+    let body = refused.into_body().read_to_string().expect("a body");
+    assert!(
+        body.contains("not_leader") && body.contains(cluster.http.trim_start_matches("http://")),
+        "{body}"
+    );
+
+    // A clean stop hands the lease over: the standby acts within a fraction of a lease.
+    let stopped = Instant::now();
+    cluster.signal_broker(libc::SIGTERM);
+    let took = until_acting(&b.router, stopped);
+    eprintln!("after SIGTERM the standby acted in {took:?}");
+    assert_eq!(lease("epoch"), "2");
+    assert_eq!(lease("router"), b.router);
+    match ask(&b.router, AdminRequest::Status) {
+        Some(Reply::Status(status)) => assert_eq!(status.total_runs, 1, "the first run is there"),
+        other => panic!("status: {other:?}"),
+    }
+    enqueue(&b.router, "second");
+
+    // The first broker again, standing by; the acting one killed: the lease runs out
+    // (1 s here) and the standby takes over.
+    let a2 = OtherBroker::start(&cluster, "a2");
+    assert_eq!(named_leader(&a2.router).map(|l| l.epoch), Some(2));
+    let killed = Instant::now();
+    b.signal(libc::SIGKILL);
+    let took = until_acting(&a2.router, killed);
+    eprintln!("after SIGKILL the standby acted in {took:?}");
+    assert_eq!(lease("epoch"), "3");
+    drop(b);
+
+    // The acting broker stalls (SIGSTOP) past its lease; another takes over; when the
+    // stalled one resumes it stops acting, and what was asked meanwhile stands.
+    let c = OtherBroker::start(&cluster, "c");
+    assert_eq!(named_leader(&c.router).map(|l| l.epoch), Some(3));
+    let stalled = Instant::now();
+    a2.signal(libc::SIGSTOP);
+    let took = until_acting(&c.router, stalled);
+    eprintln!("after SIGSTOP the standby acted in {took:?}");
+    assert_eq!(lease("epoch"), "4");
+    enqueue(&c.router, "third");
+    a2.signal(libc::SIGCONT);
+    wait_for("the stalled broker to stand by", LONG, || {
+        (named_leader(&a2.router)?.epoch == 4).then_some(())
+    });
+    let log = a2.log();
+    assert!(
+        log.contains("no longer acting") || log.contains("another broker leads now"),
+        "the stalled broker says it stopped acting:\n{log}"
+    );
+    assert_eq!(
+        postgres.query("SELECT count(*) FROM jobcast_runs"),
+        "3",
+        "one run per enqueue, whichever broker took it"
+    );
+}
