@@ -74,6 +74,8 @@ enum Command {
         reply_to: oneshot::Sender<Result<Reply, ClientError>>,
     },
     Reconnect,
+    /// Connect to another broker from now on (several brokers: the leader moved).
+    ReconnectTo(String),
 }
 
 /// A handle to the client task. Cheap to clone.
@@ -156,6 +158,15 @@ impl Client {
     /// Drops the current socket and connects again (used after a long silence).
     pub fn reconnect(&self) {
         let _ = self.commands.send(Command::Reconnect);
+    }
+
+    /// Drops the current socket and connects to `endpoint` from now on (several brokers:
+    /// another one leads). Requests waiting to be sent go there; those sent and not
+    /// answered fail as on any reconnect.
+    pub fn reconnect_to(&self, endpoint: &str) {
+        let _ = self
+            .commands
+            .send(Command::ReconnectTo(endpoint.to_string()));
     }
 }
 
@@ -253,7 +264,7 @@ struct Waiter {
 type Pending = HashMap<u64, Waiter>;
 
 async fn run(
-    config: ClientConfig,
+    mut config: ClientConfig,
     mut connection: Option<Connection>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
@@ -296,6 +307,11 @@ async fn run(
                 command = commands.recv() => match command {
                     None => return,
                     Some(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
+                    Some(Command::ReconnectTo(endpoint)) => {
+                        let reason = format!("moving from {} to {endpoint}", config.endpoint);
+                        config.endpoint = endpoint;
+                        break 'serve reason;
+                    }
                     Some(Command::Send { request, reply_to }) => {
                         // Take every request already queued before going back to the
                         // socket: a burst (a worker's reports) then leaves as a burst,
@@ -318,6 +334,11 @@ async fn run(
                                 match commands.try_recv() {
                                     Ok(Command::Send { request, reply_to }) => next = Some((request, reply_to)),
                                     Ok(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
+                                    Ok(Command::ReconnectTo(endpoint)) => {
+                                        let reason = format!("moving from {} to {endpoint}", config.endpoint);
+                                        config.endpoint = endpoint;
+                                        break 'serve reason;
+                                    }
                                     Err(_) => {}
                                 }
                             }

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 struct OtherBroker {
     child: Child,
     router: String,
+    publish: String,
+    /// `http://host:port`.
+    http: String,
     log: PathBuf,
 }
 
@@ -41,6 +44,8 @@ impl OtherBroker {
         let mut broker = OtherBroker {
             child,
             router: String::new(),
+            publish: String::new(),
+            http: String::new(),
             log,
         };
         let text = wait_for(&format!("broker {name} to listen"), LONG, || {
@@ -49,11 +54,15 @@ impl OtherBroker {
             }
             std::fs::read_to_string(&ready).ok()
         });
-        broker.router = text
-            .lines()
-            .find_map(|line| line.strip_prefix("router = "))
-            .map(|value| value.trim_matches('"').to_string())
-            .expect("the router endpoint in the ready file");
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{key} = ")))
+                .map(|value| value.trim_matches('"').to_string())
+                .unwrap_or_else(|| panic!("{key} in the ready file:\n{text}"))
+        };
+        broker.router = value("router");
+        broker.publish = value("publish");
+        broker.http = format!("http://{}", value("http"));
         broker
     }
 
@@ -223,4 +232,77 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
         "3",
         "one run per enqueue, whichever broker took it"
     );
+}
+
+#[test]
+fn workers_follow_the_leader_and_their_runs_in_flight_end_once() {
+    let Some(postgres) = PostgresStore::start() else {
+        return;
+    };
+    let mut cluster = Cluster::start_configured(2, &[], &[], &postgres.settings());
+    let ledger = cluster.path("ledger");
+    cluster.apply_jobs(&format!(
+        "[jobs.slow]\noverlap = \"allow\"\nscript = \"\"\"#!/bin/sh\necho \"start $JOBCAST_RUN_ID\" >> {0}\nsleep 3\necho \"end $JOBCAST_RUN_ID\" >> {0}\n\"\"\"\n\
+         [jobs.quick]\noverlap = \"allow\"\nscript = \"\"\"#!/bin/sh\necho \"end $JOBCAST_RUN_ID\" >> {0}\n\"\"\"\n",
+        ledger.display()
+    ));
+    let b = OtherBroker::start(&cluster, "b");
+    // Each worker knows both brokers, the first one first.
+    let routers = format!("{},{}", cluster.router, b.router);
+    let events = format!("{},{}", cluster.publish, b.publish);
+    for id in ["w1", "w2"] {
+        cluster.spawn_worker_to(
+            id,
+            &routers,
+            &events,
+            &worker_secret(id),
+            &["--concurrency", "2"],
+        );
+        cluster.wait_online(id);
+    }
+    cluster.ctl_ok(&["enqueue", "slow", "--key", "slow-1"]);
+    cluster.ctl_ok(&["enqueue", "slow", "--key", "slow-2"]);
+    wait_for("both slow runs to start", LONG, || {
+        let text = std::fs::read_to_string(&ledger).ok()?;
+        (text.matches("start ").count() == 2).then_some(())
+    });
+
+    // The leader stops; the standby takes over; the workers find it (the first broker
+    // is gone, so after a silence they try the next of their list).
+    let stopped = Instant::now();
+    cluster.signal_broker(libc::SIGTERM);
+    until_acting(&b.router, stopped);
+    cluster.router = b.router.clone();
+    cluster.publish = b.publish.clone();
+    cluster.http = b.http.clone();
+    for id in ["w1", "w2"] {
+        cluster.wait_online(id);
+    }
+    eprintln!(
+        "workers online at the new leader {:?} after the stop",
+        stopped.elapsed()
+    );
+    for n in 0..5 {
+        cluster.ctl_ok(&["enqueue", "quick", "--key", &format!("quick-{n}")]);
+    }
+    wait_for("every run to end", LONG, || {
+        let status = cluster.ctl_json(&["status"])?;
+        let ended = status["total_runs"].as_u64()? == 7 && status["active"].as_object()?.is_empty();
+        ended.then_some(())
+    });
+    let runs = cluster.all_runs();
+    let states: Vec<&str> = runs
+        .iter()
+        .filter_map(|run| run["state"].as_str())
+        .collect();
+    assert_eq!(
+        states, ["succeeded"; 7],
+        "the slow runs too, reported to the new leader"
+    );
+    let text = std::fs::read_to_string(&ledger).expect("the ledger");
+    let mut ended = std::collections::BTreeSet::new();
+    for line in text.lines().filter_map(|line| line.strip_prefix("end ")) {
+        assert!(ended.insert(line.to_string()), "run {line} executed twice");
+    }
+    assert_eq!(ended.len(), 7, "every run executed once");
 }

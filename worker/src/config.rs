@@ -35,10 +35,13 @@ pub struct Args {
     /// Settings file (TOML) with the keys below in snake_case.
     #[arg(long, short, env = "JOBCAST_WORKER_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The broker's request endpoint [default: tcp://127.0.0.1:5555].
+    /// The broker's request endpoint [default: tcp://127.0.0.1:5555]. Several brokers
+    /// sharing one database: all of them, comma-separated (the worker follows the one
+    /// that leads).
     #[arg(long, env = "JOBCAST_BROKER")]
     pub broker: Option<String>,
-    /// The broker's event endpoint [default: tcp://127.0.0.1:5556].
+    /// The broker's event endpoint [default: tcp://127.0.0.1:5556]. Several brokers:
+    /// theirs, comma-separated, in the same order as `--broker`.
     #[arg(long, env = "JOBCAST_EVENTS")]
     pub events: Option<String>,
     /// This worker's id, as listed in the broker's keys [default: the host name].
@@ -132,10 +135,26 @@ pub struct FileConfig {
     pub worker_env: BTreeMap<String, crate::worker_env::Source>,
 }
 
+/// Where one broker is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEndpoints {
+    /// Its request (ROUTER) endpoint.
+    pub router: String,
+    /// Its event (PUB) endpoint.
+    pub events: String,
+}
+
+impl std::fmt::Display for BrokerEndpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.router)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub broker: String,
-    pub events: String,
+    /// Every broker this worker may be served by, the first asked first (several share
+    /// one database; one leads).
+    pub brokers: Vec<BrokerEndpoints>,
     pub id: String,
     pub secret: Secret,
     pub concurrency: u32,
@@ -239,15 +258,18 @@ pub fn resolve(args: Args, file: FileConfig) -> Result<WorkerConfig> {
         .script_temp_path
         .or(file.script_temp_path)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("jobcast-{id}")));
-    Ok(WorkerConfig {
-        broker: args
+    let brokers = broker_list(
+        &args
             .broker
             .or(file.broker)
             .unwrap_or_else(|| "tcp://127.0.0.1:5555".into()),
-        events: args
+        &args
             .events
             .or(file.events)
             .unwrap_or_else(|| "tcp://127.0.0.1:5556".into()),
+    )?;
+    Ok(WorkerConfig {
+        brokers,
         secret: Secret::new(secret),
         concurrency,
         prefetch,
@@ -308,6 +330,33 @@ pub fn prepare_script_dir(config: &WorkerConfig) -> Result<()> {
         .with_context(|| format!("script_temp_path {} is not writable", dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
+}
+
+/// The brokers named by `broker` and `events`: comma-separated lists, paired in order.
+pub fn broker_list(routers: &str, events: &str) -> Result<Vec<BrokerEndpoints>> {
+    let split = |list: &str| -> Vec<String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|endpoint| !endpoint.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (routers, events) = (split(routers), split(events));
+    if routers.is_empty() {
+        bail!("broker names no endpoint");
+    }
+    if routers.len() != events.len() {
+        bail!(
+            "broker names {} endpoints and events {}: give each broker's event endpoint, in the same order",
+            routers.len(),
+            events.len()
+        );
+    }
+    Ok(routers
+        .into_iter()
+        .zip(events)
+        .map(|(router, events)| BrokerEndpoints { router, events })
+        .collect())
 }
 
 #[cfg(test)]
@@ -385,5 +434,31 @@ mod tests {
             let config = resolve(args(), file).unwrap();
             assert_eq!(config.log_format, LogFormat::Text);
         }
+    }
+    #[test]
+    fn several_brokers_are_paired_with_their_event_endpoints_in_order() {
+        let brokers =
+            broker_list("tcp://a:5555, tcp://b:5555", "tcp://a:5556,tcp://b:5556").unwrap();
+        assert_eq!(
+            brokers,
+            [
+                BrokerEndpoints {
+                    router: "tcp://a:5555".into(),
+                    events: "tcp://a:5556".into()
+                },
+                BrokerEndpoints {
+                    router: "tcp://b:5555".into(),
+                    events: "tcp://b:5556".into()
+                },
+            ]
+        );
+        let error = broker_list("tcp://a:5555,tcp://b:5555", "tcp://a:5556").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("broker names 2 endpoints and events 1"),
+            "{error}"
+        );
+        assert!(broker_list(" , ", "tcp://a:5556").is_err());
     }
 }

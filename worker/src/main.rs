@@ -47,7 +47,12 @@ fn run() -> Result<std::process::ExitCode> {
         println!(
             "config is valid: worker {} for broker {}, pools {:?}, concurrency {}; runs contained by {}",
             config.id,
-            config.broker,
+            config
+                .brokers
+                .iter()
+                .map(|broker| broker.router.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             config.pools,
             config.concurrency,
             config.containment.describe()

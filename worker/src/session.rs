@@ -5,7 +5,7 @@
 //! One loop owns the state. Network requests run in tasks that post their answers back
 //! to the loop, so the loop never waits on the broker.
 
-use crate::config::WorkerConfig;
+use crate::config::{BrokerEndpoints, WorkerConfig};
 use crate::reporter::Reporter;
 use crate::runner;
 use crate::scripts::{self, ScriptFiles};
@@ -55,6 +55,11 @@ struct Shell {
     /// How to stop each run whose process is still going.
     stops: HashMap<String, watch::Sender<bool>>,
     subscriber: tokio::task::JoinHandle<()>,
+    /// The broker spoken to now: one of the list, or a leader a standby named.
+    broker: BrokerEndpoints,
+    /// Where in the list the broker spoken to now is (a reconnect after a silence moves
+    /// on to the next).
+    listed: usize,
     started: Instant,
     /// The runs this worker's processes started, on disk (`start_ledger.rs`).
     ledger: Arc<std::sync::Mutex<StartLedger>>,
@@ -62,8 +67,13 @@ struct Shell {
 
 pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
     let config = Arc::new(config);
+    let first = config
+        .brokers
+        .first()
+        .cloned()
+        .context("no broker to connect to")?;
     let client = Client::connect_in_background(ClientConfig {
-        endpoint: config.broker.clone(),
+        endpoint: first.router.clone(),
         name: config.id.clone(),
         secret: config.secret.clone(),
         connect_timeout: config.connect_timeout,
@@ -102,7 +112,11 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
                 config.script_temp_path.display()
             )
         })?;
-    let subscriber = tokio::spawn(subscribe(config.clone(), messages.clone()));
+    let subscriber = tokio::spawn(subscribe(
+        config.clone(),
+        first.events.clone(),
+        messages.clone(),
+    ));
     let mut shell = Shell {
         config: config.clone(),
         scripts,
@@ -112,6 +126,8 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
         messages,
         stops: HashMap::new(),
         subscriber,
+        broker: first,
+        listed: 0,
         started: Instant::now(),
         ledger: Arc::new(std::sync::Mutex::new(ledger)),
     };
@@ -133,7 +149,7 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
         },
         shell.now_ms(),
     );
-    tracing::info!(worker = %config.id, broker = %config.broker, pools = %config.pools.join(","), concurrency = config.concurrency, "worker starting");
+    tracing::info!(worker = %config.id, brokers = %config.brokers.iter().map(|b| b.router.as_str()).collect::<Vec<_>>().join(","), pools = %config.pools.join(","), concurrency = config.concurrency, "worker starting");
     let actions = state.start();
     shell.carry_out(actions, &state);
 
@@ -243,6 +259,10 @@ impl Shell {
                     );
                 }
                 Action::Reconnect => self.reconnect(),
+                Action::Follow(leader) => self.move_to(BrokerEndpoints {
+                    router: leader.router,
+                    events: leader.publish,
+                }),
             }
         }
         // The reporter sends only while the broker knows this worker.
@@ -280,15 +300,44 @@ impl Shell {
         });
     }
 
+    /// After a silence: the same broker again, or with several, the next of the list
+    /// (the one spoken to may be gone with its host).
     fn reconnect(&mut self) {
+        if self.config.brokers.len() > 1 {
+            self.listed = (self.listed + 1) % self.config.brokers.len();
+            let next = self.config.brokers[self.listed].clone();
+            tracing::info!(broker = %next.router, "trying the next broker of the list");
+            self.move_to(next);
+            return;
+        }
         self.client.reconnect();
+        self.resubscribe();
+    }
+
+    /// Talks to `broker` from now on: requests and events.
+    fn move_to(&mut self, broker: BrokerEndpoints) {
+        if let Some(listed) = self
+            .config
+            .brokers
+            .iter()
+            .position(|b| b.router == broker.router)
+        {
+            self.listed = listed;
+        }
+        self.client.reconnect_to(&broker.router);
+        self.broker = broker;
+        self.resubscribe();
+    }
+
+    fn resubscribe(&mut self) {
         self.subscriber.abort();
         let delay = Duration::from_millis(jobcast_protocol::envelope::random_nonce() % 500);
         let config = self.config.clone();
+        let events = self.broker.events.clone();
         let messages = self.messages.clone();
         self.subscriber = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            subscribe(config, messages).await
+            subscribe(config, events, messages).await
         });
     }
 
@@ -311,7 +360,7 @@ impl Shell {
 /// Events are a topic and a few dozen bytes; anything larger is not from a broker.
 const MAX_EVENT_BYTES: usize = 64 << 10;
 
-fn open_subscriber(config: &WorkerConfig) -> jobcast_transport::Result<AsyncSocket> {
+fn open_subscriber(config: &WorkerConfig, events: &str) -> jobcast_transport::Result<AsyncSocket> {
     let limits = Limits {
         max_message_bytes: MAX_EVENT_BYTES,
         ..Limits::default()
@@ -319,16 +368,20 @@ fn open_subscriber(config: &WorkerConfig) -> jobcast_transport::Result<AsyncSock
     let mut topics = vec![topic::ALL.to_string(), topic::worker(&config.id)];
     topics.extend(config.pools.iter().map(|p| topic::pool(p)));
     let credentials = jobcast_client::credentials(&config.id, &config.secret);
-    jobcast_transport::subscriber(&config.events, &topics, &limits, &credentials)
+    jobcast_transport::subscriber(events, &topics, &limits, &credentials)
 }
 
 /// Receives events for this worker's topics. libzmq connects, and reconnects after the
 /// broker restarts, by itself.
-async fn subscribe(config: Arc<WorkerConfig>, messages: mpsc::UnboundedSender<Msg>) {
-    let socket = match open_subscriber(&config) {
+async fn subscribe(
+    config: Arc<WorkerConfig>,
+    events: String,
+    messages: mpsc::UnboundedSender<Msg>,
+) {
+    let socket = match open_subscriber(&config, &events) {
         Ok(socket) => socket,
         Err(e) => {
-            tracing::error!(endpoint = %config.events, error = %e, "cannot open the event socket");
+            tracing::error!(endpoint = %events, error = %e, "cannot open the event socket");
             return;
         }
     };

@@ -23,12 +23,20 @@ impl WorkerState {
             // nothing: it is not heard as the broker (the lease is the leader's to renew),
             // and what was asked is asked again at its usual time.
             Answer::Reply(Reply::NotLeader { leader }) => {
-                if !std::mem::replace(&mut self.broker_unavailable, true) {
-                    tracing::warn!(
-                        ?purpose,
-                        leader = ?leader.map(|leader| leader.router),
-                        "the broker is a standby, not the leader"
-                    );
+                match leader {
+                    Some(leader) if leader.epoch > self.followed_epoch => {
+                        tracing::info!(leader = %leader.router, epoch = leader.epoch, "the broker is a standby: following the leader it names");
+                        self.followed_epoch = leader.epoch;
+                        actions.push(Action::Follow(leader));
+                    }
+                    _ => {
+                        if !std::mem::replace(&mut self.broker_unavailable, true) {
+                            tracing::warn!(
+                                ?purpose,
+                                "the broker is a standby and names no newer leader; asking again"
+                            );
+                        }
+                    }
                 }
                 return actions;
             }

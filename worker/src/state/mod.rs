@@ -84,8 +84,11 @@ pub enum Action {
     Stop(String),
     /// Answer a ping with this worker's details.
     AnswerPing(u64),
-    /// Drop the connection to the broker and make a new one (after a jittered delay).
+    /// Drop the connection to the broker and make a new one (after a jittered delay);
+    /// with several brokers, to the next of the list.
     Reconnect,
+    /// Several brokers: a standby named the leader; talk to it from now on.
+    Follow(jobcast_protocol::LeaderAddress),
 }
 
 /// What does not change while the worker runs.
@@ -153,6 +156,9 @@ pub struct WorkerState {
     auth_refusals: u32,
     /// The broker answers that it cannot take requests now (logged once, not per answer).
     broker_unavailable: bool,
+    /// The highest leader epoch followed: an older standby's answer naming an older
+    /// leader is not followed back.
+    followed_epoch: u64,
     /// The lease the broker gave at registration; `None` before (or from a broker that
     /// gives none).
     lease_ms: Option<u64>,
@@ -192,6 +198,7 @@ impl WorkerState {
             reports_refused: false,
             auth_refusals: 0,
             broker_unavailable: false,
+            followed_epoch: 0,
             lease_ms: None,
             lease_from_ms: now_ms,
             lease_lost: false,

@@ -761,6 +761,44 @@ fn a_standby_answering_not_leader_does_not_renew_the_lease() {
 }
 
 #[test]
+fn a_standby_naming_a_newer_leader_is_followed_and_an_older_one_is_not() {
+    let mut state = leased_with_runs();
+    let naming = |epoch: u64| {
+        Answer::Reply(Reply::NotLeader {
+            leader: Some(jobcast_protocol::LeaderAddress {
+                router: format!("tcp://broker-{epoch}:5555"),
+                publish: format!("tcp://broker-{epoch}:5556"),
+                http: String::new(),
+                epoch,
+            }),
+        })
+    };
+    let followed = |actions: &[Action]| -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Follow(leader) => Some(leader.router.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let actions = state.on_answer_to(Purpose::Heartbeat, 1_000, naming(3), 1_001);
+    assert_eq!(followed(&actions), ["tcp://broker-3:5555"]);
+    // A late answer from another standby that still names an older leader.
+    let actions = state.on_answer_to(Purpose::Heartbeat, 1_000, naming(2), 1_002);
+    assert!(followed(&actions).is_empty(), "{actions:?}");
+    let actions = state.on_answer_to(
+        Purpose::Heartbeat,
+        1_000,
+        Answer::Reply(Reply::NotLeader { leader: None }),
+        1_003,
+    );
+    assert!(followed(&actions).is_empty(), "{actions:?}");
+    let actions = state.on_answer_to(Purpose::Heartbeat, 1_000, naming(4), 1_004);
+    assert_eq!(followed(&actions), ["tcp://broker-4:5555"]);
+}
+
+#[test]
 fn answers_within_the_lease_keep_runs_going() {
     let mut state = leased_with_runs();
     for t in (1_000..60_000).step_by(1_000) {
