@@ -14,7 +14,9 @@ const VERSION: &str = env!("JOBCAST_VERSION_LONG");
 #[derive(Debug, Parser)]
 #[command(version = VERSION, about, after_long_help = EXIT_CODES)]
 pub(crate) struct Args {
-    /// The broker's request endpoint.
+    /// The broker's request endpoint. Several brokers sharing one database: all of them,
+    /// comma-separated (the first that answers is asked; a standby's answer names the
+    /// leader, which is asked instead).
     #[arg(
         long,
         global = true,

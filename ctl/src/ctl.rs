@@ -28,26 +28,64 @@ pub(crate) use expect_reply;
 
 pub(crate) struct Ctl {
     client: Client,
+    /// Every broker `--broker` names, and which of them is asked now.
+    brokers: Vec<String>,
+    asked: std::cell::Cell<usize>,
     timeout: Duration,
     json: bool,
 }
 
 impl Ctl {
-    /// Connects with the admin key the command line names.
+    /// Connects with the admin key the command line names, to the first of its brokers
+    /// that can be reached.
     pub(crate) async fn connect(args: &Args) -> Result<Ctl> {
-        let client = Client::connect(ClientConfig {
-            endpoint: args.broker.clone(),
-            name: "admin".into(),
-            secret: admin_secret(args)?,
-            connect_timeout: args.timeout,
-            max_clock_skew: Duration::from_secs(30),
-        })
-        .await?;
-        Ok(Ctl {
-            client,
-            timeout: args.timeout,
-            json: args.json,
-        })
+        let brokers: Vec<String> = args
+            .broker
+            .split(',')
+            .map(str::trim)
+            .filter(|endpoint| !endpoint.is_empty())
+            .map(str::to_string)
+            .collect();
+        if brokers.is_empty() {
+            return Err(Failure::Usage("--broker names no endpoint".into()).into());
+        }
+        let secret = admin_secret(args)?;
+        let mut first_error = None;
+        for (index, endpoint) in brokers.iter().enumerate() {
+            let connected = Client::connect(ClientConfig {
+                endpoint: endpoint.clone(),
+                name: "admin".into(),
+                secret: secret.clone(),
+                connect_timeout: args.timeout,
+                max_clock_skew: Duration::from_secs(30),
+            })
+            .await;
+            match connected {
+                Ok(client) => {
+                    return Ok(Ctl {
+                        client,
+                        brokers,
+                        asked: std::cell::Cell::new(index),
+                        timeout: args.timeout,
+                        json: args.json,
+                    })
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error
+            .map(anyhow::Error::from)
+            .unwrap_or_else(|| anyhow::anyhow!("no broker to ask")))
+    }
+
+    /// Asks `endpoint` from now on.
+    fn move_to(&self, endpoint: &str) {
+        if let Some(index) = self.brokers.iter().position(|b| b == endpoint) {
+            self.asked.set(index);
+        }
+        self.client.reconnect_to(endpoint);
     }
 
     /// How long a request waits for its answer (`--timeout`).
@@ -84,6 +122,25 @@ impl Ctl {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(Failure::NotLeader(leader).into());
                     }
+                    let asked = self
+                        .brokers
+                        .get(self.asked.get())
+                        .cloned()
+                        .unwrap_or_default();
+                    match &leader {
+                        // Named: ask it (this answer came from a standby that knows it).
+                        Some(named) if named.router != asked => {
+                            self.move_to(&named.router);
+                            continue;
+                        }
+                        // None leads yet, or the one named is where this asked: another
+                        // of the list may know better, a moment later.
+                        _ if self.brokers.len() > 1 => {
+                            let next = (self.asked.get() + 1) % self.brokers.len();
+                            self.move_to(&self.brokers[next].clone());
+                        }
+                        _ => {}
+                    }
                     if !said {
                         eprintln!(
                             "jobcastctl: {}; waiting for a leader",
@@ -107,6 +164,11 @@ impl Ctl {
             match self.call(request.clone()).await {
                 Err(e) if attempt < ATTEMPTS && unanswered(&e) => {
                     eprintln!("jobcastctl: {e}; asking again (attempt {})", attempt + 1);
+                    if self.brokers.len() > 1 {
+                        // The broker asked may be gone with its host: the next one.
+                        let next = (self.asked.get() + 1) % self.brokers.len();
+                        self.move_to(&self.brokers[next].clone());
+                    }
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }

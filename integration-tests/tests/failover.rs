@@ -121,6 +121,22 @@ fn until_acting(router: &str, since: Instant) -> Duration {
     since.elapsed()
 }
 
+/// `jobcastctl --json status` asked of `brokers` (a comma-separated list).
+fn ctl_status(brokers: &str) -> serde_json::Value {
+    let out = Command::new(bin("jobcastctl"))
+        .args(["--broker", brokers, "--timeout", "5s", "--json", "status"])
+        .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run jobcastctl");
+    assert!(
+        out.status.success(),
+        "jobcastctl --broker {brokers} status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status as JSON")
+}
+
 fn enqueue(router: &str, key: &str) {
     let reply = ask(
         router,
@@ -201,6 +217,12 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
     // (1 s here) and the standby takes over.
     let a2 = OtherBroker::start(&cluster, "a2");
     assert_eq!(named_leader(&a2.router).map(|l| l.epoch), Some(2));
+    // jobcastctl asked a standby goes to the leader it names; given a list whose first
+    // broker is gone, it asks the next.
+    let status = ctl_status(&a2.router);
+    assert_eq!(status["total_runs"], 2, "{status}");
+    let status = ctl_status(&format!("{a},{}", b.router));
+    assert_eq!(status["total_runs"], 2, "{status}");
     let killed = Instant::now();
     b.signal(libc::SIGKILL);
     let took = until_acting(&a2.router, killed);
