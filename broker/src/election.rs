@@ -7,7 +7,7 @@
 use crate::leadership::SelfFence;
 use crate::store::postgres::lease::{Candidate, Lease, LeaseRow};
 use crate::store::postgres::{PgSettings, PgStore};
-use jobcast_protocol::LeaderAddress;
+use jobcast_protocol::{LeaderAddress, Leadership};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -77,17 +77,36 @@ impl Elector {
             }
         };
         let Some(epoch) = taken else {
+            lease.seen(&self.candidate)?;
             let row = lease.read()?;
             return Ok(Election::Standby(address(&row)));
         };
         tracing::info!(epoch, holder = %self.candidate.holder, "took the leader's lease");
+        // Who else there is, for `status` (not worth failing a takeover for).
+        let brokers = lease
+            .seen(&self.candidate)
+            .and_then(|()| lease.forget_old_brokers())
+            .and_then(|()| lease.brokers())
+            .unwrap_or_default();
+        let leadership = Leadership {
+            epoch,
+            holder: self.candidate.holder.clone(),
+            lease_ms: self.length.as_millis() as u64,
+            renewed_ms_ago: 0,
+            brokers,
+        };
         let built = PgStore::open_fenced(&self.settings, epoch)
             .map_err(anyhow::Error::from)
             .and_then(|store| build(store).map_err(Into::into));
         match built {
             Ok(acting) => Ok(Election::Leader(
                 acting,
-                Tenure::start(self.settings.clone(), self.length, epoch, sent),
+                Tenure::start(
+                    self.settings.clone(),
+                    self.candidate.clone(),
+                    leadership,
+                    sent,
+                ),
             )),
             Err(e) => {
                 if let Err(handing) = lease.hand_over(epoch) {
@@ -121,20 +140,41 @@ enum Ending {
 pub struct Tenure {
     pub epoch: u64,
     acting_until: watch::Receiver<Option<Instant>>,
+    /// The lease and the brokers seen, as of the last renewal, for `status`.
+    leadership: watch::Receiver<Leadership>,
     ending: mpsc::Sender<Ending>,
     keeper: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Tenure {
     /// The lease of `epoch` was taken by a statement sent at `taken_sent_at`.
-    fn start(settings: PgSettings, length: Duration, epoch: u64, taken_sent_at: Instant) -> Tenure {
+    fn start(
+        settings: PgSettings,
+        candidate: Candidate,
+        leadership: Leadership,
+        taken_sent_at: Instant,
+    ) -> Tenure {
+        let length = Duration::from_millis(leadership.lease_ms);
+        let epoch = leadership.epoch;
         let mut fence = SelfFence::new(length);
         fence.held(taken_sent_at);
         let (tell, acting_until) = watch::channel(fence.acting_until());
+        let (tell_leadership, leadership) = watch::channel(leadership);
         let (ending, endings) = mpsc::channel();
         let keeper = std::thread::Builder::new()
             .name("jobcast-lease".into())
-            .spawn(move || keep(settings, length, epoch, fence, tell, endings))
+            .spawn(move || {
+                keep(
+                    settings,
+                    candidate,
+                    fence,
+                    Told {
+                        acting_until: tell,
+                        leadership: tell_leadership,
+                    },
+                    endings,
+                )
+            })
             .ok();
         if keeper.is_none() {
             tracing::error!("cannot start the lease's thread: the lease will run out");
@@ -142,9 +182,15 @@ impl Tenure {
         Tenure {
             epoch,
             acting_until,
+            leadership,
             ending,
             keeper,
         }
+    }
+
+    /// The lease and the brokers seen, as the keeper last read them.
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
     }
 
     /// Until when this broker may act, as the keeper last said (`None`: not at all).
@@ -172,15 +218,22 @@ impl Drop for Tenure {
     }
 }
 
+/// What the keeper tells the loop.
+struct Told {
+    acting_until: watch::Sender<Option<Instant>>,
+    leadership: watch::Sender<Leadership>,
+}
+
 /// The keeper's thread: renews until the lease is lost or the tenure ends.
 fn keep(
     settings: PgSettings,
-    length: Duration,
-    epoch: u64,
+    candidate: Candidate,
     mut fence: SelfFence,
-    tell: watch::Sender<Option<Instant>>,
+    tell: Told,
     endings: mpsc::Receiver<Ending>,
 ) {
+    let epoch = tell.leadership.borrow().epoch;
+    let length = Duration::from_millis(tell.leadership.borrow().lease_ms);
     let mut lease: Option<Lease> = None;
     loop {
         match endings.recv_timeout(fence.renew_every()) {
@@ -202,7 +255,18 @@ fn keep(
         match renewed {
             Ok(true) => {
                 fence.held(sent);
-                tell.send_replace(fence.acting_until());
+                tell.acting_until.send_replace(fence.acting_until());
+                if let Some(lease) = &lease {
+                    // For `status` only: a failure here costs nothing but freshness.
+                    let brokers = lease.seen(&candidate).and_then(|()| lease.brokers());
+                    if let (Ok(brokers), Ok(row)) = (brokers, lease.read()) {
+                        tell.leadership.send_modify(|leadership| {
+                            leadership.brokers = brokers;
+                            leadership.renewed_ms_ago =
+                                row.renewed_ms_ago.unwrap_or(0).max(0) as u64;
+                        });
+                    }
+                }
             }
             Ok(false) => {
                 tracing::warn!(
@@ -210,7 +274,7 @@ fn keep(
                     "the leader's lease was lost: another broker took it, or it ran out"
                 );
                 fence.lost();
-                tell.send_replace(None);
+                tell.acting_until.send_replace(None);
                 return;
             }
             Err(e) => {

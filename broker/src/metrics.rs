@@ -305,6 +305,7 @@ impl Metrics {
             Unit::Seconds,
             uptime,
         );
+        register_leadership(&mut registry, true, status.leadership.as_ref());
         if let Some(bytes) = store_bytes {
             let size = Gauge::<i64>::default();
             size.set(bytes as i64);
@@ -395,6 +396,66 @@ pub fn directory_size(dir: &std::path::Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// `/metrics` of a standby (several brokers): that it does not act, and the epoch of the
+/// leader it names.
+pub fn encode_standby(leader: Option<&jobcast_protocol::LeaderAddress>) -> String {
+    let mut registry = Registry::with_prefix("jobcast");
+    register_leadership(&mut registry, false, None);
+    if let Some(leader) = leader {
+        let epoch = Gauge::<i64>::default();
+        epoch.set(leader.epoch as i64);
+        registry.register(
+            "leader_epoch",
+            "The epoch of the leader's lease (rises at each takeover)",
+            epoch,
+        );
+    }
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+    text
+}
+
+/// Whether this broker acts, and with several brokers the lease it leads by.
+fn register_leadership(
+    registry: &mut Registry,
+    acting: bool,
+    leadership: Option<&jobcast_protocol::Leadership>,
+) {
+    let leader = Gauge::<i64>::default();
+    leader.set(i64::from(acting));
+    registry.register(
+        "leader",
+        "1 when this broker acts (alone on its store, or the leader of several), 0 when it stands by",
+        leader,
+    );
+    let Some(leadership) = leadership else {
+        return;
+    };
+    let epoch = Gauge::<i64>::default();
+    epoch.set(leadership.epoch as i64);
+    registry.register(
+        "leader_epoch",
+        "The epoch of the leader's lease (rises at each takeover)",
+        epoch,
+    );
+    let age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    age.set(seconds(leadership.renewed_ms_ago));
+    registry.register_with_unit(
+        "lease_age",
+        "Since the leader's lease was last renewed, by the database's clock",
+        Unit::Seconds,
+        age,
+    );
+    let brokers = Gauge::<i64>::default();
+    brokers.set(leadership.brokers.len() as i64);
+    registry.register(
+        "brokers_seen",
+        "Brokers seen on the database within the last three leases, this one included",
+        brokers,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,6 +482,7 @@ mod tests {
             )]),
             queued_by_pool: BTreeMap::from([("default".into(), 3)]),
             runs_by_state: BTreeMap::from([("queued".into(), 3), ("succeeded".into(), 7)]),
+            leadership: None,
         }
     }
 

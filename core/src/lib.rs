@@ -166,6 +166,8 @@ struct Process {
     next_alive_ms: u64,
     /// Set while free space in the data directory is under the reserve.
     low_disk: Option<LowDisk>,
+    /// Several brokers: the lease this one leads by, as its keeper last saw it.
+    leadership: Option<jobcast_protocol::Leadership>,
 }
 
 /// Frames refused by reason, and connections opened and closed, for `status`.
@@ -242,6 +244,7 @@ impl<S: Store> Core<S> {
                 booted_at_ms: ms(now_us),
                 next_alive_ms: 0,
                 low_disk: None,
+                leadership: None,
             },
             tables: Tables {
                 workers: WorkerTable::restored(store.workers()?),
@@ -269,6 +272,12 @@ impl<S: Store> Core<S> {
 
     pub fn boot_id(&self) -> u64 {
         self.process.boot_id
+    }
+
+    /// Several brokers: the lease this broker leads by, for `status` (the shell reads
+    /// it from the database; the core only reports it).
+    pub fn set_leadership(&mut self, leadership: Option<jobcast_protocol::Leadership>) {
+        self.process.leadership = leadership;
     }
 
     pub fn store(&self) -> &S {

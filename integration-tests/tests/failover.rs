@@ -200,6 +200,50 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
         "{body}"
     );
 
+    // /healthz tells a load balancer which one acts; /metrics and status say the same.
+    let get = |url: &str| {
+        let response = ureq::get(url)
+            .header("Authorization", &format!("Bearer {VIEWER_TOKEN}"))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .expect("an HTTP answer");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.into_body().read_to_string().expect("a body"),
+        )
+    };
+    let (code, body) = get(&format!("{}/healthz", cluster.http));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"leader\"") && body.contains("\"epoch\":1"),
+        "{body}"
+    );
+    let (code, body) = get(&format!("{}/healthz", b.http));
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("standby") && body.contains(&a), "{body}");
+    let (_, metrics) = get(&format!("{}/metrics", cluster.http));
+    assert!(
+        metrics.contains("jobcast_leader 1") && metrics.contains("jobcast_leader_epoch 1"),
+        "{metrics}"
+    );
+    let (_, metrics) = get(&format!("{}/metrics", b.http));
+    assert!(metrics.contains("jobcast_leader 0"), "{metrics}");
+    let status = wait_for("the leader to list the standby", LONG, || {
+        let status = ctl_status(&a);
+        (status["leadership"]["brokers"].as_array()?.len() == 2).then_some(status)
+    });
+    assert_eq!(status["leadership"]["epoch"], 1, "{status}");
+    let leaders: Vec<bool> = status["leadership"]["brokers"]
+        .as_array()
+        .expect("brokers")
+        .iter()
+        .map(|broker| broker["leader"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "{status}");
+
     // A clean stop hands the lease over: the standby acts within a fraction of a lease.
     let stopped = Instant::now();
     cluster.signal_broker(libc::SIGTERM);

@@ -441,4 +441,36 @@ pub struct StatusReport {
     /// none): what a dashboard's counts show.
     #[serde(default)]
     pub runs_by_state: BTreeMap<String, u64>,
+    /// Several brokers on one database: the lease this broker leads by, and the brokers
+    /// seen lately. Absent for a broker alone on its embedded store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leadership: Option<Leadership>,
+}
+
+/// The leader's lease as its holder sees it, and the brokers that share its database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leadership {
+    /// The lease's epoch: rises at each takeover.
+    pub epoch: u64,
+    /// This broker, as it holds the lease (host, pid and a random word).
+    pub holder: String,
+    /// How long a renewal holds the lease.
+    pub lease_ms: u64,
+    /// Since the lease was last renewed, by the database's clock.
+    pub renewed_ms_ago: u64,
+    /// Every broker seen on the database within the last three leases, this one
+    /// included.
+    pub brokers: Vec<BrokerSeen>,
+}
+
+/// A broker seen on the database: it renewed the lease or tried to take it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerSeen {
+    pub holder: String,
+    pub router: String,
+    /// Its HTTP address ('' when none).
+    pub http: String,
+    /// Whether it holds the lease.
+    pub leader: bool,
+    pub seen_ms_ago: u64,
 }

@@ -367,6 +367,19 @@ fn every_reply() -> Vec<Reply> {
             )]),
             queued_by_pool: BTreeMap::from([("default".into(), 2)]),
             runs_by_state: BTreeMap::from([("queued".into(), 2), ("failed".into(), 8)]),
+            leadership: Some(jobcast_protocol::Leadership {
+                epoch: 7,
+                holder: "host-a:41:0badcafe".into(),
+                lease_ms: 5_000,
+                renewed_ms_ago: 1_200,
+                brokers: vec![jobcast_protocol::BrokerSeen {
+                    holder: "host-b:42:00c0ffee".into(),
+                    router: "tcp://host-b:5555".into(),
+                    http: "host-b:8080".into(),
+                    leader: false,
+                    seen_ms_ago: 300,
+                }],
+            }),
         })),
         Reply::Reloaded(ReloadReport {
             workers_added: vec!["w3".into()],
@@ -395,6 +408,15 @@ fn every_reply() -> Vec<Reply> {
             code: ErrorCode::NotFound,
             message: "no such job".into(),
         },
+        Reply::NotLeader {
+            leader: Some(jobcast_protocol::LeaderAddress {
+                router: "tcp://host-a:5555".into(),
+                publish: "tcp://host-a:5556".into(),
+                http: String::new(),
+                epoch: 7,
+            }),
+        },
+        Reply::NotLeader { leader: None },
     ]
 }
 

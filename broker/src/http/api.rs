@@ -2,7 +2,7 @@
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::AppState;
+use super::{AppState, BrokerRole};
 use crate::config::Role;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -14,8 +14,21 @@ use jobcast_protocol::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub(super) async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// For load balancers: 200 from the broker that acts (alone, or the leader), 503 from a
+/// standby, which names the leader.
+pub(super) async fn healthz(State(app): State<AppState>) -> Response {
+    let role = app.role.borrow().clone();
+    match role {
+        BrokerRole::Alone => Json(json!({ "status": "ok", "role": "alone" })).into_response(),
+        BrokerRole::Leader { epoch } => {
+            Json(json!({ "status": "ok", "role": "leader", "epoch": epoch })).into_response()
+        }
+        BrokerRole::Standby { leader } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "standby", "role": "standby", "leader": leader })),
+        )
+            .into_response(),
+    }
 }
 
 pub(super) async fn status(
@@ -35,6 +48,12 @@ pub(super) async fn metrics(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
+    let role = app.role.borrow().clone();
+    if let BrokerRole::Standby { leader } = role {
+        // Scraped like the leader, so that a dashboard sees every broker's part.
+        let text = crate::metrics::encode_standby(leader.as_ref());
+        return Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response());
+    }
     let Reply::Status(report) = app.core.call(&caller, AdminRequest::Status).await? else {
         return Err(ApiError::unavailable());
     };

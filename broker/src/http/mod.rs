@@ -36,9 +36,23 @@ use tokio::sync::watch;
 /// Request bodies are small (actions take no body); anything bigger is refused.
 const MAX_BODY: usize = 64 << 10;
 
+/// Which part this broker plays, for `/healthz` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerRole {
+    /// Alone on its embedded store: it always acts.
+    Alone,
+    /// Several brokers on one database: it holds the lease of this epoch.
+    Leader { epoch: u64 },
+    /// Several brokers: another one acts (named, if the lease row names one).
+    Standby {
+        leader: Option<jobcast_protocol::LeaderAddress>,
+    },
+}
+
 #[derive(Clone)]
 struct AppState {
     core: CoreHandle,
+    role: watch::Receiver<BrokerRole>,
     /// Replaced by a reload.
     tokens: watch::Receiver<Arc<Vec<ApiToken>>>,
     live: LiveFeed,
@@ -53,6 +67,7 @@ struct AppState {
 pub struct Extras {
     /// Browser origins allowed on the live feed (scheme://host[:port]).
     pub origins: Vec<String>,
+    pub role: watch::Receiver<BrokerRole>,
     pub metrics: crate::metrics::Metrics,
     pub data_dir: std::path::PathBuf,
 }
@@ -66,6 +81,7 @@ pub fn router(
     tokio::spawn(live::pump_status(core.clone(), live.clone()));
     let state = AppState {
         core,
+        role: extras.role,
         tokens,
         live,
         origins: Arc::new(extras.origins),
@@ -170,6 +186,7 @@ pub async fn start(
     live: LiveFeed,
     tokens: tokio::sync::watch::Receiver<std::sync::Arc<Vec<crate::config::ApiToken>>>,
     metrics: crate::metrics::Metrics,
+    role: watch::Receiver<BrokerRole>,
 ) -> Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>> {
     let Some(addr) = &config.http_listen else {
         return Ok(None);
@@ -186,6 +203,7 @@ pub async fn start(
     };
     let extras = Extras {
         origins,
+        role,
         metrics,
         data_dir: config.data_dir.clone(),
     };

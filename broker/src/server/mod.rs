@@ -70,7 +70,14 @@ pub async fn serve<S: Store + 'static>(
     let replay_floors = crate::replay_floors::ReplayFloors::load(core.store())
         .context("cannot read the replay floors from the store")?;
     tracing::info!(boot_id = %core.boot_id(), "state read from the store");
-    let (mut server, http) = Server::start(replay_floors, config, reloading, on_bound).await?;
+    let (mut server, http) = Server::start(
+        replay_floors,
+        crate::http::BrokerRole::Alone,
+        config,
+        reloading,
+        on_bound,
+    )
+    .await?;
     tokio::pin!(shutdown);
     let mut core = core;
     let result = loop {
@@ -158,6 +165,11 @@ struct Server {
     /// Several brokers: until when this one may act as the leader (the lease's keeper
     /// moves it on; `None` inside: lost). `None`: one broker, always acting.
     acting_until: Option<tokio::sync::watch::Receiver<Option<Instant>>>,
+    /// Several brokers: the lease and the brokers seen, for `status` (given to the core
+    /// when it changes).
+    leadership: Option<tokio::sync::watch::Receiver<jobcast_protocol::Leadership>>,
+    /// The part this broker plays, for `/healthz` and `/metrics`.
+    role: tokio::sync::watch::Sender<crate::http::BrokerRole>,
 }
 
 /// What one batch produced, to send once it is durable.
@@ -465,6 +477,11 @@ impl Server {
     /// Opens every frame of the batch and hands the requests to the core, then lets the
     /// core do its time-driven work. Nothing is durable or sent yet.
     fn apply<S: Store>(&mut self, core: &mut Core<S>, now: u64) -> Result<Produced, StoreError> {
+        if let Some(leadership) = &mut self.leadership {
+            if leadership.has_changed().unwrap_or(false) {
+                core.set_leadership(Some(leadership.borrow_and_update().clone()));
+            }
+        }
         let mut out = Outbox::default();
         if let Some(step_ms) = self.clock.step(now) {
             self.opener.clock_stepped(step_ms);

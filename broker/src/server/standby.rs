@@ -29,10 +29,17 @@ pub async fn serve_elected<S: Store + 'static>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let mut bound_at = None;
-    let (mut server, http) = Server::start(Default::default(), config, reloading, |bound| {
-        bound_at = Some(bound.clone());
-        Ok(())
-    })
+    let standing_by = crate::http::BrokerRole::Standby { leader: None };
+    let (mut server, http) = Server::start(
+        Default::default(),
+        standing_by,
+        config,
+        reloading,
+        |bound| {
+            bound_at = Some(bound.clone());
+            Ok(())
+        },
+    )
     .await?;
     let bound = bound_at.context("the server did not say where it is bound")?;
     let elect_bound = bound.clone();
@@ -55,8 +62,18 @@ pub async fn serve_elected<S: Store + 'static>(
             continue;
         }
         server.acting_until = Some(tenure.acting_until());
+        let mut leadership = tenure.leadership();
+        core.set_leadership(Some(leadership.borrow_and_update().clone()));
+        server.leadership = Some(leadership);
+        server.role.send_replace(crate::http::BrokerRole::Leader {
+            epoch: tenure.epoch,
+        });
         let stopped = server.run(&mut core, shutdown.as_mut()).await;
         server.acting_until = None;
+        server.leadership = None;
+        server
+            .role
+            .send_replace(crate::http::BrokerRole::Standby { leader: None });
         match stopped {
             Ok(Stopped::Shutdown) => {
                 let closed = tokio::task::block_in_place(|| core.store_mut().close_cleanly());
@@ -145,6 +162,9 @@ impl Server {
                                 }
                             }
                             leader = now;
+                            self.role.send_replace(crate::http::BrokerRole::Standby {
+                                leader: leader.clone(),
+                            });
                         }
                         Err(e) => {
                             tracing::warn!(error = %format!("{e:#}"), "cannot reach the leader's lease");

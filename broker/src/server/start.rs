@@ -34,6 +34,7 @@ impl Server {
     /// Binds everything, tells `on_bound` where, and returns the loop's state.
     pub(super) async fn start(
         replay_floors: ReplayFloors,
+        role: crate::http::BrokerRole,
         config: &BrokerConfig,
         reloading: Reloading,
         on_bound: impl FnOnce(&Bound) -> Result<()>,
@@ -49,12 +50,14 @@ impl Server {
         let (internal_tx, internal) = mpsc::channel::<InternalRequest>(1024);
         let live = crate::http::LiveFeed::new();
         let metrics = crate::metrics::Metrics::default();
+        let (role, role_seen) = tokio::sync::watch::channel(role);
         let http = crate::http::start(
             config,
             CoreHandle::new(internal_tx),
             live.clone(),
             live_settings.api_tokens.subscribe(),
             metrics.clone(),
+            role_seen,
         )
         .await?;
         let bound = Bound {
@@ -94,6 +97,8 @@ impl Server {
             rejections: RejectionLog::default(),
             batch: Vec::with_capacity(MAX_BATCH),
             acting_until: None,
+            leadership: None,
+            role,
         };
         // Everything is in place: the loop starts next.
         server.service_manager.ready(&bound);

@@ -69,6 +69,7 @@ impl<S: Store> Core<S> {
             active_by_job,
             queued_by_pool,
             runs_by_state: self.runs_by_state(),
+            leadership: self.process.leadership.clone(),
         })
     }
 }

@@ -22,6 +22,34 @@ pub(crate) async fn status(ctl: &Ctl) -> Result<ExitCode> {
         report.jobs,
         report.total_runs
     );
+    if let Some(leadership) = &report.leadership {
+        println!(
+            "leader: this broker ({}), epoch {}, lease {} renewed {} ms ago",
+            leadership.holder,
+            leadership.epoch,
+            humantime::format_duration(Duration::from_millis(leadership.lease_ms)),
+            leadership.renewed_ms_ago
+        );
+        let standbys: Vec<String> = leadership
+            .brokers
+            .iter()
+            .filter(|broker| !broker.leader)
+            .map(|broker| {
+                format!(
+                    "{} at {} (seen {} ms ago)",
+                    broker.holder, broker.router, broker.seen_ms_ago
+                )
+            })
+            .collect();
+        println!(
+            "standbys: {}",
+            if standbys.is_empty() {
+                "none".into()
+            } else {
+                standbys.join(", ")
+            }
+        );
+    }
     let active: Vec<String> = report
         .active
         .iter()

@@ -87,6 +87,19 @@ const READ: &str = "SELECT epoch, holder, router, publish, http,
               ELSE -1 END
      FROM jobcast_leader WHERE id = 1";
 
+const SEEN: &str = "INSERT INTO jobcast_brokers (holder, router, publish, http, seen_at)
+     VALUES ($1, $2, $3, $4, clock_timestamp())
+     ON CONFLICT (holder) DO UPDATE SET router = excluded.router, publish = excluded.publish,
+         http = excluded.http, seen_at = excluded.seen_at";
+const BROKERS: &str =
+    "SELECT b.holder, b.router, b.http, b.holder = l.holder AND l.expires_at > clock_timestamp(),
+         (extract(epoch FROM clock_timestamp() - b.seen_at) * 1000)::bigint
+     FROM jobcast_brokers b, jobcast_leader l
+     WHERE l.id = 1 AND b.seen_at > clock_timestamp() - make_interval(secs => $1::bigint / 1000.0)
+     ORDER BY b.holder";
+const FORGET: &str =
+    "DELETE FROM jobcast_brokers WHERE seen_at < clock_timestamp() - interval '1 hour'";
+
 impl Lease {
     /// Connects (the schema must be in place: a store opened on the database first).
     pub fn open(settings: &PgSettings, length: Duration) -> StoreResult<Lease> {
@@ -173,6 +186,57 @@ impl Lease {
                     expires_in_ms: row.get(6),
                 })
             })
+        })
+    }
+
+    /// Says `candidate` is alive (listed by `brokers` for three leases).
+    pub fn seen(&self, candidate: &Candidate) -> StoreResult<()> {
+        let candidate = candidate.clone();
+        self.connection.call(move |session| {
+            Box::pin(async move {
+                let statement = session.statement(SEEN).await?;
+                session
+                    .client
+                    .execute(
+                        &statement,
+                        &[
+                            &candidate.holder,
+                            &candidate.router,
+                            &candidate.publish,
+                            &candidate.http,
+                        ],
+                    )
+                    .await
+                    .map(drop)
+            })
+        })
+    }
+
+    /// The brokers seen within the last three leases, and which holds the lease.
+    pub fn brokers(&self) -> StoreResult<Vec<jobcast_protocol::BrokerSeen>> {
+        let within_ms = 3 * self.length.as_millis() as i64;
+        self.connection.call(move |session| {
+            Box::pin(async move {
+                let statement = session.statement(BROKERS).await?;
+                let rows = session.client.query(&statement, &[&within_ms]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|row| jobcast_protocol::BrokerSeen {
+                        holder: row.get(0),
+                        router: row.get(1),
+                        http: row.get(2),
+                        leader: row.get(3),
+                        seen_ms_ago: row.get::<_, i64>(4).max(0) as u64,
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    /// Removes brokers not seen for an hour (a taking does it now and then).
+    pub fn forget_old_brokers(&self) -> StoreResult<()> {
+        self.connection.call(|session| {
+            Box::pin(async move { session.client.execute(FORGET, &[]).await.map(drop) })
         })
     }
 

@@ -19,6 +19,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "leader",
         include_str!("../../../migrations/0002_leader.sql"),
     ),
+    (
+        3,
+        "brokers",
+        include_str!("../../../migrations/0003_brokers.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
