@@ -42,7 +42,7 @@ fn not_leader_message(leader: &Option<jobcast_protocol::LeaderAddress>) -> Strin
             "this broker is a standby; the leader (epoch {}) is at {}: ask it there (--broker)",
             leader.epoch, leader.router
         ),
-        None => "this broker is a standby and no broker leads right now; nothing was done: try again in a moment".into(),
+        None => "this broker does not act now (it stands by, or cannot reach its database) and names no leader; nothing was done: try again in a moment".into(),
     }
 }
 
