@@ -698,6 +698,109 @@ impl Drop for Cluster {
     }
 }
 
+/// A broker process beside the cluster's own, on the same settings (and database), on
+/// ports of its own; killed when dropped.
+pub struct ExtraBroker {
+    child: Child,
+    pub router: String,
+    pub publish: String,
+    /// `http://host:port`.
+    pub http: String,
+    log: PathBuf,
+}
+
+impl ExtraBroker {
+    /// On ports the system picks.
+    pub fn start(cluster: &Cluster, name: &str) -> ExtraBroker {
+        Self::start_at(
+            cluster,
+            name,
+            "tcp://127.0.0.1:0",
+            "tcp://127.0.0.1:0",
+            "127.0.0.1:0",
+        )
+    }
+
+    /// On the endpoints given (a broker started again where it was).
+    pub fn start_at(
+        cluster: &Cluster,
+        name: &str,
+        router: &str,
+        publish: &str,
+        http: &str,
+    ) -> ExtraBroker {
+        let ready = cluster.path(&format!("{name}.ready"));
+        let _ = std::fs::remove_file(&ready);
+        // Appended to: a broker started again under the same name keeps one log.
+        let log = cluster.path(&format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("a log file");
+        let child = Command::new(bin("jobcast-broker"))
+            .arg("--config")
+            .arg(cluster.path("broker.toml"))
+            .args(["--router", router, "--publish", publish])
+            .args(["--http", http, "--log-level", "info"])
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start a broker");
+        let mut broker = ExtraBroker {
+            child,
+            router: String::new(),
+            publish: String::new(),
+            http: String::new(),
+            log,
+        };
+        let text = wait_for(
+            &format!("broker {name} to listen"),
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = broker.child.try_wait() {
+                    panic!("broker {name} exited: {status}\n{}", broker.log());
+                }
+                std::fs::read_to_string(&ready).ok()
+            },
+        );
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{key} = ")))
+                .map(|value| value.trim_matches('"').to_string())
+                .unwrap_or_else(|| panic!("{key} in the ready file:\n{text}"))
+        };
+        broker.router = value("router");
+        broker.publish = value("publish");
+        broker.http = format!("http://{}", value("http"));
+        broker
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: a signal to a child process this test started and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ExtraBroker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A throwaway PostgreSQL with one database for a broker's store, and the settings line
 /// that points a cluster's broker at it (`Cluster::start_configured`).
 pub struct PostgresStore {

@@ -5,88 +5,8 @@
 
 use jobcast_integration_tests::*;
 use jobcast_protocol::{AdminRequest, LeaderAddress, Reply};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A broker process beside the cluster's own, on the same settings (and database), on
-/// ports of its own; killed when dropped.
-struct OtherBroker {
-    child: Child,
-    router: String,
-    publish: String,
-    /// `http://host:port`.
-    http: String,
-    log: PathBuf,
-}
-
-impl OtherBroker {
-    fn start(cluster: &Cluster, name: &str) -> OtherBroker {
-        let ready = cluster.path(&format!("{name}.ready"));
-        let log = cluster.path(&format!("{name}.log"));
-        let child = Command::new(bin("jobcast-broker"))
-            .arg("--config")
-            .arg(cluster.path("broker.toml"))
-            .args([
-                "--router",
-                "tcp://127.0.0.1:0",
-                "--publish",
-                "tcp://127.0.0.1:0",
-            ])
-            .args(["--http", "127.0.0.1:0", "--log-level", "info"])
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("a log file"))
-            .spawn()
-            .expect("start a broker");
-        let mut broker = OtherBroker {
-            child,
-            router: String::new(),
-            publish: String::new(),
-            http: String::new(),
-            log,
-        };
-        let text = wait_for(&format!("broker {name} to listen"), LONG, || {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                panic!("broker {name} exited: {status}\n{}", broker.log());
-            }
-            std::fs::read_to_string(&ready).ok()
-        });
-        let value = |key: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(&format!("{key} = ")))
-                .map(|value| value.trim_matches('"').to_string())
-                .unwrap_or_else(|| panic!("{key} in the ready file:\n{text}"))
-        };
-        broker.router = value("router");
-        broker.publish = value("publish");
-        broker.http = format!("http://{}", value("http"));
-        broker
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: a signal to a child process this test started and has not reaped.
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for OtherBroker {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}", self.log.display(), self.log());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -166,7 +86,7 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
     assert_eq!(lease("epoch"), "1");
 
     // A second broker stands by, and names the first.
-    let b = OtherBroker::start(&cluster, "b");
+    let b = ExtraBroker::start(&cluster, "b");
     let named = named_leader(&b.router).expect("the standby names the leader");
     assert_eq!((named.router.as_str(), named.epoch), (a.as_str(), 1));
     assert!(
@@ -259,7 +179,7 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
 
     // The first broker again, standing by; the acting one killed: the lease runs out
     // (1 s here) and the standby takes over.
-    let a2 = OtherBroker::start(&cluster, "a2");
+    let a2 = ExtraBroker::start(&cluster, "a2");
     assert_eq!(named_leader(&a2.router).map(|l| l.epoch), Some(2));
     // jobcastctl asked a standby goes to the leader it names; given a list whose first
     // broker is gone, it asks the next.
@@ -276,7 +196,7 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
 
     // The acting broker stalls (SIGSTOP) past its lease; another takes over; when the
     // stalled one resumes it stops acting, and what was asked meanwhile stands.
-    let c = OtherBroker::start(&cluster, "c");
+    let c = ExtraBroker::start(&cluster, "c");
     assert_eq!(named_leader(&c.router).map(|l| l.epoch), Some(3));
     let stalled = Instant::now();
     a2.signal(libc::SIGSTOP);
@@ -312,7 +232,7 @@ fn workers_follow_the_leader_and_their_runs_in_flight_end_once() {
          [jobs.quick]\noverlap = \"allow\"\nscript = \"\"\"#!/bin/sh\necho \"end $JOBCAST_RUN_ID\" >> {0}\n\"\"\"\n",
         ledger.display()
     ));
-    let b = OtherBroker::start(&cluster, "b");
+    let b = ExtraBroker::start(&cluster, "b");
     // Each worker knows both brokers, the first one first.
     let routers = format!("{},{}", cluster.router, b.router);
     let events = format!("{},{}", cluster.publish, b.publish);

@@ -18,7 +18,8 @@ fn ids_and_lists_in_json_logs_are_strings() {
     let mut cluster = Cluster::start_with(1, &["--log-format", "json"]);
     cluster.start_worker("w1", &["--log-format", "json", "--pools", "default,etl"]);
 
-    let broker = line_with(&cluster.broker_log(), "broker listening").expect("a JSON line");
+    let broker =
+        line_with(&cluster.broker_log(), "state read from the store").expect("a JSON line");
     let boot_id = broker["boot_id"].as_str().expect("boot_id as a string");
     assert!(boot_id.parse::<u64>().is_ok(), "{broker}");
 
