@@ -143,6 +143,7 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
             pools: config.pools.clone(),
             max_log_bytes: config.max_log_bytes,
             reconnect_after: config.reconnect_after_inactivity,
+            brokers: config.brokers.len(),
             drain_timeout: config.drain_timeout,
             kill_grace: config.kill_grace,
             earlier_started,
@@ -316,6 +317,11 @@ impl Shell {
 
     /// Talks to `broker` from now on: requests and events.
     fn move_to(&mut self, broker: BrokerEndpoints) {
+        if broker.router == self.broker.router {
+            // Already there (a standby on the same address names the broker it
+            // replaced): nothing to move.
+            return;
+        }
         if let Some(listed) = self
             .config
             .brokers

@@ -24,7 +24,9 @@ impl WorkerState {
             // and what was asked is asked again at its usual time.
             Answer::Reply(Reply::NotLeader { leader }) => {
                 match leader {
-                    Some(leader) if leader.epoch > self.followed_epoch => {
+                    // The same epoch again too: after moving on from the leader (a silence)
+                    // the worker is sent back to it.
+                    Some(leader) if leader.epoch >= self.followed_epoch => {
                         tracing::info!(leader = %leader.router, epoch = leader.epoch, "the broker is a standby: following the leader it names");
                         self.followed_epoch = leader.epoch;
                         actions.push(Action::Follow(leader));

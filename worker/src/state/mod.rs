@@ -106,6 +106,8 @@ pub struct Identity {
     pub pools: Vec<String>,
     pub max_log_bytes: u64,
     pub reconnect_after: Duration,
+    /// How many brokers the worker knows (several share one database; one leads).
+    pub brokers: usize,
     pub drain_timeout: Duration,
     /// Between SIGTERM and SIGKILL when it stops a run (declared to the broker, which
     /// waits for it before giving a silent worker's runs up).
@@ -331,7 +333,14 @@ impl WorkerState {
         }
         self.next_heartbeat_ms = now_ms + self.heartbeat_ms;
         let silent_ms = now_ms.saturating_sub(self.last_heard_ms);
-        if silent_ms > self.identity.reconnect_after.as_millis() as u64 {
+        // With several brokers, three heartbeats of silence move on to the next: the one
+        // spoken to may be dead (its successor takes over within a lease), and a standby
+        // that names no leader yet does not count as heard.
+        let mut silence_ms = self.identity.reconnect_after.as_millis() as u64;
+        if self.identity.brokers > 1 {
+            silence_ms = silence_ms.min(3 * self.heartbeat_ms);
+        }
+        if silent_ms > silence_ms {
             tracing::warn!(silent_ms, "nothing from the broker: reconnecting");
             self.last_heard_ms = now_ms;
             self.registered = false;

@@ -14,6 +14,7 @@ fn identity(concurrency: u32) -> Identity {
         pools: vec!["default".into()],
         max_log_bytes: 1 << 20,
         reconnect_after: Duration::from_secs(30),
+        brokers: 1,
         drain_timeout: Duration::from_secs(60),
         kill_grace: Duration::from_secs(5),
         earlier_started: None,
@@ -761,7 +762,7 @@ fn a_standby_answering_not_leader_does_not_renew_the_lease() {
 }
 
 #[test]
-fn a_standby_naming_a_newer_leader_is_followed_and_an_older_one_is_not() {
+fn a_standby_naming_the_leader_is_followed_and_one_naming_an_older_one_is_not() {
     let mut state = leased_with_runs();
     let naming = |epoch: u64| {
         Answer::Reply(Reply::NotLeader {
@@ -784,6 +785,9 @@ fn a_standby_naming_a_newer_leader_is_followed_and_an_older_one_is_not() {
     };
     let actions = state.on_answer_to(Purpose::Heartbeat, 1_000, naming(3), 1_001);
     assert_eq!(followed(&actions), ["tcp://broker-3:5555"]);
+    // Sent back to the same leader after moving on from it.
+    let actions = state.on_answer_to(Purpose::Heartbeat, 1_000, naming(3), 1_001);
+    assert_eq!(followed(&actions), ["tcp://broker-3:5555"]);
     // A late answer from another standby that still names an older leader.
     let actions = state.on_answer_to(Purpose::Heartbeat, 1_000, naming(2), 1_002);
     assert!(followed(&actions).is_empty(), "{actions:?}");
@@ -796,6 +800,24 @@ fn a_standby_naming_a_newer_leader_is_followed_and_an_older_one_is_not() {
     assert!(followed(&actions).is_empty(), "{actions:?}");
     let actions = state.on_answer_to(Purpose::Heartbeat, 1_000, naming(4), 1_004);
     assert_eq!(followed(&actions), ["tcp://broker-4:5555"]);
+}
+
+#[test]
+fn with_several_brokers_three_silent_heartbeats_move_on_to_the_next() {
+    let reconnects = |brokers: usize| {
+        let mut identity = identity(1);
+        identity.brokers = brokers;
+        let mut state = WorkerState::new(identity, 0);
+        state.start();
+        state.on_answer(Purpose::Register, registered_reply(), 0);
+        (1..=20)
+            .map(|s| s * 500)
+            .find(|t| state.on_timer(*t).iter().any(|a| matches!(a, Action::Reconnect)))
+    };
+    // Heartbeats every second (the broker's); one broker waits `reconnect_after` (30 s).
+    assert_eq!(reconnects(1), None);
+    let moved = reconnects(3).expect("moved on");
+    assert!((3_000..=4_000).contains(&moved), "after {moved} ms");
 }
 
 #[test]
