@@ -4,6 +4,7 @@
 //! Build everything in release mode first (`cargo build --release`); the tool runs the
 //! `jobcast-broker` that sits next to its own executable.
 
+mod failover;
 mod footprint;
 mod goals;
 mod harness;
@@ -72,6 +73,13 @@ enum Command {
         latency_runs: usize,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         pgbench_time: Duration,
+    },
+    /// Failover: two brokers on PostgreSQL (a server of the host's, started by the bench),
+    /// the leader stopped or killed, timed until a run starts through the other.
+    Failover {
+        /// Rounds, SIGTERM and SIGKILL in turn.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
     },
     /// Broker capacity: the whole run lifecycle with synthetic workers that spawn nothing.
     Capacity {
@@ -211,6 +219,11 @@ fn main() -> Result<()> {
                 goals::print();
                 Ok(())
             }
+            Command::Failover { rounds } => {
+                failover::failover(if args.quick { 2 } else { rounds }).await?;
+                goals::print();
+                Ok(())
+            }
             Command::Capacity { runs, workers } => {
                 capacity(if args.quick { 500 } else { runs }, workers).await
             }
@@ -300,6 +313,9 @@ fn main() -> Result<()> {
                 footprint(if q { 2_000 } else { 1_000_000 }).await?;
                 println!();
                 store_engines::compare(if q { 2_000 } else { 200_000 }, if q { 3 } else { 200 })?;
+                println!();
+                // Last: it puts the brokers' store in PostgreSQL for the rest of the run.
+                failover::failover(if q { 2 } else { 10 }).await?;
                 println!();
                 goals::print();
                 Ok(())

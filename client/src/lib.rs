@@ -82,6 +82,8 @@ enum Command {
 #[derive(Clone)]
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
+    /// How many times an established connection to the broker has closed.
+    closed: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Client {
@@ -129,8 +131,16 @@ impl Client {
 
     fn start(config: ClientConfig, connection: Option<Connection>) -> Client {
         let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(config, connection, receiver));
-        Client { commands }
+        let (closing, closed) = tokio::sync::watch::channel(0);
+        tokio::spawn(run(config, connection, receiver, closing));
+        Client { commands, closed }
+    }
+
+    /// Changes each time an established connection to the broker closes (the broker
+    /// stopped, or its host went away); libzmq connects again by itself, but a caller
+    /// that knows other brokers may move on at once.
+    pub fn closings(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.closed.clone()
     }
 
     /// Sends `request` and waits up to `timeout` for the reply.
@@ -267,6 +277,7 @@ async fn run(
     mut config: ClientConfig,
     mut connection: Option<Connection>,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    closing: tokio::sync::watch::Sender<u64>,
 ) {
     let sealer = Sealer::new(config.name.clone(), BROKER, config.secret.clone());
     let mut opener = Opener::new(MAX_REPLY_BYTES, config.max_clock_skew.as_millis() as u64)
@@ -371,6 +382,7 @@ async fn run(
                 }
                 event = current.events.next() => match event {
                     Ok(PeerEvent::Disconnected) => {
+                        closing.send_modify(|closed| *closed += 1);
                         tracing::debug!(endpoint = %config.endpoint, "broker connection lost; libzmq reconnects");
                         fail_sent(&mut pending);
                     }

@@ -43,6 +43,8 @@ enum Msg {
     Answered(Purpose, u64, Answer),
     Report(ReportAnswer),
     RunnerDone(RunFinished),
+    /// The connection to the broker closed.
+    ConnectionClosed,
 }
 
 struct Shell {
@@ -60,6 +62,9 @@ struct Shell {
     /// Where in the list the broker spoken to now is (a reconnect after a silence moves
     /// on to the next).
     listed: usize,
+    /// A broker whose connection just closed, and until when a standby naming it as the
+    /// leader is not followed back there (its news may be older than the closing).
+    left: Option<(String, Instant)>,
     started: Instant,
     /// The runs this worker's processes started, on disk (`start_ledger.rs`).
     ledger: Arc<std::sync::Mutex<StartLedger>>,
@@ -112,6 +117,18 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
                 config.script_temp_path.display()
             )
         })?;
+    {
+        // A closed connection is news to the state (with several brokers it moves on).
+        let mut closings = client.closings();
+        let messages = messages.clone();
+        tokio::spawn(async move {
+            while closings.changed().await.is_ok() {
+                if messages.send(Msg::ConnectionClosed).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let subscriber = tokio::spawn(subscribe(
         config.clone(),
         first.events.clone(),
@@ -128,6 +145,7 @@ pub async fn run(config: WorkerConfig) -> Result<ExitCode> {
         subscriber,
         broker: first,
         listed: 0,
+        left: None,
         started: Instant::now(),
         ledger: Arc::new(std::sync::Mutex::new(ledger)),
     };
@@ -229,6 +247,13 @@ impl Shell {
                 state.on_answer_to(purpose, sent_ms, answer, now)
             }
             Msg::Report(answer) => state.on_report(answer, now),
+            Msg::ConnectionClosed => {
+                self.left = Some((
+                    self.broker.router.clone(),
+                    Instant::now() + Duration::from_secs(2),
+                ));
+                state.on_connection_closed(now)
+            }
             Msg::RunnerDone(finished) => {
                 self.stops.remove(&finished.run_id);
                 state.on_run_done(finished)
@@ -260,10 +285,17 @@ impl Shell {
                     );
                 }
                 Action::Reconnect => self.reconnect(),
-                Action::Follow(leader) => self.move_to(BrokerEndpoints {
-                    router: leader.router,
-                    events: leader.publish,
-                }),
+                Action::Follow(leader) => {
+                    let just_left = self.left.as_ref().is_some_and(|(router, until)| {
+                        *router == leader.router && Instant::now() < *until
+                    });
+                    if !just_left {
+                        self.move_to(BrokerEndpoints {
+                            router: leader.router,
+                            events: leader.publish,
+                        });
+                    }
+                }
             }
         }
         // The reporter sends only while the broker knows this worker.
@@ -280,6 +312,7 @@ impl Shell {
             let answer = match client.request(request, timeout).await {
                 Ok(reply) => Answer::Reply(reply),
                 Err(ClientError::Refused { reason, detail }) => Answer::Refused { reason, detail },
+                Err(ClientError::Disconnected) => Answer::Disconnected,
                 Err(e) => Answer::Failed(e.to_string()),
             };
             let _ = messages.send(Msg::Answered(purpose, sent_ms, answer));

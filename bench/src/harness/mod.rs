@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
-const ADMIN_SECRET: &str = "bench-admin-secret-0123456789";
+pub const ADMIN_SECRET: &str = "bench-admin-secret-0123456789";
 pub const WORKER_SECRET: &str = "bench-worker-secret-0123456789";
 pub const VIEWER_TOKEN: &str = "bench-viewer-token-0123456789";
 /// Real workers the broker has keys for: w1..=MAX_WORKERS.
@@ -92,6 +92,23 @@ impl Broker {
 
     /// Like [`Broker::start_in`], with `extra` (TOML tables) appended to its config.
     pub async fn start_configured(dir: tempfile::TempDir, extra: &str) -> Result<Broker> {
+        Self::start_with(dir, extra, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0").await
+    }
+
+    /// A fresh broker on the endpoints given (one started again where it was).
+    pub async fn start_on(router: &str, publish: &str) -> Result<Broker> {
+        let dir = tempfile::Builder::new()
+            .prefix("jobcast-bench-")
+            .tempdir()?;
+        Self::start_with(dir, "", router, publish).await
+    }
+
+    async fn start_with(
+        dir: tempfile::TempDir,
+        extra: &str,
+        router: &str,
+        publish: &str,
+    ) -> Result<Broker> {
         let config = dir.path().join("broker.toml");
         // The broker's own log, for reading a run's slow batches: warnings only unless
         // JOBCAST_BENCH_BROKER_LOG names a level.
@@ -116,12 +133,7 @@ impl Broker {
         let child = Command::new(sibling("jobcast-broker")?)
             .arg("--config")
             .arg(&config)
-            .args([
-                "--router",
-                "tcp://127.0.0.1:0",
-                "--publish",
-                "tcp://127.0.0.1:0",
-            ])
+            .args(["--router", router, "--publish", publish])
             .arg("--ready-file")
             .arg(&ready)
             .stdin(Stdio::null())
@@ -202,15 +214,30 @@ impl Broker {
 
     /// Starts real worker `wN` with `slots` slots in pool `pool`.
     pub fn start_worker(&self, n: usize, slots: u32, pool: &str) -> Result<Child> {
+        self.start_worker_to(n, slots, pool, &self.router, &self.publish)
+    }
+
+    /// Like [`Broker::start_worker`], for the brokers given (comma-separated lists).
+    pub fn start_worker_to(
+        &self,
+        n: usize,
+        slots: u32,
+        pool: &str,
+        routers: &str,
+        events: &str,
+    ) -> Result<Child> {
         let scripts = self.dir.path().join(format!("w{n}-scripts"));
+        // Warnings only, unless JOBCAST_BENCH_WORKER_LOG names a level.
+        let log_level =
+            std::env::var("JOBCAST_BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".to_string());
         Command::new(sibling("jobcast-worker")?)
             .args([
                 "--id",
                 &format!("w{n}"),
                 "--broker",
-                &self.router,
+                routers,
                 "--events",
-                &self.publish,
+                events,
             ])
             .args(["--secret", &format!("{WORKER_SECRET}-w{n}")])
             .args([
@@ -219,7 +246,7 @@ impl Broker {
                 "--pools",
                 pool,
                 "--log-level",
-                "warn",
+                &log_level,
             ])
             .arg("--script-temp-path")
             .arg(scripts)

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How soon a request a standby answered is asked again.
+const NOT_LEADER_RETRY_MS: u64 = 200;
+
 impl WorkerState {
     /// The end of a request sent through [`Action::Request`] at `sent_ms`.
     pub fn on_answer_to(
@@ -40,6 +43,9 @@ impl WorkerState {
                         }
                     }
                 }
+                // A standby answers at once and a takeover takes a moment: ask again
+                // soon rather than at the next heartbeat.
+                self.next_heartbeat_ms = self.next_heartbeat_ms.min(now_ms + NOT_LEADER_RETRY_MS);
                 return actions;
             }
             Answer::Reply(reply) => {
@@ -78,6 +84,10 @@ impl WorkerState {
                 tracing::debug!(?purpose, %why, "request failed");
                 return actions;
             }
+            // With several brokers, a connection that closed (the broker stopped: a
+            // standby takes over at once) moves on to the next at once, rather than
+            // after a silence. Once per closing: the requests it failed all say so.
+            Answer::Disconnected => return self.on_connection_closed(now_ms),
         };
         match reply {
             Reply::Registered {
@@ -147,6 +157,20 @@ impl WorkerState {
                 tracing::error!(?purpose, ?code, "broker refused a request: {message}");
             }
             _ => {}
+        }
+        actions
+    }
+
+    /// The connection to the broker closed (the broker stopped, or its host went away).
+    /// With several brokers the worker moves on to the next at once, rather than after a
+    /// silence (a standby takes over at once from a broker that stopped); once per
+    /// closing, however many requests it failed.
+    pub fn on_connection_closed(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.identity.brokers > 1 && now_ms >= self.moved_on_ms {
+            tracing::info!("the broker's connection closed: trying the next broker");
+            self.moved_on_ms = now_ms + self.heartbeat_ms;
+            self.reconnect(now_ms, &mut actions);
         }
         actions
     }

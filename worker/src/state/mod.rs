@@ -51,8 +51,11 @@ pub enum Answer {
         reason: String,
         detail: String,
     },
-    /// Timed out, connection lost, …: nothing was learnt.
+    /// Timed out, …: nothing was learnt.
     Failed(String),
+    /// The connection to the broker closed with the request in flight (the broker
+    /// stopped, or its host went away).
+    Disconnected,
 }
 
 /// What the reporter (the reliable outbox of run reports) tells the worker.
@@ -161,6 +164,9 @@ pub struct WorkerState {
     /// The highest leader epoch followed: an older standby's answer naming an older
     /// leader is not followed back.
     followed_epoch: u64,
+    /// Until when a closed connection does not move the worker on again (the requests it
+    /// failed each say so).
+    moved_on_ms: u64,
     /// The lease the broker gave at registration; `None` before (or from a broker that
     /// gives none).
     lease_ms: Option<u64>,
@@ -201,6 +207,7 @@ impl WorkerState {
             auth_refusals: 0,
             broker_unavailable: false,
             followed_epoch: 0,
+            moved_on_ms: 0,
             lease_ms: None,
             lease_from_ms: now_ms,
             lease_lost: false,
@@ -319,6 +326,17 @@ impl WorkerState {
 
     /// Time passing: heartbeats, reconnecting after silence, the drain deadline. Call it
     /// every few hundred milliseconds.
+    /// A new connection (with several brokers, to the next of the list) and a new
+    /// registration there.
+    fn reconnect(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        self.last_heard_ms = now_ms;
+        self.registered = false;
+        self.register_in_flight = false;
+        self.claim_in_flight = false;
+        actions.push(Action::Reconnect);
+        self.register(actions);
+    }
+
     pub fn on_timer(&mut self, now_ms: u64) -> Vec<Action> {
         let mut actions = Vec::new();
         if self.drain_deadline_ms.is_some_and(|d| now_ms >= d) {
@@ -342,12 +360,7 @@ impl WorkerState {
         }
         if silent_ms > silence_ms {
             tracing::warn!(silent_ms, "nothing from the broker: reconnecting");
-            self.last_heard_ms = now_ms;
-            self.registered = false;
-            self.register_in_flight = false;
-            self.claim_in_flight = false;
-            actions.push(Action::Reconnect);
-            self.register(&mut actions);
+            self.reconnect(now_ms, &mut actions);
             return actions;
         }
         if !self.registered {

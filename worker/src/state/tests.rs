@@ -810,14 +810,40 @@ fn with_several_brokers_three_silent_heartbeats_move_on_to_the_next() {
         let mut state = WorkerState::new(identity, 0);
         state.start();
         state.on_answer(Purpose::Register, registered_reply(), 0);
-        (1..=20)
-            .map(|s| s * 500)
-            .find(|t| state.on_timer(*t).iter().any(|a| matches!(a, Action::Reconnect)))
+        (1..=20).map(|s| s * 500).find(|t| {
+            state
+                .on_timer(*t)
+                .iter()
+                .any(|a| matches!(a, Action::Reconnect))
+        })
     };
     // Heartbeats every second (the broker's); one broker waits `reconnect_after` (30 s).
     assert_eq!(reconnects(1), None);
     let moved = reconnects(3).expect("moved on");
     assert!((3_000..=4_000).contains(&moved), "after {moved} ms");
+}
+
+#[test]
+fn with_several_brokers_a_closed_connection_moves_on_at_once_and_once() {
+    let moved = |brokers: usize| {
+        let mut identity = identity(1);
+        identity.brokers = brokers;
+        let mut state = WorkerState::new(identity, 0);
+        state.start();
+        state.on_answer(Purpose::Register, registered_reply(), 0);
+        // The broker stopped: its waiting claim and a heartbeat fail together.
+        let mut reconnects = 0;
+        for purpose in [Purpose::Claim { sent_ms: 0 }, Purpose::Heartbeat] {
+            let actions = state.on_answer_to(purpose, 0, Answer::Disconnected, 100);
+            reconnects += actions
+                .iter()
+                .filter(|a| matches!(a, Action::Reconnect))
+                .count();
+        }
+        reconnects
+    };
+    assert_eq!(moved(1), 0, "one broker: libzmq reconnects by itself");
+    assert_eq!(moved(2), 1);
 }
 
 #[test]
