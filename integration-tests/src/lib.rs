@@ -729,6 +729,26 @@ impl ExtraBroker {
         publish: &str,
         http: &str,
     ) -> ExtraBroker {
+        Self::start_with(cluster, name, [router, publish, http], &[])
+    }
+
+    /// On ports the system picks, with `args` after the cluster's settings (e.g. another
+    /// `--postgres-url`).
+    pub fn start_with_args(cluster: &Cluster, name: &str, args: &[&str]) -> ExtraBroker {
+        Self::start_with(
+            cluster,
+            name,
+            ["tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "127.0.0.1:0"],
+            args,
+        )
+    }
+
+    fn start_with(
+        cluster: &Cluster,
+        name: &str,
+        [router, publish, http]: [&str; 3],
+        args: &[&str],
+    ) -> ExtraBroker {
         let ready = cluster.path(&format!("{name}.ready"));
         let _ = std::fs::remove_file(&ready);
         // Appended to: a broker started again under the same name keeps one log.
@@ -743,6 +763,7 @@ impl ExtraBroker {
             .arg(cluster.path("broker.toml"))
             .args(["--router", router, "--publish", publish])
             .args(["--http", http, "--log-level", "info"])
+            .args(args)
             .arg("--ready-file")
             .arg(&ready)
             .stdin(Stdio::null())

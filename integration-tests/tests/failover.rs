@@ -3,6 +3,7 @@
 //! it run out first, and a leader stopped (SIGSTOP) past its lease stops acting when it
 //! resumes, leaving nothing of its own behind.
 
+use jobcast_integration_tests::relay::Relay;
 use jobcast_integration_tests::*;
 use jobcast_protocol::{AdminRequest, LeaderAddress, Reply};
 use std::process::{Command, Stdio};
@@ -291,4 +292,74 @@ fn workers_follow_the_leader_and_their_runs_in_flight_end_once() {
         assert!(ended.insert(line.to_string()), "run {line} executed twice");
     }
     assert_eq!(ended.len(), 7, "every run executed once");
+}
+
+#[test]
+fn a_leader_cut_from_the_database_stops_acting_and_what_it_held_is_fenced_off() {
+    let Some(postgres) = PostgresStore::start() else {
+        return;
+    };
+    let cluster = Cluster::start_configured(1, &[], &[], &postgres.settings());
+    cluster.apply_jobs("[jobs.hello]\nscript = \"#!/bin/sh\\necho hello\\n\"\n");
+    // Broker a reaches the database through a relay that can stop passing bytes; it
+    // takes over from the cluster's own broker, which stops.
+    let port = postgres
+        .url
+        .rsplit_once(':')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let port = port.split('/').next().unwrap_or_default();
+    let relay = Relay::start(&format!("127.0.0.1:{port}"));
+    let through_relay = postgres.url.replace(
+        &format!(":{port}/"),
+        &format!(
+            ":{}/",
+            relay.endpoint.rsplit(':').next().unwrap_or_default()
+        ),
+    );
+    let a = ExtraBroker::start_with_args(&cluster, "a", &["--postgres-url", &through_relay]);
+    cluster.signal_broker(libc::SIGTERM);
+    until_acting(&a.router, Instant::now());
+    let b = ExtraBroker::start(&cluster, "b");
+    assert_eq!(
+        named_leader(&b.router).map(|l| l.router),
+        Some(a.router.clone())
+    );
+    enqueue(&a.router, "before");
+
+    // Cut: a can neither renew nor commit. It stops acting by its own clock; b takes over
+    // once the lease has run out, and takes requests.
+    relay.cut();
+    let cut = Instant::now();
+    let took = until_acting(&b.router, cut);
+    eprintln!("cut from the database: the standby acted after {took:?}");
+    wait_for("a to stop acting", LONG, || {
+        a.log().contains("no longer acting").then_some(())
+    });
+    enqueue(&b.router, "after");
+    // Asked now, a does nothing that lasts: it does not act, or its commit is fenced.
+    let during = ask(
+        &a.router,
+        AdminRequest::Enqueue {
+            job: "hello".into(),
+            key: Some("during".into()),
+            params: Default::default(),
+            priority: None,
+        },
+    );
+    assert!(
+        !matches!(during, Some(Reply::Enqueued { .. })),
+        "a broker cut from the database took an enqueue: {during:?}"
+    );
+    // Healed: whatever a had sent and the relay held reaches the database now, and is
+    // refused by the fence; a stands by, naming b.
+    relay.heal();
+    wait_for("a to stand by, naming b", LONG, || {
+        (named_leader(&a.router)?.router == b.router).then_some(())
+    });
+    assert_eq!(
+        postgres.query("SELECT count(*) FROM jobcast_runs"),
+        "2",
+        "the runs of 'before' and 'after', and nothing a took while cut off"
+    );
 }
