@@ -274,6 +274,7 @@ impl Serving {
             .postgres
             .clone()
             .unwrap_or_else(|| config::PostgresSection::with_url(String::new()));
+        let (replica_settings, replica_config) = (settings.clone(), core_config.clone());
         let mut elector = Elector::new(
             settings,
             section.lease(),
@@ -285,6 +286,11 @@ impl Serving {
             },
         );
         let try_every = elector.try_every();
+        // A standby's read-only view of the database, for the API's reads.
+        let replica = move |now_us: u64| -> Result<Core<PgStore>> {
+            let store = PgStore::open_read_only(&replica_settings)?;
+            Ok(Core::new(store, replica_config.clone(), now_us)?)
+        };
         let elect = move |bound: &server::Bound, now_us: u64| -> Result<Election<Core<PgStore>>> {
             elector.set_addresses(advertised(&section, bound));
             elector.try_once(|store| -> Result<Core<PgStore>> {
@@ -298,6 +304,7 @@ impl Serving {
         runtime()?.block_on(async {
             server::serve_elected(
                 elect,
+                replica,
                 try_every,
                 &config,
                 reloading(read_settings)?,

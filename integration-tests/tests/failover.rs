@@ -98,24 +98,42 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
         "a standby does nothing"
     );
 
-    // Its HTTP API says so too, naming the leader's.
-    let b_http = std::fs::read_to_string(cluster.path("b.ready"))
-        .expect("b's ready file")
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("http = ")
-                .map(|v| v.trim_matches('"').to_string())
-        })
-        .expect("b's HTTP address");
-    let refused = ureq::get(&format!("http://{b_http}/api/v1/jobs"))
-        .header("Authorization", &format!("Bearer {VIEWER_TOKEN}"))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .expect("b answers HTTP");
-    assert_eq!(refused.status(), 503);
-    let body = refused.into_body().read_to_string().expect("a body");
+    // Its HTTP API answers reads from the database, and refuses writes naming the
+    // leader's.
+    let call = |method: &str, path: &str, token: &str| {
+        let url = format!("{}{path}", b.http);
+        let request = match method {
+            "POST" => ureq::post(&url)
+                .header("Authorization", &format!("Bearer {token}"))
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .send_empty(),
+            _ => ureq::get(&url)
+                .header("Authorization", &format!("Bearer {token}"))
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .call(),
+        };
+        let response = request.expect("b answers HTTP");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.into_body().read_to_string().expect("a body"),
+        )
+    };
+    let (code, body) = call("GET", "/api/v1/jobs", VIEWER_TOKEN);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"hello\""), "{body}");
+    let (code, body) = call("GET", "/api/v1/runs", VIEWER_TOKEN);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"job\":\"hello\""),
+        "the first run, read from the database: {body}"
+    );
+    let (code, body) = call("POST", "/api/v1/jobs/hello/enqueue", OPERATOR_TOKEN);
+    assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("not_leader") && body.contains(cluster.http.trim_start_matches("http://")),
         "{body}"

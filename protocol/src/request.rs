@@ -126,6 +126,21 @@ pub enum AdminRequest {
     },
 }
 
+impl AdminRequest {
+    /// Whether it only reads (a standby of several brokers answers these from the
+    /// database; anything else goes to the leader).
+    pub fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            AdminRequest::ListRuns(_)
+                | AdminRequest::ListJobs
+                | AdminRequest::GetLog { .. }
+                | AdminRequest::Status
+                | AdminRequest::NextFires { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EnableTarget {
@@ -266,6 +281,31 @@ impl<'de, A: de::VariantAccess<'de>> EnumAccess<'de> for Tagged<'_, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_listings_logs_status_and_next_fires_are_reads() {
+        let reads = [
+            AdminRequest::ListRuns(Default::default()),
+            AdminRequest::ListJobs,
+            AdminRequest::GetLog {
+                run: "r".into(),
+                offset: None,
+            },
+            AdminRequest::Status,
+            AdminRequest::NextFires {
+                job: "j".into(),
+                count: 1,
+            },
+        ];
+        assert!(reads.iter().all(AdminRequest::only_reads));
+        let writes = [
+            AdminRequest::Reload,
+            AdminRequest::Prune { dry_run: true },
+            AdminRequest::Retry { run: "r".into() },
+            AdminRequest::Drain { worker: "w".into() },
+        ];
+        assert!(!writes.iter().any(AdminRequest::only_reads));
+    }
 
     /// The variant names serde's derive gives an enum, read by asking it to decode from a
     /// deserializer that only records what `deserialize_enum` is told.

@@ -76,6 +76,12 @@ impl ApiCalls {
     }
 
     /// Answers every call waiting with `reply` (a store outage), without the core.
+    /// The next call, to answer outside a batch (a standby); `None` once the HTTP side
+    /// has gone.
+    pub(super) async fn next(&mut self) -> Option<InternalRequest> {
+        self.incoming.recv().await
+    }
+
     pub(super) async fn refuse_next(&mut self, reply: Reply) -> Option<()> {
         let call = self.incoming.recv().await?;
         let _ = call.reply.send(reply);

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 /// (a test, a script) and then asks finds a leader that took over before it asked.
 pub async fn serve_elected<S: Store + 'static>(
     mut elect: impl FnMut(&Bound, u64) -> Result<Election<Core<S>>>,
+    mut replica: impl FnMut(u64) -> Result<Core<S>>,
     try_every: Duration,
     config: &BrokerConfig,
     reloading: Reloading,
@@ -49,7 +50,13 @@ pub async fn serve_elected<S: Store + 'static>(
     tokio::pin!(shutdown);
     let result = loop {
         let (mut core, tenure) = match server
-            .standby(&mut elect, try_every, &mut on_bound, shutdown.as_mut())
+            .standby(
+                &mut elect,
+                &mut replica,
+                try_every,
+                &mut on_bound,
+                shutdown.as_mut(),
+            )
             .await
         {
             Ok(Some(elected)) => elected,
@@ -124,17 +131,32 @@ impl Server {
     async fn standby<S: Store>(
         &mut self,
         elect: &mut impl FnMut(u64) -> Result<Election<Core<S>>>,
+        replica: &mut impl FnMut(u64) -> Result<Core<S>>,
         try_every: Duration,
         after_first_try: &mut Option<impl FnOnce() -> Result<()>>,
         mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<Option<(Core<S>, Tenure)>> {
         let mut leader: Option<LeaderAddress> = None;
         let mut next_try = tokio::time::Instant::now();
+        // The database as of a moment ago, read-only, for the API's reads.
+        let mut view: Option<(Core<S>, Instant)> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.as_mut() => return Ok(None),
-                Some(()) = self.api_calls.refuse_next(Reply::NotLeader { leader: leader.clone() }) => {}
+                Some(call) = self.api_calls.next() => {
+                    let reply = match call.request.only_reads() {
+                        true => tokio::task::block_in_place(|| {
+                            read_from_view(&mut view, replica, call.request, &call.actor, &call.scope)
+                        })
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(error = %format!("{e:#}"), "a standby's read of the database failed");
+                            Reply::NotLeader { leader: leader.clone() }
+                        }),
+                        false => Reply::NotLeader { leader: leader.clone() },
+                    };
+                    let _ = call.reply.send(reply);
+                }
                 ready = self.listeners.sockets.readable() => {
                     ready.context("the request socket failed")?;
                     self.listeners.sockets.read_into(&mut self.batch, MAX_BATCH);
@@ -179,6 +201,34 @@ impl Server {
             });
         }
     }
+}
+
+/// How old a standby's view of the database may be when it answers a read.
+const VIEW_AGE: Duration = Duration::from_secs(2);
+
+/// Answers a read of the API on a standby from its view of the database (read again
+/// when older than [`VIEW_AGE`]): the same answers the leader gives, as of then.
+fn read_from_view<S: Store>(
+    view: &mut Option<(Core<S>, Instant)>,
+    replica: &mut impl FnMut(u64) -> Result<Core<S>>,
+    request: jobcast_protocol::AdminRequest,
+    actor: &str,
+    scope: &jobcast_core::Scope,
+) -> Result<Reply> {
+    if view.as_ref().is_none_or(|(_, at)| at.elapsed() > VIEW_AGE) {
+        *view = None;
+        *view = Some((replica(now_us())?, Instant::now()));
+    }
+    let Some((core, _)) = view.as_mut() else {
+        anyhow::bail!("no view of the database");
+    };
+    let mut out = jobcast_core::Outbox::default();
+    core.handle_api(actor, 0, request, scope, now_us(), &mut out)?;
+    core.answer_reads(&mut out)?;
+    out.replies
+        .pop()
+        .map(|reply| reply.reply)
+        .context("no answer from the database's view")
 }
 
 /// Returns once the lease could have run out (the keeper's last word, counted on this

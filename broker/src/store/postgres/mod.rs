@@ -63,6 +63,21 @@ impl PgStore {
         Self::open_with(settings, Some(epoch))
     }
 
+    /// As [`PgStore::open`], for reading only (a standby's view of the database): the
+    /// database refuses any write made through it.
+    pub fn open_read_only(settings: &PgSettings) -> StoreResult<PgStore> {
+        let store = Self::open_with(settings, None)?;
+        store.connection.call(|session| {
+            Box::pin(async move {
+                session
+                    .client
+                    .batch_execute("SET default_transaction_read_only = on")
+                    .await
+            })
+        })?;
+        Ok(store)
+    }
+
     fn open_with(settings: &PgSettings, fence: Option<u64>) -> StoreResult<PgStore> {
         let connection = Connection::open(settings)?;
         if fence.is_some() {
