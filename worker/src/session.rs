@@ -62,8 +62,9 @@ struct Shell {
     /// Where in the list the broker spoken to now is (a reconnect after a silence moves
     /// on to the next).
     listed: usize,
-    /// A broker whose connection just closed, and until when a standby naming it as the
-    /// leader is not followed back there (its news may be older than the closing).
+    /// A broker the worker just moved away from (its connection closed, or it was
+    /// silent), and until when a standby naming it as the leader is not followed back
+    /// there (its news may be older than that).
     left: Option<(String, Instant)>,
     started: Instant,
     /// The runs this worker's processes started, on disk (`start_ledger.rs`).
@@ -247,13 +248,7 @@ impl Shell {
                 state.on_answer_to(purpose, sent_ms, answer, now)
             }
             Msg::Report(answer) => state.on_report(answer, now),
-            Msg::ConnectionClosed => {
-                self.left = Some((
-                    self.broker.router.clone(),
-                    Instant::now() + Duration::from_secs(2),
-                ));
-                state.on_connection_closed(now)
-            }
+            Msg::ConnectionClosed => state.on_connection_closed(now),
             Msg::RunnerDone(finished) => {
                 self.stops.remove(&finished.run_id);
                 state.on_run_done(finished)
@@ -338,6 +333,11 @@ impl Shell {
     /// (the one spoken to may be gone with its host).
     fn reconnect(&mut self) {
         if self.config.brokers.len() > 1 {
+            // A standby's news may be older than this: it is not followed back here.
+            self.left = Some((
+                self.broker.router.clone(),
+                Instant::now() + Duration::from_secs(2),
+            ));
             self.listed = (self.listed + 1) % self.config.brokers.len();
             let next = self.config.brokers[self.listed].clone();
             tracing::info!(broker = %next.router, "trying the next broker of the list");
