@@ -88,6 +88,32 @@ pub struct Listeners {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Listeners {
+    /// Waits for requests or events and reads what is waiting into `batch`, up to
+    /// `max`: for a broker that does not act now and answers each with a refusal. False
+    /// once the side task has gone (the broker is stopping).
+    pub async fn read_waiting(
+        &mut self,
+        batch: &mut Vec<Incoming>,
+        max: usize,
+    ) -> jobcast_transport::Result<bool> {
+        tokio::select! {
+            ready = self.sockets.readable() => {
+                ready?;
+                self.sockets.read_into(batch, max);
+                Ok(true)
+            }
+            first = self.events.recv() => match first {
+                Some(first) => {
+                    batch.push(first);
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+}
+
 /// The two sockets, used by the server loop only.
 pub struct Sockets {
     router: AsyncSocket,

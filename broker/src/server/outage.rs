@@ -78,13 +78,10 @@ impl Server {
                     code: jobcast_protocol::ErrorCode::Unavailable,
                     message: message.clone(),
                 }) => {}
-                ready = self.listeners.sockets.readable() => {
-                    ready.context("the request socket failed")?;
-                    self.listeners.sockets.read_into(&mut self.batch, MAX_BATCH);
-                }
-                first = self.listeners.events.recv() => {
-                    let Some(first) = first else { return Ok(None) };
-                    self.batch.push(first);
+                going = self.listeners.read_waiting(&mut self.batch, MAX_BATCH) => {
+                    if !going.context("the request socket failed")? {
+                        return Ok(None);
+                    }
                 }
                 _ = tokio::time::sleep_until(next_try) => {
                     let now = now_us();
