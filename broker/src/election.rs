@@ -12,6 +12,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// The lease as the keeper last renewed it, and when (ms since the epoch, this host's
+/// clock): `status` counts the lease's age from there, so a lease the keeper cannot renew
+/// shows its age growing.
+pub type Renewed = (Leadership, u64);
+
 /// What one try at the lease found.
 pub enum Election<C> {
     /// Taken: what to act on (built from the database under the new epoch), and the
@@ -68,7 +73,7 @@ impl Elector {
             Some(lease) => lease,
             empty => empty.insert(Lease::open(&self.settings, self.length)?),
         };
-        let sent = Instant::now();
+        let (sent, sent_ms) = (Instant::now(), now_ms());
         let taken = match lease.take(&self.candidate) {
             Ok(taken) => taken,
             Err(e) => {
@@ -104,7 +109,7 @@ impl Elector {
                 Tenure::start(
                     self.settings.clone(),
                     self.candidate.clone(),
-                    leadership,
+                    (leadership, sent_ms),
                     sent,
                 ),
             )),
@@ -128,21 +133,16 @@ pub fn address(row: &LeaseRow) -> Option<LeaderAddress> {
     })
 }
 
-/// How a tenure ends.
-enum Ending {
-    /// A clean stop, or a failure: give the lease up so that another broker (or this
-    /// one, again) takes it at once.
-    HandOver,
-}
-
 /// The lease held: a thread renews it three times a lease and publishes until when this
 /// broker may act (`None` once it is lost).
 pub struct Tenure {
     pub epoch: u64,
     acting_until: watch::Receiver<Option<Instant>>,
     /// The lease and the brokers seen, as of the last renewal, for `status`.
-    leadership: watch::Receiver<Leadership>,
-    ending: mpsc::Sender<Ending>,
+    leadership: watch::Receiver<Renewed>,
+    /// Dropped (with the tenure), it ends the keeper, which gives the lease up so that
+    /// another broker (or this one, again) takes it at once.
+    ending: mpsc::Sender<()>,
     keeper: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -151,15 +151,15 @@ impl Tenure {
     fn start(
         settings: PgSettings,
         candidate: Candidate,
-        leadership: Leadership,
+        renewed: Renewed,
         taken_sent_at: Instant,
     ) -> Tenure {
-        let length = Duration::from_millis(leadership.lease_ms);
-        let epoch = leadership.epoch;
+        let length = Duration::from_millis(renewed.0.lease_ms);
+        let epoch = renewed.0.epoch;
         let mut fence = SelfFence::new(length);
         fence.held(taken_sent_at);
         let (tell, acting_until) = watch::channel(fence.acting_until());
-        let (tell_leadership, leadership) = watch::channel(leadership);
+        let (tell_leadership, leadership) = watch::channel(renewed);
         let (ending, endings) = mpsc::channel();
         let keeper = std::thread::Builder::new()
             .name("jobcast-lease".into())
@@ -189,7 +189,7 @@ impl Tenure {
     }
 
     /// The lease and the brokers seen, as the keeper last read them.
-    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+    pub fn leadership(&self) -> watch::Receiver<Renewed> {
         self.leadership.clone()
     }
 
@@ -200,9 +200,10 @@ impl Tenure {
 
     /// Stops renewing and gives the lease up (if this epoch still holds it), waiting
     /// for that at most a few seconds.
-    pub fn hand_over(mut self) {
-        let _ = self.ending.send(Ending::HandOver);
-        if let Some(keeper) = self.keeper.take() {
+    pub fn hand_over(self) {
+        let Tenure { ending, keeper, .. } = self;
+        drop(ending);
+        if let Some(keeper) = keeper {
             let deadline = Instant::now() + Duration::from_secs(5);
             while !keeper.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -211,17 +212,10 @@ impl Tenure {
     }
 }
 
-impl Drop for Tenure {
-    fn drop(&mut self) {
-        // A tenure dropped without a hand-over stops renewing: the lease runs out.
-        let _ = self.ending.send(Ending::HandOver);
-    }
-}
-
 /// What the keeper tells the loop.
 struct Told {
     acting_until: watch::Sender<Option<Instant>>,
-    leadership: watch::Sender<Leadership>,
+    leadership: watch::Sender<Renewed>,
 }
 
 /// The keeper's thread: renews until the lease is lost or the tenure ends.
@@ -230,20 +224,22 @@ fn keep(
     candidate: Candidate,
     mut fence: SelfFence,
     tell: Told,
-    endings: mpsc::Receiver<Ending>,
+    ending: mpsc::Receiver<()>,
 ) {
-    let epoch = tell.leadership.borrow().epoch;
-    let length = Duration::from_millis(tell.leadership.borrow().lease_ms);
+    let (epoch, length) = {
+        let (leadership, _) = &*tell.leadership.borrow();
+        (leadership.epoch, Duration::from_millis(leadership.lease_ms))
+    };
     let mut lease: Option<Lease> = None;
     loop {
-        match endings.recv_timeout(fence.renew_every()) {
-            Ok(Ending::HandOver) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+        match ending.recv_timeout(fence.renew_every()) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 hand_over(&settings, length, epoch, lease.as_ref());
                 return;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let sent = Instant::now();
+        let (sent, sent_ms) = (Instant::now(), now_ms());
         let renewed = match &lease {
             Some(lease) => lease.renew(epoch),
             None => Lease::open(&settings, length).and_then(|opened| {
@@ -256,17 +252,17 @@ fn keep(
             Ok(true) => {
                 fence.held(sent);
                 tell.acting_until.send_replace(fence.acting_until());
-                if let Some(lease) = &lease {
-                    // For `status` only: a failure here costs nothing but freshness.
-                    let brokers = lease.seen(&candidate).and_then(|()| lease.brokers());
-                    if let (Ok(brokers), Ok(row)) = (brokers, lease.read()) {
-                        tell.leadership.send_modify(|leadership| {
-                            leadership.brokers = brokers;
-                            leadership.renewed_ms_ago =
-                                row.renewed_ms_ago.unwrap_or(0).max(0) as u64;
-                        });
+                // For `status` only: a failure to list the brokers costs nothing but
+                // that list's freshness.
+                let brokers = lease
+                    .as_ref()
+                    .map(|lease| lease.seen(&candidate).and_then(|()| lease.brokers()));
+                tell.leadership.send_modify(|(leadership, renewed_at_ms)| {
+                    *renewed_at_ms = sent_ms;
+                    if let Some(Ok(brokers)) = brokers {
+                        leadership.brokers = brokers;
                     }
-                }
+                });
             }
             Ok(false) => {
                 tracing::warn!(
@@ -298,4 +294,11 @@ fn hand_over(settings: &PgSettings, length: Duration, epoch: u64, lease: Option<
             tracing::warn!(epoch, error = %e, "could not hand the leader's lease over; it runs out by itself")
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -167,7 +167,9 @@ struct Process {
     /// Set while free space in the data directory is under the reserve.
     low_disk: Option<LowDisk>,
     /// Several brokers: the lease this one leads by, as its keeper last saw it.
-    leadership: Option<jobcast_protocol::Leadership>,
+    /// Several brokers: the lease this one leads by, and when it was last renewed (ms
+    /// since the epoch), as its keeper last saw them.
+    leadership: Option<(jobcast_protocol::Leadership, u64)>,
 }
 
 /// Frames refused by reason, and connections opened and closed, for `status`.
@@ -276,7 +278,9 @@ impl<S: Store> Core<S> {
 
     /// Several brokers: the lease this broker leads by, for `status` (the shell reads
     /// it from the database; the core only reports it).
-    pub fn set_leadership(&mut self, leadership: Option<jobcast_protocol::Leadership>) {
+    /// `renewed_at_ms` is when the lease was last renewed (ms since the epoch, this
+    /// host's clock): `status` reports its age at the time it is asked.
+    pub fn set_leadership(&mut self, leadership: Option<(jobcast_protocol::Leadership, u64)>) {
         self.process.leadership = leadership;
     }
 

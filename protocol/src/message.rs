@@ -456,7 +456,8 @@ pub struct Leadership {
     pub holder: String,
     /// How long a renewal holds the lease.
     pub lease_ms: u64,
-    /// Since the lease was last renewed, by the database's clock.
+    /// Since this broker last renewed the lease (as of the status): it grows while
+    /// renewals fail.
     pub renewed_ms_ago: u64,
     /// Every broker seen on the database within the last three leases, this one
     /// included.

@@ -307,7 +307,6 @@ impl Shell {
             let answer = match client.request(request, timeout).await {
                 Ok(reply) => Answer::Reply(reply),
                 Err(ClientError::Refused { reason, detail }) => Answer::Refused { reason, detail },
-                Err(ClientError::Disconnected) => Answer::Disconnected,
                 Err(e) => Answer::Failed(e.to_string()),
             };
             let _ = messages.send(Msg::Answered(purpose, sent_ms, answer));

@@ -167,7 +167,7 @@ struct Server {
     acting_until: Option<tokio::sync::watch::Receiver<Option<Instant>>>,
     /// Several brokers: the lease and the brokers seen, for `status` (given to the core
     /// when it changes).
-    leadership: Option<tokio::sync::watch::Receiver<jobcast_protocol::Leadership>>,
+    leadership: Option<tokio::sync::watch::Receiver<crate::election::Renewed>>,
     /// The part this broker plays, for `/healthz` and `/metrics`.
     role: tokio::sync::watch::Sender<crate::http::BrokerRole>,
 }

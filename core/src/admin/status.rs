@@ -69,7 +69,14 @@ impl<S: Store> Core<S> {
             active_by_job,
             queued_by_pool,
             runs_by_state: self.runs_by_state(),
-            leadership: self.process.leadership.clone(),
+            leadership: self
+                .process
+                .leadership
+                .as_ref()
+                .map(|(leadership, renewed_at_ms)| jobcast_protocol::Leadership {
+                    renewed_ms_ago: now.ms().saturating_sub(*renewed_at_ms),
+                    ..leadership.clone()
+                }),
         })
     }
 }

@@ -228,3 +228,26 @@ fn a_store_from_before_the_counts_is_counted_once_at_start() {
         .unwrap()
         .is_some());
 }
+
+#[test]
+fn the_leaders_lease_age_is_counted_when_status_is_asked_and_grows_while_renewals_fail() {
+    let mut h = Harness::new();
+    let lease_age = |h: &mut Harness| match h.admin(AdminRequest::Status) {
+        Reply::Status(status) => status.leadership.map(|l| (l.epoch, l.renewed_ms_ago)),
+        other => panic!("status: {other:?}"),
+    };
+    assert_eq!(lease_age(&mut h), None, "one broker alone: no leadership");
+    let leadership = jobcast_protocol::Leadership {
+        epoch: 4,
+        holder: "here".into(),
+        lease_ms: 5_000,
+        renewed_ms_ago: 0,
+        brokers: vec![],
+    };
+    h.core.set_leadership(Some((leadership, h.now / 1_000)));
+    h.advance_ms(1_200);
+    assert_eq!(lease_age(&mut h), Some((4, 1_200)));
+    // No renewal came since: the age keeps growing, as an operator watching it needs.
+    h.advance_ms(3_000);
+    assert_eq!(lease_age(&mut h), Some((4, 4_200)));
+}

@@ -84,10 +84,6 @@ impl WorkerState {
                 tracing::debug!(?purpose, %why, "request failed");
                 return actions;
             }
-            // With several brokers, a connection that closed (the broker stopped: a
-            // standby takes over at once) moves on to the next at once, rather than
-            // after a silence. Once per closing: the requests it failed all say so.
-            Answer::Disconnected => return self.on_connection_closed(now_ms),
         };
         match reply {
             Reply::Registered {

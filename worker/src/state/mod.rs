@@ -51,11 +51,9 @@ pub enum Answer {
         reason: String,
         detail: String,
     },
-    /// Timed out, …: nothing was learnt.
+    /// Timed out, connection lost (the client says when a connection closes:
+    /// [`WorkerState::on_connection_closed`]), …: nothing was learnt.
     Failed(String),
-    /// The connection to the broker closed with the request in flight (the broker
-    /// stopped, or its host went away).
-    Disconnected,
 }
 
 /// What the reporter (the reliable outbox of run reports) tells the worker.

@@ -831,16 +831,23 @@ fn with_several_brokers_a_closed_connection_moves_on_at_once_and_once() {
         let mut state = WorkerState::new(identity, 0);
         state.start();
         state.on_answer(Purpose::Register, registered_reply(), 0);
-        // The broker stopped: its waiting claim and a heartbeat fail together.
-        let mut reconnects = 0;
+        // The requests in flight fail (the worker's own moves fail them too: they
+        // decide nothing), and the client says the connection closed, twice here.
+        let mut actions = Vec::new();
         for purpose in [Purpose::Claim { sent_ms: 0 }, Purpose::Heartbeat] {
-            let actions = state.on_answer_to(purpose, 0, Answer::Disconnected, 100);
-            reconnects += actions
-                .iter()
-                .filter(|a| matches!(a, Action::Reconnect))
-                .count();
+            actions.extend(state.on_answer_to(
+                purpose,
+                0,
+                Answer::Failed("disconnected".into()),
+                100,
+            ));
         }
-        reconnects
+        actions.extend(state.on_connection_closed(100));
+        actions.extend(state.on_connection_closed(110));
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Reconnect))
+            .count()
     };
     assert_eq!(moved(1), 0, "one broker: libzmq reconnects by itself");
     assert_eq!(moved(2), 1);

@@ -3,8 +3,9 @@
 //! expiry is judged by the database's clock alone. The epoch it returns is what the
 //! holder's commits are fenced with (`PgStore::open_fenced`).
 
-use super::connection::{Connection, Session};
+use super::connection::{engine_error, Connection};
 use super::settings::PgSettings;
+use super::Param;
 use crate::store::StoreResult;
 use std::time::Duration;
 
@@ -42,9 +43,6 @@ pub struct LeaseRow {
     pub router: String,
     pub publish: String,
     pub http: String,
-    /// Milliseconds since the holder last renewed it, by the database's clock (`None`:
-    /// never taken).
-    pub renewed_ms_ago: Option<i64>,
     /// Milliseconds until it expires (zero or less: expired or handed over), by the
     /// database's clock.
     pub expires_in_ms: i64,
@@ -80,8 +78,6 @@ const HAND_OVER: &str = "UPDATE jobcast_leader
      WHERE id = 1 AND epoch = $1
      RETURNING epoch";
 const READ: &str = "SELECT epoch, holder, router, publish, http,
-         CASE WHEN isfinite(renewed_at)
-              THEN (extract(epoch FROM clock_timestamp() - renewed_at) * 1000)::bigint END,
          CASE WHEN isfinite(expires_at)
               THEN (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint
               ELSE -1 END
@@ -109,150 +105,92 @@ impl Lease {
         })
     }
 
-    /// How long a taking or a renewal holds it.
-    pub fn length(&self) -> Duration {
-        self.length
+    fn length_ms(&self) -> i64 {
+        self.length.as_millis() as i64
     }
 
     /// Takes the lease if it has expired (or was handed over); the new epoch if taken.
     pub fn take(&self, candidate: &Candidate) -> StoreResult<Option<u64>> {
-        let candidate = candidate.clone();
-        let length_ms = self.length.as_millis() as i64;
-        self.epoch_of(move |session| {
-            Box::pin(async move {
-                let statement = session.statement(TAKE).await?;
-                session
-                    .client
-                    .query_opt(
-                        &statement,
-                        &[
-                            &candidate.holder,
-                            &candidate.router,
-                            &candidate.publish,
-                            &candidate.http,
-                            &length_ms,
-                        ],
-                    )
-                    .await
-            })
-        })
+        let mut params = candidate.params();
+        params.push(Box::new(self.length_ms()));
+        self.epoch_of(TAKE, params)
     }
 
     /// Extends the lease of `epoch` by its length from now; false if `epoch` no longer
     /// holds it (taken over, or expired): its holder must stop acting at once.
     pub fn renew(&self, epoch: u64) -> StoreResult<bool> {
-        let length_ms = self.length.as_millis() as i64;
-        let renewed = self.epoch_of(move |session| {
-            Box::pin(async move {
-                let statement = session.statement(RENEW).await?;
-                session
-                    .client
-                    .query_opt(&statement, &[&(epoch as i64), &length_ms])
-                    .await
-            })
-        })?;
-        Ok(renewed.is_some())
+        let params: Vec<Param> = vec![Box::new(epoch as i64), Box::new(self.length_ms())];
+        Ok(self.epoch_of(RENEW, params)?.is_some())
     }
 
     /// Gives the lease of `epoch` up now (a clean stop, after the last commit): a standby
     /// takes it at its next try instead of waiting for it to expire. False if `epoch`
     /// no longer held it.
     pub fn hand_over(&self, epoch: u64) -> StoreResult<bool> {
-        let handed = self.epoch_of(move |session| {
-            Box::pin(async move {
-                let statement = session.statement(HAND_OVER).await?;
-                session
-                    .client
-                    .query_opt(&statement, &[&(epoch as i64)])
-                    .await
-            })
-        })?;
-        Ok(handed.is_some())
+        Ok(self
+            .epoch_of(HAND_OVER, vec![Box::new(epoch as i64)])?
+            .is_some())
     }
 
     /// The lease as it stands.
     pub fn read(&self) -> StoreResult<LeaseRow> {
-        self.connection.call(|session| {
-            Box::pin(async move {
-                let statement = session.statement(READ).await?;
-                let row = session.client.query_one(&statement, &[]).await?;
-                Ok(LeaseRow {
-                    epoch: row.get::<_, i64>(0) as u64,
-                    holder: row.get(1),
-                    router: row.get(2),
-                    publish: row.get(3),
-                    http: row.get(4),
-                    renewed_ms_ago: row.get(5),
-                    expires_in_ms: row.get(6),
-                })
-            })
-        })
+        self.connection
+            .rows(READ, Vec::new(), |row| LeaseRow {
+                epoch: row.get::<_, i64>(0) as u64,
+                holder: row.get(1),
+                router: row.get(2),
+                publish: row.get(3),
+                http: row.get(4),
+                expires_in_ms: row.get(5),
+            })?
+            .pop()
+            .ok_or_else(|| engine_error("the lease row is missing (schema version 2)"))
     }
 
     /// Says `candidate` is alive (listed by `brokers` for three leases).
     pub fn seen(&self, candidate: &Candidate) -> StoreResult<()> {
-        let candidate = candidate.clone();
-        self.connection.call(move |session| {
-            Box::pin(async move {
-                let statement = session.statement(SEEN).await?;
-                session
-                    .client
-                    .execute(
-                        &statement,
-                        &[
-                            &candidate.holder,
-                            &candidate.router,
-                            &candidate.publish,
-                            &candidate.http,
-                        ],
-                    )
-                    .await
-                    .map(drop)
-            })
-        })
+        self.connection
+            .rows(SEEN, candidate.params(), |_| ())
+            .map(drop)
     }
 
     /// The brokers seen within the last three leases, and which holds the lease.
     pub fn brokers(&self) -> StoreResult<Vec<jobcast_protocol::BrokerSeen>> {
-        let within_ms = 3 * self.length.as_millis() as i64;
-        self.connection.call(move |session| {
-            Box::pin(async move {
-                let statement = session.statement(BROKERS).await?;
-                let rows = session.client.query(&statement, &[&within_ms]).await?;
-                Ok(rows
-                    .iter()
-                    .map(|row| jobcast_protocol::BrokerSeen {
-                        holder: row.get(0),
-                        router: row.get(1),
-                        http: row.get(2),
-                        leader: row.get(3),
-                        seen_ms_ago: row.get::<_, i64>(4).max(0) as u64,
-                    })
-                    .collect())
-            })
+        let within_ms: Param = Box::new(3 * self.length_ms());
+        self.connection.rows(BROKERS, vec![within_ms], |row| {
+            jobcast_protocol::BrokerSeen {
+                holder: row.get(0),
+                router: row.get(1),
+                http: row.get(2),
+                leader: row.get(3),
+                seen_ms_ago: row.get::<_, i64>(4).max(0) as u64,
+            }
         })
     }
 
     /// Removes brokers not seen for an hour (a taking does it now and then).
     pub fn forget_old_brokers(&self) -> StoreResult<()> {
-        self.connection.call(|session| {
-            Box::pin(async move { session.client.execute(FORGET, &[]).await.map(drop) })
-        })
+        self.connection.rows(FORGET, Vec::new(), |_| ()).map(drop)
     }
 
     /// Runs a statement that returns the epoch in one row, or no row.
-    fn epoch_of<W>(&self, work: W) -> StoreResult<Option<u64>>
-    where
-        W: for<'a> FnOnce(
-                &'a mut Session,
-            ) -> futures_util::future::LocalBoxFuture<
-                'a,
-                Result<Option<tokio_postgres::Row>, tokio_postgres::Error>,
-            > + Send
-            + 'static,
-    {
-        let row = self.connection.call(work)?;
-        Ok(row.map(|row| row.get::<_, i64>(0) as u64))
+    fn epoch_of(&self, sql: &'static str, params: Vec<Param>) -> StoreResult<Option<u64>> {
+        Ok(self
+            .connection
+            .rows(sql, params, |row| row.get::<_, i64>(0) as u64)?
+            .pop())
+    }
+}
+
+impl Candidate {
+    /// Holder and addresses, as the statements that write them take them.
+    fn params(&self) -> Vec<Param> {
+        vec![
+            Box::new(self.holder.clone()),
+            Box::new(self.router.clone()),
+            Box::new(self.publish.clone()),
+            Box::new(self.http.clone()),
+        ]
     }
 }
 
