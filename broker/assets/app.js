@@ -278,7 +278,65 @@ function applyStatus(status) {
   state.status = status;
   state.workers = status.workers;
   state.counts = status.runs_by_state;
+  renderPart();
   markDirty("workers", "counts", "alerts");
+}
+
+/// Several brokers on one database: whether this one leads, and if not, who does. A
+/// standby shows what it reads from the database and changes nothing, so its action
+/// buttons go (the API would refuse them, naming the leader).
+function renderPart() {
+  const lease = state.status && state.status.leadership;
+  const standby = !!(lease && lease.this_broker && lease.this_broker !== lease.holder);
+  document.body.classList.toggle("standby", standby);
+  const part = $("#part");
+  part.hidden = !lease;
+  if (lease) setCell(part, standby ? "standby" : "leader · epoch " + lease.epoch);
+  const banner = $("#standby");
+  banner.hidden = !standby;
+  if (!standby) return;
+  const leader = lease.brokers.find((b) => b.leader && b.holder === lease.holder);
+  const http = leader ? leader.http : "";
+  const key = [lease.holder, lease.epoch, http].join(" ");
+  // Made again only when the leader changes: a link in it keeps its focus.
+  if (banner.dataset.key === key) return;
+  banner.dataset.key = key;
+  const parts = [];
+  if (!lease.holder) {
+    parts.push("This broker is a standby, and no broker leads right now: one takes over within " +
+      duration(lease.lease_ms) + ". What you see is read from the database; nothing can be changed meanwhile.");
+  } else {
+    parts.push("This broker is a standby: what you see is read from the database every few seconds, and nothing can be changed here. The leader is " +
+      lease.holder + " (epoch " + lease.epoch + ")");
+    if (http) {
+      const link = document.createElement("a");
+      link.id = "leader-link";
+      link.href = location.protocol + "//" + http + "/" + location.hash;
+      link.textContent = location.protocol + "//" + http;
+      parts.push(", its dashboard at ", link, ".");
+    } else {
+      parts.push(", which serves no dashboard.");
+    }
+  }
+  banner.replaceChildren(...parts);
+}
+
+/// The lease and the brokers seen on the database (several brokers only).
+function renderBrokers() {
+  const lease = state.status && state.status.leadership;
+  $("#brokers-panel").hidden = !lease;
+  if (!lease) return;
+  setCell($("#lease"), "Epoch " + lease.epoch + " · lease " + duration(lease.lease_ms) +
+    (lease.holder ? " · renewed " + duration(lease.renewed_ms_ago) + " ago" : " · nobody holds it"));
+  syncRows($("#brokers tbody"), lease.brokers, (b) => b.holder, () => emptyRow(5), (row, broker) => {
+    const c = row.children;
+    setCell(c[0], broker.holder + (broker.holder === lease.this_broker ? " (this one)" : ""));
+    setCell(c[1], broker.leader ? "leader" : "standby");
+    setCell(c[2], broker.router);
+    if (broker.http) linkCell(c[3], location.protocol + "//" + broker.http + "/", broker.http);
+    else setCell(c[3], "-");
+    setCell(c[4], duration(broker.seen_ms_ago) + " ago");
+  });
 }
 
 function applyRuns(runs) {
@@ -307,7 +365,7 @@ function render() {
   state.dirty = { runs: false, counts: false, workers: false, jobs: false, alerts: false, facts: false };
   if (dirty.counts) renderCounts();
   if (dirty.runs && state.route.view === "runs") renderRuns();
-  if (dirty.workers && state.route.view === "workers") renderWorkers();
+  if (dirty.workers && state.route.view === "workers") { renderWorkers(); renderBrokers(); }
   if (dirty.jobs && state.route.view === "jobs") renderJobs();
   if (dirty.alerts) renderAlerts();
   if (dirty.facts && state.route.view === "run") refreshRunFacts();

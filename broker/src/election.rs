@@ -22,8 +22,18 @@ pub enum Election<C> {
     /// Taken: what to act on (built from the database under the new epoch), and the
     /// tenure that keeps the lease.
     Leader(C, Tenure),
-    /// Another broker holds it (where it is reached), or nobody does.
-    Standby(Option<LeaderAddress>),
+    /// Another broker holds it, or nobody does.
+    Standby(Standing),
+}
+
+/// What a standby knows of the lease, as of its last try.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    /// Where the holder is reached, while someone holds the lease.
+    pub leader: Option<LeaderAddress>,
+    /// The lease and the brokers seen, for a standby's `status` (the leader's name in
+    /// `holder`, this broker's in `this_broker`).
+    pub lease: Renewed,
 }
 
 /// Tries to take the lease for this broker, and opens the store fenced with the epoch
@@ -84,7 +94,14 @@ impl Elector {
         let Some(epoch) = taken else {
             lease.seen(&self.candidate)?;
             let row = lease.read()?;
-            return Ok(Election::Standby(address(&row)));
+            let brokers = lease.brokers().unwrap_or_default();
+            return Ok(Election::Standby(standing(
+                &row,
+                &self.candidate.holder,
+                self.length,
+                brokers,
+                sent_ms,
+            )));
         };
         tracing::info!(epoch, holder = %self.candidate.holder, "took the leader's lease");
         // Who else there is, for `status` (not worth failing a takeover for).
@@ -96,6 +113,7 @@ impl Elector {
         let leadership = Leadership {
             epoch,
             holder: self.candidate.holder.clone(),
+            this_broker: self.candidate.holder.clone(),
             lease_ms: self.length.as_millis() as u64,
             renewed_ms_ago: 0,
             brokers,
@@ -131,6 +149,39 @@ pub fn address(row: &LeaseRow) -> Option<LeaderAddress> {
         http: row.http.clone(),
         epoch: row.epoch,
     })
+}
+
+/// A standby's view of the lease row read at `read_at_ms` (this host's clock): the
+/// renewal is dated back by the lease's age as the database counts it.
+fn standing(
+    row: &LeaseRow,
+    this_broker: &str,
+    length: Duration,
+    brokers: Vec<jobcast_protocol::BrokerSeen>,
+    read_at_ms: u64,
+) -> Standing {
+    let lease_ms = length.as_millis() as u64;
+    // The lease runs out `lease_ms` after a renewal, so its age is what is left of it
+    // taken from its length (past the length once it has run out).
+    let age_ms = (lease_ms as i64).saturating_sub(row.expires_in_ms).max(0) as u64;
+    let leader = address(row);
+    Standing {
+        lease: (
+            Leadership {
+                epoch: row.epoch,
+                holder: match leader {
+                    Some(_) => row.holder.clone(),
+                    None => String::new(),
+                },
+                this_broker: this_broker.to_string(),
+                lease_ms,
+                renewed_ms_ago: 0,
+                brokers,
+            },
+            read_at_ms.saturating_sub(age_ms),
+        ),
+        leader,
+    }
 }
 
 /// The lease held: a thread renews it three times a lease and publishes until when this
@@ -301,4 +352,39 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(holder: &str, expires_in_ms: i64) -> LeaseRow {
+        LeaseRow {
+            epoch: 3,
+            holder: holder.into(),
+            router: "tcp://a:5555".into(),
+            publish: "tcp://a:5556".into(),
+            http: "a:8080".into(),
+            expires_in_ms,
+        }
+    }
+
+    #[test]
+    fn a_standby_dates_the_leaders_renewal_from_what_is_left_of_the_lease() {
+        let lease = Duration::from_secs(5);
+        let held = standing(&row("a", 3_800), "b", lease, vec![], 100_000);
+        assert_eq!(held.leader.as_ref().map(|l| l.epoch), Some(3));
+        let (leadership, renewed_at_ms) = &held.lease;
+        assert_eq!(
+            (leadership.holder.as_str(), leadership.this_broker.as_str()),
+            ("a", "b")
+        );
+        assert_eq!(*renewed_at_ms, 100_000 - 1_200, "5 s lease, 3.8 s left");
+
+        // Run out: nobody leads, and the age goes past the lease's length.
+        let lapsed = standing(&row("a", -700), "b", lease, vec![], 100_000);
+        assert_eq!(lapsed.leader, None);
+        assert_eq!(lapsed.lease.0.holder, "");
+        assert_eq!(lapsed.lease.1, 100_000 - 5_700);
+    }
 }

@@ -208,6 +208,75 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     driver.send(json!({ "cmd": "screenshot", "name": "token-revoked" }));
 }
 
+#[test]
+fn a_standby_dashboard_names_the_leader_follows_the_database_and_takes_over() {
+    if !browser_available() {
+        return;
+    }
+    let Some(postgres) = PostgresStore::start() else {
+        return;
+    };
+    let mut cluster = Cluster::start_configured(1, &[], &[], &postgres.settings());
+    cluster.apply_jobs("[jobs.quick]\ncommand = [\"echo\", \"quick\"]\n");
+    cluster.start_worker("w1", &[]);
+    let standby = ExtraBroker::start(&cluster, "b");
+    let mut driver = Driver::start(&standby.http, &artifacts());
+    let opened = driver.send(json!({ "cmd": "open", "token": OPERATOR_TOKEN }));
+    assert_eq!(opened["role"], "operator");
+
+    // A banner says this broker is a standby and links to the leader's dashboard.
+    let leader_http = format!("{}/", cluster.http);
+    driver.send(json!({ "cmd": "wait_js", "expr": format!(
+        "!document.querySelector('#standby').hidden && \
+         document.querySelector('#leader-link')?.href.startsWith('{leader_http}') && \
+         document.querySelector('#part').textContent === 'standby'"
+    ) }));
+    let banner = driver.send(
+        json!({ "cmd": "eval_js", "expr": "document.querySelector('#standby').textContent" }),
+    );
+    let banner = banner["value"].as_str().unwrap_or_default().to_string();
+    assert!(
+        banner.contains("standby") && banner.contains("epoch 1") && banner.contains(&cluster.http),
+        "{banner}"
+    );
+
+    // What the leader does shows up here, read from the database.
+    let run = cluster.enqueue("quick");
+    driver.send(json!({ "cmd": "wait_run", "id": run, "state": "succeeded" }));
+    // It changes nothing: no action buttons.
+    let buttons = driver.send(json!({ "cmd": "operator_buttons" }));
+    assert_eq!(buttons["visible"], false, "{buttons}");
+
+    // The Workers tab lists both brokers: the leader, and this one standing by.
+    driver.send(json!({ "cmd": "goto", "hash": "#/workers" }));
+    driver.send(json!({ "cmd": "wait_js", "expr":
+        "(() => { const rows = [...document.querySelectorAll('#brokers tbody tr')].map(r => r.children[1].textContent + (r.children[0].textContent.endsWith('(this one)') ? ' here' : '')); \
+          return rows.length === 2 && rows.includes('leader') && rows.includes('standby here'); })()" }));
+    // The worker is shown as the leader stored it: connected (its heartbeats go to the
+    // leader only).
+    let worker_state = cell_text("workers", "w1", 1);
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("{worker_state} === 'online'") }));
+    let lease = driver
+        .send(json!({ "cmd": "eval_js", "expr": "document.querySelector('#lease').textContent" }));
+    assert!(
+        lease["value"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Epoch 1 · lease 1.0 s · renewed"),
+        "{lease}"
+    );
+    driver.send(json!({ "cmd": "screenshot", "name": "standby" }));
+
+    // The leader stops: this broker takes over, and the same page, still open, says it
+    // leads and offers actions again.
+    cluster.signal_broker(libc::SIGTERM);
+    driver.send(json!({ "cmd": "wait_js", "expr":
+        "document.querySelector('#standby').hidden && document.querySelector('#part').textContent === 'leader · epoch 2' && !document.body.classList.contains('standby')" }));
+    driver.send(json!({ "cmd": "goto", "hash": "#/runs" }));
+    let buttons = driver.send(json!({ "cmd": "operator_buttons" }));
+    assert_eq!(buttons["visible"], true, "{buttons}");
+}
+
 /// The broker's status, from the API.
 fn status(cluster: &Cluster) -> Value {
     let (code, body) = cluster.api("GET", "/api/v1/status", Some(VIEWER_TOKEN));

@@ -452,12 +452,17 @@ pub struct StatusReport {
 pub struct Leadership {
     /// The lease's epoch: rises at each takeover.
     pub epoch: u64,
-    /// This broker, as it holds the lease (host, pid and a random word).
+    /// The broker that holds the lease (host, pid and a random word); '' while none
+    /// does.
     pub holder: String,
+    /// The broker that answered, named the same way: `holder` on the leader, another
+    /// name on a standby (whose dashboard and read API answer from the database).
+    #[serde(default)]
+    pub this_broker: String,
     /// How long a renewal holds the lease.
     pub lease_ms: u64,
-    /// Since this broker last renewed the lease (as of the status): it grows while
-    /// renewals fail.
+    /// Since the holder last renewed the lease (as of the status; on a standby, as the
+    /// database said a moment ago): it grows while renewals fail.
     pub renewed_ms_ago: u64,
     /// Every broker seen on the database within the last three leases, this one
     /// included.

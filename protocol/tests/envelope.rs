@@ -370,6 +370,7 @@ fn every_reply() -> Vec<Reply> {
             leadership: Some(jobcast_protocol::Leadership {
                 epoch: 7,
                 holder: "host-a:41:0badcafe".into(),
+                this_broker: "host-b:42:00c0ffee".into(),
                 lease_ms: 5_000,
                 renewed_ms_ago: 1_200,
                 brokers: vec![jobcast_protocol::BrokerSeen {

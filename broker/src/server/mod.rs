@@ -15,6 +15,7 @@ mod reload;
 mod service_manager;
 mod space;
 mod standby;
+mod standby_view;
 mod start;
 
 use crate::config::{BrokerConfig, Keys};

@@ -3,9 +3,10 @@
 //! to take the lease again and again; once it has it, it acts on the state it reads from
 //! the database, until it stops, its store fails, or the lease is lost.
 
+use super::standby_view::{DatabaseView, VIEW_AGE};
 use super::{now_us, Bound, Server, Stopped, MAX_BATCH};
 use crate::config::BrokerConfig;
-use crate::election::{Election, Tenure};
+use crate::election::{Election, Standing, Tenure};
 use crate::reload::Reloading;
 use crate::store::{Store, StoreError};
 use anyhow::{Context, Result};
@@ -138,8 +139,9 @@ impl Server {
     ) -> Result<Option<(Core<S>, Tenure)>> {
         let mut leader: Option<LeaderAddress> = None;
         let mut next_try = tokio::time::Instant::now();
-        // The database as of a moment ago, read-only, for the API's reads.
-        let mut view: Option<(Core<S>, Instant)> = None;
+        let mut view = DatabaseView::new();
+        let mut live_every = tokio::time::interval(VIEW_AGE);
+        live_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -147,7 +149,7 @@ impl Server {
                 Some(call) = self.api_calls.next() => {
                     let reply = match call.request.only_reads() {
                         true => tokio::task::block_in_place(|| {
-                            read_from_view(&mut view, replica, call.request, &call.actor, &call.scope)
+                            view.answer(replica, call.request, &call.actor, &call.scope)
                         })
                         .unwrap_or_else(|e| {
                             tracing::warn!(error = %format!("{e:#}"), "a standby's read of the database failed");
@@ -156,6 +158,13 @@ impl Server {
                         false => Reply::NotLeader { leader: leader.clone() },
                     };
                     let _ = call.reply.send(reply);
+                }
+                _ = live_every.tick(), if self.live.has_clients() => {
+                    // Pages open on a standby follow the database, a read behind.
+                    match tokio::task::block_in_place(|| view.changes(replica)) {
+                        Ok(changes) => self.live.publish(changes, now_us() / 1_000),
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "a standby's read of the database failed"),
+                    }
                 }
                 going = self.listeners.read_waiting(&mut self.batch, MAX_BATCH) => {
                     if !going.context("the request socket failed")? {
@@ -173,7 +182,8 @@ impl Server {
                             self.batch.clear();
                             return Ok(Some((core, tenure)));
                         }
-                        Ok(Election::Standby(now)) => {
+                        Ok(Election::Standby(Standing { leader: now, lease })) => {
+                            view.set_lease(Some(lease));
                             if now != leader {
                                 match &now {
                                     Some(at) => tracing::info!(leader = %at.router, epoch = at.epoch, "standing by"),
@@ -188,6 +198,8 @@ impl Server {
                         Err(e) => {
                             tracing::warn!(error = %format!("{e:#}"), "cannot reach the leader's lease");
                             leader = None;
+                            view.set_lease(None);
+                            self.role.send_replace(crate::http::BrokerRole::Standby { leader: None });
                         }
                     }
                     next_try = tokio::time::Instant::now() + try_every;
@@ -198,34 +210,6 @@ impl Server {
             });
         }
     }
-}
-
-/// How old a standby's view of the database may be when it answers a read.
-const VIEW_AGE: Duration = Duration::from_secs(2);
-
-/// Answers a read of the API on a standby from its view of the database (read again
-/// when older than [`VIEW_AGE`]): the same answers the leader gives, as of then.
-fn read_from_view<S: Store>(
-    view: &mut Option<(Core<S>, Instant)>,
-    replica: &mut impl FnMut(u64) -> Result<Core<S>>,
-    request: jobcast_protocol::AdminRequest,
-    actor: &str,
-    scope: &jobcast_core::Scope,
-) -> Result<Reply> {
-    if view.as_ref().is_none_or(|(_, at)| at.elapsed() > VIEW_AGE) {
-        *view = None;
-        *view = Some((replica(now_us())?, Instant::now()));
-    }
-    let Some((core, _)) = view.as_mut() else {
-        anyhow::bail!("no view of the database");
-    };
-    let mut out = jobcast_core::Outbox::default();
-    core.handle_api(actor, 0, request, scope, now_us(), &mut out)?;
-    core.answer_reads(&mut out)?;
-    out.replies
-        .pop()
-        .map(|reply| reply.reply)
-        .context("no answer from the database's view")
 }
 
 /// Returns once the lease could have run out (the keeper's last word, counted on this

@@ -240,6 +240,7 @@ fn the_leaders_lease_age_is_counted_when_status_is_asked_and_grows_while_renewal
     let leadership = jobcast_protocol::Leadership {
         epoch: 4,
         holder: "here".into(),
+        this_broker: "here".into(),
         lease_ms: 5_000,
         renewed_ms_ago: 0,
         brokers: vec![],

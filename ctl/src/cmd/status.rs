@@ -23,8 +23,14 @@ pub(crate) async fn status(ctl: &Ctl) -> Result<ExitCode> {
         report.total_runs
     );
     if let Some(leadership) = &report.leadership {
+        let who =
+            if leadership.this_broker.is_empty() || leadership.this_broker == leadership.holder {
+                "this broker"
+            } else {
+                "another broker"
+            };
         println!(
-            "leader: this broker ({}), epoch {}, lease {} renewed {} ms ago",
+            "leader: {who} ({}), epoch {}, lease {} renewed {} ms ago",
             leadership.holder,
             leadership.epoch,
             humantime::format_duration(Duration::from_millis(leadership.lease_ms)),
