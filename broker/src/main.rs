@@ -275,9 +275,10 @@ impl Serving {
             .clone()
             .unwrap_or_else(|| config::PostgresSection::with_url(String::new()));
         let (replica_settings, replica_config) = (settings.clone(), core_config.clone());
+        let lease = section.lease();
         let mut elector = Elector::new(
             settings,
-            section.lease(),
+            lease,
             Candidate {
                 holder: Candidate::holder_name(),
                 router: String::new(),
@@ -298,6 +299,11 @@ impl Serving {
                 if let Some(jobs) = &jobs {
                     apply_jobs_file(&mut core, jobs.clone())?;
                 }
+                // Reading the state may take long on a large database; once acting, a
+                // read that hangs fails the store after a lease (2 s at least): the loop
+                // must get back to seeing its lease end.
+                core.store_mut()
+                    .limit_answers(lease.max(std::time::Duration::from_secs(2)));
                 Ok(core)
             })
         };

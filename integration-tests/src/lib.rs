@@ -743,7 +743,8 @@ impl ExtraBroker {
         )
     }
 
-    fn start_with(
+    /// On the endpoints given, with `args` after the cluster's settings.
+    pub fn start_with(
         cluster: &Cluster,
         name: &str,
         [router, publish, http]: [&str; 3],
@@ -853,6 +854,17 @@ impl PostgresStore {
             self.url,
             self.password_file.path().display()
         )
+    }
+
+    /// A relay in front of the database (that a test can cut), and the database's URL
+    /// through it.
+    pub fn relayed(&self) -> (relay::Relay, String) {
+        let (before_port, rest) = self.url.rsplit_once(':').expect("the URL has a port");
+        let (port, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let relay = relay::Relay::start(&format!("127.0.0.1:{port}"));
+        let relay_port = relay.endpoint.rsplit(':').next().unwrap_or_default();
+        let url = format!("{before_port}:{relay_port}/{path}");
+        (relay, url)
     }
 
     /// Runs `sql` on the broker's database; its output.

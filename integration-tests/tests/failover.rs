@@ -3,7 +3,6 @@
 //! it run out first, and a leader stopped (SIGSTOP) past its lease stops acting when it
 //! resumes, leaving nothing of its own behind.
 
-use jobcast_integration_tests::relay::Relay;
 use jobcast_integration_tests::*;
 use jobcast_protocol::{AdminRequest, LeaderAddress, Reply};
 use std::process::{Command, Stdio};
@@ -321,20 +320,7 @@ fn a_leader_cut_from_the_database_stops_acting_and_what_it_held_is_fenced_off() 
     cluster.apply_jobs("[jobs.hello]\nscript = \"#!/bin/sh\\necho hello\\n\"\n");
     // Broker a reaches the database through a relay that can stop passing bytes; it
     // takes over from the cluster's own broker, which stops.
-    let port = postgres
-        .url
-        .rsplit_once(':')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default();
-    let port = port.split('/').next().unwrap_or_default();
-    let relay = Relay::start(&format!("127.0.0.1:{port}"));
-    let through_relay = postgres.url.replace(
-        &format!(":{port}/"),
-        &format!(
-            ":{}/",
-            relay.endpoint.rsplit(':').next().unwrap_or_default()
-        ),
-    );
+    let (relay, through_relay) = postgres.relayed();
     let a = ExtraBroker::start_with_args(&cluster, "a", &["--postgres-url", &through_relay]);
     cluster.signal_broker(libc::SIGTERM);
     until_acting(&a.router, Instant::now());

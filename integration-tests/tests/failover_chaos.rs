@@ -1,13 +1,15 @@
 //! Failover under load: three brokers on one PostgreSQL (started by the test), workers
 //! that know all three, jobs firing every second and an enqueue storm, while the leader
-//! is killed (SIGKILL), stalled past its lease (SIGSTOP), and the database restarted as a
+//! is killed (SIGKILL), stalled past its lease (SIGSTOP), cut from the database by a
+//! relay that holds its bytes (then lets them through), and the database restarted as a
 //! crash would. Then, from the database's answers and the runs' own ledger: every fire
 //! time of every job is exactly one run (the jobs say `misfire = "all"`: ticks that fell
 //! while no broker acted are caught up, once), no run executed twice, every acknowledged
 //! enqueue one run.
 //!
 //! Short by default (CI); `JOBCAST_FAILOVER_FULL=1` runs the full length: 100 jobs,
-//! 10 workers, 20 kills, 5 stalls, 3 database restarts (docs/RELIABILITY.md).
+//! 10 workers, 20 kills, 5 stalls, 3 database restarts (docs/RELIABILITY.md); both cut
+//! the leader from the database once.
 
 use jobcast_integration_tests::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,17 +27,19 @@ struct Slot {
     router: String,
     publish: String,
     http: String,
+    /// Flags after the cluster's settings (another way to the database).
+    args: Vec<String>,
     process: Option<ExtraBroker>,
 }
 
 impl Slot {
     fn start(&mut self, cluster: &Cluster) {
-        self.process = Some(ExtraBroker::start_at(
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.process = Some(ExtraBroker::start_with(
             cluster,
             &self.name,
-            &self.router,
-            &self.publish,
-            &self.http,
+            [&self.router, &self.publish, &self.http],
+            &args,
         ));
     }
 }
@@ -95,6 +99,8 @@ fn failover_under_load_loses_and_repeats_nothing() {
     cluster.apply_jobs(&jobs_file);
     // The cluster's own broker hands over to the three that stay.
     cluster.signal_broker(libc::SIGTERM);
+    // b3 reaches the database through a relay the test cuts.
+    let (relay, through_relay) = postgres.relayed();
     let mut slots: Vec<Slot> = ["b1", "b2", "b3"]
         .into_iter()
         .map(|name| Slot {
@@ -102,9 +108,14 @@ fn failover_under_load_loses_and_repeats_nothing() {
             router: format!("tcp://127.0.0.1:{}", free_port()),
             publish: format!("tcp://127.0.0.1:{}", free_port()),
             http: format!("127.0.0.1:{}", free_port()),
+            args: match name {
+                "b3" => vec!["--postgres-url".into(), through_relay.clone()],
+                _ => Vec::new(),
+            },
             process: None,
         })
         .collect();
+    const RELAYED: usize = 2;
     for slot in &mut slots {
         slot.start(&cluster);
     }
@@ -197,6 +208,55 @@ fn failover_under_load_loses_and_repeats_nothing() {
             "stall {round}: {} stopped, epoch {next} after {:?}",
             slots[index].name,
             stalled.elapsed()
+        );
+        epoch = next;
+    }
+    // The cut: b3 is made the leader (the other standby held still while the leader
+    // hands over), then cut from the database. It stops acting by its own clock, another
+    // takes over, and what the relay held reaches the database once healed, where the
+    // fence refuses it.
+    {
+        std::thread::sleep(chaos.next_pause(Duration::from_millis(500), Duration::from_secs(2)));
+        let (_, router) = until_led(&postgres, epoch - 1);
+        let index = leader_slot(&slots, &router);
+        if index != RELAYED {
+            let other = 3 - index - RELAYED;
+            let held = slots[other].process.as_ref().expect("the standby runs");
+            held.signal(libc::SIGSTOP);
+            if let Some(process) = &slots[index].process {
+                process.signal(libc::SIGTERM);
+            }
+            let (next, router) = until_led(&postgres, epoch);
+            slots[other]
+                .process
+                .as_ref()
+                .expect("the standby runs")
+                .signal(libc::SIGCONT);
+            assert_eq!(router, slots[RELAYED].router, "b3 took over");
+            slots[index].process = None;
+            slots[index].start(&cluster);
+            epoch = next;
+        }
+        let cut = Instant::now();
+        relay.cut();
+        let (next, router) = until_led(&postgres, epoch);
+        assert_ne!(router, slots[RELAYED].router, "another broker took over");
+        takeovers.push(cut.elapsed());
+        // It says so: its /healthz stops answering 200 (load balancers move away).
+        let healthz = format!("http://{}/healthz", slots[RELAYED].http);
+        wait_for("b3 to say it no longer acts", LONG, || {
+            let answer = ureq::get(&healthz)
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .call()
+                .ok()?;
+            (answer.status().as_u16() == 503).then_some(())
+        });
+        relay.heal();
+        eprintln!(
+            "cut: b3 cut from the database, epoch {next} after {:?}",
+            cut.elapsed()
         );
         epoch = next;
     }

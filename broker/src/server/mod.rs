@@ -211,6 +211,22 @@ enum Woke {
     LeaseLost,
 }
 
+/// A commit's outcome as received from the committer.
+fn commit_outcome(received: Option<Result<(), StoreError>>) -> Result<(), StoreError> {
+    // The sender is ours: its closing is not expected.
+    received.unwrap_or_else(|| Err(StoreError::Engine("the commit channel closed".into())))
+}
+
+/// What waiting for a commit while the batch grows ended with.
+enum Grown {
+    /// The oldest commit in flight ended so.
+    Committed(Result<(), StoreError>),
+    /// Requests were read into the batch.
+    Read,
+    /// The leader's lease is lost, or could have run out.
+    LeaseLost,
+}
+
 impl Server {
     /// Take a batch, apply it, hand it to the store to commit, and send what each batch
     /// produced once it is durable; until shutdown or a store failure.
@@ -228,8 +244,9 @@ impl Server {
                     .is_some_and(|batch| batch.new_keys.is_some())
             {
                 let outcome = match self.grow_batch().await? {
-                    Some(outcome) => outcome,
-                    None => continue,
+                    Grown::Committed(outcome) => outcome,
+                    Grown::Read => continue,
+                    Grown::LeaseLost => return Ok(Stopped::LeaseLost),
                 };
                 if let Err(e) = self.release(core, outcome) {
                     return Ok(Stopped::StoreFailed(e));
@@ -239,7 +256,11 @@ impl Server {
                 Woke::Shutdown => {
                     // What was acknowledged to the store is answered before stopping.
                     while !self.in_flight.is_empty() {
-                        let outcome = self.next_commit().await;
+                        let outcome = tokio::select! {
+                            outcome = self.commits.recv() => commit_outcome(outcome),
+                            // Hanging commits of a leader cut off are not waited for.
+                            () = standby::lease_ends(&mut self.acting_until) => return Ok(Stopped::LeaseLost),
+                        };
                         if let Err(e) = self.release(core, outcome) {
                             return Ok(Stopped::StoreFailed(e));
                         }
@@ -271,30 +292,20 @@ impl Server {
     }
 
     /// While the store is busy: requests that arrive join the next batch (up to
-    /// [`MAX_GROWN_BATCH`]) until the oldest commit in flight ends, whose outcome is
-    /// returned; `None` when requests were read instead.
-    async fn grow_batch(&mut self) -> Result<Option<Result<(), StoreError>>> {
+    /// [`MAX_GROWN_BATCH`]) until the oldest commit in flight ends. A leader whose lease
+    /// could run out stops waiting: commits that hang (a database cut off) must not keep
+    /// it acting.
+    async fn grow_batch(&mut self) -> Result<Grown> {
         let room = self.batch.len() < MAX_GROWN_BATCH;
         tokio::select! {
             biased;
-            outcome = self.commits.recv() => Ok(Some(outcome.unwrap_or_else(|| {
-                // The sender is ours: not expected.
-                Err(StoreError::Engine("the commit channel closed".into()))
-            }))),
+            () = standby::lease_ends(&mut self.acting_until) => Ok(Grown::LeaseLost),
+            outcome = self.commits.recv() => Ok(Grown::Committed(commit_outcome(outcome))),
             ready = self.listeners.sockets.readable(), if room => {
                 ready.context("the request socket failed")?;
                 self.listeners.sockets.read_into(&mut self.batch, MAX_GROWN_BATCH);
-                Ok(None)
+                Ok(Grown::Read)
             }
-        }
-    }
-
-    /// The outcome of the oldest commit in flight, when it comes.
-    async fn next_commit(&mut self) -> Result<(), StoreError> {
-        match self.commits.recv().await {
-            Some(outcome) => outcome,
-            // The sender is ours: not expected.
-            None => Err(StoreError::Engine("the commit channel closed".into())),
         }
     }
 

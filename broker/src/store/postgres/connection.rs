@@ -11,7 +11,9 @@ use super::settings::PgSettings;
 use crate::store::{StoreError, StoreResult};
 use futures_util::future::LocalBoxFuture;
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 use tokio_postgres::{Client, Statement};
 
 /// The client, and the statements prepared on it (each is prepared once per connection).
@@ -60,14 +62,24 @@ type Call = Box<dyn for<'a> FnOnce(&'a mut Session) -> LocalBoxFuture<'a, ()> + 
 
 pub struct Connection {
     calls: mpsc::Sender<Call>,
+    /// How long a caller waits for an answer, if bounded.
+    answer_within: Option<Duration>,
+    /// Set once a call went unanswered past `answer_within`: the connection is given
+    /// up, and nothing more runs on it (what runs after an abandoned call must not land
+    /// later, out of the caller's sight).
+    given_up: Arc<AtomicBool>,
 }
 
 impl Connection {
-    /// Connects (on the connection's thread) and waits until it is up or has failed.
+    /// Connects (on the connection's thread) and waits until it is up or has failed
+    /// (or, with `settings.answer_within`, that long at most).
     pub fn open(settings: &PgSettings) -> StoreResult<Connection> {
         let (calls, incoming) = mpsc::channel::<Call>();
         let (opened, opening) = mpsc::channel();
+        let given_up = Arc::new(AtomicBool::new(false));
+        let answer_within = settings.answer_within;
         let settings = settings.clone();
+        let abandoned = given_up.clone();
         std::thread::Builder::new()
             .name("jobcast-postgres".into())
             .spawn(move || {
@@ -88,23 +100,55 @@ impl Connection {
                         return;
                     }
                 };
-                let _ = opened.send(Ok(()));
+                if let Some(limit) = answer_within {
+                    // The server gives up when the caller does: a statement left waiting
+                    // on a lock must not run later, unseen (a lease taken by nobody).
+                    let set = format!("SET statement_timeout = {}", limit.as_millis().max(1));
+                    if let Err(e) = runtime.block_on(client.batch_execute(&set)) {
+                        let _ = opened.send(Err(database_error(&e)));
+                        return;
+                    }
+                }
+                if opened.send(Ok(())).is_err() {
+                    // Given up on while opening.
+                    return;
+                }
                 let mut session = Session {
                     client,
                     prepared: HashMap::new(),
                     commit_failed: None,
                 };
-                // Ends when the store drops its sender.
+                // Ends when the store drops its sender, or once given up on: the calls
+                // left are dropped unrun, which tells each so.
                 while let Ok(call) = incoming.recv() {
+                    if abandoned.load(Ordering::SeqCst) {
+                        return;
+                    }
                     runtime.block_on(call(&mut session));
                 }
             })
             .map_err(|e| StoreError::Engine(Box::new(e)))?;
-        match opening.recv() {
-            Ok(Ok(())) => Ok(Connection { calls }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(engine_error("the PostgreSQL connection's thread ended")),
-        }
+        let outcome = match answer_within {
+            Some(limit) => opening.recv_timeout(limit).map_err(|_| {
+                StoreError::Engine(
+                    format!("PostgreSQL did not let a connection open within {limit:?}").into(),
+                )
+            })?,
+            None => opening
+                .recv()
+                .map_err(|_| engine_error("the PostgreSQL connection's thread ended"))?,
+        };
+        outcome.map(|()| Connection {
+            calls,
+            answer_within,
+            given_up,
+        })
+    }
+
+    /// From now on, a caller waits at most `limit` for an answer; past it the connection
+    /// is given up.
+    pub fn limit_answers(&mut self, limit: Duration) {
+        self.answer_within = Some(limit);
     }
 
     /// Runs `work` on the connection and waits for its result.
@@ -130,11 +174,27 @@ impl Connection {
         self.submit(work, move |result| {
             let _ = answer.send(result);
         });
-        answered.recv().unwrap_or_else(|_| {
+        let ended = || {
             Err(engine_error(
                 "the PostgreSQL connection's thread ended during a call",
             ))
-        })
+        };
+        let Some(limit) = self.answer_within else {
+            return answered.recv().unwrap_or_else(|_| ended());
+        };
+        match answered.recv_timeout(limit) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Disconnected) => ended(),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.given_up.store(true, Ordering::SeqCst);
+                Err(StoreError::Engine(
+                    format!(
+                        "PostgreSQL gave no answer within {limit:?}; the connection is given up"
+                    )
+                    .into(),
+                ))
+            }
+        }
     }
 
     /// The rows of one query (prepared once per connection), each read by `read`.
@@ -169,6 +229,12 @@ impl Connection {
         D: FnOnce(StoreResult<R>) + Send + 'static,
     {
         let mut done = Told(Some(done), std::marker::PhantomData);
+        if self.given_up.load(Ordering::SeqCst) {
+            done.tell(Err(engine_error(
+                "an earlier call on this PostgreSQL connection went unanswered; it is given up",
+            )));
+            return;
+        }
         let call: Call = Box::new(move |session| {
             Box::pin(async move {
                 let outcome = work(session).await;

@@ -98,9 +98,14 @@ const FORGET: &str =
 
 impl Lease {
     /// Connects (the schema must be in place: a store opened on the database first).
+    /// A call gets one lease (a second at least) to be answered: a renewal answered later
+    /// is of no use (the lease could have run out), and a try at it must not hold a
+    /// standby up for good.
     pub fn open(settings: &PgSettings, length: Duration) -> StoreResult<Lease> {
         Ok(Lease {
-            connection: Connection::open(settings)?,
+            connection: Connection::open(
+                &settings.answering_within(length.max(Duration::from_secs(1))),
+            )?,
             length,
         })
     }
@@ -270,6 +275,63 @@ mod tests {
         a_commit_under_a_lost_or_expired_lease_fails_and_writes_nothing(&databases.fresh());
         eprintln!("lease: a takeover waits for a fenced commit in flight");
         a_takeover_waits_for_a_fenced_transaction_in_flight(&databases.fresh());
+        eprintln!("lease: a connection that does not answer in time is given up");
+        a_call_unanswered_in_time_gives_the_connection_up(&databases.fresh());
+    }
+
+    fn a_call_unanswered_in_time_gives_the_connection_up(settings: &PgSettings) {
+        let sleep = |connection: &Connection, seconds: f64| {
+            connection.call(move |session| {
+                Box::pin(async move {
+                    session
+                        .client
+                        .batch_execute(&format!("SELECT pg_sleep({seconds})"))
+                        .await
+                })
+            })
+        };
+        // Unbounded: waits as long as it takes.
+        let patient = Connection::open(settings).unwrap();
+        sleep(&patient, 0.3).unwrap();
+
+        // Bounded: the caller gets an error once the limit has passed, the server
+        // cancels the statement too, and nothing more runs on the connection.
+        let limited =
+            Connection::open(&settings.answering_within(Duration::from_millis(200))).unwrap();
+        sleep(&limited, 0.0).unwrap();
+        let asked = Instant::now();
+        // (Longer than `until` waits: only the server's cancel ends it in time.)
+        let error = sleep(&limited, 30.0).unwrap_err().to_string();
+        assert!(error.contains("no answer within"), "{error}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            asked.elapsed()
+        );
+        let error = sleep(&limited, 0.0).unwrap_err().to_string();
+        assert!(error.contains("given up"), "{error}");
+        until("the server cancels the statement", || {
+            patient
+                .rows(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(30%'",
+                    Vec::new(),
+                    |row| row.get::<_, i64>(0),
+                )
+                .unwrap()
+                == vec![0]
+        });
+
+        // A store limited once acting: the same.
+        let mut store = PgStore::open(settings).unwrap();
+        store.limit_answers(Duration::from_millis(200));
+        store.run("none").unwrap();
+        let error = sleep(&store.connection, 5.0).unwrap_err().to_string();
+        assert!(error.contains("no answer within"), "{error}");
+        assert!(
+            store.run("none").is_err(),
+            "the store's connection is given up"
+        );
     }
 
     fn one_holder_at_a_time_and_a_hand_over_frees_it_at_once(settings: &PgSettings) {

@@ -125,6 +125,15 @@ impl PgStore {
         Ok(store)
     }
 
+    /// From now on, a call waits at most `limit` for PostgreSQL's answer, on this and on
+    /// the connections opened later; past it, the store fails (the connection is given
+    /// up). A leader's: a database that stops answering must not keep the loop from
+    /// seeing its lease end.
+    pub fn limit_answers(&mut self, limit: std::time::Duration) {
+        self.settings = self.settings.answering_within(limit);
+        self.connection.limit_answers(limit);
+    }
+
     /// Host, port, database and user (never the password).
     pub fn describe(&self) -> String {
         self.settings.describe()

@@ -15,6 +15,9 @@ use tokio_postgres::{Client, Config};
 pub struct PgSettings {
     config: Config,
     ca_file: Option<PathBuf>,
+    /// How long a caller waits for a connection to open or answer, if bounded (a
+    /// leader's: it must stop acting within its lease, whatever the database does).
+    pub answer_within: Option<Duration>,
 }
 
 /// How long a connection attempt may take before it counts as failed.
@@ -66,7 +69,16 @@ impl PgSettings {
         Ok(PgSettings {
             config,
             ca_file: ca_file.map(Path::to_path_buf),
+            answer_within: None,
         })
+    }
+
+    /// These settings, with connections that give up on an answer after `limit`.
+    pub fn answering_within(&self, limit: Duration) -> PgSettings {
+        PgSettings {
+            answer_within: Some(limit),
+            ..self.clone()
+        }
     }
 
     /// Host, port, database and user, for logs and errors (never the password).
