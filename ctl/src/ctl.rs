@@ -114,7 +114,18 @@ impl Ctl {
         let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
         let mut said = false;
         loop {
-            match self.client.request(request.clone(), timeout).await? {
+            let reply = match self.client.request(request.clone(), timeout).await {
+                // Sealed before the broker began acting (it took over, or started, as
+                // this was on its way): refused unread, so sealed again and sent again.
+                Err(jobcast_client::ClientError::Refused { reason, .. })
+                    if reason == "before_start" && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                other => other?,
+            };
+            match reply {
                 Reply::Error { code, message } => {
                     return Err(Failure::Broker { code, message }.into())
                 }

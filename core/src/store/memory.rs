@@ -1,9 +1,10 @@
 //! A store in memory, with the sled backend's behaviour (the contract tests run on both):
 //! for tests of the core, which then need no disk. `flush` makes nothing more durable.
 
-use super::{list_newest_first, Listing, Store, StoreResult};
+use super::{list_newest_first, FlushDone, Listing, Store, StoreResult};
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
@@ -19,6 +20,64 @@ pub struct MemoryStore {
     settings: BTreeMap<String, Vec<u8>>,
     /// What `is_backlogged` answers, set by tests.
     pub backlogged: bool,
+    /// Where commits wait until a test lets them end, if it holds them.
+    pub held_commits: Option<HeldCommits>,
+}
+
+/// Commits that end only when a test says so (in order), to see what a broker does while
+/// its store is busy: `start_flush` parks each one here, labelled with the number of runs
+/// stored when it started (which batch it is).
+#[derive(Clone, Default)]
+pub struct HeldCommits {
+    waiting: Arc<Mutex<VecDeque<(usize, FlushDone)>>>,
+}
+
+impl std::fmt::Debug for HeldCommits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldCommits")
+            .field("waiting", &self.waiting())
+            .finish()
+    }
+}
+
+impl HeldCommits {
+    fn held(&self) -> std::sync::MutexGuard<'_, VecDeque<(usize, FlushDone)>> {
+        // A test that panicked while holding it has failed already.
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The commits started and not yet let end, oldest first, by the runs stored when
+    /// each started.
+    pub fn waiting(&self) -> Vec<usize> {
+        self.held().iter().map(|(runs, _)| *runs).collect()
+    }
+
+    /// Lets the oldest waiting commits end, successfully, while `release` says so of the
+    /// runs stored when they started; how many it let end.
+    pub fn release_while(&self, release: impl Fn(usize) -> bool) -> usize {
+        let mut ended = 0;
+        loop {
+            let done = {
+                let mut held = self.held();
+                match held.front() {
+                    Some((runs, _)) if release(*runs) => held.pop_front().map(|(_, done)| done),
+                    _ => None,
+                }
+            };
+            // Told outside the lock: the broker may start the next commit from it.
+            let Some(done) = done else {
+                return ended;
+            };
+            done(Ok(()));
+            ended += 1;
+        }
+    }
+
+    fn park(&self, runs: usize, done: FlushDone) {
+        self.held().push_back((runs, done));
+    }
 }
 
 impl Store for MemoryStore {
@@ -179,6 +238,13 @@ impl Store for MemoryStore {
 
     fn flush(&mut self) -> StoreResult<()> {
         Ok(())
+    }
+
+    fn start_flush(&mut self, done: FlushDone) {
+        match &self.held_commits {
+            Some(held) => held.park(self.runs.len(), done),
+            None => done(self.flush()),
+        }
     }
 
     fn is_backlogged(&self) -> bool {

@@ -6,7 +6,7 @@
 
 mod memory;
 
-pub use memory::MemoryStore;
+pub use memory::{HeldCommits, MemoryStore};
 
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use thiserror::Error;

@@ -3,8 +3,11 @@
 
 use super::*;
 
-/// How soon a request a standby answered is asked again.
+/// How soon a request a standby answered (or one refused as sent before the broker
+/// began acting) is asked again.
 const NOT_LEADER_RETRY_MS: u64 = 200;
+/// The refusal of a frame sealed before the broker began acting (`Rejection::BeforeStart`).
+const BEFORE_START: &str = "before_start";
 
 impl WorkerState {
     /// The end of a request sent through [`Action::Request`] at `sent_ms`.
@@ -63,6 +66,17 @@ impl WorkerState {
                     tracing::info!("the broker takes requests again");
                 }
                 reply
+            }
+            Answer::Refused { reason, .. } if reason == BEFORE_START => {
+                // Sealed before the broker began acting (it started, or took over, as
+                // this was on its way): refused unread, which says nothing about the key.
+                // Asked again soon, sealed anew.
+                tracing::info!(
+                    ?purpose,
+                    "the broker began acting after this request was sent; asking again"
+                );
+                self.next_heartbeat_ms = self.next_heartbeat_ms.min(now_ms + NOT_LEADER_RETRY_MS);
+                return actions;
             }
             Answer::Refused { reason, detail } => {
                 tracing::error!(%reason, ?purpose, "the broker refuses this worker: {detail}");

@@ -345,6 +345,46 @@ fn auth_refused() -> Answer {
 }
 
 #[test]
+fn requests_sent_before_the_broker_began_acting_are_sent_again_and_never_end_the_worker() {
+    let mut state = WorkerState::new(identity(1), 0);
+    state.start();
+    let registers = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Request {
+                        purpose: Purpose::Register,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    // The registration sent at start is refused; so is everything else in flight (the
+    // client fails every request at once on a refusal): many refusals, none about the
+    // key. The next heartbeat is due at 1 s.
+    for at in [100, 101, 102, 103] {
+        state.on_answer(
+            Purpose::Register,
+            Answer::Refused {
+                reason: "before_start".into(),
+                detail: "frame from \"w1\" was sealed 15 ms before this side started".into(),
+            },
+            at,
+        );
+    }
+    assert!(
+        !state.is_draining(),
+        "a request sent early is not a refused key"
+    );
+    assert_eq!(state.refused_with_nothing_running(), None);
+    // Asked again soon, not at the next heartbeat.
+    assert_eq!(registers(&state.on_timer(350)), 1);
+}
+
+#[test]
 fn refusals_at_the_connection_are_retried_a_few_times_then_the_worker_ends() {
     let mut state = WorkerState::new(identity(1), 0);
     state.start();

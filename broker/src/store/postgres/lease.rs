@@ -296,8 +296,7 @@ mod tests {
 
         // Bounded: the caller gets an error once the limit has passed, the server
         // cancels the statement too, and nothing more runs on the connection.
-        let limited =
-            Connection::open(&settings.answering_within(Duration::from_millis(200))).unwrap();
+        let limited = Connection::open(&settings.answering_within(Duration::from_secs(1))).unwrap();
         sleep(&limited, 0.0).unwrap();
         let asked = Instant::now();
         // (Longer than `until` waits: only the server's cancel ends it in time.)
@@ -324,7 +323,7 @@ mod tests {
 
         // A store limited once acting: the same.
         let mut store = PgStore::open(settings).unwrap();
-        store.limit_answers(Duration::from_millis(200));
+        store.limit_answers(Duration::from_secs(1));
         store.run("none").unwrap();
         let error = sleep(&store.connection, 5.0).unwrap_err().to_string();
         assert!(error.contains("no answer within"), "{error}");
