@@ -42,6 +42,7 @@ on_every_backend!(
     a_listing_looks_at_a_bounded_number_of_runs_and_says_where_to_go_on,
     runs_linked_to_a_run_are_its_retries_and_the_runs_it_started,
     writes_are_read_back_before_and_after_they_are_flushed,
+    the_oldest_runs_include_writes_not_yet_committed,
 );
 
 /// PostgreSQL keeps the same contract: every test above on a fresh database of one
@@ -61,7 +62,7 @@ fn postgres() {
         PgSettings::new(&url, Some(password.path()), None).unwrap()
     };
     type Contract = fn(PgStore);
-    let tests: [(&str, Contract); 10] = [
+    let tests: [(&str, Contract); 11] = [
         ("listed", runs_are_listed_newest_first_and_filtered),
         ("active", the_active_index_follows_the_state),
         ("prefix", run_ids_are_found_by_prefix),
@@ -84,6 +85,7 @@ fn postgres() {
             "pending",
             writes_are_read_back_before_and_after_they_are_flushed,
         ),
+        ("oldest", the_oldest_runs_include_writes_not_yet_committed),
     ];
     for (name, test) in tests {
         eprintln!("postgres: {name}");
@@ -111,6 +113,8 @@ fn postgres() {
             ..Default::default()
         };
         store.put_log_chunk("first", 0, b"output").unwrap();
+        // Retention's read of the oldest runs sees the pending run without committing it.
+        assert_eq!(store.oldest_runs(0, 10).unwrap().len(), 2);
         assert_eq!(
             reader.runs(&all).unwrap().runs.len(),
             1,
@@ -554,6 +558,37 @@ fn settings_workers_and_job_states_read_back(mut store: impl Store) {
     );
     assert_eq!(states[1].1, state);
     store.flush().unwrap();
+}
+
+/// Retention walks the oldest runs in the middle of a batch: what the batch changed,
+/// created or deleted counts, before it is committed.
+fn the_oldest_runs_include_writes_not_yet_committed(mut store: impl Store) {
+    for seq in 1..=5 {
+        store
+            .create_run(&run(seq, &format!("r{seq}"), RunState::Queued))
+            .unwrap();
+    }
+    store.flush().unwrap();
+    let seqs = |runs: Vec<RunRecord>| runs.iter().map(|r| r.seq).collect::<Vec<_>>();
+    let oldest = store.oldest_runs(0, 5).unwrap();
+    store.delete_run(&oldest[0]).unwrap();
+    store.delete_run(&oldest[2]).unwrap();
+    store.put_run(&run(2, "r2", RunState::Succeeded)).unwrap();
+    store.create_run(&run(6, "r6", RunState::Queued)).unwrap();
+    let first_two = store.oldest_runs(0, 2).unwrap();
+    assert_eq!(
+        first_two
+            .iter()
+            .map(|r| (r.seq, r.state))
+            .collect::<Vec<_>>(),
+        [(2, RunState::Succeeded), (4, RunState::Queued)],
+        "deleted ones skipped, a changed one as changed, still two"
+    );
+    assert_eq!(seqs(store.oldest_runs(0, 10).unwrap()), [2, 4, 5, 6]);
+    assert_eq!(seqs(store.oldest_runs(5, 10).unwrap()), [5, 6]);
+    assert_eq!(seqs(store.oldest_runs(3, 1).unwrap()), [4]);
+    store.flush().unwrap();
+    assert_eq!(seqs(store.oldest_runs(0, 10).unwrap()), [2, 4, 5, 6]);
 }
 
 fn deleted_runs_take_their_id_and_log_with_them(mut store: impl Store) {

@@ -410,17 +410,23 @@ impl Store for PgStore {
     }
 
     fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>> {
-        self.committed()?;
-        self.query_runs(
+        // Read with the batch's writes laid over what is stored, rather than committing
+        // them first: retention's walk then costs the loop a read, not a commit.
+        let asked = limit + self.pending.borrow().deleted_from(from_seq);
+        let stored = self.query_runs(
             "SELECT record FROM jobcast_runs WHERE seq >= $1 ORDER BY seq LIMIT $2",
-            vec![Box::new(from_seq as i64), Box::new(limit as i64)],
-        )
+            vec![Box::new(from_seq as i64), Box::new(asked as i64)],
+        )?;
+        Ok(self
+            .pending
+            .borrow()
+            .oldest_over(stored, from_seq, asked, limit))
     }
 
     fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()> {
-        // The run was read from the store (retention's `oldest_runs`, which commits
-        // first), so only a deletion pending since can have taken it: no round trip per
-        // deleted run. Deleting it again in the database changes nothing.
+        // The run was read from the store (retention's `oldest_runs`, which sees the
+        // pending writes), so only a deletion pending since can have taken it: no round
+        // trip per deleted run. Deleting it again in the database changes nothing.
         if matches!(
             self.pending.get_mut().run(&run.id),
             Some(PendingRun::Deleted { .. })

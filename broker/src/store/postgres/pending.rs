@@ -103,6 +103,41 @@ impl Pending {
         chunks.into_iter().collect()
     }
 
+    /// Deletions pending among the runs from `from_seq` on: how many more stored rows a
+    /// read of the oldest must ask for, to have `limit` left once they are taken out.
+    pub fn deleted_from(&self, from_seq: u64) -> usize {
+        self.runs
+            .range(from_seq..)
+            .filter(|(_, run)| matches!(run, PendingRun::Deleted { .. }))
+            .count()
+    }
+
+    /// The oldest stored runs from `from_seq` on (`asked` were asked for), with the
+    /// pending writes over them, oldest first, `limit` at most. When the stored read
+    /// came back full, pending runs past its last are left for a later read: stored runs
+    /// between the two were not read.
+    pub fn oldest_over(
+        &self,
+        stored: Vec<RunRecord>,
+        from_seq: u64,
+        asked: usize,
+        limit: usize,
+    ) -> Vec<RunRecord> {
+        let window_end = match stored.last() {
+            Some(last) if stored.len() >= asked => last.seq,
+            _ => u64::MAX,
+        };
+        let mut runs: BTreeMap<u64, RunRecord> =
+            stored.into_iter().map(|run| (run.seq, run)).collect();
+        for (seq, pending) in self.runs.range(from_seq..=window_end) {
+            match pending {
+                PendingRun::Put { run, .. } => runs.insert(*seq, (**run).clone()),
+                PendingRun::Deleted { .. } => runs.remove(seq),
+            };
+        }
+        runs.into_values().take(limit).collect()
+    }
+
     /// Stored (key, value) rows with the pending writes of that table over them, by key.
     pub fn over(
         stored: Vec<(String, Vec<u8>)>,
