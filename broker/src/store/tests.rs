@@ -113,8 +113,10 @@ fn postgres() {
             ..Default::default()
         };
         store.put_log_chunk("first", 0, b"output").unwrap();
-        // Retention's read of the oldest runs sees the pending run without committing it.
+        // Retention's read of the oldest runs and a selector's ids see the pending run
+        // without committing it.
         assert_eq!(store.oldest_runs(0, 10).unwrap().len(), 2);
+        assert_eq!(store.run_ids_with_prefix("sec", 10).unwrap(), ["second"]);
         assert_eq!(
             reader.runs(&all).unwrap().runs.len(),
             1,
@@ -435,6 +437,25 @@ fn run_ids_are_found_by_prefix(mut store: impl Store) {
     // A substring is not a prefix: the store does not walk every id for it.
     assert!(store.run_ids_with_prefix("123", 10).unwrap().is_empty());
     assert!(store.run_ids_with_prefix("nope", 10).unwrap().is_empty());
+    // Committed or not, created and deleted runs count.
+    store.flush().unwrap();
+    store
+        .delete_run(&run(1, "abc123", RunState::Queued))
+        .unwrap();
+    store
+        .create_run(&run(4, "abb789", RunState::Queued))
+        .unwrap();
+    assert_eq!(
+        store.run_ids_with_prefix("ab", 10).unwrap(),
+        ["abb789", "abd456"]
+    );
+    assert_eq!(store.run_ids_with_prefix("ab", 1).unwrap(), ["abb789"]);
+    assert!(store.run_ids_with_prefix("abc", 10).unwrap().is_empty());
+    store.flush().unwrap();
+    assert_eq!(
+        store.run_ids_with_prefix("ab", 10).unwrap(),
+        ["abb789", "abd456"]
+    );
 }
 
 fn log_chunks_come_back_in_stream_order(mut store: impl Store) {

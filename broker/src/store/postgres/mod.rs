@@ -392,12 +392,15 @@ impl Store for PgStore {
     }
 
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
-        self.committed()?;
-        self.rows(
-            "SELECT id FROM jobcast_runs WHERE id LIKE $1 ORDER BY id LIMIT $2",
-            vec![Box::new(like_prefix(prefix)), Box::new(limit as i64)],
+        // The batch's writes laid over what is stored, not committed first (a selector
+        // of `kill` or `logs` costs the loop a read, not a commit).
+        let asked = limit + self.pending.borrow().deleted_with_prefix(prefix);
+        let stored = self.rows(
+            "SELECT id FROM jobcast_runs WHERE id LIKE $1 ORDER BY id COLLATE \"C\" LIMIT $2",
+            vec![Box::new(like_prefix(prefix)), Box::new(asked as i64)],
             |row| row.get(0),
-        )
+        )?;
+        Ok(self.pending.borrow().ids_over(stored, prefix, asked, limit))
     }
 
     fn last_run_seq(&self) -> StoreResult<u64> {

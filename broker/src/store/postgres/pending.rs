@@ -138,6 +138,45 @@ impl Pending {
         runs.into_values().take(limit).collect()
     }
 
+    /// Deletions pending among the runs whose id starts with `prefix`.
+    pub fn deleted_with_prefix(&self, prefix: &str) -> usize {
+        self.ids
+            .iter()
+            .filter(|(id, seq)| {
+                id.starts_with(prefix)
+                    && matches!(self.runs.get(seq), Some(PendingRun::Deleted { .. }))
+            })
+            .count()
+    }
+
+    /// Stored run ids starting with `prefix` (`asked` were asked for, in order), with
+    /// the pending runs over them: created ones in, deleted ones out; `limit` at most.
+    /// As for [`Pending::oldest_over`], a full read leaves pending ids past its last out.
+    pub fn ids_over(
+        &self,
+        stored: Vec<String>,
+        prefix: &str,
+        asked: usize,
+        limit: usize,
+    ) -> Vec<String> {
+        let window_end = match stored.last() {
+            Some(last) if stored.len() >= asked => Some(last.clone()),
+            _ => None,
+        };
+        let mut ids: std::collections::BTreeSet<String> = stored.into_iter().collect();
+        for (id, seq) in &self.ids {
+            if !id.starts_with(prefix) || window_end.as_ref().is_some_and(|end| id > end) {
+                continue;
+            }
+            match self.runs.get(seq) {
+                Some(PendingRun::Put { .. }) => ids.insert(id.clone()),
+                Some(PendingRun::Deleted { .. }) => ids.remove(id),
+                None => false,
+            };
+        }
+        ids.into_iter().take(limit).collect()
+    }
+
     /// Stored (key, value) rows with the pending writes of that table over them, by key.
     pub fn over(
         stored: Vec<(String, Vec<u8>)>,
