@@ -347,6 +347,22 @@ impl Cluster {
         }
     }
 
+    /// Stops the broker as a supervisor does (SIGTERM) and waits for it to exit.
+    pub fn stop_broker(&mut self) {
+        if let Some(mut broker) = self.broker.take() {
+            // SAFETY: a signal to a child process this cluster started and has not reaped.
+            unsafe {
+                libc::kill(broker.id() as i32, libc::SIGTERM);
+            }
+            let stopped = poll_until(Duration::from_secs(20), || broker.try_wait().ok().flatten());
+            if stopped.is_none() {
+                let _ = broker.kill();
+                let _ = broker.wait();
+                panic!("the broker did not stop within 20 s of SIGTERM");
+            }
+        }
+    }
+
     pub fn kill_broker(&mut self) {
         if let Some(mut broker) = self.broker.take() {
             let _ = broker.kill();

@@ -188,6 +188,14 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     cluster.start_broker();
     let answer = driver.send(json!({ "cmd": "wait_live", "live": true }));
     assert_eq!(answer["text"], "live");
+    // Stopped as a supervisor stops it (SIGTERM, the live feed closed by the broker) and
+    // started again: the page keeps its token and goes live again by itself.
+    cluster.stop_broker();
+    driver.send(json!({ "cmd": "wait_live", "live": false }));
+    cluster.start_broker();
+    let answer = driver.send(json!({ "cmd": "wait_live", "live": true }));
+    assert_eq!(answer["text"], "live");
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#login').hidden && localStorage.getItem('jobcast-token') !== null" }));
 
     // A token taken away by a reload brings back the login prompt, saying why.
     let path = cluster.path("broker.toml");

@@ -484,7 +484,17 @@ pub(super) async fn serve_live(
                 }
             }
             changed = access.tokens.changed() => {
-                if changed.is_err() || !access.still_granted() {
+                if changed.is_err() {
+                    // The broker is stopping (its settings are gone), not the token: the
+                    // page keeps its token and comes back when the broker does.
+                    let close = axum::extract::ws::CloseFrame {
+                        code: axum::extract::ws::close_code::AWAY,
+                        reason: "the broker is stopping".into(),
+                    };
+                    let _ = tokio::time::timeout(STUCK_AFTER, socket.send(Message::Close(Some(close)))).await;
+                    return;
+                }
+                if !access.still_granted() {
                     tracing::info!(token = %access.granted.name, "closing a live client: its token was revoked or changed");
                     let close = axum::extract::ws::CloseFrame {
                         code: CLOSE_TOKEN_REVOKED,
