@@ -32,6 +32,39 @@ fn healthz_needs_no_token() {
 }
 
 #[test]
+fn the_dashboard_cannot_be_framed_or_sniffed_and_talks_only_to_its_own_host() {
+    let cluster = Cluster::start(0);
+    for path in ["/", "/app.js", "/api/v1/status", "/healthz"] {
+        let (status, headers, _) = cluster.api_exchange("GET", path, Some(VIEWER_TOKEN), &[], None);
+        assert_eq!(status, 200, "{path}");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(header("x-frame-options"), "DENY", "{path}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+    }
+    let (_, headers, _) = cluster.api_exchange("GET", "/", None, &[], None);
+    let policy = headers
+        .iter()
+        .find(|(key, _)| key == "content-security-policy")
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default();
+    for directive in [
+        "frame-ancestors 'none'",
+        "connect-src 'self';",
+        "object-src 'none'",
+    ] {
+        assert!(policy.contains(directive), "{directive} in {policy}");
+    }
+    assert!(!policy.contains("ws:"), "sockets to any host: {policy}");
+}
+
+#[test]
 fn every_read_endpoint_refuses_without_a_valid_token() {
     let cluster = Cluster::start(1);
     for path in [

@@ -124,7 +124,32 @@ pub fn router(
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// On every answer: nothing may frame the dashboard (clickjacking on Kill, Drain,
+/// Disable), browsers must not guess content types, and no page address leaks to other
+/// sites in `Referer`.
+pub(super) async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 /// Refuses a request whose declared body is over the limit, whether or not its handler
@@ -160,7 +185,10 @@ pub(super) fn asset(content_type: &'static str, body: &'static str) -> Response 
             (header::CONTENT_TYPE, content_type),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:",
+                // `'self'` covers the live feed's ws:/wss: to this same host, and no
+                // other: a page script cannot open a socket elsewhere.
+                "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
+                 frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
             ),
             (header::CACHE_CONTROL, "no-cache"),
         ],
