@@ -612,6 +612,14 @@ function route() {
 
 window.addEventListener("hashchange", route);
 
+// The first Tab of a page: past the header and filters, to what the view shows (from a
+// table, the next Tab is its first row).
+$("#skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  const target = { runs: "#runs", workers: "#workers", jobs: "#jobs", run: "#run-title", job: "#job-title", worker: "#worker-title" }[state.route.view];
+  if (target) $(target).focus();
+});
+
 /// The URL's run filters, which are also the API's query parameters.
 const FILTERS = ["state", "job", "worker", "since", "until", "text", "before"];
 
@@ -888,7 +896,9 @@ $("#job-form").addEventListener("submit", (event) => {
 $("#job-form-cancel").addEventListener("click", () => { $("#job-form").hidden = true; });
 $("#job-toggle").addEventListener("click", async () => {
   const job = jobPage.detail && (state.jobs.get(jobPage.name) || jobPage.detail.job);
-  if (job) await setEnabled(jobPage.name, !job.spec.enabled);
+  if (!job) return;
+  if (job.spec.enabled && !(await confirmAction(`Disable ${jobPage.name}? It stops firing until enabled again.`, "Disable"))) return;
+  await setEnabled(jobPage.name, !job.spec.enabled);
   jobChanged();
 });
 
@@ -1087,7 +1097,6 @@ async function loadLog(id) {
 async function openRun(id) {
   unfollow();
   $("#run-message").textContent = "";
-  $("#kill-confirm").hidden = true;
   state.following = id;
   state.detail = null;
   state.log = null;
@@ -1174,7 +1183,8 @@ function refreshRunFacts() {
 async function act(path, done) {
   try {
     const result = await api("POST", path);
-    $("#run-message").textContent = done(result);
+    const said = done(result);
+    $("#run-message").replaceChildren(...(Array.isArray(said) ? said : [said]));
   } catch (error) {
     $("#run-message").textContent = error.message;
   }
@@ -1204,7 +1214,21 @@ async function setEnabled(job, enabled) {
   }
 }
 
+/// Asks before an action that cannot be taken back (kill, drain, disable): a modal dialog,
+/// which Escape closes as Cancel and which gives focus back where it was.
+function confirmAction(question, label) {
+  const dialog = $("#confirm");
+  $("#confirm-text").textContent = question;
+  $("#confirm-yes").textContent = label;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "yes"), { once: true });
+  });
+}
+
 async function drainWorker(worker) {
+  if (!(await confirmAction(`Drain worker ${worker}? It finishes what it runs, takes no more work, then stops.`, "Drain"))) return;
   try {
     await api("POST", "/api/v1/workers/" + encodeURIComponent(worker) + "/drain");
     showMessage("");
@@ -1213,20 +1237,20 @@ async function drainWorker(worker) {
   }
 }
 
-$("#run-kill").addEventListener("click", () => {
-  $("#kill-confirm").hidden = false;
-  $("#kill-no").focus();
-});
-$("#kill-no").addEventListener("click", () => {
-  $("#kill-confirm").hidden = true;
-  $("#run-kill").focus();
-});
-$("#kill-yes").addEventListener("click", () => {
-  $("#kill-confirm").hidden = true;
-  act("/api/v1/runs/" + encodeURIComponent(state.following) + "/kill", () => "Kill sent.");
+$("#run-kill").addEventListener("click", async () => {
+  const run = state.following;
+  if (!run || !(await confirmAction(`Kill run ${run}? Its processes are stopped.`, "Kill run"))) return;
+  await act("/api/v1/runs/" + encodeURIComponent(run) + "/kill", () => "Kill sent.");
+  // The Kill button is disabled once the run has ended: focus stays on the page.
+  $("#run-message").focus();
 });
 $("#run-retry").addEventListener("click", () =>
-  act("/api/v1/runs/" + encodeURIComponent(state.following) + "/retry", (run) => `Queued run ${run.id}.`));
+  act("/api/v1/runs/" + encodeURIComponent(state.following) + "/retry", (run) => {
+    const link = document.createElement("a");
+    link.href = "#/run/" + encodeURIComponent(run.id);
+    link.textContent = run.id;
+    return ["Queued as run ", link, "."];
+  }));
 $("#run-again").addEventListener("click", () => state.detail && enqueue(state.detail.job));
 $("#run-download").addEventListener("click", (event) => {
   event.preventDefault();

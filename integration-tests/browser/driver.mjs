@@ -66,11 +66,20 @@ const commands = {
     await showRuns();
     await page.click(`#runs tr[data-run="${id}"]`);
     await page.waitForSelector("#run-kill:not([disabled])", { timeout: 15000 });
+    // Escape closes the confirmation: nothing is done.
     await page.click("#run-kill");
+    await page.waitForSelector("#confirm[open]");
+    await page.keyboard.press("Escape");
+    await page.waitForSelector("#confirm", { state: "hidden" });
+    await page.waitForSelector("#run-facts dd.state.running");
     // Nothing happens before the kill is confirmed.
-    await page.waitForSelector("#kill-confirm:not([hidden])");
-    await page.click("#kill-yes");
+    await page.click("#run-kill");
+    await page.waitForSelector("#confirm[open]");
+    await page.click("#confirm-yes");
     await page.waitForSelector("#run-facts dd.state.killed", { timeout: 30000 });
+    // Focus stays on the page (the Kill button is disabled now).
+    const focused = await page.evaluate(() => document.activeElement && document.activeElement.id);
+    if (focused !== "run-message") throw new Error(`focus went to ${focused || "the body"}`);
     return {};
   },
   async operator_buttons() {
@@ -116,6 +125,10 @@ const commands = {
       if (Date.now() > deadline) throw new Error(`still false after ${timeout || 30000} ms: ${expr}`);
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
+  },
+  async press({ key }) {
+    await page.keyboard.press(key);
+    return {};
   },
   async eval_js({ expr }) {
     return { value: await page.evaluate(expr) };

@@ -118,11 +118,50 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     // The page loads with a token and goes live.
     let opened = driver.send(json!({ "cmd": "open", "token": OPERATOR_TOKEN }));
     assert_eq!(opened["role"], "operator");
+    let focused =
+        "document.activeElement && (document.activeElement.id || document.activeElement.tagName)";
+
+    // The first Tab offers to skip to the runs, from where the next is the first row.
+    let quick = cluster.enqueue("quick");
+    driver.send(json!({ "cmd": "wait_run", "id": quick, "state": "succeeded" }));
+    driver.send(json!({ "cmd": "reload" }));
+    driver.send(json!({ "cmd": "wait_live", "live": true }));
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("document.querySelector('#runs tr[data-run=\"{quick}\"]')") }));
+    driver.send(json!({ "cmd": "press", "key": "Tab" }));
+    assert_eq!(
+        driver.send(json!({ "cmd": "eval_js", "expr": focused }))["value"],
+        "skip"
+    );
+    driver.send(json!({ "cmd": "press", "key": "Enter" }));
+    assert_eq!(
+        driver.send(json!({ "cmd": "eval_js", "expr": focused }))["value"],
+        "runs"
+    );
+    driver.send(json!({ "cmd": "press", "key": "Tab" }));
+    assert_eq!(
+        driver.send(json!({ "cmd": "eval_js", "expr": "document.activeElement.closest('#runs tbody') !== null" }))["value"],
+        true
+    );
 
     // A run enqueued from jobcastctl appears without a reload and moves to succeeded.
     let run = cluster.enqueue("quick");
     driver.send(json!({ "cmd": "wait_run", "id": run, "state": "succeeded" }));
     driver.send(json!({ "cmd": "screenshot", "name": "runs", "tab": "runs" }));
+
+    // Disabling a job asks first; Escape leaves it enabled.
+    driver.send(json!({ "cmd": "goto", "hash": "#/job/quick" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#job-toggle').textContent === 'Disable'" }));
+    driver.send(json!({ "cmd": "click", "selector": "#job-toggle" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#confirm').open" }));
+    driver.send(json!({ "cmd": "press", "key": "Escape" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "!document.querySelector('#confirm').open" }));
+    let (code, body) = cluster.api("GET", "/api/v1/jobs/quick", Some(VIEWER_TOKEN));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["job"]["spec"]["enabled"],
+        true,
+        "{body}"
+    );
 
     // A job with parameters runs from a form built from its declaration.
     driver.send(json!({ "cmd": "goto", "hash": "#/jobs" }));
@@ -159,8 +198,24 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     );
     driver.send(json!({ "cmd": "wait_js", "expr": running_there }));
     driver.send(json!({ "cmd": "screenshot", "name": "worker-page" }));
+    // Drain asks first; Escape leaves the worker as it was.
+    driver.send(json!({ "cmd": "click", "selector": "#worker-drain" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#confirm').open" }));
+    driver.send(json!({ "cmd": "press", "key": "Escape" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "!document.querySelector('#confirm').open" }));
+    assert_eq!(status(&cluster)["workers"][0]["draining"], false);
     driver.send(json!({ "cmd": "kill", "id": long }));
     assert_eq!(cluster.run(&long).unwrap()["state"], "killed");
+    // Retry says which run it made, as a link to it.
+    driver.send(json!({ "cmd": "click", "selector": "#run-retry" }));
+    let made = driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#run-message a')?.getAttribute('href')" }));
+    let retried = made["value"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("#/run/")
+        .to_string();
+    assert!(!retried.is_empty() && retried != long, "{made}");
+    assert!(cluster.run(&retried).is_some(), "the linked run exists");
     driver.send(json!({ "cmd": "screenshot", "name": "workers", "tab": "workers" }));
     driver.send(json!({ "cmd": "screenshot", "name": "jobs", "tab": "jobs" }));
 
