@@ -182,6 +182,8 @@ async function start() {
   }
   localStorage.setItem("jobcast-token", state.token);
   document.body.classList.toggle("viewer", state.role === "viewer");
+  // A token limited to teams may not act on what all teams share (draining a worker).
+  document.body.classList.toggle("limited", state.role !== "admin" && state.teams.length > 0);
   // A token limited to teams sees their jobs and runs only: say so.
   $("#role").textContent = state.role + (state.teams.length ? " · teams " + state.teams.join(", ") : "");
   $("#login").hidden = true;
@@ -461,7 +463,7 @@ function renderWorkers() {
     drain.type = "button";
     drain.textContent = "Drain";
     drain.addEventListener("click", () => drainWorker(row.dataset.key));
-    row.lastChild.className = "operator-only";
+    row.lastChild.className = "operator-only whole-broker";
     row.lastChild.appendChild(drain);
     return row;
   }, (row, worker) => {

@@ -219,6 +219,19 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     driver.send(json!({ "cmd": "screenshot", "name": "workers", "tab": "workers" }));
     driver.send(json!({ "cmd": "screenshot", "name": "jobs", "tab": "jobs" }));
 
+    // A token limited to a team is not offered Drain (the broker would refuse it).
+    let path = cluster.path("broker.toml");
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    config.push_str("[[http.tokens]]\nname = \"team\"\ntoken = \"team-token-0123456789\"\nrole = \"operator\"\nteams = [\"data\"]\n");
+    std::fs::write(&path, config).unwrap();
+    cluster.ctl_ok(&["reload"]);
+    driver.send(json!({ "cmd": "new_page" }));
+    driver.send(json!({ "cmd": "open", "token": "team-token-0123456789" }));
+    driver.send(json!({ "cmd": "goto", "hash": "#/workers" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#workers tr[data-key=\"w1\"]') !== null" }));
+    let drain_shown = driver.send(json!({ "cmd": "eval_js", "expr": "getComputedStyle(document.querySelector('#workers tr[data-key=\"w1\"]').lastChild).display !== 'none'" }));
+    assert_eq!(drain_shown["value"], false, "{drain_shown}");
+
     // A viewer sees no action buttons, and the API refuses a viewer's kill.
     driver.send(json!({ "cmd": "new_page" }));
     let opened = driver.send(json!({ "cmd": "open", "token": VIEWER_TOKEN }));
