@@ -12,6 +12,7 @@ const BEHIND_MS = 2000;
 
 const state = {
   token: localStorage.getItem("jobcast-token"),
+  paused: false,          // the runs list is held still (changes kept, drawn on resume)
   role: null,
   teams: [],
   runs: new Map(),        // id → run summary: the live first page
@@ -366,7 +367,7 @@ function render() {
   const dirty = state.dirty;
   state.dirty = { runs: false, counts: false, workers: false, jobs: false, alerts: false, facts: false };
   if (dirty.counts) renderCounts();
-  if (dirty.runs && state.route.view === "runs") renderRuns();
+  if (dirty.runs && state.route.view === "runs" && !state.paused) renderRuns();
   if (dirty.workers && state.route.view === "workers") { renderWorkers(); renderBrokers(); }
   if (dirty.jobs && state.route.view === "jobs") renderJobs();
   if (dirty.alerts) renderAlerts();
@@ -411,7 +412,14 @@ function syncRows(body, items, key, build, fill) {
     if (row !== expected) body.insertBefore(row, expected);
     previous = row;
   }
-  for (const row of existing.values()) row.remove();
+  for (const row of existing.values()) {
+    // A focused row that leaves the list gives focus to its table, not to the page's body.
+    if (row.contains(document.activeElement)) {
+      const table = body.closest("table");
+      if (table) table.focus();
+    }
+    row.remove();
+  }
 }
 
 function emptyRow(cells) {
@@ -613,6 +621,14 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
+
+$("#pause").addEventListener("click", () => {
+  state.paused = !state.paused;
+  const button = $("#pause");
+  button.setAttribute("aria-pressed", String(state.paused));
+  button.textContent = state.paused ? "Resume" : "Pause";
+  if (!state.paused) markDirty("runs");
+});
 
 // The first Tab of a page: past the header and filters, to what the view shows (from a
 // table, the next Tab is its first row).

@@ -148,6 +148,25 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     driver.send(json!({ "cmd": "wait_run", "id": run, "state": "succeeded" }));
     driver.send(json!({ "cmd": "screenshot", "name": "runs", "tab": "runs" }));
 
+    // Paused, the list holds still while the counts go on; resumed, it catches up.
+    driver.send(json!({ "cmd": "click", "selector": "#pause" }));
+    let succeeded =
+        "Number(document.querySelector('#counts [data-state=succeeded] b').textContent)";
+    let before = driver.send(json!({ "cmd": "eval_js", "expr": succeeded }))["value"]
+        .as_i64()
+        .unwrap_or(-1);
+    let held = cluster.enqueue("quick");
+    cluster.wait_state(&held, "succeeded", LONG);
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("{succeeded} > {before}") }));
+    let row = format!("document.querySelector('#runs tr[data-run=\"{held}\"]')");
+    assert_eq!(
+        driver.send(json!({ "cmd": "eval_js", "expr": format!("{row} === null") }))["value"],
+        true,
+        "a paused list shows no new run"
+    );
+    driver.send(json!({ "cmd": "click", "selector": "#pause" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("{row} !== null") }));
+
     // Disabling a job asks first; Escape leaves it enabled.
     driver.send(json!({ "cmd": "goto", "hash": "#/job/quick" }));
     driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#job-toggle').textContent === 'Disable'" }));
