@@ -539,8 +539,10 @@ function jobState(job) {
 
 function renderJobs() {
   const tag = state.route.params.get("tag");
+  const name = (state.route.params.get("name") || "").toLowerCase();
   const jobs = [...state.jobs.values()]
     .filter((job) => !tag || (job.spec.tags || []).includes(tag))
+    .filter((job) => !name || job.spec.name.toLowerCase().includes(name))
     .sort((a, b) => a.spec.name.localeCompare(b.spec.name));
   syncRows($("#jobs tbody"), jobs, (job) => job.spec.name, () => {
     const row = emptyRow(8);
@@ -552,7 +554,11 @@ function renderJobs() {
     run.addEventListener("click", () => enqueue(row.dataset.key));
     const toggle = document.createElement("button");
     toggle.type = "button";
-    toggle.addEventListener("click", () => setEnabled(row.dataset.key, toggle.dataset.enable === "true"));
+    toggle.addEventListener("click", async () => {
+      const enable = toggle.dataset.enable === "true";
+      if (!enable && !(await confirmAction(`Disable ${row.dataset.key}? It stops firing until enabled again.`, "Disable"))) return;
+      setEnabled(row.dataset.key, enable);
+    });
     actions.append(run, toggle);
     return row;
   }, (row, job) => {
@@ -560,7 +566,7 @@ function renderJobs() {
     const spec = job.spec;
     linkCell(c[0], "#/job/" + encodeURIComponent(spec.name), spec.name);
     setCell(c[1], spec.pool);
-    setCell(c[2], (spec.tags || []).join(", "));
+    tagLinks(c[2], spec.tags || []);
     setCell(c[3], describeSchedule(spec));
     // A job whose ticks start nothing has no next run to show.
     if (job.active && job.next_fire_ms) timeCell(c[4], job.next_fire_ms);
@@ -572,6 +578,22 @@ function renderJobs() {
     toggle.dataset.enable = String(enable);
     setCell(toggle, enable ? "Enable" : "Disable");
   });
+}
+
+/// A job's tags, each a link to the jobs that carry it (made again only when they change).
+function tagLinks(td, tags) {
+  const key = tags.join("\n");
+  if (td.dataset.tags === key) return;
+  td.dataset.tags = key;
+  const parts = [];
+  for (const tag of tags) {
+    if (parts.length) parts.push(" ");
+    const link = document.createElement("a");
+    link.href = "#/jobs?tag=" + encodeURIComponent(tag);
+    link.textContent = tag;
+    parts.push(link);
+  }
+  td.replaceChildren(...parts);
 }
 
 function sparkline(job) {
@@ -616,7 +638,10 @@ function route() {
   if (state.route.view === "job") return openJob(state.route.arg);
   if (state.route.view === "worker") return openWorker(state.route.arg);
   if (state.route.view === "runs") loadRunsPage();
-  if (state.route.view === "jobs") $("#jobs-tag").value = state.route.params.get("tag") || "";
+  if (state.route.view === "jobs") {
+    $("#jobs-tag").value = state.route.params.get("tag") || "";
+    $("#jobs-name").value = state.route.params.get("name") || "";
+  }
   markDirty("runs", "workers", "jobs", "alerts");
 }
 
@@ -856,10 +881,20 @@ function fillFacts(dl, facts) {
 
 $("#job-run").addEventListener("click", () => jobPage.name && enqueue(jobPage.name));
 $("#jobs-filter").addEventListener("submit", (event) => event.preventDefault());
-$("#jobs-tag").addEventListener("change", () => {
+/// The jobs list's filters, kept in the URL.
+function filterJobs() {
+  const params = new URLSearchParams();
+  const name = $("#jobs-name").value.trim();
   const tag = $("#jobs-tag").value.trim();
-  location.hash = "#/jobs" + (tag ? "?tag=" + encodeURIComponent(tag) : "");
-});
+  if (name) params.set("name", name);
+  if (tag) params.set("tag", tag);
+  const query = params.toString();
+  history.replaceState(null, "", "#/jobs" + (query ? "?" + query : ""));
+  state.route.params = params;
+  markDirty("jobs");
+}
+$("#jobs-tag").addEventListener("change", filterJobs);
+$("#jobs-name").addEventListener("input", filterJobs);
 
 /// The form for a job's parameters, built from its declaration.
 function showParamForm(spec) {

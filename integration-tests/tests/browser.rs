@@ -184,6 +184,9 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
 
     // A job with parameters runs from a form built from its declaration.
     driver.send(json!({ "cmd": "goto", "hash": "#/jobs" }));
+    // Jobs are found by part of their name (kept in the URL).
+    driver.send(json!({ "cmd": "fill", "selector": "#jobs-name", "value": "GRE" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "[...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.key).join() === 'greet' && location.hash === '#/jobs?name=GRE'" }));
     driver.send(json!({ "cmd": "click", "selector": "#jobs tr[data-key=\"greet\"] button" }));
     driver.send(json!({ "cmd": "wait_js", "expr": "!document.querySelector('#job-form').hidden" }));
     driver.send(json!({ "cmd": "screenshot", "name": "param-form" }));
