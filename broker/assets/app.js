@@ -324,6 +324,35 @@ function renderPart() {
   banner.replaceChildren(...parts);
 }
 
+/// Every pool a worker serves or a run waits in: its queue and the slots serving it.
+function renderPools() {
+  const status = state.status || {};
+  const queued = status.queued_by_pool || {};
+  const disabled = new Set(status.disabled_pools || []);
+  const names = new Set([...Object.keys(queued), ...disabled, ...state.workers.flatMap((w) => w.pools)]);
+  const pools = [...names].sort().map((name) => {
+    const online = state.workers.filter((w) => w.online && w.pools.includes(name));
+    return {
+      name,
+      disabled: disabled.has(name),
+      queued: queued[name] || 0,
+      online: online.length,
+      // A worker serving several pools shares its slots among them.
+      running: online.reduce((sum, w) => sum + w.running.length, 0),
+      slots: online.reduce((sum, w) => sum + w.concurrency, 0),
+    };
+  });
+  syncRows($("#pools tbody"), pools, (p) => p.name, () => emptyRow(5), (row, pool) => {
+    const c = row.children;
+    setCell(c[0], pool.name);
+    setCell(c[1], pool.disabled ? "disabled" : pool.online ? "served" : "no worker");
+    c[1].className = pool.disabled || !pool.online ? "offline" : "";
+    setCell(c[2], pool.queued);
+    setCell(c[3], pool.online);
+    setCell(c[4], pool.running + " of " + pool.slots);
+  });
+}
+
 /// The lease and the brokers seen on the database (several brokers only).
 function renderBrokers() {
   const lease = state.status && state.status.leadership;
@@ -368,7 +397,7 @@ function render() {
   state.dirty = { runs: false, counts: false, workers: false, jobs: false, alerts: false, facts: false };
   if (dirty.counts) renderCounts();
   if (dirty.runs && state.route.view === "runs" && !state.paused) renderRuns();
-  if (dirty.workers && state.route.view === "workers") { renderWorkers(); renderBrokers(); }
+  if (dirty.workers && state.route.view === "workers") { renderWorkers(); renderPools(); renderBrokers(); }
   if (dirty.jobs && state.route.view === "jobs") renderJobs();
   if (dirty.alerts) renderAlerts();
   if (dirty.facts && state.route.view === "run") refreshRunFacts();

@@ -214,6 +214,14 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     // running there.
     let long = cluster.enqueue("long");
     driver.send(json!({ "cmd": "wait_run", "id": long, "state": "running" }));
+    // The pool's row: the long run holds one of w1's four slots.
+    driver.send(json!({ "cmd": "goto", "hash": "#/workers" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": format!(
+        "{} === 'served' && {} === '1' && {} === '1 of 4'",
+        cell_text("pools", "default", 1),
+        cell_text("pools", "default", 3),
+        cell_text("pools", "default", 4)
+    ) }));
     driver.send(json!({ "cmd": "goto", "hash": "#/worker/w1" }));
     let running_there = format!(
         "[...document.querySelectorAll('#worker-running a')].some(a => a.textContent === '{long}')"
