@@ -166,3 +166,78 @@ fn metrics_count_runs_workers_refusals_and_time_and_need_a_token() {
         );
     }
 }
+
+/// Whether Prometheus's `promtool` is here; under CI it must be (`.ci/run` installs
+/// Debian's `prometheus`).
+fn promtool_available() -> bool {
+    let found = std::process::Command::new("promtool")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    match found {
+        true => true,
+        false if std::env::var_os("CI").is_some() => {
+            panic!("promtool is missing (apt-get install prometheus)")
+        }
+        false => {
+            eprintln!("SKIPPED: promtool is missing (apt-get install prometheus)");
+            false
+        }
+    }
+}
+
+fn promtool(args: &[&str], input: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(root.join("prometheus"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .expect("promtool's stdin")
+            .write_all(text.as_bytes())
+            .expect("write to promtool");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("promtool's output")
+}
+
+/// The shipped alerting rules load, fire on the series a problem gives (and not before
+/// their `for`), and the broker's own exposition passes Prometheus's linter.
+#[test]
+fn the_example_alerting_rules_hold_and_promtool_accepts_the_metrics() {
+    if !promtool_available() {
+        return;
+    }
+    for args in [
+        &["check", "rules", "../../examples/prometheus-alerts.yml"][..],
+        &["test", "rules", "alerts_test.yml"][..],
+    ] {
+        let out = promtool(args, None);
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cluster = Cluster::start(1);
+    let (status, body) = cluster.api("GET", "/metrics", Some(VIEWER_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let out = promtool(&["check", "metrics"], Some(&body));
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
