@@ -305,7 +305,8 @@ impl Metrics {
             Unit::Seconds,
             uptime,
         );
-        register_leadership(&mut registry, true, status.leadership.as_ref());
+        let leadership = status.leadership.as_ref();
+        register_leadership(&mut registry, true, leadership.map(|l| l.epoch), leadership);
         if let Some(bytes) = store_bytes {
             let size = Gauge::<i64>::default();
             size.set(bytes as i64);
@@ -400,26 +401,19 @@ pub fn directory_size(dir: &std::path::Path) -> std::io::Result<u64> {
 /// leader it names.
 pub fn encode_standby(leader: Option<&jobcast_protocol::LeaderAddress>) -> String {
     let mut registry = Registry::with_prefix("jobcast");
-    register_leadership(&mut registry, false, None);
-    if let Some(leader) = leader {
-        let epoch = Gauge::<i64>::default();
-        epoch.set(leader.epoch as i64);
-        registry.register(
-            "leader_epoch",
-            "The epoch of the leader's lease (rises at each takeover)",
-            epoch,
-        );
-    }
+    register_leadership(&mut registry, false, leader.map(|l| l.epoch), None);
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
     text
 }
 
-/// Whether this broker acts, and with several brokers the lease it leads by.
+/// Whether this broker acts; with several brokers, the leader's epoch and, on the
+/// leader, the lease it leads by.
 fn register_leadership(
     registry: &mut Registry,
     acting: bool,
+    epoch: Option<u64>,
     leadership: Option<&jobcast_protocol::Leadership>,
 ) {
     let leader = Gauge::<i64>::default();
@@ -429,21 +423,23 @@ fn register_leadership(
         "1 when this broker acts (alone on its store, or the leader of several), 0 when it stands by",
         leader,
     );
+    if let Some(epoch) = epoch {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(epoch as i64);
+        registry.register(
+            "leader_epoch",
+            "The epoch of the leader's lease (rises at each takeover)",
+            gauge,
+        );
+    }
     let Some(leadership) = leadership else {
         return;
     };
-    let epoch = Gauge::<i64>::default();
-    epoch.set(leadership.epoch as i64);
-    registry.register(
-        "leader_epoch",
-        "The epoch of the leader's lease (rises at each takeover)",
-        epoch,
-    );
     let age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     age.set(seconds(leadership.renewed_ms_ago));
     registry.register_with_unit(
         "lease_age",
-        "Since the leader's lease was last renewed, by the database's clock",
+        "Since the leader's lease was last renewed",
         Unit::Seconds,
         age,
     );

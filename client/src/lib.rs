@@ -41,6 +41,14 @@ pub enum ClientError {
     Closed,
 }
 
+impl ClientError {
+    /// Whether the broker refused the request unread because it was sealed before the
+    /// broker began acting (a start, a takeover): safe to send again, sealed anew.
+    pub fn was_sent_too_early(&self) -> bool {
+        matches!(self, ClientError::Refused { reason, .. } if reason == jobcast_protocol::Rejection::BEFORE_START)
+    }
+}
+
 impl ClientConfig {
     /// What this peer authenticates its connections with.
     pub fn credentials(&self) -> Credentials {
@@ -273,6 +281,22 @@ struct Waiter {
 
 type Pending = HashMap<u64, Waiter>;
 
+/// Points the client at `endpoint` from its next connection; why the current one ends.
+fn move_to(config: &mut ClientConfig, endpoint: String) -> String {
+    let reason = format!("moving from {} to {endpoint}", config.endpoint);
+    config.endpoint = endpoint;
+    reason
+}
+
+/// The endpoints of a comma-separated list (several brokers), blanks left out.
+pub fn endpoint_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|endpoint| !endpoint.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 async fn run(
     mut config: ClientConfig,
     mut connection: Option<Connection>,
@@ -318,11 +342,7 @@ async fn run(
                 command = commands.recv() => match command {
                     None => return,
                     Some(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
-                    Some(Command::ReconnectTo(endpoint)) => {
-                        let reason = format!("moving from {} to {endpoint}", config.endpoint);
-                        config.endpoint = endpoint;
-                        break 'serve reason;
-                    }
+                    Some(Command::ReconnectTo(endpoint)) => break 'serve move_to(&mut config, endpoint),
                     Some(Command::Send { request, reply_to }) => {
                         // Take every request already queued before going back to the
                         // socket: a burst (a worker's reports) then leaves as a burst,
@@ -345,11 +365,7 @@ async fn run(
                                 match commands.try_recv() {
                                     Ok(Command::Send { request, reply_to }) => next = Some((request, reply_to)),
                                     Ok(Command::Reconnect) => break 'serve "reconnect requested".to_string(),
-                                    Ok(Command::ReconnectTo(endpoint)) => {
-                                        let reason = format!("moving from {} to {endpoint}", config.endpoint);
-                                        config.endpoint = endpoint;
-                                        break 'serve reason;
-                                    }
+                                    Ok(Command::ReconnectTo(endpoint)) => break 'serve move_to(&mut config, endpoint),
                                     Err(_) => {}
                                 }
                             }

@@ -39,13 +39,7 @@ impl Ctl {
     /// Connects with the admin key the command line names, to the first of its brokers
     /// that can be reached.
     pub(crate) async fn connect(args: &Args) -> Result<Ctl> {
-        let brokers: Vec<String> = args
-            .broker
-            .split(',')
-            .map(str::trim)
-            .filter(|endpoint| !endpoint.is_empty())
-            .map(str::to_string)
-            .collect();
+        let brokers = jobcast_client::endpoint_list(&args.broker);
         if brokers.is_empty() {
             return Err(Failure::Usage("--broker names no endpoint".into()).into());
         }
@@ -117,9 +111,7 @@ impl Ctl {
             let reply = match self.client.request(request.clone(), timeout).await {
                 // Sealed before the broker began acting (it took over, or started, as
                 // this was on its way): refused unread, so sealed again and sent again.
-                Err(jobcast_client::ClientError::Refused { reason, .. })
-                    if reason == "before_start" && tokio::time::Instant::now() < deadline =>
-                {
+                Err(e) if e.was_sent_too_early() && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

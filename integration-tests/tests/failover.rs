@@ -168,7 +168,11 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
         "{metrics}"
     );
     let (_, metrics) = get(&format!("{}/metrics", b.http));
-    assert!(metrics.contains("jobcast_leader 0"), "{metrics}");
+    // A standby stands by, and says which epoch leads (a rise is a failover).
+    assert!(
+        metrics.contains("jobcast_leader 0") && metrics.contains("jobcast_leader_epoch 1"),
+        "{metrics}"
+    );
     let status = wait_for("the leader to list the standby", LONG, || {
         let status = ctl_status(&a);
         (status["leadership"]["brokers"].as_array()?.len() == 2).then_some(status)

@@ -334,14 +334,10 @@ pub fn prepare_script_dir(config: &WorkerConfig) -> Result<()> {
 
 /// The brokers named by `broker` and `events`: comma-separated lists, paired in order.
 pub fn broker_list(routers: &str, events: &str) -> Result<Vec<BrokerEndpoints>> {
-    let split = |list: &str| -> Vec<String> {
-        list.split(',')
-            .map(str::trim)
-            .filter(|endpoint| !endpoint.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
-    let (routers, events) = (split(routers), split(events));
+    let (routers, events) = (
+        jobcast_client::endpoint_list(routers),
+        jobcast_client::endpoint_list(events),
+    );
     if routers.is_empty() {
         bail!("broker names no endpoint");
     }

@@ -47,28 +47,14 @@ pub(crate) async fn status(ctl: &Ctl) -> Result<ExitCode> {
                 )
             })
             .collect();
-        println!(
-            "standbys: {}",
-            if standbys.is_empty() {
-                "none".into()
-            } else {
-                standbys.join(", ")
-            }
-        );
+        println!("standbys: {}", list_or_none(&standbys));
     }
     let active: Vec<String> = report
         .active
         .iter()
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
-    println!(
-        "active runs: {}",
-        if active.is_empty() {
-            "none".into()
-        } else {
-            active.join(", ")
-        }
-    );
+    println!("active runs: {}", list_or_none(&active));
     if !report.disabled_pools.is_empty() {
         println!("disabled pools: {}", report.disabled_pools.join(", "));
     }
@@ -118,4 +104,13 @@ pub(crate) async fn status(ctl: &Ctl) -> Result<ExitCode> {
     }
     table.print();
     Ok(ExitCode::SUCCESS)
+}
+
+/// `items` joined by commas, or "none".
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
 }

@@ -34,6 +34,10 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The reason of a frame sealed before the broker began acting: refused unread, so
+    /// sealing it again and sending it again is safe whatever it asks.
+    pub const BEFORE_START: &'static str = "before_start";
+
     /// Every reason [`Self::reason`] gives, for counters that start at zero.
     pub const REASONS: [&'static str; 9] = [
         "oversized",
@@ -43,7 +47,7 @@ impl Rejection {
         "unsupported_version",
         "clock_skew",
         "replay",
-        "before_start",
+        Self::BEFORE_START,
         "unknown_request",
     ];
 
@@ -56,7 +60,7 @@ impl Rejection {
             Rejection::UnsupportedVersion { .. } => "unsupported_version",
             Rejection::ClockSkew { .. } => "clock_skew",
             Rejection::Replay(_) => "replay",
-            Rejection::BeforeStart { .. } => "before_start",
+            Rejection::BeforeStart { .. } => Self::BEFORE_START,
             Rejection::UnknownRequest { .. } => "unknown_request",
         }
     }

@@ -6,8 +6,6 @@ use super::*;
 /// How soon a request a standby answered (or one refused as sent before the broker
 /// began acting) is asked again.
 const NOT_LEADER_RETRY_MS: u64 = 200;
-/// The refusal of a frame sealed before the broker began acting (`Rejection::BeforeStart`).
-const BEFORE_START: &str = "before_start";
 
 impl WorkerState {
     /// The end of a request sent through [`Action::Request`] at `sent_ms`.
@@ -67,7 +65,9 @@ impl WorkerState {
                 }
                 reply
             }
-            Answer::Refused { reason, .. } if reason == BEFORE_START => {
+            Answer::Refused { reason, .. }
+                if reason == jobcast_protocol::envelope::Rejection::BEFORE_START =>
+            {
                 // Sealed before the broker began acting (it started, or took over, as
                 // this was on its way): refused unread, which says nothing about the key.
                 // Asked again soon, sealed anew.
