@@ -266,6 +266,15 @@ impl<S: Store> Core<S> {
             if run.state == RunState::Queued {
                 core.tables.runs.enqueue(&run, ms(now_us));
             }
+            if run.state == RunState::Running {
+                // What it printed before this broker started, read now rather than on
+                // the loop when its next chunk comes.
+                let stored = core.store.log_chunks(&run.id)?;
+                let stored = stored.iter().map(|(o, bytes)| (*o, bytes.len() as u64));
+                core.tables
+                    .logs
+                    .track(&run.id, run.log_cap as usize, stored);
+            }
             core.tables.runs.activate(run);
         }
         core.load_scheduling(Now::from_us(now_us))?;

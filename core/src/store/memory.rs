@@ -22,6 +22,9 @@ pub struct MemoryStore {
     pub backlogged: bool,
     /// Where commits wait until a test lets them end, if it holds them.
     pub held_commits: Option<HeldCommits>,
+    /// How many times a run's log was read (shared by clones), for tests of what the
+    /// broker's loop reads.
+    pub log_reads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Commits that end only when a test says so (in order), to see what a broker does while
@@ -188,6 +191,8 @@ impl Store for MemoryStore {
     }
 
     fn log_chunks(&self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        self.log_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(self
             .logs
             .range((run_id.to_string(), 0)..=(run_id.to_string(), u64::MAX))

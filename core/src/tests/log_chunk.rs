@@ -78,3 +78,69 @@ fn the_broker_caps_stored_logs_whatever_the_worker_declares() {
     let stored = h.stored_log_bytes(&run);
     assert!(stored <= 4096 + 1000, "stored {stored} bytes");
 }
+
+/// The log reads this store has served so far.
+fn log_reads(h: &Harness) -> usize {
+    h.core
+        .store()
+        .log_reads
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_started_runs_output_is_stored_without_reading_the_store() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]);
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.start("w1", &run);
+    let before = log_reads(&h);
+    for i in 0..20u64 {
+        h.worker(
+            "w1",
+            WorkerRequest::LogChunk {
+                run_id: run.clone(),
+                offset: i * 1000,
+                data: vec![b'x'; 1000],
+            },
+        );
+    }
+    assert_eq!(log_reads(&h), before, "a chunk read the store on the loop");
+    assert!(h.stored_log_bytes(&run) <= 4096 + 1000);
+}
+
+#[test]
+fn a_restarted_broker_keeps_a_running_runs_log_within_its_cap() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]); // cap 4096
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.start("w1", &run);
+    let chunk = |i: u64| WorkerRequest::LogChunk {
+        run_id: run.clone(),
+        offset: i * 1000,
+        data: vec![b'a' + i as u8; 1000],
+    };
+    for i in 0..8 {
+        h.worker("w1", chunk(i));
+    }
+    let store = h.core.into_store();
+    let mut h = Harness::started_at(store, CoreConfig::default(), T0 + 1_000_000);
+    h.register("w1", 1, &["default"], &[&run]);
+    assert_eq!(h.state(&run), RunState::Running);
+    let reads_at_start = log_reads(&h);
+    for i in 8..16 {
+        h.worker("w1", chunk(i));
+    }
+    assert_eq!(
+        log_reads(&h),
+        reads_at_start,
+        "a chunk read the store on the loop"
+    );
+    // The tail from before the restart was dropped as the new chunks rolled in.
+    let stored = h.stored_log_bytes(&run);
+    assert!(stored <= 4096 + 1000, "stored {stored} bytes");
+    let chunks = h.core.store().log_chunks(&run).unwrap();
+    assert_eq!(chunks.first().map(|c| c.0), Some(0), "the head is kept");
+    assert_eq!(chunks.last().map(|c| c.0), Some(15_000));
+}

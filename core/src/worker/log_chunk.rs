@@ -26,7 +26,8 @@ impl<S: Store> Core<S> {
             },
         };
         if !self.tables.logs.is_tracked(run_id) {
-            // First chunk since this broker started: rebuild from what is stored.
+            // Runs are tracked from their start (or this broker's); only a run given up
+            // as lost whose output comes late is not: rebuilt from what is stored.
             let stored = self.store.log_chunks(run_id)?;
             let stored = stored.iter().map(|(o, bytes)| (*o, bytes.len() as u64));
             self.tables.logs.track(run_id, log_cap as usize, stored);

@@ -39,6 +39,11 @@ impl<S: Store> Core<S> {
         {
             self.store.put_run(run)?;
             self.changes.runs.insert(run.id.clone());
+            // A run's output comes only while it runs, and a run runs once: nothing is
+            // stored for it yet, so its first chunk needs no read of the store.
+            self.tables
+                .logs
+                .track(&run.id, run.log_cap as usize, std::iter::empty());
             // From when it could first be handed out: its creation, or the end of its
             // retry back-off.
             let due_ms = run.created_at_ms.max(run.not_before_ms);
