@@ -24,7 +24,8 @@ pub fn summary_row(name: &str, samples: &[u64]) -> Result<()> {
     Ok(())
 }
 
-pub async fn latency(runs: usize) -> Result<()> {
+/// Returns the enqueue → process spawned times, µs.
+pub async fn latency(runs: usize) -> Result<Vec<u64>> {
     println!("dispatch latency, idle system, one worker with one slot, `#!/bin/sh true` (times from the broker's and worker's clocks, µs)");
     let broker = Broker::start().await?;
     broker
@@ -77,7 +78,7 @@ pub async fn latency(runs: usize) -> Result<()> {
             "ms",
         );
     }
-    Ok(())
+    Ok(spawn)
 }
 
 pub async fn kill(runs: usize) -> Result<()> {

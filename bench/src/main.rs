@@ -10,6 +10,7 @@ mod goals;
 mod harness;
 mod latency;
 mod live;
+mod peers;
 mod postgres;
 mod retention;
 mod stats;
@@ -115,6 +116,14 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         runs: usize,
     },
+    /// jobcast beside its peers on the same shell workload: Gearman (Debian's
+    /// gearman-job-server, in-memory queue, Python workers) where it is installed.
+    Peers {
+        #[arg(long, default_value_t = 2_000)]
+        runs: usize,
+        #[arg(long, default_value_t = 1_000)]
+        latency_runs: usize,
+    },
     /// Kill latency: from `kill` to the whole process tree (with a setsid child) gone.
     Kill {
         #[arg(long, default_value_t = 20)]
@@ -205,7 +214,9 @@ fn main() -> Result<()> {
                 runs,
                 workers,
                 slots,
-            } => throughput(if args.quick { 100 } else { runs }, workers, slots).await,
+            } => throughput(if args.quick { 100 } else { runs }, workers, slots)
+                .await
+                .map(drop),
             Command::Postgres {
                 runs,
                 latency_runs,
@@ -233,7 +244,24 @@ fn main() -> Result<()> {
             Command::Footprint { stored_runs } => {
                 footprint(if args.quick { 2_000 } else { stored_runs }).await
             }
-            Command::Latency { runs } => latency(if args.quick { 50 } else { runs }).await,
+            Command::Latency { runs } => {
+                latency(if args.quick { 50 } else { runs }).await.map(drop)
+            }
+            Command::Peers { runs, latency_runs } => {
+                let (runs, latency_runs) = if args.quick {
+                    (100, 50)
+                } else {
+                    (runs, latency_runs)
+                };
+                let shell = throughput(runs, 2, 2).await?;
+                println!();
+                let spawned = latency(latency_runs).await?;
+                println!();
+                peers::peers(runs, latency_runs, shell, &spawned).await?;
+                println!();
+                goals::print();
+                Ok(())
+            }
             Command::Retention { stored_runs } => {
                 retention::retention(if args.quick { 5_000 } else { stored_runs }).await
             }
@@ -282,11 +310,14 @@ fn main() -> Result<()> {
                 } else {
                     (1_000, 10_000, Duration::from_secs(20))
                 };
-                throughput(if q { 100 } else { 2_000 }, 2, 2).await?;
+                let (shell_runs, latency_runs) = if q { (100, 50) } else { (2_000, 1_000) };
+                let shell = throughput(shell_runs, 2, 2).await?;
                 println!();
                 capacity(if q { 500 } else { 20_000 }, 2).await?;
                 println!();
-                latency(if q { 50 } else { 1_000 }).await?;
+                let spawned = latency(latency_runs).await?;
+                println!();
+                peers::peers(shell_runs, latency_runs, shell, &spawned).await?;
                 println!();
                 transport::transport(if q { 200 } else { 20_000 }).await?;
                 println!();

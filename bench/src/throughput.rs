@@ -25,7 +25,7 @@ struct CpuPerRun {
 }
 
 /// CPU time of `pid` and of its waited-for children, µs.
-fn cpu_us(pid: u32) -> (f64, f64) {
+pub fn cpu_us(pid: u32) -> (f64, f64) {
     let us = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e6);
     (us(cpu_time(pid as i32)), us(children_cpu_time(pid as i32)))
 }
@@ -66,7 +66,17 @@ async fn raw_spawn(runs: usize, concurrency: usize) -> Result<(f64, CpuPerRun)> 
     Ok((rate, cpu))
 }
 
-pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<()> {
+/// What a shell throughput run measured, for the comparison with peers.
+#[derive(Debug, Clone, Copy)]
+pub struct ShellFigures {
+    /// Runs a second with no scheduler, and through jobcast.
+    pub raw: f64,
+    pub rate: f64,
+    /// jobcast's own CPU per run (workers and broker, not the scripts), µs.
+    pub own_cpu_us: f64,
+}
+
+pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<ShellFigures> {
     if workers == 0 || workers > MAX_WORKERS || slots == 0 || runs == 0 {
         bail!("use 1..={MAX_WORKERS} workers, at least 1 slot and 1 run");
     }
@@ -149,7 +159,11 @@ pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<()> {
     if !(rate > 0.0 && raw > 0.0) {
         bail!("no throughput measured");
     }
-    Ok(())
+    Ok(ShellFigures {
+        raw,
+        rate,
+        own_cpu_us: jobcast_cpu.spawner + jobcast_cpu.broker,
+    })
 }
 
 pub async fn capacity(runs: usize, workers: usize) -> Result<()> {

@@ -11,6 +11,7 @@ mod reporter;
 mod runner;
 pub mod scripts;
 pub mod session;
+mod spawn;
 mod start_error;
 pub mod start_ledger;
 mod state;

@@ -11,6 +11,7 @@ use crate::scripts::{ScriptFile, ScriptFiles};
 use crate::start_error::StartError;
 use jobcast_protocol::{Assignment, Exec};
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -106,60 +107,87 @@ pub fn plan(assignment: &Assignment, scripts: &ScriptFiles) -> Result<Plan, Star
     }
 }
 
+/// A run's first process, as started: by [`crate::spawn`], or by the standard library on
+/// a kernel without pidfds.
+pub enum RunProcess {
+    Cloned(crate::spawn::ChildProcess),
+    Forked(tokio::process::Child),
+}
+
+impl RunProcess {
+    pub fn id(&self) -> u32 {
+        match self {
+            RunProcess::Cloned(child) => child.id(),
+            RunProcess::Forked(child) => child.id().unwrap_or(0),
+        }
+    }
+
+    /// Waits for it to exit (and reaps it).
+    pub async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        match self {
+            RunProcess::Cloned(child) => child.wait().await,
+            RunProcess::Forked(child) => child.wait().await,
+        }
+    }
+}
+
+/// The variables every run's processes get on top of the worker's environment, in
+/// order (a later one wins): the job's, those the worker fills, the parameters, then
+/// jobcast's own.
+fn run_environment(
+    assignment: &Assignment,
+    worker: &WorkerMark<'_>,
+    worker_env: &[(String, String)],
+) -> Vec<(OsString, OsString)> {
+    let pair = |k: &str, v: &str| (OsString::from(k), OsString::from(v));
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    env.extend(assignment.job.env.iter().map(|(k, v)| pair(k, v)));
+    env.extend(worker_env.iter().map(|(k, v)| pair(k, v)));
+    // Values as data in the environment, never in the script's text.
+    env.extend(
+        assignment
+            .params
+            .iter()
+            .map(|(name, value)| pair(&jobcast_protocol::params::env_name(name), value)),
+    );
+    env.push(pair("JOBCAST_RUN_ID", &assignment.run_id));
+    env.push(pair("JOBCAST_JOB", &assignment.job.name));
+    env.push(pair("JOBCAST_ATTEMPT", &assignment.attempt.to_string()));
+    env.push(pair("JOBCAST_WORKER", worker.id));
+    env.push((
+        OsString::from(WORKER_HOME),
+        worker.home.as_os_str().to_os_string(),
+    ));
+    env.push(pair(
+        "JOBCAST_SCHEDULED_AT",
+        &humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(assignment.scheduled_at_ms),
+        )
+        .to_string(),
+    ));
+    env
+}
+
 /// Starts the plan with output (stdout and stderr on one pipe, so their order is kept)
-/// going to the returned reader.
+/// going to the returned reader, in a process group of its own (signals to the group
+/// reach its ordinary children, and a terminal's Ctrl-C, sent to the foreground group,
+/// does not) and, with a cgroup per run, in that cgroup before its program runs (moved
+/// in after, a fast script could fork out of it first).
 pub fn spawn(
     plan: &Plan,
     assignment: &Assignment,
     worker: &WorkerMark<'_>,
     worker_env: &[(String, String)],
     cgroup: Option<&crate::cgroup::RunCgroup>,
-) -> Result<(tokio::process::Child, tokio::net::unix::pipe::Receiver), StartError> {
-    let (reader, writer) = std::io::pipe().map_err(StartError::Output)?;
-    let writer2 = writer.try_clone().map_err(StartError::Output)?;
-    let mut command = std::process::Command::new(&plan.program);
-    command
-        .args(&plan.args)
-        .envs(&assignment.job.env)
-        .envs(worker_env.iter().map(|(k, v)| (k, v)))
-        // Values as data in the environment, never in the script's text.
-        .envs(
-            assignment
-                .params
-                .iter()
-                .map(|(name, value)| (jobcast_protocol::params::env_name(name), value)),
-        )
-        .env("JOBCAST_RUN_ID", &assignment.run_id)
-        .env("JOBCAST_JOB", &assignment.job.name)
-        .env("JOBCAST_ATTEMPT", assignment.attempt.to_string())
-        .env("JOBCAST_WORKER", worker.id)
-        .env(WORKER_HOME, worker.home)
-        .env(
-            "JOBCAST_SCHEDULED_AT",
-            humantime::format_rfc3339_millis(
-                std::time::UNIX_EPOCH + Duration::from_millis(assignment.scheduled_at_ms),
-            )
-            .to_string(),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::from(writer2));
-    if let Some(dir) = &assignment.job.workdir {
-        if !Path::new(dir).is_dir() {
-            return Err(StartError::NoWorkdir { dir: dir.clone() });
+) -> Result<(RunProcess, tokio::net::unix::pipe::Receiver), StartError> {
+    use std::os::fd::AsFd;
+    let workdir = match &assignment.job.workdir {
+        Some(dir) if !Path::new(dir).is_dir() => {
+            return Err(StartError::NoWorkdir { dir: dir.clone() })
         }
-        command.current_dir(dir);
-    }
-    // A process group of its own, so that signals to the group reach its ordinary
-    // children (and a terminal's Ctrl-C, sent to the foreground group, does not). Not
-    // `setsid` in a `pre_exec` hook: any hook makes the standard library `fork` the whole
-    // worker for each run, where a process group lets it use `posix_spawn` (no page-table
-    // copy): +47 % shell runs a second (docs/BENCHMARKS.md).
-    command.process_group(0);
-    // With a cgroup per run, the child joins it between fork and exec: moved in after the
-    // spawn, a fast script could fork (and escape) before the move. This hook makes the
-    // standard library fork instead of posix_spawn (see above), the price of containment
-    // until a spawn with CLONE_INTO_CGROUP replaces both.
+        Some(dir) => Some(Path::new(dir)),
+        None => None,
+    };
     let procs = match cgroup {
         Some(cgroup) => Some(
             cgroup
@@ -168,7 +196,64 @@ pub fn spawn(
         ),
         None => None,
     };
-    if let Some(procs) = &procs {
+    let env = run_environment(assignment, worker, worker_env);
+    let args: Vec<OsString> = plan.args.iter().map(OsString::from).collect();
+    let (reader, writer) = std::io::pipe().map_err(StartError::Output)?;
+    let spawn_error = |source| StartError::Spawn {
+        program: plan.program.clone(),
+        source,
+    };
+    let child = {
+        // Held until the pid is listed, so the orphan reaper never takes this child.
+        let mut own = lock_children();
+        let launched = crate::spawn::launch(&crate::spawn::Launch {
+            program: plan.program.as_ref(),
+            args: &args,
+            env: &env,
+            workdir,
+            output: writer.as_fd(),
+            cgroup_procs: procs.as_ref().map(|file| file.as_fd()),
+        })
+        .map_err(spawn_error)?;
+        let child = match launched {
+            Some(child) => RunProcess::Cloned(child),
+            None => RunProcess::Forked(
+                forked(plan, &args, &env, workdir, writer, procs.as_ref()).map_err(spawn_error)?,
+            ),
+        };
+        own.get_or_insert_with(HashSet::new)
+            .insert(child.id() as i32);
+        child
+    };
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+        .map_err(StartError::Output)?;
+    Ok((child, reader))
+}
+
+/// The standard library's start, for kernels without pidfds: it `fork`s the whole
+/// worker when the run joins a cgroup (a step between fork and exec), else uses
+/// `posix_spawn`.
+fn forked(
+    plan: &Plan,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+    workdir: Option<&Path>,
+    writer: std::io::PipeWriter,
+    procs: Option<&std::fs::File>,
+) -> io::Result<tokio::process::Child> {
+    let writer2 = writer.try_clone()?;
+    let mut command = std::process::Command::new(&plan.program);
+    command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer2))
+        .process_group(0);
+    if let Some(dir) = workdir {
+        command.current_dir(dir);
+    }
+    if let Some(procs) = procs {
         use std::os::fd::AsRawFd;
         let fd = procs.as_raw_fd();
         // SAFETY: the hook runs in the forked child before exec and only calls write(2),
@@ -186,24 +271,9 @@ pub fn spawn(
     }
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(false);
-    let child = {
-        let mut own = lock_children();
-        let child = command.spawn().map_err(|source| StartError::Spawn {
-            program: plan.program.clone(),
-            source,
-        })?;
-        if let Some(pid) = child.id() {
-            own.get_or_insert_with(HashSet::new).insert(pid as i32);
-        }
-        child
-    };
-    // Dropping the command closes our copies of the pipe's write end, so the reader sees
-    // end-of-file once the run's processes close theirs.
-    drop(command);
-    drop(procs);
-    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
-        .map_err(StartError::Output)?;
-    Ok((child, reader))
+    // Dropping the command (at return) closes our copies of the pipe's write end, so the
+    // reader sees end-of-file once the run's processes close theirs.
+    command.spawn()
 }
 
 /// Every live process that belongs to the run whose first process is `root`.
@@ -365,5 +435,38 @@ mod tests {
         );
         assert_eq!(parse_shebang("#!\n"), None);
         assert_eq!(parse_shebang("echo hi"), None);
+    }
+}
+
+#[cfg(test)]
+mod forked_tests {
+    use super::*;
+    use std::io::Read;
+
+    /// The start used where the kernel has no pidfds behaves as the usual one.
+    #[tokio::test]
+    async fn the_standard_librarys_start_gives_the_same_environment_group_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan {
+            program: "/bin/sh".into(),
+            args: Vec::new(),
+            script: None,
+        };
+        let args = [
+            OsString::from("-c"),
+            OsString::from(
+                "echo \"$GREETING $(pwd)\"; cut -d' ' -f5 /proc/$$/stat; echo $$; exit 4",
+            ),
+        ];
+        let env = [(OsString::from("GREETING"), OsString::from("hello"))];
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let mut child = forked(&plan, &args, &env, Some(dir.path()), writer, None).unwrap();
+        let pid = child.id().unwrap().to_string();
+        let status = child.wait().await.unwrap();
+        assert_eq!(status.code(), Some(4));
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        let dir = dir.path().canonicalize().unwrap();
+        assert_eq!(text, format!("hello {}\n{pid}\n{pid}\n", dir.display()));
     }
 }

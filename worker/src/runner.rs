@@ -197,11 +197,11 @@ async fn supervise(
     reporter: &Reporter,
     stop: &mut watch::Receiver<bool>,
     spool: &mut LogSpool,
-    (mut child, mut output): (tokio::process::Child, tokio::net::unix::pipe::Receiver),
+    (mut child, mut output): (process::RunProcess, tokio::net::unix::pipe::Receiver),
     cgroup: Option<Arc<RunCgroup>>,
 ) -> Outcome {
     let run_id = assignment.run_id.clone();
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     tracing::info!(run_id, job = %assignment.job.name, pid, "run started");
     reporter.push(WorkerRequest::RunStarted {
         run_id: run_id.clone(),
