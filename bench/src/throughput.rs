@@ -102,6 +102,8 @@ pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<Shell
     };
     let workers_before = cpu_of(&pids);
     let broker_before = cpu_us(broker.pid()).0;
+    const COMMITS: &str = "jobcast_store_flush_seconds_count";
+    let commits_before = broker.metric(COMMITS).ok();
     let first_enqueue_ms = crate::harness::now_us() / 1_000;
     broker.enqueue("noop", runs).await?;
     let records = broker.wait_idle(runs as u32).await?;
@@ -120,6 +122,10 @@ pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<Shell
     let elapsed = Duration::from_millis(last_finish.saturating_sub(first_enqueue_ms).max(1));
     let rate = runs as f64 / elapsed.as_secs_f64();
     let workers_after = cpu_of(&pids);
+    let commits = match (commits_before, broker.metric(COMMITS).ok()) {
+        (Some(before), Some(after)) if after > before => after - before,
+        _ => 0.0,
+    };
     let jobcast_cpu = CpuPerRun {
         spawner: (workers_after.0 - workers_before.0) / runs as f64,
         broker: (cpu_us(broker.pid()).0 - broker_before) / runs as f64,
@@ -135,6 +141,11 @@ pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<Shell
     println!("| raw spawn+wait, {concurrency} at once, no scheduler | {raw:.0} |");
     println!("| jobcast, first enqueue → last completion recorded | {rate:.0} |");
     println!("| ratio | {:.0} % |", rate / raw * 100.0);
+    println!();
+    println!(
+        "the broker's commits (batches made durable): {:.2} a run",
+        commits / runs as f64
+    );
     println!();
     println!("CPU per run (all processes share the machine's cores: what jobcast's own processes");
     println!("take, the scripts cannot have)");

@@ -252,3 +252,48 @@ fn the_leaders_lease_age_is_counted_when_status_is_asked_and_grows_while_renewal
     h.advance_ms(3_000);
     assert_eq!(lease_age(&mut h), Some((4, 4_200)));
 }
+
+#[test]
+fn a_start_is_timed_from_the_spawn_the_worker_reports_when_it_is_plausible() {
+    let mut h = Harness::new();
+    h.register("w1", 2, &["default"], &[]);
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.advance_ms(30);
+    // Spawned 20 ms after the enqueue, reported (held by the worker) 10 ms later.
+    let spawned_at_us = h.now - 10_000;
+    let (_, out) = h.send(
+        "w1",
+        WorkerRequest::RunStarted {
+            run_id: run.clone(),
+            pid: 1,
+            spawned_at_us,
+        },
+    );
+    assert_eq!(
+        out.observations,
+        [Observation::Started {
+            pool: "default".into(),
+            waited_ms: 20
+        }]
+    );
+    // A spawn time from the future (a worker's clock ahead) is not believed.
+    let other = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.advance_ms(5);
+    let (_, out) = h.send(
+        "w1",
+        WorkerRequest::RunStarted {
+            run_id: other,
+            pid: 2,
+            spawned_at_us: h.now + 60_000_000,
+        },
+    );
+    assert_eq!(
+        out.observations,
+        [Observation::Started {
+            pool: "default".into(),
+            waited_ms: 5
+        }]
+    );
+}

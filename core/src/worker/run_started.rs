@@ -47,9 +47,16 @@ impl<S: Store> Core<S> {
             // From when it could first be handed out: its creation, or the end of its
             // retry back-off.
             let due_ms = run.created_at_ms.max(run.not_before_ms);
+            // Until its process was spawned, by the worker's clock when that is plausible
+            // (the report may wait behind others), else until now.
+            let spawned_ms = spawned_at_us / 1_000;
+            let started_ms = match spawned_ms >= due_ms && spawned_ms <= now.ms() {
+                true => spawned_ms,
+                false => now.ms(),
+            };
             out.observations.push(Observation::Started {
                 pool: run.pool.clone(),
-                waited_ms: now.ms().saturating_sub(due_ms),
+                waited_ms: started_ms.saturating_sub(due_ms),
             });
             let job = run.job.clone();
             let state = self.tables.jobs.state_entry(&job);
