@@ -122,6 +122,11 @@ pub struct Sockets {
 
 impl Drop for Listeners {
     fn drop(&mut self) {
+        // The side task reads the monitors: they stop before it goes (see
+        // `AsyncSocket::stop_monitoring`), or a connection arriving meanwhile would
+        // hang the stop.
+        self.sockets.router.stop_monitoring();
+        self.sockets.publisher.stop_monitoring();
         self.task.abort();
     }
 }

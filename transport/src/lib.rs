@@ -282,23 +282,34 @@ fn recv_bounded(socket: &zmq::Socket, max_parts: usize) -> Result<Option<Receive
     Ok(Some(Received::Parts(parts)))
 }
 
-impl Drop for AsyncSocket {
-    fn drop(&mut self) {
-        // libzmq sends a socket's monitor events with a blocking send, from its own I/O
-        // thread, and keeps a closed socket alive (and emitting events) until its reaper
-        // gets to it. Should the events' reader be gone by then, that send would block
-        // the I/O thread for good, and with it every socket of the process. So monitoring
-        // stops here, synchronously, before the socket closes; for a socket that is not
-        // monitored this does nothing.
-        let socket = self
+impl AsyncSocket {
+    /// Stops the socket's monitor (if it has one), synchronously: call it before the
+    /// [`Monitor`] reading its events is dropped.
+    ///
+    /// libzmq sends a socket's monitor events with a blocking send, from its own I/O
+    /// thread, holding the socket's monitor lock, and keeps a closed socket alive (and
+    /// emitting events) until its reaper gets to it. Should the events' reader be gone
+    /// when a connection comes, that send blocks the I/O thread for good (and with it
+    /// every socket of the process), and whoever then stops the monitor waits for the
+    /// lock for good: a broker stopping while a client reconnected hung so.
+    pub fn stop_monitoring(&self) {
+        let mut socket = self
             .socket
-            .get_mut()
+            .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // SAFETY: the socket is open (it is closed only after this, when the field is
-        // dropped) and a null endpoint is how libzmq is told to stop monitoring.
+        // SAFETY: the socket is open (it is closed only when the field is dropped) and a
+        // null endpoint is how libzmq is told to stop monitoring; a socket that is not
+        // monitored is left as it is.
         unsafe {
             zmq_sys::zmq_socket_monitor(socket.as_mut_ptr(), std::ptr::null(), 0);
         }
+    }
+}
+
+impl Drop for AsyncSocket {
+    fn drop(&mut self) {
+        // Before the socket closes, in case its owner did not (see `stop_monitoring`).
+        self.stop_monitoring();
     }
 }
 
