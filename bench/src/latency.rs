@@ -60,7 +60,23 @@ pub async fn latency(runs: usize) -> Result<Vec<u64>> {
     println!("|---|---|---|---|---|---|");
     summary_row("process spawned", &spawn)?;
     summary_row("end recorded", &end)?;
+    let floor =
+        tokio::task::spawn_blocking(|| crate::floor::measure(200, b"#!/bin/sh\ntrue\n")).await??;
+    println!();
+    println!(
+        "this machine's floor (medians): fsync {} + spawn {} + loopback round trip {} = {}",
+        ms(floor.fsync_us),
+        ms(floor.spawn_us),
+        ms(floor.round_trip_us),
+        ms(floor.total_us())
+    );
     if let Some(s) = crate::stats::Summary::of(&spawn) {
+        crate::goals::at_most(
+            "enqueue → spawned p50, over this machine's floor (fsync + spawn + round trip)",
+            0.2,
+            s.p50.saturating_sub(floor.total_us()) as f64 / 1e3,
+            "ms",
+        );
         let (store, p50, p99) = match crate::harness::postgres() {
             Some(_) => (", on PostgreSQL", 2.0, 5.0),
             None => ("", 0.4, 1.0),

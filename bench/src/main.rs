@@ -5,6 +5,7 @@
 //! `jobcast-broker` that sits next to its own executable.
 
 mod failover;
+mod floor;
 mod footprint;
 mod goals;
 mod harness;

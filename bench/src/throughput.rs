@@ -227,7 +227,7 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
         ),
         None => crate::goals::at_least(
             "whole lifecycle, durable",
-            25_000.0,
+            40_000.0,
             runs as f64 / elapsed.as_secs_f64(),
             "runs/s",
         ),
