@@ -241,3 +241,166 @@ fn the_example_alerting_rules_hold_and_promtool_accepts_the_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Whether Prometheus's server is here; under CI it must be (`.ci/run` installs Debian's
+/// `prometheus`).
+fn prometheus_available() -> bool {
+    let found = std::process::Command::new("prometheus")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    match found {
+        true => true,
+        false if std::env::var_os("CI").is_some() => {
+            panic!("prometheus is missing (apt-get install prometheus)")
+        }
+        false => {
+            eprintln!("SKIPPED: prometheus is missing (apt-get install prometheus)");
+            false
+        }
+    }
+}
+
+/// A Prometheus server of the test's own, killed when dropped.
+struct PrometheusServer {
+    child: std::process::Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PrometheusServer {
+    /// Scrapes `target` (host:port) every second with the viewer token, as the shipped
+    /// `examples/prometheus.yml` does every 15 s.
+    fn start(target: &str) -> PrometheusServer {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, VIEWER_TOKEN).unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: jobcast\n    authorization:\n      type: Bearer\n      credentials_file: {}\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                token.display()
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .expect("start prometheus");
+        PrometheusServer {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+
+    /// The series an instant query returns, or `None` when the server cannot answer yet.
+    fn query(&self, expr: &str) -> Option<Vec<serde_json::Value>> {
+        let url = format!("http://{}/api/v1/query", self.address);
+        let mut response = ureq::get(&url).query("query", expr).call().ok()?;
+        let text = response.body_mut().read_to_string().ok()?;
+        let body: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (body["status"] == "success").then(|| {
+            body["data"]["result"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+    }
+}
+
+#[test]
+fn every_panel_of_the_shipped_grafana_dashboard_gets_data_from_a_real_prometheus() {
+    if !prometheus_available() {
+        return;
+    }
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        "[jobs.fine]\nscript = \"#!/bin/sh\\ntrue\\n\"\n\
+         [jobs.broken]\nscript = \"#!/bin/sh\\nexit 2\\n\"\n\
+         [jobs.stuck]\npool = \"nobody\"\nscript = \"#!/bin/sh\\ntrue\\n\"\n",
+    );
+    cluster.start_worker("w1", &[]);
+    // A queue that stays: a pool no worker serves.
+    cluster.enqueue("stuck");
+    let target = cluster.http.trim_start_matches("http://").to_string();
+    let prometheus = PrometheusServer::start(&target);
+    wait_for(
+        "Prometheus to scrape the broker",
+        Duration::from_secs(60),
+        || {
+            let up = prometheus.query("up{job=\"jobcast\"}")?;
+            (up.len() == 1 && up[0]["value"][1] == "1").then_some(())
+        },
+    );
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../examples/grafana/jobcast.json"))
+            .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let title = panel["title"].as_str().unwrap_or("?").to_string();
+            exprs.push((title, target["expr"].as_str().expect("expr").to_string()));
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    // Runs that succeed and fail, and a refused connection, across several scrapes: the
+    // panels' rates and quantiles need samples at two times at least.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let fine = cluster.enqueue("fine");
+        let broken = cluster.enqueue("broken");
+        cluster.wait_state(&fine, "succeeded", Duration::from_secs(30));
+        cluster.wait_state(&broken, "failed", Duration::from_secs(30));
+        let _ = std::process::Command::new(jobcast_integration_tests::bin("jobcastctl"))
+            .args(["--broker", &cluster.router, "--timeout", "2s", "status"])
+            .env("JOBCAST_ADMIN_SECRET", "not-the-admin-secret-at-all")
+            .output();
+        let missing: Vec<String> = exprs
+            .iter()
+            .filter(|(_, expr)| {
+                // A series, and a number in it (a quantile of nothing is NaN).
+                !prometheus.query(expr).is_some_and(|series| {
+                    series.iter().any(|s| {
+                        s["value"][1]
+                            .as_str()
+                            .is_some_and(|v| v.parse::<f64>().is_ok_and(|v| v.is_finite()))
+                    })
+                })
+            })
+            .map(|(title, expr)| format!("{title}: {expr}"))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "panels without data after 90 s: {missing:#?}"
+        );
+    }
+}
