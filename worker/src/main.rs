@@ -94,8 +94,12 @@ fn run() -> Result<std::process::ExitCode> {
             config.id
         ),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the worker's work is handing bytes between the broker and its runs'
+    // processes, and hand-offs between threads (futex wake-ups, a run's task on one
+    // thread and the session on another) were a sixth of its CPU per shell run
+    // (docs/BENCHMARKS.md). Nothing it does on this thread blocks for long: a spawn
+    // returns once the program is executing, and `/proc` is read in a few milliseconds.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
