@@ -167,10 +167,10 @@ fn metrics_count_runs_workers_refusals_and_time_and_need_a_token() {
     }
 }
 
-/// Whether Prometheus's `promtool` is here; under CI it must be (`.ci/run` installs
-/// Debian's `prometheus`).
-fn promtool_available() -> bool {
-    let found = std::process::Command::new("promtool")
+/// Whether `program` (from Debian's `prometheus`) is here; under CI it must be
+/// (`.ci/run` installs the package).
+fn prometheus_tool_available(program: &str) -> bool {
+    let found = std::process::Command::new(program)
         .arg("--version")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -179,10 +179,10 @@ fn promtool_available() -> bool {
     match found {
         true => true,
         false if std::env::var_os("CI").is_some() => {
-            panic!("promtool is missing (apt-get install prometheus)")
+            panic!("{program} is missing (apt-get install prometheus)")
         }
         false => {
-            eprintln!("SKIPPED: promtool is missing (apt-get install prometheus)");
+            eprintln!("SKIPPED: {program} is missing (apt-get install prometheus)");
             false
         }
     }
@@ -215,7 +215,7 @@ fn promtool(args: &[&str], input: Option<&str>) -> std::process::Output {
 /// their `for`), and the broker's own exposition passes Prometheus's linter.
 #[test]
 fn the_example_alerting_rules_hold_and_promtool_accepts_the_metrics() {
-    if !promtool_available() {
+    if !prometheus_tool_available("promtool") {
         return;
     }
     for args in [
@@ -240,27 +240,6 @@ fn the_example_alerting_rules_hold_and_promtool_accepts_the_metrics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Whether Prometheus's server is here; under CI it must be (`.ci/run` installs Debian's
-/// `prometheus`).
-fn prometheus_available() -> bool {
-    let found = std::process::Command::new("prometheus")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    match found {
-        true => true,
-        false if std::env::var_os("CI").is_some() => {
-            panic!("prometheus is missing (apt-get install prometheus)")
-        }
-        false => {
-            eprintln!("SKIPPED: prometheus is missing (apt-get install prometheus)");
-            false
-        }
-    }
 }
 
 /// A Prometheus server of the test's own, killed when dropped.
@@ -335,7 +314,7 @@ impl PrometheusServer {
 
 #[test]
 fn every_panel_of_the_shipped_grafana_dashboard_gets_data_from_a_real_prometheus() {
-    if !prometheus_available() {
+    if !prometheus_tool_available("prometheus") {
         return;
     }
     let mut cluster = Cluster::start(1);
