@@ -232,25 +232,17 @@ pub fn launch(launch: &Launch<'_>) -> io::Result<Option<ChildProcess>> {
             libc::waitpid(pid, &mut status, 0);
         }
         let error = io::Error::from_raw_os_error(errno);
-        return Err(match step {
-            STEP_EXEC => error,
-            STEP_CGROUP => io::Error::new(
-                error.kind(),
-                format!("cannot join the run's cgroup: {error}"),
-            ),
-            STEP_GROUP => io::Error::new(
-                error.kind(),
-                format!("cannot make a process group: {error}"),
-            ),
-            STEP_WORKDIR => io::Error::new(
-                error.kind(),
-                format!("cannot enter the working directory: {error}"),
-            ),
-            _ => io::Error::new(
-                error.kind(),
-                format!("cannot set up the standard streams: {error}"),
-            ),
-        });
+        let what = match step {
+            STEP_EXEC => return Err(error),
+            STEP_CGROUP => "join the run's cgroup",
+            STEP_GROUP => "make a process group",
+            STEP_WORKDIR => "enter the working directory",
+            _ => "set up the standard streams",
+        };
+        return Err(io::Error::new(
+            error.kind(),
+            format!("cannot {what}: {error}"),
+        ));
     }
     // SAFETY: the OwnedFd is moved in, so the descriptor stays open (and the same) for
     // the AsyncFd's whole life.
@@ -273,9 +265,12 @@ pub fn launch(launch: &Launch<'_>) -> io::Result<Option<ChildProcess>> {
     }))
 }
 
-/// This process's environment with `overrides` applied, in a stable order.
+/// This process's environment with `overrides` applied, in a stable order. The worker's
+/// own environment is read once: it does not change while the worker runs.
 fn environment(overrides: &[(OsString, OsString)]) -> Vec<(OsString, OsString)> {
-    let mut env: std::collections::BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    static OWN: std::sync::OnceLock<std::collections::BTreeMap<OsString, OsString>> =
+        std::sync::OnceLock::new();
+    let mut env = OWN.get_or_init(|| std::env::vars_os().collect()).clone();
     for (key, value) in overrides {
         env.insert(key.clone(), value.clone());
     }
