@@ -59,7 +59,8 @@ impl<S: Store> Core<S> {
                     run.state
                 ),
             );
-            new.id = Some(derived_run_id(&[&first, &attempt.to_string()]));
+            // Named after the run that ended: it ends once, so its retry is made once.
+            new.id = Some(derived_run_id(&["retry", &run.id]));
             new.attempt = attempt;
             new.params = jobcast_protocol::params::carried(&new.spec.params, &run.params);
             new.priority = run.priority;

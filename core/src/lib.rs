@@ -14,6 +14,7 @@ mod alerts;
 mod clock_step;
 mod disk;
 mod error;
+mod given_up;
 mod job_table;
 mod limits;
 mod liveness;
@@ -185,6 +186,8 @@ struct StoredRuns {
     finished: totals::FinishedCounts,
     /// Where retention's walk over the stored runs is.
     pruning: retention::Pruning,
+    /// Runs given up as lost whose worker may still report them.
+    given_up: given_up::GivenUpRuns,
 }
 
 /// What changed in a batch, for the dashboard's live feed.
@@ -234,6 +237,7 @@ impl<S: Store> Core<S> {
         };
         let jobs = JobTable::restored(store.jobs()?);
         let finished = totals::FinishedCounts::load(&store)?;
+        let given_up = given_up::GivenUpRuns::load(&store, ms(now_us))?;
         // The boot id is the random source's first draw; run ids come after.
         let boot_id = rng.next_u64();
         let mut core = Core {
@@ -259,6 +263,7 @@ impl<S: Store> Core<S> {
             stored: StoredRuns {
                 finished,
                 pruning: Default::default(),
+                given_up,
             },
             changes: Changes::default(),
         };

@@ -42,12 +42,17 @@ impl<S: Store> Core<S> {
         }
         self.serve_waiting_claims(now, out)?;
         // Last in every batch: whatever ended or went in it is counted in the same commit.
+        self.stored.given_up.save(&mut self.store)?;
         self.stored.finished.save(&mut self.store)
     }
 
     /// Workers silent past the timeout go offline; the runs of workers that are not
     /// connected are given up once their worker cannot be running them any more.
     pub(crate) fn check_liveness(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
+        for run_id in self.stored.given_up.expire(now.ms()) {
+            tracing::info!(run_id, "a run given up as lost: no longer waiting for its late result");
+            self.tables.logs.forget(&run_id);
+        }
         let timeout = self.config.worker_timeout_ms;
         let silent = self.tables.workers.silent_for(timeout, now.ms());
         for worker in silent {

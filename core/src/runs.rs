@@ -15,7 +15,14 @@ pub(crate) fn unstarted_grant_to(run: &RunRecord, instance: u64) -> bool {
 }
 
 impl<S: Store> Core<S> {
-    /// A run by id, unfinished (in memory) or stored.
+    /// No late report can come for a run given up as lost (its worker said it does not
+    /// hold it).
+    pub(crate) fn stop_waiting_for(&mut self, run_id: &str) {
+        self.stored.given_up.remove(run_id);
+        self.tables.logs.forget(run_id);
+    }
+
+    /// A random run id that no run has, in memory or stored.
     pub(crate) fn new_run_id(&mut self) -> StoreResult<String> {
         loop {
             let id = format!("{:016x}", self.ids.rng.next_u64());
@@ -34,13 +41,8 @@ impl<S: Store> Core<S> {
     ) -> StoreResult<Option<RunRecord>> {
         let id = match new.id {
             Some(id) => {
-                // Only a time this broker has not seen can have been decided by an
-                // earlier run of it; later decisions are this one's own, made once.
-                let maybe_decided_before = new.scheduled_at_ms <= self.process.booted_at_ms
-                    || new.not_before_ms > 0
-                    || new.parent.is_some();
                 if self.tables.runs.contains(&id)
-                    || (maybe_decided_before && self.store.run(&id)?.is_some())
+                    || (new.may_exist && self.store.run(&id)?.is_some())
                 {
                     return Ok(None);
                 }
@@ -91,7 +93,22 @@ impl<S: Store> Core<S> {
             ran_ms: run.duration_ms(),
         });
         self.tables.runs.deactivate(run);
-        self.tables.logs.forget(&run.id);
+        match (&run.worker, run.state) {
+            // Its worker may still be running it, and report its output and end late:
+            // the output it sent is still counted against its cap.
+            (Some(worker), RunState::Lost) => {
+                let waiting = crate::given_up::GivenUp {
+                    worker: worker.clone(),
+                    log_cap: run.log_cap,
+                    at_ms: now.ms(),
+                };
+                for evicted in self.stored.given_up.add(&run.id, waiting) {
+                    tracing::warn!(run_id = %evicted, "too many runs given up as lost: no longer waiting for this one's late result");
+                    self.tables.logs.forget(&evicted);
+                }
+            }
+            _ => self.tables.logs.forget(&run.id),
+        }
         if let Some(worker) = &run.worker {
             self.tables.workers.run_ended(worker, &run.id);
         }

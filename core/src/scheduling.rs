@@ -28,6 +28,11 @@ pub(super) struct NewRun {
     pub spec: JobSpec,
     /// A derived id, or `None` for a random one.
     pub id: Option<String>,
+    /// Whether a run with this derived id may have been made before this broker began
+    /// acting (a tick at or before its start): only then is the store asked, a read on
+    /// the loop. Ids derived from a run that ended are new by construction, since a run
+    /// ends once.
+    pub may_exist: bool,
     pub scheduled_at_ms: u64,
     pub cause: String,
     pub attempt: u32,
@@ -50,6 +55,7 @@ impl NewRun {
             priority: spec.priority,
             spec,
             id: None,
+            may_exist: false,
             scheduled_at_ms,
             cause: cause.into(),
             attempt: 1,
@@ -233,6 +239,7 @@ impl<S: Store> Core<S> {
             if self.overlap_allows(spec, None, tick, now, out)? {
                 let mut new = NewRun::of(spec.clone(), tick, cause);
                 new.id = Some(derived_run_id(&[job, &tick_text]));
+                new.may_exist = tick <= self.process.booted_at_ms;
                 self.create_run(new, now, out)?;
             }
             return Ok(());
@@ -261,6 +268,7 @@ impl<S: Store> Core<S> {
             }
             let mut new = NewRun::of(spec.clone(), tick, format!("{cause}, on every worker"));
             new.id = Some(derived_run_id(&[job, &tick_text, &worker]));
+            new.may_exist = tick <= self.process.booted_at_ms;
             new.pinned_worker = Some(worker);
             new.schedule_id = Some(schedule_id.clone());
             self.create_run(new, now, out)?;

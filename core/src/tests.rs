@@ -244,6 +244,14 @@ impl Harness {
     }
 }
 
+/// The reads of a run by id this store has served so far.
+fn run_reads(h: &Harness) -> usize {
+    h.core
+        .store()
+        .run_reads
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 mod apply_jobs;
 mod claim;
 mod clock_step;

@@ -25,6 +25,8 @@ pub struct MemoryStore {
     /// How many times a run's log was read (shared by clones), for tests of what the
     /// broker's loop reads.
     pub log_reads: Arc<std::sync::atomic::AtomicUsize>,
+    /// How many times a run was read by id, likewise.
+    pub run_reads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Commits that end only when a test says so (in order), to see what a broker does while
@@ -111,6 +113,8 @@ impl Store for MemoryStore {
     }
 
     fn run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
+        self.run_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(self
             .run_ids
             .get(id)

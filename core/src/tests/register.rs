@@ -236,3 +236,65 @@ fn without_a_ledger_a_killed_workers_grants_are_lost() {
     h.worker("w1", WorkerRequest::Register(register));
     assert_eq!(h.state(&run), RunState::Lost);
 }
+
+#[test]
+fn reports_about_runs_given_up_or_unknown_are_told_apart_without_reading_the_store() {
+    let mut h = Harness::new();
+    h.register("w1", 4, &["default"], &[]);
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.start("w1", &run);
+    h.advance_ms(18_000);
+    h.tick();
+    assert_eq!(h.state(&run), RunState::Lost);
+    h.register("w1", 4, &["default"], &[&run]);
+    let chunk = |offset: u64| WorkerRequest::LogChunk {
+        run_id: run.clone(),
+        offset,
+        data: b"late\n".to_vec(),
+    };
+    let reads = run_reads(&h);
+    h.worker("w1", chunk(0));
+    h.worker("w1", chunk(5));
+    // A stray report (a run this broker never had) and output of it: ignored unread.
+    h.finish("w1", "00000000deadbeef", Outcome::Exited { code: 0 });
+    h.worker(
+        "w1",
+        WorkerRequest::LogChunk {
+            run_id: "00000000deadbeef".into(),
+            offset: 0,
+            data: b"x".to_vec(),
+        },
+    );
+    assert_eq!(run_reads(&h), reads, "a chunk or a stray report read a run");
+    h.finish("w1", &run, Outcome::Exited { code: 0 });
+    assert_eq!(
+        run_reads(&h),
+        reads + 1,
+        "the late result reads its run once, to keep the result on it"
+    );
+    // Repeats of it are stray now.
+    h.finish("w1", &run, Outcome::Exited { code: 0 });
+    h.worker("w1", chunk(10));
+    assert_eq!(run_reads(&h), reads + 1);
+    assert_eq!(h.stored_log_bytes(&run), 10);
+    assert!(h.stored(&run).late_result.is_some());
+}
+
+#[test]
+fn a_run_given_up_before_a_broker_restart_still_gets_its_late_result() {
+    let mut h = Harness::new();
+    h.register("w1", 4, &["default"], &[]);
+    let run = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.start("w1", &run);
+    h.advance_ms(18_000);
+    h.tick();
+    assert_eq!(h.state(&run), RunState::Lost);
+    let store = h.core.into_store();
+    let mut h = Harness::started_at(store, CoreConfig::default(), T0 + 30_000_000);
+    h.register("w1", 4, &["default"], &[&run]);
+    h.finish("w1", &run, Outcome::Exited { code: 7 });
+    let late = h.stored(&run).late_result.expect("the late result is kept");
+    assert_eq!(late.outcome, Outcome::Exited { code: 7 });
+}

@@ -913,3 +913,50 @@ fn retries_keep_their_values_and_chains_pass_those_their_next_job_declares() {
         values(&[("day", "2026-11-25"), ("size", "9")])
     );
 }
+
+#[test]
+fn retries_and_chained_runs_are_made_without_reading_the_store() {
+    let mut h = aligned();
+    h.register("w1", 4, &["default"], &[]);
+    h.apply_toml("[jobs.flaky]\ncommand = \"x\"\nretries = 1\nretry_backoff = \"1s\"\nchildren = [{ job = \"cleanup\", on_error = true }]\n[jobs.cleanup]\ncommand = \"x\"");
+    let first = h.enqueue("flaky");
+    h.claim("w1", 1);
+    let reads = run_reads(&h);
+    h.start_and_finish("w1", &first, 1);
+    h.run_clock_for(SECOND);
+    let retry = h.claim("w1", 1);
+    assert_eq!(retry.len(), 1, "the retry is queued");
+    h.start_and_finish("w1", &retry[0], 1);
+    assert_eq!(h.runs_of("cleanup").len(), 1, "the chain followed");
+    assert_eq!(
+        run_reads(&h),
+        reads,
+        "making a retry or a chained run read the store on the loop"
+    );
+}
+
+#[test]
+fn an_operators_retry_that_fails_gets_its_own_automatic_retry() {
+    let mut h = aligned();
+    h.register("w1", 4, &["default"], &[]);
+    h.apply_toml("[jobs.flaky]\ncommand = \"x\"\nretries = 2\nretry_backoff = \"1s\"");
+    let first = h.enqueue("flaky");
+    h.claim("w1", 1);
+    h.start_and_finish("w1", &first, 1);
+    h.run_clock_for(SECOND);
+    let automatic = h.claim("w1", 1);
+    let Reply::Enqueued { .. } = h.admin(AdminRequest::Retry { run: first.clone() }) else {
+        panic!("retry refused")
+    };
+    // Both are attempt 2 of the first run; each failing is retried once more.
+    let by_hand = h.claim("w1", 1);
+    assert_eq!(by_hand.len(), 1);
+    h.start_and_finish("w1", &automatic[0], 1);
+    h.start_and_finish("w1", &by_hand[0], 1);
+    h.run_clock_for(SECOND);
+    let thirds = h.claim("w1", 4);
+    assert_eq!(thirds.len(), 2, "one third attempt after each second one");
+    for id in thirds {
+        assert_eq!(h.stored(&id).attempt, 3);
+    }
+}

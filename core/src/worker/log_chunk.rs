@@ -2,7 +2,8 @@
 
 use crate::log_table::ChunkFate;
 use crate::store::{Store, StoreResult};
-use crate::Core;
+use crate::worker::run_finished::GivenUpRun;
+use crate::{Core, Now};
 
 impl<S: Store> Core<S> {
     pub(crate) fn log_chunk(
@@ -11,6 +12,7 @@ impl<S: Store> Core<S> {
         run_id: &str,
         offset: u64,
         data: &[u8],
+        now: Now,
     ) -> StoreResult<()> {
         if data.is_empty() {
             return Ok(());
@@ -20,9 +22,13 @@ impl<S: Store> Core<S> {
             Some(_) => return Ok(()),
             // Output of a run given up as lost, arriving late: kept with it, to the cap,
             // until its late result comes.
-            None => match self.given_up_run(worker, run_id)? {
-                Some(run) => run.log_cap,
-                None => return Ok(()),
+            None => match self.given_up_run(worker, run_id, now) {
+                GivenUpRun::Waiting { log_cap } => log_cap,
+                GivenUpRun::No => return Ok(()),
+                GivenUpRun::AskStore => match self.stored_given_up_run(worker, run_id)? {
+                    Some(run) => run.log_cap,
+                    None => return Ok(()),
+                },
             },
         };
         if !self.tables.logs.is_tracked(run_id) {

@@ -7,7 +7,7 @@ mod orders;
 mod pong;
 mod register;
 mod release;
-mod run_finished;
+pub(crate) mod run_finished;
 mod run_started;
 
 use crate::store::Store;
@@ -63,7 +63,7 @@ impl<S: Store> Core<S> {
                 offset,
                 data,
             } => {
-                self.log_chunk(worker, &run_id, offset, &data)?;
+                self.log_chunk(worker, &run_id, offset, &data, now)?;
                 Reply::Ack
             }
             WorkerRequest::RunFinished(finished) => {

@@ -95,6 +95,7 @@ impl<S: Store> Core<S> {
                     format!("worker {worker} registered without it (restarted or reconnected)"),
                     out,
                 )?;
+                self.stop_waiting_for(&run_id);
             }
         }
         for run_id in requeued {

@@ -3,7 +3,17 @@
 use crate::store::{Store, StoreResult};
 use crate::Now;
 use crate::{Core, Outbox};
+use crate::given_up::Lookup;
 use jobcast_protocol::{LateResult, RunFinished, RunRecord, RunState};
+
+/// Whether a run that is not active is one given up as lost, waiting for its worker's
+/// late report.
+pub(crate) enum GivenUpRun {
+    Waiting { log_cap: u64 },
+    No,
+    /// Perhaps (given up before the broker kept such runs): the store knows.
+    AskStore,
+}
 
 impl<S: Store> Core<S> {
     pub(crate) fn run_finished(
@@ -40,12 +50,21 @@ impl<S: Store> Core<S> {
     }
 
     /// A run this worker had, which the broker has already given up as lost (the worker
-    /// was cut off past its lease), and which has not had its late result yet.
-    pub(crate) fn given_up_run(
-        &self,
-        worker: &str,
-        run_id: &str,
-    ) -> StoreResult<Option<RunRecord>> {
+    /// was cut off past its lease), and which has not had its late result yet: known in
+    /// memory, read from the store only if it may have been given up before the broker
+    /// kept such runs.
+    pub(crate) fn given_up_run(&self, worker: &str, run_id: &str, now: Now) -> GivenUpRun {
+        match self.stored.given_up.lookup(run_id, now.ms()) {
+            Lookup::Waiting(run) if run.worker == worker => GivenUpRun::Waiting {
+                log_cap: run.log_cap,
+            },
+            Lookup::Waiting(_) | Lookup::Stray => GivenUpRun::No,
+            Lookup::AskStore => GivenUpRun::AskStore,
+        }
+    }
+
+    /// The stored record of a run [`Core::given_up_run`] names.
+    pub(crate) fn stored_given_up_run(&self, worker: &str, run_id: &str) -> StoreResult<Option<RunRecord>> {
         Ok(self.store.run(run_id)?.filter(|run| {
             run.state == RunState::Lost
                 && run.worker.as_deref() == Some(worker)
@@ -57,7 +76,14 @@ impl<S: Store> Core<S> {
     /// its late result (shown, never dropped); its state stays `lost`, and what followed
     /// that (a retry) stands.
     fn late_result(&mut self, worker: &str, finished: RunFinished, now: Now) -> StoreResult<()> {
-        let Some(mut run) = self.given_up_run(worker, &finished.run_id)? else {
+        let stored = match self.given_up_run(worker, &finished.run_id, now) {
+            GivenUpRun::No => None,
+            // Once per run given up: its record is read to keep the result on it.
+            GivenUpRun::Waiting { .. } | GivenUpRun::AskStore => {
+                self.stored_given_up_run(worker, &finished.run_id)?
+            }
+        };
+        let Some(mut run) = stored else {
             tracing::info!(run_id = %finished.run_id, worker, "report for a run that already ended, or again; ignored");
             return Ok(());
         };
@@ -69,7 +95,7 @@ impl<S: Store> Core<S> {
             reported_at_ms: now.ms(),
         });
         self.store.put_run(&run)?;
-        self.tables.logs.forget(&run.id);
+        self.stop_waiting_for(&run.id);
         self.changes.runs.insert(run.id);
         Ok(())
     }
