@@ -77,7 +77,11 @@ impl GivenUpRuns {
     pub fn lookup(&self, run_id: &str, now_ms: u64) -> Lookup<'_> {
         match self.kept.runs.get(run_id) {
             Some(run) => Lookup::Waiting(run),
-            None if self.kept.incomplete_until_ms.is_some_and(|until| now_ms < until) => {
+            None if self
+                .kept
+                .incomplete_until_ms
+                .is_some_and(|until| now_ms < until) =>
+            {
                 Lookup::AskStore
             }
             None => Lookup::Stray,
@@ -171,7 +175,9 @@ mod tests {
     fn a_store_without_the_table_is_asked_until_the_table_covers_the_whole_window() {
         let mut store = MemoryStore::default();
         assert_eq!(
-            GivenUpRuns::load(&store, 1_000).unwrap().lookup("r1", 1_000),
+            GivenUpRuns::load(&store, 1_000)
+                .unwrap()
+                .lookup("r1", 1_000),
             Lookup::Stray,
             "a new store has no runs given up before"
         );

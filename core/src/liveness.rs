@@ -50,7 +50,10 @@ impl<S: Store> Core<S> {
     /// connected are given up once their worker cannot be running them any more.
     pub(crate) fn check_liveness(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
         for run_id in self.stored.given_up.expire(now.ms()) {
-            tracing::info!(run_id, "a run given up as lost: no longer waiting for its late result");
+            tracing::info!(
+                run_id,
+                "a run given up as lost: no longer waiting for its late result"
+            );
             self.tables.logs.forget(&run_id);
         }
         let timeout = self.config.worker_timeout_ms;

@@ -104,7 +104,9 @@ fn postgres() {
             .create_run(&run(1, "first", RunState::Queued))
             .unwrap();
         store.flush().unwrap();
-        let mut reader = store.reader().expect("a second connection");
+        let mut reader = store
+            .reader_within(std::time::Duration::from_secs(10))
+            .expect("a second connection");
         store
             .create_run(&run(2, "second", RunState::Queued))
             .unwrap();

@@ -1,15 +1,17 @@
 //! `RunFinished`: a run ended on its worker.
 
+use crate::given_up::Lookup;
 use crate::store::{Store, StoreResult};
 use crate::Now;
 use crate::{Core, Outbox};
-use crate::given_up::Lookup;
 use jobcast_protocol::{LateResult, RunFinished, RunRecord, RunState};
 
 /// Whether a run that is not active is one given up as lost, waiting for its worker's
 /// late report.
 pub(crate) enum GivenUpRun {
-    Waiting { log_cap: u64 },
+    Waiting {
+        log_cap: u64,
+    },
     No,
     /// Perhaps (given up before the broker kept such runs): the store knows.
     AskStore,
@@ -64,7 +66,11 @@ impl<S: Store> Core<S> {
     }
 
     /// The stored record of a run [`Core::given_up_run`] names.
-    pub(crate) fn stored_given_up_run(&self, worker: &str, run_id: &str) -> StoreResult<Option<RunRecord>> {
+    pub(crate) fn stored_given_up_run(
+        &self,
+        worker: &str,
+        run_id: &str,
+    ) -> StoreResult<Option<RunRecord>> {
         Ok(self.store.run(run_id)?.filter(|run| {
             run.state == RunState::Lost
                 && run.worker.as_deref() == Some(worker)

@@ -22,7 +22,7 @@ use pending::{Pending, PendingRun};
 use serde::de::DeserializeOwned;
 pub use settings::PgSettings;
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio_postgres::types::ToSql;
 
 pub struct PgStore {
@@ -36,11 +36,18 @@ pub struct PgStore {
     pruned: u64,
     /// The highest run sequence number stored or pending (it only grows).
     last_seq: u64,
-    /// A second connection, for listings read away from the loop (opened when first
-    /// needed).
-    reader: RefCell<Option<Arc<Connection>>>,
+    /// A second connection, for listings read away from the loop, opened off the loop.
+    reader: Arc<Mutex<ReaderSlot>>,
     /// The leader's epoch every commit is fenced with (several brokers), if any.
     fence: Option<u64>,
+}
+
+/// The second connection: there, or being opened on a thread of its own (connecting
+/// takes round trips and, with TLS, a handshake: never on the loop).
+#[derive(Default)]
+struct ReaderSlot {
+    connection: Option<Arc<Connection>>,
+    opening: bool,
 }
 
 /// The SQLSTATE `jobcast_fence` raises (migration 0002).
@@ -51,16 +58,62 @@ const PRUNED: &str = "pruned_runs";
 const LISTING_PAGE: i64 = 500;
 
 impl PgStore {
+    /// Starts opening the second connection, unless it is open or being opened.
+    fn open_reader_in_background(&self) {
+        let Ok(mut slot) = self.reader.lock() else {
+            return;
+        };
+        if slot.connection.is_some() || slot.opening {
+            return;
+        }
+        slot.opening = true;
+        let (settings, reader) = (self.settings.clone(), self.reader.clone());
+        let spawned = std::thread::Builder::new()
+            .name("jobcast-pg-reader".into())
+            .spawn(move || {
+                let opened = Connection::open(&settings);
+                let Ok(mut slot) = reader.lock() else { return };
+                slot.opening = false;
+                match opened {
+                    Ok(connection) => slot.connection = Some(Arc::new(connection)),
+                    Err(e) => tracing::warn!(error = %e, "no second connection for listings yet: they are read on the loop"),
+                }
+            });
+        if let Err(e) = spawned {
+            slot.opening = false;
+            tracing::warn!(error = %e, "cannot start a thread for the second connection");
+        }
+    }
+
+    /// Waits (up to `within`) for the second connection, for tests.
+    #[cfg(test)]
+    pub fn reader_within(&self, within: std::time::Duration) -> Option<Box<dyn RunReader>> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(reader) = self.reader() {
+                return Some(reader);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Connects, brings the schema up to date, and reads what the store keeps in memory.
     pub fn open(settings: &PgSettings) -> StoreResult<PgStore> {
-        Self::open_with(settings, None)
+        let store = Self::open_with(settings, None)?;
+        store.open_reader_in_background();
+        Ok(store)
     }
 
     /// As [`PgStore::open`], for the holder of the leader's lease at `epoch`: every
     /// commit first checks, in its transaction, that `epoch` still holds an unexpired
     /// lease, and fails with [`StoreError::Fenced`] (nothing written) otherwise.
     pub fn open_fenced(settings: &PgSettings, epoch: u64) -> StoreResult<PgStore> {
-        Self::open_with(settings, Some(epoch))
+        let store = Self::open_with(settings, Some(epoch))?;
+        store.open_reader_in_background();
+        Ok(store)
     }
 
     /// As [`PgStore::open`], for reading only (a standby's view of the database): the
@@ -103,7 +156,7 @@ impl PgStore {
             spec_cache: Default::default(),
             pruned: 0,
             last_seq: 0,
-            reader: RefCell::new(None),
+            reader: Default::default(),
             fence,
         };
         store.last_seq = store
@@ -375,20 +428,18 @@ impl Store for PgStore {
     }
 
     fn reader(&self) -> Option<Box<dyn RunReader>> {
-        let mut reader = self.reader.borrow_mut();
-        if reader.is_none() {
-            match Connection::open(&self.settings) {
-                Ok(connection) => *reader = Some(Arc::new(connection)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no second connection for listings: they are read on the loop");
-                    return None;
-                }
+        let connection = self.reader.lock().ok()?.connection.clone();
+        match connection {
+            Some(connection) => Some(Box::new(PgReader {
+                connection,
+                specs: SpecCache::default(),
+            })),
+            None => {
+                // Until it is there, listings are read on the loop, as before.
+                self.open_reader_in_background();
+                None
             }
         }
-        Some(Box::new(PgReader {
-            connection: reader.clone()?,
-            specs: SpecCache::default(),
-        }))
     }
 
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
