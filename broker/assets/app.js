@@ -651,7 +651,7 @@ function route() {
   const hash = location.hash.replace(/^#\/?/, "") || "runs";
   const [path, query] = hash.split("?");
   const [view, arg] = path.split("/");
-  const known = ["runs", "workers", "jobs", "run", "job", "worker"];
+  const known = ["runs", "workers", "jobs", "audit", "run", "job", "worker"];
   state.route = { view: known.includes(view) ? view : "runs", arg: arg && decodeURIComponent(arg), params: new URLSearchParams(query || "") };
   const section = { run: "runs", job: "jobs", worker: "workers" }[state.route.view] || state.route.view;
   for (const link of document.querySelectorAll("a.tab")) {
@@ -659,7 +659,7 @@ function route() {
     link.classList.toggle("active", current);
     if (current) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
-  for (const name of ["runs", "workers", "jobs"]) $("#tab-" + name).hidden = name !== state.route.view;
+  for (const name of ["runs", "workers", "jobs", "audit"]) $("#tab-" + name).hidden = name !== state.route.view;
   for (const name of ["run", "job", "worker"]) $("#" + name + "-view").hidden = state.route.view !== name;
   showMessage("");
   if (state.route.view === "run") return openRun(state.route.arg);
@@ -667,6 +667,7 @@ function route() {
   if (state.route.view === "job") return openJob(state.route.arg);
   if (state.route.view === "worker") return openWorker(state.route.arg);
   if (state.route.view === "runs") loadRunsPage();
+  if (state.route.view === "audit") loadAuditPage();
   if (state.route.view === "jobs") {
     $("#jobs-tag").value = state.route.params.get("tag") || "";
     $("#jobs-name").value = state.route.params.get("name") || "";
@@ -675,6 +676,38 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
+
+// ---- the audit log: #/audit?before=<seq> ----
+
+const AUDIT_PAGE = 50;
+
+async function loadAuditPage() {
+  const before = state.route.params.get("before");
+  const query = "?limit=" + AUDIT_PAGE + (before ? "&before=" + encodeURIComponent(before) : "");
+  let entries;
+  try {
+    entries = (await api("GET", "/api/v1/audit" + query)).entries;
+  } catch (error) {
+    return showMessage(error.message);
+  }
+  if (state.route.view !== "audit") return;
+  const body = $("#audit tbody");
+  syncRows(body, entries, (e) => String(e.seq), () => emptyRow(6), (row, entry) => {
+    const c = row.children;
+    setCell(c[0], entry.seq);
+    timeCell(c[1], entry.at_ms);
+    setCell(c[2], entry.actor);
+    setCell(c[3], entry.action);
+    setCell(c[4], entry.target);
+    setCell(c[5], entry.outcome);
+  });
+  if (!entries.length) showMessage(before ? "No older changes." : "No changes recorded yet.");
+  const oldest = entries.length ? entries[entries.length - 1].seq : 0;
+  $("#audit-older").disabled = entries.length < AUDIT_PAGE || oldest <= 1;
+  $("#audit-older").onclick = () => { location.hash = "#/audit?before=" + oldest; };
+  $("#audit-newer").disabled = !before;
+  $("#audit-newer").onclick = () => { location.hash = "#/audit"; };
+}
 
 $("#pause").addEventListener("click", () => {
   state.paused = !state.paused;
@@ -688,7 +721,7 @@ $("#pause").addEventListener("click", () => {
 // table, the next Tab is its first row).
 $("#skip").addEventListener("click", (event) => {
   event.preventDefault();
-  const target = { runs: "#runs", workers: "#workers", jobs: "#jobs", run: "#run-title", job: "#job-title", worker: "#worker-title" }[state.route.view];
+  const target = { runs: "#runs", workers: "#workers", jobs: "#jobs", audit: "#audit", run: "#run-title", job: "#job-title", worker: "#worker-title" }[state.route.view];
   if (target) $(target).focus();
 });
 

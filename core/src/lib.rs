@@ -11,6 +11,7 @@ pub mod store;
 mod admin;
 mod after_end;
 mod alerts;
+mod audit;
 mod clock_step;
 mod disk;
 mod error;
@@ -148,6 +149,8 @@ pub struct Core<S: Store> {
     seen: Seen,
     /// The stored runs as a whole: finished ones counted by state, and where pruning is.
     stored: StoredRuns,
+    /// What operators changed.
+    audit: audit::AuditLog,
     /// What changed since the last `take_changes`, for live views.
     changes: Changes,
 }
@@ -238,6 +241,7 @@ impl<S: Store> Core<S> {
         let jobs = JobTable::restored(store.jobs()?);
         let finished = totals::FinishedCounts::load(&store)?;
         let given_up = given_up::GivenUpRuns::load(&store, ms(now_us))?;
+        let audit = audit::AuditLog::load(&store)?;
         // The boot id is the random source's first draw; run ids come after.
         let boot_id = rng.next_u64();
         let mut core = Core {
@@ -266,6 +270,7 @@ impl<S: Store> Core<S> {
                 given_up,
             },
             changes: Changes::default(),
+            audit,
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
@@ -374,7 +379,11 @@ impl<S: Store> Core<S> {
         let answer = match (request.into(), from == ADMIN) {
             (Request::Admin(request), true) => {
                 let actor = format!("key {from}");
-                self.handle_admin(&reply_to, &actor, id, request, now_us, out)
+                let caller = admin::Caller {
+                    actor: &actor,
+                    scope: &Scope::all(),
+                };
+                self.handle_admin(&reply_to, caller, id, request, now_us, out)
             }
             (Request::Worker(request), false) => {
                 self.handle_worker(peer, from, id, request, now_us, out)
@@ -415,9 +424,10 @@ impl<S: Store> Core<S> {
         now_us: u64,
         out: &mut Outbox,
     ) -> StoreResult<()> {
+        let caller = admin::Caller { actor, scope };
         let answer = self
             .scoped_request(request, scope)
-            .and_then(|request| self.handle_admin(&ReplyTo::Api, actor, id, request, now_us, out));
+            .and_then(|request| self.handle_admin(&ReplyTo::Api, caller, id, request, now_us, out));
         let answer = match answer {
             Ok(Some(reply)) => Ok(Some(self.scoped_reply(reply, scope)?)),
             other => other,

@@ -34,6 +34,23 @@ impl Scope {
         self.teams.is_some()
     }
 
+    /// The teams it is limited to (none: unlimited), as an audit entry records them.
+    pub fn team_list(&self) -> Vec<String> {
+        self.teams
+            .as_ref()
+            .map(|teams| teams.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether an audit entry of a caller limited to `teams` (none: unlimited) is
+    /// visible: to an unlimited caller always, else when the two share a team.
+    pub fn sees_entry_of(&self, teams: &[String]) -> bool {
+        match &self.teams {
+            None => true,
+            Some(mine) => teams.iter().any(|t| mine.contains(t)),
+        }
+    }
+
     /// Whether a job (or a run of it) of `team` is visible.
     pub fn allows(&self, team: Option<&str>) -> bool {
         match &self.teams {
@@ -117,7 +134,9 @@ impl<S: Store> Core<S> {
                     ..filter
                 }))
             }
-            AdminRequest::ListJobs | AdminRequest::Status => Ok(request),
+            AdminRequest::ListJobs | AdminRequest::Status | AdminRequest::Audit { .. } => {
+                Ok(request)
+            }
             AdminRequest::SetEnabled {
                 target: EnableTarget::Pool(_),
                 ..

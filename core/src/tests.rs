@@ -253,6 +253,7 @@ fn run_reads(h: &Harness) -> usize {
 }
 
 mod apply_jobs;
+mod audit;
 mod claim;
 mod clock_step;
 mod disk;

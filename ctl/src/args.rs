@@ -178,6 +178,18 @@ pub(crate) enum Command {
     /// and which changed settings wait for a restart. A file the broker cannot read or
     /// accept changes nothing (exit 1).
     Reload,
+    /// What operators changed, by whom and when, newest first.
+    ///
+    /// Kills, retries, enabling and disabling, drains, jobs applied, prunes and reloads,
+    /// from `jobcastctl` and the HTTP API alike; the broker keeps the newest 10,000.
+    Audit {
+        /// Entries older than this one (its number, the `#` column): the next page.
+        #[arg(long)]
+        before: Option<u64>,
+        /// At most this many (up to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
     /// Delete what retention deletes now, among the oldest runs.
     ///
     /// Retention is `[retention]` in the broker config and `retention` per job; the

@@ -95,6 +95,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         }
         Command::Prune { dry_run } => cmd::prune::prune(&ctl, dry_run).await,
         Command::Reload => cmd::reload::reload(&ctl).await,
+        Command::Audit { before, limit } => cmd::audit::audit(&ctl, before, limit).await,
         Command::Drain { worker } => cmd::drain::drain(&ctl, worker).await,
         // Answered above, before any connection.
         Command::Completions { .. } | Command::GenerateMan { .. } => Ok(ExitCode::SUCCESS),

@@ -159,6 +159,55 @@ fn actions_are_recorded_with_the_name_of_the_token_that_asked() {
     let again = cluster.enqueue("hello");
     let record = cluster.wait_state(&again, "succeeded", LONG);
     assert_eq!(record["history"][0]["cause"], "enqueued by key admin");
+    cluster.ctl_ok(&["disable", "hello"]);
+
+    // The audit log: the kill by the token, then the disable by the key, newest first;
+    // a viewer reads it, paged by `before`.
+    let (status, body) = cluster.api("GET", "/api/v1/audit?limit=2", Some(VIEWER_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let entries = json(&body)["entries"].as_array().unwrap().clone();
+    let line = |e: &Value| {
+        format!(
+            "{}|{}|{}|{}",
+            e["actor"].as_str().unwrap(),
+            e["action"].as_str().unwrap(),
+            e["target"].as_str().unwrap(),
+            e["outcome"].as_str().unwrap()
+        )
+    };
+    assert_eq!(
+        entries.iter().map(line).collect::<Vec<_>>(),
+        vec![
+            "key admin|disable|job hello|done".to_string(),
+            format!("token operator|kill|{run}|killing {run} on w1"),
+        ]
+    );
+    let before = entries[1]["seq"].as_u64().unwrap();
+    let (_, body) = cluster.api(
+        "GET",
+        &format!("/api/v1/audit?before={before}"),
+        Some(VIEWER_TOKEN),
+    );
+    let older = json(&body)["entries"].as_array().unwrap().clone();
+    assert_eq!(older.len() as u64, before - 1, "{body}");
+    assert_eq!(older[0]["action"], "apply_jobs", "{body}");
+    for bad in ["limit=0", "limit=1001", "before=x", "limit=5&extra=1"] {
+        let (status, body) =
+            cluster.api("GET", &format!("/api/v1/audit?{bad}"), Some(VIEWER_TOKEN));
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, _) = cluster.api("GET", "/api/v1/audit", None);
+    assert_eq!(status, 401);
+    // jobcastctl shows the same, as a table and as JSON.
+    let table = cluster.ctl_ok(&["audit", "--limit", "2"]);
+    assert!(
+        table.lines().next().unwrap().starts_with("#")
+            && table.contains("token operator")
+            && table.contains("killing"),
+        "{table}"
+    );
+    let shown = json(&cluster.ctl_ok(&["--json", "audit", "--before", &before.to_string()]));
+    assert_eq!(shown.as_array().unwrap().len() as u64, before - 1);
 }
 
 #[test]

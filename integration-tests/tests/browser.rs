@@ -246,6 +246,18 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
         .to_string();
     assert!(!retried.is_empty() && retried != long, "{made}");
     assert!(cluster.run(&retried).is_some(), "the linked run exists");
+    // The audit log says who killed and retried what, newest first.
+    driver.send(json!({ "cmd": "goto", "hash": "#/audit" }));
+    let audit_rows = "[...document.querySelectorAll('#audit tbody tr')].map(r => [...r.children].slice(2).map(c => c.textContent).join('|'))";
+    let wanted = [
+        format!("token operator|retry|{long}|run {retried} (attempt 2)"),
+        format!("token operator|kill|{long}|killing {long} on w1"),
+    ];
+    driver.send(json!({ "cmd": "wait_js", "expr": format!(
+        "JSON.stringify({audit_rows}.slice(0, 2)) === {}",
+        serde_json::to_string(&serde_json::to_string(&wanted).unwrap()).unwrap()
+    ) }));
+    driver.send(json!({ "cmd": "screenshot", "name": "audit", "tab": "audit" }));
     driver.send(json!({ "cmd": "screenshot", "name": "workers", "tab": "workers" }));
     driver.send(json!({ "cmd": "screenshot", "name": "jobs", "tab": "jobs" }));
 
@@ -261,6 +273,9 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#workers tr[data-key=\"w1\"]') !== null" }));
     let drain_shown = driver.send(json!({ "cmd": "eval_js", "expr": "getComputedStyle(document.querySelector('#workers tr[data-key=\"w1\"]').lastChild).display !== 'none'" }));
     assert_eq!(drain_shown["value"], false, "{drain_shown}");
+    // Nor does it read what the other operators changed.
+    driver.send(json!({ "cmd": "goto", "hash": "#/audit" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#message')?.textContent === 'No changes recorded yet.' && document.querySelectorAll('#audit tbody tr').length === 0" }));
 
     // A viewer sees no action buttons, and the API refuses a viewer's kill.
     driver.send(json!({ "cmd": "new_page" }));
@@ -617,6 +632,7 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
             "#/runs",
             "#/workers",
             "#/jobs",
+            "#/audit",
             run_view.as_str(),
             "#/job/quick",
             "#/worker/w1",

@@ -83,6 +83,25 @@ fn sighup_adds_a_worker_key_and_reload_removes_it_without_a_restart() {
     let code = cluster.workers[index].wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(3), "{}", cluster.worker_log("w2"));
     assert_eq!(cluster.broker_pid(), broker_pid);
+
+    // Both reloads are in the audit log, with who asked and what changed.
+    let audit: Value = cluster
+        .ctl_json(&["audit", "--limit", "2"])
+        .expect("audit answers in JSON");
+    let lines: Vec<String> = audit
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|e| format!("{}|{}|{}", e["actor"], e["action"], e["outcome"]))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "\"key admin\"|\"reload\"|\"workers added [], removed [w2], changed []; admin key unchanged; 3 API tokens, 0 webhooks\"",
+            "\"signal SIGHUP\"|\"reload\"|\"workers added [w2], removed [], changed []; admin key unchanged; 2 API tokens, 0 webhooks\"",
+        ],
+        "{audit}"
+    );
 }
 
 #[test]

@@ -99,6 +99,10 @@ pub enum Reply {
         job: Box<JobView>,
         times_ms: Vec<u64>,
     },
+    /// Audit log entries, newest first.
+    Audit {
+        entries: Vec<AuditEntry>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -328,6 +332,26 @@ pub enum KillOutcome {
     NotFound {
         selector: String,
     },
+}
+
+/// One change an operator made, as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Rises by one per entry (for paging with `before`).
+    pub seq: u64,
+    pub at_ms: u64,
+    /// Who: `key admin`, `token alice`, `signal SIGHUP`.
+    pub actor: String,
+    /// What: `kill`, `retry`, `enable`, `disable`, `drain`, `apply_jobs`, `prune`, `reload`.
+    pub action: String,
+    /// On what: run selectors, a job, `pool NAME`, a worker, `settings`.
+    pub target: String,
+    /// What came of it, in a line.
+    pub outcome: String,
+    /// The teams the caller was limited to (none: unlimited); a caller limited to teams
+    /// sees only the entries of callers limited to one of its teams.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<String>,
 }
 
 impl KillOutcome {

@@ -124,6 +124,14 @@ pub enum AdminRequest {
         job: String,
         count: u32,
     },
+    /// The audit log, newest first: what operators changed (kills, retries, enabling and
+    /// disabling, drains, jobs applied, prunes, reloads), by whom and when; entries with
+    /// a sequence number below `before` when it is given, at most `limit` (up to 1,000).
+    Audit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        limit: u32,
+    },
 }
 
 impl AdminRequest {
@@ -137,6 +145,7 @@ impl AdminRequest {
                 | AdminRequest::GetLog { .. }
                 | AdminRequest::Status
                 | AdminRequest::NextFires { .. }
+                | AdminRequest::Audit { .. }
         )
     }
 }
@@ -193,6 +202,7 @@ const ADMIN_TAGS: &[&str] = &[
     "prune",
     "reload",
     "next_fires",
+    "audit",
 ];
 /// Every request tag, worker ones first.
 const ALL_TAGS: &[&str] = &ALL_TAG_ARRAY;

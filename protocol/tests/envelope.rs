@@ -233,6 +233,10 @@ fn every_request() -> Vec<Request> {
             job: "nightly".into(),
             count: 5,
         },
+        AdminRequest::Audit {
+            before: Some(40),
+            limit: 50,
+        },
     ]
 }
 
@@ -404,6 +408,17 @@ fn every_reply() -> Vec<Reply> {
                 active: true,
             }),
             times_ms: vec![1_800_000_000_000, 1_800_086_400_000],
+        },
+        Reply::Audit {
+            entries: vec![AuditEntry {
+                seq: 7,
+                at_ms: NOW,
+                actor: "token alice".into(),
+                action: "kill".into(),
+                target: "3f2a".into(),
+                outcome: "killing 3f2a9c on w1".into(),
+                teams: vec!["data".into()],
+            }],
         },
         Reply::Error {
             code: ErrorCode::NotFound,

@@ -85,6 +85,39 @@ pub(super) async fn workers(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct AuditQuery {
+    /// entries with a sequence number below this (the next page)
+    before: Option<u64>,
+    /// at most this many (default 100, at most 1,000)
+    limit: Option<u32>,
+}
+
+/// The audit log, newest first: what operators changed, by whom and when.
+pub(super) async fn audit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > 1_000 {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to 1000, not {limit}"
+        )));
+    }
+    let request = AdminRequest::Audit {
+        before: query.before,
+        limit,
+    };
+    match app.core.call(&caller, request).await? {
+        Reply::Audit { entries } => Ok(Json(json!({ "entries": entries }))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct JobsQuery {
     /// only jobs with this tag
     tag: Option<String>,

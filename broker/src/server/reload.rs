@@ -1,7 +1,7 @@
 //! Applying a reload (SIGHUP or `jobcastctl reload`) to the running server: what may
 //! change live is put in force, what needs a restart is reported (`crate::reload`).
 
-use super::Server;
+use super::{now_us, Server};
 use crate::store::{Store, StoreError};
 use jobcast_core::{Core, Outbox};
 use std::time::Duration;
@@ -49,10 +49,21 @@ impl Server {
                 self.new_keys = Some(keys);
                 self.running.api_tokens = new.api_tokens;
                 self.running.webhooks = new.webhooks;
+                let outcome = format!(
+                    "workers added [{}], removed [{}], changed [{}]; admin key {}; {} API tokens, {} webhooks",
+                    report.workers_added.join(" "),
+                    report.workers_removed.join(" "),
+                    report.workers_changed.join(" "),
+                    if report.admin_changed { "changed" } else { "unchanged" },
+                    report.api_tokens,
+                    report.webhooks,
+                );
+                core.record_reload(&by, outcome, now_us())?;
                 jobcast_protocol::Reply::Reloaded(report)
             }
             Err(e) => {
                 tracing::error!(by = %by.join(","), error = %format!("{e:#}"), "reload refused: the settings in force are unchanged");
+                core.record_reload(&by, format!("refused: {e:#}"), now_us())?;
                 jobcast_protocol::Reply::Error {
                     code: jobcast_protocol::ErrorCode::BadRequest,
                     message: format!(

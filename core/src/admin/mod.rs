@@ -16,26 +16,36 @@ mod retry;
 mod set_enabled;
 mod status;
 
-use crate::store::Store;
+use crate::audit::Change;
+use crate::store::{Store, StoreResult};
 use crate::Now;
-use crate::{Core, Handled, ListingAsked, LogAsked, Outbox, ReloadAsked, ReplyTo};
+use crate::{Core, Handled, ListingAsked, LogAsked, Outbox, ReloadAsked, ReplyTo, Scope};
 pub use get_log::log_reply;
-use jobcast_protocol::{AdminRequest, Reply};
+use jobcast_protocol::{AdminRequest, EnableTarget, KillOutcome, Reply};
 pub(crate) use list_runs::listing_reply;
+
+/// Who asks: recorded as the actor of what they change, limited to the scope's teams.
+#[derive(Clone, Copy)]
+pub(crate) struct Caller<'a> {
+    pub actor: &'a str,
+    pub scope: &'a Scope,
+}
 
 impl<S: Store> Core<S> {
     /// `None`: the answer comes later (a ping's, a reload's, a listing's).
     pub(crate) fn handle_admin(
         &mut self,
         reply_to: &ReplyTo,
-        actor: &str,
+        caller: Caller<'_>,
         id: u64,
         request: AdminRequest,
         now_us: u64,
         out: &mut Outbox,
     ) -> Handled<Option<Reply>> {
         let now = Now::from_us(now_us);
-        Ok(Some(match request {
+        let actor = caller.actor;
+        let audited = audit_of(&request);
+        let reply = match request {
             AdminRequest::Ping { worker, timeout_ms } => {
                 let asked = ping::Asked {
                     reply_to,
@@ -121,6 +131,104 @@ impl<S: Store> Core<S> {
                 tracing::info!(actor, dry_run, "prune");
                 self.prune(dry_run, now)?
             }
-        }))
+            AdminRequest::Audit { before, limit } => Reply::Audit {
+                entries: self.audit.page(caller.scope, before, limit),
+            },
+        };
+        if let Some((action, target)) = audited {
+            let change = Change {
+                action,
+                target,
+                outcome: outcome_of(&reply),
+            };
+            self.audit
+                .record(&mut self.store, actor, caller.scope, change, now.ms())?;
+        }
+        Ok(Some(reply))
+    }
+
+    /// Records a change the server made for `actors` (a reload of the settings; none:
+    /// SIGHUP).
+    pub fn record_reload(
+        &mut self,
+        actors: &[&str],
+        outcome: String,
+        now_us: u64,
+    ) -> StoreResult<()> {
+        let actor = match actors.is_empty() {
+            true => "signal SIGHUP".to_string(),
+            false => actors.join(", "),
+        };
+        let change = Change {
+            action: "reload",
+            target: "settings".into(),
+            outcome,
+        };
+        self.audit.record(
+            &mut self.store,
+            &actor,
+            &Scope::all(),
+            change,
+            now_us / 1_000,
+        )
+    }
+}
+
+/// What an operator request changes, for the audit log: its action and target; `None`
+/// for reads (and enqueues, which each run records as its cause).
+fn audit_of(request: &AdminRequest) -> Option<(&'static str, String)> {
+    Some(match request {
+        AdminRequest::Kill { selectors } => ("kill", selectors.join(" ")),
+        AdminRequest::Retry { run } => ("retry", run.clone()),
+        AdminRequest::SetEnabled { target, enabled } => {
+            let action = if *enabled { "enable" } else { "disable" };
+            let target = match target {
+                EnableTarget::Job(job) => format!("job {job}"),
+                EnableTarget::Pool(pool) => format!("pool {pool}"),
+            };
+            (action, target)
+        }
+        AdminRequest::Drain { worker } => ("drain", format!("worker {worker}")),
+        AdminRequest::ApplyJobs { jobs } => (
+            "apply_jobs",
+            jobs.iter()
+                .map(|job| job.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        AdminRequest::Prune { dry_run: false } => ("prune", "finished runs".into()),
+        _ => return None,
+    })
+}
+
+/// A change's outcome in a line.
+fn outcome_of(reply: &Reply) -> String {
+    match reply {
+        Reply::KillResult { outcomes } => outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                KillOutcome::Killing { run_id, worker } => format!("killing {run_id} on {worker}"),
+                KillOutcome::Cancelled { run_id } => format!("cancelled {run_id}"),
+                KillOutcome::AlreadyFinished { run_id, state } => {
+                    format!("{run_id} had already ended ({state})")
+                }
+                KillOutcome::Ambiguous { selector, .. } => format!("{selector}: ambiguous"),
+                KillOutcome::NotFound { selector } => format!("{selector}: not found"),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Reply::Enqueued { run } => format!("run {} (attempt {})", run.id, run.attempt),
+        Reply::Applied {
+            created,
+            updated,
+            unchanged,
+        } => format!(
+            "{} created, {} updated, {} unchanged",
+            created.len(),
+            updated.len(),
+            unchanged.len()
+        ),
+        Reply::Pruned { runs, .. } => format!("{runs} runs deleted"),
+        _ => "done".into(),
     }
 }

@@ -2,6 +2,7 @@
 //! printed (a table, or JSON with `--json`).
 
 pub(crate) mod apply;
+pub(crate) mod audit;
 pub(crate) mod drain;
 pub(crate) mod enable;
 pub(crate) mod enqueue;
