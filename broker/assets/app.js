@@ -749,8 +749,69 @@ function fromLocalInput(value) {
   return value ? String(new Date(value).getTime()) : "";
 }
 
+/// What the bulk button does to runs in a state: retry ended ones that did not succeed,
+/// cancel queued ones, kill those on their way or running.
+const BULK = {
+  failed: "retry", timed_out: "retry", lost: "retry", killed: "retry", cancelled: "retry", missed: "retry",
+  queued: "cancel", assigned: "kill", running: "kill",
+};
+/// Runs one bulk action takes at most (the broker's limit).
+const BULK_MAX = 1000;
+
+function showBulk() {
+  const action = BULK[state.route.params.get("state")];
+  const button = $("#bulk");
+  button.hidden = !action;
+  if (action) button.textContent = { retry: "Retry all…", cancel: "Cancel all…", kill: "Kill all…" }[action];
+}
+
+/// Every run the filters match (up to BULK_MAX), counted and confirmed, then acted on in
+/// one request to the broker.
+$("#bulk").addEventListener("click", async () => {
+  const filterState = state.route.params.get("state");
+  const action = BULK[filterState];
+  if (!action) return;
+  let runs;
+  try {
+    // From the newest, whatever page is shown.
+    const query = runsQuery({ limit: BULK_MAX });
+    query.delete("before");
+    const { body, headers } = await apiResponse("GET", "/api/v1/runs?" + query);
+    runs = body.map((run) => run.id);
+    if (headers.get("jobcast-resume-before") && runs.length < BULK_MAX) {
+      showMessage(`The broker stopped looking after ${runs.length} matching runs; narrow the filter (a job, a time range) to act on the rest.`);
+    }
+  } catch (error) {
+    return showMessage("Cannot list the runs: " + error.message);
+  }
+  if (!runs.length) return showMessage("No run matches.");
+  const what = `${runs.length}${runs.length === BULK_MAX ? " (the newest; at most " + BULK_MAX + " at a time)" : ""} ${filterState.replace("_", " ")} run${runs.length === 1 ? "" : "s"}`;
+  const question = {
+    retry: `Retry ${what}? Each gets a new attempt.`,
+    cancel: `Cancel ${what}? They will not run.`,
+    kill: `Kill ${what}? Their processes are stopped.`,
+  }[action];
+  const label = { retry: `Retry ${runs.length}`, cancel: `Cancel ${runs.length}`, kill: `Kill ${runs.length}` }[action];
+  if (!(await confirmAction(question, label))) return;
+  try {
+    if (action === "retry") {
+      const { retried, refused } = await api("POST", "/api/v1/bulk/retry", { runs });
+      showMessage(`Retried ${retried.length} run${retried.length === 1 ? "" : "s"}` +
+        (refused.length ? `; ${refused.length} refused (${refused[0].run}: ${refused[0].message})` : "."));
+    } else {
+      const { outcomes } = await api("POST", "/api/v1/bulk/kill", { runs });
+      const acted = outcomes.filter((o) => o.killing || o.cancelled).length;
+      showMessage(`${action === "cancel" ? "Cancelled" : "Kill sent to"} ${acted} run${acted === 1 ? "" : "s"}` +
+        (acted < outcomes.length ? `; ${outcomes.length - acted} had already ended or were not found.` : "."));
+    }
+  } catch (error) {
+    showMessage(`Cannot ${action}: ${error.message}`);
+  }
+});
+
 async function loadRunsPage() {
   const params = state.route.params;
+  showBulk();
   $("#filter-state").value = params.get("state") || "";
   $("#filter-job").value = params.get("job") || "";
   $("#filter-worker").value = params.get("worker") || "";

@@ -32,6 +32,8 @@ pub enum CoreError {
     ListTooLong { limit: u32, max: u32 },
     #[error("name at least one run to kill")]
     NothingToKill,
+    #[error("name 1 to {max} runs at a time, not {asked}")]
+    BadBulk { max: usize, asked: usize },
     #[error("job {job}: {error}")]
     BadParams { job: String, error: ParamError },
     #[error(transparent)]
@@ -92,6 +94,7 @@ impl CoreError {
             | CoreError::ChainLoops { .. }
             | CoreError::ListTooLong { .. }
             | CoreError::NothingToKill
+            | CoreError::BadBulk { .. }
             | CoreError::BadParams { .. }
             | CoreError::BadPriority(_)
             | CoreError::BadIdempotencyKey { .. }

@@ -118,7 +118,10 @@ impl<S: Store> Core<S> {
                 }
                 Ok(request)
             }
-            AdminRequest::Kill { ref selectors } => {
+            AdminRequest::Kill { ref selectors }
+            | AdminRequest::RetryMany {
+                runs: ref selectors,
+            } => {
                 for selector in selectors {
                     self.check_run(selector, scope)?;
                 }

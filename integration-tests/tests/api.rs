@@ -425,6 +425,31 @@ fn bad_input_gets_clear_4xx_errors() {
             "{method} {path}: {body}"
         );
     }
+    // Bulk actions: a body naming 1 to 1,000 runs, or a clear 400.
+    let too_many = serde_json::to_vec(&serde_json::json!({ "runs": vec!["x"; 1_001] })).unwrap();
+    for path in ["/api/v1/bulk/retry", "/api/v1/bulk/kill"] {
+        for (body, text) in [
+            (b"".to_vec(), "the body is not"),
+            (b"{\"run\": []}".to_vec(), "the body is not"),
+            (b"{\"runs\": []}".to_vec(), "name"),
+            (too_many.clone(), "name 1 to 1000 runs at a time, not 1001"),
+        ] {
+            let (status, answer) =
+                cluster.api_with_body("POST", path, Some(OPERATOR_TOKEN), Some(body));
+            assert_eq!(status, 400, "{path}: {answer}");
+            assert!(
+                json(&answer)["error"].as_str().unwrap().contains(text),
+                "{path}: {answer}"
+            );
+        }
+        let (status, _) = cluster.api_with_body(
+            "POST",
+            path,
+            Some(VIEWER_TOKEN),
+            Some(b"{\"runs\": [\"x\"]}".to_vec()),
+        );
+        assert_eq!(status, 403, "{path}: a viewer may not act");
+    }
     // An oversized body is refused before anything is done. Declared but not sent, so
     // that the answer can be read before the server hangs up.
     let before = cluster.runs().len();
@@ -443,4 +468,35 @@ fn bad_input_gets_clear_4xx_errors() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("limited to"), "{answer}");
     assert_eq!(cluster.runs().len(), before);
+}
+
+#[test]
+fn an_operator_kills_several_runs_at_once() {
+    let cluster = cluster_with_jobs();
+    let runs: Vec<String> = (0..2)
+        .map(|_| {
+            let (_, body) = cluster.api("POST", "/api/v1/jobs/slow/enqueue", Some(OPERATOR_TOKEN));
+            json(&body)["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    cluster.wait_state(&runs[0], "running", LONG);
+    let body = serde_json::to_vec(&serde_json::json!({ "runs": runs })).unwrap();
+    let (status, answer) = cluster.api_with_body(
+        "POST",
+        "/api/v1/bulk/kill",
+        Some(OPERATOR_TOKEN),
+        Some(body),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let outcomes = json(&answer)["outcomes"].as_array().unwrap().clone();
+    assert_eq!(outcomes.len(), 2, "{answer}");
+    for run in &runs {
+        let ended = wait_for(&format!("run {run} to end"), LONG, || {
+            let state = cluster.run(run)?["state"].as_str()?.to_string();
+            ["killed", "cancelled"]
+                .contains(&state.as_str())
+                .then_some(state)
+        });
+        assert!(!ended.is_empty());
+    }
 }

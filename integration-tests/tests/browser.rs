@@ -108,6 +108,7 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
         "[jobs.quick]\ncommand = [\"echo\", \"quick\"]\n\
          [jobs.stamp]\nscript = \"\"\"#!/bin/sh\necho started\nsleep 1\necho \"TS:$(date +%s%3N)\"\nsleep 1\n\"\"\"\n\
          [jobs.long]\nscript = \"\"\"#!/bin/sh\nsleep 1000\n\"\"\"\n\
+         [jobs.broken]\ncommand = [\"false\"]\n\
          [jobs.greet]\nscript = \"\"\"#!/bin/sh\necho \"hello $JOBCAST_PARAM_WHO in $JOBCAST_PARAM_LANG\"\n\"\"\"\n\
          params.who = { type = \"string\", required = true, description = \"whom to greet\" }\n\
          params.lang = { type = \"choice\", choices = [\"en\", \"fr\"], default = \"en\" }\n",
@@ -166,6 +167,33 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     );
     driver.send(json!({ "cmd": "click", "selector": "#pause" }));
     driver.send(json!({ "cmd": "wait_js", "expr": format!("{row} !== null") }));
+
+    // Every failed run of a job retried at once, after a confirmation that counts them.
+    let broken: Vec<String> = (0..3).map(|_| cluster.enqueue("broken")).collect();
+    for run in &broken {
+        cluster.wait_state(run, "failed", LONG);
+    }
+    driver.send(json!({ "cmd": "goto", "hash": "#/runs?state=failed&job=broken" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelectorAll('#runs tbody tr[data-run]').length === 3 && !document.querySelector('#bulk').hidden" }));
+    driver.send(json!({ "cmd": "click", "selector": "#bulk" }));
+    let asked = driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#confirm').open && document.querySelector('#confirm-text').textContent" }));
+    assert_eq!(
+        asked["value"], "Retry 3 failed runs? Each gets a new attempt.",
+        "{asked}"
+    );
+    driver.send(json!({ "cmd": "click", "selector": "#confirm-yes" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#message').textContent === 'Retried 3 runs.'" }));
+    let firsts: std::collections::BTreeSet<String> = cluster
+        .runs()
+        .into_iter()
+        .filter(|r| r["job"] == "broken" && r["attempt"] == 2)
+        .map(|r| r["first_attempt"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        firsts,
+        broken.iter().cloned().collect(),
+        "one retry of each failed run"
+    );
 
     // Disabling a job asks first; Escape leaves it enabled.
     driver.send(json!({ "cmd": "goto", "hash": "#/job/quick" }));

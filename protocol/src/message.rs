@@ -103,6 +103,11 @@ pub enum Reply {
     Audit {
         entries: Vec<AuditEntry>,
     },
+    /// What `RetryMany` did: the runs it made, and the runs it could not retry (why).
+    RetriedMany {
+        retried: Vec<RunRef>,
+        refused: Vec<Refusal>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -332,6 +337,14 @@ pub enum KillOutcome {
     NotFound {
         selector: String,
     },
+}
+
+/// A run a request for several could not act on, and why (as an `error` reply says it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub run: String,
+    pub code: ErrorCode,
+    pub message: String,
 }
 
 /// One change an operator made, as the audit log keeps it.

@@ -103,6 +103,11 @@ pub enum AdminRequest {
     Retry {
         run: String,
     },
+    /// Retries each of several finished runs (at most 1,000), each as `Retry` would; one
+    /// that cannot be retried is refused on its own and the others go on.
+    RetryMany {
+        runs: Vec<String>,
+    },
     /// Enables or disables a job, or every job of a pool. Disabled jobs' ticks are
     /// skipped; they can still be enqueued by hand.
     SetEnabled {
@@ -203,6 +208,7 @@ const ADMIN_TAGS: &[&str] = &[
     "reload",
     "next_fires",
     "audit",
+    "retry_many",
 ];
 /// Every request tag, worker ones first.
 const ALL_TAGS: &[&str] = &ALL_TAG_ARRAY;

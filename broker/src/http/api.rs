@@ -382,6 +382,63 @@ pub(super) async fn retry(
     enqueued(&app, &caller, AdminRequest::Retry { run: id }).await
 }
 
+/// The body of a bulk action: the runs it acts on, by id.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    runs: Vec<String>,
+}
+
+impl BulkBody {
+    fn parse(body: &[u8]) -> Result<Vec<String>, ApiError> {
+        serde_json::from_slice::<BulkBody>(body)
+            .map(|b| b.runs)
+            .map_err(|e| {
+                ApiError::bad_request(format!("the body is not {{\"runs\": [run ids]}}: {e}"))
+            })
+    }
+}
+
+/// Retries several finished runs: `{"runs": [ids]}` (at most 1,000); answers with the
+/// runs made and those refused (why), 200 even if some were refused.
+pub(super) async fn bulk_retry(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    let runs = BulkBody::parse(&body)?;
+    match app
+        .core
+        .call(&caller, AdminRequest::RetryMany { runs })
+        .await?
+    {
+        Reply::RetriedMany { retried, refused } => {
+            Ok(Json(json!({ "retried": retried, "refused": refused })))
+        }
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+/// Kills (or cancels, when queued) several runs: `{"runs": [ids]}` (at most 1,000);
+/// answers with each run's outcome.
+pub(super) async fn bulk_kill(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    let selectors = BulkBody::parse(&body)?;
+    match app
+        .core
+        .call(&caller, AdminRequest::Kill { selectors })
+        .await?
+    {
+        Reply::KillResult { outcomes } => Ok(Json(json!({ "outcomes": outcomes }))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
 /// An enqueue's optional JSON body.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

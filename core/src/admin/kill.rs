@@ -7,6 +7,9 @@ use crate::{Core, CoreError, Handled, Outbox};
 use jobcast_protocol::message::topic;
 use jobcast_protocol::{Event, KillOutcome, Reply, RunState, Transition};
 
+/// Most runs one `Kill` names: each may be a read of the store on the loop.
+pub const MAX_KILL: usize = 1_000;
+
 impl<S: Store> Core<S> {
     /// Kills every run the selectors name; each gets its own outcome.
     pub(super) fn kill_all(
@@ -18,6 +21,12 @@ impl<S: Store> Core<S> {
     ) -> Handled {
         if selectors.is_empty() {
             return Err(CoreError::NothingToKill);
+        }
+        if selectors.len() > MAX_KILL {
+            return Err(CoreError::BadBulk {
+                max: MAX_KILL,
+                asked: selectors.len(),
+            });
         }
         let mut outcomes = Vec::new();
         for selector in selectors {

@@ -114,6 +114,10 @@ impl<S: Store> Core<S> {
                 self.check_room_for_new_work()?;
                 self.retry(&run, actor, now, out)?
             }
+            AdminRequest::RetryMany { runs } => {
+                self.check_room_for_new_work()?;
+                self.retry_many(runs, actor, now, out)?
+            }
             AdminRequest::Status => Reply::Status(Box::new(self.status(now)?)),
             AdminRequest::Drain { worker } => {
                 drain::drain(&mut self.tables.workers, &worker, actor, out)?
@@ -178,8 +182,9 @@ impl<S: Store> Core<S> {
 /// for reads (and enqueues, which each run records as its cause).
 fn audit_of(request: &AdminRequest) -> Option<(&'static str, String)> {
     Some(match request {
-        AdminRequest::Kill { selectors } => ("kill", selectors.join(" ")),
+        AdminRequest::Kill { selectors } => ("kill", runs_named(selectors)),
         AdminRequest::Retry { run } => ("retry", run.clone()),
+        AdminRequest::RetryMany { runs } => ("retry", runs_named(runs)),
         AdminRequest::SetEnabled { target, enabled } => {
             let action = if *enabled { "enable" } else { "disable" };
             let target = match target {
@@ -201,9 +206,25 @@ fn audit_of(request: &AdminRequest) -> Option<(&'static str, String)> {
     })
 }
 
+/// Runs named by an operator, for an audit entry: all of a few, the first of many.
+fn runs_named(runs: &[String]) -> String {
+    const SHOWN: usize = 5;
+    match runs.len() {
+        0..=SHOWN => runs.join(" "),
+        n => format!("{} and {} more", runs[..SHOWN].join(" "), n - SHOWN),
+    }
+}
+
 /// A change's outcome in a line.
 fn outcome_of(reply: &Reply) -> String {
     match reply {
+        Reply::KillResult { outcomes } if outcomes.len() > 5 => {
+            let acted = outcomes.iter().filter(|o| !o.is_error()).count();
+            format!(
+                "{acted} of {} runs killed, cancelled or already ended",
+                outcomes.len()
+            )
+        }
         Reply::KillResult { outcomes } => outcomes
             .iter()
             .map(|outcome| match outcome {
@@ -229,6 +250,36 @@ fn outcome_of(reply: &Reply) -> String {
             unchanged.len()
         ),
         Reply::Pruned { runs, .. } => format!("{runs} runs deleted"),
+        Reply::RetriedMany { retried, refused } => {
+            format!("{} retried, {} refused", retried.len(), refused.len())
+        }
         _ => "done".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_entry_names_a_few_runs_in_full_and_counts_many() {
+        let runs: Vec<String> = (1..=7).map(|n| format!("r{n}")).collect();
+        assert_eq!(runs_named(&runs[..2]), "r1 r2");
+        assert_eq!(runs_named(&runs), "r1 r2 r3 r4 r5 and 2 more");
+        let outcomes = runs
+            .iter()
+            .map(|run| match run.as_str() {
+                "r7" => KillOutcome::NotFound {
+                    selector: run.clone(),
+                },
+                _ => KillOutcome::Cancelled {
+                    run_id: run.clone(),
+                },
+            })
+            .collect();
+        assert_eq!(
+            outcome_of(&Reply::KillResult { outcomes }),
+            "6 of 7 runs killed, cancelled or already ended"
+        );
     }
 }

@@ -4,7 +4,10 @@ use crate::scheduling::NewRun;
 use crate::store::Store;
 use crate::Now;
 use crate::{Core, CoreError, Handled, Outbox};
-use jobcast_protocol::{Reply, RunRef};
+use jobcast_protocol::{Refusal, Reply, RunRef};
+
+/// Most runs one `RetryMany` retries: each is a read of the store on the loop.
+pub const MAX_RETRY_MANY: usize = 1_000;
 
 impl<S: Store> Core<S> {
     /// Runs a finished run's job again, as the next attempt of the same first run.
@@ -46,5 +49,34 @@ impl<S: Store> Core<S> {
             }),
             None => Err(CoreError::RunNotCreated),
         }
+    }
+
+    /// Retries each run on its own: one refused does not stop the others.
+    pub(crate) fn retry_many(
+        &mut self,
+        runs: Vec<String>,
+        actor: &str,
+        now: Now,
+        out: &mut Outbox,
+    ) -> Handled {
+        if runs.is_empty() || runs.len() > MAX_RETRY_MANY {
+            return Err(CoreError::BadBulk {
+                max: MAX_RETRY_MANY,
+                asked: runs.len(),
+            });
+        }
+        let (mut retried, mut refused) = (Vec::new(), Vec::new());
+        for run in runs {
+            match self.retry(&run, actor, now, out) {
+                Ok(Reply::Enqueued { run }) => retried.push(run),
+                Ok(_) => {}
+                Err(refusal) => {
+                    if let Reply::Error { code, message } = refusal.into_reply()? {
+                        refused.push(Refusal { run, code, message });
+                    }
+                }
+            }
+        }
+        Ok(Reply::RetriedMany { retried, refused })
     }
 }

@@ -53,3 +53,62 @@ fn only_finished_runs_are_retried() {
     let (code, _) = refusal(h.admin(AdminRequest::Retry { run: "zzzz".into() }));
     assert_eq!(code, ErrorCode::NotFound);
 }
+
+#[test]
+fn several_runs_are_retried_at_once_and_each_refusal_stands_alone() {
+    let mut h = Harness::new();
+    h.register("w1", 4, &["default"], &[]);
+    let failed: Vec<String> = (0..3).map(|_| h.enqueue("hello")).collect();
+    h.claim("w1", 3);
+    for run in &failed {
+        h.finish("w1", run, Outcome::Exited { code: 1 });
+    }
+    let queued = h.enqueue("hello");
+    let mut asked = failed.clone();
+    asked.push(queued.clone());
+    asked.push("nosuchrun".into());
+    let Reply::RetriedMany { retried, refused } = h.admin(AdminRequest::RetryMany {
+        runs: asked.clone(),
+    }) else {
+        panic!("not retried")
+    };
+    assert_eq!(retried.len(), 3);
+    for (new, old) in retried.iter().zip(&failed) {
+        assert_eq!(new.attempt, 2);
+        assert_eq!(
+            h.stored(&new.id).first_attempt.as_deref(),
+            Some(old.as_str())
+        );
+    }
+    let refused: Vec<(&str, ErrorCode)> =
+        refused.iter().map(|r| (r.run.as_str(), r.code)).collect();
+    assert_eq!(
+        refused,
+        vec![
+            (queued.as_str(), ErrorCode::BadRequest),
+            ("nosuchrun", ErrorCode::NotFound)
+        ]
+    );
+    let Reply::Audit { entries } = h.admin(AdminRequest::Audit {
+        before: None,
+        limit: 1,
+    }) else {
+        panic!("no audit log")
+    };
+    assert_eq!(entries[0].action, "retry");
+    assert_eq!(entries[0].target, asked.join(" "), "five are named in full");
+    assert_eq!(entries[0].outcome, "3 retried, 2 refused");
+    // Nothing, or too many at once, is refused whole.
+    for runs in [vec![], vec!["x".to_string(); 1_001]] {
+        let Reply::Error { code, .. } = h.admin(AdminRequest::RetryMany { runs }) else {
+            panic!("not refused")
+        };
+        assert_eq!(code, ErrorCode::BadRequest);
+    }
+    let Reply::Error { message, .. } = h.admin(AdminRequest::Kill {
+        selectors: vec!["x".to_string(); 1_001],
+    }) else {
+        panic!("not refused")
+    };
+    assert_eq!(message, "name 1 to 1000 runs at a time, not 1001");
+}
