@@ -452,7 +452,10 @@ impl<S: Store> Core<S> {
     /// thread).
     pub fn answer_reads(&self, out: &mut Outbox) -> StoreResult<()> {
         for asked in std::mem::take(&mut out.listings) {
-            let listing = self.store.runs(&asked.filter)?;
+            let listing = match store::listing_by_id(&asked.filter, |id| self.store.run(id))? {
+                Some(listing) => listing,
+                None => self.store.runs(&asked.filter)?,
+            };
             out.reply(&asked.to, asked.id, self.listing_reply(listing));
         }
         for asked in std::mem::take(&mut out.logs) {

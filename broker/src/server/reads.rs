@@ -36,7 +36,7 @@ impl Reads {
             .spawn(move || {
                 for (mut reader, asked) in incoming {
                     for listing in asked.listings {
-                        let runs = reader.runs(&listing.filter);
+                        let runs = reader.listing(&listing.filter);
                         if tell.send(Found::Listing(listing, runs)).is_err() {
                             return;
                         }

@@ -279,6 +279,21 @@ impl RunReader for KvReader {
         let prefix = log_prefix(run_id);
         chunks_of(prefix.len(), self.view.with_prefix("logs", &prefix))
     }
+
+    fn run(&mut self, id: &str) -> StoreResult<Option<RunRecord>> {
+        let Some(seq) = self.view.get("run_ids", id.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.view.get("runs", &seq)? else {
+            return Ok(None);
+        };
+        let (view, specs) = (&self.view, &mut self.specs);
+        let run = run_codec::decode_run(&bytes, |key| {
+            specs.get_or_read(key, || view.get("specs", key))
+        })?;
+        // As the store's own lookup: only a record of this id counts.
+        Ok(Some(run).filter(|run| run.id == id))
+    }
 }
 
 /// The values of a scan, decoded.

@@ -125,8 +125,11 @@ fn postgres() {
             "not before its commit"
         );
         assert!(reader.log_chunks("first").unwrap().is_empty());
+        assert!(reader.run("second").unwrap().is_none());
         store.flush().unwrap();
         assert_eq!(reader.runs(&all).unwrap().runs.len(), 2, "once committed");
+        assert_eq!(reader.run("second").unwrap().unwrap().seq, 2);
+        assert!(reader.run("third").unwrap().is_none());
         assert_eq!(
             reader.log_chunks("first").unwrap(),
             vec![(0, b"output".to_vec())]
@@ -204,14 +207,21 @@ fn a_fjall_reader_sees_the_store_as_it_was_when_taken() {
         ..Default::default()
     };
     let asked = all.clone();
-    let (seen, log) = std::thread::spawn(move || {
+    let (seen, log, by_id) = std::thread::spawn(move || {
         (
             reader.runs(&asked).unwrap(),
             reader.log_chunks("first").unwrap(),
+            (reader.run("first").unwrap(), reader.run("second").unwrap()),
         )
     })
     .join()
     .unwrap();
+    assert_eq!(
+        by_id.0.map(|r| r.state),
+        Some(RunState::Queued),
+        "as it was"
+    );
+    assert!(by_id.1.is_none(), "written after the reader was taken");
     assert_eq!(log, vec![(0, b"before".to_vec())]);
     let seen: Vec<(String, RunState)> = seen.runs.into_iter().map(|r| (r.id, r.state)).collect();
     assert_eq!(seen, vec![("first".to_string(), RunState::Queued)]);

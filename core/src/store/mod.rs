@@ -128,6 +128,43 @@ pub trait RunReader: Send {
     fn runs(&mut self, filter: &RunFilter) -> StoreResult<Listing>;
     /// As [`Store::log_chunks`].
     fn log_chunks(&mut self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>>;
+    /// A run by its id.
+    fn run(&mut self, id: &str) -> StoreResult<Option<RunRecord>>;
+
+    /// A listing; a search for a whole run id is a lookup (see [`listing_by_id`]).
+    fn listing(&mut self, filter: &RunFilter) -> StoreResult<Listing> {
+        match listing_by_id(filter, |id| self.run(id))? {
+            Some(listing) => Ok(listing),
+            None => self.runs(filter),
+        }
+    }
+}
+
+/// The listing of a search for a whole run id (16 hex digits): that run, looked up by
+/// its id however old, or nothing, when it does not pass the other filters; `None` when
+/// the text is not a whole id, or no run has it (then the listing walks as for any text).
+pub fn listing_by_id(
+    filter: &RunFilter,
+    run: impl FnOnce(&str) -> StoreResult<Option<RunRecord>>,
+) -> StoreResult<Option<Listing>> {
+    let Some(text) = filter.text.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let Some(found) = run(&text.to_ascii_lowercase())? else {
+        return Ok(None);
+    };
+    let shown = filter.matches(&found)
+        && filter.before_seq.is_none_or(|before| found.seq < before)
+        && filter.since_ms.is_none_or(|t| found.created_at_ms >= t)
+        && filter.until_ms.is_none_or(|t| found.created_at_ms < t)
+        && filter.limit > 0;
+    Ok(Some(Listing {
+        runs: if shown { vec![found] } else { Vec::new() },
+        resume_before: None,
+    }))
 }
 
 /// Stored records one listing looks at, at most: a filter that matches little must not

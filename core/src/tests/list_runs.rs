@@ -25,3 +25,52 @@ fn a_listing_names_its_limit_within_the_maximum_or_gets_the_default() {
     assert_eq!(code, ErrorCode::BadRequest);
     assert!(message.contains("10000"), "{message}");
 }
+
+#[test]
+fn a_whole_run_id_is_found_at_once_however_many_runs_came_after_it() {
+    let mut h = Harness::new();
+    let old = h.enqueue("hello");
+    // More runs after it than a listing looks at.
+    let spec = job("hello", "default");
+    for seq in 0..crate::store::LISTING_SCAN as u64 + 10 {
+        let run = RunRecord::queued(
+            format!("{:016x}", seq + 1),
+            1_000 + seq,
+            spec.clone(),
+            0,
+            "filler",
+        );
+        h.core.store_mut().create_run(&run).unwrap();
+    }
+    let search = |h: &mut Harness, text: &str, state: Option<RunState>| match h.admin(
+        AdminRequest::ListRuns(RunFilter {
+            text: Some(text.to_string()),
+            state,
+            limit: 10,
+            ..Default::default()
+        }),
+    ) {
+        Reply::Runs {
+            runs,
+            resume_before,
+        } => (
+            runs.into_iter().map(|r| r.id).collect::<Vec<_>>(),
+            resume_before,
+        ),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(search(&mut h, &old, None), (vec![old.clone()], None));
+    assert_eq!(
+        search(&mut h, &old.to_uppercase(), Some(RunState::Queued)),
+        (vec![old.clone()], None),
+        "in any case, and with filters it passes"
+    );
+    assert_eq!(
+        search(&mut h, &old, Some(RunState::Failed)),
+        (vec![], None),
+        "a filter it does not pass: nothing, and nowhere to go on"
+    );
+    // Part of an id is a text like any other: the walk stops where listings stop.
+    let (found, resume) = search(&mut h, &old[..12], None);
+    assert!(found.is_empty() && resume.is_some(), "{found:?} {resume:?}");
+}

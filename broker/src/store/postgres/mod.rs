@@ -328,6 +328,22 @@ impl RunReader for PgReader {
     fn log_chunks(&mut self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         read_log_chunks(&self.connection, run_id)
     }
+
+    fn run(&mut self, id: &str) -> StoreResult<Option<RunRecord>> {
+        let (connection, specs) = (&self.connection, &mut self.specs);
+        let rows = connection.rows(
+            "SELECT record FROM jobcast_runs WHERE id = $1",
+            vec![Box::new(id.to_string())],
+            |row| row.get::<_, Vec<u8>>(0),
+        )?;
+        rows.first()
+            .map(|bytes| {
+                run_codec::decode_run(bytes, |key| {
+                    specs.get_or_read(key, || read_spec(connection, key))
+                })
+            })
+            .transpose()
+    }
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> StoreResult<T> {
