@@ -522,11 +522,22 @@ function renderWorkers() {
 function renderAlerts() {
   const alerts = (state.status && state.status.alerts) || [];
   const box = $("#alerts");
-  syncRows(box, alerts, (a) => a.message, () => {
+  // Raised until someone has seen them; all of them are on the Alerts tab.
+  const raised = alerts.filter((a) => !a.acknowledged);
+  syncRows(box, raised, (a) => a.id || a.message, () => {
     const div = document.createElement("div");
     div.className = "warning";
+    div.append(document.createElement("span"), " ");
+    const link = document.createElement("a");
+    link.textContent = "details";
+    div.append(link);
     return div;
-  }, (div, alert) => { setCell(div, alert.message); });
+  }, (div, alert) => {
+    setCell(div.firstChild, alert.message);
+    div.lastChild.href = "#/alerts?id=" + encodeURIComponent(alert.id);
+    div.lastChild.setAttribute("aria-label", "Details of the alert: " + alert.message);
+  });
+  if (state.route.view === "alerts") renderStandingAlerts();
   // A pool with queued runs and no live worker to take them.
   const live = new Set(state.workers.filter((w) => w.online).flatMap((w) => w.pools));
   const queued = (state.status && state.status.queued_by_pool) || {};
@@ -651,7 +662,7 @@ function route() {
   const hash = location.hash.replace(/^#\/?/, "") || "runs";
   const [path, query] = hash.split("?");
   const [view, arg] = path.split("/");
-  const known = ["runs", "workers", "jobs", "audit", "run", "job", "worker"];
+  const known = ["runs", "workers", "jobs", "alerts", "audit", "run", "job", "worker"];
   state.route = { view: known.includes(view) ? view : "runs", arg: arg && decodeURIComponent(arg), params: new URLSearchParams(query || "") };
   const section = { run: "runs", job: "jobs", worker: "workers" }[state.route.view] || state.route.view;
   for (const link of document.querySelectorAll("a.tab")) {
@@ -659,7 +670,7 @@ function route() {
     link.classList.toggle("active", current);
     if (current) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
-  for (const name of ["runs", "workers", "jobs", "audit"]) $("#tab-" + name).hidden = name !== state.route.view;
+  for (const name of ["runs", "workers", "jobs", "alerts", "audit"]) $("#tab-" + name).hidden = name !== state.route.view;
   for (const name of ["run", "job", "worker"]) $("#" + name + "-view").hidden = state.route.view !== name;
   showMessage("");
   if (state.route.view === "run") return openRun(state.route.arg);
@@ -668,6 +679,7 @@ function route() {
   if (state.route.view === "worker") return openWorker(state.route.arg);
   if (state.route.view === "runs") loadRunsPage();
   if (state.route.view === "audit") loadAuditPage();
+  if (state.route.view === "alerts") loadAlertsPage();
   if (state.route.view === "jobs") {
     $("#jobs-tag").value = state.route.params.get("tag") || "";
     $("#jobs-name").value = state.route.params.get("name") || "";
@@ -676,6 +688,75 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
+
+// ---- alerts: #/alerts?id=<alert>&before=<seq> ----
+
+/// The standing alerts as the status has them (it comes every few seconds), each with
+/// who has seen it and a way to say so.
+function renderStandingAlerts() {
+  const alerts = (state.status && state.status.alerts) || [];
+  const wanted = state.route.params.get("id");
+  syncRows($("#standing tbody"), alerts, (a) => a.id, () => {
+    const row = emptyRow(5);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Acknowledge";
+    row.lastChild.className = "operator-only";
+    row.lastChild.appendChild(button);
+    return row;
+  }, (row, alert) => {
+    const c = row.children;
+    setCell(c[0], alert.id);
+    timeCell(c[1], alert.since_ms);
+    setCell(c[2], alert.message);
+    setCell(c[3], alert.acknowledged ? alert.acknowledged.by : "nobody yet");
+    const button = c[4].firstChild;
+    button.disabled = !!alert.acknowledged;
+    button.setAttribute("aria-label", "Acknowledge " + alert.id);
+    button.onclick = () => acknowledge(alert.id);
+    row.classList.toggle("picked", alert.id === wanted);
+  });
+  $("#standing-none").hidden = alerts.length > 0;
+}
+
+async function acknowledge(id) {
+  try {
+    await api("POST", "/api/v1/alerts/" + encodeURIComponent(id) + "/ack");
+    showMessage(`Alert ${id} acknowledged.`);
+    loadAlertsPage();
+  } catch (error) {
+    showMessage(`Cannot acknowledge ${id}: ${error.message}`);
+  }
+}
+
+async function loadAlertsPage() {
+  const before = state.route.params.get("before");
+  const query = "?limit=" + AUDIT_PAGE + (before ? "&before=" + encodeURIComponent(before) : "");
+  let body;
+  try {
+    body = await api("GET", "/api/v1/alerts" + query);
+  } catch (error) {
+    return showMessage(error.message);
+  }
+  if (state.route.view !== "alerts") return;
+  if (state.status) state.status.alerts = body.current;
+  renderStandingAlerts();
+  renderAlerts();
+  syncRows($("#alert-history tbody"), body.history, (r) => String(r.seq), () => emptyRow(6), (row, record) => {
+    const c = row.children;
+    setCell(c[0], record.seq);
+    timeCell(c[1], record.raised_ms);
+    if (record.cleared_ms) timeCell(c[2], record.cleared_ms); else setCell(c[2], "standing");
+    setCell(c[3], record.id);
+    setCell(c[4], record.message);
+    setCell(c[5], record.acknowledged ? record.acknowledged.by : "");
+  });
+  const oldest = body.history.length ? body.history[body.history.length - 1].seq : 0;
+  $("#alerts-older").disabled = body.history.length < AUDIT_PAGE || oldest <= 1;
+  $("#alerts-older").onclick = () => { location.hash = "#/alerts?before=" + oldest; };
+  $("#alerts-newer").disabled = !before;
+  $("#alerts-newer").onclick = () => { location.hash = "#/alerts"; };
+}
 
 // ---- the audit log: #/audit?before=<seq> ----
 
@@ -721,7 +802,7 @@ $("#pause").addEventListener("click", () => {
 // table, the next Tab is its first row).
 $("#skip").addEventListener("click", (event) => {
   event.preventDefault();
-  const target = { runs: "#runs", workers: "#workers", jobs: "#jobs", audit: "#audit", run: "#run-title", job: "#job-title", worker: "#worker-title" }[state.route.view];
+  const target = { runs: "#runs", workers: "#workers", jobs: "#jobs", alerts: "#standing", audit: "#audit", run: "#run-title", job: "#job-title", worker: "#worker-title" }[state.route.view];
   if (target) $(target).focus();
 });
 

@@ -1,6 +1,7 @@
 //! Standing conditions: runs that could not start in time (missed), late jobs, jobs that
 //! never ran, pools without workers, a data directory short of space.
 
+use crate::alert_log::alert_id;
 use crate::scheduling::format_ms;
 use crate::store::{Store, StoreResult};
 use crate::Now;
@@ -47,6 +48,8 @@ impl<S: Store> Core<S> {
                 standing
                     .entry((AlertKind::Late, run.job.clone()))
                     .or_insert_with(|| Alert {
+                        id: String::new(),
+                        acknowledged: None,
                         kind: AlertKind::Late,
                         job: Some(run.job.clone()),
                         pool: Some(run.pool.clone()),
@@ -67,6 +70,8 @@ impl<S: Store> Core<S> {
                 standing
                     .entry((AlertKind::NoWorker, run.pool.clone()))
                     .or_insert_with(|| Alert {
+                        id: String::new(),
+                        acknowledged: None,
                         kind: AlertKind::NoWorker,
                         job: None,
                         pool: Some(run.pool.clone()),
@@ -95,6 +100,8 @@ impl<S: Store> Core<S> {
                     standing.insert(
                         (AlertKind::NeverRun, name.clone()),
                         Alert {
+                            id: String::new(),
+                            acknowledged: None,
                             kind: AlertKind::NeverRun,
                             job: Some(name.clone()),
                             pool: Some(spec.pool.clone()),
@@ -112,6 +119,8 @@ impl<S: Store> Core<S> {
                 standing.insert(
                     (AlertKind::AutoDisabled, name.clone()),
                     Alert {
+                        id: String::new(),
+                        acknowledged: None,
                         kind: AlertKind::AutoDisabled,
                         job: Some(name.clone()),
                         pool: Some(spec.pool.clone()),
@@ -133,6 +142,8 @@ impl<S: Store> Core<S> {
             standing.insert(
                 key,
                 Alert {
+                    id: String::new(),
+                    acknowledged: None,
                     kind: AlertKind::DiskLow,
                     job: None,
                     pool: None,
@@ -142,12 +153,32 @@ impl<S: Store> Core<S> {
                 },
             );
         }
+        // Each alert named, its acknowledgement kept while it stands, and recorded.
+        let mut new = Vec::new();
+        for ((kind, subject), alert) in standing.iter_mut() {
+            alert.id = alert_id(*kind, subject);
+            match self.tables.alerts.get(&(*kind, subject.clone())) {
+                Some(before) => alert.acknowledged = before.acknowledged.clone(),
+                None => {
+                    // Raised before a restart and still open: not news.
+                    if !self.alert_log.is_open(&alert.id) {
+                        new.push(alert.clone());
+                    }
+                    alert.acknowledged = self.alert_log.raised(&mut self.store, alert, now.ms())?;
+                }
+            }
+        }
+        let ids: std::collections::HashSet<&str> =
+            standing.values().map(|a| a.id.as_str()).collect();
+        // While workers may still be registering after a start, "no worker" is not
+        // known: an alert of it from before stays open.
+        let in_grace = now.ms() < self.worker_grace_end();
+        let no_worker = AlertKind::NoWorker.as_str();
+        let stands =
+            |id: &str| ids.contains(id) || (in_grace && id.split(':').next() == Some(no_worker));
+        self.alert_log
+            .clear_all_but(&mut self.store, stands, now.ms())?;
         // Notify each condition once, when it appears.
-        let new: Vec<Alert> = standing
-            .iter()
-            .filter(|(key, _)| !self.tables.alerts.contains_key(*key))
-            .map(|(_, alert)| alert.clone())
-            .collect();
         for alert in new {
             if alert.kind != AlertKind::AutoDisabled {
                 out.notifications.push(Notification {

@@ -1,11 +1,11 @@
-//! The audit log: what operators changed, by whom and when. Kept in memory (the newest
-//! [`MAX_KEPT`]) and in the store as settings in a ring of [`MAX_KEPT`] keys, each entry
-//! written in the batch that made the change, so it is durable exactly when the change is.
+//! The audit log: what operators changed, by whom and when; the newest [`MAX_KEPT`] kept
+//! in a ring of settings (`ring.rs`), each entry written in the batch that made the
+//! change, so it is durable exactly when the change is.
 
-use crate::store::{Store, StoreError, StoreResult};
+use crate::ring::{Numbered, Ring};
+use crate::store::{Store, StoreResult};
 use crate::Scope;
 use jobcast_protocol::AuditEntry;
-use std::collections::VecDeque;
 
 /// Entries kept; the key of entry `seq` is slot `seq % MAX_KEPT`, so the oldest is
 /// overwritten, never deleted.
@@ -14,10 +14,15 @@ pub const MAX_KEPT: u64 = 10_000;
 pub const MAX_PAGE: u32 = 1_000;
 const PREFIX: &str = "audit/";
 
-#[derive(Debug, Default)]
+impl Numbered for AuditEntry {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct AuditLog {
-    /// Oldest first.
-    entries: VecDeque<AuditEntry>,
+    entries: Ring<AuditEntry>,
 }
 
 /// A change to record: what, on what, and what came of it.
@@ -29,21 +34,8 @@ pub(crate) struct Change<'a> {
 
 impl AuditLog {
     pub fn load(store: &impl Store) -> StoreResult<AuditLog> {
-        let mut entries = Vec::new();
-        for (key, bytes) in store.settings()? {
-            if !key.starts_with(PREFIX) {
-                continue;
-            }
-            let entry: AuditEntry =
-                rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    what: "audit log entry",
-                    detail: format!("{key}: {e}"),
-                })?;
-            entries.push(entry);
-        }
-        entries.sort_by_key(|e| e.seq);
         Ok(AuditLog {
-            entries: entries.into(),
+            entries: Ring::load(store, PREFIX, "audit log entry", MAX_KEPT)?,
         })
     }
 
@@ -56,9 +48,8 @@ impl AuditLog {
         change: Change<'_>,
         at_ms: u64,
     ) -> StoreResult<()> {
-        let seq = self.entries.back().map_or(1, |e| e.seq + 1);
         let entry = AuditEntry {
-            seq,
+            seq: self.entries.next_seq(),
             at_ms,
             actor: actor.to_string(),
             action: change.action.to_string(),
@@ -66,11 +57,6 @@ impl AuditLog {
             outcome: change.outcome,
             teams: scope.team_list(),
         };
-        let bytes = rmp_serde::to_vec_named(&entry).map_err(|e| StoreError::Corrupt {
-            what: "audit log entry",
-            detail: e.to_string(),
-        })?;
-        store.put_setting(&format!("{PREFIX}{:05}", seq % MAX_KEPT), &bytes)?;
         tracing::info!(
             actor,
             action = change.action,
@@ -78,18 +64,13 @@ impl AuditLog {
             outcome = %entry.outcome,
             "audit"
         );
-        self.entries.push_back(entry);
-        while self.entries.len() as u64 > MAX_KEPT {
-            self.entries.pop_front();
-        }
-        Ok(())
+        self.entries.push(store, entry)
     }
 
     /// Newest first: entries `scope` may see, below `before`, at most `limit`.
     pub fn page(&self, scope: &Scope, before: Option<u64>, limit: u32) -> Vec<AuditEntry> {
         self.entries
-            .iter()
-            .rev()
+            .newest_first()
             .filter(|e| before.is_none_or(|before| e.seq < before))
             .filter(|e| scope.sees_entry_of(&e.teams))
             .take(limit.min(MAX_PAGE) as usize)
@@ -120,14 +101,16 @@ mod tests {
                 .unwrap();
         }
         let again = AuditLog::load(&store).unwrap();
-        assert_eq!(again.entries.len() as u64, MAX_KEPT);
-        assert_eq!(
-            again.entries.front().unwrap().seq,
-            6,
-            "the oldest 5 gave way"
-        );
-        assert_eq!(again.entries.back().unwrap().seq, MAX_KEPT + 5);
-        assert_eq!(again.entries, log.entries);
+        let seqs = |log: &AuditLog| {
+            log.entries
+                .newest_first()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(&again).len() as u64, MAX_KEPT);
+        assert_eq!(seqs(&again).last(), Some(&6), "the oldest 5 gave way");
+        assert_eq!(seqs(&again).first(), Some(&(MAX_KEPT + 5)));
+        assert_eq!(seqs(&again), seqs(&log));
     }
 
     #[test]

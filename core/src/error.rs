@@ -32,6 +32,8 @@ pub enum CoreError {
     ListTooLong { limit: u32, max: u32 },
     #[error("name at least one run to kill")]
     NothingToKill,
+    #[error("no standing alert {id}")]
+    NoSuchAlert { id: String },
     #[error("name 1 to {max} runs at a time, not {asked}")]
     BadBulk { max: usize, asked: usize },
     #[error("job {job}: {error}")]
@@ -104,6 +106,7 @@ impl CoreError {
             | CoreError::NotFinished { .. } => ErrorCode::BadRequest,
             CoreError::NoSuchJob { .. }
             | CoreError::NoSuchRun { .. }
+            | CoreError::NoSuchAlert { .. }
             | CoreError::NoSuchWorker { .. } => ErrorCode::NotFound,
             CoreError::Ambiguous { .. } => ErrorCode::Ambiguous,
             CoreError::PoolNotAllowed { .. }

@@ -10,6 +10,7 @@ pub mod store;
 
 mod admin;
 mod after_end;
+mod alert_log;
 mod alerts;
 mod audit;
 mod clock_step;
@@ -24,6 +25,7 @@ mod now;
 mod outbox;
 mod ping_table;
 mod retention;
+mod ring;
 mod run_table;
 mod runs;
 mod scheduling;
@@ -151,6 +153,8 @@ pub struct Core<S: Store> {
     stored: StoredRuns,
     /// What operators changed.
     audit: audit::AuditLog,
+    /// Alerts raised, acknowledged and cleared.
+    alert_log: alert_log::AlertLog,
     /// What changed since the last `take_changes`, for live views.
     changes: Changes,
 }
@@ -242,6 +246,7 @@ impl<S: Store> Core<S> {
         let finished = totals::FinishedCounts::load(&store)?;
         let given_up = given_up::GivenUpRuns::load(&store, ms(now_us))?;
         let audit = audit::AuditLog::load(&store)?;
+        let alert_log = alert_log::AlertLog::load(&store)?;
         // The boot id is the random source's first draw; run ids come after.
         let boot_id = rng.next_u64();
         let mut core = Core {
@@ -271,6 +276,7 @@ impl<S: Store> Core<S> {
             },
             changes: Changes::default(),
             audit,
+            alert_log,
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {

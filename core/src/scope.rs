@@ -61,7 +61,7 @@ impl Scope {
 }
 
 impl<S: Store> Core<S> {
-    fn job_allowed(&self, job: &str, scope: &Scope) -> bool {
+    pub(crate) fn job_allowed(&self, job: &str, scope: &Scope) -> bool {
         self.tables
             .jobs
             .spec(job)
@@ -137,9 +137,12 @@ impl<S: Store> Core<S> {
                     ..filter
                 }))
             }
-            AdminRequest::ListJobs | AdminRequest::Status | AdminRequest::Audit { .. } => {
-                Ok(request)
-            }
+            // Answered with what the caller may see; an alert it may not see is not found.
+            AdminRequest::ListJobs
+            | AdminRequest::Status
+            | AdminRequest::Audit { .. }
+            | AdminRequest::Alerts { .. }
+            | AdminRequest::AckAlert { .. } => Ok(request),
             AdminRequest::SetEnabled {
                 target: EnableTarget::Pool(_),
                 ..
@@ -204,10 +207,9 @@ impl<S: Store> Core<S> {
         for worker in &mut report.workers {
             worker.running.retain(|id| shown_runs.contains(id.as_str()));
         }
-        report.alerts.retain(|alert| match &alert.job {
-            Some(job) => self.job_allowed(job, scope),
-            None => alert.run_id.is_none(),
-        });
+        report
+            .alerts
+            .retain(|alert| self.alert_visible(alert.job.as_deref(), alert.pool.as_deref(), scope));
         report.rejected.clear();
         report.connections.clear();
         report.pruned_runs = 0;

@@ -178,6 +178,18 @@ pub(crate) enum Command {
     /// and which changed settings wait for a restart. A file the broker cannot read or
     /// accept changes nothing (exit 1).
     Reload,
+    /// The alerts that stand now, and the history of alerts (raised, cleared, seen).
+    Alerts {
+        /// History records older than this one (its number, the `#` column).
+        #[arg(long)]
+        before: Option<u64>,
+        /// At most this many history records (up to 1000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+    /// Mark a standing alert as seen (by its id, e.g. `no_worker:gpu`): it stands until
+    /// its condition ends, but dashboards stop raising it.
+    Ack { alert: String },
     /// What operators changed, by whom and when, newest first.
     ///
     /// Kills, retries, enabling and disabling, drains, jobs applied, prunes and reloads,

@@ -96,6 +96,8 @@ async fn run(args: Args) -> Result<ExitCode> {
         Command::Prune { dry_run } => cmd::prune::prune(&ctl, dry_run).await,
         Command::Reload => cmd::reload::reload(&ctl).await,
         Command::Audit { before, limit } => cmd::audit::audit(&ctl, before, limit).await,
+        Command::Alerts { before, limit } => cmd::alerts::alerts(&ctl, before, limit).await,
+        Command::Ack { alert } => cmd::alerts::ack(&ctl, alert).await,
         Command::Drain { worker } => cmd::drain::drain(&ctl, worker).await,
         // Answered above, before any connection.
         Command::Completions { .. } | Command::GenerateMan { .. } => Ok(ExitCode::SUCCESS),

@@ -500,3 +500,69 @@ fn an_operator_kills_several_runs_at_once() {
         assert!(!ended.is_empty());
     }
 }
+
+#[test]
+fn alerts_are_listed_acknowledged_by_an_operator_and_kept_in_a_history() {
+    let mut cluster = Cluster::start(2);
+    cluster.apply_jobs("[jobs.lonely]\ncommand = \"true\"\npool = \"nobody\"\n");
+    cluster.start_worker("w1", &[]);
+    let run = cluster.enqueue("lonely");
+    // Raised once the workers' grace after the broker's start has passed.
+    let current = wait_for("the alert of pool nobody", LONG, || {
+        let (_, body) = cluster.api("GET", "/api/v1/alerts", Some(VIEWER_TOKEN));
+        let body = json(&body);
+        body["current"]
+            .as_array()?
+            .iter()
+            .find(|a| a["id"] == "no_worker:nobody")
+            .cloned()
+    });
+    assert_eq!(current["pool"], "nobody");
+    assert!(current.get("acknowledged").is_none(), "{current}");
+    let ack = "/api/v1/alerts/no_worker:nobody/ack";
+    let (status, _) = cluster.api("POST", ack, Some(VIEWER_TOKEN));
+    assert_eq!(status, 403, "a viewer may not");
+    let (status, body) = cluster.api(
+        "POST",
+        "/api/v1/alerts/no_worker:else/ack",
+        Some(OPERATOR_TOKEN),
+    );
+    assert_eq!(
+        (status, json(&body)["code"].clone()),
+        (404, "not_found".into()),
+        "{body}"
+    );
+    let (status, body) = cluster.api("POST", ack, Some(OPERATOR_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = cluster.api("GET", "/api/v1/alerts", Some(VIEWER_TOKEN));
+    let body = json(&body);
+    assert_eq!(
+        body["current"][0]["acknowledged"]["by"], "token operator",
+        "{body}"
+    );
+    assert_eq!(body["history"][0]["id"], "no_worker:nobody", "{body}");
+    assert!(body["history"][0]["cleared_ms"].is_null(), "{body}");
+    // jobcastctl shows it, and acknowledges by id (an unknown one is an error).
+    let shown = cluster.ctl_ok(&["alerts"]);
+    assert!(
+        shown.contains("no_worker:nobody") && shown.contains("token operator"),
+        "{shown}"
+    );
+    let out = cluster.ctl(&["ack", "no_worker:else"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no standing alert no_worker:else"),
+        "{out:?}"
+    );
+    cluster.ctl_ok(&["ack", "no_worker:nobody"]);
+    // A worker for the pool clears it; the history says when.
+    cluster.start_worker("w2", &["--pools", "nobody"]);
+    cluster.wait_state(&run, "succeeded", LONG);
+    let record = wait_for("the alert to clear", LONG, || {
+        let (_, body) = cluster.api("GET", "/api/v1/alerts", Some(VIEWER_TOKEN));
+        let body = json(&body);
+        let record = body["history"][0].clone();
+        record["cleared_ms"].as_u64().map(|_| record)
+    });
+    assert_eq!(record["acknowledged"]["by"], "key admin", "{record}");
+}

@@ -109,6 +109,7 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
          [jobs.stamp]\nscript = \"\"\"#!/bin/sh\necho started\nsleep 1\necho \"TS:$(date +%s%3N)\"\nsleep 1\n\"\"\"\n\
          [jobs.long]\nscript = \"\"\"#!/bin/sh\nsleep 1000\n\"\"\"\n\
          [jobs.broken]\ncommand = [\"false\"]\n\
+         [jobs.gpu]\ncommand = [\"true\"]\npool = \"gpu\"\n\
          [jobs.greet]\nscript = \"\"\"#!/bin/sh\necho \"hello $JOBCAST_PARAM_WHO in $JOBCAST_PARAM_LANG\"\n\"\"\"\n\
          params.who = { type = \"string\", required = true, description = \"whom to greet\" }\n\
          params.lang = { type = \"choice\", choices = [\"en\", \"fr\"], default = \"en\" }\n",
@@ -286,6 +287,28 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
         serde_json::to_string(&serde_json::to_string(&wanted).unwrap()).unwrap()
     ) }));
     driver.send(json!({ "cmd": "screenshot", "name": "audit", "tab": "audit" }));
+    // A run waiting in a pool no worker serves raises an alert: its banner links to the
+    // Alerts tab, where an operator acknowledges it; the banner goes, the history keeps
+    // who saw it.
+    let waiting = cluster.enqueue("gpu");
+    driver.send(json!({ "cmd": "goto", "hash": "#/runs" }));
+    let banner = "#alerts a[href=\"#/alerts?id=no_worker%3Agpu\"]";
+    driver.send(
+        json!({ "cmd": "wait_js", "expr": format!("document.querySelector('{banner}') !== null") }),
+    );
+    driver.send(json!({ "cmd": "click", "selector": banner }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#standing tr[data-key=\"no_worker:gpu\"]')?.classList.contains('picked') === true" }));
+    driver.send(
+        json!({ "cmd": "click", "selector": "#standing tr[data-key=\"no_worker:gpu\"] button" }),
+    );
+    driver.send(json!({ "cmd": "wait_js", "expr": format!(
+        "{} === 'token operator' && document.querySelector('{banner}') === null",
+        cell_text("standing", "no_worker:gpu", 3)
+    ) }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "[...document.querySelectorAll('#alert-history tbody tr')].some(r => r.children[3].textContent === 'no_worker:gpu' && r.children[2].textContent === 'standing' && r.children[5].textContent === 'token operator')" }));
+    driver.send(json!({ "cmd": "screenshot", "name": "alerts", "tab": "alerts" }));
+    assert_eq!(cluster.run(&waiting).unwrap()["state"], "queued");
+
     driver.send(json!({ "cmd": "screenshot", "name": "workers", "tab": "workers" }));
     driver.send(json!({ "cmd": "screenshot", "name": "jobs", "tab": "jobs" }));
 
@@ -301,6 +324,9 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#workers tr[data-key=\"w1\"]') !== null" }));
     let drain_shown = driver.send(json!({ "cmd": "eval_js", "expr": "getComputedStyle(document.querySelector('#workers tr[data-key=\"w1\"]').lastChild).display !== 'none'" }));
     assert_eq!(drain_shown["value"], false, "{drain_shown}");
+    // Nor does it see the alert of a pool none of its jobs uses.
+    driver.send(json!({ "cmd": "goto", "hash": "#/alerts" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "!document.querySelector('#standing-none').hidden && document.querySelectorAll('#alerts .warning').length === 0" }));
     // Nor does it read what the other operators changed.
     driver.send(json!({ "cmd": "goto", "hash": "#/audit" }));
     driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#message')?.textContent === 'No changes recorded yet.' && document.querySelectorAll('#audit tbody tr').length === 0" }));
@@ -660,6 +686,7 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
             "#/runs",
             "#/workers",
             "#/jobs",
+            "#/alerts",
             "#/audit",
             run_view.as_str(),
             "#/job/quick",
@@ -671,6 +698,7 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
                 "run" => "#run-facts dd".to_string(),
                 "job" => "#job-facts dd".to_string(),
                 "worker" => "#worker-facts dd".to_string(),
+                "alerts" => "#tab-alerts:not([hidden]) h2".to_string(),
                 table => format!("#{table} tbody tr"),
             };
             driver.send(

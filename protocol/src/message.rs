@@ -103,6 +103,11 @@ pub enum Reply {
     Audit {
         entries: Vec<AuditEntry>,
     },
+    /// The alerts standing now, and the history of alerts, newest first.
+    Alerts {
+        current: Vec<Alert>,
+        history: Vec<AlertRecord>,
+    },
     /// What `RetryMany` did: the runs it made, and the runs it could not retry (why).
     RetriedMany {
         retried: Vec<RunRef>,
@@ -379,12 +384,43 @@ impl KillOutcome {
 /// Something operators should look at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
+    /// The condition's name, stable while it stands (for links and acknowledging):
+    /// `kind:job`, `kind:pool`, or the kind alone (`disk_low`).
+    #[serde(default)]
+    pub id: String,
     pub kind: AlertKind,
     pub job: Option<String>,
     pub pool: Option<String>,
     pub run_id: Option<RunId>,
     pub since_ms: u64,
     pub message: String,
+    /// Someone has seen it (it still stands; dashboards stop raising it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<Acknowledged>,
+}
+
+/// Who acknowledged an alert, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acknowledged {
+    pub by: String,
+    pub at_ms: u64,
+}
+
+/// An alert as the history keeps it: when it was raised and when it cleared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    /// Rises by one per record (for paging with `before`).
+    pub seq: u64,
+    pub id: String,
+    pub kind: AlertKind,
+    pub job: Option<String>,
+    pub pool: Option<String>,
+    pub message: String,
+    pub raised_ms: u64,
+    /// When the condition ended; `None` while it stands.
+    pub cleared_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<Acknowledged>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

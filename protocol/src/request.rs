@@ -103,6 +103,19 @@ pub enum AdminRequest {
     Retry {
         run: String,
     },
+    /// The alerts standing now, and the history of alerts (raised, cleared,
+    /// acknowledged), newest first: records numbered below `before` when it is given, at
+    /// most `limit` (up to 1,000).
+    Alerts {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        limit: u32,
+    },
+    /// Marks a standing alert as seen (by its `id`): it stands until its condition ends,
+    /// but dashboards stop raising it.
+    AckAlert {
+        id: String,
+    },
     /// Retries each of several finished runs (at most 1,000), each as `Retry` would; one
     /// that cannot be retried is refused on its own and the others go on.
     RetryMany {
@@ -151,6 +164,7 @@ impl AdminRequest {
                 | AdminRequest::Status
                 | AdminRequest::NextFires { .. }
                 | AdminRequest::Audit { .. }
+                | AdminRequest::Alerts { .. }
         )
     }
 }
@@ -209,6 +223,8 @@ const ADMIN_TAGS: &[&str] = &[
     "next_fires",
     "audit",
     "retry_many",
+    "alerts",
+    "ack_alert",
 ];
 /// Every request tag, worker ones first.
 const ALL_TAGS: &[&str] = &ALL_TAG_ARRAY;

@@ -356,6 +356,8 @@ fn every_reply() -> Vec<Reply> {
             rejected: BTreeMap::from([("bad_mac".into(), 1)]),
             connections: BTreeMap::from([("open".into(), 2)]),
             alerts: vec![Alert {
+                id: String::new(),
+                acknowledged: None,
                 kind: AlertKind::Late,
                 job: Some("backup".into()),
                 pool: None,

@@ -83,6 +83,44 @@ pub(super) async fn workers(
     }
 }
 
+/// The alerts standing now and their history, newest first (`?before=&limit=`, as the
+/// audit log pages).
+pub(super) async fn alerts(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let request = AdminRequest::Alerts {
+        before: query.before,
+        limit: query.checked_limit()?,
+    };
+    match app.core.call(&caller, request).await? {
+        Reply::Alerts { current, history } => {
+            Ok(Json(json!({ "current": current, "history": history })))
+        }
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+/// Marks a standing alert as seen.
+pub(super) async fn ack_alert(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    match app
+        .core
+        .call(&caller, AdminRequest::AckAlert { id })
+        .await?
+    {
+        Reply::Ack => Ok(Json(json!({ "acknowledged": true }))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditQuery {
@@ -90,6 +128,18 @@ pub(super) struct AuditQuery {
     before: Option<u64>,
     /// at most this many (default 100, at most 1,000)
     limit: Option<u32>,
+}
+
+impl AuditQuery {
+    /// The page size asked for: 100 unless said, 1 to 1,000.
+    fn checked_limit(&self) -> Result<u32, ApiError> {
+        match self.limit.unwrap_or(100) {
+            limit @ 1..=1_000 => Ok(limit),
+            limit => Err(ApiError::bad_request(format!(
+                "limit must be 1 to 1000, not {limit}"
+            ))),
+        }
+    }
 }
 
 /// The audit log, newest first: what operators changed, by whom and when.
@@ -100,15 +150,9 @@ pub(super) async fn audit(
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = query.limit.unwrap_or(100);
-    if limit == 0 || limit > 1_000 {
-        return Err(ApiError::bad_request(format!(
-            "limit must be 1 to 1000, not {limit}"
-        )));
-    }
     let request = AdminRequest::Audit {
         before: query.before,
-        limit,
+        limit: query.checked_limit()?,
     };
     match app.core.call(&caller, request).await? {
         Reply::Audit { entries } => Ok(Json(json!({ "entries": entries }))),

@@ -18,8 +18,8 @@ pub use live::LiveFeed;
 use crate::config::ApiToken;
 use anyhow::{Context, Result};
 use api::{
-    audit, bulk_kill, bulk_retry, disable, drain, enable, enqueue, healthz, job_detail, jobs, kill,
-    list_runs, metrics, retry, run_detail, run_log, status, workers,
+    ack_alert, alerts, audit, bulk_kill, bulk_retry, disable, drain, enable, enqueue, healthz,
+    job_detail, jobs, kill, list_runs, metrics, retry, run_detail, run_log, status, workers,
 };
 use auth::whoami;
 use axum::extract::DefaultBodyLimit;
@@ -118,6 +118,8 @@ pub fn router(
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/workers/{id}/drain", post(drain))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts/{id}/ack", post(ack_alert))
         .route("/api/v1/bulk/retry", post(bulk_retry))
         .route("/api/v1/bulk/kill", post(bulk_kill))
         .route("/api/v1/whoami", get(whoami))

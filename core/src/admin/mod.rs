@@ -1,6 +1,7 @@
 //! Requests from operators (`jobcastctl` and the HTTP API), one module each; this one routes
 //! them.
 
+mod alerts;
 mod apply_jobs;
 mod drain;
 mod enqueue;
@@ -135,6 +136,8 @@ impl<S: Store> Core<S> {
                 tracing::info!(actor, dry_run, "prune");
                 self.prune(dry_run, now)?
             }
+            AdminRequest::Alerts { before, limit } => self.alerts(caller.scope, before, limit),
+            AdminRequest::AckAlert { id } => self.ack_alert(&id, actor, caller.scope, now)?,
             AdminRequest::Audit { before, limit } => Reply::Audit {
                 entries: self.audit.page(caller.scope, before, limit),
             },
@@ -202,6 +205,7 @@ fn audit_of(request: &AdminRequest) -> Option<(&'static str, String)> {
                 .join(" "),
         ),
         AdminRequest::Prune { dry_run: false } => ("prune", "finished runs".into()),
+        AdminRequest::AckAlert { id } => ("acknowledge", format!("alert {id}")),
         _ => return None,
     })
 }

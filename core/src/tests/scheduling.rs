@@ -960,3 +960,95 @@ fn an_operators_retry_that_fails_gets_its_own_automatic_retry() {
         assert_eq!(h.stored(&id).attempt, 3);
     }
 }
+
+#[test]
+fn alerts_are_named_acknowledged_and_kept_in_a_history_across_a_restart() {
+    let mut h = aligned();
+    h.apply_toml("[jobs.nightly]\ncommand = \"x\"\nevery = \"1m\"\nlate_after = \"30s\"");
+    h.run_clock_for(91 * SECOND);
+    let alerts = |h: &mut Harness| match h.admin(AdminRequest::Alerts {
+        before: None,
+        limit: 100,
+    }) {
+        Reply::Alerts { current, history } => (current, history),
+        other => panic!("{other:?}"),
+    };
+    let (current, history) = alerts(&mut h);
+    let ids = |ids: Vec<&str>| ids.into_iter().map(String::from).collect::<BTreeSet<_>>();
+    let expected = ids(vec![
+        "late:nightly",
+        "never_run:nightly",
+        "no_worker:default",
+    ]);
+    assert_eq!(
+        current
+            .iter()
+            .map(|a| a.id.clone())
+            .collect::<BTreeSet<_>>(),
+        expected
+    );
+    assert_eq!(
+        history
+            .iter()
+            .map(|r| r.id.clone())
+            .collect::<BTreeSet<_>>(),
+        expected
+    );
+    assert!(history.iter().all(|r| r.cleared_ms.is_none()));
+
+    // Seen by an operator: still standing, marked.
+    let ack = |h: &mut Harness, id: &str| h.admin(AdminRequest::AckAlert { id: id.into() });
+    assert_eq!(ack(&mut h, "no_worker:default"), Reply::Ack);
+    let Reply::Error { code, .. } = ack(&mut h, "no_worker:elsewhere") else {
+        panic!("an unknown alert was acknowledged")
+    };
+    assert_eq!(code, ErrorCode::NotFound);
+    let Reply::Status(status) = h.admin(AdminRequest::Status) else {
+        panic!()
+    };
+    let acked = |alerts: &[jobcast_protocol::Alert]| {
+        alerts
+            .iter()
+            .find(|a| a.id == "no_worker:default")
+            .and_then(|a| a.acknowledged.clone())
+            .map(|a| a.by)
+    };
+    assert_eq!(acked(&status.alerts).as_deref(), Some("key admin"));
+
+    // A restart: the same alerts stand, not notified again, the acknowledgement kept,
+    // "no worker" held open through the workers' grace.
+    let at = h.now;
+    let store = h.core.into_store();
+    let mut h = Harness::started_at(store, patient(), at);
+    let notes = h.run_clock_for(15 * SECOND);
+    assert!(
+        notes.iter().all(
+            |n| ![AlertKind::Late, AlertKind::NeverRun, AlertKind::NoWorker].contains(&n.kind)
+        ),
+        "{notes:?}"
+    );
+    let (current, history) = alerts(&mut h);
+    assert_eq!(acked(&current).as_deref(), Some("key admin"));
+    assert_eq!(history.len(), 3, "no new records: {history:?}");
+
+    // A worker runs the job: every alert clears, and its record says when.
+    h.register("w1", 4, &["default"], &[]);
+    for run in h.claim("w1", 4) {
+        h.start_and_finish("w1", &run, 0);
+    }
+    h.run_clock_for(2 * SECOND);
+    let (current, history) = alerts(&mut h);
+    assert!(current.is_empty(), "{current:?}");
+    assert!(
+        history.iter().all(|r| r.cleared_ms.is_some()),
+        "{history:?}"
+    );
+    assert_eq!(
+        history
+            .iter()
+            .find(|r| r.id == "no_worker:default")
+            .and_then(|r| r.acknowledged.as_ref())
+            .map(|a| a.by.as_str()),
+        Some("key admin")
+    );
+}

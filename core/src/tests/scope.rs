@@ -139,3 +139,70 @@ fn a_team_sees_and_acts_on_its_own_jobs_and_runs_only() {
     };
     assert_eq!(all.total_runs, 2);
 }
+
+#[test]
+fn a_team_sees_and_acknowledges_only_the_alerts_of_its_jobs_and_their_pools() {
+    let mut h = Harness::new();
+    let mut theirs = owned("theirs", Some("web"));
+    theirs.pool = "gpu".into();
+    h.admin(AdminRequest::ApplyJobs {
+        jobs: vec![owned("ours", Some("data")), theirs],
+    });
+    h.enqueue("ours");
+    h.enqueue("theirs");
+    // Past the workers' grace after the start: both pools lack a worker.
+    h.advance_ms(11_000);
+    h.tick();
+    let data = Scope::teams(["data".to_string()]);
+    let ids = |reply: Reply| match reply {
+        Reply::Alerts { current, history } => (
+            current.into_iter().map(|a| a.id).collect::<Vec<_>>(),
+            history.into_iter().map(|r| r.id).collect::<Vec<_>>(),
+        ),
+        Reply::Status(status) => (
+            status.alerts.into_iter().map(|a| a.id).collect(),
+            Vec::new(),
+        ),
+        other => panic!("{other:?}"),
+    };
+    let all = ids(h.admin(AdminRequest::Alerts {
+        before: None,
+        limit: 10,
+    }));
+    assert!(all.0.contains(&"no_worker:gpu".to_string()), "{all:?}");
+    let asked = AdminRequest::Alerts {
+        before: None,
+        limit: 10,
+    };
+    assert_eq!(
+        ids(as_team(&mut h, &data, asked)),
+        (
+            vec!["no_worker:default".to_string()],
+            vec!["no_worker:default".to_string()]
+        )
+    );
+    assert_eq!(
+        ids(as_team(&mut h, &data, AdminRequest::Status)).0,
+        vec!["no_worker:default".to_string()]
+    );
+    let (code, _) = refused(as_team(
+        &mut h,
+        &data,
+        AdminRequest::AckAlert {
+            id: "no_worker:gpu".into(),
+        },
+    ));
+    assert_eq!(
+        code,
+        ErrorCode::NotFound,
+        "another team's alert is not its to see"
+    );
+    let acked = as_team(
+        &mut h,
+        &data,
+        AdminRequest::AckAlert {
+            id: "no_worker:default".into(),
+        },
+    );
+    assert_eq!(acked, Reply::Ack);
+}

@@ -1,6 +1,7 @@
 //! One file per command: each states its request, the reply it expects and how that is
 //! printed (a table, or JSON with `--json`).
 
+pub(crate) mod alerts;
 pub(crate) mod apply;
 pub(crate) mod audit;
 pub(crate) mod drain;
