@@ -204,6 +204,17 @@ impl<S: Store> Core<S> {
             .specs()
             .filter(|spec| visible(spec.team.as_deref()))
             .count() as u64;
+        // The workers that serve the pools of its jobs, and only its runs on them.
+        let pools: BTreeSet<&str> = self
+            .tables
+            .jobs
+            .specs()
+            .filter(|spec| visible(spec.team.as_deref()))
+            .map(|spec| spec.pool.as_str())
+            .collect();
+        report
+            .workers
+            .retain(|worker| worker.pools.iter().any(|p| pools.contains(p.as_str())));
         for worker in &mut report.workers {
             worker.running.retain(|id| shown_runs.contains(id.as_str()));
         }

@@ -110,6 +110,7 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
          [jobs.long]\nscript = \"\"\"#!/bin/sh\nsleep 1000\n\"\"\"\n\
          [jobs.broken]\ncommand = [\"false\"]\n\
          [jobs.gpu]\ncommand = [\"true\"]\npool = \"gpu\"\n\
+         [jobs.report]\ncommand = [\"true\"]\nteam = \"data\"\n\
          [jobs.greet]\nscript = \"\"\"#!/bin/sh\necho \"hello $JOBCAST_PARAM_WHO in $JOBCAST_PARAM_LANG\"\n\"\"\"\n\
          params.who = { type = \"string\", required = true, description = \"whom to greet\" }\n\
          params.lang = { type = \"choice\", choices = [\"en\", \"fr\"], default = \"en\" }\n",

@@ -205,4 +205,12 @@ fn a_team_sees_and_acknowledges_only_the_alerts_of_its_jobs_and_their_pools() {
         },
     );
     assert_eq!(acked, Reply::Ack);
+    // Of the workers, it sees those serving its jobs' pools.
+    h.register("w1", 1, &["default"], &[]);
+    h.register("w2", 1, &["gpu"], &[]);
+    let Reply::Status(status) = as_team(&mut h, &data, AdminRequest::Status) else {
+        panic!("no status")
+    };
+    let workers: Vec<&str> = status.workers.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(workers, vec!["w1"]);
 }
