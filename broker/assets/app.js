@@ -585,7 +585,7 @@ function renderJobs() {
     .filter((job) => !name || job.spec.name.toLowerCase().includes(name))
     .sort((a, b) => a.spec.name.localeCompare(b.spec.name));
   syncRows($("#jobs tbody"), jobs, (job) => job.spec.name, () => {
-    const row = emptyRow(8);
+    const row = emptyRow(10);
     const actions = row.lastChild;
     actions.className = "operator-only actions-cell";
     const run = document.createElement("button");
@@ -612,8 +612,25 @@ function renderJobs() {
     if (job.active && job.next_fire_ms) timeCell(c[4], job.next_fire_ms);
     else setCell(c[4], "-", "");
     setCell(c[5], jobState(job));
-    c[6].replaceChildren(sparkline(spec.name));
-    const toggle = c[7].lastChild;
+    // How its latest runs ended, as the broker keeps them with the job.
+    const recent = job.state.recent_runs || [];
+    const last = recent[recent.length - 1];
+    if (last) {
+      setCell(c[6], last[0].replace("_", " "));
+      c[6].className = "state " + last[0];
+      c[6].title = "ended " + new Date(last[1]).toLocaleString() + " (" + zoneName() + ")";
+    } else {
+      setCell(c[6], "none yet", "");
+      c[6].className = "";
+    }
+    const succeeded = recent.filter((r) => r[0] === "succeeded").length;
+    setCell(c[7], recent.length ? `${succeeded} of ${recent.length}` : "-", recent.length ? `of its last ${recent.length} runs` : "");
+    const key = recent.map((r) => r[1]).join();
+    if (c[8].dataset.key !== key) {
+      c[8].dataset.key = key;
+      c[8].replaceChildren(sparkline(recent));
+    }
+    const toggle = c[9].lastChild;
     const enable = !spec.enabled;
     toggle.dataset.enable = String(enable);
     setCell(toggle, enable ? "Enable" : "Disable");
@@ -636,21 +653,18 @@ function tagLinks(td, tags) {
   td.replaceChildren(...parts);
 }
 
-function sparkline(job) {
+/// Bars of a job's latest runs' durations (its state's recent runs), failures marked.
+function sparkline(recent) {
   const span = document.createElement("span");
   span.className = "spark";
   span.setAttribute("role", "img");
   span.setAttribute("aria-label", "durations of the last runs");
-  const runs = [...state.runs.values()]
-    .filter((r) => r.job === job && TERMINAL.includes(r.state) && r.duration_ms !== null)
-    .sort((a, b) => a.seq - b.seq)
-    .slice(-20);
-  const longest = Math.max(1, ...runs.map((r) => r.duration_ms));
-  for (const run of runs) {
+  const longest = Math.max(1, ...recent.map((r) => r[2]));
+  for (const [ended, , ran] of recent) {
     const bar = document.createElement("i");
-    bar.style.height = Math.max(2, Math.round((run.duration_ms / longest) * 22)) + "px";
-    bar.title = `${run.id}: ${duration(run.duration_ms)} (${run.state})`;
-    if (run.state !== "succeeded") bar.className = "bad";
+    bar.style.height = Math.max(2, Math.round((ran / longest) * 22)) + "px";
+    bar.title = `${duration(ran)} (${ended.replace("_", " ")})`;
+    if (ended !== "succeeded") bar.className = "bad";
     span.appendChild(bar);
   }
   return span;

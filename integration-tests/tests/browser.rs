@@ -197,6 +197,16 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
         "one retry of each failed run"
     );
 
+    // The jobs list says how each job's latest runs ended, from the broker's own record.
+    driver.send(json!({ "cmd": "goto", "hash": "#/jobs" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": format!(
+        "{} === 'failed' && /^0 of [1-9]$/.test({}) && {} === 'succeeded' && /^([1-9]) of \\1$/.test({}) && document.querySelectorAll('#jobs tr[data-key=\"quick\"] .spark i').length > 0",
+        cell_text("jobs", "broken", 6),
+        cell_text("jobs", "broken", 7),
+        cell_text("jobs", "quick", 6),
+        cell_text("jobs", "quick", 7)
+    ) }));
+
     // Disabling a job asks first; Escape leaves it enabled.
     driver.send(json!({ "cmd": "goto", "hash": "#/job/quick" }));
     driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#job-toggle').textContent === 'Disable'" }));

@@ -268,7 +268,15 @@ pub struct JobState {
     /// run of its own.
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub clock_era: u32,
+    /// How its latest runs ended, oldest first (at most [`RECENT_RUNS`]): (state, when it
+    /// ended, how long it ran, ms), for its last state, success rate and durations
+    /// without reading runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recent_runs: Vec<(crate::RunState, u64, u64)>,
 }
+
+/// Runs a job's state remembers the end of.
+pub const RECENT_RUNS: usize = 20;
 
 fn is_zero_u32(value: &u32) -> bool {
     *value == 0

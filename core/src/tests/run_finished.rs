@@ -52,3 +52,38 @@ fn reports_from_another_worker_or_for_an_ended_run_change_nothing() {
     h.finish("w1", &run, Outcome::Killed);
     assert_eq!(h.state(&run), RunState::Succeeded);
 }
+
+#[test]
+fn a_jobs_state_keeps_how_its_latest_runs_ended() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]);
+    let mut ended = Vec::new();
+    for i in 0..jobcast_protocol::job::RECENT_RUNS + 2 {
+        let run = h.enqueue("hello");
+        h.claim("w1", 1);
+        h.start("w1", &run);
+        h.advance_ms(10);
+        let code = if i % 3 == 0 { 1 } else { 0 };
+        h.finish("w1", &run, Outcome::Exited { code });
+        ended.push((
+            if code == 0 {
+                RunState::Succeeded
+            } else {
+                RunState::Failed
+            },
+            h.now / 1_000,
+        ));
+    }
+    let Reply::Jobs { jobs } = h.admin(AdminRequest::ListJobs) else {
+        panic!("no jobs")
+    };
+    let hello = jobs.iter().find(|j| j.spec.name == "hello").unwrap();
+    let kept: Vec<(RunState, u64)> = hello
+        .state
+        .recent_runs
+        .iter()
+        .map(|(state, at, _)| (*state, *at))
+        .collect();
+    assert_eq!(kept, ended[2..], "the newest 20, oldest first");
+    assert!(hello.state.recent_runs.iter().all(|(_, _, ran)| *ran >= 10));
+}
