@@ -578,6 +578,7 @@ function jobState(job) {
 }
 
 function renderJobs() {
+  loadUpcoming();
   const tag = state.route.params.get("tag");
   const name = (state.route.params.get("name") || "").toLowerCase();
   const jobs = [...state.jobs.values()]
@@ -651,6 +652,40 @@ function tagLinks(td, tags) {
     parts.push(link);
   }
   td.replaceChildren(...parts);
+}
+
+/// How many fires "Coming up" lists, and how often it is asked again while shown.
+const UPCOMING_SHOWN = 10;
+const UPCOMING_EVERY_MS = 5000;
+
+/// The next fires across all jobs, asked of the broker (at most every few seconds).
+async function loadUpcoming() {
+  const now = Date.now();
+  if (state.upcomingAt && now - state.upcomingAt < UPCOMING_EVERY_MS) return;
+  state.upcomingAt = now;
+  let fires;
+  try {
+    fires = (await api("GET", "/api/v1/upcoming?limit=" + UPCOMING_SHOWN)).fires;
+  } catch (error) {
+    return;
+  }
+  const list = $("#upcoming");
+  const items = fires.map((fire) => {
+    const li = document.createElement("li");
+    const time = document.createElement("span");
+    timeCell(time, fire.at_ms);
+    const link = document.createElement("a");
+    link.href = "#/job/" + encodeURIComponent(fire.job);
+    link.textContent = fire.job;
+    li.append(time, " ", link);
+    return li;
+  });
+  if (!items.length) {
+    const li = document.createElement("li");
+    li.textContent = "No job is scheduled to fire.";
+    items.push(li);
+  }
+  list.replaceChildren(...items);
 }
 
 /// Bars of a job's latest runs' durations (its state's recent runs), failures marked.

@@ -142,7 +142,8 @@ impl<S: Store> Core<S> {
             | AdminRequest::Status
             | AdminRequest::Audit { .. }
             | AdminRequest::Alerts { .. }
-            | AdminRequest::AckAlert { .. } => Ok(request),
+            | AdminRequest::AckAlert { .. }
+            | AdminRequest::Upcoming { .. } => Ok(request),
             AdminRequest::SetEnabled {
                 target: EnableTarget::Pool(_),
                 ..

@@ -111,6 +111,7 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
          [jobs.broken]\ncommand = [\"false\"]\n\
          [jobs.gpu]\ncommand = [\"true\"]\npool = \"gpu\"\n\
          [jobs.report]\ncommand = [\"true\"]\nteam = \"data\"\n\
+         [jobs.hourly]\ncommand = [\"true\"]\nevery = \"1h\"\n\
          [jobs.greet]\nscript = \"\"\"#!/bin/sh\necho \"hello $JOBCAST_PARAM_WHO in $JOBCAST_PARAM_LANG\"\n\"\"\"\n\
          params.who = { type = \"string\", required = true, description = \"whom to greet\" }\n\
          params.lang = { type = \"choice\", choices = [\"en\", \"fr\"], default = \"en\" }\n",
@@ -199,6 +200,8 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
 
     // The jobs list says how each job's latest runs ended, from the broker's own record.
     driver.send(json!({ "cmd": "goto", "hash": "#/jobs" }));
+    // What fires next across jobs: the hourly job, linked to its page.
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#upcoming a[href=\"#/job/hourly\"]') !== null" }));
     driver.send(json!({ "cmd": "wait_js", "expr": format!(
         "{} === 'failed' && /^0 of [1-9]$/.test({}) && {} === 'succeeded' && /^([1-9]) of \\1$/.test({}) && document.querySelectorAll('#jobs tr[data-key=\"quick\"] .spark i').length > 0",
         cell_text("jobs", "broken", 6),

@@ -103,6 +103,10 @@ pub enum Reply {
     Audit {
         entries: Vec<AuditEntry>,
     },
+    /// The next ticks that start runs, soonest first.
+    Upcoming {
+        fires: Vec<UpcomingFire>,
+    },
     /// The alerts standing now, and the history of alerts, newest first.
     Alerts {
         current: Vec<Alert>,
@@ -342,6 +346,13 @@ pub enum KillOutcome {
     NotFound {
         selector: String,
     },
+}
+
+/// A tick that will start a run of `job` at `at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpcomingFire {
+    pub job: String,
+    pub at_ms: u64,
 }
 
 /// A run a request for several could not act on, and why (as an `error` reply says it).

@@ -142,6 +142,11 @@ pub enum AdminRequest {
         job: String,
         count: u32,
     },
+    /// The next ticks that start runs across all jobs, soonest first (at most `limit`, up
+    /// to 200; excluded ticks skipped).
+    Upcoming {
+        limit: u32,
+    },
     /// The audit log, newest first: what operators changed (kills, retries, enabling and
     /// disabling, drains, jobs applied, prunes, reloads), by whom and when; entries with
     /// a sequence number below `before` when it is given, at most `limit` (up to 1,000).
@@ -165,6 +170,7 @@ impl AdminRequest {
                 | AdminRequest::NextFires { .. }
                 | AdminRequest::Audit { .. }
                 | AdminRequest::Alerts { .. }
+                | AdminRequest::Upcoming { .. }
         )
     }
 }
@@ -225,6 +231,7 @@ const ADMIN_TAGS: &[&str] = &[
     "retry_many",
     "alerts",
     "ack_alert",
+    "upcoming",
 ];
 /// Every request tag, worker ones first.
 const ALL_TAGS: &[&str] = &ALL_TAG_ARRAY;

@@ -83,6 +83,39 @@ pub(super) async fn workers(
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpcomingQuery {
+    /// at most this many (default 20, at most 200)
+    limit: Option<u32>,
+}
+
+/// The next fires across all jobs, soonest first.
+pub(super) async fn upcoming(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<UpcomingQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = match query.limit.unwrap_or(20) {
+        limit @ 1..=200 => limit,
+        limit => {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to 200, not {limit}"
+            )))
+        }
+    };
+    match app
+        .core
+        .call(&caller, AdminRequest::Upcoming { limit })
+        .await?
+    {
+        Reply::Upcoming { fires } => Ok(Json(json!({ "fires": fires }))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
 /// The alerts standing now and their history, newest first (`?before=&limit=`, as the
 /// audit log pages).
 pub(super) async fn alerts(

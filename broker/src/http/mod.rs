@@ -19,7 +19,8 @@ use crate::config::ApiToken;
 use anyhow::{Context, Result};
 use api::{
     ack_alert, alerts, audit, bulk_kill, bulk_retry, disable, drain, enable, enqueue, healthz,
-    job_detail, jobs, kill, list_runs, metrics, retry, run_detail, run_log, status, workers,
+    job_detail, jobs, kill, list_runs, metrics, retry, run_detail, run_log, status, upcoming,
+    workers,
 };
 use auth::whoami;
 use axum::extract::DefaultBodyLimit;
@@ -112,6 +113,7 @@ pub fn router(
         .route("/api/v1/runs/{id}/retry", post(retry))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{name}", get(job_detail))
+        .route("/api/v1/upcoming", get(upcoming))
         .route("/api/v1/jobs/{name}/enqueue", post(enqueue))
         .route("/api/v1/jobs/{name}/enable", post(enable))
         .route("/api/v1/jobs/{name}/disable", post(disable))

@@ -136,6 +136,9 @@ impl<S: Store> Core<S> {
                 tracing::info!(actor, dry_run, "prune");
                 self.prune(dry_run, now)?
             }
+            AdminRequest::Upcoming { limit } => {
+                list_jobs::upcoming(&self.tables.jobs, caller.scope, limit)
+            }
             AdminRequest::Alerts { before, limit } => self.alerts(caller.scope, before, limit),
             AdminRequest::AckAlert { id } => self.ack_alert(&id, actor, caller.scope, now)?,
             AdminRequest::Audit { before, limit } => Reply::Audit {

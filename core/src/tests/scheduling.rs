@@ -1052,3 +1052,68 @@ fn alerts_are_named_acknowledged_and_kept_in_a_history_across_a_restart() {
         Some("key admin")
     );
 }
+
+#[test]
+fn upcoming_fires_merge_every_active_jobs_schedule_soonest_first() {
+    let mut h = aligned();
+    h.apply_toml(
+        "[jobs.minute]\ncommand = \"x\"\nevery = \"1m\"\n\
+         [jobs.ninety]\ncommand = \"x\"\nevery = \"90s\"\nteam = \"data\"\n\
+         [jobs.off]\ncommand = \"x\"\nevery = \"10s\"\nenabled = false\n",
+    );
+    let upcoming = |h: &mut Harness, scope: &crate::Scope| {
+        let mut out = Outbox::default();
+        let id = h.next_id;
+        h.next_id += 1;
+        h.core
+            .handle_api(
+                "token t",
+                id,
+                AdminRequest::Upcoming { limit: 5 },
+                scope,
+                h.now,
+                &mut out,
+            )
+            .unwrap();
+        match out
+            .replies
+            .into_iter()
+            .find(|r| r.id == id)
+            .map(|r| r.reply)
+        {
+            Some(Reply::Upcoming { fires }) => fires
+                .into_iter()
+                .map(|f| (f.job, (f.at_ms - h.now_ms()) / 1_000))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // What each job's own next fires say, merged.
+    let fires_of = |h: &mut Harness, job: &str| match h.admin(AdminRequest::NextFires {
+        job: job.into(),
+        count: 5,
+    }) {
+        Reply::NextFires { times_ms, .. } => times_ms
+            .into_iter()
+            .map(|t| (job.to_string(), (t - h.now_ms()) / 1_000))
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let mut merged = fires_of(&mut h, "minute");
+    merged.extend(fires_of(&mut h, "ninety"));
+    merged.sort_by_key(|(job, s)| (*s, job.clone()));
+    merged.truncate(5);
+    let all = upcoming(&mut h, &crate::Scope::all());
+    assert_eq!(all, merged);
+    assert_eq!(
+        all.iter()
+            .filter(|(job, _)| job == "minute")
+            .map(|(_, s)| *s)
+            .take(2)
+            .collect::<Vec<_>>(),
+        vec![60, 120]
+    );
+    // A team sees its own jobs' fires only.
+    let data = crate::Scope::teams(["data".to_string()]);
+    assert_eq!(upcoming(&mut h, &data), fires_of(&mut h, "ninety"));
+}
