@@ -344,8 +344,8 @@ function renderPools() {
   });
   syncRows($("#pools tbody"), pools, (p) => p.name, () => emptyRow(5), (row, pool) => {
     const c = row.children;
-    setCell(c[0], pool.name);
-    setCell(c[1], pool.disabled ? "disabled" : pool.online ? "served" : "no worker");
+    linkCell(c[0], "#/pool/" + encodeURIComponent(pool.name), pool.name);
+    setCell(c[1], pool.disabled ? "paused" : pool.online ? "served" : "no worker");
     c[1].className = pool.disabled || !pool.online ? "offline" : "";
     setCell(c[2], pool.queued);
     setCell(c[3], pool.online);
@@ -402,6 +402,7 @@ function render() {
   if (dirty.alerts) renderAlerts();
   if (dirty.facts && state.route.view === "run") refreshRunFacts();
   if (dirty.workers && state.route.view === "worker") renderWorker();
+  if (dirty.workers && state.route.view === "pool") renderPool();
   if (dirty.jobs && state.route.view === "job") renderJob();
 }
 
@@ -654,6 +655,117 @@ function tagLinks(td, tags) {
   td.replaceChildren(...parts);
 }
 
+// ---- counts over time (the broker's series) ----
+
+const SVG = "http://www.w3.org/2000/svg";
+
+/// Stacked bars of a series' runs ended per bucket (succeeded, failed, otherwise), each
+/// bar carrying its counts, and a line that says it in words.
+function drawCounts(figure, series, span) {
+  const points = series.points;
+  const total = (p) => p.succeeded + p.failed + p.other;
+  const max = Math.max(1, ...points.map(total));
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", `0 0 ${points.length * 10} 60`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("aria-hidden", "true");
+  points.forEach((p, i) => {
+    const g = document.createElementNS(SVG, "g");
+    g.dataset.at = p.at_ms;
+    g.dataset.succeeded = p.succeeded;
+    g.dataset.failed = p.failed;
+    g.dataset.other = p.other;
+    let y = 60;
+    for (const [value, kind] of [[p.succeeded, "ok"], [p.failed, "bad"], [p.other, "other"]]) {
+      if (!value) continue;
+      const height = (value / max) * 58;
+      const rect = document.createElementNS(SVG, "rect");
+      rect.setAttribute("x", i * 10 + 1);
+      rect.setAttribute("width", 8);
+      rect.setAttribute("y", y - height);
+      rect.setAttribute("height", height);
+      rect.setAttribute("class", kind);
+      g.appendChild(rect);
+      y -= height;
+    }
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = `${new Date(p.at_ms).toLocaleString()}: ${p.succeeded} succeeded, ${p.failed} failed, ${p.other} other; ${p.started} started (wait ${duration(p.wait_avg_ms)} on average), at most ${p.queued} queued`;
+    g.appendChild(title);
+    svg.appendChild(g);
+  });
+  const sum = (key) => points.reduce((n, p) => n + p[key], 0);
+  const words = document.createElement("p");
+  words.textContent = `${span}: ${sum("started")} started, ${sum("succeeded")} succeeded, ${sum("failed")} failed, ${sum("other")} otherwise ended; ` +
+    `longest wait to start ${duration(Math.max(0, ...points.map((p) => p.wait_max_ms)))}, at most ${Math.max(0, ...points.map((p) => p.queued))} queued.`;
+  figure.querySelector(".chart").replaceChildren(svg, words);
+}
+
+/// Fetches a series into a figure; a caller who may not see it gets no figure.
+async function loadCounts(figure, query, span) {
+  try {
+    drawCounts(figure, await api("GET", "/api/v1/series?" + query), span);
+    figure.hidden = false;
+  } catch (error) {
+    figure.hidden = true;
+  }
+}
+
+/// The runs page's chart, asked again every 10 s while it is shown.
+const COUNTS_EVERY_MS = 10000;
+function refreshRunsChart() {
+  if (state.route.view !== "runs" || document.hidden) return;
+  loadCounts($("#runs-chart"), "resolution=minute&points=60", "The last hour");
+}
+setInterval(refreshRunsChart, COUNTS_EVERY_MS);
+
+// ---- a pool: #/pool/<name> ----
+
+async function openPool(name) {
+  state.pool = name;
+  $("#pool-title").textContent = "Pool " + name;
+  renderPool();
+  $("#pool-title").focus();
+  await loadCounts($("#pool-counts"), "pool=" + encodeURIComponent(name) + "&resolution=minute&points=60", "The last hour");
+}
+
+/// The pool as the status has it: paused or not, its queue, its workers and slots.
+function renderPool() {
+  const name = state.pool;
+  const status = state.status || {};
+  const paused = (status.disabled_pools || []).includes(name);
+  const online = state.workers.filter((w) => w.online && w.pools.includes(name));
+  const facts = [
+    ["State", paused ? "paused (its jobs' ticks are skipped; queued runs wait)" : online.length ? "served" : "no worker"],
+    ["Queued now", String((status.queued_by_pool || {})[name] || 0)],
+    ["Oldest waiting", (status.oldest_queued_by_pool || {})[name] ? "could start " + relative((status.oldest_queued_by_pool || {})[name]).shown : "nothing waits"],
+    ["Workers online", online.map((w) => w.id).join(", ") || "none"],
+    ["Slots in use", online.reduce((n, w) => n + w.running.length, 0) + " of " + online.reduce((n, w) => n + w.concurrency, 0)],
+  ];
+  const list = $("#pool-facts");
+  list.replaceChildren(...facts.flatMap(([term, value]) => {
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    return [dt, dd];
+  }));
+  const toggle = $("#pool-toggle");
+  toggle.textContent = paused ? "Resume" : "Pause";
+  toggle.dataset.paused = String(paused);
+}
+
+$("#pool-toggle").addEventListener("click", async () => {
+  const name = state.pool;
+  const resume = $("#pool-toggle").dataset.paused === "true";
+  if (!resume && !(await confirmAction(`Pause pool ${name}? Its jobs' ticks are skipped and nothing new is handed out until it is resumed.`, "Pause"))) return;
+  try {
+    await api("POST", "/api/v1/pools/" + encodeURIComponent(name) + (resume ? "/enable" : "/disable"));
+    showMessage(`Pool ${name} ${resume ? "resumed" : "paused"}.`);
+  } catch (error) {
+    showMessage(`Cannot ${resume ? "resume" : "pause"} ${name}: ${error.message}`);
+  }
+});
+
 /// How many fires "Coming up" lists, and how often it is asked again while shown.
 const UPCOMING_SHOWN = 10;
 const UPCOMING_EVERY_MS = 5000;
@@ -711,22 +823,23 @@ function route() {
   const hash = location.hash.replace(/^#\/?/, "") || "runs";
   const [path, query] = hash.split("?");
   const [view, arg] = path.split("/");
-  const known = ["runs", "workers", "jobs", "alerts", "audit", "run", "job", "worker"];
+  const known = ["runs", "workers", "jobs", "alerts", "audit", "run", "job", "worker", "pool"];
   state.route = { view: known.includes(view) ? view : "runs", arg: arg && decodeURIComponent(arg), params: new URLSearchParams(query || "") };
-  const section = { run: "runs", job: "jobs", worker: "workers" }[state.route.view] || state.route.view;
+  const section = { run: "runs", job: "jobs", worker: "workers", pool: "workers" }[state.route.view] || state.route.view;
   for (const link of document.querySelectorAll("a.tab")) {
     const current = link.dataset.tab === section;
     link.classList.toggle("active", current);
     if (current) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
   for (const name of ["runs", "workers", "jobs", "alerts", "audit"]) $("#tab-" + name).hidden = name !== state.route.view;
-  for (const name of ["run", "job", "worker"]) $("#" + name + "-view").hidden = state.route.view !== name;
+  for (const name of ["run", "job", "worker", "pool"]) $("#" + name + "-view").hidden = state.route.view !== name;
   showMessage("");
   if (state.route.view === "run") return openRun(state.route.arg);
   unfollow();
   if (state.route.view === "job") return openJob(state.route.arg);
   if (state.route.view === "worker") return openWorker(state.route.arg);
-  if (state.route.view === "runs") loadRunsPage();
+  if (state.route.view === "pool") return openPool(state.route.arg);
+  if (state.route.view === "runs") { loadRunsPage(); refreshRunsChart(); }
   if (state.route.view === "audit") loadAuditPage();
   if (state.route.view === "alerts") loadAlertsPage();
   if (state.route.view === "jobs") {
@@ -851,7 +964,7 @@ $("#pause").addEventListener("click", () => {
 // table, the next Tab is its first row).
 $("#skip").addEventListener("click", (event) => {
   event.preventDefault();
-  const target = { runs: "#runs", workers: "#workers", jobs: "#jobs", alerts: "#standing", audit: "#audit", run: "#run-title", job: "#job-title", worker: "#worker-title" }[state.route.view];
+  const target = { runs: "#runs", workers: "#workers", jobs: "#jobs", alerts: "#standing", audit: "#audit", run: "#run-title", job: "#job-title", worker: "#worker-title", pool: "#pool-title" }[state.route.view];
   if (target) $(target).focus();
 });
 
@@ -1040,6 +1153,7 @@ async function loadJob(name) {
     jobPage.detail = detail;
     jobPage.runs = runs;
     renderJob();
+    loadCounts($("#job-counts"), "job=" + encodeURIComponent(name) + "&resolution=hour&points=48", "The last 48 hours");
   } catch (error) {
     showMessage(`Cannot show job ${name}: ${error.message}`);
   }

@@ -32,6 +32,8 @@ pub enum CoreError {
     ListTooLong { limit: u32, max: u32 },
     #[error("name at least one run to kill")]
     NothingToKill,
+    #[error("no pool {pool} that your jobs use")]
+    NoSuchPool { pool: String },
     #[error("no standing alert {id}")]
     NoSuchAlert { id: String },
     #[error("name 1 to {max} runs at a time, not {asked}")]
@@ -107,6 +109,7 @@ impl CoreError {
             CoreError::NoSuchJob { .. }
             | CoreError::NoSuchRun { .. }
             | CoreError::NoSuchAlert { .. }
+            | CoreError::NoSuchPool { .. }
             | CoreError::NoSuchWorker { .. } => ErrorCode::NotFound,
             CoreError::Ambiguous { .. } => ErrorCode::Ambiguous,
             CoreError::PoolNotAllowed { .. }

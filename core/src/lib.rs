@@ -31,6 +31,7 @@ mod runs;
 mod scheduling;
 mod scope;
 mod selector;
+mod series;
 mod totals;
 mod waiting_claims;
 mod worker;
@@ -155,6 +156,8 @@ pub struct Core<S: Store> {
     audit: audit::AuditLog,
     /// Alerts raised, acknowledged and cleared.
     alert_log: alert_log::AlertLog,
+    /// Counts over time.
+    series: series::SeriesTable,
     /// What changed since the last `take_changes`, for live views.
     changes: Changes,
 }
@@ -247,6 +250,7 @@ impl<S: Store> Core<S> {
         let given_up = given_up::GivenUpRuns::load(&store, ms(now_us))?;
         let audit = audit::AuditLog::load(&store)?;
         let alert_log = alert_log::AlertLog::load(&store)?;
+        let series = series::SeriesTable::load(&store)?;
         // The boot id is the random source's first draw; run ids come after.
         let boot_id = rng.next_u64();
         let mut core = Core {
@@ -277,6 +281,7 @@ impl<S: Store> Core<S> {
             changes: Changes::default(),
             audit,
             alert_log,
+            series,
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
@@ -295,6 +300,12 @@ impl<S: Store> Core<S> {
         }
         core.load_scheduling(Now::from_us(now_us))?;
         Ok(core)
+    }
+
+    /// Writes what the core keeps only now and then (the time series), before a clean
+    /// stop's last flush.
+    pub fn save_before_stop(&mut self, now_us: u64) -> StoreResult<()> {
+        self.series.save(&mut self.store, ms(now_us), true)
     }
 
     pub fn boot_id(&self) -> u64 {

@@ -35,12 +35,21 @@ impl<S: Store> Core<S> {
                     time_ms: now.ms(),
                 },
             );
+            let queued: std::collections::BTreeMap<String, u32> = self
+                .tables
+                .runs
+                .queued_by_pool()
+                .into_iter()
+                .map(|(pool, n)| (pool, n.min(u64::from(u32::MAX)) as u32))
+                .collect();
+            self.series.queued(&queued, now.ms());
             // Re-announce queued work, so a lost wake-up only delays it.
             for pool in self.tables.runs.pools_with_queued() {
                 self.wake(&pool, out);
             }
         }
         self.serve_waiting_claims(now, out)?;
+        self.series.save(&mut self.store, now.ms(), false)?;
         // Last in every batch: whatever ended or went in it is counted in the same commit.
         self.stored.given_up.save(&mut self.store)?;
         self.stored.finished.save(&mut self.store)

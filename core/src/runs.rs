@@ -87,6 +87,7 @@ impl<S: Store> Core<S> {
         self.stored
             .finished
             .ended(run.spec.team.as_deref(), run.state);
+        self.series.ended(&run.job, &run.pool, run.state, now.ms());
         out.observations.push(Observation::Ended {
             job: run.job.clone(),
             state: run.state,

@@ -69,7 +69,7 @@ impl<S: Store> Core<S> {
     }
 
     /// "No such job", naming only the jobs the caller may see.
-    fn no_such_job_for(&self, job: &str, scope: &Scope) -> CoreError {
+    pub(crate) fn no_such_job_for(&self, job: &str, scope: &Scope) -> CoreError {
         CoreError::NoSuchJob {
             name: job.to_string(),
             known: listed(
@@ -143,7 +143,8 @@ impl<S: Store> Core<S> {
             | AdminRequest::Audit { .. }
             | AdminRequest::Alerts { .. }
             | AdminRequest::AckAlert { .. }
-            | AdminRequest::Upcoming { .. } => Ok(request),
+            | AdminRequest::Upcoming { .. }
+            | AdminRequest::Series { .. } => Ok(request),
             AdminRequest::SetEnabled {
                 target: EnableTarget::Pool(_),
                 ..
@@ -197,6 +198,12 @@ impl<S: Store> Core<S> {
         report.active = active;
         report.active_by_job = active_by_job;
         report.queued_by_pool = queued_by_pool;
+        // The report's own time: the broker's start and its uptime.
+        report.oldest_queued_by_pool = crate::admin::oldest_queued(
+            self.tables.runs.iter(),
+            |run| visible(run.spec.team.as_deref()),
+            self.process.booted_at_ms + report.uptime_ms,
+        );
         report.runs_by_state = self.runs_by_state_in(scope);
         report.total_runs = report.runs_by_state.values().sum();
         report.jobs = self

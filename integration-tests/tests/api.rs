@@ -415,6 +415,13 @@ fn bad_input_gets_clear_4xx_errors() {
             "no connected worker",
         ),
         ("GET", "/api/v1/nothing-here", 404, "no such endpoint"),
+        ("GET", "/api/v1/series?job=a&pool=b", 400, "not both"),
+        ("GET", "/api/v1/series?resolution=day", 400, "minute or hour"),
+        ("GET", "/api/v1/series?points=0", 400, "points must be"),
+        ("GET", "/api/v1/series?points=1441", 400, "points must be"),
+        ("GET", "/api/v1/series?job=nope", 404, "no job named"),
+        ("GET", "/api/v1/upcoming?limit=201", 400, "limit must be"),
+        ("GET", "/api/v1/alerts?limit=0", 400, "limit must be"),
     ];
     for (method, path, expected, text) in cases {
         let (status, body) = cluster.api(method, path, Some(OPERATOR_TOKEN));

@@ -210,6 +210,58 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
         cell_text("jobs", "quick", 7)
     ) }));
 
+    // The runs page's chart draws the broker's counts of the last hour, as the API says
+    // them (once the retries have ended).
+    for run in cluster.runs() {
+        if run["job"] == "broken" && run["attempt"] == 2 {
+            cluster.wait_state(run["id"].as_str().unwrap(), "failed", LONG);
+        }
+    }
+    let (code, body) = cluster.api("GET", "/api/v1/series?points=60", Some(OPERATOR_TOKEN));
+    assert_eq!(code, 200, "{body}");
+    let counted: Value = serde_json::from_str(&body).unwrap();
+    let sum = |key: &str| {
+        counted["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[key].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let expected = format!("{}/{}/{}", sum("succeeded"), sum("failed"), sum("other"));
+    assert!(
+        sum("failed") >= 6,
+        "the broken runs are counted: {expected}"
+    );
+    driver.send(json!({ "cmd": "goto", "hash": "#/workers" }));
+    driver.send(json!({ "cmd": "goto", "hash": "#/runs" }));
+    let drawn = "(() => { const bars = [...document.querySelectorAll('#runs-chart g')]; const total = (k) => bars.reduce((n, g) => n + Number(g.dataset[k]), 0); return bars.length + ':' + total('succeeded') + '/' + total('failed') + '/' + total('other'); })()";
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("{drawn} === '60:{expected}'") }));
+
+    // A pool's page: its queue and workers, its chart, and Pause / Resume (asked first).
+    driver.send(json!({ "cmd": "goto", "hash": "#/workers" }));
+    driver.send(json!({ "cmd": "click", "selector": "#pools tr[data-key=\"default\"] a" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "location.hash === '#/pool/default' && [...document.querySelectorAll('#pool-facts dd')].some(d => d.textContent === 'w1') && document.querySelectorAll('#pool-counts g').length === 60" }));
+    driver.send(json!({ "cmd": "click", "selector": "#pool-toggle" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#confirm').open" }));
+    driver.send(json!({ "cmd": "click", "selector": "#confirm-yes" }));
+    wait_for("pool default paused", LONG, || {
+        status(&cluster)["disabled_pools"]
+            .as_array()?
+            .iter()
+            .any(|p| p == "default")
+            .then_some(())
+    });
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#pool-toggle').textContent === 'Resume'" }));
+    driver.send(json!({ "cmd": "screenshot", "name": "pool-page" }));
+    driver.send(json!({ "cmd": "click", "selector": "#pool-toggle" }));
+    wait_for("pool default resumed", LONG, || {
+        status(&cluster)["disabled_pools"]
+            .as_array()
+            .is_none_or(|pools| pools.iter().all(|p| p != "default"))
+            .then_some(())
+    });
+
     // Disabling a job asks first; Escape leaves it enabled.
     driver.send(json!({ "cmd": "goto", "hash": "#/job/quick" }));
     driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#job-toggle').textContent === 'Disable'" }));

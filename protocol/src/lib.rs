@@ -22,7 +22,7 @@ pub mod state;
 
 pub use envelope::{Opened, Rejection, Sealer, Secret};
 pub use message::*;
-pub use request::{AdminRequest, EnableTarget, Request, WorkerRequest};
+pub use request::{AdminRequest, EnableTarget, Request, Resolution, SeriesOf, WorkerRequest};
 pub use state::{IllegalTransition, RunState, Transition};
 
 /// The version every envelope carries; peers with another version are refused.

@@ -103,6 +103,11 @@ pub enum Reply {
     Audit {
         entries: Vec<AuditEntry>,
     },
+    /// Counts over time, oldest bucket first (the current one last).
+    Series {
+        step_ms: u64,
+        points: Vec<SeriesPoint>,
+    },
     /// The next ticks that start runs, soonest first.
     Upcoming {
         fires: Vec<UpcomingFire>,
@@ -348,6 +353,23 @@ pub enum KillOutcome {
     },
 }
 
+/// One bucket of a `Series`: what happened from `at_ms` for one step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    pub at_ms: u64,
+    pub started: u32,
+    pub succeeded: u32,
+    /// Failed, timed out or lost.
+    pub failed: u32,
+    /// Killed, cancelled or missed.
+    pub other: u32,
+    /// From when a started run could first be handed out to its start.
+    pub wait_avg_ms: u64,
+    pub wait_max_ms: u64,
+    /// The most runs seen queued at once (sampled once a heartbeat).
+    pub queued: u32,
+}
+
 /// A tick that will start a run of `job` at `at_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpcomingFire {
@@ -521,6 +543,10 @@ pub struct StatusReport {
     /// retry's back-off).
     #[serde(default)]
     pub queued_by_pool: BTreeMap<String, u64>,
+    /// Since when the longest-waiting queued run of each pool could be handed out (ms
+    /// since the epoch; pools with nothing queued are not listed).
+    #[serde(default)]
+    pub oldest_queued_by_pool: BTreeMap<String, u64>,
     /// Every stored run by state, finished ones included (every state listed, 0 when
     /// none): what a dashboard's counts show.
     #[serde(default)]

@@ -142,6 +142,15 @@ pub enum AdminRequest {
         job: String,
         count: u32,
     },
+    /// Counts over time: runs started, succeeded, failed and otherwise ended, their wait
+    /// to start and the queue's depth, per minute (the last day) or per hour (the last
+    /// 30 days), of all runs, a job's or a pool's; the newest `points` buckets (up to
+    /// 1,440), oldest first, the current one last.
+    Series {
+        of: SeriesOf,
+        resolution: Resolution,
+        points: u32,
+    },
     /// The next ticks that start runs across all jobs, soonest first (at most `limit`, up
     /// to 200; excluded ticks skipped).
     Upcoming {
@@ -171,8 +180,26 @@ impl AdminRequest {
                 | AdminRequest::Audit { .. }
                 | AdminRequest::Alerts { .. }
                 | AdminRequest::Upcoming { .. }
+                | AdminRequest::Series { .. }
         )
     }
+}
+
+/// Whose counts a `Series` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeriesOf {
+    All,
+    Job(String),
+    Pool(String),
+}
+
+/// A `Series`' bucket length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    Minute,
+    Hour,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +259,7 @@ const ADMIN_TAGS: &[&str] = &[
     "alerts",
     "ack_alert",
     "upcoming",
+    "series",
 ];
 /// Every request tag, worker ones first.
 const ALL_TAGS: &[&str] = &ALL_TAG_ARRAY;

@@ -372,6 +372,7 @@ fn every_reply() -> Vec<Reply> {
                 BTreeMap::from([("queued".into(), 2)]),
             )]),
             queued_by_pool: BTreeMap::from([("default".into(), 2)]),
+            oldest_queued_by_pool: BTreeMap::from([("default".into(), NOW)]),
             runs_by_state: BTreeMap::from([("queued".into(), 2), ("failed".into(), 8)]),
             leadership: Some(jobcast_protocol::Leadership {
                 epoch: 7,

@@ -9,7 +9,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jobcast_protocol::{
-    AdminRequest, EnableTarget, KillOutcome, Reply, RunFilter, RunRecord, RunState,
+    AdminRequest, EnableTarget, KillOutcome, Reply, Resolution, RunFilter, RunRecord, RunState,
+    SeriesOf,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -79,6 +80,65 @@ pub(super) async fn workers(
     let caller = app.authorize(&headers, Role::Viewer)?;
     match app.core.call(&caller, AdminRequest::Status).await? {
         Reply::Status(report) => Ok(Json(json!(report.workers))),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SeriesQuery {
+    /// a job's counts
+    job: Option<String>,
+    /// a pool's counts
+    pool: Option<String>,
+    /// minute (the last day, default) or hour (the last 30 days)
+    resolution: Option<String>,
+    /// how many buckets, newest last (default 60)
+    points: Option<u32>,
+}
+
+/// Counts over time, of all runs, a job's (`?job=`) or a pool's (`?pool=`).
+pub(super) async fn series(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Viewer)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let of = match (query.job, query.pool) {
+        (None, None) => SeriesOf::All,
+        (Some(job), None) => SeriesOf::Job(job),
+        (None, Some(pool)) => SeriesOf::Pool(pool),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("ask for a job or a pool, not both"))
+        }
+    };
+    let resolution = match query.resolution.as_deref().unwrap_or("minute") {
+        "minute" => Resolution::Minute,
+        "hour" => Resolution::Hour,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "resolution is minute or hour, not {other:?}"
+            )))
+        }
+    };
+    let points = match query.points.unwrap_or(60) {
+        points @ 1..=1_440 => points,
+        points => {
+            return Err(ApiError::bad_request(format!(
+                "points must be 1 to 1440, not {points}"
+            )))
+        }
+    };
+    let request = AdminRequest::Series {
+        of,
+        resolution,
+        points,
+    };
+    match app.core.call(&caller, request).await? {
+        Reply::Series { step_ms, points } => {
+            Ok(Json(json!({ "step_ms": step_ms, "points": points })))
+        }
         _ => Err(ApiError::unavailable()),
     }
 }
@@ -639,6 +699,40 @@ pub(super) async fn disable(
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
     set_enabled(&app, &caller, name, false).await
+}
+
+/// Resumes a pool: its jobs' ticks start runs again and its queue is handed out.
+pub(super) async fn enable_pool(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(pool): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    set_pool_enabled(&app, &caller, pool, true).await
+}
+
+/// Pauses a pool: its jobs' ticks are skipped and nothing of its queue is handed out.
+pub(super) async fn disable_pool(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(pool): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.authorize(&headers, Role::Operator)?;
+    set_pool_enabled(&app, &caller, pool, false).await
+}
+
+async fn set_pool_enabled(
+    app: &AppState,
+    caller: &Caller,
+    pool: String,
+    enabled: bool,
+) -> Result<Json<Value>, ApiError> {
+    let request = AdminRequest::SetEnabled {
+        target: EnableTarget::Pool(pool.clone()),
+        enabled,
+    };
+    app.core.call(caller, request).await?;
+    Ok(Json(json!({ "pool": pool, "enabled": enabled })))
 }
 
 pub(super) async fn drain(

@@ -18,9 +18,9 @@ pub use live::LiveFeed;
 use crate::config::ApiToken;
 use anyhow::{Context, Result};
 use api::{
-    ack_alert, alerts, audit, bulk_kill, bulk_retry, disable, drain, enable, enqueue, healthz,
-    job_detail, jobs, kill, list_runs, metrics, retry, run_detail, run_log, status, upcoming,
-    workers,
+    ack_alert, alerts, audit, bulk_kill, bulk_retry, disable, disable_pool, drain, enable,
+    enable_pool, enqueue, healthz, job_detail, jobs, kill, list_runs, metrics, retry, run_detail,
+    run_log, series, status, upcoming, workers,
 };
 use auth::whoami;
 use axum::extract::DefaultBodyLimit;
@@ -114,11 +114,14 @@ pub fn router(
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{name}", get(job_detail))
         .route("/api/v1/upcoming", get(upcoming))
+        .route("/api/v1/series", get(series))
         .route("/api/v1/jobs/{name}/enqueue", post(enqueue))
         .route("/api/v1/jobs/{name}/enable", post(enable))
         .route("/api/v1/jobs/{name}/disable", post(disable))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/workers/{id}/drain", post(drain))
+        .route("/api/v1/pools/{name}/enable", post(enable_pool))
+        .route("/api/v1/pools/{name}/disable", post(disable_pool))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/{id}/ack", post(ack_alert))

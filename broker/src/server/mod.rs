@@ -107,8 +107,11 @@ pub async fn serve<S: Store + 'static>(
         task.abort();
     }
     if let Some(mut core) = result? {
-        tokio::task::block_in_place(|| core.store_mut().close_cleanly())
-            .context("final store flush failed")?;
+        tokio::task::block_in_place(|| {
+            core.save_before_stop(now_us())?;
+            core.store_mut().close_cleanly()
+        })
+        .context("final store flush failed")?;
     }
     tracing::info!("broker stopped");
     Ok(())

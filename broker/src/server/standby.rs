@@ -84,7 +84,10 @@ pub async fn serve_elected<S: Store + 'static>(
             .send_replace(crate::http::BrokerRole::Standby { leader: None });
         match stopped {
             Ok(Stopped::Shutdown) => {
-                let closed = tokio::task::block_in_place(|| core.store_mut().close_cleanly());
+                let closed = tokio::task::block_in_place(|| {
+                    core.save_before_stop(now_us())?;
+                    core.store_mut().close_cleanly()
+                });
                 // Only once everything is durable: a successor reads it all.
                 tokio::task::block_in_place(|| tenure.hand_over());
                 break closed.context("final store flush failed");

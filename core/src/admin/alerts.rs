@@ -1,9 +1,10 @@
-//! `Alerts` (the standing alerts and their history) and `AckAlert` (an alert seen).
+//! `Alerts` (the standing alerts and their history), `AckAlert` (an alert seen) and
+//! `Series` (counts over time): what a caller limited to teams may see of them.
 
 use crate::store::Store;
 use crate::Now;
 use crate::{Core, CoreError, Handled, Scope};
-use jobcast_protocol::{Acknowledged, Reply};
+use jobcast_protocol::{Acknowledged, Reply, Resolution, SeriesOf};
 
 impl<S: Store> Core<S> {
     /// Whether an alert about `job` or `pool` is for `scope` to see: a job's to its
@@ -26,6 +27,39 @@ impl<S: Store> Core<S> {
             }
             (None, None) => true,
         }
+    }
+
+    /// Counts over time of all runs (callers not limited to teams), a job or a pool.
+    pub(super) fn series_of(
+        &self,
+        of: &SeriesOf,
+        resolution: Resolution,
+        points: u32,
+        scope: &Scope,
+        now: Now,
+    ) -> Handled {
+        let key = match of {
+            SeriesOf::All if scope.is_limited() => {
+                return Err(CoreError::EveryTeamsOnly {
+                    what: "see the counts of every team's runs",
+                })
+            }
+            SeriesOf::All => crate::series::ALL.to_string(),
+            SeriesOf::Job(job) => {
+                if !self.job_allowed(job, scope) {
+                    return Err(self.no_such_job_for(job, scope));
+                }
+                crate::series::job_key(job)
+            }
+            SeriesOf::Pool(pool) => {
+                if !self.alert_visible(None, Some(pool), scope) {
+                    return Err(CoreError::NoSuchPool { pool: pool.clone() });
+                }
+                crate::series::pool_key(pool)
+            }
+        };
+        let (step_ms, points) = self.series.points(&key, resolution, points, now.ms());
+        Ok(Reply::Series { step_ms, points })
     }
 
     pub(super) fn alerts(&self, scope: &Scope, before: Option<u64>, limit: u32) -> Reply {

@@ -24,6 +24,7 @@ use crate::{Core, Handled, ListingAsked, LogAsked, Outbox, ReloadAsked, ReplyTo,
 pub use get_log::log_reply;
 use jobcast_protocol::{AdminRequest, EnableTarget, KillOutcome, Reply};
 pub(crate) use list_runs::listing_reply;
+pub(crate) use status::oldest_queued;
 
 /// Who asks: recorded as the actor of what they change, limited to the scope's teams.
 #[derive(Clone, Copy)]
@@ -136,6 +137,11 @@ impl<S: Store> Core<S> {
                 tracing::info!(actor, dry_run, "prune");
                 self.prune(dry_run, now)?
             }
+            AdminRequest::Series {
+                of,
+                resolution,
+                points,
+            } => self.series_of(&of, resolution, points, caller.scope, now)?,
             AdminRequest::Upcoming { limit } => {
                 list_jobs::upcoming(&self.tables.jobs, caller.scope, limit)
             }

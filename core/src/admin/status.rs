@@ -25,6 +25,7 @@ impl<S: Store> Core<S> {
                 .insert(state.to_string(), count);
         }
         let queued_by_pool = self.tables.runs.queued_by_pool();
+        let oldest_queued_by_pool = oldest_queued(self.tables.runs.iter(), |_| true, now.ms());
         let workers = self
             .tables
             .workers
@@ -68,6 +69,7 @@ impl<S: Store> Core<S> {
             pruned_runs: self.stored.pruning.pruned(),
             active_by_job,
             queued_by_pool,
+            oldest_queued_by_pool,
             runs_by_state: self.runs_by_state(),
             leadership: self
                 .process
@@ -79,4 +81,26 @@ impl<S: Store> Core<S> {
                 }),
         })
     }
+}
+
+/// Per pool, since when its longest-waiting queued run (of those `shown`) could be
+/// handed out: its creation, or the end of its retry back-off.
+/// Runs still in a retry's back-off are not waiting yet.
+pub(crate) fn oldest_queued<'a>(
+    runs: impl Iterator<Item = &'a jobcast_protocol::RunRecord>,
+    shown: impl Fn(&jobcast_protocol::RunRecord) -> bool,
+    now_ms: u64,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut oldest = std::collections::BTreeMap::new();
+    for run in runs.filter(|r| r.state == jobcast_protocol::RunState::Queued && shown(r)) {
+        let due = run.created_at_ms.max(run.not_before_ms);
+        if due > now_ms {
+            continue;
+        }
+        oldest
+            .entry(run.pool.clone())
+            .and_modify(|at: &mut u64| *at = (*at).min(due))
+            .or_insert(due);
+    }
+    oldest
 }

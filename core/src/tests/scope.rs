@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::Scope;
+use jobcast_protocol::{Resolution, SeriesOf};
 
 fn as_team(h: &mut Harness, scope: &Scope, request: AdminRequest) -> Reply {
     let mut out = Outbox::default();
@@ -213,4 +214,54 @@ fn a_team_sees_and_acknowledges_only_the_alerts_of_its_jobs_and_their_pools() {
     };
     let workers: Vec<&str> = status.workers.iter().map(|w| w.id.as_str()).collect();
     assert_eq!(workers, vec!["w1"]);
+}
+
+#[test]
+fn counts_over_time_are_answered_for_what_the_caller_may_see() {
+    let mut h = Harness::new();
+    h.admin(AdminRequest::ApplyJobs {
+        jobs: vec![owned("ours", Some("data")), owned("theirs", Some("web"))],
+    });
+    h.register("w1", 2, &["default"], &[]);
+    let ours = h.enqueue("ours");
+    let theirs = h.enqueue("theirs");
+    h.claim("w1", 2);
+    h.start("w1", &ours);
+    h.start("w1", &theirs);
+    h.finish("w1", &ours, Outcome::Exited { code: 0 });
+    h.finish("w1", &theirs, Outcome::Exited { code: 2 });
+    let series = |reply: Reply| match reply {
+        Reply::Series { step_ms, points } => {
+            assert_eq!(step_ms, 60_000);
+            let last = points.last().cloned().unwrap_or_default();
+            (points.len(), last.started, last.succeeded, last.failed)
+        }
+        other => panic!("{other:?}"),
+    };
+    let ask = |of: SeriesOf| AdminRequest::Series {
+        of,
+        resolution: Resolution::Minute,
+        points: 60,
+    };
+    assert_eq!(series(h.admin(ask(SeriesOf::All))), (60, 2, 1, 1));
+    assert_eq!(
+        series(h.admin(ask(SeriesOf::Pool("default".into())))),
+        (60, 2, 1, 1)
+    );
+    let data = Scope::teams(["data".to_string()]);
+    assert_eq!(
+        series(as_team(&mut h, &data, ask(SeriesOf::Job("ours".into())))),
+        (60, 1, 1, 0)
+    );
+    for refused_ask in [
+        SeriesOf::All,
+        SeriesOf::Job("theirs".into()),
+        SeriesOf::Pool("gpu".into()),
+    ] {
+        let (code, _) = refused(as_team(&mut h, &data, ask(refused_ask.clone())));
+        assert!(
+            matches!(code, ErrorCode::Forbidden | ErrorCode::NotFound),
+            "{refused_ask:?}: {code:?}"
+        );
+    }
 }

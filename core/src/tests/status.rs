@@ -297,3 +297,22 @@ fn a_start_is_timed_from_the_spawn_the_worker_reports_when_it_is_plausible() {
         }]
     );
 }
+
+#[test]
+fn the_status_says_since_when_each_pools_oldest_queued_run_waits() {
+    let mut h = Harness::new();
+    let first = h.enqueue("hello");
+    h.advance_ms(5_000);
+    h.enqueue("hello");
+    let Reply::Status(status) = h.admin(AdminRequest::Status) else {
+        panic!("no status")
+    };
+    let created = h.stored(&first).created_at_ms;
+    assert_eq!(
+        status.oldest_queued_by_pool.get("default"),
+        Some(&created),
+        "{:?}",
+        status.oldest_queued_by_pool
+    );
+    assert!(!status.oldest_queued_by_pool.contains_key("gpu"));
+}

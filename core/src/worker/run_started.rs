@@ -54,11 +54,13 @@ impl<S: Store> Core<S> {
                 true => spawned_ms,
                 false => now.ms(),
             };
+            let waited_ms = started_ms.saturating_sub(due_ms);
             out.observations.push(Observation::Started {
                 pool: run.pool.clone(),
-                waited_ms: started_ms.saturating_sub(due_ms),
+                waited_ms,
             });
             let job = run.job.clone();
+            self.series.started(&job, &run.pool, waited_ms, now.ms());
             let state = self.tables.jobs.state_entry(&job);
             state.last_started_ms = Some(now.ms());
             self.save_job_state(&job)?;
