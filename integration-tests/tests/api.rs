@@ -416,7 +416,12 @@ fn bad_input_gets_clear_4xx_errors() {
         ),
         ("GET", "/api/v1/nothing-here", 404, "no such endpoint"),
         ("GET", "/api/v1/series?job=a&pool=b", 400, "not both"),
-        ("GET", "/api/v1/series?resolution=day", 400, "minute or hour"),
+        (
+            "GET",
+            "/api/v1/series?resolution=day",
+            400,
+            "minute or hour",
+        ),
         ("GET", "/api/v1/series?points=0", 400, "points must be"),
         ("GET", "/api/v1/series?points=1441", 400, "points must be"),
         ("GET", "/api/v1/series?job=nope", 404, "no job named"),
@@ -572,4 +577,35 @@ fn alerts_are_listed_acknowledged_by_an_operator_and_kept_in_a_history() {
         record["cleared_ms"].as_u64().map(|_| record)
     });
     assert_eq!(record["acknowledged"]["by"], "key admin", "{record}");
+}
+
+#[test]
+fn counts_over_time_are_kept_across_a_clean_restart() {
+    let mut cluster = cluster_with_jobs();
+    let runs: Vec<String> = (0..3).map(|_| cluster.enqueue("bad")).collect();
+    for run in &runs {
+        cluster.wait_state(run, "failed", LONG);
+    }
+    let failed = |cluster: &Cluster, query: &str| -> u64 {
+        let (code, body) = cluster.api(
+            "GET",
+            &format!("/api/v1/series?{query}"),
+            Some(VIEWER_TOKEN),
+        );
+        assert_eq!(code, 200, "{body}");
+        json(&body)["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["failed"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(failed(&cluster, "points=60"), 3);
+    assert_eq!(failed(&cluster, "job=bad&resolution=hour&points=2"), 3);
+    // Stopped as a supervisor stops it, and started again.
+    cluster.stop_broker();
+    cluster.start_broker();
+    assert_eq!(failed(&cluster, "points=60"), 3, "kept across the restart");
+    assert_eq!(failed(&cluster, "pool=default&points=60"), 3);
+    assert_eq!(failed(&cluster, "job=bad&resolution=hour&points=2"), 3);
 }
