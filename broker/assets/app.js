@@ -969,7 +969,7 @@ $("#skip").addEventListener("click", (event) => {
 });
 
 /// The URL's run filters, which are also the API's query parameters.
-const FILTERS = ["state", "job", "worker", "since", "until", "text", "before"];
+const FILTERS = ["state", "job", "worker", "since", "until", "text", "output", "before"];
 
 function runsQuery(extra) {
   const params = new URLSearchParams();
@@ -1061,6 +1061,7 @@ async function loadRunsPage() {
   $("#filter-since").value = toLocalInput(params.get("since"));
   $("#filter-until").value = toLocalInput(params.get("until"));
   $("#search").value = params.get("text") || "";
+  $("#filter-output").value = params.get("output") || "";
   state.resume = null;
   if (!FILTERS.some((name) => params.get(name))) {
     state.page = null;
@@ -1087,7 +1088,7 @@ for (const name of STATES) {
 
 function applyFilters() {
   const params = new URLSearchParams();
-  for (const [name, id] of [["state", "#filter-state"], ["job", "#filter-job"], ["worker", "#filter-worker"], ["text", "#search"]]) {
+  for (const [name, id] of [["state", "#filter-state"], ["job", "#filter-job"], ["worker", "#filter-worker"], ["text", "#search"], ["output", "#filter-output"]]) {
     const value = $(id).value.trim();
     if (value) params.set(name, value);
   }
@@ -1101,7 +1102,7 @@ function applyFilters() {
 
 $("#filters").addEventListener("submit", (event) => { event.preventDefault(); applyFilters(); });
 $("#filter-state").addEventListener("change", applyFilters);
-for (const id of ["#filter-job", "#filter-worker", "#filter-since", "#filter-until", "#search"]) $(id).addEventListener("change", applyFilters);
+for (const id of ["#filter-job", "#filter-worker", "#filter-since", "#filter-until", "#search", "#filter-output"]) $(id).addEventListener("change", applyFilters);
 $("#csv").addEventListener("click", (event) => {
   event.preventDefault();
   const params = runsQuery();

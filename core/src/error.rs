@@ -34,6 +34,8 @@ pub enum CoreError {
     NothingToKill,
     #[error("no pool {pool} that your jobs use")]
     NoSuchPool { pool: String },
+    #[error("search output for at most {max} bytes of text")]
+    SearchTooLong { max: usize },
     #[error("no standing alert {id}")]
     NoSuchAlert { id: String },
     #[error("name 1 to {max} runs at a time, not {asked}")]
@@ -99,6 +101,7 @@ impl CoreError {
             | CoreError::ListTooLong { .. }
             | CoreError::NothingToKill
             | CoreError::BadBulk { .. }
+            | CoreError::SearchTooLong { .. }
             | CoreError::BadParams { .. }
             | CoreError::BadPriority(_)
             | CoreError::BadIdempotencyKey { .. }

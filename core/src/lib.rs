@@ -469,9 +469,15 @@ impl<S: Store> Core<S> {
     /// thread).
     pub fn answer_reads(&self, out: &mut Outbox) -> StoreResult<()> {
         for asked in std::mem::take(&mut out.listings) {
-            let listing = match store::listing_by_id(&asked.filter, |id| self.store.run(id))? {
+            let filter = &asked.filter;
+            let listing = match store::listing_by_id(filter, |id| self.store.run(id))? {
                 Some(listing) => listing,
-                None => self.store.runs(&asked.filter)?,
+                None if filter.output.is_some() => store::listing_by_output(
+                    filter,
+                    |page| self.store.runs(page),
+                    |id| self.store.log_chunks(id),
+                )?,
+                None => self.store.runs(filter)?,
             };
             out.reply(&asked.to, asked.id, self.listing_reply(listing));
         }

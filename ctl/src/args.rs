@@ -139,6 +139,10 @@ pub(crate) enum Command {
         /// Only runs whose id, job, worker, state or result contains this text (any case).
         #[arg(long)]
         search: Option<String>,
+        /// Only runs whose stored output contains this text (any case); the broker reads
+        /// at most 2,000 runs' output per listing and says where to go on.
+        #[arg(long)]
+        output: Option<String>,
         /// Only runs older than this sequence number (paging: the `seq` of the last run
         /// listed, or the number a listing that stopped early names).
         #[arg(long)]

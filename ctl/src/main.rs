@@ -69,6 +69,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             worker,
             limit,
             search,
+            output,
             before,
         } => {
             let filter = RunFilter {
@@ -77,6 +78,7 @@ async fn run(args: Args) -> Result<ExitCode> {
                 worker,
                 limit,
                 text: search,
+                output,
                 before_seq: before,
                 ..Default::default()
             };

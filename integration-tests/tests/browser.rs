@@ -296,6 +296,13 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
         "hello the world; rm -rf / in fr\n"
     );
     driver.send(json!({ "cmd": "wait_js", "expr": "[...document.querySelectorAll('#run-facts dd')].some(d => d.textContent === 'lang=fr, who=the world; rm -rf /')" }));
+    // Runs found by what they printed (any case), typed into the filters.
+    driver.send(json!({ "cmd": "goto", "hash": "#/runs" }));
+    driver.send(json!({ "cmd": "fill", "selector": "#filter-output", "value": "WORLD; RM" }));
+    driver.send(json!({ "cmd": "press", "key": "Enter" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": format!(
+        "location.hash === '#/runs?output=WORLD%3B+RM' && [...document.querySelectorAll('#runs tbody tr[data-run]')].map(r => r.dataset.run).join() === '{greet_run}'"
+    ) }));
 
     // A live log line appears within a second of being written.
     let stamp = cluster.enqueue("stamp");

@@ -80,6 +80,10 @@ pub struct RunFilter {
     /// Only runs of jobs of these teams (as the job was when the run was made).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teams: Option<Vec<String>>,
+    /// Only runs whose stored output contains this text (any case). Output is read run
+    /// by run, so such a listing looks at a bounded amount of it and says where to go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 impl RunFilter {

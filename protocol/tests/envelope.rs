@@ -211,6 +211,7 @@ fn every_request() -> Vec<Request> {
             text: Some("disk full".into()),
             linked_to: Some("3f9a".into()),
             teams: Some(vec!["data".into()]),
+            output: Some("Traceback".into()),
         }),
         AdminRequest::Retry { run: "3f9a".into() },
         AdminRequest::ListJobs,

@@ -320,6 +320,8 @@ pub(super) struct RunsQuery {
     text: Option<String>,
     /// runs this run started (retries, chain)
     linked_to: Option<String>,
+    /// text the run's stored output contains (any case)
+    output: Option<String>,
 }
 
 /// Names the `before` to go on with when a listing stopped looking early.
@@ -347,6 +349,7 @@ impl RunsQuery {
             linked_to: self.linked_to,
             // The caller's teams, set by the core from who asks.
             teams: None,
+            output: self.output.filter(|t| !t.is_empty()),
         })
     }
 }

@@ -24,8 +24,18 @@ pub(super) fn checked(filter: RunFilter) -> Result<RunFilter, CoreError> {
             })
         }
     };
+    if let Some(output) = &filter.output {
+        if output.len() > MAX_OUTPUT_SEARCH {
+            return Err(CoreError::SearchTooLong {
+                max: MAX_OUTPUT_SEARCH,
+            });
+        }
+    }
     Ok(RunFilter { limit, ..filter })
 }
+
+/// The longest text a search in output looks for.
+const MAX_OUTPUT_SEARCH: usize = 200;
 
 /// What the store found, as the reply: handed the run table and the limits, which say
 /// why queued runs wait.

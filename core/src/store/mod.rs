@@ -131,13 +131,107 @@ pub trait RunReader: Send {
     /// A run by its id.
     fn run(&mut self, id: &str) -> StoreResult<Option<RunRecord>>;
 
-    /// A listing; a search for a whole run id is a lookup (see [`listing_by_id`]).
+    /// A listing; a search for a whole run id is a lookup (see [`listing_by_id`]), one
+    /// for output reads the runs' logs (see [`listing_by_output`]).
     fn listing(&mut self, filter: &RunFilter) -> StoreResult<Listing> {
-        match listing_by_id(filter, |id| self.run(id))? {
-            Some(listing) => Ok(listing),
-            None => self.runs(filter),
+        if let Some(listing) = listing_by_id(filter, |id| self.run(id))? {
+            return Ok(listing);
+        }
+        if filter.output.is_some() {
+            let reader = std::cell::RefCell::new(self);
+            return listing_by_output(
+                filter,
+                |page| reader.borrow_mut().runs(page),
+                |id| reader.borrow_mut().log_chunks(id),
+            );
+        }
+        self.runs(filter)
+    }
+}
+
+/// Runs whose output one listing reads at most, and bytes of output: a search for text
+/// in output reads each candidate's log, so it stops after this much and says where to go
+/// on (as a listing that looked at [`LISTING_SCAN`] records does).
+pub const OUTPUT_SCAN_RUNS: usize = 2_000;
+pub const OUTPUT_SCAN_BYTES: u64 = 64 << 20;
+/// Runs asked of the store at a time while searching output.
+const OUTPUT_PAGE: u32 = 200;
+
+/// The listing of a search in output: the runs passing the other filters, newest first,
+/// whose stored output contains `filter.output` (any case), within [`OUTPUT_SCAN_RUNS`]
+/// and [`OUTPUT_SCAN_BYTES`].
+pub fn listing_by_output(
+    filter: &RunFilter,
+    mut runs: impl FnMut(&RunFilter) -> StoreResult<Listing>,
+    mut log: impl FnMut(&str) -> StoreResult<Vec<(u64, Vec<u8>)>>,
+) -> StoreResult<Listing> {
+    let needle = filter
+        .output
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .into_bytes();
+    let mut page = RunFilter {
+        output: None,
+        limit: OUTPUT_PAGE,
+        ..filter.clone()
+    };
+    let (mut found, mut looked, mut bytes) = (Vec::new(), 0usize, 0u64);
+    loop {
+        let listing = runs(&page)?;
+        let exhausted = listing.runs.len() < OUTPUT_PAGE as usize;
+        for run in listing.runs {
+            if found.len() >= filter.limit as usize {
+                return Ok(Listing {
+                    runs: found,
+                    resume_before: None,
+                });
+            }
+            if looked >= OUTPUT_SCAN_RUNS || bytes >= OUTPUT_SCAN_BYTES {
+                return Ok(Listing {
+                    runs: found,
+                    resume_before: Some(run.seq + 1),
+                });
+            }
+            looked += 1;
+            let chunks = log(&run.id)?;
+            bytes += chunks.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+            if contains_any_case(&chunks, &needle) {
+                found.push(run.clone());
+            }
+            page.before_seq = Some(run.seq);
+        }
+        match listing.resume_before {
+            // The walk over records stopped early: go on from where it did.
+            Some(resume) if exhausted => page.before_seq = Some(resume),
+            _ if exhausted => {
+                return Ok(Listing {
+                    runs: found,
+                    resume_before: None,
+                })
+            }
+            _ => {}
         }
     }
+}
+
+/// Whether a log's chunks, as stored, contain `needle` (lower case) in any case; a match
+/// across two chunks counts.
+fn contains_any_case(chunks: &[(u64, Vec<u8>)], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    let mut carried: Vec<u8> = Vec::new();
+    for (_, chunk) in chunks {
+        let mut window = std::mem::take(&mut carried);
+        window.extend(chunk.iter().map(u8::to_ascii_lowercase));
+        if window.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+        let keep = needle.len().saturating_sub(1).min(window.len());
+        carried = window[window.len() - keep..].to_vec();
+    }
+    false
 }
 
 /// The listing of a search for a whole run id (16 hex digits): that run, looked up by

@@ -74,3 +74,93 @@ fn a_whole_run_id_is_found_at_once_however_many_runs_came_after_it() {
     let (found, resume) = search(&mut h, &old[..12], None);
     assert!(found.is_empty() && resume.is_some(), "{found:?} {resume:?}");
 }
+
+#[test]
+fn a_search_in_output_reads_logs_within_a_budget_and_says_where_to_go_on() {
+    let mut h = Harness::new();
+    h.register("w1", 1, &["default"], &[]);
+    let mut runs = Vec::new();
+    for i in 0..5 {
+        let run = h.enqueue("hello");
+        h.claim("w1", 1);
+        h.start("w1", &run);
+        // The word split across two chunks in one run, whole in another.
+        let (first, second): (&[u8], &[u8]) = match i {
+            1 => (b"all is fi", b"ne, then ERR"),
+            2 => (b"an err", b"or: disk full"),
+            4 => (b"Error: disk", b" full"),
+            _ => (b"quiet", b""),
+        };
+        for (offset, data) in [(0u64, first), (first.len() as u64, second)] {
+            if !data.is_empty() {
+                h.worker(
+                    "w1",
+                    WorkerRequest::LogChunk {
+                        run_id: run.clone(),
+                        offset,
+                        data: data.to_vec(),
+                    },
+                );
+            }
+        }
+        h.finish("w1", &run, Outcome::Exited { code: 0 });
+        runs.push(run);
+    }
+    let search = |h: &mut Harness, output: &str, limit: u32| match h.admin(AdminRequest::ListRuns(
+        RunFilter {
+            output: Some(output.to_string()),
+            limit,
+            ..Default::default()
+        },
+    )) {
+        Reply::Runs {
+            runs,
+            resume_before,
+        } => (
+            runs.into_iter().map(|r| r.id).collect::<Vec<_>>(),
+            resume_before,
+        ),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        search(&mut h, "error: disk full", 10),
+        (vec![runs[4].clone(), runs[2].clone()], None),
+        "in any case, and across chunks"
+    );
+    assert_eq!(search(&mut h, "nowhere", 10), (vec![], None));
+    assert_eq!(search(&mut h, "DISK", 1), (vec![runs[4].clone()], None));
+    let Reply::Error { code, .. } = h.admin(AdminRequest::ListRuns(RunFilter {
+        output: Some("x".repeat(201)),
+        ..Default::default()
+    })) else {
+        panic!("a long search was not refused")
+    };
+    assert_eq!(code, ErrorCode::BadRequest);
+}
+
+#[test]
+fn a_search_in_output_stops_after_its_budget_of_runs() {
+    let mut h = Harness::new();
+    let spec = job("hello", "default");
+    let n = crate::store::OUTPUT_SCAN_RUNS as u64 + 5;
+    for seq in 1..=n {
+        let run = RunRecord::queued(format!("{seq:016x}"), seq, spec.clone(), 0, "filler");
+        h.core.store_mut().create_run(&run).unwrap();
+    }
+    let Reply::Runs {
+        runs,
+        resume_before,
+    } = h.admin(AdminRequest::ListRuns(RunFilter {
+        output: Some("anything".into()),
+        limit: 10,
+        ..Default::default()
+    }))
+    else {
+        panic!("no listing")
+    };
+    assert!(runs.is_empty());
+    assert_eq!(
+        resume_before,
+        Some(n - crate::store::OUTPUT_SCAN_RUNS as u64 + 1)
+    );
+}
