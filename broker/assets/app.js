@@ -485,7 +485,18 @@ function renderRuns() {
     setCell(c[6], run.outcome || (run.waiting_for ? "waiting: " + run.waiting_for : null));
     c[6].className = "result";
   });
-  let info = state.page ? (state.page.length + " runs on this page") : "newest runs, live";
+  // Where this page is among all that match, when the broker knows how many do: the
+  // live first page from the counts, a listing from its total.
+  const shownCount = state.page ? state.page.length : Math.min(PAGE, state.runs.size);
+  const total = state.page ? state.total : Object.values(state.counts || {}).reduce((n, c) => n + c, 0);
+  const skipped = Number(state.route.params.get("at") || 0);
+  let info;
+  if (total !== null && total !== undefined && shownCount > 0) {
+    info = `${(skipped + 1).toLocaleString()}–${(skipped + shownCount).toLocaleString()} of ${Number(total).toLocaleString()}`;
+    if (!state.page) info += ", live";
+  } else {
+    info = state.page ? (state.page.length + " runs on this page") : "newest runs, live";
+  }
   if (state.resume) info += " (the broker stopped looking here: Older looks further back)";
   $("#page-info").textContent = info;
   $("#newer").disabled = !state.route.params.get("before");
@@ -1073,6 +1084,7 @@ async function loadRunsPage() {
     state.page = body;
     // The broker looks at a bounded number of runs per listing: where to go on from.
     state.resume = headers.get("jobcast-resume-before");
+    state.total = headers.get("jobcast-total");
     markDirty("runs");
   } catch (error) {
     showMessage("Cannot list runs: " + error.message);
@@ -1113,7 +1125,10 @@ $("#older").addEventListener("click", () => {
   const list = shownRuns();
   const before = list.length < PAGE && state.resume ? state.resume : (list.length ? list[list.length - 1].seq : null);
   if (!before) return;
-  location.hash = "#/runs?" + runsQuery({ before });
+  // How many runs are newer than the next page, for "51–100 of 2,775".
+  const params = runsQuery({ before });
+  params.set("at", Number(state.route.params.get("at") || 0) + list.length);
+  location.hash = "#/runs?" + params;
 });
 $("#newer").addEventListener("click", () => {
   const params = runsQuery();

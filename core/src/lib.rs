@@ -460,8 +460,20 @@ impl<S: Store> Core<S> {
 
     /// What a listing found in the store, as its reply: queued runs marked with the limit
     /// that holds them (as the tables are now), secret parameter values masked.
-    pub fn listing_reply(&self, listing: store::Listing) -> Reply {
-        admin::listing_reply(&self.tables.runs, self.limits(), listing)
+    pub fn listing_reply(
+        &self,
+        filter: &jobcast_protocol::RunFilter,
+        listing: store::Listing,
+    ) -> Reply {
+        let total = admin::counted_filter(filter).then(|| {
+            let scope = filter.teams.clone().map_or_else(Scope::all, Scope::teams);
+            let counts = self.runs_by_state_in(&scope);
+            match filter.state {
+                Some(state) => counts.get(state.as_str()).copied().unwrap_or(0),
+                None => counts.values().sum(),
+            }
+        });
+        admin::listing_reply(&self.tables.runs, self.limits(), listing, total)
     }
 
     /// Answers the listings and logs `out` holds by reading the store here, on the
@@ -479,7 +491,11 @@ impl<S: Store> Core<S> {
                 )?,
                 None => self.store.runs(filter)?,
             };
-            out.reply(&asked.to, asked.id, self.listing_reply(listing));
+            out.reply(
+                &asked.to,
+                asked.id,
+                self.listing_reply(&asked.filter, listing),
+            );
         }
         for asked in std::mem::take(&mut out.logs) {
             let chunks = self.store.log_chunks(&asked.run.id)?;

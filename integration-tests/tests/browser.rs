@@ -540,6 +540,19 @@ fn a_standby_dashboard_names_the_leader_follows_the_database_and_takes_over() {
 }
 
 /// The broker's status, from the API.
+/// `n` as a browser in English shows it: 2,775.
+fn format_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
 fn status(cluster: &Cluster) -> Value {
     let (code, body) = cluster.api("GET", "/api/v1/status", Some(VIEWER_TOKEN));
     assert_eq!(code, 200, "{body}");
@@ -686,6 +699,12 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
     // All history, a page at a time.
     let paged = driver.send(json!({ "cmd": "page_all" }));
     assert_eq!(paged["runs"], finished["total_runs"], "{paged}");
+    // Each page says where it is among them all.
+    let total = finished["total_runs"].as_u64().unwrap();
+    driver.send(json!({ "cmd": "goto", "hash": "#/runs" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("document.querySelector('#page-info').textContent === '1–50 of {}, live'", format_thousands(total)) }));
+    driver.send(json!({ "cmd": "click", "selector": "#older" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("document.querySelector('#page-info').textContent === '51–100 of {}'", format_thousands(total)) }));
 
     // A filtered view has its own URL: a reload keeps it, Back leaves it.
     driver.send(json!({ "cmd": "goto", "hash": "#/runs?state=cancelled" }));

@@ -67,6 +67,10 @@ pub enum Reply {
         /// `before_seq` to go on.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume_before: Option<u64>,
+        /// How many stored runs match in all, when the broker knows it without looking
+        /// (a listing filtered by state at most: its counts).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
     },
     Jobs {
         jobs: Vec<JobView>,

@@ -311,6 +311,7 @@ fn every_reply() -> Vec<Reply> {
         Reply::Runs {
             runs: vec![record()],
             resume_before: Some(40_001),
+            total: Some(75_000),
         },
         Reply::Jobs {
             jobs: vec![JobView {

@@ -354,13 +354,23 @@ impl RunsQuery {
     }
 }
 
-/// The runs a query lists, and the `before` to go on with if the broker stopped looking
-/// early (sent as the [`RESUME_HEADER`] header).
+/// What a listing found: its runs, the `before` to go on with if the broker stopped
+/// looking early (sent as the [`RESUME_HEADER`] header), and how many match in all when
+/// the broker knows ([`TOTAL_HEADER`]).
+pub(super) struct Matching {
+    pub runs: Vec<RunRecord>,
+    pub resume_before: Option<u64>,
+    pub total: Option<u64>,
+}
+
+/// Says how many stored runs match in all, when the broker knows without looking.
+pub(super) const TOTAL_HEADER: &str = "jobcast-total";
+
 pub(super) async fn runs_matching(
     app: &AppState,
     caller: &Caller,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<(Vec<RunRecord>, Option<u64>), ApiError> {
+) -> Result<Matching, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     match app
         .core
@@ -370,7 +380,12 @@ pub(super) async fn runs_matching(
         Reply::Runs {
             runs,
             resume_before,
-        } => Ok((runs, resume_before)),
+            total,
+        } => Ok(Matching {
+            runs,
+            resume_before,
+            total,
+        }),
         _ => Err(ApiError::unavailable()),
     }
 }
@@ -391,11 +406,17 @@ pub(super) async fn list_runs(
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
-    let (runs, resume_before) = runs_matching(&app, &caller, query).await?;
-    Ok(with_resume(
-        Json(caller.view(json!(runs))).into_response(),
-        resume_before,
-    ))
+    let found = runs_matching(&app, &caller, query).await?;
+    let mut response = with_resume(
+        Json(caller.view(json!(found.runs))).into_response(),
+        found.resume_before,
+    );
+    if let Some(total) = found.total {
+        response
+            .headers_mut()
+            .insert(TOTAL_HEADER, header::HeaderValue::from(total));
+    }
+    Ok(response)
 }
 
 /// A run and its stored log (as capped when stored), as `caller` may see them.

@@ -31,7 +31,8 @@ pub(super) async fn runs_csv(
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
-    let (runs, resume_before) = runs_matching(&app, &caller, query).await?;
+    let found = runs_matching(&app, &caller, query).await?;
+    let (runs, resume_before) = (found.runs, found.resume_before);
     let mut csv = String::from(
         "id,job,pool,state,worker,attempt,scheduled_at,created_at,started_at,finished_at,duration_ms,exit_code,outcome\n",
     );

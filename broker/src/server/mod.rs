@@ -395,7 +395,9 @@ impl Server {
             reads::Found::Listing(asked, found) => (
                 asked.to,
                 asked.id,
-                found.map_or_else(unreadable, |listing| core.listing_reply(listing)),
+                found.map_or_else(unreadable, |listing| {
+                    core.listing_reply(&asked.filter, listing)
+                }),
             ),
             reads::Found::Log(asked, found) => (
                 asked.to,

@@ -39,7 +39,12 @@ const MAX_OUTPUT_SEARCH: usize = 200;
 
 /// What the store found, as the reply: handed the run table and the limits, which say
 /// why queued runs wait.
-pub(crate) fn listing_reply(runs: &RunTable, limits: Limits<'_>, listing: Listing) -> Reply {
+pub(crate) fn listing_reply(
+    runs: &RunTable,
+    limits: Limits<'_>,
+    listing: Listing,
+    total: Option<u64>,
+) -> Reply {
     let mut listing = listing;
     limits.mark_held(runs, &mut listing.runs);
     Reply::Runs {
@@ -50,5 +55,28 @@ pub(crate) fn listing_reply(runs: &RunTable, limits: Limits<'_>, listing: Listin
             .map(RunRecord::with_secrets_masked)
             .collect(),
         resume_before: listing.resume_before,
+        total,
     }
+}
+
+/// Whether a listing's total is known from the counts: filtered by state and the
+/// caller's teams at most.
+pub(crate) fn counted_filter(filter: &RunFilter) -> bool {
+    let RunFilter {
+        job,
+        worker,
+        since_ms,
+        until_ms,
+        text,
+        linked_to,
+        output,
+        ..
+    } = filter;
+    job.is_none()
+        && worker.is_none()
+        && since_ms.is_none()
+        && until_ms.is_none()
+        && text.is_none()
+        && linked_to.is_none()
+        && output.is_none()
 }

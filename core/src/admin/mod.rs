@@ -23,7 +23,7 @@ use crate::Now;
 use crate::{Core, Handled, ListingAsked, LogAsked, Outbox, ReloadAsked, ReplyTo, Scope};
 pub use get_log::log_reply;
 use jobcast_protocol::{AdminRequest, EnableTarget, KillOutcome, Reply};
-pub(crate) use list_runs::listing_reply;
+pub(crate) use list_runs::{counted_filter, listing_reply};
 pub(crate) use status::oldest_queued;
 
 /// Who asks: recorded as the actor of what they change, limited to the scope's teams.

@@ -53,6 +53,7 @@ fn a_whole_run_id_is_found_at_once_however_many_runs_came_after_it() {
         Reply::Runs {
             runs,
             resume_before,
+            ..
         } => (
             runs.into_iter().map(|r| r.id).collect::<Vec<_>>(),
             resume_before,
@@ -116,6 +117,7 @@ fn a_search_in_output_reads_logs_within_a_budget_and_says_where_to_go_on() {
         Reply::Runs {
             runs,
             resume_before,
+            ..
         } => (
             runs.into_iter().map(|r| r.id).collect::<Vec<_>>(),
             resume_before,
@@ -150,6 +152,7 @@ fn a_search_in_output_stops_after_its_budget_of_runs() {
     let Reply::Runs {
         runs,
         resume_before,
+        ..
     } = h.admin(AdminRequest::ListRuns(RunFilter {
         output: Some("anything".into()),
         limit: 10,
@@ -162,5 +165,53 @@ fn a_search_in_output_stops_after_its_budget_of_runs() {
     assert_eq!(
         resume_before,
         Some(n - crate::store::OUTPUT_SCAN_RUNS as u64 + 1)
+    );
+}
+
+#[test]
+fn a_listing_filtered_by_state_at_most_says_how_many_match_in_all() {
+    let mut h = Harness::new();
+    for _ in 0..7 {
+        h.enqueue("hello");
+    }
+    let total = |h: &mut Harness, filter: RunFilter| match h.admin(AdminRequest::ListRuns(filter)) {
+        Reply::Runs { runs, total, .. } => (runs.len(), total),
+        other => panic!("{other:?}"),
+    };
+    let page = |limit| RunFilter {
+        limit,
+        ..Default::default()
+    };
+    assert_eq!(total(&mut h, page(3)), (3, Some(7)));
+    assert_eq!(
+        total(
+            &mut h,
+            RunFilter {
+                state: Some(RunState::Queued),
+                ..page(3)
+            }
+        ),
+        (3, Some(7))
+    );
+    assert_eq!(
+        total(
+            &mut h,
+            RunFilter {
+                state: Some(RunState::Failed),
+                ..page(3)
+            }
+        ),
+        (0, Some(0))
+    );
+    assert_eq!(
+        total(
+            &mut h,
+            RunFilter {
+                job: Some("hello".into()),
+                ..page(3)
+            }
+        ),
+        (3, None),
+        "not known without looking"
     );
 }

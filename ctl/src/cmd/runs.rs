@@ -13,6 +13,7 @@ pub(crate) async fn runs(ctl: &Ctl, filter: RunFilter) -> Result<ExitCode> {
     let (runs, resume_before) = expect_reply!(reply, Reply::Runs {
         runs,
         resume_before,
+        ..
     } => (runs, resume_before));
     ctl.print(&runs, |runs| print_runs(runs))?;
     if let Some(resume) = resume_before {
