@@ -748,6 +748,7 @@ function renderPool() {
   const facts = [
     ["State", paused ? "paused (its jobs' ticks are skipped; queued runs wait)" : online.length ? "served" : "no worker"],
     ["Queued now", String((status.queued_by_pool || {})[name] || 0)],
+    ["Held by a limit", String((status.held_by_pool || {})[name] || 0) + " of the queued (a job's or the pool's max_concurrent)"],
     ["Oldest waiting", (status.oldest_queued_by_pool || {})[name] ? "could start " + relative((status.oldest_queued_by_pool || {})[name]).shown : "nothing waits"],
     ["Workers online", online.map((w) => w.id).join(", ") || "none"],
     ["Slots in use", online.reduce((n, w) => n + w.running.length, 0) + " of " + online.reduce((n, w) => n + w.concurrency, 0)],

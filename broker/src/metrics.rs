@@ -478,6 +478,7 @@ mod tests {
             )]),
             queued_by_pool: BTreeMap::from([("default".into(), 3)]),
             oldest_queued_by_pool: Default::default(),
+            held_by_pool: Default::default(),
             runs_by_state: BTreeMap::from([("queued".into(), 3), ("succeeded".into(), 7)]),
             leadership: None,
         }

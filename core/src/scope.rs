@@ -198,6 +198,7 @@ impl<S: Store> Core<S> {
         report.active = active;
         report.active_by_job = active_by_job;
         report.queued_by_pool = queued_by_pool;
+        report.held_by_pool = self.held_by_pool(|run| visible(run.spec.team.as_deref()));
         // The report's own time: the broker's start and its uptime.
         report.oldest_queued_by_pool = crate::admin::oldest_queued(
             self.tables.runs.iter(),

@@ -551,6 +551,10 @@ pub struct StatusReport {
     /// since the epoch; pools with nothing queued are not listed).
     #[serde(default)]
     pub oldest_queued_by_pool: BTreeMap<String, u64>,
+    /// Queued runs of each pool that a concurrency limit (`max_concurrent` of their job
+    /// or pool) holds back now (pools with none are not listed).
+    #[serde(default)]
+    pub held_by_pool: BTreeMap<String, u64>,
     /// Every stored run by state, finished ones included (every state listed, 0 when
     /// none): what a dashboard's counts show.
     #[serde(default)]

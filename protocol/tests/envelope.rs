@@ -375,6 +375,7 @@ fn every_reply() -> Vec<Reply> {
             )]),
             queued_by_pool: BTreeMap::from([("default".into(), 2)]),
             oldest_queued_by_pool: BTreeMap::from([("default".into(), NOW)]),
+            held_by_pool: BTreeMap::from([("default".into(), 2)]),
             runs_by_state: BTreeMap::from([("queued".into(), 2), ("failed".into(), 8)]),
             leadership: Some(jobcast_protocol::Leadership {
                 epoch: 7,

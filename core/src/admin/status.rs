@@ -26,6 +26,7 @@ impl<S: Store> Core<S> {
         }
         let queued_by_pool = self.tables.runs.queued_by_pool();
         let oldest_queued_by_pool = oldest_queued(self.tables.runs.iter(), |_| true, now.ms());
+        let held_by_pool = self.held_by_pool(|_| true);
         let workers = self
             .tables
             .workers
@@ -70,6 +71,7 @@ impl<S: Store> Core<S> {
             active_by_job,
             queued_by_pool,
             oldest_queued_by_pool,
+            held_by_pool,
             runs_by_state: self.runs_by_state(),
             leadership: self
                 .process
@@ -80,6 +82,27 @@ impl<S: Store> Core<S> {
                     ..leadership.clone()
                 }),
         })
+    }
+}
+
+impl<S: Store> Core<S> {
+    /// Per pool, how many of its queued runs (of those `shown`) a concurrency limit holds.
+    pub(crate) fn held_by_pool(
+        &self,
+        shown: impl Fn(&jobcast_protocol::RunRecord) -> bool,
+    ) -> BTreeMap<String, u64> {
+        let mut held = BTreeMap::new();
+        let limits = self.limits();
+        let Some(counts) = limits.out_counts(&self.tables.runs) else {
+            return held;
+        };
+        for run in self.tables.runs.iter() {
+            if run.state == RunState::Queued && shown(run) && limits.holding(run, &counts).is_some()
+            {
+                *held.entry(run.pool.clone()).or_default() += 1;
+            }
+        }
+        held
     }
 }
 

@@ -9,7 +9,7 @@ use jobcast_protocol::{
 const SECOND: u64 = 1_000;
 
 impl Harness {
-    fn apply_toml(&mut self, toml: &str) {
+    pub(super) fn apply_toml(&mut self, toml: &str) {
         let jobs = jobfile::parse(toml).unwrap();
         match self.admin(AdminRequest::ApplyJobs { jobs }) {
             Reply::Applied { .. } => {}

@@ -316,3 +316,26 @@ fn the_status_says_since_when_each_pools_oldest_queued_run_waits() {
     );
     assert!(!status.oldest_queued_by_pool.contains_key("gpu"));
 }
+
+#[test]
+fn the_status_counts_each_pools_queued_runs_a_limit_holds() {
+    let mut h = Harness::new();
+    h.apply_toml("[jobs.single]\ncommand = \"x\"\nmax_concurrent = 1\n");
+    h.register("w1", 4, &["default"], &[]);
+    for _ in 0..3 {
+        h.enqueue("single");
+    }
+    let free = h.enqueue("hello");
+    let granted = h.claim("w1", 4);
+    assert_eq!(granted.len(), 2, "one of single, and hello");
+    assert!(granted.contains(&free));
+    let Reply::Status(status) = h.admin(AdminRequest::Status) else {
+        panic!("no status")
+    };
+    assert_eq!(
+        status.held_by_pool.get("default"),
+        Some(&2),
+        "{:?}",
+        status.held_by_pool
+    );
+}
