@@ -489,7 +489,10 @@ function renderRuns() {
   // live first page from the counts, a listing from its total.
   const shownCount = state.page ? state.page.length : Math.min(PAGE, state.runs.size);
   const total = state.page ? state.total : Object.values(state.counts || {}).reduce((n, c) => n + c, 0);
-  const skipped = Number(state.route.params.get("at") || 0);
+  const fromOldest = state.route.params.get("after") === "0";
+  const skipped = fromOldest && total !== null && total !== undefined
+    ? Math.max(0, Number(total) - shownCount)
+    : Number(state.route.params.get("at") || 0);
   let info;
   if (total !== null && total !== undefined && shownCount > 0) {
     info = `${(skipped + 1).toLocaleString()}–${(skipped + shownCount).toLocaleString()} of ${Number(total).toLocaleString()}`;
@@ -499,9 +502,10 @@ function renderRuns() {
   }
   if (state.resume) info += " (the broker stopped looking here: Older looks further back)";
   $("#page-info").textContent = info;
-  $("#newer").disabled = !state.route.params.get("before");
+  $("#newer").disabled = !state.route.params.get("before") && !state.route.params.has("after");
+  $("#oldest").disabled = state.route.params.get("after") === "0";
   const list = state.page || [...state.runs.values()];
-  $("#older").disabled = list.length < PAGE && !state.resume;
+  $("#older").disabled = (list.length < PAGE && !state.resume) || state.route.params.get("after") === "0";
 }
 
 function renderWorkers() {
@@ -981,7 +985,7 @@ $("#skip").addEventListener("click", (event) => {
 });
 
 /// The URL's run filters, which are also the API's query parameters.
-const FILTERS = ["state", "job", "worker", "since", "until", "text", "output", "before"];
+const FILTERS = ["state", "job", "worker", "since", "until", "text", "output", "before", "after"];
 
 function runsQuery(extra) {
   const params = new URLSearchParams();
@@ -1082,7 +1086,8 @@ async function loadRunsPage() {
   }
   try {
     const { body, headers } = await apiResponse("GET", "/api/v1/runs?" + runsQuery({ limit: PAGE }));
-    state.page = body;
+    // Pages from the oldest come oldest first; shown newest first like the others.
+    state.page = params.has("after") ? body.reverse() : body;
     // The broker looks at a bounded number of runs per listing: where to go on from.
     state.resume = headers.get("jobcast-resume-before");
     state.total = headers.get("jobcast-total");
@@ -1124,16 +1129,30 @@ $("#csv").addEventListener("click", (event) => {
 });
 $("#older").addEventListener("click", () => {
   const list = shownRuns();
-  const before = list.length < PAGE && state.resume ? state.resume : (list.length ? list[list.length - 1].seq : null);
+  const before = list.length < PAGE && state.resume && !state.route.params.has("after")
+    ? state.resume
+    : (list.length ? list[list.length - 1].seq : null);
   if (!before) return;
-  // How many runs are newer than the next page, for "51–100 of 2,775".
   const params = runsQuery({ before });
+  params.delete("after");
   params.set("at", Number(state.route.params.get("at") || 0) + list.length);
+  location.hash = "#/runs?" + params;
+});
+/// The oldest runs that match, a page from the very first.
+$("#oldest").addEventListener("click", () => {
+  const params = runsQuery({ after: 0 });
+  params.delete("before");
   location.hash = "#/runs?" + params;
 });
 $("#newer").addEventListener("click", () => {
   const params = runsQuery();
   params.delete("before");
+  const list = shownRuns();
+  // From the oldest, the next page up; at the newest end, the live page.
+  const fromOldest = state.route.params.has("after");
+  if (fromOldest && state.resume) params.set("after", state.resume);
+  else if (fromOldest && list.length === PAGE) params.set("after", list[0].seq);
+  else params.delete("after");
   location.hash = "#/runs" + (params.toString() ? "?" + params : "");
 });
 document.addEventListener("keydown", (event) => {

@@ -705,6 +705,21 @@ fn the_dashboard_stays_true_under_a_burst_and_covers_all_history() {
     driver.send(json!({ "cmd": "wait_js", "expr": format!("document.querySelector('#page-info').textContent === '1–50 of {}, live'", format_thousands(total)) }));
     driver.send(json!({ "cmd": "click", "selector": "#older" }));
     driver.send(json!({ "cmd": "wait_js", "expr": format!("document.querySelector('#page-info').textContent === '51–100 of {}'", format_thousands(total)) }));
+    let first_run = cluster.runs().last().expect("runs")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The oldest page at once, its oldest run last; Newer walks up from there.
+    driver.send(json!({ "cmd": "click", "selector": "#oldest" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": format!(
+        "document.querySelector('#page-info').textContent === '{}–{} of {}' && document.querySelector('#runs tbody tr:last-child').dataset.run === '{}'",
+        format_thousands(total - 49), format_thousands(total), format_thousands(total), first_run
+    ) }));
+    driver.send(json!({ "cmd": "click", "selector": "#newer" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "/[?&]after=[1-9]/.test(location.hash) && document.querySelectorAll('#runs tbody tr').length === 50" }));
+    // The oldest run's whole id finds it at once, however many came after it.
+    driver.send(json!({ "cmd": "goto", "hash": format!("#/runs?text={first_run}") }));
+    driver.send(json!({ "cmd": "wait_js", "expr": format!("[...document.querySelectorAll('#runs tbody tr')].map(r => r.dataset.run).join() === '{first_run}'") }));
 
     // A filtered view has its own URL: a reload keeps it, Back leaves it.
     driver.send(json!({ "cmd": "goto", "hash": "#/runs?state=cancelled" }));

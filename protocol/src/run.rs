@@ -70,6 +70,11 @@ pub struct RunFilter {
     /// Paging: only runs older than this sequence number (the last `seq` of a page).
     #[serde(default)]
     pub before_seq: Option<u64>,
+    /// Paging from the oldest: only runs newer than this sequence number (0: from the
+    /// very oldest), listed oldest first. A listing that stops early then names in
+    /// `resume_before` the `after_seq` to go on with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
     /// Only runs whose id, job, worker, state or result contains this text (any case).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,

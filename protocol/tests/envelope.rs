@@ -208,6 +208,7 @@ fn every_request() -> Vec<Request> {
             since_ms: Some(1),
             until_ms: Some(2),
             before_seq: Some(3),
+            after_seq: Some(1),
             text: Some("disk full".into()),
             linked_to: Some("3f9a".into()),
             teams: Some(vec!["data".into()]),

@@ -316,6 +316,8 @@ pub(super) struct RunsQuery {
     limit: Option<std::num::NonZeroU32>,
     /// paging: the `seq` of the last run of the previous page
     before: Option<u64>,
+    /// paging from the oldest: runs after this `seq` (0: the oldest), oldest first
+    after: Option<u64>,
     /// text the run's id, job, worker, state or result contains (any case)
     text: Option<String>,
     /// runs this run started (retries, chain)
@@ -345,6 +347,7 @@ impl RunsQuery {
             since_ms: self.since,
             until_ms: self.until,
             before_seq: self.before,
+            after_seq: self.after,
             text: self.text.filter(|t| !t.is_empty()),
             linked_to: self.linked_to,
             // The caller's teams, set by the core from who asks.

@@ -58,6 +58,8 @@ pub trait View: Send {
     fn get(&self, tree: &str, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
     /// The records of `tree` below `to`, highest key first.
     fn newest_first(&self, tree: &str, to: Bound<Vec<u8>>) -> Scan<'_>;
+    /// The records of `tree` between `from` and `to`, lowest key first.
+    fn oldest_first(&self, tree: &str, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Scan<'_>;
     /// The records of `tree` whose keys start with `prefix`, in key order.
     fn with_prefix(&self, tree: &str, prefix: &[u8]) -> Scan<'_>;
 }

@@ -165,6 +165,15 @@ impl super::engine::View for FjallView {
         Box::new(entries(iter).rev())
     }
 
+    fn oldest_first(&self, tree: &str, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Scan<'_> {
+        use fjall::Readable;
+        let tree = match self.tree(tree) {
+            Ok(tree) => tree,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        entries(self.snapshot.range::<Vec<u8>, _>(tree, (from, to)))
+    }
+
     fn with_prefix(&self, tree: &str, prefix: &[u8]) -> Scan<'_> {
         use fjall::Readable;
         match self.tree(tree) {

@@ -267,7 +267,13 @@ impl RunReader for KvReader {
             None => Bound::Unbounded,
         };
         let (view, specs) = (&self.view, &mut self.specs);
-        let decoded = view.newest_first("runs", to).map(|item| {
+        let scan = match filter.after_seq {
+            Some(after) => {
+                view.oldest_first("runs", Bound::Excluded(after.to_be_bytes().to_vec()), to)
+            }
+            None => view.newest_first("runs", to),
+        };
+        let decoded = scan.map(|item| {
             run_codec::decode_run(&item?.1, |key| {
                 specs.get_or_read(key, || view.get("specs", key))
             })
@@ -376,13 +382,12 @@ impl<E: Engine> Store for KvStore<E> {
             Some(before) => Bound::Excluded(&before[..]),
             None => Bound::Unbounded,
         };
-        list_newest_first(
-            self.runs
-                .range(Bound::Unbounded, to)
-                .rev()
-                .map(|item| self.decode_run(&item?.1)),
-            filter,
-        )
+        let after = filter.after_seq.map(u64::to_be_bytes);
+        let scan = match &after {
+            Some(after) => self.runs.range(Bound::Excluded(&after[..]), to),
+            None => Box::new(self.runs.range(Bound::Unbounded, to).rev()),
+        };
+        list_newest_first(scan.map(|item| self.decode_run(&item?.1)), filter)
     }
 
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {

@@ -207,11 +207,18 @@ fn a_fjall_reader_sees_the_store_as_it_was_when_taken() {
         ..Default::default()
     };
     let asked = all.clone();
-    let (seen, log, by_id) = std::thread::spawn(move || {
+    let (seen, log, by_id, oldest_first) = std::thread::spawn(move || {
         (
             reader.runs(&asked).unwrap(),
             reader.log_chunks("first").unwrap(),
             (reader.run("first").unwrap(), reader.run("second").unwrap()),
+            reader
+                .runs(&RunFilter {
+                    after_seq: Some(0),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .unwrap(),
         )
     })
     .join()
@@ -222,6 +229,8 @@ fn a_fjall_reader_sees_the_store_as_it_was_when_taken() {
         "as it was"
     );
     assert!(by_id.1.is_none(), "written after the reader was taken");
+    let oldest: Vec<u64> = oldest_first.runs.iter().map(|r| r.seq).collect();
+    assert_eq!(oldest, [1], "oldest first, as it was");
     assert_eq!(log, vec![(0, b"before".to_vec())]);
     let seen: Vec<(String, RunState)> = seen.runs.into_iter().map(|r| (r.id, r.state)).collect();
     assert_eq!(seen, vec![("first".to_string(), RunState::Queued)]);
@@ -568,6 +577,41 @@ fn listings_page_by_sequence_and_filter_by_time_job_and_worker(mut store: impl S
             ..all()
         }),
         [6, 5]
+    );
+    // From the oldest: oldest first, after a sequence number, within the other bounds.
+    let from_oldest = |after| RunFilter {
+        after_seq: Some(after),
+        ..all()
+    };
+    assert_eq!(
+        seqs(RunFilter {
+            limit: 2,
+            ..from_oldest(0)
+        }),
+        [1, 2]
+    );
+    assert_eq!(seqs(from_oldest(4)), [5, 6]);
+    assert_eq!(
+        seqs(RunFilter {
+            before_seq: Some(4),
+            ..from_oldest(1)
+        }),
+        [2, 3]
+    );
+    assert_eq!(
+        seqs(RunFilter {
+            since_ms: Some(2),
+            until_ms: Some(5),
+            ..from_oldest(0)
+        }),
+        [2, 3, 4]
+    );
+    assert_eq!(
+        seqs(RunFilter {
+            before_seq: Some(2),
+            ..from_oldest(3)
+        }),
+        [] as [u64; 0]
     );
 }
 

@@ -132,12 +132,13 @@ impl Store for MemoryStore {
     }
 
     fn runs(&self, filter: &RunFilter) -> StoreResult<Listing> {
-        let newest_first = self
-            .runs
-            .range(..filter.before_seq.unwrap_or(u64::MAX))
-            .rev()
-            .map(|(_, run)| Ok(run.clone()));
-        list_newest_first(newest_first, filter)
+        let before = filter.before_seq.unwrap_or(u64::MAX);
+        let in_order: Box<dyn Iterator<Item = _>> = match filter.after_seq {
+            Some(after) if after.saturating_add(1) >= before => Box::new(std::iter::empty()),
+            Some(after) => Box::new(self.runs.range(after.saturating_add(1)..before)),
+            None => Box::new(self.runs.range(..before).rev()),
+        };
+        list_newest_first(in_order.map(|(_, run)| Ok(run.clone())), filter)
     }
 
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {

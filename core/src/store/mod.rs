@@ -190,7 +190,10 @@ pub fn listing_by_output(
             if looked >= OUTPUT_SCAN_RUNS || bytes >= OUTPUT_SCAN_BYTES {
                 return Ok(Listing {
                     runs: found,
-                    resume_before: Some(run.seq + 1),
+                    resume_before: Some(match filter.after_seq {
+                        Some(_) => run.seq - 1,
+                        None => run.seq + 1,
+                    }),
                 });
             }
             looked += 1;
@@ -199,11 +202,17 @@ pub fn listing_by_output(
             if contains_any_case(&chunks, &needle) {
                 found.push(run.clone());
             }
-            page.before_seq = Some(run.seq);
+            match page.after_seq {
+                Some(_) => page.after_seq = Some(run.seq),
+                None => page.before_seq = Some(run.seq),
+            }
         }
         match listing.resume_before {
             // The walk over records stopped early: go on from where it did.
-            Some(resume) if exhausted => page.before_seq = Some(resume),
+            Some(resume) if exhausted => match page.after_seq {
+                Some(_) => page.after_seq = Some(resume),
+                None => page.before_seq = Some(resume),
+            },
             _ if exhausted => {
                 return Ok(Listing {
                     runs: found,
@@ -252,6 +261,7 @@ pub fn listing_by_id(
     };
     let shown = filter.matches(&found)
         && filter.before_seq.is_none_or(|before| found.seq < before)
+        && filter.after_seq.is_none_or(|after| found.seq > after)
         && filter.since_ms.is_none_or(|t| found.created_at_ms >= t)
         && filter.until_ms.is_none_or(|t| found.created_at_ms < t)
         && filter.limit > 0;
@@ -273,11 +283,13 @@ pub struct Listing {
     pub resume_before: Option<u64>,
 }
 
-/// Applies `filter` to runs given newest first: the listing both backends return.
+/// Applies `filter` to runs given in its order (newest first; oldest first when it asks
+/// from `after_seq`): the listing every backend returns.
 pub fn list_newest_first(
     runs: impl Iterator<Item = StoreResult<RunRecord>>,
     filter: &RunFilter,
 ) -> StoreResult<Listing> {
+    let oldest_first = filter.after_seq.is_some();
     let mut listed = Vec::new();
     for (looked, run) in runs.enumerate() {
         if listed.len() >= filter.limit as usize {
@@ -285,16 +297,26 @@ pub fn list_newest_first(
         }
         let run = run?;
         if looked == LISTING_SCAN {
+            // Where the next listing in the same direction takes up.
+            let go_on = if oldest_first {
+                run.seq - 1
+            } else {
+                run.seq + 1
+            };
             return Ok(Listing {
                 runs: listed,
-                resume_before: Some(run.seq + 1),
+                resume_before: Some(go_on),
             });
         }
-        if filter.since_ms.is_some_and(|t| run.created_at_ms < t) {
-            // Newest first: everything further is older still.
+        let (too_old, too_new) = (
+            filter.since_ms.is_some_and(|t| run.created_at_ms < t),
+            filter.until_ms.is_some_and(|t| run.created_at_ms >= t),
+        );
+        // Everything further is beyond the range too.
+        if (too_old && !oldest_first) || (too_new && oldest_first) {
             break;
         }
-        if filter.until_ms.is_some_and(|t| run.created_at_ms >= t) || !filter.matches(&run) {
+        if too_old || too_new || !filter.matches(&run) {
             continue;
         }
         listed.push(run);

@@ -245,14 +245,21 @@ impl PgStore {
 /// One parameter of a query, owned (the query runs on the connection's thread).
 pub type Param = Box<dyn ToSql + Sync + Send>;
 
-/// A listing: runs newest first, read a page at a time as the listing walks back, until
-/// it has enough or has looked at as many as a listing may.
+/// A listing: runs newest first (oldest first from `after_seq`), read a page at a time as
+/// the listing walks, until it has enough or has looked at as many as a listing may.
 fn newest_first(
     connection: &Connection,
     filter: &RunFilter,
     mut decode: impl FnMut(&[u8]) -> StoreResult<RunRecord>,
 ) -> StoreResult<Listing> {
-    let mut before = filter.before_seq.map_or(i64::MAX, |seq| seq as i64);
+    let before = filter.before_seq.map_or(i64::MAX, |seq| seq as i64);
+    // Newest first from `before` down, or oldest first from `after_seq` up: `edge` is the
+    // last sequence number read, where the next page starts.
+    let oldest_first = filter.after_seq.is_some();
+    let mut edge = match filter.after_seq {
+        Some(after) => after.min(i64::MAX as u64) as i64,
+        None => before,
+    };
     let mut page: std::vec::IntoIter<Vec<u8>> = Vec::new().into_iter();
     let mut done = false;
     let records = std::iter::from_fn(move || loop {
@@ -262,16 +269,23 @@ fn newest_first(
         if done {
             return None;
         }
-        let rows = connection.rows(
-            "SELECT seq, record FROM jobcast_runs WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
-            vec![Box::new(before), Box::new(LISTING_PAGE)],
-            |row| (row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)),
-        );
+        let rows = match oldest_first {
+            true => connection.rows(
+                "SELECT seq, record FROM jobcast_runs WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3",
+                vec![Box::new(edge), Box::new(before), Box::new(LISTING_PAGE)],
+                |row| (row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)),
+            ),
+            false => connection.rows(
+                "SELECT seq, record FROM jobcast_runs WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                vec![Box::new(edge), Box::new(LISTING_PAGE)],
+                |row| (row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)),
+            ),
+        };
         match rows {
             Ok(rows) => {
                 done = (rows.len() as i64) < LISTING_PAGE;
                 if let Some((seq, _)) = rows.last() {
-                    before = *seq;
+                    edge = *seq;
                 }
                 page = rows
                     .into_iter()
