@@ -710,8 +710,11 @@ function drawCounts(figure, series, span) {
   });
   const sum = (key) => points.reduce((n, p) => n + p[key], 0);
   const words = document.createElement("p");
+  const waits = sum("started")
+    ? `wait to start p50 ≤ ${duration(series.wait_p50_ms)}, p99 ≤ ${duration(series.wait_p99_ms)}, longest ${duration(Math.max(0, ...points.map((p) => p.wait_max_ms)))}`
+    : "nothing started";
   words.textContent = `${span}: ${sum("started")} started, ${sum("succeeded")} succeeded, ${sum("failed")} failed, ${sum("other")} otherwise ended; ` +
-    `longest wait to start ${duration(Math.max(0, ...points.map((p) => p.wait_max_ms)))}, at most ${Math.max(0, ...points.map((p) => p.queued))} queued.`;
+    `${waits}; at most ${Math.max(0, ...points.map((p) => p.queued))} queued.`;
   figure.querySelector(".chart").replaceChildren(svg, words);
 }
 

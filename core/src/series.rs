@@ -29,6 +29,12 @@ pub fn pool_key(pool: &str) -> String {
     format!("pool:{pool}")
 }
 
+/// Upper bounds (ms) of the classes a start's wait is counted in, for its percentiles;
+/// the last class holds everything longer.
+const WAIT_CLASSES_MS: [u64; 11] = [
+    10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 60_000, 300_000, 1_800_000,
+];
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Bucket {
     started: u32,
@@ -38,6 +44,31 @@ struct Bucket {
     wait_sum_ms: u64,
     wait_max_ms: u64,
     queued: u32,
+    /// Starts by wait class ([`WAIT_CLASSES_MS`], then longer).
+    #[serde(default)]
+    waits: [u32; 12],
+}
+
+/// The wait (a class's upper bound; the longest seen for the last class) under which
+/// `share` of the starts counted in `waits` fell.
+fn wait_percentile(waits: &[u32; 12], longest_ms: u64, share: f64) -> u64 {
+    let total: u64 = waits.iter().map(|n| u64::from(*n)).sum();
+    if total == 0 {
+        return 0;
+    }
+    let wanted = ((total as f64) * share).ceil().max(1.0) as u64;
+    let mut seen = 0u64;
+    for (class, count) in waits.iter().enumerate() {
+        seen += u64::from(*count);
+        if seen >= wanted {
+            return WAIT_CLASSES_MS
+                .get(class)
+                .copied()
+                .unwrap_or(longest_ms)
+                .min(longest_ms);
+        }
+    }
+    longest_ms
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -111,10 +142,15 @@ impl SeriesTable {
 
     pub fn started(&mut self, job: &str, pool: &str, waited_ms: u64, now_ms: u64) {
         let keys = [ALL.to_string(), job_key(job), pool_key(pool)];
+        let class = WAIT_CLASSES_MS
+            .iter()
+            .position(|bound| waited_ms <= *bound)
+            .unwrap_or(WAIT_CLASSES_MS.len());
         self.each(keys, now_ms, |b| {
             b.started += 1;
             b.wait_sum_ms += waited_ms;
             b.wait_max_ms = b.wait_max_ms.max(waited_ms);
+            b.waits[class] += 1;
         });
     }
 
@@ -151,14 +187,15 @@ impl SeriesTable {
         }
     }
 
-    /// The newest `count` buckets of `key`, oldest first, empty ones included.
+    /// The newest `count` buckets of `key`, oldest first, empty ones included, and the
+    /// wait percentiles (p50, p99) of the starts in them all.
     pub fn points(
         &self,
         key: &str,
         resolution: Resolution,
         count: u32,
         now_ms: u64,
-    ) -> (u64, Vec<SeriesPoint>) {
+    ) -> (u64, Vec<SeriesPoint>, (u64, u64)) {
         let (step, kept) = match resolution {
             Resolution::Minute if key.starts_with("job:") => (MINUTE_MS, JOB_MINUTES_KEPT),
             Resolution::Minute => (MINUTE_MS, MINUTES_KEPT),
@@ -172,6 +209,8 @@ impl SeriesTable {
             Resolution::Minute => &s.minutes,
             Resolution::Hour => &s.hours,
         });
+        let mut waits = [0u32; 12];
+        let mut longest = 0;
         let points = (0..count)
             .map(|i| from + i * step)
             .filter(|at| *at <= newest)
@@ -180,6 +219,10 @@ impl SeriesTable {
                     .and_then(|b| b.get(&at))
                     .copied()
                     .unwrap_or_default();
+                for (all, n) in waits.iter_mut().zip(b.waits) {
+                    *all += n;
+                }
+                longest = longest.max(b.wait_max_ms);
                 SeriesPoint {
                     at_ms: at,
                     started: b.started,
@@ -192,7 +235,11 @@ impl SeriesTable {
                 }
             })
             .collect();
-        (step, points)
+        let percentiles = (
+            wait_percentile(&waits, longest, 0.5),
+            wait_percentile(&waits, longest, 0.99),
+        );
+        (step, points, percentiles)
     }
 
     /// Drops what is past keeping and writes the changed series, when due (`force`: now).
@@ -233,6 +280,23 @@ impl SeriesTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_percentiles_are_a_class_bound_and_never_past_the_longest_wait() {
+        let mut waits = [0u32; 12];
+        waits[0] = 98; // <= 10 ms
+        waits[5] = 1; // <= 3 s
+        waits[11] = 1; // longer than 30 min
+        assert_eq!(wait_percentile(&waits, 4_000_000, 0.5), 10);
+        assert_eq!(wait_percentile(&waits, 4_000_000, 0.99), 3_000);
+        assert_eq!(wait_percentile(&waits, 4_000_000, 1.0), 4_000_000);
+        assert_eq!(wait_percentile(&[0; 12], 0, 0.5), 0);
+        assert_eq!(
+            wait_percentile(&waits, 5, 0.5),
+            5,
+            "the longest seen bounds it"
+        );
+    }
     use crate::store::MemoryStore;
 
     const T: u64 = 1_800_000_000_000; // on a whole hour
@@ -252,7 +316,8 @@ mod tests {
         table.save(&mut store, T + MINUTE_MS + 4, true).unwrap();
         let table = SeriesTable::load(&store).unwrap();
         let now = T + 2 * MINUTE_MS + 10;
-        let (step, minutes) = table.points(&job_key("a"), Resolution::Minute, 3, now);
+        let (step, minutes, waits) = table.points(&job_key("a"), Resolution::Minute, 3, now);
+        assert_eq!(waits, (100, 300), "p50 and p99 by class: 100 ms and 300 ms");
         assert_eq!(step, MINUTE_MS);
         let counts: Vec<(u64, u32, u32, u32, u64, u64)> = minutes
             .iter()
@@ -275,7 +340,7 @@ mod tests {
                 (2 * MINUTE_MS, 0, 0, 0, 0, 0)
             ]
         );
-        let (_, hours) = table.points(ALL, Resolution::Hour, 1, now);
+        let (_, hours, _) = table.points(ALL, Resolution::Hour, 1, now);
         assert_eq!(
             (
                 hours[0].at_ms,
@@ -287,7 +352,7 @@ mod tests {
             ),
             (T, 2, 1, 1, 1, 4)
         );
-        let (_, pool) = table.points(&pool_key("p"), Resolution::Minute, 2, now);
+        let (_, pool, _) = table.points(&pool_key("p"), Resolution::Minute, 2, now);
         assert_eq!(pool[0].queued, 4);
     }
 

@@ -241,7 +241,7 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     // A pool's page: its queue and workers, its chart, and Pause / Resume (asked first).
     driver.send(json!({ "cmd": "goto", "hash": "#/workers" }));
     driver.send(json!({ "cmd": "click", "selector": "#pools tr[data-key=\"default\"] a" }));
-    driver.send(json!({ "cmd": "wait_js", "expr": "location.hash === '#/pool/default' && [...document.querySelectorAll('#pool-facts dd')].some(d => d.textContent === 'w1') && document.querySelectorAll('#pool-counts g').length === 60" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "location.hash === '#/pool/default' && [...document.querySelectorAll('#pool-facts dd')].some(d => d.textContent === 'w1') && document.querySelectorAll('#pool-counts g').length === 60 && /wait to start p50 ≤ .*, p99 ≤ /.test(document.querySelector('#pool-counts p').textContent) && [...document.querySelectorAll('#pool-facts dt')].map(d => d.textContent).join() === 'State,Queued now,Held by a limit,Oldest waiting,Workers online,Slots in use'" }));
     driver.send(json!({ "cmd": "click", "selector": "#pool-toggle" }));
     driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#confirm').open" }));
     driver.send(json!({ "cmd": "click", "selector": "#confirm-yes" }));

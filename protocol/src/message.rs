@@ -107,10 +107,17 @@ pub enum Reply {
     Audit {
         entries: Vec<AuditEntry>,
     },
-    /// Counts over time, oldest bucket first (the current one last).
+    /// Counts over time, oldest bucket first (the current one last), and the wait to
+    /// start of the runs started in them all: p50 and p99, each the upper bound of the
+    /// class it fell in (10, 30, 100, 300 ms, 1, 3, 10, 30 s, 1, 5, 30 min), at most the
+    /// longest wait seen.
     Series {
         step_ms: u64,
         points: Vec<SeriesPoint>,
+        #[serde(default)]
+        wait_p50_ms: u64,
+        #[serde(default)]
+        wait_p99_ms: u64,
     },
     /// The next ticks that start runs, soonest first.
     Upcoming {

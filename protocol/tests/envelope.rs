@@ -416,6 +416,21 @@ fn every_reply() -> Vec<Reply> {
             }),
             times_ms: vec![1_800_000_000_000, 1_800_086_400_000],
         },
+        Reply::Series {
+            step_ms: 60_000,
+            points: vec![SeriesPoint {
+                at_ms: NOW,
+                started: 3,
+                succeeded: 2,
+                failed: 1,
+                other: 0,
+                wait_avg_ms: 12,
+                wait_max_ms: 30,
+                queued: 4,
+            }],
+            wait_p50_ms: 10,
+            wait_p99_ms: 30,
+        },
         Reply::Audit {
             entries: vec![AuditEntry {
                 seq: 7,

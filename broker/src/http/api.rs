@@ -136,9 +136,17 @@ pub(super) async fn series(
         points,
     };
     match app.core.call(&caller, request).await? {
-        Reply::Series { step_ms, points } => {
-            Ok(Json(json!({ "step_ms": step_ms, "points": points })))
-        }
+        Reply::Series {
+            step_ms,
+            points,
+            wait_p50_ms,
+            wait_p99_ms,
+        } => Ok(Json(json!({
+            "step_ms": step_ms,
+            "points": points,
+            "wait_p50_ms": wait_p50_ms,
+            "wait_p99_ms": wait_p99_ms,
+        }))),
         _ => Err(ApiError::unavailable()),
     }
 }

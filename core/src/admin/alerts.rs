@@ -58,8 +58,14 @@ impl<S: Store> Core<S> {
                 crate::series::pool_key(pool)
             }
         };
-        let (step_ms, points) = self.series.points(&key, resolution, points, now.ms());
-        Ok(Reply::Series { step_ms, points })
+        let (step_ms, points, (wait_p50_ms, wait_p99_ms)) =
+            self.series.points(&key, resolution, points, now.ms());
+        Ok(Reply::Series {
+            step_ms,
+            points,
+            wait_p50_ms,
+            wait_p99_ms,
+        })
     }
 
     pub(super) fn alerts(&self, scope: &Scope, before: Option<u64>, limit: u32) -> Reply {

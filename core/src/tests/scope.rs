@@ -231,7 +231,9 @@ fn counts_over_time_are_answered_for_what_the_caller_may_see() {
     h.finish("w1", &ours, Outcome::Exited { code: 0 });
     h.finish("w1", &theirs, Outcome::Exited { code: 2 });
     let series = |reply: Reply| match reply {
-        Reply::Series { step_ms, points } => {
+        Reply::Series {
+            step_ms, points, ..
+        } => {
             assert_eq!(step_ms, 60_000);
             let last = points.last().cloned().unwrap_or_default();
             (points.len(), last.started, last.succeeded, last.failed)
