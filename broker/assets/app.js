@@ -197,7 +197,8 @@ async function start() {
 
 function setLive(mode) {
   const badge = $("#live");
-  const label = { on: "live", behind: "behind", off: "not live" }[mode];
+  // A broker that said it is going away (a restart) is being reconnected to.
+  const label = { on: "live", behind: "behind", off: state.away ? "reconnecting" : "not live" }[mode];
   if (badge.textContent !== label) badge.textContent = label;
   badge.className = "badge " + mode;
 }
@@ -206,9 +207,12 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
   const socket = new WebSocket(scheme + location.host + "/api/v1/live?token=" + encodeURIComponent(state.token));
   state.socket = socket;
-  socket.onopen = () => { state.retry = 500; };
+  socket.onopen = () => { state.retry = 500; state.away = false; };
   socket.onmessage = (event) => handle(JSON.parse(event.data));
   socket.onclose = (event) => {
+    // 1001: the broker is stopping (a restart, say); the page keeps its token and
+    // reconnects with a growing delay, as after any other loss.
+    if (event.code === 1001) state.away = true;
     setLive("off");
     if (state.socket !== socket || !state.token) return;
     if (event.code === 4001) return tokenStopped();

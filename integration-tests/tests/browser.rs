@@ -431,7 +431,11 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
     // Stopped as a supervisor stops it (SIGTERM, the live feed closed by the broker) and
     // started again: the page keeps its token and goes live again by itself.
     cluster.stop_broker();
-    driver.send(json!({ "cmd": "wait_live", "live": false }));
+    let answer = driver.send(json!({ "cmd": "wait_live", "live": false }));
+    assert_eq!(
+        answer["text"], "reconnecting",
+        "the broker said it was going away"
+    );
     cluster.start_broker();
     let answer = driver.send(json!({ "cmd": "wait_live", "live": true }));
     assert_eq!(answer["text"], "live");
