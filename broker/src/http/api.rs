@@ -700,22 +700,20 @@ pub(super) async fn enqueue(
     .await
 }
 
-pub(super) async fn set_enabled(
+/// Enables or disables a job or a pool; answers with what it did.
+async fn set_enabled(
     app: &AppState,
     caller: &Caller,
-    name: String,
+    target: EnableTarget,
     enabled: bool,
 ) -> Result<Json<Value>, ApiError> {
-    app.core
-        .call(
-            caller,
-            AdminRequest::SetEnabled {
-                target: EnableTarget::Job(name.clone()),
-                enabled,
-            },
-        )
-        .await?;
-    Ok(Json(json!({ "job": name, "enabled": enabled })))
+    let shown = match &target {
+        EnableTarget::Job(job) => json!({ "job": job, "enabled": enabled }),
+        EnableTarget::Pool(pool) => json!({ "pool": pool, "enabled": enabled }),
+    };
+    let request = AdminRequest::SetEnabled { target, enabled };
+    app.core.call(caller, request).await?;
+    Ok(Json(shown))
 }
 
 pub(super) async fn enable(
@@ -724,7 +722,7 @@ pub(super) async fn enable(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
-    set_enabled(&app, &caller, name, true).await
+    set_enabled(&app, &caller, EnableTarget::Job(name), true).await
 }
 
 pub(super) async fn disable(
@@ -733,7 +731,7 @@ pub(super) async fn disable(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
-    set_enabled(&app, &caller, name, false).await
+    set_enabled(&app, &caller, EnableTarget::Job(name), false).await
 }
 
 /// Resumes a pool: its jobs' ticks start runs again and its queue is handed out.
@@ -743,7 +741,7 @@ pub(super) async fn enable_pool(
     Path(pool): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
-    set_pool_enabled(&app, &caller, pool, true).await
+    set_enabled(&app, &caller, EnableTarget::Pool(pool), true).await
 }
 
 /// Pauses a pool: its jobs' ticks are skipped and nothing of its queue is handed out.
@@ -753,21 +751,7 @@ pub(super) async fn disable_pool(
     Path(pool): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Operator)?;
-    set_pool_enabled(&app, &caller, pool, false).await
-}
-
-async fn set_pool_enabled(
-    app: &AppState,
-    caller: &Caller,
-    pool: String,
-    enabled: bool,
-) -> Result<Json<Value>, ApiError> {
-    let request = AdminRequest::SetEnabled {
-        target: EnableTarget::Pool(pool.clone()),
-        enabled,
-    };
-    app.core.call(caller, request).await?;
-    Ok(Json(json!({ "pool": pool, "enabled": enabled })))
+    set_enabled(&app, &caller, EnableTarget::Pool(pool), false).await
 }
 
 pub(super) async fn drain(

@@ -26,6 +26,18 @@ fn a_listing_names_its_limit_within_the_maximum_or_gets_the_default() {
     assert!(message.contains("10000"), "{message}");
 }
 
+/// The ids a listing names, and where it says to go on.
+fn listed(h: &mut Harness, filter: RunFilter) -> (Vec<String>, Option<u64>) {
+    match h.admin(AdminRequest::ListRuns(filter)) {
+        Reply::Runs {
+            runs,
+            resume_before,
+            ..
+        } => (runs.into_iter().map(|r| r.id).collect(), resume_before),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn a_whole_run_id_is_found_at_once_however_many_runs_came_after_it() {
     let mut h = Harness::new();
@@ -42,23 +54,16 @@ fn a_whole_run_id_is_found_at_once_however_many_runs_came_after_it() {
         );
         h.core.store_mut().create_run(&run).unwrap();
     }
-    let search = |h: &mut Harness, text: &str, state: Option<RunState>| match h.admin(
-        AdminRequest::ListRuns(RunFilter {
-            text: Some(text.to_string()),
-            state,
-            limit: 10,
-            ..Default::default()
-        }),
-    ) {
-        Reply::Runs {
-            runs,
-            resume_before,
-            ..
-        } => (
-            runs.into_iter().map(|r| r.id).collect::<Vec<_>>(),
-            resume_before,
-        ),
-        other => panic!("{other:?}"),
+    let search = |h: &mut Harness, text: &str, state: Option<RunState>| {
+        listed(
+            h,
+            RunFilter {
+                text: Some(text.to_string()),
+                state,
+                limit: 10,
+                ..Default::default()
+            },
+        )
     };
     assert_eq!(search(&mut h, &old, None), (vec![old.clone()], None));
     assert_eq!(
@@ -107,22 +112,15 @@ fn a_search_in_output_reads_logs_within_a_budget_and_says_where_to_go_on() {
         h.finish("w1", &run, Outcome::Exited { code: 0 });
         runs.push(run);
     }
-    let search = |h: &mut Harness, output: &str, limit: u32| match h.admin(AdminRequest::ListRuns(
-        RunFilter {
-            output: Some(output.to_string()),
-            limit,
-            ..Default::default()
-        },
-    )) {
-        Reply::Runs {
-            runs,
-            resume_before,
-            ..
-        } => (
-            runs.into_iter().map(|r| r.id).collect::<Vec<_>>(),
-            resume_before,
-        ),
-        other => panic!("{other:?}"),
+    let search = |h: &mut Harness, output: &str, limit: u32| {
+        listed(
+            h,
+            RunFilter {
+                output: Some(output.to_string()),
+                limit,
+                ..Default::default()
+            },
+        )
     };
     assert_eq!(
         search(&mut h, "error: disk full", 10),

@@ -17,17 +17,23 @@ fn a_worker_that_restarts_without_a_run_loses_it_and_it_is_not_rerun() {
     );
 }
 
-#[test]
-fn a_worker_that_reports_a_run_it_does_not_own_is_told_to_kill_it() {
-    let mut h = Harness::new();
+/// A run w1 started and then went silent past its lease, kill grace and margin: the
+/// broker has given it up as lost.
+fn given_up(h: &mut Harness) -> String {
     h.register("w1", 4, &["default"], &[]);
     let run = h.enqueue("hello");
     h.claim("w1", 1);
     h.start("w1", &run);
-    // w1 goes silent past its lease, kill grace and margin; its run is lost
     h.advance_ms(18_000);
     h.tick();
     assert_eq!(h.state(&run), RunState::Lost);
+    run
+}
+
+#[test]
+fn a_worker_that_reports_a_run_it_does_not_own_is_told_to_kill_it() {
+    let mut h = Harness::new();
+    let run = given_up(&mut h);
     // it comes back still running it (its job keeps runs going without the broker)
     let orders = h.register("w1", 4, &["default"], &[&run]);
     assert_eq!(orders.kill, vec![run.clone()]);
@@ -240,13 +246,7 @@ fn without_a_ledger_a_killed_workers_grants_are_lost() {
 #[test]
 fn reports_about_runs_given_up_or_unknown_are_told_apart_without_reading_the_store() {
     let mut h = Harness::new();
-    h.register("w1", 4, &["default"], &[]);
-    let run = h.enqueue("hello");
-    h.claim("w1", 1);
-    h.start("w1", &run);
-    h.advance_ms(18_000);
-    h.tick();
-    assert_eq!(h.state(&run), RunState::Lost);
+    let run = given_up(&mut h);
     h.register("w1", 4, &["default"], &[&run]);
     let chunk = |offset: u64| WorkerRequest::LogChunk {
         run_id: run.clone(),
@@ -284,13 +284,7 @@ fn reports_about_runs_given_up_or_unknown_are_told_apart_without_reading_the_sto
 #[test]
 fn a_run_given_up_before_a_broker_restart_still_gets_its_late_result() {
     let mut h = Harness::new();
-    h.register("w1", 4, &["default"], &[]);
-    let run = h.enqueue("hello");
-    h.claim("w1", 1);
-    h.start("w1", &run);
-    h.advance_ms(18_000);
-    h.tick();
-    assert_eq!(h.state(&run), RunState::Lost);
+    let run = given_up(&mut h);
     let store = h.core.into_store();
     let mut h = Harness::started_at(store, CoreConfig::default(), T0 + 30_000_000);
     h.register("w1", 4, &["default"], &[&run]);
