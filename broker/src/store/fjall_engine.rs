@@ -11,6 +11,11 @@ fn backend(e: fjall::Error) -> StoreError {
 }
 
 const MEMTABLE_BYTES: u64 = 8 << 20;
+/// For the trees of a few records written over and over (job states, settings, workers,
+/// jobs): a write buffer holds every version until it is written out, so a small one
+/// keeps their memory small; their tables stay small either way.
+const SMALL_MEMTABLE_BYTES: u64 = 1 << 20;
+const SMALL_TREES: [&str; 4] = ["job_states", "settings", "workers", "jobs"];
 /// The longest a clean stop waits for the journal to be written into the tables.
 const JOURNAL_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -61,7 +66,10 @@ impl Engine for FjallEngine {
             .db
             .keyspace(name, || {
                 KeyspaceCreateOptions::default()
-                    .max_memtable_size(MEMTABLE_BYTES)
+                    .max_memtable_size(match SMALL_TREES.contains(&name) {
+                        true => SMALL_MEMTABLE_BYTES,
+                        false => MEMTABLE_BYTES,
+                    })
                     // Without this each write is a system call of its own; the journal
                     // reaches the disk at `flush` (fsync) either way.
                     .manual_journal_persist(true)
