@@ -12,6 +12,7 @@ const BEHIND_MS = 2000;
 
 const state = {
   token: localStorage.getItem("jobcast-token"),
+  selected: new Set(),    // runs picked by hand for a bulk action
   paused: false,          // the runs list is held still (changes kept, drawn on resume)
   role: null,
   teams: [],
@@ -468,26 +469,40 @@ function shownRuns() {
 
 function renderRuns() {
   syncRows($("#runs tbody"), shownRuns(), (run) => run.id, (run) => {
-    const row = emptyRow(7);
+    const row = emptyRow(8);
     row.className = "clickable";
     row.tabIndex = 0;
     row.dataset.run = run.id;
     const open = () => { location.hash = "#/run/" + encodeURIComponent(row.dataset.run); };
     row.addEventListener("click", open);
     row.addEventListener("keydown", (event) => { if (event.key === "Enter") open(); });
+    // Picking a run for a bulk action does not open it.
+    const pick = document.createElement("input");
+    pick.type = "checkbox";
+    pick.addEventListener("click", (event) => event.stopPropagation());
+    pick.addEventListener("keydown", (event) => event.stopPropagation());
+    pick.addEventListener("change", () => {
+      if (pick.checked) state.selected.add(row.dataset.run); else state.selected.delete(row.dataset.run);
+      renderSelection();
+    });
+    row.firstChild.className = "operator-only select";
+    row.firstChild.appendChild(pick);
     return row;
   }, (row, run) => {
     const c = row.children;
-    setCell(c[0], run.id);
-    setCell(c[1], run.job);
-    setCell(c[2], run.state.replace("_", " "));
+    const pick = c[0].firstChild;
+    pick.checked = state.selected.has(run.id);
+    pick.setAttribute("aria-label", "Select run " + run.id);
+    setCell(c[1], run.id);
+    setCell(c[2], run.job);
+    setCell(c[3], run.state.replace("_", " "));
     const cls = "state " + run.state;
-    if (c[2].className !== cls) c[2].className = cls;
-    setCell(c[3], run.worker);
-    timeCell(c[4], run.created_at_ms);
-    setCell(c[5], duration(run.duration_ms));
-    setCell(c[6], run.outcome || (run.waiting_for ? "waiting: " + run.waiting_for : null));
-    c[6].className = "result";
+    if (c[3].className !== cls) c[3].className = cls;
+    setCell(c[4], run.worker);
+    timeCell(c[5], run.created_at_ms);
+    setCell(c[6], duration(run.duration_ms));
+    setCell(c[7], run.outcome || (run.waiting_for ? "waiting: " + run.waiting_for : null));
+    c[7].className = "result";
   });
   // Where this page is among all that match, when the broker knows how many do: the
   // live first page from the counts, a listing from its total.
@@ -1015,6 +1030,53 @@ function fromLocalInput(value) {
   return value ? String(new Date(value).getTime()) : "";
 }
 
+/// Runs picked by hand for a bulk action (kept while they scroll out of the live list).
+function renderSelection() {
+  const count = state.selected.size;
+  $("#selection").hidden = count === 0;
+  $("#selection-count").textContent = `${count} run${count === 1 ? "" : "s"} selected`;
+}
+
+$("#select-shown").addEventListener("click", () => {
+  for (const run of shownRuns().slice(0, BULK_MAX - state.selected.size)) state.selected.add(run.id);
+  for (const pick of document.querySelectorAll("#runs tbody td.select input")) pick.checked = true;
+  renderSelection();
+});
+
+function clearSelection() {
+  state.selected.clear();
+  for (const pick of document.querySelectorAll("#runs tbody td.select input")) pick.checked = false;
+  renderSelection();
+}
+$("#selection-clear").addEventListener("click", clearSelection);
+
+$("#selection-retry").addEventListener("click", async () => {
+  const runs = [...state.selected];
+  if (!(await confirmAction(`Retry ${runs.length} selected run${runs.length === 1 ? "" : "s"}? Each that has ended gets a new attempt.`, `Retry ${runs.length}`))) return;
+  try {
+    const { retried, refused } = await api("POST", "/api/v1/bulk/retry", { runs });
+    showMessage(`Retried ${retried.length} run${retried.length === 1 ? "" : "s"}` +
+      (refused.length ? `; ${refused.length} refused (${refused[0].run}: ${refused[0].message})` : "."));
+    clearSelection();
+  } catch (error) {
+    showMessage("Cannot retry: " + error.message);
+  }
+});
+
+$("#selection-kill").addEventListener("click", async () => {
+  const runs = [...state.selected];
+  if (!(await confirmAction(`Kill or cancel ${runs.length} selected run${runs.length === 1 ? "" : "s"}? Running ones are stopped; queued ones will not run.`, `Kill ${runs.length}`))) return;
+  try {
+    const { outcomes } = await api("POST", "/api/v1/bulk/kill", { runs });
+    const acted = outcomes.filter((o) => o.killing || o.cancelled).length;
+    showMessage(`Kill sent to or cancelled ${acted} run${acted === 1 ? "" : "s"}` +
+      (acted < outcomes.length ? `; ${outcomes.length - acted} had already ended or were not found.` : "."));
+    clearSelection();
+  } catch (error) {
+    showMessage("Cannot kill: " + error.message);
+  }
+});
+
 /// What the bulk button does to runs in a state: retry ended ones that did not succeed,
 /// cancel queued ones, kill those on their way or running.
 const BULK = {
@@ -1092,7 +1154,10 @@ async function loadRunsPage() {
     return;
   }
   try {
+    const asked = location.hash;
     const { body, headers } = await apiResponse("GET", "/api/v1/runs?" + runsQuery({ limit: PAGE }));
+    // An answer that comes after the page moved on is not this page's.
+    if (location.hash !== asked) return;
     // Pages from the oldest come oldest first; shown newest first like the others.
     state.page = params.has("after") ? body.reverse() : body;
     // The broker looks at a bounded number of runs per listing: where to go on from.

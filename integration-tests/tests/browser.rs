@@ -198,6 +198,33 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
         "one retry of each failed run"
     );
 
+    // Runs picked by hand: two of the failed runs, retried from the selection bar (the
+    // checkbox does not open the run).
+    driver.send(json!({ "cmd": "goto", "hash": "#/runs?state=failed&job=broken" }));
+    for run in &broken[..2] {
+        let pick = format!("#runs tr[data-run=\"{run}\"] td.select input");
+        driver.send(json!({ "cmd": "wait_js", "expr": format!("document.querySelector('{pick}') !== null") }));
+        driver.send(json!({ "cmd": "click", "selector": pick }));
+    }
+    driver.send(json!({ "cmd": "wait_js", "expr": "location.hash === '#/runs?state=failed&job=broken' && !document.querySelector('#selection').hidden && document.querySelector('#selection-count').textContent === '2 runs selected'" }));
+    driver.send(json!({ "cmd": "click", "selector": "#selection-retry" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#confirm').open && document.querySelector('#confirm-text').textContent.startsWith('Retry 2 selected runs?')" }));
+    driver.send(json!({ "cmd": "click", "selector": "#confirm-yes" }));
+    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#message').textContent === 'Retried 2 runs.' && document.querySelector('#selection').hidden" }));
+    let picked_retries: Vec<String> = cluster
+        .runs()
+        .into_iter()
+        .filter(|r| r["job"] == "broken" && r["attempt"] == 2)
+        .map(|r| r["first_attempt"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for run in &broken[..2] {
+        assert_eq!(
+            picked_retries.iter().filter(|f| *f == run).count(),
+            2,
+            "{run} retried by the filter and by the selection"
+        );
+    }
+
     // The jobs list says how each job's latest runs ended, from the broker's own record.
     driver.send(json!({ "cmd": "goto", "hash": "#/jobs" }));
     // What fires next across jobs: the hourly job, linked to its page.
