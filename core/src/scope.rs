@@ -68,6 +68,24 @@ impl<S: Store> Core<S> {
             .is_some_and(|spec| scope.allows(spec.team.as_deref()))
     }
 
+    /// Whether what is about `job` or `pool` (an alert, counts) is for `scope` to see: a
+    /// job's to its team; a pool's to the teams with a job in it; the broker's own to
+    /// everyone.
+    pub(crate) fn sees(&self, job: Option<&str>, pool: Option<&str>, scope: &Scope) -> bool {
+        match (job, pool) {
+            (Some(job), _) => self.job_allowed(job, scope),
+            (None, Some(pool)) => {
+                !scope.is_limited()
+                    || self
+                        .tables
+                        .jobs
+                        .specs()
+                        .any(|spec| spec.pool == pool && scope.allows(spec.team.as_deref()))
+            }
+            (None, None) => true,
+        }
+    }
+
     /// "No such job", naming only the jobs the caller may see.
     pub(crate) fn no_such_job_for(&self, job: &str, scope: &Scope) -> CoreError {
         CoreError::NoSuchJob {
@@ -229,7 +247,7 @@ impl<S: Store> Core<S> {
         }
         report
             .alerts
-            .retain(|alert| self.alert_visible(alert.job.as_deref(), alert.pool.as_deref(), scope));
+            .retain(|alert| self.sees(alert.job.as_deref(), alert.pool.as_deref(), scope));
         report.rejected.clear();
         report.connections.clear();
         report.pruned_runs = 0;

@@ -14,6 +14,7 @@ mod ping;
 #[cfg(test)]
 pub(crate) use get_log::slice_from;
 mod retry;
+mod series;
 mod set_enabled;
 mod status;
 
