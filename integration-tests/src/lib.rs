@@ -11,6 +11,14 @@ use std::time::{Duration, Instant};
 
 pub const ADMIN_SECRET: &str = "integration-admin-secret";
 pub const VIEWER_TOKEN: &str = "integration-viewer-token";
+/// Says that a test did not run here, and why, where the test runner shows it even for a
+/// test that passes: straight to the standard error, which `eprintln!` inside a test is
+/// not (the runner keeps what tests print to show only for failures).
+pub fn say_skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\nSKIPPED: {why}");
+}
+
 pub const OPERATOR_TOKEN: &str = "integration-operator-token";
 
 /// A number from the environment variable `name`, or `default`.

@@ -37,7 +37,7 @@ fn browser_available() -> bool {
             panic!("browser tests cannot run: {missing}")
         }
         Err(missing) => {
-            eprintln!("SKIPPED browser tests: {missing}");
+            say_skipped(&format!("browser tests: {missing}"));
             false
         }
     }

@@ -1,6 +1,6 @@
 //! `jobcast-broker --check-config`: settings checked without touching a store or a port.
 
-use jobcast_integration_tests::bin;
+use jobcast_integration_tests::{bin, say_skipped};
 use std::process::Command;
 
 fn check(config: &std::path::Path, jobs: Option<&std::path::Path>) -> std::process::Output {
@@ -92,7 +92,7 @@ fn each_program_says_which_commit_it_was_built_from() {
         .filter(|out| out.status.success())
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
     else {
-        eprintln!("skipped: not built from a git checkout");
+        say_skipped("not built from a git checkout");
         return;
     };
     for program in ["jobcast-broker", "jobcast-worker", "jobcastctl"] {

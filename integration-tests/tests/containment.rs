@@ -69,7 +69,7 @@ fn cgroups_here(cluster: &Cluster) -> bool {
             std::env::var_os("CI").is_none(),
             "CI runs as root with cgroup v2 mounted: {said}"
         );
-        eprintln!("SKIPPED: no cgroups for the worker here: {said}");
+        say_skipped(&format!("no cgroups for the worker here: {said}"));
     }
     cgroups
 }

@@ -41,7 +41,7 @@ impl Tmpfs {
                     std::env::var_os("CI").is_none(),
                     "CI must be able to mount a tmpfs (run as root): {why}"
                 );
-                eprintln!("skipped: cannot mount a tmpfs here ({why})");
+                say_skipped(&format!("cannot mount a tmpfs here ({why})"));
                 None
             }
         }

@@ -1,7 +1,7 @@
 //! `/metrics`: the Prometheus exposition of a real broker, read by a Prometheus text
 //! parser after runs that succeeded, failed and were cancelled.
 
-use jobcast_integration_tests::{wait_for, Cluster, VIEWER_TOKEN};
+use jobcast_integration_tests::{say_skipped, wait_for, Cluster, VIEWER_TOKEN};
 use prometheus_parse::{Sample, Scrape, Value};
 use std::time::Duration;
 
@@ -182,7 +182,9 @@ fn prometheus_tool_available(program: &str) -> bool {
             panic!("{program} is missing (apt-get install prometheus)")
         }
         false => {
-            eprintln!("SKIPPED: {program} is missing (apt-get install prometheus)");
+            say_skipped(&format!(
+                "{program} is missing (apt-get install prometheus)"
+            ));
             false
         }
     }

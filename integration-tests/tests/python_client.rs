@@ -25,7 +25,7 @@ fn python_ready() -> bool {
             std::env::var_os("CI").is_none(),
             "python3 with pyzmq, msgpack and PyNaCl is missing; .ci/run installs them"
         );
-        eprintln!("SKIPPED: python3 with pyzmq, msgpack and PyNaCl is not installed");
+        say_skipped("python3 with pyzmq, msgpack and PyNaCl is not installed");
     }
     ready
 }

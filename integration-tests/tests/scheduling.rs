@@ -233,7 +233,7 @@ fn libfaketime() -> Option<std::path::PathBuf> {
             std::env::var_os("CI").is_none(),
             "libfaketime is missing (apt-get install faketime)"
         );
-        eprintln!("SKIPPED: libfaketime is not installed (apt-get install faketime)");
+        say_skipped("libfaketime is not installed (apt-get install faketime)");
     }
     found
 }

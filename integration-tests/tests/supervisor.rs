@@ -6,7 +6,7 @@
 //! `.ci/run` installs supervisor; elsewhere the test says it was skipped, except under
 //! `CI=true`, where a missing supervisord is a failure.
 
-use jobcast_integration_tests::{bin, poll_until, wait_for, ADMIN_SECRET};
+use jobcast_integration_tests::{bin, poll_until, say_skipped, wait_for, ADMIN_SECRET};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -154,7 +154,7 @@ fn start() -> Option<Supervisor> {
             std::env::var("CI").as_deref() != Ok("true"),
             "supervisord is missing: .ci/run installs Debian's supervisor"
         );
-        eprintln!("skipped: supervisord is not installed (apt-get install supervisor)");
+        say_skipped("supervisord is not installed (apt-get install supervisor)");
         return None;
     }
     let dir = tempfile::Builder::new()

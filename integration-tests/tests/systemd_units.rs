@@ -3,7 +3,7 @@
 //! 2.0 or lower: it was 9.2 "UNSAFE" unhardened). `.ci/run` has `systemd-analyze`; elsewhere
 //! the test says it was skipped.
 
-use jobcast_integration_tests::bin;
+use jobcast_integration_tests::{bin, say_skipped};
 use std::process::Command;
 
 fn analyze_available() -> bool {
@@ -16,7 +16,7 @@ fn analyze_available() -> bool {
             std::env::var_os("CI").is_none(),
             "systemd-analyze is missing: .ci/run installs Debian's systemd"
         );
-        eprintln!("SKIPPED: systemd-analyze is not installed");
+        say_skipped("systemd-analyze is not installed");
     }
     found
 }

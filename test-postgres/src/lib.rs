@@ -33,7 +33,15 @@ impl TestPostgres {
     pub fn start() -> Option<TestPostgres> {
         let Some(bin) = find_bin_dir() else {
             if std::env::var_os("JOBCAST_TESTS_WITHOUT_POSTGRES").is_some_and(|v| v == "1") {
-                eprintln!("SKIPPED: no PostgreSQL on this host (JOBCAST_TESTS_WITHOUT_POSTGRES=1)");
+                {
+                    // Straight to the standard error: the test runner keeps what a
+                    // passing test prints with `eprintln!`, and the skip would go unseen.
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "SKIPPED: no PostgreSQL on this host (JOBCAST_TESTS_WITHOUT_POSTGRES=1)"
+                    );
+                }
                 return None;
             }
             panic!(
