@@ -70,8 +70,7 @@ impl<S: Store> Core<S> {
             new.schedule_id = run.schedule_id.clone();
             new.not_before_ms = now.ms() + backoff;
             self.create_run(new, now, out)?;
-            // Its end is among the job's recent runs.
-            return self.save_job_state(&run.job);
+            return Ok(());
         }
         // The final outcome of this run (and its attempts).
         if run.state == RunState::Succeeded {

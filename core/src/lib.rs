@@ -302,6 +302,17 @@ impl<S: Store> Core<S> {
         Ok(core)
     }
 
+    /// Job views with their latest runs' ends (kept with the counts over time).
+    pub(crate) fn with_recent(
+        &self,
+        mut views: Vec<jobcast_protocol::JobView>,
+    ) -> Vec<jobcast_protocol::JobView> {
+        for view in &mut views {
+            view.state.recent_runs = self.series.recent(&view.spec.name);
+        }
+        views
+    }
+
     /// Writes what the core keeps only now and then (the time series), before a clean
     /// stop's last flush.
     pub fn save_before_stop(&mut self, now_us: u64) -> StoreResult<()> {
@@ -352,7 +363,7 @@ impl<S: Store> Core<S> {
         let changed_jobs = if changes.jobs {
             Vec::new()
         } else {
-            self.tables.jobs.views_of(changes.job_names.iter())
+            self.with_recent(self.tables.jobs.views_of(changes.job_names.iter()))
         };
         Ok(ChangeSet {
             runs_by_state: (!runs.is_empty()).then(|| self.runs_by_state()),
@@ -361,7 +372,9 @@ impl<S: Store> Core<S> {
                 .workers
                 .then(|| self.status(Now::from_us(now_us)).map(|s| s.workers))
                 .transpose()?,
-            jobs: changes.jobs.then(|| self.tables.jobs.views()),
+            jobs: changes
+                .jobs
+                .then(|| self.with_recent(self.tables.jobs.views())),
             changed_jobs,
             logs: changes.logs,
         })

@@ -87,7 +87,9 @@ impl<S: Store> Core<S> {
         self.stored
             .finished
             .ended(run.spec.team.as_deref(), run.state);
-        self.series.ended(&run.job, &run.pool, run.state, now.ms());
+        let ran_ms = run.duration_ms().unwrap_or(0);
+        self.series
+            .ended(&run.job, &run.pool, run.state, ran_ms, now.ms());
         out.observations.push(Observation::Ended {
             job: run.job.clone(),
             state: run.state,
@@ -114,16 +116,6 @@ impl<S: Store> Core<S> {
             self.tables.workers.run_ended(worker, &run.id);
         }
         self.tables.workers.waiting_mut().mark_dirty(&run.pool);
-        if let Some(state) = self.tables.jobs.state_mut(&run.job) {
-            state
-                .recent_runs
-                .push((run.state, now.ms(), run.duration_ms().unwrap_or(0)));
-            let excess = state
-                .recent_runs
-                .len()
-                .saturating_sub(jobcast_protocol::job::RECENT_RUNS);
-            state.recent_runs.drain(..excess);
-        }
         self.after_end(run, now, out)
     }
 

@@ -76,6 +76,11 @@ struct Series {
     /// By the start of the bucket (ms since the epoch).
     minutes: BTreeMap<u64, Bucket>,
     hours: BTreeMap<u64, Bucket>,
+    /// A job's latest runs' ends, oldest first: (state, when, ms it ran). Kept here, not
+    /// in the job's state, which is written at every start and end (a kilobyte more on
+    /// each cost 15 % of the broker's capacity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    recent: Vec<(RunState, u64, u64)>,
 }
 
 impl Series {
@@ -96,7 +101,7 @@ impl Series {
     }
 
     fn is_empty(&self) -> bool {
-        self.minutes.is_empty() && self.hours.is_empty()
+        self.minutes.is_empty() && self.hours.is_empty() && self.recent.is_empty()
     }
 }
 
@@ -130,23 +135,34 @@ impl SeriesTable {
         })
     }
 
-    fn each(&mut self, keys: [String; 3], now_ms: u64, change: impl Fn(&mut Bucket)) {
-        for key in keys {
-            self.by_key
-                .entry(key.clone())
-                .or_default()
-                .each_bucket(now_ms, &change);
-            self.dirty.insert(key);
+    /// Applies `change` to the current buckets of all runs, of `job` and of `pool`. On
+    /// the path of every start and end: a key is allocated only the first time.
+    fn each(&mut self, job: &str, pool: &str, now_ms: u64, change: impl Fn(&mut Bucket)) {
+        let mut key = String::with_capacity(5 + job.len().max(pool.len()));
+        for (prefix, name) in [("", ALL), ("job:", job), ("pool:", pool)] {
+            key.clear();
+            key.push_str(prefix);
+            key.push_str(name);
+            match self.by_key.get_mut(key.as_str()) {
+                Some(series) => series.each_bucket(now_ms, &change),
+                None => {
+                    let mut series = Series::default();
+                    series.each_bucket(now_ms, &change);
+                    self.by_key.insert(key.clone(), series);
+                }
+            }
+            if !self.dirty.contains(key.as_str()) {
+                self.dirty.insert(key.clone());
+            }
         }
     }
 
     pub fn started(&mut self, job: &str, pool: &str, waited_ms: u64, now_ms: u64) {
-        let keys = [ALL.to_string(), job_key(job), pool_key(pool)];
         let class = WAIT_CLASSES_MS
             .iter()
             .position(|bound| waited_ms <= *bound)
             .unwrap_or(WAIT_CLASSES_MS.len());
-        self.each(keys, now_ms, |b| {
+        self.each(job, pool, now_ms, |b| {
             b.started += 1;
             b.wait_sum_ms += waited_ms;
             b.wait_max_ms = b.wait_max_ms.max(waited_ms);
@@ -154,13 +170,28 @@ impl SeriesTable {
         });
     }
 
-    pub fn ended(&mut self, job: &str, pool: &str, state: RunState, now_ms: u64) {
-        let keys = [ALL.to_string(), job_key(job), pool_key(pool)];
-        self.each(keys, now_ms, |b| match state {
+    /// The latest ends of `job`'s runs, oldest first.
+    pub fn recent(&self, job: &str) -> Vec<(RunState, u64, u64)> {
+        self.by_key
+            .get(&job_key(job))
+            .map(|s| s.recent.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn ended(&mut self, job: &str, pool: &str, state: RunState, ran_ms: u64, now_ms: u64) {
+        self.each(job, pool, now_ms, |b| match state {
             RunState::Succeeded => b.succeeded += 1,
             RunState::Failed | RunState::TimedOut | RunState::Lost => b.failed += 1,
             _ => b.other += 1,
         });
+        if let Some(series) = self.by_key.get_mut(&job_key(job)) {
+            series.recent.push((state, now_ms, ran_ms));
+            let excess = series
+                .recent
+                .len()
+                .saturating_sub(jobcast_protocol::job::RECENT_RUNS);
+            series.recent.drain(..excess);
+        }
     }
 
     /// The runs queued now, per pool: each bucket keeps the most it saw.
@@ -307,14 +338,22 @@ mod tests {
         let mut table = SeriesTable::load(&store).unwrap();
         table.started("a", "p", 100, T + 5_000);
         table.started("a", "p", 300, T + 6_000);
-        table.ended("a", "p", RunState::Succeeded, T + 7_000);
-        table.ended("a", "p", RunState::TimedOut, T + MINUTE_MS + 1);
-        table.ended("b", "p", RunState::Cancelled, T + MINUTE_MS + 2);
+        table.ended("a", "p", RunState::Succeeded, 9, T + 7_000);
+        table.ended("a", "p", RunState::TimedOut, 10, T + MINUTE_MS + 1);
+        table.ended("b", "p", RunState::Cancelled, 0, T + MINUTE_MS + 2);
         let mut queued = BTreeMap::new();
         queued.insert("p".to_string(), 4);
         table.queued(&queued, T + MINUTE_MS + 3);
         table.save(&mut store, T + MINUTE_MS + 4, true).unwrap();
         let table = SeriesTable::load(&store).unwrap();
+        assert_eq!(
+            table.recent("a"),
+            vec![
+                (RunState::Succeeded, T + 7_000, 9),
+                (RunState::TimedOut, T + MINUTE_MS + 1, 10)
+            ],
+            "a job's latest ends, kept across a restart"
+        );
         let now = T + 2 * MINUTE_MS + 10;
         let (step, minutes, waits) = table.points(&job_key("a"), Resolution::Minute, 3, now);
         assert_eq!(waits, (100, 300), "p50 and p99 by class: 100 ms and 300 ms");
@@ -360,9 +399,9 @@ mod tests {
     fn old_buckets_are_dropped_and_a_jobs_minutes_are_kept_for_three_hours() {
         let mut store = MemoryStore::default();
         let mut table = SeriesTable::load(&store).unwrap();
-        table.ended("a", "p", RunState::Succeeded, T);
+        table.ended("a", "p", RunState::Succeeded, 0, T);
         let later = T + (JOB_MINUTES_KEPT + 1) * MINUTE_MS;
-        table.ended("a", "p", RunState::Succeeded, later);
+        table.ended("a", "p", RunState::Succeeded, 0, later);
         table.save(&mut store, later, true).unwrap();
         let job = &table.by_key[&job_key("a")];
         assert_eq!(job.minutes.len(), 1, "the first minute is past keeping");
@@ -372,17 +411,20 @@ mod tests {
             "all runs: a day of minutes"
         );
         let much_later = T + (HOURS_KEPT + 5) * HOUR_MS;
-        table.ended("b", "p", RunState::Succeeded, much_later);
+        table.ended("b", "p", RunState::Succeeded, 0, much_later);
         table.save(&mut store, much_later, true).unwrap();
+        let job = &table.by_key[&job_key("a")];
         assert!(
-            !table.by_key.contains_key(&job_key("a")),
+            job.minutes.is_empty() && job.hours.is_empty(),
+            "a job's counts past keeping are dropped"
+        );
+        assert_eq!(job.recent.len(), 2, "its latest runs' ends stay");
+        assert!(
+            !table.by_key.contains_key(&pool_key("q")),
             "a series with nothing left is dropped"
         );
         assert_eq!(table.by_key[ALL].hours.len(), 1, "30 days of hours");
         let again = SeriesTable::load(&store).unwrap();
-        assert!(
-            !again.by_key.contains_key(&job_key("a")),
-            "and not loaded again"
-        );
+        assert_eq!(again.recent("a").len(), 2);
     }
 }

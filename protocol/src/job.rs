@@ -270,7 +270,8 @@ pub struct JobState {
     pub clock_era: u32,
     /// How its latest runs ended, oldest first (at most [`RECENT_RUNS`]): (state, when it
     /// ended, how long it ran, ms), for its last state, success rate and durations
-    /// without reading runs.
+    /// without reading runs. Filled in views; the broker keeps them with its counts over
+    /// time, not in the stored job state.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub recent_runs: Vec<(crate::RunState, u64, u64)>,
 }

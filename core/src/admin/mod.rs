@@ -89,10 +89,16 @@ impl<S: Store> Core<S> {
                 return Ok(None);
             }
             AdminRequest::ListJobs => Reply::Jobs {
-                jobs: self.tables.jobs.views(),
+                jobs: self.with_recent(self.tables.jobs.views()),
             },
             AdminRequest::NextFires { job, count } => {
-                list_jobs::next_fires(&self.tables.jobs, &job, count)?
+                match list_jobs::next_fires(&self.tables.jobs, &job, count)? {
+                    Reply::NextFires { job, times_ms } => Reply::NextFires {
+                        job: Box::new(self.with_recent(vec![*job]).remove(0)),
+                        times_ms,
+                    },
+                    other => other,
+                }
             }
             AdminRequest::GetLog { run, offset } => {
                 out.logs.push(LogAsked {
