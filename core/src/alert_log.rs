@@ -27,8 +27,8 @@ pub(crate) struct AlertLog {
 }
 
 impl AlertLog {
-    pub fn load(store: &impl Store) -> StoreResult<AlertLog> {
-        let records: Ring<AlertRecord> = Ring::load(store, PREFIX, "alert record", MAX_KEPT)?;
+    pub fn load(settings: &[(String, Vec<u8>)]) -> StoreResult<AlertLog> {
+        let records: Ring<AlertRecord> = Ring::load(settings, PREFIX, "alert record", MAX_KEPT)?;
         let mut open = HashMap::new();
         // Oldest to newest: the newest open record of an id wins.
         let mut all: Vec<&AlertRecord> = records.newest_first().collect();

@@ -33,9 +33,9 @@ pub(crate) struct Change<'a> {
 }
 
 impl AuditLog {
-    pub fn load(store: &impl Store) -> StoreResult<AuditLog> {
+    pub fn load(settings: &[(String, Vec<u8>)]) -> StoreResult<AuditLog> {
         Ok(AuditLog {
-            entries: Ring::load(store, PREFIX, "audit log entry", MAX_KEPT)?,
+            entries: Ring::load(settings, PREFIX, "audit log entry", MAX_KEPT)?,
         })
     }
 
@@ -95,12 +95,12 @@ mod tests {
     #[test]
     fn entries_survive_a_restart_and_the_oldest_give_way_beyond_the_ring() {
         let mut store = MemoryStore::default();
-        let mut log = AuditLog::load(&store).unwrap();
+        let mut log = AuditLog::load(&store.settings().unwrap()).unwrap();
         for n in 0..MAX_KEPT + 5 {
             log.record(&mut store, "key admin", &Scope::all(), kill(n), n)
                 .unwrap();
         }
-        let again = AuditLog::load(&store).unwrap();
+        let again = AuditLog::load(&store.settings().unwrap()).unwrap();
         let seqs = |log: &AuditLog| {
             log.entries
                 .newest_first()
@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn pages_run_newest_first_and_a_team_sees_only_its_own_callers() {
         let mut store = MemoryStore::default();
-        let mut log = AuditLog::load(&store).unwrap();
+        let mut log = AuditLog::load(&store.settings().unwrap()).unwrap();
         let data = Scope::teams(["data".to_string()]);
         let web = Scope::teams(["web".to_string()]);
         log.record(&mut store, "key admin", &Scope::all(), kill(1), 1)

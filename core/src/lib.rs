@@ -248,9 +248,11 @@ impl<S: Store> Core<S> {
         let jobs = JobTable::restored(store.jobs()?);
         let finished = totals::FinishedCounts::load(&store)?;
         let given_up = given_up::GivenUpRuns::load(&store, ms(now_us))?;
-        let audit = audit::AuditLog::load(&store)?;
-        let alert_log = alert_log::AlertLog::load(&store)?;
-        let series = series::SeriesTable::load(&store)?;
+        // Read once for all that is kept as settings (on PostgreSQL, one round trip).
+        let settings = store.settings()?;
+        let audit = audit::AuditLog::load(&settings)?;
+        let alert_log = alert_log::AlertLog::load(&settings)?;
+        let series = series::SeriesTable::load(&settings)?;
         // The boot id is the random source's first draw; run ids come after.
         let boot_id = rng.next_u64();
         let mut core = Core {

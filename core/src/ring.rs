@@ -23,18 +23,19 @@ pub(crate) struct Ring<T> {
 }
 
 impl<T: Numbered + Serialize + DeserializeOwned> Ring<T> {
+    /// From the store's settings, read once at start by whoever loads several rings.
     pub fn load(
-        store: &impl Store,
+        settings: &[(String, Vec<u8>)],
         prefix: &'static str,
         what: &'static str,
         capacity: u64,
     ) -> StoreResult<Ring<T>> {
         let mut entries = Vec::new();
-        for (key, bytes) in store.settings()? {
+        for (key, bytes) in settings {
             if !key.starts_with(prefix) {
                 continue;
             }
-            let entry: T = rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            let entry: T = rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
                 what,
                 detail: format!("{key}: {e}"),
             })?;

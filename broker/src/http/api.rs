@@ -84,6 +84,16 @@ pub(super) async fn workers(
     }
 }
 
+/// A count a query asks for: `default` when not given, else 1 to `max`.
+fn counted(name: &str, asked: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match asked.unwrap_or(default) {
+        n if (1..=max).contains(&n) => Ok(n),
+        n => Err(ApiError::bad_request(format!(
+            "{name} must be 1 to {max}, not {n}"
+        ))),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SeriesQuery {
@@ -122,14 +132,7 @@ pub(super) async fn series(
             )))
         }
     };
-    let points = match query.points.unwrap_or(60) {
-        points @ 1..=1_440 => points,
-        points => {
-            return Err(ApiError::bad_request(format!(
-                "points must be 1 to 1440, not {points}"
-            )))
-        }
-    };
+    let points = counted("points", query.points, 60, 1_440)?;
     let request = AdminRequest::Series {
         of,
         resolution,
@@ -166,14 +169,7 @@ pub(super) async fn upcoming(
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.authorize(&headers, Role::Viewer)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = match query.limit.unwrap_or(20) {
-        limit @ 1..=200 => limit,
-        limit => {
-            return Err(ApiError::bad_request(format!(
-                "limit must be 1 to 200, not {limit}"
-            )))
-        }
-    };
+    let limit = counted("limit", query.limit, 20, 200)?;
     match app
         .core
         .call(&caller, AdminRequest::Upcoming { limit })
@@ -234,12 +230,7 @@ pub(super) struct AuditQuery {
 impl AuditQuery {
     /// The page size asked for: 100 unless said, 1 to 1,000.
     fn checked_limit(&self) -> Result<u32, ApiError> {
-        match self.limit.unwrap_or(100) {
-            limit @ 1..=1_000 => Ok(limit),
-            limit => Err(ApiError::bad_request(format!(
-                "limit must be 1 to 1000, not {limit}"
-            ))),
-        }
+        counted("limit", self.limit, 100, 1_000)
     }
 }
 
