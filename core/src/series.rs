@@ -120,11 +120,10 @@ impl SeriesTable {
             let Some(name) = key.strip_prefix(PREFIX) else {
                 continue;
             };
-            let series: Series =
-                rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-                    what: "time series",
-                    detail: format!("{key}: {e}"),
-                })?;
+            let series: Series = rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+                what: "time series",
+                detail: format!("{key}: {e}"),
+            })?;
             if !series.is_empty() {
                 by_key.insert(name.to_string(), series);
             }
