@@ -79,6 +79,14 @@ enum BrokerCommand {
         #[arg(long, value_name = "FILE")]
         to_ca_file: Option<PathBuf>,
     },
+    /// Copy a backup (`jobcastctl backup DIR`) into the store the settings name (data_dir,
+    /// or [postgres]), which must be empty, and check that both hold the same; the broker
+    /// must be stopped. The backup is left as it was.
+    Restore {
+        /// The backup's directory.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -175,14 +183,35 @@ fn run() -> Result<()> {
                 PgStore::open(&settings)
                     .with_context(|| format!("cannot open the store at {}", settings.describe()))?,
                 &target,
+                MIGRATED,
             ),
             None => migrate(
                 store::open_in(&config.data_dir, config.cache_size).with_context(|| {
                     format!("cannot open the store in {}", config.data_dir.display())
                 })?,
                 &target,
+                MIGRATED,
             ),
         };
+    }
+    if let Some(BrokerCommand::Restore { from }) = &args.command {
+        if !from.join("store.marker").exists() {
+            anyhow::bail!(
+                "{} is not a backup: it holds no store (`jobcastctl backup DIR` writes one)",
+                from.display()
+            );
+        }
+        let backup = store::open_in(from, config.cache_size)
+            .with_context(|| format!("cannot open the backup in {}", from.display()))?;
+        let target = match postgres {
+            Some(settings) => Target::Postgres(Box::new(settings)),
+            None => Target::Dir(config.data_dir.clone()),
+        };
+        return migrate(
+            backup,
+            &target,
+            "done: the store holds every record of the backup; start the broker",
+        );
     }
     let core_config = config.core_config();
     let serving = Serving {
@@ -411,6 +440,9 @@ fn write_ready_file(path: Option<&std::path::Path>, bound: &server::Bound) -> Re
     Ok(())
 }
 
+/// What `migrate` says when the copy holds every record.
+const MIGRATED: &str = "done: the new store holds every record; point the broker's settings at it";
+
 /// Where `migrate` copies to.
 enum Target {
     Postgres(Box<PgSettings>),
@@ -419,7 +451,7 @@ enum Target {
 
 /// `migrate`: copies `from` into the target, then counts both (the target opened again)
 /// and says whether they agree.
-fn migrate(from: impl Store, target: &Target) -> Result<()> {
+fn migrate(from: impl Store, target: &Target, done: &str) -> Result<()> {
     let before =
         jobcast_broker::migrate::tally(&from).context("cannot count the store's records")?;
     println!("from: {before}");
@@ -445,7 +477,7 @@ fn migrate(from: impl Store, target: &Target) -> Result<()> {
     if before != after {
         anyhow::bail!("the copy does not hold what the store held (see above): do not use it");
     }
-    println!("done: the new store holds every record; point the broker's settings at it");
+    println!("{done}");
     Ok(())
 }
 

@@ -79,6 +79,8 @@ pub enum CoreError {
     EveryTeamsOnly { what: &'static str },
     #[error("no session for this worker: register first")]
     NotRegistered,
+    #[error("back up into {path:?}: {why}")]
+    BadBackupPath { path: String, why: &'static str },
     #[error("the run could not be created")]
     RunNotCreated,
     #[error("{}", .0.describe())]
@@ -108,6 +110,7 @@ impl CoreError {
             | CoreError::StillHoldsRuns { .. }
             | CoreError::NoConcurrency
             | CoreError::TooMuchPrefetch { .. }
+            | CoreError::BadBackupPath { .. }
             | CoreError::NotFinished { .. } => ErrorCode::BadRequest,
             CoreError::NoSuchJob { .. }
             | CoreError::NoSuchRun { .. }

@@ -44,7 +44,9 @@ pub use error::{CoreError, Handled};
 use job_table::JobTable;
 use log_table::LogTable;
 pub use now::Now;
-pub use outbox::{ListingAsked, LogAsked, Observation, OutReply, Outbox, ReloadAsked, ReplyTo};
+pub use outbox::{
+    BackupAsked, ListingAsked, LogAsked, Observation, OutReply, Outbox, ReloadAsked, ReplyTo,
+};
 use ping_table::PingTable;
 pub use retention::Retention;
 use run_table::RunTable;

@@ -45,6 +45,17 @@ pub struct Outbox {
     pub listings: Vec<ListingAsked>,
     /// Stored logs to read, answered like the listings ([`crate::log_reply`]).
     pub logs: Vec<LogAsked>,
+    /// Copies of the store to write, each from the store as its batch left it, away from
+    /// the loop once that batch is durable.
+    pub backups: Vec<BackupAsked>,
+}
+
+/// Someone asked for a copy of the store in a new directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupAsked {
+    pub to: ReplyTo,
+    pub id: u64,
+    pub path: std::path::PathBuf,
 }
 
 /// Someone asked for a run's stored output: the run (found when asked), and where from.

@@ -171,6 +171,7 @@ impl<S: Store> Core<S> {
             AdminRequest::ApplyJobs { .. } | AdminRequest::Prune { .. } | AdminRequest::Reload => {
                 shared("change the broker's jobs or settings")
             }
+            AdminRequest::Backup { .. } => shared("back up the store"),
         }
     }
 

@@ -215,6 +215,20 @@ pub(crate) enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write a consistent copy of the broker's store into a new directory, while it runs.
+    ///
+    /// The directory is on the broker's host: an absolute path that does not exist yet, in
+    /// a directory that does and that the broker's user may write. The copy is a store of
+    /// its own (every run, log, job, setting), opened and counted by the broker before it
+    /// answers; `jobcast-broker restore --from DIR` copies it back. An embedded store
+    /// only: a PostgreSQL store is backed up with PostgreSQL's tools.
+    Backup {
+        /// The new directory, on the broker's host.
+        dir: String,
+        /// How long to wait for the copy to be written and counted.
+        #[arg(long, default_value = "30m", value_parser = duration)]
+        wait: Duration,
+    },
     /// Print a completion script for a shell.
     ///
     /// E.g. `jobcastctl completions bash > /etc/bash_completion.d/jobcastctl`.

@@ -96,6 +96,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             cmd::enable::set_enabled(&ctl, target.into_target(), false).await
         }
         Command::Prune { dry_run } => cmd::prune::prune(&ctl, dry_run).await,
+        Command::Backup { dir, wait } => cmd::backup::backup(&ctl, dir, wait).await,
         Command::Reload => cmd::reload::reload(&ctl).await,
         Command::Audit { before, limit } => cmd::audit::audit(&ctl, before, limit).await,
         Command::Alerts { before, limit } => cmd::alerts::alerts(&ctl, before, limit).await,

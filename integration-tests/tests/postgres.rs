@@ -45,6 +45,16 @@ fn retention_listings_csv_metrics_and_the_dashboard_work_on_postgres() {
     newest_ten.reverse();
     assert_eq!(kept, newest_ten, "the newest ten, newest first");
 
+    // `jobcastctl backup` is the embedded store's: PostgreSQL is backed up by its tools.
+    let backup = cluster.path("backup");
+    let refused = cluster.ctl(&["backup", &backup.display().to_string()]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("pg_dump"),
+        "{said}"
+    );
+    assert!(!backup.exists(), "nothing written");
+
     // The API's listing pages back through them.
     let (status, body) = cluster.api("GET", "/api/v1/runs?limit=4", Some(VIEWER_TOKEN));
     assert_eq!(status, 200, "{body}");

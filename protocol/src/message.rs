@@ -103,6 +103,17 @@ pub enum Reply {
         job: Box<JobView>,
         times_ms: Vec<u64>,
     },
+    /// A `Backup` written and read back: where, what it holds (counted in the copy,
+    /// opened afresh), its records and bytes, and how long it took.
+    BackedUp {
+        path: String,
+        runs: u64,
+        jobs: u64,
+        log_chunks: u64,
+        records: u64,
+        bytes: u64,
+        took_ms: u64,
+    },
     /// Audit log entries, newest first.
     Audit {
         entries: Vec<AuditEntry>,

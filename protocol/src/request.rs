@@ -164,6 +164,14 @@ pub enum AdminRequest {
         before: Option<u64>,
         limit: u32,
     },
+    /// Writes a consistent copy of the embedded store as it is now (every run, log, job,
+    /// setting) into a new directory `to` on the broker's host: an absolute path that
+    /// does not exist yet, in a directory that does. The copy is a store of its own,
+    /// which `jobcast-broker restore` copies back. Answered once it is written and read
+    /// back (`BackedUp`); a PostgreSQL store is backed up with PostgreSQL's tools.
+    Backup {
+        to: String,
+    },
 }
 
 impl AdminRequest {
@@ -260,6 +268,7 @@ const ADMIN_TAGS: &[&str] = &[
     "ack_alert",
     "upcoming",
     "series",
+    "backup",
 ];
 /// Every request tag, worker ones first.
 const ALL_TAGS: &[&str] = &ALL_TAG_ARRAY;

@@ -7,6 +7,7 @@
 //! clock), `api_calls` (the HTTP API's requests).
 
 mod api_calls;
+mod backup;
 mod clock_watch;
 mod frames;
 mod outage;
@@ -186,6 +187,11 @@ struct Produced {
     /// A reader of the store as this batch left it, for its reads (`out.listings`,
     /// `out.logs`).
     reader: Option<Box<dyn jobcast_core::store::RunReader>>,
+    /// Backups asked for, each with a reader of the store as this batch left it.
+    backups: Vec<(
+        jobcast_core::BackupAsked,
+        Option<Box<dyn jobcast_core::store::RunReader>>,
+    )>,
 }
 
 /// A batch handed to the store, waiting to be durable before what it produced is sent.
@@ -366,6 +372,9 @@ impl Server {
         }
         outcome?;
         let mut produced = batch.produced;
+        for (asked, reader) in produced.backups.drain(..) {
+            backup::start(asked, reader, self.reads.tell.clone());
+        }
         if !produced.out.listings.is_empty() || !produced.out.logs.is_empty() {
             match produced.reader.take() {
                 Some(reader) => {
@@ -406,6 +415,7 @@ impl Server {
                     jobcast_core::log_reply(*asked.run, &chunks, asked.offset)
                 }),
             ),
+            reads::Found::Backup(asked, reply) => (asked.to, asked.id, *reply),
         };
         let mut out = Outbox::default();
         out.reply(&to, id, reply);
@@ -415,6 +425,7 @@ impl Server {
                 refusals: Vec::new(),
                 changes: None,
                 reader: None,
+                backups: Vec::new(),
             },
             None,
         );
@@ -572,11 +583,16 @@ impl Server {
             true => None,
             false => core.store().reader(),
         };
+        let backups = std::mem::take(&mut out.backups)
+            .into_iter()
+            .map(|asked| (asked, core.store().reader()))
+            .collect();
         Ok(Produced {
             out,
             refusals,
             changes,
             reader,
+            backups,
         })
     }
 

@@ -8,7 +8,7 @@
 use crate::store::{Listing, StoreResult};
 use anyhow::{Context, Result};
 use jobcast_core::store::RunReader;
-use jobcast_core::{ListingAsked, LogAsked};
+use jobcast_core::{BackupAsked, ListingAsked, LogAsked};
 
 /// Reads a batch asked for.
 pub(super) struct Asked {
@@ -20,10 +20,14 @@ pub(super) struct Asked {
 pub(super) enum Found {
     Listing(ListingAsked, StoreResult<Listing>),
     Log(LogAsked, StoreResult<Vec<(u64, Vec<u8>)>>),
+    /// A backup written (or why not), as the reply to send.
+    Backup(BackupAsked, Box<jobcast_protocol::Reply>),
 }
 
 pub(super) struct Reads {
     asked: std::sync::mpsc::Sender<(Box<dyn RunReader>, Asked)>,
+    /// For reads made on threads of their own (backups).
+    pub(super) tell: tokio::sync::mpsc::UnboundedSender<Found>,
     pub(super) found: tokio::sync::mpsc::UnboundedReceiver<Found>,
 }
 
@@ -31,6 +35,7 @@ impl Reads {
     pub(super) fn start() -> Result<Reads> {
         let (asked, incoming) = std::sync::mpsc::channel::<(Box<dyn RunReader>, Asked)>();
         let (tell, found) = tokio::sync::mpsc::unbounded_channel();
+        let told = tell.clone();
         std::thread::Builder::new()
             .name("jobcast-reads".into())
             .spawn(move || {
@@ -50,7 +55,11 @@ impl Reads {
                 }
             })
             .context("cannot start the reads' thread")?;
-        Ok(Reads { asked, found })
+        Ok(Reads {
+            asked,
+            tell: told,
+            found,
+        })
     }
 
     /// Reads what `asked` holds with `reader`, away from the loop.

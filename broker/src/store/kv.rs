@@ -44,7 +44,7 @@ pub struct KvStore<E: Engine> {
 }
 
 /// The trees of a store, by name.
-const TREES: [&str; 9] = [
+pub(super) const TREES: [&str; 9] = [
     "jobs",
     "runs",
     "specs",
@@ -261,6 +261,10 @@ struct KvReader {
 }
 
 impl RunReader for KvReader {
+    fn back_up(&mut self, to: &std::path::Path) -> StoreResult<jobcast_core::store::Copied> {
+        super::location::write_backup(self.view.as_ref(), to)
+    }
+
     fn runs(&mut self, filter: &RunFilter) -> StoreResult<Listing> {
         let to = match filter.before_seq {
             Some(before) => Bound::Excluded(before.to_be_bytes().to_vec()),

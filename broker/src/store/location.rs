@@ -2,11 +2,14 @@
 //! an earlier broker kept in sled into fjall (docs/ARCHITECTURE.md says why the engine
 //! changed).
 
+use super::engine::View;
 use super::engine::{Engine, Tree};
 use super::integrity::{self, MarkerKeeper, COMMIT_KEY};
-use super::kv::copy_records;
+use super::kv::{copy_records, TREES};
 use super::{FjallEngine, KvStore, SledEngine, Store, StoreError, StoreResult};
+use jobcast_core::store::Copied;
 use jobcast_protocol::RunState;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 /// The broker's store: its records in fjall.
@@ -14,6 +17,9 @@ pub type BrokerStore = KvStore<FjallEngine>;
 
 /// Block cache of the store when the config names none.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// Block cache of the store a backup writes (it only writes).
+const BACKUP_CACHE_BYTES: u64 = 8 << 20;
 
 /// The store, under the data directory.
 const CURRENT: &str = "store.fjall";
@@ -44,6 +50,54 @@ fn stored_commit(engine: &FjallEngine) -> StoreResult<u64> {
     Ok(Tree::get(&settings, COMMIT_KEY)?
         .and_then(|bytes| bytes.as_slice().try_into().ok())
         .map_or(0, u64::from_be_bytes))
+}
+
+/// Writes every record `view` sees into a new store in `to`, a directory created here
+/// (its parent must exist; it must not): a data directory a broker can open, with the
+/// marker of a clean stop. Nothing is left in `to` when it fails.
+pub fn write_backup(view: &dyn View, to: &Path) -> StoreResult<Copied> {
+    std::fs::create_dir(to).map_err(|e| io_error("create the backup directory", to, e))?;
+    let written = write_store_into(view, to);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(to);
+    }
+    written
+}
+
+fn write_store_into(view: &dyn View, data_dir: &Path) -> StoreResult<Copied> {
+    let partial = data_dir.join(PARTIAL);
+    let mut copied = Copied::default();
+    let (commit, clean) = {
+        let engine = FjallEngine::open(&partial, BACKUP_CACHE_BYTES)?;
+        for name in TREES {
+            let tree = engine.tree(name)?;
+            for item in view.oldest_first(name, Bound::Unbounded, Bound::Unbounded) {
+                let (key, value) = item?;
+                Tree::insert(&tree, &key, &value)?;
+                copied.records += 1;
+                copied.bytes += (key.len() + value.len()) as u64;
+            }
+        }
+        // Into the engine's tables, not only its journal: the copy is as a clean stop
+        // leaves a store (if that wait runs out, the journal is durable all the same).
+        let clean = engine.flush_journal()?;
+        (stored_commit(&engine)?, clean)
+    };
+    integrity::write_marker(
+        data_dir,
+        &integrity::Marker {
+            commit,
+            clean,
+            at_ms: wall_ms(),
+        },
+    )?;
+    let current = data_dir.join(CURRENT);
+    std::fs::rename(&partial, &current)
+        .map_err(|e| io_error("rename the copied store to", &current, e))?;
+    std::fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io_error("sync", data_dir, e))?;
+    Ok(copied)
 }
 
 /// Opens the store in `data_dir`, first copying a sled store left by an earlier broker.
@@ -244,6 +298,48 @@ mod tests {
 mod damage_tests {
     use super::*;
     use jobcast_protocol::{Exec, JobSpec, RunRecord};
+
+    #[test]
+    fn a_backup_holds_the_store_as_its_reader_saw_it_and_opens_as_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open_in(&dir.path().join("data"), 8 << 20).unwrap();
+        let job = JobSpec::new("job", "default", Exec::Command(vec!["true".into()]));
+        store.put_job(&job).unwrap();
+        for seq in 1..=3 {
+            let run = RunRecord::queued(format!("run{seq}"), seq, job.clone(), seq, "q");
+            store.create_run(&run).unwrap();
+            store.put_log_chunk(&run.id, 0, b"out\n").unwrap();
+        }
+        store.flush().unwrap();
+        let mut reader = store.reader().expect("a snapshot reader");
+        // Written after the snapshot: not in the copy.
+        let late = RunRecord::queued("run4".into(), 4, job.clone(), 4, "q");
+        store.create_run(&late).unwrap();
+        store.flush().unwrap();
+
+        let to = dir.path().join("backup");
+        let copied = reader.back_up(&to).unwrap();
+        assert!(copied.records > 6 && copied.bytes > 0, "{copied:?}");
+        let again = reader
+            .back_up(&to)
+            .expect_err("an existing directory is refused");
+        assert!(again.to_string().contains("exists"), "{again}");
+        let nowhere = dir.path().join("missing").join("backup");
+        assert!(reader.back_up(&nowhere).is_err());
+        assert!(!nowhere.exists());
+        drop(reader);
+
+        let backup = open_in(&to, 8 << 20).unwrap();
+        assert_eq!(backup.run_count().unwrap(), 3);
+        assert!(backup.run("run4").unwrap().is_none());
+        assert_eq!(
+            backup.log_chunks("run2").unwrap(),
+            vec![(0, b"out\n".to_vec())]
+        );
+        assert_eq!(backup.jobs().unwrap().len(), 1);
+        // The source goes on untouched.
+        assert!(store.run("run4").unwrap().is_some());
+    }
 
     fn journal_files(dir: &Path) -> Vec<PathBuf> {
         let mut found = Vec::new();

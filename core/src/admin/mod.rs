@@ -21,7 +21,10 @@ mod status;
 use crate::audit::Change;
 use crate::store::{Store, StoreResult};
 use crate::Now;
-use crate::{Core, Handled, ListingAsked, LogAsked, Outbox, ReloadAsked, ReplyTo, Scope};
+use crate::{
+    BackupAsked, Core, CoreError, Handled, ListingAsked, LogAsked, Outbox, ReloadAsked, ReplyTo,
+    Scope,
+};
 pub use get_log::log_reply;
 use jobcast_protocol::{AdminRequest, EnableTarget, KillOutcome, Reply};
 pub(crate) use list_runs::{counted_filter, listing_reply};
@@ -140,6 +143,16 @@ impl<S: Store> Core<S> {
                 });
                 return Ok(None);
             }
+            AdminRequest::Backup { to: path } => {
+                // Writing it is the server's, off the loop: it answers once it has.
+                out.backups.push(BackupAsked {
+                    to: reply_to.clone(),
+                    id,
+                    path: backup_path(&path)?,
+                });
+                tracing::info!(actor, path, "backup asked");
+                return Ok(None);
+            }
             AdminRequest::Prune { dry_run } => {
                 tracing::info!(actor, dry_run, "prune");
                 self.prune(dry_run, now)?
@@ -194,6 +207,28 @@ impl<S: Store> Core<S> {
             change,
             now_us / 1_000,
         )
+    }
+}
+
+/// A backup's directory as asked: absolute (it is on the broker's host, whose working
+/// directory the caller does not know), and not the root.
+fn backup_path(asked: &str) -> Handled<std::path::PathBuf> {
+    let path = std::path::Path::new(asked);
+    let why = if asked.is_empty() {
+        Some("name a directory")
+    } else if !path.is_absolute() {
+        Some("the path must be absolute (it is on the broker's host)")
+    } else if path.parent().is_none() {
+        Some("not the root directory")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(CoreError::BadBackupPath {
+            path: asked.to_string(),
+            why,
+        }),
+        None => Ok(path.to_path_buf()),
     }
 }
 
@@ -280,6 +315,19 @@ fn outcome_of(reply: &Reply) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_goes_to_an_absolute_path_below_the_root() {
+        assert!(backup_path("/var/backups/jobcast/1").is_ok());
+        for refused in ["", "backups/1", "./b", "/"] {
+            let e = backup_path(refused).expect_err(refused);
+            assert_eq!(
+                e.code(),
+                jobcast_protocol::ErrorCode::BadRequest,
+                "{refused}"
+            );
+        }
+    }
 
     #[test]
     fn an_audit_entry_names_a_few_runs_in_full_and_counts_many() {

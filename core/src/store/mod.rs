@@ -33,6 +33,9 @@ pub enum StoreError {
     /// stop at once. Nothing of the refused commit was written.
     #[error("not the leader any more: {0}")]
     Fenced(String),
+    /// This kind of store does not do what was asked (e.g. a backup of PostgreSQL).
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -122,6 +125,13 @@ pub trait Store: Send {
     }
 }
 
+/// What a backup wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub records: u64,
+    pub bytes: u64,
+}
+
 /// Reads stored runs on a thread other than the loop's (see [`Store::reader`]).
 pub trait RunReader: Send {
     /// As [`Store::runs`].
@@ -130,6 +140,16 @@ pub trait RunReader: Send {
     fn log_chunks(&mut self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>>;
     /// A run by its id.
     fn run(&mut self, id: &str) -> StoreResult<Option<RunRecord>>;
+
+    /// Writes a copy of the store as this reader sees it into the new directory `to`, a
+    /// store a broker can open; what it wrote. Only a store that reads from a snapshot
+    /// can do it consistently while the broker runs.
+    fn back_up(&mut self, to: &std::path::Path) -> StoreResult<Copied> {
+        let _ = to;
+        Err(StoreError::Unsupported(
+            "this kind of store is not copied by the broker",
+        ))
+    }
 
     /// A listing; a search for a whole run id is a lookup (see [`listing_by_id`]), one
     /// for output reads the runs' logs (see [`listing_by_output`]).

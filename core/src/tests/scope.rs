@@ -107,6 +107,9 @@ fn a_team_sees_and_acts_on_its_own_jobs_and_runs_only() {
             target: jobcast_protocol::EnableTarget::Pool("default".into()),
             enabled: false,
         },
+        AdminRequest::Backup {
+            to: "/tmp/their-backup".into(),
+        },
     ] {
         assert_eq!(
             refused(as_team(&mut h, &data, request)).0,

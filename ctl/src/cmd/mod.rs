@@ -4,6 +4,7 @@
 pub(crate) mod alerts;
 pub(crate) mod apply;
 pub(crate) mod audit;
+pub(crate) mod backup;
 pub(crate) mod drain;
 pub(crate) mod enable;
 pub(crate) mod enqueue;

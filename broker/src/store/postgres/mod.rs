@@ -330,6 +330,12 @@ struct PgReader {
 }
 
 impl RunReader for PgReader {
+    fn back_up(&mut self, _to: &std::path::Path) -> StoreResult<jobcast_core::store::Copied> {
+        Err(StoreError::Unsupported(
+            "the store is in PostgreSQL: back it up with PostgreSQL's own tools (pg_dump, or continuous archiving); `jobcast-broker migrate --to DIR` copies it into an embedded store while the brokers are stopped",
+        ))
+    }
+
     fn runs(&mut self, filter: &RunFilter) -> StoreResult<Listing> {
         let (connection, specs) = (&self.connection, &mut self.specs);
         newest_first(connection, filter, |bytes| {
