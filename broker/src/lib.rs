@@ -15,3 +15,4 @@ pub mod replay_floors;
 pub mod server;
 pub mod sockets;
 pub mod store;
+pub mod subscriptions;

@@ -57,7 +57,7 @@ fn commit_built_from() -> &'static str {
 
 /// Every reason a frame or a connection is refused for: the envelope's, and those of the
 /// sockets (`sockets.rs`) and the server (`revoked`).
-const REFUSAL_REASONS: [&str; 13] = [
+const REFUSAL_REASONS: [&str; 14] = [
     Rejection::REASONS[0],
     Rejection::REASONS[1],
     Rejection::REASONS[2],
@@ -71,6 +71,7 @@ const REFUSAL_REASONS: [&str; 13] = [
     "handshake_failed",
     "auth_failed",
     "revoked",
+    "subscription",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -21,6 +21,7 @@
 //! one batch reads at most [`BATCH_BYTES`] of requests before the core handles them.
 
 use crate::config::Keys;
+use crate::subscriptions::{Flood, PublisherPeers, SubscriptionBook, Verdict};
 use jobcast_core::PeerId;
 use jobcast_transport::{zmq, AsyncSocket, Limits, Monitor, PeerEvent, Received};
 use std::time::Duration;
@@ -32,11 +33,15 @@ pub const HIGH_WATER_MARK: i32 = 1000;
 pub const BATCH_BYTES: usize = 64 << 20;
 /// A connection must finish the ZMTP handshake within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Subscriptions are short topics; nothing else travels towards a PUB.
-const MAX_SUBSCRIPTION_BYTES: usize = 1024;
+/// Subscriptions are short topics (72 bytes at most, with ZMTP 3.1's `SUBSCRIBE` name
+/// before them); nothing else travels towards the publisher.
+const MAX_SUBSCRIPTION_BYTES: usize = 128;
 /// Where libzmq asks a context's authentication handler (ZAP, RFC 27).
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
+/// Each socket's handshakes come to the handler under a domain of its own, so that a
+/// key can be refused on the publisher alone.
 const ZAP_DOMAIN: &str = "jobcast";
+const ZAP_DOMAIN_PUBLISH: &str = "jobcast-publish";
 
 pub struct Settings {
     pub router: String,
@@ -85,6 +90,10 @@ pub struct Listeners {
     pub sockets: Sockets,
     pub router_endpoint: String,
     pub publish_endpoint: String,
+    /// The subscriptions each key made.
+    subscriptions: SubscriptionBook,
+    /// Floods, to the side task: it closes their connections and refuses their keys.
+    floods: mpsc::UnboundedSender<Flood>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -103,6 +112,11 @@ impl Listeners {
                 self.sockets.read_into(batch, max);
                 Ok(true)
             }
+            ready = self.sockets.subscriptions_waiting() => {
+                ready?;
+                self.take_subscriptions(batch);
+                Ok(true)
+            }
             first = self.events.recv() => match first {
                 Some(first) => {
                     batch.push(first);
@@ -112,6 +126,60 @@ impl Listeners {
             },
         }
     }
+}
+
+impl Listeners {
+    /// Applies the subscriptions waiting on the publisher that the book takes; the
+    /// others are counted into `batch` as refusals, and floods are told to the side task.
+    /// Called whenever the publisher is readable and after every send (libzmq takes in
+    /// subscriptions while it sends, and keeps them until they are read).
+    pub fn take_subscriptions(&mut self, batch: &mut Vec<Incoming>) {
+        while let Some(asked) = self.sockets.next_subscription() {
+            let Subscription::Subscribe {
+                topic,
+                key,
+                address,
+            } = asked
+            else {
+                continue;
+            };
+            match self.subscriptions.judge(&key, &topic) {
+                Verdict::Take => self.sockets.subscribe_last(&topic),
+                Verdict::Refuse => batch.push(Incoming::Refused {
+                    reason: "subscription",
+                    detail: format!(
+                        "{key} from {address} asked for topic {:?}, which the broker does not publish on",
+                        String::from_utf8_lossy(&topic)
+                    ),
+                }),
+                Verdict::Flood => {
+                    batch.push(Incoming::Refused {
+                        reason: "subscription",
+                        detail: format!(
+                            "{key} from {address} subscribed past what a key may ({} topics, {} refused): its connection is closed and the key refused on the publisher for {}s",
+                            crate::subscriptions::MAX_TOPICS_PER_KEY,
+                            crate::subscriptions::MAX_REFUSED_PER_KEY,
+                            crate::subscriptions::FLOOD_BAN.as_secs()
+                        ),
+                    });
+                    let _ = self.floods.send(Flood { key, address });
+                }
+            }
+        }
+    }
+}
+
+/// A subscription message read from the publisher.
+enum Subscription {
+    Subscribe {
+        topic: Vec<u8>,
+        /// The key its connection authenticated with.
+        key: String,
+        /// Its connection's address, without the port (all libzmq says).
+        address: String,
+    },
+    /// An unsubscription (applied at once), or something else (ignored).
+    Other,
 }
 
 /// The two sockets, used by the server loop only.
@@ -147,12 +215,15 @@ struct Side {
     keys: tokio::sync::watch::Receiver<Keys>,
     router_events: Option<Monitor>,
     publisher_events: Option<Monitor>,
+    /// The publisher's connections and the keys it refuses.
+    publisher_peers: PublisherPeers,
+    floods: mpsc::UnboundedReceiver<Flood>,
 }
 
 /// The next connection event, or never once the monitor has failed.
-async fn next_event(monitor: &Option<Monitor>) -> jobcast_transport::Result<PeerEvent> {
+async fn next_event(monitor: &Option<Monitor>) -> jobcast_transport::Result<(PeerEvent, u32)> {
     match monitor {
-        Some(monitor) => monitor.next().await,
+        Some(monitor) => monitor.next_with_value().await,
         None => std::future::pending().await,
     }
 }
@@ -164,13 +235,20 @@ fn bind(
     limits: &Limits,
 ) -> Result<(AsyncSocket, Monitor), SocketError> {
     let open = || -> jobcast_transport::Result<(AsyncSocket, Monitor)> {
-        let socket = jobcast_transport::socket(kind, limits)?;
+        let mut socket = jobcast_transport::socket(kind, limits)?;
         if kind == zmq::ROUTER {
             // A reply to a peer that has gone is an error to log, not a silent drop.
             socket.set_router_mandatory(true)?;
         }
+        if kind == zmq::XPUB {
+            // Subscriptions take effect only once the broker has looked at them.
+            jobcast_transport::set_xpub_manual(&mut socket)?;
+        }
         socket.set_plain_server(true)?;
-        socket.set_zap_domain(ZAP_DOMAIN)?;
+        socket.set_zap_domain(match kind {
+            zmq::XPUB => ZAP_DOMAIN_PUBLISH,
+            _ => ZAP_DOMAIN,
+        })?;
         let events = Monitor::attach(&socket)?;
         socket.bind(&jobcast_transport::bindable(endpoint))?;
         Ok((AsyncSocket::new(socket)?, events))
@@ -213,18 +291,21 @@ impl Listeners {
         let (router, router_events) =
             bind("request", &settings.router, zmq::ROUTER, &router_limits)?;
         let (publisher, publisher_events) =
-            bind("publish", &settings.publish, zmq::PUB, &publisher_limits)?;
+            bind("publish", &settings.publish, zmq::XPUB, &publisher_limits)?;
         let endpoint = |socket: &AsyncSocket, asked: &str| {
             socket.last_endpoint().unwrap_or_else(|_| asked.to_string())
         };
         let router_endpoint = endpoint(&router, &settings.router);
         let publish_endpoint = endpoint(&publisher, &settings.publish);
         let (events_tx, events) = mpsc::channel(1024);
+        let (floods, floods_told) = mpsc::unbounded_channel();
         let side = Side {
             zap,
             keys: settings.keys.clone(),
             router_events: Some(router_events),
             publisher_events: Some(publisher_events),
+            publisher_peers: PublisherPeers::default(),
+            floods: floods_told,
         };
         let task = tokio::spawn(run(side, events_tx));
         Ok(Listeners {
@@ -232,6 +313,8 @@ impl Listeners {
             sockets: Sockets { router, publisher },
             router_endpoint,
             publish_endpoint,
+            subscriptions: SubscriptionBook::default(),
+            floods,
             task,
         })
     }
@@ -241,6 +324,52 @@ impl Sockets {
     /// Waits until requests are waiting to be read.
     pub async fn readable(&self) -> jobcast_transport::Result<()> {
         self.router.wait(zmq::POLLIN).await
+    }
+
+    /// Waits until subscriptions are waiting on the publisher.
+    pub async fn subscriptions_waiting(&self) -> jobcast_transport::Result<()> {
+        self.publisher.wait(zmq::POLLIN).await
+    }
+
+    /// The next message waiting on the publisher, without waiting. An unsubscription is
+    /// applied here (to the connection it came from: none when libzmq sends it for a
+    /// connection that closed, which it has already cleared).
+    fn next_subscription(&self) -> Option<Subscription> {
+        self.publisher.with(|socket| {
+            let mut message = match socket.recv_msg(zmq::DONTWAIT) {
+                Ok(message) => message,
+                Err(zmq::Error::EAGAIN) => return None,
+                // Interrupted: the caller comes back when the socket is readable again.
+                Err(zmq::Error::EINTR) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish socket receive failed");
+                    return None;
+                }
+            };
+            let (first, topic) = message.split_first()?;
+            let topic = topic.to_vec();
+            if *first != 1 {
+                if *first == 0 {
+                    let _ = socket.set_unsubscribe(&topic);
+                }
+                return Some(Subscription::Other);
+            }
+            let key = message.gets("User-Id").unwrap_or_default().to_string();
+            let address = message.gets("Peer-Address").unwrap_or_default().to_string();
+            Some(Subscription::Subscribe {
+                topic,
+                key,
+                address,
+            })
+        })
+    }
+
+    /// Applies `topic` to the connection whose subscription was read last (libzmq's
+    /// manual mode: before the next read).
+    fn subscribe_last(&self, topic: &[u8]) {
+        if let Err(e) = self.publisher.with(|socket| socket.set_subscribe(topic)) {
+            tracing::warn!(error = %e, "subscription not applied");
+        }
     }
 
     /// Reads waiting requests into `batch` without waiting, until it holds `max` items
@@ -315,10 +444,24 @@ async fn run(mut side: Side, incoming: mpsc::Sender<Incoming>) {
                 }
                 // Stops at the first refusal or accepted request; the loop comes back here
                 // while more are waiting.
-                while let Some(refused) = answer_zap(&side) {
+                while let Some(refused) = answer_zap(&mut side) {
                     if !pass_on(&incoming, refused) {
                         return;
                     }
+                }
+            }
+            Some(flood) = side.floods.recv() => {
+                match side.publisher_peers.stop(&flood, std::time::Instant::now()) {
+                    Some(peer) => tracing::warn!(
+                        key = flood.key,
+                        %peer,
+                        "subscription flood: the connection is closed and the key refused on the publisher for a while"
+                    ),
+                    None => tracing::warn!(
+                        key = flood.key,
+                        address = flood.address,
+                        "subscription flood: the key is refused on the publisher for a while (its connection was not found)"
+                    ),
                 }
             }
             event = next_event(&side.router_events) => {
@@ -329,6 +472,12 @@ async fn run(mut side: Side, incoming: mpsc::Sender<Incoming>) {
                 }
             }
             event = next_event(&side.publisher_events) => {
+                // A connection's descriptor, to close it should it flood.
+                match event {
+                    Ok((PeerEvent::Connected, fd)) => side.publisher_peers.connected(fd as i32),
+                    Ok((PeerEvent::Disconnected, fd)) => side.publisher_peers.disconnected(fd as i32),
+                    _ => {}
+                }
                 match note(&incoming, "publish", event) {
                     Noted::Yes => {}
                     Noted::MonitorFailed => side.publisher_events = None,
@@ -349,9 +498,9 @@ enum Noted {
 fn note(
     incoming: &mpsc::Sender<Incoming>,
     socket: &'static str,
-    event: jobcast_transport::Result<PeerEvent>,
+    event: jobcast_transport::Result<(PeerEvent, u32)>,
 ) -> Noted {
-    let noted = match event {
+    let noted = match event.map(|(event, _)| event) {
         Ok(PeerEvent::HandshakeFailed) => Incoming::Refused {
             reason: "handshake_failed",
             detail: format!(
@@ -389,7 +538,7 @@ fn pass_on(incoming: &mpsc::Sender<Incoming>, item: Incoming) -> bool {
 
 /// Answers pending authentication requests; returns a refusal to count, if any, after
 /// answering the request it refused (REP must answer before it reads the next).
-fn answer_zap(side: &Side) -> Option<Incoming> {
+fn answer_zap(side: &mut Side) -> Option<Incoming> {
     let parts = match side.zap.try_recv(8) {
         Ok(Some(Received::Parts(parts))) => parts,
         Ok(Some(Received::TooManyParts(_))) => Vec::new(),
@@ -409,7 +558,18 @@ fn answer_zap(side: &Side) -> Option<Incoming> {
         && field(0) == b"1.0"
         && field(5) == b"PLAIN"
         && side.keys.borrow().accepts_password(&name, field(7));
-    let (code, text, user): (&[u8], &[u8], &[u8]) = if accepted {
+    let banned = accepted
+        && field(2) == ZAP_DOMAIN_PUBLISH.as_bytes()
+        && side
+            .publisher_peers
+            .is_banned(&name, std::time::Instant::now());
+    let (code, text, user): (&[u8], &[u8], &[u8]) = if banned {
+        (
+            b"400",
+            b"refused for a while after a subscription flood",
+            b"",
+        )
+    } else if accepted {
         (b"200", b"OK", name.as_bytes())
     } else {
         (b"400", b"unknown sender or wrong password", b"")
@@ -417,6 +577,15 @@ fn answer_zap(side: &Side) -> Option<Incoming> {
     let reply: [&[u8]; 6] = [b"1.0", field(1), code, text, user, b""];
     if let Err(e) = side.zap.try_send(reply) {
         tracing::warn!(error = %e, "authentication answer not sent");
+    }
+    if banned {
+        return Some(Incoming::Refused {
+            reason: "subscription",
+            detail: format!(
+                "connection from {} to the publisher refused: {name} flooded it with subscriptions",
+                String::from_utf8_lossy(field(3)),
+            ),
+        });
     }
     (!accepted).then(|| Incoming::Refused {
         reason: "auth_failed",

@@ -1,7 +1,8 @@
 //! Attacks below the message level, in raw TCP, on both broker ports: frame headers that
 //! declare huge sizes and an honest huge frame (from a peer holding a key, since nobody
 //! else gets past the handshake), an endless multi-part message and wrong credentials from
-//! peers without one, garbage greetings, and 200 connections that send a byte a second.
+//! peers without one, garbage greetings, 200 connections that send a byte a second, and
+//! a key holder's subscriptions: oversized, to topics nobody publishes on, and a flood.
 //! Throughout, the broker stays up, its memory grows by less than 20 MB, and an ordinary
 //! client's requests keep a p99 under 10 ms.
 
@@ -243,6 +244,51 @@ fn attack(router: &str, publish: &str) {
         }
     }
     assert_eq!(closed, 200, "every slow connection was closed");
+
+    // 6. A key holder's subscriptions on the publisher: only topics the broker publishes
+    // on are taken, 128 bytes at most, 256 different ones per key.
+    let mut stream = handshake(publish, "SUB");
+    let mut long = long_frame_header(1001, false);
+    long.push(1);
+    long.extend([b'p'; 1000]);
+    stream.write_all(&long).unwrap();
+    assert!(
+        closed_by_broker(&mut stream, Duration::from_secs(5)),
+        "a subscription of 1,000 bytes is refused"
+    );
+    let mut stream = handshake(publish, "SUB");
+    for topic in ["jobs/", "", "pool/a/b/"] {
+        stream.write_all(&subscription(topic.as_bytes())).unwrap();
+    }
+    assert!(
+        !closed_by_broker(&mut stream, Duration::from_secs(1)),
+        "a few topics nobody publishes on are refused, not a reason to hang up"
+    );
+    // 30,000 different topics of 70 bytes: libzmq would keep ~65 MB of them.
+    let flood_of_topics: Vec<u8> = (0..30_000)
+        .flat_map(|n| subscription(format!("pool/{n:064}/").as_bytes()))
+        .collect();
+    flood(&mut stream, &flood_of_topics, 1);
+    assert!(
+        closed_by_broker(&mut stream, Duration::from_secs(10)),
+        "a subscription flood closes its connection"
+    );
+    // The key is refused on the publisher for a while, and served on the other port.
+    let password = connection_password(&Secret::new(worker_secret("w1")));
+    let mut stream = say_hello(publish, "w1", &password);
+    let answer = read_command(&mut stream).unwrap_or_default();
+    assert_ne!(
+        answer, "WELCOME",
+        "the flood's key is refused on the publisher"
+    );
+    drop(handshake(router, "DEALER"));
+}
+
+/// A ZMTP 3.0 subscription message for `topic` (up to 254 bytes).
+fn subscription(topic: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x00, topic.len() as u8 + 1, 1];
+    frame.extend(topic);
+    frame
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,4 +351,6 @@ async fn raw_tcp_attacks_on_both_ports_cost_little_memory_and_no_latency() {
         rejected["handshake_failed"].as_u64() >= Some(4),
         "{rejected}"
     );
+    // Three refused topics, the flood, and the flood's key refused once after it.
+    assert!(rejected["subscription"].as_u64() >= Some(5), "{rejected}");
 }

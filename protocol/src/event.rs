@@ -34,9 +34,54 @@ pub mod topic {
         format!("worker/{worker}/")
     }
 
+    /// The longest topic: `worker/` and a name of [`crate::names::MAX_NAME_LEN`], then `/`.
+    pub const MAX_TOPIC_LEN: usize = "worker/".len() + crate::names::MAX_NAME_LEN + 1;
+
+    /// Whether `topic` is one the broker publishes on: `all/`, `pool/<name>/` or
+    /// `worker/<name>/` with a valid name. Subscriptions to anything else are refused.
+    pub fn is_published(topic: &[u8]) -> bool {
+        if topic == ALL.as_bytes() {
+            return true;
+        }
+        let named = |prefix: &str| {
+            topic
+                .strip_prefix(prefix.as_bytes())
+                .and_then(|rest| rest.strip_suffix(b"/"))
+                .and_then(|name| std::str::from_utf8(name).ok())
+                .is_some_and(|name| crate::names::validate("name", name).is_ok())
+        };
+        named("pool/") || named("worker/")
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn only_the_topics_the_broker_publishes_on_are_published() {
+            let longest = worker(&"w".repeat(crate::names::MAX_NAME_LEN));
+            assert_eq!(longest.len(), MAX_TOPIC_LEN);
+            for topic in [ALL.to_string(), pool("etl"), worker("w-1.a_b"), longest] {
+                assert!(is_published(topic.as_bytes()), "{topic}");
+            }
+            let too_long = worker(&"w".repeat(crate::names::MAX_NAME_LEN + 1));
+            for topic in [
+                "",
+                "all",
+                "all/x",
+                "pool/",
+                "pool//",
+                "pool/etl",
+                "pool/a/b/",
+                "worker/w 1/",
+                "jobs/etl/",
+                "pool/\u{e9}/",
+                &too_long,
+            ] {
+                assert!(!is_published(topic.as_bytes()), "{topic:?}");
+            }
+            assert!(!is_published(b"pool/\xff/"));
+        }
 
         #[test]
         fn a_subscription_never_matches_a_longer_name() {

@@ -116,6 +116,29 @@ impl Credentials {
     }
 }
 
+/// Puts an XPUB socket in manual mode: subscriptions reach the application as messages
+/// and take effect only when it subscribes the connection they came from
+/// (`set_subscribe` right after receiving one). The `zmq` crate has no setter for it.
+pub fn set_xpub_manual(socket: &mut zmq::Socket) -> Result<()> {
+    let on: std::os::raw::c_int = 1;
+    // SAFETY: the socket is open (borrowed mutably for the call), and the option takes
+    // an int by pointer and size, as given.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            socket.as_mut_ptr(),
+            zmq_sys::ZMQ_XPUB_MANUAL as std::os::raw::c_int,
+            (&on as *const std::os::raw::c_int).cast(),
+            std::mem::size_of::<std::os::raw::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: reads this thread's libzmq error number, nothing else.
+        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }).into())
+    }
+}
+
 /// Creates a socket of `kind` with `limits` applied.
 pub fn socket(kind: zmq::SocketType, limits: &Limits) -> Result<zmq::Socket> {
     let socket = context().socket(kind)?;

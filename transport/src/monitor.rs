@@ -56,6 +56,12 @@ impl Monitor {
 
     /// The next event; waits for one.
     pub async fn next(&self) -> Result<PeerEvent> {
+        Ok(self.next_with_value().await?.0)
+    }
+
+    /// The next event and its value: for `Connected` and `Disconnected` the
+    /// connection's file descriptor (libzmq's, not to be closed), else an error code.
+    pub async fn next_with_value(&self) -> Result<(PeerEvent, u32)> {
         loop {
             self.events.wait(zmq::POLLIN).await?;
             while let Some(received) = self.events.try_recv(2)? {
@@ -69,13 +75,14 @@ impl Monitor {
 
 /// An event is two parts: 2 bytes of event number and 4 of value (native order), then
 /// the endpoint.
-fn decode(received: &Received) -> Option<PeerEvent> {
+fn decode(received: &Received) -> Option<(PeerEvent, u32)> {
     let Received::Parts(parts) = received else {
         return None;
     };
     let head = parts.first()?;
     let number = u16::from_ne_bytes([*head.first()?, *head.get(1)?]);
-    match zmq::SocketEvent::from_raw(number) {
+    let value = u32::from_ne_bytes(head.get(2..6)?.try_into().ok()?);
+    let event = match zmq::SocketEvent::from_raw(number) {
         zmq::SocketEvent::ACCEPTED | zmq::SocketEvent::CONNECTED => Some(PeerEvent::Connected),
         zmq::SocketEvent::DISCONNECTED => Some(PeerEvent::Disconnected),
         zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL
@@ -83,7 +90,8 @@ fn decode(received: &Received) -> Option<PeerEvent> {
         zmq::SocketEvent::HANDSHAKE_FAILED_AUTH => Some(PeerEvent::AuthFailed),
         zmq::SocketEvent::CONNECT_RETRIED => Some(PeerEvent::ConnectFailed),
         _ => None,
-    }
+    }?;
+    Some((event, value))
 }
 
 #[cfg(test)]

@@ -478,6 +478,10 @@ impl Server {
                 ready.context("the request socket failed")?;
                 self.listeners.sockets.read_into(&mut self.batch, MAX_BATCH);
             }
+            ready = self.listeners.sockets.subscriptions_waiting() => {
+                ready.context("the publish socket failed")?;
+                self.listeners.take_subscriptions(&mut self.batch);
+            }
             first = self.listeners.events.recv() => {
                 let Some(first) = first else { return Ok(Woke::Shutdown) };
                 self.batch.push(first);
@@ -626,6 +630,8 @@ impl Server {
             out,
             refusals,
         ));
+        // Publishing takes in the subscriptions that arrived meanwhile: judged now.
+        self.listeners.take_subscriptions(&mut self.batch);
         if let Some(keys) = new_keys {
             self.live_settings.keys.send_replace(keys.clone());
             self.running.keys = keys;
