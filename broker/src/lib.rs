@@ -4,6 +4,7 @@
 pub mod config;
 pub mod deadline;
 pub mod election;
+pub mod handshakes;
 pub mod http;
 pub mod leadership;
 pub mod metrics;

@@ -21,6 +21,7 @@
 //! one batch reads at most [`BATCH_BYTES`] of requests before the core handles them.
 
 use crate::config::Keys;
+use crate::handshakes::{Closed, HandshakeLedger};
 use crate::subscriptions::{Flood, PublisherPeers, SubscriptionBook, Verdict};
 use jobcast_core::PeerId;
 use jobcast_transport::{zmq, AsyncSocket, Limits, Monitor, PeerEvent, Received};
@@ -217,6 +218,9 @@ struct Side {
     publisher_events: Option<Monitor>,
     /// The publisher's connections and the keys it refuses.
     publisher_peers: PublisherPeers,
+    /// Each socket's handshakes under way.
+    router_handshakes: HandshakeLedger,
+    publisher_handshakes: HandshakeLedger,
     floods: mpsc::UnboundedReceiver<Flood>,
 }
 
@@ -305,6 +309,8 @@ impl Listeners {
             router_events: Some(router_events),
             publisher_events: Some(publisher_events),
             publisher_peers: PublisherPeers::default(),
+            router_handshakes: HandshakeLedger::new(HANDSHAKE_TIMEOUT),
+            publisher_handshakes: HandshakeLedger::new(HANDSHAKE_TIMEOUT),
             floods: floods_told,
         };
         let task = tokio::spawn(run(side, events_tx));
@@ -465,7 +471,7 @@ async fn run(mut side: Side, incoming: mpsc::Sender<Incoming>) {
                 }
             }
             event = next_event(&side.router_events) => {
-                match note(&incoming, "request", event) {
+                match note(&incoming, "request", event, &mut side.router_handshakes) {
                     Noted::Yes => {}
                     Noted::MonitorFailed => side.router_events = None,
                     Noted::BrokerGone => return,
@@ -478,7 +484,7 @@ async fn run(mut side: Side, incoming: mpsc::Sender<Incoming>) {
                     Ok((PeerEvent::Disconnected, fd)) => side.publisher_peers.disconnected(fd as i32),
                     _ => {}
                 }
-                match note(&incoming, "publish", event) {
+                match note(&incoming, "publish", event, &mut side.publisher_handshakes) {
                     Noted::Yes => {}
                     Noted::MonitorFailed => side.publisher_events = None,
                     Noted::BrokerGone => return,
@@ -494,25 +500,54 @@ enum Noted {
     BrokerGone,
 }
 
-/// Passes connection events on, to be counted.
+/// Passes connection events on, to be counted; `handshakes` tells which connections
+/// closed before their handshake without an event of their own.
 fn note(
     incoming: &mpsc::Sender<Incoming>,
     socket: &'static str,
     event: jobcast_transport::Result<(PeerEvent, u32)>,
+    handshakes: &mut HandshakeLedger,
 ) -> Noted {
-    let noted = match event.map(|(event, _)| event) {
-        Ok(PeerEvent::HandshakeFailed) => Incoming::Refused {
-            reason: "handshake_failed",
-            detail: format!(
-                "a connection to the {socket} socket did not complete the ZMTP handshake"
-            ),
-        },
-        Ok(PeerEvent::Disconnected) => Incoming::Connection { opened: false },
-        Ok(PeerEvent::Connected) => Incoming::Connection { opened: true },
+    let now = std::time::Instant::now();
+    let noted = match event {
+        Ok((PeerEvent::HandshakeFailed, _)) => {
+            handshakes.failed();
+            Incoming::Refused {
+                reason: "handshake_failed",
+                detail: format!(
+                    "a connection to the {socket} socket did not complete the ZMTP handshake"
+                ),
+            }
+        }
+        Ok((PeerEvent::Disconnected, fd)) => {
+            if handshakes.closed(fd, now) == Closed::BeforeHandshake {
+                let refused = Incoming::Refused {
+                    reason: "handshake_failed",
+                    detail: format!(
+                        "a connection to the {socket} socket was closed before its handshake: not ZMTP 3 (bytes before a greeting, a ZMTP 1.0 or 2.0 peer) or a handshake breaking the protocol"
+                    ),
+                };
+                if !pass_on(incoming, refused) {
+                    return Noted::BrokerGone;
+                }
+            }
+            Incoming::Connection { opened: false }
+        }
+        Ok((PeerEvent::Connected, fd)) => {
+            handshakes.accepted(fd, now);
+            Incoming::Connection { opened: true }
+        }
+        Ok((PeerEvent::HandshakeSucceeded, _)) => {
+            handshakes.succeeded(now);
+            return Noted::Yes;
+        }
         // Counted by the authentication handler, which knows the name.
-        Ok(PeerEvent::AuthFailed) => return Noted::Yes,
+        Ok((PeerEvent::AuthFailed, _)) => {
+            handshakes.failed();
+            return Noted::Yes;
+        }
         // Only connecting sockets see these; the broker's are bound.
-        Ok(PeerEvent::ConnectFailed) => return Noted::Yes,
+        Ok((PeerEvent::ConnectFailed, _)) => return Noted::Yes,
         Err(e) => {
             // Serve on without connection events rather than stop the broker.
             tracing::error!(socket, error = %e, "socket monitor failed");

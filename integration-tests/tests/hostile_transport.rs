@@ -354,3 +354,41 @@ async fn raw_tcp_attacks_on_both_ports_cost_little_memory_and_no_latency() {
     // Three refused topics, the flood, and the flood's key refused once after it.
     assert!(rejected["subscription"].as_u64() >= Some(5), "{rejected}");
 }
+
+/// libzmq closes these without an event that says why; the broker counts them all the
+/// same, once each, as `handshake_failed`.
+#[test]
+fn closes_libzmq_does_not_explain_are_counted_once_each() {
+    let cluster = Cluster::start(1);
+    let failed = || {
+        let status = cluster.ctl_json(&["status"]).expect("status");
+        status["rejected"]["handshake_failed"]
+            .as_u64()
+            .unwrap_or_default()
+    };
+    let before = failed();
+    // ZMTP 2.0's greeting (revision 1, a DEALER, an empty identity), ZMTP 1.0's (an
+    // identity frame, no signature), and bytes that are no greeting at all; on each port.
+    let mut zmtp2 = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 1, 5, 0, 0];
+    zmtp2.truncate(14);
+    let attempts: [&[u8]; 3] = [&zmtp2, &[0x01, 0x00], &[0x47; 300]];
+    let mut sent = 0;
+    for endpoint in [&cluster.router, &cluster.publish] {
+        for bytes in attempts {
+            let mut stream = TcpStream::connect(address(endpoint)).unwrap();
+            stream.write_all(bytes).unwrap();
+            assert!(
+                closed_by_broker(&mut stream, Duration::from_secs(10)),
+                "{bytes:?} on {endpoint} is refused"
+            );
+            sent += 1;
+        }
+    }
+    // Ordinary connections in between (each `status` is one) are not counted.
+    let counted = wait_for("the closes counted", Duration::from_secs(10), || {
+        let now = failed();
+        (now >= before + sent).then_some(now)
+    });
+    assert_eq!(counted, before + sent, "each close counted once");
+    assert_eq!(failed(), before + sent, "and nothing else since");
+}

@@ -12,7 +12,10 @@ pub enum PeerEvent {
     /// A connection closed: the peer left, stopped answering heartbeats, or broke a
     /// limit (an oversized message, a malformed frame).
     Disconnected,
-    /// A connection was closed before its handshake completed (garbage, or too slow).
+    /// A connection's ZMTP handshake completed (no descriptor: libzmq gives none).
+    HandshakeSucceeded,
+    /// A connection was closed before its handshake completed (another mechanism, or
+    /// too slow; libzmq closes some without this event: see the broker's `handshakes`).
     HandshakeFailed,
     /// A connection was refused for its credentials.
     AuthFailed,
@@ -36,6 +39,7 @@ impl Monitor {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let wanted = zmq::SocketEvent::ACCEPTED as i32
+            | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32
             | zmq::SocketEvent::CONNECTED as i32
             | zmq::SocketEvent::DISCONNECTED as i32
             | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
@@ -85,6 +89,7 @@ fn decode(received: &Received) -> Option<(PeerEvent, u32)> {
     let event = match zmq::SocketEvent::from_raw(number) {
         zmq::SocketEvent::ACCEPTED | zmq::SocketEvent::CONNECTED => Some(PeerEvent::Connected),
         zmq::SocketEvent::DISCONNECTED => Some(PeerEvent::Disconnected),
+        zmq::SocketEvent::HANDSHAKE_SUCCEEDED => Some(PeerEvent::HandshakeSucceeded),
         zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL
         | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL => Some(PeerEvent::HandshakeFailed),
         zmq::SocketEvent::HANDSHAKE_FAILED_AUTH => Some(PeerEvent::AuthFailed),
@@ -119,7 +124,9 @@ mod tests {
         assert!(matches!(received, Ok(Ok(Received::Parts(_)))));
         drop(dealer);
         let second = tokio::time::timeout(deadline, monitor.next()).await;
-        assert_eq!(second.unwrap().unwrap(), PeerEvent::Disconnected);
+        assert_eq!(second.unwrap().unwrap(), PeerEvent::HandshakeSucceeded);
+        let third = tokio::time::timeout(deadline, monitor.next()).await;
+        assert_eq!(third.unwrap().unwrap(), PeerEvent::Disconnected);
     }
 
     #[tokio::test]
