@@ -344,12 +344,13 @@ impl Server {
     /// The oldest batch in flight is durable (or failed): sends what it produced.
     fn release<S: Store>(
         &mut self,
-        core: &Core<S>,
+        core: &mut Core<S>,
         outcome: Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let Some(batch) = self.in_flight.pop_front() else {
             return outcome;
         };
+        core.store_mut().commit_told();
         let took = batch.started.elapsed();
         let flushed = took.saturating_sub(batch.handled);
         self.metrics.observe_flush(flushed);

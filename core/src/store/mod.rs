@@ -107,6 +107,11 @@ pub trait Store: Send {
 
     /// A clean stop: every write durable and, where the engine keeps a journal, nothing
     /// left that only the journal holds.
+    /// The loop was told the outcome of the oldest commit [`Store::start_flush`] started
+    /// (in order, one call per flush): a store that reads its commits in flight back
+    /// from memory lets that one go.
+    fn commit_told(&mut self) {}
+
     fn close_cleanly(&mut self) -> StoreResult<()> {
         self.flush()
     }

@@ -323,14 +323,45 @@ mod tests {
 
         // A store limited once acting: the same.
         let mut store = PgStore::open(settings).unwrap();
+        // (Its lookup connection open before the limit is set.)
+        assert!(store.lookups_within(Duration::from_secs(10)));
         store.limit_answers(Duration::from_secs(1));
-        store.run("none").unwrap();
+        store.setting("none").unwrap();
         let error = sleep(&store.connection, 5.0).unwrap_err().to_string();
         assert!(error.contains("no answer within"), "{error}");
         assert!(
-            store.run("none").is_err(),
+            store.setting("none").is_err(),
             "the store's connection is given up"
         );
+        // The loop's reads of runs, on a connection of their own, have the limit too: a
+        // read held by a lock on the table fails in time.
+        assert!(store.lookups_within(Duration::from_secs(10)));
+        let locker = Connection::open(settings).unwrap();
+        locker
+            .call(|session| {
+                Box::pin(async move {
+                    session
+                        .client
+                        .batch_execute("BEGIN; LOCK TABLE jobcast_runs IN ACCESS EXCLUSIVE MODE")
+                        .await
+                })
+            })
+            .unwrap();
+        // On a thread: a read without the limit would wait for the lock for good.
+        let (told, answer) = std::sync::mpsc::channel();
+        let reading = std::thread::spawn(move || {
+            let _ = told.send(store.run("none").map(|_| ()));
+        });
+        let answered = answer.recv_timeout(Duration::from_secs(10));
+        locker
+            .call(|session| Box::pin(async move { session.client.batch_execute("ROLLBACK").await }))
+            .unwrap();
+        reading.join().unwrap();
+        let error = answered
+            .expect("the read fails in time")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no answer within"), "{error}");
     }
 
     fn one_holder_at_a_time_and_a_hand_over_frees_it_at_once(settings: &PgSettings) {

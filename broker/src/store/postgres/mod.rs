@@ -36,18 +36,53 @@ pub struct PgStore {
     pruned: u64,
     /// The highest run sequence number stored or pending (it only grows).
     last_seq: u64,
+    /// Batches handed to the committer whose outcome the loop has not been told yet,
+    /// oldest first: their runs are laid over what the database answers, so that the
+    /// loop's reads of runs need not wait behind the commits in flight.
+    in_flight: std::collections::VecDeque<Arc<Pending>>,
     /// A second connection, for listings read away from the loop, opened off the loop.
     reader: Arc<Mutex<ReaderSlot>>,
+    /// A third, for the loop's reads of runs (a run by id, ids by prefix, the oldest for
+    /// retention): not behind the commits in flight, nor behind a long listing.
+    lookups: Arc<Mutex<ReaderSlot>>,
     /// The leader's epoch every commit is fenced with (several brokers), if any.
     fence: Option<u64>,
 }
 
-/// The second connection: there, or being opened on a thread of its own (connecting
-/// takes round trips and, with TLS, a handshake: never on the loop).
+/// A connection besides the commits': there, or being opened on a thread of its own
+/// (connecting takes round trips and, with TLS, a handshake: never on the loop).
 #[derive(Default)]
 struct ReaderSlot {
     connection: Option<Arc<Connection>>,
     opening: bool,
+}
+
+/// Starts opening the connection of `slot`, unless it is open or being opened; `what`
+/// it is for, for the log.
+fn open_in_background(slot: &Arc<Mutex<ReaderSlot>>, settings: &PgSettings, what: &'static str) {
+    let Ok(mut held) = slot.lock() else {
+        return;
+    };
+    if held.connection.is_some() || held.opening {
+        return;
+    }
+    held.opening = true;
+    let (settings, slot) = (settings.clone(), slot.clone());
+    let spawned = std::thread::Builder::new()
+        .name("jobcast-pg-connect".into())
+        .spawn(move || {
+            let opened = Connection::open(&settings);
+            let Ok(mut held) = slot.lock() else { return };
+            held.opening = false;
+            match opened {
+                Ok(connection) => held.connection = Some(Arc::new(connection)),
+                Err(e) => tracing::warn!(error = %e, what, "a connection to the database is not open yet: its reads are made on the commit connection"),
+            }
+        });
+    if let Err(e) = spawned {
+        held.opening = false;
+        tracing::warn!(error = %e, what, "cannot start a thread to open a connection");
+    }
 }
 
 /// The SQLSTATE `jobcast_fence` raises (migration 0002).
@@ -60,29 +95,17 @@ const LISTING_PAGE: i64 = 500;
 impl PgStore {
     /// Starts opening the second connection, unless it is open or being opened.
     fn open_reader_in_background(&self) {
-        let Ok(mut slot) = self.reader.lock() else {
-            return;
-        };
-        if slot.connection.is_some() || slot.opening {
-            return;
+        open_in_background(&self.reader, &self.settings, "listings");
+    }
+
+    /// The connection for the loop's reads of runs, once open (until then they go to
+    /// the commit connection, behind the commits in flight, as before).
+    fn lookup_connection(&self) -> Option<Arc<Connection>> {
+        let connection = self.lookups.lock().ok()?.connection.clone();
+        if connection.is_none() {
+            open_in_background(&self.lookups, &self.settings, "the loop's reads of runs");
         }
-        slot.opening = true;
-        let (settings, reader) = (self.settings.clone(), self.reader.clone());
-        let spawned = std::thread::Builder::new()
-            .name("jobcast-pg-reader".into())
-            .spawn(move || {
-                let opened = Connection::open(&settings);
-                let Ok(mut slot) = reader.lock() else { return };
-                slot.opening = false;
-                match opened {
-                    Ok(connection) => slot.connection = Some(Arc::new(connection)),
-                    Err(e) => tracing::warn!(error = %e, "no second connection for listings yet: they are read on the loop"),
-                }
-            });
-        if let Err(e) = spawned {
-            slot.opening = false;
-            tracing::warn!(error = %e, "cannot start a thread for the second connection");
-        }
+        connection
     }
 
     /// Waits (up to `within`) for the second connection, for tests.
@@ -98,6 +121,19 @@ impl PgStore {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    /// Waits (up to `within`) for the connection of the loop's reads of runs, for tests.
+    #[cfg(test)]
+    pub fn lookups_within(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while self.lookup_connection().is_none() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
     }
 
     /// Connects, brings the schema up to date, and reads what the store keeps in memory.
@@ -156,7 +192,9 @@ impl PgStore {
             spec_cache: Default::default(),
             pruned: 0,
             last_seq: 0,
+            in_flight: Default::default(),
             reader: Default::default(),
+            lookups: Default::default(),
             fence,
         };
         store.last_seq = store
@@ -185,6 +223,9 @@ impl PgStore {
     pub fn limit_answers(&mut self, limit: std::time::Duration) {
         self.settings = self.settings.answering_within(limit);
         self.connection.limit_answers(limit);
+        // The loop's lookups too: a connection opened before is let go, and the next
+        // is opened with the limit.
+        self.lookups = Default::default();
     }
 
     /// Host, port, database and user (never the password).
@@ -194,6 +235,49 @@ impl PgStore {
 
     fn decode_run(&self, bytes: &[u8]) -> StoreResult<RunRecord> {
         run_codec::decode_run(bytes, |key| self.spec(key))
+    }
+
+    /// Runs read with the lookup connection (when open: else the commit connection),
+    /// decoded; job versions they need are read there too (a committed run's version is
+    /// committed).
+    fn look_up_runs(&self, sql: &'static str, params: Vec<Param>) -> StoreResult<Vec<RunRecord>> {
+        let Some(connection) = self.lookup_connection() else {
+            return self.query_runs(sql, params);
+        };
+        let rows = connection.rows(sql, params, |row| row.get::<_, Vec<u8>>(0))?;
+        rows.iter()
+            .map(|bytes| {
+                run_codec::decode_run(bytes, |key| {
+                    self.spec_cache.borrow_mut().get_or_read(key, || {
+                        if let Some(bytes) = self.pending.borrow().spec(key) {
+                            return Ok(Some(bytes.to_vec()));
+                        }
+                        read_spec(&connection, key)
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Ids read with the lookup connection (when open: else the commit connection).
+    fn look_up_ids(&self, sql: &'static str, params: Vec<Param>) -> StoreResult<Vec<String>> {
+        match self.lookup_connection() {
+            Some(connection) => connection.rows(sql, params, |row| row.get(0)),
+            None => self.rows(sql, params, |row| row.get(0)),
+        }
+    }
+
+    /// The writes not yet told committed, oldest first, then those of the batch being
+    /// applied; `with` sees them all.
+    fn with_unsettled<R>(&self, with: impl FnOnce(&[&Pending]) -> R) -> R {
+        let pending = self.pending.borrow();
+        let layers: Vec<&Pending> = self
+            .in_flight
+            .iter()
+            .map(|batch| batch.as_ref())
+            .chain(std::iter::once(&*pending))
+            .collect();
+        with(&layers)
     }
 
     /// A job spec version, from the cache, the pending writes or the database.
@@ -424,30 +508,32 @@ impl Store for PgStore {
     }
 
     fn run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
-        if let Some(pending) = self.pending.borrow().run(id) {
-            return Ok(match pending {
-                PendingRun::Put { run, .. } => Some(run.as_ref().clone()),
-                PendingRun::Deleted { .. } => None,
-            });
+        let unsettled = self.with_unsettled(|layers| {
+            layers.iter().rev().find_map(|layer| {
+                layer.run(id).map(|pending| match pending {
+                    PendingRun::Put { run, .. } => Some(run.as_ref().clone()),
+                    PendingRun::Deleted => None,
+                })
+            })
+        });
+        if let Some(found) = unsettled {
+            return Ok(found);
         }
-        let bytes = self.rows(
-            "SELECT record FROM jobcast_runs WHERE id = $1",
-            vec![Box::new(id.to_string())],
-            |row| row.get::<_, Vec<u8>>(0),
-        )?;
-        bytes
-            .first()
-            .map(|bytes| self.decode_run(bytes))
-            .transpose()
+        Ok(self
+            .look_up_runs(
+                "SELECT record FROM jobcast_runs WHERE id = $1",
+                vec![Box::new(id.to_string())],
+            )?
+            .pop())
     }
 
-    /// Taken only if a pending write has it. A new id is 64 random bits, so a stored run
+    /// Taken only if a write not yet committed has it. A new id is 64 random bits, so a stored run
     /// with the same one is next to impossible, and the unique index on `id` refuses it
     /// should it happen: the commit fails, nothing of its batch is acknowledged, and the
     /// request is asked again (a new id). Not asking the database saves a round trip on
     /// every run created.
     fn run_id_taken(&self, id: &str) -> StoreResult<bool> {
-        Ok(self.pending.borrow().run(id).is_some())
+        Ok(self.with_unsettled(|layers| layers.iter().any(|layer| layer.run(id).is_some())))
     }
 
     fn active_runs(&self) -> StoreResult<Vec<RunRecord>> {
@@ -479,15 +565,16 @@ impl Store for PgStore {
     }
 
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
-        // The batch's writes laid over what is stored, not committed first (a selector
-        // of `kill` or `logs` costs the loop a read, not a commit).
-        let asked = limit + self.pending.borrow().deleted_with_prefix(prefix);
-        let stored = self.rows(
+        // The writes not yet committed laid over what is stored, rather than committing
+        // them or waiting for them (a selector of `kill` or `logs` costs the loop a read).
+        let asked =
+            limit + self.with_unsettled(|layers| Pending::deleted_with_prefix_all(layers, prefix));
+        let stored = self.look_up_ids(
             "SELECT id FROM jobcast_runs WHERE id LIKE $1 ORDER BY id COLLATE \"C\" LIMIT $2",
             vec![Box::new(like_prefix(prefix)), Box::new(asked as i64)],
-            |row| row.get(0),
         )?;
-        Ok(self.pending.borrow().ids_over(stored, prefix, asked, limit))
+        Ok(self
+            .with_unsettled(|layers| pending::ids_over_all(layers, stored, prefix, asked, limit)))
     }
 
     fn last_run_seq(&self) -> StoreResult<u64> {
@@ -500,17 +587,17 @@ impl Store for PgStore {
     }
 
     fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>> {
-        // Read with the batch's writes laid over what is stored, rather than committing
-        // them first: retention's walk then costs the loop a read, not a commit.
-        let asked = limit + self.pending.borrow().deleted_from(from_seq);
-        let stored = self.query_runs(
+        // Read with the writes not yet committed laid over what is stored, rather than
+        // committing them or waiting for them: retention's walk costs the loop a read.
+        let asked =
+            limit + self.with_unsettled(|layers| Pending::deleted_from_all(layers, from_seq));
+        let stored = self.look_up_runs(
             "SELECT record FROM jobcast_runs WHERE seq >= $1 ORDER BY seq LIMIT $2",
             vec![Box::new(from_seq as i64), Box::new(asked as i64)],
         )?;
-        Ok(self
-            .pending
-            .borrow()
-            .oldest_over(stored, from_seq, asked, limit))
+        Ok(self.with_unsettled(|layers| {
+            pending::oldest_over_all(layers, stored, from_seq, asked, limit)
+        }))
     }
 
     fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()> {
@@ -519,7 +606,7 @@ impl Store for PgStore {
         // trip per deleted run. Deleting it again in the database changes nothing.
         if matches!(
             self.pending.get_mut().run(&run.id),
-            Some(PendingRun::Deleted { .. })
+            Some(PendingRun::Deleted)
         ) {
             return Ok(());
         }
@@ -618,18 +705,24 @@ impl Store for PgStore {
     }
 
     fn start_flush(&mut self, done: FlushDone) {
-        let writes = self.pending.take();
+        let writes = Arc::new(self.pending.take());
+        // Read over until the loop is told this commit's outcome.
+        self.in_flight.push_back(writes.clone());
         let fence = self.fence;
         self.connection.submit(
-            move |session| Box::pin(commit(writes, fence, session)),
+            move |session| Box::pin(async move { commit(&writes, fence, session).await }),
             done,
         );
+    }
+
+    fn commit_told(&mut self) {
+        self.in_flight.pop_front();
     }
 }
 
 /// Commits `writes` on `session`, unless an earlier commit failed there (a later batch
 /// may build on it: nothing after a failed commit may be acknowledged).
-async fn commit(writes: Pending, fence: Option<u64>, session: &mut Session) -> StoreResult<()> {
+async fn commit(writes: &Pending, fence: Option<u64>, session: &mut Session) -> StoreResult<()> {
     if let Some(why) = &session.commit_failed {
         return Err(StoreError::Engine(
             format!("not committed: an earlier commit failed ({why})").into(),
@@ -663,6 +756,109 @@ impl PgStore {
         }
         let fence = self.fence;
         self.connection
-            .wait(move |session| Box::pin(commit(writes, fence, session)))
+            .wait(move |session| Box::pin(async move { commit(&writes, fence, session).await }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobcast_protocol::{Exec, RunState};
+    use std::time::Duration;
+
+    /// A commit held by a lock another session keeps on a row it rewrites: the loop's
+    /// reads of runs answer meanwhile, with what that commit carries laid over what is
+    /// stored, and read what is stored once the loop is told it committed.
+    #[test]
+    fn the_loops_reads_of_runs_do_not_wait_for_commits_in_flight() {
+        let Some(pg) = jobcast_test_postgres::TestPostgres::start() else {
+            return;
+        };
+        let password = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(password.path(), jobcast_test_postgres::PASSWORD).unwrap();
+        let url = pg.create_database("in_flight");
+        let settings = PgSettings::new(&url, Some(password.path()), None).unwrap();
+        let mut store = PgStore::open(&settings).unwrap();
+        let job = JobSpec::new("job", "default", Exec::Command(vec!["true".into()]));
+        store.put_job(&job).unwrap();
+        let mut first = RunRecord::queued("run-a".into(), 1, job.clone(), 1, "q");
+        store.create_run(&first).unwrap();
+        store.flush().unwrap();
+        assert!(store.lookups_within(Duration::from_secs(10)));
+
+        let blocker = Connection::open(&settings).unwrap();
+        blocker
+            .call(|session| {
+                Box::pin(async move {
+                    session
+                        .client
+                        .batch_execute(
+                            "BEGIN; SELECT 1 FROM jobcast_runs WHERE id = 'run-a' FOR UPDATE",
+                        )
+                        .await
+                })
+            })
+            .unwrap();
+        first.transition(RunState::Assigned, 2, "granted").unwrap();
+        store.put_run(&first).unwrap();
+        store
+            .create_run(&RunRecord::queued("run-b".into(), 2, job, 2, "q"))
+            .unwrap();
+        let (told, outcome) = std::sync::mpsc::channel();
+        store.start_flush(Box::new(move |result| {
+            let _ = told.send(result);
+        }));
+        assert!(
+            outcome.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the commit waits for the lock"
+        );
+
+        // On a thread of their own, so that reads that waited for the commit would fail
+        // the test rather than hang it.
+        let (answered, answers) = std::sync::mpsc::channel();
+        let reads = std::thread::spawn(move || {
+            let read = (
+                store.run("run-a").unwrap().map(|run| run.state),
+                store.run("run-b").unwrap().is_some(),
+                store.run_ids_with_prefix("run-", 10).unwrap(),
+                store
+                    .oldest_runs(0, 10)
+                    .unwrap()
+                    .into_iter()
+                    .map(|run| (run.id, run.state))
+                    .collect::<Vec<_>>(),
+            );
+            let _ = answered.send(read);
+            store
+        });
+        let read = answers.recv_timeout(Duration::from_secs(10));
+        blocker
+            .call(|session| Box::pin(async move { session.client.batch_execute("ROLLBACK").await }))
+            .unwrap();
+        let (run_a, run_b, ids, oldest) = read.expect("the reads answered while the commit waited");
+        assert_eq!(run_a, Some(RunState::Assigned));
+        assert!(run_b);
+        assert_eq!(ids, ["run-a", "run-b"]);
+        assert_eq!(
+            oldest,
+            [
+                ("run-a".to_string(), RunState::Assigned),
+                ("run-b".to_string(), RunState::Queued)
+            ]
+        );
+
+        let mut store = reads.join().unwrap();
+        outcome
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the commit ends once the lock is gone")
+            .unwrap();
+        store.commit_told();
+        assert!(store.in_flight.is_empty());
+        let stored = store.run("run-a").unwrap().map(|run| run.state);
+        assert_eq!(
+            stored,
+            Some(RunState::Assigned),
+            "read from the database now"
+        );
     }
 }

@@ -13,7 +13,7 @@ pub enum PendingRun {
     /// Created or rewritten: the record, and its stored bytes.
     Put { run: Box<RunRecord>, bytes: Vec<u8> },
     /// Deleted by retention, with its log.
-    Deleted { id: String },
+    Deleted,
 }
 
 #[derive(Default)]
@@ -65,8 +65,7 @@ impl Pending {
 
     pub fn delete_run(&mut self, run: &RunRecord) {
         self.ids.insert(run.id.clone(), run.seq);
-        self.runs
-            .insert(run.seq, PendingRun::Deleted { id: run.id.clone() });
+        self.runs.insert(run.seq, PendingRun::Deleted);
         let chunks: Vec<(String, u64)> = self
             .logs
             .range((run.id.clone(), 0)..=(run.id.clone(), u64::MAX))
@@ -108,34 +107,18 @@ impl Pending {
     pub fn deleted_from(&self, from_seq: u64) -> usize {
         self.runs
             .range(from_seq..)
-            .filter(|(_, run)| matches!(run, PendingRun::Deleted { .. }))
+            .filter(|(_, run)| matches!(run, PendingRun::Deleted))
             .count()
     }
 
-    /// The oldest stored runs from `from_seq` on (`asked` were asked for), with the
-    /// pending writes over them, oldest first, `limit` at most. When the stored read
-    /// came back full, pending runs past its last are left for a later read: stored runs
-    /// between the two were not read.
-    pub fn oldest_over(
-        &self,
-        stored: Vec<RunRecord>,
-        from_seq: u64,
-        asked: usize,
-        limit: usize,
-    ) -> Vec<RunRecord> {
-        let window_end = match stored.last() {
-            Some(last) if stored.len() >= asked => last.seq,
-            _ => u64::MAX,
-        };
-        let mut runs: BTreeMap<u64, RunRecord> =
-            stored.into_iter().map(|run| (run.seq, run)).collect();
-        for (seq, pending) in self.runs.range(from_seq..=window_end) {
+    /// Lays this batch's runs from `from_seq` to `to_seq` over `runs`.
+    fn lay_runs_over(&self, runs: &mut BTreeMap<u64, RunRecord>, from_seq: u64, to_seq: u64) {
+        for (seq, pending) in self.runs.range(from_seq..=to_seq) {
             match pending {
                 PendingRun::Put { run, .. } => runs.insert(*seq, (**run).clone()),
-                PendingRun::Deleted { .. } => runs.remove(seq),
+                PendingRun::Deleted => runs.remove(seq),
             };
         }
-        runs.into_values().take(limit).collect()
     }
 
     /// Deletions pending among the runs whose id starts with `prefix`.
@@ -143,38 +126,45 @@ impl Pending {
         self.ids
             .iter()
             .filter(|(id, seq)| {
-                id.starts_with(prefix)
-                    && matches!(self.runs.get(seq), Some(PendingRun::Deleted { .. }))
+                id.starts_with(prefix) && matches!(self.runs.get(seq), Some(PendingRun::Deleted))
             })
             .count()
     }
 
-    /// Stored run ids starting with `prefix` (`asked` were asked for, in order), with
-    /// the pending runs over them: created ones in, deleted ones out; `limit` at most.
-    /// As for [`Pending::oldest_over`], a full read leaves pending ids past its last out.
-    pub fn ids_over(
+    /// Lays this batch's ids starting with `prefix`, up to `to` (if any), over `ids`.
+    fn lay_ids_over(
         &self,
-        stored: Vec<String>,
+        ids: &mut std::collections::BTreeSet<String>,
         prefix: &str,
-        asked: usize,
-        limit: usize,
-    ) -> Vec<String> {
-        let window_end = match stored.last() {
-            Some(last) if stored.len() >= asked => Some(last.clone()),
-            _ => None,
-        };
-        let mut ids: std::collections::BTreeSet<String> = stored.into_iter().collect();
+        to: Option<&String>,
+    ) {
         for (id, seq) in &self.ids {
-            if !id.starts_with(prefix) || window_end.as_ref().is_some_and(|end| id > end) {
+            if !id.starts_with(prefix) || to.is_some_and(|end| id > end) {
                 continue;
             }
             match self.runs.get(seq) {
                 Some(PendingRun::Put { .. }) => ids.insert(id.clone()),
-                Some(PendingRun::Deleted { .. }) => ids.remove(id),
+                Some(PendingRun::Deleted) => ids.remove(id),
                 None => false,
             };
         }
-        ids.into_iter().take(limit).collect()
+    }
+
+    /// Deletions pending in all `layers` among runs from `from_seq` on (see
+    /// [`Pending::deleted_from`]).
+    pub fn deleted_from_all(layers: &[&Pending], from_seq: u64) -> usize {
+        layers
+            .iter()
+            .map(|layer| layer.deleted_from(from_seq))
+            .sum()
+    }
+
+    /// As [`Pending::deleted_with_prefix`], over all `layers`.
+    pub fn deleted_with_prefix_all(layers: &[&Pending], prefix: &str) -> usize {
+        layers
+            .iter()
+            .map(|layer| layer.deleted_with_prefix(prefix))
+            .sum()
     }
 
     /// Stored (key, value) rows with the pending writes of that table over them, by key.
@@ -194,8 +184,9 @@ impl Pending {
     /// round trip per batch.
     /// With `fence`, the first statement checks that this epoch still holds the
     /// leader's lease, keeping the lease row shared-locked until the commit ends.
+    /// Borrows the writes (they stay readable by the loop until the commit is told).
     pub async fn commit(
-        self,
+        &self,
         fence: Option<u64>,
         session: &mut Session,
     ) -> Result<(), tokio_postgres::Error> {
@@ -215,42 +206,43 @@ impl Pending {
                     UPSERT_SETTINGS,
                 ])
                 .await?;
-        let (spec_keys, spec_bytes): (Vec<Vec<u8>>, Vec<Vec<u8>>) = self
+        let (spec_keys, spec_bytes): (Vec<Vec<u8>>, Vec<&[u8]>) = self
             .specs
-            .into_iter()
-            .map(|(key, bytes)| (key.to_vec(), bytes))
+            .iter()
+            .map(|(key, bytes)| (key.to_vec(), bytes.as_slice()))
             .unzip();
         let mut put = RunColumns::default();
-        let (mut deleted_seqs, mut deleted_ids) = (Vec::new(), Vec::new());
-        for (seq, run) in self.runs {
+        let mut deleted_seqs = Vec::new();
+        for (seq, run) in &self.runs {
             match run {
-                PendingRun::Put { run, bytes } => put.push(*run, bytes),
-                PendingRun::Deleted { id } => {
-                    deleted_seqs.push(seq as i64);
-                    deleted_ids.push(id);
-                }
+                PendingRun::Put { run, bytes } => put.push(run, bytes),
+                PendingRun::Deleted => deleted_seqs.push(*seq as i64),
             }
         }
-        let logs_dropped: Vec<String> = self.logs_dropped.into_iter().collect();
+        let logs_dropped: Vec<&str> = self.logs_dropped.iter().map(String::as_str).collect();
         let (mut gone_ids, mut gone_offsets) = (Vec::new(), Vec::new());
         let (mut run_ids, mut offsets, mut data) = (Vec::new(), Vec::new(), Vec::new());
-        for ((run_id, offset), chunk) in self.logs {
+        for ((run_id, offset), chunk) in &self.logs {
             match chunk {
                 Some(chunk) => {
-                    run_ids.push(run_id);
-                    offsets.push(offset as i64);
-                    data.push(chunk);
+                    run_ids.push(run_id.as_str());
+                    offsets.push(*offset as i64);
+                    data.push(chunk.as_slice());
                 }
                 None => {
-                    gone_ids.push(run_id);
-                    gone_offsets.push(offset as i64);
+                    gone_ids.push(run_id.as_str());
+                    gone_offsets.push(*offset as i64);
                 }
             }
         }
-        let keyed: Vec<(Vec<String>, Vec<Vec<u8>>)> =
-            [self.jobs, self.job_states, self.workers, self.settings]
+        let keyed: Vec<(Vec<&str>, Vec<&[u8]>)> =
+            [&self.jobs, &self.job_states, &self.workers, &self.settings]
                 .into_iter()
-                .map(|rows| rows.into_iter().unzip())
+                .map(|rows| {
+                    rows.iter()
+                        .map(|(key, value)| (key.as_str(), value.as_slice()))
+                        .unzip()
+                })
                 .collect();
 
         let fence = fence.map(|epoch| epoch as i64);
@@ -333,26 +325,70 @@ impl Pending {
     }
 }
 
-/// The runs of a commit, column by column (each column is one array parameter).
-#[derive(Default)]
-struct RunColumns {
-    seq: Vec<i64>,
-    id: Vec<String>,
-    job: Vec<String>,
-    state: Vec<String>,
-    finished: Vec<bool>,
-    created_at_ms: Vec<i64>,
-    record: Vec<Vec<u8>>,
+/// The oldest stored runs from `from_seq` on (`asked` were asked for), with the writes
+/// of several batches (`layers`, oldest first) over them, oldest first, `limit` at most.
+/// When the stored read came back full, pending runs past its last are left for a later
+/// read: stored runs between the two were not read.
+pub fn oldest_over_all(
+    layers: &[&Pending],
+    stored: Vec<RunRecord>,
+    from_seq: u64,
+    asked: usize,
+    limit: usize,
+) -> Vec<RunRecord> {
+    let window_end = match stored.last() {
+        Some(last) if stored.len() >= asked => last.seq,
+        _ => u64::MAX,
+    };
+    let mut runs: BTreeMap<u64, RunRecord> = stored.into_iter().map(|run| (run.seq, run)).collect();
+    for layer in layers {
+        layer.lay_runs_over(&mut runs, from_seq, window_end);
+    }
+    runs.into_values().take(limit).collect()
 }
 
-impl RunColumns {
-    fn push(&mut self, run: RunRecord, bytes: Vec<u8>) {
+/// Stored run ids starting with `prefix` (`asked` were asked for, in order), with the
+/// runs of several batches (`layers`, oldest first) over them: created ones in, deleted
+/// ones out; `limit` at most. As for [`oldest_over_all`], a full read leaves pending ids
+/// past its last out.
+pub fn ids_over_all(
+    layers: &[&Pending],
+    stored: Vec<String>,
+    prefix: &str,
+    asked: usize,
+    limit: usize,
+) -> Vec<String> {
+    let window_end = match stored.last() {
+        Some(last) if stored.len() >= asked => Some(last.clone()),
+        _ => None,
+    };
+    let mut ids: std::collections::BTreeSet<String> = stored.into_iter().collect();
+    for layer in layers {
+        layer.lay_ids_over(&mut ids, prefix, window_end.as_ref());
+    }
+    ids.into_iter().take(limit).collect()
+}
+
+/// The runs of a commit, column by column (each column is one array parameter).
+#[derive(Default)]
+struct RunColumns<'a> {
+    seq: Vec<i64>,
+    id: Vec<&'a str>,
+    job: Vec<&'a str>,
+    state: Vec<&'a str>,
+    finished: Vec<bool>,
+    created_at_ms: Vec<i64>,
+    record: Vec<&'a [u8]>,
+}
+
+impl<'a> RunColumns<'a> {
+    fn push(&mut self, run: &'a RunRecord, bytes: &'a [u8]) {
         self.seq.push(run.seq as i64);
-        self.state.push(run.state.as_str().to_string());
+        self.state.push(run.state.as_str());
         self.finished.push(run.state.is_terminal());
         self.created_at_ms.push(run.created_at_ms as i64);
-        self.id.push(run.id);
-        self.job.push(run.job);
+        self.id.push(&run.id);
+        self.job.push(&run.job);
         self.record.push(bytes);
     }
 }
