@@ -71,6 +71,13 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Runs `sql` (statements, no rows back) and waits: for tests that hold locks or
+    /// transactions open on a connection of their own.
+    #[cfg(test)]
+    pub fn execute(&self, sql: &'static str) -> StoreResult<()> {
+        self.call(move |session| Box::pin(async move { session.client.batch_execute(sql).await }))
+    }
+
     /// Connects (on the connection's thread) and waits until it is up or has failed
     /// (or, with `settings.answer_within`, that long at most).
     pub fn open(settings: &PgSettings) -> StoreResult<Connection> {

@@ -788,16 +788,7 @@ mod tests {
 
         let blocker = Connection::open(&settings).unwrap();
         blocker
-            .call(|session| {
-                Box::pin(async move {
-                    session
-                        .client
-                        .batch_execute(
-                            "BEGIN; SELECT 1 FROM jobcast_runs WHERE id = 'run-a' FOR UPDATE",
-                        )
-                        .await
-                })
-            })
+            .execute("BEGIN; SELECT 1 FROM jobcast_runs WHERE id = 'run-a' FOR UPDATE")
             .unwrap();
         first.transition(RunState::Assigned, 2, "granted").unwrap();
         store.put_run(&first).unwrap();
@@ -832,9 +823,7 @@ mod tests {
             store
         });
         let read = answers.recv_timeout(Duration::from_secs(10));
-        blocker
-            .call(|session| Box::pin(async move { session.client.batch_execute("ROLLBACK").await }))
-            .unwrap();
+        blocker.execute("ROLLBACK").unwrap();
         let (run_a, run_b, ids, oldest) = read.expect("the reads answered while the commit waited");
         assert_eq!(run_a, Some(RunState::Assigned));
         assert!(run_b);
