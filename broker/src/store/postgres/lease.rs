@@ -301,14 +301,19 @@ mod tests {
         let asked = Instant::now();
         // (Longer than `until` waits: only the server's cancel ends it in time.)
         let error = sleep(&limited, 30.0).unwrap_err().to_string();
-        assert!(error.contains("no answer within"), "{error}");
         assert!(
             asked.elapsed() < Duration::from_secs(10),
             "{:?}",
             asked.elapsed()
         );
-        let error = sleep(&limited, 0.0).unwrap_err().to_string();
-        assert!(error.contains("given up"), "{error}");
+        // The server's timeout is the same limit: on a busy machine its cancel can come
+        // back before the caller's own wait ends, and then the connection is still good.
+        if error.contains("no answer within") {
+            let error = sleep(&limited, 0.0).unwrap_err().to_string();
+            assert!(error.contains("given up"), "{error}");
+        } else {
+            assert!(error.contains("statement timeout"), "{error}");
+        }
         until("the server cancels the statement", || {
             patient
                 .rows(
