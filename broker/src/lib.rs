@@ -2,6 +2,7 @@
 //! store engines, sockets, HTTP, metrics, reload and the server loop.
 
 pub mod config;
+pub mod connection_ends;
 pub mod deadline;
 pub mod election;
 pub mod handshakes;

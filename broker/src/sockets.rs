@@ -21,6 +21,7 @@
 //! one batch reads at most [`BATCH_BYTES`] of requests before the core handles them.
 
 use crate::config::Keys;
+use crate::connection_ends::{Ended, KeptDescriptors};
 use crate::handshakes::{Closed, HandshakeLedger};
 use crate::subscriptions::{Flood, PublisherPeers, SubscriptionBook, Verdict};
 use jobcast_core::PeerId;
@@ -43,6 +44,8 @@ const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 /// key can be refused on the publisher alone.
 const ZAP_DOMAIN: &str = "jobcast";
 const ZAP_DOMAIN_PUBLISH: &str = "jobcast-publish";
+/// A flood still going on after this is told to the side task again.
+const FLOOD_TOLD_AGAIN: Duration = Duration::from_millis(100);
 
 pub struct Settings {
     pub router: String,
@@ -95,6 +98,9 @@ pub struct Listeners {
     subscriptions: SubscriptionBook,
     /// Floods, to the side task: it closes their connections and refuses their keys.
     floods: mpsc::UnboundedSender<Flood>,
+    /// When each key's flood was last told (a flood is thousands of subscriptions: told
+    /// again only if it goes on, in case the connection closed was not its own).
+    floods_told: std::collections::HashMap<String, std::time::Instant>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -163,7 +169,12 @@ impl Listeners {
                             crate::subscriptions::FLOOD_BAN.as_secs()
                         ),
                     });
-                    let _ = self.floods.send(Flood { key, address });
+                    let now = std::time::Instant::now();
+                    let told = self.floods_told.get(&key).copied();
+                    if told.is_none_or(|at| now.duration_since(at) >= FLOOD_TOLD_AGAIN) {
+                        self.floods_told.insert(key.clone(), now);
+                        let _ = self.floods.send(Flood { key, address });
+                    }
                 }
             }
         }
@@ -218,9 +229,9 @@ struct Side {
     publisher_events: Option<Monitor>,
     /// The publisher's connections and the keys it refuses.
     publisher_peers: PublisherPeers,
-    /// Each socket's handshakes under way.
-    router_handshakes: HandshakeLedger,
-    publisher_handshakes: HandshakeLedger,
+    /// Each socket's connections, to count the closes libzmq does not explain.
+    router_connections: Connections,
+    publisher_connections: Connections,
     floods: mpsc::UnboundedReceiver<Flood>,
 }
 
@@ -309,8 +320,8 @@ impl Listeners {
             router_events: Some(router_events),
             publisher_events: Some(publisher_events),
             publisher_peers: PublisherPeers::default(),
-            router_handshakes: HandshakeLedger::new(HANDSHAKE_TIMEOUT),
-            publisher_handshakes: HandshakeLedger::new(HANDSHAKE_TIMEOUT),
+            router_connections: Connections::new(),
+            publisher_connections: Connections::new(),
             floods: floods_told,
         };
         let task = tokio::spawn(run(side, events_tx));
@@ -321,6 +332,7 @@ impl Listeners {
             publish_endpoint,
             subscriptions: SubscriptionBook::default(),
             floods,
+            floods_told: Default::default(),
             task,
         })
     }
@@ -448,6 +460,12 @@ async fn run(mut side: Side, incoming: mpsc::Sender<Incoming>) {
                     tracing::error!(error = %e, "authentication socket failed");
                     return;
                 }
+                // A handshake asks only after its connection was accepted: taking the
+                // monitors' events first keeps each connection's descriptor from its
+                // start, before any frame of it can be refused.
+                if !note_queued_events(&mut side, &incoming) {
+                    return;
+                }
                 // Stops at the first refusal or accepted request; the loop comes back here
                 // while more are waiting.
                 while let Some(refused) = answer_zap(&mut side) {
@@ -471,20 +489,15 @@ async fn run(mut side: Side, incoming: mpsc::Sender<Incoming>) {
                 }
             }
             event = next_event(&side.router_events) => {
-                match note(&incoming, "request", event, &mut side.router_handshakes) {
+                match note(&incoming, "request", event, &mut side.router_connections) {
                     Noted::Yes => {}
                     Noted::MonitorFailed => side.router_events = None,
                     Noted::BrokerGone => return,
                 }
             }
             event = next_event(&side.publisher_events) => {
-                // A connection's descriptor, to close it should it flood.
-                match event {
-                    Ok((PeerEvent::Connected, fd)) => side.publisher_peers.connected(fd as i32),
-                    Ok((PeerEvent::Disconnected, fd)) => side.publisher_peers.disconnected(fd as i32),
-                    _ => {}
-                }
-                match note(&incoming, "publish", event, &mut side.publisher_handshakes) {
+                side.publisher_peers.noted(&event);
+                match note(&incoming, "publish", event, &mut side.publisher_connections) {
                     Noted::Yes => {}
                     Noted::MonitorFailed => side.publisher_events = None,
                     Noted::BrokerGone => return,
@@ -500,14 +513,69 @@ enum Noted {
     BrokerGone,
 }
 
-/// Passes connection events on, to be counted; `handshakes` tells which connections
-/// closed before their handshake without an event of their own.
+/// Notes the events both monitors have queued, without waiting; false once the broker is
+/// gone.
+fn note_queued_events(side: &mut Side, incoming: &mpsc::Sender<Incoming>) -> bool {
+    let sockets = [
+        (
+            "request",
+            &mut side.router_events,
+            &mut side.router_connections,
+        ),
+        (
+            "publish",
+            &mut side.publisher_events,
+            &mut side.publisher_connections,
+        ),
+    ];
+    for (socket, monitor, connections) in sockets {
+        while let Some(queued) = monitor.as_ref().map(Monitor::try_next_with_value) {
+            let event = match queued {
+                Ok(Some(event)) => Ok(event),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            if socket == "publish" {
+                side.publisher_peers.noted(&event);
+            }
+            match note(incoming, socket, event, connections) {
+                Noted::Yes => {}
+                Noted::MonitorFailed => *monitor = None,
+                Noted::BrokerGone => return false,
+            }
+        }
+    }
+    true
+}
+
+/// What the side task keeps of one socket's connections, to count the closes libzmq does
+/// not explain.
+struct Connections {
+    handshakes: HandshakeLedger,
+    descriptors: KeptDescriptors,
+}
+
+impl Connections {
+    fn new() -> Connections {
+        Connections {
+            handshakes: HandshakeLedger::new(HANDSHAKE_TIMEOUT),
+            descriptors: KeptDescriptors::default(),
+        }
+    }
+}
+
+/// Passes connection events on, to be counted; `connections` tells which closes were
+/// refusals that libzmq made without an event of their own.
 fn note(
     incoming: &mpsc::Sender<Incoming>,
     socket: &'static str,
     event: jobcast_transport::Result<(PeerEvent, u32)>,
-    handshakes: &mut HandshakeLedger,
+    connections: &mut Connections,
 ) -> Noted {
+    let Connections {
+        handshakes,
+        descriptors,
+    } = connections;
     let now = std::time::Instant::now();
     let noted = match event {
         Ok((PeerEvent::HandshakeFailed, _)) => {
@@ -520,13 +588,24 @@ fn note(
             }
         }
         Ok((PeerEvent::Disconnected, fd)) => {
-            if handshakes.closed(fd, now) == Closed::BeforeHandshake {
-                let refused = Incoming::Refused {
+            let ended = descriptors.closed(fd as i32);
+            let closed = handshakes.closed(fd, now);
+            let refused = match closed {
+                Closed::BeforeHandshake => Some(Incoming::Refused {
                     reason: "handshake_failed",
                     detail: format!(
                         "a connection to the {socket} socket was closed before its handshake: not ZMTP 3 (bytes before a greeting, a ZMTP 1.0 or 2.0 peer) or a handshake breaking the protocol"
                     ),
-                };
+                }),
+                Closed::AfterHandshake if ended == Some(Ended::ByBroker) => Some(Incoming::Refused {
+                    reason: "oversized",
+                    detail: format!(
+                        "a connection to the {socket} socket was closed by the broker: a frame over the size limit (or one breaking ZMTP)"
+                    ),
+                }),
+                _ => None,
+            };
+            if let Some(refused) = refused {
                 if !pass_on(incoming, refused) {
                     return Noted::BrokerGone;
                 }
@@ -535,6 +614,7 @@ fn note(
         }
         Ok((PeerEvent::Connected, fd)) => {
             handshakes.accepted(fd, now);
+            descriptors.accepted(fd as i32);
             Incoming::Connection { opened: true }
         }
         Ok((PeerEvent::HandshakeSucceeded, _)) => {
@@ -549,7 +629,9 @@ fn note(
         // Only connecting sockets see these; the broker's are bound.
         Ok((PeerEvent::ConnectFailed, _)) => return Noted::Yes,
         Err(e) => {
-            // Serve on without connection events rather than stop the broker.
+            // Serve on without connection events rather than stop the broker; the kept
+            // descriptors go (no close will be told to let them go).
+            descriptors.clear();
             tracing::error!(socket, error = %e, "socket monitor failed");
             return Noted::MonitorFailed;
         }

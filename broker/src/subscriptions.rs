@@ -20,6 +20,7 @@
 //! and subscribes again, and the flood's next subscription closes the next largest.
 
 use jobcast_protocol::topic;
+use jobcast_transport::PeerEvent;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
@@ -110,6 +111,16 @@ impl PublisherPeers {
 
     pub fn disconnected(&mut self, fd: RawFd) {
         self.connections.remove(&fd);
+    }
+
+    /// Follows the publisher's monitor: a connection's descriptor, to close it should it
+    /// flood.
+    pub fn noted(&mut self, event: &jobcast_transport::Result<(PeerEvent, u32)>) {
+        match event {
+            Ok((PeerEvent::Connected, fd)) => self.connected(*fd as RawFd),
+            Ok((PeerEvent::Disconnected, fd)) => self.disconnected(*fd as RawFd),
+            _ => {}
+        }
     }
 
     /// Whether `key` is refused on the publisher now.

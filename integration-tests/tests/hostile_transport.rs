@@ -353,6 +353,9 @@ async fn raw_tcp_attacks_on_both_ports_cost_little_memory_and_no_latency() {
     );
     // Three refused topics, the flood, and the flood's key refused once after it.
     assert!(rejected["subscription"].as_u64() >= Some(5), "{rejected}");
+    // The 2^40-byte declarations (both ports), the 256 MiB frame, the 1,000-byte
+    // subscription: each connection closed by the broker after its handshake.
+    assert!(rejected["oversized"].as_u64() >= Some(4), "{rejected}");
 }
 
 /// libzmq closes these without an event that says why; the broker counts them all the
@@ -391,4 +394,7 @@ fn closes_libzmq_does_not_explain_are_counted_once_each() {
     });
     assert_eq!(counted, before + sent, "each close counted once");
     assert_eq!(failed(), before + sent, "and nothing else since");
+    // The `status` connections, closed by their peer, are not refusals.
+    let status = cluster.ctl_json(&["status"]).expect("status");
+    assert_eq!(status["rejected"]["oversized"].as_u64(), None, "{status}");
 }

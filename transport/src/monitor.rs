@@ -67,13 +67,21 @@ impl Monitor {
     /// connection's file descriptor (libzmq's, not to be closed), else an error code.
     pub async fn next_with_value(&self) -> Result<(PeerEvent, u32)> {
         loop {
+            if let Some(event) = self.try_next_with_value()? {
+                return Ok(event);
+            }
             self.events.wait(zmq::POLLIN).await?;
-            while let Some(received) = self.events.try_recv(2)? {
-                if let Some(event) = decode(&received) {
-                    return Ok(event);
-                }
+        }
+    }
+
+    /// As [`Monitor::next_with_value`], without waiting: `None` when no event is queued.
+    pub fn try_next_with_value(&self) -> Result<Option<(PeerEvent, u32)>> {
+        while let Some(received) = self.events.try_recv(2)? {
+            if let Some(event) = decode(&received) {
+                return Ok(Some(event));
             }
         }
+        Ok(None)
     }
 }
 
