@@ -933,12 +933,15 @@ async function loadAlertsPage() {
   const before = state.route.params.get("before");
   const query = "?limit=" + AUDIT_PAGE + (before ? "&before=" + encodeURIComponent(before) : "");
   let body;
+  const asked = location.hash;
   try {
     body = await api("GET", "/api/v1/alerts" + query);
   } catch (error) {
     return showMessage(error.message);
   }
-  if (state.route.view !== "alerts") return;
+  // An answer that comes after the page moved on (another view, or another page of this
+  // one) is not this page's.
+  if (location.hash !== asked) return;
   if (state.status) state.status.alerts = body.current;
   renderStandingAlerts();
   renderAlerts();
@@ -966,12 +969,14 @@ async function loadAuditPage() {
   const before = state.route.params.get("before");
   const query = "?limit=" + AUDIT_PAGE + (before ? "&before=" + encodeURIComponent(before) : "");
   let entries;
+  const asked = location.hash;
   try {
     entries = (await api("GET", "/api/v1/audit" + query)).entries;
   } catch (error) {
     return showMessage(error.message);
   }
-  if (state.route.view !== "audit") return;
+  // As for the alerts: only the page that asked shows the answer.
+  if (location.hash !== asked) return;
   const body = $("#audit tbody");
   syncRows(body, entries, (e) => String(e.seq), () => emptyRow(6), (row, entry) => {
     const c = row.children;
