@@ -133,9 +133,7 @@ impl Listeners {
             },
         }
     }
-}
 
-impl Listeners {
     /// Applies the subscriptions waiting on the publisher that the book takes; the
     /// others are counted into `batch` as refusals, and floods are told to the side task.
     /// Called whenever the publisher is readable and after every send (libzmq takes in
