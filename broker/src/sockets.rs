@@ -487,18 +487,13 @@ async fn run(mut side: Side, incoming: mpsc::Sender<Incoming>) {
                 }
             }
             event = next_event(&side.router_events) => {
-                match note(&incoming, "request", event, &mut side.router_connections) {
-                    Noted::Yes => {}
-                    Noted::MonitorFailed => side.router_events = None,
-                    Noted::BrokerGone => return,
+                if !take_event(&mut side, Monitored::Router, event, &incoming) {
+                    return;
                 }
             }
             event = next_event(&side.publisher_events) => {
-                side.publisher_peers.noted(&event);
-                match note(&incoming, "publish", event, &mut side.publisher_connections) {
-                    Noted::Yes => {}
-                    Noted::MonitorFailed => side.publisher_events = None,
-                    Noted::BrokerGone => return,
+                if !take_event(&mut side, Monitored::Publisher, event, &incoming) {
+                    return;
                 }
             }
         }
@@ -511,35 +506,62 @@ enum Noted {
     BrokerGone,
 }
 
-/// Notes the events both monitors have queued, without waiting; false once the broker is
-/// gone.
-fn note_queued_events(side: &mut Side, incoming: &mpsc::Sender<Incoming>) -> bool {
-    let sockets = [
-        (
+/// Which of the broker's sockets a monitor watches.
+#[derive(Clone, Copy)]
+enum Monitored {
+    Router,
+    Publisher,
+}
+
+/// Takes one event of a monitor: counted, the publisher's connections followed, the
+/// monitor let go if it failed; false once the broker is gone.
+fn take_event(
+    side: &mut Side,
+    which: Monitored,
+    event: jobcast_transport::Result<(PeerEvent, u32)>,
+    incoming: &mpsc::Sender<Incoming>,
+) -> bool {
+    let (socket, monitor, connections) = match which {
+        Monitored::Router => (
             "request",
             &mut side.router_events,
             &mut side.router_connections,
         ),
-        (
-            "publish",
-            &mut side.publisher_events,
-            &mut side.publisher_connections,
-        ),
-    ];
-    for (socket, monitor, connections) in sockets {
-        while let Some(queued) = monitor.as_ref().map(Monitor::try_next_with_value) {
-            let event = match queued {
-                Ok(Some(event)) => Ok(event),
-                Ok(None) => break,
-                Err(e) => Err(e),
+        Monitored::Publisher => {
+            side.publisher_peers.noted(&event);
+            (
+                "publish",
+                &mut side.publisher_events,
+                &mut side.publisher_connections,
+            )
+        }
+    };
+    match note(incoming, socket, event, connections) {
+        Noted::Yes => true,
+        Noted::MonitorFailed => {
+            *monitor = None;
+            true
+        }
+        Noted::BrokerGone => false,
+    }
+}
+
+/// Notes the events both monitors have queued, without waiting; false once the broker is
+/// gone.
+fn note_queued_events(side: &mut Side, incoming: &mpsc::Sender<Incoming>) -> bool {
+    for which in [Monitored::Router, Monitored::Publisher] {
+        loop {
+            let monitor = match which {
+                Monitored::Router => &side.router_events,
+                Monitored::Publisher => &side.publisher_events,
             };
-            if socket == "publish" {
-                side.publisher_peers.noted(&event);
-            }
-            match note(incoming, socket, event, connections) {
-                Noted::Yes => {}
-                Noted::MonitorFailed => *monitor = None,
-                Noted::BrokerGone => return false,
+            let event = match monitor.as_ref().map(Monitor::try_next_with_value) {
+                None | Some(Ok(None)) => break,
+                Some(Ok(Some(event))) => Ok(event),
+                Some(Err(e)) => Err(e),
+            };
+            if !take_event(side, which, event, incoming) {
+                return false;
             }
         }
     }

@@ -246,16 +246,7 @@ impl PgStore {
         };
         let rows = connection.rows(sql, params, |row| row.get::<_, Vec<u8>>(0))?;
         rows.iter()
-            .map(|bytes| {
-                run_codec::decode_run(bytes, |key| {
-                    self.spec_cache.borrow_mut().get_or_read(key, || {
-                        if let Some(bytes) = self.pending.borrow().spec(key) {
-                            return Ok(Some(bytes.to_vec()));
-                        }
-                        read_spec(&connection, key)
-                    })
-                })
-            })
+            .map(|bytes| run_codec::decode_run(bytes, |key| self.spec_read_on(&connection, key)))
             .collect()
     }
 
@@ -282,11 +273,17 @@ impl PgStore {
 
     /// A job spec version, from the cache, the pending writes or the database.
     fn spec(&self, key: &SpecKey) -> StoreResult<JobSpec> {
+        self.spec_read_on(&self.connection, key)
+    }
+
+    /// As [`PgStore::spec`], read on `connection` when neither the cache nor the pending
+    /// writes have it.
+    fn spec_read_on(&self, connection: &Connection, key: &SpecKey) -> StoreResult<JobSpec> {
         self.spec_cache.borrow_mut().get_or_read(key, || {
             if let Some(bytes) = self.pending.borrow().spec(key) {
                 return Ok(Some(bytes.to_vec()));
             }
-            read_spec(&self.connection, key)
+            read_spec(connection, key)
         })
     }
 
