@@ -195,7 +195,7 @@ fn run() -> Result<()> {
         };
     }
     if let Some(BrokerCommand::Restore { from }) = &args.command {
-        if !from.join("store.marker").exists() {
+        if !store::integrity::marker_path(from).exists() {
             anyhow::bail!(
                 "{} is not a backup: it holds no store (`jobcastctl backup DIR` writes one)",
                 from.display()
