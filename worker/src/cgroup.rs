@@ -323,12 +323,14 @@ pub struct RunCgroup {
 }
 
 impl RunCgroup {
-    /// The cgroup's `cgroup.procs`, open for writing: the run's first process writes "0"
-    /// to it between fork and exec, so it is inside before any of its code runs.
-    pub fn procs_file(&self) -> io::Result<std::fs::File> {
+    /// The cgroup's directory, opened read-only: the run's first process is made in it
+    /// (or joins it between fork and exec), so it is inside before any of its code runs.
+    pub fn open_dir(&self) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.path.join("cgroup.procs"))
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&self.path)
     }
 
     /// The processes in the cgroup now.

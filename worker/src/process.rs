@@ -188,10 +188,10 @@ pub fn spawn(
         Some(dir) => Some(Path::new(dir)),
         None => None,
     };
-    let procs = match cgroup {
+    let cgroup_dir = match cgroup {
         Some(cgroup) => Some(
             cgroup
-                .procs_file()
+                .open_dir()
                 .map_err(|source| StartError::Cgroup { source })?,
         ),
         None => None,
@@ -212,14 +212,24 @@ pub fn spawn(
             env: &env,
             workdir,
             output: writer.as_fd(),
-            cgroup_procs: procs.as_ref().map(|file| file.as_fd()),
+            cgroup: cgroup_dir.as_ref().map(|dir| dir.as_fd()),
         })
         .map_err(spawn_error)?;
         let child = match launched {
             Some(child) => RunProcess::Cloned(child),
-            None => RunProcess::Forked(
-                forked(plan, &args, &env, workdir, writer, procs.as_ref()).map_err(spawn_error)?,
-            ),
+            None => {
+                let procs = match &cgroup_dir {
+                    Some(dir) => Some(
+                        crate::spawn::open_procs(dir.as_fd())
+                            .map_err(|source| StartError::Cgroup { source })?,
+                    ),
+                    None => None,
+                };
+                RunProcess::Forked(
+                    forked(plan, &args, &env, workdir, writer, procs.as_ref())
+                        .map_err(spawn_error)?,
+                )
+            }
         };
         own.get_or_insert_with(HashSet::new)
             .insert(child.id() as i32);
@@ -239,7 +249,7 @@ fn forked(
     env: &[(OsString, OsString)],
     workdir: Option<&Path>,
     writer: std::io::PipeWriter,
-    procs: Option<&std::fs::File>,
+    procs: Option<&std::os::fd::OwnedFd>,
 ) -> io::Result<tokio::process::Child> {
     let writer2 = writer.try_clone()?;
     let mut command = std::process::Command::new(&plan.program);

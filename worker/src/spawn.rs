@@ -15,6 +15,12 @@
 //! handlers, the output pipe, the working directory. `CLONE_PIDFD` gives a descriptor
 //! that becomes readable when the child exits, which tokio waits on.
 //!
+//! A run with a cgroup starts in it: on x86-64 `clone3` with `CLONE_INTO_CGROUP` (Linux
+//! 5.7) puts the child there as it is made. Writing to the cgroup's `cgroup.procs` from
+//! the child (the way elsewhere, and where `clone3` is refused) moves a live process, which
+//! takes the kernel's cgroup-wide lock for writing: about 100 µs a start on the machine of
+//! docs/BENCHMARKS.md ("A start straight into its cgroup").
+//!
 //! Everything the child uses is prepared before the clone: the child only makes system
 //! calls (no allocation, no lock, no unwinding), as required of a child that shares its
 //! parent's memory.
@@ -45,8 +51,8 @@ pub struct Launch<'a> {
     pub workdir: Option<&'a Path>,
     /// Where the program's standard output and error go (stdin is `/dev/null`).
     pub output: BorrowedFd<'a>,
-    /// A cgroup's `cgroup.procs`, opened for writing: the child joins it first.
-    pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// The directory of the cgroup the program starts in (opened read-only).
+    pub cgroup: Option<BorrowedFd<'a>>,
 }
 
 /// Signals are numbered below this (Linux); sigaction refuses the ones glibc keeps.
@@ -70,6 +76,8 @@ struct ChildPlan {
     workdir: *const libc::c_char,
     stdin: RawFd,
     output: RawFd,
+    /// The cgroup's `cgroup.procs`, for a child that joins it itself (-1: none, or the
+    /// child was made in the cgroup).
     cgroup_procs: RawFd,
     /// The calling thread's signal mask before every signal was blocked for the clone.
     mask: libc::sigset_t,
@@ -146,6 +154,11 @@ pub fn supported() -> bool {
 
 /// Starts `launch`; `Ok(None)` when this kernel cannot (then use the standard library).
 pub fn launch(launch: &Launch<'_>) -> io::Result<Option<ChildProcess>> {
+    launch_as(launch, into_cgroup::usable())
+}
+
+/// As [`launch`]; `into_cgroup` false makes the child join its cgroup itself.
+fn launch_as(launch: &Launch<'_>, into_cgroup: bool) -> io::Result<Option<ChildProcess>> {
     if !supported() {
         return Ok(None);
     }
@@ -172,10 +185,6 @@ pub fn launch(launch: &Launch<'_>) -> io::Result<Option<ChildProcess>> {
     let envp_ptrs = null_terminated(&envp);
     let stdin = above_stdio(std::fs::File::open("/dev/null")?.into())?;
     let output = above_stdio(launch.output.try_clone_to_owned()?)?;
-    let cgroup_procs = match launch.cgroup_procs {
-        Some(fd) => Some(above_stdio(fd.try_clone_to_owned()?)?),
-        None => None,
-    };
     let mut plan = ChildPlan {
         path: path.as_ptr(),
         argv: argv_ptrs.as_ptr(),
@@ -183,35 +192,42 @@ pub fn launch(launch: &Launch<'_>) -> io::Result<Option<ChildProcess>> {
         workdir: workdir.as_ref().map_or(std::ptr::null(), |w| w.as_ptr()),
         stdin: stdin.as_raw_fd(),
         output: output.as_raw_fd(),
-        cgroup_procs: cgroup_procs.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
-        // SAFETY: an all-zero sigset_t is a valid (empty) set; it is filled below.
+        cgroup_procs: -1,
+        // SAFETY: an all-zero sigset_t is a valid (empty) set; it is filled at the clone.
         mask: unsafe { std::mem::zeroed() },
         step: AtomicI32::new(STEP_NONE),
         errno: AtomicI32::new(0),
     };
     let mut stack: Vec<std::mem::MaybeUninit<u8>> = Vec::with_capacity(CHILD_STACK);
-    // The stack grows down from its end, 16-byte aligned.
-    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
     let mut pidfd: libc::c_int = -1;
-    // SAFETY: every signal is blocked around the clone (restored at once after), so no
-    // handler of the worker's runs in the child before it resets them; `plan`, the
-    // strings it points into and the stack outlive the child's use of them (CLONE_VFORK:
-    // clone returns once the child has called execve or exited).
-    let (pid, clone_errno) = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut plan.mask);
-        let pid = libc::clone(
-            child_main,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
-            &mut plan as *mut ChildPlan as *mut libc::c_void,
-            &mut pidfd as *mut libc::c_int,
-        );
-        let errno = *libc::__errno_location();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &plan.mask, std::ptr::null_mut());
-        (pid, errno)
+    let stack_base = stack.as_mut_ptr();
+    let into_cgroup = launch
+        .cgroup
+        .filter(|_| into_cgroup)
+        .map(|cgroup| clone_child(&mut plan, stack_base, &mut pidfd, Some(cgroup.as_raw_fd())));
+    // Kept open until the child has joined (CLONE_VFORK: until clone returns).
+    let mut cgroup_procs = None;
+    let (pid, clone_errno) = match into_cgroup {
+        Some((pid, errno)) if pid >= 0 => (pid, errno),
+        tried => {
+            if let Some((_, errno)) = tried {
+                // If the older way below works, this kernel (or a filter in front of it)
+                // refuses clone3 itself, and it is not tried again.
+                into_cgroup::failed_with(errno);
+            }
+            if let Some(cgroup) = launch.cgroup {
+                let procs = above_stdio(open_procs(cgroup)?)?;
+                plan.cgroup_procs = procs.as_raw_fd();
+                cgroup_procs = Some(procs);
+            }
+            let made = clone_child(&mut plan, stack_base, &mut pidfd, None);
+            if made.0 >= 0 && launch.cgroup.is_some() {
+                into_cgroup::worked_without();
+            }
+            made
+        }
     };
+    drop(cgroup_procs);
     drop(stack);
     if pid < 0 {
         if clone_errno == libc::EINVAL || clone_errno == libc::ENOSYS {
@@ -263,6 +279,192 @@ pub fn launch(launch: &Launch<'_>) -> io::Result<Option<ChildProcess>> {
         pidfd,
         status: None,
     }))
+}
+
+/// Makes the child (CLONE_VM | CLONE_VFORK: it returns once the child has called execve
+/// or exited) on the `CHILD_STACK` bytes at `stack`, in `cgroup` when given; returns its
+/// pid (or -1) and the errno.
+fn clone_child(
+    plan: &mut ChildPlan,
+    stack: *mut std::mem::MaybeUninit<u8>,
+    pidfd: &mut libc::c_int,
+    cgroup: Option<RawFd>,
+) -> (libc::pid_t, i32) {
+    // SAFETY: every signal is blocked around the clone (restored at once after), so no
+    // handler of the worker's runs in the child before it resets them; `plan`, the
+    // strings it points into and the stack outlive the child's use of them (CLONE_VFORK:
+    // clone returns once the child has called execve or exited).
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut plan.mask);
+        let arg = plan as *mut ChildPlan as *mut libc::c_void;
+        let (pid, errno) = match cgroup {
+            Some(cgroup) => into_cgroup::clone(cgroup, stack, pidfd, arg),
+            None => {
+                // The stack grows down from its end, 16-byte aligned.
+                let top = (stack as usize + CHILD_STACK) & !15;
+                let pid = libc::clone(
+                    child_main,
+                    top as *mut libc::c_void,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                    arg,
+                    pidfd as *mut libc::c_int,
+                );
+                (pid, *libc::__errno_location())
+            }
+        };
+        libc::pthread_sigmask(libc::SIG_SETMASK, &plan.mask, std::ptr::null_mut());
+        (pid, errno)
+    }
+}
+
+/// The cgroup's `cgroup.procs`, for a child that joins the cgroup itself.
+pub fn open_procs(cgroup: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: openat on a directory descriptor we borrow and a constant name.
+    let fd = unsafe {
+        libc::openat(
+            cgroup.as_raw_fd(),
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let error = io::Error::last_os_error();
+        return Err(io::Error::new(
+            error.kind(),
+            format!("cannot open the run's cgroup: {error}"),
+        ));
+    }
+    // SAFETY: a fresh descriptor from openat.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `clone3` with `CLONE_INTO_CGROUP`: the child is made in the run's cgroup.
+mod into_cgroup {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+    /// Set once clone3 failed where the older way then worked.
+    static REFUSED: AtomicBool = AtomicBool::new(!cfg!(target_arch = "x86_64"));
+    /// The errno of the last clone3 that failed, for the log line when it is given up.
+    static LAST_ERRNO: AtomicI32 = AtomicI32::new(0);
+
+    pub fn usable() -> bool {
+        !REFUSED.load(Ordering::Relaxed)
+    }
+
+    pub fn failed_with(errno: i32) {
+        LAST_ERRNO.store(errno, Ordering::Relaxed);
+    }
+
+    /// The older way started a child where clone3 had just failed: the failure was
+    /// clone3's own (no such call, no CLONE_INTO_CGROUP, a filter), not the run's.
+    pub fn worked_without() {
+        let errno = LAST_ERRNO.swap(0, Ordering::Relaxed);
+        if errno != 0 && !REFUSED.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                error = %std::io::Error::from_raw_os_error(errno),
+                "clone3 into a cgroup is refused here: runs join their cgroup after they start"
+            );
+        }
+    }
+
+    /// `struct clone_args` of linux/sched.h, up to `cgroup` (its second version).
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+    /// The child runs `super::child_main(arg)` on `stack`; returns its pid (or -1) and
+    /// the errno. clone3 has no libc wrapper that runs a function on the new stack, so the
+    /// child's first instructions are written here: it calls the function (which execs or
+    /// exits) and, should it ever return, exits.
+    ///
+    /// # Safety
+    /// As `libc::clone` with CLONE_VM | CLONE_VFORK: signals blocked, `arg` valid until
+    /// this returns, the child making system calls only.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn clone(
+        cgroup: std::os::fd::RawFd,
+        stack: *mut std::mem::MaybeUninit<u8>,
+        pidfd: &mut libc::c_int,
+        arg: *mut libc::c_void,
+    ) -> (libc::pid_t, i32) {
+        let base = stack as u64;
+        let aligned = (base + 15) & !15;
+        let args = CloneArgs {
+            flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64
+                | CLONE_INTO_CGROUP,
+            pidfd: pidfd as *mut libc::c_int as u64,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: aligned,
+            // The kernel starts the child at stack + stack_size: a 16-byte-aligned top.
+            stack_size: (super::CHILD_STACK as u64 - (aligned - base)) & !15,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: cgroup as u64,
+        };
+        let child: extern "C" fn(*mut libc::c_void) -> libc::c_int = super::child_main;
+        let ret: i64;
+        // SAFETY: the caller's contract. The parent comes back from `syscall` with its
+        // registers as they were but rax, rcx and r11; the child comes back with rax 0 on
+        // its own stack, where the call pushes the return address (the function then sees
+        // the stack as the ABI says) and nothing of the parent's stack is touched.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r13",
+                "call r12",
+                "mov edi, eax",
+                "mov eax, 231", // exit_group
+                "syscall",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 => ret,
+                in("rdi") &args as *const CloneArgs,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") child as usize,
+                in("r13") arg,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        if ret < 0 {
+            (-1, -ret as i32)
+        } else {
+            (ret as libc::pid_t, 0)
+        }
+    }
+
+    /// Elsewhere the child joins its cgroup itself ([`usable`] is false).
+    #[cfg(not(target_arch = "x86_64"))]
+    pub unsafe fn clone(
+        _cgroup: std::os::fd::RawFd,
+        _stack: *mut std::mem::MaybeUninit<u8>,
+        _pidfd: &mut libc::c_int,
+        _arg: *mut libc::c_void,
+    ) -> (libc::pid_t, i32) {
+        (-1, libc::ENOSYS)
+    }
 }
 
 /// This process's environment with `overrides` applied, in a stable order. The worker's
@@ -386,19 +588,33 @@ mod tests {
         env: &[(&str, &str)],
         workdir: Option<&Path>,
     ) -> io::Result<Started> {
+        start_in(program, args, env, workdir, None, true)
+    }
+
+    fn start_in(
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        workdir: Option<&Path>,
+        cgroup: Option<BorrowedFd<'_>>,
+        into_cgroup: bool,
+    ) -> io::Result<Started> {
         let (output, writer) = std::io::pipe()?;
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         let env: Vec<(OsString, OsString)> =
             env.iter().map(|(k, v)| (k.into(), v.into())).collect();
         let writer: OwnedFd = writer.into();
-        let child = launch(&Launch {
-            program: OsStr::new(program),
-            args: &args,
-            env: &env,
-            workdir,
-            output: writer.as_fd_borrowed(),
-            cgroup_procs: None,
-        })?
+        let child = launch_as(
+            &Launch {
+                program: OsStr::new(program),
+                args: &args,
+                env: &env,
+                workdir,
+                output: writer.as_fd_borrowed(),
+                cgroup,
+            },
+            into_cgroup,
+        )?
         .expect("this kernel has pidfds");
         Ok(Started { child, output })
     }
@@ -517,5 +733,53 @@ mod tests {
         let (status, text) = finish(started).await;
         assert!(status.success());
         assert_eq!(text, "found\n");
+    }
+
+    /// Made in the cgroup by clone3, or joining it from the child: either way the
+    /// program's first instruction already runs inside.
+    #[tokio::test]
+    async fn a_program_starts_inside_its_cgroup_either_way() {
+        let home = tempfile::tempdir().unwrap();
+        let id = format!("spawn-test-{}", std::process::id());
+        let crate::cgroup::Containment::Cgroups(cgroups) =
+            crate::cgroup::Containment::detect(&id, home.path())
+        else {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: no cgroups for this process here"
+            );
+            return;
+        };
+        for (way, into_cgroup) in [("clone3", true), ("a write from the child", false)] {
+            let run = cgroups
+                .for_run(way.split(' ').next().unwrap(), None, None)
+                .unwrap();
+            let dir = run.open_dir().unwrap();
+            use std::os::fd::AsFd;
+            let started = start_in(
+                "cat",
+                &["/proc/self/cgroup"],
+                &[],
+                None,
+                Some(dir.as_fd()),
+                into_cgroup,
+            )
+            .unwrap();
+            let (status, text) = finish(started).await;
+            assert!(status.success(), "{way}: {status:?} {text}");
+            let own = crate::cgroup::own_v2_path(&text).unwrap_or_default();
+            let name = format!("/run-{}", way.split(' ').next().unwrap());
+            assert!(
+                own.ends_with(&name),
+                "{way}: started in {own:?}, not in {name}"
+            );
+            if into_cgroup && cfg!(target_arch = "x86_64") {
+                // Not by the older way after clone3 failed.
+                assert!(into_cgroup::usable(), "clone3 into a cgroup was given up");
+            }
+            run.remove();
+        }
+        cgroups.remove_dir();
     }
 }
