@@ -5,11 +5,19 @@
 //! (`cpu.max`) where those controllers are available.
 //!
 //! The cgroups live in a directory of this worker's own beside it: `<own cgroup>/
-//! jobcast-runs.<worker id>/run-<run id>`. Elsewhere (no cgroup v2, or not writable) the
-//! process-tree search of `process.rs` is what finds a run's processes.
+//! jobcast-runs.<worker id>.<tag>/`. A run without limits takes an empty cgroup that an
+//! earlier run left (`slot-<n>`), with its files still open, or a new one: making and
+//! removing a cgroup and opening its files cost about a fifth of the worker's CPU on a
+//! short script (docs/BENCHMARKS.md, "A start straight into its cgroup"). A run with
+//! limits gets a cgroup of its own, `run-<run id>`, removed at its end. Elsewhere (no
+//! cgroup v2, or not writable) the process-tree search of `process.rs` is what finds a
+//! run's processes.
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How a run's processes are kept together, as the worker reports it.
@@ -79,6 +87,55 @@ pub struct RunCgroups {
     memory: bool,
     /// Whether run cgroups have the cpu controller (`cpu.max`).
     cpu: bool,
+    /// Empty cgroups that runs without limits left, ready for the next.
+    idle: Arc<Mutex<Vec<Idle>>>,
+}
+
+/// An empty cgroup kept for a later run, its files open.
+#[derive(Debug)]
+struct Idle {
+    path: PathBuf,
+    files: Kept,
+    /// Its `usage_usec` when its last run ended: the next run's CPU is counted from it.
+    cpu_us: Option<u64>,
+}
+
+/// A reused cgroup's directory and the files read at each run's end, opened once.
+#[derive(Debug)]
+struct Kept {
+    dir: File,
+    events: File,
+    cpu_stat: Option<File>,
+    /// Written to at each run's end: its peak is then counted again from that moment, for
+    /// reads through this descriptor (Linux 6.12). Where that write is refused, the cgroup
+    /// is not reused.
+    memory_peak: Option<File>,
+}
+
+impl Kept {
+    fn open(path: &Path, memory: bool) -> io::Result<Kept> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(path)?;
+        let memory_peak = if memory {
+            Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path.join("memory.peak"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Kept {
+            dir,
+            events: File::open(path.join("cgroup.events"))?,
+            cpu_stat: File::open(path.join("cpu.stat")).ok(),
+            memory_peak,
+        })
+    }
 }
 
 /// The name of a worker's directory of run cgroups, beside its own cgroup.
@@ -226,12 +283,51 @@ impl RunCgroups {
             memory: enabled.split_whitespace().any(|c| c == "memory"),
             cpu: enabled.split_whitespace().any(|c| c == "cpu"),
             dir,
+            idle: Arc::default(),
         })
     }
 
-    /// Removes the directory once its runs' cgroups are gone (a worker that exits).
+    /// Removes the directory once its runs' cgroups are gone (a worker that exits), with
+    /// the empty ones kept for reuse.
     pub fn remove_dir(&self) {
+        let idle = std::mem::take(&mut *lock(&self.idle));
+        for cgroup in idle {
+            drop(cgroup.files);
+            let _ = std::fs::remove_dir(&cgroup.path);
+        }
         let _ = std::fs::remove_dir(&self.dir);
+    }
+
+    /// An empty cgroup an earlier run left, or a new one kept for reuse after this run.
+    fn reusable(&self) -> Result<RunCgroup, String> {
+        if let Some(idle) = lock(&self.idle).pop() {
+            return Ok(RunCgroup {
+                path: idle.path,
+                kept: Some(idle.files),
+                cpu_us_before: idle.cpu_us,
+                home: Some(self.clone()),
+                killed: Default::default(),
+            });
+        }
+        static SLOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nth = SLOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("slot-{}-{nth}", std::process::id()));
+        std::fs::create_dir(&path)
+            .map_err(|e| format!("cannot create the cgroup {}: {e}", path.display()))?;
+        match Kept::open(&path, self.memory) {
+            Ok(files) => Ok(RunCgroup {
+                path,
+                kept: Some(files),
+                cpu_us_before: Some(0),
+                home: Some(self.clone()),
+                killed: Default::default(),
+            }),
+            // Before Linux 6.12 `memory.peak` cannot be written: not kept, but used once.
+            Err(e) => {
+                tracing::debug!(cgroup = %path.display(), error = %e, "a cgroup not kept for reuse");
+                Ok(RunCgroup::removed_at_end(path))
+            }
+        }
     }
 
     /// A cgroup for run `run_id`, with its job's limits; `Err` says why the run cannot
@@ -254,14 +350,23 @@ impl RunCgroups {
                 self.dir.display()
             ));
         }
+        if memory_max.is_none() && cpus_milli.is_none() {
+            return self.reusable();
+        }
         let path = self.dir.join(format!("run-{run_id}"));
         match std::fs::create_dir(&path) {
             Ok(()) => {}
-            // Left by a run of the same id that did not get to remove it: empty it.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            // Left by a run of the same id that did not get to remove it: made again if it
+            // is empty (it may have been killed, see `RunCgroup::killed`), else used as it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if std::fs::remove_dir(&path).is_ok() {
+                    std::fs::create_dir(&path)
+                        .map_err(|e| format!("cannot create the cgroup {}: {e}", path.display()))?;
+                }
+            }
             Err(e) => return Err(format!("cannot create the cgroup {}: {e}", path.display())),
         }
-        let cgroup = RunCgroup { path };
+        let cgroup = RunCgroup::removed_at_end(path);
         let set = |file: &str, value: String| {
             write(&cgroup.path.join(file), &value)
                 .map_err(|e| format!("cannot set {file} of {}: {e}", cgroup.path.display()))
@@ -293,7 +398,7 @@ impl RunCgroups {
                 continue;
             }
             found += 1;
-            let cgroup = RunCgroup { path };
+            let cgroup = RunCgroup::removed_at_end(path);
             cgroup.kill();
             if !cgroup.wait_empty(Duration::from_secs(5)) {
                 stuck.push(cgroup.path.clone());
@@ -316,16 +421,62 @@ pub struct Usage {
     pub peak_memory_bytes: Option<u64>,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding it; a poisoned pool is still a list of cgroups.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// One run's cgroup.
 #[derive(Debug)]
 pub struct RunCgroup {
     path: PathBuf,
+    /// Open files of a cgroup that goes back to `home` at the run's end.
+    kept: Option<Kept>,
+    /// `usage_usec` when this run started (0 for a new cgroup).
+    cpu_us_before: Option<u64>,
+    home: Option<RunCgroups>,
+    /// Whether `cgroup.kill` was written. Such a cgroup is not reused: this kernel (6.18)
+    /// compares a cgroup's count of kills with the parent's when a child is made into it
+    /// by `CLONE_INTO_CGROUP`, and kills every child of a cgroup killed once.
+    killed: std::sync::atomic::AtomicBool,
+}
+
+/// The start of `file`'s text, read again from its beginning (no new open).
+fn read_from_start(file: &File) -> Option<String> {
+    let mut buffer = [0u8; 1024];
+    let n = file.read_at(&mut buffer, 0).ok()?;
+    Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
+}
+
+fn usage_usec(stat: &str) -> Option<u64> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl RunCgroup {
+    fn removed_at_end(path: PathBuf) -> RunCgroup {
+        RunCgroup {
+            path,
+            kept: None,
+            cpu_us_before: Some(0),
+            home: None,
+            killed: Default::default(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The cgroup's directory, opened read-only: the run's first process is made in it
     /// (or joins it between fork and exec), so it is inside before any of its code runs.
-    pub fn open_dir(&self) -> io::Result<std::fs::File> {
+    pub fn open_dir(&self) -> io::Result<File> {
+        if let Some(kept) = &self.kept {
+            return kept.dir.try_clone();
+        }
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .read(true)
@@ -342,15 +493,19 @@ impl RunCgroup {
 
     /// Every process in the cgroup gets SIGKILL, whatever session or parent it has.
     pub fn kill(&self) {
+        self.killed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = write(&self.path.join("cgroup.kill"), "1") {
             tracing::warn!(cgroup = %self.path.display(), error = %e, "cgroup.kill failed");
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        std::fs::read_to_string(self.path.join("cgroup.events"))
-            .map(|events| events.lines().any(|l| l == "populated 0"))
-            .unwrap_or(true)
+        let events = match &self.kept {
+            Some(kept) => read_from_start(&kept.events),
+            None => std::fs::read_to_string(self.path.join("cgroup.events")).ok(),
+        };
+        events.is_none_or(|events| events.lines().any(|l| l == "populated 0"))
     }
 
     /// Waits (up to `limit`) until no process is left in the cgroup.
@@ -368,21 +523,60 @@ impl RunCgroup {
         }
     }
 
+    /// What the run used (for a reused cgroup, since the run started), and its total
+    /// CPU so far.
+    fn used(&self) -> (Usage, Option<u64>) {
+        let (stat, peak) = match &self.kept {
+            Some(kept) => (
+                kept.cpu_stat.as_ref().and_then(read_from_start),
+                kept.memory_peak.as_ref().and_then(read_from_start),
+            ),
+            None => (
+                std::fs::read_to_string(self.path.join("cpu.stat")).ok(),
+                std::fs::read_to_string(self.path.join("memory.peak")).ok(),
+            ),
+        };
+        let cpu_total = stat.as_deref().and_then(usage_usec);
+        let usage = Usage {
+            cpu_us: cpu_total
+                .zip(self.cpu_us_before)
+                .map(|(total, before)| total.saturating_sub(before)),
+            peak_memory_bytes: peak.and_then(|v| v.trim().parse().ok()),
+        };
+        (usage, cpu_total)
+    }
+
+    /// What the run used so far (for a reused cgroup, since the run started).
     pub fn usage(&self) -> Usage {
-        let cpu_us = std::fs::read_to_string(self.path.join("cpu.stat"))
-            .ok()
-            .and_then(|stat| {
-                stat.lines()
-                    .find_map(|l| l.strip_prefix("usage_usec "))
-                    .and_then(|v| v.trim().parse().ok())
-            });
-        let peak_memory_bytes = std::fs::read_to_string(self.path.join("memory.peak"))
-            .ok()
-            .and_then(|v| v.trim().parse().ok());
-        Usage {
-            cpu_us,
-            peak_memory_bytes,
+        self.used().0
+    }
+
+    /// At the run's end, with its processes gone: what it used; then the cgroup goes back
+    /// to the pool it came from (its memory peak counted again from now), or is removed.
+    pub fn end(self) -> Usage {
+        let (usage, cpu_total) = self.used();
+        let killed = self.killed.load(std::sync::atomic::Ordering::Relaxed);
+        let RunCgroup {
+            path, kept, home, ..
+        } = self;
+        if let (Some(kept), Some(home), false) = (kept, home, killed) {
+            let empty = read_from_start(&kept.events)
+                .is_some_and(|events| events.lines().any(|l| l == "populated 0"));
+            let peak_reset = kept
+                .memory_peak
+                .as_ref()
+                .is_none_or(|peak| peak.write_at(b"reset\n", 0).is_ok());
+            if empty && peak_reset {
+                lock(&home.idle).push(Idle {
+                    path,
+                    files: kept,
+                    cpu_us: cpu_total,
+                });
+                return usage;
+            }
         }
+        RunCgroup::removed_at_end(path).remove();
+        usage
     }
 
     /// Removes the (empty) cgroup.
@@ -464,6 +658,78 @@ mod tests {
         assert!(
             failed.is_empty(),
             "probes that found no cgroups: {failed:?}"
+        );
+    }
+
+    /// A run without limits takes the empty cgroup an earlier one left (no cgroup made or
+    /// removed a run), and its CPU is counted from its own start, not the cgroup's.
+    #[test]
+    fn a_cgroup_without_limits_is_reused_and_counts_each_run_from_its_start() {
+        let home = std::env::temp_dir().join(format!("jobcast-reuse-{}", std::process::id()));
+        let Containment::Cgroups(cgroups) = Containment::detect("reuse-test", &home) else {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: no cgroups for this process here"
+            );
+            return;
+        };
+        let run_in = |cgroup: &RunCgroup, script: &str| {
+            use std::os::fd::{AsFd, AsRawFd};
+            use std::os::unix::process::CommandExt;
+            let dir = cgroup.open_dir().unwrap();
+            let procs = crate::spawn::open_procs(dir.as_fd()).unwrap();
+            let fd = procs.as_raw_fd();
+            let mut command = std::process::Command::new("sh");
+            command.args(["-c", script]);
+            // SAFETY: only write(2) between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                });
+            }
+            assert!(command.status().unwrap().success());
+        };
+        let first = cgroups.for_run("first", None, None).unwrap();
+        let slot = first.path.clone();
+        assert!(slot
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("slot-"));
+        run_in(&first, "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done");
+        let busy = first.end().cpu_us.expect("cpu.stat is read");
+        assert!(slot.exists(), "an empty cgroup is kept for the next run");
+
+        let second = cgroups.for_run("second", None, None).unwrap();
+        assert_eq!(second.path, slot, "the kept cgroup is taken again");
+        run_in(&second, "true");
+        let short = second.end().cpu_us.expect("cpu.stat is read");
+        assert!(
+            short > 0 && short < busy / 2,
+            "the second run's CPU ({short} µs) counts the first's ({busy} µs), or was not read again"
+        );
+
+        // Killed once, a cgroup is not taken again (see `RunCgroup::killed`).
+        let third = cgroups.for_run("third", None, None).unwrap();
+        assert_eq!(third.path, slot);
+        third.kill();
+        third.end();
+        assert!(!slot.exists(), "a killed cgroup is removed");
+        let fourth = cgroups.for_run("fourth", None, None).unwrap();
+        assert_ne!(fourth.path, slot);
+        run_in(&fourth, "true");
+        let fourth_slot = fourth.path.clone();
+        fourth.end();
+
+        cgroups.remove_dir();
+        assert!(
+            !fourth_slot.exists() && !cgroups.dir.exists(),
+            "the kept cgroups go with the worker"
         );
     }
 }

@@ -139,7 +139,7 @@ async fn run(
     // The script file is kept for the next run of the same script (see `scripts`).
     drop(plan);
     let usage = match cgroup {
-        Some(cgroup) => Some(end_cgroup(&cgroup).await),
+        Some(cgroup) => Some(end_cgroup(cgroup).await),
         None => None,
     };
     (outcome, usage)
@@ -162,14 +162,22 @@ fn run_cgroup(assignment: &Assignment, config: &WorkerConfig) -> Result<Option<R
 }
 
 /// At a run's end, whatever it left running in its cgroup ends with it; what it used is
-/// read and the cgroup removed.
-async fn end_cgroup(cgroup: &RunCgroup) -> RunUsage {
+/// read and the cgroup given back or removed.
+async fn end_cgroup(cgroup: Arc<RunCgroup>) -> RunUsage {
     if !cgroup.is_empty() {
         cgroup.kill();
-        wait_empty(cgroup).await;
+        wait_empty(&cgroup).await;
     }
-    let used = cgroup.usage();
-    cgroup.remove();
+    let used = match Arc::try_unwrap(cgroup) {
+        Ok(cgroup) => cgroup.end(),
+        // A killer still holds it (it has been awaited, so this does not happen): what it
+        // used is read, and the cgroup removed, not reused.
+        Err(shared) => {
+            let used = shared.usage();
+            shared.remove();
+            used
+        }
+    };
     RunUsage {
         cpu_us: used.cpu_us,
         peak_memory_bytes: used.peak_memory_bytes,
