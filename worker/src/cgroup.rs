@@ -428,6 +428,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A run cgroup's directory: kept open with the cgroup, or opened for this start.
+pub enum CgroupDir<'a> {
+    Kept(std::os::fd::BorrowedFd<'a>),
+    Opened(File),
+}
+
+impl std::os::fd::AsFd for CgroupDir<'_> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            CgroupDir::Kept(fd) => *fd,
+            CgroupDir::Opened(file) => file.as_fd(),
+        }
+    }
+}
+
 /// One run's cgroup.
 #[derive(Debug)]
 pub struct RunCgroup {
@@ -471,17 +486,19 @@ impl RunCgroup {
         &self.path
     }
 
-    /// The cgroup's directory, opened read-only: the run's first process is made in it
-    /// (or joins it between fork and exec), so it is inside before any of its code runs.
-    pub fn open_dir(&self) -> io::Result<File> {
-        if let Some(kept) = &self.kept {
-            return kept.dir.try_clone();
-        }
+    /// The cgroup's directory, open read-only: the run's first process is made in it (or
+    /// joins it between fork and exec), so it is inside before any of its code runs.
+    pub fn dir(&self) -> io::Result<CgroupDir<'_>> {
+        use std::os::fd::AsFd;
         use std::os::unix::fs::OpenOptionsExt;
+        if let Some(kept) = &self.kept {
+            return Ok(CgroupDir::Kept(kept.dir.as_fd()));
+        }
         std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY)
             .open(&self.path)
+            .map(CgroupDir::Opened)
     }
 
     /// The processes in the cgroup now.
@@ -677,7 +694,7 @@ mod tests {
         let run_in = |cgroup: &RunCgroup, script: &str| {
             use std::os::fd::{AsFd, AsRawFd};
             use std::os::unix::process::CommandExt;
-            let dir = cgroup.open_dir().unwrap();
+            let dir = cgroup.dir().unwrap();
             let procs = crate::spawn::open_procs(dir.as_fd()).unwrap();
             let fd = procs.as_raw_fd();
             let mut command = std::process::Command::new("sh");

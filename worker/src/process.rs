@@ -191,7 +191,7 @@ pub fn spawn(
     let cgroup_dir = match cgroup {
         Some(cgroup) => Some(
             cgroup
-                .open_dir()
+                .dir()
                 .map_err(|source| StartError::Cgroup { source })?,
         ),
         None => None,

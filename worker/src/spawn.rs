@@ -27,7 +27,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -183,8 +183,13 @@ fn launch_as(launch: &Launch<'_>, into_cgroup: bool) -> io::Result<Option<ChildP
         .transpose()?;
     let argv_ptrs = null_terminated(&argv);
     let envp_ptrs = null_terminated(&envp);
-    let stdin = above_stdio(std::fs::File::open("/dev/null")?.into())?;
-    let output = above_stdio(launch.output.try_clone_to_owned()?)?;
+    let stdin = dev_null()?;
+    // Used as it is unless it is a standard stream itself (then dup2 would clobber it).
+    let output_copy = match launch.output.as_raw_fd() {
+        0..=2 => Some(above_stdio(launch.output.try_clone_to_owned()?)?),
+        _ => None,
+    };
+    let output = output_copy.as_ref().map_or(launch.output, |fd| fd.as_fd());
     let mut plan = ChildPlan {
         path: path.as_ptr(),
         argv: argv_ptrs.as_ptr(),
@@ -521,6 +526,20 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
+/// `/dev/null` for the children's standard input, opened once.
+fn dev_null() -> io::Result<BorrowedFd<'static>> {
+    static DEV_NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if DEV_NULL.get().is_none() {
+        let opened = above_stdio(std::fs::File::open("/dev/null")?.into())?;
+        // Another thread may have opened it first: then this copy is closed.
+        let _ = DEV_NULL.set(opened);
+    }
+    match DEV_NULL.get() {
+        Some(fd) => Ok(fd.as_fd()),
+        None => Err(io::Error::other("/dev/null could not be kept open")),
+    }
+}
+
 /// `fd`, moved above the standard streams if it is one of them (a worker started with
 /// a standard stream closed gets its first files there), close-on-exec.
 fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
@@ -625,7 +644,6 @@ mod tests {
 
     impl Borrowed for OwnedFd {
         fn as_fd_borrowed(&self) -> BorrowedFd<'_> {
-            use std::os::fd::AsFd;
             self.as_fd()
         }
     }
@@ -755,8 +773,7 @@ mod tests {
             let run = cgroups
                 .for_run(way.split(' ').next().unwrap(), None, None)
                 .unwrap();
-            let dir = run.open_dir().unwrap();
-            use std::os::fd::AsFd;
+            let dir = run.dir().unwrap();
             let started = start_in(
                 "cat",
                 &["/proc/self/cgroup"],
