@@ -709,6 +709,9 @@ mod tests {
                     }
                 });
             }
+            // Held until the child is waited for: the orphan reaper of a test running
+            // beside this one would otherwise take its exit status.
+            let _own = crate::process::lock_children();
             assert!(command.status().unwrap().success());
         };
         let first = cgroups.for_run("first", None, None).unwrap();

@@ -23,7 +23,7 @@ use std::time::Duration;
 /// child is always listed before the reaper can see it.
 static OWN_CHILDREN: std::sync::Mutex<Option<HashSet<i32>>> = std::sync::Mutex::new(None);
 
-fn lock_children() -> std::sync::MutexGuard<'static, Option<HashSet<i32>>> {
+pub(crate) fn lock_children() -> std::sync::MutexGuard<'static, Option<HashSet<i32>>> {
     // The set stays consistent even if a holder panicked, so a poisoned lock is usable.
     OWN_CHILDREN
         .lock()

@@ -623,6 +623,9 @@ mod tests {
         let env: Vec<(OsString, OsString)> =
             env.iter().map(|(k, v)| (k.into(), v.into())).collect();
         let writer: OwnedFd = writer.into();
+        // Listed as the worker lists its runs, so the orphan reaper of a test running
+        // beside this one leaves it to be waited for here.
+        let mut own = crate::process::lock_children();
         let child = launch_as(
             &Launch {
                 program: OsStr::new(program),
@@ -635,6 +638,7 @@ mod tests {
             into_cgroup,
         )?
         .expect("this kernel has pidfds");
+        own.get_or_insert_with(Default::default).insert(child.pid);
         Ok(Started { child, output })
     }
 
@@ -650,6 +654,7 @@ mod tests {
 
     async fn finish(mut started: Started) -> (ExitStatus, String) {
         let status = started.child.wait().await.unwrap();
+        crate::process::forget_child(started.child.pid);
         let mut text = String::new();
         started.output.read_to_string(&mut text).unwrap();
         (status, text)
