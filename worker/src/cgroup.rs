@@ -692,23 +692,12 @@ mod tests {
             return;
         };
         let run_in = |cgroup: &RunCgroup, script: &str| {
-            use std::os::fd::{AsFd, AsRawFd};
-            use std::os::unix::process::CommandExt;
+            use std::os::fd::AsFd;
             let dir = cgroup.dir().unwrap();
             let procs = crate::spawn::open_procs(dir.as_fd()).unwrap();
-            let fd = procs.as_raw_fd();
             let mut command = std::process::Command::new("sh");
             command.args(["-c", script]);
-            // SAFETY: only write(2) between fork and exec.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::last_os_error())
-                    }
-                });
-            }
+            crate::process::join_cgroup_before_exec(&mut command, &procs);
             // Held until the child is waited for: the orphan reaper of a test running
             // beside this one would otherwise take its exit status.
             let _own = crate::process::lock_children();

@@ -264,26 +264,34 @@ fn forked(
         command.current_dir(dir);
     }
     if let Some(procs) = procs {
-        use std::os::fd::AsRawFd;
-        let fd = procs.as_raw_fd();
-        // SAFETY: the hook runs in the forked child before exec and only calls write(2),
-        // which is async-signal-safe; `fd` stays open in the parent until the spawn
-        // returns.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            });
-        }
+        join_cgroup_before_exec(&mut command, procs);
     }
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(false);
     // Dropping the command (at return) closes our copies of the pipe's write end, so the
     // reader sees end-of-file once the run's processes close theirs.
     command.spawn()
+}
+
+/// Makes `command`'s child join the cgroup whose `cgroup.procs` is `procs` between fork
+/// and exec; `procs` must stay open until the command is spawned.
+pub(crate) fn join_cgroup_before_exec(
+    command: &mut std::process::Command,
+    procs: &std::os::fd::OwnedFd,
+) {
+    use std::os::fd::AsRawFd;
+    let fd = procs.as_raw_fd();
+    // SAFETY: the hook runs in the forked child before exec and only calls write(2),
+    // which is async-signal-safe; the caller keeps `fd` open until the spawn returns.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
 }
 
 /// Every live process that belongs to the run whose first process is `root`.
