@@ -369,7 +369,7 @@ mod into_cgroup {
         if errno != 0 && !REFUSED.swap(true, Ordering::Relaxed) {
             tracing::info!(
                 error = %std::io::Error::from_raw_os_error(errno),
-                "clone3 into a cgroup is refused here: runs join their cgroup after they start"
+                "clone3 into a cgroup is refused here: each run joins its cgroup from the child, before exec"
             );
         }
     }
