@@ -162,27 +162,19 @@ fn launch_as(launch: &Launch<'_>, into_cgroup: bool) -> io::Result<Option<ChildP
     if !supported() {
         return Ok(None);
     }
-    let env = environment(launch.env);
-    let path = resolve(launch.program, &env)?;
+    let env = Environment::with(launch.env)?;
+    let path = resolve(launch.program, env.get(OsStr::new("PATH")))?;
     let path = c_string(path.into_os_string())?;
     let mut argv = vec![c_string(launch.program.to_os_string())?];
     for arg in launch.args {
         argv.push(c_string(arg.clone())?);
     }
-    let envp = env
-        .into_iter()
-        .map(|(mut key, value)| {
-            key.push("=");
-            key.push(value);
-            c_string(key)
-        })
-        .collect::<io::Result<Vec<_>>>()?;
+    let envp_ptrs = env.pointers();
     let workdir = launch
         .workdir
         .map(|dir| c_string(dir.as_os_str().to_os_string()))
         .transpose()?;
     let argv_ptrs = null_terminated(&argv);
-    let envp_ptrs = null_terminated(&envp);
     let stdin = dev_null()?;
     // Used as it is unless it is a standard stream itself (then dup2 would clobber it).
     let output_copy = match launch.output.as_raw_fd() {
@@ -472,30 +464,70 @@ mod into_cgroup {
     }
 }
 
-/// This process's environment with `overrides` applied, in a stable order. The worker's
-/// own environment is read once: it does not change while the worker runs.
-fn environment(overrides: &[(OsString, OsString)]) -> Vec<(OsString, OsString)> {
-    static OWN: std::sync::OnceLock<std::collections::BTreeMap<OsString, OsString>> =
-        std::sync::OnceLock::new();
-    let mut env = OWN.get_or_init(|| std::env::vars_os().collect()).clone();
-    for (key, value) in overrides {
-        env.insert(key.clone(), value.clone());
+/// This process's environment (read once and made into `KEY=value` strings once: it does
+/// not change while the worker runs) with `overrides` on top (a later one wins).
+struct Environment<'a> {
+    own: &'static [(OsString, CString)],
+    overrides: std::collections::BTreeMap<&'a OsStr, (&'a OsStr, CString)>,
+}
+
+impl<'a> Environment<'a> {
+    fn with(overrides: &'a [(OsString, OsString)]) -> io::Result<Environment<'a>> {
+        static OWN: std::sync::OnceLock<Vec<(OsString, CString)>> = std::sync::OnceLock::new();
+        let own = OWN.get_or_init(|| {
+            std::env::vars_os()
+                .filter_map(|(key, value)| Some((key.clone(), entry(&key, &value).ok()?)))
+                .collect()
+        });
+        let mut set = std::collections::BTreeMap::new();
+        for (key, value) in overrides {
+            set.insert(key.as_os_str(), (value.as_os_str(), entry(key, value)?));
+        }
+        Ok(Environment {
+            own,
+            overrides: set,
+        })
     }
-    env.into_iter().collect()
+
+    fn get(&self, key: &OsStr) -> Option<&OsStr> {
+        match self.overrides.get(key) {
+            Some((value, _)) => Some(value),
+            None => self
+                .own
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, entry)| OsStr::from_bytes(&entry.as_bytes()[key.len() + 1..])),
+        }
+    }
+
+    /// `envp` for execve: null-terminated, valid while `self` is.
+    fn pointers(&self) -> Vec<*const libc::c_char> {
+        self.own
+            .iter()
+            .filter(|(key, _)| !self.overrides.contains_key(key.as_os_str()))
+            .map(|(_, entry)| entry.as_ptr())
+            .chain(self.overrides.values().map(|(_, entry)| entry.as_ptr()))
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    }
+}
+
+/// `KEY=value`, as execve takes it.
+fn entry(key: &OsStr, value: &OsStr) -> io::Result<CString> {
+    let mut text = key.to_os_string();
+    text.push("=");
+    text.push(value);
+    c_string(text)
 }
 
 /// The file `execve` is given: `program` itself when it names a path, else the first
 /// executable of that name in the child's `PATH` (as the standard library looks it up).
-fn resolve(program: &OsStr, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
+fn resolve(program: &OsStr, path: Option<&OsStr>) -> io::Result<PathBuf> {
     if program.as_bytes().contains(&b'/') {
         return Ok(PathBuf::from(program));
     }
-    let path = env
-        .iter()
-        .find(|(key, _)| key == "PATH")
-        .map(|(_, value)| value.clone())
-        .unwrap_or_else(|| OsString::from("/bin:/usr/bin"));
-    for dir in std::env::split_paths(&path) {
+    let path = path.unwrap_or(OsStr::new("/bin:/usr/bin"));
+    for dir in std::env::split_paths(path) {
         let candidate = dir.join(program);
         if is_executable(&candidate) {
             return Ok(candidate);
@@ -742,6 +774,27 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(nul.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// A variable the worker has, set again for the run: the child has it once, with the
+    /// run's value (the last of two settings); the worker's others are passed on.
+    #[tokio::test]
+    async fn a_variable_set_for_the_run_replaces_the_workers_own() {
+        let own = std::env::vars_os().count();
+        let started = start(
+            "sh",
+            &["-c", "echo \"$HOME\"; env | grep -c '^HOME='; env | wc -l"],
+            &[("HOME", "/first"), ("HOME", "/elsewhere")],
+            None,
+        )
+        .unwrap();
+        let (status, text) = finish(started).await;
+        assert!(status.success(), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[..2], ["/elsewhere", "1"], "{text}");
+        // sh adds a few of its own (PWD, SHLVL, _); none of the worker's is dropped.
+        let seen: usize = lines[2].trim().parse().unwrap();
+        assert!(seen >= own, "{seen} variables seen, the worker has {own}");
     }
 
     #[tokio::test]
