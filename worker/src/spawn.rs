@@ -157,8 +157,8 @@ pub fn launch(launch: &Launch<'_>) -> io::Result<Option<ChildProcess>> {
     launch_as(launch, into_cgroup::usable())
 }
 
-/// As [`launch`]; `into_cgroup` false makes the child join its cgroup itself.
-fn launch_as(launch: &Launch<'_>, into_cgroup: bool) -> io::Result<Option<ChildProcess>> {
+/// As [`launch`]; `try_clone3` false makes the child join its cgroup itself.
+fn launch_as(launch: &Launch<'_>, try_clone3: bool) -> io::Result<Option<ChildProcess>> {
     if !supported() {
         return Ok(None);
     }
@@ -198,28 +198,25 @@ fn launch_as(launch: &Launch<'_>, into_cgroup: bool) -> io::Result<Option<ChildP
     let mut stack: Vec<std::mem::MaybeUninit<u8>> = Vec::with_capacity(CHILD_STACK);
     let mut pidfd: libc::c_int = -1;
     let stack_base = stack.as_mut_ptr();
-    let into_cgroup = launch
+    let made_in_cgroup = launch
         .cgroup
-        .filter(|_| into_cgroup)
+        .filter(|_| try_clone3)
         .map(|cgroup| clone_child(&mut plan, stack_base, &mut pidfd, Some(cgroup.as_raw_fd())));
     // Kept open until the child has joined (CLONE_VFORK: until clone returns).
     let mut cgroup_procs = None;
-    let (pid, clone_errno) = match into_cgroup {
+    let (pid, clone_errno) = match made_in_cgroup {
         Some((pid, errno)) if pid >= 0 => (pid, errno),
         tried => {
-            if let Some((_, errno)) = tried {
-                // If the older way below works, this kernel (or a filter in front of it)
-                // refuses clone3 itself, and it is not tried again.
-                into_cgroup::failed_with(errno);
-            }
             if let Some(cgroup) = launch.cgroup {
                 let procs = above_stdio(open_procs(cgroup)?)?;
                 plan.cgroup_procs = procs.as_raw_fd();
                 cgroup_procs = Some(procs);
             }
             let made = clone_child(&mut plan, stack_base, &mut pidfd, None);
-            if made.0 >= 0 && launch.cgroup.is_some() {
-                into_cgroup::worked_without();
+            if let (Some((_, errno)), true) = (tried, made.0 >= 0) {
+                // The older way works where clone3 did not: this kernel (or a filter in
+                // front of it) refuses clone3 itself, and it is not tried again.
+                into_cgroup::refused(errno);
             }
             made
         }
@@ -339,26 +336,19 @@ pub fn open_procs(cgroup: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 
 /// `clone3` with `CLONE_INTO_CGROUP`: the child is made in the run's cgroup.
 mod into_cgroup {
-    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Set once clone3 failed where the older way then worked.
     static REFUSED: AtomicBool = AtomicBool::new(!cfg!(target_arch = "x86_64"));
-    /// The errno of the last clone3 that failed, for the log line when it is given up.
-    static LAST_ERRNO: AtomicI32 = AtomicI32::new(0);
 
     pub fn usable() -> bool {
         !REFUSED.load(Ordering::Relaxed)
     }
 
-    pub fn failed_with(errno: i32) {
-        LAST_ERRNO.store(errno, Ordering::Relaxed);
-    }
-
-    /// The older way started a child where clone3 had just failed: the failure was
-    /// clone3's own (no such call, no CLONE_INTO_CGROUP, a filter), not the run's.
-    pub fn worked_without() {
-        let errno = LAST_ERRNO.swap(0, Ordering::Relaxed);
-        if errno != 0 && !REFUSED.swap(true, Ordering::Relaxed) {
+    /// clone3 failed with `errno` where the older way then started the child: the failure
+    /// was clone3's own (no such call, no CLONE_INTO_CGROUP, a filter), not the run's.
+    pub fn refused(errno: i32) {
+        if !REFUSED.swap(true, Ordering::Relaxed) {
             tracing::info!(
                 error = %std::io::Error::from_raw_os_error(errno),
                 "clone3 into a cgroup is refused here: each run joins its cgroup from the child, before exec"
@@ -648,7 +638,7 @@ mod tests {
         env: &[(&str, &str)],
         workdir: Option<&Path>,
         cgroup: Option<BorrowedFd<'_>>,
-        into_cgroup: bool,
+        try_clone3: bool,
     ) -> io::Result<Started> {
         let (output, writer) = std::io::pipe()?;
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
@@ -667,7 +657,7 @@ mod tests {
                 output: writer.as_fd_borrowed(),
                 cgroup,
             },
-            into_cgroup,
+            try_clone3,
         )?
         .expect("this kernel has pidfds");
         own.get_or_insert_with(Default::default).insert(child.pid);
@@ -827,7 +817,7 @@ mod tests {
             );
             return;
         };
-        for (way, into_cgroup) in [("clone3", true), ("a write from the child", false)] {
+        for (way, try_clone3) in [("clone3", true), ("a write from the child", false)] {
             let run = cgroups
                 .for_run(way.split(' ').next().unwrap(), None, None)
                 .unwrap();
@@ -838,7 +828,7 @@ mod tests {
                 &[],
                 None,
                 Some(dir.as_fd()),
-                into_cgroup,
+                try_clone3,
             )
             .unwrap();
             let (status, text) = finish(started).await;
@@ -849,7 +839,7 @@ mod tests {
                 "{way}: started in {own:?}, not in {}",
                 run.path().display()
             );
-            if into_cgroup && cfg!(target_arch = "x86_64") {
+            if try_clone3 && cfg!(target_arch = "x86_64") {
                 // Not by the older way after clone3 failed.
                 assert!(into_cgroup::usable(), "clone3 into a cgroup was given up");
             }
