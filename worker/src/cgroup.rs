@@ -88,8 +88,10 @@ pub struct RunCgroups {
     /// Whether run cgroups have the cpu controller (`cpu.max`).
     cpu: bool,
     /// Empty cgroups that runs without limits left, ready for the next.
-    idle: Arc<Mutex<Vec<Idle>>>,
+    idle: IdlePool,
 }
+
+type IdlePool = Arc<Mutex<Vec<Idle>>>;
 
 /// An empty cgroup kept for a later run, its files open.
 #[derive(Debug)]
@@ -305,7 +307,7 @@ impl RunCgroups {
                 path: idle.path,
                 kept: Some(idle.files),
                 cpu_us_before: idle.cpu_us,
-                home: Some(self.clone()),
+                pool: Some(self.idle.clone()),
                 killed: Default::default(),
             });
         }
@@ -319,7 +321,7 @@ impl RunCgroups {
                 path,
                 kept: Some(files),
                 cpu_us_before: Some(0),
-                home: Some(self.clone()),
+                pool: Some(self.idle.clone()),
                 killed: Default::default(),
             }),
             // Before Linux 6.12 `memory.peak` cannot be written: not kept, but used once.
@@ -447,11 +449,11 @@ impl std::os::fd::AsFd for CgroupDir<'_> {
 #[derive(Debug)]
 pub struct RunCgroup {
     path: PathBuf,
-    /// Open files of a cgroup that goes back to `home` at the run's end.
+    /// Open files of a cgroup that goes back to `pool` at the run's end.
     kept: Option<Kept>,
     /// `usage_usec` when this run started (0 for a new cgroup).
     cpu_us_before: Option<u64>,
-    home: Option<RunCgroups>,
+    pool: Option<IdlePool>,
     /// Whether `cgroup.kill` was written. Such a cgroup is not reused: this kernel (6.18)
     /// compares a cgroup's count of kills with the parent's when a child is made into it
     /// by `CLONE_INTO_CGROUP`, and kills every child of a cgroup killed once.
@@ -477,7 +479,7 @@ impl RunCgroup {
             path,
             kept: None,
             cpu_us_before: Some(0),
-            home: None,
+            pool: None,
             killed: Default::default(),
         }
     }
@@ -517,12 +519,18 @@ impl RunCgroup {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    /// Whether a process is in the cgroup; `None` if that cannot be read.
+    fn populated(&self) -> Option<bool> {
         let events = match &self.kept {
             Some(kept) => read_from_start(&kept.events),
             None => std::fs::read_to_string(self.path.join("cgroup.events")).ok(),
-        };
-        events.is_none_or(|events| events.lines().any(|l| l == "populated 0"))
+        }?;
+        Some(!events.lines().any(|l| l == "populated 0"))
+    }
+
+    /// Empty, or gone.
+    pub fn is_empty(&self) -> bool {
+        self.populated() != Some(true)
     }
 
     /// Waits (up to `limit`) until no process is left in the cgroup.
@@ -572,19 +580,20 @@ impl RunCgroup {
     /// to the pool it came from (its memory peak counted again from now), or is removed.
     pub fn end(self) -> Usage {
         let (usage, cpu_total) = self.used();
-        let killed = self.killed.load(std::sync::atomic::Ordering::Relaxed);
+        // Kept only if surely empty, and never killed (see `killed`).
+        let reusable = self.pool.is_some()
+            && !self.killed.load(std::sync::atomic::Ordering::Relaxed)
+            && self.populated() == Some(false);
         let RunCgroup {
-            path, kept, home, ..
+            path, kept, pool, ..
         } = self;
-        if let (Some(kept), Some(home), false) = (kept, home, killed) {
-            let empty = read_from_start(&kept.events)
-                .is_some_and(|events| events.lines().any(|l| l == "populated 0"));
+        if let (Some(kept), Some(pool), true) = (kept, pool, reusable) {
             let peak_reset = kept
                 .memory_peak
                 .as_ref()
                 .is_none_or(|peak| peak.write_at(b"reset\n", 0).is_ok());
-            if empty && peak_reset {
-                lock(&home.idle).push(Idle {
+            if peak_reset {
+                lock(&pool).push(Idle {
                     path,
                     files: kept,
                     cpu_us: cpu_total,
@@ -592,22 +601,27 @@ impl RunCgroup {
                 return usage;
             }
         }
-        RunCgroup::removed_at_end(path).remove();
+        remove_cgroup(&path);
         usage
     }
 
     /// Removes the (empty) cgroup.
     pub fn remove(&self) {
-        for _ in 0..50 {
-            match std::fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-                // Busy for a moment after its last process exits.
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-        tracing::warn!(cgroup = %self.path.display(), "cannot remove a run's cgroup");
+        remove_cgroup(&self.path);
     }
+}
+
+/// Removes an empty cgroup's directory.
+fn remove_cgroup(path: &Path) {
+    for _ in 0..50 {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            // Busy for a moment after its last process exits.
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    tracing::warn!(cgroup = %path.display(), "cannot remove a run's cgroup");
 }
 
 #[cfg(test)]
@@ -735,9 +749,26 @@ mod tests {
         let fourth_slot = fourth.path.clone();
         fourth.end();
 
+        // One that still holds a process is not taken again either.
+        let fifth = cgroups.for_run("fifth", None, None).unwrap();
+        assert_eq!(fifth.path, fourth_slot);
+        run_in(&fifth, "sleep 30 >/dev/null 2>&1 &");
+        fifth.end();
+        let sixth = cgroups.for_run("sixth", None, None).unwrap();
+        assert_ne!(
+            sixth.path, fourth_slot,
+            "a cgroup with a process left was kept"
+        );
+        let left = RunCgroup::removed_at_end(fourth_slot.clone());
+        left.kill();
+        assert!(left.wait_empty(Duration::from_secs(10)));
+        left.remove();
+        let sixth_slot = sixth.path.clone();
+        sixth.end();
+
         cgroups.remove_dir();
         assert!(
-            !fourth_slot.exists() && !cgroups.dir.exists(),
+            !fourth_slot.exists() && !sixth_slot.exists() && !cgroups.dir.exists(),
             "the kept cgroups go with the worker"
         );
     }
