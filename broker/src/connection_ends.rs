@@ -71,13 +71,17 @@ impl KeptDescriptors {
     }
 }
 
+/// A quarter of the open-files limit, read once (the broker does not change it).
 fn keep_at_most() -> usize {
-    // SAFETY: `limit` is written by the call.
-    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 0;
-    }
-    (limit.rlim_cur / 4) as usize
+    static AT_MOST: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *AT_MOST.get_or_init(|| {
+        // SAFETY: `limit` is written by the call.
+        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return 0;
+        }
+        (limit.rlim_cur / 4) as usize
+    })
 }
 
 fn is_tcp(fd: &OwnedFd) -> bool {
