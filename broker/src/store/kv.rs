@@ -16,14 +16,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-/// The runs a batch wrote, not yet given to the engine. A run that changes several times
-/// in one batch (created and granted at once, started and ended) is encoded and written
-/// once, as it is at the batch's end; reads of a run by id see these first, and every
-/// other read of the runs writes them out before it reads.
+/// The runs and job states a batch wrote, not yet given to the engine. A run that
+/// changes several times in one batch (created and granted at once, started and ended) is
+/// encoded and written once, as it is at the batch's end, and so is a job's state (a
+/// run's start and end each change it); reads of a run by id see these first, and every
+/// other read of the runs or states writes them out before it reads.
+///
+/// Job states are written after the runs: a tick's run is created before its job's
+/// state says the tick was dealt with, so a broker killed between the two writes fires
+/// the tick again at its next start (and finds the run by its derived id), rather than
+/// skipping a tick whose run never reached the disk.
 #[derive(Default)]
 struct PendingRuns {
     by_seq: BTreeMap<u64, PendingRun>,
     by_id: HashMap<String, u64>,
+    job_states: BTreeMap<String, JobState>,
 }
 
 struct PendingRun {
@@ -283,6 +290,9 @@ impl<E: Engine> KvStore<E> {
                     self.active.remove(&seq)?;
                 }
             }
+        }
+        for (job, state) in pending.job_states {
+            self.job_states.insert(job.as_bytes(), &encode(&state))?;
         }
         Ok(())
     }
@@ -547,6 +557,7 @@ impl<E: Engine> Store for KvStore<E> {
     }
 
     fn job_states(&self) -> StoreResult<Vec<(String, JobState)>> {
+        self.settle()?;
         self.job_states
             .iter()
             .map(|item| {
@@ -561,7 +572,14 @@ impl<E: Engine> Store for KvStore<E> {
 
     fn put_job_state(&mut self, job: &str, state: &JobState) -> StoreResult<()> {
         self.dirty = true;
-        self.job_states.insert(job.as_bytes(), &encode(state))
+        let held = &mut self.pending.get_mut().job_states;
+        match held.get_mut(job) {
+            Some(kept) => kept.clone_from(state),
+            None => {
+                held.insert(job.to_string(), state.clone());
+            }
+        }
+        Ok(())
     }
 
     fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
@@ -774,8 +792,21 @@ mod tests {
         store
             .create_run(&with_state(queued(3, "run-3"), RunState::Missed))
             .unwrap();
-        // The batch's end: its runs go to the engine.
+        // A tick of "job" at 4: its run (by the tick's derived id), then the job's state
+        // says the tick was dealt with; and a run's start changes the state again.
+        store.create_run(&queued(4, "tick-4")).unwrap();
+        store.put_job_state("job", &job_state(4, None)).unwrap();
+        store.put_job_state("job", &job_state(4, Some(5))).unwrap();
+        // The batch's end: its runs and states go to the engine.
         store.settle().unwrap();
+    }
+
+    fn job_state(last_tick_ms: u64, last_started_ms: Option<u64>) -> JobState {
+        JobState {
+            last_tick_ms,
+            last_started_ms,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -792,8 +823,9 @@ mod tests {
         };
         // run-2 created (id, unfinished index, record), run-1 granted and ended in the
         // same batch (its record once, its unfinished entry removed), run-3 created ended
-        // (id, record).
-        assert_eq!(writes, 7, "{writes} writes");
+        // (id, record), tick-4 created (id, unfinished index, record), the job's state
+        // once.
+        assert_eq!(writes, 11, "{writes} writes");
         for cut in 0..=writes {
             let engine = CutEngine::default();
             engine.budget.store(-1, Ordering::SeqCst);
@@ -847,6 +879,16 @@ mod tests {
             active.sort();
             unfinished.sort();
             assert_eq!(active, unfinished, "cut {cut}");
+            // A tick the job's state says was dealt with has its run: the next start
+            // would not fire it again.
+            let states = store.job_states().unwrap();
+            let ticked = states
+                .iter()
+                .any(|(job, s)| job == "job" && s.last_tick_ms == 4);
+            assert!(
+                !ticked || ids.contains(&"tick-4"),
+                "cut {cut}: tick 4 recorded without its run: {ids:?}"
+            );
         }
     }
 
