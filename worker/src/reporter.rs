@@ -5,6 +5,9 @@
 //! which the broker handles in order. After a failure everything not acknowledged is
 //! sent again in the same order; the broker ignores what it has already seen, so a
 //! report is never lost and never applied twice.
+//!
+//! A start or a log chunk waits up to [`GATHER`] for more reports to go with it; a
+//! run's end goes at once, and takes with it what waits.
 
 use crate::state::{ReportAnswer, REQUEST_TIMEOUT};
 use jobcast_client::{Client, ClientError};
@@ -14,8 +17,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 
 const WINDOW: usize = 64;
+
+/// The longest a start or a log chunk waits for other reports to go with it. A short
+/// run's start, output and end then reach the broker together, in one batch made
+/// durable by one commit, where they took two or three (and as many round trips). The
+/// broker learns of a start this much later; it does not give away a run it granted
+/// and has not heard started while the worker is heard from (docs/ARCHITECTURE.md,
+/// "Reports gathered").
+pub const GATHER: Duration = Duration::from_millis(10);
 
 #[derive(Clone, Default)]
 pub struct Reporter {
@@ -24,9 +36,14 @@ pub struct Reporter {
 
 #[derive(Default)]
 struct Inner {
-    queue: Mutex<VecDeque<WorkerRequest>>,
+    queue: Mutex<VecDeque<Queued>>,
     wake: Notify,
     log_backlog: AtomicUsize,
+}
+
+struct Queued {
+    request: WorkerRequest,
+    at: Instant,
 }
 
 fn log_len(request: &WorkerRequest) -> usize {
@@ -36,13 +53,37 @@ fn log_len(request: &WorkerRequest) -> usize {
     }
 }
 
+/// Whether a report may wait for others to go with it: a start or output, which nothing
+/// on the worker waits on. A run's end frees a slot, and its answer carries the next
+/// grant.
+fn may_wait(request: &WorkerRequest) -> bool {
+    matches!(
+        request,
+        WorkerRequest::RunStarted { .. } | WorkerRequest::LogChunk { .. }
+    )
+}
+
+/// How much longer the queued reports wait before they go: `None` to send them now (one
+/// of them may not wait, the window is full, or the oldest has waited [`GATHER`]).
+fn gathering_for(queue: &VecDeque<Queued>, now: Instant) -> Option<Duration> {
+    let oldest = queue.front()?;
+    if queue.len() >= WINDOW || !queue.iter().all(|queued| may_wait(&queued.request)) {
+        return None;
+    }
+    let waited = now.saturating_duration_since(oldest.at);
+    GATHER.checked_sub(waited).filter(|left| !left.is_zero())
+}
+
 impl Reporter {
     pub fn push(&self, request: WorkerRequest) {
         self.inner
             .log_backlog
             .fetch_add(log_len(&request), Ordering::Relaxed);
         if let Ok(mut queue) = self.inner.queue.lock() {
-            queue.push_back(request);
+            queue.push_back(Queued {
+                request,
+                at: Instant::now(),
+            });
         }
         self.inner.wake.notify_one();
     }
@@ -65,20 +106,31 @@ impl Reporter {
         self.inner
             .queue
             .lock()
-            .map(|q| q.iter().take(n).cloned().collect())
+            .map(|q| {
+                q.iter()
+                    .take(n)
+                    .map(|queued| queued.request.clone())
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// How much longer what is queued waits for more (see [`gathering_for`]).
+    fn gathering(&self) -> Option<Duration> {
+        let queue = self.inner.queue.lock().ok()?;
+        gathering_for(&queue, Instant::now())
     }
 
     /// Removes the first `n` entries whose flag in `acked` is set.
     fn remove_acked(&self, acked: &[bool]) {
         if let Ok(mut queue) = self.inner.queue.lock() {
             let mut index = 0;
-            queue.retain(|request| {
+            queue.retain(|queued| {
                 let keep = !acked.get(index).copied().unwrap_or(false);
                 if !keep {
                     self.inner
                         .log_backlog
-                        .fetch_sub(log_len(request), Ordering::Relaxed);
+                        .fetch_sub(log_len(&queued.request), Ordering::Relaxed);
                 }
                 index += 1;
                 keep
@@ -105,6 +157,14 @@ impl Reporter {
                 }
                 continue;
             }
+            if let Some(left) = self.gathering() {
+                // A push wakes this early; the queue is judged again then.
+                tokio::select! {
+                    () = self.inner.wake.notified() => {}
+                    () = tokio::time::sleep(left) => {}
+                }
+                continue;
+            }
             let batch = self.front(WINDOW);
             // Submitted in order from this one task, so they reach the broker in order.
             let pending: Vec<_> = batch
@@ -115,9 +175,9 @@ impl Reporter {
             let mut failed = false;
             // One deadline for the window: a broker that died with several of these
             // unanswered costs one timeout, not one per report.
-            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+            let deadline = Instant::now() + REQUEST_TIMEOUT;
             for (i, reply) in pending.into_iter().enumerate() {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let left = deadline.saturating_duration_since(Instant::now());
                 match reply.wait(left).await {
                     Ok(Reply::Error {
                         code: ErrorCode::NotRegistered,
@@ -236,5 +296,51 @@ mod tests {
         runner_side.push(chunk(0, 3));
         assert_eq!(reporter.front(1), vec![chunk(0, 3)]);
         assert_eq!(reporter.log_backlog(), 3);
+    }
+
+    fn finished() -> WorkerRequest {
+        WorkerRequest::RunFinished(jobcast_protocol::RunFinished {
+            run_id: "r1".into(),
+            outcome: jobcast_protocol::Outcome::Exited { code: 0 },
+            duration_ms: 1,
+            log_bytes: 0,
+            claim: 1,
+            usage: None,
+        })
+    }
+
+    fn queued_at(requests: Vec<(WorkerRequest, Instant)>) -> VecDeque<Queued> {
+        requests
+            .into_iter()
+            .map(|(request, at)| Queued { request, at })
+            .collect()
+    }
+
+    #[test]
+    fn starts_and_output_wait_for_more_from_the_oldest_and_an_end_goes_at_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(gathering_for(&VecDeque::new(), t0), None, "nothing to send");
+        let start = queued_at(vec![(started(), t0)]);
+        assert_eq!(gathering_for(&start, t0), Some(GATHER));
+        assert_eq!(gathering_for(&start, t0 + ms(4)), Some(GATHER - ms(4)));
+        assert_eq!(
+            gathering_for(&start, t0 + GATHER),
+            None,
+            "waited long enough"
+        );
+        assert_eq!(gathering_for(&start, t0 + GATHER * 3), None);
+        // Output pushed later waits only as long as the oldest still may.
+        let output = queued_at(vec![(started(), t0), (chunk(0, 3), t0 + ms(8))]);
+        assert_eq!(gathering_for(&output, t0 + ms(8)), Some(GATHER - ms(8)));
+        // A run's end takes everything before it along, at once.
+        let ended = queued_at(vec![(started(), t0), (chunk(0, 3), t0), (finished(), t0)]);
+        assert_eq!(gathering_for(&ended, t0), None);
+        assert_eq!(gathering_for(&queued_at(vec![(finished(), t0)]), t0), None);
+        // A full window goes at once.
+        let full = queued_at((0..WINDOW as u64).map(|n| (chunk(n, 1), t0)).collect());
+        assert_eq!(gathering_for(&full, t0), None);
+        let almost = queued_at((1..WINDOW as u64).map(|n| (chunk(n, 1), t0)).collect());
+        assert_eq!(gathering_for(&almost, t0), Some(GATHER));
     }
 }
