@@ -103,3 +103,120 @@ pub fn measure(samples: usize, script: &[u8]) -> Result<Floor> {
         round_trip_us: round_trips(samples)?,
     })
 }
+
+/// The CPU a shell run costs at least on jobcast's parts, whatever is built on them: one
+/// start of the script, one commit (a grant is durable before its worker hears of it)
+/// and one request with its answer over libzmq (a run's end, carrying the next claim,
+/// answered with the next grant). µs of CPU each, medians of nothing: totals over many,
+/// divided.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuFloor {
+    /// `sh script` started and waited for: the starting process's own CPU, not the
+    /// script's.
+    pub spawn_us: f64,
+    /// A 400-byte append made durable (`write` + `fsync`), as a commit is.
+    pub commit_us: f64,
+    /// A 200-byte request and its answer between two libzmq contexts over loopback TCP
+    /// (a DEALER and a ROUTER, each with its I/O thread, as a worker and a broker have),
+    /// blocking calls on both sides: both sides' CPU.
+    pub round_trip_us: f64,
+}
+
+impl CpuFloor {
+    pub fn total_us(&self) -> f64 {
+        self.spawn_us + self.commit_us + self.round_trip_us
+    }
+}
+
+/// CPU used so far, µs: by the calling thread, or by the whole process.
+fn cpu_used_us(who: libc::c_int) -> Result<f64> {
+    // SAFETY: getrusage fills the struct it is given and reads nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrusage");
+    }
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    Ok(us(usage.ru_utime) + us(usage.ru_stime))
+}
+
+fn spawn_cpu(samples: usize, script: &[u8]) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("noop.sh");
+    std::fs::write(&path, script)?;
+    let before = cpu_used_us(libc::RUSAGE_THREAD)?;
+    for _ in 0..samples {
+        let status = std::process::Command::new("/bin/sh").arg(&path).status()?;
+        if !status.success() {
+            anyhow::bail!("the script failed: {status}");
+        }
+    }
+    Ok((cpu_used_us(libc::RUSAGE_THREAD)? - before) / samples as f64)
+}
+
+fn commit_cpu(samples: usize) -> Result<f64> {
+    let dir = tempfile::Builder::new()
+        .prefix("jobcast-bench-")
+        .tempdir()?;
+    let mut file = std::fs::File::create(dir.path().join("floor"))?;
+    let record = [b'x'; 400];
+    let before = cpu_used_us(libc::RUSAGE_THREAD)?;
+    for _ in 0..samples {
+        file.write_all(&record)?;
+        file.sync_all()?;
+    }
+    Ok((cpu_used_us(libc::RUSAGE_THREAD)? - before) / samples as f64)
+}
+
+fn zmq_round_trip_cpu(samples: usize) -> Result<f64> {
+    use jobcast_transport::zmq;
+    let server = zmq::Context::new();
+    let router = server.socket(zmq::ROUTER)?;
+    router.set_linger(0)?;
+    router.bind("tcp://127.0.0.1:*")?;
+    let endpoint = router
+        .get_last_endpoint()?
+        .map_err(|_| anyhow::anyhow!("the ROUTER's endpoint is not text"))?;
+    // Echoes until an empty message comes.
+    let echo = std::thread::spawn(move || -> Result<()> {
+        loop {
+            let parts = router.recv_multipart(0)?;
+            if parts.get(1).is_none_or(|body| body.is_empty()) {
+                return Ok(());
+            }
+            router.send_multipart(parts, 0)?;
+        }
+    });
+    let client = zmq::Context::new();
+    let dealer = client.socket(zmq::DEALER)?;
+    dealer.set_linger(0)?;
+    dealer.connect(&endpoint)?;
+    let request = [7u8; 200];
+    let trip = || -> Result<()> {
+        dealer.send(&request[..], 0)?;
+        dealer.recv_bytes(0)?;
+        Ok(())
+    };
+    for _ in 0..100 {
+        trip()?;
+    }
+    let before = cpu_used_us(libc::RUSAGE_SELF)?;
+    for _ in 0..samples {
+        trip()?;
+    }
+    let used = cpu_used_us(libc::RUSAGE_SELF)? - before;
+    dealer.send(&[][..], 0)?;
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
+    Ok(used / samples as f64)
+}
+
+/// Measures the CPU floor over `samples` of each part. Nothing else of this process
+/// may run meanwhile: the round trips are counted over the whole process (libzmq's I/O
+/// threads are its own).
+pub fn measure_cpu(samples: usize, script: &[u8]) -> Result<CpuFloor> {
+    Ok(CpuFloor {
+        spawn_us: spawn_cpu(samples, script)?,
+        commit_us: commit_cpu(samples)?,
+        round_trip_us: zmq_round_trip_cpu(samples)?,
+    })
+}

@@ -158,6 +158,19 @@ pub async fn peers(
 ) -> Result<()> {
     println!("peers: the same {runs} runs of `#!/bin/sh true`, 4 at once, and {latency_runs} one at a time on an idle system");
     let jobcast_latency = Summary::of(spawned).context("no jobcast latencies")?;
+    let floor = tokio::task::spawn_blocking(move || {
+        crate::floor::measure_cpu(runs.clamp(200, 2_000), SCRIPT.as_bytes())
+    })
+    .await??;
+    println!();
+    println!(
+        "the CPU a shell run costs at least on jobcast's parts (one start, one commit, one libzmq round trip): {:.0} µs = start {:.0} + commit {:.0} + round trip {:.0}; jobcast spent {:.0} µs a run (goal 150)",
+        floor.total_us(),
+        floor.spawn_us,
+        floor.commit_us,
+        floor.round_trip_us,
+        shell.own_cpu_us
+    );
     let (Some(gearmand), Some(python)) = (find("gearmand", &["/usr/sbin"]), find("python3", &[]))
     else {
         println!("Gearman: not run (needs gearmand from Debian's gearman-job-server, and python3)");
