@@ -161,6 +161,7 @@ async fn one_slot(client: Client, claims: Arc<AtomicU64>) {
                 log_bytes: 0,
                 claim: 1,
                 usage: None,
+                started: None,
             });
             match client.request(finished, TIMEOUT).await {
                 Ok(Reply::Granted { runs, .. }) => next.extend(runs),

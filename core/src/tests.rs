@@ -174,6 +174,7 @@ impl Harness {
                 log_bytes: 0,
                 claim: 0,
                 usage: None,
+                started: None,
             }),
         );
     }

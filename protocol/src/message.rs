@@ -312,6 +312,19 @@ pub struct RunFinished {
     /// What the run used, where its worker measures it (a cgroup per run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<RunUsage>,
+    /// The run's start, when it ended before its worker had sent the report of the
+    /// start: one report for both. A broker that does not know this field takes the
+    /// end of a run it has as granted, without the pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<StartedAs>,
+}
+
+/// A run's process as it started: what `RunStarted` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedAs {
+    pub pid: u32,
+    /// When it was spawned, by the worker's clock (µs since the epoch; 0: unknown).
+    pub spawned_at_us: u64,
 }
 
 /// What a run used, read from its cgroup at its end.

@@ -177,6 +177,19 @@ fn every_request() -> Vec<Request> {
             log_bytes: 0,
             claim: 0,
             usage: None,
+            started: None,
+        }),
+        WorkerRequest::RunFinished(RunFinished {
+            run_id: "r3".into(),
+            outcome: Outcome::Exited { code: 0 },
+            duration_ms: 1,
+            log_bytes: 0,
+            claim: 1,
+            usage: None,
+            started: Some(jobcast_protocol::StartedAs {
+                pid: 4_321,
+                spawned_at_us: 1_700_000_000_000_000,
+            }),
         }),
         WorkerRequest::Release {
             run_ids: vec!["r2".into()],

@@ -11,7 +11,7 @@
 
 use crate::state::{ReportAnswer, REQUEST_TIMEOUT};
 use jobcast_client::{Client, ClientError};
-use jobcast_protocol::{ErrorCode, Reply, WorkerRequest};
+use jobcast_protocol::{ErrorCode, Reply, StartedAs, WorkerRequest};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,9 +36,42 @@ pub struct Reporter {
 
 #[derive(Default)]
 struct Inner {
-    queue: Mutex<VecDeque<Queued>>,
+    queue: Mutex<Queue>,
     wake: Notify,
     log_backlog: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Queue {
+    reports: VecDeque<Queued>,
+    /// The first this many reports are on their way (the window being sent): they stay
+    /// as they are until answered.
+    sending: usize,
+}
+
+impl Queue {
+    /// A start report still waiting (not being sent) for `run_id`, with nothing of that
+    /// run queued after it: taken out, to go with the run's end.
+    fn take_unsent_start(&mut self, run_id: &str) -> Option<StartedAs> {
+        let of_run = |queued: &Queued| match &queued.request {
+            WorkerRequest::RunStarted { run_id: id, .. }
+            | WorkerRequest::LogChunk { run_id: id, .. } => id == run_id,
+            WorkerRequest::RunFinished(finished) => finished.run_id == run_id,
+            _ => false,
+        };
+        let last = self.reports.iter().rposition(of_run)?;
+        if last < self.sending {
+            return None;
+        }
+        let WorkerRequest::RunStarted {
+            pid, spawned_at_us, ..
+        } = self.reports[last].request
+        else {
+            return None;
+        };
+        self.reports.remove(last);
+        Some(StartedAs { pid, spawned_at_us })
+    }
 }
 
 struct Queued {
@@ -75,12 +108,19 @@ fn gathering_for(queue: &VecDeque<Queued>, now: Instant) -> Option<Duration> {
 }
 
 impl Reporter {
-    pub fn push(&self, request: WorkerRequest) {
+    /// Queues a report. A run's end whose start has not gone yet (a short run) takes
+    /// the start along: one report instead of two.
+    pub fn push(&self, mut request: WorkerRequest) {
         self.inner
             .log_backlog
             .fetch_add(log_len(&request), Ordering::Relaxed);
         if let Ok(mut queue) = self.inner.queue.lock() {
-            queue.push_back(Queued {
+            if let WorkerRequest::RunFinished(finished) = &mut request {
+                if finished.started.is_none() {
+                    finished.started = queue.take_unsent_start(&finished.run_id);
+                }
+            }
+            queue.reports.push_back(Queued {
                 request,
                 at: Instant::now(),
             });
@@ -97,17 +137,19 @@ impl Reporter {
         self.inner
             .queue
             .lock()
-            .map(|q| q.is_empty())
+            .map(|q| q.reports.is_empty())
             .unwrap_or(true)
     }
 
     /// The first `n` reports still to be acknowledged, oldest first.
+    #[cfg(test)]
     pub(crate) fn front(&self, n: usize) -> Vec<WorkerRequest> {
         self.inner
             .queue
             .lock()
             .map(|q| {
-                q.iter()
+                q.reports
+                    .iter()
                     .take(n)
                     .map(|queued| queued.request.clone())
                     .collect()
@@ -115,17 +157,34 @@ impl Reporter {
             .unwrap_or_default()
     }
 
+    /// The next window to send: the first `n` reports, which stay as they are until
+    /// [`Reporter::remove_acked`].
+    fn take_window(&self, n: usize) -> Vec<WorkerRequest> {
+        let Ok(mut queue) = self.inner.queue.lock() else {
+            return Vec::new();
+        };
+        let window: Vec<WorkerRequest> = queue
+            .reports
+            .iter()
+            .take(n)
+            .map(|queued| queued.request.clone())
+            .collect();
+        queue.sending = window.len();
+        window
+    }
+
     /// How much longer what is queued waits for more (see [`gathering_for`]).
     fn gathering(&self) -> Option<Duration> {
         let queue = self.inner.queue.lock().ok()?;
-        gathering_for(&queue, Instant::now())
+        gathering_for(&queue.reports, Instant::now())
     }
 
-    /// Removes the first `n` entries whose flag in `acked` is set.
+    /// Removes the first `n` entries whose flag in `acked` is set; the window is over.
     fn remove_acked(&self, acked: &[bool]) {
         if let Ok(mut queue) = self.inner.queue.lock() {
+            queue.sending = 0;
             let mut index = 0;
-            queue.retain(|queued| {
+            queue.reports.retain(|queued| {
                 let keep = !acked.get(index).copied().unwrap_or(false);
                 if !keep {
                     self.inner
@@ -165,7 +224,7 @@ impl Reporter {
                 }
                 continue;
             }
-            let batch = self.front(WINDOW);
+            let batch = self.take_window(WINDOW);
             // Submitted in order from this one task, so they reach the broker in order.
             let pending: Vec<_> = batch
                 .iter()
@@ -306,6 +365,7 @@ mod tests {
             log_bytes: 0,
             claim: 1,
             usage: None,
+            started: None,
         })
     }
 
@@ -342,5 +402,65 @@ mod tests {
         assert_eq!(gathering_for(&full, t0), None);
         let almost = queued_at((1..WINDOW as u64).map(|n| (chunk(n, 1), t0)).collect());
         assert_eq!(gathering_for(&almost, t0), Some(GATHER));
+    }
+
+    fn started_as(run_id: &str, pid: u32) -> WorkerRequest {
+        WorkerRequest::RunStarted {
+            run_id: run_id.into(),
+            pid,
+            spawned_at_us: 77,
+        }
+    }
+
+    fn finished_as(run_id: &str, started: Option<StartedAs>) -> WorkerRequest {
+        let WorkerRequest::RunFinished(mut finished) = finished() else {
+            unreachable!()
+        };
+        finished.run_id = run_id.into();
+        finished.started = started;
+        WorkerRequest::RunFinished(finished)
+    }
+
+    #[test]
+    fn an_end_takes_along_its_runs_start_only_while_that_start_waits_alone() {
+        let folded = Some(StartedAs {
+            pid: 1,
+            spawned_at_us: 77,
+        });
+        // Waiting, nothing of the run after it: one report for both.
+        let reporter = Reporter::default();
+        reporter.push(started_as("r1", 1));
+        reporter.push(started_as("r2", 2));
+        reporter.push(finished_as("r1", None));
+        assert_eq!(
+            reporter.front(10),
+            vec![started_as("r2", 2), finished_as("r1", folded)]
+        );
+        // Output of the run after its start: the start goes first, on its own.
+        let reporter = Reporter::default();
+        reporter.push(started_as("r1", 1));
+        reporter.push(chunk(0, 3));
+        reporter.push(finished_as("r1", None));
+        assert_eq!(
+            reporter.front(10),
+            vec![started_as("r1", 1), chunk(0, 3), finished_as("r1", None)]
+        );
+        // A start already on its way stays there.
+        let reporter = Reporter::default();
+        reporter.push(started_as("r1", 1));
+        assert_eq!(reporter.take_window(WINDOW), vec![started_as("r1", 1)]);
+        reporter.push(finished_as("r1", None));
+        assert_eq!(
+            reporter.front(10),
+            vec![started_as("r1", 1), finished_as("r1", None)]
+        );
+        // Once its window is answered, later starts fold again.
+        reporter.remove_acked(&[true]);
+        reporter.push(started_as("r3", 1));
+        reporter.push(finished_as("r3", None));
+        let WorkerRequest::RunFinished(last) = &reporter.front(10)[1] else {
+            panic!("not an end")
+        };
+        assert_eq!(last.started, folded);
     }
 }

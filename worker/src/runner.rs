@@ -61,6 +61,7 @@ pub async fn execute(
         log_bytes: spool.total(),
         claim: 0,
         usage,
+        started: None,
     }
 }
 

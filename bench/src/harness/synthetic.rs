@@ -250,6 +250,7 @@ fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>, reports
                     log_bytes: 0,
                     claim: 0,
                     usage: None,
+                    started: None,
                 })
             });
             report_until_answered(&client, finished.collect()).await;

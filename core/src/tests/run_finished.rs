@@ -18,6 +18,7 @@ fn a_finish_records_the_outcome_and_its_claim_takes_the_next_run() {
             log_bytes: 12,
             claim: 1,
             usage: None,
+            started: None,
         }),
     );
     let Reply::Granted { runs, more_queued } = reply else {
@@ -86,4 +87,69 @@ fn a_jobs_state_keeps_how_its_latest_runs_ended() {
         .collect();
     assert_eq!(kept, ended[2..], "the newest 20, oldest first");
     assert!(hello.state.recent_runs.iter().all(|(_, _, ran)| *ran >= 10));
+}
+
+/// A run that ended before its worker sent the report of its start: the end carries the
+/// start, which is taken as its own report would have been; from another worker, or for
+/// a run already started, it changes nothing.
+#[test]
+fn an_end_that_carries_its_start_records_both() {
+    let mut h = Harness::new();
+    h.register("w1", 2, &["default"], &[]);
+    h.register("w2", 1, &["default"], &[]);
+    let run = h.enqueue("hello");
+    assert_eq!(h.claim("w1", 1), vec![run.clone()]);
+    let spawned_at_us = h.now + 1_000;
+    h.advance_ms(3);
+    let finish = |run_id: &str, pid: u32| {
+        WorkerRequest::RunFinished(RunFinished {
+            run_id: run_id.to_string(),
+            outcome: Outcome::Exited { code: 0 },
+            duration_ms: 2,
+            log_bytes: 0,
+            claim: 0,
+            usage: None,
+            started: Some(jobcast_protocol::StartedAs { pid, spawned_at_us }),
+        })
+    };
+    // Not this worker's run: nothing, neither the start nor the end.
+    h.worker("w2", finish(&run, 99));
+    assert_eq!(h.state(&run), RunState::Assigned);
+    h.worker("w1", finish(&run, 4242));
+    let stored = h.core.store().run(&run).unwrap().unwrap();
+    assert_eq!(stored.state, RunState::Succeeded);
+    assert_eq!(stored.pid, Some(4242));
+    assert_eq!(stored.spawned_at_us, Some(spawned_at_us));
+    let states: Vec<RunState> = stored.history.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states,
+        [
+            RunState::Queued,
+            RunState::Assigned,
+            RunState::Running,
+            RunState::Succeeded
+        ]
+    );
+    assert!(
+        stored.history[2].cause.contains("pid 4242"),
+        "{:?}",
+        stored.history[2]
+    );
+    // A run whose start was reported on its own keeps that start.
+    let second = h.enqueue("hello");
+    assert_eq!(h.claim("w1", 1), vec![second.clone()]);
+    h.start("w1", &second);
+    let pid = h.core.store().run(&second).unwrap().unwrap().pid;
+    h.worker("w1", finish(&second, 7));
+    let stored = h.core.store().run(&second).unwrap().unwrap();
+    assert_eq!(stored.state, RunState::Succeeded);
+    assert_eq!(stored.pid, pid);
+    assert_eq!(
+        stored
+            .history
+            .iter()
+            .filter(|t| t.state == RunState::Running)
+            .count(),
+        1
+    );
 }

@@ -396,6 +396,7 @@ fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
                     log_bytes: 0,
                     claim: 0,
                     usage: None,
+                    started: None,
                 }),
                 h.now,
                 &mut out,

@@ -90,6 +90,7 @@ fn starts_and_ends_are_observed_for_the_metrics() {
             log_bytes: 0,
             claim: 0,
             usage: None,
+            started: None,
         }),
     );
     assert!(

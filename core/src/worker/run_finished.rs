@@ -32,6 +32,23 @@ impl<S: Store> Core<S> {
             tracing::warn!(run_id = %finished.run_id, worker, "report from a worker the run is not on; ignored");
             return Ok(());
         }
+        if let Some(started) = finished.started {
+            // The start, reported with the end: taken as its own report would have been.
+            if run.state == RunState::Assigned {
+                let run_id = finished.run_id.clone();
+                self.run_started(
+                    worker,
+                    &run_id,
+                    started.pid,
+                    started.spawned_at_us,
+                    now,
+                    out,
+                )?;
+            }
+        }
+        let Some(run) = self.tables.runs.get_mut(&finished.run_id) else {
+            return Ok(());
+        };
         let state = finished.outcome.final_state();
         let cause = finished.outcome.describe();
         run.outcome = Some(finished.outcome);

@@ -29,6 +29,7 @@ impl WorkerState {
                     log_bytes: 0,
                     claim: 0,
                     usage: None,
+                    started: None,
                 })));
             }
         }

@@ -67,6 +67,7 @@ fn finished(run_id: &str) -> RunFinished {
         log_bytes: 0,
         claim: 0,
         usage: None,
+        started: None,
     }
 }
 
