@@ -35,8 +35,7 @@ impl<S: Store> Core<S> {
         let spec = self
             .tables
             .jobs
-            .spec(&run.job)
-            .cloned()
+            .shared_spec(&run.job)
             .unwrap_or_else(|| run.spec.clone());
         if failed && run.attempt <= spec.policy.retries {
             let backoff = if spec.policy.retry_exponential {
@@ -125,7 +124,7 @@ impl<S: Store> Core<S> {
             if !(parent_ok || (failed && child.on_error)) {
                 continue;
             }
-            let Some(child_spec) = self.tables.jobs.spec(&child.job).cloned() else {
+            let Some(child_spec) = self.tables.jobs.shared_spec(&child.job) else {
                 continue;
             };
             let mut new = NewRun::of(

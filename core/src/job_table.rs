@@ -7,10 +7,13 @@ use crate::schedule::Schedule;
 use crate::CoreError;
 use jobcast_protocol::{JobSpec, JobState, JobView};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 #[derive(Default)]
 pub(crate) struct JobTable {
-    specs: BTreeMap<String, JobSpec>,
+    /// Shared with the runs made of each version (and their grants): a tick clones a
+    /// pointer, not the definition.
+    specs: BTreeMap<String, Arc<JobSpec>>,
     states: BTreeMap<String, JobState>,
     schedules: HashMap<String, Schedule>,
     /// The next tick of each scheduled job.
@@ -25,7 +28,10 @@ impl JobTable {
     /// [`Self::restore_scheduling`].
     pub fn restored(specs: Vec<JobSpec>) -> JobTable {
         JobTable {
-            specs: specs.into_iter().map(|j| (j.name.clone(), j)).collect(),
+            specs: specs
+                .into_iter()
+                .map(|j| (j.name.clone(), Arc::new(j)))
+                .collect(),
             ..Default::default()
         }
     }
@@ -52,12 +58,17 @@ impl JobTable {
     }
 
     pub fn spec(&self, job: &str) -> Option<&JobSpec> {
-        self.specs.get(job)
+        self.specs.get(job).map(|spec| &**spec)
+    }
+
+    /// The job's definition as its runs share it.
+    pub fn shared_spec(&self, job: &str) -> Option<Arc<JobSpec>> {
+        self.specs.get(job).cloned()
     }
 
     /// Every job's definition, by name.
     pub fn specs(&self) -> impl Iterator<Item = &JobSpec> {
-        self.specs.values()
+        self.specs.values().map(|spec| &**spec)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &String> {
@@ -103,14 +114,15 @@ impl JobTable {
     /// Adds or replaces a job's definition, and compiles its schedule.
     pub fn put_spec(&mut self, spec: JobSpec) {
         let name = spec.name.clone();
-        self.specs.insert(name.clone(), spec);
+        self.specs.insert(name.clone(), Arc::new(spec));
         self.compile(&name);
     }
 
     /// Turns a job on or off; turned on, its failures are forgotten and ticks that passed
     /// while it was off are not caught up. Returns the definition to store.
     pub fn set_enabled(&mut self, job: &str, enabled: bool, now: u64) -> Option<&JobSpec> {
-        self.specs.get_mut(job)?.enabled = enabled;
+        // Runs made of the definition keep theirs.
+        Arc::make_mut(self.specs.get_mut(job)?).enabled = enabled;
         if enabled {
             let state = self.state_entry(job);
             state.auto_disabled = None;
@@ -118,7 +130,7 @@ impl JobTable {
             state.last_tick_ms = state.last_tick_ms.max(now);
         }
         self.compile(job);
-        self.specs.get(job)
+        self.spec(job)
     }
 
     pub fn state(&self, job: &str) -> Option<&JobState> {
@@ -216,7 +228,7 @@ impl JobTable {
                 job: job.name.clone(),
                 error,
             })?;
-            all.insert(job.name.clone(), job.clone());
+            all.insert(job.name.clone(), Arc::new(job.clone()));
         }
         for job in jobs {
             for child in &job.policy.children {
@@ -308,10 +320,10 @@ impl FireQueue {
 }
 
 /// Finds a cycle in the child links of `jobs`, returning it as a path.
-fn find_cycle(jobs: &BTreeMap<String, JobSpec>) -> Option<Vec<String>> {
+fn find_cycle(jobs: &BTreeMap<String, Arc<JobSpec>>) -> Option<Vec<String>> {
     fn visit(
         job: &str,
-        jobs: &BTreeMap<String, JobSpec>,
+        jobs: &BTreeMap<String, Arc<JobSpec>>,
         path: &mut Vec<String>,
         done: &mut BTreeSet<String>,
     ) -> Option<Vec<String>> {

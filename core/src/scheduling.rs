@@ -25,7 +25,7 @@ pub(super) const DISABLED_POOLS: &str = "disabled_pools";
 
 /// Everything needed to create a run.
 pub(super) struct NewRun {
-    pub spec: JobSpec,
+    pub spec: std::sync::Arc<JobSpec>,
     /// A derived id, or `None` for a random one.
     pub id: Option<String>,
     /// Whether a run with this derived id may have been made before this broker began
@@ -49,7 +49,12 @@ pub(super) struct NewRun {
 
 impl NewRun {
     /// A run of `spec` with its parameters' defaults.
-    pub fn of(spec: JobSpec, scheduled_at_ms: u64, cause: impl Into<String>) -> NewRun {
+    pub fn of(
+        spec: impl Into<std::sync::Arc<JobSpec>>,
+        scheduled_at_ms: u64,
+        cause: impl Into<String>,
+    ) -> NewRun {
+        let spec = spec.into();
         NewRun {
             params: jobcast_protocol::params::carried(&spec.params, &Default::default()),
             priority: spec.priority,
@@ -132,7 +137,7 @@ impl<S: Store> Core<S> {
 
     fn schedule_job(&mut self, job: &str, now: Now, out: &mut Outbox) -> StoreResult<()> {
         let (Some(spec), Some(schedule)) = (
-            self.tables.jobs.spec(job).cloned(),
+            self.tables.jobs.shared_spec(job),
             self.tables.jobs.schedule(job).cloned(),
         ) else {
             self.tables.jobs.set_next_fire(job, None);
@@ -213,7 +218,7 @@ impl<S: Store> Core<S> {
     /// One tick of a job: start a run, or record why not.
     fn fire(
         &mut self,
-        spec: &JobSpec,
+        spec: &std::sync::Arc<JobSpec>,
         schedule: &Schedule,
         tick: u64,
         now: Now,

@@ -279,7 +279,7 @@ pub struct Assignment {
     pub run_id: RunId,
     pub attempt: u32,
     pub scheduled_at_ms: u64,
-    pub job: JobSpec,
+    pub job: std::sync::Arc<JobSpec>,
     /// The run's parameter values: `JOBCAST_PARAM_<NAME>` in its environment.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub params: crate::params::Params,

@@ -187,7 +187,8 @@ pub struct RunRecord {
     pub worker_instance: Option<u64>,
     pub history: Vec<Transition>,
     /// The job as it was when the run was created, so later edits do not change it.
-    pub spec: JobSpec,
+    /// Shared: the runs of one version of a job hold one copy, and so do their grants.
+    pub spec: std::sync::Arc<JobSpec>,
     /// Its parameter values, checked against `spec.params` (defaults filled in).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub params: crate::params::Params,
@@ -255,10 +256,11 @@ impl RunRecord {
     pub fn queued(
         id: RunId,
         seq: u64,
-        spec: JobSpec,
+        spec: impl Into<std::sync::Arc<JobSpec>>,
         created_at_ms: u64,
         cause: impl Into<String>,
     ) -> RunRecord {
+        let spec = spec.into();
         RunRecord {
             id,
             seq,

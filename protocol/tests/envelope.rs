@@ -96,7 +96,7 @@ fn record() -> RunRecord {
             at_ms: NOW,
             cause: "enqueued".into(),
         }],
-        spec: spec(),
+        spec: spec().into(),
         params: BTreeMap::from([("target".into(), "files".into())]),
         priority: -3,
         usage: Some(jobcast_protocol::RunUsage {
@@ -279,7 +279,7 @@ fn every_reply() -> Vec<Reply> {
                 run_id: "r1".into(),
                 attempt: 1,
                 scheduled_at_ms: NOW,
-                job: spec(),
+                job: spec().into(),
                 params: BTreeMap::from([("target".into(), "files".into())]),
             }],
         },

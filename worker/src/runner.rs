@@ -360,7 +360,7 @@ mod tests {
             run_id: run_id.into(),
             attempt: 1,
             scheduled_at_ms: 0,
-            job: JobSpec::new("job", "default", exec),
+            job: JobSpec::new("job", "default", exec).into(),
             params: Default::default(),
         }
     }
@@ -494,7 +494,7 @@ mod tests {
         let scripts = tempfile::tempdir().unwrap();
         let run_id = unique_run_id("timeout");
         let mut job = assignment(&run_id, shell("sleep 30 & setsid sleep 30 & sleep 30"));
-        job.job.timeout_ms = Some(300);
+        std::sync::Arc::make_mut(&mut job.job).timeout_ms = Some(300);
         let (_stop, stop_rx) = watch::channel(false);
         let finished = execute_in(scripts.path(), job, Reporter::default(), stop_rx).await;
         assert_eq!(finished.outcome, Outcome::TimedOut);
@@ -552,7 +552,7 @@ mod tests {
     async fn a_run_that_cannot_start_says_why() {
         let scripts = tempfile::tempdir().unwrap();
         let mut job = assignment(&unique_run_id("nostart"), shell("true"));
-        job.job.workdir = Some("/no/such/dir".into());
+        std::sync::Arc::make_mut(&mut job.job).workdir = Some("/no/such/dir".into());
         let (_stop, stop_rx) = watch::channel(false);
         let finished = execute_in(scripts.path(), job, Reporter::default(), stop_rx).await;
         assert_eq!(

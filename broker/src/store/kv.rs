@@ -250,7 +250,7 @@ impl<E: Engine> KvStore<E> {
     }
 
     /// A job spec version, from the cache or the specs tree.
-    fn spec(&self, key: &SpecKey) -> StoreResult<JobSpec> {
+    fn spec(&self, key: &SpecKey) -> StoreResult<Arc<JobSpec>> {
         self.spec_cache
             .borrow_mut()
             .get_or_read(key, || self.specs.get(key))

@@ -10,6 +10,7 @@ use jobcast_protocol::{JobSpec, Outcome, RunRecord, RunState, Transition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The first byte of a record in this format: 0xc1 is never the first byte of a
 /// MessagePack value, so a record of the older format (a map) cannot be taken for one.
@@ -170,7 +171,7 @@ pub fn encode_run(run: &RunRecord, spec: SpecKey) -> Vec<u8> {
 /// Reads a run; `spec` finds a spec version by its key.
 pub fn decode_run(
     bytes: &[u8],
-    spec: impl FnOnce(&SpecKey) -> StoreResult<JobSpec>,
+    spec: impl FnOnce(&SpecKey) -> StoreResult<Arc<JobSpec>>,
 ) -> StoreResult<RunRecord> {
     match bytes {
         [TAG, 1..=VERSION, rest @ ..] => {
@@ -221,11 +222,11 @@ pub fn decode_run(
 
 /// The spec versions a store has seen, both ways: the key of each job's current spec (so
 /// a run's write hashes nothing while its job is unchanged) and specs by key (so reading
-/// runs decodes each version once).
+/// runs decodes each version once, and the runs read share it).
 #[derive(Default)]
 pub struct SpecCache {
-    current: HashMap<String, (JobSpec, SpecKey)>,
-    by_key: HashMap<SpecKey, JobSpec>,
+    current: HashMap<String, (Arc<JobSpec>, SpecKey)>,
+    by_key: HashMap<SpecKey, Arc<JobSpec>>,
 }
 
 /// Versions kept decoded; past this the cache starts over (it only saves decoding).
@@ -234,9 +235,10 @@ const MAX_CACHED_SPECS: usize = 4_096;
 impl SpecCache {
     /// The key of `spec`, and its bytes when this version is new to the cache (to be
     /// written to the specs tree).
-    pub fn key_of(&mut self, spec: &JobSpec) -> (SpecKey, Option<Vec<u8>>) {
+    pub fn key_of(&mut self, spec: &Arc<JobSpec>) -> (SpecKey, Option<Vec<u8>>) {
         if let Some((known, key)) = self.current.get(&spec.name) {
-            if known == spec {
+            // The same shared definition (runs of one version hold one), else compared.
+            if Arc::ptr_eq(known, spec) || known == spec {
                 return (*key, None);
             }
         }
@@ -246,7 +248,7 @@ impl SpecCache {
         (key, Some(bytes))
     }
 
-    pub fn get(&self, key: &SpecKey) -> Option<&JobSpec> {
+    pub fn get(&self, key: &SpecKey) -> Option<&Arc<JobSpec>> {
         self.by_key.get(key)
     }
 
@@ -256,7 +258,7 @@ impl SpecCache {
         &mut self,
         key: &SpecKey,
         stored: impl FnOnce() -> StoreResult<Option<Vec<u8>>>,
-    ) -> StoreResult<JobSpec> {
+    ) -> StoreResult<Arc<JobSpec>> {
         if let Some(spec) = self.get(key) {
             return Ok(spec.clone());
         }
@@ -267,12 +269,12 @@ impl SpecCache {
                 hex::encode(key)
             ),
         })?;
-        let spec = decode_spec(&bytes)?;
+        let spec = Arc::new(decode_spec(&bytes)?);
         self.remember(*key, spec.clone());
         Ok(spec)
     }
 
-    pub fn remember(&mut self, key: SpecKey, spec: JobSpec) {
+    pub fn remember(&mut self, key: SpecKey, spec: Arc<JobSpec>) {
         if self.by_key.len() >= MAX_CACHED_SPECS {
             self.by_key.clear();
         }
@@ -330,7 +332,7 @@ mod tests {
                 at_ms: 27,
                 cause: "enqueued".into(),
             }],
-            spec: spec(),
+            spec: spec().into(),
             params: [("target".to_string(), "db".to_string())].into(),
             priority: -28,
             late_result: Some(jobcast_protocol::LateResult {
@@ -354,7 +356,7 @@ mod tests {
         let bytes = encode_run(&run, key);
         let back = decode_run(&bytes, |k| {
             assert_eq!(*k, key);
-            decode_spec(&spec_bytes)
+            decode_spec(&spec_bytes).map(Arc::new)
         })
         .unwrap();
         assert_eq!(back, run);
@@ -382,7 +384,7 @@ mod tests {
         assert_eq!(bytes.pop(), Some(0xc0), "no late result");
         bytes[1] = 2;
         bytes[4] = 29;
-        let back = decode_run(&bytes, |_| Ok(spec())).unwrap();
+        let back = decode_run(&bytes, |_| Ok(spec().into())).unwrap();
         assert_eq!(back, run);
     }
 
@@ -404,7 +406,7 @@ mod tests {
         assert_eq!(bytes.pop(), Some(0x80), "the empty map of parameters");
         bytes[1] = 1;
         bytes[4] = 27;
-        let back = decode_run(&bytes, |_| Ok(spec())).unwrap();
+        let back = decode_run(&bytes, |_| Ok(spec().into())).unwrap();
         assert_eq!(back, run);
     }
 
@@ -412,7 +414,7 @@ mod tests {
     fn a_newer_format_is_refused_with_a_clear_error() {
         let mut bytes = encode_run(&full_run(), [0; 16]);
         bytes[1] = VERSION + 1;
-        let err = decode_run(&bytes, |_| Ok(spec())).unwrap_err();
+        let err = decode_run(&bytes, |_| Ok(spec().into())).unwrap_err();
         assert!(
             err.to_string().contains("newer than this broker reads"),
             "{err}"
@@ -430,17 +432,20 @@ mod tests {
     #[test]
     fn a_job_unchanged_keeps_its_key_and_an_edit_makes_a_new_version() {
         let mut cache = SpecCache::default();
-        let (first, bytes) = cache.key_of(&spec());
+        let shared = Arc::new(spec());
+        let (first, bytes) = cache.key_of(&shared);
         assert!(bytes.is_some(), "a new version is written once");
-        assert_eq!(cache.key_of(&spec()), (first, None));
-        let edited = JobSpec {
+        assert_eq!(cache.key_of(&shared), (first, None));
+        // An equal definition held elsewhere is the same version.
+        assert_eq!(cache.key_of(&Arc::new(spec())), (first, None));
+        let edited = Arc::new(JobSpec {
             timeout_ms: Some(60_000),
             ..spec()
-        };
+        });
         let (second, bytes) = cache.key_of(&edited);
         assert_ne!(second, first);
         assert!(bytes.is_some());
-        assert_eq!(cache.get(&first), Some(&spec()));
+        assert_eq!(cache.get(&first).map(|s| &**s), Some(&spec()));
         assert_eq!(cache.get(&second), Some(&edited));
     }
 }

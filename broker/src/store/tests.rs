@@ -732,9 +732,9 @@ fn each_run_keeps_the_job_version_it_was_created_with_across_reopening<S: Store>
     }
     let store = open();
     let before = store.run("before").unwrap().unwrap();
-    assert_eq!(before.spec, first);
+    assert_eq!(*before.spec, first);
     assert_eq!(before.state, RunState::Assigned);
-    assert_eq!(store.run("after").unwrap().unwrap().spec, edited);
+    assert_eq!(*store.run("after").unwrap().unwrap().spec, edited);
     let listed: Vec<JobSpec> = store
         .runs(&RunFilter {
             limit: 10,
@@ -743,7 +743,7 @@ fn each_run_keeps_the_job_version_it_was_created_with_across_reopening<S: Store>
         .unwrap()
         .runs
         .into_iter()
-        .map(|r| r.spec)
+        .map(|r| (*r.spec).clone())
         .collect();
     assert_eq!(listed, vec![edited, first]);
 }

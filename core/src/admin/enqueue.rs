@@ -36,7 +36,7 @@ impl<S: Store> Core<S> {
             params,
             priority,
         } = asked;
-        let Some(spec) = self.tables.jobs.spec(job).cloned() else {
+        let Some(spec) = self.tables.jobs.shared_spec(job) else {
             return Err(self.tables.jobs.unknown(job));
         };
         let values =

@@ -31,8 +31,7 @@ impl<S: Store> Core<S> {
         let spec = self
             .tables
             .jobs
-            .spec(&old.job)
-            .cloned()
+            .shared_spec(&old.job)
             .unwrap_or(old.spec.clone());
         let mut new = NewRun::of(
             spec,

@@ -30,7 +30,8 @@ fn assignment(run_id: &str) -> Assignment {
             "job",
             "default",
             jobcast_protocol::Exec::Command(vec!["true".into()]),
-        ),
+        )
+        .into(),
         params: Default::default(),
     }
 }
@@ -727,7 +728,9 @@ fn leased() -> (WorkerState, Purpose) {
 fn leased_with_runs() -> WorkerState {
     let (mut state, claim) = leased();
     let mut keep = assignment("r2");
-    keep.job.policy.on_broker_loss = OnBrokerLoss::Keep;
+    std::sync::Arc::make_mut(&mut keep.job)
+        .policy
+        .on_broker_loss = OnBrokerLoss::Keep;
     let grant = Answer::Reply(Reply::Granted {
         runs: vec![assignment("r1"), keep],
         more_queued: false,

@@ -272,13 +272,17 @@ impl PgStore {
     }
 
     /// A job spec version, from the cache, the pending writes or the database.
-    fn spec(&self, key: &SpecKey) -> StoreResult<JobSpec> {
+    fn spec(&self, key: &SpecKey) -> StoreResult<std::sync::Arc<JobSpec>> {
         self.spec_read_on(&self.connection, key)
     }
 
     /// As [`PgStore::spec`], read on `connection` when neither the cache nor the pending
     /// writes have it.
-    fn spec_read_on(&self, connection: &Connection, key: &SpecKey) -> StoreResult<JobSpec> {
+    fn spec_read_on(
+        &self,
+        connection: &Connection,
+        key: &SpecKey,
+    ) -> StoreResult<std::sync::Arc<JobSpec>> {
         self.spec_cache.borrow_mut().get_or_read(key, || {
             if let Some(bytes) = self.pending.borrow().spec(key) {
                 return Ok(Some(bytes.to_vec()));
