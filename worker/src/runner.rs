@@ -225,7 +225,8 @@ async fn supervise(
         .timeout_ms
         .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     let mut flush = tokio::time::interval(FLUSH_EVERY);
-    let mut buffer = vec![0u8; 64 << 10];
+    // Read into its spare room: a short run that writes nothing never has it zeroed.
+    let mut buffer: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut exit_status = None;
     let mut output_open = true;
     let mut read_until: Option<tokio::time::Instant> = None;
@@ -240,9 +241,12 @@ async fn supervise(
             break;
         }
         tokio::select! {
-            read = output.read(&mut buffer), if output_open => match read {
+            read = output.read_buf(&mut buffer), if output_open => match read {
                 Ok(0) | Err(_) => output_open = false,
-                Ok(n) => spool.push(&buffer[..n]),
+                Ok(_) => {
+                    spool.push(&buffer);
+                    buffer.clear();
+                }
             },
             status = child.wait(), if exit_status.is_none() => {
                 exit_status = Some(status);
