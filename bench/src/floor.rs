@@ -33,17 +33,26 @@ fn micros(started: Instant) -> u64 {
     started.elapsed().as_micros() as u64
 }
 
-/// A small append made durable, as a commit is: in a directory beside the broker's.
-fn fsyncs(samples: usize) -> Result<u64> {
+/// A record as large as a run's, appended as a commit appends it.
+const RECORD: [u8; 400] = [b'x'; 400];
+
+/// A file to append to, in a directory beside the broker's (removed with the
+/// directory).
+fn append_file() -> Result<(tempfile::TempDir, std::fs::File)> {
     let dir = tempfile::Builder::new()
         .prefix("jobcast-bench-")
         .tempdir()?;
-    let mut file = std::fs::File::create(dir.path().join("floor"))?;
-    let record = [b'x'; 400];
+    let file = std::fs::File::create(dir.path().join("floor"))?;
+    Ok((dir, file))
+}
+
+/// A small append made durable, as a commit is.
+fn fsyncs(samples: usize) -> Result<u64> {
+    let (_dir, mut file) = append_file()?;
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let started = Instant::now();
-        file.write_all(&record)?;
+        file.write_all(&RECORD)?;
         file.sync_data()?;
         times.push(micros(started));
     }
@@ -154,14 +163,10 @@ fn spawn_cpu(samples: usize, script: &[u8]) -> Result<f64> {
 }
 
 fn commit_cpu(samples: usize) -> Result<f64> {
-    let dir = tempfile::Builder::new()
-        .prefix("jobcast-bench-")
-        .tempdir()?;
-    let mut file = std::fs::File::create(dir.path().join("floor"))?;
-    let record = [b'x'; 400];
+    let (_dir, mut file) = append_file()?;
     let before = cpu_used_us(libc::RUSAGE_THREAD)?;
     for _ in 0..samples {
-        file.write_all(&record)?;
+        file.write_all(&RECORD)?;
         file.sync_all()?;
     }
     Ok((cpu_used_us(libc::RUSAGE_THREAD)? - before) / samples as f64)
