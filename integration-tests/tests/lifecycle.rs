@@ -39,6 +39,43 @@ echo "to stderr" >&2
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// A run that ends within the worker's gathering of reports (docs/ARCHITECTURE.md,
+/// "Reports gathered") sends its start inside its end: the record still has the pid, the
+/// spawn time and the `running` step, as a run reported step by step has.
+#[test]
+fn a_run_that_ends_before_its_start_is_reported_still_records_its_start() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        r##"
+[jobs.quick]
+script = """#!/bin/sh
+exit 0
+"""
+"##,
+    );
+    cluster.start_worker("w1", &[]);
+    for _ in 0..3 {
+        let run = cluster.enqueue("quick");
+        let record = cluster.wait_state(&run, "succeeded", LONG);
+        assert!(
+            record["pid"].as_u64().is_some_and(|pid| pid > 0),
+            "{record}"
+        );
+        assert!(record["spawned_at_us"].as_u64().is_some(), "{record}");
+        let states: Vec<&str> = record["history"]
+            .as_array()
+            .expect("a history")
+            .iter()
+            .filter_map(|step| step["state"].as_str())
+            .collect();
+        assert_eq!(
+            states,
+            ["queued", "assigned", "running", "succeeded"],
+            "{record}"
+        );
+    }
+}
+
 #[test]
 fn a_hundred_runs_on_three_workers_each_run_exactly_once() {
     let mut cluster = Cluster::start(3);

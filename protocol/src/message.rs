@@ -41,6 +41,11 @@ pub enum Reply {
         /// older broker): no lease.
         #[serde(default, skip_serializing_if = "is_zero")]
         lease_ms: u64,
+        /// The broker takes a run's start carried by its end (`RunFinished.started`). A
+        /// worker sends a start on its own to a broker that does not say so (an older
+        /// one would refuse the end of a run it has not heard started).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        starts_in_ends: bool,
     },
     Ack,
     Orders(Orders),
@@ -313,8 +318,9 @@ pub struct RunFinished {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<RunUsage>,
     /// The run's start, when it ended before its worker had sent the report of the
-    /// start: one report for both. A broker that does not know this field takes the
-    /// end of a run it has as granted, without the pid.
+    /// start: one report for both. Sent only to a broker whose `Registered` says
+    /// `starts_in_ends` (an older one would refuse the end of a run it has not heard
+    /// started, and the run would stay granted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<StartedAs>,
 }

@@ -266,6 +266,7 @@ fn every_reply() -> Vec<Reply> {
                 resume: vec![],
             },
             lease_ms: 10_000,
+            starts_in_ends: true,
         },
         Reply::Ack,
         Reply::Orders(Orders {

@@ -13,7 +13,7 @@ use crate::state::{ReportAnswer, REQUEST_TIMEOUT};
 use jobcast_client::{Client, ClientError};
 use jobcast_protocol::{ErrorCode, Reply, StartedAs, WorkerRequest};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
@@ -39,6 +39,8 @@ struct Inner {
     queue: Mutex<Queue>,
     wake: Notify,
     log_backlog: AtomicUsize,
+    /// The broker takes a run's start inside its end: see [`Reporter::push`].
+    starts_in_ends: AtomicBool,
 }
 
 #[derive(Default)]
@@ -108,15 +110,20 @@ fn gathering_for(queue: &VecDeque<Queued>, now: Instant) -> Option<Duration> {
 }
 
 impl Reporter {
+    /// Whether the broker takes a run's start inside its end (its `Registered` says).
+    pub fn starts_in_ends(&self, yes: bool) {
+        self.inner.starts_in_ends.store(yes, Ordering::Relaxed);
+    }
+
     /// Queues a report. A run's end whose start has not gone yet (a short run) takes
-    /// the start along: one report instead of two.
+    /// the start along, where the broker takes it there: one report instead of two.
     pub fn push(&self, mut request: WorkerRequest) {
         self.inner
             .log_backlog
             .fetch_add(log_len(&request), Ordering::Relaxed);
         if let Ok(mut queue) = self.inner.queue.lock() {
             if let WorkerRequest::RunFinished(finished) = &mut request {
-                if finished.started.is_none() {
+                if finished.started.is_none() && self.inner.starts_in_ends.load(Ordering::Relaxed) {
                     finished.started = queue.take_unsent_start(&finished.run_id);
                 }
             }
@@ -422,13 +429,27 @@ mod tests {
     }
 
     #[test]
-    fn an_end_takes_along_its_runs_start_only_while_that_start_waits_alone() {
+    fn an_end_takes_along_its_runs_start_only_while_that_start_waits_alone_and_the_broker_takes_it()
+    {
         let folded = Some(StartedAs {
             pid: 1,
             spawned_at_us: 77,
         });
-        // Waiting, nothing of the run after it: one report for both.
+        // A broker that did not say it takes a start inside an end gets both.
         let reporter = Reporter::default();
+        reporter.push(started_as("r1", 1));
+        reporter.push(finished_as("r1", None));
+        assert_eq!(
+            reporter.front(10),
+            vec![started_as("r1", 1), finished_as("r1", None)]
+        );
+        let new_reporter = || {
+            let reporter = Reporter::default();
+            reporter.starts_in_ends(true);
+            reporter
+        };
+        // Waiting, nothing of the run after it: one report for both.
+        let reporter = new_reporter();
         reporter.push(started_as("r1", 1));
         reporter.push(started_as("r2", 2));
         reporter.push(finished_as("r1", None));
@@ -437,7 +458,7 @@ mod tests {
             vec![started_as("r2", 2), finished_as("r1", folded)]
         );
         // Output of the run after its start: the start goes first, on its own.
-        let reporter = Reporter::default();
+        let reporter = new_reporter();
         reporter.push(started_as("r1", 1));
         reporter.push(chunk(0, 3));
         reporter.push(finished_as("r1", None));
@@ -446,7 +467,7 @@ mod tests {
             vec![started_as("r1", 1), chunk(0, 3), finished_as("r1", None)]
         );
         // A start already on its way stays there.
-        let reporter = Reporter::default();
+        let reporter = new_reporter();
         reporter.push(started_as("r1", 1));
         assert_eq!(reporter.take_window(WINDOW), vec![started_as("r1", 1)]);
         reporter.push(finished_as("r1", None));

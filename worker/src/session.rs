@@ -293,10 +293,12 @@ impl Shell {
                 }
             }
         }
-        // The reporter sends only while the broker knows this worker.
+        // The reporter sends only while the broker knows this worker, and puts a start
+        // inside its run's end only for a broker that takes it there.
         self.registered.send_if_modified(|registered| {
             std::mem::replace(registered, state.is_registered()) != state.is_registered()
         });
+        self.reporter.starts_in_ends(state.starts_in_ends());
     }
 
     fn request(&self, purpose: Purpose, request: WorkerRequest, timeout: Duration) {

@@ -145,6 +145,7 @@ impl<S: Store> Core<S> {
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
             orders: self.orders_for(worker, &running),
             lease_ms: self.config.worker_timeout_ms,
+            starts_in_ends: true,
         })
     }
 }

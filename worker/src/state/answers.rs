@@ -105,8 +105,10 @@ impl WorkerState {
                 heartbeat_interval_ms,
                 orders,
                 lease_ms,
+                starts_in_ends,
             } => {
                 self.lease_ms = (lease_ms > 0).then_some(lease_ms);
+                self.starts_in_ends = starts_in_ends;
                 if self.boot_id != Some(boot_id) {
                     tracing::info!(boot_id = %boot_id, "registered with the broker");
                     // A claim held by an earlier broker process (or core) is never

@@ -168,6 +168,8 @@ pub struct WorkerState {
     /// The lease the broker gave at registration; `None` before (or from a broker that
     /// gives none).
     lease_ms: Option<u64>,
+    /// The broker takes a run's start inside its end (its `Registered` said so).
+    starts_in_ends: bool,
     /// When the newest request that was answered was sent: the broker heard this worker
     /// at or after it, so it gives nothing of this worker's up before this + the lease.
     lease_from_ms: u64,
@@ -207,6 +209,7 @@ impl WorkerState {
             followed_epoch: 0,
             moved_on_ms: 0,
             lease_ms: None,
+            starts_in_ends: false,
             lease_from_ms: now_ms,
             lease_lost: false,
             kept_on_broker_loss: HashSet::new(),
@@ -223,6 +226,11 @@ impl WorkerState {
 
     pub fn is_registered(&self) -> bool {
         self.registered
+    }
+
+    /// Whether a run's start may go inside its end (see `RunFinished.started`).
+    pub fn starts_in_ends(&self) -> bool {
+        self.starts_in_ends
     }
 
     /// Runs this process holds: started, and granted ready to start (reported to the

@@ -50,6 +50,7 @@ fn registered_resuming(runs: &[&str]) -> Answer {
             ..Orders::default()
         },
         lease_ms: 0,
+        starts_in_ends: false,
     })
 }
 
@@ -411,6 +412,7 @@ fn a_registration_resets_the_count_of_refusals() {
         heartbeat_interval_ms: 1_000,
         orders: Default::default(),
         lease_ms: 0,
+        starts_in_ends: false,
     });
     state.on_answer(Purpose::Register, registered, 1_500);
     state.on_answer(Purpose::Register, auth_refused(), 2_005);
@@ -573,6 +575,7 @@ fn a_claim_held_by_a_broker_that_restarted_is_asked_again_at_registration() {
         heartbeat_interval_ms: 1_000,
         orders: Orders::default(),
         lease_ms: 0,
+        starts_in_ends: false,
     });
     let actions = state.on_answer(Purpose::Register, reply, 20);
     assert_eq!(
@@ -717,6 +720,7 @@ fn leased() -> (WorkerState, Purpose) {
         heartbeat_interval_ms: 1_000,
         orders: Orders::default(),
         lease_ms: LEASE,
+        starts_in_ends: false,
     });
     let actions = state.on_answer(Purpose::Register, registered, 0);
     let (claim, _, _) = claim_in(&actions).expect("a claim");
@@ -982,4 +986,27 @@ fn an_idle_worker_whose_key_is_revoked_ends_at_once() {
         10,
     );
     assert!(state.refused_with_nothing_running().is_some());
+}
+
+/// A run's start goes inside its end only for a broker whose registration says it
+/// takes it there; a registration with a broker that does not (an older one) turns it
+/// off again.
+#[test]
+fn starts_go_inside_ends_only_for_a_broker_that_says_it_takes_them() {
+    let registered_with = |starts_in_ends| {
+        Answer::Reply(Reply::Registered {
+            boot_id: 7,
+            heartbeat_interval_ms: 1_000,
+            orders: Default::default(),
+            lease_ms: 0,
+            starts_in_ends,
+        })
+    };
+    let mut state = WorkerState::new(identity(1), 0);
+    state.start();
+    assert!(!state.starts_in_ends(), "not before a registration");
+    state.on_answer(Purpose::Register, registered_with(true), 5);
+    assert!(state.starts_in_ends());
+    state.on_answer(Purpose::Register, registered_with(false), 10);
+    assert!(!state.starts_in_ends());
 }
