@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 /// the tick again at its next start (and finds the run by its derived id), rather than
 /// skipping a tick whose run never reached the disk.
 #[derive(Default)]
-struct PendingRuns {
+struct Pending {
     by_seq: BTreeMap<u64, PendingRun>,
     by_id: HashMap<String, u64>,
     job_states: BTreeMap<String, JobState>,
@@ -46,7 +46,7 @@ pub struct KvStore<E: Engine> {
     /// Job spec versions that runs refer to, by `SpecKey`.
     specs: E::Tree,
     spec_cache: RefCell<SpecCache>,
-    pending: RefCell<PendingRuns>,
+    pending: RefCell<Pending>,
     run_ids: E::Tree,
     active: E::Tree,
     logs: E::Tree,
@@ -265,7 +265,7 @@ impl<E: Engine> KvStore<E> {
         Ok(run_codec::encode_run(run, key))
     }
 
-    /// Gives the engine the runs this batch wrote so far (see [`PendingRuns`]).
+    /// Gives the engine the runs and job states this batch wrote so far (see [`Pending`]).
     fn settle(&self) -> StoreResult<()> {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         for (seq, PendingRun { run, created }) in pending.by_seq {
