@@ -237,8 +237,9 @@ impl SpecCache {
     /// written to the specs tree).
     pub fn key_of(&mut self, spec: &Arc<JobSpec>) -> (SpecKey, Option<Vec<u8>>) {
         if let Some((known, key)) = self.current.get(&spec.name) {
-            // The same shared definition (runs of one version hold one), else compared.
-            if Arc::ptr_eq(known, spec) || known == spec {
+            // `Arc`'s equality looks at the pointer first (runs of one version share
+            // one definition), and compares definitions only when they differ.
+            if known == spec {
                 return (*key, None);
             }
         }
