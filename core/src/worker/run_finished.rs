@@ -35,10 +35,9 @@ impl<S: Store> Core<S> {
         if let Some(started) = finished.started {
             // The start, reported with the end: taken as its own report would have been.
             if run.state == RunState::Assigned {
-                let run_id = finished.run_id.clone();
                 self.run_started(
                     worker,
-                    &run_id,
+                    &finished.run_id,
                     started.pid,
                     started.spawned_at_us,
                     now,
