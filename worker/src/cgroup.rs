@@ -309,6 +309,7 @@ impl RunCgroups {
                 cpu_us_before: idle.cpu_us,
                 pool: Some(self.idle.clone()),
                 killed: Default::default(),
+                emptied: Default::default(),
             });
         }
         static SLOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -323,6 +324,7 @@ impl RunCgroups {
                 cpu_us_before: Some(0),
                 pool: Some(self.idle.clone()),
                 killed: Default::default(),
+                emptied: Default::default(),
             }),
             // Before Linux 6.12 `memory.peak` cannot be written: not kept, but used once.
             Err(e) => {
@@ -458,6 +460,9 @@ pub struct RunCgroup {
     /// compares a cgroup's count of kills with the parent's when a child is made into it
     /// by `CLONE_INTO_CGROUP`, and kills every child of a cgroup killed once.
     killed: std::sync::atomic::AtomicBool,
+    /// Seen with no process left: it stays so (only the worker puts processes in, at
+    /// the run's start), so the end does not read `cgroup.events` again.
+    emptied: std::sync::atomic::AtomicBool,
 }
 
 /// The start of `file`'s text, read again from its beginning (no new open).
@@ -481,6 +486,7 @@ impl RunCgroup {
             cpu_us_before: Some(0),
             pool: None,
             killed: Default::default(),
+            emptied: Default::default(),
         }
     }
 
@@ -521,11 +527,17 @@ impl RunCgroup {
 
     /// Whether a process is in the cgroup; `None` if that cannot be read.
     fn populated(&self) -> Option<bool> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.emptied.load(Relaxed) {
+            return Some(false);
+        }
         let events = match &self.kept {
             Some(kept) => read_from_start(&kept.events),
             None => std::fs::read_to_string(self.path.join("cgroup.events")).ok(),
         }?;
-        Some(!events.lines().any(|l| l == "populated 0"))
+        let populated = !events.lines().any(|l| l == "populated 0");
+        self.emptied.store(!populated, Relaxed);
+        Some(populated)
     }
 
     /// Empty, or gone.
