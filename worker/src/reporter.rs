@@ -52,6 +52,15 @@ struct Queue {
 }
 
 impl Queue {
+    /// Copies of the first `n` reports, oldest first.
+    fn front(&self, n: usize) -> Vec<WorkerRequest> {
+        self.reports
+            .iter()
+            .take(n)
+            .map(|queued| queued.request.clone())
+            .collect()
+    }
+
     /// A start report still waiting (not being sent) for `run_id`, with nothing of that
     /// run queued after it: taken out, to go with the run's end.
     fn take_unsent_start(&mut self, run_id: &str) -> Option<StartedAs> {
@@ -154,13 +163,7 @@ impl Reporter {
         self.inner
             .queue
             .lock()
-            .map(|q| {
-                q.reports
-                    .iter()
-                    .take(n)
-                    .map(|queued| queued.request.clone())
-                    .collect()
-            })
+            .map(|q| q.front(n))
             .unwrap_or_default()
     }
 
@@ -170,12 +173,7 @@ impl Reporter {
         let Ok(mut queue) = self.inner.queue.lock() else {
             return Vec::new();
         };
-        let window: Vec<WorkerRequest> = queue
-            .reports
-            .iter()
-            .take(n)
-            .map(|queued| queued.request.clone())
-            .collect();
+        let window = queue.front(n);
         queue.sending = window.len();
         window
     }
