@@ -59,11 +59,17 @@ fn fsyncs(samples: usize) -> Result<u64> {
     median(&times, "fsync")
 }
 
-/// `sh script` started, until the call that starts it returns (the process runs).
-fn spawns(samples: usize, script: &[u8]) -> Result<u64> {
+/// `script` in a file of its own (removed with the directory).
+fn script_file(script: &[u8]) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("noop.sh");
     std::fs::write(&path, script)?;
+    Ok((dir, path))
+}
+
+/// `sh script` started, until the call that starts it returns (the process runs).
+fn spawns(samples: usize, script: &[u8]) -> Result<u64> {
+    let (_dir, path) = script_file(script)?;
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let started = Instant::now();
@@ -149,9 +155,7 @@ fn cpu_used_us(who: libc::c_int) -> Result<f64> {
 }
 
 fn spawn_cpu(samples: usize, script: &[u8]) -> Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("noop.sh");
-    std::fs::write(&path, script)?;
+    let (_dir, path) = script_file(script)?;
     let before = cpu_used_us(libc::RUSAGE_THREAD)?;
     for _ in 0..samples {
         let status = std::process::Command::new("/bin/sh").arg(&path).status()?;
