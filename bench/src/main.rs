@@ -11,6 +11,7 @@ mod goals;
 mod harness;
 mod latency;
 mod live;
+mod machine;
 mod peers;
 mod postgres;
 mod retention;
@@ -37,6 +38,11 @@ struct Args {
     /// Smaller sizes, to check the tool works (CI), not to measure.
     #[arg(long, global = true)]
     quick: bool,
+    /// Synthetic workers send each run's start as a report of its own, as workers did
+    /// before starts went inside ends (and as they still do for runs longer than their
+    /// reporter's gathering): to compare the two.
+    #[arg(long, global = true)]
+    starts_apart: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -191,6 +197,7 @@ enum Command {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    harness::report_starts_apart(args.starts_apart);
     let command_line: Vec<String> = std::env::args().collect();
     println!("$ {}", command_line.join(" "));
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -24,11 +24,13 @@ pub async fn postgres(runs: usize, latency_runs: usize, pgbench_time: Duration) 
         );
     }
     let seconds = pgbench_time.as_secs().max(1).to_string();
+    let machine_before = crate::machine::busy();
     let run = server.client(
         "pgbench",
         "jobcast",
         &["-N", "-c", "8", "-j", "2", "-T", &seconds],
     );
+    let machine_after = crate::machine::busy();
     let output = String::from_utf8_lossy(&run.stdout);
     let tps = output
         .lines()
@@ -44,6 +46,13 @@ pub async fn postgres(runs: usize, latency_runs: usize, pgbench_time: Duration) 
         })?;
     println!();
     println!("| pgbench -N -c 8 -j 2 -T {seconds} | {tps:.0} tps |");
+    // What a transaction cost the machine in all: 3 × its rate asks a run to cost a
+    // third of that, where both are limited by these cores.
+    let transactions = tps * pgbench_time.as_secs().max(1) as f64;
+    println!(
+        "| machine CPU per pgbench transaction (every process and the kernel) | {} |",
+        crate::machine::per_unit(machine_before, machine_after, transactions)
+    );
     println!();
     use_postgres(PostgresUnderTest {
         settings: format!(

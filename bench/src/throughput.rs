@@ -190,6 +190,7 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     }
     let (broker_pid, me) = (broker.pid() as i32, std::process::id() as i32);
     let cpu_before = (cpu_time(broker_pid), cpu_time(me));
+    let machine_before = crate::machine::busy();
     const COMMITS: &str = "jobcast_store_flush_seconds_count";
     let commits_before = broker.metric(COMMITS).ok();
     let started = Instant::now();
@@ -197,6 +198,7 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     broker.wait_idle(1).await?;
     let elapsed = started.elapsed();
     let cpu_after = (cpu_time(broker_pid), cpu_time(me));
+    let machine_after = crate::machine::busy();
     let commits = match (commits_before, broker.metric(COMMITS).ok()) {
         (Some(before), Some(after)) if after > before => Some(after - before),
         _ => None,
@@ -245,6 +247,10 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     println!(
         "| synthetic workers' CPU per run (bench process) | {} |",
         per_run(cpu_before.1, cpu_after.1)
+    );
+    println!(
+        "| machine CPU per run (every process and the kernel) | {} |",
+        crate::machine::per_unit(machine_before, machine_after, runs as f64)
     );
     // Each run is at least two requests (started, finished) besides its share of the
     // enqueue and the claims: how full the group commits were.

@@ -3,8 +3,20 @@
 //! what is measured is the broker.
 
 use super::*;
+use jobcast_protocol::StartedAs;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+
+/// Report every start on its own, as workers before the seventeenth session did (and as
+/// today's do for a run that outlives the reporter's gathering): `--starts-apart`.
+static STARTS_APART: AtomicBool = AtomicBool::new(false);
+
+/// Makes the synthetic workers send each run's start as a report of its own even to a
+/// broker that takes starts inside ends.
+pub fn report_starts_apart(yes: bool) {
+    STARTS_APART.store(yes, Ordering::Relaxed);
+}
 
 /// (scheduled time in ms, time granted in µs)
 type Grant = (u64, u64);
@@ -76,9 +88,15 @@ impl SyntheticWorker {
                 TIMEOUT,
             )
             .await?;
-        if !matches!(reply, Reply::Registered { .. }) {
-            bail!("register refused: {reply:?}");
-        }
+        // A run that "ends" the moment it starts ends while its start waits in a real
+        // worker's reporter, which then sends one report for both to a broker that says
+        // it takes them.
+        let starts_in_ends = match reply {
+            Reply::Registered { starts_in_ends, .. } => {
+                starts_in_ends && !STARTS_APART.load(Ordering::Relaxed)
+            }
+            reply => bail!("register refused: {reply:?}"),
+        };
         // `all/` last: once its heartbeats arrive, the others are in place too (libzmq
         // sends subscriptions in order).
         let sub = jobcast_transport::subscriber(
@@ -93,7 +111,7 @@ impl SyntheticWorker {
         )?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (live_tx, live) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(serve(client, sub, tx, live_tx, claiming));
+        let task = tokio::spawn(serve(client, sub, tx, live_tx, claiming, starts_in_ends));
         Ok(SyntheticWorker {
             grants: tokio::sync::Mutex::new(rx),
             live,
@@ -136,6 +154,7 @@ async fn serve(
     grants: mpsc::UnboundedSender<Vec<Grant>>,
     live: tokio::sync::watch::Sender<bool>,
     claiming: Claiming,
+    starts_in_ends: bool,
 ) {
     // Ended with this task: a JoinSet aborts what it holds when dropped.
     let mut claims = tokio::task::JoinSet::new();
@@ -145,6 +164,7 @@ async fn serve(
             client.clone(),
             grants.clone(),
             reports.clone(),
+            starts_in_ends,
         ));
     }
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
@@ -185,7 +205,7 @@ async fn serve(
                     if grants.send(batch).is_err() {
                         return;
                     }
-                    report_done(&client, runs, &reports);
+                    report_done(&client, runs, &reports, starts_in_ends);
                 }
             }
             _ = heartbeat.tick() => {
@@ -200,6 +220,7 @@ async fn claim_waiting(
     client: Client,
     grants: mpsc::UnboundedSender<Vec<Grant>>,
     reports: Arc<Semaphore>,
+    starts_in_ends: bool,
 ) {
     loop {
         let claim = WorkerRequest::Claim {
@@ -220,7 +241,7 @@ async fn claim_waiting(
         {
             return;
         }
-        report_done(&client, runs, &reports);
+        report_done(&client, runs, &reports, starts_in_ends);
     }
 }
 
@@ -228,7 +249,13 @@ async fn claim_waiting(
 /// window of reports in flight at a time, each sent again until it is answered (a
 /// reply the broker had to drop, its queue to this worker full while the bench's
 /// process was busy, would otherwise leave the run unfinished and the bench waiting).
-fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>, reports: &Arc<Semaphore>) {
+/// With `starts_in_ends`, each run's start goes inside its end, one report a run.
+fn report_done(
+    client: &Client,
+    runs: Vec<jobcast_protocol::Assignment>,
+    reports: &Arc<Semaphore>,
+    starts_in_ends: bool,
+) {
     let client = client.clone();
     let reports = reports.clone();
     tokio::spawn(async move {
@@ -236,12 +263,18 @@ fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>, reports
             let Ok(_room) = reports.acquire_many(window.len() as u32).await else {
                 return;
             };
-            let started = window.iter().map(|run| WorkerRequest::RunStarted {
-                run_id: run.run_id.clone(),
+            let started_as = StartedAs {
                 pid: 1,
                 spawned_at_us: 0,
-            });
-            report_until_answered(&client, started.collect()).await;
+            };
+            if !starts_in_ends {
+                let started = window.iter().map(|run| WorkerRequest::RunStarted {
+                    run_id: run.run_id.clone(),
+                    pid: started_as.pid,
+                    spawned_at_us: started_as.spawned_at_us,
+                });
+                report_until_answered(&client, started.collect()).await;
+            }
             let finished = window.iter().map(|run| {
                 WorkerRequest::RunFinished(RunFinished {
                     run_id: run.run_id.clone(),
@@ -250,7 +283,7 @@ fn report_done(client: &Client, runs: Vec<jobcast_protocol::Assignment>, reports
                     log_bytes: 0,
                     claim: 0,
                     usage: None,
-                    started: None,
+                    started: starts_in_ends.then_some(started_as),
                 })
             });
             report_until_answered(&client, finished.collect()).await;
