@@ -25,7 +25,7 @@ use footprint::footprint;
 use latency::{fanout, kill, latency};
 use throughput::{capacity, throughput};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use harness::{Broker, Claiming, SyntheticWorker};
 use jobcast_protocol::{Exec, JobSpec, ScheduleSpec};
@@ -353,6 +353,8 @@ fn main() -> Result<()> {
                 println!();
                 store_engines::compare(if q { 2_000 } else { 200_000 }, if q { 3 } else { 200 })?;
                 println!();
+                postgres_apart(q, args.starts_apart)?;
+                println!();
                 // Last: it puts the brokers' store in PostgreSQL for the rest of the run.
                 failover::failover(if q { 2 } else { 10 }).await?;
                 println!();
@@ -361,6 +363,26 @@ fn main() -> Result<()> {
             }
         }
     })
+}
+
+/// The `postgres` part in a process of its own: which store the brokers use is set once
+/// for a whole process (the failover part sets its own). It prints its goals itself.
+fn postgres_apart(quick: bool, starts_apart: bool) -> Result<()> {
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    if quick {
+        command.arg("--quick");
+    }
+    if starts_apart {
+        command.arg("--starts-apart");
+    }
+    let status = command
+        .arg("postgres")
+        .status()
+        .context("cannot start the bench's postgres part")?;
+    if !status.success() {
+        bail!("the postgres part failed ({status})");
+    }
+    Ok(())
 }
 
 fn job(name: String, schedule: ScheduleSpec) -> JobSpec {
