@@ -5,7 +5,7 @@
 use crate::harness::{bench_job, synthetic_registration, Broker, SYNTHETIC_WORKERS, TIMEOUT};
 use anyhow::{bail, Context, Result};
 use jobcast_client::{Client, ClientConfig};
-use jobcast_protocol::{Assignment, Exec, Outcome, Reply, RunFinished, Secret, WorkerRequest};
+use jobcast_protocol::{Exec, GrantedRun, Outcome, Reply, RunFinished, Secret, WorkerRequest};
 use jobcast_worker::procfs::cpu_time;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -133,7 +133,7 @@ async fn register(router: &str, n: usize) -> Result<Client> {
 /// claim for the freed slot; back to waiting when that brings nothing.
 async fn one_slot(client: Client, claims: Arc<AtomicU64>) {
     let wait = Duration::from_millis(CLAIM_WAIT_MS) + TIMEOUT;
-    let mut next: Vec<Assignment> = Vec::new();
+    let mut next: Vec<GrantedRun> = Vec::new();
     loop {
         if next.is_empty() {
             claims.fetch_add(1, Ordering::Relaxed);

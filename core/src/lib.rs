@@ -14,6 +14,7 @@ mod alert_log;
 mod alerts;
 mod audit;
 mod clock_step;
+mod definitions;
 mod disk;
 mod error;
 mod given_up;
@@ -139,6 +140,8 @@ pub(crate) struct Tables {
     pub pings: PingTable,
     /// Standing conditions, keyed by kind and job or pool.
     pub alerts: BTreeMap<(AlertKind, String), Alert>,
+    /// The ids grants name job definitions by.
+    pub definitions: definitions::DefinitionIds,
 }
 
 pub struct Core<S: Store> {

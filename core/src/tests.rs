@@ -28,6 +28,7 @@ fn registration(pools: &[&str], max_log_bytes: u64) -> Register {
         prefetch: 0,
         kill_grace_ms: 5_000,
         earlier_started: None,
+        definition_ids: false,
     }
 }
 

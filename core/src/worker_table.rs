@@ -16,6 +16,8 @@ pub(crate) struct Session {
     pub runs: BTreeSet<String>,
     pub draining: bool,
     pub drain_ordered: bool,
+    /// The job definitions this session was sent (when its worker keeps them).
+    pub definitions_sent: crate::definitions::SentDefinitions,
 }
 
 #[derive(Default)]

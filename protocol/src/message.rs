@@ -50,7 +50,7 @@ pub enum Reply {
     Ack,
     Orders(Orders),
     Granted {
-        runs: Vec<Assignment>,
+        runs: Vec<GrantedRun>,
         /// Runs the worker could take are still queued (it asked for more than it was
         /// given room for, or than were waiting).
         #[serde(default)]
@@ -242,6 +242,11 @@ pub struct Register {
     /// listed never started, and is queued again rather than lost. Absent: not known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub earlier_started: Option<Vec<RunId>>,
+    /// The worker keeps the job definitions it is sent by their `GrantedRun::definition`
+    /// id (until it registers again), so a grant may name one it was sent before instead
+    /// of carrying it. A broker that does not know this field carries every definition.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub definition_ids: bool,
 }
 
 /// The kill grace assumed of a worker that does not declare one.
@@ -299,6 +304,81 @@ impl Assignment {
             scheduled_at_ms: run.scheduled_at_ms,
             job: run.spec.clone(),
             params: run.params.clone(),
+        }
+    }
+}
+
+/// A run as a grant hands it out: an [`Assignment`] whose job definition may be named
+/// instead of carried. The broker carries a definition the first time it grants it to a
+/// worker session, and names it by `definition` after that, to a worker whose
+/// registration says `definition_ids`; to any other worker it always carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantedRun {
+    pub run_id: RunId,
+    pub attempt: u32,
+    pub scheduled_at_ms: u64,
+    /// The broker's id for this version of the job's definition, the same for every run
+    /// of that version while the broker process lives (0: none; the definition is then
+    /// carried). Ids are never reused within a broker process.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub definition: u64,
+    /// The definition itself; absent when this worker session was sent `definition`
+    /// before. A worker that does not hold it hands the run back (`Release`): the broker
+    /// then carries every definition again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<std::sync::Arc<JobSpec>>,
+    /// The run's parameter values: `JOBCAST_PARAM_<NAME>` in its environment.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: crate::params::Params,
+}
+
+impl GrantedRun {
+    /// `run` as granted with its definition carried, under id `definition` (0: none).
+    pub fn carrying(run: &crate::run::RunRecord, definition: u64) -> GrantedRun {
+        GrantedRun {
+            run_id: run.id.clone(),
+            attempt: run.attempt,
+            scheduled_at_ms: run.scheduled_at_ms,
+            definition,
+            job: Some(run.spec.clone()),
+            params: run.params.clone(),
+        }
+    }
+
+    /// `run` as granted naming definition `definition`, which the worker was sent.
+    pub fn naming(run: &crate::run::RunRecord, definition: u64) -> GrantedRun {
+        GrantedRun {
+            run_id: run.id.clone(),
+            attempt: run.attempt,
+            scheduled_at_ms: run.scheduled_at_ms,
+            definition,
+            job: None,
+            params: run.params.clone(),
+        }
+    }
+
+    /// What the worker executes: this run with `job`, its definition (carried, or the
+    /// one the worker kept under `definition`).
+    pub fn into_assignment(self, job: std::sync::Arc<JobSpec>) -> Assignment {
+        Assignment {
+            run_id: self.run_id,
+            attempt: self.attempt,
+            scheduled_at_ms: self.scheduled_at_ms,
+            job,
+            params: self.params,
+        }
+    }
+}
+
+impl From<Assignment> for GrantedRun {
+    fn from(assignment: Assignment) -> GrantedRun {
+        GrantedRun {
+            run_id: assignment.run_id,
+            attempt: assignment.attempt,
+            scheduled_at_ms: assignment.scheduled_at_ms,
+            definition: 0,
+            job: Some(assignment.job),
+            params: assignment.params,
         }
     }
 }

@@ -151,6 +151,7 @@ fn every_request() -> Vec<Request> {
             prefetch: 0,
             kill_grace_ms: 5_000,
             earlier_started: None,
+            definition_ids: true,
         }),
         WorkerRequest::Heartbeat(Heartbeat {
             running: vec![],
@@ -276,13 +277,24 @@ fn every_reply() -> Vec<Reply> {
         }),
         Reply::Granted {
             more_queued: true,
-            runs: vec![Assignment {
-                run_id: "r1".into(),
-                attempt: 1,
-                scheduled_at_ms: NOW,
-                job: spec().into(),
-                params: BTreeMap::from([("target".into(), "files".into())]),
-            }],
+            runs: vec![
+                GrantedRun {
+                    run_id: "r1".into(),
+                    attempt: 1,
+                    scheduled_at_ms: NOW,
+                    definition: 3,
+                    job: Some(spec().into()),
+                    params: BTreeMap::from([("target".into(), "files".into())]),
+                },
+                GrantedRun {
+                    run_id: "r2".into(),
+                    attempt: 1,
+                    scheduled_at_ms: NOW,
+                    definition: 3,
+                    job: None,
+                    params: BTreeMap::new(),
+                },
+            ],
         },
         Reply::PingResult {
             workers: vec![
@@ -825,4 +837,37 @@ fn connection_passwords_are_derived_and_checked() {
     assert!(!check_connection_password(&key(), &wrong));
     assert!(!check_connection_password(&key(), b"short"));
     assert!(!check_connection_password(&key(), &[b'z'; 64]));
+}
+
+/// A grant carrying its definition reads as an `Assignment` (what workers before
+/// definition ids read), and an older broker's `Assignment` reads as a grant that
+/// carries its definition under no id.
+#[test]
+fn a_grant_that_carries_its_definition_reads_as_an_assignment_both_ways() {
+    let assignment = Assignment {
+        run_id: "r1".into(),
+        attempt: 2,
+        scheduled_at_ms: NOW,
+        job: spec().into(),
+        params: BTreeMap::from([("target".into(), "files".into())]),
+    };
+    let mut granted = GrantedRun::from(assignment.clone());
+    granted.definition = 9;
+    let bytes = rmp_serde::to_vec_named(&granted).expect("encode");
+    let read: Assignment = rmp_serde::from_slice(&bytes).expect("an older worker reads it");
+    assert_eq!(read, assignment);
+
+    let older = rmp_serde::to_vec_named(&assignment).expect("encode");
+    let read: GrantedRun = rmp_serde::from_slice(&older).expect("read from an older broker");
+    assert_eq!(
+        (read.definition, read.job.as_ref()),
+        (0, Some(&assignment.job))
+    );
+    assert_eq!(read.into_assignment(assignment.job.clone()), assignment);
+
+    // Named without the definition: not an `Assignment` (only sent to workers that say
+    // they keep definitions).
+    granted.job = None;
+    let bytes = rmp_serde::to_vec_named(&granted).expect("encode");
+    assert!(rmp_serde::from_slice::<Assignment>(&bytes).is_err());
 }

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod config;
+mod definitions;
 pub mod process;
 pub mod procfs;
 mod reporter;

@@ -56,6 +56,7 @@ pub fn synthetic_registration(pool: &str, slots: u32) -> Register {
         prefetch: 0,
         kill_grace_ms: jobcast_protocol::DEFAULT_KILL_GRACE_MS,
         earlier_started: None,
+        definition_ids: true,
     }
 }
 
@@ -252,7 +253,7 @@ async fn claim_waiting(
 /// With `starts_in_ends`, each run's start goes inside its end, one report a run.
 fn report_done(
     client: &Client,
-    runs: Vec<jobcast_protocol::Assignment>,
+    runs: Vec<jobcast_protocol::GrantedRun>,
     reports: &Arc<Semaphore>,
     starts_in_ends: bool,
 ) {

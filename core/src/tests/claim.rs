@@ -280,3 +280,80 @@ fn a_pools_limit_counts_every_job_of_the_pool() {
         .and_then(|r| r.waiting_for);
     assert_eq!(held.as_deref(), Some("pool default limit: 1 of 1 running"));
 }
+
+/// The runs a claim of `max` grants `worker`, as the grant carries them.
+fn granted_runs(h: &mut Harness, worker: &str, max: u32) -> Vec<jobcast_protocol::GrantedRun> {
+    match h.worker(worker, WorkerRequest::Claim { max, wait_ms: 0 }) {
+        Reply::Granted { runs, .. } => runs,
+        other => panic!("claim: {other:?}"),
+    }
+}
+
+#[test]
+fn a_grant_names_a_definition_its_session_was_sent_and_carries_it_otherwise() {
+    let mut h = Harness::new();
+    h.admin(AdminRequest::ApplyJobs {
+        jobs: vec![job("hello", "default"), job("other", "default")],
+    });
+    let mut keeps = registration(&["default"], 4096);
+    keeps.concurrency = 8;
+    keeps.definition_ids = true;
+    assert!(matches!(
+        h.worker("w1", WorkerRequest::Register(keeps.clone())),
+        Reply::Registered { .. }
+    ));
+    h.register("old", 8, &["default"], &[]);
+    for _ in 0..2 {
+        h.enqueue("hello");
+    }
+    h.enqueue("other");
+    h.enqueue("hello");
+
+    let first = granted_runs(&mut h, "w1", 3);
+    assert_eq!(first.len(), 3);
+    let hello = first[0].definition;
+    assert!(hello != 0 && first[0].job.as_ref().is_some_and(|j| j.name == "hello"));
+    assert_eq!(
+        first[1].definition, hello,
+        "the same version of the same job"
+    );
+    assert!(first[1].job.is_none(), "sent once in this session: named");
+    assert_ne!(first[2].definition, hello);
+    assert!(first[2].job.as_ref().is_some_and(|j| j.name == "other"));
+    // A later grant names what this session was sent.
+    let second = granted_runs(&mut h, "w1", 1);
+    assert_eq!(
+        (second[0].definition, second[0].job.is_none()),
+        (hello, true)
+    );
+
+    // A worker that does not say it keeps definitions gets each one carried.
+    h.enqueue("hello");
+    h.enqueue("hello");
+    for run in granted_runs(&mut h, "old", 2) {
+        assert!(run.job.is_some() && run.definition == 0, "{run:?}");
+    }
+
+    // A run handed back (the worker did not hold the definition it was named): the
+    // session's definitions are carried again, the run among them.
+    let handed_back = second[0].run_id.clone();
+    h.worker(
+        "w1",
+        WorkerRequest::Release {
+            run_ids: vec![handed_back.clone()],
+        },
+    );
+    let again = granted_runs(&mut h, "w1", 1);
+    assert_eq!(again[0].run_id, handed_back);
+    assert_eq!(again[0].definition, hello);
+    assert!(again[0].job.is_some(), "carried again after a release");
+
+    // A new registration is a new session: nothing counts as sent.
+    assert!(matches!(
+        h.worker("w1", WorkerRequest::Register(keeps)),
+        Reply::Registered { .. }
+    ));
+    h.enqueue("hello");
+    let fresh = granted_runs(&mut h, "w1", 1);
+    assert!(fresh[0].job.is_some(), "{fresh:?}");
+}

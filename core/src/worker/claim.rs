@@ -7,7 +7,7 @@ use crate::worker_table::WorkerTable;
 use crate::Now;
 use crate::{nothing_granted, Core, Outbox, PeerId, ReplyTo};
 use jobcast_protocol::message::topic;
-use jobcast_protocol::{Assignment, Event, Reply};
+use jobcast_protocol::{Event, GrantedRun, Reply};
 
 /// A `Claim` as it arrived: the connection and request id to answer, when it waits.
 pub(super) struct ClaimRequest<'a> {
@@ -73,6 +73,7 @@ impl<S: Store> Core<S> {
         let pools = session.register.pools.clone();
         let cap = session.register.max_log_bytes;
         let instance = (session.register.instance != 0).then_some(session.register.instance);
+        let keeps_definitions = session.register.definition_ids;
         let mut granted = Vec::new();
         let limits = Limits {
             jobs: &self.tables.jobs,
@@ -100,7 +101,21 @@ impl<S: Store> Core<S> {
             }
             self.store.put_run(run)?;
             self.changes.runs.insert(run_id.clone());
-            granted.push(Assignment::of(run));
+            // A definition this session was sent is named, not carried again.
+            granted.push(if keeps_definitions {
+                let id = self.tables.definitions.id_of(&run.spec);
+                let carry = self
+                    .tables
+                    .workers
+                    .session_mut(worker)
+                    .is_none_or(|session| session.definitions_sent.must_carry(id));
+                match carry {
+                    true => GrantedRun::carrying(run, id),
+                    false => GrantedRun::naming(run, id),
+                }
+            } else {
+                GrantedRun::carrying(run, 0)
+            });
             self.tables.workers.hold_run(worker, run_id);
         }
         let more_queued = pools.iter().any(|p| self.tables.runs.has_queued(p));

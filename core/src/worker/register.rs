@@ -113,6 +113,7 @@ impl<S: Store> Core<S> {
             runs: kept,
             draining: false,
             drain_ordered: false,
+            definitions_sent: Default::default(),
             register,
         };
         let status = WorkerStatus {

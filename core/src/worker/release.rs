@@ -1,4 +1,5 @@
-//! `Release`: a draining worker hands back runs it never started.
+//! `Release`: a worker hands back runs it never started (it is draining, or a grant
+//! named a job definition it does not hold).
 
 use crate::store::{Store, StoreResult};
 use crate::Now;
@@ -13,6 +14,11 @@ impl<S: Store> Core<S> {
         now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
+        // A worker hands a run back when it does not hold the definition its grant
+        // named (or when draining, when it takes no more grants): carry them all again.
+        if let Some(session) = self.tables.workers.session_mut(worker) {
+            session.definitions_sent.forget();
+        }
         for run_id in run_ids {
             self.requeue_unstarted(
                 worker,

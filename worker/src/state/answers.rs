@@ -109,6 +109,8 @@ impl WorkerState {
             } => {
                 self.lease_ms = (lease_ms > 0).then_some(lease_ms);
                 self.starts_in_ends = starts_in_ends;
+                // A new session at the broker: it counts no definition as sent.
+                self.definitions.clear();
                 if self.boot_id != Some(boot_id) {
                     tracing::info!(boot_id = %boot_id, "registered with the broker");
                     // A claim held by an earlier broker process (or core) is never

@@ -27,13 +27,24 @@ impl WorkerState {
     /// both.
     pub(super) fn granted(
         &mut self,
-        runs: Vec<Assignment>,
+        runs: Vec<GrantedRun>,
         now_ms: u64,
         actions: &mut Vec<Action>,
     ) {
         let mut released = Vec::new();
         let lease_out = self.lease_expired(now_ms);
-        for assignment in runs {
+        for run in runs {
+            let assignment = match self.definitions.resolve(run) {
+                Ok(assignment) => assignment,
+                Err(run) => {
+                    // Named a definition this worker does not hold (an answer of an
+                    // earlier registration, or one lost on the way): handed back, and
+                    // the broker carries its definitions again.
+                    tracing::debug!(run_id = %run.run_id, definition = run.definition, "a grant named a job definition not held here: handed back");
+                    released.push(run.run_id);
+                    continue;
+                }
+            };
             if self.draining {
                 // Claimed just as the drain began: hand it back unstarted.
                 released.push(assignment.run_id);

@@ -10,8 +10,8 @@ mod lease;
 mod orders;
 
 use jobcast_protocol::{
-    Assignment, ErrorCode, Event, Heartbeat, OnBrokerLoss, Orders, Outcome, Register, Reply,
-    RunFinished, WorkerRequest,
+    Assignment, ErrorCode, Event, GrantedRun, Heartbeat, OnBrokerLoss, Orders, Outcome, Register,
+    Reply, RunFinished, WorkerRequest,
 };
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -62,7 +62,7 @@ pub enum ReportAnswer {
     /// The broker has recorded that this run ended.
     FinishAcked(String),
     /// Runs granted in answer to a finish report that also claimed.
-    Granted(Vec<Assignment>),
+    Granted(Vec<GrantedRun>),
     /// The broker does not know this worker: register again.
     NotRegistered,
     /// A report was acknowledged (the broker is alive).
@@ -170,6 +170,8 @@ pub struct WorkerState {
     lease_ms: Option<u64>,
     /// The broker takes a run's start inside its end (its `Registered` said so).
     starts_in_ends: bool,
+    /// The job definitions this registration's grants carried, by id.
+    definitions: crate::definitions::Definitions,
     /// When the newest request that was answered was sent: the broker heard this worker
     /// at or after it, so it gives nothing of this worker's up before this + the lease.
     lease_from_ms: u64,
@@ -210,6 +212,7 @@ impl WorkerState {
             moved_on_ms: 0,
             lease_ms: None,
             starts_in_ends: false,
+            definitions: Default::default(),
             lease_from_ms: now_ms,
             lease_lost: false,
             kept_on_broker_loss: HashSet::new(),
@@ -318,6 +321,7 @@ impl WorkerState {
                 prefetch: identity.prefetch,
                 kill_grace_ms: identity.kill_grace.as_millis() as u64,
                 earlier_started: identity.earlier_started.clone(),
+                definition_ids: true,
             }),
         );
     }

@@ -11,7 +11,8 @@ impl WorkerState {
             );
             // The same rules as any grant: a run already held (its late answer came
             // first) is not started twice; a draining worker hands them back.
-            self.granted(orders.resume, now_ms, actions);
+            let resumed = orders.resume.into_iter().map(GrantedRun::from).collect();
+            self.granted(resumed, now_ms, actions);
         }
         for run_id in orders.kill {
             if self.held.get(&run_id) == Some(&false) {

@@ -56,7 +56,7 @@ fn registered_resuming(runs: &[&str]) -> Answer {
 
 fn granted(runs: &[&str], more_queued: bool) -> Answer {
     Answer::Reply(Reply::Granted {
-        runs: runs.iter().map(|r| assignment(r)).collect(),
+        runs: runs.iter().map(|r| assignment(r).into()).collect(),
         more_queued,
     })
 }
@@ -186,7 +186,7 @@ fn a_finished_run_reports_and_claims_its_slot_in_one_message() {
         other => panic!("{other:?}"),
     }
     // Granted in answer to the report: the same rules as a claim's answer.
-    let actions = state.on_report(ReportAnswer::Granted(vec![assignment("r2")]), 30);
+    let actions = state.on_report(ReportAnswer::Granted(vec![assignment("r2").into()]), 30);
     assert_eq!(started(&actions), ["r2"]);
     // Held until the broker acknowledges the end.
     assert_eq!(state.running_ids(), ["r1", "r2"]);
@@ -199,7 +199,7 @@ fn a_run_granted_twice_starts_once() {
     let (mut state, claim) = registered(2);
     let actions = state.on_answer(claim, granted(&["r1"], false), 5);
     assert_eq!(started(&actions), ["r1"]);
-    let actions = state.on_report(ReportAnswer::Granted(vec![assignment("r1")]), 6);
+    let actions = state.on_report(ReportAnswer::Granted(vec![assignment("r1").into()]), 6);
     assert!(started(&actions).is_empty());
 }
 
@@ -736,7 +736,7 @@ fn leased_with_runs() -> WorkerState {
         .policy
         .on_broker_loss = OnBrokerLoss::Keep;
     let grant = Answer::Reply(Reply::Granted {
-        runs: vec![assignment("r1"), keep],
+        runs: vec![assignment("r1").into(), keep.into()],
         more_queued: false,
     });
     let actions = state.on_answer(claim, grant, 5);
@@ -1009,4 +1009,60 @@ fn starts_go_inside_ends_only_for_a_broker_that_says_it_takes_them() {
     assert!(state.starts_in_ends());
     state.on_answer(Purpose::Register, registered_with(false), 10);
     assert!(!state.starts_in_ends());
+}
+
+/// A grant that names a job definition starts its run with the definition an earlier
+/// grant of this registration carried under that id; one that names a definition not
+/// held here (an earlier registration's) is handed back, not started.
+#[test]
+fn a_named_definition_runs_as_carried_before_and_an_unknown_one_is_handed_back() {
+    let grant = |run_id: &str, definition: u64, carried: bool| {
+        let mut run: GrantedRun = assignment(run_id).into();
+        run.definition = definition;
+        if !carried {
+            run.job = None;
+        }
+        run
+    };
+    let reply = |runs: Vec<GrantedRun>| {
+        Answer::Reply(Reply::Granted {
+            runs,
+            more_queued: false,
+        })
+    };
+    let mut state = WorkerState::new(identity(4), 0);
+    state.start();
+    state.on_answer(Purpose::Register, registered_reply(), 5);
+    let actions = state.on_answer(
+        Purpose::Claim { sent_ms: 5 },
+        reply(vec![grant("r1", 3, true), grant("r2", 3, false)]),
+        10,
+    );
+    assert_eq!(started(&actions), ["r1", "r2"]);
+    let job_of = |actions: &[Action], run_id: &str| {
+        actions.iter().find_map(|a| match a {
+            Action::Start(assignment) if assignment.run_id == run_id => {
+                Some(assignment.job.name.clone())
+            }
+            _ => None,
+        })
+    };
+    assert_eq!(job_of(&actions, "r2"), job_of(&actions, "r1"));
+    assert!(released(&actions).is_empty());
+
+    // Named, never carried: handed back. The same after a new registration for a
+    // definition the earlier one carried.
+    let actions = state.on_report(ReportAnswer::Granted(vec![grant("r3", 4, false)]), 20);
+    assert_eq!(
+        (started(&actions), released(&actions)),
+        (vec![], vec!["r3".to_string()])
+    );
+    state.on_answer(Purpose::Register, registered_reply(), 30);
+    let actions = state.on_answer(
+        Purpose::Claim { sent_ms: 30 },
+        reply(vec![grant("r4", 3, false), grant("r5", 3, true)]),
+        40,
+    );
+    assert_eq!(released(&actions), ["r4"]);
+    assert_eq!(started(&actions), ["r5"]);
 }
