@@ -8,8 +8,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Definitions given ids at most before the table starts again (their ids are not
-/// reused: a definition granted after that gets a new one).
-const MAX_IDS: usize = 4_096;
+/// reused: a definition granted after that gets a new one). The table keeps them alive,
+/// older versions of jobs among them: bounded so that a store of many versions of large
+/// scripts does not stay in memory for it.
+const MAX_IDS: usize = 1_024;
 /// Definitions counted as sent to one worker session at most before they are all sent
 /// again: fewer than a worker keeps (4,096), so that none counted here was let go there.
 pub(crate) const MAX_SENT: usize = 1_024;
