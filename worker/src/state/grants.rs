@@ -34,6 +34,31 @@ impl WorkerState {
         let mut released = Vec::new();
         let lease_out = self.lease_expired(now_ms);
         for run in runs {
+            // A grant of a run this process already has is a copy (resent while the first
+            // answer was on its way): nothing to do, and above all not handed back, since
+            // the broker may not have heard yet that it started or ended.
+            if self.ended.1.contains(&run.run_id) {
+                tracing::info!(run_id = %run.run_id, "a late grant of a run that has ended: not started again");
+                continue;
+            }
+            if self.held.contains_key(&run.run_id)
+                || self.ready.iter().any(|(r, _)| r.run_id == run.run_id)
+            {
+                continue;
+            }
+            if self.draining {
+                // Claimed just as the drain began: hand it back unstarted.
+                released.push(run.run_id);
+                continue;
+            }
+            if lease_out {
+                // An answer that came after the lease ran out (the worker was stopped or
+                // cut off): the broker may have given the run up, so it is not started,
+                // and handed back (queued again if the broker still holds it here).
+                tracing::warn!(run_id = %run.run_id, "a grant that arrived after the lease ran out: not started, handed back");
+                released.push(run.run_id);
+                continue;
+            }
             let assignment = match self.definitions.resolve(run) {
                 Ok(assignment) => assignment,
                 Err(run) => {
@@ -45,25 +70,7 @@ impl WorkerState {
                     continue;
                 }
             };
-            if self.draining {
-                // Claimed just as the drain began: hand it back unstarted.
-                released.push(assignment.run_id);
-            } else if lease_out {
-                // An answer that came after the lease ran out (the worker was stopped or
-                // cut off): the broker may have given the run up, so it is not started,
-                // and handed back (queued again if the broker still holds it here).
-                tracing::warn!(run_id = %assignment.run_id, "a grant that arrived after the lease ran out: not started, handed back");
-                released.push(assignment.run_id);
-            } else if self.ended.1.contains(&assignment.run_id) {
-                tracing::info!(run_id = %assignment.run_id, "a late grant of a run that has ended: not started again");
-            } else if self.held.contains_key(&assignment.run_id)
-                || self
-                    .ready
-                    .iter()
-                    .any(|(r, _)| r.run_id == assignment.run_id)
-            {
-                // A grant resent while its first answer was on its way: held once.
-            } else if self.free_slots() > 0 {
+            if self.free_slots() > 0 {
                 self.start_run(assignment, actions);
             } else {
                 self.ready.push_back((assignment, now_ms));

@@ -1066,3 +1066,36 @@ fn a_named_definition_runs_as_carried_before_and_an_unknown_one_is_handed_back()
     assert_eq!(released(&actions), ["r4"]);
     assert_eq!(started(&actions), ["r5"]);
 }
+
+/// A copy of the grant of a run this worker already holds is never handed back, not
+/// while draining, not when it names a definition not held here, not after the run
+/// ended: the broker may not have heard yet that the run started (its start waits in
+/// the reporter, or rides inside its end), and would queue it again for another worker.
+#[test]
+fn a_copy_of_a_grant_of_a_run_held_here_is_never_handed_back() {
+    let (mut state, claim) = registered(2);
+    let actions = state.on_answer(claim, granted(&["r1", "r2"], false), 5);
+    assert_eq!(started(&actions), ["r1", "r2"]);
+    let named_unknown = |run_id: &str| {
+        let mut run: GrantedRun = assignment(run_id).into();
+        (run.definition, run.job) = (99, None);
+        run
+    };
+    // Named by an id this registration never carried: a copy all the same.
+    let actions = state.on_report(ReportAnswer::Granted(vec![named_unknown("r1")]), 6);
+    assert!(released(&actions).is_empty() && started(&actions).is_empty());
+    // Ended, its end not yet acknowledged: a copy.
+    state.on_run_done(finished("r2"));
+    state.on_report(ReportAnswer::FinishAcked("r2".into()), 7);
+    let actions = state.on_report(ReportAnswer::Granted(vec![assignment("r2").into()]), 8);
+    assert!(released(&actions).is_empty() && started(&actions).is_empty());
+    // Draining: copies are not handed back; a run new to it is.
+    assert!(state.on_signal("SIGTERM", 10).is_empty());
+    let copies = vec![
+        assignment("r1").into(),
+        named_unknown("r1"),
+        assignment("r3").into(),
+    ];
+    let actions = state.on_report(ReportAnswer::Granted(copies), 20);
+    assert_eq!(released(&actions), ["r3"]);
+}
