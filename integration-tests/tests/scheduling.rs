@@ -166,12 +166,14 @@ fn a_broker_killed_at_random_moments_never_records_or_runs_a_tick_twice() {
 fn a_job_for_every_worker_runs_each_tick_on_both_workers_across_broker_kills() {
     let mut cluster = Cluster::start(2);
     let ledger = cluster.path("ledger");
+    // Both workers online before the job exists: a tick between one's registration and
+    // the other's would rightly go to the one alone (a slow start under load did that).
+    cluster.start_worker("w1", &[]);
+    cluster.start_worker("w2", &[]);
     cluster.apply_jobs(&format!(
         "[jobs.everywhere]\nevery = \"2s\"\nrun_on_all_workers = true\nmisfire = \"once\"\nscript = \"\"\"#!/bin/sh\necho $JOBCAST_SCHEDULED_AT $JOBCAST_WORKER >> {}\n\"\"\"\n",
         ledger.display()
     ));
-    cluster.start_worker("w1", &[]);
-    cluster.start_worker("w2", &[]);
     wait_for("the first tick", LONG, || {
         (cluster.runs().len() >= 2).then_some(())
     });
