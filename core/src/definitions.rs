@@ -3,7 +3,7 @@
 //! shell run's definition holds its whole script, and most grants are of jobs granted
 //! a moment ago.
 
-use jobcast_protocol::JobSpec;
+use jobcast_protocol::{GrantedRun, JobSpec, RunRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -48,9 +48,19 @@ pub(crate) struct SentDefinitions {
 }
 
 impl SentDefinitions {
+    /// `run` as this session's grant: its definition named when the session was sent
+    /// it, carried (and counted as sent) otherwise.
+    pub fn grant(&mut self, ids: &mut DefinitionIds, run: &RunRecord) -> GrantedRun {
+        let id = ids.id_of(&run.spec);
+        match self.must_carry(id) {
+            true => GrantedRun::carrying(run, id),
+            false => GrantedRun::naming(run, id),
+        }
+    }
+
     /// Whether a grant of definition `id` must carry it (this session was not sent it),
     /// counting it as sent from now on.
-    pub fn must_carry(&mut self, id: u64) -> bool {
+    fn must_carry(&mut self, id: u64) -> bool {
         if self.ids.contains(&id) {
             return false;
         }
@@ -107,6 +117,26 @@ mod tests {
         // The table started again on the way: `first` gets a new id, not an old one.
         let again = ids.id_of(&first);
         assert!(seen.insert(again), "id {again} was given before");
+    }
+
+    #[test]
+    fn a_session_is_granted_a_definition_once_then_named_by_its_id() {
+        let mut ids = DefinitionIds::default();
+        let mut sent = SentDefinitions::default();
+        let mut run = RunRecord::queued("r1".into(), 1, spec("hello"), 0, "test");
+        let first = sent.grant(&mut ids, &run);
+        assert!(first.definition != 0 && first.job.is_some_and(|job| job.name == "hello"));
+        run.id = "r2".into();
+        let second = sent.grant(&mut ids, &run);
+        assert_eq!(
+            (second.run_id.as_str(), second.definition),
+            ("r2", first.definition)
+        );
+        assert!(second.job.is_none(), "named, not carried again");
+        // Another session is carried it, under the same id.
+        let other = SentDefinitions::default().grant(&mut ids, &run);
+        assert_eq!(other.definition, first.definition);
+        assert!(other.job.is_some());
     }
 
     #[test]

@@ -335,24 +335,25 @@ pub struct GrantedRun {
 impl GrantedRun {
     /// `run` as granted with its definition carried, under id `definition` (0: none).
     pub fn carrying(run: &crate::run::RunRecord, definition: u64) -> GrantedRun {
-        GrantedRun {
-            run_id: run.id.clone(),
-            attempt: run.attempt,
-            scheduled_at_ms: run.scheduled_at_ms,
-            definition,
-            job: Some(run.spec.clone()),
-            params: run.params.clone(),
-        }
+        GrantedRun::of(run, definition, Some(run.spec.clone()))
     }
 
     /// `run` as granted naming definition `definition`, which the worker was sent.
     pub fn naming(run: &crate::run::RunRecord, definition: u64) -> GrantedRun {
+        GrantedRun::of(run, definition, None)
+    }
+
+    fn of(
+        run: &crate::run::RunRecord,
+        definition: u64,
+        job: Option<std::sync::Arc<JobSpec>>,
+    ) -> GrantedRun {
         GrantedRun {
             run_id: run.id.clone(),
             attempt: run.attempt,
             scheduled_at_ms: run.scheduled_at_ms,
             definition,
-            job: None,
+            job,
             params: run.params.clone(),
         }
     }

@@ -73,7 +73,6 @@ impl<S: Store> Core<S> {
         let pools = session.register.pools.clone();
         let cap = session.register.max_log_bytes;
         let instance = (session.register.instance != 0).then_some(session.register.instance);
-        let keeps_definitions = session.register.definition_ids;
         let mut granted = Vec::new();
         let limits = Limits {
             jobs: &self.tables.jobs,
@@ -101,20 +100,12 @@ impl<S: Store> Core<S> {
             }
             self.store.put_run(run)?;
             self.changes.runs.insert(run_id.clone());
-            // A definition this session was sent is named, not carried again.
-            granted.push(if keeps_definitions {
-                let id = self.tables.definitions.id_of(&run.spec);
-                let carry = self
-                    .tables
-                    .workers
-                    .session_mut(worker)
-                    .is_none_or(|session| session.definitions_sent.must_carry(id));
-                match carry {
-                    true => GrantedRun::carrying(run, id),
-                    false => GrantedRun::naming(run, id),
-                }
-            } else {
-                GrantedRun::carrying(run, 0)
+            // To a worker that keeps definitions, one this session was sent is named.
+            granted.push(match self.tables.workers.session_mut(worker) {
+                Some(session) if session.register.definition_ids => session
+                    .definitions_sent
+                    .grant(&mut self.tables.definitions, run),
+                _ => GrantedRun::carrying(run, 0),
             });
             self.tables.workers.hold_run(worker, run_id);
         }
