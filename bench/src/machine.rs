@@ -37,7 +37,8 @@ fn busy_from(line: &str) -> Option<Duration> {
     Some(Duration::from_micros(busy * 1_000_000 / per_second))
 }
 
-/// Busy CPU between two readings, per unit of work, µs; "unknown" without both.
+/// CPU time between two readings (the machine's, or a process's), per unit of work, in
+/// µs; "unknown" without both.
 pub fn per_unit(before: Option<Duration>, after: Option<Duration>, units: f64) -> String {
     match (before, after) {
         (Some(b), Some(a)) if a >= b && units > 0.0 => {

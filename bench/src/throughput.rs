@@ -236,10 +236,7 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     }
     // CPU per run says what the figure would be on a machine of its own: the bench's
     // synthetic workers share these cores with the broker.
-    let per_run = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
-        (Some(b), Some(a)) => format!("{:.0} µs", (a - b).as_secs_f64() * 1e6 / runs as f64),
-        _ => "unknown".to_string(),
-    };
+    let per_run = |before, after| crate::machine::per_unit(before, after, runs as f64);
     println!(
         "| broker CPU per run | {} |",
         per_run(cpu_before.0, cpu_after.0)
@@ -250,7 +247,7 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     );
     println!(
         "| machine CPU per run (every process and the kernel) | {} |",
-        crate::machine::per_unit(machine_before, machine_after, runs as f64)
+        per_run(machine_before, machine_after)
     );
     // Each run is at least two requests (started, finished) besides its share of the
     // enqueue and the claims: how full the group commits were.
