@@ -76,6 +76,42 @@ exit 0
     }
 }
 
+/// Runs of two jobs taking turns on one worker: after its first grant of each job, a
+/// grant names the job's definition instead of carrying it (docs/PROTOCOL.md,
+/// "Definitions named by id"). Each run executes its own job's script, and none is handed
+/// back for a definition the worker lacked (it would show as a second `queued` step).
+#[test]
+fn runs_of_two_jobs_taking_turns_on_one_worker_each_run_their_own_script() {
+    let mut cluster = Cluster::start(1);
+    cluster.apply_jobs(
+        r##"
+[jobs.first]
+script = """#!/bin/sh
+echo "this is first: $JOBCAST_JOB"
+"""
+
+[jobs.second]
+script = """#!/bin/sh
+echo "this is second: $JOBCAST_JOB"
+"""
+"##,
+    );
+    cluster.start_worker("w1", &[]);
+    for job in ["first", "second", "first", "second", "first", "second"] {
+        let run = cluster.enqueue(job);
+        let record = cluster.wait_state(&run, "succeeded", LONG);
+        let log = String::from_utf8(cluster.log(&run[..8])).unwrap();
+        assert_eq!(log.trim(), format!("this is {job}: {job}"), "{record}");
+        let queued = record["history"]
+            .as_array()
+            .expect("a history")
+            .iter()
+            .filter(|step| step["state"] == "queued")
+            .count();
+        assert_eq!(queued, 1, "handed back and granted again: {record}");
+    }
+}
+
 #[test]
 fn a_hundred_runs_on_three_workers_each_run_exactly_once() {
     let mut cluster = Cluster::start(3);
