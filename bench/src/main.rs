@@ -43,6 +43,12 @@ struct Args {
     /// reporter's gathering): to compare the two.
     #[arg(long, global = true)]
     starts_apart: bool,
+    /// `capacity` (and the `postgres` part's) enqueues at this many runs a second,
+    /// whatever the answers (an open loop, as many independent clients), instead of as
+    /// fast as answers come back (a closed loop): the broker keeps up when the runs/s it
+    /// reaches is the rate offered.
+    #[arg(long, global = true, value_name = "RUNS_PER_S")]
+    offered: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -198,6 +204,7 @@ enum Command {
 fn main() -> Result<()> {
     let args = Args::parse();
     harness::report_starts_apart(args.starts_apart);
+    harness::offer_at(args.offered.unwrap_or(0));
     let command_line: Vec<String> = std::env::args().collect();
     println!("$ {}", command_line.join(" "));
     let runtime = tokio::runtime::Builder::new_multi_thread()

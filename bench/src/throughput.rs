@@ -194,7 +194,10 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     const COMMITS: &str = "jobcast_store_flush_seconds_count";
     let commits_before = broker.metric(COMMITS).ok();
     let started = Instant::now();
-    broker.enqueue("noop", runs).await?;
+    match crate::harness::offered() {
+        Some(rate) => broker.enqueue_at("noop", runs, rate).await?,
+        None => broker.enqueue("noop", runs).await?,
+    }
     broker.wait_idle(1).await?;
     let elapsed = started.elapsed();
     let cpu_after = (cpu_time(broker_pid), cpu_time(me));
@@ -215,6 +218,13 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     println!("| measure | value |");
     println!("|---|---|");
     println!("| runs | {runs} |");
+    match crate::harness::offered() {
+        Some(rate) => println!("| enqueued | {rate} runs/s offered, an open loop |"),
+        None => println!(
+            "| enqueued | as fast as answered, a closed loop of {} |",
+            crate::harness::ENQUEUES_IN_FLIGHT
+        ),
+    }
     println!("| elapsed | {:.2} s |", elapsed.as_secs_f64());
     println!(
         "| runs/s (whole lifecycle, durable) | {:.0} |",

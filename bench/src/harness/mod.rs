@@ -24,6 +24,24 @@ pub const VIEWER_TOKEN: &str = "bench-viewer-token-0123456789";
 /// Real workers the broker has keys for: w1..=MAX_WORKERS.
 pub const MAX_WORKERS: usize = 16;
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// Enqueues a client has in flight at most: the broker keeps up to 1,000 replies queued
+/// for a peer (its high-water mark) and drops what comes beyond, so a client must not
+/// have more outstanding than that, other requests included.
+pub const ENQUEUES_IN_FLIGHT: usize = 500;
+
+/// The rate `capacity` enqueues at (`--offered`), if not as fast as answers allow.
+static OFFERED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Makes `capacity` enqueue at `per_second` in an open loop (0: as fast as answers
+/// allow, a closed loop).
+pub fn offer_at(per_second: u32) {
+    OFFERED.store(per_second, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The rate set by [`offer_at`], if any.
+pub fn offered() -> Option<u32> {
+    Some(OFFERED.load(std::sync::atomic::Ordering::Relaxed)).filter(|rate| *rate > 0)
+}
 
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -322,10 +340,7 @@ impl Broker {
 
     /// Enqueues `n` runs of `job`, pipelined; returns when all are acknowledged.
     pub async fn enqueue(&self, job: &str, n: usize) -> Result<()> {
-        // At most 500 in flight: the broker keeps up to 1,000 replies queued for a peer
-        // (its high-water mark) and drops what comes beyond, so a client must not have
-        // more outstanding than that, other requests included.
-        const IN_FLIGHT: usize = 500;
+        const IN_FLIGHT: usize = ENQUEUES_IN_FLIGHT;
         for chunk in 0..n.div_ceil(IN_FLIGHT) {
             let count = (n - chunk * IN_FLIGHT).min(IN_FLIGHT);
             let pending: Vec<_> = (0..count)
@@ -344,6 +359,58 @@ impl Broker {
                     other => bail!("enqueue: {other:?}"),
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Enqueues `n` runs of `job` at `per_second`, a millisecond's share at a time,
+    /// whatever the answers: an open loop, as many independent clients make, so that
+    /// requests keep arriving while a batch commits (a closed loop sends its next
+    /// requests only once a commit answers the last: each batch then waits for the one
+    /// before, and the broker and its store take turns). At most [`ENQUEUES_IN_FLIGHT`]
+    /// are unanswered; past that the broker is behind, and sending waits for it.
+    pub async fn enqueue_at(&self, job: &str, n: usize, per_second: u32) -> Result<()> {
+        let room = std::sync::Arc::new(tokio::sync::Semaphore::new(ENQUEUES_IN_FLIGHT));
+        let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<(
+            jobcast_client::PendingReply,
+            tokio::sync::OwnedSemaphorePermit,
+        )>();
+        let answers = tokio::spawn(async move {
+            while let Some((reply, room)) = sent_rx.recv().await {
+                match reply.wait(TIMEOUT).await? {
+                    Reply::Enqueued { .. } => drop(room),
+                    other => bail!("enqueue: {other:?}"),
+                }
+            }
+            Ok(())
+        });
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let mut sent = 0;
+        while sent < n {
+            tick.tick().await;
+            let due = ((started.elapsed().as_secs_f64() * f64::from(per_second)) as usize).min(n);
+            while sent < due {
+                let room = room.clone().acquire_owned().await?;
+                let reply = self.admin.submit(AdminRequest::Enqueue {
+                    job: job.into(),
+                    key: None,
+                    params: Default::default(),
+                    priority: None,
+                });
+                if sent_tx.send((reply, room)).is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            if answers.is_finished() {
+                break;
+            }
+        }
+        drop(sent_tx);
+        answers.await??;
+        if sent < n {
+            bail!("enqueue: {sent} of {n} sent");
         }
         Ok(())
     }
