@@ -12,6 +12,7 @@ pub mod lease;
 mod pending;
 pub mod schema;
 mod settings;
+mod unfinished;
 
 use super::run_codec::{self, SpecCache, SpecKey};
 use super::{list_newest_first, FlushDone, Listing, Store, StoreError, StoreResult};
@@ -24,6 +25,7 @@ pub use settings::PgSettings;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use tokio_postgres::types::ToSql;
+use unfinished::Unfinished;
 
 pub struct PgStore {
     connection: Connection,
@@ -47,6 +49,8 @@ pub struct PgStore {
     lookups: Arc<Mutex<ReaderSlot>>,
     /// The leader's epoch every commit is fenced with (several brokers), if any.
     fence: Option<u64>,
+    /// The unfinished runs, and where a start's read of the newest begins (`unfinished`).
+    unfinished: RefCell<Unfinished>,
 }
 
 /// A connection besides the commits': there, or being opened on a thread of its own
@@ -89,6 +93,14 @@ fn open_in_background(slot: &Arc<Mutex<ReaderSlot>>, settings: &PgSettings, what
 const FENCED: &str = "JC001";
 /// The settings key of the pruned-runs count (the embedded store's).
 const PRUNED: &str = "pruned_runs";
+/// The settings key of where a start's read of the newest runs begins (`unfinished`).
+const SCAN_FROM: &str = "runs_scan_from";
+/// The unfinished runs, by the two reads of `unfinished` (`$1`: where the read of the
+/// newest begins).
+const UNFINISHED_SEQS: &str =
+    "SELECT seq, marked FROM jobcast_runs WHERE NOT finished AND (marked OR seq >= $1) ORDER BY seq";
+const UNFINISHED_RUNS: &str =
+    "SELECT record FROM jobcast_runs WHERE NOT finished AND (marked OR seq >= $1) ORDER BY seq";
 /// Runs read per query when a listing walks back through history.
 const LISTING_PAGE: i64 = 500;
 
@@ -196,6 +208,7 @@ impl PgStore {
             reader: Default::default(),
             lookups: Default::default(),
             fence,
+            unfinished: Default::default(),
         };
         store.last_seq = store
             .rows(
@@ -205,6 +218,20 @@ impl PgStore {
             )?
             .pop()
             .unwrap_or(0) as u64;
+        let scan_from = match store.setting(SCAN_FROM)? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    what: "where the read of the newest runs begins",
+                    detail: format!("{} bytes", bytes.len()),
+                }
+            })?),
+            // Not written yet: a read of every run finds them all.
+            None => 0,
+        };
+        let unfinished = store.rows(UNFINISHED_SEQS, vec![Box::new(scan_from as i64)], |row| {
+            (row.get::<_, i64>(0) as u64, row.get::<_, bool>(1))
+        })?;
+        store.unfinished = RefCell::new(Unfinished::new(scan_from, unfinished));
         if let Some(bytes) = store.setting(PRUNED)? {
             store.pruned = u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
                 StoreError::Corrupt {
@@ -504,7 +531,11 @@ impl Store for PgStore {
         }
         let bytes = run_codec::encode_run(run, key);
         self.last_seq = self.last_seq.max(run.seq);
-        self.pending.get_mut().put_run(run.clone(), bytes);
+        let marked = self
+            .unfinished
+            .get_mut()
+            .written(run.seq, run.state.is_terminal());
+        self.pending.get_mut().put_run(run.clone(), bytes, marked);
         Ok(())
     }
 
@@ -539,10 +570,8 @@ impl Store for PgStore {
 
     fn active_runs(&self) -> StoreResult<Vec<RunRecord>> {
         self.committed()?;
-        self.query_runs(
-            "SELECT record FROM jobcast_runs WHERE NOT finished ORDER BY seq",
-            Vec::new(),
-        )
+        let scan_from = self.unfinished.borrow().scan_from() as i64;
+        self.query_runs(UNFINISHED_RUNS, vec![Box::new(scan_from)])
     }
 
     fn runs(&self, filter: &RunFilter) -> StoreResult<Listing> {
@@ -611,6 +640,7 @@ impl Store for PgStore {
         ) {
             return Ok(());
         }
+        self.unfinished.get_mut().deleted(run.seq);
         let pending = self.pending.get_mut();
         pending.delete_run(run);
         self.pruned += 1;
@@ -698,7 +728,11 @@ impl Store for PgStore {
 
     fn settings(&self) -> StoreResult<Vec<(String, Vec<u8>)>> {
         let stored = self.keyed_values("SELECT key, value FROM jobcast_settings ORDER BY key")?;
-        Ok(Pending::over(stored, &self.pending.borrow().settings))
+        // Where the read of the newest runs begins is this store's own (no other keeps
+        // it, and a copy into another must not carry it).
+        let mut settings = Pending::over(stored, &self.pending.borrow().settings);
+        settings.retain(|(key, _)| key != SCAN_FROM);
+        Ok(settings)
     }
 
     fn flush(&mut self) -> StoreResult<()> {
@@ -706,6 +740,7 @@ impl Store for PgStore {
     }
 
     fn start_flush(&mut self, done: FlushDone) {
+        self.advance_scan();
         let writes = Arc::new(self.pending.take());
         // Read over until the loop is told this commit's outcome.
         self.in_flight.push_back(writes.clone());
@@ -746,10 +781,26 @@ async fn commit(writes: &Pending, fence: Option<u64>, session: &mut Session) -> 
 }
 
 impl PgStore {
+    /// Moves where a start's read of the newest runs begins, in the writes about to be
+    /// committed, marking the unfinished runs it passes in the same commit.
+    fn advance_scan(&self) {
+        let Some((scan_from, marks)) = self.unfinished.borrow_mut().advance(self.last_seq) else {
+            return;
+        };
+        let mut pending = self.pending.borrow_mut();
+        for seq in marks {
+            pending.mark(seq);
+        }
+        pending
+            .settings
+            .insert(SCAN_FROM.into(), scan_from.to_be_bytes().to_vec());
+    }
+
     /// Commits the pending writes (one transaction, one round trip), so that a read over
     /// a range sees them. Taken out first: if the commit fails, the broker's outage
     /// rebuilds everything from the database, and nothing of this batch was acknowledged.
     fn committed(&self) -> StoreResult<()> {
+        self.advance_scan();
         let writes = self.pending.take();
         if writes.is_empty() {
             // A read queued now comes after every commit queued before it anyway.
@@ -850,5 +901,89 @@ mod tests {
             Some(RunState::Assigned),
             "read from the database now"
         );
+    }
+
+    /// A start finds every unfinished run, however old, with the two reads of
+    /// `unfinished`; only runs still unfinished once the newest have moved past them are
+    /// marked (so a run that ends soon is never rewritten out of place for it); and a
+    /// database at schema 3, with its index of unfinished runs, migrates to them.
+    #[test]
+    fn a_start_finds_every_unfinished_run_however_old_and_marks_only_old_ones() {
+        let Some(pg) = jobcast_test_postgres::TestPostgres::start() else {
+            return;
+        };
+        let password = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(password.path(), jobcast_test_postgres::PASSWORD).unwrap();
+        let url = pg.create_database("unfinished");
+        let settings = PgSettings::new(&url, Some(password.path()), None).unwrap();
+        let admin = Connection::open(&settings).unwrap();
+        let marked = || -> Vec<u64> {
+            admin
+                .rows(
+                    "SELECT seq FROM jobcast_runs WHERE marked ORDER BY seq",
+                    Vec::new(),
+                    |row| row.get::<_, i64>(0) as u64,
+                )
+                .unwrap()
+        };
+        let active = |store: &PgStore| -> Vec<u64> {
+            store
+                .active_runs()
+                .unwrap()
+                .iter()
+                .map(|run| run.seq)
+                .collect()
+        };
+
+        let mut store = PgStore::open(&settings).unwrap();
+        let job = JobSpec::new("job", "default", Exec::Command(vec!["true".into()]));
+        store.put_job(&job).unwrap();
+        let total = unfinished::NEWEST + 300;
+        let run = |seq: u64| RunRecord::queued(format!("run-{seq:05}"), seq, job.clone(), 1, "q");
+        let ended = |seq: u64| {
+            let mut run = run(seq);
+            run.state = RunState::Succeeded;
+            run
+        };
+        let open = [1, 2, total - 5];
+        for seq in 1..=total {
+            store.create_run(&run(seq)).unwrap();
+            if !open.contains(&seq) {
+                store.put_run(&ended(seq)).unwrap();
+            }
+            if seq % 100 == 0 {
+                store.flush().unwrap();
+            }
+        }
+        store.flush().unwrap();
+        assert_eq!(marked(), [1, 2], "only the old unfinished runs are marked");
+        drop(store);
+
+        let mut store = PgStore::open(&settings).unwrap();
+        assert_eq!(active(&store), open);
+        // A marked run that ends is no longer marked.
+        store.put_run(&ended(1)).unwrap();
+        store.flush().unwrap();
+        assert_eq!(marked(), [2]);
+        assert_eq!(active(&store), [2, total - 5]);
+        drop(store);
+
+        // Back to schema 3: no marks, the index of unfinished runs.
+        admin
+            .execute(
+                "ALTER TABLE jobcast_runs DROP COLUMN marked;
+                 DELETE FROM jobcast_settings WHERE key = 'runs_scan_from';
+                 DELETE FROM jobcast_schema WHERE version = 4;
+                 CREATE INDEX jobcast_runs_unfinished ON jobcast_runs (seq) WHERE NOT finished",
+            )
+            .unwrap();
+        let store = PgStore::open(&settings).unwrap();
+        assert_eq!(active(&store), [2, total - 5]);
+        assert_eq!(
+            marked(),
+            [2, total - 5],
+            "migrated: every unfinished run is marked"
+        );
+        assert_eq!(store.unfinished.borrow().scan_from(), total + 1);
     }
 }

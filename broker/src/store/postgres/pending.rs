@@ -10,8 +10,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio_postgres::types::ToSql;
 
 pub enum PendingRun {
-    /// Created or rewritten: the record, and its stored bytes.
-    Put { run: Box<RunRecord>, bytes: Vec<u8> },
+    /// Created or rewritten: the record, its stored bytes, and whether its row is
+    /// marked (`unfinished`).
+    Put {
+        run: Box<RunRecord>,
+        bytes: Vec<u8>,
+        marked: bool,
+    },
     /// Deleted by retention, with its log.
     Deleted,
 }
@@ -21,6 +26,8 @@ pub struct Pending {
     /// Job spec versions new to the store.
     pub specs: Vec<(SpecKey, Vec<u8>)>,
     runs: BTreeMap<u64, PendingRun>,
+    /// Runs written before this batch to be marked by it (`unfinished`).
+    marks: Vec<u64>,
     /// Sequence numbers of the pending runs, by id.
     ids: HashMap<String, u64>,
     /// Log chunks written (`Some`) or deleted (`None`).
@@ -37,6 +44,7 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.specs.is_empty()
             && self.runs.is_empty()
+            && self.marks.is_empty()
             && self.logs.is_empty()
             && self.logs_dropped.is_empty()
             && self.jobs.is_empty()
@@ -52,15 +60,26 @@ impl Pending {
             .map(|(_, bytes)| bytes.as_slice())
     }
 
-    pub fn put_run(&mut self, run: RunRecord, bytes: Vec<u8>) {
+    pub fn put_run(&mut self, run: RunRecord, bytes: Vec<u8>, marked: bool) {
         self.ids.insert(run.id.clone(), run.seq);
         self.runs.insert(
             run.seq,
             PendingRun::Put {
                 run: Box::new(run),
                 bytes,
+                marked,
             },
         );
+    }
+
+    /// Marks the row of run `seq` in this batch: its write if it has one here (unless
+    /// deleted), else an update of the row as stored.
+    pub fn mark(&mut self, seq: u64) {
+        match self.runs.get_mut(&seq) {
+            Some(PendingRun::Put { marked, .. }) => *marked = true,
+            Some(PendingRun::Deleted) => {}
+            None => self.marks.push(seq),
+        }
     }
 
     pub fn delete_run(&mut self, run: &RunRecord) {
@@ -190,12 +209,13 @@ impl Pending {
         fence: Option<u64>,
         session: &mut Session,
     ) -> Result<(), tokio_postgres::Error> {
-        let [fence_sql, specs_sql, runs_sql, delete_runs_sql, delete_logs_of_runs_sql, delete_chunks_sql, chunks_sql, jobs_sql, job_states_sql, workers_sql, settings_sql] =
+        let [fence_sql, specs_sql, runs_sql, mark_runs_sql, delete_runs_sql, delete_logs_of_runs_sql, delete_chunks_sql, chunks_sql, jobs_sql, job_states_sql, workers_sql, settings_sql] =
             session
                 .statements([
                     FENCE,
                     UPSERT_SPECS,
                     UPSERT_RUNS,
+                    MARK_RUNS,
                     DELETE_RUNS,
                     DELETE_LOGS_OF_RUNS,
                     DELETE_LOG_CHUNKS,
@@ -215,10 +235,11 @@ impl Pending {
         let mut deleted_seqs = Vec::new();
         for (seq, run) in &self.runs {
             match run {
-                PendingRun::Put { run, bytes } => put.push(run, bytes),
+                PendingRun::Put { run, bytes, marked } => put.push(run, bytes, *marked),
                 PendingRun::Deleted => deleted_seqs.push(*seq as i64),
             }
         }
+        let marks: Vec<i64> = self.marks.iter().map(|seq| *seq as i64).collect();
         let logs_dropped: Vec<&str> = self.logs_dropped.iter().map(String::as_str).collect();
         let (mut gone_ids, mut gone_offsets) = (Vec::new(), Vec::new());
         let (mut run_ids, mut offsets, mut data) = (Vec::new(), Vec::new(), Vec::new());
@@ -264,7 +285,7 @@ impl Pending {
         if !put.seq.is_empty() {
             let put = &put;
             statements.push(Box::pin(async move {
-                let columns: [&(dyn ToSql + Sync); 7] = [
+                let columns: [&(dyn ToSql + Sync); 8] = [
                     &put.seq,
                     &put.id,
                     &put.job,
@@ -272,8 +293,14 @@ impl Pending {
                     &put.finished,
                     &put.created_at_ms,
                     &put.record,
+                    &put.marked,
                 ];
                 client.execute(&runs_sql, &columns).await
+            }));
+        }
+        if !marks.is_empty() {
+            statements.push(Box::pin(async {
+                client.execute(&mark_runs_sql, &[&marks]).await
             }));
         }
         if !deleted_seqs.is_empty() {
@@ -379,10 +406,12 @@ struct RunColumns<'a> {
     finished: Vec<bool>,
     created_at_ms: Vec<i64>,
     record: Vec<&'a [u8]>,
+    marked: Vec<bool>,
 }
 
 impl<'a> RunColumns<'a> {
-    fn push(&mut self, run: &'a RunRecord, bytes: &'a [u8]) {
+    fn push(&mut self, run: &'a RunRecord, bytes: &'a [u8], marked: bool) {
+        self.marked.push(marked);
         self.seq.push(run.seq as i64);
         self.state.push(run.state.as_str());
         self.finished.push(run.state.is_terminal());
@@ -396,9 +425,10 @@ impl<'a> RunColumns<'a> {
 const FENCE: &str = "SELECT jobcast_fence($1::bigint)";
 const UPSERT_SPECS: &str = "INSERT INTO jobcast_job_specs (key, spec)
      SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT (key) DO NOTHING";
-const UPSERT_RUNS: &str = "INSERT INTO jobcast_runs (seq, id, job, state, finished, created_at_ms, record)
-     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[], $7::bytea[])
-     ON CONFLICT (seq) DO UPDATE SET state = excluded.state, finished = excluded.finished, record = excluded.record";
+const UPSERT_RUNS: &str = "INSERT INTO jobcast_runs (seq, id, job, state, finished, created_at_ms, record, marked)
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[], $7::bytea[], $8::boolean[])
+     ON CONFLICT (seq) DO UPDATE SET state = excluded.state, finished = excluded.finished, record = excluded.record, marked = excluded.marked";
+const MARK_RUNS: &str = "UPDATE jobcast_runs SET marked = true WHERE seq = ANY($1::bigint[])";
 const DELETE_RUNS: &str = "DELETE FROM jobcast_runs WHERE seq = ANY($1::bigint[])";
 const DELETE_LOGS_OF_RUNS: &str = "DELETE FROM jobcast_log_chunks WHERE run_id = ANY($1::text[])";
 const DELETE_LOG_CHUNKS: &str = "DELETE FROM jobcast_log_chunks WHERE (run_id, \"offset\") IN

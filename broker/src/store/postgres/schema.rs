@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "brokers",
         include_str!("../../../migrations/0003_brokers.sql"),
     ),
+    (
+        4,
+        "marked_runs",
+        include_str!("../../../migrations/0004_marked_runs.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
