@@ -521,22 +521,11 @@ impl Store for PgStore {
     }
 
     fn create_run(&mut self, run: &RunRecord) -> StoreResult<()> {
-        self.put_run(run)
+        self.write_run(run, true)
     }
 
     fn put_run(&mut self, run: &RunRecord) -> StoreResult<()> {
-        let (key, new_version) = self.spec_cache.get_mut().key_of(&run.spec);
-        if let Some(bytes) = new_version {
-            self.pending.get_mut().specs.push((key, bytes));
-        }
-        let bytes = run_codec::encode_run(run, key);
-        self.last_seq = self.last_seq.max(run.seq);
-        let marked = self
-            .unfinished
-            .get_mut()
-            .written(run.seq, run.state.is_terminal());
-        self.pending.get_mut().put_run(run.clone(), bytes, marked);
-        Ok(())
+        self.write_run(run, false)
     }
 
     fn run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
@@ -781,6 +770,24 @@ async fn commit(writes: &Pending, fence: Option<u64>, session: &mut Session) -> 
 }
 
 impl PgStore {
+    /// A run's write, `created` if it is new (`Store::create_run`).
+    fn write_run(&mut self, run: &RunRecord, created: bool) -> StoreResult<()> {
+        let (key, new_version) = self.spec_cache.get_mut().key_of(&run.spec);
+        if let Some(bytes) = new_version {
+            self.pending.get_mut().specs.push((key, bytes));
+        }
+        let bytes = run_codec::encode_run(run, key);
+        self.last_seq = self.last_seq.max(run.seq);
+        let marked = self
+            .unfinished
+            .get_mut()
+            .written(run.seq, run.state.is_terminal());
+        self.pending
+            .get_mut()
+            .put_run(run.clone(), bytes, marked, created);
+        Ok(())
+    }
+
     /// Moves where a start's read of the newest runs begins, in the writes about to be
     /// committed, marking the unfinished runs it passes in the same commit.
     fn advance_scan(&self) {
@@ -985,5 +992,46 @@ mod tests {
             "migrated: every unfinished run is marked"
         );
         assert_eq!(store.unfinished.borrow().scan_from(), total + 1);
+    }
+
+    /// A run created is inserted as such (no look for the row first): created, rewritten
+    /// in the same batch and again in the next, it lands as last written; and creating
+    /// one whose number is stored already fails the commit rather than overwriting it.
+    #[test]
+    fn a_created_run_is_inserted_and_never_overwrites_a_stored_one() {
+        let Some(pg) = jobcast_test_postgres::TestPostgres::start() else {
+            return;
+        };
+        let password = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(password.path(), jobcast_test_postgres::PASSWORD).unwrap();
+        let url = pg.create_database("created");
+        let settings = PgSettings::new(&url, Some(password.path()), None).unwrap();
+        let mut store = PgStore::open(&settings).unwrap();
+        let job = JobSpec::new("job", "default", Exec::Command(vec!["true".into()]));
+        store.put_job(&job).unwrap();
+        let mut run = RunRecord::queued("run-a".into(), 1, job.clone(), 1, "q");
+        store.create_run(&run).unwrap();
+        run.state = RunState::Assigned;
+        store.put_run(&run).unwrap();
+        store.flush().unwrap();
+        run.state = RunState::Succeeded;
+        store.put_run(&run).unwrap();
+        store.flush().unwrap();
+        drop(store);
+
+        let mut store = PgStore::open(&settings).unwrap();
+        let stored = store.run("run-a").unwrap().map(|run| run.state);
+        assert_eq!(stored, Some(RunState::Succeeded));
+        let again = RunRecord::queued("run-b".into(), 1, job.clone(), 1, "q");
+        store.create_run(&again).unwrap();
+        let error = store.flush().unwrap_err().to_string();
+        assert!(error.contains("duplicate key"), "{error}");
+        drop(store);
+        let store = PgStore::open(&settings).unwrap();
+        assert_eq!(
+            store.run("run-a").unwrap().map(|run| run.state),
+            Some(RunState::Succeeded)
+        );
+        assert_eq!(store.run("run-b").unwrap(), None);
     }
 }

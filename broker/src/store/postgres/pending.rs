@@ -10,12 +10,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio_postgres::types::ToSql;
 
 pub enum PendingRun {
-    /// Created or rewritten: the record, its stored bytes, and whether its row is
-    /// marked (`unfinished`).
+    /// Created or rewritten: the record, its stored bytes, whether its row is marked
+    /// (`unfinished`), and whether it is new in this batch (a plain insert: an upsert
+    /// costs the database a look for the row first).
     Put {
         run: Box<RunRecord>,
         bytes: Vec<u8>,
         marked: bool,
+        created: bool,
     },
     /// Deleted by retention, with its log.
     Deleted,
@@ -60,7 +62,12 @@ impl Pending {
             .map(|(_, bytes)| bytes.as_slice())
     }
 
-    pub fn put_run(&mut self, run: RunRecord, bytes: Vec<u8>, marked: bool) {
+    pub fn put_run(&mut self, run: RunRecord, bytes: Vec<u8>, marked: bool, created: bool) {
+        let created = created
+            || matches!(
+                self.runs.get(&run.seq),
+                Some(PendingRun::Put { created: true, .. })
+            );
         self.ids.insert(run.id.clone(), run.seq);
         self.runs.insert(
             run.seq,
@@ -68,6 +75,7 @@ impl Pending {
                 run: Box::new(run),
                 bytes,
                 marked,
+                created,
             },
         );
     }
@@ -209,11 +217,12 @@ impl Pending {
         fence: Option<u64>,
         session: &mut Session,
     ) -> Result<(), tokio_postgres::Error> {
-        let [fence_sql, specs_sql, runs_sql, mark_runs_sql, delete_runs_sql, delete_logs_of_runs_sql, delete_chunks_sql, chunks_sql, jobs_sql, job_states_sql, workers_sql, settings_sql] =
+        let [fence_sql, specs_sql, insert_runs_sql, runs_sql, mark_runs_sql, delete_runs_sql, delete_logs_of_runs_sql, delete_chunks_sql, chunks_sql, jobs_sql, job_states_sql, workers_sql, settings_sql] =
             session
                 .statements([
                     FENCE,
                     UPSERT_SPECS,
+                    INSERT_RUNS,
                     UPSERT_RUNS,
                     MARK_RUNS,
                     DELETE_RUNS,
@@ -231,11 +240,19 @@ impl Pending {
             .iter()
             .map(|(key, bytes)| (key.to_vec(), bytes.as_slice()))
             .unzip();
-        let mut put = RunColumns::default();
+        let (mut inserted, mut put) = (RunColumns::default(), RunColumns::default());
         let mut deleted_seqs = Vec::new();
         for (seq, run) in &self.runs {
             match run {
-                PendingRun::Put { run, bytes, marked } => put.push(run, bytes, *marked),
+                PendingRun::Put {
+                    run,
+                    bytes,
+                    marked,
+                    created: true,
+                } => inserted.push(run, bytes, *marked),
+                PendingRun::Put {
+                    run, bytes, marked, ..
+                } => put.push(run, bytes, *marked),
                 PendingRun::Deleted => deleted_seqs.push(*seq as i64),
             }
         }
@@ -282,20 +299,22 @@ impl Pending {
                 client.execute(&specs_sql, &[&spec_keys, &spec_bytes]).await
             }));
         }
-        if !put.seq.is_empty() {
-            let put = &put;
+        for (sql, runs) in [(&insert_runs_sql, &inserted), (&runs_sql, &put)] {
+            if runs.seq.is_empty() {
+                continue;
+            }
             statements.push(Box::pin(async move {
                 let columns: [&(dyn ToSql + Sync); 8] = [
-                    &put.seq,
-                    &put.id,
-                    &put.job,
-                    &put.state,
-                    &put.finished,
-                    &put.created_at_ms,
-                    &put.record,
-                    &put.marked,
+                    &runs.seq,
+                    &runs.id,
+                    &runs.job,
+                    &runs.state,
+                    &runs.finished,
+                    &runs.created_at_ms,
+                    &runs.record,
+                    &runs.marked,
                 ];
-                client.execute(&runs_sql, &columns).await
+                client.execute(sql, &columns).await
             }));
         }
         if !marks.is_empty() {
@@ -425,6 +444,8 @@ impl<'a> RunColumns<'a> {
 const FENCE: &str = "SELECT jobcast_fence($1::bigint)";
 const UPSERT_SPECS: &str = "INSERT INTO jobcast_job_specs (key, spec)
      SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT (key) DO NOTHING";
+const INSERT_RUNS: &str = "INSERT INTO jobcast_runs (seq, id, job, state, finished, created_at_ms, record, marked)
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[], $7::bytea[], $8::boolean[])";
 const UPSERT_RUNS: &str = "INSERT INTO jobcast_runs (seq, id, job, state, finished, created_at_ms, record, marked)
      SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[], $7::bytea[], $8::boolean[])
      ON CONFLICT (seq) DO UPDATE SET state = excluded.state, finished = excluded.finished, record = excluded.record, marked = excluded.marked";
