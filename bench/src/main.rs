@@ -32,6 +32,10 @@ use jobcast_protocol::{Exec, JobSpec, ScheduleSpec};
 use stats::Summary;
 use std::time::{Duration, Instant};
 
+/// Runs of a capacity measure: a sustained rate, not a burst (20,000 lasted under a
+/// second on this machine, its start and drain a visible part of it).
+const CAPACITY_RUNS: usize = 100_000;
+
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks of a real jobcast broker on loopback")]
 struct Args {
@@ -81,7 +85,9 @@ enum Command {
     /// The broker on PostgreSQL (a server of the host's, started by the bench): pgbench
     /// beside the capacity and dispatch-latency parts.
     Postgres {
-        #[arg(long, default_value_t = 20_000)]
+        /// Runs of the capacity part (enough that starting and draining are a small part
+        /// of it: 20,000 lasted under a second).
+        #[arg(long, default_value_t = CAPACITY_RUNS)]
         runs: usize,
         #[arg(long, default_value_t = 1_000)]
         latency_runs: usize,
@@ -97,7 +103,7 @@ enum Command {
     },
     /// Broker capacity: the whole run lifecycle with synthetic workers that spawn nothing.
     Capacity {
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = CAPACITY_RUNS)]
         runs: usize,
         #[arg(long, default_value_t = 2)]
         workers: usize,
@@ -328,7 +334,7 @@ fn main() -> Result<()> {
                 let (shell_runs, latency_runs) = if q { (100, 50) } else { (2_000, 1_000) };
                 let shell = throughput(shell_runs, 2, 2).await?;
                 println!();
-                capacity(if q { 500 } else { 20_000 }, 2).await?;
+                capacity(if q { 500 } else { CAPACITY_RUNS }, 2).await?;
                 println!();
                 let spawned = latency(latency_runs).await?;
                 println!();
