@@ -33,5 +33,22 @@ impl SledStore {
     }
 }
 
+/// A number kept as a setting (8 bytes, big-endian), if it is there; `what` names it
+/// when its bytes are not a number.
+fn setting_u64(bytes: Option<Vec<u8>>, what: &'static str) -> StoreResult<Option<u64>> {
+    bytes
+        .map(|bytes| {
+            let number: [u8; 8] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt {
+                    what,
+                    detail: format!("{} bytes", bytes.len()),
+                })?;
+            Ok(u64::from_be_bytes(number))
+        })
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests;

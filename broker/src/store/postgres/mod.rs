@@ -15,7 +15,7 @@ mod settings;
 mod unfinished;
 
 use super::run_codec::{self, SpecCache, SpecKey};
-use super::{list_newest_first, FlushDone, Listing, Store, StoreError, StoreResult};
+use super::{list_newest_first, setting_u64, FlushDone, Listing, Store, StoreError, StoreResult};
 use connection::{database_error, Connection, Session};
 use jobcast_core::store::RunReader;
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
@@ -218,28 +218,17 @@ impl PgStore {
             )?
             .pop()
             .unwrap_or(0) as u64;
-        let scan_from = match store.setting(SCAN_FROM)? {
-            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
-                StoreError::Corrupt {
-                    what: "where the read of the newest runs begins",
-                    detail: format!("{} bytes", bytes.len()),
-                }
-            })?),
-            // Not written yet: a read of every run finds them all.
-            None => 0,
-        };
+        // Not written yet: a read of every run finds them all.
+        let scan_from = setting_u64(
+            store.setting(SCAN_FROM)?,
+            "where the read of the newest runs begins",
+        )?
+        .unwrap_or(0);
         let unfinished = store.rows(UNFINISHED_SEQS, vec![Box::new(scan_from as i64)], |row| {
             (row.get::<_, i64>(0) as u64, row.get::<_, bool>(1))
         })?;
         store.unfinished = RefCell::new(Unfinished::new(scan_from, unfinished));
-        if let Some(bytes) = store.setting(PRUNED)? {
-            store.pruned = u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
-                StoreError::Corrupt {
-                    what: "pruned-runs count",
-                    detail: format!("{} bytes", bytes.len()),
-                }
-            })?);
-        }
+        store.pruned = setting_u64(store.setting(PRUNED)?, "pruned-runs count")?.unwrap_or(0);
         Ok(store)
     }
 
@@ -825,18 +814,32 @@ mod tests {
     use jobcast_protocol::{Exec, RunState};
     use std::time::Duration;
 
+    /// A database of its own on a PostgreSQL started for the test, and the settings that
+    /// reach it (the server and the password file last as long as the two guards); `None`
+    /// where this host has no PostgreSQL.
+    fn database(
+        name: &str,
+    ) -> Option<(
+        jobcast_test_postgres::TestPostgres,
+        tempfile::NamedTempFile,
+        PgSettings,
+    )> {
+        let pg = jobcast_test_postgres::TestPostgres::start()?;
+        let password = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(password.path(), jobcast_test_postgres::PASSWORD).unwrap();
+        let url = pg.create_database(name);
+        let settings = PgSettings::new(&url, Some(password.path()), None).unwrap();
+        Some((pg, password, settings))
+    }
+
     /// A commit held by a lock another session keeps on a row it rewrites: the loop's
     /// reads of runs answer meanwhile, with what that commit carries laid over what is
     /// stored, and read what is stored once the loop is told it committed.
     #[test]
     fn the_loops_reads_of_runs_do_not_wait_for_commits_in_flight() {
-        let Some(pg) = jobcast_test_postgres::TestPostgres::start() else {
+        let Some((_pg, _password, settings)) = database("in_flight") else {
             return;
         };
-        let password = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(password.path(), jobcast_test_postgres::PASSWORD).unwrap();
-        let url = pg.create_database("in_flight");
-        let settings = PgSettings::new(&url, Some(password.path()), None).unwrap();
         let mut store = PgStore::open(&settings).unwrap();
         let job = JobSpec::new("job", "default", Exec::Command(vec!["true".into()]));
         store.put_job(&job).unwrap();
@@ -916,13 +919,9 @@ mod tests {
     /// database at schema 3, with its index of unfinished runs, migrates to them.
     #[test]
     fn a_start_finds_every_unfinished_run_however_old_and_marks_only_old_ones() {
-        let Some(pg) = jobcast_test_postgres::TestPostgres::start() else {
+        let Some((_pg, _password, settings)) = database("unfinished") else {
             return;
         };
-        let password = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(password.path(), jobcast_test_postgres::PASSWORD).unwrap();
-        let url = pg.create_database("unfinished");
-        let settings = PgSettings::new(&url, Some(password.path()), None).unwrap();
         let admin = Connection::open(&settings).unwrap();
         let marked = || -> Vec<u64> {
             admin
@@ -999,13 +998,9 @@ mod tests {
     /// one whose number is stored already fails the commit rather than overwriting it.
     #[test]
     fn a_created_run_is_inserted_and_never_overwrites_a_stored_one() {
-        let Some(pg) = jobcast_test_postgres::TestPostgres::start() else {
+        let Some((_pg, _password, settings)) = database("created") else {
             return;
         };
-        let password = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(password.path(), jobcast_test_postgres::PASSWORD).unwrap();
-        let url = pg.create_database("created");
-        let settings = PgSettings::new(&url, Some(password.path()), None).unwrap();
         let mut store = PgStore::open(&settings).unwrap();
         let job = JobSpec::new("job", "default", Exec::Command(vec!["true".into()]));
         store.put_job(&job).unwrap();
