@@ -338,21 +338,21 @@ impl Broker {
         }
     }
 
+    /// Sends one enqueue of `job` (no key, no parameters), not waiting for its answer.
+    fn submit_enqueue(&self, job: &str) -> jobcast_client::PendingReply {
+        self.admin.submit(AdminRequest::Enqueue {
+            job: job.into(),
+            key: None,
+            params: Default::default(),
+            priority: None,
+        })
+    }
+
     /// Enqueues `n` runs of `job`, pipelined; returns when all are acknowledged.
     pub async fn enqueue(&self, job: &str, n: usize) -> Result<()> {
-        const IN_FLIGHT: usize = ENQUEUES_IN_FLIGHT;
-        for chunk in 0..n.div_ceil(IN_FLIGHT) {
-            let count = (n - chunk * IN_FLIGHT).min(IN_FLIGHT);
-            let pending: Vec<_> = (0..count)
-                .map(|_| {
-                    self.admin.submit(AdminRequest::Enqueue {
-                        job: job.into(),
-                        key: None,
-                        params: Default::default(),
-                        priority: None,
-                    })
-                })
-                .collect();
+        for chunk in 0..n.div_ceil(ENQUEUES_IN_FLIGHT) {
+            let count = (n - chunk * ENQUEUES_IN_FLIGHT).min(ENQUEUES_IN_FLIGHT);
+            let pending: Vec<_> = (0..count).map(|_| self.submit_enqueue(job)).collect();
             for reply in pending {
                 match reply.wait(TIMEOUT).await? {
                     Reply::Enqueued { .. } => {}
@@ -392,12 +392,7 @@ impl Broker {
             let due = ((started.elapsed().as_secs_f64() * f64::from(per_second)) as usize).min(n);
             while sent < due {
                 let room = room.clone().acquire_owned().await?;
-                let reply = self.admin.submit(AdminRequest::Enqueue {
-                    job: job.into(),
-                    key: None,
-                    params: Default::default(),
-                    priority: None,
-                });
+                let reply = self.submit_enqueue(job);
                 if sent_tx.send((reply, room)).is_err() {
                     break;
                 }

@@ -136,15 +136,9 @@ impl<E: Engine> KvStore<E> {
     pub fn with_engine(engine: E) -> StoreResult<KvStore<E>> {
         let settings = engine.tree("settings")?;
         let pruned = super::setting_u64(settings.get(PRUNED)?, "pruned-runs count")?.unwrap_or(0);
-        let commit = match settings.get(super::integrity::COMMIT_KEY)? {
-            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
-                StoreError::Corrupt {
-                    what: "commit count",
-                    detail: format!("{} bytes", bytes.len()),
-                }
-            })?),
-            None => 0,
-        };
+        let commit =
+            super::setting_u64(settings.get(super::integrity::COMMIT_KEY)?, "commit count")?
+                .unwrap_or(0);
         let store = KvStore {
             committer: Committer::start()?,
             flusher: Arc::new(engine.flusher()),

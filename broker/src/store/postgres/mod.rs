@@ -93,8 +93,6 @@ fn open_in_background(slot: &Arc<Mutex<ReaderSlot>>, settings: &PgSettings, what
 const FENCED: &str = "JC001";
 /// The settings key of the pruned-runs count (the embedded store's).
 const PRUNED: &str = "pruned_runs";
-/// The settings key of where a start's read of the newest runs begins (`unfinished`).
-const SCAN_FROM: &str = "runs_scan_from";
 /// The unfinished runs, by the two reads of `unfinished` (`$1`: where the read of the
 /// newest begins).
 const UNFINISHED_SEQS: &str =
@@ -218,12 +216,15 @@ impl PgStore {
             )?
             .pop()
             .unwrap_or(0) as u64;
-        // Not written yet: a read of every run finds them all.
-        let scan_from = setting_u64(
-            store.setting(SCAN_FROM)?,
-            "where the read of the newest runs begins",
-        )?
-        .unwrap_or(0);
+        // Not there (it always is once migrated): a read of every run finds them all.
+        let scan_from = store
+            .rows(
+                "SELECT scan_from FROM jobcast_runs_scan WHERE id = 1",
+                Vec::new(),
+                |row| row.get::<_, i64>(0),
+            )?
+            .pop()
+            .unwrap_or(0) as u64;
         let unfinished = store.rows(UNFINISHED_SEQS, vec![Box::new(scan_from as i64)], |row| {
             (row.get::<_, i64>(0) as u64, row.get::<_, bool>(1))
         })?;
@@ -706,11 +707,7 @@ impl Store for PgStore {
 
     fn settings(&self) -> StoreResult<Vec<(String, Vec<u8>)>> {
         let stored = self.keyed_values("SELECT key, value FROM jobcast_settings ORDER BY key")?;
-        // Where the read of the newest runs begins is this store's own (no other keeps
-        // it, and a copy into another must not carry it).
-        let mut settings = Pending::over(stored, &self.pending.borrow().settings);
-        settings.retain(|(key, _)| key != SCAN_FROM);
-        Ok(settings)
+        Ok(Pending::over(stored, &self.pending.borrow().settings))
     }
 
     fn flush(&mut self) -> StoreResult<()> {
@@ -787,9 +784,7 @@ impl PgStore {
         for seq in marks {
             pending.mark(seq);
         }
-        pending
-            .settings
-            .insert(SCAN_FROM.into(), scan_from.to_be_bytes().to_vec());
+        pending.scan_from = Some(scan_from);
     }
 
     /// Commits the pending writes (one transaction, one round trip), so that a read over
@@ -978,7 +973,7 @@ mod tests {
         admin
             .execute(
                 "ALTER TABLE jobcast_runs DROP COLUMN marked;
-                 DELETE FROM jobcast_settings WHERE key = 'runs_scan_from';
+                 DROP TABLE jobcast_runs_scan;
                  DELETE FROM jobcast_schema WHERE version = 4;
                  CREATE INDEX jobcast_runs_unfinished ON jobcast_runs (seq) WHERE NOT finished",
             )

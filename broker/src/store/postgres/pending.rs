@@ -30,6 +30,8 @@ pub struct Pending {
     runs: BTreeMap<u64, PendingRun>,
     /// Runs written before this batch to be marked by it (`unfinished`).
     marks: Vec<u64>,
+    /// Where a start's read of the newest runs begins from this batch on, if it moves.
+    pub scan_from: Option<u64>,
     /// Sequence numbers of the pending runs, by id.
     ids: HashMap<String, u64>,
     /// Log chunks written (`Some`) or deleted (`None`).
@@ -47,6 +49,7 @@ impl Pending {
         self.specs.is_empty()
             && self.runs.is_empty()
             && self.marks.is_empty()
+            && self.scan_from.is_none()
             && self.logs.is_empty()
             && self.logs_dropped.is_empty()
             && self.jobs.is_empty()
@@ -217,7 +220,7 @@ impl Pending {
         fence: Option<u64>,
         session: &mut Session,
     ) -> Result<(), tokio_postgres::Error> {
-        let [fence_sql, specs_sql, insert_runs_sql, runs_sql, mark_runs_sql, delete_runs_sql, delete_logs_of_runs_sql, delete_chunks_sql, chunks_sql, jobs_sql, job_states_sql, workers_sql, settings_sql] =
+        let [fence_sql, specs_sql, insert_runs_sql, runs_sql, mark_runs_sql, scan_from_sql, delete_runs_sql, delete_logs_of_runs_sql, delete_chunks_sql, chunks_sql, jobs_sql, job_states_sql, workers_sql, settings_sql] =
             session
                 .statements([
                     FENCE,
@@ -225,6 +228,7 @@ impl Pending {
                     INSERT_RUNS,
                     UPSERT_RUNS,
                     MARK_RUNS,
+                    SET_SCAN_FROM,
                     DELETE_RUNS,
                     DELETE_LOGS_OF_RUNS,
                     DELETE_LOG_CHUNKS,
@@ -257,6 +261,7 @@ impl Pending {
             }
         }
         let marks: Vec<i64> = self.marks.iter().map(|seq| *seq as i64).collect();
+        let scan_from = self.scan_from.map(|seq| seq as i64);
         let logs_dropped: Vec<&str> = self.logs_dropped.iter().map(String::as_str).collect();
         let (mut gone_ids, mut gone_offsets) = (Vec::new(), Vec::new());
         let (mut run_ids, mut offsets, mut data) = (Vec::new(), Vec::new(), Vec::new());
@@ -320,6 +325,11 @@ impl Pending {
         if !marks.is_empty() {
             statements.push(Box::pin(async {
                 client.execute(&mark_runs_sql, &[&marks]).await
+            }));
+        }
+        if let Some(scan_from) = &scan_from {
+            statements.push(Box::pin(async {
+                client.execute(&scan_from_sql, &[scan_from]).await
             }));
         }
         if !deleted_seqs.is_empty() {
@@ -449,6 +459,7 @@ const INSERT_RUNS: &str = "INSERT INTO jobcast_runs (seq, id, job, state, finish
 const UPSERT_RUNS: &str = "INSERT INTO jobcast_runs (seq, id, job, state, finished, created_at_ms, record, marked)
      SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[], $7::bytea[], $8::boolean[])
      ON CONFLICT (seq) DO UPDATE SET state = excluded.state, finished = excluded.finished, record = excluded.record, marked = excluded.marked";
+const SET_SCAN_FROM: &str = "UPDATE jobcast_runs_scan SET scan_from = $1 WHERE id = 1";
 const MARK_RUNS: &str = "UPDATE jobcast_runs SET marked = true WHERE seq = ANY($1::bigint[])";
 const DELETE_RUNS: &str = "DELETE FROM jobcast_runs WHERE seq = ANY($1::bigint[])";
 const DELETE_LOGS_OF_RUNS: &str = "DELETE FROM jobcast_log_chunks WHERE run_id = ANY($1::text[])";
