@@ -221,7 +221,7 @@ pub async fn capacity(runs: usize, workers: usize) -> Result<()> {
     match crate::harness::offered() {
         Some(rate) => println!("| enqueued | {rate} runs/s offered, an open loop |"),
         None => println!(
-            "| enqueued | as fast as answered, a closed loop of {} |",
+            "| enqueued | by {} clients, each sending its next request when its last is answered (a closed loop) |",
             crate::harness::ENQUEUES_IN_FLIGHT
         ),
     }

@@ -40,6 +40,8 @@ pub enum CoreError {
     NoSuchAlert { id: String },
     #[error("name 1 to {max} runs at a time, not {asked}")]
     BadBulk { max: usize, asked: usize },
+    #[error("send 1 to {max} reports in one message, not {asked}")]
+    TooManyReports { max: usize, asked: usize },
     #[error("job {job}: {error}")]
     BadParams { job: String, error: ParamError },
     #[error(transparent)]
@@ -103,6 +105,7 @@ impl CoreError {
             | CoreError::ListTooLong { .. }
             | CoreError::NothingToKill
             | CoreError::BadBulk { .. }
+            | CoreError::TooManyReports { .. }
             | CoreError::SearchTooLong { .. }
             | CoreError::BadParams { .. }
             | CoreError::BadPriority(_)

@@ -270,6 +270,7 @@ mod log_chunk;
 mod orders;
 mod ping;
 mod register;
+mod reports;
 mod retention;
 mod retry;
 mod run_finished;

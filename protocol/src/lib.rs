@@ -22,7 +22,9 @@ pub mod state;
 
 pub use envelope::{Opened, Rejection, Sealer, Secret};
 pub use message::*;
-pub use request::{AdminRequest, EnableTarget, Request, Resolution, SeriesOf, WorkerRequest};
+pub use request::{
+    AdminRequest, EnableTarget, Report, Request, Resolution, SeriesOf, WorkerRequest, MAX_REPORTS,
+};
 pub use state::{IllegalTransition, RunState, Transition};
 
 /// The version every envelope carries; peers with another version are refused.

@@ -46,8 +46,14 @@ pub enum Reply {
         /// one would refuse the end of a run it has not heard started).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         starts_in_ends: bool,
+        /// The broker takes several reports in one message (`WorkerRequest::Reports`).
+        /// A worker sends each on its own to a broker that does not say so.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reports_together: bool,
     },
     Ack,
+    /// The replies to a `WorkerRequest::Reports`, one for each report, in order.
+    Reports(Vec<Reply>),
     Orders(Orders),
     Granted {
         runs: Vec<GrantedRun>,

@@ -59,6 +59,95 @@ pub enum WorkerRequest {
         info: WorkerInfo,
     },
     FetchOrders,
+    /// Several reports in one message, handled in order as if sent one by one; the
+    /// reply is `Reply::Reports`, one reply for each. Sent only to a broker whose
+    /// `Registered` says `reports_together`; at most [`MAX_REPORTS`] at a time.
+    Reports(Vec<Report>),
+}
+
+/// The most reports one [`WorkerRequest::Reports`] may carry.
+pub const MAX_REPORTS: usize = 1_024;
+
+/// A report about a run, as it goes inside [`WorkerRequest::Reports`]: the fields and
+/// the wire form of the worker request of the same name (and nothing else, so that
+/// reports never nest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Report {
+    RunStarted {
+        run_id: RunId,
+        pid: u32,
+        #[serde(default)]
+        spawned_at_us: u64,
+    },
+    LogChunk {
+        run_id: RunId,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    RunFinished(RunFinished),
+    Release {
+        run_ids: Vec<RunId>,
+    },
+}
+
+impl From<Report> for WorkerRequest {
+    fn from(report: Report) -> WorkerRequest {
+        match report {
+            Report::RunStarted {
+                run_id,
+                pid,
+                spawned_at_us,
+            } => WorkerRequest::RunStarted {
+                run_id,
+                pid,
+                spawned_at_us,
+            },
+            Report::LogChunk {
+                run_id,
+                offset,
+                data,
+            } => WorkerRequest::LogChunk {
+                run_id,
+                offset,
+                data,
+            },
+            Report::RunFinished(finished) => WorkerRequest::RunFinished(finished),
+            Report::Release { run_ids } => WorkerRequest::Release { run_ids },
+        }
+    }
+}
+
+impl TryFrom<WorkerRequest> for Report {
+    /// A request that is not a report, given back.
+    type Error = WorkerRequest;
+
+    fn try_from(request: WorkerRequest) -> Result<Report, WorkerRequest> {
+        Ok(match request {
+            WorkerRequest::RunStarted {
+                run_id,
+                pid,
+                spawned_at_us,
+            } => Report::RunStarted {
+                run_id,
+                pid,
+                spawned_at_us,
+            },
+            WorkerRequest::LogChunk {
+                run_id,
+                offset,
+                data,
+            } => Report::LogChunk {
+                run_id,
+                offset,
+                data,
+            },
+            WorkerRequest::RunFinished(finished) => Report::RunFinished(finished),
+            WorkerRequest::Release { run_ids } => Report::Release { run_ids },
+            other => return Err(other),
+        })
+    }
 }
 
 /// What the admin key (`jobcastctl`, the HTTP API) may ask.
@@ -245,6 +334,7 @@ const WORKER_TAGS: &[&str] = &[
     "leaving",
     "pong",
     "fetch_orders",
+    "reports",
 ];
 /// The wire tags of [`AdminRequest`]'s variants (a test checks them against serde's).
 const ADMIN_TAGS: &[&str] = &[
@@ -466,6 +556,51 @@ mod tests {
             rmp_serde::from_slice::<Request>(&status).unwrap(),
             Request::Admin(AdminRequest::Status)
         );
+    }
+
+    #[test]
+    fn reports_go_together_in_the_wire_form_of_each_and_cannot_nest() {
+        let reports = Request::from(WorkerRequest::Reports(vec![Report::Release {
+            run_ids: vec!["r".into()],
+        }]));
+        let bytes = rmp_serde::to_vec_named(&reports).unwrap();
+        // {"reports": [{"release": {"run_ids": ["r"]}}]}
+        let mut expected = vec![0x81, 0xa7];
+        expected.extend_from_slice(b"reports");
+        expected.extend_from_slice(&[0x91, 0x81, 0xa7]);
+        expected.extend_from_slice(b"release");
+        expected.extend_from_slice(&[0x81, 0xa7]);
+        expected.extend_from_slice(b"run_ids");
+        expected.extend_from_slice(&[0x91, 0xa1, b'r']);
+        assert_eq!(bytes, expected);
+        assert_eq!(rmp_serde::from_slice::<Request>(&bytes).unwrap(), reports);
+        // Each report converts to the request of the same name and back; anything else
+        // is not a report.
+        let started = WorkerRequest::RunStarted {
+            run_id: "r".into(),
+            pid: 7,
+            spawned_at_us: 9,
+        };
+        let report = Report::try_from(started.clone()).unwrap();
+        assert_eq!(
+            rmp_serde::to_vec_named(&report).unwrap(),
+            rmp_serde::to_vec_named(&started).unwrap()
+        );
+        assert_eq!(WorkerRequest::from(report), started);
+        assert_eq!(
+            Report::try_from(WorkerRequest::FetchOrders),
+            Err(WorkerRequest::FetchOrders)
+        );
+        // Reports inside reports are not a report.
+        let nested = rmp_serde::to_vec_named(&std::collections::BTreeMap::from([(
+            "reports",
+            vec![std::collections::BTreeMap::from([(
+                "reports",
+                Vec::<u8>::new(),
+            )])],
+        )]))
+        .unwrap();
+        assert!(rmp_serde::from_slice::<Request>(&nested).is_err());
     }
 
     #[test]

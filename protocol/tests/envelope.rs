@@ -201,6 +201,30 @@ fn every_request() -> Vec<Request> {
             info: info(),
         },
         WorkerRequest::FetchOrders,
+        WorkerRequest::Reports(vec![
+            jobcast_protocol::Report::RunStarted {
+                run_id: "r4".into(),
+                pid: 8,
+                spawned_at_us: 1_700_000_000_000_000,
+            },
+            jobcast_protocol::Report::LogChunk {
+                run_id: "r4".into(),
+                offset: 0,
+                data: b"done\n".to_vec(),
+            },
+            jobcast_protocol::Report::RunFinished(RunFinished {
+                run_id: "r4".into(),
+                outcome: Outcome::Exited { code: 0 },
+                duration_ms: 2,
+                log_bytes: 5,
+                claim: 1,
+                usage: None,
+                started: None,
+            }),
+            jobcast_protocol::Report::Release {
+                run_ids: vec!["r5".into()],
+            },
+        ]),
         AdminRequest::Ping {
             worker: Some("w1".into()),
             timeout_ms: 1000,
@@ -268,8 +292,20 @@ fn every_reply() -> Vec<Reply> {
             },
             lease_ms: 10_000,
             starts_in_ends: true,
+            reports_together: true,
         },
         Reply::Ack,
+        Reply::Reports(vec![
+            Reply::Ack,
+            Reply::Error {
+                code: ErrorCode::NotRegistered,
+                message: "register first".into(),
+            },
+            Reply::Granted {
+                more_queued: false,
+                runs: vec![],
+            },
+        ]),
         Reply::Orders(Orders {
             kill: vec![],
             drain: true,

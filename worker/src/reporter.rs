@@ -11,7 +11,7 @@
 
 use crate::state::{ReportAnswer, REQUEST_TIMEOUT};
 use jobcast_client::{Client, ClientError};
-use jobcast_protocol::{ErrorCode, Reply, StartedAs, WorkerRequest};
+use jobcast_protocol::{ErrorCode, Reply, Report, StartedAs, WorkerRequest};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 const WINDOW: usize = 64;
+/// The most output one message of reports carries (the broker takes messages of up to
+/// 1 MiB; a log chunk is at most 64 KiB).
+const TOGETHER_LOG_BYTES: usize = 512 << 10;
 
 /// The longest a start or a log chunk waits for other reports to go with it. A short
 /// run's start, output and end then reach the broker together, in one batch made
@@ -41,6 +44,8 @@ struct Inner {
     log_backlog: AtomicUsize,
     /// The broker takes a run's start inside its end: see [`Reporter::push`].
     starts_in_ends: AtomicBool,
+    /// The broker takes a window of reports in one message (`WorkerRequest::Reports`).
+    reports_together: AtomicBool,
 }
 
 #[derive(Default)]
@@ -118,7 +123,104 @@ fn gathering_for(queue: &VecDeque<Queued>, now: Instant) -> Option<Duration> {
     GATHER.checked_sub(waited).filter(|left| !left.is_zero())
 }
 
+/// How many of the first `n` queued reports fit in `budget` bytes of output (at least
+/// one).
+fn within_log_bytes(queue: &VecDeque<Queued>, n: usize, budget: usize) -> usize {
+    let mut bytes = 0;
+    let fitting = queue
+        .iter()
+        .take(n)
+        .take_while(|queued| {
+            bytes += log_len(&queued.request);
+            bytes <= budget
+        })
+        .count();
+    fitting.max(1).min(queue.len().min(n))
+}
+
+/// What became of one report of a window.
+enum Answer {
+    Replied(Reply),
+    /// The client has shut down.
+    Closed,
+    NotDelivered(String),
+}
+
+impl Answer {
+    fn of(result: Result<Reply, ClientError>) -> Answer {
+        match result {
+            Ok(reply) => Answer::Replied(reply),
+            Err(ClientError::Closed) => Answer::Closed,
+            Err(e) => Answer::NotDelivered(e.to_string()),
+        }
+    }
+}
+
+/// Sends a window of reports and waits for their answers, one for each: in one message
+/// (`together`, more than one report), or one message each, pipelined. One deadline for
+/// the window: a broker that died with several of these unanswered costs one timeout,
+/// not one per report.
+async fn send_window(client: &Client, batch: &[WorkerRequest], together: bool) -> Vec<Answer> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let reports: Option<Vec<Report>> = match together && batch.len() > 1 {
+        true => batch
+            .iter()
+            .map(|request| Report::try_from(request.clone()).ok())
+            .collect(),
+        false => None,
+    };
+    if let Some(reports) = reports {
+        let answer = client
+            .submit(WorkerRequest::Reports(reports))
+            .wait(REQUEST_TIMEOUT)
+            .await;
+        return match answer {
+            Ok(Reply::Reports(replies)) => {
+                let mut replies = replies.into_iter();
+                // A reply the broker left out counts as not delivered: sent again.
+                (0..batch.len())
+                    .map(|_| match replies.next() {
+                        Some(reply) => Answer::Replied(reply),
+                        None => Answer::NotDelivered("no reply for this report".into()),
+                    })
+                    .collect()
+            }
+            // An answer to the whole message (not registered, not the leader, the store
+            // unavailable) answers each report in it.
+            Ok(reply) => (0..batch.len())
+                .map(|_| Answer::Replied(reply.clone()))
+                .collect(),
+            Err(e) => {
+                let closed = matches!(e, ClientError::Closed);
+                let why = e.to_string();
+                (0..batch.len())
+                    .map(|_| match closed {
+                        true => Answer::Closed,
+                        false => Answer::NotDelivered(why.clone()),
+                    })
+                    .collect()
+            }
+        };
+    }
+    // Submitted in order from this one task, so they reach the broker in order.
+    let pending: Vec<_> = batch
+        .iter()
+        .map(|request| client.submit(request.clone()))
+        .collect();
+    let mut answers = Vec::with_capacity(batch.len());
+    for reply in pending {
+        let left = deadline.saturating_duration_since(Instant::now());
+        answers.push(Answer::of(reply.wait(left).await));
+    }
+    answers
+}
+
 impl Reporter {
+    /// Whether the broker takes several reports in one message (its `Registered` says).
+    pub fn reports_together(&self, yes: bool) {
+        self.inner.reports_together.store(yes, Ordering::Relaxed);
+    }
+
     /// Whether the broker takes a run's start inside its end (its `Registered` says).
     pub fn starts_in_ends(&self, yes: bool) {
         self.inner.starts_in_ends.store(yes, Ordering::Relaxed);
@@ -168,10 +270,15 @@ impl Reporter {
     }
 
     /// The next window to send: the first `n` reports, which stay as they are until
-    /// [`Reporter::remove_acked`].
-    fn take_window(&self, n: usize) -> Vec<WorkerRequest> {
+    /// [`Reporter::remove_acked`]. Reports that go `together` in one message stop short
+    /// of [`TOGETHER_LOG_BYTES`] of output (the first goes whatever its size).
+    fn take_window(&self, n: usize, together: bool) -> Vec<WorkerRequest> {
         let Ok(mut queue) = self.inner.queue.lock() else {
             return Vec::new();
+        };
+        let n = match together {
+            true => within_log_bytes(&queue.reports, n, TOGETHER_LOG_BYTES),
+            false => n,
         };
         let window = queue.front(n);
         queue.sending = window.len();
@@ -229,35 +336,28 @@ impl Reporter {
                 }
                 continue;
             }
-            let batch = self.take_window(WINDOW);
-            // Submitted in order from this one task, so they reach the broker in order.
-            let pending: Vec<_> = batch
-                .iter()
-                .map(|request| client.submit(request.clone()))
-                .collect();
+            let together = self.inner.reports_together.load(Ordering::Relaxed);
+            let batch = self.take_window(WINDOW, together);
+            let answers = send_window(&client, &batch, together).await;
             let mut acked = vec![false; batch.len()];
             let mut failed = false;
-            // One deadline for the window: a broker that died with several of these
-            // unanswered costs one timeout, not one per report.
-            let deadline = Instant::now() + REQUEST_TIMEOUT;
-            for (i, reply) in pending.into_iter().enumerate() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match reply.wait(left).await {
-                    Ok(Reply::Error {
+            for (i, answer) in answers.into_iter().enumerate() {
+                match answer {
+                    Answer::Replied(Reply::Error {
                         code: ErrorCode::NotRegistered,
                         ..
                     }) => {
                         failed = true;
                         let _ = events.send(ReportAnswer::NotRegistered);
                     }
-                    Ok(Reply::Error {
+                    Answer::Replied(Reply::Error {
                         code: ErrorCode::Revoked,
                         message,
                     }) => {
                         failed = true;
                         let _ = events.send(ReportAnswer::Revoked(message));
                     }
-                    Ok(Reply::Error {
+                    Answer::Replied(Reply::Error {
                         code: ErrorCode::Unavailable,
                         message,
                     }) => {
@@ -266,7 +366,7 @@ impl Reporter {
                         failed = true;
                         tracing::debug!("report not taken: {message}; will retry");
                     }
-                    Ok(Reply::NotLeader { .. }) => {
+                    Answer::Replied(Reply::NotLeader { .. }) => {
                         // A standby (several brokers, a failover under way) took nothing:
                         // kept, and sent again to whichever broker leads next.
                         failed = true;
@@ -274,7 +374,7 @@ impl Reporter {
                             "report not taken: the broker is not the leader; will retry"
                         );
                     }
-                    Ok(reply) => {
+                    Answer::Replied(reply) => {
                         acked[i] = true;
                         if let WorkerRequest::RunFinished(finished) = &batch[i] {
                             let _ = events.send(ReportAnswer::FinishAcked(finished.run_id.clone()));
@@ -283,10 +383,10 @@ impl Reporter {
                             let _ = events.send(ReportAnswer::Granted(runs));
                         }
                     }
-                    Err(ClientError::Closed) => return,
-                    Err(e) => {
+                    Answer::Closed => return,
+                    Answer::NotDelivered(why) => {
                         failed = true;
-                        tracing::debug!(error = %e, "report not delivered; will retry");
+                        tracing::debug!(error = %why, "report not delivered; will retry");
                     }
                 }
             }
@@ -334,6 +434,34 @@ mod tests {
         assert_eq!(reporter.log_backlog(), 15);
         assert_eq!(reporter.front(2), vec![started(), chunk(0, 10)]);
         assert_eq!(reporter.front(10).len(), 3);
+    }
+
+    #[test]
+    fn a_window_sent_in_one_message_stops_short_of_its_output_budget() {
+        let reporter = Reporter::default();
+        reporter.push(started());
+        reporter.push(chunk(0, 300 << 10));
+        reporter.push(chunk(300 << 10, 300 << 10));
+        reporter.push(chunk(600 << 10, 5));
+        // One by one, a window is as many reports as it may hold.
+        assert_eq!(reporter.take_window(WINDOW, false).len(), 4);
+        // In one message: the start and the first chunk; the second would pass the budget.
+        assert_eq!(
+            reporter.take_window(WINDOW, true),
+            vec![started(), chunk(0, 300 << 10)]
+        );
+        reporter.remove_acked(&[true, true]);
+        // A report over the budget on its own still goes (alone).
+        let reporter = Reporter::default();
+        reporter.push(chunk(0, TOGETHER_LOG_BYTES + 1));
+        reporter.push(chunk(TOGETHER_LOG_BYTES as u64 + 1, 1));
+        assert_eq!(reporter.take_window(WINDOW, true).len(), 1);
+        // Small reports go up to the window's size.
+        let reporter = Reporter::default();
+        for n in 0..(WINDOW as u64 + 5) {
+            reporter.push(chunk(n, 1));
+        }
+        assert_eq!(reporter.take_window(WINDOW, true).len(), WINDOW);
     }
 
     #[test]
@@ -467,7 +595,10 @@ mod tests {
         // A start already on its way stays there.
         let reporter = new_reporter();
         reporter.push(started_as("r1", 1));
-        assert_eq!(reporter.take_window(WINDOW), vec![started_as("r1", 1)]);
+        assert_eq!(
+            reporter.take_window(WINDOW, false),
+            vec![started_as("r1", 1)]
+        );
         reporter.push(finished_as("r1", None));
         assert_eq!(
             reporter.front(10),

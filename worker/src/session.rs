@@ -294,11 +294,13 @@ impl Shell {
             }
         }
         // The reporter sends only while the broker knows this worker, and puts a start
-        // inside its run's end only for a broker that takes it there.
+        // inside its run's end, and several reports in one message, only for a broker
+        // that takes them so.
         self.registered.send_if_modified(|registered| {
             std::mem::replace(registered, state.is_registered()) != state.is_registered()
         });
         self.reporter.starts_in_ends(state.starts_in_ends());
+        self.reporter.reports_together(state.reports_together());
     }
 
     fn request(&self, purpose: Purpose, request: WorkerRequest, timeout: Duration) {

@@ -348,28 +348,23 @@ impl Broker {
         })
     }
 
-    /// Enqueues `n` runs of `job`, pipelined; returns when all are acknowledged.
+    /// Enqueues `n` runs of `job` as [`ENQUEUES_IN_FLIGHT`] clients would that each send
+    /// their next request as soon as their last is answered (a window that slides, not
+    /// rounds that wait for their slowest answer); returns when all are acknowledged.
     pub async fn enqueue(&self, job: &str, n: usize) -> Result<()> {
-        for chunk in 0..n.div_ceil(ENQUEUES_IN_FLIGHT) {
-            let count = (n - chunk * ENQUEUES_IN_FLIGHT).min(ENQUEUES_IN_FLIGHT);
-            let pending: Vec<_> = (0..count).map(|_| self.submit_enqueue(job)).collect();
-            for reply in pending {
-                match reply.wait(TIMEOUT).await? {
-                    Reply::Enqueued { .. } => {}
-                    other => bail!("enqueue: {other:?}"),
-                }
-            }
-        }
-        Ok(())
+        self.enqueue_paced(job, n, None).await
     }
 
     /// Enqueues `n` runs of `job` at `per_second`, a millisecond's share at a time,
     /// whatever the answers: an open loop, as many independent clients make, so that
-    /// requests keep arriving while a batch commits (a closed loop sends its next
-    /// requests only once a commit answers the last: each batch then waits for the one
-    /// before, and the broker and its store take turns). At most [`ENQUEUES_IN_FLIGHT`]
-    /// are unanswered; past that the broker is behind, and sending waits for it.
+    /// requests keep arriving while a batch commits. At most [`ENQUEUES_IN_FLIGHT`] are
+    /// unanswered; past that the broker is behind, and sending waits for it.
     pub async fn enqueue_at(&self, job: &str, n: usize, per_second: u32) -> Result<()> {
+        self.enqueue_paced(job, n, Some(per_second)).await
+    }
+
+    /// [`Broker::enqueue`] (`per_second` none) or [`Broker::enqueue_at`].
+    async fn enqueue_paced(&self, job: &str, n: usize, per_second: Option<u32>) -> Result<()> {
         let room = std::sync::Arc::new(tokio::sync::Semaphore::new(ENQUEUES_IN_FLIGHT));
         let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<(
             jobcast_client::PendingReply,
@@ -387,19 +382,20 @@ impl Broker {
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
         let mut sent = 0;
-        while sent < n {
-            tick.tick().await;
-            let due = ((started.elapsed().as_secs_f64() * f64::from(per_second)) as usize).min(n);
+        while sent < n && !answers.is_finished() {
+            let due = match per_second {
+                Some(rate) => {
+                    tick.tick().await;
+                    ((started.elapsed().as_secs_f64() * f64::from(rate)) as usize).min(n)
+                }
+                None => n,
+            };
             while sent < due {
                 let room = room.clone().acquire_owned().await?;
-                let reply = self.submit_enqueue(job);
-                if sent_tx.send((reply, room)).is_err() {
+                if sent_tx.send((self.submit_enqueue(job), room)).is_err() {
                     break;
                 }
                 sent += 1;
-            }
-            if answers.is_finished() {
-                break;
             }
         }
         drop(sent_tx);

@@ -3,7 +3,7 @@
 //! what is measured is the broker.
 
 use super::*;
-use jobcast_protocol::StartedAs;
+use jobcast_protocol::{Report, StartedAs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -16,6 +16,15 @@ static STARTS_APART: AtomicBool = AtomicBool::new(false);
 /// broker that takes starts inside ends.
 pub fn report_starts_apart(yes: bool) {
     STARTS_APART.store(yes, Ordering::Relaxed);
+}
+
+/// What the broker's `Registered` said it takes.
+#[derive(Debug, Clone, Copy)]
+struct Told {
+    /// A run's start inside its end (and `--starts-apart` is not given).
+    starts_in_ends: bool,
+    /// Several reports in one message.
+    reports_together: bool,
 }
 
 /// (scheduled time in ms, time granted in µs)
@@ -92,10 +101,15 @@ impl SyntheticWorker {
         // A run that "ends" the moment it starts ends while its start waits in a real
         // worker's reporter, which then sends one report for both to a broker that says
         // it takes them.
-        let starts_in_ends = match reply {
-            Reply::Registered { starts_in_ends, .. } => {
-                starts_in_ends && !STARTS_APART.load(Ordering::Relaxed)
-            }
+        let told = match reply {
+            Reply::Registered {
+                starts_in_ends,
+                reports_together,
+                ..
+            } => Told {
+                starts_in_ends: starts_in_ends && !STARTS_APART.load(Ordering::Relaxed),
+                reports_together,
+            },
             reply => bail!("register refused: {reply:?}"),
         };
         // `all/` last: once its heartbeats arrive, the others are in place too (libzmq
@@ -112,7 +126,7 @@ impl SyntheticWorker {
         )?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (live_tx, live) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(serve(client, sub, tx, live_tx, claiming, starts_in_ends));
+        let task = tokio::spawn(serve(client, sub, tx, live_tx, claiming, told));
         Ok(SyntheticWorker {
             grants: tokio::sync::Mutex::new(rx),
             live,
@@ -155,7 +169,7 @@ async fn serve(
     grants: mpsc::UnboundedSender<Vec<Grant>>,
     live: tokio::sync::watch::Sender<bool>,
     claiming: Claiming,
-    starts_in_ends: bool,
+    told: Told,
 ) {
     // Ended with this task: a JoinSet aborts what it holds when dropped.
     let mut claims = tokio::task::JoinSet::new();
@@ -165,7 +179,7 @@ async fn serve(
             client.clone(),
             grants.clone(),
             reports.clone(),
-            starts_in_ends,
+            told,
         ));
     }
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
@@ -206,7 +220,7 @@ async fn serve(
                     if grants.send(batch).is_err() {
                         return;
                     }
-                    report_done(&client, runs, &reports, starts_in_ends);
+                    report_done(&client, runs, &reports, told);
                 }
             }
             _ = heartbeat.tick() => {
@@ -221,7 +235,7 @@ async fn claim_waiting(
     client: Client,
     grants: mpsc::UnboundedSender<Vec<Grant>>,
     reports: Arc<Semaphore>,
-    starts_in_ends: bool,
+    told: Told,
 ) {
     loop {
         let claim = WorkerRequest::Claim {
@@ -242,7 +256,7 @@ async fn claim_waiting(
         {
             return;
         }
-        report_done(&client, runs, &reports, starts_in_ends);
+        report_done(&client, runs, &reports, told);
     }
 }
 
@@ -250,12 +264,13 @@ async fn claim_waiting(
 /// window of reports in flight at a time, each sent again until it is answered (a
 /// reply the broker had to drop, its queue to this worker full while the bench's
 /// process was busy, would otherwise leave the run unfinished and the bench waiting).
-/// With `starts_in_ends`, each run's start goes inside its end, one report a run.
+/// With `starts_in_ends`, each run's start goes inside its end, one report a run; with
+/// `reports_together`, a window's reports go in one message.
 fn report_done(
     client: &Client,
     runs: Vec<jobcast_protocol::GrantedRun>,
     reports: &Arc<Semaphore>,
-    starts_in_ends: bool,
+    told: Told,
 ) {
     let client = client.clone();
     let reports = reports.clone();
@@ -268,13 +283,14 @@ fn report_done(
                 pid: 1,
                 spawned_at_us: 0,
             };
+            let starts_in_ends = told.starts_in_ends;
             if !starts_in_ends {
                 let started = window.iter().map(|run| WorkerRequest::RunStarted {
                     run_id: run.run_id.clone(),
                     pid: started_as.pid,
                     spawned_at_us: started_as.spawned_at_us,
                 });
-                report_until_answered(&client, started.collect()).await;
+                report_until_answered(&client, started.collect(), told.reports_together).await;
             }
             let finished = window.iter().map(|run| {
                 WorkerRequest::RunFinished(RunFinished {
@@ -287,7 +303,7 @@ fn report_done(
                     started: starts_in_ends.then_some(started_as),
                 })
             });
-            report_until_answered(&client, finished.collect()).await;
+            report_until_answered(&client, finished.collect(), told.reports_together).await;
         }
     });
 }
@@ -302,9 +318,26 @@ const REPORTS_IN_FLIGHT: usize = 3 * REPORT_WINDOW;
 /// How long a report waits for its answer before it is sent again.
 const REPORT_WAIT: Duration = Duration::from_secs(2);
 
-/// Sends every request (together), then again those not answered, until all are.
-async fn report_until_answered(client: &Client, mut requests: Vec<WorkerRequest>) {
+/// Sends every request (pipelined, or `together` in one message), then again those not
+/// answered, until all are.
+async fn report_until_answered(client: &Client, mut requests: Vec<WorkerRequest>, together: bool) {
     for _ in 0..30 {
+        if together {
+            let reports: Option<Vec<Report>> = requests
+                .iter()
+                .map(|request| Report::try_from(request.clone()).ok())
+                .collect();
+            if let Some(reports) = reports {
+                match client
+                    .submit(WorkerRequest::Reports(reports))
+                    .wait(REPORT_WAIT)
+                    .await
+                {
+                    Ok(Reply::Reports(replies)) if replies.len() == requests.len() => return,
+                    _ => continue,
+                }
+            }
+        }
         let pending: Vec<_> = requests
             .iter()
             .map(|request| client.submit(request.clone()))

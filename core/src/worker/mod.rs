@@ -15,7 +15,7 @@ use crate::Now;
 use crate::{Core, CoreError, Handled, Outbox, PeerId};
 pub(crate) use claim::cancel_waiting_claim;
 use claim::ClaimRequest;
-use jobcast_protocol::{Reply, WorkerRequest};
+use jobcast_protocol::{Reply, Report, WorkerRequest, MAX_REPORTS};
 
 impl<S: Store> Core<S> {
     /// Handles a request from a worker; `None` when the answer comes later (a claim
@@ -91,6 +91,38 @@ impl<S: Store> Core<S> {
                 Reply::Ack
             }
             WorkerRequest::Leaving => self.leaving(worker, out)?,
+            WorkerRequest::Reports(reports) => {
+                return self.reports(peer, worker, id, reports, now_us, out);
+            }
         }))
+    }
+
+    /// Several reports in one message: each handled as if it came on its own, in order,
+    /// and answered in one reply (a refusal answers its report, not the others).
+    fn reports(
+        &mut self,
+        peer: &PeerId,
+        worker: &str,
+        id: u64,
+        reports: Vec<Report>,
+        now_us: u64,
+        out: &mut Outbox,
+    ) -> Handled<Option<Reply>> {
+        if reports.is_empty() || reports.len() > MAX_REPORTS {
+            return Err(CoreError::TooManyReports {
+                max: MAX_REPORTS,
+                asked: reports.len(),
+            });
+        }
+        let mut replies = Vec::with_capacity(reports.len());
+        for report in reports {
+            let reply = match self.handle_worker(peer, worker, id, report.into(), now_us, out) {
+                // A report is always answered at once.
+                Ok(reply) => reply.unwrap_or(Reply::Ack),
+                Err(refusal) => refusal.into_reply()?,
+            };
+            replies.push(reply);
+        }
+        Ok(Some(Reply::Reports(replies)))
     }
 }

@@ -147,6 +147,7 @@ impl<S: Store> Core<S> {
             orders: self.orders_for(worker, &running),
             lease_ms: self.config.worker_timeout_ms,
             starts_in_ends: true,
+            reports_together: true,
         })
     }
 }

@@ -106,9 +106,11 @@ impl WorkerState {
                 orders,
                 lease_ms,
                 starts_in_ends,
+                reports_together,
             } => {
                 self.lease_ms = (lease_ms > 0).then_some(lease_ms);
                 self.starts_in_ends = starts_in_ends;
+                self.reports_together = reports_together;
                 // A new session at the broker: it counts no definition as sent.
                 self.definitions.clear();
                 if self.boot_id != Some(boot_id) {

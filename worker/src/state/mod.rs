@@ -170,6 +170,8 @@ pub struct WorkerState {
     lease_ms: Option<u64>,
     /// The broker takes a run's start inside its end (its `Registered` said so).
     starts_in_ends: bool,
+    /// The broker takes several reports in one message (its `Registered` said so).
+    reports_together: bool,
     /// The job definitions this registration's grants carried, by id.
     definitions: crate::definitions::Definitions,
     /// When the newest request that was answered was sent: the broker heard this worker
@@ -212,6 +214,7 @@ impl WorkerState {
             moved_on_ms: 0,
             lease_ms: None,
             starts_in_ends: false,
+            reports_together: false,
             definitions: Default::default(),
             lease_from_ms: now_ms,
             lease_lost: false,
@@ -234,6 +237,11 @@ impl WorkerState {
     /// Whether a run's start may go inside its end (see `RunFinished.started`).
     pub fn starts_in_ends(&self) -> bool {
         self.starts_in_ends
+    }
+
+    /// Whether reports may go several in one message (`WorkerRequest::Reports`).
+    pub fn reports_together(&self) -> bool {
+        self.reports_together
     }
 
     /// Runs this process holds: started, and granted ready to start (reported to the

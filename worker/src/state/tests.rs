@@ -51,6 +51,7 @@ fn registered_resuming(runs: &[&str]) -> Answer {
         },
         lease_ms: 0,
         starts_in_ends: false,
+        reports_together: false,
     })
 }
 
@@ -413,6 +414,7 @@ fn a_registration_resets_the_count_of_refusals() {
         orders: Default::default(),
         lease_ms: 0,
         starts_in_ends: false,
+        reports_together: false,
     });
     state.on_answer(Purpose::Register, registered, 1_500);
     state.on_answer(Purpose::Register, auth_refused(), 2_005);
@@ -576,6 +578,7 @@ fn a_claim_held_by_a_broker_that_restarted_is_asked_again_at_registration() {
         orders: Orders::default(),
         lease_ms: 0,
         starts_in_ends: false,
+        reports_together: false,
     });
     let actions = state.on_answer(Purpose::Register, reply, 20);
     assert_eq!(
@@ -721,6 +724,7 @@ fn leased() -> (WorkerState, Purpose) {
         orders: Orders::default(),
         lease_ms: LEASE,
         starts_in_ends: false,
+        reports_together: false,
     });
     let actions = state.on_answer(Purpose::Register, registered, 0);
     let (claim, _, _) = claim_in(&actions).expect("a claim");
@@ -988,11 +992,11 @@ fn an_idle_worker_whose_key_is_revoked_ends_at_once() {
     assert!(state.refused_with_nothing_running().is_some());
 }
 
-/// A run's start goes inside its end only for a broker whose registration says it
-/// takes it there; a registration with a broker that does not (an older one) turns it
-/// off again.
+/// A run's start goes inside its end, and reports go several in one message, only for
+/// a broker whose registration says it takes them so; a registration with a broker
+/// that does not (an older one) turns them off again.
 #[test]
-fn starts_go_inside_ends_only_for_a_broker_that_says_it_takes_them() {
+fn starts_go_inside_ends_and_reports_together_only_for_a_broker_that_says_it_takes_them() {
     let registered_with = |starts_in_ends| {
         Answer::Reply(Reply::Registered {
             boot_id: 7,
@@ -1000,15 +1004,19 @@ fn starts_go_inside_ends_only_for_a_broker_that_says_it_takes_them() {
             orders: Default::default(),
             lease_ms: 0,
             starts_in_ends,
+            reports_together: starts_in_ends,
         })
     };
     let mut state = WorkerState::new(identity(1), 0);
     state.start();
     assert!(!state.starts_in_ends(), "not before a registration");
+    assert!(!state.reports_together(), "not before a registration");
     state.on_answer(Purpose::Register, registered_with(true), 5);
     assert!(state.starts_in_ends());
+    assert!(state.reports_together());
     state.on_answer(Purpose::Register, registered_with(false), 10);
     assert!(!state.starts_in_ends());
+    assert!(!state.reports_together());
 }
 
 /// A grant that names a job definition starts its run with the definition an earlier

@@ -762,15 +762,12 @@ impl PgStore {
         if let Some(bytes) = new_version {
             self.pending.get_mut().specs.push((key, bytes));
         }
-        let bytes = run_codec::encode_run(run, key);
         self.last_seq = self.last_seq.max(run.seq);
         let marked = self
             .unfinished
             .get_mut()
             .written(run.seq, run.state.is_terminal());
-        self.pending
-            .get_mut()
-            .put_run(run.clone(), bytes, marked, created);
+        self.pending.get_mut().put_run(run, key, marked, created);
         Ok(())
     }
 

@@ -3,19 +3,21 @@
 //! round trip per kind of record rather than one per record.
 
 use super::connection::Session;
-use crate::store::run_codec::SpecKey;
+use crate::store::run_codec::{self, SpecKey};
 use futures_util::future::LocalBoxFuture;
 use jobcast_protocol::RunRecord;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio_postgres::types::ToSql;
 
 pub enum PendingRun {
-    /// Created or rewritten: the record, its stored bytes, whether its row is marked
-    /// (`unfinished`), and whether it is new in this batch (a plain insert: an upsert
-    /// costs the database a look for the row first).
+    /// Created or rewritten: the record, the key of its job spec version, whether its
+    /// row is marked (`unfinished`), and whether it is new in this batch (a plain insert:
+    /// an upsert costs the database a look for the row first). Encoded by the commit,
+    /// on the connection's thread: once however often the batch changed it, and not on
+    /// the loop.
     Put {
         run: Box<RunRecord>,
-        bytes: Vec<u8>,
+        spec: SpecKey,
         marked: bool,
         created: bool,
     },
@@ -65,18 +67,28 @@ impl Pending {
             .map(|(_, bytes)| bytes.as_slice())
     }
 
-    pub fn put_run(&mut self, run: RunRecord, bytes: Vec<u8>, marked: bool, created: bool) {
-        let created = created
-            || matches!(
-                self.runs.get(&run.seq),
-                Some(PendingRun::Put { created: true, .. })
-            );
+    pub fn put_run(&mut self, run: &RunRecord, spec: SpecKey, marked: bool, created: bool) {
+        if let Some(PendingRun::Put {
+            run: held,
+            spec: held_spec,
+            marked: held_marked,
+            created: held_created,
+        }) = self.runs.get_mut(&run.seq)
+        {
+            // Written again in this batch (granted, started, ended): the copy held is
+            // overwritten in place, keeping its allocations.
+            held.as_mut().clone_from(run);
+            *held_spec = spec;
+            *held_marked = marked;
+            *held_created |= created;
+            return;
+        }
         self.ids.insert(run.id.clone(), run.seq);
         self.runs.insert(
             run.seq,
             PendingRun::Put {
-                run: Box::new(run),
-                bytes,
+                run: Box::new(run.clone()),
+                spec,
                 marked,
                 created,
             },
@@ -244,20 +256,24 @@ impl Pending {
             .iter()
             .map(|(key, bytes)| (key.to_vec(), bytes.as_slice()))
             .unzip();
-        let (mut inserted, mut put) = (RunColumns::default(), RunColumns::default());
         let mut deleted_seqs = Vec::new();
-        for (seq, run) in &self.runs {
-            match run {
+        let mut written = Vec::with_capacity(self.runs.len());
+        for (seq, pending) in &self.runs {
+            match pending {
                 PendingRun::Put {
                     run,
-                    bytes,
+                    spec,
                     marked,
-                    created: true,
-                } => inserted.push(run, bytes, *marked),
-                PendingRun::Put {
-                    run, bytes, marked, ..
-                } => put.push(run, bytes, *marked),
+                    created,
+                } => written.push((run, run_codec::encode_run(run, *spec), *marked, *created)),
                 PendingRun::Deleted => deleted_seqs.push(*seq as i64),
+            }
+        }
+        let (mut inserted, mut put) = (RunColumns::default(), RunColumns::default());
+        for (run, bytes, marked, created) in &written {
+            match created {
+                true => inserted.push(run, bytes, *marked),
+                false => put.push(run, bytes, *marked),
             }
         }
         let marks: Vec<i64> = self.marks.iter().map(|seq| *seq as i64).collect();
