@@ -181,6 +181,71 @@ impl MarkerKeeper {
     }
 }
 
+/// Keeps the marker of a running store on a thread of its own: writing it takes three
+/// syncs (the file, the rename, the directory: milliseconds), which no commit waits for.
+/// The marker records the newest durable commit it was told of, at most once a second
+/// and at most a second late.
+pub struct MarkerThread {
+    durable: Option<std::sync::mpsc::Sender<u64>>,
+    thread: Option<std::thread::JoinHandle<MarkerKeeper>>,
+}
+
+impl MarkerThread {
+    pub fn start(mut keeper: MarkerKeeper) -> StoreResult<MarkerThread> {
+        let (durable, told) = std::sync::mpsc::channel::<u64>();
+        let thread = std::thread::Builder::new()
+            .name("jobcast-marker".into())
+            .spawn(move || {
+                // Ends when every sender is gone (the store stopped, its commits done).
+                while let Ok(mut newest) = told.recv() {
+                    // Waits out the second since the last write, taking in what comes.
+                    let due = keeper.written_at + MARKER_EVERY;
+                    loop {
+                        let left = due.saturating_duration_since(Instant::now());
+                        match told.recv_timeout(left) {
+                            Ok(commit) => newest = newest.max(commit),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = keeper.durable(newest, wall_ms()) {
+                        tracing::warn!(error = %e, "the store's marker could not be written; will retry");
+                    }
+                }
+                keeper
+            })
+            .map_err(|e| StoreError::Engine(Box::new(e)))?;
+        Ok(MarkerThread {
+            durable: Some(durable),
+            thread: Some(thread),
+        })
+    }
+
+    /// What a commit tells once it is durable (from any thread).
+    pub fn teller(&self) -> Option<std::sync::mpsc::Sender<u64>> {
+        self.durable.clone()
+    }
+
+    /// A clean stop at `commit`, once every commit that was told is done (their tellers
+    /// dropped): the thread ends, then the marker says so.
+    pub fn stopped(mut self, commit: u64, now_ms: u64) -> StoreResult<()> {
+        self.durable.take();
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let mut keeper = thread
+            .join()
+            .map_err(|_| StoreError::Engine("the marker's thread panicked".into()))?;
+        keeper.stopped(commit, now_ms)
+    }
+}
+
+/// The wall clock, ms since the epoch (0 before it).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +312,35 @@ mod tests {
             read_marker(dir.path()),
             Err(StoreError::Damaged(_))
         ));
+    }
+
+    #[test]
+    fn the_marker_thread_records_the_newest_commit_within_a_second_and_a_clean_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let keeper = MarkerKeeper::start(dir.path(), 5, 100).unwrap();
+        let thread = MarkerThread::start(keeper).unwrap();
+        let teller = thread.teller().unwrap();
+        for commit in 6..=9 {
+            teller.send(commit).unwrap();
+        }
+        drop(teller);
+        // Not before the second since the start is out, then the newest.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let marker = read_marker(dir.path()).unwrap().unwrap();
+            if marker.commit == 9 {
+                assert!(!marker.clean);
+                break;
+            }
+            assert_eq!(marker.commit, 5, "only the start's or the newest commit");
+            assert!(Instant::now() < deadline, "commit 9 never recorded");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        thread.stopped(10, 500).unwrap();
+        assert_eq!(
+            read_marker(dir.path()).unwrap(),
+            Some(marker_at(10, true, 500))
+        );
     }
 
     fn marker_at(commit: u64, clean: bool, at_ms: u64) -> Marker {

@@ -4,6 +4,7 @@
 
 use super::committer::{Commit, Committer};
 use super::engine::{Engine, Tree};
+use super::integrity::wall_ms;
 use super::run_codec::{self, SpecCache, SpecKey};
 use super::FlushDone;
 use super::{list_newest_first, Listing, Store, StoreError, StoreResult};
@@ -14,7 +15,7 @@ use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The runs and job states a batch wrote, not yet given to the engine. A run that
 /// changes several times in one batch (created and granted at once, started and ended) is
@@ -61,9 +62,9 @@ pub struct KvStore<E: Engine> {
     dirty: bool,
     /// Batches flushed over the store's life (a setting written with each).
     commit: u64,
-    /// The marker beside the store, for a broker's store (`integrity.rs`): written by
-    /// the commits, on the committer's thread.
-    marker: Option<Arc<Mutex<super::integrity::MarkerKeeper>>>,
+    /// The marker beside the store, for a broker's store (`integrity.rs`): told of each
+    /// durable commit, written on a thread of its own.
+    marker: Option<super::integrity::MarkerThread>,
     /// Makes batches durable on a thread of its own (`committer.rs`).
     committer: Committer,
     flusher: Arc<super::engine::Flusher>,
@@ -96,12 +97,6 @@ pub fn copy_records(from: &impl Engine, to: &impl Engine) -> StoreResult<u64> {
     }
     to.flush()?;
     Ok(copied)
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The settings key of the pruned-runs count.
@@ -170,9 +165,9 @@ impl<E: Engine> KvStore<E> {
     }
 
     /// Keeps `marker` up to date from now on (a broker's store).
-    pub fn with_marker(mut self, marker: super::integrity::MarkerKeeper) -> Self {
-        self.marker = Some(Arc::new(Mutex::new(marker)));
-        self
+    pub fn with_marker(mut self, marker: super::integrity::MarkerKeeper) -> StoreResult<Self> {
+        self.marker = Some(super::integrity::MarkerThread::start(marker)?);
+        Ok(self)
     }
 
     /// Writes what a commit records with it (the pruned count, the commit number), and
@@ -188,15 +183,14 @@ impl<E: Engine> KvStore<E> {
             self.settings
                 .insert(super::integrity::COMMIT_KEY, &self.commit.to_be_bytes())?;
         }
-        let (flusher, marker, commit) = (self.flusher.clone(), self.marker.clone(), self.commit);
+        let (flusher, commit) = (self.flusher.clone(), self.commit);
+        let marker = self.marker.as_ref().and_then(|marker| marker.teller());
         Ok(Box::new(move || {
             if dirty {
                 flusher()?;
             }
             if let Some(marker) = marker {
-                if let Ok(mut marker) = marker.lock() {
-                    marker.durable(commit, wall_ms())?;
-                }
+                let _ = marker.send(commit);
             }
             Ok(())
         }))
@@ -620,10 +614,8 @@ impl<E: Engine> Store for KvStore<E> {
             tracing::warn!("the journal was not written into the store's tables in time: the next start replays it");
             return Ok(());
         }
-        if let Some(marker) = &self.marker {
-            if let Ok(mut marker) = marker.lock() {
-                marker.stopped(self.commit, wall_ms())?;
-            }
+        if let Some(marker) = self.marker.take() {
+            marker.stopped(self.commit, wall_ms())?;
         }
         tracing::info!(commit = self.commit, "store closed cleanly");
         Ok(())
@@ -639,7 +631,8 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
     use std::ops::RangeBounds;
     use std::sync::atomic::{AtomicI64, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+    use std::sync::Mutex;
 
     #[test]
     fn runs_written_in_the_older_layout_are_read_beside_new_ones() {

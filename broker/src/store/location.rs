@@ -4,7 +4,7 @@
 
 use super::engine::View;
 use super::engine::{Engine, Tree};
-use super::integrity::{self, MarkerKeeper, COMMIT_KEY};
+use super::integrity::{self, wall_ms, MarkerKeeper, COMMIT_KEY};
 use super::kv::{copy_records, TREES};
 use super::{FjallEngine, KvStore, SledEngine, Store, StoreError, StoreResult};
 use jobcast_core::store::Copied;
@@ -36,12 +36,6 @@ fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> StoreErr
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The commit count an engine's store holds, read before anything writes to it.
@@ -120,7 +114,7 @@ pub fn open_in(data_dir: &Path, cache_bytes: u64) -> StoreResult<BrokerStore> {
         })?;
     let store = KvStore::with_engine(engine)?;
     let keeper = MarkerKeeper::start(data_dir, store.commit(), wall_ms())?;
-    Ok(store.with_marker(keeper))
+    store.with_marker(keeper)
 }
 
 /// What `--repair` found and changed.
@@ -190,7 +184,7 @@ pub fn repair_in(data_dir: &Path, cache_bytes: u64) -> StoreResult<RepairReport>
         }
     }
     let keeper = MarkerKeeper::start(data_dir, store.commit(), now)?;
-    let mut store = store.with_marker(keeper);
+    let mut store = store.with_marker(keeper)?;
     store.close_cleanly()?;
     Ok(report)
 }
