@@ -139,6 +139,7 @@ fn within_log_bytes(queue: &VecDeque<Queued>, n: usize, budget: usize) -> usize 
 }
 
 /// What became of one report of a window.
+#[derive(Debug, PartialEq)]
 enum Answer {
     Replied(Reply),
     /// The client has shut down.
@@ -174,33 +175,15 @@ async fn send_window(client: &Client, batch: &[WorkerRequest], together: bool) -
             .submit(WorkerRequest::Reports(reports))
             .wait(REQUEST_TIMEOUT)
             .await;
-        return match answer {
-            Ok(Reply::Reports(replies)) => {
-                let mut replies = replies.into_iter();
-                // A reply the broker left out counts as not delivered: sent again.
-                (0..batch.len())
-                    .map(|_| match replies.next() {
-                        Some(reply) => Answer::Replied(reply),
-                        None => Answer::NotDelivered("no reply for this report".into()),
-                    })
-                    .collect()
-            }
-            // An answer to the whole message (not registered, not the leader, the store
-            // unavailable) answers each report in it.
-            Ok(reply) => (0..batch.len())
-                .map(|_| Answer::Replied(reply.clone()))
-                .collect(),
-            Err(e) => {
-                let closed = matches!(e, ClientError::Closed);
-                let why = e.to_string();
-                (0..batch.len())
-                    .map(|_| match closed {
-                        true => Answer::Closed,
-                        false => Answer::NotDelivered(why.clone()),
-                    })
-                    .collect()
-            }
-        };
+        match answer {
+            // Refused as a message (a broker that takes fewer at a time): nothing of it
+            // was handled; the reports go one by one below.
+            Ok(Reply::Error {
+                code: ErrorCode::BadRequest,
+                message,
+            }) => tracing::debug!("reports refused together ({message}); sending them one by one"),
+            answer => return answers_to_together(answer, batch.len()),
+        }
     }
     // Submitted in order from this one task, so they reach the broker in order.
     let pending: Vec<_> = batch
@@ -213,6 +196,35 @@ async fn send_window(client: &Client, batch: &[WorkerRequest], together: bool) -
         answers.push(Answer::of(reply.wait(left).await));
     }
     answers
+}
+
+/// The answers to a window sent together, one for each of its `n` reports.
+fn answers_to_together(answer: Result<Reply, ClientError>, n: usize) -> Vec<Answer> {
+    match answer {
+        Ok(Reply::Reports(replies)) => {
+            let mut replies = replies.into_iter();
+            // A reply the broker left out counts as not delivered: sent again.
+            (0..n)
+                .map(|_| match replies.next() {
+                    Some(reply) => Answer::Replied(reply),
+                    None => Answer::NotDelivered("no reply for this report".into()),
+                })
+                .collect()
+        }
+        // An answer to the whole message (not registered, not the leader, the store
+        // unavailable) answers each report in it.
+        Ok(reply) => (0..n).map(|_| Answer::Replied(reply.clone())).collect(),
+        Err(e) => {
+            let closed = matches!(e, ClientError::Closed);
+            let why = e.to_string();
+            (0..n)
+                .map(|_| match closed {
+                    true => Answer::Closed,
+                    false => Answer::NotDelivered(why.clone()),
+                })
+                .collect()
+        }
+    }
 }
 
 impl Reporter {
@@ -462,6 +474,45 @@ mod tests {
             reporter.push(chunk(n, 1));
         }
         assert_eq!(reporter.take_window(WINDOW, true).len(), WINDOW);
+    }
+
+    #[test]
+    fn a_window_sent_together_gets_an_answer_for_each_report() {
+        let not_registered = Reply::Error {
+            code: ErrorCode::NotRegistered,
+            message: "register first".into(),
+        };
+        // One reply each, in order; one the broker left out is sent again.
+        assert_eq!(
+            answers_to_together(
+                Ok(Reply::Reports(vec![Reply::Ack, not_registered.clone()])),
+                3
+            ),
+            vec![
+                Answer::Replied(Reply::Ack),
+                Answer::Replied(not_registered.clone()),
+                Answer::NotDelivered("no reply for this report".into()),
+            ]
+        );
+        // An answer to the whole message answers each report.
+        assert_eq!(
+            answers_to_together(Ok(not_registered.clone()), 2),
+            vec![
+                Answer::Replied(not_registered.clone()),
+                Answer::Replied(not_registered)
+            ]
+        );
+        assert_eq!(
+            answers_to_together(Err(ClientError::Closed), 2),
+            vec![Answer::Closed, Answer::Closed]
+        );
+        let timeout = ClientError::Timeout(Duration::from_secs(1));
+        assert_eq!(
+            answers_to_together(Err(timeout), 1),
+            vec![Answer::NotDelivered(
+                "the broker did not answer within 1s".into()
+            )]
+        );
     }
 
     #[test]
