@@ -10,6 +10,11 @@ runner does (one process per worker, `subprocess` to run the script).
 Every job's answer is the worker's wall-clock time (µs since the epoch) just after the
 script's process was spawned, so the client can time submit -> process started. The
 client prints one JSON object on stdout.
+
+With GEARMAN_PEER_LEDGER set to a file, jobs are background jobs (SUBMIT_JOB_BG), the
+ones gearmand keeps in its persistent queue (`--queue-type libsqlite3`: durable), whose
+end no client hears of: each worker appends "HANDLE STARTED_US CODE" to the ledger when
+its script ends, and the client reads its answers there.
 """
 
 import json
@@ -30,6 +35,7 @@ JOB_CREATED = 8
 NO_JOB = 10
 WORK_COMPLETE = 13
 WORK_FAIL = 14
+SUBMIT_JOB_BG = 18
 SUBMIT_JOB_HIGH = 21
 GRAB_JOB_UNIQ = 30
 JOB_ASSIGN_UNIQ = 31
@@ -99,16 +105,62 @@ def worker(port, function, command):
         process = subprocess.Popen(command)
         started = now_us()
         code = process.wait()
+        if LEDGER:
+            with open(LEDGER, "ab") as ledger:
+                ledger.write(b"%s %d %d\n" % (handle, started, code))
         if code == 0:
             conn.send(WORK_COMPLETE, handle, str(started).encode())
         else:
             conn.send(WORK_FAIL, handle)
 
 
+LEDGER = os.environ.get("GEARMAN_PEER_LEDGER")
+
+
+class Ledger:
+    """The workers' answers to background jobs, read as they are appended (from the
+    ledger's end when it is opened: earlier clients' answers are theirs)."""
+
+    def __init__(self):
+        try:
+            self.offset = os.path.getsize(LEDGER)
+        except FileNotFoundError:
+            self.offset = 0
+        self.partial = b""
+
+    def read(self):
+        """(handle, started, code) of each answer appended since the last read."""
+        try:
+            with open(LEDGER, "rb") as ledger:
+                ledger.seek(self.offset)
+                data = ledger.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        answers = []
+        for line in lines:
+            handle, started, code = line.split(b" ")
+            answers.append((handle, int(started), int(code)))
+        return answers
+
+
+def background_answers(ledger, wanted):
+    """Waits for the ledger to answer `wanted` handles; returns their answers."""
+    answers = []
+    while len(answers) < wanted:
+        answers.extend(ledger.read())
+        if len(answers) < wanted:
+            time.sleep(0.001)
+    return answers
+
+
 def submit(conn, function, n, submitted, handles):
+    kind = SUBMIT_JOB_BG if LEDGER else SUBMIT_JOB
     packets = []
     for i in range(n):
-        packets.append((SUBMIT_JOB, [function.encode(), b"%d-%d" % (now_us(), i), b""]))
+        packets.append((kind, [function.encode(), b"%d-%d" % (now_us(), i), b""]))
     sent = now_us()
     conn.send_many(packets)
     for _ in range(n):
@@ -124,6 +176,14 @@ def burst(port, function, runs):
     conn = Connection(port)
     submitted, handles, latencies = {}, {}, []
     first = now_us()
+    if LEDGER:
+        ledger = Ledger()
+        submit(conn, function, runs, submitted, handles)
+        answers = background_answers(ledger, runs)
+        failed = sum(1 for _, _, code in answers if code != 0)
+        elapsed = (now_us() - first) / 1e6
+        print(json.dumps({"runs": runs, "failed": failed, "seconds": elapsed, "cpu_seconds": own_cpu()}))
+        return
     submit(conn, function, runs, submitted, handles)
     pending = handles.get("early", [])
     done = 0
@@ -143,9 +203,16 @@ def burst(port, function, runs):
 def latency(port, function, runs):
     conn = Connection(port)
     latencies = []
+    ledger = Ledger() if LEDGER else None
     for _ in range(runs):
         submitted, handles = {}, {}
         submit(conn, function, 1, submitted, handles)
+        if ledger:
+            [(handle, started, code)] = background_answers(ledger, 1)
+            if code != 0:
+                raise RuntimeError("a run failed")
+            latencies.append(started - submitted[handle])
+            continue
         pending = handles.get("early", [])
         while True:
             kind, data = pending.pop(0) if pending else conn.receive()
