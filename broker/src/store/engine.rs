@@ -26,6 +26,21 @@ pub trait Tree {
     }
 }
 
+/// One write of [`Engine::write_all`]: into the tree at index `tree` of the trees given,
+/// `key` set to `value`, or removed (`None`).
+pub struct Write {
+    pub tree: usize,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// The tree a [`Write`] names.
+pub fn tree_of<'a, T>(trees: &[&'a T], index: usize) -> StoreResult<&'a T> {
+    trees.get(index).copied().ok_or_else(|| {
+        super::StoreError::Engine(format!("no tree {index} in a batch of writes").into())
+    })
+}
+
 /// What [`Engine::flush`] does, callable from the committer's thread.
 pub type Flusher = Box<dyn Fn() -> StoreResult<()> + Send + Sync>;
 
@@ -49,6 +64,18 @@ pub trait Engine: Send {
     /// See [`super::Store::is_backlogged`].
     fn is_backlogged(&self) -> bool {
         false
+    }
+    /// Makes `writes` in order, each into `trees[write.tree]`; where the engine can, as
+    /// one batch (fjall: one journal record, all or nothing after a crash).
+    fn write_all(&self, trees: &[&Self::Tree], writes: Vec<Write>) -> StoreResult<()> {
+        for write in writes {
+            let tree = tree_of(trees, write.tree)?;
+            match write.value {
+                Some(value) => tree.insert(&write.key, &value)?,
+                None => tree.remove(&write.key)?,
+            }
+        }
+        Ok(())
     }
 }
 

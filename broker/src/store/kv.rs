@@ -3,7 +3,7 @@
 //! content.
 
 use super::committer::{Commit, Committer};
-use super::engine::{Engine, Tree};
+use super::engine::{Engine, Tree, Write};
 use super::integrity::wall_ms;
 use super::run_codec::{self, SpecCache, SpecKey};
 use super::FlushDone;
@@ -248,33 +248,49 @@ impl<E: Engine> KvStore<E> {
     /// Gives the engine the runs and job states this batch wrote so far (see [`Pending`]).
     fn settle(&self) -> StoreResult<()> {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        // The trees the writes name, by index.
+        const RUNS: usize = 0;
+        const RUN_IDS: usize = 1;
+        const ACTIVE: usize = 2;
+        const JOB_STATES: usize = 3;
+        let write = |tree, key, value| Write { tree, key, value };
+        let mut writes = Vec::with_capacity(pending.by_seq.len() * 3 + pending.job_states.len());
         for (seq, PendingRun { run, created }) in pending.by_seq {
-            let seq = seq.to_be_bytes();
+            let seq = seq.to_be_bytes().to_vec();
             let bytes = self.encode_run(&run)?;
             if created {
-                // The indexes first and the record last: a broker killed in between
-                // leaves index entries without a record (skipped, and cleared at the next
-                // open), never a record the indexes do not know (listed, but lost to the
-                // broker).
-                self.run_ids.insert(run.id.as_bytes(), &seq)?;
+                // The indexes first and the record last: an engine that writes them one
+                // by one, killed in between, leaves index entries without a record
+                // (skipped, and cleared at the next open), never a record the indexes do
+                // not know (listed, but lost to the broker).
+                writes.push(write(RUN_IDS, run.id.into_bytes(), Some(seq.clone())));
                 if !run.state.is_terminal() {
-                    self.active.insert(&seq, &[])?;
+                    writes.push(write(ACTIVE, seq.clone(), Some(Vec::new())));
                 }
-                self.runs.insert(&seq, &bytes)?;
+                writes.push(write(RUNS, seq, Some(bytes)));
             } else {
                 // The record first: killed in between, an ended run keeps its
                 // unfinished-index entry (cleared at the next open), rather than an
                 // unfinished run losing it.
-                self.runs.insert(&seq, &bytes)?;
-                if run.state.is_terminal() {
-                    self.active.remove(&seq)?;
+                let ended = run.state.is_terminal();
+                writes.push(write(RUNS, seq.clone(), Some(bytes)));
+                if ended {
+                    writes.push(write(ACTIVE, seq, None));
                 }
             }
         }
+        // After the runs: a tick's run is created before its job's state says the tick
+        // was dealt with (see `Pending`).
         for (job, state) in pending.job_states {
-            self.job_states.insert(job.as_bytes(), &encode(&state))?;
+            writes.push(write(JOB_STATES, job.into_bytes(), Some(encode(&state))));
         }
-        Ok(())
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.engine.write_all(
+            &[&self.runs, &self.run_ids, &self.active, &self.job_states],
+            writes,
+        )
     }
 
     /// Keeps `run` to be written at the batch's end (or at the next read that needs it).
