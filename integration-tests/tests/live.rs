@@ -175,9 +175,11 @@ async fn frozen_client(cluster: &Cluster) -> Socket {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_client_is_dropped_and_never_holds_up_the_others() {
     let mut cluster = Cluster::start(1);
-    // A run that writes 30 MB of output over about three seconds.
+    // A run that writes 80 MB of output over about eight seconds: more live output than
+    // the kernel buffers for the frozen client (its send buffer grows up to 4 MB here),
+    // so that a send to it blocks and it is dropped.
     cluster.apply_jobs(
-        "[jobs.flood]\nscript = '''#!/bin/sh\nfor i in $(seq 30); do head -c 1000000 /dev/zero | tr '\\0' x; sleep 0.1; done\n'''\n",
+        "[jobs.flood]\nscript = '''#!/bin/sh\nfor i in $(seq 80); do head -c 1000000 /dev/zero | tr '\\0' x; sleep 0.1; done\n'''\n",
     );
     let flood = tokio::task::block_in_place(|| cluster.enqueue("flood"));
     let mut frozen = frozen_client(&cluster).await;
