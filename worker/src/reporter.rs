@@ -139,7 +139,7 @@ fn within_log_bytes(queue: &VecDeque<Queued>, n: usize, budget: usize) -> usize 
 }
 
 /// What became of one report of a window.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Answer {
     Replied(Reply),
     /// The client has shut down.
@@ -212,18 +212,8 @@ fn answers_to_together(answer: Result<Reply, ClientError>, n: usize) -> Vec<Answ
                 .collect()
         }
         // An answer to the whole message (not registered, not the leader, the store
-        // unavailable) answers each report in it.
-        Ok(reply) => (0..n).map(|_| Answer::Replied(reply.clone())).collect(),
-        Err(e) => {
-            let closed = matches!(e, ClientError::Closed);
-            let why = e.to_string();
-            (0..n)
-                .map(|_| match closed {
-                    true => Answer::Closed,
-                    false => Answer::NotDelivered(why.clone()),
-                })
-                .collect()
-        }
+        // unavailable), or none, is each report's.
+        whole => vec![Answer::of(whole); n],
     }
 }
 

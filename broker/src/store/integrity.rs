@@ -186,8 +186,8 @@ impl MarkerKeeper {
 /// The marker records the newest durable commit it was told of, at most once a second
 /// and at most a second late.
 pub struct MarkerThread {
-    durable: Option<std::sync::mpsc::Sender<u64>>,
-    thread: Option<std::thread::JoinHandle<MarkerKeeper>>,
+    durable: std::sync::mpsc::Sender<u64>,
+    thread: std::thread::JoinHandle<MarkerKeeper>,
 }
 
 impl MarkerThread {
@@ -214,24 +214,19 @@ impl MarkerThread {
                 keeper
             })
             .map_err(|e| StoreError::Engine(Box::new(e)))?;
-        Ok(MarkerThread {
-            durable: Some(durable),
-            thread: Some(thread),
-        })
+        Ok(MarkerThread { durable, thread })
     }
 
     /// What a commit tells once it is durable (from any thread).
-    pub fn teller(&self) -> Option<std::sync::mpsc::Sender<u64>> {
+    pub fn teller(&self) -> std::sync::mpsc::Sender<u64> {
         self.durable.clone()
     }
 
     /// A clean stop at `commit`, once every commit that was told is done (their tellers
     /// dropped): the thread ends, then the marker says so.
-    pub fn stopped(mut self, commit: u64, now_ms: u64) -> StoreResult<()> {
-        self.durable.take();
-        let Some(thread) = self.thread.take() else {
-            return Ok(());
-        };
+    pub fn stopped(self, commit: u64, now_ms: u64) -> StoreResult<()> {
+        let MarkerThread { durable, thread } = self;
+        drop(durable);
         let mut keeper = thread
             .join()
             .map_err(|_| StoreError::Engine("the marker's thread panicked".into()))?;
@@ -319,7 +314,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keeper = MarkerKeeper::start(dir.path(), 5, 100).unwrap();
         let thread = MarkerThread::start(keeper).unwrap();
-        let teller = thread.teller().unwrap();
+        let teller = thread.teller();
         for commit in 6..=9 {
             teller.send(commit).unwrap();
         }

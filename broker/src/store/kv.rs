@@ -184,7 +184,7 @@ impl<E: Engine> KvStore<E> {
                 .insert(super::integrity::COMMIT_KEY, &self.commit.to_be_bytes())?;
         }
         let (flusher, commit) = (self.flusher.clone(), self.commit);
-        let marker = self.marker.as_ref().and_then(|marker| marker.teller());
+        let marker = self.marker.as_ref().map(|marker| marker.teller());
         Ok(Box::new(move || {
             if dirty {
                 flusher()?;
@@ -647,8 +647,7 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
     use std::ops::RangeBounds;
     use std::sync::atomic::{AtomicI64, Ordering};
-    use std::sync::Arc;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn runs_written_in_the_older_layout_are_read_beside_new_ones() {

@@ -34,6 +34,19 @@ impl<S: Store> Core<S> {
         if !registering && !self.tables.workers.touch(peer, worker, now.ms()) {
             return Err(CoreError::NotRegistered);
         }
+        self.worker_request(peer, worker, id, request, now, out)
+    }
+
+    /// A request from a worker the broker knows (or a registration).
+    fn worker_request(
+        &mut self,
+        peer: &PeerId,
+        worker: &str,
+        id: u64,
+        request: WorkerRequest,
+        now: Now,
+        out: &mut Outbox,
+    ) -> Handled<Option<Reply>> {
         Ok(Some(match request {
             WorkerRequest::Register(register) => {
                 self.cancel_waiting_claim(worker, out);
@@ -85,27 +98,28 @@ impl<S: Store> Core<S> {
                     &mut self.tables.pings,
                     worker,
                     (ping_id, info),
-                    now_us,
+                    now.us(),
                     out,
                 );
                 Reply::Ack
             }
             WorkerRequest::Leaving => self.leaving(worker, out)?,
             WorkerRequest::Reports(reports) => {
-                return self.reports(peer, worker, id, reports, now_us, out);
+                return self.reports(peer, worker, id, reports, now, out);
             }
         }))
     }
 
-    /// Several reports in one message: each handled as if it came on its own, in order,
-    /// and answered in one reply (a refusal answers its report, not the others).
+    /// Several reports in one message: each handled as if it came on its own, in order
+    /// (the worker heard from once, for the message), and answered in one reply (a
+    /// refusal answers its report, not the others).
     fn reports(
         &mut self,
         peer: &PeerId,
         worker: &str,
         id: u64,
         reports: Vec<Report>,
-        now_us: u64,
+        now: Now,
         out: &mut Outbox,
     ) -> Handled<Option<Reply>> {
         if reports.is_empty() || reports.len() > MAX_REPORTS {
@@ -116,7 +130,7 @@ impl<S: Store> Core<S> {
         }
         let mut replies = Vec::with_capacity(reports.len());
         for report in reports {
-            let reply = match self.handle_worker(peer, worker, id, report.into(), now_us, out) {
+            let reply = match self.worker_request(peer, worker, id, report.into(), now, out) {
                 // A report is always answered at once.
                 Ok(reply) => reply.unwrap_or(Reply::Ack),
                 Err(refusal) => refusal.into_reply()?,

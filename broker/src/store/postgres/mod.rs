@@ -208,23 +208,18 @@ impl PgStore {
             fence,
             unfinished: Default::default(),
         };
-        store.last_seq = store
+        // The last run's number, and where the read of the newest runs begins (0 if its
+        // row were missing: it is there once migrated; a read of every run finds all).
+        let (last_seq, scan_from) = store
             .rows(
-                "SELECT coalesce(max(seq), 0) FROM jobcast_runs",
+                "SELECT (SELECT coalesce(max(seq), 0) FROM jobcast_runs),
+                        coalesce((SELECT scan_from FROM jobcast_runs_scan WHERE id = 1), 0)",
                 Vec::new(),
-                |row| row.get::<_, i64>(0),
+                |row| (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64),
             )?
             .pop()
-            .unwrap_or(0) as u64;
-        // Not there (it always is once migrated): a read of every run finds them all.
-        let scan_from = store
-            .rows(
-                "SELECT scan_from FROM jobcast_runs_scan WHERE id = 1",
-                Vec::new(),
-                |row| row.get::<_, i64>(0),
-            )?
-            .pop()
-            .unwrap_or(0) as u64;
+            .unwrap_or((0, 0));
+        store.last_seq = last_seq;
         let unfinished = store.rows(UNFINISHED_SEQS, vec![Box::new(scan_from as i64)], |row| {
             (row.get::<_, i64>(0) as u64, row.get::<_, bool>(1))
         })?;
