@@ -56,8 +56,10 @@ pub struct Args {
     /// Runs executed at once [default: 4].
     #[arg(long, env = "JOBCAST_CONCURRENCY")]
     pub concurrency: Option<u32>,
-    /// Runs held ready beyond the busy slots, started the moment a slot frees (no round
-    /// trip to the broker between runs); 0 turns it off [default: the concurrency].
+    /// The most runs held ready beyond the busy slots, started the moment a slot frees (no
+    /// round trip to the broker between runs): the worker asks for as many as its
+    /// concurrency, and more while short runs use them up before they are refilled; 0
+    /// turns it off [default: 16 × the concurrency, at most 1024].
     #[arg(long, env = "JOBCAST_PREFETCH")]
     pub prefetch: Option<u32>,
     /// Pools to take work from, comma-separated [default: default].
@@ -236,7 +238,10 @@ pub fn resolve(args: Args, file: FileConfig) -> Result<WorkerConfig> {
     if !(1..=1024).contains(&concurrency) {
         bail!("concurrency must be between 1 and 1024, not {concurrency}");
     }
-    let prefetch = args.prefetch.or(file.prefetch).unwrap_or(concurrency);
+    let prefetch = args
+        .prefetch
+        .or(file.prefetch)
+        .unwrap_or((16 * concurrency).min(1024));
     if prefetch > 1024 {
         bail!("prefetch must be between 0 and 1024, not {prefetch}");
     }
@@ -371,6 +376,7 @@ mod tests {
     fn defaults() {
         let config = resolve(args(), FileConfig::default()).unwrap();
         assert_eq!(config.concurrency, 4);
+        assert_eq!(config.prefetch, 64, "16 × the concurrency");
         assert_eq!(config.max_log_bytes, 800 * 1024);
         assert_eq!(config.pools, ["default"]);
         assert_eq!(config.reconnect_after_inactivity, Duration::from_secs(10));
@@ -390,6 +396,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.concurrency, 8);
+        assert_eq!(config.prefetch, 128, "16 × the concurrency the flag gives");
         assert_eq!(config.pools, ["a", "b"]);
         assert_eq!(config.drain_timeout, Duration::from_secs(60));
     }

@@ -381,8 +381,8 @@ impl Reporter {
                         if let WorkerRequest::RunFinished(finished) = &batch[i] {
                             let _ = events.send(ReportAnswer::FinishAcked(finished.run_id.clone()));
                         }
-                        if let Reply::Granted { runs, .. } = reply {
-                            let _ = events.send(ReportAnswer::Granted(runs));
+                        if let Reply::Granted { runs, more_queued } = reply {
+                            let _ = events.send(ReportAnswer::Granted { runs, more_queued });
                         }
                     }
                     Answer::Closed => return,

@@ -28,9 +28,11 @@ impl WorkerState {
     pub(super) fn granted(
         &mut self,
         runs: Vec<GrantedRun>,
+        more_queued: bool,
         now_ms: u64,
         actions: &mut Vec<Action>,
     ) {
+        self.more_queued = more_queued;
         let mut released = Vec::new();
         let lease_out = self.lease_expired(now_ms);
         for run in runs {
@@ -101,6 +103,7 @@ impl WorkerState {
         if !run_ids.is_empty() {
             tracing::debug!(runs = ?run_ids, "ready runs waited too long for a slot: handed back");
             self.ready_paused = true;
+            self.ready_target = self.identity.concurrency.min(self.identity.prefetch);
             Self::request(
                 actions,
                 Purpose::Release,
@@ -144,8 +147,15 @@ impl WorkerState {
         // free (one round trip from a run's end to the next start only when none was
         // ready). Not while the lease is out: the broker may have given it up.
         if self.free_slots() > 0 && !self.lease_lost {
-            if let Some((next, _)) = self.ready.pop_front() {
-                self.start_run(next, &mut actions);
+            match self.ready.pop_front() {
+                Some((next, _)) => self.start_run(next, &mut actions),
+                // The slot waits a round trip for work the broker has: the ready runs did
+                // not last the round trip that refills them (a hand-back since the last
+                // end says the opposite: runs waited a second for a slot).
+                None if self.more_queued && !self.ready_paused => {
+                    self.ready_target = (self.ready_target * 2).clamp(1, self.identity.prefetch);
+                }
+                None => {}
             }
         }
         self.ready_paused = false;

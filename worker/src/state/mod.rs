@@ -62,7 +62,10 @@ pub enum ReportAnswer {
     /// The broker has recorded that this run ended.
     FinishAcked(String),
     /// Runs granted in answer to a finish report that also claimed.
-    Granted(Vec<GrantedRun>),
+    Granted {
+        runs: Vec<GrantedRun>,
+        more_queued: bool,
+    },
     /// The broker does not know this worker: register again.
     NotRegistered,
     /// A report was acknowledged (the broker is alive).
@@ -102,7 +105,8 @@ pub struct Identity {
     pub instance: u64,
     pub version: String,
     pub concurrency: u32,
-    /// Runs held ready beyond the busy slots (granted, not started).
+    /// The most runs held ready beyond the busy slots (granted, not started); how many
+    /// are asked for adapts below it (`ready_target`).
     pub prefetch: u32,
     pub pools: Vec<String>,
     pub max_log_bytes: u64,
@@ -124,7 +128,7 @@ pub struct WorkerState {
     /// Runs this worker holds, and whether each one's process has ended (it stays held
     /// until the broker has acknowledged its end).
     held: BTreeMap<String, bool>,
-    /// Runs granted beyond the free slots (at most `prefetch`), oldest first, with when
+    /// Runs granted beyond the free slots (about `ready_target`), oldest first, with when
     /// they were granted: each starts the moment a slot frees, without a round trip to
     /// the broker, or is handed back after `READY_HOLD` (the slots hold long runs: another
     /// worker may be free for it).
@@ -132,6 +136,14 @@ pub struct WorkerState {
     /// Set when a ready run was handed back for waiting too long: no more ready runs are
     /// asked for until a run ends (a sign that slots turn over again).
     ready_paused: bool,
+    /// How many ready runs are asked for: as many as cover the round trip that refills
+    /// them at the rate slots turn over. Starts at the concurrency (at most `prefetch`),
+    /// doubles (up to `prefetch`) each time a slot frees with none ready while the broker
+    /// has more queued (the ready runs did not last that round trip), and starts again
+    /// when ready runs are handed back for waiting too long (slots no longer turn over).
+    ready_target: u32,
+    /// The newest grant said the broker has more runs queued for this worker's pools.
+    more_queued: bool,
     /// Runs whose end the broker has acknowledged, newest last: a resent grant can cross
     /// the acknowledgement (answers reach this state through different tasks), and must
     /// not start the run a second time.
@@ -189,11 +201,14 @@ pub struct WorkerState {
 
 impl WorkerState {
     pub fn new(identity: Identity, now_ms: u64) -> WorkerState {
+        let ready_target = identity.concurrency.min(identity.prefetch);
         WorkerState {
             identity,
             held: BTreeMap::new(),
             ready: VecDeque::new(),
             ready_paused: false,
+            ready_target,
+            more_queued: false,
             ended: Default::default(),
             registered: false,
             boot_id: None,
@@ -293,9 +308,7 @@ impl WorkerState {
         let ready_room = if self.ready_paused {
             0
         } else {
-            self.identity
-                .prefetch
-                .saturating_sub(self.ready.len() as u32)
+            self.ready_target.saturating_sub(self.ready.len() as u32)
         };
         self.free_slots() + ready_room
     }

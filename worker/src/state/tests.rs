@@ -187,7 +187,13 @@ fn a_finished_run_reports_and_claims_its_slot_in_one_message() {
         other => panic!("{other:?}"),
     }
     // Granted in answer to the report: the same rules as a claim's answer.
-    let actions = state.on_report(ReportAnswer::Granted(vec![assignment("r2").into()]), 30);
+    let actions = state.on_report(
+        ReportAnswer::Granted {
+            runs: vec![assignment("r2").into()],
+            more_queued: false,
+        },
+        30,
+    );
     assert_eq!(started(&actions), ["r2"]);
     // Held until the broker acknowledges the end.
     assert_eq!(state.running_ids(), ["r1", "r2"]);
@@ -200,7 +206,13 @@ fn a_run_granted_twice_starts_once() {
     let (mut state, claim) = registered(2);
     let actions = state.on_answer(claim, granted(&["r1"], false), 5);
     assert_eq!(started(&actions), ["r1"]);
-    let actions = state.on_report(ReportAnswer::Granted(vec![assignment("r1").into()]), 6);
+    let actions = state.on_report(
+        ReportAnswer::Granted {
+            runs: vec![assignment("r1").into()],
+            more_queued: false,
+        },
+        6,
+    );
     assert!(started(&actions).is_empty());
 }
 
@@ -711,6 +723,99 @@ fn a_ready_run_kept_waiting_by_a_long_run_is_handed_back_and_none_asked_for_unti
     assert_eq!(reported_finish(&actions).map(|f| f.claim), Some(2));
 }
 
+/// A one-slot worker that may hold up to `prefetch` runs ready, registered, and its
+/// first claim.
+fn registered_holding_up_to(prefetch: u32) -> (WorkerState, Purpose, u32) {
+    let mut state = WorkerState::new(
+        Identity {
+            prefetch,
+            ..identity(1)
+        },
+        0,
+    );
+    state.start();
+    let actions = state.on_answer(Purpose::Register, registered_reply(), 0);
+    let (purpose, max, _) = claim_in(&actions).expect("a claim after registering");
+    (state, purpose, max)
+}
+
+/// Answers `claim` with `runs`; returns what was started and the next claim's size.
+fn answer_claim(
+    state: &mut WorkerState,
+    claim: Purpose,
+    runs: &[&str],
+    more_queued: bool,
+) -> (Vec<String>, Option<(Purpose, u32)>) {
+    let actions = state.on_answer(claim, granted(runs, more_queued), 20);
+    (
+        started(&actions),
+        claim_in(&actions).map(|(purpose, max, _)| (purpose, max)),
+    )
+}
+
+#[test]
+fn ready_runs_that_run_out_before_their_refill_while_the_broker_has_more_are_asked_for_twice_as_many_up_to_prefetch(
+) {
+    let (mut state, claim, max) = registered_holding_up_to(8);
+    assert_eq!(
+        max, 2,
+        "its slot and as many ready as its concurrency, to begin"
+    );
+    let (started_now, next) = answer_claim(&mut state, claim, &["r0"], true);
+    assert_eq!(started_now, ["r0"]);
+    let (mut claim, max) = next.expect("a claim for the ready place");
+    assert_eq!(max, 1);
+    // Each time the slot frees with none ready (the refill has not come back), the
+    // broker having more, twice as many are asked for: 2, 4, 8, and no more than 8.
+    for (n, asked) in [2, 4, 8, 8].into_iter().enumerate() {
+        let ended = format!("r{n}");
+        let actions = state.on_run_done(finished(&ended));
+        assert!(started(&actions).is_empty(), "none ready");
+        let run = format!("r{}", n + 1);
+        let (started_now, next) = answer_claim(&mut state, claim, &[run.as_str()], true);
+        assert_eq!(started_now, [run]);
+        let (renewed, max) = next.expect("a claim for the ready places");
+        assert_eq!(max, asked, "after {ended} ended with none ready");
+        claim = renewed;
+    }
+}
+
+#[test]
+fn ready_runs_are_not_asked_for_more_when_the_broker_has_none_left() {
+    let (mut state, claim, _) = registered_holding_up_to(8);
+    let (_, next) = answer_claim(&mut state, claim, &["r0"], false);
+    let (claim, _) = next.expect("a claim for the ready place");
+    // None ready at r0's end, but the broker had said it had nothing more.
+    state.on_run_done(finished("r0"));
+    let (_, next) = answer_claim(&mut state, claim, &["r1"], false);
+    assert_eq!(next.map(|(_, max)| max), Some(1));
+}
+
+#[test]
+fn ready_runs_handed_back_for_waiting_too_long_bring_the_number_asked_for_back_to_the_concurrency()
+{
+    let (mut state, claim, _) = registered_holding_up_to(8);
+    // Short runs first: twice none ready at an end, the number grows to 4.
+    let (_, next) = answer_claim(&mut state, claim, &["r0"], true);
+    let (claim, _) = next.expect("a claim");
+    state.on_run_done(finished("r0"));
+    let (_, next) = answer_claim(&mut state, claim, &["r1"], true);
+    let (claim, _) = next.expect("a claim");
+    state.on_run_done(finished("r1"));
+    let (started_now, next) =
+        answer_claim(&mut state, claim, &["r2", "r3", "r4", "r5", "r6"], true);
+    assert_eq!((started_now, next), (vec!["r2".to_string()], None));
+    // Then r2 runs long: the four ready wait a second and are handed back.
+    let hold = READY_HOLD.as_millis() as u64;
+    assert_eq!(
+        released(&state.on_timer(20 + hold)),
+        ["r3", "r4", "r5", "r6"]
+    );
+    // Its end asks for its slot and one ready run, as at the start.
+    let actions = state.on_run_done(finished("r2"));
+    assert_eq!(reported_finish(&actions).map(|f| f.claim), Some(2));
+}
+
 /// The lease the broker gives in the lease tests.
 const LEASE: u64 = 10_000;
 
@@ -1060,7 +1165,13 @@ fn a_named_definition_runs_as_carried_before_and_an_unknown_one_is_handed_back()
 
     // Named, never carried: handed back. The same after a new registration for a
     // definition the earlier one carried.
-    let actions = state.on_report(ReportAnswer::Granted(vec![grant("r3", 4, false)]), 20);
+    let actions = state.on_report(
+        ReportAnswer::Granted {
+            runs: vec![grant("r3", 4, false)],
+            more_queued: false,
+        },
+        20,
+    );
     assert_eq!(
         (started(&actions), released(&actions)),
         (vec![], vec!["r3".to_string()])
@@ -1090,12 +1201,24 @@ fn a_copy_of_a_grant_of_a_run_held_here_is_never_handed_back() {
         run
     };
     // Named by an id this registration never carried: a copy all the same.
-    let actions = state.on_report(ReportAnswer::Granted(vec![named_unknown("r1")]), 6);
+    let actions = state.on_report(
+        ReportAnswer::Granted {
+            runs: vec![named_unknown("r1")],
+            more_queued: false,
+        },
+        6,
+    );
     assert!(released(&actions).is_empty() && started(&actions).is_empty());
     // Ended, its end not yet acknowledged: a copy.
     state.on_run_done(finished("r2"));
     state.on_report(ReportAnswer::FinishAcked("r2".into()), 7);
-    let actions = state.on_report(ReportAnswer::Granted(vec![assignment("r2").into()]), 8);
+    let actions = state.on_report(
+        ReportAnswer::Granted {
+            runs: vec![assignment("r2").into()],
+            more_queued: false,
+        },
+        8,
+    );
     assert!(released(&actions).is_empty() && started(&actions).is_empty());
     // Draining: copies are not handed back; a run new to it is.
     assert!(state.on_signal("SIGTERM", 10).is_empty());
@@ -1104,6 +1227,12 @@ fn a_copy_of_a_grant_of_a_run_held_here_is_never_handed_back() {
         named_unknown("r1"),
         assignment("r3").into(),
     ];
-    let actions = state.on_report(ReportAnswer::Granted(copies), 20);
+    let actions = state.on_report(
+        ReportAnswer::Granted {
+            runs: copies,
+            more_queued: false,
+        },
+        20,
+    );
     assert_eq!(released(&actions), ["r3"]);
 }
