@@ -215,6 +215,30 @@ impl Broker {
     }
 }
 
+/// A worker process the bench started: killed when dropped, so that a part that fails
+/// half-way leaves no worker behind.
+pub struct WorkerChild(Child);
+
+impl std::ops::Deref for WorkerChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkerChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for WorkerChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Broker {
     /// Stops the broker as its supervisor would (SIGTERM), killing it if it has not
     /// ended within a few seconds: a broker on PostgreSQL stopped so gives up its lease,
@@ -245,7 +269,7 @@ impl Broker {
     }
 
     /// Starts real worker `wN` with `slots` slots in pool `pool`.
-    pub fn start_worker(&self, n: usize, slots: u32, pool: &str) -> Result<Child> {
+    pub fn start_worker(&self, n: usize, slots: u32, pool: &str) -> Result<WorkerChild> {
         self.start_worker_to(n, slots, pool, &self.router, &self.publish)
     }
 
@@ -257,7 +281,7 @@ impl Broker {
         pool: &str,
         routers: &str,
         events: &str,
-    ) -> Result<Child> {
+    ) -> Result<WorkerChild> {
         let scripts = self.dir.path().join(format!("w{n}-scripts"));
         // Warnings only, unless JOBCAST_BENCH_WORKER_LOG names a level.
         let log_level =
@@ -286,6 +310,7 @@ impl Broker {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
+            .map(WorkerChild)
             .context("cannot start a worker")
     }
 
@@ -406,21 +431,39 @@ impl Broker {
         Ok(())
     }
 
+    /// The newest `limit` runs, newest first, in as many listings as the broker's page
+    /// size asks for.
     pub async fn runs(&self, limit: u32) -> Result<Vec<jobcast_protocol::RunRecord>> {
-        match self
-            .admin
-            .request(
-                AdminRequest::ListRuns(jobcast_protocol::RunFilter {
-                    limit,
-                    ..Default::default()
-                }),
-                TIMEOUT,
-            )
-            .await?
-        {
-            Reply::Runs { runs, .. } => Ok(runs),
-            other => bail!("runs: {other:?}"),
+        /// The most one listing returns.
+        const PAGE: u32 = 10_000;
+        let mut all = Vec::new();
+        let mut before_seq = None;
+        while all.len() < limit as usize {
+            let filter = jobcast_protocol::RunFilter {
+                limit: (limit - all.len() as u32).min(PAGE),
+                before_seq,
+                ..Default::default()
+            };
+            let (runs, resume_before) = match self
+                .admin
+                .request(AdminRequest::ListRuns(filter), TIMEOUT)
+                .await?
+            {
+                Reply::Runs {
+                    runs,
+                    resume_before,
+                    ..
+                } => (runs, resume_before),
+                other => bail!("runs: {other:?}"),
+            };
+            before_seq = resume_before.or(runs.last().map(|r| r.seq));
+            let done = runs.is_empty() && resume_before.is_none();
+            all.extend(runs);
+            if done || before_seq.is_none() {
+                break;
+            }
         }
+        Ok(all)
     }
 
     /// Runs that ended in any state but succeeded (listings are capped, so by state).
