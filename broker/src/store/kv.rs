@@ -6,6 +6,7 @@ use super::committer::{Commit, Committer};
 use super::engine::{Engine, Tree, Write};
 use super::integrity::wall_ms;
 use super::run_codec::{self, SpecCache, SpecKey};
+use super::unfinished::Unfinished;
 use super::FlushDone;
 use super::{list_newest_first, Listing, Store, StoreError, StoreResult};
 use jobcast_core::store::RunReader;
@@ -36,8 +37,10 @@ struct Pending {
 
 struct PendingRun {
     run: RunRecord,
-    /// Created in this batch: its id and unfinished-index entries are written with it.
+    /// Created in this batch: its id entry is written with it.
     created: bool,
+    /// Marked (an entry in `active`) before this batch.
+    was_marked: bool,
 }
 
 pub struct KvStore<E: Engine> {
@@ -49,7 +52,13 @@ pub struct KvStore<E: Engine> {
     spec_cache: RefCell<SpecCache>,
     pending: RefCell<Pending>,
     run_ids: E::Tree,
+    /// The unfinished runs that `scan_from` has passed (`unfinished.rs`): the rest are
+    /// among the newest runs, which a start reads.
     active: E::Tree,
+    /// Every unfinished run, and where a start's read of the newest begins.
+    unfinished: RefCell<Unfinished>,
+    /// The highest sequence number written.
+    last_seq: u64,
     logs: E::Tree,
     workers: E::Tree,
     job_states: E::Tree,
@@ -101,6 +110,9 @@ pub fn copy_records(from: &impl Engine, to: &impl Engine) -> StoreResult<u64> {
 
 /// The settings key of the pruned-runs count.
 const PRUNED: &[u8] = b"pruned_runs";
+/// Where a start's read of the newest runs begins (`unfinished.rs`). A store without it
+/// (written before it) keeps every unfinished run in `active`.
+const SCAN_FROM: &[u8] = b"runs_scan_from";
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(value).unwrap_or_default()
@@ -134,7 +146,7 @@ impl<E: Engine> KvStore<E> {
         let commit =
             super::setting_u64(settings.get(super::integrity::COMMIT_KEY)?, "commit count")?
                 .unwrap_or(0);
-        let store = KvStore {
+        let mut store = KvStore {
             committer: Committer::start()?,
             flusher: Arc::new(engine.flusher()),
             jobs: engine.tree("jobs")?,
@@ -144,6 +156,8 @@ impl<E: Engine> KvStore<E> {
             pending: Default::default(),
             run_ids: engine.tree("run_ids")?,
             active: engine.tree("active")?,
+            unfinished: Default::default(),
+            last_seq: 0,
             logs: engine.tree("logs")?,
             workers: engine.tree("workers")?,
             job_states: engine.tree("job_states")?,
@@ -156,7 +170,46 @@ impl<E: Engine> KvStore<E> {
             marker: None,
         };
         store.clear_stale_active_entries()?;
+        store.find_unfinished()?;
         Ok(store)
+    }
+
+    /// Finds the unfinished runs with the two reads of `unfinished.rs`: the marked ones
+    /// in `active`, and the newest from `scan_from` on. A store written before
+    /// `scan_from` has every unfinished run in `active`, so the invariant holds with it
+    /// just past the last run; it is written then, before any run is written without an
+    /// entry.
+    fn find_unfinished(&mut self) -> StoreResult<()> {
+        self.last_seq = match self.runs.last()? {
+            Some((key, _)) => seq_of(&key)?,
+            None => 0,
+        };
+        let scan_from = match super::setting_u64(self.settings.get(SCAN_FROM)?, "runs scan start")?
+        {
+            Some(seq) => seq,
+            None => {
+                let seq = self.last_seq + 1;
+                self.settings.insert(SCAN_FROM, &seq.to_be_bytes())?;
+                self.engine.flush()?;
+                seq
+            }
+        };
+        let mut runs = Vec::new();
+        for item in self.active.iter() {
+            runs.push((seq_of(&item?.0)?, true));
+        }
+        let from = scan_from.to_be_bytes();
+        for item in self
+            .runs
+            .range(Bound::Included(&from[..]), Bound::Unbounded)
+        {
+            let (key, bytes) = item?;
+            if !self.decode_run(&bytes)?.state.is_terminal() {
+                runs.push((seq_of(&key)?, false));
+            }
+        }
+        self.unfinished = RefCell::new(Unfinished::new(scan_from, runs));
+        Ok(())
     }
 
     /// Batches flushed over the store's life.
@@ -253,28 +306,42 @@ impl<E: Engine> KvStore<E> {
         const RUN_IDS: usize = 1;
         const ACTIVE: usize = 2;
         const JOB_STATES: usize = 3;
+        const SETTINGS: usize = 4;
         let write = |tree, key, value| Write { tree, key, value };
-        let mut writes = Vec::with_capacity(pending.by_seq.len() * 3 + pending.job_states.len());
-        for (seq, PendingRun { run, created }) in pending.by_seq {
+        let mut unfinished = self.unfinished.borrow_mut();
+        let mut writes = Vec::with_capacity(pending.by_seq.len() * 2 + pending.job_states.len());
+        for (
+            seq,
+            PendingRun {
+                run,
+                created,
+                was_marked,
+            },
+        ) in pending.by_seq
+        {
+            let marked = unfinished.is_marked(seq) == Some(true);
             let seq = seq.to_be_bytes().to_vec();
             let bytes = self.encode_run(&run)?;
             if created {
                 // The indexes first and the record last: an engine that writes them one
                 // by one, killed in between, leaves index entries without a record
                 // (skipped, and cleared at the next open), never a record the indexes do
-                // not know (listed, but lost to the broker).
+                // not know (listed, but lost to the broker). Only a run created below
+                // `scan_from` (an old store copied in) is marked at once.
                 writes.push(write(RUN_IDS, run.id.into_bytes(), Some(seq.clone())));
-                if !run.state.is_terminal() {
+                if marked {
                     writes.push(write(ACTIVE, seq.clone(), Some(Vec::new())));
                 }
                 writes.push(write(RUNS, seq, Some(bytes)));
             } else {
-                // The record first: killed in between, an ended run keeps its
-                // unfinished-index entry (cleared at the next open), rather than an
-                // unfinished run losing it.
-                let ended = run.state.is_terminal();
+                // A mark before the record, its removal after: killed in between, an
+                // ended run keeps its entry (cleared at the next open), rather than an
+                // unfinished run below `scan_from` having none.
+                if marked && !was_marked {
+                    writes.push(write(ACTIVE, seq.clone(), Some(Vec::new())));
+                }
                 writes.push(write(RUNS, seq.clone(), Some(bytes)));
-                if ended {
+                if was_marked && !marked {
                     writes.push(write(ACTIVE, seq, None));
                 }
             }
@@ -284,17 +351,39 @@ impl<E: Engine> KvStore<E> {
         for (job, state) in pending.job_states {
             writes.push(write(JOB_STATES, job.into_bytes(), Some(encode(&state))));
         }
+        // `scan_from` moves past the newest runs' oldest, the unfinished runs it passes
+        // marked first (the invariant holds after any one of these writes).
+        if let Some((scan_from, marks)) = unfinished.advance(self.last_seq) {
+            for seq in marks {
+                writes.push(write(ACTIVE, seq.to_be_bytes().to_vec(), Some(Vec::new())));
+            }
+            writes.push(write(
+                SETTINGS,
+                SCAN_FROM.to_vec(),
+                Some(scan_from.to_be_bytes().to_vec()),
+            ));
+        }
         if writes.is_empty() {
             return Ok(());
         }
         self.engine.write_all(
-            &[&self.runs, &self.run_ids, &self.active, &self.job_states],
+            &[
+                &self.runs,
+                &self.run_ids,
+                &self.active,
+                &self.job_states,
+                &self.settings,
+            ],
             writes,
         )
     }
 
     /// Keeps `run` to be written at the batch's end (or at the next read that needs it).
     fn hold(&mut self, run: &RunRecord, created: bool) {
+        self.last_seq = self.last_seq.max(run.seq);
+        let unfinished = self.unfinished.get_mut();
+        let was_marked = unfinished.is_marked(run.seq) == Some(true);
+        unfinished.written(run.seq, run.state.is_terminal());
         let pending = self.pending.get_mut();
         match pending.by_seq.get_mut(&run.seq) {
             Some(held) => held.run.clone_from(run),
@@ -305,6 +394,7 @@ impl<E: Engine> KvStore<E> {
                     PendingRun {
                         run: run.clone(),
                         created,
+                        was_marked,
                     },
                 );
             }
@@ -439,9 +529,10 @@ impl<E: Engine> Store for KvStore<E> {
 
     fn active_runs(&self) -> StoreResult<Vec<RunRecord>> {
         self.settle()?;
-        let mut runs = Vec::new();
-        for item in self.active.iter() {
-            if let Some(run) = self.run_by_seq(&item?.0)? {
+        let seqs: Vec<u64> = self.unfinished.borrow().seqs().collect();
+        let mut runs = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(run) = self.run_by_seq(&seq.to_be_bytes())? {
                 if !run.state.is_terminal() {
                     runs.push(run);
                 }
@@ -514,12 +605,14 @@ impl<E: Engine> Store for KvStore<E> {
         for key in chunks {
             self.logs.remove(&key)?;
         }
-        // An ended run left the unfinished index when it ended (and a stale entry is
-        // cleared at open): removing it again would only add a tombstone for the engine
-        // to write out and compact.
-        if !run.state.is_terminal() {
+        // Only a marked run has an entry (and a stale one is cleared at open): removing
+        // one that is not there would only add a tombstone for the engine to write out
+        // and compact.
+        let unfinished = self.unfinished.get_mut();
+        if unfinished.is_marked(run.seq) == Some(true) {
             self.active.remove(&seq)?;
         }
+        unfinished.deleted(run.seq);
         self.runs.remove(&seq)?;
         self.run_ids.remove(run.id.as_bytes())?;
         self.pruned += 1;
@@ -815,11 +908,10 @@ mod tests {
             unflushed_batch(&mut store);
             1_000 - engine.budget.load(Ordering::SeqCst)
         };
-        // run-2 created (id, unfinished index, record), run-1 granted and ended in the
-        // same batch (its record once, its unfinished entry removed), run-3 created ended
-        // (id, record), tick-4 created (id, unfinished index, record), the job's state
-        // once.
-        assert_eq!(writes, 11, "{writes} writes");
+        // run-2 created (id, record), run-1 granted and ended in the same batch (its
+        // record once: among the newest runs, it has no `active` entry), run-3 created
+        // ended (id, record), tick-4 created (id, record), the job's state once.
+        assert_eq!(writes, 8, "{writes} writes");
         for cut in 0..=writes {
             let engine = CutEngine::default();
             engine.budget.store(-1, Ordering::SeqCst);
@@ -892,8 +984,9 @@ mod tests {
     #[test]
     fn a_run_changed_several_times_in_a_batch_is_written_once_as_it_ends_it() {
         let engine = CutEngine::default();
-        engine.budget.store(1_000, Ordering::SeqCst);
+        engine.budget.store(-1, Ordering::SeqCst);
         let mut store = KvStore::with_engine(engine.clone()).unwrap();
+        engine.budget.store(1_000, Ordering::SeqCst);
         let granted = queued(1, "granted");
         store.create_run(&granted).unwrap();
         store
@@ -917,9 +1010,9 @@ mod tests {
             RunState::Succeeded
         );
         store.flush().unwrap();
-        // The spec, "granted" (id, unfinished entry, record), "ended" (id, record), and
-        // the commit's number.
-        assert_eq!(1_000 - engine.budget.load(Ordering::SeqCst), 7);
+        // The spec, "granted" (id, record: among the newest runs, no `active` entry),
+        // "ended" (id, record), and the commit's number.
+        assert_eq!(1_000 - engine.budget.load(Ordering::SeqCst), 6);
         engine.budget.store(-1, Ordering::SeqCst);
         for store in [store, KvStore::with_engine(engine.clone()).unwrap()] {
             let active: Vec<String> = store
@@ -938,5 +1031,93 @@ mod tests {
                 RunState::Succeeded
             );
         }
+    }
+    /// The runs of an engine's `active` tree, by sequence number.
+    fn marked(engine: &CutEngine) -> Vec<u64> {
+        engine
+            .tree("active")
+            .unwrap()
+            .entries(|_| true)
+            .map(|item| seq_of(&item.unwrap().0).unwrap())
+            .collect()
+    }
+
+    /// Only the runs still unfinished once the newest runs have moved past them have an
+    /// entry in `active`; a start finds every unfinished run, however old, through those
+    /// entries and a read of the newest.
+    #[test]
+    fn a_start_finds_every_unfinished_run_however_old_and_only_old_ones_have_an_entry() {
+        use super::super::unfinished::NEWEST;
+        let engine = CutEngine::default();
+        engine.budget.store(-1, Ordering::SeqCst);
+        let mut store = KvStore::with_engine(engine.clone()).unwrap();
+        let total = NEWEST + 300;
+        // Runs 1 and 2 stay unfinished; every other one ends in the batch that made it,
+        // except the newest 10, still running.
+        for seq in 1..=total {
+            let run = queued(seq, &format!("run-{seq}"));
+            store.create_run(&run).unwrap();
+            if seq > 2 && seq <= total - 10 {
+                store
+                    .put_run(&with_state(run, RunState::Succeeded))
+                    .unwrap();
+            }
+            if seq % 100 == 0 {
+                store.flush().unwrap();
+            }
+        }
+        store.flush().unwrap();
+        assert_eq!(marked(&engine), [1, 2], "only the old unfinished runs");
+        // A marked run that ends loses its entry.
+        let old = store.run("run-2").unwrap().unwrap();
+        store.put_run(&with_state(old, RunState::Failed)).unwrap();
+        store.flush().unwrap();
+        assert_eq!(marked(&engine), [1]);
+
+        let expected: Vec<u64> = std::iter::once(1).chain(total - 9..=total).collect();
+        let reopened = KvStore::with_engine(engine.clone()).unwrap();
+        let mut found: Vec<u64> = reopened
+            .active_runs()
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        found.sort();
+        assert_eq!(found, expected);
+    }
+
+    /// A store written before `scan_from` has every unfinished run in `active`: it opens
+    /// with them all found, and its runs from then on get no entry.
+    #[test]
+    fn a_store_that_indexed_every_unfinished_run_opens_with_them_all_and_indexes_no_new_one() {
+        let engine = CutEngine::default();
+        engine.budget.store(-1, Ordering::SeqCst);
+        let mut store = KvStore::with_engine(engine.clone()).unwrap();
+        for seq in 1..=3 {
+            store
+                .create_run(&queued(seq, &format!("run-{seq}")))
+                .unwrap();
+        }
+        store.flush().unwrap();
+        drop(store);
+        // As the older layout left it: an entry per unfinished run, no scan start.
+        let (active, settings) = (
+            engine.tree("active").unwrap(),
+            engine.tree("settings").unwrap(),
+        );
+        for seq in 1..=3u64 {
+            active.insert(&seq.to_be_bytes(), &[]).unwrap();
+        }
+        settings.remove(SCAN_FROM).unwrap();
+
+        let mut store = KvStore::with_engine(engine.clone()).unwrap();
+        assert_eq!(store.active_runs().unwrap().len(), 3);
+        store.create_run(&queued(4, "run-4")).unwrap();
+        store.flush().unwrap();
+        assert_eq!(marked(&engine), [1, 2, 3], "run 4 has no entry");
+        let store = KvStore::with_engine(engine.clone()).unwrap();
+        let mut found: Vec<u64> = store.active_runs().unwrap().iter().map(|r| r.seq).collect();
+        found.sort();
+        assert_eq!(found, [1, 2, 3, 4]);
     }
 }

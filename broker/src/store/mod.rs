@@ -13,6 +13,7 @@ mod location;
 pub mod postgres;
 mod run_codec;
 mod sled_engine;
+mod unfinished;
 
 pub use fjall_engine::FjallEngine;
 pub use jobcast_core::store::{

@@ -12,9 +12,9 @@ pub mod lease;
 mod pending;
 pub mod schema;
 mod settings;
-mod unfinished;
 
 use super::run_codec::{self, SpecCache, SpecKey};
+use super::unfinished::Unfinished;
 use super::{list_newest_first, setting_u64, FlushDone, Listing, Store, StoreError, StoreResult};
 use connection::{database_error, Connection, Session};
 use jobcast_core::store::RunReader;
@@ -25,7 +25,6 @@ pub use settings::PgSettings;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use tokio_postgres::types::ToSql;
-use unfinished::Unfinished;
 
 pub struct PgStore {
     connection: Connection,
@@ -931,7 +930,7 @@ mod tests {
         let mut store = PgStore::open(&settings).unwrap();
         let job = JobSpec::new("job", "default", Exec::Command(vec!["true".into()]));
         store.put_job(&job).unwrap();
-        let total = unfinished::NEWEST + 300;
+        let total = crate::store::unfinished::NEWEST + 300;
         let run = |seq: u64| RunRecord::queued(format!("run-{seq:05}"), seq, job.clone(), 1, "q");
         let ended = |seq: u64| {
             let mut run = run(seq);

@@ -1,18 +1,20 @@
 //! How a starting broker finds the unfinished runs without an index that every run's
-//! end rewrites.
+//! creation and end writes to.
 //!
-//! An index of the unfinished runs (`WHERE NOT finished`) makes each run's last write
-//! change an indexed column: PostgreSQL then cannot update the row in place (a HOT
-//! update), and writes a new entry in every index of the table. Instead, two reads find
-//! them together:
-//! - the newest runs, by sequence number from `scan_from` on (a range of the primary
-//!   key, a few thousand rows at most);
-//! - older runs still unfinished, each `marked` (a column that a small partial index
-//!   covers) in the same transaction that moves `scan_from` past it.
+//! An index of the unfinished runs costs every run two writes of its own: an entry when
+//! it is created and its removal when it ends (in PostgreSQL, a partial index `WHERE NOT
+//! finished` also keeps each run's end from being an update in place; in the embedded
+//! store, an insert and a tombstone that the engine writes out and compacts). Instead,
+//! two reads find them together:
+//! - the newest runs, by sequence number from `scan_from` on (a range of the runs, a few
+//!   thousand at most);
+//! - older runs still unfinished, each marked (a column a small partial index covers in
+//!   PostgreSQL; an entry of the `active` tree in the embedded store) in the same commit
+//!   that moves `scan_from` past it.
 //!
 //! A run that ends before `scan_from` passes it (nearly all) is never marked, so none of
-//! its writes touches an indexed column. The invariant, true at every commit: every
-//! unfinished run below `scan_from` is marked.
+//! its writes touches the index. The invariant, true at every commit: every unfinished
+//! run below `scan_from` is marked.
 
 use std::collections::BTreeMap;
 
@@ -78,8 +80,12 @@ impl Unfinished {
         Some((to, marks))
     }
 
-    /// Whether `seq` is marked (for tests and the store's own checks).
-    #[cfg(test)]
+    /// Every unfinished run, oldest first.
+    pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.runs.keys().copied()
+    }
+
+    /// Whether the unfinished run `seq` is marked (`None`: not an unfinished run).
     pub fn is_marked(&self, seq: u64) -> Option<bool> {
         self.runs.get(&seq).copied()
     }
