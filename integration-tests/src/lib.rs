@@ -672,6 +672,16 @@ impl Drop for Cluster {
                 self.broker_starts,
                 lines[lines.len().saturating_sub(40)..].join("\n")
             );
+            for id in &self.worker_ids {
+                let log = self.worker_log(id);
+                let lines: Vec<&str> = log.lines().collect();
+                if !lines.is_empty() {
+                    eprintln!(
+                        "--- worker {id}'s log (last 20 lines) ---\n{}",
+                        lines[lines.len().saturating_sub(20)..].join("\n")
+                    );
+                }
+            }
         }
         for worker in &mut self.workers {
             // A stopped worker must be continued before it can die.
