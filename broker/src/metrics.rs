@@ -5,7 +5,8 @@
 
 use jobcast_core::Observation;
 use jobcast_protocol::envelope::Rejection;
-use jobcast_protocol::{AlertKind, StatusReport};
+use jobcast_protocol::request::WORKER_TAGS;
+use jobcast_protocol::{AlertKind, Report, StatusReport, WorkerRequest};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -75,6 +76,11 @@ const REFUSAL_REASONS: [&str; 14] = [
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TagLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -106,6 +112,10 @@ pub struct Metrics {
     run_duration: Family<JobLabel, Histogram>,
     dispatch_latency: Family<PoolLabel, Histogram>,
     flush_time: Histogram,
+    /// Messages from workers, by kind (`reports`: several reports in one).
+    worker_requests: Family<TagLabel, Counter>,
+    /// Reports about runs, by kind, whether each came alone or in a `reports` message.
+    worker_reports: Family<TagLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -115,8 +125,20 @@ impl Default for Metrics {
             run_duration: Family::new_with_constructor(|| Histogram::new(run_buckets())),
             dispatch_latency: Family::new_with_constructor(|| Histogram::new(dispatch_buckets())),
             flush_time: Histogram::new(flush_buckets()),
+            worker_requests: zeroed(WORKER_TAGS),
+            worker_reports: zeroed(&Report::TAGS),
         }
     }
+}
+
+/// A counter for each kind, at zero from the start: a series that appears only with its
+/// first event makes `rate()` miss that event.
+fn zeroed(kinds: &[&'static str]) -> Family<TagLabel, Counter> {
+    let family = Family::<TagLabel, Counter>::default();
+    for &kind in kinds {
+        family.get_or_create(&TagLabel { kind }).inc_by(0);
+    }
+    family
 }
 
 fn seconds(ms: u64) -> f64 {
@@ -145,6 +167,32 @@ impl Metrics {
                         .observe(seconds(ran_ms));
                 }
             }
+        }
+    }
+
+    /// Counts a message from a worker, and the reports it carries.
+    pub fn count_worker_request(&self, request: &WorkerRequest) {
+        self.worker_requests
+            .get_or_create(&TagLabel {
+                kind: request.tag(),
+            })
+            .inc();
+        match request {
+            WorkerRequest::Reports(reports) => {
+                for report in reports {
+                    self.worker_reports
+                        .get_or_create(&TagLabel { kind: report.tag() })
+                        .inc();
+                }
+            }
+            _ if Report::TAGS.contains(&request.tag()) => {
+                self.worker_reports
+                    .get_or_create(&TagLabel {
+                        kind: request.tag(),
+                    })
+                    .inc();
+            }
+            _ => {}
         }
     }
 
@@ -181,6 +229,16 @@ impl Metrics {
             "From when a run could be handed out to its reported start, by pool",
             Unit::Seconds,
             self.dispatch_latency.clone(),
+        );
+        registry.register(
+            "worker_requests",
+            "Messages from workers since the broker started, by kind (a `reports` message carries several reports)",
+            self.worker_requests.clone(),
+        );
+        registry.register(
+            "worker_reports",
+            "Reports about runs from workers since the broker started, by kind, whether each came alone or in a `reports` message",
+            self.worker_reports.clone(),
         );
         registry.register_with_unit(
             "store_flush",
@@ -558,6 +616,62 @@ mod tests {
         assert_eq!(value("jobcast_store_size_bytes"), 4096.0);
         assert_eq!(value("jobcast_uptime_seconds"), 1.5);
         assert_eq!(value("jobcast_workers_online"), 0.0);
+    }
+
+    /// Messages are counted by kind, and the reports in a `reports` message each by its
+    /// own kind, like reports sent alone; kinds not seen yet are there at zero.
+    #[test]
+    fn worker_messages_and_the_reports_they_carry_are_counted_by_kind() {
+        use jobcast_protocol::{Outcome, RunFinished};
+        let finished = RunFinished {
+            run_id: "r1".into(),
+            outcome: Outcome::Exited { code: 0 },
+            duration_ms: 1,
+            log_bytes: 2,
+            claim: 0,
+            usage: None,
+            started: None,
+        };
+        let metrics = Metrics::default();
+        metrics.count_worker_request(&WorkerRequest::Claim { max: 4, wait_ms: 0 });
+        metrics.count_worker_request(&WorkerRequest::RunFinished(finished.clone()));
+        metrics.count_worker_request(&WorkerRequest::Reports(vec![
+            Report::LogChunk {
+                run_id: "r2".into(),
+                offset: 0,
+                data: b"hi".to_vec(),
+            },
+            Report::RunFinished(RunFinished {
+                run_id: "r2".into(),
+                ..finished
+            }),
+        ]));
+        let text = metrics.encode(&status(), None, true);
+        let value =
+            |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
+        for (kind, count) in [
+            ("claim", 1.0),
+            ("run_finished", 1.0),
+            ("reports", 1.0),
+            ("log_chunk", 0.0),
+            ("register", 0.0),
+        ] {
+            let series = format!(r#"jobcast_worker_requests_total{{kind="{kind}"}}"#);
+            assert_eq!(value(&series), count, "{series}");
+        }
+        for (kind, count) in [
+            ("run_finished", 2.0),
+            ("log_chunk", 1.0),
+            ("run_started", 0.0),
+            ("release", 0.0),
+        ] {
+            let series = format!(r#"jobcast_worker_reports_total{{kind="{kind}"}}"#);
+            assert_eq!(value(&series), count, "{series}");
+        }
+        assert!(
+            sample(&text, r#"jobcast_worker_reports_total{kind="claim"}"#).is_none(),
+            "a claim is not a report"
+        );
     }
 
     /// A family that appears only with its first event has no HELP or TYPE before it, and

@@ -73,6 +73,22 @@ fn metrics_count_runs_workers_refusals_and_time_and_need_a_token() {
     assert_eq!(ended("fine", "cancelled"), 1.0);
     assert_eq!(ended("broken", "failed"), 1.0);
     assert_eq!(number(&scrape, "jobcast_workers_online", &[]), 1.0);
+    // What the worker sent: its registration, and the ends of the two runs it ran
+    // (counted whether alone or in a `reports` message).
+    assert!(
+        number(
+            &scrape,
+            "jobcast_worker_requests_total",
+            &[("kind", "register")]
+        ) >= 1.0
+    );
+    assert!(
+        number(
+            &scrape,
+            "jobcast_worker_reports_total",
+            &[("kind", "run_finished")]
+        ) >= 2.0
+    );
     assert_eq!(number(&scrape, "jobcast_runs_stored", &[]), 3.0);
     assert!(number(&scrape, "jobcast_store_size_bytes", &[]) > 0.0);
     assert!(number(&scrape, "jobcast_uptime_seconds", &[]) > 0.0);

@@ -119,6 +119,40 @@ impl From<Report> for WorkerRequest {
     }
 }
 
+impl WorkerRequest {
+    /// Its wire tag (`claim`, `run_finished`, …): what it is, for counting.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            WorkerRequest::Register(_) => "register",
+            WorkerRequest::Heartbeat(_) => "heartbeat",
+            WorkerRequest::Claim { .. } => "claim",
+            WorkerRequest::RunStarted { .. } => "run_started",
+            WorkerRequest::LogChunk { .. } => "log_chunk",
+            WorkerRequest::RunFinished(_) => "run_finished",
+            WorkerRequest::Release { .. } => "release",
+            WorkerRequest::Leaving => "leaving",
+            WorkerRequest::Pong { .. } => "pong",
+            WorkerRequest::FetchOrders => "fetch_orders",
+            WorkerRequest::Reports(_) => "reports",
+        }
+    }
+}
+
+impl Report {
+    /// The wire tags of its variants.
+    pub const TAGS: [&'static str; 4] = ["run_started", "log_chunk", "run_finished", "release"];
+
+    /// Its wire tag, the same as the worker request of its name.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Report::RunStarted { .. } => "run_started",
+            Report::LogChunk { .. } => "log_chunk",
+            Report::RunFinished(_) => "run_finished",
+            Report::Release { .. } => "release",
+        }
+    }
+}
+
 impl TryFrom<WorkerRequest> for Report {
     /// A request that is not a report, given back.
     type Error = WorkerRequest;
@@ -323,7 +357,7 @@ impl From<AdminRequest> for Request {
 }
 
 /// The wire tags of [`WorkerRequest`]'s variants (a test checks them against serde's).
-const WORKER_TAGS: &[&str] = &[
+pub const WORKER_TAGS: &[&str] = &[
     "register",
     "heartbeat",
     "claim",
@@ -529,6 +563,67 @@ mod tests {
             sorted(ADMIN_TAGS.to_vec()),
             sorted(variants_of::<AdminRequest>())
         );
+    }
+
+    #[test]
+    fn a_request_names_itself_by_its_wire_tag() {
+        let finished = crate::RunFinished {
+            run_id: "r".into(),
+            outcome: crate::Outcome::Exited { code: 0 },
+            duration_ms: 1,
+            log_bytes: 0,
+            claim: 0,
+            usage: None,
+            started: None,
+        };
+        let reports = vec![
+            Report::RunStarted {
+                run_id: "r".into(),
+                pid: 1,
+                spawned_at_us: 0,
+            },
+            Report::LogChunk {
+                run_id: "r".into(),
+                offset: 0,
+                data: vec![1],
+            },
+            Report::RunFinished(finished.clone()),
+            Report::Release {
+                run_ids: vec!["r".into()],
+            },
+        ];
+        let mut requests: Vec<WorkerRequest> =
+            reports.iter().cloned().map(WorkerRequest::from).collect();
+        requests.extend([
+            WorkerRequest::Claim { max: 1, wait_ms: 0 },
+            WorkerRequest::Leaving,
+            WorkerRequest::FetchOrders,
+            WorkerRequest::Reports(reports.clone()),
+        ]);
+        // The tag serde writes: the map's one key.
+        let wire_tag = |value: serde_json::Value| -> String {
+            match value {
+                serde_json::Value::String(tag) => tag,
+                serde_json::Value::Object(map) => map.keys().next().cloned().unwrap_or_default(),
+                other => panic!("{other}"),
+            }
+        };
+        for request in &requests {
+            let tag = wire_tag(serde_json::to_value(request).unwrap());
+            assert_eq!(request.tag(), tag);
+            assert!(WORKER_TAGS.contains(&request.tag()));
+        }
+        for report in &reports {
+            assert_eq!(
+                report.tag(),
+                wire_tag(serde_json::to_value(report).unwrap())
+            );
+        }
+        let mut tags: Vec<&str> = reports.iter().map(Report::tag).collect();
+        tags.sort_unstable();
+        let mut all = Report::TAGS;
+        all.sort_unstable();
+        assert_eq!(tags, all, "one report of each kind, each in TAGS");
     }
 
     #[test]

@@ -553,6 +553,9 @@ impl Server {
                     );
                 }
                 Ok(opened) => {
+                    if let jobcast_protocol::Request::Worker(request) = &opened.request {
+                        self.metrics.count_worker_request(request);
+                    }
                     self.replay_floors.accepted(
                         core.store_mut(),
                         &opened.from,
