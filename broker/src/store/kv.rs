@@ -195,9 +195,6 @@ impl<E: Engine> KvStore<E> {
             }
         };
         let mut runs = Vec::new();
-        for item in self.active.iter() {
-            runs.push((seq_of(&item?.0)?, true));
-        }
         let from = scan_from.to_be_bytes();
         for item in self
             .runs
@@ -207,6 +204,12 @@ impl<E: Engine> KvStore<E> {
             if !self.decode_run(&bytes)?.state.is_terminal() {
                 runs.push((seq_of(&key)?, false));
             }
+        }
+        // Last, so that a run found both ways counts as marked: an engine that writes one
+        // by one, killed between a mark and the move of `scan_from`, leaves marks above
+        // it, which must be removed when their runs end.
+        for item in self.active.iter() {
+            runs.push((seq_of(&item?.0)?, true));
         }
         self.unfinished = RefCell::new(Unfinished::new(scan_from, runs));
         Ok(())
@@ -1119,5 +1122,31 @@ mod tests {
         let mut found: Vec<u64> = store.active_runs().unwrap().iter().map(|r| r.seq).collect();
         found.sort();
         assert_eq!(found, [1, 2, 3, 4]);
+    }
+    /// An engine that writes one by one, killed between the marks of a commit and the
+    /// move of `scan_from`, leaves entries for runs above it: they count as marked, and
+    /// go when their runs end.
+    #[test]
+    fn an_entry_left_above_the_scan_start_goes_when_its_run_ends() {
+        let engine = CutEngine::default();
+        engine.budget.store(-1, Ordering::SeqCst);
+        let mut store = KvStore::with_engine(engine.clone()).unwrap();
+        let run = queued(1, "run-1");
+        store.create_run(&run).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        engine
+            .tree("active")
+            .unwrap()
+            .insert(&1u64.to_be_bytes(), &[])
+            .unwrap();
+
+        let mut store = KvStore::with_engine(engine.clone()).unwrap();
+        assert_eq!(store.active_runs().unwrap().len(), 1);
+        store
+            .put_run(&with_state(run, RunState::Succeeded))
+            .unwrap();
+        store.flush().unwrap();
+        assert!(marked(&engine).is_empty(), "{:?}", marked(&engine));
     }
 }
