@@ -138,7 +138,8 @@ impl WorkerState {
                         || more_queued
                         || held_ms >= CLAIM_WAIT.as_millis() as u64 / 2;
                 }
-                self.granted(runs, more_queued, now_ms, &mut actions);
+                self.more_queued = more_queued;
+                self.granted(runs, now_ms, &mut actions);
             }
             Reply::Error {
                 code: ErrorCode::NotRegistered,
@@ -204,7 +205,8 @@ impl WorkerState {
                 self.last_heard_ms = now_ms;
                 // Slots still free after this wait in a claim the broker holds.
                 self.want_work = true;
-                self.granted(runs, more_queued, now_ms, &mut actions);
+                self.more_queued = more_queued;
+                self.granted(runs, now_ms, &mut actions);
             }
             ReportAnswer::NotRegistered => self.set_unregistered(&mut actions),
             ReportAnswer::Heard => self.last_heard_ms = now_ms,

@@ -28,11 +28,9 @@ impl WorkerState {
     pub(super) fn granted(
         &mut self,
         runs: Vec<GrantedRun>,
-        more_queued: bool,
         now_ms: u64,
         actions: &mut Vec<Action>,
     ) {
-        self.more_queued = more_queued;
         let mut released = Vec::new();
         let lease_out = self.lease_expired(now_ms);
         for run in runs {
@@ -103,7 +101,7 @@ impl WorkerState {
         if !run_ids.is_empty() {
             tracing::debug!(runs = ?run_ids, "ready runs waited too long for a slot: handed back");
             self.ready_paused = true;
-            self.ready_target = self.identity.concurrency.min(self.identity.prefetch);
+            self.ready_target = self.identity.first_ready_target();
             Self::request(
                 actions,
                 Purpose::Release,
@@ -153,7 +151,7 @@ impl WorkerState {
                 // not last the round trip that refills them (a hand-back since the last
                 // end says the opposite: runs waited a second for a slot).
                 None if self.more_queued && !self.ready_paused => {
-                    self.ready_target = (self.ready_target * 2).clamp(1, self.identity.prefetch);
+                    self.ready_target = (self.ready_target * 2).max(1).min(self.identity.prefetch);
                 }
                 None => {}
             }

@@ -122,6 +122,13 @@ pub struct Identity {
     pub earlier_started: Option<Vec<String>>,
 }
 
+impl Identity {
+    /// How many ready runs are asked for at first, and again after a hand-back.
+    fn first_ready_target(&self) -> u32 {
+        self.concurrency.min(self.prefetch)
+    }
+}
+
 #[derive(Debug)]
 pub struct WorkerState {
     identity: Identity,
@@ -201,7 +208,7 @@ pub struct WorkerState {
 
 impl WorkerState {
     pub fn new(identity: Identity, now_ms: u64) -> WorkerState {
-        let ready_target = identity.concurrency.min(identity.prefetch);
+        let ready_target = identity.first_ready_target();
         WorkerState {
             identity,
             held: BTreeMap::new(),

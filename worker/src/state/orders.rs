@@ -12,8 +12,7 @@ impl WorkerState {
             // The same rules as any grant: a run already held (its late answer came
             // first) is not started twice; a draining worker hands them back.
             let resumed = orders.resume.into_iter().map(GrantedRun::from).collect();
-            // They say nothing of the queue: what the newest grant said stands.
-            self.granted(resumed, self.more_queued, now_ms, actions);
+            self.granted(resumed, now_ms, actions);
         }
         for run_id in orders.kill {
             if self.held.get(&run_id) == Some(&false) {

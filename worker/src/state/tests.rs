@@ -792,6 +792,17 @@ fn ready_runs_are_not_asked_for_more_when_the_broker_has_none_left() {
 }
 
 #[test]
+fn a_worker_without_ready_runs_asks_for_its_free_slots_only_however_much_is_queued() {
+    let (mut state, claim, max) = registered_holding_up_to(0);
+    assert_eq!(max, 1);
+    let (started_now, next) = answer_claim(&mut state, claim, &["r0"], true);
+    assert_eq!((started_now, next), (vec!["r0".to_string()], None));
+    // None ready at its end (none are held), the broker having more: still one.
+    let actions = state.on_run_done(finished("r0"));
+    assert_eq!(reported_finish(&actions).map(|f| f.claim), Some(1));
+}
+
+#[test]
 fn ready_runs_handed_back_for_waiting_too_long_bring_the_number_asked_for_back_to_the_concurrency()
 {
     let (mut state, claim, _) = registered_holding_up_to(8);
