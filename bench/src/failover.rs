@@ -40,7 +40,7 @@ pub async fn failover(rounds: usize) -> Result<()> {
         .await?;
     let routers = format!("{},{}", endpoints[0].0, endpoints[1].0);
     let events = format!("{},{}", endpoints[0].1, endpoints[1].1);
-    let mut worker = first.start_worker_to(1, 2, "default", &routers, &events)?;
+    let worker = first.start_worker_to(1, 2, "default", &routers, &events)?;
     println!(
         "failover: two brokers on PostgreSQL (lease 5 s, the default), one worker knowing both; the leader stopped or killed, then a run enqueued at that moment timed until it starts"
     );
@@ -72,8 +72,7 @@ pub async fn failover(rounds: usize) -> Result<()> {
         brokers[leader] = None;
         brokers[leader] = Some(Broker::start_on(&endpoints[leader].0, &endpoints[leader].1).await?);
     }
-    let _ = worker.kill();
-    let _ = worker.wait();
+    drop(worker);
     println!();
     for (how, samples, goal_ms) in [
         ("SIGTERM", &times[0], 1_000.0),

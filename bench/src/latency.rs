@@ -31,7 +31,7 @@ pub async fn latency(runs: usize) -> Result<Vec<u64>> {
     broker
         .apply(vec![script_job("noop", "#!/bin/sh\ntrue\n")])
         .await?;
-    let mut worker = broker.start_worker(1, 1, "default")?;
+    let worker = broker.start_worker(1, 1, "default")?;
     broker.wait_workers(1).await?;
     for _ in 0..runs {
         broker.enqueue("noop", 1).await?;
@@ -45,8 +45,7 @@ pub async fn latency(runs: usize) -> Result<Vec<u64>> {
         }
     }
     let records = broker.runs(runs as u32).await?;
-    let _ = worker.kill();
-    let _ = worker.wait();
+    drop(worker);
     let spawn: Vec<u64> = records
         .iter()
         .filter_map(|r| Some(r.spawned_at_us?.saturating_sub(r.created_at_us)))
@@ -116,7 +115,7 @@ pub async fn kill(runs: usize) -> Result<()> {
     let broker = Broker::start().await?;
     let script = "#!/bin/sh\nsleep 1000 &\nsetsid sleep 1000 &\nwait\n";
     broker.apply(vec![script_job("tree", script)]).await?;
-    let mut worker = broker.start_worker(1, 1, "default")?;
+    let worker = broker.start_worker(1, 1, "default")?;
     broker.wait_workers(1).await?;
     let mut samples = Vec::new();
     for _ in 0..runs {
@@ -160,8 +159,7 @@ pub async fn kill(runs: usize) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    let _ = worker.kill();
-    let _ = worker.wait();
+    drop(worker);
     println!();
     println!("| measure | samples | p50 | p95 | p99 | max |");
     println!("|---|---|---|---|---|---|");

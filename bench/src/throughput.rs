@@ -131,10 +131,8 @@ pub async fn throughput(runs: usize, workers: usize, slots: u32) -> Result<Shell
         broker: (cpu_us(broker.pid()).0 - broker_before) / runs as f64,
         scripts: (workers_after.1 - workers_before.1) / runs as f64,
     };
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    // Killed and waited for as they drop.
+    drop(children);
     println!();
     println!("| measure | runs/s |");
     println!("|---|---|");

@@ -177,20 +177,18 @@ impl Metrics {
                 kind: request.tag(),
             })
             .inc();
+        let count_report = |kind| self.worker_reports.get_or_create(&TagLabel { kind }).inc();
         match request {
             WorkerRequest::Reports(reports) => {
                 for report in reports {
-                    self.worker_reports
-                        .get_or_create(&TagLabel { kind: report.tag() })
-                        .inc();
+                    count_report(report.tag());
                 }
             }
-            _ if Report::TAGS.contains(&request.tag()) => {
-                self.worker_reports
-                    .get_or_create(&TagLabel {
-                        kind: request.tag(),
-                    })
-                    .inc();
+            WorkerRequest::RunStarted { .. }
+            | WorkerRequest::LogChunk { .. }
+            | WorkerRequest::RunFinished(_)
+            | WorkerRequest::Release { .. } => {
+                count_report(request.tag());
             }
             _ => {}
         }
@@ -649,23 +647,18 @@ mod tests {
         let text = metrics.encode(&status(), None, true);
         let value =
             |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
-        for (kind, count) in [
-            ("claim", 1.0),
-            ("run_finished", 1.0),
-            ("reports", 1.0),
-            ("log_chunk", 0.0),
-            ("register", 0.0),
+        for (family, kind, count) in [
+            ("requests", "claim", 1.0),
+            ("requests", "run_finished", 1.0),
+            ("requests", "reports", 1.0),
+            ("requests", "log_chunk", 0.0),
+            ("requests", "register", 0.0),
+            ("reports", "run_finished", 2.0),
+            ("reports", "log_chunk", 1.0),
+            ("reports", "run_started", 0.0),
+            ("reports", "release", 0.0),
         ] {
-            let series = format!(r#"jobcast_worker_requests_total{{kind="{kind}"}}"#);
-            assert_eq!(value(&series), count, "{series}");
-        }
-        for (kind, count) in [
-            ("run_finished", 2.0),
-            ("log_chunk", 1.0),
-            ("run_started", 0.0),
-            ("release", 0.0),
-        ] {
-            let series = format!(r#"jobcast_worker_reports_total{{kind="{kind}"}}"#);
+            let series = format!(r#"jobcast_worker_{family}_total{{kind="{kind}"}}"#);
             assert_eq!(value(&series), count, "{series}");
         }
         assert!(

@@ -226,12 +226,6 @@ impl std::ops::Deref for WorkerChild {
     }
 }
 
-impl std::ops::DerefMut for WorkerChild {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
 impl Drop for WorkerChild {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -57,7 +57,7 @@ pub struct KvStore<E: Engine> {
     active: E::Tree,
     /// Every unfinished run, and where a start's read of the newest begins.
     unfinished: RefCell<Unfinished>,
-    /// The highest sequence number written.
+    /// The highest sequence number written (retention never deletes the newest run).
     last_seq: u64,
     logs: E::Tree,
     workers: E::Tree,
@@ -169,7 +169,6 @@ impl<E: Engine> KvStore<E> {
             commit,
             marker: None,
         };
-        store.clear_stale_active_entries()?;
         store.find_unfinished()?;
         Ok(store)
     }
@@ -178,22 +177,22 @@ impl<E: Engine> KvStore<E> {
     /// in `active`, and the newest from `scan_from` on. A store written before
     /// `scan_from` has every unfinished run in `active`, so the invariant holds with it
     /// just past the last run; it is written then, before any run is written without an
-    /// entry.
+    /// entry. An entry a broker killed mid-batch can leave (for a record never written,
+    /// or for a run that has ended) is removed.
     fn find_unfinished(&mut self) -> StoreResult<()> {
         self.last_seq = match self.runs.last()? {
             Some((key, _)) => seq_of(&key)?,
             None => 0,
         };
-        let scan_from = match super::setting_u64(self.settings.get(SCAN_FROM)?, "runs scan start")?
-        {
-            Some(seq) => seq,
-            None => {
-                let seq = self.last_seq + 1;
-                self.settings.insert(SCAN_FROM, &seq.to_be_bytes())?;
-                self.engine.flush()?;
-                seq
-            }
-        };
+        let (scan_from, written) =
+            match super::setting_u64(self.settings.get(SCAN_FROM)?, "runs scan start")? {
+                Some(seq) => (seq, false),
+                None => {
+                    let seq = self.last_seq + 1;
+                    self.settings.insert(SCAN_FROM, &seq.to_be_bytes())?;
+                    (seq, true)
+                }
+            };
         let mut runs = Vec::new();
         let from = scan_from.to_be_bytes();
         for item in self
@@ -208,8 +207,19 @@ impl<E: Engine> KvStore<E> {
         // Last, so that a run found both ways counts as marked: an engine that writes one
         // by one, killed between a mark and the move of `scan_from`, leaves marks above
         // it, which must be removed when their runs end.
+        let mut stale = Vec::new();
         for item in self.active.iter() {
-            runs.push((seq_of(&item?.0)?, true));
+            let (key, _) = item?;
+            match self.run_by_seq(&key)? {
+                Some(run) if !run.state.is_terminal() => runs.push((run.seq, true)),
+                _ => stale.push(key),
+            }
+        }
+        for key in &stale {
+            self.active.remove(key)?;
+        }
+        if written || !stale.is_empty() {
+            self.engine.flush()?;
         }
         self.unfinished = RefCell::new(Unfinished::new(scan_from, runs));
         Ok(())
@@ -250,28 +260,6 @@ impl<E: Engine> KvStore<E> {
             }
             Ok(())
         }))
-    }
-
-    /// Removes the unfinished-index entries a broker killed mid-batch can leave: for a
-    /// record never written, or for a run that has ended.
-    fn clear_stale_active_entries(&self) -> StoreResult<()> {
-        let mut stale = Vec::new();
-        for item in self.active.iter() {
-            let (seq, _) = item?;
-            if self
-                .run_by_seq(&seq)?
-                .is_none_or(|run| run.state.is_terminal())
-            {
-                stale.push(seq);
-            }
-        }
-        if !stale.is_empty() {
-            for seq in &stale {
-                self.active.remove(seq)?;
-            }
-            self.engine.flush()?;
-        }
-        Ok(())
     }
 
     fn run_by_seq(&self, seq: &[u8]) -> StoreResult<Option<RunRecord>> {
@@ -322,7 +310,7 @@ impl<E: Engine> KvStore<E> {
             },
         ) in pending.by_seq
         {
-            let marked = unfinished.is_marked(seq) == Some(true);
+            let marked = unfinished.is_marked(seq);
             let seq = seq.to_be_bytes().to_vec();
             let bytes = self.encode_run(&run)?;
             if created {
@@ -385,7 +373,7 @@ impl<E: Engine> KvStore<E> {
     fn hold(&mut self, run: &RunRecord, created: bool) {
         self.last_seq = self.last_seq.max(run.seq);
         let unfinished = self.unfinished.get_mut();
-        let was_marked = unfinished.is_marked(run.seq) == Some(true);
+        let was_marked = unfinished.is_marked(run.seq);
         unfinished.written(run.seq, run.state.is_terminal());
         let pending = self.pending.get_mut();
         match pending.by_seq.get_mut(&run.seq) {
@@ -568,12 +556,10 @@ impl<E: Engine> Store for KvStore<E> {
             .collect()
     }
 
+    /// Kept, not read: a status or retention step would otherwise write the batch so
+    /// far out to read the newest key.
     fn last_run_seq(&self) -> StoreResult<u64> {
-        self.settle()?;
-        match self.runs.last()? {
-            Some((key, _)) => seq_of(&key),
-            None => Ok(0),
-        }
+        Ok(self.last_seq)
     }
 
     fn run_count(&self) -> StoreResult<u64> {
@@ -612,7 +598,7 @@ impl<E: Engine> Store for KvStore<E> {
         // one that is not there would only add a tombstone for the engine to write out
         // and compact.
         let unfinished = self.unfinished.get_mut();
-        if unfinished.is_marked(run.seq) == Some(true) {
+        if unfinished.is_marked(run.seq) {
             self.active.remove(&seq)?;
         }
         unfinished.deleted(run.seq);
@@ -1148,5 +1134,27 @@ mod tests {
             .unwrap();
         store.flush().unwrap();
         assert!(marked(&engine).is_empty(), "{:?}", marked(&engine));
+    }
+    /// Entries a broker killed mid-batch can leave, for a run that has ended or for a
+    /// record never written, are removed when the store opens.
+    #[test]
+    fn entries_for_ended_or_missing_runs_are_removed_at_open() {
+        let engine = CutEngine::default();
+        engine.budget.store(-1, Ordering::SeqCst);
+        let mut store = KvStore::with_engine(engine.clone()).unwrap();
+        store.create_run(&queued(1, "open")).unwrap();
+        store
+            .create_run(&with_state(queued(2, "ended"), RunState::Succeeded))
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let active = engine.tree("active").unwrap();
+        for seq in [1u64, 2, 3] {
+            active.insert(&seq.to_be_bytes(), &[]).unwrap();
+        }
+        let store = KvStore::with_engine(engine.clone()).unwrap();
+        assert_eq!(marked(&engine), [1], "the unfinished run's entry stays");
+        let found: Vec<u64> = store.active_runs().unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(found, [1]);
     }
 }
