@@ -27,6 +27,8 @@ const BACKLOG_L0_TABLES: usize = 12;
 
 pub struct FjallEngine {
     db: Database,
+    /// Syncs the journal for the committer without holding fjall's lock meanwhile.
+    journal: std::sync::Arc<super::fjall_journal::JournalSync>,
     /// The trees opened, to look at their backlog.
     trees: std::sync::Mutex<Vec<Keyspace>>,
 }
@@ -53,6 +55,7 @@ impl FjallEngine {
             })?;
         Ok(FjallEngine {
             db,
+            journal: std::sync::Arc::new(super::fjall_journal::JournalSync::new(path)),
             trees: Default::default(),
         })
     }
@@ -94,8 +97,8 @@ impl Engine for FjallEngine {
     }
 
     fn flusher(&self) -> super::engine::Flusher {
-        let db = self.db.clone();
-        Box::new(move || db.persist(PersistMode::SyncAll).map_err(backend))
+        let (db, journal) = (self.db.clone(), self.journal.clone());
+        Box::new(move || journal.sync(&db))
     }
 
     fn flush_journal(&self) -> StoreResult<bool> {

@@ -7,6 +7,7 @@
 pub mod committer;
 mod engine;
 mod fjall_engine;
+mod fjall_journal;
 pub mod integrity;
 mod kv;
 mod location;
