@@ -1,5 +1,6 @@
 //! Standing conditions: runs that could not start in time (missed), late jobs, jobs that
-//! never ran, pools without workers, a data directory short of space.
+//! never ran, jobs that disabled themselves, pools without workers, a data directory short
+//! of space.
 
 use crate::alert_log::alert_id;
 use crate::scheduling::format_ms;
@@ -84,40 +85,21 @@ impl<S: Store> Core<S> {
                     });
             }
         }
-        for spec in self.tables.jobs.specs() {
+        // One walk of the jobs and their states (checked once per heartbeat interval,
+        // and there may be tens of thousands of jobs): most have run, and only those
+        // that never have are looked up further.
+        for (spec, state) in self.tables.jobs.with_states() {
             let name = &spec.name;
-            let (Some(first_due), Some(state)) = (
-                self.tables.jobs.first_due(name),
-                self.tables.jobs.state(name),
-            ) else {
-                continue;
-            };
-            if state.last_started_ms.is_some() || !self.tables.jobs.is_active(spec) {
-                continue;
-            }
-            if let Some(first) = Some(first_due) {
-                if now.ms() > first + spec.policy.late_after_ms {
-                    standing.insert(
-                        (AlertKind::NeverRun, name.clone()),
-                        Alert {
-                            id: String::new(),
-                            acknowledged: None,
-                            kind: AlertKind::NeverRun,
-                            job: Some(name.clone()),
-                            pool: Some(spec.pool.clone()),
-                            run_id: None,
-                            since_ms: first,
-                            message: format!(
-                                "job {name} has never run since it was created (first due {})",
-                                format_ms(first)
-                            ),
-                        },
-                    );
-                }
-            }
             if let Some(reason) = &state.auto_disabled {
+                let key = (AlertKind::AutoDisabled, name.clone());
+                // Since when: kept from the standing alert, not reset at each check.
+                let since_ms = self
+                    .tables
+                    .alerts
+                    .get(&key)
+                    .map_or(now.ms(), |a| a.since_ms);
                 standing.insert(
-                    (AlertKind::AutoDisabled, name.clone()),
+                    key,
                     Alert {
                         id: String::new(),
                         acknowledged: None,
@@ -125,8 +107,32 @@ impl<S: Store> Core<S> {
                         job: Some(name.clone()),
                         pool: Some(spec.pool.clone()),
                         run_id: None,
-                        since_ms: now.ms(),
+                        since_ms,
                         message: format!("job {name}: {reason}"),
+                    },
+                );
+            }
+            if state.last_started_ms.is_some() {
+                continue;
+            }
+            let Some(first) = self.tables.jobs.first_due(name) else {
+                continue;
+            };
+            if self.tables.jobs.is_active(spec) && now.ms() > first + spec.policy.late_after_ms {
+                standing.insert(
+                    (AlertKind::NeverRun, name.clone()),
+                    Alert {
+                        id: String::new(),
+                        acknowledged: None,
+                        kind: AlertKind::NeverRun,
+                        job: Some(name.clone()),
+                        pool: Some(spec.pool.clone()),
+                        run_id: None,
+                        since_ms: first,
+                        message: format!(
+                            "job {name} has never run since it was created (first due {})",
+                            format_ms(first)
+                        ),
                     },
                 );
             }

@@ -21,18 +21,27 @@ pub(crate) struct JobTable {
     /// Each scheduled job's first tick after it was created (for never-run alerts).
     first_due: HashMap<String, u64>,
     disabled_pools: BTreeSet<String>,
+    /// How many definitions set `max_concurrent`: every claim asks whether any does.
+    limited: usize,
 }
 
 impl JobTable {
     /// The definitions a store kept; their states and schedules come with
     /// [`Self::restore_scheduling`].
     pub fn restored(specs: Vec<JobSpec>) -> JobTable {
-        JobTable {
-            specs: specs
-                .into_iter()
-                .map(|j| (j.name.clone(), Arc::new(j)))
-                .collect(),
-            ..Default::default()
+        let mut table = JobTable::default();
+        for spec in specs {
+            table.insert_spec(spec);
+        }
+        table
+    }
+
+    /// Puts a definition in the table, keeping the count of limited ones.
+    fn insert_spec(&mut self, spec: JobSpec) {
+        let limited = |spec: &JobSpec| usize::from(spec.policy.max_concurrent.is_some());
+        self.limited += limited(&spec);
+        if let Some(before) = self.specs.insert(spec.name.clone(), Arc::new(spec)) {
+            self.limited -= limited(&before);
         }
     }
 
@@ -67,6 +76,18 @@ impl JobTable {
     }
 
     /// Every job's definition, by name.
+    /// Each job's definition with its scheduling state (a job without one is left out),
+    /// in one walk of both tables: no lookup by name per job.
+    pub fn with_states(&self) -> impl Iterator<Item = (&JobSpec, &JobState)> {
+        let mut states = self.states.iter().peekable();
+        self.specs.iter().filter_map(move |(name, spec)| {
+            while states.next_if(|(job, _)| *job < name).is_some() {}
+            states
+                .next_if(|(job, _)| *job == name)
+                .map(|(_, state)| (spec.as_ref(), state))
+        })
+    }
+
     pub fn specs(&self) -> impl Iterator<Item = &JobSpec> {
         self.specs.values().map(|spec| &**spec)
     }
@@ -114,7 +135,7 @@ impl JobTable {
     /// Adds or replaces a job's definition, and compiles its schedule.
     pub fn put_spec(&mut self, spec: JobSpec) {
         let name = spec.name.clone();
-        self.specs.insert(name.clone(), Arc::new(spec));
+        self.insert_spec(spec);
         self.compile(&name);
     }
 
@@ -260,9 +281,7 @@ impl JobTable {
     }
 
     pub fn any_limit(&self) -> bool {
-        self.specs
-            .values()
-            .any(|job| job.policy.max_concurrent.is_some())
+        self.limited > 0
     }
 
     /// The times jobs keep their runs for, where they set one.
@@ -354,4 +373,52 @@ fn find_cycle(jobs: &BTreeMap<String, Arc<JobSpec>>) -> Option<Vec<String>> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobcast_protocol::Exec;
+
+    #[test]
+    fn jobs_with_states_pairs_each_definition_with_its_own_state_only() {
+        let mut table = JobTable::default();
+        for name in ["a", "b", "c", "e"] {
+            table.put_spec(JobSpec::new(
+                name,
+                "default",
+                Exec::Command(vec!["x".into()]),
+            ));
+        }
+        // "a" has no state; "d" has a state and no definition.
+        for (name, tick) in [("b", 2), ("c", 3), ("d", 4), ("e", 5)] {
+            table.state_entry(name).last_tick_ms = tick;
+        }
+        let paired: Vec<(&str, u64)> = table
+            .with_states()
+            .map(|(spec, state)| (spec.name.as_str(), state.last_tick_ms))
+            .collect();
+        assert_eq!(paired, vec![("b", 2), ("c", 3), ("e", 5)]);
+    }
+
+    #[test]
+    fn whether_any_job_is_limited_follows_definitions_as_they_change() {
+        let spec = |name: &str, limit: Option<u32>| {
+            let mut spec = JobSpec::new(name, "default", Exec::Command(vec!["x".into()]));
+            spec.policy.max_concurrent = limit;
+            spec
+        };
+        let mut table = JobTable::restored(vec![spec("a", Some(1)), spec("b", None)]);
+        assert!(table.any_limit());
+        table.put_spec(spec("a", Some(2)));
+        assert!(table.any_limit(), "still limited after a change of limit");
+        table.put_spec(spec("a", None));
+        assert!(!table.any_limit(), "its limit removed");
+        table.put_spec(spec("b", Some(3)));
+        table.put_spec(spec("c", Some(1)));
+        table.put_spec(spec("b", None));
+        assert!(table.any_limit(), "c is still limited");
+        table.set_enabled("c", false, 0);
+        assert!(table.any_limit(), "a disabled job keeps its limit");
+    }
 }

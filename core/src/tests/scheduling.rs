@@ -413,8 +413,36 @@ fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
         2
     );
     assert!(h.job_state("broken").auto_disabled.is_some());
-    h.run_clock_for(60 * SECOND);
+    notes.extend(h.run_clock_for(60 * SECOND));
     assert_eq!(h.runs_of("broken").len(), 2, "no more runs while disabled");
+    // It stands as an alert while disabled, notified once (when it disabled itself).
+    let standing = |h: &mut Harness| {
+        let Reply::Status(status) = h.admin(AdminRequest::Status) else {
+            panic!()
+        };
+        status
+            .alerts
+            .into_iter()
+            .filter(|a| a.kind == AlertKind::AutoDisabled)
+            .map(|a| (a.job, a.since_ms))
+            .collect::<Vec<_>>()
+    };
+    let alert = standing(&mut h);
+    assert_eq!(alert.len(), 1, "{alert:?}");
+    assert_eq!(alert[0].0.as_deref(), Some("broken"));
+    notes.extend(h.run_clock_for(5 * SECOND));
+    assert_eq!(
+        standing(&mut h),
+        alert,
+        "the same alert, since the same time"
+    );
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n.kind == AlertKind::AutoDisabled)
+            .count(),
+        1
+    );
     assert_eq!(
         h.job_state("broken").recent_skips.last().unwrap().1,
         "job or pool disabled"
@@ -433,6 +461,10 @@ fn a_job_disables_itself_after_repeated_failures_and_can_be_enabled() {
     assert!(h.job_state("broken").auto_disabled.is_none());
     h.run_clock_for(60 * SECOND);
     assert_eq!(h.runs_of("broken").len(), 4);
+    assert!(
+        standing(&mut h).is_empty(),
+        "the alert ends with the job enabled"
+    );
 }
 
 #[test]
