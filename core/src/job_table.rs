@@ -311,12 +311,27 @@ pub struct FireQueue {
 
 impl FireQueue {
     pub fn set(&mut self, job: &str, next: Option<u64>) {
-        if let Some(old) = self.by_job.remove(job) {
-            self.order.remove(&(old, job.to_string()));
-        }
-        if let Some(next) = next {
-            self.by_job.insert(job.to_string(), next);
-            self.order.insert((next, job.to_string()));
+        // A job moved to its next tick (every job a tick fires) reuses its entry's name.
+        let Some(at) = self.by_job.get_mut(job) else {
+            if let Some(next) = next {
+                self.by_job.insert(job.to_string(), next);
+                self.order.insert((next, job.to_string()));
+            }
+            return;
+        };
+        let old = *at;
+        let name = self
+            .order
+            .take(&(old, job.to_string()))
+            .map_or_else(|| job.to_string(), |(_, name)| name);
+        match next {
+            Some(next) => {
+                *at = next;
+                self.order.insert((next, name));
+            }
+            None => {
+                self.by_job.remove(job);
+            }
         }
     }
 
@@ -399,6 +414,27 @@ mod tests {
             .map(|(spec, state)| (spec.name.as_str(), state.last_tick_ms))
             .collect();
         assert_eq!(paired, vec![("b", 2), ("c", 3), ("e", 5)]);
+    }
+
+    #[test]
+    fn the_fire_queue_keeps_one_entry_a_job_as_its_next_tick_moves_or_goes() {
+        let mut queue = FireQueue::default();
+        queue.set("b", Some(20));
+        queue.set("a", Some(20));
+        queue.set("c", Some(10));
+        assert_eq!(queue.due(20), vec!["c", "a", "b"]);
+        queue.set("c", Some(30));
+        queue.set("a", Some(20));
+        assert_eq!(queue.due(25), vec!["a", "b"]);
+        assert_eq!(queue.earliest(), Some(20));
+        queue.set("a", None);
+        queue.set("b", None);
+        queue.set("never-set", None);
+        assert_eq!(queue.due(u64::MAX), vec!["c"]);
+        assert_eq!((queue.get("a"), queue.get("c")), (None, Some(30)));
+        queue.set("a", Some(5));
+        assert_eq!(queue.due(u64::MAX), vec!["a", "c"]);
+        assert_eq!(queue.order.len(), queue.by_job.len());
     }
 
     #[test]

@@ -218,6 +218,16 @@ pub struct Changes {
     pub logs: Vec<(String, u64, Vec<u8>)>,
 }
 
+impl Changes {
+    /// Notes that run `id` changed (a run changes several times in a batch: created and
+    /// granted, started and ended; its id is copied once).
+    pub(crate) fn run(&mut self, id: &str) {
+        if !self.runs.contains(id) {
+            self.runs.insert(id.to_string());
+        }
+    }
+}
+
 /// The changes of a batch, resolved to what a live view shows.
 #[derive(Debug, Default)]
 pub struct ChangeSet {

@@ -4,7 +4,7 @@ use crate::scheduling::NewRun;
 use crate::store::{Store, StoreResult};
 use crate::Now;
 use crate::{Core, Observation, Outbox};
-use jobcast_protocol::{RunRecord, RunState};
+use jobcast_protocol::{RunRecord, RunRef, RunState};
 use rand::RngCore;
 
 /// Whether `run` is a grant to worker process `instance` that was never reported
@@ -38,7 +38,7 @@ impl<S: Store> Core<S> {
         new: NewRun,
         now: Now,
         out: &mut Outbox,
-    ) -> StoreResult<Option<RunRecord>> {
+    ) -> StoreResult<Option<RunRef>> {
         let id = match new.id {
             Some(id) => {
                 if self.tables.runs.contains(&id)
@@ -66,12 +66,14 @@ impl<S: Store> Core<S> {
             ..RunRecord::queued(id, seq, new.spec, now.ms(), new.cause)
         };
         self.store.create_run(&run)?;
-        self.changes.runs.insert(run.id.clone());
-        self.tables.runs.activate(run.clone());
+        self.changes.run(&run.id);
+        let created = RunRef::of(&run);
+        // Queued before it is moved into the table (the record is not copied again).
         if self.tables.runs.enqueue(&run, now.ms()) {
             self.wake(&run.pool, out);
         }
-        Ok(Some(run))
+        self.tables.runs.activate(run);
+        Ok(Some(created))
     }
 
     /// Writes a run that reached a terminal state, forgets it from memory, and does what
@@ -83,7 +85,7 @@ impl<S: Store> Core<S> {
         out: &mut Outbox,
     ) -> StoreResult<()> {
         self.store.put_run(run)?;
-        self.changes.runs.insert(run.id.clone());
+        self.changes.run(&run.id);
         self.stored
             .finished
             .ended(run.spec.team.as_deref(), run.state);

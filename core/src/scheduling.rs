@@ -176,27 +176,24 @@ impl<S: Store> Core<S> {
                 tick
             }
         };
-        let (missed, on_time): (Vec<u64>, Vec<u64>) = ticks
-            .iter()
-            .partition(|t| now.ms().saturating_sub(due(**t)) > MISFIRE_GRACE_MS);
-        // Which missed ticks still get a run, by the misfire policy.
-        let catch_up: Vec<u64> = match spec.policy.misfire {
-            Misfire::Skip => vec![],
-            Misfire::Once => missed.last().copied().into_iter().collect(),
-            Misfire::All => {
-                let max = spec.policy.max_catchup as usize;
-                missed[missed.len().saturating_sub(max)..].to_vec()
-            }
+        // Ticks come in order and `due` never decreases, so the missed ones are the first.
+        let (missed, on_time) = ticks.split_at(
+            ticks.partition_point(|t| now.ms().saturating_sub(due(*t)) > MISFIRE_GRACE_MS),
+        );
+        // Which missed ticks still get a run, by the misfire policy: the last ones.
+        let caught_up = match spec.policy.misfire {
+            Misfire::Skip => 0,
+            Misfire::Once => missed.len().min(1),
+            Misfire::All => missed.len().min(spec.policy.max_catchup as usize),
         };
-        for tick in &missed {
-            if !catch_up.contains(tick) {
-                self.skip_tick(job, *tick, "missed while the broker was not running");
-            }
+        let (skipped, catch_up) = missed.split_at(missed.len() - caught_up);
+        for tick in skipped {
+            self.skip_tick(job, *tick, "missed while the broker was not running");
         }
         // Each tick is judged against the runs active when it is decided, including the
         // ones earlier ticks of this pass started: `skip` never has two runs out, even
         // when a pass catches up several ticks.
-        for tick in catch_up.iter().chain(on_time.iter()) {
+        for tick in catch_up.iter().chain(on_time) {
             self.fire(&spec, &schedule, *tick, now, out)?;
         }
         if let Some(state) = self.tables.jobs.state_mut(job) {

@@ -64,9 +64,7 @@ impl<S: Store> Core<S> {
             new.id = Some(id);
         }
         match self.create_run(new, now, out)? {
-            Some(run) => Ok(Reply::Enqueued {
-                run: RunRef::of(&run),
-            }),
+            Some(run) => Ok(Reply::Enqueued { run }),
             None => Err(CoreError::RunNotCreated),
         }
     }

@@ -81,7 +81,7 @@ impl<S: Store> Core<S> {
                 cause: format!("kill requested by {actor}"),
             });
             self.store.put_run(run)?;
-            self.changes.runs.insert(run.id.clone());
+            self.changes.run(&run.id);
         }
         out.publish(topic::worker(&worker), Event::OrdersPending);
         Ok(KillOutcome::Killing { run_id, worker })

@@ -4,7 +4,7 @@ use crate::scheduling::NewRun;
 use crate::store::Store;
 use crate::Now;
 use crate::{Core, CoreError, Handled, Outbox};
-use jobcast_protocol::{Refusal, Reply, RunRef};
+use jobcast_protocol::{Refusal, Reply};
 
 /// Most runs one `RetryMany` retries: each is a read of the store on the loop.
 pub const MAX_RETRY_MANY: usize = 1_000;
@@ -43,9 +43,7 @@ impl<S: Store> Core<S> {
         new.params = jobcast_protocol::params::carried(&new.spec.params, &old.params);
         new.priority = old.priority;
         match self.create_run(new, now, out)? {
-            Some(run) => Ok(Reply::Enqueued {
-                run: RunRef::of(&run),
-            }),
+            Some(run) => Ok(Reply::Enqueued { run }),
             None => Err(CoreError::RunNotCreated),
         }
     }

@@ -99,7 +99,7 @@ impl<S: Store> Core<S> {
                 counts.add(run);
             }
             self.store.put_run(run)?;
-            self.changes.runs.insert(run_id.clone());
+            self.changes.run(&run_id);
             // To a worker that keeps definitions, one this session was sent is named.
             granted.push(match self.tables.workers.session_mut(worker) {
                 Some(session) if session.register.definition_ids => session

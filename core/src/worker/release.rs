@@ -53,7 +53,7 @@ impl<S: Store> Core<S> {
         run.worker = None;
         run.worker_instance = None;
         self.store.put_run(run)?;
-        self.changes.runs.insert(run.id.clone());
+        self.changes.run(&run.id);
         let run = run.clone();
         self.tables.runs.enqueue(&run, now.ms());
         self.wake(&run.pool, out);
