@@ -75,7 +75,6 @@ impl JobTable {
         self.specs.get(job).cloned()
     }
 
-    /// Every job's definition, by name.
     /// Each job's definition with its scheduling state (a job without one is left out),
     /// in one walk of both tables: no lookup by name per job.
     pub fn with_states(&self) -> impl Iterator<Item = (&JobSpec, &JobState)> {
@@ -88,6 +87,7 @@ impl JobTable {
         })
     }
 
+    /// Every job's definition, by name.
     pub fn specs(&self) -> impl Iterator<Item = &JobSpec> {
         self.specs.values().map(|spec| &**spec)
     }
