@@ -162,6 +162,21 @@ mod tests {
     }
 
     #[test]
+    fn without_a_journal_file_where_expected_the_sync_is_fjalls_own() {
+        let (store, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let db = Database::builder(store.path())
+            .manual_journal_persist(true)
+            .open()
+            .unwrap();
+        // Pointed at a directory with no journal, as with a fjall that keeps it elsewhere.
+        let journal = JournalSync::new(elsewhere.path());
+        journal.sync(&db).unwrap();
+        journal.sync(&db).unwrap();
+        assert_eq!(journal.synced(), None, "no file of its own was synced");
+        assert!(journal.warned.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    #[test]
     fn the_sync_follows_the_journal_to_each_newer_file() {
         let dir = tempfile::tempdir().unwrap();
         let journal = JournalSync::new(dir.path());
