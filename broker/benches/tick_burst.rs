@@ -19,7 +19,7 @@ use jobcast_protocol::{
 };
 use std::time::{Duration, Instant};
 
-type Store_ = KvStore<FjallEngine>;
+type FjallStore = KvStore<FjallEngine>;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -47,7 +47,7 @@ fn main() {
     // Each batch handed to the store to be made durable, as the server does; its fsync
     // (on the committer's thread) is waited for outside what is timed.
     let (told, commits) = std::sync::mpsc::channel();
-    let start_commit = move |core: &mut Core<Store_>| {
+    let start_commit = move |core: &mut Core<FjallStore>| {
         let told = told.clone();
         core.store_mut().start_flush(Box::new(move |outcome| {
             let _ = told.send(outcome);
@@ -61,7 +61,7 @@ fn main() {
     };
     let mut id = 0u64;
     let mut send =
-        |core: &mut Core<Store_>, from: &str, request: jobcast_protocol::Request, now_us| {
+        |core: &mut Core<FjallStore>, from: &str, request: jobcast_protocol::Request, now_us| {
             id += 1;
             let mut out = Outbox::default();
             core.handle(

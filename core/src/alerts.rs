@@ -92,12 +92,7 @@ impl<S: Store> Core<S> {
             let name = &spec.name;
             if let Some(reason) = &state.auto_disabled {
                 let key = (AlertKind::AutoDisabled, name.clone());
-                // Since when: kept from the standing alert, not reset at each check.
-                let since_ms = self
-                    .tables
-                    .alerts
-                    .get(&key)
-                    .map_or(now.ms(), |a| a.since_ms);
+                let since_ms = self.standing_since(&key, now);
                 standing.insert(
                     key,
                     Alert {
@@ -139,12 +134,7 @@ impl<S: Store> Core<S> {
         }
         if let Some(low) = self.process.low_disk {
             let key = (AlertKind::DiskLow, String::new());
-            // Since when: kept from the standing alert, not reset by each reading.
-            let since_ms = self
-                .tables
-                .alerts
-                .get(&key)
-                .map_or(now.ms(), |a| a.since_ms);
+            let since_ms = self.standing_since(&key, now);
             standing.insert(
                 key,
                 Alert {
@@ -199,5 +189,14 @@ impl<S: Store> Core<S> {
         }
         self.tables.alerts = standing;
         Ok(())
+    }
+
+    /// Since when a condition observed now (not dated by a record) stands: kept from its
+    /// standing alert, not reset at each check.
+    fn standing_since(&self, key: &(AlertKind, String), now: Now) -> u64 {
+        self.tables
+            .alerts
+            .get(key)
+            .map_or(now.ms(), |alert| alert.since_ms)
     }
 }

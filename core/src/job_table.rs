@@ -311,27 +311,12 @@ pub struct FireQueue {
 
 impl FireQueue {
     pub fn set(&mut self, job: &str, next: Option<u64>) {
-        // A job moved to its next tick (every job a tick fires) reuses its entry's name.
-        let Some(at) = self.by_job.get_mut(job) else {
-            if let Some(next) = next {
-                self.by_job.insert(job.to_string(), next);
-                self.order.insert((next, job.to_string()));
-            }
-            return;
-        };
-        let old = *at;
-        let name = self
-            .order
-            .take(&(old, job.to_string()))
-            .map_or_else(|| job.to_string(), |(_, name)| name);
-        match next {
-            Some(next) => {
-                *at = next;
-                self.order.insert((next, name));
-            }
-            None => {
-                self.by_job.remove(job);
-            }
+        if let Some(old) = self.by_job.remove(job) {
+            self.order.remove(&(old, job.to_string()));
+        }
+        if let Some(next) = next {
+            self.by_job.insert(job.to_string(), next);
+            self.order.insert((next, job.to_string()));
         }
     }
 

@@ -2,11 +2,11 @@
 
 use super::engine::{tree_of, Engine, Entry, Scan, Tree, Write};
 use super::{StoreError, StoreResult};
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use std::ops::Bound;
 use std::path::Path;
 
-fn backend(e: fjall::Error) -> StoreError {
+pub(super) fn backend(e: fjall::Error) -> StoreError {
     StoreError::Engine(Box::new(e))
 }
 
@@ -88,7 +88,7 @@ impl Engine for FjallEngine {
     }
 
     fn flush(&self) -> StoreResult<()> {
-        self.db.persist(PersistMode::SyncAll).map_err(backend)
+        self.journal.sync(&self.db)
     }
 
     fn view(&self) -> Option<Box<dyn super::engine::View>> {

@@ -3,8 +3,9 @@
 //! `Database::persist(SyncAll)` holds the journal's lock while the disk syncs (0.7 ms to
 //! several ms here), and every write takes that lock: each write the loop made while the
 //! committer's thread synced the previous batch waited for the whole fsync. So the
-//! committer holds the lock only to hand fjall's buffer to the system
-//! (`persist(Buffer)`), then fsyncs the journal's file through a handle of its own.
+//! store's syncs (the committer's, and the engine's `flush`) hold the lock only to hand
+//! fjall's buffer to the system (`persist(Buffer)`), then fsync the journal's file
+//! through a handle of their own.
 //!
 //! Why that is enough (fjall 3.1): the journal is one file, `<id>.jnl` in the database's
 //! directory; a batch's bytes are in the file that is newest when `persist(Buffer)`
@@ -15,6 +16,7 @@
 //! journal out otherwise fails it, and if no journal file is found at all the sync falls
 //! back to fjall's own, under the lock.
 
+use super::fjall_engine::backend;
 use super::{StoreError, StoreResult};
 use fjall::{Database, PersistMode};
 use std::fs::File;
@@ -71,37 +73,33 @@ impl JournalSync {
 
     /// Makes every write to `db` so far durable.
     pub(crate) fn sync(&self, db: &Database) -> StoreResult<()> {
-        db.persist(PersistMode::Buffer)
-            .map_err(|e| StoreError::Engine(Box::new(e)))?;
+        db.persist(PersistMode::Buffer).map_err(backend)?;
         let mut newest = self
             .newest
             .lock()
             .map_err(|_| StoreError::Engine("the journal file's lock is poisoned".into()))?;
-        if !self.follow(&mut newest)? {
-            if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::warn!(
-                    dir = %self.dir.display(),
-                    "no journal file found where fjall keeps it: syncing through fjall (slower)"
-                );
+        match self.follow(&mut newest)? {
+            Some(file) => file.sync_all().map_err(io),
+            None => {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        dir = %self.dir.display(),
+                        "no journal file found where fjall keeps it: syncing through fjall (slower)"
+                    );
+                }
+                db.persist(PersistMode::SyncAll).map_err(backend)
             }
-            return db
-                .persist(PersistMode::SyncAll)
-                .map_err(|e| StoreError::Engine(Box::new(e)));
-        }
-        match newest.as_ref() {
-            Some(journal) => journal.file.sync_all().map_err(io),
-            None => Ok(()),
         }
     }
 
-    /// Moves `newest` to the newest journal file; false if there is none.
-    fn follow(&self, newest: &mut Option<JournalFile>) -> StoreResult<bool> {
+    /// Moves `newest` to the newest journal file and returns it; `None` if there is none.
+    fn follow<'a>(&self, newest: &'a mut Option<JournalFile>) -> StoreResult<Option<&'a File>> {
         let known = newest.as_ref().map(|journal| journal.id);
         let mut id = match known {
             Some(id) => id,
             None => match newest_id(&self.dir)? {
                 Some(id) => id,
-                None => return Ok(false),
+                None => return Ok(None),
             },
         };
         // fjall names the next journal `id + 1`; more than one can have come since.
@@ -112,7 +110,7 @@ impl JournalSync {
             let file = File::open(journal_path(&self.dir, id)).map_err(io)?;
             *newest = Some(JournalFile { id, file });
         }
-        Ok(true)
+        Ok(newest.as_ref().map(|journal| &journal.file))
     }
 
     /// The journal file the last sync went to.
@@ -181,22 +179,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = JournalSync::new(dir.path());
         let mut newest = None;
-        assert!(!journal.follow(&mut newest).unwrap(), "no journal yet");
+        assert!(
+            journal.follow(&mut newest).unwrap().is_none(),
+            "no journal yet"
+        );
         for id in [3, 4] {
             File::create(journal_path(dir.path(), id)).unwrap();
         }
         std::fs::write(dir.path().join("10.jnl.old"), b"").unwrap();
-        assert!(journal.follow(&mut newest).unwrap());
+        assert!(journal.follow(&mut newest).unwrap().is_some());
         assert_eq!(newest.as_ref().map(|j| j.id), Some(4));
         // Two rotations between syncs.
         for id in [5, 6] {
             File::create(journal_path(dir.path(), id)).unwrap();
         }
-        assert!(journal.follow(&mut newest).unwrap());
+        assert!(journal.follow(&mut newest).unwrap().is_some());
         assert_eq!(newest.as_ref().map(|j| j.id), Some(6));
         // An older journal removed once written out changes nothing.
         std::fs::remove_file(journal_path(dir.path(), 3)).unwrap();
-        assert!(journal.follow(&mut newest).unwrap());
+        assert!(journal.follow(&mut newest).unwrap().is_some());
         assert_eq!(newest.as_ref().map(|j| j.id), Some(6));
     }
 }

@@ -1109,6 +1109,7 @@ mod tests {
         found.sort();
         assert_eq!(found, [1, 2, 3, 4]);
     }
+
     /// An engine that writes one by one, killed between the marks of a commit and the
     /// move of `scan_from`, leaves entries for runs above it: they count as marked, and
     /// go when their runs end.
@@ -1135,6 +1136,7 @@ mod tests {
         store.flush().unwrap();
         assert!(marked(&engine).is_empty(), "{:?}", marked(&engine));
     }
+
     /// Entries a broker killed mid-batch can leave, for a run that has ended or for a
     /// record never written, are removed when the store opens.
     #[test]
