@@ -29,11 +29,14 @@ const BACKLOG_SEALED_MEMTABLES: usize = 1;
 const BACKLOG_L0_TABLES: usize = 12;
 
 pub struct FjallEngine {
+    /// Held for its thread (`memtable_keeper.rs`); first, so that it stops before the
+    /// database is dropped.
+    _memtables: super::memtable_keeper::MemtableKeeper,
     db: Database,
     /// Syncs the journal for the committer without holding fjall's lock meanwhile.
     journal: std::sync::Arc<super::fjall_journal::JournalSync>,
     /// The trees opened, to look at their backlog.
-    trees: std::sync::Mutex<Vec<Keyspace>>,
+    trees: std::sync::Arc<std::sync::Mutex<Vec<Keyspace>>>,
 }
 
 impl FjallEngine {
@@ -56,11 +59,26 @@ impl FjallEngine {
                 }
                 e => backend(e),
             })?;
+        let trees = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         Ok(FjallEngine {
             db,
             journal: std::sync::Arc::new(super::fjall_journal::JournalSync::new(path)),
-            trees: Default::default(),
+            _memtables: super::memtable_keeper::MemtableKeeper::start(trees.clone())
+                .map_err(|e| StoreError::Engine(Box::new(e)))?,
+            trees,
         })
+    }
+
+    /// Memtables freed away from fjall's locks so far (`memtable_keeper.rs`).
+    #[cfg(test)]
+    pub(super) fn memtables_freed(&self) -> u64 {
+        self._memtables.freed()
+    }
+
+    /// Looks the memtable keeper has taken.
+    #[cfg(test)]
+    pub(super) fn memtable_looks(&self) -> u64 {
+        self._memtables.looks()
     }
 }
 

@@ -11,6 +11,7 @@ mod fjall_journal;
 pub mod integrity;
 mod kv;
 mod location;
+mod memtable_keeper;
 pub mod postgres;
 mod run_codec;
 mod sled_engine;
