@@ -1,8 +1,8 @@
 //! The broker loop's own share of a burst of ticks: `together` jobs due in the same
 //! second, each tick made into a run and granted to a claim that waits, then the batch's
-//! writes handed to the store (encoded and written into fjall, in a temporary directory),
-//! as the loop does before the commit's fsync (on the committer's thread, not timed here,
-//! nor the network: `jobcast-bench firetime` measures the whole).
+//! writes handed to the store (encoded and staged), as the loop does. The committer's
+//! thread then gives them to fjall (in a temporary directory) and syncs: not timed here,
+//! nor the network (`jobcast-bench firetime` measures the whole).
 //!
 //! ```sh
 //! cargo bench -p jobcast-broker --bench tick_burst            # 1,000 jobs, 20 bursts
@@ -53,11 +53,13 @@ fn main() {
             let _ = told.send(outcome);
         }));
     };
-    let committed = move || {
+    // And told, as the server tells the store, which then lets the batch's writes go.
+    let committed = move |core: &mut Core<FjallStore>| {
         commits
             .recv()
             .expect("the committer answers")
             .expect("a commit");
+        core.store_mut().commit_told();
     };
     let mut id = 0u64;
     let mut send =
@@ -117,7 +119,7 @@ fn main() {
         start_us,
     );
     start_commit(&mut core);
-    committed();
+    committed(&mut core);
 
     let mut took = Vec::new();
     for burst in 1..=bursts as u64 {
@@ -133,7 +135,7 @@ fn main() {
         core.tick(before_us, &mut out).expect("a tick");
         core.clear_changes();
         start_commit(&mut core);
-        committed();
+        committed(&mut core);
 
         let mut out = Outbox::default();
         let started = Instant::now();
@@ -142,7 +144,7 @@ fn main() {
         let ticked = started.elapsed();
         start_commit(&mut core);
         took.push((started.elapsed(), ticked));
-        committed();
+        committed(&mut core);
 
         let granted: Vec<String> = out
             .replies
@@ -175,7 +177,7 @@ fn main() {
         core.tick(ended_us, &mut Outbox::default()).expect("a tick");
         core.clear_changes();
         start_commit(&mut core);
-        committed();
+        committed(&mut core);
     }
     let median = |mut times: Vec<Duration>| {
         times.sort();

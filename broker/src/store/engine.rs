@@ -35,8 +35,8 @@ pub struct Write {
 }
 
 /// The tree a [`Write`] names.
-pub fn tree_of<'a, T>(trees: &[&'a T], index: usize) -> StoreResult<&'a T> {
-    trees.get(index).copied().ok_or_else(|| {
+pub fn tree_of<T>(trees: &[T], index: usize) -> StoreResult<&T> {
+    trees.get(index).ok_or_else(|| {
         super::StoreError::Engine(format!("no tree {index} in a batch of writes").into())
     })
 }
@@ -44,8 +44,9 @@ pub fn tree_of<'a, T>(trees: &[&'a T], index: usize) -> StoreResult<&'a T> {
 /// What [`Engine::flush`] does, callable from the committer's thread.
 pub type Flusher = Box<dyn Fn() -> StoreResult<()> + Send + Sync>;
 
-pub trait Engine: Send {
-    type Tree: Tree + Send;
+/// Shared with the committer's thread, which applies each batch's writes.
+pub trait Engine: Send + Sync + 'static {
+    type Tree: Tree + Send + Sync + 'static;
     fn tree(&self, name: &str) -> StoreResult<Self::Tree>;
     /// Makes every write so far durable.
     fn flush(&self) -> StoreResult<()>;
@@ -61,17 +62,21 @@ pub trait Engine: Send {
     fn view(&self) -> Option<Box<dyn View>> {
         None
     }
+    /// Whether [`Engine::view`] gives views.
+    fn has_views(&self) -> bool {
+        false
+    }
     /// See [`super::Store::is_backlogged`].
     fn is_backlogged(&self) -> bool {
         false
     }
     /// Makes `writes` in order, each into `trees[write.tree]`; where the engine can, as
     /// one batch (fjall: one journal record, all or nothing after a crash).
-    fn write_all(&self, trees: &[&Self::Tree], writes: Vec<Write>) -> StoreResult<()> {
+    fn write_all(&self, trees: &[Self::Tree], writes: &[Write]) -> StoreResult<()> {
         for write in writes {
             let tree = tree_of(trees, write.tree)?;
-            match write.value {
-                Some(value) => tree.insert(&write.key, &value)?,
+            match &write.value {
+                Some(value) => tree.insert(&write.key, value)?,
                 None => tree.remove(&write.key)?,
             }
         }
@@ -81,7 +86,7 @@ pub trait Engine: Send {
 
 /// A read-only view of an engine's trees at one moment (a snapshot), readable from any
 /// thread.
-pub trait View: Send {
+pub trait View: Send + Sync {
     fn get(&self, tree: &str, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
     /// The records of `tree` below `to`, highest key first.
     fn newest_first(&self, tree: &str, to: Bound<Vec<u8>>) -> Scan<'_>;

@@ -117,6 +117,10 @@ impl Engine for FjallEngine {
         }))
     }
 
+    fn has_views(&self) -> bool {
+        true
+    }
+
     fn flusher(&self) -> super::engine::Flusher {
         let (db, journal) = (self.db.clone(), self.journal.clone());
         Box::new(move || journal.sync(&db))
@@ -152,13 +156,13 @@ impl Engine for FjallEngine {
 
     /// One batch: one journal record (a write each took the journal's lock, wrote and
     /// checked the tree's memtable on its own), applied all or not at all after a crash.
-    fn write_all(&self, trees: &[&Keyspace], writes: Vec<Write>) -> StoreResult<()> {
+    fn write_all(&self, trees: &[Keyspace], writes: &[Write]) -> StoreResult<()> {
         let mut batch = self.db.batch();
         for write in writes {
             let tree = tree_of(trees, write.tree)?;
-            match write.value {
-                Some(value) => batch.insert(tree, write.key, value),
-                None => batch.remove(tree, write.key),
+            match &write.value {
+                Some(value) => batch.insert(tree, write.key.as_slice(), value.as_slice()),
+                None => batch.remove(tree, write.key.as_slice()),
             }
         }
         batch.commit().map_err(backend)

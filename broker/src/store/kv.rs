@@ -1,9 +1,14 @@
 //! The broker's records in any ordered key-value [`Engine`]: one tree per kind of record,
 //! runs keyed by sequence number (in the layout of `run_codec`), job spec versions by
 //! content.
+//!
+//! The loop never writes to the engine: a batch's writes are staged in memory, handed to
+//! the committer when the batch is sealed, and given to the engine on its thread before
+//! the sync. Until the loop is told the batch's outcome, its reads look at those writes
+//! first (`get`, and `scan`, which lays them over the engine's records).
 
 use super::committer::{Commit, Committer};
-use super::engine::{Engine, Tree, Write};
+use super::engine::{Engine, Entry, Tree, View, Write};
 use super::integrity::wall_ms;
 use super::run_codec::{self, SpecCache, SpecKey};
 use super::unfinished::Unfinished;
@@ -14,15 +19,15 @@ use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
-/// The runs and job states a batch wrote, not yet given to the engine. A run that
-/// changes several times in one batch (created and granted at once, started and ended) is
-/// encoded and written once, as it is at the batch's end, and so is a job's state (a
-/// run's start and end each change it); reads of a run by id see these first, and every
-/// other read of the runs or states writes them out before it reads.
+/// The runs and job states a batch wrote, not yet encoded. A run that changes several
+/// times in one batch (created and granted at once, started and ended) is encoded and
+/// staged once, as it is at the batch's end, and so is a job's state (a run's start and
+/// end each change it); reads of a run by id see these first, and every other read of the
+/// runs or states stages them before it reads.
 ///
 /// Job states are written after the runs: a tick's run is created before its job's
 /// state says the tick was dealt with, so a broker killed between the two writes fires
@@ -44,25 +49,29 @@ struct PendingRun {
 }
 
 pub struct KvStore<E: Engine> {
-    engine: E,
-    jobs: E::Tree,
-    runs: E::Tree,
-    /// Job spec versions that runs refer to, by `SpecKey`.
-    specs: E::Tree,
+    /// Shared with the committer's thread, which gives it each batch's writes.
+    engine: Arc<E>,
+    /// The trees, in the order of [`TREES`]. `specs` holds the job spec versions runs
+    /// refer to, by `SpecKey`; `active` the unfinished runs that `scan_from` has passed
+    /// (`unfinished.rs`): the rest are among the newest runs, which a start reads.
+    trees: Arc<Vec<E::Tree>>,
     spec_cache: RefCell<SpecCache>,
     pending: RefCell<Pending>,
-    run_ids: E::Tree,
-    /// The unfinished runs that `scan_from` has passed (`unfinished.rs`): the rest are
-    /// among the newest runs, which a start reads.
-    active: E::Tree,
+    /// The writes of this batch so far, in order: the loop never writes to the engine
+    /// itself (its locks are held across fsyncs by the engine's own work); the committer
+    /// gives them to it once the batch is sealed.
+    staged: RefCell<Staged>,
+    /// Writes handed to the committer whose batch's outcome the loop has not been told
+    /// yet, oldest first, and whether the loop will be told of them (a `flush` waits
+    /// instead; a reader's hand-over is told with the batch after it). They may not be in
+    /// the engine yet, so reads look at them first.
+    in_flight: RefCell<VecDeque<(Arc<Staged>, bool)>>,
+    /// Batches the loop will still be told of that a `flush` already let go.
+    told_early: usize,
     /// Every unfinished run, and where a start's read of the newest begins.
     unfinished: RefCell<Unfinished>,
     /// The highest sequence number written (retention never deletes the newest run).
     last_seq: u64,
-    logs: E::Tree,
-    workers: E::Tree,
-    job_states: E::Tree,
-    settings: E::Tree,
     /// Runs deleted by retention, kept as a setting: the count of stored runs is the last
     /// sequence number less these (counting a tree would walk it).
     pruned: u64,
@@ -79,7 +88,7 @@ pub struct KvStore<E: Engine> {
     flusher: Arc<super::engine::Flusher>,
 }
 
-/// The trees of a store, by name.
+/// The trees of a store, by name; a [`Write`] names its tree by its index here.
 pub(super) const TREES: [&str; 9] = [
     "jobs",
     "runs",
@@ -91,6 +100,223 @@ pub(super) const TREES: [&str; 9] = [
     "job_states",
     "settings",
 ];
+const JOBS: usize = 0;
+const RUNS: usize = 1;
+const SPECS: usize = 2;
+const RUN_IDS: usize = 3;
+const ACTIVE: usize = 4;
+const LOGS: usize = 5;
+const WORKERS: usize = 6;
+const JOB_STATES: usize = 7;
+const SETTINGS: usize = 8;
+
+/// The writes of one batch in the order they were made.
+#[derive(Default)]
+struct Staged {
+    writes: Vec<Write>,
+    /// Where the newest write of each key is, built as far as reads have needed it (most
+    /// batches are never read by key before the engine has them).
+    index: Mutex<Index>,
+}
+
+/// By tree: each key written, and where its newest write is in `Staged::writes`, for the
+/// writes before `upto`.
+#[derive(Default)]
+struct Index {
+    trees: Vec<BTreeMap<Vec<u8>, usize>>,
+    upto: usize,
+}
+
+impl Staged {
+    fn push(&mut self, tree: usize, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.writes.push(Write { tree, key, value });
+    }
+
+    /// The index, brought up to every write so far.
+    fn indexed(&self) -> std::sync::MutexGuard<'_, Index> {
+        let mut index = self
+            .index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if index.trees.is_empty() {
+            index.trees.resize_with(TREES.len(), BTreeMap::new);
+        }
+        let from = index.upto;
+        for (at, write) in self.writes.iter().enumerate().skip(from) {
+            if let Some(keys) = index.trees.get_mut(write.tree) {
+                keys.insert(write.key.clone(), at);
+            }
+        }
+        index.upto = self.writes.len();
+        index
+    }
+
+    /// The newest write of `key`, if this batch wrote it: its value, or `None` (removed).
+    fn newest(&self, tree: usize, key: &[u8]) -> Option<Option<&[u8]>> {
+        let at = *self.indexed().trees.get(tree)?.get(key)?;
+        Some(self.writes.get(at)?.value.as_deref())
+    }
+
+    /// Lays the newest write of each key of `tree` in the range over `over`.
+    fn lay_over<'a>(
+        &'a self,
+        tree: usize,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        over: &mut BTreeMap<&'a [u8], Option<&'a [u8]>>,
+    ) {
+        if is_empty_range(range) {
+            return;
+        }
+        let index = self.indexed();
+        let Some(keys) = index.trees.get(tree) else {
+            return;
+        };
+        for (_, at) in keys.range::<[u8], _>(range) {
+            if let Some(write) = self.writes.get(*at) {
+                over.insert(&write.key, write.value.as_deref());
+            }
+        }
+    }
+}
+
+/// Whether no key lies between the bounds (a `BTreeMap` panics on some such ranges).
+fn is_empty_range((from, to): (Bound<&[u8]>, Bound<&[u8]>)) -> bool {
+    match (from, to) {
+        (Bound::Included(a), Bound::Included(b)) => a > b,
+        (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
+            a >= b
+        }
+        _ => false,
+    }
+}
+
+/// The first key after every key that starts with `prefix`; `None`: no such key.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A key and its newest value in writes not yet given to the engine (`None`: removed).
+type Overwrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// An engine's records in key order (or reversed), with the writes not yet given to it
+/// laid over them: a key written there reads as written, or not at all if removed.
+struct Overlaid<'a> {
+    engine: std::iter::Peekable<Box<dyn Iterator<Item = StoreResult<Entry>> + 'a>>,
+    over: std::iter::Peekable<std::vec::IntoIter<Overwrite>>,
+    newest_first: bool,
+}
+
+impl Iterator for Overlaid<'_> {
+    type Item = StoreResult<Entry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::cmp::Ordering;
+        loop {
+            let order = match (self.engine.peek(), self.over.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)) | Some(Ok(_)), None) => return self.engine.next(),
+                (Some(Err(_)), Some(_)) => return self.engine.next(),
+                (None, Some(_)) => Ordering::Greater,
+                (Some(Ok((stored, _))), Some((over, _))) => {
+                    let order = stored.cmp(over);
+                    if self.newest_first {
+                        order.reverse()
+                    } else {
+                        order
+                    }
+                }
+            };
+            if order == Ordering::Less {
+                return self.engine.next();
+            }
+            if order == Ordering::Equal {
+                self.engine.next();
+            }
+            if let (key, Some(value)) = self.over.next()? {
+                return Some(Ok((key, value)));
+            }
+        }
+    }
+}
+
+/// Where the committer puts views of the store as a batch leaves it, for that batch's
+/// readers, once it has given the engine the batch's writes.
+#[derive(Clone, Default)]
+struct ViewSlot(Arc<(Mutex<Option<SharedView>>, Condvar)>);
+
+/// A view for a batch's readers, or why there is none.
+type SharedView = Result<Arc<dyn View>, String>;
+
+impl ViewSlot {
+    fn fill(&self, view: SharedView) {
+        let (slot, filled) = &*self.0;
+        if let Ok(mut slot) = slot.lock() {
+            slot.get_or_insert(view);
+        }
+        filled.notify_all();
+    }
+
+    /// Waits for the view (a reader is used once its batch is durable, so at once).
+    fn wait(&self) -> StoreResult<Arc<dyn View>> {
+        let (slot, filled) = &*self.0;
+        let deadline = std::time::Instant::now() + VIEW_WAIT;
+        let mut slot = slot
+            .lock()
+            .map_err(|_| unreadable("a reader's view was poisoned"))?;
+        loop {
+            if let Some(view) = &*slot {
+                return view.clone().map_err(|why| unreadable(&why));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(unreadable(
+                    "the batch a reader was asked in was not committed in time",
+                ));
+            }
+            slot = filled
+                .wait_timeout(slot, left)
+                .map_err(|_| unreadable("a reader's view was poisoned"))?
+                .0;
+        }
+    }
+}
+
+/// The longest a reader waits for its batch's view.
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn unreadable(why: &str) -> StoreError {
+    StoreError::Engine(why.to_string().into())
+}
+
+/// Fills a [`ViewSlot`] from the committer; if the commit ends without (it failed, or an
+/// earlier one did), the readers are told.
+struct ViewFiller(Option<ViewSlot>);
+
+impl ViewFiller {
+    fn fill(mut self, view: Option<Box<dyn View>>) {
+        if let Some(slot) = self.0.take() {
+            slot.fill(
+                view.map(Arc::from)
+                    .ok_or_else(|| "the store gives no views".to_string()),
+            );
+        }
+    }
+}
+
+impl Drop for ViewFiller {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            slot.fill(Err("the batch was not committed".to_string()));
+        }
+    }
+}
 
 /// Copies every record of a store from one engine to another, as they are; returns how
 /// many. The copy is durable when this returns.
@@ -141,7 +367,11 @@ fn log_prefix(run_id: &str) -> Vec<u8> {
 
 impl<E: Engine> KvStore<E> {
     pub fn with_engine(engine: E) -> StoreResult<KvStore<E>> {
-        let settings = engine.tree("settings")?;
+        let trees = TREES
+            .iter()
+            .map(|name| engine.tree(name))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let settings = &trees[SETTINGS];
         let pruned = super::setting_u64(settings.get(PRUNED)?, "pruned-runs count")?.unwrap_or(0);
         let commit =
             super::setting_u64(settings.get(super::integrity::COMMIT_KEY)?, "commit count")?
@@ -149,22 +379,17 @@ impl<E: Engine> KvStore<E> {
         let mut store = KvStore {
             committer: Committer::start()?,
             flusher: Arc::new(engine.flusher()),
-            jobs: engine.tree("jobs")?,
-            runs: engine.tree("runs")?,
-            specs: engine.tree("specs")?,
+            trees: Arc::new(trees),
             spec_cache: Default::default(),
             pending: Default::default(),
-            run_ids: engine.tree("run_ids")?,
-            active: engine.tree("active")?,
+            staged: Default::default(),
+            in_flight: Default::default(),
+            told_early: 0,
             unfinished: Default::default(),
             last_seq: 0,
-            logs: engine.tree("logs")?,
-            workers: engine.tree("workers")?,
-            job_states: engine.tree("job_states")?,
-            settings,
             pruned,
             pruned_changed: false,
-            engine,
+            engine: Arc::new(engine),
             dirty: false,
             commit,
             marker: None,
@@ -180,23 +405,23 @@ impl<E: Engine> KvStore<E> {
     /// entry. An entry a broker killed mid-batch can leave (for a record never written,
     /// or for a run that has ended) is removed.
     fn find_unfinished(&mut self) -> StoreResult<()> {
-        self.last_seq = match self.runs.last()? {
+        self.last_seq = match self.tree(RUNS).last()? {
             Some((key, _)) => seq_of(&key)?,
             None => 0,
         };
         let (scan_from, written) =
-            match super::setting_u64(self.settings.get(SCAN_FROM)?, "runs scan start")? {
+            match super::setting_u64(self.tree(SETTINGS).get(SCAN_FROM)?, "runs scan start")? {
                 Some(seq) => (seq, false),
                 None => {
                     let seq = self.last_seq + 1;
-                    self.settings.insert(SCAN_FROM, &seq.to_be_bytes())?;
+                    self.tree(SETTINGS).insert(SCAN_FROM, &seq.to_be_bytes())?;
                     (seq, true)
                 }
             };
         let mut runs = Vec::new();
         let from = scan_from.to_be_bytes();
         for item in self
-            .runs
+            .tree(RUNS)
             .range(Bound::Included(&from[..]), Bound::Unbounded)
         {
             let (key, bytes) = item?;
@@ -208,7 +433,7 @@ impl<E: Engine> KvStore<E> {
         // by one, killed between a mark and the move of `scan_from`, leaves marks above
         // it, which must be removed when their runs end.
         let mut stale = Vec::new();
-        for item in self.active.iter() {
+        for item in self.tree(ACTIVE).iter() {
             let (key, _) = item?;
             match self.run_by_seq(&key)? {
                 Some(run) if !run.state.is_terminal() => runs.push((run.seq, true)),
@@ -216,7 +441,7 @@ impl<E: Engine> KvStore<E> {
             }
         }
         for key in &stale {
-            self.active.remove(key)?;
+            self.tree(ACTIVE).remove(key)?;
         }
         if written || !stale.is_empty() {
             self.engine.flush()?;
@@ -238,20 +463,32 @@ impl<E: Engine> KvStore<E> {
 
     /// Writes what a commit records with it (the pruned count, the commit number), and
     /// returns the work that makes it all durable, for the committer.
-    fn seal(&mut self) -> StoreResult<Commit> {
+    /// The batch's writes, with what a commit records with them (the pruned count, the
+    /// commit number), are then read from `in_flight` until the loop is told of the
+    /// commit (`told_by_loop`) or a `flush` has waited for it.
+    fn seal(&mut self, told_by_loop: bool) -> StoreResult<Commit> {
         self.settle()?;
         if std::mem::take(&mut self.pruned_changed) {
-            self.settings.insert(PRUNED, &self.pruned.to_be_bytes())?;
+            self.stage(
+                SETTINGS,
+                PRUNED.to_vec(),
+                Some(self.pruned.to_be_bytes().to_vec()),
+            );
         }
         let dirty = std::mem::take(&mut self.dirty);
         if dirty {
             self.commit += 1;
-            self.settings
-                .insert(super::integrity::COMMIT_KEY, &self.commit.to_be_bytes())?;
+            self.stage(
+                SETTINGS,
+                super::integrity::COMMIT_KEY.to_vec(),
+                Some(self.commit.to_be_bytes().to_vec()),
+            );
         }
+        let apply = self.hand_over(told_by_loop);
         let (flusher, commit) = (self.flusher.clone(), self.commit);
         let marker = self.marker.as_ref().map(|marker| marker.teller());
         Ok(Box::new(move || {
+            apply()?;
             if dirty {
                 flusher()?;
             }
@@ -262,8 +499,101 @@ impl<E: Engine> KvStore<E> {
         }))
     }
 
+    /// Moves the writes staged so far to `in_flight`, and returns the work that gives
+    /// them to the engine, for the committer.
+    fn hand_over(&self, told_by_loop: bool) -> impl FnOnce() -> StoreResult<()> + Send + 'static {
+        let staged = Arc::new(std::mem::take(&mut *self.staged.borrow_mut()));
+        self.in_flight
+            .borrow_mut()
+            .push_back((staged.clone(), told_by_loop));
+        let (engine, trees) = (self.engine.clone(), self.trees.clone());
+        move || match staged.writes.is_empty() {
+            true => Ok(()),
+            false => engine.write_all(&trees, &staged.writes),
+        }
+    }
+
+    fn tree(&self, index: usize) -> &E::Tree {
+        &self.trees[index]
+    }
+
+    /// Records `key` of `tree` set to `value` (removed if `None`) in this batch.
+    fn stage(&self, tree: usize, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.staged.borrow_mut().push(tree, key, value);
+    }
+
+    /// The record `key` of `tree` as this batch leaves it: written in this batch, or in a
+    /// batch in flight (the newest first), or as the engine has it.
+    fn get(&self, tree: usize, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        if let Some(value) = self.staged.borrow().newest(tree, key) {
+            return Ok(value.map(<[u8]>::to_vec));
+        }
+        for (batch, _) in self.in_flight.borrow().iter().rev() {
+            if let Some(value) = batch.newest(tree, key) {
+                return Ok(value.map(<[u8]>::to_vec));
+            }
+        }
+        self.tree(tree).get(key)
+    }
+
+    /// The records of `tree` in the range as this batch leaves them, in key order or
+    /// newest first.
+    fn scan(
+        &self,
+        tree: usize,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        newest_first: bool,
+    ) -> Box<dyn Iterator<Item = StoreResult<Entry>> + '_> {
+        let stored = self.tree(tree).range(range.0, range.1);
+        let stored: Box<dyn Iterator<Item = StoreResult<Entry>> + '_> = if newest_first {
+            Box::new(stored.rev())
+        } else {
+            stored
+        };
+        // Oldest batch first, so that a later write of a key wins.
+        let mut over: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
+        let staged = self.staged.borrow();
+        let in_flight = self.in_flight.borrow();
+        for batch in in_flight
+            .iter()
+            .map(|(batch, _)| &**batch)
+            .chain(std::iter::once(&*staged))
+        {
+            batch.lay_over(tree, range, &mut over);
+        }
+        if over.is_empty() {
+            return stored;
+        }
+        let mut over: Vec<Overwrite> = over
+            .into_iter()
+            .map(|(key, value)| (key.to_vec(), value.map(<[u8]>::to_vec)))
+            .collect();
+        if newest_first {
+            over.reverse();
+        }
+        Box::new(Overlaid {
+            engine: stored.peekable(),
+            over: over.into_iter().peekable(),
+            newest_first,
+        })
+    }
+
+    /// The records of `tree` whose keys start with `prefix`, in key order.
+    fn scan_prefix(
+        &self,
+        tree: usize,
+        prefix: &[u8],
+    ) -> Box<dyn Iterator<Item = StoreResult<Entry>> + '_> {
+        let end = prefix_end(prefix);
+        let to = match &end {
+            Some(end) => Bound::Excluded(end.as_slice()),
+            None => Bound::Unbounded,
+        };
+        self.scan(tree, (Bound::Included(prefix), to), false)
+    }
+
     fn run_by_seq(&self, seq: &[u8]) -> StoreResult<Option<RunRecord>> {
-        match self.runs.get(seq)? {
+        match self.get(RUNS, seq)? {
             Some(bytes) => Ok(Some(self.decode_run(&bytes)?)),
             None => Ok(None),
         }
@@ -277,30 +607,23 @@ impl<E: Engine> KvStore<E> {
     fn spec(&self, key: &SpecKey) -> StoreResult<Arc<JobSpec>> {
         self.spec_cache
             .borrow_mut()
-            .get_or_read(key, || self.specs.get(key))
+            .get_or_read(key, || self.get(SPECS, key))
     }
 
     /// The run as stored, its job spec version written first if it is new.
     fn encode_run(&self, run: &RunRecord) -> StoreResult<Vec<u8>> {
         let (key, new_version) = self.spec_cache.borrow_mut().key_of(&run.spec);
         if let Some(bytes) = new_version {
-            self.specs.insert(&key, &bytes)?;
+            self.stage(SPECS, key.to_vec(), Some(bytes));
         }
         Ok(run_codec::encode_run(run, key))
     }
 
-    /// Gives the engine the runs and job states this batch wrote so far (see [`Pending`]).
+    /// Stages the runs and job states this batch wrote so far (see [`Pending`]), in the
+    /// order an engine that writes one by one needs (below).
     fn settle(&self) -> StoreResult<()> {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
-        // The trees the writes name, by index.
-        const RUNS: usize = 0;
-        const RUN_IDS: usize = 1;
-        const ACTIVE: usize = 2;
-        const JOB_STATES: usize = 3;
-        const SETTINGS: usize = 4;
-        let write = |tree, key, value| Write { tree, key, value };
         let mut unfinished = self.unfinished.borrow_mut();
-        let mut writes = Vec::with_capacity(pending.by_seq.len() * 2 + pending.job_states.len());
         for (
             seq,
             PendingRun {
@@ -319,54 +642,42 @@ impl<E: Engine> KvStore<E> {
                 // (skipped, and cleared at the next open), never a record the indexes do
                 // not know (listed, but lost to the broker). Only a run created below
                 // `scan_from` (an old store copied in) is marked at once.
-                writes.push(write(RUN_IDS, run.id.into_bytes(), Some(seq.clone())));
+                self.stage(RUN_IDS, run.id.into_bytes(), Some(seq.clone()));
                 if marked {
-                    writes.push(write(ACTIVE, seq.clone(), Some(Vec::new())));
+                    self.stage(ACTIVE, seq.clone(), Some(Vec::new()));
                 }
-                writes.push(write(RUNS, seq, Some(bytes)));
+                self.stage(RUNS, seq, Some(bytes));
             } else {
                 // A mark before the record, its removal after: killed in between, an
                 // ended run keeps its entry (cleared at the next open), rather than an
                 // unfinished run below `scan_from` having none.
                 if marked && !was_marked {
-                    writes.push(write(ACTIVE, seq.clone(), Some(Vec::new())));
+                    self.stage(ACTIVE, seq.clone(), Some(Vec::new()));
                 }
-                writes.push(write(RUNS, seq.clone(), Some(bytes)));
+                self.stage(RUNS, seq.clone(), Some(bytes));
                 if was_marked && !marked {
-                    writes.push(write(ACTIVE, seq, None));
+                    self.stage(ACTIVE, seq, None);
                 }
             }
         }
         // After the runs: a tick's run is created before its job's state says the tick
         // was dealt with (see `Pending`).
         for (job, state) in pending.job_states {
-            writes.push(write(JOB_STATES, job.into_bytes(), Some(encode(&state))));
+            self.stage(JOB_STATES, job.into_bytes(), Some(encode(&state)));
         }
         // `scan_from` moves past the newest runs' oldest, the unfinished runs it passes
         // marked first (the invariant holds after any one of these writes).
         if let Some((scan_from, marks)) = unfinished.advance(self.last_seq) {
             for seq in marks {
-                writes.push(write(ACTIVE, seq.to_be_bytes().to_vec(), Some(Vec::new())));
+                self.stage(ACTIVE, seq.to_be_bytes().to_vec(), Some(Vec::new()));
             }
-            writes.push(write(
+            self.stage(
                 SETTINGS,
                 SCAN_FROM.to_vec(),
                 Some(scan_from.to_be_bytes().to_vec()),
-            ));
+            );
         }
-        if writes.is_empty() {
-            return Ok(());
-        }
-        self.engine.write_all(
-            &[
-                &self.runs,
-                &self.run_ids,
-                &self.active,
-                &self.job_states,
-                &self.settings,
-            ],
-            writes,
-        )
+        Ok(())
     }
 
     /// Keeps `run` to be written at the batch's end (or at the next read that needs it).
@@ -394,7 +705,10 @@ impl<E: Engine> KvStore<E> {
 }
 
 /// A run's log chunks from a scan of its keys (`log_key`): (offset, bytes).
-fn chunks_of(prefix_len: usize, scan: super::engine::Scan<'_>) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+fn chunks_of(
+    prefix_len: usize,
+    scan: impl Iterator<Item = StoreResult<Entry>>,
+) -> StoreResult<Vec<(u64, Vec<u8>)>> {
     scan.map(|item| {
         let (key, value) = item?;
         let offset: [u8; 8] = key
@@ -409,15 +723,28 @@ fn chunks_of(prefix_len: usize, scan: super::engine::Scan<'_>) -> StoreResult<Ve
     .collect()
 }
 
-/// Listings read from a snapshot of the engine, on another thread.
+/// Listings read from a snapshot of the engine, on another thread: the snapshot the
+/// committer took once it gave the engine the batch the reader was asked in.
 struct KvReader {
-    view: Box<dyn super::engine::View>,
+    slot: ViewSlot,
+    view: Option<Arc<dyn View>>,
     specs: SpecCache,
+}
+
+impl KvReader {
+    fn view(&mut self) -> StoreResult<Arc<dyn View>> {
+        if let Some(view) = &self.view {
+            return Ok(view.clone());
+        }
+        let view = self.slot.wait()?;
+        self.view = Some(view.clone());
+        Ok(view)
+    }
 }
 
 impl RunReader for KvReader {
     fn back_up(&mut self, to: &std::path::Path) -> StoreResult<jobcast_core::store::Copied> {
-        super::location::write_backup(self.view.as_ref(), to)
+        super::location::write_backup(self.view()?.as_ref(), to)
     }
 
     fn runs(&mut self, filter: &RunFilter) -> StoreResult<Listing> {
@@ -425,7 +752,8 @@ impl RunReader for KvReader {
             Some(before) => Bound::Excluded(before.to_be_bytes().to_vec()),
             None => Bound::Unbounded,
         };
-        let (view, specs) = (&self.view, &mut self.specs);
+        let view = self.view()?;
+        let (view, specs) = (&view, &mut self.specs);
         let scan = match filter.after_seq {
             Some(after) => {
                 view.oldest_first("runs", Bound::Excluded(after.to_be_bytes().to_vec()), to)
@@ -442,17 +770,18 @@ impl RunReader for KvReader {
 
     fn log_chunks(&mut self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         let prefix = log_prefix(run_id);
-        chunks_of(prefix.len(), self.view.with_prefix("logs", &prefix))
+        chunks_of(prefix.len(), self.view()?.with_prefix("logs", &prefix))
     }
 
     fn run(&mut self, id: &str) -> StoreResult<Option<RunRecord>> {
-        let Some(seq) = self.view.get("run_ids", id.as_bytes())? else {
+        let view = self.view()?;
+        let Some(seq) = view.get("run_ids", id.as_bytes())? else {
             return Ok(None);
         };
-        let Some(bytes) = self.view.get("runs", &seq)? else {
+        let Some(bytes) = view.get("runs", &seq)? else {
             return Ok(None);
         };
-        let (view, specs) = (&self.view, &mut self.specs);
+        let (view, specs) = (&view, &mut self.specs);
         let run = run_codec::decode_run(&bytes, |key| {
             specs.get_or_read(key, || view.get("specs", key))
         })?;
@@ -464,7 +793,7 @@ impl RunReader for KvReader {
 /// The values of a scan, decoded.
 fn decoded<T: DeserializeOwned>(
     what: &'static str,
-    scan: super::engine::Scan<'_>,
+    scan: impl Iterator<Item = StoreResult<Entry>>,
 ) -> StoreResult<Vec<T>> {
     scan.map(|item| decode(what, &item?.1)).collect()
 }
@@ -479,12 +808,16 @@ fn seq_of(key: &[u8]) -> StoreResult<u64> {
 
 impl<E: Engine> Store for KvStore<E> {
     fn jobs(&self) -> StoreResult<Vec<JobSpec>> {
-        decoded("job", self.jobs.iter())
+        decoded(
+            "job",
+            self.scan(JOBS, (Bound::Unbounded, Bound::Unbounded), false),
+        )
     }
 
     fn put_job(&mut self, job: &JobSpec) -> StoreResult<()> {
         self.dirty = true;
-        self.jobs.insert(job.name.as_bytes(), &encode(job))
+        self.stage(JOBS, job.name.as_bytes().to_vec(), Some(encode(job)));
+        Ok(())
     }
 
     fn create_run(&mut self, run: &RunRecord) -> StoreResult<()> {
@@ -510,7 +843,7 @@ impl<E: Engine> Store for KvStore<E> {
                 return Ok(Some(held.run.clone()));
             }
         }
-        match self.run_ids.get(id.as_bytes())? {
+        match self.get(RUN_IDS, id.as_bytes())? {
             // An entry whose record was never written may name a number a later run
             // took: only a record of this id counts.
             Some(seq) => Ok(self.run_by_seq(&seq)?.filter(|run| run.id == id)),
@@ -541,16 +874,15 @@ impl<E: Engine> Store for KvStore<E> {
         };
         let after = filter.after_seq.map(u64::to_be_bytes);
         let scan = match &after {
-            Some(after) => self.runs.range(Bound::Excluded(&after[..]), to),
-            None => Box::new(self.runs.range(Bound::Unbounded, to).rev()),
+            Some(after) => self.scan(RUNS, (Bound::Excluded(&after[..]), to), false),
+            None => self.scan(RUNS, (Bound::Unbounded, to), true),
         };
         list_newest_first(scan.map(|item| self.decode_run(&item?.1)), filter)
     }
 
     fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
         self.settle()?;
-        self.run_ids
-            .prefix(prefix.as_bytes())
+        self.scan_prefix(RUN_IDS, prefix.as_bytes())
             .take(limit)
             .map(|item| Ok(String::from_utf8_lossy(&item?.0).into_owned()))
             .collect()
@@ -570,8 +902,7 @@ impl<E: Engine> Store for KvStore<E> {
     fn oldest_runs(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<RunRecord>> {
         self.settle()?;
         let from = from_seq.to_be_bytes();
-        self.runs
-            .range(Bound::Included(&from[..]), Bound::Unbounded)
+        self.scan(RUNS, (Bound::Included(&from[..]), Bound::Unbounded), false)
             .take(limit)
             .map(|item| self.decode_run(&item?.1))
             .collect()
@@ -580,64 +911,68 @@ impl<E: Engine> Store for KvStore<E> {
     fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()> {
         self.settle()?;
         self.dirty = true;
-        let seq = run.seq.to_be_bytes();
-        if self.runs.get(&seq)?.is_none() {
+        let seq = run.seq.to_be_bytes().to_vec();
+        if self.get(RUNS, &seq)?.is_none() {
             return Ok(());
         }
         // The log first and the record near the end: killed in between, the record is
         // still there for retention to delete again, and nothing is left unreachable.
         let chunks: Vec<Vec<u8>> = self
-            .logs
-            .prefix(&log_prefix(&run.id))
+            .scan_prefix(LOGS, &log_prefix(&run.id))
             .map(|item| item.map(|(key, _)| key))
             .collect::<StoreResult<_>>()?;
         for key in chunks {
-            self.logs.remove(&key)?;
+            self.stage(LOGS, key, None);
         }
         // Only a marked run has an entry (and a stale one is cleared at open): removing
         // one that is not there would only add a tombstone for the engine to write out
         // and compact.
         let unfinished = self.unfinished.get_mut();
         if unfinished.is_marked(run.seq) {
-            self.active.remove(&seq)?;
+            self.staged.get_mut().push(ACTIVE, seq.clone(), None);
         }
         unfinished.deleted(run.seq);
-        self.runs.remove(&seq)?;
-        self.run_ids.remove(run.id.as_bytes())?;
+        self.stage(RUNS, seq, None);
+        self.stage(RUN_IDS, run.id.as_bytes().to_vec(), None);
         self.pruned += 1;
-        // Written once per commit, in it (see `flush`).
+        // Written once per commit, in it (see `seal`).
         self.pruned_changed = true;
         Ok(())
     }
 
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()> {
         self.dirty = true;
-        self.logs.insert(&log_key(run_id, offset), data)
+        self.stage(LOGS, log_key(run_id, offset), Some(data.to_vec()));
+        Ok(())
     }
 
     fn delete_log_chunk(&mut self, run_id: &str, offset: u64) -> StoreResult<()> {
         self.dirty = true;
-        self.logs.remove(&log_key(run_id, offset))
+        self.stage(LOGS, log_key(run_id, offset), None);
+        Ok(())
     }
 
     fn log_chunks(&self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         let prefix = log_prefix(run_id);
-        chunks_of(prefix.len(), self.logs.prefix(&prefix))
+        chunks_of(prefix.len(), self.scan_prefix(LOGS, &prefix))
     }
 
     fn workers(&self) -> StoreResult<Vec<WorkerStatus>> {
-        decoded("worker", self.workers.iter())
+        decoded(
+            "worker",
+            self.scan(WORKERS, (Bound::Unbounded, Bound::Unbounded), false),
+        )
     }
 
     fn put_worker(&mut self, worker: &WorkerStatus) -> StoreResult<()> {
         self.dirty = true;
-        self.workers.insert(worker.id.as_bytes(), &encode(worker))
+        self.stage(WORKERS, worker.id.as_bytes().to_vec(), Some(encode(worker)));
+        Ok(())
     }
 
     fn job_states(&self) -> StoreResult<Vec<(String, JobState)>> {
         self.settle()?;
-        self.job_states
-            .iter()
+        self.scan(JOB_STATES, (Bound::Unbounded, Bound::Unbounded), false)
             .map(|item| {
                 let (key, value) = item?;
                 Ok((
@@ -661,17 +996,17 @@ impl<E: Engine> Store for KvStore<E> {
     }
 
     fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.settings.get(key.as_bytes())
+        self.get(SETTINGS, key.as_bytes())
     }
 
     fn put_setting(&mut self, key: &str, value: &[u8]) -> StoreResult<()> {
         self.dirty = true;
-        self.settings.insert(key.as_bytes(), value)
+        self.stage(SETTINGS, key.as_bytes().to_vec(), Some(value.to_vec()));
+        Ok(())
     }
 
     fn settings(&self) -> StoreResult<Vec<(String, Vec<u8>)>> {
-        self.settings
-            .iter()
+        self.scan(SETTINGS, (Bound::Unbounded, Bound::Unbounded), false)
             .map(|item| {
                 let (key, value) = item?;
                 Ok((String::from_utf8_lossy(&key).into_owned(), value))
@@ -683,25 +1018,65 @@ impl<E: Engine> Store for KvStore<E> {
         self.engine.is_backlogged()
     }
 
+    /// A reader of the store as it is now: the writes so far are handed to the
+    /// committer, which takes the reader's snapshot once it has given them to the engine
+    /// (the reader waits for it; it is used once the batch is durable, by then long
+    /// taken).
     fn reader(&self) -> Option<Box<dyn RunReader>> {
-        // Not written out, the loop reads itself (and meets the error there).
+        if !self.engine.has_views() {
+            return None;
+        }
+        // Not staged, the loop reads itself (and meets the error there).
         self.settle().ok()?;
+        let slot = ViewSlot::default();
+        let filler = ViewFiller(Some(slot.clone()));
+        let apply = self.hand_over(false);
+        let engine = self.engine.clone();
+        self.committer.submit(
+            Box::new(move || {
+                apply()?;
+                filler.fill(engine.view());
+                Ok(())
+            }),
+            // A failure fails every later commit too: the batch's own tells it.
+            Box::new(|_| {}),
+        );
         Some(Box::new(KvReader {
-            view: self.engine.view()?,
+            slot,
+            view: None,
             specs: SpecCache::default(),
         }))
     }
 
     /// Through the committer, after whatever it still has: commits stay in order.
     fn flush(&mut self) -> StoreResult<()> {
-        let commit = self.seal()?;
-        self.committer.wait(commit)
+        let commit = self.seal(false)?;
+        let outcome = self.committer.wait(commit);
+        // Every batch handed over before this one has been committed (in order): their
+        // writes are the engine's now. The loop will still be told of some of them.
+        let in_flight = self.in_flight.get_mut();
+        self.told_early += in_flight.iter().filter(|(_, told)| *told).count();
+        in_flight.clear();
+        outcome
     }
 
     fn start_flush(&mut self, done: FlushDone) {
-        match self.seal() {
+        match self.seal(true) {
             Ok(commit) => self.committer.submit(commit, done),
             Err(e) => done(Err(e)),
+        }
+    }
+
+    fn commit_told(&mut self) {
+        if self.told_early > 0 {
+            self.told_early -= 1;
+            return;
+        }
+        // With the hand-overs of readers before it, committed before it.
+        while let Some((_, told)) = self.in_flight.get_mut().pop_front() {
+            if told {
+                break;
+            }
         }
     }
 
@@ -738,8 +1113,8 @@ mod tests {
         let old = RunRecord::queued("oldrun".into(), 1, spec.clone(), 1, "enqueued");
         // As brokers before the compact layout wrote it: a map, spec inline.
         let old_bytes = rmp_serde::to_vec_named(&old).unwrap();
-        Tree::insert(&store.runs, &1u64.to_be_bytes(), &old_bytes).unwrap();
-        Tree::insert(&store.run_ids, b"oldrun", &1u64.to_be_bytes()).unwrap();
+        Tree::insert(store.tree(RUNS), &1u64.to_be_bytes(), &old_bytes).unwrap();
+        Tree::insert(store.tree(RUN_IDS), b"oldrun", &1u64.to_be_bytes()).unwrap();
         let mut new = RunRecord::queued("newrun".into(), 2, spec, 2, "enqueued");
         new.state = RunState::Succeeded;
         store.create_run(&new).unwrap();
@@ -857,6 +1232,14 @@ mod tests {
         run
     }
 
+    /// Gives the engine the writes staged so far, as the committer does (without the
+    /// sync, which the cut engine does not need).
+    fn written_out(store: &KvStore<CutEngine>) {
+        store.settle().unwrap();
+        let apply = store.hand_over(false);
+        apply().unwrap();
+    }
+
     /// The batch a broker may be killed in the middle of: its writes, in order.
     fn unflushed_batch(store: &mut KvStore<CutEngine>) {
         store.create_run(&queued(2, "run-2")).unwrap();
@@ -874,7 +1257,7 @@ mod tests {
         store.put_job_state("job", &job_state(4, None)).unwrap();
         store.put_job_state("job", &job_state(4, Some(5))).unwrap();
         // The batch's end: its runs and states go to the engine.
-        store.settle().unwrap();
+        written_out(store);
     }
 
     fn job_state(last_tick_ms: u64, last_started_ms: Option<u64>) -> JobState {
@@ -892,7 +1275,7 @@ mod tests {
             engine.budget.store(-1, Ordering::SeqCst);
             let mut store = KvStore::with_engine(engine.clone()).unwrap();
             store.create_run(&queued(1, "run-1")).unwrap();
-            store.settle().unwrap();
+            written_out(&store);
             engine.budget.store(1_000, Ordering::SeqCst);
             unflushed_batch(&mut store);
             1_000 - engine.budget.load(Ordering::SeqCst)
@@ -906,7 +1289,7 @@ mod tests {
             engine.budget.store(-1, Ordering::SeqCst);
             let mut store = KvStore::with_engine(engine.clone()).unwrap();
             store.create_run(&queued(1, "run-1")).unwrap();
-            store.settle().unwrap();
+            written_out(&store);
             engine.budget.store(cut, Ordering::SeqCst);
             unflushed_batch(&mut store);
 
@@ -1158,5 +1541,223 @@ mod tests {
         assert_eq!(marked(&engine), [1], "the unfinished run's entry stays");
         let found: Vec<u64> = store.active_runs().unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(found, [1]);
+    }
+
+    /// Records as the engine's scan gives them, for the overlay's tests.
+    fn stored(keys: &[&str]) -> Box<dyn Iterator<Item = StoreResult<Entry>> + 'static> {
+        let entries: Vec<StoreResult<Entry>> = keys
+            .iter()
+            .map(|key| Ok((key.as_bytes().to_vec(), b"stored".to_vec())))
+            .collect();
+        Box::new(entries.into_iter())
+    }
+
+    fn overlaid(
+        engine: Box<dyn Iterator<Item = StoreResult<Entry>>>,
+        over: &[(&str, Option<&str>)],
+        newest_first: bool,
+    ) -> Vec<(String, String)> {
+        let over: Vec<Overwrite> = over
+            .iter()
+            .map(|(key, value)| {
+                (
+                    key.as_bytes().to_vec(),
+                    value.map(|v| v.as_bytes().to_vec()),
+                )
+            })
+            .collect();
+        Overlaid {
+            engine: engine.peekable(),
+            over: over.into_iter().peekable(),
+            newest_first,
+        }
+        .map(|item| {
+            let (key, value) = item.unwrap();
+            (
+                String::from_utf8(key).unwrap(),
+                String::from_utf8(value).unwrap(),
+            )
+        })
+        .collect()
+    }
+
+    #[test]
+    fn writes_in_flight_are_laid_over_the_engines_records_in_either_order() {
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // b rewritten, c removed, a and e new, d untouched.
+        let over = [
+            ("a", Some("new")),
+            ("b", Some("new")),
+            ("c", None),
+            ("e", Some("new")),
+        ];
+        assert_eq!(
+            overlaid(stored(&["b", "c", "d"]), &over, false),
+            pairs(&[("a", "new"), ("b", "new"), ("d", "stored"), ("e", "new")])
+        );
+        let mut reversed = over;
+        reversed.reverse();
+        assert_eq!(
+            overlaid(stored(&["d", "c", "b"]), &reversed, true),
+            pairs(&[("e", "new"), ("d", "stored"), ("b", "new"), ("a", "new")])
+        );
+        // A removal of what the engine never had is nothing; an engine's error comes
+        // through.
+        assert_eq!(overlaid(stored(&[]), &[("x", None)], false), pairs(&[]));
+        let failing: Box<dyn Iterator<Item = StoreResult<Entry>>> =
+            Box::new(vec![Err(StoreError::Engine("unreadable".into()))].into_iter());
+        let mut merged = Overlaid {
+            engine: failing.peekable(),
+            over: vec![(b"a".to_vec(), Some(b"new".to_vec()))]
+                .into_iter()
+                .peekable(),
+            newest_first: false,
+        };
+        assert!(merged.next().unwrap().is_err());
+    }
+
+    #[test]
+    fn ranges_and_prefixes_are_bounded_without_panicking() {
+        let range = |from: Bound<&'static [u8]>, to: Bound<&'static [u8]>| (from, to);
+        assert!(is_empty_range(range(
+            Bound::Excluded(b"a"),
+            Bound::Excluded(b"a")
+        )));
+        assert!(is_empty_range(range(
+            Bound::Included(b"b"),
+            Bound::Included(b"a")
+        )));
+        assert!(!is_empty_range(range(
+            Bound::Included(b"a"),
+            Bound::Included(b"a")
+        )));
+        assert!(!is_empty_range(range(
+            Bound::Unbounded,
+            Bound::Excluded(b"a")
+        )));
+        // An empty range of a batch's writes is no write, not a panic.
+        let mut staged = Staged::default();
+        staged.push(RUNS, b"a".to_vec(), None);
+        let mut over = BTreeMap::new();
+        staged.lay_over(
+            RUNS,
+            range(Bound::Excluded(b"a"), Bound::Excluded(b"a")),
+            &mut over,
+        );
+        assert!(over.is_empty());
+        staged.lay_over(RUNS, range(Bound::Unbounded, Bound::Unbounded), &mut over);
+        assert_eq!(over.len(), 1);
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+
+    /// Until the loop is told of a batch's commit, every read sees its writes, whether or
+    /// not the committer has given them to the engine yet; then the engine has them.
+    #[test]
+    fn reads_see_the_writes_of_batches_in_flight_until_their_commit_is_told() {
+        let engine = CutEngine::default();
+        engine.budget.store(-1, Ordering::SeqCst);
+        let mut store = KvStore::with_engine(engine.clone()).unwrap();
+        let gone = queued(1, "gone");
+        store.create_run(&gone).unwrap();
+        store.put_log_chunk("gone", 0, b"out").unwrap();
+        store.flush().unwrap();
+
+        // A batch handed over and not applied (its work is never run here).
+        store.create_run(&queued(2, "kept")).unwrap();
+        store.put_log_chunk("kept", 0, b"hello").unwrap();
+        store.put_setting("pools", b"off").unwrap();
+        store
+            .put_job(&JobSpec::new(
+                "job",
+                "default",
+                Exec::Command(vec!["true".into()]),
+            ))
+            .unwrap();
+        store.delete_run(&gone).unwrap();
+        store.settle().unwrap();
+        let _never_applied = store.hand_over(true);
+        assert!(engine
+            .tree("runs")
+            .unwrap()
+            .get(&2u64.to_be_bytes())
+            .unwrap()
+            .is_none());
+
+        let listed: Vec<String> = store
+            .runs(&RunFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .runs
+            .into_iter()
+            .map(|run| run.id)
+            .collect();
+        assert_eq!(listed, ["kept"], "the new run listed, the deleted one not");
+        assert_eq!(store.run("kept").unwrap().unwrap().seq, 2);
+        assert!(store.run("gone").unwrap().is_none());
+        assert_eq!(store.log_chunks("kept").unwrap(), [(0, b"hello".to_vec())]);
+        assert!(store.log_chunks("gone").unwrap().is_empty());
+        assert_eq!(
+            store.setting("pools").unwrap().as_deref(),
+            Some(&b"off"[..])
+        );
+        assert_eq!(store.jobs().unwrap().len(), 1);
+        assert_eq!(store.run_ids_with_prefix("ke", 10).unwrap(), ["kept"]);
+        assert_eq!(
+            store
+                .oldest_runs(0, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            [2]
+        );
+
+        // Told: the batch's writes are the engine's to give (never applied here, so gone).
+        store.commit_told();
+        assert!(store.run("kept").unwrap().is_none());
+        assert!(store.run("gone").unwrap().is_some());
+    }
+
+    /// A `flush` waits for every batch before it, so it lets them all go; the loop's
+    /// later tellings of those batches then let go of nothing else.
+    #[test]
+    fn a_flush_lets_go_of_the_batches_before_it_and_their_tellings_count_them() {
+        let engine = CutEngine::default();
+        engine.budget.store(-1, Ordering::SeqCst);
+        let mut store = KvStore::with_engine(engine.clone()).unwrap();
+        let (told, outcomes) = std::sync::mpsc::channel();
+        for seq in 1..=2 {
+            store
+                .create_run(&queued(seq, &format!("run-{seq}")))
+                .unwrap();
+            let told = told.clone();
+            store.start_flush(Box::new(move |outcome| told.send(outcome).unwrap()));
+        }
+        assert_eq!(store.in_flight.borrow().len(), 2);
+        store.flush().unwrap();
+        assert!(store.in_flight.borrow().is_empty());
+        store.create_run(&queued(3, "run-3")).unwrap();
+        store.start_flush(Box::new(move |outcome| told.send(outcome).unwrap()));
+        for _ in 0..3 {
+            outcomes.recv().unwrap().unwrap();
+        }
+        store.commit_told();
+        store.commit_told();
+        assert_eq!(
+            store.in_flight.borrow().len(),
+            1,
+            "run-3's batch is not told yet"
+        );
+        store.commit_told();
+        assert!(store.in_flight.borrow().is_empty());
+        assert_eq!(store.run("run-3").unwrap().unwrap().seq, 3);
     }
 }
