@@ -65,7 +65,8 @@ enum Command {
         /// Jobs that all fire in the same second, every 5 s.
         #[arg(long, default_value_t = 1_000)]
         together: usize,
-        /// Jobs in total for the spread scenario, firing at second `i % 60` of each minute.
+        /// Jobs in total for the spread scenario, spread evenly over the seconds of each
+        /// minute (job `i` at second `i × 60 / total`).
         #[arg(long, default_value_t = 10_000)]
         total: usize,
         /// How long each scenario runs.
@@ -466,14 +467,15 @@ async fn firetime(together: usize, total: usize, duration: Duration) -> Result<(
     }
     drop(broker);
 
-    // Scenario 2: `total` jobs spread over each minute (second i % 60).
+    // Scenario 2: `total` jobs spread evenly over each minute: however few, any run of
+    // the scenario meets some of their ticks.
     let broker = Broker::start().await?;
     let jobs = (0..total)
         .map(|i| {
             job(
                 format!("spread-{i}"),
                 ScheduleSpec {
-                    cron: vec![format!("{} * * * * *", i % 60)],
+                    cron: vec![format!("{} * * * * *", i * 60 / total)],
                     ..Default::default()
                 },
             )

@@ -336,6 +336,12 @@ pub fn copy_records(from: &impl Engine, to: &impl Engine) -> StoreResult<u64> {
 
 /// The settings key of the pruned-runs count.
 const PRUNED: &[u8] = b"pruned_runs";
+/// The settings key of the store's format: what a broker must understand to open it.
+const STORE_FORMAT: &[u8] = b"store_format";
+/// 1: the unfinished runs are the newest from `runs_scan_from` on and the older ones
+/// `active` holds (a broker before it would miss the newest). A store without the setting
+/// was written before it, and is read as it is.
+const STORE_FORMAT_VERSION: u64 = 1;
 /// Where a start's read of the newest runs begins (`unfinished.rs`). A store without it
 /// (written before it) keeps every unfinished run in `active`.
 const SCAN_FROM: &[u8] = b"runs_scan_from";
@@ -372,6 +378,12 @@ impl<E: Engine> KvStore<E> {
             .map(|name| engine.tree(name))
             .collect::<StoreResult<Vec<_>>>()?;
         let settings = &trees[SETTINGS];
+        let format = super::setting_u64(settings.get(STORE_FORMAT)?, "store format")?;
+        if let Some(format) = format.filter(|format| *format > STORE_FORMAT_VERSION) {
+            return Err(StoreError::Damaged(format!(
+                "the store was written by a newer broker (store format {format}; this broker reads up to {STORE_FORMAT_VERSION}): run that broker or a newer one, or restore the backup taken before upgrading"
+            )));
+        }
         let pruned = super::setting_u64(settings.get(PRUNED)?, "pruned-runs count")?.unwrap_or(0);
         let commit =
             super::setting_u64(settings.get(super::integrity::COMMIT_KEY)?, "commit count")?
@@ -395,6 +407,12 @@ impl<E: Engine> KvStore<E> {
             marker: None,
         };
         store.find_unfinished()?;
+        if format != Some(STORE_FORMAT_VERSION) {
+            store
+                .tree(SETTINGS)
+                .insert(STORE_FORMAT, &STORE_FORMAT_VERSION.to_be_bytes())?;
+            store.engine.flush()?;
+        }
         Ok(store)
     }
 
@@ -1618,6 +1636,49 @@ mod tests {
             newest_first: false,
         };
         assert!(merged.next().unwrap().is_err());
+    }
+
+    #[test]
+    fn a_store_written_by_a_newer_broker_is_refused_saying_so() {
+        let engine = CutEngine::default();
+        engine.budget.store(-1, Ordering::SeqCst);
+        drop(KvStore::with_engine(engine.clone()).unwrap());
+        let settings = engine.tree("settings").unwrap();
+        assert_eq!(
+            settings.get(STORE_FORMAT).unwrap(),
+            Some(STORE_FORMAT_VERSION.to_be_bytes().to_vec()),
+            "a store records its format when it opens"
+        );
+        settings
+            .insert(STORE_FORMAT, &(STORE_FORMAT_VERSION + 1).to_be_bytes())
+            .unwrap();
+        let Err(refused) = KvStore::with_engine(engine.clone()) else {
+            panic!("a store of a newer format was opened");
+        };
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("written by a newer broker (store format 2"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn each_tree_index_names_its_tree() {
+        let named = [
+            (JOBS, "jobs"),
+            (RUNS, "runs"),
+            (SPECS, "specs"),
+            (RUN_IDS, "run_ids"),
+            (ACTIVE, "active"),
+            (LOGS, "logs"),
+            (WORKERS, "workers"),
+            (JOB_STATES, "job_states"),
+            (SETTINGS, "settings"),
+        ];
+        assert_eq!(named.len(), TREES.len());
+        for (index, name) in named {
+            assert_eq!(TREES[index], name);
+        }
     }
 
     #[test]
