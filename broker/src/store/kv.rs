@@ -479,11 +479,10 @@ impl<E: Engine> KvStore<E> {
         Ok(self)
     }
 
-    /// Writes what a commit records with it (the pruned count, the commit number), and
-    /// returns the work that makes it all durable, for the committer.
-    /// The batch's writes, with what a commit records with them (the pruned count, the
-    /// commit number), are then read from `in_flight` until the loop is told of the
-    /// commit (`told_by_loop`) or a `flush` has waited for it.
+    /// Stages what a commit records with the batch (the pruned count, the commit number)
+    /// and returns the work that makes it all durable, for the committer. The batch's
+    /// writes are then read from `in_flight` until the loop is told of the commit
+    /// (`told_by_loop`) or a `flush` has waited for it.
     fn seal(&mut self, told_by_loop: bool) -> StoreResult<Commit> {
         self.settle()?;
         if std::mem::take(&mut self.pruned_changed) {
