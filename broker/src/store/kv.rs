@@ -114,16 +114,17 @@ const SETTINGS: usize = 8;
 #[derive(Default)]
 struct Staged {
     writes: Vec<Write>,
-    /// Where the newest write of each key is, built as far as reads have needed it (most
-    /// batches are never read by key before the engine has them).
-    index: Mutex<Index>,
+    /// By tree, where the newest write of each key is, built as far as reads of that
+    /// tree have needed it (most trees of most batches are never read by key before the
+    /// engine has them; a new run's id is, to check it is not taken).
+    index: Mutex<Vec<TreeIndex>>,
 }
 
-/// By tree: each key written, and where its newest write is in `Staged::writes`, for the
-/// writes before `upto`.
+/// Each key a batch wrote to one tree, and where its newest write is in
+/// `Staged::writes`, for the writes before `upto`.
 #[derive(Default)]
-struct Index {
-    trees: Vec<BTreeMap<Vec<u8>, usize>>,
+struct TreeIndex {
+    keys: BTreeMap<Vec<u8>, usize>,
     upto: usize,
 }
 
@@ -132,28 +133,30 @@ impl Staged {
         self.writes.push(Write { tree, key, value });
     }
 
-    /// The index, brought up to every write so far.
-    fn indexed(&self) -> std::sync::MutexGuard<'_, Index> {
+    /// The index, with `tree`'s brought up to every write so far.
+    fn indexed(&self, tree: usize) -> std::sync::MutexGuard<'_, Vec<TreeIndex>> {
         let mut index = self
             .index
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if index.trees.is_empty() {
-            index.trees.resize_with(TREES.len(), BTreeMap::new);
+        if index.is_empty() {
+            index.resize_with(TREES.len(), TreeIndex::default);
         }
-        let from = index.upto;
-        for (at, write) in self.writes.iter().enumerate().skip(from) {
-            if let Some(keys) = index.trees.get_mut(write.tree) {
-                keys.insert(write.key.clone(), at);
+        if let Some(indexed) = index.get_mut(tree) {
+            let from = indexed.upto;
+            for (at, write) in self.writes.iter().enumerate().skip(from) {
+                if write.tree == tree {
+                    indexed.keys.insert(write.key.clone(), at);
+                }
             }
+            indexed.upto = self.writes.len();
         }
-        index.upto = self.writes.len();
         index
     }
 
     /// The newest write of `key`, if this batch wrote it: its value, or `None` (removed).
     fn newest(&self, tree: usize, key: &[u8]) -> Option<Option<&[u8]>> {
-        let at = *self.indexed().trees.get(tree)?.get(key)?;
+        let at = *self.indexed(tree).get(tree)?.keys.get(key)?;
         Some(self.writes.get(at)?.value.as_deref())
     }
 
@@ -167,11 +170,11 @@ impl Staged {
         if is_empty_range(range) {
             return;
         }
-        let index = self.indexed();
-        let Some(keys) = index.trees.get(tree) else {
+        let index = self.indexed(tree);
+        let Some(indexed) = index.get(tree) else {
             return;
         };
-        for (_, at) in keys.range::<[u8], _>(range) {
+        for (_, at) in indexed.keys.range::<[u8], _>(range) {
             if let Some(write) = self.writes.get(*at) {
                 over.insert(&write.key, write.value.as_deref());
             }
