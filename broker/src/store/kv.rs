@@ -409,11 +409,15 @@ impl<E: Engine> KvStore<E> {
             commit,
             marker: None,
         };
-        store.find_unfinished()?;
+        let mut written = store.find_unfinished()?;
         if format != Some(STORE_FORMAT_VERSION) {
             store
                 .tree(SETTINGS)
                 .insert(STORE_FORMAT, &STORE_FORMAT_VERSION.to_be_bytes())?;
+            written = true;
+        }
+        // One sync for whatever opening the store wrote.
+        if written {
             store.engine.flush()?;
         }
         Ok(store)
@@ -425,7 +429,8 @@ impl<E: Engine> KvStore<E> {
     /// just past the last run; it is written then, before any run is written without an
     /// entry. An entry a broker killed mid-batch can leave (for a record never written,
     /// or for a run that has ended) is removed.
-    fn find_unfinished(&mut self) -> StoreResult<()> {
+    /// Returns whether it wrote anything (not yet synced).
+    fn find_unfinished(&mut self) -> StoreResult<bool> {
         self.last_seq = match self.tree(RUNS).last()? {
             Some((key, _)) => seq_of(&key)?,
             None => 0,
@@ -464,11 +469,8 @@ impl<E: Engine> KvStore<E> {
         for key in &stale {
             self.tree(ACTIVE).remove(key)?;
         }
-        if written || !stale.is_empty() {
-            self.engine.flush()?;
-        }
         self.unfinished = RefCell::new(Unfinished::new(scan_from, runs));
-        Ok(())
+        Ok(written || !stale.is_empty())
     }
 
     /// Batches flushed over the store's life.
