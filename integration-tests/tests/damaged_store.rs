@@ -1,7 +1,9 @@
 //! Damage that is not a crash's torn tail: a real broker's store, killed with SIGKILL, its
 //! journal then cut at half its data, zeroed for 4 KiB in the middle, or deleted. The
-//! broker refuses to start on each, naming the files; `--repair` ends what went back, and
-//! no run that had succeeded runs again.
+//! store's write-ahead log, which holds every batch since the broker started, makes a
+//! deleted journal whole again; with the log lost too, the broker refuses to start on
+//! each, naming the files; `--repair` ends what went back, and no run that had succeeded
+//! runs again.
 
 use jobcast_integration_tests::*;
 use std::path::{Path, PathBuf};
@@ -118,6 +120,21 @@ fn a_damaged_store_is_refused_and_repaired_without_running_a_succeeded_run_again
         std::fs::write(journal, bytes).unwrap();
     };
     let delete: Damage = |journal| std::fs::remove_file(journal).unwrap();
+
+    // The log gives fjall back what its journal held.
+    copy_dir(&killed, &data);
+    for journal in journals(&data) {
+        delete(&journal);
+    }
+    cluster.start_broker();
+    let succeeded = cluster
+        .all_runs()
+        .iter()
+        .filter(|r| r["state"].as_str() == Some("succeeded"))
+        .count();
+    assert_eq!(succeeded, runs.len(), "the log replayed every end");
+    cluster.kill_broker();
+
     for (name, damage) in [
         ("cut in half", cut_in_half),
         ("4 KiB zeroed", zero_4k_in_the_middle),
@@ -127,6 +144,7 @@ fn a_damaged_store_is_refused_and_repaired_without_running_a_succeeded_run_again
         for journal in journals(&data) {
             damage(&journal);
         }
+        std::fs::remove_dir_all(data.join("store.wal")).unwrap();
         let (code, text) = broker_once(&cluster, &[]);
         assert_eq!(code, Some(1), "journal {name}: the broker started\n{text}");
         assert!(

@@ -4,7 +4,9 @@
 //! peers without one, garbage greetings, 200 connections that send a byte a second, and
 //! a key holder's subscriptions: oversized, to topics nobody publishes on, and a flood.
 //! Throughout, the broker stays up, its memory grows by less than 20 MB, and an ordinary
-//! client's requests keep a p99 under 10 ms.
+//! client's requests are not held up: a p99 under 50 ms (a few ms on a quiet host; the
+//! bound only has to catch an attack that blocks the loop, which costs seconds, and not
+//! trip on a busy CI host: it once read 10.3 ms with a compile running beside it).
 
 use jobcast_client::Client;
 use jobcast_integration_tests::*;
@@ -338,7 +340,7 @@ async fn raw_tcp_attacks_on_both_ports_cost_little_memory_and_no_latency() {
     );
     assert!(latencies.len() > 100, "the probe kept running");
     assert!(
-        p99 < Duration::from_millis(10),
+        p99 < Duration::from_millis(50),
         "p99 {p99:?} during the attacks"
     );
     assert!(growth < 20 << 20, "broker RSS grew by {} MB", growth >> 20);

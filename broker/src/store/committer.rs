@@ -12,15 +12,37 @@ use std::sync::mpsc;
 pub type Commit = Box<dyn FnOnce() -> StoreResult<()> + Send>;
 
 pub struct Committer {
-    commits: Option<mpsc::Sender<(Commit, FlushDone)>>,
+    commits: Option<Queue>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where commits wait for the thread: any number, or a bounded queue whose `submit`
+/// waits for room (so that a slow engine holds its producer back rather than memory
+/// growing).
+enum Queue {
+    Unbounded(mpsc::Sender<(Commit, FlushDone)>),
+    Bounded(mpsc::SyncSender<(Commit, FlushDone)>),
 }
 
 impl Committer {
     pub fn start() -> StoreResult<Committer> {
         let (commits, incoming) = mpsc::channel::<(Commit, FlushDone)>();
+        Self::run("jobcast-commit", Queue::Unbounded(commits), incoming)
+    }
+
+    /// A thread named `name` that holds at most `capacity` commits waiting.
+    pub fn bounded(name: &str, capacity: usize) -> StoreResult<Committer> {
+        let (commits, incoming) = mpsc::sync_channel::<(Commit, FlushDone)>(capacity);
+        Self::run(name, Queue::Bounded(commits), incoming)
+    }
+
+    fn run(
+        name: &str,
+        commits: Queue,
+        incoming: mpsc::Receiver<(Commit, FlushDone)>,
+    ) -> StoreResult<Committer> {
         let thread = std::thread::Builder::new()
-            .name("jobcast-commit".into())
+            .name(name.into())
             .spawn(move || {
                 let mut failed: Option<String> = None;
                 for (commit, done) in incoming {
@@ -47,7 +69,11 @@ impl Committer {
             done(Err(StoreError::Engine("the committer has stopped".into())));
             return;
         };
-        if let Err(mpsc::SendError((_, done))) = commits.send((commit, done)) {
+        let refused = match commits {
+            Queue::Unbounded(commits) => commits.send((commit, done)).err().map(|e| e.0),
+            Queue::Bounded(commits) => commits.send((commit, done)).err().map(|e| e.0),
+        };
+        if let Some((_, done)) = refused {
             done(Err(StoreError::Engine(
                 "the committer's thread ended".into(),
             )));

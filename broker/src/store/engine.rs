@@ -70,10 +70,10 @@ pub trait Engine: Send + Sync + 'static {
     fn is_backlogged(&self) -> bool {
         false
     }
-    /// Makes `writes` in order, each into `trees[write.tree]`; where the engine can, as
-    /// one batch (fjall: one journal record, all or nothing after a crash).
-    fn write_all(&self, trees: &[Self::Tree], writes: &[Write]) -> StoreResult<()> {
-        for write in writes {
+    /// Makes the writes of `writes` in order, each into `trees[write.tree]`; where the
+    /// engine can, as one batch (fjall: one journal record, all or nothing after a crash).
+    fn write_all(&self, trees: &[Self::Tree], writes: &[&[Write]]) -> StoreResult<()> {
+        for write in writes.iter().copied().flatten() {
             let tree = tree_of(trees, write.tree)?;
             match &write.value {
                 Some(value) => tree.insert(&write.key, value)?,

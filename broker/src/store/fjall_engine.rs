@@ -156,9 +156,9 @@ impl Engine for FjallEngine {
 
     /// One batch: one journal record (a write each took the journal's lock, wrote and
     /// checked the tree's memtable on its own), applied all or not at all after a crash.
-    fn write_all(&self, trees: &[Keyspace], writes: &[Write]) -> StoreResult<()> {
+    fn write_all(&self, trees: &[Keyspace], writes: &[&[Write]]) -> StoreResult<()> {
         let mut batch = self.db.batch();
-        for write in writes {
+        for write in writes.iter().copied().flatten() {
             let tree = tree_of(trees, write.tree)?;
             match &write.value {
                 Some(value) => batch.insert(tree, write.key.as_slice(), value.as_slice()),

@@ -2,25 +2,31 @@
 //! runs keyed by sequence number (in the layout of `run_codec`), job spec versions by
 //! content.
 //!
-//! The loop never writes to the engine: a batch's writes are staged in memory, handed to
-//! the committer when the batch is sealed, and given to the engine on its thread before
-//! the sync. Until the loop is told the batch's outcome, its reads look at those writes
-//! first (`get`, and `scan`, which lays them over the engine's records).
+//! The loop never writes to the engine: a batch's writes are staged in memory and handed
+//! to the committer when the batch is sealed. A broker's store (`with_log`) makes them
+//! durable in its write-ahead log (`wal.rs`) and gives them to the engine afterwards, on
+//! the applier's thread, so that no answer waits for the engine's locks; a store without a
+//! log gives them to the engine on the committer's thread before it syncs. Until the
+//! engine has a batch's writes, the loop's reads look at them first (`get`, and `scan`,
+//! which lays them over the engine's records).
 
 use super::committer::{Commit, Committer};
 use super::engine::{Engine, Entry, Tree, View, Write};
 use super::integrity::wall_ms;
 use super::run_codec::{self, SpecCache, SpecKey};
 use super::unfinished::Unfinished;
+use super::wal::LogWriter;
 use super::FlushDone;
 use super::{list_newest_first, Listing, Store, StoreError, StoreResult};
 use jobcast_core::store::RunReader;
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// The runs and job states a batch wrote, not yet encoded. A run that changes several
@@ -61,13 +67,14 @@ pub struct KvStore<E: Engine> {
     /// itself (its locks are held across fsyncs by the engine's own work); the committer
     /// gives them to it once the batch is sealed.
     staged: RefCell<Staged>,
-    /// Writes handed to the committer whose batch's outcome the loop has not been told
-    /// yet, oldest first, and whether the loop will be told of them (a `flush` waits
-    /// instead; a reader's hand-over is told with the batch after it). They may not be in
-    /// the engine yet, so reads look at them first.
-    in_flight: RefCell<VecDeque<(Arc<Staged>, bool)>>,
-    /// Batches the loop will still be told of that a `flush` already let go.
-    told_early: usize,
+    /// Writes handed over that the engine may not have yet, oldest first, by their
+    /// number: reads look at them first.
+    in_flight: RefCell<VecDeque<(u64, Arc<Staged>)>>,
+    /// The number of the last batch of writes handed over (each that has writes is
+    /// numbered, without gaps: in the log, a record's number).
+    handed_over: Cell<u64>,
+    /// The number of the last batch the engine has (set by the thread that gives it).
+    applied: Arc<AtomicU64>,
     /// Every unfinished run, and where a start's read of the newest begins.
     unfinished: RefCell<Unfinished>,
     /// The highest sequence number written (retention never deletes the newest run).
@@ -83,9 +90,128 @@ pub struct KvStore<E: Engine> {
     /// The marker beside the store, for a broker's store (`integrity.rs`): told of each
     /// durable commit, written on a thread of its own.
     marker: Option<super::integrity::MarkerThread>,
-    /// Makes batches durable on a thread of its own (`committer.rs`).
+    /// Makes batches durable on a thread of its own (`committer.rs`). Before `log`, so
+    /// that it stops first: its commits hand work to the log's applier.
     committer: Committer,
     flusher: Arc<super::engine::Flusher>,
+    /// The write-ahead log, for a broker's store.
+    log: Option<Arc<Logged>>,
+}
+
+/// The write-ahead log of a store, and the thread that gives the engine what it holds.
+struct Logged {
+    /// Used by the committer's thread only.
+    writer: Mutex<LogWriter>,
+    /// Gives the engine each logged batch, in order, and cuts the log.
+    applier: Committer,
+    /// Why the applier stopped, if it did: no later batch is taken (a restart replays the
+    /// log into the engine).
+    failed: Arc<Mutex<Option<String>>>,
+    /// The log's directory, size of segment and spare segment, for its cuts.
+    dir: Arc<Path>,
+    segment_bytes: u64,
+    spare: super::wal::Spare,
+    /// Syncs the engine before a cut.
+    flusher: Arc<super::engine::Flusher>,
+}
+
+/// Batches logged but not yet given to the engine beyond which the store says it is
+/// backlogged (retention waits).
+const APPLY_BACKLOG: u64 = 16;
+/// Batches the applier holds waiting before a commit waits for room: memory stays bounded
+/// when the engine is slow, and the store's own backlog shows it.
+const APPLY_QUEUE: usize = 64;
+
+impl Logged {
+    fn writer(&self) -> StoreResult<std::sync::MutexGuard<'_, LogWriter>> {
+        self.writer
+            .lock()
+            .map_err(|_| StoreError::Engine("the log writer's lock is poisoned".into()))
+    }
+
+    /// Refuses work once the applier has failed.
+    fn check(&self) -> StoreResult<()> {
+        match self.failed.lock().ok().and_then(|failed| failed.clone()) {
+            Some(why) => Err(StoreError::Engine(
+                format!("the store's engine could not take a batch its log holds ({why}); a restart replays the log").into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands `work` to the applier; a failure is kept for `check`.
+    fn apply(&self, work: Commit) {
+        let failed = self.failed.clone();
+        self.applier.submit(
+            work,
+            Box::new(move |outcome| {
+                if let (Err(e), Ok(mut failed)) = (outcome, failed.lock()) {
+                    failed.get_or_insert_with(|| e.to_string());
+                }
+            }),
+        );
+    }
+
+    /// Logs batch `number` (not synced) and hands `apply`, which gives the engine its
+    /// writes, to the applier. When the append filled a segment, the applier then cuts
+    /// the log: once the engine has synced what it was given, the full segments go.
+    fn log(&self, number: u64, staged: &Staged, apply: Commit) -> StoreResult<()> {
+        let closed = self.writer()?.append(number, &staged.writes)?;
+        self.apply(apply);
+        if let Some(closed) = closed {
+            let (dir, spare, flusher) =
+                (self.dir.clone(), self.spare.clone(), self.flusher.clone());
+            let segment_bytes = self.segment_bytes;
+            self.apply(Box::new(move || {
+                flusher()?;
+                super::wal::remove_through(&dir, closed)?;
+                super::wal::prepare_spare(&dir, closed, segment_bytes, &spare)
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// The settings key of the number of the last logged batch the engine has.
+const LOG_APPLIED: &[u8] = b"log_applied";
+
+/// The write that records, in the same engine batch as its writes, that the engine has
+/// logged batch `number`.
+fn log_position(number: u64) -> Write {
+    Write {
+        tree: SETTINGS,
+        key: LOG_APPLIED.to_vec(),
+        value: Some(number.to_be_bytes().to_vec()),
+    }
+}
+
+/// Gives `engine` the records of the write-ahead log in `dir` that it does not have, in
+/// order, and syncs it: before a store is opened on it (and before its marker is checked:
+/// the log holds acknowledged writes). With `repair`, damage in the log ends the replay
+/// and is returned instead of refused.
+pub fn replay_log<E: Engine>(
+    engine: &E,
+    dir: &Path,
+    repair: bool,
+) -> StoreResult<super::wal::Replayed> {
+    let trees = TREES
+        .iter()
+        .map(|name| engine.tree(name))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let applied =
+        super::setting_u64(trees[SETTINGS].get(LOG_APPLIED)?, "log position")?.unwrap_or(0);
+    let replayed = super::wal::replay(dir, applied, repair, |number, writes| {
+        engine.write_all(&trees, &[&writes, &[log_position(number)]])
+    })?;
+    if replayed.applied > 0 {
+        tracing::info!(
+            records = replayed.applied,
+            last = replayed.last,
+            "replayed the store's log into its engine"
+        );
+        engine.flush()?;
+    }
+    Ok(replayed)
 }
 
 /// The trees of a store, by name; a [`Write`] names its tree by its index here.
@@ -343,8 +469,10 @@ const PRUNED: &[u8] = b"pruned_runs";
 const STORE_FORMAT: &[u8] = b"store_format";
 /// 1: the unfinished runs are the newest from `runs_scan_from` on and the older ones
 /// `active` holds (a broker before it would miss the newest). A store without the setting
-/// was written before it, and is read as it is.
-const STORE_FORMAT_VERSION: u64 = 1;
+/// was written before it, and is read as it is. 2: a write-ahead log beside the store
+/// (`wal.rs`) may hold acknowledged writes the engine does not have yet (a broker before
+/// it would start without them).
+const STORE_FORMAT_VERSION: u64 = 2;
 /// Where a start's read of the newest runs begins (`unfinished.rs`). A store without it
 /// (written before it) keeps every unfinished run in `active`.
 const SCAN_FROM: &[u8] = b"runs_scan_from";
@@ -391,6 +519,7 @@ impl<E: Engine> KvStore<E> {
         let commit =
             super::setting_u64(settings.get(super::integrity::COMMIT_KEY)?, "commit count")?
                 .unwrap_or(0);
+        let applied = super::setting_u64(settings.get(LOG_APPLIED)?, "log position")?.unwrap_or(0);
         let mut store = KvStore {
             committer: Committer::start()?,
             flusher: Arc::new(engine.flusher()),
@@ -399,7 +528,9 @@ impl<E: Engine> KvStore<E> {
             pending: Default::default(),
             staged: Default::default(),
             in_flight: Default::default(),
-            told_early: 0,
+            handed_over: Cell::new(applied),
+            applied: Arc::new(AtomicU64::new(applied)),
+            log: None,
             unfinished: Default::default(),
             last_seq: 0,
             pruned,
@@ -473,6 +604,23 @@ impl<E: Engine> KvStore<E> {
         Ok(written || !stale.is_empty())
     }
 
+    /// Makes batches durable in a write-ahead log in `dir` from now on, the engine given
+    /// them on a thread of its own. The engine must hold every record of any log already
+    /// in `dir` ([`replay_log`]): what is there is removed.
+    pub fn with_log(mut self, dir: &Path, segment_bytes: u64) -> StoreResult<Self> {
+        let writer = LogWriter::start(dir, segment_bytes)?;
+        self.log = Some(Arc::new(Logged {
+            spare: writer.spare(),
+            writer: Mutex::new(writer),
+            applier: Committer::bounded("jobcast-apply", APPLY_QUEUE)?,
+            failed: Default::default(),
+            dir: dir.into(),
+            segment_bytes,
+            flusher: self.flusher.clone(),
+        }));
+        Ok(self)
+    }
+
     /// Batches flushed over the store's life.
     pub fn commit(&self) -> u64 {
         self.commit
@@ -486,9 +634,8 @@ impl<E: Engine> KvStore<E> {
 
     /// Stages what a commit records with the batch (the pruned count, the commit number)
     /// and returns the work that makes it all durable, for the committer. The batch's
-    /// writes are then read from `in_flight` until the loop is told of the commit
-    /// (`told_by_loop`) or a `flush` has waited for it.
-    fn seal(&mut self, told_by_loop: bool) -> StoreResult<Commit> {
+    /// writes are read from `in_flight` until the engine has them.
+    fn seal(&mut self) -> StoreResult<Commit> {
         self.settle()?;
         if std::mem::take(&mut self.pruned_changed) {
             self.stage(
@@ -506,33 +653,89 @@ impl<E: Engine> KvStore<E> {
                 Some(self.commit.to_be_bytes().to_vec()),
             );
         }
-        let apply = self.hand_over(told_by_loop);
-        let (flusher, commit) = (self.flusher.clone(), self.commit);
+        let commit = self.commit;
         let marker = self.marker.as_ref().map(|marker| marker.teller());
-        Ok(Box::new(move || {
-            apply()?;
-            if dirty {
-                flusher()?;
-            }
+        let told = move || {
             if let Some(marker) = marker {
                 let _ = marker.send(commit);
             }
+        };
+        let batch = self.hand_over();
+        let Some(log) = self.log.clone() else {
+            let flusher = self.flusher.clone();
+            let apply = batch.map(|(number, staged)| self.applying(number, staged, false));
+            return Ok(Box::new(move || {
+                if let Some(apply) = apply {
+                    apply()?;
+                }
+                if dirty {
+                    flusher()?;
+                }
+                told();
+                Ok(())
+            }));
+        };
+        let logging = batch.map(|(number, staged)| {
+            let apply = self.applying(number, staged.clone(), true);
+            (number, staged, apply)
+        });
+        Ok(Box::new(move || {
+            log.check()?;
+            if let Some((number, staged, apply)) = logging {
+                log.log(number, &staged, apply)?;
+            }
+            if dirty {
+                log.writer()?.sync()?;
+            }
+            told();
             Ok(())
         }))
     }
 
-    /// Moves the writes staged so far to `in_flight`, and returns the work that gives
-    /// them to the engine, for the committer.
-    fn hand_over(&self, told_by_loop: bool) -> impl FnOnce() -> StoreResult<()> + Send + 'static {
-        let staged = Arc::new(std::mem::take(&mut *self.staged.borrow_mut()));
+    /// Moves the writes staged so far, if there are any, to `in_flight` under the next
+    /// number.
+    fn hand_over(&self) -> Option<(u64, Arc<Staged>)> {
+        self.let_go_applied();
+        let staged = std::mem::take(&mut *self.staged.borrow_mut());
+        if staged.writes.is_empty() {
+            return None;
+        }
+        let number = self.handed_over.get() + 1;
+        self.handed_over.set(number);
+        let staged = Arc::new(staged);
         self.in_flight
             .borrow_mut()
-            .push_back((staged.clone(), told_by_loop));
-        let (engine, trees) = (self.engine.clone(), self.trees.clone());
-        move || match staged.writes.is_empty() {
-            true => Ok(()),
-            false => engine.write_all(&trees, &staged.writes),
+            .push_back((number, staged.clone()));
+        Some((number, staged))
+    }
+
+    /// Forgets the batches in flight that the engine has.
+    fn let_go_applied(&self) {
+        let applied = self.applied.load(Ordering::Acquire);
+        let mut in_flight = self.in_flight.borrow_mut();
+        while in_flight
+            .front()
+            .is_some_and(|(number, _)| *number <= applied)
+        {
+            in_flight.pop_front();
         }
+    }
+
+    /// The work that gives the engine batch `number` (with the log's position in the same
+    /// engine batch, if `logged`) and records that it has.
+    fn applying(&self, number: u64, staged: Arc<Staged>, logged: bool) -> Commit {
+        let (engine, trees, applied) = (
+            self.engine.clone(),
+            self.trees.clone(),
+            self.applied.clone(),
+        );
+        Box::new(move || {
+            let position = [log_position(number)];
+            let position: &[Write] = if logged { &position } else { &[] };
+            engine.write_all(&trees, &[&staged.writes, position])?;
+            applied.store(number, Ordering::Release);
+            Ok(())
+        })
     }
 
     fn tree(&self, index: usize) -> &E::Tree {
@@ -550,7 +753,7 @@ impl<E: Engine> KvStore<E> {
         if let Some(value) = self.staged.borrow().newest(tree, key) {
             return Ok(value.map(<[u8]>::to_vec));
         }
-        for (batch, _) in self.in_flight.borrow().iter().rev() {
+        for (_, batch) in self.in_flight.borrow().iter().rev() {
             if let Some(value) = batch.newest(tree, key) {
                 return Ok(value.map(<[u8]>::to_vec));
             }
@@ -578,7 +781,7 @@ impl<E: Engine> KvStore<E> {
         let in_flight = self.in_flight.borrow();
         for batch in in_flight
             .iter()
-            .map(|(batch, _)| &**batch)
+            .map(|(_, batch)| &**batch)
             .chain(std::iter::once(&*staged))
         {
             batch.lay_over(tree, range, &mut over);
@@ -1037,7 +1240,12 @@ impl<E: Engine> Store for KvStore<E> {
     }
 
     fn is_backlogged(&self) -> bool {
-        self.engine.is_backlogged()
+        let behind = self.handed_over.get()
+            - self
+                .applied
+                .load(Ordering::Acquire)
+                .min(self.handed_over.get());
+        (self.log.is_some() && behind > APPLY_BACKLOG) || self.engine.is_backlogged()
     }
 
     /// A reader of the store as it is now: the writes so far are handed to the
@@ -1052,17 +1260,40 @@ impl<E: Engine> Store for KvStore<E> {
         self.settle().ok()?;
         let slot = ViewSlot::default();
         let filler = ViewFiller(Some(slot.clone()));
-        let apply = self.hand_over(false);
+        let batch = self.hand_over();
         let engine = self.engine.clone();
-        self.committer.submit(
-            Box::new(move || {
-                apply()?;
-                filler.fill(engine.view());
-                Ok(())
-            }),
-            // A failure fails every later commit too: the batch's own tells it.
-            Box::new(|_| {}),
-        );
+        let view: Commit = Box::new(move || {
+            filler.fill(engine.view());
+            Ok(())
+        });
+        let handed: Commit = match self.log.clone() {
+            None => {
+                let apply = batch.map(|(number, staged)| self.applying(number, staged, false));
+                Box::new(move || {
+                    if let Some(apply) = apply {
+                        apply()?;
+                    }
+                    view()
+                })
+            }
+            // Logged now, synced with the next batch; the view once the engine has it.
+            Some(log) => {
+                let logging = batch.map(|(number, staged)| {
+                    let apply = self.applying(number, staged.clone(), true);
+                    (number, staged, apply)
+                });
+                Box::new(move || {
+                    log.check()?;
+                    if let Some((number, staged, apply)) = logging {
+                        log.log(number, &staged, apply)?;
+                    }
+                    log.apply(view);
+                    Ok(())
+                })
+            }
+        };
+        // A failure fails every later commit too: the batch's own tells it.
+        self.committer.submit(handed, Box::new(|_| {}));
         Some(Box::new(KvReader {
             slot,
             view: None,
@@ -1072,42 +1303,38 @@ impl<E: Engine> Store for KvStore<E> {
 
     /// Through the committer, after whatever it still has: commits stay in order.
     fn flush(&mut self) -> StoreResult<()> {
-        let commit = self.seal(false)?;
+        let commit = self.seal()?;
         let outcome = self.committer.wait(commit);
-        // Every batch handed over before this one has been committed (in order): their
-        // writes are the engine's now. The loop will still be told of some of them.
-        let in_flight = self.in_flight.get_mut();
-        self.told_early += in_flight.iter().filter(|(_, told)| *told).count();
-        in_flight.clear();
+        self.let_go_applied();
         outcome
     }
 
     fn start_flush(&mut self, done: FlushDone) {
-        match self.seal(true) {
+        match self.seal() {
             Ok(commit) => self.committer.submit(commit, done),
             Err(e) => done(Err(e)),
         }
     }
 
     fn commit_told(&mut self) {
-        if self.told_early > 0 {
-            self.told_early -= 1;
-            return;
-        }
-        // With the hand-overs of readers before it, committed before it.
-        while let Some((_, told)) = self.in_flight.get_mut().pop_front() {
-            if told {
-                break;
-            }
-        }
+        self.let_go_applied();
     }
 
     fn close_cleanly(&mut self) -> StoreResult<()> {
         self.flush()?;
+        if let Some(log) = &self.log {
+            // Every logged batch in the engine (then into its tables, below).
+            log.applier.wait(Box::new(|| Ok(())))?;
+            self.let_go_applied();
+        }
         if !self.engine.flush_journal()? {
             // Durable all the same: the next start reads the journal, as after a kill.
             tracing::warn!("the journal was not written into the store's tables in time: the next start replays it");
             return Ok(());
+        }
+        if let Some(log) = &self.log {
+            // The tables hold every record: a start after a clean stop has none to read.
+            super::wal::remove_all(&log.dir)?;
         }
         if let Some(marker) = self.marker.take() {
             marker.stopped(self.commit, wall_ms())?;
@@ -1161,23 +1388,30 @@ mod tests {
         trees: Arc<Mutex<HashMap<String, SharedMap>>>,
         /// Writes still kept; negative: all.
         budget: Arc<AtomicI64>,
+        /// Every write fails (as on a full disk).
+        failing: Arc<std::sync::atomic::AtomicBool>,
     }
 
     struct CutTree {
         map: SharedMap,
         budget: Arc<AtomicI64>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl CutTree {
-        fn write(&self, apply: impl FnOnce(&mut BTreeMap<Vec<u8>, Vec<u8>>)) {
+        fn write(&self, apply: impl FnOnce(&mut BTreeMap<Vec<u8>, Vec<u8>>)) -> StoreResult<()> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Engine("no space left on device".into()));
+            }
             let left = self.budget.load(Ordering::SeqCst);
             if left == 0 {
-                return;
+                return Ok(());
             }
             if left > 0 {
                 self.budget.store(left - 1, Ordering::SeqCst);
             }
             apply(&mut self.map.lock().unwrap());
+            Ok(())
         }
 
         fn entries(&self, keep: impl Fn(&Vec<u8>) -> bool) -> Scan<'_> {
@@ -1200,14 +1434,12 @@ mod tests {
         fn insert(&self, key: &[u8], value: &[u8]) -> StoreResult<()> {
             self.write(|m| {
                 m.insert(key.to_vec(), value.to_vec());
-            });
-            Ok(())
+            })
         }
         fn remove(&self, key: &[u8]) -> StoreResult<()> {
             self.write(|m| {
                 m.remove(key);
-            });
-            Ok(())
+            })
         }
         fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Scan<'_> {
             self.entries(|k| RangeBounds::<[u8]>::contains(&(from, to), k.as_slice()))
@@ -1234,6 +1466,7 @@ mod tests {
             Ok(CutTree {
                 map,
                 budget: self.budget.clone(),
+                failing: self.failing.clone(),
             })
         }
         fn flush(&self) -> StoreResult<()> {
@@ -1258,8 +1491,9 @@ mod tests {
     /// sync, which the cut engine does not need).
     fn written_out(store: &KvStore<CutEngine>) {
         store.settle().unwrap();
-        let apply = store.hand_over(false);
-        apply().unwrap();
+        if let Some((number, staged)) = store.hand_over() {
+            store.applying(number, staged, false)().unwrap();
+        }
     }
 
     /// The batch a broker may be killed in the middle of: its writes, in order.
@@ -1661,7 +1895,10 @@ mod tests {
         };
         let refused = refused.to_string();
         assert!(
-            refused.contains("written by a newer broker (store format 2"),
+            refused.contains(&format!(
+                "written by a newer broker (store format {}",
+                STORE_FORMAT_VERSION + 1
+            )),
             "{refused}"
         );
     }
@@ -1721,10 +1958,10 @@ mod tests {
         assert_eq!(prefix_end(&[0xff, 0xff]), None);
     }
 
-    /// Until the loop is told of a batch's commit, every read sees its writes, whether or
-    /// not the committer has given them to the engine yet; then the engine has them.
+    /// Until the engine has a batch's writes, every read sees them in flight, whether or
+    /// not the loop was told of its commit; then the engine's records are read.
     #[test]
-    fn reads_see_the_writes_of_batches_in_flight_until_their_commit_is_told() {
+    fn reads_see_the_writes_of_batches_in_flight_until_the_engine_has_them() {
         let engine = CutEngine::default();
         engine.budget.store(-1, Ordering::SeqCst);
         let mut store = KvStore::with_engine(engine.clone()).unwrap();
@@ -1746,7 +1983,7 @@ mod tests {
             .unwrap();
         store.delete_run(&gone).unwrap();
         store.settle().unwrap();
-        let _never_applied = store.hand_over(true);
+        let (number, _never_applied) = store.hand_over().unwrap();
         assert!(engine
             .tree("runs")
             .unwrap()
@@ -1785,16 +2022,20 @@ mod tests {
             [2]
         );
 
-        // Told: the batch's writes are the engine's to give (never applied here, so gone).
+        // Told of its commit, but not in the engine (a log's applier behind): kept.
+        store.commit_told();
+        assert_eq!(store.run("kept").unwrap().unwrap().seq, 2);
+        // Once the engine says it has the batch (here without having it), reads go to it.
+        store.applied.store(number, Ordering::Release);
         store.commit_told();
         assert!(store.run("kept").unwrap().is_none());
         assert!(store.run("gone").unwrap().is_some());
     }
 
-    /// A `flush` waits for every batch before it, so it lets them all go; the loop's
-    /// later tellings of those batches then let go of nothing else.
+    /// Batches are let go once the engine has them: at a `flush` (which waits for every
+    /// batch before it), and when the loop is told of a commit.
     #[test]
-    fn a_flush_lets_go_of_the_batches_before_it_and_their_tellings_count_them() {
+    fn batches_in_flight_are_let_go_once_the_engine_has_them() {
         let engine = CutEngine::default();
         engine.budget.store(-1, Ordering::SeqCst);
         let mut store = KvStore::with_engine(engine.clone()).unwrap();
@@ -1806,7 +2047,9 @@ mod tests {
             let told = told.clone();
             store.start_flush(Box::new(move |outcome| told.send(outcome).unwrap()));
         }
-        assert_eq!(store.in_flight.borrow().len(), 2);
+        // (The committer may have applied the first already: each hand-over lets go of
+        // what the engine has.)
+        assert!(!store.in_flight.borrow().is_empty());
         store.flush().unwrap();
         assert!(store.in_flight.borrow().is_empty());
         store.create_run(&queued(3, "run-3")).unwrap();
@@ -1815,14 +2058,135 @@ mod tests {
             outcomes.recv().unwrap().unwrap();
         }
         store.commit_told();
-        store.commit_told();
-        assert_eq!(
-            store.in_flight.borrow().len(),
-            1,
-            "run-3's batch is not told yet"
-        );
-        store.commit_told();
         assert!(store.in_flight.borrow().is_empty());
         assert_eq!(store.run("run-3").unwrap().unwrap().seq, 3);
+    }
+
+    /// Waits until the log's applier has given the engine everything handed to it.
+    fn applied_all<E: Engine>(store: &KvStore<E>) -> StoreResult<()> {
+        match &store.log {
+            Some(log) => log.applier.wait(Box::new(|| Ok(()))),
+            None => Ok(()),
+        }
+    }
+
+    /// What a broker killed after its log's sync and before the engine kept anything
+    /// leaves: the log holds the batches, and the next open gives them to the engine.
+    #[test]
+    fn batches_the_engine_lost_are_replayed_from_the_log_at_open() {
+        let (dir, engine) = (tempfile::tempdir().unwrap(), CutEngine::default());
+        engine.budget.store(-1, Ordering::SeqCst);
+        let mut store = KvStore::with_engine(engine.clone())
+            .unwrap()
+            // One segment: a cut would trust the engine's sync, which this engine fakes.
+            .with_log(dir.path(), 1 << 20)
+            .unwrap();
+        // From here on the engine keeps nothing: as if none of it had reached its disk.
+        engine.budget.store(0, Ordering::SeqCst);
+        for seq in 1..=30 {
+            store
+                .create_run(&queued(seq, &format!("run-{seq}")))
+                .unwrap();
+            if seq % 3 == 0 {
+                store
+                    .put_run(&with_state(
+                        queued(seq, &format!("run-{seq}")),
+                        RunState::Succeeded,
+                    ))
+                    .unwrap();
+            }
+            store.flush().unwrap();
+        }
+        drop(store);
+        assert!(engine
+            .tree("runs")
+            .unwrap()
+            .get(&1u64.to_be_bytes())
+            .unwrap()
+            .is_none());
+
+        engine.budget.store(-1, Ordering::SeqCst);
+        let replayed = replay_log(&engine, dir.path(), false).unwrap();
+        assert_eq!((replayed.applied, replayed.last), (30, 30));
+        let store = KvStore::with_engine(engine.clone()).unwrap();
+        assert_eq!(store.run_count().unwrap(), 30);
+        assert_eq!(
+            store.run("run-9").unwrap().unwrap().state,
+            RunState::Succeeded
+        );
+        assert_eq!(store.active_runs().unwrap().len(), 20);
+        // Once the engine has them, a second replay gives it nothing again.
+        let again = replay_log(&engine, dir.path(), false).unwrap();
+        assert_eq!((again.applied, again.last), (0, 30));
+    }
+
+    /// An engine that cannot take a logged batch (a full disk): the store takes no more
+    /// work, saying why, and the batch is not lost: the next open replays it.
+    #[test]
+    fn a_batch_the_engine_refuses_stops_the_store_and_is_replayed_later() {
+        let (dir, engine) = (tempfile::tempdir().unwrap(), CutEngine::default());
+        engine.budget.store(-1, Ordering::SeqCst);
+        let mut store = KvStore::with_engine(engine.clone())
+            .unwrap()
+            .with_log(dir.path(), 4096)
+            .unwrap();
+        engine.failing.store(true, Ordering::SeqCst);
+        store.create_run(&queued(1, "run-1")).unwrap();
+        store.flush().expect("durable in the log");
+        applied_all(&store).unwrap_err();
+        store.create_run(&queued(2, "run-2")).unwrap();
+        let refused = store.flush().unwrap_err().to_string();
+        assert!(
+            refused.contains("could not take a batch its log holds")
+                && refused.contains("no space left"),
+            "{refused}"
+        );
+        assert_eq!(
+            store.run("run-1").unwrap().unwrap().seq,
+            1,
+            "still read from memory"
+        );
+        drop(store);
+
+        engine.failing.store(false, Ordering::SeqCst);
+        assert_eq!(replay_log(&engine, dir.path(), false).unwrap().applied, 1);
+        let store = KvStore::with_engine(engine.clone()).unwrap();
+        assert_eq!(store.run("run-1").unwrap().unwrap().seq, 1);
+        assert!(store.run("run-2").unwrap().is_none(), "never acknowledged");
+    }
+
+    /// Segments go once the engine has synced their records, and what they held stays.
+    #[test]
+    fn the_log_is_cut_as_its_segments_fill_and_a_reopened_store_has_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fjall, log) = (dir.path().join("fjall"), dir.path().join("log"));
+        let open = || {
+            let engine = crate::store::FjallEngine::open(&fjall, 8 << 20).unwrap();
+            replay_log(&engine, &log, false).unwrap();
+            KvStore::with_engine(engine)
+                .unwrap()
+                .with_log(&log, 8192)
+                .unwrap()
+        };
+        let mut store = open();
+        for seq in 1..=300 {
+            store
+                .create_run(&queued(seq, &format!("run-{seq}")))
+                .unwrap();
+            store
+                .put_log_chunk(&format!("run-{seq}"), 0, &[b'o'; 100])
+                .unwrap();
+            store.flush().unwrap();
+        }
+        applied_all(&store).unwrap();
+        let segments = std::fs::read_dir(&log).unwrap().count();
+        assert!(segments <= 3, "{segments} segments left after the cuts");
+        drop(store);
+        let store = open();
+        assert_eq!(store.run_count().unwrap(), 300);
+        for seq in [1, 150, 300] {
+            assert_eq!(store.run(&format!("run-{seq}")).unwrap().unwrap().seq, seq);
+            assert_eq!(store.log_chunks(&format!("run-{seq}")).unwrap().len(), 1);
+        }
     }
 }

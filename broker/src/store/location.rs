@@ -5,7 +5,7 @@
 use super::engine::View;
 use super::engine::{Engine, Tree};
 use super::integrity::{self, wall_ms, MarkerKeeper, COMMIT_KEY};
-use super::kv::{copy_records, TREES};
+use super::kv::{copy_records, replay_log, TREES};
 use super::{FjallEngine, KvStore, SledEngine, Store, StoreError, StoreResult};
 use jobcast_core::store::Copied;
 use jobcast_protocol::RunState;
@@ -29,6 +29,13 @@ const PARTIAL: &str = "store.fjall.partial";
 const SLED: &str = "store";
 /// Where that sled store is moved once copied: kept, not deleted.
 const SLED_KEPT: &str = "store.sled-before-upgrade";
+/// The store's write-ahead log (`wal.rs`), under the data directory.
+const LOG: &str = "store.wal";
+/// Size of the log's segments: two are allocated at any time (the one written and the
+/// next), so this is small beside the free space a broker keeps (`min_free_bytes`, 64 MiB
+/// by default). Each one filled costs the engine a sync, on the applier's thread: a few a
+/// second at the broker's capacity.
+const LOG_SEGMENT_BYTES: u64 = 4 << 20;
 
 fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
@@ -105,6 +112,8 @@ pub fn open_in(data_dir: &Path, cache_bytes: u64) -> StoreResult<BrokerStore> {
     }
     let marker = integrity::read_marker(data_dir)?;
     let engine = FjallEngine::open(&current, cache_bytes)?;
+    let log = data_dir.join(LOG);
+    replay_log(&engine, &log, false)?;
     integrity::check(marker.as_ref(), stored_commit(&engine)?, &current, data_dir)
         .map_err(|problem| {
             StoreError::Damaged(format!(
@@ -112,7 +121,7 @@ pub fn open_in(data_dir: &Path, cache_bytes: u64) -> StoreResult<BrokerStore> {
                 data_dir.display()
             ))
         })?;
-    let store = KvStore::with_engine(engine)?;
+    let store = KvStore::with_engine(engine)?.with_log(&log, LOG_SEGMENT_BYTES)?;
     let keeper = MarkerKeeper::start(data_dir, store.commit(), wall_ms())?;
     store.with_marker(keeper)
 }
@@ -142,7 +151,12 @@ pub fn repair_in(data_dir: &Path, cache_bytes: u64) -> StoreResult<RepairReport>
         Err(e) => (None, Some(e.to_string())),
     };
     let engine = FjallEngine::open(&current, cache_bytes)?;
-    let problem = unreadable.or_else(|| {
+    // What the log holds up to any damage; then the log goes (the engine has it).
+    let log = data_dir.join(LOG);
+    let replayed = replay_log(&engine, &log, true)?;
+    engine.flush()?;
+    super::wal::remove_all(&log)?;
+    let problem = replayed.damage.or(unreadable).or_else(|| {
         integrity::check(
             marker.as_ref(),
             stored_commit(&engine).ok()?,
@@ -419,46 +433,56 @@ mod damage_tests {
         report
     }
 
+    /// Two stores of `runs` runs, left as by a SIGKILL, with `damage` done to each one's
+    /// engine journal. The first keeps its write-ahead log, which holds every batch since
+    /// the store was opened: it opens whole. The second loses its log too: refused (its
+    /// text returned), then repaired.
+    fn journal_damaged(runs: u64, damage: impl Fn(&Path)) -> (String, RepairReport) {
+        let (kept, lost) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for dir in [kept.path(), lost.path()] {
+            store_with_runs(dir, runs, false);
+            for journal in journal_files(dir) {
+                damage(&journal);
+            }
+        }
+        let store = open_in(kept.path(), 8 << 20).expect("the log makes up for the journal");
+        assert_eq!(store.run_count().unwrap(), runs);
+        assert!(
+            store.active_runs().unwrap().is_empty(),
+            "every end replayed"
+        );
+        std::fs::remove_dir_all(lost.path().join(LOG)).unwrap();
+        (refused(lost.path()), repaired(lost.path()))
+    }
+
     #[test]
     fn a_journal_cut_in_half_is_refused_and_repair_ends_what_went_back() {
-        let dir = tempfile::tempdir().unwrap();
-        store_with_runs(dir.path(), 200, false);
-        for journal in journal_files(dir.path()) {
-            let data = written_len(&journal);
+        let (refusal, report) = journal_damaged(200, |journal| {
+            let data = written_len(journal);
             let file = std::fs::OpenOptions::new()
                 .write(true)
-                .open(&journal)
+                .open(journal)
                 .unwrap();
             file.set_len(data / 2).unwrap();
-        }
-        assert!(refused(dir.path()).contains("acknowledged writes are missing"));
-        let report = repaired(dir.path());
+        });
+        assert!(refusal.contains("acknowledged writes are missing"));
         assert!(report.runs_ended.len() > 50, "{report:?}");
     }
 
     #[test]
     fn four_kib_zeroed_in_the_middle_of_the_journal_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        store_with_runs(dir.path(), 200, false);
-        for journal in journal_files(dir.path()) {
-            let data = written_len(&journal) as usize;
-            let mut bytes = std::fs::read(&journal).unwrap();
+        let (refusal, _) = journal_damaged(200, |journal| {
+            let data = written_len(journal) as usize;
+            let mut bytes = std::fs::read(journal).unwrap();
             bytes[data / 2..data / 2 + 4096].fill(0);
-            std::fs::write(&journal, bytes).unwrap();
-        }
-        assert!(refused(dir.path()).contains("acknowledged writes are missing"));
-        repaired(dir.path());
+            std::fs::write(journal, bytes).unwrap();
+        });
+        assert!(refusal.contains("acknowledged writes are missing"));
     }
 
     #[test]
     fn a_deleted_journal_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        store_with_runs(dir.path(), 50, false);
-        for journal in journal_files(dir.path()) {
-            std::fs::remove_file(journal).unwrap();
-        }
-        refused(dir.path());
-        repaired(dir.path());
+        journal_damaged(50, |journal| std::fs::remove_file(journal).unwrap());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod postgres;
 mod run_codec;
 mod sled_engine;
 mod unfinished;
+mod wal;
 
 pub use fjall_engine::FjallEngine;
 pub use jobcast_core::store::{
