@@ -77,6 +77,8 @@ pub struct KvStore<E: Engine> {
     applied: Arc<AtomicU64>,
     /// Every unfinished run, and where a start's read of the newest begins.
     unfinished: RefCell<Unfinished>,
+    /// Which run ids may be taken, from memory (`run_ids.rs`).
+    run_ids: RefCell<super::run_ids::RunIds>,
     /// The highest sequence number written (retention never deletes the newest run).
     last_seq: u64,
     /// Runs deleted by retention, kept as a setting: the count of stored runs is the last
@@ -532,6 +534,7 @@ impl<E: Engine> KvStore<E> {
             applied: Arc::new(AtomicU64::new(applied)),
             log: None,
             unfinished: Default::default(),
+            run_ids: RefCell::new(super::run_ids::RunIds::Off),
             last_seq: 0,
             pruned,
             pruned_changed: false,
@@ -551,6 +554,8 @@ impl<E: Engine> KvStore<E> {
         if written {
             store.engine.flush()?;
         }
+        let stored = store.last_seq.saturating_sub(store.pruned);
+        store.run_ids = RefCell::new(super::run_ids::RunIds::read(store.engine.view(), stored));
         Ok(store)
     }
 
@@ -908,6 +913,9 @@ impl<E: Engine> KvStore<E> {
     /// Keeps `run` to be written at the batch's end (or at the next read that needs it).
     fn hold(&mut self, run: &RunRecord, created: bool) {
         self.last_seq = self.last_seq.max(run.seq);
+        if created {
+            self.run_ids.get_mut().created(&run.id);
+        }
         let unfinished = self.unfinished.get_mut();
         let was_marked = unfinished.is_marked(run.seq);
         unfinished.written(run.seq, run.state.is_terminal());
@@ -1074,6 +1082,14 @@ impl<E: Engine> Store for KvStore<E> {
             Some(seq) => Ok(self.run_by_seq(&seq)?.filter(|run| run.id == id)),
             None => Ok(None),
         }
+    }
+
+    /// From memory for nearly every new id (`run_ids.rs`); a "maybe" reads the store.
+    fn run_id_taken(&self, id: &str) -> StoreResult<bool> {
+        if !self.run_ids.borrow_mut().may_be_taken(id) {
+            return Ok(false);
+        }
+        Ok(self.run(id)?.is_some())
     }
 
     fn active_runs(&self) -> StoreResult<Vec<RunRecord>> {
@@ -2188,5 +2204,40 @@ mod tests {
             assert_eq!(store.run(&format!("run-{seq}")).unwrap().unwrap().seq, seq);
             assert_eq!(store.log_chunks(&format!("run-{seq}")).unwrap().len(), 1);
         }
+    }
+
+    /// Ids are checked from memory once the stored ones are read, and none taken is ever
+    /// called free: stored before the open, created since, or in the batch.
+    #[test]
+    fn a_run_id_is_taken_if_any_run_has_it_stored_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fjall");
+        let open = || {
+            KvStore::with_engine(crate::store::FjallEngine::open(&path, 8 << 20).unwrap()).unwrap()
+        };
+        let mut store = open();
+        for seq in 1..=500 {
+            store
+                .create_run(&queued(seq, &format!("{seq:016x}")))
+                .unwrap();
+        }
+        store.flush().unwrap();
+        drop(store);
+        let mut store = open();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !store.run_ids.borrow_mut().is_ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stored ids never read"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        store.create_run(&queued(501, "fresh-in-batch")).unwrap();
+        for id in ["0000000000000001", "00000000000001f4", "fresh-in-batch"] {
+            assert!(store.run_id_taken(id).unwrap(), "{id}");
+        }
+        store.flush().unwrap();
+        assert!(store.run_id_taken("fresh-in-batch").unwrap());
+        assert!(!store.run_id_taken("ffffffffffffffff").unwrap());
     }
 }

@@ -486,6 +486,48 @@ mod damage_tests {
     }
 
     #[test]
+    fn a_damaged_record_in_the_log_is_refused_and_repair_keeps_what_comes_before() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_runs(dir.path(), 100, false);
+        // fjall's journal lost too, so that the records after the damage are needed.
+        for journal in journal_files(dir.path()) {
+            std::fs::remove_file(journal).unwrap();
+        }
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.path().join(LOG))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        segments.sort();
+        // The first holds the records (the second is the spare, all zeros).
+        let segment = &segments[0];
+        let mut bytes = std::fs::read(segment).unwrap();
+        let written = written_len(segment) as usize;
+        bytes[written / 2] ^= 0x5a;
+        std::fs::write(segment, bytes).unwrap();
+        let refused = open_in(dir.path(), 8 << 20)
+            .err()
+            .expect("damage in the log is refused")
+            .to_string();
+        assert!(
+            refused.contains(".wal") && refused.contains("damaged record"),
+            "{refused}"
+        );
+        let report = repair_in(dir.path(), 8 << 20).unwrap();
+        assert!(
+            report
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains(".wal")),
+            "{report:?}"
+        );
+        let store = open_in(dir.path(), 8 << 20).expect("opens after the repair");
+        assert!(
+            store.active_runs().unwrap().is_empty(),
+            "nothing to run again"
+        );
+    }
+
+    #[test]
     fn after_a_clean_stop_nothing_only_the_journal_holds_is_lost() {
         let dir = tempfile::tempdir().unwrap();
         store_with_runs(dir.path(), 50, true);

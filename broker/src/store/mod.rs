@@ -14,6 +14,7 @@ mod location;
 mod memtable_keeper;
 pub mod postgres;
 mod run_codec;
+mod run_ids;
 mod sled_engine;
 mod unfinished;
 mod wal;

@@ -111,8 +111,8 @@ enum Found {
     Record(u64, Vec<Write>, usize),
     /// Zeros: nothing was written here.
     End,
-    /// Bytes that are not a whole record that checks; the length its header claims.
-    Bad(Option<usize>),
+    /// Bytes that are not a whole record that checks.
+    Bad,
 }
 
 fn read_at(bytes: &[u8], at: usize) -> Found {
@@ -122,7 +122,7 @@ fn read_at(bytes: &[u8], at: usize) -> Found {
             .is_none_or(|rest| rest.iter().all(|b| *b == 0))
         {
             true => Found::End,
-            false => Found::Bad(None),
+            false => Found::Bad,
         };
     };
     if header.iter().all(|b| *b == 0) {
@@ -131,18 +131,18 @@ fn read_at(bytes: &[u8], at: usize) -> Found {
     let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if length > MAX_BODY {
-        return Found::Bad(None);
+        return Found::Bad;
     }
     let length = length as usize;
     let Some(body) = bytes.get(at + HEADER..at + HEADER + length) else {
-        return Found::Bad(Some(length));
+        return Found::Bad;
     };
     if crc32fast::hash(body) != crc {
-        return Found::Bad(Some(length));
+        return Found::Bad;
     }
     match decode_body(body) {
         Some((number, writes)) => Found::Record(number, writes, at + HEADER + length),
-        None => Found::Bad(Some(length)),
+        None => Found::Bad,
     }
 }
 
@@ -232,13 +232,12 @@ pub fn replay(
                     at = next;
                 }
                 Found::End => break,
-                Found::Bad(claimed) => {
-                    let after_it = claimed
-                        .and_then(|length| match read_at(&bytes, at + HEADER + length) {
-                            Found::Record(number, ..) => Some(number),
-                            _ => None,
-                        })
-                        .or_else(|| first_number_in_later_segments(&found[index + 1..]));
+                Found::Bad => {
+                    // Slid over byte by byte, not followed by lengths: the damage may be
+                    // in a length.
+                    let lowest = expected.unwrap_or(1);
+                    let after_it = record_after(&bytes, at + 1, lowest)
+                        .or_else(|| first_number_in_later_segments(&found[index + 1..], lowest));
                     match after_it {
                         Some(number) if number > applied => {
                             let damage = format!(
@@ -269,11 +268,32 @@ fn damage_found(damage: String, repair: bool, mut replayed: Replayed) -> StoreRe
     Err(StoreError::Damaged(damage))
 }
 
-/// The number of the first record of the first of `later` segments that has one.
-fn first_number_in_later_segments(later: &[(u64, PathBuf)]) -> Option<u64> {
+/// The number of the first record that checks in the first of `later` segments that has
+/// one, numbered at least `lowest`.
+fn first_number_in_later_segments(later: &[(u64, PathBuf)], lowest: u64) -> Option<u64> {
     later.iter().find_map(|(_, path)| {
         let bytes = std::fs::read(path).ok()?;
-        match read_at(&bytes, 0) {
+        record_after(&bytes, 0, lowest)
+    })
+}
+
+/// The number of the first record that checks anywhere in `bytes` from `from` on,
+/// numbered from `lowest` to 2^32 above it (found by sliding over the bytes: cheap tests of
+/// the header and the number first, the CRC only where they pass).
+fn record_after(bytes: &[u8], from: usize, lowest: u64) -> Option<u64> {
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
+    (from..bytes.len()).find_map(|at| {
+        let length = word(at)? as u32 as usize;
+        if length < 12 || at + HEADER + length > bytes.len() {
+            return None;
+        }
+        let number = word(at + HEADER)?;
+        if number < lowest || number - lowest > 1 << 32 {
+            return None;
+        }
+        match read_at(bytes, at) {
             Found::Record(number, ..) => Some(number),
             _ => None,
         }
@@ -592,6 +612,19 @@ mod tests {
             why.contains("followed by record 3") && why.contains(".wal"),
             "{why}"
         );
+        // A length damaged: the records after it are found all the same.
+        for byte in [0, 2, 3] {
+            let mut damaged = bytes.clone();
+            damaged[starts[1] + byte] ^= 0x5a;
+            std::fs::write(&path, &damaged).unwrap();
+            assert!(
+                matches!(replayed(dir.path(), 0), Err(StoreError::Damaged(_))),
+                "length byte {byte}"
+            );
+        }
+        let mut damaged = bytes.clone();
+        damaged[starts[1] + HEADER + 3] ^= 0x40;
+        std::fs::write(&path, &damaged).unwrap();
         // The same, when the engine already holds every record: nothing is lost.
         let (outcome, got) = replayed(dir.path(), 3).unwrap();
         assert_eq!((outcome.last, got.len()), (3, 0));
