@@ -705,10 +705,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_child_leads_its_own_process_group_reads_nothing_and_hears_sigpipe() {
-        // The test harness, like the worker, ignores SIGPIPE: the child must not.
+        // The test harness, like the worker, ignores SIGPIPE: the child must not. The masks
+        // are read by the shell's own process (`exec`, which keeps them): a command it
+        // forks could read them while dash blocks every signal around its fork (CI once
+        // saw all blocked that way).
         let started = start(
             "sh",
-            &["-c", "cut -d' ' -f5 /proc/$$/stat; echo $$; cat; grep -E '^Sig(Ign|Blk)' /proc/$$/status"],
+            &["-c", "cut -d' ' -f5 /proc/$$/stat; echo $$; cat; exec grep -E '^Sig(Ign|Blk)' /proc/self/status"],
             &[],
             None,
         )
