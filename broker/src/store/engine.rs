@@ -50,6 +50,11 @@ pub trait Engine: Send + Sync + 'static {
     fn tree(&self, name: &str) -> StoreResult<Self::Tree>;
     /// Makes every write so far durable.
     fn flush(&self) -> StoreResult<()>;
+    /// Makes everything the engine holds durable, whatever wrote it (an earlier process
+    /// killed before its sync included): before the write-ahead log lets go of records.
+    fn sync_everything(&self) -> StoreResult<()> {
+        self.flush()
+    }
     /// The same as [`Engine::flush`], for another thread.
     fn flusher(&self) -> Flusher;
     /// Writes everything out of the journal into the engine's tables (for a clean stop);

@@ -109,6 +109,10 @@ impl Engine for FjallEngine {
         self.journal.sync(&self.db)
     }
 
+    fn sync_everything(&self) -> StoreResult<()> {
+        self.journal.sync_every_file(&self.db)
+    }
+
     fn view(&self) -> Option<Box<dyn super::engine::View>> {
         let trees = self.trees.lock().ok()?.clone();
         Some(Box::new(FjallView {

@@ -92,6 +92,24 @@ impl JournalSync {
         }
     }
 
+    /// Makes every journal file in the directory durable, not only the newest: after a
+    /// kill, the journals a new process finds may hold writes the old one never synced
+    /// (the page cache still has them; a power loss would not), and fjall may go on in a
+    /// new file without syncing them.
+    pub(crate) fn sync_every_file(&self, db: &Database) -> StoreResult<()> {
+        self.sync(db)?;
+        let entries = std::fs::read_dir(&self.dir).map_err(io)?;
+        for entry in entries {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|extension| extension == "jnl") {
+                File::open(&path)
+                    .and_then(|file| file.sync_all())
+                    .map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Moves `newest` to the newest journal file and returns it; `None` if there is none.
     fn follow<'a>(&self, newest: &'a mut Option<JournalFile>) -> StoreResult<Option<&'a File>> {
         let known = newest.as_ref().map(|journal| journal.id);

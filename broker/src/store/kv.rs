@@ -188,7 +188,7 @@ fn log_position(number: u64) -> Write {
 }
 
 /// Gives `engine` the records of the write-ahead log in `dir` that it does not have, in
-/// order, and syncs it: before a store is opened on it (and before its marker is checked:
+/// order, and makes everything it holds durable: before a store is opened on it (and before its marker is checked:
 /// the log holds acknowledged writes). With `repair`, damage in the log ends the replay
 /// and is returned instead of refused.
 pub fn replay_log<E: Engine>(
@@ -211,8 +211,10 @@ pub fn replay_log<E: Engine>(
             last = replayed.last,
             "replayed the store's log into its engine"
         );
-        engine.flush()?;
     }
+    // Before the log's records go (`with_log`): what the engine holds from an earlier
+    // process may not be on the disk yet, replayed or not.
+    engine.sync_everything()?;
     Ok(replayed)
 }
 

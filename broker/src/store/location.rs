@@ -154,7 +154,6 @@ pub fn repair_in(data_dir: &Path, cache_bytes: u64) -> StoreResult<RepairReport>
     // What the log holds up to any damage; then the log goes (the engine has it).
     let log = data_dir.join(LOG);
     let replayed = replay_log(&engine, &log, true)?;
-    engine.flush()?;
     super::wal::remove_all(&log)?;
     let problem = replayed.damage.or(unreadable).or_else(|| {
         integrity::check(
