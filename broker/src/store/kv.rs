@@ -188,9 +188,9 @@ fn log_position(number: u64) -> Write {
 }
 
 /// Gives `engine` the records of the write-ahead log in `dir` that it does not have, in
-/// order, and makes everything it holds durable: before a store is opened on it (and before its marker is checked:
-/// the log holds acknowledged writes). With `repair`, damage in the log ends the replay
-/// and is returned instead of refused.
+/// order, and makes everything it holds durable: before a store is opened on it, and
+/// before its marker is checked (the log holds acknowledged writes). With `repair`,
+/// damage in the log ends the replay and is returned instead of refused.
 pub fn replay_log<E: Engine>(
     engine: &E,
     dir: &Path,
