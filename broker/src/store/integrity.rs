@@ -17,7 +17,7 @@
 //! stop). Anything else is damage: the broker refuses to start and names the files;
 //! `jobcast-broker --repair` is the explicit way on.
 
-use super::{StoreError, StoreResult};
+use super::{io_error, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,14 +37,6 @@ pub struct Marker {
     pub clean: bool,
     /// When it was written (ms since the epoch).
     pub at_ms: u64,
-}
-
-fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 pub fn marker_path(data_dir: &Path) -> PathBuf {

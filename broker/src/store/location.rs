@@ -6,7 +6,7 @@ use super::engine::View;
 use super::engine::{Engine, Tree};
 use super::integrity::{self, wall_ms, MarkerKeeper, COMMIT_KEY};
 use super::kv::{copy_records, replay_log, TREES};
-use super::{FjallEngine, KvStore, SledEngine, Store, StoreError, StoreResult};
+use super::{io_error, FjallEngine, KvStore, SledEngine, Store, StoreError, StoreResult};
 use jobcast_core::store::Copied;
 use jobcast_protocol::RunState;
 use std::ops::Bound;
@@ -36,14 +36,6 @@ const LOG: &str = "store.wal";
 /// by default). Each one filled costs the engine a sync, on the applier's thread: a few a
 /// second at the broker's capacity.
 const LOG_SEGMENT_BYTES: u64 = 4 << 20;
-
-fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// The commit count an engine's store holds, read before anything writes to it.
 fn stored_commit(engine: &FjallEngine) -> StoreResult<u64> {

@@ -38,6 +38,15 @@ impl SledStore {
     }
 }
 
+/// A file operation that failed, naming the file.
+fn io_error(what: &'static str, path: &std::path::Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// A number kept as a setting (8 bytes, big-endian), if it is there; `what` names it
 /// when its bytes are not a number.
 fn setting_u64(bytes: Option<Vec<u8>>, what: &'static str) -> StoreResult<Option<u64>> {

@@ -28,7 +28,7 @@
 //! torn tail: the start refuses rather than drop acknowledged writes.
 
 use super::engine::Write;
-use super::{StoreError, StoreResult};
+use super::{io_error, StoreError, StoreResult};
 use std::fs::File;
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
@@ -37,14 +37,6 @@ use std::sync::{Arc, Mutex};
 const HEADER: usize = 8;
 /// No record the broker writes comes near this; a header that claims more is not one.
 const MAX_BODY: u32 = 1 << 30;
-
-fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 fn segment_path(dir: &Path, ordinal: u64) -> PathBuf {
     dir.join(format!("{ordinal:020}.wal"))
@@ -423,16 +415,20 @@ impl LogWriter {
     /// Moves to the spare segment (allocating one here if none is ready).
     fn next_segment(&mut self) -> StoreResult<u64> {
         let ordinal = self.current.ordinal + 1;
-        let spare = self
+        // Under the spare's lock, so that the applier cannot be allocating the same one.
+        let mut slot = self
             .spare
             .lock()
-            .map_err(|_| StoreError::Engine("the log's spare segment lock is poisoned".into()))?
-            .take()
-            .filter(|spare| spare.ordinal == ordinal);
-        let next = match spare {
-            Some(spare) => spare,
-            None => allocate(&self.dir, ordinal, self.segment_bytes)?,
+            .map_err(|_| StoreError::Engine("the log's spare segment lock is poisoned".into()))?;
+        let next = match slot.take() {
+            Some(spare) if spare.ordinal == ordinal => spare,
+            // One allocated further ahead stays for when its turn comes.
+            other => {
+                *slot = other.filter(|spare| spare.ordinal > ordinal);
+                allocate(&self.dir, ordinal, self.segment_bytes)?
+            }
         };
+        drop(slot);
         let closed = std::mem::replace(&mut self.current, next);
         // Synced before the next sync is done, which covers records in either.
         if let Some(older) = self.closed.replace(closed) {
@@ -467,13 +463,15 @@ pub fn prepare_spare(
     spare: &Spare,
 ) -> StoreResult<()> {
     let ordinal = closed + 2;
-    if segment_path(dir, ordinal).exists() {
+    // Under the lock the writer takes it with: the writer, short of a spare, allocates
+    // one itself, and both must not create the same file.
+    let mut slot = spare
+        .lock()
+        .map_err(|_| StoreError::Engine("the log's spare segment lock is poisoned".into()))?;
+    if slot.is_some() || segment_path(dir, ordinal).exists() {
         return Ok(());
     }
-    let segment = allocate(dir, ordinal, segment_bytes)?;
-    if let Ok(mut slot) = spare.lock() {
-        *slot = Some(segment);
-    }
+    *slot = Some(allocate(dir, ordinal, segment_bytes)?);
     Ok(())
 }
 
@@ -674,6 +672,28 @@ mod tests {
             replayed(dir.path(), 0),
             Err(StoreError::Damaged(_))
         ));
+    }
+
+    /// The writer, short of a spare, allocates one itself while the applier prepares
+    /// spares: neither may fail on a file the other made, and nothing is lost.
+    #[test]
+    fn spares_prepared_beside_a_writer_that_outruns_them_collide_with_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogWriter::start(dir.path(), 256).unwrap();
+        let spare = log.spare();
+        let path = dir.path().to_path_buf();
+        let preparing = std::thread::spawn(move || {
+            for closed in 1..150 {
+                prepare_spare(&path, closed, 256, &spare).unwrap();
+            }
+        });
+        for number in 1..=200 {
+            log.append(number, &batch(number)).unwrap();
+        }
+        log.sync().unwrap();
+        preparing.join().unwrap();
+        let (outcome, got) = replayed(dir.path(), 0).unwrap();
+        assert_eq!((outcome.last, got.len()), (200, 200));
     }
 
     #[test]
