@@ -46,7 +46,8 @@ use job_table::JobTable;
 use log_table::LogTable;
 pub use now::Now;
 pub use outbox::{
-    BackupAsked, ListingAsked, LogAsked, Observation, OutReply, Outbox, ReloadAsked, ReplyTo,
+    BackupAsked, ListingAsked, LogAsked, Observation, OldestAsked, OutReply, Outbox, ReloadAsked,
+    ReplyTo,
 };
 use ping_table::PingTable;
 pub use retention::Retention;

@@ -18,7 +18,7 @@ impl<S: Store> Core<S> {
         let now = Now::from_us(now_us);
         self.schedule_due(now, out)?;
         self.release_delayed(now, out);
-        self.prune_step(now)?;
+        self.prune_step(now, out)?;
         for result in self.tables.pings.expired(now_us) {
             result.send(out);
         }

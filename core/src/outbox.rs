@@ -48,6 +48,18 @@ pub struct Outbox {
     /// Copies of the store to write, each from the store as its batch left it, away from
     /// the loop once that batch is durable.
     pub backups: Vec<BackupAsked>,
+    /// Retention's walk asks for the next oldest runs, read away from the loop once the
+    /// batch is durable and handed back with [`crate::Core::oldest_runs_found`].
+    pub oldest: Option<OldestAsked>,
+}
+
+/// Retention's walk asks for the oldest runs from `from_seq` on, at most `limit`;
+/// `number` tells an answer to this ask from one to an ask since given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OldestAsked {
+    pub number: u64,
+    pub from_seq: u64,
+    pub limit: usize,
 }
 
 /// Someone asked for a copy of the store in a new directory.

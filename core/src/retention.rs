@@ -3,20 +3,22 @@
 //! `max_runs` are stored. In small steps (a few hundred records looked at per batch), so
 //! pruning a large store never stalls the loop; never an unfinished run, never the newest.
 
-use crate::store::{Store, StoreResult};
-use crate::Core;
-use crate::Now;
-use jobcast_protocol::{Reply, RunRecord};
+use crate::store::{OldestRun, Store, StoreResult};
+use crate::{Core, Now, OldestAsked, Outbox};
+use jobcast_protocol::{Reply, RunRecord, RunState};
 
 /// Records looked at in one step of the loop (each step a batch and a flush of its own
 /// when it deletes: 64 keeps a batch to a few milliseconds).
-const STEP: usize = 64;
+pub(crate) const STEP: usize = 64;
 /// Records a dry `Prune` looks at, and records a `Prune` deletes among, at most: both
 /// run on the loop, so both are bounded (a dry look at 20,000 records takes tens of ms).
 const DRY_SCAN: usize = 20_000;
 const DELETE_SCAN: usize = 2_048;
 /// How long the loop waits before looking again once a pass found nothing to delete.
 const IDLE_MS: u64 = 10_000;
+/// How long a walk that asked for its runs waits for them before asking again (an
+/// answer lost with a failed read).
+const ANSWER_WAIT_MS: u64 = 10_000;
 /// Between two steps of a pass that delete nothing: walking a large store where little
 /// is due costs little.
 const WALK_MS: u64 = 100;
@@ -38,9 +40,43 @@ pub(crate) struct Pruning {
     pruned: u64,
     /// Whether the current pass (from the oldest) has deleted anything.
     pass_deleted: bool,
+    /// Where the walk reads away from the loop: what it asked for, or found.
+    walk: Walk,
+    /// Asks made so far (each ask's number).
+    asks: u64,
+    /// When an ask still unanswered is given up.
+    next_step_ms_asked: u64,
+}
+
+/// Retention's read away from the loop ([`Store::walks_away`]).
+#[derive(Debug, Default, PartialEq)]
+enum Walk {
+    #[default]
+    Idle,
+    Asked(OldestAsked),
+    /// The records from `from_seq` on, as the reader found them.
+    Found {
+        from_seq: u64,
+        runs: Vec<OldestRun>,
+    },
 }
 
 impl Pruning {
+    /// Asks for the records from the cursor on, to be read away from the loop.
+    fn ask(&mut self, now: Now, out: &mut Outbox) {
+        self.asks += 1;
+        let asked = OldestAsked {
+            number: self.asks,
+            from_seq: self.cursor,
+            limit: STEP,
+        };
+        out.oldest = Some(asked);
+        self.walk = Walk::Asked(asked);
+        // Not woken by an answer (a read that failed): asked again then.
+        self.next_step_ms_asked = now.ms() + ANSWER_WAIT_MS;
+        self.next_step_ms = self.next_step_ms_asked;
+    }
+
     /// Runs deleted since the broker started.
     pub fn pruned(&self) -> u64 {
         self.pruned
@@ -109,11 +145,14 @@ impl<S: Store> Core<S> {
     /// One bounded step of the walk, from the loop: deletes what is due among the next
     /// `STEP` records. Returns how many it deleted. A step that deleted something is
     /// followed by the next at once (a batch of its own, committed like any other).
-    pub(crate) fn prune_step(&mut self, now: Now) -> StoreResult<u64> {
+    /// Where the store walks away from the loop ([`Store::walks_away`]), a step first asks
+    /// for its records (`out.oldest`) and takes them once they are found.
+    pub(crate) fn prune_step(&mut self, now: Now, out: &mut Outbox) -> StoreResult<u64> {
         if now.ms() < self.stored.pruning.next_step_ms {
             return Ok(0);
         }
         if !self.retention_applies() {
+            self.stored.pruning.walk = Walk::Idle;
             self.stored.pruning.next_step_ms = now.ms() + IDLE_MS;
             return Ok(0);
         }
@@ -128,14 +167,41 @@ impl<S: Store> Core<S> {
         let shortest_keep = self.shortest_keep_ms();
         if excess == 0 && shortest_keep.is_none() {
             // Nothing beyond the count and no rule by age: no record to look at.
+            self.stored.pruning.walk = Walk::Idle;
             self.stored.pruning.cursor = 0;
             self.stored.pruning.next_step_ms = now.ms() + IDLE_MS;
             return Ok(0);
         }
-        let batch = self.store.oldest_runs(self.stored.pruning.cursor, STEP)?;
+        let cursor = self.stored.pruning.cursor;
+        let away = self.store.walks_away();
+        let batch = if away {
+            match std::mem::take(&mut self.stored.pruning.walk) {
+                Walk::Found { from_seq, runs } if from_seq == cursor => runs,
+                Walk::Asked(asked) if now.ms() < self.stored.pruning.next_step_ms_asked => {
+                    // Still being read: the answer wakes the walk.
+                    self.stored.pruning.walk = Walk::Asked(asked);
+                    self.stored.pruning.next_step_ms = self.stored.pruning.next_step_ms_asked;
+                    return Ok(0);
+                }
+                _ => {
+                    self.stored.pruning.ask(now, out);
+                    return Ok(0);
+                }
+            }
+        } else {
+            self.store
+                .oldest_runs(cursor, STEP)?
+                .into_iter()
+                .map(|run| OldestRun {
+                    run,
+                    log_offsets: Vec::new(),
+                })
+                .collect()
+        };
         let mut deleted = 0;
         let mut too_young = false;
-        for run in &batch {
+        for found in &batch {
+            let run = &found.run;
             too_young = excess == 0
                 && shortest_keep
                     .is_none_or(|keep| run.created_at_ms.saturating_add(keep) > now.ms());
@@ -145,7 +211,13 @@ impl<S: Store> Core<S> {
                 break;
             }
             if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
-                self.store.delete_run(run)?;
+                // A run given up as lost may have had output since it was read (its late
+                // report's): the store looks for its log itself.
+                if away && run.state != RunState::Lost {
+                    self.store.delete_found_run(found)?;
+                } else {
+                    self.store.delete_run(run)?;
+                }
                 self.stored
                     .finished
                     .deleted(run.spec.team.as_deref(), run.state);
@@ -156,7 +228,7 @@ impl<S: Store> Core<S> {
         self.stored.pruning.pass_deleted |= deleted > 0;
         self.stored.pruning.next_step_ms = match batch.last() {
             Some(last) if batch.len() == STEP && !too_young => {
-                self.stored.pruning.cursor = last.seq + 1;
+                self.stored.pruning.cursor = last.run.seq + 1;
                 if deleted > 0 {
                     now.ms()
                 } else {
@@ -174,10 +246,45 @@ impl<S: Store> Core<S> {
                 }
             }
         };
+        if away && self.stored.pruning.next_step_ms <= now.ms() {
+            // The walk goes on at once: its next records are read while this step's
+            // deletions commit.
+            self.stored.pruning.ask(now, out);
+        }
         if deleted > 0 {
             tracing::info!(deleted, "retention: finished runs deleted");
         }
         Ok(deleted)
+    }
+
+    /// The runs retention's walk asked for (`out.oldest`), read away from the loop, or why
+    /// they could not be read. An answer to an ask given up since is dropped; the next
+    /// step (at once) takes the runs.
+    pub fn oldest_runs_found(
+        &mut self,
+        asked: OldestAsked,
+        found: StoreResult<Vec<OldestRun>>,
+        now_us: u64,
+    ) {
+        let pruning = &mut self.stored.pruning;
+        if pruning.walk != Walk::Asked(asked) {
+            return;
+        }
+        let now_ms = now_us / 1_000;
+        match found {
+            Ok(runs) => {
+                pruning.walk = Walk::Found {
+                    from_seq: asked.from_seq,
+                    runs,
+                };
+                pruning.next_step_ms = now_ms;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention could not read the oldest runs; trying again");
+                pruning.walk = Walk::Idle;
+                pruning.next_step_ms = now_ms + WALK_MS;
+            }
+        }
     }
 
     /// `Prune`: counts (dry) or deletes what retention would delete now, among the oldest
@@ -192,6 +299,10 @@ impl<S: Store> Core<S> {
             for run in &batch {
                 if run.seq != newest && self.config.retention.expired(run, now, &mut excess) {
                     if !dry_run {
+                        // What the walk read before may be gone now: it reads again.
+                        if std::mem::take(&mut self.stored.pruning.walk) != Walk::Idle {
+                            self.stored.pruning.next_step_ms = now.ms();
+                        }
                         self.store.delete_run(run)?;
                         self.stored
                             .finished

@@ -376,16 +376,28 @@ impl Server {
         for (asked, reader) in produced.backups.drain(..) {
             backup::start(asked, reader, self.reads.tell.clone());
         }
-        if !produced.out.listings.is_empty() || !produced.out.logs.is_empty() {
+        if !produced.out.listings.is_empty()
+            || !produced.out.logs.is_empty()
+            || produced.out.oldest.is_some()
+        {
             match produced.reader.take() {
                 Some(reader) => {
                     let asked = reads::Asked {
                         listings: std::mem::take(&mut produced.out.listings),
                         logs: std::mem::take(&mut produced.out.logs),
+                        oldest: produced.out.oldest.take(),
                     };
                     self.reads.read(reader, asked);
                 }
-                None => core.answer_reads(&mut produced.out)?,
+                None => {
+                    if let Some(asked) = produced.out.oldest.take() {
+                        // The store could not give a reader after all: the walk tries
+                        // again in a while.
+                        let no_reader = StoreError::Unsupported("no reader of the store");
+                        core.oldest_runs_found(asked, Err(no_reader), now_us());
+                    }
+                    core.answer_reads(&mut produced.out)?
+                }
             }
         }
         self.send(produced, batch.new_keys);
@@ -393,7 +405,7 @@ impl Server {
     }
 
     /// Answers a read made away from the loop.
-    fn answer_read<S: Store>(&mut self, core: &Core<S>, found: reads::Found) {
+    fn answer_read<S: Store>(&mut self, core: &mut Core<S>, found: reads::Found) {
         let unreadable = |e: StoreError| {
             tracing::warn!(error = %e, "a read of the store failed");
             jobcast_protocol::Reply::Error {
@@ -417,6 +429,10 @@ impl Server {
                 }),
             ),
             reads::Found::Backup(asked, reply) => (asked.to, asked.id, *reply),
+            reads::Found::Oldest(asked, found) => {
+                core.oldest_runs_found(asked, found, now_us());
+                return;
+            }
         };
         let mut out = Outbox::default();
         out.reply(&to, id, reply);
@@ -587,7 +603,7 @@ impl Server {
             None
         };
         // Taken now: the store as this batch leaves it, before the next one writes.
-        let reader = match out.listings.is_empty() && out.logs.is_empty() {
+        let reader = match out.listings.is_empty() && out.logs.is_empty() && out.oldest.is_none() {
             true => None,
             false => core.store().reader(),
         };

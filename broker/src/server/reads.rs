@@ -3,23 +3,27 @@
 //! megabyte must not hold up the loop. A batch's reads are handed over once the batch is
 //! durable, each with a reader of the store as it was when the batch was applied (a
 //! snapshot, or a connection of its own that sees what is committed); what they find
-//! comes back to the loop, which answers.
+//! comes back to the loop, which answers. Retention's walk reads its oldest runs here
+//! too, for the same reason: a range read of the store may wait on the engine's locks.
 
 use crate::store::{Listing, StoreResult};
 use anyhow::{Context, Result};
-use jobcast_core::store::RunReader;
-use jobcast_core::{BackupAsked, ListingAsked, LogAsked};
+use jobcast_core::store::{OldestRun, RunReader};
+use jobcast_core::{BackupAsked, ListingAsked, LogAsked, OldestAsked};
 
 /// Reads a batch asked for.
 pub(super) struct Asked {
     pub(super) listings: Vec<ListingAsked>,
     pub(super) logs: Vec<LogAsked>,
+    pub(super) oldest: Option<OldestAsked>,
 }
 
 /// What a read found, for the loop to answer with.
 pub(super) enum Found {
     Listing(ListingAsked, StoreResult<Listing>),
     Log(LogAsked, StoreResult<Vec<(u64, Vec<u8>)>>),
+    /// Retention's walk: the oldest runs it asked for.
+    Oldest(OldestAsked, StoreResult<Vec<OldestRun>>),
     /// A backup written (or why not), as the reply to send.
     Backup(BackupAsked, Box<jobcast_protocol::Reply>),
 }
@@ -49,6 +53,12 @@ impl Reads {
                     for log in asked.logs {
                         let chunks = reader.log_chunks(&log.run.id);
                         if tell.send(Found::Log(log, chunks)).is_err() {
+                            return;
+                        }
+                    }
+                    if let Some(oldest) = asked.oldest {
+                        let runs = reader.oldest_runs(oldest.from_seq, oldest.limit);
+                        if tell.send(Found::Oldest(oldest, runs)).is_err() {
                             return;
                         }
                     }

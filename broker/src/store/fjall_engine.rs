@@ -28,6 +28,14 @@ const JOURNAL_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 const BACKLOG_SEALED_MEMTABLES: usize = 1;
 const BACKLOG_L0_TABLES: usize = 12;
 
+/// Whether any of `trees` is behind on writing out what it was given.
+fn behind(trees: &[Keyspace]) -> bool {
+    trees.iter().any(|t| {
+        t.sealed_memtable_count() >= BACKLOG_SEALED_MEMTABLES
+            || t.l0_table_count() >= BACKLOG_L0_TABLES
+    })
+}
+
 pub struct FjallEngine {
     /// Held for its thread (`memtable_keeper.rs`); first, so that it stops before the
     /// database is dropped.
@@ -35,8 +43,12 @@ pub struct FjallEngine {
     db: Database,
     /// Syncs the journal for the committer without holding fjall's lock meanwhile.
     journal: std::sync::Arc<super::fjall_journal::JournalSync>,
-    /// The trees opened, to look at their backlog.
+    /// The trees opened, for the keeper's looks.
     trees: std::sync::Arc<std::sync::Mutex<Vec<Keyspace>>>,
+    /// Whether fjall is behind on writing out, as the keeper last saw it: reading it
+    /// takes each tree's version lock, which fjall holds across a compaction's fsyncs,
+    /// so the loop does not read it itself.
+    backlogged: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FjallEngine {
@@ -60,12 +72,18 @@ impl FjallEngine {
                 e => backend(e),
             })?;
         let trees = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let backlogged = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = backlogged.clone();
+        let watch = move |trees: &[Keyspace]| {
+            seen.store(behind(trees), std::sync::atomic::Ordering::Relaxed);
+        };
         Ok(FjallEngine {
             db,
             journal: std::sync::Arc::new(super::fjall_journal::JournalSync::new(path)),
-            _memtables: super::memtable_keeper::MemtableKeeper::start(trees.clone())
+            _memtables: super::memtable_keeper::MemtableKeeper::start(trees.clone(), watch)
                 .map_err(|e| StoreError::Engine(Box::new(e)))?,
             trees,
+            backlogged,
         })
     }
 
@@ -173,12 +191,7 @@ impl Engine for FjallEngine {
     }
 
     fn is_backlogged(&self) -> bool {
-        self.trees.lock().is_ok_and(|trees| {
-            trees.iter().any(|t| {
-                t.sealed_memtable_count() >= BACKLOG_SEALED_MEMTABLES
-                    || t.l0_table_count() >= BACKLOG_L0_TABLES
-            })
-        })
+        self.backlogged.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

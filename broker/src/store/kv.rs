@@ -18,7 +18,7 @@ use super::unfinished::Unfinished;
 use super::wal::LogWriter;
 use super::FlushDone;
 use super::{list_newest_first, Listing, Store, StoreError, StoreResult};
-use jobcast_core::store::RunReader;
+use jobcast_core::store::{OldestRun, RunReader};
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -667,36 +667,48 @@ impl<E: Engine> KvStore<E> {
                 let _ = marker.send(commit);
             }
         };
-        let batch = self.hand_over();
+        let (log, deliver) = self.delivering(self.hand_over());
+        let flusher = self.flusher.clone();
+        Ok(Box::new(move || {
+            deliver()?;
+            if dirty {
+                match &log {
+                    Some(log) => log.writer()?.sync()?,
+                    None => flusher()?,
+                }
+            }
+            told();
+            Ok(())
+        }))
+    }
+
+    /// The committer's first step for a batch handed over (if any): into the log and on
+    /// to the applier, or, without a log, given to the engine there and then. With the
+    /// log, to sync it (or wait for the applier) after.
+    fn delivering(&self, batch: Option<(u64, Arc<Staged>)>) -> (Option<Arc<Logged>>, Commit) {
         let Some(log) = self.log.clone() else {
-            let flusher = self.flusher.clone();
             let apply = batch.map(|(number, staged)| self.applying(number, staged, false));
-            return Ok(Box::new(move || {
-                if let Some(apply) = apply {
-                    apply()?;
-                }
-                if dirty {
-                    flusher()?;
-                }
-                told();
-                Ok(())
-            }));
+            return (
+                None,
+                Box::new(move || match apply {
+                    Some(apply) => apply(),
+                    None => Ok(()),
+                }),
+            );
         };
         let logging = batch.map(|(number, staged)| {
             let apply = self.applying(number, staged.clone(), true);
             (number, staged, apply)
         });
-        Ok(Box::new(move || {
-            log.check()?;
+        let logged = log.clone();
+        let deliver: Commit = Box::new(move || {
+            logged.check()?;
             if let Some((number, staged, apply)) = logging {
-                log.log(number, &staged, apply)?;
+                logged.log(number, &staged, apply)?;
             }
-            if dirty {
-                log.writer()?.sync()?;
-            }
-            told();
             Ok(())
-        }))
+        });
+        (Some(log), deliver)
     }
 
     /// Moves the writes staged so far, if there are any, to `in_flight` under the next
@@ -937,6 +949,26 @@ impl<E: Engine> KvStore<E> {
             }
         }
     }
+
+    /// Deletes a run's record, its id and its mark (its log is deleted first, by the
+    /// caller: killed in between, the record is still there for retention to find).
+    fn delete_run_record(&mut self, run: &RunRecord) {
+        self.dirty = true;
+        let seq = run.seq.to_be_bytes().to_vec();
+        // Only a marked run has an entry (and a stale one is cleared at open): removing
+        // one that is not there would only add a tombstone for the engine to write out
+        // and compact.
+        let unfinished = self.unfinished.get_mut();
+        if unfinished.is_marked(run.seq) {
+            self.staged.get_mut().push(ACTIVE, seq.clone(), None);
+        }
+        unfinished.deleted(run.seq);
+        self.stage(RUNS, seq, None);
+        self.stage(RUN_IDS, run.id.as_bytes().to_vec(), None);
+        self.pruned += 1;
+        // Written once per commit, in it (see `seal`).
+        self.pruned_changed = true;
+    }
 }
 
 /// A run's log chunks from a scan of its keys (`log_key`): (offset, bytes).
@@ -1006,6 +1038,26 @@ impl RunReader for KvReader {
     fn log_chunks(&mut self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         let prefix = log_prefix(run_id);
         chunks_of(prefix.len(), self.view()?.with_prefix("logs", &prefix))
+    }
+
+    fn oldest_runs(&mut self, from_seq: u64, limit: usize) -> StoreResult<Vec<OldestRun>> {
+        let view = self.view()?;
+        let (view, specs) = (&view, &mut self.specs);
+        let from = from_seq.to_be_bytes().to_vec();
+        view.oldest_first("runs", Bound::Included(from), Bound::Unbounded)
+            .take(limit)
+            .map(|item| {
+                let run = run_codec::decode_run(&item?.1, |key| {
+                    specs.get_or_read(key, || view.get("specs", key))
+                })?;
+                let prefix = log_prefix(&run.id);
+                let log_offsets = chunks_of(prefix.len(), view.with_prefix("logs", &prefix))?
+                    .into_iter()
+                    .map(|(offset, _)| offset)
+                    .collect();
+                Ok(OldestRun { run, log_offsets })
+            })
+            .collect()
     }
 
     fn run(&mut self, id: &str) -> StoreResult<Option<RunRecord>> {
@@ -1167,20 +1219,22 @@ impl<E: Engine> Store for KvStore<E> {
         for key in chunks {
             self.stage(LOGS, key, None);
         }
-        // Only a marked run has an entry (and a stale one is cleared at open): removing
-        // one that is not there would only add a tombstone for the engine to write out
-        // and compact.
-        let unfinished = self.unfinished.get_mut();
-        if unfinished.is_marked(run.seq) {
-            self.staged.get_mut().push(ACTIVE, seq.clone(), None);
-        }
-        unfinished.deleted(run.seq);
-        self.stage(RUNS, seq, None);
-        self.stage(RUN_IDS, run.id.as_bytes().to_vec(), None);
-        self.pruned += 1;
-        // Written once per commit, in it (see `seal`).
-        self.pruned_changed = true;
+        self.delete_run_record(run);
         Ok(())
+    }
+
+    fn delete_found_run(&mut self, found: &OldestRun) -> StoreResult<()> {
+        self.settle()?;
+        self.dirty = true;
+        for offset in &found.log_offsets {
+            self.stage(LOGS, log_key(&found.run.id, *offset), None);
+        }
+        self.delete_run_record(&found.run);
+        Ok(())
+    }
+
+    fn walks_away(&self) -> bool {
+        self.engine.has_views()
     }
 
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()> {
@@ -1278,38 +1332,23 @@ impl<E: Engine> Store for KvStore<E> {
         self.settle().ok()?;
         let slot = ViewSlot::default();
         let filler = ViewFiller(Some(slot.clone()));
-        let batch = self.hand_over();
         let engine = self.engine.clone();
         let view: Commit = Box::new(move || {
             filler.fill(engine.view());
             Ok(())
         });
-        let handed: Commit = match self.log.clone() {
-            None => {
-                let apply = batch.map(|(number, staged)| self.applying(number, staged, false));
-                Box::new(move || {
-                    if let Some(apply) = apply {
-                        apply()?;
-                    }
-                    view()
-                })
-            }
-            // Logged now, synced with the next batch; the view once the engine has it.
-            Some(log) => {
-                let logging = batch.map(|(number, staged)| {
-                    let apply = self.applying(number, staged.clone(), true);
-                    (number, staged, apply)
-                });
-                Box::new(move || {
-                    log.check()?;
-                    if let Some((number, staged, apply)) = logging {
-                        log.log(number, &staged, apply)?;
-                    }
+        let (log, deliver) = self.delivering(self.hand_over());
+        let handed: Commit = Box::new(move || {
+            deliver()?;
+            match log {
+                // Logged now, synced with the next batch; the view once the engine has it.
+                Some(log) => {
                     log.apply(view);
                     Ok(())
-                })
+                }
+                None => view(),
             }
-        };
+        });
         // A failure fails every later commit too: the batch's own tells it.
         self.committer.submit(handed, Box::new(|_| {}));
         Some(Box::new(KvReader {

@@ -8,6 +8,9 @@
 //! and its commits included. The keeper holds a reference to each memtable while it is the
 //! active one, so fjall's drop of it is only a count going down; once the keeper's is the
 //! last reference, the keeper drops it, away from every lock.
+//!
+//! At each look it also runs what the engine asks of the trees away from the loop (whether
+//! fjall is behind on its writes: reading that takes the same locks).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -76,8 +79,10 @@ pub(super) struct MemtableKeeper {
 
 impl MemtableKeeper {
     /// Starts holding the active memtable of each tree `trees` gives at each look.
+    /// And calls `also` with the trees at each look.
     pub(super) fn start(
         trees: Arc<std::sync::Mutex<Vec<fjall::Keyspace>>>,
+        also: impl Fn(&[fjall::Keyspace]) + Send + 'static,
     ) -> std::io::Result<MemtableKeeper> {
         use fjall::AbstractTree;
         let (stop, stopped) = mpsc::channel::<()>();
@@ -96,6 +101,7 @@ impl MemtableKeeper {
                     for tree in &trees {
                         holding.hold(tree.tree.active_memtable());
                     }
+                    also(&trees);
                     drop(trees);
                     let released = holding.release() as u64;
                     counted.fetch_add(released, Ordering::Relaxed);
@@ -186,5 +192,36 @@ mod tests {
             }
             runs.rotate_memtable_and_wait().unwrap();
         }
+    }
+
+    #[test]
+    fn each_look_also_runs_what_the_engine_asks_of_every_tree() {
+        use crate::store::engine::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = super::super::FjallEngine::open(dir.path(), 1 << 20).unwrap();
+        let trees = Arc::new(std::sync::Mutex::new(vec![
+            engine.tree("runs").unwrap(),
+            engine.tree("logs").unwrap(),
+        ]));
+        let seen = Arc::new(AtomicU64::new(0));
+        let counted = seen.clone();
+        let keeper = MemtableKeeper::start(trees, move |trees| {
+            counted.fetch_add(trees.len() as u64, Ordering::Relaxed);
+        })
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while keeper.looks() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the keeper stopped looking"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(keeper);
+        let looks_seen = seen.load(Ordering::Relaxed);
+        assert!(
+            looks_seen >= 6 && looks_seen.is_multiple_of(2),
+            "{looks_seen}"
+        );
     }
 }

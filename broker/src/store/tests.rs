@@ -43,6 +43,7 @@ on_every_backend!(
     runs_linked_to_a_run_are_its_retries_and_the_runs_it_started,
     writes_are_read_back_before_and_after_they_are_flushed,
     the_oldest_runs_include_writes_not_yet_committed,
+    runs_a_reader_found_are_deleted_with_their_logs,
 );
 
 /// PostgreSQL keeps the same contract: every test above on a fresh database of one
@@ -62,7 +63,7 @@ fn postgres() {
         PgSettings::new(&url, Some(password.path()), None).unwrap()
     };
     type Contract = fn(PgStore);
-    let tests: [(&str, Contract); 11] = [
+    let tests: [(&str, Contract); 12] = [
         ("listed", runs_are_listed_newest_first_and_filtered),
         ("active", the_active_index_follows_the_state),
         ("prefix", run_ids_are_found_by_prefix),
@@ -86,6 +87,11 @@ fn postgres() {
             writes_are_read_back_before_and_after_they_are_flushed,
         ),
         ("oldest", the_oldest_runs_include_writes_not_yet_committed),
+        ("walked", |store| {
+            // Its reader's connection is opened in the background.
+            store.reader_within(std::time::Duration::from_secs(10));
+            runs_a_reader_found_are_deleted_with_their_logs(store)
+        }),
     ];
     for (name, test) in tests {
         eprintln!("postgres: {name}");
@@ -698,6 +704,59 @@ fn deleted_runs_take_their_id_and_log_with_them(mut store: impl Store) {
         "others keep theirs"
     );
     assert_eq!(store.oldest_runs(0, 10).unwrap()[0].seq, 3);
+}
+
+/// Retention's walk away from the loop: the oldest runs as a reader finds them, deleted
+/// without the store reading them again, their logs with them.
+fn runs_a_reader_found_are_deleted_with_their_logs(mut store: impl Store) {
+    for seq in 1..=5 {
+        let id = format!("r{seq}");
+        store
+            .create_run(&run(seq, &id, RunState::Succeeded))
+            .unwrap();
+        store.put_log_chunk(&id, 0, b"out").unwrap();
+        store.put_log_chunk(&id, 3, b"more").unwrap();
+    }
+    store.flush().unwrap();
+    let Some(mut reader) = store.reader() else {
+        assert!(
+            !store.walks_away(),
+            "a store that walks away gives a reader"
+        );
+        return;
+    };
+    assert!(store.walks_away());
+    let found = std::thread::spawn(move || reader.oldest_runs(2, 2).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(found.iter().map(|f| f.run.seq).collect::<Vec<_>>(), [2, 3]);
+    for f in &found {
+        assert!(
+            f.log_offsets.is_empty() || f.log_offsets == [0, 3],
+            "every chunk or none named: {:?}",
+            f.log_offsets
+        );
+        store.delete_found_run(f).unwrap();
+    }
+    store.flush().unwrap();
+    assert_eq!(store.run_count().unwrap(), 3);
+    for gone in ["r2", "r3"] {
+        assert!(store.run(gone).unwrap().is_none());
+        assert!(store.log_chunks(gone).unwrap().is_empty(), "{gone}'s log");
+        assert!(store.run_ids_with_prefix(gone, 5).unwrap().is_empty());
+    }
+    assert_eq!(
+        store.log_chunks("r4").unwrap().len(),
+        2,
+        "others keep theirs"
+    );
+    let left: Vec<u64> = store
+        .oldest_runs(0, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(left, [1, 4, 5]);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! A store in memory, with the sled backend's behaviour (the contract tests run on both):
 //! for tests of the core, which then need no disk. `flush` makes nothing more durable.
 
-use super::{list_newest_first, FlushDone, Listing, Store, StoreResult};
+use super::{list_newest_first, FlushDone, Listing, OldestRun, Store, StoreResult};
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,9 @@ pub struct MemoryStore {
     settings: BTreeMap<String, Vec<u8>>,
     /// What `is_backlogged` answers, set by tests.
     pub backlogged: bool,
+    /// What `walks_away` answers, set by tests (which then answer retention's asks with
+    /// [`MemoryStore::found_oldest`] on a copy taken when it asked, as a reader would).
+    pub walks_away: bool,
     /// Where commits wait until a test lets them end, if it holds them.
     pub held_commits: Option<HeldCommits>,
     /// How many times a run's log was read (shared by clones), for tests of what the
@@ -82,6 +85,33 @@ impl HeldCommits {
 
     fn park(&self, runs: usize, done: FlushDone) {
         self.held().push_back((runs, done));
+    }
+}
+
+impl MemoryStore {
+    /// What a reader of this store would find for [`super::RunReader::oldest_runs`].
+    pub fn found_oldest(&self, from_seq: u64, limit: usize) -> Vec<OldestRun> {
+        self.runs
+            .range(from_seq..)
+            .take(limit)
+            .map(|(_, run)| OldestRun {
+                run: run.clone(),
+                log_offsets: self
+                    .logs
+                    .range((run.id.clone(), 0)..=(run.id.clone(), u64::MAX))
+                    .map(|((_, offset), _)| *offset)
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Whether any chunk of a log is stored for `run_id` (for tests of what deleting a
+    /// run leaves).
+    pub fn has_log_of(&self, run_id: &str) -> bool {
+        self.logs
+            .range((run_id.to_string(), 0)..=(run_id.to_string(), u64::MAX))
+            .next()
+            .is_some()
     }
 }
 
@@ -182,6 +212,22 @@ impl Store for MemoryStore {
             self.logs.remove(&(run.id.clone(), offset));
         }
         Ok(())
+    }
+
+    fn delete_found_run(&mut self, found: &OldestRun) -> StoreResult<()> {
+        let run = &found.run;
+        self.runs.remove(&run.seq);
+        self.run_ids.remove(&run.id);
+        self.active.remove(&run.seq);
+        // As a store that reads nothing here: only the chunks the reader found.
+        for offset in &found.log_offsets {
+            self.logs.remove(&(run.id.clone(), *offset));
+        }
+        Ok(())
+    }
+
+    fn walks_away(&self) -> bool {
+        self.walks_away
     }
 
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()> {

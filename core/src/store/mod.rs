@@ -75,6 +75,19 @@ pub trait Store: Send {
     /// (retention's `oldest_runs`); deleting it again changes nothing. Never called for
     /// the newest run, so `last_run_seq` only grows.
     fn delete_run(&mut self, run: &RunRecord) -> StoreResult<()>;
+    /// Removes a finished run as a reader found it ([`RunReader::oldest_runs`]), without
+    /// reading the store: its log's chunks are those the reader found. Called only for a
+    /// run no other deletion has taken since and whose log has not grown since (a run
+    /// given up as lost, whose output may still come, goes through `delete_run`). By
+    /// default, `delete_run`.
+    fn delete_found_run(&mut self, found: &OldestRun) -> StoreResult<()> {
+        self.delete_run(&found.run)
+    }
+    /// Whether retention's walk reads the oldest runs with a [`Store::reader`], away from
+    /// the loop (the loop then never waits on those reads), rather than on the loop.
+    fn walks_away(&self) -> bool {
+        false
+    }
 
     fn put_log_chunk(&mut self, run_id: &str, offset: u64, data: &[u8]) -> StoreResult<()>;
     fn delete_log_chunk(&mut self, run_id: &str, offset: u64) -> StoreResult<()>;
@@ -137,6 +150,14 @@ pub struct Copied {
     pub bytes: u64,
 }
 
+/// A run retention's walk found ([`RunReader::oldest_runs`]), with the offsets of its
+/// log's chunks (empty where the store deletes a log without naming its chunks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OldestRun {
+    pub run: RunRecord,
+    pub log_offsets: Vec<u64>,
+}
+
 /// Reads stored runs on a thread other than the loop's (see [`Store::reader`]).
 pub trait RunReader: Send {
     /// As [`Store::runs`].
@@ -145,6 +166,9 @@ pub trait RunReader: Send {
     fn log_chunks(&mut self, run_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>>;
     /// A run by its id.
     fn run(&mut self, id: &str) -> StoreResult<Option<RunRecord>>;
+    /// As [`Store::oldest_runs`], each run with its log's chunks (for
+    /// [`Store::delete_found_run`]).
+    fn oldest_runs(&mut self, from_seq: u64, limit: usize) -> StoreResult<Vec<OldestRun>>;
 
     /// Writes a copy of the store as this reader sees it into the new directory `to`, a
     /// store a broker can open; what it wrote. Only a store that reads from a snapshot

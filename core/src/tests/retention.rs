@@ -212,3 +212,158 @@ fn a_count_already_within_max_runs_and_no_age_rule_looks_at_nothing() {
     assert_eq!(h.core.next_prune_ms(), h.now / 1_000 + 10_000);
     assert_eq!(stored(&h).len(), 100);
 }
+
+/// A tick where the store walks away from the loop: an ask for the oldest runs is
+/// answered from a copy of the store as the batch left it (a reader's snapshot), which
+/// the next step takes. Returns the copy and the ask, if there was one, unanswered when
+/// `answer` is false.
+fn tick_walking_away(h: &mut Harness, answer: bool) -> Option<(MemoryStore, OldestAsked)> {
+    let out = h.tick();
+    let asked = out.oldest?;
+    let snapshot = h.core.store().clone();
+    if answer {
+        let found = snapshot.found_oldest(asked.from_seq, asked.limit);
+        h.core.oldest_runs_found(asked, Ok(found), h.now);
+    }
+    Some((snapshot, asked))
+}
+
+fn walking_away(retention: Retention) -> Harness {
+    let mut h = keeping(retention);
+    h.core.store_mut().walks_away = true;
+    h
+}
+
+#[test]
+fn a_walk_that_reads_away_from_the_loop_prunes_what_the_loop_would() {
+    let retention = Retention {
+        max_age_ms: None,
+        max_runs: Some(10),
+    };
+    let mut on_loop = keeping(retention);
+    let mut away = walking_away(retention);
+    let mut with_output = Vec::new();
+    for h in [&mut on_loop, &mut away] {
+        let ended: Vec<String> = (0..300).map(|_| ended_run(h, "hello")).collect();
+        for id in &ended[..3] {
+            h.core
+                .store_mut()
+                .put_log_chunk(id, 0, b"old output")
+                .unwrap();
+            h.core.store_mut().put_log_chunk(id, 10, b"more").unwrap();
+        }
+        with_output.push(ended[..3].to_vec());
+    }
+    for _ in 0..50 {
+        on_loop.tick();
+    }
+    let mut asks = 0;
+    for _ in 0..50 {
+        if let Some((_, asked)) = tick_walking_away(&mut away, true) {
+            asks += 1;
+            assert_eq!(asked.limit, crate::retention::STEP);
+        }
+    }
+    assert!(asks >= 300 / crate::retention::STEP, "{asks} asks");
+    assert_eq!(stored(&away), stored(&on_loop));
+    for (h, with_output) in [&mut on_loop, &mut away].into_iter().zip(&with_output) {
+        for id in with_output {
+            assert!(!h.core.store().has_log_of(id), "{id}'s log was left behind");
+        }
+        let Reply::Status(status) = h.admin(AdminRequest::Status) else {
+            panic!()
+        };
+        assert_eq!((status.total_runs, status.pruned_runs), (10, 290));
+    }
+}
+
+#[test]
+fn runs_a_walk_read_before_a_prune_deleted_them_are_not_counted_twice() {
+    let mut h = walking_away(Retention {
+        max_age_ms: None,
+        max_runs: Some(10),
+    });
+    for _ in 0..100 {
+        ended_run(&mut h, "hello");
+    }
+    let (snapshot, asked) = tick_walking_away(&mut h, false).expect("the walk asks");
+    let Reply::Pruned { runs, .. } = h.admin(AdminRequest::Prune { dry_run: false }) else {
+        panic!()
+    };
+    assert_eq!(runs, 90);
+    // The answer comes after the prune: it is of an ask given up, and dropped.
+    let stale = snapshot.found_oldest(asked.from_seq, asked.limit);
+    h.core.oldest_runs_found(asked, Ok(stale), h.now);
+    for _ in 0..10 {
+        tick_walking_away(&mut h, true);
+    }
+    let Reply::Status(status) = h.admin(AdminRequest::Status) else {
+        panic!()
+    };
+    assert_eq!((status.total_runs, status.pruned_runs), (10, 90));
+}
+
+#[test]
+fn a_run_given_up_as_lost_goes_with_output_that_came_after_the_walk_read_it() {
+    let mut h = keeping(Retention {
+        max_age_ms: None,
+        max_runs: Some(1),
+    });
+    h.register("w1", 4, &["default"], &[]);
+    let lost = h.enqueue("hello");
+    h.claim("w1", 1);
+    h.start("w1", &lost);
+    h.advance_ms(18_000);
+    h.tick();
+    assert_eq!(h.state(&lost), RunState::Lost);
+    let kept = ended_run(&mut h, "hello");
+    h.core.store_mut().walks_away = true;
+    // Past the walk's pause (the last pass found nothing).
+    h.advance_ms(10_000);
+    // The worker comes back still running it: its output is kept on the lost run.
+    h.register("w1", 4, &["default"], &[&lost]);
+    let (snapshot, asked) = tick_walking_away(&mut h, false).expect("the walk asks");
+    assert!(!snapshot.has_log_of(&lost));
+    h.worker(
+        "w1",
+        WorkerRequest::LogChunk {
+            run_id: lost.clone(),
+            offset: 0,
+            data: b"late output\n".to_vec(),
+        },
+    );
+    assert!(h.core.store().has_log_of(&lost));
+    let found = snapshot.found_oldest(asked.from_seq, asked.limit);
+    h.core.oldest_runs_found(asked, Ok(found), h.now);
+    h.tick();
+    assert_eq!(stored(&h), [kept]);
+    assert!(
+        !h.core.store().has_log_of(&lost),
+        "the late output was left behind"
+    );
+}
+
+#[test]
+fn a_walk_whose_read_failed_asks_again() {
+    let mut h = walking_away(Retention {
+        max_age_ms: None,
+        max_runs: Some(10),
+    });
+    for _ in 0..20 {
+        ended_run(&mut h, "hello");
+    }
+    let (_, asked) = tick_walking_away(&mut h, false).expect("the walk asks");
+    h.core.oldest_runs_found(
+        asked,
+        Err(crate::store::StoreError::Engine("unreadable".into())),
+        h.now,
+    );
+    // Not at once: after a walk's pause.
+    assert!(h.tick().oldest.is_none());
+    assert!(h.core.next_wakeup_us() <= h.now + 1_000_000);
+    h.advance_ms(1_000);
+    let again = tick_walking_away(&mut h, true).expect("the walk asks again");
+    assert!(again.1.number > asked.number);
+    h.tick();
+    assert_eq!(h.core.store().run_count().unwrap(), 10);
+}

@@ -17,7 +17,7 @@ use super::run_codec::{self, SpecCache, SpecKey};
 use super::unfinished::Unfinished;
 use super::{list_newest_first, setting_u64, FlushDone, Listing, Store, StoreError, StoreResult};
 use connection::{database_error, Connection, Session};
-use jobcast_core::store::RunReader;
+use jobcast_core::store::{OldestRun, RunReader};
 use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use pending::{Pending, PendingRun};
 use serde::de::DeserializeOwned;
@@ -460,6 +460,27 @@ impl RunReader for PgReader {
             })
             .transpose()
     }
+
+    fn oldest_runs(&mut self, from_seq: u64, limit: usize) -> StoreResult<Vec<OldestRun>> {
+        let (connection, specs) = (&self.connection, &mut self.specs);
+        let rows = connection.rows(
+            "SELECT record FROM jobcast_runs WHERE seq >= $1 ORDER BY seq LIMIT $2",
+            vec![Box::new(from_seq as i64), Box::new(limit as i64)],
+            |row| row.get::<_, Vec<u8>>(0),
+        )?;
+        rows.iter()
+            .map(|bytes| {
+                let run = run_codec::decode_run(bytes, |key| {
+                    specs.get_or_read(key, || read_spec(connection, key))
+                })?;
+                // A run's log goes with it by its id: no chunk needs naming.
+                Ok(OldestRun {
+                    run,
+                    log_offsets: Vec::new(),
+                })
+            })
+            .collect()
+    }
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> StoreResult<T> {
@@ -550,6 +571,13 @@ impl Store for PgStore {
     fn runs(&self, filter: &RunFilter) -> StoreResult<Listing> {
         self.committed()?;
         newest_first(&self.connection, filter, |bytes| self.decode_run(bytes))
+    }
+
+    fn walks_away(&self) -> bool {
+        // Until the reader's connection is there, retention reads on the loop.
+        self.reader
+            .lock()
+            .is_ok_and(|reader| reader.connection.is_some())
     }
 
     fn reader(&self) -> Option<Box<dyn RunReader>> {
