@@ -16,6 +16,10 @@ const DRY_SCAN: usize = 20_000;
 const DELETE_SCAN: usize = 2_048;
 /// How long the loop waits before looking again once a pass found nothing to delete.
 const IDLE_MS: u64 = 10_000;
+/// Asks made by any core of this process so far: an ask's number is never used twice,
+/// so an answer read for a core since replaced (a store outage, a leader elected again:
+/// the reads thread outlives it) never passes for an answer to the new one's ask.
+static ASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// How long a walk that asked for its runs waits for them before asking again (an
 /// answer lost with a failed read).
 const ANSWER_WAIT_MS: u64 = 10_000;
@@ -42,8 +46,6 @@ pub(crate) struct Pruning {
     pass_deleted: bool,
     /// Where the walk reads away from the loop: what it asked for, or found.
     walk: Walk,
-    /// Asks made so far (each ask's number).
-    asks: u64,
     /// When an ask still unanswered is given up.
     next_step_ms_asked: u64,
 }
@@ -64,9 +66,8 @@ enum Walk {
 impl Pruning {
     /// Asks for the records from the cursor on, to be read away from the loop.
     fn ask(&mut self, now: Now, out: &mut Outbox) {
-        self.asks += 1;
         let asked = OldestAsked {
-            number: self.asks,
+            number: ASKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             from_seq: self.cursor,
             limit: STEP,
         };
@@ -136,6 +137,7 @@ impl<S: Store> Core<S> {
     /// Moves the next step with a step of the wall clock.
     pub(crate) fn shift_pruning(&mut self, shift: impl Fn(u64) -> u64) {
         self.stored.pruning.next_step_ms = shift(self.stored.pruning.next_step_ms);
+        self.stored.pruning.next_step_ms_asked = shift(self.stored.pruning.next_step_ms_asked);
     }
 
     pub(crate) fn next_prune_ms(&self) -> u64 {

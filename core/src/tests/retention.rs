@@ -367,3 +367,40 @@ fn a_walk_whose_read_failed_asks_again() {
     h.tick();
     assert_eq!(h.core.store().run_count().unwrap(), 10);
 }
+
+#[test]
+fn an_answer_read_for_a_core_since_replaced_is_not_taken_by_the_next() {
+    let mut first = walking_away(Retention {
+        max_age_ms: None,
+        max_runs: Some(10),
+    });
+    for _ in 0..100 {
+        ended_run(&mut first, "hello");
+    }
+    let (snapshot, stale) = tick_walking_away(&mut first, false).expect("the walk asks");
+    // The store goes away and comes back (or the broker is elected again): a new core on
+    // it, whose walk asks too, while the old core's read is still on its way.
+    let store = first.core.into_store();
+    let mut next = Harness::started_at(
+        store,
+        CoreConfig {
+            retention: Retention {
+                max_age_ms: None,
+                max_runs: Some(10),
+            },
+            ..CoreConfig::default()
+        },
+        first.now,
+    );
+    let (_, asked) = tick_walking_away(&mut next, false).expect("the new walk asks");
+    assert_ne!(asked.number, stale.number);
+    assert_eq!(asked.from_seq, stale.from_seq);
+    let found = snapshot.found_oldest(stale.from_seq, stale.limit);
+    next.core.oldest_runs_found(stale, Ok(found), next.now);
+    next.tick();
+    assert_eq!(
+        next.core.store().run_count().unwrap(),
+        100,
+        "nothing deleted on the old read"
+    );
+}
