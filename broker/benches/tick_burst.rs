@@ -7,6 +7,7 @@
 //! ```sh
 //! cargo bench -p jobcast-broker --bench tick_burst            # 1,000 jobs, 20 bursts
 //! cargo bench -p jobcast-broker --bench tick_burst -- 10000 5 # jobs, bursts
+//! cargo bench -p jobcast-broker --bench tick_burst -- 1000 20 live # a live view listens
 //! ```
 //!
 //! In the broker's package for its store and its allocator (mimalloc).
@@ -44,6 +45,9 @@ fn main() {
     let engine = FjallEngine::open(dir.path(), DEFAULT_CACHE_BYTES).expect("a store");
     let store = KvStore::with_engine(engine).expect("a store");
     let mut core = Core::new(store, config, start_us).expect("a core");
+    // As the server does when no live view listens (`live` as a third argument: as when
+    // one does).
+    core.track_changes(args.next().as_deref() == Some("live"));
     // Each batch handed to the store to be made durable, as the server does; its fsync
     // (on the committer's thread) is waited for outside what is timed.
     let (told, commits) = std::sync::mpsc::channel();

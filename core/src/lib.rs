@@ -207,8 +207,13 @@ struct StoredRuns {
 }
 
 /// What changed in a batch, for the dashboard's live feed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Changes {
+    /// Whether changes are noted at all: only while a live view listens (the server says
+    /// so before each batch, [`Core::track_changes`]). A view that connects while a batch
+    /// goes untracked misses nothing: it subscribes first, then reads its snapshot through
+    /// the loop, in a later batch.
+    tracking: bool,
     pub runs: BTreeSet<String>,
     pub workers: bool,
     /// Every job (definitions applied, pools enabled or disabled).
@@ -219,12 +224,47 @@ pub struct Changes {
     pub logs: Vec<(String, u64, Vec<u8>)>,
 }
 
+impl Default for Changes {
+    fn default() -> Changes {
+        Changes {
+            tracking: true,
+            runs: BTreeSet::new(),
+            workers: false,
+            jobs: false,
+            job_names: BTreeSet::new(),
+            logs: Vec::new(),
+        }
+    }
+}
+
 impl Changes {
+    /// None noted yet, tracking as `self` does.
+    fn emptied(&self) -> Changes {
+        Changes {
+            tracking: self.tracking,
+            ..Changes::default()
+        }
+    }
+
     /// Notes that run `id` changed (a run changes several times in a batch: created and
     /// granted, started and ended; its id is copied once).
     pub(crate) fn run(&mut self, id: &str) {
-        if !self.runs.contains(id) {
+        if self.tracking && !self.runs.contains(id) {
             self.runs.insert(id.to_string());
+        }
+    }
+
+    /// Notes that job `name`'s state changed.
+    pub(crate) fn job(&mut self, name: &str) {
+        if self.tracking && !self.jobs && !self.job_names.contains(name) {
+            self.job_names.insert(name.to_string());
+        }
+    }
+
+    /// Notes log output received for run `id`.
+    pub(crate) fn log(&mut self, id: &str, offset: u64, data: &[u8]) {
+        if self.tracking {
+            self.logs.push((id.to_string(), offset, data.to_vec()));
         }
     }
 }
@@ -364,12 +404,18 @@ impl<S: Store> Core<S> {
 
     /// Forgets what changed (nobody is watching).
     pub fn clear_changes(&mut self) {
-        self.changes = Changes::default();
+        self.changes = self.changes.emptied();
+    }
+
+    /// Whether the changes of the batches from now on are noted (a live view listens).
+    pub fn track_changes(&mut self, tracking: bool) {
+        self.changes.tracking = tracking;
     }
 
     /// What changed since the last call, as the records live views show.
     pub fn take_changes(&mut self, now_us: u64) -> StoreResult<ChangeSet> {
-        let changes = std::mem::take(&mut self.changes);
+        let emptied = self.changes.emptied();
+        let changes = std::mem::replace(&mut self.changes, emptied);
         let mut runs = Vec::with_capacity(changes.runs.len());
         for id in changes.runs {
             runs.extend(

@@ -83,9 +83,7 @@ pub(crate) fn save_job_state(
 ) -> StoreResult<()> {
     if let Some(state) = jobs.state(job) {
         store.put_job_state(job, state)?;
-        if !changes.jobs {
-            changes.job_names.insert(job.to_string());
-        }
+        changes.job(job);
     }
     Ok(())
 }

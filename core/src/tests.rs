@@ -256,6 +256,7 @@ fn run_reads(h: &Harness) -> usize {
 
 mod apply_jobs;
 mod audit;
+mod changes;
 mod claim;
 mod clock_step;
 mod disk;

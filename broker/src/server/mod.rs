@@ -531,6 +531,9 @@ impl Server {
                 core.set_leadership(Some(leadership.borrow_and_update().clone()));
             }
         }
+        // Changes are noted only while a live view listens: one that connects meanwhile
+        // reads its snapshot in a later batch.
+        core.track_changes(self.live.has_clients());
         let mut out = Outbox::default();
         if let Some(step_ms) = self.clock.step(now) {
             self.opener.clock_stepped(step_ms);

@@ -47,7 +47,8 @@ struct Pending {
 }
 
 struct PendingRun {
-    run: RunRecord,
+    /// Boxed: a record is hundreds of bytes, which the map's nodes would move about.
+    run: Box<RunRecord>,
     /// Created in this batch: its id entry is written with it.
     created: bool,
     /// Marked (an entry in `active`) before this batch.
@@ -935,13 +936,13 @@ impl<E: Engine> KvStore<E> {
         unfinished.written(run.seq, run.state.is_terminal());
         let pending = self.pending.get_mut();
         match pending.by_seq.get_mut(&run.seq) {
-            Some(held) => held.run.clone_from(run),
+            Some(held) => (*held.run).clone_from(run),
             None => {
                 pending.by_id.insert(run.id.clone(), run.seq);
                 pending.by_seq.insert(
                     run.seq,
                     PendingRun {
-                        run: run.clone(),
+                        run: Box::new(run.clone()),
                         created,
                         was_marked,
                     },
@@ -1127,7 +1128,7 @@ impl<E: Engine> Store for KvStore<E> {
                 .get(id)
                 .and_then(|seq| pending.by_seq.get(seq))
             {
-                return Ok(Some(held.run.clone()));
+                return Ok(Some(RunRecord::clone(&held.run)));
             }
         }
         match self.get(RUN_IDS, id.as_bytes())? {

@@ -44,9 +44,7 @@ impl<S: Store> Core<S> {
             return Ok(());
         };
         self.store.put_log_chunk(run_id, offset, data)?;
-        self.changes
-            .logs
-            .push((run_id.to_string(), offset, data.to_vec()));
+        self.changes.log(run_id, offset, data);
         for dropped in drop_offsets {
             self.store.delete_log_chunk(run_id, dropped)?;
         }

@@ -118,7 +118,7 @@ impl<S: Store> Core<S> {
         });
         self.store.put_run(&run)?;
         self.stop_waiting_for(&run.id);
-        self.changes.runs.insert(run.id);
+        self.changes.run(&run.id);
         Ok(())
     }
 }
