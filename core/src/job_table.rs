@@ -311,12 +311,18 @@ pub struct FireQueue {
 
 impl FireQueue {
     pub fn set(&mut self, job: &str, next: Option<u64>) {
-        if let Some(old) = self.by_job.remove(job) {
-            self.order.remove(&(old, job.to_string()));
-        }
+        // The name taken out is put back: one copy of it a tick, not three.
+        let name = match self.by_job.remove_entry(job) {
+            Some((name, old)) => {
+                let key = (old, name);
+                self.order.remove(&key);
+                key.1
+            }
+            None => job.to_string(),
+        };
         if let Some(next) = next {
-            self.by_job.insert(job.to_string(), next);
-            self.order.insert((next, job.to_string()));
+            self.order.insert((next, name.clone()));
+            self.by_job.insert(name, next);
         }
     }
 
