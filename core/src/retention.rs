@@ -46,8 +46,6 @@ pub(crate) struct Pruning {
     pass_deleted: bool,
     /// Where the walk reads away from the loop: what it asked for, or found.
     walk: Walk,
-    /// When an ask still unanswered is given up.
-    next_step_ms_asked: u64,
 }
 
 /// Retention's read away from the loop ([`Store::walks_away`]).
@@ -55,12 +53,10 @@ pub(crate) struct Pruning {
 enum Walk {
     #[default]
     Idle,
-    Asked(OldestAsked),
+    /// Given up at `until_ms` if still unanswered.
+    Asked { asked: OldestAsked, until_ms: u64 },
     /// The records from `from_seq` on, as the reader found them.
-    Found {
-        from_seq: u64,
-        runs: Vec<OldestRun>,
-    },
+    Found { from_seq: u64, runs: Vec<OldestRun> },
 }
 
 impl Pruning {
@@ -72,10 +68,10 @@ impl Pruning {
             limit: STEP,
         };
         out.oldest = Some(asked);
-        self.walk = Walk::Asked(asked);
         // Not woken by an answer (a read that failed): asked again then.
-        self.next_step_ms_asked = now.ms() + ANSWER_WAIT_MS;
-        self.next_step_ms = self.next_step_ms_asked;
+        let until_ms = now.ms() + ANSWER_WAIT_MS;
+        self.walk = Walk::Asked { asked, until_ms };
+        self.next_step_ms = until_ms;
     }
 
     /// Runs deleted since the broker started.
@@ -137,7 +133,9 @@ impl<S: Store> Core<S> {
     /// Moves the next step with a step of the wall clock.
     pub(crate) fn shift_pruning(&mut self, shift: impl Fn(u64) -> u64) {
         self.stored.pruning.next_step_ms = shift(self.stored.pruning.next_step_ms);
-        self.stored.pruning.next_step_ms_asked = shift(self.stored.pruning.next_step_ms_asked);
+        if let Walk::Asked { until_ms, .. } = &mut self.stored.pruning.walk {
+            *until_ms = shift(*until_ms);
+        }
     }
 
     pub(crate) fn next_prune_ms(&self) -> u64 {
@@ -179,10 +177,10 @@ impl<S: Store> Core<S> {
         let batch = if away {
             match std::mem::take(&mut self.stored.pruning.walk) {
                 Walk::Found { from_seq, runs } if from_seq == cursor => runs,
-                Walk::Asked(asked) if now.ms() < self.stored.pruning.next_step_ms_asked => {
+                Walk::Asked { asked, until_ms } if now.ms() < until_ms => {
                     // Still being read: the answer wakes the walk.
-                    self.stored.pruning.walk = Walk::Asked(asked);
-                    self.stored.pruning.next_step_ms = self.stored.pruning.next_step_ms_asked;
+                    self.stored.pruning.walk = Walk::Asked { asked, until_ms };
+                    self.stored.pruning.next_step_ms = until_ms;
                     return Ok(0);
                 }
                 _ => {
@@ -269,7 +267,7 @@ impl<S: Store> Core<S> {
         now_us: u64,
     ) {
         let pruning = &mut self.stored.pruning;
-        if pruning.walk != Walk::Asked(asked) {
+        if !matches!(pruning.walk, Walk::Asked { asked: waiting, .. } if waiting == asked) {
             return;
         }
         let now_ms = now_us / 1_000;
