@@ -34,6 +34,7 @@ mod scope;
 mod selector;
 mod series;
 mod totals;
+mod unwritten;
 mod waiting_claims;
 mod worker;
 mod worker_table;
@@ -143,6 +144,9 @@ pub(crate) struct Tables {
     pub alerts: BTreeMap<(AlertKind, String), Alert>,
     /// The ids grants name job definitions by.
     pub definitions: definitions::DefinitionIds,
+    /// Runs of `runs` changed since they were handed to the store: handed over at the
+    /// end of each request and tick.
+    pub unwritten: unwritten::UnwrittenRuns,
 }
 
 pub struct Core<S: Store> {
@@ -389,12 +393,31 @@ impl<S: Store> Core<S> {
         self.process.leadership = leadership;
     }
 
+    /// The store, with every change the core made so far (each request and tick hands
+    /// its runs over before it returns).
     pub fn store(&self) -> &S {
+        debug_assert!(
+            self.tables.unwritten.is_empty(),
+            "runs not yet handed to the store"
+        );
         &self.store
     }
 
     pub fn store_mut(&mut self) -> &mut S {
+        debug_assert!(
+            self.tables.unwritten.is_empty(),
+            "runs not yet handed to the store"
+        );
         &mut self.store
+    }
+
+    /// Hands the runs changed since the last hand-over to the store (`unwritten.rs`): at
+    /// the end of every request and tick, so that whoever reads or commits the store
+    /// next finds every change in it.
+    fn write_runs(&mut self) -> StoreResult<()> {
+        self.tables
+            .unwritten
+            .write(&self.tables.runs, &mut self.store)
     }
 
     /// Stops the core, handing back its store (as a broker that stops leaves it).
@@ -485,6 +508,7 @@ impl<S: Store> Core<S> {
             (Request::Worker(_), true) => Err(CoreError::AdminKeyForWorkerRequest),
             (Request::Admin(_), false) => Err(CoreError::NeedsAdminKey),
         };
+        self.write_runs()?;
         Self::answer(&reply_to, id, answer, out)
     }
 
@@ -526,6 +550,7 @@ impl<S: Store> Core<S> {
             Ok(Some(reply)) => Ok(Some(self.scoped_reply(reply, scope)?)),
             other => other,
         };
+        self.write_runs()?;
         Self::answer(&ReplyTo::Api, id, answer, out)
     }
 

@@ -18,7 +18,6 @@ impl<S: Store> Core<S> {
         let now = Now::from_us(now_us);
         self.schedule_due(now, out)?;
         self.release_delayed(now, out);
-        self.prune_step(now, out)?;
         for result in self.tables.pings.expired(now_us) {
             result.send(out);
         }
@@ -49,6 +48,9 @@ impl<S: Store> Core<S> {
             }
         }
         self.serve_waiting_claims(now, out)?;
+        // Before retention's step, which reads the store's runs and counts them.
+        self.write_runs()?;
+        self.prune_step(now, out)?;
         self.series.save(&mut self.store, now.ms(), false)?;
         // Last in every batch: whatever ended or went in it is counted in the same commit.
         self.stored.given_up.save(&mut self.store)?;

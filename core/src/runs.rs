@@ -65,7 +65,7 @@ impl<S: Store> Core<S> {
             priority: new.priority,
             ..RunRecord::queued(id, seq, new.spec, now.ms(), new.cause)
         };
-        self.store.create_run(&run)?;
+        self.tables.unwritten.created(&run);
         self.changes.run(&run.id);
         let created = RunRef::of(&run);
         // Queued before it is moved into the table (the record is not copied again).
@@ -84,7 +84,7 @@ impl<S: Store> Core<S> {
         now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
-        self.store.put_run(run)?;
+        self.tables.unwritten.write_leaving(run, &mut self.store)?;
         self.changes.run(&run.id);
         self.stored
             .finished

@@ -276,6 +276,7 @@ mod retention;
 mod retry;
 mod run_finished;
 mod run_started;
+mod run_writes;
 mod scheduling;
 mod scope;
 mod set_enabled;

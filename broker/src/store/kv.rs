@@ -23,17 +23,20 @@ use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-/// The runs and job states a batch wrote, not yet encoded. A run that changes several
-/// times in one batch (created and granted at once, started and ended) is encoded and
-/// staged once, as it is at the batch's end, and so is a job's state (a run's start and
-/// end each change it); reads of a run by id see these first, and every other read of the
-/// runs or states stages them before it reads.
+/// The runs and job states a batch wrote, held until the batch's end. A run that changes
+/// several times in one batch (created and granted at once, started and ended) is staged
+/// once, as it is at the batch's end, and so is a job's state (a run's start and end each
+/// change it); reads of a run see these first, and every other read of the runs or states
+/// stages them before it reads.
+///
+/// A run is held encoded: encoding it at each change costs about what copying the record
+/// did, and the batch's end then has nothing left to encode.
 ///
 /// Job states are written after the runs: a tick's run is created before its job's
 /// state says the tick was dealt with, so a broker killed between the two writes fires
@@ -42,14 +45,13 @@ use std::sync::{Arc, Condvar, Mutex};
 #[derive(Default)]
 struct Pending {
     by_seq: BTreeMap<u64, PendingRun>,
-    by_id: HashMap<String, u64>,
     job_states: BTreeMap<String, JobState>,
 }
 
 struct PendingRun {
-    /// Boxed: a record is hundreds of bytes, which the map's nodes would move about.
-    run: Box<RunRecord>,
-    /// Created in this batch: its id entry is written with it.
+    /// The record as stored (`run_codec`).
+    bytes: Vec<u8>,
+    /// Created in this batch (its id entry is staged already).
     created: bool,
     /// Marked (an entry in `active`) before this batch.
     was_marked: bool,
@@ -872,7 +874,7 @@ impl<E: Engine> KvStore<E> {
         for (
             seq,
             PendingRun {
-                run,
+                bytes,
                 created,
                 was_marked,
             },
@@ -880,14 +882,13 @@ impl<E: Engine> KvStore<E> {
         {
             let marked = unfinished.is_marked(seq);
             let seq = seq.to_be_bytes().to_vec();
-            let bytes = self.encode_run(&run)?;
             if created {
                 // The indexes first and the record last: an engine that writes them one
                 // by one, killed in between, leaves index entries without a record
                 // (skipped, and cleared at the next open), never a record the indexes do
-                // not know (listed, but lost to the broker). Only a run created below
-                // `scan_from` (an old store copied in) is marked at once.
-                self.stage(RUN_IDS, run.id.into_bytes(), Some(seq.clone()));
+                // not know (listed, but lost to the broker). The id entry was staged
+                // when the run was held. Only a run created below `scan_from` (an old
+                // store copied in) is marked at once.
                 if marked {
                     self.stage(ACTIVE, seq.clone(), Some(Vec::new()));
                 }
@@ -925,30 +926,34 @@ impl<E: Engine> KvStore<E> {
         Ok(())
     }
 
-    /// Keeps `run` to be written at the batch's end (or at the next read that needs it).
-    fn hold(&mut self, run: &RunRecord, created: bool) {
+    /// Keeps `run` to be written at the batch's end (or at the next read that needs it),
+    /// encoded; a new run's id entry is staged at once (before its record, as an engine
+    /// that writes one by one needs: see `settle`).
+    fn hold(&mut self, run: &RunRecord, created: bool) -> StoreResult<()> {
+        let bytes = self.encode_run(run)?;
         self.last_seq = self.last_seq.max(run.seq);
         if created {
             self.run_ids.get_mut().created(&run.id);
+            self.stage(
+                RUN_IDS,
+                run.id.as_bytes().to_vec(),
+                Some(run.seq.to_be_bytes().to_vec()),
+            );
         }
         let unfinished = self.unfinished.get_mut();
         let was_marked = unfinished.is_marked(run.seq);
         unfinished.written(run.seq, run.state.is_terminal());
-        let pending = self.pending.get_mut();
-        match pending.by_seq.get_mut(&run.seq) {
-            Some(held) => (*held.run).clone_from(run),
-            None => {
-                pending.by_id.insert(run.id.clone(), run.seq);
-                pending.by_seq.insert(
-                    run.seq,
-                    PendingRun {
-                        run: Box::new(run.clone()),
-                        created,
-                        was_marked,
-                    },
-                );
+        match self.pending.get_mut().by_seq.entry(run.seq) {
+            std::collections::btree_map::Entry::Occupied(mut held) => held.get_mut().bytes = bytes,
+            std::collections::btree_map::Entry::Vacant(new) => {
+                new.insert(PendingRun {
+                    bytes,
+                    created,
+                    was_marked,
+                });
             }
         }
+        Ok(())
     }
 
     /// Deletes a run's record, its id and its mark (its log is deleted first, by the
@@ -1110,33 +1115,32 @@ impl<E: Engine> Store for KvStore<E> {
 
     fn create_run(&mut self, run: &RunRecord) -> StoreResult<()> {
         self.dirty = true;
-        self.hold(run, true);
-        Ok(())
+        self.hold(run, true)
     }
 
     fn put_run(&mut self, run: &RunRecord) -> StoreResult<()> {
         self.dirty = true;
-        self.hold(run, false);
-        Ok(())
+        self.hold(run, false)
     }
 
     fn run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
-        {
-            let pending = self.pending.borrow();
-            if let Some(held) = pending
-                .by_id
-                .get(id)
-                .and_then(|seq| pending.by_seq.get(seq))
-            {
-                return Ok(Some(RunRecord::clone(&held.run)));
-            }
-        }
-        match self.get(RUN_IDS, id.as_bytes())? {
-            // An entry whose record was never written may name a number a later run
-            // took: only a record of this id counts.
-            Some(seq) => Ok(self.run_by_seq(&seq)?.filter(|run| run.id == id)),
-            None => Ok(None),
-        }
+        // An entry whose record was never written may name a number a later run took:
+        // only a record of this id counts.
+        let Some(seq) = self.get(RUN_IDS, id.as_bytes())? else {
+            return Ok(None);
+        };
+        let held = seq_of(&seq).ok().and_then(|seq| {
+            self.pending
+                .borrow()
+                .by_seq
+                .get(&seq)
+                .map(|held| self.decode_run(&held.bytes))
+        });
+        let run = match held {
+            Some(run) => Some(run?),
+            None => self.run_by_seq(&seq)?,
+        };
+        Ok(run.filter(|run| run.id == id))
     }
 
     /// From memory for nearly every new id (`run_ids.rs`); a "maybe" reads the store.

@@ -80,7 +80,7 @@ impl<S: Store> Core<S> {
                 at_ms: now.ms(),
                 cause: format!("kill requested by {actor}"),
             });
-            self.store.put_run(run)?;
+            self.tables.unwritten.changed(run);
             self.changes.run(&run.id);
         }
         out.publish(topic::worker(&worker), Event::OrdersPending);

@@ -30,6 +30,8 @@ pub struct MemoryStore {
     pub log_reads: Arc<std::sync::atomic::AtomicUsize>,
     /// How many times a run was read by id, likewise.
     pub run_reads: Arc<std::sync::atomic::AtomicUsize>,
+    /// How many times a run was written (created or rewritten), likewise.
+    pub run_writes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Commits that end only when a test says so (in order), to see what a broker does while
@@ -126,6 +128,8 @@ impl Store for MemoryStore {
     }
 
     fn create_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        self.run_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.run_ids.insert(run.id.clone(), run.seq);
         if !run.state.is_terminal() {
             self.active.insert(run.seq);
@@ -135,6 +139,8 @@ impl Store for MemoryStore {
     }
 
     fn put_run(&mut self, run: &RunRecord) -> StoreResult<()> {
+        self.run_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if run.state.is_terminal() {
             self.active.remove(&run.seq);
         }

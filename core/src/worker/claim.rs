@@ -98,7 +98,7 @@ impl<S: Store> Core<S> {
             if let Some(counts) = out_counts.as_mut() {
                 counts.add(run);
             }
-            self.store.put_run(run)?;
+            self.tables.unwritten.changed(run);
             self.changes.run(&run_id);
             // To a worker that keeps definitions, one this session was sent is named.
             granted.push(match self.tables.workers.session_mut(worker) {

@@ -52,7 +52,7 @@ impl<S: Store> Core<S> {
         }
         run.worker = None;
         run.worker_instance = None;
-        self.store.put_run(run)?;
+        self.tables.unwritten.changed(run);
         self.changes.run(&run.id);
         let run = run.clone();
         self.tables.runs.enqueue(&run, now.ms());

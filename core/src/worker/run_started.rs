@@ -37,7 +37,7 @@ impl<S: Store> Core<S> {
             )
             .is_ok()
         {
-            self.store.put_run(run)?;
+            self.tables.unwritten.changed(run);
             self.changes.run(&run.id);
             // A run's output comes only while it runs, and a run runs once: nothing is
             // stored for it yet, so its first chunk needs no read of the store.
