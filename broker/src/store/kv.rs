@@ -485,7 +485,13 @@ const STORE_FORMAT_VERSION: u64 = 2;
 const SCAN_FROM: &[u8] = b"runs_scan_from";
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    rmp_serde::to_vec_named(value).unwrap_or_default()
+    // Room for a job's state or a worker's status at once: growing the buffer field by
+    // field was a third of encoding one (a burst of ticks writes a state per job).
+    let mut bytes = Vec::with_capacity(256);
+    match rmp_serde::encode::write_named(&mut bytes, value) {
+        Ok(()) => bytes,
+        Err(_) => Vec::new(),
+    }
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> StoreResult<T> {
