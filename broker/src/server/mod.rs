@@ -192,6 +192,9 @@ struct Produced {
         jobcast_core::BackupAsked,
         Option<Box<dyn jobcast_core::store::RunReader>>,
     )>,
+    /// Its replies to peers, refusals and events, sealed while its commit was under way
+    /// (`Server::seal_ahead`); sent before whatever `out` still holds.
+    sealed: Vec<crate::sockets::Outgoing>,
 }
 
 /// A batch handed to the store, waiting to be durable before what it produced is sent.
@@ -332,6 +335,8 @@ impl Server {
         core.store_mut().start_flush(Box::new(move |outcome| {
             let _ = told.send(outcome);
         }));
+        let mut produced = produced;
+        self.seal_ahead(&mut produced);
         self.in_flight.push_back(InFlight {
             produced,
             started,
@@ -339,6 +344,34 @@ impl Server {
             requests,
             new_keys: self.new_keys.take(),
         });
+    }
+
+    /// Seals what a batch sends to peers while its commit is under way rather than once
+    /// it is durable: a burst's replies (1,000 grants in one) took a few ms to encode
+    /// and seal after the commit, on the path from a tick to its run's start. Nothing is
+    /// sent before the commit ends (a failed one drops them). The keys are those the
+    /// batch will be sent under: a batch that puts new keys in force is sent before the
+    /// next one is opened, so none is in flight ahead of this one (checked all the same).
+    fn seal_ahead(&self, produced: &mut Produced) {
+        if self.in_flight.iter().any(|batch| batch.new_keys.is_some()) {
+            return;
+        }
+        let out = &mut produced.out;
+        // The API's replies go back in-process, when the batch is sent.
+        let (api_replies, peer_replies): (Vec<_>, Vec<_>) =
+            out.replies.drain(..).partition(|r| r.to == ReplyTo::Api);
+        out.replies = api_replies;
+        let to_peers = Outbox {
+            replies: peer_replies,
+            events: std::mem::take(&mut out.events),
+            ..Outbox::default()
+        };
+        produced.sealed = outgoing(
+            &self.running.keys,
+            &self.previous_key_peers,
+            to_peers,
+            std::mem::take(&mut produced.refusals),
+        );
     }
 
     /// The oldest batch in flight is durable (or failed): sends what it produced.
@@ -443,6 +476,7 @@ impl Server {
                 changes: None,
                 reader: None,
                 backups: Vec::new(),
+                sealed: Vec::new(),
             },
             None,
         );
@@ -620,6 +654,7 @@ impl Server {
             changes,
             reader,
             backups,
+            sealed: Vec::new(),
         })
     }
 
@@ -630,6 +665,7 @@ impl Server {
             mut out,
             refusals,
             changes,
+            mut sealed,
             ..
         } = produced;
         for notification in out.notifications.drain(..) {
@@ -647,12 +683,13 @@ impl Server {
             out.replies.drain(..).partition(|r| r.to == ReplyTo::Api);
         out.replies = peer_replies;
         self.api_calls.answer(api_replies.into_iter());
-        self.listeners.sockets.send(outgoing(
+        sealed.extend(outgoing(
             &self.running.keys,
             &self.previous_key_peers,
             out,
             refusals,
         ));
+        self.listeners.sockets.send(sealed);
         // Publishing takes in the subscriptions that arrived meanwhile: judged now.
         self.listeners.take_subscriptions(&mut self.batch);
         if let Some(keys) = new_keys {
