@@ -105,21 +105,17 @@ impl Series {
     }
 }
 
-/// Keyed by `all`, `job:NAME` and `pool:NAME`, looked up three times at every start and
-/// end: with a fast hasher (foldhash's, fixed keys; the names are the operator's).
-type ByKey<V> = HashMap<String, V, foldhash::fast::FixedState>;
-
 #[derive(Debug, Default)]
 pub(crate) struct SeriesTable {
-    by_key: ByKey<Series>,
+    by_key: HashMap<String, Series>,
     /// Changed since written.
-    dirty: HashSet<String, foldhash::fast::FixedState>,
+    dirty: HashSet<String>,
     next_save_ms: u64,
 }
 
 impl SeriesTable {
     pub fn load(settings: &[(String, Vec<u8>)]) -> StoreResult<SeriesTable> {
-        let mut by_key = ByKey::default();
+        let mut by_key = HashMap::new();
         for (key, bytes) in settings {
             let Some(name) = key.strip_prefix(PREFIX) else {
                 continue;
