@@ -105,17 +105,21 @@ impl Series {
     }
 }
 
+/// Keyed by `all`, `job:NAME` and `pool:NAME`, looked up three times at every start and
+/// end: with a fast hasher (foldhash's, fixed keys; the names are the operator's).
+type ByKey<V> = HashMap<String, V, foldhash::fast::FixedState>;
+
 #[derive(Debug, Default)]
 pub(crate) struct SeriesTable {
-    by_key: HashMap<String, Series>,
+    by_key: ByKey<Series>,
     /// Changed since written.
-    dirty: HashSet<String>,
+    dirty: HashSet<String, foldhash::fast::FixedState>,
     next_save_ms: u64,
 }
 
 impl SeriesTable {
     pub fn load(settings: &[(String, Vec<u8>)]) -> StoreResult<SeriesTable> {
-        let mut by_key = HashMap::new();
+        let mut by_key = ByKey::default();
         for (key, bytes) in settings {
             let Some(name) = key.strip_prefix(PREFIX) else {
                 continue;
