@@ -1250,6 +1250,9 @@ async function openJob(name) {
   jobPage.runs = [];
   $("#job-form").hidden = true;
   $("#job-title").textContent = "Job " + name;
+  // Until the job is known, the toggle cannot say (or do) what it would: the page before
+  // may have shown another job's.
+  $("#job-toggle").disabled = true;
   await loadJob(name);
   const spec = jobPage.detail && jobPage.detail.job.spec;
   if (state.route.params.has("run") && spec && state.role !== "viewer") showParamForm(spec);
@@ -1298,6 +1301,7 @@ function renderJob() {
   syncRows($("#job-next"), detail.next_fires_ms.length ? detail.next_fires_ms : [0], (t) => String(t), () => document.createElement("li"),
     (li, t) => setCell(li, t ? format.format(new Date(t)) : "none: the job runs only when enqueued or is disabled"));
   setCell($("#job-toggle"), spec.enabled ? "Disable" : "Enable");
+  $("#job-toggle").disabled = false;
   const ended = jobPage.runs.filter((r) => TERMINAL.includes(r.state));
   const ok = ended.filter((r) => r.state === "succeeded").length;
   $("#job-rate").textContent = ended.length ? `(${Math.round((ok / ended.length) * 100)} % of the last ${ended.length} succeeded)` : "(no finished run yet)";

@@ -291,7 +291,8 @@ fn the_dashboard_is_live_and_lets_the_right_people_act() {
 
     // Disabling a job asks first; Escape leaves it enabled.
     driver.send(json!({ "cmd": "goto", "hash": "#/job/quick" }));
-    driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#job-toggle').textContent === 'Disable'" }));
+    // The toggle is enabled once the job's details are in: a click before that does nothing.
+    driver.send(json!({ "cmd": "wait_js", "expr": "!document.querySelector('#job-toggle').disabled && document.querySelector('#job-toggle').textContent === 'Disable'" }));
     driver.send(json!({ "cmd": "click", "selector": "#job-toggle" }));
     driver.send(json!({ "cmd": "wait_js", "expr": "document.querySelector('#confirm').open" }));
     driver.send(json!({ "cmd": "press", "key": "Escape" }));
