@@ -6,7 +6,7 @@
 use crate::footprint::{run_id, typical_job};
 use crate::harness::{disk_usage, rss_bytes};
 use anyhow::{bail, Context, Result};
-use jobcast_broker::store::{FjallEngine, KvStore, SledEngine, Store};
+use jobcast_broker::store::{FjallEngine, KvStore, SledEngine, Store, StoreError};
 use jobcast_protocol::{JobSpec, Outcome, RunRecord, RunState, Transition};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -21,6 +21,23 @@ const CACHE_BYTES: u64 = 64 << 20;
 const ENGINES: [&str; 2] = ["sled", "fjall"];
 
 fn open(engine: &str, path: &Path) -> Result<Box<dyn Store>> {
+    // A store just closed by the process before may still be held for a moment by the
+    // engine's own threads as they wind down (fjall's lock goes with its last one).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open_once(engine, path) {
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(e.downcast_ref::<StoreError>(), Some(StoreError::InUse)) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+fn open_once(engine: &str, path: &Path) -> Result<Box<dyn Store>> {
     Ok(match engine {
         "sled" => Box::new(KvStore::with_engine(SledEngine::open(path, CACHE_BYTES)?)?),
         "fjall" => Box::new(KvStore::with_engine(FjallEngine::open(path, CACHE_BYTES)?)?),

@@ -8,7 +8,11 @@
 //! cargo bench -p jobcast-broker --bench tick_burst            # 1,000 jobs, 20 bursts
 //! cargo bench -p jobcast-broker --bench tick_burst -- 10000 5 # jobs, bursts
 //! cargo bench -p jobcast-broker --bench tick_burst -- 1000 20 live # a live view listens
+//! cargo bench -p jobcast-broker --bench tick_burst -- 1000 8 idle=2s # idle between bursts
 //! ```
+//!
+//! Back to back, each burst finds the loop's data and memory as the last one left them;
+//! a broker meets its bursts after seconds of idleness (`idle=`), when they take longer.
 //!
 //! In the broker's package for its store and its allocator (mimalloc).
 
@@ -34,6 +38,13 @@ fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let together: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000);
     let bursts: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let rest: Vec<String> = args.collect();
+    let live = rest.iter().any(|a| a == "live");
+    let idle = rest
+        .iter()
+        .find_map(|a| a.strip_prefix("idle="))
+        .map(|t| humantime::parse_duration(t).expect("idle=<duration>, e.g. idle=2s"))
+        .unwrap_or_default();
 
     // A whole multiple of the interval: every job's tick falls on it.
     let start_us = 1_800_000_000 * SECOND_US;
@@ -45,9 +56,9 @@ fn main() {
     let engine = FjallEngine::open(dir.path(), DEFAULT_CACHE_BYTES).expect("a store");
     let store = KvStore::with_engine(engine).expect("a store");
     let mut core = Core::new(store, config, start_us).expect("a core");
-    // As the server does when no live view listens (`live` as a third argument: as when
+    // As the server does when no live view listens (`live` among the arguments: as when
     // one does).
-    core.track_changes(args.next().as_deref() == Some("live"));
+    core.track_changes(live);
     // Each batch handed to the store to be made durable, as the server does; its fsync
     // (on the committer's thread) is waited for outside what is timed.
     let (told, commits) = std::sync::mpsc::channel();
@@ -141,6 +152,7 @@ fn main() {
         start_commit(&mut core);
         committed(&mut core);
 
+        std::thread::sleep(idle);
         let mut out = Outbox::default();
         let started = Instant::now();
         core.tick(due_us, &mut out).expect("a tick");
@@ -191,8 +203,12 @@ fn main() {
     let (whole, fastest, slowest) = median(took.iter().map(|t| t.0).collect());
     let (ticked, _, _) = median(took.iter().map(|t| t.1).collect());
     let handed_over = median(took.iter().map(|t| t.0 - t.1).collect()).0;
+    let idle = match idle.is_zero() {
+        true => String::new(),
+        false => format!(", {} idle before each", humantime::format_duration(idle)),
+    };
     println!(
-        "{together} ticks due at once, {bursts} bursts: the loop took median {:.2} ms ({:.2} µs a tick; fastest {:.2} ms, slowest {:.2} ms): the tick {:.2} ms, handing its writes to the store {:.2} ms (medians)",
+        "{together} ticks due at once, {bursts} bursts{idle}: the loop took median {:.2} ms ({:.2} µs a tick; fastest {:.2} ms, slowest {:.2} ms): the tick {:.2} ms, handing its writes to the store {:.2} ms (medians)",
         ms(whole),
         ms(whole) * 1e3 / together as f64,
         ms(fastest),

@@ -3,7 +3,7 @@
 //! store's write-ahead log, which holds every batch since the broker started, makes a
 //! deleted journal whole again; with the log lost too, the broker refuses to start on
 //! each, naming the files; `--repair` ends what went back, and no run that had succeeded
-//! runs again.
+//! runs again. And a store another broker has open is refused, saying so.
 
 use jobcast_integration_tests::*;
 use std::path::{Path, PathBuf};
@@ -68,6 +68,19 @@ fn broker_once(cluster: &Cluster, extra: &[&str]) -> (Option<i32>, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     (code.and_then(|c| c.code()), text)
+}
+
+#[test]
+fn a_second_broker_on_the_same_data_directory_is_refused_saying_why() {
+    let cluster = Cluster::start(0);
+    let (code, text) = broker_once(&cluster, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("is in use by another process") && text.contains("data directory"),
+        "{text}"
+    );
+    // The first one goes on serving.
+    cluster.apply_jobs("[jobs.quick]\nscript = \"#!/bin/sh\\ntrue\\n\"\n");
 }
 
 fn marker_at_ms(data: &Path) -> Option<u64> {

@@ -69,6 +69,7 @@ impl FjallEngine {
                         path.display()
                     ))
                 }
+                fjall::Error::Locked => StoreError::InUse,
                 e => backend(e),
             })?;
         let trees = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -33,6 +33,10 @@ pub enum StoreError {
     /// stop at once. Nothing of the refused commit was written.
     #[error("not the leader any more: {0}")]
     Fenced(String),
+    /// Another process has the store open: two brokers (or a broker and `migrate`) on one
+    /// data directory would each overwrite what the other wrote.
+    #[error("it is in use by another process (a broker, or a migrate or restore, on the same data directory): stop that first, or give this broker a data directory of its own")]
+    InUse,
     /// This kind of store does not do what was asked (e.g. a backup of PostgreSQL).
     #[error("{0}")]
     Unsupported(&'static str),
