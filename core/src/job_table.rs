@@ -15,7 +15,8 @@ pub(crate) struct JobTable {
     /// pointer, not the definition.
     specs: BTreeMap<String, Arc<JobSpec>>,
     states: BTreeMap<String, JobState>,
-    schedules: HashMap<String, Schedule>,
+    /// Shared with a tick being dealt with: it holds the schedule while the table changes.
+    schedules: HashMap<String, Arc<Schedule>>,
     /// The next tick of each scheduled job.
     next_fire: FireQueue,
     /// Each scheduled job's first tick after it was created (for never-run alerts).
@@ -168,12 +169,19 @@ impl JobTable {
     }
 
     pub fn schedule(&self, job: &str) -> Option<&Schedule> {
-        self.schedules.get(job)
+        self.schedules.get(job).map(|schedule| &**schedule)
+    }
+
+    /// The job's compiled schedule, held apart from the table.
+    pub fn shared_schedule(&self, job: &str) -> Option<Arc<Schedule>> {
+        self.schedules.get(job).cloned()
     }
 
     /// Every compiled schedule, by job (in no set order).
     pub fn schedules(&self) -> impl Iterator<Item = (&String, &Schedule)> {
-        self.schedules.iter()
+        self.schedules
+            .iter()
+            .map(|(job, schedule)| (job, &**schedule))
     }
 
     /// When `job` ticks next, if it is scheduled.
@@ -229,7 +237,7 @@ impl JobTable {
                     Some(first) => self.first_due.insert(job.to_string(), first),
                     None => self.first_due.remove(job),
                 };
-                self.schedules.insert(job.to_string(), schedule);
+                self.schedules.insert(job.to_string(), Arc::new(schedule));
             }
             Err(problem) => {
                 // Stored before a validation rule existed: keep the job, run it by hand.

@@ -187,10 +187,11 @@ struct Process {
     next_alive_ms: u64,
     /// Set while free space in the data directory is under the reserve.
     low_disk: Option<LowDisk>,
-    /// Several brokers: the lease this one leads by, as its keeper last saw it.
     /// Several brokers: the lease this one leads by, and when it was last renewed (ms
     /// since the epoch), as its keeper last saw them.
     leadership: Option<(jobcast_protocol::Leadership, u64)>,
+    /// The cause every run of one tick time is given.
+    tick_cause: scheduling::TickCause,
 }
 
 /// Frames refused by reason, and connections opened and closed, for `status`.
@@ -326,6 +327,7 @@ impl<S: Store> Core<S> {
                 next_alive_ms: 0,
                 low_disk: None,
                 leadership: None,
+                tick_cause: Default::default(),
             },
             tables: Tables {
                 workers: WorkerTable::restored(store.workers()?),

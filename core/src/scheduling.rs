@@ -73,6 +73,24 @@ impl NewRun {
     }
 }
 
+/// A scheduled run's cause, "scheduled for" its tick's time: the same text for every job
+/// due at one time (a burst of them), so written once.
+#[derive(Default)]
+pub(crate) struct TickCause {
+    tick_ms: Option<u64>,
+    text: String,
+}
+
+impl TickCause {
+    pub fn of(&mut self, tick_ms: u64) -> String {
+        if self.tick_ms != Some(tick_ms) {
+            self.text = format!("scheduled for {}", format_ms(tick_ms));
+            self.tick_ms = Some(tick_ms);
+        }
+        self.text.clone()
+    }
+}
+
 /// Writes `job`'s state, and notes it changed for live views (its state, and so its next
 /// fire time, is what they show of it).
 pub(crate) fn save_job_state(
@@ -136,17 +154,16 @@ impl<S: Store> Core<S> {
     fn schedule_job(&mut self, job: &str, now: Now, out: &mut Outbox) -> StoreResult<()> {
         let (Some(spec), Some(schedule)) = (
             self.tables.jobs.shared_spec(job),
-            self.tables.jobs.schedule(job).cloned(),
+            self.tables.jobs.shared_schedule(job),
         ) else {
             self.tables.jobs.set_next_fire(job, None);
             return Ok(());
         };
-        let last = self
+        let (last, clock_era) = self
             .tables
             .jobs
             .state(job)
-            .map(|s| s.last_tick_ms)
-            .unwrap_or(0);
+            .map_or((0, 0), |s| (s.last_tick_ms, s.clock_era));
         let ticks = schedule.ticks_between(last, now.ms(), MAX_TICKS_PER_PASS);
         let Some(&latest) = ticks.last() else {
             self.tables.jobs.compile(job);
@@ -192,7 +209,7 @@ impl<S: Store> Core<S> {
         // ones earlier ticks of this pass started: `skip` never has two runs out, even
         // when a pass catches up several ticks.
         for tick in catch_up.iter().chain(on_time) {
-            self.fire(&spec, &schedule, *tick, now, out)?;
+            self.fire(&spec, &schedule, *tick, clock_era, now, out)?;
         }
         if let Some(state) = self.tables.jobs.state_mut(job) {
             state.last_tick_ms = latest;
@@ -216,6 +233,7 @@ impl<S: Store> Core<S> {
         spec: &std::sync::Arc<JobSpec>,
         schedule: &Schedule,
         tick: u64,
+        clock_era: u32,
         now: Now,
         out: &mut Outbox,
     ) -> StoreResult<()> {
@@ -230,11 +248,11 @@ impl<S: Store> Core<S> {
         }
         // The tick's name: its time, and after the wall clock stepped back past ticks the
         // job had, which pass of those times it is.
-        let tick_text = match self.tables.jobs.state(job).map_or(0, |s| s.clock_era) {
+        let tick_text = match clock_era {
             0 => tick.to_string(),
             era => format!("{tick}/{era}"),
         };
-        let cause = format!("scheduled for {}", format_ms(tick));
+        let cause = self.process.tick_cause.of(tick);
         if !spec.policy.run_on_all_workers {
             if self.overlap_allows(spec, None, tick, now, out)? {
                 let mut new = NewRun::of(spec.clone(), tick, cause);
@@ -352,4 +370,19 @@ impl<S: Store> Core<S> {
 pub fn format_ms(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tick_cause_names_the_tick_asked_for_even_after_another() {
+        let mut cause = TickCause::default();
+        let (first, second) = (1_800_000_000_000, 1_800_000_005_000);
+        assert_eq!(cause.of(first), "scheduled for 2027-01-15T08:00:00Z");
+        assert_eq!(cause.of(first), "scheduled for 2027-01-15T08:00:00Z");
+        assert_eq!(cause.of(second), "scheduled for 2027-01-15T08:00:05Z");
+        assert_eq!(cause.of(first), "scheduled for 2027-01-15T08:00:00Z");
+    }
 }
