@@ -6,8 +6,9 @@
 //! sent again in the same order; the broker ignores what it has already seen, so a
 //! report is never lost and never applied twice.
 //!
-//! A start or a log chunk waits up to [`GATHER`] for more reports to go with it; a
-//! run's end goes at once, and takes with it what waits.
+//! A start or a log chunk waits up to [`GATHER`] for more reports to go with it, and so
+//! does a run's end while its worker holds ready runs (the slot it freed is busy again);
+//! any other end goes at once, and takes with it what waits.
 
 use crate::state::{ReportAnswer, REQUEST_TIMEOUT};
 use jobcast_client::{Client, ClientError};
@@ -93,6 +94,8 @@ impl Queue {
 struct Queued {
     request: WorkerRequest,
     at: Instant,
+    /// Whether it may wait for others to go with it (see [`gathering_for`]).
+    may_wait: bool,
 }
 
 fn log_len(request: &WorkerRequest) -> usize {
@@ -102,9 +105,9 @@ fn log_len(request: &WorkerRequest) -> usize {
     }
 }
 
-/// Whether a report may wait for others to go with it: a start or output, which nothing
-/// on the worker waits on. A run's end frees a slot, and its answer carries the next
-/// grant.
+/// Whether a report may wait for others to go with it, unless its sender says: a start
+/// or output, which nothing on the worker waits on. A run's end frees a slot, and its
+/// answer may carry the next grant.
 fn may_wait(request: &WorkerRequest) -> bool {
     matches!(
         request,
@@ -116,7 +119,7 @@ fn may_wait(request: &WorkerRequest) -> bool {
 /// of them may not wait, the window is full, or the oldest has waited [`GATHER`]).
 fn gathering_for(queue: &VecDeque<Queued>, now: Instant) -> Option<Duration> {
     let oldest = queue.front()?;
-    if queue.len() >= WINDOW || !queue.iter().all(|queued| may_wait(&queued.request)) {
+    if queue.len() >= WINDOW || !queue.iter().all(|queued| queued.may_wait) {
         return None;
     }
     let waited = now.saturating_duration_since(oldest.at);
@@ -228,9 +231,17 @@ impl Reporter {
         self.inner.starts_in_ends.store(yes, Ordering::Relaxed);
     }
 
-    /// Queues a report. A run's end whose start has not gone yet (a short run) takes
-    /// the start along, where the broker takes it there: one report instead of two.
-    pub fn push(&self, mut request: WorkerRequest) {
+    /// Queues a report, which waits for others to go with it if it is a start or output.
+    pub fn push(&self, request: WorkerRequest) {
+        let may_wait = may_wait(&request);
+        self.push_as(request, may_wait);
+    }
+
+    /// Queues a report that may wait up to [`GATHER`] for others to go with it, or none
+    /// (`may_wait` false: it goes at once, and what waits goes with it). A run's end whose
+    /// start has not gone yet (a short run) takes the start along, where the broker takes
+    /// it there: one report instead of two.
+    pub fn push_as(&self, mut request: WorkerRequest, may_wait: bool) {
         self.inner
             .log_backlog
             .fetch_add(log_len(&request), Ordering::Relaxed);
@@ -243,6 +254,7 @@ impl Reporter {
             queue.reports.push_back(Queued {
                 request,
                 at: Instant::now(),
+                may_wait,
             });
         }
         self.inner.wake.notify_one();
@@ -546,7 +558,11 @@ mod tests {
     fn queued_at(requests: Vec<(WorkerRequest, Instant)>) -> VecDeque<Queued> {
         requests
             .into_iter()
-            .map(|(request, at)| Queued { request, at })
+            .map(|(request, at)| Queued {
+                may_wait: may_wait(&request),
+                request,
+                at,
+            })
             .collect()
     }
 
@@ -576,6 +592,39 @@ mod tests {
         assert_eq!(gathering_for(&full, t0), None);
         let almost = queued_at((1..WINDOW as u64).map(|n| (chunk(n, 1), t0)).collect());
         assert_eq!(gathering_for(&almost, t0), Some(GATHER));
+    }
+
+    #[test]
+    fn an_end_its_worker_lets_wait_waits_like_a_start_until_one_that_may_not_comes() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let reporter = Reporter::default();
+        reporter.push_as(finished(), true);
+        let queue = |reporter: &Reporter| {
+            let queue = reporter.inner.queue.lock().unwrap();
+            queue
+                .reports
+                .iter()
+                .map(|queued| Queued {
+                    request: queued.request.clone(),
+                    at: t0,
+                    may_wait: queued.may_wait,
+                })
+                .collect::<VecDeque<_>>()
+        };
+        assert_eq!(gathering_for(&queue(&reporter), t0), Some(GATHER));
+        assert_eq!(
+            gathering_for(&queue(&reporter), t0 + ms(3)),
+            Some(GATHER - ms(3))
+        );
+        assert_eq!(gathering_for(&queue(&reporter), t0 + GATHER), None);
+        // Another slot's end that may not wait takes the first along, at once.
+        reporter.push_as(finished(), false);
+        assert_eq!(gathering_for(&queue(&reporter), t0), None);
+        // `push` decides by the kind: an end does not wait.
+        let plain = Reporter::default();
+        plain.push(finished());
+        assert_eq!(gathering_for(&queue(&plain), t0), None);
     }
 
     fn started_as(run_id: &str, pid: u32) -> WorkerRequest {

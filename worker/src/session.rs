@@ -264,7 +264,7 @@ impl Shell {
                     request,
                     timeout,
                 } => self.request(purpose, request, timeout),
-                Action::Report(report) => self.reporter.push(report),
+                Action::Report { request, may_wait } => self.reporter.push_as(request, may_wait),
                 Action::Start(assignment) => self.start(*assignment),
                 Action::Stop(run_id) => {
                     if let Some(stop) = self.stops.get(&run_id) {

@@ -160,7 +160,15 @@ impl WorkerState {
         if !self.draining && !self.claim_in_flight && self.registered {
             finished.claim = self.wanted();
         }
-        actions.push(Action::Report(WorkerRequest::RunFinished(finished)));
+        // Ready runs still held: the freed slot is busy again and the next end has work
+        // waiting too, so this end may wait for the ends of other slots (one message and
+        // one commit for several). With none, or the lease out, or draining, it goes at
+        // once (docs/ARCHITECTURE.md, "Reports gathered").
+        let may_wait = !self.ready.is_empty() && !self.lease_lost && !self.draining;
+        actions.push(Action::Report {
+            request: WorkerRequest::RunFinished(finished),
+            may_wait,
+        });
         actions
     }
 }

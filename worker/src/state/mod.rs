@@ -82,8 +82,13 @@ pub enum Action {
         request: WorkerRequest,
         timeout: Duration,
     },
-    /// Hand a report to the reliable outbox (resent until acknowledged).
-    Report(WorkerRequest),
+    /// Hand a report to the reliable outbox (resent until acknowledged). With `may_wait`
+    /// it may wait there for others to go with it (`reporter::GATHER`); without, it goes
+    /// at once and takes what waits along.
+    Report {
+        request: WorkerRequest,
+        may_wait: bool,
+    },
     Start(Box<Assignment>),
     Stop(String),
     /// Answer a ping with this worker's details.

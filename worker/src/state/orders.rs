@@ -23,15 +23,18 @@ impl WorkerState {
                 self.ready.remove(at);
                 tracing::info!(run_id, "kill ordered by the broker before the run started");
                 self.remember_end(run_id.clone());
-                actions.push(Action::Report(WorkerRequest::RunFinished(RunFinished {
-                    run_id,
-                    outcome: Outcome::Killed,
-                    duration_ms: 0,
-                    log_bytes: 0,
-                    claim: 0,
-                    usage: None,
-                    started: None,
-                })));
+                actions.push(Action::Report {
+                    request: WorkerRequest::RunFinished(RunFinished {
+                        run_id,
+                        outcome: Outcome::Killed,
+                        duration_ms: 0,
+                        log_bytes: 0,
+                        claim: 0,
+                        usage: None,
+                        started: None,
+                    }),
+                    may_wait: false,
+                });
             }
         }
         if orders.drain && !self.draining {

@@ -183,7 +183,10 @@ fn a_finished_run_reports_and_claims_its_slot_in_one_message() {
     assert_eq!(claim_in(&actions), None, "no free slot");
     let actions = state.on_run_done(finished("r1"));
     match &actions[..] {
-        [Action::Report(WorkerRequest::RunFinished(report))] => assert_eq!(report.claim, 1),
+        [Action::Report {
+            request: WorkerRequest::RunFinished(report),
+            ..
+        }] => assert_eq!(report.claim, 1),
         other => panic!("{other:?}"),
     }
     // Granted in answer to the report: the same rules as a claim's answer.
@@ -234,7 +237,10 @@ fn draining_takes_no_new_work_and_hands_back_late_grants() {
     assert_eq!(claim_in(&actions), None);
     // The finish report claims nothing.
     match &state.on_run_done(finished("r1"))[..] {
-        [Action::Report(WorkerRequest::RunFinished(report))] => assert_eq!(report.claim, 0),
+        [Action::Report {
+            request: WorkerRequest::RunFinished(report),
+            ..
+        }] => assert_eq!(report.claim, 0),
         other => panic!("{other:?}"),
     }
     assert!(state.drained());
@@ -633,7 +639,10 @@ fn registered_with_prefetch() -> (WorkerState, Purpose) {
 
 fn reported_finish(actions: &[Action]) -> Option<&RunFinished> {
     actions.iter().find_map(|a| match a {
-        Action::Report(WorkerRequest::RunFinished(finished)) => Some(finished),
+        Action::Report {
+            request: WorkerRequest::RunFinished(finished),
+            ..
+        } => Some(finished),
         _ => None,
     })
 }
@@ -655,6 +664,33 @@ fn a_ready_run_starts_the_moment_a_slot_frees_without_a_round_trip() {
     assert_eq!(started(&actions), ["r2"]);
     // The report that frees the slot asks for one run: the ready place r2 left.
     assert_eq!(reported_finish(&actions).map(|f| f.claim), Some(1));
+}
+
+#[test]
+fn an_end_may_wait_for_other_ends_while_ready_runs_remain_and_goes_at_once_after() {
+    let (mut state, claim) = registered_with_prefetch();
+    state.on_answer(claim, granted(&["r1", "r2", "r3"], false), 10);
+    let may_wait = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::Report {
+                request: WorkerRequest::RunFinished(_),
+                may_wait,
+            } => Some(*may_wait),
+            _ => None,
+        })
+    };
+    // r2 takes the slot and r3 is still ready: the end may wait for others.
+    let actions = state.on_run_done(finished("r1"));
+    assert_eq!(started(&actions), ["r2"]);
+    assert_eq!(may_wait(&actions), Some(true));
+    // r3 takes the slot and none is left ready: this end goes at once.
+    let actions = state.on_run_done(finished("r2"));
+    assert_eq!(started(&actions), ["r3"]);
+    assert_eq!(may_wait(&actions), Some(false));
+    // Nothing ready, nothing started: at once.
+    let actions = state.on_run_done(finished("r3"));
+    assert!(started(&actions).is_empty());
+    assert_eq!(may_wait(&actions), Some(false));
 }
 
 #[test]
@@ -884,7 +920,10 @@ fn a_worker_cut_off_for_its_lease_stops_its_runs_unless_their_job_keeps_them() {
     end.outcome = Outcome::Killed;
     let actions = state.on_run_done(end);
     let reported = actions.iter().find_map(|a| match a {
-        Action::Report(WorkerRequest::RunFinished(f)) => Some(f.outcome.clone()),
+        Action::Report {
+            request: WorkerRequest::RunFinished(f),
+            ..
+        } => Some(f.outcome.clone()),
         _ => None,
     });
     // Silent since the claim answered at 5 ms was sent.
