@@ -20,6 +20,8 @@
 use super::{io_error, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The marker, in the data directory beside the store.
@@ -176,49 +178,120 @@ impl MarkerKeeper {
 /// Keeps the marker of a running store on a thread of its own: writing it takes three
 /// syncs (the file, the rename, the directory: milliseconds), which no commit waits for.
 /// The marker records the newest durable commit it was told of, at most once a second
-/// and at most a second late.
+/// and at most a second late. Telling it costs a commit two atomic operations: the
+/// thread is woken by the first commit after each write only, not by every commit.
 pub struct MarkerThread {
-    durable: std::sync::mpsc::Sender<u64>,
+    told: Arc<Told>,
     thread: std::thread::JoinHandle<MarkerKeeper>,
+}
+
+/// What commits tell the marker's thread.
+#[derive(Default)]
+struct Told {
+    /// The newest durable commit told.
+    newest: AtomicU64,
+    /// A commit was told since the thread last took `newest`.
+    pending: AtomicBool,
+    /// Set by a clean stop.
+    stopping: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// Tells the marker's thread of durable commits; cloned into each commit.
+#[derive(Clone)]
+pub struct MarkerTeller(Arc<Told>);
+
+impl MarkerTeller {
+    /// `commit` is durable.
+    pub fn tell(&self, commit: u64) {
+        let told = &self.0;
+        told.newest.fetch_max(commit, Ordering::SeqCst);
+        if !told.pending.swap(true, Ordering::SeqCst) {
+            // Under the lock, so that the thread cannot miss it between looking at
+            // `pending` and waiting.
+            let _stopping = told.stopping.lock();
+            told.wake.notify_one();
+        }
+    }
+}
+
+impl Told {
+    /// Waits until `ready` holds or a stop is asked for, or until `until` if given;
+    /// whether a stop was asked for.
+    fn wait(&self, until: Option<Instant>, ready: impl Fn() -> bool) -> bool {
+        let mut stopping = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if *stopping {
+                return true;
+            }
+            if ready() {
+                return false;
+            }
+            stopping = match until {
+                None => self.wake.wait(stopping).unwrap_or_else(|e| e.into_inner()),
+                Some(until) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.wake
+                        .wait_timeout(stopping, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
 }
 
 impl MarkerThread {
     pub fn start(mut keeper: MarkerKeeper) -> StoreResult<MarkerThread> {
-        let (durable, told) = std::sync::mpsc::channel::<u64>();
+        let told = Arc::new(Told::default());
+        let shared = told.clone();
         let thread = std::thread::Builder::new()
             .name("jobcast-marker".into())
             .spawn(move || {
-                // Ends when every sender is gone (the store stopped, its commits done).
-                while let Ok(mut newest) = told.recv() {
-                    // Waits out the second since the last write, taking in what comes.
-                    let due = keeper.written_at + MARKER_EVERY;
-                    loop {
-                        let left = due.saturating_duration_since(Instant::now());
-                        match told.recv_timeout(left) {
-                            Ok(commit) => newest = newest.max(commit),
-                            Err(_) => break,
-                        }
+                let told = shared;
+                loop {
+                    if told.wait(None, || told.pending.load(Ordering::SeqCst)) {
+                        break;
                     }
+                    // Waits out the second since the last write; commits told meanwhile
+                    // only raise `newest`.
+                    let due = keeper.written_at + MARKER_EVERY;
+                    if told.wait(Some(due), || Instant::now() >= due) {
+                        break;
+                    }
+                    // Cleared before `newest` is read: a commit told after this wakes
+                    // the thread again, one told before is in `newest`.
+                    told.pending.store(false, Ordering::SeqCst);
+                    let newest = told.newest.load(Ordering::SeqCst);
                     if let Err(e) = keeper.durable(newest, wall_ms()) {
                         tracing::warn!(error = %e, "the store's marker could not be written; will retry");
+                        told.pending.store(true, Ordering::SeqCst);
+                        let retry = Instant::now() + MARKER_EVERY;
+                        if told.wait(Some(retry), || Instant::now() >= retry) {
+                            break;
+                        }
                     }
                 }
                 keeper
             })
             .map_err(|e| StoreError::Engine(Box::new(e)))?;
-        Ok(MarkerThread { durable, thread })
+        Ok(MarkerThread { told, thread })
     }
 
     /// What a commit tells once it is durable (from any thread).
-    pub fn teller(&self) -> std::sync::mpsc::Sender<u64> {
-        self.durable.clone()
+    pub fn teller(&self) -> MarkerTeller {
+        MarkerTeller(self.told.clone())
     }
 
-    /// A clean stop at `commit`, once every commit that was told is done (their tellers
-    /// dropped): the thread ends, then the marker says so.
+    /// A clean stop at `commit`, once every commit is done: the thread ends, then the
+    /// marker says so.
     pub fn stopped(self, commit: u64, now_ms: u64) -> StoreResult<()> {
-        let MarkerThread { durable, thread } = self;
-        drop(durable);
+        let MarkerThread { told, thread } = self;
+        *told.stopping.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        told.wake.notify_one();
         let mut keeper = thread
             .join()
             .map_err(|_| StoreError::Engine("the marker's thread panicked".into()))?;
@@ -308,9 +381,8 @@ mod tests {
         let thread = MarkerThread::start(keeper).unwrap();
         let teller = thread.teller();
         for commit in 6..=9 {
-            teller.send(commit).unwrap();
+            teller.tell(commit);
         }
-        drop(teller);
         // Not before the second since the start is out, then the newest.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -675,7 +675,7 @@ impl<E: Engine> KvStore<E> {
         let marker = self.marker.as_ref().map(|marker| marker.teller());
         let told = move || {
             if let Some(marker) = marker {
-                let _ = marker.send(commit);
+                marker.tell(commit);
             }
         };
         let (log, deliver) = self.delivering(self.hand_over());
