@@ -17,6 +17,7 @@ mod clock_step;
 mod definitions;
 mod disk;
 mod error;
+pub mod fast_hash;
 mod given_up;
 mod job_table;
 mod limits;

@@ -7,13 +7,11 @@
 use jobcast_protocol::{Overlap, RunRecord, RunState};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-/// A hash map whose hasher has fixed keys: the same inserts give the same iteration order
-/// on every run of the broker (so a walk over the runs decides the same way each time),
-/// at a hash map's cost. An ordered map moved whole run records on every insert and
-/// removal (measured: ~5 µs of broker CPU per run at 20,000 active runs). The keys are
-/// run ids the broker makes itself, so a fixed hasher gives no one a handle on it; and a
-/// fast one (foldhash's, not std's SipHash: SipHash was ~5 % of a burst of ticks).
-pub(crate) type RunMap = HashMap<String, RunRecord, foldhash::fast::FixedState>;
+/// The runs by id: a hash map with fixed keys (`fast_hash`), so a walk over the runs
+/// decides the same way on every run of the broker. An ordered map moved whole run records
+/// on every insert and removal (measured: ~5 µs of broker CPU per run at 20,000 active
+/// runs).
+pub(crate) type RunMap = crate::fast_hash::FastMap<String, RunRecord>;
 
 /// Ended runs whose ids a substring selector still finds (about 30 bytes each). Older
 /// runs are found by their id or a prefix of it, which the store looks up by range.

@@ -10,7 +10,7 @@
 use crate::store::{Store, StoreError, StoreResult};
 use jobcast_protocol::{Resolution, RunState, SeriesPoint};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 pub const MINUTE_MS: u64 = 60_000;
 pub const HOUR_MS: u64 = 3_600_000;
@@ -106,14 +106,14 @@ impl Series {
 }
 
 /// Keyed by `all`, `job:NAME` and `pool:NAME`, looked up three times at every start and
-/// end: with a fast hasher (foldhash's, fixed keys; the names are the operator's).
-type ByKey<V> = HashMap<String, V, foldhash::fast::FixedState>;
+/// end.
+type ByKey<V> = crate::fast_hash::FastMap<String, V>;
 
 #[derive(Debug, Default)]
 pub(crate) struct SeriesTable {
     by_key: ByKey<Series>,
     /// Changed since written.
-    dirty: HashSet<String, foldhash::fast::FixedState>,
+    dirty: crate::fast_hash::FastSet<String>,
     next_save_ms: u64,
 }
 

@@ -23,7 +23,7 @@ use jobcast_protocol::{JobSpec, JobState, RunFilter, RunRecord, WorkerStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +47,7 @@ struct Pending {
     by_seq: BTreeMap<u64, PendingRun>,
     /// In no order (they are written in one batch): a burst puts a thousand, and a hash
     /// finds each with one comparison of names instead of a dozen.
-    job_states: HashMap<String, JobState, foldhash::fast::FixedState>,
+    job_states: jobcast_core::fast_hash::FastMap<String, JobState>,
 }
 
 struct PendingRun {

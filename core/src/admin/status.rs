@@ -1,17 +1,18 @@
 //! `Status`: the broker's counters, workers and queues.
 
+use crate::fast_hash::FastMap;
 use crate::store::{Store, StoreResult};
 use crate::Core;
 use crate::Now;
 use jobcast_protocol::{RunState, StatusReport, JOBCAST_VERSION};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 impl<S: Store> Core<S> {
     pub(crate) fn status(&self, now: Now) -> StoreResult<StatusReport> {
         // Counted by (job, state) with borrowed names first: a string per active run would
         // cost an allocation each, and status is asked for often (dashboards, metrics
         // scrapes, scripts waiting for a queue to drain).
-        let mut by_job_state: HashMap<(&str, RunState), u64> = HashMap::new();
+        let mut by_job_state: FastMap<(&str, RunState), u64> = FastMap::default();
         for run in self.tables.runs.iter() {
             *by_job_state.entry((&run.job, run.state)).or_default() += 1;
         }
@@ -113,17 +114,21 @@ pub(crate) fn oldest_queued<'a>(
     runs: impl Iterator<Item = &'a jobcast_protocol::RunRecord>,
     shown: impl Fn(&jobcast_protocol::RunRecord) -> bool,
     now_ms: u64,
-) -> std::collections::BTreeMap<String, u64> {
-    let mut oldest = std::collections::BTreeMap::new();
-    for run in runs.filter(|r| r.state == jobcast_protocol::RunState::Queued && shown(r)) {
+) -> BTreeMap<String, u64> {
+    // Pool names borrowed while walking: one string a pool, not one a queued run.
+    let mut oldest: FastMap<&str, u64> = FastMap::default();
+    for run in runs.filter(|r| r.state == RunState::Queued && shown(r)) {
         let due = run.created_at_ms.max(run.not_before_ms);
         if due > now_ms {
             continue;
         }
         oldest
-            .entry(run.pool.clone())
-            .and_modify(|at: &mut u64| *at = (*at).min(due))
+            .entry(&run.pool)
+            .and_modify(|at| *at = (*at).min(due))
             .or_insert(due);
     }
     oldest
+        .into_iter()
+        .map(|(pool, at)| (pool.to_string(), at))
+        .collect()
 }
