@@ -50,9 +50,9 @@ impl WaitingClaims {
         Some(claim)
     }
 
-    /// How many claims wait.
-    pub fn len(&self) -> usize {
-        self.by_worker.len()
+    /// The workers whose claims wait, in no particular order.
+    pub fn workers(&self) -> impl Iterator<Item = &str> {
+        self.by_worker.keys().map(String::as_str)
     }
 
     pub fn get(&self, worker: &str) -> Option<&WaitingClaim> {

@@ -101,6 +101,20 @@ impl WorkerTable {
         &mut self.waiting
     }
 
+    /// Whether a worker other than `worker` waits for work it lacks: a waiting claim, and
+    /// fewer runs held than its slots. A worker holding a run for every slot (running or
+    /// ready) that waits only to refill its ready runs lacks nothing. The walk stops at
+    /// the first such worker; it is long only while every waiting worker has its slots
+    /// covered, which under load means few claims wait (they are answered).
+    pub fn others_lack_work(&self, worker: &str) -> bool {
+        self.waiting.workers().any(|other| {
+            other != worker
+                && self.sessions.get(other).is_some_and(|session| {
+                    session.runs.len() < session.register.concurrency as usize
+                })
+        })
+    }
+
     /// `worker` registered on `session`, as `status` says: any session before it is
     /// replaced, and registered with a key in force, any earlier revocation is over.
     pub fn register(&mut self, worker: &str, session: Session, status: WorkerStatus) {

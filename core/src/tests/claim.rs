@@ -120,6 +120,35 @@ fn no_ready_runs_are_granted_while_another_worker_waits_for_work() {
 }
 
 #[test]
+fn a_waiting_worker_with_a_run_for_each_slot_does_not_hold_back_anothers_ready_runs() {
+    let mut h = Harness::new();
+    for worker in ["w1", "w2", "w3"] {
+        register_with_prefetch(&mut h, worker, 2);
+    }
+    h.enqueue("hello");
+    let w2_runs = h.claim("w2", 10);
+    assert_eq!(w2_runs.len(), 1, "all there was");
+    // w2's one slot is covered; it waits only to refill its ready runs.
+    let (_, out) = h.waiting_claim("w2", 2, 30_000);
+    assert!(out.replies.is_empty(), "held, not answered");
+    for _ in 0..3 {
+        h.enqueue("hello");
+    }
+    assert_eq!(h.claim("w1", 10).len(), 3, "its slot and two ready");
+    // Once w2's run ends it lacks work, and holds the others' ready runs back.
+    h.start("w2", &w2_runs[0]);
+    h.finish("w2", &w2_runs[0], Outcome::Exited { code: 0 });
+    for _ in 0..3 {
+        h.enqueue("hello");
+    }
+    assert_eq!(
+        h.claim("w3", 10).len(),
+        1,
+        "its slot only: w2 waits for work"
+    );
+}
+
+#[test]
 fn a_registration_declaring_more_than_1024_ready_runs_is_refused() {
     let mut h = Harness::new();
     let register = Register {

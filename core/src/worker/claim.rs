@@ -58,10 +58,10 @@ impl<S: Store> Core<S> {
             return Ok(nothing_granted());
         }
         // Never more than the worker's free slots and the ready runs it may hold, whatever
-        // it asks for; ready runs only while no other worker waits for work (they would
-        // sit on this one while another idles).
-        let others_waiting = self.tables.workers.waiting().len()
-            > usize::from(self.tables.workers.waiting().get(worker).is_some());
+        // it asks for; ready runs only while no other worker waits for work it lacks
+        // (they would sit on this one while another idles). Two busy workers that each
+        // wait only to refill their ready runs do not hold each other's back.
+        let others_waiting = self.tables.workers.others_lack_work(worker);
         let prefetch = if others_waiting {
             0
         } else {

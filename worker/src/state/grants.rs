@@ -12,6 +12,14 @@ impl WorkerState {
         if wanted == 0 {
             return;
         }
+        // Every slot busy and at least half the ready runs wanted still held: the next
+        // run's end asks for the refill (its report carries the claim, so one message and
+        // one commit do both). A claim sent after each grant to top up a run or two was
+        // answered at once while the queue was long, and cost a round trip and a commit
+        // each.
+        if self.free_slots() == 0 && self.ready.len() as u32 * 2 >= self.ready_target {
+            return;
+        }
         self.claim_in_flight = true;
         actions.push(Action::Request {
             purpose: Purpose::Claim { sent_ms: now_ms },

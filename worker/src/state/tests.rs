@@ -817,6 +817,23 @@ fn ready_runs_that_run_out_before_their_refill_while_the_broker_has_more_are_ask
 }
 
 #[test]
+fn a_busy_worker_holding_half_the_ready_runs_it_wants_leaves_the_refill_to_its_next_end() {
+    let (mut state, claim, _) = registered_holding_up_to(8);
+    let (_, next) = answer_claim(&mut state, claim, &["r0"], true);
+    let (claim, _) = next.expect("a claim for the ready place");
+    // r0 ends with none ready, the broker having more: two ready wanted from now on.
+    state.on_run_done(finished("r0"));
+    // r1 takes the slot and r2 waits ready: half of the two wanted, so no claim now.
+    let (started_now, next) = answer_claim(&mut state, claim, &["r1", "r2"], true);
+    assert_eq!((started_now, next), (vec!["r1".to_string()], None));
+    // r1's end asks for the refill: r2's place and the one still missing.
+    let actions = state.on_run_done(finished("r1"));
+    assert_eq!(started(&actions), ["r2"]);
+    assert_eq!(reported_finish(&actions).map(|f| f.claim), Some(2));
+    assert_eq!(claim_in(&actions), None);
+}
+
+#[test]
 fn ready_runs_are_not_asked_for_more_when_the_broker_has_none_left() {
     let (mut state, claim, _) = registered_holding_up_to(8);
     let (_, next) = answer_claim(&mut state, claim, &["r0"], false);
