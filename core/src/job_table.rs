@@ -198,9 +198,19 @@ impl JobTable {
         self.next_fire.due(now)
     }
 
-    /// The earliest next tick of any job.
-    pub fn earliest_fire(&self) -> Option<u64> {
-        self.next_fire.earliest()
+    /// The jobs not deferred to their tick whose next tick is at or before `until`.
+    pub fn ahead(&self, until: u64) -> Vec<String> {
+        self.next_fire.ahead(until)
+    }
+
+    /// `job`'s next tick is decided at its time.
+    pub fn defer(&mut self, job: &str) {
+        self.next_fire.defer(job);
+    }
+
+    /// When the scheduler next has a tick to look at, deciding ticks `lead` ahead.
+    pub fn next_look(&self, lead: u64) -> Option<u64> {
+        self.next_fire.next_look(lead)
     }
 
     /// `job`'s first tick after it was created, if it is scheduled.
@@ -310,43 +320,77 @@ impl JobTable {
     }
 }
 
-/// Jobs by their next tick, earliest first.
+/// Jobs by their next tick, earliest first. A tick is decided up to a lead before its
+/// time (`scheduling.rs`), unless the job's decision has to wait for the time itself: such
+/// a job is *deferred* until its tick, so the lead's wake-ups do not look at it again.
 #[derive(Debug, Default)]
 pub struct FireQueue {
-    by_job: HashMap<String, u64>,
+    /// Each job's next tick, and whether it is deferred to it.
+    by_job: HashMap<String, (u64, bool)>,
     order: BTreeSet<(u64, String)>,
+    deferred: BTreeSet<(u64, String)>,
 }
 
 impl FireQueue {
     pub fn set(&mut self, job: &str, next: Option<u64>) {
         // The name taken out is put back: one copy of it a tick, not three.
         let name = match self.by_job.remove_entry(job) {
-            Some((name, old)) => {
+            Some((name, (old, deferred))) => {
                 let key = (old, name);
-                self.order.remove(&key);
+                match deferred {
+                    true => self.deferred.remove(&key),
+                    false => self.order.remove(&key),
+                };
                 key.1
             }
             None => job.to_string(),
         };
         if let Some(next) = next {
             self.order.insert((next, name.clone()));
-            self.by_job.insert(name, next);
+            self.by_job.insert(name, (next, false));
+        }
+    }
+
+    /// `job`'s next tick is decided at its time, not ahead of it.
+    pub fn defer(&mut self, job: &str) {
+        if let Some((next, deferred)) = self.by_job.get_mut(job) {
+            if !*deferred {
+                *deferred = true;
+                let key = (*next, job.to_string());
+                self.order.remove(&key);
+                self.deferred.insert(key);
+            }
         }
     }
 
     pub fn get(&self, job: &str) -> Option<u64> {
-        self.by_job.get(job).copied()
+        self.by_job.get(job).map(|(next, _)| *next)
     }
 
-    pub fn earliest(&self) -> Option<u64> {
-        self.order.first().map(|(t, _)| *t)
+    /// When the next tick must be looked at, for ticks decided `lead` ahead.
+    pub fn next_look(&self, lead: u64) -> Option<u64> {
+        let ahead = self.order.first().map(|(t, _)| t.saturating_sub(lead));
+        let at_time = self.deferred.first().map(|(t, _)| *t);
+        ahead.into_iter().chain(at_time).min()
     }
 
-    /// Jobs whose next tick is at or before `now`.
+    /// Jobs whose next tick is at or before `now`, deferred or not, earliest first.
     pub fn due(&self, now: u64) -> Vec<String> {
-        self.order
+        let mut due: Vec<&(u64, String)> = self
+            .order
             .iter()
             .take_while(|(t, _)| *t <= now)
+            .chain(self.deferred.iter().take_while(|(t, _)| *t <= now))
+            .collect();
+        due.sort_unstable();
+        due.into_iter().map(|(_, job)| job.clone()).collect()
+    }
+
+    /// Jobs not deferred whose next tick is at or before `until`.
+    pub fn ahead(&self, until: u64) -> Vec<String> {
+        self.order
+            .iter()
+            .take_while(|(t, _)| *t <= until)
             .map(|(_, job)| job.clone())
             .collect()
     }
@@ -425,7 +469,7 @@ mod tests {
         queue.set("c", Some(30));
         queue.set("a", Some(20));
         assert_eq!(queue.due(25), vec!["a", "b"]);
-        assert_eq!(queue.earliest(), Some(20));
+        assert_eq!(queue.next_look(0), Some(20));
         queue.set("a", None);
         queue.set("b", None);
         queue.set("never-set", None);
@@ -434,6 +478,32 @@ mod tests {
         queue.set("a", Some(5));
         assert_eq!(queue.due(u64::MAX), vec!["a", "c"]);
         assert_eq!(queue.order.len(), queue.by_job.len());
+    }
+
+    #[test]
+    fn a_deferred_job_is_looked_at_at_its_tick_and_not_ahead_until_its_next_tick_is_set() {
+        let mut queue = FireQueue::default();
+        queue.set("a", Some(1_000));
+        queue.set("b", Some(1_050));
+        queue.set("c", Some(5_000));
+        assert_eq!(queue.next_look(100), Some(900), "a, a lead early");
+        assert_eq!(queue.ahead(1_050), vec!["a", "b"]);
+        queue.defer("a");
+        queue.defer("a");
+        assert_eq!(queue.ahead(1_050), vec!["b"], "a waits for its time");
+        assert_eq!(queue.next_look(100), Some(950), "b's lead");
+        queue.defer("b");
+        assert_eq!(queue.next_look(100), Some(1_000), "a's own time");
+        assert_eq!(queue.due(1_049), vec!["a"]);
+        assert_eq!(queue.due(1_050), vec!["a", "b"], "due, deferred or not");
+        // Its next tick set, a job is decided ahead again.
+        queue.set("a", Some(2_000));
+        assert_eq!(queue.ahead(2_000), vec!["a"]);
+        assert_eq!(queue.next_look(100), Some(1_050));
+        queue.set("b", None);
+        queue.defer("gone");
+        assert_eq!(queue.due(u64::MAX), vec!["a", "c"]);
+        assert_eq!(queue.order.len() + queue.deferred.len(), queue.by_job.len());
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub use outbox::{
 use ping_table::PingTable;
 pub use retention::Retention;
 use run_table::RunTable;
-pub use scheduling::{format_ms, MISFIRE_GRACE_MS};
+pub use scheduling::{format_ms, DECIDE_AHEAD_MS, MISFIRE_GRACE_MS};
 pub use scope::Scope;
 pub use totals::count_stored_runs;
 use worker_table::{Session, WorkerTable};

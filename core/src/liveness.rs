@@ -17,7 +17,7 @@ impl<S: Store> Core<S> {
     pub fn tick(&mut self, now_us: u64, out: &mut Outbox) -> StoreResult<()> {
         let now = Now::from_us(now_us);
         self.schedule_due(now, out)?;
-        self.release_delayed(now, out);
+        self.release_delayed(now, out)?;
         for result in self.tables.pings.expired(now_us) {
             result.send(out);
         }

@@ -196,28 +196,34 @@ impl RunTable {
         }
     }
 
-    /// Moves the retries whose back-off has passed into their pools' queues; returns the
-    /// pools that gained runs.
-    pub fn release_due(&mut self, now_ms: u64) -> BTreeSet<String> {
-        let mut pools = BTreeSet::new();
-        while let Some((&(at, seq), _)) = self.delayed.first_key_value() {
-            if at > now_ms {
+    /// Takes the runs whose wait has ended (a retry's back-off, a tick decided ahead of
+    /// its time) off the waiting list, in the order of their ends; each then goes to its
+    /// pool's queue ([`Self::queue_released`]) or ends.
+    pub fn take_released(&mut self, now_ms: u64) -> Vec<String> {
+        let mut released = Vec::new();
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now_ms {
                 break;
             }
-            let Some(run_id) = self.delayed.remove(&(at, seq)) else {
-                break;
-            };
-            if let Some(run) = self.active.get(&run_id) {
-                let pool = run.pool.clone();
-                let key = QueueKey::of(run);
-                self.queues
-                    .entry(pool.clone())
-                    .or_default()
-                    .insert(key, run_id);
-                pools.insert(pool);
-            }
+            released.push(entry.remove());
         }
-        pools
+        released
+    }
+
+    /// Puts a run taken off the waiting list into its pool's queue, and its pool among
+    /// `pools` (the pools that gained runs).
+    pub fn queue_released(&mut self, run_id: String, pools: &mut BTreeSet<String>) {
+        let Some(run) = self.active.get(&run_id) else {
+            return;
+        };
+        if !pools.contains(&run.pool) {
+            pools.insert(run.pool.clone());
+        }
+        let key = QueueKey::of(run);
+        self.queues
+            .entry(run.pool.clone())
+            .or_default()
+            .insert(key, run_id);
     }
 
     /// The unfinished runs of `job` whose overlap counts against a run pinned to
@@ -309,11 +315,12 @@ mod tests {
         assert_eq!(table.pools_with_queued(), ["default"]);
         assert!(!table.has_queued("gpu"));
         assert_eq!(table.next_release_ms(), Some(500));
-        assert!(table.release_due(499).is_empty());
-        assert_eq!(
-            table.release_due(500).into_iter().collect::<Vec<_>>(),
-            ["gpu"]
-        );
+        assert!(table.take_released(499).is_empty());
+        assert_eq!(table.take_released(500), ["b"]);
+        assert!(!table.has_queued("gpu"), "not queued until put there");
+        let mut pools = BTreeSet::new();
+        table.queue_released("b".into(), &mut pools);
+        assert_eq!(pools.into_iter().collect::<Vec<_>>(), ["gpu"]);
         assert!(table.has_queued("gpu"));
         assert_eq!(table.next_release_ms(), None);
     }

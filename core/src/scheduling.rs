@@ -11,11 +11,16 @@ use crate::schedule::{derived_run_id, Schedule};
 use crate::store::{Store, StoreError, StoreResult};
 use crate::Now;
 use crate::{Changes, Core, Notification, Outbox};
-use jobcast_protocol::{AlertKind, JobSpec, Misfire, Overlap};
+use jobcast_protocol::{AlertKind, JobSpec, Misfire, Overlap, RunState};
 
 /// Ticks older than this when the broker gets to them were missed (the broker was down
 /// or stalled) and follow the job's misfire policy.
 pub const MISFIRE_GRACE_MS: u64 = 5_000;
+/// How long before its time a tick is decided, its run created and made durable, so that
+/// at the time only the grant is left to do (and its commit): the making of a burst's runs
+/// no longer stands between its ticks and their grants. Short, because what happens to
+/// the job in between is judged again at the tick's time ([`Core::judge_at_its_time`]).
+pub const DECIDE_AHEAD_MS: u64 = 100;
 /// Most ticks looked at per job in one pass, so a long outage of a frequent job is
 /// caught up in bounded steps.
 const MAX_TICKS_PER_PASS: usize = 10_000;
@@ -71,6 +76,14 @@ impl NewRun {
             schedule_id: None,
         }
     }
+}
+
+/// What a tick decided ahead comes to at its time.
+enum Verdict {
+    Go,
+    Skip(&'static str),
+    /// Go, once these runs of the job are told to stop.
+    Replace(Vec<String>),
 }
 
 /// A scheduled run's cause, "scheduled for" its tick's time: the same text for every job
@@ -146,12 +159,42 @@ impl<S: Store> Core<S> {
             return Ok(());
         }
         for job in self.tables.jobs.due(now.ms()) {
-            self.schedule_job(&job, now, out)?;
+            self.schedule_job(&job, now, now.ms(), out)?;
+        }
+        let until = now.ms() + DECIDE_AHEAD_MS;
+        for job in self.tables.jobs.ahead(until) {
+            if self.may_decide_ahead(&job) {
+                self.schedule_job(&job, now, until, out)?;
+            } else {
+                self.tables.jobs.defer(&job);
+            }
         }
         Ok(())
     }
 
-    fn schedule_job(&mut self, job: &str, now: Now, out: &mut Outbox) -> StoreResult<()> {
+    /// Whether `job`'s coming tick can be decided before its time: nothing that may happen
+    /// in between would have decided it otherwise, or it is judged again at the time. A
+    /// job run on every worker waits (its runs depend on which workers are there), and so
+    /// does one whose overlap policy (`skip`, `replace`) would look at a run still active
+    /// now: it may end before the tick.
+    fn may_decide_ahead(&self, job: &str) -> bool {
+        let Some(spec) = self.tables.jobs.spec(job) else {
+            return false;
+        };
+        !spec.policy.run_on_all_workers
+            && self.tables.jobs.is_active(spec)
+            && (matches!(spec.policy.overlap, Overlap::Queue | Overlap::Allow)
+                || self.tables.runs.overlapping(job, None).next().is_none())
+    }
+
+    /// Decides `job`'s ticks up to `until`: at or before now, or ahead of their time.
+    fn schedule_job(
+        &mut self,
+        job: &str,
+        now: Now,
+        until: u64,
+        out: &mut Outbox,
+    ) -> StoreResult<()> {
         let (Some(spec), Some(schedule)) = (
             self.tables.jobs.shared_spec(job),
             self.tables.jobs.shared_schedule(job),
@@ -164,7 +207,7 @@ impl<S: Store> Core<S> {
             .jobs
             .state(job)
             .map_or((0, 0), |s| (s.last_tick_ms, s.clock_era));
-        let ticks = schedule.ticks_between(last, now.ms(), MAX_TICKS_PER_PASS);
+        let ticks = schedule.ticks_between(last, until, MAX_TICKS_PER_PASS);
         let Some(&latest) = ticks.last() else {
             self.tables.jobs.compile(job);
             return Ok(());
@@ -258,6 +301,8 @@ impl<S: Store> Core<S> {
                 let mut new = NewRun::of(spec.clone(), tick, cause);
                 new.id = Some(derived_run_id(&[job, &tick_text]));
                 new.may_exist = tick <= self.process.booted_at_ms;
+                // Decided ahead: held until its time, then judged again and released.
+                new.not_before_ms = if tick > now.ms() { tick } else { 0 };
                 self.create_run(new, now, out)?;
             }
             return Ok(());
@@ -333,11 +378,100 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Moves retries whose back-off has passed into their pool's queue.
-    pub(super) fn release_delayed(&mut self, now: Now, out: &mut Outbox) {
-        for pool in self.tables.runs.release_due(now.ms()) {
+    /// Moves runs whose wait has ended into their pool's queue: retries after their
+    /// back-off, and ticks decided ahead at their time once judged again.
+    pub(super) fn release_delayed(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
+        let mut pools = std::collections::BTreeSet::new();
+        for run_id in self.tables.runs.take_released(now.ms()) {
+            let decided_ahead = self
+                .tables
+                .runs
+                .get(&run_id)
+                .is_some_and(|run| run.attempt == 1);
+            if decided_ahead && !self.judge_at_its_time(&run_id, now, out)? {
+                continue;
+            }
+            self.tables.runs.queue_released(run_id, &mut pools);
+        }
+        for pool in pools {
             self.wake(&pool, out);
         }
+        Ok(())
+    }
+
+    /// A tick decided ahead of its time, judged again at the time, as if it were decided
+    /// only then: its job disabled, its schedule changed, the tick missed (the broker was
+    /// down), or a run of the job started in between that the overlap policy does not let
+    /// it run beside. Returns whether it goes to its queue; if not, it ends `cancelled`
+    /// and the tick counts as skipped, as a tick decided at its time would have been.
+    pub(crate) fn judge_at_its_time(
+        &mut self,
+        run_id: &str,
+        now: Now,
+        out: &mut Outbox,
+    ) -> StoreResult<bool> {
+        let (verdict, changed) = {
+            let Some(run) = self.tables.runs.get(run_id) else {
+                return Ok(false);
+            };
+            let Some(spec) = self.tables.jobs.shared_spec(&run.job) else {
+                return Ok(true);
+            };
+            let changed = !std::sync::Arc::ptr_eq(&spec, &run.spec);
+            let verdict = if changed && spec.schedule != run.spec.schedule {
+                Verdict::Skip("the job's schedule changed before its time")
+            } else if !self.tables.jobs.is_active(&spec) {
+                Verdict::Skip("job or pool disabled")
+            } else if now.ms().saturating_sub(run.scheduled_at_ms) > MISFIRE_GRACE_MS
+                && spec.policy.misfire == Misfire::Skip
+            {
+                Verdict::Skip("missed while the broker was not running")
+            } else {
+                let mut others = self
+                    .tables
+                    .runs
+                    .overlapping(&run.job, None)
+                    .filter(|r| r.id != run_id);
+                match spec.policy.overlap {
+                    Overlap::Skip if others.next().is_some() => {
+                        Verdict::Skip("the previous run is still active")
+                    }
+                    Overlap::Replace => Verdict::Replace(others.map(|r| r.id.clone()).collect()),
+                    _ => Verdict::Go,
+                }
+            };
+            (verdict, changed.then_some(spec))
+        };
+        match verdict {
+            Verdict::Go => {}
+            Verdict::Skip(reason) => {
+                let Some(run) = self.tables.runs.get(run_id) else {
+                    return Ok(false);
+                };
+                let (job, tick) = (run.job.clone(), run.scheduled_at_ms);
+                self.skip_tick(&job, tick, reason);
+                self.save_job_state(&job)?;
+                let cause = format!("not run: {reason} (decided ahead of its time)");
+                self.finish_as(run_id, RunState::Cancelled, now, cause, out)?;
+                return Ok(false);
+            }
+            Verdict::Replace(others) => {
+                for other in others {
+                    self.kill(&other, "the scheduler (overlap = replace)", now, out)?;
+                }
+            }
+        }
+        // A definition changed in between (its schedule did not): the run is made of the
+        // definition in force at its time, as it would have been then.
+        if let (Some(spec), Some(run)) = (changed, self.tables.runs.get_mut(run_id)) {
+            run.params = jobcast_protocol::params::carried(&spec.params, &Default::default());
+            run.pool = spec.pool.clone();
+            run.priority = spec.priority;
+            run.spec = spec;
+            self.tables.unwritten.changed(run);
+            self.changes.run(run_id);
+        }
+        Ok(true)
     }
 
     /// When the core next has something to do by itself, in microseconds.
@@ -346,7 +480,7 @@ impl<S: Store> Core<S> {
         if let Some(t) = self
             .tables
             .jobs
-            .earliest_fire()
+            .next_look(DECIDE_AHEAD_MS)
             .filter(|_| self.process.low_disk.is_none())
         {
             next_ms = next_ms.min(t);

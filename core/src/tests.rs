@@ -259,6 +259,7 @@ mod audit;
 mod changes;
 mod claim;
 mod clock_step;
+mod decided_ahead;
 mod disk;
 mod dispatch;
 mod drain;

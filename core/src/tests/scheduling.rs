@@ -1,6 +1,7 @@
 //! Scheduling in the core, on a simulated clock.
 
 use super::*;
+use crate::scheduling::DECIDE_AHEAD_MS;
 use crate::store::StoreError;
 use jobcast_protocol::{
     jobfile, AdminRequest, AlertKind, EnableTarget, Outcome, RunFilter, RunFinished, WorkerRequest,
@@ -75,15 +76,23 @@ fn an_every_job_fires_each_tick_once_on_the_grid() {
     h.tick();
     assert_eq!(
         h.core.next_wakeup_us(),
-        (start + SECOND) * 1_000,
-        "sleeps until the next tick"
+        (start + SECOND - DECIDE_AHEAD_MS) * 1_000,
+        "sleeps until a lead before the next tick, when it is decided"
     );
     h.run_clock_for(20 * SECOND);
     let runs = h.runs_of("tick");
     assert_eq!(runs.len(), 20);
     for (i, run) in runs.iter().enumerate() {
         assert_eq!(run.scheduled_at_ms, start + (i as u64 + 1) * SECOND);
-        assert_eq!(run.created_at_ms, run.scheduled_at_ms, "fired at its time");
+        assert_eq!(
+            run.created_at_ms,
+            run.scheduled_at_ms - DECIDE_AHEAD_MS,
+            "decided a lead ahead"
+        );
+        assert_eq!(
+            run.not_before_ms, run.scheduled_at_ms,
+            "held until its time"
+        );
     }
 }
 
