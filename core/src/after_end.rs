@@ -106,6 +106,7 @@ impl<S: Store> Core<S> {
                         run.id
                     );
                     state.auto_disabled = Some(reason.clone());
+                    self.ids.jobs_changed_seq = self.ids.next_seq;
                     tracing::warn!(job = %run.job, %reason, "job disabled itself");
                     out.notifications.push(Notification {
                         kind: AlertKind::AutoDisabled,

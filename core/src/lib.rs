@@ -178,6 +178,13 @@ pub struct Core<S: Store> {
 struct RunIds {
     next_seq: u64,
     rng: StdRng,
+    /// `next_seq` when a job's definition, its enabling (or its pool's) or its
+    /// auto-disable last changed.
+    jobs_changed_seq: u64,
+    /// The newest run made other than as a tick decided ahead (by hand, a chain, a retry,
+    /// a tick at its time). A tick decided ahead numbered after both was decided with
+    /// nothing since that its judgement at its time looks at (`scheduling.rs`).
+    other_run_seq: u64,
 }
 
 /// This broker process.
@@ -317,10 +324,14 @@ impl<S: Store> Core<S> {
         let series = series::SeriesTable::load(&settings)?;
         // The boot id is the random source's first draw; run ids come after.
         let boot_id = rng.next_u64();
+        let next_seq = store.last_run_seq()? + 1;
         let mut core = Core {
             ids: RunIds {
-                next_seq: store.last_run_seq()? + 1,
+                next_seq,
                 rng,
+                // Ticks held by an earlier process are judged in full.
+                jobs_changed_seq: next_seq,
+                other_run_seq: 0,
             },
             process: Process {
                 boot_id,

@@ -52,6 +52,9 @@ impl<S: Store> Core<S> {
         };
         let seq = self.ids.next_seq;
         self.ids.next_seq += 1;
+        if new.attempt > 1 || new.not_before_ms == 0 {
+            self.ids.other_run_seq = seq;
+        }
         let run = RunRecord {
             attempt: new.attempt,
             scheduled_at_ms: new.scheduled_at_ms,

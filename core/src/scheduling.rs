@@ -399,6 +399,12 @@ impl<S: Store> Core<S> {
         Ok(())
     }
 
+    /// A job's definition, enabling or auto-disable changed: ticks decided ahead before now
+    /// are judged in full at their time.
+    pub(crate) fn jobs_changed(&mut self) {
+        self.ids.jobs_changed_seq = self.ids.next_seq;
+    }
+
     /// A tick decided ahead of its time, judged again at the time, as if it were decided
     /// only then: its job disabled, its schedule changed, the tick missed (the broker was
     /// down), or a run of the job started in between that the overlap policy does not let
@@ -414,6 +420,15 @@ impl<S: Store> Core<S> {
             let Some(run) = self.tables.runs.get(run_id) else {
                 return Ok(false);
             };
+            let missed = now.ms().saturating_sub(run.scheduled_at_ms) > MISFIRE_GRACE_MS;
+            if run.seq >= self.ids.jobs_changed_seq && run.seq > self.ids.other_run_seq {
+                // Nothing changed since it was decided (the usual case, and the one a
+                // burst of ticks meets): its definition, state and runs are not looked up
+                // again, each a lookup in memory gone cold since.
+                if !(missed && run.spec.policy.misfire == Misfire::Skip) {
+                    return Ok(true);
+                }
+            }
             let Some(spec) = self.tables.jobs.shared_spec(&run.job) else {
                 return Ok(true);
             };
@@ -422,9 +437,7 @@ impl<S: Store> Core<S> {
                 Verdict::Skip("the job's schedule changed before its time")
             } else if !self.tables.jobs.is_active(&spec) {
                 Verdict::Skip("job or pool disabled")
-            } else if now.ms().saturating_sub(run.scheduled_at_ms) > MISFIRE_GRACE_MS
-                && spec.policy.misfire == Misfire::Skip
-            {
+            } else if missed && spec.policy.misfire == Misfire::Skip {
                 Verdict::Skip("missed while the broker was not running")
             } else {
                 let mut others = self

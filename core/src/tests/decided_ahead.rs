@@ -228,3 +228,18 @@ fn a_tick_decided_before_a_restart_is_granted_once_by_the_next_broker() {
     let ticks: Vec<u64> = h.runs_of("t").iter().map(|r| r.scheduled_at_ms).collect();
     assert_eq!(ticks, vec![tick, tick + EVERY_MS], "each tick once");
 }
+
+#[test]
+fn a_job_that_disables_itself_in_between_skips_the_tick_decided_before() {
+    let (mut h, tick) = setup("overlap = \"allow\"\ndisable_after_failures = 1");
+    let earlier = h.enqueue("t");
+    assert_eq!(h.claim("w1", 1), vec![earlier.clone()]);
+    h.start("w1", &earlier);
+    tick_at(&mut h, tick - DECIDE_AHEAD_MS);
+    let held = h.runs_of("t")[1].id.clone();
+    h.now += 10_000;
+    h.finish("w1", &earlier, Outcome::Exited { code: 1 });
+    assert!(h.job_state("t").auto_disabled.is_some());
+    assert!(tick_at(&mut h, tick).is_empty());
+    assert_eq!(h.state(&held), RunState::Cancelled);
+}
