@@ -361,7 +361,14 @@ impl<S: Store> Core<S> {
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
-                core.tables.runs.enqueue(&run, ms(now_us));
+                if run.attempt == 1 && run.not_before_ms > 0 {
+                    // A tick decided ahead by an earlier process and not released before
+                    // it stopped: judged at its time, or at once if that has passed (a
+                    // tick missed while the broker was down follows the misfire policy).
+                    core.tables.runs.hold_unreleased_tick(&run);
+                } else {
+                    core.tables.runs.enqueue(&run, ms(now_us));
+                }
             }
             if run.state == RunState::Running {
                 // What it printed before this broker started, read now rather than on

@@ -16,8 +16,10 @@ impl<S: Store> Core<S> {
     /// queued work. Call it often (every 100 ms or so); it does each thing when due.
     pub fn tick(&mut self, now_us: u64, out: &mut Outbox) -> StoreResult<()> {
         let now = Now::from_us(now_us);
-        self.schedule_due(now, out)?;
+        // Held ticks judged first: one missed while the broker was down does not count
+        // against the overlap of the job's tick due now.
         self.release_delayed(now, out)?;
+        self.schedule_due(now, out)?;
         for result in self.tables.pings.expired(now_us) {
             result.send(out);
         }

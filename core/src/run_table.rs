@@ -211,11 +211,19 @@ impl RunTable {
     }
 
     /// Puts a run taken off the waiting list into its pool's queue, and its pool among
-    /// `pools` (the pools that gained runs).
-    pub fn queue_released(&mut self, run_id: String, pools: &mut BTreeSet<String>) {
-        let Some(run) = self.active.get(&run_id) else {
-            return;
-        };
+    /// `pools` (the pools that gained runs). A tick decided ahead (`released_tick`) no
+    /// longer waits for its time (`not_before_ms` 0): the record says it was released.
+    /// Returns the run, if it is in the table.
+    pub fn queue_released(
+        &mut self,
+        run_id: String,
+        released_tick: bool,
+        pools: &mut BTreeSet<String>,
+    ) -> Option<&RunRecord> {
+        let run = self.active.get_mut(&run_id)?;
+        if released_tick {
+            run.not_before_ms = 0;
+        }
         if !pools.contains(&run.pool) {
             pools.insert(run.pool.clone());
         }
@@ -224,6 +232,14 @@ impl RunTable {
             .entry(run.pool.clone())
             .or_default()
             .insert(key, run_id);
+        Some(run)
+    }
+
+    /// Puts a stored tick decided ahead and never released on the waiting list, whatever
+    /// its time: it is judged when released ([`Self::take_released`]).
+    pub fn hold_unreleased_tick(&mut self, run: &RunRecord) {
+        self.delayed
+            .insert((run.not_before_ms, run.seq), run.id.clone());
     }
 
     /// The unfinished runs of `job` whose overlap counts against a run pinned to
@@ -319,7 +335,7 @@ mod tests {
         assert_eq!(table.take_released(500), ["b"]);
         assert!(!table.has_queued("gpu"), "not queued until put there");
         let mut pools = BTreeSet::new();
-        table.queue_released("b".into(), &mut pools);
+        table.queue_released("b".into(), false, &mut pools);
         assert_eq!(pools.into_iter().collect::<Vec<_>>(), ["gpu"]);
         assert!(table.has_queued("gpu"));
         assert_eq!(table.next_release_ms(), None);

@@ -391,7 +391,14 @@ impl<S: Store> Core<S> {
             if decided_ahead && !self.judge_at_its_time(&run_id, now, out)? {
                 continue;
             }
-            self.tables.runs.queue_released(run_id, &mut pools);
+            let queued = self
+                .tables
+                .runs
+                .queue_released(run_id, decided_ahead, &mut pools);
+            if let (true, Some(run)) = (decided_ahead, queued) {
+                // Written with the grant that usually follows in this batch.
+                self.tables.unwritten.changed(run);
+            }
         }
         for pool in pools {
             self.wake(&pool, out);

@@ -243,3 +243,43 @@ fn a_job_that_disables_itself_in_between_skips_the_tick_decided_before() {
     assert!(tick_at(&mut h, tick).is_empty());
     assert_eq!(h.state(&held), RunState::Cancelled);
 }
+
+#[test]
+fn a_tick_held_across_a_broker_outage_past_it_follows_the_misfire_policy_and_a_released_one_stays_owed(
+) {
+    let config = || CoreConfig {
+        worker_timeout_ms: 365 * 86_400_000,
+        ..CoreConfig::default()
+    };
+    // Decided, then the broker stops before the tick and is back 10 s after it.
+    let (mut h, tick) = setup("");
+    tick_at(&mut h, tick - DECIDE_AHEAD_MS);
+    let held = h.runs_of("t")[0].id.clone();
+    let back = tick + 10_000;
+    let mut h = Harness::started_at(h.core.into_store(), config(), back * 1_000);
+    h.register("w1", 4, &["default"], &[]);
+    let granted = tick_at(&mut h, back);
+    assert_eq!(h.state(&held), RunState::Cancelled);
+    assert_eq!(
+        h.job_state("t").recent_skips,
+        vec![(tick, "missed while the broker was not running".into())]
+    );
+    assert_eq!(granted.len(), 1, "the tick due on its return runs");
+    assert_eq!(h.stored(&granted[0]).scheduled_at_ms, back);
+
+    // Released at its time with no worker to take it, then the broker stops: the run is
+    // owed, as any run queued before an outage.
+    let (mut h, tick) = setup("");
+    for at in [tick - DECIDE_AHEAD_MS, tick] {
+        // No claim waits.
+        h.now = at * 1_000;
+        h.tick();
+    }
+    let held = h.runs_of("t")[0].id.clone();
+    assert_eq!(h.state(&held), RunState::Queued);
+    assert_eq!(h.stored(&held).not_before_ms, 0, "stored as released");
+    let back = tick + 10_000;
+    let mut h = Harness::started_at(h.core.into_store(), config(), back * 1_000);
+    h.register("w1", 4, &["default"], &[]);
+    assert_eq!(tick_at(&mut h, back), vec![held]);
+}
