@@ -105,8 +105,7 @@ impl<S: Store> Core<S> {
                         "disabled after {failures} failures in a row (last: run {})",
                         run.id
                     );
-                    state.auto_disabled = Some(reason.clone());
-                    self.ids.jobs_changed_seq = self.ids.next_seq;
+                    self.tables.jobs.disable_itself(&run.job, reason.clone());
                     tracing::warn!(job = %run.job, %reason, "job disabled itself");
                     out.notifications.push(Notification {
                         kind: AlertKind::AutoDisabled,

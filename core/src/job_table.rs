@@ -24,6 +24,10 @@ pub(crate) struct JobTable {
     disabled_pools: BTreeSet<String>,
     /// How many definitions set `max_concurrent`: every claim asks whether any does.
     limited: usize,
+    /// Counts the changes to what decides whether a tick runs: definitions, enabling (a
+    /// job's or a pool's) and auto-disable. A tick decided ahead is judged in full at its
+    /// time only if this moved since (`scheduling.rs`).
+    version: u64,
 }
 
 impl JobTable {
@@ -135,6 +139,7 @@ impl JobTable {
 
     /// Adds or replaces a job's definition, and compiles its schedule.
     pub fn put_spec(&mut self, spec: JobSpec) {
+        self.version += 1;
         let name = spec.name.clone();
         self.insert_spec(spec);
         self.compile(&name);
@@ -143,6 +148,7 @@ impl JobTable {
     /// Turns a job on or off; turned on, its failures are forgotten and ticks that passed
     /// while it was off are not caught up. Returns the definition to store.
     pub fn set_enabled(&mut self, job: &str, enabled: bool, now: u64) -> Option<&JobSpec> {
+        self.version += 1;
         // Runs made of the definition keep theirs.
         Arc::make_mut(self.specs.get_mut(job)?).enabled = enabled;
         if enabled {
@@ -157,6 +163,17 @@ impl JobTable {
 
     pub fn state(&self, job: &str) -> Option<&JobState> {
         self.states.get(job)
+    }
+
+    /// `job` disabled itself (`reason`), until it is enabled again.
+    pub fn disable_itself(&mut self, job: &str, reason: String) {
+        self.version += 1;
+        self.state_entry(job).auto_disabled = Some(reason);
+    }
+
+    /// See the field: a count that moves with every change to it.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn state_mut(&mut self, job: &str) -> Option<&mut JobState> {
@@ -223,6 +240,7 @@ impl JobTable {
     }
 
     pub fn set_pool_enabled(&mut self, pool: &str, enabled: bool) {
+        self.version += 1;
         if enabled {
             self.disabled_pools.remove(pool);
         } else {

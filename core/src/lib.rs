@@ -178,9 +178,10 @@ pub struct Core<S: Store> {
 struct RunIds {
     next_seq: u64,
     rng: StdRng,
-    /// `next_seq` when a job's definition, its enabling (or its pool's) or its
-    /// auto-disable last changed.
+    /// `next_seq` when the job table's version (its definitions, enabling, auto-disable)
+    /// was last seen to move, and that version.
     jobs_changed_seq: u64,
+    jobs_version_seen: u64,
     /// The newest run made other than as a tick decided ahead (by hand, a chain, a retry,
     /// a tick at its time). A tick decided ahead numbered after both was decided with
     /// nothing since that its judgement at its time looks at (`scheduling.rs`).
@@ -331,6 +332,7 @@ impl<S: Store> Core<S> {
                 rng,
                 // Ticks held by an earlier process are judged in full.
                 jobs_changed_seq: next_seq,
+                jobs_version_seen: 0,
                 other_run_seq: 0,
             },
             process: Process {
@@ -361,7 +363,7 @@ impl<S: Store> Core<S> {
         };
         for run in core.store.active_runs()? {
             if run.state == RunState::Queued {
-                if run.attempt == 1 && run.not_before_ms > 0 {
+                if scheduling::is_held_tick(run.attempt, run.not_before_ms) {
                     // A tick decided ahead by an earlier process and not released before
                     // it stopped: judged at its time, or at once if that has passed (a
                     // tick missed while the broker was down follows the misfire policy).

@@ -52,7 +52,7 @@ impl<S: Store> Core<S> {
         };
         let seq = self.ids.next_seq;
         self.ids.next_seq += 1;
-        if new.attempt > 1 || new.not_before_ms == 0 {
+        if !crate::scheduling::is_held_tick(new.attempt, new.not_before_ms) {
             self.ids.other_run_seq = seq;
         }
         let run = RunRecord {

@@ -78,6 +78,12 @@ impl NewRun {
     }
 }
 
+/// Whether a run with this attempt and wait is a tick decided ahead of its time (made to
+/// wait for it, where a retry waits for its back-off and any other run not at all).
+pub(crate) fn is_held_tick(attempt: u32, not_before_ms: u64) -> bool {
+    attempt == 1 && not_before_ms > 0
+}
+
 /// What a tick decided ahead comes to at its time.
 enum Verdict {
     Go,
@@ -381,13 +387,20 @@ impl<S: Store> Core<S> {
     /// Moves runs whose wait has ended into their pool's queue: retries after their
     /// back-off, and ticks decided ahead at their time once judged again.
     pub(super) fn release_delayed(&mut self, now: Now, out: &mut Outbox) -> StoreResult<()> {
+        if self.tables.jobs.version() != self.ids.jobs_version_seen {
+            // The job table changed since the last release: runs made before now were, or
+            // may have been, decided before the change (nothing changes it while they are
+            // judged below).
+            self.ids.jobs_version_seen = self.tables.jobs.version();
+            self.ids.jobs_changed_seq = self.ids.next_seq;
+        }
         let mut pools = std::collections::BTreeSet::new();
         for run_id in self.tables.runs.take_released(now.ms()) {
             let decided_ahead = self
                 .tables
                 .runs
                 .get(&run_id)
-                .is_some_and(|run| run.attempt == 1);
+                .is_some_and(|run| is_held_tick(run.attempt, run.not_before_ms));
             if decided_ahead && !self.judge_at_its_time(&run_id, now, out)? {
                 continue;
             }
@@ -404,12 +417,6 @@ impl<S: Store> Core<S> {
             self.wake(&pool, out);
         }
         Ok(())
-    }
-
-    /// A job's definition, enabling or auto-disable changed: ticks decided ahead before now
-    /// are judged in full at their time.
-    pub(crate) fn jobs_changed(&mut self) {
-        self.ids.jobs_changed_seq = self.ids.next_seq;
     }
 
     /// A tick decided ahead of its time, judged again at the time, as if it were decided

@@ -114,13 +114,11 @@ impl<S: Store> Core<S> {
             }
             AdminRequest::ApplyJobs { jobs } => {
                 tracing::info!(actor, jobs = jobs.len(), "applying jobs");
-                self.jobs_changed();
                 let tables = (&mut self.tables.jobs, &mut self.store, &mut self.changes);
                 apply_jobs::apply(tables, jobs, now)?
             }
             AdminRequest::SetEnabled { target, enabled } => {
                 tracing::info!(actor, ?target, enabled, "enable/disable");
-                self.jobs_changed();
                 let tables = (&mut self.tables.jobs, &mut self.store, &mut self.changes);
                 set_enabled::set_enabled(tables, target, enabled, now)?
             }

@@ -7,14 +7,18 @@ use jobcast_protocol::{jobfile, AdminRequest, EnableTarget, Exec, Outcome};
 
 const EVERY_MS: u64 = 10_000;
 
-/// A worker waiting in a claim, and job `t` every 10 s with `policy` lines; returns the
-/// harness and the job's next tick (ms).
-fn setup(policy: &str) -> (Harness, u64) {
-    let config = CoreConfig {
+/// Workers here send no heartbeats while the simulated clock runs.
+fn patient() -> CoreConfig {
+    CoreConfig {
         worker_timeout_ms: 365 * 86_400_000,
         ..CoreConfig::default()
-    };
-    let mut h = Harness::with_config(MemoryStore::default(), config);
+    }
+}
+
+/// A worker registered, and job `t` every 10 s with `policy` lines; returns the harness
+/// and the job's next tick (ms).
+fn setup(policy: &str) -> (Harness, u64) {
+    let mut h = Harness::with_config(MemoryStore::default(), patient());
     h.now = (h.now / 60_000_000 + 1) * 60_000_000;
     apply(
         &mut h,
@@ -31,6 +35,22 @@ fn apply(h: &mut Harness, toml: &str) {
         h.admin(AdminRequest::ApplyJobs { jobs }),
         Reply::Applied { .. }
     ));
+}
+
+/// The broker stopped, and the next one started at `ms` on what it stored, w1 registered
+/// again.
+fn restarted(h: Harness, ms: u64) -> Harness {
+    let mut h = Harness::started_at(h.core.into_store(), patient(), ms * 1_000);
+    h.register("w1", 4, &["default"], &[]);
+    h
+}
+
+/// A run of `t` enqueued by hand, granted to w1 and started there.
+fn running_by_hand(h: &mut Harness) -> String {
+    let run = h.enqueue("t");
+    assert_eq!(h.claim("w1", 1), vec![run.clone()]);
+    h.start("w1", &run);
+    run
 }
 
 /// Ticks the core at `ms`, with a claim of w1 waiting; returns the runs granted to w1.
@@ -108,7 +128,25 @@ fn a_job_disabled_after_its_tick_was_decided_skips_the_tick_at_its_time() {
             enabled,
         });
     }
-    assert_eq!(tick_at(&mut h, next).len(), 1);
+    let granted = tick_at(&mut h, next);
+    assert_eq!(granted.len(), 1);
+    h.start("w1", &granted[0]);
+    h.finish("w1", &granted[0], Outcome::Exited { code: 0 });
+
+    // Its pool disabled in between: skipped too.
+    let last = next + EVERY_MS;
+    tick_at(&mut h, last - DECIDE_AHEAD_MS);
+    let held = h.runs_of("t").last().unwrap().id.clone();
+    h.admin(AdminRequest::SetEnabled {
+        target: EnableTarget::Pool("default".into()),
+        enabled: false,
+    });
+    assert!(tick_at(&mut h, last).is_empty());
+    assert_eq!(h.state(&held), RunState::Cancelled);
+    assert_eq!(
+        h.job_state("t").recent_skips.last(),
+        Some(&(last, "job or pool disabled".into()))
+    );
 }
 
 #[test]
@@ -120,11 +158,10 @@ fn a_run_of_the_job_started_in_between_is_judged_by_the_overlap_policy_at_the_ti
         tick_at(&mut h, tick - DECIDE_AHEAD_MS);
         let held = h.runs_of("t")[0].id.clone();
         h.now += 10_000;
-        let by_hand = h.enqueue("t");
-        if started {
-            assert_eq!(h.claim("w1", 1), vec![by_hand.clone()]);
-            h.start("w1", &by_hand);
-        }
+        let by_hand = match started {
+            true => running_by_hand(&mut h),
+            false => h.enqueue("t"),
+        };
         (h, tick, held, by_hand)
     };
     // skip: the tick at its time sees the run enqueued in between.
@@ -158,9 +195,7 @@ fn a_run_of_the_job_started_in_between_is_judged_by_the_overlap_policy_at_the_ti
 #[test]
 fn a_job_whose_run_is_still_active_a_lead_ahead_is_decided_at_its_time() {
     let (mut h, tick) = setup("");
-    let earlier = h.enqueue("t");
-    assert_eq!(h.claim("w1", 1), vec![earlier.clone()]);
-    h.start("w1", &earlier);
+    let earlier = running_by_hand(&mut h);
     assert!(tick_at(&mut h, tick - DECIDE_AHEAD_MS).is_empty());
     assert_eq!(h.runs_of("t").len(), 1, "not decided ahead");
     assert_eq!(
@@ -210,13 +245,7 @@ fn a_tick_decided_before_a_restart_is_granted_once_by_the_next_broker() {
     let (mut h, tick) = setup("");
     tick_at(&mut h, tick - DECIDE_AHEAD_MS);
     let held = h.runs_of("t")[0].id.clone();
-    let config = CoreConfig {
-        worker_timeout_ms: 365 * 86_400_000,
-        ..CoreConfig::default()
-    };
-    let store = h.core.into_store();
-    let mut h = Harness::started_at(store, config, (tick - 50) * 1_000);
-    h.register("w1", 4, &["default"], &[]);
+    let mut h = restarted(h, tick - 50);
     assert!(
         tick_at(&mut h, tick - 50).is_empty(),
         "held across the restart"
@@ -232,9 +261,7 @@ fn a_tick_decided_before_a_restart_is_granted_once_by_the_next_broker() {
 #[test]
 fn a_job_that_disables_itself_in_between_skips_the_tick_decided_before() {
     let (mut h, tick) = setup("overlap = \"allow\"\ndisable_after_failures = 1");
-    let earlier = h.enqueue("t");
-    assert_eq!(h.claim("w1", 1), vec![earlier.clone()]);
-    h.start("w1", &earlier);
+    let earlier = running_by_hand(&mut h);
     tick_at(&mut h, tick - DECIDE_AHEAD_MS);
     let held = h.runs_of("t")[1].id.clone();
     h.now += 10_000;
@@ -247,17 +274,12 @@ fn a_job_that_disables_itself_in_between_skips_the_tick_decided_before() {
 #[test]
 fn a_tick_held_across_a_broker_outage_past_it_follows_the_misfire_policy_and_a_released_one_stays_owed(
 ) {
-    let config = || CoreConfig {
-        worker_timeout_ms: 365 * 86_400_000,
-        ..CoreConfig::default()
-    };
     // Decided, then the broker stops before the tick and is back 10 s after it.
     let (mut h, tick) = setup("");
     tick_at(&mut h, tick - DECIDE_AHEAD_MS);
     let held = h.runs_of("t")[0].id.clone();
     let back = tick + 10_000;
-    let mut h = Harness::started_at(h.core.into_store(), config(), back * 1_000);
-    h.register("w1", 4, &["default"], &[]);
+    let mut h = restarted(h, back);
     let granted = tick_at(&mut h, back);
     assert_eq!(h.state(&held), RunState::Cancelled);
     assert_eq!(
@@ -279,7 +301,6 @@ fn a_tick_held_across_a_broker_outage_past_it_follows_the_misfire_policy_and_a_r
     assert_eq!(h.state(&held), RunState::Queued);
     assert_eq!(h.stored(&held).not_before_ms, 0, "stored as released");
     let back = tick + 10_000;
-    let mut h = Harness::started_at(h.core.into_store(), config(), back * 1_000);
-    h.register("w1", 4, &["default"], &[]);
+    let mut h = restarted(h, back);
     assert_eq!(tick_at(&mut h, back), vec![held]);
 }
