@@ -141,7 +141,13 @@ pub(super) fn outgoing(
 ) -> Vec<Outgoing> {
     let now_ms = now_us() / 1_000;
     let mut batch = Vec::with_capacity(out.replies.len() + refusals.len() + out.events.len());
-    for reply in out.replies {
+    // Grants first: a worker's grant is on the way to a process starting, an admin's
+    // answer is not, and libzmq's I/O thread sends in the order it is handed frames.
+    let (grants, others): (Vec<_>, Vec<_>) = out
+        .replies
+        .into_iter()
+        .partition(|reply| matches!(reply.reply, jobcast_protocol::Reply::Granted { .. }));
+    for reply in grants.into_iter().chain(others) {
         let ReplyTo::Peer { peer, name } = reply.to else {
             continue;
         };
@@ -184,4 +190,38 @@ pub(super) fn outgoing(
         });
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobcast_protocol::{Reply, Secret};
+
+    #[test]
+    fn grants_go_out_before_the_other_replies_of_their_batch() {
+        let keys = Keys {
+            admin: Secret::new(b"admin secret".to_vec()),
+            workers: HashMap::from([("w1".to_string(), Secret::new(b"w1 secret".to_vec()))]),
+            worker_pools: HashMap::new(),
+            previous: HashMap::new(),
+            revoked: HashMap::new(),
+        };
+        let (admin, worker) = (b"admin peer".to_vec(), b"worker peer".to_vec());
+        let mut out = Outbox::default();
+        out.reply(&ReplyTo::peer(&admin, jobcast_core::ADMIN), 1, Reply::Ack);
+        let granted = Reply::Granted {
+            runs: Vec::new(),
+            more_queued: false,
+        };
+        out.reply(&ReplyTo::peer(&worker, "w1"), 2, granted);
+        out.reply(&ReplyTo::peer(&admin, jobcast_core::ADMIN), 3, Reply::Ack);
+        let sent: Vec<String> = outgoing(&keys, &PreviousKeyPeers::default(), out, Vec::new())
+            .into_iter()
+            .map(|out| match out {
+                Outgoing::Reply { to, .. } => to,
+                Outgoing::Publish { topic, .. } => topic,
+            })
+            .collect();
+        assert_eq!(sent, ["w1", jobcast_core::ADMIN, jobcast_core::ADMIN]);
+    }
 }
