@@ -17,10 +17,48 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often the keeper looks: well under the life of a memtable being filled (8 MiB at
-/// the fastest rate of writes measured here takes hundreds of milliseconds), so nearly
-/// every one is held before it is sealed. One it misses is freed by fjall as before.
+/// How often the keeper looks while the trees are written: well under the life of a
+/// memtable being filled (8 MiB at the fastest rate of writes measured here takes hundreds
+/// of milliseconds), so nearly every one is held before it is sealed. One it misses is
+/// freed by fjall as before.
 const LOOK_EVERY: Duration = Duration::from_millis(20);
+/// How often at most it looks while nothing is written: an idle broker is not woken 50
+/// times a second for nothing (the keeper was nine in ten of an idle broker's wake-ups),
+/// and a burst after a quiet spell is seen within this, still well inside a memtable's
+/// life.
+const QUIET_LOOK_EVERY: Duration = Duration::from_millis(160);
+
+/// When the keeper looks next: every [`LOOK_EVERY`] while the active memtables change,
+/// twice as long after each look that finds them as they were, up to [`QUIET_LOOK_EVERY`].
+#[derive(Debug)]
+struct Pace {
+    every: Duration,
+    /// Each tree's active memtable (address, bytes) at the last look.
+    seen: Vec<(usize, u64)>,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            every: LOOK_EVERY,
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl Pace {
+    /// After a look that found `active` and freed `released` memtables: the wait before
+    /// the next one.
+    fn after_look(&mut self, active: Vec<(usize, u64)>, released: usize) -> Duration {
+        self.every = if active == self.seen && released == 0 {
+            (self.every * 2).min(QUIET_LOOK_EVERY)
+        } else {
+            LOOK_EVERY
+        };
+        self.seen = active;
+        self.every
+    }
+}
 
 /// A memtable held by the keeper, its type left to fjall.
 trait Held: Send {
@@ -93,18 +131,24 @@ impl MemtableKeeper {
             .name("jobcast-memtables".into())
             .spawn(move || {
                 let mut holding = Holding::default();
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(LOOK_EVERY) {
+                let mut pace = Pace::default();
+                let mut wait = LOOK_EVERY;
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
                     let trees = match trees.lock() {
                         Ok(trees) => trees.clone(),
                         Err(_) => return,
                     };
+                    let mut active = Vec::with_capacity(trees.len());
                     for tree in &trees {
-                        holding.hold(tree.tree.active_memtable());
+                        let memtable = tree.tree.active_memtable();
+                        active.push((memtable.address(), memtable.size()));
+                        holding.hold(memtable);
                     }
                     also(&trees);
                     drop(trees);
-                    let released = holding.release() as u64;
-                    counted.fetch_add(released, Ordering::Relaxed);
+                    let released = holding.release();
+                    wait = pace.after_look(active, released);
+                    counted.fetch_add(released as u64, Ordering::Relaxed);
                     looked.fetch_add(1, Ordering::Release);
                 }
             })?;
@@ -146,6 +190,32 @@ impl Drop for MemtableKeeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn looks_slow_down_while_nothing_is_written_and_speed_up_at_the_first_write() {
+        let mut pace = Pace::default();
+        let tree = |bytes| vec![(0x1000, bytes), (0x2000, 0)];
+        assert_eq!(
+            pace.after_look(tree(10), 0),
+            LOOK_EVERY,
+            "the first look sees news"
+        );
+        let quiet: Vec<Duration> = (0..5).map(|_| pace.after_look(tree(10), 0)).collect();
+        assert_eq!(
+            quiet,
+            [40, 80, 160, 160, 160].map(Duration::from_millis),
+            "doubling up to the cap"
+        );
+        assert_eq!(pace.after_look(tree(11), 0), LOOK_EVERY, "a write");
+        assert_eq!(pace.after_look(tree(11), 0), 2 * LOOK_EVERY);
+        let sealed = vec![(0x3000, 0), (0x2000, 0)];
+        assert_eq!(
+            pace.after_look(sealed.clone(), 0),
+            LOOK_EVERY,
+            "a new memtable"
+        );
+        assert_eq!(pace.after_look(sealed, 1), LOOK_EVERY, "one freed");
+    }
 
     #[test]
     fn a_memtable_is_dropped_by_the_keeper_only_once_no_one_else_holds_it() {
