@@ -1,6 +1,7 @@
 //! The libzmq linked in is built as jobcast needs it (`.cargo/config.toml` gives the
 //! platform checks its vendored build skips): keepalives reach the kernel, nothing it
-//! opens survives an exec, and its threads signal each other through eventfds.
+//! opens survives an exec, its threads signal each other through eventfds, and an
+//! endpoint may name an interface.
 //!
 //! One test in this binary, so that every descriptor opened meanwhile is libzmq's.
 
@@ -48,7 +49,7 @@ fn is_connected(fd: RawFd) -> bool {
 }
 
 #[test]
-fn libzmq_sets_keepalives_closes_on_exec_and_signals_through_eventfds() {
+fn libzmq_sets_keepalives_closes_on_exec_signals_through_eventfds_and_knows_interfaces() {
     let before = open_descriptors();
     let context = zmq::Context::new();
     let limits = Limits {
@@ -120,4 +121,11 @@ fn libzmq_sets_keepalives_closes_on_exec_and_signals_through_eventfds() {
         "both ends of the one connection were checked"
     );
     assert!(eventfds > 0, "libzmq's mailboxes are eventfds");
+
+    // An interface named in an endpoint, as operators write them.
+    let by_name = context.socket(zmq::ROUTER).unwrap();
+    by_name.set_linger(0).unwrap();
+    by_name
+        .bind("tcp://lo:*")
+        .expect("libzmq binds to an interface by its name (getifaddrs)");
 }
