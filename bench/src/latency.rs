@@ -5,6 +5,7 @@ use crate::stats::{ms, Summary};
 use anyhow::{bail, Context, Result};
 use jobcast_protocol::{AdminRequest, Exec, JobSpec, Reply, RunState};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 
 fn script_job(name: &str, script: &str) -> JobSpec {
     bench_job(name, "default", Exec::Script(script.into()))
@@ -24,18 +25,44 @@ pub fn summary_row(name: &str, samples: &[u64]) -> Result<()> {
     Ok(())
 }
 
+fn make_fifo(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a NUL-terminated path that lives across the call.
+    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot make the FIFO {}", path.display()));
+    }
+    Ok(())
+}
+
 /// Returns the enqueue → process spawned times, µs.
 pub async fn latency(runs: usize) -> Result<Vec<u64>> {
-    println!("dispatch latency, idle system, one worker with one slot, `#!/bin/sh true` (times from the broker's and worker's clocks, µs)");
+    println!("dispatch latency, idle system, one worker with one slot, a `#!/bin/sh` script that writes a byte to a FIFO the bench waits on (times from the broker's and worker's clocks, µs)");
     let broker = Broker::start().await?;
-    broker
-        .apply(vec![script_job("noop", "#!/bin/sh\ntrue\n")])
-        .await?;
+    // The script tells the bench it ran through a FIFO, so that the bench asks the broker
+    // nothing while a run is dispatched, as a client blocked on its answer asks nothing
+    // (Gearman's in `peers`): a status request landing mid-dispatch takes one of a small
+    // machine's cores from it, and one every half millisecond keeps the cores awake,
+    // which an idle system's are not.
+    let fifo = broker.dir.path().join("ran");
+    make_fifo(&fifo)?;
+    let script = format!("#!/bin/sh\nprintf . > '{}'\n", fifo.display());
+    broker.apply(vec![script_job("noop", &script)]).await?;
+    // Read and write, so that it never reads end-of-file between runs.
+    let mut ran = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&fifo)
+        .context("cannot open the FIFO the runs write to")?;
     let worker = broker.start_worker(1, 1, "default")?;
     broker.wait_workers(1).await?;
     for _ in 0..runs {
         broker.enqueue("noop", 1).await?;
-        // One at a time, so each run meets an idle system.
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(30), ran.read_exact(&mut byte))
+            .await
+            .context("a run did not start")??;
+        // Then until its end is recorded: one at a time, so each run meets an idle system.
         let started = Instant::now();
         while !broker.status().await?.active.is_empty() {
             if started.elapsed() > Duration::from_secs(30) {

@@ -57,8 +57,10 @@ def main():
     args = parser.parse_args()
     ev = events(args.trace)
     marks = steps(args.enqueue, args.grant)
-    sends = [i for i, e in enumerate(ev) if e[1] == "jobcast-bench"
-             and "sys_enter_sendto" in e[2] and f"len: {args.enqueue:#010x}" in e[3]]
+    # Only the bench sends enqueues (from libzmq's thread, named ZMQbg/IO/0 like the
+    # broker's): the frames are told apart by size alone.
+    sends = [i for i, e in enumerate(ev)
+             if "sys_enter_sendto" in e[2] and f"len: {args.enqueue:#010x}" in e[3]]
     dispatches = []
     for start, end in zip(sends, sends[1:]):
         at, k = {}, start
