@@ -198,7 +198,7 @@ pub async fn peers(
     shell: ShellFigures,
     spawned: &[u64],
 ) -> Result<()> {
-    println!("peers: the same {runs} runs of `#!/bin/sh true`, 4 at once, and {latency_runs} one at a time on an idle system");
+    println!("peers: the same {runs} runs of `#!/bin/sh true`, 4 at once, and {latency_runs} one at a time on an idle system (jobcast's script there writes a byte to a FIFO its client waits on; Gearman's client waits on its answer)");
     let jobcast_latency = Summary::of(spawned).context("no jobcast latencies")?;
     let floor = tokio::task::spawn_blocking(move || {
         crate::floor::measure_cpu(runs.clamp(200, 2_000), SCRIPT.as_bytes())
