@@ -42,9 +42,8 @@ pub async fn latency(runs: usize) -> Result<Vec<u64>> {
     let broker = Broker::start().await?;
     // The script tells the bench it ran through a FIFO, so that the bench asks the broker
     // nothing while a run is dispatched, as a client blocked on its answer asks nothing
-    // (Gearman's in `peers`): a status request landing mid-dispatch takes one of a small
-    // machine's cores from it, and one every half millisecond keeps the cores awake,
-    // which an idle system's are not.
+    // (Gearman's in `peers`): a status request landing mid-dispatch would compete with it
+    // for a small machine's cores.
     let fifo = broker.dir.path().join("ran");
     make_fifo(&fifo)?;
     let script = format!("#!/bin/sh\nprintf . > '{}'\n", fifo.display());

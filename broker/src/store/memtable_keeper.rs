@@ -32,6 +32,7 @@ const QUIET_LOOK_EVERY: Duration = Duration::from_millis(160);
 /// twice as long after each look that finds them as they were, up to [`QUIET_LOOK_EVERY`].
 #[derive(Debug)]
 struct Pace {
+    /// The wait before the next look.
     every: Duration,
     /// Each tree's active memtable (address, bytes) at the last look.
     seen: Vec<(usize, u64)>,
@@ -48,7 +49,7 @@ impl Default for Pace {
 
 impl Pace {
     /// After a look that found `active` and freed `released` memtables: the wait before
-    /// the next one.
+    /// the next one (`every` from now on).
     fn after_look(&mut self, active: Vec<(usize, u64)>, released: usize) -> Duration {
         self.every = if active == self.seen && released == 0 {
             (self.every * 2).min(QUIET_LOOK_EVERY)
@@ -132,8 +133,7 @@ impl MemtableKeeper {
             .spawn(move || {
                 let mut holding = Holding::default();
                 let mut pace = Pace::default();
-                let mut wait = LOOK_EVERY;
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(pace.every) {
                     let trees = match trees.lock() {
                         Ok(trees) => trees.clone(),
                         Err(_) => return,
@@ -147,7 +147,7 @@ impl MemtableKeeper {
                     also(&trees);
                     drop(trees);
                     let released = holding.release();
-                    wait = pace.after_look(active, released);
+                    pace.after_look(active, released);
                     counted.fetch_add(released as u64, Ordering::Relaxed);
                     looked.fetch_add(1, Ordering::Release);
                 }
