@@ -12,7 +12,7 @@ bench=$!
 sleep 1 # the first runs are under way; the trace covers the middle of the part
 perf record -a -o "$out/perf.data" \
   -e syscalls:sys_enter_fdatasync,syscalls:sys_exit_fdatasync \
-  -e syscalls:sys_enter_sendto,syscalls:sys_exit_recvfrom \
+  -e syscalls:sys_enter_sendto,syscalls:sys_exit_recvfrom,syscalls:sys_enter_read \
   -e syscalls:sys_enter_clone3,syscalls:sys_enter_execve \
   -e sched:sched_switch,sched:sched_wakeup -- sleep 2 > /dev/null 2>&1
 perf script -i "$out/perf.data" -F comm,tid,cpu,time,event,trace > "$out/trace.txt" 2>/dev/null

@@ -3,10 +3,10 @@
 
 Reads `perf script -F comm,tid,cpu,time,event,trace` output of a trace taken while
 `jobcast-bench latency` runs (see dispatch-steps.sh) and, for each enqueue the bench sent,
-finds in order: the broker receiving it, the committer woken, the fdatasync entered and
-left, the grant sent, the worker receiving it, the worker's clone3 and the script's
-execve. Prints each step's median and 90th percentile (µs), and the mean of each step over
-the slowest tenth of dispatches.
+finds in order: the broker receiving it, the loop woken (its first read), the committer
+woken, the fdatasync entered and left, the grant sent, the worker receiving it, the
+worker's clone3 and the script's execve. Prints each step's median and 90th percentile
+(µs), and the mean of each step over the slowest tenth of dispatches.
 
 The frames are told apart by size: an enqueue of the bench's `noop` job is 0xa1 bytes on
 the wire and its grant 0xf0; other jobs or protocol changes need other sizes (--enqueue,
@@ -39,6 +39,8 @@ def steps(enqueue, grant):
 
     return [
         ("broker received", received(enqueue)),
+        # The loop's first read after it: its socket's eventfd, once the loop runs.
+        ("loop woken", lambda e: e[1] == "jobcast-broker" and "sys_enter_read" in e[2]),
         ("committer woken", lambda e: e[2] == "sched:sched_wakeup" and "comm=jobcast-commit" in e[3]),
         ("fdatasync in", lambda e: e[1] == "jobcast-commit" and "enter_fdatasync" in e[2]),
         ("fdatasync out", lambda e: e[1] == "jobcast-commit" and "exit_fdatasync" in e[2]),

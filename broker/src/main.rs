@@ -273,12 +273,16 @@ impl Serving {
         if let Some(jobs) = jobs {
             apply_jobs_file(&mut core, jobs)?;
         }
-        runtime()?.block_on(async {
+        let (the_loop, side) = runtimes()?;
+        the_loop.block_on(async {
             server::serve(
                 core,
                 open_core,
-                &config,
-                reloading(read_settings)?,
+                server::Setup {
+                    config: &config,
+                    side: side.handle(),
+                    reloading: reloading(read_settings)?,
+                },
                 move |bound| write_ready_file(ready_file.as_deref(), bound),
                 shutdown_signal(),
             )
@@ -336,13 +340,17 @@ impl Serving {
                 Ok(core)
             })
         };
-        runtime()?.block_on(async {
+        let (the_loop, side) = runtimes()?;
+        the_loop.block_on(async {
             server::serve_elected(
                 elect,
                 replica,
                 try_every,
-                &config,
-                reloading(read_settings)?,
+                server::Setup {
+                    config: &config,
+                    side: side.handle(),
+                    reloading: reloading(read_settings)?,
+                },
                 move |bound| write_ready_file(ready_file.as_deref(), bound),
                 shutdown_signal(),
             )
@@ -378,12 +386,22 @@ fn advertised(
     )
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+/// The loop's runtime and the HTTP side's. The loop runs on the main thread, which waits
+/// on its sockets itself: a request wakes the loop directly, not a runtime worker that
+/// then wakes it. The dashboard, API and live feed, and the checks of connecting keys, run
+/// on two threads of their own (`jobcast-http`), never in the loop's way.
+fn runtimes() -> Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let the_loop = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .context("cannot start the loop's async runtime")?;
+    let side = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("jobcast-http")
+        .enable_all()
+        .build()
+        .context("cannot start the HTTP side's async runtime")?;
+    Ok((the_loop, side))
 }
 
 fn reloading(read: jobcast_broker::reload::ReadSettings) -> Result<Reloading> {

@@ -241,11 +241,13 @@ async fn next_event(monitor: &Option<Monitor>) -> jobcast_transport::Result<(Pee
     }
 }
 
+/// Binds a socket, watched by the current runtime; its monitor is watched by `side`'s.
 fn bind(
     what: &'static str,
     endpoint: &str,
     kind: zmq::SocketType,
     limits: &Limits,
+    side: &tokio::runtime::Handle,
 ) -> Result<(AsyncSocket, Monitor), SocketError> {
     let open = || -> jobcast_transport::Result<(AsyncSocket, Monitor)> {
         let mut socket = jobcast_transport::socket(kind, limits)?;
@@ -262,7 +264,10 @@ fn bind(
             zmq::XPUB => ZAP_DOMAIN_PUBLISH,
             _ => ZAP_DOMAIN,
         })?;
-        let events = Monitor::attach(&socket)?;
+        let events = {
+            let _on_side = side.enter();
+            Monitor::attach(&socket)?
+        };
         socket.bind(&jobcast_transport::bindable(endpoint))?;
         Ok((AsyncSocket::new(socket)?, events))
     };
@@ -274,8 +279,14 @@ fn bind(
 }
 
 impl Listeners {
-    /// Binds both sockets and starts the task that owns them. Inside a tokio runtime.
-    pub fn start(settings: &Settings) -> Result<Listeners, SocketError> {
+    /// Binds both sockets (watched by the current runtime, the loop's) and starts the
+    /// side task, which answers handshakes and reads the connection events, on `side`:
+    /// its sockets are watched there, so a loop busy with a batch never holds up a
+    /// handshake.
+    pub fn start(
+        settings: &Settings,
+        side: &tokio::runtime::Handle,
+    ) -> Result<Listeners, SocketError> {
         let router_limits = Limits {
             max_message_bytes: settings.max_frame_bytes,
             high_water_mark: HIGH_WATER_MARK,
@@ -287,24 +298,37 @@ impl Listeners {
             ..router_limits
         };
         // The handler must listen before any connection can start its handshake.
-        let zap = jobcast_transport::context()
-            .socket(zmq::REP)
-            .and_then(|zap| {
-                zap.set_linger(0)?;
-                zap.bind(ZAP_ENDPOINT)?;
-                Ok(zap)
-            })
-            .map_err(jobcast_transport::TransportError::from)
-            .and_then(AsyncSocket::new)
-            .map_err(|source| SocketError::Bind {
-                what: "authentication",
-                endpoint: ZAP_ENDPOINT.to_string(),
-                source,
-            })?;
-        let (router, router_events) =
-            bind("request", &settings.router, zmq::ROUTER, &router_limits)?;
-        let (publisher, publisher_events) =
-            bind("publish", &settings.publish, zmq::XPUB, &publisher_limits)?;
+        let zap = {
+            let _on_side = side.enter();
+            jobcast_transport::context()
+                .socket(zmq::REP)
+                .and_then(|zap| {
+                    zap.set_linger(0)?;
+                    zap.bind(ZAP_ENDPOINT)?;
+                    Ok(zap)
+                })
+                .map_err(jobcast_transport::TransportError::from)
+                .and_then(AsyncSocket::new)
+                .map_err(|source| SocketError::Bind {
+                    what: "authentication",
+                    endpoint: ZAP_ENDPOINT.to_string(),
+                    source,
+                })?
+        };
+        let (router, router_events) = bind(
+            "request",
+            &settings.router,
+            zmq::ROUTER,
+            &router_limits,
+            side,
+        )?;
+        let (publisher, publisher_events) = bind(
+            "publish",
+            &settings.publish,
+            zmq::XPUB,
+            &publisher_limits,
+            side,
+        )?;
         let endpoint = |socket: &AsyncSocket, asked: &str| {
             socket.last_endpoint().unwrap_or_else(|_| asked.to_string())
         };
@@ -312,7 +336,7 @@ impl Listeners {
         let publish_endpoint = endpoint(&publisher, &settings.publish);
         let (events_tx, events) = mpsc::channel(1024);
         let (floods, floods_told) = mpsc::unbounded_channel();
-        let side = Side {
+        let owned = Side {
             zap,
             keys: settings.keys.clone(),
             router_events: Some(router_events),
@@ -322,7 +346,7 @@ impl Listeners {
             publisher_connections: Connections::new(),
             floods: floods_told,
         };
-        let task = tokio::spawn(run(side, events_tx));
+        let task = side.spawn(run(owned, events_tx));
         Ok(Listeners {
             events,
             sockets: Sockets { router, publisher },

@@ -78,8 +78,11 @@ async fn a_batch_is_applied_while_the_one_before_commits_and_answers_wait_for_th
         jobcast_broker::server::serve(
             core,
             |_| anyhow::bail!("the store does not fail here"),
-            &config,
-            reloading,
+            jobcast_broker::server::Setup {
+                config: &config,
+                side: &tokio::runtime::Handle::current(),
+                reloading,
+            },
             move |bound| {
                 let _ = bound_tx.send(bound.router.clone());
                 Ok(())

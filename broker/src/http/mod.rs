@@ -219,7 +219,7 @@ fn default_origins(listen: std::net::SocketAddr) -> Vec<String> {
 
 /// Binds the dashboard and API listener, if configured, and serves it on a task.
 pub async fn start(
-    config: &crate::config::BrokerConfig,
+    config: crate::config::BrokerConfig,
     core: CoreHandle,
     live: LiveFeed,
     tokens: tokio::sync::watch::Receiver<std::sync::Arc<Vec<crate::config::ApiToken>>>,

@@ -61,11 +61,11 @@ pub fn now_us() -> u64 {
 
 /// Runs the broker until `shutdown`. `reopen` builds the core again from the store, as a
 /// start does: after a failed write the broker answers "unavailable" until it succeeds.
+/// Called on a current-thread runtime (the loop's).
 pub async fn serve<S: Store + 'static>(
     core: Core<S>,
     mut reopen: impl FnMut(u64) -> Result<Core<S>>,
-    config: &BrokerConfig,
-    reloading: Reloading,
+    setup: Setup<'_>,
     on_bound: impl FnOnce(&Bound) -> Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -75,8 +75,7 @@ pub async fn serve<S: Store + 'static>(
     let (mut server, http) = Server::start(
         replay_floors,
         crate::http::BrokerRole::Alone,
-        config,
-        reloading,
+        setup,
         on_bound,
     )
     .await?;
@@ -108,14 +107,24 @@ pub async fn serve<S: Store + 'static>(
         task.abort();
     }
     if let Some(mut core) = result? {
-        tokio::task::block_in_place(|| {
+        (|| {
             core.save_before_stop(now_us())?;
             core.store_mut().close_cleanly()
-        })
+        })()
         .context("final store flush failed")?;
     }
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// What a server starts with besides its store.
+pub struct Setup<'a> {
+    pub config: &'a BrokerConfig,
+    /// The runtime the HTTP side and the checks of connecting keys run on, away from
+    /// the loop's.
+    pub side: &'a tokio::runtime::Handle,
+    /// How to read the settings again, and the SIGHUPs that ask for it.
+    pub reloading: Reloading,
 }
 
 /// Why the serving loop returned.

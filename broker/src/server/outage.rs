@@ -85,7 +85,7 @@ impl Server {
                 }
                 _ = tokio::time::sleep_until(next_try) => {
                     let now = now_us();
-                    match tokio::task::block_in_place(|| reopen(now)) {
+                    match reopen(now) {
                         Ok(core) => {
                             tracing::warn!("store open again: state read back from it, taking requests");
                             self.reopen_delay.recovered(retry_in, Instant::now());

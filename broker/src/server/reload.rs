@@ -16,7 +16,7 @@ impl Server {
     ) -> Result<(), StoreError> {
         let asked = std::mem::take(&mut out.reloads);
         let by: Vec<&str> = asked.iter().map(|a| a.actor.as_str()).collect();
-        let reply = match tokio::task::block_in_place(&mut self.reloading.read) {
+        let reply = match (self.reloading.read)() {
             Ok(new) => {
                 let report = crate::reload::compare(&self.running, &new);
                 tracing::info!(

@@ -4,10 +4,8 @@
 //! the database, until it stops, its store fails, or the lease is lost.
 
 use super::standby_view::{DatabaseView, VIEW_AGE};
-use super::{now_us, Bound, Server, Stopped, MAX_BATCH};
-use crate::config::BrokerConfig;
+use super::{now_us, Bound, Server, Setup, Stopped, MAX_BATCH};
 use crate::election::{Election, Standing, Tenure};
-use crate::reload::Reloading;
 use crate::store::{Store, StoreError};
 use anyhow::{Context, Result};
 use jobcast_core::Core;
@@ -25,23 +23,16 @@ pub async fn serve_elected<S: Store + 'static>(
     mut elect: impl FnMut(&Bound, u64) -> Result<Election<Core<S>>>,
     mut replica: impl FnMut(u64) -> Result<Core<S>>,
     try_every: Duration,
-    config: &BrokerConfig,
-    reloading: Reloading,
+    setup: Setup<'_>,
     on_bound: impl FnOnce(&Bound) -> Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let mut bound_at = None;
     let standing_by = crate::http::BrokerRole::Standby { leader: None };
-    let (mut server, http) = Server::start(
-        Default::default(),
-        standing_by,
-        config,
-        reloading,
-        |bound| {
-            bound_at = Some(bound.clone());
-            Ok(())
-        },
-    )
+    let (mut server, http) = Server::start(Default::default(), standing_by, setup, |bound| {
+        bound_at = Some(bound.clone());
+        Ok(())
+    })
     .await?;
     let bound = bound_at.context("the server did not say where it is bound")?;
     let elect_bound = bound.clone();
@@ -66,7 +57,7 @@ pub async fn serve_elected<S: Store + 'static>(
         };
         if let Err(e) = server.acting_on(&core) {
             tracing::error!(error = %format!("{e:#}"), "cannot act on the store's state; handing the lease over");
-            tokio::task::block_in_place(|| tenure.hand_over());
+            tenure.hand_over();
             continue;
         }
         server.acting_until = Some(tenure.acting_until());
@@ -84,12 +75,11 @@ pub async fn serve_elected<S: Store + 'static>(
             .send_replace(crate::http::BrokerRole::Standby { leader: None });
         match stopped {
             Ok(Stopped::Shutdown) => {
-                let closed = tokio::task::block_in_place(|| {
-                    core.save_before_stop(now_us())?;
-                    core.store_mut().close_cleanly()
-                });
+                let closed = core
+                    .save_before_stop(now_us())
+                    .and_then(|()| core.store_mut().close_cleanly());
                 // Only once everything is durable: a successor reads it all.
-                tokio::task::block_in_place(|| tenure.hand_over());
+                tenure.hand_over();
                 break closed.context("final store flush failed");
             }
             Ok(Stopped::StoreFailed(error)) => {
@@ -105,7 +95,7 @@ pub async fn serve_elected<S: Store + 'static>(
                         tracing::error!(epoch = tenure.epoch, error = %other, "store write failed: nothing of the batch was acknowledged; handing the lease over and standing by");
                     }
                 }
-                tokio::task::block_in_place(|| tenure.hand_over());
+                tenure.hand_over();
             }
             Ok(Stopped::LeaseLost) => {
                 server.forget_in_flight();
@@ -114,7 +104,7 @@ pub async fn serve_elected<S: Store + 'static>(
                     epoch = tenure.epoch,
                     "the lease could have run out: no longer acting, standing by"
                 );
-                tokio::task::block_in_place(|| tenure.hand_over());
+                tenure.hand_over();
             }
             Err(e) => break Err(e),
         }
@@ -151,10 +141,9 @@ impl Server {
                 _ = shutdown.as_mut() => return Ok(None),
                 Some(call) = self.api_calls.next() => {
                     let reply = match call.request.only_reads() {
-                        true => tokio::task::block_in_place(|| {
-                            view.answer(replica, call.request, &call.actor, &call.scope)
-                        })
-                        .unwrap_or_else(|e| {
+                        true => view
+                            .answer(replica, call.request, &call.actor, &call.scope)
+                            .unwrap_or_else(|e| {
                             tracing::warn!(error = %format!("{e:#}"), "a standby's read of the database failed");
                             Reply::NotLeader { leader: leader.clone() }
                         }),
@@ -164,7 +153,7 @@ impl Server {
                 }
                 _ = live_every.tick(), if self.live.has_clients() => {
                     // Pages open on a standby follow the database, a read behind.
-                    match tokio::task::block_in_place(|| view.changes(replica)) {
+                    match view.changes(replica) {
                         Ok(changes) => self.live.publish(changes, now_us() / 1_000),
                         Err(e) => tracing::warn!(error = %format!("{e:#}"), "a standby's read of the database failed"),
                     }
@@ -176,7 +165,7 @@ impl Server {
                 }
                 _ = tokio::time::sleep_until(next_try) => {
                     self.service_manager.alive();
-                    let elected = tokio::task::block_in_place(|| elect(now_us()));
+                    let elected = elect(now_us());
                     if let Some(tell) = after_first_try.take() {
                         tell()?;
                     }

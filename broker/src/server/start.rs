@@ -6,10 +6,10 @@ use super::clock_watch::ClockWatch;
 use super::frames::{PreviousKeyPeers, RejectionLog};
 use super::outage::ReopenDelay;
 use super::space::SpaceCheck;
-use super::{now_us, Server, MAX_BATCH};
+use super::{now_us, Server, Setup, MAX_BATCH};
 use crate::config::BrokerConfig;
 use crate::http::{CoreHandle, InternalRequest};
-use crate::reload::{LiveSettings, Reloading};
+use crate::reload::LiveSettings;
 use crate::replay_floors::ReplayFloors;
 use crate::sockets::{Listeners, Settings};
 use crate::store::Store;
@@ -35,31 +35,42 @@ impl Server {
     pub(super) async fn start(
         replay_floors: ReplayFloors,
         role: crate::http::BrokerRole,
-        config: &BrokerConfig,
-        reloading: Reloading,
+        setup: Setup<'_>,
         on_bound: impl FnOnce(&Bound) -> Result<()>,
     ) -> Result<(Server, HttpTask)> {
+        let Setup {
+            config,
+            side,
+            reloading,
+        } = setup;
         let live_settings = LiveSettings::new(config);
-        let listeners = Listeners::start(&Settings {
-            router: config.router.clone(),
-            publish: config.publish.clone(),
-            max_frame_bytes: config.max_frame_bytes,
-            peer_timeout: config.peer_timeout,
-            keys: live_settings.keys.subscribe(),
-        })?;
+        let listeners = Listeners::start(
+            &Settings {
+                router: config.router.clone(),
+                publish: config.publish.clone(),
+                max_frame_bytes: config.max_frame_bytes,
+                peer_timeout: config.peer_timeout,
+                keys: live_settings.keys.subscribe(),
+            },
+            side,
+        )?;
         let (internal_tx, internal) = mpsc::channel::<InternalRequest>(1024);
         let live = crate::http::LiveFeed::new();
         let metrics = crate::metrics::Metrics::default();
         let (role, role_seen) = tokio::sync::watch::channel(role);
-        let http = crate::http::start(
-            config,
-            CoreHandle::new(internal_tx),
-            live.clone(),
-            live_settings.api_tokens.subscribe(),
-            metrics.clone(),
-            role_seen,
-        )
-        .await?;
+        // Bound and served on the side's runtime: its listener is watched by the side's
+        // threads, and its tasks run there.
+        let http = side
+            .spawn(crate::http::start(
+                config.clone(),
+                CoreHandle::new(internal_tx),
+                live.clone(),
+                live_settings.api_tokens.subscribe(),
+                metrics.clone(),
+                role_seen,
+            ))
+            .await
+            .context("the HTTP side's start failed")??;
         let bound = Bound {
             router: listeners.router_endpoint.clone(),
             publish: listeners.publish_endpoint.clone(),
