@@ -39,6 +39,7 @@ impl<S: Store> Core<S> {
         self.process.booted_at_ms = shift(self.process.booted_at_ms);
         self.tables.workers.shift_times(shift);
         self.tables.pings.shift(step_ms.saturating_mul(1_000));
+        self.tables.log_waiters.shift(shift);
         self.tables.runs.shift_back_offs(shift);
         self.shift_pruning(shift);
 

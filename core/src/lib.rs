@@ -23,6 +23,7 @@ mod job_table;
 mod limits;
 mod liveness;
 mod log_table;
+mod log_waiters;
 mod now;
 mod outbox;
 mod ping_table;
@@ -141,6 +142,8 @@ pub(crate) struct Tables {
     pub logs: LogTable,
     /// Pings waiting for their answers.
     pub pings: PingTable,
+    /// Reads of runs' logs held until there is more to say (`GetLog` with a wait).
+    pub log_waiters: log_waiters::LogWaiters,
     /// Standing conditions, keyed by kind and job or pool.
     pub alerts: BTreeMap<(AlertKind, String), Alert>,
     /// The ids grants name job definitions by.
@@ -627,7 +630,7 @@ impl<S: Store> Core<S> {
             out.reply(
                 &asked.to,
                 asked.id,
-                log_reply(*asked.run, &chunks, asked.offset),
+                log_reply(*asked.run, &chunks, asked.offset, asked.waited),
             );
         }
         Ok(())

@@ -23,6 +23,7 @@ impl<S: Store> Core<S> {
         for result in self.tables.pings.expired(now_us) {
             result.send(out);
         }
+        self.answer_expired_reads(now, out);
         if now.ms() >= self.process.next_alive_ms {
             // Once per heartbeat interval, not per batch: these look at every session
             // and every active run, and timeouts are several intervals long anyway.

@@ -79,6 +79,11 @@ impl LogTable {
         ChunkFate::Store { drop_offsets }
     }
 
+    /// The end of `run_id`'s output as far as received (0 before any, or untracked).
+    pub fn received_end(&self, run_id: &str) -> u64 {
+        self.tracks.get(run_id).map_or(0, |track| track.total)
+    }
+
     /// The run ended: its log is as stored.
     pub fn forget(&mut self, run_id: &str) {
         self.tracks.remove(run_id);

@@ -77,6 +77,8 @@ pub struct LogAsked {
     pub id: u64,
     pub run: Box<RunRecord>,
     pub offset: Option<u64>,
+    /// Answered as a `wait_ms` asks (`Reply::Log::waited`).
+    pub waited: bool,
 }
 
 /// Someone asked for stored runs: the filter, checked and with its limit set.

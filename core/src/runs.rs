@@ -101,6 +101,8 @@ impl<S: Store> Core<S> {
             ran_ms: run.duration_ms(),
         });
         self.tables.runs.deactivate(run);
+        let held = self.tables.log_waiters.run_ended(&run.id);
+        self.answer_held_reads(run, held, out);
         match (&run.worker, run.state) {
             // Its worker may still be running it, and report its output and end late:
             // the output it sent is still counted against its cap.

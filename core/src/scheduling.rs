@@ -523,6 +523,9 @@ impl<S: Store> Core<S> {
         if let Some(deadline) = self.tables.workers.waiting().earliest_deadline_ms() {
             next_us = next_us.min(deadline.saturating_mul(1_000));
         }
+        if let Some(deadline) = self.tables.log_waiters.earliest_deadline_ms() {
+            next_us = next_us.min(deadline.saturating_mul(1_000));
+        }
         next_us
     }
 }

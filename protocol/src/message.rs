@@ -92,6 +92,11 @@ pub enum Reply {
         data: Vec<u8>,
         /// The stream offset to ask for next when following.
         next_offset: u64,
+        /// The broker answered as `wait_ms` asks (held until there was something to say,
+        /// or the wait ran out): the client may ask again at once. Absent from a broker
+        /// that does not hold reads, or one holding too many already: pause first.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        waited: bool,
     },
     Applied {
         created: Vec<String>,

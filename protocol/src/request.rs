@@ -214,6 +214,11 @@ pub enum AdminRequest {
         run: String,
         /// `None`: the whole capped log. `Some(n)`: stored output from stream offset `n`.
         offset: Option<u64>,
+        /// With `offset`: while the run is unfinished and has no output past `offset`,
+        /// the broker holds the answer until it has, or ends, or this many ms pass (at
+        /// most 25 s). `offset` `u64::MAX` waits for the run's end alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
     },
     ApplyJobs {
         jobs: Vec<JobSpec>,
@@ -490,6 +495,7 @@ mod tests {
             AdminRequest::GetLog {
                 run: "r".into(),
                 offset: None,
+                wait_ms: None,
             },
             AdminRequest::Status,
             AdminRequest::NextFires {

@@ -257,6 +257,7 @@ fn every_request() -> Vec<Request> {
         AdminRequest::GetLog {
             run: "3f9a".into(),
             offset: Some(10),
+            wait_ms: None,
         },
         AdminRequest::ApplyJobs { jobs: vec![spec()] },
         AdminRequest::Status,
@@ -392,6 +393,7 @@ fn every_reply() -> Vec<Reply> {
             run: Box::new(record()),
             data: b"hello".to_vec(),
             next_offset: 5,
+            waited: true,
         },
         Reply::Applied {
             created: vec!["a".into()],

@@ -430,12 +430,14 @@ async fn stored_log(
     let request = AdminRequest::GetLog {
         run: id,
         offset: None,
+        wait_ms: None,
     };
     match app.core.call(caller, request).await? {
         Reply::Log {
             run,
             data,
             next_offset,
+            ..
         } => Ok((*run, data, next_offset)),
         _ => Err(ApiError::unavailable()),
     }

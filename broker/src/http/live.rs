@@ -521,6 +521,7 @@ pub(super) async fn serve_live(
                                     access.core.call(&access.granted, AdminRequest::GetLog {
                                         run: run.to_string(),
                                         offset: Some(u64::MAX),
+                                        wait_ms: None,
                                     }).await.is_ok()
                                 });
                             if allowed {

@@ -467,7 +467,7 @@ impl Server {
                 asked.to,
                 asked.id,
                 found.map_or_else(unreadable, |chunks| {
-                    jobcast_core::log_reply(*asked.run, &chunks, asked.offset)
+                    jobcast_core::log_reply(*asked.run, &chunks, asked.offset, asked.waited)
                 }),
             ),
             reads::Found::Backup(asked, reply) => (asked.to, asked.id, *reply),

@@ -2,10 +2,11 @@
 //! found when asked; its output is read once the batch is durable, away from the loop
 //! where the store allows, and answered by [`log_reply`].
 
+use crate::log_waiters::{HeldRead, MAX_LOG_WAIT_MS};
 use crate::run_table::RunTable;
 use crate::selector;
 use crate::store::Store;
-use crate::{CoreError, MAX_LOG_SLICE};
+use crate::{Core, CoreError, LogAsked, Now, Outbox, MAX_LOG_SLICE};
 use jobcast_protocol::logcap::{self, LogCap};
 use jobcast_protocol::{Reply, RunRecord};
 
@@ -48,8 +49,13 @@ pub(super) fn find(
 }
 
 /// The reply to a `GetLog`: the run, and its stored output whole (capped as stored) or
-/// from `offset` on.
-pub fn log_reply(run: RunRecord, chunks: &[(u64, Vec<u8>)], offset: Option<u64>) -> Reply {
+/// from `offset` on; `waited` when answered as its `wait_ms` asks.
+pub fn log_reply(
+    run: RunRecord,
+    chunks: &[(u64, Vec<u8>)],
+    offset: Option<u64>,
+    waited: bool,
+) -> Reply {
     let end = chunks.last().map(|(o, b)| o + b.len() as u64).unwrap_or(0);
     let (data, next_offset) = match offset {
         None => {
@@ -65,5 +71,67 @@ pub fn log_reply(run: RunRecord, chunks: &[(u64, Vec<u8>)], offset: Option<u64>)
         run: Box::new(run.with_secrets_masked()),
         data,
         next_offset,
+        waited,
+    }
+}
+
+impl<S: Store> Core<S> {
+    /// Answers `asked` once the batch is durable; with `wait_ms`, a read of an unfinished
+    /// run with nothing past its offset is held until there is, or the run ends, or the
+    /// wait runs out (`log_waiters`).
+    pub(super) fn read_log(
+        &mut self,
+        mut asked: LogAsked,
+        wait_ms: Option<u64>,
+        now: Now,
+        out: &mut Outbox,
+    ) {
+        if let (Some(wait_ms), Some(offset)) = (wait_ms, asked.offset) {
+            asked.waited = true;
+            let unfinished =
+                !asked.run.state.is_terminal() && self.tables.runs.get(&asked.run.id).is_some();
+            if unfinished && self.tables.logs.received_end(&asked.run.id) <= offset {
+                let read = HeldRead {
+                    to: asked.to.clone(),
+                    id: asked.id,
+                    offset,
+                    deadline_ms: now.ms() + wait_ms.min(MAX_LOG_WAIT_MS),
+                };
+                match self.tables.log_waiters.hold(&asked.run.id, read) {
+                    Ok(()) => return,
+                    Err(_) => asked.waited = false,
+                }
+            }
+        }
+        out.logs.push(asked);
+    }
+
+    /// The reads held for `run` that its end or its output now answers.
+    pub(crate) fn answer_held_reads(
+        &self,
+        run: &RunRecord,
+        reads: Vec<HeldRead>,
+        out: &mut Outbox,
+    ) {
+        for read in reads {
+            out.logs.push(LogAsked {
+                to: read.to,
+                id: read.id,
+                run: Box::new(run.clone()),
+                offset: Some(read.offset),
+                waited: true,
+            });
+        }
+    }
+
+    /// Answers the held reads whose wait ran out, with their runs as they are.
+    pub(crate) fn answer_expired_reads(&mut self, now: Now, out: &mut Outbox) {
+        for (run_id, read) in self.tables.log_waiters.expired(now.ms()) {
+            // A held read's run is unfinished: its end answers the reads held for it.
+            if let Some(run) = self.tables.runs.get(&run_id) {
+                let run = run.clone();
+                self.answer_held_reads(&run, vec![read], out);
+            }
+        }
     }
 }

@@ -103,13 +103,20 @@ impl<S: Store> Core<S> {
                     other => other,
                 }
             }
-            AdminRequest::GetLog { run, offset } => {
-                out.logs.push(LogAsked {
+            AdminRequest::GetLog {
+                run,
+                offset,
+                wait_ms,
+            } => {
+                let run = get_log::find(&self.tables.runs, &self.store, &run)?;
+                let asked = LogAsked {
                     to: reply_to.clone(),
                     id,
-                    run: Box::new(get_log::find(&self.tables.runs, &self.store, &run)?),
+                    run: Box::new(run),
                     offset,
-                });
+                    waited: false,
+                };
+                self.read_log(asked, wait_ms, now, out);
                 return Ok(None);
             }
             AdminRequest::ApplyJobs { jobs } => {

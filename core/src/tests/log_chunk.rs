@@ -29,6 +29,7 @@ fn logs_are_stored_capped_with_head_and_tail() {
     } = h.admin(AdminRequest::GetLog {
         run: run.clone(),
         offset: None,
+        wait_ms: None,
     })
     else {
         panic!()
@@ -42,6 +43,7 @@ fn logs_are_stored_capped_with_head_and_tail() {
     let Reply::Log { data: tail, .. } = h.admin(AdminRequest::GetLog {
         run,
         offset: Some(2_000),
+        wait_ms: None,
     }) else {
         panic!()
     };

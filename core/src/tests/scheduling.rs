@@ -866,6 +866,7 @@ fn enqueued_parameters_are_checked_and_stored_with_the_defaults_and_ticks_use_th
     let Reply::Log { run: shown, .. } = h.admin(AdminRequest::GetLog {
         run: run.id.clone(),
         offset: None,
+        wait_ms: None,
     }) else {
         panic!()
     };

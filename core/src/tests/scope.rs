@@ -75,6 +75,7 @@ fn a_team_sees_and_acts_on_its_own_jobs_and_runs_only() {
         AdminRequest::GetLog {
             run: their_run.clone(),
             offset: None,
+            wait_ms: None,
         },
         AdminRequest::Kill {
             selectors: vec![their_run[..4].to_string()],

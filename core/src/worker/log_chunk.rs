@@ -3,7 +3,7 @@
 use crate::log_table::ChunkFate;
 use crate::store::{Store, StoreResult};
 use crate::worker::run_finished::GivenUpRun;
-use crate::{Core, Now};
+use crate::{Core, Now, Outbox};
 
 impl<S: Store> Core<S> {
     pub(crate) fn log_chunk(
@@ -13,6 +13,7 @@ impl<S: Store> Core<S> {
         offset: u64,
         data: &[u8],
         now: Now,
+        out: &mut Outbox,
     ) -> StoreResult<()> {
         if data.is_empty() {
             return Ok(());
@@ -47,6 +48,12 @@ impl<S: Store> Core<S> {
         self.changes.log(run_id, offset, data);
         for dropped in drop_offsets {
             self.store.delete_log_chunk(run_id, dropped)?;
+        }
+        let end = self.tables.logs.received_end(run_id);
+        let reads = self.tables.log_waiters.output_reached(run_id, end);
+        if let Some(run) = self.tables.runs.get(run_id).filter(|_| !reads.is_empty()) {
+            let run = run.clone();
+            self.answer_held_reads(&run, reads, out);
         }
         Ok(())
     }

@@ -76,7 +76,7 @@ impl<S: Store> Core<S> {
                 offset,
                 data,
             } => {
-                self.log_chunk(worker, &run_id, offset, &data, now)?;
+                self.log_chunk(worker, &run_id, offset, &data, now, out)?;
                 Reply::Ack
             }
             WorkerRequest::RunFinished(finished) => {

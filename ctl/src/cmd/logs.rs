@@ -9,22 +9,40 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// How often a follower or a waiter asks again while nothing changes.
+/// How long a follower or a waiter pauses before asking again, when the broker answered
+/// at once with nothing new (one that does not hold reads).
 const POLL: Duration = Duration::from_millis(200);
+/// How long the broker is asked to hold a read while nothing changes.
+const HOLD: Duration = Duration::from_secs(20);
 
-/// One read of a run's log from `offset` (`None`: the whole stored log, capped).
-async fn read(ctl: &Ctl, run: &str, offset: Option<u64>) -> Result<(RunRecord, Vec<u8>, u64)> {
-    let reply = ctl
-        .call(AdminRequest::GetLog {
-            run: run.to_string(),
-            offset,
-        })
-        .await?;
+/// One read of a run's log.
+struct Read {
+    record: RunRecord,
+    data: Vec<u8>,
+    next_offset: u64,
+    /// The broker held the read as asked: ask again at once.
+    waited: bool,
+}
+
+/// One read of a run's log from `offset` (`None`: the whole stored log, capped). With
+/// `hold`, the broker answers once the run has output past `offset` or ends (or the hold
+/// runs out).
+async fn read(ctl: &Ctl, run: &str, offset: Option<u64>, hold: bool) -> Result<Read> {
+    let request = AdminRequest::GetLog {
+        run: run.to_string(),
+        offset,
+        wait_ms: hold.then_some(HOLD.as_millis() as u64),
+    };
+    let reply = match hold {
+        true => ctl.call_within(request, HOLD + ctl.timeout()).await?,
+        false => ctl.call(request).await?,
+    };
     Ok(expect_reply!(reply, Reply::Log {
         run,
         data,
         next_offset,
-    } => (*run, data, next_offset)))
+        waited,
+    } => Read { record: *run, data, next_offset, waited }))
 }
 
 /// Prints a piece of the log: the bytes as they are, or a JSON line.
@@ -73,25 +91,25 @@ fn ended(ctl: &Ctl, out: &mut impl Write, record: &RunRecord) -> Result<ExitCode
 }
 
 pub(crate) async fn logs(ctl: &Ctl, run: String, follow: bool) -> Result<ExitCode> {
-    let (record, data, next_offset) = read(ctl, &run, None).await?;
+    let first = read(ctl, &run, None, false).await?;
     let mut out = std::io::stdout().lock();
-    print(ctl, &mut out, &record.id, 0, &data)?;
+    print(ctl, &mut out, &first.record.id, 0, &first.data)?;
     if !follow {
         return Ok(ExitCode::SUCCESS);
     }
-    let id = record.id.clone();
-    let mut offset = next_offset;
-    let mut ended_before = record.state.is_terminal();
+    let id = first.record.id.clone();
+    let mut offset = first.next_offset;
+    let mut ended_before = first.record.state.is_terminal();
     loop {
-        let (record, data, next_offset) = read(ctl, &id, Some(offset)).await?;
-        print(ctl, &mut out, &id, offset, &data)?;
-        offset = next_offset;
+        let read = read(ctl, &id, Some(offset), !ended_before).await?;
+        print(ctl, &mut out, &id, offset, &read.data)?;
+        offset = read.next_offset;
         // One more read after the run ends picks up its last output.
-        if ended_before && data.is_empty() {
-            return ended(ctl, &mut out, &record);
+        if ended_before && read.data.is_empty() {
+            return ended(ctl, &mut out, &read.record);
         }
-        ended_before = record.state.is_terminal();
-        if data.is_empty() {
+        ended_before = read.record.state.is_terminal();
+        if read.data.is_empty() && !read.waited {
             tokio::time::sleep(POLL).await;
         }
     }
@@ -101,8 +119,9 @@ pub(crate) async fn logs(ctl: &Ctl, run: String, follow: bool) -> Result<ExitCod
 pub(crate) async fn wait(ctl: &Ctl, run: String) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     loop {
-        // From the end of any log: the record, without the output.
-        let (record, _, _) = read(ctl, &run, Some(u64::MAX)).await?;
+        // From the end of any log: the record, without the output, once the run ends.
+        let read = read(ctl, &run, Some(u64::MAX), true).await?;
+        let record = read.record;
         if record.state.is_terminal() {
             if !ctl.json() {
                 writeln!(
@@ -115,6 +134,8 @@ pub(crate) async fn wait(ctl: &Ctl, run: String) -> Result<ExitCode> {
             }
             return ended(ctl, &mut out, &record);
         }
-        tokio::time::sleep(POLL).await;
+        if !read.waited {
+            tokio::time::sleep(POLL).await;
+        }
     }
 }
