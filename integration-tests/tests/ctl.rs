@@ -267,3 +267,51 @@ fn a_known_worker_with_a_wrong_secret_ends_with_the_refusal_code_too() {
     assert_eq!(code, Some(3), "{log}");
     assert!(log.contains("correct this worker's secret"), "{log}");
 }
+
+#[test]
+fn a_wait_goes_on_across_a_broker_restart_and_ends_with_the_run() {
+    let mut cluster = Cluster::start(1);
+    let go = cluster.path("go");
+    cluster.apply_jobs(&format!(
+        r##"
+[jobs.until-told]
+script = """#!/bin/sh
+while [ ! -e {go} ]; do sleep 0.02; done
+echo told
+"""
+"##,
+        go = go.display()
+    ));
+    cluster.start_worker("w1", &[]);
+    let run = json(&cluster.ctl(&["--json", "enqueue", "until-told"]))["id"]
+        .as_str()
+        .expect("a run id")
+        .to_string();
+    // The broker holds the wait's read; the restart drops it, and the wait asks again.
+    let mut waiting = Command::new(bin("jobcastctl"))
+        .args([
+            "--broker",
+            &cluster.router,
+            "--timeout",
+            "10s",
+            "wait",
+            &run,
+        ])
+        .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start jobcastctl wait");
+    cluster.wait_state(&run, "running", Duration::from_secs(20));
+    cluster.stop_broker();
+    cluster.start_broker();
+    std::fs::write(&go, "").expect("tell the run to end");
+    let out = waiting.wait_with_output().expect("jobcastctl wait ends");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("succeeded"),
+        "{}",
+        text(&out)
+    );
+}

@@ -34,7 +34,7 @@ async fn read(ctl: &Ctl, run: &str, offset: Option<u64>, hold: bool) -> Result<R
         wait_ms: hold.then_some(HOLD.as_millis() as u64),
     };
     let reply = match hold {
-        true => ctl.call_within(request, HOLD + ctl.timeout()).await?,
+        true => held(ctl, request).await?,
         false => ctl.call(request).await?,
     };
     Ok(expect_reply!(reply, Reply::Log {
@@ -43,6 +43,32 @@ async fn read(ctl: &Ctl, run: &str, offset: Option<u64>, hold: bool) -> Result<R
         next_offset,
         waited,
     } => Read { record: *run, data, next_offset, waited }))
+}
+
+/// A read the broker holds: asked again when the connection drops while it waits (a
+/// broker restarting), as a poll would have been, until a call fails otherwise or the
+/// broker stays away longer than `--timeout`.
+async fn held(ctl: &Ctl, request: AdminRequest) -> Result<Reply> {
+    let mut away_since: Option<tokio::time::Instant> = None;
+    loop {
+        match ctl.call_within(request.clone(), HOLD + ctl.timeout()).await {
+            Err(e) if is_disconnected(&e) => {
+                let since = *away_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= ctl.timeout() {
+                    return Err(e);
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_disconnected(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<jobcast_client::ClientError>(),
+        Some(jobcast_client::ClientError::Disconnected)
+    )
 }
 
 /// Prints a piece of the log: the bytes as they are, or a JSON line.
