@@ -288,30 +288,49 @@ echo told
         .expect("a run id")
         .to_string();
     // The broker holds the wait's read; the restart drops it, and the wait asks again.
-    let mut waiting = Command::new(bin("jobcastctl"))
-        .args([
-            "--broker",
-            &cluster.router,
-            "--timeout",
-            "10s",
-            "wait",
-            &run,
-        ])
-        .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start jobcastctl wait");
+    let mut waiting = KilledOnDrop(Some(
+        Command::new(bin("jobcastctl"))
+            .args([
+                "--broker",
+                &cluster.router,
+                "--timeout",
+                "10s",
+                "wait",
+                &run,
+            ])
+            .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start jobcastctl wait"),
+    ));
     cluster.wait_state(&run, "running", Duration::from_secs(20));
     cluster.stop_broker();
     cluster.start_broker();
     std::fs::write(&go, "").expect("tell the run to end");
-    let out = waiting.wait_with_output().expect("jobcastctl wait ends");
+    let out = waiting
+        .0
+        .take()
+        .expect("started")
+        .wait_with_output()
+        .expect("jobcastctl wait ends");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("succeeded"),
         "{}",
         text(&out)
     );
+}
+
+/// A child process killed if the test fails before it is waited for.
+struct KilledOnDrop(Option<std::process::Child>);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
