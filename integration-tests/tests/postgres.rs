@@ -3,6 +3,7 @@
 //! checked against what the database holds.
 
 use jobcast_integration_tests::*;
+use jobcast_protocol::{AdminRequest, Reply};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -88,4 +89,113 @@ fn retention_listings_csv_metrics_and_the_dashboard_work_on_postgres() {
     let (status, page) = cluster.api("GET", "/", None);
     assert_eq!(status, 200);
     assert!(page.contains("jobcast"), "{page}");
+}
+
+/// Starts a broker on `settings`, waits for its ready file closely (every millisecond),
+/// and asks it for its status at once with a client that takes no refusal as a cue to
+/// ask again: the answer, and the broker (to stop).
+fn ask_as_soon_as_ready(dir: &std::path::Path, attempt: usize) -> (Reply, KilledOnDrop) {
+    let ready = dir.join(format!("ready-{attempt}"));
+    let broker = KilledOnDrop(
+        std::process::Command::new(bin("jobcast-broker"))
+            .arg("--config")
+            .arg(dir.join("broker.toml"))
+            .args([
+                "--router",
+                "tcp://127.0.0.1:0",
+                "--publish",
+                "tcp://127.0.0.1:0",
+            ])
+            .args(["--http", "off", "--ready-file"])
+            .arg(&ready)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the broker"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not say it is ready"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let router = text
+        .lines()
+        .find_map(|line| line.strip_prefix("router = "))
+        .expect("the ready file names the router")
+        .trim_matches('"')
+        .to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let reply = runtime.block_on(async {
+        let client = jobcast_client::Client::connect(admin_client_config(&router, LONG))
+            .await
+            .expect("connect");
+        client
+            .request(AdminRequest::Status, LONG)
+            .await
+            .unwrap_or_else(|e| panic!("the first request after the ready file: {e}"))
+    });
+    (reply, broker)
+}
+
+const LONG: Duration = Duration::from_secs(10);
+
+/// A broker process, killed when the test is done with it (or fails).
+struct KilledOnDrop(std::process::Child);
+
+impl KilledOnDrop {
+    /// Stops it as a supervisor does (SIGTERM): it hands the lease over as it goes.
+    fn stop(mut self) {
+        // SAFETY: a signal to a child this test started and has not reaped.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let stopped = wait_for("the broker to stop", LONG, || {
+            self.0.try_wait().ok().flatten()
+        });
+        assert!(stopped.success(), "the broker stopped with {stopped}");
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_client_told_the_broker_is_ready_is_never_refused_as_too_early() {
+    let Some(postgres) = PostgresStore::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a directory");
+    std::fs::write(
+        dir.path().join("broker.toml"),
+        format!(
+            "data_dir = \"{}\"\n{}\n[keys]\nadmin = \"{ADMIN_SECRET}\"\n",
+            dir.path().join("data").display(),
+            postgres.settings()
+        ),
+    )
+    .expect("write the settings");
+    // The first start creates the schema; each later one reads the replay floors from
+    // the database as it takes the lease, after the ready file is written.
+    for attempt in 0..5 {
+        let (reply, broker) = ask_as_soon_as_ready(dir.path(), attempt);
+        assert!(
+            matches!(reply, Reply::Status(_)),
+            "start {attempt}: {reply:?}"
+        );
+        broker.stop();
+    }
 }

@@ -41,7 +41,7 @@ pub async fn serve_elected<S: Store + 'static>(
     let mut on_bound = Some(move || on_bound(&bound));
     tokio::pin!(shutdown);
     let result = loop {
-        let (mut core, tenure) = match server
+        let (mut core, tenure, acting_from_us) = match server
             .standby(
                 &mut elect,
                 &mut replica,
@@ -55,7 +55,7 @@ pub async fn serve_elected<S: Store + 'static>(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        if let Err(e) = server.acting_on(&core) {
+        if let Err(e) = server.acting_on(&core, acting_from_us) {
             tracing::error!(error = %format!("{e:#}"), "cannot act on the store's state; handing the lease over");
             tenure.hand_over();
             continue;
@@ -121,7 +121,8 @@ pub async fn serve_elected<S: Store + 'static>(
 
 impl Server {
     /// Answers every request `NotLeader` while trying to take the lease; what to act on
-    /// once taken, or `None` at shutdown.
+    /// once taken, with when the lease was taken (µs: frames sealed before it are
+    /// refused), or `None` at shutdown.
     async fn standby<S: Store>(
         &mut self,
         elect: &mut impl FnMut(u64) -> Result<Election<Core<S>>>,
@@ -129,7 +130,7 @@ impl Server {
         try_every: Duration,
         after_first_try: &mut Option<impl FnOnce() -> Result<()>>,
         mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<Option<(Core<S>, Tenure)>> {
+    ) -> Result<Option<(Core<S>, Tenure, u64)>> {
         let mut leader: Option<LeaderAddress> = None;
         let mut next_try = tokio::time::Instant::now();
         let mut view = DatabaseView::new();
@@ -166,13 +167,17 @@ impl Server {
                 _ = tokio::time::sleep_until(next_try) => {
                     self.service_manager.alive();
                     let elected = elect(now_us());
+                    // Before anyone is told where this broker is: a client told so then
+                    // seals its first frame after this, which is then not refused as
+                    // sealed before this broker began acting.
+                    let taken_at_us = now_us();
                     if let Some(tell) = after_first_try.take() {
                         tell()?;
                     }
                     match elected {
                         Ok(Election::Leader(core, tenure)) => {
                             self.batch.clear();
-                            return Ok(Some((core, tenure)));
+                            return Ok(Some((core, tenure, taken_at_us)));
                         }
                         Ok(Election::Standby(Standing { leader: now, lease })) => {
                             view.set_lease(Some(lease));

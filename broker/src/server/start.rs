@@ -77,6 +77,9 @@ impl Server {
             http: http.as_ref().map(|(addr, _)| addr.to_string()),
         };
         tracing::info!(router = %bound.router, publish = %bound.publish, "broker listening");
+        // Frames sealed from here on are taken: a client told where the broker listens
+        // (`on_bound`) seals its first one after this.
+        let acting_from_us = now_us();
         on_bound(&bound)?;
         let (commits_told, commits) = tokio::sync::mpsc::unbounded_channel();
         let server = Server {
@@ -88,7 +91,7 @@ impl Server {
             commits_told,
             commits,
             reads: super::reads::Reads::start()?,
-            opener: opener(config, &replay_floors),
+            opener: opener(config, &replay_floors, acting_from_us),
             replay_floors,
             previous_key_peers: PreviousKeyPeers::default(),
             clock: ClockWatch::new(),
@@ -117,25 +120,30 @@ impl Server {
     }
 }
 
-/// The frame opener of a broker that starts acting now: frames sealed before now are
-/// refused (they may have been taken by an earlier process or another broker), and so are
-/// those at or below each sender's floor kept in the store.
-fn opener(config: &BrokerConfig, replay_floors: &ReplayFloors) -> Opener {
+/// The frame opener of a broker that starts acting at `acting_from_us`: frames sealed
+/// before then are refused (they may have been taken by an earlier process or another
+/// broker), and so are those at or below each sender's floor kept in the store.
+fn opener(config: &BrokerConfig, replay_floors: &ReplayFloors, acting_from_us: u64) -> Opener {
     Opener::new(
         config.max_frame_bytes,
         config.max_clock_skew.as_millis() as u64,
     )
-    .not_before(now_us() / 1_000)
+    .not_before(acting_from_us / 1_000)
     .sender_floors(replay_floors.floors())
 }
 
 impl Server {
-    /// This broker starts acting on `core` (it took the leader's lease): frames are
-    /// opened as at a start, with the replay floors the store keeps.
-    pub(super) fn acting_on<S: Store>(&mut self, core: &Core<S>) -> Result<()> {
+    /// This broker starts acting on `core` (it took the leader's lease at
+    /// `acting_from_us`): frames are opened as at a start, with the replay floors the
+    /// store keeps.
+    pub(super) fn acting_on<S: Store>(
+        &mut self,
+        core: &Core<S>,
+        acting_from_us: u64,
+    ) -> Result<()> {
         let replay_floors = ReplayFloors::load(core.store())
             .context("cannot read the replay floors from the store")?;
-        self.opener = opener(&self.running, &replay_floors);
+        self.opener = opener(&self.running, &replay_floors, acting_from_us);
         self.replay_floors = replay_floors;
         tracing::info!(boot_id = %core.boot_id(), "acting on the store's state");
         Ok(())
