@@ -73,6 +73,27 @@ def main():
     waiting.join(20)
     check("a waiting claim is answered with the run queued", result.get("done") == queued["id"], result)
 
+    # A read of the log held until the run ends (what `jobcastctl wait` asks), on a
+    # connection of its own while this one works the run.
+    last = jobcast.enqueue(admin, "py-hello")
+    reader = jobcast.Connection(args.router, "admin", admin_secret, timeout_ms=20_000)
+    held = {}
+    read_end = {"get_log": {"run": last["id"], "offset": 2**64 - 1, "wait_ms": 15_000}}
+    waiting = threading.Thread(target=lambda: held.update(log=reader.request(read_end)["log"]))
+    waiting.start()
+    deadline = time.monotonic() + 20
+    done = None
+    while done is None and time.monotonic() < deadline:
+        done = worker.work_once(wait_ms=1_000)
+    waiting.join(20)
+    reader.close()
+    ended = held.get("log", {})
+    check(
+        "a read held for the run's end is answered with it",
+        done == last["id"] and ended.get("run", {}).get("state") == "succeeded" and ended.get("waited") is True,
+        (done, ended.get("run", {}).get("state"), ended.get("waited")),
+    )
+
     parked = jobcast.enqueue(admin, "py-parked")
     outcome = jobcast.kill(admin, parked["id"])
     check("kill cancels a queued run", "cancelled" in outcome, outcome)
