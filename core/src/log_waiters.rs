@@ -89,6 +89,12 @@ impl LogWaiters {
         }
     }
 
+    /// Every held read, to answer now (the core goes).
+    pub fn drain(&mut self) -> Vec<HeldRead> {
+        self.held = 0;
+        self.by_run.drain().flat_map(|(_, reads)| reads).collect()
+    }
+
     fn take_where(&mut self, run_id: &str, take: impl Fn(&HeldRead) -> bool) -> Vec<HeldRead> {
         let Some(reads) = self.by_run.get_mut(run_id) else {
             return Vec::new();
@@ -161,5 +167,20 @@ mod tests {
             waiters.expired(6_000),
             vec![("r".to_string(), read(1, 0, 6_000))]
         );
+    }
+
+    #[test]
+    fn drained_they_are_all_given_back_and_room_is_made() {
+        let mut waiters = LogWaiters::default();
+        for id in 0..MAX_HELD_READS as u64 {
+            waiters
+                .hold(&format!("r{}", id % 3), read(id, 0, 1))
+                .unwrap();
+        }
+        let mut ids: Vec<u64> = waiters.drain().into_iter().map(|read| read.id).collect();
+        ids.sort();
+        assert_eq!(ids, (0..MAX_HELD_READS as u64).collect::<Vec<_>>());
+        assert_eq!(waiters.earliest_deadline_ms(), None);
+        assert!(waiters.hold("r", read(0, 0, 1)).is_ok());
     }
 }

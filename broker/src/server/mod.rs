@@ -88,6 +88,7 @@ pub async fn serve<S: Store + 'static>(
                 // and the batches after it did is not acknowledged, and the state is
                 // read again from the store.
                 server.forget_in_flight();
+                server.let_go_of_held_reads(&mut core, &outage::unavailable(&error));
                 drop(core);
                 match server.outage(&error, &mut reopen, shutdown.as_mut()).await {
                     Ok(Some(reopened)) => core = reopened,
@@ -478,6 +479,11 @@ impl Server {
         };
         let mut out = Outbox::default();
         out.reply(&to, id, reply);
+        self.send_replies(out);
+    }
+
+    /// Sends replies made outside a batch (nothing of them waits for a commit).
+    fn send_replies(&mut self, out: Outbox) {
         self.send(
             Produced {
                 out,
@@ -489,6 +495,23 @@ impl Server {
             },
             None,
         );
+    }
+
+    /// The core goes (its store failed, or its lease is lost): the log reads it held are
+    /// answered `reply`, which says to ask again, rather than left to their client's
+    /// timeout. Nothing of the store is read or acknowledged by it.
+    fn let_go_of_held_reads<S: Store>(
+        &mut self,
+        core: &mut Core<S>,
+        reply: &jobcast_protocol::Reply,
+    ) {
+        let mut out = Outbox::default();
+        for (to, id) in core.let_go_of_held_reads() {
+            out.reply(&to, id, reply.clone());
+        }
+        if !out.replies.is_empty() {
+            self.send_replies(out);
+        }
     }
 
     /// After a store failure: the batches in flight are never sent, and outcomes still to

@@ -51,6 +51,16 @@ impl ReopenDelay {
     }
 }
 
+/// The answer while the store is failed: nothing was done, ask again later.
+pub(super) fn unavailable(error: &StoreError) -> jobcast_protocol::Reply {
+    jobcast_protocol::Reply::Error {
+        code: jobcast_protocol::ErrorCode::Unavailable,
+        message: format!(
+            "the broker's store failed ({error}); nothing was done: try again once it is back"
+        ),
+    }
+}
+
 impl Server {
     /// After a store failure: answers every request "unavailable" (nothing is done, so
     /// retrying later is safe) while trying to open the store again, more slowly each
@@ -65,19 +75,14 @@ impl Server {
             error = %error,
             "store write failed: nothing of the batch was acknowledged; answering \"unavailable\" until the store opens again"
         );
-        let message = format!(
-            "the broker's store failed ({error}); nothing was done: try again once it is back"
-        );
+        let unavailable = unavailable(error);
         let mut retry_in = self.reopen_delay.first(Instant::now());
         let mut next_try = tokio::time::Instant::now() + retry_in;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.as_mut() => return Ok(None),
-                Some(()) = self.api_calls.refuse_next(jobcast_protocol::Reply::Error {
-                    code: jobcast_protocol::ErrorCode::Unavailable,
-                    message: message.clone(),
-                }) => {}
+                Some(()) = self.api_calls.refuse_next(unavailable.clone()) => {}
                 going = self.listeners.read_waiting(&mut self.batch, MAX_BATCH) => {
                     if !going.context("the request socket failed")? {
                         return Ok(None);
@@ -100,10 +105,7 @@ impl Server {
                     }
                 }
             }
-            self.answer_each(&jobcast_protocol::Reply::Error {
-                code: jobcast_protocol::ErrorCode::Unavailable,
-                message: message.clone(),
-            });
+            self.answer_each(&unavailable);
         }
     }
 

@@ -86,6 +86,7 @@ pub async fn serve_elected<S: Store + 'static>(
                 // As after a kill: nothing of the batches in flight is answered, and the
                 // next leader (perhaps this broker again) reads the state afresh.
                 server.forget_in_flight();
+                server.let_go_of_held_reads(&mut core, &Reply::NotLeader { leader: None });
                 drop(core);
                 match &error {
                     StoreError::Fenced(why) => {
@@ -99,6 +100,7 @@ pub async fn serve_elected<S: Store + 'static>(
             }
             Ok(Stopped::LeaseLost) => {
                 server.forget_in_flight();
+                server.let_go_of_held_reads(&mut core, &Reply::NotLeader { leader: None });
                 drop(core);
                 tracing::warn!(
                     epoch = tenure.epoch,

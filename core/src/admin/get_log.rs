@@ -6,7 +6,7 @@ use crate::log_waiters::{HeldRead, MAX_LOG_WAIT_MS};
 use crate::run_table::RunTable;
 use crate::selector;
 use crate::store::Store;
-use crate::{Core, CoreError, LogAsked, Now, Outbox, MAX_LOG_SLICE};
+use crate::{Core, CoreError, LogAsked, Now, Outbox, ReplyTo, MAX_LOG_SLICE};
 use jobcast_protocol::logcap::{self, LogCap};
 use jobcast_protocol::{Reply, RunRecord};
 
@@ -122,6 +122,17 @@ impl<S: Store> Core<S> {
                 waited: true,
             });
         }
+    }
+
+    /// Gives up every held read (the core goes: its store failed, or its lease is
+    /// lost): whom to answer, and the request id; the caller says to ask again.
+    pub fn let_go_of_held_reads(&mut self) -> Vec<(ReplyTo, u64)> {
+        self.tables
+            .log_waiters
+            .drain()
+            .into_iter()
+            .map(|read| (read.to, read.id))
+            .collect()
     }
 
     /// Answers the held reads whose wait ran out, with their runs as they are.

@@ -190,3 +190,30 @@ fn a_read_without_a_wait_is_never_held() {
     assert!(!waited);
     assert!(data.is_empty());
 }
+
+#[test]
+fn held_reads_are_given_up_when_the_core_goes_and_are_answered_once() {
+    let mut h = Harness::new();
+    let run = running(&mut h);
+    let (id, _) = held_read(&mut h, &run, u64::MAX, 10_000);
+    let given_up = h.core.let_go_of_held_reads();
+    assert_eq!(given_up.len(), 1);
+    assert_eq!((sealed_for(&given_up[0].0), given_up[0].1), (ADMIN, id));
+    // Given up: neither the run's end nor the wait's end answers it again.
+    let finished = WorkerRequest::RunFinished(RunFinished {
+        run_id: run.clone(),
+        outcome: Outcome::Exited { code: 0 },
+        duration_ms: 5,
+        log_bytes: 0,
+        claim: 0,
+        usage: None,
+        started: None,
+    });
+    let (_, out) = h.send("w1", finished);
+    assert_eq!(answer(&out, id), None);
+    h.advance_ms(20_000);
+    let mut out = h.tick();
+    h.core.answer_reads(&mut out).unwrap();
+    assert_eq!(answer(&out, id), None);
+    assert!(h.core.let_go_of_held_reads().is_empty());
+}
