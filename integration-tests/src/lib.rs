@@ -157,6 +157,53 @@ pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// A child process a test started, killed and reaped if the test ends (or fails) before
+/// it is waited for.
+pub struct KilledOnDrop(Option<Child>);
+
+impl KilledOnDrop {
+    pub fn new(child: Child) -> KilledOnDrop {
+        KilledOnDrop(Some(child))
+    }
+
+    /// Waits for it to end on its own, with what it printed.
+    pub fn wait_with_output(mut self) -> Output {
+        self.0
+            .take()
+            .expect("not waited for yet")
+            .wait_with_output()
+            .expect("wait for the child")
+    }
+
+    /// Stops it as a supervisor does (SIGTERM) and waits for it; panics unless it exits
+    /// with success within 20 s.
+    pub fn stop(mut self) {
+        let mut child = self.0.take().expect("not waited for yet");
+        // SAFETY: a signal to a child this test started and has not reaped.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let stopped = poll_until(Duration::from_secs(20), || child.try_wait().ok().flatten());
+        match stopped {
+            Some(status) => assert!(status.success(), "it stopped with {status}"),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("it did not stop within 20 s of SIGTERM");
+            }
+        }
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 pub struct Worker {
     pub id: String,
     pub child: Child,

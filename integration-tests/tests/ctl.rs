@@ -2,7 +2,9 @@
 //! code per kind of failure), `--json` on every command, and `wait` / `logs --follow`
 //! exiting with how the run ended.
 
-use jobcast_integration_tests::{bin, unused_endpoint, Cluster, Worker, ADMIN_SECRET};
+use jobcast_integration_tests::{
+    bin, unused_endpoint, Cluster, KilledOnDrop, Worker, ADMIN_SECRET,
+};
 use serde_json::Value;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -288,7 +290,7 @@ echo told
         .expect("a run id")
         .to_string();
     // The broker holds the wait's read; the restart drops it, and the wait asks again.
-    let mut waiting = KilledOnDrop(Some(
+    let waiting = KilledOnDrop::new(
         Command::new(bin("jobcastctl"))
             .args([
                 "--broker",
@@ -304,33 +306,16 @@ echo told
             .stderr(Stdio::piped())
             .spawn()
             .expect("start jobcastctl wait"),
-    ));
+    );
     cluster.wait_state(&run, "running", Duration::from_secs(20));
     cluster.stop_broker();
     cluster.start_broker();
     std::fs::write(&go, "").expect("tell the run to end");
-    let out = waiting
-        .0
-        .take()
-        .expect("started")
-        .wait_with_output()
-        .expect("jobcastctl wait ends");
+    let out = waiting.wait_with_output();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("succeeded"),
         "{}",
         text(&out)
     );
-}
-
-/// A child process killed if the test fails before it is waited for.
-struct KilledOnDrop(Option<std::process::Child>);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }

@@ -216,9 +216,36 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
     assert_eq!(lease("epoch"), "3");
     drop(b);
 
+    // A `jobcastctl wait` whose read the acting broker holds (the run stays queued: no
+    // worker here).
+    let waited_on = match ask(
+        &a2.router,
+        AdminRequest::Enqueue {
+            job: "hello".into(),
+            key: Some("waited-on".into()),
+            params: Default::default(),
+            priority: None,
+        },
+    ) {
+        Some(Reply::Enqueued { run }) => run.id,
+        other => panic!("enqueue at {}: {other:?}", a2.router),
+    };
+    let next = unused_endpoint();
+    let waiting = KilledOnDrop::new(
+        Command::new(bin("jobcastctl"))
+            .args(["--broker", &format!("{},{next}", a2.router)])
+            .args(["--timeout", "5s", "wait", &waited_on])
+            .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start jobcastctl wait"),
+    );
+
     // The acting broker stalls (SIGSTOP) past its lease; another takes over; when the
     // stalled one resumes it stops acting, and what was asked meanwhile stands.
-    let c = ExtraBroker::start(&cluster, "c");
+    let c = ExtraBroker::start_at(&cluster, "c", &next, "tcp://127.0.0.1:0", "127.0.0.1:0");
     assert_eq!(named_leader(&c.router).map(|l| l.epoch), Some(3));
     let stalled = Instant::now();
     a2.signal(libc::SIGSTOP);
@@ -237,8 +264,28 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
     );
     assert_eq!(
         postgres.query("SELECT count(*) FROM jobcast_runs"),
-        "3",
+        "4",
         "one run per enqueue, whichever broker took it"
+    );
+    // The read the stalled broker held was given back ("not the leader"), and asked
+    // again of the next broker of the list: cancelling the run there ends the wait.
+    let out = Command::new(bin("jobcastctl"))
+        .args(["--broker", &c.router, "--timeout", "5s", "kill", &waited_on])
+        .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run jobcastctl kill");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let waited = waiting.wait_with_output();
+    assert_eq!(
+        waited.status.code(),
+        Some(14),
+        "the wait ends with the run, cancelled: {}",
+        String::from_utf8_lossy(&waited.stderr)
     );
 }
 

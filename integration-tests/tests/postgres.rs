@@ -96,7 +96,7 @@ fn retention_listings_csv_metrics_and_the_dashboard_work_on_postgres() {
 /// ask again: the answer, and the broker (to stop).
 fn ask_as_soon_as_ready(dir: &std::path::Path, attempt: usize) -> (Reply, KilledOnDrop) {
     let ready = dir.join(format!("ready-{attempt}"));
-    let broker = KilledOnDrop(
+    let broker = KilledOnDrop::new(
         std::process::Command::new(bin("jobcast-broker"))
             .arg("--config")
             .arg(dir.join("broker.toml"))
@@ -148,30 +148,6 @@ fn ask_as_soon_as_ready(dir: &std::path::Path, attempt: usize) -> (Reply, Killed
 }
 
 const LONG: Duration = Duration::from_secs(10);
-
-/// A broker process, killed when the test is done with it (or fails).
-struct KilledOnDrop(std::process::Child);
-
-impl KilledOnDrop {
-    /// Stops it as a supervisor does (SIGTERM): it hands the lease over as it goes.
-    fn stop(mut self) {
-        // SAFETY: a signal to a child this test started and has not reaped.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let stopped = wait_for("the broker to stop", LONG, || {
-            self.0.try_wait().ok().flatten()
-        });
-        assert!(stopped.success(), "the broker stopped with {stopped}");
-    }
-}
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn a_client_told_the_broker_is_ready_is_never_refused_as_too_early() {
