@@ -204,6 +204,22 @@ impl Drop for KilledOnDrop {
     }
 }
 
+/// Starts `jobcastctl` with the admin key, asking `brokers` (a comma-separated list), and
+/// leaves it running (`wait`, `logs -f`); its output is kept for `wait_with_output`.
+pub fn spawn_ctl(brokers: &str, args: &[&str]) -> KilledOnDrop {
+    KilledOnDrop::new(
+        Command::new(bin("jobcastctl"))
+            .args(["--broker", brokers])
+            .args(args)
+            .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start jobcastctl"),
+    )
+}
+
 pub struct Worker {
     pub id: String,
     pub child: Child,

@@ -2,9 +2,7 @@
 //! code per kind of failure), `--json` on every command, and `wait` / `logs --follow`
 //! exiting with how the run ended.
 
-use jobcast_integration_tests::{
-    bin, unused_endpoint, Cluster, KilledOnDrop, Worker, ADMIN_SECRET,
-};
+use jobcast_integration_tests::{bin, spawn_ctl, unused_endpoint, Cluster, Worker, ADMIN_SECRET};
 use serde_json::Value;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -290,23 +288,7 @@ echo told
         .expect("a run id")
         .to_string();
     // The broker holds the wait's read; the restart drops it, and the wait asks again.
-    let waiting = KilledOnDrop::new(
-        Command::new(bin("jobcastctl"))
-            .args([
-                "--broker",
-                &cluster.router,
-                "--timeout",
-                "10s",
-                "wait",
-                &run,
-            ])
-            .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start jobcastctl wait"),
-    );
+    let waiting = spawn_ctl(&cluster.router, &["--timeout", "10s", "wait", &run]);
     cluster.wait_state(&run, "running", Duration::from_secs(20));
     cluster.stop_broker();
     cluster.start_broker();

@@ -231,17 +231,8 @@ fn one_broker_acts_and_another_takes_over_after_a_stop_a_kill_and_a_stall() {
         other => panic!("enqueue at {}: {other:?}", a2.router),
     };
     let next = unused_endpoint();
-    let waiting = KilledOnDrop::new(
-        Command::new(bin("jobcastctl"))
-            .args(["--broker", &format!("{},{next}", a2.router)])
-            .args(["--timeout", "5s", "wait", &waited_on])
-            .env("JOBCAST_ADMIN_SECRET", ADMIN_SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start jobcastctl wait"),
-    );
+    let brokers = format!("{},{next}", a2.router);
+    let waiting = spawn_ctl(&brokers, &["--timeout", "5s", "wait", &waited_on]);
 
     // The acting broker stalls (SIGSTOP) past its lease; another takes over; when the
     // stalled one resumes it stops acting, and what was asked meanwhile stands.
