@@ -27,16 +27,14 @@ pub struct HeldRead {
 #[derive(Debug, Default)]
 pub struct LogWaiters {
     by_run: HashMap<String, Vec<HeldRead>>,
-    held: usize,
 }
 
 impl LogWaiters {
     /// Holds `read` of `run_id`; gives it back when too many are held already.
     pub fn hold(&mut self, run_id: &str, read: HeldRead) -> Result<(), HeldRead> {
-        if self.held >= MAX_HELD_READS {
+        if self.by_run.values().map(Vec::len).sum::<usize>() >= MAX_HELD_READS {
             return Err(read);
         }
-        self.held += 1;
         self.by_run
             .entry(run_id.to_string())
             .or_default()
@@ -46,9 +44,7 @@ impl LogWaiters {
 
     /// The run ended: every read of it, to answer now.
     pub fn run_ended(&mut self, run_id: &str) -> Vec<HeldRead> {
-        let reads = self.by_run.remove(run_id).unwrap_or_default();
-        self.held -= reads.len();
-        reads
+        self.by_run.remove(run_id).unwrap_or_default()
     }
 
     /// The run's output now reaches `end`: the reads of it that asked for less.
@@ -58,18 +54,15 @@ impl LogWaiters {
 
     /// Reads whose wait ran out by `now_ms`, with their runs.
     pub fn expired(&mut self, now_ms: u64) -> Vec<(String, HeldRead)> {
-        let runs: Vec<String> = self
-            .by_run
-            .iter()
-            .filter(|(_, reads)| reads.iter().any(|read| read.deadline_ms <= now_ms))
-            .map(|(run_id, _)| run_id.clone())
-            .collect();
         let mut due = Vec::new();
-        for run_id in runs {
-            for read in self.take_where(&run_id, |read| read.deadline_ms <= now_ms) {
-                due.push((run_id.clone(), read));
-            }
-        }
+        self.by_run.retain(|run_id, reads| {
+            let (ran_out, kept): (Vec<_>, Vec<_>) = std::mem::take(reads)
+                .into_iter()
+                .partition(|read| read.deadline_ms <= now_ms);
+            due.extend(ran_out.into_iter().map(|read| (run_id.clone(), read)));
+            *reads = kept;
+            !reads.is_empty()
+        });
         due
     }
 
@@ -91,7 +84,6 @@ impl LogWaiters {
 
     /// Every held read, to answer now (the core goes).
     pub fn drain(&mut self) -> Vec<HeldRead> {
-        self.held = 0;
         self.by_run.drain().flat_map(|(_, reads)| reads).collect()
     }
 
@@ -100,7 +92,6 @@ impl LogWaiters {
             return Vec::new();
         };
         let (taken, kept): (Vec<_>, Vec<_>) = reads.drain(..).partition(|read| take(read));
-        self.held -= taken.len();
         if kept.is_empty() {
             self.by_run.remove(run_id);
         } else {

@@ -165,19 +165,18 @@ impl Harness {
         )
     }
 
-    fn finish(&mut self, worker: &str, run_id: &str, outcome: Outcome) {
-        self.worker(
-            worker,
-            WorkerRequest::RunFinished(RunFinished {
-                run_id: run_id.into(),
-                outcome,
-                duration_ms: 5,
-                log_bytes: 0,
-                claim: 0,
-                usage: None,
-                started: None,
-            }),
-        );
+    /// Reports the run's end; what the report produced.
+    fn finish(&mut self, worker: &str, run_id: &str, outcome: Outcome) -> Outbox {
+        let finished = WorkerRequest::RunFinished(RunFinished {
+            run_id: run_id.into(),
+            outcome,
+            duration_ms: 5,
+            log_bytes: 0,
+            claim: 0,
+            usage: None,
+            started: None,
+        });
+        self.send(worker, finished).1
     }
 
     /// Sends a claim that may wait; returns its request id and what the request produced

@@ -108,14 +108,16 @@ pub async fn serve<S: Store + 'static>(
         task.abort();
     }
     if let Some(mut core) = result? {
-        (|| {
-            core.save_before_stop(now_us())?;
-            core.store_mut().close_cleanly()
-        })()
-        .context("final store flush failed")?;
+        save_and_close(&mut core).context("final store flush failed")?;
     }
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// At a stop: what the core has not written yet is saved, and the store closed cleanly.
+fn save_and_close<S: Store>(core: &mut Core<S>) -> Result<(), StoreError> {
+    core.save_before_stop(now_us())?;
+    core.store_mut().close_cleanly()
 }
 
 /// What a server starts with besides its store.

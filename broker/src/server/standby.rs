@@ -75,9 +75,7 @@ pub async fn serve_elected<S: Store + 'static>(
             .send_replace(crate::http::BrokerRole::Standby { leader: None });
         match stopped {
             Ok(Stopped::Shutdown) => {
-                let closed = core
-                    .save_before_stop(now_us())
-                    .and_then(|()| core.store_mut().close_cleanly());
+                let closed = super::save_and_close(&mut core);
                 // Only once everything is durable: a successor reads it all.
                 tenure.hand_over();
                 break closed.context("final store flush failed");

@@ -98,6 +98,13 @@ fn chunk(h: &mut Harness, run: &str, offset: u64, text: &str) -> Outbox {
     h.send("w1", chunk).1
 }
 
+/// A tick, and the reads it asked for answered, as the server does once it is durable.
+fn tick(h: &mut Harness) -> Outbox {
+    let mut out = h.tick();
+    h.core.answer_reads(&mut out).unwrap();
+    out
+}
+
 fn running(h: &mut Harness) -> String {
     h.register("w1", 1, &["default"], &[]);
     let run = h.enqueue("hello");
@@ -114,16 +121,7 @@ fn a_wait_for_the_end_is_answered_by_the_batch_that_ends_the_run_and_not_before(
     assert_eq!(answer(&out, id), None);
     // Output does not answer a wait for the end.
     assert_eq!(answer(&chunk(&mut h, &run, 0, "one\n"), id), None);
-    let finished = WorkerRequest::RunFinished(RunFinished {
-        run_id: run.clone(),
-        outcome: Outcome::Exited { code: 3 },
-        duration_ms: 5,
-        log_bytes: 4,
-        claim: 0,
-        usage: None,
-        started: None,
-    });
-    let (_, out) = h.send("w1", finished);
+    let out = h.finish("w1", &run, Outcome::Exited { code: 3 });
     let (state, data, _, waited) = answer(&out, id).expect("answered by the end");
     assert_eq!((state, data, waited), (RunState::Failed, vec![], true));
     // A wait for a run already ended is answered at once.
@@ -158,20 +156,17 @@ fn a_held_read_is_answered_when_its_wait_runs_out_and_the_core_wakes_for_it() {
     let (id, _) = held_read(&mut h, &run, u64::MAX, 1_000);
     assert!(h.core.next_wakeup_us() <= h.now + 1_000_000);
     h.advance_ms(999);
-    let mut out = h.tick();
-    h.core.answer_reads(&mut out).unwrap();
+    let out = tick(&mut h);
     assert_eq!(answer(&out, id), None);
     h.advance_ms(1);
-    let mut out = h.tick();
-    h.core.answer_reads(&mut out).unwrap();
+    let out = tick(&mut h);
     assert_eq!(
         answer(&out, id),
         Some((RunState::Running, vec![], u64::MAX, true))
     );
     // Answered once only.
     h.advance_ms(5_000);
-    let mut out = h.tick();
-    h.core.answer_reads(&mut out).unwrap();
+    let out = tick(&mut h);
     assert_eq!(answer(&out, id), None);
 }
 
@@ -200,20 +195,10 @@ fn held_reads_are_given_up_when_the_core_goes_and_are_answered_once() {
     assert_eq!(given_up.len(), 1);
     assert_eq!((sealed_for(&given_up[0].0), given_up[0].1), (ADMIN, id));
     // Given up: neither the run's end nor the wait's end answers it again.
-    let finished = WorkerRequest::RunFinished(RunFinished {
-        run_id: run.clone(),
-        outcome: Outcome::Exited { code: 0 },
-        duration_ms: 5,
-        log_bytes: 0,
-        claim: 0,
-        usage: None,
-        started: None,
-    });
-    let (_, out) = h.send("w1", finished);
+    let out = h.finish("w1", &run, Outcome::Exited { code: 0 });
     assert_eq!(answer(&out, id), None);
     h.advance_ms(20_000);
-    let mut out = h.tick();
-    h.core.answer_reads(&mut out).unwrap();
+    let out = tick(&mut h);
     assert_eq!(answer(&out, id), None);
     assert!(h.core.let_go_of_held_reads().is_empty());
 }
